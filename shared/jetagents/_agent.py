@@ -1,0 +1,327 @@
+"""How users write agents: a typed state, typed actions, events applied by pure code.
+
+>>> from pydantic import BaseModel
+>>> class CounterState(BaseModel):
+...     value: int = 0
+>>> class Incremented(Event):
+...     by: int
+>>> class Counter(Agent[CounterState]):
+...     type_name = "counter"
+...     state_type = CounterState
+...
+...     @action
+...     async def increment(self, by: int = 1) -> int:
+...         self.emit(Incremented(by=by))
+...         return self.state.value
+...
+...     @applies
+...     def _incremented(self, state: CounterState, event: Incremented) -> None:
+...         state.value += event.by
+
+Actions may await anything (other agents, I/O); appliers must be deterministic: no clock,
+randomness or I/O, because they run again, unchanged, whenever the agent is rebuilt from
+its log. Put such values into the event instead (``self.ctx.clock`` is injected).
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast, overload
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+from pydantic_core import to_jsonable_python
+
+from ._errors import InternalError, InvalidParams, UnknownAction
+from ._ids import AgentId, validate_token
+from ._wire import WireEvent, validation_details
+
+if TYPE_CHECKING:
+    from ._clock import Clock
+
+S = TypeVar("S", bound=BaseModel)
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+class Event(BaseModel):
+    """Base of every event. ``event_type`` (default: the class name) is its wire name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    event_type: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("event_type"):
+            cls.event_type = cls.__name__
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    name: str
+    fn: Callable[..., Awaitable[Any]]
+    params_model: type[BaseModel]
+    param_names: tuple[str, ...]
+    result_adapter: TypeAdapter[Any] | None
+    read_only: bool
+
+    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            model = self.params_model.model_validate(params)
+        except ValidationError as exc:
+            raise InvalidParams(
+                f"invalid parameters for action {self.name!r}", details=validation_details(exc)
+            ) from None
+        return {name: getattr(model, name) for name in self.param_names}
+
+    def dump_result(self, result: Any) -> Any:
+        if self.result_adapter is not None:
+            return self.result_adapter.dump_python(result, mode="json")
+        return to_jsonable_python(result)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplierSpec:
+    event_cls: type[Event]
+    fn: Callable[[Any, Any, Any], Any]
+
+
+@dataclass(slots=True)
+class AgentSpec:
+    """Everything the runtime needs to know about one agent class, computed once."""
+
+    type_name: str
+    cls: type[Agent[Any]]
+    state_type: type[BaseModel]
+    actions: dict[str, ActionSpec] = field(default_factory=dict)
+    appliers: dict[str, ApplierSpec] = field(default_factory=dict)
+    spawn_required: bool = False
+
+    def action(self, name: str) -> ActionSpec:
+        spec = self.actions.get(name)
+        if spec is None:
+            raise UnknownAction(
+                f"agent type {self.type_name!r} has no action {name!r}",
+                details={"actions": sorted(self.actions)},
+            )
+        return spec
+
+
+@overload
+def action(fn: F, /) -> F: ...
+@overload
+def action(*, read_only: bool = False) -> Callable[[F], F]: ...
+def action(fn: F | None = None, /, *, read_only: bool = False) -> F | Callable[[F], F]:
+    """Mark an ``async def`` method as an action callable by clients.
+
+    ``read_only=True`` documents (and enforces) that the action emits no event.
+    """
+
+    def mark(f: F) -> F:
+        if not inspect.iscoroutinefunction(f):
+            raise TypeError(f"action {f.__qualname__} must be declared with 'async def'")
+        f.__jetagents_action__ = {"read_only": read_only}  # type: ignore[attr-defined]
+        return f
+
+    if fn is not None:
+        return mark(fn)
+    return mark
+
+
+def applies(fn: Callable[[Any, Any, Any], Any]) -> Callable[[Any, Any, Any], Any]:
+    """Mark ``def name(self, state, event: SomeEvent)`` as the applier of ``SomeEvent``.
+
+    It mutates ``state`` in place (or returns a new state). It must be deterministic.
+    """
+    fn.__jetagents_applies__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+@dataclass(slots=True)
+class AgentContext:
+    """What the runtime hands an agent: its address, a clock and the current command."""
+
+    agent_id: AgentId
+    clock: Clock
+    client: Any = None
+    command_id: str = ""
+    correlation_id: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Agent(Generic[S]):
+    """Base class of agents. Subclasses set ``type_name`` and ``state_type``."""
+
+    type_name: ClassVar[str] = ""
+    state_type: ClassVar[type[BaseModel]]
+    spawn_required: ClassVar[bool] = False
+    __jetagents_spec__: ClassVar[AgentSpec]
+
+    __slots__ = ("_draft", "_pending", "_state", "ctx")
+
+    def __init__(self, ctx: AgentContext, state: S | None = None) -> None:
+        self.ctx = ctx
+        self._state: S = state if state is not None else cast(S, type(self).state_type())
+        self._draft: S | None = None
+        self._pending: list[Event] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("type_name"):
+            cls.__jetagents_spec__ = _build_spec(cls)
+
+    # -- what actions use ----------------------------------------------------------------
+    @property
+    def state(self) -> S:
+        """The state as the current action sees it (including events it emitted)."""
+        return self._draft if self._draft is not None else self._state
+
+    @property
+    def id(self) -> AgentId:
+        return self.ctx.agent_id
+
+    def emit(self, event: Event) -> None:
+        """Record ``event``; it is applied to ``self.state`` at once and persisted with
+        the other events of this command, all or none, before the caller gets a reply."""
+        if self._pending is None:
+            raise RuntimeError("emit() may only be called while an action runs")
+        spec = type(self).__jetagents_spec__
+        applier = spec.appliers.get(type(event).event_type)
+        if applier is None or not isinstance(event, applier.event_cls):
+            raise TypeError(f"{type(self).__name__} has no @applies for {type(event).__name__}")
+        if self._draft is None:
+            self._draft = self._state.model_copy(deep=True)
+        self._draft = _apply(applier, self, self._draft, event)
+        self._pending.append(event)
+
+    # -- what the runtime uses -----------------------------------------------------------
+    def _begin(self) -> None:
+        self._draft = None
+        self._pending = []
+
+    def _finish(self) -> tuple[list[Event], S | None]:
+        pending, draft = self._pending or [], self._draft
+        self._pending = None
+        self._draft = None
+        return pending, draft
+
+    def _commit(self, draft: S | None) -> None:
+        if draft is not None:
+            self._state = draft
+
+    def _replay(self, events: list[WireEvent]) -> None:
+        spec = type(self).__jetagents_spec__
+        state = self._state
+        for wire in events:
+            applier = spec.appliers.get(wire.type)
+            if applier is None:
+                raise InternalError(
+                    f"event log of {self.ctx.agent_id} holds event type {wire.type!r} "
+                    f"that {type(self).__name__} cannot apply"
+                )
+            event = applier.event_cls.model_validate(wire.data)
+            state = _apply(applier, self, state, event)
+        self._state = state
+
+
+def _apply(applier: ApplierSpec, agent: Agent[Any], state: Any, event: Event) -> Any:
+    out = applier.fn(agent, state, event)
+    return out if isinstance(out, BaseModel) else state
+
+
+def encode_events(events: list[Event]) -> list[WireEvent]:
+    return [WireEvent(type=e.event_type, data=e.model_dump(mode="json")) for e in events]
+
+
+def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
+    validate_token(cls.type_name, "agent type")
+    state_type = getattr(cls, "state_type", None)
+    if not (isinstance(state_type, type) and issubclass(state_type, BaseModel)):
+        raise TypeError(f"{cls.__name__}.state_type must be a pydantic BaseModel subclass")
+    spec = AgentSpec(
+        type_name=cls.type_name,
+        cls=cls,
+        state_type=state_type,
+        spawn_required=cls.spawn_required,
+    )
+    for klass in reversed(cls.__mro__):
+        for name, member in vars(klass).items():
+            marker = getattr(member, "__jetagents_action__", None)
+            if marker is not None:
+                spec.actions[name] = _action_spec(cls, name, member, marker["read_only"])
+            elif getattr(member, "__jetagents_applies__", False):
+                event_cls = _applier_event(cls, member)
+                spec.appliers[event_cls.event_type] = ApplierSpec(event_cls, member)
+    return spec
+
+
+def _action_spec(cls: type, name: str, fn: Callable[..., Any], read_only: bool) -> ActionSpec:
+    hints = typing.get_type_hints(fn, globalns=vars(inspect.getmodule(cls)), include_extras=True)
+    sig = inspect.signature(fn)
+    fields: dict[str, Any] = {}
+    names: list[str] = []
+    for pname, param in list(sig.parameters.items())[1:]:
+        if param.kind not in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            raise TypeError(f"action {cls.__name__}.{name}: *args/**kwargs are not supported")
+        annotation = hints.get(pname, Any)
+        default = ... if param.default is param.empty else param.default
+        fields[pname] = (annotation, default)
+        names.append(pname)
+    params_model = create_model(  # type: ignore[call-overload]
+        f"{cls.__name__}_{name}_params",
+        __config__=ConfigDict(extra="forbid"),
+        **fields,
+    )
+    ret = hints.get("return")
+    adapter = TypeAdapter(ret) if ret is not None else None
+    return ActionSpec(name, fn, params_model, tuple(names), adapter, read_only)
+
+
+def _applier_event(cls: type, fn: Callable[..., Any]) -> type[Event]:
+    hints = typing.get_type_hints(fn, globalns=vars(inspect.getmodule(cls)))
+    params = list(inspect.signature(fn).parameters)
+    if len(params) != 3:
+        raise TypeError(f"@applies {fn.__qualname__} must take (self, state, event)")
+    event_cls = hints.get(params[2])
+    if not (isinstance(event_cls, type) and issubclass(event_cls, Event)):
+        raise TypeError(f"@applies {fn.__qualname__}: annotate the event parameter with an Event subclass")
+    return event_cls
+
+
+class Registry:
+    """The agent types a host may activate, by ``type_name``.
+
+    >>> from jetagents.examples import Counter
+    >>> Registry([Counter]).get("counter").type_name
+    'counter'
+    """
+
+    def __init__(self, agent_classes: list[type[Agent[Any]]] | None = None) -> None:
+        self._specs: dict[str, AgentSpec] = {}
+        for cls in agent_classes or []:
+            self.register(cls)
+
+    def register(self, cls: type[Agent[Any]]) -> None:
+        spec = getattr(cls, "__jetagents_spec__", None)
+        if spec is None or spec.cls is not cls:
+            raise TypeError(f"{cls.__name__} is not an agent class (set type_name and state_type)")
+        if spec.type_name in self._specs and self._specs[spec.type_name].cls is not cls:
+            raise ValueError(f"agent type {spec.type_name!r} registered twice")
+        self._specs[spec.type_name] = spec
+
+    def get(self, type_name: str) -> AgentSpec | None:
+        return self._specs.get(type_name)
+
+    def __contains__(self, type_name: object) -> bool:
+        return type_name in self._specs
+
+    def types(self) -> list[str]:
+        return sorted(self._specs)
+
+
+def spec_of(cls: type[Agent[Any]]) -> AgentSpec:
+    spec = getattr(cls, "__jetagents_spec__", None)
+    if spec is None:
+        raise TypeError(f"{cls.__name__} is not an agent class")
+    return cast(AgentSpec, spec)

@@ -1,0 +1,455 @@
+"""The Python client: location-transparent agent handles, futures, retries, typed errors.
+
+>>> async def main():  # doctest: +SKIP
+...     async with await Client.connect("nats://127.0.0.1:4222") as client:
+...         counter = client.proxy(Counter, "c1")
+...         value = await counter.increment(by=2)          # exactly-once by default
+...         fut = client.agent("counter", "c1").request_async("get")
+...         print(value, await fut)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Mapping
+from typing import Any, TypeVar, cast
+
+import orjson
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.nuid import NUID
+from opentelemetry import trace
+from pydantic_core import to_jsonable_python
+
+from ._agent import Agent, AgentSpec, spec_of
+from ._clock import SystemClock
+from ._errors import (
+    AgentTimeout,
+    FencedError,
+    InternalError,
+    JetAgentsError,
+    PayloadTooLarge,
+    Unavailable,
+    error_from_wire,
+)
+from ._ids import AgentId
+from ._nats import Topology, connect, ensure_topology, js_publish
+from ._resilience import CircuitBreaker, RetryPolicy
+from ._settings import ClientSettings
+from ._tracing import inject_current
+from ._wire import (
+    CONTENT_TYPE_JSON,
+    H_COMMAND_ID,
+    H_CONTENT_TYPE,
+    H_CORRELATION_ID,
+    H_DEADLINE,
+    H_DELIVERY,
+    H_MSG_ID,
+    H_PRIORITY,
+    H_REPLY_TO,
+    Delivery,
+    Priority,
+    Subjects,
+)
+
+A = TypeVar("A", bound=Agent[Any])
+_tracer = trace.get_tracer("jetagents.client")
+
+
+class Reply:
+    """A decoded reply: ``result`` plus the headers the host sent with it."""
+
+    __slots__ = ("duplicate", "event_seq", "headers", "result")
+
+    def __init__(self, result: Any, headers: Mapping[str, str]) -> None:
+        self.result = result
+        self.headers = dict(headers)
+        self.duplicate = headers.get("Agt-Duplicate") == "true"
+        seq = headers.get("Agt-Event-Seq")
+        self.event_seq = int(seq) if seq and seq.isdigit() else None
+
+
+def _decode_reply(msg: Msg) -> Reply:
+    hdrs = msg.headers or {}
+    if hdrs.get("Status") == "503":
+        raise Unavailable("no host is serving this subject", details={"applied": False})
+    try:
+        body = orjson.loads(msg.data)
+    except orjson.JSONDecodeError:
+        raise InternalError(f"unreadable reply: {msg.data[:200]!r}") from None
+    if not isinstance(body, dict) or "ok" not in body:
+        raise InternalError(f"unexpected reply shape: {msg.data[:200]!r}")
+    if body["ok"]:
+        return Reply(body.get("result"), hdrs)
+    raise error_from_wire(body.get("error"))
+
+
+def _not_applied(err: JetAgentsError) -> bool:
+    """True when the error proves the command was not applied (safe to retry at-most-once)."""
+    return isinstance(err, FencedError) or (isinstance(err.details, dict) and err.details.get("applied") is False)
+
+
+class Client:
+    """Talks to agents wherever they run. Create with :meth:`connect`."""
+
+    def __init__(
+        self, nc: NATS, settings: ClientSettings | None = None, *, owns_connection: bool = True
+    ) -> None:
+        self.nc = nc
+        self.settings = settings or ClientSettings()
+        self.subjects = Subjects(self.settings.subject_root)
+        self.retry = RetryPolicy(self.settings.retry_attempts, self.settings.retry_base_s, self.settings.retry_max_s)
+        self._owns = owns_connection
+        self._nuid = NUID()
+        self._tokens = itertools.count(1)
+        self._pending: dict[str, asyncio.Future[Msg]] = {}
+        self._prefix = ""
+        self._sub: Any = None
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._clock = SystemClock()
+
+    @classmethod
+    async def connect(
+        cls, nats_url: str | None = None, *, settings: ClientSettings | None = None, name: str = "jetagents-client"
+    ) -> Client:
+        settings = settings or ClientSettings()
+        if nats_url:
+            settings = settings.model_copy(update={"nats_url": nats_url})
+        nc = await connect(settings.nats_url, name=name, connect_timeout_s=settings.connect_timeout_s)
+        client = cls(nc, settings)
+        await client._start()
+        return client
+
+    async def _start(self) -> None:
+        self._prefix = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+
+    async def close(self) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.cancel()
+        self._pending.clear()
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+        if self._owns:
+            try:
+                await self.nc.drain()
+            except Exception:  # noqa: BLE001
+                await self.nc.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _on_reply(self, msg: Msg) -> None:
+        fut = self._pending.get(msg.subject.rpartition(".")[2])
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    # -- handles ---------------------------------------------------------------------------
+    def agent(self, agent_type: str, agent_id: str) -> AgentRef:
+        """A handle to one agent; no network call, no spawn needed."""
+        return AgentRef(self, AgentId(agent_type, agent_id))
+
+    def proxy(
+        self,
+        agent_cls: type[A],
+        agent_id: str,
+        *,
+        delivery: Delivery | str = Delivery.EXACTLY_ONCE,
+        timeout: float | None = None,
+        priority: Priority | str = Priority.NORMAL,
+    ) -> A:
+        """A typed stand-in for the agent: ``await proxy.increment(by=2)`` type-checks
+        against the agent class and returns the action's declared result type.
+        Only actions may be called on it."""
+        spec = spec_of(agent_cls)
+        ref = AgentRef(self, AgentId(spec.type_name, agent_id))
+        return cast(A, _Proxy(ref, spec, Delivery(delivery), timeout, Priority(priority)))
+
+    async def ensure_topology(self, partitions: int | None = None, replicas: int = 1) -> None:
+        """Create the streams and buckets if missing (hosts do this on start too)."""
+        topo = Topology(
+            self.subjects,
+            partitions=partitions or self.settings.partitions,
+            replicas=replicas,
+            max_payload_bytes=self.settings.max_payload_bytes,
+        )
+        await ensure_topology(self.nc, topo, self.settings.request_timeout_s)
+
+    async def spawn(self, agent_type: str, agent_id: str, metadata: dict[str, Any] | None = None) -> AgentRef:
+        """Register an agent (with optional metadata) for types that require it."""
+        aid = AgentId(agent_type, agent_id)
+        topo = Topology(self.subjects)
+        kv = await self.nc.jetstream().key_value(topo.meta_bucket)
+        await kv.put(aid.key, orjson.dumps(metadata or {}))
+        return AgentRef(self, aid)
+
+    # -- sending ---------------------------------------------------------------------------
+    def _breaker(self, agent_type: str) -> CircuitBreaker:
+        b = self._breakers.get(agent_type)
+        if b is None:
+            b = self._breakers[agent_type] = CircuitBreaker(
+                self.settings.breaker_failures, self.settings.breaker_reset_s, self._clock
+            )
+        return b
+
+    def _prepare(
+        self,
+        aid: AgentId,
+        action: str,
+        params: Mapping[str, Any] | None,
+        delivery: Delivery,
+        command_id: str | None,
+        correlation_id: str | None,
+        priority: Priority,
+        timeout_s: float,
+    ) -> tuple[bytes, dict[str, str], str]:
+        body = orjson.dumps({"action": action, "params": to_jsonable_python(dict(params or {}))})
+        if len(body) > self.settings.max_payload_bytes:
+            raise PayloadTooLarge(f"command of {len(body)} bytes exceeds the limit of {self.settings.max_payload_bytes}")
+        cmd_id = command_id or self._nuid.next().decode()
+        if len(cmd_id) > 256:
+            raise ValueError("command_id longer than 256 characters")
+        headers = {
+            H_COMMAND_ID: cmd_id,
+            H_CORRELATION_ID: correlation_id or cmd_id,
+            H_DELIVERY: delivery.value,
+            H_DEADLINE: str(self._clock.wall_ms() + int(timeout_s * 1000)),
+            H_CONTENT_TYPE: CONTENT_TYPE_JSON,
+        }
+        if priority is not Priority.NORMAL:
+            headers[H_PRIORITY] = priority.value
+        inject_current(headers)
+        return body, headers, cmd_id
+
+    async def _send(
+        self,
+        aid: AgentId,
+        action: str,
+        params: Mapping[str, Any] | None,
+        *,
+        delivery: Delivery,
+        timeout: float | None,
+        command_id: str | None,
+        correlation_id: str | None,
+        priority: Priority,
+        want_reply: bool,
+    ) -> Reply | str:
+        timeout_s = timeout if timeout is not None else self.settings.request_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        breaker = self._breaker(aid.type)
+        if not breaker.allow():
+            raise Unavailable(f"circuit open for agent type {aid.type!r}: recent calls failed", details={"applied": False})
+        body, headers, cmd_id = self._prepare(aid, action, params, delivery, command_id, correlation_id, priority, timeout_s)
+        with _tracer.start_as_current_span(
+            f"send {aid.type}", kind=trace.SpanKind.PRODUCER, attributes={"messaging.system": "nats"}
+        ):
+            try:
+                if delivery is Delivery.AT_MOST_ONCE:
+                    result: Reply | str = await self._call(aid, body, headers, deadline, want_reply)
+                else:
+                    result = await self._durable(aid, body, headers, delivery, deadline, want_reply)
+            except (Unavailable, AgentTimeout):
+                breaker.record_failure()
+                raise
+            breaker.record_success()
+        return result if want_reply else cmd_id
+
+    async def _backoff(self, attempt: int, deadline: float, err: JetAgentsError) -> None:
+        loop = asyncio.get_running_loop()
+        if attempt + 1 >= self.retry.attempts:
+            raise err
+        delay = self.retry.delay(attempt)
+        if loop.time() + delay >= deadline:
+            raise err
+        await asyncio.sleep(delay)
+
+    async def _call(self, aid: AgentId, body: bytes, headers: dict[str, str], deadline: float, want_reply: bool) -> Reply | str:
+        subject = self.subjects.call(aid.type, aid.id)
+        loop = asyncio.get_running_loop()
+        if not want_reply:
+            await self.nc.publish(subject, body, headers=headers)
+            return headers[H_COMMAND_ID]
+        attempt = 0
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AgentTimeout(f"no reply from {aid} in time")
+            try:
+                msg = await self.nc.request(subject, body, timeout=remaining, headers=headers)
+                return _decode_reply(msg)
+            except NoRespondersError:
+                err: JetAgentsError = Unavailable(f"no host is serving {aid}", details={"applied": False})
+            except NatsTimeout:
+                # at-most-once: the host may have run it, so it is never re-sent
+                raise AgentTimeout(f"no reply from {aid} in time (at-most-once: not retried)") from None
+            except JetAgentsError as exc:
+                if not (exc.retryable and _not_applied(exc)):
+                    raise
+                err = exc
+            await self._backoff(attempt, deadline, err)
+            attempt += 1
+
+    async def _durable(
+        self,
+        aid: AgentId,
+        body: bytes,
+        headers: dict[str, str],
+        delivery: Delivery,
+        deadline: float,
+        want_reply: bool,
+    ) -> Reply | str:
+        subject = self.subjects.cmd(aid.type, aid.id)
+        loop = asyncio.get_running_loop()
+        if delivery is Delivery.EXACTLY_ONCE:
+            headers[H_MSG_ID] = headers[H_COMMAND_ID]
+        token = ""
+        fut: asyncio.Future[Msg] | None = None
+        if want_reply:
+            token = str(next(self._tokens))
+            fut = loop.create_future()
+            self._pending[token] = fut
+            headers[H_REPLY_TO] = f"{self._prefix}.{token}"
+        try:
+            attempt = 0
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise AgentTimeout(f"command to {aid} was not accepted by the stream in time")
+                try:
+                    await js_publish(self.nc, subject, body, headers, min(remaining, 5.0))
+                    break
+                except Unavailable as exc:
+                    # Re-sending is safe for exactly-once (same Nats-Msg-Id); for
+                    # at-least-once it may store the command twice, which that mode allows.
+                    await self._backoff(attempt, deadline, exc)
+                    attempt += 1
+            if fut is None:
+                return headers[H_COMMAND_ID]
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    msg = await fut
+            except TimeoutError:
+                raise AgentTimeout(
+                    f"no reply from {aid} in time; the command is stored and will run once "
+                    f"(command id {headers[H_COMMAND_ID]})"
+                ) from None
+            return _decode_reply(msg)
+        finally:
+            if token:
+                self._pending.pop(token, None)
+
+
+class AgentRef:
+    """A location-transparent handle to one agent."""
+
+    __slots__ = ("client", "id")
+
+    def __init__(self, client: Client, agent_id: AgentId) -> None:
+        self.client = client
+        self.id = agent_id
+
+    async def send(
+        self,
+        action: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        delivery: Delivery | str = Delivery.EXACTLY_ONCE,
+        command_id: str | None = None,
+        correlation_id: str | None = None,
+        priority: Priority | str = Priority.NORMAL,
+        timeout: float | None = None,
+    ) -> str:
+        """Fire and forget. Durable modes return once the stream has stored the command;
+        at-most-once returns once it is written to the connection. Returns the command id."""
+        out = await self.client._send(
+            self.id, action, params, delivery=Delivery(delivery), timeout=timeout, command_id=command_id,
+            correlation_id=correlation_id, priority=Priority(priority), want_reply=False,
+        )
+        return cast(str, out)
+
+    async def request(
+        self,
+        action: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        delivery: Delivery | str = Delivery.EXACTLY_ONCE,
+        timeout: float | None = None,
+        command_id: str | None = None,
+        correlation_id: str | None = None,
+        priority: Priority | str = Priority.NORMAL,
+    ) -> Any:
+        """Send and await the reply; returns the action's JSON result or raises the typed error."""
+        reply = await self.request_reply(
+            action, params, delivery=delivery, timeout=timeout, command_id=command_id,
+            correlation_id=correlation_id, priority=priority,
+        )
+        return reply.result
+
+    async def request_reply(
+        self,
+        action: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        delivery: Delivery | str = Delivery.EXACTLY_ONCE,
+        timeout: float | None = None,
+        command_id: str | None = None,
+        correlation_id: str | None = None,
+        priority: Priority | str = Priority.NORMAL,
+    ) -> Reply:
+        """Like :meth:`request` but returns the :class:`Reply` with its headers."""
+        out = await self.client._send(
+            self.id, action, params, delivery=Delivery(delivery), timeout=timeout, command_id=command_id,
+            correlation_id=correlation_id, priority=Priority(priority), want_reply=True,
+        )
+        return cast(Reply, out)
+
+    def request_async(self, action: str, params: Mapping[str, Any] | None = None, **opts: Any) -> asyncio.Task[Any]:
+        """Start a request and return a future (an ``asyncio.Task``) to await or gather later."""
+        return asyncio.ensure_future(self.request(action, params, **opts))
+
+    def __repr__(self) -> str:
+        return f"AgentRef({self.id})"
+
+
+class _Proxy:
+    __slots__ = ("_delivery", "_priority", "_ref", "_spec", "_timeout")
+
+    def __init__(
+        self, ref: AgentRef, spec: AgentSpec, delivery: Delivery, timeout: float | None, priority: Priority
+    ) -> None:
+        self._ref = ref
+        self._spec = spec
+        self._delivery = delivery
+        self._timeout = timeout
+        self._priority = priority
+
+    def __getattr__(self, name: str) -> Any:
+        action = self._spec.actions.get(name)
+        if action is None:
+            raise AttributeError(f"agent type {self._spec.type_name!r} has no action {name!r}")
+        ref, delivery, timeout, priority = self._ref, self._delivery, self._timeout, self._priority
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if len(args) > len(action.param_names):
+                raise TypeError(f"{name}() takes {len(action.param_names)} arguments")
+            params = dict(zip(action.param_names, args, strict=False))
+            params.update(kwargs)
+            result = await ref.request(name, params, delivery=delivery, timeout=timeout, priority=priority)
+            return action.result_adapter.validate_python(result) if action.result_adapter else result
+
+        call.__name__ = name
+        return call
+
+    def __repr__(self) -> str:
+        return f"<proxy {self._ref.id}>"

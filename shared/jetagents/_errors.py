@@ -1,0 +1,154 @@
+"""One error hierarchy for the client, the host and the wire.
+
+::
+
+    JetAgentsError                      retryable?
+    ├── AgentTimeout                    yes  no reply within the deadline
+    ├── Unavailable                     yes  NATS down, no host answering, stream refused
+    │   └── PartitionError              yes  the cluster cannot reach quorum
+    ├── FencedError                     yes  another host wrote the agent's log first
+    ├── UnknownAgentType                no
+    ├── UnknownAgent                    no   type requires spawn and this id has none
+    ├── UnknownAction                   no
+    ├── InvalidParams                   no
+    ├── PayloadTooLarge                 no
+    ├── MalformedCommand                no   not JSON, wrong shape, bad headers
+    ├── DeadlineExceeded                no   the host saw the command after its deadline
+    ├── StaleRedelivery                 no   a redelivered command that must not run again
+    ├── DomainError                     no   raised by an agent's action on purpose
+    └── InternalError                   no   the action raised something unexpected
+
+Every error has a stable ``code`` that is what travels on the wire (see
+``docs/wire-contract.md``); :func:`error_from_wire` turns a wire error back into the
+typed exception.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class JetAgentsError(Exception):
+    """Base of every jetagents error. ``retryable`` says whether trying again may help."""
+
+    code: ClassVar[str] = "error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str = "", *, details: Any = None) -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+        self.details = details
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "message": self.message, "retryable": self.retryable}
+        if self.details is not None:
+            out["details"] = self.details
+        return out
+
+
+class AgentTimeout(JetAgentsError):
+    code = "timeout"
+    retryable = True
+
+
+class Unavailable(JetAgentsError):
+    code = "unavailable"
+    retryable = True
+
+
+class PartitionError(Unavailable):
+    code = "partition"
+
+
+class FencedError(JetAgentsError):
+    code = "fenced"
+    retryable = True
+
+
+class UnknownAgentType(JetAgentsError):
+    code = "unknown_agent_type"
+
+
+class UnknownAgent(JetAgentsError):
+    code = "unknown_agent"
+
+
+class UnknownAction(JetAgentsError):
+    code = "unknown_action"
+
+
+class InvalidParams(JetAgentsError):
+    code = "invalid_params"
+
+
+class PayloadTooLarge(JetAgentsError):
+    code = "payload_too_large"
+
+
+class MalformedCommand(JetAgentsError):
+    code = "malformed"
+
+
+class DeadlineExceeded(JetAgentsError):
+    code = "deadline_exceeded"
+
+
+class StaleRedelivery(JetAgentsError):
+    code = "stale_redelivery"
+
+
+class InternalError(JetAgentsError):
+    code = "internal"
+
+
+class DomainError(JetAgentsError):
+    """Raised by an action to refuse a command; reaches the caller as the same type.
+
+    ``reason`` is a short machine-readable name (``"insufficient_funds"``).
+
+    >>> raise DomainError("insufficient_funds", "balance 5 < 10")  # doctest: +SKIP
+    """
+
+    code = "domain"
+
+    def __init__(self, reason: str, message: str = "", *, details: Any = None) -> None:
+        super().__init__(message or reason, details=details)
+        self.reason = reason
+
+    def to_wire(self) -> dict[str, Any]:
+        out = super().to_wire()
+        out["reason"] = self.reason
+        return out
+
+
+_BY_CODE: dict[str, type[JetAgentsError]] = {
+    cls.code: cls
+    for cls in (
+        AgentTimeout,
+        Unavailable,
+        PartitionError,
+        FencedError,
+        UnknownAgentType,
+        UnknownAgent,
+        UnknownAction,
+        InvalidParams,
+        PayloadTooLarge,
+        MalformedCommand,
+        DeadlineExceeded,
+        StaleRedelivery,
+        InternalError,
+    )
+}
+
+
+def error_from_wire(data: Any) -> JetAgentsError:
+    """Rebuild the typed error from a wire ``error`` object."""
+    if not isinstance(data, dict):
+        return InternalError(f"unreadable error reply: {data!r}")
+    code = str(data.get("code", "internal"))
+    message = str(data.get("message", code))
+    details = data.get("details")
+    if code == DomainError.code:
+        return DomainError(str(data.get("reason", "domain")), message, details=details)
+    cls = _BY_CODE.get(code, InternalError)
+    return cls(message, details=details)

@@ -1,0 +1,936 @@
+"""The agent host: pulls commands of its partitions, runs agents, appends their events.
+
+One host process owns a set of partitions (all of them when it runs alone). For each
+partition it pulls from a durable consumer with a credit loop (pinned-client priority
+group, so the server feeds one host at a time); messages go to per-agent mailboxes; a
+bounded pool of workers takes ready agents by priority and processes one command at a
+time per agent, so every agent sees its commands in stream order while different agents
+run concurrently.
+
+Processing one command::
+
+    decode (size first) -> validate action/params -> activate (snapshot + replay)
+    -> dedup record? answer from it -> run the action -> append ONE commit message
+       (Nats-Expected-Last-Subject-Sequence = fence, Nats-Msg-Id = idempotency)
+    -> reply -> ack
+
+Bad input is answered, dead-lettered and terminated (never redelivered); a failing
+handler is retried with backoff and dead-lettered after ``max_deliver`` attempts;
+infrastructure failures are retried until the infrastructure is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from pydantic import ValidationError
+
+from ._agent import Agent, AgentContext, AgentSpec, Registry, encode_events
+from ._clock import Clock, SystemClock
+from ._errors import (
+    DeadlineExceeded,
+    DomainError,
+    FencedError,
+    InternalError,
+    JetAgentsError,
+    MalformedCommand,
+    StaleRedelivery,
+    Unavailable,
+    UnknownAgent,
+    UnknownAgentType,
+)
+from ._ids import AgentId, fnv1a_32, is_valid_token
+from ._nats import (
+    ERR_WRONG_LAST_SEQUENCE,
+    NS,
+    DirectReader,
+    JSApiError,
+    Topology,
+    connect,
+    ensure_consumer,
+    ensure_topology,
+    js_publish,
+)
+from ._settings import HostSettings
+from ._tracing import carry
+from ._wire import (
+    H_COMMAND_ID,
+    H_CORRELATION_ID,
+    H_DEADLINE,
+    H_DUPLICATE,
+    H_EVENT_SEQ,
+    H_EXPECTED_LAST_SUBJECT_SEQ,
+    H_HOST,
+    H_MSG_ID,
+    H_PRIORITY,
+    H_REPLY_TO,
+    PRIORITY_RANK,
+    Commit,
+    Priority,
+    Subjects,
+    decode_command,
+    encode_dead_letter,
+    encode_error,
+    encode_ok,
+    parse_ack_subject,
+)
+
+log = structlog.get_logger("jetagents.host")
+
+STREAM = 0
+CALL = 1
+PRIORITY_GROUP = "jetagents"
+_NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
+_tracer = trace.get_tracer("jetagents.host")
+
+
+@dataclass(slots=True, eq=False)
+class Work:
+    """One received command, from the stream (durable) or a core request (call)."""
+
+    msg: Msg
+    kind: int
+    partition: int
+    received: float
+    rank: int = 1
+    deliveries: int = 1
+    cseq: int = 0
+    done: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class Activation:
+    """An agent in memory, or about to be: its mailbox, log position and dedup record."""
+
+    agent_id: AgentId
+    spec: AgentSpec
+    agent: Agent[Any] | None = None
+    last_seq: int = 0  # stream sequence of this agent's last commit (the fence)
+    n: int = 0  # commits so far, gapless from 1
+    last_cseq: int = 0  # command-stream sequence of the last applied durable command
+    cepoch: str = ""
+    records: OrderedDict[str, tuple[int, Any]] = field(default_factory=OrderedDict)
+    mailbox: deque[Work] = field(default_factory=deque)
+    scheduled: bool = False
+    since_snapshot: int = 0
+    snapshotting: bool = False
+    last_used: float = 0.0
+
+
+@dataclass(slots=True)
+class _PullRequest:
+    remaining: int
+    sent_at: float
+
+
+class _Puller:
+    """Credit loop for one partition's consumer."""
+
+    def __init__(self, host: Host, partition: int) -> None:
+        self.host = host
+        self.partition = partition
+        self.consumer = host.topology.consumer_name(partition)
+        self.requests: dict[str, _PullRequest] = {}
+        self.pin_id: str | None = None
+        self.wake = asyncio.Event()
+        self.backoff_until = 0.0
+        self.ids = itertools.count(1)
+
+    def outstanding(self) -> int:
+        return sum(r.remaining for r in self.requests.values())
+
+    def close_request(self, token: str, pending: int | None = None) -> None:
+        req = self.requests.get(token)
+        if req is None:
+            return
+        if pending is None or pending >= req.remaining or pending <= 0:
+            self.requests.pop(token, None)
+        else:
+            req.remaining = pending
+            self.requests.pop(token, None)
+        self.wake.set()
+
+    async def run(self) -> None:
+        host = self.host
+        s = host.settings
+        expires_ns = int(s.pull_expires_s * NS)
+        subject = f"$JS.API.CONSUMER.MSG.NEXT.{host.topology.cmd_stream}.{self.consumer}"
+        while not host._stopping:
+            now = host.clock.monotonic()
+            # forget requests the server can no longer answer (lost across a reconnect)
+            for token, req in list(self.requests.items()):
+                if now - req.sent_at > s.pull_expires_s + 2.0:
+                    self.requests.pop(token, None)
+            want = s.pull_batch - self.outstanding()
+            room = s.max_inflight - host._inflight_count
+            if (
+                now >= self.backoff_until
+                and want >= max(1, s.pull_batch // 2)
+                and room > 0
+                and host.nc.is_connected
+            ):
+                n = min(want, room)
+                token = str(next(self.ids))
+                req: dict[str, Any] = {"batch": n, "expires": expires_ns, "group": PRIORITY_GROUP}
+                if self.pin_id:
+                    req["id"] = self.pin_id
+                self.requests[token] = _PullRequest(n, now)
+                try:
+                    await host.nc.publish(
+                        subject, orjson.dumps(req), reply=f"{host._pull_prefix}.{self.partition}.{token}"
+                    )
+                except Exception as exc:  # noqa: BLE001 - connection trouble: retry later
+                    self.requests.pop(token, None)
+                    self.backoff_until = now + 0.5
+                    log.debug("pull_publish_failed", partition=self.partition, error=str(exc))
+                continue
+            self.wake.clear()
+            delay = 1.0
+            if self.backoff_until > now:
+                delay = min(delay, self.backoff_until - now)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self.wake.wait()
+
+
+class Host:
+    """Runs agents. Use as ``async with Host(settings, registry) as host: ...``.
+
+    >>> host = Host(HostSettings(nats_url="nats://127.0.0.1:4222"), Registry([]))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        settings: HostSettings,
+        registry: Registry,
+        *,
+        clock: Clock | None = None,
+        partitions: list[int] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.clock = clock or SystemClock()
+        self.subjects = Subjects(settings.subject_root)
+        self.topology = Topology(
+            subjects=self.subjects,
+            partitions=settings.partitions,
+            replicas=settings.replicas,
+            duplicate_window_s=settings.duplicate_window_s,
+            max_payload_bytes=settings.max_payload_bytes,
+        )
+        self.owned = list(range(settings.partitions)) if partitions is None else sorted(partitions)
+        self.nc: NATS = None  # type: ignore[assignment]
+        self.cepoch = ""
+        self.activations: OrderedDict[str, Activation] = OrderedDict()
+        self.stats: dict[str, int] = {
+            "processed": 0,
+            "duplicates": 0,
+            "dead_letters": 0,
+            "activations": 0,
+            "passivations": 0,
+            "fenced": 0,
+            "naks": 0,
+            "stale": 0,
+        }
+        self._ready: asyncio.PriorityQueue[tuple[int, int, Activation]] = asyncio.PriorityQueue()
+        self._seq = itertools.count()
+        self._pullers: dict[int, _Puller] = {}
+        self._inflight: set[Work] = set()
+        self._inflight_count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._side_tasks: set[asyncio.Task[Any]] = set()
+        self._snap_sem = asyncio.Semaphore(16)
+        self._stopping = False
+        self._started = False
+        self._pull_prefix = ""
+        self._pull_sub: Any = None
+        self._call_sub: Any = None
+        self._reader: DirectReader | None = None
+        self._snap_kv: Any = None
+        self._meta_kv: Any = None
+        self._client: Any = None
+        self._log = log.bind(host=settings.host_id)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def __aenter__(self) -> Host:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def ready(self) -> bool:
+        return self._started and not self._stopping and self.nc is not None and self.nc.is_connected
+
+    async def start(self) -> None:
+        s = self.settings
+        self.nc = await connect(
+            s.nats_url,
+            name=f"jetagents-host-{s.host_id}",
+            connect_timeout_s=s.connect_timeout_s,
+            reconnected_cb=self._on_reconnected,
+            disconnected_cb=self._on_disconnected,
+            error_cb=self._on_error,
+        )
+        created = await ensure_topology(self.nc, self.topology, s.op_timeout_s)
+        self.cepoch = f"{fnv1a_32(created.encode()):08x}"
+        js = self.nc.jetstream(timeout=s.op_timeout_s)
+        self._snap_kv = await js.key_value(self.topology.snap_bucket)
+        self._meta_kv = await js.key_value(self.topology.meta_bucket)
+        self._reader = DirectReader(self.nc)
+        await self._reader.start()
+        from ._client import Client  # local import: the client is optional for hosts
+
+        self._client = Client(self.nc, owns_connection=False)
+        await self._client._start()
+
+        self._pull_prefix = self.nc.new_inbox()
+        self._pull_sub = await self.nc.subscribe(
+            f"{self._pull_prefix}.>", cb=self._on_pull_msg, pending_msgs_limit=1_000_000, pending_bytes_limit=-1
+        )
+        for p in self.owned:
+            cfg = self.topology.consumer_config(
+                p, ack_wait_s=s.ack_wait_s, max_deliver=-1, max_ack_pending=s.max_ack_pending
+            )
+            await ensure_consumer(self.nc, self.topology, p, cfg, s.op_timeout_s)
+            self._pullers[p] = _Puller(self, p)
+        self._call_sub = await self.nc.subscribe(
+            self.subjects.call_wildcard,
+            queue="jetagents-hosts",
+            cb=self._on_call,
+            pending_msgs_limit=1_000_000,
+            pending_bytes_limit=-1,
+        )
+        for _ in range(s.workers):
+            self._spawn(self._worker())
+        for puller in self._pullers.values():
+            self._spawn(puller.run())
+        self._spawn(self._housekeeping())
+        self._started = True
+        self._log.info("host_started", partitions=len(self.owned), types=self.registry.types())
+
+    def _spawn(self, coro: Any) -> None:
+        self._tasks.append(asyncio.create_task(coro))
+
+    async def stop(self, *, drain: bool = True) -> None:
+        """Stop taking commands, finish those in hand (bounded by ``drain_grace_s``),
+        snapshot active agents and disconnect. Nothing acknowledged is lost: whatever is
+        not finished is left unacknowledged and is redelivered to the next owner."""
+        if self._stopping or self.nc is None:
+            return
+        self._stopping = True
+        self._log.info("host_draining", inflight=self._inflight_count)
+        for sub in (self._pull_sub, self._call_sub):
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        for puller in self._pullers.values():
+            puller.wake.set()
+        if drain and self.settings.drain_grace_s > 0 and self.nc.is_connected:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.drain_grace_s):
+                    await self._idle.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        # what is left in mailboxes was never started: hand it back at once
+        for work in list(self._inflight):
+            if work.kind == STREAM and not work.done:
+                await self._nak(work, 0.0)
+        if drain and self.nc.is_connected:
+            snaps = [self._snapshot(a) for a in self.activations.values() if a.agent and a.since_snapshot]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(1.0, self.settings.op_timeout_s)):
+                    await asyncio.gather(*snaps, return_exceptions=True)
+        if self._side_tasks:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.op_timeout_s):
+                    await asyncio.gather(*list(self._side_tasks), return_exceptions=True)
+        if self._reader is not None:
+            await self._reader.stop()
+        with contextlib.suppress(Exception):
+            await self.nc.flush(timeout=2)
+        with contextlib.suppress(Exception):
+            await self.nc.close()
+        self._log.info("host_stopped", **self.stats)
+
+    async def _on_reconnected(self) -> None:
+        self._log.info("nats_reconnected")
+        for puller in self._pullers.values():
+            puller.requests.clear()
+            puller.wake.set()
+
+    async def _on_disconnected(self) -> None:
+        self._log.warning("nats_disconnected")
+
+    async def _on_error(self, exc: Exception) -> None:
+        self._log.debug("nats_error", error=str(exc))
+
+    # -- intake ----------------------------------------------------------------------------
+    async def _on_pull_msg(self, msg: Msg) -> None:
+        if not msg.reply:  # a status about one of our pull requests, sent to its inbox
+            tokens = msg.subject.rsplit(".", 2)
+            puller = self._pullers.get(int(tokens[1])) if tokens[1].isdigit() else None
+            if puller is None:
+                return
+            hdrs = msg.headers or {}
+            status = hdrs.get("Status", "")
+            if status == "100":
+                return
+            if status == "423":  # pinned to another host
+                puller.pin_id = None
+                puller.backoff_until = self.clock.monotonic() + 1.0
+            pending = hdrs.get("Nats-Pending-Messages")
+            puller.close_request(tokens[2], int(pending) if pending and pending.isdigit() else None)
+            return
+        # a command; JetStream delivers it under its stored subject <root>.p.<partition>.<type>.<id>
+        parts = msg.subject.split(".")
+        if len(parts) < 5 or not parts[-3].isdigit():
+            return
+        partition = int(parts[-3])
+        puller = self._pullers.get(partition)
+        if puller is None:
+            await self.nc.publish(msg.reply, b"-NAK")
+            return
+        for token, req in puller.requests.items():  # the server fills requests in order
+            req.remaining -= 1
+            if req.remaining <= 0:
+                del puller.requests[token]
+                puller.wake.set()
+            break
+        hdrs = msg.headers
+        if hdrs:
+            pin = hdrs.get("Nats-Pin-Id")
+            if pin:
+                puller.pin_id = pin
+        meta = parse_ack_subject(msg.reply)
+        deliveries, cseq = meta if meta else (1, 0)
+        work = Work(msg, STREAM, partition, self.clock.monotonic(), deliveries=deliveries, cseq=cseq)
+        if self._stopping:
+            self._track(work)
+            await self._nak(work, 0.0)
+            self._untrack(work)
+            return
+        self._dispatch(work, parts[-2], parts[-1])
+
+    async def _on_call(self, msg: Msg) -> None:
+        parts = msg.subject.split(".")
+        work = Work(msg, CALL, -1, self.clock.monotonic())
+        if self._inflight_count >= self.settings.max_inflight:
+            if msg.reply:
+                await self._publish_reply(msg.reply, encode_error(Unavailable("host overloaded, retry")), {}, None)
+            return
+        self._dispatch(work, parts[-2], parts[-1])
+
+    def _dispatch(self, work: Work, agent_type: str, agent_id: str) -> None:
+        self._track(work)
+        hdrs = work.msg.headers
+        if hdrs:
+            prio = hdrs.get(H_PRIORITY)
+            if prio:
+                work.rank = PRIORITY_RANK.get(prio, 1)  # type: ignore[call-overload]
+        spec = self.registry.get(agent_type)
+        if spec is None or not is_valid_token(agent_id):
+            err: JetAgentsError = (
+                UnknownAgentType(f"no agent type {agent_type!r} is registered", details={"types": self.registry.types()})
+                if spec is None
+                else MalformedCommand(f"invalid agent id {agent_id!r}")
+            )
+            self._side(self._reject_unrouted(work, agent_type, agent_id, err))
+            return
+        key = f"{agent_type}.{agent_id}"
+        act = self.activations.get(key)
+        if act is None:
+            act = Activation(AgentId(agent_type, agent_id), spec)
+            self.activations[key] = act
+        else:
+            self.activations.move_to_end(key)
+        act.mailbox.append(work)
+        if not act.scheduled:
+            act.scheduled = True
+            self._ready.put_nowait((work.rank, next(self._seq), act))
+
+    def _track(self, work: Work) -> None:
+        self._inflight.add(work)
+        self._inflight_count += 1
+        self._idle.clear()
+
+    def _untrack(self, work: Work) -> None:
+        if work.done:
+            return
+        work.done = True
+        self._inflight.discard(work)
+        self._inflight_count -= 1
+        if self._inflight_count <= 0:
+            self._idle.set()
+        if self._inflight_count < self.settings.max_inflight:
+            for puller in self._pullers.values():
+                if puller.outstanding() < self.settings.pull_batch // 2:
+                    puller.wake.set()
+
+    def _side(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    # -- workers ---------------------------------------------------------------------------
+    async def _worker(self) -> None:
+        while True:
+            _, _, act = await self._ready.get()
+            work = act.mailbox.popleft()
+            try:
+                await self._process(act, work)
+            except asyncio.CancelledError:
+                if work.kind == STREAM and not work.done:
+                    with contextlib.suppress(Exception):
+                        await self._nak(work, 0.0)
+                raise
+            except Exception:  # noqa: BLE001 - a bug here must not kill the worker
+                self._log.exception("process_failed", agent=str(act.agent_id))
+                if work.kind == STREAM and not work.done:
+                    await self._nak(work, 1.0)
+            finally:
+                self._untrack(work)
+                act.last_used = self.clock.monotonic()
+                if act.mailbox:
+                    self._ready.put_nowait((act.mailbox[0].rank, next(self._seq), act))
+                else:
+                    act.scheduled = False
+
+    async def _process(self, act: Activation, work: Work) -> None:
+        msg = work.msg
+        hdrs: dict[str, str] = msg.headers or {}
+        durable = work.kind == STREAM
+        reply_to = hdrs.get(H_REPLY_TO) if durable else (msg.reply or None)
+        cmd_id = hdrs.get(H_COMMAND_ID) or hdrs.get(H_MSG_ID) or ""
+        if not cmd_id:
+            cmd_id = f"s{self.cepoch}-{work.cseq}" if durable else ""
+        corr = hdrs.get(H_CORRELATION_ID) or cmd_id
+        out_hdrs: dict[str, str] = {}
+        if cmd_id:
+            out_hdrs[H_COMMAND_ID] = cmd_id
+        if corr:
+            out_hdrs[H_CORRELATION_ID] = corr
+
+        parent = propagate.extract(hdrs) if hdrs else None
+        token = otel_context.attach(parent) if parent is not None else None
+        try:
+            with _tracer.start_as_current_span(
+                f"process {act.agent_id.type}",
+                kind=trace.SpanKind.CONSUMER,
+                attributes={"messaging.system": "nats", "messaging.destination.name": msg.subject},
+            ):
+                carry(hdrs, out_hdrs)
+                await self._process_traced(act, work, hdrs, durable, reply_to, cmd_id, corr, out_hdrs)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+    async def _process_traced(
+        self,
+        act: Activation,
+        work: Work,
+        hdrs: dict[str, str],
+        durable: bool,
+        reply_to: str | None,
+        cmd_id: str,
+        corr: str,
+        out_hdrs: dict[str, str],
+    ) -> None:
+        s = self.settings
+        if durable and work.deliveries > max(s.max_deliver * 10, 50):
+            await self._reject(work, act.agent_id, InternalError("redelivered too often; giving up"), reply_to, out_hdrs)
+            return
+        try:
+            if len(cmd_id) > 256:
+                raise MalformedCommand("command id longer than 256 characters")
+            body = decode_command(work.msg.data, s.max_payload_bytes)
+            action = act.spec.action(body.action)
+            params = action.validate_params(body.params)
+        except JetAgentsError as err:
+            await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
+            return
+
+        if act.agent is None:
+            try:
+                await self._activate(act)
+            except _NON_RETRYABLE_INPUT as err:
+                await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
+                return
+            except JetAgentsError as err:
+                await self._retry_later(work, act, err, reply_to, out_hdrs)
+                return
+        agent = act.agent
+        assert agent is not None
+
+        if cmd_id:
+            record = act.records.get(cmd_id)
+            if record is not None:
+                self.stats["duplicates"] += 1
+                out_hdrs[H_DUPLICATE] = "true"
+                out_hdrs[H_EVENT_SEQ] = str(record[0])
+                await self._finish_ok(work, reply_to, record[1], out_hdrs)
+                return
+        stale = durable and work.cseq > 0 and act.cepoch == self.cepoch and work.cseq <= act.last_cseq
+
+        deadline = hdrs.get(H_DEADLINE)
+        if deadline and deadline.isdigit() and self.clock.wall_ms() > int(deadline):
+            await self._finish_err(work, reply_to, DeadlineExceeded("the command's deadline passed before it ran"), out_hdrs)
+            return
+
+        ctx = agent.ctx
+        ctx.command_id = cmd_id
+        ctx.correlation_id = corr
+        agent._begin()
+        try:
+            result = await action.fn(agent, **params)
+            events, draft = agent._finish()
+            if events and action.read_only:
+                raise InternalError(f"read-only action {action.name!r} emitted events")
+            result_json = action.dump_result(result)
+        except DomainError as err:
+            agent._finish()
+            await self._finish_err(work, reply_to, err, out_hdrs)
+            return
+        except Exception as exc:  # noqa: BLE001 - the handler failed: retry, then dead-letter
+            agent._finish()
+            err = exc if isinstance(exc, InternalError) else InternalError(f"action {action.name!r} failed: {exc!r}")
+            await self._handler_failed(work, act, err, reply_to, out_hdrs)
+            return
+
+        if stale:
+            self.stats["stale"] += 1
+            if events:
+                await self._finish_err(
+                    work,
+                    reply_to,
+                    StaleRedelivery("a later command of this agent was already applied; not applying this one"),
+                    out_hdrs,
+                )
+            else:
+                await self._finish_ok(work, reply_to, result_json, out_hdrs)
+            return
+
+        if events:
+            commit = Commit(
+                n=act.n + 1,
+                cmd=cmd_id or f"c-{self.settings.host_id}-{next(self._seq)}",
+                action=action.name,
+                events=encode_events(events),
+                result=result_json,
+                cseq=work.cseq,
+                cepoch=self.cepoch if durable else "",
+                ts_ms=self.clock.wall_ms(),
+            )
+            try:
+                seq = await self._append(act, commit, out_hdrs)
+            except FencedError as err:
+                self.stats["fenced"] += 1
+                self._log.warning("append_fenced", agent=str(act.agent_id), cmd=cmd_id)
+                self._evict(act)
+                await self._retry_later(work, act, err, reply_to, out_hdrs, delay_s=0.05)
+                return
+            except JetAgentsError as err:
+                self._evict(act)  # the append may or may not have landed: rebuild from the log
+                await self._retry_later(work, act, err, reply_to, out_hdrs)
+                return
+            agent._commit(draft)
+            act.last_seq = seq
+            act.n = commit.n
+            act.since_snapshot += 1
+            act.records[commit.cmd] = (seq, result_json)
+            if len(act.records) > s.dedup_records_per_agent:
+                act.records.popitem(last=False)
+            if durable:
+                act.last_cseq = max(act.last_cseq, work.cseq)
+                act.cepoch = self.cepoch
+            out_hdrs[H_EVENT_SEQ] = str(seq)
+            if act.since_snapshot >= s.snapshot_every and not act.snapshotting:
+                self._side(self._snapshot(act))
+        await self._finish_ok(work, reply_to, result_json, out_hdrs)
+
+    # -- outcomes --------------------------------------------------------------------------
+    async def _finish_ok(self, work: Work, reply_to: str | None, result: Any, hdrs: dict[str, str]) -> None:
+        self.stats["processed"] += 1
+        if reply_to:
+            await self._publish_reply(reply_to, encode_ok(result), hdrs, work)
+        if work.kind == STREAM:
+            await self._ack(work, b"+ACK")
+
+    async def _finish_err(self, work: Work, reply_to: str | None, err: JetAgentsError, hdrs: dict[str, str]) -> None:
+        """A legitimate outcome (domain refusal, deadline): answer and acknowledge."""
+        self.stats["processed"] += 1
+        if reply_to:
+            await self._publish_reply(reply_to, encode_error(err), hdrs, work)
+        if work.kind == STREAM:
+            await self._ack(work, b"+ACK")
+
+    async def _handler_failed(
+        self, work: Work, act: Activation, err: JetAgentsError, reply_to: str | None, hdrs: dict[str, str]
+    ) -> None:
+        self._log.warning("action_failed", agent=str(act.agent_id), error=err.message, deliveries=work.deliveries)
+        if work.kind == CALL:
+            if reply_to:
+                await self._publish_reply(reply_to, encode_error(err), hdrs, work)
+            return
+        if work.deliveries >= self.settings.max_deliver:
+            await self._reject(work, act.agent_id, err, reply_to, hdrs)
+        else:
+            await self._nak(work, min(0.1 * 2 ** (work.deliveries - 1), 5.0))
+
+    async def _retry_later(
+        self,
+        work: Work,
+        act: Activation,
+        err: JetAgentsError,
+        reply_to: str | None,
+        hdrs: dict[str, str],
+        delay_s: float | None = None,
+    ) -> None:
+        """Infrastructure trouble (NATS unavailable, fenced): not the message's fault."""
+        if work.kind == CALL:
+            if reply_to:
+                retry_err = err if err.retryable else Unavailable(err.message)
+                await self._publish_reply(reply_to, encode_error(retry_err), hdrs, work)
+            return
+        await self._nak(work, delay_s if delay_s is not None else min(0.25 * 2 ** (work.deliveries - 1), 5.0))
+
+    async def _reject(
+        self, work: Work, agent_id: AgentId | None, err: JetAgentsError, reply_to: str | None, hdrs: dict[str, str]
+    ) -> None:
+        """Bad input: answer with the error, dead-letter, terminate (never redeliver)."""
+        msg = work.msg
+        if reply_to:
+            hdrs[H_HOST] = self.settings.host_id
+            await self._publish_reply(reply_to, encode_error(err), hdrs, work)
+        type_tok = agent_id.type if agent_id else "_invalid"
+        id_tok = agent_id.id if agent_id else "_invalid"
+        dl = encode_dead_letter(
+            error=err,
+            subject=msg.subject,
+            headers=dict(msg.headers or {}),
+            payload=msg.data[: self.settings.max_payload_bytes],
+            host=self.settings.host_id,
+            ts_ms=self.clock.wall_ms(),
+            stream_seq=work.cseq or None,
+            deliveries=work.deliveries if work.kind == STREAM else None,
+        )
+        try:
+            await js_publish(self.nc, self.subjects.dlq(type_tok, id_tok), dl, {}, self.settings.op_timeout_s)
+        except JetAgentsError as exc:
+            self._log.warning("dead_letter_failed", error=str(exc))
+            if work.kind == STREAM:
+                await self._nak(work, 1.0)  # keep it: try to dead-letter it again later
+            return
+        self.stats["dead_letters"] += 1
+        self._log.info("dead_lettered", subject=msg.subject, code=err.code, reason=err.message)
+        if work.kind == STREAM:
+            await self._ack(work, b"+TERM " + err.code.encode())
+
+    async def _reject_unrouted(self, work: Work, agent_type: str, agent_id: str, err: JetAgentsError) -> None:
+        try:
+            hdrs = work.msg.headers or {}
+            reply_to = hdrs.get(H_REPLY_TO) if work.kind == STREAM else work.msg.reply
+            out: dict[str, str] = {}
+            if hdrs.get(H_COMMAND_ID):
+                out[H_COMMAND_ID] = hdrs[H_COMMAND_ID]
+            if hdrs.get(H_CORRELATION_ID):
+                out[H_CORRELATION_ID] = hdrs[H_CORRELATION_ID]
+            carry(hdrs, out)
+            ident = (
+                AgentId(agent_type, agent_id) if is_valid_token(agent_type) and is_valid_token(agent_id) else None
+            )
+            await self._reject(work, ident, err, reply_to or None, out)
+        finally:
+            self._untrack(work)
+
+    async def _publish_reply(self, reply_to: str, body: bytes, hdrs: dict[str, str], work: Work | None) -> None:
+        try:
+            await self.nc.publish(reply_to, body, headers=hdrs or None)
+        except Exception as exc:  # noqa: BLE001 - a lost reply is recoverable: the record answers a retry
+            self._log.debug("reply_failed", error=str(exc))
+
+    async def _ack(self, work: Work, what: bytes) -> None:
+        if work.msg.reply:
+            try:
+                await self.nc.publish(work.msg.reply, what)
+            except Exception as exc:  # noqa: BLE001 - unacked means redelivered; the record dedups it
+                self._log.debug("ack_failed", error=str(exc))
+
+    async def _nak(self, work: Work, delay_s: float) -> None:
+        self.stats["naks"] += 1
+        payload = b"-NAK" if delay_s <= 0 else b"-NAK " + orjson.dumps({"delay": int(delay_s * NS)})
+        await self._ack(work, payload)
+
+    # -- the event log ---------------------------------------------------------------------
+    async def _append(self, act: Activation, commit: Commit, out_hdrs: dict[str, str]) -> int:
+        aid = act.agent_id
+        msg_id = f"{aid.key}:{commit.cmd}"
+        hdrs = {
+            H_MSG_ID: msg_id,
+            H_EXPECTED_LAST_SUBJECT_SEQ: str(act.last_seq),
+            H_COMMAND_ID: commit.cmd,
+            H_HOST: self.settings.host_id,
+        }
+        for k in (H_CORRELATION_ID, "traceparent", "tracestate"):
+            if k in out_hdrs:
+                hdrs[k] = out_hdrs[k]
+        subject = self.subjects.evt(aid.type, aid.id)
+        try:
+            ack = await js_publish(self.nc, subject, commit.model_dump_json().encode(), hdrs, self.settings.op_timeout_s)
+        except JSApiError as exc:
+            if exc.err_code != ERR_WRONG_LAST_SEQUENCE:
+                raise Unavailable(f"event append refused: {exc.description}") from None
+            # Either our own earlier attempt landed (same msg id), or another writer did.
+            assert self._reader is not None
+            last = await self._reader.last(self.topology.evt_stream, subject, self.settings.op_timeout_s)
+            if last is not None and last.headers and last.headers.get(H_MSG_ID) == msg_id:
+                return int(last.headers["Nats-Sequence"])
+            raise FencedError(f"another writer appended to {aid} (expected last sequence {act.last_seq})") from None
+        return int(ack["seq"])
+
+    async def _activate(self, act: Activation) -> None:
+        """Rebuild the agent: snapshot (if any and readable) + replay of later commits."""
+        s = self.settings
+        aid = act.agent_id
+        metadata: dict[str, Any] = {}
+        try:
+            if act.spec.spawn_required:
+                try:
+                    entry = await self._meta_kv.get(aid.key)
+                except KeyNotFoundError:
+                    raise UnknownAgent(f"{aid} was never spawned (type {aid.type!r} requires spawn)") from None
+                metadata = orjson.loads(entry.value) if entry.value else {}
+            state = None
+            start_seq = 1
+            n = 0
+            last_seq = 0
+            last_cseq = 0
+            cepoch = ""
+            records: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+            try:
+                snap_entry = await self._snap_kv.get(aid.key)
+                snap = orjson.loads(snap_entry.value) if snap_entry and snap_entry.value else None
+            except KeyNotFoundError:
+                snap = None
+            if snap:
+                try:
+                    state = act.spec.state_type.model_validate(snap["state"])
+                    last_seq = int(snap["seq"])
+                    start_seq = last_seq + 1
+                    n = int(snap["n"])
+                    last_cseq = int(snap.get("last_cseq", 0))
+                    cepoch = str(snap.get("cepoch", ""))
+                    for cmd, seq, result in snap.get("records", []):
+                        records[cmd] = (int(seq), result)
+                except (ValidationError, KeyError, TypeError, ValueError) as exc:
+                    self._log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
+                    state, start_seq, n, last_seq, last_cseq, cepoch = None, 1, 0, 0, 0, ""
+                    records.clear()
+            ctx = AgentContext(aid, self.clock, client=self._client, metadata=metadata)
+            agent = act.spec.cls(ctx, state)
+            assert self._reader is not None
+            msgs = await self._reader.read_subject(
+                self.topology.evt_stream, self.subjects.evt(aid.type, aid.id), start_seq, 256, s.op_timeout_s
+            )
+            for m in msgs:
+                commit = Commit.model_validate_json(m.data)
+                if commit.n != n + 1:
+                    raise InternalError(f"event log of {aid} has a gap: commit {commit.n} after {n}")
+                agent._replay(commit.events)
+                n = commit.n
+                last_seq = int(m.headers["Nats-Sequence"]) if m.headers else last_seq
+                records[commit.cmd] = (last_seq, commit.result)
+                if commit.cepoch:
+                    if commit.cepoch != cepoch:
+                        cepoch, last_cseq = commit.cepoch, 0
+                    last_cseq = max(last_cseq, commit.cseq)
+            while len(records) > s.dedup_records_per_agent:
+                records.popitem(last=False)
+        except ValidationError as exc:
+            raise InternalError(f"event log of {aid} is unreadable: {exc}") from None
+        act.agent = agent
+        act.n, act.last_seq, act.last_cseq, act.cepoch, act.records = n, last_seq, last_cseq, cepoch, records
+        act.since_snapshot = len(msgs)
+        self.stats["activations"] += 1
+        if len(self.activations) > s.max_active_agents:
+            self._evict_lru()
+
+    def _evict(self, act: Activation) -> None:
+        act.agent = None
+        act.records = OrderedDict()
+        act.since_snapshot = 0
+
+    def _evict_lru(self) -> None:
+        over = len(self.activations) - self.settings.max_active_agents
+        for key, act in list(self.activations.items()):
+            if over <= 0:
+                break
+            if not act.scheduled and not act.mailbox:
+                self._passivate(key, act)
+                over -= 1
+
+    def _passivate(self, key: str, act: Activation) -> None:
+        self.activations.pop(key, None)
+        self.stats["passivations"] += 1
+        if act.agent is not None and act.since_snapshot > 0:
+            self._side(self._snapshot(act))
+
+    async def _snapshot(self, act: Activation) -> None:
+        agent = act.agent
+        if agent is None or act.snapshotting:
+            return
+        act.snapshotting = True
+        body = orjson.dumps(
+            {
+                "v": 1,
+                "state": agent._state.model_dump(mode="json"),
+                "seq": act.last_seq,
+                "n": act.n,
+                "last_cseq": act.last_cseq,
+                "cepoch": act.cepoch,
+                "records": [[k, v[0], v[1]] for k, v in act.records.items()],
+            }
+        )
+        taken = act.since_snapshot
+        try:
+            async with self._snap_sem:
+                await self._snap_kv.put(act.agent_id.key, body)
+            act.since_snapshot = max(0, act.since_snapshot - taken)
+        except Exception as exc:  # noqa: BLE001 - a missing snapshot only costs replay time
+            self._log.warning("snapshot_failed", agent=str(act.agent_id), error=str(exc))
+        finally:
+            act.snapshotting = False
+
+    # -- housekeeping ----------------------------------------------------------------------
+    async def _housekeeping(self) -> None:
+        s = self.settings
+        tick = max(0.2, min(s.ack_wait_s / 3, s.idle_passivate_s / 4, 5.0))
+        while True:
+            await asyncio.sleep(tick)
+            now = self.clock.monotonic()
+            # keep long-running and queued commands from being redelivered meanwhile
+            for work in list(self._inflight):
+                if work.kind == STREAM and not work.done and now - work.received > s.ack_wait_s / 3:
+                    await self._ack(work, b"+WPI")
+            for key, act in list(self.activations.items()):
+                if not act.scheduled and not act.mailbox and now - act.last_used > s.idle_passivate_s:
+                    self._passivate(key, act)
+            if len(self.activations) > s.max_active_agents:
+                self._evict_lru()

@@ -1,0 +1,332 @@
+"""The thin NATS adapter: connection options, the raw ``$JS.API`` calls nats-py lacks,
+the topology (streams, KV buckets, consumers) and batched direct gets.
+
+Everything above this module speaks in agents and commands; only this module (and the
+host's pull loop) knows JetStream's JSON API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import orjson
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from ._errors import JetAgentsError, PayloadTooLarge, Unavailable
+from ._wire import Subjects
+
+ERR_WRONG_LAST_SEQUENCE = 10071
+ERR_STREAM_NOT_FOUND = 10059
+ERR_CONSUMER_NOT_FOUND = 10014
+ERR_MSG_SIZE = 10054
+NS = 1_000_000_000
+
+
+class JSApiError(JetAgentsError):
+    """The JetStream API answered with an error object."""
+
+    code = "jetstream"
+
+    def __init__(self, err_code: int, status: int, description: str) -> None:
+        super().__init__(f"JetStream error {err_code}: {description}", details={"err_code": err_code})
+        self.err_code = err_code
+        self.status = status
+        self.description = description
+
+
+async def connect(url: str, *, name: str, connect_timeout_s: float = 5.0, **opts: Any) -> NATS:
+    """Connect with reconnects forever (hosts and clients ride out server restarts)."""
+    options: dict[str, Any] = {
+        "servers": [u.strip() for u in url.split(",") if u.strip()],
+        "name": name,
+        "connect_timeout": connect_timeout_s,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.25,
+        "allow_reconnect": True,
+        "ping_interval": 10,
+        "max_outstanding_pings": 3,
+    }
+    options.update(opts)
+    try:
+        return await nats.connect(**options)
+    except (OSError, NatsTimeout, nats.errors.NoServersError) as exc:
+        raise Unavailable(f"cannot connect to NATS at {url}: {exc}") from None
+
+
+def _raise_api_error(resp: dict[str, Any]) -> None:
+    err = resp.get("error")
+    if err:
+        raise JSApiError(int(err.get("err_code", 0)), int(err.get("code", 0)), str(err.get("description", "")))
+
+
+async def js_api(nc: NATS, subject: str, payload: dict[str, Any] | None, timeout_s: float) -> dict[str, Any]:
+    try:
+        msg = await nc.request(subject, orjson.dumps(payload) if payload is not None else b"", timeout=timeout_s)
+    except NoRespondersError:
+        raise Unavailable("JetStream is not available (no responders)") from None
+    except NatsTimeout:
+        raise Unavailable(f"JetStream API {subject} timed out") from None
+    resp: dict[str, Any] = orjson.loads(msg.data)
+    _raise_api_error(resp)
+    return resp
+
+
+async def js_publish(
+    nc: NATS, subject: str, payload: bytes, headers: dict[str, str], timeout_s: float
+) -> dict[str, Any]:
+    """Publish to a stream and return the PubAck (``stream``, ``seq``, ``duplicate``)."""
+    try:
+        msg = await nc.request(subject, payload, timeout=timeout_s, headers=headers)
+    except NoRespondersError:
+        raise Unavailable(f"no stream accepted {subject} (JetStream down or stream missing)") from None
+    except NatsTimeout:
+        raise Unavailable(f"publish to {subject} was not acknowledged in {timeout_s}s") from None
+    if msg.headers and msg.headers.get("Status") == "503":
+        raise Unavailable(f"no stream accepted {subject}")
+    ack: dict[str, Any] = orjson.loads(msg.data)
+    err = ack.get("error")
+    if err:
+        if int(err.get("err_code", 0)) == ERR_MSG_SIZE:
+            raise PayloadTooLarge(str(err.get("description", "message too large")))
+    _raise_api_error(ack)
+    return ack
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Names and shapes of everything jetagents keeps in JetStream."""
+
+    subjects: Subjects
+    partitions: int = 64
+    replicas: int = 1
+    duplicate_window_s: float = 120.0
+    max_payload_bytes: int = 256 * 1024
+
+    @property
+    def prefix(self) -> str:
+        return self.subjects.root.upper().replace("-", "_")
+
+    @property
+    def cmd_stream(self) -> str:
+        return f"{self.prefix}_CMD"
+
+    @property
+    def evt_stream(self) -> str:
+        return f"{self.prefix}_EVT"
+
+    @property
+    def dlq_stream(self) -> str:
+        return f"{self.prefix}_DLQ"
+
+    @property
+    def snap_bucket(self) -> str:
+        return f"{self.subjects.root}_snap".replace("-", "_")
+
+    @property
+    def meta_bucket(self) -> str:
+        return f"{self.subjects.root}_meta".replace("-", "_")
+
+    def consumer_name(self, partition: int) -> str:
+        return f"p{partition}"
+
+    def stream_configs(self) -> list[dict[str, Any]]:
+        dup_ns = int(self.duplicate_window_s * NS)
+        limit = self.max_payload_bytes + 4096  # room for headers
+        return [
+            {
+                "name": self.cmd_stream,
+                "subjects": [self.subjects.cmd_wildcard],
+                "subject_transform": {
+                    "src": self.subjects.cmd_wildcard,
+                    "dest": self.subjects.partition_transform_dest(self.partitions),
+                },
+                "retention": "workqueue",
+                "storage": "file",
+                "num_replicas": self.replicas,
+                "duplicate_window": dup_ns,
+                "max_msg_size": limit,
+                "discard": "old",
+                "metadata": {"jetagents_partitions": str(self.partitions)},
+            },
+            {
+                "name": self.evt_stream,
+                "subjects": [self.subjects.evt_wildcard],
+                "retention": "limits",
+                "storage": "file",
+                "num_replicas": self.replicas,
+                "duplicate_window": dup_ns,
+                "allow_direct": True,
+                "max_msg_size": max(limit, 1024 * 1024),
+                "deny_delete": True,
+                "deny_purge": False,
+            },
+            {
+                "name": self.dlq_stream,
+                "subjects": [self.subjects.dlq_wildcard],
+                "retention": "limits",
+                "storage": "file",
+                "num_replicas": self.replicas,
+                "max_age": 14 * 24 * 3600 * NS,
+                "allow_direct": True,
+                "max_msg_size": max(limit * 2, 1024 * 1024),
+            },
+        ]
+
+    def consumer_config(self, partition: int, *, ack_wait_s: float, max_deliver: int, max_ack_pending: int) -> dict[str, Any]:
+        return {
+            "durable_name": self.consumer_name(partition),
+            "filter_subject": self.subjects.partition_filter(partition),
+            "ack_policy": "explicit",
+            "deliver_policy": "all",
+            "ack_wait": int(ack_wait_s * NS),
+            "max_deliver": max_deliver,
+            "max_ack_pending": max_ack_pending,
+            "max_waiting": 512,
+            "num_replicas": self.replicas,
+            "priority_groups": ["jetagents"],
+            "priority_policy": "pinned_client",
+            "priority_timeout": int(max(2.0, ack_wait_s) * NS),
+        }
+
+
+async def ensure_topology(nc: NATS, topo: Topology, timeout_s: float = 5.0) -> str:
+    """Create the streams and buckets if missing; check the partition count agrees.
+
+    Returns the command stream's creation time, which identifies this incarnation of the
+    stream (its sequence numbers restart if it is ever recreated).
+    """
+    created = ""
+    for cfg in topo.stream_configs():
+        name = cfg["name"]
+        try:
+            info = await js_api(nc, f"$JS.API.STREAM.INFO.{name}", None, timeout_s)
+        except JSApiError as exc:
+            if exc.err_code != ERR_STREAM_NOT_FOUND:
+                raise
+            try:
+                info = await js_api(nc, f"$JS.API.STREAM.CREATE.{name}", cfg, timeout_s)
+            except JSApiError as exc2:  # another host created it first
+                if "already in use" not in exc2.description:
+                    raise
+                info = await js_api(nc, f"$JS.API.STREAM.INFO.{name}", None, timeout_s)
+        if name == topo.cmd_stream:
+            existing = (info.get("config", {}).get("metadata") or {}).get("jetagents_partitions")
+            if existing and int(existing) != topo.partitions:
+                raise JetAgentsError(
+                    f"stream {name} was created with {existing} partitions, this process is "
+                    f"configured with {topo.partitions}; the partition count is fixed per cluster"
+                )
+            created = str(info.get("created", ""))
+    js = nc.jetstream(timeout=timeout_s)
+    for bucket in (topo.snap_bucket, topo.meta_bucket):
+        try:
+            await js.key_value(bucket)
+        except Exception:  # noqa: BLE001 - nats-py raises several types for "not found"
+            await js.create_key_value(
+                bucket=bucket, history=1, replicas=topo.replicas, storage=nats.js.api.StorageType.FILE
+            )
+    return created
+
+
+async def ensure_consumer(nc: NATS, topo: Topology, partition: int, cfg: dict[str, Any], timeout_s: float) -> None:
+    name = topo.consumer_name(partition)
+    payload = {"stream_name": topo.cmd_stream, "config": cfg, "action": ""}
+    await js_api(nc, f"$JS.API.CONSUMER.CREATE.{topo.cmd_stream}.{name}", payload, timeout_s)
+
+
+class DirectReader:
+    """Batched direct gets (server 2.11+) over one wildcard inbox subscription.
+
+    ``read_subject`` streams every message of one subject from a start sequence, in
+    batches, without creating a consumer: the cheap way to replay an agent's log.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox()
+        self._ids = itertools.count(1)
+        self._queues: dict[str, asyncio.Queue[Msg]] = {}
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_msg)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - connection may be closed already
+                pass
+
+    async def _on_msg(self, msg: Msg) -> None:
+        q = self._queues.get(msg.subject.rpartition(".")[2])
+        if q is not None:
+            q.put_nowait(msg)
+
+    async def read_subject(
+        self, stream: str, subject: str, start_seq: int, batch: int, timeout_s: float
+    ) -> list[Msg]:
+        """All messages on ``subject`` with sequence >= ``start_seq``."""
+        out: list[Msg] = []
+        seq = max(1, start_seq)
+        while True:
+            msgs, more, last = await self._batch(stream, subject, seq, batch, timeout_s)
+            out.extend(msgs)
+            if not more or not msgs:
+                return out
+            seq = last + 1
+
+    async def _batch(
+        self, stream: str, subject: str, seq: int, batch: int, timeout_s: float
+    ) -> tuple[list[Msg], bool, int]:
+        token = str(next(self._ids))
+        q: asyncio.Queue[Msg] = asyncio.Queue()
+        self._queues[token] = q
+        try:
+            req = {"seq": seq, "next_by_subj": subject, "batch": batch}
+            await self._nc.publish(
+                f"$JS.API.DIRECT.GET.{stream}", orjson.dumps(req), reply=f"{self._prefix}.{token}"
+            )
+            msgs: list[Msg] = []
+            last = seq - 1
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    msg = await q.get()
+                    status = msg.headers.get("Status") if msg.headers else None
+                    if status is None:
+                        msgs.append(msg)
+                        last = int(msg.headers["Nats-Sequence"]) if msg.headers else last
+                        continue
+                    if status == "404":
+                        return msgs, False, last
+                    if status == "204":  # end of batch
+                        pending = int((msg.headers or {}).get("Nats-Num-Pending", "0"))
+                        return msgs, pending > 0, last
+                    if status == "408":
+                        raise Unavailable("direct get timed out on the server")
+                    raise Unavailable(f"direct get failed with status {status}")
+        except TimeoutError:
+            raise Unavailable(f"direct get of {subject} timed out") from None
+        finally:
+            self._queues.pop(token, None)
+
+    async def last(self, stream: str, subject: str, timeout_s: float) -> Msg | None:
+        try:
+            msg = await self._nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout_s)
+        except NoRespondersError:
+            raise Unavailable("direct get: no responders") from None
+        except NatsTimeout:
+            raise Unavailable(f"direct get of the last {subject} timed out") from None
+        status = msg.headers.get("Status") if msg.headers else None
+        if status == "404":
+            return None
+        if status is not None:
+            raise Unavailable(f"direct get failed with status {status}")
+        return msg

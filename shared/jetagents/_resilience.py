@@ -1,0 +1,85 @@
+"""Retry with exponential backoff and full jitter, and a circuit breaker (pure logic)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from ._clock import Clock, SystemClock
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """``attempts`` tries in all; the delay before try k+1 is uniform in
+    ``[0, min(max_s, base_s * 2**k)]`` (full jitter, so many clients do not retry in step).
+
+    >>> p = RetryPolicy(attempts=3, base_s=0.1, max_s=1.0)
+    >>> [p.cap(k) for k in range(3)]
+    [0.1, 0.2, 0.4]
+    """
+
+    attempts: int = 4
+    base_s: float = 0.05
+    max_s: float = 2.0
+
+    def cap(self, retry_index: int) -> float:
+        return min(self.max_s, self.base_s * (2**retry_index))
+
+    def delay(self, retry_index: int, rng: random.Random | None = None) -> float:
+        return (rng or random).uniform(0.0, self.cap(retry_index))
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(slots=True)
+class CircuitBreaker:
+    """Opens after ``failures`` consecutive failures, lets one probe through after
+    ``reset_s``, closes again on a success.
+
+    >>> from jetagents._clock import ManualClock
+    >>> b = CircuitBreaker(failures=2, reset_s=5, clock=ManualClock())
+    >>> b.record_failure(); b.record_failure(); b.allow()
+    False
+    """
+
+    failures: int = 20
+    reset_s: float = 5.0
+    clock: Clock = field(default_factory=SystemClock)
+    _consecutive: int = 0
+    _opened_at: float | None = None
+    _probe_out: bool = False
+
+    @property
+    def state(self) -> BreakerState:
+        if self._opened_at is None:
+            return BreakerState.CLOSED
+        if self.clock.monotonic() - self._opened_at >= self.reset_s:
+            return BreakerState.HALF_OPEN
+        return BreakerState.OPEN
+
+    def allow(self) -> bool:
+        state = self.state
+        if state is BreakerState.CLOSED:
+            return True
+        if state is BreakerState.HALF_OPEN and not self._probe_out:
+            self._probe_out = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self._consecutive = 0
+        self._opened_at = None
+        self._probe_out = False
+
+    def record_failure(self) -> None:
+        self._consecutive += 1
+        if self._opened_at is not None:
+            self._opened_at = self.clock.monotonic()  # a failed probe re-opens
+            self._probe_out = False
+        elif self._consecutive >= self.failures:
+            self._opened_at = self.clock.monotonic()

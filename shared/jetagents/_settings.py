@@ -1,0 +1,60 @@
+"""Settings from flags and ``JETAGENTS_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_host_id() -> str:
+    raw = f"{socket.gethostname()}-{os.getpid()}"
+    return "".join(c if c.isalnum() or c in "_-" else "-" for c in raw)[:64]
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JETAGENTS_", extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    subject_root: str = Field(default="agt", pattern=r"^[A-Za-z0-9_-]+$")
+    partitions: int = Field(default=64, ge=1, le=4096, description="fixed at cluster creation")
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+
+
+class ClientSettings(CommonSettings):
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    retry_attempts: int = Field(default=4, ge=1, le=100)
+    retry_base_s: float = Field(default=0.05, gt=0)
+    retry_max_s: float = Field(default=2.0, gt=0)
+    breaker_failures: int = Field(default=20, ge=1)
+    breaker_reset_s: float = Field(default=5.0, gt=0)
+
+
+class HostSettings(CommonSettings):
+    host_id: str = Field(default_factory=_default_host_id, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    agents: list[str] = Field(
+        default_factory=lambda: ["jetagents.examples:EXAMPLE_AGENTS"],
+        description="import paths 'module:attr' of agent classes or lists of them",
+    )
+    replicas: int = Field(default=1, ge=1, le=5)
+    duplicate_window_s: float = Field(default=120.0, gt=0)
+    ack_wait_s: float = Field(default=10.0, gt=0)
+    max_deliver: int = Field(default=5, ge=2, le=1000)
+    max_ack_pending: int = Field(default=1024, ge=1)
+    max_inflight: int = Field(default=1024, ge=1, description="host-wide commands received, not finished")
+    workers: int = Field(default=256, ge=1, le=100_000, description="agents processed at once")
+    pull_batch: int = Field(default=64, ge=1, le=10_000)
+    pull_expires_s: float = Field(default=5.0, ge=1.0)
+    idle_passivate_s: float = Field(default=300.0, gt=0)
+    max_active_agents: int = Field(default=100_000, ge=1)
+    snapshot_every: int = Field(default=100, ge=1)
+    dedup_records_per_agent: int = Field(default=256, ge=1)
+    drain_grace_s: float = Field(default=30.0, ge=0)
+    op_timeout_s: float = Field(default=5.0, gt=0, description="timeout of one NATS round trip")
+    loop: Literal["asyncio", "uvloop"] = "asyncio"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"

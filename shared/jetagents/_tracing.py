@@ -1,0 +1,55 @@
+"""``traceparent`` propagation (W3C trace context) through NATS headers.
+
+With an OpenTelemetry SDK configured, the current span's context is injected; without
+one, a traceparent is still generated at the client and carried unchanged through the
+host to the events and the reply, so one id correlates the whole path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from opentelemetry import propagate, trace
+
+from ._wire import TRACEPARENT, TRACESTATE
+
+_TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def new_traceparent() -> str:
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+
+
+def valid_traceparent(value: str | None) -> bool:
+    return value is not None and _TRACEPARENT_RE.match(value) is not None
+
+
+def inject_current(headers: dict[str, str]) -> None:
+    """Put the current trace context into ``headers``, generating one if none is active."""
+    span = trace.get_current_span()
+    if span.get_span_context().is_valid:
+        propagate.inject(headers)
+    if TRACEPARENT not in headers:
+        headers[TRACEPARENT] = new_traceparent()
+
+
+def carry(incoming: dict[str, str] | None, outgoing: dict[str, str]) -> None:
+    """Copy trace context from an incoming message to an outgoing one (host side)."""
+    span = trace.get_current_span()
+    if span.get_span_context().is_valid and span.is_recording():
+        propagate.inject(outgoing)
+        return
+    if incoming:
+        tp = incoming.get(TRACEPARENT)
+        if valid_traceparent(tp):
+            outgoing[TRACEPARENT] = tp  # type: ignore[assignment]
+            ts = incoming.get(TRACESTATE)
+            if ts:
+                outgoing[TRACESTATE] = ts
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    if not valid_traceparent(traceparent):
+        return None
+    return traceparent.split("-")[1]  # type: ignore[union-attr]

@@ -1,0 +1,197 @@
+"""The ``jetagents`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+from ._errors import JetAgentsError
+from ._ids import AgentId
+from ._settings import ClientSettings, HostSettings
+from ._wire import Delivery
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distributed, stateful agents on NATS JetStream.")
+
+
+@app.command()
+def up(
+    data_dir: Annotated[Path, typer.Option(help="where nats-server keeps JetStream data")] = Path(".jetagents"),
+    hosts: Annotated[int, typer.Option(min=1, max=16, help="agent-host processes to start")] = 1,
+    port: Annotated[int, typer.Option(help="NATS client port")] = 4222,
+    http_port: Annotated[int, typer.Option(help="NATS monitoring port")] = 8222,
+    partitions: Annotated[int, typer.Option(min=1, max=4096)] = 64,
+) -> None:
+    """Run a local cluster: an embedded nats-server and agent hosts with the example agents.
+
+    Ctrl-C or SIGTERM drains the hosts, then stops the server; nothing is left running.
+    """
+    from ._server import NatsServer, child_preexec
+
+    server = NatsServer(data_dir=data_dir.resolve(), port=port, http_port=http_port, name="jetagents-local")
+    typer.echo(f"starting nats-server on {server.url} (data in {server.data_dir})", err=True)
+    server.start()
+    env = dict(os.environ, JETAGENTS_NATS_URL=server.url, JETAGENTS_PARTITIONS=str(partitions))
+    procs: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def shutdown(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, shutdown)
+    signal.signal(signal.SIGTERM, shutdown)
+    try:
+        for i in range(hosts):
+            host_env = dict(env, JETAGENTS_HOST_ID=f"local-{i + 1}")
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "jetagents.cli", "host"], env=host_env, preexec_fn=child_preexec  # noqa: PLW1509
+                )
+            )
+        typer.echo(
+            f"\njetagents is up: {hosts} host(s), agent types: counter, account\n"
+            f"  try:  jetagents call counter/c1 increment '{{\"by\": 2}}' --nats-url {server.url}\n"
+            f"  or any NATS client: nats req agt.call.counter.c1 '{{\"action\":\"get\"}}' -s {server.url}\n"
+            "  Ctrl-C to stop\n",
+            err=True,
+        )
+        while not stopping:
+            for p in procs:
+                if p.poll() is not None:
+                    typer.echo(f"host pid {p.pid} exited with {p.returncode}; stopping", err=True)
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        typer.echo("stopping hosts (draining)...", err=True)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=HostSettings().drain_grace_s + 5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        typer.echo("stopping nats-server...", err=True)
+        server.stop()
+        typer.echo("stopped", err=True)
+
+
+@app.command()
+def host(
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL(s), comma separated [env JETAGENTS_NATS_URL]")] = None,
+    host_id: Annotated[str | None, typer.Option(help="unique host id [env JETAGENTS_HOST_ID]")] = None,
+    agents: Annotated[list[str] | None, typer.Option(help="module:attr of agent classes [env JETAGENTS_AGENTS]")] = None,
+    loop: Annotated[str | None, typer.Option(help="asyncio or uvloop [env JETAGENTS_LOOP]")] = None,
+) -> None:
+    """Run one agent-host process (configured by flags and JETAGENTS_* variables)."""
+    overrides: dict[str, Any] = {}
+    if nats_url:
+        overrides["nats_url"] = nats_url
+    if host_id:
+        overrides["host_id"] = host_id
+    if agents:
+        overrides["agents"] = agents
+    if loop:
+        overrides["loop"] = loop
+    settings = HostSettings(**overrides)
+    from agent_host.main import run
+
+    run(settings)
+
+
+@app.command()
+def call(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. counter/c1")],
+    action: Annotated[str, typer.Argument(help="action name, e.g. increment")],
+    params: Annotated[str, typer.Argument(help="JSON object of parameters")] = "{}",
+    delivery: Annotated[Delivery, typer.Option(help="delivery guarantee")] = Delivery.EXACTLY_ONCE,
+    command_id: Annotated[str | None, typer.Option("--id", help="command id (re-use it to retry safely)")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """Send ACTION to agent TYPE/ID and print the reply as JSON."""
+    try:
+        aid = AgentId.parse(agent)
+        parsed = json.loads(params)
+        if not isinstance(parsed, dict):
+            raise ValueError("parameters must be a JSON object")
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    async def go() -> Any:
+        from ._client import Client
+
+        settings = ClientSettings(**({"nats_url": nats_url} if nats_url else {}))
+        client = await Client.connect(settings=settings, name="jetagents-cli")
+        try:
+            return await client.agent(aid.type, aid.id).request(
+                action, parsed, delivery=delivery, timeout=timeout, command_id=command_id
+            )
+        finally:
+            await client.close()
+
+    try:
+        result = asyncio.run(go())
+    except JetAgentsError as err:
+        typer.echo(orjson.dumps({"ok": False, "error": err.to_wire()}).decode())
+        typer.echo(f"error: {err.code}: {err.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(orjson.dumps({"ok": True, "result": result}).decode())
+
+
+@app.command()
+def dlq(
+    limit: Annotated[int, typer.Option(min=1, help="entries to show, newest last")] = 20,
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """Print the newest dead letters (one JSON object per line)."""
+
+    async def go() -> list[bytes]:
+        from ._nats import Topology, connect, js_api
+        from ._wire import Subjects
+
+        settings = ClientSettings(**({"nats_url": nats_url} if nats_url else {}))
+        nc = await connect(settings.nats_url, name="jetagents-cli")
+        try:
+            topo = Topology(Subjects(settings.subject_root))
+            info = await js_api(nc, f"$JS.API.STREAM.INFO.{topo.dlq_stream}", None, 5)
+            last = int(info["state"]["last_seq"])
+            first = max(int(info["state"]["first_seq"]), last - limit + 1)
+            out = []
+            js = nc.jetstream()
+            for seq in range(first, last + 1):
+                try:
+                    m = await js.get_msg(topo.dlq_stream, seq)
+                    out.append(m.data or b"")
+                except Exception:  # noqa: BLE001 - deleted/expired entries are skipped
+                    continue
+            return out
+        finally:
+            await nc.close()
+
+    try:
+        for line in asyncio.run(go()):
+            typer.echo(line.decode())
+    except JetAgentsError as err:
+        typer.echo(f"error: {err.code}: {err.message}", err=True)
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
