@@ -41,12 +41,9 @@ from ._resilience import CircuitBreaker, RetryPolicy
 from ._settings import ClientSettings
 from ._tracing import inject_current
 from ._wire import (
-    CONTENT_TYPE_JSON,
     H_COMMAND_ID,
-    H_CONTENT_TYPE,
     H_CORRELATION_ID,
     H_DEADLINE,
-    H_DELIVERY,
     H_MSG_ID,
     H_PRIORITY,
     H_REPLY_TO,
@@ -219,13 +216,15 @@ class Client:
         cmd_id = command_id or self._nuid.next().decode()
         if len(cmd_id) > 256:
             raise ValueError("command_id longer than 256 characters")
+        # Few headers on purpose: parsing them is a large part of a small message's cost.
+        # The delivery mode is implied by the subject and Nats-Msg-Id, the correlation id
+        # defaults to the command id and JSON is the only content type.
         headers = {
             H_COMMAND_ID: cmd_id,
-            H_CORRELATION_ID: correlation_id or cmd_id,
-            H_DELIVERY: delivery.value,
             H_DEADLINE: str(self._clock.wall_ms() + int(timeout_s * 1000)),
-            H_CONTENT_TYPE: CONTENT_TYPE_JSON,
         }
+        if correlation_id and correlation_id != cmd_id:
+            headers[H_CORRELATION_ID] = correlation_id
         if priority is not Priority.NORMAL:
             headers[H_PRIORITY] = priority.value
         inject_current(headers)
@@ -327,7 +326,14 @@ class Client:
                 if remaining <= 0:
                     raise AgentTimeout(f"command to {aid} was not accepted by the stream in time")
                 try:
-                    await js_publish(self.nc, subject, body, headers, min(remaining, 5.0))
+                    ack = await js_publish(self.nc, subject, body, headers, min(remaining, 5.0))
+                    if ack.get("duplicate") and attempt == 0 and fut is not None:
+                        # An earlier call stored this command id; its reply went to that
+                        # call's inbox. Send a copy under a fresh stream id: it queues behind
+                        # the original and the host answers it from the agent's record.
+                        headers[H_MSG_ID] = f"{headers[H_COMMAND_ID]}.{self._nuid.next().decode()}"
+                        attempt += 1
+                        continue
                     break
                 except Unavailable as exc:
                     # Re-sending is safe for exactly-once (same Nats-Msg-Id); for

@@ -525,7 +525,7 @@ class Host:
         out_hdrs: dict[str, str] = {}
         if cmd_id:
             out_hdrs[H_COMMAND_ID] = cmd_id
-        if corr:
+        if corr and corr != cmd_id:
             out_hdrs[H_CORRELATION_ID] = corr
 
         parent = propagate.extract(hdrs) if hdrs else None
