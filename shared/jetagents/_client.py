@@ -209,6 +209,7 @@ class Client:
         correlation_id: str | None,
         priority: Priority,
         timeout_s: float,
+        deadline_s: float | None,
     ) -> tuple[bytes, dict[str, str], str]:
         body = orjson.dumps({"action": action, "params": to_jsonable_python(dict(params or {}))})
         if len(body) > self.settings.max_payload_bytes:
@@ -219,10 +220,13 @@ class Client:
         # Few headers on purpose: parsing them is a large part of a small message's cost.
         # The delivery mode is implied by the subject and Nats-Msg-Id, the correlation id
         # defaults to the command id and JSON is the only content type.
-        headers = {
-            H_COMMAND_ID: cmd_id,
-            H_DEADLINE: str(self._clock.wall_ms() + int(timeout_s * 1000)),
-        }
+        headers = {H_COMMAND_ID: cmd_id}
+        # A durable command outlives the caller's wait unless the caller sets a deadline;
+        # a call (at-most-once) nobody waits for any more is pointless, so it gets one.
+        if deadline_s is None and delivery is Delivery.AT_MOST_ONCE:
+            deadline_s = timeout_s
+        if deadline_s is not None:
+            headers[H_DEADLINE] = str(self._clock.wall_ms() + int(deadline_s * 1000))
         if correlation_id and correlation_id != cmd_id:
             headers[H_CORRELATION_ID] = correlation_id
         if priority is not Priority.NORMAL:
@@ -242,22 +246,25 @@ class Client:
         correlation_id: str | None,
         priority: Priority,
         want_reply: bool,
+        deadline: float | None = None,
     ) -> Reply | str:
         timeout_s = timeout if timeout is not None else self.settings.request_timeout_s
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        until = loop.time() + timeout_s
         breaker = self._breaker(aid.type)
         if not breaker.allow():
             raise Unavailable(f"circuit open for agent type {aid.type!r}: recent calls failed", details={"applied": False})
-        body, headers, cmd_id = self._prepare(aid, action, params, delivery, command_id, correlation_id, priority, timeout_s)
+        body, headers, cmd_id = self._prepare(
+            aid, action, params, delivery, command_id, correlation_id, priority, timeout_s, deadline
+        )
         with _tracer.start_as_current_span(
             f"send {aid.type}", kind=trace.SpanKind.PRODUCER, attributes={"messaging.system": "nats"}
         ):
             try:
                 if delivery is Delivery.AT_MOST_ONCE:
-                    result: Reply | str = await self._call(aid, body, headers, deadline, want_reply)
+                    result: Reply | str = await self._call(aid, body, headers, until, want_reply)
                 else:
-                    result = await self._durable(aid, body, headers, delivery, deadline, want_reply)
+                    result = await self._durable(aid, body, headers, delivery, until, want_reply)
             except (Unavailable, AgentTimeout):
                 breaker.record_failure()
                 raise
@@ -375,12 +382,13 @@ class AgentRef:
         correlation_id: str | None = None,
         priority: Priority | str = Priority.NORMAL,
         timeout: float | None = None,
+        deadline: float | None = None,
     ) -> str:
         """Fire and forget. Durable modes return once the stream has stored the command;
         at-most-once returns once it is written to the connection. Returns the command id."""
         out = await self.client._send(
             self.id, action, params, delivery=Delivery(delivery), timeout=timeout, command_id=command_id,
-            correlation_id=correlation_id, priority=Priority(priority), want_reply=False,
+            correlation_id=correlation_id, priority=Priority(priority), want_reply=False, deadline=deadline,
         )
         return cast(str, out)
 
@@ -394,11 +402,15 @@ class AgentRef:
         command_id: str | None = None,
         correlation_id: str | None = None,
         priority: Priority | str = Priority.NORMAL,
+        deadline: float | None = None,
     ) -> Any:
-        """Send and await the reply; returns the action's JSON result or raises the typed error."""
+        """Send and await the reply; returns the action's JSON result or raises the typed error.
+
+        ``timeout`` bounds the wait; ``deadline`` (seconds) tells the host not to start the
+        command after that long (durable commands have none unless given)."""
         reply = await self.request_reply(
             action, params, delivery=delivery, timeout=timeout, command_id=command_id,
-            correlation_id=correlation_id, priority=priority,
+            correlation_id=correlation_id, priority=priority, deadline=deadline,
         )
         return reply.result
 
@@ -412,11 +424,12 @@ class AgentRef:
         command_id: str | None = None,
         correlation_id: str | None = None,
         priority: Priority | str = Priority.NORMAL,
+        deadline: float | None = None,
     ) -> Reply:
         """Like :meth:`request` but returns the :class:`Reply` with its headers."""
         out = await self.client._send(
             self.id, action, params, delivery=Delivery(delivery), timeout=timeout, command_id=command_id,
-            correlation_id=correlation_id, priority=Priority(priority), want_reply=True,
+            correlation_id=correlation_id, priority=Priority(priority), want_reply=True, deadline=deadline,
         )
         return cast(Reply, out)
 
