@@ -185,3 +185,9 @@ def test_agent_id_is_frozen_and_hashable() -> None:
     with pytest.raises(AttributeError):
         aid.id = "c2"  # type: ignore[misc]
     assert {aid: 1}[AgentId("counter", "c1")] == 1
+
+
+def test_agent_id_rejects_trailing_newline() -> None:
+    # a newline inside a subject token would split the NATS protocol line
+    with pytest.raises(ValueError):
+        AgentId("counter", "c1\n")
