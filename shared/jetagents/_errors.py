@@ -14,7 +14,6 @@
     ├── PayloadTooLarge                 no
     ├── MalformedCommand                no   not JSON, wrong shape, bad headers
     ├── DeadlineExceeded                no   the host saw the command after its deadline
-    ├── StaleRedelivery                 no   a redelivered command that must not run again
     ├── DomainError                     no   raised by an agent's action on purpose
     └── InternalError                   no   the action raised something unexpected
 
@@ -93,10 +92,6 @@ class DeadlineExceeded(JetAgentsError):
     code = "deadline_exceeded"
 
 
-class StaleRedelivery(JetAgentsError):
-    code = "stale_redelivery"
-
-
 class InternalError(JetAgentsError):
     code = "internal"
 
@@ -135,7 +130,6 @@ _BY_CODE: dict[str, type[JetAgentsError]] = {
         PayloadTooLarge,
         MalformedCommand,
         DeadlineExceeded,
-        StaleRedelivery,
         InternalError,
     )
 }

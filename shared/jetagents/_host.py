@@ -46,12 +46,12 @@ from ._errors import (
     InternalError,
     JetAgentsError,
     MalformedCommand,
-    StaleRedelivery,
     Unavailable,
     UnknownAgent,
     UnknownAgentType,
+    error_from_wire,
 )
-from ._ids import AgentId, fnv1a_32, is_valid_token
+from ._ids import AgentId, fnv1a_32, is_valid_token, partition_of
 from ._nats import (
     ERR_WRONG_LAST_SEQUENCE,
     NS,
@@ -119,9 +119,10 @@ class Activation:
     agent: Agent[Any] | None = None
     last_seq: int = 0  # stream sequence of this agent's last commit (the fence)
     n: int = 0  # commits so far, gapless from 1
-    last_cseq: int = 0  # command-stream sequence of the last applied durable command
-    cepoch: str = ""
-    records: OrderedDict[str, tuple[int, Any]] = field(default_factory=OrderedDict)
+    # command id -> (event seq or 0, ok, result or wire error): applied commands (from the
+    # log, durable) and domain refusals (in memory only), so a redelivery or a re-send gets
+    # the first answer and is not applied again
+    records: OrderedDict[str, tuple[int, bool, Any]] = field(default_factory=OrderedDict)
     mailbox: deque[Work] = field(default_factory=deque)
     scheduled: bool = False
     since_snapshot: int = 0
@@ -230,7 +231,10 @@ class Host:
             duplicate_window_s=settings.duplicate_window_s,
             max_payload_bytes=settings.max_payload_bytes,
         )
-        self.owned = list(range(settings.partitions)) if partitions is None else sorted(partitions)
+        if partitions is None:  # static split until the cluster ring assigns partitions
+            partitions = [p for p in range(settings.partitions) if p % settings.host_count == settings.host_index]
+        self.owned = sorted(partitions)
+        self._owned_set: frozenset[int] = frozenset(self.owned)
         self.nc: NATS = None  # type: ignore[assignment]
         self.cepoch = ""
         self.activations: OrderedDict[str, Activation] = OrderedDict()
@@ -242,7 +246,7 @@ class Host:
             "passivations": 0,
             "fenced": 0,
             "naks": 0,
-            "stale": 0,
+            "retries": 0,
         }
         self._ready: asyncio.PriorityQueue[tuple[int, int, Activation]] = asyncio.PriorityQueue()
         self._seq = itertools.count()
@@ -288,7 +292,7 @@ class Host:
             error_cb=self._on_error,
         )
         created = await ensure_topology(self.nc, self.topology, s.op_timeout_s)
-        self.cepoch = f"{fnv1a_32(created.encode()):08x}"
+        self.cepoch = f"{fnv1a_32(created.encode()):08x}"  # names commands that carry no id
         js = self.nc.jetstream(timeout=s.op_timeout_s)
         self._snap_kv = await js.key_value(self.topology.snap_bucket)
         self._meta_kv = await js.key_value(self.topology.meta_bucket)
@@ -307,11 +311,16 @@ class Host:
             cfg = self.topology.consumer_config(
                 p, ack_wait_s=s.ack_wait_s, max_deliver=-1, max_ack_pending=s.max_ack_pending
             )
-            await ensure_consumer(self.nc, self.topology, p, cfg, s.op_timeout_s)
+            # A new owner recreates the consumer: whatever the previous owner left
+            # unacknowledged is delivered again at once and in stream order (a redelivery
+            # after ack_wait would arrive behind newer commands of the same agent).
+            await ensure_consumer(self.nc, self.topology, p, cfg, s.op_timeout_s, reset=True)
             self._pullers[p] = _Puller(self, p)
+        # Every host sees every call and answers only for the partitions it owns, so an
+        # agent is never in memory on two hosts at once.
+        self._owned_set = frozenset(self.owned)
         self._call_sub = await self.nc.subscribe(
             self.subjects.call_wildcard,
-            queue="jetagents-hosts",
             cb=self._on_call,
             pending_msgs_limit=1_000_000,
             pending_bytes_limit=-1,
@@ -431,6 +440,12 @@ class Host:
 
     async def _on_call(self, msg: Msg) -> None:
         parts = msg.subject.split(".")
+        if len(self._owned_set) != self.settings.partitions:
+            if not (is_valid_token(parts[-2]) and is_valid_token(parts[-1])):
+                if min(self.owned, default=-1) != 0:
+                    return  # host owning partition 0 answers for unroutable subjects
+            elif partition_of(parts[-2], parts[-1], self.settings.partitions) not in self._owned_set:
+                return
         work = Work(msg, CALL, -1, self.clock.monotonic())
         if self._inflight_count >= self.settings.max_inflight:
             if msg.reply:
@@ -554,7 +569,7 @@ class Host:
         out_hdrs: dict[str, str],
     ) -> None:
         s = self.settings
-        if durable and work.deliveries > max(s.max_deliver * 10, 50):
+        if durable and work.deliveries > s.max_redeliveries:
             await self._reject(work, act.agent_id, InternalError("redelivered too often; giving up"), reply_to, out_hdrs)
             return
         try:
@@ -566,16 +581,54 @@ class Host:
         except JetAgentsError as err:
             await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
             return
+        deadline = hdrs.get(H_DEADLINE)
+        # Failures are retried here, in place, so the agent's later commands wait behind
+        # this one (per-agent FIFO holds); the housekeeping sends +WPI meanwhile.
+        attempt = 0
+        while True:
+            failure = await self._attempt(act, work, action, params, reply_to, cmd_id, corr, out_hdrs, deadline)
+            if failure is None:
+                return
+            err, handler_fault = failure
+            attempt += 1
+            if work.kind == CALL:  # at-most-once: never retried by the host
+                if reply_to:
+                    retry_err = err if err.retryable or handler_fault else Unavailable(err.message)
+                    await self._publish_reply(reply_to, encode_error(retry_err), out_hdrs, work)
+                return
+            if handler_fault and attempt >= s.max_deliver:
+                await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
+                return
+            if self._stopping:
+                await self._nak(work, 0.0)  # hand it back to the next owner
+                return
+            self.stats["retries"] += 1
+            await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
 
+    async def _attempt(
+        self,
+        act: Activation,
+        work: Work,
+        action: Any,
+        params: dict[str, Any],
+        reply_to: str | None,
+        cmd_id: str,
+        corr: str,
+        out_hdrs: dict[str, str],
+        deadline: str | None,
+    ) -> tuple[JetAgentsError, bool] | None:
+        """Run the command once. ``None`` when finished (answered, acknowledged or
+        dead-lettered), else ``(error, handler_fault)`` to retry."""
+        s = self.settings
+        durable = work.kind == STREAM
         if act.agent is None:
             try:
                 await self._activate(act)
             except _NON_RETRYABLE_INPUT as err:
                 await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
-                return
+                return None
             except JetAgentsError as err:
-                await self._retry_later(work, act, err, reply_to, out_hdrs)
-                return
+                return err, isinstance(err, InternalError)
         agent = act.agent
         assert agent is not None
 
@@ -584,15 +637,18 @@ class Host:
             if record is not None:
                 self.stats["duplicates"] += 1
                 out_hdrs[H_DUPLICATE] = "true"
-                out_hdrs[H_EVENT_SEQ] = str(record[0])
-                await self._finish_ok(work, reply_to, record[1], out_hdrs)
-                return
-        stale = durable and work.cseq > 0 and act.cepoch == self.cepoch and work.cseq <= act.last_cseq
+                seq, ok, payload = record
+                if seq:
+                    out_hdrs[H_EVENT_SEQ] = str(seq)
+                if ok:
+                    await self._finish_ok(work, reply_to, payload, out_hdrs)
+                else:
+                    await self._finish_err(work, reply_to, error_from_wire(payload), out_hdrs)
+                return None
 
-        deadline = hdrs.get(H_DEADLINE)
         if deadline and deadline.isdigit() and self.clock.wall_ms() > int(deadline):
             await self._finish_err(work, reply_to, DeadlineExceeded("the command's deadline passed before it ran"), out_hdrs)
-            return
+            return None
 
         ctx = agent.ctx
         ctx.command_id = cmd_id
@@ -606,26 +662,14 @@ class Host:
             result_json = action.dump_result(result)
         except DomainError as err:
             agent._finish()
+            if cmd_id:  # remembered (in memory) so a redelivery gets the same answer
+                self._remember(act, cmd_id, (0, False, err.to_wire()))
             await self._finish_err(work, reply_to, err, out_hdrs)
-            return
+            return None
         except Exception as exc:  # noqa: BLE001 - the handler failed: retry, then dead-letter
             agent._finish()
-            err = exc if isinstance(exc, InternalError) else InternalError(f"action {action.name!r} failed: {exc!r}")
-            await self._handler_failed(work, act, err, reply_to, out_hdrs)
-            return
-
-        if stale:
-            self.stats["stale"] += 1
-            if events:
-                await self._finish_err(
-                    work,
-                    reply_to,
-                    StaleRedelivery("a later command of this agent was already applied; not applying this one"),
-                    out_hdrs,
-                )
-            else:
-                await self._finish_ok(work, reply_to, result_json, out_hdrs)
-            return
+            self._log.warning("action_failed", agent=str(act.agent_id), error=repr(exc), deliveries=work.deliveries)
+            return (exc if isinstance(exc, InternalError) else InternalError(f"action {action.name!r} failed: {exc!r}")), True
 
         if events:
             commit = Commit(
@@ -635,7 +679,6 @@ class Host:
                 events=encode_events(events),
                 result=result_json,
                 cseq=work.cseq,
-                cepoch=self.cepoch if durable else "",
                 ts_ms=self.clock.wall_ms(),
             )
             try:
@@ -643,27 +686,26 @@ class Host:
             except FencedError as err:
                 self.stats["fenced"] += 1
                 self._log.warning("append_fenced", agent=str(act.agent_id), cmd=cmd_id)
-                self._evict(act)
-                await self._retry_later(work, act, err, reply_to, out_hdrs, delay_s=0.05)
-                return
+                self._evict(act)  # rebuild from the log (with the other writer's commits)
+                return err, False
             except JetAgentsError as err:
                 self._evict(act)  # the append may or may not have landed: rebuild from the log
-                await self._retry_later(work, act, err, reply_to, out_hdrs)
-                return
+                return err, False
             agent._commit(draft)
             act.last_seq = seq
             act.n = commit.n
             act.since_snapshot += 1
-            act.records[commit.cmd] = (seq, result_json)
-            if len(act.records) > s.dedup_records_per_agent:
-                act.records.popitem(last=False)
-            if durable:
-                act.last_cseq = max(act.last_cseq, work.cseq)
-                act.cepoch = self.cepoch
+            self._remember(act, commit.cmd, (seq, True, result_json))
             out_hdrs[H_EVENT_SEQ] = str(seq)
             if act.since_snapshot >= s.snapshot_every and not act.snapshotting:
                 self._side(self._snapshot(act))
         await self._finish_ok(work, reply_to, result_json, out_hdrs)
+        return None
+
+    def _remember(self, act: Activation, cmd_id: str, record: tuple[int, bool, Any]) -> None:
+        act.records[cmd_id] = record
+        if len(act.records) > self.settings.dedup_records_per_agent:
+            act.records.popitem(last=False)
 
     # -- outcomes --------------------------------------------------------------------------
     async def _finish_ok(self, work: Work, reply_to: str | None, result: Any, hdrs: dict[str, str]) -> None:
@@ -681,44 +723,12 @@ class Host:
         if work.kind == STREAM:
             await self._ack(work, b"+ACK")
 
-    async def _handler_failed(
-        self, work: Work, act: Activation, err: JetAgentsError, reply_to: str | None, hdrs: dict[str, str]
-    ) -> None:
-        self._log.warning("action_failed", agent=str(act.agent_id), error=err.message, deliveries=work.deliveries)
-        if work.kind == CALL:
-            if reply_to:
-                await self._publish_reply(reply_to, encode_error(err), hdrs, work)
-            return
-        if work.deliveries >= self.settings.max_deliver:
-            await self._reject(work, act.agent_id, err, reply_to, hdrs)
-        else:
-            await self._nak(work, min(0.1 * 2 ** (work.deliveries - 1), 5.0))
-
-    async def _retry_later(
-        self,
-        work: Work,
-        act: Activation,
-        err: JetAgentsError,
-        reply_to: str | None,
-        hdrs: dict[str, str],
-        delay_s: float | None = None,
-    ) -> None:
-        """Infrastructure trouble (NATS unavailable, fenced): not the message's fault."""
-        if work.kind == CALL:
-            if reply_to:
-                retry_err = err if err.retryable else Unavailable(err.message)
-                await self._publish_reply(reply_to, encode_error(retry_err), hdrs, work)
-            return
-        await self._nak(work, delay_s if delay_s is not None else min(0.25 * 2 ** (work.deliveries - 1), 5.0))
-
     async def _reject(
         self, work: Work, agent_id: AgentId | None, err: JetAgentsError, reply_to: str | None, hdrs: dict[str, str]
     ) -> None:
-        """Bad input: answer with the error, dead-letter, terminate (never redeliver)."""
+        """Bad input: dead-letter, then answer with the error, then terminate (never
+        redeliver). The dead letter is stored before the caller hears of the error."""
         msg = work.msg
-        if reply_to:
-            hdrs[H_HOST] = self.settings.host_id
-            await self._publish_reply(reply_to, encode_error(err), hdrs, work)
         type_tok = agent_id.type if agent_id else "_invalid"
         id_tok = agent_id.id if agent_id else "_invalid"
         dl = encode_dead_letter(
@@ -737,9 +747,13 @@ class Host:
             self._log.warning("dead_letter_failed", error=str(exc))
             if work.kind == STREAM:
                 await self._nak(work, 1.0)  # keep it: try to dead-letter it again later
-            return
-        self.stats["dead_letters"] += 1
-        self._log.info("dead_lettered", subject=msg.subject, code=err.code, reason=err.message)
+                return
+        else:
+            self.stats["dead_letters"] += 1
+            self._log.info("dead_lettered", subject=msg.subject, code=err.code, reason=err.message)
+        if reply_to:
+            hdrs[H_HOST] = self.settings.host_id
+            await self._publish_reply(reply_to, encode_error(err), hdrs, work)
         if work.kind == STREAM:
             await self._ack(work, b"+TERM " + err.code.encode())
 
@@ -818,36 +832,32 @@ class Host:
                     raise UnknownAgent(f"{aid} was never spawned (type {aid.type!r} requires spawn)") from None
                 metadata = orjson.loads(entry.value) if entry.value else {}
             state = None
-            start_seq = 1
             n = 0
             last_seq = 0
-            last_cseq = 0
-            cepoch = ""
-            records: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+            records: OrderedDict[str, tuple[int, bool, Any]] = OrderedDict()
             try:
                 snap_entry = await self._snap_kv.get(aid.key)
                 snap = orjson.loads(snap_entry.value) if snap_entry and snap_entry.value else None
             except KeyNotFoundError:
                 snap = None
+            except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
+                raise Unavailable(f"cannot read the snapshot of {aid}: {exc!r}") from None
             if snap:
                 try:
                     state = act.spec.state_type.model_validate(snap["state"])
                     last_seq = int(snap["seq"])
-                    start_seq = last_seq + 1
                     n = int(snap["n"])
-                    last_cseq = int(snap.get("last_cseq", 0))
-                    cepoch = str(snap.get("cepoch", ""))
                     for cmd, seq, result in snap.get("records", []):
-                        records[cmd] = (int(seq), result)
+                        records[str(cmd)] = (int(seq), True, result)
                 except (ValidationError, KeyError, TypeError, ValueError) as exc:
                     self._log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
-                    state, start_seq, n, last_seq, last_cseq, cepoch = None, 1, 0, 0, 0, ""
+                    state, n, last_seq = None, 0, 0
                     records.clear()
             ctx = AgentContext(aid, self.clock, client=self._client, metadata=metadata)
             agent = act.spec.cls(ctx, state)
             assert self._reader is not None
             msgs = await self._reader.read_subject(
-                self.topology.evt_stream, self.subjects.evt(aid.type, aid.id), start_seq, 256, s.op_timeout_s
+                self.topology.evt_stream, self.subjects.evt(aid.type, aid.id), last_seq + 1, 256, s.op_timeout_s
             )
             for m in msgs:
                 commit = Commit.model_validate_json(m.data)
@@ -856,17 +866,13 @@ class Host:
                 agent._replay(commit.events)
                 n = commit.n
                 last_seq = int(m.headers["Nats-Sequence"]) if m.headers else last_seq
-                records[commit.cmd] = (last_seq, commit.result)
-                if commit.cepoch:
-                    if commit.cepoch != cepoch:
-                        cepoch, last_cseq = commit.cepoch, 0
-                    last_cseq = max(last_cseq, commit.cseq)
+                records[commit.cmd] = (last_seq, True, commit.result)
             while len(records) > s.dedup_records_per_agent:
                 records.popitem(last=False)
         except ValidationError as exc:
             raise InternalError(f"event log of {aid} is unreadable: {exc}") from None
         act.agent = agent
-        act.n, act.last_seq, act.last_cseq, act.cepoch, act.records = n, last_seq, last_cseq, cepoch, records
+        act.n, act.last_seq, act.records = n, last_seq, records
         act.since_snapshot = len(msgs)
         self.stats["activations"] += 1
         if len(self.activations) > s.max_active_agents:
@@ -903,9 +909,8 @@ class Host:
                 "state": agent._state.model_dump(mode="json"),
                 "seq": act.last_seq,
                 "n": act.n,
-                "last_cseq": act.last_cseq,
-                "cepoch": act.cepoch,
-                "records": [[k, v[0], v[1]] for k, v in act.records.items()],
+                # only applied commands: a refusal is not in the log either
+                "records": [[k, v[0], v[2]] for k, v in act.records.items() if v[0]],
             }
         )
         taken = act.since_snapshot

@@ -235,8 +235,16 @@ async def ensure_topology(nc: NATS, topo: Topology, timeout_s: float = 5.0) -> s
     return created
 
 
-async def ensure_consumer(nc: NATS, topo: Topology, partition: int, cfg: dict[str, Any], timeout_s: float) -> None:
+async def ensure_consumer(
+    nc: NATS, topo: Topology, partition: int, cfg: dict[str, Any], timeout_s: float, *, reset: bool = False
+) -> None:
     name = topo.consumer_name(partition)
+    if reset:
+        try:
+            await js_api(nc, f"$JS.API.CONSUMER.DELETE.{topo.cmd_stream}.{name}", None, timeout_s)
+        except JSApiError as exc:
+            if exc.err_code != ERR_CONSUMER_NOT_FOUND:
+                raise
     payload = {"stream_name": topo.cmd_stream, "config": cfg, "action": ""}
     await js_api(nc, f"$JS.API.CONSUMER.CREATE.{topo.cmd_stream}.{name}", payload, timeout_s)
 

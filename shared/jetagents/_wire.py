@@ -118,8 +118,8 @@ class Commit(BaseModel):
     """One message of an agent's event log: all events of one command, or none.
 
     ``n`` counts commits of this agent from 1 with no gap; ``cmd`` is the command id
-    (the exactly-once record); ``cseq``/``cepoch`` the command's position in the command
-    stream, so a late redelivery can be recognised; ``result`` answers a re-sent command.
+    (the exactly-once record); ``cseq`` the command's sequence in the command stream (0
+    for a call), for audit; ``result`` answers a re-sent command.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -130,7 +130,6 @@ class Commit(BaseModel):
     events: list[WireEvent]
     result: Any = None
     cseq: int = 0
-    cepoch: str = ""
     ts_ms: int = 0
 
 

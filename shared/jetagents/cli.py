@@ -52,7 +52,9 @@ def up(
     signal.signal(signal.SIGTERM, shutdown)
     try:
         for i in range(hosts):
-            host_env = dict(env, JETAGENTS_HOST_ID=f"local-{i + 1}")
+            host_env = dict(
+                env, JETAGENTS_HOST_ID=f"local-{i + 1}", JETAGENTS_HOST_INDEX=str(i), JETAGENTS_HOST_COUNT=str(hosts)
+            )
             procs.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "jetagents.cli", "host"], env=host_env, preexec_fn=child_preexec  # noqa: PLW1509
