@@ -447,11 +447,12 @@ async def bench(args: argparse.Namespace, procs: Processes, url: str) -> list[Ru
 
         pids = {"nats-server": procs.server.proc.pid}
         cells = [(mode, n) for mode in args.modes for n in args.inflight]
-        total = len(cells) * args.reps * 2
+        total = len(cells) * args.reps * len(args.systems)
         done = 0
         for rep in range(args.reps):
             for ci, (mode, n) in enumerate(cells):
                 order = ["jetagents", "floor"] if (rep + ci) % 2 == 0 else ["floor", "jetagents"]
+                order = [x for x in order if x in args.systems]
                 for system in order:
                     if procs.host.poll() is not None:
                         raise RuntimeError(f"host died:\n{procs.tail('host.log')}")
@@ -678,6 +679,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=None, help="warm-up before each window, s (default 1; quick 0.3)")
     p.add_argument("--count", type=int, default=None, help="measure this many commands per run instead of a window")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--systems", nargs="+", choices=["jetagents", "floor"], default=["jetagents", "floor"],
+                   help="measure only these (e.g. to attach a profiler to one of them)")
     p.add_argument("--inflight", nargs="+", type=int, default=None, help="in-flight levels (default 1 256)")
     p.add_argument("--action", choices=["increment", "get"], default="increment",
                    help="jetagents action: increment appends an event (all modes), get is read-only")

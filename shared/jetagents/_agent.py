@@ -257,7 +257,8 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
 
 
 def _action_spec(cls: type, name: str, fn: Callable[..., Any], read_only: bool) -> ActionSpec:
-    hints = typing.get_type_hints(fn, globalns=vars(inspect.getmodule(cls)), include_extras=True)
+    # the method's own module: an inherited action resolves names where it was written
+    hints = typing.get_type_hints(fn, include_extras=True)
     sig = inspect.signature(fn)
     fields: dict[str, Any] = {}
     names: list[str] = []
@@ -279,7 +280,7 @@ def _action_spec(cls: type, name: str, fn: Callable[..., Any], read_only: bool) 
 
 
 def _applier_event(cls: type, fn: Callable[..., Any]) -> type[Event]:
-    hints = typing.get_type_hints(fn, globalns=vars(inspect.getmodule(cls)))
+    hints = typing.get_type_hints(fn)
     params = list(inspect.signature(fn).parameters)
     if len(params) != 3:
         raise TypeError(f"@applies {fn.__qualname__} must take (self, state, event)")

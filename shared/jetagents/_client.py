@@ -268,6 +268,12 @@ class Client:
             except (Unavailable, AgentTimeout):
                 breaker.record_failure()
                 raise
+            except JetAgentsError:
+                breaker.record_success()  # the agent answered: the path to it works
+                raise
+            except BaseException:
+                breaker.release()
+                raise
             breaker.record_success()
         return result if want_reply else cmd_id
 

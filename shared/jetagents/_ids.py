@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 _FNV32_OFFSET = 0x811C9DC5
 _FNV32_PRIME = 0x01000193
@@ -19,13 +19,13 @@ _FNV32_PRIME = 0x01000193
 
 def validate_token(value: str, what: str = "token") -> str:
     """Return ``value`` if it is a NATS-safe subject token, else raise ``ValueError``."""
-    if not isinstance(value, str) or not _TOKEN_RE.match(value):
+    if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
         raise ValueError(f"invalid {what} {value!r}: use 1-128 characters of [A-Za-z0-9_-]")
     return value
 
 
 def is_valid_token(value: str) -> bool:
-    return isinstance(value, str) and _TOKEN_RE.match(value) is not None
+    return isinstance(value, str) and _TOKEN_RE.fullmatch(value) is not None
 
 
 def fnv1a_32(data: bytes) -> int:

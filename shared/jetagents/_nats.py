@@ -55,9 +55,12 @@ async def connect(url: str, *, name: str, connect_timeout_s: float = 5.0, **opts
     }
     options.update(opts)
     try:
-        return await nats.connect(**options)
-    except (OSError, NatsTimeout, nats.errors.NoServersError) as exc:
-        raise Unavailable(f"cannot connect to NATS at {url}: {exc}") from None
+        # nats-py keeps retrying the first connection when reconnects are unlimited:
+        # bound it, so a caller hears "unavailable" instead of hanging
+        async with asyncio.timeout(connect_timeout_s):
+            return await nats.connect(**options)
+    except (OSError, TimeoutError, NatsTimeout, nats.errors.NoServersError) as exc:
+        raise Unavailable(f"cannot connect to NATS at {url}: {exc or 'timed out'}") from None
 
 
 def _raise_api_error(resp: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -24,7 +25,7 @@ class RetryPolicy:
     max_s: float = 2.0
 
     def cap(self, retry_index: int) -> float:
-        return min(self.max_s, self.base_s * (2**retry_index))
+        return min(self.max_s, math.ldexp(self.base_s, min(retry_index, 1024)))
 
     def delay(self, retry_index: int, rng: random.Random | None = None) -> float:
         return (rng or random).uniform(0.0, self.cap(retry_index))
@@ -70,6 +71,11 @@ class CircuitBreaker:
             self._probe_out = True
             return True
         return False
+
+    def release(self) -> None:
+        """The call ended with neither a success nor an infrastructure failure (a domain
+        error, bad input, cancellation): free the half-open probe slot."""
+        self._probe_out = False
 
     def record_success(self) -> None:
         self._consecutive = 0

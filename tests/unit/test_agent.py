@@ -168,7 +168,7 @@ def test_account_spec() -> None:
 
 
 def test_example_agents_list() -> None:
-    assert EXAMPLE_AGENTS == [Counter, Account]
+    assert [Counter, Account] == EXAMPLE_AGENTS
     assert Registry(EXAMPLE_AGENTS).types() == ["account", "counter"]
 
 
@@ -668,9 +668,7 @@ def test_subclass_of_an_agent_from_another_module(monkeypatch: pytest.MonkeyPatc
     mod = types.ModuleType("jetagents_unit_user_agents")
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
     exec(
-        "from jetagents.examples import Counter\n"
-        "class LabelledCounter(Counter):\n"
-        "    type_name = 'labelled_counter'\n",
+        "from jetagents.examples import Counter\nclass LabelledCounter(Counter):\n    type_name = 'labelled_counter'\n",
         mod.__dict__,
     )
     cls = mod.LabelledCounter

@@ -116,7 +116,7 @@ def test_host_rejects_invalid_arguments(kwargs: dict[str, object]) -> None:
 
 def test_agents_must_be_a_json_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JETAGENTS_AGENTS", "my.mod:Thing")  # not JSON
-    with pytest.raises(Exception) as info:  # noqa: B017 - pydantic-settings' SettingsError
+    with pytest.raises(Exception) as info:
         HostSettings()
     assert "agents" in str(info.value)
 

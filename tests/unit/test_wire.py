@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jetagents import Subjects
-from jetagents import _errors
+from jetagents import Subjects, _errors
 from jetagents._errors import (
     DomainError,
     InternalError,
@@ -293,9 +292,7 @@ def test_encode_dead_letter_non_utf8_payload_is_base64(payload: bytes) -> None:
 
 def test_encode_dead_letter_empty_payload_and_no_headers() -> None:
     out = orjson.loads(
-        encode_dead_letter(
-            error=MalformedCommand("bad"), subject="s", headers=None, payload=b"", host="h", ts_ms=0
-        )
+        encode_dead_letter(error=MalformedCommand("bad"), subject="s", headers=None, payload=b"", host="h", ts_ms=0)
     )
     assert out["headers"] == {}
     assert out["payload"] == ""

@@ -1,0 +1,113 @@
+"""The CLI as a user runs it: `jetagents call`, `jetagents host`, `jetagents up`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from jetagents import Client, ClientSettings, NatsServer
+from jetagents._server import free_port
+
+CLI = [sys.executable, "-m", "jetagents.cli"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+async def test_call_and_errors(nats_server: NatsServer, host_process_factory: Any) -> None:
+    hp = host_process_factory(nats_server.url).start()
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url))
+    try:
+        await hp.wait_ready(client)
+    finally:
+        await client.close()
+    env = dict(os.environ, JETAGENTS_NATS_URL=nats_server.url)
+
+    def call(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("call", *args, env=env)
+
+    r = await asyncio.to_thread(call, "counter/cli", "increment", '{"by": 2}', "--id", "cli-1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"ok": True, "result": 2}
+    r = await asyncio.to_thread(call, "counter/cli", "increment", '{"by": 2}', "--id", "cli-1")
+    assert json.loads(r.stdout) == {"ok": True, "result": 2}  # same id: not applied twice
+    r = await asyncio.to_thread(call, "counter/cli", "get", "--delivery", "at-most-once")
+    assert json.loads(r.stdout)["result"] == 2
+    r = await asyncio.to_thread(call, "account/cli", "withdraw", '{"amount": 5}')
+    assert r.returncode == 1
+    assert json.loads(r.stdout)["error"]["reason"] == "insufficient_funds"
+    assert "error: domain" in r.stderr
+    r = await asyncio.to_thread(call, "counter/cli", "increment", "{not json")
+    assert r.returncode == 2 and "error" in r.stderr
+    r = await asyncio.to_thread(call, "counter.bad/x", "get")
+    assert r.returncode == 2
+    r = await asyncio.to_thread(call, "nosuch/x", "get", "--timeout", "5")
+    assert r.returncode == 1 and "unknown_agent_type" in r.stdout
+    r = await asyncio.to_thread(run_cli, "dlq", "--nats-url", nats_server.url)
+    assert r.returncode == 0
+    assert any(json.loads(line)["error"]["code"] == "unknown_agent_type" for line in r.stdout.splitlines())
+
+
+def test_call_without_nats_is_a_clear_error() -> None:
+    r = run_cli("call", "counter/c1", "get", "--nats-url", f"nats://127.0.0.1:{free_port()}", "--timeout", "2")
+    assert r.returncode == 1
+    assert "unavailable" in r.stderr
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is not running
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    port, http_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [*CLI, "up", "--data-dir", str(tmp_path / "data"), "--hosts", "2", "--port", str(port),
+         "--http-port", str(http_port), "--partitions", "16"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        env = dict(os.environ, JETAGENTS_NATS_URL=f"nats://127.0.0.1:{port}", JETAGENTS_PARTITIONS="16")
+        deadline = time.monotonic() + 60
+        ok = None
+        while time.monotonic() < deadline:
+            r = run_cli("call", "counter/up1", "increment", '{"by": 3}', "--id", "up-1", "--timeout", "3", env=env)
+            if r.returncode == 0:
+                ok = json.loads(r.stdout)
+                break
+            time.sleep(0.5)
+        assert ok == {"ok": True, "result": 3}
+        # agents on both hosts answer (the static split gives each host half the partitions)
+        for i in range(8):
+            r = run_cli("call", f"counter/many{i}", "increment", "--delivery", "at-most-once", env=env)
+            assert r.returncode == 0, r.stdout + r.stderr
+        children = _children(proc.pid)
+        assert len(children) == 3  # nats-server + 2 hosts
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "stopped" in out
+        assert not [c for c in children if _alive(c)], "processes left running after jetagents up stopped"
+        assert (tmp_path / "data" / "jetstream").is_dir()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
