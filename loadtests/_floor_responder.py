@@ -244,9 +244,7 @@ async def main(args: argparse.Namespace) -> None:
     r = Responder(nc, args)
     r.pull_prefix = nc.new_inbox()
     await nc.subscribe(f"{r.pull_prefix}.*", cb=r.on_pull_msg, pending_msgs_limit=1_000_000, pending_bytes_limit=-1)
-    await nc.subscribe(
-        CALL_SUBJECTS, queue="floor", cb=r.on_call, pending_msgs_limit=1_000_000, pending_bytes_limit=-1
-    )
+    await nc.subscribe(CALL_SUBJECTS, queue="floor", cb=r.on_call, pending_msgs_limit=1_000_000, pending_bytes_limit=-1)
     puller = asyncio.create_task(r.pull_loop())
     await nc.flush()
     if args.ready_file:

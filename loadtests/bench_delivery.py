@@ -304,9 +304,7 @@ class Processes:
     def _spawn(self, argv: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
         # Popen from the main thread: PR_SET_PDEATHSIG is tied to the forking thread
         with open(self.work_dir / log_name, "ab") as out:
-            return subprocess.Popen(
-                argv, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=child_preexec  # noqa: PLW1509
-            )
+            return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=child_preexec)
 
     def start_host(self, url: str, args: argparse.Namespace) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
@@ -427,8 +425,10 @@ async def bench(args: argparse.Namespace, procs: Processes, url: str) -> list[Ru
         t0 = time.monotonic()
         await wait_host_ready(client, procs)
         await wait_file(procs.work_dir / "floor.ready", procs.responder, "floor responder")
-        log(f"host (pid {procs.host.pid}) and floor responder (pid {procs.responder.pid}) ready "
-            f"in {time.monotonic() - t0:.1f}s; nats-server pid {procs.server.proc.pid}")
+        log(
+            f"host (pid {procs.host.pid}) and floor responder (pid {procs.responder.pid}) ready "
+            f"in {time.monotonic() - t0:.1f}s; nats-server pid {procs.server.proc.pid}"
+        )
 
         max_inflight = max(args.inflight)
         agents = {n: ([f"seq{n}"] if n == 1 else [f"b{i}" for i in range(n)]) for n in args.inflight}
@@ -442,8 +442,10 @@ async def bench(args: argparse.Namespace, procs: Processes, url: str) -> list[Ru
                 failures += await activate(floor.sender(mode, names), n)
         if failures:
             raise RuntimeError(f"{failures} activation commands failed:\n{procs.tail('host.log')}")
-        log(f"activated {sum(len(v) for v in agents.values())} agents in {time.monotonic() - t0:.1f}s "
-            f"(max in flight {max_inflight})")
+        log(
+            f"activated {sum(len(v) for v in agents.values())} agents in {time.monotonic() - t0:.1f}s "
+            f"(max in flight {max_inflight})"
+        )
 
         pids = {"nats-server": procs.server.proc.pid}
         cells = [(mode, n) for mode in args.modes for n in args.inflight]
@@ -567,7 +569,11 @@ def summarize(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]
                 )
                 paired = []
                 for rep in range(1, args.reps + 1):
-                    a = [r for r in runs if r.system == "jetagents" and r.mode == mode and r.inflight == n and r.rep == rep]
+                    a = [
+                        r
+                        for r in runs
+                        if r.system == "jetagents" and r.mode == mode and r.inflight == n and r.rep == rep
+                    ]
                     b = [r for r in runs if r.system == "floor" and r.mode == mode and r.inflight == n and r.rep == rep]
                     if a and b and b[0].cmds_per_s:
                         paired.append(a[0].cmds_per_s / b[0].cmds_per_s)
@@ -610,8 +616,7 @@ def print_report(machine: dict[str, Any], summary: list[dict[str, Any]], args: a
             if not x:
                 return "-"
             return (
-                f"{fmt_rate(x['cmds_per_s_median'])} ({fmt_rate(x['cmds_per_s_min'])}-"
-                f"{fmt_rate(x['cmds_per_s_max'])})"
+                f"{fmt_rate(x['cmds_per_s_median'])} ({fmt_rate(x['cmds_per_s_min'])}-{fmt_rate(x['cmds_per_s_max'])})"
             )
 
         def lat(x: dict[str, Any] | None) -> str:
@@ -637,9 +642,7 @@ def print_report(machine: dict[str, Any], summary: list[dict[str, Any]], args: a
                 return "-"
             d = x["cpu_us_per_cmd_median"]
             parts = [d.get("client", float("nan")), d.get(worker, float("nan")), d.get("nats-server", float("nan"))]
-            return (
-                f"{parts[0]:6.0f} {parts[1]:6.0f} {parts[2]:6.0f} = {sum(parts):6.0f} ({x['cpu_cores_median']:.2f})"
-            )
+            return f"{parts[0]:6.0f} {parts[1]:6.0f} {parts[2]:6.0f} = {sum(parts):6.0f} ({x['cpu_cores_median']:.2f})"
 
         p(
             f"{c['mode']:<14}{c['inflight']:>9} | {cpu(c.get('jetagents'), 'host'):>52} | "
@@ -679,19 +682,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=None, help="warm-up before each window, s (default 1; quick 0.3)")
     p.add_argument("--count", type=int, default=None, help="measure this many commands per run instead of a window")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--systems", nargs="+", choices=["jetagents", "floor"], default=["jetagents", "floor"],
-                   help="measure only these (e.g. to attach a profiler to one of them)")
+    p.add_argument(
+        "--systems",
+        nargs="+",
+        choices=["jetagents", "floor"],
+        default=["jetagents", "floor"],
+        help="measure only these (e.g. to attach a profiler to one of them)",
+    )
     p.add_argument("--inflight", nargs="+", type=int, default=None, help="in-flight levels (default 1 256)")
-    p.add_argument("--action", choices=["increment", "get"], default="increment",
-                   help="jetagents action: increment appends an event (all modes), get is read-only")
+    p.add_argument(
+        "--action",
+        choices=["increment", "get"],
+        default="increment",
+        help="jetagents action: increment appends an event (all modes), get is read-only",
+    )
     p.add_argument("--partitions", type=int, default=None, help="JETAGENTS_PARTITIONS for the host (default 64)")
-    p.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio",
-                   help="event loop of the host, the responder and this client")
+    p.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="event loop of the host, the responder and this client",
+    )
     p.add_argument("--timeout", type=float, default=30.0, help="per-command timeout, s")
     p.add_argument("--host-env", action="append", default=[], metavar="K=V", help="extra env for the host process")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (server data, logs)")
-    p.add_argument("--check-target", action="store_true",
-                   help=f"exit 3 if {TARGET_MODE} at {TARGET_INFLIGHT} in flight is below {TARGET_RATIO}x its floor")
+    p.add_argument(
+        "--check-target",
+        action="store_true",
+        help=f"exit 3 if {TARGET_MODE} at {TARGET_INFLIGHT} in flight is below {TARGET_RATIO}x its floor",
+    )
     a = p.parse_args(argv)
     if a.smoke:
         a.reps = a.reps or 1

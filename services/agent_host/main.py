@@ -27,7 +27,7 @@ def load_agents(paths: list[str]) -> Registry:
     for path in paths:
         module_name, _, attr = path.partition(":")
         module = importlib.import_module(module_name)
-        obj: Any = getattr(module, attr) if attr else getattr(module, "EXAMPLE_AGENTS")
+        obj: Any = getattr(module, attr) if attr else module.EXAMPLE_AGENTS
         classes = obj if isinstance(obj, list | tuple) else [obj]
         for cls in classes:
             if not (isinstance(cls, type) and issubclass(cls, Agent)):

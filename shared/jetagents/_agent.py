@@ -119,7 +119,7 @@ def action(fn: F | None = None, /, *, read_only: bool = False) -> F | Callable[[
     """
 
     def mark(f: F) -> F:
-        if not inspect.iscoroutinefunction(f):
+        if not inspect.iscoroutinefunction(cast(Any, f)):
             raise TypeError(f"action {f.__qualname__} must be declared with 'async def'")
         f.__jetagents_action__ = {"read_only": read_only}  # type: ignore[attr-defined]
         return f
@@ -269,7 +269,7 @@ def _action_spec(cls: type, name: str, fn: Callable[..., Any], read_only: bool) 
         default = ... if param.default is param.empty else param.default
         fields[pname] = (annotation, default)
         names.append(pname)
-    params_model = create_model(  # type: ignore[call-overload]
+    params_model = create_model(
         f"{cls.__name__}_{name}_params",
         __config__=ConfigDict(extra="forbid"),
         **fields,

@@ -92,9 +92,7 @@ def _not_applied(err: JetAgentsError) -> bool:
 class Client:
     """Talks to agents wherever they run. Create with :meth:`connect`."""
 
-    def __init__(
-        self, nc: NATS, settings: ClientSettings | None = None, *, owns_connection: bool = True
-    ) -> None:
+    def __init__(self, nc: NATS, settings: ClientSettings | None = None, *, owns_connection: bool = True) -> None:
         self.nc = nc
         self.settings = settings or ClientSettings()
         self.subjects = Subjects(self.settings.subject_root)
@@ -213,7 +211,9 @@ class Client:
     ) -> tuple[bytes, dict[str, str], str]:
         body = orjson.dumps({"action": action, "params": to_jsonable_python(dict(params or {}))})
         if len(body) > self.settings.max_payload_bytes:
-            raise PayloadTooLarge(f"command of {len(body)} bytes exceeds the limit of {self.settings.max_payload_bytes}")
+            raise PayloadTooLarge(
+                f"command of {len(body)} bytes exceeds the limit of {self.settings.max_payload_bytes}"
+            )
         cmd_id = command_id or self._nuid.next().decode()
         if len(cmd_id) > 256:
             raise ValueError("command_id longer than 256 characters")
@@ -253,7 +253,9 @@ class Client:
         until = loop.time() + timeout_s
         breaker = self._breaker(aid.type)
         if not breaker.allow():
-            raise Unavailable(f"circuit open for agent type {aid.type!r}: recent calls failed", details={"applied": False})
+            raise Unavailable(
+                f"circuit open for agent type {aid.type!r}: recent calls failed", details={"applied": False}
+            )
         body, headers, cmd_id = self._prepare(
             aid, action, params, delivery, command_id, correlation_id, priority, timeout_s, deadline
         )
@@ -286,7 +288,9 @@ class Client:
             raise err
         await asyncio.sleep(delay)
 
-    async def _call(self, aid: AgentId, body: bytes, headers: dict[str, str], deadline: float, want_reply: bool) -> Reply | str:
+    async def _call(
+        self, aid: AgentId, body: bytes, headers: dict[str, str], deadline: float, want_reply: bool
+    ) -> Reply | str:
         subject = self.subjects.call(aid.type, aid.id)
         loop = asyncio.get_running_loop()
         if not want_reply:
@@ -393,8 +397,16 @@ class AgentRef:
         """Fire and forget. Durable modes return once the stream has stored the command;
         at-most-once returns once it is written to the connection. Returns the command id."""
         out = await self.client._send(
-            self.id, action, params, delivery=Delivery(delivery), timeout=timeout, command_id=command_id,
-            correlation_id=correlation_id, priority=Priority(priority), want_reply=False, deadline=deadline,
+            self.id,
+            action,
+            params,
+            delivery=Delivery(delivery),
+            timeout=timeout,
+            command_id=command_id,
+            correlation_id=correlation_id,
+            priority=Priority(priority),
+            want_reply=False,
+            deadline=deadline,
         )
         return cast(str, out)
 
@@ -415,8 +427,14 @@ class AgentRef:
         ``timeout`` bounds the wait; ``deadline`` (seconds) tells the host not to start the
         command after that long (durable commands have none unless given)."""
         reply = await self.request_reply(
-            action, params, delivery=delivery, timeout=timeout, command_id=command_id,
-            correlation_id=correlation_id, priority=priority, deadline=deadline,
+            action,
+            params,
+            delivery=delivery,
+            timeout=timeout,
+            command_id=command_id,
+            correlation_id=correlation_id,
+            priority=priority,
+            deadline=deadline,
         )
         return reply.result
 
@@ -434,8 +452,16 @@ class AgentRef:
     ) -> Reply:
         """Like :meth:`request` but returns the :class:`Reply` with its headers."""
         out = await self.client._send(
-            self.id, action, params, delivery=Delivery(delivery), timeout=timeout, command_id=command_id,
-            correlation_id=correlation_id, priority=Priority(priority), want_reply=True, deadline=deadline,
+            self.id,
+            action,
+            params,
+            delivery=Delivery(delivery),
+            timeout=timeout,
+            command_id=command_id,
+            correlation_id=correlation_id,
+            priority=Priority(priority),
+            want_reply=True,
+            deadline=deadline,
         )
         return cast(Reply, out)
 

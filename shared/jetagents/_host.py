@@ -78,7 +78,6 @@ from ._wire import (
     H_REPLY_TO,
     PRIORITY_RANK,
     Commit,
-    Priority,
     Subjects,
     decode_command,
     encode_dead_letter,
@@ -176,21 +175,16 @@ class _Puller:
                     self.requests.pop(token, None)
             want = s.pull_batch - self.outstanding()
             room = s.max_inflight - host._inflight_count
-            if (
-                now >= self.backoff_until
-                and want >= max(1, s.pull_batch // 2)
-                and room > 0
-                and host.nc.is_connected
-            ):
+            if now >= self.backoff_until and want >= max(1, s.pull_batch // 2) and room > 0 and host.nc.is_connected:
                 n = min(want, room)
                 token = str(next(self.ids))
-                req: dict[str, Any] = {"batch": n, "expires": expires_ns, "group": PRIORITY_GROUP}
+                pull: dict[str, Any] = {"batch": n, "expires": expires_ns, "group": PRIORITY_GROUP}
                 if self.pin_id:
-                    req["id"] = self.pin_id
+                    pull["id"] = self.pin_id
                 self.requests[token] = _PullRequest(n, now)
                 try:
                     await host.nc.publish(
-                        subject, orjson.dumps(req), reply=f"{host._pull_prefix}.{self.partition}.{token}"
+                        subject, orjson.dumps(pull), reply=f"{host._pull_prefix}.{self.partition}.{token}"
                     )
                 except Exception as exc:  # noqa: BLE001 - connection trouble: retry later
                     self.requests.pop(token, None)
@@ -423,9 +417,8 @@ class Host:
                 del puller.requests[token]
                 puller.wake.set()
             break
-        hdrs = msg.headers
-        if hdrs:
-            pin = hdrs.get("Nats-Pin-Id")
+        if msg.headers:
+            pin = msg.headers.get("Nats-Pin-Id")
             if pin:
                 puller.pin_id = pin
         meta = parse_ack_subject(msg.reply)
@@ -463,7 +456,9 @@ class Host:
         spec = self.registry.get(agent_type)
         if spec is None or not is_valid_token(agent_id):
             err: JetAgentsError = (
-                UnknownAgentType(f"no agent type {agent_type!r} is registered", details={"types": self.registry.types()})
+                UnknownAgentType(
+                    f"no agent type {agent_type!r} is registered", details={"types": self.registry.types()}
+                )
                 if spec is None
                 else MalformedCommand(f"invalid agent id {agent_id!r}")
             )
@@ -570,7 +565,9 @@ class Host:
     ) -> None:
         s = self.settings
         if durable and work.deliveries > s.max_redeliveries:
-            await self._reject(work, act.agent_id, InternalError("redelivered too often; giving up"), reply_to, out_hdrs)
+            await self._reject(
+                work, act.agent_id, InternalError("redelivered too often; giving up"), reply_to, out_hdrs
+            )
             return
         try:
             if len(cmd_id) > 256:
@@ -589,15 +586,15 @@ class Host:
             failure = await self._attempt(act, work, action, params, reply_to, cmd_id, corr, out_hdrs, deadline)
             if failure is None:
                 return
-            err, handler_fault = failure
+            failed, handler_fault = failure
             attempt += 1
             if work.kind == CALL:  # at-most-once: never retried by the host
                 if reply_to:
-                    retry_err = err if err.retryable or handler_fault else Unavailable(err.message)
+                    retry_err = failed if failed.retryable or handler_fault else Unavailable(failed.message)
                     await self._publish_reply(reply_to, encode_error(retry_err), out_hdrs, work)
                 return
             if handler_fault and attempt >= s.max_deliver:
-                await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
+                await self._reject(work, act.agent_id, failed, reply_to, out_hdrs)
                 return
             if self._stopping:
                 await self._nak(work, 0.0)  # hand it back to the next owner
@@ -620,7 +617,6 @@ class Host:
         """Run the command once. ``None`` when finished (answered, acknowledged or
         dead-lettered), else ``(error, handler_fault)`` to retry."""
         s = self.settings
-        durable = work.kind == STREAM
         if act.agent is None:
             try:
                 await self._activate(act)
@@ -647,7 +643,9 @@ class Host:
                 return None
 
         if deadline and deadline.isdigit() and self.clock.wall_ms() > int(deadline):
-            await self._finish_err(work, reply_to, DeadlineExceeded("the command's deadline passed before it ran"), out_hdrs)
+            await self._finish_err(
+                work, reply_to, DeadlineExceeded("the command's deadline passed before it ran"), out_hdrs
+            )
             return None
 
         ctx = agent.ctx
@@ -669,7 +667,9 @@ class Host:
         except Exception as exc:  # noqa: BLE001 - the handler failed: retry, then dead-letter
             agent._finish()
             self._log.warning("action_failed", agent=str(act.agent_id), error=repr(exc), deliveries=work.deliveries)
-            return (exc if isinstance(exc, InternalError) else InternalError(f"action {action.name!r} failed: {exc!r}")), True
+            return (
+                exc if isinstance(exc, InternalError) else InternalError(f"action {action.name!r} failed: {exc!r}")
+            ), True
 
         if events:
             commit = Commit(
@@ -767,9 +767,7 @@ class Host:
             if hdrs.get(H_CORRELATION_ID):
                 out[H_CORRELATION_ID] = hdrs[H_CORRELATION_ID]
             carry(hdrs, out)
-            ident = (
-                AgentId(agent_type, agent_id) if is_valid_token(agent_type) and is_valid_token(agent_id) else None
-            )
+            ident = AgentId(agent_type, agent_id) if is_valid_token(agent_type) and is_valid_token(agent_id) else None
             await self._reject(work, ident, err, reply_to or None, out)
         finally:
             self._untrack(work)
@@ -807,7 +805,9 @@ class Host:
                 hdrs[k] = out_hdrs[k]
         subject = self.subjects.evt(aid.type, aid.id)
         try:
-            ack = await js_publish(self.nc, subject, commit.model_dump_json().encode(), hdrs, self.settings.op_timeout_s)
+            ack = await js_publish(
+                self.nc, subject, commit.model_dump_json().encode(), hdrs, self.settings.op_timeout_s
+            )
         except JSApiError as exc:
             if exc.err_code != ERR_WRONG_LAST_SEQUENCE:
                 raise Unavailable(f"event append refused: {exc.description}") from None

@@ -95,9 +95,8 @@ async def js_publish(
         raise Unavailable(f"no stream accepted {subject}")
     ack: dict[str, Any] = orjson.loads(msg.data)
     err = ack.get("error")
-    if err:
-        if int(err.get("err_code", 0)) == ERR_MSG_SIZE:
-            raise PayloadTooLarge(str(err.get("description", "message too large")))
+    if err and int(err.get("err_code", 0)) == ERR_MSG_SIZE:
+        raise PayloadTooLarge(str(err.get("description", "message too large")))
     _raise_api_error(ack)
     return ack
 
@@ -182,7 +181,9 @@ class Topology:
             },
         ]
 
-    def consumer_config(self, partition: int, *, ack_wait_s: float, max_deliver: int, max_ack_pending: int) -> dict[str, Any]:
+    def consumer_config(
+        self, partition: int, *, ack_wait_s: float, max_deliver: int, max_ack_pending: int
+    ) -> dict[str, Any]:
         return {
             "durable_name": self.consumer_name(partition),
             "filter_subject": self.subjects.partition_filter(partition),
@@ -281,9 +282,7 @@ class DirectReader:
         if q is not None:
             q.put_nowait(msg)
 
-    async def read_subject(
-        self, stream: str, subject: str, start_seq: int, batch: int, timeout_s: float
-    ) -> list[Msg]:
+    async def read_subject(self, stream: str, subject: str, start_seq: int, batch: int, timeout_s: float) -> list[Msg]:
         """All messages on ``subject`` with sequence >= ``start_seq``."""
         out: list[Msg] = []
         seq = max(1, start_seq)
@@ -302,9 +301,7 @@ class DirectReader:
         self._queues[token] = q
         try:
             req = {"seq": seq, "next_by_subj": subject, "batch": batch}
-            await self._nc.publish(
-                f"$JS.API.DIRECT.GET.{stream}", orjson.dumps(req), reply=f"{self._prefix}.{token}"
-            )
+            await self._nc.publish(f"$JS.API.DIRECT.GET.{stream}", orjson.dumps(req), reply=f"{self._prefix}.{token}")
             msgs: list[Msg] = []
             last = seq - 1
             async with asyncio.timeout(timeout_s):

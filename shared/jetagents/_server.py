@@ -127,7 +127,7 @@ class NatsServer:
                 [find_nats_server(), "-c", str(self.config_path)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=child_preexec,  # noqa: PLW1509 - needed for PDEATHSIG
+                preexec_fn=child_preexec,
             )
         self.wait_ready(timeout_s)
         return self
@@ -141,7 +141,7 @@ class NatsServer:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see {self.data_dir}")
             try:
-                with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback
+                with urllib.request.urlopen(url, timeout=1) as resp:
                     if resp.status == 200:
                         return
             except OSError as exc:

@@ -57,13 +57,13 @@ def up(
             )
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "jetagents.cli", "host"], env=host_env, preexec_fn=child_preexec  # noqa: PLW1509
+                    [sys.executable, "-m", "jetagents.cli", "host"], env=host_env, preexec_fn=child_preexec
                 )
             )
         typer.echo(
             f"\njetagents is up: {hosts} host(s), agent types: counter, account\n"
             f"  try:  jetagents call counter/c1 increment '{{\"by\": 2}}' --nats-url {server.url}\n"
-            f"  or any NATS client: nats req agt.call.counter.c1 '{{\"action\":\"get\"}}' -s {server.url}\n"
+            f'  or any NATS client: nats req agt.call.counter.c1 \'{{"action":"get"}}\' -s {server.url}\n'
             "  Ctrl-C to stop\n",
             err=True,
         )
@@ -93,7 +93,9 @@ def up(
 def host(
     nats_url: Annotated[str | None, typer.Option(help="NATS URL(s), comma separated [env JETAGENTS_NATS_URL]")] = None,
     host_id: Annotated[str | None, typer.Option(help="unique host id [env JETAGENTS_HOST_ID]")] = None,
-    agents: Annotated[list[str] | None, typer.Option(help="module:attr of agent classes [env JETAGENTS_AGENTS]")] = None,
+    agents: Annotated[
+        list[str] | None, typer.Option(help="module:attr of agent classes [env JETAGENTS_AGENTS]")
+    ] = None,
     loop: Annotated[str | None, typer.Option(help="asyncio or uvloop [env JETAGENTS_LOOP]")] = None,
 ) -> None:
     """Run one agent-host process (configured by flags and JETAGENTS_* variables)."""
@@ -135,7 +137,7 @@ def call(
     async def go() -> Any:
         from ._client import Client
 
-        settings = ClientSettings(**({"nats_url": nats_url} if nats_url else {}))
+        settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
         client = await Client.connect(settings=settings, name="jetagents-cli")
         try:
             return await client.agent(aid.type, aid.id).request(
@@ -164,7 +166,7 @@ def dlq(
         from ._nats import Topology, connect, js_api
         from ._wire import Subjects
 
-        settings = ClientSettings(**({"nats_url": nats_url} if nats_url else {}))
+        settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
         nc = await connect(settings.nats_url, name="jetagents-cli")
         try:
             topo = Topology(Subjects(settings.subject_root))

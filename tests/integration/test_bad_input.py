@@ -26,6 +26,7 @@ from jetagents import (
     UnknownAgentType,
     action,
     applies,
+    partition_of,
 )
 from jetagents._client import _decode_reply
 from jetagents.examples import EXAMPLE_AGENTS
@@ -78,7 +79,7 @@ async def test_bad_durable_command(host: Host, client: Client, body: bytes, erro
     dls = await dead_letters(client.nc)
     assert len(dls) == 1
     assert dls[0]["error"]["code"] == code
-    assert dls[0]["subject"] == "agt.p.%d.counter.bad" % __import__("jetagents").partition_of("counter", "bad", 8)
+    assert dls[0]["subject"] == f"agt.p.{partition_of('counter', 'bad', 8)}.counter.bad"
     assert dls[0]["payload"] == body.decode()
     assert await ref.request("get") == 1  # untouched
     assert len(await commits(client.nc, "counter", "bad")) == 1
@@ -108,7 +109,7 @@ async def test_oversized_payload(nats_server: NatsServer) -> None:
             # a foreign client that ignores the limit: the stream refuses it (max_msg_size)
             # on publish, and a core call gets an error reply and a dead letter
             body = orjson.dumps({"action": "increment", "params": big}) * 2
-            with pytest.raises(Exception, match="(?i)size|maximum"):
+            with pytest.raises(Exception, match=r"(?i)size|maximum"):
                 await client.nc.jetstream().publish("agt.cmd.counter.big", body)
             reply = await client.nc.request("agt.call.counter.big", body, timeout=5)
             with pytest.raises(PayloadTooLarge):
@@ -121,9 +122,7 @@ async def test_oversized_payload(nats_server: NatsServer) -> None:
 
 
 async def test_bad_headers(host: Host, client: Client) -> None:
-    reply = await _publish_raw(
-        client, "agt.cmd.counter.hdr", b'{"action": "increment"}', {"Agt-Command-Id": "x" * 300}
-    )
+    reply = await _publish_raw(client, "agt.cmd.counter.hdr", b'{"action": "increment"}', {"Agt-Command-Id": "x" * 300})
     with pytest.raises(MalformedCommand):
         _decode_reply(reply)
     assert await client.agent("counter", "hdr").request("get") == 0

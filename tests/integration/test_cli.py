@@ -80,9 +80,23 @@ def _alive(pid: int) -> bool:
 def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
     port, http_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [*CLI, "up", "--data-dir", str(tmp_path / "data"), "--hosts", "2", "--port", str(port),
-         "--http-port", str(http_port), "--partitions", "16"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            *CLI,
+            "up",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--hosts",
+            "2",
+            "--port",
+            str(port),
+            "--http-port",
+            str(http_port),
+            "--partitions",
+            "16",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         env = dict(os.environ, JETAGENTS_NATS_URL=f"nats://127.0.0.1:{port}", JETAGENTS_PARTITIONS="16")

@@ -167,7 +167,9 @@ async def test_priority_high_runs_before_low(nats_server: NatsServer) -> None:
                 for i in range(3)
             ]
             await asyncio.sleep(0.5)
-            high = asyncio.ensure_future(client.agent("slowprio", "h").request("work", {"tag": "high"}, priority="high"))
+            high = asyncio.ensure_future(
+                client.agent("slowprio", "h").request("work", {"tag": "high"}, priority="high")
+            )
             await asyncio.sleep(0.5)
             gate.set()
             await asyncio.gather(blocker, high, *low)
