@@ -53,9 +53,7 @@ def partition(agent_type: str, agent_id: str, partitions: int) -> int:
     return fnv1a_32((agent_type + agent_id).encode("ascii")) % partitions
 
 
-@pytest.mark.parametrize(
-    ("agent_id", "expected"), [("c1", 3), ("c2", 6), ("c3", 1), ("a1", 5)]
-)
+@pytest.mark.parametrize(("agent_id", "expected"), [("c1", 3), ("c2", 6), ("c3", 1), ("a1", 5)])
 def test_partition_function_matches_documented_vectors(agent_id: str, expected: int) -> None:
     assert partition("counter", agent_id, 8) == expected
 
@@ -406,10 +404,21 @@ def test_documents_name_every_header() -> None:
         "agt.evt.{agentType}.{agentId}",
         "agt.dlq.{agentType}.{agentId}",
     } <= addresses
-    token = re.compile(r"^\^?\[A-Za-z0-9_-\]\{1,128\}\$?$")
+
+    def resolve(node: dict[str, Any]) -> dict[str, Any]:
+        ref = node.get("$ref")
+        if ref is None:
+            return node
+        out: Any = spec
+        for part in ref.removeprefix("#/").split("/"):
+            out = out[part]
+        return dict(out)
+
     for ch in spec["channels"].values():
-        for param in (ch.get("parameters") or {}).values():
-            assert "description" in param
+        for name, param in (ch.get("parameters") or {}).items():
+            if name in ("agentType", "agentId"):
+                assert "[A-Za-z0-9_-]" in resolve(param)["description"]
+    token = re.compile(r"^\^?\[A-Za-z0-9_-\]\{1,128\}\$?$")
     assert token.match(spec["components"]["schemas"]["Token"]["pattern"])
 
     # every error code the library defines is in the contract's table
