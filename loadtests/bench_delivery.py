@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import os
 import platform
 import shutil
@@ -68,7 +69,7 @@ def pct(sorted_vals: list[float], q: float) -> float:
     """Nearest-rank percentile of an already sorted list (q in 0..100)."""
     if not sorted_vals:
         return float("nan")
-    k = max(0, min(len(sorted_vals) - 1, int(round(q / 100.0 * len(sorted_vals) + 0.5)) - 1))
+    k = max(0, min(len(sorted_vals) - 1, math.ceil(q / 100.0 * len(sorted_vals)) - 1))
     return sorted_vals[k]
 
 
@@ -86,6 +87,36 @@ def proc_cpu_s(pid: int) -> float:
 def self_cpu_s() -> float:
     t = os.times()
     return t.user + t.system
+
+
+def machine_cpu_s() -> tuple[float, float, float]:
+    """(busy, iowait, steal) CPU seconds of the whole machine since boot (/proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return (float("nan"),) * 3
+    user, nice, system, _idle, iowait, irq, softirq, steal = vals
+    return (user + nice + system + irq + softirq) / CLK_TCK, iowait / CLK_TCK, steal / CLK_TCK
+
+
+def snapshot(pids: dict[str, int]) -> dict[str, float]:
+    snap = {name: proc_cpu_s(pid) for name, pid in pids.items()}
+    snap["client"] = self_cpu_s()
+    snap["_busy"], snap["_iowait"], snap["_steal"] = machine_cpu_s()
+    return snap
+
+
+def cpu_delta(a: dict[str, float], b: dict[str, float], scale: float = 1.0) -> dict[str, float]:
+    """CPU seconds per process between two snapshots, plus ``other`` (busy CPU of every
+    process not started by this run: other users of a shared machine), ``iowait`` and
+    ``steal`` of the whole machine."""
+    d = {k: (b[k] - a[k]) * scale for k in a if not k.startswith("_")}
+    ours = sum(v for v in d.values() if v == v)
+    d["other"] = max(0.0, (b["_busy"] - a["_busy"]) * scale - ours)
+    d["iowait"] = (b["_iowait"] - a["_iowait"]) * scale
+    d["steal"] = (b["_steal"] - a["_steal"]) * scale
+    return d
 
 
 def median(vals: list[float]) -> float:
@@ -162,15 +193,12 @@ async def run_cell(
 
         budget[0] = max(inflight, count // 4)
         await asyncio.gather(*(counted(i, False) for i in range(inflight)))
-        cpu0 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
-        cpu0["client"] = self_cpu_s()
+        cpu0 = snapshot(pids)
         budget[0] = count
         t_start = perf()
         await asyncio.gather(*(counted(i, True) for i in range(inflight)))
         seconds = perf() - t_start
-        cpu1 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
-        cpu1["client"] = self_cpu_s()
-        return len(lat), seconds, sorted(lat), errors, {k: cpu1[k] - cpu0[k] for k in cpu0}, first_error
+        return len(lat), seconds, sorted(lat), errors, cpu_delta(cpu0, snapshot(pids)), first_error
 
     t_begin = perf()
     window_start = t_begin + warm_s
@@ -198,8 +226,7 @@ async def run_cell(
 
     async def sample(at: float, key: str) -> None:
         await asyncio.sleep(max(0.0, at - perf()))
-        snap = {name: proc_cpu_s(pid) for name, pid in pids.items()}
-        snap["client"] = self_cpu_s()
+        snap = snapshot(pids)
         snap["_t"] = perf()
         cpu[key] = snap
 
@@ -211,9 +238,7 @@ async def run_cell(
     await asyncio.gather(*samplers)
     # the samplers may wake a little late on a busy loop: scale to the real interval
     real = cpu["end"]["_t"] - cpu["start"]["_t"]
-    cpu_used = {k: cpu["end"][k] - cpu["start"][k] for k in cpu["start"] if k != "_t"}
-    if real > 0:
-        cpu_used = {k: v * measure_s / real for k, v in cpu_used.items()}
+    cpu_used = cpu_delta(cpu["start"], cpu["end"], measure_s / real if real > 0 else 1.0)
     return len(lat), measure_s, sorted(lat), errors, cpu_used, first_error
 
 
@@ -447,7 +472,8 @@ async def bench(args: argparse.Namespace, procs: Processes, url: str) -> list[Ru
             f"(max in flight {max_inflight})"
         )
 
-        pids = {"nats-server": procs.server.proc.pid}
+        # every process of this run is sampled in every window (the idle one costs ~0)
+        pids = {"nats-server": procs.server.proc.pid, "host": procs.host.pid, "responder": procs.responder.pid}
         cells = [(mode, n) for mode in args.modes for n in args.inflight]
         total = len(cells) * args.reps * len(args.systems)
         done = 0
@@ -462,13 +488,11 @@ async def bench(args: argparse.Namespace, procs: Processes, url: str) -> list[Ru
                         raise RuntimeError(f"floor responder died:\n{procs.tail('floor.log')}")
                     if system == "jetagents":
                         send = jetagents_sender(client, mode, agents[n], args.timeout, args.action)
-                        cell_pids = dict(pids, host=procs.host.pid)
                     else:
                         send = floor.sender(mode, agents[n])
-                        cell_pids = dict(pids, responder=procs.responder.pid)
                     count = args.count if args.count else None
                     ncmd, secs, lat, errors, cpu, first_error = await run_cell(
-                        send, n, warm_s=args.warmup, measure_s=args.duration, count=count, pids=cell_pids
+                        send, n, warm_s=args.warmup, measure_s=args.duration, count=count, pids=pids
                     )
                     run = Run(
                         system=system,
@@ -516,6 +540,7 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
                 cpu_model = line.split(":", 1)[1].strip()
                 break
     return {
+        "code": _code_version(),
         "nproc": nproc,
         "cpu": cpu_model,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
@@ -526,6 +551,24 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
         "loop": args.loop,
         "loadavg_at_start": os.getloadavg(),
     }
+
+
+def _code_version() -> str:
+    """Commit of the library being measured, and whether shared/ or services/ differ from it."""
+    repo = HERE.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--", "shared", "services"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except Exception:
+        return "unknown"
+    return (head or "unknown") + (" + uncommitted changes in shared/ or services/" if dirty else "")
 
 
 def _dist_version(name: str) -> str:
@@ -547,11 +590,17 @@ def summarize(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]
                 if not rs:
                     continue
                 rates = [r.cmds_per_s for r in rs]
+                worker = "host" if system == "jetagents" else "responder"
+                ours = ("client", worker, "nats-server")
                 cpu_per_cmd: dict[str, float] = {}
-                for proc in rs[0].cpu_s:
+                for proc in ours:
                     cpu_per_cmd[proc] = median(
                         [r.cpu_s.get(proc, float("nan")) / r.commands * 1e6 for r in rs if r.commands]
                     )
+
+                def cores(r: Run, keys: tuple[str, ...]) -> float:
+                    return sum(r.cpu_s.get(k, 0.0) for k in keys) / r.seconds if r.seconds else float("nan")
+
                 cell[system] = {
                     "cmds_per_s_median": median(rates),
                     "cmds_per_s_min": min(rates),
@@ -560,7 +609,11 @@ def summarize(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]
                     "p99_ms_median": median([r.p99_ms for r in rs]),
                     "errors": sum(r.errors for r in rs),
                     "cpu_us_per_cmd_median": cpu_per_cmd,
-                    "cpu_cores_median": median([sum(r.cpu_s.values()) / r.seconds for r in rs if r.seconds]),
+                    "cpu_cores_median": median([cores(r, ours) for r in rs]),
+                    "other_cores_median": median([cores(r, ("other",)) for r in rs]),
+                    "other_cores_max": max(cores(r, ("other",)) for r in rs),
+                    "iowait_cores_median": median([cores(r, ("iowait",)) for r in rs]),
+                    "steal_cores_median": median([cores(r, ("steal",)) for r in rs]),
                 }
             if "jetagents" in cell and "floor" in cell:
                 ja, fl = cell["jetagents"], cell["floor"]
@@ -595,6 +648,7 @@ def print_report(machine: dict[str, Any], summary: list[dict[str, Any]], args: a
         f"{machine['nats_server']}  nats-py {machine['nats_py']}  jetagents {machine['jetagents']}  "
         f"loop={machine['loop']}"
     )
+    p(f"code: {machine['code']}")
     p(
         f"run: reps={args.reps}  "
         + (f"count={args.count}/cell" if args.count else f"window={args.duration:g}s after {args.warmup:g}s warm-up")
@@ -628,10 +682,13 @@ def print_report(machine: dict[str, Any], summary: list[dict[str, Any]], args: a
             f"{lat(ja):>20} | {lat(fl):>17}"
         )
     p()
-    p("CPU per command (us, median over reps) inside the window; cores = CPU seconds per second, all processes")
+    p(
+        "CPU per command (us, median over reps) inside the window; (cores) = CPU s/s of these three processes; "
+        "other = busy cores of processes NOT of this run (max over reps): a noisy neighbour if > ~0.1"
+    )
     hdr2 = (
-        f"{'mode':<14}{'in-flight':>9} | {'jetagents: client  host  nats-server = total (cores)':>52} | "
-        f"{'floor: client  responder  nats-server = total (cores)':>54}"
+        f"{'mode':<14}{'in-flight':>9} | {'jetagents: client   host server =  total (cores) other':>55} | "
+        f"{'floor: client  resp. server =  total (cores) other':>51}"
     )
     p(hdr2)
     p("-" * len(hdr2))
@@ -642,11 +699,14 @@ def print_report(machine: dict[str, Any], summary: list[dict[str, Any]], args: a
                 return "-"
             d = x["cpu_us_per_cmd_median"]
             parts = [d.get("client", float("nan")), d.get(worker, float("nan")), d.get("nats-server", float("nan"))]
-            return f"{parts[0]:6.0f} {parts[1]:6.0f} {parts[2]:6.0f} = {sum(parts):6.0f} ({x['cpu_cores_median']:.2f})"
+            return (
+                f"{parts[0]:6.0f} {parts[1]:6.0f} {parts[2]:6.0f} = {sum(parts):6.0f} "
+                f"({x['cpu_cores_median']:.2f}) {x['other_cores_max']:5.2f}"
+            )
 
         p(
-            f"{c['mode']:<14}{c['inflight']:>9} | {cpu(c.get('jetagents'), 'host'):>52} | "
-            f"{cpu(c.get('floor'), 'responder'):>54}"
+            f"{c['mode']:<14}{c['inflight']:>9} | {cpu(c.get('jetagents'), 'host'):>55} | "
+            f"{cpu(c.get('floor'), 'responder'):>51}"
         )
     errs = [(c["mode"], c["inflight"], s, c[s]["errors"]) for c in summary for s in ("jetagents", "floor") if s in c]
     errs = [e for e in errs if e[3]]

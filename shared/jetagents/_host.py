@@ -46,6 +46,7 @@ from ._errors import (
     InternalError,
     JetAgentsError,
     MalformedCommand,
+    PayloadTooLarge,
     Unavailable,
     UnknownAgent,
     UnknownAgentType,
@@ -442,7 +443,9 @@ class Host:
         work = Work(msg, CALL, -1, self.clock.monotonic())
         if self._inflight_count >= self.settings.max_inflight:
             if msg.reply:
-                await self._publish_reply(msg.reply, encode_error(Unavailable("host overloaded, retry")), {}, None)
+                await self._publish_reply(
+                    msg.reply, encode_error(Unavailable("host overloaded, retry", details={"applied": False})), {}, None
+                )
             return
         self._dispatch(work, parts[-2], parts[-1])
 
@@ -682,7 +685,10 @@ class Host:
                 ts_ms=self.clock.wall_ms(),
             )
             try:
-                seq = await self._append(act, commit, out_hdrs)
+                seq, duplicate = await self._append(act, commit, out_hdrs)
+            except PayloadTooLarge as err:  # the commit itself is too big: never retryable
+                await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
+                return None
             except FencedError as err:
                 self.stats["fenced"] += 1
                 self._log.warning("append_fenced", agent=str(act.agent_id), cmd=cmd_id)
@@ -691,6 +697,15 @@ class Host:
             except JetAgentsError as err:
                 self._evict(act)  # the append may or may not have landed: rebuild from the log
                 return err, False
+            if duplicate:
+                # This command's commit is already in the log (its record had been
+                # evicted): do not apply it again; answer with what it answered then.
+                self.stats["duplicates"] += 1
+                first = await self._commit_at(seq)
+                out_hdrs[H_DUPLICATE] = "true"
+                out_hdrs[H_EVENT_SEQ] = str(seq)
+                await self._finish_ok(work, reply_to, first.result if first else None, out_hdrs)
+                return None
             agent._commit(draft)
             act.last_seq = seq
             act.n = commit.n
@@ -791,7 +806,13 @@ class Host:
         await self._ack(work, payload)
 
     # -- the event log ---------------------------------------------------------------------
-    async def _append(self, act: Activation, commit: Commit, out_hdrs: dict[str, str]) -> int:
+    async def _commit_at(self, seq: int) -> Commit | None:
+        assert self._reader is not None
+        msg = await self._reader.at(self.topology.evt_stream, seq, self.settings.op_timeout_s)
+        return Commit.model_validate_json(msg.data) if msg is not None else None
+
+    async def _append(self, act: Activation, commit: Commit, out_hdrs: dict[str, str]) -> tuple[int, bool]:
+        """Append one commit; ``(seq, duplicate)``, duplicate when it was already there."""
         aid = act.agent_id
         msg_id = f"{aid.key}:{commit.cmd}"
         hdrs = {
@@ -815,9 +836,11 @@ class Host:
             assert self._reader is not None
             last = await self._reader.last(self.topology.evt_stream, subject, self.settings.op_timeout_s)
             if last is not None and last.headers and last.headers.get(H_MSG_ID) == msg_id:
-                return int(last.headers["Nats-Sequence"])
+                return int(last.headers["Nats-Sequence"]), False
             raise FencedError(f"another writer appended to {aid} (expected last sequence {act.last_seq})") from None
-        return int(ack["seq"])
+        if ack.get("duplicate"):
+            return int(ack["seq"]), act.last_seq != 0 and int(ack["seq"]) <= act.last_seq
+        return int(ack["seq"]), False
 
     async def _activate(self, act: Activation) -> None:
         """Rebuild the agent: snapshot (if any and readable) + replay of later commits."""

@@ -325,6 +325,21 @@ class DirectReader:
         finally:
             self._queues.pop(token, None)
 
+    async def at(self, stream: str, seq: int, timeout_s: float) -> Msg | None:
+        """The message at ``seq`` (None if there is none)."""
+        try:
+            msg = await self._nc.request(f"$JS.API.DIRECT.GET.{stream}", orjson.dumps({"seq": seq}), timeout=timeout_s)
+        except NoRespondersError:
+            raise Unavailable("direct get: no responders") from None
+        except NatsTimeout:
+            raise Unavailable(f"direct get of sequence {seq} timed out") from None
+        status = msg.headers.get("Status") if msg.headers else None
+        if status == "404":
+            return None
+        if status is not None:
+            raise Unavailable(f"direct get failed with status {status}")
+        return msg
+
     async def last(self, stream: str, subject: str, timeout_s: float) -> Msg | None:
         try:
             msg = await self._nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout_s)

@@ -205,3 +205,38 @@ async def test_spawn_required_type(nats_server: NatsServer) -> None:
             assert [d["error"]["code"] for d in dls] == ["unknown_agent"]
     finally:
         await client.close()
+
+
+class BlobState(BaseModel):
+    size: int = 0
+
+
+class Blobbed(Event):
+    data: str
+
+
+class Blob(Agent[BlobState]):
+    type_name = "blob"
+    state_type = BlobState
+
+    @action
+    async def put(self, size: int) -> int:
+        self.emit(Blobbed(data="x" * size))
+        return self.state.size
+
+    @applies
+    def _blobbed(self, state: BlobState, event: Blobbed) -> None:
+        state.size = len(event.data)
+
+
+async def test_commit_too_large_is_refused_not_retried_forever(nats_server: NatsServer) -> None:
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url))
+    try:
+        async with Host(host_settings(nats_server.url), Registry([Blob])):
+            ref = client.agent("blob", "b1")
+            with pytest.raises(PayloadTooLarge):
+                await ref.request("put", {"size": 3 * 1024 * 1024}, timeout=15)
+            assert [d["error"]["code"] for d in await dead_letters(client.nc)] == ["payload_too_large"]
+            assert await ref.request("put", {"size": 10}) == 10  # the agent is not blocked
+    finally:
+        await client.close()

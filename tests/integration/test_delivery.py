@@ -188,3 +188,23 @@ async def test_client_generates_traceparent(host: Host, client: Client) -> None:
     assert reply.headers.get("traceparent", "").startswith("00-")
     [commit] = await commits(client.nc, "counter", "tp2")
     assert commit["_headers"]["traceparent"].split("-")[1] == reply.headers["traceparent"].split("-")[1]
+
+
+async def test_resend_after_record_evicted_is_not_applied_twice(nats_server: NatsServer) -> None:
+    """The host keeps only the last record here; the stream's Nats-Msg-Id dedup on the
+    event log still recognises the old commit, and the host answers from it."""
+    settings = host_settings(nats_server.url, dedup_records_per_agent=1)
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url))
+    try:
+        async with Host(settings, Registry(EXAMPLE_AGENTS)) as host:
+            ref = client.agent("account", "evicted")
+            assert await ref.request("deposit", {"amount": 10}, command_id="A") == 10
+            assert await ref.request("deposit", {"amount": 10}, command_id="B") == 20
+            again = await ref.request_reply("deposit", {"amount": 10}, command_id="A")
+            assert again.duplicate and again.result == 10
+            assert await ref.request("balance") == 20
+            assert await ref.request("deposit", {"amount": 1}, command_id="C") == 21
+            assert host.stats["fenced"] == 0
+            assert len(await commits(client.nc, "account", "evicted")) == 3
+    finally:
+        await client.close()
