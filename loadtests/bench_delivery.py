@@ -795,9 +795,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(128 + signum)
 
     old = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # Ctrl-C must stop the run even when SIGINT was inherited as ignored (background jobs)
+    old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.monotonic()
     runs: list[Run] = []
     rc = 0
+    failed = False
     try:
         log(f"work dir {work_dir}")
         server = procs.start_server()
@@ -816,14 +819,15 @@ def main(argv: list[str] | None = None) -> int:
         log(f"terminated ({exc.code})")
         rc = int(exc.code) if isinstance(exc.code, int) else 1
     except Exception as exc:
-        log(f"FAILED: {exc!r}")
+        log(f"FAILED: {type(exc).__name__}: {exc}")
         rc = 1
+        failed = True
     finally:
         log("stopping responder, host, nats-server")
         procs.stop_all()
         for s, h in old.items():
             signal.signal(s, h)
-        if args.keep or rc:
+        if args.keep or failed:
             log(f"kept {work_dir} (logs: host.log, floor.log, nats/bench.log)")
         else:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -843,9 +847,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.json.write_text(json.dumps(_nan_to_none(payload), indent=2, default=default_json))
         log(f"wrote {args.json}")
-    failed = sum(r.errors for r in runs)
-    if args.smoke and (failed or any(r.commands == 0 for r in runs)):
-        print(f"SMOKE FAILED: {failed} failed commands", file=sys.stderr)
+    n_failed = sum(r.errors for r in runs)
+    if args.smoke and (n_failed or any(r.commands == 0 for r in runs)):
+        print(f"SMOKE FAILED: {n_failed} failed commands", file=sys.stderr)
         return 2
     if args.check_target:
         target = next((c for c in summary if c["mode"] == TARGET_MODE and c["inflight"] == TARGET_INFLIGHT), None)
