@@ -327,26 +327,19 @@ class DirectReader:
 
     async def at(self, stream: str, seq: int, timeout_s: float) -> Msg | None:
         """The message at ``seq`` (None if there is none)."""
-        try:
-            msg = await self._nc.request(f"$JS.API.DIRECT.GET.{stream}", orjson.dumps({"seq": seq}), timeout=timeout_s)
-        except NoRespondersError:
-            raise Unavailable("direct get: no responders") from None
-        except NatsTimeout:
-            raise Unavailable(f"direct get of sequence {seq} timed out") from None
-        status = msg.headers.get("Status") if msg.headers else None
-        if status == "404":
-            return None
-        if status is not None:
-            raise Unavailable(f"direct get failed with status {status}")
-        return msg
+        return await self._one(f"$JS.API.DIRECT.GET.{stream}", orjson.dumps({"seq": seq}), timeout_s)
 
     async def last(self, stream: str, subject: str, timeout_s: float) -> Msg | None:
+        """The last message on ``subject`` (None if there is none)."""
+        return await self._one(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout_s)
+
+    async def _one(self, api: str, payload: bytes, timeout_s: float) -> Msg | None:
         try:
-            msg = await self._nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout_s)
+            msg = await self._nc.request(api, payload, timeout=timeout_s)
         except NoRespondersError:
             raise Unavailable("direct get: no responders") from None
         except NatsTimeout:
-            raise Unavailable(f"direct get of the last {subject} timed out") from None
+            raise Unavailable(f"direct get {api} timed out") from None
         status = msg.headers.get("Status") if msg.headers else None
         if status == "404":
             return None
