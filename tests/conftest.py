@@ -17,6 +17,7 @@ import structlog
 
 from jetagents import Client, ClientSettings, Host, HostSettings, NatsServer, Registry
 from jetagents._logging import configure_logging
+from jetagents._server import NatsCluster
 from jetagents.examples import EXAMPLE_AGENTS
 
 configure_logging("console", os.environ.get("JETAGENTS_TEST_LOG_LEVEL", "WARNING"))
@@ -31,6 +32,17 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A real 3-node JetStream cluster on loopback (R3 streams and KV work on it)."""
+    cluster = NatsCluster(data_dir=tmp_path / "cluster", size=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def host_settings(url: str, **overrides: Any) -> HostSettings:

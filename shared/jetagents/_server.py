@@ -7,7 +7,7 @@ ports with temporary store directories).
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 import shutil
 import signal
@@ -119,6 +119,12 @@ class NatsServer:
         return "\n".join(lines) + "\n"
 
     def start(self, timeout_s: float = 20.0) -> NatsServer:
+        self.spawn()
+        self.wait_ready(timeout_s)
+        return self
+
+    def spawn(self) -> None:
+        """Start the process without waiting (a cluster starts all nodes, then waits)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text())
         log = self.log_file or (self.data_dir / f"{self.name}.log")
@@ -129,8 +135,6 @@ class NatsServer:
                 stderr=subprocess.STDOUT,
                 preexec_fn=child_preexec,
             )
-        self.wait_ready(timeout_s)
-        return self
 
     def wait_ready(self, timeout_s: float = 20.0, *, jetstream: bool = True) -> None:
         deadline = time.monotonic() + timeout_s
@@ -173,5 +177,81 @@ class NatsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-        with contextlib.suppress(Exception):
-            pass
+
+
+@dataclass
+class NatsCluster:
+    """``size`` nats-servers routed into one JetStream cluster on loopback.
+
+    ``urls`` lists every node, so a client given all of them fails over when one dies.
+    Nodes can be stopped, killed and restarted one at a time (they keep their store).
+    """
+
+    data_dir: Path
+    size: int = 3
+    name: str = "jetagents"
+    host: str = "127.0.0.1"
+    extra_conf: str = ""
+    servers: list[NatsServer] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if not self.servers:
+            cluster_ports = [free_port(self.host) for _ in range(self.size)]
+            routes = [f"nats-route://{self.host}:{p}" for p in cluster_ports]
+            self.servers = [
+                NatsServer(
+                    data_dir=self.data_dir / f"n{i}",
+                    host=self.host,
+                    name=f"{self.name}-n{i}",
+                    cluster_name=self.name,
+                    cluster_port=cluster_ports[i],
+                    routes=[r for j, r in enumerate(routes) if j != i],
+                    extra_conf=self.extra_conf,
+                )
+                for i in range(self.size)
+            ]
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers]
+
+    @property
+    def url(self) -> str:
+        """All nodes, comma separated (what ``JETAGENTS_NATS_URL`` accepts)."""
+        return ",".join(self.urls)
+
+    def start(self, timeout_s: float = 30.0) -> NatsCluster:
+        for s in self.servers:
+            s.spawn()
+        for s in self.servers:
+            s.wait_ready(timeout_s)
+        self.wait_meta_leader(timeout_s)
+        return self
+
+    def wait_meta_leader(self, timeout_s: float = 30.0) -> None:
+        """JetStream API calls time out until the meta group has elected a leader."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for s in self.servers:
+                if s.proc is None or s.proc.poll() is not None:
+                    continue
+                try:
+                    with urllib.request.urlopen(f"http://{s.host}:{s.http_port}/jsz", timeout=1) as resp:
+                        meta = json.loads(resp.read()).get("meta_cluster") or {}
+                except (OSError, ValueError):
+                    continue
+                if meta.get("leader") and len(meta.get("replicas") or []) >= 1:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"no JetStream meta leader after {timeout_s}s")
+
+    def stop(self) -> None:
+        for s in self.servers:
+            s.stop()
+
+    def __enter__(self) -> NatsCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,24 @@
+"""The 3-node loopback cluster used by the cluster tests really replicates (R3)."""
+
+from __future__ import annotations
+
+from jetagents import Client, ClientSettings, Host, Registry
+from jetagents._nats import js_api
+from jetagents._server import NatsCluster
+from jetagents.examples import EXAMPLE_AGENTS
+from tests.conftest import host_settings
+
+
+async def test_r3_topology_on_three_nodes_survives_one_node_loss(nats_cluster: NatsCluster) -> None:
+    url = nats_cluster.url
+    async with Host(host_settings(url, replicas=3), Registry(EXAMPLE_AGENTS)):
+        client = await Client.connect(settings=ClientSettings(nats_url=url, partitions=8))
+        try:
+            info = await js_api(client.nc, "$JS.API.STREAM.INFO.AGT_EVT", None, 5)
+            assert info["config"]["num_replicas"] == 3
+            assert len(info["cluster"].get("replicas", [])) == 2
+            assert await client.agent("counter", "r3").request("increment", {"by": 1}) == 1
+            nats_cluster.servers[2].kill()
+            assert await client.agent("counter", "r3").request("increment", {"by": 1}, timeout=20) == 2
+        finally:
+            await client.close()
