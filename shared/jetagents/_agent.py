@@ -150,6 +150,20 @@ class AgentContext:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+_IMMUTABLE = (int, float, str, bool, bytes, type(None))
+
+
+def _draft_of(state: S) -> S:
+    """A copy the action's events may change without touching ``state`` (all or none).
+
+    A state made only of immutable scalars needs no deep copy (the common case, and a
+    deep copy costs more than the rest of the command's bookkeeping).
+    """
+    if all(type(v) in _IMMUTABLE for v in state.__dict__.values()):
+        return state.model_copy()
+    return state.model_copy(deep=True)
+
+
 class Agent(Generic[S]):
     """Base class of agents. Subclasses set ``type_name`` and ``state_type``."""
 
@@ -191,7 +205,7 @@ class Agent(Generic[S]):
         if applier is None or not isinstance(event, applier.event_cls):
             raise TypeError(f"{type(self).__name__} has no @applies for {type(event).__name__}")
         if self._draft is None:
-            self._draft = self._state.model_copy(deep=True)
+            self._draft = _draft_of(self._state)
         self._draft = _apply(applier, self, self._draft, event)
         self._pending.append(event)
 

@@ -96,6 +96,11 @@ _NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
 _tracer = trace.get_tracer("jetagents.host")
 
 
+def _sdk_tracing() -> bool:
+    """Whether a real tracer provider is installed (spans cost ~10 us each otherwise for nothing)."""
+    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
 @dataclass(slots=True, eq=False)
 class Work:
     """One received command, from the stream (durable) or a core request (call)."""
@@ -144,23 +149,41 @@ class _Puller:
         self.partition = partition
         self.consumer = host.topology.consumer_name(partition)
         self.requests: dict[str, _PullRequest] = {}
+        self.out = 0  # messages asked for and not yet received (sum of requests' remaining)
         self.pin_id: str | None = None
         self.wake = asyncio.Event()
         self.backoff_until = 0.0
         self.ids = itertools.count(1)
 
     def outstanding(self) -> int:
-        return sum(r.remaining for r in self.requests.values())
+        return self.out
 
-    def close_request(self, token: str, pending: int | None = None) -> None:
-        req = self.requests.get(token)
-        if req is None:
-            return
-        if pending is None or pending >= req.remaining or pending <= 0:
-            self.requests.pop(token, None)
-        else:
-            req.remaining = pending
-            self.requests.pop(token, None)
+    def add_request(self, token: str, n: int, now: float) -> None:
+        self.requests[token] = _PullRequest(n, now)
+        self.out += n
+
+    def drop_request(self, token: str) -> None:
+        req = self.requests.pop(token, None)
+        if req is not None:
+            self.out -= req.remaining
+
+    def clear_requests(self) -> None:
+        self.requests.clear()
+        self.out = 0
+
+    def received(self) -> None:
+        """One message arrived: the server fills requests in the order they were sent."""
+        for token, req in self.requests.items():
+            req.remaining -= 1
+            self.out -= 1
+            if req.remaining <= 0:
+                del self.requests[token]
+                self.wake.set()
+            break
+
+    def close_request(self, token: str) -> None:
+        """The server ended this request (expired, pinned elsewhere, no more messages)."""
+        self.drop_request(token)
         self.wake.set()
 
     async def run(self) -> None:
@@ -173,7 +196,7 @@ class _Puller:
             # forget requests the server can no longer answer (lost across a reconnect)
             for token, req in list(self.requests.items()):
                 if now - req.sent_at > s.pull_expires_s + 2.0:
-                    self.requests.pop(token, None)
+                    self.drop_request(token)
             want = s.pull_batch - self.outstanding()
             room = s.max_inflight - host._inflight_count
             if now >= self.backoff_until and want >= max(1, s.pull_batch // 2) and room > 0 and host.nc.is_connected:
@@ -182,13 +205,13 @@ class _Puller:
                 pull: dict[str, Any] = {"batch": n, "expires": expires_ns, "group": PRIORITY_GROUP}
                 if self.pin_id:
                     pull["id"] = self.pin_id
-                self.requests[token] = _PullRequest(n, now)
+                self.add_request(token, n, now)
                 try:
                     await host.nc.publish(
                         subject, orjson.dumps(pull), reply=f"{host._pull_prefix}.{self.partition}.{token}"
                     )
                 except Exception as exc:  # noqa: BLE001 - connection trouble: retry later
-                    self.requests.pop(token, None)
+                    self.drop_request(token)
                     self.backoff_until = now + 0.5
                     log.debug("pull_publish_failed", partition=self.partition, error=str(exc))
                 continue
@@ -377,7 +400,7 @@ class Host:
     async def _on_reconnected(self) -> None:
         self._log.info("nats_reconnected")
         for puller in self._pullers.values():
-            puller.requests.clear()
+            puller.clear_requests()
             puller.wake.set()
 
     async def _on_disconnected(self) -> None:
@@ -400,8 +423,7 @@ class Host:
             if status == "423":  # pinned to another host
                 puller.pin_id = None
                 puller.backoff_until = self.clock.monotonic() + 1.0
-            pending = hdrs.get("Nats-Pending-Messages")
-            puller.close_request(tokens[2], int(pending) if pending and pending.isdigit() else None)
+            puller.close_request(tokens[2])
             return
         # a command; JetStream delivers it under its stored subject <root>.p.<partition>.<type>.<id>
         parts = msg.subject.split(".")
@@ -412,12 +434,7 @@ class Host:
         if puller is None:
             await self.nc.publish(msg.reply, b"-NAK")
             return
-        for token, req in puller.requests.items():  # the server fills requests in order
-            req.remaining -= 1
-            if req.remaining <= 0:
-                del puller.requests[token]
-                puller.wake.set()
-            break
+        puller.received()
         if msg.headers:
             pin = msg.headers.get("Nats-Pin-Id")
             if pin:
@@ -492,10 +509,16 @@ class Host:
         self._inflight_count -= 1
         if self._inflight_count <= 0:
             self._idle.set()
-        if self._inflight_count < self.settings.max_inflight:
+        half = self.settings.pull_batch // 2
+        if self._inflight_count == self.settings.max_inflight - 1:
+            # the host was full: any puller may have been waiting for room
             for puller in self._pullers.values():
-                if puller.outstanding() < self.settings.pull_batch // 2:
+                if puller.out < half:
                     puller.wake.set()
+        else:
+            puller = self._pullers.get(work.partition)
+            if puller is not None and puller.out < half:
+                puller.wake.set()
 
     def _side(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -541,6 +564,10 @@ class Host:
         if corr and corr != cmd_id:
             out_hdrs[H_CORRELATION_ID] = corr
 
+        if not _sdk_tracing():  # no SDK configured: carry the trace context, skip the spans
+            carry(hdrs, out_hdrs)
+            await self._process_traced(act, work, hdrs, durable, reply_to, cmd_id, corr, out_hdrs)
+            return
         parent = propagate.extract(hdrs) if hdrs else None
         token = otel_context.attach(parent) if parent is not None else None
         try:
