@@ -516,9 +516,9 @@ class Host:
                 if puller.out < half:
                     puller.wake.set()
         else:
-            puller = self._pullers.get(work.partition)
-            if puller is not None and puller.out < half:
-                puller.wake.set()
+            own = self._pullers.get(work.partition)
+            if own is not None and own.out < half:
+                own.wake.set()
 
     def _side(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
