@@ -2,11 +2,14 @@
 
 SIGTERM and SIGINT start a graceful drain bounded by ``drain_grace_s``; a second signal
 stops at once (unacknowledged commands are redelivered to the next owner either way).
+With ``health_port`` set, ``/livez`` and ``/readyz`` are served over HTTP; every host
+registers as the NATS micro service ``jetagents-host``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import signal
 import sys
@@ -14,8 +17,10 @@ from typing import Any
 
 import structlog
 
+import jetagents
 from jetagents import Agent, Host, HostSettings, Registry
 from jetagents._errors import Unavailable
+from jetagents._health import HealthMonitor, HealthServer, register_service
 from jetagents._logging import configure_logging
 
 log = structlog.get_logger("jetagents.service")
@@ -36,9 +41,23 @@ def load_agents(paths: list[str]) -> Registry:
     return registry
 
 
-async def serve(settings: HostSettings, registry: Registry) -> None:
+async def serve(
+    settings: HostSettings,
+    registry: Registry,
+    *,
+    stop: asyncio.Event | None = None,
+    monitor: HealthMonitor | None = None,
+    install_signals: bool = True,
+) -> None:
+    """Run one host until ``stop`` is set (SIGTERM/SIGINT set it), then drain.
+
+    The health server starts first, so ``/livez`` answers while NATS is still unreachable
+    and ``/readyz`` says why the host is not ready; the drain marks the host not ready
+    before it lets go of anything.
+    """
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop = stop if stop is not None else asyncio.Event()
+    monitor = monitor if monitor is not None else HealthMonitor(settings.host_id)
     hard = asyncio.Event()
 
     def on_signal() -> None:
@@ -46,34 +65,69 @@ async def serve(settings: HostSettings, registry: Registry) -> None:
             hard.set()
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
 
-    host = Host(settings, registry)
+    health: HealthServer | None = None
+    if settings.health_port is not None:
+        health = await HealthServer(monitor, settings.health_bind, settings.health_port).start()
+    try:
+        host = await _start_host(settings, registry, stop, monitor)
+        if host is None:
+            return
+        service: Any = None
+        try:
+            service = await register_service(
+                host.nc, monitor, subject_root=settings.subject_root, version=jetagents.__version__
+            )
+        except Exception as exc:  # noqa: BLE001 - discovery is an aid, not a reason to refuse work
+            log.warning("service_registration_failed", error=str(exc))
+        await monitor.readiness()  # log the transition to ready
+        await stop.wait()
+        monitor.draining = True
+        log.info("drain_started", grace_s=settings.drain_grace_s)
+        await monitor.readiness()  # log the transition to not ready
+        if service is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2.0):
+                    await service.stop()
+        drain = asyncio.create_task(host.stop(drain=True))
+        hard_wait = asyncio.create_task(hard.wait())
+        await asyncio.wait({drain, hard_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if not drain.done():
+            drain.cancel()
+            log.warning("drain_interrupted")
+        hard_wait.cancel()
+        log.info("drain_finished")
+    finally:
+        if health is not None:
+            await health.stop()
+
+
+async def _start_host(
+    settings: HostSettings, registry: Registry, stop: asyncio.Event, monitor: HealthMonitor
+) -> Host | None:
+    """Start a host, retrying while NATS is unreachable (compose, restarts); None if stopped first."""
     delay = 0.2
-    while True:  # NATS may come up after us (compose, restarts): keep trying
+    while True:
+        host = Host(settings, registry)
+        monitor.host = host
         try:
             await host.start()
-            break
+            return host
         except Unavailable as exc:
             log.warning("nats_unavailable", error=exc.message, retry_in_s=delay)
-            if stop.is_set():
-                return
-            try:
-                async with asyncio.timeout(delay):
-                    await stop.wait()
-                return
-            except TimeoutError:
-                delay = min(delay * 2, 5.0)
-            host = Host(settings, registry)
-    await stop.wait()
-    drain = asyncio.create_task(host.stop(drain=True))
-    hard_wait = asyncio.create_task(hard.wait())
-    await asyncio.wait({drain, hard_wait}, return_when=asyncio.FIRST_COMPLETED)
-    if not drain.done():
-        drain.cancel()
-        log.warning("drain_interrupted")
-    hard_wait.cancel()
+            with contextlib.suppress(Exception):
+                await host.stop(drain=False)  # a half-started host may hold a reconnecting connection
+        if stop.is_set():
+            return None
+        try:
+            async with asyncio.timeout(delay):
+                await stop.wait()
+            return None
+        except TimeoutError:
+            delay = min(delay * 2, 5.0)
 
 
 def run(settings: HostSettings) -> None:

@@ -57,6 +57,10 @@ class HostSettings(CommonSettings):
     snapshot_every: int = Field(default=100, ge=1)
     dedup_records_per_agent: int = Field(default=256, ge=1)
     drain_grace_s: float = Field(default=30.0, ge=0)
+    health_port: int | None = Field(
+        default=None, ge=0, le=65535, description="HTTP port of /livez and /readyz; unset: no HTTP server"
+    )
+    health_bind: str = Field(default="0.0.0.0", description="address the health server listens on")
     op_timeout_s: float = Field(default=5.0, gt=0, description="timeout of one NATS round trip")
     loop: Literal["asyncio", "uvloop"] = "asyncio"
     log_format: Literal["auto", "json", "console"] = "auto"
