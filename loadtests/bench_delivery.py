@@ -145,6 +145,7 @@ class Run:
     errors: int
     cpu_s: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds in the window
     first_error: str = ""
+    p999_ms: float = float("nan")
 
 
 # -- the load generator ---------------------------------------------------------------------
@@ -504,6 +505,7 @@ async def bench(args: argparse.Namespace, procs: Processes, url: str) -> list[Ru
                         cmds_per_s=ncmd / secs if secs > 0 else 0.0,
                         p50_ms=pct(lat, 50) * 1000,
                         p99_ms=pct(lat, 99) * 1000,
+                        p999_ms=pct(lat, 99.9) * 1000,
                         errors=errors,
                         cpu_s={k: round(v, 4) for k, v in cpu.items()},
                         first_error=first_error,
@@ -607,6 +609,10 @@ def summarize(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]
                     "cmds_per_s_max": max(rates),
                     "p50_ms_median": median([r.p50_ms for r in rs]),
                     "p99_ms_median": median([r.p99_ms for r in rs]),
+                    "p999_ms_median": median([r.p999_ms for r in rs]),
+                    "p50_ms_min_max": [min(r.p50_ms for r in rs), max(r.p50_ms for r in rs)],
+                    "p99_ms_min_max": [min(r.p99_ms for r in rs), max(r.p99_ms for r in rs)],
+                    "p999_ms_min_max": [min(r.p999_ms for r in rs), max(r.p999_ms for r in rs)],
                     "errors": sum(r.errors for r in rs),
                     "cpu_us_per_cmd_median": cpu_per_cmd,
                     "cpu_cores_median": median([cores(r, ours) for r in rs]),
