@@ -8,6 +8,7 @@
 from ._agent import Agent, AgentContext, AgentSpec, Event, Registry, action, applies
 from ._client import AgentRef, Client, Reply
 from ._clock import Clock, ManualClock, SystemClock
+from ._crdt import GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter
 from ._errors import (
     AgentTimeout,
     DeadlineExceeded,
@@ -29,6 +30,9 @@ from ._ids import AgentId, partition_of
 from ._resilience import CircuitBreaker, RetryPolicy
 from ._server import NatsServer
 from ._settings import ClientSettings, HostSettings
+from ._state import PartitionStrategy, Read, Session, SharedState, StateOptions, WriteResult
+from ._state_layers import Cached, Local, Shared, state_layers
+from ._vclock import CustomResolver, KeepSiblings, LastWriterWins, SemanticMerge, VectorClock, Versioned
 from ._wire import Delivery, Priority, Subjects
 
 __version__ = "0.1.0"
@@ -40,37 +44,60 @@ __all__ = [
     "AgentRef",
     "AgentSpec",
     "AgentTimeout",
+    "Cached",
     "CircuitBreaker",
     "Client",
     "ClientSettings",
     "Clock",
+    "CustomResolver",
     "DeadlineExceeded",
     "Delivery",
     "DomainError",
     "Event",
     "FencedError",
+    "GCounter",
+    "GSet",
     "Host",
     "HostSettings",
     "InternalError",
     "InvalidParams",
     "JetAgentsError",
+    "KeepSiblings",
+    "LWWMap",
+    "LWWRegister",
+    "LastWriterWins",
+    "Local",
     "MalformedCommand",
     "ManualClock",
     "NatsServer",
+    "ORMap",
+    "ORSet",
+    "PNCounter",
     "PartitionError",
+    "PartitionStrategy",
     "PayloadTooLarge",
     "Priority",
+    "Read",
     "Registry",
     "Reply",
     "RetryPolicy",
+    "SemanticMerge",
+    "Session",
+    "Shared",
+    "SharedState",
+    "StateOptions",
     "Subjects",
     "SystemClock",
     "Unavailable",
     "UnknownAction",
     "UnknownAgent",
     "UnknownAgentType",
+    "VectorClock",
+    "Versioned",
+    "WriteResult",
     "__version__",
     "action",
     "applies",
     "partition_of",
+    "state_layers",
 ]

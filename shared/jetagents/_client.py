@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Mapping
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import orjson
 from nats.aio.client import Client as NATS
@@ -51,6 +51,9 @@ from ._wire import (
     Priority,
     Subjects,
 )
+
+if TYPE_CHECKING:
+    from ._state import SharedState
 
 A = TypeVar("A", bound=Agent[Any])
 _tracer = trace.get_tracer("jetagents.client")
@@ -105,6 +108,7 @@ class Client:
         self._sub: Any = None
         self._breakers: dict[str, CircuitBreaker] = {}
         self._clock = SystemClock()
+        self._shared: dict[str, Any] = {}
 
     @classmethod
     async def connect(
@@ -123,6 +127,9 @@ class Client:
         self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
 
     async def close(self) -> None:
+        for st in self._shared.values():
+            await st.close()
+        self._shared.clear()
         for fut in self._pending.values():
             if not fut.done():
                 fut.cancel()
@@ -169,6 +176,23 @@ class Client:
         spec = spec_of(agent_cls)
         ref = AgentRef(self, AgentId(spec.type_name, agent_id))
         return cast(A, _Proxy(ref, spec, Delivery(delivery), timeout, Priority(priority)))
+
+    def shared(self, name: str = "default", **options: Any) -> SharedState:
+        """Shared state (``strong``, ``eventual``, ``session``, ``crdt``) over this connection.
+
+        One instance (one replica) per ``name``; ``options`` are :class:`StateOptions` fields
+        (``replicas``, ``partition``, ``resolver``, ...) used when it is first made.
+
+        >>> await client.shared().strong.increment("hits")  # doctest: +SKIP
+        """
+        from ._state import SharedState, StateOptions  # local import: state is optional
+
+        st = self._shared.get(name)
+        if st is None:
+            resolver = options.pop("resolver", None)
+            opts = StateOptions(**options)
+            st = self._shared[name] = SharedState(self.nc, opts, subjects=self.subjects, resolver=resolver)
+        return cast("SharedState", st)
 
     async def ensure_topology(self, partitions: int | None = None, replicas: int = 1) -> None:
         """Create the streams and buckets if missing (hosts do this on start too)."""
