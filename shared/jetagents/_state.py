@@ -466,7 +466,7 @@ class SharedState:
             async with _net():
                 ack = await js_publish(self.nc, self._subject(kv_key), data, headers, self.options.op_timeout_s)
         except JSApiError as exc:
-            if exc.err_code == 10071:
+            if exc.err_code in (10071, 10164):  # 10164: the clustered leader refused it up front
                 self._healthy()
                 raise _Conflict() from None
             raise

@@ -1,0 +1,311 @@
+"""Shared state on real nats-server processes: what each consistency level promises under
+concurrent writers (asyncio tasks, separate connections and separate OS processes).
+
+Run as a module, this file is also the worker process of the multi-process test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from jetagents import (
+    Agent,
+    Cached,
+    Host,
+    Local,
+    NatsServer,
+    ORSet,
+    PNCounter,
+    Registry,
+    Shared,
+    SharedState,
+    StateOptions,
+    action,
+    state_layers,
+)
+from jetagents._nats import connect
+from jetagents._server import NatsCluster
+from tests.conftest import REPO, host_settings
+
+pytestmark = pytest.mark.timeout(90)
+FAST = {"op_timeout_s": 3.0, "probe_interval_s": 0.1}
+
+
+async def open_state(url: str, **opts: Any) -> SharedState:
+    resolver = opts.pop("resolver", None)
+    nc = await connect(url, name="state-test")
+    st = SharedState(nc, StateOptions(**{**FAST, **opts}), owns_connection=True, resolver=resolver)
+    await st.start()
+    return st
+
+
+# -- strong ------------------------------------------------------------------------------------
+
+
+async def test_strong_counter_and_set_exact_on_r3_cluster(nats_cluster: NatsCluster) -> None:
+    """4 replicas (own connections, each to a different node first) x 4 tasks each increment
+    one counter and add their own members to one set: every update is there."""
+    replicas = [
+        await open_state(",".join(nats_cluster.urls[i % 3 :] + nats_cluster.urls[: i % 3]), replicas=3)
+        for i in range(4)
+    ]
+    try:
+        per_task = 8
+
+        async def writer(st: SharedState, w: int) -> None:
+            for i in range(per_task):
+                await st.strong.increment("ctr")
+                await st.strong.add("members", f"{w}-{i}")
+
+        await asyncio.gather(*(writer(st, r * 4 + t) for r, st in enumerate(replicas) for t in range(4)))
+        read = await replicas[0].strong.get("ctr")
+        assert read.value == 16 * per_task
+        members = (await replicas[3].strong.get("members")).value
+        assert sorted(members) == sorted(f"{w}-{i}" for w in range(16) for i in range(per_task))
+        conflicts = sum(st.stats.conflicts for st in replicas)
+        assert conflicts > 0, "16 writers on one key must have collided; the CAS path was not exercised"
+        info = await replicas[0].nc.jetstream().stream_info(replicas[0].stream)
+        assert info.config.num_replicas == 3
+    finally:
+        for st in replicas:
+            await st.close()
+
+
+WORKER_OPS = 15
+
+
+async def _worker(url: str, tag: str) -> None:
+    st = await open_state(url)
+    try:
+        for i in range(WORKER_OPS):
+            await st.strong.increment("p.strong")
+            await st.crdt.increment("p.ctr")
+            await st.crdt.add("p.set", f"{tag}-{i}")
+            await st.crdt.pn_increment("p.pn", 2 if i % 2 else -1)
+    finally:
+        await st.close()
+
+
+def _spawn_worker(url: str, tag: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.test_shared_state", url, tag],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def test_processes_and_tasks_strong_and_crdt_exact(nats_server: NatsServer) -> None:
+    """3 OS processes and 3 in-process tasks run the same mix at once: strong counter,
+    server counter (Nats-Incr), OR-set, PN-counter. No update is lost at any of them."""
+    procs = [_spawn_worker(nats_server.url, f"proc{i}") for i in range(3)]
+    await asyncio.gather(*(_worker(nats_server.url, f"task{i}") for i in range(3)))
+    for p in procs:
+        out, _ = await asyncio.to_thread(p.communicate, timeout=60)
+        assert p.returncode == 0, out.decode()[-2000:]
+    st = await open_state(nats_server.url)
+    try:
+        writers = 6
+        assert (await st.strong.get("p.strong")).value == writers * WORKER_OPS
+        assert (await st.crdt.counter("p.ctr")).value == writers * WORKER_OPS
+        members = await st.crdt.value("p.set", ORSet)
+        tags = [f"proc{i}" for i in range(3)] + [f"task{i}" for i in range(3)]
+        assert sorted(members) == sorted(f"{t}-{i}" for t in tags for i in range(WORKER_OPS))
+        per_writer = sum(2 if i % 2 else -1 for i in range(WORKER_OPS))
+        assert await st.crdt.value("p.pn", PNCounter) == writers * per_writer
+    finally:
+        await st.close()
+
+
+# -- eventual ----------------------------------------------------------------------------------
+
+
+async def test_eventual_counter_loses_updates_and_says_so(nats_server: NatsServer) -> None:
+    """The same counter workload at eventual: replicas converge, but concurrent increments
+    are lost (measured, not hidden), unlike strong and crdt above."""
+    n, per = 4, 25
+    replicas = [await open_state(nats_server.url) for _ in range(n)]
+    try:
+        for st in replicas:
+            await st.cache()
+
+        async def writer(st: SharedState) -> None:
+            for _ in range(per):
+                await st.eventual.increment("ev.ctr")
+                await asyncio.sleep(0)  # let the propagator run between local writes
+
+        await asyncio.gather(*(writer(st) for st in replicas))
+        for st in replicas:
+            await st.eventual.flush(10)
+        expected = n * per
+
+        async def converged() -> list[Any]:
+            while True:
+                reads = [await st.eventual.get("ev.ctr") for st in replicas]
+                if len({(r.value, r.revision) for r in reads}) == 1:
+                    return [r.value for r in reads]
+                await asyncio.sleep(0.05)
+
+        values = await asyncio.wait_for(converged(), 10)
+        final = values[0]
+        lost = expected - final
+        print(f"eventual: {expected} increments, final {final}, lost {lost} ({lost / expected:.0%})")
+        assert 0 < final <= expected
+        assert sum(st.stats.lost_writes for st in replicas) >= (1 if lost else 0)
+    finally:
+        for st in replicas:
+            await st.close()
+
+
+async def test_eventual_lost_update_is_exact_with_lagging_caches_and_staleness_is_reported(
+    nats_server: NatsServer,
+) -> None:
+    a, b = await open_state(nats_server.url), await open_state(nats_server.url)
+    try:
+        ca, cb = await a.cache(), await b.cache()
+        ca.pause()
+        cb.pause()
+        for _ in range(10):
+            await a.eventual.increment("ev.lag")
+        for _ in range(7):
+            await b.eventual.increment("ev.lag")
+        await a.eventual.flush(5)
+        await b.eventual.flush(5)
+        await asyncio.sleep(0.3)
+        read = await a.eventual.get("ev.lag")
+        assert read.value is None and read.source == "cache", "a paused cache shows nothing new"
+        assert read.staleness_s is not None and read.staleness_s >= 0.25, read
+        fresh = await a.eventual.get("ev.lag", max_staleness_s=0.1)
+        assert fresh.source == "server" and fresh.value in (10, 7)
+        await ca.resume()
+        await cb.resume()
+        assert (await b.strong.get("ev.lag")).value == 10, "lww keeps the later write: 7 increments are lost"
+        assert a.stats.lost_writes + b.stats.lost_writes == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_vector_clock_siblings_and_custom_resolution(nats_server: NatsServer) -> None:
+    a = await open_state(nats_server.url, resolver="siblings")
+    b = await open_state(nats_server.url, resolver="siblings")
+    c = await open_state(nats_server.url, resolver=lambda values: sorted({x for v in values for x in v}))
+    try:
+        await a.strong.put("vc.doc", ["base"])
+        for st in (a, b, c):
+            cache = await st.cache()
+            await cache.wait_revision(a.value_key("vc.doc"), 1, 5)
+            cache.pause()
+        await a.eventual.put("vc.doc", ["base", "a"])
+        await b.eventual.put("vc.doc", ["base", "b"])
+        await a.eventual.flush(5)
+        await b.eventual.flush(5)
+        read = await a.strong.get("vc.doc")
+        assert read.conflict and sorted(map(tuple, read.siblings)) == [("base", "a"), ("base", "b")]
+        # a write that has seen both siblings resolves them
+        await a.strong.update("vc.doc", lambda _v: ["merged"])
+        read = await b.strong.get("vc.doc")
+        assert not read.conflict and read.value == ["merged"]
+        # custom function: c writes concurrently with the resolved value; union of both
+        await c.eventual.put("vc.doc", ["base", "c"])
+        await c.eventual.flush(5)
+        assert (await a.strong.get("vc.doc")).value == ["base", "c", "merged"]
+    finally:
+        for st in (a, b, c):
+            await st.close()
+
+
+# -- session -----------------------------------------------------------------------------------
+
+
+async def test_session_reads_its_writes_through_a_lagging_cache(nats_server: NatsServer) -> None:
+    st = await open_state(nats_server.url)
+    other = await open_state(nats_server.url)
+    try:
+        cache = await st.cache()
+        await st.strong.put("s.cart", ["old"])
+        assert await cache.wait_revision(st.value_key("s.cart"), 1, 5)
+        cache.pause()  # from now on the cache lags behind every write
+        session = st.session()
+        w = await session.put("s.cart", ["mine"])
+        lagging = await st.eventual.get("s.cart")
+        assert lagging.value == ["old"], "the cache really is behind"
+        read = await session.get("s.cart")
+        assert read.value == ["mine"] and read.revision == w.revision and read.source == "server"
+        # monotonic: another writer moves on; once seen, the session never goes back
+        w2 = await other.strong.put("s.cart", ["theirs"])
+        await cache.resume()
+        assert await cache.wait_revision(st.value_key("s.cart"), w2.revision, 5)
+        assert (await session.get("s.cart")).value == ["theirs"]
+        cache.pause()
+        await other.strong.put("s.cart", ["newest"])
+        assert (await session.get("s.cart")).revision >= w2.revision
+        # a session that wrote nothing is served by the cache
+        fresh = st.session()
+        assert (await fresh.get("s.cart")).source == "cache"
+        assert session.server_reads >= 1 and session.cache_reads >= 1
+    finally:
+        await st.close()
+        await other.close()
+
+
+# -- the agent's layers ------------------------------------------------------------------------
+
+
+class ShopState(BaseModel):
+    sold: int = 0
+
+
+class Shop(Agent[ShopState]):
+    type_name = "shop"
+    state_type = ShopState
+    recent = Local(list)
+    stock = Shared("stock.{id}", "strong")
+    visitors = Shared("visitors", "crdt", crdt=ORSet)
+    price = Cached("price.{id}", ttl_s=60.0)
+
+    @action
+    async def sell(self, buyer: str) -> dict[str, Any]:
+        self.recent.append(buyer)
+        left = await self.stock.update(lambda n: (n if n is not None else 10) - 1)
+        await self.visitors.add(buyer)
+        price = await self.price.value()
+        return {"left": left.value, "recent": list(self.recent), "price": price}
+
+
+async def test_agent_declares_its_layers_and_uses_shared_state(nats_server: NatsServer) -> None:
+    assert state_layers(Shop) == {
+        "state": "persistent",
+        "recent": "local",
+        "stock": "shared",
+        "visitors": "shared",
+        "price": "cached",
+    }
+    host = Host(host_settings(nats_server.url), Registry([Shop]))
+    await host.start()
+    from jetagents import Client, ClientSettings
+
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
+    try:
+        await client.shared().strong.put("price.s1", 5)
+        ref = client.agent("shop", "s1")
+        r1 = await ref.request("sell", {"buyer": "ann"})
+        await client.shared().strong.put("price.s1", 6)  # the agent's cached copy is 60 s old at most
+        r2 = await ref.request("sell", {"buyer": "bob"})
+        assert r1 == {"left": 9, "recent": ["ann"], "price": 5}
+        assert r2 == {"left": 8, "recent": ["ann", "bob"], "price": 5}
+        assert (await client.shared().strong.get("stock.s1")).value == 8
+        assert sorted(await client.shared().crdt.value("visitors", ORSet)) == ["ann", "bob"]
+    finally:
+        await client.close()
+        await host.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(_worker(sys.argv[1], sys.argv[2]))
