@@ -1,0 +1,168 @@
+"""Partition strategies for shared state on a real 3-node cluster: two of the three
+nats-servers are killed, so the R3 state bucket has no quorum; the client stays connected
+to the survivor. Then the nodes come back and (``continue``) the queued writes reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from jetagents import ORSet, PartitionError, Read, SharedState, StateOptions
+from jetagents._nats import connect
+from jetagents._server import NatsCluster
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    c = NatsCluster(data_dir=Path(tmp_path_factory.mktemp("state-partition")), size=3)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def survivor_first(cluster: NatsCluster) -> str:
+    """The client lists node 0 (which survives) first, so it stays connected to it."""
+    return ",".join(cluster.urls)
+
+
+async def make_state(cluster: NatsCluster, strategy: str) -> SharedState:
+    nc = await connect(survivor_first(cluster), name=f"partition-{strategy}", dont_randomize=True)
+    opts = StateOptions(replicas=3, partition=strategy, op_timeout_s=1.0, probe_interval_s=0.2)
+    st = SharedState(nc, opts, owns_connection=True)
+    await st.start()
+    return st
+
+
+@pytest.fixture
+async def partitioned(cluster: NatsCluster) -> AsyncIterator[NatsCluster]:
+    """Yields with nodes 1 and 2 killed; brings them back afterwards."""
+    yield cluster
+    for s in cluster.servers[1:]:
+        if s.proc is None or s.proc.poll() is not None:
+            s.start()
+    cluster.wait_meta_leader()
+
+
+def cut(cluster: NatsCluster) -> None:
+    for s in cluster.servers[1:]:
+        s.kill()
+
+
+def heal(cluster: NatsCluster) -> None:
+    for s in cluster.servers[1:]:
+        s.spawn()
+    for s in cluster.servers[1:]:
+        s.wait_ready()
+    cluster.wait_meta_leader()
+
+
+async def test_pause_refuses_reads_and_writes_with_a_typed_error(partitioned: NatsCluster) -> None:
+    st = await make_state(partitioned, "pause")
+    try:
+        await st.strong.put("pz.v", 1)
+        await st.crdt.add("pz.set", "a")
+        cut(partitioned)
+        t0 = time.monotonic()
+        with pytest.raises(PartitionError) as err:
+            await st.strong.increment("pz.v")
+        assert err.value.retryable and err.value.details["applied"] == "unknown"
+        # the survivor may still think it leads the stream until Raft notices the lost quorum
+        # (a few seconds), and serves reads meanwhile; after that reads are refused too
+        await asyncio.wait_for(_until_refused(st, "pz.v"), 20)
+        with pytest.raises(PartitionError):
+            await st.crdt.add("pz.set", "b")
+        with pytest.raises(PartitionError):
+            await st.eventual.put("pz.e", 1)
+        assert time.monotonic() - t0 < 25, "refusals come within the op timeout, not after hanging"
+        assert st.partitioned and st.stats.partition_refusals >= 4
+    finally:
+        await st.close()
+
+
+async def test_degraded_serves_cached_reads_and_refuses_writes(partitioned: NatsCluster) -> None:
+    st = await make_state(partitioned, "degraded")
+    try:
+        await st.strong.put("dg.v", {"price": 5})
+        await st.crdt.add("dg.set", "a")
+        assert (await st.crdt.value("dg.set", ORSet)) == ["a"]
+        cut(partitioned)
+        read = await asyncio.wait_for(_until_stale(st, "dg.v"), 20)
+        assert read.value == {"price": 5} and read.stale and read.source == "local"
+        assert await st.crdt.value("dg.set", ORSet) == ["a"]
+        with pytest.raises(PartitionError):
+            await st.strong.put("dg.v", {"price": 6})
+        with pytest.raises(PartitionError):
+            await st.crdt.add("dg.set", "b")
+        heal(partitioned)
+        await asyncio.wait_for(_until_healthy(st), 30)
+        assert (await st.strong.get("dg.v")).value == {"price": 5}, "the refused write did not sneak in"
+    finally:
+        await st.close()
+
+
+async def _until_refused(st: SharedState, key: str) -> None:
+    while True:
+        try:
+            await st.strong.get(key)
+        except PartitionError:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def _until_stale(st: SharedState, key: str) -> Read:
+    while True:
+        read = await st.strong.get(key)
+        if read.stale:
+            return read
+        await asyncio.sleep(0.2)
+
+
+async def _until_healthy(st: SharedState) -> None:
+    while True:
+        try:
+            await st.strong.get("probe")
+            return
+        except PartitionError:
+            await asyncio.sleep(0.2)
+
+
+async def test_continue_accepts_crdt_writes_and_reconciles_after_healing(partitioned: NatsCluster) -> None:
+    st = await make_state(partitioned, "continue")
+    try:
+        await st.crdt.add("ct.set", "before")
+        await st.crdt.increment("ct.ctr", 5)
+        cut(partitioned)
+        queued = await st.crdt.add("ct.set", "during-1")
+        assert queued.queued and sorted(queued.value) == ["before", "during-1"]
+        await st.crdt.add("ct.set", "during-2")
+        await st.crdt.remove("ct.set", "before")
+        inc = await st.crdt.increment("ct.ctr", 3)
+        assert inc.queued and inc.value == 8
+        await st.crdt.increment("ct.ctr", -1)
+        with pytest.raises(PartitionError):
+            await st.strong.put("ct.v", 1)  # strong writes never continue without quorum
+        assert st.pending() >= 2
+        heal(partitioned)
+        await st.wait_reconciled(45)
+        # a different replica, after the heal, sees every write made during the partition once
+        other = await make_state(partitioned, "pause")
+        try:
+            await asyncio.wait_for(_until_healthy(other), 30)
+            assert sorted(await other.crdt.value("ct.set", ORSet)) == ["during-1", "during-2"]
+            assert (await other.crdt.counter("ct.ctr")).value == 7
+            await other.crdt.add("ct.set", "after")
+            assert sorted(await st.crdt.value("ct.set", ORSet)) == ["after", "during-1", "during-2"]
+        finally:
+            await other.close()
+        assert st.stats.reconciled >= 2
+    finally:
+        await st.close()
