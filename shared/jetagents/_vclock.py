@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -229,7 +229,7 @@ def resolver_from(spec: Resolver | str | Callable[[list[Any]], Any]) -> Resolver
             raise ValueError(f"unknown conflict resolution {spec!r}; one of {sorted(RESOLVERS)} or a function")
         return factory()
     if hasattr(spec, "resolve"):
-        return spec
+        return cast(Resolver, spec)
     if callable(spec):
         return CustomResolver(spec)
     raise TypeError(f"not a resolver: {spec!r}")

@@ -92,7 +92,7 @@ def test_concurrent_versions_per_strategy() -> None:
     assert [v.value for v in lww] == [["y"]] and lww[0].clock == {"a": 1, "b": 1}
     sib = reconcile([x], [y], KeepSiblings())
     assert sorted(v.value[0] for v in sib) == ["x", "y"]
-    custom = reconcile([x], [y], CustomResolver(lambda vals: sorted(sum(vals, []))))
+    custom = reconcile([x], [y], CustomResolver(lambda vals: sorted(x for v in vals for x in v)))
     assert custom[0].value == ["x", "y"] and custom[0].clock == {"a": 1, "b": 1}
     # a write that has seen both siblings replaces them
     resolved = Versioned(value=["z"], clock={"a": 1, "b": 1, "c": 1}, ts_ms=1, writer="c")
