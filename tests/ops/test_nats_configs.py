@@ -4,6 +4,7 @@ client with the shipped users, R3 streams, placement across gateways, and the pe
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from jetagents import Client, ClientSettings, Host, Registry
-from jetagents._nats import js_api
+from jetagents._nats import Topology, ensure_topology, js_api
+from jetagents._wire import Subjects
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import REPO, host_settings
 from tests.ops.nats_configs import OPS_NATS, BootedConfigs, Node, boot
@@ -50,6 +52,16 @@ async def test_three_node_cluster_runs_r3_with_the_host_and_client_users(cluster
             assert await ref.request("increment", {"by": 1}, delivery="at-most-once") == 3
         finally:
             await client.close()
+        # the compose demo workload, as the client user, through every node
+        demo = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(REPO / "ops" / "demo" / "workload.py"),
+            env={**os.environ, "JETAGENTS_NATS_URL": cluster.url("client"), "JETAGENTS_PARTITIONS": "8"},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(demo.communicate(), 60)
+        assert demo.returncode == 0 and b"OK:" in out, out.decode()
     for name in ("AGT_CMD", "AGT_EVT", "AGT_DLQ", "KV_agt_snap", "KV_agt_meta"):
         info = await _stream(cluster.url("admin"), name)
         assert info["config"]["num_replicas"] == 3, name  # type: ignore[index]
@@ -75,12 +87,11 @@ class Violations:
 
 
 async def test_permissions_clients_send_only_and_only_admin_deletes(cluster: BootedConfigs) -> None:
-    # the streams exist (hosts made them in the test above, or make them now)
-    async with Host(host_settings(cluster.url("host"), replicas=3, host_id="ops-perm"), Registry(EXAMPLE_AGENTS)):
-        pass
     seen = Violations()
     client = await nats.connect(cluster.url("client").split(","), error_cb=seen.record)
     admin = await nats.connect(cluster.url("admin").split(","))
+    # the streams exist (a host made them in the test above, or the admin makes them now)
+    await ensure_topology(admin, Topology(Subjects("agt"), partitions=8, replicas=3))
     host_seen = Violations()
     host = await nats.connect(cluster.url("host").split(","), error_cb=host_seen.record)
     try:
