@@ -83,23 +83,30 @@ async def serve(
             )
         except Exception as exc:  # noqa: BLE001 - discovery is an aid, not a reason to refuse work
             log.warning("service_registration_failed", error=str(exc))
+        monitor.serving = True
         await monitor.readiness()  # log the transition to ready
         await stop.wait()
-        monitor.draining = True
+        monitor.serving = False
         log.info("drain_started", grace_s=settings.drain_grace_s)
         await monitor.readiness()  # log the transition to not ready
         if service is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2.0):
                     await service.stop()
+        # The host bounds its wait for commands in hand by drain_grace_s; the final
+        # snapshots and the leave take up to about one more round trip. Past that the
+        # stop is forced: whatever is unacknowledged is redelivered to the next owner.
+        bound_s = settings.drain_grace_s + settings.op_timeout_s + 2.0
         drain = asyncio.create_task(host.stop(drain=True))
         hard_wait = asyncio.create_task(hard.wait())
-        await asyncio.wait({drain, hard_wait}, return_when=asyncio.FIRST_COMPLETED)
-        if not drain.done():
-            drain.cancel()
-            log.warning("drain_interrupted")
+        await asyncio.wait({drain, hard_wait}, timeout=bound_s, return_when=asyncio.FIRST_COMPLETED)
         hard_wait.cancel()
-        log.info("drain_finished")
+        if drain.done():
+            log.info("drain_finished")
+        else:
+            drain.cancel()
+            await asyncio.gather(drain, return_exceptions=True)
+            log.warning("drain_interrupted", reason="second signal" if hard.is_set() else f"over {bound_s:.0f}s")
     finally:
         if health is not None:
             await health.stop()

@@ -9,8 +9,9 @@ Readiness is read from the host, never tracked separately. A host that offers
 ``readiness() -> dict[str, bool]`` is asked for its checks; an older one only says
 ``ready`` (bool), and its connection state is read alongside. The monitor adds a cached
 ``$JS.API.INFO`` round trip when the host has not checked JetStream itself, and a
-``draining`` check that turns false the moment a drain starts, so an orchestrator stops
-counting the host before it lets go of its partitions.
+``serving`` check owned by the service: true once the host is started and registered for
+discovery, false the moment a drain starts, so an orchestrator stops counting the host
+before it lets go of its partitions.
 
 >>> monitor = HealthMonitor("host-1")  # doctest: +SKIP
 >>> server = await HealthServer(monitor, "0.0.0.0", 8080).start()  # doctest: +SKIP
@@ -58,17 +59,18 @@ def host_checks(host: object | None) -> dict[str, bool]:
 
 
 class HealthMonitor:
-    """What ``/readyz`` reports: the current host's checks plus ``jetstream`` and ``draining``.
+    """What ``/readyz`` reports: the current host's checks plus ``jetstream`` and ``serving``.
 
-    ``host`` is replaced while the service retries its first connection; ``draining`` is set
-    by the service when a stop signal arrives. Every change of the overall answer is logged,
-    and kept in ``timeline`` as ``(monotonic seconds, ready, checks)``.
+    ``host`` is replaced while the service retries its first connection; ``serving`` is set
+    by the service once everything is started and cleared when a stop signal arrives.
+    Every change of the overall answer is logged, and kept in ``timeline`` as
+    ``(monotonic seconds, ready, checks)``.
     """
 
     def __init__(self, host_id: str, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.host_id = host_id
         self.host: object | None = None
-        self.draining = False
+        self.serving = False
         self.timeline: list[tuple[float, bool, dict[str, bool]]] = []
         self._clock = clock
         self._js_ok = False
@@ -99,7 +101,7 @@ class HealthMonitor:
                 checks["jetstream"] = await self._jetstream(nc)
             else:
                 checks["jetstream"] = False
-        checks["not_draining"] = not self.draining
+        checks["serving"] = self.serving
         ready = all(checks.values())
         if ready != self._last:
             self._last = ready
@@ -117,7 +119,7 @@ class HealthMonitor:
         return {
             "host_id": self.host_id,
             "ready": self._last is True,
-            "draining": self.draining,
+            "serving": self.serving,
             "partitions_owned": len(owned),
             "partitions": owned,
             "active_agents": len(getattr(host, "activations", {}) or {}),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
 import orjson
@@ -93,7 +94,7 @@ async def test_readiness_timeline_start_and_drain(tmp_path: Path) -> None:
     tl = Timeline()
     nats_port, health_port = free_port(), free_port()
     server = NatsServer(data_dir=tmp_path / "nats", port=nats_port, name="health")
-    settings = host_settings(server.url, health_port=health_port, health_bind="127.0.0.1", drain_grace_s=10.0)
+    settings = host_settings(server.url, health_port=health_port, health_bind="127.0.0.1", drain_grace_s=5.0)
     monitor = HealthMonitor(settings.host_id)
     stop = asyncio.Event()
     task = asyncio.create_task(
@@ -169,7 +170,7 @@ async def test_readiness_timeline_start_and_drain(tmp_path: Path) -> None:
                 await client.close()
         finally:
             await nc.close()
-        await asyncio.wait_for(task, settings.drain_grace_s + 5)
+        await asyncio.wait_for(task, settings.drain_grace_s + settings.op_timeout_s + 2 + 5)
         tl.note("serve() returned (drain finished)")
         assert await _get(health_port, "/livez") is None
         tl.note("health server closed")
@@ -202,3 +203,28 @@ async def test_health_server_refuses_bad_requests(line: bytes) -> None:
         assert (await _get(server.port, "/readyz"))[0] == 503  # type: ignore[index]
     finally:
         await server.stop()
+
+
+async def test_sigterm_drains_the_host_process(nats_server: NatsServer, host_process_factory: Any) -> None:
+    """The container's PID 1 path: ``python -m agent_host``, ready over HTTP, SIGTERM, exit 0."""
+    health_port = free_port()
+    hp = host_process_factory(
+        nats_server.url,
+        JETAGENTS_HEALTH_PORT=str(health_port),
+        JETAGENTS_HOST_ID="sig",
+        JETAGENTS_DRAIN_GRACE_S="3",
+        JETAGENTS_OP_TIMEOUT_S="2",
+    ).start()
+    async with asyncio.timeout(30):
+        while (await _get(health_port, "/readyz") or (0, {}))[0] != 200:
+            await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    code = await asyncio.to_thread(hp.terminate, 20)
+    elapsed = time.monotonic() - t0
+    log = hp.log_path.read_text()
+    print(f"\nSIGTERM to exit: {elapsed:.2f}s")
+    assert code == 0
+    assert '"drain_started"' in log and '"readiness_changed"' in log, log[-2000:]
+    assert '"drain_finished"' in log or '"drain_interrupted"' in log, log[-2000:]
+    assert elapsed < 3 + 2 + 2 + 2, log[-2000:]  # grace + one round trip + margin, + process exit
+    assert await _get(health_port, "/livez") is None
