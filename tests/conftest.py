@@ -93,6 +93,10 @@ class HostProcess:
                 "JETAGENTS_LOG_LEVEL": "INFO",
                 "JETAGENTS_ACK_WAIT_S": "2",
                 "JETAGENTS_PULL_EXPIRES_S": "1",
+                # a killed host leaves the cluster within ~2 s (the default is 3 s)
+                "JETAGENTS_MEMBER_TTL_S": "2",
+                "JETAGENTS_LEASE_TTL_S": "2",
+                "JETAGENTS_HEARTBEAT_S": "0.4",
             }
         )
         self.env.update(env)

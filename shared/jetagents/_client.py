@@ -303,9 +303,18 @@ class Client:
             breaker.record_success()
         return result if want_reply else cmd_id
 
-    async def _backoff(self, attempt: int, deadline: float, err: JetAgentsError) -> None:
+    async def _backoff(
+        self, attempt: int, deadline: float, err: JetAgentsError, *, until_deadline: bool = False
+    ) -> None:
+        """Sleep before the next attempt, or raise ``err`` when out of attempts or time.
+
+        ``until_deadline``: the failure proves nothing was applied or re-sending is
+        idempotent (no responders while a stream or partition changes hands, an
+        unacknowledged publish with the same ``Nats-Msg-Id``): keep trying until the
+        caller's timeout rather than for a fixed number of attempts.
+        """
         loop = asyncio.get_running_loop()
-        if attempt + 1 >= self.retry.attempts:
+        if not until_deadline and attempt + 1 >= self.retry.attempts:
             raise err
         delay = self.retry.delay(attempt)
         if loop.time() + delay >= deadline:
@@ -330,6 +339,9 @@ class Client:
                 return _decode_reply(msg)
             except NoRespondersError:
                 err: JetAgentsError = Unavailable(f"no host is serving {aid}", details={"applied": False})
+                await self._backoff(attempt, deadline, err, until_deadline=True)
+                attempt += 1
+                continue
             except NatsTimeout:
                 # at-most-once: the host may have run it, so it is never re-sent
                 raise AgentTimeout(f"no reply from {aid} in time (at-most-once: not retried)") from None
@@ -379,7 +391,7 @@ class Client:
                 except Unavailable as exc:
                     # Re-sending is safe for exactly-once (same Nats-Msg-Id); for
                     # at-least-once it may store the command twice, which that mode allows.
-                    await self._backoff(attempt, deadline, exc)
+                    await self._backoff(attempt, deadline, exc, until_deadline=True)
                     attempt += 1
             if fut is None:
                 return headers[H_COMMAND_ID]

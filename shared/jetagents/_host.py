@@ -39,6 +39,7 @@ from pydantic import ValidationError
 
 from ._agent import Agent, AgentContext, AgentSpec, Registry, encode_events
 from ._clock import Clock, SystemClock
+from ._cluster import ClusterConfig, Coordinator, JetStreamStore
 from ._errors import (
     DeadlineExceeded,
     DomainError,
@@ -154,6 +155,7 @@ class _Puller:
         self.wake = asyncio.Event()
         self.backoff_until = 0.0
         self.ids = itertools.count(1)
+        self.stopped = False
 
     def outstanding(self) -> int:
         return self.out
@@ -191,7 +193,7 @@ class _Puller:
         s = host.settings
         expires_ns = int(s.pull_expires_s * NS)
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{host.topology.cmd_stream}.{self.consumer}"
-        while not host._stopping:
+        while not host._stopping and not self.stopped:
             now = host.clock.monotonic()
             # forget requests the server can no longer answer (lost across a reconnect)
             for token, req in list(self.requests.items()):
@@ -249,10 +251,16 @@ class Host:
             duplicate_window_s=settings.duplicate_window_s,
             max_payload_bytes=settings.max_payload_bytes,
         )
-        if partitions is None:  # static split until the cluster ring assigns partitions
+        # ring membership: partitions come and go as the cluster's ring assigns them;
+        # static: a fixed set (given, or p % host_count == host_index)
+        self.static = partitions is not None or settings.membership == "static"
+        if partitions is None and self.static:
             partitions = [p for p in range(settings.partitions) if p % settings.host_count == settings.host_index]
-        self.owned = sorted(partitions)
-        self._owned_set: frozenset[int] = frozenset(self.owned)
+        self._static_partitions = sorted(partitions or [])
+        self.owned: list[int] = []
+        self._owned_set: frozenset[int] = frozenset()
+        self.coordinator: Coordinator | None = None
+        self._puller_tasks: dict[int, asyncio.Task[None]] = {}
         self.nc: NATS = None  # type: ignore[assignment]
         self.cepoch = ""
         self.activations: OrderedDict[str, Activation] = OrderedDict()
@@ -285,6 +293,7 @@ class Host:
         self._snap_kv: Any = None
         self._meta_kv: Any = None
         self._client: Any = None
+        self._coord_task: asyncio.Task[None] | None = None
         self._log = log.bind(host=settings.host_id)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -297,7 +306,24 @@ class Host:
 
     @property
     def ready(self) -> bool:
-        return self._started and not self._stopping and self.nc is not None and self.nc.is_connected
+        return all(self.readiness().values())
+
+    def readiness(self) -> dict[str, bool]:
+        """What ``/readyz`` reports: connected, JetStream reachable, ring joined, partitions started."""
+        connected = self.nc is not None and self.nc.is_connected
+        coord = self.coordinator
+        if self.static:
+            joined = self._started
+            started = self._started and set(self._static_partitions) <= self._owned_set
+        else:
+            joined = coord is not None and coord.ring is not None and not coord.stopped
+            started = joined and coord is not None and coord.assigned() <= coord.held
+        return {
+            "connected": connected,
+            "jetstream": self._started and connected,
+            "ring_joined": joined and not self._stopping,
+            "partitions_started": started and not self._stopping,
+        }
 
     async def start(self) -> None:
         s = self.settings
@@ -325,18 +351,8 @@ class Host:
         self._pull_sub = await self.nc.subscribe(
             f"{self._pull_prefix}.>", cb=self._on_pull_msg, pending_msgs_limit=1_000_000, pending_bytes_limit=-1
         )
-        for p in self.owned:
-            cfg = self.topology.consumer_config(
-                p, ack_wait_s=s.ack_wait_s, max_deliver=-1, max_ack_pending=s.max_ack_pending
-            )
-            # A new owner recreates the consumer: whatever the previous owner left
-            # unacknowledged is delivered again at once and in stream order (a redelivery
-            # after ack_wait would arrive behind newer commands of the same agent).
-            await ensure_consumer(self.nc, self.topology, p, cfg, s.op_timeout_s, reset=True)
-            self._pullers[p] = _Puller(self, p)
         # Every host sees every call and answers only for the partitions it owns, so an
         # agent is never in memory on two hosts at once.
-        self._owned_set = frozenset(self.owned)
         self._call_sub = await self.nc.subscribe(
             self.subjects.call_wildcard,
             cb=self._on_call,
@@ -345,11 +361,101 @@ class Host:
         )
         for _ in range(s.workers):
             self._spawn(self._worker())
-        for puller in self._pullers.values():
-            self._spawn(puller.run())
         self._spawn(self._housekeeping())
         self._started = True
+        if self.static:
+            for p in self._static_partitions:
+                await self.start_partition(p)
+        else:
+            store = JetStreamStore(self.nc, self.topology.cluster_bucket, replicas=s.replicas, timeout_s=s.op_timeout_s)
+            await store.ensure()
+            cfg = ClusterConfig(
+                partitions=s.partitions,
+                heartbeat_s=s.heartbeat_s,
+                member_ttl_s=s.member_ttl_s,
+                lease_ttl_s=s.lease_ttl_s,
+                tick_s=s.cluster_tick_s,
+                load_factor=s.load_factor,
+                max_moves=s.rebalance_max_moves,
+                handoff_timeout_s=s.handoff_timeout_s,
+                capacity=s.capacity,
+                tags=list(s.tags),
+            )
+            self.coordinator = Coordinator(s.host_id, store, self.clock, cfg, self)
+            self._coord_task = asyncio.create_task(self.coordinator.run())
+            # ready when the ring is known and our share of it is started (or give up
+            # waiting: the partitions may belong to others that have not let go yet)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(s.ready_timeout_s):
+                    while not self.readiness()["partitions_started"]:
+                        await asyncio.sleep(0.02)
         self._log.info("host_started", partitions=len(self.owned), types=self.registry.types())
+
+    # -- partitions (the coordinator's hooks) -----------------------------------------------
+    async def start_partition(self, partition: int) -> None:
+        """Start serving ``partition``: recreate its consumer, then pull."""
+        s = self.settings
+        cfg = self.topology.consumer_config(
+            partition, ack_wait_s=s.ack_wait_s, max_deliver=-1, max_ack_pending=s.max_ack_pending
+        )
+        # A new owner recreates the consumer: whatever the previous owner left
+        # unacknowledged is delivered again at once and in stream order (a redelivery
+        # after ack_wait would arrive behind newer commands of the same agent), and the
+        # previous owner's pulls and acks no longer reach anything.
+        await ensure_consumer(self.nc, self.topology, partition, cfg, s.op_timeout_s, reset=True)
+        puller = _Puller(self, partition)
+        self._pullers[partition] = puller
+        self._puller_tasks[partition] = asyncio.create_task(puller.run())
+        self.owned = sorted({*self.owned, partition})
+        self._owned_set = frozenset(self.owned)
+
+    async def stop_partition(self, partition: int, *, graceful: bool) -> None:
+        """Stop serving ``partition``. Graceful: finish the commands in hand (bounded by
+        ``drain_grace_s``) and snapshot its agents, so the next owner starts warm."""
+        self.owned = [p for p in self.owned if p != partition]
+        self._owned_set = frozenset(self.owned)
+        puller = self._pullers.pop(partition, None)
+        task = self._puller_tasks.pop(partition, None)
+        if puller is not None:
+            puller.stopped = True
+            puller.wake.set()
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if graceful:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.drain_grace_s):
+                    while any(w.partition == partition and not w.done for w in self._inflight):
+                        await asyncio.sleep(0.01)
+        parts = self.settings.partitions
+        snaps = []
+        for key, act in list(self.activations.items()):
+            if partition_of(act.agent_id.type, act.agent_id.id, parts) != partition:
+                continue
+            if act.scheduled or act.mailbox:
+                continue  # still running (not graceful): it finishes, or is fenced
+            self.activations.pop(key, None)
+            self.stats["passivations"] += 1
+            if graceful and act.agent is not None and act.since_snapshot > 0:
+                snaps.append(self._snapshot(act))
+        if snaps:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.op_timeout_s):
+                    await asyncio.gather(*snaps, return_exceptions=True)
+
+    def load(self) -> dict[str, Any]:
+        return {
+            "active_agents": len(self.activations),
+            "inflight": self._inflight_count,
+            "processed": self.stats["processed"],
+        }
+
+    async def event(self, kind: str, data: dict[str, Any]) -> None:
+        """A lifecycle event on ``<root>.sys.<kind>`` (core NATS, for watchers and tools)."""
+        body = {"kind": kind, "host": self.settings.host_id, "ts_ms": self.clock.wall_ms(), **data}
+        with contextlib.suppress(Exception):
+            await self.nc.publish(self.subjects.sys(*kind.split(".")), orjson.dumps(body))
 
     def _spawn(self, coro: Any) -> None:
         self._tasks.append(asyncio.create_task(coro))
@@ -360,6 +466,19 @@ class Host:
         not finished is left unacknowledged and is redelivered to the next owner."""
         if self._stopping or self.nc is None:
             return
+        coord = self.coordinator
+        if coord is not None:
+            if drain and self.nc.is_connected:
+                # hand our partitions over one by one (the leader moves them away); they
+                # keep being served until each is released
+                self._log.info("host_leaving_cluster", partitions=len(coord.held))
+                await coord.drain(self.settings.drain_grace_s + self.settings.op_timeout_s)
+            coord.stopped = True
+            if self._coord_task is not None:
+                self._coord_task.cancel()
+                await asyncio.gather(self._coord_task, return_exceptions=True)
+            if drain and self.nc.is_connected:
+                await coord.leave()
         self._stopping = True
         self._log.info("host_draining", inflight=self._inflight_count)
         for sub in (self._pull_sub, self._call_sub):
@@ -372,9 +491,9 @@ class Host:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.drain_grace_s):
                     await self._idle.wait()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._puller_tasks.values()]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._puller_tasks.values(), return_exceptions=True)
         self._tasks.clear()
         # what is left in mailboxes was never started: hand it back at once
         for work in list(self._inflight):
@@ -451,13 +570,13 @@ class Host:
 
     async def _on_call(self, msg: Msg) -> None:
         parts = msg.subject.split(".")
-        if len(self._owned_set) != self.settings.partitions:
-            if not (is_valid_token(parts[-2]) and is_valid_token(parts[-1])):
-                if min(self.owned, default=-1) != 0:
-                    return  # host owning partition 0 answers for unroutable subjects
-            elif partition_of(parts[-2], parts[-1], self.settings.partitions) not in self._owned_set:
-                return
-        work = Work(msg, CALL, -1, self.clock.monotonic())
+        if not (is_valid_token(parts[-2]) and is_valid_token(parts[-1])):
+            partition = 0  # the owner of partition 0 answers for unroutable subjects
+        else:
+            partition = partition_of(parts[-2], parts[-1], self.settings.partitions)
+        if partition not in self._owned_set:
+            return
+        work = Work(msg, CALL, partition, self.clock.monotonic())
         if self._inflight_count >= self.settings.max_inflight:
             if msg.reply:
                 await self._publish_reply(
@@ -626,6 +745,17 @@ class Host:
             if handler_fault and attempt >= s.max_deliver:
                 await self._reject(work, act.agent_id, failed, reply_to, out_hdrs)
                 return
+            if isinstance(failed, FencedError) and self.coordinator is not None:
+                # Another host wrote this agent. Retry only if the store (not our memory,
+                # which may be stale after a pause) says the partition is still ours.
+                try:
+                    ours = await self.coordinator.still_holds(work.partition)
+                except JetAgentsError:
+                    ours = False
+                if not ours:
+                    self._log.warning("partition_lost", partition=work.partition, agent=str(act.agent_id))
+                    await self._nak(work, 0.0)
+                    return
             if self._stopping:
                 await self._nak(work, 0.0)  # hand it back to the next owner
                 return

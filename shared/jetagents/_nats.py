@@ -135,6 +135,10 @@ class Topology:
     def meta_bucket(self) -> str:
         return f"{self.subjects.root}_meta".replace("-", "_")
 
+    @property
+    def cluster_bucket(self) -> str:
+        return f"{self.subjects.root}_cluster".replace("-", "_")
+
     def consumer_name(self, partition: int) -> str:
         return f"p{partition}"
 

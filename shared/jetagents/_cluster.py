@@ -1,0 +1,621 @@
+"""Cluster membership, the leader lease, the ring and partition claims.
+
+Everything the hosts agree on lives in one KV bucket (``<root>_cluster``):
+
+==================  ====================================================  ===============
+key                 value                                                 written with
+==================  ====================================================  ===============
+``member.<host>``   capacity, tags, load, draining flag                   put, per-key TTL
+``leader``          ``{"host": id}``                                      create / CAS, TTL
+``ring``            ``{"epoch": E, "owners": [host per partition]}``       CAS (leader)
+``claim.<p>``       ``{"host": id or "", "epoch": E}``                     CAS (hosts)
+==================  ====================================================  ===============
+
+* A host heartbeats its ``member`` key with a TTL; when it stops, the server removes
+  the key and the host is no longer a member.
+* The leader holds the ``leader`` key (created with a TTL, renewed by compare-and-set).
+  It computes the ring from the members (``_ring.compute_ring``), moves it towards the
+  target a bounded number of partitions at a time, and writes it with CAS.
+* Every host reads the ring. For a partition the ring gives it, a host *claims* it with
+  CAS, but only once the previous holder released it or is no longer a member; only
+  then does it start the partition (consumer reset, pulls). A host that loses a
+  partition stops pulling it, finishes the commands in hand, snapshots its agents and
+  releases the claim.
+
+The claim decides who may *start* a partition. Safety does not rest on timing: two
+hosts can never hold the same claim revision, the consumer is recreated by each new
+owner (the server then feeds only it, through a pinned priority group), and every event
+append is fenced by the agent's last sequence, so a stale owner's write is refused.
+
+The coordinator is I/O-agnostic: it talks to a :class:`ClusterStore` (JetStream KV in
+production, :class:`MemoryStore` with a fake clock in the deterministic simulation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+import structlog
+from nats.aio.client import Client as NATS
+
+from ._clock import Clock
+from ._errors import JetAgentsError, Unavailable
+from ._nats import NS, JSApiError, js_api, js_publish
+from ._ring import UNOWNED, compute_ring, step_towards
+
+log = structlog.get_logger("jetagents.cluster")
+
+ERR_NO_MESSAGE = 10037
+ERR_WRONG_LAST_SEQUENCE = 10071
+
+
+class CasConflict(Exception):
+    """A compare-and-set lost: the key changed since it was read (never on the wire)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    value: dict[str, Any]
+    rev: int
+
+
+class ClusterStore(Protocol):
+    async def get(self, key: str) -> Entry | None: ...
+
+    async def create(self, key: str, value: dict[str, Any], ttl_s: float | None = None) -> int: ...
+
+    async def update(self, key: str, value: dict[str, Any], rev: int, ttl_s: float | None = None) -> int: ...
+
+    async def put(self, key: str, value: dict[str, Any], ttl_s: float | None = None) -> int: ...
+
+    async def remove(self, key: str) -> None: ...
+
+    async def scan(self, prefix: str) -> dict[str, Entry]: ...
+
+
+# -- the in-memory store (deterministic simulation) ------------------------------------------
+class MemoryStore:
+    """A linearizable KV with per-key TTL on a fake clock: what the simulation runs on."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.rev = 0
+        self.data: dict[str, tuple[dict[str, Any], int, float | None]] = {}
+        self.history: list[tuple[str, dict[str, Any], int]] = []  # every accepted write
+
+    def _live(self, key: str) -> tuple[dict[str, Any], int, float | None] | None:
+        item = self.data.get(key)
+        if item is not None and item[2] is not None and self.clock.monotonic() >= item[2]:
+            del self.data[key]
+            return None
+        return item
+
+    def _write(self, key: str, value: dict[str, Any], ttl_s: float | None) -> int:
+        self.rev += 1
+        expires = self.clock.monotonic() + ttl_s if ttl_s else None
+        self.data[key] = (dict(value), self.rev, expires)
+        self.history.append((key, dict(value), self.rev))
+        return self.rev
+
+    async def get(self, key: str) -> Entry | None:
+        item = self._live(key)
+        return Entry(dict(item[0]), item[1]) if item else None
+
+    async def create(self, key: str, value: dict[str, Any], ttl_s: float | None = None) -> int:
+        if self._live(key) is not None:
+            raise CasConflict(f"{key} exists")
+        return self._write(key, value, ttl_s)
+
+    async def update(self, key: str, value: dict[str, Any], rev: int, ttl_s: float | None = None) -> int:
+        item = self._live(key)
+        if item is None or item[1] != rev:
+            raise CasConflict(f"{key} changed")
+        return self._write(key, value, ttl_s)
+
+    async def put(self, key: str, value: dict[str, Any], ttl_s: float | None = None) -> int:
+        return self._write(key, value, ttl_s)
+
+    async def remove(self, key: str) -> None:
+        self.data.pop(key, None)
+
+    async def scan(self, prefix: str) -> dict[str, Entry]:
+        out: dict[str, Entry] = {}
+        for key in sorted(self.data):
+            if key.startswith(prefix):
+                item = self._live(key)
+                if item is not None:
+                    out[key] = Entry(dict(item[0]), item[1])
+        return out
+
+
+# -- the JetStream store -------------------------------------------------------------------
+def cluster_bucket_config(bucket: str, replicas: int) -> dict[str, Any]:
+    """A KV bucket (so ``nats kv`` can read it) that also allows per-message TTLs."""
+    return {
+        "name": f"KV_{bucket}",
+        "subjects": [f"$KV.{bucket}.>"],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": replicas,
+        "max_msgs_per_subject": 1,
+        "discard": "new",
+        "allow_rollup_hdrs": True,
+        "deny_delete": True,
+        "deny_purge": False,
+        "allow_direct": True,
+        "allow_msg_ttl": True,
+        "duplicate_window": 2 * 60 * NS,
+    }
+
+
+class JetStreamStore:
+    """:class:`ClusterStore` on a JetStream KV bucket, through the raw ``$JS.API``.
+
+    Reads go to the stream leader (``STREAM.MSG.GET``), so a claim or the ring is never
+    read from a lagging replica; ``scan`` uses a batched direct get (it only feeds the
+    leader's view of the members and status output, where a moment's lag is harmless).
+    """
+
+    def __init__(self, nc: NATS, bucket: str, *, replicas: int = 1, timeout_s: float = 5.0) -> None:
+        self.nc = nc
+        self.bucket = bucket
+        self.stream = f"KV_{bucket}"
+        self.replicas = replicas
+        self.timeout_s = timeout_s
+
+    async def ensure(self) -> None:
+        try:
+            await js_api(self.nc, f"$JS.API.STREAM.INFO.{self.stream}", None, self.timeout_s)
+        except JSApiError as exc:
+            if exc.err_code != 10059:  # stream not found
+                raise
+            try:
+                await js_api(
+                    self.nc,
+                    f"$JS.API.STREAM.CREATE.{self.stream}",
+                    cluster_bucket_config(self.bucket, self.replicas),
+                    self.timeout_s,
+                )
+            except JSApiError as exc2:
+                if "already in use" not in exc2.description:
+                    raise
+
+    def _subject(self, key: str) -> str:
+        return f"$KV.{self.bucket}.{key}"
+
+    async def get(self, key: str) -> Entry | None:
+        try:
+            resp = await js_api(
+                self.nc,
+                f"$JS.API.STREAM.MSG.GET.{self.stream}",
+                {"last_by_subj": self._subject(key)},
+                self.timeout_s,
+            )
+        except JSApiError as exc:
+            if exc.err_code == ERR_NO_MESSAGE:
+                return None
+            raise Unavailable(f"cluster store: {exc.description}") from None
+        msg = resp["message"]
+        hdrs = base64.b64decode(msg.get("hdrs") or b"").decode(errors="replace")
+        if "KV-Operation: DEL" in hdrs or "KV-Operation: PURGE" in hdrs:
+            return None
+        data = base64.b64decode(msg.get("data") or b"")
+        return Entry(orjson.loads(data) if data else {}, int(msg["seq"]))
+
+    async def _publish(self, key: str, value: dict[str, Any], expect: int | None, ttl_s: float | None) -> int:
+        hdrs: dict[str, str] = {}
+        if expect is not None:
+            hdrs["Nats-Expected-Last-Subject-Sequence"] = str(expect)
+        if ttl_s:
+            hdrs["Nats-TTL"] = f"{max(1, math.ceil(ttl_s))}s"
+        try:
+            ack = await js_publish(self.nc, self._subject(key), orjson.dumps(value), hdrs, self.timeout_s)
+        except JSApiError as exc:
+            if exc.err_code == ERR_WRONG_LAST_SEQUENCE:
+                raise CasConflict(f"{key} changed") from None
+            raise Unavailable(f"cluster store: {exc.description}") from None
+        return int(ack["seq"])
+
+    async def create(self, key: str, value: dict[str, Any], ttl_s: float | None = None) -> int:
+        return await self._publish(key, value, 0, ttl_s)
+
+    async def update(self, key: str, value: dict[str, Any], rev: int, ttl_s: float | None = None) -> int:
+        return await self._publish(key, value, rev, ttl_s)
+
+    async def put(self, key: str, value: dict[str, Any], ttl_s: float | None = None) -> int:
+        return await self._publish(key, value, None, ttl_s)
+
+    async def remove(self, key: str) -> None:
+        try:
+            await js_api(self.nc, f"$JS.API.STREAM.PURGE.{self.stream}", {"filter": self._subject(key)}, self.timeout_s)
+        except JSApiError as exc:
+            raise Unavailable(f"cluster store: {exc.description}") from None
+
+    async def scan(self, prefix: str) -> dict[str, Entry]:
+        inbox = self.nc.new_inbox()
+        q: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def on_msg(msg: Any) -> None:
+            q.put_nowait(msg)
+
+        sub = await self.nc.subscribe(inbox, cb=on_msg)
+        out: dict[str, Entry] = {}
+        base = f"$KV.{self.bucket}."
+        try:
+            req = {"multi_last": [f"{base}{prefix}>"], "batch": 4096}
+            await self.nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", orjson.dumps(req), reply=inbox)
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    msg = await q.get()
+                    hdrs = msg.headers or {}
+                    status = hdrs.get("Status")
+                    if status in ("404", "204"):
+                        return out
+                    if status is not None:
+                        raise Unavailable(f"cluster store scan failed with status {status}")
+                    if hdrs.get("KV-Operation") in ("DEL", "PURGE"):
+                        continue
+                    key = hdrs.get("Nats-Subject", "")[len(base) :]
+                    out[key] = Entry(orjson.loads(msg.data) if msg.data else {}, int(hdrs.get("Nats-Sequence", "0")))
+        except TimeoutError:
+            raise Unavailable("cluster store scan timed out") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+# -- the coordinator -------------------------------------------------------------------------
+@dataclass(slots=True)
+class ClusterConfig:
+    partitions: int
+    heartbeat_s: float = 0.5
+    member_ttl_s: float = 3.0
+    lease_ttl_s: float = 3.0
+    tick_s: float = 0.25
+    load_factor: float = 1.25
+    max_moves: int = 8
+    handoff_timeout_s: float = 40.0
+    capacity: float = 1.0
+    tags: list[str] = field(default_factory=list)
+
+
+class Hooks(Protocol):
+    """What the coordinator asks of the host it runs in."""
+
+    async def start_partition(self, partition: int) -> None: ...
+
+    async def stop_partition(self, partition: int, *, graceful: bool) -> None: ...
+
+    def load(self) -> dict[str, Any]: ...
+
+    async def event(self, kind: str, data: dict[str, Any]) -> None: ...
+
+
+@dataclass(slots=True)
+class RingView:
+    epoch: int
+    owners: list[str]
+    rev: int
+    leader: str = ""
+
+
+class Coordinator:
+    """One host's part in the cluster. ``step()`` does one round; ``run()`` loops it."""
+
+    def __init__(self, host_id: str, store: ClusterStore, clock: Clock, cfg: ClusterConfig, hooks: Hooks) -> None:
+        self.host_id = host_id
+        self.store = store
+        self.clock = clock
+        self.cfg = cfg
+        self.hooks = hooks
+        self.ring: RingView | None = None
+        self.held: set[int] = set()  # claimed and started
+        self.releasing: dict[int, asyncio.Task[None]] = {}
+        self.acquiring: dict[int, float] = {}  # partition -> when we started waiting for it
+        self.claim_revs: dict[int, int] = {}
+        self.is_leader = False
+        self.lease_rev = 0
+        self.draining = False
+        self.stopped = False
+        self.last_heartbeat_ok = clock.monotonic()
+        self._next_heartbeat = 0.0
+        self._next_renew = 0.0
+        self._members_seen: set[str] = set()
+        self._log = log.bind(host=host_id)
+
+    # -- the loop -------------------------------------------------------------------------
+    async def run(self) -> None:
+        while not self.stopped:
+            try:
+                await self.step()
+            except (Unavailable, CasConflict) as exc:
+                self._log.debug("cluster_step_failed", error=str(exc))
+            except Exception:  # noqa: BLE001 - the coordinator must keep going
+                self._log.exception("cluster_step_crashed")
+            await asyncio.sleep(self.cfg.tick_s)
+
+    async def step(self) -> None:
+        now = self.clock.monotonic()
+        await self._heartbeat(now)
+        if now - self.last_heartbeat_ok > self.cfg.member_ttl_s:
+            # We could not heartbeat for a whole TTL: the others may have expelled us.
+            # Stop serving at once (no graceful handoff: we cannot reach the store).
+            await self._self_fence()
+        await self._lease(now)
+        await self._read_ring()
+        if self.is_leader:
+            await self._lead()
+        await self._reconcile(now)
+
+    # -- membership -----------------------------------------------------------------------
+    def member_value(self) -> dict[str, Any]:
+        value: dict[str, Any] = {
+            "host": self.host_id,
+            "capacity": self.cfg.capacity,
+            "tags": list(self.cfg.tags),
+            "draining": self.draining,
+            "partitions": len(self.held),
+            "ts_ms": self.clock.wall_ms(),
+        }
+        value.update(self.hooks.load())
+        return value
+
+    async def _heartbeat(self, now: float) -> None:
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + self.cfg.heartbeat_s
+        await self.store.put(f"member.{self.host_id}", self.member_value(), self.cfg.member_ttl_s)
+        self.last_heartbeat_ok = now
+
+    async def _self_fence(self) -> None:
+        for p in sorted(self.held):
+            self.held.discard(p)
+            self.claim_revs.pop(p, None)
+            await self.hooks.stop_partition(p, graceful=False)
+        self.is_leader = False
+
+    async def members(self) -> dict[str, dict[str, Any]]:
+        entries = await self.store.scan("member.")
+        return {k.removeprefix("member."): e.value for k, e in entries.items()}
+
+    # -- leadership -----------------------------------------------------------------------
+    async def _lease(self, now: float) -> None:
+        lease = await self.store.get("leader")
+        ttl = self.cfg.lease_ttl_s
+        value = {"host": self.host_id, "ts_ms": self.clock.wall_ms()}
+        if self.stopped:  # a draining leader keeps leading: it moves its own partitions away
+            self.is_leader = False
+            return
+        try:
+            if lease is None:
+                self.lease_rev = await self.store.create("leader", value, ttl)
+                await self._became_leader()
+            elif lease.value.get("host") == self.host_id:
+                self.is_leader = True
+                self.lease_rev = lease.rev
+                if now >= self._next_renew:
+                    self.lease_rev = await self.store.update("leader", value, lease.rev, ttl)
+                    self._next_renew = now + ttl / 3
+            elif not lease.value.get("host"):
+                self.lease_rev = await self.store.update("leader", value, lease.rev, ttl)
+                await self._became_leader()
+            else:
+                self.is_leader = False
+        except CasConflict:
+            self.is_leader = False
+
+    async def _became_leader(self) -> None:
+        self.is_leader = True
+        self._next_renew = self.clock.monotonic() + self.cfg.lease_ttl_s / 3
+        self._members_seen = set()
+        self._log.info("leader_elected")
+        await self.hooks.event("leader", {"host": self.host_id})
+
+    async def resign(self) -> None:
+        """Give the lease up at once (a draining or stopping leader)."""
+        if not self.is_leader:
+            return
+        self.is_leader = False
+        with contextlib.suppress(JetAgentsError, CasConflict):
+            await self.store.update("leader", {"host": ""}, self.lease_rev, 1.0)
+
+    # -- the ring -------------------------------------------------------------------------
+    async def _read_ring(self) -> None:
+        entry = await self.store.get("ring")
+        if entry is None:
+            return
+        epoch = int(entry.value.get("epoch", 0))
+        if self.ring is None or epoch > self.ring.epoch or entry.rev != self.ring.rev:
+            if self.ring is not None and epoch < self.ring.epoch:
+                return  # never go back to an older ring
+            self.ring = RingView(epoch, list(entry.value["owners"]), entry.rev, str(entry.value.get("leader", "")))
+
+    async def _lead(self) -> None:
+        members = await self.members()
+        alive = set(members)
+        joined, left = alive - self._members_seen, self._members_seen - alive
+        for h in sorted(joined):
+            await self.hooks.event("member.joined", {"host": h})
+        for h in sorted(left):
+            await self.hooks.event("member.left", {"host": h})
+        self._members_seen = alive
+        weights = {h: float(m.get("capacity", 1.0)) if not m.get("draining") else 0.0 for h, m in members.items()}
+        p_count = self.cfg.partitions
+        current = list(self.ring.owners) if self.ring else [UNOWNED] * p_count
+        claims = await self.store.scan("claim.")
+        in_transit = 0
+        for p, owner in enumerate(current):
+            claim = claims.get(f"claim.{p}")
+            if owner and owner in alive and (claim is None or claim.value.get("host") != owner):
+                in_transit += 1
+        target = compute_ring(p_count, weights, previous=current, load_factor=self.cfg.load_factor)
+        nxt = step_towards(current, target, alive, max_moves=self.cfg.max_moves, in_transit=in_transit)
+        if self.ring is not None and nxt == current:
+            return
+        epoch = (self.ring.epoch if self.ring else 0) + 1
+        value = {"epoch": epoch, "owners": nxt, "leader": self.host_id, "ts_ms": self.clock.wall_ms()}
+        try:
+            if self.ring is None:
+                rev = await self.store.create("ring", value)
+            else:
+                rev = await self.store.update("ring", value, self.ring.rev)
+        except CasConflict:
+            return  # someone else wrote it: read it next round
+        moved = sum(1 for a, b in zip(current, nxt, strict=True) if a != b)
+        self.ring = RingView(epoch, nxt, rev, self.host_id)
+        self._log.info("ring_updated", epoch=epoch, moved=moved, in_transit=in_transit)
+        await self.hooks.event("ring", {"epoch": epoch, "moved": moved, "leader": self.host_id})
+
+    # -- claims ---------------------------------------------------------------------------
+    def assigned(self) -> set[int]:
+        if self.ring is None or self.stopped:
+            return set()
+        return {p for p, h in enumerate(self.ring.owners) if h == self.host_id}
+
+    async def _reconcile(self, now: float) -> None:
+        mine = self.assigned()
+        for p in sorted(self.held - mine):
+            self.held.discard(p)
+            self.releasing[p] = asyncio.create_task(self._release(p))
+        want = sorted(p for p in mine - self.held if p not in self.releasing)
+        for p in list(self.acquiring):
+            if p not in mine:
+                del self.acquiring[p]
+        if not want:
+            return
+        alive = set(await self.members())
+        # claim concurrently: starting a partition (consumer reset) is a round trip or
+        # two, and on a replicated stream each consumer is its own raft group
+        await asyncio.gather(*(self._acquire(p, now, alive) for p in want))
+
+    async def _acquire(self, p: int, now: float, alive: set[str]) -> None:
+        since = self.acquiring.setdefault(p, now)
+        claim = await self.store.get(f"claim.{p}")
+        epoch = self.ring.epoch if self.ring else 0
+        value = {"host": self.host_id, "epoch": epoch, "ts_ms": self.clock.wall_ms()}
+        holder = str(claim.value.get("host", "")) if claim else ""
+        if claim is not None and holder not in ("", self.host_id):
+            if holder in alive and now - since < self.cfg.handoff_timeout_s:
+                return  # the previous owner is still handing it over
+            if holder in alive:
+                self._log.warning("handoff_timeout", partition=p, holder=holder)
+        try:
+            if claim is None:
+                rev = await self.store.create(f"claim.{p}", value)
+            else:
+                rev = await self.store.update(f"claim.{p}", value, claim.rev)
+        except CasConflict:
+            return
+        self.claim_revs[p] = rev
+        self.acquiring.pop(p, None)
+        if p not in self.assigned() or self.stopped:  # the ring moved on meanwhile
+            self.claim_revs.pop(p, None)
+            with contextlib.suppress(JetAgentsError, CasConflict):
+                await self.store.update(f"claim.{p}", {"host": "", "epoch": epoch}, rev)
+            return
+        try:
+            await self.hooks.start_partition(p)
+        except JetAgentsError as exc:
+            self._log.warning("partition_start_failed", partition=p, error=str(exc))
+            with contextlib.suppress(JetAgentsError, CasConflict):
+                await self.store.update(f"claim.{p}", {"host": "", "epoch": epoch}, rev)
+            self.claim_revs.pop(p, None)
+            return
+        self.held.add(p)
+        await self.hooks.event("partition.started", {"partition": p, "host": self.host_id})
+
+    async def _release(self, p: int) -> None:
+        try:
+            await self.hooks.stop_partition(p, graceful=True)
+            rev = self.claim_revs.pop(p, None)
+            if rev is not None:
+                epoch = self.ring.epoch if self.ring else 0
+                with contextlib.suppress(CasConflict):
+                    await self.store.update(f"claim.{p}", {"host": "", "epoch": epoch}, rev)
+            await self.hooks.event("partition.released", {"partition": p, "host": self.host_id})
+        except Exception:  # noqa: BLE001 - the claim stays ours; the next owner takes it over
+            self._log.exception("partition_release_failed", partition=p)
+        finally:
+            self.releasing.pop(p, None)
+
+    async def still_holds(self, p: int) -> bool:
+        """Ask the store (not our memory) whether our claim on ``p`` stands."""
+        claim = await self.store.get(f"claim.{p}")
+        ok = claim is not None and claim.value.get("host") == self.host_id and claim.rev == self.claim_revs.get(p)
+        if not ok and p in self.held:
+            self.held.discard(p)
+            self.claim_revs.pop(p, None)
+            await self.hooks.stop_partition(p, graceful=False)
+        return ok
+
+    # -- leaving ------------------------------------------------------------------------------
+    async def drain(self, timeout_s: float, wait: Callable[[float], Awaitable[None]] = asyncio.sleep) -> bool:
+        """Ask the leader to move our partitions away, and wait until they are released."""
+        self.draining = True
+        self._next_heartbeat = 0.0
+        deadline = self.clock.monotonic() + timeout_s
+        while self.clock.monotonic() < deadline:
+            if not self.held and not self.releasing and not self.assigned():
+                return True
+            await wait(self.cfg.tick_s)
+        return False
+
+    async def leave(self) -> None:
+        """Stop for good: release what is still held, resign, remove our member key."""
+        self.stopped = True
+        for p in sorted(self.held):
+            self.held.discard(p)
+            self.releasing[p] = asyncio.create_task(self._release(p))
+        if self.releasing:
+            await asyncio.gather(*self.releasing.values(), return_exceptions=True)
+        await self.resign()
+        with contextlib.suppress(JetAgentsError, CasConflict):
+            await self.store.remove(f"member.{self.host_id}")
+
+
+async def cluster_status(store: ClusterStore) -> dict[str, Any]:
+    """Hosts, leader, ring epoch, partitions per host (what ``jetagents status`` prints)."""
+    members = {k.removeprefix("member."): e.value for k, e in (await store.scan("member.")).items()}
+    leader = await store.get("leader")
+    ring = await store.get("ring")
+    claims = await store.scan("claim.")
+    owners: list[str] = list(ring.value.get("owners", [])) if ring else []
+    held: dict[str, int] = {}
+    for e in claims.values():
+        h = str(e.value.get("host", ""))
+        if h:
+            held[h] = held.get(h, 0) + 1
+    assigned: dict[str, int] = {}
+    for h in owners:
+        if h:
+            assigned[h] = assigned.get(h, 0) + 1
+    hosts = []
+    for h in sorted(set(members) | set(assigned) | set(held)):
+        m = members.get(h, {})
+        hosts.append(
+            {
+                "host": h,
+                "alive": h in members,
+                "draining": bool(m.get("draining", False)),
+                "capacity": m.get("capacity"),
+                "tags": m.get("tags", []),
+                "partitions_assigned": assigned.get(h, 0),
+                "partitions_held": held.get(h, 0),
+                "active_agents": m.get("active_agents"),
+                "inflight": m.get("inflight"),
+            }
+        )
+    return {
+        "leader": (leader.value.get("host") or None) if leader else None,
+        "ring_epoch": int(ring.value.get("epoch", 0)) if ring else 0,
+        "partitions": len(owners),
+        "unowned": sum(1 for h in owners if not h),
+        "hosts": hosts,
+    }
