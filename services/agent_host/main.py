@@ -87,7 +87,7 @@ async def serve(
         await monitor.readiness()  # log the transition to ready
         await stop.wait()
         monitor.serving = False
-        log.info("drain_started", grace_s=settings.drain_grace_s)
+        log.info("drain_started", host=settings.host_id, grace_s=settings.drain_grace_s)
         await monitor.readiness()  # log the transition to not ready
         if service is not None:
             with contextlib.suppress(Exception):
@@ -102,11 +102,12 @@ async def serve(
         await asyncio.wait({drain, hard_wait}, timeout=bound_s, return_when=asyncio.FIRST_COMPLETED)
         hard_wait.cancel()
         if drain.done():
-            log.info("drain_finished")
+            log.info("drain_finished", host=settings.host_id)
         else:
             drain.cancel()
             await asyncio.gather(drain, return_exceptions=True)
-            log.warning("drain_interrupted", reason="second signal" if hard.is_set() else f"over {bound_s:.0f}s")
+            reason = "second signal" if hard.is_set() else f"over {bound_s:.0f}s"
+            log.warning("drain_interrupted", host=settings.host_id, reason=reason)
     finally:
         if health is not None:
             await health.stop()
