@@ -343,11 +343,14 @@ class Coordinator:
 
     async def step(self) -> None:
         now = self.clock.monotonic()
-        await self._heartbeat(now)
-        if now - self.last_heartbeat_ok > self.cfg.member_ttl_s:
-            # We could not heartbeat for a whole TTL: the others may have expelled us.
-            # Stop serving at once (no graceful handoff: we cannot reach the store).
+        if self.held and now - self.last_heartbeat_ok > self.cfg.member_ttl_s:
+            # No heartbeat for a whole TTL (paused, or cut off from NATS): the others may
+            # have expelled us and taken our partitions. Stop serving them before anything
+            # else; whatever we still own is claimed again below.
+            self._log.warning("self_fenced", silent_s=round(now - self.last_heartbeat_ok, 2))
             await self._self_fence()
+        await self._heartbeat(now)
+        await self._verify_claims()
         await self._lease(now)
         await self._read_ring()
         if self.is_leader:
@@ -373,6 +376,21 @@ class Coordinator:
         self._next_heartbeat = now + self.cfg.heartbeat_s
         await self.store.put(f"member.{self.host_id}", self.member_value(), self.cfg.member_ttl_s)
         self.last_heartbeat_ok = now
+
+    async def _verify_claims(self) -> None:
+        """Stop at once any partition whose claim is no longer ours (taken over while we
+        were paused, cut off, or reading a stale ring)."""
+        if not self.held:
+            return
+        claims = await self.store.scan("claim.")
+        for p in sorted(self.held):
+            claim = claims.get(f"claim.{p}")
+            if claim is None or claim.value.get("host") != self.host_id or claim.rev != self.claim_revs.get(p):
+                self._log.warning("claim_lost", partition=p)
+                self.held.discard(p)
+                self.claim_revs.pop(p, None)
+                await self.hooks.stop_partition(p, graceful=False)
+                await self.hooks.event("partition.lost", {"partition": p, "host": self.host_id})
 
     async def _self_fence(self) -> None:
         for p in sorted(self.held):

@@ -129,6 +129,7 @@ class Activation:
     # log, durable) and domain refusals (in memory only), so a redelivery or a re-send gets
     # the first answer and is not applied again
     records: OrderedDict[str, tuple[int, bool, Any]] = field(default_factory=OrderedDict)
+    own: int = 0  # the largest writer claim seen in this agent's log
     mailbox: deque[Work] = field(default_factory=deque)
     scheduled: bool = False
     since_snapshot: int = 0
@@ -443,6 +444,10 @@ class Host:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.op_timeout_s):
                     await asyncio.gather(*snaps, return_exceptions=True)
+
+    def _claim_of(self, partition: int) -> int:
+        coord = self.coordinator
+        return coord.claim_revs.get(partition, 0) if coord is not None else 0
 
     def load(self) -> dict[str, Any]:
         return {
@@ -840,6 +845,7 @@ class Host:
                 result=result_json,
                 cseq=work.cseq,
                 ts_ms=self.clock.wall_ms(),
+                own=self._claim_of(work.partition),
             )
             try:
                 seq, duplicate = await self._append(act, commit, out_hdrs)
@@ -866,6 +872,7 @@ class Host:
             agent._commit(draft)
             act.last_seq = seq
             act.n = commit.n
+            act.own = max(act.own, commit.own)
             act.since_snapshot += 1
             self._remember(act, commit.cmd, (seq, True, result_json))
             out_hdrs[H_EVENT_SEQ] = str(seq)
@@ -1022,11 +1029,13 @@ class Host:
                 snap = None
             except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
                 raise Unavailable(f"cannot read the snapshot of {aid}: {exc!r}") from None
+            own = 0
             if snap:
                 try:
                     state = act.spec.state_type.model_validate(snap["state"])
                     last_seq = int(snap["seq"])
                     n = int(snap["n"])
+                    own = int(snap.get("own", 0))
                     for cmd, seq, result in snap.get("records", []):
                         records[str(cmd)] = (int(seq), True, result)
                 except (ValidationError, KeyError, TypeError, ValueError) as exc:
@@ -1045,13 +1054,20 @@ class Host:
                     raise InternalError(f"event log of {aid} has a gap: commit {commit.n} after {n}")
                 agent._replay(commit.events)
                 n = commit.n
+                own = max(own, commit.own)
                 last_seq = int(m.headers["Nats-Sequence"]) if m.headers else last_seq
                 records[commit.cmd] = (last_seq, True, commit.result)
             while len(records) > s.dedup_records_per_agent:
                 records.popitem(last=False)
         except ValidationError as exc:
             raise InternalError(f"event log of {aid} is unreadable: {exc}") from None
+        partition = partition_of(aid.type, aid.id, s.partitions)
+        if self.coordinator is not None and own > self._claim_of(partition):
+            # A host with a newer claim on this partition has written this agent: ours is
+            # stale (we were paused or cut off). Never write after it.
+            raise FencedError(f"{aid} was written by a newer owner of partition {partition}")
         act.agent = agent
+        act.own = own
         act.n, act.last_seq, act.records = n, last_seq, records
         act.since_snapshot = len(msgs)
         self.stats["activations"] += 1
@@ -1089,6 +1105,7 @@ class Host:
                 "state": agent._state.model_dump(mode="json"),
                 "seq": act.last_seq,
                 "n": act.n,
+                "own": act.own,
                 # only applied commands: a refusal is not in the log either
                 "records": [[k, v[0], v[2]] for k, v in act.records.items() if v[0]],
             }

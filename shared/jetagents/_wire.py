@@ -119,7 +119,10 @@ class Commit(BaseModel):
 
     ``n`` counts commits of this agent from 1 with no gap; ``cmd`` is the command id
     (the exactly-once record); ``cseq`` the command's sequence in the command stream (0
-    for a call), for audit; ``result`` answers a re-sent command.
+    for a call), for audit; ``result`` answers a re-sent command; ``own`` the writer's
+    claim on the agent's partition (the claim's KV revision, increasing with every new
+    owner; 0 without a cluster): a host that reads a larger ``own`` than its own claim
+    in an agent's log knows another host owns the partition now and must not write.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -131,6 +134,7 @@ class Commit(BaseModel):
     result: Any = None
     cseq: int = 0
     ts_ms: int = 0
+    own: int = 0
 
 
 def decode_command(data: bytes, max_bytes: int) -> CommandBody:

@@ -26,7 +26,7 @@ from nats.js.errors import NotFoundError
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PARTITIONS = 8  # tests/conftest.py: host_settings(partitions=8)
-COMMIT_KEYS = {"n", "cmd", "action", "events", "result", "cseq", "ts_ms"}
+COMMIT_KEYS = {"n", "cmd", "action", "events", "result", "cseq", "ts_ms", "own"}
 DEAD_LETTER_KEYS = {
     "error",
     "subject",
