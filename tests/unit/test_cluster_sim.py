@@ -256,10 +256,10 @@ async def simulate(seed: int, steps: int = 320, quiet: int = 120) -> dict[str, i
             except (Unavailable, CasConflict):
                 pass
             await let_tasks_run()
-            if h.draining and not h.coord.held and not h.coord.releasing and not h.coord.assigned():
-                if h.coord.ring is not None:
-                    await h.coord.leave()
-                    h.alive = False
+            done = not h.coord.held and not h.coord.releasing and not h.coord.assigned()
+            if h.draining and done and h.coord.ring is not None:
+                await h.coord.leave()
+                h.alive = False
         check_invariants(world, hosts)
 
     for _ in range(steps):

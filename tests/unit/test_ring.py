@@ -31,7 +31,7 @@ def test_every_partition_owned_and_loads_bounded(hosts: list[str], p: int, c: fl
     caps = capacity_caps(p, weights, c)
     for h, n in loads(owners).items():
         assert n <= caps[h]
-        assert n >= math.floor(p / len(hosts)) or n == 0 and p < len(hosts)
+        assert n >= math.floor(p / len(hosts)) or (n == 0 and p < len(hosts))
 
 
 @given(host_names, partition_counts, st.data())
