@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.nuid import NUID
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from pydantic_core import to_jsonable_python
 
 from ._agent import Agent, AgentSpec, spec_of
@@ -39,6 +39,17 @@ from ._ids import AgentId
 from ._nats import Topology, connect, ensure_topology, js_publish
 from ._resilience import CircuitBreaker, RetryPolicy
 from ._settings import ClientSettings
+from ._telemetry import (
+    ACTION,
+    AGENT_ID,
+    AGENT_TYPE,
+    DELIVERY,
+    MESSAGING_CONVERSATION_ID,
+    MESSAGING_MESSAGE_ID,
+    MESSAGING_OPERATION_NAME,
+    ClientTelemetry,
+    fail_span,
+)
 from ._tracing import inject_current
 from ._wire import (
     H_COMMAND_ID,
@@ -56,7 +67,6 @@ if TYPE_CHECKING:
     from ._state import SharedState
 
 A = TypeVar("A", bound=Agent[Any])
-_tracer = trace.get_tracer("jetagents.client")
 
 
 class Reply:
@@ -93,9 +103,21 @@ def _not_applied(err: JetAgentsError) -> bool:
 
 
 class Client:
-    """Talks to agents wherever they run. Create with :meth:`connect`."""
+    """Talks to agents wherever they run. Create with :meth:`connect`.
 
-    def __init__(self, nc: NATS, settings: ClientSettings | None = None, *, owns_connection: bool = True) -> None:
+    ``tracer_provider``/``meter_provider``: OpenTelemetry providers to use instead of the
+    global ones (without an SDK provider no span or measurement is made).
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        settings: ClientSettings | None = None,
+        *,
+        owns_connection: bool = True,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
         self.nc = nc
         self.settings = settings or ClientSettings()
         self.subjects = Subjects(self.settings.subject_root)
@@ -109,16 +131,23 @@ class Client:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._clock = SystemClock()
         self._shared: dict[str, Any] = {}
+        self._tel = ClientTelemetry(tracer_provider, meter_provider)
 
     @classmethod
     async def connect(
-        cls, nats_url: str | None = None, *, settings: ClientSettings | None = None, name: str = "jetagents-client"
+        cls,
+        nats_url: str | None = None,
+        *,
+        settings: ClientSettings | None = None,
+        name: str = "jetagents-client",
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
     ) -> Client:
         settings = settings or ClientSettings()
         if nats_url:
             settings = settings.model_copy(update={"nats_url": nats_url})
         nc = await connect(settings.nats_url, name=name, connect_timeout_s=settings.connect_timeout_s)
-        client = cls(nc, settings)
+        client = cls(nc, settings, tracer_provider=tracer_provider, meter_provider=meter_provider)
         await client._start()
         return client
 
@@ -255,7 +284,6 @@ class Client:
             headers[H_CORRELATION_ID] = correlation_id
         if priority is not Priority.NORMAL:
             headers[H_PRIORITY] = priority.value
-        inject_current(headers)
         return body, headers, cmd_id
 
     async def _send(
@@ -283,24 +311,61 @@ class Client:
         body, headers, cmd_id = self._prepare(
             aid, action, params, delivery, command_id, correlation_id, priority, timeout_s, deadline
         )
-        with _tracer.start_as_current_span(
-            f"send {aid.type}", kind=trace.SpanKind.PRODUCER, attributes={"messaging.system": "nats"}
-        ):
-            try:
-                if delivery is Delivery.AT_MOST_ONCE:
-                    result: Reply | str = await self._call(aid, body, headers, until, want_reply)
-                else:
-                    result = await self._durable(aid, body, headers, delivery, until, want_reply)
-            except (Unavailable, AgentTimeout):
-                breaker.record_failure()
-                raise
-            except JetAgentsError:
-                breaker.record_success()  # the agent answered: the path to it works
-                raise
-            except BaseException:
-                breaker.release()
-                raise
-            breaker.record_success()
+        tel = self._tel
+        span = None
+        if tel.tracing:  # the send span's context goes into the headers: the host's span is its child
+            subject = (
+                self.subjects.call(aid.type, aid.id)
+                if delivery is Delivery.AT_MOST_ONCE
+                else self.subjects.cmd(aid.type, aid.id)
+            )
+            span, headers = tel.start_producer(
+                f"send {aid.type}",
+                subject,
+                headers,
+                {
+                    MESSAGING_OPERATION_NAME: "send",
+                    MESSAGING_MESSAGE_ID: cmd_id,
+                    MESSAGING_CONVERSATION_ID: correlation_id or cmd_id,
+                    AGENT_TYPE: aid.type,
+                    AGENT_ID: aid.id,
+                    ACTION: action,
+                    DELIVERY: delivery.value,
+                },
+            )
+        else:
+            inject_current(headers)
+        started = loop.time()
+        error = ""
+        try:
+            if delivery is Delivery.AT_MOST_ONCE:
+                result: Reply | str = await self._call(aid, body, headers, until, want_reply)
+            else:
+                result = await self._durable(aid, body, headers, delivery, until, want_reply)
+        except (Unavailable, AgentTimeout) as exc:
+            breaker.record_failure()
+            error = exc.code
+            if span is not None:
+                fail_span(span, exc)
+            raise
+        except JetAgentsError as exc:
+            breaker.record_success()  # the agent answered: the path to it works
+            error = exc.code
+            if span is not None:
+                fail_span(span, exc)
+            raise
+        except BaseException as exc:
+            breaker.release()
+            error = type(exc).__qualname__
+            if span is not None:
+                fail_span(span, exc)
+            raise
+        finally:
+            if span is not None:
+                span.end()
+            if want_reply and tel.metering:
+                tel.request_done(aid.type, action, delivery.value, error, loop.time() - started)
+        breaker.record_success()
         return result if want_reply else cmd_id
 
     async def _backoff(
@@ -349,7 +414,7 @@ class Client:
                 if not (exc.retryable and _not_applied(exc)):
                     raise
                 err = exc
-            await self._backoff(attempt, deadline, err)
+            await self._backoff(attempt, deadline, err, until_deadline=True)
             attempt += 1
 
     async def _durable(

@@ -1,4 +1,8 @@
-"""Structured logs: JSON lines for machines, readable lines in a terminal."""
+"""Structured logs: JSON lines for machines, readable lines in a terminal.
+
+Every line made while a host processes a command carries ``host``, ``agent``,
+``correlation_id`` and ``trace_id``/``span_id`` (``_telemetry.add_trace_context``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import logging
 import sys
 
 import structlog
+
+from ._telemetry import add_trace_context
 
 
 def configure_logging(fmt: str = "auto", level: str = "INFO") -> None:
@@ -17,6 +23,7 @@ def configure_logging(fmt: str = "auto", level: str = "INFO") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_trace_context,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
