@@ -52,9 +52,7 @@ def up(
     signal.signal(signal.SIGTERM, shutdown)
     try:
         for i in range(hosts):
-            host_env = dict(
-                env, JETAGENTS_HOST_ID=f"local-{i + 1}", JETAGENTS_HOST_INDEX=str(i), JETAGENTS_HOST_COUNT=str(hosts)
-            )
+            host_env = dict(env, JETAGENTS_HOST_ID=f"local-{i + 1}")
             procs.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "jetagents.cli", "host"], env=host_env, preexec_fn=child_preexec
@@ -191,6 +189,49 @@ def dlq(
     except JetAgentsError as err:
         typer.echo(f"error: {err.code}: {err.message}", err=True)
         raise typer.Exit(1) from None
+
+
+@app.command()
+def status(
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Cluster status: hosts, leader, ring epoch, partitions and active agents per host."""
+
+    async def go() -> dict[str, Any]:
+        from ._cluster import JetStreamStore, cluster_status
+        from ._nats import Topology, connect
+        from ._wire import Subjects
+
+        settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
+        nc = await connect(settings.nats_url, name="jetagents-cli")
+        try:
+            topo = Topology(Subjects(settings.subject_root))
+            return await cluster_status(JetStreamStore(nc, topo.cluster_bucket))
+        finally:
+            await nc.close()
+
+    try:
+        st = asyncio.run(go())
+    except JetAgentsError as err:
+        typer.echo(f"error: {err.code}: {err.message}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(orjson.dumps(st).decode())
+        return
+    typer.echo(
+        f"leader: {st['leader'] or '-'}   ring epoch: {st['ring_epoch']}   "
+        f"partitions: {st['partitions']} ({st['unowned']} unowned)"
+    )
+    typer.echo(f"{'host':<24} {'state':<9} {'assigned':>8} {'held':>5} {'agents':>7} {'in-flight':>9}")
+    for h in st["hosts"]:
+        state = "draining" if h["draining"] else ("alive" if h["alive"] else "gone")
+        agents = "-" if h["active_agents"] is None else h["active_agents"]
+        inflight = "-" if h["inflight"] is None else h["inflight"]
+        typer.echo(
+            f"{h['host']:<24} {state:<9} {h['partitions_assigned']:>8} {h['partitions_held']:>5} "
+            f"{agents:>7} {inflight:>9}"
+        )
 
 
 def main() -> None:

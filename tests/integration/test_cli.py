@@ -109,7 +109,20 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
                 break
             time.sleep(0.5)
         assert ok == {"ok": True, "result": 3}
-        # agents on both hosts answer (the static split gives each host half the partitions)
+        # both hosts joined the ring and hold their share (jetagents status)
+        while time.monotonic() < deadline:
+            r = run_cli("status", "--json", env=env)
+            assert r.returncode == 0, r.stdout + r.stderr
+            st = json.loads(r.stdout)
+            held = sorted(h["partitions_held"] for h in st["hosts"] if h["alive"])
+            if held == [8, 8] and st["unowned"] == 0:
+                break
+            time.sleep(0.3)
+        assert st["leader"] in {"local-1", "local-2"} and st["ring_epoch"] >= 1, st
+        assert held == [8, 8], st
+        table = run_cli("status", env=env)
+        assert table.returncode == 0 and "local-1" in table.stdout and "ring epoch" in table.stdout
+        # agents on both hosts answer
         for i in range(8):
             r = run_cli("call", f"counter/many{i}", "increment", "--delivery", "at-most-once", env=env)
             assert r.returncode == 0, r.stdout + r.stderr
