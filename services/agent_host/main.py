@@ -22,6 +22,7 @@ from jetagents import Agent, Host, HostSettings, Registry
 from jetagents._errors import Unavailable
 from jetagents._health import HealthMonitor, HealthServer, register_service
 from jetagents._logging import configure_logging
+from jetagents._telemetry import setup_from_env
 
 log = structlog.get_logger("jetagents.service")
 
@@ -141,12 +142,22 @@ async def _start_host(
 def run(settings: HostSettings) -> None:
     configure_logging(settings.log_format, settings.log_level)
     registry = load_agents(settings.agents)
-    if settings.loop == "uvloop":
-        import uvloop
+    # OpenTelemetry SDK + OTLP exporters when the OTEL_* variables ask for export
+    otel = setup_from_env("jetagents-host", instance_id=settings.host_id)
+    if otel is not None:
+        otel.install()
+        log.info("telemetry_export", traces=otel.tracer_provider is not None, metrics=otel.meter_provider is not None)
+    try:
+        if settings.loop == "uvloop":
+            import uvloop
 
-        uvloop.run(serve(settings, registry))
-    else:
-        asyncio.run(serve(settings, registry))
+            uvloop.run(serve(settings, registry))
+        else:
+            asyncio.run(serve(settings, registry))
+    finally:
+        # flush what is buffered; bounded, so an unreachable collector cannot hold up the exit
+        if otel is not None and not otel.shutdown(timeout_s=5.0):
+            log.warning("telemetry_flush_incomplete", timeout_s=5.0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,7 +34,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import metrics, propagate, trace
 from pydantic import ValidationError
 
 from ._agent import Agent, AgentContext, AgentSpec, Registry, encode_events
@@ -66,6 +66,34 @@ from ._nats import (
     js_publish,
 )
 from ._settings import HostSettings
+from ._telemetry import (
+    AGENT_ID,
+    AGENT_TYPE,
+    DEAD_LETTER,
+    DELIVERY,
+    DELIVERY_COUNT,
+    DUPLICATE,
+    ERROR,
+    FAILED,
+    HOST_ID,
+    MESSAGING_BODY_SIZE,
+    MESSAGING_CONSUMER_GROUP,
+    MESSAGING_CONVERSATION_ID,
+    MESSAGING_DESTINATION,
+    MESSAGING_DESTINATION_TEMPORARY,
+    MESSAGING_MESSAGE_ID,
+    MESSAGING_OPERATION_NAME,
+    MESSAGING_OPERATION_TYPE,
+    MESSAGING_PARTITION,
+    MESSAGING_SYSTEM,
+    OK,
+    REQUEUED,
+    HostTelemetry,
+    enter_command,
+    exit_command,
+    fail_span,
+    finish_process_span,
+)
 from ._tracing import carry
 from ._wire import (
     H_COMMAND_ID,
@@ -92,14 +120,18 @@ log = structlog.get_logger("jetagents.host")
 
 STREAM = 0
 CALL = 1
+FWD = 2  # a durable command forwarded by its partition's owner to the host the agent is placed on
+MIGRATE = 3  # a migration request, queued in the agent's mailbox behind its earlier commands
+_ACKED = frozenset({STREAM, FWD})  # kinds that are acknowledged (to the stream, or to the forwarder)
+# host-to-host headers of a forwarded command (agt.sys.host.<host>.fwd)
+H_FWD_SUBJECT = "Agt-Fwd-Subject"
+H_FWD_REPLY = "Agt-Fwd-Reply"
+H_FWD_DELIVERIES = "Agt-Fwd-Deliveries"
+H_FWD_CSEQ = "Agt-Fwd-Cseq"
+H_FWD_PARTITION = "Agt-Fwd-Partition"
+STRATEGIES = ("checkpoint", "state", "cold")
 PRIORITY_GROUP = "jetagents"
 _NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
-_tracer = trace.get_tracer("jetagents.host")
-
-
-def _sdk_tracing() -> bool:
-    """Whether a real tracer provider is installed (spans cost ~10 us each otherwise for nothing)."""
-    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
 
 
 @dataclass(slots=True, eq=False)
@@ -114,6 +146,11 @@ class Work:
     deliveries: int = 1
     cseq: int = 0
     done: bool = False
+    reply: str | None = None  # a forwarded call: the caller's inbox
+    action: str = ""  # for telemetry: known once decoded
+    outcome: str = ""
+    error: str = ""
+    traced: bool = False  # in a process span (SDK tracing): append and reply get spans too
 
 
 @dataclass(slots=True, eq=False)
@@ -130,7 +167,7 @@ class Activation:
     # the first answer and is not applied again
     records: OrderedDict[str, tuple[int, bool, Any]] = field(default_factory=OrderedDict)
     own: int = 0  # the largest writer claim seen in this agent's log
-    mailbox: deque[Work] = field(default_factory=deque)
+    mailbox: deque[Work] | None = None  # created on demand: an empty deque costs ~600 B per agent
     scheduled: bool = False
     since_snapshot: int = 0
     snapshotting: bool = False
@@ -240,6 +277,8 @@ class Host:
         *,
         clock: Clock | None = None,
         partitions: list[int] | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -290,12 +329,16 @@ class Host:
         self._pull_prefix = ""
         self._pull_sub: Any = None
         self._call_sub: Any = None
+        self._host_sub: Any = None
         self._reader: DirectReader | None = None
         self._snap_kv: Any = None
         self._meta_kv: Any = None
         self._client: Any = None
         self._coord_task: asyncio.Task[None] | None = None
         self._log = log.bind(host=settings.host_id)
+        # OpenTelemetry: the given providers, else the global ones (no SDK: no spans, no metrics)
+        self._providers = (tracer_provider, meter_provider)
+        self._tel = HostTelemetry(self, settings.host_id, tracer_provider, meter_provider)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Host:
@@ -345,7 +388,8 @@ class Host:
         await self._reader.start()
         from ._client import Client  # local import: the client is optional for hosts
 
-        self._client = Client(self.nc, owns_connection=False)
+        tp, mp = self._providers
+        self._client = Client(self.nc, owns_connection=False, tracer_provider=tp, meter_provider=mp)
         await self._client._start()
 
         self._pull_prefix = self.nc.new_inbox()
@@ -359,6 +403,9 @@ class Host:
             cb=self._on_call,
             pending_msgs_limit=1_000_000,
             pending_bytes_limit=-1,
+        )
+        self._host_sub = await self.nc.subscribe(
+            self.subjects.sys("host", s.host_id, "*"), cb=self._on_host_msg, pending_msgs_limit=1_000_000
         )
         for _ in range(s.workers):
             self._spawn(self._worker())
@@ -409,12 +456,14 @@ class Host:
         self._puller_tasks[partition] = asyncio.create_task(puller.run())
         self.owned = sorted({*self.owned, partition})
         self._owned_set = frozenset(self.owned)
+        self._tel.handoff(started=True)
 
     async def stop_partition(self, partition: int, *, graceful: bool) -> None:
         """Stop serving ``partition``. Graceful: finish the commands in hand (bounded by
         ``drain_grace_s``) and snapshot its agents, so the next owner starts warm."""
         self.owned = [p for p in self.owned if p != partition]
         self._owned_set = frozenset(self.owned)
+        self._tel.handoff(started=False, graceful=graceful)
         puller = self._pullers.pop(partition, None)
         task = self._puller_tasks.pop(partition, None)
         if puller is not None:
@@ -429,15 +478,21 @@ class Host:
                 async with asyncio.timeout(self.settings.drain_grace_s):
                     while any(w.partition == partition and not w.done for w in self._inflight):
                         await asyncio.sleep(0.01)
+        # Forget every agent of the partition: if it ever comes back here, it is rebuilt
+        # from the log, never served from what we remember (that would be a stale read).
         parts = self.settings.partitions
         snaps = []
         for key, act in list(self.activations.items()):
             if partition_of(act.agent_id.type, act.agent_id.id, parts) != partition:
                 continue
-            if act.scheduled or act.mailbox:
-                continue  # still running (not graceful): it finishes, or is fenced
             self.activations.pop(key, None)
             self.stats["passivations"] += 1
+            self._tel.passivated(act.agent_id.type)
+            if act.scheduled or act.mailbox:
+                # still running (only when not graceful): what it has in hand rebuilds
+                # the agent from the log first, where the ownership fence applies
+                act.agent = None
+                continue
             if graceful and act.agent is not None and act.since_snapshot > 0:
                 snaps.append(self._snapshot(act))
         if snaps:
@@ -445,9 +500,18 @@ class Host:
                 async with asyncio.timeout(self.settings.op_timeout_s):
                     await asyncio.gather(*snaps, return_exceptions=True)
 
-    def _claim_of(self, partition: int) -> int:
+    def _token_of(self, aid: AgentId, partition: int) -> int:
+        """This host's writer token for ``aid``: its claim on the partition, or the
+        placement's revision when the agent is placed here (whichever is newer)."""
         coord = self.coordinator
-        return coord.claim_revs.get(partition, 0) if coord is not None else 0
+        if coord is None:
+            return 0
+        claim = coord.claim_revs.get(partition, 0)
+        placed = coord.placements.get(aid.key)
+        if placed is None:
+            return claim
+        host, rev = placed
+        return max(claim, rev) if host == self.settings.host_id else 0
 
     def load(self) -> dict[str, Any]:
         return {
@@ -486,7 +550,7 @@ class Host:
                 await coord.leave()
         self._stopping = True
         self._log.info("host_draining", inflight=self._inflight_count)
-        for sub in (self._pull_sub, self._call_sub):
+        for sub in (self._pull_sub, self._call_sub, self._host_sub):
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
@@ -502,7 +566,7 @@ class Host:
         self._tasks.clear()
         # what is left in mailboxes was never started: hand it back at once
         for work in list(self._inflight):
-            if work.kind == STREAM and not work.done:
+            if work.kind in _ACKED and not work.done:
                 await self._nak(work, 0.0)
         if drain and self.nc.is_connected:
             snaps = [self._snapshot(a) for a in self.activations.values() if a.agent and a.since_snapshot]
@@ -580,6 +644,26 @@ class Host:
         else:
             partition = partition_of(parts[-2], parts[-1], self.settings.partitions)
         if partition not in self._owned_set:
+            coord = self.coordinator
+            moving_here = (
+                coord is not None
+                and coord.ring is not None
+                and not self._stopping
+                and coord.ring.owners[partition] == self.settings.host_id
+            )
+            if msg.reply and moving_here:
+                # ours by the ring, not started yet (the previous owner is handing it
+                # over): say so, so the caller retries instead of timing out
+                err = Unavailable("the agent's partition is moving to this host; retry", details={"applied": False})
+                await self._publish_reply(msg.reply, encode_error(err), {}, None)
+            return
+        coord = self.coordinator
+        if coord is not None and self.clock.monotonic() - coord.last_heartbeat_ok > self.settings.member_ttl_s:
+            # we have not reached the cluster for a whole TTL (paused, cut off): our
+            # partitions may be someone else's by now; do not answer from memory
+            if msg.reply:
+                err = Unavailable("this host lost touch with the cluster; retry", details={"applied": False})
+                await self._publish_reply(msg.reply, encode_error(err), {}, None)
             return
         work = Work(msg, CALL, partition, self.clock.monotonic())
         if self._inflight_count >= self.settings.max_inflight:
@@ -615,6 +699,8 @@ class Host:
             self.activations[key] = act
         else:
             self.activations.move_to_end(key)
+        if act.mailbox is None:
+            act.mailbox = deque()
         act.mailbox.append(work)
         if not act.scheduled:
             act.scheduled = True
@@ -653,17 +739,18 @@ class Host:
     async def _worker(self) -> None:
         while True:
             _, _, act = await self._ready.get()
+            assert act.mailbox is not None
             work = act.mailbox.popleft()
             try:
                 await self._process(act, work)
             except asyncio.CancelledError:
-                if work.kind == STREAM and not work.done:
+                if work.kind in _ACKED and not work.done:
                     with contextlib.suppress(Exception):
                         await self._nak(work, 0.0)
                 raise
             except Exception:  # noqa: BLE001 - a bug here must not kill the worker
                 self._log.exception("process_failed", agent=str(act.agent_id))
-                if work.kind == STREAM and not work.done:
+                if work.kind in _ACKED and not work.done:
                     await self._nak(work, 1.0)
             finally:
                 self._untrack(work)
@@ -671,13 +758,19 @@ class Host:
                 if act.mailbox:
                     self._ready.put_nowait((act.mailbox[0].rank, next(self._seq), act))
                 else:
+                    act.mailbox = None
                     act.scheduled = False
 
     async def _process(self, act: Activation, work: Work) -> None:
         msg = work.msg
         hdrs: dict[str, str] = msg.headers or {}
-        durable = work.kind == STREAM
-        reply_to = hdrs.get(H_REPLY_TO) if durable else (msg.reply or None)
+        if work.kind == MIGRATE:
+            await self._migrate(act, work)
+            return
+        if self.coordinator is not None and work.kind != FWD and await self._route_elsewhere(act, work):
+            return
+        durable = work.kind in _ACKED
+        reply_to = hdrs.get(H_REPLY_TO) if durable else (work.reply or msg.reply or None)
         cmd_id = hdrs.get(H_COMMAND_ID) or hdrs.get(H_MSG_ID) or ""
         if not cmd_id:
             cmd_id = f"s{self.cepoch}-{work.cseq}" if durable else ""
@@ -688,20 +781,64 @@ class Host:
         if corr and corr != cmd_id:
             out_hdrs[H_CORRELATION_ID] = corr
 
-        if not _sdk_tracing():  # no SDK configured: carry the trace context, skip the spans
-            carry(hdrs, out_hdrs)
-            await self._process_traced(act, work, hdrs, durable, reply_to, cmd_id, corr, out_hdrs)
-            return
+        tel = self._tel
+        aid = act.agent_id
+        log_token = enter_command(self.settings.host_id, str(aid), corr, hdrs.get("traceparent"))
+        try:
+            if not tel.tracing:  # no SDK configured: carry the trace context, skip the spans
+                carry(hdrs, out_hdrs)
+                await self._process_traced(act, work, hdrs, durable, reply_to, cmd_id, corr, out_hdrs)
+            else:
+                await self._process_span(act, work, hdrs, durable, reply_to, cmd_id, corr, out_hdrs)
+        finally:
+            exit_command(log_token)
+            if tel.metering:
+                mode = "at-most-once" if not durable else "exactly-once" if H_MSG_ID in hdrs else "at-least-once"
+                elapsed = self.clock.monotonic() - work.received
+                outcome = work.outcome or FAILED
+                tel.command_done(aid.type, work.action, mode, outcome, work.error, work.deliveries, elapsed)
+
+    async def _process_span(
+        self,
+        act: Activation,
+        work: Work,
+        hdrs: dict[str, str],
+        durable: bool,
+        reply_to: str | None,
+        cmd_id: str,
+        corr: str,
+        out_hdrs: dict[str, str],
+    ) -> None:
+        """``_process_traced`` inside a CONSUMER span, child of the sender's span."""
+        msg = work.msg
+        aid = act.agent_id
+        attrs: dict[str, Any] = {
+            MESSAGING_SYSTEM: "nats",
+            MESSAGING_OPERATION_TYPE: "process",
+            MESSAGING_OPERATION_NAME: "process",
+            MESSAGING_DESTINATION: msg.subject,
+            MESSAGING_MESSAGE_ID: cmd_id,
+            MESSAGING_CONVERSATION_ID: corr,
+            MESSAGING_BODY_SIZE: len(msg.data),
+            AGENT_TYPE: aid.type,
+            AGENT_ID: aid.id,
+            DELIVERY: "at-most-once" if not durable else "exactly-once" if H_MSG_ID in hdrs else "at-least-once",
+            HOST_ID: self.settings.host_id,
+        }
+        if durable:
+            attrs[MESSAGING_PARTITION] = str(work.partition)
+            attrs[MESSAGING_CONSUMER_GROUP] = self.topology.consumer_name(work.partition)
+            attrs[DELIVERY_COUNT] = work.deliveries
         parent = propagate.extract(hdrs) if hdrs else None
         token = otel_context.attach(parent) if parent is not None else None
         try:
-            with _tracer.start_as_current_span(
-                f"process {act.agent_id.type}",
-                kind=trace.SpanKind.CONSUMER,
-                attributes={"messaging.system": "nats", "messaging.destination.name": msg.subject},
-            ):
+            with self._tel.tracer.start_as_current_span(
+                f"process {aid.type}", kind=trace.SpanKind.CONSUMER, attributes=attrs
+            ) as span:
+                work.traced = True
                 carry(hdrs, out_hdrs)
                 await self._process_traced(act, work, hdrs, durable, reply_to, cmd_id, corr, out_hdrs)
+                finish_process_span(span, work.action, work.outcome or FAILED, work.error, out_hdrs)
         finally:
             if token is not None:
                 otel_context.detach(token)
@@ -727,6 +864,7 @@ class Host:
             if len(cmd_id) > 256:
                 raise MalformedCommand("command id longer than 256 characters")
             body = decode_command(work.msg.data, s.max_payload_bytes)
+            work.action = body.action if body.action in act.spec.actions else "_unknown"
             action = act.spec.action(body.action)
             params = action.validate_params(body.params)
         except JetAgentsError as err:
@@ -743,6 +881,7 @@ class Host:
             failed, handler_fault = failure
             attempt += 1
             if work.kind == CALL:  # at-most-once: never retried by the host
+                work.outcome, work.error = ERROR, failed.code
                 if reply_to:
                     retry_err = failed if failed.retryable or handler_fault else Unavailable(failed.message)
                     await self._publish_reply(reply_to, encode_error(retry_err), out_hdrs, work)
@@ -797,6 +936,7 @@ class Host:
             record = act.records.get(cmd_id)
             if record is not None:
                 self.stats["duplicates"] += 1
+                self._tel.duplicate(act.agent_id.type, "record")
                 out_hdrs[H_DUPLICATE] = "true"
                 seq, ok, payload = record
                 if seq:
@@ -845,10 +985,13 @@ class Host:
                 result=result_json,
                 cseq=work.cseq,
                 ts_ms=self.clock.wall_ms(),
-                own=self._claim_of(work.partition),
+                own=self._token_of(act.agent_id, work.partition),
             )
             try:
-                seq, duplicate = await self._append(act, commit, out_hdrs)
+                if work.traced:
+                    seq, duplicate = await self._append_span(act, commit, out_hdrs)
+                else:
+                    seq, duplicate = await self._append(act, commit, out_hdrs)
             except PayloadTooLarge as err:  # the commit itself is too big: never retryable
                 await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
                 return None
@@ -864,6 +1007,7 @@ class Host:
                 # This command's commit is already in the log (its record had been
                 # evicted): do not apply it again; answer with what it answered then.
                 self.stats["duplicates"] += 1
+                self._tel.duplicate(act.agent_id.type, "log")
                 first = await self._commit_at(seq)
                 out_hdrs[H_DUPLICATE] = "true"
                 out_hdrs[H_EVENT_SEQ] = str(seq)
@@ -889,17 +1033,19 @@ class Host:
     # -- outcomes --------------------------------------------------------------------------
     async def _finish_ok(self, work: Work, reply_to: str | None, result: Any, hdrs: dict[str, str]) -> None:
         self.stats["processed"] += 1
+        work.outcome = DUPLICATE if H_DUPLICATE in hdrs else OK
         if reply_to:
             await self._publish_reply(reply_to, encode_ok(result), hdrs, work)
-        if work.kind == STREAM:
+        if work.kind in _ACKED:
             await self._ack(work, b"+ACK")
 
     async def _finish_err(self, work: Work, reply_to: str | None, err: JetAgentsError, hdrs: dict[str, str]) -> None:
         """A legitimate outcome (domain refusal, deadline): answer and acknowledge."""
         self.stats["processed"] += 1
+        work.outcome, work.error = ERROR, err.code
         if reply_to:
             await self._publish_reply(reply_to, encode_error(err), hdrs, work)
-        if work.kind == STREAM:
+        if work.kind in _ACKED:
             await self._ack(work, b"+ACK")
 
     async def _reject(
@@ -908,6 +1054,7 @@ class Host:
         """Bad input: dead-letter, then answer with the error, then terminate (never
         redeliver). The dead letter is stored before the caller hears of the error."""
         msg = work.msg
+        work.outcome, work.error = DEAD_LETTER, err.code
         type_tok = agent_id.type if agent_id else "_invalid"
         id_tok = agent_id.id if agent_id else "_invalid"
         dl = encode_dead_letter(
@@ -918,28 +1065,29 @@ class Host:
             host=self.settings.host_id,
             ts_ms=self.clock.wall_ms(),
             stream_seq=work.cseq or None,
-            deliveries=work.deliveries if work.kind == STREAM else None,
+            deliveries=work.deliveries if work.kind in _ACKED else None,
         )
         try:
             await js_publish(self.nc, self.subjects.dlq(type_tok, id_tok), dl, {}, self.settings.op_timeout_s)
         except JetAgentsError as exc:
             self._log.warning("dead_letter_failed", error=str(exc))
-            if work.kind == STREAM:
+            if work.kind in _ACKED:
                 await self._nak(work, 1.0)  # keep it: try to dead-letter it again later
                 return
         else:
             self.stats["dead_letters"] += 1
+            self._tel.dead_lettered(type_tok, err.code)
             self._log.info("dead_lettered", subject=msg.subject, code=err.code, reason=err.message)
         if reply_to:
             hdrs[H_HOST] = self.settings.host_id
             await self._publish_reply(reply_to, encode_error(err), hdrs, work)
-        if work.kind == STREAM:
+        if work.kind in _ACKED:
             await self._ack(work, b"+TERM " + err.code.encode())
 
     async def _reject_unrouted(self, work: Work, agent_type: str, agent_id: str, err: JetAgentsError) -> None:
         try:
             hdrs = work.msg.headers or {}
-            reply_to = hdrs.get(H_REPLY_TO) if work.kind == STREAM else work.msg.reply
+            reply_to = hdrs.get(H_REPLY_TO) if work.kind in _ACKED else (work.reply or work.msg.reply)
             out: dict[str, str] = {}
             if hdrs.get(H_COMMAND_ID):
                 out[H_COMMAND_ID] = hdrs[H_COMMAND_ID]
@@ -952,10 +1100,24 @@ class Host:
             self._untrack(work)
 
     async def _publish_reply(self, reply_to: str, body: bytes, hdrs: dict[str, str], work: Work | None) -> None:
+        span = None
+        if work is not None and work.traced:
+            agent_type = work.msg.subject.split(".")[-2]
+            span, hdrs = self._tel.start_producer(
+                f"reply {agent_type}",
+                reply_to,
+                hdrs,
+                {MESSAGING_OPERATION_NAME: "reply", MESSAGING_DESTINATION_TEMPORARY: True, AGENT_TYPE: agent_type},
+            )
         try:
             await self.nc.publish(reply_to, body, headers=hdrs or None)
         except Exception as exc:  # noqa: BLE001 - a lost reply is recoverable: the record answers a retry
             self._log.debug("reply_failed", error=str(exc))
+            if span is not None:
+                fail_span(span, exc)
+        finally:
+            if span is not None:
+                span.end()
 
     async def _ack(self, work: Work, what: bytes) -> None:
         if work.msg.reply:
@@ -966,6 +1128,7 @@ class Host:
 
     async def _nak(self, work: Work, delay_s: float) -> None:
         self.stats["naks"] += 1
+        work.outcome = REQUEUED
         payload = b"-NAK" if delay_s <= 0 else b"-NAK " + orjson.dumps({"delay": int(delay_s * NS)})
         await self._ack(work, payload)
 
@@ -974,6 +1137,32 @@ class Host:
         assert self._reader is not None
         msg = await self._reader.at(self.topology.evt_stream, seq, self.settings.op_timeout_s)
         return Commit.model_validate_json(msg.data) if msg is not None else None
+
+    async def _append_span(self, act: Activation, commit: Commit, out_hdrs: dict[str, str]) -> tuple[int, bool]:
+        """``_append`` in a PRODUCER span; the commit carries the span's context."""
+        aid = act.agent_id
+        span, hdrs = self._tel.start_producer(
+            f"append {aid.type}",
+            self.subjects.evt(aid.type, aid.id),
+            out_hdrs,
+            {
+                MESSAGING_OPERATION_NAME: "append",
+                MESSAGING_MESSAGE_ID: commit.cmd,
+                AGENT_TYPE: aid.type,
+                AGENT_ID: aid.id,
+            },
+        )
+        try:
+            seq, duplicate = await self._append(act, commit, hdrs)
+            span.set_attribute("jetagents.event.seq", seq)
+            if duplicate:
+                span.set_attribute("jetagents.duplicate", True)
+            return seq, duplicate
+        except BaseException as exc:
+            fail_span(span, exc)
+            raise
+        finally:
+            span.end()
 
     async def _append(self, act: Activation, commit: Commit, out_hdrs: dict[str, str]) -> tuple[int, bool]:
         """Append one commit; ``(seq, duplicate)``, duplicate when it was already there."""
@@ -1006,10 +1195,11 @@ class Host:
             return int(ack["seq"]), act.last_seq != 0 and int(ack["seq"]) <= act.last_seq
         return int(ack["seq"]), False
 
-    async def _activate(self, act: Activation) -> None:
+    async def _activate(self, act: Activation, given: dict[str, Any] | None = None) -> None:
         """Rebuild the agent: snapshot (if any and readable) + replay of later commits."""
         s = self.settings
         aid = act.agent_id
+        started = self.clock.monotonic()
         metadata: dict[str, Any] = {}
         try:
             if act.spec.spawn_required:
@@ -1023,8 +1213,11 @@ class Host:
             last_seq = 0
             records: OrderedDict[str, tuple[int, bool, Any]] = OrderedDict()
             try:
-                snap_entry = await self._snap_kv.get(aid.key)
-                snap = orjson.loads(snap_entry.value) if snap_entry and snap_entry.value else None
+                if given is not None:  # handed over by the previous host (state transfer)
+                    snap: Any = given
+                else:
+                    snap_entry = await self._snap_kv.get(aid.key)
+                    snap = orjson.loads(snap_entry.value) if snap_entry and snap_entry.value else None
             except KeyNotFoundError:
                 snap = None
             except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
@@ -1062,7 +1255,7 @@ class Host:
         except ValidationError as exc:
             raise InternalError(f"event log of {aid} is unreadable: {exc}") from None
         partition = partition_of(aid.type, aid.id, s.partitions)
-        if self.coordinator is not None and own > self._claim_of(partition):
+        if self.coordinator is not None and own > self._token_of(aid, partition):
             # A host with a newer claim on this partition has written this agent: ours is
             # stale (we were paused or cut off). Never write after it.
             raise FencedError(f"{aid} was written by a newer owner of partition {partition}")
@@ -1071,6 +1264,7 @@ class Host:
         act.n, act.last_seq, act.records = n, last_seq, records
         act.since_snapshot = len(msgs)
         self.stats["activations"] += 1
+        self._tel.activated(aid.type, len(msgs), self.clock.monotonic() - started)
         if len(self.activations) > s.max_active_agents:
             self._evict_lru()
 
@@ -1091,25 +1285,28 @@ class Host:
     def _passivate(self, key: str, act: Activation) -> None:
         self.activations.pop(key, None)
         self.stats["passivations"] += 1
+        self._tel.passivated(act.agent_id.type)
         if act.agent is not None and act.since_snapshot > 0:
             self._side(self._snapshot(act))
+
+    def _snapshot_body(self, act: Activation) -> dict[str, Any]:
+        assert act.agent is not None
+        return {
+            "v": 1,
+            "state": act.agent._state.model_dump(mode="json"),
+            "seq": act.last_seq,
+            "n": act.n,
+            "own": act.own,
+            # only applied commands: a refusal is not in the log either
+            "records": [[k, v[0], v[2]] for k, v in act.records.items() if v[0]],
+        }
 
     async def _snapshot(self, act: Activation) -> None:
         agent = act.agent
         if agent is None or act.snapshotting:
             return
         act.snapshotting = True
-        body = orjson.dumps(
-            {
-                "v": 1,
-                "state": agent._state.model_dump(mode="json"),
-                "seq": act.last_seq,
-                "n": act.n,
-                "own": act.own,
-                # only applied commands: a refusal is not in the log either
-                "records": [[k, v[0], v[2]] for k, v in act.records.items() if v[0]],
-            }
-        )
+        body = orjson.dumps(self._snapshot_body(act))
         taken = act.since_snapshot
         try:
             async with self._snap_sem:
@@ -1129,7 +1326,7 @@ class Host:
             now = self.clock.monotonic()
             # keep long-running and queued commands from being redelivered meanwhile
             for work in list(self._inflight):
-                if work.kind == STREAM and not work.done and now - work.received > s.ack_wait_s / 3:
+                if work.kind in _ACKED and not work.done and now - work.received > s.ack_wait_s / 3:
                     await self._ack(work, b"+WPI")
             for key, act in list(self.activations.items()):
                 if not act.scheduled and not act.mailbox and now - act.last_used > s.idle_passivate_s:

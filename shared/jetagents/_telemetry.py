@@ -23,7 +23,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Mapping, MutableMapping
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, propagate, trace
@@ -37,9 +37,12 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 try:  # the API's stand-in before an SDK provider is set; private, hence the fallback
+    from opentelemetry.metrics import _internal as _metrics_internal
     from opentelemetry.metrics._internal import _ProxyMeterProvider
 except ImportError:  # pragma: no cover - another API version
+    _metrics_internal = None  # type: ignore[assignment]
     _ProxyMeterProvider = metrics.NoOpMeterProvider  # type: ignore[misc,assignment]
+_MISSING = object()
 
 SCOPE_VERSION = "0.1.0"
 
@@ -80,15 +83,34 @@ FAILED = "failed"  # the host itself failed (a bug); redelivered
 DURATION_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+_API_TRACER_PROVIDERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_API_METER_PROVIDERS = (metrics.NoOpMeterProvider, _ProxyMeterProvider)
+
+
 def sdk_tracer_provider(tp: trace.TracerProvider | None) -> bool:
     """Whether ``tp`` (or the global provider) records spans (an SDK, not the API's stand-ins)."""
-    tp = tp if tp is not None else trace.get_tracer_provider()
-    return not isinstance(tp, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+    return not isinstance(tp if tp is not None else trace.get_tracer_provider(), _API_TRACER_PROVIDERS)
 
 
 def sdk_meter_provider(mp: metrics.MeterProvider | None) -> bool:
-    mp = mp if mp is not None else metrics.get_meter_provider()
-    return not isinstance(mp, metrics.NoOpMeterProvider | _ProxyMeterProvider)
+    return not isinstance(mp if mp is not None else metrics.get_meter_provider(), _API_METER_PROVIDERS)
+
+
+# The public getters look up an environment variable on every call while no provider is
+# set (~1 us here, per check, per command). The API's module globals say the same for
+# ~50 ns; the getters above are the fallback should an API version rename them.
+def _global_tracing() -> bool:
+    tp = getattr(trace, "_TRACER_PROVIDER", _MISSING)
+    if tp is None:
+        return False
+    return sdk_tracer_provider(None) if tp is _MISSING else not isinstance(tp, _API_TRACER_PROVIDERS)
+
+
+def _global_metering() -> bool:
+    mp = getattr(_metrics_internal, "_METER_PROVIDER", _MISSING)
+    if mp is None:
+        return False
+    return sdk_meter_provider(None) if mp is _MISSING else not isinstance(mp, _API_METER_PROVIDERS)
 
 
 class Telemetry:
@@ -115,15 +137,26 @@ class Telemetry:
         self.tracer = tp.get_tracer(scope, SCOPE_VERSION)
         self.meter = mp.get_meter(scope, SCOPE_VERSION, attributes=attrs or None)
 
+    # A global SDK provider can be set once per process and never unset: once seen, it stays.
     @property
     def tracing(self) -> bool:
         fixed = self._tracing_fixed
-        return fixed if fixed is not None else sdk_tracer_provider(None)
+        if fixed is not None:
+            return fixed
+        if _global_tracing():
+            self._tracing_fixed = True
+            return True
+        return False
 
     @property
     def metering(self) -> bool:
         fixed = self._metering_fixed
-        return fixed if fixed is not None else sdk_meter_provider(None)
+        if fixed is not None:
+            return fixed
+        if _global_metering():
+            self._metering_fixed = True
+            return True
+        return False
 
     def start_producer(
         self, name: str, subject: str, headers: dict[str, str], attributes: dict[str, Any]
@@ -323,10 +356,14 @@ _ENABLING_VARS = (
 
 @dataclass
 class OtelSetup:
-    """SDK providers built from the environment; :meth:`install` makes them global."""
+    """SDK providers built from the environment; :meth:`install` makes them global.
+
+    They are not shut down at interpreter exit by the SDK (that flush is unbounded while a
+    collector is unreachable): call :meth:`shutdown`."""
 
     tracer_provider: SdkTracerProvider | None
     meter_provider: SdkMeterProvider | None
+    exporters: list[Any] = field(default_factory=list)  # span exporters, then metric exporters
 
     def install(self) -> None:
         if self.tracer_provider is not None:
@@ -406,12 +443,13 @@ def setup_from_env(default_service_name: str = "jetagents-host", instance_id: st
         else:
             raise ValueError(f"OTEL_TRACES_EXPORTER: unsupported exporter {name!r} (otlp, console, none)")
     if span_exporters:
-        tracer_provider = TracerProvider(resource=resource)
+        tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         for exporter in span_exporters:
             tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
 
     meter_provider: MeterProvider | None = None
     readers: list[PeriodicExportingMetricReader] = []
+    metric_exporters: list[MetricExporter] = []
     for name in _exporter_names(env, "OTEL_METRICS_EXPORTER"):
         metric_exporter: MetricExporter
         if name == "console":
@@ -427,10 +465,11 @@ def setup_from_env(default_service_name: str = "jetagents-host", instance_id: st
                 metric_exporter = GrpcMetrics()
         else:
             raise ValueError(f"OTEL_METRICS_EXPORTER: unsupported exporter {name!r} (otlp, console, none)")
+        metric_exporters.append(metric_exporter)
         readers.append(PeriodicExportingMetricReader(metric_exporter))  # OTEL_METRIC_EXPORT_INTERVAL
     if readers:
-        meter_provider = MeterProvider(metric_readers=readers, resource=resource)
-    return OtelSetup(tracer_provider, meter_provider)
+        meter_provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
+    return OtelSetup(tracer_provider, meter_provider, [*span_exporters, *metric_exporters])
 
 
 __all__ = [
