@@ -11,8 +11,11 @@ Workloads (see loadtests/README.md for what each figure means):
 2. many agents: 10,000 (and 100,000 in full mode) agents touched once, vs Ray creating actors;
 3. cold activation of an agent with 0, 100, 10,000 events, with and without a snapshot;
 4. host CPU per exactly-once command (from workload 1's windows);
-5. scaling over 1, 2, 3 hosts on a 3-node R3 cluster (static partition split until the ring);
-6. failover after kill -9 of a host under load (static split: a replacement host is started).
+5. scaling over 1, 2, 3 hosts on a 3-node R3 cluster (hosts join the ring one by one, then
+   leave): commands/s, and partitions moved per join and leave;
+6. failover after kill -9 of one of 3 hosts under an exactly-once load, no replacement: time
+   until the survivors serve all its partitions again, with the default member TTL (3 s)
+   and a short one (2 s).
 
 Writes ``report.md``, ``report.json`` and PNG plots to ``--out`` (default
 ``loadtests/results/<mode>``). Ray and matplotlib come from the ``bench`` extra
@@ -61,11 +64,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "many_sizes": [200],
         "many_idle_s": 0.3,
         "cold_sizes": [0, 10, 120],
+        "cluster_partitions": 8,
         "scale_hosts": [1, 2],
         "scale_inflight": 16,
         "scale_duration": 0.3,
         "scale_warmup": 0.1,
-        "failover_agents": 8,
+        "failover_hosts": 2,
+        "failover_reps": 1,
+        "failover_ttls": ["short"],
         "failover_warm_s": 0.5,
         "failover_after_s": 0.3,
     },
@@ -80,11 +86,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "many_sizes": [10_000],
         "many_idle_s": 1.0,
         "cold_sizes": [0, 100, 10_000],
+        "cluster_partitions": 64,
         "scale_hosts": [1, 2, 3],
         "scale_inflight": 256,
         "scale_duration": 0.6,
         "scale_warmup": 0.3,
-        "failover_agents": 64,
+        "failover_hosts": 3,
+        "failover_reps": 3,
+        "failover_ttls": ["default", "short"],
         "failover_warm_s": 1.5,
         "failover_after_s": 1.0,
     },
@@ -99,13 +108,16 @@ PROFILES: dict[str, dict[str, Any]] = {
         "many_sizes": [10_000, 100_000],
         "many_idle_s": 3.0,
         "cold_sizes": [0, 100, 10_000],
+        "cluster_partitions": 64,
         "scale_hosts": [1, 2, 3],
         "scale_inflight": 256,
         "scale_duration": 3.0,
         "scale_warmup": 1.0,
-        "failover_agents": 64,
+        "failover_hosts": 3,
+        "failover_reps": 5,
+        "failover_ttls": ["default", "short"],
         "failover_warm_s": 3.0,
-        "failover_after_s": 2.0,
+        "failover_after_s": 1.5,
     },
 }
 
@@ -122,6 +134,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     p.add_argument("--timeout", type=float, default=60.0, help="per-command timeout, s")
     p.add_argument("--keep", action="store_true", help="keep the work directory (server data, host logs)")
+    p.add_argument(
+        "--evidence",
+        type=Path,
+        default=Path("/tmp/bench-evidence"),
+        help="where failover writes every reply and log of a repetition that lost or doubled a command",
+    )
     a = p.parse_args(argv)
     a.mode = "smoke" if a.smoke else "quick" if a.quick else "full"
     a.profile = dict(PROFILES[a.mode])
@@ -275,7 +293,8 @@ async def single_host(args: argparse.Namespace, work_dir: Path, results: dict[st
 # -- workloads 5 and 6 ------------------------------------------------------------------------
 async def on_cluster(args: argparse.Namespace, work_dir: Path, results: dict[str, Any]) -> None:
     pr = args.profile
-    log("cluster: starting 3 nats-servers on loopback")
+    _cluster.PARTITIONS = pr["cluster_partitions"]
+    log(f"cluster: starting 3 nats-servers on loopback; {_cluster.PARTITIONS} partitions")
     cluster = _cluster.start_cluster(work_dir)
     try:
         if "scaling" in args.run:
@@ -291,15 +310,24 @@ async def on_cluster(args: argparse.Namespace, work_dir: Path, results: dict[str
                 args.timeout,
             )
         if "failover" in args.run:
-            results["failover"] = await _cluster.failover(
-                cluster,
-                work_dir,
-                agents=pr["failover_agents"],
-                reps=pr["reps"],
-                warm_s=pr["failover_warm_s"],
-                after_s=pr["failover_after_s"],
-                timeout_s=args.timeout,
-            )
+            variants = []
+            for ttl in pr["failover_ttls"]:
+                env = _cluster.SHORT_TTL if ttl == "short" else {}
+                variants.append(
+                    await _cluster.failover(
+                        cluster,
+                        work_dir,
+                        hosts=pr["failover_hosts"],
+                        reps=pr["failover_reps"],
+                        warm_s=pr["failover_warm_s"],
+                        after_s=pr["failover_after_s"],
+                        timeout_s=args.timeout,
+                        env=env,
+                        label=ttl,
+                        evidence_dir=args.evidence,
+                    )
+                )
+            results["failover"] = {"variants": variants, "runs": [r for v in variants for r in v["runs"]]}
     finally:
         cluster.stop()
 
