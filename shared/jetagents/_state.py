@@ -25,7 +25,7 @@ import enum
 import itertools
 import random
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -40,7 +40,7 @@ from ._clock import Clock, SystemClock
 from ._crdt import CRDT, GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter, decode_crdt
 from ._errors import InternalError, JetAgentsError, PartitionError, Unavailable
 from ._nats import NS, JSApiError, js_api, js_publish
-from ._vclock import Order, Resolver, VectorClock, Versioned, canonical, reconcile, resolver_from
+from ._vclock import Resolver, VectorClock, Versioned, canonical, reconcile_detail, resolver_from
 from ._wire import Subjects
 
 C = TypeVar("C", bound=CRDT)
@@ -121,7 +121,7 @@ class StateStats:
 
     writes: int = 0
     conflicts: int = 0  # CAS attempts refused because someone wrote first
-    lost_writes: int = 0  # concurrent versions a resolver discarded (lww)
+    lost_writes: int = 0  # writes overwritten by one that had not seen them (see write_versioned)
     partition_refusals: int = 0
     queued: int = 0
     reconciled: int = 0
@@ -308,6 +308,7 @@ class SharedState:
         self._cache: _Cache | None = None
         self._cache_start: asyncio.Task[_Cache] | None = None
         self._known: dict[str, tuple[Any, int]] = {}  # last doc seen per kv key
+        self._writing: dict[str, dict[str, Versioned]] = {}  # kv key -> op -> version being written
         self._nuid = NUID()
         self._ops = itertools.count(1)
         self._healer: asyncio.Task[None] | None = None
@@ -558,40 +559,84 @@ class SharedState:
     ) -> tuple[int, list[Versioned], int]:
         """Store ``new`` (written on top of ``base`` at ``base_rev``); on a concurrent write,
         reconcile with what is there using the resolver. Returns (revision, versions, conflicts)."""
+        with self.writing(kv_key, new):
+            return await self._write_versioned(kv_key, new, base_rev, base)
+
+    async def _write_versioned(
+        self, kv_key: str, new: Versioned, base_rev: int, base: list[Versioned]
+    ) -> tuple[int, list[Versioned], int]:
         expected, current, conflicts = base_rev, base, 0
         for attempt in range(self.options.max_attempts):
-            merged = reconcile(current, [new], self.resolver)
+            if any(v.op == new.op for v in current):
+                return expected, current, conflicts  # an earlier attempt was stored
+            outcome = reconcile_detail(current, [new], self.resolver)
+            merged = outcome.versions
             if expected and merged == current:
-                return expected, current, conflicts  # already there (or superseded)
-            if self.resolver.name == "lww" and any(new.vclock.compare(v.vclock) is Order.CONCURRENT for v in current):
-                self.stats.lost_writes += 1  # one of the concurrent writes is discarded
+                # nothing to write: ``new`` was dropped. Dominated means it was seen (stored by
+                # an earlier attempt whose PubAck was lost, then overwritten by a writer that
+                # read it); an equal clock under another op means it is lost (``collided``).
+                self.stats.lost_writes += len(outcome.lost)
+                return expected, current, conflicts
             doc = {"versions": [v.model_dump(mode="json") for v in merged]}
             try:
                 rev = await self._cas(kv_key, doc, expected, f"{new.op}.{attempt}")
-                return rev, merged, conflicts
             except _Conflict:
                 conflicts += 1
                 self.stats.conflicts += 1
                 doc, expected = await self._get(kv_key)
                 current = _decode_value(doc)
-                if any(v.op == new.op for v in current):
-                    return expected, current, conflicts  # an earlier attempt was stored
                 await self.backoff(attempt)
+                continue
+            # counted once, for the attempt that was stored: every write this one replaced
+            # without having seen it (lww's losers, and equal-clock collisions) is lost
+            self.stats.lost_writes += len(outcome.lost)
+            return rev, merged, conflicts
         raise Unavailable(f"could not write {kv_key} after {self.options.max_attempts} attempts (contention)")
 
-    def new_version(self, value: Any, base: list[Versioned]) -> Versioned:
+    def local_view(self, kv_key: str) -> tuple[Any, int] | None:
+        """The newest copy of ``kv_key`` this process holds: the cache, or what this process
+        itself last wrote or read from the server, whichever has the higher revision. A write
+        based on anything older would not have seen this replica's own previous write, and its
+        vector clock would collide with that write's (see ``reconcile_detail``)."""
+        return self._fallback(kv_key)
+
+    def new_version(self, value: Any, base: list[Versioned], kv_key: str | None = None) -> Versioned:
+        """A version written on top of ``base``. Its clock is ``base``'s with this replica's
+        entry incremented, unless another write of this replica to the key is still on its
+        way and ``base`` has not seen it (two sessions, or a session or strong write racing the
+        eventual propagator): then the two writes are concurrent, and this one counts under
+        a fresh sub-replica entry (``<replica>~<n>``) so that the two never share a clock
+        position (``reconcile`` would take them for one write) and the resolver decides."""
         clock = VectorClock()
         ts = self.clock.wall_ms()
         for v in base:
             clock = clock.merge(v.vclock)
             ts = max(ts, v.ts_ms + 1)
+        writer = self.replica_id
+        if kv_key is not None and any(not clock.dominates(v.vclock) for v in self._unseen_candidates(kv_key)):
+            writer = f"{self.replica_id}~{next(self._ops)}"
         return Versioned(
-            value=value,
-            clock=clock.increment(self.replica_id).counters,
-            ts_ms=ts,
-            writer=self.replica_id,
-            op=self.next_op(),
+            value=value, clock=clock.increment(writer).counters, ts_ms=ts, writer=writer, op=self.next_op()
         )
+
+    def _unseen_candidates(self, kv_key: str) -> list[Versioned]:
+        out = list(self._writing.get(kv_key, {}).values())
+        queued = self.eventual._pending.get(kv_key)
+        if queued is not None:
+            out.append(queued[0])
+        return out
+
+    @contextlib.contextmanager
+    def writing(self, kv_key: str, version: Versioned) -> Iterator[None]:
+        """Mark ``version`` as on its way to the server (see :meth:`new_version`)."""
+        held = self._writing.setdefault(kv_key, {})
+        held[version.op] = version
+        try:
+            yield
+        finally:
+            held.pop(version.op, None)
+            if not held:
+                self._writing.pop(kv_key, None)
 
 
 def _read_of(key: str, doc: Any, rev: int, source: Literal["server", "cache", "local"], **kw: Any) -> Read:
@@ -647,8 +692,9 @@ class StrongState:
                 w = _winner(versions)
                 current = default if w is None or w.deleted else w.value
                 value = fn(current)
-                new = o.new_version(value, versions).model_copy(update={"op": op})
-                rev = await o._cas(kv, {"versions": [new.model_dump(mode="json")]}, rev, f"{op}.{attempt}")
+                new = o.new_version(value, versions, kv).model_copy(update={"op": op})
+                with o.writing(kv, new):
+                    rev = await o._cas(kv, {"versions": [new.model_dump(mode="json")]}, rev, f"{op}.{attempt}")
                 return WriteResult(key, value, rev, conflicts)
             except _Conflict:
                 conflicts += 1
@@ -683,6 +729,7 @@ class EventualState:
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._inflight = 0
+        self._flying: dict[str, tuple[Versioned, int, list[Versioned]]] = {}  # being propagated
 
     def pending(self) -> int:
         return len(self._pending) + self._inflight
@@ -694,11 +741,14 @@ class EventualState:
                 await self._task
 
     async def _view(self, kv: str) -> tuple[list[Versioned], int, str]:
-        p = self._pending.get(kv)
+        """What the next local write is based on. It must include this replica's own earlier
+        writes: the queued one, else the one being propagated, else the newest stored copy this
+        process knows (its cache may lag behind what it wrote itself)."""
+        p = self._pending.get(kv) or self._flying.get(kv)
         if p is not None:
             return [p[0]], p[1], "local"
-        cache = await self._o.cache()
-        held = cache.get(kv)
+        await self._o.cache()
+        held = self._o.local_view(kv)
         if held is None:
             return [], 0, "cache"
         return _decode_value(held[0]), held[1], "cache"
@@ -735,7 +785,7 @@ class EventualState:
         base, base_rev, _ = await self._view(kv)
         w = _winner(base)
         value = fn(default if w is None or w.deleted else w.value)
-        new = o.new_version(value, base)
+        new = o.new_version(value, base, kv)
         prev = self._pending.get(kv)
         # a newer local write supersedes the queued one (its clock includes it)
         self._pending[kv] = (new, prev[1] if prev else base_rev, prev[2] if prev else base)
@@ -771,6 +821,7 @@ class EventualState:
             kv, (new, base_rev, base) = next(iter(self._pending.items()))
             del self._pending[kv]
             self._inflight = 1
+            self._flying[kv] = (new, base_rev, base)
             try:
                 await o.write_versioned(kv, new, base_rev, base)
                 failures = 0
@@ -784,6 +835,7 @@ class EventualState:
                 await asyncio.sleep(min(2.0, o.options.probe_interval_s * failures))
             finally:
                 self._inflight = 0
+                self._flying.pop(kv, None)
 
     async def _reconcile(self) -> int:
         n = len(self._pending)
@@ -849,7 +901,11 @@ class Session:
         o = self._o
         kv = o.value_key(key)
         current, base = await self._read(key)  # at least as new as anything this session saw
-        new = o.new_version(fn(default if current.value is None else current.value), base)
+        mine = o.local_view(kv)  # and as new as this replica's own writes (other sessions')
+        if mine is not None and mine[1] > current.revision:
+            current = _read_of(key, mine[0], mine[1], "local")
+            base = _decode_value(mine[0])
+        new = o.new_version(fn(default if current.value is None else current.value), base, kv)
         try:
             rev, versions, conflicts = await o.write_versioned(kv, new, current.revision, base)
         except Unavailable:

@@ -129,6 +129,7 @@ class LastWriterWins:
     """Keep the version with the latest ``(ts_ms, writer)``; concurrent writes are lost."""
 
     name = "lww"
+    lossy = True  # the versions it does not keep are lost writes (counted in stats.lost_writes)
 
     def resolve(self, versions: list[Versioned]) -> list[Versioned]:
         winner = max(versions, key=Versioned.sort_key)
@@ -190,28 +191,65 @@ class CustomResolver:
         ]
 
 
-def reconcile(a: Iterable[Versioned], b: Iterable[Versioned], resolver: Resolver) -> list[Versioned]:
-    """Combine two replicas' versions of one value.
+class Reconciled(BaseModel):
+    """What :func:`reconcile_detail` did: the versions to keep, and every write it dropped
+    without anything kept having seen it (a lost write)."""
 
-    A version whose clock another version dominates is dropped (it was seen before that write);
-    versions with equal clocks are the same write, one is kept deterministically; two or more
-    concurrent survivors go to ``resolver``.
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    versions: list[Versioned]
+    discarded: list[Versioned] = Field(default_factory=list)  # concurrent, dropped by a lossy resolver
+    collided: list[Versioned] = Field(default_factory=list)  # another write with an equal clock was kept
+
+    @property
+    def lost(self) -> list[Versioned]:
+        return self.discarded + self.collided
+
+
+def reconcile_detail(a: Iterable[Versioned], b: Iterable[Versioned], resolver: Resolver) -> Reconciled:
+    """Combine two replicas' versions of one value, and say which writes were lost.
+
+    A version whose clock another version dominates is dropped (it was seen before that write).
+    Versions with equal clocks are the same write when their ``op`` is the same; two different
+    writes with one clock (a replica that wrote twice from the same view) cannot both be kept:
+    one is kept deterministically and the other is reported in ``collided``. Two or more
+    concurrent survivors go to ``resolver``; a lossy one (``lww``) reports what it dropped in
+    ``discarded``.
     """
     pool = list(a) + list(b)
     by_clock: dict[VectorClock, Versioned] = {}
+    collided: dict[str, Versioned] = {}
     for v in pool:
         vc = v.vclock
         cur = by_clock.get(vc)
-        if cur is None or v.sort_key() > cur.sort_key():
+        if cur is None:
             by_clock[vc] = v
+            continue
+        if cur.op == v.op and cur == v:
+            continue
+        keep, drop = (v, cur) if v.sort_key() > cur.sort_key() else (cur, v)
+        by_clock[vc] = keep
+        if drop.op != keep.op:
+            collided[drop.op] = drop
+    collided = {op: v for op, v in collided.items() if all(k.op != op for k in by_clock.values())}
     survivors = [
         v
         for vc, v in by_clock.items()
         if not any(other.compare(vc) is Order.AFTER for other in by_clock if other is not vc)
     ]
     if len(survivors) <= 1:
-        return survivors
-    return resolver.resolve(survivors)
+        return Reconciled(versions=survivors, collided=list(collided.values()))
+    kept = resolver.resolve(survivors)
+    discarded: list[Versioned] = []
+    if getattr(resolver, "lossy", False):
+        kept_ops = {v.op for v in kept}
+        discarded = [v for v in survivors if v.op not in kept_ops]
+    return Reconciled(versions=kept, discarded=discarded, collided=list(collided.values()))
+
+
+def reconcile(a: Iterable[Versioned], b: Iterable[Versioned], resolver: Resolver) -> list[Versioned]:
+    """Combine two replicas' versions of one value (see :func:`reconcile_detail`)."""
+    return reconcile_detail(a, b, resolver).versions
 
 
 RESOLVERS: dict[str, Callable[[], Resolver]] = {

@@ -155,12 +155,63 @@ async def test_eventual_counter_loses_updates_and_says_so(nats_server: NatsServe
         values = await asyncio.wait_for(converged(), 10)
         final = values[0]
         lost = expected - final
-        print(f"eventual: {expected} increments, final {final}, lost {lost} ({lost / expected:.0%})")
+        counted = sum(st.stats.lost_writes for st in replicas)
+        print(f"eventual: {expected} increments, final {final}, lost {lost} ({lost / expected:.0%}), counted {counted}")
         assert 0 < final <= expected
-        assert sum(st.stats.lost_writes for st in replicas) >= (1 if lost else 0)
+        # exact, whatever the interleaving: every version carries an increment of its own, and
+        # a version is only ever overwritten by one that saw it or by the resolver (counted);
+        # so increments are missing exactly when some write was counted lost
+        assert (counted > 0) == (lost > 0), (lost, counted)
+
     finally:
         for st in replicas:
             await st.close()
+
+
+async def test_a_replica_never_loses_its_own_eventual_writes_behind_its_lagging_cache(
+    nats_server: NatsServer,
+) -> None:
+    """The cause of the eventual test's flake, made deterministic: a replica's cache lags
+    behind what the replica itself wrote (here: paused). Its next write used to be based on
+    the cache, got the same vector clock as its own stored write, and ``reconcile`` took the
+    two for one write: an increment vanished and no lost write was counted."""
+    st = await open_state(nats_server.url)
+    try:
+        cache = await st.cache()
+        cache.pause()
+        for i in range(10):
+            await st.eventual.increment("own.ctr")
+            if i % 2:
+                await st.eventual.flush(5)  # stored, but the cache never shows it
+            else:
+                await asyncio.sleep(0)  # the next write races the one being propagated
+        await st.eventual.flush(5)
+        assert (await st.strong.get("own.ctr")).value == 10
+        assert st.stats.lost_writes == 0
+    finally:
+        await st.close()
+
+
+@pytest.mark.parametrize("resolver", ["siblings", "lww"])
+async def test_two_sessions_of_one_replica_write_concurrently(nats_server: NatsServer, resolver: str) -> None:
+    """Two sessions of one replica write the same key at once from the same view: the writes
+    are concurrent (the second one counts under a sub-replica clock entry), so ``siblings``
+    keeps both and ``lww`` keeps one and counts the other lost; neither vanishes silently."""
+    st = await open_state(nats_server.url, resolver=resolver)
+    try:
+        await st.strong.put("two.s", "base")
+        s1, s2 = st.session(), st.session()
+        w1, w2 = await asyncio.gather(s1.put("two.s", "one"), s2.put("two.s", "two"))
+        read = await st.strong.get("two.s")
+        if resolver == "siblings":
+            assert sorted(read.siblings) == ["one", "two"] and st.stats.lost_writes == 0
+        else:
+            assert read.value in ("one", "two") and not read.conflict and st.stats.lost_writes == 1
+        # each session still reads at least what it wrote (monotonic, never behind its write)
+        assert (await s1.get("two.s")).revision >= w1.revision
+        assert (await s2.get("two.s")).revision >= w2.revision
+    finally:
+        await st.close()
 
 
 async def test_eventual_lost_update_is_exact_with_lagging_caches_and_staleness_is_reported(

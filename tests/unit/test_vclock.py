@@ -18,6 +18,7 @@ from jetagents._vclock import (
     VectorClock,
     Versioned,
     reconcile,
+    reconcile_detail,
     resolver_from,
 )
 
@@ -116,3 +117,56 @@ def test_resolver_from() -> None:
     assert resolver_from(lambda vals: vals[-1]).name == "custom"
     with pytest.raises(ValueError):
         resolver_from("nope")
+
+
+versions = st.builds(
+    lambda clock, ts, writer, value, op: Versioned(
+        value=value, clock=clock.counters, ts_ms=ts, writer=writer, op=f"{writer}.{op}"
+    ),
+    clocks,
+    st.integers(0, 3),
+    st.sampled_from(["a", "b", "c"]),
+    st.integers(0, 3),
+    st.integers(0, 3),
+)
+
+
+@pytest.mark.parametrize("resolver", [LastWriterWins(), KeepSiblings()], ids=lambda r: r.name)
+@settings(max_examples=300, deadline=None)
+@given(a=st.lists(versions, max_size=4), b=st.lists(versions, max_size=4))
+def test_no_write_disappears_unreported(resolver: Any, a: list[Versioned], b: list[Versioned]) -> None:
+    """Every input write is kept, or was seen by a kept one (its clock is dominated, with a
+    different clock or the same op), or is reported lost: nothing vanishes silently. This is
+    what makes ``stats.lost_writes`` complete (the flake of the eventual counter test)."""
+    # an op names one write: make them unique, except for a retry (the same version twice)
+    a = [v.model_copy(update={"op": f"x{i}"}) for i, v in enumerate(a)]
+    b = [v.model_copy(update={"op": f"y{i}"}) for i, v in enumerate(b)] + a[:1]
+    out = reconcile_detail(a, b, resolver)
+    kept_ops = {v.op for v in out.versions}
+    lost_ops = {v.op for v in out.lost}
+    for v in a + b:
+        seen = any(k.vclock.compare(v.vclock) is Order.AFTER for k in out.versions)
+        assert v.op in kept_ops or seen or v.op in lost_ops, (v, out)
+    assert not kept_ops & lost_ops
+    if resolver.name == "siblings":
+        assert not out.discarded
+
+
+def test_two_writes_with_one_clock_are_not_taken_for_one() -> None:
+    """A replica that wrote twice from the same (stale) view produced two versions with one
+    clock: only one can be kept, the other is reported, not deduplicated away."""
+    first = Versioned(value=1, clock={"a": 1}, ts_ms=1, writer="a", op="a.1")
+    second = Versioned(value=1, clock={"a": 1}, ts_ms=2, writer="a", op="a.2")
+    out = reconcile_detail([first], [second], LastWriterWins())
+    assert out.versions == [second] and out.collided == [first] and out.lost == [first]
+    # the same write seen twice (a retry) is one write, nothing lost
+    again = reconcile_detail([first], [first], LastWriterWins())
+    assert again.versions == [first] and again.lost == []
+
+
+def test_lww_reports_what_it_discarded_and_merging_resolvers_do_not() -> None:
+    x = Versioned(value=["x"], clock={"a": 1}, ts_ms=5, writer="a", op="a.1")
+    y = Versioned(value=["y"], clock={"b": 1}, ts_ms=7, writer="b", op="b.1")
+    assert reconcile_detail([x], [y], LastWriterWins()).discarded == [x]
+    assert reconcile_detail([x], [y], KeepSiblings()).lost == []
+    assert reconcile_detail([x], [y], CustomResolver(lambda vals: vals[0] + vals[1])).lost == []
