@@ -170,6 +170,9 @@ class Agent(Generic[S]):
     type_name: ClassVar[str] = ""
     state_type: ClassVar[type[BaseModel]]
     spawn_required: ClassVar[bool] = False
+    # resource tags a host must advertise (HostSettings.tags) to run this type; on other
+    # hosts the agents are placed on a capable host, or queued until one appears
+    requires: ClassVar[frozenset[str]] = frozenset()
     __jetagents_spec__: ClassVar[AgentSpec]
 
     __slots__ = ("_draft", "_pending", "_state", "ctx")

@@ -35,7 +35,7 @@ from ._errors import (
     Unavailable,
     error_from_wire,
 )
-from ._ids import AgentId
+from ._ids import AgentId, partition_of
 from ._nats import Topology, connect, ensure_topology, js_publish
 from ._resilience import CircuitBreaker, RetryPolicy
 from ._settings import ClientSettings
@@ -240,6 +240,70 @@ class Client:
         kv = await self.nc.jetstream().key_value(topo.meta_bucket)
         await kv.put(aid.key, orjson.dumps(metadata or {}))
         return AgentRef(self, aid)
+
+    async def spawn_on(
+        self, agent_type: str, agent_id: str, host: str, metadata: dict[str, Any] | None = None
+    ) -> AgentRef:
+        """Spawn an agent with a placement hint: it runs on ``host`` (a cold start there)."""
+        ref = await self.spawn(agent_type, agent_id, metadata)
+        await self.migrate(agent_type, agent_id, host, strategy="cold")
+        return ref
+
+    # -- the cluster -------------------------------------------------------------------------
+    async def locate(self, agent_type: str, agent_id: str) -> str | None:
+        """The host serving an agent now (its placement, else its partition's owner in the
+        ring), read from the cluster bucket; None when nobody does."""
+        from ._cluster import JetStreamStore  # local import: plain clients rarely need it
+
+        store = JetStreamStore(self.nc, Topology(self.subjects).cluster_bucket, timeout_s=5.0)
+        placed = await store.get(f"place.{agent_type}.{agent_id}")
+        if placed is not None and placed.value.get("host"):
+            return str(placed.value["host"])
+        return await self._partition_owner(store, agent_type, agent_id)
+
+    async def _partition_owner(self, store: Any, agent_type: str, agent_id: str) -> str | None:
+        ring = await store.get("ring")
+        if ring is None:
+            return None
+        owners = ring.value.get("owners") or []
+        owner = owners[partition_of(agent_type, agent_id, len(owners))] if owners else ""
+        return str(owner) or None
+
+    async def migrate(
+        self, agent_type: str, agent_id: str, target_host: str, *, strategy: str = "checkpoint", timeout: float = 15.0
+    ) -> dict[str, Any]:
+        """Move one agent to ``target_host``; no command is lost or reordered: the move is
+        queued behind the agent's earlier commands at its partition's owner, which then
+        forwards later ones to the target. ``strategy``: ``checkpoint`` (snapshot to KV,
+        the target loads it), ``state`` (the state is handed over directly) or ``cold`` (the
+        target replays the log)."""
+        from ._cluster import JetStreamStore
+
+        store = JetStreamStore(self.nc, Topology(self.subjects).cluster_bucket, timeout_s=5.0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        body = orjson.dumps({"type": agent_type, "id": agent_id, "target": target_host, "strategy": strategy})
+        attempt = 0
+        while True:
+            owner = await self._partition_owner(store, agent_type, agent_id)
+            try:
+                if owner is None:
+                    raise Unavailable("no host owns the agent's partition yet", details={"applied": False})
+                msg = await self.nc.request(
+                    self.subjects.sys("host", owner, "migrate"), body, timeout=max(0.1, deadline - loop.time())
+                )
+                reply = _decode_reply(msg)
+                return cast(dict[str, Any], reply.result)
+            except NoRespondersError:
+                err: JetAgentsError = Unavailable(f"host {owner} is gone", details={"applied": False})
+            except NatsTimeout:
+                raise AgentTimeout(f"migration of {agent_type}/{agent_id} did not answer in time") from None
+            except JetAgentsError as exc:
+                if not (exc.retryable and _not_applied(exc)):
+                    raise
+                err = exc
+            await self._backoff(attempt, deadline, err, until_deadline=True)
+            attempt += 1
 
     # -- sending ---------------------------------------------------------------------------
     def _breaker(self, agent_type: str) -> CircuitBreaker:

@@ -320,6 +320,11 @@ class Coordinator:
         self.releasing: dict[int, asyncio.Task[None]] = {}
         self.acquiring: dict[int, float] = {}  # partition -> when we started waiting for it
         self.claim_revs: dict[int, int] = {}
+        # agent key -> (host, revision): agents placed on a host other than their
+        # partition's owner (migrations, resource requirements); the revision is the
+        # writer token of the placed host
+        self.placements: dict[str, tuple[str, int]] = {}
+        self.members_cache: dict[str, dict[str, Any]] = {}
         self.is_leader = False
         self.lease_rev = 0
         self.draining = False
@@ -351,6 +356,8 @@ class Coordinator:
             await self._self_fence()
         await self._heartbeat(now)
         await self._verify_claims()
+        await self._read_placements()
+        await self.members()
         await self._lease(now)
         await self._read_ring()
         if self.is_leader:
@@ -392,6 +399,32 @@ class Coordinator:
                 await self.hooks.stop_partition(p, graceful=False)
                 await self.hooks.event("partition.lost", {"partition": p, "host": self.host_id})
 
+    async def _read_placements(self) -> None:
+        entries = await self.store.scan("place.")
+        fresh = {k.removeprefix("place."): (str(e.value.get("host", "")), e.rev) for k, e in entries.items()}
+        # never forget a placement we learnt directly (adopt) and the scan has not seen yet
+        for key, (host, rev) in self.placements.items():
+            if key not in fresh or fresh[key][1] < rev:
+                fresh[key] = (host, rev)
+        self.placements = fresh
+
+    async def place(self, agent_key: str, host: str) -> int:
+        """Record that ``agent_key`` runs on ``host`` (CAS on the previous placement);
+        returns the placement's revision, the placed host's writer token."""
+        key = f"place.{agent_key}"
+        value = {"host": host, "ts_ms": self.clock.wall_ms()}
+        current = await self.store.get(key)
+        rev = (
+            await self.store.create(key, value) if current is None else await self.store.update(key, value, current.rev)
+        )
+        self.placements[agent_key] = (host, rev)
+        return rev
+
+    def learn_placement(self, agent_key: str, host: str, rev: int) -> None:
+        known = self.placements.get(agent_key)
+        if known is None or known[1] < rev:
+            self.placements[agent_key] = (host, rev)
+
     async def _self_fence(self) -> None:
         for p in sorted(self.held):
             self.held.discard(p)
@@ -401,7 +434,8 @@ class Coordinator:
 
     async def members(self) -> dict[str, dict[str, Any]]:
         entries = await self.store.scan("member.")
-        return {k.removeprefix("member."): e.value for k, e in entries.items()}
+        self.members_cache = {k.removeprefix("member."): e.value for k, e in entries.items()}
+        return self.members_cache
 
     # -- leadership -----------------------------------------------------------------------
     async def _lease(self, now: float) -> None:

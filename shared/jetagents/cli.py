@@ -192,6 +192,31 @@ def dlq(
 
 
 @app.command()
+def migrate(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. counter/c1")],
+    target: Annotated[str, typer.Argument(help="id of the host to move it to (see jetagents status)")],
+    strategy: Annotated[str, typer.Option(help="checkpoint | state | cold")] = "checkpoint",
+    timeout: Annotated[float, typer.Option(min=0.1)] = 15.0,
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """Move one agent to another host; its commands follow it, none is lost."""
+    from ._client import Client
+
+    agent_type, _, agent_id = agent.partition("/")
+
+    async def go() -> dict[str, Any]:
+        settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
+        async with await Client.connect(settings=settings) as client:
+            return await client.migrate(agent_type, agent_id, target, strategy=strategy, timeout=timeout)
+
+    try:
+        typer.echo(orjson.dumps({"ok": True, "result": asyncio.run(go())}).decode())
+    except JetAgentsError as err:
+        typer.echo(f"error: {err.code}: {err.message}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def status(
     nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,

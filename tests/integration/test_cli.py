@@ -122,6 +122,14 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
         assert held == [8, 8], st
         table = run_cli("status", env=env)
         assert table.returncode == 0 and "local-1" in table.stdout and "ring epoch" in table.stdout
+        # move one agent to the second host and keep using it
+        r = run_cli("migrate", "counter/up1", "local-2", "--strategy", "state", env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert json.loads(r.stdout)["result"]["to"] == "local-2"
+        r = run_cli("call", "counter/up1", "increment", '{"by": 3}', "--timeout", "10", env=env)
+        assert json.loads(r.stdout) == {"ok": True, "result": 6}
+        bad = run_cli("migrate", "counter/up1", "no-such-host", "--timeout", "3", env=env)
+        assert bad.returncode == 1 and "not a live member" in bad.stderr
         # agents on both hosts answer
         for i in range(8):
             r = run_cli("call", f"counter/many{i}", "increment", "--delivery", "at-most-once", env=env)
