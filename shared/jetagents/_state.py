@@ -70,6 +70,10 @@ class StateOptions(BaseSettings):
     retry_base_s: float = Field(default=0.002, gt=0)
     retry_max_s: float = Field(default=0.25, gt=0)
     probe_interval_s: float = Field(default=0.5, gt=0, description="staleness and partition-heal probes")
+    linearizable_reads: bool = Field(
+        default=False,
+        description="strong reads confirmed by a quorum write (a read barrier); see StrongState.get",
+    )
     max_value_bytes: int = Field(default=1024 * 1024, ge=1024)
 
 
@@ -480,6 +484,45 @@ class SharedState:
         self._remember(kv_key, doc, rev)
         return rev
 
+    async def _barrier(self, kv_key: str, rev: int) -> bool:
+        """Confirm through the bucket's Raft group that ``kv_key`` is still at ``rev``.
+
+        Publishes an empty message to ``$KV.<bucket>._rb`` with
+        ``Nats-Expected-Last-Subject-Sequence: rev`` checked against the subject of
+        ``kv_key`` (``Nats-Expected-Last-Subject-Sequence-Subject``). Only a leader with a quorum
+        can commit it, and the check is made in log order: a PubAck means ``rev`` was the
+        key's latest revision at the barrier's place in the log, after the read began. False:
+        the key moved on (read again). Unavailable: no quorum (a deposed leader cannot ack).
+        """
+        headers = {
+            "Nats-Expected-Last-Subject-Sequence": str(rev),
+            "Nats-Expected-Last-Subject-Sequence-Subject": self._subject(kv_key),
+        }
+        try:
+            async with _net():
+                await js_publish(self.nc, self._subject("_rb"), b"", headers, self.options.op_timeout_s)
+        except JSApiError as exc:
+            if exc.err_code in (10071, 10164):
+                self._healthy()
+                return False
+            raise
+        except Unavailable:
+            self._unhealthy()
+            raise
+        self._healthy()
+        return True
+
+    async def _linearizable_get(self, kv_key: str) -> tuple[Any, int, int]:
+        """A read linearizable across a network split: leader read, then a read barrier.
+        Returns (doc, revision, re-reads needed)."""
+        for attempt in range(self.options.max_attempts):
+            doc, rev = await self._get(kv_key)
+            if await self._barrier(kv_key, rev):
+                return doc, rev, attempt
+            self.stats.conflicts += 1
+            await self.backoff(attempt)
+        raise Unavailable(f"linearizable read of {kv_key} gave up after {self.options.max_attempts} re-reads")
+
     def _remember(self, kv_key: str, doc: Any, rev: int) -> None:
         cur = self._known.get(kv_key)
         if cur is None or rev >= cur[1]:
@@ -660,11 +703,23 @@ class StrongState:
     def __init__(self, owner: SharedState) -> None:
         self._o = owner
 
-    async def get(self, key: str) -> Read:
+    async def get(self, key: str, *, linearizable: bool | None = None) -> Read:
+        """The latest value, from the stream leader.
+
+        A plain leader read can be stale during a network split: a leader cut off from its
+        peers keeps answering until Raft deposes it (seconds), while a new majority may
+        already accept writes. ``linearizable=True`` (default: ``options.linearizable_reads``)
+        closes that window with a read barrier committed through the bucket's Raft group
+        (one replicated write per read, see ``docs/state.md`` for the cost); without a quorum
+        it fails at once like a write."""
         o = self._o
         kv = o.value_key(key)
+        lin = o.options.linearizable_reads if linearizable is None else linearizable
         try:
-            doc, rev = await o._get(kv)
+            if lin:
+                doc, rev, _ = await o._linearizable_get(kv)
+            else:
+                doc, rev = await o._get(kv)
         except Unavailable:
             if o.options.partition is PartitionStrategy.PAUSE:
                 raise o.refuse(f"strong read of {key!r}") from None

@@ -6,6 +6,7 @@ to the survivor. Then the nodes come back and (``continue``) the queued writes r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -164,5 +165,59 @@ async def test_continue_accepts_crdt_writes_and_reconciles_after_healing(partiti
         finally:
             await other.close()
         assert st.stats.reconciled >= 2
+    finally:
+        await st.close()
+
+
+async def _lead_from_node0(st: SharedState, cluster: NatsCluster) -> None:
+    """Move the bucket's stream leader to node 0 (the survivor the client is connected to),
+    so that after the cut the client talks to the deposed-to-be leader itself."""
+    want = cluster.servers[0].name
+    for _ in range(30):
+        info = await st.nc.jetstream().stream_info(st.stream)
+        if info.cluster is not None and info.cluster.leader == want:
+            return
+        with contextlib.suppress(Exception):
+            await st.nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{st.stream}", b"", timeout=2)
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{want} never became the leader of {st.stream}")
+
+
+async def test_linearizable_read_refuses_at_once_where_a_leader_read_is_stale(partitioned: NatsCluster) -> None:
+    """The strong-read gap: node 0 leads the R3 bucket and loses both peers. Until Raft
+    deposes it, it still answers leader reads, so on the other side of a real split (where a
+    new majority could accept writes) such a read may be stale. A linearizable read needs its
+    read barrier committed by a quorum, so it is refused within the op timeout instead."""
+    st = await make_state(partitioned, "pause")
+    try:
+        await st.strong.put("lz.v", 1)
+        read = await st.strong.get("lz.v", linearizable=True)
+        assert read.value == 1 and read.source == "server"
+        await _lead_from_node0(st, partitioned)
+        cut(partitioned)
+        t0 = time.monotonic()
+        plain = await st.strong.get("lz.v")  # the deposed-to-be leader still answers
+        t_plain = time.monotonic() - t0
+        t1 = time.monotonic()
+        with pytest.raises(PartitionError) as err:
+            await st.strong.get("lz.v", linearizable=True)
+        t_lin = time.monotonic() - t1
+        # how long the old leader keeps serving plain reads: the window the barrier closes
+        t2 = time.monotonic()
+        served = 0
+        with contextlib.suppress(PartitionError, TimeoutError):
+            async with asyncio.timeout(2):  # observed: over 20 s on nats-server 2.15
+                while True:
+                    await st.strong.get("lz.v")
+                    served += 1
+                    await asyncio.sleep(0.1)
+        print(
+            f"after the cut: plain leader read served in {t_plain * 1000:.0f} ms (value {plain.value}), "
+            f"linearizable read refused in {t_lin:.2f} s; {served} more plain reads served in the "
+            f"{time.monotonic() - t2:.1f} s after that"
+        )
+        assert plain.value == 1 and plain.source == "server" and not plain.stale, "the gap exists"
+        assert t_lin < st.options.op_timeout_s + 1.0, t_lin
+        assert err.value.details["strategy"] == "pause"
     finally:
         await st.close()

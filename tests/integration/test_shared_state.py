@@ -77,6 +77,45 @@ async def test_strong_counter_and_set_exact_on_r3_cluster(nats_cluster: NatsClus
             await st.close()
 
 
+async def test_linearizable_strong_reads_see_every_acknowledged_write(nats_cluster: NatsCluster) -> None:
+    """Linearizable reads on the R3 bucket (read barrier through the bucket's Raft group):
+    while 4 writers increment, each read returns at least the value of every increment
+    acknowledged before the read began; a barrier against a stale revision is refused."""
+    w = await open_state(nats_cluster.urls[1], replicas=3)
+    r = await open_state(nats_cluster.urls[2], replicas=3, linearizable_reads=True)
+    try:
+        acked = 0
+        done = asyncio.Event()
+
+        async def writer() -> None:
+            nonlocal acked
+            for _ in range(15):
+                res = await w.strong.increment("lin.ctr")
+                acked = max(acked, res.value)
+            done.set()
+
+        async def reader() -> int:
+            n = 0
+            while not done.is_set():
+                floor = acked
+                read = await r.strong.get("lin.ctr")  # options.linearizable_reads
+                assert (read.value or 0) >= floor, (read.value, floor)
+                n += 1
+            return n
+
+        _, _, _, _, reads = await asyncio.gather(writer(), writer(), writer(), writer(), reader())
+        assert reads > 0
+        final = await r.strong.get("lin.ctr", linearizable=True)
+        assert final.value == 60
+        kv = r.value_key("lin.ctr")
+        assert await r._barrier(kv, final.revision) is True
+        assert await r._barrier(kv, final.revision - 1) is False, "the barrier checks the key's revision"
+        assert await r._barrier(r.value_key("lin.absent"), 0) is True
+    finally:
+        await w.close()
+        await r.close()
+
+
 WORKER_OPS = 15
 
 
