@@ -11,6 +11,8 @@ writers really race each other. Median of ``--reps`` repetitions per cell.
 Levels: ``strong`` (CAS increment), ``eventual`` (local write; "ops" are local writes, the
 flush time after the run is reported), ``session`` (synchronous write + read-your-write),
 ``crdt-incr`` (server counter, Nats-Incr), ``crdt-orset`` (state-based OR-set add).
+On request (``--levels strong-read,strong-linread``): plain leader reads and linearizable
+reads (leader read + read barrier) of one key; there "writers" are readers.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from jetagents._nats import connect
 from jetagents._server import NatsCluster, NatsServer
 
 LEVELS = ("strong", "eventual", "session", "crdt-incr", "crdt-orset")
+# read-only levels, on request (--levels): a plain leader read vs a linearizable read (leader
+# read + read barrier through the bucket's Raft group, ADR 0013), "writers" are readers here
+READ_LEVELS = ("strong-read", "strong-linread")
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -47,6 +52,8 @@ async def one_cell(url: str, level: str, writers: int, seconds: float, replicas:
     key = f"bench.{level.replace('-', '_')}.w{writers}.r{rep}.t{time.monotonic_ns()}"
     if level in ("eventual", "session"):
         await asyncio.gather(*(s.cache() for s in states))
+    if level in READ_LEVELS:
+        await states[0].strong.put(key, 1)
     lat: list[float] = []
     ops = 0
     stop_at = time.perf_counter() + seconds
@@ -67,6 +74,8 @@ async def one_cell(url: str, level: str, writers: int, seconds: float, replicas:
                 return await session.get(key)
             if level == "crdt-incr":
                 return await st.crdt.increment(key)
+            if level in READ_LEVELS:
+                return await st.strong.get(key, linearizable=level == "strong-linread")
             return await st.crdt.add(key, f"{i}-{n}")
 
         return run
@@ -105,7 +114,7 @@ async def one_cell(url: str, level: str, writers: int, seconds: float, replicas:
 
 
 async def bench(url: str, writers_list: list[int], levels: list[str], reps: int, seconds: float, replicas: int) -> None:
-    print(f"{'level':<11} {'writers':>7} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'retry/op':>9} {'lost':>6}  note")
+    print(f"{'level':<14} {'writers':>7} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'retry/op':>9} {'lost':>6}  note")
     for level in levels:
         for w in writers_list:
             cells = [await one_cell(url, level, w, seconds, replicas, r) for r in range(reps)]
@@ -115,7 +124,7 @@ async def bench(url: str, writers_list: list[int], levels: list[str], reps: int,
 
             note = f"flush {med('flush_s'):.2f}s" if level == "eventual" else ""
             print(
-                f"{level:<11} {w:>7} {med('ops_s'):>9.0f} {med('p50_ms'):>8.2f} {med('p99_ms'):>8.2f} "
+                f"{level:<14} {w:>7} {med('ops_s'):>9.0f} {med('p50_ms'):>8.2f} {med('p99_ms'):>8.2f} "
                 f"{med('retry_per_op'):>9.2f} {med('lost_writes'):>6.0f}  {note}",
                 flush=True,
             )
@@ -129,7 +138,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0, help="per cell")
     ap.add_argument("--writers", default="1,8,64")
-    ap.add_argument("--levels", default=",".join(LEVELS))
+    ap.add_argument("--levels", default=",".join(LEVELS), help=f"of {LEVELS + READ_LEVELS}")
     args = ap.parse_args()
     writers = [int(x) for x in args.writers.split(",")]
     levels = args.levels.split(",")
