@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from jetagents import SharedState, StateOptions
+from jetagents._errors import Unavailable
 from jetagents._nats import connect
 from jetagents._server import NatsCluster, NatsServer
 
@@ -43,12 +44,26 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p * len(xs)))]
 
 
+async def _start(st: SharedState, timeout_s: float = 90.0) -> None:
+    """Create the bucket, retrying while a fresh cluster elects its leaders (on a loaded
+    machine STREAM.INFO can time out for a while after the meta leader is up)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await st.start()
+            return
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1.0)
+
+
 async def one_cell(url: str, level: str, writers: int, seconds: float, replicas: int, rep: int) -> dict[str, float]:
     states = []
     for _ in range(writers):
         nc = await connect(url, name="bench-state")
         states.append(SharedState(nc, StateOptions(replicas=replicas, op_timeout_s=10.0), owns_connection=True))
-    await states[0].start()
+    await _start(states[0])
     key = f"bench.{level.replace('-', '_')}.w{writers}.r{rep}.t{time.monotonic_ns()}"
     if level in ("eventual", "session"):
         await asyncio.gather(*(s.cache() for s in states))
