@@ -49,6 +49,7 @@ RING_LABEL = (
     "cluster ring: hosts with distinct JETAGENTS_HOST_ID (no index/count), membership by per-key TTL, "
     "leader lease, ring and partition claims in KV `agt_cluster`"
 )
+TROUBLE = ("self_fenced", "partition_start_failed", "handoff_timeout", "claim_lost")
 SHORT_TTL = {"JETAGENTS_MEMBER_TTL_S": "2", "JETAGENTS_LEASE_TTL_S": "2", "JETAGENTS_HEARTBEAT_S": "0.4"}
 
 
@@ -62,6 +63,22 @@ def partition_ids(prefix: str, partitions: int | None = None) -> list[str]:
         found.setdefault(partition_of("counter", aid, partitions), aid)
         i += 1
     return [found[p] for p in range(partitions)]
+
+
+def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
+
+
+async def get_value(client: Client, aid: str, timeout_s: float) -> Any:
+    """The counter's value (at-most-once `get`), asked again while the cluster is busy."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await client.agent("counter", aid).request("get", delivery="at-most-once", timeout=10)
+        except JetAgentsError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 def moved(a: list[str], b: list[str]) -> int:
@@ -80,6 +97,7 @@ class Ring:
         self.name = name
         self.env = env or {}
         self.hosts: dict[str, HostProc] = {}  # live (not killed, not stopped) hosts by id
+        self.every: list[HostProc] = []  # every host ever started (their logs)
         self.seq = 0
         self.store = JetStreamStore(client.nc, "agt_cluster", replicas=3)
 
@@ -89,7 +107,19 @@ class Ring:
         env = {"JETAGENTS_REPLICAS": "3", "JETAGENTS_PARTITIONS": str(PARTITIONS)} | self.env
         h = HostProc(self.url, self.work_dir, host_id, env)
         self.hosts[host_id] = h
+        self.every.append(h)
         return h
+
+    def trouble(self) -> dict[str, int]:
+        """Warning events in every host's log so far (self-fencing, failed partition starts,
+        hand-off timeouts, lost claims): a phase's count is the difference of two calls."""
+        out = dict.fromkeys(TROUBLE, 0)
+        for h in self.every:
+            with contextlib.suppress(OSError):
+                text = h.log_path.read_text(errors="replace")
+                for k in TROUBLE:
+                    out[k] += text.count(f'"{k}"')
+        return out
 
     def kill9(self, host_id: str) -> None:
         self.hosts.pop(host_id).kill9()
@@ -177,6 +207,7 @@ class Ring:
     async def change(self, what: str, action: Any, timeout_s: float = 120.0) -> dict[str, Any]:
         """Run ``action`` (a join or a leave) and measure what the ring did until settled."""
         epoch0, before = await self.owners()
+        tr0 = self.trouble()
         watch: list[list[str]] = [before]
         t0 = time.monotonic()
         res = action()
@@ -198,6 +229,7 @@ class Ring:
             "settle_s": settle_s,
             "partitions_per_host": load,
             "ideal": None,
+            "trouble": delta(self.trouble(), tr0),
         }
         log(
             f"ring: {what}: {out['moved']} of {PARTITIONS} partitions changed owner over {out['epochs']} epoch(s), "
@@ -245,6 +277,7 @@ async def scaling(
         "runs": [],
         "summary": [],
         "ring_changes": [],
+        "trouble": {},
     }
     try:
         agents = [f"sb{i}" for i in range(inflight)]
@@ -258,6 +291,7 @@ async def scaling(
             act = jetagents_sender(client, "exactly-once", agents, timeout_s, "increment")
             await asyncio.gather(*(act(i) for i in range(inflight)))
             log(f"scaling: {count} host(s) ready in {ready_s:.1f}s, {inflight} agents active")
+            tr0 = own.trouble()
             hosts = list(own.hosts.values())
             pids = {f"host{i}": h.pid for i, h in enumerate(hosts)} | {
                 f"nats{i}": s.proc.pid for i, s in enumerate(cluster.servers) if s.proc is not None
@@ -289,6 +323,7 @@ async def scaling(
                         f"p50 {run['p50_ms']:.1f} ms (cores: hosts {run['host_cores']:.2f} "
                         f"nats {run['nats_cores']:.2f} client {run['client_cores']:.2f})"
                     )
+            out["trouble"][str(count)] = delta(own.trouble(), tr0)
         # the last host leaves (drain), then the next one: partitions moved back
         while len(own.hosts) > 1:
             n = len(own.hosts)
@@ -308,6 +343,10 @@ async def scaling(
                         for k in ("cmds_per_s", "p50_ms", "p99_ms", "host_cores", "nats_cores", "client_cores")
                     }
                 )
+    except Exception as exc:  # report what was measured, and why the rest was not
+        out["failed"] = f"{type(exc).__name__}: {exc}"[:2000]
+        out["trouble_total"] = own.trouble()
+        log(f"scaling FAILED: {out['failed'][:300]}")
     finally:
         own.stop_all()
         await client.close()
@@ -400,6 +439,7 @@ async def failover(
     env = dict(env or {})
     client = await cluster_client(cluster, timeout_s)
     own = Ring(client, cluster.url, work_dir, f"fo{label}", env)
+    tag = label.replace("-", "")  # agent ids
     ttl = {
         "member_ttl_s": float(env.get("JETAGENTS_MEMBER_TTL_S", 3.0)),
         "lease_ttl_s": float(env.get("JETAGENTS_LEASE_TTL_S", 3.0)),
@@ -424,12 +464,12 @@ async def failover(
     try:
         for _ in range(hosts):
             own.add()
-        await own.ready(f"fprobe{label}x", timeout_s=180)
+        await own.ready(f"fprobe{tag}x", timeout_s=180)
         for rep in range(reps):
             if len(own.hosts) < hosts:
                 await own.change("replacement joins before the next repetition", own.add, timeout_s=180)
-                await own.ready(f"fprobe{label}r{rep}x", timeout_s=120)
-            ids = partition_ids(f"f{label}r{rep}a")
+                await own.ready(f"fprobe{tag}r{rep}x", timeout_s=120)
+            ids = partition_ids(f"f{tag}r{rep}a")
             # activate every agent first (one acked increment each)
             replies: dict[str, list[tuple[float, float, int]]] = {a: [] for a in ids}  # (sent, answered, value)
             start_seq = await evt_last_seq(client) + 1
@@ -478,6 +518,7 @@ async def failover(
             await asyncio.sleep(warm_s)
             held = sorted(p for p, h in (await own.claims()).items() if h == victim)
             started.clear()
+            tr0 = own.trouble()
             t_kill = perf()
             own.kill9(victim)
             t_killed = perf()
@@ -520,7 +561,7 @@ async def failover(
             problems: list[str] = []
             for a in ids:
                 vals = [r[2] for r in sorted(replies[a], key=lambda r: r[1])]
-                final = await client.agent("counter", a).request("get", delivery="at-most-once", timeout=timeout_s)
+                final = await get_value(client, a, 2 * timeout_s)
                 problems += check_agent(a, vals, final, logs[a])
             s_vals = [served.get(p, float("nan")) for p in held]
             run = {
@@ -544,6 +585,7 @@ async def failover(
                 "first_errors": errors[:3],
                 "consistency_problems": problems[:8],
                 "lost_or_doubled": len(problems),
+                "trouble": delta(own.trouble(), tr0),
             }
             out["runs"].append(run)
             log(
@@ -552,7 +594,7 @@ async def failover(
                 f"claimed {run['claimed_s']:.2f}s, started {run['started_s']:.2f}s, "
                 f"all served again {run['serve_again_s_max']:.2f}s; "
                 f"{len(waited)} commands waited (max {run['waited_latency_s_max']:.2f}s), errors {len(errors)}, "
-                f"problems {len(problems)}"
+                f"problems {len(problems)}; host log warnings {run['trouble'] or 'none'}"
             )
             if problems and evidence_dir is not None:
                 evidence_dir.mkdir(parents=True, exist_ok=True)
@@ -562,26 +604,33 @@ async def failover(
                         option=orjson.OPT_INDENT_2,
                     ).decode()
                 )
-        rs = out["runs"]
-        worst = [r["serve_again_s_max"] for r in rs]
-        out["summary"] = {
-            "reps": len(rs),
-            "serve_again_s": {
-                "median": median(worst),
-                # a repetition that never recovered (nan) makes the worst case nan, not the best
-                "worst": float("nan") if any(v != v for v in worst) or not worst else max(worst),
-                "min_max": min_max(worst),
-            },
-            "member_gone_s_median": median([r["member_gone_s"] for r in rs]),
-            "ring_s_median": median([r["ring_s"] for r in rs]),
-            "claimed_s_median": median([r["claimed_s"] for r in rs]),
-            "started_s_median": median([r["started_s"] for r in rs]),
-            "commands_waited_median": median([r["commands_waited"] for r in rs]),
-            "waited_latency_s_max": max((r["waited_latency_s_max"] for r in rs), default=0.0),
-            "errors": sum(r["errors"] for r in rs),
-            "lost_or_doubled": sum(r["lost_or_doubled"] for r in rs),
-        }
+    except Exception as exc:  # report the repetitions measured, and why the rest were not
+        out["failed"] = f"{type(exc).__name__}: {exc}"[:2000]
+        out["trouble_total"] = own.trouble()
+        log(f"failover [{label}] FAILED: {out['failed'][:300]}")
     finally:
         own.stop_all()
         await client.close()
+    rs = out["runs"]
+    worst = [r["serve_again_s_max"] for r in rs]
+    out["summary"] = {
+        "reps": len(rs),
+        "serve_again_s": {
+            "median": median(worst),
+            # a repetition that never recovered (nan) makes the worst case nan, not the best
+            "worst": float("nan") if any(v != v for v in worst) or not worst else max(worst),
+            "min_max": min_max(worst),
+        },
+        "member_gone_s_median": median([r["member_gone_s"] for r in rs]),
+        "ring_s_median": median([r["ring_s"] for r in rs]),
+        "claimed_s_median": median([r["claimed_s"] for r in rs]),
+        "started_s_median": median([r["started_s"] for r in rs]),
+        "commands_waited_median": median([r["commands_waited"] for r in rs]),
+        "waited_latency_s_max": max((r["waited_latency_s_max"] for r in rs), default=0.0),
+        "errors": sum(r["errors"] for r in rs),
+        "lost_or_doubled": sum(r["lost_or_doubled"] for r in rs),
+    }
+    if out.get("failed"):  # a repetition that never happened is not a good one
+        out["summary"]["serve_again_s"]["worst"] = float("nan")
+        out["summary"]["failed"] = out["failed"]
     return out

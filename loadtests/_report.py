@@ -120,11 +120,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def trouble(t: dict[str, int] | None) -> str:
+    return ", ".join(f"{k} {n}" for k, n in (t or {}).items()) or "none"
+
+
 def ttl_label(v: dict[str, Any]) -> str:
     st = v.get("settings") or {}
-    default = " (default)" if v.get("label") == "default" else ""
+    default = " (default)" if str(v.get("label", "")).startswith("default") else ""
     return (
-        f"member TTL {st.get('member_ttl_s', 3.0):g} s{default}, lease TTL {st.get('lease_ttl_s', 3.0):g} s, "
+        f"{v.get('partitions', 64)} partitions, member TTL {st.get('member_ttl_s', 3.0):g} s{default}, lease TTL {st.get('lease_ttl_s', 3.0):g} s, "
         f"heartbeat {st.get('heartbeat_s', 0.5):g} s"
     )
 
@@ -140,6 +144,10 @@ def smoke_problems(results: dict[str, Any]) -> list[str]:
         for r in (results.get(key) or {}).get("runs", []):
             if r.get("errors") or r.get("error") or r.get("lost_or_doubled"):
                 problems.append(f"{key}: {r}")
+    for key in ("scaling", "failover"):
+        for v in (results.get(key) or {}).get("variants", []):
+            if v.get("failed"):
+                problems.append(f"{key}: {v['failed'][:500]}")
     # failover: retried errors are part of a failover; lost, doubled or never served again are not
     for r in (results.get("failover") or {}).get("runs", []):
         if r.get("lost_or_doubled") or r["serve_again_s_max"] != r["serve_again_s_max"]:
@@ -474,12 +482,14 @@ def markdown(results: dict[str, Any], pngs: list[Path]) -> str:
             "an agent with no events has no snapshot, so that cell exists only without one."
         )
         add("")
-    sc = results.get("scaling")
-    if sc:
-        add("## 5. Scaling over hosts (3-node cluster, R3)")
+    for sc in (results.get("scaling") or {}).get("variants", []):
+        add(f"## 5. Scaling over hosts (3-node cluster, R3, {sc.get('partitions', 64)} partitions)")
         add("")
         add(f"{sc['what']}. **Ownership: {sc['ownership']}.**")
         add("")
+        if sc.get("failed"):
+            add(f"**This workload failed:** `{sc['failed'][:600]}`; the figures are what was measured before.")
+            add("")
         add("| hosts | mode | cmds/s | p50 / p99 ms | CPU cores: hosts / nats-servers / client |")
         add("|---|---|---|---|---|")
         for s in sc["summary"]:
@@ -498,14 +508,26 @@ def markdown(results: dict[str, Any], pngs: list[Path]) -> str:
                 "*settled* = until every live host holds exactly what the ring assigns it."
             )
             add("")
-            add("| change | moved | through epochs | epochs | ideal | settled s | partitions per host after |")
-            add("|---|---|---|---|---|---|---|")
+            add(
+                "| change | moved | through epochs | epochs | ideal | settled s | partitions per host after | "
+                "host log warnings meanwhile |"
+            )
+            add("|---|---|---|---|---|---|---|---|")
             for c in sc["ring_changes"]:
                 per = ", ".join(str(n) for n in c["partitions_per_host"].values())
                 add(
                     f"| {c['change']} | {c['moved']} | {c['moves_through_epochs']} | {c['epochs']} | "
-                    f"{c['ideal'] if c['ideal'] is not None else '-'} | {f(c['settle_s'], 1)} | {per} |"
+                    f"{c['ideal'] if c['ideal'] is not None else '-'} | {f(c['settle_s'], 1)} | {per} | "
+                    f"{trouble(c.get('trouble'))} |"
                 )
+            add("")
+        if sc.get("trouble"):
+            add(
+                "Host log warnings while measuring, per host count: "
+                + "; ".join(f"{k} host(s): {trouble(v)}" for k, v in sc["trouble"].items())
+                + ". (*self_fenced*: a host whose heartbeat was silent for a member TTL stops all its "
+                "partitions; *partition_start_failed*: a consumer delete/create timed out.)"
+            )
             add("")
         add(
             "What it shows on this machine: three nats-servers, the hosts and the load generator share "
@@ -538,16 +560,22 @@ def markdown(results: dict[str, Any], pngs: list[Path]) -> str:
             add("")
             add(
                 "| rep | killed host | partitions held | member gone | ring | claimed | started | all served again (median) | "
-                "waited: n, median / max s | commands | errors (retried) | lost or applied twice |"
+                "waited: n, median / max s | commands | errors (retried) | lost or applied twice | host log warnings |"
             )
-            add("|---|---|---|---|---|---|---|---|---|---|---|---|")
+            add("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
             for r in v["runs"]:
                 add(
                     f"| {r['rep']} | {r['victim']}{' (leader)' if r['victim_was_leader'] else ''} | "
                     f"{r['partitions_held']} | {f(r['member_gone_s'], 2)} | {f(r['ring_s'], 2)} | "
                     f"{f(r['claimed_s'], 2)} | {f(r.get('started_s'), 2)} | **{f(r['serve_again_s_max'], 2)}** ({f(r['serve_again_s_median'], 2)}) | "
                     f"{r['commands_waited']}, {f(r['waited_latency_s_median'], 2)} / {f(r['waited_latency_s_max'], 2)} | "
-                    f"{r['commands_answered']:,} | {r['errors']} | {r['lost_or_doubled']} |"
+                    f"{r['commands_answered']:,} | {r['errors']} | {r['lost_or_doubled']} | {trouble(r.get('trouble'))} |"
+                )
+            if v.get("failed"):
+                add("")
+                add(
+                    f"**Failed after {len(v['runs'])} repetition(s):** `{v['failed'][:600]}`. Host log warnings "
+                    f"over the whole variant: {trouble(v.get('trouble_total'))}."
                 )
             s = v.get("summary") or {}
             if s:

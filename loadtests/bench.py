@@ -64,7 +64,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "many_sizes": [200],
         "many_idle_s": 0.3,
         "cold_sizes": [0, 10, 120],
-        "cluster_partitions": 8,
+        "cluster_partitions": [8],
         "scale_hosts": [1, 2],
         "scale_inflight": 16,
         "scale_duration": 0.3,
@@ -86,7 +86,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "many_sizes": [10_000],
         "many_idle_s": 1.0,
         "cold_sizes": [0, 100, 10_000],
-        "cluster_partitions": 64,
+        "cluster_partitions": [64],
         "scale_hosts": [1, 2, 3],
         "scale_inflight": 256,
         "scale_duration": 0.6,
@@ -108,7 +108,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "many_sizes": [10_000, 100_000],
         "many_idle_s": 3.0,
         "cold_sizes": [0, 100, 10_000],
-        "cluster_partitions": 64,
+        "cluster_partitions": [64],
         "scale_hosts": [1, 2, 3],
         "scale_inflight": 256,
         "scale_duration": 3.0,
@@ -133,6 +133,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=None, help="repetitions (default 3; smoke 1)")
     p.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     p.add_argument("--timeout", type=float, default=60.0, help="per-command timeout, s")
+    p.add_argument(
+        "--cluster-partitions",
+        type=int,
+        nargs="+",
+        default=None,
+        help="partition counts for workloads 5 and 6, a fresh cluster each (default 64; smoke 8)",
+    )
+    p.add_argument("--failover-reps", type=int, default=None, help="failover repetitions (quick 3, full 5)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (server data, host logs)")
     p.add_argument(
         "--evidence",
@@ -145,6 +153,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.profile = dict(PROFILES[a.mode])
     if a.reps:
         a.profile["reps"] = a.reps
+    if a.cluster_partitions:
+        a.profile["cluster_partitions"] = a.cluster_partitions
+    if a.failover_reps:
+        a.profile["failover_reps"] = a.failover_reps
     a.run = [w for w in a.only if w not in a.skip]
     a.out = a.out or HERE / "results" / a.mode
     return a
@@ -292,44 +304,57 @@ async def single_host(args: argparse.Namespace, work_dir: Path, results: dict[st
 
 # -- workloads 5 and 6 ------------------------------------------------------------------------
 async def on_cluster(args: argparse.Namespace, work_dir: Path, results: dict[str, Any]) -> None:
+    """Workloads 5 and 6 once per partition count, each on a fresh 3-node cluster (the
+    partition count is fixed when the streams are created)."""
     pr = args.profile
-    _cluster.PARTITIONS = pr["cluster_partitions"]
-    log(f"cluster: starting 3 nats-servers on loopback; {_cluster.PARTITIONS} partitions")
-    cluster = _cluster.start_cluster(work_dir)
-    try:
-        if "scaling" in args.run:
-            results["scaling"] = await _cluster.scaling(
-                cluster,
-                work_dir,
-                pr["scale_hosts"],
-                ["at-most-once", "exactly-once"],
-                pr["scale_inflight"],
-                pr["reps"],
-                pr["scale_warmup"],
-                pr["scale_duration"],
-                args.timeout,
-            )
-        if "failover" in args.run:
-            variants = []
-            for ttl in pr["failover_ttls"]:
-                env = _cluster.SHORT_TTL if ttl == "short" else {}
-                variants.append(
-                    await _cluster.failover(
+    scaling: list[dict[str, Any]] = []
+    failover: list[dict[str, Any]] = []
+    for parts in pr["cluster_partitions"]:
+        _cluster.PARTITIONS = parts
+        log(f"cluster: starting 3 nats-servers on loopback; {parts} partitions")
+        cluster = _cluster.start_cluster(work_dir / f"p{parts}")
+        try:
+            if "scaling" in args.run:
+                scaling.append(
+                    await _cluster.scaling(
                         cluster,
                         work_dir,
-                        hosts=pr["failover_hosts"],
-                        reps=pr["failover_reps"],
-                        warm_s=pr["failover_warm_s"],
-                        after_s=pr["failover_after_s"],
-                        timeout_s=args.timeout,
-                        env=env,
-                        label=ttl,
-                        evidence_dir=args.evidence,
+                        pr["scale_hosts"],
+                        ["at-most-once", "exactly-once"],
+                        pr["scale_inflight"],
+                        pr["reps"],
+                        pr["scale_warmup"],
+                        pr["scale_duration"],
+                        args.timeout,
                     )
                 )
-            results["failover"] = {"variants": variants, "runs": [r for v in variants for r in v["runs"]]}
-    finally:
-        cluster.stop()
+            if "failover" in args.run:
+                for ttl in pr["failover_ttls"]:
+                    env = _cluster.SHORT_TTL if ttl == "short" else {}
+                    failover.append(
+                        await _cluster.failover(
+                            cluster,
+                            work_dir,
+                            hosts=pr["failover_hosts"],
+                            reps=pr["failover_reps"],
+                            warm_s=pr["failover_warm_s"],
+                            after_s=pr["failover_after_s"],
+                            timeout_s=args.timeout,
+                            env=env,
+                            label=f"{ttl}-p{parts}",
+                            evidence_dir=args.evidence,
+                        )
+                    )
+        finally:
+            cluster.stop()
+    if scaling:
+        results["scaling"] = {
+            "variants": scaling,
+            "summary": scaling[0]["summary"],
+            "runs": [r for v in scaling for r in v["runs"]],
+        }
+    if failover:
+        results["failover"] = {"variants": failover, "runs": [r for v in failover for r in v["runs"]]}
 
 
 # -- entry point ------------------------------------------------------------------------------
