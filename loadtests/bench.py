@@ -63,7 +63,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "ray_create_reps": 1,
         "many_sizes": [200],
         "many_idle_s": 0.3,
-        "cold_sizes": [0, 10, 120],
+        "cold_sizes": [0, 120],
         "cluster_partitions": [8],
         "scale_hosts": [1, 2],
         "scale_inflight": 16,

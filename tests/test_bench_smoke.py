@@ -28,7 +28,9 @@ def test_bench_delivery_smoke() -> None:
 @pytest.mark.timeout(480)
 def test_bench_all_workloads_smoke(tmp_path: Path) -> None:
     """Every workload of ``loadtests/bench.py`` (Ray too when it is installed) in its tiny
-    mode, and the report is written; exit 2 would mean failed commands or lost increments."""
+    mode, and the report is written; exit 2 would mean failed commands, lost or doubled
+    increments, or a cluster that never served the killed host's partitions again. The
+    cluster workloads run on 8 partitions here (a ring change resets few consumers)."""
     out = tmp_path / "report"
     r = subprocess.run(
         [sys.executable, "loadtests/bench.py", "--smoke", "--out", str(out)],
@@ -42,3 +44,9 @@ def test_bench_all_workloads_smoke(tmp_path: Path) -> None:
     for key in ("delivery", "host_cpu", "ray", "many", "cold", "scaling", "failover", "targets"):
         assert key in report, key
     assert (out / "report.md").read_text().startswith("# jetagents benchmark report")
+    # the ring: hosts joined and left, and the survivors took the killed host's partitions
+    changes = report["scaling"]["variants"][0]["ring_changes"]
+    assert [c["hosts_after"] for c in changes] == [1, 2, 1], changes
+    (run,) = report["failover"]["runs"]
+    assert run["partitions_served"] == run["partitions_held"] > 0, run
+    assert run["lost_or_doubled"] == 0, run
