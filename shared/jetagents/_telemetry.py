@@ -308,10 +308,11 @@ class ClientTelemetry(Telemetry):
 # -- log context ---------------------------------------------------------------------------
 # The command a task is processing: (host id, agent, correlation id, traceparent). Set by
 # the host around each command, read by the log processor below (also in agent code).
-_command: ContextVar[tuple[str, str, str, str | None] | None] = ContextVar("jetagents_command", default=None)
+# The agent is kept as given (an AgentId) and turned into text only when a line is logged.
+_command: ContextVar[tuple[str, object, str, str | None] | None] = ContextVar("jetagents_command", default=None)
 
 
-def enter_command(host_id: str, agent: str, correlation_id: str, traceparent: str | None) -> Token[Any]:
+def enter_command(host_id: str, agent: object, correlation_id: str, traceparent: str | None) -> Token[Any]:
     return _command.set((host_id, agent, correlation_id, traceparent))
 
 
@@ -327,7 +328,8 @@ def add_trace_context(_logger: Any, _method: str, event: MutableMapping[str, Any
     if cmd is not None:
         host_id, agent, corr, tp = cmd
         event.setdefault("host", host_id)
-        event.setdefault("agent", agent)
+        if "agent" not in event:
+            event["agent"] = str(agent)
         if corr:
             event.setdefault("correlation_id", corr)
     else:

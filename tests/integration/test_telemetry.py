@@ -20,7 +20,19 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel
 
-from jetagents import Agent, Client, ClientSettings, Event, Host, InvalidParams, NatsServer, Registry, action, applies
+from jetagents import (
+    Agent,
+    Client,
+    ClientSettings,
+    Event,
+    Host,
+    InvalidParams,
+    NatsServer,
+    Registry,
+    UnknownAgentType,
+    action,
+    applies,
+)
 from jetagents import partition_of as partition_fn
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import host_settings
@@ -270,6 +282,8 @@ async def test_host_and_client_metrics(nats_server: NatsServer, otel: Otel) -> N
             assert await counter.request("get", delivery="at-most-once") == 2
             with pytest.raises(InvalidParams):
                 await counter.request("increment", {"by": "many"})
+            with pytest.raises(UnknownAgentType):
+                await client.agent("ghost", "g1").request("boo")
             # the stalled host: its ack comes after ack_wait, the copy is answered from the record
             assert await client.agent("napper", "n1").request("nap", {"seconds": 1.6}, timeout=10) == 1
 
@@ -292,19 +306,23 @@ async def test_host_and_client_metrics(nats_server: NatsServer, otel: Otel) -> N
             assert value(pts, "jetagents.host.redeliveries", **{t: "napper"}) == 1
             assert value(pts, "jetagents.host.duplicates", jetagents__dedup__source="record") == 2
             assert value(pts, "jetagents.host.dead_letters", error__type="invalid_params") == 1
+            # a type name no agent class declares is the sender's text: not an attribute value
+            assert value(pts, "jetagents.host.dead_letters", **{t: "_unknown"}, error__type="unknown_agent_type") == 1
             assert value(pts, "jetagents.host.command.duration") == value(pts, cmds) == 7
             assert value(pts, "jetagents.host.activations") == 2
             assert value(pts, "jetagents.host.activation.duration") == 2
             assert value(pts, "jetagents.host.handoffs", jetagents__handoff="started") == 8
             assert value(pts, "jetagents.host.partitions.owned") == 8
             rtt = "jetagents.client.request.duration"
-            assert value(pts, rtt) == 6  # the redelivered copy is the host's, not a request
+            assert value(pts, rtt) == 7  # the redelivered copy is the host's, not a request
             assert value(pts, rtt, jetagents__outcome="error", error__type="invalid_params") == 1
             assert value(pts, rtt, jetagents__delivery="at-most-once") == 1
             # cardinality: no agent id or command id in any metric attribute
             for name, series in pts.items():
                 for attrs, _ in series:
-                    assert not {"m1", "n1", "cmd-a"} & {str(v) for v in attrs.values()}, (name, attrs)
+                    assert not {"m1", "n1", "g1", "cmd-a"} & {str(v) for v in attrs.values()}, (name, attrs)
+                    if name.startswith("jetagents.host."):
+                        assert "ghost" not in attrs.values(), (name, attrs)
 
             # the coordinator's hook for a handoff: release the partition of m1
             await host.stop_partition(partition_fn("counter", "m1", 8), graceful=True)
