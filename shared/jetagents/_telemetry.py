@@ -192,6 +192,9 @@ def finish_process_span(span: Span, action: str, outcome: str, error: str, out_h
         span.set_status(Status(StatusCode.ERROR, error or outcome))
 
 
+_live_hosts: dict[str, weakref.ref[Any]] = {}  # host id -> the newest Host of that id
+
+
 class HostTelemetry(Telemetry):
     """Spans and instruments of one host (names in docs/architecture.md, Observability)."""
 
@@ -236,10 +239,13 @@ class HostTelemetry(Telemetry):
         self.dead_letters = m.create_counter(
             "jetagents.host.dead_letters", "{command}", "commands stored on the dead-letter subject"
         )
-        ref = weakref.ref(host)
+        # The SDK keeps the first instrument of a name per meter: a later Host with the same
+        # id (the service retries a start while NATS is down) must be seen by that one.
+        _live_hosts[host_id] = weakref.ref(host)
 
         def owned(_: CallbackOptions) -> Iterable[Observation]:
-            h = ref()
+            ref = _live_hosts.get(host_id)
+            h = ref() if ref is not None else None
             if h is not None and h._started and not h._stopping:
                 yield Observation(len(h.owned))
 

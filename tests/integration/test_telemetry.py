@@ -340,7 +340,10 @@ async def test_host_and_client_metrics(nats_server: NatsServer, otel: Otel) -> N
         assert len(dead) == 1
         assert dead[0].status.status_code is StatusCode.ERROR
         assert (dead[0].attributes or {})["error.type"] == "invalid_params"
-        # a stopped host reports no partitions
+        # a stopped host reports no partitions; a new host of the same id (the service
+        # retries a failed start that way) is the one the gauge reports
         assert value(points(otel.reader), "jetagents.host.partitions.owned") == 0
+        async with Host(settings, Registry(EXAMPLE_AGENTS), **otel.kw()):
+            assert value(points(otel.reader), "jetagents.host.partitions.owned") == 8
     finally:
         await client.close()
