@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +133,17 @@ H_FWD_PARTITION = "Agt-Fwd-Partition"
 STRATEGIES = ("checkpoint", "state", "cold")
 PRIORITY_GROUP = "jetagents"
 _NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process in MiB (Linux; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 @dataclass(slots=True, eq=False)
@@ -514,10 +526,14 @@ class Host:
         return max(claim, rev) if host == self.settings.host_id else 0
 
     def load(self) -> dict[str, Any]:
+        """What this host advertises in its heartbeat."""
+        t = os.times()
         return {
             "active_agents": len(self.activations),
             "inflight": self._inflight_count,
             "processed": self.stats["processed"],
+            "cpu_s": round(t.user + t.system, 2),  # CPU time used so far (rate = load)
+            "rss_mb": _rss_mb(),
         }
 
     async def event(self, kind: str, data: dict[str, Any]) -> None:
