@@ -129,6 +129,7 @@ class StateStats:
     partition_refusals: int = 0
     queued: int = 0
     reconciled: int = 0
+    read_barriers: int = 0  # barriers published by linearizable reads (shared by concurrent ones)
 
 
 class _Conflict(Exception):
@@ -313,6 +314,9 @@ class SharedState:
         self._cache_start: asyncio.Task[_Cache] | None = None
         self._known: dict[str, tuple[Any, int]] = {}  # last doc seen per kv key
         self._writing: dict[str, dict[str, Versioned]] = {}  # kv key -> op -> version being written
+        self._lin_locks: dict[str, asyncio.Lock] = {}  # linearizable-read rounds per kv key
+        self._lin_started: dict[str, int] = {}
+        self._lin_done: dict[str, tuple[int, Any, int]] = {}  # kv key -> (round, doc, revision)
         self._nuid = NUID()
         self._ops = itertools.count(1)
         self._healer: asyncio.Task[None] | None = None
@@ -514,13 +518,28 @@ class SharedState:
 
     async def _linearizable_get(self, kv_key: str) -> tuple[Any, int, int]:
         """A read linearizable across a network split: leader read, then a read barrier.
-        Returns (doc, revision, re-reads needed)."""
-        for attempt in range(self.options.max_attempts):
-            doc, rev = await self._get(kv_key)
-            if await self._barrier(kv_key, rev):
-                return doc, rev, attempt
-            self.stats.conflicts += 1
-            await self.backoff(attempt)
+        Returns (doc, revision, re-reads needed).
+
+        Concurrent barriers on one key refuse each other on a clustered leader (10164 while
+        another is in flight), so concurrent linearizable reads of a key in this process share
+        rounds: a caller may take the result of any round that *started* after it began (then
+        the round's read and barrier both happened inside the caller's call); otherwise it runs
+        the next round, which everyone queued behind it shares."""
+        ticket = self._lin_started.get(kv_key, 0)  # rounds started before this call
+        lock = self._lin_locks.setdefault(kv_key, asyncio.Lock())
+        async with lock:
+            done = self._lin_done.get(kv_key)
+            if done is not None and done[0] > ticket:
+                return done[1], done[2], 0
+            round_no = self._lin_started[kv_key] = self._lin_started.get(kv_key, 0) + 1
+            for attempt in range(self.options.max_attempts):
+                doc, rev = await self._get(kv_key)
+                self.stats.read_barriers += 1
+                if await self._barrier(kv_key, rev):
+                    self._lin_done[kv_key] = (round_no, doc, rev)
+                    return doc, rev, attempt
+                self.stats.conflicts += 1
+                await self.backoff(attempt)
         raise Unavailable(f"linearizable read of {kv_key} gave up after {self.options.max_attempts} re-reads")
 
     def _remember(self, kv_key: str, doc: Any, rev: int) -> None:

@@ -29,6 +29,8 @@ from jetagents import (
     action,
     state_layers,
 )
+from jetagents._clock import ManualClock
+from jetagents._crdt import LWWMap, ORMap, decode_crdt
 from jetagents._nats import connect
 from jetagents._server import NatsCluster
 from tests.conftest import REPO, host_settings
@@ -39,8 +41,9 @@ FAST = {"op_timeout_s": 3.0, "probe_interval_s": 0.1}
 
 async def open_state(url: str, **opts: Any) -> SharedState:
     resolver = opts.pop("resolver", None)
+    clock = opts.pop("clock", None)
     nc = await connect(url, name="state-test")
-    st = SharedState(nc, StateOptions(**{**FAST, **opts}), owns_connection=True, resolver=resolver)
+    st = SharedState(nc, StateOptions(**{**FAST, **opts}), owns_connection=True, resolver=resolver, clock=clock)
     await st.start()
     return st
 
@@ -111,6 +114,12 @@ async def test_linearizable_strong_reads_see_every_acknowledged_write(nats_clust
         assert await r._barrier(kv, final.revision) is True
         assert await r._barrier(kv, final.revision - 1) is False, "the barrier checks the key's revision"
         assert await r._barrier(r.value_key("lin.absent"), 0) is True
+        # 32 concurrent linearizable reads in one process share barrier rounds (concurrent
+        # barriers on one key refuse each other on a clustered leader)
+        before = r.stats.read_barriers
+        reads = await asyncio.gather(*(r.strong.get("lin.ctr") for _ in range(32)))
+        assert {x.value for x in reads} == {60}
+        assert 1 <= r.stats.read_barriers - before <= 3, r.stats.read_barriers - before
     finally:
         await w.close()
         await r.close()
@@ -311,6 +320,97 @@ async def test_vector_clock_siblings_and_custom_resolution(nats_server: NatsServ
             await st.close()
 
 
+async def test_lww_resolver_keeps_the_later_timestamp_not_the_later_store(nats_server: NatsServer) -> None:
+    """lww on stored values: the write with the later timestamp wins even when it reached the
+    server first; the other is counted lost. A replica's next write after seeing it is never
+    behind it, whatever its own clock says (ts = max(now, seen + 1))."""
+    a = await open_state(nats_server.url, clock=ManualClock(wall_ms=2_000_000))
+    b = await open_state(nats_server.url, clock=ManualClock(wall_ms=1_000_000))  # b's clock is behind
+    try:
+        for st in (a, b):
+            (await st.cache()).pause()
+        await a.eventual.put("lww.v", "a-later")
+        await a.eventual.flush(5)
+        await b.eventual.put("lww.v", "b-stored-last")  # concurrent: b has not seen a's write
+        await b.eventual.flush(5)
+        read = await a.strong.get("lww.v")
+        assert read.value == "a-later" and not read.conflict
+        assert (a.stats.lost_writes, b.stats.lost_writes) == (0, 1)
+        await b.strong.update("lww.v", lambda _v: "b-after-seeing")  # read first: based on a's version
+        stored = (await a.strong.get("lww.v")).value
+        assert stored == "b-after-seeing"
+        doc = await b._get(b.value_key("lww.v"))
+        assert doc[0]["versions"][0]["ts_ms"] == 2_000_001, "never behind what it has seen"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_semantic_resolver_merges_concurrent_crdt_values(nats_server: NatsServer) -> None:
+    """semantic on stored values: two replicas write concurrent OR-set documents as plain
+    eventual values; the stored value is their merge, nothing is lost."""
+    a = await open_state(nats_server.url, resolver="semantic")
+    b = await open_state(nats_server.url, resolver="semantic")
+    try:
+        await a.strong.put("sem.tags", ORSet().add("base", "seed").to_json())
+        for st in (a, b):
+            cache = await st.cache()
+            assert await cache.wait_revision(st.value_key("sem.tags"), 1, 5)
+            cache.pause()
+
+        def add(tag: str, replica: str) -> Any:
+            return lambda doc: decode_crdt(doc).add(tag, replica).to_json()  # type: ignore[attr-defined]
+
+        await a.eventual.update("sem.tags", add("from-a", "ra"))
+        await b.eventual.update("sem.tags", add("from-b", "rb"))
+        await a.eventual.flush(5)
+        await b.eventual.flush(5)
+        read = await b.strong.get("sem.tags")
+        assert not read.conflict
+        assert sorted(decode_crdt(read.value).value()) == ["base", "from-a", "from-b"]
+        assert a.stats.lost_writes + b.stats.lost_writes == 0
+        assert a.stats.conflicts + b.stats.conflicts >= 1, "the second write met the first: the resolver ran"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_or_map_and_lww_map_through_nats(nats_server: NatsServer) -> None:
+    """OR-Map: fields put by different replicas all survive; a remove concurrent with a put of
+    the same field loses (add wins). LWW-Map: a remove with an older timestamp loses to a put,
+    a remove made after seeing the put wins."""
+    a = await open_state(nats_server.url, clock=ManualClock(wall_ms=5_000_000))
+    b = await open_state(nats_server.url, clock=ManualClock(wall_ms=1_000_000))
+    try:
+        # OR-Map
+        await asyncio.gather(a.crdt.map_put("om", "x", 1), b.crdt.map_put("om", "y", 2))
+        assert await a.crdt.value("om", ORMap) == {"x": 1, "y": 2}
+        assert await b.crdt.value("om", ORMap) == {"x": 1, "y": 2}  # b has now seen x's dot
+        await a.crdt.map_put("om", "x", 3)  # a new dot b has not seen
+        await b.crdt.map_remove("om", "x")  # removes only the dots b saw: concurrent, add wins
+        assert await b.crdt.value("om", ORMap) == {"x": 3, "y": 2}
+        await b.crdt.map_remove("om", "x")  # now b has seen every dot of x
+        assert await a.crdt.value("om", ORMap) == {"y": 2}
+        # LWW-Map
+        await a.crdt.map_put("lm", "x", "a", lww=True)  # ts 5_000_000
+        await b.crdt.map_put("lm", "z", "b", lww=True)
+        await b.crdt.map_remove("lm", "y", lww=True)  # a field nobody put: a tombstone only
+        assert await a.crdt.value("lm", LWWMap) == {"x": "a", "z": "b"}
+        b2 = await open_state(nats_server.url, clock=ManualClock(wall_ms=1_000_000))
+        try:
+            await b2.crdt.map_remove("lm", "x", lww=True)  # ts 1_000_000, older than a's put
+            assert (await a.crdt.value("lm", LWWMap))["x"] == "a", "an older remove loses"
+        finally:
+            await b2.close()
+        await b.crdt.map_remove("lm", "x", lww=True)  # b's copy has seen the put: ts 5_000_001
+        assert await a.crdt.value("lm", LWWMap) == {"z": "b"}
+        stored = decode_crdt((await a._get(a.crdt_key("lm")))[0])
+        assert isinstance(stored, LWWMap) and stored.fields["x"].deleted and stored.fields["x"].ts_ms == 5_000_001
+    finally:
+        await a.close()
+        await b.close()
+
+
 # -- session -----------------------------------------------------------------------------------
 
 
@@ -392,6 +492,46 @@ async def test_agent_declares_its_layers_and_uses_shared_state(nats_server: Nats
         assert r2 == {"left": 8, "recent": ["ann", "bob"], "price": 5}
         assert (await client.shared().strong.get("stock.s1")).value == 8
         assert sorted(await client.shared().crdt.value("visitors", ORSet)) == ["ann", "bob"]
+    finally:
+        await client.close()
+        await host.stop()
+
+
+class Quote(Agent[ShopState]):
+    type_name = "quote"
+    state_type = ShopState
+    price = Cached("price.{id}", ttl_s=30.0)
+
+    @action
+    async def quote(self) -> dict[str, Any]:
+        read = await self.price.get()
+        return {"value": read.value, "source": read.source, "staleness_s": read.staleness_s, "stale": read.stale}
+
+
+async def test_cached_layer_serves_a_stale_copy_within_its_ttl_then_refreshes(nats_server: NatsServer) -> None:
+    """Cached, through a real host: inside the TTL the activation's copy is served, even though
+    the shared value changed (with its age); past the TTL it is read again. The host's clock
+    is manual, so "inside" and "past" do not depend on how busy the machine is."""
+    clock = ManualClock()
+    host = Host(host_settings(nats_server.url), Registry([Quote]), clock=clock)
+    await host.start()
+    from jetagents import Client, ClientSettings
+
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
+    try:
+        shared = client.shared()
+        await shared.strong.put("price.q1", 5)
+        ref = client.agent("quote", "q1")
+        first = await ref.request("quote", {})
+        assert first == {"value": 5, "source": "server", "staleness_s": None, "stale": False}
+        await shared.strong.put("price.q1", 6)
+        clock.advance(29.5)
+        within = await ref.request("quote", {})
+        assert within["value"] == 5 and within["source"] == "local" and not within["stale"]
+        assert within["staleness_s"] == pytest.approx(29.5)
+        clock.advance(1.0)  # 30.5 s: past the TTL
+        after = await ref.request("quote", {})
+        assert after["value"] == 6 and after["source"] == "server"
     finally:
         await client.close()
         await host.stop()
