@@ -156,6 +156,22 @@ async def _net() -> AsyncIterator[None]:
         raise
 
 
+async def _stop_tasks(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until they are really done.
+
+    One ``cancel()`` is not enough on Python 3.11: a task cancelled while inside
+    ``asyncio.wait_for`` (every ``nc.request`` of nats-py) loses the cancellation if the
+    awaited reply arrives in the same loop iteration, and a ``while True`` loop then goes on
+    for ever (a test hung in ``close()`` that way). So cancel again until it ends."""
+    while pending := [t for t in tasks if not t.done()]:
+        for t in pending:
+            t.cancel()
+        await asyncio.wait(pending, timeout=0.2)
+    for t in tasks:
+        if not t.cancelled():
+            t.exception()  # retrieved: never "exception was never retrieved" at shutdown
+
+
 def _decode_value(doc: Any) -> list[Versioned]:
     if doc is None:
         return []
@@ -198,11 +214,7 @@ class _Cache:
         await asyncio.wait_for(self.ready.wait(), o.options.op_timeout_s * 5)
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await _stop_tasks(self._tasks)
         if self._watcher is not None:
             with contextlib.suppress(Exception):
                 await self._watcher.stop()
@@ -385,11 +397,7 @@ class SharedState:
                             raise
 
     async def close(self) -> None:
-        for t in list(self._background) + ([self._healer] if self._healer else []):
-            t.cancel()
-        for t in list(self._background) + ([self._healer] if self._healer else []):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await _stop_tasks(list(self._background) + ([self._healer] if self._healer else []))
         await self.eventual._stop()
         if self._cache is not None:
             await self._cache.stop()
@@ -810,9 +818,7 @@ class EventualState:
 
     async def _stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await _stop_tasks([self._task])
 
     async def _view(self, kv: str) -> tuple[list[Versioned], int, str]:
         """What the next local write is based on. It must include this replica's own earlier

@@ -537,5 +537,32 @@ async def test_cached_layer_serves_a_stale_copy_within_its_ttl_then_refreshes(na
         await host.stop()
 
 
+async def test_close_stops_a_loop_that_swallowed_its_cancellation() -> None:
+    """On Python 3.11, ``asyncio.wait_for`` (inside every nats-py request) can swallow a
+    cancellation when the reply arrives in the same loop iteration; the cache probe then kept
+    looping and ``close()`` waited for it for ever (seen once in ~90 runs of the eventual test
+    on a loaded machine). Here a loop swallows the first cancellation the same way."""
+    from jetagents._state import _stop_tasks
+
+    swallowed = 0
+
+    async def probe_like() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                if swallowed == 0:
+                    swallowed += 1
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    continue  # what wait_for's lost cancellation amounts to
+                raise
+
+    task = asyncio.create_task(probe_like())
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(_stop_tasks([task]), 5)
+    assert task.cancelled() and swallowed == 1
+
+
 if __name__ == "__main__":
     asyncio.run(_worker(sys.argv[1], sys.argv[2]))
