@@ -266,7 +266,7 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
                     [s["cmds_per_s"]["min_max"][1] - y for y, s in zip(ys, pts, strict=True)],
                 ]
                 ax.errorbar([s["hosts"] for s in pts], ys, yerr=err, fmt="-o", color=color, capsize=3, label=mode)
-        ax.set_xlabel("hosts (static split, R3, 3 nats-servers, all on the same cores)")
+        ax.set_xlabel("hosts (ring, R3, 3 nats-servers, all on the same cores)")
         ax.set_ylabel("commands/s")
         ax.set_xticks(sorted({s["hosts"] for s in scaling}))
         ax.grid(True, alpha=0.3)
