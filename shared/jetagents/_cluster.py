@@ -319,6 +319,7 @@ class Coordinator:
         self.held: set[int] = set()  # claimed and started
         self.releasing: dict[int, asyncio.Task[None]] = {}
         self.acquiring: dict[int, float] = {}  # partition -> when we started waiting for it
+        self._acquire_tasks: dict[int, asyncio.Task[None]] = {}
         self.claim_revs: dict[int, int] = {}
         # agent key -> (host, revision): agents placed on a host other than their
         # partition's owner (migrations, resource requirements); the revision is the
@@ -337,14 +338,31 @@ class Coordinator:
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self) -> None:
+        # Heartbeats have their own loop: a round that waits on slow partition starts
+        # (replicated consumers under load take seconds) must never make us miss our TTL.
+        beats = asyncio.create_task(self._heartbeat_loop())
+        try:
+            while not self.stopped:
+                try:
+                    await self.step()
+                except (Unavailable, CasConflict) as exc:
+                    self._log.debug("cluster_step_failed", error=str(exc))
+                except Exception:  # noqa: BLE001 - the coordinator must keep going
+                    self._log.exception("cluster_step_crashed")
+                await asyncio.sleep(self.cfg.tick_s)
+        finally:
+            beats.cancel()
+            for task in list(self._acquire_tasks.values()):
+                task.cancel()
+            await asyncio.gather(beats, *self._acquire_tasks.values(), return_exceptions=True)
+
+    async def _heartbeat_loop(self) -> None:
         while not self.stopped:
             try:
-                await self.step()
-            except (Unavailable, CasConflict) as exc:
-                self._log.debug("cluster_step_failed", error=str(exc))
-            except Exception:  # noqa: BLE001 - the coordinator must keep going
-                self._log.exception("cluster_step_crashed")
-            await asyncio.sleep(self.cfg.tick_s)
+                await self._heartbeat(self.clock.monotonic())
+            except Exception as exc:  # noqa: BLE001 - keep beating; the TTL judges us
+                self._log.debug("heartbeat_failed", error=str(exc))
+            await asyncio.sleep(min(self.cfg.heartbeat_s, self.cfg.tick_s))
 
     async def step(self) -> None:
         now = self.clock.monotonic()
@@ -542,10 +560,25 @@ class Coordinator:
                 del self.acquiring[p]
         if not want:
             return
+        want = [p for p in want if p not in self._acquire_tasks]
+        if not want:
+            return
         alive = set(await self.members())
-        # claim concurrently: starting a partition (consumer reset) is a round trip or
-        # two, and on a replicated stream each consumer is its own raft group
-        await asyncio.gather(*(self._acquire(p, now, alive) for p in want))
+        # claim and start in the background, concurrently: starting a partition (consumer
+        # reset) takes a round trip or two, on a replicated stream each consumer is its
+        # own raft group, and the next rounds (claims check, ring) must not wait for it
+        for p in want:
+            self._acquire_tasks[p] = asyncio.create_task(self._acquire_guarded(p, now, alive))
+
+    async def _acquire_guarded(self, p: int, now: float, alive: set[str]) -> None:
+        try:
+            await self._acquire(p, now, alive)
+        except (Unavailable, CasConflict) as exc:
+            self._log.debug("partition_claim_failed", partition=p, error=str(exc))
+        except Exception:  # noqa: BLE001 - retried next round
+            self._log.exception("partition_claim_crashed", partition=p)
+        finally:
+            self._acquire_tasks.pop(p, None)
 
     async def _acquire(self, p: int, now: float, alive: set[str]) -> None:
         since = self.acquiring.setdefault(p, now)
