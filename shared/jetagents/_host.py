@@ -347,6 +347,7 @@ class Host:
         self._meta_kv: Any = None
         self._client: Any = None
         self._coord_task: asyncio.Task[None] | None = None
+        self._start_sem = asyncio.Semaphore(8)
         self._log = log.bind(host=settings.host_id)
         # OpenTelemetry: the given providers, else the global ones (no SDK: no spans, no metrics)
         self._providers = (tracer_provider, meter_provider)
@@ -462,7 +463,8 @@ class Host:
         # unacknowledged is delivered again at once and in stream order (a redelivery
         # after ack_wait would arrive behind newer commands of the same agent), and the
         # previous owner's pulls and acks no longer reach anything.
-        await ensure_consumer(self.nc, self.topology, partition, cfg, s.op_timeout_s, reset=True)
+        async with self._start_sem:  # a few at a time: each is a raft group on a replicated stream
+            await ensure_consumer(self.nc, self.topology, partition, cfg, s.op_timeout_s, reset=True)
         puller = _Puller(self, partition)
         self._pullers[partition] = puller
         self._puller_tasks[partition] = asyncio.create_task(puller.run())
