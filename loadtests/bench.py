@@ -80,7 +80,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "inflight": [1, 64, 256],
         "count": None,
         "duration": 0.6,
-        "warmup": 0.2,
+        # at 256 in flight a durable command takes ~0.5-1 s on a loaded 2-core machine: with a
+        # shorter warm-up the first wave can miss the whole window (0 cmds/s, seen in a quick run)
+        "warmup": 1.0,
         "ray_create_deadline": 5.0,
         "ray_create_reps": 3,
         "many_sizes": [10_000],
