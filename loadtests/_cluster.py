@@ -40,6 +40,7 @@ from jetagents._cluster import JetStreamStore, cluster_status
 from jetagents._ids import partition_of
 from jetagents._ring import compute_ring
 from jetagents._server import NatsCluster
+from jetagents._settings import HostSettings
 
 from _workloads import HostProc, log, min_max, wait_ready  # isort: skip
 from bench_delivery import jetagents_sender, median, run_cell  # isort: skip
@@ -49,6 +50,7 @@ RING_LABEL = (
     "cluster ring: hosts with distinct JETAGENTS_HOST_ID (no index/count), membership by per-key TTL, "
     "leader lease, ring and partition claims in KV `agt_cluster`"
 )
+TTL3 = {"JETAGENTS_MEMBER_TTL_S": "3", "JETAGENTS_LEASE_TTL_S": "3", "JETAGENTS_HEARTBEAT_S": "0.5"}
 TROUBLE = ("self_fenced", "partition_start_failed", "handoff_timeout", "claim_lost")
 SHORT_TTL = {"JETAGENTS_MEMBER_TTL_S": "2", "JETAGENTS_LEASE_TTL_S": "2", "JETAGENTS_HEARTBEAT_S": "0.4"}
 
@@ -440,10 +442,10 @@ async def failover(
     client = await cluster_client(cluster, timeout_s)
     own = Ring(client, cluster.url, work_dir, f"fo{label}", env)
     tag = label.replace("-", "")  # agent ids
+    fields = HostSettings.model_fields  # the defaults of the code being measured
     ttl = {
-        "member_ttl_s": float(env.get("JETAGENTS_MEMBER_TTL_S", 3.0)),
-        "lease_ttl_s": float(env.get("JETAGENTS_LEASE_TTL_S", 3.0)),
-        "heartbeat_s": float(env.get("JETAGENTS_HEARTBEAT_S", 0.5)),
+        k: float(env.get(f"JETAGENTS_{k.upper()}", fields[k].default))
+        for k in ("member_ttl_s", "lease_ttl_s", "heartbeat_s")
     }
     out: dict[str, Any] = {
         "label": label,

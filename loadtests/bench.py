@@ -143,6 +143,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="partition counts for workloads 5 and 6, a fresh cluster each (default 64; smoke 8)",
     )
     p.add_argument("--failover-reps", type=int, default=None, help="failover repetitions (quick 3, full 5)")
+    p.add_argument(
+        "--failover-ttls",
+        nargs="+",
+        choices=["default", "short", "ttl3"],
+        default=None,
+        help="host settings per failover variant: the code's defaults; member/lease TTL 2 s, heartbeat 0.4 s; "
+        "member/lease TTL 3 s, heartbeat 0.5 s (default: default short)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory (server data, host logs)")
     p.add_argument(
         "--evidence",
@@ -159,6 +167,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.profile["cluster_partitions"] = a.cluster_partitions
     if a.failover_reps:
         a.profile["failover_reps"] = a.failover_reps
+    if a.failover_ttls:
+        a.profile["failover_ttls"] = a.failover_ttls
     a.run = [w for w in a.only if w not in a.skip]
     a.out = a.out or HERE / "results" / a.mode
     return a
@@ -332,7 +342,7 @@ async def on_cluster(args: argparse.Namespace, work_dir: Path, results: dict[str
                 )
             if "failover" in args.run:
                 for ttl in pr["failover_ttls"]:
-                    env = _cluster.SHORT_TTL if ttl == "short" else {}
+                    env = {"short": _cluster.SHORT_TTL, "ttl3": _cluster.TTL3}.get(ttl, {})
                     failover.append(
                         await _cluster.failover(
                             cluster,
