@@ -289,7 +289,7 @@ class ClusterConfig:
 class Hooks(Protocol):
     """What the coordinator asks of the host it runs in."""
 
-    async def start_partition(self, partition: int) -> None: ...
+    async def start_partition(self, partition: int, *, rewind: bool = False) -> None: ...
 
     async def stop_partition(self, partition: int, *, graceful: bool) -> None: ...
 
@@ -606,7 +606,12 @@ class Coordinator:
                 await self.store.update(f"claim.{p}", {"host": "", "epoch": epoch}, rev)
             return
         try:
-            await self.hooks.start_partition(p)
+            # The previous holder is gone (its connection, and its pull requests with it)
+            # or was ourselves: rewinding the consumer in place is enough and fast. A live
+            # previous holder may still have pull requests waiting at the server: then the
+            # consumer is recreated, which cuts them off.
+            rewind = holder == self.host_id or (bool(holder) and holder not in alive)
+            await self.hooks.start_partition(p, rewind=rewind)
         except JetAgentsError as exc:
             self._log.warning("partition_start_failed", partition=p, error=str(exc))
             with contextlib.suppress(JetAgentsError, CasConflict):

@@ -64,7 +64,9 @@ from ._nats import (
     connect,
     ensure_consumer,
     ensure_topology,
+    js_api,
     js_publish,
+    rewind_consumer,
 )
 from ._settings import HostSettings
 from ._telemetry import (
@@ -206,6 +208,7 @@ class _Puller:
         self.backoff_until = 0.0
         self.ids = itertools.count(1)
         self.stopped = False
+        self.last_unpin = 0.0
 
     def outstanding(self) -> int:
         return self.out
@@ -347,7 +350,7 @@ class Host:
         self._meta_kv: Any = None
         self._client: Any = None
         self._coord_task: asyncio.Task[None] | None = None
-        self._start_sem = asyncio.Semaphore(8)
+        self._start_sem = asyncio.Semaphore(32)
         self._log = log.bind(host=settings.host_id)
         # OpenTelemetry: the given providers, else the global ones (no SDK: no spans, no metrics)
         self._providers = (tracer_provider, meter_provider)
@@ -453,18 +456,23 @@ class Host:
         self._log.info("host_started", partitions=len(self.owned), types=self.registry.types())
 
     # -- partitions (the coordinator's hooks) -----------------------------------------------
-    async def start_partition(self, partition: int) -> None:
+    async def start_partition(self, partition: int, *, rewind: bool = False) -> None:
         """Start serving ``partition``: recreate its consumer, then pull."""
         s = self.settings
         cfg = self.topology.consumer_config(
             partition, ack_wait_s=s.ack_wait_s, max_deliver=-1, max_ack_pending=s.max_ack_pending
         )
-        # A new owner recreates the consumer: whatever the previous owner left
-        # unacknowledged is delivered again at once and in stream order (a redelivery
-        # after ack_wait would arrive behind newer commands of the same agent), and the
-        # previous owner's pulls and acks no longer reach anything.
+        # A new owner makes whatever the previous owner left unacknowledged come again at
+        # once and in stream order (a redelivery after ack_wait would arrive behind newer
+        # commands of the same agent), and makes the server feed only itself: it rewinds
+        # the consumer in place and unpins it when the previous owner is gone (fast: the
+        # failover path), and recreates it when the previous owner is alive (its pull
+        # requests still wait at the server and die only with the consumer).
         async with self._start_sem:  # a few at a time: each is a raft group on a replicated stream
-            await ensure_consumer(self.nc, self.topology, partition, cfg, s.op_timeout_s, reset=True)
+            if rewind:
+                await rewind_consumer(self.nc, self.topology, partition, cfg, s.op_timeout_s)
+            else:
+                await ensure_consumer(self.nc, self.topology, partition, cfg, s.op_timeout_s, reset=True)
         puller = _Puller(self, partition)
         self._pullers[partition] = puller
         self._puller_tasks[partition] = asyncio.create_task(puller.run())
@@ -513,6 +521,16 @@ class Host:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.op_timeout_s):
                     await asyncio.gather(*snaps, return_exceptions=True)
+
+    async def _unpin(self, partition: int) -> None:
+        name = self.topology.consumer_name(partition)
+        with contextlib.suppress(JetAgentsError):
+            await js_api(
+                self.nc,
+                f"$JS.API.CONSUMER.UNPIN.{self.topology.cmd_stream}.{name}",
+                {"group": PRIORITY_GROUP},
+                self.settings.op_timeout_s,
+            )
 
     def _token_of(self, aid: AgentId, partition: int) -> int:
         """This host's writer token for ``aid``: its claim on the partition, or the
@@ -880,7 +898,13 @@ class Host:
                 return
             if status == "423":  # pinned to another host
                 puller.pin_id = None
-                puller.backoff_until = self.clock.monotonic() + 1.0
+                now = self.clock.monotonic()
+                puller.backoff_until = now + 0.25
+                if self.coordinator is not None and now - puller.last_unpin > 1.0:
+                    # We hold the claim: whoever the server still feeds (a previous owner's
+                    # request left waiting, a paused host) must not be. Unpin it.
+                    puller.last_unpin = now
+                    self._side(self._unpin(puller.partition))
             puller.close_request(tokens[2])
             return
         # a command; JetStream delivers it under its stored subject <root>.p.<partition>.<type>.<id>

@@ -128,7 +128,7 @@ class SimHost:
         self.coord = Coordinator(host_id, store, world.clock, cfg, self)
 
     # hooks
-    async def start_partition(self, partition: int) -> None:
+    async def start_partition(self, partition: int, *, rewind: bool = False) -> None:
         self.serving.add(partition)
 
     async def stop_partition(self, partition: int, *, graceful: bool) -> None:
