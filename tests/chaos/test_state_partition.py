@@ -99,8 +99,9 @@ async def test_pause_refuses_reads_and_writes_with_a_typed_error(partitioned: Na
             await st.eventual.put("pz.e", 1)
         # each refusal costs at most a couple of op timeouts (the old leader may still answer the
         # healer's STREAM.INFO probe, which clears the partitioned flag, so the next operation
-        # waits out its own timeout again); measured 2-9 s on a loaded 2-core machine
-        assert time.monotonic() - t0 < 15, "refusals come within op timeouts, not after hanging"
+        # waits out its own timeout again, and a strong write retries a few times first);
+        # measured 2-20 s on a loaded 2-core machine. The bound only tells "refused" from "hung".
+        assert time.monotonic() - t0 < 60, "refusals come within op timeouts, not after hanging"
         assert st.partitioned and st.stats.partition_refusals >= 4
     finally:
         await st.close()
