@@ -508,7 +508,7 @@ class Coordinator:
             self.ring = RingView(epoch, list(entry.value["owners"]), entry.rev, str(entry.value.get("leader", "")))
 
     async def _lead(self) -> None:
-        members = await self.members()
+        members = self.members_cache  # read once this round, in step()
         alive = set(members)
         joined, left = alive - self._members_seen, self._members_seen - alive
         for h in sorted(joined):
@@ -563,7 +563,7 @@ class Coordinator:
         want = [p for p in want if p not in self._acquire_tasks]
         if not want:
             return
-        alive = set(await self.members())
+        alive = set(self.members_cache)  # read once this round, in step()
         # claim and start in the background, concurrently: starting a partition (consumer
         # reset) takes a round trip or two, on a replicated stream each consumer is its
         # own raft group, and the next rounds (claims check, ring) must not wait for it

@@ -137,6 +137,12 @@ PRIORITY_GROUP = "jetagents"
 _NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
 
 
+def _delivery_mode(durable: bool, hdrs: dict[str, str]) -> str:
+    if not durable:
+        return "at-most-once"
+    return "exactly-once" if H_MSG_ID in hdrs else "at-least-once"
+
+
 def _rss_mb() -> float:
     """Resident memory of this process in MiB (Linux; peak RSS elsewhere)."""
     try:
@@ -572,11 +578,13 @@ class Host:
         the work was handed on (or queued), False to process it here."""
         coord = self.coordinator
         assert coord is not None
-        me = self.settings.host_id
         key = act.agent_id.key
         placed = coord.placements.get(key)
+        requires = act.spec.cls.requires
+        if placed is None and not requires:  # the common case: one dict lookup
+            return False
+        me = self.settings.host_id
         alive = coord.members_cache
-        requires = frozenset(getattr(act.spec.cls, "requires", ()) or ())
         able_here = requires <= frozenset(self.settings.tags)
         if placed is not None and placed[0] not in (me, "") and placed[0] in alive:
             await self._forward(work, placed[0])
@@ -1087,7 +1095,7 @@ class Host:
         finally:
             exit_command(log_token)
             if tel.metering:
-                mode = "at-most-once" if not durable else "exactly-once" if H_MSG_ID in hdrs else "at-least-once"
+                mode = _delivery_mode(durable, hdrs)
                 elapsed = self.clock.monotonic() - work.received
                 outcome = work.outcome or FAILED
                 tel.command_done(aid.type, work.action, mode, outcome, work.error, work.deliveries, elapsed)
@@ -1116,7 +1124,7 @@ class Host:
             MESSAGING_BODY_SIZE: len(msg.data),
             AGENT_TYPE: aid.type,
             AGENT_ID: aid.id,
-            DELIVERY: "at-most-once" if not durable else "exactly-once" if H_MSG_ID in hdrs else "at-least-once",
+            DELIVERY: _delivery_mode(durable, hdrs),
             HOST_ID: self.settings.host_id,
         }
         if durable:
