@@ -97,6 +97,11 @@ def _decode_reply(msg: Msg) -> Reply:
     raise error_from_wire(body.get("error"))
 
 
+def _expire(fut: asyncio.Future[Msg]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 def _not_applied(err: JetAgentsError) -> bool:
     """True when the error proves the command was not applied (safe to retry at-most-once)."""
     return isinstance(err, FencedError) or (isinstance(err.details, dict) and err.details.get("applied") is False)
@@ -325,19 +330,32 @@ class Client:
         priority: Priority,
         timeout_s: float,
         deadline_s: float | None,
+        want_reply: bool = True,
     ) -> tuple[bytes, dict[str, str], str]:
-        body = orjson.dumps({"action": action, "params": to_jsonable_python(dict(params or {}))})
+        # orjson writes plain JSON values itself; pydantic turns anything else (models,
+        # sets, ...) into JSON values
+        body = orjson.dumps(
+            {"action": action, "params": params or {}}, default=to_jsonable_python, option=orjson.OPT_NON_STR_KEYS
+        )
         if len(body) > self.settings.max_payload_bytes:
             raise PayloadTooLarge(
                 f"command of {len(body)} bytes exceeds the limit of {self.settings.max_payload_bytes}"
             )
-        cmd_id = command_id or self._nuid.next().decode()
-        if len(cmd_id) > 256:
-            raise ValueError("command_id longer than 256 characters")
-        # Few headers on purpose: parsing them is a large part of a small message's cost.
+        # Few headers on purpose: they cost more than the rest of a small message (ADR 0031).
         # The delivery mode is implied by the subject and Nats-Msg-Id, the correlation id
-        # defaults to the command id and JSON is the only content type.
-        headers = {H_COMMAND_ID: cmd_id}
+        # defaults to the command id and JSON is the only content type. A call awaiting
+        # its reply gets no command id unless the caller gives one: it is never re-sent
+        # once it may have run (so never deduplicated), its reply comes back on its own
+        # inbox, and the trace context ties its log lines together.
+        headers: dict[str, str] = {}
+        if command_id:
+            if len(command_id) > 256:
+                raise ValueError("command_id longer than 256 characters")
+            cmd_id = headers[H_COMMAND_ID] = command_id
+        elif delivery is Delivery.AT_MOST_ONCE and want_reply:
+            cmd_id = ""
+        else:
+            cmd_id = headers[H_COMMAND_ID] = self._nuid.next().decode()
         # A durable command outlives the caller's wait unless the caller sets a deadline;
         # a call (at-most-once) nobody waits for any more is pointless, so it gets one.
         if deadline_s is None and delivery is Delivery.AT_MOST_ONCE:
@@ -373,7 +391,7 @@ class Client:
                 f"circuit open for agent type {aid.type!r}: recent calls failed", details={"applied": False}
             )
         body, headers, cmd_id = self._prepare(
-            aid, action, params, delivery, command_id, correlation_id, priority, timeout_s, deadline
+            aid, action, params, delivery, command_id, correlation_id, priority, timeout_s, deadline, want_reply
         )
         tel = self._tel
         span = None
@@ -383,20 +401,20 @@ class Client:
                 if delivery is Delivery.AT_MOST_ONCE
                 else self.subjects.cmd(aid.type, aid.id)
             )
-            span, headers = tel.start_producer(
-                f"send {aid.type}",
-                subject,
-                headers,
-                {
-                    MESSAGING_OPERATION_NAME: "send",
-                    MESSAGING_MESSAGE_ID: cmd_id,
-                    MESSAGING_CONVERSATION_ID: correlation_id or cmd_id,
-                    AGENT_TYPE: aid.type,
-                    AGENT_ID: aid.id,
-                    ACTION: action,
-                    DELIVERY: delivery.value,
-                },
-            )
+            attrs = {
+                MESSAGING_OPERATION_NAME: "send",
+                MESSAGING_MESSAGE_ID: cmd_id,
+                MESSAGING_CONVERSATION_ID: correlation_id or cmd_id,
+                AGENT_TYPE: aid.type,
+                AGENT_ID: aid.id,
+                ACTION: action,
+                DELIVERY: delivery.value,
+            }
+            if not cmd_id:  # a call without a command id
+                del attrs[MESSAGING_MESSAGE_ID]
+                if not correlation_id:
+                    del attrs[MESSAGING_CONVERSATION_ID]
+            span, headers = tel.start_producer(f"send {aid.type}", subject, headers, attrs)
         else:
             inject_current(headers)
         started = loop.time()
@@ -454,27 +472,34 @@ class Client:
         self, aid: AgentId, body: bytes, headers: dict[str, str], deadline: float, want_reply: bool
     ) -> Reply | str:
         subject = self.subjects.call(aid.type, aid.id)
-        loop = asyncio.get_running_loop()
         if not want_reply:
             await self.nc.publish(subject, body, headers=headers)
             return headers[H_COMMAND_ID]
+        loop = asyncio.get_running_loop()
         attempt = 0
         while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            if deadline <= loop.time():
                 raise AgentTimeout(f"no reply from {aid} in time")
+            # A core request on the client's own reply inbox (the one durable replies use):
+            # one subscription for all requests, one timer per request.
+            token = str(next(self._tokens))
+            fut: asyncio.Future[Msg] = loop.create_future()
+            self._pending[token] = fut
+            timer = loop.call_at(deadline, _expire, fut)
             try:
-                msg = await self.nc.request(subject, body, timeout=remaining, headers=headers)
-                return _decode_reply(msg)
-            except NoRespondersError:
-                err: JetAgentsError = Unavailable(f"no host is serving {aid}", details={"applied": False})
-                await self._backoff(attempt, deadline, err, until_deadline=True)
-                attempt += 1
-                continue
-            except NatsTimeout:
+                await self.nc.publish(subject, body, reply=f"{self._prefix}.{token}", headers=headers)
+                msg = await fut
+            except TimeoutError:
                 # at-most-once: the host may have run it, so it is never re-sent
                 raise AgentTimeout(f"no reply from {aid} in time (at-most-once: not retried)") from None
+            finally:
+                timer.cancel()
+                del self._pending[token]
+            try:
+                return _decode_reply(msg)
             except JetAgentsError as exc:
+                # "no responders" (no host subscribed yet) and "partition moving here" prove
+                # the call was not run: try again until the deadline
                 if not (exc.retryable and _not_applied(exc)):
                     raise
                 err = exc

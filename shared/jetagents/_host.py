@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import os
 from collections import OrderedDict, deque
@@ -40,6 +41,7 @@ from pydantic import ValidationError
 
 from ._agent import Agent, AgentContext, AgentSpec, Registry, encode_events
 from ._clock import Clock, SystemClock
+from ._eager import start_eager
 from ._cluster import ClusterConfig, Coordinator, JetStreamStore
 from ._errors import (
     DeadlineExceeded,
@@ -110,6 +112,8 @@ from ._wire import (
     H_PRIORITY,
     H_REPLY_TO,
     PRIORITY_RANK,
+    TRACEPARENT,
+    TRACESTATE,
     Commit,
     Subjects,
     decode_command,
@@ -171,6 +175,21 @@ class Work:
     outcome: str = ""
     error: str = ""
     traced: bool = False  # in a process span (SDK tracing): append and reply get spans too
+
+
+def _call_reply_headers(out: dict[str, str], incoming: dict[str, str] | None) -> dict[str, str]:
+    """The headers of a reply to a call, without what the caller already knows.
+
+    A call's reply subject is the caller's own (core request/reply), so the command id
+    adds nothing, and a trace context that went through unchanged is the caller's own.
+    Headers are a large share of a small call's cost (wire contract section 4).
+    """
+    keep: dict[str, str] = {}
+    for k, v in out.items():
+        if k == H_COMMAND_ID or ((k == TRACEPARENT or k == TRACESTATE) and incoming and incoming.get(k) == v):
+            continue
+        keep[k] = v
+    return keep
 
 
 @dataclass(slots=True, eq=False)
@@ -335,7 +354,8 @@ class Host:
             "naks": 0,
             "retries": 0,
         }
-        self._ready: asyncio.PriorityQueue[tuple[int, int, Activation]] = asyncio.PriorityQueue()
+        # agents with commands waiting for a free worker, by (priority rank, arrival)
+        self._ready: list[tuple[int, int, Activation]] = []
         self._seq = itertools.count()
         self._pullers: dict[int, _Puller] = {}
         self._inflight: set[Work] = set()
@@ -343,6 +363,11 @@ class Host:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
+        # workers: at most settings.workers tasks, each processing one agent's command and
+        # then the next ready agent's, until none is ready
+        self._running = 0
+        self._workers: set[asyncio.Task[None]] = set()
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._snap_sem = asyncio.Semaphore(16)
         self._stopping = False
@@ -393,6 +418,7 @@ class Host:
 
     async def start(self) -> None:
         s = self.settings
+        self._loop = asyncio.get_running_loop()
         self.nc = await connect(
             s.nats_url,
             name=f"jetagents-host-{s.host_id}",
@@ -429,8 +455,6 @@ class Host:
         self._host_sub = await self.nc.subscribe(
             self.subjects.sys("host", s.host_id, "*"), cb=self._on_host_msg, pending_msgs_limit=1_000_000
         )
-        for _ in range(s.workers):
-            self._spawn(self._worker())
         self._spawn(self._housekeeping())
         self._started = True
         if self.static:
@@ -856,9 +880,9 @@ class Host:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.drain_grace_s):
                     await self._idle.wait()
-        for task in [*self._tasks, *self._puller_tasks.values()]:
+        for task in [*self._tasks, *self._workers, *self._puller_tasks.values()]:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._puller_tasks.values(), return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._workers, *self._puller_tasks.values(), return_exceptions=True)
         self._tasks.clear()
         # what is left in mailboxes was never started: hand it back at once
         for work in list(self._inflight):
@@ -1001,12 +1025,27 @@ class Host:
             self.activations[key] = act
         else:
             self.activations.move_to_end(key)
-        if act.mailbox is None:
-            act.mailbox = deque()
-        act.mailbox.append(work)
-        if not act.scheduled:
-            act.scheduled = True
-            self._ready.put_nowait((work.rank, next(self._seq), act))
+        if act.scheduled:  # running or waiting for a worker: its commands run in order
+            if act.mailbox is None:
+                act.mailbox = deque()
+            act.mailbox.append(work)
+            return
+        act.scheduled = True
+        if self._running < self.settings.workers:
+            self._running += 1
+            coro = self._work(act, work)
+            if self.settings.eager_start:
+                # Run it here and now, up to its first wait, rather than one turn of the
+                # event loop later in a new task (docs/adr/0031).
+                task = start_eager(coro, self._loop)
+            else:
+                task = self._loop.create_task(coro)
+            if task is not None:
+                self._workers.add(task)
+                task.add_done_callback(self._workers.discard)
+            return
+        act.mailbox = deque((work,))
+        heapq.heappush(self._ready, (work.rank, next(self._seq), act))
 
     def _track(self, work: Work) -> None:
         self._inflight.add(work)
@@ -1038,30 +1077,45 @@ class Host:
         task.add_done_callback(self._side_tasks.discard)
 
     # -- workers ---------------------------------------------------------------------------
-    async def _worker(self) -> None:
-        while True:
-            _, _, act = await self._ready.get()
-            assert act.mailbox is not None
-            work = act.mailbox.popleft()
-            try:
-                await self._process(act, work)
-            except asyncio.CancelledError:
-                if work.kind in _ACKED and not work.done:
-                    with contextlib.suppress(Exception):
-                        await self._nak(work, 0.0)
-                raise
-            except Exception:  # noqa: BLE001 - a bug here must not kill the worker
-                self._log.exception("process_failed", agent=str(act.agent_id))
-                if work.kind in _ACKED and not work.done:
-                    await self._nak(work, 1.0)
-            finally:
-                self._untrack(work)
-                act.last_used = self.clock.monotonic()
-                if act.mailbox:
-                    self._ready.put_nowait((act.mailbox[0].rank, next(self._seq), act))
-                else:
-                    act.mailbox = None
-                    act.scheduled = False
+    async def _work(self, act: Activation, work: Work) -> None:
+        """A worker: process ``work``, then the next ready agent's command, and so on
+        until no agent is waiting for a worker."""
+        try:
+            while True:
+                await self._run(act, work)
+                if not self._ready:
+                    return
+                # let the event loop breathe between commands that never waited
+                await asyncio.sleep(0)
+                if not self._ready:
+                    return
+                _, _, act = heapq.heappop(self._ready)
+                assert act.mailbox is not None
+                work = act.mailbox.popleft()
+        finally:
+            self._running -= 1
+
+    async def _run(self, act: Activation, work: Work) -> None:
+        """Process one command of a scheduled agent, then queue its next one (if any)."""
+        try:
+            await self._process(act, work)
+        except asyncio.CancelledError:
+            if work.kind in _ACKED and not work.done:
+                with contextlib.suppress(Exception):
+                    await self._nak(work, 0.0)
+            raise
+        except Exception:  # noqa: BLE001 - a bug here must not kill the worker
+            self._log.exception("process_failed", agent=str(act.agent_id))
+            if work.kind in _ACKED and not work.done:
+                await self._nak(work, 1.0)
+        finally:
+            self._untrack(work)
+            act.last_used = self.clock.monotonic()
+            if act.mailbox:
+                heapq.heappush(self._ready, (act.mailbox[0].rank, next(self._seq), act))
+            else:
+                act.mailbox = None
+                act.scheduled = False
 
     async def _process(self, act: Activation, work: Work) -> None:
         msg = work.msg
@@ -1403,6 +1457,8 @@ class Host:
             self._untrack(work)
 
     async def _publish_reply(self, reply_to: str, body: bytes, hdrs: dict[str, str], work: Work | None) -> None:
+        if hdrs and work is not None and work.kind == CALL:
+            hdrs = _call_reply_headers(hdrs, work.msg.headers)
         span = None
         if work is not None and work.traced:
             agent_type = work.msg.subject.split(".")[-2]

@@ -20,6 +20,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from ._errors import JetAgentsError, PayloadTooLarge, Unavailable
+from ._natsconn import Connection
 from ._wire import Subjects
 
 ERR_WRONG_LAST_SEQUENCE = 10071
@@ -58,7 +59,9 @@ async def connect(url: str, *, name: str, connect_timeout_s: float = 5.0, **opts
         # nats-py keeps retrying the first connection when reconnects are unlimited:
         # bound it, so a caller hears "unavailable" instead of hanging
         async with asyncio.timeout(connect_timeout_s):
-            return await nats.connect(**options)
+            nc = Connection()  # nats-py's client, with cheaper headers (_natsconn.py)
+            await nc.connect(**options)
+            return nc
     except (OSError, TimeoutError, NatsTimeout, nats.errors.NoServersError) as exc:
         raise Unavailable(f"cannot connect to NATS at {url}: {exc or 'timed out'}") from None
 

@@ -63,6 +63,9 @@ class HostSettings(CommonSettings):
     max_ack_pending: int = Field(default=1024, ge=1)
     max_inflight: int = Field(default=1024, ge=1, description="host-wide commands received, not finished")
     workers: int = Field(default=256, ge=1, le=100_000, description="agents processed at once")
+    eager_start: bool = Field(
+        default=True, description="run a command for an idle agent as it arrives, not one loop turn later"
+    )
     pull_batch: int = Field(default=64, ge=1, le=10_000)
     pull_expires_s: float = Field(default=5.0, ge=1.0)
     idle_passivate_s: float = Field(default=300.0, gt=0)

@@ -8,17 +8,22 @@ host to the events and the reply, so one id correlates the whole path.
 from __future__ import annotations
 
 import os
+import random
 import re
 
 from opentelemetry import propagate, trace
 
 from ._wire import TRACEPARENT, TRACESTATE
 
+_rng = random.Random()  # our own: never disturbs (or is disturbed by) the global one
+os.register_at_fork(after_in_child=_rng.seed)  # a forked child must not repeat the parent's ids
+_bits = _rng.getrandbits
 _TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
 def new_traceparent() -> str:
-    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+    # random ids, as the OpenTelemetry SDK makes them (not secrets: no system call needed)
+    return f"00-{_bits(128) or 1:032x}-{_bits(64) or 1:016x}-01"
 
 
 def valid_traceparent(value: str | None) -> bool:
