@@ -364,6 +364,7 @@ class Host:
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
+        self._routes: dict[str, tuple[int, str, str]] = {}  # call subject -> partition, type, id
         # workers: at most settings.workers tasks, each processing one agent's command and
         # then the next ready agent's, until none is ready
         self._running = 0
@@ -963,12 +964,23 @@ class Host:
             return
         self._dispatch(work, parts[-2], parts[-1])
 
+    def _route_of(self, subject: str) -> tuple[int, str, str]:
+        """(partition, agent type, agent id) of a call subject, remembered for the next call."""
+        route = self._routes.get(subject)
+        if route is None:
+            parts = subject.split(".")
+            if not (is_valid_token(parts[-2]) and is_valid_token(parts[-1])):
+                partition = 0  # the owner of partition 0 answers for unroutable subjects
+            else:
+                partition = partition_of(parts[-2], parts[-1], self.settings.partitions)
+            route = (partition, parts[-2], parts[-1])
+            if len(self._routes) >= 65_536:
+                self._routes.clear()
+            self._routes[subject] = route
+        return route
+
     async def _on_call(self, msg: Msg) -> None:
-        parts = msg.subject.split(".")
-        if not (is_valid_token(parts[-2]) and is_valid_token(parts[-1])):
-            partition = 0  # the owner of partition 0 answers for unroutable subjects
-        else:
-            partition = partition_of(parts[-2], parts[-1], self.settings.partitions)
+        partition, agent_type, agent_id = self._route_of(msg.subject)
         if partition not in self._owned_set:
             coord = self.coordinator
             moving_here = (
@@ -998,7 +1010,7 @@ class Host:
                     msg.reply, encode_error(Unavailable("host overloaded, retry", details={"applied": False})), {}, None
                 )
             return
-        self._dispatch(work, parts[-2], parts[-1])
+        self._dispatch(work, agent_type, agent_id)
 
     def _dispatch(self, work: Work, agent_type: str, agent_id: str) -> None:
         self._track(work)
