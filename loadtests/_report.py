@@ -68,6 +68,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         c = cell(results, mode, n)
         return c.get("ratio") if c else None
 
+    ab = (results.get("delivery") or {}).get("calls_ab")
+    add(
+        "at-most-once sequential, jetagents/floor, interleaved A/B blocks (`get`; bench_calls.py)",
+        ab["ratio"]["jetagents"] if ab else None,
+        0.9,
+        True,
+    )
     g = get_cell(results, 1)
     add(
         "at-most-once sequential, jetagents/floor, read-only `get` (like for like)",
@@ -84,6 +91,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     add("at-least-once @256, jetagents/floor", ratio("at-least-once", 256), 0.7, True)
     add("exactly-once @256, jetagents/floor", ratio("exactly-once", 256), 0.6, True)
     for n, label in ((1, "sequential"), (64, "pipelined @64"), (256, "pipelined @256")):
+        g, r = get_cell(results, n), ray_cell(results, n)
+        v = (
+            g["jetagents"]["cmds_per_s_median"] / r["cmds_per_s_median"]
+            if g and r and g.get("jetagents") and r["cmds_per_s_median"]
+            else None
+        )
+        note = "like for like: jetagents read-only `get` vs Ray's counter call; both in memory, neither persists"
+        if r is None:
+            note = "Ray not measured in this run"
+        add(f"calls/s vs Ray, {label}, in memory (`get`)", v, 2.0, True, note)
+    for n, label in ((1, "sequential"), (64, "pipelined @64"), (256, "pipelined @256")):
         c, r = cell(results, "at-most-once", n), ray_cell(results, n)
         v = (
             c["jetagents"]["cmds_per_s_median"] / r["cmds_per_s_median"]
@@ -93,7 +111,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         note = "at-most-once (Ray's call is in memory only; jetagents still appends the event)"
         if r is None:
             note = "Ray not measured in this run"
-        add(f"calls/s vs Ray, {label}", v, 2.0, True, note)
+        add(f"calls/s vs Ray, {label}, persisted (`increment`)", v, 2.0, True, note)
     many = ((results.get("many") or {}).get("summary") or {}).get("10000")
     ray_create = ((results.get("ray") or {}).get("create_summary") or {}).get("actors_per_s_median")
     v = many["agents_per_s"]["median"] / ray_create if many and ray_create else None
@@ -411,6 +429,25 @@ def markdown(results: dict[str, Any], pngs: list[Path]) -> str:
                 f"{f((ja.get('cpu_us_per_cmd_median') or {}).get('host'))} | "
                 f"{f((fl.get('cpu_us_per_cmd_median') or {}).get('responder'))} |"
             )
+        add("")
+    ab = (d or {}).get("calls_ab")
+    if ab:
+        add(
+            f"Sequential calls again, interleaved: {ab['rounds']} rounds, each running every variant for "
+            f"{ab['block']} calls in a new random order (the same host and floor responder), so the machine's "
+            "noise falls evenly on all of them (`loadtests/bench_calls.py`, which also runs alone):"
+        )
+        add("")
+        add("| variant | calls/s | mean latency us | / floor |")
+        add("|---|---|---|---|")
+        for name, rate in ab["calls_per_s"].items():
+            add(f"| {name} | {f(rate)} | {f(1e6 / rate)} | {f(ab['ratio'][name], 3)} |")
+        add("")
+        add(
+            "*floor + 3 headers* is the floor's request with headers like the jetagents client's; *host, bare "
+            "request* is a request without headers to the jetagents host: the gap between the floor and "
+            "jetagents splits into what headers cost nats-py and the server, and what the host and the client add."
+        )
         add("")
     hc = results.get("host_cpu")
     if hc:

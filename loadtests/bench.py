@@ -46,6 +46,7 @@ import _cluster  # noqa: E402
 import _report  # noqa: E402
 import _workloads  # noqa: E402
 import bench_delivery as bd  # noqa: E402
+import bench_calls  # noqa: E402
 from _workloads import log  # noqa: E402
 from jetagents import Client, ClientSettings, NatsServer  # noqa: E402
 
@@ -57,6 +58,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "reps": 1,
         "inflight": [1, 16],
         "count": 48,
+        "calls_rounds": 2,
+        "calls_block": 20,
         "duration": 0.3,
         "warmup": 0.1,
         "ray_create_deadline": 3.0,
@@ -71,7 +74,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "scale_warmup": 0.1,
         "failover_hosts": 2,
         "failover_reps": 1,
-        "failover_ttls": ["short"],
+        "failover_ttls": ["default"],
         "failover_warm_s": 0.5,
         "failover_after_s": 0.3,
     },
@@ -79,6 +82,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "reps": 3,
         "inflight": [1, 64, 256],
         "count": None,
+        "calls_rounds": 20,
+        "calls_block": 200,
         "duration": 0.6,
         # at 256 in flight a durable command takes ~0.5-1 s on a loaded 2-core machine: with a
         # shorter warm-up the first wave can miss the whole window (0 cmds/s, seen in a quick run)
@@ -95,7 +100,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "scale_warmup": 0.3,
         "failover_hosts": 3,
         "failover_reps": 3,
-        "failover_ttls": ["default", "short"],
+        "failover_ttls": ["default"],
         "failover_warm_s": 1.5,
         "failover_after_s": 1.0,
     },
@@ -103,6 +108,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "reps": 3,
         "inflight": [1, 64, 256],
         "count": None,
+        "calls_rounds": 60,
+        "calls_block": 200,
         "duration": 4.0,
         "warmup": 1.0,
         "ray_create_deadline": 20.0,
@@ -117,7 +124,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "scale_warmup": 1.0,
         "failover_hosts": 3,
         "failover_reps": 5,
-        "failover_ttls": ["default", "short"],
+        "failover_ttls": ["default"],
         "failover_warm_s": 3.0,
         "failover_after_s": 1.5,
     },
@@ -196,11 +203,20 @@ def run_delivery(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         runs = asyncio.run(bd.bench(dargs, procs, server.url))
         log("workload 1b: at-most-once with the read-only `get` (like for like with core request/reply)")
         get_runs = asyncio.run(bd.bench(gargs, procs, server.url))
+        log("workload 1c: sequential calls, interleaved A/B blocks (bench_calls.py)")
+        cargs = argparse.Namespace(rounds=pr["calls_rounds"], block=pr["calls_block"])
+        calls = asyncio.run(bench_calls.measure(server.url, procs.work_dir / "floor.ready", cargs))
     finally:
         procs.stop_all()
     summary = bd.summarize(runs, dargs)
     get_summary = bd.summarize(get_runs, gargs)
     return {
+        "calls_ab": {
+            "rounds": pr["calls_rounds"],
+            "block": pr["calls_block"],
+            "calls_per_s": calls,
+            "ratio": {k: v / calls["floor"] for k, v in calls.items()},
+        },
         "get_summary": get_summary,
         "get_runs": [bd.asdict(r) for r in get_runs],
         "what": (
