@@ -204,7 +204,7 @@ class Activation:
     # command id -> (event seq or 0, ok, result or wire error): applied commands (from the
     # log, durable) and domain refusals (in memory only), so a redelivery or a re-send gets
     # the first answer and is not applied again
-    records: OrderedDict[str, tuple[int, bool, Any]] = field(default_factory=OrderedDict)
+    records: OrderedDict[str, tuple[int, bool, Any]] | None = None  # created on demand (~130 B)
     own: int = 0  # the largest writer claim seen in this agent's log
     mailbox: deque[Work] | None = None  # created on demand: an empty deque costs ~600 B per agent
     scheduled: bool = False
@@ -1301,7 +1301,7 @@ class Host:
         assert agent is not None
 
         if cmd_id:
-            record = act.records.get(cmd_id)
+            record = act.records.get(cmd_id) if act.records else None
             if record is not None:
                 self.stats["duplicates"] += 1
                 self._tel.duplicate(act.agent_id.type, "record")
@@ -1394,9 +1394,12 @@ class Host:
         return None
 
     def _remember(self, act: Activation, cmd_id: str, record: tuple[int, bool, Any]) -> None:
-        act.records[cmd_id] = record
-        if len(act.records) > self.settings.dedup_records_per_agent:
-            act.records.popitem(last=False)
+        records = act.records
+        if records is None:
+            records = act.records = OrderedDict()
+        records[cmd_id] = record
+        if len(records) > self.settings.dedup_records_per_agent:
+            records.popitem(last=False)
 
     # -- outcomes --------------------------------------------------------------------------
     async def _finish_ok(self, work: Work, reply_to: str | None, result: Any, hdrs: dict[str, str]) -> None:
@@ -1632,7 +1635,7 @@ class Host:
             raise FencedError(f"{aid} was written by a newer owner of partition {partition}")
         act.agent = agent
         act.own = own
-        act.n, act.last_seq, act.records = n, last_seq, records
+        act.n, act.last_seq, act.records = n, last_seq, records or None
         act.since_snapshot = len(msgs)
         self.stats["activations"] += 1
         self._tel.activated(aid.type, len(msgs), self.clock.monotonic() - started)
@@ -1641,7 +1644,7 @@ class Host:
 
     def _evict(self, act: Activation) -> None:
         act.agent = None
-        act.records = OrderedDict()
+        act.records = None
         act.since_snapshot = 0
 
     def _evict_lru(self) -> None:
@@ -1669,7 +1672,7 @@ class Host:
             "n": act.n,
             "own": act.own,
             # only applied commands: a refusal is not in the log either
-            "records": [[k, v[0], v[2]] for k, v in act.records.items() if v[0]],
+            "records": [[k, v[0], v[2]] for k, v in (act.records or {}).items() if v[0]],
         }
 
     async def _snapshot(self, act: Activation) -> None:
