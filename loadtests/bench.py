@@ -45,8 +45,8 @@ sys.path.insert(0, str(HERE))
 import _cluster  # noqa: E402
 import _report  # noqa: E402
 import _workloads  # noqa: E402
-import bench_delivery as bd  # noqa: E402
 import bench_calls  # noqa: E402
+import bench_delivery as bd  # noqa: E402
 from _workloads import log  # noqa: E402
 from jetagents import Client, ClientSettings, NatsServer  # noqa: E402
 

@@ -61,7 +61,7 @@ async def measure(url: str, ready: Path, args: argparse.Namespace) -> dict[str, 
         try:
             await ref.request("get", delivery="at-most-once", timeout=1)
             break
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:
             await asyncio.sleep(0.2)
     variants: dict[str, Callable[[], Awaitable[Any]]] = {
         "floor": lambda: nc.request("FLOOR.call.a1", BODY, timeout=10),
@@ -108,8 +108,11 @@ def main() -> None:
         for argv, log in (
             ([sys.executable, "-m", "agent_host"], "host.log"),
             (
-                [sys.executable, str(HERE / "_floor_responder.py"), "--url", server.url, "--ready-file", str(ready)]
-                + ["--loop", args.loop],
+                [
+                    sys.executable,
+                    str(HERE / "_floor_responder.py"),
+                    *("--url", server.url, "--ready-file", str(ready), "--loop", args.loop),
+                ],
                 "floor.log",
             ),
         ):

@@ -27,7 +27,7 @@ import heapq
 import itertools
 import os
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -41,8 +41,8 @@ from pydantic import ValidationError
 
 from ._agent import Agent, AgentContext, AgentSpec, Registry, encode_events
 from ._clock import Clock, SystemClock
-from ._eager import start_eager
 from ._cluster import ClusterConfig, Coordinator, JetStreamStore
+from ._eager import start_eager
 from ._errors import (
     DeadlineExceeded,
     DomainError,
@@ -186,7 +186,7 @@ def _call_reply_headers(out: dict[str, str], incoming: dict[str, str] | None) ->
     """
     keep: dict[str, str] = {}
     for k, v in out.items():
-        if k == H_COMMAND_ID or ((k == TRACEPARENT or k == TRACESTATE) and incoming and incoming.get(k) == v):
+        if k == H_COMMAND_ID or (k in (TRACEPARENT, TRACESTATE) and incoming and incoming.get(k) == v):
             continue
         keep[k] = v
     return keep
@@ -1046,12 +1046,9 @@ class Host:
         if self._running < self.settings.workers:
             self._running += 1
             coro = self._work(act, work)
-            if self.settings.eager_start:
-                # Run it here and now, up to its first wait, rather than one turn of the
-                # event loop later in a new task (docs/adr/0031).
-                task = start_eager(coro, self._loop)
-            else:
-                task = self._loop.create_task(coro)
+            # Run it here and now, up to its first wait, rather than one turn of the event
+            # loop later in a new task (docs/adr/0031).
+            task = start_eager(coro, self._loop) if self.settings.eager_start else self._loop.create_task(coro)
             if task is not None:
                 self._workers.add(task)
                 task.add_done_callback(self._workers.discard)

@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 from nats.aio import client as _nc
+from nats.errors import BadHeaderError, BadSubjectError
 from nats.protocol import command as _cmd
 
 _CRLF = b"\r\n"
@@ -56,7 +57,7 @@ def encode_headers(headers: dict[str, Any]) -> bytes:
             if not key:
                 continue
             if not _KEY_OK.fullmatch(key):
-                raise _nc.errors.BadHeaderError(key)
+                raise BadHeaderError(key)
             line = key.encode() + b": "
             if len(_key_cache) < 1024:
                 _key_cache[k] = line
@@ -103,7 +104,7 @@ class Connection(_nc.Client):
             headers: dict[str, Any] | None,
         ) -> None:
             if subject == "":
-                raise _nc.errors.BadSubjectError
+                raise BadSubjectError
             if headers is None:
                 pub_cmd = _cmd.pub_cmd(subject, reply, payload)
             else:
@@ -114,4 +115,4 @@ class Connection(_nc.Client):
             if self._flush_queue is not None and self._flush_queue.empty():
                 await self._flush_pending()
 
-        _parse_header_lines = staticmethod(parse_header_lines)  # type: ignore[assignment]
+        _parse_header_lines = staticmethod(parse_header_lines)
