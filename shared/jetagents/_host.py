@@ -234,6 +234,7 @@ class _Puller:
         self.ids = itertools.count(1)
         self.stopped = False
         self.last_unpin = 0.0
+        self.last_recreate = 0.0
 
     def outstanding(self) -> int:
         return self.out
@@ -353,6 +354,7 @@ class Host:
             "fenced": 0,
             "naks": 0,
             "retries": 0,
+            "consumers_recreated": 0,
         }
         # agents with commands waiting for a free worker, by (priority rank, arrival)
         self._ready: list[tuple[int, int, Activation]] = []
@@ -510,6 +512,22 @@ class Host:
         self.owned = sorted({*self.owned, partition})
         self._owned_set = frozenset(self.owned)
         self._tel.handoff(started=True)
+
+    async def _recreate_consumer(self, partition: int) -> None:
+        """Create the consumer of a partition we serve if it is missing (same config)."""
+        if partition not in self._pullers or self._stopping:
+            return
+        s = self.settings
+        cfg = self.topology.consumer_config(
+            partition, ack_wait_s=s.ack_wait_s, max_deliver=-1, max_ack_pending=s.max_ack_pending
+        )
+        try:
+            await ensure_consumer(self.nc, self.topology, partition, cfg, s.op_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the next "no responders" tries again
+            self._log.debug("consumer_recreate_failed", partition=partition, error=str(exc))
+            return
+        self.stats["consumers_recreated"] += 1
+        self._log.warning("consumer_recreated", partition=partition)
 
     async def stop_partition(self, partition: int, *, graceful: bool) -> None:
         """Stop serving ``partition``. Graceful: finish the commands in hand (bounded by
@@ -929,6 +947,15 @@ class Host:
             status = hdrs.get("Status", "")
             if status == "100":
                 return
+            if status == "503":
+                # Nobody serves the consumer: it is gone. Its state lives in server memory,
+                # so a restarted server forgets it; the stream still holds every command not
+                # acknowledged, and a recreated consumer delivers them again.
+                now = self.clock.monotonic()
+                puller.backoff_until = now + 0.25
+                if now - puller.last_recreate > 1.0:
+                    puller.last_recreate = now
+                    self._side(self._recreate_consumer(puller.partition))
             if status == "423":  # pinned to another host
                 puller.pin_id = None
                 now = self.clock.monotonic()
