@@ -90,28 +90,27 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     )
     add("at-least-once @256, jetagents/floor", ratio("at-least-once", 256), 0.7, True)
     add("exactly-once @256, jetagents/floor", ratio("exactly-once", 256), 0.6, True)
-    for n, label in ((1, "sequential"), (64, "pipelined @64"), (256, "pipelined @256")):
-        g, r = get_cell(results, n), ray_cell(results, n)
-        v = (
-            g["jetagents"]["cmds_per_s_median"] / r["cmds_per_s_median"]
-            if g and r and g.get("jetagents") and r["cmds_per_s_median"]
-            else None
-        )
-        note = "like for like: jetagents read-only `get` vs Ray's counter call; both in memory, neither persists"
-        if r is None:
-            note = "Ray not measured in this run"
-        add(f"calls/s vs Ray, {label}, in memory (`get`)", v, 2.0, True, note)
-    for n, label in ((1, "sequential"), (64, "pipelined @64"), (256, "pipelined @256")):
-        c, r = cell(results, "at-most-once", n), ray_cell(results, n)
-        v = (
-            c["jetagents"]["cmds_per_s_median"] / r["cmds_per_s_median"]
-            if c and r and c.get("jetagents") and r["cmds_per_s_median"]
-            else None
-        )
-        note = "at-most-once (Ray's call is in memory only; jetagents still appends the event)"
-        if r is None:
-            note = "Ray not measured in this run"
-        add(f"calls/s vs Ray, {label}, persisted (`increment`)", v, 2.0, True, note)
+    vs_ray = (
+        (
+            "in memory (`get`)",
+            lambda n: get_cell(results, n),
+            "like for like: jetagents read-only `get` vs Ray's counter call; both in memory, neither persists",
+        ),
+        (
+            "persisted (`increment`)",
+            lambda n: cell(results, "at-most-once", n),
+            "at-most-once (Ray's call is in memory only; jetagents still appends the event)",
+        ),
+    )
+    for kind, jetagents_cell, why in vs_ray:
+        for n, label in ((1, "sequential"), (64, "pipelined @64"), (256, "pipelined @256")):
+            c, r = jetagents_cell(n), ray_cell(results, n)
+            v = (
+                c["jetagents"]["cmds_per_s_median"] / r["cmds_per_s_median"]
+                if c and r and c.get("jetagents") and r["cmds_per_s_median"]
+                else None
+            )
+            add(f"calls/s vs Ray, {label}, {kind}", v, 2.0, True, why if r else "Ray not measured in this run")
     many = ((results.get("many") or {}).get("summary") or {}).get("10000")
     ray_create = ((results.get("ray") or {}).get("create_summary") or {}).get("actors_per_s_median")
     v = many["agents_per_s"]["median"] / ray_create if many and ray_create else None

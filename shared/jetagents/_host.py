@@ -66,9 +66,9 @@ from ._nats import (
     connect,
     ensure_consumer,
     ensure_topology,
-    js_api,
     js_publish,
     rewind_consumer,
+    unpin_consumer,
 )
 from ._settings import HostSettings
 from ._telemetry import (
@@ -489,12 +489,16 @@ class Host:
         self._log.info("host_started", partitions=len(self.owned), types=self.registry.types())
 
     # -- partitions (the coordinator's hooks) -----------------------------------------------
+    def _consumer_config(self, partition: int) -> dict[str, Any]:
+        s = self.settings
+        return self.topology.consumer_config(
+            partition, ack_wait_s=s.ack_wait_s, max_deliver=-1, max_ack_pending=s.max_ack_pending
+        )
+
     async def start_partition(self, partition: int, *, rewind: bool = False) -> None:
         """Start serving ``partition``: recreate its consumer, then pull."""
         s = self.settings
-        cfg = self.topology.consumer_config(
-            partition, ack_wait_s=s.ack_wait_s, max_deliver=-1, max_ack_pending=s.max_ack_pending
-        )
+        cfg = self._consumer_config(partition)
         # A new owner makes whatever the previous owner left unacknowledged come again at
         # once and in stream order (a redelivery after ack_wait would arrive behind newer
         # commands of the same agent), and makes the server feed only itself: it rewinds
@@ -517,12 +521,10 @@ class Host:
         """Create the consumer of a partition we serve if it is missing (same config)."""
         if partition not in self._pullers or self._stopping:
             return
-        s = self.settings
-        cfg = self.topology.consumer_config(
-            partition, ack_wait_s=s.ack_wait_s, max_deliver=-1, max_ack_pending=s.max_ack_pending
-        )
         try:
-            await ensure_consumer(self.nc, self.topology, partition, cfg, s.op_timeout_s)
+            await ensure_consumer(
+                self.nc, self.topology, partition, self._consumer_config(partition), self.settings.op_timeout_s
+            )
         except Exception as exc:  # noqa: BLE001 - the next "no responders" tries again
             self._log.debug("consumer_recreate_failed", partition=partition, error=str(exc))
             return
@@ -572,14 +574,8 @@ class Host:
                     await asyncio.gather(*snaps, return_exceptions=True)
 
     async def _unpin(self, partition: int) -> None:
-        name = self.topology.consumer_name(partition)
         with contextlib.suppress(JetAgentsError):
-            await js_api(
-                self.nc,
-                f"$JS.API.CONSUMER.UNPIN.{self.topology.cmd_stream}.{name}",
-                {"group": PRIORITY_GROUP},
-                self.settings.op_timeout_s,
-            )
+            await unpin_consumer(self.nc, self.topology, partition, PRIORITY_GROUP, self.settings.op_timeout_s)
 
     def _token_of(self, aid: AgentId, partition: int) -> int:
         """This host's writer token for ``aid``: its claim on the partition, or the

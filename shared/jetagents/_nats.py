@@ -296,13 +296,17 @@ async def rewind_consumer(nc: NATS, topo: Topology, partition: int, cfg: dict[st
     except (JSApiError, Unavailable):  # a server without the RESET API (before 2.14)
         await ensure_consumer(nc, topo, partition, cfg, timeout_s, reset=True)
         return "recreated"
+    await unpin_consumer(nc, topo, partition, cfg["priority_groups"][0], timeout_s)
+    return "rewound"
+
+
+async def unpin_consumer(nc: NATS, topo: Topology, partition: int, group: str, timeout_s: float) -> None:
+    """Make a partition's consumer forget the client it is pinned to (nothing if none is)."""
+    name = topo.consumer_name(partition)
     try:
-        await js_api(
-            nc, f"$JS.API.CONSUMER.UNPIN.{topo.cmd_stream}.{name}", {"group": cfg["priority_groups"][0]}, timeout_s
-        )
+        await js_api(nc, f"$JS.API.CONSUMER.UNPIN.{topo.cmd_stream}.{name}", {"group": group}, timeout_s)
     except JSApiError:
         pass  # nobody was pinned
-    return "rewound"
 
 
 class DirectReader:
