@@ -16,7 +16,13 @@ needs, so the benchmark can compare jetagents against it:
   storage) under ``FLOOR.evt.<agent>`` with ``Nats-Expected-Last-Subject-Sequence`` set to
   the last sequence of that subject, kept in memory and updated from each PubAck.
 
-It creates its streams and consumer, then writes ``--ready-file``. SIGTERM/SIGINT stop it;
+``--partitions N`` adds the same durable pattern spread over N consumers, as a jetagents
+host spreads commands over one consumer per partition: subjects
+``FLOOR.pcmd.<p>.<alo|eo>.<agent>``, consumer ``floor-p<p>`` filtering ``FLOOR.pcmd.<p>.>``,
+one credit loop per consumer, p chosen by the client (``floor_partition``, the same hash
+jetagents uses). It shows what the server's per-consumer work costs on its own.
+
+It creates its streams and consumers, then writes ``--ready-file``. SIGTERM/SIGINT stop it;
 on exit it prints its counters (and any errors) to stderr.
 
     python loadtests/_floor_responder.py --url nats://127.0.0.1:4222 --ready-file /tmp/r
@@ -45,6 +51,7 @@ EVT_STREAM = "FLOOR_EVT"
 CONSUMER = "floor"
 CALL_SUBJECTS = "FLOOR.call.*"
 CMD_SUBJECTS = "FLOOR.cmd.>"
+PCMD_PREFIX = "FLOOR.pcmd."
 EVT_PREFIX = "FLOOR.evt."
 REPLY_HEADER = "Floor-Reply-To"
 ERR_STREAM_NOT_FOUND = 10059
@@ -62,7 +69,7 @@ async def ensure_topology(nc: Any, args: argparse.Namespace) -> None:
     streams = [
         {
             "name": CMD_STREAM,
-            "subjects": [CMD_SUBJECTS],
+            "subjects": [CMD_SUBJECTS, PCMD_PREFIX + ">"],
             "retention": "workqueue",
             "storage": "file",
             "num_replicas": 1,
@@ -87,24 +94,44 @@ async def ensure_topology(nc: Any, args: argparse.Namespace) -> None:
             created = await js_api(nc, f"$JS.API.STREAM.CREATE.{name}", cfg)
             if "error" in created:
                 raise RuntimeError(f"stream create {name}: {created['error']}")
-    consumer = {
-        "durable_name": CONSUMER,
-        "filter_subject": CMD_SUBJECTS,
-        "ack_policy": "explicit",
-        "deliver_policy": "all",
-        "ack_wait": int(10 * NS),
-        "max_deliver": -1,
-        "max_ack_pending": args.max_ack_pending,
-        "max_waiting": 512,
-        "num_replicas": 1,
-    }
-    resp = await js_api(
-        nc,
-        f"$JS.API.CONSUMER.CREATE.{CMD_STREAM}.{CONSUMER}",
-        {"stream_name": CMD_STREAM, "config": consumer, "action": ""},
-    )
-    if "error" in resp:
-        raise RuntimeError(f"consumer create: {resp['error']}")
+    for name, filt in consumers(args.partitions):
+        consumer = {
+            "durable_name": name,
+            "filter_subject": filt,
+            "ack_policy": "explicit",
+            "deliver_policy": "all",
+            "ack_wait": int(10 * NS),
+            "max_deliver": -1,
+            "max_ack_pending": args.max_ack_pending,
+            "max_waiting": 512,
+            "num_replicas": 1,
+            # like a jetagents partition consumer (docs/adr/0032)
+            "mem_storage": True,
+        }
+        resp = await js_api(
+            nc,
+            f"$JS.API.CONSUMER.CREATE.{CMD_STREAM}.{name}",
+            {"stream_name": CMD_STREAM, "config": consumer, "action": ""},
+        )
+        if "error" in resp:
+            raise RuntimeError(f"consumer create {name}: {resp['error']}")
+
+
+def consumers(partitions: int) -> list[tuple[str, str]]:
+    """(name, filter subject) of every consumer: the single one, then one per partition."""
+    return [(CONSUMER, CMD_SUBJECTS)] + [(f"{CONSUMER}-p{p}", f"{PCMD_PREFIX}{p}.>") for p in range(partitions)]
+
+
+class Credit:
+    """The pull requests of one consumer still open, and how many messages each still owes."""
+
+    def __init__(self, name: str) -> None:
+        self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{CMD_STREAM}.{name}"
+        self.requests: OrderedDict[str, list[float]] = OrderedDict()  # token -> [remaining, sent_at]
+        self.wake = asyncio.Event()
+
+    def outstanding(self) -> int:
+        return int(sum(r[0] for r in self.requests.values()))
 
 
 class Responder:
@@ -113,9 +140,8 @@ class Responder:
         self.batch: int = args.batch
         self.max_inflight: int = args.max_inflight
         self.expires_s: float = args.expires
-        self.requests: OrderedDict[str, list[float]] = OrderedDict()  # token -> [remaining, sent_at]
+        self.credits = [Credit(name) for name, _ in consumers(args.partitions)]
         self.ids = itertools.count(1)
-        self.wake = asyncio.Event()
         self.inflight = 0
         self.last_seq: dict[str, int] = {}  # event subject -> last stream sequence
         self.values: dict[str, int] = {}  # agent -> counter value (the "state")
@@ -123,9 +149,6 @@ class Responder:
         self.stats = {"call": 0, "alo": 0, "eo": 0, "errors": 0, "fenced": 0}
         self.stopping = False
         self.pull_prefix = ""
-
-    def outstanding(self) -> int:
-        return int(sum(r[0] for r in self.requests.values()))
 
     # -- at-most-once -------------------------------------------------------------------
     async def on_call(self, msg: Msg) -> None:
@@ -137,49 +160,55 @@ class Responder:
             await self.nc.publish(msg.reply, b'{"ok":true,"result":%d}' % v)
 
     # -- durable: the credit loop -------------------------------------------------------
-    async def pull_loop(self) -> None:
-        subject = f"$JS.API.CONSUMER.MSG.NEXT.{CMD_STREAM}.{CONSUMER}"
+    async def pull_loop(self, index: int) -> None:
+        credit = self.credits[index]
         expires_ns = int(self.expires_s * NS)
         loop = asyncio.get_running_loop()
         while not self.stopping:
             now = loop.time()
-            for token, req in list(self.requests.items()):
+            for token, req in list(credit.requests.items()):
                 if now - req[1] > self.expires_s + 2.0:
-                    self.requests.pop(token, None)
-            want = self.batch - self.outstanding()
+                    credit.requests.pop(token, None)
+            want = self.batch - credit.outstanding()
             room = self.max_inflight - self.inflight
             if want >= max(1, self.batch // 2) and room > 0 and self.nc.is_connected:
                 n = min(want, room)
                 token = str(next(self.ids))
-                self.requests[token] = [n, now]
+                credit.requests[token] = [n, now]
                 await self.nc.publish(
-                    subject, orjson.dumps({"batch": n, "expires": expires_ns}), reply=f"{self.pull_prefix}.{token}"
+                    credit.subject,
+                    orjson.dumps({"batch": n, "expires": expires_ns}),
+                    reply=f"{self.pull_prefix}.{index}.{token}",
                 )
                 continue
-            self.wake.clear()
+            credit.wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
-                    await self.wake.wait()
+                    await credit.wake.wait()
 
     async def on_pull_msg(self, msg: Msg) -> None:
         if not msg.reply:  # a status about one of our pull requests (timeout, ...)
             hdrs = msg.headers or {}
             if hdrs.get("Status") == "100":
                 return
-            self.requests.pop(msg.subject.rpartition(".")[2], None)
-            self.wake.set()
+            _, index, token = msg.subject.rsplit(".", 2)
+            credit = self.credits[int(index)]
+            credit.requests.pop(token, None)
+            credit.wake.set()
             return
-        for token, req in self.requests.items():  # the server fills requests in order
+        credit = self.credits[int(msg.subject.split(".", 3)[2]) + 1] if msg.subject[6] == "p" else self.credits[0]
+        for token, req in credit.requests.items():  # the server fills requests in order
             req[0] -= 1
             if req[0] <= 0:
-                del self.requests[token]
-                self.wake.set()
+                del credit.requests[token]
+                credit.wake.set()
             break
         self.inflight += 1
         hdrs = msg.headers or {}
         reply_to = hdrs.get(REPLY_HEADER)
-        # FLOOR.cmd.<alo|eo>.<agent>
-        _, _, kind, agent = msg.subject.split(".", 3)
+        # FLOOR.cmd.<alo|eo>.<agent> or FLOOR.pcmd.<p>.<alo|eo>.<agent>
+        tokens = msg.subject.split(".")
+        kind, agent = tokens[-2], tokens[-1]
         if kind == "eo":
             task = asyncio.create_task(self.exactly_once(msg, agent, reply_to))
             self.tasks.add(task)
@@ -230,8 +259,9 @@ class Responder:
 
     def done(self) -> None:
         self.inflight -= 1
-        if self.outstanding() < self.batch // 2:
-            self.wake.set()
+        for credit in self.credits:
+            if credit.outstanding() < self.batch // 2:
+                credit.wake.set()
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -243,19 +273,18 @@ async def main(args: argparse.Namespace) -> None:
     await ensure_topology(nc, args)
     r = Responder(nc, args)
     r.pull_prefix = nc.new_inbox()
-    await nc.subscribe(f"{r.pull_prefix}.*", cb=r.on_pull_msg, pending_msgs_limit=1_000_000, pending_bytes_limit=-1)
+    await nc.subscribe(f"{r.pull_prefix}.*.*", cb=r.on_pull_msg, pending_msgs_limit=1_000_000, pending_bytes_limit=-1)
     await nc.subscribe(CALL_SUBJECTS, queue="floor", cb=r.on_call, pending_msgs_limit=1_000_000, pending_bytes_limit=-1)
-    puller = asyncio.create_task(r.pull_loop())
+    pullers = [asyncio.create_task(r.pull_loop(i)) for i in range(len(r.credits))]
     await nc.flush()
     if args.ready_file:
         Path(args.ready_file).write_text(f"{time.time()}\n")
     print("floor responder ready", file=sys.stderr, flush=True)
     await stop.wait()
     r.stopping = True
-    r.wake.set()
-    puller.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await puller
+    for puller in pullers:
+        puller.cancel()
+    await asyncio.gather(*pullers, return_exceptions=True)
     if r.tasks:
         await asyncio.wait(list(r.tasks), timeout=2)
     with contextlib.suppress(Exception):
@@ -269,6 +298,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", required=True)
     p.add_argument("--ready-file", default="")
+    p.add_argument("--partitions", type=int, default=0, help="also serve FLOOR.pcmd over this many consumers")
     p.add_argument("--batch", type=int, default=64, help="pull batch (credits), like JETAGENTS_PULL_BATCH")
     p.add_argument("--max-inflight", type=int, default=1024, help="like JETAGENTS_MAX_INFLIGHT")
     p.add_argument("--max-ack-pending", type=int, default=1024, help="like JETAGENTS_MAX_ACK_PENDING")

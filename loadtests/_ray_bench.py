@@ -8,7 +8,7 @@ dashboard):
   jetagents counter, in memory only): in-flight 1 = ``ray.get(actor.increment.remote(1))``
   per call; in-flight N = N calls kept outstanding to the same actor with a ``ray.wait``
   loop (Ray runs one actor's calls one at a time, in order, like one agent's mailbox).
-  Same window rule and percentiles as ``bench_delivery.run_cell``.
+  The same window rule and percentiles as ``bench_delivery.run_cell``.
 * actor creation: new counter actors are created with at most ``--create-window``
   creations outstanding, each counted when its first call answers, until ``--create-deadline``
   seconds have passed or ``--create-max`` actors are up. Ray starts one worker *process* per
@@ -47,52 +47,65 @@ def log(msg: str) -> None:
     print(f"[ray {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def ray_cell(ray: Any, actor: Any, inflight: int, warm_s: float, measure_s: float) -> tuple[int, list[float]]:
+def ray_cell(
+    ray: Any, actor: Any, inflight: int, warm_s: float, measure_s: float, min_waves: int = 10
+) -> tuple[int, list[float], float]:
     """Closed loop with ``inflight`` calls outstanding, the same window rule as
-    ``bench_delivery.run_cell``: only calls answered inside the last ``measure_s`` seconds
-    count. In-flight 1 is ``ray.get`` per call; more is the usual ``ray.wait`` loop (in
-    our runs it beat awaiting the refs from asyncio by ~15%, so Ray gets its better path)."""
+    ``bench_delivery.run_cell``: the window opens after ``warm_s``, lasts at least
+    ``measure_s`` and ``min_waves`` times the median latency of the warm-up, and only calls
+    answered inside it count. In-flight 1 is ``ray.get`` per call; more is the usual
+    ``ray.wait`` loop (in our runs it beat awaiting the refs from asyncio by ~15%, so Ray
+    gets its better path). Returns (calls, sorted latencies, window seconds)."""
     perf = time.perf_counter
-    window_start = perf() + warm_s
-    window_end = window_start + measure_s
+    inf = float("inf")
+    warm_until = perf() + warm_s
+    window_start = window_end = inf
     lat: list[float] = []
+    warm_lat: list[float] = []
+
+    def record(t0: float, t1: float) -> None:
+        nonlocal window_start, window_end
+        if window_start == inf and t1 >= warm_until and warm_lat:
+            window_start = t1
+            window_end = t1 + max(measure_s, min_waves * median(warm_lat))
+        if window_start <= t1 <= window_end:
+            lat.append(t1 - t0)
+        elif t1 < window_start:
+            warm_lat.append(t1 - t0)
+
     if inflight == 1:
         while True:
             t0 = perf()
             if t0 >= window_end:
                 break
             ray.get(actor.increment.remote(1))
-            t1 = perf()
-            if t1 >= window_start:
-                lat.append(t1 - t0)
-        return len(lat), sorted(lat)
+            record(t0, perf())
+        return len(lat), sorted(lat), window_end - window_start
     pending = {actor.increment.remote(1): perf() for _ in range(inflight)}
     while pending:
         ray.wait(list(pending), num_returns=1)
         done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
         now = perf()
         for ref in done:
-            t0 = pending.pop(ref)
-            if window_start <= now <= window_end:
-                lat.append(now - t0)
+            record(pending.pop(ref), now)
             if now < window_end:
                 pending[actor.increment.remote(1)] = perf()
-    return len(lat), sorted(lat)
+    return len(lat), sorted(lat), window_end - window_start
 
 
 def calls(ray: Any, actor: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     for rep in range(args.reps):
         for n in args.inflight:
-            ncmd, lat = ray_cell(ray, actor, n, args.warmup, args.duration)
+            ncmd, lat, secs = ray_cell(ray, actor, n, args.warmup, args.duration)
             run = {
                 "system": "ray",
                 "mode": "actor call",
                 "inflight": n,
                 "rep": rep + 1,
                 "commands": ncmd,
-                "seconds": args.duration,
-                "cmds_per_s": ncmd / args.duration,
+                "seconds": secs,
+                "cmds_per_s": ncmd / secs,
                 "p50_ms": pct(lat, 50) * 1000,
                 "p99_ms": pct(lat, 99) * 1000,
                 "p999_ms": pct(lat, 99.9) * 1000,

@@ -194,6 +194,7 @@ async def many_agents(
     *,
     inflight: int = 256,
     idle_wait_s: float = 3.0,
+    settle_s: float = 1.0,
     timeout_s: float = 60.0,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
@@ -216,7 +217,7 @@ async def many_agents(
             )
             try:
                 await wait_ready(client, [host], probe_ids(64, 1, f"mprobe{n}r{rep}"))
-                await asyncio.sleep(1.0)  # let start-up garbage settle before the baseline
+                await asyncio.sleep(settle_s)  # let start-up garbage settle before the baseline
                 rss0, cpu0 = host.rss_kib(), host.cpu_s()
                 ids = [f"m{n}r{rep}i{i}" for i in range(n)]
                 secs, lat, errors, first_error = await closed_loop(
@@ -301,8 +302,9 @@ async def cold_activation(
     warm_calls: int = 5,
 ) -> dict[str, Any]:
     host = HostProc(url, work_dir, "cold", {"JETAGENTS_IDLE_PASSIVATE_S": str(passivate_s)})
-    # passivation runs on the housekeeping tick (>= 0.2 s) after passivate_s of idleness
-    wait_s = passivate_s + 1.0
+    # passivation runs on the housekeeping tick (max(0.2, passivate_s / 4) here) once an
+    # agent has been idle passivate_s: two ticks of margin
+    wait_s = passivate_s + 2 * max(0.2, passivate_s / 4) + 0.1
     out: dict[str, Any] = {
         "what": (
             "first at-most-once `get` to an agent that is not in memory (client-side latency), minus the "

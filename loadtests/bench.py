@@ -1,6 +1,6 @@
 """jetagents against the bare nats-py floor and against Ray, in one run, with a report.
 
-    python loadtests/bench.py --quick            # a few minutes
+    python loadtests/bench.py --quick            # about two minutes
     python loadtests/bench.py                    # full: under 20 minutes
     python loadtests/bench.py --smoke            # tiny: does every workload still run?
 
@@ -62,11 +62,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "calls_block": 20,
         "duration": 0.3,
         "warmup": 0.1,
+        "ray_warmup": 0.1,
         "ray_create_deadline": 3.0,
         "ray_create_reps": 1,
+        "ray_settle_s": 0.5,
         "many_sizes": [200],
+        "many_settle_s": 0.3,
         "many_idle_s": 0.3,
         "cold_sizes": [0, 120],
+        "cold_passivate_s": 0.2,
         "cluster_partitions": [8],
         "scale_hosts": [1, 2],
         "scale_inflight": 16,
@@ -82,27 +86,35 @@ PROFILES: dict[str, dict[str, Any]] = {
         "reps": 3,
         "inflight": [1, 64, 256],
         "count": None,
-        "calls_rounds": 20,
+        # at-most-once is measured with the read-only `get` (workload 1b, the like-for-like
+        # target); the full mode also runs `increment` at-most-once (an event append per call)
+        "modes": ["at-least-once", "exactly-once"],
+        "calls_rounds": 10,
         "calls_block": 200,
-        "duration": 0.6,
-        # at 256 in flight a durable command takes ~0.5-1 s on a loaded 2-core machine: with a
-        # shorter warm-up the first wave can miss the whole window (0 cmds/s, seen in a quick run)
-        "warmup": 1.0,
-        "ray_create_deadline": 5.0,
+        "duration": 0.5,
+        # the minimum: a window also waits until every worker has had 2 replies
+        # (bench_delivery.run_cell), so a slow first wave of 256 durable commands on a loaded
+        # machine never falls inside it
+        "warmup": 0.2,
+        "ray_warmup": 0.2,
+        "ray_create_deadline": 3.0,
         "ray_create_reps": 3,
+        "ray_settle_s": 0.5,
         "many_sizes": [10_000],
-        "many_idle_s": 1.0,
+        "many_settle_s": 0.5,
+        "many_idle_s": 0.5,
         "cold_sizes": [0, 100, 10_000],
+        "cold_passivate_s": 0.2,
         "cluster_partitions": [64],
         "scale_hosts": [1, 2, 3],
-        "scale_inflight": 256,
-        "scale_duration": 0.6,
-        "scale_warmup": 0.3,
+        "scale_inflight": 128,
+        "scale_duration": 0.5,
+        "scale_warmup": 0.2,
         "failover_hosts": 3,
         "failover_reps": 3,
         "failover_ttls": ["default"],
-        "failover_warm_s": 1.5,
-        "failover_after_s": 1.0,
+        "failover_warm_s": 0.8,
+        "failover_after_s": 0.5,
     },
     "full": {
         "reps": 3,
@@ -112,11 +124,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "calls_block": 200,
         "duration": 4.0,
         "warmup": 1.0,
+        "ray_warmup": 1.0,
         "ray_create_deadline": 20.0,
         "ray_create_reps": 3,
+        "ray_settle_s": 2.0,
         "many_sizes": [10_000, 100_000],
+        "many_settle_s": 1.0,
         "many_idle_s": 3.0,
         "cold_sizes": [0, 100, 10_000],
+        "cold_passivate_s": 0.5,
         "cluster_partitions": [64],
         "scale_hosts": [1, 2, 3],
         "scale_inflight": 256,
@@ -134,7 +150,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="short windows, 10,000 agents (a few minutes)")
+    g.add_argument("--quick", action="store_true", help="short windows, 10,000 agents (about two minutes)")
     g.add_argument("--smoke", action="store_true", help="tiny sizes, 1 rep: checks that everything runs")
     p.add_argument("--out", type=Path, default=None, help="report directory (default loadtests/results/<mode>)")
     p.add_argument("--only", nargs="+", choices=WORKLOADS, default=list(WORKLOADS), help="run only these")
@@ -184,16 +200,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- workload 1 (and 4) ---------------------------------------------------------------------
 def run_delivery(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     pr = args.profile
-    argv = ["--reps", str(pr["reps"]), "--loop", args.loop, "--timeout", str(args.timeout)]
-    argv += ["--inflight", *map(str, pr["inflight"])]
+    common = ["--reps", str(pr["reps"]), "--loop", args.loop, "--timeout", str(args.timeout)]
     if pr["count"]:
-        argv += ["--count", str(pr["count"])]
+        common += ["--count", str(pr["count"])]
     else:
-        argv += ["--duration", str(pr["duration"]), "--warmup", str(pr["warmup"])]
-    dargs = bd.parse_args(argv)
-    # at-most-once again with the read-only `get`: no event append on either side, so this
-    # is the like-for-like comparison with bare core request/reply
-    gargs = bd.parse_args([*argv, "--action", "get", "--modes", "at-most-once"])
+        common += ["--duration", str(pr["duration"]), "--warmup", str(pr["warmup"])]
+    inflight = ["--inflight", *map(str, pr["inflight"])]
+    dargs = bd.parse_args([*common, *inflight, "--modes", *pr.get("modes", bd.MODES)])
+    # the read-only `get` appends no event, so it is like for like with a floor that appends
+    # nothing: core request/reply (at-most-once, every in-flight level), and publish + pull +
+    # ack + reply (at-least-once, at the most in flight, where the target is)
+    gargs = bd.parse_args(
+        [*common, *inflight, "--action", "get", "--modes", "at-most-once", "--systems", "jetagents", "floor"]
+    )
+    aargs = bd.parse_args(
+        [*common, "--inflight", str(max(pr["inflight"])), "--action", "get", "--modes", "at-least-once"]
+    )
     procs = bd.Processes(work_dir / "delivery")
     procs.work_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -203,13 +225,16 @@ def run_delivery(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         runs = asyncio.run(bd.bench(dargs, procs, server.url))
         log("workload 1b: at-most-once with the read-only `get` (like for like with core request/reply)")
         get_runs = asyncio.run(bd.bench(gargs, procs, server.url))
+        log("workload 1b: at-least-once with the read-only `get` (like for like with its floor)")
+        get_alo_runs = asyncio.run(bd.bench(aargs, procs, server.url))
         log("workload 1c: sequential calls, interleaved A/B blocks (bench_calls.py)")
         cargs = argparse.Namespace(rounds=pr["calls_rounds"], block=pr["calls_block"])
         calls = asyncio.run(bench_calls.measure(server.url, procs.work_dir / "floor.ready", cargs))
     finally:
         procs.stop_all()
     summary = bd.summarize(runs, dargs)
-    get_summary = bd.summarize(get_runs, gargs)
+    get_summary = bd.summarize(get_runs, gargs) + bd.summarize(get_alo_runs, aargs)
+    get_runs += get_alo_runs
     return {
         "calls_ab": {
             "rounds": pr["calls_rounds"],
@@ -259,8 +284,9 @@ def run_ray(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     out = work_dir / "ray.json"
     argv = [sys.executable, str(HERE / "_ray_bench.py"), "--out", str(out), "--reps", str(pr["reps"])]
     argv += ["--inflight", *map(str, pr["inflight"])]
-    argv += ["--duration", str(pr["duration"] if not pr["count"] else 0.3), "--warmup", str(pr["warmup"])]
+    argv += ["--duration", str(pr["duration"] if not pr["count"] else 0.3), "--warmup", str(pr["ray_warmup"])]
     argv += ["--create-deadline", str(pr["ray_create_deadline"]), "--create-reps", str(pr["ray_create_reps"])]
+    argv += ["--settle", str(pr["ray_settle_s"])]
     log("ray: starting a local Ray instance in its own process (log: ray.log)")
     with open(work_dir / "ray.log", "ab") as logf:
         proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, preexec_fn=os.setpgrp)
@@ -318,11 +344,12 @@ async def single_host(args: argparse.Namespace, work_dir: Path, results: dict[st
                     pr["many_sizes"],
                     pr["reps"],
                     idle_wait_s=pr["many_idle_s"],
+                    settle_s=pr["many_settle_s"],
                     timeout_s=args.timeout,
                 )
             if "cold" in args.run:
                 results["cold"] = await _workloads.cold_activation(
-                    client, server.url, work_dir, pr["cold_sizes"], pr["reps"]
+                    client, server.url, work_dir, pr["cold_sizes"], pr["reps"], passivate_s=pr["cold_passivate_s"]
                 )
         finally:
             await client.close()

@@ -55,6 +55,7 @@ import orjson
 from nats.nuid import NUID
 
 from jetagents import Client, ClientSettings, NatsServer, __version__
+from jetagents._ids import partition_of
 from jetagents._server import child_preexec, find_nats_server
 
 HERE = Path(__file__).resolve().parent
@@ -128,12 +129,17 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+# jetagents; the floor (one consumer for every durable command); the partitioned floor (the
+# same over one consumer per partition, as a jetagents host pulls: durable modes only)
+SYSTEMS = ("jetagents", "floor", "floor-p")
+
+
 # -- results --------------------------------------------------------------------------------
 @dataclass
 class Run:
     """One measured window of one system in one cell."""
 
-    system: str  # "jetagents" | "floor"
+    system: str  # one of SYSTEMS
     mode: str
     inflight: int
     rep: int
@@ -160,13 +166,22 @@ async def run_cell(
     measure_s: float,
     count: int | None,
     pids: dict[str, int],
+    warm_replies: int = 2,
+    max_warm_s: float = 30.0,
+    min_waves: int = 10,
 ) -> tuple[int, float, list[float], int, dict[str, float], str]:
     """Closed loop: ``inflight`` workers, worker i always talks to agent i.
 
-    Duration mode (count is None): the workers run continuously for warm_s + measure_s;
-    only replies that arrive inside the last measure_s seconds are counted (no ramp-up or
-    tail in the window). Count mode (smoke): warm-up of a few commands, then exactly
-    ``count`` measured commands.
+    Duration mode (count is None): the workers run continuously; the measured window of
+    measure_s seconds opens once warm_s has passed *and* every worker has had
+    ``warm_replies`` replies (so a slow first wave, e.g. 256 durable commands on a loaded
+    machine, is never inside the window, and a fast cell does not wait for a fixed warm-up
+    it does not need), or after ``max_warm_s`` whatever happened. The window lasts at least
+    ``min_waves`` times the median latency of the warm-up: with many commands in flight a
+    closed loop answers in waves (256 durable commands finish within a few ms of each other,
+    every ~180 ms), and a window only 3 waves long counts 2 or 3 of them (+-30 %). Only
+    replies that arrive inside the window count (no ramp-up or tail in it). Count mode (smoke): warm-up of a
+    few commands, then exactly ``count`` measured commands.
     Returns (commands, seconds, latencies, errors, cpu seconds per process, first error).
     """
     loop = asyncio.get_running_loop()
@@ -201,10 +216,15 @@ async def run_cell(
         seconds = perf() - t_start
         return len(lat), seconds, sorted(lat), errors, cpu_delta(cpu0, snapshot(pids)), first_error
 
-    t_begin = perf()
-    window_start = t_begin + warm_s
-    window_end = window_start + measure_s
+    inf = float("inf")
+    window_start = window_end = inf  # set by open_window
     cpu: dict[str, dict[str, float]] = {}
+    replies = [0] * inflight
+    warm_lat: list[float] = []
+    unwarmed = [inflight if warm_replies > 0 else 0]
+    warmed = asyncio.Event()
+    if not unwarmed[0]:
+        warmed.set()
 
     async def worker(i: int) -> None:
         nonlocal errors, first_error
@@ -224,23 +244,35 @@ async def run_cell(
             t1 = perf()
             if window_start <= t1 <= window_end:
                 lat.append(t1 - t0)
+            elif t1 < window_start:
+                warm_lat.append(t1 - t0)
+                replies[i] += 1
+                if replies[i] == warm_replies:
+                    unwarmed[0] -= 1
+                    if not unwarmed[0]:
+                        warmed.set()
 
-    async def sample(at: float, key: str) -> None:
-        await asyncio.sleep(max(0.0, at - perf()))
-        snap = snapshot(pids)
-        snap["_t"] = perf()
-        cpu[key] = snap
+    async def open_window() -> None:
+        nonlocal window_start, window_end
+        t_begin = perf()
+        await asyncio.sleep(warm_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(warmed.wait(), max(0.0, t_begin + max_warm_s - perf()))
+        window = max(measure_s, min_waves * median(warm_lat)) if warm_lat else measure_s
+        cpu["start"] = snapshot(pids) | {"_t": perf()}
+        window_start = cpu["start"]["_t"]
+        window_end = window_start + window
+        await asyncio.sleep(max(0.0, window_end - perf()))
+        cpu["end"] = snapshot(pids) | {"_t": perf()}
 
-    samplers = [
-        loop.create_task(sample(window_start, "start")),
-        loop.create_task(sample(window_end, "end")),
-    ]
+    opener = loop.create_task(open_window())
     await asyncio.gather(*(worker(i) for i in range(inflight)))
-    await asyncio.gather(*samplers)
-    # the samplers may wake a little late on a busy loop: scale to the real interval
+    await opener
+    # the closing sample may wake a little late on a busy loop: scale to the real interval
+    window = window_end - window_start
     real = cpu["end"]["_t"] - cpu["start"]["_t"]
-    cpu_used = cpu_delta(cpu["start"], cpu["end"], measure_s / real if real > 0 else 1.0)
-    return len(lat), measure_s, sorted(lat), errors, cpu_used, first_error
+    cpu_used = cpu_delta(cpu["start"], cpu["end"], window / real if real > 0 else 1.0)
+    return len(lat), window, sorted(lat), errors, cpu_used, first_error
 
 
 # -- the two systems ------------------------------------------------------------------------
@@ -250,18 +282,19 @@ BODY = orjson.dumps({"action": "increment", "params": {"by": 1}})
 class FloorClient:
     """The client half of the floor: plain nats-py, same message pattern as jetagents."""
 
-    def __init__(self, nc: Any, timeout: float) -> None:
+    def __init__(self, nc: Any, timeout: float, partitions: int = 64) -> None:
         self.nc = nc
         self.timeout = timeout
+        self.partitions = partitions  # of the partitioned floor (FLOOR.pcmd, one consumer each)
         self.nuid = NUID()
         self.tokens = itertools.count(1)
         self.pending: dict[str, asyncio.Future[Any]] = {}
         self.prefix = ""
 
     @classmethod
-    async def connect(cls, url: str, timeout: float) -> FloorClient:
+    async def connect(cls, url: str, timeout: float, partitions: int = 64) -> FloorClient:
         nc = await nats.connect(url, name="floor-client", max_reconnect_attempts=-1)
-        self = cls(nc, timeout)
+        self = cls(nc, timeout, partitions)
         self.prefix = nc.new_inbox()
         await nc.subscribe(f"{self.prefix}.*", cb=self._on_reply)
         return self
@@ -275,7 +308,7 @@ class FloorClient:
         msg = await self.nc.request(f"FLOOR.call.{agent}", BODY, timeout=self.timeout)
         return orjson.loads(msg.data)["result"]
 
-    async def durable(self, agent: str, exactly_once: bool) -> Any:
+    async def durable(self, agent: str, exactly_once: bool, subject_prefix: str = "FLOOR.cmd.") -> Any:
         token = str(next(self.tokens))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[token] = fut
@@ -285,7 +318,7 @@ class FloorClient:
             headers["Nats-Msg-Id"] = self.nuid.next().decode()
             kind = "eo"
         try:
-            ack = await self.nc.request(f"FLOOR.cmd.{kind}.{agent}", BODY, timeout=self.timeout, headers=headers)
+            ack = await self.nc.request(f"{subject_prefix}{kind}.{agent}", BODY, timeout=self.timeout, headers=headers)
             puback = orjson.loads(ack.data)
             if "error" in puback:
                 raise RuntimeError(f"publish refused: {puback['error']}")
@@ -295,10 +328,13 @@ class FloorClient:
         finally:
             self.pending.pop(token, None)
 
-    def sender(self, mode: str, agents: list[str]) -> Sender:
+    def sender(self, mode: str, agents: list[str], partitioned: bool = False) -> Sender:
         if mode == "at-most-once":
             return lambda i: self.call(agents[i])
         eo = mode == "exactly-once"
+        if partitioned:  # the partition of the agent's jetagents counter: the same spread
+            prefixes = [f"FLOOR.pcmd.{partition_of('counter', a, self.partitions)}." for a in agents]
+            return lambda i: self.durable(agents[i], eo, prefixes[i])
         return lambda i: self.durable(agents[i], eo)
 
     async def close(self) -> None:
@@ -310,6 +346,12 @@ def jetagents_sender(client: Client, mode: str, agents: list[str], timeout: floa
     refs = [client.agent("counter", a) for a in agents]
     params = {"by": 1} if action == "increment" else {}
     return lambda i: refs[i].request(action, params, delivery=mode, timeout=timeout)
+
+
+def host_partitions(args: argparse.Namespace) -> int:
+    from jetagents import HostSettings
+
+    return int(args.partitions or HostSettings.model_fields["partitions"].default)
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -362,6 +404,8 @@ class Processes:
             str(ready),
             "--loop",
             args.loop,
+            "--partitions",
+            str(host_partitions(args)),
         ]
         self.responder = self._spawn(argv, dict(os.environ), "floor.log")
         return self.responder
@@ -445,7 +489,7 @@ async def bench(args: argparse.Namespace, procs: Processes, url: str) -> list[Ru
     client = await Client.connect(
         settings=ClientSettings(nats_url=url, request_timeout_s=args.timeout, connect_timeout_s=10)
     )
-    floor = await FloorClient.connect(url, args.timeout)
+    floor = await FloorClient.connect(url, args.timeout, host_partitions(args))
     runs: list[Run] = []
     try:
         t0 = time.monotonic()
@@ -466,6 +510,8 @@ async def bench(args: argparse.Namespace, procs: Processes, url: str) -> list[Ru
             failures += await activate(jetagents_sender(client, "exactly-once", names, args.timeout, "increment"), n)
             for mode in MODES:
                 failures += await activate(floor.sender(mode, names), n)
+                if mode != "at-most-once":
+                    failures += await activate(floor.sender(mode, names, partitioned=True), n)
         if failures:
             raise RuntimeError(f"{failures} activation commands failed:\n{procs.tail('host.log')}")
         log(
@@ -476,12 +522,19 @@ async def bench(args: argparse.Namespace, procs: Processes, url: str) -> list[Ru
         # every process of this run is sampled in every window (the idle one costs ~0)
         pids = {"nats-server": procs.server.proc.pid, "host": procs.host.pid, "responder": procs.responder.pid}
         cells = [(mode, n) for mode in args.modes for n in args.inflight]
-        total = len(cells) * args.reps * len(args.systems)
+
+        def systems(mode: str, n: int) -> list[str]:
+            # the partitioned floor is a durable pattern (core request/reply has no consumers),
+            # measured where many partitions are busy at once: the most in flight
+            return [x for x in args.systems if x != "floor-p" or (mode != "at-most-once" and n == max(args.inflight))]
+
+        total = sum(len(systems(mode, n)) for mode, n in cells) * args.reps
         done = 0
         for rep in range(args.reps):
             for ci, (mode, n) in enumerate(cells):
-                order = ["jetagents", "floor"] if (rep + ci) % 2 == 0 else ["floor", "jetagents"]
-                order = [x for x in order if x in args.systems]
+                order = systems(mode, n)
+                k = (rep + ci) % len(order)  # rotate who goes first
+                order = order[k:] + order[:k]
                 for system in order:
                     if procs.host.poll() is not None:
                         raise RuntimeError(f"host died:\n{procs.tail('host.log')}")
@@ -490,7 +543,7 @@ async def bench(args: argparse.Namespace, procs: Processes, url: str) -> list[Ru
                     if system == "jetagents":
                         send = jetagents_sender(client, mode, agents[n], args.timeout, args.action)
                     else:
-                        send = floor.sender(mode, agents[n])
+                        send = floor.sender(mode, agents[n], partitioned=system == "floor-p")
                     count = args.count if args.count else None
                     ncmd, secs, lat, errors, cpu, first_error = await run_cell(
                         send, n, warm_s=args.warmup, measure_s=args.duration, count=count, pids=pids
@@ -587,7 +640,7 @@ def summarize(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]
     for mode in args.modes:
         for n in args.inflight:
             cell: dict[str, Any] = {"mode": mode, "inflight": n}
-            for system in ("jetagents", "floor"):
+            for system in SYSTEMS:
                 rs = [r for r in runs if r.system == system and r.mode == mode and r.inflight == n]
                 if not rs:
                     continue
@@ -638,6 +691,9 @@ def summarize(runs: list[Run], args: argparse.Namespace) -> list[dict[str, Any]]
                         paired.append(a[0].cmds_per_s / b[0].cmds_per_s)
                 cell["ratio_paired_median"] = median(paired)
                 cell["ratio_paired_min_max"] = [min(paired), max(paired)] if paired else []
+            if "jetagents" in cell and "floor-p" in cell:
+                fp = cell["floor-p"]["cmds_per_s_median"]
+                cell["ratio_partitioned"] = cell["jetagents"]["cmds_per_s_median"] / fp if fp else float("nan")
             out.append(cell)
     return out
 
@@ -751,8 +807,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--systems",
         nargs="+",
-        choices=["jetagents", "floor"],
-        default=["jetagents", "floor"],
+        choices=list(SYSTEMS),
+        default=list(SYSTEMS),
         help="measure only these (e.g. to attach a profiler to one of them)",
     )
     p.add_argument("--inflight", nargs="+", type=int, default=None, help="in-flight levels (default 1 256)")
