@@ -175,7 +175,8 @@ def smoke_problems(results: dict[str, Any]) -> list[str]:
     problems = []
     if results.get("failed"):
         problems.append(results["failed"])
-    for r in (results.get("delivery") or {}).get("runs", []):
+    d = results.get("delivery") or {}
+    for r in d.get("runs", []) + d.get("get_runs", []):
         if r["errors"] or not r["commands"]:
             problems.append(f"delivery {r['system']} {r['mode']} x{r['inflight']}: {r['errors']} errors")
     for key in ("many", "cold", "scaling"):

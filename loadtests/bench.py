@@ -89,6 +89,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         # at-most-once is measured with the read-only `get` (workload 1b, the like-for-like
         # target); the full mode also runs `increment` at-most-once (an event append per call)
         "modes": ["at-least-once", "exactly-once"],
+        # the partitioned floor (what 64 consumers cost the server on their own) runs in full mode
+        "systems": ["jetagents", "floor"],
         "calls_rounds": 10,
         "calls_block": 200,
         "duration": 0.5,
@@ -206,13 +208,12 @@ def run_delivery(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     else:
         common += ["--duration", str(pr["duration"]), "--warmup", str(pr["warmup"])]
     inflight = ["--inflight", *map(str, pr["inflight"])]
+    common += ["--systems", *pr.get("systems", bd.SYSTEMS)]
     dargs = bd.parse_args([*common, *inflight, "--modes", *pr.get("modes", bd.MODES)])
     # the read-only `get` appends no event, so it is like for like with a floor that appends
     # nothing: core request/reply (at-most-once, every in-flight level), and publish + pull +
     # ack + reply (at-least-once, at the most in flight, where the target is)
-    gargs = bd.parse_args(
-        [*common, *inflight, "--action", "get", "--modes", "at-most-once", "--systems", "jetagents", "floor"]
-    )
+    gargs = bd.parse_args([*common, *inflight, "--action", "get", "--modes", "at-most-once"])
     aargs = bd.parse_args(
         [*common, "--inflight", str(max(pr["inflight"])), "--action", "get", "--modes", "at-least-once"]
     )

@@ -61,7 +61,7 @@ from jetagents._server import child_preexec, find_nats_server
 HERE = Path(__file__).resolve().parent
 MODES = ("at-most-once", "at-least-once", "exactly-once")
 FLOOR_REPLY_HEADER = "Floor-Reply-To"
-TARGET_MODE, TARGET_INFLIGHT, TARGET_RATIO = "exactly-once", 256, 0.5
+TARGET_MODE, TARGET_INFLIGHT, TARGET_RATIO = "exactly-once", 256, 0.6
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -44,6 +44,12 @@ def test_bench_all_workloads_smoke(tmp_path: Path) -> None:
     for key in ("delivery", "host_cpu", "ray", "many", "cold", "scaling", "failover", "targets"):
         assert key in report, key
     assert (out / "report.md").read_text().startswith("# jetagents benchmark report")
+    # the like-for-like `get` ran at-most-once and at-least-once, and the partitioned floor ran
+    delivery = report["delivery"]
+    assert {c["mode"] for c in delivery["get_summary"]} == {"at-most-once", "at-least-once"}
+    assert any(r["system"] == "floor-p" and r["commands"] for r in delivery["runs"]), delivery["runs"]
+    top = [c for c in delivery["summary"] if c["mode"] != "at-most-once" and c["inflight"] == 16]
+    assert len(top) == 2 and all(c.get("ratio_partitioned") for c in top), top
     # the ring: hosts joined and left, and the survivors took the killed host's partitions
     changes = report["scaling"]["variants"][0]["ring_changes"]
     assert [c["hosts_after"] for c in changes] == [1, 2, 1], changes

@@ -251,6 +251,11 @@ def encode_events(events: list[Event]) -> list[WireEvent]:
     return [WireEvent(type=e.event_type, data=e.model_dump(mode="json")) for e in events]
 
 
+def wire_events(events: list[Event]) -> list[dict[str, Any]]:
+    """``encode_events`` as plain dicts, for ``encode_commit``."""
+    return [{"type": e.event_type, "data": e.model_dump(mode="json")} for e in events]
+
+
 def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
     validate_token(cls.type_name, "agent type")
     state_type = getattr(cls, "state_type", None)

@@ -39,7 +39,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from pydantic import ValidationError
 
-from ._agent import Agent, AgentContext, AgentSpec, Registry, encode_events
+from ._agent import Agent, AgentContext, AgentSpec, Registry, wire_events
 from ._clock import Clock, SystemClock
 from ._cluster import ClusterConfig, Coordinator, JetStreamStore
 from ._eager import start_eager
@@ -61,6 +61,7 @@ from ._nats import (
     ERR_WRONG_LAST_SEQUENCE,
     NS,
     DirectReader,
+    Inbox,
     JSApiError,
     Topology,
     connect,
@@ -117,6 +118,7 @@ from ._wire import (
     Commit,
     Subjects,
     decode_command,
+    encode_commit,
     encode_dead_letter,
     encode_error,
     encode_ok,
@@ -190,6 +192,16 @@ def _call_reply_headers(out: dict[str, str], incoming: dict[str, str] | None) ->
             continue
         keep[k] = v
     return keep
+
+
+@dataclass(frozen=True, slots=True)
+class _NewCommit:
+    """A commit about to be appended: its JSON (a ``Commit``) and what the host keeps of it."""
+
+    n: int
+    cmd: str
+    own: int
+    body: bytes
 
 
 @dataclass(slots=True, eq=False)
@@ -380,6 +392,7 @@ class Host:
         self._call_sub: Any = None
         self._host_sub: Any = None
         self._reader: DirectReader | None = None
+        self._inbox: Inbox | None = None  # PubAcks of event appends
         self._snap_kv: Any = None
         self._meta_kv: Any = None
         self._client: Any = None
@@ -437,6 +450,8 @@ class Host:
         self._meta_kv = await js.key_value(self.topology.meta_bucket)
         self._reader = DirectReader(self.nc)
         await self._reader.start()
+        self._inbox = Inbox(self.nc)
+        await self._inbox.start()
         from ._client import Client  # local import: the client is optional for hosts
 
         tp, mp = self._providers
@@ -914,6 +929,8 @@ class Host:
                     await asyncio.gather(*list(self._side_tasks), return_exceptions=True)
         if self._reader is not None:
             await self._reader.stop()
+        if self._inbox is not None:
+            await self._inbox.close()
         with contextlib.suppress(Exception):
             await self.nc.flush(timeout=2)
         with contextlib.suppress(Exception):
@@ -1365,16 +1382,19 @@ class Host:
             ), True
 
         if events:
-            commit = Commit(
-                n=act.n + 1,
-                cmd=cmd_id or f"c-{self.settings.host_id}-{next(self._seq)}",
+            n, own = act.n + 1, self._token_of(act.agent_id, work.partition)
+            cmd = cmd_id or f"c-{self.settings.host_id}-{next(self._seq)}"
+            body = encode_commit(
+                n=n,
+                cmd=cmd,
                 action=action.name,
-                events=encode_events(events),
+                events=wire_events(events),
                 result=result_json,
                 cseq=work.cseq,
                 ts_ms=self.clock.wall_ms(),
-                own=self._token_of(act.agent_id, work.partition),
+                own=own,
             )
+            commit = _NewCommit(n, cmd, own, body)
             try:
                 if work.traced:
                     seq, duplicate = await self._append_span(act, commit, out_hdrs)
@@ -1532,7 +1552,7 @@ class Host:
         msg = await self._reader.at(self.topology.evt_stream, seq, self.settings.op_timeout_s)
         return Commit.model_validate_json(msg.data) if msg is not None else None
 
-    async def _append_span(self, act: Activation, commit: Commit, out_hdrs: dict[str, str]) -> tuple[int, bool]:
+    async def _append_span(self, act: Activation, commit: _NewCommit, out_hdrs: dict[str, str]) -> tuple[int, bool]:
         """``_append`` in a PRODUCER span; the commit carries the span's context."""
         aid = act.agent_id
         span, hdrs = self._tel.start_producer(
@@ -1558,7 +1578,7 @@ class Host:
         finally:
             span.end()
 
-    async def _append(self, act: Activation, commit: Commit, out_hdrs: dict[str, str]) -> tuple[int, bool]:
+    async def _append(self, act: Activation, commit: _NewCommit, out_hdrs: dict[str, str]) -> tuple[int, bool]:
         """Append one commit; ``(seq, duplicate)``, duplicate when it was already there."""
         aid = act.agent_id
         msg_id = f"{aid.key}:{commit.cmd}"
@@ -1573,9 +1593,7 @@ class Host:
                 hdrs[k] = out_hdrs[k]
         subject = self.subjects.evt(aid.type, aid.id)
         try:
-            ack = await js_publish(
-                self.nc, subject, commit.model_dump_json().encode(), hdrs, self.settings.op_timeout_s
-            )
+            ack = await js_publish(self.nc, subject, commit.body, hdrs, self.settings.op_timeout_s, self._inbox)
         except JSApiError as exc:
             if exc.err_code != ERR_WRONG_LAST_SEQUENCE:
                 raise Unavailable(f"event append refused: {exc.description}") from None

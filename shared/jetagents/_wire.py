@@ -137,6 +137,29 @@ class Commit(BaseModel):
     own: int = 0
 
 
+def encode_commit(
+    *, n: int, cmd: str, action: str, events: list[dict[str, Any]], result: Any, cseq: int, ts_ms: int, own: int
+) -> bytes:
+    """The JSON of ``Commit(...)``: the same fields in the same order as
+    ``model_dump_json``, written by orjson (~5x cheaper, once per command on the host's
+    hot path). ``events`` are ``{"type", "data"}`` dicts of JSON values. Anything orjson
+    cannot write (an int beyond 64 bits, a non-string key) goes through the model."""
+    body = {
+        "n": n,
+        "cmd": cmd,
+        "action": action,
+        "events": events,
+        "result": result,
+        "cseq": cseq,
+        "ts_ms": ts_ms,
+        "own": own,
+    }
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return Commit.model_validate(body).model_dump_json().encode()
+
+
 def decode_command(data: bytes, max_bytes: int) -> CommandBody:
     """Check the size first, then parse; raise a typed error on anything wrong."""
     if len(data) > max_bytes:

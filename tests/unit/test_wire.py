@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+from typing import Any
 
 import orjson
 import pytest
@@ -21,7 +23,9 @@ from jetagents._errors import (
 from jetagents._wire import (
     CommandBody,
     Commit,
+    WireEvent,
     decode_command,
+    encode_commit,
     encode_dead_letter,
     encode_error,
     encode_ok,
@@ -354,3 +358,47 @@ def test_subjects_custom_root() -> None:
     assert s.cmd_wildcard == "myapp.cmd.*.*"
     assert s.dlq_wildcard == "myapp.dlq.>"
     assert s.sys("x") == "myapp.sys.x"
+
+
+# -- encode_commit: orjson's JSON of a Commit, the model's when orjson cannot -----------------
+_json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)  # beyond 64 bits: the model's path
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(min_value=1, max_value=2**40),
+    cmd=st.text(min_size=1, max_size=20),
+    action=st.text(min_size=1, max_size=10),
+    events=st.lists(
+        st.fixed_dictionaries(
+            {"type": st.text(min_size=1, max_size=10), "data": st.dictionaries(st.text(max_size=5), _json_values)}
+        ),
+        max_size=3,
+    ),
+    result=_json_values,
+    cseq=st.integers(min_value=0, max_value=2**40),
+    ts_ms=st.integers(min_value=0, max_value=2**45),
+    own=st.integers(min_value=0, max_value=2**40),
+)
+def test_encode_commit_reads_back_as_the_model_writes_it(
+    n: int, cmd: str, action: str, events: list[dict[str, Any]], result: Any, cseq: int, ts_ms: int, own: int
+) -> None:
+    fields = {"n": n, "cmd": cmd, "action": action, "result": result, "cseq": cseq, "ts_ms": ts_ms, "own": own}
+    body = encode_commit(events=events, **fields)
+    model = Commit(events=[WireEvent(**e) for e in events], **fields)
+    assert Commit.model_validate_json(body) == model
+    # the same JSON document as the model's own (orjson and pydantic may spell a float
+    # differently, never its value), fields in the model's order
+    assert json.loads(body) == json.loads(model.model_dump_json())
+    assert list(json.loads(body)) == list(Commit.model_fields)
