@@ -97,7 +97,7 @@ def calls(ray: Any, actor: Any, args: argparse.Namespace) -> list[dict[str, Any]
     runs: list[dict[str, Any]] = []
     for rep in range(args.reps):
         for n in args.inflight:
-            ncmd, lat, secs = ray_cell(ray, actor, n, args.warmup, args.duration)
+            ncmd, lat, secs = ray_cell(ray, actor, n, args.warmup, args.duration, args.min_waves)
             run = {
                 "system": "ray",
                 "mode": "actor call",
@@ -162,6 +162,7 @@ def main() -> int:
     p.add_argument("--inflight", nargs="+", type=int, default=[1, 64, 256])
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--min-waves", type=int, default=10)
     p.add_argument("--create-deadline", type=float, default=20.0)
     p.add_argument("--create-max", type=int, default=10_000)
     p.add_argument("--create-window", type=int, default=8)

@@ -122,7 +122,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 if c and r and c.get("jetagents") and r["cmds_per_s_median"]
                 else None
             )
-            add(f"calls/s vs Ray, {label}, {kind}", v, 2.0, True, why if r else "Ray not measured in this run")
+            note = why if c and r else "Ray not measured in this run" if c else "not measured in this run"
+            add(f"calls/s vs Ray, {label}, {kind}", v, 2.0, True, note)
     many = ((results.get("many") or {}).get("summary") or {}).get("10000")
     ray_create = ((results.get("ray") or {}).get("create_summary") or {}).get("actors_per_s_median")
     v = many["agents_per_s"]["median"] / ray_create if many and ray_create else None
@@ -368,7 +369,8 @@ def markdown(results: dict[str, Any], pngs: list[Path]) -> str:
             + (
                 f"{pr.get('count')} commands"
                 if pr.get("count")
-                else f"of at least {pr.get('duration')} s, and at least 10 times the median latency of the "
+                else f"of at least {pr.get('duration')} s, and at least {pr.get('min_waves', 10)} times the median "
+                "latency of the "
                 f"warm-up (a closed loop with many commands in flight answers in waves; a window a few "
                 f"waves long would count 2 or 3 of them), opened after at least {pr.get('warmup')} s of "
                 "warm-up and once every worker has had 2 replies"

@@ -62,6 +62,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "calls_block": 20,
         "duration": 0.3,
         "warmup": 0.1,
+        "min_waves": 6,
         "ray_warmup": 0.1,
         "ray_create_deadline": 3.0,
         "ray_create_reps": 1,
@@ -84,7 +85,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "quick": {
         "reps": 3,
-        "inflight": [1, 64, 256],
+        # 64 in flight runs in full mode: quick measures the target cells, 1 and 256
+        "inflight": [1, 256],
         "count": None,
         # at-most-once is measured with the read-only `get` (workload 1b, the like-for-like
         # target); the full mode also runs `increment` at-most-once (an event append per call)
@@ -98,13 +100,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         # (bench_delivery.run_cell), so a slow first wave of 256 durable commands on a loaded
         # machine never falls inside it
         "warmup": 0.2,
+        # a window lasts at least this many median latencies (waves at 256 in flight; full: 10)
+        "min_waves": 6,
         "ray_warmup": 0.2,
-        "ray_create_deadline": 3.0,
+        "ray_create_deadline": 2.0,
         "ray_create_reps": 3,
         "ray_settle_s": 0.5,
         "many_sizes": [10_000],
-        "many_settle_s": 0.5,
-        "many_idle_s": 0.5,
+        "many_settle_s": 0.3,
+        "many_idle_s": 0.3,
         "cold_sizes": [0, 100, 10_000],
         "cold_passivate_s": 0.2,
         "cluster_partitions": [64],
@@ -126,6 +130,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "calls_block": 200,
         "duration": 4.0,
         "warmup": 1.0,
+        "min_waves": 10,
         "ray_warmup": 1.0,
         "ray_create_deadline": 20.0,
         "ray_create_reps": 3,
@@ -207,6 +212,7 @@ def run_delivery(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         common += ["--count", str(pr["count"])]
     else:
         common += ["--duration", str(pr["duration"]), "--warmup", str(pr["warmup"])]
+        common += ["--min-waves", str(pr["min_waves"])]
     inflight = ["--inflight", *map(str, pr["inflight"])]
     common += ["--systems", *pr.get("systems", bd.SYSTEMS)]
     dargs = bd.parse_args([*common, *inflight, "--modes", *pr.get("modes", bd.MODES)])
@@ -287,7 +293,7 @@ def run_ray(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     argv += ["--inflight", *map(str, pr["inflight"])]
     argv += ["--duration", str(pr["duration"] if not pr["count"] else 0.3), "--warmup", str(pr["ray_warmup"])]
     argv += ["--create-deadline", str(pr["ray_create_deadline"]), "--create-reps", str(pr["ray_create_reps"])]
-    argv += ["--settle", str(pr["ray_settle_s"])]
+    argv += ["--settle", str(pr["ray_settle_s"]), "--min-waves", str(pr["min_waves"])]
     log("ray: starting a local Ray instance in its own process (log: ray.log)")
     with open(work_dir / "ray.log", "ab") as logf:
         proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, preexec_fn=os.setpgrp)
@@ -382,6 +388,7 @@ async def on_cluster(args: argparse.Namespace, work_dir: Path, results: dict[str
                         pr["scale_warmup"],
                         pr["scale_duration"],
                         args.timeout,
+                        pr["min_waves"],
                     )
                 )
             if "failover" in args.run:

@@ -546,7 +546,13 @@ async def bench(args: argparse.Namespace, procs: Processes, url: str) -> list[Ru
                         send = floor.sender(mode, agents[n], partitioned=system == "floor-p")
                     count = args.count if args.count else None
                     ncmd, secs, lat, errors, cpu, first_error = await run_cell(
-                        send, n, warm_s=args.warmup, measure_s=args.duration, count=count, pids=pids
+                        send,
+                        n,
+                        warm_s=args.warmup,
+                        measure_s=args.duration,
+                        count=count,
+                        pids=pids,
+                        min_waves=args.min_waves,
                     )
                     run = Run(
                         system=system,
@@ -802,6 +808,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="write every run and the summary here")
     p.add_argument("--duration", type=float, default=None, help="measured window per run, s (default 5; quick 1)")
     p.add_argument("--warmup", type=float, default=None, help="warm-up before each window, s (default 1; quick 0.3)")
+    p.add_argument(
+        "--min-waves",
+        type=int,
+        default=10,
+        help="a window lasts at least this many median latencies of the warm-up (default 10)",
+    )
     p.add_argument("--count", type=int, default=None, help="measure this many commands per run instead of a window")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument(
