@@ -647,15 +647,30 @@ class Coordinator:
 
     # -- leaving ------------------------------------------------------------------------------
     async def drain(self, timeout_s: float, wait: Callable[[float], Awaitable[None]] = asyncio.sleep) -> bool:
-        """Ask the leader to move our partitions away, and wait until they are released."""
+        """Ask the leader to move our partitions away, and wait until they are released.
+
+        True when they were handed over. False at the timeout, and at once when no other
+        live host could take them (a lone host, the last of a cluster, or every host
+        draining together): waiting would only delay the stop, and ``leave`` releases them.
+        """
         self.draining = True
         self._next_heartbeat = 0.0
         deadline = self.clock.monotonic() + timeout_s
         while self.clock.monotonic() < deadline:
             if not self.held and not self.releasing and not self.assigned():
                 return True
+            if not await self._successor_alive():
+                return False
             await wait(self.cfg.tick_s)
         return False
+
+    async def _successor_alive(self) -> bool:
+        """Is any other host alive and not draining (someone our partitions can go to)?"""
+        try:
+            members = await self.members()
+        except JetAgentsError:
+            return True  # cannot tell: wait for the handoff as usual
+        return any(h != self.host_id and not m.get("draining") for h, m in members.items())
 
     async def leave(self) -> None:
         """Stop for good: release what is still held, resign, remove our member key."""

@@ -311,3 +311,53 @@ async def test_the_checker_catches_an_unfenced_writer() -> None:
     world.append("a0", world.logs["a0"][-1].seq, "old", 1)  # what an unfenced writer does
     with pytest.raises(AssertionError, match="older owner wrote"):
         check_invariants(world, [old, new])
+
+
+# -- graceful drain ---------------------------------------------------------------------------
+async def _rounds(hosts: list[SimHost], clock: ManualClock, n: int) -> None:
+    for _ in range(n):
+        clock.advance(DT)
+        for h in hosts:
+            if h.alive:
+                await h.coord.step()
+                await let_tasks_run()
+
+
+def _two_host_world() -> tuple[ManualClock, World, ClusterConfig]:
+    clock = ManualClock()
+    cfg = ClusterConfig(partitions=PARTITIONS, heartbeat_s=0.5, member_ttl_s=3.0, lease_ttl_s=3.0, tick_s=DT)
+    return clock, World(clock, MemoryStore(clock)), cfg
+
+
+async def test_a_lone_host_does_not_wait_to_hand_over_to_nobody() -> None:
+    clock, world, cfg = _two_host_world()
+    h = SimHost("h0", world, cfg)
+    await _rounds([h], clock, 40)
+    assert h.coord.held == set(range(PARTITIONS))
+    waits: list[float] = []
+
+    async def wait(s: float) -> None:
+        waits.append(s)
+        clock.advance(s)
+
+    assert await h.coord.drain(30.0, wait) is False
+    assert waits == []  # no other host: it returns at once, leave() releases the partitions
+    await h.coord.leave()
+    claims = await world.store.scan("claim.")
+    assert not any(c.value.get("host") for c in claims.values())
+
+
+async def test_a_draining_host_with_a_successor_hands_everything_over() -> None:
+    clock, world, cfg = _two_host_world()
+    hosts = [SimHost("h0", world, cfg), SimHost("h1", world, cfg)]
+    await _rounds(hosts, clock, 60)
+    assert hosts[0].coord.held and hosts[1].coord.held
+    waits: list[float] = []
+
+    async def wait(s: float) -> None:  # the cluster keeps running while h0 waits
+        waits.append(s)
+        await _rounds(hosts, clock, 1)
+
+    assert await hosts[0].coord.drain(60.0, wait) is True
+    assert waits  # it did wait for the handoff
+    assert not hosts[0].coord.held and hosts[1].coord.held == set(range(PARTITIONS))
