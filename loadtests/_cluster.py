@@ -266,6 +266,7 @@ async def scaling(
     measure_s: float,
     timeout_s: float,
     min_waves: int = 10,
+    warm_replies: int = 2,
 ) -> dict[str, Any]:
     client = await cluster_client(cluster, timeout_s)
     own = Ring(client, cluster.url, work_dir, "scale")
@@ -303,7 +304,14 @@ async def scaling(
                 for mode in modes:
                     send = jetagents_sender(client, mode, agents, timeout_s, "increment")
                     n, secs, lat, errors, cpu, first_error = await run_cell(
-                        send, inflight, warm_s=warm_s, measure_s=measure_s, count=None, pids=pids, min_waves=min_waves
+                        send,
+                        inflight,
+                        warm_s=warm_s,
+                        measure_s=measure_s,
+                        count=None,
+                        pids=pids,
+                        min_waves=min_waves,
+                        warm_replies=warm_replies,
                     )
                     lat_ms = [x * 1000 for x in lat]
                     run = {

@@ -373,7 +373,7 @@ def markdown(results: dict[str, Any], pngs: list[Path]) -> str:
                 "latency of the "
                 f"warm-up (a closed loop with many commands in flight answers in waves; a window a few "
                 f"waves long would count 2 or 3 of them), opened after at least {pr.get('warmup')} s of "
-                "warm-up and once every worker has had 2 replies"
+                f"warm-up and once every worker has had {pr.get('warm_replies', 2)} replies"
             )
             + ", per cell and repetition."
         )

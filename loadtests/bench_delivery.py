@@ -175,7 +175,8 @@ async def run_cell(
     Duration mode (count is None): the workers run continuously; the measured window of
     measure_s seconds opens once warm_s has passed *and* every worker has had
     ``warm_replies`` replies (so a slow first wave, e.g. 256 durable commands on a loaded
-    machine, is never inside the window, and a fast cell does not wait for a fixed warm-up
+    machine, is never inside the window, nor the first few waves, which the floors answer
+    faster than later ones, and a fast cell does not wait for a fixed warm-up
     it does not need), or after ``max_warm_s`` whatever happened. The window lasts at least
     ``min_waves`` times the median latency of the warm-up: with many commands in flight a
     closed loop answers in waves (256 durable commands finish within a few ms of each other,
@@ -553,6 +554,7 @@ async def bench(args: argparse.Namespace, procs: Processes, url: str) -> list[Ru
                         count=count,
                         pids=pids,
                         min_waves=args.min_waves,
+                        warm_replies=args.warm_replies,
                     )
                     run = Run(
                         system=system,
@@ -808,6 +810,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="write every run and the summary here")
     p.add_argument("--duration", type=float, default=None, help="measured window per run, s (default 5; quick 1)")
     p.add_argument("--warmup", type=float, default=None, help="warm-up before each window, s (default 1; quick 0.3)")
+    p.add_argument(
+        "--warm-replies",
+        type=int,
+        default=2,
+        help="a window opens once every worker has had this many replies (and --warmup has passed)",
+    )
     p.add_argument(
         "--min-waves",
         type=int,
