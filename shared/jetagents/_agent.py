@@ -247,13 +247,13 @@ def _apply(applier: ApplierSpec, agent: Agent[Any], state: Any, event: Event) ->
     return out if isinstance(out, BaseModel) else state
 
 
-def encode_events(events: list[Event]) -> list[WireEvent]:
-    return [WireEvent(type=e.event_type, data=e.model_dump(mode="json")) for e in events]
-
-
 def wire_events(events: list[Event]) -> list[dict[str, Any]]:
-    """``encode_events`` as plain dicts, for ``encode_commit``."""
+    """Events as the ``{"type", "data"}`` dicts of a commit (``encode_commit``)."""
     return [{"type": e.event_type, "data": e.model_dump(mode="json")} for e in events]
+
+
+def encode_events(events: list[Event]) -> list[WireEvent]:
+    return [WireEvent(**e) for e in wire_events(events)]
 
 
 def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:

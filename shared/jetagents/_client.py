@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -36,7 +35,7 @@ from ._errors import (
     error_from_wire,
 )
 from ._ids import AgentId, partition_of
-from ._nats import Topology, connect, ensure_topology, js_publish
+from ._nats import Inbox, Topology, connect, ensure_topology, js_publish
 from ._resilience import CircuitBreaker, RetryPolicy
 from ._settings import ClientSettings
 from ._telemetry import (
@@ -97,11 +96,6 @@ def _decode_reply(msg: Msg) -> Reply:
     raise error_from_wire(body.get("error"))
 
 
-def _expire(fut: asyncio.Future[Msg]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
-
-
 def _not_applied(err: JetAgentsError) -> bool:
     """True when the error proves the command was not applied (safe to retry at-most-once)."""
     return isinstance(err, FencedError) or (isinstance(err.details, dict) and err.details.get("applied") is False)
@@ -129,10 +123,7 @@ class Client:
         self.retry = RetryPolicy(self.settings.retry_attempts, self.settings.retry_base_s, self.settings.retry_max_s)
         self._owns = owns_connection
         self._nuid = NUID()
-        self._tokens = itertools.count(1)
-        self._pending: dict[str, asyncio.Future[Msg]] = {}
-        self._prefix = ""
-        self._sub: Any = None
+        self._inbox = Inbox(nc)  # replies to calls and to durable commands
         self._breakers: dict[str, CircuitBreaker] = {}
         self._clock = SystemClock()
         self._shared: dict[str, Any] = {}
@@ -157,22 +148,13 @@ class Client:
         return client
 
     async def _start(self) -> None:
-        self._prefix = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+        await self._inbox.start()
 
     async def close(self) -> None:
         for st in self._shared.values():
             await st.close()
         self._shared.clear()
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.cancel()
-        self._pending.clear()
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - closing anyway
-                pass
+        await self._inbox.close()
         if self._owns:
             try:
                 await self.nc.drain()
@@ -184,11 +166,6 @@ class Client:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    async def _on_reply(self, msg: Msg) -> None:
-        fut = self._pending.get(msg.subject.rpartition(".")[2])
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
 
     # -- handles ---------------------------------------------------------------------------
     def agent(self, agent_type: str, agent_id: str) -> AgentRef:
@@ -482,19 +459,11 @@ class Client:
                 raise AgentTimeout(f"no reply from {aid} in time")
             # A core request on the client's own reply inbox (the one durable replies use):
             # one subscription for all requests, one timer per request.
-            token = str(next(self._tokens))
-            fut: asyncio.Future[Msg] = loop.create_future()
-            self._pending[token] = fut
-            timer = loop.call_at(deadline, _expire, fut)
             try:
-                await self.nc.publish(subject, body, reply=f"{self._prefix}.{token}", headers=headers)
-                msg = await fut
+                msg = await self._inbox.request(subject, body, headers, deadline - loop.time())
             except TimeoutError:
                 # at-most-once: the host may have run it, so it is never re-sent
                 raise AgentTimeout(f"no reply from {aid} in time (at-most-once: not retried)") from None
-            finally:
-                timer.cancel()
-                del self._pending[token]
             try:
                 return _decode_reply(msg)
             except JetAgentsError as exc:
@@ -519,13 +488,11 @@ class Client:
         loop = asyncio.get_running_loop()
         if delivery is Delivery.EXACTLY_ONCE:
             headers[H_MSG_ID] = headers[H_COMMAND_ID]
-        token = ""
+        reply = ""
         fut: asyncio.Future[Msg] | None = None
         if want_reply:
-            token = str(next(self._tokens))
-            fut = loop.create_future()
-            self._pending[token] = fut
-            headers[H_REPLY_TO] = f"{self._prefix}.{token}"
+            reply, fut = self._inbox.expect()
+            headers[H_REPLY_TO] = reply
         try:
             attempt = 0
             while True:
@@ -559,8 +526,8 @@ class Client:
                 ) from None
             return _decode_reply(msg)
         finally:
-            if token:
-                self._pending.pop(token, None)
+            if reply:
+                self._inbox.forget(reply)
 
 
 class AgentRef:

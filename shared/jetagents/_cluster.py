@@ -659,18 +659,15 @@ class Coordinator:
         while self.clock.monotonic() < deadline:
             if not self.held and not self.releasing and not self.assigned():
                 return True
-            if not await self._successor_alive():
+            if not self._successor_alive():
                 return False
             await wait(self.cfg.tick_s)
         return False
 
-    async def _successor_alive(self) -> bool:
-        """Is any other host alive and not draining (someone our partitions can go to)?"""
-        try:
-            members = await self.members()
-        except JetAgentsError:
-            return True  # cannot tell: wait for the handoff as usual
-        return any(h != self.host_id and not m.get("draining") for h, m in members.items())
+    def _successor_alive(self) -> bool:
+        """Is any other host alive and not draining (someone our partitions can go to)?
+        From the members the coordinator's rounds read, which go on while we drain."""
+        return any(h != self.host_id and not m.get("draining") for h, m in self.members_cache.items())
 
     async def leave(self) -> None:
         """Stop for good: release what is still held, resign, remove our member key."""

@@ -90,13 +90,14 @@ def _expire(fut: asyncio.Future[Msg]) -> None:
 
 
 class Inbox:
-    """Requests answered on one subscription of our own.
+    """Replies received on one subscription of our own (the client's calls and durable
+    replies, the host's event appends).
 
-    Cheaper than nats-py's ``request()`` on a hot path (the host's event appends): a
-    counter names each request instead of random bytes from the OS, and one timer per
-    request replaces ``asyncio.wait_for``. A "no responders" status comes back as a reply
-    with a ``Status: 503`` header, which the caller checks (as ``js_publish`` does).
-    nats-py subscribes again after a reconnect, so the inbox survives one.
+    Cheaper than nats-py's ``request()`` on a hot path: a counter names each request
+    instead of random bytes from the OS, and one timer per request replaces
+    ``asyncio.wait_for``. A "no responders" status comes back as a reply with a
+    ``Status: 503`` header, which the caller checks (as ``js_publish`` does). nats-py
+    subscribes again after a reconnect, so the inbox survives one.
     """
 
     def __init__(self, nc: NATS) -> None:
@@ -118,6 +119,7 @@ class Inbox:
         for fut in self._pending.values():
             if not fut.done():
                 fut.cancel()
+        self._pending.clear()
         if self._sub is not None:
             sub, self._sub = self._sub, None
             try:
@@ -130,21 +132,28 @@ class Inbox:
         if fut is not None and not fut.done():
             fut.set_result(msg)
 
-    async def request(self, subject: str, payload: bytes, headers: dict[str, str] | None, timeout_s: float) -> Msg:
-        """The reply; ``TimeoutError`` when none came within ``timeout_s``."""
+    def expect(self) -> tuple[str, asyncio.Future[Msg]]:
+        """A new reply subject and the future its reply completes; ``forget`` it when done."""
         if self._sub is None:
             raise Unavailable("the reply inbox is closed")
-        loop = asyncio.get_running_loop()
         token = str(next(self._ids))
-        fut: asyncio.Future[Msg] = loop.create_future()
+        fut: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._pending[token] = fut
-        timer = loop.call_later(timeout_s, _expire, fut)
+        return f"{self._prefix}.{token}", fut
+
+    def forget(self, reply_subject: str) -> None:
+        self._pending.pop(reply_subject[self._cut :], None)
+
+    async def request(self, subject: str, payload: bytes, headers: dict[str, str] | None, timeout_s: float) -> Msg:
+        """The reply; ``TimeoutError`` when none came within ``timeout_s``."""
+        reply, fut = self.expect()
+        timer = asyncio.get_running_loop().call_later(timeout_s, _expire, fut)
         try:
-            await self.nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers or None)
+            await self.nc.publish(subject, payload, reply=reply, headers=headers or None)
             return await fut
         finally:
             timer.cancel()
-            del self._pending[token]
+            self.forget(reply)
 
 
 async def js_publish(
