@@ -46,4 +46,4 @@ def test_the_package_docstring_has_an_example_with_imports() -> None:
 @pytest.mark.parametrize("module", _modules(), ids=lambda m: m.__name__)
 def test_every_import_in_a_docstring_example_runs(module: ModuleType) -> None:
     for line in _example_imports(module):
-        exec(line, {})  # noqa: S102 - the docstring's own import line, nothing else
+        exec(line, {})  # the docstring's own import line, nothing else
