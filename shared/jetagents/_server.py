@@ -58,7 +58,25 @@ def _ephemeral_low() -> int:
         return 32_768
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def _reserve(lock_dir: Path, host: str, port: int) -> IO[bytes] | None:
+    if port in _RESERVED:
+        return None
+    lock = open(lock_dir / f"{port}.lock", "ab")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # another process holds it
+        lock.close()
+        return None
+    try:  # something that does not reserve (another program) may listen there
+        with socket.socket() as probe:
+            probe.bind((host, port))
+    except OSError:
+        lock.close()
+        return None
+    return lock
+
+
+def free_port(host: str = "127.0.0.1", count: int = 1) -> int:
     """A loopback port nobody else uses, reserved for the rest of this process.
 
     Asking the kernel for a free port (bind to 0, close, hand the number on) races: by the
@@ -68,6 +86,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     an exclusive ``flock`` on a per-port file under the temp directory keeps every other
     process that reserves ports this way off it until this process exits. A server may
     stop and start again on its port (chaos tests restart nodes) without losing it.
+    ``count`` reserves that many consecutive ports and returns the first.
     """
     lock_dir = Path(tempfile.gettempdir()) / "jetagents-ports"
     lock_dir.mkdir(mode=0o777, exist_ok=True)
@@ -76,23 +95,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         raise RuntimeError(f"no port range below the ephemeral ports ({high + 1}) to reserve from")
     rng = random.Random()  # not the global one: tests seed it
     for _ in range(1000):
-        port = rng.randint(_RESERVE_LOW, high)
-        if port in _RESERVED:
-            continue
-        lock = open(lock_dir / f"{port}.lock", "ab")  # noqa: SIM115 - held open on purpose
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # another process holds it
+        first = rng.randint(_RESERVE_LOW, high - count + 1)
+        locks = [lock for port in range(first, first + count) if (lock := _reserve(lock_dir, host, port))]
+        if len(locks) == count:
+            _RESERVED.update(zip(range(first, first + count), locks, strict=True))
+            return first
+        for lock in locks:
             lock.close()
-            continue
-        try:  # something that does not reserve (another program) may listen there
-            with socket.socket() as probe:
-                probe.bind((host, port))
-        except OSError:
-            lock.close()
-            continue
-        _RESERVED[port] = lock
-        return port
     raise RuntimeError(f"no free port to reserve in {_RESERVE_LOW}-{high} after 1000 tries")
 
 
