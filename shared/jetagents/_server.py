@@ -7,6 +7,7 @@ ports with temporary store directories).
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import os
@@ -48,6 +49,12 @@ def find_nats_server() -> str:
 # process. Keyed by port; never closed (closing the file would release the lock).
 _RESERVED: dict[int, IO[bytes]] = {}
 _RESERVE_LOW = 10_000
+
+
+@atexit.register
+def _release_reserved() -> None:  # exit releases the locks anyway; this only closes quietly
+    while _RESERVED:
+        _RESERVED.popitem()[1].close()
 
 
 def _ephemeral_low() -> int:
