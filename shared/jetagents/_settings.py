@@ -76,7 +76,10 @@ class HostSettings(CommonSettings):
     health_port: int | None = Field(
         default=None, ge=0, le=65535, description="HTTP port of /livez and /readyz; unset: no HTTP server"
     )
-    health_bind: str = Field(default="0.0.0.0", description="address the health server listens on")
+    health_bind: str = Field(
+        default="127.0.0.1",
+        description="address the health server listens on; 0.0.0.0 where probes come from outside (containers)",
+    )
     op_timeout_s: float = Field(default=5.0, gt=0, description="timeout of one NATS round trip")
     loop: Literal["asyncio", "uvloop"] = "asyncio"
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -30,10 +30,21 @@ def up(
     port: Annotated[int, typer.Option(help="NATS client port")] = 4222,
     http_port: Annotated[int, typer.Option(help="NATS monitoring port")] = 8222,
     partitions: Annotated[int, typer.Option(min=1, max=4096)] = 64,
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            envvar="JETAGENTS_HEALTH_PORT",
+            help="/livez and /readyz of the first host; host i listens on this port + i (0: each picks one)",
+        ),
+    ] = None,
 ) -> None:
     """Run a local cluster: an embedded nats-server and agent hosts with the example agents.
 
     Ctrl-C or SIGTERM drains the hosts, then stops the server; nothing is left running.
+    With a health port, host 1 serves /livez and /readyz on it, host 2 on the next port,
+    and so on (on 127.0.0.1 unless JETAGENTS_HEALTH_BIND says otherwise).
     """
     from ._server import NatsServer, child_preexec
 
@@ -53,6 +64,8 @@ def up(
     try:
         for i in range(hosts):
             host_env = dict(env, JETAGENTS_HOST_ID=f"local-{i + 1}")
+            if health_port is not None:  # one port per host: they cannot share one
+                host_env["JETAGENTS_HEALTH_PORT"] = str(health_port + i if health_port else 0)
             procs.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "jetagents.cli", "host"], env=host_env, preexec_fn=child_preexec

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,66 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
         assert "stopped" in out
         assert not [c for c in children if _alive(c)], "processes left running after jetagents up stopped"
         assert (tmp_path / "data" / "jetstream").is_dir()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _listen_addresses(port: int) -> set[str]:
+    """Local addresses with a socket listening on ``port`` (Linux /proc/net/tcp{,6})."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            addr, hex_port = fields[1].split(":")
+            if int(hex_port, 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                if len(addr) == 8:  # IPv4, little-endian
+                    found.add(".".join(str(int(addr[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+                else:
+                    found.add("::" if int(addr, 16) == 0 else addr)
+    return found
+
+
+def _http_status(port: int, path: str) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def test_up_with_a_health_port_gives_each_host_its_own_on_loopback(tmp_path: Path) -> None:
+    """``JETAGENTS_HEALTH_PORT`` with ``--hosts 2``: host 1 on the port, host 2 on the
+    next one (they used to share it and the second host died), both on 127.0.0.1 only."""
+    port, http_port, health = free_port(), free_port(), free_port(count=2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JETAGENTS_")}
+    env["JETAGENTS_HEALTH_PORT"] = str(health)
+    more = ["--http-port", str(http_port), "--partitions", "8"]
+    proc = subprocess.Popen(
+        [*CLI, "up", "--data-dir", str(tmp_path / "data"), "--hosts", "2", "--port", str(port), *more],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _http_status(health, "/readyz") == 200 and _http_status(health + 1, "/readyz") == 200:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate(timeout=60)[0]
+        assert _http_status(health, "/livez") == 200
+        assert _http_status(health + 1, "/livez") == 200
+        assert _listen_addresses(health) == {"127.0.0.1"}
+        assert _listen_addresses(health + 1) == {"127.0.0.1"}
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "exited with" not in out, out
     finally:
         if proc.poll() is None:
             proc.kill()

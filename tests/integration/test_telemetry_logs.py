@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import BaseModel
 
 from jetagents import Agent, Client, ClientSettings, InternalError, NatsServer, action
+from jetagents._server import free_port
 
 # the host process imports this module for Broken: no tests.conftest here (it configures logging)
 REPO = Path(__file__).resolve().parents[2]
@@ -38,9 +38,8 @@ class Broken(Agent[BrokenState]):
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port reserved for this process and never listened on."""
+    return free_port()
 
 
 async def test_failing_action_logs_json_with_trace_and_correlation(

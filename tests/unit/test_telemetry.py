@@ -3,7 +3,6 @@ no-SDK fast path."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
 from opentelemetry.sdk.trace import TracerProvider
 
+from jetagents._server import free_port
 from jetagents._telemetry import (
     ClientTelemetry,
     OtelSetup,
@@ -50,9 +50,8 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port reserved for this process and never listened on."""
+    return free_port()
 
 
 def exporters(setup: OtelSetup) -> list[type]:

@@ -1,0 +1,164 @@
+"""The JSON Schemas of ``docs/asyncapi.yaml`` (``components.schemas``), built from models.
+
+The bodies the host parses or writes through a model (``CommandBody``, ``Commit``) come
+from ``_wire``; the ones it writes as plain dicts (replies, dead letters, snapshots) are
+described by the models below, and a test checks real messages of a running host against
+the published schemas, so a field added on one side and not the other fails a test.
+
+``ops/scripts/asyncapi-schemas`` writes :func:`schemas` into the document; a test fails
+when the committed document differs from it.
+
+Bodies a host *sends* are open (no ``additionalProperties: false``): a reader ignores a
+property it does not know, so a newer host does not break an older client. The command
+body a host *receives* is closed, as the host refuses unknown properties.
+
+>>> sorted(schemas())[:3]
+['CommandBody', 'CommandId', 'Commit']
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from ._errors import JetAgentsError
+from ._wire import CommandBody, Commit, Priority, WireEvent
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+
+def _error_codes() -> list[str]:
+    out: set[str] = set()
+    todo: list[type[JetAgentsError]] = JetAgentsError.__subclasses__()
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        out.add(cls.code)
+    return sorted(out - {"jetstream"})  # library-internal, never on the wire
+
+
+class Error(BaseModel):
+    """Why a command was refused (JetAgentsError.to_wire())."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(description="Clients should treat an unknown code as internal.", examples=_error_codes())
+    message: str
+    retryable: bool
+    details: Any = Field(default=None, description="Structured detail; validation errors give a list of {loc, msg}.")
+    reason: str | None = Field(default=None, description='Only with code "domain"; the agent\'s name for the refusal.')
+
+
+class OkReply(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ok: Literal[True]
+    result: Any = Field(description="The action's result (any JSON value).")
+
+
+class ErrorReply(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ok: Literal[False]
+    error: Error
+
+
+class DeadLetter(BaseModel):
+    """A command refused for good: a message of stream AGT_DLQ (_wire.encode_dead_letter)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: Error
+    subject: str = Field(description="Subject as received (agt.p.<partition>.<type>.<id> or agt.call.<type>.<id>).")
+    headers: dict[str, str]
+    payload: str = Field(description="Command body cut to the payload limit, as text or base64.")
+    payload_encoding: Literal["utf8", "base64"]
+    stream_seq: int | None
+    deliveries: int | None
+    host: str
+    ts_ms: int
+
+
+class Snapshot(BaseModel):
+    """Value of key <type>.<id> in KV bucket agt_snap (not a channel; for reference)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1]
+    state: dict[str, Any]
+    seq: int = Field(description="AGT_EVT sequence of the last commit the state includes.")
+    n: int = Field(description="Commit number of that commit.")
+    own: int = Field(default=0, description="The writer's claim revision (Commit.own).")
+    records: list[tuple[str, int, Any]] = Field(description="[command id, commit sequence, result] of recent commands.")
+
+
+_RECEIVED: tuple[type[BaseModel], ...] = (CommandBody,)
+_SENT: tuple[type[BaseModel], ...] = (WireEvent, Commit, Error, OkReply, ErrorReply, DeadLetter, Snapshot)
+
+# descriptions of fields whose models live in _wire (kept free of documentation there)
+_DESCRIBE: dict[str, dict[str, str]] = {
+    "CommandBody": {"params": "The action's named arguments, validated by the agent type."},
+    "Commit": {
+        "n": "Commit number of this agent, 1, 2, 3 ... without gaps.",
+        "cmd": "Command id (the exactly-once record).",
+        "result": "The reply's result, returned again to a re-sent command.",
+        "cseq": "The command's sequence in AGT_CMD (0 for a call).",
+        "ts_ms": "Host wall clock at commit, unix milliseconds.",
+        "own": "The writer's claim on the agent's partition (its KV revision; 0 without a cluster).",
+    },
+}
+
+# schemas of headers and channel parameters (strings, not models)
+_SCALARS: dict[str, dict[str, Any]] = {
+    "Token": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
+    "CommandId": {
+        "type": "string",
+        "maxLength": 256,
+        "description": "The key of the host's exactly-once record. Defaults to Nats-Msg-Id.",
+    },
+    "DeadlineMs": {
+        "type": "string",
+        "pattern": "^[0-9]+$",
+        "description": "Unix time in milliseconds after which the command must not start.",
+    },
+    "Priority": {"type": "string", "enum": [p.value for p in Priority], "default": Priority.NORMAL.value},
+    "Traceparent": {"type": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"},
+}
+
+
+def _draft07(node: Any) -> Any:
+    """AsyncAPI 3.0 schemas are JSON Schema draft 07: tuples as ``items: [...]``, no
+    ``prefixItems``; property titles dropped (pydantic repeats the field name)."""
+    if isinstance(node, list):
+        return [_draft07(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _draft07(v) for k, v in node.items()}
+    if "prefixItems" in out:
+        out["items"] = out.pop("prefixItems")
+        out["additionalItems"] = False
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {
+            name: {k: v for k, v in prop.items() if k != "title"} for name, prop in out["properties"].items()
+        }
+    return out
+
+
+def schemas() -> dict[str, Any]:
+    """``components.schemas`` of ``docs/asyncapi.yaml``, sorted by name."""
+    models = [(m, "validation") for m in (*_RECEIVED, *_SENT)]
+    _, top = models_json_schema(models, ref_template=REF_TEMPLATE)  # type: ignore[arg-type]
+    out: dict[str, Any] = copy.deepcopy(_SCALARS)
+    sent = {m.__name__ for m in _SENT}
+    for name, schema in top["$defs"].items():
+        schema = _draft07(schema)
+        schema.pop("title", None)
+        for field, text in _DESCRIBE.get(name, {}).items():
+            schema["properties"][field]["description"] = text
+        if name in sent:
+            schema.pop("additionalProperties", None)
+        out[name] = schema
+    return dict(sorted(out.items()))
