@@ -268,7 +268,7 @@ def encode_dead_letter(
         "subject": subj,
         "headers": hdrs,
         "payload": "",
-        "payload_encoding": "utf8",
+        "payload_encoding": "base64",  # the longer of the two while measuring
         "stream_seq": stream_seq,
         "deliveries": deliveries,
         "host": _dl_text(host, 128)[0],
