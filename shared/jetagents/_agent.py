@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast, overload
 
+import orjson
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 from pydantic_core import to_jsonable_python
 
@@ -65,10 +66,17 @@ class ActionSpec:
     param_names: tuple[str, ...]
     result_adapter: TypeAdapter[Any] | None
     read_only: bool
+    strict: bool = True
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The parameters received over the wire, validated as JSON: strictly by default
+        (``"3"`` is no ``int``, ``true`` no ``int``; an ISO string is still a ``datetime``,
+        a JSON array a ``tuple``), leniently for ``@action(strict=False)``."""
         try:
-            model = self.params_model.model_validate(params)
+            if self.strict:
+                model = self.params_model.model_validate_json(orjson.dumps(params), strict=True)
+            else:
+                model = self.params_model.model_validate(params)
         except ValidationError as exc:
             raise InvalidParams(
                 f"invalid parameters for action {self.name!r}", details=validation_details(exc)
@@ -111,17 +119,19 @@ class AgentSpec:
 @overload
 def action(fn: F, /) -> F: ...
 @overload
-def action(*, read_only: bool = False) -> Callable[[F], F]: ...
-def action(fn: F | None = None, /, *, read_only: bool = False) -> F | Callable[[F], F]:
+def action(*, read_only: bool = False, strict: bool | None = None) -> Callable[[F], F]: ...
+def action(fn: F | None = None, /, *, read_only: bool = False, strict: bool | None = None) -> F | Callable[[F], F]:
     """Mark an ``async def`` method as an action callable by clients.
 
     ``read_only=True`` documents (and enforces) that the action emits no event.
+    ``strict=False`` lets pydantic coerce its parameters (``"3"`` to ``3``); the default
+    is the agent class's ``strict_params`` (True: the wire contract is strict).
     """
 
     def mark(f: F) -> F:
         if not inspect.iscoroutinefunction(cast(Any, f)):
             raise TypeError(f"action {f.__qualname__} must be declared with 'async def'")
-        f.__jetagents_action__ = {"read_only": read_only}  # type: ignore[attr-defined]
+        f.__jetagents_action__ = {"read_only": read_only, "strict": strict}  # type: ignore[attr-defined]
         return f
 
     if fn is not None:
@@ -170,6 +180,9 @@ class Agent(Generic[S]):
     type_name: ClassVar[str] = ""
     state_type: ClassVar[type[BaseModel]]
     spawn_required: ClassVar[bool] = False
+    # parameters received over the wire are validated strictly (no "3" for an int); an
+    # action may opt out with @action(strict=False), a whole class with strict_params = False
+    strict_params: ClassVar[bool] = True
     # resource tags a host must advertise (HostSettings.tags) to run this type; on other
     # hosts the agents are placed on a capable host, or queued until one appears
     requires: ClassVar[frozenset[str]] = frozenset()
@@ -271,14 +284,16 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
         for name, member in vars(klass).items():
             marker = getattr(member, "__jetagents_action__", None)
             if marker is not None:
-                spec.actions[name] = _action_spec(cls, name, member, marker["read_only"])
+                strict = marker.get("strict")
+                strict = cls.strict_params if strict is None else strict
+                spec.actions[name] = _action_spec(cls, name, member, marker["read_only"], strict)
             elif getattr(member, "__jetagents_applies__", False):
                 event_cls = _applier_event(cls, member)
                 spec.appliers[event_cls.event_type] = ApplierSpec(event_cls, member)
     return spec
 
 
-def _action_spec(cls: type, name: str, fn: Callable[..., Any], read_only: bool) -> ActionSpec:
+def _action_spec(cls: type, name: str, fn: Callable[..., Any], read_only: bool, strict: bool = True) -> ActionSpec:
     # the method's own module: an inherited action resolves names where it was written
     hints = typing.get_type_hints(fn, include_extras=True)
     sig = inspect.signature(fn)
@@ -298,7 +313,7 @@ def _action_spec(cls: type, name: str, fn: Callable[..., Any], read_only: bool) 
     )
     ret = hints.get("return")
     adapter = TypeAdapter(ret) if ret is not None else None
-    return ActionSpec(name, fn, params_model, tuple(names), adapter, read_only)
+    return ActionSpec(name, fn, params_model, tuple(names), adapter, read_only, strict)
 
 
 def _applier_event(cls: type, fn: Callable[..., Any]) -> type[Event]:

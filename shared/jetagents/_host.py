@@ -102,6 +102,7 @@ from ._telemetry import (
 )
 from ._tracing import carry
 from ._wire import (
+    DEAD_LETTER_MIN_BYTES,
     H_COMMAND_ID,
     H_CORRELATION_ID,
     H_DEADLINE,
@@ -367,6 +368,7 @@ class Host:
             "naks": 0,
             "retries": 0,
             "consumers_recreated": 0,
+            "dead_letters_lost": 0,
         }
         # agents with commands waiting for a free worker, by (priority rank, arrival)
         self._ready: list[tuple[int, int, Activation]] = []
@@ -824,11 +826,18 @@ class Host:
             await self.nc.publish(msg.reply, orjson.dumps({"ok": True, "snapshot": snapshot}))
 
     async def _on_migrate(self, msg: Msg) -> None:
-        body = orjson.loads(msg.data)
-        agent_type, agent_id = str(body.get("type", "")), str(body.get("id", ""))
+        try:
+            body = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            raise MalformedCommand('a migrate request is a JSON object {"type", "id", "target", "strategy"}')
+        agent_type, agent_id, target = body.get("type"), body.get("id"), body.get("target")
         if not (is_valid_token(agent_type) and is_valid_token(agent_id)):
             raise MalformedCommand("migrate needs a valid type and id")
-        if str(body.get("strategy", "checkpoint")) not in STRATEGIES:
+        if not is_valid_token(target):
+            raise MalformedCommand("migrate needs a valid target host id")
+        if body.get("strategy", "checkpoint") not in STRATEGIES:
             raise MalformedCommand(f"strategy must be one of {', '.join(STRATEGIES)}")
         partition = partition_of(agent_type, agent_id, self.settings.partitions)
         if partition not in self._owned_set:
@@ -1468,48 +1477,86 @@ class Host:
         self, work: Work, agent_id: AgentId | None, err: JetAgentsError, reply_to: str | None, hdrs: dict[str, str]
     ) -> None:
         """Bad input: dead-letter, then answer with the error, then terminate (never
-        redeliver). The dead letter is stored before the caller hears of the error."""
+        redeliver). The dead letter is stored before the caller hears of the error; one
+        that cannot be stored is tried a bounded number of times, never forever."""
         msg = work.msg
         work.outcome, work.error = DEAD_LETTER, err.code
         type_tok = agent_id.type if agent_id else "_invalid"
         id_tok = agent_id.id if agent_id else "_invalid"
+        durable = work.kind in _ACKED
         dl = encode_dead_letter(
             error=err,
             subject=msg.subject,
-            headers=dict(msg.headers or {}),
-            payload=msg.data[: self.settings.max_payload_bytes],
+            headers=msg.headers,
+            payload=msg.data,
             host=self.settings.host_id,
             ts_ms=self.clock.wall_ms(),
             stream_seq=work.cseq or None,
-            deliveries=work.deliveries if work.kind in _ACKED else None,
+            deliveries=work.deliveries if durable else None,
+            max_bytes=self._dead_letter_max_bytes(),
+            keep_bytes=self.settings.max_payload_bytes,
         )
-        try:
-            await js_publish(self.nc, self.subjects.dlq(type_tok, id_tok), dl, {}, self.settings.op_timeout_s)
-        except JetAgentsError as exc:
-            self._log.warning("dead_letter_failed", error=str(exc))
-            if work.kind in _ACKED:
-                await self._nak(work, 1.0)  # keep it: try to dead-letter it again later
-                return
-        else:
+        stored, lasting = await self._store_dead_letter(self.subjects.dlq(type_tok, id_tok), dl)
+        if stored:
             self.stats["dead_letters"] += 1
             # a type no agent class declares is the sender's text: not a metric attribute
             self._tel.dead_lettered(type_tok if type_tok in self.registry else "_unknown", err.code)
             self._log.info("dead_lettered", subject=msg.subject, code=err.code, reason=err.message)
+        elif durable and not lasting and work.deliveries < self.settings.max_redeliveries:
+            await self._nak(work, 1.0)  # keep it: try to dead-letter it again later
+            return
+        else:
+            # given up: the command is terminated (a loop would block its agent for good);
+            # the caller hears that nothing was applied, not the bad-input error whose
+            # dead letter it could not find
+            self.stats["dead_letters_lost"] += 1
+            self._log.error("dead_letter_lost", subject=msg.subject, code=err.code, reason=err.message)
+            err = Unavailable(
+                f"the command was refused ({err.code}: {err.message}) but its dead letter could not be stored",
+                details={"applied": False, "refused": err.code},
+            )
         if reply_to:
             hdrs[H_HOST] = self.settings.host_id
             await self._publish_reply(reply_to, encode_error(err), hdrs, work)
-        if work.kind in _ACKED:
-            await self._ack(work, b"+TERM " + err.code.encode())
+        if durable:
+            await self._ack(work, b"+TERM " + work.error.encode())
+
+    def _dead_letter_max_bytes(self) -> int:
+        """The largest dead letter the stream and the server both take."""
+        server = int(getattr(self.nc, "max_payload", 0) or 0) - 1024
+        limit = self.topology.dead_letter_max_bytes
+        return max(DEAD_LETTER_MIN_BYTES, min(limit, server) if server > 0 else limit)
+
+    async def _store_dead_letter(self, subject: str, body: bytes) -> tuple[bool, bool]:
+        """``(stored, lasting)``: a few attempts in place; ``lasting`` when the server
+        refused it (an error that a later attempt would get again)."""
+        for attempt in range(3):
+            try:
+                await js_publish(self.nc, subject, body, {}, self.settings.op_timeout_s)
+                return True, False
+            except (JSApiError, PayloadTooLarge) as exc:
+                self._log.warning("dead_letter_failed", error=str(exc))
+                return False, True
+            except Exception as exc:  # noqa: BLE001 - timeout, no responders, connection
+                self._log.warning("dead_letter_failed", error=str(exc), attempt=attempt + 1)
+            if attempt < 2:
+                await asyncio.sleep(0.1 * 2**attempt)
+        return False, False
 
     async def _reject_unrouted(self, work: Work, agent_type: str, agent_id: str, err: JetAgentsError) -> None:
         try:
             hdrs = work.msg.headers or {}
             reply_to = hdrs.get(H_REPLY_TO) if work.kind in _ACKED else (work.reply or work.msg.reply)
             out: dict[str, str] = {}
-            if hdrs.get(H_COMMAND_ID):
-                out[H_COMMAND_ID] = hdrs[H_COMMAND_ID]
-            if hdrs.get(H_CORRELATION_ID):
-                out[H_CORRELATION_ID] = hdrs[H_CORRELATION_ID]
+            # the same command id _process would answer with (wire contract §4)
+            cmd_id = hdrs.get(H_COMMAND_ID) or hdrs.get(H_MSG_ID) or ""
+            if not cmd_id and work.kind in _ACKED:
+                cmd_id = f"s{self.cepoch}-{work.cseq}"
+            if cmd_id:
+                out[H_COMMAND_ID] = cmd_id
+            corr = hdrs.get(H_CORRELATION_ID)
+            if corr and corr != cmd_id:
+                out[H_CORRELATION_ID] = corr
             carry(hdrs, out)
             ident = AgentId(agent_type, agent_id) if is_valid_token(agent_type) and is_valid_token(agent_id) else None
             await self._reject(work, ident, err, reply_to or None, out)
@@ -1629,19 +1676,28 @@ class Host:
             n = 0
             last_seq = 0
             records: OrderedDict[str, tuple[int, bool, Any]] = OrderedDict()
+            raw_snap: bytes | None = None
             try:
                 if given is not None:  # handed over by the previous host (state transfer)
                     snap: Any = given
                 else:
                     snap_entry = await self._snap_kv.get(aid.key)
-                    snap = orjson.loads(snap_entry.value) if snap_entry and snap_entry.value else None
+                    raw_snap = snap_entry.value if snap_entry and snap_entry.value else None
+                    snap = None
             except KeyNotFoundError:
                 snap = None
             except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
                 raise Unavailable(f"cannot read the snapshot of {aid}: {exc!r}") from None
+            if raw_snap is not None:
+                try:  # unreadable (not JSON): ignored like one that does not fit the state
+                    snap = orjson.loads(raw_snap)
+                except orjson.JSONDecodeError as exc:
+                    self._log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
             own = 0
             if snap:
                 try:
+                    if not isinstance(snap, dict):
+                        raise TypeError(f"a snapshot is a JSON object, not {type(snap).__name__}")
                     state = act.spec.state_type.model_validate(snap["state"])
                     last_seq = int(snap["seq"])
                     n = int(snap["n"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeGuard
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
@@ -24,7 +25,7 @@ def validate_token(value: str, what: str = "token") -> str:
     return value
 
 
-def is_valid_token(value: str) -> bool:
+def is_valid_token(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and _TOKEN_RE.fullmatch(value) is not None
 
 

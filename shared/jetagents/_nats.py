@@ -218,6 +218,11 @@ class Topology:
     def cluster_bucket(self) -> str:
         return f"{self.subjects.root}_cluster".replace("-", "_")
 
+    @property
+    def dead_letter_max_bytes(self) -> int:
+        """``max_msg_size`` of the dead-letter stream; every dead letter fits (wire contract §8)."""
+        return max((self.max_payload_bytes + 4096) * 2, 1024 * 1024)
+
     def consumer_name(self, partition: int) -> str:
         return f"p{partition}"
 
@@ -260,7 +265,7 @@ class Topology:
                 "num_replicas": self.replicas,
                 "max_age": 14 * 24 * 3600 * NS,
                 "allow_direct": True,
-                "max_msg_size": max(limit * 2, 1024 * 1024),
+                "max_msg_size": self.dead_letter_max_bytes,
             },
         ]
 

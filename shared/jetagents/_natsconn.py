@@ -10,17 +10,33 @@ with a cache of checked names and string methods.
 Only two methods are replaced; both are small and pinned to the nats-py versions this
 package accepts (see pyproject.toml). If nats-py changes them, ``Connection`` falls back to
 nats-py's own code rather than guessing (``FAST_HEADERS`` is then False).
+
+``Connection`` also survives any bytes a publisher puts on the wire. The server relays
+subjects, reply subjects and headers without checking their encoding (a token may hold
+``\xff``, ``\x00``, ``\x0c``...), and nats-py decodes them strictly in its read loop: one
+such message ended the loop without closing the connection, and the client heard nothing
+more until its pings timed out (~35 s), again after every reconnect for a stored command.
+``GuardedParser`` splits control lines as the server does (on space and tab only), decodes
+subjects, reply subjects and status lines with U+FFFD for what is not UTF-8, and drops a
+message whose processing still raises instead of ending the read loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import json
+import logging
 import re
 from typing import Any
 
 from nats.aio import client as _nc
-from nats.errors import BadHeaderError, BadSubjectError
+from nats.errors import BadHeaderError, BadSubjectError, ProtocolError
+from nats.js.api import Header
 from nats.protocol import command as _cmd
+from nats.protocol import parser as _ps
+
+_log = logging.getLogger("jetagents.nats")
 
 _CRLF = b"\r\n"
 _HDR_START = b"NATS/1.0\r\n"
@@ -90,8 +106,133 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
     return out
 
 
+def text(raw: bytes) -> str:
+    """``raw`` as text: UTF-8, with U+FFFD for bytes that are not (never raises)."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace")
+
+
+# The server ends a control line at CRLF and splits its arguments on space and tab only,
+# so a subject may hold any other byte; nats-py's ``\s`` also splits on \x0b and \x0c
+# (then finds no match and drops the connection as an "unknown protocol").
+_ARG = rb"([^ \t\r\n]+)"
+_SP = rb"[ \t]+"
+_MSG_RE = re.compile(rb"\AMSG" + _SP + _ARG + _SP + _ARG + _SP + rb"(?:" + _ARG + _SP + rb")?(\d+)[ \t]*\r\n")
+_HMSG_RE = re.compile(
+    rb"\AHMSG" + _SP + _ARG + _SP + _ARG + _SP + rb"(?:" + _ARG + _SP + rb")?(\d+)" + _SP + rb"(\d+)[ \t]*\r\n"
+)
+_ERR_RE = re.compile(rb"\A-ERR[ \t]*([^\r\n]*)\r\n")
+
+
+class GuardedParser(_ps.Parser):
+    """nats-py's protocol parser, made safe for any bytes a publisher may send (see above)."""
+
+    async def parse(self, data: bytes = b"") -> None:
+        self.buf.extend(data)
+        nc = self.nc
+        while self.buf:
+            if self.state == _ps.AWAITING_CONTROL_LINE:
+                m = _MSG_RE.match(self.buf)
+                h = None if m else _HMSG_RE.match(self.buf)
+                if m or h:
+                    if m:
+                        subject, sid, reply, needed = m.groups()
+                        self.header_needed = 0
+                    else:
+                        assert h is not None
+                        subject, sid, reply, header_size, needed = h.groups()
+                        self.header_needed = int(header_size)
+                        m = h
+                    self.msg_arg["subject"] = bytes(subject)
+                    self.msg_arg["sid"] = int(sid)
+                    self.msg_arg["reply"] = bytes(reply) if reply else b""
+                    self.needed = int(needed)
+                    if self.header_needed > self.needed:
+                        raise ProtocolError("nats: malformed HMSG")
+                    del self.buf[: m.end()]
+                    self.state = _ps.AWAITING_MSG_PAYLOAD
+                    continue
+                if self.buf.startswith(_ps.OK):
+                    del self.buf[: len(_ps.OK)]
+                    continue
+                err = _ERR_RE.match(self.buf)
+                if err:
+                    del self.buf[: err.end()]
+                    await nc._process_err(text(err.group(1)).lower())
+                    continue
+                ping = _ps.PING_RE.match(self.buf)
+                if ping:
+                    del self.buf[: ping.end()]
+                    await nc._process_ping()
+                    continue
+                pong = _ps.PONG_RE.match(self.buf)
+                if pong:
+                    del self.buf[: pong.end()]
+                    await nc._process_pong()
+                    continue
+                info = _ps.INFO_RE.match(self.buf)
+                if info:
+                    srv_info = json.loads(text(info.group(1)))
+                    del self.buf[: info.end()]
+                    await nc._process_info(srv_info)
+                    continue
+                if len(self.buf) < _ps.MAX_CONTROL_LINE_SIZE and _ps._CRLF_ in self.buf:
+                    raise ProtocolError("nats: unknown protocol")
+                break  # a control line split across reads: wait for the rest
+            if len(self.buf) < self.needed + _ps.CRLF_SIZE:
+                break  # wait for the whole payload
+            hn = self.header_needed
+            hdr = bytes(self.buf[:hn]) if hn > 0 else None
+            payload = bytes(self.buf[hn : self.needed])
+            del self.buf[: self.needed + _ps.CRLF_SIZE]
+            self.header_needed = 0
+            self.state = _ps.AWAITING_CONTROL_LINE
+            args = self.msg_arg
+            try:
+                await nc._process_msg(args["sid"], args["subject"], args["reply"], payload, hdr)
+            except Exception as exc:  # noqa: BLE001 - drop this message, keep reading the others
+                _log.warning("nats: dropped a message that could not be processed: %r", exc)
+                with contextlib.suppress(Exception):
+                    await nc._error_cb(exc)
+
+
+def _status_headers(raw: bytes) -> dict[str, str]:
+    """The headers of a block that starts with a status line, by nats-py's rules, decoding
+    whatever is not UTF-8 with U+FFFD (nats-py raises on it)."""
+    line, _, rest = raw[len(_nc.NATS_HDR_LINE) + 1 :].partition(_CRLF)
+    status, _, desc = line.partition(b" ")
+    hdr: dict[str, str] = {}
+    code = text(status.strip())
+    if code.isdigit():
+        hdr[Header.STATUS.value] = code
+    if desc.strip():
+        hdr[Header.DESCRIPTION] = text(desc.strip())
+    hdr.update(parse_header_lines(rest))
+    return hdr
+
+
 class Connection(_nc.Client):
-    """A nats-py ``Client`` with the header code above (when the nats-py version fits)."""
+    """A nats-py ``Client`` with the header code above (when the nats-py version fits)
+    and a read loop that survives any bytes on the wire."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ps = GuardedParser(self)
+
+    def _build_message(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: dict[str, str] | None
+    ) -> Any:
+        return self.msg_class(
+            subject=text(subject), reply=text(reply), data=data, headers=headers, _client=self, _sid=sid
+        )
+
+    async def _process_headers(self, headers: bytes) -> dict[str, str] | None:
+        try:
+            return await super()._process_headers(headers)
+        except UnicodeDecodeError:
+            return _status_headers(headers) or None
 
     if FAST_HEADERS:
 

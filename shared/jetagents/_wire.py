@@ -7,6 +7,7 @@ and ``docs/asyncapi.yaml``; tests check the three agree.
 from __future__ import annotations
 
 import base64
+import hashlib
 from enum import StrEnum
 from typing import Any
 
@@ -192,6 +193,42 @@ def encode_error(err: JetAgentsError) -> bytes:
     return orjson.dumps({"ok": False, "error": err.to_wire()})
 
 
+DEAD_LETTER_MIN_BYTES = 16 * 1024
+_DL_HEADERS = 64  # headers kept in a dead letter
+_DL_NAME_CHARS = 256
+_DL_VALUE_CHARS = 4096
+_DL_SUBJECT_CHARS = 1024
+_DL_ERROR_CHARS = 2048
+
+
+def _dl_text(value: Any, limit: int) -> tuple[str, bool]:
+    """``value`` as JSON-safe text of at most ``limit`` characters, and whether it was cut.
+    A ``str`` subclass (nats-py's ``Header`` enum) counts as its plain value."""
+    s = str.__str__(value) if isinstance(value, str) else str(value)
+    cut = len(s) > limit
+    if cut:
+        s = s[:limit]
+    try:
+        s.encode()
+    except UnicodeEncodeError:  # lone surrogates: orjson refuses them
+        s = s.encode("utf-8", "backslashreplace").decode()
+    return s, cut
+
+
+def _dl_error(error: JetAgentsError) -> dict[str, Any]:
+    wire = error.to_wire()
+    try:
+        if len(orjson.dumps(wire)) <= 4 * _DL_ERROR_CHARS:
+            return wire
+    except TypeError:
+        pass
+    short = {k: v for k, v in wire.items() if k != "details"}
+    short["message"] = _dl_text(wire.get("message", ""), _DL_ERROR_CHARS)[0]
+    if "reason" in short:
+        short["reason"] = _dl_text(short["reason"], 128)[0]
+    return short
+
+
 def encode_dead_letter(
     *,
     error: JetAgentsError,
@@ -202,24 +239,64 @@ def encode_dead_letter(
     ts_ms: int,
     stream_seq: int | None = None,
     deliveries: int | None = None,
+    max_bytes: int = 1024 * 1024,
+    keep_bytes: int | None = None,
 ) -> bytes:
+    """A dead letter of at most ``max_bytes`` bytes, whatever the input (wire contract §8).
+
+    Subject, header names and values and the error are cut to fixed lengths; the payload
+    is kept as UTF-8 text when that fits once JSON-escaped, else as base64 of as many
+    leading bytes as fit (at most ``keep_bytes``). ``payload_bytes`` and ``payload_sha256``
+    describe the whole original payload, ``truncated`` says whether anything was cut.
+    """
+    if max_bytes < DEAD_LETTER_MIN_BYTES:
+        raise ValueError(f"max_bytes must be at least {DEAD_LETTER_MIN_BYTES}")
+    truncated = False
+    subj, cut = _dl_text(subject, _DL_SUBJECT_CHARS)
+    truncated |= cut
+    hdrs: dict[str, str] = {}
+    for i, (k, v) in enumerate((headers or {}).items()):
+        if i >= _DL_HEADERS:
+            truncated = True
+            break
+        name, cut_k = _dl_text(k, _DL_NAME_CHARS)
+        value, cut_v = _dl_text(v, _DL_VALUE_CHARS)
+        truncated |= cut_k or cut_v
+        hdrs[name] = value
+    doc: dict[str, Any] = {
+        "error": _dl_error(error),
+        "subject": subj,
+        "headers": hdrs,
+        "payload": "",
+        "payload_encoding": "base64",  # the longer of the two while measuring
+        "stream_seq": stream_seq,
+        "deliveries": deliveries,
+        "host": _dl_text(host, 128)[0],
+        "ts_ms": ts_ms,
+        "payload_bytes": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "truncated": True,
+    }
+    meta = len(orjson.dumps(doc))
+    if meta > max_bytes // 4:  # escaped headers (up to 6 bytes a character): keep the rest
+        doc["headers"] = {}
+        truncated = True
+        meta = len(orjson.dumps(doc))
+    room = max_bytes - meta
+    raw = payload if keep_bytes is None else payload[:keep_bytes]
+    kept: str | None = None
     try:
-        text: str | None = payload.decode()
+        text = raw.decode()
     except UnicodeDecodeError:
         text = None
-    return orjson.dumps(
-        {
-            "error": error.to_wire(),
-            "subject": subject,
-            "headers": headers or {},
-            "payload": text if text is not None else base64.b64encode(payload).decode(),
-            "payload_encoding": "utf8" if text is not None else "base64",
-            "stream_seq": stream_seq,
-            "deliveries": deliveries,
-            "host": host,
-            "ts_ms": ts_ms,
-        }
-    )
+    if text is not None and len(orjson.dumps(text)) - 2 <= room:
+        kept, encoding = text, "utf8"
+    else:
+        raw = raw[: (room // 4) * 3]
+        kept, encoding = base64.b64encode(raw).decode(), "base64"
+    truncated |= len(raw) < len(payload)
+    doc["payload"], doc["payload_encoding"], doc["truncated"] = kept, encoding, truncated
+    return orjson.dumps(doc)
 
 
 def parse_ack_subject(reply: str) -> tuple[int, int] | None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import base64
+import datetime
+import hashlib
+from typing import Any, Literal
 
 import orjson
 import pytest
@@ -21,6 +24,7 @@ from jetagents import (
     NatsServer,
     PayloadTooLarge,
     Registry,
+    Unavailable,
     UnknownAction,
     UnknownAgent,
     UnknownAgentType,
@@ -29,6 +33,7 @@ from jetagents import (
     partition_of,
 )
 from jetagents._client import _decode_reply
+from jetagents._nats import js_api
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import host_settings
 from tests.integration.helpers import commits, consumer_info, dead_letters, eventually, stream_state
@@ -240,3 +245,128 @@ async def test_commit_too_large_is_refused_not_retried_forever(nats_server: Nats
             assert await ref.request("put", {"size": 10}) == 10  # the agent is not blocked
     finally:
         await client.close()
+
+
+async def test_dead_letter_of_a_body_that_escapes_large_fits_and_is_not_redelivered(host: Host, client: Client) -> None:
+    # 200,000 bytes of \x01: valid UTF-8, but six bytes each once JSON-escaped (1.2 MB),
+    # more than AGT_DLQ takes; it used to be redelivered forever with no reply
+    body = b"\x01" * 200_000
+    reply = await _publish_raw(client, "agt.cmd.counter.esc", body, {"Nats-Msg-Id": "esc-1"})
+    with pytest.raises(MalformedCommand):
+        _decode_reply(reply)
+    assert reply.headers["Agt-Command-Id"] == "esc-1"
+    [dl] = await dead_letters(client.nc)
+    assert dl["payload_bytes"] == len(body) and dl["truncated"] is False
+    assert dl["payload_sha256"] == hashlib.sha256(body).hexdigest()
+    assert dl["payload_encoding"] == "base64" and base64.b64decode(dl["payload"]) == body  # kept whole
+    await _no_pending(client)
+    assert host.stats["dead_letters"] == 1 and host.stats["naks"] == 0
+
+
+async def test_refusals_of_unroutable_commands_carry_the_command_id(host: Host, client: Client) -> None:
+    # only Nats-Msg-Id set: the reply names the command all the same (wire contract §4)
+    reply = await _publish_raw(client, "agt.cmd.nosuch.x1", b'{"action": "get"}', {"Nats-Msg-Id": "m-1"})
+    with pytest.raises(UnknownAgentType):
+        _decode_reply(reply)
+    assert reply.headers["Agt-Command-Id"] == "m-1"
+    # no id at all: the id the host names it by (as for any durable command)
+    reply = await _publish_raw(client, "agt.cmd.nosuch.x2", b'{"action": "get"}')
+    assert reply.headers["Agt-Command-Id"].startswith("s")
+    await _no_pending(client)
+
+
+async def test_unreadable_snapshot_is_ignored_and_the_log_replayed(host: Host, client: Client) -> None:
+    ref = client.agent("counter", "snap")
+    assert await ref.request("increment", {"by": 2}) == 2
+    assert await ref.request("increment", {"by": 3}) == 5
+    kv = await client.nc.jetstream().key_value("agt_snap")
+    await kv.put("counter.snap", b"\x00 this is not JSON {")
+    host._evict(host.activations["counter.snap"])  # the next command activates it again
+    assert await ref.request("get", timeout=10) == 5
+    assert await ref.request("increment", {"by": 1}) == 6
+    await _no_pending(client)
+
+
+async def test_params_are_strict_on_the_wire(host: Host, client: Client) -> None:
+    ref = client.agent("counter", "strict")
+    for params in ({"by": "3"}, {"by": True}, {"by": 2.0}, {"by": [1]}):
+        with pytest.raises(InvalidParams):
+            await ref.request("increment", params)
+    assert await ref.request("increment", {"by": 3}) == 3  # the Python client sends JSON ints
+    assert await ref.request("get") == 3
+    assert len(await dead_letters(client.nc)) == 4
+
+
+class When(BaseModel):
+    at: datetime.datetime
+    tag: Literal["a", "b"]
+
+
+class Lenient(Agent[FlakyState]):
+    """Strict by default, yet JSON's own forms validate: ISO datetimes, arrays as tuples,
+    literal strings; ``add_loose`` opts out of strict mode."""
+
+    type_name = "lenient"
+    state_type = FlakyState
+
+    @action(read_only=True)
+    async def echo(self, when: When, pair: tuple[int, int], day: datetime.date) -> list[Any]:
+        return [when.at.isoformat(), when.tag, list(pair), day.isoformat()]
+
+    @action(read_only=True, strict=False)
+    async def add_loose(self, a: int, b: int) -> int:
+        return a + b
+
+
+async def test_strict_params_accept_json_forms_and_can_be_opted_out(nats_server: NatsServer) -> None:
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
+    try:
+        async with Host(host_settings(nats_server.url), Registry([Lenient])):
+            ref = client.agent("lenient", "l1")
+            params = {"when": {"at": "2026-01-02T03:04:05+00:00", "tag": "a"}, "pair": [1, 2], "day": "2026-01-02"}
+            assert await ref.request("echo", params) == ["2026-01-02T03:04:05+00:00", "a", [1, 2], "2026-01-02"]
+            with pytest.raises(InvalidParams):
+                await ref.request("echo", {**params, "pair": ["1", 2]})
+            assert await ref.request("add_loose", {"a": "2", "b": True}) == 3
+    finally:
+        await client.close()
+
+
+async def test_dead_letter_is_stored_before_the_answer(host: Host, client: Client) -> None:
+    """Without AGT_DLQ the host cannot store a dead letter: a bad call is not answered with
+    its bad-input error (the caller could not find its dead letter), and a bad durable
+    command is kept until the dead letter can be stored, then answered once."""
+    dlq = host.topology.stream_configs()[2]
+    await js_api(client.nc, f"$JS.API.STREAM.DELETE.{dlq['name']}", None, 5)
+    reply = await client.nc.request("agt.call.counter.d1", b"not json", timeout=10)
+    with pytest.raises(Unavailable) as exc:
+        _decode_reply(reply)
+    assert exc.value.details == {"applied": False, "refused": "malformed"}
+
+    inbox = client.nc.new_inbox()
+    sub = await client.nc.subscribe(inbox)
+    await client.nc.jetstream().publish("agt.cmd.counter.d2", b"not json", headers={"Agt-Reply-To": inbox})
+    await eventually(lambda: host.stats["naks"] >= 1, 15)
+    assert sub.pending_msgs == 0  # not answered while its dead letter is not stored
+    await js_api(client.nc, f"$JS.API.STREAM.CREATE.{dlq['name']}", dlq, 5)
+    reply = await sub.next_msg(timeout=15)
+    with pytest.raises(MalformedCommand):
+        _decode_reply(reply)
+    assert [d["subject"] for d in await dead_letters(client.nc)] == [
+        f"agt.p.{partition_of('counter', 'd2', 8)}.counter.d2"
+    ]
+    await _no_pending(client)
+
+
+async def test_malformed_migrate_request_is_a_typed_refusal(host: Host, client: Client) -> None:
+    subject = f"agt.sys.host.{host.settings.host_id}.migrate"
+    for body in (
+        b"not json",
+        b"[1]",
+        b'{"type": "counter", "id": "c1"}',
+        b'{"type": "counter", "id": "c1", "target": 5}',
+    ):
+        reply = await client.nc.request(subject, body, timeout=10)
+        with pytest.raises(MalformedCommand) as exc:
+            _decode_reply(reply)
+        assert "Error(" not in exc.value.message and "'" not in exc.value.message

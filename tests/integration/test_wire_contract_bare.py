@@ -37,6 +37,9 @@ DEAD_LETTER_KEYS = {
     "deliveries",
     "host",
     "ts_ms",
+    "payload_bytes",
+    "payload_sha256",
+    "truncated",
 }
 
 

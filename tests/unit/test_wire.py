@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from typing import Any
 
@@ -10,6 +11,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nats.js.api import Header
 
 from jetagents import Subjects, _errors
 from jetagents._errors import (
@@ -281,7 +283,41 @@ def test_encode_dead_letter_utf8_payload() -> None:
         "deliveries": 5,
         "host": "host-a",
         "ts_ms": 1_700_000_000_000,
+        "payload_bytes": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "truncated": False,
     }
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    small=st.binary(max_size=4096),
+    big=st.sampled_from([0, 1, 2, 3]),
+    subject=st.text(max_size=3000),
+    headers=st.dictionaries(st.text(max_size=300), st.text(max_size=6000), max_size=80),
+)
+def test_encode_dead_letter_always_fits(small: bytes, big: int, subject: str, headers: dict[str, str]) -> None:
+    # large payloads are built here: hypothesis would print their repr
+    payload = [small, b"\x01" * 200_000, b"\xff" * 300_000, b'"' * 100_000][big]
+    limit = 64 * 1024
+    out = encode_dead_letter(
+        error=MalformedCommand("bad " + subject, details={"s": subject}),
+        subject=subject + "\udcff",  # a lone surrogate: orjson refuses it unless cleaned
+        headers={**headers, Header.DESCRIPTION: "x"},  # nats-py's enum key (a status line)
+        payload=payload,
+        host="h",
+        ts_ms=0,
+        max_bytes=limit,
+        keep_bytes=256 * 1024,
+    )
+    assert len(out) <= limit
+    dl = orjson.loads(out)
+    assert dl["payload_bytes"] == len(payload)
+    assert dl["payload_sha256"] == hashlib.sha256(payload).hexdigest()
+    kept = dl["payload"].encode() if dl["payload_encoding"] == "utf8" else base64.b64decode(dl["payload"])
+    assert payload.startswith(kept)
+    if len(kept) < len(payload):
+        assert dl["truncated"] is True
 
 
 @pytest.mark.parametrize("payload", [b"\xff\xfe\x00", b"\x80", b"ok\xc3"])
