@@ -76,6 +76,9 @@ class DeadLetter(BaseModel):
     headers: dict[str, str]
     payload: str = Field(description="Command body cut to the payload limit, as text or base64.")
     payload_encoding: Literal["utf8", "base64"]
+    payload_bytes: int = Field(description="Length of the command body as received, in bytes.")
+    payload_sha256: str = Field(description="SHA-256 (hex) of the whole body as received.")
+    truncated: bool = Field(description="True when payload holds only a prefix of the body.")
     stream_seq: int | None
     deliveries: int | None
     host: str
