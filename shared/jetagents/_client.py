@@ -142,7 +142,12 @@ class Client:
         settings = settings or ClientSettings()
         if nats_url:
             settings = settings.model_copy(update={"nats_url": nats_url})
-        nc = await connect(settings.nats_url, name=name, connect_timeout_s=settings.connect_timeout_s)
+        nc = await connect(
+            settings.nats_url,
+            name=name,
+            connect_timeout_s=settings.connect_timeout_s,
+            inbox_prefix=settings.inbox_prefix,
+        )
         client = cls(nc, settings, tracer_provider=tracer_provider, meter_provider=meter_provider)
         await client._start()
         return client

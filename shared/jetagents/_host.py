@@ -56,7 +56,7 @@ from ._errors import (
     UnknownAgentType,
     error_from_wire,
 )
-from ._ids import AgentId, fnv1a_32, is_valid_token, partition_of
+from ._ids import AgentId, fnv1a_32, is_reply_subject, is_valid_token, partition_of
 from ._nats import (
     ERR_WRONG_LAST_SEQUENCE,
     NS,
@@ -369,6 +369,7 @@ class Host:
             "retries": 0,
             "consumers_recreated": 0,
             "dead_letters_lost": 0,
+            "replies_refused": 0,
         }
         # agents with commands waiting for a free worker, by (priority rank, arrival)
         self._ready: list[tuple[int, int, Activation]] = []
@@ -441,6 +442,7 @@ class Host:
             s.nats_url,
             name=f"jetagents-host-{s.host_id}",
             connect_timeout_s=s.connect_timeout_s,
+            inbox_prefix=s.inbox_prefix,
             reconnected_cb=self._on_reconnected,
             disconnected_cb=self._on_disconnected,
             error_cb=self._on_error,
@@ -1282,6 +1284,9 @@ class Host:
         try:
             if len(cmd_id) > 256:
                 raise MalformedCommand("command id longer than 256 characters")
+            if reply_to and not is_reply_subject(reply_to, s.reply_prefixes):
+                reply_to = None  # never answer there, not even with this refusal
+                raise MalformedCommand("the reply subject is not under a reply prefix this host accepts")
             body = decode_command(work.msg.data, s.max_payload_bytes)
             work.action = body.action if body.action in act.spec.actions else "_unknown"
             action = act.spec.action(body.action)
@@ -1564,6 +1569,13 @@ class Host:
             self._untrack(work)
 
     async def _publish_reply(self, reply_to: str, body: bytes, hdrs: dict[str, str], work: Work | None) -> None:
+        # Every reply of this host goes through here: the sender names the subject, and
+        # the host's permissions reach its event log, buckets and the JetStream API, so
+        # only inboxes under the configured reply prefixes are answered (wire contract 4).
+        if not is_reply_subject(reply_to, self.settings.reply_prefixes):
+            self.stats["replies_refused"] += 1
+            self._log.warning("reply_refused", reply_to=reply_to[:300].encode("unicode_escape").decode("ascii"))
+            return
         if hdrs and work is not None and work.kind == CALL:
             hdrs = _call_reply_headers(hdrs, work.msg.headers)
         span = None

@@ -9,6 +9,7 @@ transform, so a client may compute it locally and agree with the server.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeGuard
 
@@ -27,6 +28,54 @@ def validate_token(value: str, what: str = "token") -> str:
 
 def is_valid_token(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and _TOKEN_RE.fullmatch(value) is not None
+
+
+# A literal subject: dot-separated non-empty tokens of printable ASCII other than the
+# separator and the wildcards (no whitespace, control or non-ASCII bytes).
+_LITERAL_SUBJECT_RE = re.compile(r"[!-)+-\-/-=?-~]+(?:\.[!-)+-\-/-=?-~]+)*")
+MAX_REPLY_SUBJECT_LEN = 256
+# Namespaces a reply prefix may never reach: every "$" subject belongs to the server
+# ($JS, $KV, $O, $SYS, $SRV, $MQTT, $NRG, ...), the rest to jetagents' own wire.
+_SERVER_NAMESPACE = "$"
+
+
+def is_reply_subject(subject: object, prefixes: Iterable[str]) -> bool:
+    """True when a host may publish a reply to ``subject``: a literal subject (no
+    wildcards, whitespace, control or non-ASCII bytes, no empty token) of at most
+    ``MAX_REPLY_SUBJECT_LEN`` characters that starts with one of ``prefixes``
+    (each ends with ``.``, see :func:`validate_reply_prefix`).
+
+    >>> is_reply_subject("_INBOX.client.abc.1", ["_INBOX."])
+    True
+    >>> is_reply_subject("agt.evt.counter.c1", ["_INBOX."])
+    False
+    """
+    if not isinstance(subject, str) or not 0 < len(subject) <= MAX_REPLY_SUBJECT_LEN:
+        return False
+    for prefix in prefixes:
+        if subject.startswith(prefix) and len(subject) > len(prefix):
+            return _LITERAL_SUBJECT_RE.fullmatch(subject) is not None
+    return False
+
+
+def validate_reply_prefix(prefix: str, subject_root: str) -> str:
+    """Return ``prefix`` if hosts may answer under it, else raise ``ValueError``.
+
+    A reply prefix is one or more literal tokens followed by ``.`` (``_INBOX.``). It may
+    not start with ``$`` (the server's namespaces: ``$JS.``, ``$KV.``, ``$O.``, ``$SYS.``,
+    ``$SRV.``, ...) nor overlap the subject root (``agt.``: commands, events, dead
+    letters, counters, host-to-host traffic), in either direction.
+    """
+    if not isinstance(prefix, str) or not prefix.endswith(".") or len(prefix) > MAX_REPLY_SUBJECT_LEN // 2:
+        raise ValueError(f"invalid reply prefix {prefix!r}: literal tokens ending with '.', e.g. '_INBOX.'")
+    if _LITERAL_SUBJECT_RE.fullmatch(prefix[:-1]) is None:
+        raise ValueError(f"invalid reply prefix {prefix!r}: no wildcards, whitespace, control or non-ASCII bytes")
+    if prefix.startswith(_SERVER_NAMESPACE):
+        raise ValueError(f"reply prefix {prefix!r} reaches the server's '$' subjects ($JS, $KV, $SYS, ...)")
+    root = f"{subject_root}."
+    if prefix.startswith(root) or root.startswith(prefix):
+        raise ValueError(f"reply prefix {prefix!r} overlaps the subject root {subject_root!r}")
+    return prefix
 
 
 def fnv1a_32(data: bytes) -> int:

@@ -6,8 +6,10 @@ import os
 import socket
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ._ids import validate_reply_prefix
 
 
 def _default_host_id() -> str:
@@ -23,6 +25,12 @@ class CommonSettings(BaseSettings):
     partitions: int = Field(default=64, ge=1, le=4096, description="fixed at cluster creation")
     max_payload_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    inbox_prefix: str = Field(
+        default="_INBOX",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="subject prefix of every inbox this connection makes (the shipped accounts: _INBOX.<user>)",
+    )
 
 
 class ClientSettings(CommonSettings):
@@ -84,3 +92,17 @@ class HostSettings(CommonSettings):
     loop: Literal["asyncio", "uvloop"] = "asyncio"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+    reply_prefixes: list[str] = Field(
+        default_factory=lambda: ["_INBOX."],
+        min_length=1,
+        description="a host answers only on subjects under these (never '$' subjects nor the subject root)",
+    )
+
+    @model_validator(mode="after")
+    def _check_reply_prefixes(self) -> HostSettings:
+        for prefix in self.reply_prefixes:
+            validate_reply_prefix(prefix, self.subject_root)
+        if not any(f"{self.inbox_prefix}.".startswith(p) for p in self.reply_prefixes):
+            # hosts answer each other on their own inboxes
+            raise ValueError(f"inbox_prefix {self.inbox_prefix!r} is under none of the reply prefixes")
+        return self

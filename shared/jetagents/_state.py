@@ -338,10 +338,12 @@ class SharedState:
         self.crdt = CrdtState(self)
 
     @classmethod
-    async def connect(cls, url: str, options: StateOptions | None = None, **kw: Any) -> SharedState:
+    async def connect(
+        cls, url: str, options: StateOptions | None = None, *, inbox_prefix: str = "_INBOX", **kw: Any
+    ) -> SharedState:
         from ._nats import connect
 
-        nc = await connect(url, name="jetagents-state")
+        nc = await connect(url, name="jetagents-state", inbox_prefix=inbox_prefix)
         st = cls(nc, options, owns_connection=True, **kw)
         await st.start()
         return st

@@ -178,7 +178,7 @@ def dlq(
         from ._wire import Subjects
 
         settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
-        nc = await connect(settings.nats_url, name="jetagents-cli")
+        nc = await connect(settings.nats_url, name="jetagents-cli", inbox_prefix=settings.inbox_prefix)
         try:
             topo = Topology(Subjects(settings.subject_root))
             info = await js_api(nc, f"$JS.API.STREAM.INFO.{topo.dlq_stream}", None, 5)
@@ -242,7 +242,7 @@ def status(
         from ._wire import Subjects
 
         settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
-        nc = await connect(settings.nats_url, name="jetagents-cli")
+        nc = await connect(settings.nats_url, name="jetagents-cli", inbox_prefix=settings.inbox_prefix)
         try:
             topo = Topology(Subjects(settings.subject_root))
             return await cluster_status(JetStreamStore(nc, topo.cluster_bucket))

@@ -8,6 +8,7 @@ The secrets the configs read from the environment are random per boot.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import secrets
@@ -21,6 +22,9 @@ from tests.conftest import REPO
 
 OPS_NATS = REPO / "ops" / "nats"
 USERS = ("sys", "admin", "host", "client")
+# the inbox prefixes the shipped accounts give each user (JETAGENTS_INBOX_PREFIX)
+HOST_INBOX = "_INBOX.host"
+CLIENT_INBOX = "_INBOX.client"
 
 
 @dataclass
@@ -35,7 +39,7 @@ class Node:
 
 def rewrite(text: str, node: Node, nodes: dict[str, Node], store: Path) -> str:
     text = text.replace("0.0.0.0:4222", f"127.0.0.1:{node.port}")
-    text = text.replace("0.0.0.0:8222", f"127.0.0.1:{node.http_port}")
+    text = text.replace("127.0.0.1:8222", f"127.0.0.1:{node.http_port}")
     text = text.replace("0.0.0.0:6222", f"127.0.0.1:{node.cluster_port}")
     text = text.replace("0.0.0.0:7222", f"127.0.0.1:{node.gateway_port}")
     text = re.sub(r'store_dir:\s*"[^"]*"', f'store_dir: "{store.as_posix()}"', text)
@@ -65,7 +69,9 @@ class BootedConfigs:
             s.stop()
 
 
-def boot(tmp: Path, nodes: list[Node], timeout_s: float = 40.0) -> BootedConfigs:
+def boot(tmp: Path, nodes: list[Node], timeout_s: float = 40.0, *, with_accounts: bool = False) -> BootedConfigs:
+    """Start ``nodes``; ``with_accounts`` adds the shipped ``accounts.conf`` to a config that
+    does not include it (``single.conf``: one node with the shipped users)."""
     by_name = {n.name: n for n in nodes}
     passwords = {u: secrets.token_hex(12) for u in USERS}
     conf_root = tmp / "conf"
@@ -76,7 +82,8 @@ def boot(tmp: Path, nodes: list[Node], timeout_s: float = 40.0) -> BootedConfigs
         for node in nodes:
             rel = node.source.relative_to(OPS_NATS)
             conf = (conf_root / rel).with_name(f"{node.name}.conf")
-            conf.write_text(rewrite(node.source.read_text(), node, by_name, tmp / node.name / "js"))
+            text = rewrite(node.source.read_text(), node, by_name, tmp / node.name / "js")
+            conf.write_text(text + ("\ninclude ./accounts.conf\n" if with_accounts else ""))
             env = dict(os.environ, NATS_SERVER_NAME=node.name)
             env.update({f"JETAGENTS_{u.upper()}_PASSWORD": pw for u, pw in passwords.items()})
             check = subprocess.run(
@@ -96,8 +103,25 @@ def boot(tmp: Path, nodes: list[Node], timeout_s: float = 40.0) -> BootedConfigs
             servers[node.name] = server
         for server in servers.values():
             server.wait_ready(timeout_s)
-        NatsCluster(data_dir=tmp, servers=list(servers.values())).wait_meta_leader(timeout_s)
+        if len(servers) > 1:
+            NatsCluster(data_dir=tmp, servers=list(servers.values())).wait_meta_leader(timeout_s)
     except BaseException:
         booted.stop()
         raise
     return booted
+
+
+class Violations:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    async def record(self, exc: Exception) -> None:
+        self.errors.append(str(exc))
+
+    async def wait_for(self, needle: str) -> None:
+        """The server told this connection of a permissions violation mentioning ``needle``."""
+        for _ in range(750):  # 15 s
+            if any("permissions violation" in e.lower() and needle.lower() in e.lower() for e in self.errors):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no permissions violation for {needle!r}: {self.errors}")

@@ -21,7 +21,7 @@ from jetagents._nats import Topology, ensure_topology, js_api
 from jetagents._wire import Subjects
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import REPO, host_settings
-from tests.ops.nats_configs import OPS_NATS, BootedConfigs, Node, boot
+from tests.ops.nats_configs import CLIENT_INBOX, HOST_INBOX, OPS_NATS, BootedConfigs, Node, Violations, boot
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +43,11 @@ async def _stream(url: str, name: str) -> dict[str, object]:
 
 
 async def test_three_node_cluster_runs_r3_with_the_host_and_client_users(cluster: BootedConfigs) -> None:
-    settings = host_settings(cluster.url("host"), replicas=3, host_id="ops-cluster")
+    settings = host_settings(cluster.url("host"), replicas=3, host_id="ops-cluster", inbox_prefix=HOST_INBOX)
     async with Host(settings, Registry(EXAMPLE_AGENTS)):
-        client = await Client.connect(settings=ClientSettings(nats_url=cluster.url("client", "nats-3"), partitions=8))
+        client = await Client.connect(
+            settings=ClientSettings(nats_url=cluster.url("client", "nats-3"), partitions=8, inbox_prefix=CLIENT_INBOX)
+        )
         try:
             ref = client.agent("counter", "r3")
             assert await ref.request("increment", {"by": 2}) == 2
@@ -56,7 +58,12 @@ async def test_three_node_cluster_runs_r3_with_the_host_and_client_users(cluster
         demo = await asyncio.create_subprocess_exec(
             sys.executable,
             str(REPO / "ops" / "demo" / "workload.py"),
-            env={**os.environ, "JETAGENTS_NATS_URL": cluster.url("client"), "JETAGENTS_PARTITIONS": "8"},
+            env={
+                **os.environ,
+                "JETAGENTS_NATS_URL": cluster.url("client"),
+                "JETAGENTS_PARTITIONS": "8",
+                "JETAGENTS_INBOX_PREFIX": CLIENT_INBOX,
+            },
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
@@ -70,30 +77,14 @@ async def test_three_node_cluster_runs_r3_with_the_host_and_client_users(cluster
         assert sorted(peers) == ["nats-1", "nats-2", "nats-3"], name
 
 
-class Violations:
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-
-    async def record(self, exc: Exception) -> None:
-        self.errors.append(str(exc))
-
-    async def wait_for(self, needle: str) -> None:
-        """The server told this connection of a permissions violation mentioning ``needle``."""
-        for _ in range(250):
-            if any("permissions violation" in e.lower() and needle.lower() in e.lower() for e in self.errors):
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"no permissions violation for {needle!r}: {self.errors}")
-
-
 async def test_permissions_clients_send_only_and_only_admin_deletes(cluster: BootedConfigs) -> None:
     seen = Violations()
-    client = await nats.connect(cluster.url("client").split(","), error_cb=seen.record)
+    client = await nats.connect(cluster.url("client").split(","), error_cb=seen.record, inbox_prefix=CLIENT_INBOX)
     admin = await nats.connect(cluster.url("admin").split(","))
     # the streams exist (a host made them in the test above, or the admin makes them now)
     await ensure_topology(admin, Topology(Subjects("agt"), partitions=8, replicas=3))
     host_seen = Violations()
-    host = await nats.connect(cluster.url("host").split(","), error_cb=host_seen.record)
+    host = await nats.connect(cluster.url("host").split(","), error_cb=host_seen.record, inbox_prefix=HOST_INBOX)
     try:
         before = (await js_api(admin, "$JS.API.STREAM.INFO.AGT_EVT", None, 5))["state"]["messages"]
 
@@ -154,8 +145,11 @@ async def test_supercluster_placed_streams_answer_through_the_other_cluster(tmp_
 
         # a host in the east, a client that only knows the west
         east = sc.url("host", "east-1", "east-2", "east-3")
-        async with Host(host_settings(east, replicas=3, host_id="east-host"), Registry(EXAMPLE_AGENTS)):
-            settings = ClientSettings(nats_url=sc.url("client", "west-1", "west-2", "west-3"), partitions=8)
+        async with Host(
+            host_settings(east, replicas=3, host_id="east-host", inbox_prefix=HOST_INBOX), Registry(EXAMPLE_AGENTS)
+        ):
+            west = sc.url("client", "west-1", "west-2", "west-3")
+            settings = ClientSettings(nats_url=west, partitions=8, inbox_prefix=CLIENT_INBOX)
             client = await Client.connect(settings=settings)
             try:
                 ref = client.agent("counter", "geo")

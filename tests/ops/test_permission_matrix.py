@@ -1,0 +1,314 @@
+"""The permission matrix of issue 12: every attack a ``client`` (or a ``host``) can try with
+the shipped accounts, against a real nats-server running ``single.conf`` + ``accounts.conf``
+and a real host running as the ``host`` user. Each case checks that the damage did not
+happen (logs, buckets, streams unchanged, no ghost member) and the legitimate paths still
+work (a call and a durable command round trip under the client's inbox prefix).
+
+The confused deputy: a host publishes a reply where the sender says (``Agt-Reply-To`` of a
+durable command, the reply subject of a call) with its own permissions, which reach its
+event log, its buckets and the JetStream API. The host answers only under its reply
+prefixes (``_INBOX.``), and the accounts drop ``allow_responses`` for hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+from collections.abc import AsyncIterator, Iterator
+
+import nats
+import orjson
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from jetagents import Client, ClientSettings, Host, Registry
+from jetagents._nats import js_api
+from jetagents._state import SharedState
+from jetagents.examples import EXAMPLE_AGENTS
+from tests.conftest import host_settings
+from tests.ops.nats_configs import CLIENT_INBOX, HOST_INBOX, OPS_NATS, BootedConfigs, Node, Violations, boot
+
+# reply subjects that land in a stream (subject, stream): a reply there is a forged commit,
+# a spawned agent, an overwritten snapshot or shared state, a forged dead letter, a ghost
+# member that takes partitions, a frozen ring
+STORED_TARGETS = [
+    ("agt.evt.counter.victim", "AGT_EVT"),
+    ("$KV.agt_meta.counter.victim", "KV_agt_meta"),
+    ("$KV.agt_snap.counter.victim", "KV_agt_snap"),
+    ("$KV.agt_state.victim", "KV_agt_state"),
+    ("agt.dlq.counter.forged", "AGT_DLQ"),
+    ("$KV.agt_cluster.member.ghost", "KV_agt_cluster"),
+    ("$KV.agt_cluster.ring", "KV_agt_cluster"),
+]
+# reply subjects that are JetStream API requests (a stream delete ignores its body)
+API_TARGETS = ["$JS.API.STREAM.PURGE.AGT_EVT", "$JS.API.STREAM.DELETE.AGT_DLQ"]
+PROTECTED = ["AGT_CMD", "AGT_EVT", "AGT_DLQ", "KV_agt_snap", "KV_agt_meta"]
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootedConfigs]:
+    booted = boot(tmp_path_factory.mktemp("perm"), [Node("solo", OPS_NATS / "single.conf")], with_accounts=True)
+    try:
+        yield booted
+    finally:
+        booted.stop()
+
+
+class World:
+    def __init__(self, booted: BootedConfigs, host: Host, admin: NATS, client: Client) -> None:
+        self.booted, self.host, self.admin, self.client = booted, host, admin, client
+
+    async def count(self, stream: str, subject: str) -> int:
+        info = await js_api(self.admin, f"$JS.API.STREAM.INFO.{stream}", {"subjects_filter": subject}, 5)
+        return int((info["state"].get("subjects") or {}).get(subject, 0))
+
+    async def messages(self, stream: str) -> int:
+        return int((await js_api(self.admin, f"$JS.API.STREAM.INFO.{stream}", None, 5))["state"]["messages"])
+
+    async def last(self, stream: str, subject: str) -> bytes:
+        resp = await js_api(self.admin, f"$JS.API.STREAM.MSG.GET.{stream}", {"last_by_subj": subject}, 5)
+        return base64.b64decode(resp["message"].get("data") or "")
+
+    async def settled(self, before: int, n: int) -> None:
+        """The host finished ``n`` more commands (answered or dead-lettered)."""
+        stats = self.host.stats
+        for _ in range(3000):  # 60 s
+            if stats["processed"] + stats["dead_letters"] >= before + n:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"the host did not finish {n} commands: {stats}")
+
+    def done(self) -> int:
+        return self.host.stats["processed"] + self.host.stats["dead_letters"]
+
+
+@pytest.fixture
+async def world(server: BootedConfigs) -> AsyncIterator[World]:
+    admin = await nats.connect(server.url("admin"))
+    # the shared-state bucket exists (a host creates it on first use)
+    state = SharedState(admin)
+    await state.start()
+    await state.close()
+    settings = host_settings(server.url("host"), host_id="perm-host", inbox_prefix=HOST_INBOX)
+    async with Host(settings, Registry(EXAMPLE_AGENTS)) as host:
+        client = await Client.connect(
+            settings=ClientSettings(nats_url=server.url("client"), partitions=8, inbox_prefix=CLIENT_INBOX)
+        )
+        try:
+            yield World(server, host, admin, client)
+        finally:
+            await client.close()
+    await admin.close()
+
+
+async def _attacker(w: World, errors: Violations | None = None) -> NATS:
+    return await nats.connect(
+        w.booted.url("client"), inbox_prefix=CLIENT_INBOX, **({"error_cb": errors.record} if errors else {})
+    )
+
+
+async def _durable(nc: NATS, agent_type: str, reply_to: str) -> None:
+    """A durable command naming ``reply_to`` as its reply subject (stored: PubAck checked)."""
+    n = next(_ids)
+    hdrs = {"Agt-Reply-To": reply_to, "Nats-Msg-Id": f"atk-{n}"}
+    ack = await nc.request(
+        f"agt.cmd.{agent_type}.atk-d{n}", b'{"action":"increment","params":{"by":1}}', 5, headers=hdrs
+    )
+    assert orjson.loads(ack.data)["stream"] == "AGT_CMD", ack.data
+
+
+async def _call(nc: NATS, agent_type: str, reply_to: str) -> None:
+    n = next(_ids)
+    await nc.publish(f"agt.call.{agent_type}.atk-c{n}", b'{"action":"increment","params":{"by":1}}', reply=reply_to)
+    await nc.flush()
+
+
+async def test_replies_never_reach_logs_buckets_or_the_cluster(world: World) -> None:
+    w = world
+    victim = w.client.agent("counter", "victim")
+    assert await victim.request("increment", {"by": 2}) == 2
+    events = await w.count("AGT_EVT", "agt.evt.counter.victim")
+    before = {t: await w.count(stream, t) for t, stream in STORED_TARGETS}
+    refused = w.host.stats.get("replies_refused", 0)
+    start = w.done()
+    atk = await _attacker(w)
+    try:
+        for target, _ in STORED_TARGETS:
+            await _durable(atk, "counter", target)
+            await _call(atk, "counter", target)
+        # unknown types and invalid ids are refused on another path: still never answered there
+        await _durable(atk, "nosuchtype", "agt.evt.counter.victim")
+        await _call(atk, "nosuchtype", "$KV.agt_cluster.member.ghost")
+        await w.settled(start, 2 * len(STORED_TARGETS) + 2)
+    finally:
+        await atk.close()
+
+    for target, stream in STORED_TARGETS:
+        if target == "$KV.agt_cluster.ring":  # rewritten by the leader; never a reply
+            assert "owners" in orjson.loads(await w.last(stream, target))
+        else:
+            assert await w.count(stream, target) == before[target], target
+    assert before["$KV.agt_cluster.member.ghost"] == 0 and before["$KV.agt_meta.counter.victim"] == 0
+    # every attack was dead-lettered as malformed, none ran
+    assert w.host.stats["dead_letters"] >= 2 * len(STORED_TARGETS) + 2
+    assert w.host.stats.get("replies_refused", 0) >= refused + 2  # the unknown types: refused at the reply
+    # the victim's log holds its own commits only, it still answers, and so do the rest
+    assert await w.count("AGT_EVT", "agt.evt.counter.victim") == events
+    assert await victim.request("get", delivery="at-most-once") == 2
+    assert await victim.request("increment", {"by": 1}) == 3
+    for i in range(8):
+        assert (
+            await w.client.agent("counter", f"after-{i}").request("increment", {"by": 1}, delivery="at-most-once") == 1
+        )
+
+
+async def test_replies_never_reach_the_jetstream_api(world: World) -> None:
+    w = world
+    victim = w.client.agent("counter", "api-victim")
+    assert await victim.request("increment", {"by": 5}) == 5
+    counts = {s: await w.messages(s) for s in ("AGT_EVT", "AGT_DLQ")}
+    start = w.done()
+    atk = await _attacker(w)
+    try:
+        for target in API_TARGETS:
+            await _durable(atk, "counter", target)
+            await _call(atk, "counter", target)
+        await w.settled(start, 2 * len(API_TARGETS))
+    finally:
+        await atk.close()
+    assert await w.messages("AGT_EVT") >= counts["AGT_EVT"]  # not purged
+    assert await w.messages("AGT_DLQ") >= counts["AGT_DLQ"] + 2 * len(API_TARGETS)  # not deleted: dead letters in it
+    assert await victim.request("get", delivery="at-least-once") == 5
+
+
+async def test_a_host_cannot_answer_past_its_permissions(world: World) -> None:
+    """Without ``allow_responses`` a host's answer to a reply subject it received is held to
+    its publish permissions: no stream delete or purge, no foreign bucket."""
+    w = world
+    seen = Violations()
+    rogue = await nats.connect(w.booted.url("host"), inbox_prefix=HOST_INBOX, error_cb=seen.record)
+    atk = await _attacker(w)
+    got: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def on_msg(msg: Msg) -> None:
+        got.put_nowait(msg)
+
+    try:
+        await rogue.subscribe("agt.call.bait.*", cb=on_msg)
+        await rogue.flush()
+        targets = ["$JS.API.STREAM.DELETE.AGT_DLQ", "$JS.API.STREAM.PURGE.AGT_EVT", "$KV.other.key"]
+        for target in targets:
+            await atk.publish("agt.call.bait.x", b"{}", reply=target)
+            msg = await asyncio.wait_for(got.get(), 15)
+            assert msg.reply == target
+            await msg.respond(b"{}")
+            await seen.wait_for(f'Publish to "{target}"')
+        for stream in PROTECTED:
+            await js_api(w.admin, f"$JS.API.STREAM.INFO.{stream}", None, 5)  # still there
+    finally:
+        await rogue.close()
+        await atk.close()
+
+
+async def test_a_host_cannot_delete_purge_or_write_outside_its_own(world: World) -> None:
+    w = world
+    assert await w.client.agent("counter", "keep").request("increment", {"by": 1}) == 1
+    counts = {s: await w.messages(s) for s in PROTECTED}
+    seen = Violations()
+    rogue = await nats.connect(w.booted.url("host"), inbox_prefix=HOST_INBOX, error_cb=seen.record)
+    try:
+        for stream in PROTECTED:
+            for api in ("STREAM.DELETE", "STREAM.PURGE", "STREAM.UPDATE"):
+                subject = f"$JS.API.{api}.{stream}"
+                with pytest.raises((NatsTimeout, NoRespondersError)):
+                    await rogue.request(subject, b"{}", timeout=0.5)
+                await seen.wait_for(subject)
+            subject = f"$JS.API.STREAM.MSG.DELETE.{stream}"
+            with pytest.raises((NatsTimeout, NoRespondersError)):
+                await rogue.request(subject, b'{"seq":1}', timeout=0.5)
+            await seen.wait_for(subject)
+        for subject in ("$KV.other.key", "$O.store.x", "$SYS.REQ.SERVER.PING"):
+            await rogue.publish(subject, b"x")
+            await seen.wait_for(f'Publish to "{subject}"')
+        # a host reads its own inboxes only
+        await rogue.subscribe(f"{CLIENT_INBOX}.>")
+        await seen.wait_for(f'Subscription to "{CLIENT_INBOX}.>"')
+    finally:
+        await rogue.close()
+    for stream in PROTECTED:
+        assert await w.messages(stream) >= counts[stream], stream
+
+
+@pytest.mark.parametrize("pattern", ["_INBOX.>", "_INBOX.*.>", f"{HOST_INBOX}.>", "_INBOX.other.>", "_INBOX.x"])
+async def test_a_client_reads_only_its_own_inboxes(world: World, pattern: str) -> None:
+    w = world
+    seen = Violations()
+    spy = await _attacker(w, seen)
+    try:
+        leaked: list[Msg] = []
+
+        async def on_leak(msg: Msg) -> None:
+            leaked.append(msg)
+
+        await spy.subscribe(pattern, cb=on_leak)
+        await seen.wait_for(f'Subscription to "{pattern}"')
+        # a host's and another client's replies go by, then a sentinel to the spy's own inbox:
+        # anything the refused subscription could see would arrive before the sentinel
+        own = spy.new_inbox()
+        sentinel = await spy.subscribe(own)
+        await spy.flush()
+        await w.admin.publish(f"{HOST_INBOX}.x.1", b"host reply")
+        await w.admin.publish(f"{CLIENT_INBOX}.other.1", b"client reply")
+        await w.admin.publish("_INBOX.x", b"default inbox")
+        await w.admin.flush()
+        # the sentinel is a fence, re-sent until it arrives (it was seen to go missing right
+        # after a refused subscription under load): whatever came first has arrived by then
+        for _ in range(60):
+            await w.admin.publish(own, b"sentinel")
+            await w.admin.flush()
+            try:
+                assert (await sentinel.next_msg(timeout=0.5)).data == b"sentinel"
+                break
+            except NatsTimeout:
+                continue
+        else:
+            raise AssertionError("the sentinel never reached the spy's own inbox")
+        assert leaked == []
+    finally:
+        await spy.close()
+
+
+async def test_a_client_cannot_answer_another_clients_request(world: World) -> None:
+    w = world
+    seen = Violations()
+    forger = await _attacker(w, seen)
+    victim = await _attacker(w)
+    try:
+        inbox = victim.new_inbox()
+        sub = await victim.subscribe(inbox)
+        await victim.flush()
+        await forger.publish(inbox, b'{"ok":true,"result":"forged"}')
+        await seen.wait_for(f'Publish to "{inbox}"')
+        await w.admin.publish(inbox, b"real")
+        assert (await sub.next_msg(timeout=15)).data == b"real"
+        assert sub.pending_msgs == 0
+    finally:
+        await forger.close()
+        await victim.close()
+
+
+async def test_the_legitimate_paths_work_under_the_inbox_prefixes(world: World) -> None:
+    w = world
+    ref = w.client.agent("counter", "legit")
+    assert await ref.request("increment", {"by": 2}) == 2  # durable, exactly-once: PubAck + reply
+    assert await ref.request("increment", {"by": 1}, delivery="at-least-once") == 3
+    assert await ref.request("increment", {"by": 1}, delivery="at-most-once") == 4  # a call
+    assert await w.count("AGT_EVT", "agt.evt.counter.legit") == 3
+    # the client user's own inboxes are its prefix; a default one is refused by the server
+    assert w.client.nc.new_inbox().startswith(f"{CLIENT_INBOX}.")
+    assert w.host.nc.new_inbox().startswith(f"{HOST_INBOX}.")
