@@ -1154,11 +1154,11 @@ class Host:
                 held = act.held = {}
             times = held.get(work.cseq, (0, 0.0))[0] + 1
             held[work.cseq] = (times, now)
-            self._side(self._refuse_busy(act, work, min(0.25 * 2**times, _BUSY_DELAY_MAX_S)))
+            self._refuse_busy(act, work, min(0.25 * 2**times, _BUSY_DELAY_MAX_S))
             return True
         if not full:
             return False
-        self._side(self._refuse_busy(act, work, 1.0))
+        self._refuse_busy(act, work, 1.0)
         return True
 
     def _prune_held(self, act: Activation, now: float) -> None:
@@ -1171,25 +1171,23 @@ class Host:
         if not held:
             act.held = None
 
-    async def _refuse_busy(self, act: Activation, work: Work, delay_s: float) -> None:
-        try:
-            self.stats["agent_busy"] += 1
-            aid = act.agent_id
-            durable = work.kind in _ACKED
-            self._tel.busy(aid.type, _delivery_mode(durable, work.msg.headers or {}))
-            if durable:
-                await self._nak(work, delay_s)
-                return
-            reply_to = work.reply or work.msg.reply
-            if reply_to:
-                waiting = len(act.mailbox or ())
-                err = Unavailable(
-                    f"agent busy: {waiting} commands of {aid} are waiting; retry",
-                    details={"applied": False, "reason": "agent_busy"},
-                )
-                await self._publish_reply(reply_to, encode_error(err), {}, work)
-        finally:
-            self._untrack(work)
+    def _refuse_busy(self, act: Activation, work: Work, delay_s: float) -> None:
+        # out of the host's in-flight count at once: a burst of refusals must not fill it
+        self._untrack(work)
+        self.stats["agent_busy"] += 1
+        aid = act.agent_id
+        durable = work.kind in _ACKED
+        self._tel.busy(aid.type, _delivery_mode(durable, work.msg.headers or {}))
+        if durable:
+            self._side(self._nak(work, delay_s))
+            return
+        reply_to = work.reply or work.msg.reply
+        if reply_to:
+            err = Unavailable(
+                f"agent busy: {len(act.mailbox or ())} commands of {aid} are waiting; retry",
+                details={"applied": False, "reason": "agent_busy"},
+            )
+            self._side(self._publish_reply(reply_to, encode_error(err), {}, work))
 
     def _track(self, work: Work) -> None:
         self._inflight.add(work)
