@@ -40,7 +40,6 @@ from jetagents import (
 from jetagents._health import HealthMonitor, HealthServer
 from jetagents._nats import connect as raw_connect
 from jetagents.examples import Counter
-
 from tests.conftest import host_settings
 from tests.integration.helpers import commits, dead_letters, eventually
 
@@ -84,7 +83,7 @@ class Stuck(Agent[ListState]):
 
     @action
     async def block(self, seconds: float) -> str:
-        time.sleep(seconds)  # noqa: ASYNC251 - blocks the event loop on purpose
+        time.sleep(seconds)  # blocks the event loop on purpose
         return "blocked"
 
     @action(timeout_s=0.3)
