@@ -203,3 +203,68 @@ async def test_watchdog_is_quiet_on_a_free_loop() -> None:
         assert dog.blocked_total == 0 and dog.snapshot()["blocked_now"] is False
     finally:
         dog.stop()
+
+
+# -- the mailbox bound and the order of handed-back commands (no NATS needed: nothing is sent) --
+def _stream_work(cseq: int) -> Any:
+    from nats.aio.msg import Msg
+
+    from jetagents._host import STREAM, Work
+
+    return Work(Msg(None, subject="agt.p.0.counter.c", reply="", data=b"{}"), STREAM, 0, 0.0, cseq=cseq)  # type: ignore[arg-type]
+
+
+async def test_a_handed_back_command_is_never_overtaken() -> None:
+    from collections import deque
+
+    from jetagents import Registry
+    from jetagents._host import Activation, Host
+    from jetagents._ids import AgentId
+    from jetagents.examples import Counter
+
+    host = Host(HostSettings(max_mailbox_per_agent=2), Registry([Counter]))
+    host._loop = asyncio.get_running_loop()
+    act = Activation(AgentId("counter", "c"), Counter.__jetagents_spec__, scheduled=True)
+    act.mailbox = deque([_stream_work(1), _stream_work(2)])
+    host.activations["counter.c"] = act
+
+    def dispatch(cseq: int) -> Any:
+        work = _stream_work(cseq)
+        host._dispatch(work, "counter", "c")
+        return work
+
+    dispatch(3)  # the mailbox is full: handed back
+    assert [w.cseq for w in act.mailbox] == [1, 2] and act.held is not None and set(act.held) == {3}
+    act.mailbox.popleft()  # room again, but 3 has not come back yet
+    dispatch(4)  # would overtake 3: handed back too
+    assert [w.cseq for w in act.mailbox] == [2] and set(act.held) == {3, 4}
+    again = dispatch(3)  # 3 comes back: queued, and its hand-back is not a failed delivery
+    assert again.busy_naks == 1
+    dispatch(4)  # the mailbox [2, 3] is full again: handed back a second time
+    assert act.held is not None and act.held[4][0] == 2
+    act.mailbox.popleft()
+    assert dispatch(4).busy_naks == 2
+    assert [w.cseq for w in act.mailbox] == [3, 4] and act.held is None
+    await asyncio.sleep(0)  # the hand-backs (-NAK) are sent by side tasks
+    assert host.stats["agent_busy"] == 3 and host.stats["naks"] == 3
+    assert host._inflight_count == 2  # the refused ones left the in-flight count at once
+
+
+async def test_a_call_to_a_busy_agent_is_refused_at_once() -> None:
+    from collections import deque
+
+    from nats.aio.msg import Msg
+
+    from jetagents import Registry
+    from jetagents._host import CALL, Activation, Host, Work
+    from jetagents._ids import AgentId
+    from jetagents.examples import Counter
+
+    host = Host(HostSettings(max_mailbox_per_agent=1), Registry([Counter]))
+    host._loop = asyncio.get_running_loop()
+    act = Activation(AgentId("counter", "c"), Counter.__jetagents_spec__, scheduled=True)
+    act.mailbox = deque([_stream_work(1)])
+    host.activations["counter.c"] = act
+    call = Work(Msg(None, subject="agt.call.counter.c", reply="", data=b"{}"), CALL, 0, 0.0)  # type: ignore[arg-type]
+    host._dispatch(call, "counter", "c")
+    assert len(act.mailbox) == 1 and call.done and host.stats["agent_busy"] == 1
