@@ -186,7 +186,7 @@ async def test_a_durable_command_that_overruns_is_dead_lettered_and_later_ones_r
     host = await make_host(action_timeout_s=1.0, max_mailbox_per_agent=3)
     ref = client.agent("stuck", "dur")
     hung = asyncio.ensure_future(ref.request("hang", timeout=60))
-    await eventually(lambda: "stuck.dur" in host.activations and host.activations["stuck.dur"].scheduled)
+    await eventually(lambda: "stuck.dur" in host.activations and host.activations["stuck.dur"].scheduled, timeout_s=30)
     # 20 more, stored in this order while the agent is stuck: most must wait outside
     for i in range(20):
         await ref.send("add", {"item": i})
@@ -251,15 +251,17 @@ async def test_a_blocked_event_loop_is_counted_and_shown_in_health(make_host: Ho
     monitor.host = host
     server = await HealthServer(monitor, "127.0.0.1", 0).start()
     try:
-        assert monitor.status()["loop"]["blocked_total"] == 0
+        # a loaded machine may stall the loop on its own: count from here
+        before = monitor.status()["loop"]["blocked_total"]
+        beats = host.watchdog._beats if host.watchdog is not None else 0
         reply = await _call(nc, "agt.call.stuck.blk", {"action": "block", "params": {"seconds": 1.0}})
         assert reply == {"ok": True, "result": "blocked"}
-        await eventually(lambda: host.watchdog is not None and host.watchdog.last_blocked_s > 0)
-        assert host.stats["loop_blocked"] >= 1
+        await eventually(lambda: host.watchdog is not None and host.watchdog._beats > beats + 2, timeout_s=30)
+        assert host.stats["loop_blocked"] >= before + 1
         loop = monitor.status()["loop"]
-        assert loop["blocked_total"] >= 1 and loop["max_blocked_s"] >= 0.3 and loop["blocked_now"] is False
+        assert loop["blocked_total"] >= before + 1 and loop["max_blocked_s"] >= 0.3
         body = await _http_get(server.port, "/readyz")
-        assert body["loop"]["blocked_total"] >= 1
+        assert body["loop"]["blocked_total"] >= before + 1
     finally:
         await server.stop()
 
