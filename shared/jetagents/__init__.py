@@ -11,6 +11,7 @@ from ._client import AgentRef, Client, Reply
 from ._clock import Clock, ManualClock, SystemClock
 from ._crdt import GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter
 from ._errors import (
+    ActionTimeout,
     AgentTimeout,
     DeadlineExceeded,
     DomainError,
@@ -39,6 +40,7 @@ from ._wire import Delivery, Priority, Subjects
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActionTimeout",
     "Agent",
     "AgentContext",
     "AgentId",

@@ -67,6 +67,7 @@ class ActionSpec:
     result_adapter: TypeAdapter[Any] | None
     read_only: bool
     strict: bool = True
+    timeout_s: float | None = None  # @action(timeout_s=...); None: the type's, else the host's
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """The parameters received over the wire, validated as JSON: strictly by default
@@ -105,6 +106,7 @@ class AgentSpec:
     actions: dict[str, ActionSpec] = field(default_factory=dict)
     appliers: dict[str, ApplierSpec] = field(default_factory=dict)
     spawn_required: bool = False
+    action_timeout_s: float | None = None  # Agent.action_timeout_s; None: the host's default
 
     def action(self, name: str) -> ActionSpec:
         spec = self.actions.get(name)
@@ -119,24 +121,36 @@ class AgentSpec:
 @overload
 def action(fn: F, /) -> F: ...
 @overload
-def action(*, read_only: bool = False, strict: bool | None = None) -> Callable[[F], F]: ...
-def action(fn: F | None = None, /, *, read_only: bool = False, strict: bool | None = None) -> F | Callable[[F], F]:
+def action(
+    *, read_only: bool = False, strict: bool | None = None, timeout_s: float | None = None
+) -> Callable[[F], F]: ...
+def action(
+    fn: F | None = None, /, *, read_only: bool = False, strict: bool | None = None, timeout_s: float | None = None
+) -> F | Callable[[F], F]:
     """Mark an ``async def`` method as an action callable by clients.
 
     ``read_only=True`` documents (and enforces) that the action emits no event.
     ``strict=False`` lets pydantic coerce its parameters (``"3"`` to ``3``); the default
     is the agent class's ``strict_params`` (True: the wire contract is strict).
+    ``timeout_s`` limits one run of it (default: the type's ``action_timeout_s``, else the
+    host's ``action_timeout_s``); past it the action is cancelled and nothing it emitted is kept.
     """
+    _check_timeout(timeout_s, "timeout_s")
 
     def mark(f: F) -> F:
         if not inspect.iscoroutinefunction(cast(Any, f)):
             raise TypeError(f"action {f.__qualname__} must be declared with 'async def'")
-        f.__jetagents_action__ = {"read_only": read_only, "strict": strict}  # type: ignore[attr-defined]
+        f.__jetagents_action__ = {"read_only": read_only, "strict": strict, "timeout_s": timeout_s}  # type: ignore[attr-defined]
         return f
 
     if fn is not None:
         return mark(fn)
     return mark
+
+
+def _check_timeout(value: float | None, name: str) -> None:
+    if value is not None and not (isinstance(value, int | float) and not isinstance(value, bool) and value > 0):
+        raise TypeError(f"{name} must be a positive number of seconds or None, not {value!r}")
 
 
 def applies(fn: Callable[[Any, Any, Any], Any]) -> Callable[[Any, Any, Any], Any]:
@@ -186,6 +200,9 @@ class Agent(Generic[S]):
     # resource tags a host must advertise (HostSettings.tags) to run this type; on other
     # hosts the agents are placed on a capable host, or queued until one appears
     requires: ClassVar[frozenset[str]] = frozenset()
+    # time limit of one action run for this type (None: HostSettings.action_timeout_s);
+    # an action's own @action(timeout_s=...) wins over it
+    action_timeout_s: ClassVar[float | None] = None
     __jetagents_spec__: ClassVar[AgentSpec]
 
     __slots__ = ("_draft", "_pending", "_state", "ctx")
@@ -279,21 +296,32 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
         cls=cls,
         state_type=state_type,
         spawn_required=cls.spawn_required,
+        action_timeout_s=cls.action_timeout_s,
     )
+    _check_timeout(cls.action_timeout_s, f"{cls.__name__}.action_timeout_s")
     for klass in reversed(cls.__mro__):
         for name, member in vars(klass).items():
             marker = getattr(member, "__jetagents_action__", None)
             if marker is not None:
                 strict = marker.get("strict")
                 strict = cls.strict_params if strict is None else strict
-                spec.actions[name] = _action_spec(cls, name, member, marker["read_only"], strict)
+                spec.actions[name] = _action_spec(
+                    cls, name, member, marker["read_only"], strict, marker.get("timeout_s")
+                )
             elif getattr(member, "__jetagents_applies__", False):
                 event_cls = _applier_event(cls, member)
                 spec.appliers[event_cls.event_type] = ApplierSpec(event_cls, member)
     return spec
 
 
-def _action_spec(cls: type, name: str, fn: Callable[..., Any], read_only: bool, strict: bool = True) -> ActionSpec:
+def _action_spec(
+    cls: type,
+    name: str,
+    fn: Callable[..., Any],
+    read_only: bool,
+    strict: bool = True,
+    timeout_s: float | None = None,
+) -> ActionSpec:
     # the method's own module: an inherited action resolves names where it was written
     hints = typing.get_type_hints(fn, include_extras=True)
     sig = inspect.signature(fn)
@@ -313,7 +341,7 @@ def _action_spec(cls: type, name: str, fn: Callable[..., Any], read_only: bool, 
     )
     ret = hints.get("return")
     adapter = TypeAdapter(ret) if ret is not None else None
-    return ActionSpec(name, fn, params_model, tuple(names), adapter, read_only, strict)
+    return ActionSpec(name, fn, params_model, tuple(names), adapter, read_only, strict, timeout_s)
 
 
 def _applier_event(cls: type, fn: Callable[..., Any]) -> type[Event]:

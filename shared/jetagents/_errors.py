@@ -13,7 +13,8 @@
     ├── InvalidParams                   no
     ├── PayloadTooLarge                 no
     ├── MalformedCommand                no   not JSON, wrong shape, bad headers
-    ├── DeadlineExceeded                no   the host saw the command after its deadline
+    ├── DeadlineExceeded                no   the command's deadline passed before or while it ran
+    ├── ActionTimeout                   no   the action overran its time limit and was cancelled
     ├── DomainError                     no   raised by an agent's action on purpose
     └── InternalError                   no   the action raised something unexpected
 
@@ -92,6 +93,13 @@ class DeadlineExceeded(JetAgentsError):
     code = "deadline_exceeded"
 
 
+class ActionTimeout(JetAgentsError):
+    """The action ran longer than its limit (``@action(timeout_s=...)``, the type's
+    ``action_timeout_s`` or the host's) and was cancelled; none of its events were kept."""
+
+    code = "action_timeout"
+
+
 class InternalError(JetAgentsError):
     code = "internal"
 
@@ -130,6 +138,7 @@ _BY_CODE: dict[str, type[JetAgentsError]] = {
         PayloadTooLarge,
         MalformedCommand,
         DeadlineExceeded,
+        ActionTimeout,
         InternalError,
     )
 }

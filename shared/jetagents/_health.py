@@ -125,7 +125,16 @@ class HealthMonitor:
             "active_agents": len(getattr(host, "activations", {}) or {}),
             "inflight": int(getattr(host, "_inflight_count", 0) or 0),
             "stats": dict(getattr(host, "stats", {}) or {}),
+            "loop": self.loop(),
         }
+
+    def loop(self) -> dict[str, Any] | None:
+        """The host's event-loop watchdog: blocks counted, blocked now, last and largest lag
+        (docs/adr/0036). Informational: a loop blocked now cannot answer ``/readyz`` at all,
+        and one that was blocked and is not any more is ready again."""
+        dog = getattr(self.host, "watchdog", None)
+        snapshot = getattr(dog, "snapshot", None)
+        return dict(snapshot()) if callable(snapshot) else None
 
 
 class HealthServer:
@@ -185,7 +194,9 @@ class HealthServer:
         if target == "/readyz":
             checks = await self.monitor.readiness()
             ready = all(checks.values())
-            body = orjson.dumps({"ready": ready, "host_id": self.monitor.host_id, "checks": checks})
+            body = orjson.dumps(
+                {"ready": ready, "host_id": self.monitor.host_id, "checks": checks, "loop": self.monitor.loop()}
+            )
             return ("200 OK" if ready else "503 Service Unavailable"), body
         return "404 Not Found", b'{"error":"not found"}'
 

@@ -42,8 +42,10 @@ from pydantic import ValidationError
 from ._agent import Agent, AgentContext, AgentSpec, Registry, wire_events
 from ._clock import Clock, SystemClock
 from ._cluster import ClusterConfig, Coordinator, JetStreamStore
+from ._deadline import Deadline, Overrun
 from ._eager import start_eager
 from ._errors import (
+    ActionTimeout,
     DeadlineExceeded,
     DomainError,
     FencedError,
@@ -101,6 +103,7 @@ from ._telemetry import (
     finish_process_span,
 )
 from ._tracing import carry
+from ._watchdog import LoopWatchdog
 from ._wire import (
     DEAD_LETTER_MIN_BYTES,
     H_COMMAND_ID,
@@ -142,6 +145,10 @@ H_FWD_PARTITION = "Agt-Fwd-Partition"
 STRATEGIES = ("checkpoint", "state", "cold")
 PRIORITY_GROUP = "jetagents"
 _NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
+# a durable command handed back because its agent's mailbox was full keeps every later
+# command of that agent waiting (handed back too) until it returns, or until this long
+_HOLD_S = 60.0
+_BUSY_DELAY_MAX_S = 5.0
 
 
 def _delivery_mode(durable: bool, hdrs: dict[str, str]) -> str:
@@ -178,6 +185,7 @@ class Work:
     outcome: str = ""
     error: str = ""
     traced: bool = False  # in a process span (SDK tracing): append and reply get spans too
+    busy_naks: int = 0  # deliveries this host caused by handing it back (agent busy), not by failures
 
 
 def _call_reply_headers(out: dict[str, str], incoming: dict[str, str] | None) -> dict[str, str]:
@@ -224,6 +232,9 @@ class Activation:
     since_snapshot: int = 0
     snapshotting: bool = False
     last_used: float = 0.0
+    # durable commands handed back because the mailbox was full: stream sequence ->
+    # (times handed back, when last); later commands wait (are handed back) behind them
+    held: dict[int, tuple[int, float]] | None = None
 
 
 @dataclass(slots=True)
@@ -370,6 +381,9 @@ class Host:
             "consumers_recreated": 0,
             "dead_letters_lost": 0,
             "replies_refused": 0,
+            "action_timeouts": 0,
+            "agent_busy": 0,
+            "loop_blocked": 0,
         }
         # agents with commands waiting for a free worker, by (priority rank, arrival)
         self._ready: list[tuple[int, int, Activation]] = []
@@ -405,6 +419,7 @@ class Host:
         # OpenTelemetry: the given providers, else the global ones (no SDK: no spans, no metrics)
         self._providers = (tracer_provider, meter_provider)
         self._tel = HostTelemetry(self, settings.host_id, tracer_provider, meter_provider)
+        self.watchdog: LoopWatchdog | None = None  # started with the host (loop_block_threshold_s)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Host:
@@ -438,6 +453,14 @@ class Host:
     async def start(self) -> None:
         s = self.settings
         self._loop = asyncio.get_running_loop()
+        if s.loop_block_threshold_s > 0 and self.watchdog is None:
+            self.watchdog = LoopWatchdog(
+                s.loop_block_threshold_s,
+                name=s.host_id,
+                on_block=self._on_loop_blocked,
+                on_unblock=self._tel.loop_unblocked,
+            )
+            self.watchdog.start(self._loop)
         self.nc = await connect(
             s.nats_url,
             name=f"jetagents-host-{s.host_id}",
@@ -951,7 +974,14 @@ class Host:
             await self.nc.flush(timeout=2)
         with contextlib.suppress(Exception):
             await self.nc.close()
+        if self.watchdog is not None:
+            self.watchdog.stop()
         self._log.info("host_stopped", **self.stats)
+
+    def _on_loop_blocked(self) -> None:
+        """The watchdog saw the event loop blocked (called from its thread)."""
+        self.stats["loop_blocked"] += 1
+        self._tel.loop_blocked()
 
     async def _on_reconnected(self) -> None:
         self._log.info("nats_reconnected")
@@ -1093,6 +1123,10 @@ class Host:
             self.activations[key] = act
         else:
             self.activations.move_to_end(key)
+            mailbox = act.mailbox
+            full = mailbox is not None and len(mailbox) >= self.settings.max_mailbox_per_agent
+            if (full or act.held is not None) and work.kind != MIGRATE and self._over_bound(act, work):
+                return
         if act.scheduled:  # running or waiting for a worker: its commands run in order
             if act.mailbox is None:
                 act.mailbox = deque()
@@ -1111,6 +1145,65 @@ class Host:
             return
         act.mailbox = deque((work,))
         heapq.heappush(self._ready, (work.rank, next(self._seq), act))
+
+    def _over_bound(self, act: Activation, work: Work) -> bool:
+        """Whether ``work`` must stay out of its agent's mailbox, and if so refuse it: the
+        mailbox is full (``max_mailbox_per_agent``), or, for a durable command, an earlier
+        command of the agent was handed back and has not come back yet (this one would
+        overtake it). A call is answered ``unavailable`` (agent busy, not applied); a durable
+        command is handed back (``-NAK`` with a growing delay) and comes again (ADR 0036)."""
+        mailbox = act.mailbox
+        full = mailbox is not None and len(mailbox) >= self.settings.max_mailbox_per_agent
+        if work.kind in _ACKED and work.cseq:
+            now = self.clock.monotonic()
+            if act.held is not None:
+                self._prune_held(act, now)
+            held = act.held
+            earlier = held is not None and min(held) < work.cseq
+            if not (full or earlier):
+                if held is not None and work.cseq in held:
+                    work.busy_naks = held.pop(work.cseq)[0]
+                    if not held:
+                        act.held = None
+                return False
+            if held is None:
+                held = act.held = {}
+            times = held.get(work.cseq, (0, 0.0))[0] + 1
+            held[work.cseq] = (times, now)
+            self._refuse_busy(act, work, min(0.25 * 2**times, _BUSY_DELAY_MAX_S))
+            return True
+        if not full:
+            return False
+        self._refuse_busy(act, work, 1.0)
+        return True
+
+    def _prune_held(self, act: Activation, now: float) -> None:
+        """Forget handed-back commands that did not come back (purged, moved elsewhere)."""
+        held = act.held
+        if held is None:
+            return
+        for cseq in [c for c, (_, at) in held.items() if now - at > _HOLD_S]:
+            del held[cseq]
+        if not held:
+            act.held = None
+
+    def _refuse_busy(self, act: Activation, work: Work, delay_s: float) -> None:
+        # out of the host's in-flight count at once: a burst of refusals must not fill it
+        self._untrack(work)
+        self.stats["agent_busy"] += 1
+        aid = act.agent_id
+        durable = work.kind in _ACKED
+        self._tel.busy(aid.type, _delivery_mode(durable, work.msg.headers or {}))
+        if durable:
+            self._side(self._nak(work, delay_s))
+            return
+        reply_to = work.reply or work.msg.reply
+        if reply_to:
+            err = Unavailable(
+                f"agent busy: {len(act.mailbox or ())} commands of {aid} are waiting; retry",
+                details={"applied": False, "reason": "agent_busy"},
+            )
+            self._side(self._publish_reply(reply_to, encode_error(err), {}, work))
 
     def _track(self, work: Work) -> None:
         self._inflight.add(work)
@@ -1276,7 +1369,8 @@ class Host:
         out_hdrs: dict[str, str],
     ) -> None:
         s = self.settings
-        if durable and work.deliveries > s.max_redeliveries:
+        # hand-backs for a busy agent (ADR 0036) are not failures: they do not count here
+        if durable and work.deliveries - work.busy_naks > s.max_redeliveries:
             await self._reject(
                 work, act.agent_id, InternalError("redelivered too often; giving up"), reply_to, out_hdrs
             )
@@ -1371,18 +1465,34 @@ class Host:
                     await self._finish_err(work, reply_to, error_from_wire(payload), out_hdrs)
                 return None
 
-        if deadline and deadline.isdigit() and self.clock.wall_ms() > int(deadline):
-            await self._finish_err(
-                work, reply_to, DeadlineExceeded("the command's deadline passed before it ran"), out_hdrs
-            )
-            return None
+        # the action's time limit: its own, its type's or the host's, cut to the command's
+        # deadline when that comes first (ADR 0036)
+        limit_s: float = action.timeout_s or act.spec.action_timeout_s or s.action_timeout_s
+        by_deadline = False
+        if deadline and deadline.isdigit():
+            left_s = (int(deadline) - self.clock.wall_ms()) / 1000
+            if left_s < 0:
+                await self._finish_err(
+                    work, reply_to, DeadlineExceeded("the command's deadline passed before it ran"), out_hdrs
+                )
+                return None
+            if left_s < limit_s:
+                limit_s, by_deadline = left_s, True
 
         ctx = agent.ctx
         ctx.command_id = cmd_id
         ctx.correlation_id = corr
         agent._begin()
         try:
-            result = await action.fn(agent, **params)
+            loop = self._loop
+            result = await Deadline(
+                action.fn(agent, **params),
+                loop,
+                loop.time() + limit_s,
+                on_late=lambda: self._log.warning(
+                    "action_ignores_cancel", agent=str(act.agent_id), action=action.name, limit_s=limit_s
+                ),
+            )
             events, draft = agent._finish()
             if events and action.read_only:
                 raise InternalError(f"read-only action {action.name!r} emitted events")
@@ -1392,6 +1502,10 @@ class Host:
             if cmd_id:  # remembered (in memory) so a redelivery gets the same answer
                 self._remember(act, cmd_id, (0, False, err.to_wire()))
             await self._finish_err(work, reply_to, err, out_hdrs)
+            return None
+        except Overrun:
+            agent._finish()  # whatever it emitted is dropped
+            await self._overran(act, work, action.name, limit_s, by_deadline, reply_to, out_hdrs)
             return None
         except Exception as exc:  # noqa: BLE001 - the handler failed: retry, then dead-letter
             agent._finish()
@@ -1451,6 +1565,38 @@ class Host:
                 self._side(self._snapshot(act))
         await self._finish_ok(work, reply_to, result_json, out_hdrs)
         return None
+
+    async def _overran(
+        self,
+        act: Activation,
+        work: Work,
+        action: str,
+        limit_s: float,
+        by_deadline: bool,
+        reply_to: str | None,
+        out_hdrs: dict[str, str],
+    ) -> None:
+        """The action was cancelled at its limit (ADR 0036). Past the command's own deadline:
+        ``deadline_exceeded``, acknowledged. Past the action's time limit: ``action_timeout``,
+        at once (never retried in place), dead-lettered when durable."""
+        self.stats["action_timeouts"] += 1
+        err: JetAgentsError
+        if by_deadline:
+            err = DeadlineExceeded(
+                "the command's deadline passed while its action ran: cancelled, nothing applied",
+                details={"applied": False},
+            )
+        else:
+            err = ActionTimeout(
+                f"action {action!r} ran longer than {limit_s:g} s: cancelled, nothing applied",
+                details={"applied": False, "timeout_s": limit_s},
+            )
+        self._tel.action_timed_out(act.agent_id.type, action, err.code)
+        self._log.warning("action_timed_out", agent=str(act.agent_id), action=action, limit_s=limit_s, code=err.code)
+        if by_deadline or work.kind == CALL:
+            await self._finish_err(work, reply_to, err, out_hdrs)
+        else:
+            await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
 
     def _remember(self, act: Activation, cmd_id: str, record: tuple[int, bool, Any]) -> None:
         records = act.records
@@ -1763,7 +1909,7 @@ class Host:
         for key, act in list(self.activations.items()):
             if over <= 0:
                 break
-            if not act.scheduled and not act.mailbox:
+            if not act.scheduled and not act.mailbox and not act.held:
                 self._passivate(key, act)
                 over -= 1
 
@@ -1814,7 +1960,9 @@ class Host:
                 if work.kind in _ACKED and not work.done and now - work.received > s.ack_wait_s / 3:
                     await self._ack(work, b"+WPI")
             for key, act in list(self.activations.items()):
-                if not act.scheduled and not act.mailbox and now - act.last_used > s.idle_passivate_s:
+                if act.held is not None:
+                    self._prune_held(act, now)
+                if not act.scheduled and not act.mailbox and not act.held and now - act.last_used > s.idle_passivate_s:
                     self._passivate(key, act)
             if len(self.activations) > s.max_active_agents:
                 self._evict_lru()

@@ -71,6 +71,21 @@ class HostSettings(CommonSettings):
     max_ack_pending: int = Field(default=1024, ge=1)
     max_inflight: int = Field(default=1024, ge=1, description="host-wide commands received, not finished")
     workers: int = Field(default=256, ge=1, le=100_000, description="agents processed at once")
+    max_mailbox_per_agent: int = Field(
+        default=128,
+        ge=1,
+        description="commands of one agent waiting behind its running one; more: calls get 'agent busy',"
+        " durable commands are handed back (-NAK with delay)",
+    )
+    action_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="default time limit of one action run (per type: Agent.action_timeout_s; per action:"
+        " @action(timeout_s=...)); an action past it is cancelled, its events discarded",
+    )
+    loop_block_threshold_s: float = Field(
+        default=0.5, ge=0, description="event-loop lag counted and logged as a blocked loop; 0: no watchdog"
+    )
     eager_start: bool = Field(
         default=True, description="run a command for an idle agent as it arrives, not one loop turn later"
     )

@@ -239,6 +239,21 @@ class HostTelemetry(Telemetry):
         self.dead_letters = m.create_counter(
             "jetagents.host.dead_letters", "{command}", "commands stored on the dead-letter subject"
         )
+        self.loop_blocks = m.create_counter(
+            "jetagents.host.loop.blocked", "{block}", "times the event loop was blocked longer than the threshold"
+        )
+        self.loop_block_duration = m.create_histogram(
+            "jetagents.host.loop.blocked.duration",
+            "s",
+            "how long the event loop was blocked, each time it was",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
+        )
+        self.action_timeouts = m.create_counter(
+            "jetagents.host.action.timeouts", "{command}", "actions cancelled at their time limit or deadline"
+        )
+        self.agent_busy = m.create_counter(
+            "jetagents.host.agent_busy", "{command}", "commands refused or handed back: the agent's mailbox was full"
+        )
         # The SDK keeps the first instrument of a name per meter: a later Host with the same
         # id (the service retries a start while NATS is down) must be seen by that one.
         _live_hosts[host_id] = weakref.ref(host)
@@ -290,6 +305,23 @@ class HostTelemetry(Telemetry):
     def dead_lettered(self, agent_type: str, error: str) -> None:
         if self.metering:
             self.dead_letters.add(1, {AGENT_TYPE: agent_type, ERROR_TYPE: error})
+
+    def loop_blocked(self) -> None:
+        """Called from the watchdog's thread (the SDK's instruments are thread-safe)."""
+        if self.metering:
+            self.loop_blocks.add(1)
+
+    def loop_unblocked(self, blocked_s: float) -> None:
+        if self.metering:
+            self.loop_block_duration.record(blocked_s)
+
+    def action_timed_out(self, agent_type: str, action: str, error: str) -> None:
+        if self.metering:
+            self.action_timeouts.add(1, {AGENT_TYPE: agent_type, ACTION: action, ERROR_TYPE: error})
+
+    def busy(self, agent_type: str, delivery: str) -> None:
+        if self.metering:
+            self.agent_busy.add(1, {AGENT_TYPE: agent_type, DELIVERY: delivery})
 
 
 class ClientTelemetry(Telemetry):
