@@ -225,8 +225,6 @@ class Gen:
                 b"a\x7f",
                 b"\x01",
                 b"\x1b[31m",
-                b"\r",
-                b"\x0b",
             ]
         )
         choice = r.randrange(5)
@@ -251,7 +249,6 @@ class Gen:
                 b"_INBOX.>",
                 b"_INBOX..x",
                 b".",
-                b"_INBOX.\r",
             ]
         )
         body = good_body() if r.randrange(2) else self.bad_body()
@@ -359,6 +356,19 @@ class Gen:
         name = r.choice([b"Agt-Command-Id", b"Nats-Msg-Id", b"Agt-Priority", b"Agt-Deadline", b"Content-Type"])
         return self._msg(n, "non_utf8", ch, self.subject(ch), body, False, headers=[(name, b"id" + odd + b"%d" % n)])
 
+    def ws_control(self, n: int, ch: str) -> FuzzMsg:
+        """CR, VT and FF inside a subject or reply subject: the server passes them on, a
+        client's parser may take them for the end of the control line."""
+        r = self.rng
+        odd = r.choice([b"\r", b"a\rb", b"\x0b", b"\x0c", b"a\x0bb"])
+        body = good_body()
+        if r.randrange(2):
+            return self._msg(n, "ws_control", ch, self.subject(ch, b"counter", odd), body, True)
+        if ch == "call":
+            return self._msg(n, "ws_control", ch, self.subject(ch), body, False, reply_to=b"_INBOX." + odd)
+        hdrs = [(b"Agt-Reply-To", b"_INBOX." + odd)]
+        return self._msg(n, "ws_control", ch, self.subject(ch), body, False, headers=hdrs)
+
     def oversized(self, n: int, ch: str) -> FuzzMsg:
         """Bodies near and over the host's max payload (invalid padding: refused either way)."""
         r = self.rng
@@ -436,6 +446,7 @@ WEIGHTS: dict[str, float] = {
     "invalid_id": 1.0,
     "odd_subject_bytes": 1.0,
     "non_utf8": 1.0,
+    "ws_control": 1.0,
     "odd_reply": 1.0,
     "forbidden_reply": 1.0,
     "forbidden_reply_js": 0.1,
