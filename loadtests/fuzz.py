@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from jetagents import Client, ClientSettings, NatsServer
 from jetagents._nats import js_api
@@ -195,7 +197,8 @@ async def read_dead_letters(client: Client) -> tuple[list[dict[str, Any]], int, 
     forged = 0
     if not total:
         return out, 0, 0
-    sub = await js.pull_subscribe("agt.dlq.>", durable=None, stream="AGT_DLQ")
+    cfg = ConsumerConfig(ack_policy=AckPolicy.NONE, max_ack_pending=-1)
+    sub = await js.pull_subscribe("agt.dlq.>", durable=None, stream="AGT_DLQ", config=cfg)
     try:
         got = 0
         while got < total:
@@ -332,6 +335,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             report["host_log_tail"] = host.tail(20)
         if server is not None:
             server.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     return report
 
 
@@ -341,7 +346,18 @@ def host_log_counts(host: HostProc | None) -> dict[str, int]:
     text = host.log_path.read_text(errors="replace")
     words = ["nats_disconnected", "nats_reconnected", "dead_letter_failed", "Traceback", "slow consumer"]
     words += ["nats_error", "partition_start_failed", "Exception", "error"]
-    return {w: text.count(w) for w in words}
+    counts: dict[str, Any] = {w: text.count(w) for w in words}
+    # the last line of each traceback: what failed, most frequent first
+    last_lines: Counter[str] = Counter()
+    for line in text.splitlines():
+        if "Traceback" in line:
+            try:
+                exc = str(orjson.loads(line).get("exception", ""))
+            except orjson.JSONDecodeError:
+                continue
+            last_lines[exc.strip().splitlines()[-1][:160] if exc.strip() else "?"] += 1
+    counts["exceptions"] = dict(last_lines.most_common(10))
+    return counts
 
 
 async def fuzz(
@@ -702,6 +718,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--settle-s", type=float, default=120.0, help="wait this long for the command stream to drain")
     p.add_argument("--quiet-s", type=float, default=12.0, help="then watch the consumers for this long")
     p.add_argument("--out", type=Path, help="report directory (default loadtests/out/fuzz-<time>)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (host log, server store)")
     p.add_argument("--plan-only", action="store_true", help="print the plan's digest and exit")
     args = p.parse_args(argv)
     if args.quick:
