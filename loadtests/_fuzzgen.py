@@ -160,7 +160,6 @@ class Gen:
             b'{"action": 7}',
             b'{"action": ""}',
             b'{"action": "' + b"a" * 500 + b'"}',
-            b'{"action": "increment", "action": "get", "params": {}}',
         ]
         return self._msg(n, "wrong_shape", ch, self.subject(ch), r.choice(shapes), True)
 
@@ -207,7 +206,6 @@ class Gen:
                 b">",
                 b"a*",
                 b"a>",
-                b"-",
                 b"a#b",
             ]
         )
@@ -433,7 +431,10 @@ class Gen:
             if raw_headers is not None
             else (header_block(pairs, status) if pairs or status != b"NATS/1.0" else None)
         )
-        answerable = (reply == ours) or (ch == "cmd" and (b"Agt-Reply-To", ours) in pairs)
+        # the host subscribes to <root>.call.*.* and the stream to <root>.cmd.*.*
+        tokens = subject.split(b".")
+        routable = len(tokens) == 4 and all(tokens)
+        answerable = routable and ((reply == ours) or (ch == "cmd" and (b"Agt-Reply-To", ours) in pairs))
         return FuzzMsg(n, kind, ch, subject, reply, block, body, bad, answerable=answerable)
 
 

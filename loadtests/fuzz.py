@@ -67,6 +67,7 @@ class Tally:
     reply_codes: Counter[str] = field(default_factory=Counter)
     server_closed: Counter[str] = field(default_factory=Counter)
     raw_reconnects: int = 0
+    bad_calls: int = 0
     raw_errors: list[str] = field(default_factory=list)
     msgs: dict[int, FuzzMsg] = field(default_factory=dict)  # durable fuzz messages awaiting their PubAck
     subjects: dict[int, bytes] = field(default_factory=dict)  # AGT_CMD seq -> the subject it was sent to
@@ -267,6 +268,8 @@ class Sender:
                 self.tally.answerable[m.n] = key
             if m.channel == "cmd":
                 self.tally.msgs[m.n] = m
+            elif m.expect_bad:
+                self.tally.bad_calls += 1
             try:
                 raw.write(m.encode())
             except RawClosed:
@@ -548,6 +551,8 @@ async def fuzz(
 
     # -- calls and durable commands with our inbox that were never answered -----------------------
     unanswered: Counter[str] = Counter()
+    for n in tally.msgs:  # no PubAck: the subject matched no stream, no host saw it
+        tally.answerable.pop(n, None)
     unanswered_samples: list[str] = []
     for n, key in tally.answerable.items():
         if n not in tally.answered_n:
@@ -592,7 +597,8 @@ async def fuzz(
             "distinct_durable_commands": len(dl_by_seq),
             "durable_by_kind": dict(sorted(dl_durable_kinds.items())),
             "of_calls": dl_calls,
-            "bad_calls_sent": sum(v for k, v in tally.sent.items() if k.endswith("/call")),
+            "calls_sent": sum(v for k, v in tally.sent.items() if k.endswith("/call")),
+            "bad_calls_sent": tally.bad_calls,
             "max_size_bytes": biggest_dl,
             "not_dead_letters": forged,
             "codes": dict(dl_codes.most_common()),
