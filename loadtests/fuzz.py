@@ -144,9 +144,9 @@ class Good:
         self.results[aid].append(int(value))
         self.sent += 1
 
-    async def call(self, aid: str) -> float:
+    async def call(self, aid: str, limit_s: float) -> float:
         """An at-most-once ``get``; a host that does not answer in 5 s is stalled: retry
-        until it answers (up to 10 minutes) and return the stall's length (0 if none)."""
+        until it answers (up to ``limit_s``) and return the stall's length (0 if none)."""
         ref = self.client.agent("counter", aid)
         t0 = time.monotonic()
         while True:
@@ -155,8 +155,8 @@ class Good:
                 break
             except Exception as exc:
                 self.errors[f"call:{type(exc).__name__}"] += 1
-                if time.monotonic() - t0 > 600:
-                    raise
+                if time.monotonic() - t0 > limit_s:
+                    raise RuntimeError(f"host stalled: no answer to a call for {limit_s:.0f}s") from exc
                 await asyncio.sleep(0.2)
         elapsed = time.monotonic() - t0
         self.call_ms.append(elapsed * 1000)
@@ -328,7 +328,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             if host is not None:
                 await wait_ready(client, [host], probe_ids(args.partitions, 1), timeout_s=90)
-            report.update(await fuzz(args, client, url, kinds, host, t_start))
+            try:
+                report.update(await fuzz(args, client, url, kinds, host, t_start))
+            except Exception as exc:  # the run could not finish: a failure, reported as such
+                report["aborted"] = f"{type(exc).__name__}: {exc}"
+                report["ok"] = False
+                log(f"ABORTED: {report['aborted']}")
         finally:
             await client.close()
     finally:
@@ -401,7 +406,7 @@ async def fuzz(
             for c in picks
         ]
         await sender.batch(batch)
-        stall = await good.call(f"good{good_rng.randrange(args.counters)}")
+        stall = await good.call(f"good{good_rng.randrange(args.counters)}", args.stall_limit_s)
         await asyncio.gather(*incs)
         if stall:
             kinds_in = sorted({f"{m.kind}/{m.channel}" for m in batch})
@@ -723,6 +728,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backlog", type=int, default=4000, help="pause while AGT_CMD holds more than this")
     p.add_argument("--settle-s", type=float, default=120.0, help="wait this long for the command stream to drain")
     p.add_argument("--quiet-s", type=float, default=12.0, help="then watch the consumers for this long")
+    p.add_argument("--stall-limit-s", type=float, default=600.0, help="abort when the host answers no call this long")
     p.add_argument("--out", type=Path, help="report directory (default loadtests/out/fuzz-<time>)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (host log, server store)")
     p.add_argument("--plan-only", action="store_true", help="print the plan's digest and exit")
@@ -742,6 +748,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or HERE / "out" / f"fuzz-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+    if "aborted" in report:
+        print(f"ABORTED: {report['aborted']}\n{report.get('host_log_tail', '')}")
+        return 1
     (out / "report.md").write_text(markdown(report))
     print(summary(report))
     print(f"report: {out}/report.md")

@@ -34,10 +34,12 @@ def _plan_digest() -> str:
 def test_fuzz_smoke(tmp_path: Path) -> None:
     out = tmp_path / "fuzz"
     args = ["--seed", str(SEED), "--count", str(COUNT), "--partitions", "8", "--quiet-s", "6", "--out", str(out)]
+    args += ["--stall-limit-s", "120"]
     r = subprocess.run(
         [sys.executable, "loadtests/fuzz.py", *args], cwd=REPO, capture_output=True, text=True, timeout=840
     )
     report = json.loads((out / "report.json").read_text())
+    assert "aborted" not in report, f"{report['aborted']}\n{r.stdout[-4000:]}\n{r.stderr[-3000:]}"
     failed = [name for name, ok in report["invariants"].items() if not ok]
     assert r.returncode == 0 and not failed, f"{failed}\n{r.stdout[-4000:]}\n{r.stderr[-3000:]}"
     assert report["sent"] == COUNT == sum(report["sent_by_kind"].values())
