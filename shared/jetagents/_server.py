@@ -140,7 +140,7 @@ class NatsServer:
     cluster_name: str | None = None
     cluster_port: int = 0
     routes: list[str] = field(default_factory=list)
-    max_payload: str = "8MB"
+    max_payload: str = "2MB"
     extra_conf: str = ""
     log_file: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
