@@ -167,6 +167,7 @@ class NatsServer:
             f"listen: {self.host}:{self.port}",
             f"http: {self.host}:{self.http_port}",
             f"max_payload: {self.max_payload}",
+            "max_pending: 256MB",
             "jetstream {",
             f'  store_dir: "{store}"',
             "  sync_interval: always",
