@@ -319,10 +319,14 @@ class Client:
         body = orjson.dumps(
             {"action": action, "params": params or {}}, default=to_jsonable_python, option=orjson.OPT_NON_STR_KEYS
         )
-        if len(body) > self.settings.max_payload_bytes:
-            raise PayloadTooLarge(
-                f"command of {len(body)} bytes exceeds the limit of {self.settings.max_payload_bytes}"
-            )
+        # the smaller of the configured limit and what the server takes (its max_payload,
+        # less room for the headers): nats-py's own MaxPayloadError is not a JetAgentsError
+        limit = self.settings.max_payload_bytes
+        server_max = int(getattr(self.nc, "max_payload", 0) or 0)
+        if server_max > 4096:
+            limit = min(limit, server_max - 4096)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"command of {len(body)} bytes exceeds the limit of {limit}")
         # Few headers on purpose: they cost more than the rest of a small message (ADR 0031).
         # The delivery mode is implied by the subject and Nats-Msg-Id, the correlation id
         # defaults to the command id and JSON is the only content type. A call awaiting

@@ -34,6 +34,7 @@ import orjson
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import SlowConsumerError
 from nats.js.errors import KeyNotFoundError
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
@@ -304,6 +305,8 @@ class _Puller:
                     self.drop_request(token)
             want = s.pull_batch - self.outstanding()
             room = s.max_inflight - host._inflight_count
+            if host._inflight_bytes + host.topology.max_payload_bytes + 4096 > s.max_inflight_bytes:
+                room = 0  # the bodies in flight fill the host's byte budget: wait for room
             if now >= self.backoff_until and want >= max(1, s.pull_batch // 2) and room > 0 and host.nc.is_connected:
                 n = min(want, room)
                 token = str(next(self.ids))
@@ -384,6 +387,7 @@ class Host:
             "action_timeouts": 0,
             "agent_busy": 0,
             "loop_blocked": 0,
+            "calls_dropped": 0,
         }
         # agents with commands waiting for a free worker, by (priority rank, arrival)
         self._ready: list[tuple[int, int, Activation]] = []
@@ -391,6 +395,7 @@ class Host:
         self._pullers: dict[int, _Puller] = {}
         self._inflight: set[Work] = set()
         self._inflight_count = 0
+        self._inflight_bytes = 0  # bodies held by the commands in _inflight (max_inflight_bytes)
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -496,11 +501,13 @@ class Host:
         )
         # Every host sees every call and answers only for the partitions it owns, so an
         # agent is never in memory on two hosts at once.
+        # Calls not yet taken by _on_call are bounded in bytes too: past the limit nats-py
+        # drops them (the callers time out) rather than the host growing without bound.
         self._call_sub = await self.nc.subscribe(
             self.subjects.call_wildcard,
             cb=self._on_call,
             pending_msgs_limit=1_000_000,
-            pending_bytes_limit=-1,
+            pending_bytes_limit=s.max_inflight_bytes,
         )
         self._host_sub = await self.nc.subscribe(
             self.subjects.sys("host", s.host_id, "*"), cb=self._on_host_msg, pending_msgs_limit=1_000_000
@@ -993,6 +1000,10 @@ class Host:
         self._log.warning("nats_disconnected")
 
     async def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, SlowConsumerError):
+            self.stats["calls_dropped"] += 1
+            self._log.warning("call_dropped_host_full", subject=exc.subject)
+            return
         self._log.debug("nats_error", error=str(exc))
 
     # -- intake ----------------------------------------------------------------------------
@@ -1048,6 +1059,9 @@ class Host:
             await self._nak(work, 0.0)
             self._untrack(work)
             return
+        if len(msg.data) > self.settings.max_payload_bytes:
+            self._refuse_oversized(work, parts[-2], parts[-1])
+            return
         self._dispatch(work, parts[-2], parts[-1])
 
     def _route_of(self, subject: str) -> tuple[int, str, str]:
@@ -1090,13 +1104,28 @@ class Host:
                 await self._publish_reply(msg.reply, encode_error(err), {}, None)
             return
         work = Work(msg, CALL, partition, self.clock.monotonic())
-        if self._inflight_count >= self.settings.max_inflight:
+        size = len(msg.data)
+        if (
+            self._inflight_count >= self.settings.max_inflight
+            or self._inflight_bytes + size > self.settings.max_inflight_bytes
+        ):
             if msg.reply:
                 await self._publish_reply(
                     msg.reply, encode_error(Unavailable("host overloaded, retry", details={"applied": False})), {}, None
                 )
             return
+        if size > self.settings.max_payload_bytes:
+            self._refuse_oversized(work, agent_type, agent_id)
+            return
         self._dispatch(work, agent_type, agent_id)
+
+    def _refuse_oversized(self, work: Work, agent_type: str, agent_id: str) -> None:
+        """A body over ``max_payload_bytes``: refused as it arrives, never queued for its
+        agent nor parsed; dead-lettered (bounded) and answered ``payload_too_large``."""
+        size, limit = len(work.msg.data), self.settings.max_payload_bytes
+        self._track(work)  # its bytes count against max_inflight_bytes until the refusal is done
+        err = PayloadTooLarge(f"payload of {size} bytes exceeds the limit of {limit}")
+        self._side(self._reject_unrouted(work, agent_type, agent_id, err))
 
     def _dispatch(self, work: Work, agent_type: str, agent_id: str) -> None:
         self._track(work)
@@ -1208,6 +1237,7 @@ class Host:
     def _track(self, work: Work) -> None:
         self._inflight.add(work)
         self._inflight_count += 1
+        self._inflight_bytes += len(work.msg.data)
         self._idle.clear()
 
     def _untrack(self, work: Work) -> None:
@@ -1216,10 +1246,15 @@ class Host:
         work.done = True
         self._inflight.discard(work)
         self._inflight_count -= 1
+        full_bytes = self.settings.max_inflight_bytes - self.topology.max_payload_bytes - 4096
+        was_full_bytes = self._inflight_bytes > full_bytes
+        self._inflight_bytes -= len(work.msg.data)
         if self._inflight_count <= 0:
             self._idle.set()
         half = self.settings.pull_batch // 2
-        if self._inflight_count == self.settings.max_inflight - 1:
+        if self._inflight_count == self.settings.max_inflight - 1 or (
+            was_full_bytes and self._inflight_bytes <= full_bytes
+        ):
             # the host was full: any puller may have been waiting for room
             for puller in self._pullers.values():
                 if puller.out < half:

@@ -16,7 +16,7 @@ import nats
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
+from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from ._errors import JetAgentsError, PayloadTooLarge, Unavailable
@@ -170,6 +170,8 @@ async def js_publish(
         raise Unavailable(f"no stream accepted {subject} (JetStream down or stream missing)") from None
     except (NatsTimeout, TimeoutError):
         raise Unavailable(f"publish to {subject} was not acknowledged in {timeout_s}s") from None
+    except MaxPayloadError:  # over the server's max_payload: never retryable (ADR 0039)
+        raise PayloadTooLarge(f"message of {len(payload)} bytes exceeds the server's max_payload") from None
     if msg.headers and msg.headers.get("Status") == "503":
         raise Unavailable(f"no stream accepted {subject}")
     ack: dict[str, Any] = orjson.loads(msg.data)

@@ -140,7 +140,7 @@ class NatsServer:
     cluster_name: str | None = None
     cluster_port: int = 0
     routes: list[str] = field(default_factory=list)
-    max_payload: str = "8MB"
+    max_payload: str = "2MB"
     extra_conf: str = ""
     log_file: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
@@ -167,6 +167,7 @@ class NatsServer:
             f"listen: {self.host}:{self.port}",
             f"http: {self.host}:{self.http_port}",
             f"max_payload: {self.max_payload}",
+            "max_pending: 256MB",
             "jetstream {",
             f'  store_dir: "{store}"',
             "  sync_interval: always",

@@ -70,6 +70,11 @@ class HostSettings(CommonSettings):
     ready_timeout_s: float = Field(default=15.0, gt=0, description="start() waits this long for its partitions")
     max_ack_pending: int = Field(default=1024, ge=1)
     max_inflight: int = Field(default=1024, ge=1, description="host-wide commands received, not finished")
+    max_inflight_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="host-wide bytes of the bodies of commands received, not finished (calls beyond it: overloaded)",
+    )
     workers: int = Field(default=256, ge=1, le=100_000, description="agents processed at once")
     max_mailbox_per_agent: int = Field(
         default=128,
