@@ -115,9 +115,10 @@ def text(raw: bytes) -> str:
 
 
 # The server ends a control line at CRLF and splits its arguments on space and tab only,
-# so a subject may hold any other byte; nats-py's ``\s`` also splits on \x0b and \x0c
-# (then finds no match and drops the connection as an "unknown protocol").
-_ARG = rb"([^ \t\r\n]+)"
+# so a subject may hold any other byte, a lone CR or LF included; nats-py's ``\s`` also
+# splits on \x0b and \x0c (then finds no match and drops the connection as an "unknown
+# protocol").
+_ARG = rb"((?:[^ \t\r\n]|\r(?!\n)|(?<!\r)\n)+)"
 _SP = rb"[ \t]+"
 _MSG_RE = re.compile(rb"\AMSG" + _SP + _ARG + _SP + _ARG + _SP + rb"(?:" + _ARG + _SP + rb")?(\d+)[ \t]*\r\n")
 _HMSG_RE = re.compile(
@@ -178,7 +179,11 @@ class GuardedParser(_ps.Parser):
                     del self.buf[: info.end()]
                     await nc._process_info(srv_info)
                     continue
-                if len(self.buf) < _ps.MAX_CONTROL_LINE_SIZE and _ps._CRLF_ in self.buf:
+                if _ps._CRLF_ in self.buf or len(self.buf) > _ps.MAX_CONTROL_LINE_SIZE:
+                    # A whole line that is no known operation, or more than a control line
+                    # without its end: waiting for more bytes would stall the read loop for
+                    # good (nats-py waits whenever the buffer is long, messages queued behind
+                    # included). Drop the connection; the client reconnects.
                     raise ProtocolError("nats: unknown protocol")
                 break  # a control line split across reads: wait for the rest
             if len(self.buf) < self.needed + _ps.CRLF_SIZE:

@@ -106,6 +106,8 @@ ODD_CALLS: list[tuple[str, bytes, bytes | None, bytes, str]] = [
     ("del in id", b"agt.call.counter.a\x7fb", None, GOOD, MAL),
     ("form feed in id", b"agt.call.counter.a\x0cb", None, GOOD, MAL),
     ("vertical tab in type", b"agt.call.coun\x0bter.a", None, GOOD, UNK),
+    ("carriage return in id", b"agt.call.counter.a\rb", None, GOOD, MAL),
+    ("carriage return alone as id", b"agt.call.counter.\r", None, GOOD, MAL),
     ("latin-1 in type", b"agt.call.compt\xe9ur.a", None, GOOD, UNK),
     ("xff in header name", b"agt.call.counter.h1", b"NATS/1.0\r\nA\xff: 1\r\n\r\n", BAD_BODY, MAL),
     ("xff and nul in header value", b"agt.call.counter.h2", b"NATS/1.0\r\nX-A: \xff\x00\x7f\r\n\r\n", BAD_BODY, MAL),
@@ -153,6 +155,7 @@ ODD_COMMANDS: list[tuple[str, bytes, bytes, str]] = [
     ("xff in id", b"agt.cmd.counter.\xff", b"", MAL),
     ("nul in id", b"agt.cmd.counter.a\x00b", b"", MAL),
     ("form feed in id", b"agt.cmd.counter.a\x0cb", b"", MAL),
+    ("carriage return in id", b"agt.cmd.counter.a\rb", b"", MAL),
     ("latin-1 in type", b"agt.cmd.compt\xe9ur.a", b"", UNK),
     ("odd header bytes", b"agt.cmd.counter.h1", b"A\xff: 1\r\nX-B: \xff\x00\x7f\r\n", MAL),
 ]
