@@ -470,3 +470,61 @@ async def test_a_store_outage_for_everyone_moves_no_partition() -> None:
     assert await settled(world, hosts)
     ring = hosts[0].coord.ring
     assert ring is not None and ring.epoch == epoch, "the ring moved partitions after an outage nobody died in"
+
+
+# -- how cluster keys are written -----------------------------------------------------------
+class WriteRulesStore(MemoryStore):
+    """Records every write with how it was made: a plain put, a create or an update
+    (compare-and-set on the revision), and its TTL."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock)
+        self.writes: list[tuple[str, str, float | None]] = []
+
+    async def create(self, key: str, value: dict[str, Any], ttl_s: float | None = None) -> int:
+        self.writes.append((key, "create", ttl_s))
+        return await super().create(key, value, ttl_s)
+
+    async def update(self, key: str, value: dict[str, Any], rev: int, ttl_s: float | None = None) -> int:
+        self.writes.append((key, "update", ttl_s))
+        return await super().update(key, value, rev, ttl_s)
+
+    async def put(self, key: str, value: dict[str, Any], ttl_s: float | None = None) -> int:
+        self.writes.append((key, "put", ttl_s))
+        return await super().put(key, value, ttl_s)
+
+
+async def test_every_cluster_key_is_written_with_a_ttl_or_an_expected_revision() -> None:
+    """Members and the leader lease expire by themselves (TTL); the ring, claims and
+    placements are only ever written with compare-and-set. No write is neither: a key
+    that nobody renews or guards cannot outlive its writer."""
+    clock = ManualClock()
+    store = WriteRulesStore(clock)
+    world = World(clock, store)
+    cfg = ClusterConfig(partitions=PARTITIONS, heartbeat_s=0.5, member_ttl_s=3.0, lease_ttl_s=3.0, tick_s=DT)
+    hosts = [SimHost(f"h{i}", world, cfg) for i in range(3)]
+    await _rounds(hosts, clock, 40)
+    await hosts[0].coord.place("counter.c1", "h1")  # a placement, then a move
+    await hosts[0].coord.place("counter.c1", "h2")
+    hosts[2].faults.cut_until = clock.monotonic() + 4.0  # fenced and expelled, then back
+    await _faulty_rounds(hosts, clock, 40)
+    leader = next(h for h in hosts if h.coord.is_leader)
+    waits: list[float] = []
+
+    async def wait(s: float) -> None:
+        waits.append(s)
+        await _rounds([h for h in hosts if h.alive], clock, 1)
+
+    await leader.coord.drain(60.0, wait)  # the leader drains, hands over and leaves
+    await leader.coord.leave()
+    leader.alive = False
+    await _rounds([h for h in hosts if h.alive], clock, 20)
+
+    kinds = {(k.split(".")[0], op) for k, op, _ in store.writes}
+    assert {("member", "put"), ("leader", "create"), ("leader", "update"), ("ring", "update")} <= kinds
+    assert {("claim", "create"), ("claim", "update"), ("place", "create"), ("place", "update")} <= kinds
+    for key, op, ttl_s in store.writes:
+        if key.startswith("member.") or key == "leader":
+            assert ttl_s, f"{key} written ({op}) without a TTL"
+        else:
+            assert op in ("create", "update"), f"{key} written with a plain put"
