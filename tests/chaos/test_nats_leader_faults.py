@@ -35,10 +35,10 @@ pytestmark = pytest.mark.chaos
 PARTITIONS = 8
 PAUSE_S = 7.0  # past the member TTL (2 s) and a stream leader election
 # Measured on the loaded 2-core test machine (ADR 0037), to the last failed call: pause
-# median 4.9 s, worst 5.7 s after SIGCONT (21 runs); kill median 10.4 s, worst 10.8 s after
-# the kill, nothing after the restart (16 runs). A claim left behind costs the 45 s handoff
-# timeout: the budget keeps a wide margin for load and still fails on that.
-RECOVERY_BUDGET_S = 25.0
+# median 4.9 s, worst 5.7 s after SIGCONT (21 runs); kill median 10.5 s, worst 19.9 s after
+# the kill, nothing after the restart (17 runs). A claim left behind costs the 45 s handoff
+# timeout: the budget leaves room for a loaded machine and stays well below that.
+RECOVERY_BUDGET_S = 35.0
 KV_STREAM = "KV_agt_cluster"
 CMD_STREAM = "AGT_CMD"
 
