@@ -35,7 +35,7 @@ from ._errors import (
     error_from_wire,
 )
 from ._ids import AgentId, partition_of
-from ._nats import Inbox, Topology, connect, ensure_topology, js_publish
+from ._nats import ERR_DUPLICATE_IN_PROCESS, Inbox, JSApiError, Topology, connect, ensure_topology, js_publish
 from ._resilience import CircuitBreaker, RetryPolicy
 from ._settings import ClientSettings
 from ._telemetry import (
@@ -504,25 +504,42 @@ class Client:
             headers[H_REPLY_TO] = reply
         try:
             attempt = 0
+            ours_maybe_stored = False  # a send of ours may be stored although its PubAck was lost
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise AgentTimeout(f"command to {aid} was not accepted by the stream in time")
+                    raise self._not_accepted(aid, headers, None)
                 try:
                     ack = await js_publish(self.nc, subject, body, headers, min(remaining, 5.0))
-                    if ack.get("duplicate") and attempt == 0 and fut is not None:
+                    if ack.get("duplicate") and not ours_maybe_stored and fut is not None:
                         # An earlier call stored this command id; its reply went to that
                         # call's inbox. Send a copy under a fresh stream id: it queues behind
                         # the original and the host answers it from the agent's record.
                         headers[H_MSG_ID] = f"{headers[H_COMMAND_ID]}.{self._nuid.next().decode()}"
+                        ours_maybe_stored = True  # the copy is ours from now on
                         attempt += 1
                         continue
                     break
                 except Unavailable as exc:
                     # Re-sending is safe for exactly-once (same Nats-Msg-Id); for
                     # at-least-once it may store the command twice, which that mode allows.
-                    await self._backoff(attempt, deadline, exc, until_deadline=True)
-                    attempt += 1
+                    ours_maybe_stored = True
+                    err: JetAgentsError = exc
+                except JSApiError as exc:
+                    if exc.err_code != ERR_DUPLICATE_IN_PROCESS:
+                        raise
+                    # 10158: a message with this Nats-Msg-Id is being stored right now (our
+                    # own earlier send whose PubAck was lost, or another caller's): its
+                    # outcome is not known yet. Ask again with the same id until the
+                    # stream answers "stored" or "duplicate".
+                    err = exc
+                # until the caller's time is up (each retry is idempotent or allowed to
+                # repeat); then it is a timeout: the outcome is not known
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise self._not_accepted(aid, headers, err)
+                await asyncio.sleep(min(self.retry.delay(attempt), remaining))
+                attempt += 1
             if fut is None:
                 return headers[H_COMMAND_ID]
             try:
@@ -537,6 +554,17 @@ class Client:
         finally:
             if reply:
                 self._inbox.forget(reply)
+
+    @staticmethod
+    def _not_accepted(aid: AgentId, headers: dict[str, str], cause: JetAgentsError | None) -> AgentTimeout:
+        """The caller's time ran out before the stream said whether it stored the command:
+        a timeout (retryable: re-send with the same command id), never a final error."""
+        why = f" (last: {cause.message})" if cause is not None else ""
+        return AgentTimeout(
+            f"command to {aid} was not accepted by the stream in time{why}; it may be stored: "
+            f"re-send with the same command id {headers[H_COMMAND_ID]}",
+            details={"command_id": headers[H_COMMAND_ID]},
+        )
 
 
 class AgentRef:

@@ -331,6 +331,10 @@ class Coordinator:
         self.draining = False
         self.stopped = False
         self.last_heartbeat_ok = clock.monotonic()
+        # until then the leader moves no partition away from a host that is not a member:
+        # set after our own store outage, when every host's member key may have expired
+        # at once without any host being gone (a NATS node fault)
+        self.members_trusted_at = 0.0
         self._next_heartbeat = 0.0
         self._next_renew = 0.0
         self._members_seen: set[str] = set()
@@ -400,14 +404,21 @@ class Coordinator:
             return
         self._next_heartbeat = now + self.cfg.heartbeat_s
         await self.store.put(f"member.{self.host_id}", self.member_value(), self.cfg.member_ttl_s)
+        done = self.clock.monotonic()
+        if done - self.last_heartbeat_ok > self.cfg.member_ttl_s:
+            # We could not reach the store for a whole member TTL. Others probably could
+            # not either (the bucket's stream leader was paused or killed): their keys may
+            # have expired with ours, and they will be back within a heartbeat. Give them
+            # a TTL before treating their absence as death.
+            self.members_trusted_at = done + self.cfg.member_ttl_s
         self.last_heartbeat_ok = now
 
     async def _verify_claims(self) -> None:
         """Stop at once any partition whose claim is no longer ours (taken over while we
-        were paused, cut off, or reading a stale ring)."""
-        if not self.held:
-            return
+        were paused, cut off, or reading a stale ring), and let go of any claim the store
+        still gives us for a partition we neither serve nor are assigned."""
         claims = await self.store.scan("claim.")
+        self._release_orphans(claims)
         for p in sorted(self.held):
             claim = claims.get(f"claim.{p}")
             if claim is None or claim.value.get("host") != self.host_id or claim.rev != self.claim_revs.get(p):
@@ -416,6 +427,42 @@ class Coordinator:
                 self.claim_revs.pop(p, None)
                 await self.hooks.stop_partition(p, graceful=False)
                 await self.hooks.event("partition.lost", {"partition": p, "host": self.host_id})
+
+    def _release_orphans(self, claims: dict[str, Entry]) -> None:
+        """Release claims that name us in the store but that we do not serve.
+
+        A host forgets a claim without releasing it when it fences itself (silent for a
+        member TTL: the store was unreachable, so it could not write), when a release or
+        a claim's write failed or its reply was lost although the write landed, or when it
+        restarts under the same id. While the ring gives it the partition that heals by
+        itself (it claims its own claim again); once the ring has moved the partition on,
+        nothing else would ever free it, and the new owner would wait out
+        ``handoff_timeout_s`` for a live host that neither serves nor releases it. Checked
+        every round, so a release that fails is simply tried again.
+        """
+        mine = self.assigned()
+        busy = self.held | mine | set(self.releasing) | set(self._acquire_tasks)
+        for key, claim in claims.items():
+            if claim.value.get("host") != self.host_id:
+                continue
+            try:
+                p = int(key.removeprefix("claim."))
+            except ValueError:
+                continue
+            if p in busy or not 0 <= p < self.cfg.partitions:
+                continue
+            self._log.warning("orphan_claim_released", partition=p, rev=claim.rev)
+            self.releasing[p] = asyncio.create_task(self._release_orphan(p, claim.rev))
+
+    async def _release_orphan(self, p: int, rev: int) -> None:
+        try:
+            epoch = self.ring.epoch if self.ring else 0
+            # CAS on the revision we read: if anyone claimed it since, it is not ours to free
+            await self.store.update(f"claim.{p}", {"host": "", "epoch": epoch}, rev)
+        except (Unavailable, CasConflict) as exc:
+            self._log.debug("orphan_release_failed", partition=p, error=str(exc))
+        finally:
+            self.releasing.pop(p, None)
 
     async def _read_placements(self) -> None:
         entries = await self.store.scan("place.")
@@ -519,6 +566,11 @@ class Coordinator:
         weights = {h: float(m.get("capacity", 1.0)) if not m.get("draining") else 0.0 for h, m in members.items()}
         p_count = self.cfg.partitions
         current = list(self.ring.owners) if self.ring else [UNOWNED] * p_count
+        now = self.clock.monotonic()
+        outage = now < self.members_trusted_at or now - self.last_heartbeat_ok > self.cfg.member_ttl_s
+        if self.ring is not None and outage and any(owner and owner not in alive for owner in current):
+            return  # (just back) from a store outage: absent members may only be late
+
         claims = await self.store.scan("claim.")
         in_transit = 0
         for p, owner in enumerate(current):
@@ -630,7 +682,9 @@ class Coordinator:
                 with contextlib.suppress(CasConflict):
                     await self.store.update(f"claim.{p}", {"host": "", "epoch": epoch}, rev)
             await self.hooks.event("partition.released", {"partition": p, "host": self.host_id})
-        except Exception:  # noqa: BLE001 - the claim stays ours; the next owner takes it over
+        except (Unavailable, JSApiError) as exc:  # the claim still names us: released next round
+            self._log.warning("partition_release_failed", partition=p, error=str(exc))
+        except Exception:  # noqa: BLE001 - released next round (_release_orphans)
             self._log.exception("partition_release_failed", partition=p)
         finally:
             self.releasing.pop(p, None)

@@ -7,16 +7,20 @@ the real host does (cached log position, append fenced by the expected last sequ
 activation refused when the log holds a newer owner's claim, claim re-checked in the
 store after a fence), so the checks cover what matters: who writes to an agent's log.
 
-Faults: lost heartbeats, delayed (stale) ring reads, a host cut off from the store, a
-host paused past its lease that comes back, kills, joins and graceful drains.
+Faults: lost heartbeats, delayed (stale) ring reads, a host cut off from the store, the
+store unreachable for every host at once (its stream leader paused or killed: every
+member key may expire together), writes that land although their reply is lost, a host
+paused past its lease that comes back, kills, joins and graceful drains.
 
 Invariants, checked after every step:
 * no two hosts ever acquired a claim on one partition at the same ring epoch, and no
   two hosts serve one partition under the same claim epoch;
 * in every agent's log the writers' claims never decrease (a newer owner's writes are
   never followed by an older owner's: writes of two hosts never interleave);
-and after the faults stop: every partition is owned, claimed and served by exactly the
-host the ring names, and every host sees the same ring.
+and after the faults stop: within a few seconds (far less than the handoff timeout, which
+is set out of reach here, so no claim is ever freed by waiting it out) every partition is
+owned, claimed and served by exactly the host the ring names, and every host sees the
+same ring.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ class Faults:
     no_heartbeat_until: float = 0.0
     stale_ring_until: float = 0.0
     stale_ring: Entry | None = None
+    lost_reply_until: float = 0.0  # writes land, their replies are lost (half of them)
+    rnd: random.Random = field(default_factory=lambda: random.Random(0))
 
 
 class FaultyStore:
@@ -61,6 +67,11 @@ class FaultyStore:
         if self.clock.monotonic() < self.faults.cut_until:
             raise Unavailable("cut off")
 
+    def _landed(self) -> None:
+        """A write that reached the store: its reply may still be lost on the way back."""
+        if self.clock.monotonic() < self.faults.lost_reply_until and self.faults.rnd.random() < 0.5:
+            raise Unavailable("reply lost (the write landed)")
+
     async def get(self, key: str) -> Entry | None:
         self._check()
         if key == "ring" and self.clock.monotonic() < self.faults.stale_ring_until:
@@ -69,17 +80,23 @@ class FaultyStore:
 
     async def create(self, key: str, value: dict[str, Any], ttl_s: float | None = None) -> int:
         self._check()
-        return await self.store.create(key, value, ttl_s)
+        rev = await self.store.create(key, value, ttl_s)
+        self._landed()
+        return rev
 
     async def update(self, key: str, value: dict[str, Any], rev: int, ttl_s: float | None = None) -> int:
         self._check()
-        return await self.store.update(key, value, rev, ttl_s)
+        new = await self.store.update(key, value, rev, ttl_s)
+        self._landed()
+        return new
 
     async def put(self, key: str, value: dict[str, Any], ttl_s: float | None = None) -> int:
         self._check()
         if key.startswith("member.") and self.clock.monotonic() < self.faults.no_heartbeat_until:
             raise Unavailable("heartbeat lost")
-        return await self.store.put(key, value, ttl_s)
+        rev = await self.store.put(key, value, ttl_s)
+        self._landed()
+        return rev
 
     async def remove(self, key: str) -> None:
         self._check()
@@ -199,15 +216,35 @@ async def let_tasks_run() -> None:
         await asyncio.sleep(0)
 
 
-async def simulate(seed: int, steps: int = 320, quiet: int = 120) -> dict[str, int]:
+async def settled(world: World, hosts: list[SimHost]) -> bool:
+    """Every partition owned, claimed and served by the one host the ring names."""
+    live = [h for h in hosts if h.alive]
+    rings = {(h.coord.ring.epoch if h.coord.ring else -1) for h in live}
+    ring = live[0].coord.ring
+    if len(rings) != 1 or ring is None:
+        return False
+    claims = await world.store.scan("claim.")
+    names = {h.id for h in live}
+    for p, owner in enumerate(ring.owners):
+        claim = claims.get(f"claim.{p}")
+        if owner not in names or claim is None or claim.value["host"] != owner:
+            return False
+        if [h.id for h in live if p in h.serving] != [owner]:
+            return False
+    return True
+
+
+async def simulate(seed: int, steps: int = 320, quiet: int = 60) -> dict[str, int]:
     rnd = random.Random(seed)
     clock = ManualClock()
     world = World(clock, MemoryStore(clock))
     cfg = ClusterConfig(partitions=PARTITIONS, heartbeat_s=0.5, member_ttl_s=3.0, lease_ttl_s=3.0, tick_s=DT)
     cfg.max_moves = 4
-    cfg.handoff_timeout_s = 8.0
+    # out of reach: a claim freed only by waiting this out would never settle in time
+    cfg.handoff_timeout_s = 10_000.0
     hosts = [SimHost(f"h{i}", world, cfg) for i in range(3)]
-    counts = dict.fromkeys(("pause", "cut", "drop_hb", "stale_ring", "kill", "join", "drain"), 0)
+    kinds = ("pause", "cut", "drop_hb", "stale_ring", "kill", "join", "drain", "outage", "lost_reply")
+    counts = dict.fromkeys(kinds, 0)
     next_id = len(hosts)
 
     async def one_step(faulty: bool) -> None:
@@ -227,6 +264,13 @@ async def simulate(seed: int, steps: int = 320, quiet: int = 120) -> dict[str, i
             elif kind == "stale_ring":
                 victim.faults.stale_ring = await world.store.get("ring")
                 victim.faults.stale_ring_until = now + rnd.uniform(1.0, 10.0)
+            elif kind == "outage":  # the store's leader paused or killed: nobody reaches it
+                until = now + rnd.uniform(3.5, 8.0)
+                for h in hosts:
+                    h.faults.cut_until = max(h.faults.cut_until, until)
+            elif kind == "lost_reply":
+                victim.faults.lost_reply_until = now + rnd.uniform(1.0, 6.0)
+                victim.faults.rnd = random.Random(rnd.random())
             elif kind == "kill" and len(live) > 1:
                 victim.alive = False
             elif kind == "join" and len(live) < 5:
@@ -267,8 +311,11 @@ async def simulate(seed: int, steps: int = 320, quiet: int = 120) -> dict[str, i
     for h in hosts:  # the faults stop; the cluster must settle
         h.faults = Faults()
         h.coord.store.faults = h.faults  # type: ignore[attr-defined]
-    for _ in range(quiet):
+    for n in range(quiet):
         await one_step(False)
+        if await settled(world, hosts):
+            counts["settled_after_steps"] = n + 1
+            break
 
     live = [h for h in hosts if h.alive]
     rings = {h.coord.ring.epoch for h in live if h.coord.ring}
@@ -361,3 +408,123 @@ async def test_a_draining_host_with_a_successor_hands_everything_over() -> None:
     assert await hosts[0].coord.drain(60.0, wait) is True
     assert waits  # it did wait for the handoff
     assert not hosts[0].coord.held and hosts[1].coord.held == set(range(PARTITIONS))
+
+
+# -- NATS node faults -----------------------------------------------------------------------
+def _three_host_world(handoff_timeout_s: float = 45.0) -> tuple[ManualClock, World, list[SimHost]]:
+    clock, world, cfg = _two_host_world()
+    cfg.handoff_timeout_s = handoff_timeout_s
+    return clock, world, [SimHost(f"h{i}", world, cfg) for i in range(3)]
+
+
+async def _faulty_rounds(hosts: list[SimHost], clock: ManualClock, n: int) -> None:
+    for _ in range(n):
+        clock.advance(DT)
+        for h in hosts:
+            try:
+                await h.coord.step()
+            except (Unavailable, CasConflict):
+                pass
+            await let_tasks_run()
+
+
+async def test_a_claim_forgotten_while_cut_off_is_released_once_the_ring_moves_on() -> None:
+    """A host cut off from the store for a member TTL (its NATS node paused) fences itself:
+    it stops its partitions and cannot release their claims. The leader gives them to the
+    others; one of them is slow to claim (its own node stalled a moment), and by then the
+    first host is back and alive, with claims that still name it. It must release them,
+    or the new owner waits out the handoff timeout (45 s) for a live host that neither
+    serves nor releases them."""
+    clock, world, hosts = _three_host_world()
+    await _rounds(hosts, clock, 40)
+    assert await settled(world, hosts)
+    leader = next(h for h in hosts if h.coord.is_leader)
+    victim, slow = (h for h in hosts if h is not leader)
+    start = clock.monotonic()
+    victim.faults.cut_until = start + 4.0  # > member TTL (3 s): expelled
+    for _ in range(24):  # 6 s
+        if clock.monotonic() >= start + 2.5:  # < member TTL: stays a member, claims nothing
+            slow.faults.cut_until = start + 4.6  # before the victim is back
+        await _faulty_rounds(hosts, clock, 1)
+    ring = leader.coord.ring
+    assert ring is not None and slow.id in ring.owners and victim.id in ring.owners
+    for _ in range(40):  # 10 s, far below the 45 s handoff timeout
+        if await settled(world, hosts):
+            break
+        await _faulty_rounds(hosts, clock, 1)
+    else:
+        pytest.fail("partitions unserved 10 s after the host came back: a claim nobody releases")
+
+
+async def test_a_store_outage_for_everyone_moves_no_partition() -> None:
+    """The bucket's stream leader paused: no host reaches the store for longer than a
+    member TTL, and every member key expires at once. Nobody is gone: the first host
+    back must not give every partition to itself while the others re-register."""
+    clock, world, hosts = _three_host_world()
+    await _rounds(hosts, clock, 40)
+    assert await settled(world, hosts)
+    epoch = hosts[0].coord.ring.epoch if hosts[0].coord.ring else 0
+    for h in hosts:
+        h.faults.cut_until = clock.monotonic() + 5.0
+    await _faulty_rounds(hosts, clock, 40)
+    assert await settled(world, hosts)
+    ring = hosts[0].coord.ring
+    assert ring is not None and ring.epoch == epoch, "the ring moved partitions after an outage nobody died in"
+
+
+# -- how cluster keys are written -----------------------------------------------------------
+class WriteRulesStore(MemoryStore):
+    """Records every write with how it was made: a plain put, a create or an update
+    (compare-and-set on the revision), and its TTL."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock)
+        self.writes: list[tuple[str, str, float | None]] = []
+
+    async def create(self, key: str, value: dict[str, Any], ttl_s: float | None = None) -> int:
+        self.writes.append((key, "create", ttl_s))
+        return await super().create(key, value, ttl_s)
+
+    async def update(self, key: str, value: dict[str, Any], rev: int, ttl_s: float | None = None) -> int:
+        self.writes.append((key, "update", ttl_s))
+        return await super().update(key, value, rev, ttl_s)
+
+    async def put(self, key: str, value: dict[str, Any], ttl_s: float | None = None) -> int:
+        self.writes.append((key, "put", ttl_s))
+        return await super().put(key, value, ttl_s)
+
+
+async def test_every_cluster_key_is_written_with_a_ttl_or_an_expected_revision() -> None:
+    """Members and the leader lease expire by themselves (TTL); the ring, claims and
+    placements are only ever written with compare-and-set. No write is neither: a key
+    that nobody renews or guards cannot outlive its writer."""
+    clock = ManualClock()
+    store = WriteRulesStore(clock)
+    world = World(clock, store)
+    cfg = ClusterConfig(partitions=PARTITIONS, heartbeat_s=0.5, member_ttl_s=3.0, lease_ttl_s=3.0, tick_s=DT)
+    hosts = [SimHost(f"h{i}", world, cfg) for i in range(3)]
+    await _rounds(hosts, clock, 40)
+    await hosts[0].coord.place("counter.c1", "h1")  # a placement, then a move
+    await hosts[0].coord.place("counter.c1", "h2")
+    hosts[2].faults.cut_until = clock.monotonic() + 4.0  # fenced and expelled, then back
+    await _faulty_rounds(hosts, clock, 40)
+    leader = next(h for h in hosts if h.coord.is_leader)
+    waits: list[float] = []
+
+    async def wait(s: float) -> None:
+        waits.append(s)
+        await _rounds([h for h in hosts if h.alive], clock, 1)
+
+    await leader.coord.drain(60.0, wait)  # the leader drains, hands over and leaves
+    await leader.coord.leave()
+    leader.alive = False
+    await _rounds([h for h in hosts if h.alive], clock, 20)
+
+    kinds = {(k.split(".")[0], op) for k, op, _ in store.writes}
+    assert {("member", "put"), ("leader", "create"), ("leader", "update"), ("ring", "update")} <= kinds
+    assert {("claim", "create"), ("claim", "update"), ("place", "create"), ("place", "update")} <= kinds
+    for key, op, ttl_s in store.writes:
+        if key.startswith("member.") or key == "leader":
+            assert ttl_s, f"{key} written ({op}) without a TTL"
+        else:
+            assert op in ("create", "update"), f"{key} written with a plain put"
