@@ -75,6 +75,7 @@ from ._nats import (
     unpin_consumer,
 )
 from ._settings import HostSettings
+from ._sweep import StrandedSweeper
 from ._telemetry import (
     AGENT_ID,
     AGENT_TYPE,
@@ -388,6 +389,7 @@ class Host:
             "agent_busy": 0,
             "loop_blocked": 0,
             "calls_dropped": 0,
+            "stranded_swept": 0,
         }
         # agents with commands waiting for a free worker, by (priority rank, arrival)
         self._ready: list[tuple[int, int, Activation]] = []
@@ -399,6 +401,7 @@ class Host:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._sweeper: StrandedSweeper | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self._routes: dict[str, tuple[int, str, str]] = {}  # call subject -> partition, type, id
         # workers: at most settings.workers tasks, each processing one agent's command and
@@ -513,6 +516,11 @@ class Host:
             self.subjects.sys("host", s.host_id, "*"), cb=self._on_host_msg, pending_msgs_limit=1_000_000
         )
         self._spawn(self._housekeeping())
+        if s.stranded_sweep_s > 0:
+            self._sweeper = StrandedSweeper(
+                self.nc, self.topology.cmd_stream, self._reject_stranded, timeout_s=s.op_timeout_s
+            )
+            self._spawn(self._sweep_stranded())
         self._started = True
         if self.static:
             for p in self._static_partitions:
@@ -1984,6 +1992,34 @@ class Host:
             act.snapshotting = False
 
     # -- housekeeping ----------------------------------------------------------------------
+    async def _sweep_stranded(self) -> None:
+        """Now and then, the leader (or a host on its own) removes the commands no
+        partition consumer will deliver (``_sweep.py``), answering and dead-lettering each."""
+        assert self._sweeper is not None
+        while True:
+            await asyncio.sleep(self.settings.stranded_sweep_s)
+            coord = self.coordinator
+            if self._stopping or (coord is not None and not coord.is_leader):
+                continue
+            try:
+                removed = await self._sweeper.round()
+            except JetAgentsError as exc:
+                self._log.debug("stranded_sweep_failed", error=str(exc))
+                continue
+            if removed:
+                self.stats["stranded_swept"] += removed
+                self._log.warning("stranded_commands_removed", count=removed)
+
+    async def _reject_stranded(self, msg: Msg, seq: int) -> bool:
+        """Refuse a command found by the sweep like a malformed one; False: try again later."""
+        parts = msg.subject.split(".")
+        partition = int(parts[-3]) if len(parts) >= 5 and parts[-3].isdigit() else 0
+        work = Work(msg, STREAM, partition, self.clock.monotonic(), cseq=seq)
+        self._track(work)
+        err = MalformedCommand("the subject holds a byte or token no partition consumer delivers (0x7f, '*' or '>')")
+        await self._reject_unrouted(work, parts[-2], parts[-1], err)
+        return work.outcome != REQUEUED
+
     async def _housekeeping(self) -> None:
         s = self.settings
         tick = max(0.2, min(s.ack_wait_s / 3, s.idle_passivate_s / 4, 5.0))

@@ -97,6 +97,12 @@ class HostSettings(CommonSettings):
     pull_batch: int = Field(default=64, ge=1, le=10_000)
     pull_expires_s: float = Field(default=5.0, ge=1.0)
     idle_passivate_s: float = Field(default=300.0, gt=0)
+    stranded_sweep_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="how often the leader looks for commands the stream stores but never delivers "
+        "(a subject with 0x7f or a wildcard token; ADR 0039); 0: never",
+    )
     max_active_agents: int = Field(default=100_000, ge=1)
     snapshot_every: int = Field(default=100, ge=1)
     dedup_records_per_agent: int = Field(default=256, ge=1)

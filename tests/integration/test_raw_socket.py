@@ -14,7 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
-from jetagents import Client, Host, NatsServer
+from jetagents import Client, Host, NatsServer, Registry
+from jetagents.examples import EXAMPLE_AGENTS
+from tests.conftest import host_settings
 from tests.integration.helpers import consumer_info, dead_letters, eventually, stream_state
 
 
@@ -196,3 +198,47 @@ async def test_odd_bytes_in_durable_commands_are_dead_lettered_once(
         await _good_call(client)
     finally:
         await raw.close()
+
+
+STRANDED: list[tuple[str, bytes]] = [
+    ("del in id", b"agt.cmd.counter.a\x7fb"),
+    ("del in type", b"agt.cmd.coun\x7fter.a"),
+    ("star as id", b"agt.cmd.counter.*"),
+    ("gt as type", b"agt.cmd.>.a"),
+]
+
+
+@pytest.mark.parametrize(("what", "subject"), STRANDED, ids=[c[0] for c in STRANDED])
+async def test_commands_no_consumer_delivers_are_swept_answered_and_dead_lettered_once(
+    nats_server: NatsServer, client: Client, what: str, subject: bytes
+) -> None:
+    # nats-server stores these (PubAck) but its subject index skips 0x7f and the partition
+    # filter does not match a literal wildcard token: only the sweep ever sees them
+    h = Host(host_settings(nats_server.url, stranded_sweep_s=0.3), Registry(EXAMPLE_AGENTS))
+    await h.start()
+    raw = await RawConn.open(nats_server)
+    try:
+        headers = b"NATS/1.0\r\nAgt-Reply-To: _INBOX.raw.reply\r\nNats-Msg-Id: stranded-1\r\n\r\n"
+        raw.pub(subject, b"_INBOX.raw.ack", GOOD, headers)
+        await raw.wait_for(lambda: raw.replies(b"_INBOX.raw.ack"), 10)
+        ack = raw.replies(b"_INBOX.raw.ack")[0]
+        if "error" in ack:  # a server that refuses the subject outright: nothing can strand
+            pytest.fail(f"the server refused {what}: {ack}")
+        assert ack["stream"] == "AGT_CMD"
+        await raw.wait_for(lambda: raw.replies(b"_INBOX.raw.reply"), 15)
+        [reply] = raw.replies(b"_INBOX.raw.reply")
+        assert reply["ok"] is False and reply["error"]["code"] == MAL, reply
+        reply_headers = next(hd for s, hd, _ in raw.msgs if s == b"_INBOX.raw.reply")
+        assert b"Agt-Command-Id: stranded-1\r\n" in reply_headers
+
+        async def gone() -> bool:
+            return (await stream_state(client.nc, "AGT_CMD"))["messages"] == 0
+
+        await eventually(gone, 10)
+        await asyncio.sleep(1.0)  # a few more sweeps: nothing is dead-lettered twice
+        assert len(await dead_letters(client.nc)) == 1
+        assert h.stats["stranded_swept"] == 1
+        assert await client.agent("counter", "good").request("get", delivery="at-most-once", timeout=5) == 0
+    finally:
+        await raw.close()
+        await h.stop()

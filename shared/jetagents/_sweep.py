@@ -1,0 +1,108 @@
+"""Commands the stream stores but no partition consumer will ever deliver.
+
+nats-server (2.11 and later, including the wheel's 2.15) keeps a subject tree per stream to
+find the next message for a filtered consumer. Its insert silently skips a subject that
+holds byte 0x7f (the tree's internal "no pivot" marker), and a subject with a literal ``*``
+or ``>`` token is not matched by the filter ``<root>.p.<n>.>`` either. The message is
+stored (the sender gets its PubAck), but the partition consumer never sees it: without
+this sweep its sender waits forever and the work queue keeps it for good (ADR 0039).
+
+``StrandedSweeper`` walks the command stream by sequence (``STREAM.MSG.GET`` with the
+filter ``>``, which does not go through the subject tree), a bounded number of messages per
+round, and hands every stranded command to the host, which dead-letters it and answers its
+sender like any other malformed command; the sweeper then deletes it from the stream. One
+host sweeps at a time (the cluster's leader, or a host on its own).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from ._errors import JetAgentsError
+from ._nats import JSApiError, js_api
+from ._natsconn import parse_header_lines
+
+# err_code of STREAM.MSG.GET when no message is at or after the sequence asked for
+ERR_NO_MESSAGE = 10037
+
+
+def stranded(subject: str) -> bool:
+    """True for a stored command subject that no partition consumer's filter will match."""
+    if "\x7f" in subject:
+        return True
+    return any(token in ("*", ">") for token in subject.split("."))
+
+
+def _headers(raw: bytes) -> dict[str, str] | None:
+    if not raw:
+        return None
+    _, _, rest = raw.partition(b"\r\n")  # the NATS/1.0 line
+    return parse_header_lines(rest) or None
+
+
+class StrandedSweeper:
+    """Finds stranded commands in the command stream, a few hundred per round."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        stream: str,
+        reject: Callable[[Msg, int], Awaitable[bool]],
+        *,
+        per_round: int = 500,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self._nc = nc
+        self._stream = stream
+        self._reject = reject  # (message, stream sequence) -> handled (then deleted)
+        self._per_round = per_round
+        self._timeout_s = timeout_s
+        self._next_seq = 0  # where the next round goes on; 0: from the stream's first message
+        self.swept = 0
+
+    async def round(self) -> int:
+        """One bounded pass; returns how many stranded commands it removed."""
+        removed = 0
+        seq = self._next_seq
+        if seq == 0:
+            info = await js_api(self._nc, f"$JS.API.STREAM.INFO.{self._stream}", None, self._timeout_s)
+            seq = int(info["state"].get("first_seq", 1)) or 1
+        for _ in range(self._per_round):
+            try:
+                resp = await js_api(
+                    self._nc,
+                    f"$JS.API.STREAM.MSG.GET.{self._stream}",
+                    {"seq": seq, "next_by_subj": ">"},
+                    self._timeout_s,
+                )
+            except JSApiError as exc:
+                if exc.err_code == ERR_NO_MESSAGE:  # past the last message: start over next round
+                    self._next_seq = 0
+                    return removed
+                raise
+            found: dict[str, Any] = resp["message"]
+            seq = int(found["seq"])
+            subject = str(found["subject"])
+            if stranded(subject) and await self._handle(found, seq, subject):
+                removed += 1
+            seq += 1
+        self._next_seq = seq
+        return removed
+
+    async def _handle(self, found: dict[str, Any], seq: int, subject: str) -> bool:
+        data = base64.b64decode(found.get("data") or b"")
+        headers = _headers(base64.b64decode(found.get("hdrs") or b""))
+        msg = Msg(_client=self._nc, subject=subject, reply="", data=data, headers=headers)
+        if not await self._reject(msg, seq):
+            return False  # its dead letter could not be stored: the next round tries again
+        try:
+            await js_api(self._nc, f"$JS.API.STREAM.MSG.DELETE.{self._stream}", {"seq": seq}, self._timeout_s)
+        except JetAgentsError:
+            return False  # answered and dead-lettered; deleted by a later round (then again)
+        self.swept += 1
+        return True
