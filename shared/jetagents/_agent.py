@@ -74,8 +74,16 @@ class ActionSpec:
         (``"3"`` is no ``int``, ``true`` no ``int``; an ISO string is still a ``datetime``,
         a JSON array a ``tuple``), leniently for ``@action(strict=False)``."""
         try:
+            # also what the commit will hold: a number orjson cannot write (an integer past
+            # 64 bits) is refused here, not after the action ran
+            raw = orjson.dumps(params)
+        except orjson.JSONEncodeError as exc:
+            raise InvalidParams(
+                f"invalid parameters for action {self.name!r}: {exc}", details=[{"loc": [], "msg": str(exc)}]
+            ) from None
+        try:
             if self.strict:
-                model = self.params_model.model_validate_json(orjson.dumps(params), strict=True)
+                model = self.params_model.model_validate_json(raw, strict=True)
             else:
                 model = self.params_model.model_validate(params)
         except ValidationError as exc:

@@ -29,6 +29,7 @@ from ._errors import (
     AgentTimeout,
     FencedError,
     InternalError,
+    InvalidParams,
     JetAgentsError,
     PayloadTooLarge,
     Unavailable,
@@ -316,9 +317,12 @@ class Client:
     ) -> tuple[bytes, dict[str, str], str]:
         # orjson writes plain JSON values itself; pydantic turns anything else (models,
         # sets, ...) into JSON values
-        body = orjson.dumps(
-            {"action": action, "params": params or {}}, default=to_jsonable_python, option=orjson.OPT_NON_STR_KEYS
-        )
+        try:
+            body = orjson.dumps(
+                {"action": action, "params": params or {}}, default=to_jsonable_python, option=orjson.OPT_NON_STR_KEYS
+            )
+        except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError: e.g. an int past 64 bits
+            raise InvalidParams(f"parameters of {action!r} cannot be written as JSON: {exc}") from None
         # the smaller of the configured limit and what the server takes (its max_payload,
         # less room for the headers): nats-py's own MaxPayloadError is not a JetAgentsError
         limit = self.settings.max_payload_bytes

@@ -1309,6 +1309,10 @@ class Host:
             self._log.exception("process_failed", agent=str(act.agent_id))
             if work.kind in _ACKED and not work.done:
                 await self._nak(work, 1.0)
+            elif work.kind == CALL and not work.outcome and (work.reply or work.msg.reply):
+                # a call is never retried: its caller hears of the failure now, not at its timeout
+                err = InternalError("the host failed to process the command", details={"applied": False})
+                await self._publish_reply(work.reply or work.msg.reply, encode_error(err), {}, work)
         finally:
             self._untrack(work)
             act.last_used = self.clock.monotonic()

@@ -297,6 +297,17 @@ async def test_params_are_strict_on_the_wire(host: Host, client: Client) -> None
     assert len(await dead_letters(client.nc)) == 4
 
 
+async def test_a_huge_integer_is_refused_on_both_paths(host: Host, client: Client) -> None:
+    # the fuzzer's finding: a call with a 30-digit int got no reply at all (the re-encode of
+    # the params raised past the handler), a durable one was retried as an internal error
+    body = b'{"action": "increment", "params": {"by": -' + b"9" * 30 + b"}}"
+    reply = await client.nc.request("agt.call.counter.huge", body, timeout=5)
+    assert orjson.loads(reply.data)["error"]["code"] == "invalid_params"
+    with pytest.raises(InvalidParams):
+        await client.agent("counter", "huge").request("increment", {"by": 10**25})
+    assert await client.agent("counter", "huge").request("get") == 0
+
+
 class When(BaseModel):
     at: datetime.datetime
     tag: Literal["a", "b"]

@@ -243,6 +243,13 @@ def test_validate_params_errors(cls: type[Agent[Any]], name: str, params: dict[s
     orjson.dumps(err.to_wire())  # the details travel on the wire
 
 
+@pytest.mark.parametrize("by", [10**25, -(10**30), 2**64])
+def test_integers_past_64_bits_are_invalid_params(by: int) -> None:
+    # valid JSON and a valid Python int, but no commit could hold it (orjson writes 64 bits)
+    with pytest.raises(InvalidParams):
+        spec_of(Counter).action("increment").validate_params({"by": by})
+
+
 def test_account_amount_must_be_positive_message() -> None:
     with pytest.raises(InvalidParams) as info:
         spec_of(Account).action("deposit").validate_params({"amount": 0})
