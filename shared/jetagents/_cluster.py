@@ -548,11 +548,29 @@ class Coordinator:
         entry = await self.store.get("ring")
         if entry is None:
             return
-        epoch = int(entry.value.get("epoch", 0))
+        value = entry.value
+        epoch = value.get("epoch", 0)
+        owners = value.get("owners")
+        if not (
+            isinstance(epoch, int)
+            and isinstance(owners, list)
+            and len(owners) == self.cfg.partitions
+            and all(isinstance(o, str) for o in owners)
+        ):
+            # Only hosts (and admins) may write the ring, yet a bad value must not stop every
+            # round: read it as a ring that assigns nothing, which the leader replaces (CAS
+            # on this revision) with a valid one at the next epoch.
+            self._log.error("ring_malformed", rev=entry.rev)
+            epoch = epoch if isinstance(epoch, int) else 0
+            if self.ring is None or entry.rev != self.ring.rev:
+                self.ring = RingView(
+                    max(epoch, self.ring.epoch if self.ring else 0), [UNOWNED] * self.cfg.partitions, entry.rev, ""
+                )
+            return
         if self.ring is None or epoch > self.ring.epoch or entry.rev != self.ring.rev:
             if self.ring is not None and epoch < self.ring.epoch:
                 return  # never go back to an older ring
-            self.ring = RingView(epoch, list(entry.value["owners"]), entry.rev, str(entry.value.get("leader", "")))
+            self.ring = RingView(epoch, list(owners), entry.rev, str(value.get("leader", "")))
 
     async def _lead(self) -> None:
         members = self.members_cache  # read once this round, in step()

@@ -95,3 +95,25 @@ async def test_a_host_that_cannot_heartbeat_fences_itself(nats_server: NatsServe
             await c2.close()
     finally:
         await h.stop()
+
+
+async def test_a_malformed_ring_is_replaced_by_the_leader(nats_server: NatsServer, client: Client) -> None:
+    # Only hosts and admins may write the ring (ops/nats/accounts.conf); before the reply
+    # check a client could make a host write {"ok": ...} there, and every round then failed
+    # on the missing owners (0 of 64 partitions served once the owner died).
+    a = Host(host_settings(nats_server.url, host_id="host-a", **FAST), Registry(EXAMPLE_AGENTS))
+    await a.start()
+    try:
+        assert await client.agent("counter", "r1").request("increment", {"by": 1}) == 1
+        kv = await client.nc.jetstream().key_value("agt_cluster")
+        before = orjson.loads((await kv.get("ring")).value)
+        await kv.put("ring", b'{"ok":true,"result":1}')
+
+        async def replaced() -> bool:
+            value = orjson.loads((await kv.get("ring")).value)
+            return isinstance(value.get("owners"), list) and value["epoch"] > before["epoch"]
+
+        await eventually(replaced, 15)
+        assert await client.agent("counter", "r1").request("increment", {"by": 1}, timeout=10) == 2
+    finally:
+        await a.stop()
