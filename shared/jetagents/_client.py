@@ -63,6 +63,8 @@ from ._wire import (
     Subjects,
 )
 
+_MIN_ATTEMPT_S = 0.25  # the least time worth a retry before the caller's deadline
+
 if TYPE_CHECKING:
     from ._state import SharedState
 
@@ -454,7 +456,9 @@ class Client:
         if not until_deadline and attempt + 1 >= self.retry.attempts:
             raise err
         delay = self.retry.delay(attempt)
-        if loop.time() + delay >= deadline:
+        # no attempt that has no time left to be answered: its timeout would hide ``err``,
+        # the reason the caller is still waiting (a loaded machine answers slowly)
+        if loop.time() + delay + _MIN_ATTEMPT_S >= deadline:
             raise err
         await asyncio.sleep(delay)
 
