@@ -345,7 +345,6 @@ class _Puller:
                 async with asyncio.timeout(delay):
                     await self.wake.wait()
 
-
     async def revive(self) -> None:
         """Our pulls vanish unanswered: recreate the consumer (same config).
 
