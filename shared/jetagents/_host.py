@@ -61,6 +61,7 @@ from ._errors import (
 )
 from ._ids import AgentId, fnv1a_32, is_reply_subject, is_valid_token, partition_of
 from ._nats import (
+    ERR_CONSUMER_NOT_FOUND,
     ERR_WRONG_LAST_SEQUENCE,
     NS,
     DirectReader,
@@ -70,6 +71,7 @@ from ._nats import (
     connect,
     ensure_consumer,
     ensure_topology,
+    js_api,
     js_publish,
     rewind_consumer,
     unpin_consumer,
@@ -261,6 +263,9 @@ class _Puller:
         self.stopped = False
         self.last_unpin = 0.0
         self.last_recreate = 0.0
+        self.recreate_failures = 0  # recreations in a row that failed (an existing consumer without a leader)
+        self.silent = 0  # requests in a row the server never answered (no message, no status)
+        self.reviving = False
 
     def outstanding(self) -> int:
         return self.out
@@ -280,6 +285,7 @@ class _Puller:
 
     def received(self) -> None:
         """One message arrived: the server fills requests in the order they were sent."""
+        self.silent = 0
         for token, req in self.requests.items():
             req.remaining -= 1
             self.out -= 1
@@ -290,6 +296,7 @@ class _Puller:
 
     def close_request(self, token: str) -> None:
         """The server ended this request (expired, pinned elsewhere, no more messages)."""
+        self.silent = 0
         self.drop_request(token)
         self.wake.set()
 
@@ -304,6 +311,13 @@ class _Puller:
             for token, req in list(self.requests.items()):
                 if now - req.sent_at > s.pull_expires_s + 2.0:
                     self.drop_request(token)
+                    self.silent += 1
+            if self.silent >= 2 and not self.reviving and host.nc.is_connected:
+                # Two requests in a row expired without a word from the server (a live
+                # consumer ends each with a message or a status, a missing one gets "no
+                # responders"): whatever receives our pulls is not a working consumer.
+                self.reviving = True
+                host._side(self.revive())
             want = s.pull_batch - self.outstanding()
             room = s.max_inflight - host._inflight_count
             if host._inflight_bytes + host.topology.max_payload_bytes + 4096 > s.max_inflight_bytes:
@@ -331,6 +345,50 @@ class _Puller:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self.wake.wait()
+
+    async def revive(self) -> None:
+        """Our pulls vanish unanswered: recreate the consumer (same config).
+
+        Seen after NATS node faults: a deleted consumer whose pull subject something still
+        receives (a stale leader, a consumer being stopped), a consumer whose raft group
+        lost its leader. Creating it again is enough when it is missing; otherwise delete
+        and create, which gives it a new raft group (the stream keeps every command not
+        acknowledged, and the new consumer delivers them again). A delete whose reply is
+        lost may still have been applied: create anyway."""
+        host = self.host
+        nc, topo, timeout_s = host.nc, host.topology, host.settings.op_timeout_s
+        name = self.consumer
+        cfg = host._consumer_config(self.partition)
+        try:
+            try:
+                await js_api(nc, f"$JS.API.CONSUMER.INFO.{topo.cmd_stream}.{name}", None, timeout_s)
+                missing = False
+            except JSApiError as exc:
+                if exc.err_code != ERR_CONSUMER_NOT_FOUND:
+                    raise
+                missing = True
+            except Unavailable:
+                missing = False  # no leader answers for it
+            if not missing:
+                with contextlib.suppress(Unavailable):  # applied even when its reply is lost
+                    try:
+                        await js_api(nc, f"$JS.API.CONSUMER.DELETE.{topo.cmd_stream}.{name}", None, timeout_s)
+                    except JSApiError as exc:
+                        if exc.err_code != ERR_CONSUMER_NOT_FOUND:
+                            raise
+            await ensure_consumer(nc, topo, self.partition, cfg, timeout_s)
+        except JetAgentsError as exc:
+            host._log.debug("consumer_revive_failed", partition=self.partition, error=str(exc))
+            return
+        finally:
+            self.reviving = False
+        if self.stopped or host._stopping:
+            return
+        self.silent = 0
+        self.pin_id = None
+        host.stats["consumers_recreated"] += 1
+        host._log.warning("consumer_revived", partition=self.partition, was_missing=missing)
+        self.wake.set()
 
 
 class Host:
@@ -581,15 +639,27 @@ class Host:
 
     async def _recreate_consumer(self, partition: int) -> None:
         """Create the consumer of a partition we serve if it is missing (same config)."""
-        if partition not in self._pullers or self._stopping:
+        puller = self._pullers.get(partition)
+        if puller is None or self._stopping:
             return
+        # "No responders" and a create that keeps failing: the consumer exists (the create
+        # is an update, answered by its leader) but its raft group has no leader. Delete it
+        # and create it afresh (a new raft group).
+        reset = puller.recreate_failures >= 2
         try:
             await ensure_consumer(
-                self.nc, self.topology, partition, self._consumer_config(partition), self.settings.op_timeout_s
+                self.nc,
+                self.topology,
+                partition,
+                self._consumer_config(partition),
+                self.settings.op_timeout_s,
+                reset=reset,
             )
         except Exception as exc:  # noqa: BLE001 - the next "no responders" tries again
-            self._log.debug("consumer_recreate_failed", partition=partition, error=str(exc))
+            puller.recreate_failures += 1
+            self._log.debug("consumer_recreate_failed", partition=partition, error=str(exc), reset=reset)
             return
+        puller.recreate_failures = 0
         self.stats["consumers_recreated"] += 1
         self._log.warning("consumer_recreated", partition=partition)
 
