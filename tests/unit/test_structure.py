@@ -169,3 +169,12 @@ def test_no_class_over_400_lines_save_the_listed_exceptions() -> None:
                 big.add(f"{name}.{node.name}")
     assert big - OVERSIZED_CLASSES == set(), "classes over the limit: split them"
     assert OVERSIZED_CLASSES - big == set(), "no longer over the limit: remove them from the list"
+
+
+def test_the_package_map_in_the_docs_lists_every_module() -> None:
+    text = (REPO / "docs" / "architecture.md").read_text()
+    section = text.split("## Package map", 1)[1].split("\n## ", 1)[0]
+    listed = {line.split("|")[1].strip().strip("`") for line in section.splitlines() if line.startswith("| `")}
+    files = {p.name for p in LIB.glob("*.py")} | {"examples/"}
+    assert files - listed == set(), "modules missing from the package map in docs/architecture.md"
+    assert listed - files == set(), "the package map lists modules that no longer exist"
