@@ -97,6 +97,8 @@ class HostProcess:
                 "JETAGENTS_MEMBER_TTL_S": "2",
                 "JETAGENTS_LEASE_TTL_S": "2",
                 "JETAGENTS_HEARTBEAT_S": "0.4",
+                # a host serves no agent type unless told (ADR 0040)
+                "JETAGENTS_AGENTS": '["jetagents.examples:EXAMPLE_AGENTS"]',
             }
         )
         self.env.update(env)

@@ -1,163 +1,17 @@
-"""Entry point of one agent-host process (``jetagents host`` / ``python -m agent_host``).
+"""Entry point of one agent-host process (``python -m agent_host``, the container's PID 1).
 
-SIGTERM and SIGINT start a graceful drain bounded by ``drain_grace_s``; a second signal
-stops at once (unacknowledged commands are redelivered to the next owner either way).
-With ``health_port`` set, ``/livez`` and ``/readyz`` are served over HTTP; every host
-registers as the NATS micro service ``jetagents-host``.
+The service's code lives in the library (``jetagents._service``: agent loading, signals,
+health, the graceful drain); this package only starts it, so the library never imports
+the service (ADR 0040).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import importlib
-import signal
 import sys
-from typing import Any
 
-import structlog
+from jetagents._service import load_agents, run, serve
 
-import jetagents
-from jetagents import Agent, Host, HostSettings, Registry
-from jetagents._errors import Unavailable
-from jetagents._health import HealthMonitor, HealthServer, register_service
-from jetagents._logging import configure_logging
-from jetagents._telemetry import setup_from_env
-
-log = structlog.get_logger("jetagents.service")
-
-
-def load_agents(paths: list[str]) -> Registry:
-    """Import ``module:attr`` paths; each attr is an agent class or a list of them."""
-    registry = Registry()
-    for path in paths:
-        module_name, _, attr = path.partition(":")
-        module = importlib.import_module(module_name)
-        obj: Any = getattr(module, attr) if attr else module.EXAMPLE_AGENTS
-        classes = obj if isinstance(obj, list | tuple) else [obj]
-        for cls in classes:
-            if not (isinstance(cls, type) and issubclass(cls, Agent)):
-                raise TypeError(f"{path}: {cls!r} is not an Agent subclass")
-            registry.register(cls)
-    return registry
-
-
-async def serve(
-    settings: HostSettings,
-    registry: Registry,
-    *,
-    stop: asyncio.Event | None = None,
-    monitor: HealthMonitor | None = None,
-    install_signals: bool = True,
-) -> None:
-    """Run one host until ``stop`` is set (SIGTERM/SIGINT set it), then drain.
-
-    The health server starts first, so ``/livez`` answers while NATS is still unreachable
-    and ``/readyz`` says why the host is not ready; the drain marks the host not ready
-    before it lets go of anything.
-    """
-    loop = asyncio.get_running_loop()
-    stop = stop if stop is not None else asyncio.Event()
-    monitor = monitor if monitor is not None else HealthMonitor(settings.host_id)
-    hard = asyncio.Event()
-
-    def on_signal() -> None:
-        if stop.is_set():
-            hard.set()
-        stop.set()
-
-    if install_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
-
-    health: HealthServer | None = None
-    if settings.health_port is not None:
-        health = await HealthServer(monitor, settings.health_bind, settings.health_port).start()
-    try:
-        host = await _start_host(settings, registry, stop, monitor)
-        if host is None:
-            return
-        service: Any = None
-        try:
-            service = await register_service(
-                host.nc, monitor, subject_root=settings.subject_root, version=jetagents.__version__
-            )
-        except Exception as exc:  # noqa: BLE001 - discovery is an aid, not a reason to refuse work
-            log.warning("service_registration_failed", error=str(exc))
-        monitor.serving = True
-        await monitor.readiness()  # log the transition to ready
-        await stop.wait()
-        monitor.serving = False
-        log.info("drain_started", host=settings.host_id, grace_s=settings.drain_grace_s)
-        await monitor.readiness()  # log the transition to not ready
-        if service is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2.0):
-                    await service.stop()
-        # The host bounds its wait for commands in hand by drain_grace_s; the final
-        # snapshots and the leave take up to about one more round trip. Past that the
-        # stop is forced: whatever is unacknowledged is redelivered to the next owner.
-        bound_s = settings.drain_grace_s + settings.op_timeout_s + 2.0
-        drain = asyncio.create_task(host.stop(drain=True))
-        hard_wait = asyncio.create_task(hard.wait())
-        await asyncio.wait({drain, hard_wait}, timeout=bound_s, return_when=asyncio.FIRST_COMPLETED)
-        hard_wait.cancel()
-        if drain.done():
-            log.info("drain_finished", host=settings.host_id)
-        else:
-            drain.cancel()
-            await asyncio.gather(drain, return_exceptions=True)
-            reason = "second signal" if hard.is_set() else f"over {bound_s:.0f}s"
-            log.warning("drain_interrupted", host=settings.host_id, reason=reason)
-    finally:
-        if health is not None:
-            await health.stop()
-
-
-async def _start_host(
-    settings: HostSettings, registry: Registry, stop: asyncio.Event, monitor: HealthMonitor
-) -> Host | None:
-    """Start a host, retrying while NATS is unreachable (compose, restarts); None if stopped first."""
-    delay = 0.2
-    while True:
-        host = Host(settings, registry)
-        monitor.host = host
-        try:
-            await host.start()
-            return host
-        except Unavailable as exc:
-            log.warning("nats_unavailable", error=exc.message, retry_in_s=delay)
-            with contextlib.suppress(Exception):
-                await host.stop(drain=False)  # a half-started host may hold a reconnecting connection
-        if stop.is_set():
-            return None
-        try:
-            async with asyncio.timeout(delay):
-                await stop.wait()
-            return None
-        except TimeoutError:
-            delay = min(delay * 2, 5.0)
-
-
-def run(settings: HostSettings) -> None:
-    configure_logging(settings.log_format, settings.log_level)
-    registry = load_agents(settings.agents)
-    # OpenTelemetry SDK + OTLP exporters when the OTEL_* variables ask for export
-    otel = setup_from_env("jetagents-host", instance_id=settings.host_id)
-    if otel is not None:
-        otel.install()
-        log.info("telemetry_export", traces=otel.tracer_provider is not None, metrics=otel.meter_provider is not None)
-    try:
-        if settings.loop == "uvloop":
-            import uvloop
-
-            uvloop.run(serve(settings, registry))
-        else:
-            asyncio.run(serve(settings, registry))
-    finally:
-        # flush what is buffered; bounded, so an unreachable collector cannot hold up the exit
-        if otel is not None and not otel.shutdown(timeout_s=5.0):
-            log.warning("telemetry_flush_incomplete", timeout_s=5.0)
+__all__ = ["load_agents", "main", "run", "serve"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,9 +35,8 @@ from ._settings import ClientSettings, HostSettings
 from ._state import PartitionStrategy, Read, Session, SharedState, StateOptions, WriteResult
 from ._state_layers import Cached, Local, Shared, state_layers
 from ._vclock import CustomResolver, KeepSiblings, LastWriterWins, SemanticMerge, VectorClock, Versioned
+from ._version import __version__
 from ._wire import Delivery, Priority, Subjects
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ActionTimeout",

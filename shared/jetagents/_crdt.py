@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._vclock import canonical
+from ._canonical import canonical
 
 
 def _ekey(value: Any) -> str:

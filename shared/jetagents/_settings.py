@@ -45,8 +45,9 @@ class ClientSettings(CommonSettings):
 class HostSettings(CommonSettings):
     host_id: str = Field(default_factory=_default_host_id, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     agents: list[str] = Field(
-        default_factory=lambda: ["jetagents.examples:EXAMPLE_AGENTS"],
-        description="import paths 'module:attr' of agent classes or lists of them",
+        default_factory=list,
+        description="import paths 'module:attr' of agent classes or lists of them; none by default (a host "
+        "started with none refuses to start); 'jetagents.examples:EXAMPLE_AGENTS' serves the examples",
     )
     replicas: int = Field(default=1, ge=1, le=5)
     duplicate_window_s: float = Field(default=120.0, gt=0)

@@ -127,8 +127,6 @@ class Telemetry:
         meter_provider: metrics.MeterProvider | None = None,
         scope_attributes: Mapping[str, str] | None = None,
     ) -> None:
-        self._tp = tracer_provider
-        self._mp = meter_provider
         self._tracing_fixed = sdk_tracer_provider(tracer_provider) if tracer_provider is not None else None
         self._metering_fixed = sdk_meter_provider(meter_provider) if meter_provider is not None else None
         attrs = dict(scope_attributes or {})
@@ -456,7 +454,7 @@ def setup_from_env(default_service_name: str = "jetagents-host", instance_id: st
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-    from . import __version__
+    from ._version import __version__
 
     detected = OTELResourceDetector().detect().attributes  # OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME
     attrs: dict[str, Any] = {"service.version": __version__}

@@ -52,9 +52,3 @@ def carry(incoming: dict[str, str] | None, outgoing: dict[str, str]) -> None:
             ts = incoming.get(TRACESTATE)
             if ts:
                 outgoing[TRACESTATE] = ts
-
-
-def trace_id_of(traceparent: str | None) -> str | None:
-    if not valid_traceparent(traceparent):
-        return None
-    return traceparent.split("-")[1]  # type: ignore[union-attr]

@@ -19,13 +19,10 @@ import enum
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, cast
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-
-def canonical(value: Any) -> bytes:
-    """Deterministic JSON of a value: the tie-breaker and the identity of set elements."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+from ._canonical import canonical as canonical  # re-exported: _state reads it from here
+from ._crdt import decode_crdt
 
 
 class Order(enum.Enum):
@@ -151,8 +148,6 @@ class SemanticMerge:
     name = "semantic"
 
     def resolve(self, versions: list[Versioned]) -> list[Versioned]:
-        from ._crdt import decode_crdt  # pure module; imported late only to keep this file standalone
-
         merged = decode_crdt(versions[0].value)
         for v in versions[1:]:
             merged = merged.merge(decode_crdt(v.value))

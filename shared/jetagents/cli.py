@@ -17,6 +17,7 @@ import typer
 
 from ._errors import JetAgentsError
 from ._ids import AgentId
+from ._service import EXAMPLES, NoAgentsConfigured, run
 from ._settings import ClientSettings, HostSettings
 from ._wire import Delivery
 
@@ -51,7 +52,10 @@ def up(
     server = NatsServer(data_dir=data_dir.resolve(), port=port, http_port=http_port, name="jetagents-local")
     typer.echo(f"starting nats-server on {server.url} (data in {server.data_dir})", err=True)
     server.start()
-    env = dict(os.environ, JETAGENTS_NATS_URL=server.url, JETAGENTS_PARTITIONS=str(partitions))
+    # the examples are opt-in for a host (ADR 0040); `up` is the place that opts in, unless told otherwise
+    agents = os.environ.get("JETAGENTS_AGENTS") or json.dumps([EXAMPLES])
+    env = dict(os.environ, JETAGENTS_NATS_URL=server.url, JETAGENTS_PARTITIONS=str(partitions), JETAGENTS_AGENTS=agents)
+    served = "counter, account" if agents == json.dumps([EXAMPLES]) else agents
     procs: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -72,7 +76,7 @@ def up(
                 )
             )
         typer.echo(
-            f"\njetagents is up: {hosts} host(s), agent types: counter, account\n"
+            f"\njetagents is up: {hosts} host(s), agent types: {served}\n"
             f"  try:  jetagents call counter/c1 increment '{{\"by\": 2}}' --nats-url {server.url}\n"
             f'  or any NATS client: nats req agt.call.counter.c1 \'{{"action":"get"}}\' -s {server.url}\n'
             "  Ctrl-C to stop\n",
@@ -105,7 +109,10 @@ def host(
     nats_url: Annotated[str | None, typer.Option(help="NATS URL(s), comma separated [env JETAGENTS_NATS_URL]")] = None,
     host_id: Annotated[str | None, typer.Option(help="unique host id [env JETAGENTS_HOST_ID]")] = None,
     agents: Annotated[
-        list[str] | None, typer.Option(help="module:attr of agent classes [env JETAGENTS_AGENTS]")
+        list[str] | None,
+        typer.Option(
+            help=f"module:attr of agent classes, required; {EXAMPLES} for the examples [env JETAGENTS_AGENTS]"
+        ),
     ] = None,
     loop: Annotated[str | None, typer.Option(help="asyncio or uvloop [env JETAGENTS_LOOP]")] = None,
 ) -> None:
@@ -120,9 +127,11 @@ def host(
     if loop:
         overrides["loop"] = loop
     settings = HostSettings(**overrides)
-    from agent_host.main import run
-
-    run(settings)
+    try:
+        run(settings)
+    except NoAgentsConfigured as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

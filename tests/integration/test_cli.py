@@ -64,6 +64,20 @@ def test_call_without_nats_is_a_clear_error() -> None:
     assert "unavailable" in r.stderr
 
 
+def test_a_host_with_no_agents_refuses_to_start() -> None:
+    """An unconfigured host serves no example agents (ADR 0040): with no JETAGENTS_AGENTS it
+    says so and exits 2 before it connects anywhere, rather than pull commands it can only refuse."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JETAGENTS_")}
+    env["JETAGENTS_NATS_URL"] = f"nats://127.0.0.1:{free_port()}"  # nothing there: it must not get that far
+    env["JETAGENTS_LOG_FORMAT"] = "json"
+    for argv in ([*CLI, "host"], [sys.executable, "-m", "agent_host"]):
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 2, (argv, r.stdout, r.stderr)
+        assert "no agent types configured" in r.stderr and "JETAGENTS_AGENTS" in r.stderr, r.stderr
+        assert '"no_agents_configured"' in r.stdout + r.stderr
+        assert "nats_unavailable" not in r.stdout + r.stderr
+
+
 def _children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
     return [int(x) for x in out.stdout.split()]

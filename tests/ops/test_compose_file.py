@@ -73,12 +73,15 @@ def test_hosts_start_after_healthy_nats_and_use_every_node_with_r3(compose: dict
     for name in HOSTS:
         svc = services[name]
         assert svc["image"].startswith("${JETAGENTS_IMAGE:-")
-        assert svc["build"]["context"] == "."
+        assert svc["build"]["context"] == "."  # the repository root; the Dockerfile lives with the service
+        assert svc["build"]["dockerfile"] == "services/agent_host/Dockerfile"
+        assert (REPO / svc["build"]["dockerfile"]).is_file() and not (REPO / "Dockerfile").exists()
         assert svc["depends_on"] == {n: {"condition": "service_healthy"} for n in NATS_NODES}
         env = _env(svc)
         assert env["JETAGENTS_REPLICAS"] == "3"
         assert all(f"@{n}:4222" in env["JETAGENTS_NATS_URL"] for n in NATS_NODES)
         assert env["JETAGENTS_HOST_ID"] == name
+        assert json.loads(env["JETAGENTS_AGENTS"]) == ["jetagents.examples:EXAMPLE_AGENTS"]  # opt-in (ADR 0040)
         assert env.get("JETAGENTS_MEMBERSHIP", "ring") == "ring"  # hosts share partitions, none is pinned
         assert "agent_host.probe" in svc["healthcheck"]["test"]
         grace = float(svc["stop_grace_period"].rstrip("s"))
@@ -105,7 +108,7 @@ def test_observability_and_demo_services_are_wired(compose: dict[str, Any]) -> N
 
 
 def test_dockerfile_is_multistage_non_root_with_healthcheck_and_exec_entrypoint() -> None:
-    text = (REPO / "Dockerfile").read_text()
+    text = (REPO / "services" / "agent_host" / "Dockerfile").read_text()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.\d+-slim", text, re.M)
     froms = [ln for ln in lines if ln.startswith("FROM ")]
@@ -149,6 +152,7 @@ def test_kubernetes_manifests_parse_and_carry_the_essentials() -> None:
     rolling = sts["spec"]["strategy"]["rollingUpdate"]
     assert rolling["maxUnavailable"] == 0 and rolling["maxSurge"] >= 1  # a new host joins before an old one drains
     assert config["JETAGENTS_REPLICAS"] == "3"
+    assert json.loads(config["JETAGENTS_AGENTS"]), "a host serves no agent type unless told (ADR 0040)"
     port = {p["name"]: p["containerPort"] for p in container["ports"]}["health"]
     assert str(port) == config["JETAGENTS_HEALTH_PORT"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"

@@ -21,7 +21,7 @@ def test_a_host_binds_its_health_server_to_loopback_by_default(monkeypatch: Any)
 
 
 def test_the_image_and_kubernetes_listen_on_every_interface() -> None:
-    dockerfile = (REPO / "Dockerfile").read_text()
+    dockerfile = (REPO / "services" / "agent_host" / "Dockerfile").read_text()
     assert "JETAGENTS_HEALTH_BIND=0.0.0.0" in dockerfile
     (config,) = [
         d

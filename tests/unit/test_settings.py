@@ -23,7 +23,7 @@ def test_host_defaults() -> None:
     assert s.nats_url == "nats://127.0.0.1:4222"
     assert s.partitions == 64
     assert s.subject_root == "agt"
-    assert s.agents == ["jetagents.examples:EXAMPLE_AGENTS"]
+    assert s.agents == []  # the examples are opt-in (ADR 0040)
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", s.host_id)
     assert s.loop == "asyncio"
 
