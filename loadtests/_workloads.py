@@ -67,6 +67,7 @@ class HostProc:
         full.update(
             {
                 "JETAGENTS_NATS_URL": url,
+                "JETAGENTS_AGENTS": '["jetagents.examples:EXAMPLE_AGENTS"]',  # a host serves none unless told
                 "JETAGENTS_HOST_ID": name,
                 "JETAGENTS_LOG_LEVEL": "WARNING",
                 "JETAGENTS_DRAIN_GRACE_S": "3",

@@ -100,6 +100,7 @@ def main() -> None:
         env = dict(
             os.environ,
             JETAGENTS_NATS_URL=server.url,
+            JETAGENTS_AGENTS='["jetagents.examples:EXAMPLE_AGENTS"]',
             JETAGENTS_HOST_ID="bench-host",
             JETAGENTS_LOG_LEVEL="WARNING",
             JETAGENTS_LOOP=args.loop,

@@ -380,6 +380,7 @@ class Processes:
         env.update(
             {
                 "JETAGENTS_NATS_URL": url,
+                "JETAGENTS_AGENTS": '["jetagents.examples:EXAMPLE_AGENTS"]',
                 "JETAGENTS_HOST_ID": "bench-host",
                 "JETAGENTS_LOG_LEVEL": "WARNING",
                 "JETAGENTS_LOOP": args.loop,
