@@ -67,6 +67,8 @@ class Tally:
     reply_codes: Counter[str] = field(default_factory=Counter)
     server_closed: Counter[str] = field(default_factory=Counter)
     raw_reconnects: int = 0
+    conn_of: dict[int, int] = field(default_factory=dict)  # n -> generation of the raw connection it went on
+    lost_conns: set[int] = field(default_factory=set)  # generations the server closed under us
     bad_calls: int = 0
     raw_errors: list[str] = field(default_factory=list)
     msgs: dict[int, FuzzMsg] = field(default_factory=dict)  # durable fuzz messages awaiting their PubAck
@@ -232,10 +234,13 @@ class Sender:
         self.url = url
         self.tally = tally
         self.raw: RawNats | None = None
+        self.gen = 0  # the raw connection's generation: replies due on a lost one never arrive
 
     async def open(self) -> RawNats:
         if self.raw is None or self.raw.closed:
             if self.raw is not None:
+                self.tally.lost_conns.add(self.gen)
+                self.gen += 1
                 self.tally.raw_reconnects += 1
                 self.tally.raw_errors.append(self.raw.last_err)
                 await self.raw.close()
@@ -266,6 +271,7 @@ class Sender:
                 continue
             if m.answerable:
                 self.tally.answerable[m.n] = key
+                self.tally.conn_of[m.n] = self.gen
             if m.channel == "cmd":
                 self.tally.msgs[m.n] = m
             elif m.expect_bad:
@@ -559,8 +565,13 @@ async def fuzz(
     for n in tally.msgs:  # no PubAck: the subject matched no stream, no host saw it
         tally.answerable.pop(n, None)
     unanswered_samples: list[str] = []
+    lost_with_conn: Counter[str] = Counter()
     for n, key in tally.answerable.items():
-        if n not in tally.answered_n:
+        if n not in tally.answered_n and tally.conn_of.get(n) in tally.lost_conns:
+            # its reply was due on the fuzzer's own raw connection, which the server closed
+            # (a slow consumer of the replies, or a message the server refuses): unknowable
+            lost_with_conn[key] += 1
+        elif n not in tally.answered_n:
             unanswered[key] += 1
             if len(unanswered_samples) < 20:
                 unanswered_samples.append(f"{key} #{n}")
@@ -617,6 +628,7 @@ async def fuzz(
             "answered": len(tally.answered_n),
             "unanswered_by_kind": dict(sorted(unanswered.items())),
             "unanswered_samples": unanswered_samples,
+            "unknowable_connection_lost": sum(lost_with_conn.values()),
             "codes": dict(tally.reply_codes.most_common()),
         },
         "redelivery": {
@@ -702,7 +714,8 @@ def summary(r: dict[str, Any]) -> str:
         f"missing {sum(d['missing_by_kind'].values())}, twice {d['twice']}",
         f"redelivery: drained={red['drained']}, deliveries in quiet {red['deliveries_during_quiet']}, "
         f"left {red['left_in_stream']}",
-        f"replies: {r['replies']['answered']:,}/{r['replies']['answerable']:,} answered",
+        f"replies: {r['replies']['answered']:,}/{r['replies']['answerable']:,} answered"
+        f" ({r['replies']['unknowable_connection_lost']:,} due on a raw connection the server closed)",
         f"stalls: {r['stalls']['count']} ({r['stalls']['total_s']} s), suspects {r['stalls']['suspect_kinds']}",
         f"good: {g['increments']:,} exactly-once increments, {len(g['inexact'])} counters inexact; "
         f"calls p50 {g['call_ms_p50']} ms p99 {g['call_ms_p99']} ms",

@@ -576,7 +576,12 @@ class Host:
         self._spawn(self._housekeeping())
         if s.stranded_sweep_s > 0:
             self._sweeper = StrandedSweeper(
-                self.nc, self.topology.cmd_stream, self._reject_stranded, timeout_s=s.op_timeout_s
+                self.nc,
+                self.topology.cmd_stream,
+                self._reject_stranded,
+                now_ms=self.clock.wall_ms,
+                grace_s=s.stranded_grace_s,
+                timeout_s=s.op_timeout_s,
             )
             self._spawn(self._sweep_stranded())
         self._started = True
@@ -1586,7 +1591,9 @@ class Host:
         # deadline when that comes first (ADR 0036)
         limit_s: float = action.timeout_s or act.spec.action_timeout_s or s.action_timeout_s
         by_deadline = False
-        if deadline and deadline.isdigit():
+        # unix ms has 13 digits; a longer value is no deadline anyone can mean (and past 308
+        # digits its division overflows a float: the fuzzer's huge Agt-Deadline)
+        if deadline and len(deadline) <= 16 and deadline.isascii() and deadline.isdigit():
             left_s = (int(deadline) - self.clock.wall_ms()) / 1000
             if left_s < 0:
                 await self._finish_err(

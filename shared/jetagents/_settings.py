@@ -104,6 +104,9 @@ class HostSettings(CommonSettings):
         description="how often the leader looks for commands the stream stores but never delivers "
         "(a subject with 0x7f or a wildcard token; ADR 0039); 0: never",
     )
+    stranded_grace_s: float = Field(
+        default=30.0, ge=0, description="the sweep leaves commands younger than this to the partition consumers"
+    )
     max_active_agents: int = Field(default=100_000, ge=1)
     snapshot_every: int = Field(default=100, ge=1)
     dedup_records_per_agent: int = Field(default=256, ge=1)

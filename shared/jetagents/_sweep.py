@@ -17,6 +17,8 @@ host sweeps at a time (the cluster's leader, or a host on its own).
 from __future__ import annotations
 
 import base64
+import datetime
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,6 +40,19 @@ def stranded(subject: str) -> bool:
     return any(token in ("*", ">") for token in subject.split("."))
 
 
+_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
+
+
+def stored_ms(stamp: str) -> int | None:
+    """The server's RFC 3339 time of a stored message (nanoseconds) as unix ms."""
+    m = _TIME.match(stamp)
+    if m is None:
+        return None
+    whole, frac, zone = m.groups()
+    at = datetime.datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
+    return int(at.timestamp()) * 1000 + int((frac or "0")[:3].ljust(3, "0"))
+
+
 def _headers(raw: bytes) -> dict[str, str] | None:
     if not raw:
         return None
@@ -54,12 +69,19 @@ class StrandedSweeper:
         stream: str,
         reject: Callable[[Msg, int], Awaitable[bool]],
         *,
+        now_ms: Callable[[], int],
+        grace_s: float = 30.0,
         per_round: int = 500,
         timeout_s: float = 5.0,
     ) -> None:
         self._nc = nc
         self._stream = stream
         self._reject = reject  # (message, stream sequence) -> handled (then deleted)
+        # The subject index is not the only way to a message: a consumer scans a block
+        # linearly now and then, and may deliver one of these after all. A command that
+        # old is long past that (acknowledged or terminated, so gone from the work queue).
+        self._now_ms = now_ms
+        self._grace_ms = int(grace_s * 1000)
         self._per_round = per_round
         self._timeout_s = timeout_s
         self._next_seq = 0  # where the next round goes on; 0: from the stream's first message
@@ -87,6 +109,9 @@ class StrandedSweeper:
                 raise
             found: dict[str, Any] = resp["message"]
             seq = int(found["seq"])
+            at = stored_ms(str(found.get("time", "")))
+            if at is not None and self._now_ms() - at < self._grace_ms:
+                break  # this one and all after it are too recent: look again next round
             subject = str(found["subject"])
             if stranded(subject) and await self._handle(found, seq, subject):
                 removed += 1

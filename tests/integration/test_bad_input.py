@@ -308,6 +308,17 @@ async def test_a_huge_integer_is_refused_on_both_paths(host: Host, client: Clien
     assert await client.agent("counter", "huge").request("get") == 0
 
 
+async def test_an_absurd_deadline_is_no_deadline(host: Host, client: Client) -> None:
+    # the fuzzer's finding: a 400-digit Agt-Deadline overflowed a float in the host (every
+    # delivery failed until "redelivered too often")
+    for deadline in ("9" * 400, "1" * 17):
+        reply = await client.nc.request(
+            "agt.call.counter.late", b'{"action": "get"}', timeout=5, headers={"Agt-Deadline": deadline}
+        )
+        assert orjson.loads(reply.data) == {"ok": True, "result": 0}
+    assert host.stats["retries"] == 0
+
+
 class When(BaseModel):
     at: datetime.datetime
     tag: Literal["a", "b"]

@@ -214,7 +214,7 @@ async def test_commands_no_consumer_delivers_are_swept_answered_and_dead_lettere
 ) -> None:
     # nats-server stores these (PubAck) but its subject index skips 0x7f and the partition
     # filter does not match a literal wildcard token: only the sweep ever sees them
-    h = Host(host_settings(nats_server.url, stranded_sweep_s=0.3), Registry(EXAMPLE_AGENTS))
+    h = Host(host_settings(nats_server.url, stranded_sweep_s=0.3, stranded_grace_s=1.0), Registry(EXAMPLE_AGENTS))
     await h.start()
     raw = await RawConn.open(nats_server)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jetagents._sweep import stranded
+from jetagents._sweep import stored_ms, stranded
 
 
 @pytest.mark.parametrize(
@@ -21,3 +21,10 @@ def test_stranded(subject: str) -> None:
 )
 def test_delivered(subject: str) -> None:
     assert not stranded(subject)
+
+
+def test_stored_ms_reads_the_servers_time() -> None:
+    assert stored_ms("2026-11-30T03:00:14.123456789Z") == 1_796_007_614_123
+    assert stored_ms("2026-11-30T03:00:14Z") == 1_796_007_614_000
+    assert stored_ms("2026-11-30T04:00:14.5+01:00") == 1_796_007_614_500
+    assert stored_ms("yesterday") is None
