@@ -361,7 +361,14 @@ class Gen:
         odd = r.choice([b"\r", b"a\rb", b"\x0b", b"\x0c", b"a\x0bb"])
         body = good_body()
         if r.randrange(2):
-            return self._msg(n, "ws_control", ch, self.subject(ch, b"counter", odd), body, True)
+            m = self._msg(n, "ws_control", ch, self.subject(ch, b"counter", odd), body, True)
+            if ch == "call" and odd.endswith(b"\r"):
+                # nats-server itself loses this one when a read of its PUB line ends right
+                # after the CR and the space (reproduced with a split write; 4 of 800 in a
+                # full run, no trace of them on the host):
+                # no host can promise a reply (a durable one fails at the stream, no PubAck)
+                m = replace(m, answerable=False)
+            return m
         if ch == "call":
             return self._msg(n, "ws_control", ch, self.subject(ch), body, False, reply_to=b"_INBOX." + odd)
         hdrs = [(b"Agt-Reply-To", b"_INBOX." + odd)]
