@@ -625,7 +625,7 @@ async def fuzz(
         },
         "replies": {
             "answerable": len(tally.answerable),
-            "answered": len(tally.answered_n),
+            "answered": len(tally.answered_n.intersection(tally.answerable)),
             "unanswered_by_kind": dict(sorted(unanswered.items())),
             "unanswered_samples": unanswered_samples,
             "unknowable_connection_lost": sum(lost_with_conn.values()),
