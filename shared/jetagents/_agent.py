@@ -73,6 +73,8 @@ class ActionSpec:
         """The parameters received over the wire, validated as JSON: strictly by default
         (``"3"`` is no ``int``, ``true`` no ``int``; an ISO string is still a ``datetime``,
         a JSON array a ``tuple``), leniently for ``@action(strict=False)``."""
+        if not params and not self.param_names:
+            return {}  # an action without parameters, called without any (get, ...)
         try:
             # also what the commit will hold: a number orjson cannot write (an integer past
             # 64 bits) is refused here, not after the action ran

@@ -114,11 +114,11 @@ def text(raw: bytes) -> str:
         return raw.decode("utf-8", "replace")
 
 
-# The server ends a control line at CRLF and splits its arguments on space and tab only,
-# so a subject may hold any other byte, a lone CR or LF included; nats-py's ``\s`` also
-# splits on \x0b and \x0c (then finds no match and drops the connection as an "unknown
-# protocol").
-_ARG = rb"((?:[^ \t\r\n]|\r(?!\n)|(?<!\r)\n)+)"
+# The server ends a control line at its LF and splits its arguments on space and tab only,
+# so a subject may hold any other byte, a lone CR included; nats-py's ``\s`` also splits
+# on \x0b and \x0c (then finds no match and drops the connection as an "unknown
+# protocol"). Written as an unrolled loop: the common case (no CR) is one character class.
+_ARG = rb"([^ \t\r\n]+(?:\r(?!\n)[^ \t\r\n]*)*|(?:\r(?!\n)[^ \t\r\n]*)+)"
 _SP = rb"[ \t]+"
 _MSG_RE = re.compile(rb"\AMSG" + _SP + _ARG + _SP + _ARG + _SP + rb"(?:" + _ARG + _SP + rb")?(\d+)[ \t]*\r\n")
 _HMSG_RE = re.compile(
