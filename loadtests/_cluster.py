@@ -1,8 +1,8 @@
 """Workloads 5 (scaling over 1, 2, 3 hosts) and 6 (failover after kill -9 of a host), on a
-3-node JetStream cluster on loopback (``jetagents._server.NatsCluster``), streams and
+3-node JetStream cluster on loopback (``jetagents.testing.server.NatsCluster``), streams and
 buckets R3.
 
-Partitions are owned through the cluster ring (``jetagents._cluster``): every host is
+Partitions are owned through the cluster ring (``jetagents._host.coordination``): every host is
 started with its own ``JETAGENTS_HOST_ID`` and no index/count; the hosts heartbeat a
 member key with a TTL in the KV bucket ``agt_cluster``, a leader (lease in the same bucket)
 writes the ring, and hosts claim the partitions the ring gives them. ``Ring`` below starts
@@ -36,11 +36,11 @@ from typing import Any
 import orjson
 
 from jetagents import Client, ClientSettings, JetAgentsError
-from jetagents._cluster import JetStreamStore, cluster_status
-from jetagents._ids import partition_of
-from jetagents._ring import compute_ring
-from jetagents._server import NatsCluster
+from jetagents._core.ids import partition_of
+from jetagents._core.ring import compute_ring
+from jetagents._host.coordination import JetStreamStore, cluster_status
 from jetagents._settings import HostSettings
+from jetagents.testing.server import NatsCluster
 
 from _workloads import HostProc, log, min_max, wait_ready  # isort: skip
 from bench_delivery import jetagents_sender, median, run_cell  # isort: skip

@@ -27,8 +27,8 @@ from typing import Any
 import orjson
 
 from jetagents import Client
-from jetagents._ids import partition_of
-from jetagents._server import child_preexec
+from jetagents._core.ids import partition_of
+from jetagents.testing.server import child_preexec
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

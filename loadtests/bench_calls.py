@@ -37,7 +37,7 @@ from typing import Any
 import nats
 
 from jetagents import Client, ClientSettings, NatsServer
-from jetagents._server import child_preexec
+from jetagents.testing.server import child_preexec
 
 HERE = Path(__file__).resolve().parent
 BODY = b'{"action":"get","params":{}}'

@@ -55,8 +55,8 @@ import orjson
 from nats.nuid import NUID
 
 from jetagents import Client, ClientSettings, NatsServer, __version__
-from jetagents._ids import partition_of
-from jetagents._server import child_preexec, find_nats_server
+from jetagents._core.ids import partition_of
+from jetagents.testing.server import child_preexec, find_nats_server
 
 HERE = Path(__file__).resolve().parent
 MODES = ("at-most-once", "at-least-once", "exactly-once")

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from jetagents import SharedState, StateOptions
-from jetagents._errors import Unavailable
-from jetagents._nats import connect
-from jetagents._server import NatsCluster, NatsServer
+from jetagents._core.errors import Unavailable
+from jetagents._nats.api import connect
+from jetagents.testing.server import NatsCluster, NatsServer
 
 LEVELS = ("strong", "eventual", "session", "crdt-incr", "crdt-orset")
 # read-only levels, on request (--levels): a plain leader read vs a linearizable read (leader

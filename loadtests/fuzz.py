@@ -37,7 +37,7 @@ import orjson
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from jetagents import Client, ClientSettings, NatsServer
-from jetagents._nats import js_api
+from jetagents._nats.api import js_api
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

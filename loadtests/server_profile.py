@@ -27,7 +27,7 @@ from typing import Any
 
 import bench_delivery as bd
 from jetagents import Client, ClientSettings, NatsServer
-from jetagents._server import free_port
+from jetagents.testing.server import free_port
 
 
 def _varint(b: bytes, i: int) -> tuple[int, int]:

@@ -16,9 +16,9 @@ import pytest
 import structlog
 
 from jetagents import Client, ClientSettings, Host, HostSettings, NatsServer, Registry
-from jetagents._logging import configure_logging
-from jetagents._server import NatsCluster
+from jetagents._obs.logging import configure_logging
 from jetagents.examples import EXAMPLE_AGENTS
+from jetagents.testing.server import NatsCluster
 
 configure_logging("console", os.environ.get("JETAGENTS_TEST_LOG_LEVEL", "WARNING"))
 REPO = Path(__file__).resolve().parents[1]

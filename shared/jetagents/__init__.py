@@ -6,11 +6,11 @@
 ...     await client.proxy(Counter, "c1").increment(by=2)
 """
 
-from ._agent import Agent, AgentContext, AgentSpec, Event, Registry, action, applies
-from ._client import AgentRef, Client, Reply
-from ._clock import Clock, ManualClock, SystemClock
-from ._crdt import GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter
-from ._errors import (
+from ._client.client import AgentRef, Client, Reply
+from ._core.agent import Agent, AgentContext, AgentSpec, Event, Registry, action, applies
+from ._core.clock import Clock, ManualClock, SystemClock
+from ._core.crdt import GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter
+from ._core.errors import (
     ActionTimeout,
     AgentTimeout,
     DeadlineExceeded,
@@ -27,16 +27,16 @@ from ._errors import (
     UnknownAgent,
     UnknownAgentType,
 )
-from ._host import Host
-from ._ids import AgentId, partition_of
-from ._resilience import CircuitBreaker, RetryPolicy
-from ._server import NatsServer
+from ._core.ids import AgentId, partition_of
+from ._core.retry import CircuitBreaker, RetryPolicy
+from ._core.vclock import CustomResolver, KeepSiblings, LastWriterWins, SemanticMerge, VectorClock, Versioned
+from ._core.wire import Delivery, Priority, Subjects
+from ._host.host import Host
 from ._settings import ClientSettings, HostSettings
-from ._state import PartitionStrategy, Read, Session, SharedState, StateOptions, WriteResult
-from ._state_layers import Cached, Local, Shared, state_layers
-from ._vclock import CustomResolver, KeepSiblings, LastWriterWins, SemanticMerge, VectorClock, Versioned
+from ._state.layers import Cached, Local, Shared, state_layers
+from ._state.shared import PartitionStrategy, Read, Session, SharedState, StateOptions, WriteResult
 from ._version import __version__
-from ._wire import Delivery, Priority, Subjects
+from .testing.server import NatsServer
 
 __all__ = [
     "ActionTimeout",

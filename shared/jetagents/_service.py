@@ -23,13 +23,13 @@ from typing import Any
 
 import structlog
 
-from ._agent import Agent, Registry
-from ._errors import Unavailable
-from ._health import HealthMonitor, HealthServer, register_service
-from ._host import Host
-from ._logging import configure_logging
+from ._core.agent import Agent, Registry
+from ._core.errors import Unavailable
+from ._host.host import Host
+from ._obs.health import HealthMonitor, HealthServer, register_service
+from ._obs.logging import configure_logging
+from ._obs.telemetry import setup_from_env
 from ._settings import HostSettings
-from ._telemetry import setup_from_env
 from ._version import __version__
 
 log = structlog.get_logger("jetagents.service")

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ._ids import validate_reply_prefix
+from ._core.ids import validate_reply_prefix
 
 
 def _default_host_id() -> str:

@@ -15,11 +15,11 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from ._errors import JetAgentsError
-from ._ids import AgentId
+from ._core.errors import JetAgentsError
+from ._core.ids import AgentId
+from ._core.wire import Delivery
 from ._service import EXAMPLES, NoAgentsConfigured, run
 from ._settings import ClientSettings, HostSettings
-from ._wire import Delivery
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distributed, stateful agents on NATS JetStream.")
 
@@ -47,7 +47,7 @@ def up(
     With a health port, host 1 serves /livez and /readyz on it, host 2 on the next port,
     and so on (on 127.0.0.1 unless JETAGENTS_HEALTH_BIND says otherwise).
     """
-    from ._server import NatsServer, child_preexec
+    from .testing.server import NatsServer, child_preexec
 
     server = NatsServer(data_dir=data_dir.resolve(), port=port, http_port=http_port, name="jetagents-local")
     typer.echo(f"starting nats-server on {server.url} (data in {server.data_dir})", err=True)
@@ -155,7 +155,7 @@ def call(
         raise typer.Exit(2) from None
 
     async def go() -> Any:
-        from ._client import Client
+        from ._client.client import Client
 
         settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
         client = await Client.connect(settings=settings, name="jetagents-cli")
@@ -183,8 +183,8 @@ def dlq(
     """Print the newest dead letters (one JSON object per line)."""
 
     async def go() -> list[bytes]:
-        from ._nats import Topology, connect, js_api
-        from ._wire import Subjects
+        from ._core.wire import Subjects
+        from ._nats.api import Topology, connect, js_api
 
         settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
         nc = await connect(settings.nats_url, name="jetagents-cli", inbox_prefix=settings.inbox_prefix)
@@ -222,7 +222,7 @@ def migrate(
     nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
 ) -> None:
     """Move one agent to another host; its commands follow it, none is lost."""
-    from ._client import Client
+    from ._client.client import Client
 
     agent_type, _, agent_id = agent.partition("/")
 
@@ -246,9 +246,9 @@ def status(
     """Cluster status: hosts, leader, ring epoch, partitions and active agents per host."""
 
     async def go() -> dict[str, Any]:
-        from ._cluster import JetStreamStore, cluster_status
-        from ._nats import Topology, connect
-        from ._wire import Subjects
+        from ._core.wire import Subjects
+        from ._host.coordination import JetStreamStore, cluster_status
+        from ._nats.api import Topology, connect
 
         settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
         nc = await connect(settings.nats_url, name="jetagents-cli", inbox_prefix=settings.inbox_prefix)

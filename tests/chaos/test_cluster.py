@@ -21,8 +21,8 @@ import orjson
 import pytest
 
 from jetagents import Client, ClientSettings, JetAgentsError
-from jetagents._cluster import JetStreamStore, cluster_status
-from jetagents._server import NatsCluster
+from jetagents._host.coordination import JetStreamStore, cluster_status
+from jetagents.testing.server import NatsCluster
 from tests.integration.helpers import read_all
 
 pytestmark = pytest.mark.chaos

@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 
 from jetagents import Client, ClientSettings, JetAgentsError
-from jetagents._cluster import JetStreamStore, cluster_status
-from jetagents._ids import partition_of
-from jetagents._nats import js_api
-from jetagents._server import NatsCluster, NatsServer
+from jetagents._core.ids import partition_of
+from jetagents._host.coordination import JetStreamStore, cluster_status
+from jetagents._nats.api import js_api
+from jetagents.testing.server import NatsCluster, NatsServer
 from tests.chaos.test_cluster import Workload, check
 
 pytestmark = pytest.mark.chaos

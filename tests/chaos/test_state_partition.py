@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from jetagents import ORSet, PartitionError, SharedState, StateOptions
-from jetagents._errors import JetAgentsError
-from jetagents._nats import JSApiError, connect
-from jetagents._server import NatsCluster
+from jetagents._core.errors import JetAgentsError
+from jetagents._nats.api import JSApiError, connect
+from jetagents.testing.server import NatsCluster
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
 

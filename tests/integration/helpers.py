@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from nats.aio.client import Client as NATS
 
-from jetagents._nats import js_api
+from jetagents._nats.api import js_api
 
 
 async def stream_state(nc: NATS, stream: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from jsonschema import Draft7Validator
 from nats.aio.client import Client as NATS
 
 from jetagents import Host, NatsServer, Registry
-from jetagents._contract import schemas
+from jetagents._core.contract import schemas
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import REPO, host_settings
 from tests.integration.helpers import eventually, read_all

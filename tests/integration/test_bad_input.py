@@ -32,8 +32,8 @@ from jetagents import (
     applies,
     partition_of,
 )
-from jetagents._client import _decode_reply
-from jetagents._nats import js_api
+from jetagents._client.client import _decode_reply
+from jetagents._nats.api import js_api
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import host_settings
 from tests.integration.helpers import commits, consumer_info, dead_letters, eventually, stream_state

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from jetagents import Client, ClientSettings, NatsServer
-from jetagents._server import free_port
+from jetagents.testing.server import free_port
 
 CLI = [sys.executable, "-m", "jetagents.cli"]
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from jetagents import Client, ClientSettings, Host, Registry
-from jetagents._nats import js_api
-from jetagents._server import NatsCluster
+from jetagents._nats.api import js_api
 from jetagents.examples import EXAMPLE_AGENTS
+from jetagents.testing.server import NatsCluster
 from tests.conftest import host_settings
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 
 from jetagents import Client, ClientSettings, Host, NatsServer, Registry
-from jetagents._cluster import JetStreamStore, cluster_status
-from jetagents._ids import partition_of
+from jetagents._core.ids import partition_of
+from jetagents._host.coordination import JetStreamStore, cluster_status
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import host_settings
 from tests.integration.helpers import commits, eventually

@@ -11,7 +11,7 @@ commands stayed unserved for good while calls to the same partition were answere
 from __future__ import annotations
 
 from jetagents import Client, ClientSettings, Host, NatsServer, Registry
-from jetagents._nats import js_api
+from jetagents._nats.api import js_api
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import host_settings
 

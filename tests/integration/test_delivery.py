@@ -155,7 +155,7 @@ async def test_deadline_passed_is_not_run(host: Host, client: Client) -> None:
     assert b"deadline_exceeded" in msg.data
     assert await ref.request("get") == 0
     with pytest.raises(DeadlineExceeded):
-        from jetagents._client import _decode_reply
+        from jetagents._client.client import _decode_reply
 
         _decode_reply(msg)
 

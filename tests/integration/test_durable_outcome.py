@@ -9,8 +9,8 @@ import signal
 import pytest
 
 from jetagents import AgentTimeout, Client, ClientSettings, Host, NatsServer, Registry
-from jetagents._server import NatsCluster
 from jetagents.examples import EXAMPLE_AGENTS
+from jetagents.testing.server import NatsCluster
 from tests.conftest import host_settings
 from tests.integration.helpers import commits
 

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from jetagents import NatsServer
-from jetagents._errors import Unavailable
-from jetagents._nats import Inbox, connect, js_publish
+from jetagents._core.errors import Unavailable
+from jetagents._nats.api import Inbox, connect, js_publish
 
 
 async def test_inbox_publishes_to_a_stream_and_maps_failures(nats_server: NatsServer) -> None:

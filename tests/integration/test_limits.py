@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from jetagents import Client, ClientSettings, NatsServer, PayloadTooLarge
-from jetagents._nats import connect
+from jetagents._nats.api import connect
 from tests.conftest import HostProcess, host_settings
 from tests.integration.helpers import dead_letters, eventually
 

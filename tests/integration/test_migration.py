@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from jetagents import Agent, Client, Event, Host, NatsServer, Registry, Unavailable, action, applies
-from jetagents._ids import partition_of
+from jetagents._core.ids import partition_of
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import host_settings
 from tests.integration.helpers import commits, eventually

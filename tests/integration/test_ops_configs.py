@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 from jetagents import Client, ClientSettings, Host, Registry
-from jetagents._server import NatsServer, find_nats_server, free_port
 from jetagents.examples import EXAMPLE_AGENTS
+from jetagents.testing.server import NatsServer, find_nats_server, free_port
 from tests.conftest import REPO, host_settings
 
 

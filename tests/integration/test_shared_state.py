@@ -29,10 +29,10 @@ from jetagents import (
     action,
     state_layers,
 )
-from jetagents._clock import ManualClock
-from jetagents._crdt import LWWMap, ORMap, decode_crdt
-from jetagents._nats import connect
-from jetagents._server import NatsCluster
+from jetagents._core.clock import ManualClock
+from jetagents._core.crdt import LWWMap, ORMap, decode_crdt
+from jetagents._nats.api import connect
+from jetagents.testing.server import NatsCluster
 from tests.conftest import REPO, host_settings
 
 pytestmark = pytest.mark.timeout(90)
@@ -542,7 +542,7 @@ async def test_close_stops_a_loop_that_swallowed_its_cancellation() -> None:
     cancellation when the reply arrives in the same loop iteration; the cache probe then kept
     looping and ``close()`` waited for it for ever (seen once in ~90 runs of the eventual test
     on a loaded machine). Here a loop swallows the first cancellation the same way."""
-    from jetagents._state import _stop_tasks
+    from jetagents._state.shared import _stop_tasks
 
     swallowed = 0
 

@@ -37,8 +37,8 @@ from jetagents import (
     action,
     applies,
 )
-from jetagents._health import HealthMonitor, HealthServer
-from jetagents._nats import connect as raw_connect
+from jetagents._nats.api import connect as raw_connect
+from jetagents._obs.health import HealthMonitor, HealthServer
 from jetagents.examples import Counter
 from tests.conftest import host_settings
 from tests.integration.helpers import commits, dead_letters, eventually

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import BaseModel
 
 from jetagents import Agent, Client, ClientSettings, InternalError, NatsServer, action
-from jetagents._server import free_port
+from jetagents.testing.server import free_port
 
 # the host process imports this module for Broken: no tests.conftest here (it configures logging)
 REPO = Path(__file__).resolve().parents[2]

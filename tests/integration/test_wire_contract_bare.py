@@ -369,7 +369,7 @@ async def test_stored_subject_is_partitioned_and_commit_format(nc: NATS) -> None
 
 # -- (e) documents agree with the code -----------------------------------------------------
 def test_documents_name_every_header() -> None:
-    from jetagents import _wire  # the only jetagents import in this module
+    from jetagents._core import wire as _wire  # the only jetagents import in this module
 
     contract = (DOCS / "wire-contract.md").read_text()
     spec = yaml.safe_load((DOCS / "asyncapi.yaml").read_text())

@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jetagents._server import NatsCluster, NatsServer, child_preexec, find_nats_server, free_port
+from jetagents.testing.server import NatsCluster, NatsServer, child_preexec, find_nats_server, free_port
 from tests.conftest import REPO
 
 OPS_NATS = REPO / "ops" / "nats"

@@ -17,9 +17,9 @@ from pydantic import BaseModel
 
 from agent_host.main import serve
 from jetagents import Agent, Client, ClientSettings, Event, NatsServer, Registry, action, applies
-from jetagents._health import HealthMonitor, host_checks
-from jetagents._server import free_port
+from jetagents._obs.health import HealthMonitor, host_checks
 from jetagents.examples import EXAMPLE_AGENTS
+from jetagents.testing.server import free_port
 from tests.conftest import host_settings
 
 
@@ -190,7 +190,7 @@ async def test_readiness_timeline_start_and_drain(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("line", [b"BROKEN\r\n\r\n", b"POST /readyz HTTP/1.1\r\n\r\n"])
 async def test_health_server_refuses_bad_requests(line: bytes) -> None:
-    from jetagents._health import HealthServer
+    from jetagents._obs.health import HealthServer
 
     server = await HealthServer(HealthMonitor("h"), "127.0.0.1", 0).start()
     try:

@@ -17,8 +17,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from jetagents import Client, ClientSettings, Host, Registry
-from jetagents._nats import Topology, ensure_topology, js_api
-from jetagents._wire import Subjects
+from jetagents._core.wire import Subjects
+from jetagents._nats.api import Topology, ensure_topology, js_api
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import REPO, host_settings
 from tests.ops.nats_configs import CLIENT_INBOX, HOST_INBOX, OPS_NATS, BootedConfigs, Node, Violations, boot

@@ -32,10 +32,10 @@ from typing import Any
 
 import pytest
 
-from jetagents._clock import ManualClock
-from jetagents._cluster import CasConflict, ClusterConfig, Coordinator, Entry, MemoryStore
-from jetagents._errors import JetAgentsError, Unavailable
-from jetagents._ring import UNOWNED
+from jetagents._core.clock import ManualClock
+from jetagents._core.errors import JetAgentsError, Unavailable
+from jetagents._core.ring import UNOWNED
+from jetagents._host.coordination import CasConflict, ClusterConfig, Coordinator, Entry, MemoryStore
 
 PARTITIONS = 16
 AGENTS = [f"a{i}" for i in range(48)]

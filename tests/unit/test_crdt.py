@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jetagents._crdt import CRDT, GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter, decode_crdt
+from jetagents._core.crdt import CRDT, GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter, decode_crdt
 
 REPLICAS = ("r0", "r1", "r2")
 ELEMS = st.one_of(st.integers(0, 5), st.sampled_from(["a", "b", "c"]), st.just({"k": [1, 2]}))

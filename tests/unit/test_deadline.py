@@ -14,9 +14,9 @@ import pytest
 from pydantic import BaseModel
 
 from jetagents import Agent, HostSettings, action
-from jetagents._deadline import Deadline, Overrun
-from jetagents._eager import _start_manual
-from jetagents._watchdog import LoopWatchdog
+from jetagents._host.deadline import Deadline, Overrun
+from jetagents._host.eager import _start_manual
+from jetagents._obs.watchdog import LoopWatchdog
 
 
 def _in(seconds: float) -> float:
@@ -209,7 +209,7 @@ async def test_watchdog_is_quiet_on_a_free_loop() -> None:
 def _stream_work(cseq: int) -> Any:
     from nats.aio.msg import Msg
 
-    from jetagents._host import STREAM, Work
+    from jetagents._host.host import STREAM, Work
 
     return Work(Msg(None, subject="agt.p.0.counter.c", reply="", data=b"{}"), STREAM, 0, 0.0, cseq=cseq)  # type: ignore[arg-type]
 
@@ -218,8 +218,8 @@ async def test_a_handed_back_command_is_never_overtaken() -> None:
     from collections import deque
 
     from jetagents import Registry
-    from jetagents._host import Activation, Host
-    from jetagents._ids import AgentId
+    from jetagents._core.ids import AgentId
+    from jetagents._host.host import Activation, Host
     from jetagents.examples import Counter
 
     host = Host(HostSettings(max_mailbox_per_agent=2), Registry([Counter]))
@@ -256,8 +256,8 @@ async def test_a_call_to_a_busy_agent_is_refused_at_once() -> None:
     from nats.aio.msg import Msg
 
     from jetagents import Registry
-    from jetagents._host import CALL, Activation, Host, Work
-    from jetagents._ids import AgentId
+    from jetagents._core.ids import AgentId
+    from jetagents._host.host import CALL, Activation, Host, Work
     from jetagents.examples import Counter
 
     host = Host(HostSettings(max_mailbox_per_agent=1), Registry([Counter]))

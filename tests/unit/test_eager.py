@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from jetagents._eager import _start_manual, start_eager
+from jetagents._host.eager import _start_manual, start_eager
 
 IMPLS = [pytest.param(_start_manual, id="manual"), pytest.param(start_eager, id="default")]
 var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
@@ -115,7 +115,7 @@ async def test_context_variables_stay_in_one_context(start) -> None:
 
 
 async def test_default_is_native_on_312() -> None:
-    from jetagents import _eager
+    from jetagents._host import eager as _eager
 
     expected = _eager._start_native if sys.version_info >= (3, 12) else _eager._start_manual
     assert start_eager is expected

@@ -1,7 +1,7 @@
 """The error hierarchy: codes, retryable flags, rebuilding from the wire.
 
 The expected retryable flags are read from the table in the docstring of
-``jetagents._errors`` so that the documentation and the code cannot drift apart.
+``jetagents._core.errors`` so that the documentation and the code cannot drift apart.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from jetagents import _errors
-from jetagents._errors import (
+from jetagents._core import errors as _errors
+from jetagents._core.errors import (
     AgentTimeout,
     DomainError,
     FencedError,
@@ -32,7 +32,7 @@ def documented_flags() -> dict[str, bool]:
 
 
 def all_error_classes() -> list[type[JetAgentsError]]:
-    """Every JetAgentsError subclass defined in jetagents._errors (the base included)."""
+    """Every JetAgentsError subclass defined in jetagents._core.errors (the base included)."""
     return [
         obj
         for obj in vars(_errors).values()

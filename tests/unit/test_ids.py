@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jetagents import AgentId, partition_of
-from jetagents._ids import fnv1a_32, is_valid_token, validate_token
+from jetagents._core.ids import fnv1a_32, is_valid_token, validate_token
 
 TOKEN_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 tokens = st.text(alphabet=TOKEN_ALPHABET, min_size=1, max_size=128)

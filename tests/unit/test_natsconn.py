@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio import client as nc_mod
 
-from jetagents._natsconn import FAST_HEADERS, Connection, parse_header_lines
+from jetagents._nats.conn import FAST_HEADERS, Connection, parse_header_lines
 
 header_names = st.one_of(
     st.sampled_from(["Agt-Command-Id", "traceparent", "Nats-Msg-Id", " Padded ", "", "bad name", "ä", "a:b"]),

@@ -12,11 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jetagents._server import NatsCluster, NatsServer, _ephemeral_low, free_port
+from jetagents.testing.server import NatsCluster, NatsServer, _ephemeral_low, free_port
 
 _CHILD = """
 import sys
-from jetagents._server import free_port
+from jetagents.testing.server import free_port
 ports = [free_port() for _ in range(int(sys.argv[1]))]
 print(" ".join(map(str, ports)), flush=True)
 sys.stdin.read()  # hold the reservations until the parent is done

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from jetagents import ClientSettings, HostSettings
-from jetagents._ids import MAX_REPLY_SUBJECT_LEN, is_reply_subject, validate_reply_prefix
+from jetagents._core.ids import MAX_REPLY_SUBJECT_LEN, is_reply_subject, validate_reply_prefix
 
 INBOX = ["_INBOX."]
 

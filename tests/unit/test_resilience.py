@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jetagents import CircuitBreaker, ManualClock, RetryPolicy
-from jetagents._resilience import BreakerState
+from jetagents._core.retry import BreakerState
 
 
 # -- RetryPolicy --------------------------------------------------------------------------

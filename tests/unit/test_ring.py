@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jetagents._ring import UNOWNED, capacity_caps, compute_ring, loads, moved, step_towards
+from jetagents._core.ring import UNOWNED, capacity_caps, compute_ring, loads, moved, step_towards
 
 host_names = st.lists(
     st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12),

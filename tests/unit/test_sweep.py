@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jetagents._sweep import stored_ms, stranded
+from jetagents._host.sweeper import stored_ms, stranded
 
 
 @pytest.mark.parametrize(

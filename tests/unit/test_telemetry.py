@@ -17,8 +17,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
 from opentelemetry.sdk.trace import TracerProvider
 
-from jetagents._server import free_port
-from jetagents._telemetry import (
+from jetagents._obs.telemetry import (
     ClientTelemetry,
     OtelSetup,
     Telemetry,
@@ -27,6 +26,7 @@ from jetagents._telemetry import (
     exit_command,
     setup_from_env,
 )
+from jetagents.testing.server import free_port
 
 OTEL_VARS = [
     "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -162,7 +162,7 @@ def test_global_sdk_set_after_construction_is_picked_up() -> None:
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
-from jetagents._telemetry import Telemetry
+from jetagents._obs.telemetry import Telemetry
 tel = Telemetry("x")
 assert not tel.tracing and not tel.metering
 trace.set_tracer_provider(TracerProvider())

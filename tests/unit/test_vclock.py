@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jetagents._crdt import GSet, ORSet
-from jetagents._vclock import (
+from jetagents._core.crdt import GSet, ORSet
+from jetagents._core.vclock import (
     CustomResolver,
     KeepSiblings,
     LastWriterWins,

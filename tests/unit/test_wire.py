@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.js.api import Header
 
-from jetagents import Subjects, _errors
-from jetagents._errors import (
+from jetagents import Subjects
+from jetagents._core import errors as _errors
+from jetagents._core.errors import (
     DomainError,
     InternalError,
     JetAgentsError,
@@ -22,7 +23,7 @@ from jetagents._errors import (
     PayloadTooLarge,
     error_from_wire,
 )
-from jetagents._wire import (
+from jetagents._core.wire import (
     CommandBody,
     Commit,
     WireEvent,
@@ -185,7 +186,7 @@ def test_encode_ok(result: object) -> None:
     assert orjson.loads(encode_ok(result)) == {"ok": True, "result": result}
 
 
-# every concrete error class of jetagents._errors except DomainError (tested on its own)
+# every concrete error class of jetagents._core.errors except DomainError (tested on its own)
 PLAIN_ERRORS: list[type[JetAgentsError]] = [
     obj
     for obj in vars(_errors).values()

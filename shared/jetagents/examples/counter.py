@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from .._agent import Agent, Event, action, applies
-from .._errors import DomainError
+from .._core.agent import Agent, Event, action, applies
+from .._core.errors import DomainError
 
 
 class CounterState(BaseModel):

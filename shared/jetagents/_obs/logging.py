@@ -11,7 +11,7 @@ import sys
 
 import structlog
 
-from ._telemetry import add_trace_context
+from .telemetry import add_trace_context
 
 
 def configure_logging(fmt: str = "auto", level: str = "INFO") -> None:

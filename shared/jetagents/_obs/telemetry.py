@@ -30,7 +30,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from ._tracing import valid_traceparent
+from .propagation import valid_traceparent
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
@@ -454,7 +454,7 @@ def setup_from_env(default_service_name: str = "jetagents-host", instance_id: st
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-    from ._version import __version__
+    from .._version import __version__
 
     detected = OTELResourceDetector().detect().attributes  # OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME
     attrs: dict[str, Any] = {"service.version": __version__}

@@ -36,12 +36,12 @@ from nats.nuid import NUID
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ._clock import Clock, SystemClock
-from ._crdt import CRDT, GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter, decode_crdt
-from ._errors import InternalError, JetAgentsError, PartitionError, Unavailable
-from ._nats import NS, JSApiError, js_api, js_publish
-from ._vclock import Resolver, VectorClock, Versioned, canonical, reconcile_detail, resolver_from
-from ._wire import Subjects
+from .._core.clock import Clock, SystemClock
+from .._core.crdt import CRDT, GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter, decode_crdt
+from .._core.errors import InternalError, JetAgentsError, PartitionError, Unavailable
+from .._core.vclock import Resolver, VectorClock, Versioned, canonical, reconcile_detail, resolver_from
+from .._core.wire import Subjects
+from .._nats.api import NS, JSApiError, js_api, js_publish
 
 C = TypeVar("C", bound=CRDT)
 ERR_NO_MESSAGE = 10037
@@ -341,7 +341,7 @@ class SharedState:
     async def connect(
         cls, url: str, options: StateOptions | None = None, *, inbox_prefix: str = "_INBOX", **kw: Any
     ) -> SharedState:
-        from ._nats import connect
+        from .._nats.api import connect
 
         nc = await connect(url, name="jetagents-state", inbox_prefix=inbox_prefix)
         st = cls(nc, options, owns_connection=True, **kw)

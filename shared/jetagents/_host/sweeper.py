@@ -25,9 +25,9 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from ._errors import JetAgentsError
-from ._nats import JSApiError, js_api
-from ._natsconn import parse_header_lines
+from .._core.errors import JetAgentsError
+from .._nats.api import JSApiError, js_api
+from .._nats.conn import parse_header_lines
 
 # err_code of STREAM.MSG.GET when no message is at or after the sequence asked for
 ERR_NO_MESSAGE = 10037

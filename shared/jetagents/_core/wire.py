@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ._errors import JetAgentsError, MalformedCommand, PayloadTooLarge
+from .errors import JetAgentsError, MalformedCommand, PayloadTooLarge
 
 # -- headers -------------------------------------------------------------------------------
 H_MSG_ID = "Nats-Msg-Id"

@@ -35,12 +35,12 @@ import orjson
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 from pydantic_core import to_jsonable_python
 
-from ._errors import InternalError, InvalidParams, UnknownAction
-from ._ids import AgentId, validate_token
-from ._wire import WireEvent, validation_details
+from .errors import InternalError, InvalidParams, UnknownAction
+from .ids import AgentId, validate_token
+from .wire import WireEvent, validation_details
 
 if TYPE_CHECKING:
-    from ._clock import Clock
+    from .clock import Clock
 
 S = TypeVar("S", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])

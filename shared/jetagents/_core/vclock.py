@@ -21,8 +21,8 @@ from typing import Any, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._canonical import canonical as canonical  # re-exported: _state reads it from here
-from ._crdt import decode_crdt
+from .canonical import canonical as canonical  # re-exported: _state reads it from here
+from .crdt import decode_crdt
 
 
 class Order(enum.Enum):

@@ -45,10 +45,10 @@ import orjson
 import structlog
 from nats.aio.client import Client as NATS
 
-from ._clock import Clock
-from ._errors import JetAgentsError, Unavailable
-from ._nats import NS, JSApiError, js_api, js_publish
-from ._ring import UNOWNED, compute_ring, step_towards
+from .._core.clock import Clock
+from .._core.errors import JetAgentsError, Unavailable
+from .._core.ring import UNOWNED, compute_ring, step_towards
+from .._nats.api import NS, JSApiError, js_api, js_publish
 
 log = structlog.get_logger("jetagents.cluster")
 

@@ -40,12 +40,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from pydantic import ValidationError
 
-from ._agent import Agent, AgentContext, AgentSpec, Registry, wire_events
-from ._clock import Clock, SystemClock
-from ._cluster import ClusterConfig, Coordinator, JetStreamStore
-from ._deadline import Deadline, Overrun
-from ._eager import start_eager
-from ._errors import (
+from .._core.agent import Agent, AgentContext, AgentSpec, Registry, wire_events
+from .._core.clock import Clock, SystemClock
+from .._core.errors import (
     ActionTimeout,
     DeadlineExceeded,
     DomainError,
@@ -59,8 +56,32 @@ from ._errors import (
     UnknownAgentType,
     error_from_wire,
 )
-from ._ids import AgentId, fnv1a_32, is_reply_subject, is_valid_token, partition_of
-from ._nats import (
+from .._core.ids import AgentId, fnv1a_32, is_reply_subject, is_valid_token, partition_of
+from .._core.wire import (
+    DEAD_LETTER_MIN_BYTES,
+    H_COMMAND_ID,
+    H_CORRELATION_ID,
+    H_DEADLINE,
+    H_DUPLICATE,
+    H_EVENT_SEQ,
+    H_EXPECTED_LAST_SUBJECT_SEQ,
+    H_HOST,
+    H_MSG_ID,
+    H_PRIORITY,
+    H_REPLY_TO,
+    PRIORITY_RANK,
+    TRACEPARENT,
+    TRACESTATE,
+    Commit,
+    Subjects,
+    decode_command,
+    encode_commit,
+    encode_dead_letter,
+    encode_error,
+    encode_ok,
+    parse_ack_subject,
+)
+from .._nats.api import (
     ERR_CONSUMER_NOT_FOUND,
     ERR_WRONG_LAST_SEQUENCE,
     NS,
@@ -76,9 +97,8 @@ from ._nats import (
     rewind_consumer,
     unpin_consumer,
 )
-from ._settings import HostSettings
-from ._sweep import StrandedSweeper
-from ._telemetry import (
+from .._obs.propagation import carry
+from .._obs.telemetry import (
     AGENT_ID,
     AGENT_TYPE,
     DEAD_LETTER,
@@ -106,32 +126,12 @@ from ._telemetry import (
     fail_span,
     finish_process_span,
 )
-from ._tracing import carry
-from ._watchdog import LoopWatchdog
-from ._wire import (
-    DEAD_LETTER_MIN_BYTES,
-    H_COMMAND_ID,
-    H_CORRELATION_ID,
-    H_DEADLINE,
-    H_DUPLICATE,
-    H_EVENT_SEQ,
-    H_EXPECTED_LAST_SUBJECT_SEQ,
-    H_HOST,
-    H_MSG_ID,
-    H_PRIORITY,
-    H_REPLY_TO,
-    PRIORITY_RANK,
-    TRACEPARENT,
-    TRACESTATE,
-    Commit,
-    Subjects,
-    decode_command,
-    encode_commit,
-    encode_dead_letter,
-    encode_error,
-    encode_ok,
-    parse_ack_subject,
-)
+from .._obs.watchdog import LoopWatchdog
+from .._settings import HostSettings
+from .coordination import ClusterConfig, Coordinator, JetStreamStore
+from .deadline import Deadline, Overrun
+from .eager import start_eager
+from .sweeper import StrandedSweeper
 
 log = structlog.get_logger("jetagents.host")
 
@@ -545,8 +545,8 @@ class Host:
         await self._reader.start()
         self._inbox = Inbox(self.nc)
         await self._inbox.start()
-        from ._client import Client  # local import: the client is optional for hosts
-        from ._settings import ClientSettings, CommonSettings
+        from .._client.client import Client  # local import: the client is optional for hosts
+        from .._settings import ClientSettings, CommonSettings
 
         tp, mp = self._providers
         # the agents' client addresses the host's deployment (subject root, partitions, ...)

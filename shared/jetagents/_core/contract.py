@@ -24,8 +24,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-from ._errors import JetAgentsError
-from ._wire import CommandBody, Commit, Priority, WireEvent
+from .errors import JetAgentsError
+from .wire import CommandBody, Commit, Priority, WireEvent
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 

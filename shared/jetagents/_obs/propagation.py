@@ -13,7 +13,7 @@ import re
 
 from opentelemetry import propagate, trace
 
-from ._wire import TRACEPARENT, TRACESTATE
+from .._core.wire import TRACEPARENT, TRACESTATE
 
 _rng = random.Random()  # our own: never disturbs (or is disturbed by) the global one
 os.register_at_fork(after_in_child=_rng.seed)  # a forked child must not repeat the parent's ids

@@ -23,9 +23,9 @@ from nats.nuid import NUID
 from opentelemetry import metrics, trace
 from pydantic_core import to_jsonable_python
 
-from ._agent import Agent, AgentSpec, spec_of
-from ._clock import SystemClock
-from ._errors import (
+from .._core.agent import Agent, AgentSpec, spec_of
+from .._core.clock import SystemClock
+from .._core.errors import (
     AgentTimeout,
     FencedError,
     InternalError,
@@ -35,23 +35,9 @@ from ._errors import (
     Unavailable,
     error_from_wire,
 )
-from ._ids import AgentId, partition_of
-from ._nats import ERR_DUPLICATE_IN_PROCESS, Inbox, JSApiError, Topology, connect, ensure_topology, js_publish
-from ._resilience import CircuitBreaker, RetryPolicy
-from ._settings import ClientSettings
-from ._telemetry import (
-    ACTION,
-    AGENT_ID,
-    AGENT_TYPE,
-    DELIVERY,
-    MESSAGING_CONVERSATION_ID,
-    MESSAGING_MESSAGE_ID,
-    MESSAGING_OPERATION_NAME,
-    ClientTelemetry,
-    fail_span,
-)
-from ._tracing import inject_current
-from ._wire import (
+from .._core.ids import AgentId, partition_of
+from .._core.retry import CircuitBreaker, RetryPolicy
+from .._core.wire import (
     H_COMMAND_ID,
     H_CORRELATION_ID,
     H_DEADLINE,
@@ -62,11 +48,25 @@ from ._wire import (
     Priority,
     Subjects,
 )
+from .._nats.api import ERR_DUPLICATE_IN_PROCESS, Inbox, JSApiError, Topology, connect, ensure_topology, js_publish
+from .._obs.propagation import inject_current
+from .._obs.telemetry import (
+    ACTION,
+    AGENT_ID,
+    AGENT_TYPE,
+    DELIVERY,
+    MESSAGING_CONVERSATION_ID,
+    MESSAGING_MESSAGE_ID,
+    MESSAGING_OPERATION_NAME,
+    ClientTelemetry,
+    fail_span,
+)
+from .._settings import ClientSettings
 
 _MIN_ATTEMPT_S = 0.25  # the least time worth a retry before the caller's deadline
 
 if TYPE_CHECKING:
-    from ._state import SharedState
+    from .._state.shared import SharedState
 
 A = TypeVar("A", bound=Agent[Any])
 
@@ -204,7 +204,7 @@ class Client:
 
         >>> await client.shared().strong.increment("hits")  # doctest: +SKIP
         """
-        from ._state import SharedState, StateOptions  # local import: state is optional
+        from .._state.shared import SharedState, StateOptions  # local import: state is optional
 
         st = self._shared.get(name)
         if st is None:
@@ -243,7 +243,7 @@ class Client:
     async def locate(self, agent_type: str, agent_id: str) -> str | None:
         """The host serving an agent now (its placement, else its partition's owner in the
         ring), read from the cluster bucket; None when nobody does."""
-        from ._cluster import JetStreamStore  # local import: plain clients rarely need it
+        from .._host.coordination import JetStreamStore  # local import: plain clients rarely need it
 
         store = JetStreamStore(self.nc, Topology(self.subjects).cluster_bucket, timeout_s=5.0)
         placed = await store.get(f"place.{agent_type}.{agent_id}")
@@ -267,7 +267,7 @@ class Client:
         forwards later ones to the target. ``strategy``: ``checkpoint`` (snapshot to KV,
         the target loads it), ``state`` (the state is handed over directly) or ``cold`` (the
         target replays the log)."""
-        from ._cluster import JetStreamStore
+        from .._host.coordination import JetStreamStore
 
         store = JetStreamStore(self.nc, Topology(self.subjects).cluster_bucket, timeout_s=5.0)
         loop = asyncio.get_running_loop()

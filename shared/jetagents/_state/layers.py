@@ -32,12 +32,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
 
-from ._crdt import CRDT, ORSet
-from ._errors import JetAgentsError, Unavailable
-from ._state import Consistency, Read, SharedState, WriteResult, _set_add, validate_key
+from .._core.crdt import CRDT, ORSet
+from .._core.errors import JetAgentsError, Unavailable
+from .shared import Consistency, Read, SharedState, WriteResult, _set_add, validate_key
 
 if TYPE_CHECKING:
-    from ._agent import Agent
+    from .._core.agent import Agent
 
 T = TypeVar("T")
 Layer = Literal["persistent", "local", "shared", "cached"]

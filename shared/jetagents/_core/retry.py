@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from ._clock import Clock, SystemClock
+from .clock import Clock, SystemClock
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +42,7 @@ class CircuitBreaker:
     """Opens after ``failures`` consecutive failures, lets one probe through after
     ``reset_s``, closes again on a success.
 
-    >>> from jetagents._clock import ManualClock
+    >>> from jetagents._core.clock import ManualClock
     >>> b = CircuitBreaker(failures=2, reset_s=5, clock=ManualClock())
     >>> b.record_failure(); b.record_failure(); b.allow()
     False

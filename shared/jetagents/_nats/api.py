@@ -19,9 +19,9 @@ from nats.aio.msg import Msg
 from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from ._errors import JetAgentsError, PayloadTooLarge, Unavailable
-from ._natsconn import Connection
-from ._wire import Subjects
+from .._core.errors import JetAgentsError, PayloadTooLarge, Unavailable
+from .._core.wire import Subjects
+from .conn import Connection
 
 ERR_WRONG_LAST_SEQUENCE = 10071
 ERR_STREAM_NOT_FOUND = 10059

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._canonical import canonical
+from .canonical import canonical
 
 
 def _ekey(value: Any) -> str:

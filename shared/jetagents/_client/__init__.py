@@ -1,0 +1,1 @@
+"""The client: commands to agents from any process."""

@@ -1,0 +1,1 @@
+"""The agent host: a facade over parts that each own their state."""

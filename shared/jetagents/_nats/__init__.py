@@ -1,0 +1,1 @@
+"""The NATS adapter: the only package that imports ``nats``."""

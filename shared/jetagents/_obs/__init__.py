@@ -1,0 +1,1 @@
+"""Observability: metrics, spans, logging, health, the loop watchdog."""

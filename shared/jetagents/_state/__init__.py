@@ -1,0 +1,1 @@
+"""Shared state, by consistency level."""
