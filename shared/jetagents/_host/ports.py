@@ -1,0 +1,82 @@
+"""What the host's parts need from the outside world, as protocols (ADR 0040 section 6).
+
+A part of the host takes a port, never a nats-py object. ``jetagents._nats`` implements the
+ports over NATS JetStream; ``jetagents.testing`` implements them in memory, so the deterministic
+simulation drives the real host code (pipeline, fence, outcomes, catalog) over them.
+
+The ports are deliberately dumb: they move bytes and report what the server said. Every
+decision (is a wrong last sequence our own earlier append, or a newer writer? is a dead letter
+worth another try?) is the host's, so the simulation exercises the real decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message read back from a stream: its stream sequence, subject, body and headers."""
+
+    seq: int
+    subject: str
+    data: bytes
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """The server's answer to an append (a PubAck): the stream sequence, and whether the
+    message id was already in the duplicate window (then nothing was written)."""
+
+    seq: int
+    duplicate: bool
+
+
+class WrongLastSequence(Exception):
+    """The append's expected last subject sequence did not match: someone appended to the
+    subject since (the fence). The caller decides whether that someone was itself."""
+
+
+class EventStream(Protocol):
+    """The agents' event log (the ``AGT_EVT`` stream), as the host uses it."""
+
+    async def append(
+        self, subject: str, body: bytes, headers: Mapping[str, str], *, expected_last_subject_seq: int
+    ) -> Appended:
+        """Append with the fence; raises ``WrongLastSequence``, ``Unavailable`` (transient),
+        ``PayloadTooLarge``."""
+        ...
+
+    async def read_subject(self, subject: str, start_seq: int, batch: int) -> list[StoredMessage]:
+        """Up to ``batch`` messages of ``subject`` from ``start_seq`` on, in order (all of them
+        when the adapter pages internally)."""
+        ...
+
+    async def last(self, subject: str) -> StoredMessage | None: ...
+
+    async def at(self, seq: int) -> StoredMessage | None: ...
+
+
+class Bucket(Protocol):
+    """A key-value bucket (snapshots, agent metadata) as the host uses it."""
+
+    async def get(self, key: str) -> bytes | None:
+        """The value, or ``None`` when the key is absent or deleted."""
+        ...
+
+    async def put(self, key: str, value: bytes) -> int:
+        """Store ``value``; the new revision."""
+        ...
+
+
+class Publisher(Protocol):
+    """Plain (core) messages: replies, acknowledgements to the server, forwarded commands."""
+
+    async def publish(self, subject: str, body: bytes, headers: Mapping[str, str] | None = None) -> None: ...
+
+    async def persist(self, subject: str, body: bytes, headers: Mapping[str, str] | None = None) -> Appended:
+        """Publish to a stream and wait for its PubAck (dead letters)."""
+        ...
