@@ -97,6 +97,7 @@ from .._nats.api import (
     rewind_consumer,
     unpin_consumer,
 )
+from .._nats.kv import JetStreamStore
 from .._obs.propagation import carry
 from .._obs.telemetry import (
     AGENT_ID,
@@ -128,7 +129,7 @@ from .._obs.telemetry import (
 )
 from .._obs.watchdog import LoopWatchdog
 from .._settings import HostSettings
-from .coordination import ClusterConfig, Coordinator, JetStreamStore
+from .coordination import ClusterConfig, Coordinator
 from .deadline import Deadline, Overrun
 from .eager import start_eager
 from .sweeper import StrandedSweeper

@@ -1,5 +1,5 @@
 """Test utilities for code built on jetagents: real ``nats-server`` processes (one node or a
-cluster, on ports that cannot collide) and a manual clock.
+cluster, on ports that cannot collide), a manual clock and an in-memory cluster store.
 
 >>> from jetagents.testing import NatsServer
 >>> async with NatsServer() as server:  # doctest: +SKIP
@@ -7,6 +7,7 @@ cluster, on ports that cannot collide) and a manual clock.
 """
 
 from .._core.clock import ManualClock
+from .memory import MemoryStore
 from .server import NatsCluster, NatsServer, find_nats_server, free_port
 
-__all__ = ["ManualClock", "NatsCluster", "NatsServer", "find_nats_server", "free_port"]
+__all__ = ["ManualClock", "MemoryStore", "NatsCluster", "NatsServer", "find_nats_server", "free_port"]
