@@ -66,7 +66,7 @@ from .._settings import ClientSettings
 _MIN_ATTEMPT_S = 0.25  # the least time worth a retry before the caller's deadline
 
 if TYPE_CHECKING:
-    from .._state.shared import SharedState
+    from .._state.store import SharedState
 
 A = TypeVar("A", bound=Agent[Any])
 
@@ -204,7 +204,8 @@ class Client:
 
         >>> await client.shared().strong.increment("hits")  # doctest: +SKIP
         """
-        from .._state.shared import SharedState, StateOptions  # local import: state is optional
+        from .._state.options import StateOptions  # local import: state is optional
+        from .._state.store import SharedState
 
         st = self._shared.get(name)
         if st is None:
