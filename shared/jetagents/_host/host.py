@@ -86,7 +86,6 @@ from .._nats.api import (
     ERR_WRONG_LAST_SEQUENCE,
     NS,
     DirectReader,
-    Inbox,
     JSApiError,
     Topology,
     connect,
@@ -97,6 +96,7 @@ from .._nats.api import (
     rewind_consumer,
     unpin_consumer,
 )
+from .._nats.inbox import Inbox
 from .._obs.propagation import carry
 from .._obs.telemetry import (
     AGENT_ID,
@@ -131,6 +131,7 @@ from .._settings import HostSettings
 from .coordination import ClusterConfig, Coordinator, JetStreamStore
 from .deadline import Deadline, Overrun
 from .eager import start_eager
+from .supervisor import Supervisor
 from .sweeper import StrandedSweeper
 
 log = structlog.get_logger("jetagents.host")
@@ -427,7 +428,6 @@ class Host:
         self.owned: list[int] = []
         self._owned_set: frozenset[int] = frozenset()
         self.coordinator: Coordinator | None = None
-        self._puller_tasks: dict[int, asyncio.Task[None]] = {}
         self.nc: NATS = None  # type: ignore[assignment]
         self.cepoch = ""
         self.activations: OrderedDict[str, Activation] = OrderedDict()
@@ -458,18 +458,13 @@ class Host:
         self._inflight_bytes = 0  # bodies held by the commands in _inflight (max_inflight_bytes)
         self._idle = asyncio.Event()
         self._idle.set()
-        self._tasks: list[asyncio.Task[None]] = []
         self._sweeper: StrandedSweeper | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self._routes: dict[str, tuple[int, str, str]] = {}  # call subject -> partition, type, id
         # workers: at most settings.workers tasks, each processing one agent's command and
         # then the next ready agent's, until none is ready
         self._running = 0
-        self._workers: set[asyncio.Task[None]] = set()
-        self._side_tasks: set[asyncio.Task[Any]] = set()
         self._snap_sem = asyncio.Semaphore(16)
-        self._stopping = False
-        self._started = False
         self._pull_prefix = ""
         self._pull_sub: Any = None
         self._call_sub: Any = None
@@ -479,15 +474,24 @@ class Host:
         self._snap_kv: Any = None
         self._meta_kv: Any = None
         self._client: Any = None
-        self._coord_task: asyncio.Task[None] | None = None
         self._start_sem = asyncio.Semaphore(32)
         self._log = log.bind(host=settings.host_id)
+        # every task the host starts, by group; and the lifecycle flags its loops read
+        self.supervisor = Supervisor(self._log)
         # OpenTelemetry: the given providers, else the global ones (no SDK: no spans, no metrics)
         self._providers = (tracer_provider, meter_provider)
         self._tel = HostTelemetry(self, settings.host_id, tracer_provider, meter_provider)
         self.watchdog: LoopWatchdog | None = None  # started with the host (loop_block_threshold_s)
 
     # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def _started(self) -> bool:
+        return self.supervisor.started
+
+    @property
+    def _stopping(self) -> bool:
+        return self.supervisor.stopping
+
     async def __aenter__(self) -> Host:
         await self.start()
         return self
@@ -573,7 +577,7 @@ class Host:
         self._host_sub = await self.nc.subscribe(
             self.subjects.sys("host", s.host_id, "*"), cb=self._on_host_msg, pending_msgs_limit=1_000_000
         )
-        self._spawn(self._housekeeping())
+        self.supervisor.spawn("background", self._housekeeping())
         if s.stranded_sweep_s > 0:
             self._sweeper = StrandedSweeper(
                 self.nc,
@@ -583,8 +587,8 @@ class Host:
                 grace_s=s.stranded_grace_s,
                 timeout_s=s.op_timeout_s,
             )
-            self._spawn(self._sweep_stranded())
-        self._started = True
+            self.supervisor.spawn("background", self._sweep_stranded())
+        self.supervisor.started = True
         if self.static:
             for p in self._static_partitions:
                 await self.start_partition(p)
@@ -604,7 +608,7 @@ class Host:
                 tags=list(s.tags),
             )
             self.coordinator = Coordinator(s.host_id, store, self.clock, cfg, self)
-            self._coord_task = asyncio.create_task(self.coordinator.run())
+            self.supervisor.spawn("coordinator", self.coordinator.run())
             # ready when the ring is known and our share of it is started (or give up
             # waiting: the partitions may belong to others that have not let go yet)
             with contextlib.suppress(TimeoutError):
@@ -637,7 +641,7 @@ class Host:
                 await ensure_consumer(self.nc, self.topology, partition, cfg, s.op_timeout_s, reset=True)
         puller = _Puller(self, partition)
         self._pullers[partition] = puller
-        self._puller_tasks[partition] = asyncio.create_task(puller.run())
+        self.supervisor.spawn("pullers", puller.run(), key=partition)
         self.owned = sorted({*self.owned, partition})
         self._owned_set = frozenset(self.owned)
         self._tel.handoff(started=True)
@@ -675,14 +679,10 @@ class Host:
         self._owned_set = frozenset(self.owned)
         self._tel.handoff(started=False, graceful=graceful)
         puller = self._pullers.pop(partition, None)
-        task = self._puller_tasks.pop(partition, None)
         if puller is not None:
             puller.stopped = True
             puller.wake.set()
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.supervisor.cancel_key("pullers", partition)
         if graceful:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.drain_grace_s):
@@ -1005,9 +1005,6 @@ class Host:
         if msg.reply:
             await self._publish_reply(msg.reply, reply, {}, None)
 
-    def _spawn(self, coro: Any) -> None:
-        self._tasks.append(asyncio.create_task(coro))
-
     async def stop(self, *, drain: bool = True) -> None:
         """Stop taking commands, finish those in hand (bounded by ``drain_grace_s``),
         snapshot active agents and disconnect. Nothing acknowledged is lost: whatever is
@@ -1022,12 +1019,10 @@ class Host:
                 self._log.info("host_leaving_cluster", partitions=len(coord.held))
                 await coord.drain(self.settings.drain_grace_s + self.settings.op_timeout_s)
             coord.stopped = True
-            if self._coord_task is not None:
-                self._coord_task.cancel()
-                await asyncio.gather(self._coord_task, return_exceptions=True)
+            await self.supervisor.cancel("coordinator")
             if drain and self.nc.is_connected:
                 await coord.leave()
-        self._stopping = True
+        self.supervisor.stopping = True
         self._log.info("host_draining", inflight=self._inflight_count)
         for sub in (self._pull_sub, self._call_sub, self._host_sub):
             if sub is not None:
@@ -1039,10 +1034,7 @@ class Host:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.drain_grace_s):
                     await self._idle.wait()
-        for task in [*self._tasks, *self._workers, *self._puller_tasks.values()]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._workers, *self._puller_tasks.values(), return_exceptions=True)
-        self._tasks.clear()
+        await self.supervisor.cancel("background", "workers", "pullers")
         # what is left in mailboxes was never started: hand it back at once
         for work in list(self._inflight):
             if work.kind in _ACKED and not work.done:
@@ -1052,10 +1044,7 @@ class Host:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(1.0, self.settings.op_timeout_s)):
                     await asyncio.gather(*snaps, return_exceptions=True)
-        if self._side_tasks:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.op_timeout_s):
-                    await asyncio.gather(*list(self._side_tasks), return_exceptions=True)
+        await self.supervisor.drain("side", self.settings.op_timeout_s)
         if self._reader is not None:
             await self._reader.stop()
         if self._inbox is not None:
@@ -1252,8 +1241,7 @@ class Host:
             # loop later in a new task (docs/adr/0031).
             task = start_eager(coro, self._loop) if self.settings.eager_start else self._loop.create_task(coro)
             if task is not None:
-                self._workers.add(task)
-                task.add_done_callback(self._workers.discard)
+                self.supervisor.adopt("workers", task)
             return
         act.mailbox = deque((work,))
         heapq.heappush(self._ready, (work.rank, next(self._seq), act))
@@ -1348,9 +1336,7 @@ class Host:
                 own.wake.set()
 
     def _side(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+        self.supervisor.spawn("side", coro)
 
     # -- workers ---------------------------------------------------------------------------
     async def _work(self, act: Activation, work: Work) -> None:
