@@ -86,7 +86,6 @@ from .._nats.api import (
     ERR_WRONG_LAST_SEQUENCE,
     NS,
     DirectReader,
-    Inbox,
     JSApiError,
     Topology,
     connect,
@@ -97,6 +96,7 @@ from .._nats.api import (
     rewind_consumer,
     unpin_consumer,
 )
+from .._nats.inbox import Inbox
 from .._nats.kv import JetStreamStore
 from .._obs.propagation import carry
 from .._obs.telemetry import (

@@ -1,10 +1,12 @@
-"""JetStream KV through the raw ``$JS.API``, written once: read the newest value of a key
-from the stream leader, compare-and-set on its revision, purge a key, scan a prefix,
-ensure the bucket exists.
+"""KV on JetStream through the raw ``$JS.API``, written once: ensure a stream, read a
+key's latest entry from the stream leader, publish with compare-and-set on its revision,
+purge a key, scan a prefix; and :class:`JetStreamStore`, the coordinator's
+:class:`~jetagents._core.kv.ClusterStore` on top of them.
 
-:class:`KvBucket` speaks bytes and revisions and is what every KV user builds on;
-:class:`JetStreamStore` is the coordinator's :class:`~jetagents._core.kv.ClusterStore`
-(JSON objects, per-key TTL) on top of it.
+A KV bucket ``<b>`` is the stream ``KV_<b>`` with one subject per key, ``$KV.<b>.<key>``; a
+key's revision is the stream sequence of its last message. The primitives move bytes and
+report what the server said; what a conflict or a missing key means is the caller's decision
+(the shared state, the cluster coordinator).
 """
 
 from __future__ import annotations
@@ -13,16 +15,129 @@ import asyncio
 import base64
 import contextlib
 import math
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 import orjson
 from nats.aio.client import Client as NATS
 
 from .._core.errors import Unavailable
 from .._core.kv import CasConflict, Entry
-from .api import ERR_NO_MESSAGE, ERR_WRONG_LAST_SEQUENCE, NS, JSApiError, ensure_stream, js_api, js_publish
+from .api import ERR_LAST_SEQ_NOT_READY, ERR_NO_MESSAGE, ERR_WRONG_LAST_SEQUENCE, NS, JSApiError, js_api, js_publish
+from .api import ensure_stream as ensure_stream  # written once in api.py (ensure_topology uses it too)
+
+NatsClient: TypeAlias = NATS  # for code outside the adapter that only passes a connection along
+
+CONFLICT_CODES = frozenset({ERR_WRONG_LAST_SEQUENCE, ERR_LAST_SEQ_NOT_READY})
 
 
+class KvConflict(CasConflict):
+    """The key's revision was not the expected one (``err_code`` 10071), or the clustered
+    leader could not check it yet (10164). Someone wrote first: read again."""
+
+    def __init__(self, err_code: int) -> None:
+        super().__init__(f"wrong last sequence ({err_code})")
+        self.err_code = err_code
+
+
+@dataclass(frozen=True, slots=True)
+class KvEntry:
+    """A key's latest message: its body, revision (stream sequence) and raw header block."""
+
+    data: bytes
+    revision: int
+    headers: bytes = b""
+
+    @property
+    def deleted(self) -> bool:
+        """A delete or purge marker (the KV API's ``KV-Operation`` header)."""
+        return b"KV-Operation: DEL" in self.headers or b"KV-Operation: PURGE" in self.headers
+
+
+def kv_subject(bucket: str, key: str) -> str:
+    return f"$KV.{bucket}.{key}"
+
+
+async def stream_info(nc: NATS, stream: str, timeout_s: float) -> dict[str, Any]:
+    return await js_api(nc, f"$JS.API.STREAM.INFO.{stream}", None, timeout_s)
+
+
+async def last_by_subject(nc: NATS, stream: str, subject: str, timeout_s: float) -> KvEntry | None:
+    """The last message of ``subject`` in ``stream``, read from the stream leader (so never
+    from a lagging replica); None if the subject has none."""
+    try:
+        resp = await js_api(nc, f"$JS.API.STREAM.MSG.GET.{stream}", {"last_by_subj": subject}, timeout_s)
+    except JSApiError as exc:
+        if exc.err_code == ERR_NO_MESSAGE:
+            return None
+        raise
+    msg = resp["message"]
+    return KvEntry(base64.b64decode(msg.get("data") or b""), int(msg["seq"]), base64.b64decode(msg.get("hdrs") or b""))
+
+
+async def publish_expecting(
+    nc: NATS,
+    subject: str,
+    data: bytes,
+    timeout_s: float,
+    *,
+    expected_rev: int | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Publish ``data``; with ``expected_rev``, only if the subject's last sequence is still
+    that (0: the subject has no message yet), else :class:`KvConflict`. Returns the PubAck."""
+    hdrs = dict(headers or {})
+    if expected_rev is not None:
+        hdrs["Nats-Expected-Last-Subject-Sequence"] = str(expected_rev)
+    try:
+        return await js_publish(nc, subject, data, hdrs, timeout_s)
+    except JSApiError as exc:
+        if exc.err_code in CONFLICT_CODES:
+            raise KvConflict(exc.err_code) from None
+        raise
+
+
+async def purge_subject(nc: NATS, stream: str, subject: str, timeout_s: float) -> None:
+    await js_api(nc, f"$JS.API.STREAM.PURGE.{stream}", {"filter": subject}, timeout_s)
+
+
+async def scan_last(nc: NATS, bucket: str, prefix: str, timeout_s: float) -> dict[str, KvEntry]:
+    """Every live key of ``bucket`` starting with ``prefix`` (key -> its last message), by
+    one batched direct get: any replica may answer, so a moment's lag is possible."""
+    inbox = nc.new_inbox()
+    q: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def on_msg(msg: Any) -> None:
+        q.put_nowait(msg)
+
+    sub = await nc.subscribe(inbox, cb=on_msg)
+    out: dict[str, KvEntry] = {}
+    base = f"$KV.{bucket}."
+    try:
+        req = {"multi_last": [f"{base}{prefix}>"], "batch": 4096}
+        await nc.publish(f"$JS.API.DIRECT.GET.KV_{bucket}", orjson.dumps(req), reply=inbox)
+        async with asyncio.timeout(timeout_s):
+            while True:
+                msg = await q.get()
+                hdrs = msg.headers or {}
+                status = hdrs.get("Status")
+                if status in ("404", "204"):
+                    return out
+                if status is not None:
+                    raise Unavailable(f"scan of KV bucket {bucket} failed with status {status}")
+                if hdrs.get("KV-Operation") in ("DEL", "PURGE"):
+                    continue
+                key = hdrs.get("Nats-Subject", "")[len(base) :]
+                out[key] = KvEntry(msg.data, int(hdrs.get("Nats-Sequence", "0")))
+    except TimeoutError:
+        raise Unavailable(f"scan of KV bucket {bucket} timed out") from None
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+# -- the coordinator's store ---------------------------------------------------------------
 def cluster_bucket_config(bucket: str, replicas: int) -> dict[str, Any]:
     """A KV bucket (so ``nats kv`` can read it) that also allows per-message TTLs."""
     return {
@@ -42,135 +157,50 @@ def cluster_bucket_config(bucket: str, replicas: int) -> dict[str, Any]:
     }
 
 
-class KvBucket:
-    """One KV bucket as bytes and revisions (a revision is the stream sequence of the
-    key's last message; 0 means absent).
-
-    Reads go to the stream leader (``STREAM.MSG.GET``), so a value is never read from a
-    lagging replica; ``scan`` uses a batched direct get, which any replica may answer.
-    """
-
-    def __init__(self, nc: NATS, bucket: str, *, timeout_s: float = 5.0) -> None:
-        self.nc = nc
-        self.bucket = bucket
-        self.stream = f"KV_{bucket}"
-        self.timeout_s = timeout_s
-
-    def subject(self, key: str) -> str:
-        return f"$KV.{self.bucket}.{key}"
-
-    async def ensure(self, config: dict[str, Any], timeout_s: float | None = None) -> None:
-        await ensure_stream(self.nc, config, timeout_s or self.timeout_s)
-
-    async def get(self, key: str) -> tuple[bytes, int] | None:
-        """The key's value and revision; None when absent, deleted or purged."""
-        try:
-            resp = await js_api(
-                self.nc, f"$JS.API.STREAM.MSG.GET.{self.stream}", {"last_by_subj": self.subject(key)}, self.timeout_s
-            )
-        except JSApiError as exc:
-            if exc.err_code == ERR_NO_MESSAGE:
-                return None
-            raise
-        msg = resp["message"]
-        hdrs = base64.b64decode(msg.get("hdrs") or b"").decode(errors="replace")
-        if "KV-Operation: DEL" in hdrs or "KV-Operation: PURGE" in hdrs:
-            return None
-        return base64.b64decode(msg.get("data") or b""), int(msg["seq"])
-
-    async def publish(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        expect_rev: int | None = None,
-        ttl_s: float | None = None,
-        headers: dict[str, str] | None = None,
-        conflict_codes: frozenset[int] = frozenset({ERR_WRONG_LAST_SEQUENCE}),
-    ) -> int:
-        """Write ``data``; with ``expect_rev`` only if the key is still at that revision
-        (0: absent), else :class:`CasConflict`. Returns the new revision."""
-        hdrs = dict(headers or {})
-        if expect_rev is not None:
-            hdrs["Nats-Expected-Last-Subject-Sequence"] = str(expect_rev)
-        if ttl_s:
-            hdrs["Nats-TTL"] = f"{max(1, math.ceil(ttl_s))}s"
-        try:
-            ack = await js_publish(self.nc, self.subject(key), data, hdrs, self.timeout_s)
-        except JSApiError as exc:
-            if exc.err_code in conflict_codes:
-                raise CasConflict(f"{key} changed") from None
-            raise
-        return int(ack["seq"])
-
-    async def purge(self, key: str) -> None:
-        await js_api(self.nc, f"$JS.API.STREAM.PURGE.{self.stream}", {"filter": self.subject(key)}, self.timeout_s)
-
-    async def scan(self, prefix: str) -> dict[str, tuple[bytes, int]]:
-        """Every live key starting with ``prefix``: its value and revision."""
-        inbox = self.nc.new_inbox()
-        q: asyncio.Queue[Any] = asyncio.Queue()
-
-        async def on_msg(msg: Any) -> None:
-            q.put_nowait(msg)
-
-        sub = await self.nc.subscribe(inbox, cb=on_msg)
-        out: dict[str, tuple[bytes, int]] = {}
-        base = f"$KV.{self.bucket}."
-        try:
-            req = {"multi_last": [f"{base}{prefix}>"], "batch": 4096}
-            await self.nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", orjson.dumps(req), reply=inbox)
-            async with asyncio.timeout(self.timeout_s):
-                while True:
-                    msg = await q.get()
-                    hdrs = msg.headers or {}
-                    status = hdrs.get("Status")
-                    if status in ("404", "204"):
-                        return out
-                    if status is not None:
-                        raise Unavailable(f"KV scan of {self.bucket} failed with status {status}")
-                    if hdrs.get("KV-Operation") in ("DEL", "PURGE"):
-                        continue
-                    key = hdrs.get("Nats-Subject", "")[len(base) :]
-                    out[key] = (msg.data, int(hdrs.get("Nats-Sequence", "0")))
-        except TimeoutError:
-            raise Unavailable(f"KV scan of {self.bucket} timed out") from None
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-
 def _doc(data: bytes) -> dict[str, Any]:
     return orjson.loads(data) if data else {}
 
 
 class JetStreamStore:
-    """:class:`~jetagents._core.kv.ClusterStore` on a JetStream KV bucket: JSON objects,
-    leader reads (a claim or the ring is never read from a lagging replica), and every
-    JetStream error but a lost compare-and-set reported as :class:`Unavailable`."""
+    """:class:`~jetagents._core.kv.ClusterStore` on a JetStream KV bucket.
+
+    Reads go to the stream leader, so a claim or the ring is never read from a lagging
+    replica; ``scan`` uses the batched direct get (it only feeds the leader's view of the
+    members and status output, where a moment's lag is harmless). Every JetStream error
+    but a wrong last sequence is :class:`Unavailable`.
+    """
 
     def __init__(self, nc: NATS, bucket: str, *, replicas: int = 1, timeout_s: float = 5.0) -> None:
-        self.kv = KvBucket(nc, bucket, timeout_s=timeout_s)
+        self.nc = nc
         self.bucket = bucket
-        self.stream = self.kv.stream
+        self.stream = f"KV_{bucket}"
         self.replicas = replicas
         self.timeout_s = timeout_s
 
     async def ensure(self) -> None:
-        await self.kv.ensure(cluster_bucket_config(self.bucket, self.replicas))
+        await ensure_stream(self.nc, cluster_bucket_config(self.bucket, self.replicas), self.timeout_s)
 
     async def get(self, key: str) -> Entry | None:
         try:
-            found = await self.kv.get(key)
+            found = await last_by_subject(self.nc, self.stream, kv_subject(self.bucket, key), self.timeout_s)
         except JSApiError as exc:
             raise Unavailable(f"cluster store: {exc.description}") from None
-        return None if found is None else Entry(_doc(found[0]), found[1])
+        return None if found is None or found.deleted else Entry(_doc(found.data), found.revision)
 
     async def _publish(self, key: str, value: dict[str, Any], expect: int | None, ttl_s: float | None) -> int:
+        hdrs = {"Nats-TTL": f"{max(1, math.ceil(ttl_s))}s"} if ttl_s else None
+        subject = kv_subject(self.bucket, key)
         try:
-            return await self.kv.publish(key, orjson.dumps(value), expect_rev=expect, ttl_s=ttl_s)
+            ack = await publish_expecting(
+                self.nc, subject, orjson.dumps(value), self.timeout_s, expected_rev=expect, headers=hdrs
+            )
+        except KvConflict as exc:
+            if exc.err_code != ERR_WRONG_LAST_SEQUENCE:  # not known to have lost: try again next round
+                raise Unavailable(f"cluster store: {exc}") from None
+            raise CasConflict(f"{key} changed") from None
         except JSApiError as exc:
             raise Unavailable(f"cluster store: {exc.description}") from None
+        return int(ack["seq"])
 
     async def create(self, key: str, value: dict[str, Any], ttl_s: float | None = None) -> int:
         return await self._publish(key, value, 0, ttl_s)
@@ -183,9 +213,10 @@ class JetStreamStore:
 
     async def remove(self, key: str) -> None:
         try:
-            await self.kv.purge(key)
+            await purge_subject(self.nc, self.stream, kv_subject(self.bucket, key), self.timeout_s)
         except JSApiError as exc:
             raise Unavailable(f"cluster store: {exc.description}") from None
 
     async def scan(self, prefix: str) -> dict[str, Entry]:
-        return {key: Entry(_doc(data), rev) for key, (data, rev) in (await self.kv.scan(prefix)).items()}
+        entries = await scan_last(self.nc, self.bucket, prefix, self.timeout_s)
+        return {key: Entry(_doc(e.data), e.revision) for key, e in entries.items()}
