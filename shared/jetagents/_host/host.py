@@ -85,7 +85,6 @@ from .._nats.api import (
     ERR_WRONG_LAST_SEQUENCE,
     NS,
     DirectReader,
-    Inbox,
     JSApiError,
     Topology,
     connect,
@@ -93,6 +92,7 @@ from .._nats.api import (
     js_publish,
 )
 from .._nats.consumers import PartitionConsumers
+from .._nats.inbox import Inbox
 from .._obs.propagation import carry
 from .._obs.telemetry import (
     AGENT_ID,
