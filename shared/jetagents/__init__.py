@@ -34,7 +34,9 @@ from ._core.wire import Delivery, Priority, Subjects
 from ._host.host import Host
 from ._settings import ClientSettings, HostSettings
 from ._state.layers import Cached, Local, Shared, state_layers
-from ._state.shared import PartitionStrategy, Read, Session, SharedState, StateOptions, WriteResult
+from ._state.options import PartitionStrategy, Read, StateOptions, WriteResult
+from ._state.session import Session
+from ._state.store import SharedState
 from ._version import __version__
 from .testing.clock import ManualClock
 from .testing.server import NatsServer

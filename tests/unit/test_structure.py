@@ -23,18 +23,15 @@ ADAPTER_PACKAGE = "jetagents._nats"
 OVERSIZED_MODULES = {
     "jetagents._host.coordination",
     "jetagents._host.host",
-    "jetagents._state.shared",
 }
 OVERSIZED_CLASSES = {
     "jetagents._host.coordination.Coordinator",
     "jetagents._host.host.Host",
-    "jetagents._state.shared.SharedState",
 }
 IMPORTS_NATS_OUTSIDE_ADAPTER = {
     "jetagents._host.coordination",
     "jetagents._obs.health",
     "jetagents._host.host",
-    "jetagents._state.shared",
     "jetagents._host.sweeper",
 }
 

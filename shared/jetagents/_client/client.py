@@ -37,7 +37,7 @@ from .reply import Reply, decode_reply, no_responders, not_applied
 from .sender import Sender
 
 if TYPE_CHECKING:
-    from .._state.shared import SharedState
+    from .._state.store import SharedState
 
 __all__ = ["AgentRef", "Client", "Reply"]
 
@@ -139,7 +139,8 @@ class Client:
 
         >>> await client.shared().strong.increment("hits")  # doctest: +SKIP
         """
-        from .._state.shared import SharedState, StateOptions  # local import: state is optional
+        from .._state.options import StateOptions  # local import: state is optional
+        from .._state.store import SharedState
 
         st = self._shared.get(name)
         if st is None:
