@@ -35,12 +35,10 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import SlowConsumerError
-from nats.js.errors import KeyNotFoundError
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
-from pydantic import ValidationError
 
-from .._core.agent import Agent, AgentContext, AgentSpec, Registry, wire_events
+from .._core.agent import Registry, wire_events
 from .._core.clock import Clock, SystemClock
 from .._core.errors import (
     ActionTimeout,
@@ -82,21 +80,20 @@ from .._core.wire import (
     parse_ack_subject,
 )
 from .._nats.api import (
-    ERR_CONSUMER_NOT_FOUND,
     ERR_WRONG_LAST_SEQUENCE,
     NS,
     DirectReader,
     JSApiError,
     Topology,
     connect,
-    ensure_consumer,
     ensure_topology,
-    js_api,
     js_publish,
-    rewind_consumer,
-    unpin_consumer,
 )
+from .._nats.buckets import KvBucket
+from .._nats.consumers import PartitionConsumers
 from .._nats.inbox import Inbox
+from .._nats.kv import JetStreamStore
+from .._nats.log_reader import DirectLogReader
 from .._obs.propagation import carry
 from .._obs.telemetry import (
     AGENT_ID,
@@ -128,9 +125,11 @@ from .._obs.telemetry import (
 )
 from .._obs.watchdog import LoopWatchdog
 from .._settings import HostSettings
-from .coordination import ClusterConfig, Coordinator, JetStreamStore
+from .catalog import Activation, Catalog
+from .coordination import ClusterConfig, Coordinator
 from .deadline import Deadline, Overrun
 from .eager import start_eager
+from .partitions import Partitions
 from .supervisor import Supervisor
 from .sweeper import StrandedSweeper
 
@@ -148,7 +147,6 @@ H_FWD_DELIVERIES = "Agt-Fwd-Deliveries"
 H_FWD_CSEQ = "Agt-Fwd-Cseq"
 H_FWD_PARTITION = "Agt-Fwd-Partition"
 STRATEGIES = ("checkpoint", "state", "cold")
-PRIORITY_GROUP = "jetagents"
 _NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
 # a durable command handed back because its agent's mailbox was full keeps every later
 # command of that agent waiting (handed back too) until it returns, or until this long
@@ -218,180 +216,6 @@ class _NewCommit:
     body: bytes
 
 
-@dataclass(slots=True, eq=False)
-class Activation:
-    """An agent in memory, or about to be: its mailbox, log position and dedup record."""
-
-    agent_id: AgentId
-    spec: AgentSpec
-    agent: Agent[Any] | None = None
-    last_seq: int = 0  # stream sequence of this agent's last commit (the fence)
-    n: int = 0  # commits so far, gapless from 1
-    # command id -> (event seq or 0, ok, result or wire error): applied commands (from the
-    # log, durable) and domain refusals (in memory only), so a redelivery or a re-send gets
-    # the first answer and is not applied again
-    records: OrderedDict[str, tuple[int, bool, Any]] | None = None  # created on demand (~130 B)
-    own: int = 0  # the largest writer claim seen in this agent's log
-    mailbox: deque[Work] | None = None  # created on demand: an empty deque costs ~600 B per agent
-    scheduled: bool = False
-    since_snapshot: int = 0
-    snapshotting: bool = False
-    last_used: float = 0.0
-    # durable commands handed back because the mailbox was full: stream sequence ->
-    # (times handed back, when last); later commands wait (are handed back) behind them
-    held: dict[int, tuple[int, float]] | None = None
-
-
-@dataclass(slots=True)
-class _PullRequest:
-    remaining: int
-    sent_at: float
-
-
-class _Puller:
-    """Credit loop for one partition's consumer."""
-
-    def __init__(self, host: Host, partition: int) -> None:
-        self.host = host
-        self.partition = partition
-        self.consumer = host.topology.consumer_name(partition)
-        self.requests: dict[str, _PullRequest] = {}
-        self.out = 0  # messages asked for and not yet received (sum of requests' remaining)
-        self.pin_id: str | None = None
-        self.wake = asyncio.Event()
-        self.backoff_until = 0.0
-        self.ids = itertools.count(1)
-        self.stopped = False
-        self.last_unpin = 0.0
-        self.last_recreate = 0.0
-        self.recreate_failures = 0  # recreations in a row that failed (an existing consumer without a leader)
-        self.silent = 0  # requests in a row the server never answered (no message, no status)
-        self.reviving = False
-
-    def outstanding(self) -> int:
-        return self.out
-
-    def add_request(self, token: str, n: int, now: float) -> None:
-        self.requests[token] = _PullRequest(n, now)
-        self.out += n
-
-    def drop_request(self, token: str) -> None:
-        req = self.requests.pop(token, None)
-        if req is not None:
-            self.out -= req.remaining
-
-    def clear_requests(self) -> None:
-        self.requests.clear()
-        self.out = 0
-
-    def received(self) -> None:
-        """One message arrived: the server fills requests in the order they were sent."""
-        self.silent = 0
-        for token, req in self.requests.items():
-            req.remaining -= 1
-            self.out -= 1
-            if req.remaining <= 0:
-                del self.requests[token]
-                self.wake.set()
-            break
-
-    def close_request(self, token: str) -> None:
-        """The server ended this request (expired, pinned elsewhere, no more messages)."""
-        self.silent = 0
-        self.drop_request(token)
-        self.wake.set()
-
-    async def run(self) -> None:
-        host = self.host
-        s = host.settings
-        expires_ns = int(s.pull_expires_s * NS)
-        subject = f"$JS.API.CONSUMER.MSG.NEXT.{host.topology.cmd_stream}.{self.consumer}"
-        while not host._stopping and not self.stopped:
-            now = host.clock.monotonic()
-            # forget requests the server can no longer answer (lost across a reconnect)
-            for token, req in list(self.requests.items()):
-                if now - req.sent_at > s.pull_expires_s + 2.0:
-                    self.drop_request(token)
-                    self.silent += 1
-            if self.silent >= 2 and not self.reviving and host.nc.is_connected:
-                # Two requests in a row expired without a word from the server (a live
-                # consumer ends each with a message or a status, a missing one gets "no
-                # responders"): whatever receives our pulls is not a working consumer.
-                self.reviving = True
-                host._side(self.revive())
-            want = s.pull_batch - self.outstanding()
-            room = s.max_inflight - host._inflight_count
-            if host._inflight_bytes + host.topology.max_payload_bytes + 4096 > s.max_inflight_bytes:
-                room = 0  # the bodies in flight fill the host's byte budget: wait for room
-            if now >= self.backoff_until and want >= max(1, s.pull_batch // 2) and room > 0 and host.nc.is_connected:
-                n = min(want, room)
-                token = str(next(self.ids))
-                pull: dict[str, Any] = {"batch": n, "expires": expires_ns, "group": PRIORITY_GROUP}
-                if self.pin_id:
-                    pull["id"] = self.pin_id
-                self.add_request(token, n, now)
-                try:
-                    await host.nc.publish(
-                        subject, orjson.dumps(pull), reply=f"{host._pull_prefix}.{self.partition}.{token}"
-                    )
-                except Exception as exc:  # noqa: BLE001 - connection trouble: retry later
-                    self.drop_request(token)
-                    self.backoff_until = now + 0.5
-                    log.debug("pull_publish_failed", partition=self.partition, error=str(exc))
-                continue
-            self.wake.clear()
-            delay = 1.0
-            if self.backoff_until > now:
-                delay = min(delay, self.backoff_until - now)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self.wake.wait()
-
-    async def revive(self) -> None:
-        """Our pulls vanish unanswered: recreate the consumer (same config).
-
-        Seen after NATS node faults: a deleted consumer whose pull subject something still
-        receives (a stale leader, a consumer being stopped), a consumer whose raft group
-        lost its leader. Creating it again is enough when it is missing; otherwise delete
-        and create, which gives it a new raft group (the stream keeps every command not
-        acknowledged, and the new consumer delivers them again). A delete whose reply is
-        lost may still have been applied: create anyway."""
-        host = self.host
-        nc, topo, timeout_s = host.nc, host.topology, host.settings.op_timeout_s
-        name = self.consumer
-        cfg = host._consumer_config(self.partition)
-        try:
-            try:
-                await js_api(nc, f"$JS.API.CONSUMER.INFO.{topo.cmd_stream}.{name}", None, timeout_s)
-                missing = False
-            except JSApiError as exc:
-                if exc.err_code != ERR_CONSUMER_NOT_FOUND:
-                    raise
-                missing = True
-            except Unavailable:
-                missing = False  # no leader answers for it
-            if not missing:
-                with contextlib.suppress(Unavailable):  # applied even when its reply is lost
-                    try:
-                        await js_api(nc, f"$JS.API.CONSUMER.DELETE.{topo.cmd_stream}.{name}", None, timeout_s)
-                    except JSApiError as exc:
-                        if exc.err_code != ERR_CONSUMER_NOT_FOUND:
-                            raise
-            await ensure_consumer(nc, topo, self.partition, cfg, timeout_s)
-        except JetAgentsError as exc:
-            host._log.debug("consumer_revive_failed", partition=self.partition, error=str(exc))
-            return
-        finally:
-            self.reviving = False
-        if self.stopped or host._stopping:
-            return
-        self.silent = 0
-        self.pin_id = None
-        host.stats["consumers_recreated"] += 1
-        host._log.warning("consumer_revived", partition=self.partition, was_missing=missing)
-        self.wake.set()
-
-
 class Host:
     """Runs agents. Use as ``async with Host(settings, registry) as host: ...``.
 
@@ -430,7 +254,6 @@ class Host:
         self.coordinator: Coordinator | None = None
         self.nc: NATS = None  # type: ignore[assignment]
         self.cepoch = ""
-        self.activations: OrderedDict[str, Activation] = OrderedDict()
         self.stats: dict[str, int] = {
             "processed": 0,
             "duplicates": 0,
@@ -452,7 +275,6 @@ class Host:
         # agents with commands waiting for a free worker, by (priority rank, arrival)
         self._ready: list[tuple[int, int, Activation]] = []
         self._seq = itertools.count()
-        self._pullers: dict[int, _Puller] = {}
         self._inflight: set[Work] = set()
         self._inflight_count = 0
         self._inflight_bytes = 0  # bodies held by the commands in _inflight (max_inflight_bytes)
@@ -464,23 +286,32 @@ class Host:
         # workers: at most settings.workers tasks, each processing one agent's command and
         # then the next ready agent's, until none is ready
         self._running = 0
-        self._snap_sem = asyncio.Semaphore(16)
         self._pull_prefix = ""
         self._pull_sub: Any = None
         self._call_sub: Any = None
         self._host_sub: Any = None
         self._reader: DirectReader | None = None
         self._inbox: Inbox | None = None  # PubAcks of event appends
-        self._snap_kv: Any = None
-        self._meta_kv: Any = None
         self._client: Any = None
-        self._start_sem = asyncio.Semaphore(32)
         self._log = log.bind(host=settings.host_id)
         # every task the host starts, by group; and the lifecycle flags its loops read
         self.supervisor = Supervisor(self._log)
+        self.partitions = Partitions(
+            settings,
+            self.topology,
+            self.clock,
+            self.supervisor,
+            self.stats,
+            self._log,
+            self._pull_room,
+            claims=not self.static,
+        )
         # OpenTelemetry: the given providers, else the global ones (no SDK: no spans, no metrics)
         self._providers = (tracer_provider, meter_provider)
         self._tel = HostTelemetry(self, settings.host_id, tracer_provider, meter_provider)
+        self.catalog = Catalog(
+            settings, self.subjects, self.clock, self.supervisor, self.stats, self._tel, self._log, self._fence_token
+        )
         self.watchdog: LoopWatchdog | None = None  # started with the host (loop_block_threshold_s)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -491,6 +322,11 @@ class Host:
     @property
     def _stopping(self) -> bool:
         return self.supervisor.stopping
+
+    @property
+    def activations(self) -> OrderedDict[str, Activation]:
+        """The agents in memory (the catalog's), least recently used first."""
+        return self.catalog.activations
 
     async def __aenter__(self) -> Host:
         await self.start()
@@ -542,9 +378,8 @@ class Host:
         )
         created = await ensure_topology(self.nc, self.topology, s.op_timeout_s)
         self.cepoch = f"{fnv1a_32(created.encode()):08x}"  # names commands that carry no id
-        js = self.nc.jetstream(timeout=s.op_timeout_s)
-        self._snap_kv = await js.key_value(self.topology.snap_bucket)
-        self._meta_kv = await js.key_value(self.topology.meta_bucket)
+        snapshots = await KvBucket.open(self.nc, self.topology.snap_bucket, s.op_timeout_s)
+        meta = await KvBucket.open(self.nc, self.topology.meta_bucket, s.op_timeout_s)
         self._reader = DirectReader(self.nc)
         await self._reader.start()
         self._inbox = Inbox(self.nc)
@@ -559,8 +394,12 @@ class Host:
             self.nc, ClientSettings(**common), owns_connection=False, tracer_provider=tp, meter_provider=mp
         )
         await self._client._start()
+        self.catalog.bind(
+            DirectLogReader(self._reader, self.topology.evt_stream, s.op_timeout_s), snapshots, meta, self._client
+        )
 
         self._pull_prefix = self.nc.new_inbox()
+        self.partitions.bind(PartitionConsumers(self.nc, self.topology, s.op_timeout_s), self._pull_prefix)
         self._pull_sub = await self.nc.subscribe(
             f"{self._pull_prefix}.>", cb=self._on_pull_msg, pending_msgs_limit=1_000_000, pending_bytes_limit=-1
         )
@@ -618,59 +457,20 @@ class Host:
         self._log.info("host_started", partitions=len(self.owned), types=self.registry.types())
 
     # -- partitions (the coordinator's hooks) -----------------------------------------------
-    def _consumer_config(self, partition: int) -> dict[str, Any]:
+    def _pull_room(self) -> int:
+        """How many more commands the host takes in now: 0 while the bodies in flight fill
+        its byte budget."""
         s = self.settings
-        return self.topology.consumer_config(
-            partition, ack_wait_s=s.ack_wait_s, max_deliver=-1, max_ack_pending=s.max_ack_pending
-        )
+        if self._inflight_bytes + self.topology.max_payload_bytes + 4096 > s.max_inflight_bytes:
+            return 0
+        return s.max_inflight - self._inflight_count
 
     async def start_partition(self, partition: int, *, rewind: bool = False) -> None:
         """Start serving ``partition``: recreate its consumer, then pull."""
-        s = self.settings
-        cfg = self._consumer_config(partition)
-        # A new owner makes whatever the previous owner left unacknowledged come again at
-        # once and in stream order (a redelivery after ack_wait would arrive behind newer
-        # commands of the same agent), and makes the server feed only itself: it rewinds
-        # the consumer in place and unpins it when the previous owner is gone (fast: the
-        # failover path), and recreates it when the previous owner is alive (its pull
-        # requests still wait at the server and die only with the consumer).
-        async with self._start_sem:  # a few at a time: each is a raft group on a replicated stream
-            if rewind:
-                await rewind_consumer(self.nc, self.topology, partition, cfg, s.op_timeout_s)
-            else:
-                await ensure_consumer(self.nc, self.topology, partition, cfg, s.op_timeout_s, reset=True)
-        puller = _Puller(self, partition)
-        self._pullers[partition] = puller
-        self.supervisor.spawn("pullers", puller.run(), key=partition)
+        await self.partitions.start(partition, rewind=rewind)
         self.owned = sorted({*self.owned, partition})
         self._owned_set = frozenset(self.owned)
         self._tel.handoff(started=True)
-
-    async def _recreate_consumer(self, partition: int) -> None:
-        """Create the consumer of a partition we serve if it is missing (same config)."""
-        puller = self._pullers.get(partition)
-        if puller is None or self._stopping:
-            return
-        # "No responders" and a create that keeps failing: the consumer exists (the create
-        # is an update, answered by its leader) but its raft group has no leader. Delete it
-        # and create it afresh (a new raft group).
-        reset = puller.recreate_failures >= 2
-        try:
-            await ensure_consumer(
-                self.nc,
-                self.topology,
-                partition,
-                self._consumer_config(partition),
-                self.settings.op_timeout_s,
-                reset=reset,
-            )
-        except Exception as exc:  # noqa: BLE001 - the next "no responders" tries again
-            puller.recreate_failures += 1
-            self._log.debug("consumer_recreate_failed", partition=partition, error=str(exc), reset=reset)
-            return
-        puller.recreate_failures = 0
-        self.stats["consumers_recreated"] += 1
-        self._log.warning("consumer_recreated", partition=partition)
 
     async def stop_partition(self, partition: int, *, graceful: bool) -> None:
         """Stop serving ``partition``. Graceful: finish the commands in hand (bounded by
@@ -678,41 +478,13 @@ class Host:
         self.owned = [p for p in self.owned if p != partition]
         self._owned_set = frozenset(self.owned)
         self._tel.handoff(started=False, graceful=graceful)
-        puller = self._pullers.pop(partition, None)
-        if puller is not None:
-            puller.stopped = True
-            puller.wake.set()
-        await self.supervisor.cancel_key("pullers", partition)
+        await self.partitions.stop(partition)
         if graceful:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.drain_grace_s):
                     while any(w.partition == partition and not w.done for w in self._inflight):
                         await asyncio.sleep(0.01)
-        # Forget every agent of the partition: if it ever comes back here, it is rebuilt
-        # from the log, never served from what we remember (that would be a stale read).
-        parts = self.settings.partitions
-        snaps = []
-        for key, act in list(self.activations.items()):
-            if partition_of(act.agent_id.type, act.agent_id.id, parts) != partition:
-                continue
-            self.activations.pop(key, None)
-            self.stats["passivations"] += 1
-            self._tel.passivated(act.agent_id.type)
-            if act.scheduled or act.mailbox:
-                # still running (only when not graceful): what it has in hand rebuilds
-                # the agent from the log first, where the ownership fence applies
-                act.agent = None
-                continue
-            if graceful and act.agent is not None and act.since_snapshot > 0:
-                snaps.append(self._snapshot(act))
-        if snaps:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.op_timeout_s):
-                    await asyncio.gather(*snaps, return_exceptions=True)
-
-    async def _unpin(self, partition: int) -> None:
-        with contextlib.suppress(JetAgentsError):
-            await unpin_consumer(self.nc, self.topology, partition, PRIORITY_GROUP, self.settings.op_timeout_s)
+        await self.catalog.forget_partition(partition, graceful=graceful)
 
     def _token_of(self, aid: AgentId, partition: int) -> int:
         """This host's writer token for ``aid``: its claim on the partition, or the
@@ -726,6 +498,10 @@ class Host:
             return claim
         host, rev = placed
         return max(claim, rev) if host == self.settings.host_id else 0
+
+    def _fence_token(self, aid: AgentId, partition: int) -> int | None:
+        """``_token_of``, or None without cluster membership (no writer fences this host)."""
+        return None if self.coordinator is None else self._token_of(aid, partition)
 
     def load(self) -> dict[str, Any]:
         """What this host advertises in its heartbeat."""
@@ -918,7 +694,7 @@ class Host:
         spec = self.registry.get(agent_type)
         if snap and spec is not None and key not in self.activations:
             act = Activation(AgentId(agent_type, agent_id), spec)
-            await self._activate(act, given=snap)
+            await self.catalog.activate(act, given=snap)
             act.last_used = self.clock.monotonic()
             self.activations[key] = act
             activated = True
@@ -933,10 +709,10 @@ class Host:
         snapshot = None
         if act is not None and act.agent is not None:
             if strategy == "checkpoint" and act.since_snapshot:
-                await self._snapshot(act)
+                await self.catalog.snapshot(act)
             elif strategy == "state":
-                snapshot = self._snapshot_body(act)
-            self._evict(act)
+                snapshot = self.catalog.snapshot_body(act)
+            self.catalog.evict(act)
         if msg.reply:
             await self.nc.publish(msg.reply, orjson.dumps({"ok": True, "snapshot": snapshot}))
 
@@ -981,10 +757,10 @@ class Host:
             if source == me:
                 if act.agent is not None:
                     if strategy == "checkpoint" and act.since_snapshot:
-                        await self._snapshot(act)
+                        await self.catalog.snapshot(act)
                     elif strategy == "state":
-                        snapshot = self._snapshot_body(act)
-                    self._evict(act)
+                        snapshot = self.catalog.snapshot_body(act)
+                    self.catalog.evict(act)
             elif source != target:
                 snapshot = (await self._host_request(source, "release", {"agent": key, "strategy": strategy})).get(
                     "snapshot"
@@ -993,7 +769,7 @@ class Host:
             if target != me:
                 await self._host_request(target, "adopt", {"agent": key, "rev": rev, "snapshot": snapshot})
             elif snapshot is not None:
-                await self._activate(act, given=snapshot)
+                await self.catalog.activate(act, given=snapshot)
             result = {"agent": str(act.agent_id), "from": source, "to": target, "strategy": strategy, "token": rev}
             self._log.info("agent_migrated", **result)
             await self.event("agent.migrated", result)
@@ -1028,8 +804,7 @@ class Host:
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-        for puller in self._pullers.values():
-            puller.wake.set()
+        self.partitions.wake_all()
         if drain and self.settings.drain_grace_s > 0 and self.nc.is_connected:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.drain_grace_s):
@@ -1040,10 +815,7 @@ class Host:
             if work.kind in _ACKED and not work.done:
                 await self._nak(work, 0.0)
         if drain and self.nc.is_connected:
-            snaps = [self._snapshot(a) for a in self.activations.values() if a.agent and a.since_snapshot]
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(1.0, self.settings.op_timeout_s)):
-                    await asyncio.gather(*snaps, return_exceptions=True)
+            await self.catalog.snapshot_all(max(1.0, self.settings.op_timeout_s))
         await self.supervisor.drain("side", self.settings.op_timeout_s)
         if self._reader is not None:
             await self._reader.stop()
@@ -1064,9 +836,7 @@ class Host:
 
     async def _on_reconnected(self) -> None:
         self._log.info("nats_reconnected")
-        for puller in self._pullers.values():
-            puller.clear_requests()
-            puller.wake.set()
+        self.partitions.reconnected()
 
     async def _on_disconnected(self) -> None:
         self._log.warning("nats_disconnected")
@@ -1082,39 +852,16 @@ class Host:
     async def _on_pull_msg(self, msg: Msg) -> None:
         if not msg.reply:  # a status about one of our pull requests, sent to its inbox
             tokens = msg.subject.rsplit(".", 2)
-            puller = self._pullers.get(int(tokens[1])) if tokens[1].isdigit() else None
-            if puller is None:
-                return
-            hdrs = msg.headers or {}
-            status = hdrs.get("Status", "")
-            if status == "100":
-                return
-            if status == "503":
-                # Nobody serves the consumer: it is gone. Its state lives in server memory,
-                # so a restarted server forgets it; the stream still holds every command not
-                # acknowledged, and a recreated consumer delivers them again.
-                now = self.clock.monotonic()
-                puller.backoff_until = now + 0.25
-                if now - puller.last_recreate > 1.0:
-                    puller.last_recreate = now
-                    self._side(self._recreate_consumer(puller.partition))
-            if status == "423":  # pinned to another host
-                puller.pin_id = None
-                now = self.clock.monotonic()
-                puller.backoff_until = now + 0.25
-                if self.coordinator is not None and now - puller.last_unpin > 1.0:
-                    # We hold the claim: whoever the server still feeds (a previous owner's
-                    # request left waiting, a paused host) must not be. Unpin it.
-                    puller.last_unpin = now
-                    self._side(self._unpin(puller.partition))
-            puller.close_request(tokens[2])
+            puller = self.partitions.get(int(tokens[1])) if tokens[1].isdigit() else None
+            if puller is not None:
+                self.partitions.on_status(puller, tokens[2], (msg.headers or {}).get("Status", ""))
             return
         # a command; JetStream delivers it under its stored subject <root>.p.<partition>.<type>.<id>
         parts = msg.subject.split(".")
         if len(parts) < 5 or not parts[-3].isdigit():
             return
         partition = int(parts[-3])
-        puller = self._pullers.get(partition)
+        puller = self.partitions.get(partition)
         if puller is None:
             await self.nc.publish(msg.reply, b"-NAK")
             return
@@ -1322,18 +1069,13 @@ class Host:
         self._inflight_bytes -= len(work.msg.data)
         if self._inflight_count <= 0:
             self._idle.set()
-        half = self.settings.pull_batch // 2
         if self._inflight_count == self.settings.max_inflight - 1 or (
             was_full_bytes and self._inflight_bytes <= full_bytes
         ):
             # the host was full: any puller may have been waiting for room
-            for puller in self._pullers.values():
-                if puller.out < half:
-                    puller.wake.set()
+            self.partitions.wake_low(None)
         else:
-            own = self._pullers.get(work.partition)
-            if own is not None and own.out < half:
-                own.wake.set()
+            self.partitions.wake_low(work.partition)
 
     def _side(self, coro: Any) -> None:
         self.supervisor.spawn("side", coro)
@@ -1549,7 +1291,7 @@ class Host:
         s = self.settings
         if act.agent is None:
             try:
-                await self._activate(act)
+                await self.catalog.activate(act)
             except _NON_RETRYABLE_INPUT as err:
                 await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
                 return None
@@ -1649,10 +1391,10 @@ class Host:
             except FencedError as err:
                 self.stats["fenced"] += 1
                 self._log.warning("append_fenced", agent=str(act.agent_id), cmd=cmd_id)
-                self._evict(act)  # rebuild from the log (with the other writer's commits)
+                self.catalog.evict(act)  # rebuild from the log (with the other writer's commits)
                 return err, False
             except JetAgentsError as err:
-                self._evict(act)  # the append may or may not have landed: rebuild from the log
+                self.catalog.evict(act)  # the append may or may not have landed: rebuild from the log
                 return err, False
             if duplicate:
                 # This command's commit is already in the log (its record had been
@@ -1672,7 +1414,7 @@ class Host:
             self._remember(act, commit.cmd, (seq, True, result_json))
             out_hdrs[H_EVENT_SEQ] = str(seq)
             if act.since_snapshot >= s.snapshot_every and not act.snapshotting:
-                self._side(self._snapshot(act))
+                self._side(self.catalog.snapshot(act))
         await self._finish_ok(work, reply_to, result_json, out_hdrs)
         return None
 
@@ -1927,137 +1669,6 @@ class Host:
             return int(ack["seq"]), act.last_seq != 0 and int(ack["seq"]) <= act.last_seq
         return int(ack["seq"]), False
 
-    async def _activate(self, act: Activation, given: dict[str, Any] | None = None) -> None:
-        """Rebuild the agent: snapshot (if any and readable) + replay of later commits."""
-        s = self.settings
-        aid = act.agent_id
-        started = self.clock.monotonic()
-        metadata: dict[str, Any] = {}
-        try:
-            if act.spec.spawn_required:
-                try:
-                    entry = await self._meta_kv.get(aid.key)
-                except KeyNotFoundError:
-                    raise UnknownAgent(f"{aid} was never spawned (type {aid.type!r} requires spawn)") from None
-                metadata = orjson.loads(entry.value) if entry.value else {}
-            state = None
-            n = 0
-            last_seq = 0
-            records: OrderedDict[str, tuple[int, bool, Any]] = OrderedDict()
-            raw_snap: bytes | None = None
-            try:
-                if given is not None:  # handed over by the previous host (state transfer)
-                    snap: Any = given
-                else:
-                    snap_entry = await self._snap_kv.get(aid.key)
-                    raw_snap = snap_entry.value if snap_entry and snap_entry.value else None
-                    snap = None
-            except KeyNotFoundError:
-                snap = None
-            except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
-                raise Unavailable(f"cannot read the snapshot of {aid}: {exc!r}") from None
-            if raw_snap is not None:
-                try:  # unreadable (not JSON): ignored like one that does not fit the state
-                    snap = orjson.loads(raw_snap)
-                except orjson.JSONDecodeError as exc:
-                    self._log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
-            own = 0
-            if snap:
-                try:
-                    if not isinstance(snap, dict):
-                        raise TypeError(f"a snapshot is a JSON object, not {type(snap).__name__}")
-                    state = act.spec.state_type.model_validate(snap["state"])
-                    last_seq = int(snap["seq"])
-                    n = int(snap["n"])
-                    own = int(snap.get("own", 0))
-                    for cmd, seq, result in snap.get("records", []):
-                        records[str(cmd)] = (int(seq), True, result)
-                except (ValidationError, KeyError, TypeError, ValueError) as exc:
-                    self._log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
-                    state, n, last_seq = None, 0, 0
-                    records.clear()
-            ctx = AgentContext(aid, self.clock, client=self._client, metadata=metadata)
-            agent = act.spec.cls(ctx, state)
-            assert self._reader is not None
-            msgs = await self._reader.read_subject(
-                self.topology.evt_stream, self.subjects.evt(aid.type, aid.id), last_seq + 1, 256, s.op_timeout_s
-            )
-            for m in msgs:
-                commit = Commit.model_validate_json(m.data)
-                if commit.n != n + 1:
-                    raise InternalError(f"event log of {aid} has a gap: commit {commit.n} after {n}")
-                agent._replay(commit.events)
-                n = commit.n
-                own = max(own, commit.own)
-                last_seq = int(m.headers["Nats-Sequence"]) if m.headers else last_seq
-                records[commit.cmd] = (last_seq, True, commit.result)
-            while len(records) > s.dedup_records_per_agent:
-                records.popitem(last=False)
-        except ValidationError as exc:
-            raise InternalError(f"event log of {aid} is unreadable: {exc}") from None
-        partition = partition_of(aid.type, aid.id, s.partitions)
-        if self.coordinator is not None and own > self._token_of(aid, partition):
-            # A host with a newer claim on this partition has written this agent: ours is
-            # stale (we were paused or cut off). Never write after it.
-            raise FencedError(f"{aid} was written by a newer owner of partition {partition}")
-        act.agent = agent
-        act.own = own
-        act.n, act.last_seq, act.records = n, last_seq, records or None
-        act.since_snapshot = len(msgs)
-        self.stats["activations"] += 1
-        self._tel.activated(aid.type, len(msgs), self.clock.monotonic() - started)
-        if len(self.activations) > s.max_active_agents:
-            self._evict_lru()
-
-    def _evict(self, act: Activation) -> None:
-        act.agent = None
-        act.records = None
-        act.since_snapshot = 0
-
-    def _evict_lru(self) -> None:
-        over = len(self.activations) - self.settings.max_active_agents
-        for key, act in list(self.activations.items()):
-            if over <= 0:
-                break
-            if not act.scheduled and not act.mailbox and not act.held:
-                self._passivate(key, act)
-                over -= 1
-
-    def _passivate(self, key: str, act: Activation) -> None:
-        self.activations.pop(key, None)
-        self.stats["passivations"] += 1
-        self._tel.passivated(act.agent_id.type)
-        if act.agent is not None and act.since_snapshot > 0:
-            self._side(self._snapshot(act))
-
-    def _snapshot_body(self, act: Activation) -> dict[str, Any]:
-        assert act.agent is not None
-        return {
-            "v": 1,
-            "state": act.agent._state.model_dump(mode="json"),
-            "seq": act.last_seq,
-            "n": act.n,
-            "own": act.own,
-            # only applied commands: a refusal is not in the log either
-            "records": [[k, v[0], v[2]] for k, v in (act.records or {}).items() if v[0]],
-        }
-
-    async def _snapshot(self, act: Activation) -> None:
-        agent = act.agent
-        if agent is None or act.snapshotting:
-            return
-        act.snapshotting = True
-        body = orjson.dumps(self._snapshot_body(act))
-        taken = act.since_snapshot
-        try:
-            async with self._snap_sem:
-                await self._snap_kv.put(act.agent_id.key, body)
-            act.since_snapshot = max(0, act.since_snapshot - taken)
-        except Exception as exc:  # noqa: BLE001 - a missing snapshot only costs replay time
-            self._log.warning("snapshot_failed", agent=str(act.agent_id), error=str(exc))
-        finally:
-            act.snapshotting = False
-
     # -- housekeeping ----------------------------------------------------------------------
     async def _sweep_stranded(self) -> None:
         """Now and then, the leader (or a host on its own) removes the commands no
@@ -2097,10 +1708,4 @@ class Host:
             for work in list(self._inflight):
                 if work.kind in _ACKED and not work.done and now - work.received > s.ack_wait_s / 3:
                     await self._ack(work, b"+WPI")
-            for key, act in list(self.activations.items()):
-                if act.held is not None:
-                    self._prune_held(act, now)
-                if not act.scheduled and not act.mailbox and not act.held and now - act.last_used > s.idle_passivate_s:
-                    self._passivate(key, act)
-            if len(self.activations) > s.max_active_agents:
-                self._evict_lru()
+            self.catalog.passivate_idle(now, self._prune_held)
