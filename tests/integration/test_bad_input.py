@@ -32,7 +32,7 @@ from jetagents import (
     applies,
     partition_of,
 )
-from jetagents._client.client import _decode_reply
+from jetagents._client.reply import decode_reply
 from jetagents._nats.api import js_api
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import host_settings
@@ -80,7 +80,7 @@ async def test_bad_durable_command(host: Host, client: Client, body: bytes, erro
     assert await ref.request("increment", {"by": 1}) == 1
     reply = await _publish_raw(client, "agt.cmd.counter.bad", body, {"Agt-Command-Id": "bad-1"})
     with pytest.raises(error):
-        _decode_reply(reply)
+        decode_reply(reply)
     dls = await dead_letters(client.nc)
     assert len(dls) == 1
     assert dls[0]["error"]["code"] == code
@@ -94,7 +94,7 @@ async def test_bad_durable_command(host: Host, client: Client, body: bytes, erro
 async def test_unknown_agent_type(host: Host, client: Client) -> None:
     reply = await _publish_raw(client, "agt.cmd.nosuch.x1", b'{"action": "get"}')
     with pytest.raises(UnknownAgentType):
-        _decode_reply(reply)
+        decode_reply(reply)
     with pytest.raises(UnknownAgentType):
         await client.agent("nosuch", "x2").request("get", delivery="at-most-once")
     dls = await dead_letters(client.nc)
@@ -118,7 +118,7 @@ async def test_oversized_payload(nats_server: NatsServer) -> None:
                 await client.nc.jetstream().publish("agt.cmd.counter.big", body)
             reply = await client.nc.request("agt.call.counter.big", body, timeout=5)
             with pytest.raises(PayloadTooLarge):
-                _decode_reply(reply)
+                decode_reply(reply)
             dls = await dead_letters(client.nc)
             assert [d["error"]["code"] for d in dls] == ["payload_too_large"]
             assert await client.agent("counter", "big").request("get") == 0
@@ -129,7 +129,7 @@ async def test_oversized_payload(nats_server: NatsServer) -> None:
 async def test_bad_headers(host: Host, client: Client) -> None:
     reply = await _publish_raw(client, "agt.cmd.counter.hdr", b'{"action": "increment"}', {"Agt-Command-Id": "x" * 300})
     with pytest.raises(MalformedCommand):
-        _decode_reply(reply)
+        decode_reply(reply)
     assert await client.agent("counter", "hdr").request("get") == 0
     await _no_pending(client)
 
@@ -253,7 +253,7 @@ async def test_dead_letter_of_a_body_that_escapes_large_fits_and_is_not_redelive
     body = b"\x01" * 200_000
     reply = await _publish_raw(client, "agt.cmd.counter.esc", body, {"Nats-Msg-Id": "esc-1"})
     with pytest.raises(MalformedCommand):
-        _decode_reply(reply)
+        decode_reply(reply)
     assert reply.headers["Agt-Command-Id"] == "esc-1"
     [dl] = await dead_letters(client.nc)
     assert dl["payload_bytes"] == len(body) and dl["truncated"] is False
@@ -267,7 +267,7 @@ async def test_refusals_of_unroutable_commands_carry_the_command_id(host: Host, 
     # only Nats-Msg-Id set: the reply names the command all the same (wire contract §4)
     reply = await _publish_raw(client, "agt.cmd.nosuch.x1", b'{"action": "get"}', {"Nats-Msg-Id": "m-1"})
     with pytest.raises(UnknownAgentType):
-        _decode_reply(reply)
+        decode_reply(reply)
     assert reply.headers["Agt-Command-Id"] == "m-1"
     # no id at all: the id the host names it by (as for any durable command)
     reply = await _publish_raw(client, "agt.cmd.nosuch.x2", b'{"action": "get"}')
@@ -362,7 +362,7 @@ async def test_dead_letter_is_stored_before_the_answer(host: Host, client: Clien
     await js_api(client.nc, f"$JS.API.STREAM.DELETE.{dlq['name']}", None, 5)
     reply = await client.nc.request("agt.call.counter.d1", b"not json", timeout=10)
     with pytest.raises(Unavailable) as exc:
-        _decode_reply(reply)
+        decode_reply(reply)
     assert exc.value.details == {"applied": False, "refused": "malformed"}
 
     inbox = client.nc.new_inbox()
@@ -373,7 +373,7 @@ async def test_dead_letter_is_stored_before_the_answer(host: Host, client: Clien
     await js_api(client.nc, f"$JS.API.STREAM.CREATE.{dlq['name']}", dlq, 5)
     reply = await sub.next_msg(timeout=15)
     with pytest.raises(MalformedCommand):
-        _decode_reply(reply)
+        decode_reply(reply)
     assert [d["subject"] for d in await dead_letters(client.nc)] == [
         f"agt.p.{partition_of('counter', 'd2', 8)}.counter.d2"
     ]
@@ -390,5 +390,5 @@ async def test_malformed_migrate_request_is_a_typed_refusal(host: Host, client: 
     ):
         reply = await client.nc.request(subject, body, timeout=10)
         with pytest.raises(MalformedCommand) as exc:
-            _decode_reply(reply)
+            decode_reply(reply)
         assert "Error(" not in exc.value.message and "'" not in exc.value.message

@@ -155,9 +155,9 @@ async def test_deadline_passed_is_not_run(host: Host, client: Client) -> None:
     assert b"deadline_exceeded" in msg.data
     assert await ref.request("get") == 0
     with pytest.raises(DeadlineExceeded):
-        from jetagents._client.client import _decode_reply
+        from jetagents._client.reply import decode_reply
 
-        _decode_reply(msg)
+        decode_reply(msg)
 
 
 async def test_trace_and_correlation_travel_to_events_and_reply(host: Host, client: Client) -> None:

@@ -18,17 +18,60 @@ class RetryPolicy:
     >>> p = RetryPolicy(attempts=3, base_s=0.1, max_s=1.0)
     >>> [p.cap(k) for k in range(3)]
     [0.1, 0.2, 0.4]
+
+    ``linear`` grows the cap by ``base_s`` per retry instead of doubling it, and without
+    ``jitter`` the delay is the cap itself (a probe that waits longer after each failure):
+
+    >>> probe = RetryPolicy(base_s=0.5, max_s=2.0, linear=True, jitter=False)
+    >>> [probe.delay(k) for k in range(5)]
+    [0.5, 1.0, 1.5, 2.0, 2.0]
     """
 
     attempts: int = 4
     base_s: float = 0.05
     max_s: float = 2.0
+    linear: bool = False
+    jitter: bool = True
 
     def cap(self, retry_index: int) -> float:
+        if self.linear:
+            return min(self.max_s, self.base_s * (retry_index + 1))
         return min(self.max_s, math.ldexp(self.base_s, min(retry_index, 1024)))
 
     def delay(self, retry_index: int, rng: random.Random | None = None) -> float:
+        if not self.jitter:
+            return self.cap(retry_index)
         return (rng or random).uniform(0.0, self.cap(retry_index))
+
+    def next_delay(
+        self,
+        retry_index: int,
+        remaining_s: float,
+        *,
+        min_attempt_s: float = 0.0,
+        limit_attempts: bool = True,
+        rng: random.Random | None = None,
+    ) -> float | None:
+        """The delay before the next try after failed try ``retry_index`` (0: the first),
+        or None when there is none: ``attempts`` are used up (unless ``limit_attempts`` is
+        False: the failure proves re-sending is safe, so only time limits it), or the delay
+        and ``min_attempt_s`` (the least time a try needs to be answered) do not fit in
+        the ``remaining_s`` before the caller's deadline.
+
+        >>> p = RetryPolicy(attempts=2, base_s=0.1, max_s=1.0)
+        >>> p.next_delay(1, remaining_s=10.0) is None  # both tries made
+        True
+        >>> 0.0 <= p.next_delay(5, remaining_s=10.0, limit_attempts=False) <= 1.0
+        True
+        >>> p.next_delay(0, remaining_s=0.2, min_attempt_s=0.25) is None  # no time for one more
+        True
+        """
+        if limit_attempts and retry_index + 1 >= self.attempts:
+            return None
+        delay = self.delay(retry_index, rng)
+        if delay + min_attempt_s >= remaining_s:
+            return None
+        return delay
 
 
 class BreakerState(StrEnum):

@@ -79,21 +79,17 @@ from .._core.wire import (
     encode_ok,
 )
 from .._nats.api import (
-    ERR_CONSUMER_NOT_FOUND,
     ERR_WRONG_LAST_SEQUENCE,
     NS,
     DirectReader,
-    Inbox,
     JSApiError,
     Topology,
     connect,
-    ensure_consumer,
     ensure_topology,
-    js_api,
     js_publish,
-    rewind_consumer,
-    unpin_consumer,
 )
+from .._nats.consumers import PartitionConsumers
+from .._nats.inbox import Inbox
 from .._obs.propagation import carry_context
 from .._obs.telemetry import (
     AGENT_ID,
@@ -129,6 +125,8 @@ from .coordination import ClusterConfig, Coordinator, JetStreamStore
 from .deadline import Deadline, Overrun
 from .eager import start_eager
 from .intake import Intake
+from .partitions import Partitions
+from .supervisor import Supervisor
 from .sweeper import StrandedSweeper
 
 log = structlog.get_logger("jetagents.host")
@@ -142,7 +140,6 @@ H_FWD_DELIVERIES = "Agt-Fwd-Deliveries"
 H_FWD_CSEQ = "Agt-Fwd-Cseq"
 H_FWD_PARTITION = "Agt-Fwd-Partition"
 STRATEGIES = ("checkpoint", "state", "cold")
-PRIORITY_GROUP = "jetagents"
 _NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
 # a durable command handed back because its agent's mailbox was full keeps every later
 # command of that agent waiting (handed back too) until it returns, or until this long
@@ -221,156 +218,6 @@ class Activation:
     held: dict[int, tuple[int, float]] | None = None
 
 
-@dataclass(slots=True)
-class _PullRequest:
-    remaining: int
-    sent_at: float
-
-
-class _Puller:
-    """Credit loop for one partition's consumer."""
-
-    def __init__(self, host: Host, partition: int) -> None:
-        self.host = host
-        self.partition = partition
-        self.consumer = host.topology.consumer_name(partition)
-        self.requests: dict[str, _PullRequest] = {}
-        self.out = 0  # messages asked for and not yet received (sum of requests' remaining)
-        self.pin_id: str | None = None
-        self.wake = asyncio.Event()
-        self.backoff_until = 0.0
-        self.ids = itertools.count(1)
-        self.stopped = False
-        self.last_unpin = 0.0
-        self.last_recreate = 0.0
-        self.recreate_failures = 0  # recreations in a row that failed (an existing consumer without a leader)
-        self.silent = 0  # requests in a row the server never answered (no message, no status)
-        self.reviving = False
-
-    def outstanding(self) -> int:
-        return self.out
-
-    def add_request(self, token: str, n: int, now: float) -> None:
-        self.requests[token] = _PullRequest(n, now)
-        self.out += n
-
-    def drop_request(self, token: str) -> None:
-        req = self.requests.pop(token, None)
-        if req is not None:
-            self.out -= req.remaining
-
-    def clear_requests(self) -> None:
-        self.requests.clear()
-        self.out = 0
-
-    def received(self) -> None:
-        """One message arrived: the server fills requests in the order they were sent."""
-        self.silent = 0
-        for token, req in self.requests.items():
-            req.remaining -= 1
-            self.out -= 1
-            if req.remaining <= 0:
-                del self.requests[token]
-                self.wake.set()
-            break
-
-    def close_request(self, token: str) -> None:
-        """The server ended this request (expired, pinned elsewhere, no more messages)."""
-        self.silent = 0
-        self.drop_request(token)
-        self.wake.set()
-
-    async def run(self) -> None:
-        host = self.host
-        s = host.settings
-        expires_ns = int(s.pull_expires_s * NS)
-        subject = f"$JS.API.CONSUMER.MSG.NEXT.{host.topology.cmd_stream}.{self.consumer}"
-        while not host._stopping and not self.stopped:
-            now = host.clock.monotonic()
-            # forget requests the server can no longer answer (lost across a reconnect)
-            for token, req in list(self.requests.items()):
-                if now - req.sent_at > s.pull_expires_s + 2.0:
-                    self.drop_request(token)
-                    self.silent += 1
-            if self.silent >= 2 and not self.reviving and host.nc.is_connected:
-                # Two requests in a row expired without a word from the server (a live
-                # consumer ends each with a message or a status, a missing one gets "no
-                # responders"): whatever receives our pulls is not a working consumer.
-                self.reviving = True
-                host._side(self.revive())
-            want = s.pull_batch - self.outstanding()
-            room = s.max_inflight - host._inflight_count
-            if host._inflight_bytes + host.topology.max_payload_bytes + 4096 > s.max_inflight_bytes:
-                room = 0  # the bodies in flight fill the host's byte budget: wait for room
-            if now >= self.backoff_until and want >= max(1, s.pull_batch // 2) and room > 0 and host.nc.is_connected:
-                n = min(want, room)
-                token = str(next(self.ids))
-                pull: dict[str, Any] = {"batch": n, "expires": expires_ns, "group": PRIORITY_GROUP}
-                if self.pin_id:
-                    pull["id"] = self.pin_id
-                self.add_request(token, n, now)
-                try:
-                    await host.nc.publish(
-                        subject, orjson.dumps(pull), reply=f"{host._pull_prefix}.{self.partition}.{token}"
-                    )
-                except Exception as exc:  # noqa: BLE001 - connection trouble: retry later
-                    self.drop_request(token)
-                    self.backoff_until = now + 0.5
-                    log.debug("pull_publish_failed", partition=self.partition, error=str(exc))
-                continue
-            self.wake.clear()
-            delay = 1.0
-            if self.backoff_until > now:
-                delay = min(delay, self.backoff_until - now)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self.wake.wait()
-
-    async def revive(self) -> None:
-        """Our pulls vanish unanswered: recreate the consumer (same config).
-
-        Seen after NATS node faults: a deleted consumer whose pull subject something still
-        receives (a stale leader, a consumer being stopped), a consumer whose raft group
-        lost its leader. Creating it again is enough when it is missing; otherwise delete
-        and create, which gives it a new raft group (the stream keeps every command not
-        acknowledged, and the new consumer delivers them again). A delete whose reply is
-        lost may still have been applied: create anyway."""
-        host = self.host
-        nc, topo, timeout_s = host.nc, host.topology, host.settings.op_timeout_s
-        name = self.consumer
-        cfg = host._consumer_config(self.partition)
-        try:
-            try:
-                await js_api(nc, f"$JS.API.CONSUMER.INFO.{topo.cmd_stream}.{name}", None, timeout_s)
-                missing = False
-            except JSApiError as exc:
-                if exc.err_code != ERR_CONSUMER_NOT_FOUND:
-                    raise
-                missing = True
-            except Unavailable:
-                missing = False  # no leader answers for it
-            if not missing:
-                with contextlib.suppress(Unavailable):  # applied even when its reply is lost
-                    try:
-                        await js_api(nc, f"$JS.API.CONSUMER.DELETE.{topo.cmd_stream}.{name}", None, timeout_s)
-                    except JSApiError as exc:
-                        if exc.err_code != ERR_CONSUMER_NOT_FOUND:
-                            raise
-            await ensure_consumer(nc, topo, self.partition, cfg, timeout_s)
-        except JetAgentsError as exc:
-            host._log.debug("consumer_revive_failed", partition=self.partition, error=str(exc))
-            return
-        finally:
-            self.reviving = False
-        if self.stopped or host._stopping:
-            return
-        self.silent = 0
-        self.pin_id = None
-        host.stats["consumers_recreated"] += 1
-        host._log.warning("consumer_revived", partition=self.partition, was_missing=missing)
-        self.wake.set()
-
-
 class Host:
     """Runs agents. Use as ``async with Host(settings, registry) as host: ...``.
 
@@ -407,7 +254,6 @@ class Host:
         self.owned: list[int] = []
         self._owned_set: frozenset[int] = frozenset()
         self.coordinator: Coordinator | None = None
-        self._puller_tasks: dict[int, asyncio.Task[None]] = {}
         self.nc: NATS = None  # type: ignore[assignment]
         self.cepoch = ""
         self.activations: OrderedDict[str, Activation] = OrderedDict()
@@ -432,24 +278,18 @@ class Host:
         # agents with commands waiting for a free worker, by (priority rank, arrival)
         self._ready: list[tuple[int, int, Activation]] = []
         self._seq = itertools.count()
-        self._pullers: dict[int, _Puller] = {}
         self._inflight: set[Command] = set()
         self._inflight_count = 0
         self._inflight_bytes = 0  # bodies held by the commands in _inflight (max_inflight_bytes)
         self._idle = asyncio.Event()
         self._idle.set()
-        self._tasks: list[asyncio.Task[None]] = []
         self._sweeper: StrandedSweeper | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self._intake = Intake(self)
         # workers: at most settings.workers tasks, each processing one agent's command and
         # then the next ready agent's, until none is ready
         self._running = 0
-        self._workers: set[asyncio.Task[None]] = set()
-        self._side_tasks: set[asyncio.Task[Any]] = set()
         self._snap_sem = asyncio.Semaphore(16)
-        self._stopping = False
-        self._started = False
         self._pull_prefix = ""
         self._pull_sub: Any = None
         self._call_sub: Any = None
@@ -459,15 +299,33 @@ class Host:
         self._snap_kv: Any = None
         self._meta_kv: Any = None
         self._client: Any = None
-        self._coord_task: asyncio.Task[None] | None = None
-        self._start_sem = asyncio.Semaphore(32)
         self._log = log.bind(host=settings.host_id)
+        # every task the host starts, by group; and the lifecycle flags its loops read
+        self.supervisor = Supervisor(self._log)
+        self.partitions = Partitions(
+            settings,
+            self.topology,
+            self.clock,
+            self.supervisor,
+            self.stats,
+            self._log,
+            self._pull_room,
+            claims=not self.static,
+        )
         # OpenTelemetry: the given providers, else the global ones (no SDK: no spans, no metrics)
         self._providers = (tracer_provider, meter_provider)
         self._tel = HostTelemetry(self, settings.host_id, tracer_provider, meter_provider)
         self.watchdog: LoopWatchdog | None = None  # started with the host (loop_block_threshold_s)
 
     # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def _started(self) -> bool:
+        return self.supervisor.started
+
+    @property
+    def _stopping(self) -> bool:
+        return self.supervisor.stopping
+
     async def __aenter__(self) -> Host:
         await self.start()
         return self
@@ -537,6 +395,7 @@ class Host:
         await self._client._start()
 
         self._pull_prefix = self.nc.new_inbox()
+        self.partitions.bind(PartitionConsumers(self.nc, self.topology, s.op_timeout_s), self._pull_prefix)
         self._pull_sub = await self.nc.subscribe(
             f"{self._pull_prefix}.>", cb=self._on_pull_msg, pending_msgs_limit=1_000_000, pending_bytes_limit=-1
         )
@@ -553,7 +412,7 @@ class Host:
         self._host_sub = await self.nc.subscribe(
             self.subjects.sys("host", s.host_id, "*"), cb=self._on_host_msg, pending_msgs_limit=1_000_000
         )
-        self._spawn(self._housekeeping())
+        self.supervisor.spawn("background", self._housekeeping())
         if s.stranded_sweep_s > 0:
             self._sweeper = StrandedSweeper(
                 self.nc,
@@ -563,8 +422,8 @@ class Host:
                 grace_s=s.stranded_grace_s,
                 timeout_s=s.op_timeout_s,
             )
-            self._spawn(self._sweep_stranded())
-        self._started = True
+            self.supervisor.spawn("background", self._sweep_stranded())
+        self.supervisor.started = True
         if self.static:
             for p in self._static_partitions:
                 await self.start_partition(p)
@@ -584,7 +443,7 @@ class Host:
                 tags=list(s.tags),
             )
             self.coordinator = Coordinator(s.host_id, store, self.clock, cfg, self)
-            self._coord_task = asyncio.create_task(self.coordinator.run())
+            self.supervisor.spawn("coordinator", self.coordinator.run())
             # ready when the ring is known and our share of it is started (or give up
             # waiting: the partitions may belong to others that have not let go yet)
             with contextlib.suppress(TimeoutError):
@@ -594,59 +453,20 @@ class Host:
         self._log.info("host_started", partitions=len(self.owned), types=self.registry.types())
 
     # -- partitions (the coordinator's hooks) -----------------------------------------------
-    def _consumer_config(self, partition: int) -> dict[str, Any]:
+    def _pull_room(self) -> int:
+        """How many more commands the host takes in now: 0 while the bodies in flight fill
+        its byte budget."""
         s = self.settings
-        return self.topology.consumer_config(
-            partition, ack_wait_s=s.ack_wait_s, max_deliver=-1, max_ack_pending=s.max_ack_pending
-        )
+        if self._inflight_bytes + self.topology.max_payload_bytes + 4096 > s.max_inflight_bytes:
+            return 0
+        return s.max_inflight - self._inflight_count
 
     async def start_partition(self, partition: int, *, rewind: bool = False) -> None:
         """Start serving ``partition``: recreate its consumer, then pull."""
-        s = self.settings
-        cfg = self._consumer_config(partition)
-        # A new owner makes whatever the previous owner left unacknowledged come again at
-        # once and in stream order (a redelivery after ack_wait would arrive behind newer
-        # commands of the same agent), and makes the server feed only itself: it rewinds
-        # the consumer in place and unpins it when the previous owner is gone (fast: the
-        # failover path), and recreates it when the previous owner is alive (its pull
-        # requests still wait at the server and die only with the consumer).
-        async with self._start_sem:  # a few at a time: each is a raft group on a replicated stream
-            if rewind:
-                await rewind_consumer(self.nc, self.topology, partition, cfg, s.op_timeout_s)
-            else:
-                await ensure_consumer(self.nc, self.topology, partition, cfg, s.op_timeout_s, reset=True)
-        puller = _Puller(self, partition)
-        self._pullers[partition] = puller
-        self._puller_tasks[partition] = asyncio.create_task(puller.run())
+        await self.partitions.start(partition, rewind=rewind)
         self.owned = sorted({*self.owned, partition})
         self._owned_set = frozenset(self.owned)
         self._tel.handoff(started=True)
-
-    async def _recreate_consumer(self, partition: int) -> None:
-        """Create the consumer of a partition we serve if it is missing (same config)."""
-        puller = self._pullers.get(partition)
-        if puller is None or self._stopping:
-            return
-        # "No responders" and a create that keeps failing: the consumer exists (the create
-        # is an update, answered by its leader) but its raft group has no leader. Delete it
-        # and create it afresh (a new raft group).
-        reset = puller.recreate_failures >= 2
-        try:
-            await ensure_consumer(
-                self.nc,
-                self.topology,
-                partition,
-                self._consumer_config(partition),
-                self.settings.op_timeout_s,
-                reset=reset,
-            )
-        except Exception as exc:  # noqa: BLE001 - the next "no responders" tries again
-            puller.recreate_failures += 1
-            self._log.debug("consumer_recreate_failed", partition=partition, error=str(exc), reset=reset)
-            return
-        puller.recreate_failures = 0
-        self.stats["consumers_recreated"] += 1
-        self._log.warning("consumer_recreated", partition=partition)
 
     async def stop_partition(self, partition: int, *, graceful: bool) -> None:
         """Stop serving ``partition``. Graceful: finish the commands in hand (bounded by
@@ -654,15 +474,7 @@ class Host:
         self.owned = [p for p in self.owned if p != partition]
         self._owned_set = frozenset(self.owned)
         self._tel.handoff(started=False, graceful=graceful)
-        puller = self._pullers.pop(partition, None)
-        task = self._puller_tasks.pop(partition, None)
-        if puller is not None:
-            puller.stopped = True
-            puller.wake.set()
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.partitions.stop(partition)
         if graceful:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.drain_grace_s):
@@ -689,10 +501,6 @@ class Host:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.op_timeout_s):
                     await asyncio.gather(*snaps, return_exceptions=True)
-
-    async def _unpin(self, partition: int) -> None:
-        with contextlib.suppress(JetAgentsError):
-            await unpin_consumer(self.nc, self.topology, partition, PRIORITY_GROUP, self.settings.op_timeout_s)
 
     def _token_of(self, aid: AgentId, partition: int) -> int:
         """This host's writer token for ``aid``: its claim on the partition, or the
@@ -985,9 +793,6 @@ class Host:
             reply = encode_error(MalformedCommand(f"bad migrate request: {exc!r}"))
         await self._publish_reply(work.reply_to, reply, {}, work)
 
-    def _spawn(self, coro: Any) -> None:
-        self._tasks.append(asyncio.create_task(coro))
-
     async def stop(self, *, drain: bool = True) -> None:
         """Stop taking commands, finish those in hand (bounded by ``drain_grace_s``),
         snapshot active agents and disconnect. Nothing acknowledged is lost: whatever is
@@ -1002,27 +807,21 @@ class Host:
                 self._log.info("host_leaving_cluster", partitions=len(coord.held))
                 await coord.drain(self.settings.drain_grace_s + self.settings.op_timeout_s)
             coord.stopped = True
-            if self._coord_task is not None:
-                self._coord_task.cancel()
-                await asyncio.gather(self._coord_task, return_exceptions=True)
+            await self.supervisor.cancel("coordinator")
             if drain and self.nc.is_connected:
                 await coord.leave()
-        self._stopping = True
+        self.supervisor.stopping = True
         self._log.info("host_draining", inflight=self._inflight_count)
         for sub in (self._pull_sub, self._call_sub, self._host_sub):
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-        for puller in self._pullers.values():
-            puller.wake.set()
+        self.partitions.wake_all()
         if drain and self.settings.drain_grace_s > 0 and self.nc.is_connected:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.drain_grace_s):
                     await self._idle.wait()
-        for task in [*self._tasks, *self._workers, *self._puller_tasks.values()]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._workers, *self._puller_tasks.values(), return_exceptions=True)
-        self._tasks.clear()
+        await self.supervisor.cancel("background", "workers", "pullers")
         # what is left in mailboxes was never started: hand it back at once
         for work in list(self._inflight):
             if work.kind in _ACKED and not work.done:
@@ -1032,10 +831,7 @@ class Host:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(1.0, self.settings.op_timeout_s)):
                     await asyncio.gather(*snaps, return_exceptions=True)
-        if self._side_tasks:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.op_timeout_s):
-                    await asyncio.gather(*list(self._side_tasks), return_exceptions=True)
+        await self.supervisor.drain("side", self.settings.op_timeout_s)
         if self._reader is not None:
             await self._reader.stop()
         if self._inbox is not None:
@@ -1055,9 +851,7 @@ class Host:
 
     async def _on_reconnected(self) -> None:
         self._log.info("nats_reconnected")
-        for puller in self._pullers.values():
-            puller.clear_requests()
-            puller.wake.set()
+        self.partitions.reconnected()
 
     async def _on_disconnected(self) -> None:
         self._log.warning("nats_disconnected")
@@ -1079,31 +873,9 @@ class Host:
     def _pull_status(self, subject: str, headers: Mapping[str, str] | None) -> None:
         """A status about one of our pull requests, sent to its inbox."""
         tokens = subject.rsplit(".", 2)
-        puller = self._pullers.get(int(tokens[1])) if tokens[1].isdigit() else None
-        if puller is None:
-            return
-        status = headers.get("Status", "") if headers else ""
-        if status == "100":
-            return
-        if status == "503":
-            # Nobody serves the consumer: it is gone. Its state lives in server memory,
-            # so a restarted server forgets it; the stream still holds every command not
-            # acknowledged, and a recreated consumer delivers them again.
-            now = self.clock.monotonic()
-            puller.backoff_until = now + 0.25
-            if now - puller.last_recreate > 1.0:
-                puller.last_recreate = now
-                self._side(self._recreate_consumer(puller.partition))
-        if status == "423":  # pinned to another host
-            puller.pin_id = None
-            now = self.clock.monotonic()
-            puller.backoff_until = now + 0.25
-            if self.coordinator is not None and now - puller.last_unpin > 1.0:
-                # We hold the claim: whoever the server still feeds (a previous owner's
-                # request left waiting, a paused host) must not be. Unpin it.
-                puller.last_unpin = now
-                self._side(self._unpin(puller.partition))
-        puller.close_request(tokens[2])
+        puller = self.partitions.get(int(tokens[1])) if tokens[1].isdigit() else None
+        if puller is not None:
+            self.partitions.on_status(puller, tokens[2], (headers or {}).get("Status", ""))
 
     def _dispatch(self, work: Command) -> None:
         self._track(work)
@@ -1143,8 +915,7 @@ class Host:
             # loop later in a new task (docs/adr/0031).
             task = start_eager(coro, self._loop) if self.settings.eager_start else self._loop.create_task(coro)
             if task is not None:
-                self._workers.add(task)
-                task.add_done_callback(self._workers.discard)
+                self.supervisor.adopt("workers", task)
             return
         act.mailbox = deque((work,))
         heapq.heappush(self._ready, (work.priority_rank, next(self._seq), act))
@@ -1223,23 +994,16 @@ class Host:
         self._inflight_bytes -= len(work.body)
         if self._inflight_count <= 0:
             self._idle.set()
-        half = self.settings.pull_batch // 2
         if self._inflight_count == self.settings.max_inflight - 1 or (
             was_full_bytes and self._inflight_bytes <= full_bytes
         ):
             # the host was full: any puller may have been waiting for room
-            for puller in self._pullers.values():
-                if puller.out < half:
-                    puller.wake.set()
+            self.partitions.wake_low(None)
         else:
-            own = self._pullers.get(work.partition)
-            if own is not None and own.out < half:
-                own.wake.set()
+            self.partitions.wake_low(work.partition)
 
     def _side(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+        self.supervisor.spawn("side", coro)
 
     # -- workers ---------------------------------------------------------------------------
     async def _work(self, act: Activation, cmd: Command) -> None:

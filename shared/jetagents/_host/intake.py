@@ -72,7 +72,7 @@ class Intake:
         if len(parts) < 5 or not parts[-3].isdigit():
             return
         partition = int(parts[-3])
-        puller = host._pullers.get(partition)
+        puller = host.partitions.get(partition)
         if puller is None:
             await host.nc.publish(reply, b"-NAK")
             return

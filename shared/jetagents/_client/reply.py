@@ -1,0 +1,65 @@
+"""Replies as the client reads them: the result and its headers, or the typed error (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import orjson
+
+from .._core.errors import FencedError, InternalError, JetAgentsError, Unavailable, error_from_wire
+
+
+class Message(Protocol):
+    """A received message as far as a reply needs it (nats-py's ``Msg`` is one)."""
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def headers(self) -> dict[str, str] | None: ...
+
+
+class Reply:
+    """A decoded reply: ``result`` plus the headers the host sent with it."""
+
+    __slots__ = ("duplicate", "event_seq", "headers", "result")
+
+    def __init__(self, result: Any, headers: Mapping[str, str]) -> None:
+        self.result = result
+        self.headers = dict(headers)
+        self.duplicate = headers.get("Agt-Duplicate") == "true"
+        seq = headers.get("Agt-Event-Seq")
+        self.event_seq = int(seq) if seq and seq.isdigit() else None
+
+
+def no_responders(msg: Message) -> bool:
+    """The server's answer when nobody subscribes to the subject."""
+    return (msg.headers or {}).get("Status") == "503"
+
+
+def decode_reply(msg: Message) -> Reply:
+    """The reply's result, or raise the error it carries.
+
+    >>> class M:
+    ...     data, headers = b'{"ok":true,"result":3}', {"Agt-Event-Seq": "7"}
+    >>> r = decode_reply(M()); (r.result, r.event_seq, r.duplicate)
+    (3, 7, False)
+    """
+    hdrs = msg.headers or {}
+    if no_responders(msg):
+        raise Unavailable("no host is serving this subject", details={"applied": False})
+    try:
+        body = orjson.loads(msg.data)
+    except orjson.JSONDecodeError:
+        raise InternalError(f"unreadable reply: {msg.data[:200]!r}") from None
+    if not isinstance(body, dict) or "ok" not in body:
+        raise InternalError(f"unexpected reply shape: {msg.data[:200]!r}")
+    if body["ok"]:
+        return Reply(body.get("result"), hdrs)
+    raise error_from_wire(body.get("error"))
+
+
+def not_applied(err: JetAgentsError) -> bool:
+    """True when the error proves the command was not applied (safe to retry at-most-once)."""
+    return isinstance(err, FencedError) or (isinstance(err.details, dict) and err.details.get("applied") is False)

@@ -1,0 +1,76 @@
+"""The client's NATS calls, in one place: the client package itself never imports ``nats``.
+
+One ``Inbox`` carries every reply the client waits for (calls, the PubAcks of durable
+commands, their replies, migrations): one subscription, no random inbox per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypeAlias
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.nuid import NUID
+
+from .api import connect, js_publish
+from .inbox import Inbox
+
+NatsConnection: TypeAlias = NATS  # what ``Client(nc, ...)`` takes: a connected nats-py client
+
+
+class ClientTransport:
+    """Publish, request/reply and durable publish over one connection and one inbox."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self._inbox = Inbox(nc)
+        self._nuid = NUID()
+
+    @staticmethod
+    async def connect(url: str, *, name: str, connect_timeout_s: float, inbox_prefix: str) -> NATS:
+        return await connect(url, name=name, connect_timeout_s=connect_timeout_s, inbox_prefix=inbox_prefix)
+
+    async def start(self) -> None:
+        await self._inbox.start()
+
+    async def close(self, *, owns_connection: bool) -> None:
+        await self._inbox.close()
+        if owns_connection:
+            try:
+                await self.nc.drain()
+            except Exception:  # noqa: BLE001 - closing anyway
+                await self.nc.close()
+
+    def new_id(self) -> str:
+        """A unique id (NUID: 22 characters, no system call per id)."""
+        return self._nuid.next().decode()
+
+    @property
+    def max_payload(self) -> int:
+        """The server's ``max_payload`` (0 before the first INFO)."""
+        return int(getattr(self.nc, "max_payload", 0) or 0)
+
+    async def publish(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
+        await self.nc.publish(subject, body, headers=headers)
+
+    async def request(self, subject: str, body: bytes, headers: dict[str, str] | None, timeout_s: float) -> Msg:
+        """The reply (a ``Status: 503`` one when nobody listens); ``TimeoutError`` if none came."""
+        return await self._inbox.request(subject, body, headers, timeout_s)
+
+    async def publish_durable(
+        self, subject: str, body: bytes, headers: dict[str, str], timeout_s: float
+    ) -> dict[str, Any]:
+        """Publish to a stream and return its PubAck (see :func:`js_publish`)."""
+        return await js_publish(self.nc, subject, body, headers, timeout_s)
+
+    def expect(self) -> tuple[str, asyncio.Future[Msg]]:
+        """A reply subject and the future its reply completes; :meth:`forget` it when done."""
+        return self._inbox.expect()
+
+    def forget(self, reply_subject: str) -> None:
+        self._inbox.forget(reply_subject)
+
+    async def kv_put(self, bucket: str, key: str, value: bytes) -> None:
+        kv = await self.nc.jetstream().key_value(bucket)
+        await kv.put(key, value)
