@@ -36,12 +36,10 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import SlowConsumerError
-from nats.js.errors import KeyNotFoundError
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
-from pydantic import ValidationError
 
-from .._core.agent import Agent, AgentContext, AgentSpec, Registry, wire_events
+from .._core.agent import Registry, wire_events
 from .._core.clock import Clock, SystemClock
 from .._core.command import ACKED, MAX_COMMAND_ID_LEN, Command, Kind
 from .._core.errors import (
@@ -88,8 +86,10 @@ from .._nats.api import (
     ensure_topology,
     js_publish,
 )
+from .._nats.buckets import KvBucket
 from .._nats.consumers import PartitionConsumers
 from .._nats.inbox import Inbox
+from .._nats.log_reader import DirectLogReader
 from .._obs.propagation import carry_context
 from .._obs.telemetry import (
     AGENT_ID,
@@ -121,6 +121,7 @@ from .._obs.telemetry import (
 )
 from .._obs.watchdog import LoopWatchdog
 from .._settings import HostSettings
+from .catalog import Activation, Catalog
 from .coordination import ClusterConfig, Coordinator, JetStreamStore
 from .deadline import Deadline, Overrun
 from .eager import start_eager
@@ -194,30 +195,6 @@ class _NewCommit:
     body: bytes
 
 
-@dataclass(slots=True, eq=False)
-class Activation:
-    """An agent in memory, or about to be: its mailbox, log position and dedup record."""
-
-    agent_id: AgentId
-    spec: AgentSpec
-    agent: Agent[Any] | None = None
-    last_seq: int = 0  # stream sequence of this agent's last commit (the fence)
-    n: int = 0  # commits so far, gapless from 1
-    # command id -> (event seq or 0, ok, result or wire error): applied commands (from the
-    # log, durable) and domain refusals (in memory only), so a redelivery or a re-send gets
-    # the first answer and is not applied again
-    records: OrderedDict[str, tuple[int, bool, Any]] | None = None  # created on demand (~130 B)
-    own: int = 0  # the largest writer claim seen in this agent's log
-    mailbox: deque[Command] | None = None  # created on demand: an empty deque costs ~600 B per agent
-    scheduled: bool = False
-    since_snapshot: int = 0
-    snapshotting: bool = False
-    last_used: float = 0.0
-    # durable commands handed back because the mailbox was full: stream sequence ->
-    # (times handed back, when last); later commands wait (are handed back) behind them
-    held: dict[int, tuple[int, float]] | None = None
-
-
 class Host:
     """Runs agents. Use as ``async with Host(settings, registry) as host: ...``.
 
@@ -256,7 +233,6 @@ class Host:
         self.coordinator: Coordinator | None = None
         self.nc: NATS = None  # type: ignore[assignment]
         self.cepoch = ""
-        self.activations: OrderedDict[str, Activation] = OrderedDict()
         self.stats: dict[str, int] = {
             "processed": 0,
             "duplicates": 0,
@@ -289,15 +265,12 @@ class Host:
         # workers: at most settings.workers tasks, each processing one agent's command and
         # then the next ready agent's, until none is ready
         self._running = 0
-        self._snap_sem = asyncio.Semaphore(16)
         self._pull_prefix = ""
         self._pull_sub: Any = None
         self._call_sub: Any = None
         self._host_sub: Any = None
         self._reader: DirectReader | None = None
         self._inbox: Inbox | None = None  # PubAcks of event appends
-        self._snap_kv: Any = None
-        self._meta_kv: Any = None
         self._client: Any = None
         self._log = log.bind(host=settings.host_id)
         # every task the host starts, by group; and the lifecycle flags its loops read
@@ -315,6 +288,9 @@ class Host:
         # OpenTelemetry: the given providers, else the global ones (no SDK: no spans, no metrics)
         self._providers = (tracer_provider, meter_provider)
         self._tel = HostTelemetry(self, settings.host_id, tracer_provider, meter_provider)
+        self.catalog = Catalog(
+            settings, self.subjects, self.clock, self.supervisor, self.stats, self._tel, self._log, self._fence_token
+        )
         self.watchdog: LoopWatchdog | None = None  # started with the host (loop_block_threshold_s)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -325,6 +301,11 @@ class Host:
     @property
     def _stopping(self) -> bool:
         return self.supervisor.stopping
+
+    @property
+    def activations(self) -> OrderedDict[str, Activation]:
+        """The agents in memory (the catalog's), least recently used first."""
+        return self.catalog.activations
 
     async def __aenter__(self) -> Host:
         await self.start()
@@ -376,9 +357,8 @@ class Host:
         )
         created = await ensure_topology(self.nc, self.topology, s.op_timeout_s)
         self.cepoch = f"{fnv1a_32(created.encode()):08x}"  # names commands that carry no id
-        js = self.nc.jetstream(timeout=s.op_timeout_s)
-        self._snap_kv = await js.key_value(self.topology.snap_bucket)
-        self._meta_kv = await js.key_value(self.topology.meta_bucket)
+        snapshots = await KvBucket.open(self.nc, self.topology.snap_bucket, s.op_timeout_s)
+        meta = await KvBucket.open(self.nc, self.topology.meta_bucket, s.op_timeout_s)
         self._reader = DirectReader(self.nc)
         await self._reader.start()
         self._inbox = Inbox(self.nc)
@@ -393,6 +373,9 @@ class Host:
             self.nc, ClientSettings(**common), owns_connection=False, tracer_provider=tp, meter_provider=mp
         )
         await self._client._start()
+        self.catalog.bind(
+            DirectLogReader(self._reader, self.topology.evt_stream, s.op_timeout_s), snapshots, meta, self._client
+        )
 
         self._pull_prefix = self.nc.new_inbox()
         self.partitions.bind(PartitionConsumers(self.nc, self.topology, s.op_timeout_s), self._pull_prefix)
@@ -480,27 +463,7 @@ class Host:
                 async with asyncio.timeout(self.settings.drain_grace_s):
                     while any(w.partition == partition and not w.done for w in self._inflight):
                         await asyncio.sleep(0.01)
-        # Forget every agent of the partition: if it ever comes back here, it is rebuilt
-        # from the log, never served from what we remember (that would be a stale read).
-        parts = self.settings.partitions
-        snaps = []
-        for key, act in list(self.activations.items()):
-            if partition_of(act.agent_id.type, act.agent_id.id, parts) != partition:
-                continue
-            self.activations.pop(key, None)
-            self.stats["passivations"] += 1
-            self._tel.passivated(act.agent_id.type)
-            if act.scheduled or act.mailbox:
-                # still running (only when not graceful): what it has in hand rebuilds
-                # the agent from the log first, where the ownership fence applies
-                act.agent = None
-                continue
-            if graceful and act.agent is not None and act.since_snapshot > 0:
-                snaps.append(self._snapshot(act))
-        if snaps:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.op_timeout_s):
-                    await asyncio.gather(*snaps, return_exceptions=True)
+        await self.catalog.forget_partition(partition, graceful=graceful)
 
     def _token_of(self, aid: AgentId, partition: int) -> int:
         """This host's writer token for ``aid``: its claim on the partition, or the
@@ -514,6 +477,10 @@ class Host:
             return claim
         host, rev = placed
         return max(claim, rev) if host == self.settings.host_id else 0
+
+    def _fence_token(self, aid: AgentId, partition: int) -> int | None:
+        """``_token_of``, or None without cluster membership (no writer fences this host)."""
+        return None if self.coordinator is None else self._token_of(aid, partition)
 
     def load(self) -> dict[str, Any]:
         """What this host advertises in its heartbeat."""
@@ -707,7 +674,7 @@ class Host:
         spec = self.registry.get(agent_type)
         if snap and spec is not None and key not in self.activations:
             act = Activation(AgentId(agent_type, agent_id), spec)
-            await self._activate(act, given=snap)
+            await self.catalog.activate(act, given=snap)
             act.last_used = self.clock.monotonic()
             self.activations[key] = act
             activated = True
@@ -722,10 +689,10 @@ class Host:
         snapshot = None
         if act is not None and act.agent is not None:
             if strategy == "checkpoint" and act.since_snapshot:
-                await self._snapshot(act)
+                await self.catalog.snapshot(act)
             elif strategy == "state":
-                snapshot = self._snapshot_body(act)
-            self._evict(act)
+                snapshot = self.catalog.snapshot_body(act)
+            self.catalog.evict(act)
         if msg.reply:
             await self.nc.publish(msg.reply, orjson.dumps({"ok": True, "snapshot": snapshot}))
 
@@ -770,10 +737,10 @@ class Host:
             if source == me:
                 if act.agent is not None:
                     if strategy == "checkpoint" and act.since_snapshot:
-                        await self._snapshot(act)
+                        await self.catalog.snapshot(act)
                     elif strategy == "state":
-                        snapshot = self._snapshot_body(act)
-                    self._evict(act)
+                        snapshot = self.catalog.snapshot_body(act)
+                    self.catalog.evict(act)
             elif source != target:
                 snapshot = (await self._host_request(source, "release", {"agent": key, "strategy": strategy})).get(
                     "snapshot"
@@ -782,7 +749,7 @@ class Host:
             if target != me:
                 await self._host_request(target, "adopt", {"agent": key, "rev": rev, "snapshot": snapshot})
             elif snapshot is not None:
-                await self._activate(act, given=snapshot)
+                await self.catalog.activate(act, given=snapshot)
             result = {"agent": str(act.agent_id), "from": source, "to": target, "strategy": strategy, "token": rev}
             self._log.info("agent_migrated", **result)
             await self.event("agent.migrated", result)
@@ -827,10 +794,7 @@ class Host:
             if work.kind in _ACKED and not work.done:
                 await self._nak(work, 0.0)
         if drain and self.nc.is_connected:
-            snaps = [self._snapshot(a) for a in self.activations.values() if a.agent and a.since_snapshot]
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(1.0, self.settings.op_timeout_s)):
-                    await asyncio.gather(*snaps, return_exceptions=True)
+            await self.catalog.snapshot_all(max(1.0, self.settings.op_timeout_s))
         await self.supervisor.drain("side", self.settings.op_timeout_s)
         if self._reader is not None:
             await self._reader.stop()
@@ -1180,7 +1144,7 @@ class Host:
         s = self.settings
         if act.agent is None:
             try:
-                await self._activate(act)
+                await self.catalog.activate(act)
             except _NON_RETRYABLE_INPUT as err:
                 await self._reject(cmd, act.agent_id, err, out)
                 return None
@@ -1277,10 +1241,10 @@ class Host:
             except FencedError as err:
                 self.stats["fenced"] += 1
                 self._log.warning("append_fenced", agent=str(act.agent_id), cmd=cmd_id)
-                self._evict(act)  # rebuild from the log (with the other writer's commits)
+                self.catalog.evict(act)  # rebuild from the log (with the other writer's commits)
                 return err, False
             except JetAgentsError as err:
-                self._evict(act)  # the append may or may not have landed: rebuild from the log
+                self.catalog.evict(act)  # the append may or may not have landed: rebuild from the log
                 return err, False
             if duplicate:
                 # This command's commit is already in the log (its record had been
@@ -1300,7 +1264,7 @@ class Host:
             self._remember(act, commit.cmd, (seq, True, result_json))
             out[H_EVENT_SEQ] = str(seq)
             if act.since_snapshot >= s.snapshot_every and not act.snapshotting:
-                self._side(self._snapshot(act))
+                self._side(self.catalog.snapshot(act))
         await self._finish_ok(cmd, result_json, out)
         return None
 
@@ -1553,137 +1517,6 @@ class Host:
             return int(ack["seq"]), act.last_seq != 0 and int(ack["seq"]) <= act.last_seq
         return int(ack["seq"]), False
 
-    async def _activate(self, act: Activation, given: dict[str, Any] | None = None) -> None:
-        """Rebuild the agent: snapshot (if any and readable) + replay of later commits."""
-        s = self.settings
-        aid = act.agent_id
-        started = self.clock.monotonic()
-        metadata: dict[str, Any] = {}
-        try:
-            if act.spec.spawn_required:
-                try:
-                    entry = await self._meta_kv.get(aid.key)
-                except KeyNotFoundError:
-                    raise UnknownAgent(f"{aid} was never spawned (type {aid.type!r} requires spawn)") from None
-                metadata = orjson.loads(entry.value) if entry.value else {}
-            state = None
-            n = 0
-            last_seq = 0
-            records: OrderedDict[str, tuple[int, bool, Any]] = OrderedDict()
-            raw_snap: bytes | None = None
-            try:
-                if given is not None:  # handed over by the previous host (state transfer)
-                    snap: Any = given
-                else:
-                    snap_entry = await self._snap_kv.get(aid.key)
-                    raw_snap = snap_entry.value if snap_entry and snap_entry.value else None
-                    snap = None
-            except KeyNotFoundError:
-                snap = None
-            except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
-                raise Unavailable(f"cannot read the snapshot of {aid}: {exc!r}") from None
-            if raw_snap is not None:
-                try:  # unreadable (not JSON): ignored like one that does not fit the state
-                    snap = orjson.loads(raw_snap)
-                except orjson.JSONDecodeError as exc:
-                    self._log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
-            own = 0
-            if snap:
-                try:
-                    if not isinstance(snap, dict):
-                        raise TypeError(f"a snapshot is a JSON object, not {type(snap).__name__}")
-                    state = act.spec.state_type.model_validate(snap["state"])
-                    last_seq = int(snap["seq"])
-                    n = int(snap["n"])
-                    own = int(snap.get("own", 0))
-                    for cmd, seq, result in snap.get("records", []):
-                        records[str(cmd)] = (int(seq), True, result)
-                except (ValidationError, KeyError, TypeError, ValueError) as exc:
-                    self._log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
-                    state, n, last_seq = None, 0, 0
-                    records.clear()
-            ctx = AgentContext(aid, self.clock, client=self._client, metadata=metadata)
-            agent = act.spec.cls(ctx, state)
-            assert self._reader is not None
-            msgs = await self._reader.read_subject(
-                self.topology.evt_stream, self.subjects.evt(aid.type, aid.id), last_seq + 1, 256, s.op_timeout_s
-            )
-            for m in msgs:
-                commit = Commit.model_validate_json(m.data)
-                if commit.n != n + 1:
-                    raise InternalError(f"event log of {aid} has a gap: commit {commit.n} after {n}")
-                agent._replay(commit.events)
-                n = commit.n
-                own = max(own, commit.own)
-                last_seq = int(m.headers["Nats-Sequence"]) if m.headers else last_seq
-                records[commit.cmd] = (last_seq, True, commit.result)
-            while len(records) > s.dedup_records_per_agent:
-                records.popitem(last=False)
-        except ValidationError as exc:
-            raise InternalError(f"event log of {aid} is unreadable: {exc}") from None
-        partition = partition_of(aid.type, aid.id, s.partitions)
-        if self.coordinator is not None and own > self._token_of(aid, partition):
-            # A host with a newer claim on this partition has written this agent: ours is
-            # stale (we were paused or cut off). Never write after it.
-            raise FencedError(f"{aid} was written by a newer owner of partition {partition}")
-        act.agent = agent
-        act.own = own
-        act.n, act.last_seq, act.records = n, last_seq, records or None
-        act.since_snapshot = len(msgs)
-        self.stats["activations"] += 1
-        self._tel.activated(aid.type, len(msgs), self.clock.monotonic() - started)
-        if len(self.activations) > s.max_active_agents:
-            self._evict_lru()
-
-    def _evict(self, act: Activation) -> None:
-        act.agent = None
-        act.records = None
-        act.since_snapshot = 0
-
-    def _evict_lru(self) -> None:
-        over = len(self.activations) - self.settings.max_active_agents
-        for key, act in list(self.activations.items()):
-            if over <= 0:
-                break
-            if not act.scheduled and not act.mailbox and not act.held:
-                self._passivate(key, act)
-                over -= 1
-
-    def _passivate(self, key: str, act: Activation) -> None:
-        self.activations.pop(key, None)
-        self.stats["passivations"] += 1
-        self._tel.passivated(act.agent_id.type)
-        if act.agent is not None and act.since_snapshot > 0:
-            self._side(self._snapshot(act))
-
-    def _snapshot_body(self, act: Activation) -> dict[str, Any]:
-        assert act.agent is not None
-        return {
-            "v": 1,
-            "state": act.agent._state.model_dump(mode="json"),
-            "seq": act.last_seq,
-            "n": act.n,
-            "own": act.own,
-            # only applied commands: a refusal is not in the log either
-            "records": [[k, v[0], v[2]] for k, v in (act.records or {}).items() if v[0]],
-        }
-
-    async def _snapshot(self, act: Activation) -> None:
-        agent = act.agent
-        if agent is None or act.snapshotting:
-            return
-        act.snapshotting = True
-        body = orjson.dumps(self._snapshot_body(act))
-        taken = act.since_snapshot
-        try:
-            async with self._snap_sem:
-                await self._snap_kv.put(act.agent_id.key, body)
-            act.since_snapshot = max(0, act.since_snapshot - taken)
-        except Exception as exc:  # noqa: BLE001 - a missing snapshot only costs replay time
-            self._log.warning("snapshot_failed", agent=str(act.agent_id), error=str(exc))
-        finally:
-            act.snapshotting = False
-
     # -- housekeeping ----------------------------------------------------------------------
     async def _sweep_stranded(self) -> None:
         """Now and then, the leader (or a host on its own) removes the commands no
@@ -1724,10 +1557,4 @@ class Host:
             for work in list(self._inflight):
                 if work.kind in _ACKED and not work.done and now - work.received > s.ack_wait_s / 3:
                     await self._ack(work, b"+WPI")
-            for key, act in list(self.activations.items()):
-                if act.held is not None:
-                    self._prune_held(act, now)
-                if not act.scheduled and not act.mailbox and not act.held and now - act.last_used > s.idle_passivate_s:
-                    self._passivate(key, act)
-            if len(self.activations) > s.max_active_agents:
-                self._evict_lru()
+            self.catalog.passivate_idle(now, self._prune_held)
