@@ -34,8 +34,10 @@ import pytest
 
 from jetagents._core.clock import ManualClock
 from jetagents._core.errors import JetAgentsError, Unavailable
+from jetagents._core.kv import CasConflict, Entry
 from jetagents._core.ring import UNOWNED
-from jetagents._host.coordination import CasConflict, ClusterConfig, Coordinator, Entry, MemoryStore
+from jetagents._host.coordination import ClusterConfig, Coordinator
+from jetagents.testing import MemoryStore
 
 PARTITIONS = 16
 AGENTS = [f"a{i}" for i in range(48)]

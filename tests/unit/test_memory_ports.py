@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from jetagents import Unavailable
+from jetagents._core.wire import parse_ack_subject
 from jetagents._host.ports import Appended, Bucket, EventStream, Publisher
 from jetagents.testing import ManualClock, MemoryBucket, MemoryEventStream, MemoryPublisher
-from jetagents.testing.streams import PublishedMessage, subject_matches
+from jetagents.testing.streams import MemoryWorkQueue, PublishedMessage, subject_matches
 
 
 def test_they_implement_the_ports() -> None:
@@ -77,3 +78,30 @@ async def test_the_duplicate_window_follows_the_streams_clock() -> None:
     clock.advance(0.2)
     assert await s.append("e.a", b"x", {"Nats-Msg-Id": "m"}, expected_last_subject_seq=1) == Appended(2, False)
     assert [m.seq for m in s.of_subject("e.a")] == [1, 2] and s.subjects() == ["e.a"]
+
+
+def test_the_work_queue_redelivers_what_is_not_acknowledged_in_time() -> None:
+    clock = ManualClock()
+    q = MemoryWorkQueue(clock, name="CMD", ack_wait_s=2.0)
+    s1 = q.publish("agt.p.1.counter.a", b"1", {"Agt-Command-Id": "k1"}, 1)
+    s2 = q.publish("agt.p.1.counter.b", b"2", {}, 1)
+    assert [c.seq for c in q.ready()] == [s1, s2]
+    ack1 = q.deliver(q.ready()[0])
+    assert parse_ack_subject(ack1) == (1, s1)  # what the host reads from the subject
+    assert [c.seq for c in q.ready()] == [s2]  # in flight until answered or ack_wait
+    clock.advance(2.0)
+    assert [c.seq for c in q.ready()] == [s1, s2]
+    ack2 = q.deliver(q.ready()[0])
+    assert parse_ack_subject(ack2) == (2, s1)
+    assert q.answer(ack2, b"+WPI") == "progress"
+    clock.advance(1.5)
+    assert q.answer(ack2, b'-NAK {"delay": 1000000000}') == "nak"
+    clock.advance(0.5)
+    assert [c.seq for c in q.ready()] == [s2]
+    clock.advance(0.5)
+    assert [c.seq for c in q.ready()] == [s1, s2]
+    assert q.answer(ack1, b"+ACK") == "ack"  # an answer to an earlier delivery still counts
+    assert q.answer(ack2, b"+ACK") == "gone"
+    ack3 = q.deliver(q.ready()[0])
+    assert q.answer(ack3, b"+TERM malformed") == "term"
+    assert q.pending() == []

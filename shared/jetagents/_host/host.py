@@ -89,6 +89,7 @@ from .._nats.api import (
 from .._nats.buckets import KvBucket
 from .._nats.consumers import PartitionConsumers
 from .._nats.inbox import Inbox
+from .._nats.kv import JetStreamStore
 from .._nats.log_reader import DirectLogReader
 from .._obs.propagation import carry_context
 from .._obs.telemetry import (
@@ -122,7 +123,7 @@ from .._obs.telemetry import (
 from .._obs.watchdog import LoopWatchdog
 from .._settings import HostSettings
 from .catalog import Activation, Catalog
-from .coordination import ClusterConfig, Coordinator, JetStreamStore
+from .coordination import ClusterConfig, Coordinator
 from .deadline import Deadline, Overrun
 from .eager import start_eager
 from .intake import Intake

@@ -1,5 +1,6 @@
 """Test utilities for code built on jetagents: real ``nats-server`` processes (one node or a
-cluster, on ports that cannot collide), a manual clock, and the host's ports in memory.
+cluster, on ports that cannot collide), a manual clock, an in-memory cluster store, and the
+host's ports in memory.
 
 >>> from jetagents.testing import NatsServer
 >>> async with NatsServer() as server:  # doctest: +SKIP
@@ -7,6 +8,7 @@ cluster, on ports that cannot collide), a manual clock, and the host's ports in 
 """
 
 from .clock import ManualClock, wait_all_blocked
+from .memory import MemoryStore
 from .server import NatsCluster, NatsServer, find_nats_server, free_port
 from .streams import MemoryBucket, MemoryEventStream, MemoryPublisher
 
@@ -15,6 +17,7 @@ __all__ = [
     "MemoryBucket",
     "MemoryEventStream",
     "MemoryPublisher",
+    "MemoryStore",
     "NatsCluster",
     "NatsServer",
     "find_nats_server",

@@ -26,11 +26,21 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+import orjson
+
 from .._core.clock import Clock
 from .._core.errors import PayloadTooLarge, Unavailable
 from .._host.ports import Appended, StoredMessage, WrongLastSequence
 
-__all__ = ["MemoryBucket", "MemoryEventStream", "MemoryPublisher", "PublishedMessage", "subject_matches"]
+__all__ = [
+    "MemoryBucket",
+    "MemoryEventStream",
+    "MemoryPublisher",
+    "MemoryWorkQueue",
+    "PublishedMessage",
+    "QueuedCommand",
+    "subject_matches",
+]
 
 H_MSG_ID = "Nats-Msg-Id"
 
@@ -213,3 +223,84 @@ class MemoryPublisher:
                 return stream.store(subject, body, headers or {})
         # as the server: a publish no stream listens to has no responders
         raise Unavailable(f"no stream accepted {subject}")
+
+
+@dataclass(slots=True)
+class QueuedCommand:
+    """A command in the work queue: stored until acknowledged or terminated."""
+
+    seq: int
+    subject: str
+    data: bytes
+    headers: Mapping[str, str]
+    partition: int
+    deliveries: int = 0
+    due: float = 0.0  # when it may be delivered (again)
+
+
+class MemoryWorkQueue:
+    """The command stream (work-queue retention) with an explicit-ack consumer per partition,
+    as the host sees it: a delivery carries a JetStream ack subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>``), and what the
+    host publishes there (``+ACK``, ``-NAK`` with an optional delay, ``+TERM``, ``+WPI``) acts
+    on the command. A delivery not answered within ``ack_wait_s`` comes again."""
+
+    def __init__(self, clock: Clock, *, name: str = "CMD", ack_wait_s: float = 30.0) -> None:
+        self.clock = clock
+        self.name = name
+        self.ack_wait_s = ack_wait_s
+        self._queued: dict[int, QueuedCommand] = {}
+        self._seq = 0
+        self._dseq = 0
+
+    def publish(self, subject: str, data: bytes, headers: Mapping[str, str], partition: int) -> int:
+        self._seq += 1
+        self._queued[self._seq] = QueuedCommand(self._seq, subject, data, dict(headers), partition)
+        return self._seq
+
+    def ready(self) -> list[QueuedCommand]:
+        """The commands that may be delivered now, in stream order."""
+        now = self.clock.monotonic()
+        return [c for c in self._queued.values() if c.due <= now]
+
+    def pending(self) -> list[QueuedCommand]:
+        return list(self._queued.values())
+
+    def deliver(self, cmd: QueuedCommand) -> str:
+        """Hand ``cmd`` out once more; the subject its answer goes to."""
+        cmd.deliveries += 1
+        cmd.due = self.clock.monotonic() + self.ack_wait_s
+        self._dseq += 1
+        left = len(self._queued) - 1
+        ts = self.clock.wall_ms() * 1_000_000
+        return f"$JS.ACK.{self.name}.p{cmd.partition}.{cmd.deliveries}.{cmd.seq}.{self._dseq}.{ts}.{left}"
+
+    def answer(self, ack_subject: str, body: bytes) -> str:
+        """Apply an answer published to an ack subject; what it did (``ack``, ``term``, ``nak``,
+        ``progress``, or ``gone``: the command was already acknowledged)."""
+        seq = int(ack_subject.split(".")[5])
+        cmd = self._queued.get(seq)
+        if cmd is None:
+            return "gone"
+        now = self.clock.monotonic()
+        if body.startswith(b"+ACK"):
+            del self._queued[seq]
+            return "ack"
+        if body.startswith(b"+TERM"):
+            del self._queued[seq]
+            return "term"
+        if body.startswith(b"+WPI"):
+            cmd.due = now + self.ack_wait_s
+            return "progress"
+        if body.startswith(b"-NAK"):
+            delay_s = 0.0
+            rest = body[4:].strip()
+            if rest:
+                delay_s = orjson.loads(rest).get("delay", 0) / 1e9
+            cmd.due = now + delay_s
+            return "nak"
+        return "unknown"
+
+    async def on_answer(self, msg: PublishedMessage) -> None:
+        """A ``MemoryPublisher`` subscriber for ``$JS.ACK.>``."""
+        self.answer(msg.subject, msg.data)
