@@ -25,6 +25,7 @@ from .._core.clock import Clock
 from .._core.errors import FencedError, InternalError, Unavailable, UnknownAgent
 from .._core.ids import AgentId, partition_of
 from .._core.wire import Commit, Subjects
+from .._obs.metrics import Metrics
 from .._obs.telemetry import HostTelemetry
 from .._settings import HostSettings
 from .ports import Bucket, StoredMessage
@@ -78,7 +79,7 @@ class Catalog:
         subjects: Subjects,
         clock: Clock,
         supervisor: Supervisor,
-        stats: dict[str, int],
+        metrics: Metrics,
         tel: HostTelemetry,
         log: Any,
         token_of: Callable[[AgentId, int], int | None],
@@ -87,7 +88,7 @@ class Catalog:
         self.subjects = subjects
         self.clock = clock
         self.supervisor = supervisor
-        self.stats = stats
+        self.metrics = metrics
         self.tel = tel
         self.log = log
         # this host's writer token for an agent, None without cluster membership (no fence)
@@ -174,7 +175,7 @@ class Catalog:
         act.own = own
         act.n, act.last_seq, act.records = n, last_seq, records or None
         act.since_snapshot = len(msgs)
-        self.stats["activations"] += 1
+        self.metrics.inc("activations", agent_type=aid.type)
         self.tel.activated(aid.type, len(msgs), self.clock.monotonic() - started)
         if len(self.activations) > s.max_active_agents:
             self.evict_lru()
@@ -196,8 +197,7 @@ class Catalog:
 
     def passivate(self, key: str, act: Activation) -> None:
         self.activations.pop(key, None)
-        self.stats["passivations"] += 1
-        self.tel.passivated(act.agent_id.type)
+        self.metrics.inc("passivations", agent_type=act.agent_id.type)
         if act.agent is not None and act.since_snapshot > 0:
             self.supervisor.spawn("side", self.snapshot(act))
 
@@ -223,8 +223,7 @@ class Catalog:
             if partition_of(act.agent_id.type, act.agent_id.id, parts) != partition:
                 continue
             self.activations.pop(key, None)
-            self.stats["passivations"] += 1
-            self.tel.passivated(act.agent_id.type)
+            self.metrics.inc("passivations", agent_type=act.agent_id.type)
             if act.scheduled or act.mailbox:
                 # still running (only when not graceful): what it has in hand rebuilds
                 # the agent from the log first, where the ownership fence applies

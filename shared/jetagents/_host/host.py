@@ -91,6 +91,7 @@ from .._nats.consumers import PartitionConsumers
 from .._nats.inbox import Inbox
 from .._nats.kv import JetStreamStore
 from .._nats.log_reader import DirectLogReader
+from .._obs.metrics import Metrics
 from .._obs.propagation import carry_context
 from .._obs.telemetry import (
     AGENT_ID,
@@ -234,24 +235,6 @@ class Host:
         self.coordinator: Coordinator | None = None
         self.nc: NATS = None  # type: ignore[assignment]
         self.cepoch = ""
-        self.stats: dict[str, int] = {
-            "processed": 0,
-            "duplicates": 0,
-            "dead_letters": 0,
-            "activations": 0,
-            "passivations": 0,
-            "fenced": 0,
-            "naks": 0,
-            "retries": 0,
-            "consumers_recreated": 0,
-            "dead_letters_lost": 0,
-            "replies_refused": 0,
-            "action_timeouts": 0,
-            "agent_busy": 0,
-            "loop_blocked": 0,
-            "calls_dropped": 0,
-            "stranded_swept": 0,
-        }
         # agents with commands waiting for a free worker, by (priority rank, arrival)
         self._ready: list[tuple[int, int, Activation]] = []
         self._seq = itertools.count()
@@ -276,21 +259,23 @@ class Host:
         self._log = log.bind(host=settings.host_id)
         # every task the host starts, by group; and the lifecycle flags its loops read
         self.supervisor = Supervisor(self._log)
+        # OpenTelemetry: the given providers, else the global ones (no SDK: no spans, no metrics)
+        self._providers = (tracer_provider, meter_provider)
+        self._tel = HostTelemetry(self, settings.host_id, tracer_provider, meter_provider)
+        self.metrics = Metrics(self._tel)
+        self.stats = self.metrics.counts
         self.partitions = Partitions(
             settings,
             self.topology,
             self.clock,
             self.supervisor,
-            self.stats,
+            self.metrics,
             self._log,
             self._pull_room,
             claims=not self.static,
         )
-        # OpenTelemetry: the given providers, else the global ones (no SDK: no spans, no metrics)
-        self._providers = (tracer_provider, meter_provider)
-        self._tel = HostTelemetry(self, settings.host_id, tracer_provider, meter_provider)
         self.catalog = Catalog(
-            settings, self.subjects, self.clock, self.supervisor, self.stats, self._tel, self._log, self._fence_token
+            settings, self.subjects, self.clock, self.supervisor, self.metrics, self._tel, self._log, self._fence_token
         )
         self.watchdog: LoopWatchdog | None = None  # started with the host (loop_block_threshold_s)
 
@@ -811,8 +796,7 @@ class Host:
 
     def _on_loop_blocked(self) -> None:
         """The watchdog saw the event loop blocked (called from its thread)."""
-        self.stats["loop_blocked"] += 1
-        self._tel.loop_blocked()
+        self.metrics.inc("loop_blocked")
 
     async def _on_reconnected(self) -> None:
         self._log.info("nats_reconnected")
@@ -823,7 +807,7 @@ class Host:
 
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, SlowConsumerError):
-            self.stats["calls_dropped"] += 1
+            self.metrics.inc("calls_dropped")
             self._log.warning("call_dropped_host_full", subject=exc.subject)
             return
         self._log.debug("nats_error", error=str(exc))
@@ -1534,7 +1518,7 @@ class Host:
                 self._log.debug("stranded_sweep_failed", error=str(exc))
                 continue
             if removed:
-                self.stats["stranded_swept"] += removed
+                self.metrics.inc("stranded_swept", removed)
                 self._log.warning("stranded_commands_removed", count=removed)
 
     async def _reject_stranded(self, msg: Msg, seq: int) -> bool:

@@ -20,6 +20,7 @@ from .._core.clock import Clock
 from .._core.errors import JetAgentsError, Unavailable
 from .._nats.api import Topology
 from .._nats.consumers import PartitionConsumers
+from .._obs.metrics import Metrics
 from .._settings import HostSettings
 from .supervisor import Supervisor
 
@@ -159,7 +160,7 @@ class Puller:
             return
         self.silent = 0
         self.pin_id = None
-        parts.stats["consumers_recreated"] += 1
+        parts.metrics.inc("consumers_recreated")
         parts.log.warning("consumer_revived", partition=self.partition, was_missing=missing)
         self.wake.set()
 
@@ -173,7 +174,7 @@ class Partitions:
         topology: Topology,
         clock: Clock,
         supervisor: Supervisor,
-        stats: dict[str, int],
+        metrics: Metrics,
         log: Any,
         room: Callable[[], int],
         *,
@@ -183,7 +184,7 @@ class Partitions:
         self.topology = topology
         self.clock = clock
         self.supervisor = supervisor
-        self.stats = stats
+        self.metrics = metrics
         self.log = log
         # how many more commands the host can take in now (0: wait for room)
         self.room = room
@@ -300,7 +301,7 @@ class Partitions:
             self.log.debug("consumer_recreate_failed", partition=partition, error=str(exc), reset=reset)
             return
         puller.recreate_failures = 0
-        self.stats["consumers_recreated"] += 1
+        self.metrics.inc("consumers_recreated")
         self.log.warning("consumer_recreated", partition=partition)
 
     async def _unpin(self, partition: int) -> None:

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._core.errors import Unavailable
+from .._core.kv import Entry
 from .._core.wire import H_COMMAND_ID, H_HOST
-from .._host.coordination import Entry, MemoryStore
 from .._host.ports import Appended, StoredMessage
 from .clock import ManualClock
+from .memory import MemoryStore
 from .streams import MemoryBucket, MemoryEventStream, MemoryPublisher, MemoryWorkQueue
 
 __all__ = ["FaultyBucket", "FaultyEventStream", "FaultyPublisher", "FaultyStore", "HostFaults", "World"]
