@@ -77,6 +77,8 @@ class SimConfig:
     heartbeat_s: float = 0.5
     member_ttl_s: float = 3.0
     lease_ttl_s: float = 3.0
+    # out of reach: a claim freed only by waiting this out would never settle in time
+    handoff_timeout_s: float = 10_000.0
     faults: tuple[str, ...] = (
         "crash",
         "pause",
@@ -237,6 +239,7 @@ class Simulation:
             tick_s=cfg.dt_s,
         )
         self.cluster.max_moves = 4
+        self.cluster.handoff_timeout_s = cfg.handoff_timeout_s
         self.hosts: list[_Host] = []
         self.next_host = 0
         self.steps = 0
@@ -461,7 +464,8 @@ class Simulation:
             self._calm()
             for _ in range(cfg.quiet_rounds):
                 await self.round(faulty=False)
-                if not self.world.commands.pending() and self._all_applied():
+                if not self.world.commands.pending() and self._all_applied() and await self.settled():
+                    self.world.record("settled", self.rounds)
                     break
             self._check_end()
         finally:
@@ -483,7 +487,27 @@ class Simulation:
         logged = self.invariants.logged
         return all(cmd in logged.get(subject, ()) for cmd, subject in self.sent.items())
 
+    async def settled(self) -> bool:
+        """Every live host sees one ring, and each partition is claimed and served by exactly
+        the live host it names."""
+        live = [h for h in self.hosts if h.alive]
+        rings = {h.node.coordinator.ring.epoch if h.node.coordinator.ring else -1 for h in live}
+        ring = live[0].node.coordinator.ring if live else None
+        if len(rings) != 1 or ring is None:
+            return False
+        claims = await self.world.store.scan("claim.")
+        names = {h.id for h in live}
+        for p, owner in enumerate(ring.owners):
+            claim = claims.get(f"claim.{p}")
+            if owner not in names or claim is None or claim.value["host"] != owner:
+                return False
+            if [h.id for h in live if h.node.serves(p)] != [owner]:
+                return False
+        return True
+
     def _check_end(self) -> None:
+        if not self.world.history or self.world.history[-1][1] != "settled":
+            raise Violation(f"the cluster did not settle in {self.cfg.quiet_rounds} rounds after the faults stopped")
         left = self.world.commands.pending()
         if left:
             raise Violation(f"{len(left)} commands never acknowledged after the faults stopped: {left[:3]}")
