@@ -87,6 +87,7 @@ class SimConfig:
         "lost_reply",
         "cut",
         "drop_heartbeat",
+        "stale_ring",
         "outage",
         "join",
         "drain",
@@ -359,7 +360,7 @@ class Simulation:
             self._crash(host, None)
 
     # -- faults --------------------------------------------------------------------------
-    def _fault(self) -> None:
+    async def _fault(self) -> None:
         now = self.clock.monotonic()
         live = [h for h in self.hosts if h.running() and not h.draining]
         if not live:
@@ -385,6 +386,9 @@ class Simulation:
             f.cut_until = now + self.rnd.uniform(1.0, 5.0)
         elif kind == "drop_heartbeat":
             f.no_heartbeat_until = now + self.rnd.uniform(1.0, 4.5)
+        elif kind == "stale_ring":
+            f.stale_ring = await self.world.store.get("ring")
+            f.stale_ring_until = now + self.rnd.uniform(1.0, 10.0)
         elif kind == "outage":  # the server's leader paused: nobody reaches it
             until = now + self.rnd.uniform(3.5, 8.0)
             for h in self.hosts:
@@ -415,8 +419,7 @@ class Simulation:
         for h in self.hosts:
             f = h.faults
             f.cut_until = f.lost_reply_until = f.lost_ack_until = f.no_heartbeat_until = 0.0
-            f.pause_at_append_s = 0.0
-            f.paused_until = 0.0
+            f.pause_at_append_s = f.paused_until = f.stale_ring_until = 0.0
             if h.restart_at is not None:
                 h.restart_at = 0.0
 
@@ -468,6 +471,13 @@ class Simulation:
                     self.world.record("settled", self.rounds)
                     break
             self._check_end()
+        except Violation as v:
+            # what replays it: the seed and the config; what led to it: the end of the history
+            tail = "\n  ".join(repr(e) for e in self.world.history[-25:])
+            raise Violation(
+                f"seed {self.seed}, step {self.steps}, round {self.rounds}: {v}\n"
+                f"replay: Simulation({self.seed}, factory, {self.cfg!r}).run()\nlast events:\n  {tail}"
+            ) from None
         finally:
             for h in self.hosts:
                 if h.alive:
