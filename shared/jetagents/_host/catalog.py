@@ -32,7 +32,7 @@ from .ports import Bucket, StoredMessage
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
-    from .host import Work
+    from .._core.command import Command
 
 
 class LogReader(Protocol):
@@ -55,7 +55,7 @@ class Activation:
     # the first answer and is not applied again
     records: OrderedDict[str, tuple[int, bool, Any]] | None = None  # created on demand (~130 B)
     own: int = 0  # the largest writer claim seen in this agent's log
-    mailbox: deque[Work] | None = None  # created on demand: an empty deque costs ~600 B per agent
+    mailbox: deque[Command] | None = None  # created on demand: an empty deque costs ~600 B per agent
     scheduled: bool = False
     since_snapshot: int = 0
     snapshotting: bool = False

@@ -27,6 +27,7 @@ import heapq
 import itertools
 import os
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ from opentelemetry import metrics, propagate, trace
 
 from .._core.agent import Registry, wire_events
 from .._core.clock import Clock, SystemClock
+from .._core.command import ACKED, MAX_COMMAND_ID_LEN, Command, Kind
 from .._core.errors import (
     ActionTimeout,
     DeadlineExceeded,
@@ -59,15 +61,11 @@ from .._core.wire import (
     DEAD_LETTER_MIN_BYTES,
     H_COMMAND_ID,
     H_CORRELATION_ID,
-    H_DEADLINE,
     H_DUPLICATE,
     H_EVENT_SEQ,
     H_EXPECTED_LAST_SUBJECT_SEQ,
     H_HOST,
     H_MSG_ID,
-    H_PRIORITY,
-    H_REPLY_TO,
-    PRIORITY_RANK,
     TRACEPARENT,
     TRACESTATE,
     Commit,
@@ -77,7 +75,6 @@ from .._core.wire import (
     encode_dead_letter,
     encode_error,
     encode_ok,
-    parse_ack_subject,
 )
 from .._nats.api import (
     ERR_WRONG_LAST_SEQUENCE,
@@ -95,7 +92,7 @@ from .._nats.inbox import Inbox
 from .._nats.kv import JetStreamStore
 from .._nats.log_reader import DirectLogReader
 from .._obs.metrics import Metrics
-from .._obs.propagation import carry
+from .._obs.propagation import carry_context
 from .._obs.telemetry import (
     AGENT_ID,
     AGENT_TYPE,
@@ -130,17 +127,15 @@ from .catalog import Activation, Catalog
 from .coordination import ClusterConfig, Coordinator
 from .deadline import Deadline, Overrun
 from .eager import start_eager
+from .intake import Intake
 from .partitions import Partitions
 from .supervisor import Supervisor
 from .sweeper import StrandedSweeper
 
 log = structlog.get_logger("jetagents.host")
 
-STREAM = 0
-CALL = 1
-FWD = 2  # a durable command forwarded by its partition's owner to the host the agent is placed on
-MIGRATE = 3  # a migration request, queued in the agent's mailbox behind its earlier commands
-_ACKED = frozenset({STREAM, FWD})  # kinds that are acknowledged (to the stream, or to the forwarder)
+STREAM, CALL, FWD, MIGRATE = Kind.STREAM, Kind.CALL, Kind.FORWARDED, Kind.MIGRATE
+_ACKED = ACKED  # kinds that are acknowledged (to the stream, or to the forwarder)
 # host-to-host headers of a forwarded command (agt.sys.host.<host>.fwd)
 H_FWD_SUBJECT = "Agt-Fwd-Subject"
 H_FWD_REPLY = "Agt-Fwd-Reply"
@@ -155,12 +150,6 @@ _HOLD_S = 60.0
 _BUSY_DELAY_MAX_S = 5.0
 
 
-def _delivery_mode(durable: bool, hdrs: dict[str, str]) -> str:
-    if not durable:
-        return "at-most-once"
-    return "exactly-once" if H_MSG_ID in hdrs else "at-least-once"
-
-
 def _rss_mb() -> float:
     """Resident memory of this process in MiB (Linux; peak RSS elsewhere)."""
     try:
@@ -172,39 +161,30 @@ def _rss_mb() -> float:
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-@dataclass(slots=True, eq=False)
-class Work:
-    """One received command, from the stream (durable) or a core request (call)."""
-
-    msg: Msg
-    kind: int
-    partition: int
-    received: float
-    rank: int = 1
-    deliveries: int = 1
-    cseq: int = 0
-    done: bool = False
-    reply: str | None = None  # a forwarded call: the caller's inbox
-    action: str = ""  # for telemetry: known once decoded
-    outcome: str = ""
-    error: str = ""
-    traced: bool = False  # in a process span (SDK tracing): append and reply get spans too
-    busy_naks: int = 0  # deliveries this host caused by handing it back (agent busy), not by failures
-
-
-def _call_reply_headers(out: dict[str, str], incoming: dict[str, str] | None) -> dict[str, str]:
+def _call_reply_headers(out: dict[str, str], cmd: Command) -> dict[str, str]:
     """The headers of a reply to a call, without what the caller already knows.
 
     A call's reply subject is the caller's own (core request/reply), so the command id
     adds nothing, and a trace context that went through unchanged is the caller's own.
     Headers are a large share of a small call's cost (wire contract section 4).
     """
+    trace_in = cmd.trace
     keep: dict[str, str] = {}
     for k, v in out.items():
-        if k == H_COMMAND_ID or (k in (TRACEPARENT, TRACESTATE) and incoming and incoming.get(k) == v):
+        if k == H_COMMAND_ID:
+            continue
+        if trace_in is not None and (
+            (k == TRACEPARENT and trace_in.traceparent == v) or (k == TRACESTATE and trace_in.tracestate == v)
+        ):
             continue
         keep[k] = v
     return keep
+
+
+def _trace_of(cmd: Command) -> tuple[str | None, str | None]:
+    """The received trace context: (traceparent, tracestate)."""
+    t = cmd.trace
+    return (t.traceparent, t.tracestate) if t is not None else (None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,14 +238,14 @@ class Host:
         # agents with commands waiting for a free worker, by (priority rank, arrival)
         self._ready: list[tuple[int, int, Activation]] = []
         self._seq = itertools.count()
-        self._inflight: set[Work] = set()
+        self._inflight: set[Command] = set()
         self._inflight_count = 0
         self._inflight_bytes = 0  # bodies held by the commands in _inflight (max_inflight_bytes)
         self._idle = asyncio.Event()
         self._idle.set()
         self._sweeper: StrandedSweeper | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
-        self._routes: dict[str, tuple[int, str, str]] = {}  # call subject -> partition, type, id
+        self._intake = Intake(self)
         # workers: at most settings.workers tasks, each processing one agent's command and
         # then the next ready agent's, until none is ready
         self._running = 0
@@ -509,7 +489,7 @@ class Host:
     def _host_subject(self, host: str, what: str) -> str:
         return self.subjects.sys("host", host, what)
 
-    async def _route_elsewhere(self, act: Activation, work: Work) -> bool:
+    async def _route_elsewhere(self, act: Activation, work: Command) -> bool:
         """At the partition's owner: forward ``work`` when the agent is placed on another
         live host, or must be (its type requires resource tags this host lacks). True when
         the work was handed on (or queued), False to process it here."""
@@ -537,14 +517,12 @@ class Host:
         )
         if not capable:
             # nobody can run it now: keep it in the stream and tell the caller once
-            hdrs = work.msg.headers or {}
-            reply_to = hdrs.get(H_REPLY_TO) if work.kind in _ACKED else (work.reply or work.msg.reply or None)
             err = Unavailable(
                 f"no host offers {sorted(requires)} for {act.agent_id.type!r}; the command is queued",
                 details={"applied": False, "queued": work.kind in _ACKED, "requires": sorted(requires)},
             )
-            if reply_to and work.deliveries == 1:
-                await self._publish_reply(reply_to, encode_error(err), {}, work)
+            if work.deliveries == 1:
+                await self._publish_reply(work.reply_to, encode_error(err), {}, work)
             if work.kind in _ACKED:
                 await self._nak(work, 2.0)
             return True
@@ -573,23 +551,23 @@ class Host:
             raise error_from_wire(reply.get("error"))
         return reply
 
-    async def _forward(self, work: Work, target: str) -> None:
+    async def _forward(self, work: Command, target: str) -> None:
         """Hand a command to the host its agent is placed on. A durable command is
         acknowledged here only when that host says it finished (``+ACK``/``+TERM``);
         progress (``+WPI``) is relayed; silence means ``-NAK`` and redelivery (the target's
         exactly-once record makes the repeat harmless)."""
-        msg = work.msg
-        hdrs = dict(msg.headers or {})
-        hdrs[H_FWD_SUBJECT] = msg.subject
+        hdrs = dict(work.headers)
+        hdrs[H_FWD_SUBJECT] = work.subject
         hdrs[H_FWD_PARTITION] = str(work.partition)
         subject = self._host_subject(target, "fwd")
         if work.kind == CALL:
-            if msg.reply:
-                hdrs[H_FWD_REPLY] = msg.reply
-            await self.nc.publish(subject, msg.data, headers=hdrs)
+            reply = work.reply_to or work.reply_refused  # the target refuses one it may not answer
+            if reply:
+                hdrs[H_FWD_REPLY] = reply
+            await self.nc.publish(subject, work.body, headers=hdrs)
             return
         hdrs[H_FWD_DELIVERIES] = str(work.deliveries)
-        hdrs[H_FWD_CSEQ] = str(work.cseq)
+        hdrs[H_FWD_CSEQ] = str(work.stream_seq)
         inbox = self.nc.new_inbox()
         answers: asyncio.Queue[bytes] = asyncio.Queue()
 
@@ -601,7 +579,7 @@ class Host:
 
         sub = await self.nc.subscribe(inbox, cb=on_answer)
         try:
-            await self.nc.publish(subject, msg.data, reply=inbox, headers=hdrs)
+            await self.nc.publish(subject, work.body, reply=inbox, headers=hdrs)
             while True:
                 try:
                     async with asyncio.timeout(self.settings.ack_wait_s):
@@ -653,20 +631,23 @@ class Host:
                     err = Unavailable("the agent is moving; retry", details={"applied": False})
                     await self._publish_reply(hdrs[H_FWD_REPLY], encode_error(err), {}, None)
                 return
-            work = Work(msg, CALL, partition, self.clock.monotonic(), reply=hdrs.get(H_FWD_REPLY))
+            route = (partition, agent_type, agent_id)
+            work = self._intake.parse(CALL, msg.subject, hdrs, msg.data, hdrs.get(H_FWD_REPLY), route)
         else:
             if not mine:  # not (yet) ours: the owner redelivers it shortly
                 await self.nc.publish(msg.reply, b"-NAK " + orjson.dumps({"delay": int(0.5 * NS)}))
                 return
-            work = Work(
-                msg,
+            work = self._intake.parse(
                 FWD,
-                partition,
-                self.clock.monotonic(),
+                msg.subject,
+                hdrs,
+                msg.data,
+                msg.reply,
+                (partition, agent_type, agent_id),
                 deliveries=int(hdrs.get(H_FWD_DELIVERIES, "1") or 1),
-                cseq=int(hdrs.get(H_FWD_CSEQ, "0") or 0),
+                stream_seq=int(hdrs.get(H_FWD_CSEQ, "0") or 0),
             )
-        self._dispatch(work, agent_type, agent_id)
+        self._dispatch(work)
 
     async def _on_adopt(self, msg: Msg) -> None:
         body = orjson.loads(msg.data)
@@ -719,15 +700,15 @@ class Host:
         if partition not in self._owned_set:
             raise Unavailable("this host does not own the agent's partition; ask its owner", details={"applied": False})
         # queued behind the agent's earlier commands, so none of them is lost or reordered
-        self._dispatch(Work(msg, MIGRATE, partition, self.clock.monotonic()), agent_type, agent_id)
+        route = (partition, agent_type, agent_id)
+        self._dispatch(self._intake.parse(MIGRATE, msg.subject, msg.headers, msg.data, msg.reply, route))
 
-    async def _migrate(self, act: Activation, work: Work) -> None:
+    async def _migrate(self, act: Activation, work: Command) -> None:
         """Move one agent to another host (at its partition's owner, in mailbox order):
         ``checkpoint`` snapshots it to KV first, ``state`` hands the state over directly,
         ``cold`` lets the target rebuild it from the log. Later commands are forwarded."""
-        msg = work.msg
         try:
-            body = orjson.loads(msg.data)
+            body = orjson.loads(work.body)
             target, strategy = str(body["target"]), str(body.get("strategy", "checkpoint"))
             coord = self.coordinator
             if coord is None:
@@ -763,8 +744,7 @@ class Host:
             reply = encode_error(err)
         except (KeyError, ValueError) as exc:
             reply = encode_error(MalformedCommand(f"bad migrate request: {exc!r}"))
-        if msg.reply:
-            await self._publish_reply(msg.reply, reply, {}, None)
+        await self._publish_reply(work.reply_to, reply, {}, work)
 
     async def stop(self, *, drain: bool = True) -> None:
         """Stop taking commands, finish those in hand (bounded by ``drain_grace_s``),
@@ -832,111 +812,23 @@ class Host:
             return
         self._log.debug("nats_error", error=str(exc))
 
-    # -- intake ----------------------------------------------------------------------------
+    # -- intake (``intake.py``) -----------------------------------------------------------
     async def _on_pull_msg(self, msg: Msg) -> None:
-        if not msg.reply:  # a status about one of our pull requests, sent to its inbox
-            tokens = msg.subject.rsplit(".", 2)
-            puller = self.partitions.get(int(tokens[1])) if tokens[1].isdigit() else None
-            if puller is not None:
-                self.partitions.on_status(puller, tokens[2], (msg.headers or {}).get("Status", ""))
-            return
-        # a command; JetStream delivers it under its stored subject <root>.p.<partition>.<type>.<id>
-        parts = msg.subject.split(".")
-        if len(parts) < 5 or not parts[-3].isdigit():
-            return
-        partition = int(parts[-3])
-        puller = self.partitions.get(partition)
-        if puller is None:
-            await self.nc.publish(msg.reply, b"-NAK")
-            return
-        puller.received()
-        if msg.headers:
-            pin = msg.headers.get("Nats-Pin-Id")
-            if pin:
-                puller.pin_id = pin
-        meta = parse_ack_subject(msg.reply)
-        deliveries, cseq = meta if meta else (1, 0)
-        work = Work(msg, STREAM, partition, self.clock.monotonic(), deliveries=deliveries, cseq=cseq)
-        if self._stopping:
-            self._track(work)
-            await self._nak(work, 0.0)
-            self._untrack(work)
-            return
-        if len(msg.data) > self.settings.max_payload_bytes:
-            self._refuse_oversized(work, parts[-2], parts[-1])
-            return
-        self._dispatch(work, parts[-2], parts[-1])
-
-    def _route_of(self, subject: str) -> tuple[int, str, str]:
-        """(partition, agent type, agent id) of a call subject, remembered for the next call."""
-        route = self._routes.get(subject)
-        if route is None:
-            parts = subject.split(".")
-            if not (is_valid_token(parts[-2]) and is_valid_token(parts[-1])):
-                partition = 0  # the owner of partition 0 answers for unroutable subjects
-            else:
-                partition = partition_of(parts[-2], parts[-1], self.settings.partitions)
-            route = (partition, parts[-2], parts[-1])
-            if len(self._routes) >= 65_536:
-                self._routes.clear()
-            self._routes[subject] = route
-        return route
+        await self._intake.on_pull_msg(msg.subject, msg.headers, msg.data, msg.reply)
 
     async def _on_call(self, msg: Msg) -> None:
-        partition, agent_type, agent_id = self._route_of(msg.subject)
-        if partition not in self._owned_set:
-            coord = self.coordinator
-            moving_here = (
-                coord is not None
-                and coord.ring is not None
-                and not self._stopping
-                and coord.ring.owners[partition] == self.settings.host_id
-            )
-            if msg.reply and moving_here:
-                # ours by the ring, not started yet (the previous owner is handing it
-                # over): say so, so the caller retries instead of timing out
-                err = Unavailable("the agent's partition is moving to this host; retry", details={"applied": False})
-                await self._publish_reply(msg.reply, encode_error(err), {}, None)
-            return
-        coord = self.coordinator
-        if coord is not None and self.clock.monotonic() - coord.last_heartbeat_ok > self.settings.member_ttl_s:
-            # we have not reached the cluster for a whole TTL (paused, cut off): our
-            # partitions may be someone else's by now; do not answer from memory
-            if msg.reply:
-                err = Unavailable("this host lost touch with the cluster; retry", details={"applied": False})
-                await self._publish_reply(msg.reply, encode_error(err), {}, None)
-            return
-        work = Work(msg, CALL, partition, self.clock.monotonic())
-        size = len(msg.data)
-        if (
-            self._inflight_count >= self.settings.max_inflight
-            or self._inflight_bytes + size > self.settings.max_inflight_bytes
-        ):
-            if msg.reply:
-                await self._publish_reply(
-                    msg.reply, encode_error(Unavailable("host overloaded, retry", details={"applied": False})), {}, None
-                )
-            return
-        if size > self.settings.max_payload_bytes:
-            self._refuse_oversized(work, agent_type, agent_id)
-            return
-        self._dispatch(work, agent_type, agent_id)
+        await self._intake.on_call(msg.subject, msg.headers, msg.data, msg.reply)
 
-    def _refuse_oversized(self, work: Work, agent_type: str, agent_id: str) -> None:
-        """A body over ``max_payload_bytes``: refused as it arrives, never queued for its
-        agent nor parsed; dead-lettered (bounded) and answered ``payload_too_large``."""
-        size, limit = len(work.msg.data), self.settings.max_payload_bytes
-        self._track(work)  # its bytes count against max_inflight_bytes until the refusal is done
-        err = PayloadTooLarge(f"payload of {size} bytes exceeds the limit of {limit}")
-        self._side(self._reject_unrouted(work, agent_type, agent_id, err))
+    def _pull_status(self, subject: str, headers: Mapping[str, str] | None) -> None:
+        """A status about one of our pull requests, sent to its inbox."""
+        tokens = subject.rsplit(".", 2)
+        puller = self.partitions.get(int(tokens[1])) if tokens[1].isdigit() else None
+        if puller is not None:
+            self.partitions.on_status(puller, tokens[2], (headers or {}).get("Status", ""))
 
-    def _dispatch(self, work: Work, agent_type: str, agent_id: str) -> None:
+    def _dispatch(self, work: Command) -> None:
         self._track(work)
-        hdrs = work.msg.headers
-        if hdrs:
-            prio = hdrs.get(H_PRIORITY)
-            if prio:
-                work.rank = PRIORITY_RANK.get(prio, 1)  # type: ignore[call-overload]
+        agent_type, agent_id = work.agent_type, work.agent_id
         spec = self.registry.get(agent_type)
         if spec is None or not is_valid_token(agent_id):
             err: JetAgentsError = (
@@ -946,7 +838,7 @@ class Host:
                 if spec is None
                 else MalformedCommand(f"invalid agent id {agent_id!r}")
             )
-            self._side(self._reject_unrouted(work, agent_type, agent_id, err))
+            self._side(self._reject_unrouted(work, err))
             return
         key = f"{agent_type}.{agent_id}"
         act = self.activations.get(key)
@@ -975,9 +867,9 @@ class Host:
                 self.supervisor.adopt("workers", task)
             return
         act.mailbox = deque((work,))
-        heapq.heappush(self._ready, (work.rank, next(self._seq), act))
+        heapq.heappush(self._ready, (work.priority_rank, next(self._seq), act))
 
-    def _over_bound(self, act: Activation, work: Work) -> bool:
+    def _over_bound(self, act: Activation, work: Command) -> bool:
         """Whether ``work`` must stay out of its agent's mailbox, and if so refuse it: the
         mailbox is full (``max_mailbox_per_agent``), or, for a durable command, an earlier
         command of the agent was handed back and has not come back yet (this one would
@@ -985,22 +877,22 @@ class Host:
         command is handed back (``-NAK`` with a growing delay) and comes again (ADR 0036)."""
         mailbox = act.mailbox
         full = mailbox is not None and len(mailbox) >= self.settings.max_mailbox_per_agent
-        if work.kind in _ACKED and work.cseq:
+        if work.kind in _ACKED and work.stream_seq:
             now = self.clock.monotonic()
             if act.held is not None:
                 self._prune_held(act, now)
             held = act.held
-            earlier = held is not None and min(held) < work.cseq
+            earlier = held is not None and min(held) < work.stream_seq
             if not (full or earlier):
-                if held is not None and work.cseq in held:
-                    work.busy_naks = held.pop(work.cseq)[0]
+                if held is not None and work.stream_seq in held:
+                    work.busy_naks = held.pop(work.stream_seq)[0]
                     if not held:
                         act.held = None
                 return False
             if held is None:
                 held = act.held = {}
-            times = held.get(work.cseq, (0, 0.0))[0] + 1
-            held[work.cseq] = (times, now)
+            times = held.get(work.stream_seq, (0, 0.0))[0] + 1
+            held[work.stream_seq] = (times, now)
             self._refuse_busy(act, work, min(0.25 * 2**times, _BUSY_DELAY_MAX_S))
             return True
         if not full:
@@ -1018,31 +910,29 @@ class Host:
         if not held:
             act.held = None
 
-    def _refuse_busy(self, act: Activation, work: Work, delay_s: float) -> None:
+    def _refuse_busy(self, act: Activation, work: Command, delay_s: float) -> None:
         # out of the host's in-flight count at once: a burst of refusals must not fill it
         self._untrack(work)
         self.stats["agent_busy"] += 1
         aid = act.agent_id
-        durable = work.kind in _ACKED
-        self._tel.busy(aid.type, _delivery_mode(durable, work.msg.headers or {}))
-        if durable:
+        self._tel.busy(aid.type, work.delivery_mode)
+        if work.durable:
             self._side(self._nak(work, delay_s))
             return
-        reply_to = work.reply or work.msg.reply
-        if reply_to:
+        if work.reply_to or work.reply_refused:
             err = Unavailable(
                 f"agent busy: {len(act.mailbox or ())} commands of {aid} are waiting; retry",
                 details={"applied": False, "reason": "agent_busy"},
             )
-            self._side(self._publish_reply(reply_to, encode_error(err), {}, work))
+            self._side(self._publish_reply(work.reply_to, encode_error(err), {}, work))
 
-    def _track(self, work: Work) -> None:
+    def _track(self, work: Command) -> None:
         self._inflight.add(work)
         self._inflight_count += 1
-        self._inflight_bytes += len(work.msg.data)
+        self._inflight_bytes += len(work.body)
         self._idle.clear()
 
-    def _untrack(self, work: Work) -> None:
+    def _untrack(self, work: Command) -> None:
         if work.done:
             return
         work.done = True
@@ -1050,7 +940,7 @@ class Host:
         self._inflight_count -= 1
         full_bytes = self.settings.max_inflight_bytes - self.topology.max_payload_bytes - 4096
         was_full_bytes = self._inflight_bytes > full_bytes
-        self._inflight_bytes -= len(work.msg.data)
+        self._inflight_bytes -= len(work.body)
         if self._inflight_count <= 0:
             self._idle.set()
         if self._inflight_count == self.settings.max_inflight - 1 or (
@@ -1065,12 +955,12 @@ class Host:
         self.supervisor.spawn("side", coro)
 
     # -- workers ---------------------------------------------------------------------------
-    async def _work(self, act: Activation, work: Work) -> None:
-        """A worker: process ``work``, then the next ready agent's command, and so on
+    async def _work(self, act: Activation, cmd: Command) -> None:
+        """A worker: process ``cmd``, then the next ready agent's command, and so on
         until no agent is waiting for a worker."""
         try:
             while True:
-                await self._run(act, work)
+                await self._run(act, cmd)
                 if not self._ready:
                     return
                 # let the event loop breathe between commands that never waited
@@ -1079,196 +969,160 @@ class Host:
                     return
                 _, _, act = heapq.heappop(self._ready)
                 assert act.mailbox is not None
-                work = act.mailbox.popleft()
+                cmd = act.mailbox.popleft()
         finally:
             self._running -= 1
 
-    async def _run(self, act: Activation, work: Work) -> None:
+    async def _run(self, act: Activation, cmd: Command) -> None:
         """Process one command of a scheduled agent, then queue its next one (if any)."""
         try:
-            await self._process(act, work)
+            await self._process(act, cmd)
         except asyncio.CancelledError:
-            if work.kind in _ACKED and not work.done:
+            if cmd.durable and not cmd.done:
                 with contextlib.suppress(Exception):
-                    await self._nak(work, 0.0)
+                    await self._nak(cmd, 0.0)
             raise
         except Exception:  # noqa: BLE001 - a bug here must not kill the worker
             self._log.exception("process_failed", agent=str(act.agent_id))
-            if work.kind in _ACKED and not work.done:
-                await self._nak(work, 1.0)
-            elif work.kind == CALL and not work.outcome and (work.reply or work.msg.reply):
+            if cmd.durable and not cmd.done:
+                await self._nak(cmd, 1.0)
+            elif cmd.kind == CALL and not cmd.outcome and (cmd.reply_to or cmd.reply_refused):
                 # a call is never retried: its caller hears of the failure now, not at its timeout
                 err = InternalError("the host failed to process the command", details={"applied": False})
-                await self._publish_reply(work.reply or work.msg.reply, encode_error(err), {}, work)
+                await self._publish_reply(cmd.reply_to, encode_error(err), {}, cmd)
         finally:
-            self._untrack(work)
+            self._untrack(cmd)
             act.last_used = self.clock.monotonic()
             if act.mailbox:
-                heapq.heappush(self._ready, (act.mailbox[0].rank, next(self._seq), act))
+                heapq.heappush(self._ready, (act.mailbox[0].priority_rank, next(self._seq), act))
             else:
                 act.mailbox = None
                 act.scheduled = False
 
-    async def _process(self, act: Activation, work: Work) -> None:
-        msg = work.msg
-        hdrs: dict[str, str] = msg.headers or {}
-        if work.kind == MIGRATE:
-            await self._migrate(act, work)
+    async def _process(self, act: Activation, cmd: Command) -> None:
+        if cmd.kind == MIGRATE:
+            await self._migrate(act, cmd)
             return
-        if self.coordinator is not None and work.kind != FWD and await self._route_elsewhere(act, work):
+        if self.coordinator is not None and cmd.kind != FWD and await self._route_elsewhere(act, cmd):
             return
-        durable = work.kind in _ACKED
-        reply_to = hdrs.get(H_REPLY_TO) if durable else (work.reply or msg.reply or None)
-        cmd_id = hdrs.get(H_COMMAND_ID) or hdrs.get(H_MSG_ID) or ""
-        if not cmd_id:
-            cmd_id = f"s{self.cepoch}-{work.cseq}" if durable else ""
-        corr = hdrs.get(H_CORRELATION_ID) or cmd_id
-        out_hdrs: dict[str, str] = {}
-        if cmd_id:
-            out_hdrs[H_COMMAND_ID] = cmd_id
-        if corr and corr != cmd_id:
-            out_hdrs[H_CORRELATION_ID] = corr
-
+        out = cmd.reply_headers()
         tel = self._tel
         aid = act.agent_id
-        log_token = enter_command(self.settings.host_id, aid, corr, hdrs.get("traceparent"))
+        trace_in = cmd.trace
+        log_token = enter_command(
+            self.settings.host_id, aid, cmd.correlation_id, trace_in.traceparent if trace_in else None
+        )
         try:
             if not tel.tracing:  # no SDK configured: carry the trace context, skip the spans
-                carry(hdrs, out_hdrs)
-                await self._process_traced(act, work, hdrs, durable, reply_to, cmd_id, corr, out_hdrs)
+                carry_context(*_trace_of(cmd), out)
+                await self._process_traced(act, cmd, out)
             else:
-                await self._process_span(act, work, hdrs, durable, reply_to, cmd_id, corr, out_hdrs)
+                await self._process_span(act, cmd, out)
         finally:
             exit_command(log_token)
             if tel.metering:
-                mode = _delivery_mode(durable, hdrs)
-                elapsed = self.clock.monotonic() - work.received
-                outcome = work.outcome or FAILED
-                tel.command_done(aid.type, work.action, mode, outcome, work.error, work.deliveries, elapsed)
+                elapsed = self.clock.monotonic() - cmd.received
+                outcome = cmd.outcome or FAILED
+                tel.command_done(aid.type, cmd.action, cmd.delivery_mode, outcome, cmd.error, cmd.deliveries, elapsed)
 
-    async def _process_span(
-        self,
-        act: Activation,
-        work: Work,
-        hdrs: dict[str, str],
-        durable: bool,
-        reply_to: str | None,
-        cmd_id: str,
-        corr: str,
-        out_hdrs: dict[str, str],
-    ) -> None:
+    async def _process_span(self, act: Activation, cmd: Command, out: dict[str, str]) -> None:
         """``_process_traced`` inside a CONSUMER span, child of the sender's span."""
-        msg = work.msg
         aid = act.agent_id
         attrs: dict[str, Any] = {
             MESSAGING_SYSTEM: "nats",
             MESSAGING_OPERATION_TYPE: "process",
             MESSAGING_OPERATION_NAME: "process",
-            MESSAGING_DESTINATION: msg.subject,
-            MESSAGING_MESSAGE_ID: cmd_id,
-            MESSAGING_CONVERSATION_ID: corr,
-            MESSAGING_BODY_SIZE: len(msg.data),
+            MESSAGING_DESTINATION: cmd.subject,
+            MESSAGING_MESSAGE_ID: cmd.command_id,
+            MESSAGING_CONVERSATION_ID: cmd.correlation_id,
+            MESSAGING_BODY_SIZE: len(cmd.body),
             AGENT_TYPE: aid.type,
             AGENT_ID: aid.id,
-            DELIVERY: _delivery_mode(durable, hdrs),
+            DELIVERY: cmd.delivery_mode,
             HOST_ID: self.settings.host_id,
         }
-        if durable:
-            attrs[MESSAGING_PARTITION] = str(work.partition)
-            attrs[MESSAGING_CONSUMER_GROUP] = self.topology.consumer_name(work.partition)
-            attrs[DELIVERY_COUNT] = work.deliveries
-        parent = propagate.extract(hdrs) if hdrs else None
+        if cmd.durable:
+            attrs[MESSAGING_PARTITION] = str(cmd.partition)
+            attrs[MESSAGING_CONSUMER_GROUP] = self.topology.consumer_name(cmd.partition)
+            attrs[DELIVERY_COUNT] = cmd.deliveries
+        # the sender's span is the parent (any propagator's headers, as received)
+        parent = propagate.extract(cmd.headers) if cmd.headers else None
         token = otel_context.attach(parent) if parent is not None else None
         try:
             with self._tel.tracer.start_as_current_span(
                 f"process {aid.type}", kind=trace.SpanKind.CONSUMER, attributes=attrs
             ) as span:
-                work.traced = True
-                carry(hdrs, out_hdrs)
-                await self._process_traced(act, work, hdrs, durable, reply_to, cmd_id, corr, out_hdrs)
-                finish_process_span(span, work.action, work.outcome or FAILED, work.error, out_hdrs)
+                cmd.traced = True
+                carry_context(*_trace_of(cmd), out)
+                await self._process_traced(act, cmd, out)
+                finish_process_span(span, cmd.action, cmd.outcome or FAILED, cmd.error, out)
         finally:
             if token is not None:
                 otel_context.detach(token)
 
-    async def _process_traced(
-        self,
-        act: Activation,
-        work: Work,
-        hdrs: dict[str, str],
-        durable: bool,
-        reply_to: str | None,
-        cmd_id: str,
-        corr: str,
-        out_hdrs: dict[str, str],
-    ) -> None:
+    async def _process_traced(self, act: Activation, cmd: Command, out: dict[str, str]) -> None:
         s = self.settings
         # hand-backs for a busy agent (ADR 0036) are not failures: they do not count here
-        if durable and work.deliveries - work.busy_naks > s.max_redeliveries:
-            await self._reject(
-                work, act.agent_id, InternalError("redelivered too often; giving up"), reply_to, out_hdrs
-            )
+        if cmd.durable and cmd.deliveries - cmd.busy_naks > s.max_redeliveries:
+            await self._reject(cmd, act.agent_id, InternalError("redelivered too often; giving up"), out)
             return
         try:
-            if len(cmd_id) > 256:
+            if len(cmd.command_id) > MAX_COMMAND_ID_LEN:
                 raise MalformedCommand("command id longer than 256 characters")
-            if reply_to and not is_reply_subject(reply_to, s.reply_prefixes):
-                reply_to = None  # never answer there, not even with this refusal
-                raise MalformedCommand("the reply subject is not under a reply prefix this host accepts")
-            body = decode_command(work.msg.data, s.max_payload_bytes)
-            work.action = body.action if body.action in act.spec.actions else "_unknown"
+            if cmd.reply_refused:
+                # never answer there, not even with this refusal
+                await self._reject(
+                    cmd,
+                    act.agent_id,
+                    MalformedCommand("the reply subject is not under a reply prefix this host accepts"),
+                    out,
+                    answer=False,
+                )
+                return
+            body = decode_command(cmd.body, s.max_payload_bytes)
+            cmd.action = body.action if body.action in act.spec.actions else "_unknown"
             action = act.spec.action(body.action)
             params = action.validate_params(body.params)
         except JetAgentsError as err:
-            await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
+            await self._reject(cmd, act.agent_id, err, out)
             return
-        deadline = hdrs.get(H_DEADLINE)
         # Failures are retried here, in place, so the agent's later commands wait behind
         # this one (per-agent FIFO holds); the housekeeping sends +WPI meanwhile.
         attempt = 0
         while True:
-            failure = await self._attempt(act, work, action, params, reply_to, cmd_id, corr, out_hdrs, deadline)
+            failure = await self._attempt(act, cmd, action, params, out)
             if failure is None:
                 return
             failed, handler_fault = failure
             attempt += 1
-            if work.kind == CALL:  # at-most-once: never retried by the host
-                work.outcome, work.error = ERROR, failed.code
-                if reply_to:
+            if cmd.kind == CALL:  # at-most-once: never retried by the host
+                cmd.outcome, cmd.error = ERROR, failed.code
+                if cmd.reply_to or cmd.reply_refused:
                     retry_err = failed if failed.retryable or handler_fault else Unavailable(failed.message)
-                    await self._publish_reply(reply_to, encode_error(retry_err), out_hdrs, work)
+                    await self._publish_reply(cmd.reply_to, encode_error(retry_err), out, cmd)
                 return
             if handler_fault and attempt >= s.max_deliver:
-                await self._reject(work, act.agent_id, failed, reply_to, out_hdrs)
+                await self._reject(cmd, act.agent_id, failed, out)
                 return
             if isinstance(failed, FencedError) and self.coordinator is not None:
                 # Another host wrote this agent. Retry only if the store (not our memory,
                 # which may be stale after a pause) says the partition is still ours.
                 try:
-                    ours = await self.coordinator.still_holds(work.partition)
+                    ours = await self.coordinator.still_holds(cmd.partition)
                 except JetAgentsError:
                     ours = False
                 if not ours:
-                    self._log.warning("partition_lost", partition=work.partition, agent=str(act.agent_id))
-                    await self._nak(work, 0.0)
+                    self._log.warning("partition_lost", partition=cmd.partition, agent=str(act.agent_id))
+                    await self._nak(cmd, 0.0)
                     return
             if self._stopping:
-                await self._nak(work, 0.0)  # hand it back to the next owner
+                await self._nak(cmd, 0.0)  # hand it back to the next owner
                 return
             self.stats["retries"] += 1
             await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
 
     async def _attempt(
-        self,
-        act: Activation,
-        work: Work,
-        action: Any,
-        params: dict[str, Any],
-        reply_to: str | None,
-        cmd_id: str,
-        corr: str,
-        out_hdrs: dict[str, str],
-        deadline: str | None,
+        self, act: Activation, cmd: Command, action: Any, params: dict[str, Any], out: dict[str, str]
     ) -> tuple[JetAgentsError, bool] | None:
         """Run the command once. ``None`` when finished (answered, acknowledged or
         dead-lettered), else ``(error, handler_fault)`` to retry."""
@@ -1277,47 +1131,44 @@ class Host:
             try:
                 await self.catalog.activate(act)
             except _NON_RETRYABLE_INPUT as err:
-                await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
+                await self._reject(cmd, act.agent_id, err, out)
                 return None
             except JetAgentsError as err:
                 return err, isinstance(err, InternalError)
         agent = act.agent
         assert agent is not None
 
+        cmd_id = cmd.command_id
         if cmd_id:
             record = act.records.get(cmd_id) if act.records else None
             if record is not None:
                 self.stats["duplicates"] += 1
                 self._tel.duplicate(act.agent_id.type, "record")
-                out_hdrs[H_DUPLICATE] = "true"
+                out[H_DUPLICATE] = "true"
                 seq, ok, payload = record
                 if seq:
-                    out_hdrs[H_EVENT_SEQ] = str(seq)
+                    out[H_EVENT_SEQ] = str(seq)
                 if ok:
-                    await self._finish_ok(work, reply_to, payload, out_hdrs)
+                    await self._finish_ok(cmd, payload, out)
                 else:
-                    await self._finish_err(work, reply_to, error_from_wire(payload), out_hdrs)
+                    await self._finish_err(cmd, error_from_wire(payload), out)
                 return None
 
         # the action's time limit: its own, its type's or the host's, cut to the command's
         # deadline when that comes first (ADR 0036)
         limit_s: float = action.timeout_s or act.spec.action_timeout_s or s.action_timeout_s
         by_deadline = False
-        # unix ms has 13 digits; a longer value is no deadline anyone can mean (and past 308
-        # digits its division overflows a float: the fuzzer's huge Agt-Deadline)
-        if deadline and len(deadline) <= 16 and deadline.isascii() and deadline.isdigit():
-            left_s = (int(deadline) - self.clock.wall_ms()) / 1000
+        if cmd.deadline_ms is not None:
+            left_s = (cmd.deadline_ms - self.clock.wall_ms()) / 1000
             if left_s < 0:
-                await self._finish_err(
-                    work, reply_to, DeadlineExceeded("the command's deadline passed before it ran"), out_hdrs
-                )
+                await self._finish_err(cmd, DeadlineExceeded("the command's deadline passed before it ran"), out)
                 return None
             if left_s < limit_s:
                 limit_s, by_deadline = left_s, True
 
         ctx = agent.ctx
         ctx.command_id = cmd_id
-        ctx.correlation_id = corr
+        ctx.correlation_id = cmd.correlation_id
         agent._begin()
         try:
             loop = self._loop
@@ -1337,40 +1188,40 @@ class Host:
             agent._finish()
             if cmd_id:  # remembered (in memory) so a redelivery gets the same answer
                 self._remember(act, cmd_id, (0, False, err.to_wire()))
-            await self._finish_err(work, reply_to, err, out_hdrs)
+            await self._finish_err(cmd, err, out)
             return None
         except Overrun:
             agent._finish()  # whatever it emitted is dropped
-            await self._overran(act, work, action.name, limit_s, by_deadline, reply_to, out_hdrs)
+            await self._overran(act, cmd, action.name, limit_s, by_deadline, out)
             return None
         except Exception as exc:  # noqa: BLE001 - the handler failed: retry, then dead-letter
             agent._finish()
-            self._log.warning("action_failed", agent=str(act.agent_id), error=repr(exc), deliveries=work.deliveries)
+            self._log.warning("action_failed", agent=str(act.agent_id), error=repr(exc), deliveries=cmd.deliveries)
             return (
                 exc if isinstance(exc, InternalError) else InternalError(f"action {action.name!r} failed: {exc!r}")
             ), True
 
         if events:
-            n, own = act.n + 1, self._token_of(act.agent_id, work.partition)
-            cmd = cmd_id or f"c-{self.settings.host_id}-{next(self._seq)}"
+            n, own = act.n + 1, self._token_of(act.agent_id, cmd.partition)
+            name = cmd_id or f"c-{self.settings.host_id}-{next(self._seq)}"
             body = encode_commit(
                 n=n,
-                cmd=cmd,
+                cmd=name,
                 action=action.name,
                 events=wire_events(events),
                 result=result_json,
-                cseq=work.cseq,
+                cseq=cmd.stream_seq,
                 ts_ms=self.clock.wall_ms(),
                 own=own,
             )
-            commit = _NewCommit(n, cmd, own, body)
+            commit = _NewCommit(n, name, own, body)
             try:
-                if work.traced:
-                    seq, duplicate = await self._append_span(act, commit, out_hdrs)
+                if cmd.traced:
+                    seq, duplicate = await self._append_span(act, commit, out)
                 else:
-                    seq, duplicate = await self._append(act, commit, out_hdrs)
+                    seq, duplicate = await self._append(act, commit, out)
             except PayloadTooLarge as err:  # the commit itself is too big: never retryable
-                await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
+                await self._reject(cmd, act.agent_id, err, out)
                 return None
             except FencedError as err:
                 self.stats["fenced"] += 1
@@ -1386,9 +1237,9 @@ class Host:
                 self.stats["duplicates"] += 1
                 self._tel.duplicate(act.agent_id.type, "log")
                 first = await self._commit_at(seq)
-                out_hdrs[H_DUPLICATE] = "true"
-                out_hdrs[H_EVENT_SEQ] = str(seq)
-                await self._finish_ok(work, reply_to, first.result if first else None, out_hdrs)
+                out[H_DUPLICATE] = "true"
+                out[H_EVENT_SEQ] = str(seq)
+                await self._finish_ok(cmd, first.result if first else None, out)
                 return None
             agent._commit(draft)
             act.last_seq = seq
@@ -1396,21 +1247,14 @@ class Host:
             act.own = max(act.own, commit.own)
             act.since_snapshot += 1
             self._remember(act, commit.cmd, (seq, True, result_json))
-            out_hdrs[H_EVENT_SEQ] = str(seq)
+            out[H_EVENT_SEQ] = str(seq)
             if act.since_snapshot >= s.snapshot_every and not act.snapshotting:
                 self._side(self.catalog.snapshot(act))
-        await self._finish_ok(work, reply_to, result_json, out_hdrs)
+        await self._finish_ok(cmd, result_json, out)
         return None
 
     async def _overran(
-        self,
-        act: Activation,
-        work: Work,
-        action: str,
-        limit_s: float,
-        by_deadline: bool,
-        reply_to: str | None,
-        out_hdrs: dict[str, str],
+        self, act: Activation, cmd: Command, action: str, limit_s: float, by_deadline: bool, out: dict[str, str]
     ) -> None:
         """The action was cancelled at its limit (ADR 0036). Past the command's own deadline:
         ``deadline_exceeded``, acknowledged. Past the action's time limit: ``action_timeout``,
@@ -1429,10 +1273,10 @@ class Host:
             )
         self._tel.action_timed_out(act.agent_id.type, action, err.code)
         self._log.warning("action_timed_out", agent=str(act.agent_id), action=action, limit_s=limit_s, code=err.code)
-        if by_deadline or work.kind == CALL:
-            await self._finish_err(work, reply_to, err, out_hdrs)
+        if by_deadline or cmd.kind == CALL:
+            await self._finish_err(cmd, err, out)
         else:
-            await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
+            await self._reject(cmd, act.agent_id, err, out)
 
     def _remember(self, act: Activation, cmd_id: str, record: tuple[int, bool, Any]) -> None:
         records = act.records
@@ -1443,43 +1287,43 @@ class Host:
             records.popitem(last=False)
 
     # -- outcomes --------------------------------------------------------------------------
-    async def _finish_ok(self, work: Work, reply_to: str | None, result: Any, hdrs: dict[str, str]) -> None:
+    async def _finish_ok(self, cmd: Command, result: Any, hdrs: dict[str, str]) -> None:
         self.stats["processed"] += 1
-        work.outcome = DUPLICATE if H_DUPLICATE in hdrs else OK
-        if reply_to:
-            await self._publish_reply(reply_to, encode_ok(result), hdrs, work)
-        if work.kind in _ACKED:
-            await self._ack(work, b"+ACK")
+        cmd.outcome = DUPLICATE if H_DUPLICATE in hdrs else OK
+        if cmd.reply_to or cmd.reply_refused:
+            await self._publish_reply(cmd.reply_to, encode_ok(result), hdrs, cmd)
+        if cmd.durable:
+            await self._ack(cmd, b"+ACK")
 
-    async def _finish_err(self, work: Work, reply_to: str | None, err: JetAgentsError, hdrs: dict[str, str]) -> None:
+    async def _finish_err(self, cmd: Command, err: JetAgentsError, hdrs: dict[str, str]) -> None:
         """A legitimate outcome (domain refusal, deadline): answer and acknowledge."""
         self.stats["processed"] += 1
-        work.outcome, work.error = ERROR, err.code
-        if reply_to:
-            await self._publish_reply(reply_to, encode_error(err), hdrs, work)
-        if work.kind in _ACKED:
-            await self._ack(work, b"+ACK")
+        cmd.outcome, cmd.error = ERROR, err.code
+        if cmd.reply_to or cmd.reply_refused:
+            await self._publish_reply(cmd.reply_to, encode_error(err), hdrs, cmd)
+        if cmd.durable:
+            await self._ack(cmd, b"+ACK")
 
     async def _reject(
-        self, work: Work, agent_id: AgentId | None, err: JetAgentsError, reply_to: str | None, hdrs: dict[str, str]
+        self, cmd: Command, agent_id: AgentId | None, err: JetAgentsError, hdrs: dict[str, str], *, answer: bool = True
     ) -> None:
         """Bad input: dead-letter, then answer with the error, then terminate (never
         redeliver). The dead letter is stored before the caller hears of the error; one
-        that cannot be stored is tried a bounded number of times, never forever."""
-        msg = work.msg
-        work.outcome, work.error = DEAD_LETTER, err.code
+        that cannot be stored is tried a bounded number of times, never forever.
+        ``answer=False``: the reply subject is the problem, nobody is answered."""
+        cmd.outcome, cmd.error = DEAD_LETTER, err.code
         type_tok = agent_id.type if agent_id else "_invalid"
         id_tok = agent_id.id if agent_id else "_invalid"
-        durable = work.kind in _ACKED
+        durable = cmd.durable
         dl = encode_dead_letter(
             error=err,
-            subject=msg.subject,
-            headers=msg.headers,
-            payload=msg.data,
+            subject=cmd.subject,
+            headers=cmd.headers,
+            payload=cmd.body,
             host=self.settings.host_id,
             ts_ms=self.clock.wall_ms(),
-            stream_seq=work.cseq or None,
-            deliveries=work.deliveries if durable else None,
+            stream_seq=cmd.stream_seq or None,
+            deliveries=cmd.deliveries if durable else None,
             max_bytes=self._dead_letter_max_bytes(),
             keep_bytes=self.settings.max_payload_bytes,
         )
@@ -1488,25 +1332,26 @@ class Host:
             self.stats["dead_letters"] += 1
             # a type no agent class declares is the sender's text: not a metric attribute
             self._tel.dead_lettered(type_tok if type_tok in self.registry else "_unknown", err.code)
-            self._log.info("dead_lettered", subject=msg.subject, code=err.code, reason=err.message)
-        elif durable and not lasting and work.deliveries < self.settings.max_redeliveries:
-            await self._nak(work, 1.0)  # keep it: try to dead-letter it again later
+            self._log.info("dead_lettered", subject=cmd.subject, code=err.code, reason=err.message)
+        elif durable and not lasting and cmd.deliveries < self.settings.max_redeliveries:
+            await self._nak(cmd, 1.0)  # keep it: try to dead-letter it again later
             return
         else:
             # given up: the command is terminated (a loop would block its agent for good);
             # the caller hears that nothing was applied, not the bad-input error whose
             # dead letter it could not find
             self.stats["dead_letters_lost"] += 1
-            self._log.error("dead_letter_lost", subject=msg.subject, code=err.code, reason=err.message)
+            self._log.error("dead_letter_lost", subject=cmd.subject, code=err.code, reason=err.message)
             err = Unavailable(
                 f"the command was refused ({err.code}: {err.message}) but its dead letter could not be stored",
                 details={"applied": False, "refused": err.code},
             )
-        if reply_to:
-            hdrs[H_HOST] = self.settings.host_id
-            await self._publish_reply(reply_to, encode_error(err), hdrs, work)
+        if answer and (cmd.reply_to or cmd.reply_refused):
+            if cmd.reply_to:
+                hdrs[H_HOST] = self.settings.host_id
+            await self._publish_reply(cmd.reply_to, encode_error(err), hdrs, cmd)
         if durable:
-            await self._ack(work, b"+TERM " + work.error.encode())
+            await self._ack(cmd, b"+TERM " + cmd.error.encode())
 
     def _dead_letter_max_bytes(self) -> int:
         """The largest dead letter the stream and the server both take."""
@@ -1530,39 +1375,39 @@ class Host:
                 await asyncio.sleep(0.1 * 2**attempt)
         return False, False
 
-    async def _reject_unrouted(self, work: Work, agent_type: str, agent_id: str, err: JetAgentsError) -> None:
+    async def _reject_unrouted(self, cmd: Command, err: JetAgentsError) -> None:
+        """Refuse a command no agent's mailbox takes (unknown type, invalid id, too large)."""
         try:
-            hdrs = work.msg.headers or {}
-            reply_to = hdrs.get(H_REPLY_TO) if work.kind in _ACKED else (work.reply or work.msg.reply)
-            out: dict[str, str] = {}
-            # the same command id _process would answer with (wire contract §4)
-            cmd_id = hdrs.get(H_COMMAND_ID) or hdrs.get(H_MSG_ID) or ""
-            if not cmd_id and work.kind in _ACKED:
-                cmd_id = f"s{self.cepoch}-{work.cseq}"
-            if cmd_id:
-                out[H_COMMAND_ID] = cmd_id
-            corr = hdrs.get(H_CORRELATION_ID)
-            if corr and corr != cmd_id:
-                out[H_CORRELATION_ID] = corr
-            carry(hdrs, out)
+            out = cmd.reply_headers()  # the same ids _process would answer with (wire contract §4)
+            carry_context(*_trace_of(cmd), out)
+            agent_type, agent_id = cmd.agent_type, cmd.agent_id
             ident = AgentId(agent_type, agent_id) if is_valid_token(agent_type) and is_valid_token(agent_id) else None
-            await self._reject(work, ident, err, reply_to or None, out)
+            await self._reject(cmd, ident, err, out)
         finally:
-            self._untrack(work)
+            self._untrack(cmd)
 
-    async def _publish_reply(self, reply_to: str, body: bytes, hdrs: dict[str, str], work: Work | None) -> None:
+    async def _publish_reply(
+        self, reply_to: str | None, body: bytes, hdrs: dict[str, str], cmd: Command | None
+    ) -> None:
         # Every reply of this host goes through here: the sender names the subject, and
         # the host's permissions reach its event log, buckets and the JetStream API, so
         # only inboxes under the configured reply prefixes are answered (wire contract 4).
-        if not is_reply_subject(reply_to, self.settings.reply_prefixes):
-            self.stats["replies_refused"] += 1
-            self._log.warning("reply_refused", reply_to=reply_to[:300].encode("unicode_escape").decode("ascii"))
+        # A command's reply subject was checked as it arrived (None: refused, or none).
+        if cmd is None:
+            if not reply_to:
+                return
+            if not is_reply_subject(reply_to, self.settings.reply_prefixes):
+                self._reply_refused(reply_to)
+                return
+        elif reply_to is None:
+            if cmd.reply_refused:
+                self._reply_refused(cmd.reply_refused)
             return
-        if hdrs and work is not None and work.kind == CALL:
-            hdrs = _call_reply_headers(hdrs, work.msg.headers)
+        if hdrs and cmd is not None and cmd.kind == CALL:
+            hdrs = _call_reply_headers(hdrs, cmd)
         span = None
-        if work is not None and work.traced:
-            agent_type = work.msg.subject.split(".")[-2]
+        if cmd is not None and cmd.traced:
+            agent_type = cmd.subject.split(".")[-2]
             span, hdrs = self._tel.start_producer(
                 f"reply {agent_type}",
                 reply_to,
@@ -1579,18 +1424,22 @@ class Host:
             if span is not None:
                 span.end()
 
-    async def _ack(self, work: Work, what: bytes) -> None:
-        if work.msg.reply:
+    def _reply_refused(self, reply_to: str) -> None:
+        self.stats["replies_refused"] += 1
+        self._log.warning("reply_refused", reply_to=reply_to[:300].encode("unicode_escape").decode("ascii"))
+
+    async def _ack(self, cmd: Command, what: bytes) -> None:
+        if cmd.ack:
             try:
-                await self.nc.publish(work.msg.reply, what)
+                await self.nc.publish(cmd.ack, what)
             except Exception as exc:  # noqa: BLE001 - unacked means redelivered; the record dedups it
                 self._log.debug("ack_failed", error=str(exc))
 
-    async def _nak(self, work: Work, delay_s: float) -> None:
+    async def _nak(self, cmd: Command, delay_s: float) -> None:
         self.stats["naks"] += 1
-        work.outcome = REQUEUED
+        cmd.outcome = REQUEUED
         payload = b"-NAK" if delay_s <= 0 else b"-NAK " + orjson.dumps({"delay": int(delay_s * NS)})
-        await self._ack(work, payload)
+        await self._ack(cmd, payload)
 
     # -- the event log ---------------------------------------------------------------------
     async def _commit_at(self, seq: int) -> Commit | None:
@@ -1676,11 +1525,12 @@ class Host:
         """Refuse a command found by the sweep like a malformed one; False: try again later."""
         parts = msg.subject.split(".")
         partition = int(parts[-3]) if len(parts) >= 5 and parts[-3].isdigit() else 0
-        work = Work(msg, STREAM, partition, self.clock.monotonic(), cseq=seq)
-        self._track(work)
+        route = (partition, parts[-2], parts[-1])
+        cmd = self._intake.parse(STREAM, msg.subject, msg.headers, msg.data, "", route, deliveries=1, stream_seq=seq)
+        self._track(cmd)
         err = MalformedCommand("the subject holds a byte or token no partition consumer delivers (0x7f, '*' or '>')")
-        await self._reject_unrouted(work, parts[-2], parts[-1], err)
-        return work.outcome != REQUEUED
+        await self._reject_unrouted(cmd, err)
+        return cmd.outcome != REQUEUED
 
     async def _housekeeping(self) -> None:
         s = self.settings

@@ -2,7 +2,7 @@
 
 Cost rule (ADR 0030): without an SDK provider (the OpenTelemetry API alone), a command
 costs one provider check for spans and one for metrics; no span object, attribute dict or
-measurement is made. The trace context is still carried (``_tracing.carry``).
+measurement is made. The trace context is still carried (``propagation.carry_context``).
 
 Span shape of one command (one trace across processes, ``traceparent`` in NATS headers)::
 
