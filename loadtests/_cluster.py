@@ -38,7 +38,8 @@ import orjson
 from jetagents import Client, ClientSettings, JetAgentsError
 from jetagents._core.ids import partition_of
 from jetagents._core.ring import compute_ring
-from jetagents._host.coordination import JetStreamStore, cluster_status
+from jetagents._host.coordination import cluster_status
+from jetagents._nats.kv import JetStreamStore
 from jetagents._settings import HostSettings
 from jetagents.testing.server import NatsCluster
 

@@ -8,7 +8,7 @@
 
 from ._client.client import AgentRef, Client, Reply
 from ._core.agent import Agent, AgentContext, AgentSpec, Event, Registry, action, applies
-from ._core.clock import Clock, ManualClock, SystemClock
+from ._core.clock import Clock, SystemClock
 from ._core.crdt import GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter
 from ._core.errors import (
     ActionTimeout,
@@ -34,8 +34,11 @@ from ._core.wire import Delivery, Priority, Subjects
 from ._host.host import Host
 from ._settings import ClientSettings, HostSettings
 from ._state.layers import Cached, Local, Shared, state_layers
-from ._state.shared import PartitionStrategy, Read, Session, SharedState, StateOptions, WriteResult
+from ._state.options import PartitionStrategy, Read, StateOptions, WriteResult
+from ._state.session import Session
+from ._state.store import SharedState
 from ._version import __version__
+from .testing.clock import ManualClock
 from .testing.server import NatsServer
 
 __all__ = [

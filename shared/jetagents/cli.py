@@ -247,8 +247,9 @@ def status(
 
     async def go() -> dict[str, Any]:
         from ._core.wire import Subjects
-        from ._host.coordination import JetStreamStore, cluster_status
+        from ._host.coordination import cluster_status
         from ._nats.api import Topology, connect
+        from ._nats.kv import JetStreamStore
 
         settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
         nc = await connect(settings.nats_url, name="jetagents-cli", inbox_prefix=settings.inbox_prefix)

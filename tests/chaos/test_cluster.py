@@ -21,7 +21,8 @@ import orjson
 import pytest
 
 from jetagents import Client, ClientSettings, JetAgentsError
-from jetagents._host.coordination import JetStreamStore, cluster_status
+from jetagents._host.coordination import cluster_status
+from jetagents._nats.kv import JetStreamStore
 from jetagents.testing.server import NatsCluster
 from tests.integration.helpers import read_all
 

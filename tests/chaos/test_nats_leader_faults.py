@@ -25,8 +25,9 @@ import pytest
 
 from jetagents import Client, ClientSettings, JetAgentsError
 from jetagents._core.ids import partition_of
-from jetagents._host.coordination import JetStreamStore, cluster_status
+from jetagents._host.coordination import cluster_status
 from jetagents._nats.api import js_api
+from jetagents._nats.kv import JetStreamStore
 from jetagents.testing.server import NatsCluster, NatsServer
 from tests.chaos.test_cluster import Workload, check
 

@@ -281,7 +281,7 @@ async def test_unreadable_snapshot_is_ignored_and_the_log_replayed(host: Host, c
     assert await ref.request("increment", {"by": 3}) == 5
     kv = await client.nc.jetstream().key_value("agt_snap")
     await kv.put("counter.snap", b"\x00 this is not JSON {")
-    host._evict(host.activations["counter.snap"])  # the next command activates it again
+    host.catalog.evict(host.activations["counter.snap"])  # the next command activates it again
     assert await ref.request("get", timeout=10) == 5
     assert await ref.request("increment", {"by": 1}) == 6
     await _no_pending(client)

@@ -12,7 +12,8 @@ import orjson
 
 from jetagents import Client, ClientSettings, Host, NatsServer, Registry
 from jetagents._core.ids import partition_of
-from jetagents._host.coordination import JetStreamStore, cluster_status
+from jetagents._host.coordination import cluster_status
+from jetagents._nats.kv import JetStreamStore
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import host_settings
 from tests.integration.helpers import commits, eventually

@@ -29,9 +29,9 @@ from jetagents import (
     action,
     state_layers,
 )
-from jetagents._core.clock import ManualClock
 from jetagents._core.crdt import LWWMap, ORMap, decode_crdt
 from jetagents._nats.api import connect
+from jetagents.testing import ManualClock
 from jetagents.testing.server import NatsCluster
 from tests.conftest import REPO, host_settings
 
@@ -111,9 +111,9 @@ async def test_linearizable_strong_reads_see_every_acknowledged_write(nats_clust
         final = await r.strong.get("lin.ctr", linearizable=True)
         assert final.value == 60
         kv = r.value_key("lin.ctr")
-        assert await r._barrier(kv, final.revision) is True
-        assert await r._barrier(kv, final.revision - 1) is False, "the barrier checks the key's revision"
-        assert await r._barrier(r.value_key("lin.absent"), 0) is True
+        assert await r.barrier(kv, final.revision) is True
+        assert await r.barrier(kv, final.revision - 1) is False, "the barrier checks the key's revision"
+        assert await r.barrier(r.value_key("lin.absent"), 0) is True
         # 32 concurrent linearizable reads in one process share barrier rounds (concurrent
         # barriers on one key refuse each other on a clustered leader)
         before = r.stats.read_barriers
@@ -339,7 +339,7 @@ async def test_lww_resolver_keeps_the_later_timestamp_not_the_later_store(nats_s
         await b.strong.update("lww.v", lambda _v: "b-after-seeing")  # read first: based on a's version
         stored = (await a.strong.get("lww.v")).value
         assert stored == "b-after-seeing"
-        doc = await b._get(b.value_key("lww.v"))
+        doc = await b.read_doc(b.value_key("lww.v"))
         assert doc[0]["versions"][0]["ts_ms"] == 2_000_001, "never behind what it has seen"
     finally:
         await a.close()
@@ -404,7 +404,7 @@ async def test_or_map_and_lww_map_through_nats(nats_server: NatsServer) -> None:
             await b2.close()
         await b.crdt.map_remove("lm", "x", lww=True)  # b's copy has seen the put: ts 5_000_001
         assert await a.crdt.value("lm", LWWMap) == {"z": "b"}
-        stored = decode_crdt((await a._get(a.crdt_key("lm")))[0])
+        stored = decode_crdt((await a.read_doc(a.crdt_key("lm")))[0])
         assert isinstance(stored, LWWMap) and stored.fields["x"].deleted and stored.fields["x"].ts_ms == 5_000_001
     finally:
         await a.close()
@@ -508,11 +508,19 @@ class Quote(Agent[ShopState]):
         return {"value": read.value, "source": read.source, "staleness_s": read.staleness_s, "stale": read.stale}
 
 
+class ManualTimeRealWaits(ManualClock):
+    """Reads manual time, but waits (the coordinator's rounds) in real time: the host keeps
+    running between the test's jumps instead of sleeping until the next one."""
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
 async def test_cached_layer_serves_a_stale_copy_within_its_ttl_then_refreshes(nats_server: NatsServer) -> None:
     """Cached, through a real host: inside the TTL the activation's copy is served, even though
     the shared value changed (with its age); past the TTL it is read again. The host's clock
     is manual, so "inside" and "past" do not depend on how busy the machine is."""
-    clock = ManualClock()
+    clock = ManualTimeRealWaits()
     host = Host(host_settings(nats_server.url), Registry([Quote]), clock=clock)
     await host.start()
     from jetagents import Client, ClientSettings
@@ -542,7 +550,7 @@ async def test_close_stops_a_loop_that_swallowed_its_cancellation() -> None:
     cancellation when the reply arrives in the same loop iteration; the cache probe then kept
     looping and ``close()`` waited for it for ever (seen once in ~90 runs of the eventual test
     on a loaded machine). Here a loop swallows the first cancellation the same way."""
-    from jetagents._state.shared import _stop_tasks
+    from jetagents._state.tasks import stop_tasks
 
     swallowed = 0
 
@@ -560,7 +568,7 @@ async def test_close_stops_a_loop_that_swallowed_its_cancellation() -> None:
 
     task = asyncio.create_task(probe_like())
     await asyncio.sleep(0.05)
-    await asyncio.wait_for(_stop_tasks([task]), 5)
+    await asyncio.wait_for(stop_tasks([task]), 5)
     assert task.cancelled() and swallowed == 1
 
 

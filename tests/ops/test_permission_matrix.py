@@ -27,7 +27,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from jetagents import Client, ClientSettings, Host, Registry
 from jetagents._nats.api import js_api
-from jetagents._state.shared import SharedState
+from jetagents._state.store import SharedState
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import host_settings
 from tests.ops.nats_configs import CLIENT_INBOX, HOST_INBOX, OPS_NATS, BootedConfigs, Node, Violations, boot

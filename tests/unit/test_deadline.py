@@ -207,11 +207,9 @@ async def test_watchdog_is_quiet_on_a_free_loop() -> None:
 
 # -- the mailbox bound and the order of handed-back commands (no NATS needed: nothing is sent) --
 def _stream_work(cseq: int) -> Any:
-    from nats.aio.msg import Msg
+    from jetagents._core.command import Command, Kind
 
-    from jetagents._host.host import STREAM, Work
-
-    return Work(Msg(None, subject="agt.p.0.counter.c", reply="", data=b"{}"), STREAM, 0, 0.0, cseq=cseq)  # type: ignore[arg-type]
+    return Command(Kind.STREAM, "agt.p.0.counter.c", "counter", "c", 0, b"{}", 0.0, {}, stream_seq=cseq)
 
 
 async def test_a_handed_back_command_is_never_overtaken() -> None:
@@ -230,21 +228,21 @@ async def test_a_handed_back_command_is_never_overtaken() -> None:
 
     def dispatch(cseq: int) -> Any:
         work = _stream_work(cseq)
-        host._dispatch(work, "counter", "c")
+        host._dispatch(work)
         return work
 
     dispatch(3)  # the mailbox is full: handed back
-    assert [w.cseq for w in act.mailbox] == [1, 2] and act.held is not None and set(act.held) == {3}
+    assert [w.stream_seq for w in act.mailbox] == [1, 2] and act.held is not None and set(act.held) == {3}
     act.mailbox.popleft()  # room again, but 3 has not come back yet
     dispatch(4)  # would overtake 3: handed back too
-    assert [w.cseq for w in act.mailbox] == [2] and set(act.held) == {3, 4}
+    assert [w.stream_seq for w in act.mailbox] == [2] and set(act.held) == {3, 4}
     again = dispatch(3)  # 3 comes back: queued, and its hand-back is not a failed delivery
     assert again.busy_naks == 1
     dispatch(4)  # the mailbox [2, 3] is full again: handed back a second time
     assert act.held is not None and act.held[4][0] == 2
     act.mailbox.popleft()
     assert dispatch(4).busy_naks == 2
-    assert [w.cseq for w in act.mailbox] == [3, 4] and act.held is None
+    assert [w.stream_seq for w in act.mailbox] == [3, 4] and act.held is None
     await asyncio.sleep(0)  # the hand-backs (-NAK) are sent by side tasks
     assert host.stats["agent_busy"] == 3 and host.stats["naks"] == 3
     assert host._inflight_count == 2  # the refused ones left the in-flight count at once
@@ -253,11 +251,10 @@ async def test_a_handed_back_command_is_never_overtaken() -> None:
 async def test_a_call_to_a_busy_agent_is_refused_at_once() -> None:
     from collections import deque
 
-    from nats.aio.msg import Msg
-
     from jetagents import Registry
+    from jetagents._core.command import Command, Kind
     from jetagents._core.ids import AgentId
-    from jetagents._host.host import CALL, Activation, Host, Work
+    from jetagents._host.host import Activation, Host
     from jetagents.examples import Counter
 
     host = Host(HostSettings(max_mailbox_per_agent=1), Registry([Counter]))
@@ -265,6 +262,6 @@ async def test_a_call_to_a_busy_agent_is_refused_at_once() -> None:
     act = Activation(AgentId("counter", "c"), Counter.__jetagents_spec__, scheduled=True)
     act.mailbox = deque([_stream_work(1)])
     host.activations["counter.c"] = act
-    call = Work(Msg(None, subject="agt.call.counter.c", reply="", data=b"{}"), CALL, 0, 0.0)  # type: ignore[arg-type]
-    host._dispatch(call, "counter", "c")
+    call = Command(Kind.CALL, "agt.call.counter.c", "counter", "c", 0, b"{}", 0.0, {})
+    host._dispatch(call)
     assert len(act.mailbox) == 1 and call.done and host.stats["agent_busy"] == 1

@@ -37,7 +37,7 @@ from .reply import Reply, decode_reply, no_responders, not_applied
 from .sender import Sender
 
 if TYPE_CHECKING:
-    from .._state.shared import SharedState
+    from .._state.store import SharedState
 
 __all__ = ["AgentRef", "Client", "Reply"]
 
@@ -139,7 +139,8 @@ class Client:
 
         >>> await client.shared().strong.increment("hits")  # doctest: +SKIP
         """
-        from .._state.shared import SharedState, StateOptions  # local import: state is optional
+        from .._state.options import StateOptions  # local import: state is optional
+        from .._state.store import SharedState
 
         st = self._shared.get(name)
         if st is None:
@@ -176,7 +177,7 @@ class Client:
     async def locate(self, agent_type: str, agent_id: str) -> str | None:
         """The host serving an agent now (its placement, else its partition's owner in the
         ring), read from the cluster bucket; None when nobody does."""
-        from .._host.coordination import JetStreamStore  # local import: plain clients rarely need it
+        from .._nats.kv import JetStreamStore  # local import: plain clients rarely need it
 
         store = JetStreamStore(self.nc, Topology(self.subjects).cluster_bucket, timeout_s=5.0)
         placed = await store.get(f"place.{agent_type}.{agent_id}")
@@ -200,7 +201,7 @@ class Client:
         forwards later ones to the target. ``strategy``: ``checkpoint`` (snapshot to KV,
         the target loads it), ``state`` (the state is handed over directly) or ``cold`` (the
         target replays the log)."""
-        from .._host.coordination import JetStreamStore
+        from .._nats.kv import JetStreamStore
 
         store = JetStreamStore(self.nc, Topology(self.subjects).cluster_bucket, timeout_s=5.0)
         loop = asyncio.get_running_loop()

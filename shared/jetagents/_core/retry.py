@@ -18,16 +18,29 @@ class RetryPolicy:
     >>> p = RetryPolicy(attempts=3, base_s=0.1, max_s=1.0)
     >>> [p.cap(k) for k in range(3)]
     [0.1, 0.2, 0.4]
+
+    ``linear`` grows the cap by ``base_s`` per retry instead of doubling it, and without
+    ``jitter`` the delay is the cap itself (a probe that waits longer after each failure):
+
+    >>> probe = RetryPolicy(base_s=0.5, max_s=2.0, linear=True, jitter=False)
+    >>> [probe.delay(k) for k in range(5)]
+    [0.5, 1.0, 1.5, 2.0, 2.0]
     """
 
     attempts: int = 4
     base_s: float = 0.05
     max_s: float = 2.0
+    linear: bool = False
+    jitter: bool = True
 
     def cap(self, retry_index: int) -> float:
+        if self.linear:
+            return min(self.max_s, self.base_s * (retry_index + 1))
         return min(self.max_s, math.ldexp(self.base_s, min(retry_index, 1024)))
 
     def delay(self, retry_index: int, rng: random.Random | None = None) -> float:
+        if not self.jitter:
+            return self.cap(retry_index)
         return (rng or random).uniform(0.0, self.cap(retry_index))
 
     def next_delay(
@@ -72,7 +85,7 @@ class CircuitBreaker:
     """Opens after ``failures`` consecutive failures, lets one probe through after
     ``reset_s``, closes again on a success.
 
-    >>> from jetagents._core.clock import ManualClock
+    >>> from jetagents.testing import ManualClock
     >>> b = CircuitBreaker(failures=2, reset_s=5, clock=ManualClock())
     >>> b.record_failure(); b.record_failure(); b.allow()
     False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -233,7 +234,7 @@ def encode_dead_letter(
     *,
     error: JetAgentsError,
     subject: str,
-    headers: dict[str, str] | None,
+    headers: Mapping[str, str] | None,
     payload: bytes,
     host: str,
     ts_ms: int,

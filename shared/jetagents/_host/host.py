@@ -27,6 +27,7 @@ import heapq
 import itertools
 import os
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,13 +36,12 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import SlowConsumerError
-from nats.js.errors import KeyNotFoundError
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
-from pydantic import ValidationError
 
-from .._core.agent import Agent, AgentContext, AgentSpec, Registry, wire_events
+from .._core.agent import Registry, wire_events
 from .._core.clock import Clock, SystemClock
+from .._core.command import ACKED, MAX_COMMAND_ID_LEN, Command, Kind
 from .._core.errors import (
     ActionTimeout,
     DeadlineExceeded,
@@ -61,15 +61,11 @@ from .._core.wire import (
     DEAD_LETTER_MIN_BYTES,
     H_COMMAND_ID,
     H_CORRELATION_ID,
-    H_DEADLINE,
     H_DUPLICATE,
     H_EVENT_SEQ,
     H_EXPECTED_LAST_SUBJECT_SEQ,
     H_HOST,
     H_MSG_ID,
-    H_PRIORITY,
-    H_REPLY_TO,
-    PRIORITY_RANK,
     TRACEPARENT,
     TRACESTATE,
     Commit,
@@ -79,25 +75,24 @@ from .._core.wire import (
     encode_dead_letter,
     encode_error,
     encode_ok,
-    parse_ack_subject,
 )
 from .._nats.api import (
-    ERR_CONSUMER_NOT_FOUND,
     ERR_WRONG_LAST_SEQUENCE,
     NS,
     DirectReader,
     JSApiError,
     Topology,
     connect,
-    ensure_consumer,
     ensure_topology,
-    js_api,
     js_publish,
-    rewind_consumer,
-    unpin_consumer,
 )
+from .._nats.buckets import KvBucket
+from .._nats.consumers import PartitionConsumers
 from .._nats.inbox import Inbox
-from .._obs.propagation import carry
+from .._nats.kv import JetStreamStore
+from .._nats.log_reader import DirectLogReader
+from .._obs.metrics import Metrics
+from .._obs.propagation import carry_context
 from .._obs.telemetry import (
     AGENT_ID,
     AGENT_TYPE,
@@ -128,19 +123,19 @@ from .._obs.telemetry import (
 )
 from .._obs.watchdog import LoopWatchdog
 from .._settings import HostSettings
-from .coordination import ClusterConfig, Coordinator, JetStreamStore
+from .catalog import Activation, Catalog
+from .coordination import ClusterConfig, Coordinator
 from .deadline import Deadline, Overrun
 from .eager import start_eager
+from .intake import Intake
+from .partitions import Partitions
 from .supervisor import Supervisor
 from .sweeper import StrandedSweeper
 
 log = structlog.get_logger("jetagents.host")
 
-STREAM = 0
-CALL = 1
-FWD = 2  # a durable command forwarded by its partition's owner to the host the agent is placed on
-MIGRATE = 3  # a migration request, queued in the agent's mailbox behind its earlier commands
-_ACKED = frozenset({STREAM, FWD})  # kinds that are acknowledged (to the stream, or to the forwarder)
+STREAM, CALL, FWD, MIGRATE = Kind.STREAM, Kind.CALL, Kind.FORWARDED, Kind.MIGRATE
+_ACKED = ACKED  # kinds that are acknowledged (to the stream, or to the forwarder)
 # host-to-host headers of a forwarded command (agt.sys.host.<host>.fwd)
 H_FWD_SUBJECT = "Agt-Fwd-Subject"
 H_FWD_REPLY = "Agt-Fwd-Reply"
@@ -148,18 +143,11 @@ H_FWD_DELIVERIES = "Agt-Fwd-Deliveries"
 H_FWD_CSEQ = "Agt-Fwd-Cseq"
 H_FWD_PARTITION = "Agt-Fwd-Partition"
 STRATEGIES = ("checkpoint", "state", "cold")
-PRIORITY_GROUP = "jetagents"
 _NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
 # a durable command handed back because its agent's mailbox was full keeps every later
 # command of that agent waiting (handed back too) until it returns, or until this long
 _HOLD_S = 60.0
 _BUSY_DELAY_MAX_S = 5.0
-
-
-def _delivery_mode(durable: bool, hdrs: dict[str, str]) -> str:
-    if not durable:
-        return "at-most-once"
-    return "exactly-once" if H_MSG_ID in hdrs else "at-least-once"
 
 
 def _rss_mb() -> float:
@@ -173,39 +161,30 @@ def _rss_mb() -> float:
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-@dataclass(slots=True, eq=False)
-class Work:
-    """One received command, from the stream (durable) or a core request (call)."""
-
-    msg: Msg
-    kind: int
-    partition: int
-    received: float
-    rank: int = 1
-    deliveries: int = 1
-    cseq: int = 0
-    done: bool = False
-    reply: str | None = None  # a forwarded call: the caller's inbox
-    action: str = ""  # for telemetry: known once decoded
-    outcome: str = ""
-    error: str = ""
-    traced: bool = False  # in a process span (SDK tracing): append and reply get spans too
-    busy_naks: int = 0  # deliveries this host caused by handing it back (agent busy), not by failures
-
-
-def _call_reply_headers(out: dict[str, str], incoming: dict[str, str] | None) -> dict[str, str]:
+def _call_reply_headers(out: dict[str, str], cmd: Command) -> dict[str, str]:
     """The headers of a reply to a call, without what the caller already knows.
 
     A call's reply subject is the caller's own (core request/reply), so the command id
     adds nothing, and a trace context that went through unchanged is the caller's own.
     Headers are a large share of a small call's cost (wire contract section 4).
     """
+    trace_in = cmd.trace
     keep: dict[str, str] = {}
     for k, v in out.items():
-        if k == H_COMMAND_ID or (k in (TRACEPARENT, TRACESTATE) and incoming and incoming.get(k) == v):
+        if k == H_COMMAND_ID:
+            continue
+        if trace_in is not None and (
+            (k == TRACEPARENT and trace_in.traceparent == v) or (k == TRACESTATE and trace_in.tracestate == v)
+        ):
             continue
         keep[k] = v
     return keep
+
+
+def _trace_of(cmd: Command) -> tuple[str | None, str | None]:
+    """The received trace context: (traceparent, tracestate)."""
+    t = cmd.trace
+    return (t.traceparent, t.tracestate) if t is not None else (None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,180 +195,6 @@ class _NewCommit:
     cmd: str
     own: int
     body: bytes
-
-
-@dataclass(slots=True, eq=False)
-class Activation:
-    """An agent in memory, or about to be: its mailbox, log position and dedup record."""
-
-    agent_id: AgentId
-    spec: AgentSpec
-    agent: Agent[Any] | None = None
-    last_seq: int = 0  # stream sequence of this agent's last commit (the fence)
-    n: int = 0  # commits so far, gapless from 1
-    # command id -> (event seq or 0, ok, result or wire error): applied commands (from the
-    # log, durable) and domain refusals (in memory only), so a redelivery or a re-send gets
-    # the first answer and is not applied again
-    records: OrderedDict[str, tuple[int, bool, Any]] | None = None  # created on demand (~130 B)
-    own: int = 0  # the largest writer claim seen in this agent's log
-    mailbox: deque[Work] | None = None  # created on demand: an empty deque costs ~600 B per agent
-    scheduled: bool = False
-    since_snapshot: int = 0
-    snapshotting: bool = False
-    last_used: float = 0.0
-    # durable commands handed back because the mailbox was full: stream sequence ->
-    # (times handed back, when last); later commands wait (are handed back) behind them
-    held: dict[int, tuple[int, float]] | None = None
-
-
-@dataclass(slots=True)
-class _PullRequest:
-    remaining: int
-    sent_at: float
-
-
-class _Puller:
-    """Credit loop for one partition's consumer."""
-
-    def __init__(self, host: Host, partition: int) -> None:
-        self.host = host
-        self.partition = partition
-        self.consumer = host.topology.consumer_name(partition)
-        self.requests: dict[str, _PullRequest] = {}
-        self.out = 0  # messages asked for and not yet received (sum of requests' remaining)
-        self.pin_id: str | None = None
-        self.wake = asyncio.Event()
-        self.backoff_until = 0.0
-        self.ids = itertools.count(1)
-        self.stopped = False
-        self.last_unpin = 0.0
-        self.last_recreate = 0.0
-        self.recreate_failures = 0  # recreations in a row that failed (an existing consumer without a leader)
-        self.silent = 0  # requests in a row the server never answered (no message, no status)
-        self.reviving = False
-
-    def outstanding(self) -> int:
-        return self.out
-
-    def add_request(self, token: str, n: int, now: float) -> None:
-        self.requests[token] = _PullRequest(n, now)
-        self.out += n
-
-    def drop_request(self, token: str) -> None:
-        req = self.requests.pop(token, None)
-        if req is not None:
-            self.out -= req.remaining
-
-    def clear_requests(self) -> None:
-        self.requests.clear()
-        self.out = 0
-
-    def received(self) -> None:
-        """One message arrived: the server fills requests in the order they were sent."""
-        self.silent = 0
-        for token, req in self.requests.items():
-            req.remaining -= 1
-            self.out -= 1
-            if req.remaining <= 0:
-                del self.requests[token]
-                self.wake.set()
-            break
-
-    def close_request(self, token: str) -> None:
-        """The server ended this request (expired, pinned elsewhere, no more messages)."""
-        self.silent = 0
-        self.drop_request(token)
-        self.wake.set()
-
-    async def run(self) -> None:
-        host = self.host
-        s = host.settings
-        expires_ns = int(s.pull_expires_s * NS)
-        subject = f"$JS.API.CONSUMER.MSG.NEXT.{host.topology.cmd_stream}.{self.consumer}"
-        while not host._stopping and not self.stopped:
-            now = host.clock.monotonic()
-            # forget requests the server can no longer answer (lost across a reconnect)
-            for token, req in list(self.requests.items()):
-                if now - req.sent_at > s.pull_expires_s + 2.0:
-                    self.drop_request(token)
-                    self.silent += 1
-            if self.silent >= 2 and not self.reviving and host.nc.is_connected:
-                # Two requests in a row expired without a word from the server (a live
-                # consumer ends each with a message or a status, a missing one gets "no
-                # responders"): whatever receives our pulls is not a working consumer.
-                self.reviving = True
-                host._side(self.revive())
-            want = s.pull_batch - self.outstanding()
-            room = s.max_inflight - host._inflight_count
-            if host._inflight_bytes + host.topology.max_payload_bytes + 4096 > s.max_inflight_bytes:
-                room = 0  # the bodies in flight fill the host's byte budget: wait for room
-            if now >= self.backoff_until and want >= max(1, s.pull_batch // 2) and room > 0 and host.nc.is_connected:
-                n = min(want, room)
-                token = str(next(self.ids))
-                pull: dict[str, Any] = {"batch": n, "expires": expires_ns, "group": PRIORITY_GROUP}
-                if self.pin_id:
-                    pull["id"] = self.pin_id
-                self.add_request(token, n, now)
-                try:
-                    await host.nc.publish(
-                        subject, orjson.dumps(pull), reply=f"{host._pull_prefix}.{self.partition}.{token}"
-                    )
-                except Exception as exc:  # noqa: BLE001 - connection trouble: retry later
-                    self.drop_request(token)
-                    self.backoff_until = now + 0.5
-                    log.debug("pull_publish_failed", partition=self.partition, error=str(exc))
-                continue
-            self.wake.clear()
-            delay = 1.0
-            if self.backoff_until > now:
-                delay = min(delay, self.backoff_until - now)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self.wake.wait()
-
-    async def revive(self) -> None:
-        """Our pulls vanish unanswered: recreate the consumer (same config).
-
-        Seen after NATS node faults: a deleted consumer whose pull subject something still
-        receives (a stale leader, a consumer being stopped), a consumer whose raft group
-        lost its leader. Creating it again is enough when it is missing; otherwise delete
-        and create, which gives it a new raft group (the stream keeps every command not
-        acknowledged, and the new consumer delivers them again). A delete whose reply is
-        lost may still have been applied: create anyway."""
-        host = self.host
-        nc, topo, timeout_s = host.nc, host.topology, host.settings.op_timeout_s
-        name = self.consumer
-        cfg = host._consumer_config(self.partition)
-        try:
-            try:
-                await js_api(nc, f"$JS.API.CONSUMER.INFO.{topo.cmd_stream}.{name}", None, timeout_s)
-                missing = False
-            except JSApiError as exc:
-                if exc.err_code != ERR_CONSUMER_NOT_FOUND:
-                    raise
-                missing = True
-            except Unavailable:
-                missing = False  # no leader answers for it
-            if not missing:
-                with contextlib.suppress(Unavailable):  # applied even when its reply is lost
-                    try:
-                        await js_api(nc, f"$JS.API.CONSUMER.DELETE.{topo.cmd_stream}.{name}", None, timeout_s)
-                    except JSApiError as exc:
-                        if exc.err_code != ERR_CONSUMER_NOT_FOUND:
-                            raise
-            await ensure_consumer(nc, topo, self.partition, cfg, timeout_s)
-        except JetAgentsError as exc:
-            host._log.debug("consumer_revive_failed", partition=self.partition, error=str(exc))
-            return
-        finally:
-            self.reviving = False
-        if self.stopped or host._stopping:
-            return
-        self.silent = 0
-        self.pin_id = None
-        host.stats["consumers_recreated"] += 1
-        host._log.warning("consumer_revived", partition=self.partition, was_missing=missing)
-        self.wake.set()
 
 
 class Host:
@@ -430,57 +235,48 @@ class Host:
         self.coordinator: Coordinator | None = None
         self.nc: NATS = None  # type: ignore[assignment]
         self.cepoch = ""
-        self.activations: OrderedDict[str, Activation] = OrderedDict()
-        self.stats: dict[str, int] = {
-            "processed": 0,
-            "duplicates": 0,
-            "dead_letters": 0,
-            "activations": 0,
-            "passivations": 0,
-            "fenced": 0,
-            "naks": 0,
-            "retries": 0,
-            "consumers_recreated": 0,
-            "dead_letters_lost": 0,
-            "replies_refused": 0,
-            "action_timeouts": 0,
-            "agent_busy": 0,
-            "loop_blocked": 0,
-            "calls_dropped": 0,
-            "stranded_swept": 0,
-        }
         # agents with commands waiting for a free worker, by (priority rank, arrival)
         self._ready: list[tuple[int, int, Activation]] = []
         self._seq = itertools.count()
-        self._pullers: dict[int, _Puller] = {}
-        self._inflight: set[Work] = set()
+        self._inflight: set[Command] = set()
         self._inflight_count = 0
         self._inflight_bytes = 0  # bodies held by the commands in _inflight (max_inflight_bytes)
         self._idle = asyncio.Event()
         self._idle.set()
         self._sweeper: StrandedSweeper | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
-        self._routes: dict[str, tuple[int, str, str]] = {}  # call subject -> partition, type, id
+        self._intake = Intake(self)
         # workers: at most settings.workers tasks, each processing one agent's command and
         # then the next ready agent's, until none is ready
         self._running = 0
-        self._snap_sem = asyncio.Semaphore(16)
         self._pull_prefix = ""
         self._pull_sub: Any = None
         self._call_sub: Any = None
         self._host_sub: Any = None
         self._reader: DirectReader | None = None
         self._inbox: Inbox | None = None  # PubAcks of event appends
-        self._snap_kv: Any = None
-        self._meta_kv: Any = None
         self._client: Any = None
-        self._start_sem = asyncio.Semaphore(32)
         self._log = log.bind(host=settings.host_id)
         # every task the host starts, by group; and the lifecycle flags its loops read
         self.supervisor = Supervisor(self._log)
         # OpenTelemetry: the given providers, else the global ones (no SDK: no spans, no metrics)
         self._providers = (tracer_provider, meter_provider)
         self._tel = HostTelemetry(self, settings.host_id, tracer_provider, meter_provider)
+        self.metrics = Metrics(self._tel)
+        self.stats = self.metrics.counts
+        self.partitions = Partitions(
+            settings,
+            self.topology,
+            self.clock,
+            self.supervisor,
+            self.metrics,
+            self._log,
+            self._pull_room,
+            claims=not self.static,
+        )
+        self.catalog = Catalog(
+            settings, self.subjects, self.clock, self.supervisor, self.metrics, self._tel, self._log, self._fence_token
+        )
         self.watchdog: LoopWatchdog | None = None  # started with the host (loop_block_threshold_s)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -491,6 +287,11 @@ class Host:
     @property
     def _stopping(self) -> bool:
         return self.supervisor.stopping
+
+    @property
+    def activations(self) -> OrderedDict[str, Activation]:
+        """The agents in memory (the catalog's), least recently used first."""
+        return self.catalog.activations
 
     async def __aenter__(self) -> Host:
         await self.start()
@@ -542,9 +343,8 @@ class Host:
         )
         created = await ensure_topology(self.nc, self.topology, s.op_timeout_s)
         self.cepoch = f"{fnv1a_32(created.encode()):08x}"  # names commands that carry no id
-        js = self.nc.jetstream(timeout=s.op_timeout_s)
-        self._snap_kv = await js.key_value(self.topology.snap_bucket)
-        self._meta_kv = await js.key_value(self.topology.meta_bucket)
+        snapshots = await KvBucket.open(self.nc, self.topology.snap_bucket, s.op_timeout_s)
+        meta = await KvBucket.open(self.nc, self.topology.meta_bucket, s.op_timeout_s)
         self._reader = DirectReader(self.nc)
         await self._reader.start()
         self._inbox = Inbox(self.nc)
@@ -559,8 +359,12 @@ class Host:
             self.nc, ClientSettings(**common), owns_connection=False, tracer_provider=tp, meter_provider=mp
         )
         await self._client._start()
+        self.catalog.bind(
+            DirectLogReader(self._reader, self.topology.evt_stream, s.op_timeout_s), snapshots, meta, self._client
+        )
 
         self._pull_prefix = self.nc.new_inbox()
+        self.partitions.bind(PartitionConsumers(self.nc, self.topology, s.op_timeout_s), self._pull_prefix)
         self._pull_sub = await self.nc.subscribe(
             f"{self._pull_prefix}.>", cb=self._on_pull_msg, pending_msgs_limit=1_000_000, pending_bytes_limit=-1
         )
@@ -618,59 +422,20 @@ class Host:
         self._log.info("host_started", partitions=len(self.owned), types=self.registry.types())
 
     # -- partitions (the coordinator's hooks) -----------------------------------------------
-    def _consumer_config(self, partition: int) -> dict[str, Any]:
+    def _pull_room(self) -> int:
+        """How many more commands the host takes in now: 0 while the bodies in flight fill
+        its byte budget."""
         s = self.settings
-        return self.topology.consumer_config(
-            partition, ack_wait_s=s.ack_wait_s, max_deliver=-1, max_ack_pending=s.max_ack_pending
-        )
+        if self._inflight_bytes + self.topology.max_payload_bytes + 4096 > s.max_inflight_bytes:
+            return 0
+        return s.max_inflight - self._inflight_count
 
     async def start_partition(self, partition: int, *, rewind: bool = False) -> None:
         """Start serving ``partition``: recreate its consumer, then pull."""
-        s = self.settings
-        cfg = self._consumer_config(partition)
-        # A new owner makes whatever the previous owner left unacknowledged come again at
-        # once and in stream order (a redelivery after ack_wait would arrive behind newer
-        # commands of the same agent), and makes the server feed only itself: it rewinds
-        # the consumer in place and unpins it when the previous owner is gone (fast: the
-        # failover path), and recreates it when the previous owner is alive (its pull
-        # requests still wait at the server and die only with the consumer).
-        async with self._start_sem:  # a few at a time: each is a raft group on a replicated stream
-            if rewind:
-                await rewind_consumer(self.nc, self.topology, partition, cfg, s.op_timeout_s)
-            else:
-                await ensure_consumer(self.nc, self.topology, partition, cfg, s.op_timeout_s, reset=True)
-        puller = _Puller(self, partition)
-        self._pullers[partition] = puller
-        self.supervisor.spawn("pullers", puller.run(), key=partition)
+        await self.partitions.start(partition, rewind=rewind)
         self.owned = sorted({*self.owned, partition})
         self._owned_set = frozenset(self.owned)
         self._tel.handoff(started=True)
-
-    async def _recreate_consumer(self, partition: int) -> None:
-        """Create the consumer of a partition we serve if it is missing (same config)."""
-        puller = self._pullers.get(partition)
-        if puller is None or self._stopping:
-            return
-        # "No responders" and a create that keeps failing: the consumer exists (the create
-        # is an update, answered by its leader) but its raft group has no leader. Delete it
-        # and create it afresh (a new raft group).
-        reset = puller.recreate_failures >= 2
-        try:
-            await ensure_consumer(
-                self.nc,
-                self.topology,
-                partition,
-                self._consumer_config(partition),
-                self.settings.op_timeout_s,
-                reset=reset,
-            )
-        except Exception as exc:  # noqa: BLE001 - the next "no responders" tries again
-            puller.recreate_failures += 1
-            self._log.debug("consumer_recreate_failed", partition=partition, error=str(exc), reset=reset)
-            return
-        puller.recreate_failures = 0
-        self.stats["consumers_recreated"] += 1
-        self._log.warning("consumer_recreated", partition=partition)
 
     async def stop_partition(self, partition: int, *, graceful: bool) -> None:
         """Stop serving ``partition``. Graceful: finish the commands in hand (bounded by
@@ -678,41 +443,13 @@ class Host:
         self.owned = [p for p in self.owned if p != partition]
         self._owned_set = frozenset(self.owned)
         self._tel.handoff(started=False, graceful=graceful)
-        puller = self._pullers.pop(partition, None)
-        if puller is not None:
-            puller.stopped = True
-            puller.wake.set()
-        await self.supervisor.cancel_key("pullers", partition)
+        await self.partitions.stop(partition)
         if graceful:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.drain_grace_s):
                     while any(w.partition == partition and not w.done for w in self._inflight):
                         await asyncio.sleep(0.01)
-        # Forget every agent of the partition: if it ever comes back here, it is rebuilt
-        # from the log, never served from what we remember (that would be a stale read).
-        parts = self.settings.partitions
-        snaps = []
-        for key, act in list(self.activations.items()):
-            if partition_of(act.agent_id.type, act.agent_id.id, parts) != partition:
-                continue
-            self.activations.pop(key, None)
-            self.stats["passivations"] += 1
-            self._tel.passivated(act.agent_id.type)
-            if act.scheduled or act.mailbox:
-                # still running (only when not graceful): what it has in hand rebuilds
-                # the agent from the log first, where the ownership fence applies
-                act.agent = None
-                continue
-            if graceful and act.agent is not None and act.since_snapshot > 0:
-                snaps.append(self._snapshot(act))
-        if snaps:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.op_timeout_s):
-                    await asyncio.gather(*snaps, return_exceptions=True)
-
-    async def _unpin(self, partition: int) -> None:
-        with contextlib.suppress(JetAgentsError):
-            await unpin_consumer(self.nc, self.topology, partition, PRIORITY_GROUP, self.settings.op_timeout_s)
+        await self.catalog.forget_partition(partition, graceful=graceful)
 
     def _token_of(self, aid: AgentId, partition: int) -> int:
         """This host's writer token for ``aid``: its claim on the partition, or the
@@ -726,6 +463,10 @@ class Host:
             return claim
         host, rev = placed
         return max(claim, rev) if host == self.settings.host_id else 0
+
+    def _fence_token(self, aid: AgentId, partition: int) -> int | None:
+        """``_token_of``, or None without cluster membership (no writer fences this host)."""
+        return None if self.coordinator is None else self._token_of(aid, partition)
 
     def load(self) -> dict[str, Any]:
         """What this host advertises in its heartbeat."""
@@ -748,7 +489,7 @@ class Host:
     def _host_subject(self, host: str, what: str) -> str:
         return self.subjects.sys("host", host, what)
 
-    async def _route_elsewhere(self, act: Activation, work: Work) -> bool:
+    async def _route_elsewhere(self, act: Activation, work: Command) -> bool:
         """At the partition's owner: forward ``work`` when the agent is placed on another
         live host, or must be (its type requires resource tags this host lacks). True when
         the work was handed on (or queued), False to process it here."""
@@ -776,14 +517,12 @@ class Host:
         )
         if not capable:
             # nobody can run it now: keep it in the stream and tell the caller once
-            hdrs = work.msg.headers or {}
-            reply_to = hdrs.get(H_REPLY_TO) if work.kind in _ACKED else (work.reply or work.msg.reply or None)
             err = Unavailable(
                 f"no host offers {sorted(requires)} for {act.agent_id.type!r}; the command is queued",
                 details={"applied": False, "queued": work.kind in _ACKED, "requires": sorted(requires)},
             )
-            if reply_to and work.deliveries == 1:
-                await self._publish_reply(reply_to, encode_error(err), {}, work)
+            if work.deliveries == 1:
+                await self._publish_reply(work.reply_to, encode_error(err), {}, work)
             if work.kind in _ACKED:
                 await self._nak(work, 2.0)
             return True
@@ -812,23 +551,23 @@ class Host:
             raise error_from_wire(reply.get("error"))
         return reply
 
-    async def _forward(self, work: Work, target: str) -> None:
+    async def _forward(self, work: Command, target: str) -> None:
         """Hand a command to the host its agent is placed on. A durable command is
         acknowledged here only when that host says it finished (``+ACK``/``+TERM``);
         progress (``+WPI``) is relayed; silence means ``-NAK`` and redelivery (the target's
         exactly-once record makes the repeat harmless)."""
-        msg = work.msg
-        hdrs = dict(msg.headers or {})
-        hdrs[H_FWD_SUBJECT] = msg.subject
+        hdrs = dict(work.headers)
+        hdrs[H_FWD_SUBJECT] = work.subject
         hdrs[H_FWD_PARTITION] = str(work.partition)
         subject = self._host_subject(target, "fwd")
         if work.kind == CALL:
-            if msg.reply:
-                hdrs[H_FWD_REPLY] = msg.reply
-            await self.nc.publish(subject, msg.data, headers=hdrs)
+            reply = work.reply_to or work.reply_refused  # the target refuses one it may not answer
+            if reply:
+                hdrs[H_FWD_REPLY] = reply
+            await self.nc.publish(subject, work.body, headers=hdrs)
             return
         hdrs[H_FWD_DELIVERIES] = str(work.deliveries)
-        hdrs[H_FWD_CSEQ] = str(work.cseq)
+        hdrs[H_FWD_CSEQ] = str(work.stream_seq)
         inbox = self.nc.new_inbox()
         answers: asyncio.Queue[bytes] = asyncio.Queue()
 
@@ -840,7 +579,7 @@ class Host:
 
         sub = await self.nc.subscribe(inbox, cb=on_answer)
         try:
-            await self.nc.publish(subject, msg.data, reply=inbox, headers=hdrs)
+            await self.nc.publish(subject, work.body, reply=inbox, headers=hdrs)
             while True:
                 try:
                     async with asyncio.timeout(self.settings.ack_wait_s):
@@ -892,20 +631,23 @@ class Host:
                     err = Unavailable("the agent is moving; retry", details={"applied": False})
                     await self._publish_reply(hdrs[H_FWD_REPLY], encode_error(err), {}, None)
                 return
-            work = Work(msg, CALL, partition, self.clock.monotonic(), reply=hdrs.get(H_FWD_REPLY))
+            route = (partition, agent_type, agent_id)
+            work = self._intake.parse(CALL, msg.subject, hdrs, msg.data, hdrs.get(H_FWD_REPLY), route)
         else:
             if not mine:  # not (yet) ours: the owner redelivers it shortly
                 await self.nc.publish(msg.reply, b"-NAK " + orjson.dumps({"delay": int(0.5 * NS)}))
                 return
-            work = Work(
-                msg,
+            work = self._intake.parse(
                 FWD,
-                partition,
-                self.clock.monotonic(),
+                msg.subject,
+                hdrs,
+                msg.data,
+                msg.reply,
+                (partition, agent_type, agent_id),
                 deliveries=int(hdrs.get(H_FWD_DELIVERIES, "1") or 1),
-                cseq=int(hdrs.get(H_FWD_CSEQ, "0") or 0),
+                stream_seq=int(hdrs.get(H_FWD_CSEQ, "0") or 0),
             )
-        self._dispatch(work, agent_type, agent_id)
+        self._dispatch(work)
 
     async def _on_adopt(self, msg: Msg) -> None:
         body = orjson.loads(msg.data)
@@ -918,7 +660,7 @@ class Host:
         spec = self.registry.get(agent_type)
         if snap and spec is not None and key not in self.activations:
             act = Activation(AgentId(agent_type, agent_id), spec)
-            await self._activate(act, given=snap)
+            await self.catalog.activate(act, given=snap)
             act.last_used = self.clock.monotonic()
             self.activations[key] = act
             activated = True
@@ -933,10 +675,10 @@ class Host:
         snapshot = None
         if act is not None and act.agent is not None:
             if strategy == "checkpoint" and act.since_snapshot:
-                await self._snapshot(act)
+                await self.catalog.snapshot(act)
             elif strategy == "state":
-                snapshot = self._snapshot_body(act)
-            self._evict(act)
+                snapshot = self.catalog.snapshot_body(act)
+            self.catalog.evict(act)
         if msg.reply:
             await self.nc.publish(msg.reply, orjson.dumps({"ok": True, "snapshot": snapshot}))
 
@@ -958,15 +700,15 @@ class Host:
         if partition not in self._owned_set:
             raise Unavailable("this host does not own the agent's partition; ask its owner", details={"applied": False})
         # queued behind the agent's earlier commands, so none of them is lost or reordered
-        self._dispatch(Work(msg, MIGRATE, partition, self.clock.monotonic()), agent_type, agent_id)
+        route = (partition, agent_type, agent_id)
+        self._dispatch(self._intake.parse(MIGRATE, msg.subject, msg.headers, msg.data, msg.reply, route))
 
-    async def _migrate(self, act: Activation, work: Work) -> None:
+    async def _migrate(self, act: Activation, work: Command) -> None:
         """Move one agent to another host (at its partition's owner, in mailbox order):
         ``checkpoint`` snapshots it to KV first, ``state`` hands the state over directly,
         ``cold`` lets the target rebuild it from the log. Later commands are forwarded."""
-        msg = work.msg
         try:
-            body = orjson.loads(msg.data)
+            body = orjson.loads(work.body)
             target, strategy = str(body["target"]), str(body.get("strategy", "checkpoint"))
             coord = self.coordinator
             if coord is None:
@@ -981,10 +723,10 @@ class Host:
             if source == me:
                 if act.agent is not None:
                     if strategy == "checkpoint" and act.since_snapshot:
-                        await self._snapshot(act)
+                        await self.catalog.snapshot(act)
                     elif strategy == "state":
-                        snapshot = self._snapshot_body(act)
-                    self._evict(act)
+                        snapshot = self.catalog.snapshot_body(act)
+                    self.catalog.evict(act)
             elif source != target:
                 snapshot = (await self._host_request(source, "release", {"agent": key, "strategy": strategy})).get(
                     "snapshot"
@@ -993,7 +735,7 @@ class Host:
             if target != me:
                 await self._host_request(target, "adopt", {"agent": key, "rev": rev, "snapshot": snapshot})
             elif snapshot is not None:
-                await self._activate(act, given=snapshot)
+                await self.catalog.activate(act, given=snapshot)
             result = {"agent": str(act.agent_id), "from": source, "to": target, "strategy": strategy, "token": rev}
             self._log.info("agent_migrated", **result)
             await self.event("agent.migrated", result)
@@ -1002,8 +744,7 @@ class Host:
             reply = encode_error(err)
         except (KeyError, ValueError) as exc:
             reply = encode_error(MalformedCommand(f"bad migrate request: {exc!r}"))
-        if msg.reply:
-            await self._publish_reply(msg.reply, reply, {}, None)
+        await self._publish_reply(work.reply_to, reply, {}, work)
 
     async def stop(self, *, drain: bool = True) -> None:
         """Stop taking commands, finish those in hand (bounded by ``drain_grace_s``),
@@ -1028,8 +769,7 @@ class Host:
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-        for puller in self._pullers.values():
-            puller.wake.set()
+        self.partitions.wake_all()
         if drain and self.settings.drain_grace_s > 0 and self.nc.is_connected:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.drain_grace_s):
@@ -1040,10 +780,7 @@ class Host:
             if work.kind in _ACKED and not work.done:
                 await self._nak(work, 0.0)
         if drain and self.nc.is_connected:
-            snaps = [self._snapshot(a) for a in self.activations.values() if a.agent and a.since_snapshot]
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(1.0, self.settings.op_timeout_s)):
-                    await asyncio.gather(*snaps, return_exceptions=True)
+            await self.catalog.snapshot_all(max(1.0, self.settings.op_timeout_s))
         await self.supervisor.drain("side", self.settings.op_timeout_s)
         if self._reader is not None:
             await self._reader.stop()
@@ -1059,153 +796,39 @@ class Host:
 
     def _on_loop_blocked(self) -> None:
         """The watchdog saw the event loop blocked (called from its thread)."""
-        self.stats["loop_blocked"] += 1
-        self._tel.loop_blocked()
+        self.metrics.inc("loop_blocked")
 
     async def _on_reconnected(self) -> None:
         self._log.info("nats_reconnected")
-        for puller in self._pullers.values():
-            puller.clear_requests()
-            puller.wake.set()
+        self.partitions.reconnected()
 
     async def _on_disconnected(self) -> None:
         self._log.warning("nats_disconnected")
 
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, SlowConsumerError):
-            self.stats["calls_dropped"] += 1
+            self.metrics.inc("calls_dropped")
             self._log.warning("call_dropped_host_full", subject=exc.subject)
             return
         self._log.debug("nats_error", error=str(exc))
 
-    # -- intake ----------------------------------------------------------------------------
+    # -- intake (``intake.py``) -----------------------------------------------------------
     async def _on_pull_msg(self, msg: Msg) -> None:
-        if not msg.reply:  # a status about one of our pull requests, sent to its inbox
-            tokens = msg.subject.rsplit(".", 2)
-            puller = self._pullers.get(int(tokens[1])) if tokens[1].isdigit() else None
-            if puller is None:
-                return
-            hdrs = msg.headers or {}
-            status = hdrs.get("Status", "")
-            if status == "100":
-                return
-            if status == "503":
-                # Nobody serves the consumer: it is gone. Its state lives in server memory,
-                # so a restarted server forgets it; the stream still holds every command not
-                # acknowledged, and a recreated consumer delivers them again.
-                now = self.clock.monotonic()
-                puller.backoff_until = now + 0.25
-                if now - puller.last_recreate > 1.0:
-                    puller.last_recreate = now
-                    self._side(self._recreate_consumer(puller.partition))
-            if status == "423":  # pinned to another host
-                puller.pin_id = None
-                now = self.clock.monotonic()
-                puller.backoff_until = now + 0.25
-                if self.coordinator is not None and now - puller.last_unpin > 1.0:
-                    # We hold the claim: whoever the server still feeds (a previous owner's
-                    # request left waiting, a paused host) must not be. Unpin it.
-                    puller.last_unpin = now
-                    self._side(self._unpin(puller.partition))
-            puller.close_request(tokens[2])
-            return
-        # a command; JetStream delivers it under its stored subject <root>.p.<partition>.<type>.<id>
-        parts = msg.subject.split(".")
-        if len(parts) < 5 or not parts[-3].isdigit():
-            return
-        partition = int(parts[-3])
-        puller = self._pullers.get(partition)
-        if puller is None:
-            await self.nc.publish(msg.reply, b"-NAK")
-            return
-        puller.received()
-        if msg.headers:
-            pin = msg.headers.get("Nats-Pin-Id")
-            if pin:
-                puller.pin_id = pin
-        meta = parse_ack_subject(msg.reply)
-        deliveries, cseq = meta if meta else (1, 0)
-        work = Work(msg, STREAM, partition, self.clock.monotonic(), deliveries=deliveries, cseq=cseq)
-        if self._stopping:
-            self._track(work)
-            await self._nak(work, 0.0)
-            self._untrack(work)
-            return
-        if len(msg.data) > self.settings.max_payload_bytes:
-            self._refuse_oversized(work, parts[-2], parts[-1])
-            return
-        self._dispatch(work, parts[-2], parts[-1])
-
-    def _route_of(self, subject: str) -> tuple[int, str, str]:
-        """(partition, agent type, agent id) of a call subject, remembered for the next call."""
-        route = self._routes.get(subject)
-        if route is None:
-            parts = subject.split(".")
-            if not (is_valid_token(parts[-2]) and is_valid_token(parts[-1])):
-                partition = 0  # the owner of partition 0 answers for unroutable subjects
-            else:
-                partition = partition_of(parts[-2], parts[-1], self.settings.partitions)
-            route = (partition, parts[-2], parts[-1])
-            if len(self._routes) >= 65_536:
-                self._routes.clear()
-            self._routes[subject] = route
-        return route
+        await self._intake.on_pull_msg(msg.subject, msg.headers, msg.data, msg.reply)
 
     async def _on_call(self, msg: Msg) -> None:
-        partition, agent_type, agent_id = self._route_of(msg.subject)
-        if partition not in self._owned_set:
-            coord = self.coordinator
-            moving_here = (
-                coord is not None
-                and coord.ring is not None
-                and not self._stopping
-                and coord.ring.owners[partition] == self.settings.host_id
-            )
-            if msg.reply and moving_here:
-                # ours by the ring, not started yet (the previous owner is handing it
-                # over): say so, so the caller retries instead of timing out
-                err = Unavailable("the agent's partition is moving to this host; retry", details={"applied": False})
-                await self._publish_reply(msg.reply, encode_error(err), {}, None)
-            return
-        coord = self.coordinator
-        if coord is not None and self.clock.monotonic() - coord.last_heartbeat_ok > self.settings.member_ttl_s:
-            # we have not reached the cluster for a whole TTL (paused, cut off): our
-            # partitions may be someone else's by now; do not answer from memory
-            if msg.reply:
-                err = Unavailable("this host lost touch with the cluster; retry", details={"applied": False})
-                await self._publish_reply(msg.reply, encode_error(err), {}, None)
-            return
-        work = Work(msg, CALL, partition, self.clock.monotonic())
-        size = len(msg.data)
-        if (
-            self._inflight_count >= self.settings.max_inflight
-            or self._inflight_bytes + size > self.settings.max_inflight_bytes
-        ):
-            if msg.reply:
-                await self._publish_reply(
-                    msg.reply, encode_error(Unavailable("host overloaded, retry", details={"applied": False})), {}, None
-                )
-            return
-        if size > self.settings.max_payload_bytes:
-            self._refuse_oversized(work, agent_type, agent_id)
-            return
-        self._dispatch(work, agent_type, agent_id)
+        await self._intake.on_call(msg.subject, msg.headers, msg.data, msg.reply)
 
-    def _refuse_oversized(self, work: Work, agent_type: str, agent_id: str) -> None:
-        """A body over ``max_payload_bytes``: refused as it arrives, never queued for its
-        agent nor parsed; dead-lettered (bounded) and answered ``payload_too_large``."""
-        size, limit = len(work.msg.data), self.settings.max_payload_bytes
-        self._track(work)  # its bytes count against max_inflight_bytes until the refusal is done
-        err = PayloadTooLarge(f"payload of {size} bytes exceeds the limit of {limit}")
-        self._side(self._reject_unrouted(work, agent_type, agent_id, err))
+    def _pull_status(self, subject: str, headers: Mapping[str, str] | None) -> None:
+        """A status about one of our pull requests, sent to its inbox."""
+        tokens = subject.rsplit(".", 2)
+        puller = self.partitions.get(int(tokens[1])) if tokens[1].isdigit() else None
+        if puller is not None:
+            self.partitions.on_status(puller, tokens[2], (headers or {}).get("Status", ""))
 
-    def _dispatch(self, work: Work, agent_type: str, agent_id: str) -> None:
+    def _dispatch(self, work: Command) -> None:
         self._track(work)
-        hdrs = work.msg.headers
-        if hdrs:
-            prio = hdrs.get(H_PRIORITY)
-            if prio:
-                work.rank = PRIORITY_RANK.get(prio, 1)  # type: ignore[call-overload]
+        agent_type, agent_id = work.agent_type, work.agent_id
         spec = self.registry.get(agent_type)
         if spec is None or not is_valid_token(agent_id):
             err: JetAgentsError = (
@@ -1215,7 +838,7 @@ class Host:
                 if spec is None
                 else MalformedCommand(f"invalid agent id {agent_id!r}")
             )
-            self._side(self._reject_unrouted(work, agent_type, agent_id, err))
+            self._side(self._reject_unrouted(work, err))
             return
         key = f"{agent_type}.{agent_id}"
         act = self.activations.get(key)
@@ -1244,9 +867,9 @@ class Host:
                 self.supervisor.adopt("workers", task)
             return
         act.mailbox = deque((work,))
-        heapq.heappush(self._ready, (work.rank, next(self._seq), act))
+        heapq.heappush(self._ready, (work.priority_rank, next(self._seq), act))
 
-    def _over_bound(self, act: Activation, work: Work) -> bool:
+    def _over_bound(self, act: Activation, work: Command) -> bool:
         """Whether ``work`` must stay out of its agent's mailbox, and if so refuse it: the
         mailbox is full (``max_mailbox_per_agent``), or, for a durable command, an earlier
         command of the agent was handed back and has not come back yet (this one would
@@ -1254,22 +877,22 @@ class Host:
         command is handed back (``-NAK`` with a growing delay) and comes again (ADR 0036)."""
         mailbox = act.mailbox
         full = mailbox is not None and len(mailbox) >= self.settings.max_mailbox_per_agent
-        if work.kind in _ACKED and work.cseq:
+        if work.kind in _ACKED and work.stream_seq:
             now = self.clock.monotonic()
             if act.held is not None:
                 self._prune_held(act, now)
             held = act.held
-            earlier = held is not None and min(held) < work.cseq
+            earlier = held is not None and min(held) < work.stream_seq
             if not (full or earlier):
-                if held is not None and work.cseq in held:
-                    work.busy_naks = held.pop(work.cseq)[0]
+                if held is not None and work.stream_seq in held:
+                    work.busy_naks = held.pop(work.stream_seq)[0]
                     if not held:
                         act.held = None
                 return False
             if held is None:
                 held = act.held = {}
-            times = held.get(work.cseq, (0, 0.0))[0] + 1
-            held[work.cseq] = (times, now)
+            times = held.get(work.stream_seq, (0, 0.0))[0] + 1
+            held[work.stream_seq] = (times, now)
             self._refuse_busy(act, work, min(0.25 * 2**times, _BUSY_DELAY_MAX_S))
             return True
         if not full:
@@ -1287,31 +910,29 @@ class Host:
         if not held:
             act.held = None
 
-    def _refuse_busy(self, act: Activation, work: Work, delay_s: float) -> None:
+    def _refuse_busy(self, act: Activation, work: Command, delay_s: float) -> None:
         # out of the host's in-flight count at once: a burst of refusals must not fill it
         self._untrack(work)
         self.stats["agent_busy"] += 1
         aid = act.agent_id
-        durable = work.kind in _ACKED
-        self._tel.busy(aid.type, _delivery_mode(durable, work.msg.headers or {}))
-        if durable:
+        self._tel.busy(aid.type, work.delivery_mode)
+        if work.durable:
             self._side(self._nak(work, delay_s))
             return
-        reply_to = work.reply or work.msg.reply
-        if reply_to:
+        if work.reply_to or work.reply_refused:
             err = Unavailable(
                 f"agent busy: {len(act.mailbox or ())} commands of {aid} are waiting; retry",
                 details={"applied": False, "reason": "agent_busy"},
             )
-            self._side(self._publish_reply(reply_to, encode_error(err), {}, work))
+            self._side(self._publish_reply(work.reply_to, encode_error(err), {}, work))
 
-    def _track(self, work: Work) -> None:
+    def _track(self, work: Command) -> None:
         self._inflight.add(work)
         self._inflight_count += 1
-        self._inflight_bytes += len(work.msg.data)
+        self._inflight_bytes += len(work.body)
         self._idle.clear()
 
-    def _untrack(self, work: Work) -> None:
+    def _untrack(self, work: Command) -> None:
         if work.done:
             return
         work.done = True
@@ -1319,32 +940,27 @@ class Host:
         self._inflight_count -= 1
         full_bytes = self.settings.max_inflight_bytes - self.topology.max_payload_bytes - 4096
         was_full_bytes = self._inflight_bytes > full_bytes
-        self._inflight_bytes -= len(work.msg.data)
+        self._inflight_bytes -= len(work.body)
         if self._inflight_count <= 0:
             self._idle.set()
-        half = self.settings.pull_batch // 2
         if self._inflight_count == self.settings.max_inflight - 1 or (
             was_full_bytes and self._inflight_bytes <= full_bytes
         ):
             # the host was full: any puller may have been waiting for room
-            for puller in self._pullers.values():
-                if puller.out < half:
-                    puller.wake.set()
+            self.partitions.wake_low(None)
         else:
-            own = self._pullers.get(work.partition)
-            if own is not None and own.out < half:
-                own.wake.set()
+            self.partitions.wake_low(work.partition)
 
     def _side(self, coro: Any) -> None:
         self.supervisor.spawn("side", coro)
 
     # -- workers ---------------------------------------------------------------------------
-    async def _work(self, act: Activation, work: Work) -> None:
-        """A worker: process ``work``, then the next ready agent's command, and so on
+    async def _work(self, act: Activation, cmd: Command) -> None:
+        """A worker: process ``cmd``, then the next ready agent's command, and so on
         until no agent is waiting for a worker."""
         try:
             while True:
-                await self._run(act, work)
+                await self._run(act, cmd)
                 if not self._ready:
                     return
                 # let the event loop breathe between commands that never waited
@@ -1353,245 +969,206 @@ class Host:
                     return
                 _, _, act = heapq.heappop(self._ready)
                 assert act.mailbox is not None
-                work = act.mailbox.popleft()
+                cmd = act.mailbox.popleft()
         finally:
             self._running -= 1
 
-    async def _run(self, act: Activation, work: Work) -> None:
+    async def _run(self, act: Activation, cmd: Command) -> None:
         """Process one command of a scheduled agent, then queue its next one (if any)."""
         try:
-            await self._process(act, work)
+            await self._process(act, cmd)
         except asyncio.CancelledError:
-            if work.kind in _ACKED and not work.done:
+            if cmd.durable and not cmd.done:
                 with contextlib.suppress(Exception):
-                    await self._nak(work, 0.0)
+                    await self._nak(cmd, 0.0)
             raise
         except Exception:  # noqa: BLE001 - a bug here must not kill the worker
             self._log.exception("process_failed", agent=str(act.agent_id))
-            if work.kind in _ACKED and not work.done:
-                await self._nak(work, 1.0)
-            elif work.kind == CALL and not work.outcome and (work.reply or work.msg.reply):
+            if cmd.durable and not cmd.done:
+                await self._nak(cmd, 1.0)
+            elif cmd.kind == CALL and not cmd.outcome and (cmd.reply_to or cmd.reply_refused):
                 # a call is never retried: its caller hears of the failure now, not at its timeout
                 err = InternalError("the host failed to process the command", details={"applied": False})
-                await self._publish_reply(work.reply or work.msg.reply, encode_error(err), {}, work)
+                await self._publish_reply(cmd.reply_to, encode_error(err), {}, cmd)
         finally:
-            self._untrack(work)
+            self._untrack(cmd)
             act.last_used = self.clock.monotonic()
             if act.mailbox:
-                heapq.heappush(self._ready, (act.mailbox[0].rank, next(self._seq), act))
+                heapq.heappush(self._ready, (act.mailbox[0].priority_rank, next(self._seq), act))
             else:
                 act.mailbox = None
                 act.scheduled = False
 
-    async def _process(self, act: Activation, work: Work) -> None:
-        msg = work.msg
-        hdrs: dict[str, str] = msg.headers or {}
-        if work.kind == MIGRATE:
-            await self._migrate(act, work)
+    async def _process(self, act: Activation, cmd: Command) -> None:
+        if cmd.kind == MIGRATE:
+            await self._migrate(act, cmd)
             return
-        if self.coordinator is not None and work.kind != FWD and await self._route_elsewhere(act, work):
+        if self.coordinator is not None and cmd.kind != FWD and await self._route_elsewhere(act, cmd):
             return
-        durable = work.kind in _ACKED
-        reply_to = hdrs.get(H_REPLY_TO) if durable else (work.reply or msg.reply or None)
-        cmd_id = hdrs.get(H_COMMAND_ID) or hdrs.get(H_MSG_ID) or ""
-        if not cmd_id:
-            cmd_id = f"s{self.cepoch}-{work.cseq}" if durable else ""
-        corr = hdrs.get(H_CORRELATION_ID) or cmd_id
-        out_hdrs: dict[str, str] = {}
-        if cmd_id:
-            out_hdrs[H_COMMAND_ID] = cmd_id
-        if corr and corr != cmd_id:
-            out_hdrs[H_CORRELATION_ID] = corr
-
+        out = cmd.reply_headers()
         tel = self._tel
         aid = act.agent_id
-        log_token = enter_command(self.settings.host_id, aid, corr, hdrs.get("traceparent"))
+        trace_in = cmd.trace
+        log_token = enter_command(
+            self.settings.host_id, aid, cmd.correlation_id, trace_in.traceparent if trace_in else None
+        )
         try:
             if not tel.tracing:  # no SDK configured: carry the trace context, skip the spans
-                carry(hdrs, out_hdrs)
-                await self._process_traced(act, work, hdrs, durable, reply_to, cmd_id, corr, out_hdrs)
+                carry_context(*_trace_of(cmd), out)
+                await self._process_traced(act, cmd, out)
             else:
-                await self._process_span(act, work, hdrs, durable, reply_to, cmd_id, corr, out_hdrs)
+                await self._process_span(act, cmd, out)
         finally:
             exit_command(log_token)
             if tel.metering:
-                mode = _delivery_mode(durable, hdrs)
-                elapsed = self.clock.monotonic() - work.received
-                outcome = work.outcome or FAILED
-                tel.command_done(aid.type, work.action, mode, outcome, work.error, work.deliveries, elapsed)
+                elapsed = self.clock.monotonic() - cmd.received
+                outcome = cmd.outcome or FAILED
+                tel.command_done(aid.type, cmd.action, cmd.delivery_mode, outcome, cmd.error, cmd.deliveries, elapsed)
 
-    async def _process_span(
-        self,
-        act: Activation,
-        work: Work,
-        hdrs: dict[str, str],
-        durable: bool,
-        reply_to: str | None,
-        cmd_id: str,
-        corr: str,
-        out_hdrs: dict[str, str],
-    ) -> None:
+    async def _process_span(self, act: Activation, cmd: Command, out: dict[str, str]) -> None:
         """``_process_traced`` inside a CONSUMER span, child of the sender's span."""
-        msg = work.msg
         aid = act.agent_id
         attrs: dict[str, Any] = {
             MESSAGING_SYSTEM: "nats",
             MESSAGING_OPERATION_TYPE: "process",
             MESSAGING_OPERATION_NAME: "process",
-            MESSAGING_DESTINATION: msg.subject,
-            MESSAGING_MESSAGE_ID: cmd_id,
-            MESSAGING_CONVERSATION_ID: corr,
-            MESSAGING_BODY_SIZE: len(msg.data),
+            MESSAGING_DESTINATION: cmd.subject,
+            MESSAGING_MESSAGE_ID: cmd.command_id,
+            MESSAGING_CONVERSATION_ID: cmd.correlation_id,
+            MESSAGING_BODY_SIZE: len(cmd.body),
             AGENT_TYPE: aid.type,
             AGENT_ID: aid.id,
-            DELIVERY: _delivery_mode(durable, hdrs),
+            DELIVERY: cmd.delivery_mode,
             HOST_ID: self.settings.host_id,
         }
-        if durable:
-            attrs[MESSAGING_PARTITION] = str(work.partition)
-            attrs[MESSAGING_CONSUMER_GROUP] = self.topology.consumer_name(work.partition)
-            attrs[DELIVERY_COUNT] = work.deliveries
-        parent = propagate.extract(hdrs) if hdrs else None
+        if cmd.durable:
+            attrs[MESSAGING_PARTITION] = str(cmd.partition)
+            attrs[MESSAGING_CONSUMER_GROUP] = self.topology.consumer_name(cmd.partition)
+            attrs[DELIVERY_COUNT] = cmd.deliveries
+        # the sender's span is the parent (any propagator's headers, as received)
+        parent = propagate.extract(cmd.headers) if cmd.headers else None
         token = otel_context.attach(parent) if parent is not None else None
         try:
             with self._tel.tracer.start_as_current_span(
                 f"process {aid.type}", kind=trace.SpanKind.CONSUMER, attributes=attrs
             ) as span:
-                work.traced = True
-                carry(hdrs, out_hdrs)
-                await self._process_traced(act, work, hdrs, durable, reply_to, cmd_id, corr, out_hdrs)
-                finish_process_span(span, work.action, work.outcome or FAILED, work.error, out_hdrs)
+                cmd.traced = True
+                carry_context(*_trace_of(cmd), out)
+                await self._process_traced(act, cmd, out)
+                finish_process_span(span, cmd.action, cmd.outcome or FAILED, cmd.error, out)
         finally:
             if token is not None:
                 otel_context.detach(token)
 
-    async def _process_traced(
-        self,
-        act: Activation,
-        work: Work,
-        hdrs: dict[str, str],
-        durable: bool,
-        reply_to: str | None,
-        cmd_id: str,
-        corr: str,
-        out_hdrs: dict[str, str],
-    ) -> None:
+    async def _process_traced(self, act: Activation, cmd: Command, out: dict[str, str]) -> None:
         s = self.settings
         # hand-backs for a busy agent (ADR 0036) are not failures: they do not count here
-        if durable and work.deliveries - work.busy_naks > s.max_redeliveries:
-            await self._reject(
-                work, act.agent_id, InternalError("redelivered too often; giving up"), reply_to, out_hdrs
-            )
+        if cmd.durable and cmd.deliveries - cmd.busy_naks > s.max_redeliveries:
+            await self._reject(cmd, act.agent_id, InternalError("redelivered too often; giving up"), out)
             return
         try:
-            if len(cmd_id) > 256:
+            if len(cmd.command_id) > MAX_COMMAND_ID_LEN:
                 raise MalformedCommand("command id longer than 256 characters")
-            if reply_to and not is_reply_subject(reply_to, s.reply_prefixes):
-                reply_to = None  # never answer there, not even with this refusal
-                raise MalformedCommand("the reply subject is not under a reply prefix this host accepts")
-            body = decode_command(work.msg.data, s.max_payload_bytes)
-            work.action = body.action if body.action in act.spec.actions else "_unknown"
+            if cmd.reply_refused:
+                # never answer there, not even with this refusal
+                await self._reject(
+                    cmd,
+                    act.agent_id,
+                    MalformedCommand("the reply subject is not under a reply prefix this host accepts"),
+                    out,
+                    answer=False,
+                )
+                return
+            body = decode_command(cmd.body, s.max_payload_bytes)
+            cmd.action = body.action if body.action in act.spec.actions else "_unknown"
             action = act.spec.action(body.action)
             params = action.validate_params(body.params)
         except JetAgentsError as err:
-            await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
+            await self._reject(cmd, act.agent_id, err, out)
             return
-        deadline = hdrs.get(H_DEADLINE)
         # Failures are retried here, in place, so the agent's later commands wait behind
         # this one (per-agent FIFO holds); the housekeeping sends +WPI meanwhile.
         attempt = 0
         while True:
-            failure = await self._attempt(act, work, action, params, reply_to, cmd_id, corr, out_hdrs, deadline)
+            failure = await self._attempt(act, cmd, action, params, out)
             if failure is None:
                 return
             failed, handler_fault = failure
             attempt += 1
-            if work.kind == CALL:  # at-most-once: never retried by the host
-                work.outcome, work.error = ERROR, failed.code
-                if reply_to:
+            if cmd.kind == CALL:  # at-most-once: never retried by the host
+                cmd.outcome, cmd.error = ERROR, failed.code
+                if cmd.reply_to or cmd.reply_refused:
                     retry_err = failed if failed.retryable or handler_fault else Unavailable(failed.message)
-                    await self._publish_reply(reply_to, encode_error(retry_err), out_hdrs, work)
+                    await self._publish_reply(cmd.reply_to, encode_error(retry_err), out, cmd)
                 return
             if handler_fault and attempt >= s.max_deliver:
-                await self._reject(work, act.agent_id, failed, reply_to, out_hdrs)
+                await self._reject(cmd, act.agent_id, failed, out)
                 return
             if isinstance(failed, FencedError) and self.coordinator is not None:
                 # Another host wrote this agent. Retry only if the store (not our memory,
                 # which may be stale after a pause) says the partition is still ours.
                 try:
-                    ours = await self.coordinator.still_holds(work.partition)
+                    ours = await self.coordinator.still_holds(cmd.partition)
                 except JetAgentsError:
                     ours = False
                 if not ours:
-                    self._log.warning("partition_lost", partition=work.partition, agent=str(act.agent_id))
-                    await self._nak(work, 0.0)
+                    self._log.warning("partition_lost", partition=cmd.partition, agent=str(act.agent_id))
+                    await self._nak(cmd, 0.0)
                     return
             if self._stopping:
-                await self._nak(work, 0.0)  # hand it back to the next owner
+                await self._nak(cmd, 0.0)  # hand it back to the next owner
                 return
             self.stats["retries"] += 1
             await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
 
     async def _attempt(
-        self,
-        act: Activation,
-        work: Work,
-        action: Any,
-        params: dict[str, Any],
-        reply_to: str | None,
-        cmd_id: str,
-        corr: str,
-        out_hdrs: dict[str, str],
-        deadline: str | None,
+        self, act: Activation, cmd: Command, action: Any, params: dict[str, Any], out: dict[str, str]
     ) -> tuple[JetAgentsError, bool] | None:
         """Run the command once. ``None`` when finished (answered, acknowledged or
         dead-lettered), else ``(error, handler_fault)`` to retry."""
         s = self.settings
         if act.agent is None:
             try:
-                await self._activate(act)
+                await self.catalog.activate(act)
             except _NON_RETRYABLE_INPUT as err:
-                await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
+                await self._reject(cmd, act.agent_id, err, out)
                 return None
             except JetAgentsError as err:
                 return err, isinstance(err, InternalError)
         agent = act.agent
         assert agent is not None
 
+        cmd_id = cmd.command_id
         if cmd_id:
             record = act.records.get(cmd_id) if act.records else None
             if record is not None:
                 self.stats["duplicates"] += 1
                 self._tel.duplicate(act.agent_id.type, "record")
-                out_hdrs[H_DUPLICATE] = "true"
+                out[H_DUPLICATE] = "true"
                 seq, ok, payload = record
                 if seq:
-                    out_hdrs[H_EVENT_SEQ] = str(seq)
+                    out[H_EVENT_SEQ] = str(seq)
                 if ok:
-                    await self._finish_ok(work, reply_to, payload, out_hdrs)
+                    await self._finish_ok(cmd, payload, out)
                 else:
-                    await self._finish_err(work, reply_to, error_from_wire(payload), out_hdrs)
+                    await self._finish_err(cmd, error_from_wire(payload), out)
                 return None
 
         # the action's time limit: its own, its type's or the host's, cut to the command's
         # deadline when that comes first (ADR 0036)
         limit_s: float = action.timeout_s or act.spec.action_timeout_s or s.action_timeout_s
         by_deadline = False
-        # unix ms has 13 digits; a longer value is no deadline anyone can mean (and past 308
-        # digits its division overflows a float: the fuzzer's huge Agt-Deadline)
-        if deadline and len(deadline) <= 16 and deadline.isascii() and deadline.isdigit():
-            left_s = (int(deadline) - self.clock.wall_ms()) / 1000
+        if cmd.deadline_ms is not None:
+            left_s = (cmd.deadline_ms - self.clock.wall_ms()) / 1000
             if left_s < 0:
-                await self._finish_err(
-                    work, reply_to, DeadlineExceeded("the command's deadline passed before it ran"), out_hdrs
-                )
+                await self._finish_err(cmd, DeadlineExceeded("the command's deadline passed before it ran"), out)
                 return None
             if left_s < limit_s:
                 limit_s, by_deadline = left_s, True
 
         ctx = agent.ctx
         ctx.command_id = cmd_id
-        ctx.correlation_id = corr
+        ctx.correlation_id = cmd.correlation_id
         agent._begin()
         try:
             loop = self._loop
@@ -1611,48 +1188,48 @@ class Host:
             agent._finish()
             if cmd_id:  # remembered (in memory) so a redelivery gets the same answer
                 self._remember(act, cmd_id, (0, False, err.to_wire()))
-            await self._finish_err(work, reply_to, err, out_hdrs)
+            await self._finish_err(cmd, err, out)
             return None
         except Overrun:
             agent._finish()  # whatever it emitted is dropped
-            await self._overran(act, work, action.name, limit_s, by_deadline, reply_to, out_hdrs)
+            await self._overran(act, cmd, action.name, limit_s, by_deadline, out)
             return None
         except Exception as exc:  # noqa: BLE001 - the handler failed: retry, then dead-letter
             agent._finish()
-            self._log.warning("action_failed", agent=str(act.agent_id), error=repr(exc), deliveries=work.deliveries)
+            self._log.warning("action_failed", agent=str(act.agent_id), error=repr(exc), deliveries=cmd.deliveries)
             return (
                 exc if isinstance(exc, InternalError) else InternalError(f"action {action.name!r} failed: {exc!r}")
             ), True
 
         if events:
-            n, own = act.n + 1, self._token_of(act.agent_id, work.partition)
-            cmd = cmd_id or f"c-{self.settings.host_id}-{next(self._seq)}"
+            n, own = act.n + 1, self._token_of(act.agent_id, cmd.partition)
+            name = cmd_id or f"c-{self.settings.host_id}-{next(self._seq)}"
             body = encode_commit(
                 n=n,
-                cmd=cmd,
+                cmd=name,
                 action=action.name,
                 events=wire_events(events),
                 result=result_json,
-                cseq=work.cseq,
+                cseq=cmd.stream_seq,
                 ts_ms=self.clock.wall_ms(),
                 own=own,
             )
-            commit = _NewCommit(n, cmd, own, body)
+            commit = _NewCommit(n, name, own, body)
             try:
-                if work.traced:
-                    seq, duplicate = await self._append_span(act, commit, out_hdrs)
+                if cmd.traced:
+                    seq, duplicate = await self._append_span(act, commit, out)
                 else:
-                    seq, duplicate = await self._append(act, commit, out_hdrs)
+                    seq, duplicate = await self._append(act, commit, out)
             except PayloadTooLarge as err:  # the commit itself is too big: never retryable
-                await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
+                await self._reject(cmd, act.agent_id, err, out)
                 return None
             except FencedError as err:
                 self.stats["fenced"] += 1
                 self._log.warning("append_fenced", agent=str(act.agent_id), cmd=cmd_id)
-                self._evict(act)  # rebuild from the log (with the other writer's commits)
+                self.catalog.evict(act)  # rebuild from the log (with the other writer's commits)
                 return err, False
             except JetAgentsError as err:
-                self._evict(act)  # the append may or may not have landed: rebuild from the log
+                self.catalog.evict(act)  # the append may or may not have landed: rebuild from the log
                 return err, False
             if duplicate:
                 # This command's commit is already in the log (its record had been
@@ -1660,9 +1237,9 @@ class Host:
                 self.stats["duplicates"] += 1
                 self._tel.duplicate(act.agent_id.type, "log")
                 first = await self._commit_at(seq)
-                out_hdrs[H_DUPLICATE] = "true"
-                out_hdrs[H_EVENT_SEQ] = str(seq)
-                await self._finish_ok(work, reply_to, first.result if first else None, out_hdrs)
+                out[H_DUPLICATE] = "true"
+                out[H_EVENT_SEQ] = str(seq)
+                await self._finish_ok(cmd, first.result if first else None, out)
                 return None
             agent._commit(draft)
             act.last_seq = seq
@@ -1670,21 +1247,14 @@ class Host:
             act.own = max(act.own, commit.own)
             act.since_snapshot += 1
             self._remember(act, commit.cmd, (seq, True, result_json))
-            out_hdrs[H_EVENT_SEQ] = str(seq)
+            out[H_EVENT_SEQ] = str(seq)
             if act.since_snapshot >= s.snapshot_every and not act.snapshotting:
-                self._side(self._snapshot(act))
-        await self._finish_ok(work, reply_to, result_json, out_hdrs)
+                self._side(self.catalog.snapshot(act))
+        await self._finish_ok(cmd, result_json, out)
         return None
 
     async def _overran(
-        self,
-        act: Activation,
-        work: Work,
-        action: str,
-        limit_s: float,
-        by_deadline: bool,
-        reply_to: str | None,
-        out_hdrs: dict[str, str],
+        self, act: Activation, cmd: Command, action: str, limit_s: float, by_deadline: bool, out: dict[str, str]
     ) -> None:
         """The action was cancelled at its limit (ADR 0036). Past the command's own deadline:
         ``deadline_exceeded``, acknowledged. Past the action's time limit: ``action_timeout``,
@@ -1703,10 +1273,10 @@ class Host:
             )
         self._tel.action_timed_out(act.agent_id.type, action, err.code)
         self._log.warning("action_timed_out", agent=str(act.agent_id), action=action, limit_s=limit_s, code=err.code)
-        if by_deadline or work.kind == CALL:
-            await self._finish_err(work, reply_to, err, out_hdrs)
+        if by_deadline or cmd.kind == CALL:
+            await self._finish_err(cmd, err, out)
         else:
-            await self._reject(work, act.agent_id, err, reply_to, out_hdrs)
+            await self._reject(cmd, act.agent_id, err, out)
 
     def _remember(self, act: Activation, cmd_id: str, record: tuple[int, bool, Any]) -> None:
         records = act.records
@@ -1717,43 +1287,43 @@ class Host:
             records.popitem(last=False)
 
     # -- outcomes --------------------------------------------------------------------------
-    async def _finish_ok(self, work: Work, reply_to: str | None, result: Any, hdrs: dict[str, str]) -> None:
+    async def _finish_ok(self, cmd: Command, result: Any, hdrs: dict[str, str]) -> None:
         self.stats["processed"] += 1
-        work.outcome = DUPLICATE if H_DUPLICATE in hdrs else OK
-        if reply_to:
-            await self._publish_reply(reply_to, encode_ok(result), hdrs, work)
-        if work.kind in _ACKED:
-            await self._ack(work, b"+ACK")
+        cmd.outcome = DUPLICATE if H_DUPLICATE in hdrs else OK
+        if cmd.reply_to or cmd.reply_refused:
+            await self._publish_reply(cmd.reply_to, encode_ok(result), hdrs, cmd)
+        if cmd.durable:
+            await self._ack(cmd, b"+ACK")
 
-    async def _finish_err(self, work: Work, reply_to: str | None, err: JetAgentsError, hdrs: dict[str, str]) -> None:
+    async def _finish_err(self, cmd: Command, err: JetAgentsError, hdrs: dict[str, str]) -> None:
         """A legitimate outcome (domain refusal, deadline): answer and acknowledge."""
         self.stats["processed"] += 1
-        work.outcome, work.error = ERROR, err.code
-        if reply_to:
-            await self._publish_reply(reply_to, encode_error(err), hdrs, work)
-        if work.kind in _ACKED:
-            await self._ack(work, b"+ACK")
+        cmd.outcome, cmd.error = ERROR, err.code
+        if cmd.reply_to or cmd.reply_refused:
+            await self._publish_reply(cmd.reply_to, encode_error(err), hdrs, cmd)
+        if cmd.durable:
+            await self._ack(cmd, b"+ACK")
 
     async def _reject(
-        self, work: Work, agent_id: AgentId | None, err: JetAgentsError, reply_to: str | None, hdrs: dict[str, str]
+        self, cmd: Command, agent_id: AgentId | None, err: JetAgentsError, hdrs: dict[str, str], *, answer: bool = True
     ) -> None:
         """Bad input: dead-letter, then answer with the error, then terminate (never
         redeliver). The dead letter is stored before the caller hears of the error; one
-        that cannot be stored is tried a bounded number of times, never forever."""
-        msg = work.msg
-        work.outcome, work.error = DEAD_LETTER, err.code
+        that cannot be stored is tried a bounded number of times, never forever.
+        ``answer=False``: the reply subject is the problem, nobody is answered."""
+        cmd.outcome, cmd.error = DEAD_LETTER, err.code
         type_tok = agent_id.type if agent_id else "_invalid"
         id_tok = agent_id.id if agent_id else "_invalid"
-        durable = work.kind in _ACKED
+        durable = cmd.durable
         dl = encode_dead_letter(
             error=err,
-            subject=msg.subject,
-            headers=msg.headers,
-            payload=msg.data,
+            subject=cmd.subject,
+            headers=cmd.headers,
+            payload=cmd.body,
             host=self.settings.host_id,
             ts_ms=self.clock.wall_ms(),
-            stream_seq=work.cseq or None,
-            deliveries=work.deliveries if durable else None,
+            stream_seq=cmd.stream_seq or None,
+            deliveries=cmd.deliveries if durable else None,
             max_bytes=self._dead_letter_max_bytes(),
             keep_bytes=self.settings.max_payload_bytes,
         )
@@ -1762,25 +1332,26 @@ class Host:
             self.stats["dead_letters"] += 1
             # a type no agent class declares is the sender's text: not a metric attribute
             self._tel.dead_lettered(type_tok if type_tok in self.registry else "_unknown", err.code)
-            self._log.info("dead_lettered", subject=msg.subject, code=err.code, reason=err.message)
-        elif durable and not lasting and work.deliveries < self.settings.max_redeliveries:
-            await self._nak(work, 1.0)  # keep it: try to dead-letter it again later
+            self._log.info("dead_lettered", subject=cmd.subject, code=err.code, reason=err.message)
+        elif durable and not lasting and cmd.deliveries < self.settings.max_redeliveries:
+            await self._nak(cmd, 1.0)  # keep it: try to dead-letter it again later
             return
         else:
             # given up: the command is terminated (a loop would block its agent for good);
             # the caller hears that nothing was applied, not the bad-input error whose
             # dead letter it could not find
             self.stats["dead_letters_lost"] += 1
-            self._log.error("dead_letter_lost", subject=msg.subject, code=err.code, reason=err.message)
+            self._log.error("dead_letter_lost", subject=cmd.subject, code=err.code, reason=err.message)
             err = Unavailable(
                 f"the command was refused ({err.code}: {err.message}) but its dead letter could not be stored",
                 details={"applied": False, "refused": err.code},
             )
-        if reply_to:
-            hdrs[H_HOST] = self.settings.host_id
-            await self._publish_reply(reply_to, encode_error(err), hdrs, work)
+        if answer and (cmd.reply_to or cmd.reply_refused):
+            if cmd.reply_to:
+                hdrs[H_HOST] = self.settings.host_id
+            await self._publish_reply(cmd.reply_to, encode_error(err), hdrs, cmd)
         if durable:
-            await self._ack(work, b"+TERM " + work.error.encode())
+            await self._ack(cmd, b"+TERM " + cmd.error.encode())
 
     def _dead_letter_max_bytes(self) -> int:
         """The largest dead letter the stream and the server both take."""
@@ -1804,39 +1375,39 @@ class Host:
                 await asyncio.sleep(0.1 * 2**attempt)
         return False, False
 
-    async def _reject_unrouted(self, work: Work, agent_type: str, agent_id: str, err: JetAgentsError) -> None:
+    async def _reject_unrouted(self, cmd: Command, err: JetAgentsError) -> None:
+        """Refuse a command no agent's mailbox takes (unknown type, invalid id, too large)."""
         try:
-            hdrs = work.msg.headers or {}
-            reply_to = hdrs.get(H_REPLY_TO) if work.kind in _ACKED else (work.reply or work.msg.reply)
-            out: dict[str, str] = {}
-            # the same command id _process would answer with (wire contract §4)
-            cmd_id = hdrs.get(H_COMMAND_ID) or hdrs.get(H_MSG_ID) or ""
-            if not cmd_id and work.kind in _ACKED:
-                cmd_id = f"s{self.cepoch}-{work.cseq}"
-            if cmd_id:
-                out[H_COMMAND_ID] = cmd_id
-            corr = hdrs.get(H_CORRELATION_ID)
-            if corr and corr != cmd_id:
-                out[H_CORRELATION_ID] = corr
-            carry(hdrs, out)
+            out = cmd.reply_headers()  # the same ids _process would answer with (wire contract §4)
+            carry_context(*_trace_of(cmd), out)
+            agent_type, agent_id = cmd.agent_type, cmd.agent_id
             ident = AgentId(agent_type, agent_id) if is_valid_token(agent_type) and is_valid_token(agent_id) else None
-            await self._reject(work, ident, err, reply_to or None, out)
+            await self._reject(cmd, ident, err, out)
         finally:
-            self._untrack(work)
+            self._untrack(cmd)
 
-    async def _publish_reply(self, reply_to: str, body: bytes, hdrs: dict[str, str], work: Work | None) -> None:
+    async def _publish_reply(
+        self, reply_to: str | None, body: bytes, hdrs: dict[str, str], cmd: Command | None
+    ) -> None:
         # Every reply of this host goes through here: the sender names the subject, and
         # the host's permissions reach its event log, buckets and the JetStream API, so
         # only inboxes under the configured reply prefixes are answered (wire contract 4).
-        if not is_reply_subject(reply_to, self.settings.reply_prefixes):
-            self.stats["replies_refused"] += 1
-            self._log.warning("reply_refused", reply_to=reply_to[:300].encode("unicode_escape").decode("ascii"))
+        # A command's reply subject was checked as it arrived (None: refused, or none).
+        if cmd is None:
+            if not reply_to:
+                return
+            if not is_reply_subject(reply_to, self.settings.reply_prefixes):
+                self._reply_refused(reply_to)
+                return
+        elif reply_to is None:
+            if cmd.reply_refused:
+                self._reply_refused(cmd.reply_refused)
             return
-        if hdrs and work is not None and work.kind == CALL:
-            hdrs = _call_reply_headers(hdrs, work.msg.headers)
+        if hdrs and cmd is not None and cmd.kind == CALL:
+            hdrs = _call_reply_headers(hdrs, cmd)
         span = None
-        if work is not None and work.traced:
-            agent_type = work.msg.subject.split(".")[-2]
+        if cmd is not None and cmd.traced:
+            agent_type = cmd.subject.split(".")[-2]
             span, hdrs = self._tel.start_producer(
                 f"reply {agent_type}",
                 reply_to,
@@ -1853,18 +1424,22 @@ class Host:
             if span is not None:
                 span.end()
 
-    async def _ack(self, work: Work, what: bytes) -> None:
-        if work.msg.reply:
+    def _reply_refused(self, reply_to: str) -> None:
+        self.stats["replies_refused"] += 1
+        self._log.warning("reply_refused", reply_to=reply_to[:300].encode("unicode_escape").decode("ascii"))
+
+    async def _ack(self, cmd: Command, what: bytes) -> None:
+        if cmd.ack:
             try:
-                await self.nc.publish(work.msg.reply, what)
+                await self.nc.publish(cmd.ack, what)
             except Exception as exc:  # noqa: BLE001 - unacked means redelivered; the record dedups it
                 self._log.debug("ack_failed", error=str(exc))
 
-    async def _nak(self, work: Work, delay_s: float) -> None:
+    async def _nak(self, cmd: Command, delay_s: float) -> None:
         self.stats["naks"] += 1
-        work.outcome = REQUEUED
+        cmd.outcome = REQUEUED
         payload = b"-NAK" if delay_s <= 0 else b"-NAK " + orjson.dumps({"delay": int(delay_s * NS)})
-        await self._ack(work, payload)
+        await self._ack(cmd, payload)
 
     # -- the event log ---------------------------------------------------------------------
     async def _commit_at(self, seq: int) -> Commit | None:
@@ -1927,137 +1502,6 @@ class Host:
             return int(ack["seq"]), act.last_seq != 0 and int(ack["seq"]) <= act.last_seq
         return int(ack["seq"]), False
 
-    async def _activate(self, act: Activation, given: dict[str, Any] | None = None) -> None:
-        """Rebuild the agent: snapshot (if any and readable) + replay of later commits."""
-        s = self.settings
-        aid = act.agent_id
-        started = self.clock.monotonic()
-        metadata: dict[str, Any] = {}
-        try:
-            if act.spec.spawn_required:
-                try:
-                    entry = await self._meta_kv.get(aid.key)
-                except KeyNotFoundError:
-                    raise UnknownAgent(f"{aid} was never spawned (type {aid.type!r} requires spawn)") from None
-                metadata = orjson.loads(entry.value) if entry.value else {}
-            state = None
-            n = 0
-            last_seq = 0
-            records: OrderedDict[str, tuple[int, bool, Any]] = OrderedDict()
-            raw_snap: bytes | None = None
-            try:
-                if given is not None:  # handed over by the previous host (state transfer)
-                    snap: Any = given
-                else:
-                    snap_entry = await self._snap_kv.get(aid.key)
-                    raw_snap = snap_entry.value if snap_entry and snap_entry.value else None
-                    snap = None
-            except KeyNotFoundError:
-                snap = None
-            except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
-                raise Unavailable(f"cannot read the snapshot of {aid}: {exc!r}") from None
-            if raw_snap is not None:
-                try:  # unreadable (not JSON): ignored like one that does not fit the state
-                    snap = orjson.loads(raw_snap)
-                except orjson.JSONDecodeError as exc:
-                    self._log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
-            own = 0
-            if snap:
-                try:
-                    if not isinstance(snap, dict):
-                        raise TypeError(f"a snapshot is a JSON object, not {type(snap).__name__}")
-                    state = act.spec.state_type.model_validate(snap["state"])
-                    last_seq = int(snap["seq"])
-                    n = int(snap["n"])
-                    own = int(snap.get("own", 0))
-                    for cmd, seq, result in snap.get("records", []):
-                        records[str(cmd)] = (int(seq), True, result)
-                except (ValidationError, KeyError, TypeError, ValueError) as exc:
-                    self._log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
-                    state, n, last_seq = None, 0, 0
-                    records.clear()
-            ctx = AgentContext(aid, self.clock, client=self._client, metadata=metadata)
-            agent = act.spec.cls(ctx, state)
-            assert self._reader is not None
-            msgs = await self._reader.read_subject(
-                self.topology.evt_stream, self.subjects.evt(aid.type, aid.id), last_seq + 1, 256, s.op_timeout_s
-            )
-            for m in msgs:
-                commit = Commit.model_validate_json(m.data)
-                if commit.n != n + 1:
-                    raise InternalError(f"event log of {aid} has a gap: commit {commit.n} after {n}")
-                agent._replay(commit.events)
-                n = commit.n
-                own = max(own, commit.own)
-                last_seq = int(m.headers["Nats-Sequence"]) if m.headers else last_seq
-                records[commit.cmd] = (last_seq, True, commit.result)
-            while len(records) > s.dedup_records_per_agent:
-                records.popitem(last=False)
-        except ValidationError as exc:
-            raise InternalError(f"event log of {aid} is unreadable: {exc}") from None
-        partition = partition_of(aid.type, aid.id, s.partitions)
-        if self.coordinator is not None and own > self._token_of(aid, partition):
-            # A host with a newer claim on this partition has written this agent: ours is
-            # stale (we were paused or cut off). Never write after it.
-            raise FencedError(f"{aid} was written by a newer owner of partition {partition}")
-        act.agent = agent
-        act.own = own
-        act.n, act.last_seq, act.records = n, last_seq, records or None
-        act.since_snapshot = len(msgs)
-        self.stats["activations"] += 1
-        self._tel.activated(aid.type, len(msgs), self.clock.monotonic() - started)
-        if len(self.activations) > s.max_active_agents:
-            self._evict_lru()
-
-    def _evict(self, act: Activation) -> None:
-        act.agent = None
-        act.records = None
-        act.since_snapshot = 0
-
-    def _evict_lru(self) -> None:
-        over = len(self.activations) - self.settings.max_active_agents
-        for key, act in list(self.activations.items()):
-            if over <= 0:
-                break
-            if not act.scheduled and not act.mailbox and not act.held:
-                self._passivate(key, act)
-                over -= 1
-
-    def _passivate(self, key: str, act: Activation) -> None:
-        self.activations.pop(key, None)
-        self.stats["passivations"] += 1
-        self._tel.passivated(act.agent_id.type)
-        if act.agent is not None and act.since_snapshot > 0:
-            self._side(self._snapshot(act))
-
-    def _snapshot_body(self, act: Activation) -> dict[str, Any]:
-        assert act.agent is not None
-        return {
-            "v": 1,
-            "state": act.agent._state.model_dump(mode="json"),
-            "seq": act.last_seq,
-            "n": act.n,
-            "own": act.own,
-            # only applied commands: a refusal is not in the log either
-            "records": [[k, v[0], v[2]] for k, v in (act.records or {}).items() if v[0]],
-        }
-
-    async def _snapshot(self, act: Activation) -> None:
-        agent = act.agent
-        if agent is None or act.snapshotting:
-            return
-        act.snapshotting = True
-        body = orjson.dumps(self._snapshot_body(act))
-        taken = act.since_snapshot
-        try:
-            async with self._snap_sem:
-                await self._snap_kv.put(act.agent_id.key, body)
-            act.since_snapshot = max(0, act.since_snapshot - taken)
-        except Exception as exc:  # noqa: BLE001 - a missing snapshot only costs replay time
-            self._log.warning("snapshot_failed", agent=str(act.agent_id), error=str(exc))
-        finally:
-            act.snapshotting = False
-
     # -- housekeeping ----------------------------------------------------------------------
     async def _sweep_stranded(self) -> None:
         """Now and then, the leader (or a host on its own) removes the commands no
@@ -2074,18 +1518,19 @@ class Host:
                 self._log.debug("stranded_sweep_failed", error=str(exc))
                 continue
             if removed:
-                self.stats["stranded_swept"] += removed
+                self.metrics.inc("stranded_swept", removed)
                 self._log.warning("stranded_commands_removed", count=removed)
 
     async def _reject_stranded(self, msg: Msg, seq: int) -> bool:
         """Refuse a command found by the sweep like a malformed one; False: try again later."""
         parts = msg.subject.split(".")
         partition = int(parts[-3]) if len(parts) >= 5 and parts[-3].isdigit() else 0
-        work = Work(msg, STREAM, partition, self.clock.monotonic(), cseq=seq)
-        self._track(work)
+        route = (partition, parts[-2], parts[-1])
+        cmd = self._intake.parse(STREAM, msg.subject, msg.headers, msg.data, "", route, deliveries=1, stream_seq=seq)
+        self._track(cmd)
         err = MalformedCommand("the subject holds a byte or token no partition consumer delivers (0x7f, '*' or '>')")
-        await self._reject_unrouted(work, parts[-2], parts[-1], err)
-        return work.outcome != REQUEUED
+        await self._reject_unrouted(cmd, err)
+        return cmd.outcome != REQUEUED
 
     async def _housekeeping(self) -> None:
         s = self.settings
@@ -2097,10 +1542,4 @@ class Host:
             for work in list(self._inflight):
                 if work.kind in _ACKED and not work.done and now - work.received > s.ack_wait_s / 3:
                     await self._ack(work, b"+WPI")
-            for key, act in list(self.activations.items()):
-                if act.held is not None:
-                    self._prune_held(act, now)
-                if not act.scheduled and not act.mailbox and not act.held and now - act.last_used > s.idle_passivate_s:
-                    self._passivate(key, act)
-            if len(self.activations) > s.max_active_agents:
-                self._evict_lru()
+            self.catalog.passivate_idle(now, self._prune_held)

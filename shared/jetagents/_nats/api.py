@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,11 @@ from .._core.wire import Subjects
 from .conn import Connection
 from .inbox import Inbox, shared_inbox
 
+ERR_NO_MESSAGE = 10037
 ERR_WRONG_LAST_SEQUENCE = 10071
+# the clustered leader refused an expected-last-subject-sequence publish up front, because
+# another one for the subject is still in flight: read again, like a wrong last sequence
+ERR_LAST_SEQ_NOT_READY = 10164
 ERR_STREAM_NOT_FOUND = 10059
 ERR_CONSUMER_NOT_FOUND = 10014
 ERR_MSG_SIZE = 10054
@@ -230,6 +235,25 @@ class Topology:
         }
 
 
+async def ensure_stream(
+    nc: NATS, cfg: Mapping[str, Any], timeout_s: float, *, create_timeout_s: float | None = None
+) -> dict[str, Any]:
+    """The stream's info, creating it from ``cfg`` unless it exists (idempotent: another
+    process may create it at the same moment, and an existing stream is left as it is)."""
+    name = cfg["name"]
+    try:
+        return await js_api(nc, f"$JS.API.STREAM.INFO.{name}", None, timeout_s)
+    except JSApiError as exc:
+        if exc.err_code != ERR_STREAM_NOT_FOUND:
+            raise
+    try:
+        return await js_api(nc, f"$JS.API.STREAM.CREATE.{name}", dict(cfg), create_timeout_s or timeout_s)
+    except JSApiError as exc:  # another process created it first
+        if "already in use" not in exc.description:
+            raise
+    return await js_api(nc, f"$JS.API.STREAM.INFO.{name}", None, timeout_s)
+
+
 async def ensure_topology(nc: NATS, topo: Topology, timeout_s: float = 5.0) -> str:
     """Create the streams and buckets if missing; check the partition count agrees.
 
@@ -239,17 +263,7 @@ async def ensure_topology(nc: NATS, topo: Topology, timeout_s: float = 5.0) -> s
     created = ""
     for cfg in topo.stream_configs():
         name = cfg["name"]
-        try:
-            info = await js_api(nc, f"$JS.API.STREAM.INFO.{name}", None, timeout_s)
-        except JSApiError as exc:
-            if exc.err_code != ERR_STREAM_NOT_FOUND:
-                raise
-            try:
-                info = await js_api(nc, f"$JS.API.STREAM.CREATE.{name}", cfg, timeout_s)
-            except JSApiError as exc2:  # another host created it first
-                if "already in use" not in exc2.description:
-                    raise
-                info = await js_api(nc, f"$JS.API.STREAM.INFO.{name}", None, timeout_s)
+        info = await ensure_stream(nc, cfg, timeout_s)
         if name == topo.cmd_stream:
             existing = (info.get("config", {}).get("metadata") or {}).get("jetagents_partitions")
             if existing and int(existing) != topo.partitions:

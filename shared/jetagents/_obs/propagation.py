@@ -39,16 +39,14 @@ def inject_current(headers: dict[str, str]) -> None:
         headers[TRACEPARENT] = new_traceparent()
 
 
-def carry(incoming: dict[str, str] | None, outgoing: dict[str, str]) -> None:
-    """Copy trace context from an incoming message to an outgoing one (host side)."""
+def carry_context(traceparent: str | None, tracestate: str | None, outgoing: dict[str, str]) -> None:
+    """The current span's context into ``outgoing`` when one records, else the received one
+    (a valid ``traceparent``) unchanged."""
     span = trace.get_current_span()
     if span.get_span_context().is_valid and span.is_recording():
         propagate.inject(outgoing)
         return
-    if incoming:
-        tp = incoming.get(TRACEPARENT)
-        if valid_traceparent(tp):
-            outgoing[TRACEPARENT] = tp  # type: ignore[assignment]
-            ts = incoming.get(TRACESTATE)
-            if ts:
-                outgoing[TRACESTATE] = ts
+    if valid_traceparent(traceparent):
+        outgoing[TRACEPARENT] = traceparent  # type: ignore[assignment]
+        if tracestate:
+            outgoing[TRACESTATE] = tracestate

@@ -2,7 +2,7 @@
 
 Cost rule (ADR 0030): without an SDK provider (the OpenTelemetry API alone), a command
 costs one provider check for spans and one for metrics; no span object, attribute dict or
-measurement is made. The trace context is still carried (``_tracing.carry``).
+measurement is made. The trace context is still carried (``propagation.carry_context``).
 
 Span shape of one command (one trace across processes, ``traceparent`` in NATS headers)::
 
@@ -285,13 +285,8 @@ class HostTelemetry(Telemetry):
         span = trace.get_current_span()
         if span.is_recording():
             span.add_event("activated", {REPLAYED: replayed})
-        if self.metering:
-            self.activations.add(1, {AGENT_TYPE: agent_type})
+        if self.metering:  # the activations counter is Metrics' (one source with Host.stats)
             self.activation_duration.record(elapsed_s, {AGENT_TYPE: agent_type})
-
-    def passivated(self, agent_type: str) -> None:
-        if self.metering:
-            self.passivations.add(1, {AGENT_TYPE: agent_type})
 
     def handoff(self, started: bool, graceful: bool = True) -> None:
         if self.metering:
@@ -303,11 +298,6 @@ class HostTelemetry(Telemetry):
     def dead_lettered(self, agent_type: str, error: str) -> None:
         if self.metering:
             self.dead_letters.add(1, {AGENT_TYPE: agent_type, ERROR_TYPE: error})
-
-    def loop_blocked(self) -> None:
-        """Called from the watchdog's thread (the SDK's instruments are thread-safe)."""
-        if self.metering:
-            self.loop_blocks.add(1)
 
     def loop_unblocked(self, blocked_s: float) -> None:
         if self.metering:

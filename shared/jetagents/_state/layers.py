@@ -34,7 +34,9 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
 
 from .._core.crdt import CRDT, ORSet
 from .._core.errors import JetAgentsError, Unavailable
-from .shared import Consistency, Read, SharedState, WriteResult, _set_add, validate_key
+from .options import Consistency, Read, WriteResult, validate_key
+from .store import SharedState
+from .versions import set_add
 
 if TYPE_CHECKING:
     from .._core.agent import Agent
@@ -127,7 +129,7 @@ class SharedRef:
             return await self.state.crdt.add(self.key, member)
         if self.consistency == "strong":
             return await self.state.strong.add(self.key, member)
-        return await self.update(lambda v: _set_add(v, member))
+        return await self.update(lambda v: set_add(v, member))
 
 
 class Shared:

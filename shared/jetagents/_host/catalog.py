@@ -1,0 +1,275 @@
+"""The agents a host has in memory: activation (snapshot + replay), passivation, snapshots.
+
+The ``Catalog`` owns ``activations`` (agent key -> ``Activation``, least recently used first)
+and decides when an agent leaves memory: idle for ``idle_passivate_s``, over the
+``max_active_agents`` budget, its partition handed over, or its log moved on without it
+(``evict``: the next command rebuilds it). It reads the event log through the replay side of
+the ``EventStream`` port (``LogReader``) and the snapshot and metadata buckets through the
+``Bucket`` port, never through nats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+from pydantic import ValidationError
+
+from .._core.agent import Agent, AgentContext, AgentSpec
+from .._core.clock import Clock
+from .._core.errors import FencedError, InternalError, Unavailable, UnknownAgent
+from .._core.ids import AgentId, partition_of
+from .._core.wire import Commit, Subjects
+from .._obs.metrics import Metrics
+from .._obs.telemetry import HostTelemetry
+from .._settings import HostSettings
+from .ports import Bucket, StoredMessage
+from .supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from .._core.command import Command
+
+
+class LogReader(Protocol):
+    """What the catalog reads of the event log (the replay side of ``ports.EventStream``)."""
+
+    async def read_subject(self, subject: str, start_seq: int, batch: int) -> list[StoredMessage]: ...
+
+
+@dataclass(slots=True, eq=False)
+class Activation:
+    """An agent in memory, or about to be: its mailbox, log position and dedup record."""
+
+    agent_id: AgentId
+    spec: AgentSpec
+    agent: Agent[Any] | None = None
+    last_seq: int = 0  # stream sequence of this agent's last commit (the fence)
+    n: int = 0  # commits so far, gapless from 1
+    # command id -> (event seq or 0, ok, result or wire error): applied commands (from the
+    # log, durable) and domain refusals (in memory only), so a redelivery or a re-send gets
+    # the first answer and is not applied again
+    records: OrderedDict[str, tuple[int, bool, Any]] | None = None  # created on demand (~130 B)
+    own: int = 0  # the largest writer claim seen in this agent's log
+    mailbox: deque[Command] | None = None  # created on demand: an empty deque costs ~600 B per agent
+    scheduled: bool = False
+    since_snapshot: int = 0
+    snapshotting: bool = False
+    last_used: float = 0.0
+    # durable commands handed back because the mailbox was full: stream sequence ->
+    # (times handed back, when last); later commands wait (are handed back) behind them
+    held: dict[int, tuple[int, float]] | None = None
+
+
+def _busy(act: Activation) -> bool:
+    """Whether the agent has commands running, queued or handed back (it stays in memory)."""
+    return act.scheduled or bool(act.mailbox) or bool(act.held)
+
+
+class Catalog:
+    """The activations of one host, and the snapshots that make the next activation cheap."""
+
+    def __init__(
+        self,
+        settings: HostSettings,
+        subjects: Subjects,
+        clock: Clock,
+        supervisor: Supervisor,
+        metrics: Metrics,
+        tel: HostTelemetry,
+        log: Any,
+        token_of: Callable[[AgentId, int], int | None],
+    ) -> None:
+        self.settings = settings
+        self.subjects = subjects
+        self.clock = clock
+        self.supervisor = supervisor
+        self.metrics = metrics
+        self.tel = tel
+        self.log = log
+        # this host's writer token for an agent, None without cluster membership (no fence)
+        self.token_of = token_of
+        self.activations: OrderedDict[str, Activation] = OrderedDict()
+        self._snap_sem = asyncio.Semaphore(16)
+        self._events: LogReader = None  # type: ignore[assignment]  # set by bind()
+        self._snapshots: Bucket = None  # type: ignore[assignment]
+        self._meta: Bucket = None  # type: ignore[assignment]
+        self._client: Any = None
+
+    def bind(self, events: LogReader, snapshots: Bucket, meta: Bucket, client: Any) -> None:
+        """Connected: the event log, the buckets, and the client the agents call others with."""
+        self._events, self._snapshots, self._meta, self._client = events, snapshots, meta, client
+
+    async def activate(self, act: Activation, given: dict[str, Any] | None = None) -> None:
+        """Rebuild the agent: snapshot (if any and readable) + replay of later commits."""
+        s = self.settings
+        aid = act.agent_id
+        started = self.clock.monotonic()
+        metadata: dict[str, Any] = {}
+        try:
+            if act.spec.spawn_required:
+                value = await self._meta.get(aid.key)
+                if value is None:
+                    raise UnknownAgent(f"{aid} was never spawned (type {aid.type!r} requires spawn)")
+                metadata = orjson.loads(value) if value else {}
+            state = None
+            n = 0
+            last_seq = 0
+            records: OrderedDict[str, tuple[int, bool, Any]] = OrderedDict()
+            raw_snap: bytes | None = None
+            snap: Any = None
+            try:
+                if given is not None:  # handed over by the previous host (state transfer)
+                    snap = given
+                else:
+                    raw_snap = await self._snapshots.get(aid.key) or None
+            except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
+                raise Unavailable(f"cannot read the snapshot of {aid}: {exc!r}") from None
+            if raw_snap is not None:
+                try:  # unreadable (not JSON): ignored like one that does not fit the state
+                    snap = orjson.loads(raw_snap)
+                except orjson.JSONDecodeError as exc:
+                    self.log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
+            own = 0
+            if snap:
+                try:
+                    if not isinstance(snap, dict):
+                        raise TypeError(f"a snapshot is a JSON object, not {type(snap).__name__}")
+                    state = act.spec.state_type.model_validate(snap["state"])
+                    last_seq = int(snap["seq"])
+                    n = int(snap["n"])
+                    own = int(snap.get("own", 0))
+                    for cmd, seq, result in snap.get("records", []):
+                        records[str(cmd)] = (int(seq), True, result)
+                except (ValidationError, KeyError, TypeError, ValueError) as exc:
+                    self.log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
+                    state, n, last_seq = None, 0, 0
+                    records.clear()
+            ctx = AgentContext(aid, self.clock, client=self._client, metadata=metadata)
+            agent = act.spec.cls(ctx, state)
+            msgs = await self._events.read_subject(self.subjects.evt(aid.type, aid.id), last_seq + 1, 256)
+            for m in msgs:
+                commit = Commit.model_validate_json(m.data)
+                if commit.n != n + 1:
+                    raise InternalError(f"event log of {aid} has a gap: commit {commit.n} after {n}")
+                agent._replay(commit.events)
+                n = commit.n
+                own = max(own, commit.own)
+                last_seq = m.seq or last_seq
+                records[commit.cmd] = (last_seq, True, commit.result)
+            while len(records) > s.dedup_records_per_agent:
+                records.popitem(last=False)
+        except ValidationError as exc:
+            raise InternalError(f"event log of {aid} is unreadable: {exc}") from None
+        partition = partition_of(aid.type, aid.id, s.partitions)
+        token = self.token_of(aid, partition)
+        if token is not None and own > token:
+            # A host with a newer claim on this partition has written this agent: ours is
+            # stale (we were paused or cut off). Never write after it.
+            raise FencedError(f"{aid} was written by a newer owner of partition {partition}")
+        act.agent = agent
+        act.own = own
+        act.n, act.last_seq, act.records = n, last_seq, records or None
+        act.since_snapshot = len(msgs)
+        self.metrics.inc("activations", agent_type=aid.type)
+        self.tel.activated(aid.type, len(msgs), self.clock.monotonic() - started)
+        if len(self.activations) > s.max_active_agents:
+            self.evict_lru()
+
+    def evict(self, act: Activation) -> None:
+        """Forget the agent's state (it stays listed): the next command rebuilds it from the log."""
+        act.agent = None
+        act.records = None
+        act.since_snapshot = 0
+
+    def evict_lru(self) -> None:
+        over = len(self.activations) - self.settings.max_active_agents
+        for key, act in list(self.activations.items()):
+            if over <= 0:
+                break
+            if not _busy(act):
+                self.passivate(key, act)
+                over -= 1
+
+    def passivate(self, key: str, act: Activation) -> None:
+        self.activations.pop(key, None)
+        self.metrics.inc("passivations", agent_type=act.agent_id.type)
+        if act.agent is not None and act.since_snapshot > 0:
+            self.supervisor.spawn("side", self.snapshot(act))
+
+    def passivate_idle(self, now: float, prune_held: Callable[[Activation, float], None]) -> None:
+        """The housekeeping's round: drop agents idle for ``idle_passivate_s`` (after
+        ``prune_held`` forgot their stale hand-backs), then keep to the budget."""
+        s = self.settings
+        for key, act in list(self.activations.items()):
+            if act.held is not None:
+                prune_held(act, now)
+            if not _busy(act) and now - act.last_used > s.idle_passivate_s:
+                self.passivate(key, act)
+        if len(self.activations) > s.max_active_agents:
+            self.evict_lru()
+
+    async def forget_partition(self, partition: int, *, graceful: bool) -> None:
+        """Forget every agent of ``partition``: if it ever comes back here, it is rebuilt
+        from the log, never served from what we remember (that would be a stale read).
+        Graceful: snapshot them first (bounded by ``op_timeout_s``), so the next owner starts warm."""
+        parts = self.settings.partitions
+        snaps = []
+        for key, act in list(self.activations.items()):
+            if partition_of(act.agent_id.type, act.agent_id.id, parts) != partition:
+                continue
+            self.activations.pop(key, None)
+            self.metrics.inc("passivations", agent_type=act.agent_id.type)
+            if act.scheduled or act.mailbox:
+                # still running (only when not graceful): what it has in hand rebuilds
+                # the agent from the log first, where the ownership fence applies
+                act.agent = None
+                continue
+            if graceful and act.agent is not None and act.since_snapshot > 0:
+                snaps.append(self.snapshot(act))
+        await self._gather(snaps, self.settings.op_timeout_s)
+
+    async def snapshot_all(self, timeout_s: float) -> None:
+        """Snapshot every agent with commits since its last snapshot (bounded by ``timeout_s``)."""
+        await self._gather(
+            [self.snapshot(a) for a in self.activations.values() if a.agent and a.since_snapshot], timeout_s
+        )
+
+    @staticmethod
+    async def _gather(snaps: Sequence[Awaitable[None]], timeout_s: float) -> None:
+        if snaps:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.gather(*snaps, return_exceptions=True)
+
+    def snapshot_body(self, act: Activation) -> dict[str, Any]:
+        assert act.agent is not None
+        return {
+            "v": 1,
+            "state": act.agent._state.model_dump(mode="json"),
+            "seq": act.last_seq,
+            "n": act.n,
+            "own": act.own,
+            # only applied commands: a refusal is not in the log either
+            "records": [[k, v[0], v[2]] for k, v in (act.records or {}).items() if v[0]],
+        }
+
+    async def snapshot(self, act: Activation) -> None:
+        agent = act.agent
+        if agent is None or act.snapshotting:
+            return
+        act.snapshotting = True
+        body = orjson.dumps(self.snapshot_body(act))
+        taken = act.since_snapshot
+        try:
+            async with self._snap_sem:
+                await self._snapshots.put(act.agent_id.key, body)
+            act.since_snapshot = max(0, act.since_snapshot - taken)
+        except Exception as exc:  # noqa: BLE001 - a missing snapshot only costs replay time
+            self.log.warning("snapshot_failed", agent=str(act.agent_id), error=str(exc))
+        finally:
+            act.snapshotting = False

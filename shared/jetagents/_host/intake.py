@@ -1,0 +1,156 @@
+"""Intake: received messages become ``Command``s, parsed once (ADR 0040 section 3).
+
+Commands pulled from a partition's consumer and calls (core requests) arrive here; a body
+over ``max_payload_bytes`` is refused before anything reads it, everything else goes to the
+scheduler (the agent's mailbox). Pull statuses (``100``, ``503``, ``423``) are the puller's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from .._core.command import Command, Kind, parse_command
+from .._core.errors import PayloadTooLarge, Unavailable
+from .._core.ids import is_valid_token, partition_of
+from .._core.wire import encode_error
+
+if TYPE_CHECKING:
+    from .host import Host
+
+# call subject -> route: bounded, so subjects a sender makes up cannot grow it for ever
+_MAX_ROUTES = 65_536
+
+
+class Intake:
+    """Turns received messages into commands for the host's scheduler."""
+
+    __slots__ = ("_host", "_routes")
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+        self._routes: dict[str, tuple[int, str, str]] = {}  # call subject -> partition, type, id
+
+    def parse(
+        self,
+        kind: Kind,
+        subject: str,
+        headers: Mapping[str, str] | None,
+        data: bytes,
+        reply: str | None,
+        route: tuple[int, str, str],
+        *,
+        deliveries: int | None = None,
+        stream_seq: int | None = None,
+    ) -> Command:
+        host = self._host
+        partition, agent_type, agent_id = route
+        return parse_command(
+            kind,
+            subject,
+            headers,
+            data,
+            reply=reply,
+            agent_type=agent_type,
+            agent_id=agent_id,
+            partition=partition,
+            received=host.clock.monotonic(),
+            cepoch=host.cepoch,
+            reply_prefixes=host.settings.reply_prefixes,
+            deliveries=deliveries,
+            stream_seq=stream_seq,
+        )
+
+    async def on_pull_msg(self, subject: str, headers: Mapping[str, str] | None, data: bytes, reply: str) -> None:
+        """A message on the pull inbox: a status about one of our pull requests, or a command."""
+        host = self._host
+        if not reply:  # a status about one of our pull requests, sent to its inbox
+            host._pull_status(subject, headers)
+            return
+        # a command; JetStream delivers it under its stored subject <root>.p.<partition>.<type>.<id>
+        parts = subject.split(".")
+        if len(parts) < 5 or not parts[-3].isdigit():
+            return
+        partition = int(parts[-3])
+        puller = host.partitions.get(partition)
+        if puller is None:
+            await host.nc.publish(reply, b"-NAK")
+            return
+        puller.received()
+        if headers:
+            pin = headers.get("Nats-Pin-Id")
+            if pin:
+                puller.pin_id = pin
+        cmd = self.parse(Kind.STREAM, subject, headers, data, reply, (partition, parts[-2], parts[-1]))
+        if host._stopping:
+            host._track(cmd)
+            await host._nak(cmd, 0.0)
+            host._untrack(cmd)
+            return
+        if len(data) > host.settings.max_payload_bytes:
+            self.refuse_oversized(cmd)
+            return
+        host._dispatch(cmd)
+
+    def route_of(self, subject: str) -> tuple[int, str, str]:
+        """(partition, agent type, agent id) of a call subject, remembered for the next call."""
+        route = self._routes.get(subject)
+        if route is None:
+            parts = subject.split(".")
+            if not (is_valid_token(parts[-2]) and is_valid_token(parts[-1])):
+                partition = 0  # the owner of partition 0 answers for unroutable subjects
+            else:
+                partition = partition_of(parts[-2], parts[-1], self._host.settings.partitions)
+            route = (partition, parts[-2], parts[-1])
+            if len(self._routes) >= _MAX_ROUTES:
+                self._routes.clear()
+            self._routes[subject] = route
+        return route
+
+    async def on_call(self, subject: str, headers: Mapping[str, str] | None, data: bytes, reply: str) -> None:
+        host = self._host
+        route = self.route_of(subject)
+        partition = route[0]
+        if partition not in host._owned_set:
+            coord = host.coordinator
+            moving_here = (
+                coord is not None
+                and coord.ring is not None
+                and not host._stopping
+                and coord.ring.owners[partition] == host.settings.host_id
+            )
+            if reply and moving_here:
+                # ours by the ring, not started yet (the previous owner is handing it
+                # over): say so, so the caller retries instead of timing out
+                err = Unavailable("the agent's partition is moving to this host; retry", details={"applied": False})
+                await host._publish_reply(reply, encode_error(err), {}, None)
+            return
+        coord = host.coordinator
+        if coord is not None and host.clock.monotonic() - coord.last_heartbeat_ok > host.settings.member_ttl_s:
+            # we have not reached the cluster for a whole TTL (paused, cut off): our
+            # partitions may be someone else's by now; do not answer from memory
+            if reply:
+                err = Unavailable("this host lost touch with the cluster; retry", details={"applied": False})
+                await host._publish_reply(reply, encode_error(err), {}, None)
+            return
+        cmd = self.parse(Kind.CALL, subject, headers, data, reply, route)
+        size = len(data)
+        s = host.settings
+        if host._inflight_count >= s.max_inflight or host._inflight_bytes + size > s.max_inflight_bytes:
+            if reply:
+                err = Unavailable("host overloaded, retry", details={"applied": False})
+                await host._publish_reply(reply, encode_error(err), {}, None)
+            return
+        if size > s.max_payload_bytes:
+            self.refuse_oversized(cmd)
+            return
+        host._dispatch(cmd)
+
+    def refuse_oversized(self, cmd: Command) -> None:
+        """A body over ``max_payload_bytes``: refused as it arrives, never queued for its
+        agent nor parsed; dead-lettered (bounded) and answered ``payload_too_large``."""
+        host = self._host
+        size, limit = len(cmd.body), host.settings.max_payload_bytes
+        host._track(cmd)  # its bytes count against max_inflight_bytes until the refusal is done
+        err = PayloadTooLarge(f"payload of {size} bytes exceeds the limit of {limit}")
+        host._side(host._reject_unrouted(cmd, err))

@@ -1,0 +1,30 @@
+"""The host's KV buckets (snapshots, agent metadata) as its ``Bucket`` port, over nats-py's
+KeyValue (``jetagents._host.ports``)."""
+
+from __future__ import annotations
+
+from nats.aio.client import Client as NATS
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+
+class KvBucket:
+    """One KV bucket. Errors other than an absent key are nats-py's, unchanged: what a
+    failed read means (retry, give up) is the caller's decision."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    @classmethod
+    async def open(cls, nc: NATS, bucket: str, timeout_s: float) -> KvBucket:
+        return cls(await nc.jetstream(timeout=timeout_s).key_value(bucket))
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError:  # absent, or a delete marker (KeyDeletedError)
+            return None
+        return entry.value or b""
+
+    async def put(self, key: str, value: bytes) -> int:
+        return await self._kv.put(key, value)

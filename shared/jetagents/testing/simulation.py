@@ -1,0 +1,530 @@
+"""Deterministic simulation of a cluster of hosts (TigerBeetle's VOPR, for jetagents).
+
+N hosts share one in-memory world (``simworld.World``: the event stream, the command work
+queue, buckets, the cluster store) on one ``ManualClock``. Each host is built by a
+``NodeFactory`` from ports that pass through its own faults; ``simhost`` builds one from the
+host's real parts. One seed drives everything: which command is delivered to which host,
+when a host's coordinator runs, and the faults:
+
+* a crash (the host's tasks are cancelled, its memory lost; it restarts later, empty, and
+  rebuilds what it needs from the log),
+* a pause (a paused host's calls wait; it wakes with whatever it read before, a claim that
+  may have passed to another host, a stale log position, and must be fenced), including a
+  pause that catches a host between computing a commit and writing it,
+* lost acknowledgements (the command comes again after it was applied: exactly once must
+  hold through the dedup record), lost replies to writes that landed, a host cut off from
+  the server, lost heartbeats, an outage of the server for everyone,
+* ring changes: hosts join, drain and leave.
+
+After every step the invariants are checked (``Invariants``): in each agent's log the commit
+numbers run 1..k without a gap, no command id appears twice, the writers' claims never
+decrease (no write after a newer owner's) and one claim belongs to one host; no two hosts
+acquired one partition's claim at one ring epoch; every command acknowledged with ``+ACK`` is
+in its agent's log. At the end the faults stop; every command sent must end up in its
+agent's log exactly once.
+
+Everything that happens goes into one history (deliveries, appends with their sequence,
+acknowledgements, ring epochs, faults); two runs of one seed produce the same history,
+compared whole. To replay a failing seed: ``await Simulation(seed, factory, config).run()``
+with the seed and config the failure printed; the history shows what led to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from .._client.command import OutboundCommand, SendOptions
+from .._core.errors import JetAgentsError
+from .._core.ids import AgentId, partition_of
+from .._core.wire import H_COMMAND_ID, H_HOST, Subjects
+from .._host.coordination import CasConflict, ClusterConfig, Coordinator
+from .._host.ports import Bucket, EventStream, Publisher
+from .clock import ManualClock, wait_all_blocked
+from .simworld import FaultyBucket, FaultyEventStream, FaultyPublisher, FaultyStore, HostFaults, World
+from .streams import QueuedCommand
+
+__all__ = ["Delivered", "Invariants", "NodePorts", "SimConfig", "SimNode", "SimResult", "Simulation", "Violation"]
+
+SUBJECTS = Subjects()
+
+
+class Violation(AssertionError):
+    """An invariant does not hold: the message names it, the run's history shows why."""
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    hosts: int = 3
+    max_hosts: int = 5
+    partitions: int = 8
+    agents: int = 24
+    agent_type: str = "counter"
+    rounds: int = 300
+    quiet_rounds: int = 240  # after the faults stop: time for every command to be applied
+    dt_s: float = 0.25
+    deliveries_per_round: int = 4
+    sends_per_round: float = 1.5
+    resend_p: float = 0.05  # a client re-sends a command under the same id (outside the window)
+    fault_p: float = 0.06  # per round
+    ack_wait_s: float = 2.0
+    duplicate_window_s: float = 120.0
+    heartbeat_s: float = 0.5
+    member_ttl_s: float = 3.0
+    lease_ttl_s: float = 3.0
+    # out of reach: a claim freed only by waiting this out would never settle in time
+    handoff_timeout_s: float = 10_000.0
+    faults: tuple[str, ...] = (
+        "crash",
+        "pause",
+        "pause_at_append",
+        "lost_ack",
+        "lost_reply",
+        "cut",
+        "drop_heartbeat",
+        "stale_ring",
+        "outage",
+        "join",
+        "drain",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A command as the command stream hands it to a host."""
+
+    subject: str
+    data: bytes
+    headers: Mapping[str, str]
+    ack: str  # where +ACK / -NAK / +TERM / +WPI go
+    deliveries: int
+    stream_seq: int
+    partition: int
+
+
+@dataclass
+class NodePorts:
+    """What a host is built from: its id, the clock, and its faulty view of the world."""
+
+    host_id: str
+    clock: ManualClock
+    events: EventStream
+    snapshots: Bucket
+    meta: Bucket
+    publisher: Publisher
+    store: FaultyStore
+    cluster: ClusterConfig
+    partitions: int
+    subjects: Subjects
+
+
+class SimNode(Protocol):
+    """A host under simulation. It is the coordinator's hooks (start/stop partition)."""
+
+    coordinator: Coordinator
+
+    def serves(self, partition: int) -> bool: ...
+
+    async def handle(self, delivery: Delivered) -> None:
+        """Take one delivered command to its answer (published to ``delivery.ack``)."""
+        ...
+
+    def crash(self) -> None:
+        """Cancel every task the host runs (its process died)."""
+        ...
+
+
+NodeFactory = Callable[[NodePorts], SimNode]
+
+
+@dataclass
+class _Host:
+    id: str
+    node: SimNode
+    faults: HostFaults
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    alive: bool = True
+    draining: bool = False
+    restart_at: float | None = None
+    coordinating: asyncio.Task[None] | None = None
+
+    def running(self) -> bool:
+        return self.alive and not self.faults.crashed and self.faults.running.is_set()
+
+
+@dataclass
+class SimResult:
+    seed: int
+    steps: int
+    rounds: int
+    history: list[tuple[Any, ...]]
+    faults: dict[str, int]
+    commands: int
+    commits: int
+
+
+class Invariants:
+    """The checks run after every step, incrementally (each reads only what is new)."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self._events_seen = 0
+        self._store_seen = 0
+        self._history_seen = 0
+        self.logs: dict[str, tuple[int, int]] = {}  # subject -> (last n, largest writer claim)
+        self.logged: dict[str, set[str]] = {}  # subject -> command ids in its log
+        self.claim_host: dict[tuple[str, int], str] = {}  # (subject, claim) -> writer
+        self.claims_seen: dict[tuple[int, int], str] = {}  # (partition, ring epoch) -> host
+        self.subject_of_seq: dict[int, tuple[str, str]] = {}  # command stream seq -> (evt subject, id)
+
+    def check(self) -> None:
+        msgs = self.world.events.messages
+        for m in msgs[self._events_seen :]:
+            c = orjson.loads(m.data)
+            n, cmd, own = int(c["n"]), str(c["cmd"]), int(c.get("own", 0))
+            host = m.headers.get(H_HOST, "?")
+            last_n, top = self.logs.get(m.subject, (0, 0))
+            if n != last_n + 1:
+                raise Violation(f"{m.subject}: commit {n} after {last_n} (seq {m.seq}, by {host}): a gap")
+            cmds = self.logged.setdefault(m.subject, set())
+            if cmd in cmds:
+                raise Violation(f"{m.subject}: command {cmd} applied twice (again at seq {m.seq}, by {host})")
+            if own < top:
+                raise Violation(f"{m.subject}: {host} wrote with claim {own} after a newer owner's {top} (seq {m.seq})")
+            writer = self.claim_host.setdefault((m.subject, own), host)
+            if writer != host:
+                raise Violation(f"{m.subject}: claim {own} used by {writer} and {host}")
+            cmds.add(cmd)
+            self.logs[m.subject] = (n, max(top, own))
+        self._events_seen = len(msgs)
+        history = self.world.store.history
+        for key, value, _rev in history[self._store_seen :]:
+            if key.startswith("claim.") and value.get("host"):
+                slot = (int(key.split(".")[1]), int(value["epoch"]))
+                holder = self.claims_seen.setdefault(slot, value["host"])
+                if holder != value["host"]:
+                    raise Violation(f"{holder} and {value['host']} claimed partition {slot[0]} at epoch {slot[1]}")
+            elif key == "ring":
+                self.world.record("ring", value.get("epoch"), tuple(value.get("owners", ())))
+        self._store_seen = len(history)
+        for event in self.world.history[self._history_seen :]:
+            # (time, "ack", host, stream seq, answer, what the stream did)
+            if event[1] == "ack" and event[5] == "ack" and event[4] == b"+ACK":
+                subject, cmd_id = self.subject_of_seq[event[3]]
+                if cmd_id not in self.logged.get(subject, ()):
+                    raise Violation(f"{event[2]} acknowledged command {cmd_id} but it is not in {subject}")
+        self._history_seen = len(self.world.history)
+
+
+class Simulation:
+    """One seeded run: ``await Simulation(seed, factory).run()``."""
+
+    def __init__(self, seed: int, factory: NodeFactory, config: SimConfig | None = None) -> None:
+        self.seed = seed
+        self.cfg = cfg = config or SimConfig()
+        self.factory = factory
+        self.rnd = random.Random(seed)
+        self.clock = ManualClock()
+        self.world = World(self.clock, ack_wait_s=cfg.ack_wait_s, duplicate_window_s=cfg.duplicate_window_s)
+        self.invariants = Invariants(self.world)
+        self.cluster = ClusterConfig(
+            partitions=cfg.partitions,
+            heartbeat_s=cfg.heartbeat_s,
+            member_ttl_s=cfg.member_ttl_s,
+            lease_ttl_s=cfg.lease_ttl_s,
+            tick_s=cfg.dt_s,
+        )
+        self.cluster.max_moves = 4
+        self.cluster.handoff_timeout_s = cfg.handoff_timeout_s
+        self.hosts: list[_Host] = []
+        self.next_host = 0
+        self.steps = 0
+        self.rounds = 0
+        self.counts = dict.fromkeys(cfg.faults, 0)
+        self.sent: dict[str, str] = {}  # command id -> event subject
+        self._next_cmd = 0
+
+    # -- hosts ---------------------------------------------------------------------------
+    def _start_host(self, host_id: str | None = None) -> _Host:
+        if host_id is None:
+            host_id = f"h{self.next_host}"
+            self.next_host += 1
+        faults = HostFaults(rnd=random.Random(self.rnd.random()))
+        w = self.world
+        ports = NodePorts(
+            host_id=host_id,
+            clock=self.clock,
+            events=FaultyEventStream(w, host_id, faults),
+            snapshots=FaultyBucket(w, host_id, faults, w.snapshots),
+            meta=FaultyBucket(w, host_id, faults, w.meta),
+            publisher=FaultyPublisher(w, host_id, faults),
+            store=FaultyStore(w, host_id, faults),
+            cluster=self.cluster,
+            partitions=self.cfg.partitions,
+            subjects=SUBJECTS,
+        )
+        host = _Host(host_id, self.factory(ports), faults)
+        self.hosts.append(host)
+        w.record("start", host_id)
+        return host
+
+    def _crash(self, host: _Host, restart_after_s: float | None) -> None:
+        host.faults.crashed = True
+        host.faults.running.set()  # a paused host's waiting calls see the crash
+        host.node.crash()
+        for task in host.tasks:
+            task.cancel()
+        host.alive = False
+        if restart_after_s is not None:
+            host.restart_at = self.clock.monotonic() + restart_after_s
+
+    def _spawn(self, host: _Host, coro: Any, what: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        host.tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            host.tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.world.record("task_failed", host.id, what, repr(t.exception()))
+
+        task.add_done_callback(done)
+        return task
+
+    # -- commands ------------------------------------------------------------------------
+    def _send(self, cmd_id: str | None = None, agent_no: int | None = None) -> None:
+        cfg = self.cfg
+        if cmd_id is None:
+            self._next_cmd += 1
+            cmd_id = f"k{self._next_cmd}"
+            agent_no = self.rnd.randrange(cfg.agents)
+        assert agent_no is not None
+        agent = AgentId(cfg.agent_type, f"a{agent_no}")
+        out = OutboundCommand.build(
+            agent,
+            "increment",
+            {"by": 1 + agent_no % 3},
+            SendOptions(command_id=cmd_id),
+            subjects=SUBJECTS,
+            timeout_s=30.0,
+            limit_bytes=64 * 1024,
+            new_id=lambda: cmd_id,
+            wall_ms=self.clock.wall_ms(),
+        )
+        p = partition_of(agent.type, agent.id, cfg.partitions)
+        stored = f"{SUBJECTS.root}.p.{p}.{agent.type}.{agent.id}"
+        seq = self.world.commands.publish(stored, out.body, out.headers, p)
+        subject = SUBJECTS.evt(agent.type, agent.id)
+        self.sent[cmd_id] = subject
+        self.invariants.subject_of_seq[seq] = (subject, cmd_id)
+        self.world.record("send", cmd_id, seq, agent.id)
+
+    def _deliver(self, to: _Host | None = None) -> bool:
+        ready = self.world.commands.ready()
+        if to is not None:
+            ready = [c for c in ready if to.node.serves(c.partition)]
+        if not ready:
+            return False
+        cmd = ready[self.rnd.randrange(len(ready))]
+        takers = [to] if to is not None else [h for h in self.hosts if h.running() and h.node.serves(cmd.partition)]
+        if not takers:
+            return False
+        host = takers[self.rnd.randrange(len(takers))]
+        self._hand(host, cmd)
+        return True
+
+    def _hand(self, host: _Host, cmd: QueuedCommand) -> None:
+        ack = self.world.commands.deliver(cmd)
+        self.world.record("deliver", host.id, cmd.seq, cmd.deliveries)
+        d = Delivered(cmd.subject, cmd.data, cmd.headers, ack, cmd.deliveries, cmd.seq, cmd.partition)
+        self._spawn(host, host.node.handle(d), "handle")
+
+    def _coordinate(self, host: _Host) -> None:
+        # a task of the host's, as in a host: a pause can catch it half way through a round
+        if host.coordinating is None or host.coordinating.done():
+            host.coordinating = self._spawn(host, self._round_of(host), "coordinator")
+
+    async def _round_of(self, host: _Host) -> None:
+        try:
+            await host.node.coordinator.step()
+        except (JetAgentsError, CasConflict):
+            pass  # the coordinator's own loop logs and carries on the same way
+        coord = host.node.coordinator
+        if host.draining and not coord.held and not coord.releasing and not coord.assigned() and coord.ring:
+            await coord.leave()
+            self.world.record("left", host.id)
+            self._crash(host, None)
+
+    # -- faults --------------------------------------------------------------------------
+    async def _fault(self) -> None:
+        now = self.clock.monotonic()
+        live = [h for h in self.hosts if h.running() and not h.draining]
+        if not live:
+            return
+        kind = self.cfg.faults[self.rnd.randrange(len(self.cfg.faults))]
+        victim = live[self.rnd.randrange(len(live))]
+        f = victim.faults
+        if kind == "crash" and len(live) > 1:
+            self._crash(victim, self.rnd.uniform(1.0, 6.0))
+        elif kind == "pause":  # past the lease and the member TTL, then back
+            # with commands in hand: they run when it wakes, before its coordinator notices
+            for _ in range(self.rnd.randrange(4)):
+                self._deliver(to=victim)
+            f.running.clear()
+            f.paused_until = now + self.rnd.uniform(0.5, 7.0)
+        elif kind == "pause_at_append":
+            f.pause_at_append_s = self.rnd.uniform(3.5, 8.0)
+        elif kind == "lost_ack":
+            f.lost_ack_until = now + self.rnd.uniform(1.0, 6.0)
+        elif kind == "lost_reply":
+            f.lost_reply_until = now + self.rnd.uniform(1.0, 6.0)
+        elif kind == "cut":
+            f.cut_until = now + self.rnd.uniform(1.0, 5.0)
+        elif kind == "drop_heartbeat":
+            f.no_heartbeat_until = now + self.rnd.uniform(1.0, 4.5)
+        elif kind == "stale_ring":
+            f.stale_ring = await self.world.store.get("ring")
+            f.stale_ring_until = now + self.rnd.uniform(1.0, 10.0)
+        elif kind == "outage":  # the server's leader paused: nobody reaches it
+            until = now + self.rnd.uniform(3.5, 8.0)
+            for h in self.hosts:
+                h.faults.cut_until = max(h.faults.cut_until, until)
+        elif kind == "join" and len(live) < self.cfg.max_hosts:
+            self._start_host()
+        elif kind == "drain" and len(live) > 1:
+            victim.draining = True
+            victim.node.coordinator.draining = True
+        else:
+            return
+        self.counts[kind] += 1
+        self.world.record("fault", kind, victim.id)
+
+    def _wake(self) -> None:
+        now = self.clock.monotonic()
+        for h in list(self.hosts):
+            f = h.faults
+            if h.alive and not f.running.is_set() and now >= f.paused_until:
+                f.running.set()
+                self.world.record("resume", h.id)
+            if h.restart_at is not None and now >= h.restart_at:
+                h.restart_at = None
+                self.world.record("restart", h.id)
+                self._start_host(h.id)
+
+    def _calm(self) -> None:
+        for h in self.hosts:
+            f = h.faults
+            f.cut_until = f.lost_reply_until = f.lost_ack_until = f.no_heartbeat_until = 0.0
+            f.pause_at_append_s = f.paused_until = f.stale_ring_until = 0.0
+            if h.restart_at is not None:
+                h.restart_at = 0.0
+
+    # -- the run -------------------------------------------------------------------------
+    async def _step(self, action: Callable[[], Any]) -> None:
+        result = action()
+        if asyncio.iscoroutine(result):
+            await result
+        self.steps += 1
+        await wait_all_blocked()
+        self.invariants.check()
+
+    async def round(self, faulty: bool) -> None:
+        cfg = self.cfg
+        self.clock.advance(cfg.dt_s)
+        self.rounds += 1
+        self._wake()
+        if faulty and self.rnd.random() < cfg.fault_p:
+            await self._step(self._fault)
+        actions: list[Callable[[], Any]] = []
+        for h in self.hosts:
+            if h.running():
+                actions.append(lambda h=h: self._coordinate(h))  # type: ignore[misc]
+        actions += [self._deliver] * cfg.deliveries_per_round
+        if faulty:
+            sends = int(cfg.sends_per_round) + (self.rnd.random() < cfg.sends_per_round % 1)
+            for _ in range(sends):
+                if self.sent and self.rnd.random() < cfg.resend_p:
+                    cmd_id = sorted(self.sent)[self.rnd.randrange(len(self.sent))]
+                    agent_no = int(self.sent[cmd_id].rsplit(".a", 1)[1])
+                    actions.append(lambda c=cmd_id, a=agent_no: self._send(c, a))  # type: ignore[misc]
+                else:
+                    actions.append(self._send)
+        self.rnd.shuffle(actions)
+        for action in actions:
+            await self._step(action)
+
+    async def run(self) -> SimResult:
+        cfg = self.cfg
+        for _ in range(cfg.hosts):
+            self._start_host()
+        try:
+            for _ in range(cfg.rounds):
+                await self.round(faulty=True)
+            self._calm()
+            for _ in range(cfg.quiet_rounds):
+                await self.round(faulty=False)
+                if not self.world.commands.pending() and self._all_applied() and await self.settled():
+                    self.world.record("settled", self.rounds)
+                    break
+            self._check_end()
+        except Violation as v:
+            # what replays it: the seed and the config; what led to it: the end of the history
+            tail = "\n  ".join(repr(e) for e in self.world.history[-25:])
+            raise Violation(
+                f"seed {self.seed}, step {self.steps}, round {self.rounds}: {v}\n"
+                f"replay: Simulation({self.seed}, factory, {self.cfg!r}).run()\nlast events:\n  {tail}"
+            ) from None
+        finally:
+            for h in self.hosts:
+                if h.alive:
+                    self._crash(h, None)
+            await wait_all_blocked()
+        return SimResult(
+            self.seed,
+            self.steps,
+            self.rounds,
+            self.world.history,
+            self.counts,
+            len(self.sent),
+            len(self.world.events.messages),
+        )
+
+    def _all_applied(self) -> bool:
+        logged = self.invariants.logged
+        return all(cmd in logged.get(subject, ()) for cmd, subject in self.sent.items())
+
+    async def settled(self) -> bool:
+        """Every live host sees one ring, and each partition is claimed and served by exactly
+        the live host it names."""
+        live = [h for h in self.hosts if h.alive]
+        rings = {h.node.coordinator.ring.epoch if h.node.coordinator.ring else -1 for h in live}
+        ring = live[0].node.coordinator.ring if live else None
+        if len(rings) != 1 or ring is None:
+            return False
+        claims = await self.world.store.scan("claim.")
+        names = {h.id for h in live}
+        for p, owner in enumerate(ring.owners):
+            claim = claims.get(f"claim.{p}")
+            if owner not in names or claim is None or claim.value["host"] != owner:
+                return False
+            if [h.id for h in live if h.node.serves(p)] != [owner]:
+                return False
+        return True
+
+    def _check_end(self) -> None:
+        if not self.world.history or self.world.history[-1][1] != "settled":
+            raise Violation(f"the cluster did not settle in {self.cfg.quiet_rounds} rounds after the faults stopped")
+        left = self.world.commands.pending()
+        if left:
+            raise Violation(f"{len(left)} commands never acknowledged after the faults stopped: {left[:3]}")
+        logged = self.invariants.logged
+        dead = {m.headers.get(H_COMMAND_ID) for m in self.world.dead_letters.messages}
+        lost = sorted(
+            cmd for cmd, subject in self.sent.items() if cmd not in logged.get(subject, ()) and cmd not in dead
+        )
+        if lost:
+            raise Violation(f"{len(lost)} commands acknowledged or gone but never applied: {lost[:5]}")

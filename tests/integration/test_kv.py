@@ -1,0 +1,61 @@
+"""The KV primitives of the adapter (``jetagents._nats.kv``) against a real nats-server: what
+the shared state and the cluster coordinator build their reads and compare-and-set on."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from jetagents import NatsServer
+from jetagents._nats.api import connect
+from jetagents._nats.kv import (
+    ERR_WRONG_LAST_SEQUENCE,
+    KvConflict,
+    ensure_stream,
+    kv_subject,
+    last_by_subject,
+    publish_expecting,
+    stream_info,
+)
+
+BUCKET = "kvtest"
+CONFIG = {
+    "name": f"KV_{BUCKET}",
+    "subjects": [f"$KV.{BUCKET}.>"],
+    "max_msgs_per_subject": 1,
+    "discard": "new",
+    "allow_direct": True,
+    "num_replicas": 1,
+    "storage": "file",
+}
+
+
+async def test_ensure_read_and_compare_and_set(nats_server: NatsServer) -> None:
+    nc = await connect(nats_server.url, name="kv-test")
+    try:
+        # several processes may ensure at once: every one succeeds, one stream results
+        await asyncio.gather(*(ensure_stream(nc, CONFIG, 5.0) for _ in range(4)))
+        await ensure_stream(nc, {**CONFIG, "max_msgs_per_subject": 5}, 5.0)  # existing: left as it is
+        info = await stream_info(nc, CONFIG["name"], 5.0)
+        assert info["config"]["max_msgs_per_subject"] == 1
+
+        subject = kv_subject(BUCKET, "a.b")
+        assert subject == "$KV.kvtest.a.b"
+        assert await last_by_subject(nc, CONFIG["name"], subject, 5.0) is None
+
+        ack = await publish_expecting(nc, subject, b'{"n":1}', 5.0, expected_rev=0)
+        first = int(ack["seq"])
+        entry = await last_by_subject(nc, CONFIG["name"], subject, 5.0)
+        assert entry is not None and (entry.data, entry.revision, entry.deleted) == (b'{"n":1}', first, False)
+
+        with pytest.raises(KvConflict) as err:  # created already: revision 0 is stale
+            await publish_expecting(nc, subject, b'{"n":2}', 5.0, expected_rev=0)
+        assert err.value.err_code == ERR_WRONG_LAST_SEQUENCE
+        ack = await publish_expecting(nc, subject, b'{"n":2}', 5.0, expected_rev=first, headers={"Nats-Msg-Id": "x"})
+        assert int(ack["seq"]) > first
+        ack = await publish_expecting(nc, subject, b"", 5.0, headers={"KV-Operation": "DEL"})  # unconditional
+        entry = await last_by_subject(nc, CONFIG["name"], subject, 5.0)
+        assert entry is not None and entry.deleted and entry.revision == int(ack["seq"])
+    finally:
+        await nc.drain()

@@ -1,0 +1,207 @@
+"""One suite, two event streams: the in-memory ``MemoryEventStream`` the simulation runs the
+host over, and JetStream on a real nats-server. Every assertion runs against both, so the
+memory model answers as the server does (faststream runs its broker suite the same way).
+
+What the suite pins (nats-server 2.15): the expected last subject sequence is checked before
+the duplicate window, so a stale duplicate is refused rather than answered ``duplicate``; a
+duplicate id is recognised across subjects; a refused append records no id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+
+import nats
+import orjson
+import pytest
+from nats.aio.client import Client as NATS
+
+from jetagents import NatsServer, PayloadTooLarge
+from jetagents._host.ports import Appended, EventStream, StoredMessage, WrongLastSequence
+from jetagents._nats.api import ERR_MSG_SIZE, ERR_WRONG_LAST_SEQUENCE
+from jetagents.testing import ManualClock, MemoryEventStream
+
+STREAM = "EVT"
+WINDOW_S = 1.0
+MAX_MSG_BYTES = 64 * 1024
+
+
+class _ServerStream:
+    """The port over a real server, written here with plain nats-py requests until the
+    host's JetStream adapter implements ``EventStream`` (then the suite runs that instead)."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+
+    async def append(
+        self, subject: str, body: bytes, headers: Mapping[str, str], *, expected_last_subject_seq: int
+    ) -> Appended:
+        hdrs = {**headers, "Nats-Expected-Last-Subject-Sequence": str(expected_last_subject_seq)}
+        ack = orjson.loads((await self.nc.request(subject, body, timeout=5, headers=hdrs)).data)
+        err = ack.get("error")
+        if err and err["err_code"] == ERR_WRONG_LAST_SEQUENCE:
+            raise WrongLastSequence(err["description"])
+        if err and err["err_code"] == ERR_MSG_SIZE:
+            raise PayloadTooLarge(err["description"])
+        assert not err, err
+        return Appended(int(ack["seq"]), bool(ack.get("duplicate")))
+
+    async def _get(self, query: dict[str, object]) -> list[StoredMessage]:
+        msg = await self.nc.request(f"$JS.API.DIRECT.GET.{STREAM}", orjson.dumps(query), timeout=5)
+        if msg.headers and msg.headers.get("Status") == "404":
+            return []
+        hdrs = dict(msg.headers or {})
+        return [StoredMessage(int(hdrs["Nats-Sequence"]), hdrs["Nats-Subject"], msg.data, hdrs)]
+
+    async def read_subject(self, subject: str, start_seq: int, batch: int) -> list[StoredMessage]:
+        out: list[StoredMessage] = []
+        seq = start_seq
+        while len(out) < batch:
+            got = await self._get({"seq": seq, "next_by_subj": subject})
+            if not got:
+                break
+            out += got
+            seq = got[0].seq + 1
+        return out
+
+    async def last(self, subject: str) -> StoredMessage | None:
+        got = await self._get({"last_by_subj": subject})
+        return got[0] if got else None
+
+    async def at(self, seq: int) -> StoredMessage | None:
+        got = await self._get({"seq": seq})
+        return got[0] if got else None
+
+
+class Clocked:
+    """A stream under test and how to let its duplicate window pass."""
+
+    def __init__(self, stream: EventStream, clock: ManualClock | None) -> None:
+        self.stream, self.clock = stream, clock
+
+    async def let_window_pass(self) -> None:
+        if self.clock is not None:
+            self.clock.advance(WINDOW_S + 0.1)
+        else:
+            await asyncio.sleep(WINDOW_S + 1.0)  # the server prunes ids on a timer
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[NatsServer]:
+    s = NatsServer(data_dir=tmp_path / "nats", name="contract")
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(params=["memory", "jetstream"])
+async def subject_of(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Clocked]:
+    if request.param == "memory":
+        clock = ManualClock()
+        yield Clocked(
+            MemoryEventStream(clock, name=STREAM, duplicate_window_s=WINDOW_S, max_msg_bytes=MAX_MSG_BYTES), clock
+        )
+        return
+    server: NatsServer = request.getfixturevalue("server")
+    nc = await nats.connect(server.url)
+    try:
+        await nc.jetstream().add_stream(
+            name=STREAM,
+            subjects=["evt.>"],
+            duplicate_window=WINDOW_S,
+            allow_direct=True,
+            max_msg_size=MAX_MSG_BYTES,
+        )
+        yield Clocked(_ServerStream(nc), None)
+    finally:
+        await nc.close()
+
+
+def _id(msg_id: str) -> dict[str, str]:
+    return {"Nats-Msg-Id": msg_id}
+
+
+async def test_sequences_are_stream_wide_and_the_expectation_is_per_subject(subject_of: Clocked) -> None:
+    s = subject_of.stream
+    assert await s.append("evt.a", b"a1", {}, expected_last_subject_seq=0) == Appended(1, False)
+    assert await s.append("evt.b", b"b1", {}, expected_last_subject_seq=0) == Appended(2, False)
+    assert await s.append("evt.a", b"a2", {}, expected_last_subject_seq=1) == Appended(3, False)
+    with pytest.raises(WrongLastSequence):  # a subject that has messages is not empty
+        await s.append("evt.b", b"b2", {}, expected_last_subject_seq=0)
+    with pytest.raises(WrongLastSequence):  # an empty subject's last sequence is 0
+        await s.append("evt.c", b"c1", {}, expected_last_subject_seq=3)
+    with pytest.raises(WrongLastSequence):  # another subject's sequence does not count
+        await s.append("evt.a", b"a3", {}, expected_last_subject_seq=2)
+    assert await s.append("evt.b", b"b2", {}, expected_last_subject_seq=2) == Appended(4, False)
+
+
+async def test_a_duplicate_id_with_the_expectation_met_answers_the_original_sequence(subject_of: Clocked) -> None:
+    s = subject_of.stream
+    assert await s.append("evt.a", b"x", _id("m1"), expected_last_subject_seq=0) == Appended(1, False)
+    assert await s.append("evt.a", b"x", _id("m1"), expected_last_subject_seq=1) == Appended(1, True)
+    assert await s.append("evt.a", b"y", _id("m2"), expected_last_subject_seq=1) == Appended(2, False)
+    # the lost-ack case: the first append landed, a retry expects what the writer knew since
+    assert await s.append("evt.a", b"x", _id("m1"), expected_last_subject_seq=2) == Appended(1, True)
+    # the window is stream-wide: the id is known on another subject too
+    assert await s.append("evt.z", b"x", _id("m1"), expected_last_subject_seq=0) == Appended(1, True)
+    assert [m.data for m in await s.read_subject("evt.a", 1, 10)] == [b"x", b"y"]
+    assert await s.last("evt.z") is None
+
+
+async def test_the_expectation_is_checked_before_the_duplicate_window(subject_of: Clocked) -> None:
+    """A writer whose view is stale (it expects an older last sequence) is refused even
+    when its message id is a duplicate: it learns about the fence, not about its duplicate."""
+    s = subject_of.stream
+    await s.append("evt.a", b"x", _id("m1"), expected_last_subject_seq=0)
+    await s.append("evt.a", b"y", _id("m2"), expected_last_subject_seq=1)
+    with pytest.raises(WrongLastSequence):
+        await s.append("evt.a", b"x", _id("m1"), expected_last_subject_seq=0)
+
+
+async def test_a_refused_append_records_no_id(subject_of: Clocked) -> None:
+    s = subject_of.stream
+    await s.append("evt.a", b"x", {}, expected_last_subject_seq=0)
+    with pytest.raises(WrongLastSequence):
+        await s.append("evt.a", b"y", _id("m9"), expected_last_subject_seq=0)
+    assert await s.append("evt.a", b"y", _id("m9"), expected_last_subject_seq=1) == Appended(2, False)
+
+
+async def test_an_id_older_than_the_window_is_written_again(subject_of: Clocked) -> None:
+    s = subject_of.stream
+    await s.append("evt.a", b"x", _id("m1"), expected_last_subject_seq=0)
+    await subject_of.let_window_pass()
+    assert await s.append("evt.a", b"x", _id("m1"), expected_last_subject_seq=1) == Appended(2, False)
+
+
+async def test_reads_by_subject_last_and_sequence(subject_of: Clocked) -> None:
+    s = subject_of.stream
+    for i in range(5):
+        subject = "evt.a" if i % 2 == 0 else "evt.b"
+        last = await s.last(subject)
+        await s.append(subject, f"m{i}".encode(), {"K": str(i)}, expected_last_subject_seq=last.seq if last else 0)
+    a = await s.read_subject("evt.a", 1, 100)
+    assert [(m.seq, m.subject, m.data) for m in a] == [(1, "evt.a", b"m0"), (3, "evt.a", b"m2"), (5, "evt.a", b"m4")]
+    assert [m.seq for m in await s.read_subject("evt.a", 2, 100)] == [3, 5]
+    assert [m.seq for m in await s.read_subject("evt.a", 1, 2)] == [1, 3]
+    assert await s.read_subject("evt.a", 6, 100) == []
+    assert await s.read_subject("evt.none", 1, 100) == []
+    last_b = await s.last("evt.b")
+    assert last_b is not None and (last_b.seq, last_b.data) == (4, b"m3")
+    at = await s.at(2)
+    assert at is not None and (at.seq, at.subject, at.data) == (2, "evt.b", b"m1")
+    assert await s.at(99) is None
+    # read back with the headers it was stored with, and the server's own
+    assert at.headers["K"] == "1"
+    assert at.headers["Nats-Sequence"] == "2" and at.headers["Nats-Subject"] == "evt.b"
+    assert at.headers["Nats-Stream"] == STREAM and at.headers["Nats-Time-Stamp"]
+
+
+async def test_a_message_over_the_streams_limit_is_refused(subject_of: Clocked) -> None:
+    s = subject_of.stream
+    with pytest.raises(PayloadTooLarge):
+        await s.append("evt.a", b"x" * (MAX_MSG_BYTES + 1), {}, expected_last_subject_seq=0)
+    assert await s.append("evt.a", b"x", {}, expected_last_subject_seq=0) == Appended(1, False)
