@@ -8,6 +8,7 @@ host's pull loop) knows JetStream's JSON API.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -71,6 +72,30 @@ async def connect(url: str, *, name: str, connect_timeout_s: float = 5.0, **opts
             return nc
     except (OSError, TimeoutError, NatsTimeout, nats.errors.NoServersError) as exc:
         raise Unavailable(f"cannot connect to NATS at {url}: {exc or 'timed out'}") from None
+
+
+async def jetstream_answers(nc: NATS, timeout_s: float) -> bool:
+    """Does JetStream answer ``$JS.API.INFO`` without an error? (readiness probes)"""
+    try:
+        msg = await nc.request("$JS.API.INFO", b"", timeout=timeout_s)
+        return "error" not in orjson.loads(msg.data)
+    except Exception:  # noqa: BLE001 - timeouts, no responders, closed connection: not ready
+        return False
+
+
+async def stream_tail(nc: NATS, stream: str, limit: int, timeout_s: float) -> list[bytes]:
+    """The bodies of the newest ``limit`` messages of ``stream``, oldest first, read from the
+    stream leader one sequence at a time; deleted or expired ones are skipped."""
+    info = await js_api(nc, f"$JS.API.STREAM.INFO.{stream}", None, timeout_s)
+    last = int(info["state"]["last_seq"])
+    out: list[bytes] = []
+    for seq in range(max(int(info["state"]["first_seq"]), last - limit + 1), last + 1):
+        try:
+            resp = await js_api(nc, f"$JS.API.STREAM.MSG.GET.{stream}", {"seq": seq}, timeout_s)
+        except JetAgentsError:
+            continue
+        out.append(base64.b64decode(resp["message"].get("data") or b""))
+    return out
 
 
 def _no_responders(msg: Msg) -> bool:
