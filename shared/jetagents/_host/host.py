@@ -258,7 +258,6 @@ class Host:
         self._providers = (tracer_provider, meter_provider)
         self._tel = HostTelemetry(self, settings.host_id, tracer_provider, meter_provider)
         self.metrics = Metrics(self._tel)
-        self.stats = self.metrics.counts
         self.partitions = Partitions(
             settings,
             self.topology,
@@ -295,6 +294,11 @@ class Host:
     @property
     def _stopping(self) -> bool:
         return self.supervisor.stopping
+
+    @property
+    def stats(self) -> Mapping[str, int]:
+        """The host's counters (read-only; the health endpoint and ``jetagents status`` show them)."""
+        return self.metrics.stats
 
     @property
     def activations(self) -> OrderedDict[str, Activation]:
@@ -662,9 +666,8 @@ class Host:
     def _refuse_busy(self, act: Activation, work: Command, delay_s: float) -> None:
         # out of the host's in-flight count at once: a burst of refusals must not fill it
         self._untrack(work)
-        self.stats["agent_busy"] += 1
         aid = act.agent_id
-        self._tel.busy(aid.type, work.delivery_mode)
+        self.metrics.inc("agent_busy", agent_type=aid.type, delivery=work.delivery_mode)
         if work.durable:
             self._side(self._nak(work, delay_s))
             return
@@ -867,7 +870,7 @@ class Host:
             if self._stopping:
                 await self._nak(cmd, 0.0)  # hand it back to the next owner
                 return
-            self.stats["retries"] += 1
+            self.metrics.inc("retries")
             await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
 
     async def _attempt(
@@ -891,8 +894,7 @@ class Host:
         if cmd_id:
             record = act.records.get(cmd_id) if act.records else None
             if record is not None:
-                self.stats["duplicates"] += 1
-                self._tel.duplicate(act.agent_id.type, "record")
+                self.metrics.inc("duplicates", agent_type=act.agent_id.type, source="record")
                 out[H_DUPLICATE] = "true"
                 seq, ok, payload = record
                 if seq:
@@ -973,7 +975,7 @@ class Host:
                 await self._reject(cmd, act.agent_id, err, out)
                 return None
             except FencedError as err:
-                self.stats["fenced"] += 1
+                self.metrics.inc("fenced")
                 self._log.warning("append_fenced", agent=str(act.agent_id), cmd=cmd_id)
                 self.catalog.evict(act)  # rebuild from the log (with the other writer's commits)
                 return err, False
@@ -983,8 +985,7 @@ class Host:
             if duplicate:
                 # This command's commit is already in the log (its record had been
                 # evicted): do not apply it again; answer with what it answered then.
-                self.stats["duplicates"] += 1
-                self._tel.duplicate(act.agent_id.type, "log")
+                self.metrics.inc("duplicates", agent_type=act.agent_id.type, source="log")
                 first = await self._commit_at(seq)
                 out[H_DUPLICATE] = "true"
                 out[H_EVENT_SEQ] = str(seq)
@@ -1008,7 +1009,6 @@ class Host:
         """The action was cancelled at its limit (ADR 0036). Past the command's own deadline:
         ``deadline_exceeded``, acknowledged. Past the action's time limit: ``action_timeout``,
         at once (never retried in place), dead-lettered when durable."""
-        self.stats["action_timeouts"] += 1
         err: JetAgentsError
         if by_deadline:
             err = DeadlineExceeded(
@@ -1020,7 +1020,7 @@ class Host:
                 f"action {action!r} ran longer than {limit_s:g} s: cancelled, nothing applied",
                 details={"applied": False, "timeout_s": limit_s},
             )
-        self._tel.action_timed_out(act.agent_id.type, action, err.code)
+        self.metrics.inc("action_timeouts", agent_type=act.agent_id.type, action=action, error=err.code)
         self._log.warning("action_timed_out", agent=str(act.agent_id), action=action, limit_s=limit_s, code=err.code)
         if by_deadline or cmd.kind == CALL:
             await self._finish_err(cmd, err, out)
@@ -1037,7 +1037,7 @@ class Host:
 
     # -- outcomes --------------------------------------------------------------------------
     async def _finish_ok(self, cmd: Command, result: Any, hdrs: dict[str, str]) -> None:
-        self.stats["processed"] += 1
+        self.metrics.inc("processed")
         cmd.outcome = DUPLICATE if H_DUPLICATE in hdrs else OK
         if cmd.reply_to or cmd.reply_refused:
             await self._publish_reply(cmd.reply_to, encode_ok(result), hdrs, cmd)
@@ -1046,7 +1046,7 @@ class Host:
 
     async def _finish_err(self, cmd: Command, err: JetAgentsError, hdrs: dict[str, str]) -> None:
         """A legitimate outcome (domain refusal, deadline): answer and acknowledge."""
-        self.stats["processed"] += 1
+        self.metrics.inc("processed")
         cmd.outcome, cmd.error = ERROR, err.code
         if cmd.reply_to or cmd.reply_refused:
             await self._publish_reply(cmd.reply_to, encode_error(err), hdrs, cmd)
@@ -1078,9 +1078,9 @@ class Host:
         )
         stored, lasting = await self._store_dead_letter(self.subjects.dlq(type_tok, id_tok), dl)
         if stored:
-            self.stats["dead_letters"] += 1
             # a type no agent class declares is the sender's text: not a metric attribute
-            self._tel.dead_lettered(type_tok if type_tok in self.registry else "_unknown", err.code)
+            known = type_tok if type_tok in self.registry else "_unknown"
+            self.metrics.inc("dead_letters", agent_type=known, error=err.code)
             self._log.info("dead_lettered", subject=cmd.subject, code=err.code, reason=err.message)
         elif durable and not lasting and cmd.deliveries < self.settings.max_redeliveries:
             await self._nak(cmd, 1.0)  # keep it: try to dead-letter it again later
@@ -1089,7 +1089,7 @@ class Host:
             # given up: the command is terminated (a loop would block its agent for good);
             # the caller hears that nothing was applied, not the bad-input error whose
             # dead letter it could not find
-            self.stats["dead_letters_lost"] += 1
+            self.metrics.inc("dead_letters_lost")
             self._log.error("dead_letter_lost", subject=cmd.subject, code=err.code, reason=err.message)
             err = Unavailable(
                 f"the command was refused ({err.code}: {err.message}) but its dead letter could not be stored",
@@ -1174,7 +1174,7 @@ class Host:
                 span.end()
 
     def _reply_refused(self, reply_to: str) -> None:
-        self.stats["replies_refused"] += 1
+        self.metrics.inc("replies_refused")
         self._log.warning("reply_refused", reply_to=reply_to[:300].encode("unicode_escape").decode("ascii"))
 
     async def _ack(self, cmd: Command, what: bytes) -> None:
@@ -1185,7 +1185,7 @@ class Host:
                 self._log.debug("ack_failed", error=str(exc))
 
     async def _nak(self, cmd: Command, delay_s: float) -> None:
-        self.stats["naks"] += 1
+        self.metrics.inc("naks")
         cmd.outcome = REQUEUED
         payload = b"-NAK" if delay_s <= 0 else b"-NAK " + orjson.dumps({"delay": int(delay_s * NS)})
         await self._ack(cmd, payload)
