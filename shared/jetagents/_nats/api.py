@@ -8,33 +8,35 @@ host's pull loop) knows JetStream's JSON API.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import nats
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import MaxPayloadError, NoRespondersError
+from nats.errors import MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeout
 
 from .._core.errors import JetAgentsError, PayloadTooLarge, Unavailable
 from .._core.wire import Subjects
 from .conn import Connection
-from .inbox import Inbox
+from .inbox import Inbox, shared_inbox
 
-ERR_NO_MESSAGE = 10037
-ERR_WRONG_LAST_SEQUENCE = 10071
+# JetStream API error codes (``err_code``), each defined once for the library
+ERR_CONSUMER_NOT_FOUND: Final = 10014
+ERR_NO_MESSAGE: Final = 10037  # STREAM.MSG.GET: no message at (or after) that sequence or subject
+ERR_MSG_SIZE: Final = 10054
+ERR_STREAM_NOT_FOUND: Final = 10059
+ERR_WRONG_LAST_SEQUENCE: Final = 10071
+ERR_DUPLICATE_IN_PROCESS: Final = 10158  # "duplicate message id is in process": outcome not known yet
 # the clustered leader refused an expected-last-subject-sequence publish up front, because
 # another one for the subject is still in flight: read again, like a wrong last sequence
-ERR_LAST_SEQ_NOT_READY = 10164
-ERR_STREAM_NOT_FOUND = 10059
-ERR_CONSUMER_NOT_FOUND = 10014
-ERR_MSG_SIZE = 10054
-ERR_DUPLICATE_IN_PROCESS = 10158  # "duplicate message id is in process": outcome not known yet
-NS = 1_000_000_000
+ERR_LAST_SEQ_NOT_READY: Final = 10164
+NS: Final = 1_000_000_000
 
 
 class JSApiError(JetAgentsError):
@@ -73,6 +75,39 @@ async def connect(url: str, *, name: str, connect_timeout_s: float = 5.0, **opts
         raise Unavailable(f"cannot connect to NATS at {url}: {exc or 'timed out'}") from None
 
 
+async def jetstream_answers(nc: NATS, timeout_s: float) -> bool:
+    """Does JetStream answer ``$JS.API.INFO`` without an error? (readiness probes)"""
+    try:
+        msg = await nc.request("$JS.API.INFO", b"", timeout=timeout_s)
+        return "error" not in orjson.loads(msg.data)
+    except Exception:  # noqa: BLE001 - timeouts, no responders, closed connection: not ready
+        return False
+
+
+async def stream_info(nc: NATS, stream: str, timeout_s: float) -> dict[str, Any]:
+    return await js_api(nc, f"$JS.API.STREAM.INFO.{stream}", None, timeout_s)
+
+
+async def stream_tail(nc: NATS, stream: str, limit: int, timeout_s: float) -> list[bytes]:
+    """The bodies of the newest ``limit`` messages of ``stream``, oldest first, read from the
+    stream leader one sequence at a time; deleted or expired ones are skipped."""
+    info = await stream_info(nc, stream, timeout_s)
+    last = int(info["state"]["last_seq"])
+    out: list[bytes] = []
+    for seq in range(max(int(info["state"]["first_seq"]), last - limit + 1), last + 1):
+        try:
+            resp = await js_api(nc, f"$JS.API.STREAM.MSG.GET.{stream}", {"seq": seq}, timeout_s)
+        except JetAgentsError:
+            continue
+        out.append(base64.b64decode(resp["message"].get("data") or b""))
+    return out
+
+
+def _no_responders(msg: Msg) -> bool:
+    """The server's answer on an inbox when nobody listens on the subject."""
+    return bool(msg.headers) and (msg.headers or {}).get("Status") == "503"
+
+
 def _raise_api_error(resp: dict[str, Any]) -> None:
     err = resp.get("error")
     if err:
@@ -80,12 +115,13 @@ def _raise_api_error(resp: dict[str, Any]) -> None:
 
 
 async def js_api(nc: NATS, subject: str, payload: dict[str, Any] | None, timeout_s: float) -> dict[str, Any]:
+    inbox = await shared_inbox(nc)
     try:
-        msg = await nc.request(subject, orjson.dumps(payload) if payload is not None else b"", timeout=timeout_s)
-    except NoRespondersError:
-        raise Unavailable("JetStream is not available (no responders)") from None
-    except NatsTimeout:
+        msg = await inbox.request(subject, orjson.dumps(payload) if payload is not None else b"", None, timeout_s)
+    except TimeoutError:
         raise Unavailable(f"JetStream API {subject} timed out") from None
+    if _no_responders(msg):
+        raise Unavailable("JetStream is not available (no responders)")
     resp: dict[str, Any] = orjson.loads(msg.data)
     _raise_api_error(resp)
     return resp
@@ -95,20 +131,17 @@ async def js_publish(
     nc: NATS, subject: str, payload: bytes, headers: dict[str, str], timeout_s: float, inbox: Inbox | None = None
 ) -> dict[str, Any]:
     """Publish to a stream and return the PubAck (``stream``, ``seq``, ``duplicate``);
-    the PubAck comes back on ``inbox`` when one is given."""
+    the PubAck comes back on ``inbox``, or on the connection's shared inbox."""
+    if inbox is None:
+        inbox = await shared_inbox(nc)
     try:
-        if inbox is not None:
-            msg = await inbox.request(subject, payload, headers, timeout_s)
-        else:
-            msg = await nc.request(subject, payload, timeout=timeout_s, headers=headers)
-    except NoRespondersError:
-        raise Unavailable(f"no stream accepted {subject} (JetStream down or stream missing)") from None
-    except (NatsTimeout, TimeoutError):
+        msg = await inbox.request(subject, payload, headers, timeout_s)
+    except TimeoutError:
         raise Unavailable(f"publish to {subject} was not acknowledged in {timeout_s}s") from None
     except MaxPayloadError:  # over the server's max_payload: never retryable (ADR 0039)
         raise PayloadTooLarge(f"message of {len(payload)} bytes exceeds the server's max_payload") from None
-    if msg.headers and msg.headers.get("Status") == "503":
-        raise Unavailable(f"no stream accepted {subject}")
+    if _no_responders(msg):
+        raise Unavailable(f"no stream accepted {subject} (JetStream down or stream missing)")
     ack: dict[str, Any] = orjson.loads(msg.data)
     err = ack.get("error")
     if err and int(err.get("err_code", 0)) == ERR_MSG_SIZE:
@@ -232,6 +265,27 @@ class Topology:
         }
 
 
+def kv_bucket_config(bucket: str, replicas: int) -> dict[str, Any]:
+    """A KV bucket keeping one value per key, as nats-py's ``create_key_value`` makes it
+    (the snapshot and metadata buckets; ``_nats.kv.cluster_bucket_config`` builds on it)."""
+    return {
+        "name": f"KV_{bucket}",
+        "subjects": [f"$KV.{bucket}.>"],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": replicas,
+        "max_msgs_per_subject": 1,
+        "max_msgs": -1,
+        "max_consumers": -1,
+        "discard": "new",
+        "allow_rollup_hdrs": True,
+        "deny_delete": True,
+        "deny_purge": False,
+        "allow_msg_ttl": True,
+        "duplicate_window": 2 * 60 * NS,
+    }
+
+
 async def ensure_stream(
     nc: NATS, cfg: Mapping[str, Any], timeout_s: float, *, create_timeout_s: float | None = None
 ) -> dict[str, Any]:
@@ -239,7 +293,7 @@ async def ensure_stream(
     process may create it at the same moment, and an existing stream is left as it is)."""
     name = cfg["name"]
     try:
-        return await js_api(nc, f"$JS.API.STREAM.INFO.{name}", None, timeout_s)
+        return await stream_info(nc, name, timeout_s)
     except JSApiError as exc:
         if exc.err_code != ERR_STREAM_NOT_FOUND:
             raise
@@ -248,7 +302,7 @@ async def ensure_stream(
     except JSApiError as exc:  # another process created it first
         if "already in use" not in exc.description:
             raise
-    return await js_api(nc, f"$JS.API.STREAM.INFO.{name}", None, timeout_s)
+    return await stream_info(nc, name, timeout_s)
 
 
 async def ensure_topology(nc: NATS, topo: Topology, timeout_s: float = 5.0) -> str:
@@ -269,14 +323,8 @@ async def ensure_topology(nc: NATS, topo: Topology, timeout_s: float = 5.0) -> s
                     f"configured with {topo.partitions}; the partition count is fixed per cluster"
                 )
             created = str(info.get("created", ""))
-    js = nc.jetstream(timeout=timeout_s)
     for bucket in (topo.snap_bucket, topo.meta_bucket):
-        try:
-            await js.key_value(bucket)
-        except Exception:  # noqa: BLE001 - nats-py raises several types for "not found"
-            await js.create_key_value(
-                bucket=bucket, history=1, replicas=topo.replicas, storage=nats.js.api.StorageType.FILE
-            )
+        await ensure_stream(nc, kv_bucket_config(bucket, topo.replicas), timeout_s)
     return created
 
 
@@ -417,12 +465,13 @@ class DirectReader:
         return await self._one(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout_s)
 
     async def _one(self, api: str, payload: bytes, timeout_s: float) -> Msg | None:
+        inbox = await shared_inbox(self._nc)
         try:
-            msg = await self._nc.request(api, payload, timeout=timeout_s)
-        except NoRespondersError:
-            raise Unavailable("direct get: no responders") from None
-        except NatsTimeout:
+            msg = await inbox.request(api, payload, None, timeout_s)
+        except TimeoutError:
             raise Unavailable(f"direct get {api} timed out") from None
+        if _no_responders(msg):
+            raise Unavailable("direct get: no responders")
         status = msg.headers.get("Status") if msg.headers else None
         if status == "404":
             return None
