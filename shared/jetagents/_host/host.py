@@ -288,14 +288,6 @@ class Host:
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
-    def _started(self) -> bool:
-        return self.supervisor.started
-
-    @property
-    def _stopping(self) -> bool:
-        return self.supervisor.stopping
-
-    @property
     def stats(self) -> Mapping[str, int]:
         """The host's counters (read-only; the health endpoint and ``jetagents status`` show them)."""
         return self.metrics.stats
@@ -321,16 +313,16 @@ class Host:
         connected = self.nc is not None and self.nc.is_connected
         coord = self.coordinator
         if self.static:
-            joined = self._started
-            started = self._started and set(self._static_partitions) <= self._owned_set
+            joined = self.supervisor.started
+            started = self.supervisor.started and set(self._static_partitions) <= self._owned_set
         else:
             joined = coord is not None and coord.ring is not None and not coord.stopped
             started = joined and coord is not None and coord.assigned() <= coord.held
         return {
             "connected": connected,
-            "jetstream": self._started and connected,
-            "ring_joined": joined and not self._stopping,
-            "partitions_started": started and not self._stopping,
+            "jetstream": self.supervisor.started and connected,
+            "ring_joined": joined and not self.supervisor.stopping,
+            "partitions_started": started and not self.supervisor.stopping,
         }
 
     async def start(self) -> None:
@@ -503,7 +495,7 @@ class Host:
         """Stop taking commands, finish those in hand (bounded by ``drain_grace_s``),
         snapshot active agents and disconnect. Nothing acknowledged is lost: whatever is
         not finished is left unacknowledged and is redelivered to the next owner."""
-        if self._stopping or self.nc is None:
+        if self.supervisor.stopping or self.nc is None:
             return
         coord = self.coordinator
         if coord is not None:
@@ -591,7 +583,7 @@ class Host:
                 if spec is None
                 else MalformedCommand(f"invalid agent id {agent_id!r}")
             )
-            self._side(self._reject_unrouted(work, err))
+            self.supervisor.spawn("side", self._reject_unrouted(work, err))
             return
         key = f"{agent_type}.{agent_id}"
         act = self.activations.get(key)
@@ -669,14 +661,14 @@ class Host:
         aid = act.agent_id
         self.metrics.inc("agent_busy", agent_type=aid.type, delivery=work.delivery_mode)
         if work.durable:
-            self._side(self._nak(work, delay_s))
+            self.supervisor.spawn("side", self._nak(work, delay_s))
             return
         if work.reply_to or work.reply_refused:
             err = Unavailable(
                 f"agent busy: {len(act.mailbox or ())} commands of {aid} are waiting; retry",
                 details={"applied": False, "reason": "agent_busy"},
             )
-            self._side(self._publish_reply(work.reply_to, encode_error(err), {}, work))
+            self.supervisor.spawn("side", self._publish_reply(work.reply_to, encode_error(err), {}, work))
 
     def _track(self, work: Command) -> None:
         self._inflight.add(work)
@@ -702,9 +694,6 @@ class Host:
             self.partitions.wake_low(None)
         else:
             self.partitions.wake_low(work.partition)
-
-    def _side(self, coro: Any) -> None:
-        self.supervisor.spawn("side", coro)
 
     # -- workers ---------------------------------------------------------------------------
     async def _work(self, act: Activation, cmd: Command) -> None:
@@ -867,7 +856,7 @@ class Host:
                     self._log.warning("partition_lost", partition=cmd.partition, agent=str(act.agent_id))
                     await self._nak(cmd, 0.0)
                     return
-            if self._stopping:
+            if self.supervisor.stopping:
                 await self._nak(cmd, 0.0)  # hand it back to the next owner
                 return
             self.metrics.inc("retries")
@@ -999,7 +988,7 @@ class Host:
             self._remember(act, commit.cmd, (seq, True, result_json))
             out[H_EVENT_SEQ] = str(seq)
             if act.since_snapshot >= s.snapshot_every and not act.snapshotting:
-                self._side(self.catalog.snapshot(act))
+                self.supervisor.spawn("side", self.catalog.snapshot(act))
         await self._finish_ok(cmd, result_json, out)
         return None
 
@@ -1259,7 +1248,7 @@ class Host:
         while True:
             await asyncio.sleep(self.settings.stranded_sweep_s)
             coord = self.coordinator
-            if self._stopping or (coord is not None and not coord.is_leader):
+            if self.supervisor.stopping or (coord is not None and not coord.is_leader):
                 continue
             try:
                 removed = await self._sweeper.round()
