@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -10,6 +11,10 @@ class Clock(Protocol):
     def monotonic(self) -> float: ...
 
     def wall_ms(self) -> int: ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` of this clock's time (a manual clock wakes the sleeper when moved)."""
+        ...
 
 
 class SystemClock:
@@ -20,6 +25,9 @@ class SystemClock:
 
     def wall_ms(self) -> int:
         return time.time_ns() // 1_000_000
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class ManualClock:
@@ -38,3 +46,9 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self._now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        """Time moves only when told to: a sleep tells it (``jetagents.testing.ManualClock``
+        wakes sleepers on a heap instead)."""
+        self.advance(seconds)
+        await asyncio.sleep(0)
