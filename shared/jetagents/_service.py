@@ -25,8 +25,10 @@ import structlog
 
 from ._core.agent import Agent, Registry
 from ._core.errors import Unavailable
+from ._core.retry import RetryPolicy
 from ._host.host import Host
-from ._obs.health import HealthMonitor, HealthServer, register_service
+from ._nats.micro import register_service
+from ._obs.health import HealthMonitor, HealthServer
 from ._obs.logging import configure_logging
 from ._obs.telemetry import setup_from_env
 from ._settings import HostSettings
@@ -37,6 +39,9 @@ log = structlog.get_logger("jetagents.service")
 EXAMPLES = "jetagents.examples:EXAMPLE_AGENTS"
 """The ``agents`` entry that serves the example agents (``jetagents up`` and the shipped
 compose file and manifests set it; a host never serves them unasked)."""
+# NATS unreachable at start (compose, restarts): try again until stopped, 0.2 s doubling to
+# 5 s; no jitter, as one process has nobody to spread out from
+START_RETRY = RetryPolicy(base_s=0.2, max_s=5.0, jitter=False)
 
 
 class NoAgentsConfigured(ValueError):
@@ -132,8 +137,9 @@ async def _start_host(
     settings: HostSettings, registry: Registry, stop: asyncio.Event, monitor: HealthMonitor
 ) -> Host | None:
     """Start a host, retrying while NATS is unreachable (compose, restarts); None if stopped first."""
-    delay = 0.2
+    retry = 0
     while True:
+        delay = START_RETRY.delay(retry)
         host = Host(settings, registry)
         monitor.host = host
         try:
@@ -150,7 +156,7 @@ async def _start_host(
                 await stop.wait()
             return None
         except TimeoutError:
-            delay = min(delay * 2, 5.0)
+            retry += 1
 
 
 def check_agents(registry: Registry) -> list[str]:

@@ -1,4 +1,5 @@
-"""The host's own reply inbox for event appends (``_nats.Inbox``), on a real server."""
+"""The one reply inbox (``_nats.inbox``): the host's event appends, the client's sends and the
+adapter's JetStream API calls all wait on it, on a real server."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 
 from jetagents import NatsServer
 from jetagents._core.errors import Unavailable
-from jetagents._nats.api import Inbox, connect, js_publish
+from jetagents._nats.api import DirectReader, connect, js_api, js_publish
+from jetagents._nats.inbox import Inbox, shared_inbox
 
 
 async def test_inbox_publishes_to_a_stream_and_maps_failures(nats_server: NatsServer) -> None:
@@ -43,3 +45,39 @@ async def test_inbox_publishes_to_a_stream_and_maps_failures(nats_server: NatsSe
     with pytest.raises(Unavailable, match="closed"):
         await js_publish(nc, "inboxt.0", b"{}", {}, 5.0, inbox)
     await nc.close()
+
+
+async def test_the_adapters_requests_share_one_inbox_per_connection(nats_server: NatsServer) -> None:
+    nc = await connect(nats_server.url, name="shared-inbox-test")
+    try:
+        js = nc.jetstream()  # (nats-py's own requests: its own inbox subscription)
+        await js.add_stream(name="SHAREDT", subjects=["sharedt.>"], allow_direct=True)
+        before = len(nc._subs)
+        # concurrent first users: one inbox, one subscription
+        infos = await asyncio.gather(*(js_api(nc, "$JS.API.INFO", None, 5.0) for _ in range(5)))
+        assert all("memory" in info for info in infos)
+        inbox = await shared_inbox(nc)
+        assert inbox.started and len(nc._subs) == before + 1
+        ack = await js_publish(nc, "sharedt.a", b"{}", {"Nats-Msg-Id": "s1"}, 5.0)  # no inbox of its own
+        assert ack["seq"] == 1
+        reader = DirectReader(nc)
+        await reader.start()
+        try:
+            assert await reader.last("SHAREDT", "sharedt.b", 5.0) is None
+        finally:
+            await reader.stop()
+        assert await shared_inbox(nc) is inbox and len(nc._subs) == before + 1
+        assert not inbox._pending
+
+        with pytest.raises(Unavailable, match="no responders"):
+            await js_api(nc, "nobody.listens", None, 5.0)
+
+        async def ignore(_msg: object) -> None:
+            return None
+
+        await nc.subscribe("silent.api", cb=ignore)
+        with pytest.raises(Unavailable, match="timed out"):
+            await js_api(nc, "silent.api", None, 0.2)
+        assert not inbox._pending
+    finally:
+        await nc.close()

@@ -29,9 +29,9 @@ from jetagents import (
     action,
     state_layers,
 )
-from jetagents._core.clock import ManualClock
 from jetagents._core.crdt import LWWMap, ORMap, decode_crdt
 from jetagents._nats.api import connect
+from jetagents.testing import ManualClock
 from jetagents.testing.server import NatsCluster
 from tests.conftest import REPO, host_settings
 
@@ -508,11 +508,19 @@ class Quote(Agent[ShopState]):
         return {"value": read.value, "source": read.source, "staleness_s": read.staleness_s, "stale": read.stale}
 
 
+class ManualTimeRealWaits(ManualClock):
+    """Reads manual time, but waits (the coordinator's rounds) in real time: the host keeps
+    running between the test's jumps instead of sleeping until the next one."""
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
 async def test_cached_layer_serves_a_stale_copy_within_its_ttl_then_refreshes(nats_server: NatsServer) -> None:
     """Cached, through a real host: inside the TTL the activation's copy is served, even though
     the shared value changed (with its age); past the TTL it is read again. The host's clock
     is manual, so "inside" and "past" do not depend on how busy the machine is."""
-    clock = ManualClock()
+    clock = ManualTimeRealWaits()
     host = Host(host_settings(nats_server.url), Registry([Quote]), clock=clock)
     await host.start()
     from jetagents import Client, ClientSettings

@@ -20,7 +20,8 @@ from nats.aio.client import Client as NATS
 
 from jetagents import NatsServer, PayloadTooLarge
 from jetagents._host.ports import Appended, EventStream, StoredMessage, WrongLastSequence
-from jetagents._nats.api import ERR_MSG_SIZE, ERR_WRONG_LAST_SEQUENCE
+from jetagents._nats.api import ERR_MSG_SIZE, ERR_WRONG_LAST_SEQUENCE, DirectReader
+from jetagents._nats.log_reader import DirectLogReader
 from jetagents.testing import ManualClock, MemoryEventStream
 
 STREAM = "EVT"
@@ -29,11 +30,12 @@ MAX_MSG_BYTES = 64 * 1024
 
 
 class _ServerStream:
-    """The port over a real server, written here with plain nats-py requests until the
-    host's JetStream adapter implements ``EventStream`` (then the suite runs that instead)."""
+    """The port over a real server: reads through the host's adapter (``DirectLogReader``);
+    the append written here with a plain request until the adapter implements it too."""
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, reader: DirectLogReader) -> None:
         self.nc = nc
+        self.reader = reader
 
     async def append(
         self, subject: str, body: bytes, headers: Mapping[str, str], *, expected_last_subject_seq: int
@@ -48,31 +50,14 @@ class _ServerStream:
         assert not err, err
         return Appended(int(ack["seq"]), bool(ack.get("duplicate")))
 
-    async def _get(self, query: dict[str, object]) -> list[StoredMessage]:
-        msg = await self.nc.request(f"$JS.API.DIRECT.GET.{STREAM}", orjson.dumps(query), timeout=5)
-        if msg.headers and msg.headers.get("Status") == "404":
-            return []
-        hdrs = dict(msg.headers or {})
-        return [StoredMessage(int(hdrs["Nats-Sequence"]), hdrs["Nats-Subject"], msg.data, hdrs)]
-
     async def read_subject(self, subject: str, start_seq: int, batch: int) -> list[StoredMessage]:
-        out: list[StoredMessage] = []
-        seq = start_seq
-        while len(out) < batch:
-            got = await self._get({"seq": seq, "next_by_subj": subject})
-            if not got:
-                break
-            out += got
-            seq = got[0].seq + 1
-        return out
+        return await self.reader.read_subject(subject, start_seq, batch)
 
     async def last(self, subject: str) -> StoredMessage | None:
-        got = await self._get({"last_by_subj": subject})
-        return got[0] if got else None
+        return await self.reader.last(subject)
 
     async def at(self, seq: int) -> StoredMessage | None:
-        got = await self._get({"seq": seq})
-        return got[0] if got else None
+        return await self.reader.at(seq)
 
 
 class Clocked:
@@ -116,7 +101,10 @@ async def subject_of(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
             allow_direct=True,
             max_msg_size=MAX_MSG_BYTES,
         )
-        yield Clocked(_ServerStream(nc), None)
+        direct = DirectReader(nc)
+        await direct.start()
+        yield Clocked(_ServerStream(nc, DirectLogReader(direct, STREAM, 5.0)), None)
+        await direct.stop()
     finally:
         await nc.close()
 
@@ -186,7 +174,7 @@ async def test_reads_by_subject_last_and_sequence(subject_of: Clocked) -> None:
     a = await s.read_subject("evt.a", 1, 100)
     assert [(m.seq, m.subject, m.data) for m in a] == [(1, "evt.a", b"m0"), (3, "evt.a", b"m2"), (5, "evt.a", b"m4")]
     assert [m.seq for m in await s.read_subject("evt.a", 2, 100)] == [3, 5]
-    assert [m.seq for m in await s.read_subject("evt.a", 1, 2)] == [1, 3]
+    assert [m.seq for m in await s.read_subject("evt.a", 1, 2)] == [1, 3, 5]  # paged, all of it
     assert await s.read_subject("evt.a", 6, 100) == []
     assert await s.read_subject("evt.none", 1, 100) == []
     last_b = await s.last("evt.b")

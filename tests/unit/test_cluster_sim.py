@@ -32,12 +32,11 @@ from typing import Any
 
 import pytest
 
-from jetagents._core.clock import ManualClock
 from jetagents._core.errors import JetAgentsError, Unavailable
 from jetagents._core.kv import CasConflict, Entry
 from jetagents._core.ring import UNOWNED
 from jetagents._host.coordination import ClusterConfig, Coordinator
-from jetagents.testing import MemoryStore
+from jetagents.testing import ManualClock, MemoryStore
 
 PARTITIONS = 16
 AGENTS = [f"a{i}" for i in range(48)]
@@ -410,6 +409,25 @@ async def test_a_draining_host_with_a_successor_hands_everything_over() -> None:
     assert await hosts[0].coord.drain(60.0, wait) is True
     assert waits  # it did wait for the handoff
     assert not hosts[0].coord.held and hosts[1].coord.held == set(range(PARTITIONS))
+
+
+async def test_the_coordinators_own_loops_run_on_the_manual_clock() -> None:
+    """``run()`` and ``drain()`` wait on the injected clock, never on asyncio's: under
+    autojump a minute of cluster time (two hosts settle, one drains away) takes no real time."""
+    clock, world, cfg = _two_host_world()
+    hosts = [SimHost("h0", world, cfg), SimHost("h1", world, cfg)]
+    async with clock.autojump():
+        loops = [asyncio.create_task(h.coord.run()) for h in hosts]
+        await clock.sleep(15.0)
+        assert await settled(world, hosts)
+        assert await hosts[0].coord.drain(60.0) is True
+        await hosts[0].coord.leave()
+        await clock.sleep(5.0)
+        for h in hosts:
+            h.coord.stopped = True
+        await asyncio.wait(loops)
+    assert clock.monotonic() - 1000.0 < 60.0
+    assert not hosts[0].serving and hosts[1].serving == set(range(PARTITIONS))
 
 
 # -- NATS node faults -----------------------------------------------------------------------

@@ -89,7 +89,7 @@ class _Zero:
     seq = 0
 
 
-FAST = SimConfig(rounds=200, quiet_rounds=200)
+FAST = SimConfig(rounds=200, quiet_rounds=60)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -1,4 +1,5 @@
-"""Time is injected: the core asks a ``Clock``, tests pass a fake one."""
+"""Time is injected: the core asks a ``Clock`` (and sleeps on it), tests pass a fake one
+(``jetagents.testing.ManualClock``)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ class Clock(Protocol):
 
     def wall_ms(self) -> int: ...
 
-    async def sleep(self, seconds: float) -> None:
-        """Wait ``seconds`` of this clock's time (a manual clock wakes the sleeper when moved)."""
-        ...
+    async def sleep(self, seconds: float) -> None: ...
 
 
 class SystemClock:
@@ -28,27 +27,3 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
-
-
-class ManualClock:
-    """A clock that only moves when told to (for deterministic tests)."""
-
-    def __init__(self, start: float = 1000.0, wall_ms: int = 1_700_000_000_000) -> None:
-        self._now = start
-        self._wall0 = wall_ms
-        self._start = start
-
-    def monotonic(self) -> float:
-        return self._now
-
-    def wall_ms(self) -> int:
-        return self._wall0 + int((self._now - self._start) * 1000)
-
-    def advance(self, seconds: float) -> None:
-        self._now += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        """Time moves only when told to: a sleep tells it (``jetagents.testing.ManualClock``
-        wakes sleepers on a heap instead)."""
-        self.advance(seconds)
-        await asyncio.sleep(0)

@@ -85,7 +85,7 @@ class CircuitBreaker:
     """Opens after ``failures`` consecutive failures, lets one probe through after
     ``reset_s``, closes again on a success.
 
-    >>> from jetagents._core.clock import ManualClock
+    >>> from jetagents.testing import ManualClock
     >>> b = CircuitBreaker(failures=2, reset_s=5, clock=ManualClock())
     >>> b.record_failure(); b.record_failure(); b.allow()
     False

@@ -56,7 +56,7 @@ from .._core.errors import (
     UnknownAgentType,
     error_from_wire,
 )
-from .._core.ids import AgentId, fnv1a_32, is_valid_token, partition_of
+from .._core.ids import AgentId, fnv1a_32, is_valid_token
 from .._core.outcome import AckKind, Result, exhausted
 from .._core.wire import (
     DEAD_LETTER_MIN_BYTES,
@@ -69,12 +69,9 @@ from .._core.wire import (
     Subjects,
     decode_command,
     encode_commit,
-    encode_error,
-    encode_ok,
 )
 from .._nats.api import (
     ERR_WRONG_LAST_SEQUENCE,
-    NS,
     DirectReader,
     JSApiError,
     Topology,
@@ -84,6 +81,7 @@ from .._nats.api import (
 )
 from .._nats.buckets import KvBucket
 from .._nats.consumers import PartitionConsumers
+from .._nats.hosts import HostLink
 from .._nats.inbox import Inbox
 from .._nats.kv import JetStreamStore
 from .._nats.log_reader import DirectLogReader
@@ -122,6 +120,7 @@ from .eager import start_eager
 from .intake import Intake
 from .outcomes import Outcomes
 from .partitions import Partitions
+from .placement import PipelineHooks, Placement
 from .supervisor import Supervisor
 from .sweeper import StrandedSweeper
 
@@ -129,13 +128,6 @@ log = structlog.get_logger("jetagents.host")
 
 STREAM, CALL, FWD, MIGRATE = Kind.STREAM, Kind.CALL, Kind.FORWARDED, Kind.MIGRATE
 _ACKED = ACKED  # kinds that are acknowledged (to the stream, or to the forwarder)
-# host-to-host headers of a forwarded command (agt.sys.host.<host>.fwd)
-H_FWD_SUBJECT = "Agt-Fwd-Subject"
-H_FWD_REPLY = "Agt-Fwd-Reply"
-H_FWD_DELIVERIES = "Agt-Fwd-Deliveries"
-H_FWD_CSEQ = "Agt-Fwd-Cseq"
-H_FWD_PARTITION = "Agt-Fwd-Partition"
-STRATEGIES = ("checkpoint", "state", "cold")
 _NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
 # a durable command handed back because its agent's mailbox was full keeps every later
 # command of that agent waiting (handed back too) until it returns, or until this long
@@ -261,6 +253,20 @@ class Host:
             log=self._log,
             dead_letter_max_bytes=self._dead_letter_max_bytes,
         )
+        outcomes = self.outcomes
+        hooks = PipelineHooks(self._intake.parse, self._dispatch, outcomes.reply, outcomes.ack, outcomes.nak)
+        self.placement = Placement(
+            settings,
+            registry,
+            self.subjects,
+            self.clock,
+            self._log,
+            self.catalog,
+            hooks,
+            coordinator=lambda: self.coordinator,
+            owns=lambda partition: partition in self._owned_set,
+            event=self.event,
+        )
         self.watchdog: LoopWatchdog | None = None  # started with the host (loop_block_threshold_s)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -350,6 +356,7 @@ class Host:
 
         self._pull_prefix = self.nc.new_inbox()
         self.partitions.bind(PartitionConsumers(self.nc, self.topology, s.op_timeout_s), self._pull_prefix)
+        self.placement.bind(HostLink(self.nc))
         self._pull_sub = await self.nc.subscribe(
             f"{self._pull_prefix}.>", cb=self._on_pull_msg, pending_msgs_limit=1_000_000, pending_bytes_limit=-1
         )
@@ -364,7 +371,7 @@ class Host:
             pending_bytes_limit=s.max_inflight_bytes,
         )
         self._host_sub = await self.nc.subscribe(
-            self.subjects.sys("host", s.host_id, "*"), cb=self._on_host_msg, pending_msgs_limit=1_000_000
+            self.subjects.sys("host", s.host_id, "*"), cb=self.placement.on_host_msg, pending_msgs_limit=1_000_000
         )
         self.supervisor.spawn("background", self._housekeeping())
         if s.stranded_sweep_s > 0:
@@ -471,262 +478,6 @@ class Host:
             await self.nc.publish(self.subjects.sys(*kind.split(".")), orjson.dumps(body))
 
     # -- placement: agents placed on a host other than their partition's owner ---------------
-    def _host_subject(self, host: str, what: str) -> str:
-        return self.subjects.sys("host", host, what)
-
-    async def _route_elsewhere(self, act: Activation, work: Command) -> bool:
-        """At the partition's owner: forward ``work`` when the agent is placed on another
-        live host, or must be (its type requires resource tags this host lacks). True when
-        the work was handed on (or queued), False to process it here."""
-        coord = self.coordinator
-        assert coord is not None
-        key = act.agent_id.key
-        placed = coord.placements.get(key)
-        requires = act.spec.cls.requires
-        if placed is None and not requires:  # the common case: one dict lookup
-            return False
-        me = self.settings.host_id
-        alive = coord.members_cache
-        able_here = requires <= frozenset(self.settings.tags)
-        if placed is not None and placed[0] not in (me, "") and placed[0] in alive:
-            await self._forward(work, placed[0])
-            return True
-        if placed is not None and placed[0] != me and placed[0] not in alive and able_here:
-            # the host it was placed on is gone: take it back (a newer token than its own)
-            await coord.place(key, me)
-            return False
-        if able_here:
-            return False
-        capable = sorted(
-            h for h, m in alive.items() if requires <= frozenset(m.get("tags") or ()) and not m.get("draining")
-        )
-        if not capable:
-            # nobody can run it now: keep it in the stream and tell the caller once
-            err = Unavailable(
-                f"no host offers {sorted(requires)} for {act.agent_id.type!r}; the command is queued",
-                details={"applied": False, "queued": work.kind in _ACKED, "requires": sorted(requires)},
-            )
-            await self.outcomes.settle(work, Result.NO_CAPABLE_HOST, {}, error=err)
-            return True
-        target = max(capable, key=lambda h: fnv1a_32(f"{h}/{key}".encode()))  # rendezvous choice
-        try:
-            rev = await coord.place(key, target)
-            await self._host_request(target, "adopt", {"agent": key, "rev": rev, "snapshot": None})
-        except JetAgentsError as exc:
-            self._log.warning("placement_failed", agent=str(act.agent_id), target=target, error=str(exc))
-            await self.outcomes.settle(work, Result.PLACEMENT_FAILED, {})
-            return True
-        await self.event("agent.placed", {"agent": str(act.agent_id), "to": target, "requires": sorted(requires)})
-        await self._forward(work, target)
-        return True
-
-    async def _host_request(self, host: str, what: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            msg = await self.nc.request(
-                self._host_subject(host, what), orjson.dumps(body), timeout=self.settings.op_timeout_s
-            )
-        except Exception as exc:  # noqa: BLE001 - no responders, timeout, connection
-            raise Unavailable(f"host {host} did not answer {what}: {exc!r}") from None
-        reply: dict[str, Any] = orjson.loads(msg.data)
-        if not reply.get("ok"):
-            raise error_from_wire(reply.get("error"))
-        return reply
-
-    async def _forward(self, work: Command, target: str) -> None:
-        """Hand a command to the host its agent is placed on. A durable command is
-        acknowledged here only when that host says it finished (``+ACK``/``+TERM``);
-        progress (``+WPI``) is relayed; silence means ``-NAK`` and redelivery (the target's
-        exactly-once record makes the repeat harmless)."""
-        hdrs = dict(work.headers)
-        hdrs[H_FWD_SUBJECT] = work.subject
-        hdrs[H_FWD_PARTITION] = str(work.partition)
-        subject = self._host_subject(target, "fwd")
-        if work.kind == CALL:
-            reply = work.reply_to or work.reply_refused  # the target refuses one it may not answer
-            if reply:
-                hdrs[H_FWD_REPLY] = reply
-            await self.nc.publish(subject, work.body, headers=hdrs)
-            return
-        hdrs[H_FWD_DELIVERIES] = str(work.deliveries)
-        hdrs[H_FWD_CSEQ] = str(work.stream_seq)
-        inbox = self.nc.new_inbox()
-        answers: asyncio.Queue[bytes] = asyncio.Queue()
-
-        async def on_answer(m: Msg) -> None:
-            if m.headers and m.headers.get("Status"):  # 503: nobody listens there (any more)
-                answers.put_nowait(b"")
-            else:
-                answers.put_nowait(m.data)
-
-        sub = await self.nc.subscribe(inbox, cb=on_answer)
-        try:
-            await self.nc.publish(subject, work.body, reply=inbox, headers=hdrs)
-            while True:
-                try:
-                    async with asyncio.timeout(self.settings.ack_wait_s):
-                        answer = await answers.get()
-                except TimeoutError:
-                    await self.outcomes.settle(work, Result.FORWARD_LOST, {})
-                    return
-                if not answer.startswith((b"+ACK", b"+TERM", b"-NAK", b"+WPI")):
-                    # never relay anything else: an empty payload would acknowledge it
-                    await self.outcomes.settle(work, Result.FORWARD_LOST, {})
-                    return
-                await self.outcomes.ack(work, answer)
-                if answer != b"+WPI":
-                    return
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-    async def _on_host_msg(self, msg: Msg) -> None:
-        what = msg.subject.rsplit(".", 1)[1]
-        try:
-            if what == "fwd":
-                await self._on_forwarded(msg)
-            elif what == "adopt":
-                await self._on_adopt(msg)
-            elif what == "release":
-                await self._on_release(msg)
-            elif what == "migrate":
-                await self._on_migrate(msg)
-        except Exception as exc:  # noqa: BLE001 - answer, never crash the subscription
-            self._log.warning("host_request_failed", what=what, error=repr(exc))
-            if msg.reply:
-                err = exc if isinstance(exc, JetAgentsError) else InternalError(repr(exc))
-                await self.outcomes.reply(msg.reply, encode_error(err), {}, None)
-
-    async def _on_forwarded(self, msg: Msg) -> None:
-        hdrs = msg.headers or {}
-        parts = hdrs.get(H_FWD_SUBJECT, "").split(".")
-        if len(parts) < 2:
-            return
-        agent_type, agent_id = parts[-2], parts[-1]
-        partition = int(hdrs.get(H_FWD_PARTITION, "0") or 0)
-        coord = self.coordinator
-        placed = coord.placements.get(f"{agent_type}.{agent_id}") if coord is not None else None
-        mine = placed is not None and placed[0] == self.settings.host_id
-        if H_FWD_REPLY in hdrs or not msg.reply:  # a call
-            if not mine:
-                if hdrs.get(H_FWD_REPLY):
-                    err = Unavailable("the agent is moving; retry", details={"applied": False})
-                    await self.outcomes.reply(hdrs[H_FWD_REPLY], encode_error(err), {}, None)
-                return
-            route = (partition, agent_type, agent_id)
-            work = self._intake.parse(CALL, msg.subject, hdrs, msg.data, hdrs.get(H_FWD_REPLY), route)
-        else:
-            if not mine:  # not (yet) ours: the owner redelivers it shortly
-                await self.nc.publish(msg.reply, b"-NAK " + orjson.dumps({"delay": int(0.5 * NS)}))
-                return
-            work = self._intake.parse(
-                FWD,
-                msg.subject,
-                hdrs,
-                msg.data,
-                msg.reply,
-                (partition, agent_type, agent_id),
-                deliveries=int(hdrs.get(H_FWD_DELIVERIES, "1") or 1),
-                stream_seq=int(hdrs.get(H_FWD_CSEQ, "0") or 0),
-            )
-        self._dispatch(work)
-
-    async def _on_adopt(self, msg: Msg) -> None:
-        body = orjson.loads(msg.data)
-        key, rev = str(body["agent"]), int(body["rev"])
-        assert self.coordinator is not None
-        self.coordinator.learn_placement(key, self.settings.host_id, rev)
-        activated = False
-        snap = body.get("snapshot")
-        agent_type, _, agent_id = key.partition(".")
-        spec = self.registry.get(agent_type)
-        if snap and spec is not None and key not in self.activations:
-            act = Activation(AgentId(agent_type, agent_id), spec)
-            await self.catalog.activate(act, given=snap)
-            act.last_used = self.clock.monotonic()
-            self.activations[key] = act
-            activated = True
-        await self.event("agent.adopted", {"agent": key, "token": rev, "warm": activated})
-        if msg.reply:
-            await self.nc.publish(msg.reply, orjson.dumps({"ok": True, "activated": activated}))
-
-    async def _on_release(self, msg: Msg) -> None:
-        body = orjson.loads(msg.data)
-        key, strategy = str(body["agent"]), str(body.get("strategy", "checkpoint"))
-        act = self.activations.pop(key, None)
-        snapshot = None
-        if act is not None and act.agent is not None:
-            if strategy == "checkpoint" and act.since_snapshot:
-                await self.catalog.snapshot(act)
-            elif strategy == "state":
-                snapshot = self.catalog.snapshot_body(act)
-            self.catalog.evict(act)
-        if msg.reply:
-            await self.nc.publish(msg.reply, orjson.dumps({"ok": True, "snapshot": snapshot}))
-
-    async def _on_migrate(self, msg: Msg) -> None:
-        try:
-            body = orjson.loads(msg.data)
-        except orjson.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict):
-            raise MalformedCommand('a migrate request is a JSON object {"type", "id", "target", "strategy"}')
-        agent_type, agent_id, target = body.get("type"), body.get("id"), body.get("target")
-        if not (is_valid_token(agent_type) and is_valid_token(agent_id)):
-            raise MalformedCommand("migrate needs a valid type and id")
-        if not is_valid_token(target):
-            raise MalformedCommand("migrate needs a valid target host id")
-        if body.get("strategy", "checkpoint") not in STRATEGIES:
-            raise MalformedCommand(f"strategy must be one of {', '.join(STRATEGIES)}")
-        partition = partition_of(agent_type, agent_id, self.settings.partitions)
-        if partition not in self._owned_set:
-            raise Unavailable("this host does not own the agent's partition; ask its owner", details={"applied": False})
-        # queued behind the agent's earlier commands, so none of them is lost or reordered
-        route = (partition, agent_type, agent_id)
-        self._dispatch(self._intake.parse(MIGRATE, msg.subject, msg.headers, msg.data, msg.reply, route))
-
-    async def _migrate(self, act: Activation, work: Command) -> None:
-        """Move one agent to another host (at its partition's owner, in mailbox order):
-        ``checkpoint`` snapshots it to KV first, ``state`` hands the state over directly,
-        ``cold`` lets the target rebuild it from the log. Later commands are forwarded."""
-        try:
-            body = orjson.loads(work.body)
-            target, strategy = str(body["target"]), str(body.get("strategy", "checkpoint"))
-            coord = self.coordinator
-            if coord is None:
-                raise Unavailable("migration needs cluster membership (membership=ring)")
-            if target not in coord.members_cache or coord.members_cache[target].get("draining"):
-                raise Unavailable(f"host {target!r} is not a live member", details={"applied": False})
-            me = self.settings.host_id
-            key = act.agent_id.key
-            placed = coord.placements.get(key)
-            source = placed[0] if placed and placed[0] in coord.members_cache else me
-            snapshot: dict[str, Any] | None = None
-            if source == me:
-                if act.agent is not None:
-                    if strategy == "checkpoint" and act.since_snapshot:
-                        await self.catalog.snapshot(act)
-                    elif strategy == "state":
-                        snapshot = self.catalog.snapshot_body(act)
-                    self.catalog.evict(act)
-            elif source != target:
-                snapshot = (await self._host_request(source, "release", {"agent": key, "strategy": strategy})).get(
-                    "snapshot"
-                )
-            rev = await coord.place(key, target)
-            if target != me:
-                await self._host_request(target, "adopt", {"agent": key, "rev": rev, "snapshot": snapshot})
-            elif snapshot is not None:
-                await self.catalog.activate(act, given=snapshot)
-            result = {"agent": str(act.agent_id), "from": source, "to": target, "strategy": strategy, "token": rev}
-            self._log.info("agent_migrated", **result)
-            await self.event("agent.migrated", result)
-            reply = encode_ok(result)
-        except JetAgentsError as err:
-            reply = encode_error(err)
-        except (KeyError, ValueError) as exc:
-            reply = encode_error(MalformedCommand(f"bad migrate request: {exc!r}"))
-        await self.outcomes.reply(work.reply_to, reply, {}, work)
-
     async def stop(self, *, drain: bool = True) -> None:
         """Stop taking commands, finish those in hand (bounded by ``drain_grace_s``),
         snapshot active agents and disconnect. Nothing acknowledged is lost: whatever is
@@ -978,9 +729,9 @@ class Host:
 
     async def _process(self, act: Activation, cmd: Command) -> None:
         if cmd.kind == MIGRATE:
-            await self._migrate(act, cmd)
+            await self.placement.migrate(act, cmd)
             return
-        if self.coordinator is not None and cmd.kind != FWD and await self._route_elsewhere(act, cmd):
+        if self.coordinator is not None and cmd.kind != FWD and await self.placement.route_elsewhere(act, cmd):
             return
         out = cmd.reply_headers()
         tel = self._tel
@@ -1269,11 +1020,6 @@ class Host:
             await self.outcomes.settle(cmd, Result.REFUSED, out, error=err)
         finally:
             self._untrack(cmd)
-
-    async def _publish_reply(
-        self, reply_to: str | None, body: bytes, hdrs: dict[str, str], cmd: Command | None
-    ) -> None:
-        await self.outcomes.reply(reply_to, body, hdrs, cmd)
 
     # -- the event log ---------------------------------------------------------------------
     async def _commit_at(self, seq: int) -> Commit | None:

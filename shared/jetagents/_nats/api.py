@@ -8,6 +8,7 @@ host's pull loop) knows JetStream's JSON API.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,13 +18,13 @@ import nats
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import MaxPayloadError, NoRespondersError
+from nats.errors import MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeout
 
 from .._core.errors import JetAgentsError, PayloadTooLarge, Unavailable
 from .._core.wire import Subjects
 from .conn import Connection
-from .inbox import Inbox
+from .inbox import Inbox, shared_inbox
 
 ERR_NO_MESSAGE = 10037
 ERR_WRONG_LAST_SEQUENCE = 10071
@@ -73,6 +74,35 @@ async def connect(url: str, *, name: str, connect_timeout_s: float = 5.0, **opts
         raise Unavailable(f"cannot connect to NATS at {url}: {exc or 'timed out'}") from None
 
 
+async def jetstream_answers(nc: NATS, timeout_s: float) -> bool:
+    """Does JetStream answer ``$JS.API.INFO`` without an error? (readiness probes)"""
+    try:
+        msg = await nc.request("$JS.API.INFO", b"", timeout=timeout_s)
+        return "error" not in orjson.loads(msg.data)
+    except Exception:  # noqa: BLE001 - timeouts, no responders, closed connection: not ready
+        return False
+
+
+async def stream_tail(nc: NATS, stream: str, limit: int, timeout_s: float) -> list[bytes]:
+    """The bodies of the newest ``limit`` messages of ``stream``, oldest first, read from the
+    stream leader one sequence at a time; deleted or expired ones are skipped."""
+    info = await js_api(nc, f"$JS.API.STREAM.INFO.{stream}", None, timeout_s)
+    last = int(info["state"]["last_seq"])
+    out: list[bytes] = []
+    for seq in range(max(int(info["state"]["first_seq"]), last - limit + 1), last + 1):
+        try:
+            resp = await js_api(nc, f"$JS.API.STREAM.MSG.GET.{stream}", {"seq": seq}, timeout_s)
+        except JetAgentsError:
+            continue
+        out.append(base64.b64decode(resp["message"].get("data") or b""))
+    return out
+
+
+def _no_responders(msg: Msg) -> bool:
+    """The server's answer on an inbox when nobody listens on the subject."""
+    return bool(msg.headers) and (msg.headers or {}).get("Status") == "503"
+
+
 def _raise_api_error(resp: dict[str, Any]) -> None:
     err = resp.get("error")
     if err:
@@ -80,12 +110,13 @@ def _raise_api_error(resp: dict[str, Any]) -> None:
 
 
 async def js_api(nc: NATS, subject: str, payload: dict[str, Any] | None, timeout_s: float) -> dict[str, Any]:
+    inbox = await shared_inbox(nc)
     try:
-        msg = await nc.request(subject, orjson.dumps(payload) if payload is not None else b"", timeout=timeout_s)
-    except NoRespondersError:
-        raise Unavailable("JetStream is not available (no responders)") from None
-    except NatsTimeout:
+        msg = await inbox.request(subject, orjson.dumps(payload) if payload is not None else b"", None, timeout_s)
+    except TimeoutError:
         raise Unavailable(f"JetStream API {subject} timed out") from None
+    if _no_responders(msg):
+        raise Unavailable("JetStream is not available (no responders)")
     resp: dict[str, Any] = orjson.loads(msg.data)
     _raise_api_error(resp)
     return resp
@@ -95,20 +126,17 @@ async def js_publish(
     nc: NATS, subject: str, payload: bytes, headers: dict[str, str], timeout_s: float, inbox: Inbox | None = None
 ) -> dict[str, Any]:
     """Publish to a stream and return the PubAck (``stream``, ``seq``, ``duplicate``);
-    the PubAck comes back on ``inbox`` when one is given."""
+    the PubAck comes back on ``inbox``, or on the connection's shared inbox."""
+    if inbox is None:
+        inbox = await shared_inbox(nc)
     try:
-        if inbox is not None:
-            msg = await inbox.request(subject, payload, headers, timeout_s)
-        else:
-            msg = await nc.request(subject, payload, timeout=timeout_s, headers=headers)
-    except NoRespondersError:
-        raise Unavailable(f"no stream accepted {subject} (JetStream down or stream missing)") from None
-    except (NatsTimeout, TimeoutError):
+        msg = await inbox.request(subject, payload, headers, timeout_s)
+    except TimeoutError:
         raise Unavailable(f"publish to {subject} was not acknowledged in {timeout_s}s") from None
     except MaxPayloadError:  # over the server's max_payload: never retryable (ADR 0039)
         raise PayloadTooLarge(f"message of {len(payload)} bytes exceeds the server's max_payload") from None
-    if msg.headers and msg.headers.get("Status") == "503":
-        raise Unavailable(f"no stream accepted {subject}")
+    if _no_responders(msg):
+        raise Unavailable(f"no stream accepted {subject} (JetStream down or stream missing)")
     ack: dict[str, Any] = orjson.loads(msg.data)
     err = ack.get("error")
     if err and int(err.get("err_code", 0)) == ERR_MSG_SIZE:
@@ -417,12 +445,13 @@ class DirectReader:
         return await self._one(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout_s)
 
     async def _one(self, api: str, payload: bytes, timeout_s: float) -> Msg | None:
+        inbox = await shared_inbox(self._nc)
         try:
-            msg = await self._nc.request(api, payload, timeout=timeout_s)
-        except NoRespondersError:
-            raise Unavailable("direct get: no responders") from None
-        except NatsTimeout:
+            msg = await inbox.request(api, payload, None, timeout_s)
+        except TimeoutError:
             raise Unavailable(f"direct get {api} timed out") from None
+        if _no_responders(msg):
+            raise Unavailable("direct get: no responders")
         status = msg.headers.get("Status") if msg.headers else None
         if status == "404":
             return None

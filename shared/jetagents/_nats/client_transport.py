@@ -61,8 +61,9 @@ class ClientTransport:
     async def publish_durable(
         self, subject: str, body: bytes, headers: dict[str, str], timeout_s: float
     ) -> dict[str, Any]:
-        """Publish to a stream and return its PubAck (see :func:`js_publish`)."""
-        return await js_publish(self.nc, subject, body, headers, timeout_s)
+        """Publish to a stream and return its PubAck (see :func:`js_publish`), received on
+        the inbox: no random inbox and no ``wait_for`` per publish, as the host's appends."""
+        return await js_publish(self.nc, subject, body, headers, timeout_s, self._inbox)
 
     def expect(self) -> tuple[str, asyncio.Future[Msg]]:
         """A reply subject and the future its reply completes; :meth:`forget` it when done."""

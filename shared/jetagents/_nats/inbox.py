@@ -40,6 +40,7 @@ class Inbox:
         self._sub: Any = None
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[Msg]] = {}
+        self._start_lock = asyncio.Lock()
 
     async def start(self) -> None:
         self._prefix = self.nc.new_inbox()
@@ -47,6 +48,10 @@ class Inbox:
         self._sub = await self.nc.subscribe(
             f"{self._prefix}.*", cb=self._on_reply, pending_msgs_limit=1_000_000, pending_bytes_limit=-1
         )
+
+    @property
+    def started(self) -> bool:
+        return self._sub is not None
 
     async def close(self) -> None:
         for fut in self._pending.values():
@@ -87,3 +92,25 @@ class Inbox:
         finally:
             timer.cancel()
             self.forget(reply)
+
+
+_SHARED = "_jetagents_inbox"  # the connection's attribute holding its shared inbox
+
+
+async def shared_inbox(nc: NATS) -> Inbox:
+    """The connection's own inbox for the adapter's requests (JetStream API calls, PubAcks
+    without an inbox of their own, direct gets), made on first use and living as long as
+    the connection.
+
+    Kept on the connection object itself, not in a table keyed by it (the inbox's
+    reference back to the connection would keep both alive forever).
+    """
+    inbox: Inbox | None = getattr(nc, _SHARED, None)
+    if inbox is None:
+        inbox = Inbox(nc)
+        setattr(nc, _SHARED, inbox)
+    if not inbox.started:
+        async with inbox._start_lock:  # concurrent first callers: one subscription
+            if not inbox.started:
+                await inbox.start()
+    return inbox

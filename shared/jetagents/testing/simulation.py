@@ -77,6 +77,8 @@ class SimConfig:
     heartbeat_s: float = 0.5
     member_ttl_s: float = 3.0
     lease_ttl_s: float = 3.0
+    # out of reach: a claim freed only by waiting this out would never settle in time
+    handoff_timeout_s: float = 10_000.0
     faults: tuple[str, ...] = (
         "crash",
         "pause",
@@ -85,6 +87,7 @@ class SimConfig:
         "lost_reply",
         "cut",
         "drop_heartbeat",
+        "stale_ring",
         "outage",
         "join",
         "drain",
@@ -237,6 +240,7 @@ class Simulation:
             tick_s=cfg.dt_s,
         )
         self.cluster.max_moves = 4
+        self.cluster.handoff_timeout_s = cfg.handoff_timeout_s
         self.hosts: list[_Host] = []
         self.next_host = 0
         self.steps = 0
@@ -356,7 +360,7 @@ class Simulation:
             self._crash(host, None)
 
     # -- faults --------------------------------------------------------------------------
-    def _fault(self) -> None:
+    async def _fault(self) -> None:
         now = self.clock.monotonic()
         live = [h for h in self.hosts if h.running() and not h.draining]
         if not live:
@@ -382,6 +386,9 @@ class Simulation:
             f.cut_until = now + self.rnd.uniform(1.0, 5.0)
         elif kind == "drop_heartbeat":
             f.no_heartbeat_until = now + self.rnd.uniform(1.0, 4.5)
+        elif kind == "stale_ring":
+            f.stale_ring = await self.world.store.get("ring")
+            f.stale_ring_until = now + self.rnd.uniform(1.0, 10.0)
         elif kind == "outage":  # the server's leader paused: nobody reaches it
             until = now + self.rnd.uniform(3.5, 8.0)
             for h in self.hosts:
@@ -412,8 +419,7 @@ class Simulation:
         for h in self.hosts:
             f = h.faults
             f.cut_until = f.lost_reply_until = f.lost_ack_until = f.no_heartbeat_until = 0.0
-            f.pause_at_append_s = 0.0
-            f.paused_until = 0.0
+            f.pause_at_append_s = f.paused_until = f.stale_ring_until = 0.0
             if h.restart_at is not None:
                 h.restart_at = 0.0
 
@@ -461,9 +467,17 @@ class Simulation:
             self._calm()
             for _ in range(cfg.quiet_rounds):
                 await self.round(faulty=False)
-                if not self.world.commands.pending() and self._all_applied():
+                if not self.world.commands.pending() and self._all_applied() and await self.settled():
+                    self.world.record("settled", self.rounds)
                     break
             self._check_end()
+        except Violation as v:
+            # what replays it: the seed and the config; what led to it: the end of the history
+            tail = "\n  ".join(repr(e) for e in self.world.history[-25:])
+            raise Violation(
+                f"seed {self.seed}, step {self.steps}, round {self.rounds}: {v}\n"
+                f"replay: Simulation({self.seed}, factory, {self.cfg!r}).run()\nlast events:\n  {tail}"
+            ) from None
         finally:
             for h in self.hosts:
                 if h.alive:
@@ -483,7 +497,27 @@ class Simulation:
         logged = self.invariants.logged
         return all(cmd in logged.get(subject, ()) for cmd, subject in self.sent.items())
 
+    async def settled(self) -> bool:
+        """Every live host sees one ring, and each partition is claimed and served by exactly
+        the live host it names."""
+        live = [h for h in self.hosts if h.alive]
+        rings = {h.node.coordinator.ring.epoch if h.node.coordinator.ring else -1 for h in live}
+        ring = live[0].node.coordinator.ring if live else None
+        if len(rings) != 1 or ring is None:
+            return False
+        claims = await self.world.store.scan("claim.")
+        names = {h.id for h in live}
+        for p, owner in enumerate(ring.owners):
+            claim = claims.get(f"claim.{p}")
+            if owner not in names or claim is None or claim.value["host"] != owner:
+                return False
+            if [h.id for h in live if h.node.serves(p)] != [owner]:
+                return False
+        return True
+
     def _check_end(self) -> None:
+        if not self.world.history or self.world.history[-1][1] != "settled":
+            raise Violation(f"the cluster did not settle in {self.cfg.quiet_rounds} rounds after the faults stopped")
         left = self.world.commands.pending()
         if left:
             raise Violation(f"{len(left)} commands never acknowledged after the faults stopped: {left[:3]}")

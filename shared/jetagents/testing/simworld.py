@@ -60,6 +60,8 @@ class HostFaults:
     lost_reply_until: float = 0.0  # writes land, their replies are lost (half of them)
     lost_ack_until: float = 0.0  # its acknowledgements never reach the server (half of them)
     no_heartbeat_until: float = 0.0
+    stale_ring_until: float = 0.0  # its reads of the ring answer an old one (a lagging replica)
+    stale_ring: Entry | None = None
     pause_at_append_s: float = 0.0  # the next append pauses the host for this long, before it lands
     paused_until: float = 0.0
     rnd: random.Random = field(default_factory=lambda: random.Random(0))
@@ -182,6 +184,8 @@ class FaultyStore(_Faulty):
 
     async def get(self, key: str) -> Entry | None:
         await self._enter()
+        if key == "ring" and self.world.clock.monotonic() < self.faults.stale_ring_until:
+            return self.faults.stale_ring
         return await self.store.get(key)
 
     async def create(self, key: str, value: dict[str, Any], ttl_s: float | None = None) -> int:

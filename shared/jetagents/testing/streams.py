@@ -13,7 +13,8 @@ JetStream adapter. What the server does, and so what these do (checked on nats-s
   a refused append records no id;
 * sequences are stream-wide, gapless from 1; a message read back carries the headers it was
   stored with plus ``Nats-Stream``, ``Nats-Subject``, ``Nats-Sequence`` and ``Nats-Time-Stamp``
-  (as a direct get returns them).
+  (as a direct get returns them); reading a subject returns all of it from the start sequence
+  (the adapter pages internally).
 
 >>> from jetagents.testing import ManualClock, MemoryEventStream
 >>> stream = MemoryEventStream(ManualClock())
@@ -86,13 +87,9 @@ class MemoryEventStream:
         return self.store(subject, body, headers, expected_last_subject_seq)
 
     async def read_subject(self, subject: str, start_seq: int, batch: int) -> list[StoredMessage]:
-        out: list[StoredMessage] = []
-        for seq in self._by_subject.get(subject, ()):
-            if seq >= start_seq:
-                out.append(self._msgs[seq - 1])
-                if len(out) >= batch:
-                    break
-        return out
+        """Every message of ``subject`` from ``start_seq`` on: the JetStream adapter pages
+        through them ``batch`` at a time and returns them all, and the catalog relies on it."""
+        return [self._msgs[seq - 1] for seq in self._by_subject.get(subject, ()) if seq >= start_seq]
 
     async def last(self, subject: str) -> StoredMessage | None:
         seqs = self._by_subject.get(subject)

@@ -146,7 +146,7 @@ class Coordinator:
                     self._log.debug("cluster_step_failed", error=str(exc))
                 except Exception:  # noqa: BLE001 - the coordinator must keep going
                     self._log.exception("cluster_step_crashed")
-                await asyncio.sleep(self.cfg.tick_s)
+                await self.clock.sleep(self.cfg.tick_s)
         finally:
             beats.cancel()
             for task in list(self._acquire_tasks.values()):
@@ -159,7 +159,7 @@ class Coordinator:
                 await self._heartbeat(self.clock.monotonic())
             except Exception as exc:  # noqa: BLE001 - keep beating; the TTL judges us
                 self._log.debug("heartbeat_failed", error=str(exc))
-            await asyncio.sleep(min(self.cfg.heartbeat_s, self.cfg.tick_s))
+            await self.clock.sleep(min(self.cfg.heartbeat_s, self.cfg.tick_s))
 
     async def step(self) -> None:
         now = self.clock.monotonic()
@@ -464,7 +464,7 @@ class Coordinator:
         return ok
 
     # -- leaving ------------------------------------------------------------------------------
-    async def drain(self, timeout_s: float, wait: Callable[[float], Awaitable[None]] = asyncio.sleep) -> bool:
+    async def drain(self, timeout_s: float, wait: Callable[[float], Awaitable[None]] | None = None) -> bool:
         """Ask the leader to move our partitions away, and wait until they are released.
 
         True when they were handed over. False at the timeout, and at once when no other
@@ -473,6 +473,7 @@ class Coordinator:
         """
         self.draining = True
         self._next_heartbeat = 0.0
+        wait = wait or self.clock.sleep
         deadline = self.clock.monotonic() + timeout_s
         while self.clock.monotonic() < deadline:
             if not self.held and not self.releasing and not self.assigned():

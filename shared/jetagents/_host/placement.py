@@ -1,0 +1,352 @@
+"""Agents placed on a host other than their partition's owner: resource tags and migration.
+
+A partition's owner receives every command of the partition. When the agent is placed on
+another live host (migrated there, or its type requires resource tags this host lacks) the
+owner forwards the command to that host and relays its acknowledgements; the placed host
+checks the placement is still its own before running it. Migration moves one agent in its
+mailbox order (``checkpoint``, ``state`` or ``cold``), through ``adopt``/``release`` requests
+between hosts (``<root>.sys.host.<host>.<what>``). The host-to-host messages go through the
+adapter (``jetagents._nats.hosts``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from .._core.agent import Registry
+from .._core.clock import Clock
+from .._core.command import ACKED, Command, Kind
+from .._core.errors import InternalError, JetAgentsError, MalformedCommand, Unavailable, error_from_wire
+from .._core.ids import AgentId, fnv1a_32, is_valid_token, partition_of
+from .._core.wire import Subjects, encode_error, encode_ok
+from .._nats.api import NS
+from .._nats.hosts import HostLink
+from .._settings import HostSettings
+from .catalog import Activation, Catalog
+
+if TYPE_CHECKING:
+    from .coordination import Coordinator
+
+# host-to-host headers of a forwarded command (<root>.sys.host.<host>.fwd)
+H_FWD_SUBJECT = "Agt-Fwd-Subject"
+H_FWD_REPLY = "Agt-Fwd-Reply"
+H_FWD_DELIVERIES = "Agt-Fwd-Deliveries"
+H_FWD_CSEQ = "Agt-Fwd-Cseq"
+H_FWD_PARTITION = "Agt-Fwd-Partition"
+STRATEGIES = ("checkpoint", "state", "cold")
+
+
+class Message(Protocol):
+    """A received host-to-host message (a nats-py ``Msg`` fits)."""
+
+    @property
+    def subject(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def headers(self) -> Mapping[str, str] | None: ...
+    @property
+    def reply(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineHooks:
+    """What placement asks of the host's command pipeline: parse and queue a command it
+    received, answer one, acknowledge one (to the stream or the forwarder)."""
+
+    parse: Callable[..., Command]
+    dispatch: Callable[[Command], None]
+    reply: Callable[[str | None, bytes, dict[str, str], Command | None], Awaitable[None]]
+    ack: Callable[[Command, bytes], Awaitable[None]]
+    nak: Callable[[Command, float], Awaitable[None]]
+
+
+class Placement:
+    """Forwarding to placed agents, and the host-to-host requests that move them."""
+
+    def __init__(
+        self,
+        settings: HostSettings,
+        registry: Registry,
+        subjects: Subjects,
+        clock: Clock,
+        log: Any,
+        catalog: Catalog,
+        pipeline: PipelineHooks,
+        *,
+        coordinator: Callable[[], Coordinator | None],
+        owns: Callable[[int], bool],
+        event: Callable[[str, dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.subjects = subjects
+        self.clock = clock
+        self.log = log
+        self.catalog = catalog
+        self.pipeline = pipeline
+        self._coordinator = coordinator  # set once the host has joined the cluster (ring membership)
+        self._owns = owns
+        self._event = event
+        self.link: HostLink = None  # type: ignore[assignment]  # set by bind()
+
+    def bind(self, link: HostLink) -> None:
+        self.link = link
+
+    def subject(self, host: str, what: str) -> str:
+        return self.subjects.sys("host", host, what)
+
+    async def route_elsewhere(self, act: Activation, work: Command) -> bool:
+        """At the partition's owner: forward ``work`` when the agent is placed on another
+        live host, or must be (its type requires resource tags this host lacks). True when
+        the work was handed on (or queued), False to process it here."""
+        coord = self._coordinator()
+        assert coord is not None
+        key = act.agent_id.key
+        placed = coord.placements.get(key)
+        requires = act.spec.cls.requires
+        if placed is None and not requires:  # the common case: one dict lookup
+            return False
+        me = self.settings.host_id
+        alive = coord.members_cache
+        able_here = requires <= frozenset(self.settings.tags)
+        if placed is not None and placed[0] not in (me, "") and placed[0] in alive:
+            await self.forward(work, placed[0])
+            return True
+        if placed is not None and placed[0] != me and placed[0] not in alive and able_here:
+            # the host it was placed on is gone: take it back (a newer token than its own)
+            await coord.place(key, me)
+            return False
+        if able_here:
+            return False
+        capable = sorted(
+            h for h, m in alive.items() if requires <= frozenset(m.get("tags") or ()) and not m.get("draining")
+        )
+        pipeline = self.pipeline
+        if not capable:
+            # nobody can run it now: keep it in the stream and tell the caller once
+            err = Unavailable(
+                f"no host offers {sorted(requires)} for {act.agent_id.type!r}; the command is queued",
+                details={"applied": False, "queued": work.kind in ACKED, "requires": sorted(requires)},
+            )
+            if work.deliveries == 1:
+                await pipeline.reply(work.reply_to, encode_error(err), {}, work)
+            if work.kind in ACKED:
+                await pipeline.nak(work, 2.0)
+            return True
+        target = max(capable, key=lambda h: fnv1a_32(f"{h}/{key}".encode()))  # rendezvous choice
+        try:
+            rev = await coord.place(key, target)
+            await self.request(target, "adopt", {"agent": key, "rev": rev, "snapshot": None})
+        except JetAgentsError as exc:
+            self.log.warning("placement_failed", agent=str(act.agent_id), target=target, error=str(exc))
+            if work.kind in ACKED:
+                await pipeline.nak(work, 1.0)
+            return True
+        await self._event("agent.placed", {"agent": str(act.agent_id), "to": target, "requires": sorted(requires)})
+        await self.forward(work, target)
+        return True
+
+    async def request(self, host: str, what: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            data = await self.link.request(self.subject(host, what), orjson.dumps(body), self.settings.op_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - no responders, timeout, connection
+            raise Unavailable(f"host {host} did not answer {what}: {exc!r}") from None
+        reply: dict[str, Any] = orjson.loads(data)
+        if not reply.get("ok"):
+            raise error_from_wire(reply.get("error"))
+        return reply
+
+    async def forward(self, work: Command, target: str) -> None:
+        """Hand a command to the host its agent is placed on. A durable command is
+        acknowledged here only when that host says it finished (``+ACK``/``+TERM``);
+        progress (``+WPI``) is relayed; silence means ``-NAK`` and redelivery (the target's
+        exactly-once record makes the repeat harmless)."""
+        hdrs = dict(work.headers)
+        hdrs[H_FWD_SUBJECT] = work.subject
+        hdrs[H_FWD_PARTITION] = str(work.partition)
+        subject = self.subject(target, "fwd")
+        if work.kind == Kind.CALL:
+            reply = work.reply_to or work.reply_refused  # the target refuses one it may not answer
+            if reply:
+                hdrs[H_FWD_REPLY] = reply
+            await self.link.publish(subject, work.body, headers=hdrs)
+            return
+        hdrs[H_FWD_DELIVERIES] = str(work.deliveries)
+        hdrs[H_FWD_CSEQ] = str(work.stream_seq)
+        pipeline = self.pipeline
+        async with self.link.answers() as (inbox, answers):
+            await self.link.publish(subject, work.body, reply=inbox, headers=hdrs)
+            while True:
+                try:
+                    async with asyncio.timeout(self.settings.ack_wait_s):
+                        answer = await answers.get()
+                except TimeoutError:
+                    await pipeline.nak(work, 0.5)
+                    return
+                if not answer.startswith((b"+ACK", b"+TERM", b"-NAK", b"+WPI")):
+                    # never relay anything else: an empty payload would acknowledge it
+                    await pipeline.nak(work, 0.5)
+                    return
+                await pipeline.ack(work, answer)
+                if answer != b"+WPI":
+                    return
+
+    async def on_host_msg(self, msg: Message) -> None:
+        what = msg.subject.rsplit(".", 1)[1]
+        try:
+            if what == "fwd":
+                await self._on_forwarded(msg)
+            elif what == "adopt":
+                await self._on_adopt(msg)
+            elif what == "release":
+                await self._on_release(msg)
+            elif what == "migrate":
+                await self._on_migrate(msg)
+        except Exception as exc:  # noqa: BLE001 - answer, never crash the subscription
+            self.log.warning("host_request_failed", what=what, error=repr(exc))
+            if msg.reply:
+                err = exc if isinstance(exc, JetAgentsError) else InternalError(repr(exc))
+                await self.pipeline.reply(msg.reply, encode_error(err), {}, None)
+
+    async def _on_forwarded(self, msg: Message) -> None:
+        hdrs = msg.headers or {}
+        parts = hdrs.get(H_FWD_SUBJECT, "").split(".")
+        if len(parts) < 2:
+            return
+        agent_type, agent_id = parts[-2], parts[-1]
+        partition = int(hdrs.get(H_FWD_PARTITION, "0") or 0)
+        coord = self._coordinator()
+        placed = coord.placements.get(f"{agent_type}.{agent_id}") if coord is not None else None
+        mine = placed is not None and placed[0] == self.settings.host_id
+        pipeline = self.pipeline
+        route = (partition, agent_type, agent_id)
+        if H_FWD_REPLY in hdrs or not msg.reply:  # a call
+            if not mine:
+                if hdrs.get(H_FWD_REPLY):
+                    err = Unavailable("the agent is moving; retry", details={"applied": False})
+                    await pipeline.reply(hdrs[H_FWD_REPLY], encode_error(err), {}, None)
+                return
+            work = pipeline.parse(Kind.CALL, msg.subject, hdrs, msg.data, hdrs.get(H_FWD_REPLY), route)
+        else:
+            if not mine:  # not (yet) ours: the owner redelivers it shortly
+                await self.link.publish(msg.reply, b"-NAK " + orjson.dumps({"delay": int(0.5 * NS)}))
+                return
+            work = pipeline.parse(
+                Kind.FORWARDED,
+                msg.subject,
+                hdrs,
+                msg.data,
+                msg.reply,
+                route,
+                deliveries=int(hdrs.get(H_FWD_DELIVERIES, "1") or 1),
+                stream_seq=int(hdrs.get(H_FWD_CSEQ, "0") or 0),
+            )
+        pipeline.dispatch(work)
+
+    # -- migration ----------------------------------------------------------------------------
+    async def _on_adopt(self, msg: Message) -> None:
+        body = orjson.loads(msg.data)
+        key, rev = str(body["agent"]), int(body["rev"])
+        coord = self._coordinator()
+        assert coord is not None
+        coord.learn_placement(key, self.settings.host_id, rev)
+        activated = False
+        snap = body.get("snapshot")
+        agent_type, _, agent_id = key.partition(".")
+        spec = self.registry.get(agent_type)
+        activations = self.catalog.activations
+        if snap and spec is not None and key not in activations:
+            act = Activation(AgentId(agent_type, agent_id), spec)
+            await self.catalog.activate(act, given=snap)
+            act.last_used = self.clock.monotonic()
+            activations[key] = act
+            activated = True
+        await self._event("agent.adopted", {"agent": key, "token": rev, "warm": activated})
+        if msg.reply:
+            await self.link.publish(msg.reply, orjson.dumps({"ok": True, "activated": activated}))
+
+    async def _on_release(self, msg: Message) -> None:
+        body = orjson.loads(msg.data)
+        key, strategy = str(body["agent"]), str(body.get("strategy", "checkpoint"))
+        act = self.catalog.activations.pop(key, None)
+        snapshot = None
+        if act is not None and act.agent is not None:
+            snapshot = await self._hand_over(act, strategy)
+        if msg.reply:
+            await self.link.publish(msg.reply, orjson.dumps({"ok": True, "snapshot": snapshot}))
+
+    async def _hand_over(self, act: Activation, strategy: str) -> dict[str, Any] | None:
+        """Let go of an agent in memory: ``checkpoint`` snapshots it first, ``state``
+        returns its state for the next host; then forget it (the next command rebuilds it)."""
+        snapshot = None
+        if strategy == "checkpoint" and act.since_snapshot:
+            await self.catalog.snapshot(act)
+        elif strategy == "state":
+            snapshot = self.catalog.snapshot_body(act)
+        self.catalog.evict(act)
+        return snapshot
+
+    async def _on_migrate(self, msg: Message) -> None:
+        try:
+            body = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            raise MalformedCommand('a migrate request is a JSON object {"type", "id", "target", "strategy"}')
+        agent_type, agent_id, target = body.get("type"), body.get("id"), body.get("target")
+        if not (is_valid_token(agent_type) and is_valid_token(agent_id)):
+            raise MalformedCommand("migrate needs a valid type and id")
+        if not is_valid_token(target):
+            raise MalformedCommand("migrate needs a valid target host id")
+        if body.get("strategy", "checkpoint") not in STRATEGIES:
+            raise MalformedCommand(f"strategy must be one of {', '.join(STRATEGIES)}")
+        partition = partition_of(agent_type, agent_id, self.settings.partitions)
+        if not self._owns(partition):
+            raise Unavailable("this host does not own the agent's partition; ask its owner", details={"applied": False})
+        # queued behind the agent's earlier commands, so none of them is lost or reordered
+        route = (partition, agent_type, agent_id)
+        pipeline = self.pipeline
+        pipeline.dispatch(pipeline.parse(Kind.MIGRATE, msg.subject, msg.headers, msg.data, msg.reply, route))
+
+    async def migrate(self, act: Activation, work: Command) -> None:
+        """Move one agent to another host (at its partition's owner, in mailbox order):
+        ``checkpoint`` snapshots it to KV first, ``state`` hands the state over directly,
+        ``cold`` lets the target rebuild it from the log. Later commands are forwarded."""
+        try:
+            body = orjson.loads(work.body)
+            target, strategy = str(body["target"]), str(body.get("strategy", "checkpoint"))
+            coord = self._coordinator()
+            if coord is None:
+                raise Unavailable("migration needs cluster membership (membership=ring)")
+            if target not in coord.members_cache or coord.members_cache[target].get("draining"):
+                raise Unavailable(f"host {target!r} is not a live member", details={"applied": False})
+            me = self.settings.host_id
+            key = act.agent_id.key
+            placed = coord.placements.get(key)
+            source = placed[0] if placed and placed[0] in coord.members_cache else me
+            snapshot: dict[str, Any] | None = None
+            if source == me:
+                if act.agent is not None:
+                    snapshot = await self._hand_over(act, strategy)
+            elif source != target:
+                snapshot = (await self.request(source, "release", {"agent": key, "strategy": strategy})).get("snapshot")
+            rev = await coord.place(key, target)
+            if target != me:
+                await self.request(target, "adopt", {"agent": key, "rev": rev, "snapshot": snapshot})
+            elif snapshot is not None:
+                await self.catalog.activate(act, given=snapshot)
+            result = {"agent": str(act.agent_id), "from": source, "to": target, "strategy": strategy, "token": rev}
+            self.log.info("agent_migrated", **result)
+            await self._event("agent.migrated", result)
+            reply = encode_ok(result)
+        except JetAgentsError as err:
+            reply = encode_error(err)
+        except (KeyError, ValueError) as exc:
+            reply = encode_error(MalformedCommand(f"bad migrate request: {exc!r}"))
+        await self.pipeline.reply(work.reply_to, reply, {}, work)

@@ -1,0 +1,46 @@
+"""Host-to-host messages (``<root>.sys.host.<host>.<what>``) as the host's placement part uses
+them: requests another host answers (adopt, release), commands forwarded to the host an agent
+is placed on, and the acknowledgements that host sends back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+
+class HostLink:
+    """One connection's view of the other hosts."""
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+
+    async def request(self, subject: str, body: bytes, timeout_s: float) -> bytes:
+        """The answer's body; raises nats-py's errors (no responders, timeout, connection)."""
+        msg = await self._nc.request(subject, body, timeout=timeout_s)
+        return msg.data
+
+    async def publish(
+        self, subject: str, body: bytes, *, headers: dict[str, str] | None = None, reply: str = ""
+    ) -> None:
+        await self._nc.publish(subject, body, reply=reply, headers=headers)
+
+    @contextlib.asynccontextmanager
+    async def answers(self) -> AsyncIterator[tuple[str, asyncio.Queue[bytes]]]:
+        """A fresh inbox and the queue its messages arrive on, for as long as the block runs.
+        A status message (503: nobody listens at the other end any more) arrives as ``b""``."""
+        inbox = self._nc.new_inbox()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_answer(m: Msg) -> None:
+            queue.put_nowait(b"" if m.headers and m.headers.get("Status") else m.data)
+
+        sub = await self._nc.subscribe(inbox, cb=on_answer)
+        try:
+            yield inbox, queue
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
