@@ -227,7 +227,6 @@ class Host:
         self._providers = (tracer_provider, meter_provider)
         self._tel = HostTelemetry(self, settings.host_id, tracer_provider, meter_provider)
         self.metrics = Metrics(self._tel)
-        self.stats = self.metrics.counts
         self.partitions = Partitions(
             settings,
             self.topology,
@@ -277,6 +276,11 @@ class Host:
     @property
     def _stopping(self) -> bool:
         return self.supervisor.stopping
+
+    @property
+    def stats(self) -> Mapping[str, int]:
+        """The host's counters (read-only; the health endpoint and ``jetagents status`` show them)."""
+        return self.metrics.stats
 
     @property
     def activations(self) -> OrderedDict[str, Activation]:
@@ -841,7 +845,7 @@ class Host:
             if outcome.ack.kind is not AckKind.RETRY:
                 await outcomes.execute(cmd, outcome, out)
                 return
-            self.metrics.inc("retries")
+            outcomes.count(cmd, outcome)
             await self.clock.sleep(outcome.ack.delay_s)
 
     async def _attempt(
@@ -865,8 +869,7 @@ class Host:
         if cmd_id:
             record = act.records.get(cmd_id) if act.records else None
             if record is not None:
-                self.stats["duplicates"] += 1
-                self._tel.duplicate(act.agent_id.type, "record")
+                self.metrics.inc("duplicates", agent_type=act.agent_id.type, source="record")
                 seq, ok, payload = record
                 if ok:
                     await self.outcomes.settle(cmd, Result.DUPLICATE, out, answer=payload, event_seq=seq)
@@ -946,7 +949,7 @@ class Host:
                 await self.outcomes.settle(cmd, Result.REFUSED, out, error=err)
                 return None
             except FencedError as err:
-                self.stats["fenced"] += 1
+                self.metrics.inc("fenced")
                 self._log.warning("append_fenced", agent=str(act.agent_id), cmd=cmd_id)
                 self.catalog.evict(act)  # rebuild from the log (with the other writer's commits)
                 return err, False
@@ -956,8 +959,7 @@ class Host:
             if duplicate:
                 # This command's commit is already in the log (its record had been
                 # evicted): do not apply it again; answer with what it answered then.
-                self.stats["duplicates"] += 1
-                self._tel.duplicate(act.agent_id.type, "log")
+                self.metrics.inc("duplicates", agent_type=act.agent_id.type, source="log")
                 first = await self._commit_at(seq)
                 answer = first.result if first else None
                 await self.outcomes.settle(cmd, Result.DUPLICATE, out, answer=answer, event_seq=seq)
@@ -981,7 +983,6 @@ class Host:
         """The action was cancelled at its limit (ADR 0036). Past the command's own deadline:
         ``deadline_exceeded``, acknowledged. Past the action's time limit: ``action_timeout``,
         at once (never retried in place), dead-lettered when durable."""
-        self.stats["action_timeouts"] += 1
         err: JetAgentsError
         if by_deadline:
             err = DeadlineExceeded(
@@ -993,7 +994,7 @@ class Host:
                 f"action {action!r} ran longer than {limit_s:g} s: cancelled, nothing applied",
                 details={"applied": False, "timeout_s": limit_s},
             )
-        self._tel.action_timed_out(act.agent_id.type, action, err.code)
+        self.metrics.inc("action_timeouts", agent_type=act.agent_id.type, action=action, error=err.code)
         self._log.warning("action_timed_out", agent=str(act.agent_id), action=action, limit_s=limit_s, code=err.code)
         await self.outcomes.settle(cmd, Result.OVERRAN, out, error=err, by_deadline=by_deadline)
 
