@@ -14,7 +14,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .api import ERR_NO_MESSAGE, JSApiError, js_api
+from .api import ERR_NO_MESSAGE, JSApiError, js_api, stream_info
 from .conn import parse_header_lines
 
 
@@ -44,7 +44,7 @@ class CommandStreamScan:
         self._timeout_s = timeout_s
 
     async def first_seq(self) -> int:
-        info = await js_api(self._nc, f"$JS.API.STREAM.INFO.{self._stream}", None, self._timeout_s)
+        info = await stream_info(self._nc, self._stream, self._timeout_s)
         return int(info["state"].get("first_seq", 1)) or 1
 
     async def next_from(self, seq: int) -> StoredCommand | None:
