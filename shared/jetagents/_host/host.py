@@ -270,14 +270,6 @@ class Host:
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
-    def _started(self) -> bool:
-        return self.supervisor.started
-
-    @property
-    def _stopping(self) -> bool:
-        return self.supervisor.stopping
-
-    @property
     def stats(self) -> Mapping[str, int]:
         """The host's counters (read-only; the health endpoint and ``jetagents status`` show them)."""
         return self.metrics.stats
@@ -303,16 +295,16 @@ class Host:
         connected = self.nc is not None and self.nc.is_connected
         coord = self.coordinator
         if self.static:
-            joined = self._started
-            started = self._started and set(self._static_partitions) <= self._owned_set
+            joined = self.supervisor.started
+            started = self.supervisor.started and set(self._static_partitions) <= self._owned_set
         else:
             joined = coord is not None and coord.ring is not None and not coord.stopped
             started = joined and coord is not None and coord.assigned() <= coord.held
         return {
             "connected": connected,
-            "jetstream": self._started and connected,
-            "ring_joined": joined and not self._stopping,
-            "partitions_started": started and not self._stopping,
+            "jetstream": self.supervisor.started and connected,
+            "ring_joined": joined and not self.supervisor.stopping,
+            "partitions_started": started and not self.supervisor.stopping,
         }
 
     async def start(self) -> None:
@@ -486,7 +478,7 @@ class Host:
         """Stop taking commands, finish those in hand (bounded by ``drain_grace_s``),
         snapshot active agents and disconnect. Nothing acknowledged is lost: whatever is
         not finished is left unacknowledged and is redelivered to the next owner."""
-        if self._stopping or self.nc is None:
+        if self.supervisor.stopping or self.nc is None:
             return
         coord = self.coordinator
         if coord is not None:
@@ -574,7 +566,7 @@ class Host:
                 if spec is None
                 else MalformedCommand(f"invalid agent id {agent_id!r}")
             )
-            self._side(self._reject_unrouted(work, err))
+            self.supervisor.spawn("side", self._reject_unrouted(work, err))
             return
         key = f"{agent_type}.{agent_id}"
         act = self.activations.get(key)
@@ -659,7 +651,7 @@ class Host:
             )
         outcome = self.outcomes.decide(work, Result.BUSY, error=err, hand_backs=hand_backs)
         self.outcomes.count(work, outcome)  # at once: a burst of refusals shows as it happens
-        self._side(self.outcomes.execute(work, outcome, {}, counted=True))
+        self.supervisor.spawn("side", self.outcomes.execute(work, outcome, {}, counted=True))
 
     def _track(self, work: Command) -> None:
         self._inflight.add(work)
@@ -685,9 +677,6 @@ class Host:
             self.partitions.wake_low(None)
         else:
             self.partitions.wake_low(work.partition)
-
-    def _side(self, coro: Any) -> None:
-        self.supervisor.spawn("side", coro)
 
     # -- workers ---------------------------------------------------------------------------
     async def _work(self, act: Activation, cmd: Command) -> None:
@@ -840,7 +829,7 @@ class Host:
                 handler_fault=handler_fault,
                 attempt=attempt,
                 partition_lost=lost,
-                stopping=self._stopping,
+                stopping=self.supervisor.stopping,
             )
             if outcome.ack.kind is not AckKind.RETRY:
                 await outcomes.execute(cmd, outcome, out)
@@ -971,7 +960,7 @@ class Host:
             act.since_snapshot += 1
             self._remember(act, commit.cmd, (seq, True, result_json))
             if act.since_snapshot >= s.snapshot_every and not act.snapshotting:
-                self._side(self.catalog.snapshot(act))
+                self.supervisor.spawn("side", self.catalog.snapshot(act))
         else:
             seq = 0
         await self.outcomes.settle(cmd, Result.OK, out, answer=result_json, event_seq=seq)
@@ -1091,7 +1080,7 @@ class Host:
         while True:
             await asyncio.sleep(self.settings.stranded_sweep_s)
             coord = self.coordinator
-            if self._stopping or (coord is not None and not coord.is_leader):
+            if self.supervisor.stopping or (coord is not None and not coord.is_leader):
                 continue
             try:
                 removed = await self._sweeper.round()

@@ -83,7 +83,7 @@ class Intake:
             if pin:
                 puller.pin_id = pin
         cmd = self.parse(Kind.STREAM, subject, headers, data, reply, (partition, parts[-2], parts[-1]))
-        if host._stopping:
+        if host.supervisor.stopping:
             host._track(cmd)
             await host.outcomes.settle(cmd, Result.STOPPING, {})
             host._untrack(cmd)
@@ -117,7 +117,7 @@ class Intake:
             moving_here = (
                 coord is not None
                 and coord.ring is not None
-                and not host._stopping
+                and not host.supervisor.stopping
                 and coord.ring.owners[partition] == host.settings.host_id
             )
             if reply and moving_here:
@@ -154,4 +154,4 @@ class Intake:
         size, limit = len(cmd.body), host.settings.max_payload_bytes
         host._track(cmd)  # its bytes count against max_inflight_bytes until the refusal is done
         err = PayloadTooLarge(f"payload of {size} bytes exceeds the limit of {limit}")
-        host._side(host._reject_unrouted(cmd, err))
+        host.supervisor.spawn("side", host._reject_unrouted(cmd, err))
