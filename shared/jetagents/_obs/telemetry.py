@@ -259,7 +259,7 @@ class HostTelemetry(Telemetry):
         def owned(_: CallbackOptions) -> Iterable[Observation]:
             ref = _live_hosts.get(host_id)
             h = ref() if ref is not None else None
-            if h is not None and h._started and not h._stopping:
+            if h is not None and h.supervisor.started and not h.supervisor.stopping:
                 yield Observation(len(h.owned))
 
         self.partitions = m.create_observable_gauge(
