@@ -56,29 +56,22 @@ from .._core.errors import (
     UnknownAgentType,
     error_from_wire,
 )
-from .._core.ids import AgentId, fnv1a_32, is_reply_subject, is_valid_token
+from .._core.ids import AgentId, fnv1a_32, is_valid_token
+from .._core.outcome import AckKind, Result, exhausted
 from .._core.wire import (
     DEAD_LETTER_MIN_BYTES,
     H_COMMAND_ID,
     H_CORRELATION_ID,
-    H_DUPLICATE,
-    H_EVENT_SEQ,
     H_EXPECTED_LAST_SUBJECT_SEQ,
     H_HOST,
     H_MSG_ID,
-    TRACEPARENT,
-    TRACESTATE,
     Commit,
     Subjects,
     decode_command,
     encode_commit,
-    encode_dead_letter,
-    encode_error,
-    encode_ok,
 )
 from .._nats.api import (
     ERR_WRONG_LAST_SEQUENCE,
-    NS,
     DirectReader,
     JSApiError,
     Topology,
@@ -92,29 +85,25 @@ from .._nats.hosts import HostLink
 from .._nats.inbox import Inbox
 from .._nats.kv import JetStreamStore
 from .._nats.log_reader import DirectLogReader
+from .._nats.ports import NatsPublisher
 from .._obs.metrics import Metrics
 from .._obs.propagation import carry_context
 from .._obs.telemetry import (
     AGENT_ID,
     AGENT_TYPE,
-    DEAD_LETTER,
     DELIVERY,
     DELIVERY_COUNT,
-    DUPLICATE,
-    ERROR,
     FAILED,
     HOST_ID,
     MESSAGING_BODY_SIZE,
     MESSAGING_CONSUMER_GROUP,
     MESSAGING_CONVERSATION_ID,
     MESSAGING_DESTINATION,
-    MESSAGING_DESTINATION_TEMPORARY,
     MESSAGING_MESSAGE_ID,
     MESSAGING_OPERATION_NAME,
     MESSAGING_OPERATION_TYPE,
     MESSAGING_PARTITION,
     MESSAGING_SYSTEM,
-    OK,
     REQUEUED,
     HostTelemetry,
     enter_command,
@@ -129,6 +118,7 @@ from .coordination import ClusterConfig, Coordinator
 from .deadline import Deadline, Overrun
 from .eager import start_eager
 from .intake import Intake
+from .outcomes import Outcomes
 from .partitions import Partitions
 from .placement import PipelineHooks, Placement
 from .supervisor import Supervisor
@@ -142,7 +132,6 @@ _NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
 # a durable command handed back because its agent's mailbox was full keeps every later
 # command of that agent waiting (handed back too) until it returns, or until this long
 _HOLD_S = 60.0
-_BUSY_DELAY_MAX_S = 5.0
 
 
 def _rss_mb() -> float:
@@ -154,26 +143,6 @@ def _rss_mb() -> float:
         import resource
 
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def _call_reply_headers(out: dict[str, str], cmd: Command) -> dict[str, str]:
-    """The headers of a reply to a call, without what the caller already knows.
-
-    A call's reply subject is the caller's own (core request/reply), so the command id
-    adds nothing, and a trace context that went through unchanged is the caller's own.
-    Headers are a large share of a small call's cost (wire contract section 4).
-    """
-    trace_in = cmd.trace
-    keep: dict[str, str] = {}
-    for k, v in out.items():
-        if k == H_COMMAND_ID:
-            continue
-        if trace_in is not None and (
-            (k == TRACEPARENT and trace_in.traceparent == v) or (k == TRACESTATE and trace_in.tracestate == v)
-        ):
-            continue
-        keep[k] = v
-    return keep
 
 
 def _trace_of(cmd: Command) -> tuple[str | None, str | None]:
@@ -278,7 +247,20 @@ class Host:
             self._log,
             lambda aid, partition: self.placement.fence_token(aid, partition),
         )
-        hooks = PipelineHooks(self._intake.parse, self._dispatch, self._publish_reply, self._ack, self._nak)
+        self._publisher = NatsPublisher(self.nc, settings.op_timeout_s)  # connected by start()
+        self.outcomes = Outcomes(
+            self._publisher,
+            settings,
+            subjects=self.subjects,
+            registry=registry,
+            clock=self.clock,
+            metrics=self.metrics,
+            tel=self._tel,
+            log=self._log,
+            dead_letter_max_bytes=self._dead_letter_max_bytes,
+        )
+        outcomes = self.outcomes
+        hooks = PipelineHooks(self._intake.parse, self._dispatch, outcomes.reply, outcomes.ack, outcomes.nak)
         self.placement = Placement(
             settings,
             registry,
@@ -352,6 +334,7 @@ class Host:
             disconnected_cb=self._on_disconnected,
             error_cb=self._on_error,
         )
+        self._publisher.nc = self.nc
         created = await ensure_topology(self.nc, self.topology, s.op_timeout_s)
         self.cepoch = f"{fnv1a_32(created.encode()):08x}"  # names commands that carry no id
         snapshots = await KvBucket.open(self.nc, self.topology.snap_bucket, s.op_timeout_s)
@@ -514,7 +497,7 @@ class Host:
         # what is left in mailboxes was never started: hand it back at once
         for work in list(self._inflight):
             if work.kind in _ACKED and not work.done:
-                await self._nak(work, 0.0)
+                await self.outcomes.settle(work, Result.STOPPING, {})
         if drain and self.nc.is_connected:
             await self.catalog.snapshot_all(max(1.0, self.settings.op_timeout_s))
         await self.supervisor.drain("side", self.settings.op_timeout_s)
@@ -629,11 +612,11 @@ class Host:
                 held = act.held = {}
             times = held.get(work.stream_seq, (0, 0.0))[0] + 1
             held[work.stream_seq] = (times, now)
-            self._refuse_busy(act, work, min(0.25 * 2**times, _BUSY_DELAY_MAX_S))
+            self._refuse_busy(act, work, times)
             return True
         if not full:
             return False
-        self._refuse_busy(act, work, 1.0)
+        self._refuse_busy(act, work, 0)
         return True
 
     def _prune_held(self, act: Activation, now: float) -> None:
@@ -646,20 +629,20 @@ class Host:
         if not held:
             act.held = None
 
-    def _refuse_busy(self, act: Activation, work: Command, delay_s: float) -> None:
+    def _refuse_busy(self, act: Activation, work: Command, hand_backs: int) -> None:
+        """Row 12: hand a durable command back (``hand_backs`` times so far, 0: not tracked),
+        refuse a call (agent busy, not applied)."""
         # out of the host's in-flight count at once: a burst of refusals must not fill it
         self._untrack(work)
-        aid = act.agent_id
-        self.metrics.inc("agent_busy", agent_type=aid.type, delivery=work.delivery_mode)
-        if work.durable:
-            self.supervisor.spawn("side", self._nak(work, delay_s))
-            return
-        if work.reply_to or work.reply_refused:
+        err = None
+        if not work.durable:
             err = Unavailable(
-                f"agent busy: {len(act.mailbox or ())} commands of {aid} are waiting; retry",
+                f"agent busy: {len(act.mailbox or ())} commands of {act.agent_id} are waiting; retry",
                 details={"applied": False, "reason": "agent_busy"},
             )
-            self.supervisor.spawn("side", self._publish_reply(work.reply_to, encode_error(err), {}, work))
+        outcome = self.outcomes.decide(work, Result.BUSY, error=err, hand_backs=hand_backs)
+        self.outcomes.count(work, outcome)  # at once: a burst of refusals shows as it happens
+        self.supervisor.spawn("side", self.outcomes.execute(work, outcome, {}, counted=True))
 
     def _track(self, work: Command) -> None:
         self._inflight.add(work)
@@ -712,16 +695,13 @@ class Host:
         except asyncio.CancelledError:
             if cmd.durable and not cmd.done:
                 with contextlib.suppress(Exception):
-                    await self._nak(cmd, 0.0)
+                    await self.outcomes.settle(cmd, Result.STOPPING, {})
             raise
         except Exception:  # noqa: BLE001 - a bug here must not kill the worker
             self._log.exception("process_failed", agent=str(act.agent_id))
-            if cmd.durable and not cmd.done:
-                await self._nak(cmd, 1.0)
-            elif cmd.kind == CALL and not cmd.outcome and (cmd.reply_to or cmd.reply_refused):
-                # a call is never retried: its caller hears of the failure now, not at its timeout
-                err = InternalError("the host failed to process the command", details={"applied": False})
-                await self._publish_reply(cmd.reply_to, encode_error(err), {}, cmd)
+            # a call is never retried: its caller hears of the failure now, not at its timeout
+            if (cmd.durable and not cmd.done) or (cmd.kind == CALL and not cmd.outcome):
+                await self.outcomes.settle(cmd, Result.BUG, {})
         finally:
             self._untrack(cmd)
             act.last_used = self.clock.monotonic()
@@ -794,29 +774,25 @@ class Host:
 
     async def _process_traced(self, act: Activation, cmd: Command, out: dict[str, str]) -> None:
         s = self.settings
+        outcomes = self.outcomes
         # hand-backs for a busy agent (ADR 0036) are not failures: they do not count here
-        if cmd.durable and cmd.deliveries - cmd.busy_naks > s.max_redeliveries:
-            await self._reject(cmd, act.agent_id, InternalError("redelivered too often; giving up"), out)
+        if cmd.durable and exhausted(cmd.deliveries, cmd.busy_naks, outcomes.limits):
+            await outcomes.settle(cmd, Result.EXHAUSTED, out)
             return
         try:
             if len(cmd.command_id) > MAX_COMMAND_ID_LEN:
                 raise MalformedCommand("command id longer than 256 characters")
             if cmd.reply_refused:
                 # never answer there, not even with this refusal
-                await self._reject(
-                    cmd,
-                    act.agent_id,
-                    MalformedCommand("the reply subject is not under a reply prefix this host accepts"),
-                    out,
-                    answer=False,
-                )
+                err = MalformedCommand("the reply subject is not under a reply prefix this host accepts")
+                await outcomes.settle(cmd, Result.REFUSED, out, error=err, silent=True)
                 return
             body = decode_command(cmd.body, s.max_payload_bytes)
             cmd.action = body.action if body.action in act.spec.actions else "_unknown"
             action = act.spec.action(body.action)
             params = action.validate_params(body.params)
         except JetAgentsError as err:
-            await self._reject(cmd, act.agent_id, err, out)
+            await outcomes.settle(cmd, Result.REFUSED, out, error=err)
             return
         # Failures are retried here, in place, so the agent's later commands wait behind
         # this one (per-agent FIFO holds); the housekeeping sends +WPI meanwhile.
@@ -827,31 +803,30 @@ class Host:
                 return
             failed, handler_fault = failure
             attempt += 1
-            if cmd.kind == CALL:  # at-most-once: never retried by the host
-                cmd.outcome, cmd.error = ERROR, failed.code
-                if cmd.reply_to or cmd.reply_refused:
-                    retry_err = failed if failed.retryable or handler_fault else Unavailable(failed.message)
-                    await self._publish_reply(cmd.reply_to, encode_error(retry_err), out, cmd)
-                return
-            if handler_fault and attempt >= s.max_deliver:
-                await self._reject(cmd, act.agent_id, failed, out)
-                return
-            if isinstance(failed, FencedError) and self.coordinator is not None:
+            lost = False
+            if cmd.durable and isinstance(failed, FencedError) and self.coordinator is not None:
                 # Another host wrote this agent. Retry only if the store (not our memory,
                 # which may be stale after a pause) says the partition is still ours.
                 try:
-                    ours = await self.coordinator.still_holds(cmd.partition)
+                    lost = not await self.coordinator.still_holds(cmd.partition)
                 except JetAgentsError:
-                    ours = False
-                if not ours:
+                    lost = True
+                if lost:
                     self._log.warning("partition_lost", partition=cmd.partition, agent=str(act.agent_id))
-                    await self._nak(cmd, 0.0)
-                    return
-            if self.supervisor.stopping:
-                await self._nak(cmd, 0.0)  # hand it back to the next owner
+            outcome = outcomes.decide(
+                cmd,
+                Result.FAILED,
+                error=failed,
+                handler_fault=handler_fault,
+                attempt=attempt,
+                partition_lost=lost,
+                stopping=self.supervisor.stopping,
+            )
+            if outcome.ack.kind is not AckKind.RETRY:
+                await outcomes.execute(cmd, outcome, out)
                 return
-            self.metrics.inc("retries")
-            await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
+            outcomes.count(cmd, outcome)
+            await self.clock.sleep(outcome.ack.delay_s)
 
     async def _attempt(
         self, act: Activation, cmd: Command, action: Any, params: dict[str, Any], out: dict[str, str]
@@ -863,7 +838,7 @@ class Host:
             try:
                 await self.catalog.activate(act)
             except _NON_RETRYABLE_INPUT as err:
-                await self._reject(cmd, act.agent_id, err, out)
+                await self.outcomes.settle(cmd, Result.REFUSED, out, error=err)
                 return None
             except JetAgentsError as err:
                 return err, isinstance(err, InternalError)
@@ -875,14 +850,12 @@ class Host:
             record = act.records.get(cmd_id) if act.records else None
             if record is not None:
                 self.metrics.inc("duplicates", agent_type=act.agent_id.type, source="record")
-                out[H_DUPLICATE] = "true"
                 seq, ok, payload = record
-                if seq:
-                    out[H_EVENT_SEQ] = str(seq)
                 if ok:
-                    await self._finish_ok(cmd, payload, out)
+                    await self.outcomes.settle(cmd, Result.DUPLICATE, out, answer=payload, event_seq=seq)
                 else:
-                    await self._finish_err(cmd, error_from_wire(payload), out)
+                    refusal = error_from_wire(payload)
+                    await self.outcomes.settle(cmd, Result.DUPLICATE, out, error=refusal, event_seq=seq)
                 return None
 
         # the action's time limit: its own, its type's or the host's, cut to the command's
@@ -892,7 +865,8 @@ class Host:
         if cmd.deadline_ms is not None:
             left_s = (cmd.deadline_ms - self.clock.wall_ms()) / 1000
             if left_s < 0:
-                await self._finish_err(cmd, DeadlineExceeded("the command's deadline passed before it ran"), out)
+                late = DeadlineExceeded("the command's deadline passed before it ran")
+                await self.outcomes.settle(cmd, Result.DEADLINE, out, error=late)
                 return None
             if left_s < limit_s:
                 limit_s, by_deadline = left_s, True
@@ -919,7 +893,7 @@ class Host:
             agent._finish()
             if cmd_id:  # remembered (in memory) so a redelivery gets the same answer
                 self._remember(act, cmd_id, (0, False, err.to_wire()))
-            await self._finish_err(cmd, err, out)
+            await self.outcomes.settle(cmd, Result.DOMAIN, out, error=err)
             return None
         except Overrun:
             agent._finish()  # whatever it emitted is dropped
@@ -952,7 +926,7 @@ class Host:
                 else:
                     seq, duplicate = await self._append(act, commit, out)
             except PayloadTooLarge as err:  # the commit itself is too big: never retryable
-                await self._reject(cmd, act.agent_id, err, out)
+                await self.outcomes.settle(cmd, Result.REFUSED, out, error=err)
                 return None
             except FencedError as err:
                 self.metrics.inc("fenced")
@@ -967,9 +941,8 @@ class Host:
                 # evicted): do not apply it again; answer with what it answered then.
                 self.metrics.inc("duplicates", agent_type=act.agent_id.type, source="log")
                 first = await self._commit_at(seq)
-                out[H_DUPLICATE] = "true"
-                out[H_EVENT_SEQ] = str(seq)
-                await self._finish_ok(cmd, first.result if first else None, out)
+                answer = first.result if first else None
+                await self.outcomes.settle(cmd, Result.DUPLICATE, out, answer=answer, event_seq=seq)
                 return None
             agent._commit(draft)
             act.last_seq = seq
@@ -977,10 +950,11 @@ class Host:
             act.own = max(act.own, commit.own)
             act.since_snapshot += 1
             self._remember(act, commit.cmd, (seq, True, result_json))
-            out[H_EVENT_SEQ] = str(seq)
             if act.since_snapshot >= s.snapshot_every and not act.snapshotting:
                 self.supervisor.spawn("side", self.catalog.snapshot(act))
-        await self._finish_ok(cmd, result_json, out)
+        else:
+            seq = 0
+        await self.outcomes.settle(cmd, Result.OK, out, answer=result_json, event_seq=seq)
         return None
 
     async def _overran(
@@ -1002,10 +976,7 @@ class Host:
             )
         self.metrics.inc("action_timeouts", agent_type=act.agent_id.type, action=action, error=err.code)
         self._log.warning("action_timed_out", agent=str(act.agent_id), action=action, limit_s=limit_s, code=err.code)
-        if by_deadline or cmd.kind == CALL:
-            await self._finish_err(cmd, err, out)
-        else:
-            await self._reject(cmd, act.agent_id, err, out)
+        await self.outcomes.settle(cmd, Result.OVERRAN, out, error=err, by_deadline=by_deadline)
 
     def _remember(self, act: Activation, cmd_id: str, record: tuple[int, bool, Any]) -> None:
         records = act.records
@@ -1015,160 +986,21 @@ class Host:
         if len(records) > self.settings.dedup_records_per_agent:
             records.popitem(last=False)
 
-    # -- outcomes --------------------------------------------------------------------------
-    async def _finish_ok(self, cmd: Command, result: Any, hdrs: dict[str, str]) -> None:
-        self.metrics.inc("processed")
-        cmd.outcome = DUPLICATE if H_DUPLICATE in hdrs else OK
-        if cmd.reply_to or cmd.reply_refused:
-            await self._publish_reply(cmd.reply_to, encode_ok(result), hdrs, cmd)
-        if cmd.durable:
-            await self._ack(cmd, b"+ACK")
-
-    async def _finish_err(self, cmd: Command, err: JetAgentsError, hdrs: dict[str, str]) -> None:
-        """A legitimate outcome (domain refusal, deadline): answer and acknowledge."""
-        self.metrics.inc("processed")
-        cmd.outcome, cmd.error = ERROR, err.code
-        if cmd.reply_to or cmd.reply_refused:
-            await self._publish_reply(cmd.reply_to, encode_error(err), hdrs, cmd)
-        if cmd.durable:
-            await self._ack(cmd, b"+ACK")
-
-    async def _reject(
-        self, cmd: Command, agent_id: AgentId | None, err: JetAgentsError, hdrs: dict[str, str], *, answer: bool = True
-    ) -> None:
-        """Bad input: dead-letter, then answer with the error, then terminate (never
-        redeliver). The dead letter is stored before the caller hears of the error; one
-        that cannot be stored is tried a bounded number of times, never forever.
-        ``answer=False``: the reply subject is the problem, nobody is answered."""
-        cmd.outcome, cmd.error = DEAD_LETTER, err.code
-        type_tok = agent_id.type if agent_id else "_invalid"
-        id_tok = agent_id.id if agent_id else "_invalid"
-        durable = cmd.durable
-        dl = encode_dead_letter(
-            error=err,
-            subject=cmd.subject,
-            headers=cmd.headers,
-            payload=cmd.body,
-            host=self.settings.host_id,
-            ts_ms=self.clock.wall_ms(),
-            stream_seq=cmd.stream_seq or None,
-            deliveries=cmd.deliveries if durable else None,
-            max_bytes=self._dead_letter_max_bytes(),
-            keep_bytes=self.settings.max_payload_bytes,
-        )
-        stored, lasting = await self._store_dead_letter(self.subjects.dlq(type_tok, id_tok), dl)
-        if stored:
-            # a type no agent class declares is the sender's text: not a metric attribute
-            known = type_tok if type_tok in self.registry else "_unknown"
-            self.metrics.inc("dead_letters", agent_type=known, error=err.code)
-            self._log.info("dead_lettered", subject=cmd.subject, code=err.code, reason=err.message)
-        elif durable and not lasting and cmd.deliveries < self.settings.max_redeliveries:
-            await self._nak(cmd, 1.0)  # keep it: try to dead-letter it again later
-            return
-        else:
-            # given up: the command is terminated (a loop would block its agent for good);
-            # the caller hears that nothing was applied, not the bad-input error whose
-            # dead letter it could not find
-            self.metrics.inc("dead_letters_lost")
-            self._log.error("dead_letter_lost", subject=cmd.subject, code=err.code, reason=err.message)
-            err = Unavailable(
-                f"the command was refused ({err.code}: {err.message}) but its dead letter could not be stored",
-                details={"applied": False, "refused": err.code},
-            )
-        if answer and (cmd.reply_to or cmd.reply_refused):
-            if cmd.reply_to:
-                hdrs[H_HOST] = self.settings.host_id
-            await self._publish_reply(cmd.reply_to, encode_error(err), hdrs, cmd)
-        if durable:
-            await self._ack(cmd, b"+TERM " + cmd.error.encode())
-
+    # -- outcomes (``outcomes.py``) ------------------------------------------------------
     def _dead_letter_max_bytes(self) -> int:
         """The largest dead letter the stream and the server both take."""
         server = int(getattr(self.nc, "max_payload", 0) or 0) - 1024
         limit = self.topology.dead_letter_max_bytes
         return max(DEAD_LETTER_MIN_BYTES, min(limit, server) if server > 0 else limit)
 
-    async def _store_dead_letter(self, subject: str, body: bytes) -> tuple[bool, bool]:
-        """``(stored, lasting)``: a few attempts in place; ``lasting`` when the server
-        refused it (an error that a later attempt would get again)."""
-        for attempt in range(3):
-            try:
-                await js_publish(self.nc, subject, body, {}, self.settings.op_timeout_s)
-                return True, False
-            except (JSApiError, PayloadTooLarge) as exc:
-                self._log.warning("dead_letter_failed", error=str(exc))
-                return False, True
-            except Exception as exc:  # noqa: BLE001 - timeout, no responders, connection
-                self._log.warning("dead_letter_failed", error=str(exc), attempt=attempt + 1)
-            if attempt < 2:
-                await asyncio.sleep(0.1 * 2**attempt)
-        return False, False
-
     async def _reject_unrouted(self, cmd: Command, err: JetAgentsError) -> None:
         """Refuse a command no agent's mailbox takes (unknown type, invalid id, too large)."""
         try:
             out = cmd.reply_headers()  # the same ids _process would answer with (wire contract §4)
             carry_context(*_trace_of(cmd), out)
-            agent_type, agent_id = cmd.agent_type, cmd.agent_id
-            ident = AgentId(agent_type, agent_id) if is_valid_token(agent_type) and is_valid_token(agent_id) else None
-            await self._reject(cmd, ident, err, out)
+            await self.outcomes.settle(cmd, Result.REFUSED, out, error=err)
         finally:
             self._untrack(cmd)
-
-    async def _publish_reply(
-        self, reply_to: str | None, body: bytes, hdrs: dict[str, str], cmd: Command | None
-    ) -> None:
-        # Every reply of this host goes through here: the sender names the subject, and
-        # the host's permissions reach its event log, buckets and the JetStream API, so
-        # only inboxes under the configured reply prefixes are answered (wire contract 4).
-        # A command's reply subject was checked as it arrived (None: refused, or none).
-        if cmd is None:
-            if not reply_to:
-                return
-            if not is_reply_subject(reply_to, self.settings.reply_prefixes):
-                self._reply_refused(reply_to)
-                return
-        elif reply_to is None:
-            if cmd.reply_refused:
-                self._reply_refused(cmd.reply_refused)
-            return
-        if hdrs and cmd is not None and cmd.kind == CALL:
-            hdrs = _call_reply_headers(hdrs, cmd)
-        span = None
-        if cmd is not None and cmd.traced:
-            agent_type = cmd.subject.split(".")[-2]
-            span, hdrs = self._tel.start_producer(
-                f"reply {agent_type}",
-                reply_to,
-                hdrs,
-                {MESSAGING_OPERATION_NAME: "reply", MESSAGING_DESTINATION_TEMPORARY: True, AGENT_TYPE: agent_type},
-            )
-        try:
-            await self.nc.publish(reply_to, body, headers=hdrs or None)
-        except Exception as exc:  # noqa: BLE001 - a lost reply is recoverable: the record answers a retry
-            self._log.debug("reply_failed", error=str(exc))
-            if span is not None:
-                fail_span(span, exc)
-        finally:
-            if span is not None:
-                span.end()
-
-    def _reply_refused(self, reply_to: str) -> None:
-        self.metrics.inc("replies_refused")
-        self._log.warning("reply_refused", reply_to=reply_to[:300].encode("unicode_escape").decode("ascii"))
-
-    async def _ack(self, cmd: Command, what: bytes) -> None:
-        if cmd.ack:
-            try:
-                await self.nc.publish(cmd.ack, what)
-            except Exception as exc:  # noqa: BLE001 - unacked means redelivered; the record dedups it
-                self._log.debug("ack_failed", error=str(exc))
-
-    async def _nak(self, cmd: Command, delay_s: float) -> None:
-        self.metrics.inc("naks")
-        cmd.outcome = REQUEUED
-        payload = b"-NAK" if delay_s <= 0 else b"-NAK " + orjson.dumps({"delay": int(delay_s * NS)})
-        await self._ack(cmd, payload)
 
     # -- the event log ---------------------------------------------------------------------
     async def _commit_at(self, seq: int) -> Commit | None:
@@ -1257,5 +1089,5 @@ class Host:
             # keep long-running and queued commands from being redelivered meanwhile
             for work in list(self._inflight):
                 if work.kind in _ACKED and not work.done and now - work.received > s.ack_wait_s / 3:
-                    await self._ack(work, b"+WPI")
+                    await self.outcomes.ack(work, b"+WPI")
             self.catalog.passivate_idle(now, self._prune_held)
