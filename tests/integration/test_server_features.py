@@ -279,6 +279,7 @@ async def test_schedule_cancel_by_header_also_stores_a_message_on_its_own_subjec
         ("@hourly", None, True),
         ("@at 2020-01-01T00:00:00Z", None, True),  # in the past: fires at once
         ("@at 2030-01-01T00:00:00+02:00", None, True),  # offsets allowed
+        ("@at 2030-01-01T00:00:00.250Z", None, True),  # fractions of a second too
         ("@at 2030-01-01T00:00:00Z", "UTC", False),  # no time zone with @at
         ("@at tomorrow", None, False),
     ],
