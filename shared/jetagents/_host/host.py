@@ -42,6 +42,7 @@ from opentelemetry import metrics, propagate, trace
 from .._core.agent import Registry, wire_events
 from .._core.clock import Clock, SystemClock
 from .._core.command import ACKED, MAX_COMMAND_ID_LEN, Command, Kind
+from .._core.dedup import DedupRecord
 from .._core.errors import (
     ActionTimeout,
     DeadlineExceeded,
@@ -850,12 +851,11 @@ class Host:
             record = act.records.get(cmd_id) if act.records else None
             if record is not None:
                 self.metrics.inc("duplicates", agent_type=act.agent_id.type, source="record")
-                seq, ok, payload = record
-                if ok:
-                    await self.outcomes.settle(cmd, Result.DUPLICATE, out, answer=payload, event_seq=seq)
+                if record.ok:
+                    await self.outcomes.settle(cmd, Result.DUPLICATE, out, answer=record.payload, event_seq=record.seq)
                 else:
-                    refusal = error_from_wire(payload)
-                    await self.outcomes.settle(cmd, Result.DUPLICATE, out, error=refusal, event_seq=seq)
+                    refusal = error_from_wire(record.payload)
+                    await self.outcomes.settle(cmd, Result.DUPLICATE, out, error=refusal, event_seq=record.seq)
                 return None
 
         # the action's time limit: its own, its type's or the host's, cut to the command's
@@ -892,7 +892,7 @@ class Host:
         except DomainError as err:
             agent._finish()
             if cmd_id:  # remembered (in memory) so a redelivery gets the same answer
-                self._remember(act, cmd_id, (0, False, err.to_wire()))
+                self._records(act).refused(cmd_id, err.to_wire())
             await self.outcomes.settle(cmd, Result.DOMAIN, out, error=err)
             return None
         except Overrun:
@@ -949,7 +949,7 @@ class Host:
             act.n = commit.n
             act.own = max(act.own, commit.own)
             act.since_snapshot += 1
-            self._remember(act, commit.cmd, (seq, True, result_json))
+            self._records(act).applied(commit.cmd, seq, result_json)
             if act.since_snapshot >= s.snapshot_every and not act.snapshotting:
                 self.supervisor.spawn("side", self.catalog.snapshot(act))
         else:
@@ -978,13 +978,11 @@ class Host:
         self._log.warning("action_timed_out", agent=str(act.agent_id), action=action, limit_s=limit_s, code=err.code)
         await self.outcomes.settle(cmd, Result.OVERRAN, out, error=err, by_deadline=by_deadline)
 
-    def _remember(self, act: Activation, cmd_id: str, record: tuple[int, bool, Any]) -> None:
+    def _records(self, act: Activation) -> DedupRecord:
         records = act.records
-        if records is None:
-            records = act.records = OrderedDict()
-        records[cmd_id] = record
-        if len(records) > self.settings.dedup_records_per_agent:
-            records.popitem(last=False)
+        if records is None:  # created on demand: most agents never see a repeat
+            records = act.records = DedupRecord(self.settings.dedup_records_per_agent)
+        return records
 
     # -- outcomes (``outcomes.py``) ------------------------------------------------------
     def _dead_letter_max_bytes(self) -> int:
