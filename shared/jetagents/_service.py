@@ -28,7 +28,8 @@ from ._core.agent import Agent, Registry
 from ._core.errors import Unavailable
 from ._core.retry import RetryPolicy
 from ._host.host import Host
-from ._obs.health import HealthMonitor, HealthServer, register_service
+from ._nats.micro import register_service
+from ._obs.health import HealthMonitor, HealthServer
 from ._obs.logging import configure_logging
 from ._obs.telemetry import setup_from_env
 from ._settings import HostSettings

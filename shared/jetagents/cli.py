@@ -184,24 +184,12 @@ def dlq(
 
     async def go() -> list[bytes]:
         from ._core.wire import Subjects
-        from ._nats.api import Topology, connect, js_api
+        from ._nats.api import Topology, connect, stream_tail
 
         settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
         nc = await connect(settings.nats_url, name="jetagents-cli", inbox_prefix=settings.inbox_prefix)
         try:
-            topo = Topology(Subjects(settings.subject_root))
-            info = await js_api(nc, f"$JS.API.STREAM.INFO.{topo.dlq_stream}", None, 5)
-            last = int(info["state"]["last_seq"])
-            first = max(int(info["state"]["first_seq"]), last - limit + 1)
-            out = []
-            js = nc.jetstream()
-            for seq in range(first, last + 1):
-                try:
-                    m = await js.get_msg(topo.dlq_stream, seq)
-                    out.append(m.data or b"")
-                except Exception:  # noqa: BLE001 - deleted/expired entries are skipped
-                    continue
-            return out
+            return await stream_tail(nc, Topology(Subjects(settings.subject_root)).dlq_stream, limit, 5.0)
         finally:
             await nc.close()
 

@@ -7,13 +7,13 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from jetagents._host.supervisor import Supervisor
 from jetagents._obs.metrics import STATS, Metrics
 from jetagents._obs.telemetry import AGENT_TYPE, ERROR_TYPE, HostTelemetry
 
 
 class _Host:
-    _started = False
-    _stopping = False
+    supervisor = Supervisor()
     owned: list[int] = []
 
 

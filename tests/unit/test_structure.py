@@ -27,9 +27,7 @@ OVERSIZED_CLASSES = {
     "jetagents._host.host.Host",
 }
 IMPORTS_NATS_OUTSIDE_ADAPTER = {
-    "jetagents._obs.health",
     "jetagents._host.host",
-    "jetagents._host.sweeper",
 }
 
 

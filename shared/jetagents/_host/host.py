@@ -42,6 +42,7 @@ from opentelemetry import metrics, propagate, trace
 from .._core.agent import Registry, wire_events
 from .._core.clock import Clock, SystemClock
 from .._core.command import ACKED, MAX_COMMAND_ID_LEN, Command, Kind
+from .._core.dedup import DedupRecord
 from .._core.errors import (
     ActionTimeout,
     DeadlineExceeded,
@@ -56,29 +57,22 @@ from .._core.errors import (
     UnknownAgentType,
     error_from_wire,
 )
-from .._core.ids import AgentId, fnv1a_32, is_reply_subject, is_valid_token
+from .._core.ids import AgentId, fnv1a_32, is_valid_token
+from .._core.outcome import AckKind, Result, exhausted
 from .._core.wire import (
     DEAD_LETTER_MIN_BYTES,
     H_COMMAND_ID,
     H_CORRELATION_ID,
-    H_DUPLICATE,
-    H_EVENT_SEQ,
     H_EXPECTED_LAST_SUBJECT_SEQ,
     H_HOST,
     H_MSG_ID,
-    TRACEPARENT,
-    TRACESTATE,
     Commit,
     Subjects,
     decode_command,
     encode_commit,
-    encode_dead_letter,
-    encode_error,
-    encode_ok,
 )
 from .._nats.api import (
     ERR_WRONG_LAST_SEQUENCE,
-    NS,
     DirectReader,
     JSApiError,
     Topology,
@@ -92,29 +86,25 @@ from .._nats.hosts import HostLink
 from .._nats.inbox import Inbox
 from .._nats.kv import JetStreamStore
 from .._nats.log_reader import DirectLogReader
+from .._nats.ports import NatsPublisher
 from .._obs.metrics import Metrics
 from .._obs.propagation import carry_context
 from .._obs.telemetry import (
     AGENT_ID,
     AGENT_TYPE,
-    DEAD_LETTER,
     DELIVERY,
     DELIVERY_COUNT,
-    DUPLICATE,
-    ERROR,
     FAILED,
     HOST_ID,
     MESSAGING_BODY_SIZE,
     MESSAGING_CONSUMER_GROUP,
     MESSAGING_CONVERSATION_ID,
     MESSAGING_DESTINATION,
-    MESSAGING_DESTINATION_TEMPORARY,
     MESSAGING_MESSAGE_ID,
     MESSAGING_OPERATION_NAME,
     MESSAGING_OPERATION_TYPE,
     MESSAGING_PARTITION,
     MESSAGING_SYSTEM,
-    OK,
     REQUEUED,
     HostTelemetry,
     enter_command,
@@ -129,6 +119,7 @@ from .coordination import ClusterConfig, Coordinator
 from .deadline import Deadline, Overrun
 from .eager import start_eager
 from .intake import Intake
+from .outcomes import Outcomes
 from .partitions import Partitions
 from .placement import PipelineHooks, Placement
 from .supervisor import Supervisor
@@ -142,7 +133,6 @@ _NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
 # a durable command handed back because its agent's mailbox was full keeps every later
 # command of that agent waiting (handed back too) until it returns, or until this long
 _HOLD_S = 60.0
-_BUSY_DELAY_MAX_S = 5.0
 
 
 def _rss_mb() -> float:
@@ -154,26 +144,6 @@ def _rss_mb() -> float:
         import resource
 
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def _call_reply_headers(out: dict[str, str], cmd: Command) -> dict[str, str]:
-    """The headers of a reply to a call, without what the caller already knows.
-
-    A call's reply subject is the caller's own (core request/reply), so the command id
-    adds nothing, and a trace context that went through unchanged is the caller's own.
-    Headers are a large share of a small call's cost (wire contract section 4).
-    """
-    trace_in = cmd.trace
-    keep: dict[str, str] = {}
-    for k, v in out.items():
-        if k == H_COMMAND_ID:
-            continue
-        if trace_in is not None and (
-            (k == TRACEPARENT and trace_in.traceparent == v) or (k == TRACESTATE and trace_in.tracestate == v)
-        ):
-            continue
-        keep[k] = v
-    return keep
 
 
 def _trace_of(cmd: Command) -> tuple[str | None, str | None]:
@@ -258,7 +228,6 @@ class Host:
         self._providers = (tracer_provider, meter_provider)
         self._tel = HostTelemetry(self, settings.host_id, tracer_provider, meter_provider)
         self.metrics = Metrics(self._tel)
-        self.stats = self.metrics.counts
         self.partitions = Partitions(
             settings,
             self.topology,
@@ -270,9 +239,29 @@ class Host:
             claims=not self.static,
         )
         self.catalog = Catalog(
-            settings, self.subjects, self.clock, self.supervisor, self.metrics, self._tel, self._log, self._fence_token
+            settings,
+            self.subjects,
+            self.clock,
+            self.supervisor,
+            self.metrics,
+            self._tel,
+            self._log,
+            lambda aid, partition: self.placement.fence_token(aid, partition),
         )
-        hooks = PipelineHooks(self._intake.parse, self._dispatch, self._publish_reply, self._ack, self._nak)
+        self._publisher = NatsPublisher(self.nc, settings.op_timeout_s)  # connected by start()
+        self.outcomes = Outcomes(
+            self._publisher,
+            settings,
+            subjects=self.subjects,
+            registry=registry,
+            clock=self.clock,
+            metrics=self.metrics,
+            tel=self._tel,
+            log=self._log,
+            dead_letter_max_bytes=self._dead_letter_max_bytes,
+        )
+        outcomes = self.outcomes
+        hooks = PipelineHooks(self._intake.parse, self._dispatch, outcomes.reply, outcomes.ack, outcomes.nak)
         self.placement = Placement(
             settings,
             registry,
@@ -289,12 +278,9 @@ class Host:
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
-    def _started(self) -> bool:
-        return self.supervisor.started
-
-    @property
-    def _stopping(self) -> bool:
-        return self.supervisor.stopping
+    def stats(self) -> Mapping[str, int]:
+        """The host's counters (read-only; the health endpoint and ``jetagents status`` show them)."""
+        return self.metrics.stats
 
     @property
     def activations(self) -> OrderedDict[str, Activation]:
@@ -317,16 +303,16 @@ class Host:
         connected = self.nc is not None and self.nc.is_connected
         coord = self.coordinator
         if self.static:
-            joined = self._started
-            started = self._started and set(self._static_partitions) <= self._owned_set
+            joined = self.supervisor.started
+            started = self.supervisor.started and set(self._static_partitions) <= self._owned_set
         else:
             joined = coord is not None and coord.ring is not None and not coord.stopped
             started = joined and coord is not None and coord.assigned() <= coord.held
         return {
             "connected": connected,
-            "jetstream": self._started and connected,
-            "ring_joined": joined and not self._stopping,
-            "partitions_started": started and not self._stopping,
+            "jetstream": self.supervisor.started and connected,
+            "ring_joined": joined and not self.supervisor.stopping,
+            "partitions_started": started and not self.supervisor.stopping,
         }
 
     async def start(self) -> None:
@@ -349,6 +335,7 @@ class Host:
             disconnected_cb=self._on_disconnected,
             error_cb=self._on_error,
         )
+        self._publisher.nc = self.nc
         created = await ensure_topology(self.nc, self.topology, s.op_timeout_s)
         self.cepoch = f"{fnv1a_32(created.encode()):08x}"  # names commands that carry no id
         snapshots = await KvBucket.open(self.nc, self.topology.snap_bucket, s.op_timeout_s)
@@ -400,7 +387,8 @@ class Host:
                 grace_s=s.stranded_grace_s,
                 timeout_s=s.op_timeout_s,
             )
-            self.supervisor.spawn("background", self._sweep_stranded())
+            sweep = self._sweeper.run(s.stranded_sweep_s, self.clock.sleep, self._leads, self.metrics, self._log)
+            self.supervisor.spawn("background", sweep)
         self.supervisor.started = True
         if self.static:
             for p in self._static_partitions:
@@ -460,23 +448,6 @@ class Host:
                         await asyncio.sleep(0.01)
         await self.catalog.forget_partition(partition, graceful=graceful)
 
-    def _token_of(self, aid: AgentId, partition: int) -> int:
-        """This host's writer token for ``aid``: its claim on the partition, or the
-        placement's revision when the agent is placed here (whichever is newer)."""
-        coord = self.coordinator
-        if coord is None:
-            return 0
-        claim = coord.claim_revs.get(partition, 0)
-        placed = coord.placements.get(aid.key)
-        if placed is None:
-            return claim
-        host, rev = placed
-        return max(claim, rev) if host == self.settings.host_id else 0
-
-    def _fence_token(self, aid: AgentId, partition: int) -> int | None:
-        """``_token_of``, or None without cluster membership (no writer fences this host)."""
-        return None if self.coordinator is None else self._token_of(aid, partition)
-
     def load(self) -> dict[str, Any]:
         """What this host advertises in its heartbeat."""
         t = os.times()
@@ -499,7 +470,7 @@ class Host:
         """Stop taking commands, finish those in hand (bounded by ``drain_grace_s``),
         snapshot active agents and disconnect. Nothing acknowledged is lost: whatever is
         not finished is left unacknowledged and is redelivered to the next owner."""
-        if self._stopping or self.nc is None:
+        if self.supervisor.stopping or self.nc is None:
             return
         coord = self.coordinator
         if coord is not None:
@@ -527,7 +498,7 @@ class Host:
         # what is left in mailboxes was never started: hand it back at once
         for work in list(self._inflight):
             if work.kind in _ACKED and not work.done:
-                await self._nak(work, 0.0)
+                await self.outcomes.settle(work, Result.STOPPING, {})
         if drain and self.nc.is_connected:
             await self.catalog.snapshot_all(max(1.0, self.settings.op_timeout_s))
         await self.supervisor.drain("side", self.settings.op_timeout_s)
@@ -587,7 +558,7 @@ class Host:
                 if spec is None
                 else MalformedCommand(f"invalid agent id {agent_id!r}")
             )
-            self._side(self._reject_unrouted(work, err))
+            self.supervisor.spawn("side", self._reject_unrouted(work, err))
             return
         key = f"{agent_type}.{agent_id}"
         act = self.activations.get(key)
@@ -642,11 +613,11 @@ class Host:
                 held = act.held = {}
             times = held.get(work.stream_seq, (0, 0.0))[0] + 1
             held[work.stream_seq] = (times, now)
-            self._refuse_busy(act, work, min(0.25 * 2**times, _BUSY_DELAY_MAX_S))
+            self._refuse_busy(act, work, times)
             return True
         if not full:
             return False
-        self._refuse_busy(act, work, 1.0)
+        self._refuse_busy(act, work, 0)
         return True
 
     def _prune_held(self, act: Activation, now: float) -> None:
@@ -659,21 +630,20 @@ class Host:
         if not held:
             act.held = None
 
-    def _refuse_busy(self, act: Activation, work: Command, delay_s: float) -> None:
+    def _refuse_busy(self, act: Activation, work: Command, hand_backs: int) -> None:
+        """Row 12: hand a durable command back (``hand_backs`` times so far, 0: not tracked),
+        refuse a call (agent busy, not applied)."""
         # out of the host's in-flight count at once: a burst of refusals must not fill it
         self._untrack(work)
-        self.stats["agent_busy"] += 1
-        aid = act.agent_id
-        self._tel.busy(aid.type, work.delivery_mode)
-        if work.durable:
-            self._side(self._nak(work, delay_s))
-            return
-        if work.reply_to or work.reply_refused:
+        err = None
+        if not work.durable:
             err = Unavailable(
-                f"agent busy: {len(act.mailbox or ())} commands of {aid} are waiting; retry",
+                f"agent busy: {len(act.mailbox or ())} commands of {act.agent_id} are waiting; retry",
                 details={"applied": False, "reason": "agent_busy"},
             )
-            self._side(self._publish_reply(work.reply_to, encode_error(err), {}, work))
+        outcome = self.outcomes.decide(work, Result.BUSY, error=err, hand_backs=hand_backs)
+        self.outcomes.count(work, outcome)  # at once: a burst of refusals shows as it happens
+        self.supervisor.spawn("side", self.outcomes.execute(work, outcome, {}, counted=True))
 
     def _track(self, work: Command) -> None:
         self._inflight.add(work)
@@ -699,9 +669,6 @@ class Host:
             self.partitions.wake_low(None)
         else:
             self.partitions.wake_low(work.partition)
-
-    def _side(self, coro: Any) -> None:
-        self.supervisor.spawn("side", coro)
 
     # -- workers ---------------------------------------------------------------------------
     async def _work(self, act: Activation, cmd: Command) -> None:
@@ -729,16 +696,13 @@ class Host:
         except asyncio.CancelledError:
             if cmd.durable and not cmd.done:
                 with contextlib.suppress(Exception):
-                    await self._nak(cmd, 0.0)
+                    await self.outcomes.settle(cmd, Result.STOPPING, {})
             raise
         except Exception:  # noqa: BLE001 - a bug here must not kill the worker
             self._log.exception("process_failed", agent=str(act.agent_id))
-            if cmd.durable and not cmd.done:
-                await self._nak(cmd, 1.0)
-            elif cmd.kind == CALL and not cmd.outcome and (cmd.reply_to or cmd.reply_refused):
-                # a call is never retried: its caller hears of the failure now, not at its timeout
-                err = InternalError("the host failed to process the command", details={"applied": False})
-                await self._publish_reply(cmd.reply_to, encode_error(err), {}, cmd)
+            # a call is never retried: its caller hears of the failure now, not at its timeout
+            if (cmd.durable and not cmd.done) or (cmd.kind == CALL and not cmd.outcome):
+                await self.outcomes.settle(cmd, Result.BUG, {})
         finally:
             self._untrack(cmd)
             act.last_used = self.clock.monotonic()
@@ -811,29 +775,25 @@ class Host:
 
     async def _process_traced(self, act: Activation, cmd: Command, out: dict[str, str]) -> None:
         s = self.settings
+        outcomes = self.outcomes
         # hand-backs for a busy agent (ADR 0036) are not failures: they do not count here
-        if cmd.durable and cmd.deliveries - cmd.busy_naks > s.max_redeliveries:
-            await self._reject(cmd, act.agent_id, InternalError("redelivered too often; giving up"), out)
+        if cmd.durable and exhausted(cmd.deliveries, cmd.busy_naks, outcomes.limits):
+            await outcomes.settle(cmd, Result.EXHAUSTED, out)
             return
         try:
             if len(cmd.command_id) > MAX_COMMAND_ID_LEN:
                 raise MalformedCommand("command id longer than 256 characters")
             if cmd.reply_refused:
                 # never answer there, not even with this refusal
-                await self._reject(
-                    cmd,
-                    act.agent_id,
-                    MalformedCommand("the reply subject is not under a reply prefix this host accepts"),
-                    out,
-                    answer=False,
-                )
+                err = MalformedCommand("the reply subject is not under a reply prefix this host accepts")
+                await outcomes.settle(cmd, Result.REFUSED, out, error=err, silent=True)
                 return
             body = decode_command(cmd.body, s.max_payload_bytes)
             cmd.action = body.action if body.action in act.spec.actions else "_unknown"
             action = act.spec.action(body.action)
             params = action.validate_params(body.params)
         except JetAgentsError as err:
-            await self._reject(cmd, act.agent_id, err, out)
+            await outcomes.settle(cmd, Result.REFUSED, out, error=err)
             return
         # Failures are retried here, in place, so the agent's later commands wait behind
         # this one (per-agent FIFO holds); the housekeeping sends +WPI meanwhile.
@@ -844,31 +804,30 @@ class Host:
                 return
             failed, handler_fault = failure
             attempt += 1
-            if cmd.kind == CALL:  # at-most-once: never retried by the host
-                cmd.outcome, cmd.error = ERROR, failed.code
-                if cmd.reply_to or cmd.reply_refused:
-                    retry_err = failed if failed.retryable or handler_fault else Unavailable(failed.message)
-                    await self._publish_reply(cmd.reply_to, encode_error(retry_err), out, cmd)
-                return
-            if handler_fault and attempt >= s.max_deliver:
-                await self._reject(cmd, act.agent_id, failed, out)
-                return
-            if isinstance(failed, FencedError) and self.coordinator is not None:
+            lost = False
+            if cmd.durable and isinstance(failed, FencedError) and self.coordinator is not None:
                 # Another host wrote this agent. Retry only if the store (not our memory,
                 # which may be stale after a pause) says the partition is still ours.
                 try:
-                    ours = await self.coordinator.still_holds(cmd.partition)
+                    lost = not await self.coordinator.still_holds(cmd.partition)
                 except JetAgentsError:
-                    ours = False
-                if not ours:
+                    lost = True
+                if lost:
                     self._log.warning("partition_lost", partition=cmd.partition, agent=str(act.agent_id))
-                    await self._nak(cmd, 0.0)
-                    return
-            if self._stopping:
-                await self._nak(cmd, 0.0)  # hand it back to the next owner
+            outcome = outcomes.decide(
+                cmd,
+                Result.FAILED,
+                error=failed,
+                handler_fault=handler_fault,
+                attempt=attempt,
+                partition_lost=lost,
+                stopping=self.supervisor.stopping,
+            )
+            if outcome.ack.kind is not AckKind.RETRY:
+                await outcomes.execute(cmd, outcome, out)
                 return
-            self.stats["retries"] += 1
-            await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
+            outcomes.count(cmd, outcome)
+            await self.clock.sleep(outcome.ack.delay_s)
 
     async def _attempt(
         self, act: Activation, cmd: Command, action: Any, params: dict[str, Any], out: dict[str, str]
@@ -880,7 +839,7 @@ class Host:
             try:
                 await self.catalog.activate(act)
             except _NON_RETRYABLE_INPUT as err:
-                await self._reject(cmd, act.agent_id, err, out)
+                await self.outcomes.settle(cmd, Result.REFUSED, out, error=err)
                 return None
             except JetAgentsError as err:
                 return err, isinstance(err, InternalError)
@@ -891,16 +850,12 @@ class Host:
         if cmd_id:
             record = act.records.get(cmd_id) if act.records else None
             if record is not None:
-                self.stats["duplicates"] += 1
-                self._tel.duplicate(act.agent_id.type, "record")
-                out[H_DUPLICATE] = "true"
-                seq, ok, payload = record
-                if seq:
-                    out[H_EVENT_SEQ] = str(seq)
-                if ok:
-                    await self._finish_ok(cmd, payload, out)
+                self.metrics.inc("duplicates", agent_type=act.agent_id.type, source="record")
+                if record.ok:
+                    await self.outcomes.settle(cmd, Result.DUPLICATE, out, answer=record.payload, event_seq=record.seq)
                 else:
-                    await self._finish_err(cmd, error_from_wire(payload), out)
+                    refusal = error_from_wire(record.payload)
+                    await self.outcomes.settle(cmd, Result.DUPLICATE, out, error=refusal, event_seq=record.seq)
                 return None
 
         # the action's time limit: its own, its type's or the host's, cut to the command's
@@ -910,7 +865,8 @@ class Host:
         if cmd.deadline_ms is not None:
             left_s = (cmd.deadline_ms - self.clock.wall_ms()) / 1000
             if left_s < 0:
-                await self._finish_err(cmd, DeadlineExceeded("the command's deadline passed before it ran"), out)
+                late = DeadlineExceeded("the command's deadline passed before it ran")
+                await self.outcomes.settle(cmd, Result.DEADLINE, out, error=late)
                 return None
             if left_s < limit_s:
                 limit_s, by_deadline = left_s, True
@@ -936,8 +892,8 @@ class Host:
         except DomainError as err:
             agent._finish()
             if cmd_id:  # remembered (in memory) so a redelivery gets the same answer
-                self._remember(act, cmd_id, (0, False, err.to_wire()))
-            await self._finish_err(cmd, err, out)
+                self._records(act).refused(cmd_id, err.to_wire())
+            await self.outcomes.settle(cmd, Result.DOMAIN, out, error=err)
             return None
         except Overrun:
             agent._finish()  # whatever it emitted is dropped
@@ -951,7 +907,7 @@ class Host:
             ), True
 
         if events:
-            n, own = act.n + 1, self._token_of(act.agent_id, cmd.partition)
+            n, own = act.n + 1, self.placement.token_of(act.agent_id, cmd.partition)
             name = cmd_id or f"c-{self.settings.host_id}-{next(self._seq)}"
             body = encode_commit(
                 n=n,
@@ -970,10 +926,10 @@ class Host:
                 else:
                     seq, duplicate = await self._append(act, commit, out)
             except PayloadTooLarge as err:  # the commit itself is too big: never retryable
-                await self._reject(cmd, act.agent_id, err, out)
+                await self.outcomes.settle(cmd, Result.REFUSED, out, error=err)
                 return None
             except FencedError as err:
-                self.stats["fenced"] += 1
+                self.metrics.inc("fenced")
                 self._log.warning("append_fenced", agent=str(act.agent_id), cmd=cmd_id)
                 self.catalog.evict(act)  # rebuild from the log (with the other writer's commits)
                 return err, False
@@ -983,23 +939,22 @@ class Host:
             if duplicate:
                 # This command's commit is already in the log (its record had been
                 # evicted): do not apply it again; answer with what it answered then.
-                self.stats["duplicates"] += 1
-                self._tel.duplicate(act.agent_id.type, "log")
+                self.metrics.inc("duplicates", agent_type=act.agent_id.type, source="log")
                 first = await self._commit_at(seq)
-                out[H_DUPLICATE] = "true"
-                out[H_EVENT_SEQ] = str(seq)
-                await self._finish_ok(cmd, first.result if first else None, out)
+                answer = first.result if first else None
+                await self.outcomes.settle(cmd, Result.DUPLICATE, out, answer=answer, event_seq=seq)
                 return None
             agent._commit(draft)
             act.last_seq = seq
             act.n = commit.n
             act.own = max(act.own, commit.own)
             act.since_snapshot += 1
-            self._remember(act, commit.cmd, (seq, True, result_json))
-            out[H_EVENT_SEQ] = str(seq)
+            self._records(act).applied(commit.cmd, seq, result_json)
             if act.since_snapshot >= s.snapshot_every and not act.snapshotting:
-                self._side(self.catalog.snapshot(act))
-        await self._finish_ok(cmd, result_json, out)
+                self.supervisor.spawn("side", self.catalog.snapshot(act))
+        else:
+            seq = 0
+        await self.outcomes.settle(cmd, Result.OK, out, answer=result_json, event_seq=seq)
         return None
 
     async def _overran(
@@ -1008,7 +963,6 @@ class Host:
         """The action was cancelled at its limit (ADR 0036). Past the command's own deadline:
         ``deadline_exceeded``, acknowledged. Past the action's time limit: ``action_timeout``,
         at once (never retried in place), dead-lettered when durable."""
-        self.stats["action_timeouts"] += 1
         err: JetAgentsError
         if by_deadline:
             err = DeadlineExceeded(
@@ -1020,175 +974,31 @@ class Host:
                 f"action {action!r} ran longer than {limit_s:g} s: cancelled, nothing applied",
                 details={"applied": False, "timeout_s": limit_s},
             )
-        self._tel.action_timed_out(act.agent_id.type, action, err.code)
+        self.metrics.inc("action_timeouts", agent_type=act.agent_id.type, action=action, error=err.code)
         self._log.warning("action_timed_out", agent=str(act.agent_id), action=action, limit_s=limit_s, code=err.code)
-        if by_deadline or cmd.kind == CALL:
-            await self._finish_err(cmd, err, out)
-        else:
-            await self._reject(cmd, act.agent_id, err, out)
+        await self.outcomes.settle(cmd, Result.OVERRAN, out, error=err, by_deadline=by_deadline)
 
-    def _remember(self, act: Activation, cmd_id: str, record: tuple[int, bool, Any]) -> None:
+    def _records(self, act: Activation) -> DedupRecord:
         records = act.records
-        if records is None:
-            records = act.records = OrderedDict()
-        records[cmd_id] = record
-        if len(records) > self.settings.dedup_records_per_agent:
-            records.popitem(last=False)
+        if records is None:  # created on demand: most agents never see a repeat
+            records = act.records = DedupRecord(self.settings.dedup_records_per_agent)
+        return records
 
-    # -- outcomes --------------------------------------------------------------------------
-    async def _finish_ok(self, cmd: Command, result: Any, hdrs: dict[str, str]) -> None:
-        self.stats["processed"] += 1
-        cmd.outcome = DUPLICATE if H_DUPLICATE in hdrs else OK
-        if cmd.reply_to or cmd.reply_refused:
-            await self._publish_reply(cmd.reply_to, encode_ok(result), hdrs, cmd)
-        if cmd.durable:
-            await self._ack(cmd, b"+ACK")
-
-    async def _finish_err(self, cmd: Command, err: JetAgentsError, hdrs: dict[str, str]) -> None:
-        """A legitimate outcome (domain refusal, deadline): answer and acknowledge."""
-        self.stats["processed"] += 1
-        cmd.outcome, cmd.error = ERROR, err.code
-        if cmd.reply_to or cmd.reply_refused:
-            await self._publish_reply(cmd.reply_to, encode_error(err), hdrs, cmd)
-        if cmd.durable:
-            await self._ack(cmd, b"+ACK")
-
-    async def _reject(
-        self, cmd: Command, agent_id: AgentId | None, err: JetAgentsError, hdrs: dict[str, str], *, answer: bool = True
-    ) -> None:
-        """Bad input: dead-letter, then answer with the error, then terminate (never
-        redeliver). The dead letter is stored before the caller hears of the error; one
-        that cannot be stored is tried a bounded number of times, never forever.
-        ``answer=False``: the reply subject is the problem, nobody is answered."""
-        cmd.outcome, cmd.error = DEAD_LETTER, err.code
-        type_tok = agent_id.type if agent_id else "_invalid"
-        id_tok = agent_id.id if agent_id else "_invalid"
-        durable = cmd.durable
-        dl = encode_dead_letter(
-            error=err,
-            subject=cmd.subject,
-            headers=cmd.headers,
-            payload=cmd.body,
-            host=self.settings.host_id,
-            ts_ms=self.clock.wall_ms(),
-            stream_seq=cmd.stream_seq or None,
-            deliveries=cmd.deliveries if durable else None,
-            max_bytes=self._dead_letter_max_bytes(),
-            keep_bytes=self.settings.max_payload_bytes,
-        )
-        stored, lasting = await self._store_dead_letter(self.subjects.dlq(type_tok, id_tok), dl)
-        if stored:
-            self.stats["dead_letters"] += 1
-            # a type no agent class declares is the sender's text: not a metric attribute
-            self._tel.dead_lettered(type_tok if type_tok in self.registry else "_unknown", err.code)
-            self._log.info("dead_lettered", subject=cmd.subject, code=err.code, reason=err.message)
-        elif durable and not lasting and cmd.deliveries < self.settings.max_redeliveries:
-            await self._nak(cmd, 1.0)  # keep it: try to dead-letter it again later
-            return
-        else:
-            # given up: the command is terminated (a loop would block its agent for good);
-            # the caller hears that nothing was applied, not the bad-input error whose
-            # dead letter it could not find
-            self.stats["dead_letters_lost"] += 1
-            self._log.error("dead_letter_lost", subject=cmd.subject, code=err.code, reason=err.message)
-            err = Unavailable(
-                f"the command was refused ({err.code}: {err.message}) but its dead letter could not be stored",
-                details={"applied": False, "refused": err.code},
-            )
-        if answer and (cmd.reply_to or cmd.reply_refused):
-            if cmd.reply_to:
-                hdrs[H_HOST] = self.settings.host_id
-            await self._publish_reply(cmd.reply_to, encode_error(err), hdrs, cmd)
-        if durable:
-            await self._ack(cmd, b"+TERM " + cmd.error.encode())
-
+    # -- outcomes (``outcomes.py``) ------------------------------------------------------
     def _dead_letter_max_bytes(self) -> int:
         """The largest dead letter the stream and the server both take."""
         server = int(getattr(self.nc, "max_payload", 0) or 0) - 1024
         limit = self.topology.dead_letter_max_bytes
         return max(DEAD_LETTER_MIN_BYTES, min(limit, server) if server > 0 else limit)
 
-    async def _store_dead_letter(self, subject: str, body: bytes) -> tuple[bool, bool]:
-        """``(stored, lasting)``: a few attempts in place; ``lasting`` when the server
-        refused it (an error that a later attempt would get again)."""
-        for attempt in range(3):
-            try:
-                await js_publish(self.nc, subject, body, {}, self.settings.op_timeout_s)
-                return True, False
-            except (JSApiError, PayloadTooLarge) as exc:
-                self._log.warning("dead_letter_failed", error=str(exc))
-                return False, True
-            except Exception as exc:  # noqa: BLE001 - timeout, no responders, connection
-                self._log.warning("dead_letter_failed", error=str(exc), attempt=attempt + 1)
-            if attempt < 2:
-                await asyncio.sleep(0.1 * 2**attempt)
-        return False, False
-
     async def _reject_unrouted(self, cmd: Command, err: JetAgentsError) -> None:
         """Refuse a command no agent's mailbox takes (unknown type, invalid id, too large)."""
         try:
             out = cmd.reply_headers()  # the same ids _process would answer with (wire contract §4)
             carry_context(*_trace_of(cmd), out)
-            agent_type, agent_id = cmd.agent_type, cmd.agent_id
-            ident = AgentId(agent_type, agent_id) if is_valid_token(agent_type) and is_valid_token(agent_id) else None
-            await self._reject(cmd, ident, err, out)
+            await self.outcomes.settle(cmd, Result.REFUSED, out, error=err)
         finally:
             self._untrack(cmd)
-
-    async def _publish_reply(
-        self, reply_to: str | None, body: bytes, hdrs: dict[str, str], cmd: Command | None
-    ) -> None:
-        # Every reply of this host goes through here: the sender names the subject, and
-        # the host's permissions reach its event log, buckets and the JetStream API, so
-        # only inboxes under the configured reply prefixes are answered (wire contract 4).
-        # A command's reply subject was checked as it arrived (None: refused, or none).
-        if cmd is None:
-            if not reply_to:
-                return
-            if not is_reply_subject(reply_to, self.settings.reply_prefixes):
-                self._reply_refused(reply_to)
-                return
-        elif reply_to is None:
-            if cmd.reply_refused:
-                self._reply_refused(cmd.reply_refused)
-            return
-        if hdrs and cmd is not None and cmd.kind == CALL:
-            hdrs = _call_reply_headers(hdrs, cmd)
-        span = None
-        if cmd is not None and cmd.traced:
-            agent_type = cmd.subject.split(".")[-2]
-            span, hdrs = self._tel.start_producer(
-                f"reply {agent_type}",
-                reply_to,
-                hdrs,
-                {MESSAGING_OPERATION_NAME: "reply", MESSAGING_DESTINATION_TEMPORARY: True, AGENT_TYPE: agent_type},
-            )
-        try:
-            await self.nc.publish(reply_to, body, headers=hdrs or None)
-        except Exception as exc:  # noqa: BLE001 - a lost reply is recoverable: the record answers a retry
-            self._log.debug("reply_failed", error=str(exc))
-            if span is not None:
-                fail_span(span, exc)
-        finally:
-            if span is not None:
-                span.end()
-
-    def _reply_refused(self, reply_to: str) -> None:
-        self.stats["replies_refused"] += 1
-        self._log.warning("reply_refused", reply_to=reply_to[:300].encode("unicode_escape").decode("ascii"))
-
-    async def _ack(self, cmd: Command, what: bytes) -> None:
-        if cmd.ack:
-            try:
-                await self.nc.publish(cmd.ack, what)
-            except Exception as exc:  # noqa: BLE001 - unacked means redelivered; the record dedups it
-                self._log.debug("ack_failed", error=str(exc))
-
-    async def _nak(self, cmd: Command, delay_s: float) -> None:
-        self.stats["naks"] += 1
-        cmd.outcome = REQUEUED
-        payload = b"-NAK" if delay_s <= 0 else b"-NAK " + orjson.dumps({"delay": int(delay_s * NS)})
-        await self._ack(cmd, payload)
 
     # -- the event log ---------------------------------------------------------------------
     async def _commit_at(self, seq: int) -> Commit | None:
@@ -1252,23 +1062,10 @@ class Host:
         return int(ack["seq"]), False
 
     # -- housekeeping ----------------------------------------------------------------------
-    async def _sweep_stranded(self) -> None:
-        """Now and then, the leader (or a host on its own) removes the commands no
-        partition consumer will deliver (``_sweep.py``), answering and dead-lettering each."""
-        assert self._sweeper is not None
-        while True:
-            await asyncio.sleep(self.settings.stranded_sweep_s)
-            coord = self.coordinator
-            if self._stopping or (coord is not None and not coord.is_leader):
-                continue
-            try:
-                removed = await self._sweeper.round()
-            except JetAgentsError as exc:
-                self._log.debug("stranded_sweep_failed", error=str(exc))
-                continue
-            if removed:
-                self.metrics.inc("stranded_swept", removed)
-                self._log.warning("stranded_commands_removed", count=removed)
+    def _leads(self) -> bool:
+        """Whether this host does the cluster-wide chores now: the leader, or a host on its own."""
+        coord = self.coordinator
+        return not self.supervisor.stopping and (coord is None or coord.is_leader)
 
     async def _reject_stranded(self, msg: Msg, seq: int) -> bool:
         """Refuse a command found by the sweep like a malformed one; False: try again later."""
@@ -1285,10 +1082,10 @@ class Host:
         s = self.settings
         tick = max(0.2, min(s.ack_wait_s / 3, s.idle_passivate_s / 4, 5.0))
         while True:
-            await asyncio.sleep(tick)
+            await self.clock.sleep(tick)
             now = self.clock.monotonic()
             # keep long-running and queued commands from being redelivered meanwhile
             for work in list(self._inflight):
                 if work.kind in _ACKED and not work.done and now - work.received > s.ack_wait_s / 3:
-                    await self._ack(work, b"+WPI")
+                    await self.outcomes.ack(work, b"+WPI")
             self.catalog.passivate_idle(now, self._prune_held)

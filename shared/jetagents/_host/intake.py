@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from .._core.command import Command, Kind, parse_command
 from .._core.errors import PayloadTooLarge, Unavailable
 from .._core.ids import is_valid_token, partition_of
+from .._core.outcome import Result
 from .._core.wire import encode_error
 
 if TYPE_CHECKING:
@@ -82,9 +83,9 @@ class Intake:
             if pin:
                 puller.pin_id = pin
         cmd = self.parse(Kind.STREAM, subject, headers, data, reply, (partition, parts[-2], parts[-1]))
-        if host._stopping:
+        if host.supervisor.stopping:
             host._track(cmd)
-            await host._nak(cmd, 0.0)
+            await host.outcomes.settle(cmd, Result.STOPPING, {})
             host._untrack(cmd)
             return
         if len(data) > host.settings.max_payload_bytes:
@@ -116,14 +117,14 @@ class Intake:
             moving_here = (
                 coord is not None
                 and coord.ring is not None
-                and not host._stopping
+                and not host.supervisor.stopping
                 and coord.ring.owners[partition] == host.settings.host_id
             )
             if reply and moving_here:
                 # ours by the ring, not started yet (the previous owner is handing it
                 # over): say so, so the caller retries instead of timing out
                 err = Unavailable("the agent's partition is moving to this host; retry", details={"applied": False})
-                await host._publish_reply(reply, encode_error(err), {}, None)
+                await host.outcomes.reply(reply, encode_error(err), {}, None)
             return
         coord = host.coordinator
         if coord is not None and host.clock.monotonic() - coord.last_heartbeat_ok > host.settings.member_ttl_s:
@@ -131,7 +132,7 @@ class Intake:
             # partitions may be someone else's by now; do not answer from memory
             if reply:
                 err = Unavailable("this host lost touch with the cluster; retry", details={"applied": False})
-                await host._publish_reply(reply, encode_error(err), {}, None)
+                await host.outcomes.reply(reply, encode_error(err), {}, None)
             return
         cmd = self.parse(Kind.CALL, subject, headers, data, reply, route)
         size = len(data)
@@ -139,7 +140,7 @@ class Intake:
         if host._inflight_count >= s.max_inflight or host._inflight_bytes + size > s.max_inflight_bytes:
             if reply:
                 err = Unavailable("host overloaded, retry", details={"applied": False})
-                await host._publish_reply(reply, encode_error(err), {}, None)
+                await host.outcomes.reply(reply, encode_error(err), {}, None)
             return
         if size > s.max_payload_bytes:
             self.refuse_oversized(cmd)
@@ -153,4 +154,4 @@ class Intake:
         size, limit = len(cmd.body), host.settings.max_payload_bytes
         host._track(cmd)  # its bytes count against max_inflight_bytes until the refusal is done
         err = PayloadTooLarge(f"payload of {size} bytes exceeds the limit of {limit}")
-        host._side(host._reject_unrouted(cmd, err))
+        host.supervisor.spawn("side", host._reject_unrouted(cmd, err))

@@ -72,11 +72,17 @@ class Bucket(Protocol):
         ...
 
 
+class Refused(Exception):
+    """The server refused a message for good (a JetStream API error): another try gets the
+    same answer."""
+
+
 class Publisher(Protocol):
     """Plain (core) messages: replies, acknowledgements to the server, forwarded commands."""
 
     async def publish(self, subject: str, body: bytes, headers: Mapping[str, str] | None = None) -> None: ...
 
     async def persist(self, subject: str, body: bytes, headers: Mapping[str, str] | None = None) -> Appended:
-        """Publish to a stream and wait for its PubAck (dead letters)."""
+        """Publish to a stream and wait for its PubAck (dead letters); raises ``Refused``,
+        ``PayloadTooLarge`` (for good) or anything else (may pass)."""
         ...

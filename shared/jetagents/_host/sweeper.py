@@ -8,29 +8,24 @@ stored (the sender gets its PubAck), but the partition consumer never sees it: w
 this sweep its sender waits forever and the work queue keeps it for good (ADR 0039).
 
 ``StrandedSweeper`` walks the command stream by sequence (``STREAM.MSG.GET`` with the
-filter ``>``, which does not go through the subject tree), a bounded number of messages per
-round, and hands every stranded command to the host, which dead-letters it and answers its
-sender like any other malformed command; the sweeper then deletes it from the stream. One
-host sweeps at a time (the cluster's leader, or a host on its own).
+filter ``>``, which does not go through the subject tree: ``_nats/stranded.py``), a bounded
+number of messages per round, and hands every stranded command to the host, which
+dead-letters it and answers its sender like any other malformed command; the sweeper then
+deletes it from the stream. One host sweeps at a time (the cluster's leader, or a host on
+its own).
 """
 
 from __future__ import annotations
 
-import base64
 import datetime
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-
 from .._core.errors import JetAgentsError
-from .._nats.api import JSApiError, js_api
-from .._nats.conn import parse_header_lines
-
-# err_code of STREAM.MSG.GET when no message is at or after the sequence asked for
-ERR_NO_MESSAGE = 10037
+from .._nats.kv import NatsClient
+from .._nats.stranded import CommandStreamScan, StoredCommand
+from .._obs.metrics import Metrics
 
 
 def stranded(subject: str) -> bool:
@@ -53,29 +48,21 @@ def stored_ms(stamp: str) -> int | None:
     return int(at.timestamp()) * 1000 + int((frac or "0")[:3].ljust(3, "0"))
 
 
-def _headers(raw: bytes) -> dict[str, str] | None:
-    if not raw:
-        return None
-    _, _, rest = raw.partition(b"\r\n")  # the NATS/1.0 line
-    return parse_header_lines(rest) or None
-
-
 class StrandedSweeper:
     """Finds stranded commands in the command stream, a few hundred per round."""
 
     def __init__(
         self,
-        nc: NATS,
+        nc: NatsClient,
         stream: str,
-        reject: Callable[[Msg, int], Awaitable[bool]],
+        reject: Callable[[Any, int], Awaitable[bool]],
         *,
         now_ms: Callable[[], int],
         grace_s: float = 30.0,
         per_round: int = 500,
         timeout_s: float = 5.0,
     ) -> None:
-        self._nc = nc
-        self._stream = stream
+        self._scan = CommandStreamScan(nc, stream, timeout_s)
         self._reject = reject  # (message, stream sequence) -> handled (then deleted)
         # The subject index is not the only way to a message: a consumer scans a block
         # linearly now and then, and may deliver one of these after all. A command that
@@ -83,50 +70,55 @@ class StrandedSweeper:
         self._now_ms = now_ms
         self._grace_ms = int(grace_s * 1000)
         self._per_round = per_round
-        self._timeout_s = timeout_s
         self._next_seq = 0  # where the next round goes on; 0: from the stream's first message
         self.swept = 0
+
+    async def run(
+        self,
+        every_s: float,
+        sleep: Callable[[float], Awaitable[None]],
+        sweep_now: Callable[[], bool],
+        metrics: Metrics,
+        log: Any,
+    ) -> None:
+        """A round every ``every_s`` while ``sweep_now()`` (this host leads, or runs alone)."""
+        while True:
+            await sleep(every_s)
+            if not sweep_now():
+                continue
+            try:
+                removed = await self.round()
+            except JetAgentsError as exc:
+                log.debug("stranded_sweep_failed", error=str(exc))
+                continue
+            if removed:
+                metrics.inc("stranded_swept", removed)
+                log.warning("stranded_commands_removed", count=removed)
 
     async def round(self) -> int:
         """One bounded pass; returns how many stranded commands it removed."""
         removed = 0
-        seq = self._next_seq
-        if seq == 0:
-            info = await js_api(self._nc, f"$JS.API.STREAM.INFO.{self._stream}", None, self._timeout_s)
-            seq = int(info["state"].get("first_seq", 1)) or 1
+        seq = self._next_seq or await self._scan.first_seq()
         for _ in range(self._per_round):
-            try:
-                resp = await js_api(
-                    self._nc,
-                    f"$JS.API.STREAM.MSG.GET.{self._stream}",
-                    {"seq": seq, "next_by_subj": ">"},
-                    self._timeout_s,
-                )
-            except JSApiError as exc:
-                if exc.err_code == ERR_NO_MESSAGE:  # past the last message: start over next round
-                    self._next_seq = 0
-                    return removed
-                raise
-            found: dict[str, Any] = resp["message"]
-            seq = int(found["seq"])
-            at = stored_ms(str(found.get("time", "")))
+            found = await self._scan.next_from(seq)
+            if found is None:  # past the last message: start over next round
+                self._next_seq = 0
+                return removed
+            seq = found.seq
+            at = stored_ms(found.time)
             if at is not None and self._now_ms() - at < self._grace_ms:
                 break  # this one and all after it are too recent: look again next round
-            subject = str(found["subject"])
-            if stranded(subject) and await self._handle(found, seq, subject):
+            if stranded(found.subject) and await self._handle(found):
                 removed += 1
             seq += 1
         self._next_seq = seq
         return removed
 
-    async def _handle(self, found: dict[str, Any], seq: int, subject: str) -> bool:
-        data = base64.b64decode(found.get("data") or b"")
-        headers = _headers(base64.b64decode(found.get("hdrs") or b""))
-        msg = Msg(_client=self._nc, subject=subject, reply="", data=data, headers=headers)
-        if not await self._reject(msg, seq):
+    async def _handle(self, found: StoredCommand) -> bool:
+        if not await self._reject(self._scan.message(found), found.seq):
             return False  # its dead letter could not be stored: the next round tries again
         try:
-            await js_api(self._nc, f"$JS.API.STREAM.MSG.DELETE.{self._stream}", {"seq": seq}, self._timeout_s)
+            await self._scan.delete(found.seq)
         except JetAgentsError:
             return False  # answered and dead-lettered; deleted by a later round (then again)
         self.swept += 1

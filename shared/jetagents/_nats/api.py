@@ -8,10 +8,11 @@ host's pull loop) knows JetStream's JSON API.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import nats
 import orjson
@@ -25,16 +26,17 @@ from .._core.wire import Subjects
 from .conn import Connection
 from .inbox import Inbox, shared_inbox
 
-ERR_NO_MESSAGE = 10037
-ERR_WRONG_LAST_SEQUENCE = 10071
+# JetStream API error codes (``err_code``), each defined once for the library
+ERR_CONSUMER_NOT_FOUND: Final = 10014
+ERR_NO_MESSAGE: Final = 10037  # STREAM.MSG.GET: no message at (or after) that sequence or subject
+ERR_MSG_SIZE: Final = 10054
+ERR_STREAM_NOT_FOUND: Final = 10059
+ERR_WRONG_LAST_SEQUENCE: Final = 10071
+ERR_DUPLICATE_IN_PROCESS: Final = 10158  # "duplicate message id is in process": outcome not known yet
 # the clustered leader refused an expected-last-subject-sequence publish up front, because
 # another one for the subject is still in flight: read again, like a wrong last sequence
-ERR_LAST_SEQ_NOT_READY = 10164
-ERR_STREAM_NOT_FOUND = 10059
-ERR_CONSUMER_NOT_FOUND = 10014
-ERR_MSG_SIZE = 10054
-ERR_DUPLICATE_IN_PROCESS = 10158  # "duplicate message id is in process": outcome not known yet
-NS = 1_000_000_000
+ERR_LAST_SEQ_NOT_READY: Final = 10164
+NS: Final = 1_000_000_000
 
 
 class JSApiError(JetAgentsError):
@@ -71,6 +73,34 @@ async def connect(url: str, *, name: str, connect_timeout_s: float = 5.0, **opts
             return nc
     except (OSError, TimeoutError, NatsTimeout, nats.errors.NoServersError) as exc:
         raise Unavailable(f"cannot connect to NATS at {url}: {exc or 'timed out'}") from None
+
+
+async def jetstream_answers(nc: NATS, timeout_s: float) -> bool:
+    """Does JetStream answer ``$JS.API.INFO`` without an error? (readiness probes)"""
+    try:
+        msg = await nc.request("$JS.API.INFO", b"", timeout=timeout_s)
+        return "error" not in orjson.loads(msg.data)
+    except Exception:  # noqa: BLE001 - timeouts, no responders, closed connection: not ready
+        return False
+
+
+async def stream_info(nc: NATS, stream: str, timeout_s: float) -> dict[str, Any]:
+    return await js_api(nc, f"$JS.API.STREAM.INFO.{stream}", None, timeout_s)
+
+
+async def stream_tail(nc: NATS, stream: str, limit: int, timeout_s: float) -> list[bytes]:
+    """The bodies of the newest ``limit`` messages of ``stream``, oldest first, read from the
+    stream leader one sequence at a time; deleted or expired ones are skipped."""
+    info = await stream_info(nc, stream, timeout_s)
+    last = int(info["state"]["last_seq"])
+    out: list[bytes] = []
+    for seq in range(max(int(info["state"]["first_seq"]), last - limit + 1), last + 1):
+        try:
+            resp = await js_api(nc, f"$JS.API.STREAM.MSG.GET.{stream}", {"seq": seq}, timeout_s)
+        except JetAgentsError:
+            continue
+        out.append(base64.b64decode(resp["message"].get("data") or b""))
+    return out
 
 
 def _no_responders(msg: Msg) -> bool:
@@ -235,6 +265,27 @@ class Topology:
         }
 
 
+def kv_bucket_config(bucket: str, replicas: int) -> dict[str, Any]:
+    """A KV bucket keeping one value per key, as nats-py's ``create_key_value`` makes it
+    (the snapshot and metadata buckets; ``_nats.kv.cluster_bucket_config`` builds on it)."""
+    return {
+        "name": f"KV_{bucket}",
+        "subjects": [f"$KV.{bucket}.>"],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": replicas,
+        "max_msgs_per_subject": 1,
+        "max_msgs": -1,
+        "max_consumers": -1,
+        "discard": "new",
+        "allow_rollup_hdrs": True,
+        "deny_delete": True,
+        "deny_purge": False,
+        "allow_msg_ttl": True,
+        "duplicate_window": 2 * 60 * NS,
+    }
+
+
 async def ensure_stream(
     nc: NATS, cfg: Mapping[str, Any], timeout_s: float, *, create_timeout_s: float | None = None
 ) -> dict[str, Any]:
@@ -242,7 +293,7 @@ async def ensure_stream(
     process may create it at the same moment, and an existing stream is left as it is)."""
     name = cfg["name"]
     try:
-        return await js_api(nc, f"$JS.API.STREAM.INFO.{name}", None, timeout_s)
+        return await stream_info(nc, name, timeout_s)
     except JSApiError as exc:
         if exc.err_code != ERR_STREAM_NOT_FOUND:
             raise
@@ -251,7 +302,7 @@ async def ensure_stream(
     except JSApiError as exc:  # another process created it first
         if "already in use" not in exc.description:
             raise
-    return await js_api(nc, f"$JS.API.STREAM.INFO.{name}", None, timeout_s)
+    return await stream_info(nc, name, timeout_s)
 
 
 async def ensure_topology(nc: NATS, topo: Topology, timeout_s: float = 5.0) -> str:
@@ -272,14 +323,8 @@ async def ensure_topology(nc: NATS, topo: Topology, timeout_s: float = 5.0) -> s
                     f"configured with {topo.partitions}; the partition count is fixed per cluster"
                 )
             created = str(info.get("created", ""))
-    js = nc.jetstream(timeout=timeout_s)
     for bucket in (topo.snap_bucket, topo.meta_bucket):
-        try:
-            await js.key_value(bucket)
-        except Exception:  # noqa: BLE001 - nats-py raises several types for "not found"
-            await js.create_key_value(
-                bucket=bucket, history=1, replicas=topo.replicas, storage=nats.js.api.StorageType.FILE
-            )
+        await ensure_stream(nc, kv_bucket_config(bucket, topo.replicas), timeout_s)
     return created
 
 

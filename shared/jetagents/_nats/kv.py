@@ -17,19 +17,30 @@ import contextlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import orjson
 from nats.aio.client import Client as NATS
 
 from .._core.errors import Unavailable
 from .._core.kv import CasConflict, Entry
-from .api import ERR_LAST_SEQ_NOT_READY, ERR_NO_MESSAGE, ERR_WRONG_LAST_SEQUENCE, NS, JSApiError, js_api, js_publish
-from .api import ensure_stream as ensure_stream  # written once in api.py (ensure_topology uses it too)
+from .api import (
+    ERR_LAST_SEQ_NOT_READY,
+    ERR_NO_MESSAGE,
+    ERR_WRONG_LAST_SEQUENCE,
+    JSApiError,
+    js_api,
+    js_publish,
+    kv_bucket_config,
+)
+
+# written once in api.py, next to ensure_topology, which uses them too
+from .api import ensure_stream as ensure_stream
+from .api import stream_info as stream_info
 
 NatsClient: TypeAlias = NATS  # for code outside the adapter that only passes a connection along
 
-CONFLICT_CODES = frozenset({ERR_WRONG_LAST_SEQUENCE, ERR_LAST_SEQ_NOT_READY})
+CONFLICT_CODES: Final = frozenset({ERR_WRONG_LAST_SEQUENCE, ERR_LAST_SEQ_NOT_READY})
 
 
 class KvConflict(CasConflict):
@@ -57,10 +68,6 @@ class KvEntry:
 
 def kv_subject(bucket: str, key: str) -> str:
     return f"$KV.{bucket}.{key}"
-
-
-async def stream_info(nc: NATS, stream: str, timeout_s: float) -> dict[str, Any]:
-    return await js_api(nc, f"$JS.API.STREAM.INFO.{stream}", None, timeout_s)
 
 
 async def last_by_subject(nc: NATS, stream: str, subject: str, timeout_s: float) -> KvEntry | None:
@@ -139,22 +146,8 @@ async def scan_last(nc: NATS, bucket: str, prefix: str, timeout_s: float) -> dic
 
 # -- the coordinator's store ---------------------------------------------------------------
 def cluster_bucket_config(bucket: str, replicas: int) -> dict[str, Any]:
-    """A KV bucket (so ``nats kv`` can read it) that also allows per-message TTLs."""
-    return {
-        "name": f"KV_{bucket}",
-        "subjects": [f"$KV.{bucket}.>"],
-        "retention": "limits",
-        "storage": "file",
-        "num_replicas": replicas,
-        "max_msgs_per_subject": 1,
-        "discard": "new",
-        "allow_rollup_hdrs": True,
-        "deny_delete": True,
-        "deny_purge": False,
-        "allow_direct": True,
-        "allow_msg_ttl": True,
-        "duplicate_window": 2 * 60 * NS,
-    }
+    """A KV bucket (so ``nats kv`` can read it) with per-message TTLs and direct gets."""
+    return {**kv_bucket_config(bucket, replicas), "allow_direct": True}
 
 
 def _doc(data: bytes) -> dict[str, Any]:

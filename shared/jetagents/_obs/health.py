@@ -1,5 +1,5 @@
-"""Health of one host process: ``/livez`` and ``/readyz`` over HTTP, and registration as
-a NATS micro service so ``$SRV.PING``, ``$SRV.INFO`` and ``$SRV.STATS`` find every host.
+"""Health of one host process: ``/livez`` and ``/readyz`` over HTTP, and what the host's
+NATS micro service (``_nats/micro.py``) answers for ``$SRV.STATS`` and ``status``.
 
 The HTTP side is a few lines on ``asyncio.start_server``: two GET routes do not justify a
 web framework as a runtime dependency of every host, and the stdlib server shares the
@@ -27,11 +27,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 import structlog
-from nats.aio.client import Client as NATS
+
+from .._nats.api import jetstream_answers
+from .._nats.kv import NatsClient as NATS
 
 log = structlog.get_logger("jetagents.health")
 
-SERVICE_NAME = "jetagents-host"
 _MAX_REQUEST_BYTES = 8192
 _REQUEST_TIMEOUT_S = 5.0
 _JS_PROBE_TTL_S = 1.0
@@ -83,12 +84,7 @@ class HealthMonitor:
         async with self._js_lock:
             if self._clock() - self._js_checked_at < _JS_PROBE_TTL_S:
                 return self._js_ok
-            ok = False
-            try:
-                msg = await nc.request("$JS.API.INFO", b"", timeout=_JS_PROBE_TIMEOUT_S)
-                ok = "error" not in orjson.loads(msg.data)
-            except Exception:  # noqa: BLE001 - timeouts, no responders, closed connection: not ready
-                ok = False
+            ok = await jetstream_answers(nc, _JS_PROBE_TIMEOUT_S)
             self._js_ok, self._js_checked_at = ok, self._clock()
             return ok
 
@@ -199,30 +195,3 @@ class HealthServer:
             )
             return ("200 OK" if ready else "503 Service Unavailable"), body
         return "404 Not Found", b'{"error":"not found"}'
-
-
-async def register_service(nc: NATS, monitor: HealthMonitor, *, subject_root: str, version: str) -> Any:
-    """Register this host as the micro service ``jetagents-host`` (one instance per host).
-
-    Discovery: ``$SRV.PING.jetagents-host`` (and ``INFO``, ``STATS``); the ``status``
-    endpoint answers on ``<root>.sys.status.<host id>`` with :meth:`HealthMonitor.status`.
-    """
-    from nats.micro import add_service
-    from nats.micro.service import EndpointStats
-
-    def stats_data(_: EndpointStats) -> dict[str, Any]:
-        return monitor.status()
-
-    async def status(req: Any) -> None:
-        await req.respond(orjson.dumps(monitor.status()))
-
-    service = await add_service(
-        nc,
-        name=SERVICE_NAME,
-        version=version,
-        description="jetagents agent host",
-        metadata={"host_id": monitor.host_id, "subject_root": subject_root},
-        stats_handler=stats_data,
-    )
-    await service.add_endpoint(name="status", subject=f"{subject_root}.sys.status.{monitor.host_id}", handler=status)
-    return service

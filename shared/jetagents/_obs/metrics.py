@@ -48,13 +48,12 @@ _ATTRIBUTES = {
 class Metrics:
     """The counters of one host."""
 
-    __slots__ = ("_counters", "_tel", "counts", "stats")
+    __slots__ = ("_counters", "_counts", "_tel", "stats")
 
     def __init__(self, tel: HostTelemetry) -> None:
-        # TODO(issue 13): private once every increment of the host goes through inc()
-        self.counts: dict[str, int] = dict.fromkeys(STATS, 0)
+        self._counts: dict[str, int] = dict.fromkeys(STATS, 0)
         # read-only: every count goes through inc()
-        self.stats: Mapping[str, int] = MappingProxyType(self.counts)
+        self.stats: Mapping[str, int] = MappingProxyType(self._counts)
         self._tel = tel
         self._counters: dict[str, Any] = {
             "duplicates": tel.duplicates,
@@ -69,7 +68,7 @@ class Metrics:
     def inc(self, name: str, n: int = 1, **attributes: str) -> None:
         """Count ``n`` more ``name`` (also from the loop watchdog's thread: the SDK's
         counters are thread-safe)."""
-        self.counts[name] += n
+        self._counts[name] += n
         counter = self._counters.get(name)
         if counter is not None and self._tel.metering:
             counter.add(n, {_ATTRIBUTES[k]: v for k, v in attributes.items()})

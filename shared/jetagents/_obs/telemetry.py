@@ -259,7 +259,7 @@ class HostTelemetry(Telemetry):
         def owned(_: CallbackOptions) -> Iterable[Observation]:
             ref = _live_hosts.get(host_id)
             h = ref() if ref is not None else None
-            if h is not None and h._started and not h._stopping:
+            if h is not None and h.supervisor.started and not h.supervisor.stopping:
                 yield Observation(len(h.owned))
 
         self.partitions = m.create_observable_gauge(
@@ -277,10 +277,6 @@ class HostTelemetry(Telemetry):
         if deliveries > 1:
             self.redeliveries.add(1, {AGENT_TYPE: agent_type})
 
-    def duplicate(self, agent_type: str, source: str) -> None:
-        if self.metering:
-            self.duplicates.add(1, {AGENT_TYPE: agent_type, DEDUP_SOURCE: source})
-
     def activated(self, agent_type: str, replayed: int, elapsed_s: float) -> None:
         span = trace.get_current_span()
         if span.is_recording():
@@ -295,21 +291,9 @@ class HostTelemetry(Telemetry):
                 attrs[GRACEFUL] = graceful
             self.handoffs.add(1, attrs)
 
-    def dead_lettered(self, agent_type: str, error: str) -> None:
-        if self.metering:
-            self.dead_letters.add(1, {AGENT_TYPE: agent_type, ERROR_TYPE: error})
-
     def loop_unblocked(self, blocked_s: float) -> None:
         if self.metering:
             self.loop_block_duration.record(blocked_s)
-
-    def action_timed_out(self, agent_type: str, action: str, error: str) -> None:
-        if self.metering:
-            self.action_timeouts.add(1, {AGENT_TYPE: agent_type, ACTION: action, ERROR_TYPE: error})
-
-    def busy(self, agent_type: str, delivery: str) -> None:
-        if self.metering:
-            self.agent_busy.add(1, {AGENT_TYPE: agent_type, DELIVERY: delivery})
 
 
 class ClientTelemetry(Telemetry):

@@ -1,0 +1,248 @@
+"""The one executor of outcomes (ADR 0040 section 3): dead letter, then reply, then acknowledgement.
+
+What to do is decided by the pure table (``_core/outcome.py``); this carries it out through
+the ``Publisher`` port. It is also the only place a reply is published, so the rule that only
+subjects under the configured reply prefixes are answered lives in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from .._core.agent import Registry
+from .._core.clock import Clock
+from .._core.command import Command, Kind
+from .._core.errors import JetAgentsError, PayloadTooLarge
+from .._core.ids import is_reply_subject, is_valid_token
+from .._core.outcome import AckKind, DeadLetter, Limits, Outcome, Result, Situation, decide
+from .._core.wire import (
+    H_COMMAND_ID,
+    H_DUPLICATE,
+    H_EVENT_SEQ,
+    H_HOST,
+    TRACEPARENT,
+    TRACESTATE,
+    Subjects,
+    encode_dead_letter,
+    encode_error,
+    encode_ok,
+)
+from .._obs.metrics import Metrics
+from .._obs.telemetry import (
+    AGENT_TYPE,
+    MESSAGING_DESTINATION_TEMPORARY,
+    MESSAGING_OPERATION_NAME,
+    REQUEUED,
+    HostTelemetry,
+    fail_span,
+)
+from .._settings import HostSettings
+from .ports import Publisher, Refused
+
+NS = 1_000_000_000
+_DEAD_LETTER_ATTEMPTS = 3  # in place, before the table decides (rows 14-15)
+
+
+def _call_reply_headers(out: dict[str, str], cmd: Command) -> dict[str, str]:
+    """The headers of a reply to a call, without what the caller already knows.
+
+    A call's reply subject is the caller's own (core request/reply), so the command id
+    adds nothing, and a trace context that went through unchanged is the caller's own.
+    Headers are a large share of a small call's cost (wire contract section 4).
+    """
+    trace_in = cmd.trace
+    keep: dict[str, str] = {}
+    for k, v in out.items():
+        if k == H_COMMAND_ID:
+            continue
+        if trace_in is not None and (
+            (k == TRACEPARENT and trace_in.traceparent == v) or (k == TRACESTATE and trace_in.tracestate == v)
+        ):
+            continue
+        keep[k] = v
+    return keep
+
+
+class Outcomes:
+    """Carries out ``Outcome``s: the dead letter, the reply, the acknowledgement, in that order."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        settings: HostSettings,
+        *,
+        subjects: Subjects,
+        registry: Registry,
+        clock: Clock,
+        metrics: Metrics,
+        tel: HostTelemetry,
+        log: Any,
+        dead_letter_max_bytes: Callable[[], int],
+    ) -> None:
+        self._pub = publisher
+        self._host_id = settings.host_id
+        self._reply_prefixes = settings.reply_prefixes
+        self._keep_bytes = settings.max_payload_bytes
+        self._subjects = subjects
+        self._registry = registry
+        self._clock = clock
+        self._metrics = metrics
+        self._tel = tel
+        self._log = log
+        self._dl_max_bytes = dead_letter_max_bytes
+        self.limits = Limits(max_deliver=settings.max_deliver, max_redeliveries=settings.max_redeliveries)
+
+    def decide(self, cmd: Command, result: Result, **facts: Any) -> Outcome:
+        """The table's outcome for ``cmd`` in the given situation."""
+        situation = Situation(cmd.kind, result, deliveries=cmd.deliveries, busy_naks=cmd.busy_naks, **facts)
+        return decide(situation, self.limits)
+
+    async def settle(self, cmd: Command, result: Result, out: dict[str, str], **facts: Any) -> None:
+        """Decide and carry out at once (every row but the retries in place)."""
+        await self.execute(cmd, self.decide(cmd, result, **facts), out)
+
+    def count(self, cmd: Command, outcome: Outcome) -> None:
+        """Add the outcome to the host's counters (``execute`` does, unless told it is done)."""
+        if outcome.count is not None:
+            self._metrics.inc(outcome.count, agent_type=cmd.agent_type, delivery=cmd.delivery_mode)
+
+    async def execute(self, cmd: Command, outcome: Outcome, out: dict[str, str], *, counted: bool = False) -> None:
+        """Dead letter, reply, acknowledgement; ``out`` are the reply's headers so far.
+        ``counted``: ``count`` was called already."""
+        if outcome.label is not None:
+            cmd.outcome = outcome.label
+        if outcome.error is not None:
+            cmd.error = outcome.error
+        refusal = outcome.dead_letter
+        if refusal is not None:
+            stored = await self._dead_letter(cmd, refusal)
+            if stored is not DeadLetter.STORED:  # rows 14-15: the table again
+                facts = Situation(
+                    cmd.kind,
+                    Result.REFUSED,
+                    refusal,
+                    deliveries=cmd.deliveries,
+                    silent=outcome.reply is None,
+                    dead_letter=stored,
+                )
+                outcome = decide(facts, self.limits)
+                counted = False
+        if not counted:
+            self.count(cmd, outcome)
+        reply = outcome.reply
+        if reply is not None:
+            if reply.duplicate:
+                out[H_DUPLICATE] = "true"
+            if reply.event_seq:
+                out[H_EVENT_SEQ] = str(reply.event_seq)
+            if cmd.reply_to or cmd.reply_refused:
+                if reply.host and cmd.reply_to:
+                    out[H_HOST] = self._host_id
+                body = encode_error(reply.error) if reply.error is not None else encode_ok(reply.result)
+                await self.reply(cmd.reply_to, body, out, cmd)
+        ack = outcome.ack
+        kind = ack.kind
+        if kind is AckKind.ACK:
+            await self.ack(cmd, b"+ACK")
+        elif kind is AckKind.TERM:
+            await self.ack(cmd, b"+TERM " + ack.code.encode())
+        elif kind is AckKind.NAK or kind is AckKind.HAND_BACK:
+            await self.nak(cmd, ack.delay_s)
+
+    async def reply(self, reply_to: str | None, body: bytes, hdrs: dict[str, str], cmd: Command | None) -> None:
+        """Publish a reply. Every reply of this host goes through here: the sender names the
+        subject, and the host's permissions reach its event log, buckets and the JetStream
+        API, so only inboxes under the configured reply prefixes are answered (wire contract
+        4). A command's reply subject was checked as it arrived (None: refused, or none)."""
+        if cmd is None:
+            if not reply_to:
+                return
+            if not is_reply_subject(reply_to, self._reply_prefixes):
+                self._refused(reply_to)
+                return
+        elif reply_to is None:
+            if cmd.reply_refused:
+                self._refused(cmd.reply_refused)
+            return
+        if hdrs and cmd is not None and cmd.kind == Kind.CALL:
+            hdrs = _call_reply_headers(hdrs, cmd)
+        span = None
+        if cmd is not None and cmd.traced:
+            agent_type = cmd.subject.split(".")[-2]
+            span, hdrs = self._tel.start_producer(
+                f"reply {agent_type}",
+                reply_to,
+                hdrs,
+                {MESSAGING_OPERATION_NAME: "reply", MESSAGING_DESTINATION_TEMPORARY: True, AGENT_TYPE: agent_type},
+            )
+        try:
+            await self._pub.publish(reply_to, body, hdrs or None)
+        except Exception as exc:  # noqa: BLE001 - a lost reply is recoverable: the record answers a retry
+            self._log.debug("reply_failed", error=str(exc))
+            if span is not None:
+                fail_span(span, exc)
+        finally:
+            if span is not None:
+                span.end()
+
+    def _refused(self, reply_to: str) -> None:
+        self._metrics.inc("replies_refused")
+        self._log.warning("reply_refused", reply_to=reply_to[:300].encode("unicode_escape").decode("ascii"))
+
+    async def ack(self, cmd: Command, what: bytes) -> None:
+        """Answer the server (or the forwarder): ``+ACK``, ``+TERM``, ``-NAK``, ``+WPI``."""
+        if cmd.ack:
+            try:
+                await self._pub.publish(cmd.ack, what)
+            except Exception as exc:  # noqa: BLE001 - unacked means redelivered; the record dedups it
+                self._log.debug("ack_failed", error=str(exc))
+
+    async def nak(self, cmd: Command, delay_s: float) -> None:
+        self._metrics.inc("naks")
+        cmd.outcome = REQUEUED
+        payload = b"-NAK" if delay_s <= 0 else b"-NAK " + orjson.dumps({"delay": int(delay_s * NS)})
+        await self.ack(cmd, payload)
+
+    async def _dead_letter(self, cmd: Command, err: JetAgentsError) -> DeadLetter:
+        """Store the dead letter of ``cmd``: a few attempts in place; ``LOST`` when the server
+        refused it (an error that a later attempt would get again)."""
+        valid = is_valid_token(cmd.agent_type) and is_valid_token(cmd.agent_id)
+        type_tok = cmd.agent_type if valid else "_invalid"
+        id_tok = cmd.agent_id if valid else "_invalid"
+        body = encode_dead_letter(
+            error=err,
+            subject=cmd.subject,
+            headers=cmd.headers,
+            payload=cmd.body,
+            host=self._host_id,
+            ts_ms=self._clock.wall_ms(),
+            stream_seq=cmd.stream_seq or None,
+            deliveries=cmd.deliveries if cmd.durable else None,
+            max_bytes=self._dl_max_bytes(),
+            keep_bytes=self._keep_bytes,
+        )
+        subject = self._subjects.dlq(type_tok, id_tok)
+        for attempt in range(_DEAD_LETTER_ATTEMPTS):
+            try:
+                await self._pub.persist(subject, body)
+                break
+            except (Refused, PayloadTooLarge) as exc:
+                self._log.warning("dead_letter_failed", error=str(exc))
+                self._log.error("dead_letter_lost", subject=cmd.subject, code=err.code, reason=err.message)
+                return DeadLetter.LOST
+            except Exception as exc:  # noqa: BLE001 - timeout, no responders, connection
+                self._log.warning("dead_letter_failed", error=str(exc), attempt=attempt + 1)
+            if attempt < _DEAD_LETTER_ATTEMPTS - 1:
+                await self._clock.sleep(0.1 * 2**attempt)
+        else:
+            if not cmd.durable or cmd.deliveries >= self.limits.max_redeliveries:
+                self._log.error("dead_letter_lost", subject=cmd.subject, code=err.code, reason=err.message)
+            return DeadLetter.RETRY
+        # a type no agent class declares is the sender's text: not a metric attribute
+        known = type_tok if type_tok in self._registry else "_unknown"
+        self._metrics.inc("dead_letters", agent_type=known, error=err.code)
+        self._log.info("dead_lettered", subject=cmd.subject, code=err.code, reason=err.message)
+        return DeadLetter.STORED
