@@ -220,7 +220,14 @@ class Host:
             claims=not self.static,
         )
         self.catalog = Catalog(
-            settings, self.subjects, self.clock, self.supervisor, self.metrics, self._tel, self._log, self._fence_token
+            settings,
+            self.subjects,
+            self.clock,
+            self.supervisor,
+            self.metrics,
+            self._tel,
+            self._log,
+            lambda aid, partition: self.placement.fence_token(aid, partition),
         )
         self._publisher = NatsPublisher(self.nc, settings.op_timeout_s)  # connected by start()
         self.outcomes = Outcomes(
@@ -361,7 +368,8 @@ class Host:
                 grace_s=s.stranded_grace_s,
                 timeout_s=s.op_timeout_s,
             )
-            self.supervisor.spawn("background", self._sweep_stranded())
+            sweep = self._sweeper.run(s.stranded_sweep_s, self.clock.sleep, self._leads, self.metrics, self._log)
+            self.supervisor.spawn("background", sweep)
         self.supervisor.started = True
         if self.static:
             for p in self._static_partitions:
@@ -420,23 +428,6 @@ class Host:
                     while any(w.partition == partition and not w.done for w in self._inflight):
                         await asyncio.sleep(0.01)
         await self.catalog.forget_partition(partition, graceful=graceful)
-
-    def _token_of(self, aid: AgentId, partition: int) -> int:
-        """This host's writer token for ``aid``: its claim on the partition, or the
-        placement's revision when the agent is placed here (whichever is newer)."""
-        coord = self.coordinator
-        if coord is None:
-            return 0
-        claim = coord.claim_revs.get(partition, 0)
-        placed = coord.placements.get(aid.key)
-        if placed is None:
-            return claim
-        host, rev = placed
-        return max(claim, rev) if host == self.settings.host_id else 0
-
-    def _fence_token(self, aid: AgentId, partition: int) -> int | None:
-        """``_token_of``, or None without cluster membership (no writer fences this host)."""
-        return None if self.coordinator is None else self._token_of(aid, partition)
 
     def load(self) -> dict[str, Any]:
         """What this host advertises in its heartbeat."""
@@ -897,7 +888,7 @@ class Host:
             ), True
 
         if events:
-            n, own = act.n + 1, self._token_of(act.agent_id, cmd.partition)
+            n, own = act.n + 1, self.placement.token_of(act.agent_id, cmd.partition)
             name = cmd_id or f"c-{self.settings.host_id}-{next(self._seq)}"
             body = encode_commit(
                 n=n,
@@ -991,23 +982,10 @@ class Host:
             self._untrack(cmd)
 
     # -- housekeeping ----------------------------------------------------------------------
-    async def _sweep_stranded(self) -> None:
-        """Now and then, the leader (or a host on its own) removes the commands no
-        partition consumer will deliver (``_sweep.py``), answering and dead-lettering each."""
-        assert self._sweeper is not None
-        while True:
-            await asyncio.sleep(self.settings.stranded_sweep_s)
-            coord = self.coordinator
-            if self.supervisor.stopping or (coord is not None and not coord.is_leader):
-                continue
-            try:
-                removed = await self._sweeper.round()
-            except JetAgentsError as exc:
-                self._log.debug("stranded_sweep_failed", error=str(exc))
-                continue
-            if removed:
-                self.metrics.inc("stranded_swept", removed)
-                self._log.warning("stranded_commands_removed", count=removed)
+    def _leads(self) -> bool:
+        """Whether this host does the cluster-wide chores now: the leader, or a host on its own."""
+        coord = self.coordinator
+        return not self.supervisor.stopping and (coord is None or coord.is_leader)
 
     async def _reject_stranded(self, msg: Msg, seq: int) -> bool:
         """Refuse a command found by the sweep like a malformed one; False: try again later."""
@@ -1024,7 +1002,7 @@ class Host:
         s = self.settings
         tick = max(0.2, min(s.ack_wait_s / 3, s.idle_passivate_s / 4, 5.0))
         while True:
-            await asyncio.sleep(tick)
+            await self.clock.sleep(tick)
             now = self.clock.monotonic()
             # keep long-running and queued commands from being redelivered meanwhile
             for work in list(self._inflight):
