@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import importlib
 import signal
+from collections.abc import Coroutine
 from typing import Any
 
 import structlog
@@ -78,6 +79,7 @@ async def serve(
     before it lets go of anything.
     """
     loop = asyncio.get_running_loop()
+    log.info("event_loop", host=settings.host_id, loop=loop_kind())
     stop = stop if stop is not None else asyncio.Event()
     monitor = monitor if monitor is not None else HealthMonitor(settings.host_id)
     hard = asyncio.Event()
@@ -170,6 +172,29 @@ def check_agents(registry: Registry) -> list[str]:
     return types
 
 
+def run_on_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """Run ``main`` on a new event loop of the kind asked for (ADR 0041): uvloop, unless it
+    is not installed (it has no Windows build), then asyncio's own.
+
+    Only the host process chooses its loop; a program using the client keeps its own
+    (``uvloop.run(main())`` opts it in).
+    """
+    if event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("uvloop_not_installed", fallback="asyncio")
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
+
+
+def loop_kind() -> str:
+    """``uvloop`` or ``asyncio``: the kind of the running event loop."""
+    return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+
+
 def run(settings: HostSettings) -> None:
     """Run one host process until SIGTERM/SIGINT; :class:`NoAgentsConfigured` before anything
     starts when ``settings.agents`` names no agent type."""
@@ -187,12 +212,7 @@ def run(settings: HostSettings) -> None:
         otel.install()
         log.info("telemetry_export", traces=otel.tracer_provider is not None, metrics=otel.meter_provider is not None)
     try:
-        if settings.loop == "uvloop":
-            import uvloop
-
-            uvloop.run(serve(settings, registry))
-        else:
-            asyncio.run(serve(settings, registry))
+        run_on_loop(serve(settings, registry), settings.loop)
     finally:
         # flush what is buffered; bounded, so an unreachable collector cannot hold up the exit
         if otel is not None and not otel.shutdown(timeout_s=5.0):

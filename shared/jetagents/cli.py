@@ -114,7 +114,7 @@ def host(
             help=f"module:attr of agent classes, required; {EXAMPLES} for the examples [env JETAGENTS_AGENTS]"
         ),
     ] = None,
-    loop: Annotated[str | None, typer.Option(help="asyncio or uvloop [env JETAGENTS_LOOP]")] = None,
+    loop: Annotated[str | None, typer.Option(help="uvloop (default) or asyncio [env JETAGENTS_EVENT_LOOP]")] = None,
 ) -> None:
     """Run one agent-host process (configured by flags and JETAGENTS_* variables)."""
     overrides: dict[str, Any] = {}

@@ -25,7 +25,7 @@ def test_host_defaults() -> None:
     assert s.subject_root == "agt"
     assert s.agents == []  # the examples are opt-in (ADR 0040)
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", s.host_id)
-    assert s.loop == "asyncio"
+    assert s.loop == "uvloop"  # cheaper per command (ADR 0041)
 
 
 def test_host_reads_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,6 +48,16 @@ def test_host_reads_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.subject_root == "myapp"
     assert s.loop == "uvloop"
     assert s.log_format == "json"
+
+
+def test_the_event_loop_is_read_under_its_name_and_the_older_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JETAGENTS_LOOP", "uvloop")
+    monkeypatch.setenv("JETAGENTS_EVENT_LOOP", "asyncio")
+    assert HostSettings().loop == "asyncio"  # the documented name wins
+    monkeypatch.delenv("JETAGENTS_EVENT_LOOP")
+    monkeypatch.setenv("LOOP", "asyncio")  # never unprefixed
+    assert HostSettings().loop == "uvloop"
+    assert HostSettings(loop="asyncio").loop == "asyncio"  # by its field name in code (the CLI's --loop)
 
 
 def test_unprefixed_and_unknown_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,6 +100,7 @@ def test_client_reads_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("JETAGENTS_REPLICAS", "6"),
         ("JETAGENTS_MAX_PAYLOAD_BYTES", "100"),
         ("JETAGENTS_LOOP", "trio"),
+        ("JETAGENTS_EVENT_LOOP", "trio"),
         ("JETAGENTS_LOG_FORMAT", "xml"),
     ],
 )

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from .._core.agent import Agent, AgentContext, AgentSpec
 from .._core.clock import Clock
+from .._core.dedup import DedupRecord
 from .._core.errors import FencedError, InternalError, Unavailable, UnknownAgent
 from .._core.ids import AgentId, partition_of
 from .._core.wire import Commit, Subjects
@@ -53,7 +54,7 @@ class Activation:
     # command id -> (event seq or 0, ok, result or wire error): applied commands (from the
     # log, durable) and domain refusals (in memory only), so a redelivery or a re-send gets
     # the first answer and is not applied again
-    records: OrderedDict[str, tuple[int, bool, Any]] | None = None  # created on demand (~130 B)
+    records: DedupRecord | None = None  # created on demand (~200 B)
     own: int = 0  # the largest writer claim seen in this agent's log
     mailbox: deque[Command] | None = None  # created on demand: an empty deque costs ~600 B per agent
     scheduled: bool = False
@@ -119,7 +120,8 @@ class Catalog:
             state = None
             n = 0
             last_seq = 0
-            records: OrderedDict[str, tuple[int, bool, Any]] = OrderedDict()
+            kept: list[tuple[str, int, Any]] = []  # the snapshot's exactly-once record
+            replayed: list[tuple[str, int, Any]] = []
             raw_snap: bytes | None = None
             snap: Any = None
             try:
@@ -143,12 +145,11 @@ class Catalog:
                     last_seq = int(snap["seq"])
                     n = int(snap["n"])
                     own = int(snap.get("own", 0))
-                    for cmd, seq, result in snap.get("records", []):
-                        records[str(cmd)] = (int(seq), True, result)
+                    kept = [(str(cmd), int(seq), result) for cmd, seq, result in snap.get("records", [])]
                 except (ValidationError, KeyError, TypeError, ValueError) as exc:
                     self.log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
                     state, n, last_seq = None, 0, 0
-                    records.clear()
+                    kept = []
             ctx = AgentContext(aid, self.clock, client=self._client, metadata=metadata)
             agent = act.spec.cls(ctx, state)
             msgs = await self._events.read_subject(self.subjects.evt(aid.type, aid.id), last_seq + 1, 256)
@@ -160,9 +161,8 @@ class Catalog:
                 n = commit.n
                 own = max(own, commit.own)
                 last_seq = m.seq or last_seq
-                records[commit.cmd] = (last_seq, True, commit.result)
-            while len(records) > s.dedup_records_per_agent:
-                records.popitem(last=False)
+                replayed.append((commit.cmd, last_seq, commit.result))
+            records = DedupRecord.rebuilt(kept, replayed, s.dedup_records_per_agent)
         except ValidationError as exc:
             raise InternalError(f"event log of {aid} is unreadable: {exc}") from None
         partition = partition_of(aid.type, aid.id, s.partitions)
@@ -173,7 +173,7 @@ class Catalog:
             raise FencedError(f"{aid} was written by a newer owner of partition {partition}")
         act.agent = agent
         act.own = own
-        act.n, act.last_seq, act.records = n, last_seq, records or None
+        act.n, act.last_seq, act.records = n, last_seq, records if len(records) else None
         act.since_snapshot = len(msgs)
         self.metrics.inc("activations", agent_type=aid.type)
         self.tel.activated(aid.type, len(msgs), self.clock.monotonic() - started)
@@ -255,7 +255,7 @@ class Catalog:
             "n": act.n,
             "own": act.own,
             # only applied commands: a refusal is not in the log either
-            "records": [[k, v[0], v[2]] for k, v in (act.records or {}).items() if v[0]],
+            "records": act.records.snapshot() if act.records is not None else [],
         }
 
     async def snapshot(self, act: Activation) -> None:

@@ -28,7 +28,6 @@ import itertools
 import os
 from collections import OrderedDict, deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -42,6 +41,7 @@ from opentelemetry import metrics, propagate, trace
 from .._core.agent import Registry, wire_events
 from .._core.clock import Clock, SystemClock
 from .._core.command import ACKED, MAX_COMMAND_ID_LEN, Command, Kind
+from .._core.dedup import DedupRecord
 from .._core.errors import (
     ActionTimeout,
     DeadlineExceeded,
@@ -60,31 +60,22 @@ from .._core.ids import AgentId, fnv1a_32, is_valid_token
 from .._core.outcome import AckKind, Result, exhausted
 from .._core.wire import (
     DEAD_LETTER_MIN_BYTES,
-    H_COMMAND_ID,
-    H_CORRELATION_ID,
-    H_EXPECTED_LAST_SUBJECT_SEQ,
-    H_HOST,
-    H_MSG_ID,
-    Commit,
     Subjects,
     decode_command,
     encode_commit,
 )
 from .._nats.api import (
-    ERR_WRONG_LAST_SEQUENCE,
     DirectReader,
-    JSApiError,
     Topology,
     connect,
     ensure_topology,
-    js_publish,
 )
 from .._nats.buckets import KvBucket
 from .._nats.consumers import PartitionConsumers
+from .._nats.event_stream import JetStreamEventStream
 from .._nats.hosts import HostLink
 from .._nats.inbox import Inbox
 from .._nats.kv import JetStreamStore
-from .._nats.log_reader import DirectLogReader
 from .._nats.ports import NatsPublisher
 from .._obs.metrics import Metrics
 from .._obs.propagation import carry_context
@@ -108,7 +99,6 @@ from .._obs.telemetry import (
     HostTelemetry,
     enter_command,
     exit_command,
-    fail_span,
     finish_process_span,
 )
 from .._obs.watchdog import LoopWatchdog
@@ -117,6 +107,7 @@ from .catalog import Activation, Catalog
 from .coordination import ClusterConfig, Coordinator
 from .deadline import Deadline, Overrun
 from .eager import start_eager
+from .eventlog import EventLog, NewCommit
 from .intake import Intake
 from .outcomes import Outcomes
 from .partitions import Partitions
@@ -149,16 +140,6 @@ def _trace_of(cmd: Command) -> tuple[str | None, str | None]:
     """The received trace context: (traceparent, tracestate)."""
     t = cmd.trace
     return (t.traceparent, t.tracestate) if t is not None else (None, None)
-
-
-@dataclass(frozen=True, slots=True)
-class _NewCommit:
-    """A commit about to be appended: its JSON (a ``Commit``) and what the host keeps of it."""
-
-    n: int
-    cmd: str
-    own: int
-    body: bytes
 
 
 class Host:
@@ -219,6 +200,7 @@ class Host:
         self._host_sub: Any = None
         self._reader: DirectReader | None = None
         self._inbox: Inbox | None = None  # PubAcks of event appends
+        self.eventlog: EventLog = None  # type: ignore[assignment]  # set by start()
         self._client: Any = None
         self._log = log.bind(host=settings.host_id)
         # every task the host starts, by group; and the lifecycle flags its loops read
@@ -238,7 +220,14 @@ class Host:
             claims=not self.static,
         )
         self.catalog = Catalog(
-            settings, self.subjects, self.clock, self.supervisor, self.metrics, self._tel, self._log, self._fence_token
+            settings,
+            self.subjects,
+            self.clock,
+            self.supervisor,
+            self.metrics,
+            self._tel,
+            self._log,
+            lambda aid, partition: self.placement.fence_token(aid, partition),
         )
         self._publisher = NatsPublisher(self.nc, settings.op_timeout_s)  # connected by start()
         self.outcomes = Outcomes(
@@ -346,9 +335,9 @@ class Host:
             self.nc, ClientSettings(**common), owns_connection=False, tracer_provider=tp, meter_provider=mp
         )
         await self._client._start()
-        self.catalog.bind(
-            DirectLogReader(self._reader, self.topology.evt_stream, s.op_timeout_s), snapshots, meta, self._client
-        )
+        events = JetStreamEventStream(self.nc, self._inbox, self._reader, self.topology.evt_stream, s.op_timeout_s)
+        self.eventlog = EventLog(events, self.subjects, s.host_id, self._tel)
+        self.catalog.bind(events, snapshots, meta, self._client)
 
         self._pull_prefix = self.nc.new_inbox()
         self.partitions.bind(PartitionConsumers(self.nc, self.topology, s.op_timeout_s), self._pull_prefix)
@@ -379,7 +368,8 @@ class Host:
                 grace_s=s.stranded_grace_s,
                 timeout_s=s.op_timeout_s,
             )
-            self.supervisor.spawn("background", self._sweep_stranded())
+            sweep = self._sweeper.run(s.stranded_sweep_s, self.clock.sleep, self._leads, self.metrics, self._log)
+            self.supervisor.spawn("background", sweep)
         self.supervisor.started = True
         if self.static:
             for p in self._static_partitions:
@@ -438,23 +428,6 @@ class Host:
                     while any(w.partition == partition and not w.done for w in self._inflight):
                         await asyncio.sleep(0.01)
         await self.catalog.forget_partition(partition, graceful=graceful)
-
-    def _token_of(self, aid: AgentId, partition: int) -> int:
-        """This host's writer token for ``aid``: its claim on the partition, or the
-        placement's revision when the agent is placed here (whichever is newer)."""
-        coord = self.coordinator
-        if coord is None:
-            return 0
-        claim = coord.claim_revs.get(partition, 0)
-        placed = coord.placements.get(aid.key)
-        if placed is None:
-            return claim
-        host, rev = placed
-        return max(claim, rev) if host == self.settings.host_id else 0
-
-    def _fence_token(self, aid: AgentId, partition: int) -> int | None:
-        """``_token_of``, or None without cluster membership (no writer fences this host)."""
-        return None if self.coordinator is None else self._token_of(aid, partition)
 
     def load(self) -> dict[str, Any]:
         """What this host advertises in its heartbeat."""
@@ -859,12 +832,11 @@ class Host:
             record = act.records.get(cmd_id) if act.records else None
             if record is not None:
                 self.metrics.inc("duplicates", agent_type=act.agent_id.type, source="record")
-                seq, ok, payload = record
-                if ok:
-                    await self.outcomes.settle(cmd, Result.DUPLICATE, out, answer=payload, event_seq=seq)
+                if record.ok:
+                    await self.outcomes.settle(cmd, Result.DUPLICATE, out, answer=record.payload, event_seq=record.seq)
                 else:
-                    refusal = error_from_wire(payload)
-                    await self.outcomes.settle(cmd, Result.DUPLICATE, out, error=refusal, event_seq=seq)
+                    refusal = error_from_wire(record.payload)
+                    await self.outcomes.settle(cmd, Result.DUPLICATE, out, error=refusal, event_seq=record.seq)
                 return None
 
         # the action's time limit: its own, its type's or the host's, cut to the command's
@@ -901,7 +873,7 @@ class Host:
         except DomainError as err:
             agent._finish()
             if cmd_id:  # remembered (in memory) so a redelivery gets the same answer
-                self._remember(act, cmd_id, (0, False, err.to_wire()))
+                self._records(act).refused(cmd_id, err.to_wire())
             await self.outcomes.settle(cmd, Result.DOMAIN, out, error=err)
             return None
         except Overrun:
@@ -916,7 +888,7 @@ class Host:
             ), True
 
         if events:
-            n, own = act.n + 1, self._token_of(act.agent_id, cmd.partition)
+            n, own = act.n + 1, self.placement.token_of(act.agent_id, cmd.partition)
             name = cmd_id or f"c-{self.settings.host_id}-{next(self._seq)}"
             body = encode_commit(
                 n=n,
@@ -928,12 +900,12 @@ class Host:
                 ts_ms=self.clock.wall_ms(),
                 own=own,
             )
-            commit = _NewCommit(n, name, own, body)
+            commit = NewCommit(n, name, own, body)
             try:
                 if cmd.traced:
-                    seq, duplicate = await self._append_span(act, commit, out)
+                    seq, duplicate = await self.eventlog.append_span(act.agent_id, act.last_seq, commit, out)
                 else:
-                    seq, duplicate = await self._append(act, commit, out)
+                    seq, duplicate = await self.eventlog.append(act.agent_id, act.last_seq, commit, out)
             except PayloadTooLarge as err:  # the commit itself is too big: never retryable
                 await self.outcomes.settle(cmd, Result.REFUSED, out, error=err)
                 return None
@@ -949,7 +921,7 @@ class Host:
                 # This command's commit is already in the log (its record had been
                 # evicted): do not apply it again; answer with what it answered then.
                 self.metrics.inc("duplicates", agent_type=act.agent_id.type, source="log")
-                first = await self._commit_at(seq)
+                first = await self.eventlog.commit_at(seq)
                 answer = first.result if first else None
                 await self.outcomes.settle(cmd, Result.DUPLICATE, out, answer=answer, event_seq=seq)
                 return None
@@ -958,7 +930,7 @@ class Host:
             act.n = commit.n
             act.own = max(act.own, commit.own)
             act.since_snapshot += 1
-            self._remember(act, commit.cmd, (seq, True, result_json))
+            self._records(act).applied(commit.cmd, seq, result_json)
             if act.since_snapshot >= s.snapshot_every and not act.snapshotting:
                 self.supervisor.spawn("side", self.catalog.snapshot(act))
         else:
@@ -987,13 +959,11 @@ class Host:
         self._log.warning("action_timed_out", agent=str(act.agent_id), action=action, limit_s=limit_s, code=err.code)
         await self.outcomes.settle(cmd, Result.OVERRAN, out, error=err, by_deadline=by_deadline)
 
-    def _remember(self, act: Activation, cmd_id: str, record: tuple[int, bool, Any]) -> None:
+    def _records(self, act: Activation) -> DedupRecord:
         records = act.records
-        if records is None:
-            records = act.records = OrderedDict()
-        records[cmd_id] = record
-        if len(records) > self.settings.dedup_records_per_agent:
-            records.popitem(last=False)
+        if records is None:  # created on demand: most agents never see a repeat
+            records = act.records = DedupRecord(self.settings.dedup_records_per_agent)
+        return records
 
     # -- outcomes (``outcomes.py``) ------------------------------------------------------
     def _dead_letter_max_bytes(self) -> int:
@@ -1011,85 +981,11 @@ class Host:
         finally:
             self._untrack(cmd)
 
-    # -- the event log ---------------------------------------------------------------------
-    async def _commit_at(self, seq: int) -> Commit | None:
-        assert self._reader is not None
-        msg = await self._reader.at(self.topology.evt_stream, seq, self.settings.op_timeout_s)
-        return Commit.model_validate_json(msg.data) if msg is not None else None
-
-    async def _append_span(self, act: Activation, commit: _NewCommit, out_hdrs: dict[str, str]) -> tuple[int, bool]:
-        """``_append`` in a PRODUCER span; the commit carries the span's context."""
-        aid = act.agent_id
-        span, hdrs = self._tel.start_producer(
-            f"append {aid.type}",
-            self.subjects.evt(aid.type, aid.id),
-            out_hdrs,
-            {
-                MESSAGING_OPERATION_NAME: "append",
-                MESSAGING_MESSAGE_ID: commit.cmd,
-                AGENT_TYPE: aid.type,
-                AGENT_ID: aid.id,
-            },
-        )
-        try:
-            seq, duplicate = await self._append(act, commit, hdrs)
-            span.set_attribute("jetagents.event.seq", seq)
-            if duplicate:
-                span.set_attribute("jetagents.duplicate", True)
-            return seq, duplicate
-        except BaseException as exc:
-            fail_span(span, exc)
-            raise
-        finally:
-            span.end()
-
-    async def _append(self, act: Activation, commit: _NewCommit, out_hdrs: dict[str, str]) -> tuple[int, bool]:
-        """Append one commit; ``(seq, duplicate)``, duplicate when it was already there."""
-        aid = act.agent_id
-        msg_id = f"{aid.key}:{commit.cmd}"
-        hdrs = {
-            H_MSG_ID: msg_id,
-            H_EXPECTED_LAST_SUBJECT_SEQ: str(act.last_seq),
-            H_COMMAND_ID: commit.cmd,
-            H_HOST: self.settings.host_id,
-        }
-        for k in (H_CORRELATION_ID, "traceparent", "tracestate"):
-            if k in out_hdrs:
-                hdrs[k] = out_hdrs[k]
-        subject = self.subjects.evt(aid.type, aid.id)
-        try:
-            ack = await js_publish(self.nc, subject, commit.body, hdrs, self.settings.op_timeout_s, self._inbox)
-        except JSApiError as exc:
-            if exc.err_code != ERR_WRONG_LAST_SEQUENCE:
-                raise Unavailable(f"event append refused: {exc.description}") from None
-            # Either our own earlier attempt landed (same msg id), or another writer did.
-            assert self._reader is not None
-            last = await self._reader.last(self.topology.evt_stream, subject, self.settings.op_timeout_s)
-            if last is not None and last.headers and last.headers.get(H_MSG_ID) == msg_id:
-                return int(last.headers["Nats-Sequence"]), False
-            raise FencedError(f"another writer appended to {aid} (expected last sequence {act.last_seq})") from None
-        if ack.get("duplicate"):
-            return int(ack["seq"]), act.last_seq != 0 and int(ack["seq"]) <= act.last_seq
-        return int(ack["seq"]), False
-
     # -- housekeeping ----------------------------------------------------------------------
-    async def _sweep_stranded(self) -> None:
-        """Now and then, the leader (or a host on its own) removes the commands no
-        partition consumer will deliver (``_sweep.py``), answering and dead-lettering each."""
-        assert self._sweeper is not None
-        while True:
-            await asyncio.sleep(self.settings.stranded_sweep_s)
-            coord = self.coordinator
-            if self.supervisor.stopping or (coord is not None and not coord.is_leader):
-                continue
-            try:
-                removed = await self._sweeper.round()
-            except JetAgentsError as exc:
-                self._log.debug("stranded_sweep_failed", error=str(exc))
-                continue
-            if removed:
-                self.metrics.inc("stranded_swept", removed)
-                self._log.warning("stranded_commands_removed", count=removed)
+    def _leads(self) -> bool:
+        """Whether this host does the cluster-wide chores now: the leader, or a host on its own."""
+        coord = self.coordinator
+        return not self.supervisor.stopping and (coord is None or coord.is_leader)
 
     async def _reject_stranded(self, msg: Msg, seq: int) -> bool:
         """Refuse a command found by the sweep like a malformed one; False: try again later."""
@@ -1106,7 +1002,7 @@ class Host:
         s = self.settings
         tick = max(0.2, min(s.ack_wait_s / 3, s.idle_passivate_s / 4, 5.0))
         while True:
-            await asyncio.sleep(tick)
+            await self.clock.sleep(tick)
             now = self.clock.monotonic()
             # keep long-running and queued commands from being redelivered meanwhile
             for work in list(self._inflight):

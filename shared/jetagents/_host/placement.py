@@ -98,6 +98,23 @@ class Placement:
     def bind(self, link: HostLink) -> None:
         self.link = link
 
+    def token_of(self, aid: AgentId, partition: int) -> int:
+        """This host's writer token for ``aid``: its claim on the partition, or the
+        placement's revision when the agent is placed here (whichever is newer)."""
+        coord = self._coordinator()
+        if coord is None:
+            return 0
+        claim = coord.claim_revs.get(partition, 0)
+        placed = coord.placements.get(aid.key)
+        if placed is None:
+            return claim
+        host, rev = placed
+        return max(claim, rev) if host == self.settings.host_id else 0
+
+    def fence_token(self, aid: AgentId, partition: int) -> int | None:
+        """``token_of``, or None without cluster membership (no writer fences this host)."""
+        return None if self._coordinator() is None else self.token_of(aid, partition)
+
     def subject(self, host: str, what: str) -> str:
         return self.subjects.sys("host", host, what)
 

@@ -25,6 +25,7 @@ from typing import Any
 from .._core.errors import JetAgentsError
 from .._nats.kv import NatsClient
 from .._nats.stranded import CommandStreamScan, StoredCommand
+from .._obs.metrics import Metrics
 
 
 def stranded(subject: str) -> bool:
@@ -71,6 +72,28 @@ class StrandedSweeper:
         self._per_round = per_round
         self._next_seq = 0  # where the next round goes on; 0: from the stream's first message
         self.swept = 0
+
+    async def run(
+        self,
+        every_s: float,
+        sleep: Callable[[float], Awaitable[None]],
+        sweep_now: Callable[[], bool],
+        metrics: Metrics,
+        log: Any,
+    ) -> None:
+        """A round every ``every_s`` while ``sweep_now()`` (this host leads, or runs alone)."""
+        while True:
+            await sleep(every_s)
+            if not sweep_now():
+                continue
+            try:
+                removed = await self.round()
+            except JetAgentsError as exc:
+                log.debug("stranded_sweep_failed", error=str(exc))
+                continue
+            if removed:
+                metrics.inc("stranded_swept", removed)
+                log.warning("stranded_commands_removed", count=removed)
 
     async def round(self) -> int:
         """One bounded pass; returns how many stranded commands it removed."""

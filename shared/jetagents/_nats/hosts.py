@@ -11,6 +11,9 @@ from collections.abc import AsyncIterator
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from .._core.errors import Unavailable
+from .inbox import shared_inbox
+
 
 class HostLink:
     """One connection's view of the other hosts."""
@@ -19,8 +22,12 @@ class HostLink:
         self._nc = nc
 
     async def request(self, subject: str, body: bytes, timeout_s: float) -> bytes:
-        """The answer's body; raises nats-py's errors (no responders, timeout, connection)."""
-        msg = await self._nc.request(subject, body, timeout=timeout_s)
+        """The answer's body, received on the connection's shared inbox; raises
+        ``Unavailable`` (nobody listens), ``TimeoutError`` or nats-py's connection errors."""
+        inbox = await shared_inbox(self._nc)
+        msg = await inbox.request(subject, body, None, timeout_s)
+        if (msg.headers or {}).get("Status") == "503":
+            raise Unavailable(f"no responders on {subject}")
         return msg.data
 
     async def publish(
