@@ -28,7 +28,6 @@ import itertools
 import os
 from collections import OrderedDict, deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -61,31 +60,22 @@ from .._core.ids import AgentId, fnv1a_32, is_valid_token
 from .._core.outcome import AckKind, Result, exhausted
 from .._core.wire import (
     DEAD_LETTER_MIN_BYTES,
-    H_COMMAND_ID,
-    H_CORRELATION_ID,
-    H_EXPECTED_LAST_SUBJECT_SEQ,
-    H_HOST,
-    H_MSG_ID,
-    Commit,
     Subjects,
     decode_command,
     encode_commit,
 )
 from .._nats.api import (
-    ERR_WRONG_LAST_SEQUENCE,
     DirectReader,
-    JSApiError,
     Topology,
     connect,
     ensure_topology,
-    js_publish,
 )
 from .._nats.buckets import KvBucket
 from .._nats.consumers import PartitionConsumers
+from .._nats.event_stream import JetStreamEventStream
 from .._nats.hosts import HostLink
 from .._nats.inbox import Inbox
 from .._nats.kv import JetStreamStore
-from .._nats.log_reader import DirectLogReader
 from .._nats.ports import NatsPublisher
 from .._obs.metrics import Metrics
 from .._obs.propagation import carry_context
@@ -109,7 +99,6 @@ from .._obs.telemetry import (
     HostTelemetry,
     enter_command,
     exit_command,
-    fail_span,
     finish_process_span,
 )
 from .._obs.watchdog import LoopWatchdog
@@ -118,6 +107,7 @@ from .catalog import Activation, Catalog
 from .coordination import ClusterConfig, Coordinator
 from .deadline import Deadline, Overrun
 from .eager import start_eager
+from .eventlog import EventLog, NewCommit
 from .intake import Intake
 from .outcomes import Outcomes
 from .partitions import Partitions
@@ -150,16 +140,6 @@ def _trace_of(cmd: Command) -> tuple[str | None, str | None]:
     """The received trace context: (traceparent, tracestate)."""
     t = cmd.trace
     return (t.traceparent, t.tracestate) if t is not None else (None, None)
-
-
-@dataclass(frozen=True, slots=True)
-class _NewCommit:
-    """A commit about to be appended: its JSON (a ``Commit``) and what the host keeps of it."""
-
-    n: int
-    cmd: str
-    own: int
-    body: bytes
 
 
 class Host:
@@ -220,6 +200,7 @@ class Host:
         self._host_sub: Any = None
         self._reader: DirectReader | None = None
         self._inbox: Inbox | None = None  # PubAcks of event appends
+        self.eventlog: EventLog = None  # type: ignore[assignment]  # set by start()
         self._client: Any = None
         self._log = log.bind(host=settings.host_id)
         # every task the host starts, by group; and the lifecycle flags its loops read
@@ -354,9 +335,9 @@ class Host:
             self.nc, ClientSettings(**common), owns_connection=False, tracer_provider=tp, meter_provider=mp
         )
         await self._client._start()
-        self.catalog.bind(
-            DirectLogReader(self._reader, self.topology.evt_stream, s.op_timeout_s), snapshots, meta, self._client
-        )
+        events = JetStreamEventStream(self.nc, self._inbox, self._reader, self.topology.evt_stream, s.op_timeout_s)
+        self.eventlog = EventLog(events, self.subjects, s.host_id, self._tel)
+        self.catalog.bind(events, snapshots, meta, self._client)
 
         self._pull_prefix = self.nc.new_inbox()
         self.partitions.bind(PartitionConsumers(self.nc, self.topology, s.op_timeout_s), self._pull_prefix)
@@ -919,12 +900,12 @@ class Host:
                 ts_ms=self.clock.wall_ms(),
                 own=own,
             )
-            commit = _NewCommit(n, name, own, body)
+            commit = NewCommit(n, name, own, body)
             try:
                 if cmd.traced:
-                    seq, duplicate = await self._append_span(act, commit, out)
+                    seq, duplicate = await self.eventlog.append_span(act.agent_id, act.last_seq, commit, out)
                 else:
-                    seq, duplicate = await self._append(act, commit, out)
+                    seq, duplicate = await self.eventlog.append(act.agent_id, act.last_seq, commit, out)
             except PayloadTooLarge as err:  # the commit itself is too big: never retryable
                 await self.outcomes.settle(cmd, Result.REFUSED, out, error=err)
                 return None
@@ -940,7 +921,7 @@ class Host:
                 # This command's commit is already in the log (its record had been
                 # evicted): do not apply it again; answer with what it answered then.
                 self.metrics.inc("duplicates", agent_type=act.agent_id.type, source="log")
-                first = await self._commit_at(seq)
+                first = await self.eventlog.commit_at(seq)
                 answer = first.result if first else None
                 await self.outcomes.settle(cmd, Result.DUPLICATE, out, answer=answer, event_seq=seq)
                 return None
@@ -999,67 +980,6 @@ class Host:
             await self.outcomes.settle(cmd, Result.REFUSED, out, error=err)
         finally:
             self._untrack(cmd)
-
-    # -- the event log ---------------------------------------------------------------------
-    async def _commit_at(self, seq: int) -> Commit | None:
-        assert self._reader is not None
-        msg = await self._reader.at(self.topology.evt_stream, seq, self.settings.op_timeout_s)
-        return Commit.model_validate_json(msg.data) if msg is not None else None
-
-    async def _append_span(self, act: Activation, commit: _NewCommit, out_hdrs: dict[str, str]) -> tuple[int, bool]:
-        """``_append`` in a PRODUCER span; the commit carries the span's context."""
-        aid = act.agent_id
-        span, hdrs = self._tel.start_producer(
-            f"append {aid.type}",
-            self.subjects.evt(aid.type, aid.id),
-            out_hdrs,
-            {
-                MESSAGING_OPERATION_NAME: "append",
-                MESSAGING_MESSAGE_ID: commit.cmd,
-                AGENT_TYPE: aid.type,
-                AGENT_ID: aid.id,
-            },
-        )
-        try:
-            seq, duplicate = await self._append(act, commit, hdrs)
-            span.set_attribute("jetagents.event.seq", seq)
-            if duplicate:
-                span.set_attribute("jetagents.duplicate", True)
-            return seq, duplicate
-        except BaseException as exc:
-            fail_span(span, exc)
-            raise
-        finally:
-            span.end()
-
-    async def _append(self, act: Activation, commit: _NewCommit, out_hdrs: dict[str, str]) -> tuple[int, bool]:
-        """Append one commit; ``(seq, duplicate)``, duplicate when it was already there."""
-        aid = act.agent_id
-        msg_id = f"{aid.key}:{commit.cmd}"
-        hdrs = {
-            H_MSG_ID: msg_id,
-            H_EXPECTED_LAST_SUBJECT_SEQ: str(act.last_seq),
-            H_COMMAND_ID: commit.cmd,
-            H_HOST: self.settings.host_id,
-        }
-        for k in (H_CORRELATION_ID, "traceparent", "tracestate"):
-            if k in out_hdrs:
-                hdrs[k] = out_hdrs[k]
-        subject = self.subjects.evt(aid.type, aid.id)
-        try:
-            ack = await js_publish(self.nc, subject, commit.body, hdrs, self.settings.op_timeout_s, self._inbox)
-        except JSApiError as exc:
-            if exc.err_code != ERR_WRONG_LAST_SEQUENCE:
-                raise Unavailable(f"event append refused: {exc.description}") from None
-            # Either our own earlier attempt landed (same msg id), or another writer did.
-            assert self._reader is not None
-            last = await self._reader.last(self.topology.evt_stream, subject, self.settings.op_timeout_s)
-            if last is not None and last.headers and last.headers.get(H_MSG_ID) == msg_id:
-                return int(last.headers["Nats-Sequence"]), False
-            raise FencedError(f"another writer appended to {aid} (expected last sequence {act.last_seq})") from None
-        if ack.get("duplicate"):
-            return int(ack["seq"]), act.last_seq != 0 and int(ack["seq"]) <= act.last_seq
-        return int(ack["seq"]), False
 
     # -- housekeeping ----------------------------------------------------------------------
     def _leads(self) -> bool:
