@@ -26,9 +26,7 @@ OVERSIZED_MODULES = {
 OVERSIZED_CLASSES = {
     "jetagents._host.host.Host",
 }
-IMPORTS_NATS_OUTSIDE_ADAPTER = {
-    "jetagents._host.host",
-}
+IMPORTS_NATS_OUTSIDE_ADAPTER: set[str] = set()
 
 
 def _module_name(path: Path) -> str:

@@ -28,13 +28,10 @@ import itertools
 import os
 from collections import OrderedDict, deque
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.errors import SlowConsumerError
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 
@@ -73,9 +70,9 @@ from .._nats.api import (
 from .._nats.buckets import KvBucket
 from .._nats.consumers import PartitionConsumers
 from .._nats.event_stream import JetStreamEventStream
-from .._nats.hosts import HostLink
+from .._nats.hosts import HostLink, dropped_subject
 from .._nats.inbox import Inbox
-from .._nats.kv import JetStreamStore
+from .._nats.kv import JetStreamStore, NatsClient
 from .._nats.ports import NatsPublisher
 from .._obs.metrics import Metrics
 from .._obs.propagation import carry_context
@@ -114,6 +111,9 @@ from .partitions import Partitions
 from .placement import PipelineHooks, Placement
 from .supervisor import Supervisor
 from .sweeper import StrandedSweeper
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
 
 log = structlog.get_logger("jetagents.host")
 
@@ -176,7 +176,7 @@ class Host:
             partitions = [p for p in range(settings.partitions) if p % settings.host_count == settings.host_index]
         self._static_partitions = sorted(partitions or [])
         self.coordinator: Coordinator | None = None
-        self.nc: NATS = None  # type: ignore[assignment]
+        self.nc: NatsClient = None  # type: ignore[assignment]
         self.cepoch = ""
         # agents with commands waiting for a free worker, by (priority rank, arrival)
         self._ready: list[tuple[int, int, Activation]] = []
@@ -506,9 +506,10 @@ class Host:
         self._log.warning("nats_disconnected")
 
     async def _on_error(self, exc: Exception) -> None:
-        if isinstance(exc, SlowConsumerError):
+        dropped = dropped_subject(exc)
+        if dropped is not None:
             self.metrics.inc("calls_dropped")
-            self._log.warning("call_dropped_host_full", subject=exc.subject)
+            self._log.warning("call_dropped_host_full", subject=dropped)
             return
         self._log.debug("nats_error", error=str(exc))
 
