@@ -56,3 +56,17 @@ def test_bench_all_workloads_smoke(tmp_path: Path) -> None:
     (run,) = report["failover"]["runs"]
     assert run["partitions_served"] == run["partitions_held"] > 0, run
     assert run["lost_or_doubled"] == 0, run
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["loadtests/bench_cpu.py", "--n", "64", "--reps", "1", "--inflight", "1", "4", "--host-loop", "uvloop"],
+        ["loadtests/bench_puback.py", "--n", "64", "--rounds", "1", "--inflight", "1", "4"],
+    ],
+)
+def test_cpu_benches_smoke(argv: list[str]) -> None:
+    """The CPU-per-command harnesses of ADR 0041 (by loop) and of the one reply inbox."""
+    r = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "us/" in r.stdout

@@ -64,10 +64,15 @@ async def test_the_adapters_requests_share_one_inbox_per_connection(nats_server:
         await reader.start()
         try:
             assert await reader.last("SHAREDT", "sharedt.b", 5.0) is None
+            for i in (2, 3):
+                await js_publish(nc, "sharedt.a", b"{}", {"Nats-Msg-Id": f"s{i}"}, 5.0)
+            # batches of 2: each answer is several messages, to a listener on the same inbox
+            msgs = await reader.read_subject("SHAREDT", "sharedt.a", 1, 2, 5.0)
+            assert [m.headers["Nats-Sequence"] for m in msgs if m.headers] == ["1", "2", "3"]
         finally:
             await reader.stop()
         assert await shared_inbox(nc) is inbox and len(nc._subs) == before + 1
-        assert not inbox._pending
+        assert not inbox._pending and not inbox._listeners
 
         with pytest.raises(Unavailable, match="no responders"):
             await js_api(nc, "nobody.listens", None, 5.0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -78,10 +77,10 @@ async def connect(url: str, *, name: str, connect_timeout_s: float = 5.0, **opts
 async def jetstream_answers(nc: NATS, timeout_s: float) -> bool:
     """Does JetStream answer ``$JS.API.INFO`` without an error? (readiness probes)"""
     try:
-        msg = await nc.request("$JS.API.INFO", b"", timeout=timeout_s)
-        return "error" not in orjson.loads(msg.data)
-    except Exception:  # noqa: BLE001 - timeouts, no responders, closed connection: not ready
+        await js_api(nc, "$JS.API.INFO", None, timeout_s)
+    except Exception:  # noqa: BLE001 - an error answer, timeouts, no responders, closed connection: not ready
         return False
+    return True
 
 
 async def stream_info(nc: NATS, stream: str, timeout_s: float) -> dict[str, Any]:
@@ -385,7 +384,7 @@ async def unpin_consumer(nc: NATS, topo: Topology, partition: int, group: str, t
 
 
 class DirectReader:
-    """Batched direct gets (server 2.11+) over one wildcard inbox subscription.
+    """Batched direct gets (server 2.11+), answered on the connection's shared inbox.
 
     ``read_subject`` streams every message of one subject from a start sequence, in
     batches, without creating a consumer: the cheap way to replay an agent's log.
@@ -393,25 +392,13 @@ class DirectReader:
 
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
-        self._prefix = nc.new_inbox()
-        self._ids = itertools.count(1)
-        self._queues: dict[str, asyncio.Queue[Msg]] = {}
-        self._sub: Any = None
+        self._inbox: Inbox | None = None
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_msg)
+        self._inbox = await shared_inbox(self._nc)
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - connection may be closed already
-                pass
-
-    async def _on_msg(self, msg: Msg) -> None:
-        q = self._queues.get(msg.subject.rpartition(".")[2])
-        if q is not None:
-            q.put_nowait(msg)
+        """Nothing to release: the shared inbox lives as long as the connection."""
 
     async def read_subject(self, stream: str, subject: str, start_seq: int, batch: int, timeout_s: float) -> list[Msg]:
         """All messages on ``subject`` with sequence >= ``start_seq``."""
@@ -427,12 +414,12 @@ class DirectReader:
     async def _batch(
         self, stream: str, subject: str, seq: int, batch: int, timeout_s: float
     ) -> tuple[list[Msg], bool, int]:
-        token = str(next(self._ids))
+        inbox = self._inbox or await shared_inbox(self._nc)
         q: asyncio.Queue[Msg] = asyncio.Queue()
-        self._queues[token] = q
+        reply = inbox.listen(q.put_nowait)
         try:
             req = {"seq": seq, "next_by_subj": subject, "batch": batch}
-            await self._nc.publish(f"$JS.API.DIRECT.GET.{stream}", orjson.dumps(req), reply=f"{self._prefix}.{token}")
+            await self._nc.publish(f"$JS.API.DIRECT.GET.{stream}", orjson.dumps(req), reply=reply)
             msgs: list[Msg] = []
             last = seq - 1
             async with asyncio.timeout(timeout_s):
@@ -454,7 +441,7 @@ class DirectReader:
         except TimeoutError:
             raise Unavailable(f"direct get of {subject} timed out") from None
         finally:
-            self._queues.pop(token, None)
+            inbox.forget(reply)
 
     async def at(self, stream: str, seq: int, timeout_s: float) -> Msg | None:
         """The message at ``seq`` (None if there is none)."""

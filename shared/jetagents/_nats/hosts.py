@@ -37,17 +37,17 @@ class HostLink:
 
     @contextlib.asynccontextmanager
     async def answers(self) -> AsyncIterator[tuple[str, asyncio.Queue[bytes]]]:
-        """A fresh inbox and the queue its messages arrive on, for as long as the block runs.
-        A status message (503: nobody listens at the other end any more) arrives as ``b""``."""
-        inbox = self._nc.new_inbox()
+        """A fresh reply subject (on the connection's shared inbox) and the queue its messages
+        arrive on, for as long as the block runs. A status message (503: nobody listens at the
+        other end any more) arrives as ``b""``."""
+        shared = await shared_inbox(self._nc)
         queue: asyncio.Queue[bytes] = asyncio.Queue()
 
-        async def on_answer(m: Msg) -> None:
+        def on_answer(m: Msg) -> None:
             queue.put_nowait(b"" if m.headers and m.headers.get("Status") else m.data)
 
-        sub = await self._nc.subscribe(inbox, cb=on_answer)
+        inbox = shared.listen(on_answer)
         try:
             yield inbox, queue
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            shared.forget(inbox)

@@ -1,4 +1,5 @@
-"""The reply inbox: one wildcard subscription per connection, a future per request.
+"""The reply inbox: one wildcard subscription, a future per request (or a listener per
+reply of several messages).
 
 The one request/reply mechanism of the library: the client's calls, its durable commands'
 PubAcks and replies, the host's event appends (their PubAcks) all wait on an ``Inbox``
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -40,6 +42,7 @@ class Inbox:
         self._sub: Any = None
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[Msg]] = {}
+        self._listeners: dict[str, Callable[[Msg], None]] = {}  # replies of many messages
         self._start_lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -58,6 +61,7 @@ class Inbox:
             if not fut.done():
                 fut.cancel()
         self._pending.clear()
+        self._listeners.clear()
         if self._sub is not None:
             sub, self._sub = self._sub, None
             try:
@@ -66,9 +70,15 @@ class Inbox:
                 pass
 
     async def _on_reply(self, msg: Msg) -> None:
-        fut = self._pending.get(msg.subject[self._cut :])
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
+        token = msg.subject[self._cut :]
+        fut = self._pending.get(token)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(msg)
+            return
+        listener = self._listeners.get(token)
+        if listener is not None:
+            listener(msg)
 
     def expect(self) -> tuple[str, asyncio.Future[Msg]]:
         """A new reply subject and the future its reply completes; ``forget`` it when done."""
@@ -79,8 +89,20 @@ class Inbox:
         self._pending[token] = fut
         return f"{self._prefix}.{token}", fut
 
+    def listen(self, on_msg: Callable[[Msg], None]) -> str:
+        """A new reply subject whose every message goes to ``on_msg`` (called on the
+        subscription's task: it must not block), for answers of several messages (a batched
+        direct get, a forwarded command's progress and acknowledgement); ``forget`` it when done."""
+        if self._sub is None:
+            raise Unavailable("the reply inbox is closed")
+        token = str(next(self._ids))
+        self._listeners[token] = on_msg
+        return f"{self._prefix}.{token}"
+
     def forget(self, reply_subject: str) -> None:
-        self._pending.pop(reply_subject[self._cut :], None)
+        token = reply_subject[self._cut :]
+        self._pending.pop(token, None)
+        self._listeners.pop(token, None)
 
     async def request(self, subject: str, payload: bytes, headers: dict[str, str] | None, timeout_s: float) -> Msg:
         """The reply; ``TimeoutError`` when none came within ``timeout_s``."""

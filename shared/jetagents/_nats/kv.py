@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from .api import (
 # written once in api.py, next to ensure_topology, which uses them too
 from .api import ensure_stream as ensure_stream
 from .api import stream_info as stream_info
+from .inbox import shared_inbox
 
 NatsClient: TypeAlias = NATS  # for code outside the adapter that only passes a connection along
 
@@ -112,13 +112,9 @@ async def purge_subject(nc: NATS, stream: str, subject: str, timeout_s: float) -
 async def scan_last(nc: NATS, bucket: str, prefix: str, timeout_s: float) -> dict[str, KvEntry]:
     """Every live key of ``bucket`` starting with ``prefix`` (key -> its last message), by
     one batched direct get: any replica may answer, so a moment's lag is possible."""
-    inbox = nc.new_inbox()
+    shared = await shared_inbox(nc)
     q: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def on_msg(msg: Any) -> None:
-        q.put_nowait(msg)
-
-    sub = await nc.subscribe(inbox, cb=on_msg)
+    inbox = shared.listen(q.put_nowait)
     out: dict[str, KvEntry] = {}
     base = f"$KV.{bucket}."
     try:
@@ -140,8 +136,7 @@ async def scan_last(nc: NATS, bucket: str, prefix: str, timeout_s: float) -> dic
     except TimeoutError:
         raise Unavailable(f"scan of KV bucket {bucket} timed out") from None
     finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+        shared.forget(inbox)
 
 
 # -- the coordinator's store ---------------------------------------------------------------
