@@ -135,8 +135,6 @@ class Host:
         if partitions is None and self.static:
             partitions = [p for p in range(settings.partitions) if p % settings.host_count == settings.host_index]
         self._static_partitions = sorted(partitions or [])
-        self.owned: list[int] = []
-        self._owned_set: frozenset[int] = frozenset()
         self.coordinator: Coordinator | None = None
         self.nc: NATS = None  # type: ignore[assignment]
         self.cepoch = ""
@@ -200,7 +198,7 @@ class Host:
             self.catalog,
             hooks,
             coordinator=lambda: self.coordinator,
-            owns=lambda partition: partition in self._owned_set,
+            owns=lambda partition: partition in self.partitions.owned_set,
             event=self.event,
         )
         self.eventlog = EventLog(self.subjects, settings.host_id, self._tel)  # its stream is bound by start()
@@ -239,6 +237,11 @@ class Host:
         return self.metrics.stats
 
     @property
+    def owned(self) -> list[int]:
+        """The partitions this host serves, in order."""
+        return self.partitions.owned
+
+    @property
     def activations(self) -> OrderedDict[str, Activation]:
         """The agents in memory (the catalog's), least recently used first."""
         return self.catalog.activations
@@ -260,7 +263,7 @@ class Host:
         coord = self.coordinator
         if self.static:
             joined = self.supervisor.started
-            started = self.supervisor.started and set(self._static_partitions) <= self._owned_set
+            started = self.supervisor.started and set(self._static_partitions) <= self.partitions.owned_set
         else:
             joined = coord is not None and coord.ring is not None and not coord.stopped
             started = joined and coord is not None and coord.assigned() <= coord.held
@@ -386,15 +389,11 @@ class Host:
     async def start_partition(self, partition: int, *, rewind: bool = False) -> None:
         """Start serving ``partition``: recreate its consumer, then pull."""
         await self.partitions.start(partition, rewind=rewind)
-        self.owned = sorted({*self.owned, partition})
-        self._owned_set = frozenset(self.owned)
         self._tel.handoff(started=True)
 
     async def stop_partition(self, partition: int, *, graceful: bool) -> None:
         """Stop serving ``partition``. Graceful: finish the commands in hand (bounded by
         ``drain_grace_s``) and snapshot its agents, so the next owner starts warm."""
-        self.owned = [p for p in self.owned if p != partition]
-        self._owned_set = frozenset(self.owned)
         self._tel.handoff(started=False, graceful=graceful)
         await self.partitions.stop(partition)
         if graceful:

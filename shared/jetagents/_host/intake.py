@@ -112,7 +112,7 @@ class Intake:
         host = self._host
         route = self.route_of(subject)
         partition = route[0]
-        if partition not in host._owned_set:
+        if partition not in host.partitions.owned_set:
             coord = host.coordinator
             moving_here = (
                 coord is not None

@@ -191,6 +191,9 @@ class Partitions:
         # ring membership: this host holds a claim on each partition it serves (static: none)
         self.claims = claims
         self._pullers: dict[int, Puller] = {}
+        # the partitions served (commands taken), as a sorted list and as a set for intake
+        self.owned: list[int] = []
+        self.owned_set: frozenset[int] = frozenset()
         self.consumers: PartitionConsumers = None  # type: ignore[assignment]  # set by bind()
         self.pull_prefix = ""
         self._start_sem = asyncio.Semaphore(32)
@@ -229,9 +232,14 @@ class Partitions:
         puller = Puller(self, partition)
         self._pullers[partition] = puller
         self.supervisor.spawn("pullers", puller.run(), key=partition)
+        self.owned = sorted({*self.owned, partition})
+        self.owned_set = frozenset(self.owned)
 
     async def stop(self, partition: int) -> None:
-        """Stop pulling from ``partition`` (its consumer stays, for the next owner)."""
+        """Stop serving ``partition``: take no more of its commands, stop pulling (its
+        consumer stays, for the next owner)."""
+        self.owned = [p for p in self.owned if p != partition]
+        self.owned_set = frozenset(self.owned)
         puller = self._pullers.pop(partition, None)
         if puller is not None:
             puller.stopped = True
