@@ -20,9 +20,7 @@ MAX_CLASS_LINES = 400
 ADAPTER_PACKAGE = "jetagents._nats"
 
 # today's exceptions; each entry must still break the rule (the lists only shrink)
-OVERSIZED_MODULES = {
-    "jetagents._host.host",
-}
+OVERSIZED_MODULES: set[str] = set()
 OVERSIZED_CLASSES = {
     "jetagents._host.host.Host",
 }

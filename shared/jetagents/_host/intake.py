@@ -84,9 +84,9 @@ class Intake:
                 puller.pin_id = pin
         cmd = self.parse(Kind.STREAM, subject, headers, data, reply, (partition, parts[-2], parts[-1]))
         if host.supervisor.stopping:
-            host._track(cmd)
+            host.scheduler.track(cmd)
             await host.outcomes.settle(cmd, Result.STOPPING, {})
-            host._untrack(cmd)
+            host.scheduler.untrack(cmd)
             return
         if len(data) > host.settings.max_payload_bytes:
             self.refuse_oversized(cmd)
@@ -137,7 +137,10 @@ class Intake:
         cmd = self.parse(Kind.CALL, subject, headers, data, reply, route)
         size = len(data)
         s = host.settings
-        if host._inflight_count >= s.max_inflight or host._inflight_bytes + size > s.max_inflight_bytes:
+        if (
+            host.scheduler.inflight_count >= s.max_inflight
+            or host.scheduler.inflight_bytes + size > s.max_inflight_bytes
+        ):
             if reply:
                 err = Unavailable("host overloaded, retry", details={"applied": False})
                 await host.outcomes.reply(reply, encode_error(err), {}, None)
@@ -152,6 +155,6 @@ class Intake:
         agent nor parsed; dead-lettered (bounded) and answered ``payload_too_large``."""
         host = self._host
         size, limit = len(cmd.body), host.settings.max_payload_bytes
-        host._track(cmd)  # its bytes count against max_inflight_bytes until the refusal is done
+        host.scheduler.track(cmd)  # its bytes count against max_inflight_bytes until the refusal is done
         err = PayloadTooLarge(f"payload of {size} bytes exceeds the limit of {limit}")
-        host.supervisor.spawn("side", host._reject_unrouted(cmd, err))
+        host.supervisor.spawn("side", host.scheduler.reject_unrouted(cmd, err))
