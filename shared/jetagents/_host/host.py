@@ -34,7 +34,7 @@ from opentelemetry import metrics, trace
 
 from .._core.agent import Registry
 from .._core.clock import Clock, SystemClock
-from .._core.command import ACKED, Command, Kind
+from .._core.command import ACKED, Kind
 from .._core.errors import (
     MalformedCommand,
     UnknownAgent,
@@ -100,6 +100,51 @@ def _rss_mb() -> float:
         import resource
 
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _dead_letter_max_bytes(nc: NatsClient | None, topology: Topology) -> int:
+    """The largest dead letter the stream and the server both take."""
+    server = int(getattr(nc, "max_payload", 0) or 0) - 1024
+    limit = topology.dead_letter_max_bytes
+    return max(DEAD_LETTER_MIN_BYTES, min(limit, server) if server > 0 else limit)
+
+
+def _cluster_config(s: HostSettings) -> ClusterConfig:
+    return ClusterConfig(
+        partitions=s.partitions,
+        heartbeat_s=s.heartbeat_s,
+        member_ttl_s=s.member_ttl_s,
+        lease_ttl_s=s.lease_ttl_s,
+        tick_s=s.cluster_tick_s,
+        load_factor=s.load_factor,
+        max_moves=s.rebalance_max_moves,
+        handoff_timeout_s=s.handoff_timeout_s,
+        capacity=s.capacity,
+        tags=list(s.tags),
+    )
+
+
+async def _agents_client(
+    nc: NatsClient,
+    s: HostSettings,
+    tracer_provider: trace.TracerProvider | None,
+    meter_provider: metrics.MeterProvider | None,
+) -> Any:
+    """The client agents call other agents with: on the host's connection, addressing the
+    host's deployment (subject root, partitions, ...)."""
+    from .._client.client import Client  # local import: the client is optional for hosts
+    from .._settings import ClientSettings, CommonSettings
+
+    common = s.model_dump(include=set(CommonSettings.model_fields))
+    client = Client(
+        nc,
+        ClientSettings(**common),
+        owns_connection=False,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+    )
+    await client._start()
+    return client
 
 
 class Host:
@@ -185,10 +230,12 @@ class Host:
             metrics=self.metrics,
             tel=self._tel,
             log=self._log,
-            dead_letter_max_bytes=self._dead_letter_max_bytes,
+            dead_letter_max_bytes=lambda: _dead_letter_max_bytes(self.nc, self.topology),
         )
         outcomes = self.outcomes
-        hooks = PipelineHooks(self._intake.parse, self._dispatch, outcomes.reply, outcomes.ack, outcomes.nak)
+        hooks = PipelineHooks(
+            self._intake.parse, lambda cmd: self.scheduler.dispatch(cmd), outcomes.reply, outcomes.ack, outcomes.nak
+        )
         self.placement = Placement(
             settings,
             registry,
@@ -281,7 +328,7 @@ class Host:
             self.watchdog = LoopWatchdog(
                 s.loop_block_threshold_s,
                 name=s.host_id,
-                on_block=self._on_loop_blocked,
+                on_block=lambda: self.metrics.inc("loop_blocked"),  # from the watchdog's thread
                 on_unblock=self._tel.loop_unblocked,
             )
             self.watchdog.start(self._loop)
@@ -303,16 +350,7 @@ class Host:
         await self._reader.start()
         self._inbox = Inbox(self.nc)
         await self._inbox.start()
-        from .._client.client import Client  # local import: the client is optional for hosts
-        from .._settings import ClientSettings, CommonSettings
-
-        tp, mp = self._providers
-        # the agents' client addresses the host's deployment (subject root, partitions, ...)
-        common = s.model_dump(include=set(CommonSettings.model_fields))
-        self._client = Client(
-            self.nc, ClientSettings(**common), owns_connection=False, tracer_provider=tp, meter_provider=mp
-        )
-        await self._client._start()
+        self._client = await _agents_client(self.nc, s, *self._providers)
         events = JetStreamEventStream(self.nc, self._inbox, self._reader, self.topology.evt_stream, s.op_timeout_s)
         self.eventlog.bind(events)
         self.catalog.bind(events, snapshots, meta, self._client)
@@ -346,7 +384,12 @@ class Host:
                 grace_s=s.stranded_grace_s,
                 timeout_s=s.op_timeout_s,
             )
-            sweep = self._sweeper.run(s.stranded_sweep_s, self.clock.sleep, self._leads, self.metrics, self._log)
+
+            def leads() -> bool:  # the leader sweeps, or a host on its own
+                coord = self.coordinator
+                return not self.supervisor.stopping and (coord is None or coord.is_leader)
+
+            sweep = self._sweeper.run(s.stranded_sweep_s, self.clock.sleep, leads, self.metrics, self._log)
             self.supervisor.spawn("background", sweep)
         self.supervisor.started = True
         if self.static:
@@ -355,19 +398,7 @@ class Host:
         else:
             store = JetStreamStore(self.nc, self.topology.cluster_bucket, replicas=s.replicas, timeout_s=s.op_timeout_s)
             await store.ensure()
-            cfg = ClusterConfig(
-                partitions=s.partitions,
-                heartbeat_s=s.heartbeat_s,
-                member_ttl_s=s.member_ttl_s,
-                lease_ttl_s=s.lease_ttl_s,
-                tick_s=s.cluster_tick_s,
-                load_factor=s.load_factor,
-                max_moves=s.rebalance_max_moves,
-                handoff_timeout_s=s.handoff_timeout_s,
-                capacity=s.capacity,
-                tags=list(s.tags),
-            )
-            self.coordinator = Coordinator(s.host_id, store, self.clock, cfg, self)
+            self.coordinator = Coordinator(s.host_id, store, self.clock, _cluster_config(s), self)
             self.supervisor.spawn("coordinator", self.coordinator.run())
             # ready when the ring is known and our share of it is started (or give up
             # waiting: the partitions may belong to others that have not let go yet)
@@ -420,7 +451,6 @@ class Host:
         with contextlib.suppress(Exception):
             await self.nc.publish(self.subjects.sys(*kind.split(".")), orjson.dumps(body))
 
-    # -- placement: agents placed on a host other than their partition's owner ---------------
     async def stop(self, *, drain: bool = True) -> None:
         """Stop taking commands, finish those in hand (bounded by ``drain_grace_s``),
         snapshot active agents and disconnect. Nothing acknowledged is lost: whatever is
@@ -469,10 +499,6 @@ class Host:
             self.watchdog.stop()
         self._log.info("host_stopped", **self.stats)
 
-    def _on_loop_blocked(self) -> None:
-        """The watchdog saw the event loop blocked (called from its thread)."""
-        self.metrics.inc("loop_blocked")
-
     async def _on_reconnected(self) -> None:
         self._log.info("nats_reconnected")
         self.partitions.reconnected()
@@ -495,29 +521,7 @@ class Host:
     async def _on_call(self, msg: Msg) -> None:
         await self._intake.on_call(msg.subject, msg.headers, msg.data, msg.reply)
 
-    def _pull_status(self, subject: str, headers: Mapping[str, str] | None) -> None:
-        """A status about one of our pull requests, sent to its inbox."""
-        tokens = subject.rsplit(".", 2)
-        puller = self.partitions.get(int(tokens[1])) if tokens[1].isdigit() else None
-        if puller is not None:
-            self.partitions.on_status(puller, tokens[2], (headers or {}).get("Status", ""))
-
-    def _dispatch(self, cmd: Command) -> None:
-        self.scheduler.dispatch(cmd)
-
-    # -- outcomes (``outcomes.py``) ------------------------------------------------------
-    def _dead_letter_max_bytes(self) -> int:
-        """The largest dead letter the stream and the server both take."""
-        server = int(getattr(self.nc, "max_payload", 0) or 0) - 1024
-        limit = self.topology.dead_letter_max_bytes
-        return max(DEAD_LETTER_MIN_BYTES, min(limit, server) if server > 0 else limit)
-
     # -- housekeeping ----------------------------------------------------------------------
-    def _leads(self) -> bool:
-        """Whether this host does the cluster-wide chores now: the leader, or a host on its own."""
-        coord = self.coordinator
-        return not self.supervisor.stopping and (coord is None or coord.is_leader)
-
     async def _reject_stranded(self, msg: Msg, seq: int) -> bool:
         """Refuse a command found by the sweep like a malformed one; False: try again later."""
         parts = msg.subject.split(".")

@@ -66,7 +66,7 @@ class Intake:
         """A message on the pull inbox: a status about one of our pull requests, or a command."""
         host = self._host
         if not reply:  # a status about one of our pull requests, sent to its inbox
-            host._pull_status(subject, headers)
+            host.partitions.on_pull_status(subject, headers)
             return
         # a command; JetStream delivers it under its stored subject <root>.p.<partition>.<type>.<id>
         parts = subject.split(".")
@@ -91,7 +91,7 @@ class Intake:
         if len(data) > host.settings.max_payload_bytes:
             self.refuse_oversized(cmd)
             return
-        host._dispatch(cmd)
+        host.scheduler.dispatch(cmd)
 
     def route_of(self, subject: str) -> tuple[int, str, str]:
         """(partition, agent type, agent id) of a call subject, remembered for the next call."""
@@ -148,7 +148,7 @@ class Intake:
         if size > s.max_payload_bytes:
             self.refuse_oversized(cmd)
             return
-        host._dispatch(cmd)
+        host.scheduler.dispatch(cmd)
 
     def refuse_oversized(self, cmd: Command) -> None:
         """A body over ``max_payload_bytes``: refused as it arrives, never queued for its
