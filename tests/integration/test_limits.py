@@ -73,7 +73,7 @@ async def test_oversized_call_is_refused_at_intake_and_dead_lettered_once(nats_s
         await eventually(lambda: host.stats["dead_letters"] == 1)
         [dl] = await dead_letters(nc)
         assert dl["error"]["code"] == "payload_too_large" and dl["payload_bytes"] == len(body)
-        assert host._inflight_bytes == 0 and host._inflight_count == 0
+        assert host.scheduler.inflight_bytes == 0 and host.scheduler.inflight_count == 0
     finally:
         await nc.close()
         await host.stop()

@@ -200,6 +200,15 @@ async def test_schedule_at_fires_once_onto_the_partition_subject_not_before_its_
     assert await counts(nc, "CMD") == {target: 1}  # fired once; the schedule is gone
     assert core == []
 
+    # the partition's consumer (filter agt.p.<n>.>) delivers it like any command; the ack
+    # removes it from the work queue
+    partition = target.split(".")[2]
+    sub = await nc.jetstream().pull_subscribe(f"agt.p.{partition}.>", durable=f"p{partition}", stream="CMD")
+    [msg] = await sub.fetch(1, timeout=5)
+    assert msg.subject == target and msg.headers is not None and msg.headers["Agt-Reminder"] == "expire"
+    await msg.ack_sync()
+    assert await counts(nc, "CMD") == {}
+
 
 async def test_schedule_every_second_fires_once_a_second_and_a_purge_cancels_it(nc: NATS) -> None:
     """``@every 1s`` (2.14) keeps its schedule message and produces one message a second,

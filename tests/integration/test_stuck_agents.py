@@ -176,7 +176,7 @@ async def test_a_flooded_stuck_agent_does_not_starve_the_others(make_host: HostF
     # the running one and the queued ones time out; everything else was refused at once
     assert codes.count("action_timeout") + len(busy) == 600
     assert 1 <= codes.count("action_timeout") <= 600 - 500
-    assert host._inflight_count == 0
+    assert host.scheduler.inflight_count == 0
     assert host.stats["agent_busy"] == len(busy)
 
 

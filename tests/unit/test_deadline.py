@@ -221,14 +221,14 @@ async def test_a_handed_back_command_is_never_overtaken() -> None:
     from jetagents.examples import Counter
 
     host = Host(HostSettings(max_mailbox_per_agent=2), Registry([Counter]))
-    host._loop = asyncio.get_running_loop()
+    host.scheduler.loop = asyncio.get_running_loop()
     act = Activation(AgentId("counter", "c"), Counter.__jetagents_spec__, scheduled=True)
     act.mailbox = deque([_stream_work(1), _stream_work(2)])
     host.activations["counter.c"] = act
 
     def dispatch(cseq: int) -> Any:
         work = _stream_work(cseq)
-        host._dispatch(work)
+        host.scheduler.dispatch(work)
         return work
 
     dispatch(3)  # the mailbox is full: handed back
@@ -245,7 +245,7 @@ async def test_a_handed_back_command_is_never_overtaken() -> None:
     assert [w.stream_seq for w in act.mailbox] == [3, 4] and act.held is None
     await asyncio.sleep(0)  # the hand-backs (-NAK) are sent by side tasks
     assert host.stats["agent_busy"] == 3 and host.stats["naks"] == 3
-    assert host._inflight_count == 2  # the refused ones left the in-flight count at once
+    assert host.scheduler.inflight_count == 2  # the refused ones left the in-flight count at once
 
 
 async def test_a_call_to_a_busy_agent_is_refused_at_once() -> None:
@@ -258,10 +258,10 @@ async def test_a_call_to_a_busy_agent_is_refused_at_once() -> None:
     from jetagents.examples import Counter
 
     host = Host(HostSettings(max_mailbox_per_agent=1), Registry([Counter]))
-    host._loop = asyncio.get_running_loop()
+    host.scheduler.loop = asyncio.get_running_loop()
     act = Activation(AgentId("counter", "c"), Counter.__jetagents_spec__, scheduled=True)
     act.mailbox = deque([_stream_work(1)])
     host.activations["counter.c"] = act
     call = Command(Kind.CALL, "agt.call.counter.c", "counter", "c", 0, b"{}", 0.0, {})
-    host._dispatch(call)
+    host.scheduler.dispatch(call)
     assert len(act.mailbox) == 1 and call.done and host.stats["agent_busy"] == 1

@@ -92,9 +92,11 @@ async def test_start_resets_or_rewinds_the_consumer_then_pulls_a_batch() -> None
     pulls = [c for c in consumers.calls if c[0] == "pull"]
     assert {(c[1], c[3]) for c in pulls} == {(1, 10), (2, 10)}
     assert all(c[2].startswith(f"_INBOX.pull.{c[1]}.") for c in pulls)
+    assert parts.owned == [1, 2] and parts.owned_set == {1, 2}
     await parts.stop(1)
+    assert parts.owned == [2] and 1 not in parts.owned_set
     await parts.stop(2)
-    assert parts.get(1) is None and supervisor.tasks("pullers") == []
+    assert parts.get(1) is None and supervisor.tasks("pullers") == [] and parts.owned == []
 
 
 async def test_no_room_means_no_pull() -> None:

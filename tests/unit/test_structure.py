@@ -20,15 +20,9 @@ MAX_CLASS_LINES = 400
 ADAPTER_PACKAGE = "jetagents._nats"
 
 # today's exceptions; each entry must still break the rule (the lists only shrink)
-OVERSIZED_MODULES = {
-    "jetagents._host.host",
-}
-OVERSIZED_CLASSES = {
-    "jetagents._host.host.Host",
-}
-IMPORTS_NATS_OUTSIDE_ADAPTER = {
-    "jetagents._host.host",
-}
+OVERSIZED_MODULES: set[str] = set()
+OVERSIZED_CLASSES: set[str] = set()
+IMPORTS_NATS_OUTSIDE_ADAPTER: set[str] = set()
 
 
 def _module_name(path: Path) -> str:

@@ -43,11 +43,14 @@ class EventLog:
 
     __slots__ = ("_host_id", "_stream", "_subjects", "_tel")
 
-    def __init__(self, stream: EventStream, subjects: Subjects, host_id: str, tel: HostTelemetry) -> None:
-        self._stream = stream
+    def __init__(self, subjects: Subjects, host_id: str, tel: HostTelemetry) -> None:
+        self._stream: EventStream = None  # type: ignore[assignment]  # bound when the host connects
         self._subjects = subjects
         self._host_id = host_id
         self._tel = tel
+
+    def bind(self, stream: EventStream) -> None:
+        self._stream = stream
 
     async def commit_at(self, seq: int) -> Commit | None:
         msg = await self._stream.at(seq)

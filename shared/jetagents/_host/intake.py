@@ -66,7 +66,7 @@ class Intake:
         """A message on the pull inbox: a status about one of our pull requests, or a command."""
         host = self._host
         if not reply:  # a status about one of our pull requests, sent to its inbox
-            host._pull_status(subject, headers)
+            host.partitions.on_pull_status(subject, headers)
             return
         # a command; JetStream delivers it under its stored subject <root>.p.<partition>.<type>.<id>
         parts = subject.split(".")
@@ -84,14 +84,14 @@ class Intake:
                 puller.pin_id = pin
         cmd = self.parse(Kind.STREAM, subject, headers, data, reply, (partition, parts[-2], parts[-1]))
         if host.supervisor.stopping:
-            host._track(cmd)
+            host.scheduler.track(cmd)
             await host.outcomes.settle(cmd, Result.STOPPING, {})
-            host._untrack(cmd)
+            host.scheduler.untrack(cmd)
             return
         if len(data) > host.settings.max_payload_bytes:
             self.refuse_oversized(cmd)
             return
-        host._dispatch(cmd)
+        host.scheduler.dispatch(cmd)
 
     def route_of(self, subject: str) -> tuple[int, str, str]:
         """(partition, agent type, agent id) of a call subject, remembered for the next call."""
@@ -112,7 +112,7 @@ class Intake:
         host = self._host
         route = self.route_of(subject)
         partition = route[0]
-        if partition not in host._owned_set:
+        if partition not in host.partitions.owned_set:
             coord = host.coordinator
             moving_here = (
                 coord is not None
@@ -137,7 +137,10 @@ class Intake:
         cmd = self.parse(Kind.CALL, subject, headers, data, reply, route)
         size = len(data)
         s = host.settings
-        if host._inflight_count >= s.max_inflight or host._inflight_bytes + size > s.max_inflight_bytes:
+        if (
+            host.scheduler.inflight_count >= s.max_inflight
+            or host.scheduler.inflight_bytes + size > s.max_inflight_bytes
+        ):
             if reply:
                 err = Unavailable("host overloaded, retry", details={"applied": False})
                 await host.outcomes.reply(reply, encode_error(err), {}, None)
@@ -145,13 +148,13 @@ class Intake:
         if size > s.max_payload_bytes:
             self.refuse_oversized(cmd)
             return
-        host._dispatch(cmd)
+        host.scheduler.dispatch(cmd)
 
     def refuse_oversized(self, cmd: Command) -> None:
         """A body over ``max_payload_bytes``: refused as it arrives, never queued for its
         agent nor parsed; dead-lettered (bounded) and answered ``payload_too_large``."""
         host = self._host
         size, limit = len(cmd.body), host.settings.max_payload_bytes
-        host._track(cmd)  # its bytes count against max_inflight_bytes until the refusal is done
+        host.scheduler.track(cmd)  # its bytes count against max_inflight_bytes until the refusal is done
         err = PayloadTooLarge(f"payload of {size} bytes exceeds the limit of {limit}")
-        host.supervisor.spawn("side", host._reject_unrouted(cmd, err))
+        host.supervisor.spawn("side", host.scheduler.reject_unrouted(cmd, err))

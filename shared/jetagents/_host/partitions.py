@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,6 +191,9 @@ class Partitions:
         # ring membership: this host holds a claim on each partition it serves (static: none)
         self.claims = claims
         self._pullers: dict[int, Puller] = {}
+        # the partitions served (commands taken), as a sorted list and as a set for intake
+        self.owned: list[int] = []
+        self.owned_set: frozenset[int] = frozenset()
         self.consumers: PartitionConsumers = None  # type: ignore[assignment]  # set by bind()
         self.pull_prefix = ""
         self._start_sem = asyncio.Semaphore(32)
@@ -229,9 +232,14 @@ class Partitions:
         puller = Puller(self, partition)
         self._pullers[partition] = puller
         self.supervisor.spawn("pullers", puller.run(), key=partition)
+        self.owned = sorted({*self.owned, partition})
+        self.owned_set = frozenset(self.owned)
 
     async def stop(self, partition: int) -> None:
-        """Stop pulling from ``partition`` (its consumer stays, for the next owner)."""
+        """Stop serving ``partition``: take no more of its commands, stop pulling (its
+        consumer stays, for the next owner)."""
+        self.owned = [p for p in self.owned if p != partition]
+        self.owned_set = frozenset(self.owned)
         puller = self._pullers.pop(partition, None)
         if puller is not None:
             puller.stopped = True
@@ -260,6 +268,14 @@ class Partitions:
         for puller in self._pullers.values():
             puller.clear_requests()
             puller.wake.set()
+
+    def on_pull_status(self, subject: str, headers: Mapping[str, str] | None) -> None:
+        """A status the server sent about one of our pull requests, to its inbox
+        (``<pull prefix>.<partition>.<request token>``)."""
+        tokens = subject.rsplit(".", 2)
+        puller = self._pullers.get(int(tokens[1])) if tokens[1].isdigit() else None
+        if puller is not None:
+            self.on_status(puller, tokens[2], (headers or {}).get("Status", ""))
 
     def on_status(self, puller: Puller, token: str, status: str) -> None:
         """A status the server sent about one of our pull requests (to its inbox)."""

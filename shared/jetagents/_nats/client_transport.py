@@ -15,6 +15,7 @@ from nats.nuid import NUID
 
 from .api import connect, js_publish
 from .inbox import Inbox
+from .kv import kv_subject
 
 NatsConnection: TypeAlias = NATS  # what ``Client(nc, ...)`` takes: a connected nats-py client
 
@@ -72,6 +73,6 @@ class ClientTransport:
     def forget(self, reply_subject: str) -> None:
         self._inbox.forget(reply_subject)
 
-    async def kv_put(self, bucket: str, key: str, value: bytes) -> None:
-        kv = await self.nc.jetstream().key_value(bucket)
-        await kv.put(key, value)
+    async def kv_put(self, bucket: str, key: str, value: bytes, timeout_s: float = 5.0) -> None:
+        """Put ``key`` in a KV bucket: one publish and its PubAck, on the inbox."""
+        await js_publish(self.nc, kv_subject(bucket, key), value, {}, timeout_s, self._inbox)

@@ -1,0 +1,397 @@
+"""The pipeline: one command of one agent, from its fields to its outcome.
+
+Processing one command::
+
+    validate (id, reply subject, action, params) -> activate (snapshot + replay)
+    -> dedup record? answer from it -> deadline? -> run the action under its time limit
+    -> append ONE commit (the fence: expected last subject sequence; the message id makes a
+       repeat harmless) -> the outcome (``_core/outcome.py``), carried out by ``Outcomes``
+
+Bad input is answered, dead-lettered and terminated (never redelivered); a failing handler is
+retried in place with backoff and dead-lettered after ``max_deliver`` attempts; infrastructure
+failures are retried in place until the infrastructure is back. The pipeline keeps no state of
+its own: the agent's is the catalog's (``Activation``), the log's is the event log's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+
+from .._core.agent import wire_events
+from .._core.clock import Clock
+from .._core.command import MAX_COMMAND_ID_LEN, Command, Kind
+from .._core.dedup import DedupRecord
+from .._core.errors import (
+    ActionTimeout,
+    DeadlineExceeded,
+    DomainError,
+    FencedError,
+    InternalError,
+    JetAgentsError,
+    MalformedCommand,
+    PayloadTooLarge,
+    UnknownAgent,
+    UnknownAgentType,
+    error_from_wire,
+)
+from .._core.outcome import AckKind, Result, exhausted
+from .._core.wire import decode_command, encode_commit
+from .._obs.metrics import Metrics
+from .._obs.propagation import carry_context
+from .._obs.telemetry import (
+    AGENT_ID,
+    AGENT_TYPE,
+    DELIVERY,
+    DELIVERY_COUNT,
+    FAILED,
+    HOST_ID,
+    MESSAGING_BODY_SIZE,
+    MESSAGING_CONSUMER_GROUP,
+    MESSAGING_CONVERSATION_ID,
+    MESSAGING_DESTINATION,
+    MESSAGING_MESSAGE_ID,
+    MESSAGING_OPERATION_NAME,
+    MESSAGING_OPERATION_TYPE,
+    MESSAGING_PARTITION,
+    MESSAGING_SYSTEM,
+    HostTelemetry,
+    enter_command,
+    exit_command,
+    finish_process_span,
+)
+from .._settings import HostSettings
+from .catalog import Activation, Catalog
+from .coordination import Coordinator
+from .deadline import Deadline, Overrun
+from .eventlog import EventLog, NewCommit
+from .outcomes import Outcomes
+from .placement import Placement
+from .supervisor import Supervisor
+
+# refusals of the activation itself: bad input, never worth another try
+_NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
+
+
+def _trace_of(cmd: Command) -> tuple[str | None, str | None]:
+    """The received trace context: (traceparent, tracestate)."""
+    t = cmd.trace
+    return (t.traceparent, t.tracestate) if t is not None else (None, None)
+
+
+class Pipeline:
+    """Validate, dedup, deadline, run the action under its limit, commit, produce the outcome."""
+
+    def __init__(
+        self,
+        settings: HostSettings,
+        clock: Clock,
+        tel: HostTelemetry,
+        metrics: Metrics,
+        log: Any,
+        *,
+        catalog: Catalog,
+        eventlog: EventLog,
+        outcomes: Outcomes,
+        placement: Placement,
+        supervisor: Supervisor,
+        coordinator: Callable[[], Coordinator | None],
+        consumer_name: Callable[[int], str],
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._tel = tel
+        self._metrics = metrics
+        self._log = log
+        self._catalog = catalog
+        self.eventlog = eventlog
+        self._outcomes = outcomes
+        self._placement = placement
+        self._supervisor = supervisor
+        self._coordinator = coordinator
+        self._consumer_name = consumer_name
+        self._seq = itertools.count()  # names the commits of commands without an id
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
+
+    async def process(self, act: Activation, cmd: Command) -> None:
+        """Process one command of ``act`` to its outcome (answered, acknowledged, handed back)."""
+        if cmd.kind == Kind.MIGRATE:
+            await self._placement.migrate(act, cmd)
+            return
+        if (
+            cmd.kind != Kind.FORWARDED
+            and self._coordinator() is not None
+            and await self._placement.route_elsewhere(act, cmd)
+        ):
+            return
+        out = cmd.reply_headers()
+        tel = self._tel
+        aid = act.agent_id
+        trace_in = cmd.trace
+        log_token = enter_command(
+            self._settings.host_id, aid, cmd.correlation_id, trace_in.traceparent if trace_in else None
+        )
+        try:
+            if not tel.tracing:  # no SDK configured: carry the trace context, skip the spans
+                carry_context(*_trace_of(cmd), out)
+                await self._process_traced(act, cmd, out)
+            else:
+                await self._process_span(act, cmd, out)
+        finally:
+            exit_command(log_token)
+            if tel.metering:
+                elapsed = self._clock.monotonic() - cmd.received
+                outcome = cmd.outcome or FAILED
+                tel.command_done(aid.type, cmd.action, cmd.delivery_mode, outcome, cmd.error, cmd.deliveries, elapsed)
+
+    async def _process_span(self, act: Activation, cmd: Command, out: dict[str, str]) -> None:
+        """``_process_traced`` inside a CONSUMER span, child of the sender's span."""
+        aid = act.agent_id
+        attrs: dict[str, Any] = {
+            MESSAGING_SYSTEM: "nats",
+            MESSAGING_OPERATION_TYPE: "process",
+            MESSAGING_OPERATION_NAME: "process",
+            MESSAGING_DESTINATION: cmd.subject,
+            MESSAGING_MESSAGE_ID: cmd.command_id,
+            MESSAGING_CONVERSATION_ID: cmd.correlation_id,
+            MESSAGING_BODY_SIZE: len(cmd.body),
+            AGENT_TYPE: aid.type,
+            AGENT_ID: aid.id,
+            DELIVERY: cmd.delivery_mode,
+            HOST_ID: self._settings.host_id,
+        }
+        if cmd.durable:
+            attrs[MESSAGING_PARTITION] = str(cmd.partition)
+            attrs[MESSAGING_CONSUMER_GROUP] = self._consumer_name(cmd.partition)
+            attrs[DELIVERY_COUNT] = cmd.deliveries
+        # the sender's span is the parent (any propagator's headers, as received)
+        parent = propagate.extract(cmd.headers) if cmd.headers else None
+        token = otel_context.attach(parent) if parent is not None else None
+        try:
+            with self._tel.tracer.start_as_current_span(
+                f"process {aid.type}", kind=trace.SpanKind.CONSUMER, attributes=attrs
+            ) as span:
+                cmd.traced = True
+                carry_context(*_trace_of(cmd), out)
+                await self._process_traced(act, cmd, out)
+                finish_process_span(span, cmd.action, cmd.outcome or FAILED, cmd.error, out)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+    async def _process_traced(self, act: Activation, cmd: Command, out: dict[str, str]) -> None:
+        s = self._settings
+        outcomes = self._outcomes
+        # hand-backs for a busy agent (ADR 0036) are not failures: they do not count here
+        if cmd.durable and exhausted(cmd.deliveries, cmd.busy_naks, outcomes.limits):
+            await outcomes.settle(cmd, Result.EXHAUSTED, out)
+            return
+        try:
+            if len(cmd.command_id) > MAX_COMMAND_ID_LEN:
+                raise MalformedCommand("command id longer than 256 characters")
+            if cmd.reply_refused:
+                # never answer there, not even with this refusal
+                err = MalformedCommand("the reply subject is not under a reply prefix this host accepts")
+                await outcomes.settle(cmd, Result.REFUSED, out, error=err, silent=True)
+                return
+            body = decode_command(cmd.body, s.max_payload_bytes)
+            cmd.action = body.action if body.action in act.spec.actions else "_unknown"
+            action = act.spec.action(body.action)
+            params = action.validate_params(body.params)
+        except JetAgentsError as err:
+            await outcomes.settle(cmd, Result.REFUSED, out, error=err)
+            return
+        # Failures are retried here, in place, so the agent's later commands wait behind
+        # this one (per-agent FIFO holds); the housekeeping sends +WPI meanwhile.
+        attempt = 0
+        while True:
+            failure = await self._attempt(act, cmd, action, params, out)
+            if failure is None:
+                return
+            failed, handler_fault = failure
+            attempt += 1
+            lost = False
+            coord = self._coordinator()
+            if cmd.durable and isinstance(failed, FencedError) and coord is not None:
+                # Another host wrote this agent. Retry only if the store (not our memory,
+                # which may be stale after a pause) says the partition is still ours.
+                try:
+                    lost = not await coord.still_holds(cmd.partition)
+                except JetAgentsError:
+                    lost = True
+                if lost:
+                    self._log.warning("partition_lost", partition=cmd.partition, agent=str(act.agent_id))
+            outcome = outcomes.decide(
+                cmd,
+                Result.FAILED,
+                error=failed,
+                handler_fault=handler_fault,
+                attempt=attempt,
+                partition_lost=lost,
+                stopping=self._supervisor.stopping,
+            )
+            if outcome.ack.kind is not AckKind.RETRY:
+                await outcomes.execute(cmd, outcome, out)
+                return
+            outcomes.count(cmd, outcome)
+            await self._clock.sleep(outcome.ack.delay_s)
+
+    async def _attempt(
+        self, act: Activation, cmd: Command, action: Any, params: dict[str, Any], out: dict[str, str]
+    ) -> tuple[JetAgentsError, bool] | None:
+        """Run the command once. ``None`` when finished (answered, acknowledged or
+        dead-lettered), else ``(error, handler_fault)`` to retry."""
+        s = self._settings
+        if act.agent is None:
+            try:
+                await self._catalog.activate(act)
+            except _NON_RETRYABLE_INPUT as err:
+                await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
+                return None
+            except JetAgentsError as err:
+                return err, isinstance(err, InternalError)
+        agent = act.agent
+        assert agent is not None
+
+        cmd_id = cmd.command_id
+        if cmd_id:
+            record = act.records.get(cmd_id) if act.records else None
+            if record is not None:
+                self._metrics.inc("duplicates", agent_type=act.agent_id.type, source="record")
+                if record.ok:
+                    await self._outcomes.settle(cmd, Result.DUPLICATE, out, answer=record.payload, event_seq=record.seq)
+                else:
+                    refusal = error_from_wire(record.payload)
+                    await self._outcomes.settle(cmd, Result.DUPLICATE, out, error=refusal, event_seq=record.seq)
+                return None
+
+        # the action's time limit: its own, its type's or the host's, cut to the command's
+        # deadline when that comes first (ADR 0036)
+        limit_s: float = action.timeout_s or act.spec.action_timeout_s or s.action_timeout_s
+        by_deadline = False
+        if cmd.deadline_ms is not None:
+            left_s = (cmd.deadline_ms - self._clock.wall_ms()) / 1000
+            if left_s < 0:
+                late = DeadlineExceeded("the command's deadline passed before it ran")
+                await self._outcomes.settle(cmd, Result.DEADLINE, out, error=late)
+                return None
+            if left_s < limit_s:
+                limit_s, by_deadline = left_s, True
+
+        ctx = agent.ctx
+        ctx.command_id = cmd_id
+        ctx.correlation_id = cmd.correlation_id
+        agent._begin()
+        try:
+            loop = self.loop
+            result = await Deadline(
+                action.fn(agent, **params),
+                loop,
+                loop.time() + limit_s,
+                on_late=lambda: self._log.warning(
+                    "action_ignores_cancel", agent=str(act.agent_id), action=action.name, limit_s=limit_s
+                ),
+            )
+            events, draft = agent._finish()
+            if events and action.read_only:
+                raise InternalError(f"read-only action {action.name!r} emitted events")
+            result_json = action.dump_result(result)
+        except DomainError as err:
+            agent._finish()
+            if cmd_id:  # remembered (in memory) so a redelivery gets the same answer
+                self._records(act).refused(cmd_id, err.to_wire())
+            await self._outcomes.settle(cmd, Result.DOMAIN, out, error=err)
+            return None
+        except Overrun:
+            agent._finish()  # whatever it emitted is dropped
+            await self._overran(act, cmd, action.name, limit_s, by_deadline, out)
+            return None
+        except Exception as exc:  # noqa: BLE001 - the handler failed: retry, then dead-letter
+            agent._finish()
+            self._log.warning("action_failed", agent=str(act.agent_id), error=repr(exc), deliveries=cmd.deliveries)
+            return (
+                exc if isinstance(exc, InternalError) else InternalError(f"action {action.name!r} failed: {exc!r}")
+            ), True
+
+        if events:
+            n, own = act.n + 1, self._placement.token_of(act.agent_id, cmd.partition)
+            name = cmd_id or f"c-{self._settings.host_id}-{next(self._seq)}"
+            body = encode_commit(
+                n=n,
+                cmd=name,
+                action=action.name,
+                events=wire_events(events),
+                result=result_json,
+                cseq=cmd.stream_seq,
+                ts_ms=self._clock.wall_ms(),
+                own=own,
+            )
+            commit = NewCommit(n, name, own, body)
+            try:
+                if cmd.traced:
+                    seq, duplicate = await self.eventlog.append_span(act.agent_id, act.last_seq, commit, out)
+                else:
+                    seq, duplicate = await self.eventlog.append(act.agent_id, act.last_seq, commit, out)
+            except PayloadTooLarge as err:  # the commit itself is too big: never retryable
+                await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
+                return None
+            except FencedError as err:
+                self._metrics.inc("fenced")
+                self._log.warning("append_fenced", agent=str(act.agent_id), cmd=cmd_id)
+                self._catalog.evict(act)  # rebuild from the log (with the other writer's commits)
+                return err, False
+            except JetAgentsError as err:
+                self._catalog.evict(act)  # the append may or may not have landed: rebuild from the log
+                return err, False
+            if duplicate:
+                # This command's commit is already in the log (its record had been
+                # evicted): do not apply it again; answer with what it answered then.
+                self._metrics.inc("duplicates", agent_type=act.agent_id.type, source="log")
+                first = await self.eventlog.commit_at(seq)
+                answer = first.result if first else None
+                await self._outcomes.settle(cmd, Result.DUPLICATE, out, answer=answer, event_seq=seq)
+                return None
+            agent._commit(draft)
+            act.last_seq = seq
+            act.n = commit.n
+            act.own = max(act.own, commit.own)
+            act.since_snapshot += 1
+            self._records(act).applied(commit.cmd, seq, result_json)
+            if act.since_snapshot >= s.snapshot_every and not act.snapshotting:
+                self._supervisor.spawn("side", self._catalog.snapshot(act))
+        else:
+            seq = 0
+        await self._outcomes.settle(cmd, Result.OK, out, answer=result_json, event_seq=seq)
+        return None
+
+    async def _overran(
+        self, act: Activation, cmd: Command, action: str, limit_s: float, by_deadline: bool, out: dict[str, str]
+    ) -> None:
+        """The action was cancelled at its limit (ADR 0036). Past the command's own deadline:
+        ``deadline_exceeded``, acknowledged. Past the action's time limit: ``action_timeout``,
+        at once (never retried in place), dead-lettered when durable."""
+        err: JetAgentsError
+        if by_deadline:
+            err = DeadlineExceeded(
+                "the command's deadline passed while its action ran: cancelled, nothing applied",
+                details={"applied": False},
+            )
+        else:
+            err = ActionTimeout(
+                f"action {action!r} ran longer than {limit_s:g} s: cancelled, nothing applied",
+                details={"applied": False, "timeout_s": limit_s},
+            )
+        self._metrics.inc("action_timeouts", agent_type=act.agent_id.type, action=action, error=err.code)
+        self._log.warning("action_timed_out", agent=str(act.agent_id), action=action, limit_s=limit_s, code=err.code)
+        await self._outcomes.settle(cmd, Result.OVERRAN, out, error=err, by_deadline=by_deadline)
+
+    def _records(self, act: Activation) -> DedupRecord:
+        records = act.records
+        if records is None:  # created on demand: most agents never see a repeat
+            records = act.records = DedupRecord(self._settings.dedup_records_per_agent)
+        return records

@@ -1,0 +1,281 @@
+"""The scheduler: per-agent mailboxes, the ready heap, the workers and the in-flight bounds.
+
+Every agent sees its commands one at a time and in arrival order; different agents run
+concurrently on at most ``workers`` worker tasks, which take ready agents by priority. A full
+mailbox (or an earlier hand-back still out) refuses a command: a call is answered busy, a
+durable command is handed back to the stream with a growing delay (ADR 0036). The commands in
+hand (queued or running) are counted, in number and bytes, so intake and the pullers stop
+taking more when the host is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .._core.agent import Registry
+from .._core.clock import Clock
+from .._core.command import ACKED, Command, Kind
+from .._core.errors import JetAgentsError, MalformedCommand, Unavailable, UnknownAgentType
+from .._core.ids import AgentId, is_valid_token
+from .._core.outcome import Result
+from .._obs.propagation import carry_context
+from .._settings import HostSettings
+from .catalog import Activation, Catalog
+from .eager import start_eager
+from .outcomes import Outcomes
+from .supervisor import Supervisor
+
+# a durable command handed back because its agent's mailbox was full keeps every later
+# command of that agent waiting (handed back too) until it returns, or until this long
+_HOLD_S = 60.0
+
+
+class Scheduler:
+    """Mailboxes, the ready heap, workers, bounds and hand-backs; the commands in hand."""
+
+    def __init__(
+        self,
+        settings: HostSettings,
+        registry: Registry,
+        catalog: Catalog,
+        outcomes: Outcomes,
+        supervisor: Supervisor,
+        clock: Clock,
+        log: Any,
+        *,
+        process: Callable[[Activation, Command], Awaitable[None]],
+        wake_pullers: Callable[[int | None], None],
+        max_payload_bytes: int,
+    ) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._catalog = catalog
+        self._outcomes = outcomes
+        self._supervisor = supervisor
+        self._clock = clock
+        self._log = log
+        self._process = process
+        self._wake_pullers = wake_pullers
+        # past this many bytes in hand no puller asks for more (room for one more largest body)
+        self._full_bytes = settings.max_inflight_bytes - max_payload_bytes - 4096
+        # agents with commands waiting for a free worker, by (priority rank, arrival)
+        self._ready: list[tuple[int, int, Activation]] = []
+        self._seq = itertools.count()
+        # workers: at most settings.workers tasks, each processing one agent's command and
+        # then the next ready agent's, until none is ready
+        self._running = 0
+        self._inflight: set[Command] = set()
+        self._inflight_count = 0
+        self._inflight_bytes = 0  # bodies held by the commands in hand (max_inflight_bytes)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
+
+    # -- what the others ask -----------------------------------------------------------------
+    @property
+    def inflight_count(self) -> int:
+        return self._inflight_count
+
+    @property
+    def inflight_bytes(self) -> int:
+        return self._inflight_bytes
+
+    def in_hand(self) -> list[Command]:
+        """The commands in hand (queued or running), a copy."""
+        return list(self._inflight)
+
+    def busy_with(self, partition: int) -> bool:
+        """Whether a command of ``partition`` is still in hand."""
+        return any(c.partition == partition and not c.done for c in self._inflight)
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    # -- intake -> mailboxes -------------------------------------------------------------------
+    def dispatch(self, cmd: Command) -> None:
+        """Queue ``cmd`` for its agent (or refuse it); start a worker if one is free."""
+        self.track(cmd)
+        agent_type, agent_id = cmd.agent_type, cmd.agent_id
+        spec = self._registry.get(agent_type)
+        if spec is None or not is_valid_token(agent_id):
+            err: JetAgentsError = (
+                UnknownAgentType(
+                    f"no agent type {agent_type!r} is registered", details={"types": self._registry.types()}
+                )
+                if spec is None
+                else MalformedCommand(f"invalid agent id {agent_id!r}")
+            )
+            self._supervisor.spawn("side", self.reject_unrouted(cmd, err))
+            return
+        key = f"{agent_type}.{agent_id}"
+        activations = self._catalog.activations
+        act = activations.get(key)
+        if act is None:
+            act = Activation(AgentId(agent_type, agent_id), spec)
+            activations[key] = act
+        else:
+            activations.move_to_end(key)
+            mailbox = act.mailbox
+            full = mailbox is not None and len(mailbox) >= self._settings.max_mailbox_per_agent
+            if (full or act.held is not None) and cmd.kind != Kind.MIGRATE and self._over_bound(act, cmd):
+                return
+        if act.scheduled:  # running or waiting for a worker: its commands run in order
+            if act.mailbox is None:
+                act.mailbox = deque()
+            act.mailbox.append(cmd)
+            return
+        act.scheduled = True
+        if self._running < self._settings.workers:
+            self._running += 1
+            coro = self._work(act, cmd)
+            # Run it here and now, up to its first wait, rather than one turn of the event
+            # loop later in a new task (docs/adr/0031).
+            loop = self.loop
+            task = start_eager(coro, loop) if self._settings.eager_start else loop.create_task(coro)
+            if task is not None:
+                self._supervisor.adopt("workers", task)
+            return
+        act.mailbox = deque((cmd,))
+        heapq.heappush(self._ready, (cmd.priority_rank, next(self._seq), act))
+
+    def _over_bound(self, act: Activation, cmd: Command) -> bool:
+        """Whether ``cmd`` must stay out of its agent's mailbox, and if so refuse it: the
+        mailbox is full (``max_mailbox_per_agent``), or, for a durable command, an earlier
+        command of the agent was handed back and has not come back yet (this one would
+        overtake it). A call is answered ``unavailable`` (agent busy, not applied); a durable
+        command is handed back (``-NAK`` with a growing delay) and comes again (ADR 0036)."""
+        mailbox = act.mailbox
+        full = mailbox is not None and len(mailbox) >= self._settings.max_mailbox_per_agent
+        seq = cmd.stream_seq
+        if cmd.kind in ACKED and seq:
+            now = self._clock.monotonic()
+            if act.held is not None:
+                self.prune_held(act, now)
+            held = act.held
+            earlier = held is not None and min(held) < seq
+            if not (full or earlier):
+                if held is not None and seq in held:
+                    cmd.busy_naks = held.pop(seq)[0]
+                    if not held:
+                        act.held = None
+                return False
+            if held is None:
+                held = act.held = {}
+            times = held.get(seq, (0, 0.0))[0] + 1
+            held[seq] = (times, now)
+            self._refuse_busy(act, cmd, times)
+            return True
+        if not full:
+            return False
+        self._refuse_busy(act, cmd, 0)
+        return True
+
+    def prune_held(self, act: Activation, now: float) -> None:
+        """Forget handed-back commands that did not come back (purged, moved elsewhere)."""
+        held = act.held
+        if held is None:
+            return
+        for seq in [s for s, (_, at) in held.items() if now - at > _HOLD_S]:
+            del held[seq]
+        if not held:
+            act.held = None
+
+    def _refuse_busy(self, act: Activation, cmd: Command, hand_backs: int) -> None:
+        """Row 12: hand a durable command back (``hand_backs`` times so far, 0: not tracked),
+        refuse a call (agent busy, not applied)."""
+        # out of the host's in-flight count at once: a burst of refusals must not fill it
+        self.untrack(cmd)
+        err = None
+        if not cmd.durable:
+            err = Unavailable(
+                f"agent busy: {len(act.mailbox or ())} commands of {act.agent_id} are waiting; retry",
+                details={"applied": False, "reason": "agent_busy"},
+            )
+        outcomes = self._outcomes
+        outcome = outcomes.decide(cmd, Result.BUSY, error=err, hand_backs=hand_backs)
+        outcomes.count(cmd, outcome)  # at once: a burst of refusals shows as it happens
+        self._supervisor.spawn("side", outcomes.execute(cmd, outcome, {}, counted=True))
+
+    async def reject_unrouted(self, cmd: Command, err: JetAgentsError) -> None:
+        """Refuse a command no agent's mailbox takes (unknown type, invalid id, too large)."""
+        try:
+            out = cmd.reply_headers()  # the same ids the pipeline would answer with (wire contract §4)
+            t = cmd.trace
+            carry_context(t.traceparent if t else None, t.tracestate if t else None, out)
+            await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
+        finally:
+            self.untrack(cmd)
+
+    # -- the commands in hand ------------------------------------------------------------------
+    def track(self, cmd: Command) -> None:
+        self._inflight.add(cmd)
+        self._inflight_count += 1
+        self._inflight_bytes += len(cmd.body)
+        self._idle.clear()
+
+    def untrack(self, cmd: Command) -> None:
+        if cmd.done:
+            return
+        cmd.done = True
+        self._inflight.discard(cmd)
+        self._inflight_count -= 1
+        full_bytes = self._full_bytes
+        was_full_bytes = self._inflight_bytes > full_bytes
+        self._inflight_bytes -= len(cmd.body)
+        if self._inflight_count <= 0:
+            self._idle.set()
+        if self._inflight_count == self._settings.max_inflight - 1 or (
+            was_full_bytes and self._inflight_bytes <= full_bytes
+        ):
+            # the host was full: any puller may have been waiting for room
+            self._wake_pullers(None)
+        else:
+            self._wake_pullers(cmd.partition)
+
+    # -- workers -------------------------------------------------------------------------------
+    async def _work(self, act: Activation, cmd: Command) -> None:
+        """A worker: process ``cmd``, then the next ready agent's command, and so on
+        until no agent is waiting for a worker."""
+        try:
+            while True:
+                await self._run(act, cmd)
+                if not self._ready:
+                    return
+                # let the event loop breathe between commands that never waited
+                await asyncio.sleep(0)
+                if not self._ready:
+                    return
+                _, _, act = heapq.heappop(self._ready)
+                assert act.mailbox is not None
+                cmd = act.mailbox.popleft()
+        finally:
+            self._running -= 1
+
+    async def _run(self, act: Activation, cmd: Command) -> None:
+        """Process one command of a scheduled agent, then queue its next one (if any)."""
+        try:
+            await self._process(act, cmd)
+        except asyncio.CancelledError:
+            if cmd.durable and not cmd.done:
+                with contextlib.suppress(Exception):
+                    await self._outcomes.settle(cmd, Result.STOPPING, {})
+            raise
+        except Exception:  # noqa: BLE001 - a bug here must not kill the worker
+            self._log.exception("process_failed", agent=str(act.agent_id))
+            # a call is never retried: its caller hears of the failure now, not at its timeout
+            if (cmd.durable and not cmd.done) or (cmd.kind == Kind.CALL and not cmd.outcome):
+                await self._outcomes.settle(cmd, Result.BUG, {})
+        finally:
+            self.untrack(cmd)
+            act.last_used = self._clock.monotonic()
+            if act.mailbox:
+                heapq.heappush(self._ready, (act.mailbox[0].priority_rank, next(self._seq), act))
+            else:
+                act.mailbox = None
+                act.scheduled = False
