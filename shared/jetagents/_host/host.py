@@ -74,6 +74,7 @@ from .outcomes import Outcomes
 from .partitions import Partitions
 from .pipeline import Pipeline
 from .placement import PipelineHooks, Placement
+from .ports import Publisher
 from .scheduler import Scheduler
 from .supervisor import Supervisor
 from .sweeper import StrandedSweeper
@@ -162,6 +163,7 @@ class Host:
         partitions: list[int] | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
+        publisher: Publisher | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -222,7 +224,7 @@ class Host:
         )
         self._publisher = NatsPublisher(self.nc, settings.op_timeout_s)  # connected by start()
         self.outcomes = Outcomes(
-            self._publisher,
+            publisher or self._publisher,  # the simulation's (testing/simhost.py), else NATS
             settings,
             subjects=self.subjects,
             registry=registry,
