@@ -17,6 +17,12 @@ Processing one command::
 Bad input is answered, dead-lettered and terminated (never redelivered); a failing
 handler is retried with backoff and dead-lettered after ``max_deliver`` attempts;
 infrastructure failures are retried until the infrastructure is back.
+
+``Host`` is the facade: it builds the parts, wires them and runs their lifecycle. Each part
+owns its state (ADR 0040): ``Partitions`` (consumers and pullers), ``Intake`` (messages become
+``Command``s), ``Scheduler`` (mailboxes, workers), ``Pipeline`` (one command), ``Outcomes``
+(dead letter, reply, ack), ``Catalog`` (agents in memory), ``EventLog`` (the fenced append),
+``Placement`` (forwarding, migration), ``Supervisor`` (tasks), ``Metrics`` (counters).
 """
 
 from __future__ import annotations
