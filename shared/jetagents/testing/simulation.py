@@ -21,8 +21,8 @@ numbers run 1..k without a gap, no command id appears twice, the writers' claims
 decrease (no write after a newer owner's) and one claim belongs to one host; no two hosts
 acquired one partition's claim at one ring epoch; every command acknowledged with ``+ACK`` is
 in its agent's log; every snapshot names a sequence whose commit is its agent's, with its
-``n``, and lists each recorded command at its own commit. At the end the faults stop; every command sent must end up in its
-agent's log exactly once.
+``n``, and lists each recorded command at its own commit. At the end the faults stop; every
+command sent must end up in its agent's log exactly once.
 
 Everything that happens goes into one history (deliveries, appends with their sequence,
 acknowledgements, ring epochs, faults); two runs of one seed produce the same history,
