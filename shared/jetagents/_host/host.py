@@ -7,16 +7,11 @@ bounded pool of workers takes ready agents by priority and processes one command
 time per agent, so every agent sees its commands in stream order while different agents
 run concurrently.
 
-Processing one command::
-
-    decode (size first) -> validate action/params -> activate (snapshot + replay)
-    -> dedup record? answer from it -> run the action -> append ONE commit message
-       (Nats-Expected-Last-Subject-Sequence = fence, Nats-Msg-Id = idempotency)
-    -> reply -> ack
-
-Bad input is answered, dead-lettered and terminated (never redelivered); a failing
-handler is retried with backoff and dead-lettered after ``max_deliver`` attempts;
-infrastructure failures are retried until the infrastructure is back.
+``Host`` is the facade; the work is done by its parts (ADR 0040 section 5): ``Intake``
+(received messages become ``Command``s), ``Partitions`` (consumers and pull credit),
+``Scheduler`` (mailboxes, workers, bounds), ``Pipeline`` (one command to its outcome),
+``Catalog`` (agents in memory), ``EventLog`` (the fenced append), ``Outcomes`` (dead
+letter, reply, ack), ``Placement`` (agents placed on other hosts), ``Supervisor`` (tasks).
 """
 
 from __future__ import annotations
@@ -37,24 +32,11 @@ from opentelemetry import metrics, trace
 
 from .._core.agent import Registry
 from .._core.clock import Clock, SystemClock
-from .._core.command import ACKED, Command, Kind
-from .._core.errors import (
-    MalformedCommand,
-    UnknownAgent,
-    UnknownAgentType,
-)
+from .._core.command import Command
 from .._core.ids import fnv1a_32
 from .._core.outcome import Result
-from .._core.wire import (
-    DEAD_LETTER_MIN_BYTES,
-    Subjects,
-)
-from .._nats.api import (
-    DirectReader,
-    Topology,
-    connect,
-    ensure_topology,
-)
+from .._core.wire import Subjects
+from .._nats.api import DirectReader, Topology, connect, ensure_topology
 from .._nats.buckets import KvBucket
 from .._nats.consumers import PartitionConsumers
 from .._nats.event_stream import JetStreamEventStream
@@ -63,10 +45,7 @@ from .._nats.inbox import Inbox
 from .._nats.kv import JetStreamStore
 from .._nats.ports import NatsPublisher
 from .._obs.metrics import Metrics
-from .._obs.telemetry import (
-    REQUEUED,
-    HostTelemetry,
-)
+from .._obs.telemetry import HostTelemetry
 from .._obs.watchdog import LoopWatchdog
 from .._settings import HostSettings
 from .catalog import Activation, Catalog
@@ -82,13 +61,6 @@ from .supervisor import Supervisor
 from .sweeper import StrandedSweeper
 
 log = structlog.get_logger("jetagents.host")
-
-STREAM, CALL, FWD, MIGRATE = Kind.STREAM, Kind.CALL, Kind.FORWARDED, Kind.MIGRATE
-_ACKED = ACKED  # kinds that are acknowledged (to the stream, or to the forwarder)
-_NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
-# a durable command handed back because its agent's mailbox was full keeps every later
-# command of that agent waiting (handed back too) until it returns, or until this long
-_HOLD_S = 60.0
 
 
 def _rss_mb() -> float:
@@ -185,7 +157,7 @@ class Host:
             metrics=self.metrics,
             tel=self._tel,
             log=self._log,
-            dead_letter_max_bytes=self._dead_letter_max_bytes,
+            dead_letter_max_bytes=lambda: self._publisher.dead_letter_max_bytes(self.topology.dead_letter_max_bytes),
         )
         outcomes = self.outcomes
         hooks = PipelineHooks(self._intake.parse, self._dispatch, outcomes.reply, outcomes.ack, outcomes.nak)
@@ -341,7 +313,7 @@ class Host:
             self._sweeper = StrandedSweeper(
                 self.nc,
                 self.topology.cmd_stream,
-                self._reject_stranded,
+                lambda msg, seq: self._intake.refuse_stranded(msg.subject, msg.headers, msg.data, seq),
                 now_ms=self.clock.wall_ms,
                 grace_s=s.stranded_grace_s,
                 timeout_s=s.op_timeout_s,
@@ -452,7 +424,7 @@ class Host:
         await self.supervisor.cancel("background", "workers", "pullers")
         # what is left in mailboxes was never started: hand it back at once
         for work in self.scheduler.in_hand():
-            if work.kind in _ACKED and not work.done:
+            if work.durable and not work.done:
                 await self.outcomes.settle(work, Result.STOPPING, {})
         if drain and self.nc.is_connected:
             await self.catalog.snapshot_all(max(1.0, self.settings.op_timeout_s))
@@ -494,39 +466,14 @@ class Host:
     async def _on_call(self, msg: Msg) -> None:
         await self._intake.on_call(msg.subject, msg.headers, msg.data, msg.reply)
 
-    def _pull_status(self, subject: str, headers: Mapping[str, str] | None) -> None:
-        """A status about one of our pull requests, sent to its inbox."""
-        tokens = subject.rsplit(".", 2)
-        puller = self.partitions.get(int(tokens[1])) if tokens[1].isdigit() else None
-        if puller is not None:
-            self.partitions.on_status(puller, tokens[2], (headers or {}).get("Status", ""))
-
-    def _dispatch(self, cmd: Command) -> None:
+    def _dispatch(self, cmd: Command) -> None:  # placement's hook (the scheduler is built after it)
         self.scheduler.dispatch(cmd)
-
-    # -- outcomes (``outcomes.py``) ------------------------------------------------------
-    def _dead_letter_max_bytes(self) -> int:
-        """The largest dead letter the stream and the server both take."""
-        server = int(getattr(self.nc, "max_payload", 0) or 0) - 1024
-        limit = self.topology.dead_letter_max_bytes
-        return max(DEAD_LETTER_MIN_BYTES, min(limit, server) if server > 0 else limit)
 
     # -- housekeeping ----------------------------------------------------------------------
     def _leads(self) -> bool:
         """Whether this host does the cluster-wide chores now: the leader, or a host on its own."""
         coord = self.coordinator
         return not self.supervisor.stopping and (coord is None or coord.is_leader)
-
-    async def _reject_stranded(self, msg: Msg, seq: int) -> bool:
-        """Refuse a command found by the sweep like a malformed one; False: try again later."""
-        parts = msg.subject.split(".")
-        partition = int(parts[-3]) if len(parts) >= 5 and parts[-3].isdigit() else 0
-        route = (partition, parts[-2], parts[-1])
-        cmd = self._intake.parse(STREAM, msg.subject, msg.headers, msg.data, "", route, deliveries=1, stream_seq=seq)
-        self.scheduler.track(cmd)
-        err = MalformedCommand("the subject holds a byte or token no partition consumer delivers (0x7f, '*' or '>')")
-        await self.scheduler.reject_unrouted(cmd, err)
-        return cmd.outcome != REQUEUED
 
     async def _housekeeping(self) -> None:
         s = self.settings
@@ -536,6 +483,6 @@ class Host:
             now = self.clock.monotonic()
             # keep long-running and queued commands from being redelivered meanwhile
             for work in self.scheduler.in_hand():
-                if work.kind in _ACKED and not work.done and now - work.received > s.ack_wait_s / 3:
+                if work.durable and not work.done and now - work.received > s.ack_wait_s / 3:
                     await self.outcomes.ack(work, b"+WPI")
             self.catalog.passivate_idle(now, self.scheduler.prune_held)
