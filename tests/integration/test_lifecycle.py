@@ -76,6 +76,8 @@ async def test_idle_passivation_and_reactivation(nats_server: NatsServer) -> Non
             assert "counter.idle" in host.activations
             await eventually(lambda: "counter.idle" not in host.activations, 10)
             assert host.stats["passivations"] >= 1
+            # the snapshot is written by a side task as the agent leaves memory: not at once
+            await eventually(lambda: _snapshot(client, "counter.idle"), 5)
             snap = await _snapshot(client, "counter.idle")
             assert snap is not None and snap["state"] == {"value": 3}  # snapshot on passivation
             assert await ref.request("increment", {"by": 1}) == 4

@@ -1,6 +1,7 @@
 """One suite, two event streams: the in-memory ``MemoryEventStream`` the simulation runs the
-host over, and JetStream on a real nats-server. Every assertion runs against both, so the
-memory model answers as the server does (faststream runs its broker suite the same way).
+host over, and the host's JetStream adapter (``JetStreamEventStream``) on a real nats-server.
+Every assertion runs against both, so the memory model answers as the server does
+(faststream runs its broker suite the same way).
 
 What the suite pins (nats-server 2.15): the expected last subject sequence is checked before
 the duplicate window, so a stale duplicate is refused rather than answered ``duplicate``; a
@@ -10,54 +11,22 @@ duplicate id is recognised across subjects; a refused append records no id.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nats
-import orjson
 import pytest
-from nats.aio.client import Client as NATS
 
 from jetagents import NatsServer, PayloadTooLarge
-from jetagents._host.ports import Appended, EventStream, StoredMessage, WrongLastSequence
-from jetagents._nats.api import ERR_MSG_SIZE, ERR_WRONG_LAST_SEQUENCE, DirectReader
-from jetagents._nats.log_reader import DirectLogReader
+from jetagents._host.ports import Appended, EventStream, WrongLastSequence
+from jetagents._nats.api import DirectReader
+from jetagents._nats.event_stream import JetStreamEventStream
+from jetagents._nats.inbox import Inbox
 from jetagents.testing import ManualClock, MemoryEventStream
 
 STREAM = "EVT"
 WINDOW_S = 1.0
 MAX_MSG_BYTES = 64 * 1024
-
-
-class _ServerStream:
-    """The port over a real server: reads through the host's adapter (``DirectLogReader``);
-    the append written here with a plain request until the adapter implements it too."""
-
-    def __init__(self, nc: NATS, reader: DirectLogReader) -> None:
-        self.nc = nc
-        self.reader = reader
-
-    async def append(
-        self, subject: str, body: bytes, headers: Mapping[str, str], *, expected_last_subject_seq: int
-    ) -> Appended:
-        hdrs = {**headers, "Nats-Expected-Last-Subject-Sequence": str(expected_last_subject_seq)}
-        ack = orjson.loads((await self.nc.request(subject, body, timeout=5, headers=hdrs)).data)
-        err = ack.get("error")
-        if err and err["err_code"] == ERR_WRONG_LAST_SEQUENCE:
-            raise WrongLastSequence(err["description"])
-        if err and err["err_code"] == ERR_MSG_SIZE:
-            raise PayloadTooLarge(err["description"])
-        assert not err, err
-        return Appended(int(ack["seq"]), bool(ack.get("duplicate")))
-
-    async def read_subject(self, subject: str, start_seq: int, batch: int) -> list[StoredMessage]:
-        return await self.reader.read_subject(subject, start_seq, batch)
-
-    async def last(self, subject: str) -> StoredMessage | None:
-        return await self.reader.last(subject)
-
-    async def at(self, seq: int) -> StoredMessage | None:
-        return await self.reader.at(seq)
 
 
 class Clocked:
@@ -103,7 +72,10 @@ async def subject_of(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
         )
         direct = DirectReader(nc)
         await direct.start()
-        yield Clocked(_ServerStream(nc, DirectLogReader(direct, STREAM, 5.0)), None)
+        inbox = Inbox(nc)
+        await inbox.start()
+        yield Clocked(JetStreamEventStream(nc, inbox, direct, STREAM, 5.0), None)
+        await inbox.close()
         await direct.stop()
     finally:
         await nc.close()

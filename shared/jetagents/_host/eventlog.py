@@ -98,8 +98,13 @@ class EventLog:
             ack = await self._stream.append(subject, commit.body, hdrs, expected_last_subject_seq=last_seq)
         except WrongLastSequence:
             # Either our own earlier attempt landed (same msg id), or another writer did.
+            # The same msg id is not enough: another host may have committed this very
+            # command (redelivered to it while we were paused) after other commits, with
+            # another n and state. Only the very bytes we sent are ours (the simulation
+            # found a host adopting such a commit as its own, then snapshotting a state and
+            # n that did not match the sequence it named).
             last = await self._stream.last(subject)
-            if last is not None and last.headers.get(H_MSG_ID) == msg_id:
+            if last is not None and last.headers.get(H_MSG_ID) == msg_id and last.data == commit.body:
                 return last.seq, False
             raise FencedError(f"another writer appended to {aid} (expected last sequence {last_seq})") from None
         if ack.duplicate:

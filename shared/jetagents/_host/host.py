@@ -7,11 +7,22 @@ bounded pool of workers takes ready agents by priority and processes one command
 time per agent, so every agent sees its commands in stream order while different agents
 run concurrently.
 
-``Host`` is the facade; the work is done by its parts (ADR 0040 section 5): ``Intake``
-(received messages become ``Command``s), ``Partitions`` (consumers and pull credit),
-``Scheduler`` (mailboxes, workers, bounds), ``Pipeline`` (one command to its outcome),
-``Catalog`` (agents in memory), ``EventLog`` (the fenced append), ``Outcomes`` (dead
-letter, reply, ack), ``Placement`` (agents placed on other hosts), ``Supervisor`` (tasks).
+Processing one command::
+
+    decode (size first) -> validate action/params -> activate (snapshot + replay)
+    -> dedup record? answer from it -> run the action -> append ONE commit message
+       (Nats-Expected-Last-Subject-Sequence = fence, Nats-Msg-Id = idempotency)
+    -> reply -> ack
+
+Bad input is answered, dead-lettered and terminated (never redelivered); a failing
+handler is retried with backoff and dead-lettered after ``max_deliver`` attempts;
+infrastructure failures are retried until the infrastructure is back.
+
+``Host`` is the facade: it builds the parts, wires them and runs their lifecycle. Each part
+owns its state (ADR 0040): ``Partitions`` (consumers and pullers), ``Intake`` (messages become
+``Command``s), ``Scheduler`` (mailboxes, workers), ``Pipeline`` (one command), ``Outcomes``
+(dead letter, reply, ack), ``Catalog`` (agents in memory), ``EventLog`` (the fenced append),
+``Placement`` (forwarding, migration), ``Supervisor`` (tasks), ``Metrics`` (counters).
 """
 
 from __future__ import annotations
@@ -21,31 +32,44 @@ import contextlib
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.errors import SlowConsumerError
 from opentelemetry import metrics, trace
 
 from .._core.agent import Registry
 from .._core.clock import Clock, SystemClock
-from .._core.command import Command
+from .._core.command import ACKED, Kind
+from .._core.errors import (
+    MalformedCommand,
+    UnknownAgent,
+    UnknownAgentType,
+)
 from .._core.ids import fnv1a_32
 from .._core.outcome import Result
-from .._core.wire import Subjects
-from .._nats.api import DirectReader, Topology, connect, ensure_topology
+from .._core.wire import (
+    DEAD_LETTER_MIN_BYTES,
+    Subjects,
+)
+from .._nats.api import (
+    DirectReader,
+    Topology,
+    connect,
+    ensure_topology,
+)
 from .._nats.buckets import KvBucket
 from .._nats.consumers import PartitionConsumers
 from .._nats.event_stream import JetStreamEventStream
-from .._nats.hosts import HostLink
+from .._nats.hosts import HostLink, dropped_subject
 from .._nats.inbox import Inbox
-from .._nats.kv import JetStreamStore
+from .._nats.kv import JetStreamStore, NatsClient
 from .._nats.ports import NatsPublisher
 from .._obs.metrics import Metrics
-from .._obs.telemetry import HostTelemetry
+from .._obs.telemetry import (
+    REQUEUED,
+    HostTelemetry,
+)
 from .._obs.watchdog import LoopWatchdog
 from .._settings import HostSettings
 from .catalog import Activation, Catalog
@@ -56,11 +80,22 @@ from .outcomes import Outcomes
 from .partitions import Partitions
 from .pipeline import Pipeline
 from .placement import PipelineHooks, Placement
+from .ports import Publisher
 from .scheduler import Scheduler
 from .supervisor import Supervisor
 from .sweeper import StrandedSweeper
 
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
 log = structlog.get_logger("jetagents.host")
+
+STREAM, CALL, FWD, MIGRATE = Kind.STREAM, Kind.CALL, Kind.FORWARDED, Kind.MIGRATE
+_ACKED = ACKED  # kinds that are acknowledged (to the stream, or to the forwarder)
+_NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
+# a durable command handed back because its agent's mailbox was full keeps every later
+# command of that agent waiting (handed back too) until it returns, or until this long
+_HOLD_S = 60.0
 
 
 def _rss_mb() -> float:
@@ -72,6 +107,51 @@ def _rss_mb() -> float:
         import resource
 
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _dead_letter_max_bytes(nc: NatsClient | None, topology: Topology) -> int:
+    """The largest dead letter the stream and the server both take."""
+    server = int(getattr(nc, "max_payload", 0) or 0) - 1024
+    limit = topology.dead_letter_max_bytes
+    return max(DEAD_LETTER_MIN_BYTES, min(limit, server) if server > 0 else limit)
+
+
+def _cluster_config(s: HostSettings) -> ClusterConfig:
+    return ClusterConfig(
+        partitions=s.partitions,
+        heartbeat_s=s.heartbeat_s,
+        member_ttl_s=s.member_ttl_s,
+        lease_ttl_s=s.lease_ttl_s,
+        tick_s=s.cluster_tick_s,
+        load_factor=s.load_factor,
+        max_moves=s.rebalance_max_moves,
+        handoff_timeout_s=s.handoff_timeout_s,
+        capacity=s.capacity,
+        tags=list(s.tags),
+    )
+
+
+async def _agents_client(
+    nc: NatsClient,
+    s: HostSettings,
+    tracer_provider: trace.TracerProvider | None,
+    meter_provider: metrics.MeterProvider | None,
+) -> Any:
+    """The client agents call other agents with: on the host's connection, addressing the
+    host's deployment (subject root, partitions, ...)."""
+    from .._client.client import Client  # local import: the client is optional for hosts
+    from .._settings import ClientSettings, CommonSettings
+
+    common = s.model_dump(include=set(CommonSettings.model_fields))
+    client = Client(
+        nc,
+        ClientSettings(**common),
+        owns_connection=False,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+    )
+    await client._start()
+    return client
 
 
 class Host:
@@ -89,6 +169,7 @@ class Host:
         partitions: list[int] | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
+        publisher: Publisher | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -108,7 +189,7 @@ class Host:
             partitions = [p for p in range(settings.partitions) if p % settings.host_count == settings.host_index]
         self._static_partitions = sorted(partitions or [])
         self.coordinator: Coordinator | None = None
-        self.nc: NATS = None  # type: ignore[assignment]
+        self.nc: NatsClient = None  # type: ignore[assignment]
         self.cepoch = ""
         self._sweeper: StrandedSweeper | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
@@ -149,7 +230,7 @@ class Host:
         )
         self._publisher = NatsPublisher(self.nc, settings.op_timeout_s)  # connected by start()
         self.outcomes = Outcomes(
-            self._publisher,
+            publisher or self._publisher,  # the simulation's (testing/simhost.py), else NATS
             settings,
             subjects=self.subjects,
             registry=registry,
@@ -157,10 +238,12 @@ class Host:
             metrics=self.metrics,
             tel=self._tel,
             log=self._log,
-            dead_letter_max_bytes=lambda: self._publisher.dead_letter_max_bytes(self.topology.dead_letter_max_bytes),
+            dead_letter_max_bytes=lambda: _dead_letter_max_bytes(self.nc, self.topology),
         )
         outcomes = self.outcomes
-        hooks = PipelineHooks(self._intake.parse, self._dispatch, outcomes.reply, outcomes.ack, outcomes.nak)
+        hooks = PipelineHooks(
+            self._intake.parse, lambda cmd: self.scheduler.dispatch(cmd), outcomes.reply, outcomes.ack, outcomes.nak
+        )
         self.placement = Placement(
             settings,
             registry,
@@ -253,7 +336,7 @@ class Host:
             self.watchdog = LoopWatchdog(
                 s.loop_block_threshold_s,
                 name=s.host_id,
-                on_block=self._on_loop_blocked,
+                on_block=lambda: self.metrics.inc("loop_blocked"),  # from the watchdog's thread
                 on_unblock=self._tel.loop_unblocked,
             )
             self.watchdog.start(self._loop)
@@ -275,16 +358,7 @@ class Host:
         await self._reader.start()
         self._inbox = Inbox(self.nc)
         await self._inbox.start()
-        from .._client.client import Client  # local import: the client is optional for hosts
-        from .._settings import ClientSettings, CommonSettings
-
-        tp, mp = self._providers
-        # the agents' client addresses the host's deployment (subject root, partitions, ...)
-        common = s.model_dump(include=set(CommonSettings.model_fields))
-        self._client = Client(
-            self.nc, ClientSettings(**common), owns_connection=False, tracer_provider=tp, meter_provider=mp
-        )
-        await self._client._start()
+        self._client = await _agents_client(self.nc, s, *self._providers)
         events = JetStreamEventStream(self.nc, self._inbox, self._reader, self.topology.evt_stream, s.op_timeout_s)
         self.eventlog.bind(events)
         self.catalog.bind(events, snapshots, meta, self._client)
@@ -313,12 +387,17 @@ class Host:
             self._sweeper = StrandedSweeper(
                 self.nc,
                 self.topology.cmd_stream,
-                lambda msg, seq: self._intake.refuse_stranded(msg.subject, msg.headers, msg.data, seq),
+                self._reject_stranded,
                 now_ms=self.clock.wall_ms,
                 grace_s=s.stranded_grace_s,
                 timeout_s=s.op_timeout_s,
             )
-            sweep = self._sweeper.run(s.stranded_sweep_s, self.clock.sleep, self._leads, self.metrics, self._log)
+
+            def leads() -> bool:  # the leader sweeps, or a host on its own
+                coord = self.coordinator
+                return not self.supervisor.stopping and (coord is None or coord.is_leader)
+
+            sweep = self._sweeper.run(s.stranded_sweep_s, self.clock.sleep, leads, self.metrics, self._log)
             self.supervisor.spawn("background", sweep)
         self.supervisor.started = True
         if self.static:
@@ -327,19 +406,7 @@ class Host:
         else:
             store = JetStreamStore(self.nc, self.topology.cluster_bucket, replicas=s.replicas, timeout_s=s.op_timeout_s)
             await store.ensure()
-            cfg = ClusterConfig(
-                partitions=s.partitions,
-                heartbeat_s=s.heartbeat_s,
-                member_ttl_s=s.member_ttl_s,
-                lease_ttl_s=s.lease_ttl_s,
-                tick_s=s.cluster_tick_s,
-                load_factor=s.load_factor,
-                max_moves=s.rebalance_max_moves,
-                handoff_timeout_s=s.handoff_timeout_s,
-                capacity=s.capacity,
-                tags=list(s.tags),
-            )
-            self.coordinator = Coordinator(s.host_id, store, self.clock, cfg, self)
+            self.coordinator = Coordinator(s.host_id, store, self.clock, _cluster_config(s), self)
             self.supervisor.spawn("coordinator", self.coordinator.run())
             # ready when the ring is known and our share of it is started (or give up
             # waiting: the partitions may belong to others that have not let go yet)
@@ -392,7 +459,6 @@ class Host:
         with contextlib.suppress(Exception):
             await self.nc.publish(self.subjects.sys(*kind.split(".")), orjson.dumps(body))
 
-    # -- placement: agents placed on a host other than their partition's owner ---------------
     async def stop(self, *, drain: bool = True) -> None:
         """Stop taking commands, finish those in hand (bounded by ``drain_grace_s``),
         snapshot active agents and disconnect. Nothing acknowledged is lost: whatever is
@@ -424,7 +490,7 @@ class Host:
         await self.supervisor.cancel("background", "workers", "pullers")
         # what is left in mailboxes was never started: hand it back at once
         for work in self.scheduler.in_hand():
-            if work.durable and not work.done:
+            if work.kind in _ACKED and not work.done:
                 await self.outcomes.settle(work, Result.STOPPING, {})
         if drain and self.nc.is_connected:
             await self.catalog.snapshot_all(max(1.0, self.settings.op_timeout_s))
@@ -441,10 +507,6 @@ class Host:
             self.watchdog.stop()
         self._log.info("host_stopped", **self.stats)
 
-    def _on_loop_blocked(self) -> None:
-        """The watchdog saw the event loop blocked (called from its thread)."""
-        self.metrics.inc("loop_blocked")
-
     async def _on_reconnected(self) -> None:
         self._log.info("nats_reconnected")
         self.partitions.reconnected()
@@ -453,9 +515,10 @@ class Host:
         self._log.warning("nats_disconnected")
 
     async def _on_error(self, exc: Exception) -> None:
-        if isinstance(exc, SlowConsumerError):
+        dropped = dropped_subject(exc)
+        if dropped is not None:
             self.metrics.inc("calls_dropped")
-            self._log.warning("call_dropped_host_full", subject=exc.subject)
+            self._log.warning("call_dropped_host_full", subject=dropped)
             return
         self._log.debug("nats_error", error=str(exc))
 
@@ -466,14 +529,17 @@ class Host:
     async def _on_call(self, msg: Msg) -> None:
         await self._intake.on_call(msg.subject, msg.headers, msg.data, msg.reply)
 
-    def _dispatch(self, cmd: Command) -> None:  # placement's hook (the scheduler is built after it)
-        self.scheduler.dispatch(cmd)
-
     # -- housekeeping ----------------------------------------------------------------------
-    def _leads(self) -> bool:
-        """Whether this host does the cluster-wide chores now: the leader, or a host on its own."""
-        coord = self.coordinator
-        return not self.supervisor.stopping and (coord is None or coord.is_leader)
+    async def _reject_stranded(self, msg: Msg, seq: int) -> bool:
+        """Refuse a command found by the sweep like a malformed one; False: try again later."""
+        parts = msg.subject.split(".")
+        partition = int(parts[-3]) if len(parts) >= 5 and parts[-3].isdigit() else 0
+        route = (partition, parts[-2], parts[-1])
+        cmd = self._intake.parse(STREAM, msg.subject, msg.headers, msg.data, "", route, deliveries=1, stream_seq=seq)
+        self.scheduler.track(cmd)
+        err = MalformedCommand("the subject holds a byte or token no partition consumer delivers (0x7f, '*' or '>')")
+        await self.scheduler.reject_unrouted(cmd, err)
+        return cmd.outcome != REQUEUED
 
     async def _housekeeping(self) -> None:
         s = self.settings
@@ -483,6 +549,6 @@ class Host:
             now = self.clock.monotonic()
             # keep long-running and queued commands from being redelivered meanwhile
             for work in self.scheduler.in_hand():
-                if work.durable and not work.done and now - work.received > s.ack_wait_s / 3:
+                if work.kind in _ACKED and not work.done and now - work.received > s.ack_wait_s / 3:
                     await self.outcomes.ack(work, b"+WPI")
             self.catalog.passivate_idle(now, self.scheduler.prune_held)

@@ -11,11 +11,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from .._core.command import Command, Kind, parse_command
-from .._core.errors import MalformedCommand, PayloadTooLarge, Unavailable
+from .._core.errors import PayloadTooLarge, Unavailable
 from .._core.ids import is_valid_token, partition_of
 from .._core.outcome import Result
 from .._core.wire import encode_error
-from .._obs.telemetry import REQUEUED
 
 if TYPE_CHECKING:
     from .host import Host
@@ -67,10 +66,7 @@ class Intake:
         """A message on the pull inbox: a status about one of our pull requests, or a command."""
         host = self._host
         if not reply:  # a status about one of our pull requests, sent to its inbox
-            tokens = subject.rsplit(".", 2)
-            status_of = host.partitions.get(int(tokens[1])) if tokens[1].isdigit() else None
-            if status_of is not None:
-                host.partitions.on_status(status_of, tokens[2], (headers or {}).get("Status", ""))
+            host.partitions.on_pull_status(subject, headers)
             return
         # a command; JetStream delivers it under its stored subject <root>.p.<partition>.<type>.<id>
         parts = subject.split(".")
@@ -162,16 +158,3 @@ class Intake:
         host.scheduler.track(cmd)  # its bytes count against max_inflight_bytes until the refusal is done
         err = PayloadTooLarge(f"payload of {size} bytes exceeds the limit of {limit}")
         host.supervisor.spawn("side", host.scheduler.reject_unrouted(cmd, err))
-
-    async def refuse_stranded(self, subject: str, headers: Mapping[str, str] | None, data: bytes, seq: int) -> bool:
-        """Refuse a command found by the sweep (at stream sequence ``seq``) like a malformed
-        one; False: its dead letter could not be stored, try again in a later round."""
-        host = self._host
-        parts = subject.split(".")
-        partition = int(parts[-3]) if len(parts) >= 5 and parts[-3].isdigit() else 0
-        route = (partition, parts[-2], parts[-1])
-        cmd = self.parse(Kind.STREAM, subject, headers, data, "", route, deliveries=1, stream_seq=seq)
-        host.scheduler.track(cmd)
-        err = MalformedCommand("the subject holds a byte or token no partition consumer delivers (0x7f, '*' or '>')")
-        await host.scheduler.reject_unrouted(cmd, err)
-        return cmd.outcome != REQUEUED

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -268,6 +268,14 @@ class Partitions:
         for puller in self._pullers.values():
             puller.clear_requests()
             puller.wake.set()
+
+    def on_pull_status(self, subject: str, headers: Mapping[str, str] | None) -> None:
+        """A status the server sent about one of our pull requests, to its inbox
+        (``<pull prefix>.<partition>.<request token>``)."""
+        tokens = subject.rsplit(".", 2)
+        puller = self._pullers.get(int(tokens[1])) if tokens[1].isdigit() else None
+        if puller is not None:
+            self.on_status(puller, tokens[2], (headers or {}).get("Status", ""))
 
     def on_status(self, puller: Puller, token: str, status: str) -> None:
         """A status the server sent about one of our pull requests (to its inbox)."""

@@ -320,6 +320,14 @@ class Pipeline:
 
         if events:
             n, own = act.n + 1, self._placement.token_of(act.agent_id, cmd.partition)
+            if self._coordinator() is not None and own < max(act.own, 1):
+                # No claim (nor placement) any more, or one older than the log's newest
+                # writer: never write. A command still in hand when its partition was dropped
+                # (retrying in place, or its agent no longer in the catalog, so nothing made
+                # it rebuild) would otherwise commit without a claim; the simulation found both.
+                self._metrics.inc("fenced")
+                self._catalog.evict(act)  # rebuilt from the log, where the activation fence applies
+                return FencedError(f"{act.agent_id}: writer token {own} is older than the log's {act.own}"), False
             name = cmd_id or f"c-{self._settings.host_id}-{next(self._seq)}"
             body = encode_commit(
                 n=n,

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import SlowConsumerError
 
 from .._core.errors import Unavailable
 from .inbox import shared_inbox
@@ -51,3 +52,9 @@ class HostLink:
             yield inbox, queue
         finally:
             shared.forget(inbox)
+
+
+def dropped_subject(exc: Exception) -> str | None:
+    """The subject of a message the connection dropped because its subscription's pending
+    limit was full (nats-py's slow consumer error), else ``None``."""
+    return exc.subject if isinstance(exc, SlowConsumerError) else None

@@ -7,7 +7,6 @@ from typing import cast
 
 from nats.aio.client import Client as NATS
 
-from .._core.wire import DEAD_LETTER_MIN_BYTES
 from .._host.ports import Appended, Refused
 from .api import JSApiError, js_publish
 
@@ -21,11 +20,6 @@ class NatsPublisher:
     def __init__(self, nc: NATS, timeout_s: float) -> None:
         self.nc = nc
         self._timeout_s = timeout_s
-
-    def dead_letter_max_bytes(self, stream_limit: int) -> int:
-        """The largest dead letter the stream (``stream_limit``) and the server both take."""
-        server = int(getattr(self.nc, "max_payload", 0) or 0) - 1024
-        return max(DEAD_LETTER_MIN_BYTES, min(stream_limit, server) if server > 0 else stream_limit)
 
     async def publish(self, subject: str, body: bytes, headers: Mapping[str, str] | None = None) -> None:
         # nats-py only reads the headers: no copy on the hot path

@@ -112,6 +112,7 @@ class HealthMonitor:
         """Host statistics for ``$SRV.STATS`` and the micro service's ``status`` endpoint."""
         host = self.host
         owned = list(getattr(host, "owned", []) or [])
+        load = getattr(host, "load", None)  # the host's own account (what its heartbeat says)
         return {
             "host_id": self.host_id,
             "ready": self._last is True,
@@ -119,7 +120,7 @@ class HealthMonitor:
             "partitions_owned": len(owned),
             "partitions": owned,
             "active_agents": len(getattr(host, "activations", {}) or {}),
-            "inflight": int(getattr(host, "_inflight_count", 0) or 0),
+            "inflight": int(load().get("inflight", 0)) if load is not None else 0,
             "stats": dict(getattr(host, "stats", {}) or {}),
             "loop": self.loop(),
         }

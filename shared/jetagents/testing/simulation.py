@@ -49,7 +49,17 @@ from .clock import ManualClock, wait_all_blocked
 from .simworld import FaultyBucket, FaultyEventStream, FaultyPublisher, FaultyStore, HostFaults, World
 from .streams import QueuedCommand
 
-__all__ = ["Delivered", "Invariants", "NodePorts", "SimConfig", "SimNode", "SimResult", "Simulation", "Violation"]
+__all__ = [
+    "Delivered",
+    "HostSlot",
+    "Invariants",
+    "NodePorts",
+    "SimConfig",
+    "SimNode",
+    "SimResult",
+    "Simulation",
+    "Violation",
+]
 
 SUBJECTS = Subjects()
 
@@ -81,6 +91,7 @@ class SimConfig:
     handoff_timeout_s: float = 10_000.0
     faults: tuple[str, ...] = (
         "crash",
+        "kill",
         "pause",
         "pause_at_append",
         "lost_ack",
@@ -143,7 +154,9 @@ NodeFactory = Callable[[NodePorts], SimNode]
 
 
 @dataclass
-class _Host:
+class HostSlot:
+    """One host of the run: its node, its faults, its tasks."""
+
     id: str
     node: SimNode
     faults: HostFaults
@@ -241,7 +254,7 @@ class Simulation:
         )
         self.cluster.max_moves = 4
         self.cluster.handoff_timeout_s = cfg.handoff_timeout_s
-        self.hosts: list[_Host] = []
+        self.hosts: list[HostSlot] = []
         self.next_host = 0
         self.steps = 0
         self.rounds = 0
@@ -250,7 +263,8 @@ class Simulation:
         self._next_cmd = 0
 
     # -- hosts ---------------------------------------------------------------------------
-    def _start_host(self, host_id: str | None = None) -> _Host:
+    def add_host(self, host_id: str | None = None) -> HostSlot:
+        """Start a host (a new id unless given: a restart keeps its id)."""
         if host_id is None:
             host_id = f"h{self.next_host}"
             self.next_host += 1
@@ -268,12 +282,13 @@ class Simulation:
             partitions=self.cfg.partitions,
             subjects=SUBJECTS,
         )
-        host = _Host(host_id, self.factory(ports), faults)
+        host = HostSlot(host_id, self.factory(ports), faults)
         self.hosts.append(host)
         w.record("start", host_id)
         return host
 
-    def _crash(self, host: _Host, restart_after_s: float | None) -> None:
+    def crash(self, host: HostSlot, restart_after_s: float | None = None) -> None:
+        """The host's process dies: its tasks are cancelled, nothing it sends arrives."""
         host.faults.crashed = True
         host.faults.running.set()  # a paused host's waiting calls see the crash
         host.node.crash()
@@ -283,7 +298,7 @@ class Simulation:
         if restart_after_s is not None:
             host.restart_at = self.clock.monotonic() + restart_after_s
 
-    def _spawn(self, host: _Host, coro: Any, what: str) -> asyncio.Task[None]:
+    def _spawn(self, host: HostSlot, coro: Any, what: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         host.tasks.add(task)
 
@@ -323,7 +338,7 @@ class Simulation:
         self.invariants.subject_of_seq[seq] = (subject, cmd_id)
         self.world.record("send", cmd_id, seq, agent.id)
 
-    def _deliver(self, to: _Host | None = None) -> bool:
+    def _deliver(self, to: HostSlot | None = None) -> bool:
         ready = self.world.commands.ready()
         if to is not None:
             ready = [c for c in ready if to.node.serves(c.partition)]
@@ -337,18 +352,18 @@ class Simulation:
         self._hand(host, cmd)
         return True
 
-    def _hand(self, host: _Host, cmd: QueuedCommand) -> None:
+    def _hand(self, host: HostSlot, cmd: QueuedCommand) -> None:
         ack = self.world.commands.deliver(cmd)
         self.world.record("deliver", host.id, cmd.seq, cmd.deliveries)
         d = Delivered(cmd.subject, cmd.data, cmd.headers, ack, cmd.deliveries, cmd.seq, cmd.partition)
         self._spawn(host, host.node.handle(d), "handle")
 
-    def _coordinate(self, host: _Host) -> None:
+    def _coordinate(self, host: HostSlot) -> None:
         # a task of the host's, as in a host: a pause can catch it half way through a round
         if host.coordinating is None or host.coordinating.done():
             host.coordinating = self._spawn(host, self._round_of(host), "coordinator")
 
-    async def _round_of(self, host: _Host) -> None:
+    async def _round_of(self, host: HostSlot) -> None:
         try:
             await host.node.coordinator.step()
         except (JetAgentsError, CasConflict):
@@ -357,7 +372,7 @@ class Simulation:
         if host.draining and not coord.held and not coord.releasing and not coord.assigned() and coord.ring:
             await coord.leave()
             self.world.record("left", host.id)
-            self._crash(host, None)
+            self.crash(host, None)
 
     # -- faults --------------------------------------------------------------------------
     async def _fault(self) -> None:
@@ -368,8 +383,10 @@ class Simulation:
         kind = self.cfg.faults[self.rnd.randrange(len(self.cfg.faults))]
         victim = live[self.rnd.randrange(len(live))]
         f = victim.faults
-        if kind == "crash" and len(live) > 1:
-            self._crash(victim, self.rnd.uniform(1.0, 6.0))
+        if kind == "crash" and len(live) > 1:  # and restarts, empty, under the same id
+            self.crash(victim, self.rnd.uniform(1.0, 6.0))
+        elif kind == "kill" and len(live) > 1:  # for good: the others take its partitions
+            self.crash(victim)
         elif kind == "pause":  # past the lease and the member TTL, then back
             # with commands in hand: they run when it wakes, before its coordinator notices
             for _ in range(self.rnd.randrange(4)):
@@ -394,7 +411,7 @@ class Simulation:
             for h in self.hosts:
                 h.faults.cut_until = max(h.faults.cut_until, until)
         elif kind == "join" and len(live) < self.cfg.max_hosts:
-            self._start_host()
+            self.add_host()
         elif kind == "drain" and len(live) > 1:
             victim.draining = True
             victim.node.coordinator.draining = True
@@ -413,7 +430,7 @@ class Simulation:
             if h.restart_at is not None and now >= h.restart_at:
                 h.restart_at = None
                 self.world.record("restart", h.id)
-                self._start_host(h.id)
+                self.add_host(h.id)
 
     def _calm(self) -> None:
         for h in self.hosts:
@@ -460,7 +477,7 @@ class Simulation:
     async def run(self) -> SimResult:
         cfg = self.cfg
         for _ in range(cfg.hosts):
-            self._start_host()
+            self.add_host()
         try:
             for _ in range(cfg.rounds):
                 await self.round(faulty=True)
@@ -481,7 +498,7 @@ class Simulation:
         finally:
             for h in self.hosts:
                 if h.alive:
-                    self._crash(h, None)
+                    self.crash(h, None)
             await wait_all_blocked()
         return SimResult(
             self.seed,

@@ -75,12 +75,13 @@ class _Faulty:
         self.world, self.host, self.faults = world, host, faults
 
     async def _enter(self) -> None:
-        """The call reaches the server once the host runs; a crashed host's never does."""
+        """The call reaches the server once the host runs; a crashed host's never does (what
+        is left of it hears so, and its tasks are being cancelled anyway)."""
         f = self.faults
-        while f.crashed or not f.running.is_set():
-            if f.crashed:
-                await asyncio.Future()  # cancelled with the crashed host's tasks
+        if not f.running.is_set() and not f.crashed:
             await f.running.wait()
+        if f.crashed:
+            raise Unavailable("the host crashed")
         if self.world.clock.monotonic() < f.cut_until:
             raise Unavailable("cut off from the server")
 

@@ -1,0 +1,112 @@
+"""A host of the simulation made of the real host: ``Host`` built as in production, its parts
+bound to the simulation's ports instead of a NATS connection (``jetagents.testing.simulation``).
+
+What runs is the host's own code, wired by ``Host.__init__``: ``Intake.parse`` (the
+``Command``), the ``Scheduler`` (mailboxes, workers, per-agent order), the ``Pipeline``
+(validation, the dedup record, the action, the commit), the ``EventLog`` (the append with
+the fence, and the check of the last message after a wrong last sequence), ``Outcomes`` with
+the pure ack table (``decide``: reply, ack, nak, dead letter), the ``Catalog`` (activation by
+snapshot and replay, the newer-owner check, eviction, passivation, snapshots) and the
+``Coordinator`` (membership, lease, ring, claims).
+
+What is the simulation's: the command stream's consumer (the driver hands a delivery to a
+host that serves its partition, as a pinned pull consumer would; there are no ``Partitions``
+pullers, whose timers run on the event loop's own clock), so starting and stopping a
+partition here only marks it served and, on stop, lets the commands in hand finish (graceful)
+and has the real catalog forget the partition's agents, as ``Host.stop_partition`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .._core.agent import Registry
+from .._core.command import Kind
+from .._host.host import Host
+from .._settings import HostSettings
+from ..examples.counter import Counter
+from .simulation import Delivered, NodePorts
+
+__all__ = ["HostNode", "sim_settings"]
+
+_GROUPS = ("workers", "side", "background", "coordinator", "pullers")
+
+
+def sim_settings(ports: NodePorts, **overrides: Any) -> HostSettings:
+    """Settings that make the simulation reach the host's rarer paths: snapshots every few
+    commits, a small memory budget (passivation, LRU eviction), a short dedup record."""
+    base: dict[str, Any] = {
+        "host_id": ports.host_id,
+        "partitions": ports.partitions,
+        "subject_root": ports.subjects.root,
+        "snapshot_every": 3,
+        "max_active_agents": 6,
+        "dedup_records_per_agent": 8,
+        "max_redeliveries": 1000,
+        "loop_block_threshold_s": 0,
+        "drain_grace_s": 2.0,
+    }
+    base.update(overrides)
+    return HostSettings(**base)
+
+
+class HostNode:
+    """One simulated host: the real ``Host`` over the simulation's ports."""
+
+    def __init__(self, ports: NodePorts, settings: HostSettings | None = None) -> None:
+        s = settings or sim_settings(ports)
+        self.ports = ports
+        host = self.host = Host(s, Registry([Counter]), clock=ports.clock, publisher=ports.publisher)
+        # what Host.start() does once connected, with the simulation's ports for NATS'
+        host.scheduler.loop = host.pipeline.loop = asyncio.get_running_loop()
+        host.eventlog.bind(ports.events)
+        host.catalog.bind(ports.events, ports.snapshots, ports.meta, None)
+        host.cepoch = "5eed"
+        host.supervisor.started = True
+        self.coordinator = host.coordinator = self._coordinator()
+
+    def _coordinator(self) -> Any:
+        from .._host.coordination import Coordinator
+
+        p = self.ports
+        return Coordinator(p.host_id, p.store, p.clock, p.cluster, self)
+
+    # -- the coordinator's hooks ---------------------------------------------------------
+    async def start_partition(self, partition: int, *, rewind: bool = False) -> None:
+        parts = self.host.partitions
+        parts.owned = sorted({*parts.owned, partition})
+        parts.owned_set = frozenset(parts.owned)
+
+    async def stop_partition(self, partition: int, *, graceful: bool) -> None:
+        host = self.host
+        parts = host.partitions
+        parts.owned = [p for p in parts.owned if p != partition]
+        parts.owned_set = frozenset(parts.owned)
+        if graceful:  # finish the commands in hand, on the simulation's clock
+            clock = self.ports.clock
+            until = clock.monotonic() + host.settings.drain_grace_s
+            while host.scheduler.busy_with(partition) and clock.monotonic() < until:
+                await clock.sleep(0.05)
+        await host.catalog.forget_partition(partition, graceful=graceful)
+
+    def load(self) -> dict[str, Any]:
+        return {"active_agents": len(self.host.activations), "inflight": self.host.scheduler.inflight_count}
+
+    async def event(self, kind: str, data: dict[str, Any]) -> None:
+        return None
+
+    # -- what the driver asks ------------------------------------------------------------
+    def serves(self, partition: int) -> bool:
+        return partition in self.host.partitions.owned_set
+
+    async def handle(self, d: Delivered) -> None:
+        _, _, _, agent_type, agent_id = d.subject.split(".", 4)
+        host = self.host
+        cmd = host._intake.parse(Kind.STREAM, d.subject, d.headers, d.data, d.ack, (d.partition, agent_type, agent_id))
+        host.scheduler.dispatch(cmd)
+
+    def crash(self) -> None:
+        self.host.supervisor.stopping = True
+        for task in self.host.supervisor.tasks(*_GROUPS):
+            task.cancel()
