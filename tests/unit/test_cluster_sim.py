@@ -12,7 +12,8 @@ Invariants, checked after every step (``Invariants``): in every agent's log the 
 numbered 1..k without a gap, no command id appears twice, the writers' claims never decrease
 (a newer owner's writes are never followed by an older owner's) and one claim belongs to one
 host; no two hosts acquired one partition's claim at one ring epoch; every command
-acknowledged ``+ACK`` is in its agent's log. After the faults stop: within a few seconds (the
+acknowledged ``+ACK`` is in its agent's log; a snapshot's sequence, ``n`` and record agree
+with the log. After the faults stop: within a few seconds (the
 handoff timeout is out of reach, so no claim is freed by waiting it out) every partition is
 claimed and served by exactly the host the ring names, every host sees the same ring, and
 every command sent is in its agent's log exactly once.

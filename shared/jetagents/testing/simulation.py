@@ -20,8 +20,9 @@ After every step the invariants are checked (``Invariants``): in each agent's lo
 numbers run 1..k without a gap, no command id appears twice, the writers' claims never
 decrease (no write after a newer owner's) and one claim belongs to one host; no two hosts
 acquired one partition's claim at one ring epoch; every command acknowledged with ``+ACK`` is
-in its agent's log. At the end the faults stop; every command sent must end up in its
-agent's log exactly once.
+in its agent's log; every snapshot names a sequence whose commit is its agent's, with its
+``n``, and lists each recorded command at its own commit. At the end the faults stop; every
+command sent must end up in its agent's log exactly once.
 
 Everything that happens goes into one history (deliveries, appends with their sequence,
 acknowledgements, ring epochs, faults); two runs of one seed produce the same history,
@@ -44,7 +45,7 @@ from .._core.errors import JetAgentsError
 from .._core.ids import AgentId, partition_of
 from .._core.wire import H_COMMAND_ID, H_HOST, Subjects
 from .._host.coordination import CasConflict, ClusterConfig, Coordinator
-from .._host.ports import Bucket, EventStream, Publisher
+from .._host.ports import Bucket, EventStream, Publisher, StoredMessage
 from .clock import ManualClock, wait_all_blocked
 from .simworld import FaultyBucket, FaultyEventStream, FaultyPublisher, FaultyStore, HostFaults, World
 from .streams import QueuedCommand
@@ -189,6 +190,7 @@ class Invariants:
         self._events_seen = 0
         self._store_seen = 0
         self._history_seen = 0
+        self._snapshots_seen = 0
         self.logs: dict[str, tuple[int, int]] = {}  # subject -> (last n, largest writer claim)
         self.logged: dict[str, set[str]] = {}  # subject -> command ids in its log
         self.claim_host: dict[tuple[str, int], str] = {}  # (subject, claim) -> writer
@@ -215,6 +217,7 @@ class Invariants:
             cmds.add(cmd)
             self.logs[m.subject] = (n, max(top, own))
         self._events_seen = len(msgs)
+        self._check_snapshots(msgs)
         history = self.world.store.history
         for key, value, _rev in history[self._store_seen :]:
             if key.startswith("claim.") and value.get("host"):
@@ -232,6 +235,25 @@ class Invariants:
                 if cmd_id not in self.logged.get(subject, ()):
                     raise Violation(f"{event[2]} acknowledged command {cmd_id} but it is not in {subject}")
         self._history_seen = len(self.world.history)
+
+    def _check_snapshots(self, msgs: list[StoredMessage]) -> None:
+        """A snapshot names a sequence: the commit there is the agent's, with the snapshot's
+        ``n``, and every command its record lists is at the sequence it says."""
+        written = self.world.snapshots_written
+        for host, key, value in written[self._snapshots_seen :]:
+            snap = orjson.loads(value)
+            seq, n = int(snap["seq"]), int(snap["n"])
+            agent_type, _, agent_id = key.partition(".")
+            subject = SUBJECTS.evt(agent_type, agent_id)
+            at = msgs[seq - 1] if 0 < seq <= len(msgs) else None
+            if at is None or at.subject != subject or int(orjson.loads(at.data)["n"]) != n:
+                found = f"commit {orjson.loads(at.data)['n']} of {at.subject}" if at else "nothing"
+                raise Violation(f"{host} snapshotted {key} as commit {n} at seq {seq}, where the log has {found}")
+            for cmd, cmd_seq, _ in snap.get("records", []):
+                m = msgs[int(cmd_seq) - 1]
+                if m.subject != subject or orjson.loads(m.data)["cmd"] != cmd:
+                    raise Violation(f"{host} snapshotted {key} with {cmd} at seq {cmd_seq}, which is not its commit")
+        self._snapshots_seen = len(written)
 
 
 class Simulation:

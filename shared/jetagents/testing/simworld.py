@@ -45,6 +45,7 @@ class World:
         self.bus = MemoryPublisher()
         self.bus.bind("agt.dlq.>", self.dead_letters)
         self.history: list[HistoryEvent] = []
+        self.snapshots_written: list[tuple[str, str, bytes]] = []  # (host, key, value), checked by Invariants
 
     def record(self, *event: Any) -> None:
         self.history.append((round(self.clock.monotonic() - 1000.0, 6), *event))
@@ -141,6 +142,9 @@ class FaultyBucket(_Faulty):
     async def put(self, key: str, value: bytes) -> int:
         await self._enter()
         rev = await self.bucket.put(key, value)
+        if self.bucket is self.world.snapshots:
+            self.world.record("snapshot", self.host, key, rev)
+            self.world.snapshots_written.append((self.host, key, value))
         if self._reply_lost():
             raise Unavailable("the put's reply was lost (it landed)")
         return rev
