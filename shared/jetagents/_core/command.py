@@ -174,6 +174,7 @@ def parse_command(
         cmd_id = f"s{cepoch}-{seq}"
     prio = hdrs.get(H_PRIORITY)
     tp = hdrs.get(TRACEPARENT)
+    deadline = hdrs.get(H_DEADLINE)
     return Command(
         kind,
         subject,
@@ -189,7 +190,7 @@ def parse_command(
         cmd_id,
         hdrs.get(H_CORRELATION_ID) or cmd_id,
         H_MSG_ID in hdrs,
-        parse_deadline(hdrs.get(H_DEADLINE)),
+        parse_deadline(deadline) if deadline else None,
         PRIORITY_RANK.get(prio, 1) if prio else 1,  # type: ignore[call-overload]
         count,
         seq,
