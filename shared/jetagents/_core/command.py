@@ -154,33 +154,46 @@ def parse_command(
         meta = parse_ack_subject(reply)
         if meta:
             count, seq = (deliveries or meta[0]), (stream_seq if stream_seq is not None else meta[1])
-    cmd = Command(kind, subject, agent_type, agent_id, partition, data, received, hdrs)
-    cmd.deliveries, cmd.stream_seq = count, seq
-    if durable:
-        cmd.ack = reply or None
-        named = hdrs.get(H_REPLY_TO) if hdrs else None
-    else:
-        named = reply or None
+    named = (hdrs.get(H_REPLY_TO) if hdrs else None) if durable else (reply or None)
+    reply_to = refused = None
     if named:
         if is_reply_subject(named, reply_prefixes):
-            cmd.reply_to = named
+            reply_to = named
         else:
-            cmd.reply_refused = named
+            refused = named
+    ack = (reply or None) if durable else None
     if not hdrs:
-        if durable:
-            cmd.command_id = cmd.correlation_id = f"s{cepoch}-{seq}"
+        cmd_id = f"s{cepoch}-{seq}" if durable else ""
+        cmd = Command(kind, subject, agent_type, agent_id, partition, data, received, hdrs, ack, reply_to, refused)
+        cmd.command_id = cmd.correlation_id = cmd_id
+        cmd.deliveries, cmd.stream_seq = count, seq
         return cmd
+
     cmd_id = hdrs.get(H_COMMAND_ID) or hdrs.get(H_MSG_ID) or ""
     if not cmd_id and durable:
         cmd_id = f"s{cepoch}-{seq}"
-    cmd.command_id = cmd_id
-    cmd.correlation_id = hdrs.get(H_CORRELATION_ID) or cmd_id
-    cmd.exactly_once = H_MSG_ID in hdrs
-    cmd.deadline_ms = parse_deadline(hdrs.get(H_DEADLINE))
     prio = hdrs.get(H_PRIORITY)
-    if prio:
-        cmd.priority_rank = PRIORITY_RANK.get(prio, 1)  # type: ignore[call-overload]
     tp = hdrs.get(TRACEPARENT)
-    if tp is not None:
-        cmd.trace = TraceContext(tp, hdrs.get(TRACESTATE))
-    return cmd
+    deadline = hdrs.get(H_DEADLINE)
+    return Command(
+        kind,
+        subject,
+        agent_type,
+        agent_id,
+        partition,
+        data,
+        received,
+        hdrs,
+        ack,
+        reply_to,
+        refused,
+        cmd_id,
+        hdrs.get(H_CORRELATION_ID) or cmd_id,
+        H_MSG_ID in hdrs,
+        parse_deadline(deadline) if deadline else None,
+        PRIORITY_RANK.get(prio, 1) if prio else 1,  # type: ignore[call-overload]
+        count,
+        seq,
+        0,
+        TraceContext(tp, hdrs.get(TRACESTATE)) if tp is not None else None,
+    )

@@ -56,7 +56,7 @@ class AckKind(enum.Enum):
     RETRY = "retry"  # not answered: the pipeline tries again in place after delay_s
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ack:
     kind: AckKind
     delay_s: float = 0.0
@@ -67,7 +67,7 @@ NO_ACK = Ack(AckKind.NONE)
 ACK = Ack(AckKind.ACK)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     """The answer to the sender: ``result`` (ok) unless ``error`` is set."""
 
@@ -78,7 +78,7 @@ class Reply:
     host: bool = False  # Agt-Host: a refusal names the host that refused
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     ack: Ack
     reply: Reply | None = None
@@ -88,7 +88,7 @@ class Outcome:
     count: str | None = None  # the host counter this outcome adds one to
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Situation:
     kind: Kind
     result: Result
@@ -113,7 +113,7 @@ IN_PLACE = RetryPolicy(base_s=0.05, max_s=2.0)
 HAND_BACK = RetryPolicy(base_s=0.25, max_s=5.0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Limits:
     max_deliver: int = 5  # attempts of a failing handler before it is dead-lettered
     max_redeliveries: int = 50  # deliveries (not counting hand-backs) before giving up

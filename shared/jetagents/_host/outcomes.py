@@ -106,8 +106,11 @@ class Outcomes:
 
     def count(self, cmd: Command, outcome: Outcome) -> None:
         """Add the outcome to the host's counters (``execute`` does, unless told it is done)."""
-        if outcome.count is not None:
-            self._metrics.inc(outcome.count, agent_type=cmd.agent_type, delivery=cmd.delivery_mode)
+        name = outcome.count
+        if name == "agent_busy":  # the one of these counters with attributes
+            self._metrics.inc(name, agent_type=cmd.agent_type, delivery=cmd.delivery_mode)
+        elif name is not None:
+            self._metrics.inc(name)
 
     async def execute(self, cmd: Command, outcome: Outcome, out: dict[str, str], *, counted: bool = False) -> None:
         """Dead letter, reply, acknowledgement; ``out`` are the reply's headers so far.
