@@ -1,5 +1,6 @@
 """One suite, two event streams: the in-memory ``MemoryEventStream`` the simulation runs the
-host over, and the host's JetStream adapter (``JetStreamEventStream``) on a real nats-server.
+host over, and the host's JetStream adapter (``JetStreamEventStream``) on a real nats-server
+(and the same for buckets: ``MemoryBucket`` and the host's ``KvBucket``).
 Every assertion runs against both, so the memory model answers as the server does
 (faststream runs its broker suite the same way).
 
@@ -18,11 +19,12 @@ import nats
 import pytest
 
 from jetagents import NatsServer, PayloadTooLarge
-from jetagents._host.ports import Appended, EventStream, WrongLastSequence
+from jetagents._host.ports import Appended, Bucket, EventStream, WrongLastSequence
 from jetagents._nats.api import DirectReader
+from jetagents._nats.buckets import KvBucket
 from jetagents._nats.event_stream import JetStreamEventStream
 from jetagents._nats.inbox import Inbox
-from jetagents.testing import ManualClock, MemoryEventStream
+from jetagents.testing import ManualClock, MemoryBucket, MemoryEventStream
 
 STREAM = "EVT"
 WINDOW_S = 1.0
@@ -165,3 +167,29 @@ async def test_a_message_over_the_streams_limit_is_refused(subject_of: Clocked) 
     with pytest.raises(PayloadTooLarge):
         await s.append("evt.a", b"x" * (MAX_MSG_BYTES + 1), {}, expected_last_subject_seq=0)
     assert await s.append("evt.a", b"x", {}, expected_last_subject_seq=0) == Appended(1, False)
+
+
+# -- buckets: the same suite for MemoryBucket and the host's KvBucket -------------------------
+@pytest.fixture(params=["memory", "jetstream"])
+async def bucket(request: pytest.FixtureRequest) -> AsyncIterator[Bucket]:
+    if request.param == "memory":
+        yield MemoryBucket()
+        return
+    server: NatsServer = request.getfixturevalue("server")
+    nc = await nats.connect(server.url)
+    try:
+        await nc.jetstream().create_key_value(bucket="snap")
+        yield await KvBucket.open(nc, "snap", 5.0)
+    finally:
+        await nc.close()
+
+
+async def test_a_bucket_answers_absent_keys_and_counts_revisions_bucket_wide(bucket: Bucket) -> None:
+    assert await bucket.get("a") is None
+    first = await bucket.put("a", b"1")
+    second = await bucket.put("b", b"2")
+    third = await bucket.put("a", b"3")
+    assert first < second < third and third - first == 2  # one revision per put, across keys
+    assert await bucket.get("a") == b"3" and await bucket.get("b") == b"2"
+    await bucket.put("e", b"")
+    assert await bucket.get("e") == b""  # empty, not absent
