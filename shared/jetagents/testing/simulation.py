@@ -21,8 +21,9 @@ numbers run 1..k without a gap, no command id appears twice, the writers' claims
 decrease (no write after a newer owner's) and one claim belongs to one host; no two hosts
 acquired one partition's claim at one ring epoch; every command acknowledged with ``+ACK`` is
 in its agent's log; every snapshot names a sequence whose commit is its agent's, with its
-``n``, and lists each recorded command at its own commit. At the end the faults stop; every
-command sent must end up in its agent's log exactly once.
+``n``, and lists each recorded command at its own commit; no command the agent refuses or
+whose parameters are invalid is ever applied. At the end the faults stop; every command sent
+must end up in its agent's log exactly once (an invalid one in the dead letters).
 
 Everything that happens goes into one history (deliveries, appends with their sequence,
 acknowledgements, ring epochs, faults); two runs of one seed produce the same history,
@@ -82,6 +83,8 @@ class SimConfig:
     deliveries_per_round: int = 4
     sends_per_round: float = 1.5
     resend_p: float = 0.05  # a client re-sends a command under the same id (outside the window)
+    domain_p: float = 0.04  # a command the agent refuses (increment by 0): answered, never applied
+    invalid_p: float = 0.03  # a command with invalid parameters: dead-lettered, never applied
     fault_p: float = 0.06  # per round
     ack_wait_s: float = 2.0
     duplicate_window_s: float = 120.0
@@ -196,6 +199,7 @@ class Invariants:
         self.claim_host: dict[tuple[str, int], str] = {}  # (subject, claim) -> writer
         self.claims_seen: dict[tuple[int, int], str] = {}  # (partition, ring epoch) -> host
         self.subject_of_seq: dict[int, tuple[str, str]] = {}  # command stream seq -> (evt subject, id)
+        self.refused: set[str] = set()  # command ids the host must answer without applying
 
     def check(self) -> None:
         msgs = self.world.events.messages
@@ -207,6 +211,8 @@ class Invariants:
             if n != last_n + 1:
                 raise Violation(f"{m.subject}: commit {n} after {last_n} (seq {m.seq}, by {host}): a gap")
             cmds = self.logged.setdefault(m.subject, set())
+            if cmd in self.refused:
+                raise Violation(f"{m.subject}: command {cmd}, which the agent refuses, was applied (seq {m.seq})")
             if cmd in cmds:
                 raise Violation(f"{m.subject}: command {cmd} applied twice (again at seq {m.seq}, by {host})")
             if own < top:
@@ -232,7 +238,7 @@ class Invariants:
             # (time, "ack", host, stream seq, answer, what the stream did)
             if event[1] == "ack" and event[5] == "ack" and event[4] == b"+ACK":
                 subject, cmd_id = self.subject_of_seq[event[3]]
-                if cmd_id not in self.logged.get(subject, ()):
+                if cmd_id not in self.refused and cmd_id not in self.logged.get(subject, ()):
                     raise Violation(f"{event[2]} acknowledged command {cmd_id} but it is not in {subject}")
         self._history_seen = len(self.world.history)
 
@@ -282,6 +288,7 @@ class Simulation:
         self.rounds = 0
         self.counts = dict.fromkeys(cfg.faults, 0)
         self.sent: dict[str, str] = {}  # command id -> event subject
+        self.kinds: dict[str, str] = {}  # command id -> "ok", "domain" (refused) or "invalid"
         self._next_cmd = 0
 
     # -- hosts ---------------------------------------------------------------------------
@@ -339,12 +346,18 @@ class Simulation:
             self._next_cmd += 1
             cmd_id = f"k{self._next_cmd}"
             agent_no = self.rnd.randrange(cfg.agents)
+            r = self.rnd.random()
+            kind = "invalid" if r < cfg.invalid_p else "domain" if r < cfg.invalid_p + cfg.domain_p else "ok"
+            self.kinds[cmd_id] = kind
+            if kind != "ok":
+                self.invariants.refused.add(cmd_id)
         assert agent_no is not None
         agent = AgentId(cfg.agent_type, f"a{agent_no}")
+        by: Any = {"ok": 1 + agent_no % 3, "domain": 0, "invalid": "three"}[self.kinds[cmd_id]]
         out = OutboundCommand.build(
             agent,
             "increment",
-            {"by": 1 + agent_no % 3},
+            {"by": by},
             SendOptions(command_id=cmd_id),
             subjects=SUBJECTS,
             timeout_s=30.0,
@@ -533,8 +546,23 @@ class Simulation:
         )
 
     def _all_applied(self) -> bool:
+        return not self._unaccounted(dead_letters_count=False)
+
+    def _unaccounted(self, *, dead_letters_count: bool) -> list[str]:
+        """Commands not (yet) where they belong: applied once (in the log), or for invalid
+        ones dead-lettered; a refused one is only answered."""
         logged = self.invariants.logged
-        return all(cmd in logged.get(subject, ()) for cmd, subject in self.sent.items())
+        dead: set[str] = set()
+        for m in self.world.dead_letters.messages:
+            headers = orjson.loads(m.data).get("headers") or {}
+            dead.add(str(headers.get(H_COMMAND_ID)))
+        out = []
+        for cmd, subject in sorted(self.sent.items()):
+            kind = self.kinds[cmd]
+            applied = cmd in logged.get(subject, ()) or (dead_letters_count and cmd in dead)
+            if not (applied if kind == "ok" else kind == "domain" or cmd in dead):
+                out.append(cmd)
+        return out
 
     async def settled(self) -> bool:
         """Every live host sees one ring, and each partition is claimed and served by exactly
@@ -560,10 +588,6 @@ class Simulation:
         left = self.world.commands.pending()
         if left:
             raise Violation(f"{len(left)} commands never acknowledged after the faults stopped: {left[:3]}")
-        logged = self.invariants.logged
-        dead = {m.headers.get(H_COMMAND_ID) for m in self.world.dead_letters.messages}
-        lost = sorted(
-            cmd for cmd, subject in self.sent.items() if cmd not in logged.get(subject, ()) and cmd not in dead
-        )
+        lost = self._unaccounted(dead_letters_count=True)
         if lost:
             raise Violation(f"{len(lost)} commands acknowledged or gone but never applied: {lost[:5]}")
