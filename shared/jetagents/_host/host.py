@@ -242,7 +242,7 @@ class Host:
         )
         outcomes = self.outcomes
         hooks = PipelineHooks(
-            self._intake.parse, lambda cmd: self.scheduler.dispatch(cmd), outcomes.reply, outcomes.ack, outcomes.nak
+            self._intake.parse, lambda cmd: self.scheduler.dispatch(cmd), outcomes.reply, outcomes.ack, outcomes.settle
         )
         self.placement = Placement(
             settings,

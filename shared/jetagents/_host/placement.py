@@ -23,6 +23,7 @@ from .._core.clock import Clock
 from .._core.command import ACKED, Command, Kind
 from .._core.errors import InternalError, JetAgentsError, MalformedCommand, Unavailable, error_from_wire
 from .._core.ids import AgentId, fnv1a_32, is_valid_token, partition_of
+from .._core.outcome import Result
 from .._core.wire import Subjects, encode_error, encode_ok
 from .._nats.api import NS
 from .._nats.hosts import HostLink
@@ -57,13 +58,14 @@ class Message(Protocol):
 @dataclass(frozen=True, slots=True)
 class PipelineHooks:
     """What placement asks of the host's command pipeline: parse and queue a command it
-    received, answer one, acknowledge one (to the stream or the forwarder)."""
+    received, answer one, acknowledge one (to the stream or the forwarder), settle one by the
+    outcome table (``Outcomes.settle``: rows 19-22)."""
 
     parse: Callable[..., Command]
     dispatch: Callable[[Command], None]
     reply: Callable[[str | None, bytes, dict[str, str], Command | None], Awaitable[None]]
     ack: Callable[[Command, bytes], Awaitable[None]]
-    nak: Callable[[Command, float], Awaitable[None]]
+    settle: Callable[..., Awaitable[None]]
 
 
 class Placement:
@@ -151,10 +153,7 @@ class Placement:
                 f"no host offers {sorted(requires)} for {act.agent_id.type!r}; the command is queued",
                 details={"applied": False, "queued": work.kind in ACKED, "requires": sorted(requires)},
             )
-            if work.deliveries == 1:
-                await pipeline.reply(work.reply_to, encode_error(err), {}, work)
-            if work.kind in ACKED:
-                await pipeline.nak(work, 2.0)
+            await pipeline.settle(work, Result.NO_CAPABLE_HOST, {}, error=err)
             return True
         target = max(capable, key=lambda h: fnv1a_32(f"{h}/{key}".encode()))  # rendezvous choice
         try:
@@ -162,8 +161,7 @@ class Placement:
             await self.request(target, "adopt", {"agent": key, "rev": rev, "snapshot": None})
         except JetAgentsError as exc:
             self.log.warning("placement_failed", agent=str(act.agent_id), target=target, error=str(exc))
-            if work.kind in ACKED:
-                await pipeline.nak(work, 1.0)
+            await pipeline.settle(work, Result.PLACEMENT_FAILED, {})
             return True
         await self._event("agent.placed", {"agent": str(act.agent_id), "to": target, "requires": sorted(requires)})
         await self.forward(work, target)
@@ -204,11 +202,11 @@ class Placement:
                     async with asyncio.timeout(self.settings.ack_wait_s):
                         answer = await answers.get()
                 except TimeoutError:
-                    await pipeline.nak(work, 0.5)
+                    await pipeline.settle(work, Result.FORWARD_LOST, {})
                     return
                 if not answer.startswith((b"+ACK", b"+TERM", b"-NAK", b"+WPI")):
                     # never relay anything else: an empty payload would acknowledge it
-                    await pipeline.nak(work, 0.5)
+                    await pipeline.settle(work, Result.FORWARD_LOST, {})
                     return
                 await pipeline.ack(work, answer)
                 if answer != b"+WPI":
