@@ -23,6 +23,7 @@ from typing import Any
 
 from .._core.agent import Registry
 from .._core.command import Kind
+from .._host.coordination import Coordinator
 from .._host.host import Host
 from .._settings import HostSettings
 from ..examples.counter import Counter
@@ -66,9 +67,7 @@ class HostNode:
         host.supervisor.started = True
         self.coordinator = host.coordinator = self._coordinator()
 
-    def _coordinator(self) -> Any:
-        from .._host.coordination import Coordinator
-
+    def _coordinator(self) -> Coordinator:
         p = self.ports
         return Coordinator(p.host_id, p.store, p.clock, p.cluster, self)
 
@@ -108,5 +107,8 @@ class HostNode:
 
     def crash(self) -> None:
         self.host.supervisor.stopping = True
-        for task in self.host.supervisor.tasks(*_GROUPS):
+        coord = self.coordinator
+        # the coordinator's own release and claim tasks die with the process too
+        doomed = [*self.host.supervisor.tasks(*_GROUPS), *coord.releasing.values(), *coord._acquire_tasks.values()]
+        for task in doomed:
             task.cancel()
