@@ -137,6 +137,8 @@ class Commit(BaseModel):
     cseq: int = 0
     ts_ms: int = 0
     own: int = 0
+    # a journal entry of a durable action (ADR 0042); absent from every other commit
+    j: dict[str, Any] | None = None
 
 
 def encode_commit(
@@ -155,6 +157,37 @@ def encode_commit(
         "cseq": cseq,
         "ts_ms": ts_ms,
         "own": own,
+    }
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return Commit.model_validate(body).model_dump_json(exclude={"j"}).encode()
+
+
+def encode_journal_commit(
+    *,
+    n: int,
+    cmd: str,
+    action: str,
+    events: list[dict[str, Any]],
+    result: Any,
+    ts_ms: int,
+    own: int,
+    j: Any,
+    cseq: int = 0,
+) -> bytes:
+    """``encode_commit`` of a commit with a journal entry ``j`` (ADR 0042): a step, a
+    block, or the end of a journaled command. Apart from the hot path on purpose."""
+    body = {
+        "n": n,
+        "cmd": cmd,
+        "action": action,
+        "events": events,
+        "result": result,
+        "cseq": cseq,
+        "ts_ms": ts_ms,
+        "own": own,
+        "j": j,
     }
     try:
         return orjson.dumps(body)
