@@ -10,7 +10,7 @@ import base64
 import hashlib
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,21 +18,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import JetAgentsError, MalformedCommand, PayloadTooLarge
 
 # -- headers -------------------------------------------------------------------------------
-H_MSG_ID = "Nats-Msg-Id"
-H_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
-H_REPLY_TO = "Agt-Reply-To"
-H_COMMAND_ID = "Agt-Command-Id"
-H_CORRELATION_ID = "Agt-Correlation-Id"
-H_DELIVERY = "Agt-Delivery"
-H_DEADLINE = "Agt-Deadline"
-H_PRIORITY = "Agt-Priority"
-H_DUPLICATE = "Agt-Duplicate"
-H_EVENT_SEQ = "Agt-Event-Seq"
-H_ERROR_CODE = "Agt-Error"
-H_HOST = "Agt-Host"
-H_CONTENT_TYPE = "Content-Type"
-TRACEPARENT = "traceparent"
-TRACESTATE = "tracestate"
+H_MSG_ID: Final = "Nats-Msg-Id"
+H_EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
+H_REPLY_TO: Final = "Agt-Reply-To"
+H_COMMAND_ID: Final = "Agt-Command-Id"
+H_CORRELATION_ID: Final = "Agt-Correlation-Id"
+H_DELIVERY: Final = "Agt-Delivery"
+H_DEADLINE: Final = "Agt-Deadline"
+H_PRIORITY: Final = "Agt-Priority"
+H_DUPLICATE: Final = "Agt-Duplicate"
+H_EVENT_SEQ: Final = "Agt-Event-Seq"
+H_ERROR_CODE: Final = "Agt-Error"
+H_HOST: Final = "Agt-Host"
+H_CONTENT_TYPE: Final = "Content-Type"
+# set by the server on messages read back from a stream (direct get) and on KV counters
+H_NATS_SEQUENCE: Final = "Nats-Sequence"
+H_NATS_SUBJECT: Final = "Nats-Subject"
+H_NATS_INCR: Final = "Nats-Incr"
+TRACEPARENT: Final = "traceparent"
+TRACESTATE: Final = "tracestate"
 
 CONTENT_TYPE_JSON = "application/json"
 
