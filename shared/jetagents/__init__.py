@@ -20,6 +20,7 @@ from ._core.errors import (
     InvalidParams,
     JetAgentsError,
     MalformedCommand,
+    NonDeterministic,
     PartitionError,
     PayloadTooLarge,
     Unavailable,
@@ -28,6 +29,7 @@ from ._core.errors import (
     UnknownAgentType,
 )
 from ._core.ids import AgentId, partition_of
+from ._core.journal import step_key
 from ._core.retry import CircuitBreaker, RetryPolicy
 from ._core.vclock import CustomResolver, KeepSiblings, LastWriterWins, SemanticMerge, VectorClock, Versioned
 from ._core.wire import Delivery, Priority, Subjects
@@ -75,6 +77,7 @@ __all__ = [
     "MalformedCommand",
     "ManualClock",
     "NatsServer",
+    "NonDeterministic",
     "ORMap",
     "ORSet",
     "PNCounter",
@@ -105,4 +108,5 @@ __all__ = [
     "applies",
     "partition_of",
     "state_layers",
+    "step_key",
 ]

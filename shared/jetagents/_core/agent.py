@@ -182,6 +182,10 @@ class AgentContext:
     command_id: str = ""
     correlation_id: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    action: str = ""  # the running action's name
+    # the host's journal for this agent (ADR 0042): ``await steps.step(agent, i, name, fn,
+    # args, kwargs)``; None outside a host (an action called directly runs steps plainly)
+    steps: Any = None
 
 
 _IMMUTABLE = (int, float, str, bool, bytes, type(None))
@@ -215,13 +219,14 @@ class Agent(Generic[S]):
     action_timeout_s: ClassVar[float | None] = None
     __jetagents_spec__: ClassVar[AgentSpec]
 
-    __slots__ = ("_draft", "_pending", "_state", "ctx")
+    __slots__ = ("_cursor", "_draft", "_pending", "_state", "ctx")
 
     def __init__(self, ctx: AgentContext, state: S | None = None) -> None:
         self.ctx = ctx
         self._state: S = state if state is not None else cast(S, type(self).state_type())
         self._draft: S | None = None
         self._pending: list[Event] | None = None
+        self._cursor = 0  # the next step's position in this run (ADR 0042)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -252,10 +257,31 @@ class Agent(Generic[S]):
         self._draft = _apply(applier, self, self._draft, event)
         self._pending.append(event)
 
+    async def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` (awaited if it returns an awaitable) once: its result
+        (JSON, or a pydantic model) is journaled in the agent's log before the action goes
+        on. When the action runs again (a redelivery after a crash, a retry), a step already
+        journaled returns its recorded result without running ``fn`` (validated into ``fn``'s
+        return annotation when that is a pydantic model); a ``DomainError`` it raised is
+        raised again. Inside ``fn``, ``jetagents.step_key()`` is the step's idempotency key.
+        Steps must come in the same order on every run: a different name at a journaled
+        position raises ``NonDeterministic`` (ADR 0042)."""
+        if self._pending is None:
+            raise RuntimeError("step() may only be called while an action runs")
+        i = self._cursor
+        self._cursor = i + 1
+        steps = self.ctx.steps
+        if steps is None or not self.ctx.command_id:
+            # no host, or a command without an id: nothing could re-run it from a journal
+            result = fn(*args, **kwargs)
+            return await result if inspect.isawaitable(result) else result
+        return await steps.step(self, i, name, fn, args, kwargs)
+
     # -- what the runtime uses -----------------------------------------------------------
     def _begin(self) -> None:
         self._draft = None
         self._pending = []
+        self._cursor = 0
 
     def _finish(self) -> tuple[list[Event], S | None]:
         pending, draft = self._pending or [], self._draft

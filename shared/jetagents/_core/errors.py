@@ -15,6 +15,7 @@
     ├── MalformedCommand                no   not JSON, wrong shape, bad headers
     ├── DeadlineExceeded                no   the command's deadline passed before or while it ran
     ├── ActionTimeout                   no   the action overran its time limit and was cancelled
+    ├── NonDeterministic                no   a re-run reached a step its journal holds under another name
     ├── DomainError                     no   raised by an agent's action on purpose
     └── InternalError                   no   the action raised something unexpected
 
@@ -104,6 +105,14 @@ class InternalError(JetAgentsError):
     code = "internal"
 
 
+class NonDeterministic(JetAgentsError):
+    """A re-run of a journaled action reached a step its journal holds under another name
+    (the code changed while the action was in flight, ADR 0042). Its journal stays open and
+    blocked: closing it would make a later run repeat every side effect."""
+
+    code = "nondeterministic"
+
+
 class DomainError(JetAgentsError):
     """Raised by an action to refuse a command; reaches the caller as the same type.
 
@@ -140,6 +149,7 @@ _BY_CODE: dict[str, type[JetAgentsError]] = {
         DeadlineExceeded,
         ActionTimeout,
         InternalError,
+        NonDeterministic,
     )
 }
 

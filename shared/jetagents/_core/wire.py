@@ -10,7 +10,7 @@ import base64
 import hashlib
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,21 +18,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import JetAgentsError, MalformedCommand, PayloadTooLarge
 
 # -- headers -------------------------------------------------------------------------------
-H_MSG_ID = "Nats-Msg-Id"
-H_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
-H_REPLY_TO = "Agt-Reply-To"
-H_COMMAND_ID = "Agt-Command-Id"
-H_CORRELATION_ID = "Agt-Correlation-Id"
-H_DELIVERY = "Agt-Delivery"
-H_DEADLINE = "Agt-Deadline"
-H_PRIORITY = "Agt-Priority"
-H_DUPLICATE = "Agt-Duplicate"
-H_EVENT_SEQ = "Agt-Event-Seq"
-H_ERROR_CODE = "Agt-Error"
-H_HOST = "Agt-Host"
-H_CONTENT_TYPE = "Content-Type"
-TRACEPARENT = "traceparent"
-TRACESTATE = "tracestate"
+H_MSG_ID: Final = "Nats-Msg-Id"
+H_EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
+H_REPLY_TO: Final = "Agt-Reply-To"
+H_COMMAND_ID: Final = "Agt-Command-Id"
+H_CORRELATION_ID: Final = "Agt-Correlation-Id"
+H_DELIVERY: Final = "Agt-Delivery"
+H_DEADLINE: Final = "Agt-Deadline"
+H_PRIORITY: Final = "Agt-Priority"
+H_DUPLICATE: Final = "Agt-Duplicate"
+H_EVENT_SEQ: Final = "Agt-Event-Seq"
+H_ERROR_CODE: Final = "Agt-Error"
+H_HOST: Final = "Agt-Host"
+H_CONTENT_TYPE: Final = "Content-Type"
+# set by the server on messages read back from a stream (direct get) and on KV counters
+H_NATS_SEQUENCE: Final = "Nats-Sequence"
+H_NATS_SUBJECT: Final = "Nats-Subject"
+H_NATS_INCR: Final = "Nats-Incr"
+TRACEPARENT: Final = "traceparent"
+TRACESTATE: Final = "tracestate"
 
 CONTENT_TYPE_JSON = "application/json"
 
@@ -137,6 +141,8 @@ class Commit(BaseModel):
     cseq: int = 0
     ts_ms: int = 0
     own: int = 0
+    # a journal entry of a durable action (ADR 0042); absent from every other commit
+    j: dict[str, Any] | None = None
 
 
 def encode_commit(
@@ -155,6 +161,37 @@ def encode_commit(
         "cseq": cseq,
         "ts_ms": ts_ms,
         "own": own,
+    }
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return Commit.model_validate(body).model_dump_json(exclude={"j"}).encode()
+
+
+def encode_journal_commit(
+    *,
+    n: int,
+    cmd: str,
+    action: str,
+    events: list[dict[str, Any]],
+    result: Any,
+    ts_ms: int,
+    own: int,
+    j: Any,
+    cseq: int = 0,
+) -> bytes:
+    """``encode_commit`` of a commit with a journal entry ``j`` (ADR 0042): a step, a
+    block, or the end of a journaled command. Apart from the hot path on purpose."""
+    body = {
+        "n": n,
+        "cmd": cmd,
+        "action": action,
+        "events": events,
+        "result": result,
+        "cseq": cseq,
+        "ts_ms": ts_ms,
+        "own": own,
+        "j": j,
     }
     try:
         return orjson.dumps(body)

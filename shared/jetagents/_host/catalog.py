@@ -25,6 +25,7 @@ from .._core.clock import Clock
 from .._core.dedup import DedupRecord
 from .._core.errors import FencedError, InternalError, Unavailable, UnknownAgent
 from .._core.ids import AgentId, partition_of
+from .._core.journal import Journal, fold
 from .._core.wire import Commit, Subjects
 from .._obs.metrics import Metrics
 from .._obs.telemetry import HostTelemetry
@@ -64,6 +65,9 @@ class Activation:
     # durable commands handed back because the mailbox was full: stream sequence ->
     # (times handed back, when last); later commands wait (are handed back) behind them
     held: dict[int, tuple[int, float]] | None = None
+    # command id -> its open journal (ADR 0042): commands whose durable steps are in the log
+    # but whose closing commit is not; created on demand
+    journals: dict[str, Journal] | None = None
 
 
 def _busy(act: Activation) -> bool:
@@ -95,6 +99,7 @@ class Catalog:
         # this host's writer token for an agent, None without cluster membership (no fence)
         self.token_of = token_of
         self.activations: OrderedDict[str, Activation] = OrderedDict()
+        self.steps: Any = None  # the host's durable steps (``_host/steps.py``), set by the pipeline
         self._snap_sem = asyncio.Semaphore(16)
         self._events: LogReader = None  # type: ignore[assignment]  # set by bind()
         self._snapshots: Bucket = None  # type: ignore[assignment]
@@ -121,6 +126,7 @@ class Catalog:
             n = 0
             last_seq = 0
             kept: list[tuple[str, int, Any]] = []  # the snapshot's exactly-once record
+            journals: dict[str, Journal] = {}
             replayed: list[tuple[str, int, Any]] = []
             raw_snap: bytes | None = None
             snap: Any = None
@@ -146,11 +152,14 @@ class Catalog:
                     n = int(snap["n"])
                     own = int(snap.get("own", 0))
                     kept = [(str(cmd), int(seq), result) for cmd, seq, result in snap.get("records", [])]
+                    journals = {str(c): Journal.from_json(j) for c, j in snap.get("journals", {}).items()}
                 except (ValidationError, KeyError, TypeError, ValueError) as exc:
                     self.log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
                     state, n, last_seq = None, 0, 0
-                    kept = []
+                    kept, journals = [], {}
             ctx = AgentContext(aid, self.clock, client=self._client, metadata=metadata)
+            if self.steps is not None:
+                ctx.steps = self.steps.bind(act)
             agent = act.spec.cls(ctx, state)
             msgs = await self._events.read_subject(self.subjects.evt(aid.type, aid.id), last_seq + 1, 256)
             for m in msgs:
@@ -161,7 +170,9 @@ class Catalog:
                 n = commit.n
                 own = max(own, commit.own)
                 last_seq = m.seq or last_seq
-                replayed.append((commit.cmd, last_seq, commit.result))
+                # only a closing commit answers its command; a journal entry keeps it open
+                if commit.j is None or fold(journals, commit.cmd, commit.j):
+                    replayed.append((commit.cmd, last_seq, commit.result))
             records = DedupRecord.rebuilt(kept, replayed, s.dedup_records_per_agent)
         except ValidationError as exc:
             raise InternalError(f"event log of {aid} is unreadable: {exc}") from None
@@ -174,6 +185,7 @@ class Catalog:
         act.agent = agent
         act.own = own
         act.n, act.last_seq, act.records = n, last_seq, records if len(records) else None
+        act.journals = journals or None
         act.since_snapshot = len(msgs)
         self.metrics.inc("activations", agent_type=aid.type)
         self.tel.activated(aid.type, len(msgs), self.clock.monotonic() - started)
@@ -248,7 +260,7 @@ class Catalog:
 
     def snapshot_body(self, act: Activation) -> dict[str, Any]:
         assert act.agent is not None
-        return {
+        body: dict[str, Any] = {
             "v": 1,
             "state": act.agent._state.model_dump(mode="json"),
             "seq": act.last_seq,
@@ -257,6 +269,10 @@ class Catalog:
             # only applied commands: a refusal is not in the log either
             "records": act.records.snapshot() if act.records is not None else [],
         }
+        if act.journals:  # open journals (ADR 0042): replay after the snapshot cannot see them
+            body["v"] = 2
+            body["journals"] = {cmd: journal.to_json() for cmd, journal in act.journals.items()}
+        return body
 
     async def snapshot(self, act: Activation) -> None:
         agent = act.agent

@@ -36,6 +36,9 @@ class NewCommit(NamedTuple):
     cmd: str
     own: int
     body: bytes
+    # after the command id in the message id: "#<i>" for a journal entry that does not
+    # close its command (ADR 0042), so the closing commit keeps "<type>.<id>:<cmd>"
+    tag: str = ""
 
 
 class EventLog:
@@ -88,7 +91,7 @@ class EventLog:
     ) -> tuple[int, bool]:
         """Append one commit after ``last_seq``; ``(seq, duplicate)``, duplicate when it was
         already there. Raises ``FencedError`` when another writer appended first."""
-        msg_id = f"{aid.key}:{commit.cmd}"
+        msg_id = f"{aid.key}:{commit.cmd}{commit.tag}"
         hdrs = {H_MSG_ID: msg_id, H_COMMAND_ID: commit.cmd, H_HOST: self._host_id}
         for k in _CARRIED:
             if k in out_hdrs:

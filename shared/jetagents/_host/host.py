@@ -62,7 +62,7 @@ from .._nats.buckets import KvBucket
 from .._nats.consumers import PartitionConsumers
 from .._nats.event_stream import JetStreamEventStream
 from .._nats.hosts import HostLink, dropped_subject
-from .._nats.inbox import Inbox
+from .._nats.inbox import Inbox, shared_inbox
 from .._nats.kv import JetStreamStore, NatsClient
 from .._nats.ports import NatsPublisher
 from .._obs.metrics import Metrics
@@ -356,8 +356,7 @@ class Host:
         meta = await KvBucket.open(self.nc, self.topology.meta_bucket, s.op_timeout_s)
         self._reader = DirectReader(self.nc)
         await self._reader.start()
-        self._inbox = Inbox(self.nc)
-        await self._inbox.start()
+        self._inbox = await shared_inbox(self.nc)  # the connection's one reply inbox
         self._client = await _agents_client(self.nc, s, *self._providers)
         events = JetStreamEventStream(self.nc, self._inbox, self._reader, self.topology.evt_stream, s.op_timeout_s)
         self.eventlog.bind(events)
@@ -497,8 +496,6 @@ class Host:
         await self.supervisor.drain("side", self.settings.op_timeout_s)
         if self._reader is not None:
             await self._reader.stop()
-        if self._inbox is not None:
-            await self._inbox.close()
         with contextlib.suppress(Exception):
             await self.nc.flush(timeout=2)
         with contextlib.suppress(Exception):

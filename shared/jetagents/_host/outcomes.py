@@ -18,6 +18,7 @@ from .._core.command import ACKED, Command, Kind
 from .._core.errors import JetAgentsError, PayloadTooLarge
 from .._core.ids import is_reply_subject, is_valid_token
 from .._core.outcome import AckKind, DeadLetter, Limits, Outcome, Result, Situation, applied, decide
+from .._core.retry import RetryPolicy
 from .._core.wire import (
     H_COMMAND_ID,
     H_DUPLICATE,
@@ -44,6 +45,7 @@ from .ports import Publisher, Refused
 
 NS = 1_000_000_000
 _DEAD_LETTER_ATTEMPTS = 3  # in place, before the table decides (rows 14-15)
+_DEAD_LETTER_RETRY = RetryPolicy(base_s=0.1, max_s=1.0, jitter=False)  # 0.1 s, 0.2 s between them
 
 
 def _call_reply_headers(out: dict[str, str], cmd: Command) -> dict[str, str]:
@@ -246,7 +248,7 @@ class Outcomes:
             except Exception as exc:  # noqa: BLE001 - timeout, no responders, connection
                 self._log.warning("dead_letter_failed", error=str(exc), attempt=attempt + 1)
             if attempt < _DEAD_LETTER_ATTEMPTS - 1:
-                await self._clock.sleep(0.1 * 2**attempt)
+                await self._clock.sleep(_DEAD_LETTER_RETRY.cap(attempt))
         else:
             if not cmd.durable or cmd.deliveries >= self.limits.max_redeliveries:
                 self._log.error("dead_letter_lost", subject=cmd.subject, code=err.code, reason=err.message)

@@ -35,13 +35,15 @@ from .._core.errors import (
     InternalError,
     JetAgentsError,
     MalformedCommand,
+    NonDeterministic,
     PayloadTooLarge,
     UnknownAgent,
     UnknownAgentType,
     error_from_wire,
 )
+from .._core.journal import end_entry
 from .._core.outcome import AckKind, Result, exhausted
-from .._core.wire import decode_command, encode_commit
+from .._core.wire import decode_command, encode_commit, encode_journal_commit
 from .._obs.metrics import Metrics
 from .._obs.propagation import carry_context
 from .._obs.telemetry import (
@@ -72,6 +74,7 @@ from .deadline import Deadline, Overrun
 from .eventlog import EventLog, NewCommit
 from .outcomes import Outcomes
 from .placement import Placement
+from .steps import Steps
 from .supervisor import Supervisor
 
 # refusals of the activation itself: bad input, never worth another try
@@ -116,6 +119,9 @@ class Pipeline:
         self._coordinator = coordinator
         self._consumer_name = consumer_name
         self._seq = itertools.count()  # names the commits of commands without an id
+        self._steps = catalog.steps = Steps(
+            settings, clock, log, catalog=catalog, eventlog=eventlog, placement=placement, coordinator=coordinator
+        )
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
 
     async def process(self, act: Activation, cmd: Command) -> None:
@@ -288,6 +294,7 @@ class Pipeline:
         ctx = agent.ctx
         ctx.command_id = cmd_id
         ctx.correlation_id = cmd.correlation_id
+        ctx.action = action.name
         agent._begin()
         try:
             loop = self.loop
@@ -309,6 +316,11 @@ class Pipeline:
                 self._records(act).refused(cmd_id, err.to_wire())
             await self._outcomes.settle(cmd, Result.DOMAIN, out, error=err)
             return None
+        except NonDeterministic as err:  # its journal stays open and blocked (ADR 0042)
+            agent._finish()
+            await self._steps.block(act, agent, err)
+            await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
+            return None
         except Overrun:
             agent._finish()  # whatever it emitted is dropped
             await self._overran(act, cmd, action.name, limit_s, by_deadline, out)
@@ -320,7 +332,9 @@ class Pipeline:
                 exc if isinstance(exc, InternalError) else InternalError(f"action {action.name!r} failed: {exc!r}")
             ), True
 
-        if events:
+        journals = act.journals
+        journal = journals.get(cmd_id) if journals else None  # a journaled action always closes it
+        if events or journal is not None:
             n, own = act.n + 1, self._placement.token_of(act.agent_id, cmd.partition)
             if self._coordinator() is not None and own < max(act.own, 1):
                 # No claim (nor placement) any more, or one older than the log's newest
@@ -331,16 +345,29 @@ class Pipeline:
                 self._catalog.evict(act)  # rebuilt from the log, where the activation fence applies
                 return FencedError(f"{act.agent_id}: writer token {own} is older than the log's {act.own}"), False
             name = cmd_id or f"c-{self._settings.host_id}-{next(self._seq)}"
-            body = encode_commit(
-                n=n,
-                cmd=name,
-                action=action.name,
-                events=wire_events(events),
-                result=result_json,
-                cseq=cmd.stream_seq,
-                ts_ms=self._clock.wall_ms(),
-                own=own,
-            )
+            if journal is None:
+                body = encode_commit(
+                    n=n,
+                    cmd=name,
+                    action=action.name,
+                    events=wire_events(events),
+                    result=result_json,
+                    cseq=cmd.stream_seq,
+                    ts_ms=self._clock.wall_ms(),
+                    own=own,
+                )
+            else:
+                body = encode_journal_commit(
+                    n=n,
+                    cmd=name,
+                    action=action.name,
+                    events=wire_events(events),
+                    result=result_json,
+                    ts_ms=self._clock.wall_ms(),
+                    own=own,
+                    j=end_entry(agent._cursor),
+                    cseq=cmd.stream_seq,
+                )
             commit = NewCommit(n, name, own, body)
             try:
                 if cmd.traced:
@@ -358,6 +385,8 @@ class Pipeline:
             except JetAgentsError as err:
                 self._catalog.evict(act)  # the append may or may not have landed: rebuild from the log
                 return err, False
+            if journal is not None:
+                del journals[cmd_id]  # type: ignore[union-attr]  # closed
             if duplicate:
                 # This command's commit is already in the log (its record had been
                 # evicted): do not apply it again; answer with what it answered then.

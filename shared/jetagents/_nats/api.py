@@ -21,7 +21,7 @@ from nats.errors import MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeout
 
 from .._core.errors import JetAgentsError, PayloadTooLarge, Unavailable
-from .._core.wire import Subjects
+from .._core.wire import H_NATS_SEQUENCE, Subjects
 from .conn import Connection
 from .inbox import Inbox, shared_inbox
 
@@ -428,7 +428,7 @@ class DirectReader:
                     status = msg.headers.get("Status") if msg.headers else None
                     if status is None:
                         msgs.append(msg)
-                        last = int(msg.headers["Nats-Sequence"]) if msg.headers else last
+                        last = int(msg.headers[H_NATS_SEQUENCE]) if msg.headers else last
                         continue
                     if status == "404":
                         return msgs, False, last

@@ -23,6 +23,7 @@ from nats.aio.client import Client as NATS
 
 from .._core.errors import Unavailable
 from .._core.kv import CasConflict, Entry
+from .._core.wire import H_NATS_SEQUENCE
 from .api import (
     ERR_LAST_SEQ_NOT_READY,
     ERR_NO_MESSAGE,
@@ -132,7 +133,7 @@ async def scan_last(nc: NATS, bucket: str, prefix: str, timeout_s: float) -> dic
                 if hdrs.get("KV-Operation") in ("DEL", "PURGE"):
                     continue
                 key = hdrs.get("Nats-Subject", "")[len(base) :]
-                out[key] = KvEntry(msg.data, int(hdrs.get("Nats-Sequence", "0")))
+                out[key] = KvEntry(msg.data, int(hdrs.get(H_NATS_SEQUENCE, "0")))
     except TimeoutError:
         raise Unavailable(f"scan of KV bucket {bucket} timed out") from None
     finally:

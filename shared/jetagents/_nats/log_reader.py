@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from nats.aio.msg import Msg
 
+from .._core.wire import H_NATS_SEQUENCE, H_NATS_SUBJECT
 from .._host.ports import StoredMessage
 from .api import DirectReader
 
 
 def _stored(msg: Msg, subject: str) -> StoredMessage:
     headers = msg.headers or {}
-    return StoredMessage(int(headers.get("Nats-Sequence", 0)), headers.get("Nats-Subject", subject), msg.data, headers)
+    return StoredMessage(int(headers.get(H_NATS_SEQUENCE, 0)), headers.get(H_NATS_SUBJECT, subject), msg.data, headers)
 
 
 class DirectLogReader:

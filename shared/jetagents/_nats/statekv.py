@@ -18,6 +18,7 @@ import orjson
 from nats.nuid import NUID
 
 from .._core.errors import Unavailable
+from .._core.wire import H_MSG_ID, H_NATS_INCR
 from .api import NS, JSApiError, js_publish
 from .kv import KvEntry, NatsClient, ensure_stream, kv_subject, last_by_subject, publish_expecting
 from .kv import stream_info as _stream_info
@@ -154,7 +155,7 @@ class StateBucket:
                 data,
                 self.timeout_s,
                 expected_rev=expected_rev,
-                headers={"Nats-Msg-Id": msg_id},
+                headers={H_MSG_ID: msg_id},
             )
         return int(ack["seq"])
 
@@ -182,9 +183,7 @@ class StateBucket:
         """Add ``by`` to the server counter on ``subject`` (``Nats-Incr``); the PubAck holds
         the total (``val``) unless the message id was a duplicate."""
         async with unavailable_on_loss():
-            return await js_publish(
-                self.nc, subject, b"", {"Nats-Incr": f"{by:+d}", "Nats-Msg-Id": msg_id}, self.timeout_s
-            )
+            return await js_publish(self.nc, subject, b"", {H_NATS_INCR: f"{by:+d}", H_MSG_ID: msg_id}, self.timeout_s)
 
     async def counter_total(self, subject: str) -> int:
         """The server counter's total on ``subject`` (0 if it was never incremented)."""

@@ -30,6 +30,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from .._core.wire import TRACESTATE
 from .propagation import valid_traceparent
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ class Telemetry:
         attributes[MESSAGING_DESTINATION] = subject
         span = self.tracer.start_span(name, kind=SpanKind.PRODUCER, attributes=attributes)
         out = dict(headers)
-        out.pop("tracestate", None)
+        out.pop(TRACESTATE, None)
         propagate.inject(out, context=trace.set_span_in_context(span))
         return span, out
 

@@ -44,11 +44,12 @@ import orjson
 from .._client.command import OutboundCommand, SendOptions
 from .._core.errors import JetAgentsError
 from .._core.ids import AgentId, partition_of
-from .._core.wire import H_COMMAND_ID, H_HOST, Subjects
+from .._core.wire import H_COMMAND_ID, Subjects
 from .._host.coordination import CasConflict, ClusterConfig, Coordinator
-from .._host.ports import Bucket, EventStream, Publisher, StoredMessage
+from .._host.ports import Bucket, EventStream, Publisher
 from .clock import ManualClock, wait_all_blocked
-from .simworld import FaultyBucket, FaultyEventStream, FaultyPublisher, FaultyStore, HostFaults, World
+from .invariants import Invariants, Violation
+from .simworld import SUBJECTS, FaultyBucket, FaultyEventStream, FaultyPublisher, FaultyStore, HostFaults, World
 from .streams import QueuedCommand
 
 __all__ = [
@@ -62,12 +63,6 @@ __all__ = [
     "Simulation",
     "Violation",
 ]
-
-SUBJECTS = Subjects()
-
-
-class Violation(AssertionError):
-    """An invariant does not hold: the message names it, the run's history shows why."""
 
 
 @dataclass(frozen=True)
@@ -183,83 +178,6 @@ class SimResult:
     faults: dict[str, int]
     commands: int
     commits: int
-
-
-class Invariants:
-    """The checks run after every step, incrementally (each reads only what is new)."""
-
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self._events_seen = 0
-        self._store_seen = 0
-        self._history_seen = 0
-        self._snapshots_seen = 0
-        self.logs: dict[str, tuple[int, int]] = {}  # subject -> (last n, largest writer claim)
-        self.logged: dict[str, set[str]] = {}  # subject -> command ids in its log
-        self.claim_host: dict[tuple[str, int], str] = {}  # (subject, claim) -> writer
-        self.claims_seen: dict[tuple[int, int], str] = {}  # (partition, ring epoch) -> host
-        self.subject_of_seq: dict[int, tuple[str, str]] = {}  # command stream seq -> (evt subject, id)
-        self.refused: set[str] = set()  # command ids the host must answer without applying
-
-    def check(self) -> None:
-        msgs = self.world.events.messages
-        for m in msgs[self._events_seen :]:
-            c = orjson.loads(m.data)
-            n, cmd, own = int(c["n"]), str(c["cmd"]), int(c.get("own", 0))
-            host = m.headers.get(H_HOST, "?")
-            last_n, top = self.logs.get(m.subject, (0, 0))
-            if n != last_n + 1:
-                raise Violation(f"{m.subject}: commit {n} after {last_n} (seq {m.seq}, by {host}): a gap")
-            cmds = self.logged.setdefault(m.subject, set())
-            if cmd in self.refused:
-                raise Violation(f"{m.subject}: command {cmd}, which the agent refuses, was applied (seq {m.seq})")
-            if cmd in cmds:
-                raise Violation(f"{m.subject}: command {cmd} applied twice (again at seq {m.seq}, by {host})")
-            if own < top:
-                raise Violation(f"{m.subject}: {host} wrote with claim {own} after a newer owner's {top} (seq {m.seq})")
-            writer = self.claim_host.setdefault((m.subject, own), host)
-            if writer != host:
-                raise Violation(f"{m.subject}: claim {own} used by {writer} and {host}")
-            cmds.add(cmd)
-            self.logs[m.subject] = (n, max(top, own))
-        self._events_seen = len(msgs)
-        self._check_snapshots(msgs)
-        history = self.world.store.history
-        for key, value, _rev in history[self._store_seen :]:
-            if key.startswith("claim.") and value.get("host"):
-                slot = (int(key.split(".")[1]), int(value["epoch"]))
-                holder = self.claims_seen.setdefault(slot, value["host"])
-                if holder != value["host"]:
-                    raise Violation(f"{holder} and {value['host']} claimed partition {slot[0]} at epoch {slot[1]}")
-            elif key == "ring":
-                self.world.record("ring", value.get("epoch"), tuple(value.get("owners", ())))
-        self._store_seen = len(history)
-        for event in self.world.history[self._history_seen :]:
-            # (time, "ack", host, stream seq, answer, what the stream did)
-            if event[1] == "ack" and event[5] == "ack" and event[4] == b"+ACK":
-                subject, cmd_id = self.subject_of_seq[event[3]]
-                if cmd_id not in self.refused and cmd_id not in self.logged.get(subject, ()):
-                    raise Violation(f"{event[2]} acknowledged command {cmd_id} but it is not in {subject}")
-        self._history_seen = len(self.world.history)
-
-    def _check_snapshots(self, msgs: list[StoredMessage]) -> None:
-        """A snapshot names a sequence: the commit there is the agent's, with the snapshot's
-        ``n``, and every command its record lists is at the sequence it says."""
-        written = self.world.snapshots_written
-        for host, key, value in written[self._snapshots_seen :]:
-            snap = orjson.loads(value)
-            seq, n = int(snap["seq"]), int(snap["n"])
-            agent_type, _, agent_id = key.partition(".")
-            subject = SUBJECTS.evt(agent_type, agent_id)
-            at = msgs[seq - 1] if 0 < seq <= len(msgs) else None
-            if at is None or at.subject != subject or int(orjson.loads(at.data)["n"]) != n:
-                found = f"commit {orjson.loads(at.data)['n']} of {at.subject}" if at else "nothing"
-                raise Violation(f"{host} snapshotted {key} as commit {n} at seq {seq}, where the log has {found}")
-            for cmd, cmd_seq, _ in snap.get("records", []):
-                m = msgs[int(cmd_seq) - 1]
-                if m.subject != subject or orjson.loads(m.data)["cmd"] != cmd:
-                    raise Violation(f"{host} snapshotted {key} with {cmd} at seq {cmd_seq}, which is not its commit")
-        self._snapshots_seen = len(written)
 
 
 class Simulation:

@@ -20,7 +20,7 @@ from typing import Any
 
 from .._core.errors import Unavailable
 from .._core.kv import Entry
-from .._core.wire import H_COMMAND_ID, H_HOST
+from .._core.wire import H_COMMAND_ID, H_HOST, Subjects
 from .._host.ports import Appended, StoredMessage
 from .clock import ManualClock
 from .memory import MemoryStore
@@ -29,6 +29,7 @@ from .streams import MemoryBucket, MemoryEventStream, MemoryPublisher, MemoryWor
 __all__ = ["FaultyBucket", "FaultyEventStream", "FaultyPublisher", "FaultyStore", "HostFaults", "World"]
 
 HistoryEvent = tuple[Any, ...]
+SUBJECTS = Subjects()  # the subjects of the simulated deployment (the default root)
 
 
 class World:

@@ -31,6 +31,7 @@ import orjson
 
 from .._core.clock import Clock
 from .._core.errors import PayloadTooLarge, Unavailable
+from .._core.wire import H_MSG_ID, H_NATS_SEQUENCE
 from .._host.ports import Appended, StoredMessage, WrongLastSequence
 
 __all__ = [
@@ -42,8 +43,6 @@ __all__ = [
     "QueuedCommand",
     "subject_matches",
 ]
-
-H_MSG_ID = "Nats-Msg-Id"
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -121,7 +120,7 @@ class MemoryEventStream:
             **headers,
             "Nats-Stream": self.name,
             "Nats-Subject": subject,
-            "Nats-Sequence": str(seq),
+            H_NATS_SEQUENCE: str(seq),
             "Nats-Time-Stamp": _timestamp(self.clock.wall_ms()),
         }
         self._msgs.append(StoredMessage(seq, subject, body, stored))

@@ -1,0 +1,162 @@
+"""Durable steps on the host (ADR 0042): run a step once, journal its result, replay it.
+
+``Agent.step`` lands here. A step already in the command's open journal returns its recorded
+result without running; a new one runs, then its entry is appended to the agent's log like a
+commit (the fence, the writer token, the next ``n``) before the action goes on. The command
+stays unacknowledged meanwhile (the housekeeping's +WPI), so after a crash its redelivery
+re-runs the action here, from the journal. The rules themselves are ``_core/journal.py``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
+
+from .._core.agent import Agent
+from .._core.clock import Clock
+from .._core.errors import DomainError, FencedError, JetAgentsError, NonDeterministic, Unavailable, error_from_wire
+from .._core.ids import partition_of
+from .._core.journal import _STEP_KEY, blocked_entry, entry_tag, fold, key_of, recorded, step_entry
+from .._core.wire import H_CORRELATION_ID, encode_journal_commit
+from .._settings import HostSettings
+from .catalog import Activation, Catalog
+from .coordination import Coordinator
+from .eventlog import EventLog, NewCommit
+from .placement import Placement
+
+
+def _revive(value: Any, fn: Callable[..., Any]) -> Any:
+    """A journaled value as ``fn`` returned it: its pydantic model when it declares one."""
+    try:
+        ann = typing.get_type_hints(fn).get("return")
+    except Exception:  # noqa: BLE001 - a builtin, a partial, an unresolvable hint: plain JSON
+        return value
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann.model_validate(value)
+    return value
+
+
+class Steps:
+    """The journal side of the pipeline: one per host."""
+
+    def __init__(
+        self,
+        settings: HostSettings,
+        clock: Clock,
+        log: Any,
+        *,
+        catalog: Catalog,
+        eventlog: EventLog,
+        placement: Placement,
+        coordinator: Callable[[], Coordinator | None],
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._log = log
+        self._catalog = catalog
+        self._eventlog = eventlog
+        self._placement = placement
+        self._coordinator = coordinator
+
+    def bind(self, act: Activation) -> BoundSteps:
+        """What ``AgentContext.steps`` of ``act``'s agent holds."""
+        return BoundSteps(self, act)
+
+    async def run(
+        self,
+        act: Activation,
+        agent: Agent[Any],
+        i: int,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        ctx = agent.ctx
+        cmd = ctx.command_id
+        journals = act.journals
+        entry = recorded(journals.get(cmd) if journals else None, i, name, ctx.action)
+        if entry is not None:  # journaled by an earlier run: never run again
+            if not entry.get("ok", True):
+                raise error_from_wire(entry.get("error"))
+            return _revive(entry.get("value"), fn)
+        token = _STEP_KEY.set(key_of(act.agent_id.key, cmd, i))
+        try:
+            try:
+                value = fn(*args, **kwargs)
+                if inspect.isawaitable(value):
+                    value = await value
+            finally:
+                _STEP_KEY.reset(token)
+        except DomainError as err:  # a refusal is a result too: journaled, raised again on a re-run
+            await self.append(act, agent, step_entry(i, name, error=err.to_wire()))
+            raise
+        dumped = value.model_dump(mode="json") if isinstance(value, BaseModel) else to_jsonable_python(value)
+        await self.append(act, agent, step_entry(i, name, dumped))
+        return value
+
+    async def block(self, act: Activation, agent: Agent[Any], err: NonDeterministic) -> None:
+        """Record that a re-run could not go on; the journal stays open (best effort: the
+        command is dead-lettered either way, and a re-send checks the journal again)."""
+        details = err.details if isinstance(err.details, dict) else {}
+        try:
+            await self.append(act, agent, blocked_entry(int(details.get("position", 0)), err.to_wire()))
+        except JetAgentsError as exc:
+            self._log.warning("journal_block_not_recorded", agent=str(act.agent_id), error=repr(exc))
+
+    async def append(self, act: Activation, agent: Agent[Any], j: dict[str, Any]) -> None:
+        """Append one journal entry of the running command after the agent's last commit."""
+        aid = act.agent_id
+        ctx = agent.ctx
+        cmd = ctx.command_id
+        own = self._placement.token_of(aid, partition_of(aid.type, aid.id, self._settings.partitions))
+        if self._coordinator() is not None and own < max(act.own, 1):
+            self._catalog.evict(act)  # as the pipeline's commit: never write without a claim
+            raise FencedError(f"{aid}: writer token {own} is older than the log's {act.own}")
+        n = act.n + 1
+        body = encode_journal_commit(
+            n=n, cmd=cmd, action=ctx.action, events=[], result=None, ts_ms=self._clock.wall_ms(), own=own, j=j
+        )
+        corr = ctx.correlation_id
+        hdrs = {H_CORRELATION_ID: corr} if corr and corr != cmd else {}
+        try:
+            seq, duplicate = await self._eventlog.append(
+                aid, act.last_seq, NewCommit(n, cmd, own, body, entry_tag(j, n)), hdrs
+            )
+        except JetAgentsError:
+            self._catalog.evict(act)  # landed or not, fenced or not: the log says, on the re-run
+            raise
+        if duplicate:  # already in the log, unknown to our memory: rebuild from the log
+            self._catalog.evict(act)
+            raise Unavailable(f"{aid}: journal entry {entry_tag(j, n)} of {cmd} is already in the log")
+        act.last_seq, act.n, act.own = seq, n, max(act.own, own)
+        act.since_snapshot += 1
+        if act.journals is None:
+            act.journals = {}
+        fold(act.journals, cmd, j)
+
+
+class BoundSteps:
+    """``Steps`` for one activation (the agent's ``ctx.steps``)."""
+
+    __slots__ = ("_act", "_steps")
+
+    def __init__(self, steps: Steps, act: Activation) -> None:
+        self._steps = steps
+        self._act = act
+
+    async def step(
+        self,
+        agent: Agent[Any],
+        i: int,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        return await self._steps.run(self._act, agent, i, name, fn, args, kwargs)
