@@ -90,12 +90,15 @@ class Snapshot(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    v: Literal[1]
+    v: Literal[1, 2]
     state: dict[str, Any]
     seq: int = Field(description="AGT_EVT sequence of the last commit the state includes.")
     n: int = Field(description="Commit number of that commit.")
     own: int = Field(default=0, description="The writer's claim revision (Commit.own).")
     records: list[tuple[str, int, Any]] = Field(description="[command id, commit sequence, result] of recent commands.")
+    journals: dict[str, Any] | None = Field(
+        default=None, description="v 2: the open journals of durable steps, by command id (wire contract 9)."
+    )
 
 
 _RECEIVED: tuple[type[BaseModel], ...] = (CommandBody,)
@@ -111,6 +114,8 @@ _DESCRIBE: dict[str, dict[str, str]] = {
         "cseq": "The command's sequence in AGT_CMD (0 for a call).",
         "ts_ms": "Host wall clock at commit, unix milliseconds.",
         "own": "The writer's claim on the agent's partition (its KV revision; 0 without a cluster).",
+        "j": "A journal entry of an action with durable steps (k: step, blocked or end; wire contract 7.1);"
+        " absent from other commits.",
     },
 }
 
