@@ -87,21 +87,38 @@ def encode_headers(headers: dict[str, Any]) -> bytes:
     return b"".join(out)
 
 
+# raw header name -> its key (None: a name nats-py drops); names are the sender's, so bounded
+_name_cache: dict[bytes, str | None] = {}
+
+
+def _header_name(name: bytes) -> str | None:
+    try:
+        key = name.strip().decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return None if _WS.search(key) else key
+
+
 def parse_header_lines(raw: bytes) -> dict[str, str]:
-    """``Name: Value`` lines to a dict, by nats-py's rules (see its ``_parse_header_lines``)."""
+    """``Name: Value`` lines to a dict, by nats-py's rules (see its ``_parse_header_lines``).
+    A name's verdict is remembered: the same few names come on every message."""
     out: dict[str, str] = {}
+    names = _name_cache
     for line in raw.split(_CRLF):
         if not line:
             continue
         name, sep, value = line.partition(b":")
         if not sep:
             continue
-        try:
-            key = name.strip().decode("ascii")
-        except UnicodeDecodeError:
-            continue
-        if _WS.search(key):
-            continue
+        key = names.get(name)
+        if key is None:
+            if name in names:  # a name nats-py drops
+                continue
+            key = _header_name(name)
+            if len(names) < 1024:
+                names[name] = key
+            if key is None:
+                continue
         out[key] = value.strip().decode("utf-8", "replace")
     return out
 
