@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeGuard
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -107,14 +107,13 @@ class AgentId:
 
     type: str
     id: str
+    # ``type.id``, made once: the host looks agents up by it on every command
+    key: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         validate_token(self.type, "agent type")
         validate_token(self.id, "agent id")
-
-    @property
-    def key(self) -> str:
-        return f"{self.type}.{self.id}"
+        object.__setattr__(self, "key", f"{self.type}.{self.id}")
 
     @classmethod
     def parse(cls, text: str) -> AgentId:

@@ -45,7 +45,7 @@ from .._core.journal import end_entry
 from .._core.outcome import AckKind, Result, exhausted
 from .._core.wire import decode_command, encode_commit, encode_journal_commit
 from .._obs.metrics import Metrics
-from .._obs.propagation import carry_context
+from .._obs.propagation import carry_context, carry_received
 from .._obs.telemetry import (
     AGENT_ID,
     AGENT_TYPE,
@@ -145,7 +145,7 @@ class Pipeline:
         try:
             if not tel.tracing:  # no SDK configured: carry the trace context, skip the spans
                 if trace_in is not None:  # without an SDK no span records: only a received context is carried
-                    carry_context(trace_in.traceparent, trace_in.tracestate, out)
+                    carry_received(trace_in.traceparent, trace_in.tracestate, out)
                 await self._process_traced(act, cmd, out)
             else:
                 await self._process_span(act, cmd, out)

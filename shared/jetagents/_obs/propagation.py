@@ -39,6 +39,16 @@ def inject_current(headers: dict[str, str]) -> None:
         headers[TRACEPARENT] = new_traceparent()
 
 
+def carry_received(traceparent: str | None, tracestate: str | None, outgoing: dict[str, str]) -> None:
+    """``carry_context`` where no span can be recording (no tracing SDK): the received
+    context (a valid ``traceparent``) unchanged, without asking OpenTelemetry for the
+    current span on every command."""
+    if valid_traceparent(traceparent):
+        outgoing[TRACEPARENT] = traceparent  # type: ignore[assignment]
+        if tracestate:
+            outgoing[TRACESTATE] = tracestate
+
+
 def carry_context(traceparent: str | None, tracestate: str | None, outgoing: dict[str, str]) -> None:
     """The current span's context into ``outgoing`` when one records, else the received one
     (a valid ``traceparent``) unchanged."""
