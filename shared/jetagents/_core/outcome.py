@@ -137,12 +137,18 @@ def exhausted(deliveries: int, busy_naks: int, limits: Limits) -> bool:
     return deliveries - busy_naks > limits.max_redeliveries
 
 
+def applied(durable: bool, answer: Any, event_seq: int) -> Outcome:
+    """Row 1, the common one: applied (or read) and answered. ``decide`` says the same for
+    ``Result.OK``; the executor asks here directly, without building a ``Situation``."""
+    return Outcome(ACK if durable else NO_ACK, Reply(answer, None, False, event_seq), None, OK, None, "processed")
+
+
 def decide(s: Situation, limits: Limits) -> Outcome:
     """The outcome of a command in situation ``s`` (ADR 0040 section 4, rows 1-22)."""
     durable = s.kind in ACKED
     r = s.result
     if r is Result.OK:
-        return Outcome(ACK if durable else NO_ACK, Reply(s.answer, event_seq=s.event_seq), label=OK, count="processed")
+        return applied(durable, s.answer, s.event_seq)
     if r is Result.DUPLICATE:
         reply = Reply(s.answer, s.error, duplicate=True, event_seq=s.event_seq)
         label = ERROR if s.error is not None else DUPLICATE

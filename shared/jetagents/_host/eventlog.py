@@ -9,7 +9,7 @@ production (``_nats/event_stream.py``), memory in the simulation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .._core.errors import FencedError
 from .._core.ids import AgentId
@@ -28,9 +28,9 @@ from .ports import EventStream, WrongLastSequence
 _CARRIED = (H_CORRELATION_ID, TRACEPARENT, TRACESTATE)
 
 
-@dataclass(frozen=True, slots=True)
-class NewCommit:
-    """A commit about to be appended: its JSON (a ``Commit``) and what the host keeps of it."""
+class NewCommit(NamedTuple):
+    """A commit about to be appended: its JSON (a ``Commit``) and what the host keeps of it.
+    A tuple: one is made per commit, and a frozen dataclass costs a setattr per field."""
 
     n: int
     cmd: str

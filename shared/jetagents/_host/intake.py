@@ -137,10 +137,8 @@ class Intake:
         cmd = self.parse(Kind.CALL, subject, headers, data, reply, route)
         size = len(data)
         s = host.settings
-        if (
-            host.scheduler.inflight_count >= s.max_inflight
-            or host.scheduler.inflight_bytes + size > s.max_inflight_bytes
-        ):
+        scheduler = host.scheduler
+        if scheduler.inflight_count >= s.max_inflight or scheduler.inflight_bytes + size > s.max_inflight_bytes:
             if reply:
                 err = Unavailable("host overloaded, retry", details={"applied": False})
                 await host.outcomes.reply(reply, encode_error(err), {}, None)
@@ -148,7 +146,7 @@ class Intake:
         if size > s.max_payload_bytes:
             self.refuse_oversized(cmd)
             return
-        host.scheduler.dispatch(cmd)
+        scheduler.dispatch(cmd)
 
     def refuse_oversized(self, cmd: Command) -> None:
         """A body over ``max_payload_bytes``: refused as it arrives, never queued for its

@@ -131,7 +131,7 @@ class Pipeline:
             return
         if (
             cmd.kind != Kind.FORWARDED
-            and self._coordinator() is not None
+            and self._placement.may_route(act)
             and await self._placement.route_elsewhere(act, cmd)
         ):
             return
@@ -144,7 +144,8 @@ class Pipeline:
         )
         try:
             if not tel.tracing:  # no SDK configured: carry the trace context, skip the spans
-                carry_context(*_trace_of(cmd), out)
+                if trace_in is not None:  # without an SDK no span records: only a received context is carried
+                    carry_context(trace_in.traceparent, trace_in.tracestate, out)
                 await self._process_traced(act, cmd, out)
             else:
                 await self._process_span(act, cmd, out)
@@ -266,7 +267,8 @@ class Pipeline:
 
         cmd_id = cmd.command_id
         if cmd_id:
-            record = act.records.get(cmd_id) if act.records else None
+            records = act.records
+            record = records.get(cmd_id) if records is not None else None
             if record is not None:
                 self._metrics.inc("duplicates", agent_type=act.agent_id.type, source="record")
                 if record.ok:
@@ -403,7 +405,7 @@ class Pipeline:
                 self._supervisor.spawn("side", self._catalog.snapshot(act))
         else:
             seq = 0
-        await self._outcomes.settle(cmd, Result.OK, out, answer=result_json, event_seq=seq)
+        await self._outcomes.settle_ok(cmd, out, result_json, seq)
         return None
 
     async def _overran(

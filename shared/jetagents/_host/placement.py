@@ -120,6 +120,13 @@ class Placement:
     def subject(self, host: str, what: str) -> str:
         return self.subjects.sys("host", host, what)
 
+    def may_route(self, act: Activation) -> bool:
+        """Whether ``route_elsewhere`` has anything to look at (cluster membership, and the
+        agent placed somewhere or its type requiring tags); checked first, without a
+        coroutine, because almost no command has."""
+        coord = self._coordinator()
+        return coord is not None and (coord.placements.get(act.agent_id.key) is not None or bool(act.spec.cls.requires))
+
     async def route_elsewhere(self, act: Activation, work: Command) -> bool:
         """At the partition's owner: forward ``work`` when the agent is placed on another
         live host, or must be (its type requires resource tags this host lacks). True when

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +26,10 @@ class StoredMessage:
     headers: Mapping[str, str]
 
 
-@dataclass(frozen=True, slots=True)
-class Appended:
+class Appended(NamedTuple):
     """The server's answer to an append (a PubAck): the stream sequence, and whether the
-    message id was already in the duplicate window (then nothing was written)."""
+    message id was already in the duplicate window (then nothing was written). A tuple: one
+    is made per durable command, and a frozen dataclass costs a setattr per field."""
 
     seq: int
     duplicate: bool

@@ -71,21 +71,15 @@ class Scheduler:
         # then the next ready agent's, until none is ready
         self._running = 0
         self._inflight: set[Command] = set()
-        self._inflight_count = 0
-        self._inflight_bytes = 0  # bodies held by the commands in hand (max_inflight_bytes)
+        # read by intake for every call (plain attributes, not properties: no call each);
+        # only this class writes them
+        self.inflight_count = 0
+        self.inflight_bytes = 0  # bodies held by the commands in hand (max_inflight_bytes)
         self._idle = asyncio.Event()
         self._idle.set()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
 
     # -- what the others ask -----------------------------------------------------------------
-    @property
-    def inflight_count(self) -> int:
-        return self._inflight_count
-
-    @property
-    def inflight_bytes(self) -> int:
-        return self._inflight_bytes
-
     def in_hand(self) -> list[Command]:
         """The commands in hand (queued or running), a copy."""
         return list(self._inflight)
@@ -215,8 +209,8 @@ class Scheduler:
     # -- the commands in hand ------------------------------------------------------------------
     def track(self, cmd: Command) -> None:
         self._inflight.add(cmd)
-        self._inflight_count += 1
-        self._inflight_bytes += len(cmd.body)
+        self.inflight_count += 1
+        self.inflight_bytes += len(cmd.body)
         self._idle.clear()
 
     def untrack(self, cmd: Command) -> None:
@@ -224,14 +218,14 @@ class Scheduler:
             return
         cmd.done = True
         self._inflight.discard(cmd)
-        self._inflight_count -= 1
+        self.inflight_count -= 1
         full_bytes = self._full_bytes
-        was_full_bytes = self._inflight_bytes > full_bytes
-        self._inflight_bytes -= len(cmd.body)
-        if self._inflight_count <= 0:
+        was_full_bytes = self.inflight_bytes > full_bytes
+        self.inflight_bytes -= len(cmd.body)
+        if self.inflight_count <= 0:
             self._idle.set()
-        if self._inflight_count == self._settings.max_inflight - 1 or (
-            was_full_bytes and self._inflight_bytes <= full_bytes
+        if self.inflight_count == self._settings.max_inflight - 1 or (
+            was_full_bytes and self.inflight_bytes <= full_bytes
         ):
             # the host was full: any puller may have been waiting for room
             self._wake_pullers(None)
