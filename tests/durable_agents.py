@@ -62,6 +62,14 @@ class Job(Agent[JobState]):
             await _gate(Path(gates) / f"post-{name}")
         return key
 
+    @action
+    async def relay(self, run: str, counter: str) -> list[Any]:
+        """Two calls to a counter around a step that fails once: the retry replays both."""
+        first = await self.call("counter", counter, "increment", {"by": 1}, timeout=10)
+        await self.step("between", self._effect, run, "between", "")
+        second = await self.call("counter", counter, "increment", {"by": 10}, timeout=10)
+        return [first, second]
+
     @action(read_only=True)
     async def finished(self) -> list[str]:
         return self.state.finished

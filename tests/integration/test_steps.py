@@ -91,3 +91,14 @@ async def test_a_reordered_step_blocks_the_journal_and_a_resend_after_the_fix_fi
     assert [c["j"]["k"] for c in await commits(job_client.nc, "job", "j2")] == ["step"] * 3 + ["blocked"] + [
         "step"
     ] * 2 + ["end"]
+
+
+async def test_calls_to_other_agents_are_steps(job_client: Client) -> None:
+    ref = job_client.agent("job", "j3")
+    Job.FAIL_ONCE = {"between"}  # the first run fails after the first call: the retry replays it
+    assert await ref.request("relay", {"run": "r3", "counter": "c3"}, command_id="r3", timeout=20) == [1, 11]
+    assert await job_client.agent("counter", "c3").request("get") == 11  # each call applied once
+    callee = await commits(job_client.nc, "counter", "c3")
+    assert [c["cmd"] for c in callee] == ["job.j3:r3#0", "job.j3:r3#2"]  # the steps' keys
+    names = [c["j"].get("name") for c in await commits(job_client.nc, "job", "j3")]
+    assert names == ["call:counter/c3.increment", "between", "call:counter/c3.increment", None]

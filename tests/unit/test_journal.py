@@ -136,3 +136,13 @@ def test_an_action_without_a_host_runs_its_steps_plainly() -> None:
             await Job.run(agent, run="r", steps=1)
 
     asyncio.run(main())
+
+
+def test_a_call_made_as_a_step_sends_the_steps_key_as_command_id() -> None:
+    from jetagents._core.journal import callee_command_id, current_step_key
+
+    assert current_step_key() is None
+    assert callee_command_id("order.o1:m1#3") == "order.o1:m1#3"
+    long = "order.o1:" + "m" * 300 + "#3"
+    hashed = callee_command_id(long)
+    assert hashed.startswith("h") and len(hashed) == 33 and hashed == callee_command_id(long)

@@ -37,6 +37,7 @@ from pydantic_core import to_jsonable_python
 
 from .errors import InternalError, InvalidParams, UnknownAction
 from .ids import AgentId, validate_token
+from .journal import callee_command_id, current_step_key
 from .wire import WireEvent, validation_details
 
 if TYPE_CHECKING:
@@ -276,6 +277,24 @@ class Agent(Generic[S]):
             result = fn(*args, **kwargs)
             return await result if inspect.isawaitable(result) else result
         return await steps.step(self, i, name, fn, args, kwargs)
+
+    async def call(
+        self, agent_type: str, agent_id: str, action: str, params: dict[str, Any] | None = None, **options: Any
+    ) -> Any:
+        """Call another agent's action as a step (ADR 0042): named
+        ``call:<type>/<id>.<action>``, its result journaled like any step's. The callee gets
+        the step's key as command id, so a call re-sent by a re-run (its reply lost in a
+        crash) is answered from the callee's record: applied once. ``options`` are those of
+        ``AgentRef.request`` (``timeout``, ``delivery``, ...)."""
+        client = self.ctx.client
+
+        async def _call() -> Any:
+            key = current_step_key()
+            if key is not None:
+                options.setdefault("command_id", callee_command_id(key))
+            return await client.agent(agent_type, agent_id).request(action, params, **options)
+
+        return await self.step(f"call:{agent_type}/{agent_id}.{action}", _call)
 
     # -- what the runtime uses -----------------------------------------------------------
     def _begin(self) -> None:

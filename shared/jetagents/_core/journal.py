@@ -19,6 +19,7 @@ True
 
 from __future__ import annotations
 
+import hashlib
 from contextvars import ContextVar
 from typing import Any
 
@@ -123,6 +124,17 @@ def key_of(agent_key: str, cmd: str, i: int) -> str:
 
 # the key of the step whose function runs now (a context variable: each task sees its own)
 _STEP_KEY: ContextVar[str | None] = ContextVar("jetagents_step_key", default=None)
+
+
+def callee_command_id(key: str) -> str:
+    """The command id of a call made as a step (``Agent.call``): the step's key, so a call
+    re-sent by a re-run is answered from the callee's record; hashed past 256 characters."""
+    return key if len(key) <= 256 else "h" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def current_step_key() -> str | None:
+    """The running step's key, None outside a journaled step."""
+    return _STEP_KEY.get()
 
 
 def step_key() -> str:
