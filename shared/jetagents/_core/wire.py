@@ -31,10 +31,6 @@ H_EVENT_SEQ: Final = "Agt-Event-Seq"
 H_ERROR_CODE: Final = "Agt-Error"
 H_HOST: Final = "Agt-Host"
 H_CONTENT_TYPE: Final = "Content-Type"
-# set by the server on messages read back from a stream (direct get) and on KV counters
-H_NATS_SEQUENCE: Final = "Nats-Sequence"
-H_NATS_SUBJECT: Final = "Nats-Subject"
-H_NATS_INCR: Final = "Nats-Incr"
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
 

@@ -21,8 +21,9 @@ from nats.errors import MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeout
 
 from .._core.errors import JetAgentsError, PayloadTooLarge, Unavailable
-from .._core.wire import H_NATS_SEQUENCE, Subjects
+from .._core.wire import Subjects
 from .conn import Connection
+from .headers import H_NATS_SEQUENCE
 from .inbox import Inbox, shared_inbox
 
 # JetStream API error codes (``err_code``), each defined once for the library

@@ -23,7 +23,6 @@ from nats.aio.client import Client as NATS
 
 from .._core.errors import Unavailable
 from .._core.kv import CasConflict, Entry
-from .._core.wire import H_NATS_SEQUENCE
 from .api import (
     ERR_LAST_SEQ_NOT_READY,
     ERR_NO_MESSAGE,
@@ -37,6 +36,7 @@ from .api import (
 # written once in api.py, next to ensure_topology, which uses them too
 from .api import ensure_stream as ensure_stream
 from .api import stream_info as stream_info
+from .headers import H_NATS_SEQUENCE
 from .inbox import shared_inbox
 
 NatsClient: TypeAlias = NATS  # for code outside the adapter that only passes a connection along

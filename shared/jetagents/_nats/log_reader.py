@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from nats.aio.msg import Msg
 
-from .._core.wire import H_NATS_SEQUENCE, H_NATS_SUBJECT
 from .._host.ports import StoredMessage
 from .api import DirectReader
+from .headers import H_NATS_SEQUENCE, H_NATS_SUBJECT
 
 
 def _stored(msg: Msg, subject: str) -> StoredMessage:

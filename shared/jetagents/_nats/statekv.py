@@ -18,8 +18,9 @@ import orjson
 from nats.nuid import NUID
 
 from .._core.errors import Unavailable
-from .._core.wire import H_MSG_ID, H_NATS_INCR
+from .._core.wire import H_MSG_ID
 from .api import NS, JSApiError, js_publish
+from .headers import H_NATS_INCR
 from .kv import KvEntry, NatsClient, ensure_stream, kv_subject, last_by_subject, publish_expecting
 from .kv import stream_info as _stream_info
 

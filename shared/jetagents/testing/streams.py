@@ -31,8 +31,9 @@ import orjson
 
 from .._core.clock import Clock
 from .._core.errors import PayloadTooLarge, Unavailable
-from .._core.wire import H_MSG_ID, H_NATS_SEQUENCE
+from .._core.wire import H_MSG_ID
 from .._host.ports import Appended, StoredMessage, WrongLastSequence
+from .._nats.headers import H_NATS_SEQUENCE
 
 __all__ = [
     "MemoryBucket",
