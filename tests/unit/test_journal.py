@@ -21,7 +21,7 @@ from jetagents._core.journal import (
     recorded,
     step_entry,
 )
-from jetagents._core.wire import Commit, encode_commit, encode_journal_commit
+from jetagents._core.wire import Commit, encode_commit
 
 
 def test_only_plain_and_closing_commits_feed_the_record() -> None:
@@ -98,17 +98,23 @@ def test_step_key_is_only_known_inside_a_step() -> None:
 
 
 def test_a_journal_commit_reads_back_and_an_old_commit_still_reads() -> None:
-    body = encode_journal_commit(
-        n=8, cmd="m1", action="checkout", events=[], result=None, ts_ms=1, own=4, j=step_entry(2, "charge", {"id": 9})
+    body = encode_commit(
+        n=8,
+        cmd="m1",
+        action="checkout",
+        events=[],
+        result=None,
+        cseq=0,
+        ts_ms=1,
+        own=4,
+        j=step_entry(2, "charge", {"id": 9}),
     )
     c = Commit.model_validate_json(body)
     assert c.j == step_entry(2, "charge", {"id": 9}) and c.events == [] and c.cseq == 0
     old = encode_commit(n=1, cmd="m0", action="a", events=[], result=1, cseq=3, ts_ms=1, own=0)
     assert b'"j"' not in old and Commit.model_validate_json(old).j is None
     # a value orjson cannot write goes through the model, as for plain commits
-    big = encode_journal_commit(
-        n=1, cmd="m", action="a", events=[], result=2**70, ts_ms=1, own=0, j=end_entry(0), cseq=5
-    )
+    big = encode_commit(n=1, cmd="m", action="a", events=[], result=2**70, ts_ms=1, own=0, j=end_entry(0), cseq=5)
     assert Commit.model_validate_json(big).result == 2**70
 
 

@@ -43,7 +43,7 @@ from .._core.errors import (
 )
 from .._core.journal import end_entry
 from .._core.outcome import AckKind, Result, exhausted
-from .._core.wire import decode_command, encode_commit, encode_journal_commit
+from .._core.wire import decode_command, encode_commit
 from .._obs.metrics import Metrics
 from .._obs.propagation import carry_context, carry_received
 from .._obs.telemetry import (
@@ -345,29 +345,17 @@ class Pipeline:
                 self._catalog.evict(act)  # rebuilt from the log, where the activation fence applies
                 return FencedError(f"{act.agent_id}: writer token {own} is older than the log's {act.own}"), False
             name = cmd_id or f"c-{self._settings.host_id}-{next(self._seq)}"
-            if journal is None:
-                body = encode_commit(
-                    n=n,
-                    cmd=name,
-                    action=action.name,
-                    events=wire_events(events),
-                    result=result_json,
-                    cseq=cmd.stream_seq,
-                    ts_ms=self._clock.wall_ms(),
-                    own=own,
-                )
-            else:
-                body = encode_journal_commit(
-                    n=n,
-                    cmd=name,
-                    action=action.name,
-                    events=wire_events(events),
-                    result=result_json,
-                    ts_ms=self._clock.wall_ms(),
-                    own=own,
-                    j=end_entry(agent._cursor),
-                    cseq=cmd.stream_seq,
-                )
+            body = encode_commit(
+                n=n,
+                cmd=name,
+                action=action.name,
+                events=wire_events(events),
+                result=result_json,
+                cseq=cmd.stream_seq,
+                ts_ms=self._clock.wall_ms(),
+                own=own,
+                j=None if journal is None else end_entry(agent._cursor),
+            )
             commit = NewCommit(n, name, own, body)
             try:
                 if cmd.traced:

@@ -22,7 +22,7 @@ from .._core.clock import Clock
 from .._core.errors import DomainError, FencedError, JetAgentsError, NonDeterministic, Unavailable, error_from_wire
 from .._core.ids import partition_of
 from .._core.journal import _STEP_KEY, blocked_entry, entry_tag, fold, key_of, recorded, step_entry
-from .._core.wire import H_CORRELATION_ID, encode_journal_commit
+from .._core.wire import H_CORRELATION_ID, encode_commit
 from .._settings import HostSettings
 from .catalog import Activation, Catalog
 from .coordination import Coordinator
@@ -119,8 +119,8 @@ class Steps:
             self._catalog.evict(act)  # as the pipeline's commit: never write without a claim
             raise FencedError(f"{aid}: writer token {own} is older than the log's {act.own}")
         n = act.n + 1
-        body = encode_journal_commit(
-            n=n, cmd=cmd, action=ctx.action, events=[], result=None, ts_ms=self._clock.wall_ms(), own=own, j=j
+        body = encode_commit(
+            n=n, cmd=cmd, action=ctx.action, events=[], result=None, cseq=0, ts_ms=self._clock.wall_ms(), own=own, j=j
         )
         corr = ctx.correlation_id
         hdrs = {H_CORRELATION_ID: corr} if corr and corr != cmd else {}
