@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from ._admin_cli import agent_app, agents_app, dlq_app
 from ._core.errors import JetAgentsError
 from ._core.ids import AgentId
 from ._core.wire import Delivery
@@ -176,32 +177,6 @@ def call(
 
 
 @app.command()
-def dlq(
-    limit: Annotated[int, typer.Option(min=1, help="entries to show, newest last")] = 20,
-    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
-) -> None:
-    """Print the newest dead letters (one JSON object per line)."""
-
-    async def go() -> list[bytes]:
-        from ._core.wire import Subjects
-        from ._nats.api import Topology, connect, stream_tail
-
-        settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
-        nc = await connect(settings.nats_url, name="jetagents-cli", inbox_prefix=settings.inbox_prefix)
-        try:
-            return await stream_tail(nc, Topology(Subjects(settings.subject_root)).dlq_stream, limit, 5.0)
-        finally:
-            await nc.close()
-
-    try:
-        for line in asyncio.run(go()):
-            typer.echo(line.decode())
-    except JetAgentsError as err:
-        typer.echo(f"error: {err.code}: {err.message}", err=True)
-        raise typer.Exit(1) from None
-
-
-@app.command()
 def migrate(
     agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. counter/c1")],
     target: Annotated[str, typer.Argument(help="id of the host to move it to (see jetagents status)")],
@@ -268,6 +243,11 @@ def status(
             f"{h['host']:<24} {state:<9} {h['partitions_assigned']:>8} {h['partitions_held']:>5} "
             f"{agents:>7} {inflight:>9}"
         )
+
+
+app.add_typer(agents_app, name="agents")
+app.add_typer(agent_app, name="agent")
+app.add_typer(dlq_app, name="dlq")
 
 
 def main() -> None:

@@ -21,10 +21,11 @@ from jetagents.testing.server import NatsCluster, NatsServer, child_preexec, fin
 from tests.conftest import REPO
 
 OPS_NATS = REPO / "ops" / "nats"
-USERS = ("sys", "admin", "host", "client")
+USERS = ("sys", "admin", "host", "client", "operator")
 # the inbox prefixes the shipped accounts give each user (JETAGENTS_INBOX_PREFIX)
 HOST_INBOX = "_INBOX.host"
 CLIENT_INBOX = "_INBOX.client"
+OPERATOR_INBOX = "_INBOX.operator"
 
 
 @dataclass

@@ -26,11 +26,22 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from jetagents import Client, ClientSettings, Host, Registry
+from jetagents._client.admin import Admin
+from jetagents._core.errors import JetAgentsError
 from jetagents._nats.api import js_api
 from jetagents._state.store import SharedState
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import host_settings
-from tests.ops.nats_configs import CLIENT_INBOX, HOST_INBOX, OPS_NATS, BootedConfigs, Node, Violations, boot
+from tests.ops.nats_configs import (
+    CLIENT_INBOX,
+    HOST_INBOX,
+    OPERATOR_INBOX,
+    OPS_NATS,
+    BootedConfigs,
+    Node,
+    Violations,
+    boot,
+)
 
 # reply subjects that land in a stream (subject, stream): a reply there is a forged commit,
 # a spawned agent, an overwritten snapshot or shared state, a forged dead letter, a ghost
@@ -314,3 +325,49 @@ async def test_the_legitimate_paths_work_under_the_inbox_prefixes(world: World) 
     # the client user's own inboxes are its prefix; a default one is refused by the server
     assert w.client.nc.new_inbox().startswith(f"{CLIENT_INBOX}.")
     assert w.host.nc.new_inbox().startswith(f"{HOST_INBOX}.")
+
+
+async def test_the_operator_inspects_and_redrives_a_client_cannot(world: World) -> None:
+    """ADR 0051: inspection and redrive need the operator user; an ordinary client can
+    neither read dead letters nor redrive them, nor ask hosts what they hold."""
+    w = world
+    assert await w.client.agent("counter", "ops").request("increment", {"by": 1}) == 1
+    with pytest.raises(JetAgentsError):
+        await w.client.agent("counter", "ops").request("nope", {}, command_id="ops-bad")
+    seen = Violations()
+    spy = await _attacker(w, seen)
+    try:
+        for attempt in ("dead_letters", "redrive"):
+            # a connection of its own per attempt: the library's connection drops itself on
+            # a permissions violation (jetagents._nats.conn), which is not what is tested here
+            settings = ClientSettings(nats_url=w.booted.url("client"), inbox_prefix=CLIENT_INBOX)
+            nosy = await Client.connect(settings=settings)
+            try:
+                as_client = Admin(nosy, timeout_s=0.5)
+                with pytest.raises(JetAgentsError):
+                    await (as_client.dead_letters() if attempt == "dead_letters" else as_client.redrive(1))
+            finally:
+                await nosy.close()
+        for subject in ("agt.sys.host.perm-host.agents", "$JS.API.STREAM.MSG.DELETE.AGT_DLQ"):
+            await spy.publish(subject, b'{"seq":1}')
+            await seen.wait_for(f'Publish to "{subject}"')
+    finally:
+        await spy.close()
+    op = await Client.connect(settings=ClientSettings(nats_url=w.booted.url("operator"), inbox_prefix=OPERATOR_INBOX))
+    seen = Violations()
+    rogue = await nats.connect(w.booted.url("operator"), inbox_prefix=OPERATOR_INBOX, error_cb=seen.record)
+    try:
+        admin = Admin(op, agents=EXAMPLE_AGENTS)
+        listed = {(a.type, a.id): a for a in await admin.agents("counter")}
+        assert listed[("counter", "ops")].active and listed[("counter", "ops")].host == "perm-host"
+        assert (await admin.show("counter", "ops")).state == {"value": 1}
+        (dl,) = [d for d in await admin.dead_letters("counter", "ops") if d.command_id == "ops-bad"]
+        done = await admin.redrive(dl.seq, wait_s=10)
+        assert done.removed and done.reply is not None and done.reply["error"]["code"] == "unknown_action"
+        # the operator repairs; it does not rewrite history or drop streams
+        for subject in ("agt.evt.counter.ops", "$KV.agt_snap.counter.ops", "$JS.API.STREAM.DELETE.AGT_DLQ"):
+            await rogue.publish(subject, b"{}")
+            await seen.wait_for(f'Publish to "{subject}"')
+    finally:
+        await rogue.close()
+        await op.close()

@@ -40,6 +40,7 @@ H_FWD_DELIVERIES = "Agt-Fwd-Deliveries"
 H_FWD_CSEQ = "Agt-Fwd-Cseq"
 H_FWD_PARTITION = "Agt-Fwd-Partition"
 STRATEGIES = ("checkpoint", "state", "cold")
+AGENTS_LISTED = 10_000  # agents one ``agents`` request lists (``total`` counts them all)
 
 
 class Message(Protocol):
@@ -230,6 +231,8 @@ class Placement:
                 await self._on_release(msg)
             elif what == "migrate":
                 await self._on_migrate(msg)
+            elif what == "agents":
+                await self._on_agents(msg)
         except Exception as exc:  # noqa: BLE001 - answer, never crash the subscription
             self.log.warning("host_request_failed", what=what, error=repr(exc))
             if msg.reply:
@@ -270,6 +273,13 @@ class Placement:
                 stream_seq=int(hdrs.get(H_FWD_CSEQ, "0") or 0),
             )
         pipeline.dispatch(work)
+
+    async def _on_agents(self, msg: Message) -> None:
+        """The agents in this host's memory (``jetagents agents ls``), bounded: inspection
+        must not turn a host with a million agents into one huge reply."""
+        keys = list(self.catalog.activations)
+        body = {"host": self.settings.host_id, "total": len(keys), "agents": keys[:AGENTS_LISTED]}
+        await self.pipeline.reply(msg.reply, encode_ok(body), {}, None)
 
     # -- migration ----------------------------------------------------------------------------
     async def _on_adopt(self, msg: Message) -> None:

@@ -412,6 +412,13 @@ class DirectReader:
                 return out
             seq = last + 1
 
+    async def read_batch(
+        self, stream: str, subject: str, seq: int, batch: int, timeout_s: float
+    ) -> tuple[list[Msg], bool, int]:
+        """At most ``batch`` messages on ``subject`` (wildcards allowed) from ``seq``; whether
+        more follow; the last sequence read (``seq - 1`` when none)."""
+        return await self._batch(stream, subject, seq, batch, timeout_s)
+
     async def _batch(
         self, stream: str, subject: str, seq: int, batch: int, timeout_s: float
     ) -> tuple[list[Msg], bool, int]:
