@@ -249,6 +249,11 @@ app.add_typer(agents_app, name="agents")
 app.add_typer(agent_app, name="agent")
 app.add_typer(dlq_app, name="dlq")
 
+# -- jetagents mcp (ADR 0048): the command lives in jetagents.mcp.command -------------------
+from .mcp.command import mcp as _mcp_command  # noqa: E402 - kept apart from the commands above
+
+app.command("mcp")(_mcp_command)
+
 
 def main() -> None:
     app()
