@@ -38,6 +38,7 @@ from pydantic_core import to_jsonable_python
 from .errors import InternalError, InvalidParams, UnknownAction
 from .ids import AgentId, validate_token
 from .journal import callee_command_id, current_step_key
+from .upcast import STATE, Upcaster, incompatible, upcast
 from .wire import WireEvent, validation_details
 
 if TYPE_CHECKING:
@@ -52,6 +53,9 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     event_type: ClassVar[str] = ""
+    # the schema's version (ADR 0052): raise it when the data changes, with an @upcaster
+    # from the previous one; commits carry it ("v") when it is not 1
+    event_version: ClassVar[int] = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -118,6 +122,18 @@ class AgentSpec:
     appliers: dict[str, ApplierSpec] = field(default_factory=dict)
     spawn_required: bool = False
     action_timeout_s: float | None = None  # Agent.action_timeout_s; None: the host's default
+    state_version: int = 1  # Agent.state_version (ADR 0052)
+    upcasters: dict[tuple[str, int], Upcaster] = field(default_factory=dict)
+
+    def state_from(self, agent_id: AgentId, data: Any, version: int) -> BaseModel:
+        """A stored state (a snapshot's, at ``version``) as the current state model."""
+        where = f"the snapshot of {agent_id}"
+        if version != self.state_version:
+            data = upcast(self.upcasters, STATE, version, self.state_version, data, where)
+        try:
+            return self.state_type.model_validate(data)
+        except ValidationError as exc:
+            raise incompatible(STATE, version, self.state_version, where, exc) from None
 
     def action(self, name: str) -> ActionSpec:
         spec = self.actions.get(name)
@@ -173,6 +189,28 @@ def applies(fn: Callable[[Any, Any, Any], Any]) -> Callable[[Any, Any, Any], Any
     return fn
 
 
+def upcaster(target: str, from_version: int) -> Callable[[Upcaster], Any]:
+    """Mark a function ``(data: dict) -> dict`` that migrates the JSON of event type
+    ``target`` (or of the state: ``target=STATE``) from ``from_version`` to the next
+    (ADR 0052). Pure: it runs on every replay of old commits and every load of an old snapshot.
+
+    >>> class Renamed(Event):  # doctest: +SKIP
+    ...     event_version = 2
+    ...     sku: str
+    >>> @upcaster("Renamed", from_version=1)  # doctest: +SKIP
+    ... def _renamed_v1(data: dict) -> dict:
+    ...     return {"sku": data.pop("item"), **data}
+    """
+    if not (isinstance(from_version, int) and from_version >= 1):
+        raise TypeError(f"from_version must be an int >= 1, not {from_version!r}")
+
+    def mark(fn: Upcaster) -> Any:
+        fn.__jetagents_upcaster__ = (target, from_version)  # type: ignore[attr-defined]
+        return staticmethod(fn)
+
+    return mark
+
+
 @dataclass(slots=True)
 class AgentContext:
     """What the runtime hands an agent: its address, a clock and the current command."""
@@ -218,13 +256,16 @@ class Agent(Generic[S]):
     # time limit of one action run for this type (None: HostSettings.action_timeout_s);
     # an action's own @action(timeout_s=...) wins over it
     action_timeout_s: ClassVar[float | None] = None
+    # the state's schema version (ADR 0052): raise it with an @upcaster(STATE, ...) when a
+    # snapshot written by older code would not validate; snapshots carry it ("sv")
+    state_version: ClassVar[int] = 1
     __jetagents_spec__: ClassVar[AgentSpec]
 
     __slots__ = ("_cursor", "_draft", "_pending", "_state", "ctx")
 
     def __init__(self, ctx: AgentContext, state: S | None = None) -> None:
         self.ctx = ctx
-        self._state: S = state if state is not None else cast(S, type(self).state_type())
+        self._state: S = state if state is not None else cast(S, type(self).initial_state())
         self._draft: S | None = None
         self._pending: list[Event] | None = None
         self._cursor = 0  # the next step's position in this run (ADR 0042)
@@ -233,6 +274,12 @@ class Agent(Generic[S]):
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("type_name"):
             cls.__jetagents_spec__ = _build_spec(cls)
+
+    @classmethod
+    def initial_state(cls) -> BaseModel:
+        """The state of an agent with no history (``state_type()``; override it when the
+        state has required fields)."""
+        return cls.state_type()
 
     # -- what actions use ----------------------------------------------------------------
     @property
@@ -319,10 +366,19 @@ class Agent(Generic[S]):
             applier = spec.appliers.get(wire.type)
             if applier is None:
                 raise InternalError(
-                    f"event log of {self.ctx.agent_id} holds event type {wire.type!r} "
+                    f"event log of {self.ctx.agent_id} holds event type {wire.type!r} (version {wire.v or 1}) "
                     f"that {type(self).__name__} cannot apply"
                 )
-            event = applier.event_cls.model_validate(wire.data)
+            cls = applier.event_cls
+            version = wire.v or 1
+            data = wire.data
+            where = f"the event log of {self.ctx.agent_id}"
+            if version != cls.event_version:  # ADR 0052: an older schema, migrated
+                data = upcast(spec.upcasters, wire.type, version, cls.event_version, data, where)
+            try:
+                event = cls.model_validate(data)
+            except ValidationError as exc:
+                raise incompatible(wire.type, version, cls.event_version, where, exc) from None
             state = _apply(applier, self, state, event)
         self._state = state
 
@@ -333,8 +389,15 @@ def _apply(applier: ApplierSpec, agent: Agent[Any], state: Any, event: Event) ->
 
 
 def wire_events(events: list[Event]) -> list[dict[str, Any]]:
-    """Events as the ``{"type", "data"}`` dicts of a commit (``encode_commit``)."""
-    return [{"type": e.event_type, "data": e.model_dump(mode="json")} for e in events]
+    """Events as the ``{"type", "data"}`` dicts of a commit (``encode_commit``), with ``"v"``
+    when the event's schema is past version 1 (ADR 0052)."""
+    out: list[dict[str, Any]] = []
+    for e in events:
+        wire: dict[str, Any] = {"type": e.event_type, "data": e.model_dump(mode="json")}
+        if e.event_version != 1:
+            wire["v"] = e.event_version
+        out.append(wire)
+    return out
 
 
 def encode_events(events: list[Event]) -> list[WireEvent]:
@@ -352,6 +415,7 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
         state_type=state_type,
         spawn_required=cls.spawn_required,
         action_timeout_s=cls.action_timeout_s,
+        state_version=cls.state_version,
     )
     _check_timeout(cls.action_timeout_s, f"{cls.__name__}.action_timeout_s")
     for klass in reversed(cls.__mro__):
@@ -363,6 +427,8 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
                 spec.actions[name] = _action_spec(
                     cls, name, member, marker["read_only"], strict, marker.get("timeout_s")
                 )
+            elif isinstance(member, staticmethod) and hasattr(member.__func__, "__jetagents_upcaster__"):
+                spec.upcasters[member.__func__.__jetagents_upcaster__] = member.__func__
             elif getattr(member, "__jetagents_applies__", False):
                 event_cls = _applier_event(cls, member)
                 spec.appliers[event_cls.event_type] = ApplierSpec(event_cls, member)

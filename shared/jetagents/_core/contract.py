@@ -99,6 +99,7 @@ class Snapshot(BaseModel):
     journals: dict[str, Any] | None = Field(
         default=None, description="v 2: the open journals of durable steps, by command id (wire contract 9)."
     )
+    sv: int | None = Field(default=None, description="The state's schema version when it is not 1 (ADR 0052).")
 
 
 _RECEIVED: tuple[type[BaseModel], ...] = (CommandBody,)

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
 from .errors import JetAgentsError, MalformedCommand, PayloadTooLarge
 
@@ -126,6 +126,15 @@ class WireEvent(BaseModel):
 
     type: str
     data: dict[str, Any]
+    v: int | None = None  # the event's schema version when it is not 1 (ADR 0052)
+
+    @model_serializer(mode="wrap")
+    def _without_v1(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # version 1 is written as no "v" at all, as the host writes it (wire_events)
+        out: dict[str, Any] = handler(self)
+        if out.get("v") is None:
+            out.pop("v", None)
+        return out
 
 
 class Commit(BaseModel):

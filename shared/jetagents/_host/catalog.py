@@ -148,13 +148,14 @@ class Catalog:
                 try:
                     if not isinstance(snap, dict):
                         raise TypeError(f"a snapshot is a JSON object, not {type(snap).__name__}")
-                    state = act.spec.state_type.model_validate(snap["state"])
+                    state = act.spec.state_from(aid, snap["state"], int(snap.get("sv", 1)))
                     last_seq = int(snap["seq"])
                     n = int(snap["n"])
                     own = int(snap.get("own", 0))
                     kept = [(str(cmd), int(seq), result) for cmd, seq, result in snap.get("records", [])]
                     journals = {str(c): Journal.from_json(j) for c, j in snap.get("journals", {}).items()}
-                except (ValidationError, KeyError, TypeError, ValueError) as exc:
+                except (ValidationError, KeyError, TypeError, ValueError, InternalError) as exc:
+                    # (an old state without its upcaster too: the log is the truth, replayed whole)
                     self.log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
                     state, n, last_seq = None, 0, 0
                     kept, journals = [], {}
@@ -270,6 +271,8 @@ class Catalog:
             # only applied commands: a refusal is not in the log either
             "records": act.records.snapshot() if act.records is not None else [],
         }
+        if act.spec.state_version != 1:  # the state's schema version (ADR 0052)
+            body["sv"] = act.spec.state_version
         if act.journals:  # open journals (ADR 0042): replay after the snapshot cannot see them
             body["v"] = 2
             body["journals"] = {cmd: journal.to_json() for cmd, journal in act.journals.items()}

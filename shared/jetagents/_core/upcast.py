@@ -1,0 +1,68 @@
+"""Schema evolution (ADR 0052): old events and old snapshots migrated to the current code.
+
+An event class declares ``event_version`` (default 1) and the agent declares an
+``@upcaster("EventType", from_version=n)`` for every step n -> n+1 of its history; the state
+likewise (``state_version`` and ``@upcaster(STATE, from_version=n)``). Commits carry an
+event's version (``"v"``, written only when it is not 1) and snapshots the state's (``"sv"``).
+Replay runs the chain of upcasters on the raw JSON before validating it: pure functions of a
+``dict``, applied in order. An event or state that is older than the code and has no
+upcaster, or that does not validate, raises ``IncompatibleSchema`` naming the event type and
+its version. When nothing changed (every version is 1, the common case) replay pays one
+comparison per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import InternalError
+
+STATE = "$state"  # the upcaster target that names the agent's state, not an event
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class IncompatibleSchema(InternalError):
+    """A stored event or snapshot cannot be read by the current code: a version without an
+    upcaster, or data that does not validate. Travels as ``internal`` (nothing a caller can
+    fix); the message names the event type and version, and what to declare."""
+
+
+def upcast(
+    upcasters: Mapping[tuple[str, int], Upcaster],
+    target: str,
+    version: int,
+    current: int,
+    data: dict[str, Any],
+    where: str,
+) -> dict[str, Any]:
+    """``data`` of ``target`` at ``version`` raised to ``current`` by the declared chain."""
+    what = "the state" if target == STATE else f"event {target!r}"
+    if version > current:
+        raise IncompatibleSchema(
+            f"{what} version {version} in {where} is newer than this code (version {current}): "
+            "run the code that wrote it, or newer"
+        )
+    while version < current:
+        fn = upcasters.get((target, version))
+        if fn is None:
+            raise IncompatibleSchema(
+                f"{what} version {version} in {where} has no upcaster to version {version + 1} "
+                f"(declare @upcaster({target!r}, from_version={version}))"
+            )
+        out = fn(dict(data))
+        if not isinstance(out, dict):
+            raise IncompatibleSchema(f"the upcaster of {what} from version {version} returned {type(out).__name__}")
+        data, version = out, version + 1
+    return data
+
+
+def incompatible(target: str, version: int, current: int, where: str, error: Exception) -> IncompatibleSchema:
+    """The error for ``target`` data (already upcast to ``current``) that does not validate."""
+    what = "the state" if target == STATE else f"event {target!r}"
+    hint = ""
+    if version == current:  # not migrated: the schema changed without a new version
+        hint = f"; if its schema changed, declare version {current + 1} and an upcaster from {current}"
+    return IncompatibleSchema(
+        f"{what} version {version} in {where} does not fit the current code (version {current}){hint}: {error}"
+    )
