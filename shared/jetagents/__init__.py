@@ -11,7 +11,9 @@ from ._core.agent import Agent, AgentContext, AgentSpec, Event, Registry, action
 from ._core.clock import Clock, SystemClock
 from ._core.crdt import GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter
 from ._core.errors import (
+    ActionCancelled,
     ActionTimeout,
+    AgentSuspended,
     AgentTimeout,
     DeadlineExceeded,
     DomainError,
@@ -23,6 +25,7 @@ from ._core.errors import (
     NonDeterministic,
     PartitionError,
     PayloadTooLarge,
+    SignalBufferFull,
     Unavailable,
     UnknownAction,
     UnknownAgent,
@@ -44,12 +47,14 @@ from .testing.clock import ManualClock
 from .testing.server import NatsServer
 
 __all__ = [
+    "ActionCancelled",
     "ActionTimeout",
     "Agent",
     "AgentContext",
     "AgentId",
     "AgentRef",
     "AgentSpec",
+    "AgentSuspended",
     "AgentTimeout",
     "Cached",
     "CircuitBreaker",
@@ -93,6 +98,7 @@ __all__ = [
     "Session",
     "Shared",
     "SharedState",
+    "SignalBufferFull",
     "StateOptions",
     "Subjects",
     "SystemClock",
