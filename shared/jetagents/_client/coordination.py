@@ -23,7 +23,7 @@ from .._core.kv import CasConflict, Entry
 from .._core.retry import RetryPolicy
 from .._core.wire import Subjects
 from .._nats.client_transport import NatsConnection
-from .._nats.coordination import CoordStore, new_party_id
+from .._nats.coordination import CoordStore, coord_bucket_name, new_party_id
 
 __all__ = ["Coordination", "Lease"]
 
@@ -156,8 +156,7 @@ class Coordination:
     """Leases, barriers and the cache of one client."""
 
     def __init__(self, nc: NatsConnection, subjects: Subjects, *, timeout_s: float) -> None:
-        bucket = f"{subjects.root}_coord".replace("-", "_")
-        self.store = CoordStore(nc, bucket, timeout_s=timeout_s)
+        self.store = CoordStore(nc, coord_bucket_name(subjects), timeout_s=timeout_s)
         self._ready = False
         self._flights: dict[str, asyncio.Future[Any]] = {}
 

@@ -37,6 +37,7 @@ from .._core.pubsub import (
 from .._core.retry import RetryPolicy
 from .._core.wire import H_COMMAND_ID, H_MSG_ID, Delivery, Subjects, encode_dead_letter
 from .._nats.api import ERR_DUPLICATE_IN_PROCESS, JSApiError
+from .._nats.coordination import CoordStore, coord_bucket_name
 from .._nats.pubsub import Delivered, PatternPuller, PubSubStore
 from .._obs.metrics import Metrics
 from .supervisor import Supervisor
@@ -87,6 +88,9 @@ class HostPubSub:
     async def start(self) -> None:
         # the wrapped command must fit the command body limit: room for the envelope
         await self.store.ensure(max_msg_bytes=max(1024, self.max_payload_bytes - 1024), max_age_s=TOPIC_MAX_AGE_S)
+        # the coordination bucket too: clients may use it, not create it (ops/nats/accounts.conf)
+        coord = CoordStore(self.store.nc, coord_bucket_name(self.subjects), replicas=self.store.replicas)
+        await coord.ensure()
         self.supervisor.spawn(GROUP, self._lead())
 
     # -- declared subscriptions -------------------------------------------------------------

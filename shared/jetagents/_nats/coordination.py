@@ -14,10 +14,15 @@ from nats.nuid import NUID
 
 from .._core.errors import Unavailable
 from .._core.kv import CasConflict
+from .._core.wire import Subjects
 from .api import ERR_WRONG_LAST_SEQUENCE, JSApiError, js_publish
 from .kv import CONFLICT_CODES, JetStreamStore, cluster_bucket_config, ensure_stream, kv_subject
 
 _nuid = NUID()
+
+
+def coord_bucket_name(subjects: Subjects) -> str:
+    return f"{subjects.root}_coord".replace("-", "_")
 
 
 def coord_bucket_config(bucket: str, replicas: int) -> dict[str, Any]:
