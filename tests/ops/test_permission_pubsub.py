@@ -61,7 +61,7 @@ async def test_a_client_publishes_and_coordinates_but_never_subscribes_an_agent(
             # the attacks: subscribe the victim through the bucket, poke a control subject
             key = subscription_key("orders.*", "follower", "victim")
             await atk.publish(f"$KV.agt_subs.{key}", b'{"pattern":"orders.*","type":"follower","id":"victim"}')
-            await seen.wait_for("Permissions Violation for Publish to \"$KV.agt_subs")
+            await seen.wait_for('Permissions Violation for Publish to "$KV.agt_subs')
             await atk.publish("agt.pubctl.x", b"", headers={"Agt-Sub-Key": key})
             await seen.wait_for('Permissions Violation for Publish to "agt.pubctl.x"')
             # a topic shaped like a command subject is only a topic
