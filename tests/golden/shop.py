@@ -9,8 +9,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from jetagents import Agent, action, applies
-from jetagents._core.agent import Event, upcaster
-from jetagents._core.upcast import STATE
+from jetagents._core.agent import Event
+from jetagents._core.upcast import STATE, upcaster
 
 
 class ShopState(BaseModel):

@@ -38,7 +38,7 @@ from pydantic_core import to_jsonable_python
 from .errors import InternalError, InvalidParams, UnknownAction
 from .ids import AgentId, validate_token
 from .journal import SLEEP, callee_command_id, current_step_key
-from .upcast import STATE, Upcaster, incompatible, upcast
+from .upcast import Upcaster, incompatible, migrated_event, migrated_state
 from .wire import WireEvent, validation_details
 
 if TYPE_CHECKING:
@@ -129,13 +129,7 @@ class AgentSpec:
 
     def state_from(self, agent_id: AgentId, data: Any, version: int) -> BaseModel:
         """A stored state (a snapshot's, at ``version``) as the current state model."""
-        where = f"the snapshot of {agent_id}"
-        if version != self.state_version:
-            data = upcast(self.upcasters, STATE, version, self.state_version, data, where)
-        try:
-            return self.state_type.model_validate(data)
-        except ValidationError as exc:
-            raise incompatible(STATE, version, self.state_version, where, exc) from None
+        return migrated_state(self.state_type, data, version, self.state_version, self.upcasters, agent_id)
 
     def while_suspended_of(self, action: str) -> str:
         """The policy of a suspended ``action``: its own, else its type's."""
@@ -220,28 +214,6 @@ def applies(fn: Callable[[Any, Any, Any], Any]) -> Callable[[Any, Any, Any], Any
     """
     fn.__jetagents_applies__ = True  # type: ignore[attr-defined]
     return fn
-
-
-def upcaster(target: str, from_version: int) -> Callable[[Upcaster], Any]:
-    """Mark a function ``(data: dict) -> dict`` that migrates the JSON of event type
-    ``target`` (or of the state: ``target=STATE``) from ``from_version`` to the next
-    (ADR 0052). Pure: it runs on every replay of old commits and every load of an old snapshot.
-
-    >>> class Renamed(Event):  # doctest: +SKIP
-    ...     event_version = 2
-    ...     sku: str
-    >>> @upcaster("Renamed", from_version=1)  # doctest: +SKIP
-    ... def _renamed_v1(data: dict) -> dict:
-    ...     return {"sku": data.pop("item"), **data}
-    """
-    if not (isinstance(from_version, int) and from_version >= 1):
-        raise TypeError(f"from_version must be an int >= 1, not {from_version!r}")
-
-    def mark(fn: Upcaster) -> Any:
-        fn.__jetagents_upcaster__ = (target, from_version)  # type: ignore[attr-defined]
-        return staticmethod(fn)
-
-    return mark
 
 
 @dataclass(slots=True)
@@ -458,6 +430,9 @@ class Agent(Generic[S]):
         if draft is not None:
             self._state = draft
 
+    def _log_name(self) -> str:
+        return f"the event log of {self.ctx.agent_id}"
+
     def _replay(self, events: list[WireEvent]) -> None:
         spec = type(self).__jetagents_spec__
         state = self._state
@@ -469,15 +444,13 @@ class Agent(Generic[S]):
                     f"that {type(self).__name__} cannot apply"
                 )
             cls = applier.event_cls
-            version = wire.v or 1
-            data = wire.data
-            where = f"the event log of {self.ctx.agent_id}"
-            if version != cls.event_version:  # ADR 0052: an older schema, migrated
-                data = upcast(spec.upcasters, wire.type, version, cls.event_version, data, where)
-            try:
-                event = cls.model_validate(data)
-            except ValidationError as exc:
-                raise incompatible(wire.type, version, cls.event_version, where, exc) from None
+            if (wire.v or 1) == cls.event_version:
+                try:
+                    event = cls.model_validate(wire.data)
+                except ValidationError as exc:
+                    raise incompatible(wire.type, wire.v or 1, cls.event_version, self._log_name(), exc) from None
+            else:  # ADR 0052: an older schema, migrated
+                event = migrated_event(cls, wire, spec.upcasters, self._log_name())
             state = _apply(applier, self, state, event)
         self._state = state
 
