@@ -6,7 +6,7 @@
 ...     await client.proxy(Counter, "c1").increment(by=2)
 """
 
-from ._client.client import AgentRef, Client, Reply
+from ._client.client import AgentRef, AgentStream, Client, Reply
 from ._core.agent import Agent, AgentContext, AgentSpec, Event, Registry, action, applies
 from ._core.clock import Clock, SystemClock
 from ._core.crdt import GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter
@@ -30,6 +30,7 @@ from ._core.errors import (
 )
 from ._core.ids import AgentId, partition_of
 from ._core.journal import step_key
+from ._core.outstream import StreamReset
 from ._core.retry import CircuitBreaker, RetryPolicy
 from ._core.vclock import CustomResolver, KeepSiblings, LastWriterWins, SemanticMerge, VectorClock, Versioned
 from ._core.wire import Delivery, Priority, Subjects
@@ -50,6 +51,7 @@ __all__ = [
     "AgentId",
     "AgentRef",
     "AgentSpec",
+    "AgentStream",
     "AgentTimeout",
     "Cached",
     "CircuitBreaker",
@@ -94,6 +96,7 @@ __all__ = [
     "Shared",
     "SharedState",
     "StateOptions",
+    "StreamReset",
     "Subjects",
     "SystemClock",
     "Unavailable",

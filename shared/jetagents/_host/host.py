@@ -64,6 +64,7 @@ from .._nats.event_stream import JetStreamEventStream
 from .._nats.hosts import HostLink, dropped_subject
 from .._nats.inbox import Inbox, shared_inbox
 from .._nats.kv import JetStreamStore, NatsClient
+from .._nats.out_stream import JetStreamOutStream
 from .._nats.ports import NatsPublisher
 from .._obs.metrics import Metrics
 from .._obs.telemetry import (
@@ -181,6 +182,7 @@ class Host:
             replicas=settings.replicas,
             duplicate_window_s=settings.duplicate_window_s,
             max_payload_bytes=settings.max_payload_bytes,
+            out_max_age_s=settings.out_result_ttl_s,
         )
         # ring membership: partitions come and go as the cluster's ring assigns them;
         # static: a fixed set (given, or p % host_count == host_index)
@@ -360,6 +362,7 @@ class Host:
         self._client = await _agents_client(self.nc, s, *self._providers)
         events = JetStreamEventStream(self.nc, self._inbox, self._reader, self.topology.evt_stream, s.op_timeout_s)
         self.eventlog.bind(events)
+        self.pipeline.out.bind(JetStreamOutStream(self.nc, self._inbox, self.topology.out_stream, s.op_timeout_s))
         self.catalog.bind(events, snapshots, meta, self._client)
 
         self._pull_prefix = self.nc.new_inbox()
