@@ -7,8 +7,10 @@
 """
 
 from ._client.client import AgentRef, AgentStream, Client, Reply
+from ._client.coordination import Lease
 from ._core.agent import Agent, AgentContext, AgentSpec, Event, Registry, action, applies
 from ._core.clock import Clock, SystemClock
+from ._core.coordination import BarrierTimeout, CacheTimeout, LeaseBusy, LeaseLost
 from ._core.crdt import GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter
 from ._core.errors import (
     ActionTimeout,
@@ -31,6 +33,7 @@ from ._core.errors import (
 from ._core.ids import AgentId, partition_of
 from ._core.journal import step_key
 from ._core.outstream import StreamReset
+from ._core.pubsub import Message, Subscription, subscribe
 from ._core.retry import CircuitBreaker, RetryPolicy
 from ._core.vclock import CustomResolver, KeepSiblings, LastWriterWins, SemanticMerge, VectorClock, Versioned
 from ._core.wire import Delivery, Priority, Subjects
@@ -53,6 +56,8 @@ __all__ = [
     "AgentSpec",
     "AgentStream",
     "AgentTimeout",
+    "BarrierTimeout",
+    "CacheTimeout",
     "Cached",
     "CircuitBreaker",
     "Client",
@@ -75,9 +80,13 @@ __all__ = [
     "LWWMap",
     "LWWRegister",
     "LastWriterWins",
+    "Lease",
+    "LeaseBusy",
+    "LeaseLost",
     "Local",
     "MalformedCommand",
     "ManualClock",
+    "Message",
     "NatsServer",
     "NonDeterministic",
     "ORMap",
@@ -98,6 +107,7 @@ __all__ = [
     "StateOptions",
     "StreamReset",
     "Subjects",
+    "Subscription",
     "SystemClock",
     "Unavailable",
     "UnknownAction",
@@ -112,4 +122,5 @@ __all__ = [
     "partition_of",
     "state_layers",
     "step_key",
+    "subscribe",
 ]

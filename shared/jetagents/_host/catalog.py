@@ -30,7 +30,7 @@ from .._core.wire import Commit, Subjects
 from .._obs.metrics import Metrics
 from .._obs.telemetry import HostTelemetry
 from .._settings import HostSettings
-from .ports import Bucket, StoredMessage
+from .ports import Bucket, Schedules, StoredMessage
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -100,11 +100,14 @@ class Catalog:
         self.token_of = token_of
         self.activations: OrderedDict[str, Activation] = OrderedDict()
         self.steps: Any = None  # the host's durable steps (``_host/steps.py``), set by the pipeline
+        self.schedules: Schedules | None = None  # the server's timers and reminders, set by the host
         self._snap_sem = asyncio.Semaphore(16)
         self._events: LogReader = None  # type: ignore[assignment]  # set by bind()
         self._snapshots: Bucket = None  # type: ignore[assignment]
         self._meta: Bucket = None  # type: ignore[assignment]
         self._client: Any = None
+        # called before an agent's first command of an activation (declared subscriptions)
+        self.on_activate: Callable[[AgentId, AgentSpec], Awaitable[None]] | None = None
 
     def bind(self, events: LogReader, snapshots: Bucket, meta: Bucket, client: Any) -> None:
         """Connected: the event log, the buckets, and the client the agents call others with."""
@@ -182,6 +185,8 @@ class Catalog:
             # A host with a newer claim on this partition has written this agent: ours is
             # stale (we were paused or cut off). Never write after it.
             raise FencedError(f"{aid} was written by a newer owner of partition {partition}")
+        if self.on_activate is not None:
+            await self.on_activate(aid, act.spec)
         act.agent = agent
         act.own = own
         act.n, act.last_seq, act.records = n, last_seq, records if len(records) else None
