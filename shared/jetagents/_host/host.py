@@ -119,6 +119,17 @@ def _dead_letter_max_bytes(nc: NatsClient | None, topology: Topology) -> int:
     return max(DEAD_LETTER_MIN_BYTES, min(limit, server) if server > 0 else limit)
 
 
+def _topology(s: HostSettings, subjects: Subjects) -> Topology:
+    return Topology(
+        subjects=subjects,
+        partitions=s.partitions,
+        replicas=s.replicas,
+        duplicate_window_s=s.duplicate_window_s,
+        max_payload_bytes=s.max_payload_bytes,
+        out_max_age_s=s.out_result_ttl_s,
+    )
+
+
 def _cluster_config(s: HostSettings) -> ClusterConfig:
     return ClusterConfig(
         partitions=s.partitions,
@@ -179,14 +190,7 @@ class Host:
         self.registry = registry
         self.clock = clock or SystemClock()
         self.subjects = Subjects(settings.subject_root)
-        self.topology = Topology(
-            subjects=self.subjects,
-            partitions=settings.partitions,
-            replicas=settings.replicas,
-            duplicate_window_s=settings.duplicate_window_s,
-            max_payload_bytes=settings.max_payload_bytes,
-            out_max_age_s=settings.out_result_ttl_s,
-        )
+        self.topology = _topology(settings, self.subjects)
         # ring membership: partitions come and go as the cluster's ring assigns them;
         # static: a fixed set (given, or p % host_count == host_index)
         self.static = partitions is not None or settings.membership == "static"
