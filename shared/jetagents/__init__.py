@@ -13,7 +13,9 @@ from ._core.clock import Clock, SystemClock
 from ._core.coordination import BarrierTimeout, CacheTimeout, LeaseBusy, LeaseLost
 from ._core.crdt import GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter
 from ._core.errors import (
+    ActionCancelled,
     ActionTimeout,
+    AgentSuspended,
     AgentTimeout,
     DeadlineExceeded,
     DomainError,
@@ -25,6 +27,7 @@ from ._core.errors import (
     NonDeterministic,
     PartitionError,
     PayloadTooLarge,
+    SignalBufferFull,
     Unavailable,
     UnknownAction,
     UnknownAgent,
@@ -48,6 +51,7 @@ from .testing.clock import ManualClock
 from .testing.server import NatsServer
 
 __all__ = [
+    "ActionCancelled",
     "ActionTimeout",
     "Agent",
     "AgentContext",
@@ -55,6 +59,7 @@ __all__ = [
     "AgentRef",
     "AgentSpec",
     "AgentStream",
+    "AgentSuspended",
     "AgentTimeout",
     "BarrierTimeout",
     "CacheTimeout",
@@ -104,6 +109,7 @@ __all__ = [
     "Session",
     "Shared",
     "SharedState",
+    "SignalBufferFull",
     "StateOptions",
     "StreamReset",
     "Subjects",

@@ -87,6 +87,9 @@ class Command:
     error: str = ""
     traced: bool = False  # in a process span (SDK tracing): append and reply get spans too
     streams: bool = False  # sent with Agt-Stream: 1: its output and end go to agt.out (ADR 0042)
+    # a journal's re-run (ADR 0042): a suspended action resumed, or a parked command run, in
+    # the turn of the command that freed it (never acknowledged itself: that command is)
+    resume: bool = False
 
     @property
     def durable(self) -> bool:
