@@ -44,6 +44,8 @@ from .._core.journal import (
     resolution_entry,
     step_entry,
     take_inbox,
+    timer_body,
+    timer_name,
     wait_entry,
 )
 from .._core.wire import H_CORRELATION_ID, encode_commit
@@ -93,9 +95,31 @@ class Steps:
         self._eventlog = eventlog
         self._placement = placement
         self._coordinator = coordinator
-        # arms a wait's timer: (activation, command id, cursor, until_ms) -> awaitable;
-        # None until the server's schedules are available (``_host/suspension.py`` sets it)
-        self.arm_timer: Callable[[Activation, str, int, int], Any] | None = None
+
+    async def arm_timer(self, act: Activation, cmd: str, i: int, until_ms: int) -> None:
+        """Publish the server schedule that ends the wait at ``i`` of ``cmd`` at ``until_ms``
+        (``@at``; at once if past). The same subject and message id every time: arming it
+        again (a re-run that reached the wait again) changes nothing."""
+        schedules = self._catalog.schedules
+        if schedules is None:
+            raise Unavailable("this host has no server schedules: a wait with a timeout cannot be armed")
+        aid = act.agent_id
+        subjects = self._catalog.subjects
+        await schedules.schedule_at(
+            subjects.rem(aid.type, aid.id, timer_name(cmd, i)),
+            until_ms,
+            subjects.cmd(aid.type, aid.id),
+            timer_body(cmd, i),
+            msg_id=f"{aid.key}:{cmd}#{i}@timer",
+        )
+
+    async def purge_timer(self, act: Activation, cmd: str, i: int) -> None:
+        """Remove the timer of a wait that a signal (or a cancel) ended; a firing that is
+        already in the stream finds the wait resolved and is ignored."""
+        schedules = self._catalog.schedules
+        if schedules is not None:
+            aid = act.agent_id
+            await schedules.cancel(self._catalog.subjects.rem(aid.type, aid.id, timer_name(cmd, i)))
 
     def bind(self, act: Activation) -> BoundSteps:
         """What ``AgentContext.steps`` of ``act``'s agent holds."""
@@ -154,11 +178,14 @@ class Steps:
             until_ms = None if timeout_s is None else self._clock.wall_ms() + int(timeout_s * 1000)
             await self.append(act, agent, wait_entry(i, name, until_ms))
             entry = wait_entry(i, name, until_ms)
-            if until_ms is not None and self.arm_timer is not None:
+            if until_ms is not None:
                 await self.arm_timer(act, cmd, i, until_ms)
         else:
             assert journal is not None
             res = journal.resolved.get(i)
+            if res is None and entry.get("until_ms") is not None:
+                # a re-run of a command whose host died between the wait's entry and its timer
+                await self.arm_timer(act, cmd, i, int(entry["until_ms"]))
             if res is not None:
                 if res.get("k") == TIMEOUT:
                     if name == SLEEP:
