@@ -15,6 +15,7 @@ import pytest
 from nats.js.api import StreamConfig
 
 from jetagents import ActionCancelled, AgentSuspended, Client, ClientSettings, Host, NatsServer, Registry
+from jetagents._core.journal import timer_name
 from tests.conftest import host_settings
 from tests.durable_agents import AGENTS, FX_STREAM, FX_SUBJECTS
 from tests.integration.helpers import commits, eventually, read_all
@@ -161,3 +162,28 @@ async def test_cancel_suspended_running_finished_and_unknown(flow_client: tuple[
 
 async def _entered(client: Client, run: str) -> bool:
     return (await effects(client, run))["prepare.enter"] >= 1
+
+
+async def test_a_wait_times_out_on_the_servers_timer_and_a_signal_purges_the_timer(
+    flow_client: tuple[Client, Host],
+) -> None:
+    client, host = flow_client
+    ref = client.agent("flow", "f6")
+    first = await ref.request_reply("approve_flow", {"run": "t1", "timeout_s": 1}, command_id="t1")
+    assert first.status == "suspended" and first.waiting["until_ms"] is not None
+    timers = await read_all(client.nc, "AGT_CMD")
+    assert [s for _, s, _, _ in timers if s.startswith("agt.rem.flow.f6._w")]  # held by the server
+    assert await ref.result("t1", timeout=15) == {"run": "t1", "payload": "timed out"}
+    log = await commits(client.nc, "flow", "f6")
+    assert [c["j"]["k"] for c in log] == ["step", "wait", "timeout", "step", "end"]
+    assert log[2]["cmd"].startswith("s")  # the firing's own id (stream position), closed by it
+    assert log[2]["j"]["for"] == "t1"
+    assert await ref.request("nap", {"seconds": 1}, command_id="n1", timeout=15) == "rested"
+
+    # a signal within the timeout wins, and its timer is gone (a late firing would be ignored)
+    assert (await ref.request_reply("approve_flow", {"run": "t2", "timeout_s": 30}, command_id="t2")).status
+    timer = f"agt.rem.flow.f6.{timer_name('t2', 1)}"
+    assert await host.schedules.get(timer) is not None
+    assert await ref.signal("approve", "fast") == {"delivered": "t2"}
+    assert await ref.result("t2", timeout=10) == {"run": "t2", "payload": "fast"}
+    assert await host.schedules.get(timer) is None

@@ -23,6 +23,8 @@ import hashlib
 from contextvars import ContextVar
 from typing import Any
 
+import orjson
+
 from .errors import NonDeterministic
 
 STEP = "step"
@@ -221,6 +223,17 @@ def inbox_entry(name: str, value: Any, to: str | None) -> dict[str, Any]:
 def park_entry(action: str, params: Any, reply_to: str | None) -> dict[str, Any]:
     """The ``j`` of a write command parked while another action is suspended."""
     return {"k": PARK, "action": action, "params": params, "reply_to": reply_to}
+
+
+def timer_name(cmd: str, i: int) -> str:
+    """The schedule name of the timer of the wait at ``i`` of ``cmd``: ``_w<16 hex>-<i>``
+    (``agt.rem.<type>.<id>._w...``; hashed: a command id may hold any character)."""
+    return f"_w{hashlib.sha256(cmd.encode()).hexdigest()[:16]}-{i}"
+
+
+def timer_body(cmd: str, i: int) -> bytes:
+    """What the timer's firing delivers on ``agt.cmd.<type>.<id>``."""
+    return orjson.dumps({"timer": {"for": cmd, "i": i}})
 
 
 def take_inbox(inbox: list[dict[str, Any]] | None, name: str, cmd: str) -> dict[str, Any] | None:

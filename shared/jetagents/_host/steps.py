@@ -44,6 +44,8 @@ from .._core.journal import (
     resolution_entry,
     step_entry,
     take_inbox,
+    timer_body,
+    timer_name,
     wait_entry,
 )
 from .._core.wire import H_CORRELATION_ID, encode_commit
@@ -93,9 +95,31 @@ class Steps:
         self._eventlog = eventlog
         self._placement = placement
         self._coordinator = coordinator
-        # arms a wait's timer: (activation, command id, cursor, until_ms) -> awaitable;
-        # None until the server's schedules are available (``_host/suspension.py`` sets it)
-        self.arm_timer: Callable[[Activation, str, int, int], Any] | None = None
+
+    async def arm_timer(self, act: Activation, cmd: str, i: int, until_ms: int) -> None:
+        """Publish the server schedule that ends the wait at ``i`` of ``cmd`` at ``until_ms``
+        (``@at``; at once if past). The same subject and message id every time: arming it
+        again (a re-run that reached the wait again) changes nothing."""
+        schedules = self._catalog.schedules
+        if schedules is None:
+            raise Unavailable("this host has no server schedules: a wait with a timeout cannot be armed")
+        aid = act.agent_id
+        subjects = self._catalog.subjects
+        await schedules.schedule_at(
+            subjects.rem(aid.type, aid.id, timer_name(cmd, i)),
+            until_ms,
+            subjects.cmd(aid.type, aid.id),
+            timer_body(cmd, i),
+            msg_id=f"{aid.key}:{cmd}#{i}@timer",
+        )
+
+    async def purge_timer(self, act: Activation, cmd: str, i: int) -> None:
+        """Remove the timer of a wait that a signal (or a cancel) ended; a firing that is
+        already in the stream finds the wait resolved and is ignored."""
+        schedules = self._catalog.schedules
+        if schedules is not None:
+            aid = act.agent_id
+            await schedules.cancel(self._catalog.subjects.rem(aid.type, aid.id, timer_name(cmd, i)))
 
     def bind(self, act: Activation) -> BoundSteps:
         """What ``AgentContext.steps`` of ``act``'s agent holds."""
@@ -116,10 +140,15 @@ class Steps:
         self.check_cancelled(act, cmd)
         journals = act.journals
         entry = recorded(journals.get(cmd) if journals else None, i, name, ctx.action)
+        out = ctx.out  # the command's streamed output (_host/outbox.py), if its caller streams it
         if entry is not None:  # journaled by an earlier run: never run again
+            if out is not None:
+                out.step_replayed(entry)
             if not entry.get("ok", True):
                 raise error_from_wire(entry.get("error"))
             return _revive(entry.get("value"), fn)
+        if out is not None:
+            out.step_runs(i)
         token = _STEP_KEY.set(key_of(act.agent_id.key, cmd, i))
         try:
             try:
@@ -129,10 +158,16 @@ class Steps:
             finally:
                 _STEP_KEY.reset(token)
         except DomainError as err:  # a refusal is a result too: journaled, raised again on a re-run
-            await self.append(act, agent, step_entry(i, name, error=err.to_wire()))
+            j = step_entry(i, name, error=err.to_wire())
+            if out is not None:
+                await out.seal(j)  # its chunks stored first: a journaled step is never re-run
+            await self.append(act, agent, j)
             raise
         dumped = value.model_dump(mode="json") if isinstance(value, BaseModel) else to_jsonable_python(value)
-        await self.append(act, agent, step_entry(i, name, dumped))
+        j = step_entry(i, name, dumped)
+        if out is not None:
+            await out.seal(j)
+        await self.append(act, agent, j)
         return value
 
     @staticmethod
@@ -154,11 +189,14 @@ class Steps:
             until_ms = None if timeout_s is None else self._clock.wall_ms() + int(timeout_s * 1000)
             await self.append(act, agent, wait_entry(i, name, until_ms))
             entry = wait_entry(i, name, until_ms)
-            if until_ms is not None and self.arm_timer is not None:
+            if until_ms is not None:
                 await self.arm_timer(act, cmd, i, until_ms)
         else:
             assert journal is not None
             res = journal.resolved.get(i)
+            if res is None and entry.get("until_ms") is not None:
+                # a re-run of a command whose host died between the wait's entry and its timer
+                await self.arm_timer(act, cmd, i, int(entry["until_ms"]))
             if res is not None:
                 if res.get("k") == TIMEOUT:
                     if name == SLEEP:

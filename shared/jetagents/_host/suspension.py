@@ -96,8 +96,7 @@ class Suspension:
         self._steps = steps
         self._outcomes = outcomes
         self._run = run  # the pipeline's processing of one command (a resumed or parked run)
-        # purges a wait's timer (best effort): (activation, command id, cursor) -> awaitable
-        self.purge_timer: Callable[[Activation, str, int], Awaitable[None]] | None = None
+        self.purge_timer: Callable[[Activation, str, int], Awaitable[None]] | None = steps.purge_timer
 
     # -- replies that are no result -----------------------------------------------------------
     async def answer_status(self, cmd: Command, out: dict[str, str], status: str, **extra: Any) -> None:
@@ -127,6 +126,10 @@ class Suspension:
         if own is not None:
             waiting = own.waiting()
             if waiting is not None:  # a re-send while it waits: the same answer as the first
+                if waiting.get("until_ms") is not None:
+                    # its host may have died between the wait's entry and its timer: arm it
+                    # (again: the same subject and message id change nothing)
+                    await self._steps.arm_timer(act, cmd_id, int(waiting["i"]), int(waiting["until_ms"]))
                 await self.answer_status(cmd, out, "suspended", waiting=_waiting(waiting))
                 return False
             if own.parked is not None and not own.waited:
@@ -356,7 +359,8 @@ class Suspension:
         )
         self._record(act, cmd.command_id, seq, result)
         journal = act.journals.get(waiter) if act.journals else None
-        if journal is not None and j["k"] == SIGNAL and self.purge_timer is not None:
+        timed = journal is not None and i < len(journal.steps) and journal.steps[i].get("until_ms") is not None
+        if timed and j["k"] == SIGNAL and self.purge_timer is not None:
             try:
                 await self.purge_timer(act, waiter, i)
             except Exception as exc:  # noqa: BLE001 - best effort: the firing is ignored
