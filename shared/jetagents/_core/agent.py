@@ -38,7 +38,7 @@ from pydantic_core import to_jsonable_python
 from .errors import InternalError, InvalidParams, UnknownAction
 from .ids import AgentId, validate_token
 from .journal import SLEEP, callee_command_id, current_step_key
-from .upcast import Upcaster, incompatible, migrated_event, migrated_state
+from .upcast import Upcaster, migrated_state, read_event
 from .wire import WireEvent, validation_details
 
 if TYPE_CHECKING:
@@ -290,8 +290,7 @@ class Agent(Generic[S]):
 
     @classmethod
     def initial_state(cls) -> BaseModel:
-        """The state of an agent with no history (``state_type()``; override it when the
-        state has required fields)."""
+        """The state of an agent with no history; override it when the state has required fields."""
         return cls.state_type()
 
     # -- what actions use ----------------------------------------------------------------
@@ -446,9 +445,6 @@ class Agent(Generic[S]):
         if draft is not None:
             self._state = draft
 
-    def _log_name(self) -> str:
-        return f"the event log of {self.ctx.agent_id}"
-
     def _replay(self, events: list[WireEvent]) -> None:
         spec = type(self).__jetagents_spec__
         state = self._state
@@ -459,14 +455,7 @@ class Agent(Generic[S]):
                     f"event log of {self.ctx.agent_id} holds event type {wire.type!r} (version {wire.v or 1}) "
                     f"that {type(self).__name__} cannot apply"
                 )
-            cls = applier.event_cls
-            if (wire.v or 1) == cls.event_version:
-                try:
-                    event = cls.model_validate(wire.data)
-                except ValidationError as exc:
-                    raise incompatible(wire.type, wire.v or 1, cls.event_version, self._log_name(), exc) from None
-            else:  # ADR 0052: an older schema, migrated
-                event = migrated_event(cls, wire, spec.upcasters, self._log_name())
+            event = read_event(applier.event_cls, wire, spec.upcasters, self.ctx.agent_id)  # ADR 0052
             state = _apply(applier, self, state, event)
         self._state = state
 
@@ -479,13 +468,11 @@ def _apply(applier: ApplierSpec, agent: Agent[Any], state: Any, event: Event) ->
 def wire_events(events: list[Event]) -> list[dict[str, Any]]:
     """Events as the ``{"type", "data"}`` dicts of a commit (``encode_commit``), with ``"v"``
     when the event's schema is past version 1 (ADR 0052)."""
-    out: list[dict[str, Any]] = []
-    for e in events:
-        wire: dict[str, Any] = {"type": e.event_type, "data": e.model_dump(mode="json")}
-        if e.event_version != 1:
-            wire["v"] = e.event_version
-        out.append(wire)
-    return out
+    return [{"type": e.event_type, "data": e.model_dump(mode="json"), **(_v(e.event_version))} for e in events]
+
+
+def _v(version: int) -> dict[str, int]:
+    return {"v": version} if version != 1 else {}
 
 
 def encode_events(events: list[Event]) -> list[WireEvent]:

@@ -91,13 +91,15 @@ def migrated_state(
         raise incompatible(STATE, version, current, where, exc) from None
 
 
-def migrated_event(
-    cls: type[BaseModel], wire: WireEvent, upcasters: Mapping[tuple[str, int], Upcaster], where: str
+def read_event(
+    cls: type[BaseModel], wire: WireEvent, upcasters: Mapping[tuple[str, int], Upcaster], agent_id: object
 ) -> Any:
-    """An event stored at another version than ``cls`` has, raised by the upcasters and validated."""
+    """A stored event as ``cls``: validated as it is when its version is the code's (the
+    common case: no copy, no lookup), else raised by the upcasters first."""
     version = wire.v or 1
     current: int = getattr(cls, "event_version", 1)
-    data = upcast(upcasters, wire.type, version, current, wire.data, where)
+    where = f"the event log of {agent_id}"
+    data = wire.data if version == current else upcast(upcasters, wire.type, version, current, wire.data, where)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
