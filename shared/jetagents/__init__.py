@@ -13,7 +13,9 @@ from ._core.clock import Clock, SystemClock
 from ._core.coordination import BarrierTimeout, CacheTimeout, LeaseBusy, LeaseLost
 from ._core.crdt import GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter
 from ._core.errors import (
+    ActionCancelled,
     ActionTimeout,
+    AgentSuspended,
     AgentTimeout,
     DeadlineExceeded,
     DomainError,
@@ -25,6 +27,7 @@ from ._core.errors import (
     NonDeterministic,
     PartitionError,
     PayloadTooLarge,
+    SignalBufferFull,
     Unavailable,
     UnknownAction,
     UnknownAgent,
@@ -47,12 +50,14 @@ from .testing.clock import ManualClock
 from .testing.server import NatsServer
 
 __all__ = [
+    "ActionCancelled",
     "ActionTimeout",
     "Agent",
     "AgentContext",
     "AgentId",
     "AgentRef",
     "AgentSpec",
+    "AgentSuspended",
     "AgentTimeout",
     "BarrierTimeout",
     "CacheTimeout",
@@ -102,6 +107,7 @@ __all__ = [
     "Session",
     "Shared",
     "SharedState",
+    "SignalBufferFull",
     "StateOptions",
     "Subjects",
     "Subscription",

@@ -302,7 +302,12 @@ class Client:
 
     # -- sending ---------------------------------------------------------------------------
     async def _send(
-        self, aid: AgentId, action: str, params: Mapping[str, Any] | None, options: SendOptions
+        self,
+        aid: AgentId,
+        action: str,
+        params: Mapping[str, Any] | None,
+        options: SendOptions,
+        body: bytes | None = None,
     ) -> Reply | str:
         cmd = OutboundCommand.build(
             aid,
@@ -314,5 +319,6 @@ class Client:
             limit_bytes=payload_limit(self.settings.max_payload_bytes, self._transport.max_payload),
             new_id=self._transport.new_id,
             wall_ms=self._clock.wall_ms(),
+            body=body,
         )
         return await self._sender.send(cmd)
