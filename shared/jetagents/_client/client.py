@@ -25,6 +25,7 @@ from .._core.agent import Agent, spec_of
 from .._core.clock import SystemClock
 from .._core.errors import AgentTimeout, JetAgentsError, Unavailable
 from .._core.ids import AgentId, partition_of
+from .._core.outstream import ctoken
 from .._core.retry import RetryPolicy
 from .._core.wire import Delivery, Priority, Subjects
 from .._nats.api import Topology, ensure_topology
@@ -35,6 +36,7 @@ from .command import OutboundCommand, SendOptions, payload_limit
 from .ref import AgentRef, Proxy
 from .reply import Reply, decode_reply, no_responders, not_applied
 from .sender import Sender
+from .stream import AgentStream
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
     from .pubsub import ClientPubSub
     from .workqueue import WorkQueue
 
-__all__ = ["AgentRef", "Client", "Reply"]
+__all__ = ["AgentRef", "AgentStream", "Client", "Reply"]
 
 A = TypeVar("A", bound=Agent[Any])
 
@@ -236,6 +238,28 @@ class Client:
                 err = exc
             await self._sender.backoff(attempt, deadline, err, until_deadline=True)
             attempt += 1
+
+    # -- streamed output ---------------------------------------------------------------------
+    def _stream(
+        self,
+        aid: AgentId,
+        command_id: str,
+        *,
+        after: int,
+        next_chunk: int | None = None,
+        idle_timeout_s: float | None,
+        send: Any = None,
+    ) -> AgentStream:
+        timeout_s = idle_timeout_s if idle_timeout_s is not None else self.settings.request_timeout_s
+        subject = self.subjects.out(aid.type, aid.id, ctoken(command_id))
+        stream = Topology(self.subjects).out_stream
+
+        async def open_reader() -> Any:
+            return await self._transport.out_reader(stream, subject, min(timeout_s, 5.0))
+
+        return AgentStream(
+            command_id, open_reader, send=send, after=after, next_chunk=next_chunk, idle_timeout_s=timeout_s
+        )
 
     # -- pub-sub (ADR 0049; _client/pubsub.py) ------------------------------------------------
     @property
