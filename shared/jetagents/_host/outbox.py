@@ -9,11 +9,12 @@ a lost PubAck is retried under the same ``Nats-Msg-Id``, and chunks pile up into
 message while one is on its way (the faster the action streams, the larger the messages).
 
 Every run first learns what the stream holds (its last message, read from the leader, once
-per command and host: a redelivery after a crash may come with a delivery count of 1): chunks below that index are not published again; a
-step that runs its function again after it streamed is preceded by a ``reset`` naming the
-first void chunk. A step's journal entry is appended only once its chunks are stored, so a
-journaled step never needs a reset. The command's outcome publishes the ``end`` (the reply
-body) after every chunk (``OutStreams.finish``, called by ``Outcomes``).
+per command and host: a redelivery after a crash may come with a delivery count of 1):
+chunks below that index are not published again; a step that runs its function again after
+it streamed is preceded by a ``reset`` naming the first void chunk. A step's journal entry
+is appended only once its chunks are stored, so a journaled step never needs a reset. The
+command's outcome publishes the ``end`` (the reply body) after every chunk
+(``OutStreams.finish``, called by ``Outcomes``).
 """
 
 from __future__ import annotations
