@@ -193,3 +193,45 @@ def dlq_redrive(
 
     for r in _run(nats_url, ["jetagents.examples:EXAMPLE_AGENTS"], go):
         _line(r.to_json())
+
+
+@agent_app.command("delete")
+def agent_delete(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID")],
+    grace_s: Annotated[float, typer.Option(min=0, help="seconds before its data is purged")] = 86_400.0,
+    reason: Annotated[str, typer.Option(help="why (kept in the tombstone)")] = "",
+    by: Annotated[str | None, typer.Option(help="who (default: $USER)")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
+    nats_url: NatsUrl = None,
+) -> None:
+    """Delete an agent: a tombstone refuses its commands (agent_deleted) at once; its log,
+    snapshot, metadata and dead letters are purged by `jetagents agent purge` after --grace-s."""
+    aid = _parse(agent)
+    if not yes and not typer.confirm(f"delete {aid} for good (its data goes after {grace_s:g} s)?"):
+        raise typer.Exit(1)
+    who = by if by is not None else os.environ.get("USER", "")
+
+    async def go(admin: Any) -> Any:
+        from ._client.lifecycle import Lifecycle
+
+        return await Lifecycle(admin).delete(aid.type, aid.id, grace_s=grace_s, by=who, reason=reason)
+
+    _line(_run(nats_url, ["jetagents.examples:EXAMPLE_AGENTS"], go))
+
+
+@agent_app.command("purge")
+def agent_purge(
+    agents: AgentsOpt = None,
+    nats_url: NatsUrl = None,
+) -> None:
+    """Purge deleted agents past their grace period, then apply each known type's retention
+    (keep_snapshots): one JSON line per agent touched. Run it from cron."""
+
+    async def go(admin: Any) -> list[Any]:
+        from ._client.lifecycle import Lifecycle
+
+        life = Lifecycle(admin)
+        return [*(await life.purge_due()), *(await life.apply_retention())]
+
+    for line in _run(nats_url, agents, go):
+        _line(line)

@@ -27,7 +27,8 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from jetagents import Client, ClientSettings, Host, Registry
 from jetagents._client.admin import Admin
-from jetagents._core.errors import JetAgentsError
+from jetagents._client.lifecycle import Lifecycle
+from jetagents._core.errors import AgentDeleted, JetAgentsError
 from jetagents._nats.api import js_api
 from jetagents._state.store import SharedState
 from jetagents.examples import EXAMPLE_AGENTS
@@ -348,7 +349,13 @@ async def test_the_operator_inspects_and_redrives_a_client_cannot(world: World) 
                     await (as_client.dead_letters() if attempt == "dead_letters" else as_client.redrive(1))
             finally:
                 await nosy.close()
-        for subject in ("agt.sys.host.perm-host.agents", "$JS.API.STREAM.MSG.DELETE.AGT_DLQ"):
+        for subject in (
+            "agt.sys.host.perm-host.agents",
+            "agt.sys.host.perm-host.evict",
+            "$JS.API.STREAM.MSG.DELETE.AGT_DLQ",
+            "$KV.agt_tomb.counter.ops",
+            "$JS.API.STREAM.PURGE.AGT_EVT",
+        ):
             await spy.publish(subject, b'{"seq":1}')
             await seen.wait_for(f'Publish to "{subject}"')
     finally:
@@ -364,6 +371,14 @@ async def test_the_operator_inspects_and_redrives_a_client_cannot(world: World) 
         (dl,) = [d for d in await admin.dead_letters("counter", "ops") if d.command_id == "ops-bad"]
         done = await admin.redrive(dl.seq, wait_s=10)
         assert done.removed and done.reply is not None and done.reply["error"]["code"] == "unknown_action"
+        # the operator deletes an agent and, after the grace period, purges it (ADR 0052)
+        assert await w.client.agent("counter", "ops2").request("increment", {"by": 1}) == 1
+        life = Lifecycle(admin)
+        tomb = await life.delete("counter", "ops2", grace_s=0, by="op")
+        with pytest.raises(AgentDeleted):
+            await w.client.agent("counter", "ops2").request("increment", {"by": 1})
+        assert [t["agent"] for t in await life.purge_due(now_ms=tomb["purge_after_ms"])] == ["counter/ops2"]
+        assert await w.count("AGT_EVT", "agt.evt.counter.ops2") == 0
         # the operator repairs; it does not rewrite history or drop streams
         for subject in ("agt.evt.counter.ops", "$KV.agt_snap.counter.ops", "$JS.API.STREAM.DELETE.AGT_DLQ"):
             await rogue.publish(subject, b"{}")

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from .._core.agent import Agent, AgentSpec, Registry
-from .._core.errors import JetAgentsError, MalformedCommand, UnknownAgentType
+from .._core.errors import InternalError, JetAgentsError, MalformedCommand, UnknownAgentType
 from .._core.ids import AgentId, is_valid_token, partition_of
 from .._core.kv import Entry
 from .._core.membership import cluster_summary
@@ -357,7 +357,21 @@ class Admin:
             if not more or not msgs or (until_seq is not None and msgs[-1].seq >= until_seq):
                 break
             start = msgs[-1].seq + 1
-        return rebuild(spec, aid, log, until_seq=until_seq)
+        first_n = int(orjson.loads(log[0][1]).get("n", 1)) if log else None
+        if first_n == 1:
+            return rebuild(spec, aid, log, until_seq=until_seq)
+        # no first commit: a new agent, or a log cut by retention (ADR 0052) after a snapshot
+        entry = await self.io.kv_get(self.topology.snap_bucket, aid.key)
+        snap = _doc(entry.data) if entry else {}
+        if not snap and first_n is None:
+            return rebuild(spec, aid, log, until_seq=until_seq)
+        snap_n, snap_seq = int(snap.get("n", -1)), int(snap.get("seq", 0))
+        log = [(q, body) for q, body in log if q > snap_seq]  # retention keeps the last commit (the fence)
+        first_n = int(orjson.loads(log[0][1]).get("n", 1)) if log else snap_n + 1
+        if first_n != snap_n + 1 or (until_seq is not None and until_seq < snap_seq):
+            raise InternalError(f"the log of {aid} before commit {snap_n + 1} was purged (retention); no state there")
+        state = spec.state_from(aid, snap["state"], int(snap.get("sv", 1)))
+        return rebuild(spec, aid, log, until_seq=until_seq, state=state, n=snap_n, seq=snap_seq)
 
     # -- dead letters --------------------------------------------------------------------------
     async def dead_letters(

@@ -265,9 +265,8 @@ class Agent(Generic[S]):
     # time limit of one action run for this type (None: HostSettings.action_timeout_s);
     # an action's own @action(timeout_s=...) wins over it
     action_timeout_s: ClassVar[float | None] = None
-    # the state's schema version (ADR 0052): raise it with an @upcaster(STATE, ...) when a
-    # snapshot written by older code would not validate; snapshots carry it ("sv")
-    state_version: ClassVar[int] = 1
+    state_version: ClassVar[int] = 1  # the state's schema version, with @upcaster(STATE, ...) (ADR 0052)
+    keep_snapshots: ClassVar[int | None] = None  # retention: log kept from the N-th last snapshot; None: all
     # what this type's other write commands do while one of its actions is suspended on a
     # wait (ADR 0042 §4): "enqueue" (parked, run after it), "reject" (agent_suspended) or
     # "interrupt" (the suspended action is cancelled); read-only actions always run

@@ -19,6 +19,7 @@
     ├── AgentSuspended                  yes  a write to an agent whose action is suspended (policy reject)
     ├── SignalBufferFull                yes  a signal nobody waits for, and the agent's buffer is full
     ├── ActionCancelled                 no   the command was cancelled (``cancel``) while running or suspended
+    ├── AgentDeleted                    no   the agent was deleted (``jetagents agent delete``, ADR 0052)
     ├── DomainError                     no   raised by an agent's action on purpose
     └── InternalError                   no   the action raised something unexpected
 
@@ -139,6 +140,13 @@ class ActionCancelled(JetAgentsError):
     code = "cancelled"
 
 
+class AgentDeleted(JetAgentsError):
+    """The agent was deleted (a tombstone in ``agt_tomb``, ADR 0052): commands to it are
+    refused, answered and acknowledged, never run and never dead-lettered."""
+
+    code = "agent_deleted"
+
+
 class DomainError(JetAgentsError):
     """Raised by an action to refuse a command; reaches the caller as the same type.
 
@@ -179,6 +187,7 @@ _BY_CODE: dict[str, type[JetAgentsError]] = {
         AgentSuspended,
         SignalBufferFull,
         ActionCancelled,
+        AgentDeleted,
     )
 }
 

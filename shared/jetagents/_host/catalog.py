@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from .._core.agent import Agent, AgentContext, AgentSpec
 from .._core.clock import Clock
 from .._core.dedup import DedupRecord
-from .._core.errors import FencedError, InternalError, Unavailable, UnknownAgent
+from .._core.errors import AgentDeleted, FencedError, InternalError, Unavailable, UnknownAgent
 from .._core.ids import AgentId, partition_of
 from .._core.journal import Journal, fold
 from .._core.wire import Commit, Subjects
@@ -112,12 +112,16 @@ class Catalog:
         self._snapshots: Bucket = None  # type: ignore[assignment]
         self._meta: Bucket = None  # type: ignore[assignment]
         self._client: Any = None
+        self._tombs: Bucket | None = None  # tombstones of deleted agents (ADR 0052)
         # called before an agent's first command of an activation (declared subscriptions)
         self.on_activate: Callable[[AgentId, AgentSpec], Awaitable[None]] | None = None
 
-    def bind(self, events: LogReader, snapshots: Bucket, meta: Bucket, client: Any) -> None:
+    def bind(
+        self, events: LogReader, snapshots: Bucket, meta: Bucket, client: Any, tombs: Bucket | None = None
+    ) -> None:
         """Connected: the event log, the buckets, and the client the agents call others with."""
         self._events, self._snapshots, self._meta, self._client = events, snapshots, meta, client
+        self._tombs = tombs
 
     async def activate(self, act: Activation, given: dict[str, Any] | None = None) -> None:
         """Rebuild the agent: snapshot (if any and readable) + replay of later commits."""
@@ -144,8 +148,15 @@ class Catalog:
             try:
                 if given is not None:  # handed over by the previous host (state transfer)
                     snap = given
+                elif self._tombs is not None:  # read together: a deleted agent costs no round trip more
+                    raw_snap, tomb = await asyncio.gather(self._snapshots.get(aid.key), self._tombs.get(aid.key))
+                    if tomb is not None:
+                        raise AgentDeleted(f"{aid} was deleted", details={"agent": str(aid)})
+                    raw_snap = raw_snap or None
                 else:
                     raw_snap = await self._snapshots.get(aid.key) or None
+            except AgentDeleted:
+                raise
             except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
                 raise Unavailable(f"cannot read the snapshot of {aid}: {exc!r}") from None
             if raw_snap is not None:

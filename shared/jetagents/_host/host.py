@@ -366,6 +366,7 @@ class Host:
         self.cepoch = f"{fnv1a_32(created.encode()):08x}"  # names commands that carry no id
         snapshots = await KvBucket.open(self.nc, self.topology.snap_bucket, s.op_timeout_s)
         meta = await KvBucket.open(self.nc, self.topology.meta_bucket, s.op_timeout_s)
+        tombs = await KvBucket.open(self.nc, self.topology.tomb_bucket, s.op_timeout_s)
         self._reader = DirectReader(self.nc)
         await self._reader.start()
         self._inbox = await shared_inbox(self.nc)  # the connection's one reply inbox
@@ -373,7 +374,7 @@ class Host:
         events = JetStreamEventStream(self.nc, self._inbox, self._reader, self.topology.evt_stream, s.op_timeout_s)
         self.eventlog.bind(events)
         self.pipeline.out.bind(JetStreamOutStream(self.nc, self._inbox, self.topology.out_stream, s.op_timeout_s))
-        self.catalog.bind(events, snapshots, meta, self._client)
+        self.catalog.bind(events, snapshots, meta, self._client, tombs)
 
         self._pull_prefix = self.nc.new_inbox()
         self.partitions.bind(PartitionConsumers(self.nc, self.topology, s.op_timeout_s), self._pull_prefix)

@@ -30,6 +30,7 @@ from .._core.dedup import DedupRecord
 from .._core.errors import (
     ActionCancelled,
     ActionTimeout,
+    AgentDeleted,
     DeadlineExceeded,
     DomainError,
     FencedError,
@@ -82,7 +83,12 @@ from .supervisor import Supervisor
 from .suspension import Suspension
 
 # refusals of the activation itself: bad input, never worth another try
-_NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
+_NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent, AgentDeleted)
+
+
+def _refusal(err: JetAgentsError) -> Result:
+    """Bad input is dead-lettered; a deleted agent's command is only answered (ADR 0052)."""
+    return Result.DOMAIN if isinstance(err, AgentDeleted) else Result.REFUSED
 
 
 def _trace_of(cmd: Command) -> tuple[str | None, str | None]:
@@ -272,7 +278,7 @@ class Pipeline:
                 await self.suspension.control(act, cmd, body, out)
                 return
             except _NON_RETRYABLE_INPUT as err:
-                await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
+                await self._outcomes.settle(cmd, _refusal(err), out, error=err)
                 return
             except JetAgentsError as err:
                 failed = err
@@ -302,7 +308,7 @@ class Pipeline:
             try:
                 await self._catalog.activate(act)
             except _NON_RETRYABLE_INPUT as err:
-                await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
+                await self._outcomes.settle(cmd, _refusal(err), out, error=err)
                 return None
             except JetAgentsError as err:
                 return err, isinstance(err, InternalError)

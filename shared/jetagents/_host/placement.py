@@ -233,6 +233,8 @@ class Placement:
                 await self._on_migrate(msg)
             elif what == "agents":
                 await self._on_agents(msg)
+            elif what == "evict":
+                await self._on_evict(msg)
         except Exception as exc:  # noqa: BLE001 - answer, never crash the subscription
             self.log.warning("host_request_failed", what=what, error=repr(exc))
             if msg.reply:
@@ -280,6 +282,21 @@ class Placement:
         keys = list(self.catalog.activations)
         body = {"host": self.settings.host_id, "total": len(keys), "agents": keys[:AGENTS_LISTED]}
         await self.pipeline.reply(msg.reply, encode_ok(body), {}, None)
+
+    async def _on_evict(self, msg: Message) -> None:
+        """Forget an agent (deleted, ADR 0052): its next command rebuilds it, and finds the
+        tombstone. One still busy keeps its activation, emptied, so its queue runs into it."""
+        try:
+            key = str(orjson.loads(msg.data)["agent"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise MalformedCommand('an evict request is a JSON object {"agent": "<type>.<id>"}') from None
+        act = self.catalog.activations.get(key)
+        if act is not None:
+            self.catalog.evict(act)
+            if not (act.scheduled or act.mailbox or act.held):
+                self.catalog.activations.pop(key, None)
+        body = encode_ok({"host": self.settings.host_id, "evicted": act is not None})
+        await self.pipeline.reply(msg.reply, body, {}, None)
 
     # -- migration ----------------------------------------------------------------------------
     async def _on_adopt(self, msg: Message) -> None:

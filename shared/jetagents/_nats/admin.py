@@ -8,13 +8,14 @@ Reads only need what the wire contract grants a reader (``$JS.API.STREAM.INFO``,
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .api import DirectReader, js_api, js_publish, stream_info
+from .api import ERR_NO_MESSAGE, DirectReader, JSApiError, js_api, js_publish, stream_info
 from .headers import H_NATS_SEQUENCE, H_NATS_SUBJECT
 from .inbox import shared_inbox
 from .kv import KvEntry, kv_subject, last_by_subject, purge_subject, scan_last
@@ -58,6 +59,9 @@ class AdminTransport:
                 break
         return dict(list(out.items())[:limit])
 
+    async def stream_info(self, stream: str) -> dict[str, Any]:
+        return await stream_info(self.nc, stream, self.timeout_s)
+
     async def stream_state(self, stream: str) -> dict[str, Any]:
         info = await stream_info(self.nc, stream, self.timeout_s)
         return dict(info.get("state") or {})
@@ -77,6 +81,27 @@ class AdminTransport:
                 return out, False
             seq = last + 1
         return out, more
+
+    async def read_from_leader(self, stream: str, subject: str, start_seq: int, limit: int) -> list[Stored]:
+        """Like :meth:`read`, for streams without direct gets (KV buckets): one
+        ``STREAM.MSG.GET`` per message, from the stream leader."""
+        out: list[Stored] = []
+        seq = max(1, start_seq)
+        while len(out) < limit:
+            try:
+                body = {"seq": seq, "next_by_subj": subject}
+                resp = await js_api(self.nc, f"$JS.API.STREAM.MSG.GET.{stream}", body, self.timeout_s)
+            except JSApiError as exc:
+                if exc.err_code == ERR_NO_MESSAGE:
+                    return out
+                raise
+            msg = resp["message"]
+            hdrs = base64.b64decode(msg.get("hdrs") or b"")
+            out.append(Stored(int(msg["seq"]), str(msg["subject"]), base64.b64decode(msg.get("data") or b""), {}))
+            if b"KV-Operation" in hdrs:  # a delete or purge marker is no value
+                out.pop()
+            seq = int(msg["seq"]) + 1
+        return out
 
     async def last(self, stream: str, subject: str) -> Stored | None:
         msg = await self._reader.last(stream, subject, self.timeout_s)

@@ -1,0 +1,147 @@
+"""An agent's data lifecycle (ADR 0052): deletion by tombstone, the purge after its grace
+period, and log retention per type. Operator operations, over ``Admin``'s connection.
+
+>>> async def main():  # doctest: +SKIP
+...     life = Lifecycle(Admin(client, agents=[Counter]))
+...     await life.delete("counter", "c1", grace_s=3600, by="alice", reason="GDPR request")
+...     # ...an hour later (cron, or `jetagents agent purge`):
+...     await life.purge_due()            # log, snapshot, metadata, dead letters, queued commands
+...     await life.apply_retention()      # types with keep_snapshots: log before the snapshot
+
+A tombstone (KV ``agt_tomb``, key ``<type>.<id>``) is the deletion's audit record and stays:
+hosts read it when they activate the agent and refuse every command with ``agent_deleted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+
+from .._core.errors import JetAgentsError
+from .._core.ids import AgentId, partition_of
+from .admin import Admin, _doc
+
+
+class Lifecycle:
+    """Delete, purge, retain: the writes of the data lifecycle (the ``operator`` user)."""
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+        self.io = admin.io
+        self.subjects = admin.subjects
+        self.topology = admin.topology
+
+    async def delete(
+        self, agent_type: str, agent_id: str, *, grace_s: float = 86_400.0, by: str = "", reason: str = ""
+    ) -> dict[str, Any]:
+        """Tombstone the agent: from now on its commands are refused (``agent_deleted``);
+        its log and snapshots go at the first ``purge_due`` after ``grace_s``. Hosts holding
+        it in memory are told to forget it. Returns the tombstone (the audit record)."""
+        aid = AgentId(agent_type, agent_id)
+        now_ms = time.time_ns() // 1_000_000
+        existing = await self.io.kv_get(self.topology.tomb_bucket, aid.key)
+        if existing is not None:
+            return _doc(existing.data)
+        tomb = {
+            "agent": str(aid),
+            "deleted_ms": now_ms,
+            "purge_after_ms": now_ms + int(grace_s * 1000),
+            "by": by,
+            "reason": reason,
+            "purged_ms": None,
+        }
+        await self.io.kv_put(self.topology.tomb_bucket, aid.key, orjson.dumps(tomb))
+        await self._evict(aid)
+        return tomb
+
+    async def tombstones(self) -> dict[str, dict[str, Any]]:
+        """Every deleted agent (``<type>.<id>`` -> its tombstone)."""
+        bucket = self.topology.tomb_bucket
+        msgs = await self.io.read_from_leader(f"KV_{bucket}", f"$KV.{bucket}.>", 1, 1_000_000)
+        return {m.subject.removeprefix(f"$KV.{bucket}."): _doc(m.data) for m in msgs}
+
+    async def purge_due(self, now_ms: int | None = None) -> list[dict[str, Any]]:
+        """Purge every deleted agent whose grace period is over and that is not purged yet:
+        its log, snapshot, spawn metadata, dead letters, queued commands and schedules, and
+        its placement. The tombstone records when."""
+        now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+        done = []
+        for key, tomb in (await self.tombstones()).items():
+            if tomb.get("purged_ms") or int(tomb.get("purge_after_ms", 0)) > now:
+                continue
+            agent_type, _, agent_id = key.partition(".")
+            aid = AgentId(agent_type, agent_id)
+            await self._purge(aid)
+            tomb = dict(tomb, purged_ms=time.time_ns() // 1_000_000)
+            await self.io.kv_put(self.topology.tomb_bucket, aid.key, orjson.dumps(tomb))
+            done.append(tomb)
+        return done
+
+    async def _purge(self, aid: AgentId) -> None:
+        s, t = self.subjects, self.topology
+        info = await self.io.stream_info(t.cmd_stream)
+        partitions = int(((info.get("config") or {}).get("metadata") or {}).get("jetagents_partitions", 0) or 0)
+        targets = [
+            (t.evt_stream, s.evt(aid.type, aid.id)),
+            (t.dlq_stream, s.dlq(aid.type, aid.id)),
+            (f"KV_{t.snap_bucket}", f"$KV.{t.snap_bucket}.{aid.key}"),
+            (f"KV_{t.meta_bucket}", f"$KV.{t.meta_bucket}.{aid.key}"),
+            (f"KV_{t.cluster_bucket}", f"$KV.{t.cluster_bucket}.place.{aid.key}"),
+            (t.cmd_stream, s.rem_of(aid.type, aid.id)),
+        ]
+        if partitions:
+            p = partition_of(aid.type, aid.id, partitions)
+            targets.append((t.cmd_stream, f"{s.root}.p.{p}.{aid.type}.{aid.id}"))
+        for stream, subject in targets:
+            await self.io.purge(stream, subject)
+        await self._evict(aid)  # a command that raced the tombstone may have loaded it again
+
+    async def _evict(self, aid: AgentId) -> None:
+        cluster = await self.admin.cluster()
+
+        async def ask(h: str) -> None:
+            try:
+                await self.io.request(
+                    self.subjects.sys("host", h, "evict"), orjson.dumps({"agent": aid.key}), self.io.timeout_s
+                )
+            except (TimeoutError, JetAgentsError):
+                pass  # a host gone or slow: it reads the tombstone at the agent's next activation
+
+        await asyncio.gather(*(ask(h["host"]) for h in cluster["hosts"] if h["alive"]))
+
+    async def apply_retention(self) -> list[dict[str, Any]]:
+        """For every type known here that declares ``keep_snapshots = N``: purge each agent's
+        log before the N-th last snapshot the bucket keeps, when the current code can load
+        that snapshot (else the agent is skipped: its log is then its only readable history)."""
+        out: list[dict[str, Any]] = []
+        for type_name in self.admin.registry.types():
+            spec = self.admin.registry.get(type_name)
+            keep = getattr(spec.cls, "keep_snapshots", None) if spec is not None else None
+            if spec is None or not keep:
+                continue
+            for agent in await self.admin.agents(type_name):
+                aid = AgentId(agent.type, agent.id)
+                snaps = await self.io.read_from_leader(
+                    f"KV_{self.topology.snap_bucket}", f"$KV.{self.topology.snap_bucket}.{aid.key}", 1, 1000
+                )
+                docs = [_doc(m.data) for m in snaps if m.data]
+                if len(docs) < keep:
+                    continue
+                snap = docs[-keep]
+                try:
+                    spec.state_from(aid, snap["state"], int(snap.get("sv", 1)))
+                    seq = int(snap["seq"])
+                except (JetAgentsError, KeyError, TypeError, ValueError):
+                    out.append({"agent": str(aid), "skipped": "snapshot unreadable by this code"})
+                    continue
+                # the last commit always stays: it is the fence the next append expects (wire
+                # contract 7); a subject without it would refuse every append as "wrong last sequence"
+                subject = self.subjects.evt(aid.type, aid.id)
+                last = await self.io.last(self.topology.evt_stream, subject)
+                keep_from = min(seq + 1, last.seq) if last is not None else seq + 1
+                await self.io.purge_until(self.topology.evt_stream, subject, keep_from)
+                out.append({"agent": str(aid), "kept_from_seq": keep_from})
+        return out

@@ -1,0 +1,109 @@
+"""Data lifecycle (ADR 0052): a deleted agent's commands are refused with ``agent_deleted``
+at once, and after its grace period nothing of it is left in any stream or bucket but its
+tombstone; retention cuts a log before its snapshot and the agent still loads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from jetagents import Client, ClientSettings, Host, NatsServer, Registry
+from jetagents._client.admin import Admin
+from jetagents._client.lifecycle import Lifecycle
+from jetagents._core.errors import AgentDeleted, InternalError, JetAgentsError
+from jetagents._nats.api import js_api
+from jetagents.examples import EXAMPLE_AGENTS, Counter
+
+from ..conftest import host_settings
+from .helpers import commits, dead_letters
+
+
+class Ledger(Counter):
+    type_name = "ledger"
+    keep_snapshots = 1
+
+
+async def _subjects_of(nc: Any, needle: str) -> dict[str, list[str]]:
+    """Every subject holding a message, in every stream of the account, that names ``needle``."""
+    names = (await js_api(nc, "$JS.API.STREAM.NAMES", {}, 5)).get("streams") or []
+    found: dict[str, list[str]] = {}
+    for stream in names:
+        info = await js_api(nc, f"$JS.API.STREAM.INFO.{stream}", {"subjects_filter": ">"}, 5)
+        hits = [s for s in (info["state"].get("subjects") or {}) if needle in s]
+        if hits:
+            found[stream] = hits
+    return found
+
+
+async def test_delete_refuses_at_once_and_the_purge_leaves_nothing(nats_server: NatsServer) -> None:
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
+    try:
+        async with Host(host_settings(nats_server.url), Registry(EXAMPLE_AGENTS)) as host:
+            ref = client.agent("counter", "gone")
+            await client.spawn("counter", "gone", {"owner": "x"})
+            for _ in range(3):
+                await ref.request("increment", {"by": 1})
+            with pytest.raises(JetAgentsError):
+                await ref.request("nope", {})
+            await host.catalog.snapshot_all(5.0)
+            assert set(await _subjects_of(client.nc, "counter.gone")) == {
+                "AGT_EVT",
+                "AGT_DLQ",
+                "KV_agt_snap",
+                "KV_agt_meta",
+            }
+            life = Lifecycle(Admin(client))
+            tomb = await life.delete("counter", "gone", grace_s=3600, by="test", reason="asked to")
+            # refused at once, although the host had it in memory; not dead-lettered
+            letters = len(await dead_letters(client.nc))
+            with pytest.raises(AgentDeleted):
+                await ref.request("increment", {"by": 1})
+            with pytest.raises(AgentDeleted):
+                await ref.request("get", delivery="at-most-once")
+            assert len(await dead_letters(client.nc)) == letters
+            assert len(await commits(client.nc, "counter", "gone")) == 3
+            # within the grace period nothing is purged
+            assert await life.purge_due(now_ms=tomb["deleted_ms"] + 1000) == []
+            assert "AGT_EVT" in await _subjects_of(client.nc, "counter.gone")
+            (purged,) = await life.purge_due(now_ms=tomb["purge_after_ms"])
+            assert purged["by"] == "test" and purged["reason"] == "asked to" and purged["purged_ms"]
+            # nothing of the agent in any stream or bucket, but its tombstone (the audit record)
+            assert await _subjects_of(client.nc, "counter.gone") == {"KV_agt_tomb": ["$KV.agt_tomb.counter.gone"]}
+            with pytest.raises(AgentDeleted):
+                await ref.request("increment", {"by": 1})
+            assert await _subjects_of(client.nc, "counter.gone") == {"KV_agt_tomb": ["$KV.agt_tomb.counter.gone"]}
+            assert await life.purge_due(now_ms=tomb["purge_after_ms"] + 10**9) == []  # once
+            # the others are untouched
+            assert await client.agent("counter", "kept").request("increment", {"by": 2}) == 2
+    finally:
+        await client.close()
+
+
+async def test_retention_keeps_the_log_from_the_last_snapshot(nats_server: NatsServer) -> None:
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
+    settings = host_settings(nats_server.url, snapshot_every=5)
+    try:
+        async with Host(settings, Registry([Ledger, Counter])):
+            for i in range(12):
+                await client.agent("ledger", "l1").request("increment", {"by": i + 1})
+                await client.agent("counter", "c1").request("increment", {"by": 1})
+        before = await commits(client.nc, "ledger", "l1")
+        admin = Admin(client, agents=[Ledger, Counter])
+        report = await Lifecycle(admin).apply_retention()
+        assert [r["agent"] for r in report] == ["ledger/l1"]  # counter keeps everything
+        after = await commits(client.nc, "ledger", "l1")
+        # the host snapshotted on its way out, covering the whole log: only the last commit
+        # stays, the fence of the next append
+        assert after == before[-1:]
+        assert len(await commits(client.nc, "counter", "c1")) == 12
+        # time travel from the snapshot on; before it, the state is gone, and says so
+        rebuilt = await admin.state_at("ledger", "l1")
+        assert rebuilt.state.model_dump() == {"value": sum(range(1, 13))} and rebuilt.n == 12
+        with pytest.raises(InternalError, match="purged"):
+            await admin.state_at("ledger", "l1", before[0]["_seq"])
+        # a host loads it from the snapshot and the rest of the log
+        async with Host(settings, Registry([Ledger, Counter])):
+            assert await client.agent("ledger", "l1").request("increment", {"by": 100}) == 178
+    finally:
+        await client.close()
