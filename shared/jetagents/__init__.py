@@ -13,6 +13,7 @@ from ._core.crdt import GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCou
 from ._core.errors import (
     ActionTimeout,
     AgentTimeout,
+    BudgetExceeded,
     DeadlineExceeded,
     DomainError,
     FencedError,
@@ -51,6 +52,7 @@ __all__ = [
     "AgentRef",
     "AgentSpec",
     "AgentTimeout",
+    "BudgetExceeded",
     "Cached",
     "CircuitBreaker",
     "Client",
