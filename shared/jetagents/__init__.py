@@ -7,11 +7,15 @@
 """
 
 from ._client.client import AgentRef, Client, Reply
+from ._client.coordination import Lease
 from ._core.agent import Agent, AgentContext, AgentSpec, Event, Registry, action, applies
 from ._core.clock import Clock, SystemClock
+from ._core.coordination import BarrierTimeout, CacheTimeout, LeaseBusy, LeaseLost
 from ._core.crdt import GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter
 from ._core.errors import (
+    ActionCancelled,
     ActionTimeout,
+    AgentSuspended,
     AgentTimeout,
     BudgetExceeded,
     DeadlineExceeded,
@@ -24,6 +28,7 @@ from ._core.errors import (
     NonDeterministic,
     PartitionError,
     PayloadTooLarge,
+    SignalBufferFull,
     Unavailable,
     UnknownAction,
     UnknownAgent,
@@ -31,6 +36,7 @@ from ._core.errors import (
 )
 from ._core.ids import AgentId, partition_of
 from ._core.journal import step_key
+from ._core.pubsub import Message, Subscription, subscribe
 from ._core.retry import CircuitBreaker, RetryPolicy
 from ._core.vclock import CustomResolver, KeepSiblings, LastWriterWins, SemanticMerge, VectorClock, Versioned
 from ._core.wire import Delivery, Priority, Subjects
@@ -45,14 +51,18 @@ from .testing.clock import ManualClock
 from .testing.server import NatsServer
 
 __all__ = [
+    "ActionCancelled",
     "ActionTimeout",
     "Agent",
     "AgentContext",
     "AgentId",
     "AgentRef",
     "AgentSpec",
+    "AgentSuspended",
     "AgentTimeout",
+    "BarrierTimeout",
     "BudgetExceeded",
+    "CacheTimeout",
     "Cached",
     "CircuitBreaker",
     "Client",
@@ -75,9 +85,13 @@ __all__ = [
     "LWWMap",
     "LWWRegister",
     "LastWriterWins",
+    "Lease",
+    "LeaseBusy",
+    "LeaseLost",
     "Local",
     "MalformedCommand",
     "ManualClock",
+    "Message",
     "NatsServer",
     "NonDeterministic",
     "ORMap",
@@ -95,8 +109,10 @@ __all__ = [
     "Session",
     "Shared",
     "SharedState",
+    "SignalBufferFull",
     "StateOptions",
     "Subjects",
+    "Subscription",
     "SystemClock",
     "Unavailable",
     "UnknownAction",
@@ -111,4 +127,5 @@ __all__ = [
     "partition_of",
     "state_layers",
     "step_key",
+    "subscribe",
 ]
