@@ -14,12 +14,21 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from jetagents import Client, ClientSettings, NatsServer
 
 TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def server_msgs(port: int) -> int:
+    """Messages in and out of the server so far (its /varz): per call, a count that noise
+    cannot change, unlike times."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/varz", timeout=5) as resp:
+        v = json.loads(resp.read())
+    return int(v["in_msgs"]) + int(v["out_msgs"])
 
 
 def cpu_s(pid: int) -> float:
@@ -67,12 +76,14 @@ async def main() -> None:
                 for _ in range(per):
                     await ref.request(action, params, delivery=mode)
 
+            m0 = server_msgs(server.http_port)
             c0, h0, s0, t0 = cpu_s(me), cpu_s(host.pid), cpu_s(server_pid), time.perf_counter()
             await asyncio.gather(*(worker(refs[i], per, action, params, mode) for i in range(inflight)))
             t1 = time.perf_counter()
             out = {
                 "elapsed_s": t1 - t0,
                 "n": per * inflight,
+                "msgs": server_msgs(server.http_port) - m0,
                 "cpu_s": {
                     "client": cpu_s(me) - c0,
                     "host": cpu_s(host.pid) - h0,

@@ -12,7 +12,8 @@ while the other runs.
 
 Prints, per workload: calls/s of each side (total calls / total time), the median over rounds
 of the per-round ratio B/A, and CPU microseconds per call of the client, host and nats-server
-of each side. A ratio B/A below 1 means B is slower.
+of each side, and the messages in and out of each side's nats-server per call (from its
+``/varz``: a count the noise cannot change). A ratio B/A below 1 means B is slower.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def main() -> None:
             side.close()
     print(f"A = {args.a}\nB = {args.b}\n{args.rounds} rounds, interleaved\n")
     head = f"{'workload':34s} {'A calls/s':>10s} {'B calls/s':>10s} {'B/A med':>8s} {'B/A min-max':>12s}"
-    print(f"{head}   cpu us/call A -> B (client, host, server)")
+    print(f"{head}   server msgs/call A -> B   cpu us/call A -> B (client, host, server)")
     for w in work:
         a, b = runs[(label(w), "A")], runs[(label(w), "B")]
         rate = {s: sum(x["n"] for x in xs) / sum(x["elapsed_s"] for x in xs) for s, xs in (("A", a), ("B", b))}
@@ -118,9 +119,10 @@ def main() -> None:
             for s, xs in (("A", a), ("B", b))
         }
         cpus = ", ".join(f"{ca:.0f}->{cb:.0f}" for ca, cb in zip(cpu["A"], cpu["B"], strict=True))
+        msgs = {s: sum(x.get("msgs", 0) for x in xs) / sum(x["n"] for x in xs) for s, xs in (("A", a), ("B", b))}
         print(
             f"{label(w):34s} {rate['A']:10.0f} {rate['B']:10.0f} {statistics.median(pair):8.3f} "
-            f"{min(pair):5.2f}-{max(pair):<6.2f}   {cpus}"
+            f"{min(pair):5.2f}-{max(pair):<6.2f}   {msgs['A']:7.2f} -> {msgs['B']:<7.2f}   {cpus}"
         )
 
 
