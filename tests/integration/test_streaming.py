@@ -16,6 +16,7 @@ from jetagents import Client, ClientSettings, DomainError, Host, NatsServer, Reg
 from jetagents._nats.api import js_api
 from tests.conftest import host_settings
 from tests.integration.helpers import commits, eventually, read_all
+from tests.integration.test_asyncapi import _check_message as check_message
 from tests.stream_agents import AGENTS, Writer
 
 
@@ -61,6 +62,8 @@ async def test_chunks_arrive_in_order_then_the_result(client: Client) -> None:
         "writer.w1:t1@end"
     ]
     assert orjson.loads(stored[-1][3]) == {"ok": True, "result": 9} and stream.offset == stored[-1][0]
+    for _, _, headers, data in stored:  # as docs/asyncapi.yaml describes them, closed
+        check_message("StreamMessage", headers, orjson.loads(data))
     # the step's journal entry records the cursor after its chunks
     assert [c["j"].get("c") for c in await commits(client.nc, "writer", "w1")] == [7, None]
     # read again from the start: the same chunks and result
@@ -98,6 +101,8 @@ async def test_a_step_run_again_is_preceded_by_a_reset(client: Client) -> None:
     stored = await read_all(client.nc, "AGT_OUT", "agt.out.writer.w4.t4")
     kinds = [h["Agt-Stream-Kind"] for _, _, h, _ in stored]
     assert kinds.count("reset") == 1 and kinds[-1] == "end"
+    for _, _, headers, data in stored:
+        check_message("StreamMessage", headers, orjson.loads(data))
     # the intro was stored once: the retry did not publish it again
     intro = [orjson.loads(d) for _, _, h, d in stored if h["Agt-Stream-Kind"] == "chunk" and h["Agt-Chunk"] == "0"]
     assert intro == [["intro 0", "intro 1", "intro 2"]]
