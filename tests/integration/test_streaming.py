@@ -112,6 +112,24 @@ async def test_a_step_run_again_is_preceded_by_a_reset(client: Client) -> None:
     assert after and all(m.endswith(f"~{reset_seq}") for m in after)
 
 
+async def test_a_suspended_action_streams_on_when_it_resumes(client: Client) -> None:
+    """The run that suspends on a signal lets its chunks land and sends no end; the run the
+    signal resumes (from the journal, ``j.out`` on its first entry) streams on, then ends."""
+    ref = client.agent("writer", "w7")
+    stream = ref.stream("converse", command_id="t7", timeout=30)
+    assert await stream.__anext__() == "before"
+
+    async def suspended() -> bool:
+        return any(c.get("j", {}).get("k") == "wait" for c in await commits(client.nc, "writer", "w7"))
+
+    await eventually(suspended, 15, 0.05)
+    await ref.signal("go", "yes")
+    assert [item async for item in stream] == ["after yes"] and stream.result == "done"
+    assert stream.chunks == ["before", "after yes"]
+    kinds = [h["Agt-Stream-Kind"] for _, _, h, _ in await read_all(client.nc, "AGT_OUT", "agt.out.writer.w7.t7")]
+    assert kinds == ["chunk", "chunk", "end"]  # the re-run did not publish "before" again
+
+
 async def test_a_reader_that_loses_its_connection_resumes_exactly_once(nats_server: NatsServer) -> None:
     url = nats_server.url
     async with Host(host_settings(url, out_flush_ms=5), Registry(AGENTS)):

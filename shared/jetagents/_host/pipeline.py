@@ -347,7 +347,7 @@ class Pipeline:
         ctx.correlation_id = cmd.correlation_id
         ctx.action = action.name
         ctx.out = await self.out.open(act, cmd) if cmd.streams else None
-        ctx.command = Running(raw, cmd.reply_to)
+        ctx.command = Running(raw, cmd.reply_to, cmd.streams)
         agent._begin()
         try:
             loop = self.loop
@@ -365,6 +365,8 @@ class Pipeline:
             result_json = action.dump_result(result)
         except Suspend as sus:  # the action waits: only its journal is kept (ADR 0042 §3)
             agent._finish()
+            if ctx.out is not None:  # its chunks land; the end comes with the resumed run
+                await self.out.finish(cmd, None)
             await self.suspension.suspended(act, cmd, sus.waiting, out)
             return None
         except (DomainError, ActionCancelled) as err:
