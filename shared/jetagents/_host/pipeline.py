@@ -365,8 +365,6 @@ class Pipeline:
             result_json = action.dump_result(result)
         except Suspend as sus:  # the action waits: only its journal is kept (ADR 0042 §3)
             agent._finish()
-            if ctx.out is not None:  # its chunks land; the end comes with the resumed run
-                await self.out.finish(cmd, None)
             await self.suspension.suspended(act, cmd, sus.waiting, out)
             return None
         except (DomainError, ActionCancelled) as err:

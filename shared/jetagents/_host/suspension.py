@@ -108,6 +108,8 @@ class Suspension:
 
     async def suspended(self, act: Activation, cmd: Command, waiting: dict[str, Any], out: dict[str, str]) -> None:
         """The run of ``cmd`` suspended: answer so (a resumed run's caller knows it already)."""
+        if cmd.streams and self._outcomes.out is not None:  # its chunks land; the resumed run ends it
+            await self._outcomes.out.finish(cmd, None)
         if cmd.resume:
             cmd.outcome = "suspended"
             return
