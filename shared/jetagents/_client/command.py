@@ -88,9 +88,11 @@ class OutboundCommand:
         limit_bytes: int,
         new_id: Callable[[], str],
         wall_ms: int,
+        chain: Mapping[str, str] | None = None,
     ) -> OutboundCommand:
         """``timeout_s``: the caller's wait (the options' or the client's default);
-        ``limit_bytes``: the largest body the client and the server take."""
+        ``limit_bytes``: the largest body the client and the server take; ``chain``: the
+        call-chain headers of a call made inside an action (ADR 0042 section 7)."""
         body = encode_body(action, params)
         if len(body) > limit_bytes:
             raise PayloadTooLarge(f"command of {len(body)} bytes exceeds the limit of {limit_bytes}")
@@ -126,6 +128,8 @@ class OutboundCommand:
             headers[H_PRIORITY] = options.priority.value
         if delivery is Delivery.EXACTLY_ONCE:  # the stream drops a second copy within its window
             headers[H_MSG_ID] = cmd_id
+        if chain:
+            headers.update(chain)
         subject = (
             subjects.call(agent.type, agent.id)
             if delivery is Delivery.AT_MOST_ONCE

@@ -69,6 +69,7 @@ class ActionSpec:
     read_only: bool
     strict: bool = True
     timeout_s: float | None = None  # @action(timeout_s=...); None: the type's, else the host's
+    reentrant: bool | None = None  # @action(reentrant=...); None: the type's Agent.reentrant
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """The parameters received over the wire, validated as JSON: strictly by default
@@ -118,6 +119,14 @@ class AgentSpec:
     appliers: dict[str, ApplierSpec] = field(default_factory=dict)
     spawn_required: bool = False
     action_timeout_s: float | None = None  # Agent.action_timeout_s; None: the host's default
+    reentrant: bool = True  # Agent.reentrant (ADR 0042 section 7)
+
+    def reentrant_for(self, name: str) -> bool:
+        """Whether a call of action ``name`` coming back along its own chain runs at once."""
+        spec = self.actions.get(name)
+        if spec is None or spec.reentrant is None:
+            return self.reentrant
+        return spec.reentrant
 
     def action(self, name: str) -> ActionSpec:
         spec = self.actions.get(name)
@@ -133,10 +142,20 @@ class AgentSpec:
 def action(fn: F, /) -> F: ...
 @overload
 def action(
-    *, read_only: bool = False, strict: bool | None = None, timeout_s: float | None = None
+    *,
+    read_only: bool = False,
+    strict: bool | None = None,
+    timeout_s: float | None = None,
+    reentrant: bool | None = None,
 ) -> Callable[[F], F]: ...
 def action(
-    fn: F | None = None, /, *, read_only: bool = False, strict: bool | None = None, timeout_s: float | None = None
+    fn: F | None = None,
+    /,
+    *,
+    read_only: bool = False,
+    strict: bool | None = None,
+    timeout_s: float | None = None,
+    reentrant: bool | None = None,
 ) -> F | Callable[[F], F]:
     """Mark an ``async def`` method as an action callable by clients.
 
@@ -145,13 +164,21 @@ def action(
     is the agent class's ``strict_params`` (True: the wire contract is strict).
     ``timeout_s`` limits one run of it (default: the type's ``action_timeout_s``, else the
     host's ``action_timeout_s``); past it the action is cancelled and nothing it emitted is kept.
+    ``reentrant`` says whether a call of this action that comes back along its own call chain
+    (A -> B -> A) runs at once, alongside the action waiting for it (default: the class's
+    ``reentrant``); ``False`` refuses it with ``call_cycle`` (ADR 0042 section 7).
     """
     _check_timeout(timeout_s, "timeout_s")
 
     def mark(f: F) -> F:
         if not inspect.iscoroutinefunction(cast(Any, f)):
             raise TypeError(f"action {f.__qualname__} must be declared with 'async def'")
-        f.__jetagents_action__ = {"read_only": read_only, "strict": strict, "timeout_s": timeout_s}  # type: ignore[attr-defined]
+        f.__jetagents_action__ = {  # type: ignore[attr-defined]
+            "read_only": read_only,
+            "strict": strict,
+            "timeout_s": timeout_s,
+            "reentrant": reentrant,
+        }
         return f
 
     if fn is not None:
@@ -218,6 +245,9 @@ class Agent(Generic[S]):
     # time limit of one action run for this type (None: HostSettings.action_timeout_s);
     # an action's own @action(timeout_s=...) wins over it
     action_timeout_s: ClassVar[float | None] = None
+    # a call coming back along its own chain (A -> B -> A) runs at once, alongside the action
+    # waiting for it, instead of deadlocking behind it; False: refused with call_cycle
+    reentrant: ClassVar[bool] = True
     __jetagents_spec__: ClassVar[AgentSpec]
 
     __slots__ = ("_cursor", "_draft", "_pending", "_state", "ctx")
@@ -308,6 +338,31 @@ class Agent(Generic[S]):
         self._draft = None
         return pending, draft
 
+    def _park_run(self) -> tuple[Any, ...]:
+        """Set the running action aside while a re-entrant call runs on this agent (ADR
+        0042 section 7); ``_resume_run`` puts it back."""
+        ctx = self.ctx
+        parked = (self._draft, self._pending, self._cursor, ctx.command_id, ctx.correlation_id, ctx.action)
+        self._draft, self._pending, self._cursor = None, None, 0
+        return parked
+
+    def _resume_run(self, parked: tuple[Any, ...], state: S | None = None) -> None:
+        """Back to the parked action after a re-entrant call: its pending events are applied
+        again onto the state the nested call left (``state``: the rebuilt agent's, when the
+        nested call had to rebuild it), so its commit builds on what was committed meanwhile."""
+        draft, pending, cursor, command_id, correlation_id, action_name = parked
+        ctx = self.ctx
+        ctx.command_id, ctx.correlation_id, ctx.action = command_id, correlation_id, action_name
+        if state is not None:
+            self._state = state
+        self._draft, self._pending, self._cursor = None, pending, cursor
+        if pending and draft is not None:  # appliers are pure: replay the action's own events
+            spec = type(self).__jetagents_spec__
+            new = _draft_of(self._state)
+            for event in pending:
+                new = _apply(spec.appliers[type(event).event_type], self, new, event)
+            self._draft = new
+
     def _commit(self, draft: S | None) -> None:
         if draft is not None:
             self._state = draft
@@ -352,6 +407,7 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
         state_type=state_type,
         spawn_required=cls.spawn_required,
         action_timeout_s=cls.action_timeout_s,
+        reentrant=cls.reentrant,
     )
     _check_timeout(cls.action_timeout_s, f"{cls.__name__}.action_timeout_s")
     for klass in reversed(cls.__mro__):
@@ -361,7 +417,7 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
                 strict = marker.get("strict")
                 strict = cls.strict_params if strict is None else strict
                 spec.actions[name] = _action_spec(
-                    cls, name, member, marker["read_only"], strict, marker.get("timeout_s")
+                    cls, name, member, marker["read_only"], strict, marker.get("timeout_s"), marker.get("reentrant")
                 )
             elif getattr(member, "__jetagents_applies__", False):
                 event_cls = _applier_event(cls, member)
@@ -376,6 +432,7 @@ def _action_spec(
     read_only: bool,
     strict: bool = True,
     timeout_s: float | None = None,
+    reentrant: bool | None = None,
 ) -> ActionSpec:
     # the method's own module: an inherited action resolves names where it was written
     hints = typing.get_type_hints(fn, include_extras=True)
@@ -396,7 +453,7 @@ def _action_spec(
     )
     ret = hints.get("return")
     adapter = TypeAdapter(ret) if ret is not None else None
-    return ActionSpec(name, fn, params_model, tuple(names), adapter, read_only, strict, timeout_s)
+    return ActionSpec(name, fn, params_model, tuple(names), adapter, read_only, strict, timeout_s, reentrant)
 
 
 def _applier_event(cls: type, fn: Callable[..., Any]) -> type[Event]:

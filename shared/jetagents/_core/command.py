@@ -11,6 +11,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from .callchain import CallChain
 from .ids import is_reply_subject
 from .wire import (
     H_COMMAND_ID,
@@ -85,6 +86,7 @@ class Command:
     outcome: str = ""
     error: str = ""
     traced: bool = False  # in a process span (SDK tracing): append and reply get spans too
+    chain: CallChain | None = None  # its Agt-Call-Chain/-Path, read by the scheduler when present (ADR 0042)
 
     @property
     def durable(self) -> bool:

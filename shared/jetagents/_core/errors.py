@@ -16,6 +16,9 @@
     ├── DeadlineExceeded                no   the command's deadline passed before or while it ran
     ├── ActionTimeout                   no   the action overran its time limit and was cancelled
     ├── NonDeterministic                no   a re-run reached a step its journal holds under another name
+    ├── Deadlock                        no   a call would close a wait-for cycle (ADR 0042 section 7)
+    ├── CallCycle                       no   a call came back along its chain to a non-re-entrant agent
+    ├── CallTooDeep                     no   a call chain longer than call_path_max
     ├── DomainError                     no   raised by an agent's action on purpose
     └── InternalError                   no   the action raised something unexpected
 
@@ -113,6 +116,27 @@ class NonDeterministic(JetAgentsError):
     code = "nondeterministic"
 
 
+class Deadlock(JetAgentsError):
+    """A call would have queued behind an action that waits, through the call's path, on
+    this very call (ADR 0042 section 7): refused at once instead of waiting for timeouts.
+    ``details``: ``chain``, ``path`` (the agents in the cycle, oldest first) and
+    ``waiting_on`` (the agent the receiver waits on)."""
+
+    code = "deadlock"
+
+
+class CallCycle(JetAgentsError):
+    """A call came back along its own chain to an agent (or action) with re-entrancy off."""
+
+    code = "call_cycle"
+
+
+class CallTooDeep(JetAgentsError):
+    """A call chain would name more agents than ``call_path_max``."""
+
+    code = "call_too_deep"
+
+
 class DomainError(JetAgentsError):
     """Raised by an action to refuse a command; reaches the caller as the same type.
 
@@ -150,6 +174,9 @@ _BY_CODE: dict[str, type[JetAgentsError]] = {
         ActionTimeout,
         InternalError,
         NonDeterministic,
+        Deadlock,
+        CallCycle,
+        CallTooDeep,
     )
 }
 

@@ -283,6 +283,7 @@ class Host:
             wake_pullers=self.partitions.wake_low,
             max_payload_bytes=self.topology.max_payload_bytes,
         )
+        self.pipeline.chains = self.scheduler.chains
         self.watchdog: LoopWatchdog | None = None  # started with the host (loop_block_threshold_s)
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -29,7 +29,10 @@ from .._core.command import MAX_COMMAND_ID_LEN, Command, Kind
 from .._core.dedup import DedupRecord
 from .._core.errors import (
     ActionTimeout,
+    CallCycle,
+    CallTooDeep,
     DeadlineExceeded,
+    Deadlock,
     DomainError,
     FencedError,
     InternalError,
@@ -68,6 +71,7 @@ from .._obs.telemetry import (
     finish_process_span,
 )
 from .._settings import HostSettings
+from .callchains import CallChains
 from .catalog import Activation, Catalog
 from .coordination import Coordinator
 from .deadline import Deadline, Overrun
@@ -123,6 +127,7 @@ class Pipeline:
             settings, clock, log, catalog=catalog, eventlog=eventlog, placement=placement, coordinator=coordinator
         )
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
+        self.chains: CallChains = None  # type: ignore[assignment]  # the scheduler's, set by the host
 
     async def process(self, act: Activation, cmd: Command) -> None:
         """Process one command of ``act`` to its outcome (answered, acknowledged, handed back)."""
@@ -298,14 +303,18 @@ class Pipeline:
         agent._begin()
         try:
             loop = self.loop
-            result = await Deadline(
-                action.fn(agent, **params),
-                loop,
-                loop.time() + limit_s,
-                on_late=lambda: self._log.warning(
-                    "action_ignores_cancel", agent=str(act.agent_id), action=action.name, limit_s=limit_s
-                ),
-            )
+            frame = self.chains.enter(act, cmd)  # what its calls name and wait on (ADR 0042 section 7)
+            try:
+                result = await Deadline(
+                    action.fn(agent, **params),
+                    loop,
+                    loop.time() + limit_s,
+                    on_late=lambda: self._log.warning(
+                        "action_ignores_cancel", agent=str(act.agent_id), action=action.name, limit_s=limit_s
+                    ),
+                )
+            finally:
+                self.chains.leave(act, frame)
             events, draft = agent._finish()
             if events and action.read_only:
                 raise InternalError(f"read-only action {action.name!r} emitted events")
@@ -315,6 +324,10 @@ class Pipeline:
             if cmd_id:  # remembered (in memory) so a redelivery gets the same answer
                 self._records(act).refused(cmd_id, err.to_wire())
             await self._outcomes.settle(cmd, Result.DOMAIN, out, error=err)
+            return None
+        except (Deadlock, CallCycle, CallTooDeep) as err:  # a call of its chain failed for good: not retried
+            agent._finish()
+            await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
             return None
         except NonDeterministic as err:  # its journal stays open and blocked (ADR 0042)
             agent._finish()

@@ -24,8 +24,10 @@ from .._core.command import ACKED, Command, Kind
 from .._core.errors import JetAgentsError, MalformedCommand, Unavailable, UnknownAgentType
 from .._core.ids import AgentId, is_valid_token
 from .._core.outcome import Result
+from .._core.wire import H_CALL_CHAIN
 from .._obs.propagation import carry_context
 from .._settings import HostSettings
+from .callchains import CallChains
 from .catalog import Activation, Catalog
 from .eager import start_eager
 from .outcomes import Outcomes
@@ -78,6 +80,16 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
+        # call chains (ADR 0042 section 7): a chained command for a busy agent may run at once or fail fast
+        self.chains = CallChains(
+            settings,
+            log,
+            outcomes=outcomes,
+            supervisor=supervisor,
+            refuse=self.reject_unrouted,
+            untrack=self.untrack,
+            process=process,
+        )
 
     # -- what the others ask -----------------------------------------------------------------
     def in_hand(self) -> list[Command]:
@@ -119,6 +131,9 @@ class Scheduler:
             full = mailbox is not None and len(mailbox) >= self._settings.max_mailbox_per_agent
             if (full or act.held is not None) and cmd.kind != Kind.MIGRATE and self._over_bound(act, cmd):
                 return
+        hdrs = cmd.headers
+        if hdrs and H_CALL_CHAIN in hdrs and self.chains.admit(act, cmd):
+            return
         if act.scheduled:  # running or waiting for a worker: its commands run in order
             if act.mailbox is None:
                 act.mailbox = deque()
