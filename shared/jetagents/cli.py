@@ -270,6 +270,12 @@ def status(
         )
 
 
+# -- jetagents mcp (ADR 0048): the command lives in jetagents.mcp.command -------------------
+from .mcp.command import mcp as _mcp_command  # noqa: E402 - kept apart from the commands above
+
+app.command("mcp")(_mcp_command)
+
+
 def main() -> None:
     app()
 

@@ -79,9 +79,21 @@ class Subjects:
     def partition_filter(self, partition: int) -> str:
         return f"{self.root}.p.{partition}.>"
 
+    def rem(self, agent_type: str, agent_id: str, name: str) -> str:
+        """A schedule's subject (ADR 0042 section 5): one reminder or host timer of an agent."""
+        return f"{self.root}.rem.{agent_type}.{agent_id}.{name}"
+
+    def rem_of(self, agent_type: str, agent_id: str) -> str:
+        """Every schedule of one agent (a filter)."""
+        return f"{self.root}.rem.{agent_type}.{agent_id}.*"
+
     @property
     def cmd_wildcard(self) -> str:
         return f"{self.root}.cmd.*.*"
+
+    @property
+    def rem_wildcard(self) -> str:
+        return f"{self.root}.rem.*.*.*"
 
     @property
     def call_wildcard(self) -> str:

@@ -31,7 +31,7 @@ from .._core.wire import Commit, Subjects
 from .._obs.metrics import Metrics
 from .._obs.telemetry import HostTelemetry
 from .._settings import HostSettings
-from .ports import Bucket, StoredMessage
+from .ports import Bucket, Schedules, StoredMessage
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -104,6 +104,7 @@ class Catalog:
         self.token_of = token_of
         self.activations: OrderedDict[str, Activation] = OrderedDict()
         self.steps: Any = None  # the host's durable steps (``_host/steps.py``), set by the pipeline
+        self.schedules: Schedules | None = None  # the server's timers and reminders, set by the host
         self._snap_sem = asyncio.Semaphore(16)
         self._events: LogReader = None  # type: ignore[assignment]  # set by bind()
         self._snapshots: Bucket = None  # type: ignore[assignment]

@@ -65,6 +65,7 @@ from .._nats.hosts import HostLink, dropped_subject
 from .._nats.inbox import Inbox, shared_inbox
 from .._nats.kv import JetStreamStore, NatsClient
 from .._nats.ports import NatsPublisher
+from .._nats.schedules import NatsSchedules
 from .._obs.metrics import Metrics
 from .._obs.telemetry import (
     REQUEUED,
@@ -80,7 +81,7 @@ from .outcomes import Outcomes
 from .partitions import Partitions
 from .pipeline import Pipeline
 from .placement import PipelineHooks, Placement
-from .ports import Publisher
+from .ports import Publisher, Schedules
 from .scheduler import Scheduler
 from .supervisor import Supervisor
 from .sweeper import StrandedSweeper
@@ -170,6 +171,7 @@ class Host:
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
         publisher: Publisher | None = None,
+        schedules: Schedules | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -285,6 +287,9 @@ class Host:
         )
         self.pipeline.chains = self.scheduler.chains
         self.watchdog: LoopWatchdog | None = None  # started with the host (loop_block_threshold_s)
+        self._nats_schedules = NatsSchedules(self.nc, self.topology.cmd_stream, settings.op_timeout_s)
+        self.schedules: Schedules = schedules or self._nats_schedules  # timers, reminders (ADR 0042 §5)
+        self.catalog.schedules = self.schedules
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -350,7 +355,7 @@ class Host:
             disconnected_cb=self._on_disconnected,
             error_cb=self._on_error,
         )
-        self._publisher.nc = self.nc
+        self._publisher.nc = self._nats_schedules.nc = self.nc
         created = await ensure_topology(self.nc, self.topology, s.op_timeout_s)
         self.cepoch = f"{fnv1a_32(created.encode()):08x}"  # names commands that carry no id
         snapshots = await KvBucket.open(self.nc, self.topology.snap_bucket, s.op_timeout_s)

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from .._core.schedules import Pattern
+
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
@@ -85,4 +87,68 @@ class Publisher(Protocol):
     async def persist(self, subject: str, body: bytes, headers: Mapping[str, str] | None = None) -> Appended:
         """Publish to a stream and wait for its PubAck (dead letters); raises ``Refused``,
         ``PayloadTooLarge`` (for good) or anything else (may pass)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A schedule the server holds (ADR 0042 section 5): its subject, ``Nats-Schedule``
+    pattern, time zone, target subject, body and the other headers it will copy."""
+
+    subject: str
+    pattern: str
+    target: str
+    body: bytes
+    headers: Mapping[str, str]
+    seq: int
+    tz: str | None = None
+
+
+class Schedules(Protocol):
+    """Durable timers and reminders, held by the server in the command stream.
+
+    ``subject`` is a schedule subject (``<root>.rem.<type>.<id>.<name>``, see
+    ``Subjects.rem``); ``target`` the command subject it fires on (``<root>.cmd.<type>.<id>``).
+    Publishing on a subject that holds a schedule replaces it; ``msg_id`` makes a repeated
+    publish (a re-run) a no-op within the duplicate window. All raise ``InvalidParams`` for
+    what the server refuses as input, ``Unavailable`` when it cannot be reached or the
+    command stream has no schedules enabled.
+    """
+
+    async def schedule(
+        self,
+        subject: str,
+        pattern: Pattern,
+        target: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        msg_id: str | None = None,
+    ) -> Appended:
+        """Store (or replace) the schedule ``pattern`` (``_core.schedules.pattern_of``)."""
+        ...
+
+    async def schedule_at(
+        self,
+        subject: str,
+        at_ms: int,
+        target: str,
+        body: bytes,
+        msg_id: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> Appended:
+        """A one-shot schedule firing once at unix ms ``at_ms`` (at once if past)."""
+        ...
+
+    async def cancel(self, subject: str) -> None:
+        """Remove the schedule on ``subject`` (nothing if there is none); idempotent."""
+        ...
+
+    async def get(self, subject: str) -> Schedule | None:
+        """The schedule on ``subject``, or None."""
+        ...
+
+    async def list(self, subject_filter: str) -> list[Schedule]:
+        """The schedules on the subjects ``subject_filter`` matches (bounded by the adapter)."""
         ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -27,6 +28,8 @@ from .headers import H_NATS_SEQUENCE
 from .inbox import Inbox, shared_inbox
 
 # JetStream API error codes (``err_code``), each defined once for the library
+_log = logging.getLogger("jetagents.nats")
+
 ERR_CONSUMER_NOT_FOUND: Final = 10014
 ERR_NO_MESSAGE: Final = 10037  # STREAM.MSG.GET: no message at (or after) that sequence or subject
 ERR_MSG_SIZE: Final = 10054
@@ -37,6 +40,9 @@ ERR_DUPLICATE_IN_PROCESS: Final = 10158  # "duplicate message id is in process":
 # another one for the subject is still in flight: read again, like a wrong last sequence
 ERR_LAST_SEQ_NOT_READY: Final = 10164
 NS: Final = 1_000_000_000
+# what the command stream needs for durable timers and reminders (ADR 0042 section 5); the
+# server turns allow_rollup_hdrs on with schedules, and never lets schedules be turned off
+SCHEDULE_FLAGS: Final = {"allow_msg_schedules": True, "allow_msg_ttl": True, "allow_rollup_hdrs": True}
 
 
 class JSApiError(JetAgentsError):
@@ -202,7 +208,8 @@ class Topology:
         return [
             {
                 "name": self.cmd_stream,
-                "subjects": [self.subjects.cmd_wildcard],
+                # agt.rem: the schedules (timers, reminders) no partition consumer takes
+                "subjects": [self.subjects.cmd_wildcard, self.subjects.rem_wildcard],
                 "subject_transform": {
                     "src": self.subjects.cmd_wildcard,
                     "dest": self.subjects.partition_transform_dest(self.partitions),
@@ -214,6 +221,7 @@ class Topology:
                 "max_msg_size": limit,
                 "discard": "old",
                 "metadata": {"jetagents_partitions": str(self.partitions)},
+                **SCHEDULE_FLAGS,
             },
             {
                 "name": self.evt_stream,
@@ -323,9 +331,31 @@ async def ensure_topology(nc: NATS, topo: Topology, timeout_s: float = 5.0) -> s
                     f"configured with {topo.partitions}; the partition count is fixed per cluster"
                 )
             created = str(info.get("created", ""))
+            await upgrade_cmd_stream(nc, topo, info, timeout_s)
     for bucket in (topo.snap_bucket, topo.meta_bucket):
         await ensure_stream(nc, kv_bucket_config(bucket, topo.replicas), timeout_s)
     return created
+
+
+async def upgrade_cmd_stream(nc: NATS, topo: Topology, info: Mapping[str, Any], timeout_s: float) -> bool:
+    """Give a command stream made before reminders the schedule subjects and flags (ADR 0042
+    section 5), keeping everything else of its configuration and the commands it holds. The
+    change cannot be undone (the server never turns schedules off). Returns whether it
+    updated; a connection without the right (hosts under ops/nats/accounts.conf may not
+    update streams) leaves the stream as it is, and reminders say ``unavailable``."""
+    cfg = dict(info.get("config") or {})
+    subjects = list(cfg.get("subjects") or [])
+    if topo.subjects.rem_wildcard in subjects and all(cfg.get(k) for k in SCHEDULE_FLAGS):
+        return False
+    if topo.subjects.rem_wildcard not in subjects:
+        subjects.append(topo.subjects.rem_wildcard)
+    cfg.update(SCHEDULE_FLAGS, subjects=subjects)
+    try:
+        await js_api(nc, f"$JS.API.STREAM.UPDATE.{topo.cmd_stream}", cfg, timeout_s)
+    except (JSApiError, Unavailable) as exc:
+        _log.warning("cmd_stream_not_upgraded stream=%s error=%r", topo.cmd_stream, exc)
+        return False
+    return True
 
 
 async def ensure_consumer(
