@@ -7,8 +7,10 @@
 """
 
 from ._client.client import AgentRef, Client, Reply
+from ._client.coordination import Lease
 from ._core.agent import Agent, AgentContext, AgentSpec, Event, Registry, action, applies
 from ._core.clock import Clock, SystemClock
+from ._core.coordination import BarrierTimeout, CacheTimeout, LeaseBusy, LeaseLost
 from ._core.crdt import GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter
 from ._core.errors import (
     ActionTimeout,
@@ -33,6 +35,7 @@ from ._core.errors import (
 )
 from ._core.ids import AgentId, partition_of
 from ._core.journal import step_key
+from ._core.pubsub import Message, Subscription, subscribe
 from ._core.retry import CircuitBreaker, RetryPolicy
 from ._core.vclock import CustomResolver, KeepSiblings, LastWriterWins, SemanticMerge, VectorClock, Versioned
 from ._core.wire import Delivery, Priority, Subjects
@@ -54,6 +57,8 @@ __all__ = [
     "AgentRef",
     "AgentSpec",
     "AgentTimeout",
+    "BarrierTimeout",
+    "CacheTimeout",
     "Cached",
     "CallCycle",
     "CallTooDeep",
@@ -79,9 +84,13 @@ __all__ = [
     "LWWMap",
     "LWWRegister",
     "LastWriterWins",
+    "Lease",
+    "LeaseBusy",
+    "LeaseLost",
     "Local",
     "MalformedCommand",
     "ManualClock",
+    "Message",
     "NatsServer",
     "NonDeterministic",
     "ORMap",
@@ -101,6 +110,7 @@ __all__ = [
     "SharedState",
     "StateOptions",
     "Subjects",
+    "Subscription",
     "SystemClock",
     "Unavailable",
     "UnknownAction",
@@ -115,4 +125,5 @@ __all__ = [
     "partition_of",
     "state_layers",
     "step_key",
+    "subscribe",
 ]

@@ -326,6 +326,31 @@ class Agent(Generic[S]):
 
         return await self.step(f"call:{agent_type}/{agent_id}.{action}", _call)
 
+    async def publish(self, topic: str, data: Any) -> int:
+        """Publish on a topic as a step (ADR 0049): journaled, and published under the step's
+        key, so a re-run neither publishes again nor loses the message. Its stream sequence."""
+        client = self.ctx.client
+
+        async def _publish() -> int:
+            return int(await client.publish(topic, data, msg_id=current_step_key()))
+
+        return int(await self.step(f"publish:{topic}", _publish))
+
+    async def subscribe(self, pattern: str, *, action: str = "on_message", delivery: str = "exactly-once") -> None:
+        """Subscribe this agent to ``pattern`` as a step: each later message on a matching
+        topic becomes a command ``action(msg)`` to it (ADR 0049)."""
+        client, aid = self.ctx.client, self.ctx.agent_id
+
+        async def _subscribe() -> None:
+            await client.subscribe_agent(aid.type, aid.id, pattern, action=action, delivery=delivery)
+
+        await self.step(f"subscribe:{pattern}", _subscribe)
+
+    async def unsubscribe(self, pattern: str) -> None:
+        """Stop this agent's subscription to ``pattern`` (as a step)."""
+        client, aid = self.ctx.client, self.ctx.agent_id
+        await self.step(f"unsubscribe:{pattern}", lambda: client.unsubscribe_agent(aid.type, aid.id, pattern))
+
     # -- what the runtime uses -----------------------------------------------------------
     def _begin(self) -> None:
         self._draft = None

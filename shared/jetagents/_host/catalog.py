@@ -110,6 +110,8 @@ class Catalog:
         self._snapshots: Bucket = None  # type: ignore[assignment]
         self._meta: Bucket = None  # type: ignore[assignment]
         self._client: Any = None
+        # called before an agent's first command of an activation (declared subscriptions)
+        self.on_activate: Callable[[AgentId, AgentSpec], Awaitable[None]] | None = None
 
     def bind(self, events: LogReader, snapshots: Bucket, meta: Bucket, client: Any) -> None:
         """Connected: the event log, the buckets, and the client the agents call others with."""
@@ -187,6 +189,8 @@ class Catalog:
             # A host with a newer claim on this partition has written this agent: ours is
             # stale (we were paused or cut off). Never write after it.
             raise FencedError(f"{aid} was written by a newer owner of partition {partition}")
+        if self.on_activate is not None:
+            await self.on_activate(aid, act.spec)
         act.agent = agent
         act.own = own
         act.n, act.last_seq, act.records = n, last_seq, records if len(records) else None

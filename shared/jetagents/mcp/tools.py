@@ -123,6 +123,7 @@ class McpTools:
         self.timeout_s = timeout_s
         self.key_meta = key_meta
         self.key_argument = key_argument
+        self.retries = 0  # tries made again after a transport failure, since this object was made
         self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Session] = weakref.WeakKeyDictionary()
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
@@ -201,7 +202,11 @@ class McpTools:
         while True:
             session = await self._session()
             try:
-                return await op(await session.client())
+                client = await session.client()
+                # its own task: the SDK enters anyio cancel scopes, which must be left by the task that
+                # entered them, and an action started eagerly (_host/eager.py on 3.11) changes task at
+                # its first suspension; cancelling the caller cancels this task too
+                return await asyncio.ensure_future(op(client))
             except MCPError as exc:
                 if exc.code not in _TRANSPORT_CODES:  # the server answered: no point asking again
                     raise DomainError(
@@ -221,6 +226,7 @@ class McpTools:
                     details={"server": self.name},
                 ) from err
             log.info("mcp_retry", server=self.name, what=what, attempt=attempt + 1, error=repr(err))
+            self.retries += 1
             await asyncio.sleep(delay)
             attempt += 1
 
