@@ -1,7 +1,7 @@
 """Call chains on the host (ADR 0042 section 7): each running action's frame, and what a
 command arriving for a busy agent does: queue, run at once (re-entrant), or fail fast.
 
-The pipeline runs every action inside a ``Frame`` (``enter``/``leave``): the chain it belongs
+The pipeline runs every action inside a ``Frame`` (``Frames.enter``/``leave``): the chain it belongs
 to, the path it was called along, and the agents it waits on, which the client's calls made
 inside the action mark (``_client/client.py``). The scheduler asks ``admit`` about a command
 carrying ``Agt-Call-Chain`` before queueing it behind the agent's running command; the
@@ -51,9 +51,6 @@ class CallChains:
         self._refuse = refuse
         self._untrack = untrack
         self._process = process
-        # names the chains of commands without an id (calls): unique on this host
-        self._seq = itertools.count()
-        self._prefix = f"{settings.host_id}~"
 
     # -- the scheduler ---------------------------------------------------------------------
     def admit(self, act: Activation, cmd: Command) -> bool:
@@ -130,7 +127,16 @@ class CallChains:
                 f.hold = None
             done.set()
 
-    # -- the pipeline ----------------------------------------------------------------------
+
+class Frames:
+    """The frames the pipeline runs actions in: one per host."""
+
+    def __init__(self, settings: HostSettings) -> None:
+        self._settings = settings
+        # names the chains of commands without an id (calls): unique on this host
+        self._seq = itertools.count()
+        self._prefix = f"{settings.host_id}~"
+
     def enter(self, act: Activation, cmd: Command) -> tuple[Frame, Token[Frame | None]]:
         """The frame ``cmd``'s action runs in (its calls read it), on ``act`` and in this task."""
         chain: CallChain | None = cmd.chain

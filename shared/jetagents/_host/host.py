@@ -286,7 +286,6 @@ class Host:
             wake_pullers=self.partitions.wake_low,
             max_payload_bytes=self.topology.max_payload_bytes,
         )
-        self.pipeline.chains = self.scheduler.chains
         self.watchdog: LoopWatchdog | None = None  # started with the host (loop_block_threshold_s)
         self._nats_schedules = NatsSchedules(self.nc, self.topology.cmd_stream, settings.op_timeout_s)
         self.schedules: Schedules = schedules or self._nats_schedules  # timers, reminders (ADR 0042 §5)

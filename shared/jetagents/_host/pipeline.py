@@ -71,7 +71,7 @@ from .._obs.telemetry import (
     finish_process_span,
 )
 from .._settings import HostSettings
-from .callchains import CallChains
+from .callchains import Frames
 from .catalog import Activation, Catalog
 from .coordination import Coordinator
 from .deadline import Deadline, Overrun
@@ -127,7 +127,7 @@ class Pipeline:
             settings, clock, log, catalog=catalog, eventlog=eventlog, placement=placement, coordinator=coordinator
         )
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
-        self.chains: CallChains = None  # type: ignore[assignment]  # the scheduler's, set by the host
+        self.chains = Frames(settings)  # what the action's calls name and wait on (ADR 0042 section 7)
 
     async def process(self, act: Activation, cmd: Command) -> None:
         """Process one command of ``act`` to its outcome (answered, acknowledged, handed back)."""
