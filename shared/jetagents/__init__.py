@@ -6,14 +6,16 @@
 ...     await client.proxy(Counter, "c1").increment(by=2)
 """
 
-from ._client.client import AgentRef, Client, Reply
+from ._client.client import AgentRef, AgentStream, Client, Reply
 from ._client.coordination import Lease
 from ._core.agent import Agent, AgentContext, AgentSpec, Event, Registry, action, applies
 from ._core.clock import Clock, SystemClock
 from ._core.coordination import BarrierTimeout, CacheTimeout, LeaseBusy, LeaseLost
 from ._core.crdt import GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter
 from ._core.errors import (
+    ActionCancelled,
     ActionTimeout,
+    AgentSuspended,
     AgentTimeout,
     CallCycle,
     CallTooDeep,
@@ -28,6 +30,7 @@ from ._core.errors import (
     NonDeterministic,
     PartitionError,
     PayloadTooLarge,
+    SignalBufferFull,
     Unavailable,
     UnknownAction,
     UnknownAgent,
@@ -35,6 +38,7 @@ from ._core.errors import (
 )
 from ._core.ids import AgentId, partition_of
 from ._core.journal import step_key
+from ._core.outstream import StreamReset
 from ._core.pubsub import Message, Subscription, subscribe
 from ._core.retry import CircuitBreaker, RetryPolicy
 from ._core.vclock import CustomResolver, KeepSiblings, LastWriterWins, SemanticMerge, VectorClock, Versioned
@@ -50,12 +54,15 @@ from .testing.clock import ManualClock
 from .testing.server import NatsServer
 
 __all__ = [
+    "ActionCancelled",
     "ActionTimeout",
     "Agent",
     "AgentContext",
     "AgentId",
     "AgentRef",
     "AgentSpec",
+    "AgentStream",
+    "AgentSuspended",
     "AgentTimeout",
     "BarrierTimeout",
     "CacheTimeout",
@@ -108,7 +115,9 @@ __all__ = [
     "Session",
     "Shared",
     "SharedState",
+    "SignalBufferFull",
     "StateOptions",
+    "StreamReset",
     "Subjects",
     "Subscription",
     "SystemClock",

@@ -112,6 +112,9 @@ class HostSettings(CommonSettings):
     max_active_agents: int = Field(default=100_000, ge=1)
     snapshot_every: int = Field(default=100, ge=1)
     dedup_records_per_agent: int = Field(default=256, ge=1)
+    # signals sent to an agent with nobody waiting for them, kept for a later wait (ADR 0042 §3);
+    # past it a signal is refused signal_buffer_full
+    signal_buffer_per_agent: int = Field(default=64, ge=0)
     drain_grace_s: float = Field(default=30.0, ge=0)
     health_port: int | None = Field(
         default=None, ge=0, le=65535, description="HTTP port of /livez and /readyz; unset: no HTTP server"
@@ -126,6 +129,21 @@ class HostSettings(CommonSettings):
         validation_alias=AliasChoices("JETAGENTS_EVENT_LOOP", "JETAGENTS_LOOP"),
         description="the host process's event loop (JETAGENTS_EVENT_LOOP; JETAGENTS_LOOP, the older name, too): "
         "uvloop, measurably cheaper per command (ADR 0041), or asyncio; without uvloop installed: asyncio",
+    )
+    out_flush_ms: int = Field(
+        default=20,
+        ge=0,
+        le=10_000,
+        description="a streaming action's chunks are gathered this long into one AGT_OUT message (ADR 0042)",
+    )
+    out_max_message_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="the largest AGT_OUT chunk message (at most max_payload_bytes)"
+    )
+    out_chunk_ttl_s: int = Field(default=600, ge=1, description="how long streamed chunks stay readable (Nats-TTL)")
+    out_result_ttl_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=1,
+        description="how long a stream's end message (the reply) stays readable; AGT_OUT's max_age when created",
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"

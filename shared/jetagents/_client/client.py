@@ -26,6 +26,7 @@ from .._core.callchain import current_frame
 from .._core.clock import SystemClock
 from .._core.errors import AgentTimeout, JetAgentsError, Unavailable
 from .._core.ids import AgentId, partition_of
+from .._core.outstream import ctoken
 from .._core.retry import RetryPolicy
 from .._core.wire import Delivery, Priority, Subjects
 from .._nats.api import Topology, ensure_topology
@@ -36,6 +37,7 @@ from .command import OutboundCommand, SendOptions, payload_limit
 from .ref import AgentRef, Proxy
 from .reply import Reply, decode_reply, no_responders, not_applied
 from .sender import Sender
+from .stream import AgentStream
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
     from .coordination import Coordination, Lease
     from .pubsub import ClientPubSub
 
-__all__ = ["AgentRef", "Client", "Reply"]
+__all__ = ["AgentRef", "AgentStream", "Client", "Reply"]
 
 A = TypeVar("A", bound=Agent[Any])
 
@@ -237,6 +239,28 @@ class Client:
             await self._sender.backoff(attempt, deadline, err, until_deadline=True)
             attempt += 1
 
+    # -- streamed output ---------------------------------------------------------------------
+    def _stream(
+        self,
+        aid: AgentId,
+        command_id: str,
+        *,
+        after: int,
+        next_chunk: int | None = None,
+        idle_timeout_s: float | None,
+        send: Any = None,
+    ) -> AgentStream:
+        timeout_s = idle_timeout_s if idle_timeout_s is not None else self.settings.request_timeout_s
+        subject = self.subjects.out(aid.type, aid.id, ctoken(command_id))
+        stream = Topology(self.subjects).out_stream
+
+        async def open_reader() -> Any:
+            return await self._transport.out_reader(stream, subject, min(timeout_s, 5.0))
+
+        return AgentStream(
+            command_id, open_reader, send=send, after=after, next_chunk=next_chunk, idle_timeout_s=timeout_s
+        )
+
     # -- pub-sub (ADR 0049; _client/pubsub.py) ------------------------------------------------
     @property
     def _pubsub(self) -> ClientPubSub:
@@ -303,7 +327,12 @@ class Client:
 
     # -- sending ---------------------------------------------------------------------------
     async def _send(
-        self, aid: AgentId, action: str, params: Mapping[str, Any] | None, options: SendOptions
+        self,
+        aid: AgentId,
+        action: str,
+        params: Mapping[str, Any] | None,
+        options: SendOptions,
+        body: bytes | None = None,
     ) -> Reply | str:
         # inside an action (a host's client): the call names its chain and path (ADR 0042
         # section 7), and the action is marked as waiting on the callee while the reply is out
@@ -319,6 +348,7 @@ class Client:
             new_id=self._transport.new_id,
             wall_ms=self._clock.wall_ms(),
             chain=None if frame is None else frame.outgoing(aid.key, waits=options.want_reply),
+            body=body,
         )
         if frame is None or not options.want_reply:
             return await self._sender.send(cmd)

@@ -26,6 +26,7 @@ from .._core.wire import (
     H_DEADLINE,
     H_MSG_ID,
     H_PRIORITY,
+    H_STREAM,
     Delivery,
     Priority,
     Subjects,
@@ -47,6 +48,7 @@ class SendOptions:
     priority: Priority = Priority.NORMAL
     deadline_s: float | None = None
     want_reply: bool = True
+    stream: bool = False  # Agt-Stream: 1, the host publishes the output and the end to agt.out
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +91,14 @@ class OutboundCommand:
         new_id: Callable[[], str],
         wall_ms: int,
         chain: Mapping[str, str] | None = None,
+        body: bytes | None = None,
     ) -> OutboundCommand:
         """``timeout_s``: the caller's wait (the options' or the client's default);
         ``limit_bytes``: the largest body the client and the server take; ``chain``: the
-        call-chain headers of a call made inside an action (ADR 0042 section 7)."""
-        body = encode_body(action, params)
+        call-chain headers of a call made inside an action (ADR 0042 section 7); ``body``: one
+        that is no action (a signal, a cancel, a result query; ``action`` names it)."""
+        if body is None:
+            body = encode_body(action, params)
         if len(body) > limit_bytes:
             raise PayloadTooLarge(f"command of {len(body)} bytes exceeds the limit of {limit_bytes}")
         delivery = options.delivery
@@ -126,6 +131,8 @@ class OutboundCommand:
             headers[H_CORRELATION_ID] = correlation_id
         if options.priority is not Priority.NORMAL:
             headers[H_PRIORITY] = options.priority.value
+        if options.stream:
+            headers[H_STREAM] = "1"
         if delivery is Delivery.EXACTLY_ONCE:  # the stream drops a second copy within its window
             headers[H_MSG_ID] = cmd_id
         if chain:

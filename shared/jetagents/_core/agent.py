@@ -37,7 +37,7 @@ from pydantic_core import to_jsonable_python
 
 from .errors import InternalError, InvalidParams, UnknownAction
 from .ids import AgentId, validate_token
-from .journal import callee_command_id, current_step_key
+from .journal import SLEEP, callee_command_id, current_step_key
 from .wire import WireEvent, validation_details
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ class ActionSpec:
     strict: bool = True
     timeout_s: float | None = None  # @action(timeout_s=...); None: the type's, else the host's
     reentrant: bool | None = None  # @action(reentrant=...); None: the type's Agent.reentrant
+    while_suspended: str | None = None  # @action(while_suspended=...); None: the type's (ADR 0042 §4)
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """The parameters received over the wire, validated as JSON: strictly by default
@@ -120,6 +121,7 @@ class AgentSpec:
     spawn_required: bool = False
     action_timeout_s: float | None = None  # Agent.action_timeout_s; None: the host's default
     reentrant: bool = True  # Agent.reentrant (ADR 0042 section 7)
+    while_suspended: str = "enqueue"  # Agent.while_suspended (ADR 0042 §4)
 
     def reentrant_for(self, name: str) -> bool:
         """Whether a call of action ``name`` coming back along its own chain runs at once."""
@@ -127,6 +129,11 @@ class AgentSpec:
         if spec is None or spec.reentrant is None:
             return self.reentrant
         return spec.reentrant
+
+    def while_suspended_of(self, action: str) -> str:
+        """The policy of a suspended ``action``: its own, else its type's."""
+        spec = self.actions.get(action)
+        return (spec.while_suspended if spec is not None else None) or self.while_suspended
 
     def action(self, name: str) -> ActionSpec:
         spec = self.actions.get(name)
@@ -138,6 +145,9 @@ class AgentSpec:
         return spec
 
 
+WHILE_SUSPENDED = ("enqueue", "reject", "interrupt")
+
+
 @overload
 def action(fn: F, /) -> F: ...
 @overload
@@ -147,6 +157,7 @@ def action(
     strict: bool | None = None,
     timeout_s: float | None = None,
     reentrant: bool | None = None,
+    while_suspended: str | None = None,
 ) -> Callable[[F], F]: ...
 def action(
     fn: F | None = None,
@@ -156,6 +167,7 @@ def action(
     strict: bool | None = None,
     timeout_s: float | None = None,
     reentrant: bool | None = None,
+    while_suspended: str | None = None,
 ) -> F | Callable[[F], F]:
     """Mark an ``async def`` method as an action callable by clients.
 
@@ -167,8 +179,11 @@ def action(
     ``reentrant`` says whether a call of this action that comes back along its own call chain
     (A -> B -> A) runs at once, alongside the action waiting for it (default: the class's
     ``reentrant``); ``False`` refuses it with ``call_cycle`` (ADR 0042 section 7).
+    ``while_suspended`` (``enqueue``, ``reject``, ``interrupt``): what the agent's other
+    write commands do while this action is suspended (default: the type's, ADR 0042 §4).
     """
     _check_timeout(timeout_s, "timeout_s")
+    _check_policy(while_suspended)
 
     def mark(f: F) -> F:
         if not inspect.iscoroutinefunction(cast(Any, f)):
@@ -178,12 +193,18 @@ def action(
             "strict": strict,
             "timeout_s": timeout_s,
             "reentrant": reentrant,
+            "while_suspended": while_suspended,
         }
         return f
 
     if fn is not None:
         return mark(fn)
     return mark
+
+
+def _check_policy(value: str | None) -> None:
+    if value is not None and value not in WHILE_SUSPENDED:
+        raise TypeError(f"while_suspended must be one of {WHILE_SUSPENDED}, not {value!r}")
 
 
 def _check_timeout(value: float | None, name: str) -> None:
@@ -214,6 +235,10 @@ class AgentContext:
     # the host's journal for this agent (ADR 0042): ``await steps.step(agent, i, name, fn,
     # args, kwargs)``; None outside a host (an action called directly runs steps plainly)
     steps: Any = None
+    # the running command's output (``_host/outbox.py``) when its caller streams it, else None
+    out: Any = None
+    # the running command's parameters (as received) and reply subject, for its journal
+    command: Any = None
 
 
 _IMMUTABLE = (int, float, str, bool, bytes, type(None))
@@ -248,6 +273,10 @@ class Agent(Generic[S]):
     # a call coming back along its own chain (A -> B -> A) runs at once, alongside the action
     # waiting for it, instead of deadlocking behind it; False: refused with call_cycle
     reentrant: ClassVar[bool] = True
+    # what this type's other write commands do while one of its actions is suspended on a
+    # wait (ADR 0042 §4): "enqueue" (parked, run after it), "reject" (agent_suspended) or
+    # "interrupt" (the suspended action is cancelled); read-only actions always run
+    while_suspended: ClassVar[str] = "enqueue"
     __jetagents_spec__: ClassVar[AgentSpec]
 
     __slots__ = ("_cursor", "_draft", "_pending", "_state", "ctx")
@@ -307,6 +336,55 @@ class Agent(Generic[S]):
             result = fn(*args, **kwargs)
             return await result if inspect.isawaitable(result) else result
         return await steps.step(self, i, name, fn, args, kwargs)
+
+    async def stream(self, chunk: Any) -> None:
+        """Send ``chunk`` (JSON, or a pydantic model) to the caller as the action runs, when
+        the caller streams the command (``async for c in ref.stream(action, params)``); a
+        no-op otherwise. Chunks are gathered for a few milliseconds into one message of the
+        command's ``agt.out`` subject and kept for a while (ADR 0042 section 6), so a caller
+        that reconnects resumes where it left off. Chunks streamed outside steps must be
+        the same on every run of the action (a re-run publishes only those not stored yet);
+        what a step's function streams is replaced when the step runs again (``reset``)."""
+        if self._pending is None:
+            raise RuntimeError("stream() may only be called while an action runs")
+        out = self.ctx.out
+        if out is not None:
+            await out.put(chunk)
+
+    async def wait_for(self, name: str, *, timeout_s: float | None = None) -> Any:
+        """Suspend the action until signal ``name`` comes (ADR 0042 section 3) and return its
+        payload; after ``timeout_s`` raise ``DomainError`` with reason ``wait_timeout`` (journaled:
+        a re-run raises it again; uncaught, it refuses the command). The wait is journaled and the host
+        drops the run: nothing is held in memory while it waits, across host restarts and
+        moves. A signal (``client.agent(t, i).signal(name, payload)``) re-runs the action
+        from its journal: completed steps return their results, this wait its payload. A
+        signal sent before the wait is buffered and taken here at once.
+
+        >>> approval = await self.wait_for("approve", timeout_s=86400)  # doctest: +SKIP
+        """
+        validate_token(name, "signal name")
+        _check_timeout(timeout_s, "timeout_s")
+        return await self._wait(name, timeout_s)
+
+    async def sleep(self, seconds: float) -> None:
+        """Suspend the action for ``seconds``, durably (a journaled wait the server's timer
+        ends); outside a host, or for a command without an id, a plain sleep."""
+        _check_timeout(seconds, "seconds")
+        steps = self.ctx.steps
+        if steps is None or not self.ctx.command_id:
+            await self.ctx.clock.sleep(seconds)
+            return
+        await self._wait(SLEEP, seconds)
+
+    async def _wait(self, name: str, timeout_s: float | None) -> Any:
+        if self._pending is None:
+            raise RuntimeError("wait_for()/sleep() may only be called while an action runs")
+        steps = self.ctx.steps
+        if steps is None or not self.ctx.command_id:
+            raise RuntimeError("wait_for() needs a host and a command with an id (it suspends durably)")
+        i = self._cursor
+        self._cursor = i + 1
+        return await steps.wait(self, i, name, timeout_s)
 
     async def call(
         self, agent_type: str, agent_id: str, action: str, params: dict[str, Any] | None = None, **options: Any
@@ -433,8 +511,10 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
         spawn_required=cls.spawn_required,
         action_timeout_s=cls.action_timeout_s,
         reentrant=cls.reentrant,
+        while_suspended=cls.while_suspended,
     )
     _check_timeout(cls.action_timeout_s, f"{cls.__name__}.action_timeout_s")
+    _check_policy(cls.while_suspended)
     for klass in reversed(cls.__mro__):
         for name, member in vars(klass).items():
             marker = getattr(member, "__jetagents_action__", None)
@@ -442,7 +522,14 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
                 strict = marker.get("strict")
                 strict = cls.strict_params if strict is None else strict
                 spec.actions[name] = _action_spec(
-                    cls, name, member, marker["read_only"], strict, marker.get("timeout_s"), marker.get("reentrant")
+                    cls,
+                    name,
+                    member,
+                    marker["read_only"],
+                    strict,
+                    marker.get("timeout_s"),
+                    while_suspended=marker.get("while_suspended"),
+                    reentrant=marker.get("reentrant"),
                 )
             elif getattr(member, "__jetagents_applies__", False):
                 event_cls = _applier_event(cls, member)
@@ -458,6 +545,7 @@ def _action_spec(
     strict: bool = True,
     timeout_s: float | None = None,
     reentrant: bool | None = None,
+    while_suspended: str | None = None,
 ) -> ActionSpec:
     # the method's own module: an inherited action resolves names where it was written
     hints = typing.get_type_hints(fn, include_extras=True)
@@ -478,7 +566,18 @@ def _action_spec(
     )
     ret = hints.get("return")
     adapter = TypeAdapter(ret) if ret is not None else None
-    return ActionSpec(name, fn, params_model, tuple(names), adapter, read_only, strict, timeout_s, reentrant)
+    return ActionSpec(
+        name,
+        fn,
+        params_model,
+        tuple(names),
+        adapter,
+        read_only,
+        strict,
+        timeout_s,
+        reentrant=reentrant,
+        while_suspended=while_suspended,
+    )
 
 
 def _applier_event(cls: type, fn: Callable[..., Any]) -> type[Event]:

@@ -20,6 +20,7 @@ from .wire import (
     H_MSG_ID,
     H_PRIORITY,
     H_REPLY_TO,
+    H_STREAM,
     PRIORITY_RANK,
     TRACEPARENT,
     TRACESTATE,
@@ -87,6 +88,10 @@ class Command:
     error: str = ""
     traced: bool = False  # in a process span (SDK tracing): append and reply get spans too
     chain: CallChain | None = None  # its Agt-Call-Chain/-Path, read by the scheduler when present (ADR 0042)
+    streams: bool = False  # sent with Agt-Stream: 1: its output and end go to agt.out (ADR 0042)
+    # a journal's re-run (ADR 0042): a suspended action resumed, or a parked command run, in
+    # the turn of the command that freed it (never acknowledged itself: that command is)
+    resume: bool = False
 
     @property
     def durable(self) -> bool:
@@ -177,7 +182,7 @@ def parse_command(
     prio = hdrs.get(H_PRIORITY)
     tp = hdrs.get(TRACEPARENT)
     deadline = hdrs.get(H_DEADLINE)
-    return Command(
+    cmd = Command(
         kind,
         subject,
         agent_type,
@@ -199,3 +204,6 @@ def parse_command(
         0,
         TraceContext(tp, hdrs.get(TRACESTATE)) if tp is not None else None,
     )
+    if hdrs.get(H_STREAM) == "1":
+        cmd.streams = True
+    return cmd

@@ -19,6 +19,9 @@
     ├── Deadlock                        no   a call would close a wait-for cycle (ADR 0042 section 7)
     ├── CallCycle                       no   a call came back along its chain to a non-re-entrant agent
     ├── CallTooDeep                     no   a call chain longer than call_path_max
+    ├── AgentSuspended                  yes  a write to an agent whose action is suspended (policy reject)
+    ├── SignalBufferFull                yes  a signal nobody waits for, and the agent's buffer is full
+    ├── ActionCancelled                 no   the command was cancelled (``cancel``) while running or suspended
     ├── DomainError                     no   raised by an agent's action on purpose
     └── InternalError                   no   the action raised something unexpected
 
@@ -137,6 +140,29 @@ class CallTooDeep(JetAgentsError):
     code = "call_too_deep"
 
 
+class AgentSuspended(JetAgentsError):
+    """A write command reached an agent whose action is suspended, and the action's
+    ``while_suspended`` policy is ``reject`` (ADR 0042 section 4): try again later."""
+
+    code = "agent_suspended"
+    retryable = True
+
+
+class SignalBufferFull(JetAgentsError):
+    """A signal nobody waits for, and the agent already buffers ``signal_buffer_per_agent``."""
+
+    code = "signal_buffer_full"
+    retryable = True
+
+
+class ActionCancelled(JetAgentsError):
+    """The command was cancelled (ADR 0042 section 8). Raised inside a running action at
+    its next step boundary (it may catch it and run compensating steps), and what the
+    command's caller gets."""
+
+    code = "cancelled"
+
+
 class DomainError(JetAgentsError):
     """Raised by an action to refuse a command; reaches the caller as the same type.
 
@@ -177,6 +203,9 @@ _BY_CODE: dict[str, type[JetAgentsError]] = {
         Deadlock,
         CallCycle,
         CallTooDeep,
+        AgentSuspended,
+        SignalBufferFull,
+        ActionCancelled,
     )
 }
 

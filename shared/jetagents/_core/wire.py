@@ -34,6 +34,12 @@ H_CONTENT_TYPE: Final = "Content-Type"
 # call chains (ADR 0042 section 7): the chain's root command id, the agents waiting on a call
 H_CALL_CHAIN: Final = "Agt-Call-Chain"
 H_CALL_PATH: Final = "Agt-Call-Path"
+# streamed output (ADR 0042 section 6): the command opts in; what each AGT_OUT message is
+H_STREAM: Final = "Agt-Stream"
+H_STREAM_KIND: Final = "Agt-Stream-Kind"
+H_CHUNK: Final = "Agt-Chunk"
+H_STEP: Final = "Agt-Step"
+H_TTL: Final = "Nats-TTL"
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
 
@@ -76,6 +82,10 @@ class Subjects:
     def dlq(self, agent_type: str, agent_id: str) -> str:
         return f"{self.root}.dlq.{agent_type}.{agent_id}"
 
+    def out(self, agent_type: str, agent_id: str, ctoken: str) -> str:
+        """A streaming command's output subject (``_core/outstream.ctoken``)."""
+        return f"{self.root}.out.{agent_type}.{agent_id}.{ctoken}"
+
     def partition_filter(self, partition: int) -> str:
         return f"{self.root}.p.{partition}.>"
 
@@ -104,6 +114,10 @@ class Subjects:
         return f"{self.root}.evt.*.*"
 
     @property
+    def out_wildcard(self) -> str:
+        return f"{self.root}.out.*.*.*"
+
+    @property
     def dlq_wildcard(self) -> str:
         return f"{self.root}.dlq.>"
 
@@ -122,6 +136,67 @@ class CommandBody(BaseModel):
 
     action: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     params: dict[str, Any] = Field(default_factory=dict)
+
+
+_NAME = r"^[A-Za-z0-9_-]+$"
+_CMD_ID = Field(min_length=1, max_length=256)
+
+
+class SignalBody(BaseModel):
+    """A signal to an agent (ADR 0042 §3): ``{"signal": "approve", "payload": {...},
+    "to": "m1"}``; ``to`` (optional) names the waiting command, else the oldest waiter."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    signal: str = Field(min_length=1, max_length=128, pattern=_NAME)
+    payload: Any = None
+    to: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+class TimerRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    for_: str = Field(alias="for", min_length=1, max_length=256)
+    i: int = Field(ge=0)
+
+
+class TimerBody(BaseModel):
+    """A wait's timer firing (published by the host as a server schedule):
+    ``{"timer": {"for": "m1", "i": 3}}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timer: TimerRef
+
+
+class CancelBody(BaseModel):
+    """Cancel a command (ADR 0042 §8): ``{"cancel": "m1"}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cancel: str = _CMD_ID
+
+
+class ResultBody(BaseModel):
+    """Ask for the outcome of a command (a call): ``{"result": "m1"}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    result: str = _CMD_ID
+
+
+# the other command bodies, by their one distinguishing key
+CONTROL_BODIES: Final[dict[str, type[BaseModel]]] = {
+    "signal": SignalBody,
+    "timer": TimerBody,
+    "cancel": CancelBody,
+    "result": ResultBody,
+}
+Body = CommandBody | SignalBody | TimerBody | CancelBody | ResultBody
+
+# Agt-Status on the reply of a command that did not finish: its action is suspended on a
+# wait, or it was parked behind one (ADR 0042 §§3-4)
+H_STATUS: Final = "Agt-Status"
 
 
 class WireEvent(BaseModel):
@@ -191,17 +266,32 @@ def encode_commit(
         return Commit.model_validate(body).model_dump_json(exclude=None if j is not None else {"j"}).encode()
 
 
-def decode_command(data: bytes, max_bytes: int) -> CommandBody:
-    """Check the size first, then parse; raise a typed error on anything wrong."""
+def decode_command(data: bytes, max_bytes: int) -> Body:
+    """Check the size first, then parse; raise a typed error on anything wrong. An action
+    (the common body) is tried first; a signal, timer, cancel or result body only when the
+    object has no ``action``."""
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"payload of {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
         return CommandBody.model_validate_json(data)
     except ValidationError as exc:
-        raise MalformedCommand(
-            "command body must be a JSON object {action, params}",
-            details=_short_errors(exc),
-        ) from None
+        first = exc
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict) and "action" not in doc:
+        for key, model in CONTROL_BODIES.items():
+            if key in doc:
+                try:
+                    return model.model_validate(doc)  # type: ignore[return-value]
+                except ValidationError as exc:
+                    first = exc
+                break
+    raise MalformedCommand(
+        "command body must be a JSON object {action, params} (or signal, timer, cancel, result)",
+        details=_short_errors(first),
+    ) from None
 
 
 def _short_errors(exc: ValidationError) -> list[dict[str, Any]]:

@@ -89,10 +89,11 @@ class CallChains:
         pipeline's own refusal."""
         spec = act.spec
         try:
-            name = decode_command(cmd.body, len(cmd.body) + 1).action
+            body = decode_command(cmd.body, len(cmd.body) + 1)
         except JetAgentsError:
             return spec.reentrant
-        return spec.reentrant_for(name)
+        name = getattr(body, "action", None)  # a signal, cancel, ... is no action: the type decides
+        return spec.reentrant_for(name) if isinstance(name, str) else spec.reentrant
 
     async def _nested(self, act: Activation, cmd: Command) -> None:
         """Run a re-entrant command on ``act`` while its running action waits: that action
