@@ -123,13 +123,6 @@ class AgentSpec:
     reentrant: bool = True  # Agent.reentrant (ADR 0042 section 7)
     while_suspended: str = "enqueue"  # Agent.while_suspended (ADR 0042 §4)
 
-    def reentrant_for(self, name: str) -> bool:
-        """Whether a call of action ``name`` coming back along its own chain runs at once."""
-        spec = self.actions.get(name)
-        if spec is None or spec.reentrant is None:
-            return self.reentrant
-        return spec.reentrant
-
     def while_suspended_of(self, action: str) -> str:
         """The policy of a suspended ``action``: its own, else its type's."""
         spec = self.actions.get(action)
@@ -270,8 +263,7 @@ class Agent(Generic[S]):
     # time limit of one action run for this type (None: HostSettings.action_timeout_s);
     # an action's own @action(timeout_s=...) wins over it
     action_timeout_s: ClassVar[float | None] = None
-    # a call coming back along its own chain (A -> B -> A) runs at once, alongside the action
-    # waiting for it, instead of deadlocking behind it; False: refused with call_cycle
+    # a call back along its own chain (A -> B -> A) runs at once; False: call_cycle (ADR 0042 §7)
     reentrant: ClassVar[bool] = True
     # what this type's other write commands do while one of its actions is suspended on a
     # wait (ADR 0042 §4): "enqueue" (parked, run after it), "reject" (agent_suspended) or
@@ -440,31 +432,6 @@ class Agent(Generic[S]):
         self._pending = None
         self._draft = None
         return pending, draft
-
-    def _park_run(self) -> tuple[Any, ...]:
-        """Set the running action aside while a re-entrant call runs on this agent (ADR
-        0042 section 7); ``_resume_run`` puts it back."""
-        ctx = self.ctx
-        parked = (self._draft, self._pending, self._cursor, ctx.command_id, ctx.correlation_id, ctx.action)
-        self._draft, self._pending, self._cursor = None, None, 0
-        return parked
-
-    def _resume_run(self, parked: tuple[Any, ...], state: S | None = None) -> None:
-        """Back to the parked action after a re-entrant call: its pending events are applied
-        again onto the state the nested call left (``state``: the rebuilt agent's, when the
-        nested call had to rebuild it), so its commit builds on what was committed meanwhile."""
-        draft, pending, cursor, command_id, correlation_id, action_name = parked
-        ctx = self.ctx
-        ctx.command_id, ctx.correlation_id, ctx.action = command_id, correlation_id, action_name
-        if state is not None:
-            self._state = state
-        self._draft, self._pending, self._cursor = None, pending, cursor
-        if pending and draft is not None:  # appliers are pure: replay the action's own events
-            spec = type(self).__jetagents_spec__
-            new = _draft_of(self._state)
-            for event in pending:
-                new = _apply(spec.appliers[type(event).event_type], self, new, event)
-            self._draft = new
 
     def _commit(self, draft: S | None) -> None:
         if draft is not None:

@@ -1,7 +1,7 @@
 """Call chains on the host (ADR 0042 section 7): each running action's frame, and what a
 command arriving for a busy agent does: queue, run at once (re-entrant), or fail fast.
 
-The pipeline runs every action inside a ``Frame`` (``Frames.enter``/``leave``): the chain it belongs
+The scheduler processes every command inside a ``Frame`` (``enter``/``leave``): the chain it belongs
 to, the path it was called along, and the agents it waits on, which the client's calls made
 inside the action mark (``_client/client.py``). The scheduler asks ``admit`` about a command
 carrying ``Agt-Call-Chain`` before queueing it behind the agent's running command; the
@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
+from .._core.agent import Agent, _apply, _draft_of
 from .._core.callchain import FRAME, CallChain, Frame, Verdict, decide, parse, refusal
 from .._core.command import Command, Kind
 from .._core.errors import JetAgentsError
@@ -51,6 +52,9 @@ class CallChains:
         self._refuse = refuse
         self._untrack = untrack
         self._process = process
+        # names the chains of commands without an id (calls): unique on this host
+        self._seq = itertools.count()
+        self._prefix = f"{settings.host_id}~"
 
     # -- the scheduler ---------------------------------------------------------------------
     def admit(self, act: Activation, cmd: Command) -> bool:
@@ -93,17 +97,19 @@ class CallChains:
         except JetAgentsError:
             return spec.reentrant
         name = getattr(body, "action", None)  # a signal, cancel, ... is no action: the type decides
-        return spec.reentrant_for(name) if isinstance(name, str) else spec.reentrant
+        action = spec.actions.get(name) if isinstance(name, str) else None
+        return spec.reentrant if action is None or action.reentrant is None else action.reentrant
 
     async def _nested(self, act: Activation, cmd: Command) -> None:
         """Run a re-entrant command on ``act`` while its running action waits: that action
         is parked, and resumed on the state the nested command committed."""
         outer = act.agent
-        parked = outer._park_run() if outer is not None else None
+        parked = park(outer) if outer is not None else None
         done = asyncio.Event()
         held = [f for f in act.frames or () if f.waiting and f.hold is None]
         for f in held:  # their calls return only after this one is finished and they are resumed
             f.hold = done
+        frame = self.enter(act, cmd)
         try:
             await self._process(act, cmd)
         except asyncio.CancelledError:
@@ -116,27 +122,18 @@ class CallChains:
             if (cmd.durable and not cmd.done) or (cmd.kind == Kind.CALL and not cmd.outcome):
                 await self._outcomes.settle(cmd, Result.BUG, {})
         finally:
+            self.leave(act, frame)
             self._untrack(cmd)
             if outer is not None and parked is not None:
                 now = act.agent
                 if now is not None and now is not outer:  # the nested command rebuilt the agent
-                    outer._resume_run(parked, now._state)
+                    resume(outer, parked, now._state)
                     act.agent = outer
                 else:
-                    outer._resume_run(parked)
+                    resume(outer, parked)
             for f in held:
                 f.hold = None
             done.set()
-
-
-class Frames:
-    """The frames the pipeline runs actions in: one per host."""
-
-    def __init__(self, settings: HostSettings) -> None:
-        self._settings = settings
-        # names the chains of commands without an id (calls): unique on this host
-        self._seq = itertools.count()
-        self._prefix = f"{settings.host_id}~"
 
     def enter(self, act: Activation, cmd: Command) -> tuple[Frame, Token[Frame | None]]:
         """The frame ``cmd``'s action runs in (its calls read it), on ``act`` and in this task."""
@@ -163,3 +160,30 @@ class Frames:
                 frames.remove(frame)
             if not frames:
                 act.frames = None
+
+
+def park(agent: Agent[Any]) -> tuple[Any, ...]:
+    """Set ``agent``'s running action aside while a re-entrant command runs on it."""
+    ctx = agent.ctx
+    parked = (agent._draft, agent._pending, agent._cursor, ctx.command_id, ctx.correlation_id, ctx.action)
+    agent._draft, agent._pending, agent._cursor = None, None, 0
+    return parked
+
+
+def resume(agent: Agent[Any], parked: tuple[Any, ...], state: Any = None) -> None:
+    """Back to the parked action after a re-entrant command: its pending events are applied
+    again onto the state the nested command left (``state``: the rebuilt agent's, when the
+    nested command had to rebuild it), so its commit builds on what was committed meanwhile
+    (appliers are pure)."""
+    draft, pending, cursor, command_id, correlation_id, action_name = parked
+    ctx = agent.ctx
+    ctx.command_id, ctx.correlation_id, ctx.action = command_id, correlation_id, action_name
+    if state is not None:
+        agent._state = state
+    agent._draft, agent._pending, agent._cursor = None, pending, cursor
+    if pending and draft is not None:
+        appliers = type(agent).__jetagents_spec__.appliers
+        new = _draft_of(agent._state)
+        for event in pending:
+            new = _apply(appliers[type(event).event_type], agent, new, event)
+        agent._draft = new

@@ -73,7 +73,6 @@ from .._obs.telemetry import (
     finish_process_span,
 )
 from .._settings import HostSettings
-from .callchains import Frames
 from .catalog import Activation, Catalog
 from .coordination import Coordinator
 from .deadline import Deadline, Overrun
@@ -136,7 +135,6 @@ class Pipeline:
             settings, clock, log, steps=self._steps, outcomes=outcomes, run=self._process_traced
         )
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
-        self.chains = Frames(settings)  # what the action's calls name and wait on (ADR 0042 section 7)
 
     async def process(self, act: Activation, cmd: Command) -> None:
         """Process one command of ``act`` to its outcome (answered, acknowledged, handed back)."""
@@ -356,18 +354,14 @@ class Pipeline:
         agent._begin()
         try:
             loop = self.loop
-            frame = self.chains.enter(act, cmd)  # what its calls name and wait on (ADR 0042 section 7)
-            try:
-                result = await Deadline(
-                    action.fn(agent, **params),
-                    loop,
-                    loop.time() + limit_s,
-                    on_late=lambda: self._log.warning(
-                        "action_ignores_cancel", agent=str(act.agent_id), action=action.name, limit_s=limit_s
-                    ),
-                )
-            finally:
-                self.chains.leave(act, frame)
+            result = await Deadline(
+                action.fn(agent, **params),
+                loop,
+                loop.time() + limit_s,
+                on_late=lambda: self._log.warning(
+                    "action_ignores_cancel", agent=str(act.agent_id), action=action.name, limit_s=limit_s
+                ),
+            )
             events, draft = agent._finish()
             if events and action.read_only:
                 raise InternalError(f"read-only action {action.name!r} emitted events")
@@ -391,13 +385,10 @@ class Pipeline:
                 self._records(act).refused(cmd_id, err.to_wire())
             await self._outcomes.settle(cmd, Result.DOMAIN, out, error=err)
             return None
-        except (Deadlock, CallCycle, CallTooDeep) as err:  # a call of its chain failed for good: not retried
+        except (NonDeterministic, Deadlock, CallCycle, CallTooDeep) as err:  # final: not retried (ADR 0042)
             agent._finish()
-            await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
-            return None
-        except NonDeterministic as err:  # its journal stays open and blocked (ADR 0042)
-            agent._finish()
-            await self._steps.block(act, agent, err)
+            if isinstance(err, NonDeterministic):  # its journal stays open and blocked
+                await self._steps.block(act, agent, err)
             await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
             return None
         except Overrun:

@@ -268,6 +268,7 @@ class Scheduler:
 
     async def _run(self, act: Activation, cmd: Command) -> None:
         """Process one command of a scheduled agent, then queue its next one (if any)."""
+        frame = self.chains.enter(act, cmd)  # what its action's calls name and wait on (ADR 0042 section 7)
         try:
             await self._process(act, cmd)
         except asyncio.CancelledError:
@@ -281,6 +282,7 @@ class Scheduler:
             if (cmd.durable and not cmd.done) or (cmd.kind == Kind.CALL and not cmd.outcome):
                 await self._outcomes.settle(cmd, Result.BUG, {})
         finally:
+            self.chains.leave(act, frame)
             self.untrack(cmd)
             act.last_used = self._clock.monotonic()
             if act.mailbox:
