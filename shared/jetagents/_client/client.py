@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from .._state.store import SharedState
     from .coordination import Coordination, Lease
     from .pubsub import ClientPubSub
+    from .workqueue import WorkQueue
 
 __all__ = ["AgentRef", "AgentStream", "Client", "Reply"]
 
@@ -324,6 +325,39 @@ class Client:
         """The cached JSON value of ``key``, or ``fn()``'s, computed once for all concurrent
         misses in every process, kept for ``ttl_s``."""
         return await self._coord.get_or_compute(key, fn, ttl_s=ttl_s)
+
+    def work_queue(
+        self, name: str, *, visibility_s: float = 30.0, max_attempts: int = 5, max_in_flight: int = 1000
+    ) -> WorkQueue:
+        """A durable work queue shared by every worker that opens it (ADR 0050):
+        ``await q.put(job)``; ``await q.process(handler, concurrency=4)`` in the workers."""
+        from .._nats.workqueue import WorkStore
+        from .workqueue import WorkQueue
+
+        store = WorkStore(self.nc, self.subjects, timeout_s=self.settings.request_timeout_s)
+        return WorkQueue(
+            store,
+            name,
+            self._clock,
+            visibility_s=visibility_s,
+            max_attempts=max_attempts,
+            retry=self.retry,
+            max_in_flight=max_in_flight,
+        )
+
+    @staticmethod
+    async def gather(*aws: Awaitable[Any], timeout_s: float | None = None) -> list[Any]:
+        """Every result in order; the first failure or the timeout cancels the rest."""
+        from .futures import gather
+
+        return await gather(*aws, timeout_s=timeout_s)
+
+    @staticmethod
+    async def first(*aws: Awaitable[Any], timeout_s: float | None = None) -> Any:
+        """The first result to succeed; the others are cancelled."""
+        from .futures import first
+
+        return await first(*aws, timeout_s=timeout_s)
 
     # -- sending ---------------------------------------------------------------------------
     async def _send(

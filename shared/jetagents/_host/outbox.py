@@ -8,12 +8,13 @@ that skips the step skips its chunks too). One flusher task per outbox gathers t
 a lost PubAck is retried under the same ``Nats-Msg-Id``, and chunks pile up into the next
 message while one is on its way (the faster the action streams, the larger the messages).
 
-A re-run (a redelivery after a crash, a retry in place) first learns what the stream holds
-(its last message, read from the leader): chunks below that index are not published again; a
-step that runs its function again after it streamed is preceded by a ``reset`` naming the
-first void chunk. A step's journal entry is appended only once its chunks are stored, so a
-journaled step never needs a reset. The command's outcome publishes the ``end`` (the reply
-body) after every chunk (``OutStreams.finish``, called by ``Outcomes``).
+Every run first learns what the stream holds (its last message, read from the leader, once
+per command and host: a redelivery after a crash may come with a delivery count of 1):
+chunks below that index are not published again; a step that runs its function again after
+it streamed is preceded by a ``reset`` naming the first void chunk. A step's journal entry
+is appended only once its chunks are stored, so a journaled step never needs a reset. The
+command's outcome publishes the ``end`` (the reply body) after every chunk
+(``OutStreams.finish``, called by ``Outcomes``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from .._core.clock import Clock
-from .._core.command import Command, Kind
+from .._core.command import Command
 from .._core.errors import JetAgentsError, PayloadTooLarge, Unavailable
 from .._core.ids import is_valid_token
 from .._core.journal import current_step_key
@@ -95,11 +96,8 @@ class OutStreams:
         if box is not None:  # a retry in place
             await box.rerun()
             return box
-        # an earlier run may have streamed: a redelivery, a forwarded command, an open journal
-        journals = act.journals
-        resumed = cmd.deliveries > 1 or cmd.kind is Kind.FORWARDED or bool(journals and cmd.command_id in journals)
         subject = self.subjects.out(aid.type, aid.id, ctoken(cmd.command_id))
-        box = self._boxes[key] = Outbox(self, aid.key, cmd.command_id, subject, resumed)
+        box = self._boxes[key] = Outbox(self, aid.key, cmd.command_id, subject)
         return box
 
     async def finish(self, cmd: Command, body: bytes | None, event_seq: int = 0) -> None:
@@ -174,7 +172,7 @@ def _running_step() -> int | None:
 class Outbox:
     """The output of one streaming command: the action's chunks, in order, to ``AGT_OUT``."""
 
-    def __init__(self, streams: OutStreams, agent_key: str, command_id: str, subject: str, resumed: bool) -> None:
+    def __init__(self, streams: OutStreams, agent_key: str, command_id: str, subject: str) -> None:
         self._s = streams
         self._agent_key = agent_key
         self.command_id = command_id
@@ -189,8 +187,10 @@ class Outbox:
         self._hurry = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
-        # what the stream holds, read before the first publish of a resumed run
-        self._known = not resumed
+        # What the stream holds, read before the first publish: an earlier run (on a host
+        # that died) may have streamed, and nothing here says so reliably: a rewound
+        # consumer delivers a command again with a delivery count of 1.
+        self._known = False
         self._stored_end = 0  # one past the last stored chunk's index
         self._gen = 0  # message ids carry the last reset's sequence (its void chunks had the same)
         self._last_seq = 0
