@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 from jetagents import Agent, AgentContext, AgentId, DomainError, Event, ManualClock, Registry, action, applies
-from jetagents._core.agent import AgentSpec, encode_events, spec_of
+from jetagents._core.agent import AgentSpec, spec_of
 from jetagents._core.errors import InternalError, InvalidParams, UnknownAction
+from jetagents._core.upcast import encode_events
 from jetagents._core.wire import Commit, WireEvent
 from jetagents.examples import EXAMPLE_AGENTS, Account, AccountState, Counter, CounterState
 from jetagents.examples.account import Deposited, Withdrawn

@@ -13,7 +13,7 @@ import pytest
 from jetagents._core.agent import Agent, Event, action, applies, spec_of
 from jetagents._core.ids import AgentId
 from jetagents._core.replay import rebuild
-from jetagents._core.upcast import IncompatibleSchema
+from jetagents._core.upcast import IncompatibleSchema, state_from
 from jetagents.examples import Account, Counter
 from tests.golden.shop import Shop, ShopState, ShopWithoutUpcasters
 
@@ -34,7 +34,7 @@ def test_the_example_agents_replay_their_golden_logs(name: str, cls: type[Agent[
     assert (rebuilt.n, rebuilt.seq) == (len(log), log[-1][0])
     # the snapshot of that day loads as the same state
     snap = header["snapshot"]
-    assert spec_of(cls).state_from(aid, snap["state"], snap.get("sv", 1)).model_dump() == header["final_state"]
+    assert state_from(spec_of(cls), aid, snap["state"], snap.get("sv", 1)).model_dump() == header["final_state"]
 
 
 def test_a_renamed_field_and_a_new_required_state_field_replay_through_upcasters() -> None:
@@ -46,7 +46,7 @@ def test_a_renamed_field_and_a_new_required_state_field_replay_through_upcasters
     assert rebuild(spec, aid, log).state.model_dump() == expected
     # replay from the old snapshot (no "sv": version 1) plus nothing after it
     snap = header["snapshot"]
-    state = spec.state_from(aid, snap["state"], snap.get("sv", 1))
+    state = state_from(spec, aid, snap["state"], snap.get("sv", 1))
     assert state.model_dump() == expected
     # and from the old snapshot of an earlier point plus the rest of the log
     half = rebuild(spec_of(Shop), aid, log[:2]).state
@@ -59,7 +59,7 @@ def test_without_the_upcaster_replay_fails_naming_the_event_and_version() -> Non
     with pytest.raises(IncompatibleSchema, match=r"event 'ItemAdded' version 1 .* no upcaster to version 2"):
         rebuild(spec_of(ShopWithoutUpcasters), aid, log)
     with pytest.raises(IncompatibleSchema, match=r"the state version 1 .* no upcaster"):
-        spec_of(ShopWithoutUpcasters).state_from(aid, header["snapshot"]["state"], 1)
+        state_from(spec_of(ShopWithoutUpcasters), aid, header["snapshot"]["state"], 1)
 
 
 class _Changed(Event):
@@ -100,7 +100,7 @@ def test_a_log_newer_than_the_code_is_refused() -> None:
 
 
 def test_events_past_version_1_carry_it_and_version_1_stays_unmarked() -> None:
-    from jetagents._core.agent import wire_events
+    from jetagents._core.upcast import wire_events
     from tests.golden.shop import ItemAdded
 
     assert wire_events([ItemAdded(sku="a", qty=1)]) == [{"type": "ItemAdded", "data": {"sku": "a", "qty": 1}, "v": 2}]

@@ -31,6 +31,7 @@ from .._core.ids import AgentId, is_valid_token, partition_of
 from .._core.kv import Entry
 from .._core.membership import cluster_summary
 from .._core.replay import Rebuilt, rebuild
+from .._core.upcast import state_from
 from .._core.wire import (
     H_COMMAND_ID,
     H_CORRELATION_ID,
@@ -370,7 +371,7 @@ class Admin:
         first_n = int(orjson.loads(log[0][1]).get("n", 1)) if log else snap_n + 1
         if first_n != snap_n + 1 or (until_seq is not None and until_seq < snap_seq):
             raise InternalError(f"the log of {aid} before commit {snap_n + 1} was purged (retention); no state there")
-        state = spec.state_from(aid, snap["state"], int(snap.get("sv", 1)))
+        state = state_from(spec, aid, snap["state"], int(snap.get("sv", 1)))
         return rebuild(spec, aid, log, until_seq=until_seq, state=state, n=snap_n, seq=snap_seq)
 
     # -- dead letters --------------------------------------------------------------------------

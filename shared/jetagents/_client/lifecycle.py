@@ -22,6 +22,8 @@ import orjson
 
 from .._core.errors import JetAgentsError
 from .._core.ids import AgentId, partition_of
+from .._core.upcast import state_from
+from .._nats.api import ERR_STREAM_NOT_FOUND, JSApiError
 from .admin import Admin, _doc
 
 
@@ -91,12 +93,17 @@ class Lifecycle:
             (f"KV_{t.meta_bucket}", f"$KV.{t.meta_bucket}.{aid.key}"),
             (f"KV_{t.cluster_bucket}", f"$KV.{t.cluster_bucket}.place.{aid.key}"),
             (t.cmd_stream, s.rem_of(aid.type, aid.id)),
+            (t.out_stream, s.out(aid.type, aid.id, "*")),  # streamed output (ADR 0042)
         ]
         if partitions:
             p = partition_of(aid.type, aid.id, partitions)
             targets.append((t.cmd_stream, f"{s.root}.p.{p}.{aid.type}.{aid.id}"))
         for stream, subject in targets:
-            await self.io.purge(stream, subject)
+            try:
+                await self.io.purge(stream, subject)
+            except JSApiError as exc:
+                if exc.err_code != ERR_STREAM_NOT_FOUND:  # a stream this deployment does not have
+                    raise
         await self._evict(aid)  # a command that raced the tombstone may have loaded it again
 
     async def _evict(self, aid: AgentId) -> None:
@@ -132,7 +139,7 @@ class Lifecycle:
                     continue
                 snap = docs[-keep]
                 try:
-                    spec.state_from(aid, snap["state"], int(snap.get("sv", 1)))
+                    state_from(spec, aid, snap["state"], int(snap.get("sv", 1)))
                     seq = int(snap["seq"])
                 except (JetAgentsError, KeyError, TypeError, ValueError):
                     out.append({"agent": str(aid), "skipped": "snapshot unreadable by this code"})

@@ -38,7 +38,7 @@ from pydantic_core import to_jsonable_python
 from .errors import InternalError, InvalidParams, UnknownAction
 from .ids import AgentId, validate_token
 from .journal import SLEEP, callee_command_id, current_step_key
-from .upcast import Upcaster, migrated_state, read_event
+from .upcast import Upcaster, read_event, upcasters_of
 from .wire import WireEvent, validation_details
 
 if TYPE_CHECKING:
@@ -53,9 +53,7 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     event_type: ClassVar[str] = ""
-    # the schema's version (ADR 0052): raise it when the data changes, with an @upcaster
-    # from the previous one; commits carry it ("v") when it is not 1
-    event_version: ClassVar[int] = 1
+    event_version: ClassVar[int] = 1  # the schema's version, with an @upcaster from the last (ADR 0052)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -73,6 +71,7 @@ class ActionSpec:
     read_only: bool
     strict: bool = True
     timeout_s: float | None = None  # @action(timeout_s=...); None: the type's, else the host's
+    reentrant: bool | None = None  # @action(reentrant=...); None: the type's Agent.reentrant
     while_suspended: str | None = None  # @action(while_suspended=...); None: the type's (ADR 0042 §4)
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -125,11 +124,8 @@ class AgentSpec:
     action_timeout_s: float | None = None  # Agent.action_timeout_s; None: the host's default
     state_version: int = 1  # Agent.state_version (ADR 0052)
     upcasters: dict[tuple[str, int], Upcaster] = field(default_factory=dict)
+    reentrant: bool = True  # Agent.reentrant (ADR 0042 section 7)
     while_suspended: str = "enqueue"  # Agent.while_suspended (ADR 0042 §4)
-
-    def state_from(self, agent_id: AgentId, data: Any, version: int) -> BaseModel:
-        """A stored state (a snapshot's, at ``version``) as the current state model."""
-        return migrated_state(self.state_type, data, version, self.state_version, self.upcasters, agent_id)
 
     def while_suspended_of(self, action: str) -> str:
         """The policy of a suspended ``action``: its own, else its type's."""
@@ -157,6 +153,7 @@ def action(
     read_only: bool = False,
     strict: bool | None = None,
     timeout_s: float | None = None,
+    reentrant: bool | None = None,
     while_suspended: str | None = None,
 ) -> Callable[[F], F]: ...
 def action(
@@ -166,6 +163,7 @@ def action(
     read_only: bool = False,
     strict: bool | None = None,
     timeout_s: float | None = None,
+    reentrant: bool | None = None,
     while_suspended: str | None = None,
 ) -> F | Callable[[F], F]:
     """Mark an ``async def`` method as an action callable by clients.
@@ -175,6 +173,9 @@ def action(
     is the agent class's ``strict_params`` (True: the wire contract is strict).
     ``timeout_s`` limits one run of it (default: the type's ``action_timeout_s``, else the
     host's ``action_timeout_s``); past it the action is cancelled and nothing it emitted is kept.
+    ``reentrant`` says whether a call of this action that comes back along its own call chain
+    (A -> B -> A) runs at once, alongside the action waiting for it (default: the class's
+    ``reentrant``); ``False`` refuses it with ``call_cycle`` (ADR 0042 section 7).
     ``while_suspended`` (``enqueue``, ``reject``, ``interrupt``): what the agent's other
     write commands do while this action is suspended (default: the type's, ADR 0042 §4).
     """
@@ -188,6 +189,7 @@ def action(
             "read_only": read_only,
             "strict": strict,
             "timeout_s": timeout_s,
+            "reentrant": reentrant,
             "while_suspended": while_suspended,
         }
         return f
@@ -267,6 +269,8 @@ class Agent(Generic[S]):
     action_timeout_s: ClassVar[float | None] = None
     state_version: ClassVar[int] = 1  # the state's schema version, with @upcaster(STATE, ...) (ADR 0052)
     keep_snapshots: ClassVar[int | None] = None  # retention: log kept from the N-th last snapshot; None: all
+    # a call back along its own chain (A -> B -> A) runs at once; False: call_cycle (ADR 0042 §7)
+    reentrant: ClassVar[bool] = True
     # what this type's other write commands do while one of its actions is suspended on a
     # wait (ADR 0042 §4): "enqueue" (parked, run after it), "reject" (agent_suspended) or
     # "interrupt" (the suspended action is cancelled); read-only actions always run
@@ -288,8 +292,7 @@ class Agent(Generic[S]):
             cls.__jetagents_spec__ = _build_spec(cls)
 
     @classmethod
-    def initial_state(cls) -> BaseModel:
-        """The state of an agent with no history; override it when the state has required fields."""
+    def initial_state(cls) -> BaseModel:  # a new agent's state; override it for required fields
         return cls.state_type()
 
     # -- what actions use ----------------------------------------------------------------
@@ -466,20 +469,6 @@ def _apply(applier: ApplierSpec, agent: Agent[Any], state: Any, event: Event) ->
     return out if isinstance(out, BaseModel) else state
 
 
-def wire_events(events: list[Event]) -> list[dict[str, Any]]:
-    """Events as the ``{"type", "data"}`` dicts of a commit (``encode_commit``), with ``"v"``
-    when the event's schema is past version 1 (ADR 0052)."""
-    return [{"type": e.event_type, "data": e.model_dump(mode="json"), **(_v(e.event_version))} for e in events]
-
-
-def _v(version: int) -> dict[str, int]:
-    return {"v": version} if version != 1 else {}
-
-
-def encode_events(events: list[Event]) -> list[WireEvent]:
-    return [WireEvent(**e) for e in wire_events(events)]
-
-
 def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
     validate_token(cls.type_name, "agent type")
     state_type = getattr(cls, "state_type", None)
@@ -491,9 +480,10 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
         state_type=state_type,
         spawn_required=cls.spawn_required,
         action_timeout_s=cls.action_timeout_s,
-        state_version=cls.state_version,
+        reentrant=cls.reentrant,
         while_suspended=cls.while_suspended,
     )
+    spec.state_version, spec.upcasters = cls.state_version, upcasters_of(cls)  # ADR 0052
     _check_timeout(cls.action_timeout_s, f"{cls.__name__}.action_timeout_s")
     _check_policy(cls.while_suspended)
     for klass in reversed(cls.__mro__):
@@ -509,10 +499,9 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
                     marker["read_only"],
                     strict,
                     marker.get("timeout_s"),
-                    marker.get("while_suspended"),
+                    while_suspended=marker.get("while_suspended"),
+                    reentrant=marker.get("reentrant"),
                 )
-            elif isinstance(member, staticmethod) and hasattr(member.__func__, "__jetagents_upcaster__"):
-                spec.upcasters[member.__func__.__jetagents_upcaster__] = member.__func__
             elif getattr(member, "__jetagents_applies__", False):
                 event_cls = _applier_event(cls, member)
                 spec.appliers[event_cls.event_type] = ApplierSpec(event_cls, member)
@@ -526,6 +515,7 @@ def _action_spec(
     read_only: bool,
     strict: bool = True,
     timeout_s: float | None = None,
+    reentrant: bool | None = None,
     while_suspended: str | None = None,
 ) -> ActionSpec:
     # the method's own module: an inherited action resolves names where it was written
@@ -547,7 +537,18 @@ def _action_spec(
     )
     ret = hints.get("return")
     adapter = TypeAdapter(ret) if ret is not None else None
-    return ActionSpec(name, fn, params_model, tuple(names), adapter, read_only, strict, timeout_s, while_suspended)
+    return ActionSpec(
+        name,
+        fn,
+        params_model,
+        tuple(names),
+        adapter,
+        read_only,
+        strict,
+        timeout_s,
+        reentrant=reentrant,
+        while_suspended=while_suspended,
+    )
 
 
 def _applier_event(cls: type, fn: Callable[..., Any]) -> type[Event]:

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from .errors import InternalError
+from .wire import WireEvent
 
 if TYPE_CHECKING:
-    from .wire import WireEvent
+    from .agent import Event
 
 STATE = "$state"  # the upcaster target that names the agent's state, not an event
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
@@ -73,15 +74,21 @@ def incompatible(target: str, version: int, current: int, where: str, error: Exc
     )
 
 
-def migrated_state(
-    cls: type[BaseModel],
-    data: Any,
-    version: int,
-    current: int,
-    upcasters: Mapping[tuple[str, int], Upcaster],
-    agent_id: object,
-) -> BaseModel:
-    """A stored state (a snapshot's, at ``version``) as the current state model ``cls``."""
+def upcasters_of(cls: type) -> dict[tuple[str, int], Upcaster]:
+    """The ``@upcaster`` functions of an agent class and its bases."""
+    out: dict[tuple[str, int], Upcaster] = {}
+    for klass in reversed(cls.__mro__):
+        for member in vars(klass).values():
+            if isinstance(member, staticmethod) and hasattr(member.__func__, "__jetagents_upcaster__"):
+                out[member.__func__.__jetagents_upcaster__] = member.__func__
+    return out
+
+
+def state_from(spec: Any, agent_id: object, data: Any, version: int) -> BaseModel:
+    """A stored state (a snapshot's, at ``version``) as ``spec``'s current state model."""
+    cls: type[BaseModel] = spec.state_type
+    current: int = spec.state_version
+    upcasters: Mapping[tuple[str, int], Upcaster] = spec.upcasters
     where = f"the snapshot of {agent_id}"
     if version != current:
         data = upcast(upcasters, STATE, version, current, data, where)
@@ -126,3 +133,17 @@ def upcaster(target: str, from_version: int) -> Callable[[Upcaster], Any]:
         return staticmethod(fn)
 
     return mark
+
+
+def wire_events(events: list[Event]) -> list[dict[str, Any]]:
+    """Events as the ``{"type", "data"}`` dicts of a commit (``encode_commit``), with ``"v"``
+    when the event's schema is past version 1."""
+    return [{"type": e.event_type, "data": e.model_dump(mode="json"), **(_v(e.event_version))} for e in events]
+
+
+def _v(version: int) -> dict[str, int]:
+    return {"v": version} if version != 1 else {}
+
+
+def encode_events(events: list[Event]) -> list[WireEvent]:
+    return [WireEvent(**e) for e in wire_events(events)]

@@ -21,11 +21,13 @@ import orjson
 from pydantic import ValidationError
 
 from .._core.agent import Agent, AgentContext, AgentSpec
+from .._core.callchain import Frame
 from .._core.clock import Clock
 from .._core.dedup import DedupRecord
 from .._core.errors import AgentDeleted, FencedError, InternalError, Unavailable, UnknownAgent
 from .._core.ids import AgentId, partition_of
 from .._core.journal import Journal, fold
+from .._core.upcast import state_from
 from .._core.wire import Commit, Subjects
 from .._obs.metrics import Metrics
 from .._obs.telemetry import HostTelemetry
@@ -68,6 +70,9 @@ class Activation:
     # command id -> its open journal (ADR 0042): commands whose durable steps are in the log
     # but whose closing commit is not; created on demand
     journals: dict[str, Journal] | None = None
+    # the call-chain frames of its running actions (ADR 0042 section 7): the running command's,
+    # and a re-entrant one's on top while it runs; created on demand
+    frames: list[Frame] | None = None
     # signals that came with nobody waiting for them, oldest first (their ``inbox`` entries,
     # with ``cmd``: the signal's command id); created on demand
     inbox: list[dict[str, Any]] | None = None
@@ -169,7 +174,7 @@ class Catalog:
                 try:
                     if not isinstance(snap, dict):
                         raise TypeError(f"a snapshot is a JSON object, not {type(snap).__name__}")
-                    state = act.spec.state_from(aid, snap["state"], int(snap.get("sv", 1)))
+                    state = state_from(act.spec, aid, snap["state"], int(snap.get("sv", 1)))
                     last_seq = int(snap["seq"])
                     n = int(snap["n"])
                     own = int(snap.get("own", 0))

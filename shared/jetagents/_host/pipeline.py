@@ -23,7 +23,6 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
-from .._core.agent import wire_events
 from .._core.clock import Clock
 from .._core.command import MAX_COMMAND_ID_LEN, Command, Kind
 from .._core.dedup import DedupRecord
@@ -31,7 +30,10 @@ from .._core.errors import (
     ActionCancelled,
     ActionTimeout,
     AgentDeleted,
+    CallCycle,
+    CallTooDeep,
     DeadlineExceeded,
+    Deadlock,
     DomainError,
     FencedError,
     InternalError,
@@ -46,6 +48,7 @@ from .._core.errors import (
 )
 from .._core.journal import Suspend, end_entry
 from .._core.outcome import AckKind, Result, exhausted
+from .._core.upcast import wire_events
 from .._core.wire import CommandBody, decode_command, encode_commit
 from .._obs.metrics import Metrics
 from .._obs.propagation import carry_context, carry_received
@@ -353,7 +356,7 @@ class Pipeline:
         ctx.correlation_id = cmd.correlation_id
         ctx.action = action.name
         ctx.out = await self.out.open(act, cmd) if cmd.streams else None
-        ctx.command = Running(raw, cmd.reply_to)
+        ctx.command = Running(raw, cmd.reply_to, cmd.streams)
         agent._begin()
         try:
             loop = self.loop
@@ -388,9 +391,10 @@ class Pipeline:
                 self._records(act).refused(cmd_id, err.to_wire())
             await self._outcomes.settle(cmd, Result.DOMAIN, out, error=err)
             return None
-        except NonDeterministic as err:  # its journal stays open and blocked (ADR 0042)
+        except (NonDeterministic, Deadlock, CallCycle, CallTooDeep) as err:  # final: not retried (ADR 0042)
             agent._finish()
-            await self._steps.block(act, agent, err)
+            if isinstance(err, NonDeterministic):  # its journal stays open and blocked
+                await self._steps.block(act, agent, err)
             await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
             return None
         except Overrun:
