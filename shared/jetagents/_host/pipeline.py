@@ -30,7 +30,10 @@ from .._core.dedup import DedupRecord
 from .._core.errors import (
     ActionCancelled,
     ActionTimeout,
+    CallCycle,
+    CallTooDeep,
     DeadlineExceeded,
+    Deadlock,
     DomainError,
     FencedError,
     InternalError,
@@ -347,7 +350,7 @@ class Pipeline:
         ctx.correlation_id = cmd.correlation_id
         ctx.action = action.name
         ctx.out = await self.out.open(act, cmd) if cmd.streams else None
-        ctx.command = Running(raw, cmd.reply_to)
+        ctx.command = Running(raw, cmd.reply_to, cmd.streams)
         agent._begin()
         try:
             loop = self.loop
@@ -382,9 +385,10 @@ class Pipeline:
                 self._records(act).refused(cmd_id, err.to_wire())
             await self._outcomes.settle(cmd, Result.DOMAIN, out, error=err)
             return None
-        except NonDeterministic as err:  # its journal stays open and blocked (ADR 0042)
+        except (NonDeterministic, Deadlock, CallCycle, CallTooDeep) as err:  # final: not retried (ADR 0042)
             agent._finish()
-            await self._steps.block(act, agent, err)
+            if isinstance(err, NonDeterministic):  # its journal stays open and blocked
+                await self._steps.block(act, agent, err)
             await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
             return None
         except Overrun:
