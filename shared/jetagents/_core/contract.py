@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from .errors import JetAgentsError
+from .pubsub import Message, Subscription
 from .wire import CancelBody, CommandBody, Commit, Priority, ResultBody, SignalBody, TimerBody, WireEvent
 
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -123,7 +124,18 @@ class Snapshot(BaseModel):
 
 
 _RECEIVED: tuple[type[BaseModel], ...] = (CommandBody, SignalBody, TimerBody, CancelBody, ResultBody)
-_SENT: tuple[type[BaseModel], ...] = (WireEvent, Commit, Error, OkReply, StatusReply, ErrorReply, DeadLetter, Snapshot)
+_SENT: tuple[type[BaseModel], ...] = (
+    WireEvent,
+    Commit,
+    Error,
+    OkReply,
+    StatusReply,
+    ErrorReply,
+    DeadLetter,
+    Snapshot,
+    Message,  # params.msg of the command a topic message becomes (wire contract 13)
+    Subscription,  # a value of KV agt_subs (not a channel; for reference)
+)
 
 # descriptions of fields whose models live in _wire (kept free of documentation there)
 _DESCRIBE: dict[str, dict[str, str]] = {
