@@ -6,7 +6,7 @@
 ...     await client.proxy(Counter, "c1").increment(by=2)
 """
 
-from ._client.client import AgentRef, Client, Reply
+from ._client.client import AgentRef, AgentStream, Client, Reply
 from ._client.coordination import Lease
 from ._core.agent import Agent, AgentContext, AgentSpec, Event, Registry, action, applies
 from ._core.clock import Clock, SystemClock
@@ -35,6 +35,7 @@ from ._core.errors import (
 )
 from ._core.ids import AgentId, partition_of
 from ._core.journal import step_key
+from ._core.outstream import StreamReset
 from ._core.pubsub import Message, Subscription, subscribe
 from ._core.retry import CircuitBreaker, RetryPolicy
 from ._core.vclock import CustomResolver, KeepSiblings, LastWriterWins, SemanticMerge, VectorClock, Versioned
@@ -57,6 +58,7 @@ __all__ = [
     "AgentId",
     "AgentRef",
     "AgentSpec",
+    "AgentStream",
     "AgentSuspended",
     "AgentTimeout",
     "BarrierTimeout",
@@ -109,6 +111,7 @@ __all__ = [
     "SharedState",
     "SignalBufferFull",
     "StateOptions",
+    "StreamReset",
     "Subjects",
     "Subscription",
     "SystemClock",

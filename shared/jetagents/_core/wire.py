@@ -31,6 +31,12 @@ H_EVENT_SEQ: Final = "Agt-Event-Seq"
 H_ERROR_CODE: Final = "Agt-Error"
 H_HOST: Final = "Agt-Host"
 H_CONTENT_TYPE: Final = "Content-Type"
+# streamed output (ADR 0042 section 6): the command opts in; what each AGT_OUT message is
+H_STREAM: Final = "Agt-Stream"
+H_STREAM_KIND: Final = "Agt-Stream-Kind"
+H_CHUNK: Final = "Agt-Chunk"
+H_STEP: Final = "Agt-Step"
+H_TTL: Final = "Nats-TTL"
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
 
@@ -73,6 +79,10 @@ class Subjects:
     def dlq(self, agent_type: str, agent_id: str) -> str:
         return f"{self.root}.dlq.{agent_type}.{agent_id}"
 
+    def out(self, agent_type: str, agent_id: str, ctoken: str) -> str:
+        """A streaming command's output subject (``_core/outstream.ctoken``)."""
+        return f"{self.root}.out.{agent_type}.{agent_id}.{ctoken}"
+
     def partition_filter(self, partition: int) -> str:
         return f"{self.root}.p.{partition}.>"
 
@@ -99,6 +109,10 @@ class Subjects:
     @property
     def evt_wildcard(self) -> str:
         return f"{self.root}.evt.*.*"
+
+    @property
+    def out_wildcard(self) -> str:
+        return f"{self.root}.out.*.*.*"
 
     @property
     def dlq_wildcard(self) -> str:

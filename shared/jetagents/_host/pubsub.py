@@ -39,6 +39,7 @@ from .._core.wire import H_COMMAND_ID, H_MSG_ID, Delivery, Subjects, encode_dead
 from .._nats.api import ERR_DUPLICATE_IN_PROCESS, JSApiError
 from .._nats.coordination import CoordStore, coord_bucket_name
 from .._nats.pubsub import Delivered, PatternPuller, PubSubStore
+from .._nats.workqueue import WorkStore
 from .._obs.metrics import Metrics
 from .supervisor import Supervisor
 
@@ -91,6 +92,8 @@ class HostPubSub:
         # the coordination bucket too: clients may use it, not create it (ops/nats/accounts.conf)
         coord = CoordStore(self.store.nc, coord_bucket_name(self.subjects), replicas=self.store.replicas)
         await coord.ensure()
+        work = WorkStore(self.store.nc, self.subjects, timeout_s=self.store.timeout_s, replicas=self.store.replicas)
+        await work.ensure(max_msg_bytes=self.max_payload_bytes)  # work queues: clients use them, hosts create them
         self.supervisor.spawn(GROUP, self._lead())
 
     # -- declared subscriptions -------------------------------------------------------------
