@@ -38,6 +38,8 @@ from .._core.errors import (
     JetAgentsError,
     MalformedCommand,
     SignalBufferFull,
+    UnknownAgent,
+    UnknownAgentType,
     error_from_wire,
 )
 from .._core.ids import is_reply_subject
@@ -51,7 +53,7 @@ from .._core.journal import (
     park_entry,
     resolution_entry,
 )
-from .._core.outcome import Result
+from .._core.outcome import AckKind, Result
 from .._core.wire import (
     H_STATUS,
     CancelBody,
@@ -63,7 +65,7 @@ from .._core.wire import (
 )
 from .._obs.telemetry import DEAD_LETTER, REQUEUED
 from .._settings import HostSettings
-from .catalog import Activation
+from .catalog import Activation, Catalog
 from .outcomes import Outcomes
 from .steps import Steps
 
@@ -88,8 +90,17 @@ class Suspension:
     """Signals, timers, cancels, result queries, parking and resuming: one per host."""
 
     def __init__(
-        self, settings: HostSettings, clock: Any, log: Any, *, steps: Steps, outcomes: Outcomes, run: Run
+        self,
+        settings: HostSettings,
+        clock: Any,
+        log: Any,
+        *,
+        steps: Steps,
+        outcomes: Outcomes,
+        run: Run,
+        catalog: Catalog,
     ) -> None:
+        self._catalog = catalog
         self._settings = settings
         self._clock = clock
         self._log = log
@@ -155,13 +166,15 @@ class Suspension:
             )
             await self._outcomes.settle(cmd, Result.DOMAIN, out, error=err)
             return False
-        await self._steps.append_for(act, cmd_id, action, park_entry(action, params, cmd.reply_to), cmd.correlation_id)
+        await self._steps.append_for(
+            act, cmd_id, action, park_entry(action, params, cmd.reply_to, cmd.streams), cmd.correlation_id
+        )
         await self.answer_status(cmd, out, "queued", behind=by)
         return False
 
     # -- resuming ------------------------------------------------------------------------------
     def _rebuild(
-        self, act: Activation, driver: Command, cmd_id: str, action: str, params: Any, reply_to: Any
+        self, act: Activation, driver: Command, cmd_id: str, action: str, params: Any, reply_to: Any, streams: bool
     ) -> Command:
         """The command a journal (or a park entry) re-runs as: never acknowledged itself
         (its driver is), answered on the reply subject its first run named."""
@@ -182,6 +195,7 @@ class Suspension:
         )
         rcmd.command_id = rcmd.correlation_id = cmd_id
         rcmd.resume = True
+        rcmd.streams = streams  # its output and end go where its first run's did
         return rcmd
 
     async def resume(self, act: Activation, cmd_id: str, driver: Command) -> None:
@@ -190,7 +204,7 @@ class Suspension:
         journal = journals.get(cmd_id) if journals else None
         if journal is None or journal.waiting() is not None or journal.blocked is not None:
             return
-        rcmd = self._rebuild(act, driver, cmd_id, journal.action, journal.params, journal.reply_to)
+        rcmd = self._rebuild(act, driver, cmd_id, journal.action, journal.params, journal.reply_to, journal.stream)
         await self._run(act, rcmd, rcmd.reply_headers())
         await self._after_run(act, rcmd, journal, driver)
 
@@ -230,9 +244,8 @@ class Suspension:
                 return
             cmd_id, journal = parked
             park = journal.parked or {}
-            rcmd = self._rebuild(
-                act, driver, cmd_id, str(park.get("action", "")), park.get("params"), park.get("reply_to")
-            )
+            action, params, reply_to = str(park.get("action", "")), park.get("params"), park.get("reply_to")
+            rcmd = self._rebuild(act, driver, cmd_id, action, params, reply_to, bool(park.get("stream")))
             before = act.n
             await self._run(act, rcmd, rcmd.reply_headers())
             if rcmd.outcome == REQUEUED:
@@ -280,6 +293,31 @@ class Suspension:
                     self._log.debug("timer_purge_failed", error=repr(exc))
 
     # -- signals, timers, cancels, result queries ----------------------------------------------
+    async def process(self, act: Activation, cmd: Command, body: Any, out: dict[str, str], supervisor: Any) -> None:
+        """A signal, timer, cancel or result query, retried in place like an action when the
+        infrastructure fails (the table's rows 9, 11)."""
+        attempt = 0
+        while True:
+            try:
+                if act.agent is None:
+                    await self._catalog.activate(act)
+                await self.control(act, cmd, body, out)
+                return
+            except (MalformedCommand, UnknownAgentType, UnknownAgent) as err:
+                await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
+                return
+            except JetAgentsError as err:
+                failed = err
+            attempt += 1
+            outcome = self._outcomes.decide(
+                cmd, Result.FAILED, error=failed, attempt=attempt, stopping=supervisor.stopping
+            )
+            if outcome.ack.kind is not AckKind.RETRY:
+                await self._outcomes.execute(cmd, outcome, out)
+                return
+            self._outcomes.count(cmd, outcome)
+            await self._clock.sleep(outcome.ack.delay_s)
+
     async def control(self, act: Activation, cmd: Command, body: Any, out: dict[str, str]) -> None:
         """A command whose body is not an action. The agent is active."""
         if isinstance(body, ResultBody):
