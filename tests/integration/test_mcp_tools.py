@@ -5,8 +5,6 @@ The kill -9 proof is ``tests/chaos/test_mcp_kill.py``."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -74,19 +72,3 @@ async def test_a_call_waits_out_a_server_outage_under_the_retry_policy() -> None
         assert await call == {"result": "fetch:2"}
     assert counting.calls["fetch"] == 2 and counting.keys["fetch"] == ["k1", "k2"]
     await tools.aclose()
-
-
-async def test_a_stdio_server_started_from_a_command_line(nats_server: NatsServer, host: Host) -> None:
-    """The stdio transport, here with ``jetagents mcp`` itself as the external server: one
-    session (one process), shared by calls from several tasks."""
-    argv = [sys.executable, "-m", "jetagents.cli", "mcp", "--types", "counter", "--nats", nats_server.url]
-    tools = McpTools(argv)
-    assert tools.name == os.path.basename(sys.executable)
-    try:
-        assert sorted(t["name"] for t in await tools.list_tools()) == ["counter_get", "counter_increment"]
-        calls = [tools.call_tool("counter_increment", {"agent_id": "s1", "by": 1}) for _ in range(3)]
-        results = await asyncio.gather(*(asyncio.create_task(c) for c in calls))
-        assert sorted(r["result"] for r in results) == [1, 2, 3]
-        assert tools.retries == 0
-    finally:
-        await tools.aclose()

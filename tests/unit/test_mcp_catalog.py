@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import jsonschema
 import pytest
+from mcp import StdioServerParameters
 from pydantic import BaseModel, Field
 
 from jetagents import Agent, action
 from jetagents._core.agent import spec_of
 from jetagents.examples import Account, Counter
-from jetagents.mcp import AGENT_ID, META_COMMAND_ID, CatalogError, action_tools, command_id_for
+from jetagents.mcp import AGENT_ID, META_COMMAND_ID, CatalogError, McpTools, action_tools, command_id_for
 from jetagents.mcp.command import _specs
 
 
@@ -142,3 +143,16 @@ def test_the_command_refuses_types_it_cannot_serve() -> None:
         _specs("counter,nope", examples)
     with pytest.raises(ValueError, match="names no agent type"):
         _specs(" , ", examples)
+
+
+def test_mcp_tools_targets_and_their_default_names() -> None:
+    """What ``McpTools`` hands the SDK's client; no connection is made before the first call."""
+    http = McpTools("http://user:secret@tools.internal:9000/mcp")
+    assert http.target == "http://user:secret@tools.internal:9000/mcp" and http.name == "tools.internal:9000"
+    stdio = McpTools(["/usr/bin/uvx", "mcp-server-fetch", "--x"], name="fetch")
+    assert isinstance(stdio.target, StdioServerParameters)
+    assert (stdio.target.command, stdio.target.args) == ("/usr/bin/uvx", ["mcp-server-fetch", "--x"])
+    assert stdio.name == "fetch"
+    assert McpTools(["uvx", "mcp-server-fetch"]).name == "uvx"
+    with pytest.raises(ValueError, match="at least the program"):
+        McpTools([])

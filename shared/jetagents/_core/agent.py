@@ -399,6 +399,8 @@ class Agent(Generic[S]):
     async def subscribe(self, pattern: str, *, action: str = "on_message", delivery: str = "exactly-once") -> None:
         """Subscribe this agent to ``pattern`` as a step: each later message on a matching
         topic becomes a command ``action(msg)`` to it (ADR 0049)."""
+        if action not in type(self).__jetagents_spec__.actions:
+            raise ValueError(f"{type(self).__name__} has no action {action!r} to handle messages of {pattern!r}")
         client, aid = self.ctx.client, self.ctx.agent_id
 
         async def _subscribe() -> None:

@@ -90,6 +90,7 @@ class Command:
     # a journal's re-run (ADR 0042): a suspended action resumed, or a parked command run, in
     # the turn of the command that freed it (never acknowledged itself: that command is)
     resume: bool = False
+    pooled: bool = False  # counted in its type's worker pool (a bulkhead) while in hand
 
     @property
     def durable(self) -> bool:
