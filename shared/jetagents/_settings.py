@@ -168,6 +168,12 @@ class HostSettings(CommonSettings):
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+    call_path_max: int = Field(
+        default=16,
+        ge=1,
+        le=64,
+        description="agents a call chain may pass through (Agt-Call-Path); a longer chain fails with call_too_deep",
+    )
     reply_prefixes: list[str] = Field(
         default_factory=lambda: ["_INBOX."],
         min_length=1,

@@ -69,6 +69,7 @@ class ActionSpec:
     read_only: bool
     strict: bool = True
     timeout_s: float | None = None  # @action(timeout_s=...); None: the type's, else the host's
+    reentrant: bool | None = None  # @action(reentrant=...); None: the type's Agent.reentrant
     while_suspended: str | None = None  # @action(while_suspended=...); None: the type's (ADR 0042 §4)
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +120,7 @@ class AgentSpec:
     appliers: dict[str, ApplierSpec] = field(default_factory=dict)
     spawn_required: bool = False
     action_timeout_s: float | None = None  # Agent.action_timeout_s; None: the host's default
+    reentrant: bool = True  # Agent.reentrant (ADR 0042 section 7)
     while_suspended: str = "enqueue"  # Agent.while_suspended (ADR 0042 §4)
 
     def while_suspended_of(self, action: str) -> str:
@@ -147,6 +149,7 @@ def action(
     read_only: bool = False,
     strict: bool | None = None,
     timeout_s: float | None = None,
+    reentrant: bool | None = None,
     while_suspended: str | None = None,
 ) -> Callable[[F], F]: ...
 def action(
@@ -156,6 +159,7 @@ def action(
     read_only: bool = False,
     strict: bool | None = None,
     timeout_s: float | None = None,
+    reentrant: bool | None = None,
     while_suspended: str | None = None,
 ) -> F | Callable[[F], F]:
     """Mark an ``async def`` method as an action callable by clients.
@@ -165,6 +169,9 @@ def action(
     is the agent class's ``strict_params`` (True: the wire contract is strict).
     ``timeout_s`` limits one run of it (default: the type's ``action_timeout_s``, else the
     host's ``action_timeout_s``); past it the action is cancelled and nothing it emitted is kept.
+    ``reentrant`` says whether a call of this action that comes back along its own call chain
+    (A -> B -> A) runs at once, alongside the action waiting for it (default: the class's
+    ``reentrant``); ``False`` refuses it with ``call_cycle`` (ADR 0042 section 7).
     ``while_suspended`` (``enqueue``, ``reject``, ``interrupt``): what the agent's other
     write commands do while this action is suspended (default: the type's, ADR 0042 §4).
     """
@@ -178,6 +185,7 @@ def action(
             "read_only": read_only,
             "strict": strict,
             "timeout_s": timeout_s,
+            "reentrant": reentrant,
             "while_suspended": while_suspended,
         }
         return f
@@ -255,6 +263,8 @@ class Agent(Generic[S]):
     # time limit of one action run for this type (None: HostSettings.action_timeout_s);
     # an action's own @action(timeout_s=...) wins over it
     action_timeout_s: ClassVar[float | None] = None
+    # a call back along its own chain (A -> B -> A) runs at once; False: call_cycle (ADR 0042 §7)
+    reentrant: ClassVar[bool] = True
     # what this type's other write commands do while one of its actions is suspended on a
     # wait (ADR 0042 §4): "enqueue" (parked, run after it), "reject" (agent_suspended) or
     # "interrupt" (the suspended action is cancelled); read-only actions always run
@@ -469,6 +479,7 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
         state_type=state_type,
         spawn_required=cls.spawn_required,
         action_timeout_s=cls.action_timeout_s,
+        reentrant=cls.reentrant,
         while_suspended=cls.while_suspended,
     )
     _check_timeout(cls.action_timeout_s, f"{cls.__name__}.action_timeout_s")
@@ -486,7 +497,8 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
                     marker["read_only"],
                     strict,
                     marker.get("timeout_s"),
-                    marker.get("while_suspended"),
+                    while_suspended=marker.get("while_suspended"),
+                    reentrant=marker.get("reentrant"),
                 )
             elif getattr(member, "__jetagents_applies__", False):
                 event_cls = _applier_event(cls, member)
@@ -501,6 +513,7 @@ def _action_spec(
     read_only: bool,
     strict: bool = True,
     timeout_s: float | None = None,
+    reentrant: bool | None = None,
     while_suspended: str | None = None,
 ) -> ActionSpec:
     # the method's own module: an inherited action resolves names where it was written
@@ -522,7 +535,18 @@ def _action_spec(
     )
     ret = hints.get("return")
     adapter = TypeAdapter(ret) if ret is not None else None
-    return ActionSpec(name, fn, params_model, tuple(names), adapter, read_only, strict, timeout_s, while_suspended)
+    return ActionSpec(
+        name,
+        fn,
+        params_model,
+        tuple(names),
+        adapter,
+        read_only,
+        strict,
+        timeout_s,
+        reentrant=reentrant,
+        while_suspended=while_suspended,
+    )
 
 
 def _applier_event(cls: type, fn: Callable[..., Any]) -> type[Event]:

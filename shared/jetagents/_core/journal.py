@@ -56,7 +56,7 @@ class Journal:
     (``action``, ``params``, ``reply_to``), the last ``blocked`` entry if a re-run could
     not go on, and its ``park`` entry when it is a parked command (ADR 0042 sections 3-4)."""
 
-    __slots__ = ("action", "blocked", "params", "parked", "reply_to", "resolved", "steps", "stream")
+    __slots__ = ("action", "blocked", "params", "parked", "reply_to", "resolved", "steps")
 
     def __init__(self, action: str = "") -> None:
         self.steps: list[dict[str, Any]] = []
@@ -66,14 +66,12 @@ class Journal:
         self.params: dict[str, Any] | None = None
         self.reply_to: str | None = None
         self.parked: dict[str, Any] | None = None
-        self.stream = False  # its caller reads its output on agt.out: so does its re-run's
 
     def add(self, j: dict[str, Any]) -> None:
         """One entry of this journal (replayed or just appended)."""
         k = j.get("k")
         if "params" in j and self.params is None:
             self.params, self.reply_to = j["params"], j.get("reply_to")
-            self.stream = bool(j.get("stream"))
         if k in _POSITIONED:
             # entries are gapless from 0 (the fence orders them); a repeat of a position
             # already held is not a second run of the step, the first one wins
@@ -108,8 +106,6 @@ class Journal:
             out["action"] = self.action
         if self.params is not None:
             out["params"], out["reply_to"] = self.params, self.reply_to
-        if self.stream:
-            out["stream"] = True
         if self.parked is not None:
             out["parked"] = self.parked
         return out
@@ -124,7 +120,6 @@ class Journal:
         journal.blocked = data.get("blocked")
         if data.get("params") is not None:
             journal.params, journal.reply_to = data["params"], data.get("reply_to")
-        journal.stream = bool(data.get("stream"))
         journal.parked = data.get("parked")
         return journal
 
@@ -225,12 +220,9 @@ def inbox_entry(name: str, value: Any, to: str | None) -> dict[str, Any]:
     return {"k": INBOX, "name": name, "value": value, "to": to}
 
 
-def park_entry(action: str, params: Any, reply_to: str | None, stream: bool = False) -> dict[str, Any]:
+def park_entry(action: str, params: Any, reply_to: str | None) -> dict[str, Any]:
     """The ``j`` of a write command parked while another action is suspended."""
-    j = {"k": PARK, "action": action, "params": params, "reply_to": reply_to}
-    if stream:
-        j["stream"] = True
-    return j
+    return {"k": PARK, "action": action, "params": params, "reply_to": reply_to}
 
 
 def timer_name(cmd: str, i: int) -> str:

@@ -30,7 +30,10 @@ from .._core.dedup import DedupRecord
 from .._core.errors import (
     ActionCancelled,
     ActionTimeout,
+    CallCycle,
+    CallTooDeep,
     DeadlineExceeded,
+    Deadlock,
     DomainError,
     FencedError,
     InternalError,
@@ -340,8 +343,6 @@ class Pipeline:
             result_json = action.dump_result(result)
         except Suspend as sus:  # the action waits: only its journal is kept (ADR 0042 §3)
             agent._finish()
-            if cmd.streams:  # its chunks so far land; its end comes with the run that finishes
-                await self.out.finish(cmd, None)
             await self.suspension.suspended(act, cmd, sus.waiting, out)
             return None
         except (DomainError, ActionCancelled) as err:
@@ -359,9 +360,10 @@ class Pipeline:
                 self._records(act).refused(cmd_id, err.to_wire())
             await self._outcomes.settle(cmd, Result.DOMAIN, out, error=err)
             return None
-        except NonDeterministic as err:  # its journal stays open and blocked (ADR 0042)
+        except (NonDeterministic, Deadlock, CallCycle, CallTooDeep) as err:  # final: not retried (ADR 0042)
             agent._finish()
-            await self._steps.block(act, agent, err)
+            if isinstance(err, NonDeterministic):  # its journal stays open and blocked
+                await self._steps.block(act, agent, err)
             await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
             return None
         except Overrun:

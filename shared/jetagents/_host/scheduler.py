@@ -28,8 +28,10 @@ from .._core.command import ACKED, Command, Kind
 from .._core.errors import JetAgentsError, MalformedCommand, Unavailable, UnknownAgentType
 from .._core.ids import AgentId, is_valid_token
 from .._core.outcome import Result
+from .._core.wire import H_CALL_CHAIN
 from .._obs.propagation import carry_context
 from .._settings import HostSettings
+from .callchains import CallChains
 from .catalog import Activation, Catalog
 from .eager import start_eager
 from .outcomes import Outcomes
@@ -101,6 +103,16 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
+        # call chains (ADR 0042 section 7): a chained command for a busy agent may run at once or fail fast
+        self.chains = CallChains(
+            settings,
+            log,
+            outcomes=outcomes,
+            supervisor=supervisor,
+            refuse=self.reject_unrouted,
+            untrack=self.untrack,
+            process=process,
+        )
 
     # -- what the others ask -----------------------------------------------------------------
     def in_hand(self) -> list[Command]:
@@ -150,6 +162,9 @@ class Scheduler:
                 and self._over_bound(act, cmd, pool if saturated else None)
             ):
                 return
+        hdrs = cmd.headers
+        if hdrs and H_CALL_CHAIN in hdrs and self.chains.admit(act, cmd):
+            return
         if pool is not None:
             pool.in_hand += 1
             cmd.pooled = True
@@ -303,6 +318,7 @@ class Scheduler:
 
     async def _run(self, act: Activation, cmd: Command) -> None:
         """Process one command of a scheduled agent, then queue its next one (if any)."""
+        frame = self.chains.enter(act, cmd)  # what its action's calls name and wait on (ADR 0042 section 7)
         try:
             await self._process(act, cmd)
         except asyncio.CancelledError:
@@ -316,6 +332,7 @@ class Scheduler:
             if (cmd.durable and not cmd.done) or (cmd.kind == Kind.CALL and not cmd.outcome):
                 await self._outcomes.settle(cmd, Result.BUG, {})
         finally:
+            self.chains.leave(act, frame)
             self.untrack(cmd)
             act.last_used = self._clock.monotonic()
             if act.mailbox:

@@ -72,7 +72,7 @@ class Running(NamedTuple):
 
     params: Any
     reply_to: str | None
-    streams: bool = False  # its caller reads its output on agt.out (Agt-Stream)
+    streams: bool = False  # Agt-Stream: the resumed run streams too (j.out on the first entry)
 
 
 class Steps:
@@ -240,7 +240,7 @@ class Steps:
         if (journal is None or journal.params is None) and running is not None:
             j = {**j, "params": running.params, "reply_to": running.reply_to}
             if running.streams:
-                j["stream"] = True
+                j["out"] = 1
         await self.append_for(act, cmd, ctx.action, j, ctx.correlation_id)
 
     async def append_for(
