@@ -1,5 +1,5 @@
 """The operator's commands of ``jetagents``: ``agents ls``, ``agent show|history|state``,
-``dlq`` and ``dlq redrive`` (thin layers over ``jetagents._client.admin.Admin``)."""
+``dlq`` and ``dlq redrive`` (thin layers over ``jetagents._client.inspection.Inspector``)."""
 
 from __future__ import annotations
 
@@ -41,15 +41,15 @@ def _agent_paths(agents: list[str] | None) -> list[str]:
 
 
 def _run(nats_url: str | None, agents: list[str] | None, fn: Callable[[Any], Awaitable[T]]) -> T:
-    """Connect, build an ``Admin``, run ``fn(admin)``; typed errors become exit code 1."""
-    from ._client.admin import Admin
+    """Connect, build an ``Inspector``, run ``fn(admin)``; typed errors become exit code 1."""
     from ._client.client import Client
+    from ._client.inspection import Inspector
     from ._service import load_agents
 
     async def go() -> T:
         settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
         async with await Client.connect(settings=settings, name="jetagents-cli") as client:
-            return await fn(Admin(client, agents=load_agents(_agent_paths(agents))))
+            return await fn(Inspector(client, agents=load_agents(_agent_paths(agents))))
 
     try:
         return asyncio.run(go())

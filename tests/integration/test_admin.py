@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from jetagents import Agent, Client, ClientSettings, Host, NatsServer, Registry, action, applies
-from jetagents._client.admin import Admin
+from jetagents._client.inspection import Inspector
 from jetagents._core.agent import Event
 from jetagents._core.errors import UnknownAgentType
 from jetagents.examples import EXAMPLE_AGENTS, Counter
@@ -68,7 +68,7 @@ async def test_inspection_time_travel_and_redrive(nats_server: NatsServer) -> No
         # a dead letter that a fix makes good: the type requires spawn, this id was not spawned
         with pytest.raises(Exception, match="never spawned"):
             await client.agent("order", "o1").request("place", {"qty": 3}, command_id="o-1", timeout=10)
-        admin = Admin(client, agents=[*EXAMPLE_AGENTS, Order])
+        admin = Inspector(client, agents=[*EXAMPLE_AGENTS, Order])
 
         listed = {(a.type, a.id): a for a in await admin.agents()}
         assert listed[("counter", "tt")].commits == len(steps)
@@ -115,7 +115,7 @@ async def test_inspection_time_travel_and_redrive(nats_server: NatsServer) -> No
     before = await _states(client.nc)
     try:
         with pytest.raises(UnknownAgentType):
-            await Admin(client).state_at("counter", "tt", log[0]["_seq"])
+            await Inspector(client).state_at("counter", "tt", log[0]["_seq"])
         url = nats_server.url
 
         @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
@@ -126,7 +126,7 @@ async def test_inspection_time_travel_and_redrive(nats_server: NatsServer) -> No
 
             async def travel() -> Any:
                 async with await Client.connect(settings=ClientSettings(nats_url=url)) as c:
-                    return await Admin(c, agents=[Counter]).state_at("counter", "tt", seq)
+                    return await Inspector(c, agents=[Counter]).state_at("counter", "tt", seq)
 
             rebuilt = asyncio.run(travel())
             assert (rebuilt.state.value, rebuilt.n, rebuilt.seq) == (expected, i + 1, seq)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from jetagents import Client, ClientSettings, Host, NatsServer, Registry
-from jetagents._client.admin import Admin
+from jetagents._client.inspection import Inspector
 from jetagents._client.lifecycle import Lifecycle
 from jetagents._core.errors import AgentDeleted, InternalError, JetAgentsError
 from jetagents._nats.api import js_api
@@ -53,7 +53,7 @@ async def test_delete_refuses_at_once_and_the_purge_leaves_nothing(nats_server: 
                 "KV_agt_snap",
                 "KV_agt_meta",
             }
-            life = Lifecycle(Admin(client))
+            life = Lifecycle(Inspector(client))
             tomb = await life.delete("counter", "gone", grace_s=3600, by="test", reason="asked to")
             # refused at once, although the host had it in memory; not dead-lettered
             letters = len(await dead_letters(client.nc))
@@ -89,7 +89,7 @@ async def test_retention_keeps_the_log_from_the_last_snapshot(nats_server: NatsS
                 await client.agent("ledger", "l1").request("increment", {"by": i + 1})
                 await client.agent("counter", "c1").request("increment", {"by": 1})
         before = await commits(client.nc, "ledger", "l1")
-        admin = Admin(client, agents=[Ledger, Counter])
+        admin = Inspector(client, agents=[Ledger, Counter])
         report = await Lifecycle(admin).apply_retention()
         assert [r["agent"] for r in report] == ["ledger/l1"]  # counter keeps everything
         after = await commits(client.nc, "ledger", "l1")

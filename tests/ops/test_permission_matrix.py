@@ -26,7 +26,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from jetagents import Client, ClientSettings, Host, Registry
-from jetagents._client.admin import Admin
+from jetagents._client.inspection import Inspector
 from jetagents._client.lifecycle import Lifecycle
 from jetagents._core.errors import AgentDeleted, JetAgentsError
 from jetagents._nats.api import js_api
@@ -56,6 +56,7 @@ STORED_TARGETS = [
     ("agt.dlq.counter.forged", "AGT_DLQ"),
     ("$KV.agt_cluster.member.ghost", "KV_agt_cluster"),
     ("$KV.agt_cluster.ring", "KV_agt_cluster"),
+    ("$KV.agt_quarantine.counter.victim", "KV_agt_quarantine"),
     ("agt.out.counter.victim.forged", "AGT_OUT"),
 ]
 # reply subjects that are JetStream API requests (a stream delete ignores its body)
@@ -346,7 +347,7 @@ async def test_the_operator_inspects_and_redrives_a_client_cannot(world: World) 
             settings = ClientSettings(nats_url=w.booted.url("client"), inbox_prefix=CLIENT_INBOX)
             nosy = await Client.connect(settings=settings)
             try:
-                as_client = Admin(nosy, timeout_s=0.5)
+                as_client = Inspector(nosy, timeout_s=0.5)
                 with pytest.raises(JetAgentsError):
                     await (as_client.dead_letters() if attempt == "dead_letters" else as_client.redrive(1))
             finally:
@@ -366,7 +367,7 @@ async def test_the_operator_inspects_and_redrives_a_client_cannot(world: World) 
     seen = Violations()
     rogue = await nats.connect(w.booted.url("operator"), inbox_prefix=OPERATOR_INBOX, error_cb=seen.record)
     try:
-        admin = Admin(op, agents=EXAMPLE_AGENTS)
+        admin = Inspector(op, agents=EXAMPLE_AGENTS)
         listed = {(a.type, a.id): a for a in await admin.agents("counter")}
         assert listed[("counter", "ops")].active and listed[("counter", "ops")].host == "perm-host"
         assert (await admin.show("counter", "ops")).state == {"value": 1}
@@ -388,6 +389,64 @@ async def test_the_operator_inspects_and_redrives_a_client_cannot(world: World) 
     finally:
         await rogue.close()
         await op.close()
+
+
+async def test_only_the_operator_quarantines_or_releases_an_agent(world: World) -> None:
+    """A client can neither release a quarantined agent (delete its record) nor quarantine
+    another's (write one) nor read the records; the operator (admin) releases it (ADR 0053)."""
+    w = world
+    await w.admin.jetstream().publish("$KV.agt_quarantine.counter.jailed", b'{"reason":"test"}')
+    assert await w.count("KV_agt_quarantine", "$KV.agt_quarantine.counter.jailed") == 1
+    seen = Violations()
+    atk = await _attacker(w, seen)
+    try:
+        for subject in ("$KV.agt_quarantine.counter.jailed", "$KV.agt_quarantine.counter.victim"):
+            await atk.publish(subject, b"", headers={"KV-Operation": "PURGE"})
+            await seen.wait_for(f'Publish to "{subject}"')
+        for api in ("STREAM.MSG.GET", "DIRECT.GET", "STREAM.PURGE"):
+            subject = f"$JS.API.{api}.KV_agt_quarantine"
+            with pytest.raises((NatsTimeout, NoRespondersError)):
+                await atk.request(subject, b'{"last_by_subj":"$KV.agt_quarantine.counter.jailed"}', timeout=0.5)
+            await seen.wait_for(subject)
+        app = await Client.connect(
+            settings=ClientSettings(
+                nats_url=w.booted.url("client"), partitions=8, inbox_prefix=CLIENT_INBOX, request_timeout_s=1
+            )
+        )
+        try:
+            with pytest.raises(Exception, match=r"(?i)permission|timeout|unavailable"):
+                await app.admin.release("counter", "jailed")
+        finally:
+            await app.close()
+    finally:
+        await atk.close()
+    assert await w.last("KV_agt_quarantine", "$KV.agt_quarantine.counter.jailed") == b'{"reason":"test"}'
+    operator = await Client.connect(settings=ClientSettings(nats_url=w.booted.url("admin"), partitions=8))
+    try:
+        assert await operator.admin.release("counter", "jailed") is True
+        assert await operator.admin.quarantined("counter", "jailed") is None
+    finally:
+        await operator.close()
+
+
+async def test_signals_cancels_and_result_queries_need_only_the_command_rights(world: World) -> None:
+    """ADR 0042: a signal and a cancel are commands on agt.cmd, a result query a call on
+    agt.call: the client user sends them with the rights it has for commands, and gets no
+    new subject (the timers on agt.rem are the host's; a client cannot publish there)."""
+    w = world
+    ref = w.client.agent("counter", "sig")
+    assert await ref.signal("approve", {"by": "ann"}) == {"buffered": True}  # nobody waits on a counter
+    assert await ref.cancel("nothing") == {"cancelled": False, "state": "unknown"}
+    assert await ref.request("increment", {"by": 1}, command_id="sig-1") == 1
+    assert await ref.result("sig-1", timeout=10) == 1
+    assert await ref.cancel("sig-1") == {"cancelled": False, "state": "finished"}
+    seen = Violations()
+    attacker = await _attacker(w, seen)
+    try:
+        await attacker.publish("agt.rem.counter.sig._wforged-0", b'{"timer": {"for": "sig-1", "i": 0}}')
+        await seen.wait_for('Publish to "agt.rem.counter.sig._wforged-0"')
+    finally:
+        await attacker.close()
 
 
 async def test_a_client_reads_streamed_output_but_never_writes_or_purges_it(world: World) -> None:

@@ -1,8 +1,8 @@
 """An agent's data lifecycle (ADR 0052): deletion by tombstone, the purge after its grace
-period, and log retention per type. Operator operations, over ``Admin``'s connection.
+period, and log retention per type. Operator operations, over ``Inspector``'s connection.
 
 >>> async def main():  # doctest: +SKIP
-...     life = Lifecycle(Admin(client, agents=[Counter]))
+...     life = Lifecycle(Inspector(client, agents=[Counter]))
 ...     await life.delete("counter", "c1", grace_s=3600, by="alice", reason="GDPR request")
 ...     # ...an hour later (cron, or `jetagents agent purge`):
 ...     await life.purge_due()            # log, snapshot, metadata, dead letters, queued commands
@@ -24,13 +24,13 @@ from .._core.errors import JetAgentsError
 from .._core.ids import AgentId, partition_of
 from .._core.upcast import state_from
 from .._nats.api import ERR_STREAM_NOT_FOUND, JSApiError
-from .admin import Admin, _doc
+from .inspection import Inspector, _doc
 
 
 class Lifecycle:
     """Delete, purge, retain: the writes of the data lifecycle (the ``operator`` user)."""
 
-    def __init__(self, admin: Admin) -> None:
+    def __init__(self, admin: Inspector) -> None:
         self.admin = admin
         self.io = admin.io
         self.subjects = admin.subjects

@@ -1,4 +1,4 @@
-"""The operator's NATS calls (``jetagents._client.admin``): stream subjects, log and
+"""The operator's NATS calls (``jetagents._client.inspection``): stream subjects, log and
 dead-letter reads by direct get, KV reads and writes, dead-letter removal and purges.
 
 Reads only need what the wire contract grants a reader (``$JS.API.STREAM.INFO``,
