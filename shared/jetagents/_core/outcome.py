@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .command import ACKED, Kind
-from .errors import InternalError, JetAgentsError, Unavailable
+from .errors import AgentDeleted, InternalError, JetAgentsError, Unavailable
 from .retry import RetryPolicy
 
 
@@ -154,6 +154,8 @@ def decide(s: Situation, limits: Limits) -> Outcome:
         label = ERROR if s.error is not None else DUPLICATE
         return Outcome(ACK if durable else NO_ACK, reply, label=label, error=_code(s.error), count="processed")
     if r in (Result.DOMAIN, Result.DEADLINE) or (r is Result.OVERRAN and (s.by_deadline or not durable)):
+        return _answered(s.error, durable)
+    if r is Result.REFUSED and isinstance(s.error, AgentDeleted):  # row 7d: answered, no dead letter (ADR 0052)
         return _answered(s.error, durable)
     if r in (Result.REFUSED, Result.OVERRAN):
         return _refused(s, s.error, durable, limits)

@@ -90,11 +90,6 @@ from .suspension import Suspension
 _NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent, AgentQuarantined, AgentDeleted)
 
 
-def _refusal(err: JetAgentsError) -> Result:
-    """Bad input is dead-lettered; a deleted agent's command is only answered (ADR 0052)."""
-    return Result.DOMAIN if isinstance(err, AgentDeleted) else Result.REFUSED
-
-
 def _trace_of(cmd: Command) -> tuple[str | None, str | None]:
     """The received trace context: (traceparent, tracestate)."""
     t = cmd.trace
@@ -287,7 +282,7 @@ class Pipeline:
             try:
                 await self._catalog.activate(act)
             except _NON_RETRYABLE_INPUT as err:
-                await self._outcomes.settle(cmd, _refusal(err), out, error=err)
+                await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
                 return None
             except JetAgentsError as err:
                 return err, isinstance(err, InternalError)

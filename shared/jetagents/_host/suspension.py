@@ -319,9 +319,7 @@ class Suspension:
                 await self.control(act, cmd, body, out)
                 return
             except (MalformedCommand, UnknownAgentType, UnknownAgent, AgentDeleted) as err:
-                # a deleted agent's command is answered, not dead-lettered (ADR 0052)
-                refusal = Result.DOMAIN if isinstance(err, AgentDeleted) else Result.REFUSED
-                await self._outcomes.settle(cmd, refusal, out, error=err)
+                await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
                 return
             except JetAgentsError as err:
                 failed = err
