@@ -23,7 +23,8 @@ class Nats {
     const u = new URL(url);
     this.sock = net.connect(Number(u.port || 4222), u.hostname);
     this.buf = Buffer.alloc(0);
-    this.inbox = "_INBOX.js" + crypto.randomBytes(8).toString("hex");
+    // INBOX_PREFIX: the user's own inbox prefix (_INBOX.client with the shipped accounts)
+    this.inbox = `${process.env.INBOX_PREFIX || "_INBOX"}.js${crypto.randomBytes(8).toString("hex")}`;
     this.waiting = new Map(); // reply token -> resolve
     this.next = 1;
     this.ready = new Promise((resolve, reject) => {
