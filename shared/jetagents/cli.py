@@ -87,7 +87,7 @@ def up(
             f'  or any NATS client: nats req agt.call.counter.c1 \'{{"action":"get"}}\' -s {server.url}\n'
             + (
                 f"  support desk (model: {model}):\n"
-                f'        jetagents call triage/acme-1 open \'{{"text": "I was charged twice for INV-1001"}}\''
+                f'        jetagents call triage/acme-1 open \'{{"text": "What is on invoice INV-1001?"}}\''
                 f" --nats-url {server.url}\n"
                 if desk
                 else ""

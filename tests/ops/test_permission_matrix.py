@@ -480,3 +480,20 @@ async def test_a_client_reads_streamed_output_but_never_writes_or_purges_it(worl
     assert await w.count("AGT_OUT", subject) == stored
     again = w.client.agent("writer", "perm-w").read_stream("perm-s1")
     assert [item async for item in again] == stream.chunks and again.result == 3
+
+
+async def test_a_client_can_neither_lower_nor_read_the_model_budgets(world: World) -> None:
+    """Token and cost budgets (``jetagents.ai``, ADR 0047) live in server counters on
+    ``agt.ctr.ai.>`` that only hosts increment: a client cannot give its tenant tokens back by
+    publishing a negative increment, nor read another tenant's spending."""
+    seen = Violations()
+    atk = await _attacker(world, seen)
+    try:
+        await atk.publish("agt.ctr.ai.tokens.tenant.acme", b"", headers={"Nats-Incr": "-1000000"})
+        await seen.wait_for('Publish to "agt.ctr.ai.tokens.tenant.acme"')
+        api = "$JS.API.DIRECT.GET.AGT_CTR.agt.ctr.ai.tokens.tenant.acme"
+        with pytest.raises((NatsTimeout, NoRespondersError)):
+            await atk.request(api, b"", timeout=0.5)
+        await seen.wait_for(api)
+    finally:
+        await atk.close()
