@@ -314,3 +314,32 @@ async def test_the_legitimate_paths_work_under_the_inbox_prefixes(world: World) 
     # the client user's own inboxes are its prefix; a default one is refused by the server
     assert w.client.nc.new_inbox().startswith(f"{CLIENT_INBOX}.")
     assert w.host.nc.new_inbox().startswith(f"{HOST_INBOX}.")
+
+
+async def test_reminders_only_through_a_host(world: World) -> None:
+    """A client may not publish a schedule on agt.rem.> (it would fire commands at any agent
+    and replace or cancel any agent's reminders); it asks the agent's host, which may."""
+    w = world
+    ref = w.client.agent("counter", "rem")
+    got = await ref.remind("later", cron="0 3 * * *", action="increment", params={"by": 1})
+    assert got["schedule"] == "0 0 3 * * *"
+    subject = "agt.rem.counter.rem.later"
+    assert await w.count("AGT_CMD", subject) == 1
+    seen = Violations()
+    forger = await _attacker(w, seen)
+    try:
+        for target in (subject, "agt.rem.counter.victim.forged"):
+            hdrs = {
+                "Nats-Schedule": "@every 1s",
+                "Nats-Schedule-Target": "agt.cmd.counter.victim",
+                "Nats-Rollup": "sub",
+            }
+            with pytest.raises((NatsTimeout, NoRespondersError)):
+                await forger.request(target, b'{"action":"increment","params":{}}', timeout=0.5, headers=hdrs)
+            await seen.wait_for(f'Publish to "{target}"')
+    finally:
+        await forger.close()
+    assert [r["name"] for r in await ref.reminders()] == ["later"]
+    assert await w.count("AGT_CMD", "agt.rem.counter.victim.forged") == 0
+    await ref.cancel_reminder("later")
+    assert await ref.reminders() == []

@@ -29,15 +29,17 @@ import inspect
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast, overload
 
 import orjson
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 from pydantic_core import to_jsonable_python
 
-from .errors import InternalError, InvalidParams, UnknownAction
+from .errors import InternalError, InvalidParams, Unavailable, UnknownAction
 from .ids import AgentId, validate_token
 from .journal import callee_command_id, current_step_key
+from .schedules import check_reminder_name
 from .wire import WireEvent, validation_details
 
 if TYPE_CHECKING:
@@ -187,6 +189,10 @@ class AgentContext:
     # the host's journal for this agent (ADR 0042): ``await steps.step(agent, i, name, fn,
     # args, kwargs)``; None outside a host (an action called directly runs steps plainly)
     steps: Any = None
+    # the host's reminders of this agent (ADR 0042 section 5, ``_host/reminders.py``), and
+    # the reminder whose firing the running action is (None for any other command)
+    reminders: Any = None
+    reminder: Any = None
 
 
 _IMMUTABLE = (int, float, str, bool, bytes, type(None))
@@ -295,6 +301,50 @@ class Agent(Generic[S]):
             return await client.agent(agent_type, agent_id).request(action, params, **options)
 
         return await self.step(f"call:{agent_type}/{agent_id}.{action}", _call)
+
+    async def remind(
+        self,
+        name: str,
+        *,
+        action: str,
+        params: dict[str, Any] | None = None,
+        at: datetime | int | None = None,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+    ) -> None:
+        """Fire ``action(**params)`` on this agent ``at`` a time (aware datetime or unix ms),
+        ``every`` so many seconds (whole, at least 1) or on ``cron`` (five fields, or six
+        with seconds first; ``tz`` an IANA zone), each firing processed once, across host
+        crashes and moves; ``self.reminder`` tells the fired action which reminder it is.
+        Reminding again under the same ``name`` replaces the reminder. A journaled step
+        (ADR 0042): a re-run does not publish twice. Bad input raises ``InvalidParams`` (or
+        ``UnknownAction``) and schedules nothing.
+
+        >>> await self.remind("expire", every=60, action="expire", params={"days": 30})  # doctest: +SKIP
+        """
+        bound = self._reminders()
+        reminder = bound.check(name, action, params, at=at, every=every, cron=cron, tz=tz)
+        await self.step(f"remind:{reminder.name}", bound.publish, reminder)
+
+    async def cancel_reminder(self, name: str) -> None:
+        """Stop the reminder ``name`` (nothing if there is none); a journaled step."""
+        bound = self._reminders()
+        await self.step(f"unremind:{check_reminder_name(name)}", bound.cancel, name)
+
+    @property
+    def reminder(self) -> Any:
+        """The reminder this action runs for (``name``, ``next``: the next firing's time,
+        RFC 3339), None when the command is not a reminder's firing."""
+        return self.ctx.reminder
+
+    def _reminders(self) -> Any:
+        if self._pending is None:
+            raise RuntimeError("reminders may only be set while an action runs")
+        bound = self.ctx.reminders
+        if bound is None:
+            raise Unavailable("reminders need a host")
+        return bound
 
     # -- what the runtime uses -----------------------------------------------------------
     def _begin(self) -> None:

@@ -114,8 +114,8 @@ _DESCRIBE: dict[str, dict[str, str]] = {
         "cseq": "The command's sequence in AGT_CMD (0 for a call).",
         "ts_ms": "Host wall clock at commit, unix milliseconds.",
         "own": "The writer's claim on the agent's partition (its KV revision; 0 without a cluster).",
-        "j": "A journal entry of an action with durable steps (k: step, blocked or end; wire contract 7.1);"
-        " absent from other commits.",
+        "j": "A journal entry of an action with durable steps (k: step, blocked or end; wire contract 7.1),"
+        " or a reminder's firing (k: fire; wire contract 13); absent from other commits.",
     },
 }
 

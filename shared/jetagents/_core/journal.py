@@ -28,6 +28,8 @@ from .errors import NonDeterministic
 STEP = "step"
 BLOCKED = "blocked"
 END = "end"
+FIRE = "fire"  # the commit of a reminder's firing (ADR 0042 section 5): closes the firing's command
+CLOSING = frozenset({END, FIRE})
 
 
 class Journal:
@@ -65,7 +67,7 @@ class Journal:
 
 def closes(j: dict[str, Any] | None) -> bool:
     """Whether a commit with journal field ``j`` closes its command (feeds the record)."""
-    return j is None or j.get("k") == END
+    return j is None or j.get("k") in CLOSING
 
 
 def fold(journals: dict[str, Journal], cmd: str, j: dict[str, Any] | None) -> bool:
@@ -73,7 +75,7 @@ def fold(journals: dict[str, Journal], cmd: str, j: dict[str, Any] | None) -> bo
     ``cmd`` (the record answers it from now on)."""
     if j is None:
         return True
-    if j.get("k") == END:
+    if j.get("k") in CLOSING:
         journals.pop(cmd, None)
         return True
     journal = journals.get(cmd)

@@ -33,16 +33,19 @@ from .._core.errors import (
     DomainError,
     FencedError,
     InternalError,
+    InvalidParams,
     JetAgentsError,
     MalformedCommand,
     NonDeterministic,
     PayloadTooLarge,
+    UnknownAction,
     UnknownAgent,
     UnknownAgentType,
     error_from_wire,
 )
 from .._core.journal import end_entry
 from .._core.outcome import AckKind, Result, exhausted
+from .._core.schedules import H_SCHEDULE
 from .._core.wire import decode_command, encode_commit
 from .._obs.metrics import Metrics
 from .._obs.propagation import carry_context, carry_received
@@ -74,6 +77,7 @@ from .deadline import Deadline, Overrun
 from .eventlog import EventLog, NewCommit
 from .outcomes import Outcomes
 from .placement import Placement
+from .reminders import builtin_action, fire_entry, firing_of
 from .steps import Steps
 from .supervisor import Supervisor
 
@@ -206,9 +210,14 @@ class Pipeline:
                 err = MalformedCommand("the reply subject is not under a reply prefix this host accepts")
                 await outcomes.settle(cmd, Result.REFUSED, out, error=err, silent=True)
                 return
+            if cmd.durable and H_SCHEDULE in cmd.headers:
+                # a schedule someone stored on a command subject, not a firing: acknowledging
+                # the refusal removes it before it fires on (wire contract 13)
+                raise MalformedCommand("a message schedule is not a command")
             body = decode_command(cmd.body, s.max_payload_bytes)
-            cmd.action = body.action if body.action in act.spec.actions else "_unknown"
-            action = act.spec.action(body.action)
+            builtin = builtin_action(act.spec, body.action)  # _remind, _unremind, _reminders
+            cmd.action = body.action if builtin or body.action in act.spec.actions else "_unknown"
+            action = builtin or act.spec.action(body.action)
             params = action.validate_params(body.params)
         except JetAgentsError as err:
             await outcomes.settle(cmd, Result.REFUSED, out, error=err)
@@ -295,6 +304,7 @@ class Pipeline:
         ctx.command_id = cmd_id
         ctx.correlation_id = cmd.correlation_id
         ctx.action = action.name
+        ctx.reminder = firing = firing_of(cmd)
         agent._begin()
         try:
             loop = self.loop
@@ -310,7 +320,9 @@ class Pipeline:
             if events and action.read_only:
                 raise InternalError(f"read-only action {action.name!r} emitted events")
             result_json = action.dump_result(result)
-        except DomainError as err:
+        except (DomainError, InvalidParams, UnknownAction) as err:
+            # a refusal: the agent's own, or bad input the action was given to pass on
+            # (a reminder's name or pattern): another run refuses again, so answer it
             agent._finish()
             if cmd_id:  # remembered (in memory) so a redelivery gets the same answer
                 self._records(act).refused(cmd_id, err.to_wire())
@@ -334,7 +346,8 @@ class Pipeline:
 
         journals = act.journals
         journal = journals.get(cmd_id) if journals else None  # a journaled action always closes it
-        if events or journal is not None:
+        # a reminder's firing always commits: its redelivery is answered from the record
+        if events or journal is not None or firing is not None:
             n, own = act.n + 1, self._placement.token_of(act.agent_id, cmd.partition)
             if self._coordinator() is not None and own < max(act.own, 1):
                 # No claim (nor placement) any more, or one older than the log's newest
@@ -354,7 +367,9 @@ class Pipeline:
                 cseq=cmd.stream_seq,
                 ts_ms=self._clock.wall_ms(),
                 own=own,
-                j=None if journal is None else end_entry(agent._cursor),
+                j=fire_entry(firing, agent._cursor)
+                if firing is not None
+                else (None if journal is None else end_entry(agent._cursor)),
             )
             commit = NewCommit(n, name, own, body)
             try:
