@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from jetagents import Agent, Event, action, applies, step_key
+from jetagents import Agent, DomainError, Event, action, applies, step_key
 
 FX_STREAM = "STEPFX"
 FX_SUBJECTS = "stepfx.>"
@@ -79,4 +79,81 @@ class Job(Agent[JobState]):
         state.finished.append(event.run)
 
 
-AGENTS: list[Any] = [Job]
+class FlowState(BaseModel):
+    approved: list[str] = []
+    bumps: int = 0
+
+
+class Approved(Event):
+    run: str
+    by: Any = None
+
+
+class Bumped(Event):
+    by: int
+
+
+class Flow(Agent[FlowState]):
+    """An action that waits for a person (ADR 0042 §3): a step, a wait, a step. Its steps
+    record their effects on ``stepfx.<run>.<name>`` (outside the host). ``bump`` is a plain
+    write, ``count`` a read: what other commands do while ``approve_flow`` is suspended
+    (enqueue, this type's default; ``guarded``: reject; ``urgent``: interrupt)."""
+
+    type_name = "flow"
+    state_type = FlowState
+    action_timeout_s = 60.0
+
+    @action
+    async def approve_flow(self, run: str, timeout_s: float | None = None, gates: str = "") -> dict[str, Any]:
+        await self.step("prepare", self._effect, run, "prepare", gates)
+        try:
+            payload = await self.wait_for("approve", timeout_s=timeout_s)
+        except DomainError as err:
+            if err.reason != "wait_timeout":
+                raise
+            payload = "timed out"
+        await self.step("finish", self._effect, run, "finish", gates)
+        self.emit(Approved(run=run, by=payload))
+        return {"run": run, "payload": payload}
+
+    @action(while_suspended="reject")
+    async def guarded(self, run: str) -> Any:
+        return await self.wait_for("approve")
+
+    @action(while_suspended="interrupt")
+    async def urgent(self, run: str) -> Any:
+        return await self.wait_for("approve")
+
+    @action
+    async def nap(self, seconds: float) -> str:
+        await self.sleep(seconds)
+        return "rested"
+
+    @action
+    async def bump(self, by: int = 1) -> int:
+        self.emit(Bumped(by=by))
+        return self.state.bumps
+
+    @action(read_only=True)
+    async def count(self) -> dict[str, Any]:
+        return {"approved": self.state.approved, "bumps": self.state.bumps}
+
+    async def _effect(self, run: str, name: str, gates: str) -> str:
+        js = self.ctx.client.nc.jetstream()
+        key = step_key()
+        await js.publish(f"stepfx.{run}.{name}.enter", key.encode())
+        if gates:
+            await _gate(Path(gates) / f"pre-{name}")
+        await js.publish(f"stepfx.{run}.{name}.done", key.encode())
+        return key
+
+    @applies
+    def _approved(self, state: FlowState, event: Approved) -> None:
+        state.approved.append(event.run)
+
+    @applies
+    def _bumped(self, state: FlowState, event: Bumped) -> None:
+        state.bumps += event.by
+
+
+AGENTS: list[Any] = [Job, Flow]

@@ -7,11 +7,15 @@
 """
 
 from ._client.client import AgentRef, Client, Reply
+from ._client.coordination import Lease
 from ._core.agent import Agent, AgentContext, AgentSpec, Event, Registry, action, applies
 from ._core.clock import Clock, SystemClock
+from ._core.coordination import BarrierTimeout, CacheTimeout, LeaseBusy, LeaseLost
 from ._core.crdt import GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter
 from ._core.errors import (
+    ActionCancelled,
     ActionTimeout,
+    AgentSuspended,
     AgentTimeout,
     DeadlineExceeded,
     DomainError,
@@ -23,6 +27,7 @@ from ._core.errors import (
     NonDeterministic,
     PartitionError,
     PayloadTooLarge,
+    SignalBufferFull,
     Unavailable,
     UnknownAction,
     UnknownAgent,
@@ -30,6 +35,7 @@ from ._core.errors import (
 )
 from ._core.ids import AgentId, partition_of
 from ._core.journal import step_key
+from ._core.pubsub import Message, Subscription, subscribe
 from ._core.retry import CircuitBreaker, RetryPolicy
 from ._core.vclock import CustomResolver, KeepSiblings, LastWriterWins, SemanticMerge, VectorClock, Versioned
 from ._core.wire import Delivery, Priority, Subjects
@@ -44,13 +50,17 @@ from .testing.clock import ManualClock
 from .testing.server import NatsServer
 
 __all__ = [
+    "ActionCancelled",
     "ActionTimeout",
     "Agent",
     "AgentContext",
     "AgentId",
     "AgentRef",
     "AgentSpec",
+    "AgentSuspended",
     "AgentTimeout",
+    "BarrierTimeout",
+    "CacheTimeout",
     "Cached",
     "CircuitBreaker",
     "Client",
@@ -73,9 +83,13 @@ __all__ = [
     "LWWMap",
     "LWWRegister",
     "LastWriterWins",
+    "Lease",
+    "LeaseBusy",
+    "LeaseLost",
     "Local",
     "MalformedCommand",
     "ManualClock",
+    "Message",
     "NatsServer",
     "NonDeterministic",
     "ORMap",
@@ -93,8 +107,10 @@ __all__ = [
     "Session",
     "Shared",
     "SharedState",
+    "SignalBufferFull",
     "StateOptions",
     "Subjects",
+    "Subscription",
     "SystemClock",
     "Unavailable",
     "UnknownAction",
@@ -109,4 +125,5 @@ __all__ = [
     "partition_of",
     "state_layers",
     "step_key",
+    "subscribe",
 ]

@@ -112,6 +112,9 @@ class HostSettings(CommonSettings):
     max_active_agents: int = Field(default=100_000, ge=1)
     snapshot_every: int = Field(default=100, ge=1)
     dedup_records_per_agent: int = Field(default=256, ge=1)
+    # signals sent to an agent with nobody waiting for them, kept for a later wait (ADR 0042 §3);
+    # past it a signal is refused signal_buffer_full
+    signal_buffer_per_agent: int = Field(default=64, ge=0)
     drain_grace_s: float = Field(default=30.0, ge=0)
     health_port: int | None = Field(
         default=None, ge=0, le=65535, description="HTTP port of /livez and /readyz; unset: no HTTP server"

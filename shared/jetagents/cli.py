@@ -175,6 +175,63 @@ def call(
     typer.echo(orjson.dumps({"ok": True, "result": result}).decode())
 
 
+def _on_agent(agent: str, nats_url: str | None, use: Any) -> None:
+    """Run ``use(ref)`` against agent TYPE/ID and print its result as the ``call`` command does."""
+    try:
+        aid = AgentId.parse(agent)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    async def go() -> Any:
+        from ._client.client import Client
+
+        settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
+        client = await Client.connect(settings=settings, name="jetagents-cli")
+        try:
+            return await use(client.agent(aid.type, aid.id))
+        finally:
+            await client.close()
+
+    try:
+        result = asyncio.run(go())
+    except JetAgentsError as err:
+        typer.echo(orjson.dumps({"ok": False, "error": err.to_wire()}).decode())
+        typer.echo(f"error: {err.code}: {err.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(orjson.dumps({"ok": True, "result": result}).decode())
+
+
+@app.command("signal")
+def signal_(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    name: Annotated[str, typer.Argument(help="signal name, e.g. approve")],
+    payload: Annotated[str, typer.Argument(help="JSON payload")] = "null",
+    to: Annotated[str | None, typer.Option(help="the waiting command id (default: the oldest waiter)")] = None,
+    command_id: Annotated[str | None, typer.Option("--id", help="command id (re-use it to retry safely)")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """Send signal NAME with a JSON PAYLOAD to agent TYPE/ID (resumes an action waiting for it)."""
+    try:
+        value = json.loads(payload)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _on_agent(agent, nats_url, lambda ref: ref.signal(name, value, to=to, command_id=command_id, timeout=timeout))
+
+
+@app.command()
+def cancel(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    command: Annotated[str, typer.Argument(help="id of the command to cancel")],
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """Cancel command CMD of agent TYPE/ID (suspended: closed at once; running: at its next step)."""
+    _on_agent(agent, nats_url, lambda ref: ref.cancel(command, timeout=timeout))
+
+
 @app.command()
 def dlq(
     limit: Annotated[int, typer.Option(min=1, help="entries to show, newest last")] = 20,
@@ -270,31 +327,6 @@ def status(
         )
 
 
-def _on_agent(agent: str, nats_url: str | None, timeout: float, use: Any) -> None:
-    """Run ``use(ref)`` against agent TYPE/ID and print ``{"ok": true, "result": ...}``."""
-    try:
-        aid = AgentId.parse(agent)
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-    async def go() -> Any:
-        from ._client.client import Client
-
-        settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
-        settings = settings.model_copy(update={"request_timeout_s": timeout})
-        async with await Client.connect(settings=settings, name="jetagents-cli") as client:
-            return await use(client.agent(aid.type, aid.id))
-
-    try:
-        result = asyncio.run(go())
-    except JetAgentsError as err:
-        typer.echo(orjson.dumps({"ok": False, "error": err.to_wire()}).decode())
-        typer.echo(f"error: {err.code}: {err.message}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(orjson.dumps({"ok": True, "result": result}).decode())
-
-
 @app.command()
 def remind(
     agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
@@ -322,8 +354,9 @@ def remind(
     _on_agent(
         agent,
         nats_url,
-        timeout,
-        lambda ref: ref.remind(name, action=action, params=parsed, at=when, every=every, cron=cron, tz=tz),
+        lambda ref: ref.remind(
+            name, action=action, params=parsed, at=when, every=every, cron=cron, tz=tz, timeout=timeout
+        ),
     )
 
 
@@ -334,7 +367,7 @@ def reminders(
     nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
 ) -> None:
     """List agent TYPE/ID's reminders."""
-    _on_agent(agent, nats_url, timeout, lambda ref: ref.reminders())
+    _on_agent(agent, nats_url, lambda ref: ref.reminders(timeout=timeout))
 
 
 @app.command()
@@ -345,7 +378,13 @@ def unremind(
     nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
 ) -> None:
     """Cancel agent TYPE/ID's reminder NAME (nothing if there is none)."""
-    _on_agent(agent, nats_url, timeout, lambda ref: ref.cancel_reminder(name))
+    _on_agent(agent, nats_url, lambda ref: ref.cancel_reminder(name, timeout=timeout))
+
+
+# -- jetagents mcp (ADR 0048): the command lives in jetagents.mcp.command -------------------
+from .mcp.command import mcp as _mcp_command  # noqa: E402 - kept apart from the commands above
+
+app.command("mcp")(_mcp_command)
 
 
 def main() -> None:

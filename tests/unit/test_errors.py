@@ -12,6 +12,7 @@ import pytest
 
 from jetagents._core import errors as _errors
 from jetagents._core.errors import (
+    AgentSuspended,
     AgentTimeout,
     DomainError,
     FencedError,
@@ -19,6 +20,7 @@ from jetagents._core.errors import (
     InvalidParams,
     JetAgentsError,
     PartitionError,
+    SignalBufferFull,
     Unavailable,
     error_from_wire,
 )
@@ -71,7 +73,14 @@ def test_retryable_flag_as_documented(cls: type[JetAgentsError]) -> None:
 
 
 def test_retryable_classes() -> None:
-    assert {c for c in CLASSES if c.retryable} == {AgentTimeout, Unavailable, PartitionError, FencedError}
+    assert {c for c in CLASSES if c.retryable} == {
+        AgentTimeout,
+        Unavailable,
+        PartitionError,
+        FencedError,
+        AgentSuspended,
+        SignalBufferFull,
+    }
     assert JetAgentsError.retryable is False
 
 

@@ -37,7 +37,13 @@ from .reply import Reply, decode_reply, no_responders, not_applied
 from .sender import Sender
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from .._core.pubsub import Subscription
+    from .._nats.pubsub import TopicStream
     from .._state.store import SharedState
+    from .coordination import Coordination, Lease
+    from .pubsub import ClientPubSub
 
 __all__ = ["AgentRef", "Client", "Reply"]
 
@@ -68,6 +74,8 @@ class Client:
         self._transport = ClientTransport(nc)  # every NATS call; one reply inbox for all of them
         self._clock = SystemClock()
         self._shared: dict[str, Any] = {}
+        self._pubsub_part: ClientPubSub | None = None
+        self._coord_part: Coordination | None = None
         self._sender = Sender(
             self._transport, self.settings, self.retry, self._clock, ClientTelemetry(tracer_provider, meter_provider)
         )
@@ -228,9 +236,78 @@ class Client:
             await self._sender.backoff(attempt, deadline, err, until_deadline=True)
             attempt += 1
 
+    # -- pub-sub (ADR 0049; _client/pubsub.py) ------------------------------------------------
+    @property
+    def _pubsub(self) -> ClientPubSub:
+        if self._pubsub_part is None:
+            from .pubsub import ClientPubSub
+
+            self._pubsub_part = ClientPubSub(
+                self.nc,
+                self.subjects,
+                self._clock,
+                timeout_s=self.settings.request_timeout_s,
+                max_payload_bytes=self.settings.max_payload_bytes,
+            )
+        return self._pubsub_part
+
+    async def publish(self, topic: str, data: Any, *, msg_id: str | None = None) -> int:
+        """Publish ``data`` (JSON) on ``topic`` (``orders.created``); its sequence in the
+        topic stream. With ``msg_id`` a re-publish within 120 s is stored once."""
+        return await self._pubsub.publish(topic, data, msg_id=msg_id)
+
+    def subscribe(self, pattern: str, *, max_pending: int = 65536) -> TopicStream:
+        """An ephemeral subscription (``*`` and ``>`` wildcards): what is published while it
+        listens. ``async with client.subscribe("orders.*") as s: async for msg in s: ...``"""
+        return self._pubsub.subscribe(pattern, max_pending=max_pending)
+
+    async def subscribe_agent(
+        self,
+        agent_type: str,
+        agent_id: str,
+        pattern: str,
+        *,
+        action: str = "on_message",
+        delivery: Delivery | str = Delivery.EXACTLY_ONCE,
+    ) -> Subscription:
+        """Subscribe an agent durably: each message published on a matching topic after this
+        returns becomes a command ``action(msg)`` to the agent, in order per topic."""
+        return await self._pubsub.subscribe_agent(agent_type, agent_id, pattern, action=action, delivery=delivery)
+
+    async def unsubscribe_agent(self, agent_type: str, agent_id: str, pattern: str) -> None:
+        await self._pubsub.unsubscribe_agent(agent_type, agent_id, pattern)
+
+    # -- coordination (_client/coordination.py) --------------------------------------------
+    @property
+    def _coord(self) -> Coordination:
+        if self._coord_part is None:
+            from .coordination import Coordination
+
+            self._coord_part = Coordination(self.nc, self.subjects, timeout_s=self.settings.request_timeout_s)
+        return self._coord_part
+
+    def lease(self, name: str, *, ttl_s: float = 10.0, wait_s: float | None = None) -> Lease:
+        """A lease (lock, leader election) fenced by its KV revision:
+        ``async with client.lease("billing", ttl_s=5) as lease: await lease.put(k, v)``."""
+        return self._coord.lease(name, ttl_s=ttl_s, wait_s=wait_s)
+
+    async def barrier(self, name: str, *, parties: int, timeout_s: float) -> None:
+        """Wait until ``parties`` callers reached barrier ``name`` (``BarrierTimeout`` otherwise)."""
+        await self._coord.barrier(name, parties=parties, timeout_s=timeout_s)
+
+    async def get_or_compute(self, key: str, fn: Callable[[], Awaitable[Any] | Any], *, ttl_s: float) -> Any:
+        """The cached JSON value of ``key``, or ``fn()``'s, computed once for all concurrent
+        misses in every process, kept for ``ttl_s``."""
+        return await self._coord.get_or_compute(key, fn, ttl_s=ttl_s)
+
     # -- sending ---------------------------------------------------------------------------
     async def _send(
-        self, aid: AgentId, action: str, params: Mapping[str, Any] | None, options: SendOptions
+        self,
+        aid: AgentId,
+        action: str,
+        params: Mapping[str, Any] | None,
+        options: SendOptions,
+        body: bytes | None = None,
     ) -> Reply | str:
         cmd = OutboundCommand.build(
             aid,
@@ -242,5 +319,6 @@ class Client:
             limit_bytes=payload_limit(self.settings.max_payload_bytes, self._transport.max_payload),
             new_id=self._transport.new_id,
             wall_ms=self._clock.wall_ms(),
+            body=body,
         )
         return await self._sender.send(cmd)

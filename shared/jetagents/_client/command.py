@@ -88,10 +88,13 @@ class OutboundCommand:
         limit_bytes: int,
         new_id: Callable[[], str],
         wall_ms: int,
+        body: bytes | None = None,
     ) -> OutboundCommand:
         """``timeout_s``: the caller's wait (the options' or the client's default);
-        ``limit_bytes``: the largest body the client and the server take."""
-        body = encode_body(action, params)
+        ``limit_bytes``: the largest body the client and the server take; ``body``: one
+        that is no action (a signal, a cancel, a result query; ``action`` names it)."""
+        if body is None:
+            body = encode_body(action, params)
         if len(body) > limit_bytes:
             raise PayloadTooLarge(f"command of {len(body)} bytes exceeds the limit of {limit_bytes}")
         delivery = options.delivery

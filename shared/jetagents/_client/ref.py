@@ -7,7 +7,11 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+import orjson
+from pydantic_core import to_jsonable_python
+
 from .._core.agent import AgentSpec
+from .._core.errors import AgentTimeout
 from .._core.ids import AgentId
 from .._core.schedules import check_reminder_name, every_seconds, pattern_of
 from .._core.wire import Delivery, Priority
@@ -67,7 +71,11 @@ class AgentRef:
         """Send and await the reply; returns the action's JSON result or raises the typed error.
 
         ``timeout`` bounds the wait; ``deadline`` (seconds) tells the host not to start the
-        command after that long (durable commands have none unless given)."""
+        command after that long (durable commands have none unless given). An action that
+        suspends (``wait_for``, ``sleep``) or is parked behind one is awaited to its end
+        (:meth:`result`) within ``timeout``; :meth:`request_reply` returns at once instead."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         reply = await self.request_reply(
             action,
             params,
@@ -78,7 +86,63 @@ class AgentRef:
             priority=priority,
             deadline=deadline,
         )
+        if reply.status is not None and reply.command_id:
+            limit = timeout if timeout is not None else self.client.settings.request_timeout_s
+            return await self.result(reply.command_id, timeout=max(0.1, limit - (loop.time() - started)))
         return reply.result
+
+    async def signal(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        to: str | None = None,
+        command_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send signal ``name`` with ``payload`` (JSON) to this agent (ADR 0042 §3): it
+        resumes the oldest action waiting for it (``to``: the one of that command id), or is
+        buffered for a later ``wait_for``. Durable (exactly once); returns
+        ``{"delivered": cmd}`` or ``{"buffered": true}``.
+
+        >>> await client.agent("order", "o1").signal("approve", {"by": "ann"})  # doctest: +SKIP
+        """
+        body = orjson.dumps({"signal": name, "payload": payload, "to": to}, default=to_jsonable_python)
+        return (await self._control("_signal", body, Delivery.EXACTLY_ONCE, timeout, command_id)).result
+
+    async def cancel(self, command_id: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """Cancel command ``command_id`` of this agent (ADR 0042 §8): a suspended (or parked)
+        one is closed with ``cancelled``, a running one stops at its next step boundary.
+        Returns ``{"cancelled": true}``, or ``{"cancelled": false, "state": "finished" |
+        "unknown"}``; the command's own caller gets ``ActionCancelled``."""
+        body = orjson.dumps({"cancel": command_id})
+        return cast(dict[str, Any], (await self._control("_cancel", body, Delivery.EXACTLY_ONCE, timeout)).result)
+
+    async def result(self, command_id: str, *, timeout: float | None = None) -> Any:
+        """The result of command ``command_id`` (one that suspended, or was queued), waiting
+        for it until ``timeout``: the action's result, or its typed error. Asks the agent
+        (``{"result": cmd}``, a call) with a growing pause (50 ms to 1 s) while the answer is
+        a status (``suspended``, ``queued``, ``running``, or ``unknown``: not arrived yet)."""
+        loop = asyncio.get_running_loop()
+        limit = timeout if timeout is not None else self.client.settings.request_timeout_s
+        until = loop.time() + limit
+        body = orjson.dumps({"result": command_id})
+        pause = 0.05
+        while True:
+            left = until - loop.time()
+            if left <= 0:
+                raise AgentTimeout(f"command {command_id} of {self.id} did not finish in time")
+            reply = await self._control("_result", body, Delivery.AT_MOST_ONCE, left)
+            if reply.status is None:
+                return reply.result
+            await asyncio.sleep(min(pause, max(0.0, until - loop.time())))
+            pause = min(pause * 1.5, 1.0)
+
+    async def _control(
+        self, name: str, body: bytes, delivery: Delivery, timeout: float | None, command_id: str | None = None
+    ) -> Reply:
+        options = SendOptions(delivery=delivery, timeout_s=timeout, command_id=command_id, want_reply=True)
+        return cast(Reply, await self.client._send(self.id, name, None, options, body=body))
 
     async def request_reply(
         self,

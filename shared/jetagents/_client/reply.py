@@ -23,11 +23,20 @@ class Message(Protocol):
 class Reply:
     """A decoded reply: ``result`` plus the headers the host sent with it."""
 
-    __slots__ = ("duplicate", "event_seq", "headers", "result")
+    __slots__ = ("command_id", "duplicate", "event_seq", "headers", "result", "status", "waiting")
 
-    def __init__(self, result: Any, headers: Mapping[str, str]) -> None:
+    def __init__(self, result: Any, headers: Mapping[str, str], body: Mapping[str, Any] | None = None) -> None:
         self.result = result
         self.headers = dict(headers)
+        # no result yet (ADR 0042): "suspended" (its action waits), "queued" (parked behind
+        # a suspended action), or a result query's "unknown", "running", "blocked"
+        self.status: str | None = None
+        self.waiting: Any = None
+        self.command_id: str | None = headers.get("Agt-Command-Id")
+        if body is not None and "status" in body:
+            self.status = str(body["status"])
+            self.waiting = body.get("waiting")
+            self.command_id = str(body.get("command_id") or self.command_id or "")
         self.duplicate = headers.get("Agt-Duplicate") == "true"
         seq = headers.get("Agt-Event-Seq")
         self.event_seq = int(seq) if seq and seq.isdigit() else None
@@ -56,7 +65,7 @@ def decode_reply(msg: Message) -> Reply:
     if not isinstance(body, dict) or "ok" not in body:
         raise InternalError(f"unexpected reply shape: {msg.data[:200]!r}")
     if body["ok"]:
-        return Reply(body.get("result"), hdrs)
+        return Reply(body.get("result"), hdrs, body if "status" in body else None)
     raise error_from_wire(body.get("error"))
 
 

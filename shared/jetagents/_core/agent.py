@@ -38,7 +38,7 @@ from pydantic_core import to_jsonable_python
 
 from .errors import InternalError, InvalidParams, Unavailable, UnknownAction
 from .ids import AgentId, validate_token
-from .journal import callee_command_id, current_step_key
+from .journal import SLEEP, callee_command_id, current_step_key
 from .schedules import check_reminder_name
 from .wire import WireEvent, validation_details
 
@@ -71,6 +71,7 @@ class ActionSpec:
     read_only: bool
     strict: bool = True
     timeout_s: float | None = None  # @action(timeout_s=...); None: the type's, else the host's
+    while_suspended: str | None = None  # @action(while_suspended=...); None: the type's (ADR 0042 §4)
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """The parameters received over the wire, validated as JSON: strictly by default
@@ -120,6 +121,12 @@ class AgentSpec:
     appliers: dict[str, ApplierSpec] = field(default_factory=dict)
     spawn_required: bool = False
     action_timeout_s: float | None = None  # Agent.action_timeout_s; None: the host's default
+    while_suspended: str = "enqueue"  # Agent.while_suspended (ADR 0042 §4)
+
+    def while_suspended_of(self, action: str) -> str:
+        """The policy of a suspended ``action``: its own, else its type's."""
+        spec = self.actions.get(action)
+        return (spec.while_suspended if spec is not None else None) or self.while_suspended
 
     def action(self, name: str) -> ActionSpec:
         spec = self.actions.get(name)
@@ -131,14 +138,27 @@ class AgentSpec:
         return spec
 
 
+WHILE_SUSPENDED = ("enqueue", "reject", "interrupt")
+
+
 @overload
 def action(fn: F, /) -> F: ...
 @overload
 def action(
-    *, read_only: bool = False, strict: bool | None = None, timeout_s: float | None = None
+    *,
+    read_only: bool = False,
+    strict: bool | None = None,
+    timeout_s: float | None = None,
+    while_suspended: str | None = None,
 ) -> Callable[[F], F]: ...
 def action(
-    fn: F | None = None, /, *, read_only: bool = False, strict: bool | None = None, timeout_s: float | None = None
+    fn: F | None = None,
+    /,
+    *,
+    read_only: bool = False,
+    strict: bool | None = None,
+    timeout_s: float | None = None,
+    while_suspended: str | None = None,
 ) -> F | Callable[[F], F]:
     """Mark an ``async def`` method as an action callable by clients.
 
@@ -147,18 +167,31 @@ def action(
     is the agent class's ``strict_params`` (True: the wire contract is strict).
     ``timeout_s`` limits one run of it (default: the type's ``action_timeout_s``, else the
     host's ``action_timeout_s``); past it the action is cancelled and nothing it emitted is kept.
+    ``while_suspended`` (``enqueue``, ``reject``, ``interrupt``): what the agent's other
+    write commands do while this action is suspended (default: the type's, ADR 0042 §4).
     """
     _check_timeout(timeout_s, "timeout_s")
+    _check_policy(while_suspended)
 
     def mark(f: F) -> F:
         if not inspect.iscoroutinefunction(cast(Any, f)):
             raise TypeError(f"action {f.__qualname__} must be declared with 'async def'")
-        f.__jetagents_action__ = {"read_only": read_only, "strict": strict, "timeout_s": timeout_s}  # type: ignore[attr-defined]
+        f.__jetagents_action__ = {  # type: ignore[attr-defined]
+            "read_only": read_only,
+            "strict": strict,
+            "timeout_s": timeout_s,
+            "while_suspended": while_suspended,
+        }
         return f
 
     if fn is not None:
         return mark(fn)
     return mark
+
+
+def _check_policy(value: str | None) -> None:
+    if value is not None and value not in WHILE_SUSPENDED:
+        raise TypeError(f"while_suspended must be one of {WHILE_SUSPENDED}, not {value!r}")
 
 
 def _check_timeout(value: float | None, name: str) -> None:
@@ -189,6 +222,8 @@ class AgentContext:
     # the host's journal for this agent (ADR 0042): ``await steps.step(agent, i, name, fn,
     # args, kwargs)``; None outside a host (an action called directly runs steps plainly)
     steps: Any = None
+    # the running command's parameters (as received) and reply subject, for its journal
+    command: Any = None
     # the host's reminders of this agent (ADR 0042 section 5, ``_host/reminders.py``), and
     # the reminder whose firing the running action is (None for any other command)
     reminders: Any = None
@@ -224,6 +259,10 @@ class Agent(Generic[S]):
     # time limit of one action run for this type (None: HostSettings.action_timeout_s);
     # an action's own @action(timeout_s=...) wins over it
     action_timeout_s: ClassVar[float | None] = None
+    # what this type's other write commands do while one of its actions is suspended on a
+    # wait (ADR 0042 §4): "enqueue" (parked, run after it), "reject" (agent_suspended) or
+    # "interrupt" (the suspended action is cancelled); read-only actions always run
+    while_suspended: ClassVar[str] = "enqueue"
     __jetagents_spec__: ClassVar[AgentSpec]
 
     __slots__ = ("_cursor", "_draft", "_pending", "_state", "ctx")
@@ -283,6 +322,41 @@ class Agent(Generic[S]):
             result = fn(*args, **kwargs)
             return await result if inspect.isawaitable(result) else result
         return await steps.step(self, i, name, fn, args, kwargs)
+
+    async def wait_for(self, name: str, *, timeout_s: float | None = None) -> Any:
+        """Suspend the action until signal ``name`` comes (ADR 0042 section 3) and return its
+        payload; after ``timeout_s`` raise ``DomainError`` with reason ``wait_timeout`` (journaled:
+        a re-run raises it again; uncaught, it refuses the command). The wait is journaled and the host
+        drops the run: nothing is held in memory while it waits, across host restarts and
+        moves. A signal (``client.agent(t, i).signal(name, payload)``) re-runs the action
+        from its journal: completed steps return their results, this wait its payload. A
+        signal sent before the wait is buffered and taken here at once.
+
+        >>> approval = await self.wait_for("approve", timeout_s=86400)  # doctest: +SKIP
+        """
+        validate_token(name, "signal name")
+        _check_timeout(timeout_s, "timeout_s")
+        return await self._wait(name, timeout_s)
+
+    async def sleep(self, seconds: float) -> None:
+        """Suspend the action for ``seconds``, durably (a journaled wait the server's timer
+        ends); outside a host, or for a command without an id, a plain sleep."""
+        _check_timeout(seconds, "seconds")
+        steps = self.ctx.steps
+        if steps is None or not self.ctx.command_id:
+            await self.ctx.clock.sleep(seconds)
+            return
+        await self._wait(SLEEP, seconds)
+
+    async def _wait(self, name: str, timeout_s: float | None) -> Any:
+        if self._pending is None:
+            raise RuntimeError("wait_for()/sleep() may only be called while an action runs")
+        steps = self.ctx.steps
+        if steps is None or not self.ctx.command_id:
+            raise RuntimeError("wait_for() needs a host and a command with an id (it suspends durably)")
+        i = self._cursor
+        self._cursor = i + 1
+        return await steps.wait(self, i, name, timeout_s)
 
     async def call(
         self, agent_type: str, agent_id: str, action: str, params: dict[str, Any] | None = None, **options: Any
@@ -346,6 +420,31 @@ class Agent(Generic[S]):
             raise Unavailable("reminders need a host")
         return bound
 
+    async def publish(self, topic: str, data: Any) -> int:
+        """Publish on a topic as a step (ADR 0049): journaled, and published under the step's
+        key, so a re-run neither publishes again nor loses the message. Its stream sequence."""
+        client = self.ctx.client
+
+        async def _publish() -> int:
+            return int(await client.publish(topic, data, msg_id=current_step_key()))
+
+        return int(await self.step(f"publish:{topic}", _publish))
+
+    async def subscribe(self, pattern: str, *, action: str = "on_message", delivery: str = "exactly-once") -> None:
+        """Subscribe this agent to ``pattern`` as a step: each later message on a matching
+        topic becomes a command ``action(msg)`` to it (ADR 0049)."""
+        client, aid = self.ctx.client, self.ctx.agent_id
+
+        async def _subscribe() -> None:
+            await client.subscribe_agent(aid.type, aid.id, pattern, action=action, delivery=delivery)
+
+        await self.step(f"subscribe:{pattern}", _subscribe)
+
+    async def unsubscribe(self, pattern: str) -> None:
+        """Stop this agent's subscription to ``pattern`` (as a step)."""
+        client, aid = self.ctx.client, self.ctx.agent_id
+        await self.step(f"unsubscribe:{pattern}", lambda: client.unsubscribe_agent(aid.type, aid.id, pattern))
+
     # -- what the runtime uses -----------------------------------------------------------
     def _begin(self) -> None:
         self._draft = None
@@ -402,8 +501,10 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
         state_type=state_type,
         spawn_required=cls.spawn_required,
         action_timeout_s=cls.action_timeout_s,
+        while_suspended=cls.while_suspended,
     )
     _check_timeout(cls.action_timeout_s, f"{cls.__name__}.action_timeout_s")
+    _check_policy(cls.while_suspended)
     for klass in reversed(cls.__mro__):
         for name, member in vars(klass).items():
             marker = getattr(member, "__jetagents_action__", None)
@@ -411,7 +512,13 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
                 strict = marker.get("strict")
                 strict = cls.strict_params if strict is None else strict
                 spec.actions[name] = _action_spec(
-                    cls, name, member, marker["read_only"], strict, marker.get("timeout_s")
+                    cls,
+                    name,
+                    member,
+                    marker["read_only"],
+                    strict,
+                    marker.get("timeout_s"),
+                    marker.get("while_suspended"),
                 )
             elif getattr(member, "__jetagents_applies__", False):
                 event_cls = _applier_event(cls, member)
@@ -426,6 +533,7 @@ def _action_spec(
     read_only: bool,
     strict: bool = True,
     timeout_s: float | None = None,
+    while_suspended: str | None = None,
 ) -> ActionSpec:
     # the method's own module: an inherited action resolves names where it was written
     hints = typing.get_type_hints(fn, include_extras=True)
@@ -446,7 +554,7 @@ def _action_spec(
     )
     ret = hints.get("return")
     adapter = TypeAdapter(ret) if ret is not None else None
-    return ActionSpec(name, fn, params_model, tuple(names), adapter, read_only, strict, timeout_s)
+    return ActionSpec(name, fn, params_model, tuple(names), adapter, read_only, strict, timeout_s, while_suspended)
 
 
 def _applier_event(cls: type, fn: Callable[..., Any]) -> type[Event]:

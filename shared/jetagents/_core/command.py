@@ -85,6 +85,9 @@ class Command:
     outcome: str = ""
     error: str = ""
     traced: bool = False  # in a process span (SDK tracing): append and reply get spans too
+    # a journal's re-run (ADR 0042): a suspended action resumed, or a parked command run, in
+    # the turn of the command that freed it (never acknowledged itself: that command is)
+    resume: bool = False
 
     @property
     def durable(self) -> bool:

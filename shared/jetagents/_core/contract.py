@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from .errors import JetAgentsError
-from .wire import CommandBody, Commit, Priority, WireEvent
+from .pubsub import Message, Subscription
+from .wire import CancelBody, CommandBody, Commit, Priority, ResultBody, SignalBody, TimerBody, WireEvent
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 
@@ -57,6 +58,21 @@ class OkReply(BaseModel):
 
     ok: Literal[True]
     result: Any = Field(description="The action's result (any JSON value).")
+
+
+class StatusReply(BaseModel):
+    """The reply of a command that has no result yet (header Agt-Status; ADR 0042)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ok: Literal[True]
+    status: Literal["suspended", "queued", "running", "blocked", "unknown"] = Field(
+        description="suspended: its action waits (signal, timer); queued: parked behind a suspended action;"
+        " running, blocked, unknown: answers to a result query."
+    )
+    command_id: str
+    waiting: Any = Field(default=None, description='suspended: {"signal": name | "sleep": true, "until_ms": ms|null}.')
+    behind: str | None = Field(default=None, description="queued: the suspended command it waits behind.")
 
 
 class ErrorReply(BaseModel):
@@ -95,14 +111,31 @@ class Snapshot(BaseModel):
     seq: int = Field(description="AGT_EVT sequence of the last commit the state includes.")
     n: int = Field(description="Commit number of that commit.")
     own: int = Field(default=0, description="The writer's claim revision (Commit.own).")
-    records: list[tuple[str, int, Any]] = Field(description="[command id, commit sequence, result] of recent commands.")
+    records: list[list[Any]] = Field(
+        description="[command id, commit sequence, result] of recent commands; a fourth element false:"
+        " the result is the error a journal closed with."
+    )
     journals: dict[str, Any] | None = Field(
         default=None, description="v 2: the open journals of durable steps, by command id (wire contract 9)."
     )
+    inbox: list[dict[str, Any]] | None = Field(
+        default=None, description="v 2: signals buffered with nobody waiting (their inbox entries, with cmd)."
+    )
 
 
-_RECEIVED: tuple[type[BaseModel], ...] = (CommandBody,)
-_SENT: tuple[type[BaseModel], ...] = (WireEvent, Commit, Error, OkReply, ErrorReply, DeadLetter, Snapshot)
+_RECEIVED: tuple[type[BaseModel], ...] = (CommandBody, SignalBody, TimerBody, CancelBody, ResultBody)
+_SENT: tuple[type[BaseModel], ...] = (
+    WireEvent,
+    Commit,
+    Error,
+    OkReply,
+    StatusReply,
+    ErrorReply,
+    DeadLetter,
+    Snapshot,
+    Message,  # params.msg of the command a topic message becomes (wire contract 13)
+    Subscription,  # a value of KV agt_subs (not a channel; for reference)
+)
 
 # descriptions of fields whose models live in _wire (kept free of documentation there)
 _DESCRIBE: dict[str, dict[str, str]] = {
@@ -114,9 +147,17 @@ _DESCRIBE: dict[str, dict[str, str]] = {
         "cseq": "The command's sequence in AGT_CMD (0 for a call).",
         "ts_ms": "Host wall clock at commit, unix milliseconds.",
         "own": "The writer's claim on the agent's partition (its KV revision; 0 without a cluster).",
-        "j": "A journal entry of an action with durable steps (k: step, blocked or end; wire contract 7.1),"
-        " or a reminder's firing (k: fire; wire contract 13); absent from other commits.",
+        "j": "A journal entry of an action with durable steps (k: step, wait, signal, timeout, inbox, park,"
+        " blocked or end; wire contract 7.1), or a reminder's firing (k: fire; wire contract 15); absent"
+        " from other commits.",
     },
+    "SignalBody": {
+        "signal": "The signal's name: resumes the oldest action waiting for it, else buffered.",
+        "payload": "Any JSON value: what wait_for returns.",
+        "to": "The waiting command's id (default: the oldest waiter of that name).",
+    },
+    "CancelBody": {"cancel": "The id of the command to cancel."},
+    "ResultBody": {"result": "The id of the command whose outcome is asked (a call)."},
 }
 
 # schemas of headers and channel parameters (strings, not models)

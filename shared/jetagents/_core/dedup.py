@@ -43,8 +43,9 @@ class DedupRecord:
         after it (``(command id, event seq, result)``), then bounded."""
         record = cls(limit)
         answers = record._answers
-        for cmd, seq, result in snapshot:
-            answers[str(cmd)] = Answer(int(seq), True, result)
+        for row in snapshot:
+            # a fourth field false: a refusal in the log (a journal closed with an error)
+            answers[str(row[0])] = Answer(int(row[1]), len(row) < 4 or bool(row[3]), row[2])
         for cmd, seq, result in applied:
             answers[cmd] = Answer(seq, True, result)
         while len(answers) > limit:
@@ -61,9 +62,10 @@ class DedupRecord:
         """``command_id``'s commit is at ``seq`` in the log; it answered ``result``."""
         self._remember(command_id, Answer(seq, True, result))
 
-    def refused(self, command_id: str, wire_error: Any) -> None:
-        """``command_id`` was refused by the agent (nothing in the log): answer it so again."""
-        self._remember(command_id, Answer(0, False, wire_error))
+    def refused(self, command_id: str, wire_error: Any, seq: int = 0) -> None:
+        """``command_id`` was refused by the agent (``seq`` 0: nothing in the log; else the
+        commit that closed its journal with the error): answer it so again."""
+        self._remember(command_id, Answer(seq, False, wire_error))
 
     def _remember(self, command_id: str, answer: Answer) -> None:
         answers = self._answers
@@ -73,4 +75,8 @@ class DedupRecord:
 
     def snapshot(self) -> list[list[Any]]:
         """The rows a snapshot keeps: applied commands only (a refusal is not in the log either)."""
-        return [[cmd, a.seq, a.payload] for cmd, a in self._answers.items() if a.seq]
+        return [
+            [cmd, a.seq, a.payload] if a.ok else [cmd, a.seq, a.payload, False]
+            for cmd, a in self._answers.items()
+            if a.seq
+        ]

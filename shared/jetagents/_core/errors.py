@@ -16,6 +16,9 @@
     ├── DeadlineExceeded                no   the command's deadline passed before or while it ran
     ├── ActionTimeout                   no   the action overran its time limit and was cancelled
     ├── NonDeterministic                no   a re-run reached a step its journal holds under another name
+    ├── AgentSuspended                  yes  a write to an agent whose action is suspended (policy reject)
+    ├── SignalBufferFull                yes  a signal nobody waits for, and the agent's buffer is full
+    ├── ActionCancelled                 no   the command was cancelled (``cancel``) while running or suspended
     ├── DomainError                     no   raised by an agent's action on purpose
     └── InternalError                   no   the action raised something unexpected
 
@@ -113,6 +116,29 @@ class NonDeterministic(JetAgentsError):
     code = "nondeterministic"
 
 
+class AgentSuspended(JetAgentsError):
+    """A write command reached an agent whose action is suspended, and the action's
+    ``while_suspended`` policy is ``reject`` (ADR 0042 section 4): try again later."""
+
+    code = "agent_suspended"
+    retryable = True
+
+
+class SignalBufferFull(JetAgentsError):
+    """A signal nobody waits for, and the agent already buffers ``signal_buffer_per_agent``."""
+
+    code = "signal_buffer_full"
+    retryable = True
+
+
+class ActionCancelled(JetAgentsError):
+    """The command was cancelled (ADR 0042 section 8). Raised inside a running action at
+    its next step boundary (it may catch it and run compensating steps), and what the
+    command's caller gets."""
+
+    code = "cancelled"
+
+
 class DomainError(JetAgentsError):
     """Raised by an action to refuse a command; reaches the caller as the same type.
 
@@ -150,6 +176,9 @@ _BY_CODE: dict[str, type[JetAgentsError]] = {
         ActionTimeout,
         InternalError,
         NonDeterministic,
+        AgentSuspended,
+        SignalBufferFull,
+        ActionCancelled,
     )
 }
 

@@ -23,76 +23,159 @@ import hashlib
 from contextvars import ContextVar
 from typing import Any
 
+import orjson
+
 from .errors import NonDeterministic
 
 STEP = "step"
 BLOCKED = "blocked"
 END = "end"
 FIRE = "fire"  # the commit of a reminder's firing (ADR 0042 section 5): closes the firing's command
-CLOSING = frozenset({END, FIRE})
+WAIT = "wait"  # the action suspended at cursor i on a signal name (or SLEEP)
+SIGNAL = "signal"  # a signal resolved the wait at i of command ``for``
+TIMEOUT = "timeout"  # the wait's timer fired first
+INBOX = "inbox"  # a signal nobody waited for, buffered for a later wait of its name
+PARK = "park"  # a write command that arrived while an action was suspended (``enqueue``)
+SLEEP = "@sleep"  # the wait name of ``Agent.sleep``: its timeout is the normal result
+_POSITIONED = (STEP, WAIT)  # the entries a re-run meets at its cursor
+_RESOLUTIONS = (SIGNAL, TIMEOUT)
+
+
+class Suspend(BaseException):
+    """Raised by a wait nobody resolved yet: the host drops the run (nothing but the journal
+    is kept) and answers ``suspended``. A ``BaseException``, so an action's ``except
+    Exception`` cannot swallow it."""
+
+    def __init__(self, waiting: dict[str, Any]) -> None:
+        super().__init__(waiting)
+        self.waiting = waiting
 
 
 class Journal:
-    """The open journal of one command: its step entries by position, and the last
-    ``blocked`` entry if a re-run could not go on (the journal stays open)."""
+    """The open journal of one command: its entries by position (steps and waits), how its
+    waits were resolved, what to run it with again once its command was acknowledged
+    (``action``, ``params``, ``reply_to``), the last ``blocked`` entry if a re-run could
+    not go on, and its ``park`` entry when it is a parked command (ADR 0042 sections 3-4)."""
 
-    __slots__ = ("blocked", "steps")
+    __slots__ = ("action", "blocked", "params", "parked", "reply_to", "resolved", "steps")
 
-    def __init__(self) -> None:
+    def __init__(self, action: str = "") -> None:
         self.steps: list[dict[str, Any]] = []
         self.blocked: dict[str, Any] | None = None
+        self.resolved: dict[int, dict[str, Any]] = {}
+        self.action = action
+        self.params: dict[str, Any] | None = None
+        self.reply_to: str | None = None
+        self.parked: dict[str, Any] | None = None
 
     def add(self, j: dict[str, Any]) -> None:
         """One entry of this journal (replayed or just appended)."""
         k = j.get("k")
-        if k == STEP:
+        if "params" in j and self.params is None:
+            self.params, self.reply_to = j["params"], j.get("reply_to")
+        if k in _POSITIONED:
             # entries are gapless from 0 (the fence orders them); a repeat of a position
             # already held is not a second run of the step, the first one wins
             if int(j.get("i", -1)) == len(self.steps):
                 self.steps.append(j)
+        elif k in _RESOLUTIONS:
+            self.resolved.setdefault(int(j.get("i", -1)), j)
         elif k == BLOCKED:
             self.blocked = j
+        elif k == PARK:
+            self.parked = j
+
+    def waiting(self) -> dict[str, Any] | None:
+        """The wait entry the action is suspended on (none resolved it yet), else None."""
+        for entry in reversed(self.steps):
+            if entry.get("k") == WAIT and int(entry["i"]) not in self.resolved:
+                found: dict[str, Any] = entry
+                return found
+        return None
+
+    @property
+    def waited(self) -> bool:
+        """Whether the action ever suspended: its command was acknowledged, so only this
+        journal (and whoever resumes it) can finish it; it holds the agent's writes (§4)."""
+        return any(e.get("k") == WAIT for e in self.steps)
 
     def to_json(self) -> dict[str, Any]:
-        return {"steps": self.steps, "blocked": self.blocked}
+        out: dict[str, Any] = {"steps": self.steps, "blocked": self.blocked}
+        if self.resolved:
+            out["resolved"] = list(self.resolved.values())
+        if self.action:
+            out["action"] = self.action
+        if self.params is not None:
+            out["params"], out["reply_to"] = self.params, self.reply_to
+        if self.parked is not None:
+            out["parked"] = self.parked
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Journal:
-        journal = cls()
+        journal = cls(str(data.get("action", "")))
         for j in data.get("steps", []):
             journal.add(j)
+        for j in data.get("resolved", []):
+            journal.add(j)
         journal.blocked = data.get("blocked")
+        if data.get("params") is not None:
+            journal.params, journal.reply_to = data["params"], data.get("reply_to")
+        journal.parked = data.get("parked")
         return journal
 
 
 def closes(j: dict[str, Any] | None) -> bool:
     """Whether a commit with journal field ``j`` closes its command (feeds the record)."""
-    return j is None or j.get("k") in CLOSING
+    return j is None or j.get("k") in (END, INBOX, FIRE)
 
 
-def fold(journals: dict[str, Journal], cmd: str, j: dict[str, Any] | None) -> bool:
-    """Replay one commit of command ``cmd`` into the open journals; True when it closes
-    ``cmd`` (the record answers it from now on)."""
+def fold(
+    journals: dict[str, Journal],
+    cmd: str,
+    j: dict[str, Any] | None,
+    action: str = "",
+    inbox: list[dict[str, Any]] | None = None,
+) -> bool:
+    """Replay one commit of command ``cmd`` (of ``action``) into the open journals and the
+    agent's signal ``inbox``; True when it closes ``cmd`` (the record answers it from now
+    on). A signal or timeout entry belongs to the journal it resolves (``for``) and closes
+    its own command unless that is the waiter itself (a buffered signal taken by the wait)."""
     if j is None:
         return True
-    if j.get("k") in CLOSING:
+    k = j.get("k")
+    if k in (END, FIRE):
         journals.pop(cmd, None)
         return True
+    if k == INBOX:
+        if inbox is not None:
+            inbox.append({**j, "cmd": cmd})
+        return True
+    if k in _RESOLUTIONS:
+        target = str(j.get("for", ""))
+        waiter = journals.get(target)
+        if waiter is not None:
+            waiter.add(j)
+        taken = j.get("inbox")
+        if taken is not None and inbox is not None:
+            inbox[:] = [e for e in inbox if e.get("cmd") != taken]
+        return target != cmd
     journal = journals.get(cmd)
     if journal is None:
-        journal = journals[cmd] = Journal()
+        journal = journals[cmd] = Journal(action)
     journal.add(j)
     return False
 
 
-def recorded(journal: Journal | None, i: int, name: str, action: str) -> dict[str, Any] | None:
-    """The entry of the step at cursor ``i`` named ``name``: its recorded entry, or None when
-    the journal has none yet (new work: steps added after the last journaled one are fine).
-    An entry of another name at ``i`` means the code changed while the action was in flight."""
+def recorded(journal: Journal | None, i: int, name: str, action: str, kind: str = STEP) -> dict[str, Any] | None:
+    """The entry of the step (or wait, ``kind``) at cursor ``i`` named ``name``: its
+    recorded entry, or None when the journal has none yet (new work: steps added after the
+    last journaled one are fine). An entry of another name or kind at ``i`` means the code
+    changed while the action was in flight."""
     if journal is None or i >= len(journal.steps):
         return None
     entry = journal.steps[i]
-    if entry.get("name") != name:
+    if entry.get("name") != name or entry.get("k", STEP) != kind:
         raise NonDeterministic(
             f"action {action!r} reached step {i} {name!r}, but its journal has step {i} "
             f"{entry.get('name')!r}: the code changed while the action was in flight",
@@ -109,9 +192,57 @@ def step_entry(i: int, name: str, value: Any = None, error: dict[str, Any] | Non
     return {"i": i, "k": STEP, "name": name, "ok": True, "value": value}
 
 
-def end_entry(i: int) -> dict[str, Any]:
-    """The ``j`` of the commit that closes a journaled command (``i`` steps were run)."""
+def end_entry(i: int, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``j`` of the commit that closes a journaled command (``i`` steps were run);
+    ``error`` when it ended refused (a domain error after a wait, ``cancelled``)."""
+    if error is not None:
+        return {"i": i, "k": END, "error": error}
     return {"i": i, "k": END}
+
+
+def wait_entry(i: int, name: str, until_ms: int | None) -> dict[str, Any]:
+    """The ``j`` of a wait at cursor ``i`` for signal ``name`` (``SLEEP``), until ``until_ms``."""
+    return {"i": i, "k": WAIT, "name": name, "until_ms": until_ms}
+
+
+def resolution_entry(
+    k: str, for_cmd: str, i: int, name: str, value: Any = None, taken: str | None = None
+) -> dict[str, Any]:
+    """The ``j`` of a signal (``k=SIGNAL``) or timer (``TIMEOUT``) resolving the wait at
+    ``i`` of ``for_cmd``; ``taken``: the buffered signal (its command id) the wait took."""
+    j: dict[str, Any] = {"k": k, "for": for_cmd, "i": i, "name": name, "value": value}
+    if taken is not None:
+        j["inbox"] = taken
+    return j
+
+
+def inbox_entry(name: str, value: Any, to: str | None) -> dict[str, Any]:
+    """The ``j`` of a signal with nobody waiting for it: buffered for a later wait."""
+    return {"k": INBOX, "name": name, "value": value, "to": to}
+
+
+def park_entry(action: str, params: Any, reply_to: str | None) -> dict[str, Any]:
+    """The ``j`` of a write command parked while another action is suspended."""
+    return {"k": PARK, "action": action, "params": params, "reply_to": reply_to}
+
+
+def timer_name(cmd: str, i: int) -> str:
+    """The schedule name of the timer of the wait at ``i`` of ``cmd``: ``_w<16 hex>-<i>``
+    (``agt.rem.<type>.<id>._w...``; hashed: a command id may hold any character)."""
+    return f"_w{hashlib.sha256(cmd.encode()).hexdigest()[:16]}-{i}"
+
+
+def timer_body(cmd: str, i: int) -> bytes:
+    """What the timer's firing delivers on ``agt.cmd.<type>.<id>``."""
+    return orjson.dumps({"timer": {"for": cmd, "i": i}})
+
+
+def take_inbox(inbox: list[dict[str, Any]] | None, name: str, cmd: str) -> dict[str, Any] | None:
+    """The oldest buffered signal of ``name`` meant for ``cmd`` (or for any waiter)."""
+    for entry in inbox or ():
+        if entry.get("name") == name and entry.get("to") in (None, cmd):
+            return entry
+    return None
 
 
 def blocked_entry(i: int, error: dict[str, Any]) -> dict[str, Any]:
@@ -153,6 +284,9 @@ def step_key() -> str:
 def entry_tag(j: dict[str, Any], n: int) -> str:
     """What follows ``<type>.<id>:<cmd>`` in the ``Nats-Msg-Id`` of an entry that does not
     close its command: ``#<i>`` for a step, ``#blocked@<n>`` for a block (one per re-run)."""
-    if j.get("k") == STEP:
+    k = j.get("k")
+    if k in _POSITIONED:
         return f"#{j['i']}"
-    return f"#{j.get('k')}@{n}"
+    if k in _RESOLUTIONS:  # the waiter took a buffered signal: once per wait
+        return f"#{j['i']}@{k}"
+    return f"#{k}@{n}"

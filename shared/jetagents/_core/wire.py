@@ -122,6 +122,67 @@ class CommandBody(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+_NAME = r"^[A-Za-z0-9_-]+$"
+_CMD_ID = Field(min_length=1, max_length=256)
+
+
+class SignalBody(BaseModel):
+    """A signal to an agent (ADR 0042 §3): ``{"signal": "approve", "payload": {...},
+    "to": "m1"}``; ``to`` (optional) names the waiting command, else the oldest waiter."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    signal: str = Field(min_length=1, max_length=128, pattern=_NAME)
+    payload: Any = None
+    to: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+class TimerRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    for_: str = Field(alias="for", min_length=1, max_length=256)
+    i: int = Field(ge=0)
+
+
+class TimerBody(BaseModel):
+    """A wait's timer firing (published by the host as a server schedule):
+    ``{"timer": {"for": "m1", "i": 3}}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timer: TimerRef
+
+
+class CancelBody(BaseModel):
+    """Cancel a command (ADR 0042 §8): ``{"cancel": "m1"}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cancel: str = _CMD_ID
+
+
+class ResultBody(BaseModel):
+    """Ask for the outcome of a command (a call): ``{"result": "m1"}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    result: str = _CMD_ID
+
+
+# the other command bodies, by their one distinguishing key
+CONTROL_BODIES: Final[dict[str, type[BaseModel]]] = {
+    "signal": SignalBody,
+    "timer": TimerBody,
+    "cancel": CancelBody,
+    "result": ResultBody,
+}
+Body = CommandBody | SignalBody | TimerBody | CancelBody | ResultBody
+
+# Agt-Status on the reply of a command that did not finish: its action is suspended on a
+# wait, or it was parked behind one (ADR 0042 §§3-4)
+H_STATUS: Final = "Agt-Status"
+
+
 class WireEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -189,17 +250,32 @@ def encode_commit(
         return Commit.model_validate(body).model_dump_json(exclude=None if j is not None else {"j"}).encode()
 
 
-def decode_command(data: bytes, max_bytes: int) -> CommandBody:
-    """Check the size first, then parse; raise a typed error on anything wrong."""
+def decode_command(data: bytes, max_bytes: int) -> Body:
+    """Check the size first, then parse; raise a typed error on anything wrong. An action
+    (the common body) is tried first; a signal, timer, cancel or result body only when the
+    object has no ``action``."""
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"payload of {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
         return CommandBody.model_validate_json(data)
     except ValidationError as exc:
-        raise MalformedCommand(
-            "command body must be a JSON object {action, params}",
-            details=_short_errors(exc),
-        ) from None
+        first = exc
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict) and "action" not in doc:
+        for key, model in CONTROL_BODIES.items():
+            if key in doc:
+                try:
+                    return model.model_validate(doc)  # type: ignore[return-value]
+                except ValidationError as exc:
+                    first = exc
+                break
+    raise MalformedCommand(
+        "command body must be a JSON object {action, params} (or signal, timer, cancel, result)",
+        details=_short_errors(first),
+    ) from None
 
 
 def _short_errors(exc: ValidationError) -> list[dict[str, Any]]:

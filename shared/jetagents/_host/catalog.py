@@ -69,6 +69,12 @@ class Activation:
     # command id -> its open journal (ADR 0042): commands whose durable steps are in the log
     # but whose closing commit is not; created on demand
     journals: dict[str, Journal] | None = None
+    # signals that came with nobody waiting for them, oldest first (their ``inbox`` entries,
+    # with ``cmd``: the signal's command id); created on demand
+    inbox: list[dict[str, Any]] | None = None
+    # command ids a ``cancel`` named while they may be running: their next step boundary
+    # raises ActionCancelled (ADR 0042 §8); created on demand
+    cancelling: set[str] | None = None
 
 
 def _busy(act: Activation) -> bool:
@@ -107,6 +113,8 @@ class Catalog:
         self._snapshots: Bucket = None  # type: ignore[assignment]
         self._meta: Bucket = None  # type: ignore[assignment]
         self._client: Any = None
+        # called before an agent's first command of an activation (declared subscriptions)
+        self.on_activate: Callable[[AgentId, AgentSpec], Awaitable[None]] | None = None
 
     def bind(self, events: LogReader, snapshots: Bucket, meta: Bucket, client: Any) -> None:
         """Connected: the event log, the buckets, and the client the agents call others with."""
@@ -129,6 +137,8 @@ class Catalog:
             last_seq = 0
             kept: list[tuple[str, int, Any]] = []  # the snapshot's exactly-once record
             journals: dict[str, Journal] = {}
+            inbox: list[dict[str, Any]] = []
+            refused: list[tuple[str, int, Any]] = []  # journals closed with an error (ADR 0042)
             replayed: list[tuple[str, int, Any]] = []
             raw_snap: bytes | None = None
             snap: Any = None
@@ -155,10 +165,11 @@ class Catalog:
                     own = int(snap.get("own", 0))
                     kept = [(str(cmd), int(seq), result) for cmd, seq, result in snap.get("records", [])]
                     journals = {str(c): Journal.from_json(j) for c, j in snap.get("journals", {}).items()}
+                    inbox = [dict(e) for e in snap.get("inbox", [])]
                 except (ValidationError, KeyError, TypeError, ValueError) as exc:
                     self.log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
                     state, n, last_seq = None, 0, 0
-                    kept, journals = [], {}
+                    kept, journals, inbox = [], {}, []
             ctx = AgentContext(aid, self.clock, client=self._client, metadata=metadata)
             if self.steps is not None:
                 ctx.steps = self.steps.bind(act)
@@ -175,9 +186,15 @@ class Catalog:
                 own = max(own, commit.own)
                 last_seq = m.seq or last_seq
                 # only a closing commit answers its command; a journal entry keeps it open
-                if commit.j is None or fold(journals, commit.cmd, commit.j):
-                    replayed.append((commit.cmd, last_seq, commit.result))
+                j = commit.j
+                if j is None or fold(journals, commit.cmd, j, commit.action, inbox):
+                    if j is not None and j.get("error") is not None:
+                        refused.append((commit.cmd, last_seq, j["error"]))
+                    else:
+                        replayed.append((commit.cmd, last_seq, commit.result))
             records = DedupRecord.rebuilt(kept, replayed, s.dedup_records_per_agent)
+            for cmd, seq, error in refused:  # in the log, answered with their error
+                records.refused(cmd, error, seq)
         except ValidationError as exc:
             raise InternalError(f"event log of {aid} is unreadable: {exc}") from None
         partition = partition_of(aid.type, aid.id, s.partitions)
@@ -186,10 +203,13 @@ class Catalog:
             # A host with a newer claim on this partition has written this agent: ours is
             # stale (we were paused or cut off). Never write after it.
             raise FencedError(f"{aid} was written by a newer owner of partition {partition}")
+        if self.on_activate is not None:
+            await self.on_activate(aid, act.spec)
         act.agent = agent
         act.own = own
         act.n, act.last_seq, act.records = n, last_seq, records if len(records) else None
         act.journals = journals or None
+        act.inbox = inbox or None
         act.since_snapshot = len(msgs)
         self.metrics.inc("activations", agent_type=aid.type)
         self.tel.activated(aid.type, len(msgs), self.clock.monotonic() - started)
@@ -276,6 +296,9 @@ class Catalog:
         if act.journals:  # open journals (ADR 0042): replay after the snapshot cannot see them
             body["v"] = 2
             body["journals"] = {cmd: journal.to_json() for cmd, journal in act.journals.items()}
+        if act.inbox:  # buffered signals (ADR 0042 §3)
+            body["v"] = 2
+            body["inbox"] = act.inbox
         return body
 
     async def snapshot(self, act: Activation) -> None:

@@ -82,6 +82,7 @@ from .partitions import Partitions
 from .pipeline import Pipeline
 from .placement import PipelineHooks, Placement
 from .ports import Publisher, Schedules
+from .pubsub import start_pubsub
 from .scheduler import Scheduler
 from .supervisor import Supervisor
 from .sweeper import StrandedSweeper
@@ -403,6 +404,7 @@ class Host:
 
             sweep = self._sweeper.run(s.stranded_sweep_s, self.clock.sleep, leads, self.metrics, self._log)
             self.supervisor.spawn("background", sweep)
+        self.pubsub = await start_pubsub(self)  # the leader's fan-out, declared subscriptions (ADR 0049)
         self.supervisor.started = True
         if self.static:
             for p in self._static_partitions:
@@ -491,7 +493,7 @@ class Host:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.drain_grace_s):
                     await self.scheduler.wait_idle()
-        await self.supervisor.cancel("background", "workers", "pullers")
+        await self.supervisor.cancel("pubsub", "background", "workers", "pullers")
         # what is left in mailboxes was never started: hand it back at once
         for work in self.scheduler.in_hand():
             if work.kind in _ACKED and not work.done:

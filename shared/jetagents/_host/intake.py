@@ -91,6 +91,9 @@ class Intake:
         if len(data) > host.settings.max_payload_bytes:
             self.refuse_oversized(cmd)
             return
+        if b'"cancel"' in data[:32]:  # seen now, not behind the command it cancels (ADR 0042 §8)
+            key = f"{cmd.agent_type}.{cmd.agent_id}"
+            host.pipeline.suspension.note_cancel(host.catalog.activations.get(key), data)
         host.scheduler.dispatch(cmd)
 
     def route_of(self, subject: str) -> tuple[int, str, str]:

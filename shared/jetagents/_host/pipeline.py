@@ -28,6 +28,7 @@ from .._core.clock import Clock
 from .._core.command import MAX_COMMAND_ID_LEN, Command, Kind
 from .._core.dedup import DedupRecord
 from .._core.errors import (
+    ActionCancelled,
     ActionTimeout,
     DeadlineExceeded,
     DomainError,
@@ -38,15 +39,16 @@ from .._core.errors import (
     MalformedCommand,
     NonDeterministic,
     PayloadTooLarge,
+    Unavailable,
     UnknownAction,
     UnknownAgent,
     UnknownAgentType,
     error_from_wire,
 )
-from .._core.journal import end_entry
+from .._core.journal import Suspend, end_entry
 from .._core.outcome import AckKind, Result, exhausted
 from .._core.schedules import H_SCHEDULE
-from .._core.wire import decode_command, encode_commit
+from .._core.wire import CommandBody, decode_command, encode_commit
 from .._obs.metrics import Metrics
 from .._obs.propagation import carry_context, carry_received
 from .._obs.telemetry import (
@@ -78,8 +80,9 @@ from .eventlog import EventLog, NewCommit
 from .outcomes import Outcomes
 from .placement import Placement
 from .reminders import builtin_action, fire_entry, firing_of
-from .steps import Steps
+from .steps import Running, Steps
 from .supervisor import Supervisor
+from .suspension import Suspension
 
 # refusals of the activation itself: bad input, never worth another try
 _NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
@@ -125,6 +128,9 @@ class Pipeline:
         self._seq = itertools.count()  # names the commits of commands without an id
         self._steps = catalog.steps = Steps(
             settings, clock, log, catalog=catalog, eventlog=eventlog, placement=placement, coordinator=coordinator
+        )
+        self.suspension = Suspension(
+            settings, clock, log, steps=self._steps, outcomes=outcomes, run=self._process_traced
         )
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
 
@@ -212,9 +218,13 @@ class Pipeline:
                 return
             if cmd.durable and H_SCHEDULE in cmd.headers:
                 # a schedule someone stored on a command subject, not a firing: acknowledging
-                # the refusal removes it before it fires on (wire contract 13)
+                # the refusal removes it before it fires on (wire contract 15)
                 raise MalformedCommand("a message schedule is not a command")
             body = decode_command(cmd.body, s.max_payload_bytes)
+            if not isinstance(body, CommandBody):  # a signal, timer, cancel or result query
+                cmd.action = "_" + type(body).__name__.removesuffix("Body").lower()
+                await self._control(act, cmd, body, out)
+                return
             builtin = builtin_action(act.spec, body.action)  # _remind, _unremind, _reminders
             cmd.action = body.action if builtin or body.action in act.spec.actions else "_unknown"
             action = builtin or act.spec.action(body.action)
@@ -226,7 +236,7 @@ class Pipeline:
         # this one (per-agent FIFO holds); the housekeeping sends +WPI meanwhile.
         attempt = 0
         while True:
-            failure = await self._attempt(act, cmd, action, params, out)
+            failure = await self._attempt(act, cmd, action, params, body.params, out)
             if failure is None:
                 return
             failed, handler_fault = failure
@@ -257,8 +267,39 @@ class Pipeline:
             outcomes.count(cmd, outcome)
             await self._clock.sleep(outcome.ack.delay_s)
 
+    async def _control(self, act: Activation, cmd: Command, body: Any, out: dict[str, str]) -> None:
+        """A signal, timer, cancel or result query (``Suspension``), retried in place like an
+        action when the infrastructure fails."""
+        attempt = 0
+        while True:
+            try:
+                if act.agent is None:
+                    await self._catalog.activate(act)
+                await self.suspension.control(act, cmd, body, out)
+                return
+            except _NON_RETRYABLE_INPUT as err:
+                await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
+                return
+            except JetAgentsError as err:
+                failed = err
+            attempt += 1
+            outcome = self._outcomes.decide(
+                cmd, Result.FAILED, error=failed, attempt=attempt, stopping=self._supervisor.stopping
+            )
+            if outcome.ack.kind is not AckKind.RETRY:
+                await self._outcomes.execute(cmd, outcome, out)
+                return
+            self._outcomes.count(cmd, outcome)
+            await self._clock.sleep(outcome.ack.delay_s)
+
     async def _attempt(
-        self, act: Activation, cmd: Command, action: Any, params: dict[str, Any], out: dict[str, str]
+        self,
+        act: Activation,
+        cmd: Command,
+        action: Any,
+        params: dict[str, Any],
+        raw: dict[str, Any],
+        out: dict[str, str],
     ) -> tuple[JetAgentsError, bool] | None:
         """Run the command once. ``None`` when finished (answered, acknowledged or
         dead-lettered), else ``(error, handler_fault)`` to retry."""
@@ -273,6 +314,10 @@ class Pipeline:
                 return err, isinstance(err, InternalError)
         agent = act.agent
         assert agent is not None
+        if act.journals and not cmd.resume:  # what a crash left runnable goes first
+            await self.suspension.catch_up(act, cmd)
+            if act.agent is None:
+                return Unavailable(f"{act.agent_id} was rebuilt while catching up"), False
 
         cmd_id = cmd.command_id
         if cmd_id:
@@ -286,6 +331,9 @@ class Pipeline:
                     refusal = error_from_wire(record.payload)
                     await self._outcomes.settle(cmd, Result.DUPLICATE, out, error=refusal, event_seq=record.seq)
                 return None
+
+        if act.journals and not await self.suspension.admit(act, cmd, action.name, raw, action.read_only, out):
+            return None  # another action is suspended (ADR 0042 §4), or this one is
 
         # the action's time limit: its own, its type's or the host's, cut to the command's
         # deadline when that comes first (ADR 0036)
@@ -304,6 +352,7 @@ class Pipeline:
         ctx.command_id = cmd_id
         ctx.correlation_id = cmd.correlation_id
         ctx.action = action.name
+        ctx.command = Running(raw, cmd.reply_to)
         ctx.reminder = firing = firing_of(cmd)
         agent._begin()
         try:
@@ -320,11 +369,24 @@ class Pipeline:
             if events and action.read_only:
                 raise InternalError(f"read-only action {action.name!r} emitted events")
             result_json = action.dump_result(result)
-        except (DomainError, InvalidParams, UnknownAction) as err:
+        except Suspend as sus:  # the action waits: only its journal is kept (ADR 0042 §3)
+            agent._finish()
+            await self.suspension.suspended(act, cmd, sus.waiting, out)
+            return None
+        except (DomainError, ActionCancelled, InvalidParams, UnknownAction) as err:
             # a refusal: the agent's own, or bad input the action was given to pass on
             # (a reminder's name or pattern): another run refuses again, so answer it
             agent._finish()
-            if cmd_id:  # remembered (in memory) so a redelivery gets the same answer
+            journal = act.journals.get(cmd_id) if act.journals and cmd_id else None
+            if journal is not None and (
+                journal.waited or journal.parked is not None or isinstance(err, ActionCancelled)
+            ):
+                # its command was acknowledged (or is being cancelled): the journal ends here
+                try:
+                    await self.suspension.close(act, cmd_id, journal, err, tell=False)
+                except JetAgentsError as exc:
+                    return exc, False
+            elif cmd_id:  # remembered (in memory) so a redelivery gets the same answer
                 self._records(act).refused(cmd_id, err.to_wire())
             await self._outcomes.settle(cmd, Result.DOMAIN, out, error=err)
             return None
@@ -390,6 +452,8 @@ class Pipeline:
                 return err, False
             if journal is not None:
                 del journals[cmd_id]  # type: ignore[union-attr]  # closed
+                if not journals:
+                    act.journals = None
             if duplicate:
                 # This command's commit is already in the log (its record had been
                 # evicted): do not apply it again; answer with what it answered then.

@@ -275,6 +275,6 @@ def builtin_action(spec: AgentSpec, name: str) -> ActionSpec | None:
     if name not in BUILTINS:
         return None
     if name == LIST:
-        return _Builtin(LIST, _list, _NoParams, (), None, True, True, None, spec)
+        return _Builtin(LIST, _list, _NoParams, (), None, read_only=True, agent_spec=spec)
     fn, model, names = _FNS[name]
-    return _Builtin(name, fn, model, names, None, False, True, None, spec)
+    return _Builtin(name, fn, model, names, None, read_only=False, agent_spec=spec)

@@ -12,16 +12,42 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from .._core.agent import Agent
 from .._core.clock import Clock
-from .._core.errors import DomainError, FencedError, JetAgentsError, NonDeterministic, Unavailable, error_from_wire
+from .._core.errors import (
+    ActionCancelled,
+    DomainError,
+    FencedError,
+    JetAgentsError,
+    NonDeterministic,
+    Unavailable,
+    error_from_wire,
+)
 from .._core.ids import partition_of
-from .._core.journal import _STEP_KEY, blocked_entry, entry_tag, fold, key_of, recorded, step_entry
+from .._core.journal import (
+    _STEP_KEY,
+    SIGNAL,
+    SLEEP,
+    TIMEOUT,
+    WAIT,
+    Suspend,
+    blocked_entry,
+    entry_tag,
+    fold,
+    key_of,
+    recorded,
+    resolution_entry,
+    step_entry,
+    take_inbox,
+    timer_body,
+    timer_name,
+    wait_entry,
+)
 from .._core.wire import H_CORRELATION_ID, encode_commit
 from .._settings import HostSettings
 from .catalog import Activation, Catalog
@@ -39,6 +65,13 @@ def _revive(value: Any, fn: Callable[..., Any]) -> Any:
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann.model_validate(value)
     return value
+
+
+class Running(NamedTuple):
+    """What the first journal entry of a run keeps of its command (``AgentContext.command``)."""
+
+    params: Any
+    reply_to: str | None
 
 
 class Steps:
@@ -63,6 +96,31 @@ class Steps:
         self._placement = placement
         self._coordinator = coordinator
 
+    async def arm_timer(self, act: Activation, cmd: str, i: int, until_ms: int) -> None:
+        """Publish the server schedule that ends the wait at ``i`` of ``cmd`` at ``until_ms``
+        (``@at``; at once if past). The same subject and message id every time: arming it
+        again (a re-run that reached the wait again) changes nothing."""
+        schedules = self._catalog.schedules
+        if schedules is None:
+            raise Unavailable("this host has no server schedules: a wait with a timeout cannot be armed")
+        aid = act.agent_id
+        subjects = self._catalog.subjects
+        await schedules.schedule_at(
+            subjects.rem(aid.type, aid.id, timer_name(cmd, i)),
+            until_ms,
+            subjects.cmd(aid.type, aid.id),
+            timer_body(cmd, i),
+            msg_id=f"{aid.key}:{cmd}#{i}@timer",
+        )
+
+    async def purge_timer(self, act: Activation, cmd: str, i: int) -> None:
+        """Remove the timer of a wait that a signal (or a cancel) ended; a firing that is
+        already in the stream finds the wait resolved and is ignored."""
+        schedules = self._catalog.schedules
+        if schedules is not None:
+            aid = act.agent_id
+            await schedules.cancel(self._catalog.subjects.rem(aid.type, aid.id, timer_name(cmd, i)))
+
     def bind(self, act: Activation) -> BoundSteps:
         """What ``AgentContext.steps`` of ``act``'s agent holds."""
         return BoundSteps(self, act)
@@ -79,6 +137,7 @@ class Steps:
     ) -> Any:
         ctx = agent.ctx
         cmd = ctx.command_id
+        self.check_cancelled(act, cmd)
         journals = act.journals
         entry = recorded(journals.get(cmd) if journals else None, i, name, ctx.action)
         if entry is not None:  # journaled by an earlier run: never run again
@@ -100,6 +159,54 @@ class Steps:
         await self.append(act, agent, step_entry(i, name, dumped))
         return value
 
+    @staticmethod
+    def check_cancelled(act: Activation, cmd: str) -> None:
+        """A step boundary: raise ``ActionCancelled`` when ``cancel`` named this command."""
+        if act.cancelling and cmd in act.cancelling:
+            raise ActionCancelled(f"command {cmd} was cancelled", details={"command_id": cmd})
+
+    async def wait(self, act: Activation, agent: Agent[Any], i: int, name: str, timeout_s: float | None) -> Any:
+        """``Agent.wait_for``/``sleep`` at cursor ``i``: the resolved wait's value, a
+        buffered signal's, or ``Suspend`` (after journaling the wait and arming its timer)."""
+        ctx = agent.ctx
+        cmd = ctx.command_id
+        self.check_cancelled(act, cmd)
+        journals = act.journals
+        journal = journals.get(cmd) if journals else None
+        entry = recorded(journal, i, name, ctx.action, WAIT)
+        if entry is None:
+            until_ms = None if timeout_s is None else self._clock.wall_ms() + int(timeout_s * 1000)
+            await self.append(act, agent, wait_entry(i, name, until_ms))
+            entry = wait_entry(i, name, until_ms)
+            if until_ms is not None:
+                await self.arm_timer(act, cmd, i, until_ms)
+        else:
+            assert journal is not None
+            res = journal.resolved.get(i)
+            if res is None and entry.get("until_ms") is not None:
+                # a re-run of a command whose host died between the wait's entry and its timer
+                await self.arm_timer(act, cmd, i, int(entry["until_ms"]))
+            if res is not None:
+                if res.get("k") == TIMEOUT:
+                    if name == SLEEP:
+                        return None
+                    raise DomainError(
+                        "wait_timeout", f"no signal {name!r} came within the wait's timeout", details={"position": i}
+                    )
+                return res.get("value")
+        if name != SLEEP:
+            buffered = take_inbox(act.inbox, name, cmd)
+            if buffered is not None:  # a signal sent before the wait: taken at once
+                value = buffered.get("value")
+                await self.append(act, agent, resolution_entry(SIGNAL, cmd, i, name, value, str(buffered["cmd"])))
+                return value
+        waiting: dict[str, Any] = {"until_ms": entry.get("until_ms")}
+        if name == SLEEP:
+            waiting["sleep"] = True
+        else:
+            waiting["signal"] = name
+        raise Suspend(waiting)
+
     async def block(self, act: Activation, agent: Agent[Any], err: NonDeterministic) -> None:
         """Record that a re-run could not go on; the journal stays open (best effort: the
         command is dead-lettered either way, and a re-send checks the journal again)."""
@@ -110,35 +217,63 @@ class Steps:
             self._log.warning("journal_block_not_recorded", agent=str(act.agent_id), error=repr(exc))
 
     async def append(self, act: Activation, agent: Agent[Any], j: dict[str, Any]) -> None:
-        """Append one journal entry of the running command after the agent's last commit."""
-        aid = act.agent_id
+        """Append one journal entry of the running command after the agent's last commit.
+        The first entry of a journal also holds the command's parameters and reply subject:
+        once it suspends, its message is acknowledged and the journal is the only copy."""
         ctx = agent.ctx
         cmd = ctx.command_id
+        journals = act.journals
+        journal = journals.get(cmd) if journals else None
+        running = ctx.command
+        if (journal is None or journal.params is None) and running is not None:
+            j = {**j, "params": running.params, "reply_to": running.reply_to}
+        await self.append_for(act, cmd, ctx.action, j, ctx.correlation_id)
+
+    async def append_for(
+        self,
+        act: Activation,
+        cmd: str,
+        action: str,
+        j: dict[str, Any],
+        corr: str = "",
+        *,
+        closing: bool = False,
+        result: Any = None,
+    ) -> int:
+        """Append one journal entry of command ``cmd`` (a signal, a timer, a parked command:
+        not necessarily the running one); ``closing``: it closes ``cmd`` (the record answers
+        it from now on, under its plain message id). Returns its sequence."""
+        aid = act.agent_id
         own = self._placement.token_of(aid, partition_of(aid.type, aid.id, self._settings.partitions))
         if self._coordinator() is not None and own < max(act.own, 1):
             self._catalog.evict(act)  # as the pipeline's commit: never write without a claim
             raise FencedError(f"{aid}: writer token {own} is older than the log's {act.own}")
         n = act.n + 1
         body = encode_commit(
-            n=n, cmd=cmd, action=ctx.action, events=[], result=None, cseq=0, ts_ms=self._clock.wall_ms(), own=own, j=j
+            n=n, cmd=cmd, action=action, events=[], result=result, cseq=0, ts_ms=self._clock.wall_ms(), own=own, j=j
         )
-        corr = ctx.correlation_id
         hdrs = {H_CORRELATION_ID: corr} if corr and corr != cmd else {}
+        tag = "" if closing else entry_tag(j, n)
         try:
-            seq, duplicate = await self._eventlog.append(
-                aid, act.last_seq, NewCommit(n, cmd, own, body, entry_tag(j, n)), hdrs
-            )
+            seq, duplicate = await self._eventlog.append(aid, act.last_seq, NewCommit(n, cmd, own, body, tag), hdrs)
         except JetAgentsError:
             self._catalog.evict(act)  # landed or not, fenced or not: the log says, on the re-run
             raise
         if duplicate:  # already in the log, unknown to our memory: rebuild from the log
             self._catalog.evict(act)
-            raise Unavailable(f"{aid}: journal entry {entry_tag(j, n)} of {cmd} is already in the log")
+            raise Unavailable(f"{aid}: journal entry {tag or cmd} of {cmd} is already in the log")
         act.last_seq, act.n, act.own = seq, n, max(act.own, own)
         act.since_snapshot += 1
         if act.journals is None:
             act.journals = {}
-        fold(act.journals, cmd, j)
+        if act.inbox is None:
+            act.inbox = []
+        fold(act.journals, cmd, j, action, act.inbox)
+        if not act.inbox:
+            act.inbox = None
+        if not act.journals:
+            act.journals = None
+        return seq
 
 
 class BoundSteps:
@@ -160,3 +295,6 @@ class BoundSteps:
         kwargs: dict[str, Any],
     ) -> Any:
         return await self._steps.run(self._act, agent, i, name, fn, args, kwargs)
+
+    async def wait(self, agent: Agent[Any], i: int, name: str, timeout_s: float | None) -> Any:
+        return await self._steps.wait(self._act, agent, i, name, timeout_s)

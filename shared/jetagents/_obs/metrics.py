@@ -33,6 +33,11 @@ STATS = (
     "loop_blocked",
     "calls_dropped",
     "stranded_swept",
+    # pub-sub fan-out (ADR 0049): topic messages handled, commands sent, refused, dead-lettered
+    "pubsub_messages",
+    "pubsub_deliveries",
+    "pubsub_refused",
+    "pubsub_dead_letters",
 )
 
 # short attribute names at the call site -> OpenTelemetry attribute keys

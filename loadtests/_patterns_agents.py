@@ -1,0 +1,42 @@
+"""The agent of ``bench_patterns.py``: counts what it handles, one commit per message or
+command, so a fan-out delivery and a plain send cost the host the same work."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from jetagents import Agent, Event, Message, action, applies
+
+
+class TallyState(BaseModel):
+    count: int = 0
+
+
+class Counted(Event):
+    n: int
+
+
+class Tally(Agent[TallyState]):
+    type_name = "tally"
+    state_type = TallyState
+
+    @action
+    async def on_message(self, msg: Message) -> int:
+        self.emit(Counted(n=int(msg.data["n"])))
+        return self.state.count
+
+    @action
+    async def bump(self, n: int) -> int:
+        self.emit(Counted(n=n))
+        return self.state.count
+
+    @action(read_only=True)
+    async def count(self) -> int:
+        return self.state.count
+
+    @applies
+    def _counted(self, state: TallyState, event: Counted) -> None:
+        state.count += 1
+
+
+AGENTS = [Tally]

@@ -1,0 +1,186 @@
+"""Pub-sub fan-out against a plain command send, in the same run (ADR 0049).
+
+    python loadtests/bench_patterns.py [--subscribers 1 100 10000] [--deliveries 2000]
+                                       [--budget-s 60] [--smoke]
+
+Starts a nats-server and one agent host process (``python -m agent_host``) serving
+``Tally`` agents (each handled message is one commit). For each subscriber count K it
+subscribes K agents to a pattern of its own (``client.subscribe_agent``; the agents are
+not in memory: the first message activates each), publishes M = deliveries / K messages
+(at least 2) and waits until the host has processed the K x M commands the fan-out made.
+The baseline, measured right after in the same run, sends the same number of commands to
+the same agents with ``send`` (exactly-once, 16 per agent in flight, at most 256) and waits the same way.
+Registration of the K subscriptions stops at ``--budget-s``: the largest cell is as many
+subscribers as fit in that time. Printed: deliveries per second, the ratio fan-out/baseline,
+and the host's RSS after each cell. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from jetagents import Client, ClientSettings, NatsServer
+from jetagents.testing.server import child_preexec
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def processed(client: Client) -> int:
+    msg = await client.nc.request("$SRV.STATS.jetagents-host", b"", timeout=5)
+    return int(orjson.loads(msg.data)["endpoints"][0]["data"]["stats"]["processed"])
+
+
+async def wait_processed(client: Client, target: int, timeout_s: float) -> None:
+    deadline = time.perf_counter() + timeout_s
+    while await processed(client) < target:
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"the host processed {await processed(client)} of {target}")
+        await asyncio.sleep(0.05)
+
+
+async def bounded(n: int, limit: int, fn: Any) -> None:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await fn(i)
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+
+
+async def cell(client: Client, host_pid: int, k: int, deliveries: int, budget_s: float) -> dict[str, Any]:
+    pattern = f"bench.k{k}.*"
+    ids = [f"k{k}-{i}" for i in range(k)]
+    registered = 0
+    t0 = time.perf_counter()
+
+    async def sub(i: int) -> None:
+        nonlocal registered
+        if time.perf_counter() - t0 > budget_s:
+            return
+        await client.subscribe_agent("tally", ids[i], pattern, action="on_message")
+        registered += 1
+
+    await bounded(k, 64, sub)
+    reg_s = time.perf_counter() - t0
+    ids = ids[:registered] if registered < k else ids
+    k = len(ids)
+    m = max(2, deliveries // k)
+    total = k * m
+    await asyncio.sleep(2.5)  # the leader finds the new pattern (it looks every second)
+    before = await processed(client)
+    t1 = time.perf_counter()
+    for n in range(m):
+        await client.publish(pattern.replace("*", "m"), {"n": n})
+    await wait_processed(client, before + total, 600)
+    fan_s = time.perf_counter() - t1
+    fan_rss = rss_mb(host_pid)
+    # the baseline: the same number of commands, sent one by one to the same agents
+    before = await processed(client)
+    t2 = time.perf_counter()
+
+    async def send(i: int) -> None:
+        await client.agent("tally", ids[i % k]).send("bump", {"n": i})
+
+    # as many in flight as the fan-out keeps queued per agent at most (a mailbox's worth):
+    # more to one agent only measures the host's mailbox bound handing commands back
+    await bounded(total, min(256, 16 * k), send)
+    await wait_processed(client, before + total, 600)
+    base_s = time.perf_counter() - t2
+    return {
+        "subscribers": k,
+        "messages": m,
+        "deliveries": total,
+        "register_s": reg_s,
+        "fanout_per_s": total / fan_s,
+        "baseline_per_s": total / base_s,
+        "rss_mb": fan_rss,
+        "rss_after_baseline_mb": rss_mb(host_pid),
+    }
+
+
+async def measure(url: str, host_pid: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    client = await Client.connect(settings=ClientSettings(nats_url=url, request_timeout_s=30))
+    try:
+        for _ in range(300):
+            try:
+                await client.agent("tally", "warm").request("count", delivery="at-most-once", timeout=1)
+                break
+            except Exception:  # not up yet
+                await asyncio.sleep(0.2)
+        out = []
+        for k in args.subscribers:
+            row = await cell(client, host_pid, k, args.deliveries, args.budget_s)
+            out.append(row)
+            print(
+                f"K={row['subscribers']:6d} M={row['messages']:5d} deliveries={row['deliveries']:6d} "
+                f"fan-out {row['fanout_per_s']:8.0f}/s baseline {row['baseline_per_s']:8.0f}/s "
+                f"ratio {row['fanout_per_s'] / row['baseline_per_s']:5.2f} register {row['register_s']:6.1f}s "
+                f"host RSS {row['rss_mb']:6.0f} MiB",
+                flush=True,
+            )
+        return out
+    finally:
+        await client.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--subscribers", type=int, nargs="+", default=[1, 100, 10000])
+    p.add_argument("--deliveries", type=int, default=2000, help="deliveries per cell (K x M)")
+    p.add_argument("--budget-s", type=float, default=60.0, help="time to register the subscriptions of a cell")
+    p.add_argument("--smoke", action="store_true", help="tiny cells (1, 10, 50 subscribers, 200 deliveries)")
+    args = p.parse_args()
+    if args.smoke:
+        args.subscribers, args.deliveries = [1, 10, 50], 200
+    work = Path(tempfile.mkdtemp(prefix="bench-patterns-"))
+    server = NatsServer(data_dir=work / "nats", name="bench").start()
+    env = dict(
+        os.environ,
+        JETAGENTS_NATS_URL=server.url,
+        JETAGENTS_AGENTS='["loadtests._patterns_agents:AGENTS"]',
+        JETAGENTS_HOST_ID="bench-host",
+        JETAGENTS_LOG_LEVEL="WARNING",
+    )
+    repo = Path(__file__).resolve().parents[1]
+    with open(work / "host.log", "ab") as log:
+        host = subprocess.Popen(
+            [sys.executable, "-m", "agent_host"],
+            env=env,
+            cwd=repo,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=child_preexec,
+        )
+    try:
+        rows = asyncio.run(measure(server.url, host.pid, args))
+    finally:
+        host.terminate()
+        host.wait(30)
+        server.stop()
+    print("subscribers  deliveries/s(fan-out)  deliveries/s(send)  ratio  host RSS MiB")
+    for r in rows:
+        ratio = r["fanout_per_s"] / r["baseline_per_s"]
+        print(
+            f"{r['subscribers']:11d}  {r['fanout_per_s']:21.0f}  {r['baseline_per_s']:18.0f}  "
+            f"{ratio:5.2f}  {r['rss_mb']:12.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

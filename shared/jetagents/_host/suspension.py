@@ -1,0 +1,447 @@
+"""Suspended actions on the host (ADR 0042 sections 3, 4 and 8): signals, timers, cancels,
+parked commands and resuming a journal.
+
+A wait nobody resolved yet ends its run with ``Suspend``: the pipeline answers ``suspended``
+and acknowledges the command; from then on the journal (its first entry holds the parameters
+and the reply subject) is the only copy of the action. What comes for the agent afterwards:
+
+* a **signal** (``{"signal", "payload", "to"}``) appends a ``signal`` entry that resolves the
+  oldest matching wait (or an ``inbox`` entry when nobody waits) and closes the signal's own
+  command; the waiting action is then re-run from its journal here, in the signal's turn;
+* a **timer** (``{"timer": {"for", "i"}}``, fired by the server's schedule) appends a
+  ``timeout`` entry the same way; one whose wait is already resolved is ignored;
+* a **cancel** (``{"cancel": cmd}``) closes a suspended, blocked or parked command with
+  ``cancelled``, or flags a running one (``note_cancel``, at intake), which stops at its next
+  step boundary;
+* a **result** query (``{"result": cmd}``, a call) answers a command's outcome or status;
+* a **write** while an action is suspended follows the suspended action's ``while_suspended``
+  (``enqueue``: a ``park`` entry, answered ``queued``, run after it; ``reject``; ``interrupt``).
+
+The command that resolved a wait (a signal, a timer) is acknowledged only after the resumed
+run and the parked commands it freed are done: if the host dies meanwhile, its redelivery (a
+duplicate by the record) resumes what is runnable (``catch_up``), which every command of the
+agent does first. That is this host's kick: no timer of its own (ADR 0042, "Built").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from .._core.command import Command, Kind
+from .._core.dedup import DedupRecord
+from .._core.errors import (
+    ActionCancelled,
+    AgentSuspended,
+    JetAgentsError,
+    MalformedCommand,
+    SignalBufferFull,
+    error_from_wire,
+)
+from .._core.ids import is_reply_subject
+from .._core.journal import (
+    SIGNAL,
+    TIMEOUT,
+    Journal,
+    blocked_entry,
+    end_entry,
+    inbox_entry,
+    park_entry,
+    resolution_entry,
+)
+from .._core.outcome import Result
+from .._core.wire import (
+    H_STATUS,
+    CancelBody,
+    ResultBody,
+    SignalBody,
+    TimerBody,
+    encode_error,
+    encode_ok,
+)
+from .._obs.telemetry import DEAD_LETTER, REQUEUED
+from .._settings import HostSettings
+from .catalog import Activation
+from .outcomes import Outcomes
+from .steps import Steps
+
+Run = Callable[[Activation, Command, dict[str, str]], Awaitable[None]]
+
+
+def holder(act: Activation) -> tuple[str, Journal] | None:
+    """The journal holding the agent's writes: the oldest action that suspended and has
+    not ended (suspended now, or resolved and about to resume), unless blocked."""
+    for cmd, journal in (act.journals or {}).items():
+        if journal.waited and journal.blocked is None:
+            return cmd, journal
+    return None
+
+
+def status_body(status: str, cmd: str, **extra: Any) -> bytes:
+    """The body of a reply that is no result yet (``Agt-Status``)."""
+    return orjson.dumps({"ok": True, "status": status, "command_id": cmd, **extra})
+
+
+class Suspension:
+    """Signals, timers, cancels, result queries, parking and resuming: one per host."""
+
+    def __init__(
+        self, settings: HostSettings, clock: Any, log: Any, *, steps: Steps, outcomes: Outcomes, run: Run
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._log = log
+        self._steps = steps
+        self._outcomes = outcomes
+        self._run = run  # the pipeline's processing of one command (a resumed or parked run)
+        self.purge_timer: Callable[[Activation, str, int], Awaitable[None]] | None = steps.purge_timer
+
+    # -- replies that are no result -----------------------------------------------------------
+    async def answer_status(self, cmd: Command, out: dict[str, str], status: str, **extra: Any) -> None:
+        """Reply ``Agt-Status: <status>`` (no result yet) and acknowledge."""
+        cmd.outcome = status
+        out[H_STATUS] = status
+        await self._outcomes.reply(cmd.reply_to, status_body(status, cmd.command_id, **extra), out, cmd)
+        await self._outcomes.ack(cmd, b"+ACK")
+
+    async def suspended(self, act: Activation, cmd: Command, waiting: dict[str, Any], out: dict[str, str]) -> None:
+        """The run of ``cmd`` suspended: answer so (a resumed run's caller knows it already)."""
+        if cmd.resume:
+            cmd.outcome = "suspended"
+            return
+        await self.answer_status(cmd, out, "suspended", waiting=waiting)
+
+    # -- while an action is suspended (section 4) ---------------------------------------------
+    async def admit(
+        self, act: Activation, cmd: Command, action: str, params: Any, read_only: bool, out: dict[str, str]
+    ) -> bool:
+        """Whether ``cmd`` may run now; when not, it was answered (queued, refused, or its own
+        journal's status). Read-only actions always run; a resumed or parked run runs."""
+        if cmd.resume:
+            return True
+        cmd_id = cmd.command_id
+        own = act.journals.get(cmd_id) if act.journals and cmd_id else None
+        if own is not None:
+            waiting = own.waiting()
+            if waiting is not None:  # a re-send while it waits: the same answer as the first
+                if waiting.get("until_ms") is not None:
+                    # its host may have died between the wait's entry and its timer: arm it
+                    # (again: the same subject and message id change nothing)
+                    await self._steps.arm_timer(act, cmd_id, int(waiting["i"]), int(waiting["until_ms"]))
+                await self.answer_status(cmd, out, "suspended", waiting=_waiting(waiting))
+                return False
+            if own.parked is not None and not own.waited:
+                await self.answer_status(cmd, out, "queued")
+                return False
+            return True  # resolved (or steps only): this very command runs it on
+        if read_only:
+            return True
+        held = holder(act)
+        if held is None:
+            return True
+        by, journal = held
+        policy = act.spec.while_suspended_of(journal.action)
+        waiting = journal.waiting()
+        if policy == "interrupt":
+            await self.close(act, by, journal, ActionCancelled(f"command {by} was interrupted by {cmd_id or 'a call'}"))
+            await self.catch_up(act, cmd)
+            return True
+        if policy == "reject" or not cmd_id:  # a command without an id cannot be parked
+            err = AgentSuspended(
+                f"{act.agent_id} has a suspended action ({by}); retry later",
+                details={"command_id": by, "waiting": _waiting(waiting) if waiting else None},
+            )
+            await self._outcomes.settle(cmd, Result.DOMAIN, out, error=err)
+            return False
+        await self._steps.append_for(act, cmd_id, action, park_entry(action, params, cmd.reply_to), cmd.correlation_id)
+        await self.answer_status(cmd, out, "queued", behind=by)
+        return False
+
+    # -- resuming ------------------------------------------------------------------------------
+    def _rebuild(
+        self, act: Activation, driver: Command, cmd_id: str, action: str, params: Any, reply_to: Any
+    ) -> Command:
+        """The command a journal (or a park entry) re-runs as: never acknowledged itself
+        (its driver is), answered on the reply subject its first run named."""
+        body = orjson.dumps({"action": action, "params": params or {}})
+        aid = act.agent_id
+        reply = reply_to if is_reply_subject(reply_to, self._settings.reply_prefixes) else None
+        rcmd = Command(
+            Kind.STREAM,
+            driver.subject,
+            aid.type,
+            aid.id,
+            driver.partition,
+            body,
+            self._clock.monotonic(),
+            {},
+            None,
+            reply,
+        )
+        rcmd.command_id = rcmd.correlation_id = cmd_id
+        rcmd.resume = True
+        return rcmd
+
+    async def resume(self, act: Activation, cmd_id: str, driver: Command) -> None:
+        """Re-run the journal of ``cmd_id`` (resolved) in ``driver``'s turn."""
+        journals = act.journals
+        journal = journals.get(cmd_id) if journals else None
+        if journal is None or journal.waiting() is not None or journal.blocked is not None:
+            return
+        rcmd = self._rebuild(act, driver, cmd_id, journal.action, journal.params, journal.reply_to)
+        await self._run(act, rcmd, rcmd.reply_headers())
+        await self._after_run(act, rcmd, journal, driver)
+
+    async def _after_run(self, act: Activation, rcmd: Command, journal: Journal, driver: Command) -> None:
+        if rcmd.outcome == REQUEUED:  # stopping, or the partition is gone: the driver comes again
+            driver.outcome = REQUEUED
+        elif rcmd.outcome == DEAD_LETTER and act.journals and rcmd.command_id in act.journals:
+            # failed for good: blocked, so it no longer holds the agent nor is resumed by
+            # every command; re-sending its dead letter (same command id) runs it again
+            err = {"code": rcmd.error or "internal", "message": "the resumed run failed for good", "retryable": False}
+            try:
+                await self._steps.append_for(
+                    act, rcmd.command_id, journal.action, blocked_entry(len(journal.steps), err), rcmd.command_id
+                )
+            except JetAgentsError as exc:
+                self._log.warning("journal_block_not_recorded", agent=str(act.agent_id), error=repr(exc))
+
+    async def catch_up(self, act: Activation, driver: Command) -> None:
+        """Run what is runnable before ``driver``: a resolved journal whose resumed run a
+        crash cut short, then the parked commands, oldest first, while no action holds the
+        agent. Every command of the agent starts here, so none overtakes them."""
+        guard = 0
+        while act.journals and guard < 10_000 and driver.outcome != REQUEUED:
+            guard += 1
+            held = holder(act)
+            if held is not None:
+                cmd_id, journal = held
+                if journal.waiting() is not None:
+                    return  # still suspended: parked commands wait behind it
+                before = act.n
+                await self.resume(act, cmd_id, driver)
+                if act.n == before and act.journals and cmd_id in act.journals:
+                    return  # nothing moved (its run was handed back): not now
+                continue
+            parked = next(((c, j) for c, j in act.journals.items() if j.parked is not None and not j.waited), None)
+            if parked is None:
+                return
+            cmd_id, journal = parked
+            park = journal.parked or {}
+            rcmd = self._rebuild(
+                act, driver, cmd_id, str(park.get("action", "")), park.get("params"), park.get("reply_to")
+            )
+            before = act.n
+            await self._run(act, rcmd, rcmd.reply_headers())
+            if rcmd.outcome == REQUEUED:
+                driver.outcome = REQUEUED
+                return
+            if act.journals and cmd_id in act.journals and act.journals[cmd_id].parked is not None:
+                if act.n == before:
+                    return
+                # answered without a closing commit (refused, or no events): close its park
+                await self._close_park(act, cmd_id, journal, rcmd)
+
+    async def _close_park(self, act: Activation, cmd_id: str, journal: Journal, rcmd: Command) -> None:
+        error = None if not rcmd.error else {"code": rcmd.error, "message": rcmd.error, "retryable": False}
+        await self._steps.append_for(
+            act,
+            cmd_id,
+            journal.action or str((journal.parked or {}).get("action", "")),
+            end_entry(0, error),
+            closing=True,
+        )
+
+    # -- closing ---------------------------------------------------------------------------------
+    async def close(
+        self, act: Activation, cmd_id: str, journal: Journal, err: JetAgentsError, *, tell: bool = True
+    ) -> None:
+        """End the journal of ``cmd_id`` with ``err`` (cancelled): its closing commit, the
+        record, its timer purged, its caller told (``tell``; else whoever runs it answers)."""
+        wire = err.to_wire()
+        action = journal.action or str((journal.parked or {}).get("action", ""))
+        seq = await self._steps.append_for(act, cmd_id, action, end_entry(len(journal.steps), wire), closing=True)
+        self._records(act).refused(cmd_id, wire, seq)
+        await self._purge(act, cmd_id, journal)
+        reply_to = journal.reply_to if journal.parked is None else (journal.parked or {}).get("reply_to")
+        if reply_to and tell:
+            await self._outcomes.reply(str(reply_to), encode_error(err), {"Agt-Command-Id": cmd_id}, None)
+
+    async def _purge(self, act: Activation, cmd_id: str, journal: Journal) -> None:
+        if self.purge_timer is None:
+            return
+        for entry in journal.steps:
+            if entry.get("until_ms") is not None and int(entry["i"]) not in journal.resolved:
+                try:
+                    await self.purge_timer(act, cmd_id, int(entry["i"]))
+                except Exception as exc:  # noqa: BLE001 - best effort: a late timer is ignored
+                    self._log.debug("timer_purge_failed", error=repr(exc))
+
+    # -- signals, timers, cancels, result queries ----------------------------------------------
+    async def control(self, act: Activation, cmd: Command, body: Any, out: dict[str, str]) -> None:
+        """A command whose body is not an action. The agent is active."""
+        if isinstance(body, ResultBody):
+            await self._result(act, cmd, body.result, out)
+            return
+        if isinstance(body, CancelBody):
+            await self.catch_up(act, cmd)
+            await self._cancel(act, cmd, body.cancel, out)
+            return
+        cmd_id = cmd.command_id
+        if not cmd_id:
+            err = MalformedCommand("a signal or timer needs a command id (Agt-Command-Id)")
+            await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
+            return
+        records = act.records
+        record = records.get(cmd_id) if records is not None else None
+        if record is not None:  # a redelivery: what it resolved may not have run yet
+            await self.catch_up(act, cmd)
+            answer = record.payload if record.ok else None
+            error = None if record.ok else error_from_wire(record.payload)
+            await self._outcomes.settle(cmd, Result.DUPLICATE, out, answer=answer, error=error, event_seq=record.seq)
+            return
+        await self.catch_up(act, cmd)
+        if isinstance(body, SignalBody):
+            await self._signal(act, cmd, body, out)
+        elif isinstance(body, TimerBody):
+            await self._timer(act, cmd, body, out)
+
+    async def _signal(self, act: Activation, cmd: Command, body: SignalBody, out: dict[str, str]) -> None:
+        name = body.signal
+        target: tuple[str, int] | None = None
+        for cmd_id, journal in (act.journals or {}).items():
+            waiting = journal.waiting()
+            if waiting is None or waiting.get("name") != name or (body.to is not None and body.to != cmd_id):
+                continue
+            target = cmd_id, int(waiting["i"])
+            break
+        if target is None:
+            if len(act.inbox or ()) >= self._settings.signal_buffer_per_agent:
+                err = SignalBufferFull(
+                    f"{act.agent_id} already buffers {len(act.inbox or ())} signals nobody waits for",
+                    details={"signal": name},
+                )
+                await self._outcomes.settle(cmd, Result.DOMAIN, out, error=err)
+                return
+            result = {"buffered": True}
+            seq = await self._steps.append_for(
+                act, cmd.command_id, "_signal", inbox_entry(name, body.payload, body.to), cmd.correlation_id,
+                closing=True, result=result,
+            )  # fmt: skip
+            self._record(act, cmd.command_id, seq, result)
+            await self._outcomes.settle_ok(cmd, out, result, seq)
+            return
+        waiter, i = target
+        j = resolution_entry(SIGNAL, waiter, i, name, body.payload)
+        await self._resolved(act, cmd, waiter, i, j, {"delivered": waiter}, out)
+
+    async def _timer(self, act: Activation, cmd: Command, body: TimerBody, out: dict[str, str]) -> None:
+        waiter, i = body.timer.for_, body.timer.i
+        journal = act.journals.get(waiter) if act.journals else None
+        waiting = journal.waiting() if journal is not None else None
+        if waiting is None or int(waiting["i"]) != i:  # resolved already (or gone): harmless
+            cmd.outcome = "ignored"
+            await self._outcomes.settle_ok(cmd, out, {"ignored": True}, 0)
+            return
+        j = resolution_entry(TIMEOUT, waiter, i, str(waiting.get("name", "")))
+        await self._resolved(act, cmd, waiter, i, j, {"timeout": waiter}, out)
+
+    async def _resolved(
+        self, act: Activation, cmd: Command, waiter: str, i: int, j: dict[str, Any], result: Any, out: dict[str, str]
+    ) -> None:
+        """Append the resolution (closing ``cmd``), answer ``cmd``'s sender, resume the
+        waiter and what it freed, and only then acknowledge ``cmd``."""
+        action = "_signal" if j["k"] == SIGNAL else "_timer"
+        seq = await self._steps.append_for(
+            act, cmd.command_id, action, j, cmd.correlation_id, closing=True, result=result
+        )
+        self._record(act, cmd.command_id, seq, result)
+        journal = act.journals.get(waiter) if act.journals else None
+        timed = journal is not None and i < len(journal.steps) and journal.steps[i].get("until_ms") is not None
+        if timed and j["k"] == SIGNAL and self.purge_timer is not None:
+            try:
+                await self.purge_timer(act, waiter, i)
+            except Exception as exc:  # noqa: BLE001 - best effort: the firing is ignored
+                self._log.debug("timer_purge_failed", error=repr(exc))
+        cmd.outcome = "ok"
+        await self._outcomes.reply(cmd.reply_to, encode_ok(result), {**out, "Agt-Event-Seq": str(seq)}, cmd)
+        await self.catch_up(act, cmd)
+        if cmd.outcome == REQUEUED:
+            await self._outcomes.nak(cmd, 0)
+        else:
+            await self._outcomes.ack(cmd, b"+ACK")
+
+    async def _cancel(self, act: Activation, cmd: Command, target: str, out: dict[str, str]) -> None:
+        if act.cancelling:
+            act.cancelling.discard(target)
+            if not act.cancelling:
+                act.cancelling = None
+        journal = act.journals.get(target) if act.journals else None
+        if journal is not None:  # suspended, blocked, parked, or cut short by a crash
+            await self.close(act, target, journal, ActionCancelled(f"command {target} was cancelled"))
+            await self.catch_up(act, cmd)
+            await self._outcomes.settle_ok(cmd, out, {"cancelled": True}, 0)
+            return
+        records = act.records
+        record = records.get(target) if records is not None else None
+        if record is not None:
+            was = not record.ok and isinstance(record.payload, dict) and record.payload.get("code") == "cancelled"
+            answer: dict[str, Any] = {"cancelled": True} if was else {"cancelled": False, "state": "finished"}
+        else:
+            answer = {"cancelled": False, "state": "unknown"}
+        await self._outcomes.settle_ok(cmd, out, answer, 0)
+
+    async def _result(self, act: Activation, cmd: Command, target: str, out: dict[str, str]) -> None:
+        records = act.records
+        record = records.get(target) if records is not None else None
+        if record is not None:
+            answer = record.payload if record.ok else None
+            error = None if record.ok else error_from_wire(record.payload)
+            await self._outcomes.settle(cmd, Result.DUPLICATE, out, answer=answer, error=error, event_seq=record.seq)
+            return
+        journal = act.journals.get(target) if act.journals else None
+        if journal is None:
+            await self.answer_status(cmd, out, "unknown")
+        elif (waiting := journal.waiting()) is not None:
+            await self.answer_status(cmd, out, "suspended", waiting=_waiting(waiting))
+        elif journal.parked is not None and not journal.waited:
+            await self.answer_status(cmd, out, "queued")
+        else:
+            await self.answer_status(cmd, out, "blocked" if journal.blocked is not None else "running")
+
+    def _record(self, act: Activation, cmd_id: str, seq: int, result: Any) -> None:
+        self._records(act).applied(cmd_id, seq, result)
+
+    def _records(self, act: Activation) -> DedupRecord:
+        records = act.records
+        if records is None:  # created on demand, as the pipeline does
+            records = act.records = DedupRecord(self._settings.dedup_records_per_agent)
+        return records
+
+    # -- at intake --------------------------------------------------------------------------------
+    def note_cancel(self, act: Activation | None, data: bytes) -> None:
+        """A cancel seen as it arrives (before the mailbox): flag its target, which stops at
+        its next step boundary if it is running now."""
+        if act is None:
+            return
+        try:
+            body = CancelBody.model_validate_json(data)
+        except ValueError:
+            return
+        if act.cancelling is None:
+            act.cancelling = set()
+        if len(act.cancelling) < 1024:
+            act.cancelling.add(body.cancel)
+
+
+def _waiting(entry: dict[str, Any]) -> dict[str, Any]:
+    """A wait entry as a status reply names it."""
+    name = entry.get("name")
+    out: dict[str, Any] = {"until_ms": entry.get("until_ms")}
+    if name == "@sleep":
+        out["sleep"] = True
+    else:
+        out["signal"] = name
+    return out

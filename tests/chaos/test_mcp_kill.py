@@ -1,0 +1,77 @@
+"""MCP tool calls as journaled steps across SIGKILL (ADR 0048): a real host process runs an
+action that lists an MCP server's tools and calls three of them; the server (the SDK's
+``MCPServer`` over streamable HTTP, in this process) counts the calls. The host is killed
+between the first and second call and again between the second and third, and restarted each
+time: the command's redelivery re-runs the action, whose journaled calls return their recorded
+results. Each tool ran exactly once, each with its step's key, and the caller gets the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jetagents import Client, ClientSettings, NatsServer
+from tests.integration.helpers import commits, eventually
+from tests.mcp_agents import TOOLS, CountingServer
+
+pytestmark = pytest.mark.chaos
+
+AGENTS = json.dumps(["jetagents.examples:EXAMPLE_AGENTS", "tests.mcp_agents:AGENTS"])
+
+
+async def test_sigkill_between_tool_calls(nats_server: NatsServer, host_process_factory: Any, tmp_path: Path) -> None:
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    trace = gates / "trace"
+    for held in ("pre-summarize", "pre-store"):
+        (gates / held).touch()
+    counting = CountingServer()
+    async with counting.serving() as mcp_url:
+        url = nats_server.url
+        env = {"JETAGENTS_AGENTS": AGENTS, "JETAGENTS_TEST_MCP_URL": mcp_url}
+        hp = host_process_factory(url, **env).start()
+        client = await Client.connect(settings=ClientSettings(nats_url=url, partitions=8))
+        try:
+            await hp.wait_ready(client)
+            ref = client.agent("researcher", "r1")
+            call = asyncio.create_task(
+                ref.request("research", {"run": "k", "gates": str(gates)}, command_id="k1", timeout=60)
+            )
+
+            def reached(gate: str, times: int) -> Any:
+                return lambda: trace.exists() and trace.read_text().split().count(gate) >= times
+
+            async def kill_and_restart() -> Any:
+                hp.kill()
+                return host_process_factory(url, **env).start()
+
+            # 1. fetch done and journaled, the action held before summarize
+            await eventually(reached("pre-summarize", 1), 30)
+            assert counting.calls == {"fetch": 1}
+            hp = await kill_and_restart()
+            await eventually(reached("pre-summarize", 2), 30)  # the re-run skipped the list and fetch
+            assert counting.calls == {"fetch": 1}
+            (gates / "pre-summarize").unlink()
+            # 2. summarize done and journaled, held before store
+            await eventually(reached("pre-store", 1), 30)
+            hp = await kill_and_restart()
+            await eventually(reached("pre-store", 2), 30)
+            assert counting.calls == {"fetch": 1, "summarize": 1}
+            (gates / "pre-store").unlink()
+
+            out = await call
+            assert out == {"listed": sorted([*TOOLS, "fail"]), "results": [{"result": f"{t}:k"} for t in TOOLS]}
+            assert counting.calls == {t: 1 for t in TOOLS}
+            assert counting.keys == {t: [f"researcher.r1:k1#{i + 1}"] for i, t in enumerate(TOOLS)}
+            log = await commits(client.nc, "researcher", "r1")
+            assert [(c["j"]["k"], c["j"]["i"]) for c in log] == [("step", i) for i in range(4)] + [("end", 4)]
+            # three runs of the action, each from the top; only the first called fetch, the second summarize
+            runs = ["pre-fetch", "pre-summarize"], ["pre-fetch", "pre-summarize", "pre-store"]
+            assert trace.read_text().split() == runs[0] + runs[1] + runs[1]
+        finally:
+            await client.close()
