@@ -377,48 +377,30 @@ class Agent(Generic[S]):
         return await self.step(f"call:{agent_type}/{agent_id}.{action}", _call)
 
     async def remind(
-        self,
-        name: str,
-        *,
-        action: str,
-        params: dict[str, Any] | None = None,
-        at: datetime | int | None = None,
-        every: float | timedelta | None = None,
-        cron: str | None = None,
-        tz: str | None = None,
-    ) -> None:
-        """Fire ``action(**params)`` on this agent ``at`` a time (aware datetime or unix ms),
-        ``every`` so many seconds (whole, at least 1) or on ``cron`` (five fields, or six
-        with seconds first; ``tz`` an IANA zone), each firing processed once, across host
-        crashes and moves; ``self.reminder`` tells the fired action which reminder it is.
-        Reminding again under the same ``name`` replaces the reminder. A journaled step
-        (ADR 0042): a re-run does not publish twice. Bad input raises ``InvalidParams`` (or
-        ``UnknownAction``) and schedules nothing.
-
-        >>> await self.remind("expire", every=60, action="expire", params={"days": 30})  # doctest: +SKIP
-        """
+        self, name: str, *, action: str, params: dict[str, Any] | None = None, at: datetime | int | None = None,
+        every: float | timedelta | None = None, cron: str | None = None, tz: str | None = None,
+    ) -> None:  # fmt: skip
+        """Run ``action(**params)`` on this agent ``at`` a time (aware datetime, unix ms), ``every``
+        n whole seconds (>= 1) or on ``cron`` (5 fields, or 6 seconds first; ``tz`` IANA), each
+        firing once (``self.reminder`` tells the action); the same ``name`` replaces it. A
+        journaled step; bad input raises ``InvalidParams`` and schedules nothing (ADR 0042 §5)."""
         bound = self._reminders()
         reminder = bound.check(name, action, params, at=at, every=every, cron=cron, tz=tz)
         await self.step(f"remind:{reminder.name}", bound.publish, reminder)
 
     async def cancel_reminder(self, name: str) -> None:
         """Stop the reminder ``name`` (nothing if there is none); a journaled step."""
-        bound = self._reminders()
-        await self.step(f"unremind:{check_reminder_name(name)}", bound.cancel, name)
+        await self.step(f"unremind:{check_reminder_name(name)}", self._reminders().cancel, name)
 
     @property
     def reminder(self) -> Any:
-        """The reminder this action runs for (``name``, ``next``: the next firing's time,
-        RFC 3339), None when the command is not a reminder's firing."""
+        """The reminder whose firing this action is (``name``, ``next``: RFC 3339), else None."""
         return self.ctx.reminder
 
     def _reminders(self) -> Any:
-        if self._pending is None:
-            raise RuntimeError("reminders may only be set while an action runs")
-        bound = self.ctx.reminders
-        if bound is None:
+        if self.ctx.reminders is None:
             raise Unavailable("reminders need a host")
-        return bound
+        return self.ctx.reminders
 
     async def publish(self, topic: str, data: Any) -> int:
         """Publish on a topic as a step (ADR 0049): journaled, and published under the step's

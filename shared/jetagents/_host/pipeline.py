@@ -45,9 +45,8 @@ from .._core.errors import (
     UnknownAgentType,
     error_from_wire,
 )
-from .._core.journal import Suspend, end_entry
+from .._core.journal import Suspend
 from .._core.outcome import AckKind, Result, exhausted
-from .._core.schedules import H_SCHEDULE
 from .._core.wire import CommandBody, decode_command, encode_commit
 from .._obs.metrics import Metrics
 from .._obs.propagation import carry_context, carry_received
@@ -79,7 +78,7 @@ from .deadline import Deadline, Overrun
 from .eventlog import EventLog, NewCommit
 from .outcomes import Outcomes
 from .placement import Placement
-from .reminders import builtin_action, fire_entry, firing_of
+from .reminders import BUILTINS, builtin_action, closing_entry, firing_of, refuse_stored_schedule
 from .steps import Running, Steps
 from .supervisor import Supervisor
 from .suspension import Suspension
@@ -216,18 +215,14 @@ class Pipeline:
                 err = MalformedCommand("the reply subject is not under a reply prefix this host accepts")
                 await outcomes.settle(cmd, Result.REFUSED, out, error=err, silent=True)
                 return
-            if cmd.durable and H_SCHEDULE in cmd.headers:
-                # a schedule someone stored on a command subject, not a firing: acknowledging
-                # the refusal removes it before it fires on (wire contract 15)
-                raise MalformedCommand("a message schedule is not a command")
+            refuse_stored_schedule(cmd)  # acknowledging the refusal removes it (wire contract 15)
             body = decode_command(cmd.body, s.max_payload_bytes)
             if not isinstance(body, CommandBody):  # a signal, timer, cancel or result query
                 cmd.action = "_" + type(body).__name__.removesuffix("Body").lower()
                 await self._control(act, cmd, body, out)
                 return
-            builtin = builtin_action(act.spec, body.action)  # _remind, _unremind, _reminders
-            cmd.action = body.action if builtin or body.action in act.spec.actions else "_unknown"
-            action = builtin or act.spec.action(body.action)
+            cmd.action = body.action if body.action in act.spec.actions or body.action in BUILTINS else "_unknown"
+            action = builtin_action(act.spec, body.action) or act.spec.action(body.action)  # _remind, ...
             params = action.validate_params(body.params)
         except JetAgentsError as err:
             await outcomes.settle(cmd, Result.REFUSED, out, error=err)
@@ -374,8 +369,7 @@ class Pipeline:
             await self.suspension.suspended(act, cmd, sus.waiting, out)
             return None
         except (DomainError, ActionCancelled, InvalidParams, UnknownAction) as err:
-            # a refusal: the agent's own, or bad input the action was given to pass on
-            # (a reminder's name or pattern): another run refuses again, so answer it
+            # a refusal: the agent's own, or bad input it passed on (a reminder's name)
             agent._finish()
             journal = act.journals.get(cmd_id) if act.journals and cmd_id else None
             if journal is not None and (
@@ -408,8 +402,7 @@ class Pipeline:
 
         journals = act.journals
         journal = journals.get(cmd_id) if journals else None  # a journaled action always closes it
-        # a reminder's firing always commits: its redelivery is answered from the record
-        if events or journal is not None or firing is not None:
+        if events or journal is not None or firing is not None:  # a firing always commits (record)
             n, own = act.n + 1, self._placement.token_of(act.agent_id, cmd.partition)
             if self._coordinator() is not None and own < max(act.own, 1):
                 # No claim (nor placement) any more, or one older than the log's newest
@@ -429,9 +422,7 @@ class Pipeline:
                 cseq=cmd.stream_seq,
                 ts_ms=self._clock.wall_ms(),
                 own=own,
-                j=fire_entry(firing, agent._cursor)
-                if firing is not None
-                else (None if journal is None else end_entry(agent._cursor)),
+                j=closing_entry(firing, journal is not None, agent._cursor),
             )
             commit = NewCommit(n, name, own, body)
             try:

@@ -28,9 +28,9 @@ from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 
 from .._core.agent import ActionSpec, Agent, AgentSpec
 from .._core.command import Command
-from .._core.errors import InvalidParams, Unavailable
-from .._core.journal import current_step_key
-from .._core.schedules import H_SCHEDULE_NEXT, H_SCHEDULER, Pattern, check_reminder_name, pattern_of
+from .._core.errors import InvalidParams, MalformedCommand, Unavailable
+from .._core.journal import current_step_key, end_entry
+from .._core.schedules import H_SCHEDULE, H_SCHEDULE_NEXT, H_SCHEDULER, Pattern, check_reminder_name, pattern_of
 from .._core.wire import H_REMINDER, Subjects
 from .ports import Schedule, Schedules
 
@@ -79,6 +79,21 @@ def firing_of(cmd: Command) -> Firing | None:
 def fire_entry(firing: Firing, i: int) -> dict[str, Any]:
     """The ``j`` of the commit a firing always writes (it closes the firing's command)."""
     return {"i": i, "k": FIRE, "reminder": firing.name, "next": firing.next, "missed": firing.missed}
+
+
+def closing_entry(firing: Firing | None, journaled: bool, i: int) -> dict[str, Any] | None:
+    """The ``j`` of a command's closing commit: ``fire`` for a firing, ``end`` for a
+    journaled action, none for any other."""
+    if firing is not None:
+        return fire_entry(firing, i)
+    return end_entry(i) if journaled else None
+
+
+def refuse_stored_schedule(cmd: Command) -> None:
+    """A durable command that still carries ``Nats-Schedule`` is a schedule someone stored on
+    a command subject (the stream's schedule flag covers every subject), not a firing."""
+    if cmd.durable and H_SCHEDULE in cmd.headers:
+        raise MalformedCommand("a message schedule is not a command")
 
 
 def check(
