@@ -12,7 +12,9 @@ The baseline, measured right after in the same run, sends the same number of com
 the same agents with ``send`` (exactly-once, 16 per agent in flight, at most 256) and waits the same way.
 Registration of the K subscriptions stops at ``--budget-s``: the largest cell is as many
 subscribers as fit in that time. Printed: deliveries per second, the ratio fan-out/baseline,
-and the host's RSS after each cell. Nothing is asserted.
+and the host's RSS after each cell. Then work-queue throughput: ``--jobs`` no-op jobs drained by
+1, 4 and 16 workers (one connection each), against the same number of plain command sends
+(64 agents, 256 in flight) measured right after. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -114,6 +116,48 @@ async def cell(client: Client, host_pid: int, k: int, deliveries: int, budget_s:
     }
 
 
+async def work_cell(url: str, client: Client, workers: int, jobs: int) -> dict[str, Any]:
+    """``jobs`` no-op jobs through a queue drained by ``workers`` workers (a connection each),
+    against ``jobs`` plain command sends to 64 agents, 256 in flight, in the same run."""
+    queue = f"bench{workers}"
+    q = client.work_queue(queue, visibility_s=30)
+    for n in range(jobs):
+        await q.put({"n": n})
+    conns = [await Client.connect(settings=ClientSettings(nats_url=url, request_timeout_s=30)) for _ in range(workers)]
+    done = 0
+    finished = asyncio.Event()
+    stop = asyncio.Event()
+
+    def handle(data: Any) -> None:
+        nonlocal done
+        done += 1
+        if done >= jobs:
+            finished.set()
+
+    t0 = time.perf_counter()
+    runs = [asyncio.create_task(c.work_queue(queue, visibility_s=30).process(handle, stop=stop)) for c in conns]
+    await asyncio.wait_for(finished.wait(), 600)
+    work_s = time.perf_counter() - t0
+    stop.set()
+    await asyncio.gather(*runs)
+    for c in conns:
+        await c.close()
+    before = await processed(client)
+    t1 = time.perf_counter()
+
+    async def send(i: int) -> None:
+        await client.agent("tally", f"wq{i % 64}").send("bump", {"n": i})
+
+    await bounded(jobs, 256, send)
+    await wait_processed(client, before + jobs, 600)
+    return {
+        "workers": workers,
+        "jobs": jobs,
+        "jobs_per_s": jobs / work_s,
+        "baseline_per_s": jobs / (time.perf_counter() - t1),
+    }
+
+
 async def measure(url: str, host_pid: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     client = await Client.connect(settings=ClientSettings(nats_url=url, request_timeout_s=30))
     try:
@@ -134,6 +178,13 @@ async def measure(url: str, host_pid: int, args: argparse.Namespace) -> list[dic
                 f"host RSS {row['rss_mb']:6.0f} MiB",
                 flush=True,
             )
+        for w in args.workers:
+            row = await work_cell(url, client, w, args.jobs)
+            print(
+                f"work queue, {w:2d} workers: {row['jobs_per_s']:8.0f} jobs/s, plain sends "
+                f"{row['baseline_per_s']:8.0f} commands/s, ratio {row['jobs_per_s'] / row['baseline_per_s']:5.2f}",
+                flush=True,
+            )
         return out
     finally:
         await client.close()
@@ -144,10 +195,12 @@ def main() -> None:
     p.add_argument("--subscribers", type=int, nargs="+", default=[1, 100, 10000])
     p.add_argument("--deliveries", type=int, default=2000, help="deliveries per cell (K x M)")
     p.add_argument("--budget-s", type=float, default=60.0, help="time to register the subscriptions of a cell")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 4, 16], help="work-queue cells")
+    p.add_argument("--jobs", type=int, default=2000, help="jobs per work-queue cell")
     p.add_argument("--smoke", action="store_true", help="tiny cells (1, 10, 50 subscribers, 200 deliveries)")
     args = p.parse_args()
     if args.smoke:
-        args.subscribers, args.deliveries = [1, 10, 50], 200
+        args.subscribers, args.deliveries, args.jobs = [1, 10, 50], 200, 200
     work = Path(tempfile.mkdtemp(prefix="bench-patterns-"))
     server = NatsServer(data_dir=work / "nats", name="bench").start()
     env = dict(

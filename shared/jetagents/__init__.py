@@ -6,7 +6,7 @@
 ...     await client.proxy(Counter, "c1").increment(by=2)
 """
 
-from ._client.client import AgentRef, Client, Reply
+from ._client.client import AgentRef, AgentStream, Client, Reply
 from ._client.coordination import Lease
 from ._core.agent import Agent, AgentContext, AgentSpec, Event, Registry, action, applies
 from ._core.clock import Clock, SystemClock
@@ -17,6 +17,7 @@ from ._core.errors import (
     ActionTimeout,
     AgentSuspended,
     AgentTimeout,
+    BudgetExceeded,
     DeadlineExceeded,
     DomainError,
     FencedError,
@@ -35,6 +36,7 @@ from ._core.errors import (
 )
 from ._core.ids import AgentId, partition_of
 from ._core.journal import step_key
+from ._core.outstream import StreamReset
 from ._core.pubsub import Message, Subscription, subscribe
 from ._core.retry import CircuitBreaker, RetryPolicy
 from ._core.vclock import CustomResolver, KeepSiblings, LastWriterWins, SemanticMerge, VectorClock, Versioned
@@ -57,9 +59,11 @@ __all__ = [
     "AgentId",
     "AgentRef",
     "AgentSpec",
+    "AgentStream",
     "AgentSuspended",
     "AgentTimeout",
     "BarrierTimeout",
+    "BudgetExceeded",
     "CacheTimeout",
     "Cached",
     "CircuitBreaker",
@@ -109,6 +113,7 @@ __all__ = [
     "SharedState",
     "SignalBufferFull",
     "StateOptions",
+    "StreamReset",
     "Subjects",
     "Subscription",
     "SystemClock",

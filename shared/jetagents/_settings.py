@@ -130,6 +130,21 @@ class HostSettings(CommonSettings):
         description="the host process's event loop (JETAGENTS_EVENT_LOOP; JETAGENTS_LOOP, the older name, too): "
         "uvloop, measurably cheaper per command (ADR 0041), or asyncio; without uvloop installed: asyncio",
     )
+    out_flush_ms: int = Field(
+        default=20,
+        ge=0,
+        le=10_000,
+        description="a streaming action's chunks are gathered this long into one AGT_OUT message (ADR 0042)",
+    )
+    out_max_message_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="the largest AGT_OUT chunk message (at most max_payload_bytes)"
+    )
+    out_chunk_ttl_s: int = Field(default=600, ge=1, description="how long streamed chunks stay readable (Nats-TTL)")
+    out_result_ttl_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=1,
+        description="how long a stream's end message (the reply) stays readable; AGT_OUT's max_age when created",
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
     reply_prefixes: list[str] = Field(

@@ -21,6 +21,8 @@ from ._core.wire import Delivery
 from ._service import EXAMPLES, NoAgentsConfigured, run
 from ._settings import ClientSettings, HostSettings
 
+SUPPORT_DESK = "jetagents.examples.support:SUPPORT_AGENTS"  # the AI example (ADR 0047), served by `up`
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distributed, stateful agents on NATS JetStream.")
 
 
@@ -53,9 +55,12 @@ def up(
     typer.echo(f"starting nats-server on {server.url} (data in {server.data_dir})", err=True)
     server.start()
     # the examples are opt-in for a host (ADR 0040); `up` is the place that opts in, unless told otherwise
-    agents = os.environ.get("JETAGENTS_AGENTS") or json.dumps([EXAMPLES])
+    agents = os.environ.get("JETAGENTS_AGENTS") or json.dumps([EXAMPLES, SUPPORT_DESK])
     env = dict(os.environ, JETAGENTS_NATS_URL=server.url, JETAGENTS_PARTITIONS=str(partitions), JETAGENTS_AGENTS=agents)
-    served = "counter, account" if agents == json.dumps([EXAMPLES]) else agents
+    desk = agents == json.dumps([EXAMPLES, SUPPORT_DESK])
+    served = "counter, account, triage, billing, tech (the support desk)" if desk else agents
+    # what jetagents.ai.model_from_env decides in each host, said here without importing it
+    model = os.environ.get("JETAGENTS_MODEL") or "none configured: a scripted model (set JETAGENTS_MODEL)"
     procs: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -79,7 +84,14 @@ def up(
             f"\njetagents is up: {hosts} host(s), agent types: {served}\n"
             f"  try:  jetagents call counter/c1 increment '{{\"by\": 2}}' --nats-url {server.url}\n"
             f'  or any NATS client: nats req agt.call.counter.c1 \'{{"action":"get"}}\' -s {server.url}\n'
-            "  Ctrl-C to stop\n",
+            + (
+                f"  support desk (model: {model}):\n"
+                f'        jetagents call triage/acme-1 open \'{{"text": "I was charged twice for INV-1001"}}\''
+                f" --nats-url {server.url}\n"
+                if desk
+                else ""
+            )
+            + "  Ctrl-C to stop\n",
             err=True,
         )
         while not stopping:

@@ -1,4 +1,4 @@
-"""Pub-sub and coordination under the shipped accounts (ADR 0049, 0050): a ``client`` may
+"""Pub-sub, coordination and work queues under the shipped accounts (ADR 0049, 0050): a ``client`` may
 publish and listen to topics and use the coordination bucket, but cannot subscribe an agent
 (the subscriptions bucket and the control subjects are the hosts'), so a topic never becomes
 a command to an agent that did not subscribe, whatever the topic says."""
@@ -57,6 +57,18 @@ async def test_a_client_publishes_and_coordinates_but_never_subscribes_an_agent(
                 await lease.put("perm-key", {"v": 1})
             await client.barrier("perm-barrier", parties=1, timeout_s=5)
             assert await client.get_or_compute("perm-cache", lambda: 42, ttl_s=5) == 42
+            # and work queues: put a job, a worker takes and acknowledges it
+            q = client.work_queue("perm", visibility_s=5)
+            await q.put({"job": 1})
+            took: list[object] = []
+            stop = asyncio.Event()
+
+            def work(data: object) -> None:
+                took.append(data)
+                stop.set()
+
+            await asyncio.wait_for(q.process(work, stop=stop), 20)
+            assert took == [{"job": 1}]
 
             # the attacks: subscribe the victim through the bucket, poke a control subject
             key = subscription_key("orders.*", "follower", "victim")

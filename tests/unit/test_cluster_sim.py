@@ -19,10 +19,10 @@ claimed and served by exactly the host the ring names, every host sees the same 
 every command sent is in its agent's log exactly once; commands the agent refuses, or whose
 parameters are invalid (dead-lettered), never reach a log.
 
-Throughput (measured on the shared 2-core machine, ``pytest tests/unit/test_cluster_sim.py
--k throughput -s``): ~6,000-13,000 steps per second of test time with three to five real hosts
-(a step: one coordinator round, one delivery, one send or one fault, each followed by the
-invariant checks).
+Throughput (``python loadtests/bench_sim.py`` on the shared 2-core machine; a figure, not an
+assertion, which would fail on a loaded machine): ~6,000-13,000 steps per second with three
+to five real hosts when the machine is quiet, ~1,000 under a load average of 12 (a step: one
+coordinator round, one delivery, one send or one fault, each followed by the invariant checks).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -85,16 +84,6 @@ async def test_a_seed_replays_exactly_in_another_process() -> None:
         out = subprocess.run([sys.executable, "-c", _REPLAY], env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == digest
-
-
-async def test_throughput_is_thousands_of_steps_per_second() -> None:
-    started = time.perf_counter()
-    steps = 0
-    for seed in (100, 101):
-        steps += (await Simulation(seed, HostNode, CONFIG).run()).steps
-    rate = steps / (time.perf_counter() - started)
-    print(f"{steps} steps, {rate:.0f} steps/s")
-    assert rate > 1_000, rate  # 6,000-13,000 measured; bounded loosely for a loaded machine
 
 
 # -- planted bugs: the simulation catches a broken fence ---------------------------------------

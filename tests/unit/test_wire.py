@@ -186,14 +186,16 @@ def test_encode_ok(result: object) -> None:
     assert orjson.loads(encode_ok(result)) == {"ok": True, "result": result}
 
 
-# every concrete error class of jetagents._core.errors except DomainError (tested on its own)
+# every concrete error class of jetagents._core.errors except DomainError and its subclasses
+# (tested on their own: their wire form carries a reason)
 PLAIN_ERRORS: list[type[JetAgentsError]] = [
     obj
     for obj in vars(_errors).values()
     if isinstance(obj, type)
     and issubclass(obj, JetAgentsError)
     and obj.__module__ == _errors.__name__
-    and obj not in (JetAgentsError, DomainError)
+    and obj is not JetAgentsError
+    and not issubclass(obj, DomainError)
 ]
 
 

@@ -25,6 +25,7 @@ from .._core.agent import Agent, spec_of
 from .._core.clock import SystemClock
 from .._core.errors import AgentTimeout, JetAgentsError, Unavailable
 from .._core.ids import AgentId, partition_of
+from .._core.outstream import ctoken
 from .._core.retry import RetryPolicy
 from .._core.wire import Delivery, Priority, Subjects
 from .._nats.api import Topology, ensure_topology
@@ -35,6 +36,7 @@ from .command import OutboundCommand, SendOptions, payload_limit
 from .ref import AgentRef, Proxy
 from .reply import Reply, decode_reply, no_responders, not_applied
 from .sender import Sender
+from .stream import AgentStream
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -44,8 +46,9 @@ if TYPE_CHECKING:
     from .._state.store import SharedState
     from .coordination import Coordination, Lease
     from .pubsub import ClientPubSub
+    from .workqueue import WorkQueue
 
-__all__ = ["AgentRef", "Client", "Reply"]
+__all__ = ["AgentRef", "AgentStream", "Client", "Reply"]
 
 A = TypeVar("A", bound=Agent[Any])
 
@@ -236,6 +239,28 @@ class Client:
             await self._sender.backoff(attempt, deadline, err, until_deadline=True)
             attempt += 1
 
+    # -- streamed output ---------------------------------------------------------------------
+    def _stream(
+        self,
+        aid: AgentId,
+        command_id: str,
+        *,
+        after: int,
+        next_chunk: int | None = None,
+        idle_timeout_s: float | None,
+        send: Any = None,
+    ) -> AgentStream:
+        timeout_s = idle_timeout_s if idle_timeout_s is not None else self.settings.request_timeout_s
+        subject = self.subjects.out(aid.type, aid.id, ctoken(command_id))
+        stream = Topology(self.subjects).out_stream
+
+        async def open_reader() -> Any:
+            return await self._transport.out_reader(stream, subject, min(timeout_s, 5.0))
+
+        return AgentStream(
+            command_id, open_reader, send=send, after=after, next_chunk=next_chunk, idle_timeout_s=timeout_s
+        )
+
     # -- pub-sub (ADR 0049; _client/pubsub.py) ------------------------------------------------
     @property
     def _pubsub(self) -> ClientPubSub:
@@ -299,6 +324,39 @@ class Client:
         """The cached JSON value of ``key``, or ``fn()``'s, computed once for all concurrent
         misses in every process, kept for ``ttl_s``."""
         return await self._coord.get_or_compute(key, fn, ttl_s=ttl_s)
+
+    def work_queue(
+        self, name: str, *, visibility_s: float = 30.0, max_attempts: int = 5, max_in_flight: int = 1000
+    ) -> WorkQueue:
+        """A durable work queue shared by every worker that opens it (ADR 0050):
+        ``await q.put(job)``; ``await q.process(handler, concurrency=4)`` in the workers."""
+        from .._nats.workqueue import WorkStore
+        from .workqueue import WorkQueue
+
+        store = WorkStore(self.nc, self.subjects, timeout_s=self.settings.request_timeout_s)
+        return WorkQueue(
+            store,
+            name,
+            self._clock,
+            visibility_s=visibility_s,
+            max_attempts=max_attempts,
+            retry=self.retry,
+            max_in_flight=max_in_flight,
+        )
+
+    @staticmethod
+    async def gather(*aws: Awaitable[Any], timeout_s: float | None = None) -> list[Any]:
+        """Every result in order; the first failure or the timeout cancels the rest."""
+        from .futures import gather
+
+        return await gather(*aws, timeout_s=timeout_s)
+
+    @staticmethod
+    async def first(*aws: Awaitable[Any], timeout_s: float | None = None) -> Any:
+        """The first result to succeed; the others are cancelled."""
+        from .futures import first
+
+        return await first(*aws, timeout_s=timeout_s)
 
     # -- sending ---------------------------------------------------------------------------
     async def _send(

@@ -26,6 +26,7 @@ from .._core.wire import (
     H_DEADLINE,
     H_MSG_ID,
     H_PRIORITY,
+    H_STREAM,
     Delivery,
     Priority,
     Subjects,
@@ -47,6 +48,7 @@ class SendOptions:
     priority: Priority = Priority.NORMAL
     deadline_s: float | None = None
     want_reply: bool = True
+    stream: bool = False  # Agt-Stream: 1, the host publishes the output and the end to agt.out
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +129,8 @@ class OutboundCommand:
             headers[H_CORRELATION_ID] = correlation_id
         if options.priority is not Priority.NORMAL:
             headers[H_PRIORITY] = options.priority.value
+        if options.stream:
+            headers[H_STREAM] = "1"
         if delivery is Delivery.EXACTLY_ONCE:  # the stream drops a second copy within its window
             headers[H_MSG_ID] = cmd_id
         subject = (

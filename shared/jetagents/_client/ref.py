@@ -17,6 +17,7 @@ from .._core.schedules import check_reminder_name, every_seconds, pattern_of
 from .._core.wire import Delivery, Priority
 from .command import SendOptions
 from .reply import Reply
+from .stream import AgentStream
 
 if TYPE_CHECKING:
     from .client import Client
@@ -167,6 +168,57 @@ class AgentRef:
             want_reply=True,
         )
         return cast(Reply, await self.client._send(self.id, action, params, options))
+
+    def stream(
+        self,
+        action: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        delivery: Delivery | str = Delivery.EXACTLY_ONCE,
+        command_id: str | None = None,
+        correlation_id: str | None = None,
+        priority: Priority | str = Priority.NORMAL,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> AgentStream:
+        """Send the command with its output streamed; iterate the result to read it:
+
+        >>> stream = client.agent("chat", "c1").stream("reply", {"prompt": "hi"})  # doctest: +SKIP
+        >>> async for chunk in stream:  # doctest: +SKIP
+        ...     print(chunk, end="")
+        >>> stream.result  # doctest: +SKIP
+
+        The command is sent (durably: streaming is for work that takes a while, and only a
+        stored command can be resumed) when the loop starts. ``timeout`` bounds the wait for
+        each next message, not the whole stream."""
+        d = Delivery(delivery)
+        if d is Delivery.AT_MOST_ONCE:
+            raise ValueError("a streamed command is durable: at-least-once or exactly-once")
+        cmd_id = command_id or self.client._transport.new_id()
+        options = SendOptions(
+            delivery=d,
+            timeout_s=timeout,
+            command_id=cmd_id,
+            correlation_id=correlation_id,
+            priority=Priority(priority),
+            deadline_s=deadline,
+            want_reply=False,
+            stream=True,
+        )
+
+        async def send() -> None:
+            await self.client._send(self.id, action, params, options)
+
+        return self.client._stream(self.id, cmd_id, after=0, idle_timeout_s=timeout, send=send)
+
+    def read_stream(
+        self, command_id: str, *, after: int = 0, next_chunk: int | None = None, timeout: float | None = None
+    ) -> AgentStream:
+        """The output of a command sent earlier with :meth:`stream`, from the message after
+        stream sequence ``after`` on, skipping chunks before index ``next_chunk`` (a reader
+        that stopped: its ``offset`` and ``next_chunk``; neither: from the start): every
+        chunk it has not seen once, in order, then the result."""
+        return self.client._stream(self.id, command_id, after=after, next_chunk=next_chunk, idle_timeout_s=timeout)
 
     def request_async(self, action: str, params: Mapping[str, Any] | None = None, **opts: Any) -> asyncio.Task[Any]:
         """Start a request and return a future (an ``asyncio.Task``) to await or gather later."""

@@ -222,6 +222,8 @@ class AgentContext:
     # the host's journal for this agent (ADR 0042): ``await steps.step(agent, i, name, fn,
     # args, kwargs)``; None outside a host (an action called directly runs steps plainly)
     steps: Any = None
+    # the running command's output (``_host/outbox.py``) when its caller streams it, else None
+    out: Any = None
     # the running command's parameters (as received) and reply subject, for its journal
     command: Any = None
     # the host's reminders of this agent (ADR 0042 section 5, ``_host/reminders.py``), and
@@ -323,6 +325,20 @@ class Agent(Generic[S]):
             return await result if inspect.isawaitable(result) else result
         return await steps.step(self, i, name, fn, args, kwargs)
 
+    async def stream(self, chunk: Any) -> None:
+        """Send ``chunk`` (JSON, or a pydantic model) to the caller as the action runs, when
+        the caller streams the command (``async for c in ref.stream(action, params)``); a
+        no-op otherwise. Chunks are gathered for a few milliseconds into one message of the
+        command's ``agt.out`` subject and kept for a while (ADR 0042 section 6), so a caller
+        that reconnects resumes where it left off. Chunks streamed outside steps must be
+        the same on every run of the action (a re-run publishes only those not stored yet);
+        what a step's function streams is replaced when the step runs again (``reset``)."""
+        if self._pending is None:
+            raise RuntimeError("stream() may only be called while an action runs")
+        out = self.ctx.out
+        if out is not None:
+            await out.put(chunk)
+
     async def wait_for(self, name: str, *, timeout_s: float | None = None) -> Any:
         """Suspend the action until signal ``name`` comes (ADR 0042 section 3) and return its
         payload; after ``timeout_s`` raise ``DomainError`` with reason ``wait_timeout`` (journaled:
@@ -415,6 +431,8 @@ class Agent(Generic[S]):
     async def subscribe(self, pattern: str, *, action: str = "on_message", delivery: str = "exactly-once") -> None:
         """Subscribe this agent to ``pattern`` as a step: each later message on a matching
         topic becomes a command ``action(msg)`` to it (ADR 0049)."""
+        if action not in type(self).__jetagents_spec__.actions:
+            raise ValueError(f"{type(self).__name__} has no action {action!r} to handle messages of {pattern!r}")
         client, aid = self.ctx.client, self.ctx.agent_id
 
         async def _subscribe() -> None:

@@ -19,6 +19,7 @@ from .wire import (
     H_MSG_ID,
     H_PRIORITY,
     H_REPLY_TO,
+    H_STREAM,
     PRIORITY_RANK,
     TRACEPARENT,
     TRACESTATE,
@@ -85,6 +86,7 @@ class Command:
     outcome: str = ""
     error: str = ""
     traced: bool = False  # in a process span (SDK tracing): append and reply get spans too
+    streams: bool = False  # sent with Agt-Stream: 1: its output and end go to agt.out (ADR 0042)
     # a journal's re-run (ADR 0042): a suspended action resumed, or a parked command run, in
     # the turn of the command that freed it (never acknowledged itself: that command is)
     resume: bool = False
@@ -178,7 +180,7 @@ def parse_command(
     prio = hdrs.get(H_PRIORITY)
     tp = hdrs.get(TRACEPARENT)
     deadline = hdrs.get(H_DEADLINE)
-    return Command(
+    cmd = Command(
         kind,
         subject,
         agent_type,
@@ -200,3 +202,6 @@ def parse_command(
         0,
         TraceContext(tp, hdrs.get(TRACESTATE)) if tp is not None else None,
     )
+    if hdrs.get(H_STREAM) == "1":
+        cmd.streams = True
+    return cmd

@@ -20,6 +20,7 @@
     ├── SignalBufferFull                yes  a signal nobody waits for, and the agent's buffer is full
     ├── ActionCancelled                 no   the command was cancelled (``cancel``) while running or suspended
     ├── DomainError                     no   raised by an agent's action on purpose
+    │   └── BudgetExceeded              no   a model call would exceed a token or cost budget
     └── InternalError                   no   the action raised something unexpected
 
 Every error has a stable ``code`` that is what travels on the wire (see
@@ -159,6 +160,17 @@ class DomainError(JetAgentsError):
         return out
 
 
+class BudgetExceeded(DomainError):
+    """A model call was refused: the agent's or its tenant's token or cost budget would be
+    exceeded (``jetagents.ai``, ADR 0047). ``details``: ``{"scope", "key", "limit", "spent",
+    "unit"}``."""
+
+    code = "budget_exceeded"
+
+    def __init__(self, message: str = "", *, details: Any = None) -> None:
+        super().__init__("budget_exceeded", message, details=details)
+
+
 _BY_CODE: dict[str, type[JetAgentsError]] = {
     cls.code: cls
     for cls in (
@@ -179,6 +191,7 @@ _BY_CODE: dict[str, type[JetAgentsError]] = {
         AgentSuspended,
         SignalBufferFull,
         ActionCancelled,
+        BudgetExceeded,
     )
 }
 

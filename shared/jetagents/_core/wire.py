@@ -32,6 +32,12 @@ H_ERROR_CODE: Final = "Agt-Error"
 H_HOST: Final = "Agt-Host"
 H_REMINDER: Final = "Agt-Reminder"  # on a reminder's schedule, copied onto each firing (ADR 0042 §5)
 H_CONTENT_TYPE: Final = "Content-Type"
+# streamed output (ADR 0042 section 6): the command opts in; what each AGT_OUT message is
+H_STREAM: Final = "Agt-Stream"
+H_STREAM_KIND: Final = "Agt-Stream-Kind"
+H_CHUNK: Final = "Agt-Chunk"
+H_STEP: Final = "Agt-Step"
+H_TTL: Final = "Nats-TTL"
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
 
@@ -74,6 +80,10 @@ class Subjects:
     def dlq(self, agent_type: str, agent_id: str) -> str:
         return f"{self.root}.dlq.{agent_type}.{agent_id}"
 
+    def out(self, agent_type: str, agent_id: str, ctoken: str) -> str:
+        """A streaming command's output subject (``_core/outstream.ctoken``)."""
+        return f"{self.root}.out.{agent_type}.{agent_id}.{ctoken}"
+
     def partition_filter(self, partition: int) -> str:
         return f"{self.root}.p.{partition}.>"
 
@@ -100,6 +110,10 @@ class Subjects:
     @property
     def evt_wildcard(self) -> str:
         return f"{self.root}.evt.*.*"
+
+    @property
+    def out_wildcard(self) -> str:
+        return f"{self.root}.out.*.*.*"
 
     @property
     def dlq_wildcard(self) -> str:

@@ -64,6 +64,7 @@ from .._nats.event_stream import JetStreamEventStream
 from .._nats.hosts import HostLink, dropped_subject
 from .._nats.inbox import Inbox, shared_inbox
 from .._nats.kv import JetStreamStore, NatsClient
+from .._nats.out_stream import JetStreamOutStream
 from .._nats.ports import NatsPublisher
 from .._nats.schedules import NatsSchedules
 from .._obs.metrics import Metrics
@@ -116,6 +117,17 @@ def _dead_letter_max_bytes(nc: NatsClient | None, topology: Topology) -> int:
     server = int(getattr(nc, "max_payload", 0) or 0) - 1024
     limit = topology.dead_letter_max_bytes
     return max(DEAD_LETTER_MIN_BYTES, min(limit, server) if server > 0 else limit)
+
+
+def _topology(s: HostSettings, subjects: Subjects) -> Topology:
+    return Topology(
+        subjects=subjects,
+        partitions=s.partitions,
+        replicas=s.replicas,
+        duplicate_window_s=s.duplicate_window_s,
+        max_payload_bytes=s.max_payload_bytes,
+        out_max_age_s=s.out_result_ttl_s,
+    )
 
 
 def _cluster_config(s: HostSettings) -> ClusterConfig:
@@ -178,13 +190,7 @@ class Host:
         self.registry = registry
         self.clock = clock or SystemClock()
         self.subjects = Subjects(settings.subject_root)
-        self.topology = Topology(
-            subjects=self.subjects,
-            partitions=settings.partitions,
-            replicas=settings.replicas,
-            duplicate_window_s=settings.duplicate_window_s,
-            max_payload_bytes=settings.max_payload_bytes,
-        )
+        self.topology = _topology(settings, self.subjects)
         # ring membership: partitions come and go as the cluster's ring assigns them;
         # static: a fixed set (given, or p % host_count == host_index)
         self.static = partitions is not None or settings.membership == "static"
@@ -366,6 +372,7 @@ class Host:
         self._client = await _agents_client(self.nc, s, *self._providers)
         events = JetStreamEventStream(self.nc, self._inbox, self._reader, self.topology.evt_stream, s.op_timeout_s)
         self.eventlog.bind(events)
+        self.pipeline.out.bind(JetStreamOutStream(self.nc, self._inbox, self.topology.out_stream, s.op_timeout_s))
         self.catalog.bind(events, snapshots, meta, self._client)
 
         self._pull_prefix = self.nc.new_inbox()

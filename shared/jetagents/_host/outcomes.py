@@ -8,7 +8,7 @@ subjects under the configured reply prefixes are answered lives in one place.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -42,6 +42,9 @@ from .._obs.telemetry import (
 )
 from .._settings import HostSettings
 from .ports import Publisher, Refused
+
+if TYPE_CHECKING:
+    from .outbox import OutStreams
 
 NS = 1_000_000_000
 _DEAD_LETTER_ATTEMPTS = 3  # in place, before the table decides (rows 14-15)
@@ -96,6 +99,7 @@ class Outcomes:
         self._log = log
         self._dl_max_bytes = dead_letter_max_bytes
         self.limits = Limits(max_deliver=settings.max_deliver, max_redeliveries=settings.max_redeliveries)
+        self.out: OutStreams | None = None  # streamed output (the pipeline's), for the end message
 
     def decide(self, cmd: Command, result: Result, **facts: Any) -> Outcome:
         """The table's outcome for ``cmd`` in the given situation."""
@@ -145,6 +149,9 @@ class Outcomes:
         if not counted:
             self.count(cmd, outcome)
         reply = outcome.reply
+        ack = outcome.ack
+        if cmd.streams and self.out is not None:
+            await self._end(cmd, outcome)
         if reply is not None:
             if reply.duplicate:
                 out[H_DUPLICATE] = "true"
@@ -155,7 +162,6 @@ class Outcomes:
                     out[H_HOST] = self._host_id
                 body = encode_error(reply.error) if reply.error is not None else encode_ok(reply.result)
                 await self.reply(cmd.reply_to, body, out, cmd)
-        ack = outcome.ack
         kind = ack.kind
         if kind is AckKind.ACK:
             await self.ack(cmd, b"+ACK")
@@ -163,6 +169,17 @@ class Outcomes:
             await self.ack(cmd, b"+TERM " + ack.code.encode())
         elif kind is AckKind.NAK or kind is AckKind.HAND_BACK:
             await self.nak(cmd, ack.delay_s)
+
+    async def _end(self, cmd: Command, outcome: Outcome) -> None:
+        """A streaming command's ``end`` on its ``agt.out`` subject (the reply's body), before
+        the reply and the acknowledgement; none when it is handed back to run again."""
+        assert self.out is not None
+        reply, kind = outcome.reply, outcome.ack.kind
+        if reply is None or kind is AckKind.NAK or kind is AckKind.HAND_BACK:
+            await self.out.finish(cmd, None)
+            return
+        body = encode_error(reply.error) if reply.error is not None else encode_ok(reply.result)
+        await self.out.finish(cmd, body, reply.event_seq)
 
     async def reply(self, reply_to: str | None, body: bytes, hdrs: dict[str, str], cmd: Command | None) -> None:
         """Publish a reply. Every reply of this host goes through here: the sender names the

@@ -76,6 +76,7 @@ from .catalog import Activation, Catalog
 from .coordination import Coordinator
 from .deadline import Deadline, Overrun
 from .eventlog import EventLog, NewCommit
+from .outbox import OutStreams
 from .outcomes import Outcomes
 from .placement import Placement
 from .reminders import BUILTINS, builtin_action, closing_entry, firing_of, refuse_stored_schedule
@@ -128,6 +129,8 @@ class Pipeline:
         self._steps = catalog.steps = Steps(
             settings, clock, log, catalog=catalog, eventlog=eventlog, placement=placement, coordinator=coordinator
         )
+        # streamed output (ADR 0042 section 6); its port is bound by the host's start()
+        self.out = outcomes.out = OutStreams(settings, clock, log, catalog.subjects, supervisor)
         self.suspension = Suspension(
             settings, clock, log, steps=self._steps, outcomes=outcomes, run=self._process_traced
         )
@@ -347,6 +350,7 @@ class Pipeline:
         ctx.command_id = cmd_id
         ctx.correlation_id = cmd.correlation_id
         ctx.action = action.name
+        ctx.out = await self.out.open(act, cmd) if cmd.streams else None
         ctx.command = Running(raw, cmd.reply_to)
         ctx.reminder = firing = firing_of(cmd)
         agent._begin()

@@ -90,6 +90,19 @@ class Publisher(Protocol):
         ...
 
 
+class OutStream(Protocol):
+    """Streamed output (the ``AGT_OUT`` stream, ADR 0042 section 6), as the host uses it."""
+
+    async def publish(self, subject: str, body: bytes, headers: Mapping[str, str]) -> Appended:
+        """Publish and wait for the PubAck; raises ``Refused``, ``PayloadTooLarge`` (for good)
+        or ``Unavailable`` (try again, same ``Nats-Msg-Id``)."""
+        ...
+
+    async def last(self, subject: str) -> StoredMessage | None:
+        """The subject's last message as the stream's leader has it (None: none)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Schedule:
     """A schedule the server holds (ADR 0042 section 5): its subject, ``Nats-Schedule``

@@ -39,6 +39,7 @@ from .._core.wire import H_COMMAND_ID, H_MSG_ID, Delivery, Subjects, encode_dead
 from .._nats.api import ERR_DUPLICATE_IN_PROCESS, JSApiError
 from .._nats.coordination import CoordStore, coord_bucket_name
 from .._nats.pubsub import Delivered, PatternPuller, PubSubStore
+from .._nats.workqueue import WorkStore
 from .._obs.metrics import Metrics
 from .supervisor import Supervisor
 
@@ -84,14 +85,34 @@ class HostPubSub:
         self._running: set[str] = set()
         self._declared: dict[type, list[tuple[str, str, Delivery]]] = {}
         self._made_sure: OrderedDict[str, None] = OrderedDict()
+        self._ready = asyncio.Event()  # the topic stream and the buckets exist
 
     async def start(self) -> None:
-        # the wrapped command must fit the command body limit: room for the envelope
-        await self.store.ensure(max_msg_bytes=max(1024, self.max_payload_bytes - 1024), max_age_s=TOPIC_MAX_AGE_S)
-        # the coordination bucket too: clients may use it, not create it (ops/nats/accounts.conf)
-        coord = CoordStore(self.store.nc, coord_bucket_name(self.subjects), replicas=self.store.replicas)
-        await coord.ensure()
-        self.supervisor.spawn(GROUP, self._lead())
+        """Create pub-sub's objects in the background (host start does not wait: a first
+        host of an R3 cluster spends ~0.5 s on them), then lead the fan-out when leader."""
+        self.supervisor.spawn(GROUP, self._prepare())
+
+    async def _prepare(self) -> None:
+        nc, replicas, timeout_s = self.store.nc, self.store.replicas, self.store.timeout_s
+        coord = CoordStore(nc, coord_bucket_name(self.subjects), replicas=replicas, timeout_s=timeout_s)
+        work = WorkStore(nc, self.subjects, timeout_s=timeout_s, replicas=replicas)
+        while True:
+            try:
+                await asyncio.gather(
+                    # the wrapped command must fit the command body limit: room for the envelope
+                    self.store.ensure(
+                        max_msg_bytes=max(1024, self.max_payload_bytes - 1024), max_age_s=TOPIC_MAX_AGE_S
+                    ),
+                    # clients may use these, not create them (ops/nats/accounts.conf)
+                    coord.ensure(),
+                    work.ensure(max_msg_bytes=self.max_payload_bytes),
+                )
+                break
+            except JetAgentsError as exc:
+                self.log.warning("pubsub_objects_not_created", error=str(exc))
+                await self.clock.sleep(_RETRY.max_s)
+        self._ready.set()
+        await self._lead()
 
     # -- declared subscriptions -------------------------------------------------------------
     async def on_activate(self, aid: AgentId, spec: AgentSpec) -> None:
@@ -102,6 +123,12 @@ class HostPubSub:
             declared = self._declared[spec.cls] = declared_subscriptions(spec.cls)
         if not declared or aid.key in self._made_sure:
             return
+        if not self._ready.is_set():
+            try:
+                async with asyncio.timeout(self.store.timeout_s):
+                    await self._ready.wait()
+            except TimeoutError:
+                raise Unavailable("the topic stream is not created yet") from None
         for pattern, handler, delivery in declared:
             sub = Subscription(pattern=pattern, type=aid.type, id=aid.id, action=handler, delivery=delivery)
             await self.store.add(sub.model_copy(update={"ts_ms": self.clock.wall_ms()}))

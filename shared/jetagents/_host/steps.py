@@ -140,10 +140,15 @@ class Steps:
         self.check_cancelled(act, cmd)
         journals = act.journals
         entry = recorded(journals.get(cmd) if journals else None, i, name, ctx.action)
+        out = ctx.out  # the command's streamed output (_host/outbox.py), if its caller streams it
         if entry is not None:  # journaled by an earlier run: never run again
+            if out is not None:
+                out.step_replayed(entry)
             if not entry.get("ok", True):
                 raise error_from_wire(entry.get("error"))
             return _revive(entry.get("value"), fn)
+        if out is not None:
+            out.step_runs(i)
         token = _STEP_KEY.set(key_of(act.agent_id.key, cmd, i))
         try:
             try:
@@ -153,10 +158,16 @@ class Steps:
             finally:
                 _STEP_KEY.reset(token)
         except DomainError as err:  # a refusal is a result too: journaled, raised again on a re-run
-            await self.append(act, agent, step_entry(i, name, error=err.to_wire()))
+            j = step_entry(i, name, error=err.to_wire())
+            if out is not None:
+                await out.seal(j)  # its chunks stored first: a journaled step is never re-run
+            await self.append(act, agent, j)
             raise
         dumped = value.model_dump(mode="json") if isinstance(value, BaseModel) else to_jsonable_python(value)
-        await self.append(act, agent, step_entry(i, name, dumped))
+        j = step_entry(i, name, dumped)
+        if out is not None:
+            await out.seal(j)
+        await self.append(act, agent, j)
         return value
 
     @staticmethod

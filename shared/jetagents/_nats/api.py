@@ -165,6 +165,7 @@ class Topology:
     replicas: int = 1
     duplicate_window_s: float = 120.0
     max_payload_bytes: int = 256 * 1024
+    out_max_age_s: float = 7 * 24 * 3600.0  # AGT_OUT keeps nothing longer (a stream's end: out_result_ttl_s)
 
     @property
     def prefix(self) -> str:
@@ -177,6 +178,10 @@ class Topology:
     @property
     def evt_stream(self) -> str:
         return f"{self.prefix}_EVT"
+
+    @property
+    def out_stream(self) -> str:
+        return f"{self.prefix}_OUT"
 
     @property
     def dlq_stream(self) -> str:
@@ -244,6 +249,20 @@ class Topology:
                 "max_age": 14 * 24 * 3600 * NS,
                 "allow_direct": True,
                 "max_msg_size": self.dead_letter_max_bytes,
+            },
+            {
+                # streamed output (ADR 0042 section 6): read by sequence from any offset
+                # (direct get); each message carries its own TTL (chunks short, the end long)
+                "name": self.out_stream,
+                "subjects": [self.subjects.out_wildcard],
+                "retention": "limits",
+                "storage": "file",
+                "num_replicas": self.replicas,
+                "duplicate_window": min(dup_ns, int(self.out_max_age_s * NS)),  # the server's rule
+                "max_age": int(self.out_max_age_s * NS),
+                "allow_direct": True,
+                "allow_msg_ttl": True,
+                "max_msg_size": max(limit, 1024 * 1024),
             },
         ]
 
@@ -421,12 +440,13 @@ class DirectReader:
     batches, without creating a consumer: the cheap way to replay an agent's log.
     """
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, inbox: Inbox | None = None) -> None:
         self._nc = nc
-        self._inbox: Inbox | None = None
+        self._inbox = inbox  # the connection's shared inbox unless given (a client has its own)
 
     async def start(self) -> None:
-        self._inbox = await shared_inbox(self._nc)
+        if self._inbox is None:
+            self._inbox = await shared_inbox(self._nc)
 
     async def stop(self) -> None:
         """Nothing to release: the shared inbox lives as long as the connection."""

@@ -16,6 +16,7 @@ from nats.nuid import NUID
 from .api import connect, js_publish
 from .inbox import Inbox
 from .kv import kv_subject
+from .out_stream import OutReader
 
 NatsConnection: TypeAlias = NATS  # what ``Client(nc, ...)`` takes: a connected nats-py client
 
@@ -72,6 +73,12 @@ class ClientTransport:
 
     def forget(self, reply_subject: str) -> None:
         self._inbox.forget(reply_subject)
+
+    async def out_reader(self, stream: str, subject: str, timeout_s: float) -> OutReader:
+        """A started reader of one streaming command's output subject (on the client's inbox)."""
+        reader = OutReader(self.nc, self._inbox, stream, subject, timeout_s)
+        await reader.start()
+        return reader
 
     async def kv_put(self, bucket: str, key: str, value: bytes, timeout_s: float = 5.0) -> None:
         """Put ``key`` in a KV bucket: one publish and its PubAck, on the inbox."""

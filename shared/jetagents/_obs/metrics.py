@@ -77,3 +77,57 @@ class Metrics:
         counter = self._counters.get(name)
         if counter is not None and self._tel.metering:
             counter.add(n, {_ATTRIBUTES[k]: v for k, v in attributes.items()})
+
+
+# -- model calls (jetagents.ai), OpenTelemetry GenAI semantic conventions --------------------
+GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
+GEN_AI_PROVIDER_NAME = "gen_ai.provider.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_TOKEN_TYPE = "gen_ai.token.type"
+# the conventions' advisory buckets: tokens in powers of 4, seconds from 10 ms to 82 s
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+GEN_AI_DURATION_BUCKETS_S = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+
+
+class GenAiMetrics:
+    """``gen_ai.client.token.usage`` and ``gen_ai.client.operation.duration`` of the model
+    calls made by durable pydantic-ai agents, and totals by model (``totals``) for status
+    pages and tests. Attributes are bounded by configuration (model names), never by data."""
+
+    __slots__ = ("_tel", "duration", "tokens", "totals")
+
+    def __init__(self, meter_provider: Any = None) -> None:
+        from .telemetry import Telemetry
+
+        self._tel = Telemetry("jetagents.ai", meter_provider=meter_provider)
+        m = self._tel.meter
+        self.tokens = m.create_histogram(
+            "gen_ai.client.token.usage",
+            "{token}",
+            "tokens used by model calls, by model and token type (input, output)",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )
+        self.duration = m.create_histogram(
+            "gen_ai.client.operation.duration",
+            "s",
+            "duration of one model call (each try)",
+            explicit_bucket_boundaries_advisory=GEN_AI_DURATION_BUCKETS_S,
+        )
+        self.totals: dict[str, dict[str, int]] = {}
+
+    def call(
+        self, model: str, provider: str, input_tokens: int, output_tokens: int, elapsed_s: float, error: str = ""
+    ) -> None:
+        t = self.totals.setdefault(model, {"calls": 0, "errors": 0, "input": 0, "output": 0})
+        t["calls"] += 1
+        t["input"] += input_tokens
+        t["output"] += output_tokens
+        if error:
+            t["errors"] += 1
+        if not self._tel.metering:
+            return
+        base = {GEN_AI_OPERATION_NAME: "chat", GEN_AI_PROVIDER_NAME: provider, GEN_AI_REQUEST_MODEL: model}
+        self.duration.record(elapsed_s, {**base, ERROR_TYPE: error} if error else base)
+        if not error:
+            self.tokens.record(input_tokens, {**base, GEN_AI_TOKEN_TYPE: "input"})
+            self.tokens.record(output_tokens, {**base, GEN_AI_TOKEN_TYPE: "output"})

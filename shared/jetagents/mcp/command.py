@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 import typer
 
 from .._core.agent import AgentSpec
+from .._core.errors import JetAgentsError
 
 Transport = Literal["stdio", "http"]
 
@@ -46,7 +47,11 @@ def mcp(
     except (ValueError, ImportError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    asyncio.run(_serve(specs, nats_url, transport, host, port, timeout))  # type: ignore[arg-type]
+    try:
+        asyncio.run(_serve(specs, nats_url, transport, host, port, timeout))  # type: ignore[arg-type]
+    except JetAgentsError as err:  # NATS unreachable at start: say so, no traceback
+        typer.echo(f"error: {err.code}: {err.message}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _specs(types: str, agents: list[str] | None) -> list[AgentSpec]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextvars
 import os
 import weakref
 from collections.abc import Mapping, Sequence
@@ -59,7 +60,8 @@ class _Session:
         self._timeout_s = timeout_s
         self._ready: asyncio.Future[McpClient] = asyncio.get_running_loop().create_future()
         self._close = asyncio.Event()
-        self._task = asyncio.create_task(self._own(), name="mcp-session")
+        # a context of its own: the session outlives the action that opened it (its step key, log context)
+        self._task = asyncio.create_task(self._own(), name="mcp-session", context=contextvars.Context())
 
     async def _own(self) -> None:
         try:
@@ -71,6 +73,9 @@ class _Session:
                 self._ready.set_exception(exc)
             else:
                 log.info("mcp_session_ended", error=repr(exc))
+        finally:
+            if not self._ready.done():  # cancelled while connecting: nobody waits in vain
+                self._ready.set_exception(Unavailable("the MCP session was closed while it connected"))
 
     async def client(self) -> McpClient:
         async with asyncio.timeout(self._timeout_s):
@@ -82,13 +87,10 @@ class _Session:
 
     async def close(self) -> None:
         self._close.set()
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await asyncio.shield(self._task)
-        except TimeoutError:
+        # asyncio.wait, not await: the owner ending (even cancelled) must not look like our own cancellation
+        _, pending = await asyncio.wait({self._task}, timeout=self._timeout_s)
+        if pending:
             self._task.cancel()
-        except Exception:  # noqa: BLE001 - logged by _own; closing must not fail
-            pass
 
 
 class McpTools:

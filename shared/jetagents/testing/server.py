@@ -23,7 +23,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 def find_nats_server() -> str:
@@ -297,21 +297,25 @@ class NatsCluster:
         return self
 
     def wait_meta_leader(self, timeout_s: float = 30.0) -> None:
-        """JetStream API calls time out until the meta group has elected a leader."""
+        """JetStream API calls time out until the meta group has elected a leader, and an R3
+        stream created before the leader sees every live peer as current is refused with
+        "no suitable peers for placement" (10005): wait for both."""
         deadline = time.monotonic() + timeout_s
+        last: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            for s in self.servers:
-                if s.proc is None or s.proc.poll() is not None:
-                    continue
+            live = [s for s in self.servers if s.proc is not None and s.proc.poll() is None]
+            for s in live:
                 try:
                     with urllib.request.urlopen(f"http://{s.host}:{s.http_port}/jsz", timeout=1) as resp:
                         meta = json.loads(resp.read()).get("meta_cluster") or {}
                 except (OSError, ValueError):
                     continue
-                if meta.get("leader") and len(meta.get("replicas") or []) >= 1:
+                last = meta
+                peers = [r for r in meta.get("replicas") or [] if r.get("current")]
+                if meta.get("leader") == s.name and len(peers) >= len(live) - 1:
                     return
             time.sleep(0.1)
-        raise TimeoutError(f"no JetStream meta leader after {timeout_s}s")
+        raise TimeoutError(f"no JetStream meta leader with every live peer current after {timeout_s}s: {last}")
 
     def stop(self) -> None:
         for s in self.servers:

@@ -1,0 +1,116 @@
+"""Streamed output over ``AGT_OUT`` (ADR 0042 section 6): the host's publishing port and a
+client's reader of one command's subject.
+
+The host publishes with a PubAck (each message in order, each with its own ``Nats-TTL``) and
+reads a subject's last message from the stream's leader when it resumes a run: a direct get
+may be answered by a replica that lags, and a stale answer would make the host publish again
+what is stored. Readers use direct gets (any replica; a lagging one answers less, never out
+of order), woken by the subject's own messages, which a JetStream publish also delivers to
+core subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from .._core.errors import Unavailable
+from .._host.ports import Appended, Refused, StoredMessage
+from .api import ERR_NO_MESSAGE, DirectReader, JSApiError, js_api, js_publish
+from .headers import H_NATS_SEQUENCE
+from .inbox import Inbox
+
+
+def _headers(raw: str | None) -> dict[str, str]:
+    """The headers of a message read with ``STREAM.MSG.GET`` (base64 of the NATS/1.0 block)."""
+    out: dict[str, str] = {}
+    if not raw:
+        return out
+    for line in base64.b64decode(raw).decode("utf-8", "replace").split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            out[name.strip()] = value.strip()
+    return out
+
+
+class JetStreamOutStream:
+    """The host's ``OutStream`` port: publish to ``AGT_OUT``, read a subject's last message."""
+
+    def __init__(self, nc: NATS, inbox: Inbox, stream: str, timeout_s: float) -> None:
+        self._nc = nc
+        self._inbox = inbox
+        self._stream = stream
+        self._timeout_s = timeout_s
+
+    async def publish(self, subject: str, body: bytes, headers: Mapping[str, str]) -> Appended:
+        """Raises ``Refused`` (for good), ``PayloadTooLarge`` or ``Unavailable`` (try again)."""
+        try:
+            ack = await js_publish(self._nc, subject, body, dict(headers), self._timeout_s, self._inbox)
+        except JSApiError as exc:
+            raise Refused(str(exc)) from None
+        return Appended(int(ack["seq"]), bool(ack.get("duplicate")))
+
+    async def last(self, subject: str) -> StoredMessage | None:
+        try:
+            resp = await js_api(
+                self._nc, f"$JS.API.STREAM.MSG.GET.{self._stream}", {"last_by_subj": subject}, self._timeout_s
+            )
+        except JSApiError as exc:
+            if exc.err_code == ERR_NO_MESSAGE:
+                return None
+            raise Unavailable(f"reading {subject} failed: {exc.description}") from None
+        m = resp["message"]
+        data = base64.b64decode(m.get("data") or "")
+        return StoredMessage(int(m["seq"]), m["subject"], data, _headers(m.get("hdrs")))
+
+
+class OutReader:
+    """One output subject read from a sequence on: ``read(after_seq)`` returns what is
+    stored after it; ``wait(timeout_s)`` returns when the subject gets a new message (or the
+    timeout passes: a reader polls too, since a message can reach a subscriber before a
+    replica answers a direct get with it, and a reconnect misses messages)."""
+
+    def __init__(self, nc: NATS, inbox: Inbox, stream: str, subject: str, timeout_s: float) -> None:
+        self._nc = nc
+        self._reader = DirectReader(nc, inbox)
+        self._stream = stream
+        self._subject = subject
+        self._timeout_s = timeout_s
+        self._bell = asyncio.Event()
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        await self._reader.start()
+
+        async def ring(_: Msg) -> None:
+            self._bell.set()
+
+        self._sub = await self._nc.subscribe(self._subject, cb=ring)
+
+    async def read(self, after_seq: int, batch: int = 256) -> list[StoredMessage]:
+        msgs = await self._reader.read_subject(self._stream, self._subject, after_seq + 1, batch, self._timeout_s)
+        return [
+            StoredMessage(int((m.headers or {}).get(H_NATS_SEQUENCE, 0)), self._subject, m.data, m.headers or {})
+            for m in msgs
+        ]
+
+    async def wait(self, timeout_s: float) -> None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._bell.wait()
+        except TimeoutError:
+            pass
+        self._bell.clear()
+
+    async def close(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - the connection is gone already: nothing to undo
+                pass

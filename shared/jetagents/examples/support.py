@@ -1,0 +1,215 @@
+"""A small multi-agent support desk: ``triage`` routes each ticket to a specialist.
+
+* ``triage/<ticket>`` ``open(text)``: a pydantic-ai agent reads the ticket and answers with a
+  structured ``Route`` (which specialist, a one-line summary); the ticket is handed to that
+  specialist with a durable call (``self.call``), and the specialist's answer is returned.
+* ``billing/<ticket>`` and ``tech/<ticket>`` ``handle(text)``: pydantic-ai agents with tools
+  (``lookup_invoice``, ``issue_refund``; ``check_service``, ``restart_service``). Every model
+  request and tool call is a journaled step: kill the host mid-turn and the turn finishes on
+  another host without asking the model again for what it already answered.
+* ``ask(text)`` on any of them continues the conversation (it lives in the agent's state).
+
+The model comes from ``JETAGENTS_MODEL`` (``openai:gpt-4o-mini``, with ``OPENAI_BASE_URL`` for
+Ollama/vLLM; ``anthropic:...``). Without one each agent runs on a scripted ``FunctionModel``
+that plays the same conversation deterministically, and ``MODEL.scripted`` says so.
+
+Ticket ids are ``<tenant>-<n>`` (``acme-42``): budgets per tenant (``SUPPORT_BUDGETS``) count the
+tokens of all of a tenant's tickets (``JETAGENTS_SUPPORT_TENANT_TOKENS``, default unlimited).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Literal
+
+import structlog
+from pydantic import BaseModel
+from pydantic_ai import Agent as AiAgent
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+from .._core.agent import action
+from ..ai import Budget, Budgets, ChatAgent, ChatState, DurableAgent, model_from_env
+
+
+class Route(BaseModel):
+    specialist: Literal["billing", "tech"]
+    summary: str
+
+
+# -- the scripted models (no model configured) -------------------------------------------------
+def _prompt(messages: list[ModelMessage]) -> str:
+    for m in reversed(messages):
+        if isinstance(m, ModelRequest):
+            for p in m.parts:
+                if isinstance(p, UserPromptPart) and isinstance(p.content, str):
+                    return p.content
+    return ""
+
+
+def _returns(messages: list[ModelMessage]) -> dict[str, str]:
+    """Tool results of the current turn (after its last user prompt)."""
+    out: dict[str, str] = {}
+    for m in messages:
+        if isinstance(m, ModelRequest):
+            for p in m.parts:
+                if isinstance(p, UserPromptPart):
+                    out = {}
+                elif isinstance(p, ToolReturnPart):
+                    out[p.tool_name] = str(p.content)
+    return out
+
+
+def _script_triage(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    text = _prompt(messages)
+    billing = re.search(r"refund|invoice|charge|bill|paid", text, re.I) is not None
+    route = {"specialist": "billing" if billing else "tech", "summary": text[:80]}
+    if info.output_tools:
+        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, route)])
+    return ModelResponse(parts=[TextPart(json.dumps(route))])
+
+
+def _script_billing(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    done = _returns(messages)
+    invoice = (re.findall(r"INV-\d+", _prompt(messages)) or ["INV-1001"])[0]
+    if "lookup_invoice" not in done:
+        return ModelResponse(parts=[ToolCallPart("lookup_invoice", {"invoice": invoice})])
+    if "issue_refund" not in done and re.search(r"refund|twice|double", _prompt(messages), re.I):
+        return ModelResponse(parts=[ToolCallPart("issue_refund", {"invoice": invoice, "amount_cents": 1999})])
+    summary = "; ".join(done.values())
+    return ModelResponse(parts=[TextPart(f"Billing here. {summary}. Anything else?")])
+
+
+def _script_tech(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    done = _returns(messages)
+    service = (re.findall(r"\b(api|web|mail|db)\b", _prompt(messages), re.I) or ["web"])[0].lower()
+    if "check_service" not in done:
+        return ModelResponse(parts=[ToolCallPart("check_service", {"service": service})])
+    if "restart_service" not in done and "degraded" in done["check_service"]:
+        return ModelResponse(parts=[ToolCallPart("restart_service", {"service": service})])
+    return ModelResponse(parts=[TextPart(f"Tech here. {'; '.join(done.values())}.")])
+
+
+def _model(script: Any) -> Any:
+    return model_from_env(scripted=FunctionModel(script, model_name="scripted"))
+
+
+MODEL = _model(_script_triage)  # what `jetagents up` reports: scripted or the configured one
+
+# -- plain pydantic-ai agents ------------------------------------------------------------------
+triage_ai: AiAgent[None, Route] = AiAgent(
+    MODEL.model,
+    name="triage",
+    output_type=Route,
+    instructions="Route the support ticket: billing (invoices, charges, refunds) or tech (outages, errors).",
+)
+billing_ai: AiAgent[None, str] = AiAgent(
+    _model(_script_billing).model,
+    name="billing",
+    instructions="You are billing support. Look invoices up before acting; refund only double charges.",
+)
+tech_ai: AiAgent[None, str] = AiAgent(
+    _model(_script_tech).model,
+    name="tech",
+    instructions="You are technical support. Check a service before restarting it.",
+)
+
+
+@billing_ai.tool_plain
+def lookup_invoice(invoice: str) -> str:
+    """An invoice's amount and payments."""
+    return f"{invoice}: 19.99 USD, paid twice on 2026-11-28"
+
+
+@billing_ai.tool_plain
+def issue_refund(invoice: str, amount_cents: int) -> str:
+    """Refund ``amount_cents`` of an invoice (a payment provider would get the step's key)."""
+    return f"refunded {amount_cents / 100:.2f} USD on {invoice}"
+
+
+@tech_ai.tool_plain
+def check_service(service: str) -> str:
+    """The health of a service."""
+    return f"{service}: degraded (p99 2.3 s)" if service in ("api", "web") else f"{service}: healthy"
+
+
+@tech_ai.tool_plain
+def restart_service(service: str) -> str:
+    """Restart a service's instances one at a time."""
+    return f"{service}: restarted, healthy"
+
+
+def _tenant_budget() -> Budget | None:
+    tokens = os.environ.get("JETAGENTS_SUPPORT_TENANT_TOKENS")
+    return Budget(tokens=int(tokens)) if tokens else None
+
+
+SUPPORT_BUDGETS = Budgets(per_tenant=_tenant_budget(), provider=MODEL.provider)
+triage_durable = DurableAgent(triage_ai, budgets=SUPPORT_BUDGETS)
+billing_durable = DurableAgent(billing_ai, budgets=SUPPORT_BUDGETS)
+tech_durable = DurableAgent(tech_ai, budgets=SUPPORT_BUDGETS)
+
+
+# -- the jetagents agents ----------------------------------------------------------------------
+class TicketState(ChatState):
+    specialist: str = ""
+    summary: str = ""
+
+
+class Triage(ChatAgent[TicketState]):
+    type_name = "triage"
+    state_type = TicketState
+    action_timeout_s = 300.0
+
+    @action
+    async def open(self, text: str) -> dict[str, Any]:
+        """Route a new ticket and return the specialist's first answer."""
+        result = await self.chat(triage_durable, text)
+        route: Route = result.output
+        answer = await self.call(route.specialist, self.id.id, "handle", {"text": text}, timeout=240)
+        return {"ticket": self.id.id, "specialist": route.specialist, "summary": route.summary, "answer": answer}
+
+
+class _Specialist(ChatAgent[ChatState]):
+    state_type = ChatState
+    action_timeout_s = 240.0
+    durable: DurableAgent
+
+    @action
+    async def handle(self, text: str) -> str:
+        """One turn with the specialist (the ticket, or a follow-up)."""
+        result = await self.chat(type(self).durable, text)
+        return str(result.output)
+
+    @action(read_only=True)
+    async def transcript(self) -> list[dict[str, Any]]:
+        return self.state.messages
+
+
+class Billing(_Specialist):
+    type_name = "billing"
+    durable = billing_durable
+
+
+class Tech(_Specialist):
+    type_name = "tech"
+    durable = tech_durable
+
+
+SUPPORT_AGENTS = [Triage, Billing, Tech]
+
+__all__ = ["MODEL", "SUPPORT_AGENTS", "SUPPORT_BUDGETS", "Billing", "Route", "Tech", "TicketState", "Triage"]
+
+structlog.get_logger("jetagents.examples.support").info(
+    "support_desk_model", model=MODEL.description, scripted=MODEL.scripted
+)

@@ -1,0 +1,210 @@
+"""Durable pydantic-ai agents (ADR 0047) with a real nats-server and an in-process host:
+pydantic-ai's own ``FunctionModel``, and a real HTTP server speaking the chat-completions
+protocol (``jetagents.testing.openai_server``) behind pydantic-ai's OpenAI model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+from pydantic_ai.models.function import AgentInfo
+from pydantic_ai.usage import UsageLimits
+
+from jetagents import Client, ClientSettings, DomainError, Host, NatsServer, Registry, RetryPolicy
+from jetagents._core.errors import BudgetExceeded
+from jetagents._obs.metrics import GenAiMetrics
+from jetagents.ai import Budget, Budgets
+from jetagents.examples import EXAMPLE_AGENTS
+from jetagents.testing.openai_server import ScriptedChatServer
+from tests import ai_agents
+from tests.ai_agents import AGENTS, durable_support, support
+from tests.conftest import host_settings
+from tests.integration.helpers import commits
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    ai_agents.TOOL_RUNS.clear()
+    yield
+    ai_agents.SCRIPT = None
+    ai_agents.FAIL_TOOL_ONCE.clear()
+    ai_agents.Desk.LIMITS = None
+    durable_support.budgets = ai_agents.BUDGETS
+
+
+@pytest.fixture
+async def ai_client(nats_server: NatsServer) -> AsyncIterator[Client]:
+    async with Host(host_settings(nats_server.url), Registry([*EXAMPLE_AGENTS, *AGENTS])):
+        client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+def _tool_returns(messages: list[ModelMessage]) -> list[str]:
+    return [
+        p.tool_name for m in messages if isinstance(m, ModelRequest) for p in m.parts if isinstance(p, ToolReturnPart)
+    ]
+
+
+def two_tools_then_text(calls: list[int]) -> Any:
+    """Model call 1 asks for lookup_order and refund, call 2 answers with text."""
+
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        calls.append(len(messages))
+        if not _tool_returns(messages):
+            return ModelResponse(
+                parts=[
+                    ToolCallPart("lookup_order", {"order_id": "o1"}, tool_call_id="c1"),
+                    ToolCallPart("refund", {"order_id": "o1", "amount": 5}, tool_call_id="c2"),
+                ]
+            )
+        return ModelResponse(parts=[TextPart(f"done after {_tool_returns(messages)}")])
+
+    return script
+
+
+async def test_the_same_pydantic_ai_agent_runs_plain_and_on_jetagents(ai_client: Client) -> None:
+    plain_calls: list[int] = []
+    ai_agents.SCRIPT = two_tools_then_text(plain_calls)
+    plain = await support.run("where is o1?")  # plain pydantic-ai, no jetagents anywhere
+    assert plain.output == "done after ['lookup_order', 'refund']"
+    assert len(plain_calls) == 2 and ai_agents.TOOL_RUNS == {"lookup_order:o1": 1, "refund:o1": 1}
+
+    durable_calls: list[int] = []
+    ai_agents.SCRIPT = two_tools_then_text(durable_calls)
+    ai_agents.TOOL_RUNS.clear()
+    ref = ai_client.agent("desk", "acme-1")
+    assert await ref.request("ask", {"prompt": "where is o1?"}, command_id="t1", timeout=20) == plain.output
+    assert len(durable_calls) == 2 and ai_agents.TOOL_RUNS == {"lookup_order:o1": 1, "refund:o1": 1}
+    log = await commits(ai_client.nc, "desk", "acme-1")
+    assert [c["j"].get("name") for c in log] == [
+        "model:default",
+        "tool:lookup_order:c1",
+        "tool:refund:c2",
+        "model:default",
+        None,  # the closing commit: the turn's messages as one event
+    ]
+    assert [e["type"] for e in log[-1]["events"]] == ["MessagesAdded"]
+    assert await ref.request("history_size") == 4  # request, response, tool returns, response
+    assert len(plain.new_messages()) == 4
+
+
+async def test_a_failed_run_is_retried_from_the_journal_without_asking_the_model_again(ai_client: Client) -> None:
+    calls: list[int] = []
+    ai_agents.SCRIPT = two_tools_then_text(calls)
+    ai_agents.FAIL_TOOL_ONCE.add("o1")  # the first run fails in its first tool; the host retries it
+    ref = ai_client.agent("desk", "acme-2")
+    out = await ref.request("ask", {"prompt": "o1?"}, command_id="t2", timeout=30)
+    assert out == "done after ['lookup_order', 'refund']"
+    assert len(calls) == 2  # model call 1 was journaled before the failure: not asked again
+    assert ai_agents.TOOL_RUNS == {"lookup_order:o1": 2, "refund:o1": 1}
+    again = await ref.request_reply("ask", {"prompt": "o1?"}, command_id="t2", timeout=10)
+    assert again.duplicate and again.result == out and len(calls) == 2
+
+
+async def test_a_conversation_lives_in_the_agent_state(ai_client: Client) -> None:
+    seen: list[int] = []
+
+    def echo(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        seen.append(len(messages))
+        return ModelResponse(parts=[TextPart(f"turn {len(seen)}")])
+
+    ai_agents.SCRIPT = echo
+    ref = ai_client.agent("desk", "acme-3")
+    assert await ref.request("ask", {"prompt": "hello"}, timeout=20) == "turn 1"
+    assert await ref.request("ask", {"prompt": "again"}, timeout=20) == "turn 2"
+    assert seen == [1, 3]  # the second turn saw the first turn's request and answer
+
+
+async def test_structured_output_tools_calling_agents_and_usage_limits(ai_client: Client) -> None:
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if not _tool_returns(messages):
+            return ModelResponse(parts=[ToolCallPart("bump", {"counter": "c9"}, tool_call_id="b1")])
+        out = info.output_tools[0].name
+        return ModelResponse(parts=[ToolCallPart(out, {"refund": True, "amount": 7}, tool_call_id="v1")])
+
+    ai_agents.SCRIPT = script
+    ai_agents.FAIL_TOOL_ONCE.add("never")
+    ref = ai_client.agent("desk", "acme-4")
+    assert await ref.request("judge", {"prompt": "refund?"}, command_id="j1", timeout=20) == {
+        "refund": True,
+        "amount": 7,
+    }
+    assert await ai_client.agent("counter", "c9").request("get") == 1  # the tool's call to another agent
+    callee = await commits(ai_client.nc, "counter", "c9")
+    assert [c["cmd"] for c in callee] == ["desk.acme-4:j1#1>counter.c9.increment"]
+
+    ai_agents.Desk.LIMITS = UsageLimits(request_limit=1)
+    ai_agents.SCRIPT = two_tools_then_text([])
+    with pytest.raises(DomainError) as info:  # a new conversation: it needs 2 requests
+        await ai_client.agent("desk", "acme-5").request("ask", {"prompt": "too long"}, timeout=20)
+    assert info.value.reason == "usage_limit_exceeded"
+
+
+async def test_budgets_refuse_the_call_that_would_exceed_them_and_metrics_count_tokens(ai_client: Client) -> None:
+    reader = InMemoryMetricReader()
+    budgets = Budgets(per_tenant=Budget(tokens=200), metrics=GenAiMetrics(MeterProvider(metric_readers=[reader])))
+    durable_support.budgets = budgets
+    calls: list[int] = []
+    ai_agents.SCRIPT = two_tools_then_text(calls)  # FunctionModel's usage: ~135 tokens for these 2 calls
+    await ai_client.agent("desk", "globex-1").request("ask", {"prompt": "o1?"}, timeout=20)
+    first = await budgets.tokens_spent(ai_client, "tenant.globex")
+    assert 0 < first < 200 and len(calls) == 2
+    # another agent of the same tenant: its calls go on while the tenant's spending is under 200
+    await ai_client.agent("desk", "globex-2").request("ask", {"prompt": "o1?"}, timeout=20)
+    total = await budgets.tokens_spent(ai_client, "tenant.globex")
+    assert total >= 200 and len(calls) == 4
+    with pytest.raises(BudgetExceeded) as info:  # the next call of the tenant is refused, unsent
+        await ai_client.agent("desk", "globex-3").request("ask", {"prompt": "o1?"}, timeout=20)
+    assert info.value.code == "budget_exceeded" and len(calls) == 4
+    assert info.value.details == {
+        "scope": "tenant",
+        "key": "tenant.globex",
+        "limit": 200,
+        "spent": total,
+        "unit": "tokens",
+    }
+    # another tenant is not affected
+    await ai_client.agent("desk", "initech-1").request("ask", {"prompt": "o1?"}, timeout=20)
+
+    data = reader.get_metrics_data()
+    points = {
+        (m.name, dp.attributes.get("gen_ai.token.type")): dp
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        for dp in m.data.data_points
+    }
+    usage_in = points[("gen_ai.client.token.usage", "input")]
+    usage_out = points[("gen_ai.client.token.usage", "output")]
+    assert usage_in.attributes["gen_ai.request.model"] == "function:_scripted:"
+    assert usage_in.sum + usage_out.sum == total + (await budgets.tokens_spent(ai_client, "tenant.initech"))
+    assert points[("gen_ai.client.operation.duration", None)].count == usage_in.count
+
+
+async def test_the_real_http_client_path_with_a_retried_server_error(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ScriptedChatServer([[("check", {"item": "disk"})], "all good"]) as server:
+        monkeypatch.setenv("JETAGENTS_MODEL", "openai:scripted")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        durable = ai_agents.http_agent()
+        durable.retry = RetryPolicy(attempts=3, base_s=0.01, max_s=0.05)
+        server.fail_next(1)  # the first request gets a 500: retried inside its step
+        async with Host(host_settings(nats_server.url), Registry(AGENTS)):
+            client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
+            try:
+                out = await client.agent("httpdesk", "h1").request("ask", {"prompt": "check"}, timeout=30)
+            finally:
+                await client.close()
+    assert out == {"output": "all good", "messages": 4}
+    assert server.received == {0: 2, 1: 1} and server.answered == {0: 1, 1: 1}
+    assert server.effects == {"check-disk": 1}
+    [key] = server.effect_keys["check-disk"]
+    assert key.startswith("httpdesk.h1:") and key.endswith("#1")  # the tool step's idempotency key

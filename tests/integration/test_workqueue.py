@@ -1,0 +1,120 @@
+"""Work queues and future combinators against a real nats-server (ADR 0050): three workers
+share a queue; a worker that dies holding a job loses it to another after the visibility
+timeout; a job that always fails is retried and dead-lettered once; a job that is not JSON is
+dead-lettered at once. ``gather``/``first`` cancel the losers and time out with a typed error."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import orjson
+import pytest
+
+from jetagents import AgentTimeout, Client, ClientSettings, NatsServer
+from jetagents._core.wire import Subjects
+from jetagents._nats.workqueue import WorkStore
+from tests.integration.helpers import eventually, read_all
+
+
+@pytest.fixture
+async def clients(nats_server: NatsServer) -> AsyncIterator[list[Client]]:
+    made = [
+        await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8, request_timeout_s=5))
+        for _ in range(4)
+    ]
+    await WorkStore(made[0].nc, Subjects(), timeout_s=5).ensure(max_msg_bytes=64 * 1024)  # a host does this
+    try:
+        yield made
+    finally:
+        for c in made:
+            with contextlib.suppress(Exception):  # one is closed by the test (a worker that dies)
+                await c.close()
+
+
+async def test_workers_share_a_queue_with_retries_visibility_and_dead_letters(clients: list[Client]) -> None:
+    producer, *workers = clients
+    q = producer.work_queue("jobs", visibility_s=1.5, max_attempts=3)
+    for n in range(30):
+        await q.put({"n": n}, msg_id=f"job-{n}")
+    await q.put({"n": 99})  # always fails
+    await producer.nc.jetstream().publish("agt.work.jobs", b"{oops")  # not JSON
+    done: Counter[int] = Counter()
+    by_worker: Counter[int] = Counter()
+    attempts_99: list[int] = []
+
+    def handler(w: int) -> Callable[[dict[str, int]], Awaitable[None]]:
+        async def handle(data: dict[str, int]) -> None:
+            if data["n"] == 99:
+                attempts_99.append(1)
+                raise RuntimeError("job 99 always fails")
+            await asyncio.sleep(0.01)
+            done[data["n"]] += 1
+            by_worker[w] += 1
+
+        return handle
+
+    # a worker that takes one job and dies holding it (never acknowledges, connection gone)
+    crasher = workers[2].work_queue("jobs", visibility_s=1.5, max_attempts=3)
+    stolen = None
+    async for job in crasher.jobs():
+        stolen = job.data
+        break
+    await workers[2].close()
+    stop = asyncio.Event()
+    runs = [
+        asyncio.create_task(
+            w.work_queue("jobs", visibility_s=1.5, max_attempts=3).process(handler(i), concurrency=4, stop=stop)
+        )
+        for i, w in enumerate(workers[:2])
+    ]
+    try:
+        await eventually(lambda: len(done) == 30 and len(attempts_99) == 3, 30, 0.05)
+
+        async def two_dead() -> bool:
+            return len(await read_all(producer.nc, "AGT_WORKDLQ")) >= 2
+
+        await eventually(two_dead, 10)
+    finally:
+        stop.set()
+        await asyncio.gather(*runs)
+    assert stolen is not None and done[stolen["n"]] >= 1  # the dead worker's job was done by another
+    assert all(done[n] >= 1 for n in range(30))
+    assert len(by_worker) == 2  # both live workers took jobs
+    dead = [orjson.loads(d) for _, _, _, d in await read_all(producer.nc, "AGT_WORKDLQ")]
+    assert sorted(d["error"]["code"] for d in dead) == ["internal", "malformed"]
+    failing = next(d for d in dead if d["error"]["code"] == "internal")
+    assert orjson.loads(failing["payload"]) == {"n": 99} and failing["deliveries"] == 3
+    state = await producer.nc.jetstream().stream_info("AGT_WORK")
+    assert state.state.messages == 0  # every job acknowledged or dead-lettered
+
+
+async def test_gather_and_first_cancel_the_losers_and_time_out(clients: list[Client]) -> None:
+    client = clients[0]
+    cancelled: list[str] = []
+
+    async def slow(name: str, delay_s: float, fail: bool = False) -> str:
+        try:
+            await asyncio.sleep(delay_s)
+        except asyncio.CancelledError:
+            cancelled.append(name)
+            raise
+        if fail:
+            raise ValueError(name)
+        return name
+
+    assert await client.gather(slow("a", 0.05), slow("b", 0.01)) == ["a", "b"]
+    assert await client.first(slow("fast", 0.01), slow("slow", 5)) == "fast"
+    assert cancelled == ["slow"]
+    assert await client.first(slow("bad", 0.01, fail=True), slow("ok", 0.05)) == "ok"
+    with pytest.raises(ValueError, match="boom"):
+        await client.gather(slow("boom", 0.01, fail=True), slow("other", 5))
+    assert cancelled[-1] == "other"
+    with pytest.raises(AgentTimeout) as err:
+        await client.gather(slow("x", 0.01), slow("y", 5), timeout_s=0.2)
+    assert err.value.details == {"done": 1} and cancelled[-1] == "y"
+    with pytest.raises(AgentTimeout):
+        await client.first(slow("p", 5), slow("q", 5), timeout_s=0.1)
+    assert set(cancelled[-2:]) == {"p", "q"}
