@@ -36,10 +36,10 @@ import orjson
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 from pydantic_core import to_jsonable_python
 
-from .errors import InternalError, InvalidParams, Unavailable, UnknownAction
+from .errors import InternalError, InvalidParams, UnknownAction
 from .ids import AgentId, validate_token
 from .journal import SLEEP, callee_command_id, current_step_key
-from .schedules import check_reminder_name
+from .schedules import NO_REMINDERS, check_reminder_name
 from .wire import WireEvent, validation_details
 
 if TYPE_CHECKING:
@@ -226,9 +226,8 @@ class AgentContext:
     out: Any = None
     # the running command's parameters (as received) and reply subject, for its journal
     command: Any = None
-    # the host's reminders of this agent (ADR 0042 section 5, ``_host/reminders.py``), and
-    # the reminder whose firing the running action is (None for any other command)
-    reminders: Any = None
+    # the host's reminders of this agent, the firing the running action is (ADR 0042 §5)
+    reminders: Any = NO_REMINDERS
     reminder: Any = None
 
 
@@ -396,27 +395,19 @@ class Agent(Generic[S]):
         self, name: str, *, action: str, params: dict[str, Any] | None = None, at: datetime | int | None = None,
         every: float | timedelta | None = None, cron: str | None = None, tz: str | None = None,
     ) -> None:  # fmt: skip
-        """Run ``action(**params)`` on this agent ``at`` a time (aware datetime, unix ms), ``every``
-        n whole seconds (>= 1) or on ``cron`` (5 fields, or 6 seconds first; ``tz`` IANA), each
-        firing once (``self.reminder`` tells the action); the same ``name`` replaces it. A
-        journaled step; bad input raises ``InvalidParams`` and schedules nothing (ADR 0042 §5)."""
-        bound = self._reminders()
-        reminder = bound.check(name, action, params, at=at, every=every, cron=cron, tz=tz)
-        await self.step(f"remind:{reminder.name}", bound.publish, reminder)
+        """Run ``action(**params)`` here ``at`` a time, ``every`` n s or on ``cron`` (``tz``), each
+        firing once; the same ``name`` replaces it. A journaled step (ADR 0042 §5)."""
+        r = self.ctx.reminders.check(name, action, params, at=at, every=every, cron=cron, tz=tz)
+        await self.step(f"remind:{r.name}", self.ctx.reminders.publish, r)
 
     async def cancel_reminder(self, name: str) -> None:
         """Stop the reminder ``name`` (nothing if there is none); a journaled step."""
-        await self.step(f"unremind:{check_reminder_name(name)}", self._reminders().cancel, name)
+        await self.step(f"unremind:{check_reminder_name(name)}", self.ctx.reminders.cancel, name)
 
     @property
     def reminder(self) -> Any:
-        """The reminder whose firing this action is (``name``, ``next``: RFC 3339), else None."""
+        """The reminder whose firing this action is (``name``, ``next``), else None."""
         return self.ctx.reminder
-
-    def _reminders(self) -> Any:
-        if self.ctx.reminders is None:
-            raise Unavailable("reminders need a host")
-        return self.ctx.reminders
 
     async def publish(self, topic: str, data: Any) -> int:
         """Publish on a topic as a step (ADR 0049): journaled, and published under the step's

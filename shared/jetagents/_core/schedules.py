@@ -24,7 +24,7 @@ import zoneinfo
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .errors import InvalidParams
+from .errors import InvalidParams, Unavailable
 
 # header names of the server's scheduler (ADR-51); nats-py 2.16 names some, has no API
 H_SCHEDULE: Final = "Nats-Schedule"
@@ -188,3 +188,15 @@ def user_headers(headers: dict[str, Any] | None) -> dict[str, str]:
             raise InvalidParams(f"header {k!r} may not be set on a schedule")
         out[k] = v
     return out
+
+
+class NoReminders:
+    """``AgentContext.reminders`` outside a host (an action called directly): every use says so."""
+
+    def check(self, *args: Any, **kwargs: Any) -> Any:
+        raise Unavailable("reminders need a host")
+
+    publish = cancel = list = check
+
+
+NO_REMINDERS: Final = NoReminders()

@@ -79,7 +79,7 @@ from .eventlog import EventLog, NewCommit
 from .outbox import OutStreams
 from .outcomes import Outcomes
 from .placement import Placement
-from .reminders import BUILTINS, builtin_action, closing_entry, firing_of, refuse_stored_schedule
+from .reminders import BUILTINS, builtin_action, closing_entry, firing_of, unscheduled_body
 from .steps import Running, Steps
 from .supervisor import Supervisor
 from .suspension import Suspension
@@ -218,8 +218,7 @@ class Pipeline:
                 err = MalformedCommand("the reply subject is not under a reply prefix this host accepts")
                 await outcomes.settle(cmd, Result.REFUSED, out, error=err, silent=True)
                 return
-            refuse_stored_schedule(cmd)  # acknowledging the refusal removes it (wire contract 15)
-            body = decode_command(cmd.body, s.max_payload_bytes)
+            body = decode_command(unscheduled_body(cmd), s.max_payload_bytes)
             if not isinstance(body, CommandBody):  # a signal, timer, cancel or result query
                 cmd.action = "_" + type(body).__name__.removesuffix("Body").lower()
                 await self._control(act, cmd, body, out)
@@ -351,8 +350,7 @@ class Pipeline:
         ctx.correlation_id = cmd.correlation_id
         ctx.action = action.name
         ctx.out = await self.out.open(act, cmd) if cmd.streams else None
-        ctx.command = Running(raw, cmd.reply_to)
-        ctx.reminder = firing = firing_of(cmd)
+        ctx.command, ctx.reminder = Running(raw, cmd.reply_to), firing_of(cmd)
         agent._begin()
         try:
             loop = self.loop
@@ -372,8 +370,7 @@ class Pipeline:
             agent._finish()
             await self.suspension.suspended(act, cmd, sus.waiting, out)
             return None
-        except (DomainError, ActionCancelled, InvalidParams, UnknownAction) as err:
-            # a refusal: the agent's own, or bad input it passed on (a reminder's name)
+        except (DomainError, ActionCancelled, InvalidParams, UnknownAction) as err:  # refusals
             agent._finish()
             journal = act.journals.get(cmd_id) if act.journals and cmd_id else None
             if journal is not None and (
@@ -406,7 +403,7 @@ class Pipeline:
 
         journals = act.journals
         journal = journals.get(cmd_id) if journals else None  # a journaled action always closes it
-        if events or journal is not None or firing is not None:  # a firing always commits (record)
+        if events or journal is not None or ctx.reminder is not None:  # a firing always commits
             n, own = act.n + 1, self._placement.token_of(act.agent_id, cmd.partition)
             if self._coordinator() is not None and own < max(act.own, 1):
                 # No claim (nor placement) any more, or one older than the log's newest
@@ -426,7 +423,7 @@ class Pipeline:
                 cseq=cmd.stream_seq,
                 ts_ms=self._clock.wall_ms(),
                 own=own,
-                j=closing_entry(firing, journal is not None, agent._cursor),
+                j=closing_entry(ctx.reminder, journal is not None, agent._cursor),
             )
             commit = NewCommit(n, name, own, body)
             try:

@@ -89,11 +89,13 @@ def closing_entry(firing: Firing | None, journaled: bool, i: int) -> dict[str, A
     return end_entry(i) if journaled else None
 
 
-def refuse_stored_schedule(cmd: Command) -> None:
-    """A durable command that still carries ``Nats-Schedule`` is a schedule someone stored on
-    a command subject (the stream's schedule flag covers every subject), not a firing."""
+def unscheduled_body(cmd: Command) -> bytes:
+    """The command's body, unless it is a schedule someone stored on a command subject (the
+    stream's schedule flag covers every subject): refused then, and acknowledging the refusal
+    removes it (wire contract 15)."""
     if cmd.durable and H_SCHEDULE in cmd.headers:
         raise MalformedCommand("a message schedule is not a command")
+    return cmd.body
 
 
 def check(
