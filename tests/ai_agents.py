@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
 from pydantic_ai import Agent as AiAgent
 from pydantic_ai import RunContext
-from pydantic_ai.messages import ModelMessage, ModelResponse
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, ToolReturnPart
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 from pydantic_ai.usage import UsageLimits
 
 from jetagents import action, step_key
@@ -98,6 +98,42 @@ class Desk(ChatAgent[ChatState]):
         return len(self.state.messages)
 
 
+# -- streaming and a tool that needs a person's approval ----------------------------------------
+async def _ops_stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
+    parts = [p for m in messages if isinstance(m, ModelRequest) for p in m.parts]
+    returns = [p for p in parts if isinstance(p, ToolReturnPart)]
+    wipe = any("wipe" in str(getattr(p, "content", "")) for p in parts)
+    if wipe and not returns:
+        yield {0: DeltaToolCall(name="wipe_disk", json_args='{"disk": "d1"}', tool_call_id="w1")}
+        return
+    for word in (str(returns[-1].content) if returns else "all disks are healthy").split(" "):
+        yield word + " "
+
+
+ops: AiAgent[None, str] = AiAgent(FunctionModel(stream_function=_ops_stream), name="ops")
+
+
+@ops.tool_plain(requires_approval=True)
+def wipe_disk(disk: str) -> str:
+    """Erase a disk (a person approves first)."""
+    TOOL_RUNS[f"wipe_disk:{disk}"] += 1
+    return f"wiped {disk}"
+
+
+durable_ops = DurableAgent(ops, stream=True, approvals=True, approval_timeout_s=30.0)
+
+
+class OpsDesk(ChatAgent[ChatState]):
+    type_name = "opsdesk"
+    state_type = ChatState
+    action_timeout_s = 60.0
+
+    @action
+    async def ask(self, prompt: str) -> str:
+        result = await self.chat(durable_ops, prompt)
+        return str(result.output)
+
+
 # -- a model from the environment, effects reported outside the host ---------------------------
 _http: dict[str, DurableAgent] = {}
 
@@ -133,4 +169,4 @@ class HttpDesk(ChatAgent[ChatState]):
 if os.environ.get("JETAGENTS_MODEL"):  # a host process: the model is built when the agents load
     http_agent()
 
-AGENTS: list[Any] = [Desk, HttpDesk]
+AGENTS: list[Any] = [Desk, HttpDesk, OpsDesk]

@@ -6,7 +6,7 @@ import os
 import socket
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._core.ids import validate_reply_prefix
@@ -44,6 +44,21 @@ class ClientSettings(CommonSettings):
     breaker_reset_s: float = Field(default=5.0, gt=0)
 
 
+class WorkerPool(BaseModel):
+    """A bulkhead: the agent types whose actions only this pool's workers run (issue 17)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    types: list[str] = Field(min_length=1, description="agent types served by this pool only")
+    workers: int = Field(ge=1, le=100_000, description="their actions running at once")
+    queue_max: int = Field(
+        default=64,
+        ge=0,
+        description="their commands waiting for a worker; more are refused early: calls get 'unavailable'"
+        " (reason pool_saturated, retryable), durable commands are handed back (-NAK with delay)",
+    )
+
+
 class HostSettings(CommonSettings):
     host_id: str = Field(default_factory=_default_host_id, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     agents: list[str] = Field(
@@ -79,6 +94,12 @@ class HostSettings(CommonSettings):
         description="host-wide bytes of the bodies of commands received, not finished (calls beyond it: overloaded)",
     )
     workers: int = Field(default=256, ge=1, le=100_000, description="agents processed at once")
+    pools: dict[str, WorkerPool] = Field(
+        default_factory=dict,
+        description="bulkheads, name -> {types, workers, queue_max}: the listed types run on their pool's"
+        " workers only, so a hung or slow type takes neither the shared workers nor another pool's;"
+        " other types share 'workers'",
+    )
     max_mailbox_per_agent: int = Field(
         default=128,
         ge=1,
@@ -147,11 +168,27 @@ class HostSettings(CommonSettings):
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+    call_path_max: int = Field(
+        default=16,
+        ge=1,
+        le=64,
+        description="agents a call chain may pass through (Agt-Call-Path); a longer chain fails with call_too_deep",
+    )
     reply_prefixes: list[str] = Field(
         default_factory=lambda: ["_INBOX."],
         min_length=1,
         description="a host answers only on subjects under these (never '$' subjects nor the subject root)",
     )
+
+    @model_validator(mode="after")
+    def _check_pools(self) -> HostSettings:
+        seen: dict[str, str] = {}
+        for name, pool in self.pools.items():
+            for t in pool.types:
+                if t in seen:
+                    raise ValueError(f"agent type {t!r} is in two worker pools: {seen[t]!r} and {name!r}")
+                seen[t] = name
+        return self
 
     @model_validator(mode="after")
     def _check_reply_prefixes(self) -> HostSettings:

@@ -208,3 +208,46 @@ async def test_the_real_http_client_path_with_a_retried_server_error(
     assert server.effects == {"check-disk": 1}
     [key] = server.effect_keys["check-disk"]
     assert key.startswith("httpdesk.h1:") and key.endswith("#1")  # the tool step's idempotency key
+
+
+async def test_text_streams_to_the_caller_as_the_model_makes_it(ai_client: Client) -> None:
+    ref = ai_client.agent("opsdesk", "acme-6")
+    stream = ref.stream("ask", {"prompt": "status?"}, command_id="s1", timeout=20)
+    chunks = [chunk async for chunk in stream]
+    assert chunks == [{"delta": w + " "} for w in ("all", "disks", "are", "healthy")]  # the model's deltas
+    assert stream.result == "all disks are healthy "
+    log = await commits(ai_client.nc, "opsdesk", "acme-6")
+    assert [c["j"].get("name") for c in log] == ["model:default", None]
+
+
+async def test_a_tool_that_needs_approval_suspends_the_action_until_a_person_decides(ai_client: Client) -> None:
+    ref = ai_client.agent("opsdesk", "acme-7")
+    first = await ref.request_reply("ask", {"prompt": "wipe d1"}, command_id="w1", timeout=20)
+    assert first.status == "suspended" and first.waiting["signal"] == "approval"
+    assert ai_agents.TOOL_RUNS == {}
+    assert await ref.signal("approval", {"approved": True}) == {"delivered": "w1"}
+    assert await ref.result("w1", timeout=20) == "wiped d1 " and ai_agents.TOOL_RUNS == {"wipe_disk:d1": 1}
+    log = await commits(ai_client.nc, "opsdesk", "acme-7")
+    kinds = [(c["j"]["k"], c["j"].get("name")) for c in log if c.get("j")]
+    assert kinds == [
+        ("step", "model:default"),
+        ("wait", "approval"),
+        ("signal", "approval"),
+        ("step", "tool:wipe_disk:w1"),
+        ("step", "model:default"),
+        ("end", None),
+    ]
+
+
+async def test_a_denied_or_unanswered_approval_is_a_denial(ai_client: Client) -> None:
+    ref = ai_client.agent("opsdesk", "acme-8")
+    await ref.request_reply("ask", {"prompt": "wipe d1"}, command_id="w2", timeout=20)
+    await ref.signal("approval", {"approved": False, "reason": "not on a Friday"})
+    assert await ref.result("w2", timeout=20) == "wipe_disk was not approved: not on a Friday "
+    ai_agents.durable_ops.approval_timeout_s = 1.0
+    try:
+        out = await ai_client.agent("opsdesk", "acme-9").request("ask", {"prompt": "wipe d1"}, timeout=30)
+    finally:
+        ai_agents.durable_ops.approval_timeout_s = 30.0
+    assert out == "wipe_disk was not approved: no decision in time "
+    assert ai_agents.TOOL_RUNS == {}  # the tool never ran

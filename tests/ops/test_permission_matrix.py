@@ -31,6 +31,7 @@ from jetagents._state.store import SharedState
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import host_settings
 from tests.ops.nats_configs import CLIENT_INBOX, HOST_INBOX, OPS_NATS, BootedConfigs, Node, Violations, boot
+from tests.stream_agents import AGENTS as STREAM_AGENTS
 
 # reply subjects that land in a stream (subject, stream): a reply there is a forged commit,
 # a spawned agent, an overwritten snapshot or shared state, a forged dead letter, a ghost
@@ -43,10 +44,11 @@ STORED_TARGETS = [
     ("agt.dlq.counter.forged", "AGT_DLQ"),
     ("$KV.agt_cluster.member.ghost", "KV_agt_cluster"),
     ("$KV.agt_cluster.ring", "KV_agt_cluster"),
+    ("agt.out.counter.victim.forged", "AGT_OUT"),
 ]
 # reply subjects that are JetStream API requests (a stream delete ignores its body)
 API_TARGETS = ["$JS.API.STREAM.PURGE.AGT_EVT", "$JS.API.STREAM.DELETE.AGT_DLQ"]
-PROTECTED = ["AGT_CMD", "AGT_EVT", "AGT_DLQ", "KV_agt_snap", "KV_agt_meta"]
+PROTECTED = ["AGT_CMD", "AGT_EVT", "AGT_DLQ", "AGT_OUT", "KV_agt_snap", "KV_agt_meta"]
 _ids = itertools.count()
 
 
@@ -95,7 +97,7 @@ async def world(server: BootedConfigs) -> AsyncIterator[World]:
     await state.start()
     await state.close()
     settings = host_settings(server.url("host"), host_id="perm-host", inbox_prefix=HOST_INBOX)
-    async with Host(settings, Registry(EXAMPLE_AGENTS)) as host:
+    async with Host(settings, Registry([*EXAMPLE_AGENTS, *STREAM_AGENTS])) as host:
         client = await Client.connect(
             settings=ClientSettings(nats_url=server.url("client"), partitions=8, inbox_prefix=CLIENT_INBOX)
         )
@@ -314,6 +316,39 @@ async def test_the_legitimate_paths_work_under_the_inbox_prefixes(world: World) 
     # the client user's own inboxes are its prefix; a default one is refused by the server
     assert w.client.nc.new_inbox().startswith(f"{CLIENT_INBOX}.")
     assert w.host.nc.new_inbox().startswith(f"{HOST_INBOX}.")
+
+
+async def test_a_client_reads_streamed_output_but_never_writes_or_purges_it(world: World) -> None:
+    """Clients read ``AGT_OUT`` (direct get, and ``agt.out.>`` to wake up); only hosts publish
+    there, and nobody but the admin purges or deletes from it."""
+    w = world
+    stream = w.client.agent("writer", "perm-w").stream("tell", {"intro": 2, "outro": 1}, command_id="perm-s1")
+    assert [item async for item in stream] == ["intro 0", "intro 1", {"outro": 0}] and stream.result == 3
+    subject = "agt.out.writer.perm-w.perm-s1"
+    stored = await w.count("AGT_OUT", subject)
+    seen = Violations()
+    atk = await _attacker(w, seen)
+    try:
+        forged = {"Agt-Stream-Kind": "end", "Nats-Msg-Id": "forged"}
+        await atk.publish(subject, b'{"ok":true,"result":"forged"}', headers=forged)
+        await atk.publish("agt.out.writer.perm-w.other", b"[]")
+        await seen.wait_for(f'Publish to "{subject}"')
+        await seen.wait_for('Publish to "agt.out.writer.perm-w.other"')
+        for api in (
+            "$JS.API.STREAM.PURGE.AGT_OUT",
+            "$JS.API.STREAM.MSG.DELETE.AGT_OUT",
+            "$JS.API.STREAM.DELETE.AGT_OUT",
+            "$JS.API.CONSUMER.CREATE.AGT_OUT",
+            "$JS.API.DIRECT.GET.AGT_EVT",  # direct gets reach streamed output only, not logs
+        ):
+            with pytest.raises((NatsTimeout, NoRespondersError)):
+                await atk.request(api, b'{"seq":1}', timeout=0.5)
+            await seen.wait_for(api)
+    finally:
+        await atk.close()
+    assert await w.count("AGT_OUT", subject) == stored
+    again = w.client.agent("writer", "perm-w").read_stream("perm-s1")
+    assert [item async for item in again] == stream.chunks and again.result == 3
 
 
 async def test_reminders_only_through_a_host(world: World) -> None:

@@ -22,6 +22,7 @@ import orjson
 from opentelemetry import metrics, trace
 
 from .._core.agent import Agent, spec_of
+from .._core.callchain import current_frame
 from .._core.clock import SystemClock
 from .._core.errors import AgentTimeout, JetAgentsError, Unavailable
 from .._core.ids import AgentId, partition_of
@@ -367,6 +368,9 @@ class Client:
         options: SendOptions,
         body: bytes | None = None,
     ) -> Reply | str:
+        # inside an action (a host's client): the call names its chain and path (ADR 0042
+        # section 7), and the action is marked as waiting on the callee while the reply is out
+        frame = current_frame()
         cmd = OutboundCommand.build(
             aid,
             action,
@@ -377,6 +381,17 @@ class Client:
             limit_bytes=payload_limit(self.settings.max_payload_bytes, self._transport.max_payload),
             new_id=self._transport.new_id,
             wall_ms=self._clock.wall_ms(),
+            chain=None if frame is None else frame.outgoing(aid.key, waits=options.want_reply),
             body=body,
         )
-        return await self._sender.send(cmd)
+        if frame is None or not options.want_reply:
+            return await self._sender.send(cmd)
+        frame.wait(aid.key)  # before sending: the callee may call back before we await
+        try:
+            result = await self._sender.send(cmd)
+        finally:
+            frame.done(aid.key)
+        hold = frame.hold
+        if hold is not None:  # a call that came back along the chain still runs on this agent
+            await hold.wait()
+        return result

@@ -90,10 +90,12 @@ class OutboundCommand:
         limit_bytes: int,
         new_id: Callable[[], str],
         wall_ms: int,
+        chain: Mapping[str, str] | None = None,
         body: bytes | None = None,
     ) -> OutboundCommand:
         """``timeout_s``: the caller's wait (the options' or the client's default);
-        ``limit_bytes``: the largest body the client and the server take; ``body``: one
+        ``limit_bytes``: the largest body the client and the server take; ``chain``: the
+        call-chain headers of a call made inside an action (ADR 0042 section 7); ``body``: one
         that is no action (a signal, a cancel, a result query; ``action`` names it)."""
         if body is None:
             body = encode_body(action, params)
@@ -133,6 +135,8 @@ class OutboundCommand:
             headers[H_STREAM] = "1"
         if delivery is Delivery.EXACTLY_ONCE:  # the stream drops a second copy within its window
             headers[H_MSG_ID] = cmd_id
+        if chain:
+            headers.update(chain)
         subject = (
             subjects.call(agent.type, agent.id)
             if delivery is Delivery.AT_MOST_ONCE

@@ -29,7 +29,6 @@ import inspect
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast, overload
 
 import orjson
@@ -39,7 +38,7 @@ from pydantic_core import to_jsonable_python
 from .errors import InternalError, InvalidParams, UnknownAction
 from .ids import AgentId, validate_token
 from .journal import SLEEP, callee_command_id, current_step_key
-from .schedules import NO_REMINDERS, check_reminder_name
+from .schedules import NO_REMINDERS, Reminding
 from .wire import WireEvent, validation_details
 
 if TYPE_CHECKING:
@@ -71,6 +70,7 @@ class ActionSpec:
     read_only: bool
     strict: bool = True
     timeout_s: float | None = None  # @action(timeout_s=...); None: the type's, else the host's
+    reentrant: bool | None = None  # @action(reentrant=...); None: the type's Agent.reentrant
     while_suspended: str | None = None  # @action(while_suspended=...); None: the type's (ADR 0042 §4)
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -121,6 +121,7 @@ class AgentSpec:
     appliers: dict[str, ApplierSpec] = field(default_factory=dict)
     spawn_required: bool = False
     action_timeout_s: float | None = None  # Agent.action_timeout_s; None: the host's default
+    reentrant: bool = True  # Agent.reentrant (ADR 0042 section 7)
     while_suspended: str = "enqueue"  # Agent.while_suspended (ADR 0042 §4)
 
     def while_suspended_of(self, action: str) -> str:
@@ -149,6 +150,7 @@ def action(
     read_only: bool = False,
     strict: bool | None = None,
     timeout_s: float | None = None,
+    reentrant: bool | None = None,
     while_suspended: str | None = None,
 ) -> Callable[[F], F]: ...
 def action(
@@ -158,6 +160,7 @@ def action(
     read_only: bool = False,
     strict: bool | None = None,
     timeout_s: float | None = None,
+    reentrant: bool | None = None,
     while_suspended: str | None = None,
 ) -> F | Callable[[F], F]:
     """Mark an ``async def`` method as an action callable by clients.
@@ -167,6 +170,9 @@ def action(
     is the agent class's ``strict_params`` (True: the wire contract is strict).
     ``timeout_s`` limits one run of it (default: the type's ``action_timeout_s``, else the
     host's ``action_timeout_s``); past it the action is cancelled and nothing it emitted is kept.
+    ``reentrant`` says whether a call of this action that comes back along its own call chain
+    (A -> B -> A) runs at once, alongside the action waiting for it (default: the class's
+    ``reentrant``); ``False`` refuses it with ``call_cycle`` (ADR 0042 section 7).
     ``while_suspended`` (``enqueue``, ``reject``, ``interrupt``): what the agent's other
     write commands do while this action is suspended (default: the type's, ADR 0042 §4).
     """
@@ -180,6 +186,7 @@ def action(
             "read_only": read_only,
             "strict": strict,
             "timeout_s": timeout_s,
+            "reentrant": reentrant,
             "while_suspended": while_suspended,
         }
         return f
@@ -226,9 +233,7 @@ class AgentContext:
     out: Any = None
     # the running command's parameters (as received) and reply subject, for its journal
     command: Any = None
-    # the host's reminders of this agent, the firing the running action is (ADR 0042 §5)
-    reminders: Any = NO_REMINDERS
-    reminder: Any = None
+    reminders: Any = NO_REMINDERS  # the host's reminders of this agent (ADR 0042 §5)
 
 
 _IMMUTABLE = (int, float, str, bool, bytes, type(None))
@@ -245,7 +250,7 @@ def _draft_of(state: S) -> S:
     return state.model_copy(deep=True)
 
 
-class Agent(Generic[S]):
+class Agent(Reminding, Generic[S]):
     """Base class of agents. Subclasses set ``type_name`` and ``state_type``."""
 
     type_name: ClassVar[str] = ""
@@ -260,6 +265,8 @@ class Agent(Generic[S]):
     # time limit of one action run for this type (None: HostSettings.action_timeout_s);
     # an action's own @action(timeout_s=...) wins over it
     action_timeout_s: ClassVar[float | None] = None
+    # a call back along its own chain (A -> B -> A) runs at once; False: call_cycle (ADR 0042 §7)
+    reentrant: ClassVar[bool] = True
     # what this type's other write commands do while one of its actions is suspended on a
     # wait (ADR 0042 §4): "enqueue" (parked, run after it), "reject" (agent_suspended) or
     # "interrupt" (the suspended action is cancelled); read-only actions always run
@@ -391,24 +398,6 @@ class Agent(Generic[S]):
 
         return await self.step(f"call:{agent_type}/{agent_id}.{action}", _call)
 
-    async def remind(
-        self, name: str, *, action: str, params: dict[str, Any] | None = None, at: datetime | int | None = None,
-        every: float | timedelta | None = None, cron: str | None = None, tz: str | None = None,
-    ) -> None:  # fmt: skip
-        """Run ``action(**params)`` here ``at`` a time, ``every`` n s or on ``cron`` (``tz``), each
-        firing once; the same ``name`` replaces it. A journaled step (ADR 0042 §5)."""
-        r = self.ctx.reminders.check(name, action, params, at=at, every=every, cron=cron, tz=tz)
-        await self.step(f"remind:{r.name}", self.ctx.reminders.publish, r)
-
-    async def cancel_reminder(self, name: str) -> None:
-        """Stop the reminder ``name`` (nothing if there is none); a journaled step."""
-        await self.step(f"unremind:{check_reminder_name(name)}", self.ctx.reminders.cancel, name)
-
-    @property
-    def reminder(self) -> Any:
-        """The reminder whose firing this action is (``name``, ``next``), else None."""
-        return self.ctx.reminder
-
     async def publish(self, topic: str, data: Any) -> int:
         """Publish on a topic as a step (ADR 0049): journaled, and published under the step's
         key, so a re-run neither publishes again nor loses the message. Its stream sequence."""
@@ -492,6 +481,7 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
         state_type=state_type,
         spawn_required=cls.spawn_required,
         action_timeout_s=cls.action_timeout_s,
+        reentrant=cls.reentrant,
         while_suspended=cls.while_suspended,
     )
     _check_timeout(cls.action_timeout_s, f"{cls.__name__}.action_timeout_s")
@@ -509,7 +499,8 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
                     marker["read_only"],
                     strict,
                     marker.get("timeout_s"),
-                    marker.get("while_suspended"),
+                    while_suspended=marker.get("while_suspended"),
+                    reentrant=marker.get("reentrant"),
                 )
             elif getattr(member, "__jetagents_applies__", False):
                 event_cls = _applier_event(cls, member)
@@ -524,6 +515,7 @@ def _action_spec(
     read_only: bool,
     strict: bool = True,
     timeout_s: float | None = None,
+    reentrant: bool | None = None,
     while_suspended: str | None = None,
 ) -> ActionSpec:
     # the method's own module: an inherited action resolves names where it was written
@@ -545,7 +537,18 @@ def _action_spec(
     )
     ret = hints.get("return")
     adapter = TypeAdapter(ret) if ret is not None else None
-    return ActionSpec(name, fn, params_model, tuple(names), adapter, read_only, strict, timeout_s, while_suspended)
+    return ActionSpec(
+        name,
+        fn,
+        params_model,
+        tuple(names),
+        adapter,
+        read_only,
+        strict,
+        timeout_s,
+        reentrant=reentrant,
+        while_suspended=while_suspended,
+    )
 
 
 def _applier_event(cls: type, fn: Callable[..., Any]) -> type[Event]:

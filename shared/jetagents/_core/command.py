@@ -11,6 +11,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from .callchain import CallChain
 from .ids import is_reply_subject
 from .wire import (
     H_COMMAND_ID,
@@ -86,10 +87,12 @@ class Command:
     outcome: str = ""
     error: str = ""
     traced: bool = False  # in a process span (SDK tracing): append and reply get spans too
+    chain: CallChain | None = None  # its Agt-Call-Chain/-Path, read by the scheduler when present (ADR 0042)
     streams: bool = False  # sent with Agt-Stream: 1: its output and end go to agt.out (ADR 0042)
     # a journal's re-run (ADR 0042): a suspended action resumed, or a parked command run, in
     # the turn of the command that freed it (never acknowledged itself: that command is)
     resume: bool = False
+    pooled: bool = False  # counted in its type's worker pool (a bulkhead) while in hand
 
     @property
     def durable(self) -> bool:

@@ -16,6 +16,9 @@
     ├── DeadlineExceeded                no   the command's deadline passed before or while it ran
     ├── ActionTimeout                   no   the action overran its time limit and was cancelled
     ├── NonDeterministic                no   a re-run reached a step its journal holds under another name
+    ├── Deadlock                        no   a call would close a wait-for cycle (ADR 0042 section 7)
+    ├── CallCycle                       no   a call came back along its chain to a non-re-entrant agent
+    ├── CallTooDeep                     no   a call chain longer than call_path_max
     ├── AgentSuspended                  yes  a write to an agent whose action is suspended (policy reject)
     ├── SignalBufferFull                yes  a signal nobody waits for, and the agent's buffer is full
     ├── ActionCancelled                 no   the command was cancelled (``cancel``) while running or suspended
@@ -117,6 +120,27 @@ class NonDeterministic(JetAgentsError):
     code = "nondeterministic"
 
 
+class Deadlock(JetAgentsError):
+    """A call would have queued behind an action that waits, through the call's path, on
+    this very call (ADR 0042 section 7): refused at once instead of waiting for timeouts.
+    ``details``: ``chain``, ``path`` (the agents in the cycle, oldest first) and
+    ``waiting_on`` (the agent the receiver waits on)."""
+
+    code = "deadlock"
+
+
+class CallCycle(JetAgentsError):
+    """A call came back along its own chain to an agent (or action) with re-entrancy off."""
+
+    code = "call_cycle"
+
+
+class CallTooDeep(JetAgentsError):
+    """A call chain would name more agents than ``call_path_max``."""
+
+    code = "call_too_deep"
+
+
 class AgentSuspended(JetAgentsError):
     """A write command reached an agent whose action is suspended, and the action's
     ``while_suspended`` policy is ``reject`` (ADR 0042 section 4): try again later."""
@@ -188,6 +212,9 @@ _BY_CODE: dict[str, type[JetAgentsError]] = {
         ActionTimeout,
         InternalError,
         NonDeterministic,
+        Deadlock,
+        CallCycle,
+        CallTooDeep,
         AgentSuspended,
         SignalBufferFull,
         ActionCancelled,

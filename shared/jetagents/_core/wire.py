@@ -32,6 +32,9 @@ H_ERROR_CODE: Final = "Agt-Error"
 H_HOST: Final = "Agt-Host"
 H_REMINDER: Final = "Agt-Reminder"  # on a reminder's schedule, copied onto each firing (ADR 0042 §5)
 H_CONTENT_TYPE: Final = "Content-Type"
+# call chains (ADR 0042 section 7): the chain's root command id, the agents waiting on a call
+H_CALL_CHAIN: Final = "Agt-Call-Chain"
+H_CALL_PATH: Final = "Agt-Call-Path"
 # streamed output (ADR 0042 section 6): the command opts in; what each AGT_OUT message is
 H_STREAM: Final = "Agt-Stream"
 H_STREAM_KIND: Final = "Agt-Stream-Kind"

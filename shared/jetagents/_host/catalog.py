@@ -21,6 +21,7 @@ import orjson
 from pydantic import ValidationError
 
 from .._core.agent import Agent, AgentContext, AgentSpec
+from .._core.callchain import Frame
 from .._core.clock import Clock
 from .._core.dedup import DedupRecord
 from .._core.errors import FencedError, InternalError, Unavailable, UnknownAgent
@@ -69,6 +70,9 @@ class Activation:
     # command id -> its open journal (ADR 0042): commands whose durable steps are in the log
     # but whose closing commit is not; created on demand
     journals: dict[str, Journal] | None = None
+    # the call-chain frames of its running actions (ADR 0042 section 7): the running command's,
+    # and a re-entrant one's on top while it runs; created on demand
+    frames: list[Frame] | None = None
     # signals that came with nobody waiting for them, oldest first (their ``inbox`` entries,
     # with ``cmd``: the signal's command id); created on demand
     inbox: list[dict[str, Any]] | None = None

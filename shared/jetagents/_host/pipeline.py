@@ -30,7 +30,10 @@ from .._core.dedup import DedupRecord
 from .._core.errors import (
     ActionCancelled,
     ActionTimeout,
+    CallCycle,
+    CallTooDeep,
     DeadlineExceeded,
+    Deadlock,
     DomainError,
     FencedError,
     InternalError,
@@ -350,7 +353,7 @@ class Pipeline:
         ctx.correlation_id = cmd.correlation_id
         ctx.action = action.name
         ctx.out = await self.out.open(act, cmd) if cmd.streams else None
-        ctx.command, ctx.reminder = Running(raw, cmd.reply_to), firing_of(cmd)
+        ctx.command, agent._firing = Running(raw, cmd.reply_to, cmd.streams), firing_of(cmd)
         agent._begin()
         try:
             loop = self.loop
@@ -385,9 +388,10 @@ class Pipeline:
                 self._records(act).refused(cmd_id, err.to_wire())
             await self._outcomes.settle(cmd, Result.DOMAIN, out, error=err)
             return None
-        except NonDeterministic as err:  # its journal stays open and blocked (ADR 0042)
+        except (NonDeterministic, Deadlock, CallCycle, CallTooDeep) as err:  # final: not retried (ADR 0042)
             agent._finish()
-            await self._steps.block(act, agent, err)
+            if isinstance(err, NonDeterministic):  # its journal stays open and blocked
+                await self._steps.block(act, agent, err)
             await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
             return None
         except Overrun:
@@ -403,7 +407,7 @@ class Pipeline:
 
         journals = act.journals
         journal = journals.get(cmd_id) if journals else None  # a journaled action always closes it
-        if events or journal is not None or ctx.reminder is not None:  # a firing always commits
+        if events or journal is not None or agent._firing is not None:  # a firing always commits
             n, own = act.n + 1, self._placement.token_of(act.agent_id, cmd.partition)
             if self._coordinator() is not None and own < max(act.own, 1):
                 # No claim (nor placement) any more, or one older than the log's newest
@@ -423,7 +427,7 @@ class Pipeline:
                 cseq=cmd.stream_seq,
                 ts_ms=self._clock.wall_ms(),
                 own=own,
-                j=closing_entry(ctx.reminder, journal is not None, agent._cursor),
+                j=closing_entry(agent._firing, journal is not None, agent._cursor),
             )
             commit = NewCommit(n, name, own, body)
             try:

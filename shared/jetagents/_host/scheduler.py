@@ -1,7 +1,11 @@
-"""The scheduler: per-agent mailboxes, the ready heap, the workers and the in-flight bounds.
+"""The scheduler: per-agent mailboxes, the ready heaps, the worker pools and the in-flight bounds.
 
 Every agent sees its commands one at a time and in arrival order; different agents run
-concurrently on at most ``workers`` worker tasks, which take ready agents by priority. A full
+concurrently on at most ``workers`` worker tasks, which take ready agents by priority. Types
+listed in a worker pool (``HostSettings.pools``, bulkheads) run on that pool's workers only, and
+a pool whose workers are busy and whose queue is full refuses more of its types' commands at
+once (calls: ``unavailable``, reason ``pool_saturated``; durable: handed back), so a hung or slow
+type holds neither the shared workers nor the host's in-flight room. A full
 mailbox (or an earlier hand-back still out) refuses a command: a call is answered busy, a
 durable command is handed back to the stream with a growing delay (ADR 0036). The commands in
 hand (queued or running) are counted, in number and bytes, so intake and the pullers stop
@@ -24,8 +28,10 @@ from .._core.command import ACKED, Command, Kind
 from .._core.errors import JetAgentsError, MalformedCommand, Unavailable, UnknownAgentType
 from .._core.ids import AgentId, is_valid_token
 from .._core.outcome import Result
+from .._core.wire import H_CALL_CHAIN
 from .._obs.propagation import carry_context
 from .._settings import HostSettings
+from .callchains import CallChains
 from .catalog import Activation, Catalog
 from .eager import start_eager
 from .outcomes import Outcomes
@@ -34,6 +40,22 @@ from .supervisor import Supervisor
 # a durable command handed back because its agent's mailbox was full keeps every later
 # command of that agent waiting (handed back too) until it returns, or until this long
 _HOLD_S = 60.0
+
+
+class _Pool:
+    """Workers and the agents ready for one of them: the shared pool, or a bulkhead."""
+
+    __slots__ = ("in_hand", "limit", "name", "ready", "running", "workers")
+
+    def __init__(self, name: str, workers: int, queue_max: int | None) -> None:
+        self.name = name
+        self.workers = workers
+        self.running = 0
+        # agents with commands waiting for a free worker, by (priority rank, arrival)
+        self.ready: list[tuple[int, int, Activation]] = []
+        # a bulkhead's commands in hand (running or queued) and how many it takes
+        self.in_hand = 0
+        self.limit = None if queue_max is None else workers + queue_max
 
 
 class Scheduler:
@@ -64,12 +86,15 @@ class Scheduler:
         self._wake_pullers = wake_pullers
         # past this many bytes in hand no puller asks for more (room for one more largest body)
         self._full_bytes = settings.max_inflight_bytes - max_payload_bytes - 4096
-        # agents with commands waiting for a free worker, by (priority rank, arrival)
-        self._ready: list[tuple[int, int, Activation]] = []
         self._seq = itertools.count()
-        # workers: at most settings.workers tasks, each processing one agent's command and
-        # then the next ready agent's, until none is ready
-        self._running = 0
+        # workers: per pool at most its ``workers`` tasks, each processing one agent's command
+        # and then the next ready agent's of the same pool, until none is ready
+        self._shared = _Pool("shared", settings.workers, None)
+        self._pools: dict[str, _Pool] = {}  # agent type -> its bulkhead
+        for name, cfg in settings.pools.items():
+            pool = _Pool(name, cfg.workers, cfg.queue_max)
+            for agent_type in cfg.types:
+                self._pools[agent_type] = pool
         self._inflight: set[Command] = set()
         # read by intake for every call (plain attributes, not properties: no call each);
         # only this class writes them
@@ -78,6 +103,16 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
+        # call chains (ADR 0042 section 7): a chained command for a busy agent may run at once or fail fast
+        self.chains = CallChains(
+            settings,
+            log,
+            outcomes=outcomes,
+            supervisor=supervisor,
+            refuse=self.reject_unrouted,
+            untrack=self.untrack,
+            process=process,
+        )
 
     # -- what the others ask -----------------------------------------------------------------
     def in_hand(self) -> list[Command]:
@@ -110,24 +145,40 @@ class Scheduler:
         key = f"{agent_type}.{agent_id}"
         activations = self._catalog.activations
         act = activations.get(key)
+        pool = self._pools.get(agent_type)
+        saturated = pool is not None and pool.limit is not None and pool.in_hand >= pool.limit
         if act is None:
             act = Activation(AgentId(agent_type, agent_id), spec)
             activations[key] = act
+            if saturated and cmd.kind != Kind.MIGRATE and self._over_bound(act, cmd, pool):
+                return
         else:
             activations.move_to_end(key)
             mailbox = act.mailbox
             full = mailbox is not None and len(mailbox) >= self._settings.max_mailbox_per_agent
-            if (full or act.held is not None) and cmd.kind != Kind.MIGRATE and self._over_bound(act, cmd):
+            if (
+                (full or saturated or act.held is not None)
+                and cmd.kind != Kind.MIGRATE
+                and self._over_bound(act, cmd, pool if saturated else None)
+            ):
                 return
+        hdrs = cmd.headers
+        if hdrs and H_CALL_CHAIN in hdrs and self.chains.admit(act, cmd):
+            return
+        if pool is not None:
+            pool.in_hand += 1
+            cmd.pooled = True
+        else:
+            pool = self._shared
         if act.scheduled:  # running or waiting for a worker: its commands run in order
             if act.mailbox is None:
                 act.mailbox = deque()
             act.mailbox.append(cmd)
             return
         act.scheduled = True
-        if self._running < self._settings.workers:
-            self._running += 1
-            coro = self._work(act, cmd)
+        if pool.running < pool.workers:
+            pool.running += 1
+            coro = self._work(pool, act, cmd)
             # Run it here and now, up to its first wait, rather than one turn of the event
             # loop later in a new task (docs/adr/0031).
             loop = self.loop
@@ -136,16 +187,20 @@ class Scheduler:
                 self._supervisor.adopt("workers", task)
             return
         act.mailbox = deque((cmd,))
-        heapq.heappush(self._ready, (cmd.priority_rank, next(self._seq), act))
+        heapq.heappush(pool.ready, (cmd.priority_rank, next(self._seq), act))
 
-    def _over_bound(self, act: Activation, cmd: Command) -> bool:
+    def _pool_of(self, act: Activation) -> _Pool:
+        return self._pools.get(act.agent_id.type, self._shared)
+
+    def _over_bound(self, act: Activation, cmd: Command, saturated: _Pool | None = None) -> bool:
         """Whether ``cmd`` must stay out of its agent's mailbox, and if so refuse it: the
-        mailbox is full (``max_mailbox_per_agent``), or, for a durable command, an earlier
-        command of the agent was handed back and has not come back yet (this one would
-        overtake it). A call is answered ``unavailable`` (agent busy, not applied); a durable
-        command is handed back (``-NAK`` with a growing delay) and comes again (ADR 0036)."""
+        mailbox is full (``max_mailbox_per_agent``), its type's worker pool is ``saturated``,
+        or, for a durable command, an earlier command of the agent was handed back and has not
+        come back yet (this one would overtake it). A call is answered ``unavailable`` (agent
+        busy or pool saturated, not applied); a durable command is handed back (``-NAK`` with a
+        growing delay) and comes again (ADR 0036)."""
         mailbox = act.mailbox
-        full = mailbox is not None and len(mailbox) >= self._settings.max_mailbox_per_agent
+        full = saturated is not None or (mailbox is not None and len(mailbox) >= self._settings.max_mailbox_per_agent)
         seq = cmd.stream_seq
         if cmd.kind in ACKED and seq:
             now = self._clock.monotonic()
@@ -163,11 +218,11 @@ class Scheduler:
                 held = act.held = {}
             times = held.get(seq, (0, 0.0))[0] + 1
             held[seq] = (times, now)
-            self._refuse_busy(act, cmd, times)
+            self._refuse_busy(act, cmd, times, saturated)
             return True
         if not full:
             return False
-        self._refuse_busy(act, cmd, 0)
+        self._refuse_busy(act, cmd, 0, saturated)
         return True
 
     def prune_held(self, act: Activation, now: float) -> None:
@@ -180,17 +235,24 @@ class Scheduler:
         if not held:
             act.held = None
 
-    def _refuse_busy(self, act: Activation, cmd: Command, hand_backs: int) -> None:
+    def _refuse_busy(self, act: Activation, cmd: Command, hand_backs: int, saturated: _Pool | None = None) -> None:
         """Row 12: hand a durable command back (``hand_backs`` times so far, 0: not tracked),
-        refuse a call (agent busy, not applied)."""
+        refuse a call (agent busy or its pool ``saturated``, not applied)."""
         # out of the host's in-flight count at once: a burst of refusals must not fill it
         self.untrack(cmd)
         err = None
         if not cmd.durable:
-            err = Unavailable(
-                f"agent busy: {len(act.mailbox or ())} commands of {act.agent_id} are waiting; retry",
-                details={"applied": False, "reason": "agent_busy"},
-            )
+            if saturated is not None:
+                err = Unavailable(
+                    f"worker pool {saturated.name!r} of {act.agent_id.type!r} is saturated"
+                    f" ({saturated.in_hand} commands in hand); retry",
+                    details={"applied": False, "reason": "pool_saturated", "pool": saturated.name},
+                )
+            else:
+                err = Unavailable(
+                    f"agent busy: {len(act.mailbox or ())} commands of {act.agent_id} are waiting; retry",
+                    details={"applied": False, "reason": "agent_busy"},
+                )
         outcomes = self._outcomes
         outcome = outcomes.decide(cmd, Result.BUSY, error=err, hand_backs=hand_backs)
         outcomes.count(cmd, outcome)  # at once: a burst of refusals shows as it happens
@@ -217,6 +279,8 @@ class Scheduler:
         if cmd.done:
             return
         cmd.done = True
+        if cmd.pooled:
+            self._pools[cmd.agent_type].in_hand -= 1
         self._inflight.discard(cmd)
         self.inflight_count -= 1
         full_bytes = self._full_bytes
@@ -233,26 +297,28 @@ class Scheduler:
             self._wake_pullers(cmd.partition)
 
     # -- workers -------------------------------------------------------------------------------
-    async def _work(self, act: Activation, cmd: Command) -> None:
-        """A worker: process ``cmd``, then the next ready agent's command, and so on
-        until no agent is waiting for a worker."""
+    async def _work(self, pool: _Pool, act: Activation, cmd: Command) -> None:
+        """A worker of ``pool``: process ``cmd``, then the next ready agent's command, and so
+        on until no agent of the pool is waiting for a worker."""
+        ready = pool.ready
         try:
             while True:
                 await self._run(act, cmd)
-                if not self._ready:
+                if not ready:
                     return
                 # let the event loop breathe between commands that never waited
                 await asyncio.sleep(0)
-                if not self._ready:
+                if not ready:
                     return
-                _, _, act = heapq.heappop(self._ready)
+                _, _, act = heapq.heappop(ready)
                 assert act.mailbox is not None
                 cmd = act.mailbox.popleft()
         finally:
-            self._running -= 1
+            pool.running -= 1
 
     async def _run(self, act: Activation, cmd: Command) -> None:
         """Process one command of a scheduled agent, then queue its next one (if any)."""
+        frame = self.chains.enter(act, cmd)  # what its action's calls name and wait on (ADR 0042 section 7)
         try:
             await self._process(act, cmd)
         except asyncio.CancelledError:
@@ -266,10 +332,11 @@ class Scheduler:
             if (cmd.durable and not cmd.done) or (cmd.kind == Kind.CALL and not cmd.outcome):
                 await self._outcomes.settle(cmd, Result.BUG, {})
         finally:
+            self.chains.leave(act, frame)
             self.untrack(cmd)
             act.last_used = self._clock.monotonic()
             if act.mailbox:
-                heapq.heappush(self._ready, (act.mailbox[0].priority_rank, next(self._seq), act))
+                heapq.heappush(self._pool_of(act).ready, (act.mailbox[0].priority_rank, next(self._seq), act))
             else:
                 act.mailbox = None
                 act.scheduled = False

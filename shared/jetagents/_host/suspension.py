@@ -108,6 +108,8 @@ class Suspension:
 
     async def suspended(self, act: Activation, cmd: Command, waiting: dict[str, Any], out: dict[str, str]) -> None:
         """The run of ``cmd`` suspended: answer so (a resumed run's caller knows it already)."""
+        if cmd.streams and self._outcomes.out is not None:  # its chunks land; the resumed run ends it
+            await self._outcomes.out.finish(cmd, None)
         if cmd.resume:
             cmd.outcome = "suspended"
             return
@@ -155,13 +157,16 @@ class Suspension:
             )
             await self._outcomes.settle(cmd, Result.DOMAIN, out, error=err)
             return False
-        await self._steps.append_for(act, cmd_id, action, park_entry(action, params, cmd.reply_to), cmd.correlation_id)
+        park = park_entry(action, params, cmd.reply_to)
+        if cmd.streams:
+            park["out"] = 1  # its run streams when it comes (wire contract 16)
+        await self._steps.append_for(act, cmd_id, action, park, cmd.correlation_id)
         await self.answer_status(cmd, out, "queued", behind=by)
         return False
 
     # -- resuming ------------------------------------------------------------------------------
     def _rebuild(
-        self, act: Activation, driver: Command, cmd_id: str, action: str, params: Any, reply_to: Any
+        self, act: Activation, driver: Command, cmd_id: str, action: str, params: Any, reply_to: Any, streams: Any
     ) -> Command:
         """The command a journal (or a park entry) re-runs as: never acknowledged itself
         (its driver is), answered on the reply subject its first run named."""
@@ -182,6 +187,7 @@ class Suspension:
         )
         rcmd.command_id = rcmd.correlation_id = cmd_id
         rcmd.resume = True
+        rcmd.streams = bool(streams)
         return rcmd
 
     async def resume(self, act: Activation, cmd_id: str, driver: Command) -> None:
@@ -190,7 +196,8 @@ class Suspension:
         journal = journals.get(cmd_id) if journals else None
         if journal is None or journal.waiting() is not None or journal.blocked is not None:
             return
-        rcmd = self._rebuild(act, driver, cmd_id, journal.action, journal.params, journal.reply_to)
+        first = journal.steps[0] if journal.steps else {}
+        rcmd = self._rebuild(act, driver, cmd_id, journal.action, journal.params, journal.reply_to, first.get("out"))
         await self._run(act, rcmd, rcmd.reply_headers())
         await self._after_run(act, rcmd, journal, driver)
 
@@ -231,7 +238,13 @@ class Suspension:
             cmd_id, journal = parked
             park = journal.parked or {}
             rcmd = self._rebuild(
-                act, driver, cmd_id, str(park.get("action", "")), park.get("params"), park.get("reply_to")
+                act,
+                driver,
+                cmd_id,
+                str(park.get("action", "")),
+                park.get("params"),
+                park.get("reply_to"),
+                park.get("out"),
             )
             before = act.n
             await self._run(act, rcmd, rcmd.reply_headers())
@@ -268,6 +281,9 @@ class Suspension:
         reply_to = journal.reply_to if journal.parked is None else (journal.parked or {}).get("reply_to")
         if reply_to and tell:
             await self._outcomes.reply(str(reply_to), encode_error(err), {"Agt-Command-Id": cmd_id}, None)
+        first = journal.parked or (journal.steps[0] if journal.steps else {})
+        if first.get("out") and self._outcomes.out is not None:  # a stream's reader waits for its end
+            await self._outcomes.out.end(act.agent_id.type, act.agent_id.id, cmd_id, encode_error(err))
 
     async def _purge(self, act: Activation, cmd_id: str, journal: Journal) -> None:
         if self.purge_timer is None:

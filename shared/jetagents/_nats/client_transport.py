@@ -7,6 +7,7 @@ commands, their replies, migrations): one subscription, no random inbox per requ
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 from nats.aio.client import Client as NATS
@@ -28,6 +29,10 @@ class ClientTransport:
         self.nc = nc
         self._inbox = Inbox(nc)
         self._nuid = NUID()
+        # request(subject, body, headers, timeout_s): the reply (a ``Status: 503`` one when
+        # nobody listens), ``TimeoutError`` if none came. The inbox's own method, not a
+        # wrapper: one coroutine less on every call's path
+        self.request: Callable[[str, bytes, dict[str, str] | None, float], Awaitable[Msg]] = self._inbox.request
 
     @staticmethod
     async def connect(url: str, *, name: str, connect_timeout_s: float, inbox_prefix: str) -> NATS:
@@ -55,10 +60,6 @@ class ClientTransport:
 
     async def publish(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
         await self.nc.publish(subject, body, headers=headers)
-
-    async def request(self, subject: str, body: bytes, headers: dict[str, str] | None, timeout_s: float) -> Msg:
-        """The reply (a ``Status: 503`` one when nobody listens); ``TimeoutError`` if none came."""
-        return await self._inbox.request(subject, body, headers, timeout_s)
 
     async def publish_durable(
         self, subject: str, body: bytes, headers: dict[str, str], timeout_s: float

@@ -28,13 +28,14 @@ from pydantic_ai.exceptions import UsageLimitExceeded
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter
 from pydantic_ai.models import Model
 from pydantic_ai.run import AgentRunResult
+from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolDenied
 
 from .._core.agent import Agent, Event, applies
 from .._core.errors import DomainError
 from .._core.journal import callee_command_id, current_step_key
 from .._core.retry import RetryPolicy
 from ._budget import Budgets
-from ._durability import JetAgentsDurability, RunScope, current_scope, enter_scope, exit_scope
+from ._durability import JetAgentsDurability, RunScope, current_scope, enter_scope, exit_scope, stream_text
 
 # model calls: 4 tries, 0.5 s, 1 s, 2 s caps (full jitter): a rate limit or a restarting
 # endpoint passes within seconds; longer outages fail the action, which the host retries
@@ -47,7 +48,11 @@ class DurableAgent:
     ``retry`` is the backoff for a model call that failed for a reason that may pass (rate
     limit, server error, connection); ``budgets`` refuses calls past a token or cost budget
     and counts tokens (``gen_ai.client.token.usage``); ``models`` registers other models a run
-    may select with ``model=`` (pydantic-ai's durable integrations require it).
+    may select with ``model=`` (pydantic-ai's durable integrations require it). With
+    ``stream=True`` model requests are streamed and their text goes to the action's caller as
+    it comes (``{"delta": "..."}`` chunks of ``AgentRef.stream``). With ``approvals=True``
+    the agent's tools marked ``requires_approval=True`` suspend the action until a person
+    decides (signal ``approval``, see ``_decide``), at most ``approval_timeout_s``.
     """
 
     def __init__(
@@ -58,11 +63,18 @@ class DurableAgent:
         retry: RetryPolicy = MODEL_RETRY,
         budgets: Budgets | None = None,
         models: Mapping[str, Model] | None = None,
+        stream: bool = False,
+        approvals: bool = False,
+        approval_timeout_s: float | None = 86400.0,
     ) -> None:
         self.agent = agent
         self.retry = retry
         self.budgets = budgets if budgets is not None else Budgets()
-        self.durability = JetAgentsDurability(name=name or agent.name, models=models)
+        self.approvals = approvals
+        self.approval_timeout_s = approval_timeout_s
+        self.durability = JetAgentsDurability(
+            name=name or agent.name, models=models, event_stream_handler=stream_text if stream else None
+        )
 
     async def run(
         self,
@@ -82,18 +94,51 @@ class DurableAgent:
         # begins after a first wait.
         await asyncio.sleep(0)
         scope = RunScope(on, self.retry, self.budgets)
+        if self.approvals:
+            output = kwargs.pop("output_type", None) or self.agent.output_type
+            kwargs["output_type"] = [output, DeferredToolRequests]
         token = enter_scope(scope)
         try:
-            return await self.agent.run(
-                prompt,
-                message_history=message_history,
-                capabilities=[self.durability],
-                **kwargs,
+            result = await self.agent.run(
+                prompt, message_history=message_history, capabilities=[self.durability], **kwargs
             )
+            while isinstance(result.output, DeferredToolRequests):
+                decisions = await self._decide(on, result.output)
+                scope.run_index += 1
+                result = await self.agent.run(
+                    None,
+                    message_history=result.all_messages(),
+                    deferred_tool_results=DeferredToolResults(approvals=decisions),
+                    capabilities=[self.durability],
+                    **kwargs,
+                )
+            return result
         except UsageLimitExceeded as exc:
             raise DomainError("usage_limit_exceeded", str(exc)) from None
         finally:
             exit_scope(token)
+
+    async def _decide(self, on: Agent[Any], requests: DeferredToolRequests) -> dict[str, Any]:
+        """Each call of a tool that requires approval waits, suspended (``wait_for``), for the
+        signal ``approval`` with ``{"approved": bool, "reason": str}``; no decision within
+        ``approval_timeout_s`` is a denial. The caller of a streamed command is told first."""
+        if requests.calls:
+            names = sorted({c.tool_name for c in requests.calls})
+            raise DomainError("deferred_tool_calls", f"tools {names} defer their calls: not supported here")
+        decisions: dict[str, Any] = {}
+        for call in requests.approvals:
+            await on.stream({"approval": {"tool": call.tool_name, "args": call.args_as_dict(), "signal": "approval"}})
+            try:
+                answer = await on.wait_for("approval", timeout_s=self.approval_timeout_s)
+            except DomainError as err:
+                if err.reason != "wait_timeout":
+                    raise
+                answer = {"approved": False, "reason": "no decision in time"}
+            approved = isinstance(answer, dict) and answer.get("approved") is True
+            reason = str(answer.get("reason") or "denied") if isinstance(answer, dict) else "denied"
+            denied = ToolDenied(f"{call.tool_name} was not approved: {reason}")
+            decisions[call.tool_call_id] = True if approved else denied
+        return decisions
 
 
 async def call_agent(
@@ -143,8 +188,10 @@ class ChatAgent(Agent[CS], Generic[CS]):
     async def chat(self, ai: DurableAgent, prompt: str | Sequence[Any], **kwargs: Any) -> AgentRunResult[Any]:
         """One turn of the conversation: run ``ai`` with the history, then append the turn's
         messages (an event, committed with the action's reply)."""
-        result = await ai.run(self, prompt, message_history=self.history(), **kwargs)
-        self.emit(MessagesAdded(messages=dump_messages(result.new_messages())))
+        history = self.history()
+        result = await ai.run(self, prompt, message_history=history, **kwargs)
+        # all_messages past the history: a turn with approvals is several pydantic-ai runs
+        self.emit(MessagesAdded(messages=dump_messages(result.all_messages()[len(history) :])))
         return result
 
     @applies

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ from pydantic_ai.exceptions import (
     ModelServerError,
     ModelUnavailableError,
 )
+from pydantic_ai.messages import PartDeltaEvent, PartStartEvent, TextPart, TextPartDelta
 
 from .._core.retry import RetryPolicy
 
@@ -192,6 +193,24 @@ def _max_tokens(params: Any) -> int:
     return int(value) if isinstance(value, int) else 0
 
 
+async def stream_text(ctx: Any, events: AsyncIterable[Any]) -> None:
+    """The event stream handler of a streaming ``DurableAgent``: text as it comes from the
+    model, to the action's caller (``Agent.stream``, a no-op unless the caller streams the
+    command). It runs inside the model request's step, so a step run again after a crash streams
+    its text again, and the host first tells readers to drop what the lost run streamed."""
+    scope = _SCOPE.get()
+    async for event in events:
+        if scope is None:
+            continue
+        text = ""
+        if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+            text = event.part.content
+        elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
+            text = event.delta.content_delta
+        if text:
+            await scope.agent.stream({"delta": text})
+
+
 class JetAgentsDurability(BaseDurabilityCapability[Any]):
     """The capability that makes a pydantic-ai agent's run durable inside a jetagents action.
 
@@ -213,6 +232,12 @@ class JetAgentsDurability(BaseDurabilityCapability[Any]):
     @property
     def in_durable_context(self) -> bool:
         return _SCOPE.get() is not None
+
+    async def _dispatch_event_stream_event(self, ctx: Any, event: Any) -> None:
+        # pydantic-ai would hand each run event (tool calls, results) to the handler in a unit
+        # of its own: a journal entry each. Ours streams the model's text only, which it gets
+        # live inside the model request's step.
+        return None
 
     def get_default_run_id(self) -> str | None:
         scope = _SCOPE.get()
