@@ -318,6 +318,26 @@ async def test_the_legitimate_paths_work_under_the_inbox_prefixes(world: World) 
     assert w.host.nc.new_inbox().startswith(f"{HOST_INBOX}.")
 
 
+async def test_signals_cancels_and_result_queries_need_only_the_command_rights(world: World) -> None:
+    """ADR 0042: a signal and a cancel are commands on agt.cmd, a result query a call on
+    agt.call: the client user sends them with the rights it has for commands, and gets no
+    new subject (the timers on agt.rem are the host's; a client cannot publish there)."""
+    w = world
+    ref = w.client.agent("counter", "sig")
+    assert await ref.signal("approve", {"by": "ann"}) == {"buffered": True}  # nobody waits on a counter
+    assert await ref.cancel("nothing") == {"cancelled": False, "state": "unknown"}
+    assert await ref.request("increment", {"by": 1}, command_id="sig-1") == 1
+    assert await ref.result("sig-1", timeout=10) == 1
+    assert await ref.cancel("sig-1") == {"cancelled": False, "state": "finished"}
+    seen = Violations()
+    attacker = await _attacker(w, seen)
+    try:
+        await attacker.publish("agt.rem.counter.sig._wforged-0", b'{"timer": {"for": "sig-1", "i": 0}}')
+        await seen.wait_for('Publish to "agt.rem.counter.sig._wforged-0"')
+    finally:
+        await attacker.close()
+
+
 async def test_a_client_reads_streamed_output_but_never_writes_or_purges_it(world: World) -> None:
     """Clients read ``AGT_OUT`` (direct get, and ``agt.out.>`` to wake up); only hosts publish
     there, and nobody but the admin purges or deletes from it."""

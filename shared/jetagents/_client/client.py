@@ -40,7 +40,7 @@ from .sender import Sender
 from .stream import AgentStream
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterable
 
     from .._core.pubsub import Subscription
     from .._nats.pubsub import TopicStream
@@ -344,6 +344,19 @@ class Client:
             retry=self.retry,
             max_in_flight=max_in_flight,
         )
+
+    async def send_many(
+        self,
+        commands: Iterable[tuple[str, str, str, Mapping[str, Any] | None]],
+        *,
+        delivery: Delivery | str = Delivery.EXACTLY_ONCE,
+        timeout_s: float | None = None,
+    ) -> list[str]:
+        """Send many ``(type, id, action, params)`` commands at once (fire and forget):
+        all written before any PubAck is awaited; their command ids, once all are stored."""
+        from .batch import send_many
+
+        return await send_many(self, commands, delivery=delivery, timeout_s=timeout_s)
 
     @staticmethod
     async def gather(*aws: Awaitable[Any], timeout_s: float | None = None) -> list[Any]:

@@ -135,7 +135,7 @@ class Pipeline:
         # streamed output (ADR 0042 section 6); its port is bound by the host's start()
         self.out = outcomes.out = OutStreams(settings, clock, log, catalog.subjects, supervisor)
         self.suspension = Suspension(
-            settings, clock, log, steps=self._steps, outcomes=outcomes, run=self._process_traced
+            settings, clock, log, steps=self._steps, outcomes=outcomes, run=self._process_traced, catalog=catalog
         )
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
 
@@ -224,7 +224,7 @@ class Pipeline:
             body = decode_command(unscheduled_body(cmd), s.max_payload_bytes)
             if not isinstance(body, CommandBody):  # a signal, timer, cancel or result query
                 cmd.action = "_" + type(body).__name__.removesuffix("Body").lower()
-                await self._control(act, cmd, body, out)
+                await self.suspension.process(act, cmd, body, out, self._supervisor)
                 return
             cmd.action = body.action if body.action in act.spec.actions or body.action in BUILTINS else "_unknown"
             action = builtin_action(act.spec, body.action) or act.spec.action(body.action)  # _remind, ...
@@ -265,31 +265,6 @@ class Pipeline:
                 await outcomes.execute(cmd, outcome, out)
                 return
             outcomes.count(cmd, outcome)
-            await self._clock.sleep(outcome.ack.delay_s)
-
-    async def _control(self, act: Activation, cmd: Command, body: Any, out: dict[str, str]) -> None:
-        """A signal, timer, cancel or result query (``Suspension``), retried in place like an
-        action when the infrastructure fails."""
-        attempt = 0
-        while True:
-            try:
-                if act.agent is None:
-                    await self._catalog.activate(act)
-                await self.suspension.control(act, cmd, body, out)
-                return
-            except _NON_RETRYABLE_INPUT as err:
-                await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
-                return
-            except JetAgentsError as err:
-                failed = err
-            attempt += 1
-            outcome = self._outcomes.decide(
-                cmd, Result.FAILED, error=failed, attempt=attempt, stopping=self._supervisor.stopping
-            )
-            if outcome.ack.kind is not AckKind.RETRY:
-                await self._outcomes.execute(cmd, outcome, out)
-                return
-            self._outcomes.count(cmd, outcome)
             await self._clock.sleep(outcome.ack.delay_s)
 
     async def _attempt(

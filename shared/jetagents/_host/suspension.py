@@ -38,6 +38,8 @@ from .._core.errors import (
     JetAgentsError,
     MalformedCommand,
     SignalBufferFull,
+    UnknownAgent,
+    UnknownAgentType,
     error_from_wire,
 )
 from .._core.ids import is_reply_subject
@@ -51,7 +53,7 @@ from .._core.journal import (
     park_entry,
     resolution_entry,
 )
-from .._core.outcome import Result
+from .._core.outcome import AckKind, Result
 from .._core.wire import (
     H_STATUS,
     CancelBody,
@@ -63,7 +65,7 @@ from .._core.wire import (
 )
 from .._obs.telemetry import DEAD_LETTER, REQUEUED
 from .._settings import HostSettings
-from .catalog import Activation
+from .catalog import Activation, Catalog
 from .outcomes import Outcomes
 from .steps import Steps
 
@@ -88,8 +90,17 @@ class Suspension:
     """Signals, timers, cancels, result queries, parking and resuming: one per host."""
 
     def __init__(
-        self, settings: HostSettings, clock: Any, log: Any, *, steps: Steps, outcomes: Outcomes, run: Run
+        self,
+        settings: HostSettings,
+        clock: Any,
+        log: Any,
+        *,
+        steps: Steps,
+        outcomes: Outcomes,
+        run: Run,
+        catalog: Catalog,
     ) -> None:
+        self._catalog = catalog
         self._settings = settings
         self._clock = clock
         self._log = log
@@ -296,6 +307,31 @@ class Suspension:
                     self._log.debug("timer_purge_failed", error=repr(exc))
 
     # -- signals, timers, cancels, result queries ----------------------------------------------
+    async def process(self, act: Activation, cmd: Command, body: Any, out: dict[str, str], supervisor: Any) -> None:
+        """A signal, timer, cancel or result query, retried in place like an action when the
+        infrastructure fails (the table's rows 9, 11)."""
+        attempt = 0
+        while True:
+            try:
+                if act.agent is None:
+                    await self._catalog.activate(act)
+                await self.control(act, cmd, body, out)
+                return
+            except (MalformedCommand, UnknownAgentType, UnknownAgent) as err:
+                await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
+                return
+            except JetAgentsError as err:
+                failed = err
+            attempt += 1
+            outcome = self._outcomes.decide(
+                cmd, Result.FAILED, error=failed, attempt=attempt, stopping=supervisor.stopping
+            )
+            if outcome.ack.kind is not AckKind.RETRY:
+                await self._outcomes.execute(cmd, outcome, out)
+                return
+            self._outcomes.count(cmd, outcome)
+            await self._clock.sleep(outcome.ack.delay_s)
+
     async def control(self, act: Activation, cmd: Command, body: Any, out: dict[str, str]) -> None:
         """A command whose body is not an action. The agent is active."""
         if isinstance(body, ResultBody):
