@@ -33,6 +33,7 @@ from .._nats.api import Topology, ensure_topology
 from .._nats.client_transport import ClientTransport, NatsConnection
 from .._obs.telemetry import ClientTelemetry
 from .._settings import ClientSettings
+from .admin import Admin
 from .command import OutboundCommand, SendOptions, payload_limit
 from .ref import AgentRef, Proxy
 from .reply import Reply, decode_reply, no_responders, not_applied
@@ -184,6 +185,11 @@ class Client:
         ref = await self.spawn(agent_type, agent_id, metadata)
         await self.migrate(agent_type, agent_id, host, strategy="cold")
         return ref
+
+    @property
+    def admin(self) -> Admin:
+        """Operator actions on agents: quarantine records and their release (ADR 0053)."""
+        return Admin(self.nc, self.subjects, self.settings.request_timeout_s)
 
     # -- the cluster -------------------------------------------------------------------------
     async def locate(self, agent_type: str, agent_id: str) -> str | None:

@@ -30,6 +30,7 @@ from .._core.dedup import DedupRecord
 from .._core.errors import (
     ActionCancelled,
     ActionTimeout,
+    AgentQuarantined,
     CallCycle,
     CallTooDeep,
     DeadlineExceeded,
@@ -88,7 +89,7 @@ from .supervisor import Supervisor
 from .suspension import Suspension
 
 # refusals of the activation itself: bad input, never worth another try
-_NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
+_NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent, AgentQuarantined)
 
 
 def _trace_of(cmd: Command) -> tuple[str | None, str | None]:
