@@ -190,7 +190,8 @@ class AgentRef:
 
         The command is sent (durably: streaming is for work that takes a while, and only a
         stored command can be resumed) when the loop starts. ``timeout`` bounds the wait for
-        each next message, not the whole stream."""
+        each next message, not the whole stream (default: the client's request timeout, at
+        least 60 s)."""
         d = Delivery(delivery)
         if d is Delivery.AT_MOST_ONCE:
             raise ValueError("a streamed command is durable: at-least-once or exactly-once")
