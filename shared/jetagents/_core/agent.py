@@ -38,6 +38,7 @@ from pydantic_core import to_jsonable_python
 from .errors import InternalError, InvalidParams, UnknownAction
 from .ids import AgentId, validate_token
 from .journal import SLEEP, callee_command_id, current_step_key
+from .schedules import NO_REMINDERS, Reminding
 from .upcast import Upcaster, read_event, upcasters_of
 from .wire import WireEvent, validation_details
 
@@ -122,7 +123,6 @@ class AgentSpec:
     appliers: dict[str, ApplierSpec] = field(default_factory=dict)
     spawn_required: bool = False
     action_timeout_s: float | None = None  # Agent.action_timeout_s; None: the host's default
-    state_version: int = 1  # Agent.state_version (ADR 0052)
     upcasters: dict[tuple[str, int], Upcaster] = field(default_factory=dict)
     reentrant: bool = True  # Agent.reentrant (ADR 0042 section 7)
     while_suspended: str = "enqueue"  # Agent.while_suspended (ADR 0042 §4)
@@ -236,6 +236,7 @@ class AgentContext:
     out: Any = None
     # the running command's parameters (as received) and reply subject, for its journal
     command: Any = None
+    reminders: Any = NO_REMINDERS  # the host's reminders of this agent (ADR 0042 §5)
 
 
 _IMMUTABLE = (int, float, str, bool, bytes, type(None))
@@ -252,7 +253,7 @@ def _draft_of(state: S) -> S:
     return state.model_copy(deep=True)
 
 
-class Agent(Generic[S]):
+class Agent(Reminding, Generic[S]):
     """Base class of agents. Subclasses set ``type_name`` and ``state_type``."""
 
     type_name: ClassVar[str] = ""
@@ -267,8 +268,7 @@ class Agent(Generic[S]):
     # time limit of one action run for this type (None: HostSettings.action_timeout_s);
     # an action's own @action(timeout_s=...) wins over it
     action_timeout_s: ClassVar[float | None] = None
-    state_version: ClassVar[int] = 1  # the state's schema version, with @upcaster(STATE, ...) (ADR 0052)
-    keep_snapshots: ClassVar[int | None] = None  # retention: log kept from the N-th last snapshot; None: all
+    state_version: ClassVar[int] = 1  # with @upcaster(STATE, ...); retention: keep_snapshots = N (ADR 0052)
     # a call back along its own chain (A -> B -> A) runs at once; False: call_cycle (ADR 0042 §7)
     reentrant: ClassVar[bool] = True
     # what this type's other write commands do while one of its actions is suspended on a
@@ -483,7 +483,7 @@ def _build_spec(cls: type[Agent[Any]]) -> AgentSpec:
         reentrant=cls.reentrant,
         while_suspended=cls.while_suspended,
     )
-    spec.state_version, spec.upcasters = cls.state_version, upcasters_of(cls)  # ADR 0052
+    spec.upcasters = upcasters_of(cls)  # ADR 0052
     _check_timeout(cls.action_timeout_s, f"{cls.__name__}.action_timeout_s")
     _check_policy(cls.while_suspended)
     for klass in reversed(cls.__mro__):

@@ -87,7 +87,7 @@ def upcasters_of(cls: type) -> dict[tuple[str, int], Upcaster]:
 def state_from(spec: Any, agent_id: object, data: Any, version: int) -> BaseModel:
     """A stored state (a snapshot's, at ``version``) as ``spec``'s current state model."""
     cls: type[BaseModel] = spec.state_type
-    current: int = spec.state_version
+    current: int = spec.cls.state_version
     upcasters: Mapping[tuple[str, int], Upcaster] = spec.upcasters
     where = f"the snapshot of {agent_id}"
     if version != current:

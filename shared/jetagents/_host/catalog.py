@@ -34,6 +34,7 @@ from .._obs.telemetry import HostTelemetry
 from .._settings import HostSettings
 from .ports import Bucket, Schedules, StoredMessage
 from .quarantine import Quarantine
+from .reminders import BoundReminders, Reminders
 from .restore import older_snapshots, reset_commit, reset_state
 from .supervisor import Supervisor
 
@@ -267,6 +268,8 @@ class Catalog:
             ctx = AgentContext(aid, self.clock, client=self._client, metadata=metadata)
             if self.steps is not None:
                 ctx.steps = self.steps.bind(act)
+            if self.schedules is not None:
+                ctx.reminders = BoundReminders(Reminders(self.subjects, self.schedules), act.spec, aid.type, aid.id)
             agent = act.spec.cls(ctx, state)
             msgs = await self._events.read_subject(self.subjects.evt(aid.type, aid.id), last_seq + 1, 256)
             unreadable = tail_end = 0
@@ -404,8 +407,8 @@ class Catalog:
             # only applied commands: a refusal is not in the log either
             "records": act.records.snapshot() if act.records is not None else [],
         }
-        if act.spec.state_version != 1:  # the state's schema version (ADR 0052)
-            body["sv"] = act.spec.state_version
+        if act.spec.cls.state_version != 1:  # the state's schema version (ADR 0052)
+            body["sv"] = act.spec.cls.state_version
         if act.journals:  # open journals (ADR 0042): replay after the snapshot cannot see them
             body["v"] = 2
             body["journals"] = {cmd: journal.to_json() for cmd, journal in act.journals.items()}
