@@ -360,7 +360,8 @@ class Placement:
         act = self.catalog.activations.get(key) or Activation(AgentId(agent_type, agent_id), spec)
         if _busy(act):
             raise Unavailable(f"{key} is running a command; ask again", details={"applied": False})
-        result = await rollback(self.catalog, act, to_seq, str(body.get("by", ""))[:200])
+        scratch = Activation(act.agent_id, spec)
+        result = await rollback(self.catalog, act, scratch, to_seq, str(body.get("by", ""))[:200])
         if msg.reply:
             await self.link.publish(msg.reply, encode_ok(result))
 

@@ -73,15 +73,14 @@ def reset_commit(*, n: int, own: int, ts_ms: int, body: dict[str, Any], extra: d
     return cmd, commit.model_dump_json(exclude_none=True).encode()
 
 
-async def rollback(catalog: Any, act: Any, to_seq: int, by: str) -> dict[str, Any]:
+async def rollback(catalog: Any, act: Any, scratch: Any, to_seq: int, by: str) -> dict[str, Any]:
     """Roll ``act``'s agent back to its state as of its commit at ``to_seq`` (an operator's
     request, ADR 0053 section 4): rebuilt apart from the live activation from the newest
     snapshot at or before ``to_seq`` (else the whole log) up to ``to_seq``, then a reset commit
     naming ``to_seq``, who and when, appended after the subject's last message (the fence: a
     command committed meanwhile fails it, and the operator asks again). The live activation
-    is evicted: its next command rebuilds it from the log, through the reset commit."""
-    from .catalog import Activation  # the catalog imports this module
-
+    is evicted: its next command rebuilds it from the log, through the reset commit.
+    ``scratch``: a new ``Activation`` of the same agent, the one rebuilt."""
     aid = act.agent_id
     subject = catalog.subjects.evt(aid.type, aid.id)
     last = await catalog._events.last(subject)
@@ -94,7 +93,6 @@ async def rollback(catalog: Any, act: Any, to_seq: int, by: str) -> dict[str, An
             snaps.append(orjson.loads(latest))
     snaps += await older_snapshots(catalog._snapshots, aid.key)
     base = next((s for s in snaps if isinstance(s, dict) and int(s.get("seq", 0)) <= to_seq), {})
-    scratch = Activation(aid, act.spec)
     await catalog._activate(scratch, base, until_seq=to_seq)
     if scratch.last_seq != to_seq:
         raise InvalidParams(f"sequence {to_seq} is not a commit of {aid} (the one before is {scratch.last_seq})")
