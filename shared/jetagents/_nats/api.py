@@ -196,6 +196,11 @@ class Topology:
         return f"{self.subjects.root}_meta".replace("-", "_")
 
     @property
+    def blob_bucket(self) -> str:
+        """The Object Store bucket of payloads by reference (ADR 0042 section 9)."""
+        return f"{self.subjects.root}_blobs".replace("-", "_")
+
+    @property
     def cluster_bucket(self) -> str:
         return f"{self.subjects.root}_cluster".replace("-", "_")
 
