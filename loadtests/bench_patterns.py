@@ -14,7 +14,8 @@ Registration of the K subscriptions stops at ``--budget-s``: the largest cell is
 subscribers as fit in that time. Printed: deliveries per second, the ratio fan-out/baseline,
 and the host's RSS after each cell. Then work-queue throughput: ``--jobs`` no-op jobs drained by
 1, 4 and 16 workers (one connection each), against the same number of plain command sends
-(64 agents, 256 in flight) measured right after. Nothing is asserted.
+(64 agents, 256 in flight) measured right after. Last, ``send_many`` of 2 x ``--jobs`` commands
+against ``send`` at 256 in flight, to the last PubAck. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -158,6 +159,22 @@ async def work_cell(url: str, client: Client, workers: int, jobs: int) -> dict[s
     }
 
 
+async def send_many_cell(client: Client, n: int) -> dict[str, Any]:
+    """``n`` exactly-once commands to 64 agents stored by ``send_many`` against ``send`` at 256
+    in flight, measured to the last PubAck (the host runs them afterwards, not timed)."""
+    batch = [("tally", f"sm{i % 64}", "bump", {"n": i}) for i in range(n)]
+    t0 = time.perf_counter()
+    await client.send_many(batch, timeout_s=120)
+    many_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+
+    async def send(i: int) -> None:
+        await client.agent("tally", f"sm{i % 64}").send("bump", {"n": i})
+
+    await bounded(n, 256, send)
+    return {"n": n, "send_many_per_s": n / many_s, "send_per_s": n / (time.perf_counter() - t1)}
+
+
 async def measure(url: str, host_pid: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     client = await Client.connect(settings=ClientSettings(nats_url=url, request_timeout_s=30))
     try:
@@ -185,6 +202,12 @@ async def measure(url: str, host_pid: int, args: argparse.Namespace) -> list[dic
                 f"{row['baseline_per_s']:8.0f} commands/s, ratio {row['jobs_per_s'] / row['baseline_per_s']:5.2f}",
                 flush=True,
             )
+        row = await send_many_cell(client, args.jobs * 2)
+        print(
+            f"send_many: {row['send_many_per_s']:8.0f} commands stored/s, send x256 in flight "
+            f"{row['send_per_s']:8.0f}/s, ratio {row['send_many_per_s'] / row['send_per_s']:5.2f}",
+            flush=True,
+        )
         return out
     finally:
         await client.close()

@@ -125,6 +125,14 @@ class Flow(Agent[FlowState]):
         return await self.wait_for("approve")
 
     @action
+    async def chatty(self, run: str) -> str:
+        """Streams around a wait: its reader sees both chunks and then the result."""
+        await self.stream(f"{run}: asked")
+        answer = await self.wait_for("approve")
+        await self.stream(f"{run}: got {answer}")
+        return f"{run} done"
+
+    @action
     async def nap(self, seconds: float) -> str:
         await self.sleep(seconds)
         return "rested"

@@ -50,6 +50,14 @@ class Writer(Agent[WriterState]):
             raise DomainError("the writer refuses (the test says so)")
         return intro + words + outro
 
+    @action
+    async def converse(self) -> str:
+        """Streams, suspends on signal ``go`` (nothing held in memory), streams again."""
+        await self.stream("before")
+        got = await self.wait_for("go", timeout_s=60)
+        await self.stream(f"after {got}")
+        return "done"
+
     async def _compose(self, words: int, pace_s: float, gate: str) -> int:
         for k in range(words):
             if gate and k == words // 2:

@@ -133,6 +133,13 @@ class HostSettings(CommonSettings):
     max_active_agents: int = Field(default=100_000, ge=1)
     snapshot_every: int = Field(default=100, ge=1)
     dedup_records_per_agent: int = Field(default=256, ge=1)
+    quarantine_after: int = Field(
+        default=5,
+        ge=0,
+        description="failed activations in a row (unreadable or unappliable log or snapshot) after which "
+        "an agent is quarantined: its commands dead-lettered agent_quarantined until an operator "
+        "releases it (ADR 0053); 0: never",
+    )
     # signals sent to an agent with nobody waiting for them, kept for a later wait (ADR 0042 §3);
     # past it a signal is refused signal_buffer_full
     signal_buffer_per_agent: int = Field(default=64, ge=0)

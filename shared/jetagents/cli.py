@@ -86,7 +86,7 @@ def up(
             f'  or any NATS client: nats req agt.call.counter.c1 \'{{"action":"get"}}\' -s {server.url}\n'
             + (
                 f"  support desk (model: {model}):\n"
-                f'        jetagents call triage/acme-1 open \'{{"text": "I was charged twice for INV-1001"}}\''
+                f'        jetagents call triage/acme-1 open \'{{"text": "What is on invoice INV-1001?"}}\''
                 f" --nats-url {server.url}\n"
                 if desk
                 else ""
@@ -337,6 +337,52 @@ def status(
             f"{h['host']:<24} {state:<9} {h['partitions_assigned']:>8} {h['partitions_held']:>5} "
             f"{agents:>7} {inflight:>9}"
         )
+
+
+# -- jetagents agent (ADR 0053): operator actions on one agent ----------------------------------
+agent_app = typer.Typer(no_args_is_help=True, help="Operator actions on one agent (quarantine, release).")
+app.add_typer(agent_app, name="agent")
+
+
+def _admin(agent: str, nats_url: str | None, use: Any) -> None:
+    """Run ``use(client.admin, type, id)`` and print ``{"ok": true, "result": ...}``."""
+    try:
+        aid = AgentId.parse(agent)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    async def go() -> Any:
+        from ._client.client import Client
+
+        settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
+        async with await Client.connect(settings=settings, name="jetagents-cli") as client:
+            return await use(client.admin, aid.type, aid.id)
+
+    try:
+        result = asyncio.run(go())
+    except JetAgentsError as err:
+        typer.echo(f"error: {err.code}: {err.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(orjson.dumps({"ok": True, "result": result}).decode())
+
+
+@agent_app.command("quarantined")
+def agent_quarantined(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """Print the agent's quarantine record (null: not quarantined)."""
+    _admin(agent, nats_url, lambda admin, t, i: admin.quarantined(t, i))
+
+
+@agent_app.command("release")
+def agent_release(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """Release a quarantined agent (fix the cause first); its next command activates it."""
+    _admin(agent, nats_url, lambda admin, t, i: admin.release(t, i))
 
 
 # -- jetagents mcp (ADR 0048): the command lives in jetagents.mcp.command -------------------

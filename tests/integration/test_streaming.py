@@ -16,6 +16,7 @@ from jetagents import Client, ClientSettings, DomainError, Host, NatsServer, Reg
 from jetagents._nats.api import js_api
 from tests.conftest import host_settings
 from tests.integration.helpers import commits, eventually, read_all
+from tests.integration.test_asyncapi import _check_message as check_message
 from tests.stream_agents import AGENTS, Writer
 
 
@@ -61,6 +62,8 @@ async def test_chunks_arrive_in_order_then_the_result(client: Client) -> None:
         "writer.w1:t1@end"
     ]
     assert orjson.loads(stored[-1][3]) == {"ok": True, "result": 9} and stream.offset == stored[-1][0]
+    for _, _, headers, data in stored:  # as docs/asyncapi.yaml describes them, closed
+        check_message("StreamMessage", headers, orjson.loads(data))
     # the step's journal entry records the cursor after its chunks
     assert [c["j"].get("c") for c in await commits(client.nc, "writer", "w1")] == [7, None]
     # read again from the start: the same chunks and result
@@ -98,6 +101,8 @@ async def test_a_step_run_again_is_preceded_by_a_reset(client: Client) -> None:
     stored = await read_all(client.nc, "AGT_OUT", "agt.out.writer.w4.t4")
     kinds = [h["Agt-Stream-Kind"] for _, _, h, _ in stored]
     assert kinds.count("reset") == 1 and kinds[-1] == "end"
+    for _, _, headers, data in stored:
+        check_message("StreamMessage", headers, orjson.loads(data))
     # the intro was stored once: the retry did not publish it again
     intro = [orjson.loads(d) for _, _, h, d in stored if h["Agt-Stream-Kind"] == "chunk" and h["Agt-Chunk"] == "0"]
     assert intro == [["intro 0", "intro 1", "intro 2"]]
@@ -105,6 +110,24 @@ async def test_a_step_run_again_is_preceded_by_a_reset(client: Client) -> None:
     reset_seq = next(seq for seq, _, h, _ in stored if h["Agt-Stream-Kind"] == "reset")
     after = [h["Nats-Msg-Id"] for seq, _, h, _ in stored if seq > reset_seq and h["Agt-Stream-Kind"] == "chunk"]
     assert after and all(m.endswith(f"~{reset_seq}") for m in after)
+
+
+async def test_a_suspended_action_streams_on_when_it_resumes(client: Client) -> None:
+    """The run that suspends on a signal lets its chunks land and sends no end; the run the
+    signal resumes (from the journal, ``j.out`` on its first entry) streams on, then ends."""
+    ref = client.agent("writer", "w7")
+    stream = ref.stream("converse", command_id="t7", timeout=30)
+    assert await stream.__anext__() == "before"
+
+    async def suspended() -> bool:
+        return any(c.get("j", {}).get("k") == "wait" for c in await commits(client.nc, "writer", "w7"))
+
+    await eventually(suspended, 15, 0.05)
+    await ref.signal("go", "yes")
+    assert [item async for item in stream] == ["after yes"] and stream.result == "done"
+    assert stream.chunks == ["before", "after yes"]
+    kinds = [h["Agt-Stream-Kind"] for _, _, h, _ in await read_all(client.nc, "AGT_OUT", "agt.out.writer.w7.t7")]
+    assert kinds == ["chunk", "chunk", "end"]  # the re-run did not publish "before" again
 
 
 async def test_a_reader_that_loses_its_connection_resumes_exactly_once(nats_server: NatsServer) -> None:

@@ -10,6 +10,7 @@ import asyncio
 from collections import Counter as Tally
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.js.api import StreamConfig
@@ -187,3 +188,20 @@ async def test_a_wait_times_out_on_the_servers_timer_and_a_signal_purges_the_tim
     assert await ref.signal("approve", "fast") == {"delivered": "t2"}
     assert await ref.result("t2", timeout=10) == {"run": "t2", "payload": "fast"}
     assert await host.schedules.get(timer) is None
+
+
+async def test_a_streamed_action_streams_on_after_its_wait(flow_client: tuple[Client, Host]) -> None:
+    client, _ = flow_client
+    ref = client.agent("flow", "f7")
+    stream = ref.stream("chatty", {"run": "s1"}, command_id="s1", timeout=20)
+    chunks: list[Any] = []
+
+    async def read() -> None:
+        async for chunk in stream:
+            chunks.append(chunk)
+
+    reader = asyncio.ensure_future(read())
+    await eventually(lambda: _suspended(client, "f7"), 10)
+    await ref.signal("approve", "yes")
+    await asyncio.wait_for(reader, 20)
+    assert chunks == ["s1: asked", "s1: got yes"] and stream.result == "s1 done"

@@ -118,3 +118,25 @@ async def test_gather_and_first_cancel_the_losers_and_time_out(clients: list[Cli
     with pytest.raises(AgentTimeout):
         await client.first(slow("p", 5), slow("q", 5), timeout_s=0.1)
     assert set(cancelled[-2:]) == {"p", "q"}
+
+
+async def test_send_many_stores_every_command_once(clients: list[Client], nats_server: NatsServer) -> None:
+    from jetagents import Host, Registry
+    from jetagents.examples import EXAMPLE_AGENTS
+    from tests.conftest import host_settings
+
+    client = clients[0]
+    await client.ensure_topology(partitions=8)
+    batch = [("counter", f"m{i % 10}", "increment", {"by": 1}) for i in range(300)]
+    ids = await client.send_many(batch)
+    assert len(set(ids)) == 300
+    assert await client.send_many([]) == []
+    state = await client.nc.jetstream().stream_info("AGT_CMD")
+    assert state.state.messages == 300  # stored once each, before any host runs them
+    async with Host(host_settings(nats_server.url), Registry(EXAMPLE_AGENTS)):
+        for i in range(10):
+
+            async def thirty(agent: str = f"m{i}") -> bool:
+                return await client.agent("counter", agent).request("get", delivery="at-most-once") == 30
+
+            await eventually(thirty, 30, 0.1)

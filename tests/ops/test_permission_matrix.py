@@ -31,6 +31,7 @@ from jetagents._state.store import SharedState
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import host_settings
 from tests.ops.nats_configs import CLIENT_INBOX, HOST_INBOX, OPS_NATS, BootedConfigs, Node, Violations, boot
+from tests.stream_agents import AGENTS as STREAM_AGENTS
 
 # reply subjects that land in a stream (subject, stream): a reply there is a forged commit,
 # a spawned agent, an overwritten snapshot or shared state, a forged dead letter, a ghost
@@ -43,10 +44,12 @@ STORED_TARGETS = [
     ("agt.dlq.counter.forged", "AGT_DLQ"),
     ("$KV.agt_cluster.member.ghost", "KV_agt_cluster"),
     ("$KV.agt_cluster.ring", "KV_agt_cluster"),
+    ("$KV.agt_quarantine.counter.victim", "KV_agt_quarantine"),
+    ("agt.out.counter.victim.forged", "AGT_OUT"),
 ]
 # reply subjects that are JetStream API requests (a stream delete ignores its body)
 API_TARGETS = ["$JS.API.STREAM.PURGE.AGT_EVT", "$JS.API.STREAM.DELETE.AGT_DLQ"]
-PROTECTED = ["AGT_CMD", "AGT_EVT", "AGT_DLQ", "KV_agt_snap", "KV_agt_meta"]
+PROTECTED = ["AGT_CMD", "AGT_EVT", "AGT_DLQ", "AGT_OUT", "KV_agt_snap", "KV_agt_meta"]
 _ids = itertools.count()
 
 
@@ -95,7 +98,7 @@ async def world(server: BootedConfigs) -> AsyncIterator[World]:
     await state.start()
     await state.close()
     settings = host_settings(server.url("host"), host_id="perm-host", inbox_prefix=HOST_INBOX)
-    async with Host(settings, Registry(EXAMPLE_AGENTS)) as host:
+    async with Host(settings, Registry([*EXAMPLE_AGENTS, *STREAM_AGENTS])) as host:
         client = await Client.connect(
             settings=ClientSettings(nats_url=server.url("client"), partitions=8, inbox_prefix=CLIENT_INBOX)
         )
@@ -314,3 +317,111 @@ async def test_the_legitimate_paths_work_under_the_inbox_prefixes(world: World) 
     # the client user's own inboxes are its prefix; a default one is refused by the server
     assert w.client.nc.new_inbox().startswith(f"{CLIENT_INBOX}.")
     assert w.host.nc.new_inbox().startswith(f"{HOST_INBOX}.")
+
+
+async def test_only_the_operator_quarantines_or_releases_an_agent(world: World) -> None:
+    """A client can neither release a quarantined agent (delete its record) nor quarantine
+    another's (write one) nor read the records; the operator (admin) releases it (ADR 0053)."""
+    w = world
+    await w.admin.jetstream().publish("$KV.agt_quarantine.counter.jailed", b'{"reason":"test"}')
+    assert await w.count("KV_agt_quarantine", "$KV.agt_quarantine.counter.jailed") == 1
+    seen = Violations()
+    atk = await _attacker(w, seen)
+    try:
+        for subject in ("$KV.agt_quarantine.counter.jailed", "$KV.agt_quarantine.counter.victim"):
+            await atk.publish(subject, b"", headers={"KV-Operation": "PURGE"})
+            await seen.wait_for(f'Publish to "{subject}"')
+        for api in ("STREAM.MSG.GET", "DIRECT.GET", "STREAM.PURGE"):
+            subject = f"$JS.API.{api}.KV_agt_quarantine"
+            with pytest.raises((NatsTimeout, NoRespondersError)):
+                await atk.request(subject, b'{"last_by_subj":"$KV.agt_quarantine.counter.jailed"}', timeout=0.5)
+            await seen.wait_for(subject)
+        app = await Client.connect(
+            settings=ClientSettings(
+                nats_url=w.booted.url("client"), partitions=8, inbox_prefix=CLIENT_INBOX, request_timeout_s=1
+            )
+        )
+        try:
+            with pytest.raises(Exception, match=r"(?i)permission|timeout|unavailable"):
+                await app.admin.release("counter", "jailed")
+        finally:
+            await app.close()
+    finally:
+        await atk.close()
+    assert await w.last("KV_agt_quarantine", "$KV.agt_quarantine.counter.jailed") == b'{"reason":"test"}'
+    operator = await Client.connect(settings=ClientSettings(nats_url=w.booted.url("admin"), partitions=8))
+    try:
+        assert await operator.admin.release("counter", "jailed") is True
+        assert await operator.admin.quarantined("counter", "jailed") is None
+    finally:
+        await operator.close()
+
+
+async def test_signals_cancels_and_result_queries_need_only_the_command_rights(world: World) -> None:
+    """ADR 0042: a signal and a cancel are commands on agt.cmd, a result query a call on
+    agt.call: the client user sends them with the rights it has for commands, and gets no
+    new subject (the timers on agt.rem are the host's; a client cannot publish there)."""
+    w = world
+    ref = w.client.agent("counter", "sig")
+    assert await ref.signal("approve", {"by": "ann"}) == {"buffered": True}  # nobody waits on a counter
+    assert await ref.cancel("nothing") == {"cancelled": False, "state": "unknown"}
+    assert await ref.request("increment", {"by": 1}, command_id="sig-1") == 1
+    assert await ref.result("sig-1", timeout=10) == 1
+    assert await ref.cancel("sig-1") == {"cancelled": False, "state": "finished"}
+    seen = Violations()
+    attacker = await _attacker(w, seen)
+    try:
+        await attacker.publish("agt.rem.counter.sig._wforged-0", b'{"timer": {"for": "sig-1", "i": 0}}')
+        await seen.wait_for('Publish to "agt.rem.counter.sig._wforged-0"')
+    finally:
+        await attacker.close()
+
+
+async def test_a_client_reads_streamed_output_but_never_writes_or_purges_it(world: World) -> None:
+    """Clients read ``AGT_OUT`` (direct get, and ``agt.out.>`` to wake up); only hosts publish
+    there, and nobody but the admin purges or deletes from it."""
+    w = world
+    stream = w.client.agent("writer", "perm-w").stream("tell", {"intro": 2, "outro": 1}, command_id="perm-s1")
+    assert [item async for item in stream] == ["intro 0", "intro 1", {"outro": 0}] and stream.result == 3
+    subject = "agt.out.writer.perm-w.perm-s1"
+    stored = await w.count("AGT_OUT", subject)
+    seen = Violations()
+    atk = await _attacker(w, seen)
+    try:
+        forged = {"Agt-Stream-Kind": "end", "Nats-Msg-Id": "forged"}
+        await atk.publish(subject, b'{"ok":true,"result":"forged"}', headers=forged)
+        await atk.publish("agt.out.writer.perm-w.other", b"[]")
+        await seen.wait_for(f'Publish to "{subject}"')
+        await seen.wait_for('Publish to "agt.out.writer.perm-w.other"')
+        for api in (
+            "$JS.API.STREAM.PURGE.AGT_OUT",
+            "$JS.API.STREAM.MSG.DELETE.AGT_OUT",
+            "$JS.API.STREAM.DELETE.AGT_OUT",
+            "$JS.API.CONSUMER.CREATE.AGT_OUT",
+            "$JS.API.DIRECT.GET.AGT_EVT",  # direct gets reach streamed output only, not logs
+        ):
+            with pytest.raises((NatsTimeout, NoRespondersError)):
+                await atk.request(api, b'{"seq":1}', timeout=0.5)
+            await seen.wait_for(api)
+    finally:
+        await atk.close()
+    assert await w.count("AGT_OUT", subject) == stored
+    again = w.client.agent("writer", "perm-w").read_stream("perm-s1")
+    assert [item async for item in again] == stream.chunks and again.result == 3
+
+
+async def test_a_client_can_neither_lower_nor_read_the_model_budgets(world: World) -> None:
+    """Token and cost budgets (``jetagents.ai``, ADR 0047) live in server counters on
+    ``agt.ctr.ai.>`` that only hosts increment: a client cannot give its tenant tokens back by
+    publishing a negative increment, nor read another tenant's spending."""
+    seen = Violations()
+    atk = await _attacker(world, seen)
+    try:
+        await atk.publish("agt.ctr.ai.tokens.tenant.acme", b"", headers={"Nats-Incr": "-1000000"})
+        await seen.wait_for('Publish to "agt.ctr.ai.tokens.tenant.acme"')
+        api = "$JS.API.DIRECT.GET.AGT_CTR.agt.ctr.ai.tokens.tenant.acme"
+        with pytest.raises((NatsTimeout, NoRespondersError)):
+            await atk.request(api, b"", timeout=0.5)
+        await seen.wait_for(api)
+    finally:
+        await atk.close()

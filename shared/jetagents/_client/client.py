@@ -33,6 +33,7 @@ from .._nats.api import Topology, ensure_topology
 from .._nats.client_transport import ClientTransport, NatsConnection
 from .._obs.telemetry import ClientTelemetry
 from .._settings import ClientSettings
+from .admin import Admin
 from .command import OutboundCommand, SendOptions, payload_limit
 from .ref import AgentRef, Proxy
 from .reply import Reply, decode_reply, no_responders, not_applied
@@ -40,7 +41,7 @@ from .sender import Sender
 from .stream import AgentStream
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterable
 
     from .._core.pubsub import Subscription
     from .._nats.pubsub import TopicStream
@@ -184,6 +185,11 @@ class Client:
         ref = await self.spawn(agent_type, agent_id, metadata)
         await self.migrate(agent_type, agent_id, host, strategy="cold")
         return ref
+
+    @property
+    def admin(self) -> Admin:
+        """Operator actions on agents: quarantine records and their release (ADR 0053)."""
+        return Admin(self.nc, self.subjects, self.settings.request_timeout_s)
 
     # -- the cluster -------------------------------------------------------------------------
     async def locate(self, agent_type: str, agent_id: str) -> str | None:
@@ -344,6 +350,19 @@ class Client:
             retry=self.retry,
             max_in_flight=max_in_flight,
         )
+
+    async def send_many(
+        self,
+        commands: Iterable[tuple[str, str, str, Mapping[str, Any] | None]],
+        *,
+        delivery: Delivery | str = Delivery.EXACTLY_ONCE,
+        timeout_s: float | None = None,
+    ) -> list[str]:
+        """Send many ``(type, id, action, params)`` commands at once (fire and forget):
+        all written before any PubAck is awaited; their command ids, once all are stored."""
+        from .batch import send_many
+
+        return await send_many(self, commands, delivery=delivery, timeout_s=timeout_s)
 
     @staticmethod
     async def gather(*aws: Awaitable[Any], timeout_s: float | None = None) -> list[Any]:

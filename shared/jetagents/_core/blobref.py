@@ -28,7 +28,10 @@ _NAME_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 class BlobUnreadable(InternalError):
     """A reference whose blob is missing from ``agt_blobs`` or does not match its digest:
-    the value it stands for cannot be rebuilt (never a silent wrong state)."""
+    the value it stands for cannot be rebuilt (never a silent wrong state). On the wire it
+    is ``internal``: a subclass, not an error code of its own."""
+
+    code = InternalError.code
 
 
 def name_of(data: bytes) -> str:

@@ -25,7 +25,7 @@ from .._core.blobref import BlobUnreadable
 from .._core.callchain import Frame
 from .._core.clock import Clock
 from .._core.dedup import DedupRecord
-from .._core.errors import FencedError, InternalError, Unavailable, UnknownAgent
+from .._core.errors import FencedError, InternalError, JetAgentsError, Unavailable, UnknownAgent
 from .._core.ids import AgentId, partition_of
 from .._core.journal import Journal, fold
 from .._core.wire import Commit, Subjects
@@ -34,6 +34,7 @@ from .._obs.telemetry import HostTelemetry
 from .._settings import HostSettings
 from .blobs import Blobs
 from .ports import Bucket, Schedules, StoredMessage
+from .quarantine import Quarantine
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ class Catalog:
         self._snapshots: Bucket = None  # type: ignore[assignment]
         self._meta: Bucket = None  # type: ignore[assignment]
         self._client: Any = None
+        self.quarantine: Quarantine | None = None  # set by the host (ADR 0053)
         # called before an agent's first command of an activation (declared subscriptions)
         self.on_activate: Callable[[AgentId, AgentSpec], Awaitable[None]] | None = None
 
@@ -126,8 +128,29 @@ class Catalog:
         """Connected: the event log, the buckets, and the client the agents call others with."""
         self._events, self._snapshots, self._meta, self._client = events, snapshots, meta, client
 
+    def bind_quarantine(self, bucket: Bucket) -> None:
+        """The quarantine bucket (ADR 0053); unbound, nothing is quarantined."""
+        s = self.settings
+        self.quarantine = Quarantine(
+            bucket, after=s.quarantine_after, host_id=s.host_id, clock=self.clock, metrics=self.metrics, log=self.log
+        )
+
     async def activate(self, act: Activation, given: dict[str, Any] | None = None) -> None:
-        """Rebuild the agent: snapshot (if any and readable) + replay of later commits."""
+        """Rebuild the agent: snapshot (if any and readable) + replay of later commits; a
+        quarantined agent is refused, and one that keeps failing is quarantined (ADR 0053)."""
+        quarantine = self.quarantine
+        if quarantine is None:
+            await self._activate(act, given)
+            return
+        await quarantine.check(act.agent_id)
+        try:
+            await self._activate(act, given)
+        except InternalError as err:  # its log or snapshot cannot be read or applied
+            await quarantine.failed(act.agent_id, err)
+            raise
+        quarantine.succeeded(act.agent_id)
+
+    async def _activate(self, act: Activation, given: dict[str, Any] | None) -> None:
         s = self.settings
         aid = act.agent_id
         started = self.clock.monotonic()
@@ -189,7 +212,12 @@ class Catalog:
                 events = commit.events
                 if self.blobs.refers(events):  # large event data by reference (ADR 0042 section 9)
                     events = await self.blobs.resolve_events(events, f"commit {commit.n} of {aid}")
-                agent._replay(events)
+                try:
+                    agent._replay(events)
+                except (JetAgentsError, ValidationError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - an applier raised: the log cannot be applied
+                    raise InternalError(f"replay of {aid} failed at commit {commit.n}: {exc!r}") from None
                 n = commit.n
                 own = max(own, commit.own)
                 last_seq = m.seq or last_seq

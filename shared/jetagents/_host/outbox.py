@@ -115,13 +115,19 @@ class OutStreams:
                 await box.drain()
             except JetAgentsError as exc:  # the end goes out all the same: a reader must not wait forever
                 self.log.warning("stream_chunks_lost", command=cmd.command_id, error=str(exc))
-        if body is None:
+        if body is not None:
+            await self.end(cmd.agent_type, cmd.agent_id, cmd.command_id, body, event_seq)
+
+    async def end(self, agent_type: str, agent_id: str, command_id: str, body: bytes, event_seq: int = 0) -> None:
+        """Publish a command's ``end`` (its reply body); also for a journal closed while no
+        run of it was in hand (a suspended action cancelled)."""
+        if self.port is None:
             return
-        subject = self.subjects.out(cmd.agent_type, cmd.agent_id, ctoken(cmd.command_id))
+        subject = self.subjects.out(agent_type, agent_id, ctoken(command_id))
         headers = {
             H_STREAM_KIND: END,
-            H_COMMAND_ID: cmd.command_id,
-            H_MSG_ID: end_msg_id(key[0], cmd.command_id),
+            H_COMMAND_ID: command_id,
+            H_MSG_ID: end_msg_id(f"{agent_type}.{agent_id}", command_id),
             H_TTL: self.end_ttl,
         }
         if event_seq:
@@ -129,7 +135,7 @@ class OutStreams:
         try:
             await self.publish(subject, body, headers)
         except JetAgentsError as exc:
-            self.log.error("stream_end_lost", command=cmd.command_id, error=str(exc))
+            self.log.error("stream_end_lost", command=command_id, error=str(exc))
 
     async def publish(self, subject: str, body: bytes, headers: dict[str, str]) -> int:
         """Publish with retries (same message id) until stored or ``give_up_s``; the sequence."""
@@ -209,6 +215,10 @@ class Outbox:
         if self._bytes >= _BACKLOG_MESSAGES * self._s.max_bytes:
             self._room.clear()
             await self._room.wait()  # the flusher is that far behind: stream no faster than it stores
+        elif self._hurry.is_set() and self._bytes >= self._s.max_bytes:
+            # a message is full: let the flusher send it now, or an action that streams in a
+            # loop without awaiting anything else holds the loop (and its first chunk) longer
+            await asyncio.sleep(0)
 
     def step_runs(self, i: int) -> None:
         """Step ``i`` runs its function (it is not journaled): what it streamed in an earlier

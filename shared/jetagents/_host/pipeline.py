@@ -30,6 +30,7 @@ from .._core.dedup import DedupRecord
 from .._core.errors import (
     ActionCancelled,
     ActionTimeout,
+    AgentQuarantined,
     CallCycle,
     CallTooDeep,
     DeadlineExceeded,
@@ -85,7 +86,7 @@ from .supervisor import Supervisor
 from .suspension import Suspension
 
 # refusals of the activation itself: bad input, never worth another try
-_NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
+_NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent, AgentQuarantined)
 
 
 def _trace_of(cmd: Command) -> tuple[str | None, str | None]:
@@ -132,7 +133,7 @@ class Pipeline:
         # streamed output (ADR 0042 section 6); its port is bound by the host's start()
         self.out = outcomes.out = OutStreams(settings, clock, log, catalog.subjects, supervisor)
         self.suspension = Suspension(
-            settings, clock, log, steps=self._steps, outcomes=outcomes, run=self._process_traced
+            settings, clock, log, steps=self._steps, outcomes=outcomes, run=self._process_traced, catalog=catalog
         )
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
 
@@ -221,7 +222,7 @@ class Pipeline:
             body = decode_command(cmd.body, s.max_payload_bytes)
             if not isinstance(body, CommandBody):  # a signal, timer, cancel or result query
                 cmd.action = "_" + type(body).__name__.removesuffix("Body").lower()
-                await self._control(act, cmd, body, out)
+                await self.suspension.process(act, cmd, body, out, self._supervisor)
                 return
             cmd.action = body.action if body.action in act.spec.actions else "_unknown"
             action = act.spec.action(body.action)
@@ -262,31 +263,6 @@ class Pipeline:
                 await outcomes.execute(cmd, outcome, out)
                 return
             outcomes.count(cmd, outcome)
-            await self._clock.sleep(outcome.ack.delay_s)
-
-    async def _control(self, act: Activation, cmd: Command, body: Any, out: dict[str, str]) -> None:
-        """A signal, timer, cancel or result query (``Suspension``), retried in place like an
-        action when the infrastructure fails."""
-        attempt = 0
-        while True:
-            try:
-                if act.agent is None:
-                    await self._catalog.activate(act)
-                await self.suspension.control(act, cmd, body, out)
-                return
-            except _NON_RETRYABLE_INPUT as err:
-                await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
-                return
-            except JetAgentsError as err:
-                failed = err
-            attempt += 1
-            outcome = self._outcomes.decide(
-                cmd, Result.FAILED, error=failed, attempt=attempt, stopping=self._supervisor.stopping
-            )
-            if outcome.ack.kind is not AckKind.RETRY:
-                await self._outcomes.execute(cmd, outcome, out)
-                return
-            self._outcomes.count(cmd, outcome)
             await self._clock.sleep(outcome.ack.delay_s)
 
     async def _attempt(
@@ -350,7 +326,7 @@ class Pipeline:
         ctx.correlation_id = cmd.correlation_id
         ctx.action = action.name
         ctx.out = await self.out.open(act, cmd) if cmd.streams else None
-        ctx.command = Running(raw, cmd.reply_to)
+        ctx.command = Running(raw, cmd.reply_to, cmd.streams)
         agent._begin()
         try:
             loop = self.loop

@@ -72,6 +72,7 @@ class Running(NamedTuple):
 
     params: Any
     reply_to: str | None
+    streams: bool = False  # Agt-Stream: the resumed run streams too (j.out on the first entry)
 
 
 class Steps:
@@ -238,6 +239,8 @@ class Steps:
         running = ctx.command
         if (journal is None or journal.params is None) and running is not None:
             j = {**j, "params": running.params, "reply_to": running.reply_to}
+            if running.streams:
+                j["out"] = 1
         await self.append_for(act, cmd, ctx.action, j, ctx.correlation_id)
 
     async def append_for(

@@ -38,6 +38,8 @@ from .._core.errors import (
     JetAgentsError,
     MalformedCommand,
     SignalBufferFull,
+    UnknownAgent,
+    UnknownAgentType,
     error_from_wire,
 )
 from .._core.ids import is_reply_subject
@@ -51,7 +53,7 @@ from .._core.journal import (
     park_entry,
     resolution_entry,
 )
-from .._core.outcome import Result
+from .._core.outcome import AckKind, Result
 from .._core.wire import (
     H_STATUS,
     CancelBody,
@@ -63,7 +65,7 @@ from .._core.wire import (
 )
 from .._obs.telemetry import DEAD_LETTER, REQUEUED
 from .._settings import HostSettings
-from .catalog import Activation
+from .catalog import Activation, Catalog
 from .outcomes import Outcomes
 from .steps import Steps
 
@@ -88,8 +90,17 @@ class Suspension:
     """Signals, timers, cancels, result queries, parking and resuming: one per host."""
 
     def __init__(
-        self, settings: HostSettings, clock: Any, log: Any, *, steps: Steps, outcomes: Outcomes, run: Run
+        self,
+        settings: HostSettings,
+        clock: Any,
+        log: Any,
+        *,
+        steps: Steps,
+        outcomes: Outcomes,
+        run: Run,
+        catalog: Catalog,
     ) -> None:
+        self._catalog = catalog
         self._settings = settings
         self._clock = clock
         self._log = log
@@ -108,6 +119,8 @@ class Suspension:
 
     async def suspended(self, act: Activation, cmd: Command, waiting: dict[str, Any], out: dict[str, str]) -> None:
         """The run of ``cmd`` suspended: answer so (a resumed run's caller knows it already)."""
+        if cmd.streams and self._outcomes.out is not None:  # its chunks land; the resumed run ends it
+            await self._outcomes.out.finish(cmd, None)
         if cmd.resume:
             cmd.outcome = "suspended"
             return
@@ -155,13 +168,16 @@ class Suspension:
             )
             await self._outcomes.settle(cmd, Result.DOMAIN, out, error=err)
             return False
-        await self._steps.append_for(act, cmd_id, action, park_entry(action, params, cmd.reply_to), cmd.correlation_id)
+        park = park_entry(action, params, cmd.reply_to)
+        if cmd.streams:
+            park["out"] = 1  # its run streams when it comes (wire contract 16)
+        await self._steps.append_for(act, cmd_id, action, park, cmd.correlation_id)
         await self.answer_status(cmd, out, "queued", behind=by)
         return False
 
     # -- resuming ------------------------------------------------------------------------------
     def _rebuild(
-        self, act: Activation, driver: Command, cmd_id: str, action: str, params: Any, reply_to: Any
+        self, act: Activation, driver: Command, cmd_id: str, action: str, params: Any, reply_to: Any, streams: Any
     ) -> Command:
         """The command a journal (or a park entry) re-runs as: never acknowledged itself
         (its driver is), answered on the reply subject its first run named."""
@@ -182,6 +198,7 @@ class Suspension:
         )
         rcmd.command_id = rcmd.correlation_id = cmd_id
         rcmd.resume = True
+        rcmd.streams = bool(streams)
         return rcmd
 
     async def resume(self, act: Activation, cmd_id: str, driver: Command) -> None:
@@ -190,7 +207,8 @@ class Suspension:
         journal = journals.get(cmd_id) if journals else None
         if journal is None or journal.waiting() is not None or journal.blocked is not None:
             return
-        rcmd = self._rebuild(act, driver, cmd_id, journal.action, journal.params, journal.reply_to)
+        first = journal.steps[0] if journal.steps else {}
+        rcmd = self._rebuild(act, driver, cmd_id, journal.action, journal.params, journal.reply_to, first.get("out"))
         await self._run(act, rcmd, rcmd.reply_headers())
         await self._after_run(act, rcmd, journal, driver)
 
@@ -231,7 +249,13 @@ class Suspension:
             cmd_id, journal = parked
             park = journal.parked or {}
             rcmd = self._rebuild(
-                act, driver, cmd_id, str(park.get("action", "")), park.get("params"), park.get("reply_to")
+                act,
+                driver,
+                cmd_id,
+                str(park.get("action", "")),
+                park.get("params"),
+                park.get("reply_to"),
+                park.get("out"),
             )
             before = act.n
             await self._run(act, rcmd, rcmd.reply_headers())
@@ -268,6 +292,9 @@ class Suspension:
         reply_to = journal.reply_to if journal.parked is None else (journal.parked or {}).get("reply_to")
         if reply_to and tell:
             await self._outcomes.reply(str(reply_to), encode_error(err), {"Agt-Command-Id": cmd_id}, None)
+        first = journal.parked or (journal.steps[0] if journal.steps else {})
+        if first.get("out") and self._outcomes.out is not None:  # a stream's reader waits for its end
+            await self._outcomes.out.end(act.agent_id.type, act.agent_id.id, cmd_id, encode_error(err))
 
     async def _purge(self, act: Activation, cmd_id: str, journal: Journal) -> None:
         if self.purge_timer is None:
@@ -280,6 +307,31 @@ class Suspension:
                     self._log.debug("timer_purge_failed", error=repr(exc))
 
     # -- signals, timers, cancels, result queries ----------------------------------------------
+    async def process(self, act: Activation, cmd: Command, body: Any, out: dict[str, str], supervisor: Any) -> None:
+        """A signal, timer, cancel or result query, retried in place like an action when the
+        infrastructure fails (the table's rows 9, 11)."""
+        attempt = 0
+        while True:
+            try:
+                if act.agent is None:
+                    await self._catalog.activate(act)
+                await self.control(act, cmd, body, out)
+                return
+            except (MalformedCommand, UnknownAgentType, UnknownAgent) as err:
+                await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
+                return
+            except JetAgentsError as err:
+                failed = err
+            attempt += 1
+            outcome = self._outcomes.decide(
+                cmd, Result.FAILED, error=failed, attempt=attempt, stopping=supervisor.stopping
+            )
+            if outcome.ack.kind is not AckKind.RETRY:
+                await self._outcomes.execute(cmd, outcome, out)
+                return
+            self._outcomes.count(cmd, outcome)
+            await self._clock.sleep(outcome.ack.delay_s)
+
     async def control(self, act: Activation, cmd: Command, body: Any, out: dict[str, str]) -> None:
         """A command whose body is not an action. The agent is active."""
         if isinstance(body, ResultBody):

@@ -201,6 +201,11 @@ class Topology:
         return f"{self.subjects.root}_blobs".replace("-", "_")
 
     @property
+    def quarantine_bucket(self) -> str:
+        """Quarantined agents (ADR 0053): hosts write, operators delete (release)."""
+        return f"{self.subjects.root}_quarantine".replace("-", "_")
+
+    @property
     def cluster_bucket(self) -> str:
         return f"{self.subjects.root}_cluster".replace("-", "_")
 
@@ -356,7 +361,7 @@ async def ensure_topology(nc: NATS, topo: Topology, timeout_s: float = 5.0) -> s
                 )
             created = str(info.get("created", ""))
             await upgrade_cmd_stream(nc, topo, info, timeout_s)
-    for bucket in (topo.snap_bucket, topo.meta_bucket):
+    for bucket in (topo.snap_bucket, topo.meta_bucket, topo.quarantine_bucket):
         await ensure_stream(nc, kv_bucket_config(bucket, topo.replicas), timeout_s)
     return created
 

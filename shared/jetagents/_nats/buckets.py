@@ -28,3 +28,7 @@ class KvBucket:
 
     async def put(self, key: str, value: bytes) -> int:
         return await self._kv.put(key, value)
+
+    async def delete(self, key: str) -> None:
+        """Delete ``key`` (a delete marker: a later ``get`` returns ``None``)."""
+        await self._kv.delete(key)

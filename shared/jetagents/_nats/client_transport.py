@@ -14,7 +14,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.nuid import NUID
 
+from .._core.errors import JetAgentsError
 from .api import connect, js_publish
+from .batch import Outgoing, publish_all
 from .inbox import Inbox
 from .kv import kv_subject
 from .out_stream import OutReader
@@ -67,6 +69,10 @@ class ClientTransport:
         """Publish to a stream and return its PubAck (see :func:`js_publish`), received on
         the inbox: no random inbox and no ``wait_for`` per publish, as the host's appends."""
         return await js_publish(self.nc, subject, body, headers, timeout_s, self._inbox)
+
+    async def publish_many(self, items: list[Outgoing], timeout_s: float) -> list[JetAgentsError | None]:
+        """Publish to streams in one go and wait for every PubAck (see :func:`publish_all`)."""
+        return await publish_all(self.nc, self._inbox, items, timeout_s)
 
     def expect(self) -> tuple[str, asyncio.Future[Msg]]:
         """A reply subject and the future its reply completes; :meth:`forget` it when done."""

@@ -4,10 +4,17 @@
   structured ``Route`` (which specialist, a one-line summary); the ticket is handed to that
   specialist with a durable call (``self.call``), and the specialist's answer is returned.
 * ``billing/<ticket>`` and ``tech/<ticket>`` ``handle(text)``: pydantic-ai agents with tools
-  (``lookup_invoice``, ``issue_refund``; ``check_service``, ``restart_service``). Every model
+  (``lookup_invoice``, ``issue_refund``; ``check_service``, ``restart_service``).
+  ``issue_refund`` needs a person's approval: the action suspends until the signal
+  ``approval`` (``{"approved": true}``) comes. Text streams to a caller that streams. Every model
   request and tool call is a journaled step: kill the host mid-turn and the turn finishes on
   another host without asking the model again for what it already answered.
-* ``ask(text)`` on any of them continues the conversation (it lives in the agent's state).
+* ``handle(text)`` on a specialist continues the conversation (it lives in the agent's state).
+
+Triage waits for the specialist's answer inside its action (at most 4 minutes, its time limit
+5): a refund waiting longer for its approval makes the ``open`` call time out, while billing's
+turn still finishes when the approval comes (a durable await across agents is an open question
+of ADR 0042).
 
 The model comes from ``JETAGENTS_MODEL`` (``openai:gpt-4o-mini``, with ``OPENAI_BASE_URL`` for
 Ollama/vLLM; ``anthropic:...``). Without one each agent runs on a scripted ``FunctionModel``
@@ -22,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import structlog
@@ -36,7 +44,7 @@ from pydantic_ai.messages import (
     ToolReturnPart,
     UserPromptPart,
 )
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
 from .._core.agent import action
 from ..ai import Budget, Budgets, ChatAgent, ChatState, DurableAgent, model_from_env
@@ -100,8 +108,24 @@ def _script_tech(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse
     return ModelResponse(parts=[TextPart(f"Tech here. {'; '.join(done.values())}.")])
 
 
+def _streamed(script: Any) -> Any:
+    """The script as a stream: text word by word, tool calls whole (for ``stream=True``)."""
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
+        for k, part in enumerate(script(messages, info).parts):
+            if isinstance(part, TextPart):
+                for word in re.findall(r"\S+\s*", part.content):
+                    yield word
+            elif isinstance(part, ToolCallPart):
+                args = part.args_as_json_str()
+                yield {k: DeltaToolCall(name=part.tool_name, json_args=args, tool_call_id=part.tool_call_id)}
+
+    return stream
+
+
 def _model(script: Any) -> Any:
-    return model_from_env(scripted=FunctionModel(script, model_name="scripted"))
+    scripted = FunctionModel(script, stream_function=_streamed(script), model_name="scripted")
+    return model_from_env(scripted=scripted)
 
 
 MODEL = _model(_script_triage)  # what `jetagents up` reports: scripted or the configured one
@@ -131,9 +155,10 @@ def lookup_invoice(invoice: str) -> str:
     return f"{invoice}: 19.99 USD, paid twice on 2026-11-28"
 
 
-@billing_ai.tool_plain
+@billing_ai.tool_plain(requires_approval=True)
 def issue_refund(invoice: str, amount_cents: int) -> str:
-    """Refund ``amount_cents`` of an invoice (a payment provider would get the step's key)."""
+    """Refund ``amount_cents`` of an invoice (a person approves first; a payment provider would
+    get the step's key as its idempotency key)."""
     return f"refunded {amount_cents / 100:.2f} USD on {invoice}"
 
 
@@ -156,8 +181,10 @@ def _tenant_budget() -> Budget | None:
 
 SUPPORT_BUDGETS = Budgets(per_tenant=_tenant_budget(), provider=MODEL.provider)
 triage_durable = DurableAgent(triage_ai, budgets=SUPPORT_BUDGETS)
-billing_durable = DurableAgent(billing_ai, budgets=SUPPORT_BUDGETS)
-tech_durable = DurableAgent(tech_ai, budgets=SUPPORT_BUDGETS)
+# a refund waits (suspended, nothing held in memory) for `jetagents signal billing/<ticket>
+# approval '{"approved": true}'`; without a decision within a day it is denied
+billing_durable = DurableAgent(billing_ai, budgets=SUPPORT_BUDGETS, stream=True, approvals=True)
+tech_durable = DurableAgent(tech_ai, budgets=SUPPORT_BUDGETS, stream=True)
 
 
 # -- the jetagents agents ----------------------------------------------------------------------
