@@ -132,6 +132,13 @@ class HostSettings(CommonSettings):
     )
     max_active_agents: int = Field(default=100_000, ge=1)
     snapshot_every: int = Field(default=100, ge=1)
+    snapshot_history: int = Field(
+        default=3,
+        ge=1,
+        le=64,
+        description="snapshots kept per agent (KV history of the snapshot bucket, set when the bucket is "
+        "created): an unusable latest one falls back to an older one (ADR 0053)",
+    )
     dedup_records_per_agent: int = Field(default=256, ge=1)
     quarantine_after: int = Field(
         default=5,

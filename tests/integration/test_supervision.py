@@ -37,7 +37,7 @@ from jetagents import (
 )
 from jetagents._nats.api import connect as raw_connect
 from tests.conftest import host_settings
-from tests.integration.helpers import dead_letters, eventually
+from tests.integration.helpers import dead_letters, eventually, read_all
 
 CLI = [sys.executable, "-m", "jetagents.cli"]
 BROKEN = {"applier": False}  # what the test breaks and fixes: the applier's code, in effect
@@ -161,3 +161,60 @@ async def test_an_agent_that_keeps_failing_activation_is_quarantined_and_release
 
 async def _has(letters: Any, n: int) -> bool:
     return len(await letters) >= n
+
+
+async def _evt(nc: Any, agent: str) -> list[tuple[int, bytes]]:
+    return [(seq, data) for seq, _, _, data in await read_all(nc, "AGT_EVT", f"agt.evt.{agent}")]
+
+
+async def test_a_corrupt_latest_snapshot_and_log_tail_are_restored_from_an_older_snapshot(
+    nats_server: NatsServer, client: Client
+) -> None:
+    BROKEN["applier"] = False
+    ref = client.agent("fragile", "r1")
+    nc = await raw_connect(nats_server.url, name="test-supervision")
+    kv = None
+    h = _host(nats_server.url, snapshot_every=2, snapshot_history=3)
+    await h.start()
+    try:
+        for i in range(6):
+            assert await ref.request("bump", {"by": 1}) == i + 1
+        kv = await nc.jetstream().key_value("agt_snap")
+
+        async def snapshot_at(n: int) -> bool:
+            return any(orjson.loads(e.value).get("n") == n for e in await kv.history("fragile.r1") if e.value)
+
+        await eventually(lambda: snapshot_at(6))
+    finally:
+        await h.stop()
+    log = await _evt(nc, "fragile.r1")
+    seq_of = {orjson.loads(d)["n"]: seq for seq, d in log}
+    # The damage: the log's head is gone (retention limits: only an older snapshot can
+    # rebuild the agent), the latest snapshot does not parse, nor do the last two messages.
+    await nc.request(
+        "$JS.API.STREAM.PURGE.AGT_EVT", orjson.dumps({"filter": "agt.evt.fragile.r1", "seq": seq_of[6]}), timeout=5
+    )
+    await kv.put("fragile.r1", b"{not json")
+    js = nc.jetstream()
+    bad = [(await js.publish("agt.evt.fragile.r1", junk)).seq for junk in (b"\x00garbage", b'{"n": "x"}')]
+
+    h = _host(nats_server.url)
+    await h.start()
+    try:
+        assert await ref.request("total") == 6  # the state as of the last good commit
+        assert h.stats["restores"] == 1
+        assert await ref.request("bump", {"by": 10}) == 16  # later commands apply on top
+        log = await _evt(nc, "fragile.r1")
+        resets = [orjson.loads(d) for seq, d in log if seq > bad[-1] and orjson.loads(d).get("reset")]
+        assert len(resets) == 1
+        assert resets[0]["n"] == 7 and resets[0]["reset"]["unreadable_from"] == bad[0]
+        assert resets[0]["reset"]["state"] == {"total": 6}
+        # A later activation replays through the unreadable messages to the reset commit
+        # (no second reset is appended, nothing is lost).
+        h.catalog.evict(h.catalog.activations["fragile.r1"])
+        assert await ref.request("bump", {"by": 100}) == 116
+        log = await _evt(nc, "fragile.r1")
+        assert sum(1 for _, d in log if d.startswith(b"{") and b'"reset"' in d) == 1
+    finally:
+        await h.stop()
+        await nc.close()

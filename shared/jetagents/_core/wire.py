@@ -229,6 +229,9 @@ class Commit(BaseModel):
     own: int = 0
     # a journal entry of a durable action (ADR 0042); absent from every other commit
     j: dict[str, Any] | None = None
+    # a reset commit (ADR 0053): the state as of ``reset["seq"]`` in the snapshot format; a
+    # replay takes the state from it and skips unreadable messages before it
+    reset: dict[str, Any] | None = None
 
 
 def encode_commit(
@@ -263,7 +266,9 @@ def encode_commit(
     try:
         return orjson.dumps(body)
     except TypeError:
-        return Commit.model_validate(body).model_dump_json(exclude=None if j is not None else {"j"}).encode()
+        return (
+            Commit.model_validate(body).model_dump_json(exclude={"reset"} if j is not None else {"j", "reset"}).encode()
+        )
 
 
 def decode_command(data: bytes, max_bytes: int) -> Body:

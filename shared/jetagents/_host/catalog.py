@@ -28,13 +28,14 @@ from .._core.dedup import DedupRecord
 from .._core.errors import FencedError, InternalError, JetAgentsError, Unavailable, UnknownAgent
 from .._core.ids import AgentId, partition_of
 from .._core.journal import Journal, fold
-from .._core.wire import Commit, Subjects
+from .._core.wire import H_COMMAND_ID, H_HOST, H_MSG_ID, Commit, Subjects
 from .._obs.metrics import Metrics
 from .._obs.telemetry import HostTelemetry
 from .._settings import HostSettings
 from .blobs import Blobs
 from .ports import Bucket, Schedules, StoredMessage
 from .quarantine import Quarantine
+from .restore import older_snapshots, reset_commit, reset_state
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -139,18 +140,72 @@ class Catalog:
         """Rebuild the agent: snapshot (if any and readable) + replay of later commits; a
         quarantined agent is refused, and one that keeps failing is quarantined (ADR 0053)."""
         quarantine = self.quarantine
-        if quarantine is None:
-            await self._activate(act, given)
-            return
-        await quarantine.check(act.agent_id)
+        if quarantine is not None:
+            await quarantine.check(act.agent_id)
         try:
-            await self._activate(act, given)
+            tail = await self._activate(act, given)
+            if tail is not None:
+                await self._restore_tail(act, *tail)
         except InternalError as err:  # its log or snapshot cannot be read or applied
-            await quarantine.failed(act.agent_id, err)
-            raise
-        quarantine.succeeded(act.agent_id)
+            if given is not None or not await self._from_older(act, err):
+                if quarantine is not None:
+                    await quarantine.failed(act.agent_id, err)
+                raise
+        if quarantine is not None:
+            quarantine.succeeded(act.agent_id)
 
-    async def _activate(self, act: Activation, given: dict[str, Any] | None) -> None:
+    async def _from_older(self, act: Activation, err: InternalError) -> bool:
+        """Rebuild the agent from an older snapshot (newest first) and the log after it."""
+        aid = act.agent_id
+        try:
+            older = await older_snapshots(self._snapshots, aid.key)
+        except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
+            self.log.warning("snapshot_history_unreadable", agent=str(aid), error=str(exc))
+            return False
+        for snap in older:
+            try:
+                tail = await self._activate(act, snap)
+                if tail is not None:
+                    await self._restore_tail(act, *tail, counted=True)
+            except InternalError:
+                act.agent = None
+                continue
+            self.metrics.inc("restores", agent_type=aid.type)
+            self.log.warning("agent_restored", agent=str(aid), snapshot_seq=snap.get("seq"), error=err.message)
+            return True
+        return False
+
+    async def _restore_tail(
+        self, act: Activation, unreadable_from: int, tail_end: int, *, counted: bool = False
+    ) -> None:
+        """The log of ``act`` cannot be read from ``unreadable_from`` on: append a reset
+        commit (after ``tail_end``, the subject's last message: the fence) with the state as
+        of its last good commit, so every later replay continues from it."""
+        aid = act.agent_id
+        token = self.token_of(aid, partition_of(aid.type, aid.id, self.settings.partitions)) or act.own
+        n = act.n + 1
+        cmd, body = reset_commit(
+            n=n, own=token, ts_ms=self.clock.wall_ms(), body=self.snapshot_body(act), unreadable_from=unreadable_from
+        )
+        hdrs = {H_MSG_ID: f"{aid.key}:{cmd}", H_COMMAND_ID: cmd, H_HOST: self.settings.host_id}
+        events: Any = self._events
+        try:
+            ack = await events.append(
+                self.subjects.evt(aid.type, aid.id), body, hdrs, expected_last_subject_seq=tail_end
+            )
+        except Exception as exc:  # noqa: BLE001 - fenced, or the store is down: not restored
+            act.agent = None
+            raise Unavailable(f"cannot append the reset commit of {aid}: {exc!r}") from None
+        act.n, act.last_seq, act.own = n, ack.seq, max(act.own, token)
+        if not counted:  # from an older snapshot: that restore counts it
+            self.metrics.inc("restores", agent_type=aid.type)
+        self.log.warning(
+            "log_tail_reset", agent=str(aid), unreadable_from=unreadable_from, tail_end=tail_end, reset_seq=ack.seq
+        )
+
+    async def _activate(self, act: Activation, given: dict[str, Any] | None) -> tuple[int, int] | None:
+        """The rebuild; ``(first unreadable sequence, last sequence)`` when the log's tail
+        after its last good commit cannot be read (the caller appends a reset commit)."""
         s = self.settings
         aid = act.agent_id
         started = self.clock.monotonic()
@@ -205,10 +260,23 @@ class Catalog:
                 ctx.steps = self.steps.bind(act)
             agent = act.spec.cls(ctx, state)
             msgs = await self._events.read_subject(self.subjects.evt(aid.type, aid.id), last_seq + 1, 256)
+            unreadable = tail_end = 0
             for m in msgs:
-                commit = Commit.model_validate_json(m.data)
+                try:
+                    commit = Commit.model_validate_json(m.data)
+                except ValidationError:  # the tail from here is lost, unless a reset commit follows
+                    unreadable, tail_end = unreadable or m.seq, m.seq
+                    continue
+                if unreadable:
+                    tail_end = m.seq
+                    if commit.reset is None or commit.n != n + 1:
+                        continue
+                    unreadable = 0
                 if commit.n != n + 1:
                     raise InternalError(f"event log of {aid} has a gap: commit {commit.n} after {n}")
+                if commit.reset is not None:  # a reset commit (ADR 0053): the state as of then
+                    agent._state, kept, journals, inbox = reset_state(act.spec, commit.reset)
+                    replayed, refused = [], []
                 events = commit.events
                 if self.blobs.refers(events):  # large event data by reference (ADR 0042 section 9)
                     events = await self.blobs.resolve_events(events, f"commit {commit.n} of {aid}")
@@ -251,6 +319,7 @@ class Catalog:
         self.tel.activated(aid.type, len(msgs), self.clock.monotonic() - started)
         if len(self.activations) > s.max_active_agents:
             self.evict_lru()
+        return (unreadable, tail_end) if unreadable else None
 
     def evict(self, act: Activation) -> None:
         """Forget the agent's state (it stays listed): the next command rebuilds it from the log."""

@@ -128,6 +128,7 @@ def _topology(s: HostSettings, subjects: Subjects) -> Topology:
         duplicate_window_s=s.duplicate_window_s,
         max_payload_bytes=s.max_payload_bytes,
         out_max_age_s=s.out_result_ttl_s,
+        snapshot_history=s.snapshot_history,
     )
 
 
