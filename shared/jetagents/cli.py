@@ -339,6 +339,60 @@ def status(
         )
 
 
+@app.command()
+def remind(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    name: Annotated[str, typer.Argument(help="the reminder's name (the same name again replaces it)")],
+    action: Annotated[str, typer.Argument(help="the action each firing runs")],
+    params: Annotated[str, typer.Argument(help="JSON object of the action's parameters")] = "{}",
+    every: Annotated[int | None, typer.Option(help="every N seconds (at least 1)")] = None,
+    cron: Annotated[str | None, typer.Option(help="cron: 5 fields (minute first) or 6 (seconds first)")] = None,
+    at: Annotated[str | None, typer.Option(help="once, at an RFC 3339 time with an offset")] = None,
+    tz: Annotated[str | None, typer.Option(help="IANA time zone of --cron")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """Have agent TYPE/ID run ACTION with PARAMS --every N s, on --cron, or --at a time."""
+    import datetime as dt
+
+    try:
+        parsed = json.loads(params)
+        if not isinstance(parsed, dict):
+            raise ValueError("parameters must be a JSON object")
+        when = dt.datetime.fromisoformat(at.replace("Z", "+00:00")) if at else None
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _on_agent(
+        agent,
+        nats_url,
+        lambda ref: ref.remind(
+            name, action=action, params=parsed, at=when, every=every, cron=cron, tz=tz, timeout=timeout
+        ),
+    )
+
+
+@app.command()
+def reminders(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """List agent TYPE/ID's reminders."""
+    _on_agent(agent, nats_url, lambda ref: ref.reminders(timeout=timeout))
+
+
+@app.command()
+def unremind(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    name: Annotated[str, typer.Argument(help="the reminder to cancel")],
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """Cancel agent TYPE/ID's reminder NAME (nothing if there is none)."""
+    _on_agent(agent, nats_url, lambda ref: ref.cancel_reminder(name, timeout=timeout))
+
+
 # -- jetagents agent (ADR 0053): operator actions on one agent ----------------------------------
 agent_app = typer.Typer(no_args_is_help=True, help="Operator actions on one agent (quarantine, release).")
 app.add_typer(agent_app, name="agent")

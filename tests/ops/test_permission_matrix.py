@@ -425,3 +425,32 @@ async def test_a_client_can_neither_lower_nor_read_the_model_budgets(world: Worl
         await seen.wait_for(api)
     finally:
         await atk.close()
+
+
+async def test_reminders_only_through_a_host(world: World) -> None:
+    """A client may not publish a schedule on agt.rem.> (it would fire commands at any agent
+    and replace or cancel any agent's reminders); it asks the agent's host, which may."""
+    w = world
+    ref = w.client.agent("counter", "rem")
+    got = await ref.remind("later", cron="0 3 * * *", action="increment", params={"by": 1})
+    assert got["schedule"] == "0 0 3 * * *"
+    subject = "agt.rem.counter.rem.later"
+    assert await w.count("AGT_CMD", subject) == 1
+    seen = Violations()
+    forger = await _attacker(w, seen)
+    try:
+        for target in (subject, "agt.rem.counter.victim.forged"):
+            hdrs = {
+                "Nats-Schedule": "@every 1s",
+                "Nats-Schedule-Target": "agt.cmd.counter.victim",
+                "Nats-Rollup": "sub",
+            }
+            with pytest.raises((NatsTimeout, NoRespondersError)):
+                await forger.request(target, b'{"action":"increment","params":{}}', timeout=0.5, headers=hdrs)
+            await seen.wait_for(f'Publish to "{target}"')
+    finally:
+        await forger.close()
+    assert [r["name"] for r in await ref.reminders()] == ["later"]
+    assert await w.count("AGT_CMD", "agt.rem.counter.victim.forged") == 0
+    await ref.cancel_reminder("later")
+    assert await ref.reminders() == []

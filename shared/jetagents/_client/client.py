@@ -257,7 +257,9 @@ class Client:
         idle_timeout_s: float | None,
         send: Any = None,
     ) -> AgentStream:
-        timeout_s = idle_timeout_s if idle_timeout_s is not None else self.settings.request_timeout_s
+        # an action may think (a model call, a step) for a while between two chunks: by default
+        # a reader waits as long as a host lets an action run (action_timeout_s, 60 s)
+        timeout_s = idle_timeout_s if idle_timeout_s is not None else max(self.settings.request_timeout_s, 60.0)
         subject = self.subjects.out(aid.type, aid.id, ctoken(command_id))
         stream = Topology(self.subjects).out_stream
 

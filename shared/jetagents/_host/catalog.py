@@ -35,6 +35,7 @@ from .._settings import HostSettings
 from .blobs import Blobs
 from .ports import Bucket, Schedules, StoredMessage
 from .quarantine import Quarantine
+from .reminders import BoundReminders, Reminders
 from .restore import older_snapshots, reset_commit, reset_state
 from .supervisor import Supervisor
 
@@ -258,6 +259,8 @@ class Catalog:
             ctx = AgentContext(aid, self.clock, client=self._client, metadata=metadata)
             if self.steps is not None:
                 ctx.steps = self.steps.bind(act)
+            if self.schedules is not None:
+                ctx.reminders = BoundReminders(Reminders(self.subjects, self.schedules), act.spec, aid.type, aid.id)
             agent = act.spec.cls(ctx, state)
             msgs = await self._events.read_subject(self.subjects.evt(aid.type, aid.id), last_seq + 1, 256)
             unreadable = tail_end = 0
