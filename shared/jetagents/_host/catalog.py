@@ -21,6 +21,7 @@ import orjson
 from pydantic import ValidationError
 
 from .._core.agent import Agent, AgentContext, AgentSpec
+from .._core.blobref import BlobUnreadable
 from .._core.callchain import Frame
 from .._core.clock import Clock
 from .._core.dedup import DedupRecord
@@ -31,6 +32,7 @@ from .._core.wire import H_COMMAND_ID, H_HOST, H_MSG_ID, Commit, Subjects
 from .._obs.metrics import Metrics
 from .._obs.telemetry import HostTelemetry
 from .._settings import HostSettings
+from .blobs import Blobs
 from .ports import Bucket, Schedules, StoredMessage
 from .quarantine import Quarantine
 from .reminders import BoundReminders, Reminders
@@ -113,6 +115,7 @@ class Catalog:
         self.token_of = token_of
         self.activations: OrderedDict[str, Activation] = OrderedDict()
         self.steps: Any = None  # the host's durable steps (``_host/steps.py``), set by the pipeline
+        self.blobs = Blobs(settings, log)  # payloads by reference (ADR 0042 section 9); bound by the host
         self.schedules: Schedules | None = None  # the server's timers and reminders, set by the host
         self._snap_sem = asyncio.Semaphore(16)
         self._events: LogReader = None  # type: ignore[assignment]  # set by bind()
@@ -241,14 +244,15 @@ class Catalog:
                 try:
                     if not isinstance(snap, dict):
                         raise TypeError(f"a snapshot is a JSON object, not {type(snap).__name__}")
-                    state = act.spec.state_type.model_validate(snap["state"])
+                    raw_state = await self.blobs.resolve(snap["state"], f"the snapshot of {aid}")
+                    state = act.spec.state_type.model_validate(raw_state)
                     last_seq = int(snap["seq"])
                     n = int(snap["n"])
                     own = int(snap.get("own", 0))
                     kept = [(str(cmd), int(seq), result) for cmd, seq, result in snap.get("records", [])]
                     journals = {str(c): Journal.from_json(j) for c, j in snap.get("journals", {}).items()}
                     inbox = [dict(e) for e in snap.get("inbox", [])]
-                except (ValidationError, KeyError, TypeError, ValueError) as exc:
+                except (ValidationError, KeyError, TypeError, ValueError, BlobUnreadable) as exc:
                     self.log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
                     state, n, last_seq = None, 0, 0
                     kept, journals, inbox = [], {}, []
@@ -276,8 +280,11 @@ class Catalog:
                 if commit.reset is not None:  # a reset commit (ADR 0053): the state as of then
                     agent._state, kept, journals, inbox = reset_state(act.spec, commit.reset)
                     replayed, refused = [], []
+                events = commit.events
+                if self.blobs.refers(events):  # large event data by reference (ADR 0042 section 9)
+                    events = await self.blobs.resolve_events(events, f"commit {commit.n} of {aid}")
                 try:
-                    agent._replay(commit.events)
+                    agent._replay(events)
                 except (JetAgentsError, ValidationError):
                     raise
                 except Exception as exc:  # noqa: BLE001 - an applier raised: the log cannot be applied
@@ -407,9 +414,13 @@ class Catalog:
         if agent is None or act.snapshotting:
             return
         act.snapshotting = True
-        body = orjson.dumps(self.snapshot_body(act))
+        snap = self.snapshot_body(act)
+        body = orjson.dumps(snap)
         taken = act.since_snapshot
         try:
+            if len(body) > self.blobs.threshold:  # the state by reference (ADR 0042 section 9)
+                snap["state"] = await self.blobs.offload(snap["state"])
+                body = orjson.dumps(snap)
             async with self._snap_sem:
                 await self._snapshots.put(act.agent_id.key, body)
             act.since_snapshot = max(0, act.since_snapshot - taken)
