@@ -186,7 +186,11 @@ class Catalog:
         token = self.token_of(aid, partition_of(aid.type, aid.id, self.settings.partitions)) or act.own
         n = act.n + 1
         cmd, body = reset_commit(
-            n=n, own=token, ts_ms=self.clock.wall_ms(), body=self.snapshot_body(act), unreadable_from=unreadable_from
+            n=n,
+            own=token,
+            ts_ms=self.clock.wall_ms(),
+            body=self.snapshot_body(act),
+            extra={"unreadable_from": unreadable_from},
         )
         hdrs = {H_MSG_ID: f"{aid.key}:{cmd}", H_COMMAND_ID: cmd, H_HOST: self.settings.host_id}
         events: Any = self._events
@@ -204,7 +208,9 @@ class Catalog:
             "log_tail_reset", agent=str(aid), unreadable_from=unreadable_from, tail_end=tail_end, reset_seq=ack.seq
         )
 
-    async def _activate(self, act: Activation, given: dict[str, Any] | None) -> tuple[int, int] | None:
+    async def _activate(
+        self, act: Activation, given: dict[str, Any] | None, until_seq: int = 0
+    ) -> tuple[int, int] | None:
         """The rebuild; ``(first unreadable sequence, last sequence)`` when the log's tail
         after its last good commit cannot be read (the caller appends a reset commit)."""
         s = self.settings
@@ -264,6 +270,8 @@ class Catalog:
             agent = act.spec.cls(ctx, state)
             msgs = await self._events.read_subject(self.subjects.evt(aid.type, aid.id), last_seq + 1, 256)
             unreadable = tail_end = 0
+            if until_seq:  # as of that commit (a rollback, ADR 0053)
+                msgs = [m for m in msgs if m.seq <= until_seq]
             for m in msgs:
                 try:
                     commit = Commit.model_validate_json(m.data)
