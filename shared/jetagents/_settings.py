@@ -182,6 +182,13 @@ class HostSettings(CommonSettings):
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+    payload_ref_threshold_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="a step value, event data, commit result or snapshot state whose JSON is larger is stored in "
+        "the Object Store bucket agt_blobs and referenced by its sha256 (ADR 0042 section 9)",
+    )
+    blob_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0, description="per-host LRU of blobs read or written")
     call_path_max: int = Field(
         default=16,
         ge=1,

@@ -418,6 +418,20 @@ def agent_release(
     _admin(agent, nats_url, lambda admin, t, i: admin.release(t, i))
 
 
+@agent_app.command("rollback")
+def agent_rollback(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    to: Annotated[
+        int, typer.Option("--to", min=1, help="sequence (in AGT_EVT) of the commit whose state becomes current")
+    ],
+    by: Annotated[str, typer.Option(help="who asks (kept in the reset commit, the audit record)")] = "",
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """Roll the agent back to its state as of commit sequence SEQ; later commands apply on top."""
+    who = by or os.environ.get("USER", "")
+    _admin(agent, nats_url, lambda admin, t, i: admin.rollback(t, i, to, by=who))
+
+
 # -- jetagents mcp (ADR 0048): the command lives in jetagents.mcp.command -------------------
 from .mcp.command import mcp as _mcp_command  # noqa: E402 - kept apart from the commands above
 

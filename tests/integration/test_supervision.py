@@ -30,6 +30,7 @@ from jetagents import (
     ClientSettings,
     Event,
     Host,
+    InvalidParams,
     NatsServer,
     Registry,
     action,
@@ -215,6 +216,41 @@ async def test_a_corrupt_latest_snapshot_and_log_tail_are_restored_from_an_older
         assert await ref.request("bump", {"by": 100}) == 116
         log = await _evt(nc, "fragile.r1")
         assert sum(1 for _, d in log if d.startswith(b"{") and b'"reset"' in d) == 1
+    finally:
+        await h.stop()
+        await nc.close()
+
+
+async def test_an_operator_rolls_an_agent_back_to_a_sequence(nats_server: NatsServer, client: Client) -> None:
+    BROKEN["applier"] = False
+    ref = client.agent("fragile", "b1")
+    nc = await raw_connect(nats_server.url, name="test-supervision")
+    h = _host(nats_server.url)
+    await h.start()
+    try:
+        for by, total in ((1, 1), (2, 3), (3, 6), (4, 10)):
+            assert await ref.request("bump", {"by": by}) == total
+        log = await _evt(nc, "fragile.b1")
+        seq_of = {orjson.loads(d)["n"]: seq for seq, d in log}
+        env = dict(os.environ, JETAGENTS_NATS_URL=nats_server.url)
+        argv = [*CLI, "agent", "rollback", "fragile/b1", "--to", str(seq_of[2]), "--by", "ops-ann"]
+        r = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 0, r.stderr
+        result = orjson.loads(r.stdout)["result"]
+        assert result["to"] == seq_of[2] and result["n"] == 5 and result["by"] == "ops-ann"
+        assert await ref.request("total") == 3  # the state as of that sequence
+        assert await ref.request("bump", {"by": 100}) == 103  # later commands apply on top
+        # the audit record is the reset commit in the agent's own log
+        reset = orjson.loads(next(d for seq, d in await _evt(nc, "fragile.b1") if seq == result["reset_seq"]))
+        assert reset["action"] == "_reset" and reset["reset"]["rollback"]["to"] == seq_of[2]
+        assert reset["reset"]["rollback"]["by"] == "ops-ann"
+        # a rebuild from the log alone (no snapshot) honours it
+        h.catalog.evict(h.catalog.activations["fragile.b1"])
+        assert await ref.request("total") == 103
+        # a sequence that is not this agent's commit changes nothing
+        with pytest.raises(InvalidParams):
+            await client.admin.rollback("fragile", "b1", 10**9)
+        assert await ref.request("total") == 103
     finally:
         await h.stop()
         await nc.close()

@@ -392,8 +392,12 @@ async def test_the_operator_inspects_and_redrives_a_client_cannot(world: World) 
 
 
 async def test_only_the_operator_quarantines_or_releases_an_agent(world: World) -> None:
+
+
+async def test_only_the_operator_quarantines_releases_or_rolls_back_an_agent(world: World) -> None:
     """A client can neither release a quarantined agent (delete its record) nor quarantine
-    another's (write one) nor read the records; the operator (admin) releases it (ADR 0053)."""
+    another's (write one) nor read the records, nor ask for a rollback; the operator (admin)
+    releases it and rolls agents back (ADR 0053)."""
     w = world
     await w.admin.jetstream().publish("$KV.agt_quarantine.counter.jailed", b'{"reason":"test"}')
     assert await w.count("KV_agt_quarantine", "$KV.agt_quarantine.counter.jailed") == 1
@@ -403,6 +407,10 @@ async def test_only_the_operator_quarantines_or_releases_an_agent(world: World) 
         for subject in ("$KV.agt_quarantine.counter.jailed", "$KV.agt_quarantine.counter.victim"):
             await atk.publish(subject, b"", headers={"KV-Operation": "PURGE"})
             await seen.wait_for(f'Publish to "{subject}"')
+        # nor roll an agent back (a request to its owner host, on agt.sys: hosts and admin only)
+        rollback = "agt.sys.host.perm-host.rollback"
+        await atk.publish(rollback, b'{"type": "counter", "id": "keep", "to": 1}')
+        await seen.wait_for(f'Publish to "{rollback}"')
         for api in ("STREAM.MSG.GET", "DIRECT.GET", "STREAM.PURGE"):
             subject = f"$JS.API.{api}.KV_agt_quarantine"
             with pytest.raises((NatsTimeout, NoRespondersError)):
@@ -425,6 +433,15 @@ async def test_only_the_operator_quarantines_or_releases_an_agent(world: World) 
     try:
         assert await operator.admin.release("counter", "jailed") is True
         assert await operator.admin.quarantined("counter", "jailed") is None
+        ref = w.client.agent("counter", "rolled")
+        assert await ref.request("increment", {"by": 1}) == 1
+        assert await ref.request("increment", {"by": 1}) == 2
+        first = await js_api(
+            w.admin, "$JS.API.STREAM.MSG.GET.AGT_EVT", {"next_by_subj": "agt.evt.counter.rolled", "seq": 1}, 5
+        )
+        done = await operator.admin.rollback("counter", "rolled", int(first["message"]["seq"]), by="ops")
+        assert done["n"] == 3
+        assert await ref.request("increment", {"by": 5}) == 6
     finally:
         await operator.close()
 

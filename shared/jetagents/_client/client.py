@@ -188,8 +188,8 @@ class Client:
 
     @property
     def admin(self) -> Admin:
-        """Operator actions on agents: quarantine records and their release (ADR 0053)."""
-        return Admin(self.nc, self.subjects, self.settings.request_timeout_s)
+        """Operator actions on agents: quarantine records, release, rollback (ADR 0053)."""
+        return Admin(self, self.subjects, self.settings.request_timeout_s)
 
     # -- the cluster -------------------------------------------------------------------------
     async def locate(self, agent_type: str, agent_id: str) -> str | None:

@@ -21,6 +21,7 @@ import orjson
 from pydantic import ValidationError
 
 from .._core.agent import Agent, AgentContext, AgentSpec
+from .._core.blobref import BlobUnreadable
 from .._core.callchain import Frame
 from .._core.clock import Clock
 from .._core.dedup import DedupRecord
@@ -32,6 +33,7 @@ from .._core.wire import H_COMMAND_ID, H_HOST, H_MSG_ID, Commit, Subjects
 from .._obs.metrics import Metrics
 from .._obs.telemetry import HostTelemetry
 from .._settings import HostSettings
+from .blobs import Blobs
 from .ports import Bucket, Schedules, StoredMessage
 from .quarantine import Quarantine
 from .reminders import BoundReminders, Reminders
@@ -73,8 +75,8 @@ class Activation:
     # command id -> its open journal (ADR 0042): commands whose durable steps are in the log
     # but whose closing commit is not; created on demand
     journals: dict[str, Journal] | None = None
-    # the call-chain frames of its running actions (ADR 0042 section 7): the running command's,
-    # and a re-entrant one's on top while it runs; created on demand
+    # the call-chain frames of its running actions while they wait on a call (ADR 0042
+    # section 7): the running command's, a re-entrant one's; created on demand
     frames: list[Frame] | None = None
     # signals that came with nobody waiting for them, oldest first (their ``inbox`` entries,
     # with ``cmd``: the signal's command id); created on demand
@@ -114,6 +116,7 @@ class Catalog:
         self.token_of = token_of
         self.activations: OrderedDict[str, Activation] = OrderedDict()
         self.steps: Any = None  # the host's durable steps (``_host/steps.py``), set by the pipeline
+        self.blobs = Blobs(settings, log)  # payloads by reference (ADR 0042 section 9); bound by the host
         self.schedules: Schedules | None = None  # the server's timers and reminders, set by the host
         self._snap_sem = asyncio.Semaphore(16)
         self._events: LogReader = None  # type: ignore[assignment]  # set by bind()
@@ -188,7 +191,11 @@ class Catalog:
         token = self.token_of(aid, partition_of(aid.type, aid.id, self.settings.partitions)) or act.own
         n = act.n + 1
         cmd, body = reset_commit(
-            n=n, own=token, ts_ms=self.clock.wall_ms(), body=self.snapshot_body(act), unreadable_from=unreadable_from
+            n=n,
+            own=token,
+            ts_ms=self.clock.wall_ms(),
+            body=self.snapshot_body(act),
+            extra={"unreadable_from": unreadable_from},
         )
         hdrs = {H_MSG_ID: f"{aid.key}:{cmd}", H_COMMAND_ID: cmd, H_HOST: self.settings.host_id}
         events: Any = self._events
@@ -206,7 +213,9 @@ class Catalog:
             "log_tail_reset", agent=str(aid), unreadable_from=unreadable_from, tail_end=tail_end, reset_seq=ack.seq
         )
 
-    async def _activate(self, act: Activation, given: dict[str, Any] | None) -> tuple[int, int] | None:
+    async def _activate(
+        self, act: Activation, given: dict[str, Any] | None, until_seq: int = 0
+    ) -> tuple[int, int] | None:
         """The rebuild; ``(first unreadable sequence, last sequence)`` when the log's tail
         after its last good commit cannot be read (the caller appends a reset commit)."""
         s = self.settings
@@ -253,14 +262,15 @@ class Catalog:
                 try:
                     if not isinstance(snap, dict):
                         raise TypeError(f"a snapshot is a JSON object, not {type(snap).__name__}")
-                    state = state_from(act.spec, aid, snap["state"], int(snap.get("sv", 1)))
+                    raw_state = await self.blobs.resolve(snap["state"], f"the snapshot of {aid}")
+                    state = state_from(act.spec, aid, raw_state, int(snap.get("sv", 1)))
                     last_seq = int(snap["seq"])
                     n = int(snap["n"])
                     own = int(snap.get("own", 0))
                     kept = [(str(cmd), int(seq), result) for cmd, seq, result in snap.get("records", [])]
                     journals = {str(c): Journal.from_json(j) for c, j in snap.get("journals", {}).items()}
                     inbox = [dict(e) for e in snap.get("inbox", [])]
-                except (ValidationError, KeyError, TypeError, ValueError, InternalError) as exc:
+                except (ValidationError, KeyError, TypeError, ValueError, BlobUnreadable, InternalError) as exc:
                     # (an old state without its upcaster too: the log is the truth, replayed whole)
                     self.log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
                     state, n, last_seq = None, 0, 0
@@ -273,6 +283,8 @@ class Catalog:
             agent = act.spec.cls(ctx, state)
             msgs = await self._events.read_subject(self.subjects.evt(aid.type, aid.id), last_seq + 1, 256)
             unreadable = tail_end = 0
+            if until_seq:  # as of that commit (a rollback, ADR 0053)
+                msgs = [m for m in msgs if m.seq <= until_seq]
             for m in msgs:
                 try:
                     commit = Commit.model_validate_json(m.data)
@@ -289,8 +301,11 @@ class Catalog:
                 if commit.reset is not None:  # a reset commit (ADR 0053): the state as of then
                     agent._state, kept, journals, inbox = reset_state(act.spec, commit.reset)
                     replayed, refused = [], []
+                events = commit.events
+                if self.blobs.refers(events):  # large event data by reference (ADR 0042 section 9)
+                    events = await self.blobs.resolve_events(events, f"commit {commit.n} of {aid}")
                 try:
-                    agent._replay(commit.events)
+                    agent._replay(events)
                 except (JetAgentsError, ValidationError):
                     raise
                 except Exception as exc:  # noqa: BLE001 - an applier raised: the log cannot be applied
@@ -422,9 +437,13 @@ class Catalog:
         if agent is None or act.snapshotting:
             return
         act.snapshotting = True
-        body = orjson.dumps(self.snapshot_body(act))
+        snap = self.snapshot_body(act)
+        body = orjson.dumps(snap)
         taken = act.since_snapshot
         try:
+            if len(body) > self.blobs.threshold:  # the state by reference (ADR 0042 section 9)
+                snap["state"] = await self.blobs.offload(snap["state"])
+                body = orjson.dumps(snap)
             async with self._snap_sem:
                 await self._snapshots.put(act.agent_id.key, body)
             act.since_snapshot = max(0, act.since_snapshot - taken)

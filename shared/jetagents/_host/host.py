@@ -58,6 +58,7 @@ from .._nats.api import (
     connect,
     ensure_topology,
 )
+from .._nats.blobs import ObjectBlobs
 from .._nats.buckets import KvBucket
 from .._nats.consumers import PartitionConsumers
 from .._nats.event_stream import JetStreamEventStream
@@ -373,7 +374,8 @@ class Host:
         self._inbox = await shared_inbox(self.nc)  # the connection's one reply inbox
         self._client = await _agents_client(self.nc, s, *self._providers)
         events = JetStreamEventStream(self.nc, self._inbox, self._reader, self.topology.evt_stream, s.op_timeout_s)
-        self.eventlog.bind(events)
+        self.eventlog.bind(events, self.catalog.blobs)
+        self.catalog.blobs.bind(await ObjectBlobs.open(self.nc, self.topology.blob_bucket, s.replicas, s.op_timeout_s))
         self.pipeline.out.bind(JetStreamOutStream(self.nc, self._inbox, self.topology.out_stream, s.op_timeout_s))
         self.catalog.bind(events, snapshots, meta, self._client, tombs)
         self.catalog.bind_quarantine(await KvBucket.open(self.nc, self.topology.quarantine_bucket, s.op_timeout_s))

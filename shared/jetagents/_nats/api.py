@@ -202,6 +202,11 @@ class Topology:
         return f"{self.subjects.root}_tomb".replace("-", "_")
 
     @property
+    def blob_bucket(self) -> str:
+        """The Object Store bucket of payloads by reference (ADR 0042 section 9)."""
+        return f"{self.subjects.root}_blobs".replace("-", "_")
+
+    @property
     def quarantine_bucket(self) -> str:
         """Quarantined agents (ADR 0053): hosts write, operators delete (release)."""
         return f"{self.subjects.root}_quarantine".replace("-", "_")
