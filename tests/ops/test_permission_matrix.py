@@ -391,9 +391,6 @@ async def test_the_operator_inspects_and_redrives_a_client_cannot(world: World) 
         await op.close()
 
 
-async def test_only_the_operator_quarantines_or_releases_an_agent(world: World) -> None:
-
-
 async def test_only_the_operator_quarantines_releases_or_rolls_back_an_agent(world: World) -> None:
     """A client can neither release a quarantined agent (delete its record) nor quarantine
     another's (write one) nor read the records, nor ask for a rollback; the operator (admin)
