@@ -282,10 +282,13 @@ def step_key() -> str:
 
 def entry_tag(j: dict[str, Any], n: int) -> str:
     """What follows ``<type>.<id>:<cmd>`` in the ``Nats-Msg-Id`` of an entry that does not
-    close its command: ``#<i>`` for a step, ``#blocked@<n>`` for a block (one per re-run)."""
+    close its command: ``#<i>`` for a step or a wait, ``#park`` for a park, ``#blocked@<n>``
+    for a block (one per re-run)."""
     k = j.get("k")
     if k in _POSITIONED:
         return f"#{j['i']}"
     if k in _RESOLUTIONS:  # the waiter took a buffered signal: once per wait
         return f"#{j['i']}@{k}"
+    if k == PARK:  # once per command: a re-send parked again is a duplicate (answered from the log)
+        return "#park"
     return f"#{k}@{n}"
