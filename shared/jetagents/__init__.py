@@ -15,6 +15,7 @@ from ._core.crdt import GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCou
 from ._core.errors import (
     ActionCancelled,
     ActionTimeout,
+    AgentQuarantined,
     AgentSuspended,
     AgentTimeout,
     BudgetExceeded,
@@ -60,6 +61,7 @@ __all__ = [
     "Agent",
     "AgentContext",
     "AgentId",
+    "AgentQuarantined",
     "AgentRef",
     "AgentSpec",
     "AgentStream",

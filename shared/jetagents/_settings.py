@@ -132,7 +132,21 @@ class HostSettings(CommonSettings):
     )
     max_active_agents: int = Field(default=100_000, ge=1)
     snapshot_every: int = Field(default=100, ge=1)
+    snapshot_history: int = Field(
+        default=3,
+        ge=1,
+        le=64,
+        description="snapshots kept per agent (KV history of the snapshot bucket, set when the bucket is "
+        "created): an unusable latest one falls back to an older one (ADR 0053)",
+    )
     dedup_records_per_agent: int = Field(default=256, ge=1)
+    quarantine_after: int = Field(
+        default=5,
+        ge=0,
+        description="failed activations in a row (unreadable or unappliable log or snapshot) after which "
+        "an agent is quarantined: its commands dead-lettered agent_quarantined until an operator "
+        "releases it (ADR 0053); 0: never",
+    )
     # signals sent to an agent with nobody waiting for them, kept for a later wait (ADR 0042 §3);
     # past it a signal is refused signal_buffer_full
     signal_buffer_per_agent: int = Field(default=64, ge=0)
@@ -168,6 +182,13 @@ class HostSettings(CommonSettings):
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+    payload_ref_threshold_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="a step value, event data, commit result or snapshot state whose JSON is larger is stored in "
+        "the Object Store bucket agt_blobs and referenced by its sha256 (ADR 0042 section 9)",
+    )
+    blob_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0, description="per-host LRU of blobs read or written")
     call_path_max: int = Field(
         default=16,
         ge=1,

@@ -86,7 +86,7 @@ def up(
             f'  or any NATS client: nats req agt.call.counter.c1 \'{{"action":"get"}}\' -s {server.url}\n'
             + (
                 f"  support desk (model: {model}):\n"
-                f'        jetagents call triage/acme-1 open \'{{"text": "I was charged twice for INV-1001"}}\''
+                f'        jetagents call triage/acme-1 open \'{{"text": "What is on invoice INV-1001?"}}\''
                 f" --nats-url {server.url}\n"
                 if desk
                 else ""
@@ -337,6 +337,120 @@ def status(
             f"{h['host']:<24} {state:<9} {h['partitions_assigned']:>8} {h['partitions_held']:>5} "
             f"{agents:>7} {inflight:>9}"
         )
+
+
+@app.command()
+def remind(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    name: Annotated[str, typer.Argument(help="the reminder's name (the same name again replaces it)")],
+    action: Annotated[str, typer.Argument(help="the action each firing runs")],
+    params: Annotated[str, typer.Argument(help="JSON object of the action's parameters")] = "{}",
+    every: Annotated[int | None, typer.Option(help="every N seconds (at least 1)")] = None,
+    cron: Annotated[str | None, typer.Option(help="cron: 5 fields (minute first) or 6 (seconds first)")] = None,
+    at: Annotated[str | None, typer.Option(help="once, at an RFC 3339 time with an offset")] = None,
+    tz: Annotated[str | None, typer.Option(help="IANA time zone of --cron")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """Have agent TYPE/ID run ACTION with PARAMS --every N s, on --cron, or --at a time."""
+    import datetime as dt
+
+    try:
+        parsed = json.loads(params)
+        if not isinstance(parsed, dict):
+            raise ValueError("parameters must be a JSON object")
+        when = dt.datetime.fromisoformat(at.replace("Z", "+00:00")) if at else None
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _on_agent(
+        agent,
+        nats_url,
+        lambda ref: ref.remind(
+            name, action=action, params=parsed, at=when, every=every, cron=cron, tz=tz, timeout=timeout
+        ),
+    )
+
+
+@app.command()
+def reminders(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """List agent TYPE/ID's reminders."""
+    _on_agent(agent, nats_url, lambda ref: ref.reminders(timeout=timeout))
+
+
+@app.command()
+def unremind(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    name: Annotated[str, typer.Argument(help="the reminder to cancel")],
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """Cancel agent TYPE/ID's reminder NAME (nothing if there is none)."""
+    _on_agent(agent, nats_url, lambda ref: ref.cancel_reminder(name, timeout=timeout))
+
+
+# -- jetagents agent (ADR 0053): operator actions on one agent ----------------------------------
+agent_app = typer.Typer(no_args_is_help=True, help="Operator actions on one agent (quarantine, release, rollback).")
+app.add_typer(agent_app, name="agent")
+
+
+def _admin(agent: str, nats_url: str | None, use: Any) -> None:
+    """Run ``use(client.admin, type, id)`` and print ``{"ok": true, "result": ...}``."""
+    try:
+        aid = AgentId.parse(agent)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    async def go() -> Any:
+        from ._client.client import Client
+
+        settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
+        async with await Client.connect(settings=settings, name="jetagents-cli") as client:
+            return await use(client.admin, aid.type, aid.id)
+
+    try:
+        result = asyncio.run(go())
+    except JetAgentsError as err:
+        typer.echo(f"error: {err.code}: {err.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(orjson.dumps({"ok": True, "result": result}).decode())
+
+
+@agent_app.command("quarantined")
+def agent_quarantined(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """Print the agent's quarantine record (null: not quarantined)."""
+    _admin(agent, nats_url, lambda admin, t, i: admin.quarantined(t, i))
+
+
+@agent_app.command("release")
+def agent_release(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """Release a quarantined agent (fix the cause first); its next command activates it."""
+    _admin(agent, nats_url, lambda admin, t, i: admin.release(t, i))
+
+
+@agent_app.command("rollback")
+def agent_rollback(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    to: Annotated[
+        int, typer.Option("--to", min=1, help="sequence (in AGT_EVT) of the commit whose state becomes current")
+    ],
+    by: Annotated[str, typer.Option(help="who asks (kept in the reset commit, the audit record)")] = "",
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """Roll the agent back to its state as of commit sequence SEQ; later commands apply on top."""
+    who = by or os.environ.get("USER", "")
+    _admin(agent, nats_url, lambda admin, t, i: admin.rollback(t, i, to, by=who))
 
 
 # -- jetagents mcp (ADR 0048): the command lives in jetagents.mcp.command -------------------

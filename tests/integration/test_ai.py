@@ -239,6 +239,22 @@ async def test_a_tool_that_needs_approval_suspends_the_action_until_a_person_dec
     ]
 
 
+async def test_a_streamed_turn_shows_the_approval_request_then_the_text_after_the_decision(ai_client: Client) -> None:
+    ref = ai_client.agent("opsdesk", "acme-10")
+    stream = ref.stream("ask", {"prompt": "wipe d1"}, command_id="w3", timeout=20)
+    chunks: list[Any] = []
+    async for chunk in stream:
+        chunks.append(chunk)
+        if "approval" in chunk:  # the action is suspended now: a person decides
+            assert await ref.signal("approval", {"approved": True}) == {"delivered": "w3"}
+    assert chunks == [
+        {"approval": {"tool": "wipe_disk", "args": {"disk": "d1"}, "signal": "approval"}},
+        {"delta": "wiped "},
+        {"delta": "d1 "},
+    ]
+    assert stream.result == "wiped d1 " and ai_agents.TOOL_RUNS == {"wipe_disk:d1": 1}
+
+
 async def test_a_denied_or_unanswered_approval_is_a_denial(ai_client: Client) -> None:
     ref = ai_client.agent("opsdesk", "acme-8")
     await ref.request_reply("ask", {"prompt": "wipe d1"}, command_id="w2", timeout=20)

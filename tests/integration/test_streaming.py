@@ -12,8 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from jetagents import Client, ClientSettings, DomainError, Host, NatsServer, Registry, StreamReset
+from jetagents import Client, ClientSettings, DomainError, Host, InvalidParams, NatsServer, Registry, StreamReset
 from jetagents._nats.api import js_api
+from jetagents.testing.server import NatsCluster
 from tests.conftest import host_settings
 from tests.integration.helpers import commits, eventually, read_all
 from tests.integration.test_asyncapi import _check_message as check_message
@@ -184,3 +185,25 @@ async def test_the_ttls_are_honoured(nats_server: NatsServer) -> None:
             await eventually(all_gone, 20, 0.2)
         finally:
             await client.close()
+
+
+async def test_a_refused_command_ends_its_stream_with_the_error(client: Client) -> None:
+    """Refused before its action ran (bad parameters): the reader still gets an end."""
+    stream = client.agent("writer", "w8").stream("tell", {"intro": "three"})
+    with pytest.raises(InvalidParams):
+        [item async for item in stream]
+
+
+async def test_a_stream_on_a_three_node_cluster(nats_cluster: NatsCluster) -> None:
+    """R3 ``AGT_OUT``: direct gets are answered by any replica, a follower may lag behind the
+    message a subscriber saw; the reader polls on and gets every chunk once, in order."""
+    async with Host(host_settings(nats_cluster.url, replicas=3, out_flush_ms=2), Registry(AGENTS)):
+        # the reader on another node than the host's first
+        reader = await Client.connect(settings=ClientSettings(nats_url=nats_cluster.urls[2], partitions=8))
+        try:
+            info = await js_api(reader.nc, "$JS.API.STREAM.INFO.AGT_OUT", None, 5)
+            assert info["config"]["num_replicas"] == 3
+            stream = reader.agent("writer", "r3").stream("tell", {"intro": 60, "pace_s": 0.003}, timeout=30)
+            assert [item async for item in stream] == expected(60, 0, 0, 0) and stream.result == 60
+        finally:
+            await reader.close()

@@ -362,7 +362,12 @@ async def test_stored_subject_is_partitioned_and_commit_format(nc: NATS) -> None
     assert second.headers["traceparent"].split("-")[1] == "ab" * 16
 
     # acknowledged commands leave the work-queue stream
+    # (the reply goes out before the acknowledgement: wait for it, do not race it)
+    t0 = time.monotonic()
     info = await js.stream_info("AGT_CMD")
+    while info.state.messages and time.monotonic() - t0 < 10:
+        await asyncio.sleep(0.01)
+        info = await js.stream_info("AGT_CMD")
     assert info.state.messages == 0
     await sub.unsubscribe()
 

@@ -44,6 +44,7 @@ STORED_TARGETS = [
     ("agt.dlq.counter.forged", "AGT_DLQ"),
     ("$KV.agt_cluster.member.ghost", "KV_agt_cluster"),
     ("$KV.agt_cluster.ring", "KV_agt_cluster"),
+    ("$KV.agt_quarantine.counter.victim", "KV_agt_quarantine"),
     ("agt.out.counter.victim.forged", "AGT_OUT"),
 ]
 # reply subjects that are JetStream API requests (a stream delete ignores its body)
@@ -318,6 +319,58 @@ async def test_the_legitimate_paths_work_under_the_inbox_prefixes(world: World) 
     assert w.host.nc.new_inbox().startswith(f"{HOST_INBOX}.")
 
 
+async def test_only_the_operator_quarantines_releases_or_rolls_back_an_agent(world: World) -> None:
+    """A client can neither release a quarantined agent (delete its record) nor quarantine
+    another's (write one) nor read the records, nor ask for a rollback; the operator (admin)
+    releases it and rolls agents back (ADR 0053)."""
+    w = world
+    await w.admin.jetstream().publish("$KV.agt_quarantine.counter.jailed", b'{"reason":"test"}')
+    assert await w.count("KV_agt_quarantine", "$KV.agt_quarantine.counter.jailed") == 1
+    seen = Violations()
+    atk = await _attacker(w, seen)
+    try:
+        for subject in ("$KV.agt_quarantine.counter.jailed", "$KV.agt_quarantine.counter.victim"):
+            await atk.publish(subject, b"", headers={"KV-Operation": "PURGE"})
+            await seen.wait_for(f'Publish to "{subject}"')
+        # nor roll an agent back (a request to its owner host, on agt.sys: hosts and admin only)
+        rollback = "agt.sys.host.perm-host.rollback"
+        await atk.publish(rollback, b'{"type": "counter", "id": "keep", "to": 1}')
+        await seen.wait_for(f'Publish to "{rollback}"')
+        for api in ("STREAM.MSG.GET", "DIRECT.GET", "STREAM.PURGE"):
+            subject = f"$JS.API.{api}.KV_agt_quarantine"
+            with pytest.raises((NatsTimeout, NoRespondersError)):
+                await atk.request(subject, b'{"last_by_subj":"$KV.agt_quarantine.counter.jailed"}', timeout=0.5)
+            await seen.wait_for(subject)
+        app = await Client.connect(
+            settings=ClientSettings(
+                nats_url=w.booted.url("client"), partitions=8, inbox_prefix=CLIENT_INBOX, request_timeout_s=1
+            )
+        )
+        try:
+            with pytest.raises(Exception, match=r"(?i)permission|timeout|unavailable"):
+                await app.admin.release("counter", "jailed")
+        finally:
+            await app.close()
+    finally:
+        await atk.close()
+    assert await w.last("KV_agt_quarantine", "$KV.agt_quarantine.counter.jailed") == b'{"reason":"test"}'
+    operator = await Client.connect(settings=ClientSettings(nats_url=w.booted.url("admin"), partitions=8))
+    try:
+        assert await operator.admin.release("counter", "jailed") is True
+        assert await operator.admin.quarantined("counter", "jailed") is None
+        ref = w.client.agent("counter", "rolled")
+        assert await ref.request("increment", {"by": 1}) == 1
+        assert await ref.request("increment", {"by": 1}) == 2
+        first = await js_api(
+            w.admin, "$JS.API.STREAM.MSG.GET.AGT_EVT", {"next_by_subj": "agt.evt.counter.rolled", "seq": 1}, 5
+        )
+        done = await operator.admin.rollback("counter", "rolled", int(first["message"]["seq"]), by="ops")
+        assert done["n"] == 3
+        assert await ref.request("increment", {"by": 5}) == 6
+    finally:
+        await operator.close()
+
+
 async def test_signals_cancels_and_result_queries_need_only_the_command_rights(world: World) -> None:
     """ADR 0042: a signal and a cancel are commands on agt.cmd, a result query a call on
     agt.call: the client user sends them with the rights it has for commands, and gets no
@@ -369,3 +422,49 @@ async def test_a_client_reads_streamed_output_but_never_writes_or_purges_it(worl
     assert await w.count("AGT_OUT", subject) == stored
     again = w.client.agent("writer", "perm-w").read_stream("perm-s1")
     assert [item async for item in again] == stream.chunks and again.result == 3
+
+
+async def test_a_client_can_neither_lower_nor_read_the_model_budgets(world: World) -> None:
+    """Token and cost budgets (``jetagents.ai``, ADR 0047) live in server counters on
+    ``agt.ctr.ai.>`` that only hosts increment: a client cannot give its tenant tokens back by
+    publishing a negative increment, nor read another tenant's spending."""
+    seen = Violations()
+    atk = await _attacker(world, seen)
+    try:
+        await atk.publish("agt.ctr.ai.tokens.tenant.acme", b"", headers={"Nats-Incr": "-1000000"})
+        await seen.wait_for('Publish to "agt.ctr.ai.tokens.tenant.acme"')
+        api = "$JS.API.DIRECT.GET.AGT_CTR.agt.ctr.ai.tokens.tenant.acme"
+        with pytest.raises((NatsTimeout, NoRespondersError)):
+            await atk.request(api, b"", timeout=0.5)
+        await seen.wait_for(api)
+    finally:
+        await atk.close()
+
+
+async def test_reminders_only_through_a_host(world: World) -> None:
+    """A client may not publish a schedule on agt.rem.> (it would fire commands at any agent
+    and replace or cancel any agent's reminders); it asks the agent's host, which may."""
+    w = world
+    ref = w.client.agent("counter", "rem")
+    got = await ref.remind("later", cron="0 3 * * *", action="increment", params={"by": 1})
+    assert got["schedule"] == "0 0 3 * * *"
+    subject = "agt.rem.counter.rem.later"
+    assert await w.count("AGT_CMD", subject) == 1
+    seen = Violations()
+    forger = await _attacker(w, seen)
+    try:
+        for target in (subject, "agt.rem.counter.victim.forged"):
+            hdrs = {
+                "Nats-Schedule": "@every 1s",
+                "Nats-Schedule-Target": "agt.cmd.counter.victim",
+                "Nats-Rollup": "sub",
+            }
+            with pytest.raises((NatsTimeout, NoRespondersError)):
+                await forger.request(target, b'{"action":"increment","params":{}}', timeout=0.5, headers=hdrs)
+            await seen.wait_for(f'Publish to "{target}"')
+    finally:
+        await forger.close()
+    assert [r["name"] for r in await ref.reminders()] == ["later"]
+    assert await w.count("AGT_CMD", "agt.rem.counter.victim.forged") == 0
+    await ref.cancel_reminder("later")
+    assert await ref.reminders() == []

@@ -119,3 +119,58 @@ async def test_default_is_native_on_312() -> None:
 
     expected = _eager._start_native if sys.version_info >= (3, 12) else _eager._start_manual
     assert start_eager is expected
+
+
+@pytest.mark.parametrize("start", IMPLS)
+async def test_the_first_stretch_runs_as_the_task_that_runs_the_rest(start) -> None:
+    """``asyncio.timeout`` and anyio's cancel scopes ask for the current task when entered
+    and act on it later: entered before the first wait, they must get the task that runs the
+    rest, not the caller (before the fix, on 3.11, the timeout cancelled the caller's task)."""
+    import anyio
+
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    seen: list[object] = []
+
+    async def timed() -> str:
+        seen.append(asyncio.current_task())
+        try:
+            async with asyncio.timeout(0.05):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            return "timed out"
+        return "finished"
+
+    task = start(timed(), loop)
+    assert task is not None and seen == [task]
+    assert await task == "timed out"
+    assert not me.cancelling()  # the caller was not the one cancelled
+
+    async def scoped() -> str:
+        with anyio.CancelScope():
+            await asyncio.sleep(0.01)
+        with anyio.move_on_after(0.05):
+            await asyncio.sleep(5)
+        return "left both scopes"
+
+    task = start(scoped(), loop)
+    assert task is not None
+    assert await task == "left both scopes"
+
+
+async def test_a_task_cancelled_before_its_first_step_cancels_the_coroutine() -> None:
+    loop = asyncio.get_running_loop()
+    cleaned: list[str] = []
+
+    async def waits() -> None:
+        try:
+            await asyncio.sleep(5)
+        finally:
+            cleaned.append("finally ran")
+
+    task = _start_manual(waits(), loop)
+    assert task is not None
+    task.cancel()  # before the loop ran the task's first step
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == ["finally ran"]

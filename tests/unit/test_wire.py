@@ -439,6 +439,7 @@ def test_encode_commit_reads_back_as_the_model_writes_it(
     assert Commit.model_validate_json(body) == model
     # the same JSON document as the model's own (orjson and pydantic may spell a float
     # differently, never its value), fields in the model's order; the journal field ``j``
-    # (ADR 0042) is only written when given (journal commits, test_journal.py)
-    assert json.loads(body) == json.loads(model.model_dump_json(exclude={"j"}))
-    assert list(json.loads(body)) == [f for f in Commit.model_fields if f != "j"]
+    # (ADR 0042) is only written when given (journal commits, test_journal.py), ``reset``
+    # (ADR 0053) only in the reset commits a restore appends (test_supervision.py)
+    assert json.loads(body) == json.loads(model.model_dump_json(exclude={"j", "reset"}))
+    assert list(json.loads(body)) == [f for f in Commit.model_fields if f not in ("j", "reset")]

@@ -33,6 +33,7 @@ from .._nats.api import Topology, ensure_topology
 from .._nats.client_transport import ClientTransport, NatsConnection
 from .._obs.telemetry import ClientTelemetry
 from .._settings import ClientSettings
+from .admin import Admin
 from .command import OutboundCommand, SendOptions, payload_limit
 from .ref import AgentRef, Proxy
 from .reply import Reply, decode_reply, no_responders, not_applied
@@ -185,6 +186,11 @@ class Client:
         await self.migrate(agent_type, agent_id, host, strategy="cold")
         return ref
 
+    @property
+    def admin(self) -> Admin:
+        """Operator actions on agents: quarantine records, release, rollback (ADR 0053)."""
+        return Admin(self, self.subjects, self.settings.request_timeout_s)
+
     # -- the cluster -------------------------------------------------------------------------
     async def locate(self, agent_type: str, agent_id: str) -> str | None:
         """The host serving an agent now (its placement, else its partition's owner in the
@@ -251,7 +257,9 @@ class Client:
         idle_timeout_s: float | None,
         send: Any = None,
     ) -> AgentStream:
-        timeout_s = idle_timeout_s if idle_timeout_s is not None else self.settings.request_timeout_s
+        # an action may think (a model call, a step) for a while between two chunks: by default
+        # a reader waits as long as a host lets an action run (action_timeout_s, 60 s)
+        timeout_s = idle_timeout_s if idle_timeout_s is not None else max(self.settings.request_timeout_s, 60.0)
         subject = self.subjects.out(aid.type, aid.id, ctoken(command_id))
         stream = Topology(self.subjects).out_stream
 

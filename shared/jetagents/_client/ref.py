@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
@@ -12,6 +13,7 @@ from pydantic_core import to_jsonable_python
 from .._core.agent import AgentSpec
 from .._core.errors import AgentTimeout
 from .._core.ids import AgentId
+from .._core.schedules import check_reminder_name, every_seconds, pattern_of
 from .._core.wire import Delivery, Priority
 from .command import SendOptions
 from .reply import Reply
@@ -188,7 +190,8 @@ class AgentRef:
 
         The command is sent (durably: streaming is for work that takes a while, and only a
         stored command can be resumed) when the loop starts. ``timeout`` bounds the wait for
-        each next message, not the whole stream."""
+        each next message, not the whole stream (default: the client's request timeout, at
+        least 60 s)."""
         d = Delivery(delivery)
         if d is Delivery.AT_MOST_ONCE:
             raise ValueError("a streamed command is durable: at-least-once or exactly-once")
@@ -221,6 +224,48 @@ class AgentRef:
     def request_async(self, action: str, params: Mapping[str, Any] | None = None, **opts: Any) -> asyncio.Task[Any]:
         """Start a request and return a future (an ``asyncio.Task``) to await or gather later."""
         return asyncio.ensure_future(self.request(action, params, **opts))
+
+    async def remind(
+        self,
+        name: str,
+        *,
+        action: str,
+        params: Mapping[str, Any] | None = None,
+        at: datetime | int | None = None,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Have the agent's host schedule the reminder ``name`` (as ``Agent.remind``: one of
+        ``at``, ``every``, ``cron``); the same name again replaces it. Returns what was
+        scheduled. Bad input raises ``InvalidParams`` here or from the host; nothing is
+        scheduled then.
+
+        >>> await client.agent("order", "o1").remind("expire", every=60, action="expire")  # doctest: +SKIP
+        """
+        pattern_of(at=at, every=every, cron=cron, tz=tz)  # refused here before anything is sent
+        wire: dict[str, Any] = {"name": check_reminder_name(name), "action": action, "params": dict(params or {})}
+        if at is not None:
+            wire["at"] = at if isinstance(at, int) else at.isoformat()
+        if every is not None:
+            wire["every"] = every_seconds(every)
+        if cron is not None:
+            wire["cron"] = cron
+        if tz is not None:
+            wire["tz"] = tz
+        return cast(dict[str, Any], await self.request("_remind", wire, timeout=timeout))
+
+    async def cancel_reminder(self, name: str, *, timeout: float | None = None) -> bool:
+        """Stop the agent's reminder ``name`` (no error if there is none)."""
+        await self.request("_unremind", {"name": check_reminder_name(name)}, timeout=timeout)
+        return True
+
+    async def reminders(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
+        """The agent's reminders: ``name``, ``schedule`` (as the server holds it), ``action``,
+        ``params`` and ``tz`` when set."""
+        listed = await self.request("_reminders", {}, delivery="at-most-once", timeout=timeout)
+        return cast(list[dict[str, Any]], listed)
 
     def __repr__(self) -> str:
         return f"AgentRef({self.id})"

@@ -38,6 +38,7 @@ from pydantic_core import to_jsonable_python
 from .errors import InternalError, InvalidParams, UnknownAction
 from .ids import AgentId, validate_token
 from .journal import SLEEP, callee_command_id, current_step_key
+from .schedules import NO_REMINDERS, Reminding
 from .wire import WireEvent, validation_details
 
 if TYPE_CHECKING:
@@ -232,6 +233,7 @@ class AgentContext:
     out: Any = None
     # the running command's parameters (as received) and reply subject, for its journal
     command: Any = None
+    reminders: Any = NO_REMINDERS  # the host's reminders of this agent (ADR 0042 §5)
 
 
 _IMMUTABLE = (int, float, str, bool, bytes, type(None))
@@ -248,7 +250,7 @@ def _draft_of(state: S) -> S:
     return state.model_copy(deep=True)
 
 
-class Agent(Generic[S]):
+class Agent(Reminding, Generic[S]):
     """Base class of agents. Subclasses set ``type_name`` and ``state_type``."""
 
     type_name: ClassVar[str] = ""

@@ -148,7 +148,8 @@ _DESCRIBE: dict[str, dict[str, str]] = {
         "ts_ms": "Host wall clock at commit, unix milliseconds.",
         "own": "The writer's claim on the agent's partition (its KV revision; 0 without a cluster).",
         "j": "A journal entry of an action with durable steps (k: step, wait, signal, timeout, inbox, park,"
-        " blocked or end; wire contract 7.1); absent from other commits.",
+        " blocked or end; wire contract 7.1), or a reminder's firing (k: fire; wire contract 15); absent"
+        " from other commits.",
     },
     "SignalBody": {
         "signal": "The signal's name: resumes the oldest action waiting for it, else buffered.",

@@ -22,6 +22,7 @@
     ├── AgentSuspended                  yes  a write to an agent whose action is suspended (policy reject)
     ├── SignalBufferFull                yes  a signal nobody waits for, and the agent's buffer is full
     ├── ActionCancelled                 no   the command was cancelled (``cancel``) while running or suspended
+    ├── AgentQuarantined                no   the agent kept failing activation; an operator releases it (ADR 0053)
     ├── DomainError                     no   raised by an agent's action on purpose
     │   └── BudgetExceeded              no   a model call would exceed a token or cost budget
     └── InternalError                   no   the action raised something unexpected
@@ -164,6 +165,13 @@ class ActionCancelled(JetAgentsError):
     code = "cancelled"
 
 
+class AgentQuarantined(JetAgentsError):
+    """The agent kept failing activation (its snapshot or log could not be read or applied) and
+    is quarantined: its commands are dead-lettered until an operator releases it (ADR 0053)."""
+
+    code = "agent_quarantined"
+
+
 class DomainError(JetAgentsError):
     """Raised by an action to refuse a command; reaches the caller as the same type.
 
@@ -219,6 +227,7 @@ _BY_CODE: dict[str, type[JetAgentsError]] = {
         SignalBufferFull,
         ActionCancelled,
         BudgetExceeded,
+        AgentQuarantined,
     )
 }
 

@@ -30,6 +30,7 @@ from .errors import NonDeterministic
 STEP = "step"
 BLOCKED = "blocked"
 END = "end"
+FIRE = "fire"  # the commit of a reminder's firing (ADR 0042 section 5): closes the firing's command
 WAIT = "wait"  # the action suspended at cursor i on a signal name (or SLEEP)
 SIGNAL = "signal"  # a signal resolved the wait at i of command ``for``
 TIMEOUT = "timeout"  # the wait's timer fired first
@@ -126,7 +127,13 @@ class Journal:
 
 def closes(j: dict[str, Any] | None) -> bool:
     """Whether a commit with journal field ``j`` closes its command (feeds the record)."""
-    return j is None or j.get("k") in (END, INBOX)
+    return j is None or j.get("k") in (END, INBOX, FIRE)
+
+
+def closes_command(cmd: str, j: dict[str, Any] | None) -> bool:
+    """Whether a commit of command ``cmd`` with journal field ``j`` closes ``cmd``: ``closes``,
+    or a signal or timer entry resolving another command's wait (written under its own id)."""
+    return closes(j) or (j is not None and j.get("k") in _RESOLUTIONS and j.get("for") != cmd)
 
 
 def fold(
@@ -143,7 +150,7 @@ def fold(
     if j is None:
         return True
     k = j.get("k")
-    if k == END:
+    if k in (END, FIRE):
         journals.pop(cmd, None)
         return True
     if k == INBOX:

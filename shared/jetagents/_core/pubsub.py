@@ -122,7 +122,8 @@ class Subscription(BaseModel):
 class Message(BaseModel):
     """What a subscribed agent's handler receives: ``async def on_order(self, msg: Message)``.
 
-    ``seq`` is the message's sequence in the topic stream (the same for every subscriber);
+    ``seq`` is the message's sequence in the topic stream (the same for every subscriber; 0
+    for an ephemeral listener, which core NATS does not tell);
     ``ts_ms`` when it was published (unix milliseconds). Extra fields are ignored, so a newer
     host may add some.
     """

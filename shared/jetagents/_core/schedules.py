@@ -21,10 +21,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from .errors import InvalidParams
+from .errors import InvalidParams, Unavailable
+
+if TYPE_CHECKING:
+    from .agent import AgentContext
 
 # header names of the server's scheduler (ADR-51); nats-py 2.16 names some, has no API
 H_SCHEDULE: Final = "Nats-Schedule"
@@ -188,3 +192,61 @@ def user_headers(headers: dict[str, Any] | None) -> dict[str, str]:
             raise InvalidParams(f"header {k!r} may not be set on a schedule")
         out[k] = v
     return out
+
+
+class NoReminders:
+    """``AgentContext.reminders`` outside a host (an action called directly): every use says so."""
+
+    def check(self, *args: Any, **kwargs: Any) -> Any:
+        raise Unavailable("reminders need a host")
+
+    publish = cancel = list = check
+
+
+NO_REMINDERS: Final = NoReminders()
+
+
+class Reminding:
+    """The reminder methods of ``Agent`` (ADR 0042 section 5); the host's part is
+    ``_host/reminders.py``, reached through ``ctx.reminders``."""
+
+    # the firing the running action is (set by the host for every command; None if not one)
+    __slots__ = ("_firing",)
+    _firing: Any
+    if TYPE_CHECKING:
+        ctx: AgentContext
+
+        async def step(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any: ...
+
+    async def remind(
+        self,
+        name: str,
+        *,
+        action: str,
+        params: dict[str, Any] | None = None,
+        at: dt.datetime | int | None = None,
+        every: float | dt.timedelta | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+    ) -> None:
+        """Run ``action(**params)`` on this agent ``at`` a time (aware datetime or unix ms),
+        ``every`` so many whole seconds (at least 1) or on ``cron`` (five fields, or six with
+        seconds first; ``tz`` an IANA zone), each firing processed once, across host crashes
+        and moves; ``self.reminder`` tells the fired action which reminder it is. The same
+        ``name`` again replaces the reminder. A journaled step: a re-run does not publish
+        twice. Bad input raises ``InvalidParams`` (or ``UnknownAction``), nothing scheduled.
+
+        >>> await self.remind("expire", every=60, action="expire", params={"days": 30})  # doctest: +SKIP
+        """
+        r = self.ctx.reminders.check(name, action, params, at=at, every=every, cron=cron, tz=tz)
+        await self.step(f"remind:{r.name}", self.ctx.reminders.publish, r)
+
+    async def cancel_reminder(self, name: str) -> None:
+        """Stop the reminder ``name`` (nothing if there is none); a journaled step."""
+        await self.step(f"unremind:{check_reminder_name(name)}", self.ctx.reminders.cancel, name)
+
+    @property
+    def reminder(self) -> Any:
+        """The reminder whose firing this action is (``name``, ``next``: the next firing's
+        time, RFC 3339), None when the command is not a reminder's firing."""
+        return getattr(self, "_firing", None)

@@ -30,6 +30,7 @@ H_DUPLICATE: Final = "Agt-Duplicate"
 H_EVENT_SEQ: Final = "Agt-Event-Seq"
 H_ERROR_CODE: Final = "Agt-Error"
 H_HOST: Final = "Agt-Host"
+H_REMINDER: Final = "Agt-Reminder"  # on a reminder's schedule, copied onto each firing (ADR 0042 §5)
 H_CONTENT_TYPE: Final = "Content-Type"
 # call chains (ADR 0042 section 7): the chain's root command id, the agents waiting on a call
 H_CALL_CHAIN: Final = "Agt-Call-Chain"
@@ -229,6 +230,9 @@ class Commit(BaseModel):
     own: int = 0
     # a journal entry of a durable action (ADR 0042); absent from every other commit
     j: dict[str, Any] | None = None
+    # a reset commit (ADR 0053): the state as of ``reset["seq"]`` in the snapshot format; a
+    # replay takes the state from it and skips unreadable messages before it
+    reset: dict[str, Any] | None = None
 
 
 def encode_commit(
@@ -263,7 +267,9 @@ def encode_commit(
     try:
         return orjson.dumps(body)
     except TypeError:
-        return Commit.model_validate(body).model_dump_json(exclude=None if j is not None else {"j"}).encode()
+        return (
+            Commit.model_validate(body).model_dump_json(exclude={"reset"} if j is not None else {"j", "reset"}).encode()
+        )
 
 
 def decode_command(data: bytes, max_bytes: int) -> Body:

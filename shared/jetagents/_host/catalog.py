@@ -21,17 +21,22 @@ import orjson
 from pydantic import ValidationError
 
 from .._core.agent import Agent, AgentContext, AgentSpec
+from .._core.blobref import BlobUnreadable
 from .._core.callchain import Frame
 from .._core.clock import Clock
 from .._core.dedup import DedupRecord
-from .._core.errors import FencedError, InternalError, Unavailable, UnknownAgent
+from .._core.errors import FencedError, InternalError, JetAgentsError, Unavailable, UnknownAgent
 from .._core.ids import AgentId, partition_of
 from .._core.journal import Journal, fold
-from .._core.wire import Commit, Subjects
+from .._core.wire import H_COMMAND_ID, H_HOST, H_MSG_ID, Commit, Subjects
 from .._obs.metrics import Metrics
 from .._obs.telemetry import HostTelemetry
 from .._settings import HostSettings
+from .blobs import Blobs
 from .ports import Bucket, Schedules, StoredMessage
+from .quarantine import Quarantine
+from .reminders import BoundReminders, Reminders
+from .restore import older_snapshots, reset_commit, reset_state
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -110,12 +115,14 @@ class Catalog:
         self.token_of = token_of
         self.activations: OrderedDict[str, Activation] = OrderedDict()
         self.steps: Any = None  # the host's durable steps (``_host/steps.py``), set by the pipeline
+        self.blobs = Blobs(settings, log)  # payloads by reference (ADR 0042 section 9); bound by the host
         self.schedules: Schedules | None = None  # the server's timers and reminders, set by the host
         self._snap_sem = asyncio.Semaphore(16)
         self._events: LogReader = None  # type: ignore[assignment]  # set by bind()
         self._snapshots: Bucket = None  # type: ignore[assignment]
         self._meta: Bucket = None  # type: ignore[assignment]
         self._client: Any = None
+        self.quarantine: Quarantine | None = None  # set by the host (ADR 0053)
         # called before an agent's first command of an activation (declared subscriptions)
         self.on_activate: Callable[[AgentId, AgentSpec], Awaitable[None]] | None = None
 
@@ -123,8 +130,89 @@ class Catalog:
         """Connected: the event log, the buckets, and the client the agents call others with."""
         self._events, self._snapshots, self._meta, self._client = events, snapshots, meta, client
 
+    def bind_quarantine(self, bucket: Bucket) -> None:
+        """The quarantine bucket (ADR 0053); unbound, nothing is quarantined."""
+        s = self.settings
+        self.quarantine = Quarantine(
+            bucket, after=s.quarantine_after, host_id=s.host_id, clock=self.clock, metrics=self.metrics, log=self.log
+        )
+
     async def activate(self, act: Activation, given: dict[str, Any] | None = None) -> None:
-        """Rebuild the agent: snapshot (if any and readable) + replay of later commits."""
+        """Rebuild the agent: snapshot (if any and readable) + replay of later commits; a
+        quarantined agent is refused, and one that keeps failing is quarantined (ADR 0053)."""
+        quarantine = self.quarantine
+        if quarantine is not None:
+            await quarantine.check(act.agent_id)
+        try:
+            tail = await self._activate(act, given)
+            if tail is not None:
+                await self._restore_tail(act, *tail)
+        except InternalError as err:  # its log or snapshot cannot be read or applied
+            if given is not None or not await self._from_older(act, err):
+                if quarantine is not None:
+                    await quarantine.failed(act.agent_id, err)
+                raise
+        if quarantine is not None:
+            quarantine.succeeded(act.agent_id)
+
+    async def _from_older(self, act: Activation, err: InternalError) -> bool:
+        """Rebuild the agent from an older snapshot (newest first) and the log after it."""
+        aid = act.agent_id
+        try:
+            older = await older_snapshots(self._snapshots, aid.key)
+        except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
+            self.log.warning("snapshot_history_unreadable", agent=str(aid), error=str(exc))
+            return False
+        for snap in older:
+            try:
+                tail = await self._activate(act, snap)
+                if tail is not None:
+                    await self._restore_tail(act, *tail, counted=True)
+            except InternalError:
+                act.agent = None
+                continue
+            self.metrics.inc("restores", agent_type=aid.type)
+            self.log.warning("agent_restored", agent=str(aid), snapshot_seq=snap.get("seq"), error=err.message)
+            return True
+        return False
+
+    async def _restore_tail(
+        self, act: Activation, unreadable_from: int, tail_end: int, *, counted: bool = False
+    ) -> None:
+        """The log of ``act`` cannot be read from ``unreadable_from`` on: append a reset
+        commit (after ``tail_end``, the subject's last message: the fence) with the state as
+        of its last good commit, so every later replay continues from it."""
+        aid = act.agent_id
+        token = self.token_of(aid, partition_of(aid.type, aid.id, self.settings.partitions)) or act.own
+        n = act.n + 1
+        cmd, body = reset_commit(
+            n=n,
+            own=token,
+            ts_ms=self.clock.wall_ms(),
+            body=self.snapshot_body(act),
+            extra={"unreadable_from": unreadable_from},
+        )
+        hdrs = {H_MSG_ID: f"{aid.key}:{cmd}", H_COMMAND_ID: cmd, H_HOST: self.settings.host_id}
+        events: Any = self._events
+        try:
+            ack = await events.append(
+                self.subjects.evt(aid.type, aid.id), body, hdrs, expected_last_subject_seq=tail_end
+            )
+        except Exception as exc:  # noqa: BLE001 - fenced, or the store is down: not restored
+            act.agent = None
+            raise Unavailable(f"cannot append the reset commit of {aid}: {exc!r}") from None
+        act.n, act.last_seq, act.own = n, ack.seq, max(act.own, token)
+        if not counted:  # from an older snapshot: that restore counts it
+            self.metrics.inc("restores", agent_type=aid.type)
+        self.log.warning(
+            "log_tail_reset", agent=str(aid), unreadable_from=unreadable_from, tail_end=tail_end, reset_seq=ack.seq
+        )
+
+    async def _activate(
+        self, act: Activation, given: dict[str, Any] | None, until_seq: int = 0
+    ) -> tuple[int, int] | None:
+        """The rebuild; ``(first unreadable sequence, last sequence)`` when the log's tail
+        after its last good commit cannot be read (the caller appends a reset commit)."""
         s = self.settings
         aid = act.agent_id
         started = self.clock.monotonic()
@@ -162,27 +250,53 @@ class Catalog:
                 try:
                     if not isinstance(snap, dict):
                         raise TypeError(f"a snapshot is a JSON object, not {type(snap).__name__}")
-                    state = act.spec.state_type.model_validate(snap["state"])
+                    raw_state = await self.blobs.resolve(snap["state"], f"the snapshot of {aid}")
+                    state = act.spec.state_type.model_validate(raw_state)
                     last_seq = int(snap["seq"])
                     n = int(snap["n"])
                     own = int(snap.get("own", 0))
                     kept = [(str(r[0]), int(r[1]), r[2], *r[3:4]) for r in snap.get("records", [])]
                     journals = {str(c): Journal.from_json(j) for c, j in snap.get("journals", {}).items()}
                     inbox = [dict(e) for e in snap.get("inbox", [])]
-                except (ValidationError, KeyError, TypeError, ValueError) as exc:
+                except (ValidationError, KeyError, TypeError, ValueError, BlobUnreadable) as exc:
                     self.log.warning("snapshot_unusable", agent=str(aid), error=str(exc))
                     state, n, last_seq = None, 0, 0
                     kept, journals, inbox = [], {}, []
             ctx = AgentContext(aid, self.clock, client=self._client, metadata=metadata)
             if self.steps is not None:
                 ctx.steps = self.steps.bind(act)
+            if self.schedules is not None:
+                ctx.reminders = BoundReminders(Reminders(self.subjects, self.schedules), act.spec, aid.type, aid.id)
             agent = act.spec.cls(ctx, state)
             msgs = await self._events.read_subject(self.subjects.evt(aid.type, aid.id), last_seq + 1, 256)
+            unreadable = tail_end = 0
+            if until_seq:  # as of that commit (a rollback, ADR 0053)
+                msgs = [m for m in msgs if m.seq <= until_seq]
             for m in msgs:
-                commit = Commit.model_validate_json(m.data)
+                try:
+                    commit = Commit.model_validate_json(m.data)
+                except ValidationError:  # the tail from here is lost, unless a reset commit follows
+                    unreadable, tail_end = unreadable or m.seq, m.seq
+                    continue
+                if unreadable:
+                    tail_end = m.seq
+                    if commit.reset is None or commit.n != n + 1:
+                        continue
+                    unreadable = 0
                 if commit.n != n + 1:
                     raise InternalError(f"event log of {aid} has a gap: commit {commit.n} after {n}")
-                agent._replay(commit.events)
+                if commit.reset is not None:  # a reset commit (ADR 0053): the state as of then
+                    agent._state, kept, journals, inbox = reset_state(act.spec, commit.reset)
+                    replayed, refused = [], []
+                events = commit.events
+                if self.blobs.refers(events):  # large event data by reference (ADR 0042 section 9)
+                    events = await self.blobs.resolve_events(events, f"commit {commit.n} of {aid}")
+                try:
+                    agent._replay(events)
+                except (JetAgentsError, ValidationError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - an applier raised: the log cannot be applied
+                    raise InternalError(f"replay of {aid} failed at commit {commit.n}: {exc!r}") from None
                 n = commit.n
                 own = max(own, commit.own)
                 last_seq = m.seq or last_seq
@@ -216,6 +330,7 @@ class Catalog:
         self.tel.activated(aid.type, len(msgs), self.clock.monotonic() - started)
         if len(self.activations) > s.max_active_agents:
             self.evict_lru()
+        return (unreadable, tail_end) if unreadable else None
 
     async def read_log(self, aid: AgentId, start_seq: int) -> list[tuple[int, Commit]]:
         """The agent's commits from ``start_seq`` on, with their sequences (a duplicate's
@@ -313,9 +428,13 @@ class Catalog:
         if agent is None or act.snapshotting:
             return
         act.snapshotting = True
-        body = orjson.dumps(self.snapshot_body(act))
+        snap = self.snapshot_body(act)
+        body = orjson.dumps(snap)
         taken = act.since_snapshot
         try:
+            if len(body) > self.blobs.threshold:  # the state by reference (ADR 0042 section 9)
+                snap["state"] = await self.blobs.offload(snap["state"])
+                body = orjson.dumps(snap)
             async with self._snap_sem:
                 await self._snapshots.put(act.agent_id.key, body)
             act.since_snapshot = max(0, act.since_snapshot - taken)

@@ -12,8 +12,13 @@ returned. The coroutine runs in its own copy of the context from the start, as i
 a task (context variables set before the first suspension are reset in the same context).
 
 On Python 3.12+ this is the event loop's own eager start (``Task(..., eager_start=True)``);
-on 3.11 it is done here by driving the coroutine by hand until it suspends and then handing
-the suspended coroutine to a task, which resumes it exactly as the task would have.
+on 3.11 it is done here: the task is made first, made the loop's *current task* while the
+coroutine is driven by hand until it suspends (what 3.12 does with ``_swap_current_task``),
+and then resumes the suspended coroutine exactly as it would have. Code in the first stretch
+that asks for its task (``asyncio.timeout``, anyio's cancel scopes in httpx, the mcp SDK,
+pydantic-ai) gets the task that runs the rest: without the swap, an action's
+``asyncio.timeout`` cancelled the *caller's* task (the host's call intake) and an anyio
+scope entered there could not be left.
 """
 
 from __future__ import annotations
@@ -21,56 +26,77 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+from asyncio import tasks as _tasks
 from collections.abc import Coroutine, Generator
 from typing import Any
 
 __all__ = ["start_eager"]
 
 
-class _Suspended:
-    """Awaitable that continues a coroutine which already yielded ``pending`` to the loop."""
+_NOT_STARTED = object()
+
+
+class _Rest(Coroutine[Any, Any, Any]):
+    """What the task runs after the first stretch: the suspended coroutine, resumed.
+
+    A coroutine object of its own rather than ``async def``: a task cancelled before its
+    first step throws into its coroutine before that has run a line, and an ``async def``
+    would die there without telling the suspended coroutine (its ``finally`` would never
+    run); this one hands the exception on."""
 
     __slots__ = ("coro", "pending")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
         self.coro = coro
-        self.pending = pending
+        self.pending: Any = _NOT_STARTED  # what the first stretch yielded; None once handed over
 
-    def __await__(self) -> Generator[Any, None, Any]:
-        coro, pending = self.coro, self.pending
+    def send(self, value: Any) -> Any:
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            if pending is _NOT_STARTED:  # the first stretch finished (or raised): nothing left
+                raise StopIteration(None)
+            return pending  # the task waits on what the coroutine was waiting on
+        return self.coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        if self.pending is _NOT_STARTED:
+            self.pending = None
+            raise typ if val is None else val
         self.pending = None
-        while True:
-            try:
-                yield pending  # the task waits on what the coroutine was waiting on
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # noqa: BLE001 - cancellation and errors go to the coroutine
-                try:
-                    pending = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-                continue
-            try:
-                pending = coro.send(None)
-            except StopIteration as stop:
-                return stop.value
+        if val is None and tb is None:
+            return self.coro.throw(typ)
+        return self.coro.throw(typ, val, tb)  # pragma: no cover - the old signature
 
+    def close(self) -> None:
+        self.pending = None
+        self.coro.close()
 
-async def _resume(coro: Coroutine[Any, Any, Any], pending: Any) -> Any:
-    return await _Suspended(coro, pending)
+    def __await__(self) -> Generator[Any, None, Any]:  # pragma: no cover - only a task drives it
+        raise TypeError("driven by its task only")
 
 
 def _start_manual(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
     ctx = contextvars.copy_context()
+    rest = _Rest(coro)
+    task: asyncio.Task[Any] = loop.create_task(rest, context=ctx)
+    caller = asyncio.current_task(loop)
+    enter, leave = _tasks._enter_task, _tasks._leave_task  # private: 3.11 has no public way
+    if caller is not None:
+        leave(loop, caller)
+    enter(loop, task)
     try:
-        pending = ctx.run(coro.send, None)
+        rest.pending = ctx.run(coro.send, None)
     except StopIteration:
-        return None
+        return None  # the task finishes at its first step without running anything
     except BaseException:
         coro.close()
         raise
-    return loop.create_task(_resume(coro, pending), context=ctx)
+    finally:
+        leave(loop, task)
+        if caller is not None:
+            enter(loop, caller)
+    return task
 
 
 def _start_native(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:

@@ -22,6 +22,7 @@ from .._obs.telemetry import (
     HostTelemetry,
     fail_span,
 )
+from .blobs import Blobs
 from .ports import EventStream, WrongLastSequence
 
 # what an append carries over from the reply's headers (the command's correlation and trace)
@@ -44,16 +45,18 @@ class NewCommit(NamedTuple):
 class EventLog:
     """Appends commits (with the fence) and reads one back."""
 
-    __slots__ = ("_host_id", "_stream", "_subjects", "_tel")
+    __slots__ = ("_blobs", "_host_id", "_stream", "_subjects", "_tel")
 
     def __init__(self, subjects: Subjects, host_id: str, tel: HostTelemetry) -> None:
         self._stream: EventStream = None  # type: ignore[assignment]  # bound when the host connects
+        self._blobs: Blobs | None = None
         self._subjects = subjects
         self._host_id = host_id
         self._tel = tel
 
-    def bind(self, stream: EventStream) -> None:
+    def bind(self, stream: EventStream, blobs: Blobs | None = None) -> None:
         self._stream = stream
+        self._blobs = blobs
 
     async def commit_at(self, seq: int) -> Commit | None:
         msg = await self._stream.at(seq)
@@ -91,6 +94,9 @@ class EventLog:
     ) -> tuple[int, bool]:
         """Append one commit after ``last_seq``; ``(seq, duplicate)``, duplicate when it was
         already there. Raises ``FencedError`` when another writer appended first."""
+        blobs = self._blobs
+        if blobs is not None and len(commit.body) > blobs.threshold:  # large values by reference (ADR 0042)
+            commit = commit._replace(body=await blobs.offload_commit(commit.body))
         msg_id = f"{aid.key}:{commit.cmd}{commit.tag}"
         hdrs = {H_MSG_ID: msg_id, H_COMMAND_ID: commit.cmd, H_HOST: self._host_id}
         for k in _CARRIED:

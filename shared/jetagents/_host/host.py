@@ -58,6 +58,7 @@ from .._nats.api import (
     connect,
     ensure_topology,
 )
+from .._nats.blobs import ObjectBlobs
 from .._nats.buckets import KvBucket
 from .._nats.consumers import PartitionConsumers
 from .._nats.event_stream import JetStreamEventStream
@@ -127,6 +128,7 @@ def _topology(s: HostSettings, subjects: Subjects) -> Topology:
         duplicate_window_s=s.duplicate_window_s,
         max_payload_bytes=s.max_payload_bytes,
         out_max_age_s=s.out_result_ttl_s,
+        snapshot_history=s.snapshot_history,
     )
 
 
@@ -371,9 +373,11 @@ class Host:
         self._inbox = await shared_inbox(self.nc)  # the connection's one reply inbox
         self._client = await _agents_client(self.nc, s, *self._providers)
         events = JetStreamEventStream(self.nc, self._inbox, self._reader, self.topology.evt_stream, s.op_timeout_s)
-        self.eventlog.bind(events)
+        self.eventlog.bind(events, self.catalog.blobs)
+        self.catalog.blobs.bind(await ObjectBlobs.open(self.nc, self.topology.blob_bucket, s.replicas, s.op_timeout_s))
         self.pipeline.out.bind(JetStreamOutStream(self.nc, self._inbox, self.topology.out_stream, s.op_timeout_s))
         self.catalog.bind(events, snapshots, meta, self._client)
+        self.catalog.bind_quarantine(await KvBucket.open(self.nc, self.topology.quarantine_bucket, s.op_timeout_s))
 
         self._pull_prefix = self.nc.new_inbox()
         self.partitions.bind(PartitionConsumers(self.nc, self.topology, s.op_timeout_s), self._pull_prefix)

@@ -215,6 +215,10 @@ class Outbox:
         if self._bytes >= _BACKLOG_MESSAGES * self._s.max_bytes:
             self._room.clear()
             await self._room.wait()  # the flusher is that far behind: stream no faster than it stores
+        elif self._hurry.is_set() and self._bytes >= self._s.max_bytes:
+            # a message is full: let the flusher send it now, or an action that streams in a
+            # loop without awaiting anything else holds the loop (and its first chunk) longer
+            await asyncio.sleep(0)
 
     def step_runs(self, i: int) -> None:
         """Step ``i`` runs its function (it is not journaled): what it streamed in an earlier

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .._core.agent import Registry
+from .._core.blobref import is_ref
 from .._core.clock import Clock
 from .._core.command import ACKED, Command, Kind
 from .._core.errors import JetAgentsError, PayloadTooLarge
@@ -44,6 +45,7 @@ from .._settings import HostSettings
 from .ports import Publisher, Refused
 
 if TYPE_CHECKING:
+    from .blobs import Blobs
     from .outbox import OutStreams
 
 NS = 1_000_000_000
@@ -100,6 +102,7 @@ class Outcomes:
         self._dl_max_bytes = dead_letter_max_bytes
         self.limits = Limits(max_deliver=settings.max_deliver, max_redeliveries=settings.max_redeliveries)
         self.out: OutStreams | None = None  # streamed output (the pipeline's), for the end message
+        self.blobs: Blobs | None = None  # payloads by reference (ADR 0042 section 9), the catalog's
 
     def decide(self, cmd: Command, result: Result, **facts: Any) -> Outcome:
         """The table's outcome for ``cmd`` in the given situation."""
@@ -160,7 +163,13 @@ class Outcomes:
             if cmd.reply_to or cmd.reply_refused:
                 if reply.host and cmd.reply_to:
                     out[H_HOST] = self._host_id
-                body = encode_error(reply.error) if reply.error is not None else encode_ok(reply.result)
+                if reply.error is not None:
+                    body = encode_error(reply.error)
+                else:
+                    body = encode_ok(reply.result)
+                    blobs = self.blobs  # a recorded reference is read back; too large for a message: an error
+                    if blobs is not None and (len(body) > blobs.message_max_bytes or is_ref(reply.result)):
+                        body = await blobs.reply_body(reply.result)
                 await self.reply(cmd.reply_to, body, out, cmd)
         kind = ack.kind
         if kind is AckKind.ACK:

@@ -30,6 +30,7 @@ from .._core.dedup import DedupRecord
 from .._core.errors import (
     ActionCancelled,
     ActionTimeout,
+    AgentQuarantined,
     CallCycle,
     CallTooDeep,
     DeadlineExceeded,
@@ -37,16 +38,18 @@ from .._core.errors import (
     DomainError,
     FencedError,
     InternalError,
+    InvalidParams,
     JetAgentsError,
     MalformedCommand,
     NonDeterministic,
     PayloadTooLarge,
     Unavailable,
+    UnknownAction,
     UnknownAgent,
     UnknownAgentType,
     error_from_wire,
 )
-from .._core.journal import Suspend, end_entry
+from .._core.journal import Suspend
 from .._core.outcome import AckKind, Result, exhausted
 from .._core.wire import CommandBody, decode_command, encode_commit
 from .._obs.metrics import Metrics
@@ -80,13 +83,14 @@ from .eventlog import EventLog, NewCommit
 from .outbox import OutStreams
 from .outcomes import Outcomes
 from .placement import Placement
+from .reminders import BUILTINS, builtin_action, closing_entry, firing_of, unscheduled_body
 from .signals import Signals
 from .steps import AlreadyInLog, Running, Steps
 from .supervisor import Supervisor
 from .suspension import Suspension
 
 # refusals of the activation itself: bad input, never worth another try
-_NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
+_NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent, AgentQuarantined)
 
 
 def _trace_of(cmd: Command) -> tuple[str | None, str | None]:
@@ -220,13 +224,13 @@ class Pipeline:
                 err = MalformedCommand("the reply subject is not under a reply prefix this host accepts")
                 await outcomes.settle(cmd, Result.REFUSED, out, error=err, silent=True)
                 return
-            body = decode_command(cmd.body, s.max_payload_bytes)
+            body = decode_command(unscheduled_body(cmd), s.max_payload_bytes)
             if not isinstance(body, CommandBody):  # a signal, timer, cancel or result query
                 cmd.action = "_" + type(body).__name__.removesuffix("Body").lower()
                 await self.signals.process(act, cmd, body, out, self._supervisor)
                 return
-            cmd.action = body.action if body.action in act.spec.actions else "_unknown"
-            action = act.spec.action(body.action)
+            cmd.action = body.action if body.action in act.spec.actions or body.action in BUILTINS else "_unknown"
+            action = builtin_action(act.spec, body.action) or act.spec.action(body.action)  # _remind, ...
             params = action.validate_params(body.params)
         except JetAgentsError as err:
             await outcomes.settle(cmd, Result.REFUSED, out, error=err)
@@ -334,7 +338,7 @@ class Pipeline:
         ctx.correlation_id = cmd.correlation_id
         ctx.action = action.name
         ctx.out = await self.out.open(act, cmd) if cmd.streams else None
-        ctx.command = Running(raw, cmd.reply_to, cmd.streams)
+        ctx.command, agent._firing = Running(raw, cmd.reply_to, cmd.streams), firing_of(cmd)
         agent._begin()
         try:
             loop = self.loop
@@ -354,7 +358,7 @@ class Pipeline:
             agent._finish()
             await self.suspension.suspended(act, cmd, sus.waiting, out)
             return None
-        except (DomainError, ActionCancelled) as err:
+        except (DomainError, ActionCancelled, InvalidParams, UnknownAction) as err:  # refusals
             agent._finish()
             journal = act.journals.get(cmd_id) if act.journals and cmd_id else None
             if journal is not None and (
@@ -396,7 +400,7 @@ class Pipeline:
 
         journals = act.journals
         journal = journals.get(cmd_id) if journals else None  # a journaled action always closes it
-        if events or journal is not None:
+        if events or journal is not None or agent._firing is not None:  # a firing always commits
             n, own = act.n + 1, self._placement.token_of(act.agent_id, cmd.partition)
             if self._coordinator() is not None and own < max(act.own, 1):
                 # No claim (nor placement) any more, or one older than the log's newest
@@ -416,7 +420,7 @@ class Pipeline:
                 cseq=cmd.stream_seq,
                 ts_ms=self._clock.wall_ms(),
                 own=own,
-                j=None if journal is None else end_entry(agent._cursor),
+                j=closing_entry(agent._firing, journal is not None, agent._cursor),
             )
             commit = NewCommit(n, name, own, body)
             try:

@@ -21,14 +21,22 @@ import orjson
 from .._core.agent import Registry
 from .._core.clock import Clock
 from .._core.command import ACKED, Command, Kind
-from .._core.errors import InternalError, JetAgentsError, MalformedCommand, Unavailable, error_from_wire
+from .._core.errors import (
+    InternalError,
+    JetAgentsError,
+    MalformedCommand,
+    Unavailable,
+    UnknownAgentType,
+    error_from_wire,
+)
 from .._core.ids import AgentId, fnv1a_32, is_valid_token, partition_of
 from .._core.outcome import Result
 from .._core.wire import Subjects, encode_error, encode_ok
 from .._nats.api import NS
 from .._nats.hosts import HostLink
 from .._settings import HostSettings
-from .catalog import Activation, Catalog
+from .catalog import Activation, Catalog, _busy
+from .restore import rollback
 
 if TYPE_CHECKING:
     from .coordination import Coordinator
@@ -230,6 +238,8 @@ class Placement:
                 await self._on_release(msg)
             elif what == "migrate":
                 await self._on_migrate(msg)
+            elif what == "rollback":  # an operator's (ADR 0053): only hosts and admin publish agt.sys
+                await self._on_rollback(msg)
         except Exception as exc:  # noqa: BLE001 - answer, never crash the subscription
             self.log.warning("host_request_failed", what=what, error=repr(exc))
             if msg.reply:
@@ -335,6 +345,25 @@ class Placement:
         route = (partition, agent_type, agent_id)
         pipeline = self.pipeline
         pipeline.dispatch(pipeline.parse(Kind.MIGRATE, msg.subject, msg.headers, msg.data, msg.reply, route))
+
+    async def _on_rollback(self, msg: Message) -> None:
+        body = orjson.loads(msg.data)
+        agent_type, agent_id, to_seq = body.get("type"), body.get("id"), body.get("to")
+        if not (is_valid_token(agent_type) and is_valid_token(agent_id) and isinstance(to_seq, int)):
+            raise MalformedCommand('a rollback request is a JSON object {"type", "id", "to": <sequence>, "by"}')
+        spec = self.registry.get(agent_type)
+        if spec is None:
+            raise UnknownAgentType(f"no agent type {agent_type!r} here")
+        if not self._owns(partition_of(agent_type, agent_id, self.settings.partitions)):
+            raise Unavailable("this host does not own the agent's partition; ask its owner", details={"applied": False})
+        key = f"{agent_type}.{agent_id}"
+        act = self.catalog.activations.get(key) or Activation(AgentId(agent_type, agent_id), spec)
+        if _busy(act):
+            raise Unavailable(f"{key} is running a command; ask again", details={"applied": False})
+        scratch = Activation(act.agent_id, spec)
+        result = await rollback(self.catalog, act, scratch, to_seq, str(body.get("by", ""))[:200])
+        if msg.reply:
+            await self.link.publish(msg.reply, encode_ok(result))
 
     async def migrate(self, act: Activation, work: Command) -> None:
         """Move one agent to another host (at its partition's owner, in mailbox order):

@@ -154,8 +154,8 @@ class HostPubSub:
             while self.leads():
                 try:
                     await self._serve(pattern)
-                except (JetAgentsError, OSError) as exc:
-                    self.log.warning("pubsub_runner_failed", pattern=pattern, error=str(exc))
+                except (JetAgentsError, OSError, ExceptionGroup) as exc:
+                    self.log.warning("pubsub_runner_failed", pattern=pattern, error=repr(exc))
                     await self.clock.sleep(_RETRY.max_s)
         finally:
             self._running.discard(pattern)
@@ -241,11 +241,11 @@ class HostPubSub:
                 self.metrics.inc("pubsub_deliveries")
                 return
             except Unavailable:
-                pass
-            except JSApiError as exc:
-                if exc.err_code != ERR_DUPLICATE_IN_PROCESS:
-                    # refused for good (too large for the command stream): the subscriber
-                    # misses this one message; logged, never retried in a loop
+                pass  # no PubAck: the same id again is safe
+            except JetAgentsError as exc:
+                if not (isinstance(exc, JSApiError) and exc.err_code == ERR_DUPLICATE_IN_PROCESS):
+                    # refused for good (too large for the command stream, ...): the subscriber
+                    # misses this one message; logged and counted, never retried in a loop
                     self.log.error("pubsub_delivery_refused", subscriber=sub.key, seq=d.seq, error=str(exc))
                     self.metrics.inc("pubsub_refused")
                     return

@@ -103,6 +103,7 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
+        outcomes.blobs = catalog.blobs  # a recorded result by reference is read back for its reply
         # call chains (ADR 0042 section 7): a chained command for a busy agent may run at once or fail fast
         self.chains = CallChains(
             settings,

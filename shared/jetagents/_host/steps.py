@@ -161,7 +161,7 @@ class Steps:
                 out.step_replayed(entry)
             if not entry.get("ok", True):
                 raise error_from_wire(entry.get("error"))
-            return _revive(entry.get("value"), fn)
+            return _revive(await self._catalog.blobs.resolve(entry.get("value"), f"step {i} of {cmd}"), fn)
         if out is not None:
             out.step_runs(i)
         token = _STEP_KEY.set(key_of(act.agent_id.key, cmd, i))

@@ -35,7 +35,7 @@ from .._core.journal import (
     PARK,
     Journal,
     blocked_entry,
-    closes,
+    closes_command,
     end_entry,
     park_entry,
     take_inbox,
@@ -185,10 +185,10 @@ class Suspension:
         for at, commit in await self._catalog.read_log(act.agent_id, seq):
             if commit.cmd != cmd_id:
                 continue
-            if first is None and closes(commit.j):
+            if first is None and closes_command(cmd_id, commit.j):
                 first, first_seq = commit, at
             elif first is not None and commit.j is not None:
-                parked_again = commit.j.get("k") == PARK or (parked_again and not closes(commit.j))
+                parked_again = commit.j.get("k") == PARK or (parked_again and not closes_command(cmd_id, commit.j))
         if first is None:
             return False
         error = (first.j or {}).get("error")

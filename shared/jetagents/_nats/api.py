@@ -166,6 +166,7 @@ class Topology:
     duplicate_window_s: float = 120.0
     max_payload_bytes: int = 256 * 1024
     out_max_age_s: float = 7 * 24 * 3600.0  # AGT_OUT keeps nothing longer (a stream's end: out_result_ttl_s)
+    snapshot_history: int = 1  # snapshots the snapshot bucket keeps per agent (ADR 0053)
 
     @property
     def prefix(self) -> str:
@@ -194,6 +195,16 @@ class Topology:
     @property
     def meta_bucket(self) -> str:
         return f"{self.subjects.root}_meta".replace("-", "_")
+
+    @property
+    def blob_bucket(self) -> str:
+        """The Object Store bucket of payloads by reference (ADR 0042 section 9)."""
+        return f"{self.subjects.root}_blobs".replace("-", "_")
+
+    @property
+    def quarantine_bucket(self) -> str:
+        """Quarantined agents (ADR 0053): hosts write, operators delete (release)."""
+        return f"{self.subjects.root}_quarantine".replace("-", "_")
 
     @property
     def cluster_bucket(self) -> str:
@@ -292,7 +303,7 @@ class Topology:
         }
 
 
-def kv_bucket_config(bucket: str, replicas: int) -> dict[str, Any]:
+def kv_bucket_config(bucket: str, replicas: int, history: int = 1) -> dict[str, Any]:
     """A KV bucket keeping one value per key, as nats-py's ``create_key_value`` makes it
     (the snapshot and metadata buckets; ``_nats.kv.cluster_bucket_config`` builds on it)."""
     return {
@@ -301,7 +312,7 @@ def kv_bucket_config(bucket: str, replicas: int) -> dict[str, Any]:
         "retention": "limits",
         "storage": "file",
         "num_replicas": replicas,
-        "max_msgs_per_subject": 1,
+        "max_msgs_per_subject": history,
         "max_msgs": -1,
         "max_consumers": -1,
         "discard": "new",
@@ -351,8 +362,9 @@ async def ensure_topology(nc: NATS, topo: Topology, timeout_s: float = 5.0) -> s
                 )
             created = str(info.get("created", ""))
             await upgrade_cmd_stream(nc, topo, info, timeout_s)
-    for bucket in (topo.snap_bucket, topo.meta_bucket):
-        await ensure_stream(nc, kv_bucket_config(bucket, topo.replicas), timeout_s)
+    for bucket in (topo.snap_bucket, topo.meta_bucket, topo.quarantine_bucket):
+        history = topo.snapshot_history if bucket == topo.snap_bucket else 1
+        await ensure_stream(nc, kv_bucket_config(bucket, topo.replicas, history), timeout_s)
     return created
 
 

@@ -4,7 +4,7 @@ KeyValue (``jetagents._host.ports``)."""
 from __future__ import annotations
 
 from nats.aio.client import Client as NATS
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 
@@ -28,3 +28,15 @@ class KvBucket:
 
     async def put(self, key: str, value: bytes) -> int:
         return await self._kv.put(key, value)
+
+    async def delete(self, key: str) -> None:
+        """Delete ``key`` (a delete marker: a later ``get`` returns ``None``)."""
+        await self._kv.delete(key)
+
+    async def history(self, key: str) -> list[bytes]:
+        """The values the bucket still keeps of ``key``, oldest first (deletes left out)."""
+        try:
+            entries = await self._kv.history(key)
+        except NoKeysError:
+            return []
+        return [e.value for e in entries if e.value and e.operation is None]

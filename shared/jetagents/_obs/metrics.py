@@ -38,6 +38,10 @@ STATS = (
     "pubsub_deliveries",
     "pubsub_refused",
     "pubsub_dead_letters",
+    # supervision (ADR 0053): agents quarantined, agents rebuilt from an older snapshot or a
+    # shorter log than they had
+    "quarantines",
+    "restores",
 )
 
 # short attribute names at the call site -> OpenTelemetry attribute keys

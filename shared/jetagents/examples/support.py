@@ -9,7 +9,12 @@
   ``approval`` (``{"approved": true}``) comes. Text streams to a caller that streams. Every model
   request and tool call is a journaled step: kill the host mid-turn and the turn finishes on
   another host without asking the model again for what it already answered.
-* ``ask(text)`` on any of them continues the conversation (it lives in the agent's state).
+* ``handle(text)`` on a specialist continues the conversation (it lives in the agent's state).
+
+Triage waits for the specialist's answer inside its action (at most 4 minutes, its time limit
+5): a refund waiting longer for its approval makes the ``open`` call time out, while billing's
+turn still finishes when the approval comes (a durable await across agents is an open question
+of ADR 0042).
 
 The model comes from ``JETAGENTS_MODEL`` (``openai:gpt-4o-mini``, with ``OPENAI_BASE_URL`` for
 Ollama/vLLM; ``anthropic:...``). Without one each agent runs on a scripted ``FunctionModel``

@@ -6,24 +6,14 @@ writes, the history, the snapshots written), so checking after every step stays 
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 
+from .._core.journal import closes_command
 from .._core.wire import H_HOST
 from .._host.ports import StoredMessage
 from .simworld import SUBJECTS, World
 
 __all__ = ["Invariants", "Violation"]
-
-
-def _closes(cmd: str, j: dict[str, Any] | None) -> bool:
-    """Whether a commit of ``cmd`` with journal field ``j`` closes ``cmd`` (ADR 0042): no
-    journal, its end, a buffered signal, or a signal or timer resolving another's wait."""
-    if j is None:
-        return True
-    k = j.get("k")
-    return k in ("end", "inbox") or (k in ("signal", "timeout") and j.get("for") != cmd)
 
 
 class Violation(AssertionError):
@@ -61,7 +51,7 @@ class Invariants:
                 raise Violation(f"{m.subject}: commit {n} after {last_n} (seq {m.seq}, by {host}): a gap")
             cmds = self.logged.setdefault(m.subject, set())
             j = c.get("j")
-            if _closes(cmd, j):  # the command's one closing commit (a journal closes once)
+            if closes_command(cmd, j):  # the command's one closing commit (a journal closes once)
                 if cmd in self.refused and not (j and j.get("error") is not None and not c.get("events")):
                     raise Violation(f"{m.subject}: command {cmd}, which the agent refuses, was applied (seq {m.seq})")
                 if cmd in cmds and not (j and j.get("dup") and not c.get("events")):  # dup: a re-park closed

@@ -72,7 +72,9 @@ class HostNode:
     def __init__(self, ports: NodePorts, settings: HostSettings | None = None) -> None:
         s = settings or sim_settings(ports)
         self.ports = ports
-        host = self.host = Host(s, Registry([HoldingCounter]), clock=ports.clock, publisher=ports.publisher)
+        host = self.host = Host(
+            s, Registry([HoldingCounter]), clock=ports.clock, publisher=ports.publisher, schedules=ports.schedules
+        )
         # what Host.start() does once connected, with the simulation's ports for NATS'
         host.scheduler.loop = host.pipeline.loop = asyncio.get_running_loop()
         host.eventlog.bind(ports.events)

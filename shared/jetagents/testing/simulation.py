@@ -44,11 +44,13 @@ import orjson
 from .._client.command import OutboundCommand, SendOptions
 from .._core.errors import JetAgentsError
 from .._core.ids import AgentId, partition_of
-from .._core.wire import H_COMMAND_ID, Subjects
+from .._core.schedules import Pattern
+from .._core.wire import H_COMMAND_ID, H_REMINDER, Subjects
 from .._host.coordination import CasConflict, ClusterConfig, Coordinator
 from .._host.ports import Bucket, EventStream, Publisher
 from .clock import ManualClock, wait_all_blocked
 from .invariants import Invariants, Violation
+from .schedules import MemorySchedules
 from .simworld import SUBJECTS, FaultyBucket, FaultyEventStream, FaultyPublisher, FaultyStore, HostFaults, World
 from .streams import QueuedCommand
 
@@ -91,6 +93,10 @@ class SimConfig:
     lease_ttl_s: float = 3.0
     # out of reach: a claim freed only by waiting this out would never settle in time
     handoff_timeout_s: float = 10_000.0
+    # agents a0.. with an @every reminder firing increment(by=1) while the faults run (ADR 0042
+    # section 5): every firing is applied once (invariants), none is lost (the end check)
+    reminders: int = 0
+    reminder_every_s: int = 2
     faults: tuple[str, ...] = (
         "crash",
         "kill",
@@ -134,6 +140,7 @@ class NodePorts:
     cluster: ClusterConfig
     partitions: int
     subjects: Subjects
+    schedules: Any = None  # the server's schedules (testing/schedules.py), shared by all hosts
 
 
 class SimNode(Protocol):
@@ -213,6 +220,8 @@ class Simulation:
         self._next_cmd = 0
         self.bodies: dict[str, bytes] = {}  # command id -> its body, when not an increment
         self.signals_due: list[tuple[int, str, int]] = []  # (round, hold's command id, agent)
+        self.world.schedules = MemorySchedules(self.clock, self._fired)
+        self.fired = 0  # reminder firings stored in the command stream
 
     # -- hosts ---------------------------------------------------------------------------
     def add_host(self, host_id: str | None = None) -> HostSlot:
@@ -233,6 +242,7 @@ class Simulation:
             cluster=self.cluster,
             partitions=self.cfg.partitions,
             subjects=SUBJECTS,
+            schedules=w.schedules,
         )
         host = HostSlot(host_id, self.factory(ports), faults)
         self.hosts.append(host)
@@ -307,6 +317,29 @@ class Simulation:
         self.kinds[cmd_id] = "ok"
         body = self.bodies[cmd_id] = orjson.dumps({"signal": "go", "payload": None, "to": hold})
         self._send(cmd_id, agent_no, body)
+
+    def _fired(self, target: str, body: bytes, headers: dict[str, str]) -> None:
+        """A reminder's firing lands in the command stream; the host names it s<cepoch>-<seq>
+        (HostNode's cepoch is 5eed), which the invariants then expect in the agent's log once
+        acknowledged."""
+        agent_type, agent_id = target.split(".")[2:4]
+        p = partition_of(agent_type, agent_id, self.cfg.partitions)
+        seq = self.world.commands.publish(f"{SUBJECTS.root}.p.{p}.{agent_type}.{agent_id}", body, headers, p)
+        self.invariants.subject_of_seq[seq] = (SUBJECTS.evt(agent_type, agent_id), f"s5eed-{seq}")
+        self.fired += 1
+        self.world.record("fire", seq, agent_id)
+
+    async def _remind(self, on: bool) -> None:
+        """Start (or cancel) the reminders, as a host publishes them."""
+        sch, t = self.world.schedules, self.cfg.agent_type
+        body = orjson.dumps({"action": "increment", "params": {"by": 1}})
+        for k in range(self.cfg.reminders):
+            subject = SUBJECTS.rem(t, f"a{k}", "tick")
+            if on:
+                pattern = Pattern(f"@every {self.cfg.reminder_every_s}s")
+                await sch.schedule(subject, pattern, SUBJECTS.cmd(t, f"a{k}"), body, headers={H_REMINDER: "tick"})
+            else:
+                await sch.cancel(subject)
 
     def _deliver(self, to: HostSlot | None = None) -> bool:
         ready = self.world.commands.ready()
@@ -423,6 +456,7 @@ class Simulation:
         cfg = self.cfg
         self.clock.advance(cfg.dt_s)
         self.rounds += 1
+        self.world.schedules.fire_due()
         self._wake()
         if faulty and self.rnd.random() < cfg.fault_p:
             await self._step(self._fault)
@@ -452,9 +486,11 @@ class Simulation:
         for _ in range(cfg.hosts):
             self.add_host()
         try:
+            await self._remind(True)
             for _ in range(cfg.rounds):
                 await self.round(faulty=True)
             self._calm()
+            await self._remind(False)
             for _ in range(cfg.quiet_rounds):
                 await self.round(faulty=False)
                 if not self.world.commands.pending() and self._all_applied() and await self.settled():
@@ -526,6 +562,9 @@ class Simulation:
         left = self.world.commands.pending()
         if left:
             raise Violation(f"{len(left)} commands never acknowledged after the faults stopped: {left[:3]}")
+        fires = sum(b'"k":"fire"' in m.data for m in self.world.events.messages)
+        if fires != self.fired:
+            raise Violation(f"{self.fired} reminder firings stored, {fires} fire commits in the logs")
         lost = self._unaccounted(dead_letters_count=True)
         if lost:
             raise Violation(f"{len(lost)} commands acknowledged or gone but never applied: {lost[:5]}")

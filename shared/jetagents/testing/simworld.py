@@ -46,6 +46,7 @@ class World:
         self.bus = MemoryPublisher()
         self.bus.bind("agt.dlq.>", self.dead_letters)
         self.history: list[HistoryEvent] = []
+        self.schedules: Any = None  # the server's schedules (MemorySchedules), set by the simulation
         self.snapshots_written: list[tuple[str, str, bytes]] = []  # (host, key, value), checked by Invariants
 
     def record(self, *event: Any) -> None:

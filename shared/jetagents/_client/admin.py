@@ -1,0 +1,78 @@
+"""Operator actions on agents (ADR 0053): ``client.admin``.
+
+They write a bucket and a subject (``agt.sys.host.<id>.rollback``) only the operator's NATS
+user may (``ops/nats/accounts.conf``): an application's client connection is refused by the
+server, not by this code.
+
+>>> await client.admin.quarantined("order", "o1")  # doctest: +SKIP
+{'agent': 'order/o1', 'reason': 'replay of order/o1 failed at commit 7: ...', ...}
+>>> await client.admin.release("order", "o1")  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import orjson
+
+from .._core.errors import AgentTimeout, Unavailable
+from .._core.ids import AgentId
+from .._core.wire import Subjects
+from .._nats.api import Topology
+from .._nats.buckets import KvBucket
+from .reply import decode_reply, no_responders
+
+
+class Admin:
+    """Quarantine records of agents, their release, and rollback to a sequence."""
+
+    def __init__(self, client: Any, subjects: Subjects, timeout_s: float) -> None:
+        self._client = client
+        self._nc = client.nc
+        self._subjects = subjects
+        self._topology = Topology(subjects)
+        self._timeout_s = timeout_s
+
+    async def rollback(self, agent_type: str, agent_id: str, to_seq: int, *, by: str = "") -> dict[str, Any]:
+        """Roll the agent back to its state as of its commit at ``to_seq`` (its sequence in
+        the event stream): the agent's owner appends a reset commit naming ``to_seq`` and
+        ``by`` (the audit record, in the agent's own log); later commands apply on top.
+        ``fenced``: a command committed meanwhile; ask again."""
+        owner = await self._client.locate(agent_type, agent_id)
+        if owner is None:
+            raise Unavailable("no host owns the agent's partition yet", details={"applied": False})
+        body = orjson.dumps({"type": agent_type, "id": agent_id, "to": to_seq, "by": by})
+        subject = self._subjects.sys("host", owner, "rollback")
+        try:
+            msg = await self._client._transport.request(subject, body, None, self._timeout_s)
+        except TimeoutError:
+            raise AgentTimeout(f"the rollback of {agent_type}/{agent_id} did not answer in time") from None
+        if no_responders(msg):
+            raise Unavailable(f"host {owner} is gone", details={"applied": False})
+        return cast(dict[str, Any], decode_reply(msg).result)
+
+    async def _quarantine(self) -> KvBucket:
+        try:
+            return await KvBucket.open(self._nc, self._topology.quarantine_bucket, self._timeout_s)
+        except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
+            raise Unavailable(f"cannot open the quarantine bucket: {exc!r}") from None
+
+    async def quarantined(self, agent_type: str, agent_id: str) -> dict[str, Any] | None:
+        """The agent's quarantine record (why, since when, which host), or None."""
+        raw = await (await self._quarantine()).get(AgentId(agent_type, agent_id).key)
+        if raw is None:
+            return None
+        record = orjson.loads(raw) if raw else {}
+        return record if isinstance(record, dict) else {"record": record}
+
+    async def release(self, agent_type: str, agent_id: str) -> bool:
+        """Release a quarantined agent: its next command activates it again (fix the cause
+        first: purge the corrupt message, deploy the fixed applier). False: it was not
+        quarantined."""
+        bucket = await self._quarantine()
+        key = AgentId(agent_type, agent_id).key
+        if await bucket.get(key) is None:
+            return False
+        await bucket.delete(key)
+        return True
