@@ -132,3 +132,19 @@ def test_deadlock_means_a_cycle_in_the_wait_for_graph(waits: list[int | None], p
     assert (verdict is Verdict.DEADLOCK) == cycle
     if cycle:
         assert waited == f"p.{waits[x]}"
+
+
+def test_a_frame_is_listed_on_its_owner_only_while_it_waits() -> None:
+    class Owner:
+        frames: list[Frame] | None = None
+
+    owner = Owner()
+    f = Frame("r", (), "a.x", owner=owner)
+    assert owner.frames is None  # a command that calls nobody costs no list
+    f.wait("b.y")
+    f.wait("c.z")
+    assert owner.frames == [f]
+    f.done("b.y")
+    assert owner.frames == [f]
+    f.done("c.z")
+    assert owner.frames is None

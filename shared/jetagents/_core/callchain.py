@@ -99,14 +99,18 @@ class Frame:
     """One running action of an agent: its chain, the path it was called along, and the
     agents it waits on now (calls awaiting their reply, by key, with their number)."""
 
-    __slots__ = ("chain", "hold", "me", "path", "path_max", "waiting")
+    __slots__ = ("chain", "hold", "me", "owner", "path", "path_max", "waiting")
 
-    def __init__(self, chain: str, path: tuple[str, ...], me: str, path_max: int = 16) -> None:
+    def __init__(self, chain: str, path: tuple[str, ...], me: str, path_max: int = 16, owner: Any = None) -> None:
         self.chain = chain
         self.path = path
         self.me = me
         self.path_max = min(path_max, PATH_HARD_MAX)  # the host's call_path_max
         self.waiting: dict[str, int] = {}
+        # whatever lists the frames that wait (the host's activation: ``owner.frames``): a
+        # frame is listed there only while it waits, so a command that calls nobody costs
+        # no list
+        self.owner = owner
         # set by the host while a re-entrant call runs on this agent (an ``asyncio.Event``):
         # a call that returns waits for it before the action goes on, the agent is parked
         self.hold: Any = None
@@ -128,14 +132,33 @@ class Frame:
 
     def wait(self, target: str) -> None:
         """A call to ``target`` is about to be sent (before: its answer may come at once)."""
-        self.waiting[target] = self.waiting.get(target, 0) + 1
+        waiting = self.waiting
+        if not waiting and self.owner is not None:
+            frames = self.owner.frames
+            if frames is None:
+                self.owner.frames = [self]
+            else:
+                frames.append(self)
+        waiting[target] = waiting.get(target, 0) + 1
 
     def done(self, target: str) -> None:
-        left = self.waiting.get(target, 0) - 1
+        waiting = self.waiting
+        left = waiting.get(target, 0) - 1
         if left > 0:
-            self.waiting[target] = left
-        else:
-            self.waiting.pop(target, None)
+            waiting[target] = left
+            return
+        waiting.pop(target, None)
+        if not waiting:
+            self.unlist()
+
+    def unlist(self) -> None:
+        """Off the owner's list of waiting frames (its action waits on nobody any more)."""
+        owner = self.owner
+        frames = owner.frames if owner is not None else None
+        if frames is not None and self in frames:
+            frames.remove(self)
+            if not frames:
+                owner.frames = None
 
 
 class Verdict(enum.IntEnum):

@@ -52,6 +52,7 @@ class CallChains:
         self._refuse = refuse
         self._untrack = untrack
         self._process = process
+        self._path_max = settings.call_path_max
         # names the chains of commands without an id (calls): unique on this host
         self._seq = itertools.count()
         self._prefix = f"{settings.host_id}~"
@@ -143,23 +144,16 @@ class CallChains:
         else:
             root = cmd.command_id or cmd.correlation_id or f"{self._prefix}{next(self._seq)}"
             path = ()
-        frame = Frame(root, path, act.agent_id.key, self._settings.call_path_max)
-        if act.frames is None:
-            act.frames = [frame]
-        else:
-            act.frames.append(frame)
+        frame = Frame(root, path, act.agent_id.key, self._path_max, act)
         return frame, FRAME.set(frame)
 
     @staticmethod
     def leave(act: Activation, entered: tuple[Frame, Token[Frame | None]]) -> None:
         frame, token = entered
         FRAME.reset(token)
-        frames = act.frames
-        if frames is not None:
-            with contextlib.suppress(ValueError):
-                frames.remove(frame)
-            if not frames:
-                act.frames = None
+        if frame.waiting:  # left with calls still out (cancelled): it waits on nobody now
+            frame.waiting.clear()
+            frame.unlist()
 
 
 def park(agent: Agent[Any]) -> tuple[Any, ...]:

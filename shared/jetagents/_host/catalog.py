@@ -74,8 +74,8 @@ class Activation:
     # command id -> its open journal (ADR 0042): commands whose durable steps are in the log
     # but whose closing commit is not; created on demand
     journals: dict[str, Journal] | None = None
-    # the call-chain frames of its running actions (ADR 0042 section 7): the running command's,
-    # and a re-entrant one's on top while it runs; created on demand
+    # the call-chain frames of its running actions while they wait on a call (ADR 0042
+    # section 7): the running command's, a re-entrant one's; created on demand
     frames: list[Frame] | None = None
     # signals that came with nobody waiting for them, oldest first (their ``inbox`` entries,
     # with ``cmd``: the signal's command id); created on demand
