@@ -226,7 +226,7 @@ class Catalog:
             state = None
             n = 0
             last_seq = 0
-            kept: list[tuple[str, int, Any]] = []  # the snapshot's exactly-once record
+            kept: list[tuple[Any, ...]] = []  # the snapshot's exactly-once record (4th: ok, ADR 0042)
             journals: dict[str, Journal] = {}
             inbox: list[dict[str, Any]] = []
             refused: list[tuple[str, int, Any]] = []  # journals closed with an error (ADR 0042)
@@ -255,7 +255,7 @@ class Catalog:
                     last_seq = int(snap["seq"])
                     n = int(snap["n"])
                     own = int(snap.get("own", 0))
-                    kept = [(str(cmd), int(seq), result) for cmd, seq, result in snap.get("records", [])]
+                    kept = [(str(r[0]), int(r[1]), r[2], *r[3:4]) for r in snap.get("records", [])]
                     journals = {str(c): Journal.from_json(j) for c, j in snap.get("journals", {}).items()}
                     inbox = [dict(e) for e in snap.get("inbox", [])]
                 except (ValidationError, KeyError, TypeError, ValueError, BlobUnreadable) as exc:
@@ -332,6 +332,12 @@ class Catalog:
         if len(self.activations) > s.max_active_agents:
             self.evict_lru()
         return (unreadable, tail_end) if unreadable else None
+
+    async def read_log(self, aid: AgentId, start_seq: int) -> list[tuple[int, Commit]]:
+        """The agent's commits from ``start_seq`` on, with their sequences (a duplicate's
+        search for its command's closing commit, ADR 0042)."""
+        msgs = await self._events.read_subject(self.subjects.evt(aid.type, aid.id), start_seq, 256)
+        return [(m.seq, Commit.model_validate_json(m.data)) for m in msgs]
 
     def evict(self, act: Activation) -> None:
         """Forget the agent's state (it stays listed): the next command rebuilds it from the log."""
