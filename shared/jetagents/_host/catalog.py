@@ -327,6 +327,7 @@ class Catalog:
                 last_seq = m.seq or last_seq
                 # only a closing commit answers its command; a journal entry keeps it open
                 j = commit.j
+                agent._fired_replay(j)  # a reminder's last firing (ADR 0042 §5)
                 if j is None or fold(journals, commit.cmd, j, commit.action, inbox):
                     if j is not None and j.get("error") is not None:
                         refused.append((commit.cmd, last_seq, j["error"]))
