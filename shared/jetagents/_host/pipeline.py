@@ -338,7 +338,7 @@ class Pipeline:
         ctx.correlation_id = cmd.correlation_id
         ctx.action = action.name
         ctx.out = await self.out.open(act, cmd) if cmd.streams else None
-        ctx.command, agent._firing = Running(raw, cmd.reply_to, cmd.streams), firing_of(cmd)
+        ctx.command, agent._firing = Running(raw, cmd.reply_to, cmd.streams), firing_of(cmd, agent)
         agent._begin()
         try:
             loop = self.loop
@@ -452,6 +452,7 @@ class Pipeline:
                 await self._outcomes.settle(cmd, Result.DUPLICATE, out, answer=answer, event_seq=seq)
                 return None
             agent._commit(draft)
+            agent._fired_commit()  # a firing's next: counts the firings merged before the next one
             act.last_seq = seq
             act.n = commit.n
             act.own = max(act.own, commit.own)
