@@ -131,8 +131,11 @@ class Catalog:
         self._events, self._snapshots, self._meta, self._client = events, snapshots, meta, client
 
     def bind_quarantine(self, bucket: Bucket) -> None:
-        """The quarantine bucket (ADR 0053); unbound, nothing is quarantined."""
+        """The quarantine bucket (ADR 0053); unbound, or ``quarantine_after`` 0, nothing is
+        quarantined and activations skip the read of the bucket."""
         s = self.settings
+        if s.quarantine_after <= 0:
+            return
         self.quarantine = Quarantine(
             bucket, after=s.quarantine_after, host_id=s.host_id, clock=self.clock, metrics=self.metrics, log=self.log
         )
@@ -141,10 +144,10 @@ class Catalog:
         """Rebuild the agent: snapshot (if any and readable) + replay of later commits; a
         quarantined agent is refused, and one that keeps failing is quarantined (ADR 0053)."""
         quarantine = self.quarantine
-        if quarantine is not None:
-            await quarantine.check(act.agent_id)
+        # read beside the snapshot: no round trip more per activation
+        checking = asyncio.ensure_future(quarantine.check(act.agent_id)) if quarantine is not None else None
         try:
-            tail = await self._activate(act, given)
+            tail = await self._checked(act, given, checking)
             if tail is not None:
                 await self._restore_tail(act, *tail)
         except InternalError as err:  # its log or snapshot cannot be read or applied
@@ -154,6 +157,28 @@ class Catalog:
                 raise
         if quarantine is not None:
             quarantine.succeeded(act.agent_id)
+
+    async def _checked(
+        self, act: Activation, given: dict[str, Any] | None, checking: asyncio.Future[None] | None
+    ) -> tuple[int, int] | None:
+        """``_activate``, refused when ``checking`` (the quarantine read) says quarantined."""
+        try:
+            tail = await self._activate(act, given)
+        except asyncio.CancelledError:
+            if checking is not None:
+                checking.cancel()
+            raise
+        except BaseException:
+            if checking is not None:
+                await checking  # a quarantined agent's failure is "quarantined"
+            raise
+        if checking is not None:
+            try:
+                await checking
+            except BaseException:
+                act.agent = None
+                raise
+        return tail
 
     async def _from_older(self, act: Activation, err: InternalError) -> bool:
         """Rebuild the agent from an older snapshot (newest first) and the log after it."""
