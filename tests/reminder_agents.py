@@ -23,6 +23,7 @@ class Rang(Event):
     reminder: str
     next: str
     tag: str
+    missed: int = 0
 
 
 class Alarm(Agent[AlarmState]):
@@ -32,7 +33,8 @@ class Alarm(Agent[AlarmState]):
     @action
     async def ring(self, tag: str = "", times: int = 1) -> int:
         fired = self.reminder
-        self.emit(Rang(reminder=fired.name if fired else "", next=fired.next if fired else "", tag=tag))
+        name, nxt, missed = (fired.name, fired.next, fired.missed) if fired else ("", "", 0)
+        self.emit(Rang(reminder=name, next=nxt, tag=tag, missed=missed))
         return self.state.rang
 
     @action

@@ -4,10 +4,11 @@ processes, a real nats-server.
 Actions of ``tests/durable_agents.py`` (``Flow.approve_flow``: a step, ``wait_for("approve")``,
 a step) suspend on host A; A is killed (-9) and a new host takes over. Nothing of them is in
 any host's memory: each resumes from its journal when its signal comes, sent with the CLI
-(``jetagents signal``) and with bare nats-py (a JetStream publish of the documented body), and
-one with a timeout and no signal ends on the server's timer although the host that armed it
-is dead. Then a second host joins, the ring moves partitions to it, and an action suspended
-before the move resumes there. Every step before a wait ran once (counted outside the host).
+(``jetagents signal``) and with bare nats-py (a JetStream publish of the documented body), one
+is cancelled with the CLI (``jetagents cancel``), and one with a timeout and no signal ends on
+the server's timer although the host that armed it is dead. Then a second host joins, the
+ring moves partitions to it, and an action suspended before the move resumes there. Every
+step before a wait ran once (counted outside the host).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import orjson
 import pytest
 from nats.js.api import StreamConfig
 
-from jetagents import Client, ClientSettings, NatsServer
+from jetagents import ActionCancelled, Client, ClientSettings, NatsServer
 from jetagents._core.ids import partition_of
 from tests.durable_agents import FX_STREAM, FX_SUBJECTS
 from tests.integration.helpers import commits, eventually, read_all
@@ -39,12 +40,9 @@ async def _done(client: Client, run: str) -> Tally[str]:
     return Tally(s.split(".", 2)[2] for _, s, _, _ in msgs if s.startswith(f"stepfx.{run}."))
 
 
-def _cli_signal(url: str, agent: str, payload: Any) -> dict[str, Any]:
+def _cli(url: str, *argv: str) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "jetagents.cli", "signal", agent, "approve", json.dumps(payload), "--nats-url", url],
-        capture_output=True,
-        timeout=60,
-        check=True,
+        [sys.executable, "-m", "jetagents.cli", *argv, "--nats-url", url], capture_output=True, timeout=60, check=True
     )
     return dict(orjson.loads(out.stdout.splitlines()[-1]))
 
@@ -64,7 +62,7 @@ async def test_suspended_actions_survive_a_kill_and_a_partition_move(
         names = [f"m{k}" for k in range(40)]
         spread = {partition_of("flow", n, 8): n for n in names}
         moving = sorted(spread.values())
-        runs = {"k-cli": "cli", "k-bare": "bare", "k-timer": "timer", "k-gate": "gate"}
+        runs = {"k-cli": "cli", "k-bare": "bare", "k-timer": "timer", "k-gate": "gate", "k-cancel": "cancel"}
         runs.update({n: f"move-{n}" for n in moving})
         for agent, run in runs.items():
             params: dict[str, Any] = {"run": run}
@@ -95,7 +93,7 @@ async def test_suspended_actions_survive_a_kill_and_a_partition_move(
         assert [c["j"]["k"] for c in gate_log] == ["step", "wait", "signal", "step", "end"]
 
         # resumed by a signal sent with the CLI
-        sent = await asyncio.to_thread(_cli_signal, url, "flow/k-cli", {"by": "cli"})
+        sent = await asyncio.to_thread(_cli, url, "signal", "flow/k-cli", "approve", json.dumps({"by": "cli"}))
         assert sent == {"ok": True, "result": {"delivered": "cli"}}
         assert await client.agent("flow", "k-cli").result("cli", timeout=30) == {"run": "cli", "payload": {"by": "cli"}}
 
@@ -107,6 +105,13 @@ async def test_suspended_actions_survive_a_kill_and_a_partition_move(
         )
         assert ack.seq > 0
         assert await client.agent("flow", "k-bare").result("bare", timeout=30) == {"run": "bare", "payload": "bare"}
+
+        # cancelled with the CLI after the kill: closed with `cancelled`, its caller told so
+        cancelled = await asyncio.to_thread(_cli, url, "cancel", "flow/k-cancel", "cancel")
+        assert cancelled == {"ok": True, "result": {"cancelled": True}}
+        with pytest.raises(ActionCancelled):
+            await client.agent("flow", "k-cancel").result("cancel", timeout=30)
+        assert (await commits(client.nc, "flow", "k-cancel"))[-1]["j"]["error"]["code"] == "cancelled"
 
         # no signal: the server's timer (armed by the killed host) ends the wait
         assert await client.agent("flow", "k-timer").result("timer", timeout=30) == {

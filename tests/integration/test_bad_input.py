@@ -225,8 +225,9 @@ class Blob(Agent[BlobState]):
     state_type = BlobState
 
     @action
-    async def put(self, size: int) -> int:
-        self.emit(Blobbed(data="x" * size))
+    async def put(self, size: int, pieces: int = 1) -> int:
+        for _ in range(pieces):
+            self.emit(Blobbed(data="x" * size))
         return self.state.size
 
     @applies
@@ -239,8 +240,10 @@ async def test_commit_too_large_is_refused_not_retried_forever(nats_server: Nats
     try:
         async with Host(host_settings(nats_server.url), Registry([Blob])):
             ref = client.agent("blob", "b1")
+            # each event under payload_ref_threshold_bytes stays in the commit (a single large
+            # one would go to agt_blobs by reference, ADR 0042): together they pass the limit
             with pytest.raises(PayloadTooLarge):
-                await ref.request("put", {"size": 3 * 1024 * 1024}, timeout=15)
+                await ref.request("put", {"size": 60_000, "pieces": 60}, timeout=15)
             assert [d["error"]["code"] for d in await dead_letters(client.nc)] == ["payload_too_large"]
             assert await ref.request("put", {"size": 10}) == 10  # the agent is not blocked
     finally:

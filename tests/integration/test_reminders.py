@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from jetagents import Client, Host, NatsServer, Registry
+from jetagents import Client, ClientSettings, Host, NatsServer, Registry
 from jetagents._core.errors import InvalidParams, UnknownAction
 from jetagents._core.ids import partition_of
 from jetagents._core.schedules import parse_rfc3339_ms
@@ -202,3 +202,32 @@ async def test_a_schedule_stored_on_a_command_subject_is_refused_and_removed(ala
     assert not any(k.endswith("alarm.forger") for k in subjects), subjects
     letters = [d for d in await dead_letters(nc) if d["subject"].endswith("alarm.forger")]
     assert letters[0]["error"]["code"] == "malformed"
+
+
+async def test_firings_merged_in_a_server_outage_are_counted_as_missed(nats_server: NatsServer) -> None:
+    """The server fires an ``@every`` schedule once after an outage, not once per missed
+    interval; the action sees how many it missed (``self.reminder.missed``), and the firings
+    plus the missed ones cover every scheduled second."""
+    async with (
+        Host(host_settings(nats_server.url), Registry([*EXAMPLE_AGENTS, *AGENTS])),
+        await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8)) as client,
+    ):
+        ref = client.agent("alarm", "m1")
+        await ref.remind("tick", every=1, action="ring")
+
+        async def fired(n: int) -> bool:
+            return len(fires(await commits(client.nc, "alarm", "m1"))) >= n
+
+        await eventually(lambda: fired(2), timeout_s=15)
+        nats_server.stop()
+        await asyncio.sleep(4)  # the server is down: nothing to wait on
+        nats_server.start()
+        before = len(fires(await commits(client.nc, "alarm", "m1")))
+        await eventually(lambda: fired(before + 2), timeout_s=30)
+        await ref.cancel_reminder("tick")
+        fired_log = fires(await commits(client.nc, "alarm", "m1"), "tick")
+        missed = [c["events"][0]["data"]["missed"] for c in fired_log]
+        assert [c["j"]["missed"] for c in fired_log] == missed
+        assert max(missed) >= 2, missed
+        nexts = sorted(parse_rfc3339_ms(c["j"]["next"]) or 0 for c in fired_log)
+        assert len(fired_log) + sum(missed) == (nexts[-1] - nexts[0]) // 1000 + 1

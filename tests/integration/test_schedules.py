@@ -25,6 +25,7 @@ from jetagents._nats.api import Topology, ensure_topology, js_api
 from jetagents._nats.schedules import NatsSchedules
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import host_settings
+from tests.integration.helpers import eventually
 
 PARTITIONS = 8
 SUBJECTS = Subjects("agt")
@@ -138,7 +139,11 @@ async def test_no_partition_consumer_takes_a_schedule(nats_server: NatsServer, c
         for _ in range(3):
             await client.agent("counter", "c1").send("increment", {})
         ref = client.agent("counter", "c1")
-        assert await ref.request("get", delivery="at-most-once") == 3
+
+        async def applied() -> bool:  # a call is not queued behind durable commands: poll
+            return bool(await ref.request("get", delivery="at-most-once") == 3)
+
+        await eventually(applied, timeout_s=20)
         held = await sch.get(subject)
         assert held is not None and held.pattern.startswith("@at ")
         nc = host.nc

@@ -28,7 +28,7 @@ async def test_the_nth_failed_activation_in_a_row_quarantines_the_agent() -> Non
     assert record["failures"] == 3 and record["code"] == "internal" and "gap" in record["reason"]
     assert caught.value.details == record
     assert w.metrics.stats["quarantines"] == 1
-    # refused before anything is read: no activation counted, no second record
+    # refused: no activation counted, no second record
     with pytest.raises(AgentQuarantined):
         await w.catalog.activate(w.act(AID))
     assert w.metrics.stats["quarantines"] == 1 and w.metrics.stats["activations"] == 0

@@ -130,6 +130,12 @@ def closes(j: dict[str, Any] | None) -> bool:
     return j is None or j.get("k") in (END, INBOX, FIRE)
 
 
+def closes_command(cmd: str, j: dict[str, Any] | None) -> bool:
+    """Whether a commit of command ``cmd`` with journal field ``j`` closes ``cmd``: ``closes``,
+    or a signal or timer entry resolving another command's wait (written under its own id)."""
+    return closes(j) or (j is not None and j.get("k") in _RESOLUTIONS and j.get("for") != cmd)
+
+
 def fold(
     journals: dict[str, Journal],
     cmd: str,
@@ -283,10 +289,13 @@ def step_key() -> str:
 
 def entry_tag(j: dict[str, Any], n: int) -> str:
     """What follows ``<type>.<id>:<cmd>`` in the ``Nats-Msg-Id`` of an entry that does not
-    close its command: ``#<i>`` for a step, ``#blocked@<n>`` for a block (one per re-run)."""
+    close its command: ``#<i>`` for a step or a wait, ``#park`` for a park, ``#blocked@<n>``
+    for a block (one per re-run)."""
     k = j.get("k")
     if k in _POSITIONED:
         return f"#{j['i']}"
     if k in _RESOLUTIONS:  # the waiter took a buffered signal: once per wait
         return f"#{j['i']}@{k}"
+    if k == PARK:  # once per command: a re-send parked again is a duplicate (answered from the log)
+        return "#park"
     return f"#{k}@{n}"

@@ -206,13 +206,50 @@ class NoReminders:
 NO_REMINDERS: Final = NoReminders()
 
 
+def missed_between(last_next: str | None, this_next: str, every_s: str | None) -> int:
+    """How many scheduled times of an ``@every`` reminder fell between its previous firing and
+    this one (the server merges firings missed in an outage or a stream-leader change into
+    one): ``last_next`` is the previous firing's ``Nats-Schedule-Next``, ``this_next`` this
+    one's, ``every_s`` the interval. 0 when any is unknown.
+
+    >>> missed_between("2030-01-01T00:00:05Z", "2030-01-01T00:00:06Z", "1")
+    0
+    >>> missed_between("2030-01-01T00:00:05Z", "2030-01-01T00:00:11Z", "1")
+    5
+    """
+    prev, now = parse_rfc3339_ms(last_next or ""), parse_rfc3339_ms(this_next)
+    if prev is None or now is None or not every_s or not every_s.isdigit() or int(every_s) < 1:
+        return 0
+    step_ms = int(every_s) * 1000
+    return max(0, (now - step_ms - prev) // step_ms)
+
+
 class Reminding:
     """The reminder methods of ``Agent`` (ADR 0042 section 5); the host's part is
     ``_host/reminders.py``, reached through ``ctx.reminders``."""
 
     # the firing the running action is (set by the host for every command; None if not one)
-    __slots__ = ("_firing",)
+    # and the last firing's next time per reminder, from the log (to count merged firings)
+    __slots__ = ("_fired", "_firing")
     _firing: Any
+    _fired: dict[str, str]
+
+    def _fired_replay(self, j: dict[str, Any] | None) -> None:
+        """Remember the ``next`` of a replayed commit's ``fire`` entry (anything else: nothing)."""
+        if j is not None and j.get("k") == "fire":
+            self._fired_next(str(j.get("reminder", "")), str(j.get("next", "")))
+
+    def _fired_commit(self) -> None:
+        """The running firing (if any) committed: remember its ``next``."""
+        firing = getattr(self, "_firing", None)
+        if firing is not None:
+            self._fired_next(firing.name, firing.next)
+
+    def _fired_next(self, name: str, nxt: str) -> None:
+        if not hasattr(self, "_fired"):
+            self._fired = {}
+        self._fired[name] = nxt
+
     if TYPE_CHECKING:
         ctx: AgentContext
 

@@ -31,6 +31,7 @@ H_EVENT_SEQ: Final = "Agt-Event-Seq"
 H_ERROR_CODE: Final = "Agt-Error"
 H_HOST: Final = "Agt-Host"
 H_REMINDER: Final = "Agt-Reminder"  # on a reminder's schedule, copied onto each firing (ADR 0042 §5)
+H_REMINDER_EVERY: Final = "Agt-Reminder-Every"  # an @every reminder's interval (s), to count merged firings
 H_CONTENT_TYPE: Final = "Content-Type"
 # call chains (ADR 0042 section 7): the chain's root command id, the agents waiting on a call
 H_CALL_CHAIN: Final = "Agt-Call-Chain"

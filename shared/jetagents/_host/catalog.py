@@ -136,8 +136,11 @@ class Catalog:
         self._tombs = tombs
 
     def bind_quarantine(self, bucket: Bucket) -> None:
-        """The quarantine bucket (ADR 0053); unbound, nothing is quarantined."""
+        """The quarantine bucket (ADR 0053); unbound, or ``quarantine_after`` 0, nothing is
+        quarantined and activations skip the read of the bucket."""
         s = self.settings
+        if s.quarantine_after <= 0:
+            return
         self.quarantine = Quarantine(
             bucket, after=s.quarantine_after, host_id=s.host_id, clock=self.clock, metrics=self.metrics, log=self.log
         )
@@ -146,10 +149,10 @@ class Catalog:
         """Rebuild the agent: snapshot (if any and readable) + replay of later commits; a
         quarantined agent is refused, and one that keeps failing is quarantined (ADR 0053)."""
         quarantine = self.quarantine
-        if quarantine is not None:
-            await quarantine.check(act.agent_id)
+        # read beside the snapshot: no round trip more per activation
+        checking = asyncio.ensure_future(quarantine.check(act.agent_id)) if quarantine is not None else None
         try:
-            tail = await self._activate(act, given)
+            tail = await self._checked(act, given, checking)
             if tail is not None:
                 await self._restore_tail(act, *tail)
         except InternalError as err:  # its log or snapshot cannot be read or applied
@@ -159,6 +162,28 @@ class Catalog:
                 raise
         if quarantine is not None:
             quarantine.succeeded(act.agent_id)
+
+    async def _checked(
+        self, act: Activation, given: dict[str, Any] | None, checking: asyncio.Future[None] | None
+    ) -> tuple[int, int] | None:
+        """``_activate``, refused when ``checking`` (the quarantine read) says quarantined."""
+        try:
+            tail = await self._activate(act, given)
+        except asyncio.CancelledError:
+            if checking is not None:
+                checking.cancel()
+            raise
+        except BaseException:
+            if checking is not None:
+                await checking  # a quarantined agent's failure is "quarantined"
+            raise
+        if checking is not None:
+            try:
+                await checking
+            except BaseException:
+                act.agent = None
+                raise
+        return tail
 
     async def _from_older(self, act: Activation, err: InternalError) -> bool:
         """Rebuild the agent from an older snapshot (newest first) and the log after it."""
@@ -231,7 +256,7 @@ class Catalog:
             state = None
             n = 0
             last_seq = 0
-            kept: list[tuple[str, int, Any]] = []  # the snapshot's exactly-once record
+            kept: list[tuple[Any, ...]] = []  # the snapshot's exactly-once record (4th: ok, ADR 0042)
             journals: dict[str, Journal] = {}
             inbox: list[dict[str, Any]] = []
             refused: list[tuple[str, int, Any]] = []  # journals closed with an error (ADR 0042)
@@ -267,7 +292,7 @@ class Catalog:
                     last_seq = int(snap["seq"])
                     n = int(snap["n"])
                     own = int(snap.get("own", 0))
-                    kept = [(str(cmd), int(seq), result) for cmd, seq, result in snap.get("records", [])]
+                    kept = [(str(r[0]), int(r[1]), r[2], *r[3:4]) for r in snap.get("records", [])]
                     journals = {str(c): Journal.from_json(j) for c, j in snap.get("journals", {}).items()}
                     inbox = [dict(e) for e in snap.get("inbox", [])]
                 except (ValidationError, KeyError, TypeError, ValueError, BlobUnreadable, InternalError) as exc:
@@ -315,6 +340,7 @@ class Catalog:
                 last_seq = m.seq or last_seq
                 # only a closing commit answers its command; a journal entry keeps it open
                 j = commit.j
+                agent._fired_replay(j)  # a reminder's last firing (ADR 0042 §5)
                 if j is None or fold(journals, commit.cmd, j, commit.action, inbox):
                     if j is not None and j.get("error") is not None:
                         refused.append((commit.cmd, last_seq, j["error"]))
@@ -344,6 +370,12 @@ class Catalog:
         if len(self.activations) > s.max_active_agents:
             self.evict_lru()
         return (unreadable, tail_end) if unreadable else None
+
+    async def read_log(self, aid: AgentId, start_seq: int) -> list[tuple[int, Commit]]:
+        """The agent's commits from ``start_seq`` on, with their sequences (a duplicate's
+        search for its command's closing commit, ADR 0042)."""
+        msgs = await self._events.read_subject(self.subjects.evt(aid.type, aid.id), start_seq, 256)
+        return [(m.seq, Commit.model_validate_json(m.data)) for m in msgs]
 
     def evict(self, act: Activation) -> None:
         """Forget the agent's state (it stays listed): the next command rebuilds it from the log."""

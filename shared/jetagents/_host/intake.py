@@ -93,7 +93,7 @@ class Intake:
             return
         if b'"cancel"' in data[:32]:  # seen now, not behind the command it cancels (ADR 0042 §8)
             key = f"{cmd.agent_type}.{cmd.agent_id}"
-            host.pipeline.suspension.note_cancel(host.catalog.activations.get(key), data)
+            host.pipeline.signals.note_cancel(host.catalog.activations.get(key), data)
         host.scheduler.dispatch(cmd)
 
     def route_of(self, subject: str) -> tuple[int, str, str]:

@@ -85,7 +85,8 @@ from .outbox import OutStreams
 from .outcomes import Outcomes
 from .placement import Placement
 from .reminders import BUILTINS, builtin_action, closing_entry, firing_of, unscheduled_body
-from .steps import Running, Steps
+from .signals import Signals
+from .steps import AlreadyInLog, Running, Steps
 from .supervisor import Supervisor
 from .suspension import Suspension
 
@@ -139,6 +140,7 @@ class Pipeline:
         self.suspension = Suspension(
             settings, clock, log, steps=self._steps, outcomes=outcomes, run=self._process_traced, catalog=catalog
         )
+        self.signals = Signals(self.suspension)  # signal, timer, cancel and result bodies
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
 
     async def process(self, act: Activation, cmd: Command) -> None:
@@ -226,7 +228,7 @@ class Pipeline:
             body = decode_command(unscheduled_body(cmd), s.max_payload_bytes)
             if not isinstance(body, CommandBody):  # a signal, timer, cancel or result query
                 cmd.action = "_" + type(body).__name__.removesuffix("Body").lower()
-                await self.suspension.process(act, cmd, body, out, self._supervisor)
+                await self.signals.process(act, cmd, body, out, self._supervisor)
                 return
             cmd.action = body.action if body.action in act.spec.actions or body.action in BUILTINS else "_unknown"
             action = builtin_action(act.spec, body.action) or act.spec.action(body.action)  # _remind, ...
@@ -292,7 +294,10 @@ class Pipeline:
         agent = act.agent
         assert agent is not None
         if act.journals and not cmd.resume:  # what a crash left runnable goes first
-            await self.suspension.catch_up(act, cmd)
+            try:
+                await self.suspension.catch_up(act, cmd)
+            except JetAgentsError as err:
+                return err, False
             if act.agent is None:
                 return Unavailable(f"{act.agent_id} was rebuilt while catching up"), False
 
@@ -309,8 +314,12 @@ class Pipeline:
                     await self._outcomes.settle(cmd, Result.DUPLICATE, out, error=refusal, event_seq=record.seq)
                 return None
 
-        if act.journals and not await self.suspension.admit(act, cmd, action.name, raw, action.read_only, out):
-            return None  # another action is suspended (ADR 0042 §4), or this one is
+        if act.journals:
+            try:
+                if not await self.suspension.admit(act, cmd, action.name, raw, action.read_only, out):
+                    return None  # another action is suspended (ADR 0042 §4), or this one is
+            except JetAgentsError as err:  # parking it, or interrupting the suspended one, failed
+                return err, False
 
         # the action's time limit: its own, its type's or the host's, cut to the command's
         # deadline when that comes first (ADR 0036)
@@ -330,7 +339,7 @@ class Pipeline:
         ctx.correlation_id = cmd.correlation_id
         ctx.action = action.name
         ctx.out = await self.out.open(act, cmd) if cmd.streams else None
-        ctx.command, agent._firing = Running(raw, cmd.reply_to, cmd.streams), firing_of(cmd)
+        ctx.command, agent._firing = Running(raw, cmd.reply_to, cmd.streams), firing_of(cmd, agent)
         agent._begin()
         try:
             loop = self.loop
@@ -365,12 +374,20 @@ class Pipeline:
                 self._records(act).refused(cmd_id, err.to_wire())
             await self._outcomes.settle(cmd, Result.DOMAIN, out, error=err)
             return None
+        except AlreadyInLog as dup:  # run before, closed, and forgotten by the bounded record
+            agent._finish()
+            if await self.suspension.answered_before(act, cmd, dup.seq, out):
+                return None
+            return dup, False
         except (NonDeterministic, Deadlock, CallCycle, CallTooDeep) as err:  # final: not retried (ADR 0042)
             agent._finish()
             if isinstance(err, NonDeterministic):  # its journal stays open and blocked
                 await self._steps.block(act, agent, err)
             await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
             return None
+        except (FencedError, Unavailable) as err:  # a journal append (a step, a wait) failed: infrastructure
+            agent._finish()
+            return err, False
         except Overrun:
             agent._finish()  # whatever it emitted is dropped
             await self._overran(act, cmd, action.name, limit_s, by_deadline, out)
@@ -436,6 +453,7 @@ class Pipeline:
                 await self._outcomes.settle(cmd, Result.DUPLICATE, out, answer=answer, event_seq=seq)
                 return None
             agent._commit(draft)
+            agent._fired_commit()  # a firing's next: counts the firings merged before the next one
             act.last_seq = seq
             act.n = commit.n
             act.own = max(act.own, commit.own)

@@ -30,8 +30,16 @@ from .._core.agent import ActionSpec, Agent, AgentSpec
 from .._core.command import Command
 from .._core.errors import InvalidParams, MalformedCommand, Unavailable
 from .._core.journal import current_step_key, end_entry
-from .._core.schedules import H_SCHEDULE, H_SCHEDULE_NEXT, H_SCHEDULER, Pattern, check_reminder_name, pattern_of
-from .._core.wire import H_REMINDER, Subjects
+from .._core.schedules import (
+    H_SCHEDULE,
+    H_SCHEDULE_NEXT,
+    H_SCHEDULER,
+    Pattern,
+    check_reminder_name,
+    missed_between,
+    pattern_of,
+)
+from .._core.wire import H_REMINDER, H_REMINDER_EVERY, Subjects
 from .ports import Schedule, Schedules
 
 FIRE: Final = "fire"
@@ -64,16 +72,20 @@ class Firing:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-def firing_of(cmd: Command) -> Firing | None:
+def firing_of(cmd: Command, agent: Agent[Any]) -> Firing | None:
     """The reminder a durable command is a firing of, or None. A firing carries the
-    schedule's ``Agt-Reminder`` and the server's ``Nats-Scheduler``."""
+    schedule's ``Agt-Reminder`` and the server's ``Nats-Scheduler``; ``missed`` counts the
+    scheduled times of an ``@every`` reminder merged into it since the agent's last firing
+    of it (0 when unknown: the first, or the last one only in a snapshot)."""
     hdrs = cmd.headers
     if not cmd.durable or not hdrs:
         return None
     name = hdrs.get(H_REMINDER)
     if not name or H_SCHEDULER not in hdrs:
         return None
-    return Firing(name[:64], (hdrs.get(H_SCHEDULE_NEXT) or "")[:64])
+    nxt = (hdrs.get(H_SCHEDULE_NEXT) or "")[:64]
+    last = getattr(agent, "_fired", {}).get(name[:64])
+    return Firing(name[:64], nxt, missed_between(last, nxt, hdrs.get(H_REMINDER_EVERY)))
 
 
 def fire_entry(firing: Firing, i: int) -> dict[str, Any]:
@@ -137,7 +149,7 @@ class Reminders:
             r.pattern,
             self._subjects.cmd(agent_type, agent_id),
             r.body(),
-            headers={H_REMINDER: r.name},
+            headers={H_REMINDER: r.name, **_every_header(r.pattern)},
             msg_id=msg_id,
         )
         return describe(r.name, r.pattern, r.action, r.params)
@@ -153,6 +165,12 @@ class Reminders:
             if not name.startswith("_"):
                 out.append(_listed(name, s))
         return out
+
+
+def _every_header(pattern: Pattern) -> dict[str, str]:
+    if pattern.schedule.startswith("@every ") and pattern.schedule.endswith("s"):
+        return {H_REMINDER_EVERY: pattern.schedule[7:-1]}
+    return {}
 
 
 def describe(name: str, pattern: Pattern, action: str, params: dict[str, Any]) -> dict[str, Any]:

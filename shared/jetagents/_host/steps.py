@@ -67,6 +67,16 @@ def _revive(value: Any, fn: Callable[..., Any]) -> Any:
     return value
 
 
+class AlreadyInLog(Unavailable):
+    """A journal entry whose message id the log already holds (at ``seq``): its command was
+    processed before and the record, which is bounded, forgot it (or our memory is stale:
+    the agent is evicted, and a retry rebuilds it)."""
+
+    def __init__(self, message: str, seq: int) -> None:
+        super().__init__(message)
+        self.seq = seq
+
+
 class Running(NamedTuple):
     """What the first journal entry of a run keeps of its command (``AgentContext.command``)."""
 
@@ -96,6 +106,10 @@ class Steps:
         self._eventlog = eventlog
         self._placement = placement
         self._coordinator = coordinator
+
+    async def commit_at(self, seq: int) -> Any:
+        """The commit at ``seq`` (None when gone)."""
+        return await self._eventlog.commit_at(seq)
 
     async def arm_timer(self, act: Activation, cmd: str, i: int, until_ms: int) -> None:
         """Publish the server schedule that ends the wait at ``i`` of ``cmd`` at ``until_ms``
@@ -256,7 +270,8 @@ class Steps:
     ) -> int:
         """Append one journal entry of command ``cmd`` (a signal, a timer, a parked command:
         not necessarily the running one); ``closing``: it closes ``cmd`` (the record answers
-        it from now on, under its plain message id). Returns its sequence."""
+        it from now on, under its plain message id); ``result``: the commit's result (what the
+        record answers when the entry closes its command). Returns its sequence."""
         aid = act.agent_id
         own = self._placement.token_of(aid, partition_of(aid.type, aid.id, self._settings.partitions))
         if self._coordinator() is not None and own < max(act.own, 1):
@@ -275,7 +290,8 @@ class Steps:
             raise
         if duplicate:  # already in the log, unknown to our memory: rebuild from the log
             self._catalog.evict(act)
-            raise Unavailable(f"{aid}: journal entry {tag or cmd} of {cmd} is already in the log")
+            # processed before and forgotten by the bounded record, or our memory is stale
+            raise AlreadyInLog(f"{aid}: journal entry {tag or cmd} of {cmd} is already in the log", seq)
         act.last_seq, act.n, act.own = seq, n, max(act.own, own)
         act.since_snapshot += 1
         if act.journals is None:

@@ -1,21 +1,13 @@
-"""Suspended actions on the host (ADR 0042 sections 3, 4 and 8): signals, timers, cancels,
-parked commands and resuming a journal.
+"""Suspended actions on the host (ADR 0042 sections 3, 4 and 8): parked commands, resuming
+a journal, catching up, closing a journal with an error.
 
 A wait nobody resolved yet ends its run with ``Suspend``: the pipeline answers ``suspended``
 and acknowledges the command; from then on the journal (its first entry holds the parameters
-and the reply subject) is the only copy of the action. What comes for the agent afterwards:
-
-* a **signal** (``{"signal", "payload", "to"}``) appends a ``signal`` entry that resolves the
-  oldest matching wait (or an ``inbox`` entry when nobody waits) and closes the signal's own
-  command; the waiting action is then re-run from its journal here, in the signal's turn;
-* a **timer** (``{"timer": {"for", "i"}}``, fired by the server's schedule) appends a
-  ``timeout`` entry the same way; one whose wait is already resolved is ignored;
-* a **cancel** (``{"cancel": cmd}``) closes a suspended, blocked or parked command with
-  ``cancelled``, or flags a running one (``note_cancel``, at intake), which stops at its next
-  step boundary;
-* a **result** query (``{"result": cmd}``, a call) answers a command's outcome or status;
-* a **write** while an action is suspended follows the suspended action's ``while_suspended``
-  (``enqueue``: a ``park`` entry, answered ``queued``, run after it; ``reject``; ``interrupt``).
+and the reply subject) is the only copy of the action. The signal or timer that resolves the
+wait (``_host/signals.py``) re-runs it from its journal here, in its own turn, as a rebuilt
+command (``Command.resume``). A **write** while an action is suspended follows the suspended
+action's ``while_suspended`` (``enqueue``: a ``park`` entry, answered ``queued``, run after
+it; ``reject``; ``interrupt``); reads run.
 
 The command that resolved a wait (a signal, a timer) is acknowledged only after the resumed
 run and the parked commands it freed are done: if the host dies meanwhile, its redelivery (a
@@ -34,41 +26,30 @@ from .._core.command import Command, Kind
 from .._core.dedup import DedupRecord
 from .._core.errors import (
     ActionCancelled,
-    AgentDeleted,
     AgentSuspended,
     JetAgentsError,
-    MalformedCommand,
-    SignalBufferFull,
-    UnknownAgent,
-    UnknownAgentType,
     error_from_wire,
 )
 from .._core.ids import is_reply_subject
 from .._core.journal import (
-    SIGNAL,
-    TIMEOUT,
+    PARK,
     Journal,
     blocked_entry,
+    closes_command,
     end_entry,
-    inbox_entry,
     park_entry,
-    resolution_entry,
+    take_inbox,
 )
-from .._core.outcome import AckKind, Result
+from .._core.outcome import Result
 from .._core.wire import (
     H_STATUS,
-    CancelBody,
-    ResultBody,
-    SignalBody,
-    TimerBody,
     encode_error,
-    encode_ok,
 )
 from .._obs.telemetry import DEAD_LETTER, REQUEUED
 from .._settings import HostSettings
 from .catalog import Activation, Catalog
 from .outcomes import Outcomes
-from .steps import Steps
+from .steps import AlreadyInLog, Steps
 
 Run = Callable[[Activation, Command, dict[str, str]], Awaitable[None]]
 
@@ -80,6 +61,16 @@ def holder(act: Activation) -> tuple[str, Journal] | None:
         if journal.waited and journal.blocked is None:
             return cmd, journal
     return None
+
+
+def stuck(act: Activation, cmd: str, journal: Journal) -> dict[str, Any] | None:
+    """The wait ``journal`` is suspended on, unless a buffered signal can resolve it (a run
+    whose host died between its wait's entry and taking the signal from the buffer)."""
+    waiting = journal.waiting()
+    name = str(waiting.get("name")) if waiting is not None else "@sleep"
+    if name != "@sleep" and take_inbox(act.inbox, name, cmd) is not None:
+        return None
+    return waiting
 
 
 def status_body(status: str, cmd: str, **extra: Any) -> bytes:
@@ -138,7 +129,7 @@ class Suspension:
         cmd_id = cmd.command_id
         own = act.journals.get(cmd_id) if act.journals and cmd_id else None
         if own is not None:
-            waiting = own.waiting()
+            waiting = stuck(act, cmd_id, own)
             if waiting is not None:  # a re-send while it waits: the same answer as the first
                 if waiting.get("until_ms") is not None:
                     # its host may have died between the wait's entry and its timer: arm it
@@ -172,9 +163,45 @@ class Suspension:
         park = park_entry(action, params, cmd.reply_to)
         if cmd.streams:
             park["out"] = 1  # its run streams when it comes (wire contract 16)
-        await self._steps.append_for(act, cmd_id, action, park, cmd.correlation_id)
+        try:
+            await self._steps.append_for(act, cmd_id, action, park, cmd.correlation_id)
+        except AlreadyInLog as dup:  # parked before: answered from the log if it ran since
+            if await self.answered_before(act, cmd, dup.seq, out):
+                return False
+            raise
         await self.answer_status(cmd, out, "queued", behind=by)
         return False
+
+    async def answered_before(self, act: Activation, cmd: Command, seq: int, out: dict[str, str]) -> bool:
+        """A journal entry of ``cmd`` was already in the log at ``seq``: when its command was
+        closed after it, answer ``cmd`` from that closing commit (the record forgot it) and
+        say so; else (a journal still open: our memory was stale) let it be retried. A park
+        of the same command after its closing commit (a re-send the bounded record no longer
+        knew, parked behind a suspended action) is closed too, so it never runs again."""
+        cmd_id = cmd.command_id
+        first: Any = None
+        parked_again = False
+        first_seq = 0
+        for at, commit in await self._catalog.read_log(act.agent_id, seq):
+            if commit.cmd != cmd_id:
+                continue
+            if first is None and closes_command(cmd_id, commit.j):
+                first, first_seq = commit, at
+            elif first is not None and commit.j is not None:
+                parked_again = commit.j.get("k") == PARK or (parked_again and not closes_command(cmd_id, commit.j))
+        if first is None:
+            return False
+        error = (first.j or {}).get("error")
+        if parked_again:
+            if act.agent is None:
+                await self._catalog.activate(act)
+            journal = act.journals.get(cmd_id) if act.journals else None
+            if journal is not None:  # an end of its own message id: the first one's is taken
+                end = {**end_entry(0, error), "dup": first_seq}  # closes the re-park, applies nothing
+                await self._steps.append_for(act, cmd_id, first.action, end, result=first.result)
+        answer, err = (None, error_from_wire(error)) if error is not None else (first.result, None)
+        await self._outcomes.settle(cmd, Result.DUPLICATE, out, answer=answer, error=err)
+        return True
 
     # -- resuming ------------------------------------------------------------------------------
     def _rebuild(
@@ -206,7 +233,7 @@ class Suspension:
         """Re-run the journal of ``cmd_id`` (resolved) in ``driver``'s turn."""
         journals = act.journals
         journal = journals.get(cmd_id) if journals else None
-        if journal is None or journal.waiting() is not None or journal.blocked is not None:
+        if journal is None or stuck(act, cmd_id, journal) is not None or journal.blocked is not None:
             return
         first = journal.steps[0] if journal.steps else {}
         rcmd = self._rebuild(act, driver, cmd_id, journal.action, journal.params, journal.reply_to, first.get("out"))
@@ -237,7 +264,7 @@ class Suspension:
             held = holder(act)
             if held is not None:
                 cmd_id, journal = held
-                if journal.waiting() is not None:
+                if stuck(act, cmd_id, journal) is not None:
                     return  # still suspended: parked commands wait behind it
                 before = act.n
                 await self.resume(act, cmd_id, driver)
@@ -263,8 +290,9 @@ class Suspension:
             if rcmd.outcome == REQUEUED:
                 driver.outcome = REQUEUED
                 return
-            if act.journals and cmd_id in act.journals and act.journals[cmd_id].parked is not None:
-                if act.n == before:
+            now = act.journals.get(cmd_id) if act.journals else None
+            if now is not None and now.parked is not None:
+                if act.n == before or now.waited:  # not run (handed back), or it suspended
                     return
                 # answered without a closing commit (refused, or no events): close its park
                 await self._close_park(act, cmd_id, journal, rcmd)
@@ -307,186 +335,11 @@ class Suspension:
                 except Exception as exc:  # noqa: BLE001 - best effort: a late timer is ignored
                     self._log.debug("timer_purge_failed", error=repr(exc))
 
-    # -- signals, timers, cancels, result queries ----------------------------------------------
-    async def process(self, act: Activation, cmd: Command, body: Any, out: dict[str, str], supervisor: Any) -> None:
-        """A signal, timer, cancel or result query, retried in place like an action when the
-        infrastructure fails (the table's rows 9, 11)."""
-        attempt = 0
-        while True:
-            try:
-                if act.agent is None:
-                    await self._catalog.activate(act)
-                await self.control(act, cmd, body, out)
-                return
-            except (MalformedCommand, UnknownAgentType, UnknownAgent, AgentDeleted) as err:
-                await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
-                return
-            except JetAgentsError as err:
-                failed = err
-            attempt += 1
-            outcome = self._outcomes.decide(
-                cmd, Result.FAILED, error=failed, attempt=attempt, stopping=supervisor.stopping
-            )
-            if outcome.ack.kind is not AckKind.RETRY:
-                await self._outcomes.execute(cmd, outcome, out)
-                return
-            self._outcomes.count(cmd, outcome)
-            await self._clock.sleep(outcome.ack.delay_s)
-
-    async def control(self, act: Activation, cmd: Command, body: Any, out: dict[str, str]) -> None:
-        """A command whose body is not an action. The agent is active."""
-        if isinstance(body, ResultBody):
-            await self._result(act, cmd, body.result, out)
-            return
-        if isinstance(body, CancelBody):
-            await self.catch_up(act, cmd)
-            await self._cancel(act, cmd, body.cancel, out)
-            return
-        cmd_id = cmd.command_id
-        if not cmd_id:
-            err = MalformedCommand("a signal or timer needs a command id (Agt-Command-Id)")
-            await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
-            return
-        records = act.records
-        record = records.get(cmd_id) if records is not None else None
-        if record is not None:  # a redelivery: what it resolved may not have run yet
-            await self.catch_up(act, cmd)
-            answer = record.payload if record.ok else None
-            error = None if record.ok else error_from_wire(record.payload)
-            await self._outcomes.settle(cmd, Result.DUPLICATE, out, answer=answer, error=error, event_seq=record.seq)
-            return
-        await self.catch_up(act, cmd)
-        if isinstance(body, SignalBody):
-            await self._signal(act, cmd, body, out)
-        elif isinstance(body, TimerBody):
-            await self._timer(act, cmd, body, out)
-
-    async def _signal(self, act: Activation, cmd: Command, body: SignalBody, out: dict[str, str]) -> None:
-        name = body.signal
-        target: tuple[str, int] | None = None
-        for cmd_id, journal in (act.journals or {}).items():
-            waiting = journal.waiting()
-            if waiting is None or waiting.get("name") != name or (body.to is not None and body.to != cmd_id):
-                continue
-            target = cmd_id, int(waiting["i"])
-            break
-        if target is None:
-            if len(act.inbox or ()) >= self._settings.signal_buffer_per_agent:
-                err = SignalBufferFull(
-                    f"{act.agent_id} already buffers {len(act.inbox or ())} signals nobody waits for",
-                    details={"signal": name},
-                )
-                await self._outcomes.settle(cmd, Result.DOMAIN, out, error=err)
-                return
-            result = {"buffered": True}
-            seq = await self._steps.append_for(
-                act, cmd.command_id, "_signal", inbox_entry(name, body.payload, body.to), cmd.correlation_id,
-                closing=True, result=result,
-            )  # fmt: skip
-            self._record(act, cmd.command_id, seq, result)
-            await self._outcomes.settle_ok(cmd, out, result, seq)
-            return
-        waiter, i = target
-        j = resolution_entry(SIGNAL, waiter, i, name, body.payload)
-        await self._resolved(act, cmd, waiter, i, j, {"delivered": waiter}, out)
-
-    async def _timer(self, act: Activation, cmd: Command, body: TimerBody, out: dict[str, str]) -> None:
-        waiter, i = body.timer.for_, body.timer.i
-        journal = act.journals.get(waiter) if act.journals else None
-        waiting = journal.waiting() if journal is not None else None
-        if waiting is None or int(waiting["i"]) != i:  # resolved already (or gone): harmless
-            cmd.outcome = "ignored"
-            await self._outcomes.settle_ok(cmd, out, {"ignored": True}, 0)
-            return
-        j = resolution_entry(TIMEOUT, waiter, i, str(waiting.get("name", "")))
-        await self._resolved(act, cmd, waiter, i, j, {"timeout": waiter}, out)
-
-    async def _resolved(
-        self, act: Activation, cmd: Command, waiter: str, i: int, j: dict[str, Any], result: Any, out: dict[str, str]
-    ) -> None:
-        """Append the resolution (closing ``cmd``), answer ``cmd``'s sender, resume the
-        waiter and what it freed, and only then acknowledge ``cmd``."""
-        action = "_signal" if j["k"] == SIGNAL else "_timer"
-        seq = await self._steps.append_for(
-            act, cmd.command_id, action, j, cmd.correlation_id, closing=True, result=result
-        )
-        self._record(act, cmd.command_id, seq, result)
-        journal = act.journals.get(waiter) if act.journals else None
-        timed = journal is not None and i < len(journal.steps) and journal.steps[i].get("until_ms") is not None
-        if timed and j["k"] == SIGNAL and self.purge_timer is not None:
-            try:
-                await self.purge_timer(act, waiter, i)
-            except Exception as exc:  # noqa: BLE001 - best effort: the firing is ignored
-                self._log.debug("timer_purge_failed", error=repr(exc))
-        cmd.outcome = "ok"
-        await self._outcomes.reply(cmd.reply_to, encode_ok(result), {**out, "Agt-Event-Seq": str(seq)}, cmd)
-        await self.catch_up(act, cmd)
-        if cmd.outcome == REQUEUED:
-            await self._outcomes.nak(cmd, 0)
-        else:
-            await self._outcomes.ack(cmd, b"+ACK")
-
-    async def _cancel(self, act: Activation, cmd: Command, target: str, out: dict[str, str]) -> None:
-        if act.cancelling:
-            act.cancelling.discard(target)
-            if not act.cancelling:
-                act.cancelling = None
-        journal = act.journals.get(target) if act.journals else None
-        if journal is not None:  # suspended, blocked, parked, or cut short by a crash
-            await self.close(act, target, journal, ActionCancelled(f"command {target} was cancelled"))
-            await self.catch_up(act, cmd)
-            await self._outcomes.settle_ok(cmd, out, {"cancelled": True}, 0)
-            return
-        records = act.records
-        record = records.get(target) if records is not None else None
-        if record is not None:
-            was = not record.ok and isinstance(record.payload, dict) and record.payload.get("code") == "cancelled"
-            answer: dict[str, Any] = {"cancelled": True} if was else {"cancelled": False, "state": "finished"}
-        else:
-            answer = {"cancelled": False, "state": "unknown"}
-        await self._outcomes.settle_ok(cmd, out, answer, 0)
-
-    async def _result(self, act: Activation, cmd: Command, target: str, out: dict[str, str]) -> None:
-        records = act.records
-        record = records.get(target) if records is not None else None
-        if record is not None:
-            answer = record.payload if record.ok else None
-            error = None if record.ok else error_from_wire(record.payload)
-            await self._outcomes.settle(cmd, Result.DUPLICATE, out, answer=answer, error=error, event_seq=record.seq)
-            return
-        journal = act.journals.get(target) if act.journals else None
-        if journal is None:
-            await self.answer_status(cmd, out, "unknown")
-        elif (waiting := journal.waiting()) is not None:
-            await self.answer_status(cmd, out, "suspended", waiting=_waiting(waiting))
-        elif journal.parked is not None and not journal.waited:
-            await self.answer_status(cmd, out, "queued")
-        else:
-            await self.answer_status(cmd, out, "blocked" if journal.blocked is not None else "running")
-
-    def _record(self, act: Activation, cmd_id: str, seq: int, result: Any) -> None:
-        self._records(act).applied(cmd_id, seq, result)
-
     def _records(self, act: Activation) -> DedupRecord:
         records = act.records
         if records is None:  # created on demand, as the pipeline does
             records = act.records = DedupRecord(self._settings.dedup_records_per_agent)
         return records
-
-    # -- at intake --------------------------------------------------------------------------------
-    def note_cancel(self, act: Activation | None, data: bytes) -> None:
-        """A cancel seen as it arrives (before the mailbox): flag its target, which stops at
-        its next step boundary if it is running now."""
-        if act is None:
-            return
-        try:
-            body = CancelBody.model_validate_json(data)
-        except ValueError:
-            return
-        if act.cancelling is None:
-            act.cancelling = set()
-        if len(act.cancelling) < 1024:
-            act.cancelling.add(body.cancel)
 
 
 def _waiting(entry: dict[str, Any]) -> dict[str, Any]:

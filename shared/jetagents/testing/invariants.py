@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import orjson
 
+from .._core.journal import closes_command
 from .._core.wire import H_HOST
 from .._host.ports import StoredMessage
 from .simworld import SUBJECTS, World
@@ -34,6 +35,10 @@ class Invariants:
         self.claims_seen: dict[tuple[int, int], str] = {}  # (partition, ring epoch) -> host
         self.subject_of_seq: dict[int, tuple[str, str]] = {}  # command stream seq -> (evt subject, id)
         self.refused: set[str] = set()  # command ids the host must answer without applying
+        # journals (ADR 0042): command ids with entries in a log that do not close them, and
+        # per log the commands suspended on a wait whose journal has not closed yet
+        self.journaled: dict[str, set[str]] = {}
+        self.holding: dict[str, set[str]] = {}
 
     def check(self) -> None:
         msgs = self.world.events.messages
@@ -45,16 +50,28 @@ class Invariants:
             if n != last_n + 1:
                 raise Violation(f"{m.subject}: commit {n} after {last_n} (seq {m.seq}, by {host}): a gap")
             cmds = self.logged.setdefault(m.subject, set())
-            if cmd in self.refused:
-                raise Violation(f"{m.subject}: command {cmd}, which the agent refuses, was applied (seq {m.seq})")
-            if cmd in cmds:
-                raise Violation(f"{m.subject}: command {cmd} applied twice (again at seq {m.seq}, by {host})")
+            j = c.get("j")
+            if closes_command(cmd, j):  # the command's one closing commit (a journal closes once)
+                if cmd in self.refused and not (j and j.get("error") is not None and not c.get("events")):
+                    raise Violation(f"{m.subject}: command {cmd}, which the agent refuses, was applied (seq {m.seq})")
+                if cmd in cmds and not (j and j.get("dup") and not c.get("events")):  # dup: a re-park closed
+                    raise Violation(f"{m.subject}: command {cmd} applied twice (again at seq {m.seq}, by {host})")
+                held = self.holding.get(m.subject, set()) - {cmd}
+                if c.get("events") and held:
+                    raise Violation(
+                        f"{m.subject}: {cmd} wrote events (seq {m.seq}, by {host}) while {sorted(held)} was suspended"
+                    )
+                self.holding.get(m.subject, set()).discard(cmd)
+                cmds.add(cmd)
+            else:
+                self.journaled.setdefault(m.subject, set()).add(cmd)
+                if j.get("k") == "wait":
+                    self.holding.setdefault(m.subject, set()).add(cmd)
             if own < top:
                 raise Violation(f"{m.subject}: {host} wrote with claim {own} after a newer owner's {top} (seq {m.seq})")
             writer = self.claim_host.setdefault((m.subject, own), host)
             if writer != host:
                 raise Violation(f"{m.subject}: claim {own} used by {writer} and {host}")
-            cmds.add(cmd)
             self.logs[m.subject] = (n, max(top, own))
         self._events_seen = len(msgs)
         self._check_snapshots(msgs)
@@ -72,7 +89,8 @@ class Invariants:
             # (time, "ack", host, stream seq, answer, what the stream did)
             if event[1] == "ack" and event[5] == "ack" and event[4] == b"+ACK":
                 subject, cmd_id = self.subject_of_seq[event[3]]
-                if cmd_id not in self.refused and cmd_id not in self.logged.get(subject, ()):
+                done = self.logged.get(subject, set()) | self.journaled.get(subject, set())
+                if cmd_id not in self.refused and cmd_id not in done:  # suspended or parked: journaled
                     raise Violation(f"{event[2]} acknowledged command {cmd_id} but it is not in {subject}")
         self._history_seen = len(self.world.history)
 
@@ -89,7 +107,8 @@ class Invariants:
             if at is None or at.subject != subject or int(orjson.loads(at.data)["n"]) != n:
                 found = f"commit {orjson.loads(at.data)['n']} of {at.subject}" if at else "nothing"
                 raise Violation(f"{host} snapshotted {key} as commit {n} at seq {seq}, where the log has {found}")
-            for cmd, cmd_seq, _ in snap.get("records", []):
+            for row in snap.get("records", []):
+                cmd, cmd_seq = row[0], row[1]  # a fourth field: an answer that is an error
                 m = msgs[int(cmd_seq) - 1]
                 if m.subject != subject or orjson.loads(m.data)["cmd"] != cmd:
                     raise Violation(f"{host} snapshotted {key} with {cmd} at seq {cmd_seq}, which is not its commit")

@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .._core.agent import Registry
+from .._core.agent import Registry, action
 from .._core.command import Kind
 from .._host.coordination import Coordinator
 from .._host.host import Host
 from .._settings import HostSettings
-from ..examples.counter import Counter
+from ..examples.counter import Counter, Incremented
 from .simulation import Delivered, NodePorts
 
 __all__ = ["HostNode", "sim_settings"]
@@ -52,6 +52,20 @@ def sim_settings(ports: NodePorts, **overrides: Any) -> HostSettings:
     return HostSettings(**base)
 
 
+class HoldingCounter(Counter):
+    """The example counter with one more action: ``hold`` waits for signal ``go`` (ADR 0042
+    §3), then increments, so the simulation runs suspended actions, their signals, and the
+    commands parked behind them, through every fault."""
+
+    type_name = "counter"
+
+    @action
+    async def hold(self, by: int = 1) -> int:
+        await self.wait_for("go")
+        self.emit(Incremented(by=by))
+        return self.state.value
+
+
 class HostNode:
     """One simulated host: the real ``Host`` over the simulation's ports."""
 
@@ -59,7 +73,7 @@ class HostNode:
         s = settings or sim_settings(ports)
         self.ports = ports
         host = self.host = Host(
-            s, Registry([Counter]), clock=ports.clock, publisher=ports.publisher, schedules=ports.schedules
+            s, Registry([HoldingCounter]), clock=ports.clock, publisher=ports.publisher, schedules=ports.schedules
         )
         # what Host.start() does once connected, with the simulation's ports for NATS'
         host.scheduler.loop = host.pipeline.loop = asyncio.get_running_loop()

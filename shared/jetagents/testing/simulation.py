@@ -82,6 +82,9 @@ class SimConfig:
     resend_p: float = 0.05  # a client re-sends a command under the same id (outside the window)
     domain_p: float = 0.04  # a command the agent refuses (increment by 0): answered, never applied
     invalid_p: float = 0.03  # a command with invalid parameters: dead-lettered, never applied
+    # a command that suspends (``hold``: waits for signal ``go``), its signal sent 1-20 rounds
+    # later (ADR 0042); 0 keeps the runs (and their histories) of before suspension
+    hold_p: float = 0.0
     fault_p: float = 0.06  # per round
     ack_wait_s: float = 2.0
     duplicate_window_s: float = 120.0
@@ -215,6 +218,8 @@ class Simulation:
         self.sent: dict[str, str] = {}  # command id -> event subject
         self.kinds: dict[str, str] = {}  # command id -> "ok", "domain" (refused) or "invalid"
         self._next_cmd = 0
+        self.bodies: dict[str, bytes] = {}  # command id -> its body, when not an increment
+        self.signals_due: list[tuple[int, str, int]] = []  # (round, hold's command id, agent)
         self.world.schedules = MemorySchedules(self.clock, self._fired)
         self.fired = 0  # reminder firings stored in the command stream
 
@@ -268,7 +273,7 @@ class Simulation:
         return task
 
     # -- commands ------------------------------------------------------------------------
-    def _send(self, cmd_id: str | None = None, agent_no: int | None = None) -> None:
+    def _send(self, cmd_id: str | None = None, agent_no: int | None = None, body: bytes | None = None) -> None:
         cfg = self.cfg
         if cmd_id is None:
             self._next_cmd += 1
@@ -279,6 +284,10 @@ class Simulation:
             self.kinds[cmd_id] = kind
             if kind != "ok":
                 self.invariants.refused.add(cmd_id)
+            elif cfg.hold_p and self.rnd.random() < cfg.hold_p:  # suspends until its signal
+                body = self.bodies[cmd_id] = orjson.dumps({"action": "hold", "params": {"by": 1 + agent_no % 3}})
+                self.signals_due.append((self.rounds + 1 + self.rnd.randrange(20), cmd_id, agent_no))
+                self.signals_due.sort()
         assert agent_no is not None
         agent = AgentId(cfg.agent_type, f"a{agent_no}")
         by: Any = {"ok": 1 + agent_no % 3, "domain": 0, "invalid": "three"}[self.kinds[cmd_id]]
@@ -292,6 +301,7 @@ class Simulation:
             limit_bytes=64 * 1024,
             new_id=lambda: cmd_id,
             wall_ms=self.clock.wall_ms(),
+            body=body or self.bodies.get(cmd_id),
         )
         p = partition_of(agent.type, agent.id, cfg.partitions)
         stored = f"{SUBJECTS.root}.p.{p}.{agent.type}.{agent.id}"
@@ -300,6 +310,13 @@ class Simulation:
         self.sent[cmd_id] = subject
         self.invariants.subject_of_seq[seq] = (subject, cmd_id)
         self.world.record("send", cmd_id, seq, agent.id)
+
+    def _signal(self, hold: str, agent_no: int) -> None:
+        """The signal that resumes ``hold`` (a durable command of its own, id ``g...``)."""
+        cmd_id = "g" + hold
+        self.kinds[cmd_id] = "ok"
+        body = self.bodies[cmd_id] = orjson.dumps({"signal": "go", "payload": None, "to": hold})
+        self._send(cmd_id, agent_no, body)
 
     def _fired(self, target: str, body: bytes, headers: dict[str, str]) -> None:
         """A reminder's firing lands in the command stream; the host names it s<cepoch>-<seq>
@@ -448,6 +465,9 @@ class Simulation:
             if h.running():
                 actions.append(lambda h=h: self._coordinate(h))  # type: ignore[misc]
         actions += [self._deliver] * cfg.deliveries_per_round
+        while self.signals_due and self.signals_due[0][0] <= self.rounds:  # in faulty rounds or not
+            _, hold, agent_no = self.signals_due.pop(0)
+            actions.append(lambda h=hold, a=agent_no: self._signal(h, a))  # type: ignore[misc]
         if faulty:
             sends = int(cfg.sends_per_round) + (self.rnd.random() < cfg.sends_per_round % 1)
             for _ in range(sends):
