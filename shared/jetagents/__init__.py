@@ -15,6 +15,7 @@ from ._core.crdt import GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCou
 from ._core.errors import (
     ActionCancelled,
     ActionTimeout,
+    AgentDeleted,
     AgentQuarantined,
     AgentSuspended,
     AgentTimeout,
@@ -43,6 +44,7 @@ from ._core.journal import step_key
 from ._core.outstream import StreamReset
 from ._core.pubsub import Message, Subscription, subscribe
 from ._core.retry import CircuitBreaker, RetryPolicy
+from ._core.upcast import IncompatibleSchema, upcaster
 from ._core.vclock import CustomResolver, KeepSiblings, LastWriterWins, SemanticMerge, VectorClock, Versioned
 from ._core.wire import Delivery, Priority, Subjects
 from ._host.host import Host
@@ -60,6 +62,7 @@ __all__ = [
     "ActionTimeout",
     "Agent",
     "AgentContext",
+    "AgentDeleted",
     "AgentId",
     "AgentQuarantined",
     "AgentRef",
@@ -88,6 +91,7 @@ __all__ = [
     "GSet",
     "Host",
     "HostSettings",
+    "IncompatibleSchema",
     "InternalError",
     "InvalidParams",
     "JetAgentsError",
@@ -139,4 +143,5 @@ __all__ = [
     "state_layers",
     "step_key",
     "subscribe",
+    "upcaster",
 ]

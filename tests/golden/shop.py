@@ -8,9 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from jetagents import Agent, action, applies
-from jetagents._core.agent import Event
-from jetagents._core.upcast import STATE, upcaster
+from jetagents import Agent, Event, action, applies, upcaster
+from jetagents._core.upcast import STATE
 
 
 class ShopState(BaseModel):
