@@ -43,6 +43,9 @@ def up(
             help="/livez and /readyz of the first host; host i listens on this port + i (0: each picks one)",
         ),
     ] = None,
+    dashboard_port: Annotated[
+        int, typer.Option(min=-1, max=65535, help="web dashboard port on 127.0.0.1 (0: any free; -1: no dashboard)")
+    ] = 0,
 ) -> None:
     """Run a local cluster: an embedded nats-server and agent hosts with the example agents.
 
@@ -71,6 +74,7 @@ def up(
 
     signal.signal(signal.SIGINT, shutdown)
     signal.signal(signal.SIGTERM, shutdown)
+    board: subprocess.Popen[bytes] | None = None
     try:
         for i in range(hosts):
             host_env = dict(env, JETAGENTS_HOST_ID=f"local-{i + 1}")
@@ -81,8 +85,10 @@ def up(
                     [sys.executable, "-m", "jetagents.cli", "host"], env=host_env, preexec_fn=child_preexec
                 )
             )
+        board, board_line = _start_dashboard(env, dashboard_port)
         typer.echo(
             f"\njetagents is up: {hosts} host(s), agent types: {served}\n"
+            f"  dashboard: {board_line}\n"
             f"  try:  jetagents call counter/c1 increment '{{\"by\": 2}}' --nats-url {server.url}\n"
             f'  or any NATS client: nats req agt.call.counter.c1 \'{{"action":"get"}}\' -s {server.url}\n'
             + (
@@ -102,6 +108,8 @@ def up(
                     stopping = True
             time.sleep(0.2)
     finally:
+        if board is not None and board.poll() is None:
+            board.send_signal(signal.SIGTERM)
         typer.echo("stopping hosts (draining)...", err=True)
         for p in procs:
             if p.poll() is None:
@@ -112,9 +120,58 @@ def up(
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        if board is not None:
+            try:
+                board.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                board.kill()
+                board.wait()
         typer.echo("stopping nats-server...", err=True)
         server.stop()
         typer.echo("stopped", err=True)
+
+
+def _start_dashboard(env: dict[str, str], port: int) -> tuple[subprocess.Popen[bytes] | None, str]:
+    """Start ``jetagents dashboard`` for ``up``; its URL, or why there is none (``up`` runs on
+    without it: the dashboard is a view, the cluster does not need it)."""
+    import threading
+
+    from .testing.server import child_preexec
+
+    if port < 0:
+        return None, "not started (--dashboard-port -1)"
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jetagents.cli", "dashboard", "--port", str(port)],
+            env=env,
+            stdout=subprocess.PIPE,
+            preexec_fn=child_preexec,
+        )
+    except OSError as exc:
+        return None, f"not started ({exc})"
+    found: list[str] = []
+    listening = threading.Event()
+
+    def read() -> None:
+        # the URL is the line starting with http; anything else the process prints (an agent
+        # module's log lines) passes to our stderr, and the pipe never fills
+        for line in proc.stdout or ():
+            if not found and line.startswith(b"http"):
+                found.append(line.decode().strip())
+                listening.set()
+            else:
+                sys.stderr.buffer.write(line)
+                sys.stderr.flush()
+        listening.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    listening.wait(timeout=30)
+    if found:
+        return proc, found[0]
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    return None, f"not started (exit {proc.returncode}; run `jetagents dashboard` to see why)"
 
 
 @app.command()
@@ -430,6 +487,53 @@ def agent_rollback(
     """Roll the agent back to its state as of commit sequence SEQ; later commands apply on top."""
     who = by or os.environ.get("USER", "")
     _admin(agent, nats_url, lambda admin, t, i: admin.rollback(t, i, to, by=who))
+
+
+# -- jetagents dashboard (ADR 0055) --------------------------------------------------------------
+
+
+@app.command()
+def dashboard(
+    nats_url: Annotated[
+        str | None, typer.Option("--nats", "--nats-url", help="NATS URL [env JETAGENTS_NATS_URL]")
+    ] = None,
+    bind: Annotated[
+        str, typer.Option("--host", help="address to listen on (127.0.0.1: this machine only)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port (0: one the OS picks)")] = 0,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(envvar="JETAGENTS_DASHBOARD_TOKEN", help="enables the admin login and redrive; read-only without"),
+    ] = None,
+    agents: Annotated[
+        list[str] | None,
+        typer.Option(help="module:attr of agent classes (time travel) [env JETAGENTS_AGENTS; default: examples]"),
+    ] = None,
+) -> None:
+    """Serve the web dashboard: hosts, agents, history and time travel, dead letters.
+
+    Prints its URL on stdout (one line) once it listens.
+    """
+    from ._admin_cli import _agent_paths
+    from ._dashboard.app import Dashboard
+    from ._service import load_agents
+
+    async def go() -> None:
+        dash = Dashboard(
+            nats_url, agents=load_agents(_agent_paths(agents)), host=bind, port=port, admin_token=admin_token or None
+        )
+        url = await dash.start()
+        typer.echo(url)
+        sys.stdout.flush()
+        mode = "admin login enabled" if admin_token else "read-only (no --admin-token)"
+        typer.echo(f"jetagents dashboard on {url} ({mode}); Ctrl-C to stop", err=True)
+        await dash.wait()
+
+    try:
+        asyncio.run(go())
+    except JetAgentsError as err:
+        typer.echo(f"error: {err.code}: {err.message}", err=True)
+        raise typer.Exit(1) from None
 
 
 # -- jetagents mcp (ADR 0048): the command lives in jetagents.mcp.command -------------------

@@ -94,7 +94,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
-    port, http_port = free_port(), free_port()
+    port, http_port, dash_port = free_port(), free_port(), free_port()
     proc = subprocess.Popen(
         [
             *CLI,
@@ -109,6 +109,8 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
             str(http_port),
             "--partitions",
             "16",
+            "--dashboard-port",
+            str(dash_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -156,12 +158,16 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
         for i in range(8):
             r = run_cli("call", f"counter/many{i}", "increment", "--delivery", "at-most-once", env=env)
             assert r.returncode == 0, r.stdout + r.stderr
+        # the dashboard `up` started, on loopback only
+        assert _http_status(dash_port, "/") == 200 and _http_status(dash_port, "/agents") == 200
+        assert _listen_addresses(dash_port) == {"127.0.0.1"}
         children = _children(proc.pid)
-        assert len(children) == 3  # nats-server + 2 hosts
+        assert len(children) == 4  # nats-server + 2 hosts + the dashboard
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
         assert "stopped" in out
+        assert f"dashboard: http://127.0.0.1:{dash_port}/" in out
         assert "support desk (model: none configured: a scripted model" in out
         assert not [c for c in children if _alive(c)], "processes left running after jetagents up stopped"
         assert (tmp_path / "data" / "jetstream").is_dir()

@@ -1,0 +1,257 @@
+"""``jetagents dashboard`` (ADR 0055): Starlette routes rendering Jinja2 templates (autoescape
+on), htmx for the agent search, served by uvicorn. Every read is an ``Inspector`` call; the one
+action, redrive, needs the admin token (a login sets a session cookie), a confirmation page,
+and a POST carrying the session's CSRF token.
+
+>>> async def main():  # doctest: +SKIP
+...     dash = Dashboard("nats://127.0.0.1:4222", agents=[Counter], admin_token="s3cret")
+...     print(await dash.start())          # http://127.0.0.1:<port>/
+...     await dash.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import jinja2
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .._core.agent import Agent, Registry
+from .._core.errors import JetAgentsError
+from .._core.ids import AgentId
+from .._settings import ClientSettings
+
+HERE = Path(__file__).parent
+SESSION_COOKIE = "jetagents_session"
+HISTORY_SHOWN = 200  # commits one agent page lists (the newest)
+FORM_MAX_BYTES = 4096  # the only forms are a token and a CSRF token
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    env.filters["pretty"] = _pretty
+    return env
+
+
+class Sessions:
+    """Logged-in admin sessions, in this process's memory (a restart logs everyone out). The
+    CSRF token of a session is an HMAC of its id, so a form from another site cannot carry it."""
+
+    def __init__(self, admin_token: str | None) -> None:
+        self.admin_token = admin_token
+        self._ids: set[str] = set()
+        self._key = secrets.token_bytes(32)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.admin_token)
+
+    def login(self, token: str) -> str | None:
+        if not self.admin_token or not hmac.compare_digest(token.encode(), self.admin_token.encode()):
+            return None
+        sid = secrets.token_urlsafe(32)
+        self._ids.add(sid)
+        return sid
+
+    def logout(self, sid: str) -> None:
+        self._ids.discard(sid)
+
+    def admin(self, request: Request) -> str | None:
+        sid = request.cookies.get(SESSION_COOKIE, "")
+        return sid if self.enabled and sid in self._ids else None
+
+    def csrf(self, sid: str) -> str:
+        return hmac.new(self._key, sid.encode(), hashlib.sha256).hexdigest()
+
+    def check(self, request: Request, form: dict[str, str]) -> bool:
+        sid = self.admin(request)
+        return sid is not None and hmac.compare_digest(form.get("csrf", ""), self.csrf(sid))
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = await request.body()
+    if len(body) > FORM_MAX_BYTES:
+        return {}
+    return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+
+
+def create_app(inspector: Callable[[], Any], *, admin_token: str | None = None) -> Starlette:
+    """The Starlette app; ``inspector()`` returns the ``Inspector`` to read with (made at
+    startup by ``Dashboard``, or given directly by a caller that has one)."""
+    env = _env()
+    sessions = Sessions(admin_token)
+
+    def page(request: Request, name: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
+        sid = sessions.admin(request)
+        html = env.get_template(name).render(
+            admin=sid is not None,
+            login_enabled=sessions.enabled,
+            csrf=sessions.csrf(sid) if sid else "",
+            nav=name.split(".")[0],
+            **ctx,
+        )
+        return HTMLResponse(html, status_code=status_code)
+
+    def guarded(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            try:
+                return await fn(request)
+            except (JetAgentsError, ValueError) as exc:
+                message = exc.message if isinstance(exc, JetAgentsError) else str(exc)
+                return page(request, "error.html", 400, message=message)
+
+        return run
+
+    async def hosts(request: Request) -> Response:
+        return page(request, "hosts.html", cluster=await inspector().cluster())
+
+    async def agents(request: Request) -> Response:
+        agent_type = request.query_params.get("type") or None
+        query = request.query_params.get("q", "").strip()
+        found = await inspector().agents(agent_type)
+        rows = [a for a in found if query.lower() in f"{a.type}/{a.id}".lower()]
+        name = "agents_rows.html" if request.headers.get("HX-Request") else "agents.html"
+        return page(request, name, agents=rows, agent_type=agent_type or "", q=query)
+
+    async def agent(request: Request) -> Response:
+        aid = AgentId(request.path_params["type"], request.path_params["id"])
+        detail = await inspector().show(aid.type, aid.id, last=1)
+        start = max(1, detail.last_seq - 50 * HISTORY_SHOWN)
+        history = await inspector().history(aid.type, aid.id, from_seq=start, limit=1000)
+        return page(request, "agent.html", aid=aid, detail=detail, history=list(reversed(history[-HISTORY_SHOWN:])))
+
+    async def state_at(request: Request) -> Response:
+        aid = AgentId(request.path_params["type"], request.path_params["id"])
+        seq = int(request.path_params["seq"])
+        rebuilt = await inspector().state_at(aid.type, aid.id, seq)
+        return page(
+            request, "state_at.html", aid=aid, seq=seq, rebuilt=rebuilt, state=rebuilt.state.model_dump(mode="json")
+        )
+
+    async def dlq(request: Request) -> Response:
+        letters = await inspector().dead_letters(limit=500)
+        return page(request, "dlq.html", letters=letters)
+
+    async def confirm(request: Request) -> Response:
+        if sessions.admin(request) is None:
+            return RedirectResponse("/login", 303)
+        letter = await inspector().dead_letter(int(request.path_params["seq"]))
+        if letter is None:
+            return page(request, "error.html", 404, message="no such dead letter")
+        return page(request, "confirm.html", letter=letter)
+
+    async def redrive(request: Request) -> Response:
+        if not sessions.check(request, await _form(request)):
+            return PlainTextResponse("forbidden: log in as admin and use the confirmation form", 403)
+        done = await inspector().redrive(int(request.path_params["seq"]))
+        return page(request, "redriven.html", done=done)
+
+    async def login(request: Request) -> Response:
+        if not sessions.enabled:
+            return page(request, "error.html", 404, message="read-only dashboard: started without an admin token")
+        if request.method == "GET":
+            return page(request, "login.html", failed=False)
+        sid = sessions.login((await _form(request)).get("token", ""))
+        if sid is None:
+            return page(request, "login.html", 403, failed=True)
+        response = RedirectResponse("/dlq", 303)
+        response.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="strict")
+        return response
+
+    async def logout(request: Request) -> Response:
+        form = await _form(request)
+        sid = sessions.admin(request)
+        if sid is not None and sessions.check(request, form):
+            sessions.logout(sid)
+        response = RedirectResponse("/", 303)
+        response.delete_cookie(SESSION_COOKIE)
+        return response
+
+    routes = [
+        Route("/", guarded(hosts)),
+        Route("/agents", guarded(agents)),
+        Route("/agent/{type}/{id}", guarded(agent)),
+        Route("/agent/{type}/{id}/at/{seq:int}", guarded(state_at)),
+        Route("/dlq", guarded(dlq)),
+        Route("/dlq/{seq:int}/confirm", guarded(confirm)),
+        Route("/dlq/{seq:int}/redrive", guarded(redrive), methods=["POST"]),
+        Route("/login", guarded(login), methods=["GET", "POST"]),
+        Route("/logout", guarded(logout), methods=["POST"]),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    return Starlette(routes=routes)
+
+
+class Dashboard:
+    """The dashboard on its own client connection, served by uvicorn in this event loop."""
+
+    def __init__(
+        self,
+        nats_url: str | None = None,
+        *,
+        agents: Iterable[type[Agent[Any]]] | Registry = (),
+        host: str = "127.0.0.1",
+        port: int = 0,
+        admin_token: str | None = None,
+    ) -> None:
+        self.nats_url, self.agents, self.host, self.port = nats_url, agents, host, port
+        self.admin_token = admin_token
+        self._inspector: Any = None
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.url = ""
+
+    @asynccontextmanager
+    async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        from .._client.client import Client
+        from .._client.inspection import Inspector
+
+        settings = ClientSettings.model_validate({"nats_url": self.nats_url} if self.nats_url else {})
+        async with await Client.connect(settings=settings, name="jetagents-dashboard") as client:
+            self._inspector = Inspector(client, agents=self.agents)
+            yield
+
+    async def start(self) -> str:
+        """Serve; returns the URL once the socket listens (the port the OS gave for port 0)."""
+        app = create_app(lambda: self._inspector, admin_token=self.admin_token)
+        app.router.lifespan_context = self._lifespan
+        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", lifespan="on")
+        self._server = server = uvicorn.Server(config)
+        self._task = asyncio.create_task(server.serve())
+        while not server.started:
+            if self._task.done():
+                self._task.result()  # raises why it stopped
+                raise RuntimeError("the dashboard stopped while starting")
+            await asyncio.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://{self.host}:{port}/"
+        return self.url
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await self._task
