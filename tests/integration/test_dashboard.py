@@ -22,6 +22,7 @@ from .helpers import commits, dead_letters, eventually
 from .test_admin import Order
 
 CHROMIUM = Path("/usr/bin/chromium")
+expect.set_options(timeout=20_000)  # a generous deadline: the machine is shared, each wait polls
 TOKEN = "dash-admin-token-18"
 AGENTS = [*EXAMPLE_AGENTS, Order]
 
