@@ -534,6 +534,9 @@ def dashboard(
     except JetAgentsError as err:
         typer.echo(f"error: {err.code}: {err.message}", err=True)
         raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {bind}:{port}: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 # -- jetagents mcp (ADR 0048): the command lives in jetagents.mcp.command -------------------

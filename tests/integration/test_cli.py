@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -208,7 +209,9 @@ def test_up_with_a_health_port_gives_each_host_its_own_on_loopback(tmp_path: Pat
     port, http_port, health = free_port(), free_port(), free_port(count=2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("JETAGENTS_")}
     env["JETAGENTS_HEALTH_PORT"] = str(health)
-    more = ["--http-port", str(http_port), "--partitions", "8"]
+    # the dashboard's port is taken: `up` runs without it and says why
+    taken = socket.create_server(("127.0.0.1", 0))
+    more = ["--http-port", str(http_port), "--partitions", "8", "--dashboard-port", str(taken.getsockname()[1])]
     proc = subprocess.Popen(
         [*CLI, "up", "--data-dir", str(tmp_path / "data"), "--hosts", "2", "--port", str(port), *more],
         stdout=subprocess.PIPE,
@@ -231,7 +234,9 @@ def test_up_with_a_health_port_gives_each_host_its_own_on_loopback(tmp_path: Pat
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
         assert "exited with" not in out, out
+        assert "dashboard: not started" in out and "Address already in use" in out, out
     finally:
+        taken.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

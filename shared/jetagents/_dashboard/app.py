@@ -16,8 +16,8 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+import socket
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -217,41 +217,49 @@ class Dashboard:
         self.nats_url, self.agents, self.host, self.port = nats_url, agents, host, port
         self.admin_token = admin_token
         self._inspector: Any = None
+        self._client: Any = None
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self.url = ""
 
-    @asynccontextmanager
-    async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+    async def start(self) -> str:
+        """Connect, listen, serve; returns the URL (with the port the OS gave for port 0).
+        NATS and the socket are set up before uvicorn starts, so their failures raise here
+        (``JetAgentsError``, ``OSError``) instead of ending inside the server."""
         from .._client.client import Client
         from .._client.inspection import Inspector
 
         settings = ClientSettings.model_validate({"nats_url": self.nats_url} if self.nats_url else {})
-        async with await Client.connect(settings=settings, name="jetagents-dashboard") as client:
-            self._inspector = Inspector(client, agents=self.agents)
-            yield
-
-    async def start(self) -> str:
-        """Serve; returns the URL once the socket listens (the port the OS gave for port 0)."""
+        self._client = await Client.connect(settings=settings, name="jetagents-dashboard")
+        try:
+            sock = socket.create_server((self.host, self.port))
+        except OSError:
+            await self._client.close()
+            raise
+        self._inspector = Inspector(self._client, agents=self.agents)
         app = create_app(lambda: self._inspector, admin_token=self.admin_token)
-        app.router.lifespan_context = self._lifespan
-        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", lifespan="on")
-        self._server = server = uvicorn.Server(config)
-        self._task = asyncio.create_task(server.serve())
+        self._server = server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self._task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
             if self._task.done():
-                self._task.result()  # raises why it stopped
-                raise RuntimeError("the dashboard stopped while starting")
+                await self.stop()
+                raise RuntimeError("the dashboard's server stopped while starting")
             await asyncio.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://{self.host}:{port}/"
+        self.url = f"http://{self.host}:{sock.getsockname()[1]}/"
         return self.url
 
     async def wait(self) -> None:
-        if self._task is not None:
-            await self._task
+        """Until the server stops (uvicorn ends it on SIGINT or SIGTERM)."""
+        try:
+            if self._task is not None:
+                await self._task
+        finally:
+            await self.stop()
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
+        if self._server is not None and self._task is not None and not self._task.done():
             self._server.should_exit = True
             await self._task
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
