@@ -4,7 +4,10 @@ redriven after an admin login and a confirmation; and what a reader without the 
 
 from __future__ import annotations
 
+import asyncio
 import re
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -115,6 +118,14 @@ async def test_pages_time_travel_and_redrive(nats_server: NatsServer, browser: B
         await host.stop()
 
 
+def _status(url: str, host_header: str) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Host": host_header}), timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 async def _placed(client: Client) -> Any:
     return await commits(client.nc, "order", "o9")
 
@@ -141,6 +152,9 @@ async def test_without_a_token_it_is_read_only(nats_server: NatsServer, browser:
         assert (await http.post(dash.url + "login", form={"token": ""})).status == 404
         assert (await http.get(f"{dash.url}dlq/{letter.seq}/confirm", max_redirects=0)).status == 303
         assert len(await dead_letters(client.nc)) == 1
+        # another site's name rebound to 127.0.0.1 (DNS rebinding) is not served
+        assert await asyncio.to_thread(_status, dash.url, "rebound.example") == 400
+        assert await asyncio.to_thread(_status, dash.url, "localhost") == 200
     finally:
         await dash.stop()
         await client.close()

@@ -25,6 +25,8 @@ from urllib.parse import parse_qs
 import jinja2
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -38,7 +40,8 @@ from .._settings import ClientSettings
 HERE = Path(__file__).parent
 SESSION_COOKIE = "jetagents_session"
 HISTORY_SHOWN = 200  # commits one agent page lists (the newest)
-FORM_MAX_BYTES = 4096  # the only forms are a token and a CSRF token
+FORM_MAX_BYTES = 4096
+LOOPBACK = ["127.0.0.1", "localhost", "::1", "[::1]"]  # the only forms are a token and a CSRF token
 
 
 def _pretty(value: Any) -> str:
@@ -95,9 +98,12 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
 
 
-def create_app(inspector: Callable[[], Any], *, admin_token: str | None = None) -> Starlette:
+def create_app(
+    inspector: Callable[[], Any], *, admin_token: str | None = None, allowed_hosts: list[str] | None = None
+) -> Starlette:
     """The Starlette app; ``inspector()`` returns the ``Inspector`` to read with (made at
-    startup by ``Dashboard``, or given directly by a caller that has one)."""
+    startup by ``Dashboard``, or given directly by a caller that has one). ``allowed_hosts``:
+    the Host headers served (a page of another site rebinding its name to 127.0.0.1 is not)."""
     env = _env()
     sessions = Sessions(admin_token)
 
@@ -135,10 +141,8 @@ def create_app(inspector: Callable[[], Any], *, admin_token: str | None = None) 
 
     async def agent(request: Request) -> Response:
         aid = AgentId(request.path_params["type"], request.path_params["id"])
-        detail = await inspector().show(aid.type, aid.id, last=1)
-        start = max(1, detail.last_seq - 50 * HISTORY_SHOWN)
-        history = await inspector().history(aid.type, aid.id, from_seq=start, limit=1000)
-        return page(request, "agent.html", aid=aid, detail=detail, history=list(reversed(history[-HISTORY_SHOWN:])))
+        detail = await inspector().show(aid.type, aid.id, last=HISTORY_SHOWN)
+        return page(request, "agent.html", aid=aid, detail=detail, history=list(reversed(detail.last_commits)))
 
     async def state_at(request: Request) -> Response:
         aid = AgentId(request.path_params["type"], request.path_params["id"])
@@ -199,7 +203,8 @@ def create_app(inspector: Callable[[], Any], *, admin_token: str | None = None) 
         Route("/logout", guarded(logout), methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    return Starlette(routes=routes)
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
+    return Starlette(routes=routes, middleware=middleware)
 
 
 class Dashboard:
@@ -237,7 +242,10 @@ class Dashboard:
             await self._client.close()
             raise
         self._inspector = Inspector(self._client, agents=self.agents)
-        app = create_app(lambda: self._inspector, admin_token=self.admin_token)
+        loopback = self.host in LOOPBACK
+        app = create_app(
+            lambda: self._inspector, admin_token=self.admin_token, allowed_hosts=LOOPBACK if loopback else None
+        )
         self._server = server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         self._task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
