@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError, ObjectNotFoundError
 
 from .._core.errors import Unavailable
 
@@ -25,12 +25,20 @@ class ObjectBlobs:
 
     @classmethod
     async def open(cls, nc: Any, bucket: str, replicas: int, timeout_s: float) -> ObjectBlobs:
-        """The bucket, created when missing."""
+        """The bucket, created when missing; ``Unavailable`` when JetStream does not answer
+        in time (the host's start retries on it: the first R3 bucket on a loaded cluster can
+        take longer than one timeout, and a raw nats-py timeout ended the host process)."""
         blobs = cls(nc.jetstream(timeout=timeout_s), bucket, replicas, timeout_s)
         try:
-            blobs._store = await blobs._js.object_store(bucket)
-        except BucketNotFoundError:
-            blobs._store = await blobs._js.create_object_store(bucket, replicas=replicas)
+            try:
+                blobs._store = await blobs._js.object_store(bucket)
+            except BucketNotFoundError:
+                try:
+                    blobs._store = await blobs._js.create_object_store(bucket, replicas=replicas)
+                except BadRequestError:  # another host created it first
+                    blobs._store = await blobs._js.object_store(bucket)
+        except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
+            raise Unavailable(f"cannot open the object store {bucket}: {exc!r}") from None
         return blobs
 
     async def has(self, name: str) -> bool:

@@ -4,8 +4,10 @@ KeyValue (``jetagents._host.ports``)."""
 from __future__ import annotations
 
 from nats.aio.client import Client as NATS
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
+
+from .._core.errors import Unavailable
 
 
 class KvBucket:
@@ -17,7 +19,14 @@ class KvBucket:
 
     @classmethod
     async def open(cls, nc: NATS, bucket: str, timeout_s: float) -> KvBucket:
-        return cls(await nc.jetstream(timeout=timeout_s).key_value(bucket))
+        """``Unavailable`` when JetStream does not answer in time: the host's start retries
+        on it (a raw nats-py timeout here ended the host process on a loaded cluster)."""
+        try:
+            return cls(await nc.jetstream(timeout=timeout_s).key_value(bucket))
+        except NotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - nats-py's timeouts and API errors alike
+            raise Unavailable(f"cannot open the bucket {bucket}: {exc!r}") from None
 
     async def get(self, key: str) -> bytes | None:
         try:
