@@ -3,12 +3,55 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 from nats.aio.client import Client as NATS
 
+from jetagents import Agent, Host, Registry
+from jetagents._nats.api import connect as raw_connect
 from jetagents._nats.api import js_api
+from tests.conftest import host_settings
+
+HostFactory = Callable[..., Awaitable[Host]]
+
+
+@contextlib.asynccontextmanager
+async def started_hosts(url: str, agents: list[type[Agent[Any]]]) -> AsyncIterator[HostFactory]:
+    """``await make(**settings)`` starts a host serving ``agents`` with the tests' settings
+    (and these overrides); every host made is stopped (without draining) at the end."""
+    hosts: list[Host] = []
+
+    async def make(**overrides: Any) -> Host:
+        h = Host(host_settings(url, **overrides), Registry(agents))
+        await h.start()
+        hosts.append(h)
+        return h
+
+    try:
+        yield make
+    finally:
+        for h in hosts:
+            await h.stop(drain=False)
+
+
+@contextlib.asynccontextmanager
+async def raw_nats(url: str, name: str) -> AsyncIterator[NATS]:
+    """A plain nats-py connection (to send raw calls and read streams as an operator would)."""
+    conn = await raw_connect(url, name=name)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def raw_call(nc: NATS, subject: str, body: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+    """A call by hand: the reply's JSON body."""
+    msg = await nc.request(subject, orjson.dumps(body), timeout=timeout)
+    out: dict[str, Any] = orjson.loads(msg.data)
+    return out
 
 
 async def stream_state(nc: NATS, stream: str) -> dict[str, Any]:
