@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 import nats
+import orjson
 
 from jetagents import Client, Host, NatsServer
 from jetagents._core.errors import Unavailable
@@ -97,11 +98,15 @@ async def test_a_projection_killed_mid_stream_resumes_once_and_a_rebuild_matches
     nc = await nats.connect(nats_server.url)
     agents = [f"k{i}" for i in range(5)]
     per_agent: dict[str, int] = dict.fromkeys(agents, 0)
-    await _publish_commits(nc, per_agent, agents, 400)
+    await _publish_commits(nc, per_agent, agents, 200)
     reader = client.projections.reader("totals")
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    cli = [sys.executable, "-m", "jetagents.cli", "projection"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.projection_agents", nats_server.url], cwd=REPO, env=env, preexec_fn=child_preexec
+        [*cli, "run", "tests.projection_agents:Totals", "--nats-url", nats_server.url, "--lease-ttl-s", "2"],
+        cwd=REPO,
+        env=env,
+        preexec_fn=child_preexec,
     )
     try:
         # it stores a first position, then commits keep coming while it applies them
@@ -113,11 +118,11 @@ async def test_a_projection_killed_mid_stream_resumes_once_and_a_rebuild_matches
             return pos is not None and pos.seq > 0
 
         await eventually(started, 60, 0.05)
-        writer = asyncio.create_task(_publish_commits(nc, per_agent, agents, 800, pause_s=0.005))
+        writer = asyncio.create_task(_publish_commits(nc, per_agent, agents, 400, pause_s=0.005))
 
         async def following() -> bool:  # it applies commits written after it started
             pos = await reader.position()
-            return writer.done() or (pos is not None and pos.seq > 400)
+            return writer.done() or (pos is not None and pos.seq > 200)
 
         await eventually(following, 60, 0.02)
         assert not writer.done(), "killed while commits still come"
@@ -141,7 +146,11 @@ async def test_a_projection_killed_mid_stream_resumes_once_and_a_rebuild_matches
         got = {key: await reader.get(key) for key in want}
         assert got == want, f"each event applied once (killed at {killed_at})"
 
-        new = await client.projections.rebuild("totals")
+        rebuilt = await asyncio.to_thread(
+            subprocess.run, [*cli, "rebuild", "totals", "--nats-url", nats_server.url], capture_output=True, timeout=60
+        )
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        new = Position.model_validate(orjson.loads(rebuilt.stdout)["result"])
         assert new == Position(seq=0, gen=2, events=0, ts_ms=new.ts_ms)
         await eventually(lambda: caught_up(2), 60, 0.05)
         assert {key: await reader.get(key) for key in want} == want
