@@ -23,6 +23,10 @@ from .stream import AgentStream
 if TYPE_CHECKING:
     from .client import Client
 
+# by value (a member is equal to its value): a lookup, where calling the enum runs Python code
+_DELIVERIES: dict[str, Delivery] = {d.value: d for d in Delivery}
+_PRIORITIES: dict[str, Priority] = {p.value: p for p in Priority}
+
 
 class AgentRef:
     """A location-transparent handle to one agent."""
@@ -82,27 +86,38 @@ class AgentRef:
         suspends (``wait_for``, ``sleep``) or is parked behind one is awaited to its end
         (:meth:`result`) within ``timeout``; :meth:`request_reply` returns at once instead.
         Inside an action, a journaled step ``call:<type>/<id>.<action>`` whose key is the
-        command id (``Agent.call``, ADR 0042 §12): a re-run is answered from the step."""
-
-        async def run() -> Any:
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            reply = await self.request_reply(
+        command id (as ``Agent.call``, ADR 0042 §12): a re-run is answered from the step."""
+        if running_agent() is not None:
+            return await auto_step(
+                f"call:{self.id.type}/{self.id.id}.{action}",
+                self.request,
                 action,
                 params,
                 delivery=delivery,
                 timeout=timeout,
-                command_id=step_command_id(command_id),
+                command_id=command_id,
                 correlation_id=correlation_id,
                 priority=priority,
                 deadline=deadline,
             )
-            if reply.status is not None and reply.command_id:
-                limit = timeout if timeout is not None else self.client.settings.request_timeout_s
-                return await self.result(reply.command_id, timeout=max(0.1, limit - (loop.time() - started)))
-            return reply.result
-
-        return await auto_step(f"call:{self.id.type}/{self.id.id}.{action}", run)
+        # request_reply's body written out, and the enums looked up rather than called:
+        # this is every call's path (ADR 0031)
+        options = SendOptions(
+            delivery=_DELIVERIES.get(delivery) or Delivery(delivery),
+            timeout_s=timeout,
+            command_id=step_command_id(command_id),
+            correlation_id=correlation_id,
+            priority=_PRIORITIES.get(priority) or Priority(priority),
+            deadline_s=deadline,
+            want_reply=True,
+        )
+        started = asyncio.get_running_loop().time()
+        reply = cast(Reply, await self.client._send(self.id, action, params, options))
+        if reply.status is not None and reply.command_id:
+            limit = timeout if timeout is not None else self.client.settings.request_timeout_s
+            left = limit - (asyncio.get_running_loop().time() - started)
+            return await self.result(reply.command_id, timeout=max(0.1, left))
+        return reply.result
 
     async def signal(
         self,

@@ -61,6 +61,9 @@ def running_agent() -> Stepping | None:
     agent, pending, task = run
     if agent._pending is not pending or pending is None:
         return None  # the run is over (or parked behind a re-entrant call)
+    ctx = agent.ctx
+    if ctx.steps is None or not ctx.command_id:
+        return None  # nothing could re-run it from a journal: ``step`` would run it plainly
     try:
         if asyncio.current_task() is not task:
             return None  # a task the action spawned
