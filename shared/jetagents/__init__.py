@@ -36,11 +36,13 @@ from ._core.errors import (
     PartitionError,
     PayloadTooLarge,
     SignalBufferFull,
+    Throttled,
     Unavailable,
     UnknownAction,
     UnknownAgent,
     UnknownAgentType,
 )
+from ._core.health import HealthPolicy
 from ._core.ids import AgentId, partition_of
 from ._core.journal import step_key
 from ._core.logtail import LogCommit, LogEvent
@@ -94,6 +96,7 @@ __all__ = [
     "FencedError",
     "GCounter",
     "GSet",
+    "HealthPolicy",
     "Host",
     "HostSettings",
     "IncompatibleSchema",
@@ -139,6 +142,7 @@ __all__ = [
     "Subjects",
     "Subscription",
     "SystemClock",
+    "Throttled",
     "Unavailable",
     "UnknownAction",
     "UnknownAgent",
