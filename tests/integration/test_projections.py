@@ -15,10 +15,12 @@ from typing import Any
 
 import nats
 import orjson
+from typer.testing import CliRunner
 
 from jetagents import Client, Host, NatsServer
 from jetagents._core.errors import Unavailable
 from jetagents._core.projection import Position
+from jetagents.cli import app
 from jetagents.examples.counter import Counter, Incremented
 from jetagents.testing.server import child_preexec
 from tests.conftest import REPO
@@ -146,11 +148,7 @@ async def test_a_projection_killed_mid_stream_resumes_once_and_a_rebuild_matches
         got = {key: await reader.get(key) for key in want}
         assert got == want, f"each event applied once (killed at {killed_at})"
 
-        rebuilt = await asyncio.to_thread(
-            subprocess.run, [*cli, "rebuild", "totals", "--nats-url", nats_server.url], capture_output=True, timeout=60
-        )
-        assert rebuilt.returncode == 0, rebuilt.stderr
-        new = Position.model_validate(orjson.loads(rebuilt.stdout)["result"])
+        new = await client.projections.rebuild("totals")
         assert new == Position(seq=0, gen=2, events=0, ts_ms=new.ts_ms)
         await eventually(lambda: caught_up(2), 60, 0.05)
         assert {key: await reader.get(key) for key in want} == want
@@ -163,3 +161,19 @@ async def test_a_projection_killed_mid_stream_resumes_once_and_a_rebuild_matches
             proc.kill()
             proc.wait(10)
         await nc.close()
+
+
+def test_the_cli_shows_and_rebuilds_a_projection(nats_server: NatsServer) -> None:
+    cli = CliRunner()
+    url = ["--nats-url", nats_server.url]
+    rebuilt = cli.invoke(app, ["projection", "rebuild", "cli-proj", *url])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert orjson.loads(rebuilt.stdout)["result"]["gen"] == 2  # from generation 1, never run
+    shown = cli.invoke(app, ["projection", "status", "cli-proj", *url])
+    assert shown.exit_code == 0, shown.output
+    assert {k: v for k, v in orjson.loads(shown.stdout)["result"].items() if k != "ts_ms"} == {
+        "seq": 0,
+        "gen": 2,
+        "events": 0,
+    }
+    assert cli.invoke(app, ["projection", "status", "bad name", *url]).exit_code != 0
