@@ -262,9 +262,9 @@ class Agent(Reminding, Generic[S]):
     # parameters received over the wire are validated strictly (no "3" for an int); an
     # action may opt out with @action(strict=False), a whole class with strict_params = False
     strict_params: ClassVar[bool] = True
-    # resource tags a host must advertise (HostSettings.tags) to run this type; on other
-    # hosts the agents are placed on a capable host, or queued until one appears
+    # host tags (ADR 0008) and quantities one agent reserves, {"cpu": 0.5, "gpu": 1} (ADR 0060)
     requires: ClassVar[frozenset[str]] = frozenset()
+    resources: ClassVar[dict[str, float]] = {}
     # time limit of one action run for this type (None: HostSettings.action_timeout_s);
     # an action's own @action(timeout_s=...) wins over it
     action_timeout_s: ClassVar[float | None] = None
