@@ -34,11 +34,13 @@ from ._core.errors import (
     PartitionError,
     PayloadTooLarge,
     SignalBufferFull,
+    Throttled,
     Unavailable,
     UnknownAction,
     UnknownAgent,
     UnknownAgentType,
 )
+from ._core.health import HealthPolicy
 from ._core.ids import AgentId, partition_of
 from ._core.journal import step_key
 from ._core.outstream import StreamReset
@@ -89,6 +91,7 @@ __all__ = [
     "FencedError",
     "GCounter",
     "GSet",
+    "HealthPolicy",
     "Host",
     "HostSettings",
     "IncompatibleSchema",
@@ -129,6 +132,7 @@ __all__ = [
     "Subjects",
     "Subscription",
     "SystemClock",
+    "Throttled",
     "Unavailable",
     "UnknownAction",
     "UnknownAgent",

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ._core.health import HealthPolicy
 from ._core.ids import validate_reply_prefix
 
 
@@ -127,6 +128,16 @@ class HostSettings(CommonSettings):
         description="bulkheads, name -> {types, workers, queue_max}: the listed types run on their pool's"
         " workers only, so a hung or slow type takes neither the shared workers nor another pool's;"
         " other types share 'workers'",
+    )
+    health: dict[str, HealthPolicy] = Field(
+        default_factory=dict,
+        description="per agent type: CPU share and instance memory limits and what is done past them (throttle,"
+        " passivate, restart; ADR 0059); wins over the class's Agent.health",
+    )
+    health_measure_all: bool = Field(
+        default=False,
+        description="measure CPU time and instance memory of every type (types with a health policy always are);"
+        " action wall time is always measured",
     )
     max_mailbox_per_agent: int = Field(
         default=128,

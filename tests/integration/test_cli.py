@@ -134,6 +134,9 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stdout + r.stderr
         ticket = json.loads(r.stdout)["result"]
         assert ticket["specialist"] == "billing" and "INV-1001: 19.99 USD, paid twice" in ticket["answer"]
+        # the ticket now waits for the customer: its follow-up reminder is set (an hour by default)
+        r = run_cli("call", "followup/acme-1", "status", "--timeout", "10", env=env)
+        assert r.returncode == 0 and json.loads(r.stdout)["result"]["waiting"] == "customer", r.stdout + r.stderr
         # both hosts joined the ring and hold their share (jetagents status)
         while time.monotonic() < deadline:
             r = run_cli("status", "--json", env=env)

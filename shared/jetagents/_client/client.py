@@ -22,7 +22,7 @@ import orjson
 from opentelemetry import metrics, trace
 
 from .._core.agent import Agent, spec_of
-from .._core.callchain import current_frame
+from .._core.callchain import Frame, current_frame
 from .._core.clock import SystemClock
 from .._core.errors import AgentTimeout, JetAgentsError, Unavailable
 from .._core.ids import AgentId, partition_of
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from .._nats.pubsub import TopicStream
     from .._state.store import SharedState
     from .coordination import Coordination, Lease
+    from .events import EventTail
+    from .projection import Projections
     from .pubsub import ClientPubSub
     from .workqueue import WorkQueue
 
@@ -311,6 +313,21 @@ class Client:
     async def unsubscribe_agent(self, agent_type: str, agent_id: str, pattern: str) -> None:
         await self._pubsub.unsubscribe_agent(agent_type, agent_id, pattern)
 
+    # -- event logs and projections (ADR 0057; _client/events.py, _client/projection.py) ----
+    def events(self, agent_type: str | None = None, agent_id: str | None = None, **options: Any) -> EventTail:
+        """Agents' commits (all, one type, one agent) from ``after=`` a sequence (0: the
+        start) or ``since_ms=``, history then live; ``decode=[Counter]`` upcasts events."""
+        from .events import open_events
+
+        return open_events(self, agent_type, agent_id, **options)
+
+    @property
+    def projections(self) -> Projections:
+        """Run, read and rebuild projections: ``client.projections.runner(MyProjection())``."""
+        from .projection import Projections
+
+        return Projections(self)
+
     # -- coordination (_client/coordination.py) --------------------------------------------
     @property
     def _coord(self) -> Coordination:
@@ -381,14 +398,17 @@ class Client:
         return await first(*aws, timeout_s=timeout_s)
 
     # -- sending ---------------------------------------------------------------------------
-    async def _send(
+    def _send(
         self,
         aid: AgentId,
         action: str,
         params: Mapping[str, Any] | None,
         options: SendOptions,
         body: bytes | None = None,
-    ) -> Reply | str:
+    ) -> Awaitable[Reply | str]:
+        """Build the command (bad input raises here) and return its send to await. Not a
+        coroutine itself: outside an action the send is returned as it is, one coroutine
+        less on every call's path (ADR 0031)."""
         # inside an action (a host's client): the call names its chain and path (ADR 0042
         # section 7), and the action is marked as waiting on the callee while the reply is out
         frame = current_frame()
@@ -406,12 +426,16 @@ class Client:
             body=body,
         )
         if frame is None or not options.want_reply:
-            return await self._sender.send(cmd)
-        frame.wait(aid.key)  # before sending: the callee may call back before we await
+            return self._sender.send(cmd)
+        return self._send_in_frame(cmd, frame)
+
+    async def _send_in_frame(self, cmd: OutboundCommand, frame: Frame) -> Reply | str:
+        key = cmd.agent.key
+        frame.wait(key)  # before sending: the callee may call back before we await
         try:
             result = await self._sender.send(cmd)
         finally:
-            frame.done(aid.key)
+            frame.done(key)
         hold = frame.hold
         if hold is not None:  # a call that came back along the chain still runs on this agent
             await hold.wait()

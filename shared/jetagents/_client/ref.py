@@ -22,6 +22,10 @@ from .stream import AgentStream
 if TYPE_CHECKING:
     from .client import Client
 
+# by value (a member is equal to its value): a lookup, where calling the enum runs Python code
+_DELIVERIES: dict[str, Delivery] = {d.value: d for d in Delivery}
+_PRIORITIES: dict[str, Priority] = {p.value: p for p in Priority}
+
 
 class AgentRef:
     """A location-transparent handle to one agent."""
@@ -75,21 +79,23 @@ class AgentRef:
         command after that long (durable commands have none unless given). An action that
         suspends (``wait_for``, ``sleep``) or is parked behind one is awaited to its end
         (:meth:`result`) within ``timeout``; :meth:`request_reply` returns at once instead."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        reply = await self.request_reply(
-            action,
-            params,
-            delivery=delivery,
-            timeout=timeout,
+        # request_reply's body written out, and the enums looked up rather than called:
+        # this is every call's path (ADR 0031)
+        options = SendOptions(
+            delivery=_DELIVERIES.get(delivery) or Delivery(delivery),
+            timeout_s=timeout,
             command_id=command_id,
             correlation_id=correlation_id,
-            priority=priority,
-            deadline=deadline,
+            priority=_PRIORITIES.get(priority) or Priority(priority),
+            deadline_s=deadline,
+            want_reply=True,
         )
+        started = asyncio.get_running_loop().time()
+        reply = cast(Reply, await self.client._send(self.id, action, params, options))
         if reply.status is not None and reply.command_id:
             limit = timeout if timeout is not None else self.client.settings.request_timeout_s
-            return await self.result(reply.command_id, timeout=max(0.1, limit - (loop.time() - started)))
+            left = limit - (asyncio.get_running_loop().time() - started)
+            return await self.result(reply.command_id, timeout=max(0.1, left))
         return reply.result
 
     async def signal(

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create
 from pydantic_core import to_jsonable_python
 
 from .errors import InternalError, InvalidParams, UnknownAction
+from .health import HealthPolicy
 from .ids import AgentId, validate_token
 from .journal import SLEEP, callee_command_id, current_step_key
 from .schedules import NO_REMINDERS, Reminding
@@ -262,11 +263,10 @@ class Agent(Reminding, Generic[S]):
     # parameters received over the wire are validated strictly (no "3" for an int); an
     # action may opt out with @action(strict=False), a whole class with strict_params = False
     strict_params: ClassVar[bool] = True
-    # host tags (ADR 0008) and quantities one agent reserves, {"cpu": 0.5, "gpu": 1} (ADR 0060)
-    requires: ClassVar[frozenset[str]] = frozenset()
-    resources: ClassVar[dict[str, float]] = {}
-    # time limit of one action run for this type (None: HostSettings.action_timeout_s);
-    # an action's own @action(timeout_s=...) wins over it
+    requires: ClassVar[frozenset[str]] = frozenset()  # tags a host must offer, else placed elsewhere (ADR 0008)
+    resources: ClassVar[dict[str, float]] = {}  # what one agent reserves, {"cpu": 0.5, "gpu": 1} (ADR 0060)
+    health: ClassVar[HealthPolicy | None] = None  # CPU and memory limits (HostSettings.health wins; ADR 0059)
+    # one action run's time limit (None: HostSettings.action_timeout_s); @action(timeout_s=...) wins
     action_timeout_s: ClassVar[float | None] = None
     state_version: ClassVar[int] = 1  # with @upcaster(STATE, ...); retention: keep_snapshots = N (ADR 0052)
     # a call back along its own chain (A -> B -> A) runs at once; False: call_cycle (ADR 0042 §7)

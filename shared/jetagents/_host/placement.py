@@ -297,7 +297,13 @@ class Placement:
         """The agents in this host's memory (``jetagents agents ls``), bounded: inspection
         must not turn a host with a million agents into one huge reply."""
         keys = list(self.catalog.activations)
-        body = {"host": self.settings.host_id, "total": len(keys), "agents": keys[:AGENTS_LISTED]}
+        body: dict[str, Any] = {"host": self.settings.host_id, "total": len(keys), "agents": keys[:AGENTS_LISTED]}
+        try:  # one agent's health too (ADR 0059)
+            asked = orjson.loads(msg.data or b"{}").get("agent")
+        except (orjson.JSONDecodeError, AttributeError):  # not an object: the list only, as before
+            asked = None
+        if isinstance(asked, str):
+            body["health"] = self.catalog.health.of(asked)
         await self.pipeline.reply(msg.reply, encode_ok(body), {}, None)
 
     async def _on_evict(self, msg: Message) -> None:

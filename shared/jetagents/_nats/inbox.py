@@ -106,14 +106,20 @@ class Inbox:
 
     async def request(self, subject: str, payload: bytes, headers: dict[str, str] | None, timeout_s: float) -> Msg:
         """The reply; ``TimeoutError`` when none came within ``timeout_s``."""
-        reply, fut = self.expect()
-        timer = asyncio.get_running_loop().call_later(timeout_s, _expire, fut)
+        # ``expect`` and ``forget`` written out: this is every call's path
+        if self._sub is None:
+            raise Unavailable("the reply inbox is closed")
+        token = str(next(self._ids))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Msg] = loop.create_future()
+        self._pending[token] = fut
+        timer = loop.call_later(timeout_s, _expire, fut)
         try:
-            await self.nc.publish(subject, payload, reply=reply, headers=headers or None)
+            await self.nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers or None)
             return await fut
         finally:
             timer.cancel()
-            self.forget(reply)
+            self._pending.pop(token, None)  # close() may have cleared it
 
 
 _SHARED = "_jetagents_inbox"  # the connection's attribute holding its shared inbox

@@ -42,6 +42,11 @@ STATS = (
     # shorter log than they had
     "quarantines",
     "restores",
+    # health (ADR 0059): commands refused because their agent or type is over its CPU share;
+    # agents restarted or passivated by their type's health policy
+    "throttled",
+    "health_restarts",
+    "health_passivations",
 )
 
 # short attribute names at the call site -> OpenTelemetry attribute keys
@@ -73,6 +78,10 @@ class Metrics:
             "action_timeouts": tel.action_timeouts,
             "agent_busy": tel.agent_busy,
         }
+
+    def add_counter(self, name: str, counter: Any) -> None:
+        """The OpenTelemetry counter that ``inc(name)`` also adds to (a part's own)."""
+        self._counters[name] = counter
 
     def inc(self, name: str, n: int = 1, **attributes: str) -> None:
         """Count ``n`` more ``name`` (also from the loop watchdog's thread: the SDK's
