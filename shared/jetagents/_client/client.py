@@ -22,10 +22,12 @@ import orjson
 from opentelemetry import metrics, trace
 
 from .._core.agent import Agent, spec_of
+from .._core.autostep import auto_step
 from .._core.callchain import Frame, current_frame
 from .._core.clock import SystemClock
 from .._core.errors import AgentTimeout, JetAgentsError, Unavailable
 from .._core.ids import AgentId, partition_of
+from .._core.journal import current_step_key
 from .._core.outstream import ctoken
 from .._core.retry import RetryPolicy
 from .._core.wire import Delivery, Priority, Subjects
@@ -289,8 +291,13 @@ class Client:
 
     async def publish(self, topic: str, data: Any, *, msg_id: str | None = None) -> int:
         """Publish ``data`` (JSON) on ``topic`` (``orders.created``); its sequence in the
-        topic stream. With ``msg_id`` a re-publish within 120 s is stored once."""
-        return await self._pubsub.publish(topic, data, msg_id=msg_id)
+        topic stream. With ``msg_id`` a re-publish within 120 s is stored once. Inside an
+        action, a journaled step ``publish:<topic>`` (as ``Agent.publish``, ADR 0042 §12)."""
+
+        async def run() -> int:
+            return await self._pubsub.publish(topic, data, msg_id=msg_id or current_step_key())
+
+        return await auto_step(f"publish:{topic}", run)
 
     def subscribe(self, pattern: str, *, max_pending: int = 65536) -> TopicStream:
         """An ephemeral subscription (``*`` and ``>`` wildcards): what is published while it

@@ -9,12 +9,13 @@ re-runs the action here, from the journal. The rules themselves are ``_core/jour
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import typing
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from pydantic_core import to_jsonable_python
 
 from .._core.agent import Agent
@@ -64,6 +65,8 @@ def _revive(value: Any, fn: Callable[..., Any]) -> Any:
         return value
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann.model_validate(value)
+    if isinstance(ann, type) and dataclasses.is_dataclass(ann):  # a shared-state WriteResult
+        return TypeAdapter(ann).validate_python(value)
     return value
 
 
