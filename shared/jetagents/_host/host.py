@@ -460,7 +460,8 @@ class Host:
     def load(self) -> dict[str, Any]:
         """What this host advertises in its heartbeat: its counts and its measured load (``loadmeter.py``)."""
         counts = {"active_agents": len(self.activations), "inflight": self.scheduler.inflight_count}
-        return {**counts, "processed": self.stats["processed"], **self.loadmeter.sample()}
+        latency = {"latency_ms": self.metrics.latency.summary()}
+        return {**counts, "processed": self.stats["processed"], **latency, **self.loadmeter.sample()}
 
     async def event(self, kind: str, data: dict[str, Any]) -> None:
         """A lifecycle event on ``<root>.sys.<kind>`` (core NATS, for watchers and tools)."""

@@ -62,6 +62,7 @@ from ..._core.membership import (
 from ..._core.resources import DEFAULT_WEIGHTS
 from ..._core.ring import UNOWNED
 from .planner import RingPlanner
+from .ringlog import record_ring_change
 
 log = structlog.get_logger("jetagents.cluster")
 
@@ -358,8 +359,8 @@ class Coordinator:
         nxt = self.planner.next_ring(current, members, alive, moving, now)
         if self.ring is not None and nxt == current:
             return
-        epoch = (self.ring.epoch if self.ring else 0) + 1
-        value = {"epoch": epoch, "owners": nxt, "leader": self.host_id, "ts_ms": self.clock.wall_ms()}
+        epoch, ts_ms = (self.ring.epoch if self.ring else 0) + 1, self.clock.wall_ms()
+        value = {"epoch": epoch, "owners": nxt, "leader": self.host_id, "ts_ms": ts_ms}
         try:
             if self.ring is None:
                 rev = await self.store.create("ring", value)
@@ -369,6 +370,7 @@ class Coordinator:
             return  # someone else wrote it: read it next round
         moved = sum(1 for a, b in zip(current, nxt, strict=True) if a != b)
         self.ring = RingView(epoch, nxt, rev, self.host_id)
+        await record_ring_change(self.store, epoch, current, nxt, self.host_id, ts_ms)
         self._log.info("ring_updated", epoch=epoch, moved=moved, in_transit=moving)
         by_load = [[m.partition, m.source, m.target] for m in self.planner.last_moves]
         await self.hooks.event("ring", {"epoch": epoch, "moved": moved, "leader": self.host_id, "by_load": by_load})
