@@ -469,6 +469,7 @@ class Host:
             "processed": self.stats["processed"],
             "cpu_s": round(t.user + t.system, 2),  # CPU time used so far (rate = load)
             "rss_mb": _rss_mb(),
+            "latency_ms": self.metrics.latency.summary(),
         }
 
     async def event(self, kind: str, data: dict[str, Any]) -> None:

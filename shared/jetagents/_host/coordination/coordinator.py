@@ -60,6 +60,7 @@ from ..._core.membership import (
     unowned_ring,
 )
 from ..._core.ring import UNOWNED, compute_ring, step_towards
+from .ringlog import record_ring_change
 
 log = structlog.get_logger("jetagents.cluster")
 
@@ -353,8 +354,8 @@ class Coordinator:
         nxt = step_towards(current, target, alive, max_moves=self.cfg.max_moves, in_transit=moving)
         if self.ring is not None and nxt == current:
             return
-        epoch = (self.ring.epoch if self.ring else 0) + 1
-        value = {"epoch": epoch, "owners": nxt, "leader": self.host_id, "ts_ms": self.clock.wall_ms()}
+        epoch, ts_ms = (self.ring.epoch if self.ring else 0) + 1, self.clock.wall_ms()
+        value = {"epoch": epoch, "owners": nxt, "leader": self.host_id, "ts_ms": ts_ms}
         try:
             if self.ring is None:
                 rev = await self.store.create("ring", value)
@@ -364,6 +365,7 @@ class Coordinator:
             return  # someone else wrote it: read it next round
         moved = sum(1 for a, b in zip(current, nxt, strict=True) if a != b)
         self.ring = RingView(epoch, nxt, rev, self.host_id)
+        await record_ring_change(self.store, epoch, current, nxt, self.host_id, ts_ms)
         self._log.info("ring_updated", epoch=epoch, moved=moved, in_transit=moving)
         await self.hooks.event("ring", {"epoch": epoch, "moved": moved, "leader": self.host_id})
 
