@@ -25,6 +25,7 @@
     ├── AgentDeleted                    no   the agent was deleted (``jetagents agent delete``, ADR 0052)
     ├── AgentQuarantined                no   the agent kept failing activation; an operator releases it (ADR 0053)
     ├── Throttled                       yes  over its CPU share (agent or type); retry after retry_after_s (ADR 0059)
+    ├── PermissionDenied                no   the server refused the publish: this user may not use that subject
     ├── DomainError                     no   raised by an agent's action on purpose
     │   └── BudgetExceeded              no   a model call would exceed a token or cost budget
     └── InternalError                   no   the action raised something unexpected
@@ -189,6 +190,13 @@ class Throttled(JetAgentsError):
     retryable = True
 
 
+class PermissionDenied(JetAgentsError):
+    """The server refused to take a publish of this connection (its user's permissions);
+    the connection stays open. ``details.subject`` is the subject refused."""
+
+    code = "permission_denied"
+
+
 class DomainError(JetAgentsError):
     """Raised by an action to refuse a command; reaches the caller as the same type.
 
@@ -247,6 +255,7 @@ _BY_CODE: dict[str, type[JetAgentsError]] = {
         BudgetExceeded,
         AgentQuarantined,
         Throttled,
+        PermissionDenied,
     )
 }
 

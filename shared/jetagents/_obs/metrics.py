@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from .._core.latency import LatencyWindow
 from .telemetry import ACTION, AGENT_TYPE, DEDUP_SOURCE, DELIVERY, ERROR_TYPE, HostTelemetry
 
 # the host's counters, in the order its logs and status show them
@@ -62,13 +63,14 @@ _ATTRIBUTES = {
 class Metrics:
     """The counters of one host."""
 
-    __slots__ = ("_counters", "_counts", "_tel", "stats")
+    __slots__ = ("_counters", "_counts", "_tel", "latency", "stats")
 
     def __init__(self, tel: HostTelemetry) -> None:
         self._counts: dict[str, int] = dict.fromkeys(STATS, 0)
         # read-only: every count goes through inc()
         self.stats: Mapping[str, int] = MappingProxyType(self._counts)
         self._tel = tel
+        self.latency = LatencyWindow()  # the last commands' receipt-to-answer times, for heartbeats
         self._counters: dict[str, Any] = {
             "duplicates": tel.duplicates,
             "activations": tel.activations,
