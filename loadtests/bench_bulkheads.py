@@ -100,6 +100,9 @@ def _settings(url: str, scenario: str, args: argparse.Namespace) -> HostSettings
         partitions=8,
         host_id=f"bb-{scenario.replace('+', '-')}",
         workers=args.workers,
+        # one host at a time, without the ring: a loop held by burns must not cost the next
+        # scenario's host its partitions (a self-fenced leader, a lease to wait out)
+        membership="static",
         op_timeout_s=10,
         loop_block_threshold_s=0,
         **extra,

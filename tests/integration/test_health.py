@@ -68,7 +68,9 @@ class Hungry(Agent[Tally]):
 
     type_name = "hungry"
     state_type = Tally
-    health = HealthPolicy(type_cpu_share=0.2, window_s=1.0)
+    # a small share: on a machine shared with others this process may get little more than
+    # that of a core, and a share it cannot reach would never be throttled
+    health = HealthPolicy(type_cpu_share=0.05, window_s=1.0)
 
     @action
     async def burn(self, seconds: float) -> float:
@@ -158,7 +160,7 @@ async def test_a_cpu_hungry_type_is_throttled_and_others_keep_their_latency(
     stop.set()
     await asyncio.gather(*hogs)
     elapsed_s = time.monotonic() - started
-    share = (host.catalog.health.figures("hungry")["cpu_s"] - cpu_before) / elapsed_s
+    used_cpu_s = host.catalog.health.figures("hungry")["cpu_s"] - cpu_before
 
     throttled = [err for err in refused if err["code"] == "throttled"]
     assert throttled
@@ -167,9 +169,10 @@ async def test_a_cpu_hungry_type_is_throttled_and_others_keep_their_latency(
         assert err["details"]["applied"] is False and err["details"]["reason"] == "type_cpu"
         assert 0 < err["details"]["retry_after_s"] <= 30
     assert all(err["retryable"] for err in refused), refused
-    # the hungry type's own CPU stays near its limit (0.2 of a core), whatever the machine's speed:
-    # CPU time measured against the time it ran, only its overshoot before the throttle on top
-    assert 0 < share < 0.45
+    # the hungry type's own CPU stays within its share (0.05 of a core) of the time it ran,
+    # whatever the machine's speed, plus a few burns: the first 4 admitted before any had run
+    # (nothing measured yet to reserve), the window's allowance (0.05 s) and those in hand
+    assert 0 < used_cpu_s < 0.05 * elapsed_s + 10 * BURN_S
     # while the hungry type runs (throttled), another type's calls wait at most about one burn
     # more than without it: the median, against the same machine measured without it
     assert statistics.median(during) < 3 * statistics.median(baseline) + 2 * BURN_S
