@@ -24,8 +24,8 @@ async def started_hosts(url: str, agents: list[type[Agent[Any]]]) -> AsyncIterat
     (and these overrides); every host made is stopped (without draining) at the end."""
     hosts: list[Host] = []
 
-    async def make(**overrides: Any) -> Host:
-        h = Host(host_settings(url, **overrides), Registry(agents))
+    async def make(meter_provider: Any = None, **overrides: Any) -> Host:
+        h = Host(host_settings(url, **overrides), Registry(agents), meter_provider=meter_provider)
         await h.start()
         hosts.append(h)
         return h

@@ -14,6 +14,7 @@ The "hung type saturates only its own pool" case is ``test_bulkheads.py``.
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -21,12 +22,15 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import BaseModel
 
 from jetagents import Agent, Client, Event, HealthPolicy, NatsServer, action, applies
 from jetagents._client.inspection import Inspector
 from jetagents.examples import Counter
 from tests.integration.helpers import HostFactory, eventually, raw_call, raw_nats, started_hosts
+from tests.integration.test_telemetry import points, value
 
 CHUNK_BYTES = 100_000
 BURN_S = 0.02
@@ -104,7 +108,9 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
 async def test_a_leaking_type_is_restarted_and_keeps_its_state(
     make_host: HostFactory, nc: NATS, client: Client
 ) -> None:
-    host = await make_host()
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    host = await make_host(meter_provider=meter_provider)
     sizes = []
     for _ in range(10):
         reply = await raw_call(nc, "agt.call.leaky.l1", {"action": "grow"})
@@ -123,6 +129,12 @@ async def test_a_leaking_type_is_restarted_and_keeps_its_state(
     assert health["commands"] == 11 and health["restarts"] == 2
     assert 2 * CHUNK_BYTES < health["instance_bytes"] < 3 * CHUNK_BYTES  # two chunks since the last restart
     assert health["wall_s"] > 0 and health["type"]["commands"] == 11
+
+    pts = points(reader)  # the same figures as OpenTelemetry metrics
+    assert value(pts, "jetagents.host.action.duration", jetagents__agent__type="leaky") == 11
+    assert value(pts, "jetagents.host.agent.memory", jetagents__agent__type="leaky") == 11
+    assert value(pts, "jetagents.host.health.restarts") == 2
+    meter_provider.shutdown()
 
 
 async def _latencies(nc: NATS, n: int) -> list[float]:
@@ -187,3 +199,21 @@ async def test_a_cpu_hungry_type_is_throttled_and_others_keep_their_latency(
         return reply == {"ok": True, "result": 3}
 
     await eventually(applied, timeout_s=60, interval_s=0.3)
+
+
+async def test_an_agent_over_its_own_cpu_share_is_throttled_alone(make_host: HostFactory, nc: NATS) -> None:
+    # settings win over the class's policy; a long window: the share cannot decay under the
+    # limit between two calls, however slow the machine
+    host = await make_host(membership="static", health={"hungry": {"cpu_share": 0.001, "window_s": 10.0}})
+    burn = {"action": "burn", "params": {"seconds": BURN_S}}
+    assert (await raw_call(nc, "agt.call.hungry.hot", burn))["ok"] is True  # 0.002 of a core > 0.001
+    reply = await raw_call(nc, "agt.call.hungry.hot", burn)
+    assert reply["ok"] is False and reply["error"]["code"] == "throttled"
+    assert reply["error"]["details"]["reason"] == "cpu"
+    # until its decayed CPU (what the one burn measured) is under 0.001 * 10 s
+    used_cpu_s = host.catalog.health.of("hungry.hot")["cpu_s"]  # type: ignore[index]
+    assert used_cpu_s >= BURN_S
+    assert 0 < reply["error"]["details"]["retry_after_s"] <= 10 * math.log(used_cpu_s / 0.01) + 0.001
+    # another agent of the same type is not throttled for it
+    assert await raw_call(nc, "agt.call.hungry.cool", {"action": "count"}) == {"ok": True, "result": 0}
+    assert host.stats["throttled"] == 1

@@ -306,6 +306,8 @@ class Health:
         aid = act.agent_id
         h.acted_at = self._clock.monotonic()
         if what == "passivate" and not (act.scheduled or act.mailbox or act.held):
+            if h.throttled:  # its throttle leaves with it
+                h.kind.throttled_agents -= 1
             catalog.passivate(aid.key, act)
             self._metrics.inc("health_passivations", agent_type=aid.type)
             self._log.warning("agent_passivated_by_policy", agent=str(aid), instance_bytes=h.instance_bytes)
