@@ -8,6 +8,8 @@
 
 from ._client.client import AgentRef, AgentStream, Client, Reply
 from ._client.coordination import Lease
+from ._client.events import EventTail
+from ._client.projection import ProjectionRunner
 from ._core.agent import Agent, AgentContext, AgentSpec, Event, Registry, action, applies
 from ._core.clock import Clock, SystemClock
 from ._core.coordination import BarrierTimeout, CacheTimeout, LeaseBusy, LeaseLost
@@ -29,6 +31,7 @@ from ._core.errors import (
     InternalError,
     InvalidParams,
     JetAgentsError,
+    JournalTooLong,
     MalformedCommand,
     NonDeterministic,
     PartitionError,
@@ -44,7 +47,9 @@ from ._core.errors import (
 from ._core.health import HealthPolicy
 from ._core.ids import AgentId, partition_of
 from ._core.journal import step_key
+from ._core.logtail import LogCommit, LogEvent
 from ._core.outstream import StreamReset
+from ._core.projection import Projection, ProjectionView, on
 from ._core.pubsub import Message, Subscription, subscribe
 from ._core.retry import CircuitBreaker, RetryPolicy
 from ._core.upcast import IncompatibleSchema, upcaster
@@ -89,6 +94,7 @@ __all__ = [
     "Delivery",
     "DomainError",
     "Event",
+    "EventTail",
     "FencedError",
     "GCounter",
     "GSet",
@@ -99,6 +105,7 @@ __all__ = [
     "InternalError",
     "InvalidParams",
     "JetAgentsError",
+    "JournalTooLong",
     "KeepSiblings",
     "LWWMap",
     "LWWRegister",
@@ -107,6 +114,8 @@ __all__ = [
     "LeaseBusy",
     "LeaseLost",
     "Local",
+    "LogCommit",
+    "LogEvent",
     "MalformedCommand",
     "ManualClock",
     "Message",
@@ -120,6 +129,9 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "Priority",
+    "Projection",
+    "ProjectionRunner",
+    "ProjectionView",
     "Read",
     "Registry",
     "Reply",
@@ -145,6 +157,7 @@ __all__ = [
     "__version__",
     "action",
     "applies",
+    "on",
     "partition_of",
     "state_layers",
     "step_key",

@@ -541,6 +541,12 @@ def dashboard(
         raise typer.Exit(1) from None
 
 
+# -- jetagents projection (ADR 0057): the commands live in _projection_cli.py ------------------
+from ._projection_cli import projection_app  # noqa: E402 - kept apart from the commands above
+
+app.add_typer(projection_app, name="projection")
+
+
 # -- jetagents mcp (ADR 0048): the command lives in jetagents.mcp.command -------------------
 from .mcp.command import mcp as _mcp_command  # noqa: E402 - kept apart from the commands above
 
