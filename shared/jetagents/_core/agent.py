@@ -259,8 +259,8 @@ class Agent(Reminding, Stepping, Generic[S]):
     # parameters received over the wire are validated strictly (no "3" for an int); an
     # action may opt out with @action(strict=False), a whole class with strict_params = False
     strict_params: ClassVar[bool] = True
-    # resource tags a host must advertise (HostSettings.tags) to run this type, else placed elsewhere
-    requires: ClassVar[frozenset[str]] = frozenset()
+    requires: ClassVar[frozenset[str]] = frozenset()  # tags a host must offer, else placed elsewhere (ADR 0008)
+    resources: ClassVar[dict[str, float]] = {}  # what one agent reserves, {"cpu": 0.5, "gpu": 1} (ADR 0060)
     health: ClassVar[HealthPolicy | None] = None  # CPU and memory limits (HostSettings.health wins; ADR 0059)
     # one action run's time limit (None: HostSettings.action_timeout_s); @action(timeout_s=...) wins
     action_timeout_s: ClassVar[float | None] = None

@@ -46,6 +46,7 @@ class Intake:
     ) -> Command:
         host = self._host
         partition, agent_type, agent_id = route
+        host.loadmeter.seen(partition, len(data))
         return parse_command(
             kind,
             subject,

@@ -36,6 +36,7 @@ from .._nats.api import NS
 from .._nats.hosts import HostLink
 from .._settings import HostSettings
 from .catalog import Activation, Catalog, _busy
+from .reserve import Reserving, needs_of
 from .restore import rollback
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ class Placement:
         self._owns = owns
         self._event = event
         self.link: HostLink = None  # type: ignore[assignment]  # set by bind()
+        self.reserving = Reserving(self)  # types with resources in quantities (ADR 0060)
 
     def bind(self, link: HostLink) -> None:
         self.link = link
@@ -134,7 +136,10 @@ class Placement:
         agent placed somewhere or its type requiring tags); checked first, without a
         coroutine, because almost no command has."""
         coord = self._coordinator()
-        return coord is not None and (coord.placements.get(act.agent_id.key) is not None or bool(act.spec.cls.requires))
+        cls = act.spec.cls
+        return coord is not None and (
+            coord.placements.get(act.agent_id.key) is not None or bool(cls.requires) or bool(cls.resources)
+        )
 
     async def route_elsewhere(self, act: Activation, work: Command) -> bool:
         """At the partition's owner: forward ``work`` when the agent is placed on another
@@ -145,6 +150,8 @@ class Placement:
         key = act.agent_id.key
         placed = coord.placements.get(key)
         requires = act.spec.cls.requires
+        if act.spec.cls.resources:
+            return await self.reserving.route(coord, act, work, needs_of(act.spec.cls))
         if placed is None and not requires:  # the common case: one dict lookup
             return False
         me = self.settings.host_id
