@@ -139,6 +139,13 @@ class Flow(Agent[FlowState]):
         return "rested"
 
     @action
+    async def slow(self, run: str, gates: str = "") -> str:
+        """A write with a step the test can hold (its gate ``pre-slow``)."""
+        await self.step("slow", self._effect, run, "slow", gates)
+        self.emit(Bumped(by=1))
+        return f"{run} done"
+
+    @action
     async def bump(self, by: int = 1) -> int:
         self.emit(Bumped(by=by))
         return self.state.bumps

@@ -25,6 +25,7 @@ from .._core.errors import (
     DomainError,
     FencedError,
     JetAgentsError,
+    JournalTooLong,
     NonDeterministic,
     Unavailable,
     error_from_wire,
@@ -68,6 +69,10 @@ def _revive(value: Any, fn: Callable[..., Any]) -> Any:
     if isinstance(ann, type) and dataclasses.is_dataclass(ann):  # a shared-state WriteResult
         return TypeAdapter(ann).validate_python(value)
     return value
+
+
+KICK = "_kick"  # the kick's schedule name: agt.rem.<type>.<id>._kick (ADR 0042 §3)
+KICK_BODY = b'{"kick":{}}'
 
 
 class AlreadyInLog(Unavailable):
@@ -139,6 +144,35 @@ class Steps:
             aid = act.agent_id
             await schedules.cancel(self._catalog.subjects.rem(aid.type, aid.id, timer_name(cmd, i)))
 
+    async def arm_kick(self, act: Activation) -> bool:
+        """Schedule ``{"kick": {}}`` for ``act``'s agent ``kick_after_s`` from now (replacing
+        an earlier one): if this host dies while it resumes or runs parked work, the next one
+        is told to run the rest. Best effort (False when not armed: no schedules here)."""
+        schedules = self._catalog.schedules
+        if schedules is None:
+            return False
+        aid = act.agent_id
+        subjects = self._catalog.subjects
+        at_ms = self._clock.wall_ms() + int(self._settings.kick_after_s * 1000)
+        try:
+            await schedules.schedule_at(
+                subjects.rem(aid.type, aid.id, KICK), at_ms, subjects.cmd(aid.type, aid.id), KICK_BODY
+            )
+        except JetAgentsError as exc:
+            self._log.warning("kick_not_armed", agent=str(aid), error=repr(exc))
+            return False
+        return True
+
+    async def drop_kick(self, act: Activation) -> None:
+        """Nothing runnable is left: the kick is not needed (a late one finds nothing to do)."""
+        schedules = self._catalog.schedules
+        if schedules is not None:
+            aid = act.agent_id
+            try:
+                await schedules.cancel(self._catalog.subjects.rem(aid.type, aid.id, KICK))
+            except JetAgentsError as exc:
+                self._log.debug("kick_not_dropped", agent=str(aid), error=repr(exc))
+
     def bind(self, act: Activation) -> BoundSteps:
         """What ``AgentContext.steps`` of ``act``'s agent holds."""
         return BoundSteps(self, act)
@@ -165,6 +199,7 @@ class Steps:
             if not entry.get("ok", True):
                 raise error_from_wire(entry.get("error"))
             return _revive(await self._catalog.blobs.resolve(entry.get("value"), f"step {i} of {cmd}"), fn)
+        self._check_length(i, name)
         if out is not None:
             out.step_runs(i)
         token = _STEP_KEY.set(key_of(act.agent_id.key, cmd, i))
@@ -188,6 +223,15 @@ class Steps:
         await self.append(act, agent, j)
         return value
 
+    def _check_length(self, i: int, name: str) -> None:
+        """A new entry at position ``i``: refused past ``journal_entries_max`` (blocked)."""
+        limit = self._settings.journal_entries_max
+        if i >= limit:
+            raise JournalTooLong(
+                f"step {i} {name!r} would pass journal_entries_max {limit} for one command",
+                details={"step": name, "position": i, "max": limit},
+            )
+
     @staticmethod
     def check_cancelled(act: Activation, cmd: str) -> None:
         """A step boundary: raise ``ActionCancelled`` when ``cancel`` named this command."""
@@ -204,6 +248,7 @@ class Steps:
         journal = journals.get(cmd) if journals else None
         entry = recorded(journal, i, name, ctx.action, WAIT)
         if entry is None:
+            self._check_length(i, name)
             until_ms = None if timeout_s is None else self._clock.wall_ms() + int(timeout_s * 1000)
             await self.append(act, agent, wait_entry(i, name, until_ms))
             entry = wait_entry(i, name, until_ms)
