@@ -20,8 +20,9 @@ HostFactory = Callable[..., Awaitable[Host]]
 
 @contextlib.asynccontextmanager
 async def started_hosts(url: str, agents: list[type[Agent[Any]]]) -> AsyncIterator[HostFactory]:
-    """``await make(**settings)`` starts a host serving ``agents`` with the tests' settings
-    (and these overrides); every host made is stopped (without draining) at the end."""
+    """``make(**overrides)`` starts a host serving ``agents`` with ``host_settings(url,
+    **overrides)``; every host made is stopped at the end, without a drain (tests of stuck
+    agents leave work behind on purpose)."""
     hosts: list[Host] = []
 
     async def make(meter_provider: Any = None, **overrides: Any) -> Host:
@@ -39,7 +40,7 @@ async def started_hosts(url: str, agents: list[type[Agent[Any]]]) -> AsyncIterat
 
 @contextlib.asynccontextmanager
 async def raw_nats(url: str, name: str) -> AsyncIterator[NATS]:
-    """A plain nats-py connection (to send raw calls and read streams as an operator would)."""
+    """A plain nats-py connection (raw calls, streams read as an operator would)."""
     conn = await raw_connect(url, name=name)
     try:
         yield conn
@@ -47,8 +48,8 @@ async def raw_nats(url: str, name: str) -> AsyncIterator[NATS]:
         await conn.close()
 
 
-async def raw_call(nc: NATS, subject: str, body: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-    """A call by hand: the reply's JSON body."""
+async def call_json(nc: NATS, subject: str, body: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+    """A core request with a JSON body, the reply's JSON."""
     msg = await nc.request(subject, orjson.dumps(body), timeout=timeout)
     out: dict[str, Any] = orjson.loads(msg.data)
     return out

@@ -20,8 +20,9 @@ from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 
 from jetagents import Client, HostSettings, NatsServer
+from jetagents._nats.api import connect as raw_connect
 from jetagents.examples import Counter
-from tests.integration.helpers import HostFactory, commits, eventually, raw_call, raw_nats, started_hosts
+from tests.integration.helpers import HostFactory, call_json, commits, eventually, started_hosts
 from tests.integration.test_stuck_agents import Stuck
 
 
@@ -33,24 +34,30 @@ async def make_host(nats_server: NatsServer) -> AsyncIterator[HostFactory]:
 
 @pytest.fixture
 async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    async with raw_nats(nats_server.url, "bulkhead-test") as conn:
+    conn = await raw_connect(nats_server.url, name="bulkhead-test")
+    try:
         yield conn
+    finally:
+        await conn.close()
+
+
+_call = call_json
 
 
 async def test_without_a_pool_a_hung_type_takes_every_shared_worker(make_host: HostFactory, nc: NATS) -> None:
     host = await make_host(workers=4, action_timeout_s=4.0)
-    hung = [asyncio.ensure_future(raw_call(nc, f"agt.call.stuck.h{i}", {"action": "hang"})) for i in range(4)]
+    hung = [asyncio.ensure_future(_call(nc, f"agt.call.stuck.h{i}", {"action": "hang"})) for i in range(4)]
     await eventually(lambda: sum(a.scheduled for a in host.activations.values()) == 4, timeout_s=20)
     # every worker holds a hung action: the counter waits for one to time out
     with pytest.raises(TimeoutError):
-        await raw_call(nc, "agt.call.counter.starved", {"action": "increment"}, timeout=1.5)
+        await _call(nc, "agt.call.counter.starved", {"action": "increment"}, timeout=1.5)
     await asyncio.gather(*hung)
 
 
 async def test_a_hung_type_saturates_only_its_own_pool(make_host: HostFactory, nc: NATS) -> None:
     pools = {"slow": {"types": ["stuck"], "workers": 2, "queue_max": 2}}
     host = await make_host(workers=4, action_timeout_s=4.0, pools=pools)
-    hung = [asyncio.ensure_future(raw_call(nc, f"agt.call.stuck.h{i}", {"action": "hang"})) for i in range(10)]
+    hung = [asyncio.ensure_future(_call(nc, f"agt.call.stuck.h{i}", {"action": "hang"})) for i in range(10)]
     # six of ten are refused at once: two run, two wait for the pool's workers
     await eventually(lambda: sum(f.done() for f in hung) >= 6, timeout_s=20)
     refused = [f.result() for f in hung if f.done()]
@@ -62,7 +69,7 @@ async def test_a_hung_type_saturates_only_its_own_pool(make_host: HostFactory, n
         assert r["error"]["details"] == {"applied": False, "reason": "pool_saturated", "pool": "slow"}
     # the shared workers are all free: the counter is answered at once, every time
     for i in range(20):
-        assert await raw_call(nc, f"agt.call.counter.c{i}", {"action": "increment"}, timeout=1.5) == {
+        assert await _call(nc, f"agt.call.counter.c{i}", {"action": "increment"}, timeout=1.5) == {
             "ok": True,
             "result": 1,
         }
@@ -70,7 +77,7 @@ async def test_a_hung_type_saturates_only_its_own_pool(make_host: HostFactory, n
     assert codes == ["action_timeout"] * 4 + ["unavailable"] * 6
     await eventually(lambda: host.scheduler.inflight_count == 0, timeout_s=10)
     # the pool is free again
-    assert await raw_call(nc, "agt.call.stuck.after", {"action": "add", "params": {"item": 7}}) == {
+    assert await _call(nc, "agt.call.stuck.after", {"action": "add", "params": {"item": 7}}) == {
         "ok": True,
         "result": [7],
     }

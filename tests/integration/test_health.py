@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from jetagents import Agent, Client, Event, HealthPolicy, NatsServer, action, applies
 from jetagents._client.inspection import Inspector
 from jetagents.examples import Counter
-from tests.integration.helpers import HostFactory, eventually, raw_call, raw_nats, started_hosts
+from tests.integration.helpers import HostFactory, call_json, eventually, raw_nats, started_hosts
 from tests.integration.test_telemetry import points, value
 
 CHUNK_BYTES = 100_000
@@ -113,14 +113,14 @@ async def test_a_leaking_type_is_restarted_and_keeps_its_state(
     host = await make_host(meter_provider=meter_provider)
     sizes = []
     for _ in range(10):
-        reply = await raw_call(nc, "agt.call.leaky.l1", {"action": "grow"})
+        reply = await call_json(nc, "agt.call.leaky.l1", {"action": "grow"})
         assert reply["ok"] is True
         sizes.append(reply["result"])
     # 4 chunks (400 kB) are over 350 kB: restarted after every 4th command, its cache gone
     assert sizes == [1, 2, 3, 4, 1, 2, 3, 4, 1, 2]
     assert host.stats["health_restarts"] == 2
     # the state was rebuilt from the log each time: every command counted
-    assert await raw_call(nc, "agt.call.leaky.l1", {"action": "count"}) == {"ok": True, "result": 10}
+    assert await call_json(nc, "agt.call.leaky.l1", {"action": "count"}) == {"ok": True, "result": 10}
 
     detail = await Inspector(client, agents=[Leaky]).show("leaky", "l1")
     assert detail.state == {"n": 10}
@@ -141,7 +141,7 @@ async def _latencies(nc: NATS, n: int) -> list[float]:
     out = []
     for i in range(n):
         t0 = time.perf_counter()
-        assert (await raw_call(nc, f"agt.call.counter.lat{i % 5}", {"action": "increment"}))["ok"] is True
+        assert (await call_json(nc, f"agt.call.counter.lat{i % 5}", {"action": "increment"}))["ok"] is True
         out.append(time.perf_counter() - t0)
     return out
 
@@ -159,7 +159,7 @@ async def test_a_cpu_hungry_type_is_throttled_and_others_keep_their_latency(
 
     async def hog(i: int) -> None:
         while not stop.is_set():
-            reply = await raw_call(nc, f"agt.call.hungry.h{i}", {"action": "burn", "params": {"seconds": BURN_S}})
+            reply = await call_json(nc, f"agt.call.hungry.h{i}", {"action": "burn", "params": {"seconds": BURN_S}})
             if not reply["ok"]:
                 refused.append(reply["error"])
                 await asyncio.sleep(0.01)  # much sooner than retry_after_s: keeps the pressure on
@@ -195,7 +195,7 @@ async def test_a_cpu_hungry_type_is_throttled_and_others_keep_their_latency(
         await ref.send("burn", {"seconds": BURN_S})
 
     async def applied() -> bool:
-        reply = await raw_call(nc, "agt.call.hungry.d1", {"action": "count"})
+        reply = await call_json(nc, "agt.call.hungry.d1", {"action": "count"})
         return reply == {"ok": True, "result": 3}
 
     await eventually(applied, timeout_s=60, interval_s=0.3)
@@ -206,8 +206,8 @@ async def test_an_agent_over_its_own_cpu_share_is_throttled_alone(make_host: Hos
     # limit between two calls, however slow the machine
     host = await make_host(membership="static", health={"hungry": {"cpu_share": 0.001, "window_s": 10.0}})
     burn = {"action": "burn", "params": {"seconds": BURN_S}}
-    assert (await raw_call(nc, "agt.call.hungry.hot", burn))["ok"] is True  # 0.002 of a core > 0.001
-    reply = await raw_call(nc, "agt.call.hungry.hot", burn)
+    assert (await call_json(nc, "agt.call.hungry.hot", burn))["ok"] is True  # 0.002 of a core > 0.001
+    reply = await call_json(nc, "agt.call.hungry.hot", burn)
     assert reply["ok"] is False and reply["error"]["code"] == "throttled"
     assert reply["error"]["details"]["reason"] == "cpu"
     # until its decayed CPU (what the one burn measured) is under 0.001 * 10 s
@@ -215,5 +215,5 @@ async def test_an_agent_over_its_own_cpu_share_is_throttled_alone(make_host: Hos
     assert used_cpu_s >= BURN_S
     assert 0 < reply["error"]["details"]["retry_after_s"] <= 10 * math.log(used_cpu_s / 0.01) + 0.001
     # another agent of the same type is not throttled for it
-    assert await raw_call(nc, "agt.call.hungry.cool", {"action": "count"}) == {"ok": True, "result": 0}
+    assert await call_json(nc, "agt.call.hungry.cool", {"action": "count"}) == {"ok": True, "result": 0}
     assert host.stats["throttled"] == 1

@@ -4,6 +4,9 @@ with ``nondeterministic``; a re-send after the code is restored finishes it."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,7 +15,7 @@ from typing import Any
 import pytest
 from nats.js.api import StreamConfig
 
-from jetagents import Client, ClientSettings, Host, NatsServer, NonDeterministic, Registry
+from jetagents import Client, ClientSettings, Host, JournalTooLong, NatsServer, NonDeterministic, Registry
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import host_settings
 from tests.durable_agents import FX_STREAM, FX_SUBJECTS, Job
@@ -102,3 +105,63 @@ async def test_calls_to_other_agents_are_steps(job_client: Client) -> None:
     assert [c["cmd"] for c in callee] == ["job.j3:r3#0", "job.j3:r3#2"]  # the steps' keys
     names = [c["j"].get("name") for c in await commits(job_client.nc, "job", "j3")]
     assert names == ["call:counter/c3.increment", "between", "call:counter/c3.increment", None]
+
+
+async def test_a_journal_past_journal_entries_max_is_blocked_and_resumes_under_a_higher_one(
+    nats_server: NatsServer,
+) -> None:
+    url = nats_server.url
+    client = await Client.connect(settings=ClientSettings(nats_url=url, partitions=8))
+    try:
+        await client.nc.jetstream().add_stream(StreamConfig(name=FX_STREAM, subjects=[FX_SUBJECTS]))
+        ref = client.agent("job", "j9")
+        async with Host(host_settings(url, journal_entries_max=3), Registry([Job])):
+            with pytest.raises(JournalTooLong) as info:
+                await ref.request("run", {"run": "r9"}, command_id="r9", timeout=20)
+        assert info.value.code == "journal_too_long" and isinstance(info.value, NonDeterministic)
+        assert info.value.details == {"step": "s3", "position": 3, "max": 3}
+        log = await commits(client.nc, "job", "j9")
+        assert [c["j"]["k"] for c in log] == ["step"] * 3 + ["blocked"]  # open: nothing was repeated
+        assert log[-1]["j"]["error"]["code"] == "journal_too_long"
+
+        async with Host(host_settings(url), Registry([Job])):  # the limit raised (the default)
+            keys = await ref.request("run", {"run": "r9"}, command_id="r9", timeout=20)
+        assert keys == [f"job.j9:r9#{i}" for i in range(5)]
+        fx = await effects(client, "r9")
+        assert [fx[f"s{i}.done"] for i in range(5)] == [1] * 5
+    finally:
+        await client.close()
+
+
+async def test_jetagents_resume_runs_a_blocked_journal_again_after_the_fix(job_client: Client, tmp_path: Path) -> None:
+    ref = job_client.agent("job", "j3")
+    (tmp_path / "pre-s2").touch()  # the action stops in step 2, steps 0-1 journaled
+    call: Any = ref.request_async("run", {"run": "r3", "gates": str(tmp_path)}, command_id="r3", timeout=30)
+
+    async def journaled() -> bool:
+        return len(await commits(job_client.nc, "job", "j3")) == 2
+
+    await eventually(journaled, 10)
+    Job.ORDER = ["s1", "s0", "s2", "s3", "s4"]  # a code change while in flight, and a failing run
+    Job.FAIL_ONCE = {"s2"}
+    (tmp_path / "pre-s2").unlink()
+    with pytest.raises(NonDeterministic):
+        await call
+    assert await ref.resume("nothing") == {"resumed": False, "state": "unknown"}
+
+    Job.ORDER = None  # the code is restored: the operator resumes it without knowing its parameters
+    url = job_client.nc.connected_url
+    assert url is not None
+    cli = await asyncio.create_subprocess_exec(  # the host runs in this event loop: not subprocess.run
+        sys.executable, "-m", "jetagents.cli", "resume", "job/j3", "r3", "--nats-url", url.geturl(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(cli.communicate(), 60)
+    assert cli.returncode == 0, err.decode()
+    assert json.loads(out) == {"ok": True, "result": {"resumed": True, "state": "finished"}}
+    keys = [f"job.j3:r3#{i}" for i in range(5)]
+    assert await ref.result("r3", timeout=10) == keys
+    fx = await effects(job_client, "r3")
+    assert [fx[f"s{i}.done"] for i in range(5)] == [1] * 5
+    assert [fx[f"s{i}.enter"] for i in range(5)] == [1, 1, 2, 1, 1]  # s0, s1 were not run again
+    assert await ref.resume("r3") == {"resumed": False, "state": "finished"}

@@ -35,17 +35,10 @@ from jetagents import (
     action,
     applies,
 )
+from jetagents._nats.api import connect as raw_connect
 from jetagents._obs.health import HealthMonitor, HealthServer
 from jetagents.examples import Counter
-from tests.integration.helpers import (
-    HostFactory,
-    commits,
-    dead_letters,
-    eventually,
-    raw_call,
-    raw_nats,
-    started_hosts,
-)
+from tests.integration.helpers import HostFactory, call_json, commits, dead_letters, eventually, started_hosts
 
 
 class ListState(BaseModel):
@@ -122,20 +115,26 @@ async def make_host(nats_server: NatsServer) -> AsyncIterator[HostFactory]:
 
 @pytest.fixture
 async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    async with raw_nats(nats_server.url, "stuck-test") as conn:
+    conn = await raw_connect(nats_server.url, name="stuck-test")
+    try:
         yield conn
+    finally:
+        await conn.close()
+
+
+_call = call_json
 
 
 async def test_a_call_that_never_returns_gets_action_timeout(make_host: HostFactory, nc: NATS) -> None:
     host = await make_host(action_timeout_s=0.5)
-    reply = await raw_call(nc, "agt.call.stuck.never", {"action": "hang"})
+    reply = await _call(nc, "agt.call.stuck.never", {"action": "hang"})
     assert reply["ok"] is False
     assert reply["error"]["code"] == "action_timeout"
     assert reply["error"]["retryable"] is False
     assert reply["error"]["details"] == {"applied": False, "timeout_s": 0.5}
     assert await commits(nc, "stuck", "never") == []  # the event it emitted was dropped
     # the agent is free again: its next command runs
-    ok = await raw_call(nc, "agt.call.stuck.never", {"action": "add", "params": {"item": 1}})
+    ok = await _call(nc, "agt.call.stuck.never", {"action": "add", "params": {"item": 1}})
     assert ok == {"ok": True, "result": [1]}
     assert host.stats["action_timeouts"] == 1
 
@@ -144,12 +143,12 @@ async def test_a_flooded_stuck_agent_does_not_starve_the_others(make_host: HostF
     """600 calls to one stuck agent, on a host with room for 64 commands in flight: the
     others are answered at once, never 'host overloaded' (before: every slot was taken)."""
     host = await make_host(action_timeout_s=1.0, max_inflight=64, max_mailbox_per_agent=4)
-    flood = [asyncio.ensure_future(raw_call(nc, "agt.call.stuck.hog", {"action": "hang"})) for _ in range(600)]
+    flood = [asyncio.ensure_future(_call(nc, "agt.call.stuck.hog", {"action": "hang"})) for _ in range(600)]
     await nc.flush()
     # all but the few it can hold are answered at once (before the fix: 'host overloaded')
     await eventually(lambda: sum(f.done() for f in flood) >= 500, timeout_s=60)
     for i in range(20):
-        reply = await raw_call(nc, f"agt.call.counter.other-{i}", {"action": "increment"}, timeout=30)
+        reply = await _call(nc, f"agt.call.counter.other-{i}", {"action": "increment"}, timeout=30)
         for _ in range(50):
             # a loaded machine can delay the host's heartbeat past its TTL while 600 calls
             # arrive: its partitions are then taken again, and a call meanwhile is answered
@@ -158,7 +157,7 @@ async def test_a_flooded_stuck_agent_does_not_starve_the_others(make_host: HostF
             if reply.get("ok") or "moving to this host" not in reply["error"]["message"]:
                 break
             await asyncio.sleep(0.2)
-            reply = await raw_call(nc, f"agt.call.counter.other-{i}", {"action": "increment"}, timeout=30)
+            reply = await _call(nc, f"agt.call.counter.other-{i}", {"action": "increment"}, timeout=30)
         assert reply == {"ok": True, "result": 1}, reply
     replies = await asyncio.gather(*flood)
     codes = [r["error"]["code"] for r in replies]
@@ -214,15 +213,15 @@ async def test_the_commands_deadline_cuts_the_limit_short(make_host: HostFactory
 
 async def test_type_and_action_limits_win_over_the_hosts(make_host: HostFactory, nc: NATS) -> None:
     await make_host(action_timeout_s=120.0)
-    reply = await raw_call(nc, "agt.call.impatient.t", {"action": "hang"}, timeout=30)
+    reply = await _call(nc, "agt.call.impatient.t", {"action": "hang"}, timeout=30)
     assert reply["error"]["code"] == "action_timeout" and reply["error"]["details"]["timeout_s"] == 0.4
-    reply = await raw_call(nc, "agt.call.stuck.a", {"action": "hang_briefly"}, timeout=30)
+    reply = await _call(nc, "agt.call.stuck.a", {"action": "hang_briefly"}, timeout=30)
     assert reply["error"]["code"] == "action_timeout" and reply["error"]["details"]["timeout_s"] == 0.3
 
 
 async def test_an_action_that_swallows_the_cancellation_keeps_nothing(make_host: HostFactory, nc: NATS) -> None:
     await make_host(action_timeout_s=0.5)
-    reply = await raw_call(nc, "agt.call.stuck.sw", {"action": "stubborn"})
+    reply = await _call(nc, "agt.call.stuck.sw", {"action": "stubborn"})
     assert reply["error"]["code"] == "action_timeout"
     assert await commits(nc, "stuck", "sw") == []
 
@@ -246,7 +245,7 @@ async def test_a_blocked_event_loop_is_counted_and_shown_in_health(make_host: Ho
         # a loaded machine may stall the loop on its own: count from here
         before = monitor.status()["loop"]["blocked_total"]
         beats = host.watchdog._beats if host.watchdog is not None else 0
-        reply = await raw_call(nc, "agt.call.stuck.blk", {"action": "block", "params": {"seconds": 1.0}})
+        reply = await _call(nc, "agt.call.stuck.blk", {"action": "block", "params": {"seconds": 1.0}})
         assert reply == {"ok": True, "result": "blocked"}
         await eventually(lambda: host.watchdog is not None and host.watchdog._beats > beats + 2, timeout_s=30)
         assert host.stats["loop_blocked"] >= before + 1

@@ -56,6 +56,7 @@ STORED_TARGETS = [
     ("agt.dlq.counter.forged", "AGT_DLQ"),
     ("$KV.agt_cluster.member.ghost", "KV_agt_cluster"),
     ("$KV.agt_cluster.ring", "KV_agt_cluster"),
+    ("$KV.agt_cluster.ringlog.0", "KV_agt_cluster"),  # the ring's change log (slot 0: epoch 64)
     ("$KV.agt_quarantine.counter.victim", "KV_agt_quarantine"),
     ("agt.out.counter.victim.forged", "AGT_OUT"),
 ]
@@ -391,6 +392,60 @@ async def test_the_operator_inspects_and_redrives_a_client_cannot(world: World) 
         await op.close()
 
 
+async def test_only_hosts_write_the_ring_log_and_heartbeats_the_dashboard_reads(world: World) -> None:
+    """Issue 18: the leader's ring change log (``ringlog.*``) and the hosts' heartbeats with
+    their latency are read by the operator (the dashboard); neither a client nor the operator
+    can write a forged ownership history or a host's figures."""
+    w = world
+    assert await w.client.agent("counter", "rl").request("increment", {"by": 1}) == 1
+    op = await Client.connect(settings=ClientSettings(nats_url=w.booted.url("operator"), inbox_prefix=OPERATOR_INBOX))
+    try:
+        admin = Inspector(op)
+        logged = await admin.io.kv_scan("agt_cluster", "ringlog.")
+        assert logged and all(orjson.loads(e.data)["leader"] == "perm-host" for e in logged.values())
+
+        async def advertised() -> bool:
+            beat = await admin.io.kv_get("agt_cluster", "member.perm-host")
+            return beat is not None and int(orjson.loads(beat.data)["latency_ms"]["n"]) > 0
+
+        async with asyncio.timeout(10):
+            while not await advertised():
+                await asyncio.sleep(0.1)
+    finally:
+        await op.close()
+    for user, prefix in (("client", CLIENT_INBOX), ("operator", OPERATOR_INBOX)):
+        seen = Violations()
+        forger = await nats.connect(w.booted.url(user), inbox_prefix=prefix, error_cb=seen.record)
+        try:
+            for subject in ("$KV.agt_cluster.ringlog.0", "$KV.agt_cluster.member.perm-host"):
+                await forger.publish(subject, b'{"epoch":1,"moves":[[0,"perm-host","forged"]]}')
+                await seen.wait_for(f'Publish to "{subject}"')
+        finally:
+            await forger.close()
+    assert await w.count("KV_agt_cluster", "$KV.agt_cluster.ringlog.0") == 0
+
+
+async def test_the_host_watches_tombstones_under_its_permissions(world: World) -> None:
+    """ADR 0052: a tombstone the operator writes without the ``evict`` request (a host that
+    missed it) still reaches the host through its watch of the tombstone bucket (an ordered
+    consumer the host user may create): the agent in its memory is refused from then on."""
+    w = world
+    ref = w.client.agent("counter", "watched")
+    assert await ref.request("increment", {"by": 1}) == 1
+    assert "counter.watched" in w.host.catalog.activations
+    op = await Client.connect(settings=ClientSettings(nats_url=w.booted.url("operator"), inbox_prefix=OPERATOR_INBOX))
+    try:
+        admin = Inspector(op)
+        await admin.io.kv_put("agt_tomb", "counter.watched", b'{"agent": "counter/watched", "by": "op"}')
+    finally:
+        await op.close()
+    async with asyncio.timeout(10):
+        while "counter.watched" in w.host.catalog.activations:
+            await asyncio.sleep(0.05)
+    with pytest.raises(AgentDeleted):
+        await ref.request("increment", {"by": 1})
+
+
 async def test_only_the_operator_quarantines_releases_or_rolls_back_an_agent(world: World) -> None:
     """A client can neither release a quarantined agent (delete its record) nor quarantine
     another's (write one) nor read the records, nor ask for a rollback; the operator (admin)
@@ -569,3 +624,62 @@ async def test_a_refused_publish_fails_its_own_call_and_spares_the_connection(wo
     await w.client.nc.flush()
     assert await ref.request("increment", {"by": 1}, delivery="at-most-once") == 2
     assert not w.client.nc.is_closed
+
+
+async def test_a_client_schedule_on_a_command_subject_never_runs(server: BootedConfigs) -> None:
+    """``AGT_CMD`` allows message schedules (reminders need them) on all its subjects, and the
+    server can neither be told which nor turn them off again: whoever may send commands may
+    store one (``Nats-Schedule`` on ``agt.cmd.<type>.<id>``, firing at another agent every
+    second), and while no host runs it fires unchecked. A host refuses it as it arrives
+    (dead-lettered once, acknowledged: that deletes it, and a deleted schedule stops), and
+    refuses every firing of it (its ``Nats-Scheduler`` is no host's reminder subject of that
+    agent): the victim never runs one, not even those that piled up before."""
+    admin = await nats.connect(server.url("admin"))
+    settings = host_settings(server.url("host"), host_id="perm-sch", inbox_prefix=HOST_INBOX)
+    registry = Registry(EXAMPLE_AGENTS)
+    async with Host(settings, registry):
+        pass  # the streams exist; now no host runs
+
+    async def held(subject: str) -> int:
+        info = await js_api(admin, "$JS.API.STREAM.INFO.AGT_CMD", {"subjects_filter": subject}, 5)
+        return sum((info["state"].get("subjects") or {}).values())
+
+    async def last_seq() -> int:
+        return int((await js_api(admin, "$JS.API.STREAM.INFO.AGT_CMD", None, 5))["state"]["last_seq"])
+
+    victim, schedule = "agt.p.*.counter.sch-victim", "agt.p.*.counter.sch-evil"
+    atk = await nats.connect(server.url("client"), inbox_prefix=CLIENT_INBOX)
+    try:
+        hdrs = {
+            "Nats-Schedule": "@every 1s",
+            "Nats-Schedule-Target": "agt.cmd.counter.sch-victim",
+            "Agt-Reminder": "forged",
+        }
+        body = b'{"action":"increment","params":{"by":100}}'
+        ack = await atk.request("agt.cmd.counter.sch-evil", body, 5, headers=hdrs)
+        assert orjson.loads(ack.data)["stream"] == "AGT_CMD", ack.data  # stored: the server cannot refuse it
+        for _ in range(1500):  # 30 s: it fired twice, with nobody there to refuse it
+            if await held(victim) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert await held(victim) >= 2
+    finally:
+        await atk.close()
+    async with Host(settings, registry) as host:
+        for _ in range(1500):  # the schedule and its firings are refused (and so deleted)
+            if await held(schedule) + await held(victim) == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert await held(schedule) + await held(victim) == 0
+        before = await last_seq()
+        await asyncio.sleep(2.5)  # more than two periods: a schedule still held fires again
+        assert await last_seq() == before, "the client's schedule still fires"
+        client = await Client.connect(
+            settings=ClientSettings(nats_url=server.url("client"), partitions=8, inbox_prefix=CLIENT_INBOX)
+        )
+        try:
+            assert await client.agent("counter", "sch-victim").request("get", delivery="at-most-once") == 0
+        finally:
+            await client.close()
+        assert host.stats["dead_letters"] >= 3  # the schedule and every firing, refused once
+    await admin.close()

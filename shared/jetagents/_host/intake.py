@@ -14,7 +14,9 @@ from .._core.command import Command, Kind, parse_command
 from .._core.errors import PayloadTooLarge, Unavailable
 from .._core.ids import is_valid_token, partition_of
 from .._core.outcome import Result
+from .._core.schedules import H_SCHEDULE, H_SCHEDULER
 from .._core.wire import encode_error
+from .reminders import stray_schedule
 
 if TYPE_CHECKING:
     from .host import Host
@@ -92,6 +94,14 @@ class Intake:
         if len(data) > host.settings.max_payload_bytes:
             self.refuse_oversized(cmd)
             return
+        if headers and (H_SCHEDULE in headers or H_SCHEDULER in headers):
+            # a client's schedule, or a firing of one: refused now, never queued behind the
+            # agent's commands (a schedule fires for as long as it is stored)
+            stray = stray_schedule(cmd, host.subjects.root)
+            if stray is not None:
+                host.scheduler.track(cmd)
+                host.supervisor.spawn("side", host.scheduler.reject_unrouted(cmd, stray))
+                return
         if b'"cancel"' in data[:32]:  # seen now, not behind the command it cancels (ADR 0042 §8)
             key = f"{cmd.agent_type}.{cmd.agent_id}"
             host.pipeline.signals.note_cancel(host.catalog.activations.get(key), data)
