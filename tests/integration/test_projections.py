@@ -10,16 +10,20 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from typing import Any
 
 import nats
 import orjson
+import pytest
 from typer.testing import CliRunner
 
 from jetagents import Client, Host, NatsServer
 from jetagents._core.errors import Unavailable
+from jetagents._core.kv import CasConflict
 from jetagents._core.projection import Position
+from jetagents._nats.projection_store import ProjectionStore
 from jetagents.cli import app
 from jetagents.examples.counter import Counter, Incremented
 from jetagents.testing.server import child_preexec
@@ -34,6 +38,8 @@ async def test_catch_up_then_live_tail_has_no_gap_and_no_duplicate(host: Host, c
     for ref, by in before:
         await ref.send("increment", {"by": by})
     await eventually(lambda: host.stats["processed"] >= len(before), 60, 0.05)
+    since_ms = int(time.time() * 1000) + 1  # every commit so far was stored before this
+    await eventually(lambda: time.time() * 1000 > since_ms, 5, 0.001)
 
     seen: list[Any] = []
     during = 30
@@ -41,6 +47,8 @@ async def test_catch_up_then_live_tail_has_no_gap_and_no_duplicate(host: Host, c
 
     async def keep_committing() -> None:
         for i in range(during):
+            if i == 10:  # the rest only once the tail handed out all so far: it tails live
+                await eventually(lambda: len(seen) >= len(before) + 10, 60, 0.01)
             await agents[i % 3].send("increment", {"by": 1})
 
     async with client.events("counter", decode=[Counter]) as tail:
@@ -65,6 +73,9 @@ async def test_catch_up_then_live_tail_has_no_gap_and_no_duplicate(host: Host, c
     for ns in per_agent.values():
         assert ns == list(range(1, len(ns) + 1)), "every commit of every agent, no gap"
     assert sum(len(ns) for ns in per_agent.values()) == total
+    # a tail from a time: the first commit stored since (the first of those written live)
+    async with client.events("counter", since_ms=since_ms) as timed:
+        assert (await anext(aiter(timed))).seq == seen[len(before)].seq
     # one agent's tail, resumed after an offset: exactly what follows it
     one = client.events("counter", "tail-1", after=seen[5].seq)
     async with one:
@@ -156,6 +167,13 @@ async def test_a_projection_killed_mid_stream_resumes_once_and_a_rebuild_matches
         assert pos is not None and pos.events == sum(per_agent.values())
         stop.set()
         await asyncio.wait_for(task, 30)
+        # the fence: rows written against a position that moved on are refused, all of them
+        store = ProjectionStore(client.nc, client.subjects)
+        found = await store.position("totals")
+        assert found is not None
+        with pytest.raises(CasConflict):
+            await store.commit("totals", found[0], found[1] - 1, 2, {"k0": {"total": -1}, "k1": None})
+        assert {key: await reader.get(key) for key in want} == want
     finally:
         if proc.poll() is None:
             proc.kill()
