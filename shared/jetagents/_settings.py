@@ -93,6 +93,12 @@ class HostSettings(CommonSettings):
         ge=1024 * 1024,
         description="host-wide bytes of the bodies of commands received, not finished (calls beyond it: overloaded)",
     )
+    high_lane_reserve: int = Field(
+        default=64,
+        ge=1,
+        description="commands (and largest bodies) the high-priority lane may take in beyond max_inflight(_bytes),"
+        " so a host full of normal commands still pulls high ones (ADR 0058)",
+    )
     workers: int = Field(default=256, ge=1, le=100_000, description="agents processed at once")
     pools: dict[str, WorkerPool] = Field(
         default_factory=dict,

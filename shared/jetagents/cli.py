@@ -18,7 +18,7 @@ import typer
 from ._admin_cli import agent_app, agents_app, dlq_app
 from ._core.errors import JetAgentsError
 from ._core.ids import AgentId
-from ._core.wire import Delivery
+from ._core.wire import Delivery, Priority
 from ._service import EXAMPLES, NoAgentsConfigured, run
 from ._settings import ClientSettings, HostSettings
 
@@ -213,6 +213,9 @@ def call(
     command_id: Annotated[str | None, typer.Option("--id", help="command id (re-use it to retry safely)")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
     nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+    priority: Annotated[
+        Priority, typer.Option(help="high: ahead of the agent's queued commands (the high lane, ADR 0058)")
+    ] = Priority.NORMAL,
 ) -> None:
     """Send ACTION to agent TYPE/ID and print the reply as JSON."""
     try:
@@ -231,7 +234,7 @@ def call(
         client = await Client.connect(settings=settings, name="jetagents-cli")
         try:
             return await client.agent(aid.type, aid.id).request(
-                action, parsed, delivery=delivery, timeout=timeout, command_id=command_id
+                action, parsed, delivery=delivery, timeout=timeout, command_id=command_id, priority=priority
             )
         finally:
             await client.close()

@@ -137,11 +137,12 @@ class OutboundCommand:
             headers[H_MSG_ID] = cmd_id
         if chain:
             headers.update(chain)
-        subject = (
-            subjects.call(agent.type, agent.id)
-            if delivery is Delivery.AT_MOST_ONCE
-            else subjects.cmd(agent.type, agent.id)
-        )
+        if delivery is Delivery.AT_MOST_ONCE:
+            subject = subjects.call(agent.type, agent.id)
+        elif options.priority is Priority.HIGH:  # the high lane overtakes a backlog (ADR 0058)
+            subject = subjects.cmd_high(agent.type, agent.id)
+        else:
+            subject = subjects.cmd(agent.type, agent.id)
         return cls(
             agent=agent,
             action=action,

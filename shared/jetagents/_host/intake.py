@@ -14,7 +14,7 @@ from .._core.command import Command, Kind, parse_command
 from .._core.errors import PayloadTooLarge, Unavailable
 from .._core.ids import is_valid_token, partition_of
 from .._core.outcome import Result
-from .._core.wire import encode_error
+from .._core.wire import HIGH_STORED_TOKEN, encode_error
 
 if TYPE_CHECKING:
     from .host import Host
@@ -43,10 +43,13 @@ class Intake:
         *,
         deliveries: int | None = None,
         stream_seq: int | None = None,
+        high: bool = False,
     ) -> Command:
+        """``high``: a durable command of the high-priority lane (ADR 0058), named after its
+        own stream's position when it carries no id."""
         host = self._host
         partition, agent_type, agent_id = route
-        return parse_command(
+        cmd = parse_command(
             kind,
             subject,
             headers,
@@ -56,11 +59,15 @@ class Intake:
             agent_id=agent_id,
             partition=partition,
             received=host.clock.monotonic(),
-            cepoch=host.cepoch,
+            cepoch=host.cepoch_high if high else host.cepoch,
             reply_prefixes=host.settings.reply_prefixes,
             deliveries=deliveries,
             stream_seq=stream_seq,
         )
+        if high:
+            cmd.high = True
+            cmd.priority_rank = 0
+        return cmd
 
     async def on_pull_msg(self, subject: str, headers: Mapping[str, str] | None, data: bytes, reply: str) -> None:
         """A message on the pull inbox: a status about one of our pull requests, or a command."""
@@ -69,11 +76,13 @@ class Intake:
             host.partitions.on_pull_status(subject, headers)
             return
         # a command; JetStream delivers it under its stored subject <root>.p.<partition>.<type>.<id>
+        # (<root>.ph.<partition>.<type>.<id> on the high lane, ADR 0058)
         parts = subject.split(".")
         if len(parts) < 5 or not parts[-3].isdigit():
             return
         partition = int(parts[-3])
-        puller = host.partitions.get(partition)
+        high = parts[-4] == HIGH_STORED_TOKEN
+        puller = host.partitions.get(partition, high)
         if puller is None:
             await host.nc.publish(reply, b"-NAK")
             return
@@ -82,7 +91,7 @@ class Intake:
             pin = headers.get("Nats-Pin-Id")
             if pin:
                 puller.pin_id = pin
-        cmd = self.parse(Kind.STREAM, subject, headers, data, reply, (partition, parts[-2], parts[-1]))
+        cmd = self.parse(Kind.STREAM, subject, headers, data, reply, (partition, parts[-2], parts[-1]), high=high)
         if host.supervisor.stopping:
             host.scheduler.track(cmd)
             await host.outcomes.settle(cmd, Result.STOPPING, {})
@@ -141,7 +150,12 @@ class Intake:
         size = len(data)
         s = host.settings
         scheduler = host.scheduler
-        if scheduler.inflight_count >= s.max_inflight or scheduler.inflight_bytes + size > s.max_inflight_bytes:
+        # a high call has the high lane's reserve on top (ADR 0058), as its puller has
+        reserve = s.high_lane_reserve if cmd.high else 0
+        if (
+            scheduler.inflight_count >= s.max_inflight + reserve
+            or scheduler.inflight_bytes + size > s.max_inflight_bytes + reserve * (s.max_payload_bytes + 4096)
+        ):
             if reply:
                 err = Unavailable("host overloaded, retry", details={"applied": False})
                 await host.outcomes.reply(reply, encode_error(err), {}, None)
