@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from .._nats.pubsub import TopicStream
     from .._state.store import SharedState
     from .coordination import Coordination, Lease
+    from .events import EventTail
+    from .projection import Projections
     from .pubsub import ClientPubSub
     from .workqueue import WorkQueue
 
@@ -310,6 +312,21 @@ class Client:
 
     async def unsubscribe_agent(self, agent_type: str, agent_id: str, pattern: str) -> None:
         await self._pubsub.unsubscribe_agent(agent_type, agent_id, pattern)
+
+    # -- event logs and projections (ADR 0057; _client/events.py, _client/projection.py) ----
+    def events(self, agent_type: str | None = None, agent_id: str | None = None, **options: Any) -> EventTail:
+        """Agents' commits (all, one type, one agent) from ``after=`` a sequence (0: the
+        start) or ``since_ms=``, history then live; ``decode=[Counter]`` upcasts events."""
+        from .events import open_events
+
+        return open_events(self, agent_type, agent_id, **options)
+
+    @property
+    def projections(self) -> Projections:
+        """Run, read and rebuild projections: ``client.projections.runner(MyProjection())``."""
+        from .projection import Projections
+
+        return Projections(self)
 
     # -- coordination (_client/coordination.py) --------------------------------------------
     @property

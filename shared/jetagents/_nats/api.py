@@ -566,6 +566,12 @@ class DirectReader:
         """The last message on ``subject`` (None if there is none)."""
         return await self._one(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout_s)
 
+    async def first_since(self, stream: str, subject: str, start_time: str, timeout_s: float) -> Msg | None:
+        """The first message on ``subject`` (wildcards allowed) stored at or after
+        ``start_time`` (RFC 3339); None if there is none."""
+        req = orjson.dumps({"start_time": start_time, "next_by_subj": subject})
+        return await self._one(f"$JS.API.DIRECT.GET.{stream}", req, timeout_s)
+
     async def _one(self, api: str, payload: bytes, timeout_s: float) -> Msg | None:
         inbox = await shared_inbox(self._nc)
         try:

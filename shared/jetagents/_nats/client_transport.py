@@ -19,6 +19,7 @@ from .api import connect, js_publish
 from .batch import Outgoing, publish_all
 from .inbox import Inbox
 from .kv import kv_subject
+from .log_tail import LogTailReader
 from .out_stream import OutReader
 
 NatsConnection: TypeAlias = NATS  # what ``Client(nc, ...)`` takes: a connected nats-py client
@@ -84,6 +85,12 @@ class ClientTransport:
     async def out_reader(self, stream: str, subject: str, timeout_s: float) -> OutReader:
         """A started reader of one streaming command's output subject (on the client's inbox)."""
         reader = OutReader(self.nc, self._inbox, stream, subject, timeout_s)
+        await reader.start()
+        return reader
+
+    async def log_reader(self, stream: str, subject: str, timeout_s: float) -> LogTailReader:
+        """A started reader of the event stream from a position on (ADR 0057), on the client's inbox."""
+        reader = LogTailReader(self.nc, self._inbox, stream, subject, timeout_s)
         await reader.start()
         return reader
 

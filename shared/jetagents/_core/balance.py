@@ -1,0 +1,219 @@
+"""Rebalancing partitions by measured load (pure logic, ADR 0044).
+
+The ring (``ring.py``) balances partition *counts*. Commands are rarely spread evenly: when
+80 % of them go to 10 % of the partitions, equal counts are very unequal loads. Each interval
+the leader hands ``Balancer.plan`` the ring, every host's load score (``resources.load_score``),
+each partition's command rate and each host's cost per command (``rates_and_costs``), and gets
+back at most ``max_moves`` partition moves. The rules that keep it from flapping:
+
+* hysteresis: a host is *hot* when its score exceeds the mean by ``threshold`` (relative) and
+  ``min_gap`` (absolute, so an idle cluster's noise moves nothing); only a host hot for
+  ``persist`` consecutive intervals gives partitions away;
+* a move is made only when, by the load it predicts (a partition's rate times each host's
+  cost per command), both hosts end below the hot one's score less ``min_gap``: a move that
+  merely swaps which host is hot is never made, and since each move replaces the hot score
+  and the cold one by two lower ones, the hosts' scores sorted from the top fall
+  lexicographically with every move; while the loads stay what they were no partition can
+  bounce back;
+* after a move both hosts' streaks restart (the next decision waits for ``persist`` fresh
+  measurements that include the move), and a moved partition stays put for ``cooldown``
+  intervals;
+* counts stay inside the ring's bounds (``floor(fair share)`` .. ``ceil(load_factor * fair
+  share)``): when giving one partition would break them, the cold host gives back its least
+  loaded partition in a swap, so the ring's own computation (which keeps every owner that is
+  within the bounds) never undoes the move.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .ring import capacity_caps
+
+
+@dataclass(frozen=True, slots=True)
+class BalancePolicy:
+    threshold: float = 0.25  # hot: score > mean * (1 + threshold) ...
+    min_gap: float = 0.05  # ... and score > mean + min_gap
+    persist: int = 3  # intervals a host must stay hot before it gives partitions away
+    max_moves: int = 2  # partitions moved per interval (a swap moves two)
+    cooldown: int = 6  # intervals a moved partition stays where it went
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    partition: int
+    source: str
+    target: str
+
+
+@dataclass
+class Balancer:
+    """The leader's memory between intervals (lost with the leadership, which only delays
+    the next move by ``persist`` intervals)."""
+
+    policy: BalancePolicy = field(default_factory=BalancePolicy)
+    interval: int = 0
+    streak: dict[str, int] = field(default_factory=dict)
+    moved_at: dict[int, int] = field(default_factory=dict)
+
+    def hot(self, scores: Mapping[str, float]) -> list[str]:
+        """Hosts over the threshold now, hottest first."""
+        if not scores:
+            return []
+        mean = sum(scores.values()) / len(scores)
+        p = self.policy
+        over = [h for h, s in scores.items() if s > mean * (1 + p.threshold) and s > mean + p.min_gap]
+        return sorted(over, key=lambda h: (-scores[h], h))
+
+    def plan(
+        self,
+        owners: Sequence[str],
+        scores: Mapping[str, float],
+        rates: Mapping[int, float],
+        cost: Mapping[str, float],
+        *,
+        weights: Mapping[str, float] | None = None,
+        load_factor: float = 1.25,
+    ) -> list[Move]:
+        """One interval: update the streaks from ``scores`` (the live hosts that may take
+        partitions) and return the moves to make now. ``rates`` are the partitions' command
+        rates (missing: 0) and ``cost`` each host's score per unit of rate, so a partition
+        moved from a slow host is predicted to cost less where it goes (``rates_and_costs``)."""
+        if self.policy.max_moves < 2:
+            raise ValueError("max_moves must be >= 2: a swap moves two partitions")
+        self.interval += 1
+        ranked = self.hot(scores)
+        for h in list(self.streak):
+            if h not in ranked:
+                del self.streak[h]
+        for h in ranked:
+            self.streak[h] = self.streak.get(h, 0) + 1
+        ready = [h for h in ranked if self.streak[h] >= self.policy.persist]
+        if not ready or len(scores) < 2:
+            return []
+        counts = dict.fromkeys(scores, 0)
+        for o in owners:
+            if o in counts:
+                counts[o] += 1
+        n = len(owners)
+        w = {h: (weights or {}).get(h, 1.0) for h in scores}
+        caps = capacity_caps(n, w, load_factor)
+        floors = {h: math.floor(n * w[h] / sum(w.values())) for h in scores}
+        live = dict(scores)
+        moves: list[Move] = []
+        budget = self.policy.max_moves
+        for source in ready:
+            target = min(live, key=lambda h: (live[h], h))
+            if target == source or budget <= 0:
+                break
+            owned = {h: [p for p, o in enumerate(owners) if o == h and self._movable(p)] for h in (source, target)}
+            step = self._best_step(source, target, owned, live, rates, cost, counts, caps, floors, budget)
+            if step is None:
+                continue
+            moved, after = step
+            live[source], live[target] = after
+            for m in moved:
+                counts[m.source] -= 1
+                counts[m.target] += 1
+                self.moved_at[m.partition] = self.interval
+            moves.extend(moved)
+            budget -= len(moved)
+            self.streak.pop(source, None)
+            self.streak.pop(target, None)
+        return moves
+
+    def _movable(self, p: int) -> bool:
+        at = self.moved_at.get(p)
+        return at is None or self.interval - at > self.policy.cooldown
+
+    def _best_step(
+        self,
+        source: str,
+        target: str,
+        owned: Mapping[str, list[int]],
+        scores: Mapping[str, float],
+        rates: Mapping[int, float],
+        cost: Mapping[str, float],
+        counts: Mapping[str, int],
+        caps: Mapping[str, int],
+        floors: Mapping[str, int],
+        budget: int,
+    ) -> tuple[list[Move], tuple[float, float]] | None:
+        """The move (or swap) after which the hotter of the two hosts is coolest, provided
+        it is cooler than ``source`` is now by ``min_gap``; None when no move helps."""
+        s, t = scores[source], scores[target]
+        cs, ct = cost.get(source, 0.0), cost.get(target, 0.0)
+        limit = s - self.policy.min_gap
+        best: tuple[float, int, list[Move], tuple[float, float]] | None = None
+        single_ok = counts[source] - 1 >= floors[source] and counts[target] + 1 <= caps[target]
+        give_back = min(owned[target], key=lambda x: (rates.get(x, 0.0), x), default=None)
+        for p in owned[source]:
+            rp = rates.get(p, 0.0)
+            if rp <= 0:
+                continue
+            options: list[tuple[list[Move], float, float]] = []
+            if single_ok:
+                options.append(([Move(p, source, target)], s - rp * cs, t + rp * ct))
+            if budget >= 2 and give_back is not None:
+                rq = rates.get(give_back, 0.0)
+                swap = [Move(p, source, target), Move(give_back, target, source)]
+                options.append((swap, s - (rp - rq) * cs, t + (rp - rq) * ct))
+            for step, new_s, new_t in options:
+                worst = max(new_s, new_t)
+                if worst <= limit and (best is None or (worst, len(step)) < (best[0], best[1])):
+                    best = (worst, len(step), step, (new_s, new_t))
+        return (best[2], best[3]) if best is not None else None
+
+
+def apply(owners: Sequence[str], moves: Sequence[Move]) -> list[str]:
+    out = list(owners)
+    for m in moves:
+        if out[m.partition] == m.source:
+            out[m.partition] = m.target
+    return out
+
+
+def rates_and_costs(
+    owners: Sequence[str], members: Mapping[str, Mapping[str, object]], scores: Mapping[str, float]
+) -> tuple[dict[int, float], dict[str, float]]:
+    """The command rate of each partition (what its owner advertises in ``rates``: {p: per s})
+    and each host's cost: the part of its score that follows its partitions (``scores``: CPU
+    and network, not the process's memory) per unit of rate. A host that reports no rate
+    costs what the others cost on average.
+
+    >>> rates_and_costs(["a", "a", "b"], {"a": {"rates": {"0": 3.0, "1": 1.0}}}, {"a": 0.8, "b": 0.1})
+    ({0: 3.0, 1: 1.0}, {'a': 0.2, 'b': 0.2})
+    """
+    rates: dict[int, float] = {}
+    cost: dict[str, float] = {}
+    for host, m in members.items():
+        advertised = m.get("rates")
+        if not isinstance(advertised, Mapping) or host not in scores:
+            continue
+        mine: dict[int, float] = {}
+        for k, v in advertised.items():
+            try:
+                p = int(k)
+            except (TypeError, ValueError):
+                continue
+            if 0 <= p < len(owners) and owners[p] == host and isinstance(v, int | float) and v > 0:
+                mine[p] = float(v)
+        if mine:
+            rates.update(mine)
+            cost[host] = scores[host] / sum(mine.values())
+    mean = sum(cost.values()) / len(cost) if cost else 0.0
+    return rates, {h: round(cost.get(h, mean), 12) for h in scores}
+
+
+def imbalance(scores: Mapping[str, float]) -> float:
+    """The hottest host's score over the mean (1.0: perfectly even; 0 hosts or idle: 1.0)."""
+    if not scores:
+        return 1.0
+    mean = sum(scores.values()) / len(scores)
+    return max(scores.values()) / mean if mean > 0 else 1.0
+
+
+__all__ = ["BalancePolicy", "Balancer", "Move", "apply", "imbalance", "rates_and_costs"]

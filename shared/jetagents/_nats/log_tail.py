@@ -1,0 +1,90 @@
+"""Reading the event stream from a sequence on, history then live (ADR 0057): batched direct
+gets by sequence, so a reader never sees a message twice nor skips one, and a core
+subscription to the same filter as a bell that says "read again" once the reader caught up.
+
+The bell carries no position (a core message has no stream sequence), so it only wakes the
+reader; the messages themselves always come from direct gets in stream order. A reader polls
+too: a message can reach a subscriber before the replica answering direct gets stores it, and
+a reconnect loses bells.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from .._host.ports import StoredMessage
+from .api import DirectReader, stream_info
+from .headers import H_NATS_SEQUENCE, H_NATS_SUBJECT
+from .inbox import Inbox
+
+__all__ = ["LogTailReader"]
+
+
+class LogTailReader:
+    """One filter of one stream (``agt.evt.counter.*``): ``read(after_seq)`` returns up to
+    ``batch`` messages stored after it, ``wait`` returns when the filter gets a new message
+    (or the timeout passes)."""
+
+    def __init__(self, nc: NATS, inbox: Inbox, stream: str, subject: str, timeout_s: float) -> None:
+        self._nc = nc
+        self._reader = DirectReader(nc, inbox)
+        self._stream = stream
+        self._subject = subject
+        self._timeout_s = timeout_s
+        self._bell = asyncio.Event()
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        await self._reader.start()
+
+    async def listen(self) -> None:
+        """Start the bell (once caught up: while it catches up a reader needs none, and a
+        busy stream would ring it for every commit)."""
+        if self._sub is not None:
+            return
+
+        async def ring(_: Msg) -> None:
+            self._bell.set()
+
+        self._sub = await self._nc.subscribe(self._subject, cb=ring)
+
+    async def read(self, after_seq: int, batch: int) -> tuple[list[StoredMessage], bool]:
+        """Up to ``batch`` messages after ``after_seq``, and whether more are stored."""
+        stream, subject = self._stream, self._subject
+        msgs, more, _ = await self._reader.read_batch(stream, subject, after_seq + 1, batch, self._timeout_s)
+        out = []
+        for m in msgs:
+            h = m.headers or {}
+            out.append(StoredMessage(int(h.get(H_NATS_SEQUENCE, 0)), h.get(H_NATS_SUBJECT, ""), m.data, h))
+        return out, more
+
+    async def seq_before(self, since_ms: int) -> int:
+        """The position just before the first message stored at or after ``since_ms`` (unix
+        ms): a reader that starts "after" it reads from that message on."""
+        when = datetime.fromtimestamp(since_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+        msg = await self._reader.first_since(self._stream, self._subject, when, self._timeout_s)
+        if msg is None:  # nothing since: everything stored from now on
+            info = await stream_info(self._nc, self._stream, self._timeout_s)
+            return int(info["state"]["last_seq"])
+        return int((msg.headers or {}).get(H_NATS_SEQUENCE, 1)) - 1
+
+    async def wait(self, timeout_s: float) -> None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._bell.wait()
+        except TimeoutError:
+            pass
+        self._bell.clear()
+
+    async def close(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - the connection is gone already: nothing to undo
+                pass
