@@ -38,6 +38,7 @@ from ._core.errors import (
     UnknownAction,
     UnknownAgent,
     UnknownAgentType,
+    UnsupportedEncoding,
 )
 from ._core.ids import AgentId, partition_of
 from ._core.journal import step_key
@@ -133,6 +134,7 @@ __all__ = [
     "UnknownAction",
     "UnknownAgent",
     "UnknownAgentType",
+    "UnsupportedEncoding",
     "VectorClock",
     "Versioned",
     "WriteResult",

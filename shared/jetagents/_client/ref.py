@@ -43,9 +43,11 @@ class AgentRef:
         priority: Priority | str = Priority.NORMAL,
         timeout: float | None = None,
         deadline: float | None = None,
+        compress: bool | None = None,
     ) -> str:
         """Fire and forget. Durable modes return once the stream has stored the command;
-        at-most-once returns once it is written to the connection. Returns the command id."""
+        at-most-once returns once it is written to the connection. Returns the command id.
+        ``compress``: zstd above the client's ``compress_min_bytes`` (None: its setting)."""
         options = SendOptions(
             delivery=Delivery(delivery),
             timeout_s=timeout,
@@ -54,6 +56,7 @@ class AgentRef:
             priority=Priority(priority),
             deadline_s=deadline,
             want_reply=False,
+            compress=compress,
         )
         return cast(str, await self.client._send(self.id, action, params, options))
 
@@ -68,6 +71,7 @@ class AgentRef:
         correlation_id: str | None = None,
         priority: Priority | str = Priority.NORMAL,
         deadline: float | None = None,
+        compress: bool | None = None,
     ) -> Any:
         """Send and await the reply; returns the action's JSON result or raises the typed error.
 
@@ -86,6 +90,7 @@ class AgentRef:
             correlation_id=correlation_id,
             priority=priority,
             deadline=deadline,
+            compress=compress,
         )
         if reply.status is not None and reply.command_id:
             limit = timeout if timeout is not None else self.client.settings.request_timeout_s
@@ -156,6 +161,7 @@ class AgentRef:
         correlation_id: str | None = None,
         priority: Priority | str = Priority.NORMAL,
         deadline: float | None = None,
+        compress: bool | None = None,
     ) -> Reply:
         """Like :meth:`request` but returns the :class:`Reply` with its headers."""
         options = SendOptions(
@@ -166,6 +172,7 @@ class AgentRef:
             priority=Priority(priority),
             deadline_s=deadline,
             want_reply=True,
+            compress=compress,
         )
         return cast(Reply, await self.client._send(self.id, action, params, options))
 

@@ -42,6 +42,9 @@ H_STREAM_KIND: Final = "Agt-Stream-Kind"
 H_CHUNK: Final = "Agt-Chunk"
 H_STEP: Final = "Agt-Step"
 H_TTL: Final = "Nats-TTL"
+# payload compression (ADR 0043): the body's encoding, and the encodings a sender reads in its reply
+H_ENCODING: Final = "Agt-Encoding"
+H_ACCEPT_ENCODING: Final = "Agt-Accept-Encoding"
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
 

@@ -11,10 +11,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from .._core.command import Command, Kind, parse_command
-from .._core.errors import PayloadTooLarge, Unavailable
+from .._core.encoding import decode
+from .._core.errors import JetAgentsError, PayloadTooLarge, Unavailable
 from .._core.ids import is_valid_token, partition_of
 from .._core.outcome import Result
-from .._core.wire import HIGH_STORED_TOKEN, encode_error
+from .._core.wire import H_ENCODING, HIGH_STORED_TOKEN, encode_error
 
 if TYPE_CHECKING:
     from .host import Host
@@ -100,9 +101,11 @@ class Intake:
         if len(data) > host.settings.max_payload_bytes:
             self.refuse_oversized(cmd)
             return
-        if b'"cancel"' in data[:32]:  # seen now, not behind the command it cancels (ADR 0042 §8)
+        if headers and H_ENCODING in headers and not self.decoded(cmd):
+            return
+        if b'"cancel"' in cmd.body[:32]:  # seen now, not behind the command it cancels (ADR 0042 §8)
             key = f"{cmd.agent_type}.{cmd.agent_id}"
-            host.pipeline.signals.note_cancel(host.catalog.activations.get(key), data)
+            host.pipeline.signals.note_cancel(host.catalog.activations.get(key), cmd.body)
         host.scheduler.dispatch(cmd)
 
     def route_of(self, subject: str) -> tuple[int, str, str]:
@@ -163,7 +166,26 @@ class Intake:
         if size > s.max_payload_bytes:
             self.refuse_oversized(cmd)
             return
+        if headers and H_ENCODING in headers and not self.decoded(cmd):
+            return
         scheduler.dispatch(cmd)
+
+    def decoded(self, cmd: Command) -> bool:
+        """Decode a body sent with ``Agt-Encoding`` (ADR 0043) in place, at most
+        ``max_payload_bytes`` of it, and drop the header, so the command reads as if sent
+        plain from here on (its dead letter, a forward). An unknown encoding, a body that
+        decodes past the limit (a zip bomb) or is no frame: refused, dead-lettered as it
+        came, once; returns False."""
+        host = self._host
+        try:
+            body = decode(cmd.body, cmd.headers[H_ENCODING], limit_bytes=host.settings.max_payload_bytes)
+        except JetAgentsError as err:
+            host.scheduler.track(cmd)  # untracked by the refusal
+            host.supervisor.spawn("side", host.scheduler.reject_unrouted(cmd, err))
+            return False
+        cmd.body = body
+        cmd.headers = {k: v for k, v in cmd.headers.items() if k != H_ENCODING}
+        return True
 
     def refuse_oversized(self, cmd: Command) -> None:
         """A body over ``max_payload_bytes``: refused as it arrives, never queued for its
