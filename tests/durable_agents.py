@@ -9,6 +9,7 @@ again, and returns the key. The records say how often each step ran and with whi
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -138,6 +139,13 @@ class Flow(Agent[FlowState]):
         return "rested"
 
     @action
+    async def slow(self, run: str, gates: str = "") -> str:
+        """A write with a step the test can hold (its gate ``pre-slow``)."""
+        await self.step("slow", self._effect, run, "slow", gates)
+        self.emit(Bumped(by=1))
+        return f"{run} done"
+
+    @action
     async def bump(self, by: int = 1) -> int:
         self.emit(Bumped(by=by))
         return self.state.bumps
@@ -164,4 +172,46 @@ class Flow(Agent[FlowState]):
         state.bumps += event.by
 
 
-AGENTS: list[Any] = [Job, Flow]
+class Relay(Agent[JobState]):
+    """Implicit steps (ADR 0042 §12): ``plain`` makes a plain client request to a counter and
+    a plain shared-state write, then records ``<run>.held`` and waits while the test holds
+    its gate (outside any step). A run named in ``RELAY_SWAP`` (the code changed: a host
+    started with it) makes the two in the other order."""
+
+    type_name = "relay"
+    state_type = JobState
+    action_timeout_s = 120.0
+
+    @action
+    async def plain(self, run: str, counter: str, gates: str = "") -> list[Any]:
+        client = self.ctx.client
+
+        async def call() -> Any:
+            return await client.agent("counter", counter).request("increment", {"by": 1}, timeout=10)
+
+        async def write() -> Any:
+            return (await client.shared().strong.increment(f"fx.{run}")).value
+
+        order = [write, call] if run in os.environ.get("RELAY_SWAP", "").split(",") else [call, write]
+        done = [await fn() for fn in order]
+        await client.nc.jetstream().publish(f"stepfx.{run}.held", b"")
+        if gates:
+            await _gate(Path(gates) / run)
+        self.emit(Finished(run=run))
+        return done
+
+    @action
+    async def fan(self, counter: str) -> list[Any]:
+        """A ``request_reply`` in the action's task (a step), then two requests in tasks it
+        spawns (plain: their order is not the action's)."""
+        ref = self.ctx.client.agent("counter", counter)
+        first = await ref.request_reply("increment", {"by": 1}, timeout=10)
+        spawned = await asyncio.gather(*(ref.request("increment", {"by": by}, timeout=10) for by in (10, 100)))
+        return [first.result, first.command_id, sorted(spawned)]
+
+    @applies
+    def _finished(self, state: JobState, event: Finished) -> None:
+        state.finished.append(event.run)
+
+
+AGENTS: list[Any] = [Job, Flow, Relay]

@@ -7,6 +7,11 @@ calls each tool gets and the idempotency key each call carries.
 while the test holds ``<gates>/pre-<tool>``, so a test can kill the host between two tool
 calls and see where a re-run got to. The server's URL comes from ``JETAGENTS_TEST_MCP_URL``
 (the host is another process).
+
+``McpDesk.ask`` runs a pydantic-ai agent whose tools are that server's, through pydantic-ai's own
+``MCPToolset``, on jetagents (``DurableAgent``): its scripted model asks for ``fetch``,
+``summarize`` and ``store`` one per request, noting each request in ``<gates>/trace`` and waiting
+while ``<gates>/pre-<tool>`` is held (the prompt names the gates).
 """
 
 from __future__ import annotations
@@ -24,8 +29,13 @@ import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel
+from pydantic_ai import Agent as AiAgent
+from pydantic_ai.mcp import MCPToolset
+from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from jetagents import Agent, Event, action, applies
+from jetagents.ai import ChatAgent, ChatState, DurableAgent
 from jetagents.mcp import McpTools
 
 TOOLS = ("fetch", "summarize", "store")
@@ -76,7 +86,45 @@ class Researcher(Agent[ResearchState]):
         state.done.append(event.run)
 
 
-AGENTS = [Researcher]
+async def _one_tool_at_a_time(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    parts = [p for m in messages if isinstance(m, ModelRequest) for p in m.parts]
+    done = [p.tool_name for p in parts if isinstance(p, ToolReturnPart)]
+    gates = Path(str(getattr(parts[0], "content", "")))
+    todo = [t for t in TOOLS if t not in done]
+    step = f"pre-{todo[0]}" if todo else "answer"
+    with open(gates / "trace", "a") as trace:
+        trace.write(f"{step}\n")
+    while (gates / step).exists():
+        await asyncio.sleep(0.02)
+    if todo:
+        return ModelResponse(parts=[ToolCallPart(todo[0], {"run": gates.name}, tool_call_id=f"c-{todo[0]}")])
+    return ModelResponse(parts=[TextPart(" ".join(str(getattr(p, "content", "")) for p in parts[-3:]))])
+
+
+_desks: dict[str, DurableAgent] = {}
+
+
+def mcp_desk() -> DurableAgent:
+    """A pydantic-ai agent with the test server's tools (``MCPToolset``), made durable."""
+    url = os.environ["JETAGENTS_TEST_MCP_URL"]
+    if url not in _desks:
+        toolset: MCPToolset[None] = MCPToolset(url, id="fixture")  # the id names its steps' toolset
+        ai: AiAgent[None, str] = AiAgent(FunctionModel(_one_tool_at_a_time), name="mcpdesk", toolsets=[toolset])
+        _desks[url] = DurableAgent(ai)
+    return _desks[url]
+
+
+class McpDesk(ChatAgent[ChatState]):
+    type_name = "mcpdesk"
+    state_type = ChatState
+    action_timeout_s = 120.0
+
+    @action
+    async def ask(self, gates: str) -> str:
+        return str((await self.chat(mcp_desk(), gates)).output)
+
+
+AGENTS = [Researcher, McpDesk]
 
 
 class CountingServer:

@@ -1,5 +1,5 @@
-"""A projection for the tests (ADR 0057), and a process that runs it (killed -9 by a test):
-``python -m tests.projection_agents NATS_URL`` runs ``Totals`` until killed.
+"""A projection for the tests (ADR 0057); a test runs it in its own process
+(``jetagents projection run tests.projection_agents:Totals``) and kills it -9.
 
 ``Totals`` keeps, per counter, the sum of its increments and the number of events applied
 and the last commit number seen: a skipped event makes the sum and count too small, an event
@@ -8,15 +8,12 @@ applied twice makes them too large, so a test compares them with the log itself.
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from typing import Any
 
 import orjson
 
-from jetagents import Client, ClientSettings
 from jetagents._core.logtail import LogCommit, LogEvent
-from jetagents._core.projection import Projection, View, on
+from jetagents._core.projection import Projection, ProjectionView, on
 from jetagents.examples.counter import Counter, Incremented
 
 
@@ -25,7 +22,7 @@ class Totals(Projection):
     agents = (Counter,)
 
     @on("counter", "Incremented")
-    async def incremented(self, view: View, commit: LogCommit, event: LogEvent) -> None:
+    async def incremented(self, view: ProjectionView, commit: LogCommit, event: LogEvent) -> None:
         by = event.data.by if isinstance(event.data, Incremented) else event.data["by"]
         row = await view.get(commit.agent.id, {"total": 0, "events": 0, "n": 0})
         view.put(commit.agent.id, {"total": row["total"] + by, "events": row["events"] + 1, "n": commit.n})
@@ -37,13 +34,3 @@ def commit_body(n: int, by: int) -> bytes:
     """A commit of one ``Incremented`` event, as a host writes it (wire contract section 7)."""
     event: dict[str, Any] = {"type": "Incremented", "data": {"by": by}}
     return orjson.dumps({"n": n, "cmd": f"m{n}", "action": "increment", "events": [event], "result": n})
-
-
-async def _main(url: str) -> None:
-    client = await Client.connect(settings=ClientSettings(nats_url=url, request_timeout_s=5))
-    runner = client.projections.runner(Totals(), lease_ttl_s=2, batch_events=50, flush_s=0.05)
-    await runner.run()
-
-
-if __name__ == "__main__":
-    asyncio.run(_main(sys.argv[1]))

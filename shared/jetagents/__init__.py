@@ -8,6 +8,8 @@
 
 from ._client.client import AgentRef, AgentStream, Client, Reply
 from ._client.coordination import Lease
+from ._client.events import EventTail
+from ._client.projection import ProjectionRunner
 from ._core.agent import Agent, AgentContext, AgentSpec, Event, Registry, action, applies
 from ._core.clock import Clock, SystemClock
 from ._core.coordination import BarrierTimeout, CacheTimeout, LeaseBusy, LeaseLost
@@ -33,16 +35,21 @@ from ._core.errors import (
     NonDeterministic,
     PartitionError,
     PayloadTooLarge,
+    PermissionDenied,
     SignalBufferFull,
+    Throttled,
     Unavailable,
     UnknownAction,
     UnknownAgent,
     UnknownAgentType,
     UnsupportedEncoding,
 )
+from ._core.health import HealthPolicy
 from ._core.ids import AgentId, partition_of
 from ._core.journal import step_key
+from ._core.logtail import LogCommit, LogEvent
 from ._core.outstream import StreamReset
+from ._core.projection import Projection, ProjectionView, on
 from ._core.pubsub import Message, Subscription, subscribe
 from ._core.retry import CircuitBreaker, RetryPolicy
 from ._core.upcast import IncompatibleSchema, upcaster
@@ -87,9 +94,11 @@ __all__ = [
     "Delivery",
     "DomainError",
     "Event",
+    "EventTail",
     "FencedError",
     "GCounter",
     "GSet",
+    "HealthPolicy",
     "Host",
     "HostSettings",
     "IncompatibleSchema",
@@ -104,6 +113,8 @@ __all__ = [
     "LeaseBusy",
     "LeaseLost",
     "Local",
+    "LogCommit",
+    "LogEvent",
     "MalformedCommand",
     "ManualClock",
     "Message",
@@ -115,7 +126,11 @@ __all__ = [
     "PartitionError",
     "PartitionStrategy",
     "PayloadTooLarge",
+    "PermissionDenied",
     "Priority",
+    "Projection",
+    "ProjectionRunner",
+    "ProjectionView",
     "Read",
     "Registry",
     "Reply",
@@ -130,6 +145,7 @@ __all__ = [
     "Subjects",
     "Subscription",
     "SystemClock",
+    "Throttled",
     "Unavailable",
     "UnknownAction",
     "UnknownAgent",
@@ -141,6 +157,7 @@ __all__ = [
     "__version__",
     "action",
     "applies",
+    "on",
     "partition_of",
     "state_layers",
     "step_key",

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ._core.health import HealthPolicy
 from ._core.ids import validate_reply_prefix
 
 
@@ -90,6 +91,34 @@ class HostSettings(CommonSettings):
     cluster_tick_s: float = Field(default=0.25, gt=0)
     rebalance_max_moves: int = Field(default=8, ge=1, description="partitions in transit at once while rebalancing")
     load_factor: float = Field(default=1.25, ge=1.0, description="no host owns more than this times its share")
+    # resources and placement by load (ADR 0060), rebalancing by load (ADR 0044)
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="quantities this host offers to agent types that declare resources (cpu, memory_mb, gpu, "
+        "llm_tokens_per_min, ...); cpu and memory_mb default to the machine's",
+    )
+    load_weights: dict[str, float] = Field(
+        default_factory=lambda: {"cpu": 0.4, "memory": 0.4, "network": 0.2},
+        description="the load score: weights of the measured cpu, memory and network fractions",
+    )
+    load_window_s: float = Field(default=5.0, gt=0, description="measured rates (CPU, commands, bytes) span this")
+    load_network_bytes_per_s: float = Field(
+        default=12_500_000, gt=0, description="command bytes per second that count as a full network (fraction 1)"
+    )
+    placement_eps: float = Field(
+        default=0.25, ge=0, description="bounded loads: no host takes a placement above (1 + eps) x the average"
+    )
+    placement_release_s: float = Field(
+        default=30.0, gt=0, description="a placed agent out of memory this long gives its reservation back"
+    )
+    rebalance_interval_s: float = Field(
+        default=0.0, ge=0, description="the leader weighs the hosts' load this often and moves partitions; 0: never"
+    )
+    rebalance_threshold: float = Field(default=0.25, ge=0, description="hot: load score above mean x (1 + this)")
+    rebalance_min_gap: float = Field(default=0.05, ge=0, description="... and above mean + this (idle noise)")
+    rebalance_persist: int = Field(default=3, ge=1, description="intervals a host stays hot before a move")
+    rebalance_moves: int = Field(default=2, ge=2, description="partitions moved per interval (a swap moves two)")
+    rebalance_cooldown: int = Field(default=6, ge=0, description="intervals a moved partition stays put")
     handoff_timeout_s: float = Field(default=45.0, gt=0, description="take a partition from a live owner after this")
     ready_timeout_s: float = Field(default=15.0, gt=0, description="start() waits this long for its partitions")
     max_ack_pending: int = Field(default=1024, ge=1)
@@ -117,6 +146,16 @@ class HostSettings(CommonSettings):
         description="bulkheads, name -> {types, workers, queue_max}: the listed types run on their pool's"
         " workers only, so a hung or slow type takes neither the shared workers nor another pool's;"
         " other types share 'workers'",
+    )
+    health: dict[str, HealthPolicy] = Field(
+        default_factory=dict,
+        description="per agent type: CPU share and instance memory limits and what is done past them (throttle,"
+        " passivate, restart; ADR 0059); wins over the class's Agent.health",
+    )
+    health_measure_all: bool = Field(
+        default=False,
+        description="measure CPU time and instance memory of every type (types with a health policy always are);"
+        " action wall time is always measured",
     )
     max_mailbox_per_agent: int = Field(
         default=128,
@@ -168,6 +207,9 @@ class HostSettings(CommonSettings):
     # signals sent to an agent with nobody waiting for them, kept for a later wait (ADR 0042 §3);
     # past it a signal is refused signal_buffer_full
     signal_buffer_per_agent: int = Field(default=64, ge=0)
+    # a host resuming suspended or parked work first arms a server schedule that fires a kick
+    # this long after (ADR 0042 §3): if it dies in the middle, the next host runs the rest
+    kick_after_s: float = Field(default=30.0, gt=0)
     drain_grace_s: float = Field(default=30.0, ge=0)
     health_port: int | None = Field(
         default=None, ge=0, le=65535, description="HTTP port of /livez and /readyz; unset: no HTTP server"

@@ -62,7 +62,7 @@ def up(
     agents = os.environ.get("JETAGENTS_AGENTS") or json.dumps([EXAMPLES, SUPPORT_DESK])
     env = dict(os.environ, JETAGENTS_NATS_URL=server.url, JETAGENTS_PARTITIONS=str(partitions), JETAGENTS_AGENTS=agents)
     desk = agents == json.dumps([EXAMPLES, SUPPORT_DESK])
-    served = "counter, account, triage, billing, tech (the support desk)" if desk else agents
+    served = "counter, account, triage, billing, tech, followup (the support desk)" if desk else agents
     # what jetagents.ai.model_from_env decides in each host, said here without importing it
     model = os.environ.get("JETAGENTS_MODEL") or "none configured: a scripted model (set JETAGENTS_MODEL)"
     procs: list[subprocess.Popen[bytes]] = []
@@ -95,6 +95,8 @@ def up(
                 f"  support desk (model: {model}):\n"
                 f'        jetagents call triage/acme-1 open \'{{"text": "What is on invoice INV-1001?"}}\''
                 f" --nats-url {server.url}\n"
+                f"        jetagents call followup/acme-1 status --nats-url {server.url}"
+                "   # the ticket's follow-up reminder (JETAGENTS_SUPPORT_FOLLOWUP_S)\n"
                 if desk
                 else ""
             )
@@ -540,6 +542,12 @@ def dashboard(
     except OSError as exc:
         typer.echo(f"error: cannot listen on {bind}:{port}: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+# -- jetagents projection (ADR 0057): the commands live in _projection_cli.py ------------------
+from ._projection_cli import projection_app  # noqa: E402 - kept apart from the commands above
+
+app.add_typer(projection_app, name="projection")
 
 
 # -- jetagents mcp (ADR 0048): the command lives in jetagents.mcp.command -------------------

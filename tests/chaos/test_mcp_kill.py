@@ -75,3 +75,54 @@ async def test_sigkill_between_tool_calls(nats_server: NatsServer, host_process_
             assert trace.read_text().split() == runs[0] + runs[1] + runs[1]
         finally:
             await client.close()
+
+
+async def test_sigkill_between_tool_calls_of_a_pydantic_ai_mcp_toolset(
+    nats_server: NatsServer, host_process_factory: Any, tmp_path: Path
+) -> None:
+    """The same through pydantic-ai's own ``MCPToolset`` given to a ``DurableAgent``: the host is
+    killed while the model's second request waits (fetch called and journaled); the re-run
+    answers the first request and fetch from the journal and goes on."""
+    gates = tmp_path / "g1"
+    gates.mkdir()
+    trace = gates / "trace"
+    (gates / "pre-summarize").touch()
+    counting = CountingServer()
+    async with counting.serving() as mcp_url:
+        url = nats_server.url
+        env = {"JETAGENTS_AGENTS": AGENTS, "JETAGENTS_TEST_MCP_URL": mcp_url}
+        hp = host_process_factory(url, **env).start()
+        client = await Client.connect(settings=ClientSettings(nats_url=url, partitions=8))
+        try:
+            await hp.wait_ready(client)
+            ref = client.agent("mcpdesk", "d1")
+            call = asyncio.create_task(ref.request("ask", {"gates": str(gates)}, command_id="m1", timeout=60))
+
+            def asked(gate: str, times: int) -> Any:
+                return lambda: trace.exists() and trace.read_text().split().count(gate) >= times
+
+            await eventually(asked("pre-summarize", 1), 30)  # model request 2 waits: fetch is journaled
+            assert counting.calls == {"fetch": 1}
+            hp.kill()
+            hp = host_process_factory(url, **env).start()
+            await eventually(asked("pre-summarize", 2), 30)  # the re-run: request 1 and fetch from the journal
+            assert counting.calls == {"fetch": 1}
+            (gates / "pre-summarize").unlink()
+
+            assert await call == "fetch:g1 summarize:g1 store:g1"
+            assert counting.calls == {t: 1 for t in TOOLS}  # each MCP tool call once, counted in the server
+            # model requests: only the one the kill interrupted (never answered, never journaled) was made twice
+            assert trace.read_text().split() == ["pre-fetch", "pre-summarize", "pre-summarize", "pre-store", "answer"]
+            log = await commits(client.nc, "mcpdesk", "d1")
+            assert [c["j"].get("name") for c in log] == [
+                "model:default",
+                "tool:fetch:c-fetch",
+                "model:default",
+                "tool:summarize:c-summarize",
+                "model:default",
+                "tool:store:c-store",
+                "model:default",
+                None,
+            ]
+        finally:
+            await client.close()

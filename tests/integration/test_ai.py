@@ -4,6 +4,8 @@ protocol (``jetagents.testing.openai_server``) behind pydantic-ai's OpenAI model
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -12,12 +14,12 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo
-from pydantic_ai.usage import UsageLimits
+from pydantic_ai.usage import RequestUsage, UsageLimits
 
 from jetagents import Client, ClientSettings, DomainError, Host, NatsServer, Registry, RetryPolicy
 from jetagents._core.errors import BudgetExceeded
 from jetagents._obs.metrics import GenAiMetrics
-from jetagents.ai import Budget, Budgets
+from jetagents.ai import Budget, Budgets, budget_window
 from jetagents.examples import EXAMPLE_AGENTS
 from jetagents.testing.openai_server import ScriptedChatServer
 from tests import ai_agents
@@ -186,6 +188,38 @@ async def test_budgets_refuse_the_call_that_would_exceed_them_and_metrics_count_
     assert usage_in.attributes["gen_ai.request.model"] == "function:_scripted:"
     assert usage_in.sum + usage_out.sum == total + (await budgets.tokens_spent(ai_client, "tenant.initech"))
     assert points[("gen_ai.client.operation.duration", None)].count == usage_in.count
+
+
+async def test_a_tenant_s_agents_spending_at_once_never_pass_its_budget(ai_client: Client) -> None:
+    # every call uses 10 tokens and reserves 10: 9 fit in 95, whoever asks; the rest are refused unsent
+    budgets = Budgets(per_tenant=Budget(tokens=95, period="day", reserve_tokens=10))
+    durable_support.budgets = budgets
+    answered: list[int] = []
+
+    def ten_tokens(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        answered.append(1)
+        return ModelResponse(parts=[TextPart("ok")], usage=RequestUsage(input_tokens=6, output_tokens=4))
+
+    ai_agents.SCRIPT = ten_tokens
+    windows = {budget_window("day", int(time.time() * 1000))}
+
+    async def agent_asks(n: int) -> list[str]:
+        outcomes = []
+        for k in range(5):
+            try:
+                await ai_client.agent("desk", f"umbrella-{n}").request("ask", {"prompt": f"q{k}"}, timeout=30)
+                outcomes.append("ok")
+            except BudgetExceeded as err:
+                # spent or held by others at that moment (a refused call's hold is given back)
+                assert err.details["limit"] == 95 and err.details["spent"] + 10 > 95
+                outcomes.append("refused")
+        return outcomes
+
+    outcomes = [o for agent in await asyncio.gather(*(agent_asks(n) for n in range(4))) for o in agent]
+    windows.add(budget_window("day", int(time.time() * 1000)))  # a run across midnight UTC counts in two
+    spent = sum([await budgets.tokens_spent(ai_client, f"tenant.umbrella{w}") for w in windows])
+    assert outcomes.count("ok") == len(answered) == 9 and outcomes.count("refused") == 11
+    assert spent == 90  # what was answered; refused calls gave their reservations back
 
 
 async def test_the_real_http_client_path_with_a_retried_server_error(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -134,6 +135,9 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stdout + r.stderr
         ticket = json.loads(r.stdout)["result"]
         assert ticket["specialist"] == "billing" and "INV-1001: 19.99 USD, paid twice" in ticket["answer"]
+        # the ticket now waits for the customer: its follow-up reminder is set (an hour by default)
+        r = run_cli("call", "followup/acme-1", "status", "--timeout", "10", env=env)
+        assert r.returncode == 0 and json.loads(r.stdout)["result"]["waiting"] == "customer", r.stdout + r.stderr
         # both hosts joined the ring and hold their share (jetagents status)
         while time.monotonic() < deadline:
             r = run_cli("status", "--json", env=env)
@@ -173,9 +177,20 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
         assert not [c for c in children if _alive(c)], "processes left running after jetagents up stopped"
         assert (tmp_path / "data" / "jetstream").is_dir()
     finally:
+        # a failure midway: `up` stops what it started (its own clean stop), and whatever is
+        # still running after that is killed; each child is the leader of a process group of
+        # its own (child_preexec). A clean stop was checked above and left nothing.
+        kids = _children(proc.pid) if proc.poll() is None else []
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+        for kid in kids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(kid, signal.SIGKILL)
 
 
 def _listen_addresses(port: int) -> set[str]:

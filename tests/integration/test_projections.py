@@ -14,10 +14,13 @@ from collections import defaultdict
 from typing import Any
 
 import nats
+import orjson
+from typer.testing import CliRunner
 
 from jetagents import Client, Host, NatsServer
 from jetagents._core.errors import Unavailable
 from jetagents._core.projection import Position
+from jetagents.cli import app
 from jetagents.examples.counter import Counter, Incremented
 from jetagents.testing.server import child_preexec
 from tests.conftest import REPO
@@ -97,11 +100,15 @@ async def test_a_projection_killed_mid_stream_resumes_once_and_a_rebuild_matches
     nc = await nats.connect(nats_server.url)
     agents = [f"k{i}" for i in range(5)]
     per_agent: dict[str, int] = dict.fromkeys(agents, 0)
-    await _publish_commits(nc, per_agent, agents, 400)
+    await _publish_commits(nc, per_agent, agents, 200)
     reader = client.projections.reader("totals")
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    cli = [sys.executable, "-m", "jetagents.cli", "projection"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.projection_agents", nats_server.url], cwd=REPO, env=env, preexec_fn=child_preexec
+        [*cli, "run", "tests.projection_agents:Totals", "--nats-url", nats_server.url, "--lease-ttl-s", "2"],
+        cwd=REPO,
+        env=env,
+        preexec_fn=child_preexec,
     )
     try:
         # it stores a first position, then commits keep coming while it applies them
@@ -113,11 +120,11 @@ async def test_a_projection_killed_mid_stream_resumes_once_and_a_rebuild_matches
             return pos is not None and pos.seq > 0
 
         await eventually(started, 60, 0.05)
-        writer = asyncio.create_task(_publish_commits(nc, per_agent, agents, 800, pause_s=0.005))
+        writer = asyncio.create_task(_publish_commits(nc, per_agent, agents, 400, pause_s=0.005))
 
         async def following() -> bool:  # it applies commits written after it started
             pos = await reader.position()
-            return writer.done() or (pos is not None and pos.seq > 400)
+            return writer.done() or (pos is not None and pos.seq > 200)
 
         await eventually(following, 60, 0.02)
         assert not writer.done(), "killed while commits still come"
@@ -154,3 +161,19 @@ async def test_a_projection_killed_mid_stream_resumes_once_and_a_rebuild_matches
             proc.kill()
             proc.wait(10)
         await nc.close()
+
+
+def test_the_cli_shows_and_rebuilds_a_projection(nats_server: NatsServer) -> None:
+    cli = CliRunner()
+    url = ["--nats-url", nats_server.url]
+    rebuilt = cli.invoke(app, ["projection", "rebuild", "cli-proj", *url])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert orjson.loads(rebuilt.stdout)["result"]["gen"] == 2  # from generation 1, never run
+    shown = cli.invoke(app, ["projection", "status", "cli-proj", *url])
+    assert shown.exit_code == 0, shown.output
+    assert {k: v for k, v in orjson.loads(shown.stdout)["result"].items() if k != "ts_ms"} == {
+        "seq": 0,
+        "gen": 2,
+        "events": 0,
+    }
+    assert cli.invoke(app, ["projection", "status", "bad name", *url]).exit_code != 0

@@ -5,11 +5,12 @@ suspended), text streamed by a specialist."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from jetagents import Client, ClientSettings, Host, NatsServer, Registry
-from jetagents.examples.support import MODEL, SUPPORT_AGENTS
+from jetagents.examples.support import MODEL, SUPPORT_AGENTS, Followup
 from tests.conftest import host_settings
 from tests.integration.helpers import commits, eventually
 
@@ -46,3 +47,39 @@ async def test_a_refund_ticket_waits_for_approval_and_a_follow_up_streams(desk: 
     chunks = [c["delta"] async for c in stream]
     assert len(chunks) > 3 and "".join(chunks) == stream.result
     assert stream.result == "Tech here. api: degraded (p99 2.3 s); api: restarted, healthy."
+
+
+async def test_a_reminder_follows_up_on_a_ticket_waiting_for_approval_then_for_the_customer(
+    desk: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Followup, "every_s", 1)  # an hour in the example; whole seconds for the server
+    monkeypatch.setattr(Followup, "max_nudges", 2)
+    opened = desk.agent("billing", "acme-5").request_async(
+        "handle", {"text": "I was charged twice for INV-2005"}, command_id="b5", timeout=60
+    )
+    followup = desk.agent("followup", "acme-5")
+
+    async def status() -> dict[str, Any]:
+        return dict(await followup.request("status", delivery="at-most-once"))
+
+    async def nudged_on_approval() -> bool:
+        s = await status()
+        return s["waiting"] == "approval" and s["nudges"] >= 2
+
+    await eventually(nudged_on_approval, 30, 0.2)  # the action is suspended: the reminder is not parked behind it
+    note = (await status())["notes"][0]
+    assert note.startswith("ticket acme-5 still waits for approval of issue_refund") and "signal billing/acme-5" in note
+    await desk.agent("billing", "acme-5").signal("approval", {"approved": True})
+    assert "refunded 19.99 USD on INV-2005" in await opened
+
+    async def closed() -> bool:
+        return (await status())["waiting"] == "closed"
+
+    await eventually(closed, 30, 0.2)  # now waiting on the customer: 2 follow-ups, then closed
+    s = await status()
+    assert s["nudges"] == 2 and s["notes"][-1].endswith("solved it; no answer, closed")
+    assert s["notes"][-2] == "ticket acme-5: asked the customer whether billing's answer solved it"
+    assert await followup.reminders() == []  # closed: the reminder is gone, nothing fires again
+    # each firing ran once: one commit per firing, the follow-up count from the log
+    fired = [c for c in await commits(desk.nc, "followup", "acme-5") if (c.get("j") or {}).get("k") == "fire"]
+    assert len({c["cmd"] for c in fired}) == len(fired) == len(s["notes"])

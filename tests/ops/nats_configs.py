@@ -21,11 +21,12 @@ from jetagents.testing.server import NatsCluster, NatsServer, child_preexec, fin
 from tests.conftest import REPO
 
 OPS_NATS = REPO / "ops" / "nats"
-USERS = ("sys", "admin", "host", "client", "operator")
+USERS = ("sys", "admin", "host", "client", "operator", "projector")
 # the inbox prefixes the shipped accounts give each user (JETAGENTS_INBOX_PREFIX)
 HOST_INBOX = "_INBOX.host"
 CLIENT_INBOX = "_INBOX.client"
 OPERATOR_INBOX = "_INBOX.operator"
+PROJECTOR_INBOX = "_INBOX.projector"
 
 
 @dataclass

@@ -141,7 +141,11 @@ async def test_supercluster_placed_streams_answer_through_the_other_cluster(tmp_
         assert place.returncode == 0, place.stdout + place.stderr
         placed = [orjson.loads(line) for line in place.stdout.splitlines()]
         placed_names = {p["stream"] for p in placed}
-        assert placed_names == {"AGT_CMD", "AGT_EVT", "AGT_DLQ", "AGT_OUT", "KV_agt_snap", "KV_agt_meta"}
+        assert placed_names == {
+            *("AGT_CMD", "AGT_EVT", "AGT_DLQ", "AGT_OUT", "KV_agt_snap", "KV_agt_meta"),
+            # the patterns' objects (ADRs 0049, 0050, 0057), which hosts would make where they run
+            *("AGT_PUB", "KV_agt_subs", "KV_agt_coord", "AGT_WORK", "AGT_WORKDLQ", "KV_agt_proj"),
+        }
         assert all(p["cluster"] == "east" and p["replicas"] == 3 for p in placed), placed
 
         # a host in the east, a client that only knows the west

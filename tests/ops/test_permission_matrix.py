@@ -28,7 +28,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from jetagents import Client, ClientSettings, Host, Registry
 from jetagents._client.inspection import Inspector
 from jetagents._client.lifecycle import Lifecycle
-from jetagents._core.errors import AgentDeleted, JetAgentsError
+from jetagents._core.errors import AgentDeleted, JetAgentsError, PermissionDenied
 from jetagents._nats.api import js_api
 from jetagents._state.store import SharedState
 from jetagents.examples import EXAMPLE_AGENTS
@@ -570,3 +570,32 @@ async def test_a_client_uses_the_high_lane_but_never_its_consumers_or_stored_sub
     finally:
         await atk.close()
     assert await w.messages("AGT_CMDH") <= stored + 1  # only its own command, taken by the host
+
+
+async def test_a_refused_publish_fails_its_own_call_and_spares_the_connection(world: World) -> None:
+    """A subject the client user may not publish to (a typo'd root here) is refused by the
+    server: the call waiting on it gets ``PermissionDenied`` at once, not a timeout, and the
+    library's connection stays open for every other call (nats-py's own behaviour; the
+    library's parser used to turn it into a closed connection)."""
+    w = world
+    ref = w.client.agent("counter", "perm-denied")
+    assert await ref.request("increment", {"by": 1}) == 1
+    typo = await Client.connect(
+        settings=ClientSettings(
+            nats_url=w.booted.url("client"), subject_root="agx", inbox_prefix=CLIENT_INBOX, request_timeout_s=60
+        )
+    )
+    try:
+        wrong = typo.agent("counter", "perm-denied")
+        for delivery in ("at-most-once", "exactly-once"):
+            with pytest.raises(PermissionDenied) as caught:
+                await wrong.request("increment", {"by": 1}, delivery=delivery)
+            assert caught.value.details["subject"].startswith("agx.")
+        assert not typo.nc.is_closed
+    finally:
+        await typo.close()
+    # a raw publish of the shared client's connection to a subject it may not use
+    await w.client.nc.publish("agt.evt.counter.perm-denied", b"{}")
+    await w.client.nc.flush()
+    assert await ref.request("increment", {"by": 1}, delivery="at-most-once") == 2
+    assert not w.client.nc.is_closed

@@ -3,14 +3,17 @@ model chosen from the environment."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import orjson
+import pytest
 from pydantic_ai.durable_exec import ModelRequestId, ToolsetCallToolId
 from pydantic_ai.models.test import TestModel
 
 from jetagents import AgentId, BudgetExceeded, DomainError
 from jetagents._core.errors import error_from_wire
 from jetagents._core.wire import encode_error
-from jetagents.ai import Price, model_from_env, step_name, tenant_of_id
+from jetagents.ai import Budget, Price, budget_window, model_from_env, step_name, tenant_of_id
 
 
 class _Ctx:
@@ -68,3 +71,23 @@ def test_an_openai_compatible_endpoint_from_the_environment() -> None:
 def test_anthropic_from_the_environment() -> None:
     choice = model_from_env({"JETAGENTS_MODEL": "anthropic:claude-haiku-4-5", "ANTHROPIC_API_KEY": "k"})
     assert not choice.scripted and choice.provider == "anthropic" and choice.model.model_name == "claude-haiku-4-5"
+
+
+def _ms(*when: int) -> int:
+    return int(dt.datetime(*when, tzinfo=dt.UTC).timestamp() * 1000)  # type: ignore[misc]
+
+
+def test_a_budget_period_is_a_utc_window_that_starts_again() -> None:
+    assert budget_window(None, _ms(2026, 11, 30, 23, 59)) == ""
+    assert budget_window("day", _ms(2026, 11, 30, 23, 59)) == ".d20261130"
+    assert budget_window("day", _ms(2026, 12, 1, 0, 0)) == ".d20261201"  # midnight UTC: a new counter
+    assert budget_window("month", _ms(2026, 11, 30, 23, 59)) == ".m202611"
+    assert budget_window("month", _ms(2026, 12, 1)) == ".m202612"
+    # ISO weeks: Monday 2026-11-30 starts week 49; 2027-01-01 (a Friday) is in 2026's week 53
+    assert budget_window("week", _ms(2026, 11, 29, 23, 59)) == ".w2026w48"
+    assert budget_window("week", _ms(2026, 11, 30)) == ".w2026w49"
+    assert budget_window("week", _ms(2027, 1, 1)) == ".w2026w53"
+    with pytest.raises(ValueError):
+        Budget(tokens=1, period="year")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Budget(tokens=1, reserve_tokens=0)

@@ -302,8 +302,8 @@ class WriteRulesStore(MemoryStore):
 
 
 async def test_every_cluster_key_is_written_with_a_ttl_or_an_expected_revision() -> None:
-    """Members and the leader lease expire by themselves (TTL); the ring, claims and
-    placements are only ever written with compare-and-set. No write is neither: a key
+    """Members, the leader lease and the ring's change log expire by themselves (TTL); the
+    ring, claims and placements are only ever written with compare-and-set. No write is neither: a key
     that nobody renews or guards cannot outlive its writer."""
     sim = Simulation(0, HostNode, CONFIG)
     store = WriteRulesStore(sim.clock)
@@ -329,10 +329,16 @@ async def test_every_cluster_key_is_written_with_a_ttl_or_an_expected_revision()
     await _rounds(sim, 20)
 
     kinds = {(k.split(".")[0], op) for k, op, _ in store.writes}
-    assert {("member", "put"), ("leader", "create"), ("leader", "update"), ("ring", "update")} <= kinds
+    assert {
+        ("member", "put"),
+        ("leader", "create"),
+        ("leader", "update"),
+        ("ring", "update"),
+        ("ringlog", "put"),
+    } <= kinds
     assert {("claim", "create"), ("claim", "update"), ("place", "create"), ("place", "update")} <= kinds
     for key, op, ttl_s in store.writes:
-        if key.startswith("member.") or key == "leader":
+        if key.startswith(("member.", "ringlog.")) or key == "leader":
             assert ttl_s, f"{key} written ({op}) without a TTL"
         else:
             assert op in ("create", "update"), f"{key} written with a plain put"

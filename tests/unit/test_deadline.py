@@ -265,3 +265,30 @@ async def test_a_call_to_a_busy_agent_is_refused_at_once() -> None:
     call = Command(Kind.CALL, "agt.call.counter.c", "counter", "c", 0, b"{}", 0.0, {})
     host.scheduler.dispatch(call)
     assert len(act.mailbox) == 1 and call.done and host.stats["agent_busy"] == 1
+
+
+async def test_a_measured_run_reports_its_wall_and_only_its_own_cpu() -> None:
+    """ADR 0059: ``cpu_s`` counts the action's own slices, not what runs while it waits."""
+    loop = asyncio.get_running_loop()
+    seen: list[Deadline] = []
+
+    def burn(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    async def other() -> None:
+        burn(0.05)  # runs while the action sleeps: not the action's
+
+    async def action() -> str:
+        burn(0.02)
+        await asyncio.sleep(0.1)
+        return "ok"
+
+    noise = asyncio.ensure_future(other())
+    run = Deadline(action(), loop, loop.time() + 30, cpu=True, done=seen.append, tag="t")
+    assert await run == "ok"
+    await noise
+    assert seen == [run] and run.tag == "t"
+    assert 0.02 <= run.cpu_s < 0.05
+    assert run.wall_s >= 0.1

@@ -21,6 +21,7 @@ from jetagents._core.errors import (
     JetAgentsError,
     PartitionError,
     SignalBufferFull,
+    Throttled,
     Unavailable,
     error_from_wire,
 )
@@ -80,6 +81,7 @@ def test_retryable_classes() -> None:
         FencedError,
         AgentSuspended,
         SignalBufferFull,
+        Throttled,
     }
     assert JetAgentsError.retryable is False
 

@@ -22,10 +22,12 @@ import orjson
 from opentelemetry import metrics, trace
 
 from .._core.agent import Agent, spec_of
-from .._core.callchain import current_frame
+from .._core.autostep import auto_step
+from .._core.callchain import Frame, current_frame
 from .._core.clock import SystemClock
 from .._core.errors import AgentTimeout, JetAgentsError, Unavailable
 from .._core.ids import AgentId, partition_of
+from .._core.journal import current_step_key
 from .._core.outstream import ctoken
 from .._core.retry import RetryPolicy
 from .._core.wire import Delivery, Priority, Subjects
@@ -289,8 +291,13 @@ class Client:
 
     async def publish(self, topic: str, data: Any, *, msg_id: str | None = None) -> int:
         """Publish ``data`` (JSON) on ``topic`` (``orders.created``); its sequence in the
-        topic stream. With ``msg_id`` a re-publish within 120 s is stored once."""
-        return await self._pubsub.publish(topic, data, msg_id=msg_id)
+        topic stream. With ``msg_id`` a re-publish within 120 s is stored once. Inside an
+        action, a journaled step ``publish:<topic>`` (as ``Agent.publish``, ADR 0042 §12)."""
+
+        async def run() -> int:
+            return await self._pubsub.publish(topic, data, msg_id=msg_id or current_step_key())
+
+        return await auto_step(f"publish:{topic}", run)
 
     def subscribe(self, pattern: str, *, max_pending: int = 65536) -> TopicStream:
         """An ephemeral subscription (``*`` and ``>`` wildcards): what is published while it
@@ -398,14 +405,17 @@ class Client:
         return await first(*aws, timeout_s=timeout_s)
 
     # -- sending ---------------------------------------------------------------------------
-    async def _send(
+    def _send(
         self,
         aid: AgentId,
         action: str,
         params: Mapping[str, Any] | None,
         options: SendOptions,
         body: bytes | None = None,
-    ) -> Reply | str:
+    ) -> Awaitable[Reply | str]:
+        """Build the command (bad input raises here) and return its send to await. Not a
+        coroutine itself: outside an action the send is returned as it is, one coroutine
+        less on every call's path (ADR 0031)."""
         # inside an action (a host's client): the call names its chain and path (ADR 0042
         # section 7), and the action is marked as waiting on the callee while the reply is out
         frame = current_frame()
@@ -426,12 +436,16 @@ class Client:
             compress_min_bytes=s.compress_min_bytes if compress else 0,
         )
         if frame is None or not options.want_reply:
-            return await self._sender.send(cmd)
-        frame.wait(aid.key)  # before sending: the callee may call back before we await
+            return self._sender.send(cmd)
+        return self._send_in_frame(cmd, frame)
+
+    async def _send_in_frame(self, cmd: OutboundCommand, frame: Frame) -> Reply | str:
+        key = cmd.agent.key
+        frame.wait(key)  # before sending: the callee may call back before we await
         try:
             result = await self._sender.send(cmd)
         finally:
-            frame.done(aid.key)
+            frame.done(key)
         hold = frame.hold
         if hold is not None:  # a call that came back along the chain still runs on this agent
             await hold.wait()

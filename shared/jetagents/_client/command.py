@@ -40,7 +40,12 @@ MAX_COMMAND_ID_CHARS = 256
 HEADER_ROOM_BYTES = 4096
 
 
-@dataclass(frozen=True, slots=True)
+# Neither class is frozen: a frozen dataclass's __init__ sets each field through
+# ``object.__setattr__``, a C call per field on every send (two thirds of the client's
+# added cost per call when measured, ADR 0031). Nobody changes them after they are built.
+
+
+@dataclass(slots=True)
 class SendOptions:
     """What the caller asked for, as given to ``AgentRef.send``/``request``."""
 
@@ -55,20 +60,21 @@ class SendOptions:
     compress: bool | None = None  # zstd above the client's threshold (ADR 0043); None: the client's setting
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class OutboundCommand:
     """Everything one send needs, decided before anything goes on the wire.
 
-    ``headers`` are the command's own; a send copies them and adds the trace context and
-    its reply subject. ``command_id`` is empty for a call that awaits its reply and was
-    given none (it is never re-sent once it may have run, so never deduplicated).
+    ``headers`` are made for one send, which adds the trace context and its reply subject
+    to them (a command is sent once: build another to send again). ``command_id`` is empty
+    for a call that awaits its reply and was given none (it is never re-sent once it may
+    have run, so never deduplicated).
     """
 
     agent: AgentId
     action: str
     subject: str
     body: bytes
-    headers: Mapping[str, str]
+    headers: dict[str, str]
     command_id: str
     correlation_id: str | None
     delivery: Delivery

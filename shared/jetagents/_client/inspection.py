@@ -99,6 +99,8 @@ class AgentDetail:
     host: str | None
     active: bool
     last_commits: list[HistoryEntry] = field(default_factory=list)
+    # measured by the host that has it in memory (ADR 0059): action time, CPU, memory, throttle
+    health: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -308,7 +310,23 @@ class Inspector:
             host=host or None,
             active=aid.key in active,
             last_commits=history[-last:],
+            health=await self._health(active[aid.key], aid.key) if aid.key in active else None,
         )
+
+    async def _health(self, host: str, key: str) -> dict[str, Any] | None:
+        """The agent's health figures, asked of the host that has it in memory (None when it
+        does not answer in time)."""
+        try:
+            msg = await self.io.request(
+                self.subjects.sys("host", host, "agents"), orjson.dumps({"agent": key}), self.io.timeout_s
+            )
+            if no_responders(msg):
+                return None
+            result = decode_reply(msg).result
+        except (TimeoutError, JetAgentsError):
+            return None
+        health = result.get("health") if isinstance(result, dict) else None
+        return health if isinstance(health, dict) else None
 
     async def history(
         self, agent_type: str, agent_id: str, *, from_seq: int = 1, limit: int = 100

@@ -24,7 +24,7 @@ import structlog
 from .._core.errors import JetAgentsError
 from .._core.kv import CasConflict
 from .._core.logtail import Decoders, log_filter
-from .._core.projection import Position, Projection, View, validate_row_key
+from .._core.projection import Position, Projection, ProjectionView, validate_row_key
 from .._core.retry import RetryPolicy
 from .._nats.projection_store import MAX_BATCH_ROWS, ProjectionStore
 from .events import EventTail
@@ -129,7 +129,7 @@ class ProjectionRunner:
             pos, rev = Position.model_validate(found[0]), found[1]
         self.position = pos
         gen = pos.gen
-        view = View(lambda key: self.store.row(self.name, gen, key))
+        view = ProjectionView(lambda key: self.store.row(self.name, gen, key))
         tail = EventTail(self._open_reader, self._decoders, self._events_subject, after=pos.seq, batch=self.read_batch)
         self.leading.set()
         loop = asyncio.get_running_loop()
@@ -166,7 +166,7 @@ class ProjectionRunner:
         finally:
             await tail.aclose()
 
-    async def _write(self, view: View, pos: Position, rev: int, seq: int, pending: int) -> int:
+    async def _write(self, view: ProjectionView, pos: Position, rev: int, seq: int, pending: int) -> int:
         pos.seq, pos.events = seq, pos.events + pending
         pos.ts_ms = self.client._clock.wall_ms()
         try:

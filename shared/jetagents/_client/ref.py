@@ -11,6 +11,7 @@ import orjson
 from pydantic_core import to_jsonable_python
 
 from .._core.agent import AgentSpec
+from .._core.autostep import auto_step, running_agent, step_command_id
 from .._core.errors import AgentTimeout
 from .._core.ids import AgentId
 from .._core.schedules import check_reminder_name, every_seconds, pattern_of
@@ -21,6 +22,10 @@ from .stream import AgentStream
 
 if TYPE_CHECKING:
     from .client import Client
+
+# by value (a member is equal to its value): a lookup, where calling the enum runs Python code
+_DELIVERIES: dict[str, Delivery] = {d.value: d for d in Delivery}
+_PRIORITIES: dict[str, Priority] = {p.value: p for p in Priority}
 
 
 class AgentRef:
@@ -47,18 +52,23 @@ class AgentRef:
     ) -> str:
         """Fire and forget. Durable modes return once the stream has stored the command;
         at-most-once returns once it is written to the connection. Returns the command id.
-        ``compress``: zstd above the client's ``compress_min_bytes`` (None: its setting)."""
-        options = SendOptions(
-            delivery=Delivery(delivery),
-            timeout_s=timeout,
-            command_id=command_id,
-            correlation_id=correlation_id,
-            priority=Priority(priority),
-            deadline_s=deadline,
-            want_reply=False,
-            compress=compress,
-        )
-        return cast(str, await self.client._send(self.id, action, params, options))
+        ``compress``: zstd above the client's ``compress_min_bytes`` (None: its setting).
+        Inside an action, a journaled step ``send:<type>/<id>.<action>`` (ADR 0042 §12)."""
+
+        async def run() -> str:
+            options = SendOptions(
+                delivery=Delivery(delivery),
+                timeout_s=timeout,
+                command_id=step_command_id(command_id),
+                correlation_id=correlation_id,
+                priority=Priority(priority),
+                deadline_s=deadline,
+                want_reply=False,
+                compress=compress,
+            )
+            return cast(str, await self.client._send(self.id, action, params, options))
+
+        return await auto_step(f"send:{self.id.type}/{self.id.id}.{action}", run)
 
     async def request(
         self,
@@ -78,23 +88,41 @@ class AgentRef:
         ``timeout`` bounds the wait; ``deadline`` (seconds) tells the host not to start the
         command after that long (durable commands have none unless given). An action that
         suspends (``wait_for``, ``sleep``) or is parked behind one is awaited to its end
-        (:meth:`result`) within ``timeout``; :meth:`request_reply` returns at once instead."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        reply = await self.request_reply(
-            action,
-            params,
-            delivery=delivery,
-            timeout=timeout,
-            command_id=command_id,
+        (:meth:`result`) within ``timeout``; :meth:`request_reply` returns at once instead.
+        Inside an action, a journaled step ``call:<type>/<id>.<action>`` whose key is the
+        command id (as ``Agent.call``, ADR 0042 §12): a re-run is answered from the step."""
+        if running_agent() is not None:
+            return await auto_step(
+                f"call:{self.id.type}/{self.id.id}.{action}",
+                self.request,
+                action,
+                params,
+                delivery=delivery,
+                timeout=timeout,
+                command_id=command_id,
+                correlation_id=correlation_id,
+                priority=priority,
+                deadline=deadline,
+                compress=compress,
+            )
+        # request_reply's body written out, and the enums looked up rather than called:
+        # this is every call's path (ADR 0031)
+        options = SendOptions(
+            delivery=_DELIVERIES.get(delivery) or Delivery(delivery),
+            timeout_s=timeout,
+            command_id=step_command_id(command_id),
             correlation_id=correlation_id,
-            priority=priority,
-            deadline=deadline,
+            priority=_PRIORITIES.get(priority) or Priority(priority),
+            deadline_s=deadline,
+            want_reply=True,
             compress=compress,
         )
+        started = asyncio.get_running_loop().time()
+        reply = cast(Reply, await self.client._send(self.id, action, params, options))
         if reply.status is not None and reply.command_id:
             limit = timeout if timeout is not None else self.client.settings.request_timeout_s
-            return await self.result(reply.command_id, timeout=max(0.1, limit - (loop.time() - started)))
+            left = limit - (asyncio.get_running_loop().time() - started)
+            return await self.result(reply.command_id, timeout=max(0.1, left))
         return reply.result
 
     async def signal(
@@ -114,7 +142,12 @@ class AgentRef:
         >>> await client.agent("order", "o1").signal("approve", {"by": "ann"})  # doctest: +SKIP
         """
         body = orjson.dumps({"signal": name, "payload": payload, "to": to}, default=to_jsonable_python)
-        return (await self._control("_signal", body, Delivery.EXACTLY_ONCE, timeout, command_id)).result
+
+        async def run() -> Any:
+            cid = step_command_id(command_id)
+            return (await self._control("_signal", body, Delivery.EXACTLY_ONCE, timeout, cid)).result
+
+        return await auto_step(f"signal:{self.id.type}/{self.id.id}.{name}", run)
 
     async def cancel(self, command_id: str, *, timeout: float | None = None) -> dict[str, Any]:
         """Cancel command ``command_id`` of this agent (ADR 0042 §8): a suspended (or parked)
@@ -122,7 +155,12 @@ class AgentRef:
         Returns ``{"cancelled": true}``, or ``{"cancelled": false, "state": "finished" |
         "unknown"}``; the command's own caller gets ``ActionCancelled``."""
         body = orjson.dumps({"cancel": command_id})
-        return cast(dict[str, Any], (await self._control("_cancel", body, Delivery.EXACTLY_ONCE, timeout)).result)
+
+        async def run() -> dict[str, Any]:
+            reply = await self._control("_cancel", body, Delivery.EXACTLY_ONCE, timeout, step_command_id(None))
+            return cast(dict[str, Any], reply.result)
+
+        return await auto_step(f"cancel:{self.id.type}/{self.id.id}", run)
 
     async def result(self, command_id: str, *, timeout: float | None = None) -> Any:
         """The result of command ``command_id`` (one that suspended, or was queued), waiting
@@ -163,18 +201,29 @@ class AgentRef:
         deadline: float | None = None,
         compress: bool | None = None,
     ) -> Reply:
-        """Like :meth:`request` but returns the :class:`Reply` with its headers."""
-        options = SendOptions(
-            delivery=Delivery(delivery),
-            timeout_s=timeout,
-            command_id=command_id,
-            correlation_id=correlation_id,
-            priority=Priority(priority),
-            deadline_s=deadline,
-            want_reply=True,
-            compress=compress,
-        )
-        return cast(Reply, await self.client._send(self.id, action, params, options))
+        """Like :meth:`request` but returns the :class:`Reply` with its headers (inside an
+        action, a journaled step like :meth:`request`'s)."""
+
+        async def run() -> Reply:
+            options = SendOptions(
+                delivery=Delivery(delivery),
+                timeout_s=timeout,
+                command_id=step_command_id(command_id),
+                correlation_id=correlation_id,
+                priority=Priority(priority),
+                deadline_s=deadline,
+                want_reply=True,
+                compress=compress,
+            )
+            return cast(Reply, await self.client._send(self.id, action, params, options))
+
+        if running_agent() is None:
+            return await run()
+
+        async def journaled() -> dict[str, Any]:
+            return (await run()).to_json()
+
+        return Reply.from_json(await auto_step(f"call:{self.id.type}/{self.id.id}.{action}", journaled))
 
     def stream(
         self,

@@ -43,6 +43,17 @@ class Reply:
         seq = headers.get("Agt-Event-Seq")
         self.event_seq = int(seq) if seq and seq.isdigit() else None
 
+    def to_json(self) -> dict[str, Any]:
+        """The reply as a journaled step keeps it (ADR 0042 §12); :meth:`from_json` reads it."""
+        out: dict[str, Any] = {"result": self.result, "headers": self.headers}
+        if self.status is not None:
+            out["body"] = {"status": self.status, "waiting": self.waiting, "command_id": self.command_id}
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Reply:
+        return cls(data.get("result"), data.get("headers") or {}, data.get("body"))
+
 
 # the most a compressed reply may decode to: a host's replies fit its max_payload_bytes (a
 # larger result goes by reference), so this bounds only a hostile or broken frame

@@ -9,7 +9,7 @@ from typing import Any
 from .._core.clock import Clock
 from .._core.errors import AgentTimeout, JetAgentsError, Unavailable
 from .._core.retry import CircuitBreaker, RetryPolicy
-from .._core.wire import H_COMMAND_ID, H_MSG_ID, H_REPLY_TO
+from .._core.wire import H_COMMAND_ID, H_MSG_ID, H_REPLY_TO, Delivery
 from .._nats.api import ERR_DUPLICATE_IN_PROCESS, JSApiError
 from .._nats.client_transport import ClientTransport
 from .._obs.propagation import inject_current
@@ -66,7 +66,7 @@ class Sender:
             raise Unavailable(
                 f"circuit open for agent type {cmd.agent.type!r}: recent calls failed", details={"applied": False}
             )
-        headers = dict(cmd.headers)
+        headers = cmd.headers  # built for this send: ours to add to (no copy on the call path)
         tel = self._tel
         span = None
         if tel.tracing:  # the send span's context goes into the headers: the host's span is its child
@@ -76,10 +76,27 @@ class Sender:
         started = loop.time()
         error = ""
         try:
-            if cmd.is_call:
-                result: Reply | str = await self._call(cmd, headers, until)
+            if cmd.delivery is not Delivery.AT_MOST_ONCE:
+                result: Reply | str = await self._durable(cmd, headers, until)
+            elif not cmd.want_reply:
+                await self.transport.publish(cmd.subject, cmd.body, headers)
+                result = cmd.command_id
             else:
-                result = await self._durable(cmd, headers, until)
+                # the call's first attempt is made here, not in a coroutine of its own: the
+                # sequential call path is dominated by such per-call costs (ADR 0031)
+                try:
+                    msg = await self.transport.request(cmd.subject, cmd.body, headers, until - loop.time())
+                except TimeoutError:
+                    # at-most-once: the host may have run it, so it is never re-sent
+                    raise AgentTimeout(f"no reply from {cmd.agent} in time (at-most-once: not retried)") from None
+                try:
+                    result = decode_reply(msg)
+                except JetAgentsError as exc:
+                    # "no responders" (no host subscribed yet) and "partition moving here"
+                    # prove the call was not run: try again until the deadline
+                    if not (exc.retryable and not_applied(exc)):
+                        raise
+                    result = await self._call_again(cmd, headers, until, exc)
         except (Unavailable, AgentTimeout) as exc:
             breaker.record_failure()
             error = exc.code
@@ -126,13 +143,15 @@ class Sender:
             raise err
         await asyncio.sleep(delay)
 
-    async def _call(self, cmd: OutboundCommand, headers: dict[str, str], deadline: float) -> Reply | str:
-        if not cmd.want_reply:
-            await self.transport.publish(cmd.subject, cmd.body, headers)
-            return cmd.command_id
+    async def _call_again(
+        self, cmd: OutboundCommand, headers: dict[str, str], deadline: float, err: JetAgentsError
+    ) -> Reply:
+        """Further attempts of a call whose last one was proved not run (``err``)."""
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
+            await self.backoff(attempt, deadline, err, until_deadline=True)
+            attempt += 1
             if deadline <= loop.time():
                 raise AgentTimeout(f"no reply from {cmd.agent} in time")
             # A core request on the client's own reply inbox (the one durable replies use):
@@ -140,18 +159,13 @@ class Sender:
             try:
                 msg = await self.transport.request(cmd.subject, cmd.body, headers, deadline - loop.time())
             except TimeoutError:
-                # at-most-once: the host may have run it, so it is never re-sent
                 raise AgentTimeout(f"no reply from {cmd.agent} in time (at-most-once: not retried)") from None
             try:
                 return decode_reply(msg)
             except JetAgentsError as exc:
-                # "no responders" (no host subscribed yet) and "partition moving here" prove
-                # the call was not run: try again until the deadline
                 if not (exc.retryable and not_applied(exc)):
                     raise
                 err = exc
-            await self.backoff(attempt, deadline, err, until_deadline=True)
-            attempt += 1
 
     async def _durable(self, cmd: OutboundCommand, headers: dict[str, str], deadline: float) -> Reply | str:
         loop = asyncio.get_running_loop()

@@ -45,9 +45,10 @@ class Kind(enum.IntEnum):
 ACKED = frozenset({Kind.STREAM, Kind.FORWARDED})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TraceContext:
-    """The W3C trace context the command carried, as received."""
+    """The W3C trace context the command carried, as received (not frozen: one is made
+    per command, and a frozen dataclass sets each field through ``object.__setattr__``)."""
 
     traceparent: str
     tracestate: str | None = None

@@ -26,7 +26,7 @@ from pydantic.json_schema import models_json_schema
 
 from .errors import JetAgentsError
 from .pubsub import Message, Subscription
-from .wire import CancelBody, CommandBody, Commit, Priority, ResultBody, SignalBody, TimerBody, WireEvent
+from .wire import CancelBody, CommandBody, Commit, KickBody, Priority, ResultBody, SignalBody, TimerBody, WireEvent
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 
@@ -124,7 +124,7 @@ class Snapshot(BaseModel):
     )
 
 
-_RECEIVED: tuple[type[BaseModel], ...] = (CommandBody, SignalBody, TimerBody, CancelBody, ResultBody)
+_RECEIVED: tuple[type[BaseModel], ...] = (CommandBody, SignalBody, TimerBody, CancelBody, ResultBody, KickBody)
 _SENT: tuple[type[BaseModel], ...] = (
     WireEvent,
     Commit,
@@ -158,6 +158,7 @@ _DESCRIBE: dict[str, dict[str, str]] = {
         "to": "The waiting command's id (default: the oldest waiter of that name).",
     },
     "CancelBody": {"cancel": "The id of the command to cancel."},
+    "KickBody": {"kick": "An empty object."},
     "ResultBody": {"result": "The id of the command whose outcome is asked (a call)."},
 }
 

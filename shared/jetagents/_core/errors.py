@@ -25,6 +25,8 @@
     ├── ActionCancelled                 no   the command was cancelled (``cancel``) while running or suspended
     ├── AgentDeleted                    no   the agent was deleted (``jetagents agent delete``, ADR 0052)
     ├── AgentQuarantined                no   the agent kept failing activation; an operator releases it (ADR 0053)
+    ├── Throttled                       yes  over its CPU share (agent or type); retry after retry_after_s (ADR 0059)
+    ├── PermissionDenied                no   the server refused the publish: this user may not use that subject
     ├── DomainError                     no   raised by an agent's action on purpose
     │   └── BudgetExceeded              no   a model call would exceed a token or cost budget
     └── InternalError                   no   the action raised something unexpected
@@ -188,6 +190,21 @@ class AgentQuarantined(JetAgentsError):
     code = "agent_quarantined"
 
 
+class Throttled(JetAgentsError):
+    """The agent (or its whole type) used more CPU than its health policy allows (ADR 0059):
+    refused before it ran; ``details.retry_after_s`` says when its share is back under."""
+
+    code = "throttled"
+    retryable = True
+
+
+class PermissionDenied(JetAgentsError):
+    """The server refused to take a publish of this connection (its user's permissions);
+    the connection stays open. ``details.subject`` is the subject refused."""
+
+    code = "permission_denied"
+
+
 class DomainError(JetAgentsError):
     """Raised by an action to refuse a command; reaches the caller as the same type.
 
@@ -246,6 +263,8 @@ _BY_CODE: dict[str, type[JetAgentsError]] = {
         BudgetExceeded,
         AgentQuarantined,
         UnsupportedEncoding,
+        Throttled,
+        PermissionDenied,
     )
 }
 

@@ -1,7 +1,7 @@
 """Projections (ADR 0057): read models built from agents' events.
 
 A projection declares handlers per (agent type, event type) with ``@on``; each handler
-reads and writes rows of its read model through a ``View`` (``await view.get(key)``,
+reads and writes rows of its read model through a ``ProjectionView`` (``await view.get(key)``,
 ``view.put(key, value)``, ``view.delete(key)``). The runner (``jetagents._client.projection``)
 feeds it the commits of the subscribed types in stream order and writes the rows it changed
 together with its position, so a crash neither skips nor applies an event twice.
@@ -9,7 +9,7 @@ together with its position, so a crash neither skips nor applies an event twice.
 >>> class Totals(Projection):  # doctest: +SKIP
 ...     name = "totals"
 ...     @on("counter", "Incremented")
-...     async def incremented(self, view: View, commit: LogCommit, event: LogEvent) -> None:
+...     async def incremented(self, view: ProjectionView, commit: LogCommit, event: LogEvent) -> None:
 ...         row = await view.get(commit.agent.id, {"total": 0, "events": 0})
 ...         view.put(commit.agent.id, {"total": row["total"] + event.data["by"], "events": row["events"] + 1})
 
@@ -32,10 +32,10 @@ from .errors import InvalidParams
 from .ids import validate_token
 from .logtail import LogCommit, LogEvent
 
-__all__ = ["DELETED", "Position", "Projection", "View", "on", "validate_row_key"]
+__all__ = ["DELETED", "Position", "Projection", "ProjectionView", "on", "validate_row_key"]
 
 H = TypeVar("H", bound=Callable[..., Any])
-Handler = Callable[["View", LogCommit, LogEvent], Awaitable[None]]  # a bound @on method
+Handler = Callable[["ProjectionView", LogCommit, LogEvent], Awaitable[None]]  # a bound @on method
 
 _ROW_KEY = re.compile(r"[A-Za-z0-9_=-]+(\.[A-Za-z0-9_=-]+)*")
 MAX_ROW_KEY = 200
@@ -108,7 +108,7 @@ class Position(BaseModel):
     ts_ms: int = 0
 
 
-class View:
+class ProjectionView:
     """The rows a projection's handlers read and write: writes stay in memory (``dirty``)
     until the runner stores them with the position; reads come from them, then from a
     bounded cache of rows read or written before, then from the store (``load``). The runner

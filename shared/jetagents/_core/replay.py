@@ -62,6 +62,8 @@ def rebuild(
             raise InternalError(f"event log of {agent_id} is unreadable at sequence {msg_seq}: {exc}") from None
         if commit.n != n + 1:
             raise InternalError(f"event log of {agent_id} has a gap: commit {commit.n} after {n}")
+        if commit.reset is not None:  # a reset commit (ADR 0053: a rollback, a lost tail): its state from here
+            agent._state = spec.state_type.model_validate(commit.reset["state"])
         agent._replay(commit.events)
         n, seq = commit.n, msg_seq
     return Rebuilt(agent._state, n, seq)

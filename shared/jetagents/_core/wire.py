@@ -221,14 +221,24 @@ class ResultBody(BaseModel):
     result: str = _CMD_ID
 
 
+class KickBody(BaseModel):
+    """Run what an agent has runnable (ADR 0042 §3, the kick): ``{"kick": {}}``, fired by the
+    host's server schedule when a host died while running it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kick: dict[str, Any] = Field(max_length=0)
+
+
 # the other command bodies, by their one distinguishing key
 CONTROL_BODIES: Final[dict[str, type[BaseModel]]] = {
     "signal": SignalBody,
     "timer": TimerBody,
     "cancel": CancelBody,
     "result": ResultBody,
+    "kick": KickBody,
 }
-Body = CommandBody | SignalBody | TimerBody | CancelBody | ResultBody
+Body = CommandBody | SignalBody | TimerBody | CancelBody | ResultBody | KickBody
 
 # Agt-Status on the reply of a command that did not finish: its action is suspended on a
 # wait, or it was parked behind one (ADR 0042 §§3-4)
@@ -339,7 +349,7 @@ def decode_command(data: bytes, max_bytes: int) -> Body:
                     first = exc
                 break
     raise MalformedCommand(
-        "command body must be a JSON object {action, params} (or signal, timer, cancel, result)",
+        "command body must be a JSON object {action, params} (or signal, timer, cancel, result, kick)",
         details=_short_errors(first),
     ) from None
 

@@ -1,7 +1,9 @@
 """``jetagents dashboard`` (ADR 0055): Starlette routes rendering Jinja2 templates (autoescape
-on), htmx for the agent search, served by uvicorn. Every read is an ``Inspector`` call; the one
-action, redrive, needs the admin token (a login sets a session cookie), a confirmation page,
-and a POST carrying the session's CSRF token.
+on), htmx for the agent search and the live charts, served by uvicorn. Every read is an
+``Inspector`` call (or ``reads``: the ring's log, schedules, open journals; ``live``: the
+charts' samples); the actions (redrive here, the agent actions in ``actions``) need the admin
+token (a login sets a session cookie), a confirmation page, and a POST carrying the session's
+CSRF token.
 
 >>> async def main():  # doctest: +SKIP
 ...     dash = Dashboard("nats://127.0.0.1:4222", agents=[Counter], admin_token="s3cret")
@@ -12,11 +14,13 @@ and a POST carrying the session's CSRF token.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import hmac
 import json
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -36,12 +40,32 @@ from .._core.agent import Agent, Registry
 from .._core.errors import JetAgentsError
 from .._core.ids import AgentId
 from .._settings import ClientSettings
+from . import reads
+from .actions import action_routes
+from .live import Live
+from .svg import line_chart, ring_svg
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "jetagents_session"
 HISTORY_SHOWN = 200  # commits one agent page lists (the newest)
 FORM_MAX_BYTES = 4096
 LOOPBACK = ["127.0.0.1", "localhost", "::1", "[::1]"]  # the only forms are a token and a CSRF token
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return json.loads(data) if data else None
+    except ValueError:
+        return None
+
+
+def _when(ms: Any) -> str:
+    """A wall-clock time in milliseconds as UTC, with how far from now it is."""
+    if not ms:
+        return "-"
+    stamp = dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    delta_s = int(ms) / 1000 - time.time()
+    return f"{stamp} (in {delta_s:.0f} s)" if delta_s >= 0 else f"{stamp} ({-delta_s:.0f} s ago)"
 
 
 def _pretty(value: Any) -> str:
@@ -53,6 +77,7 @@ def _env() -> jinja2.Environment:
         loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
     )
     env.filters["pretty"] = _pretty
+    env.filters["when"] = _when
     return env
 
 
@@ -99,13 +124,19 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 def create_app(
-    inspector: Callable[[], Any], *, admin_token: str | None = None, allowed_hosts: list[str] | None = None
+    inspector: Callable[[], Any],
+    *,
+    client: Callable[[], Any] | None = None,
+    admin_token: str | None = None,
+    allowed_hosts: list[str] | None = None,
 ) -> Starlette:
     """The Starlette app; ``inspector()`` returns the ``Inspector`` to read with (made at
-    startup by ``Dashboard``, or given directly by a caller that has one). ``allowed_hosts``:
-    the Host headers served (a page of another site rebinding its name to 127.0.0.1 is not)."""
+    startup by ``Dashboard``, or given directly by a caller that has one), ``client()`` the
+    ``Client`` the actions use (migrate, rollback, release). ``allowed_hosts``: the Host
+    headers served (a page of another site rebinding its name to 127.0.0.1 is not)."""
     env = _env()
     sessions = Sessions(admin_token)
+    live = Live()
 
     def page(request: Request, name: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
         sid = sessions.admin(request)
@@ -141,8 +172,61 @@ def create_app(
 
     async def agent(request: Request) -> Response:
         aid = AgentId(request.path_params["type"], request.path_params["id"])
-        detail = await inspector().show(aid.type, aid.id, last=HISTORY_SHOWN)
-        return page(request, "agent.html", aid=aid, detail=detail, history=list(reversed(detail.last_commits)))
+        ins = inspector()
+        detail = await ins.show(aid.type, aid.id, last=HISTORY_SHOWN)
+        tomb = await ins.io.kv_get(ins.topology.tomb_bucket, aid.key)
+        quarantine = await ins.io.kv_get(ins.topology.quarantine_bucket, aid.key)
+        return page(
+            request,
+            "agent.html",
+            aid=aid,
+            detail=detail,
+            history=list(reversed(detail.last_commits)),
+            schedules=(await reads.schedules(ins, aid))[0],
+            open_actions=await reads.open_actions(ins, aid),
+            tomb=_json(tomb.data) if tomb else None,
+            quarantine=_json(quarantine.data) if quarantine else None,
+        )
+
+    async def ring(request: Request) -> Response:
+        found = await reads.ring(inspector())
+        owners = found["cluster"]["owners"]
+        by_host: dict[str, list[int]] = {}
+        for p, owner in enumerate(owners):
+            by_host.setdefault(owner or "unowned", []).append(p)
+        return page(request, "ring.html", svg=ring_svg(owners), by_host=by_host, **found)
+
+    async def waiting(request: Request) -> Response:
+        ins = inspector()
+        rows, more_schedules = await reads.schedules(ins)
+        actions, scanned, more_agents = await reads.all_open_actions(ins)
+        return page(
+            request,
+            "waiting.html",
+            schedules=rows,
+            more_schedules=more_schedules,
+            open_actions=actions,
+            scanned=scanned,
+            more_agents=more_agents,
+        )
+
+    async def live_page(request: Request) -> Response:
+        return page(request, "live.html")
+
+    async def live_charts(request: Request) -> Response:
+        await live.sample(inspector())
+        now = live.samples[-1].t_s if live.samples else 0.0
+
+        def ago(series: dict[str, list[tuple[float, float]]]) -> dict[str, list[tuple[float, float]]]:
+            return {k: [(t - now, v) for t, v in pts] for k, pts in series.items()}
+
+        return page(
+            request,
+            "live_charts.html",
+            throughput=line_chart(ago(live.throughput()), unit="per second", chart_id="throughput"),
+            latency=line_chart(ago(live.latency()), unit="ms", chart_id="latency"),
+            samples=len(live.samples),
+        )
 
     async def state_at(request: Request) -> Response:
         aid = AgentId(request.path_params["type"], request.path_params["id"])
@@ -199,6 +283,11 @@ def create_app(
         Route("/dlq", guarded(dlq)),
         Route("/dlq/{seq:int}/confirm", guarded(confirm)),
         Route("/dlq/{seq:int}/redrive", guarded(redrive), methods=["POST"]),
+        Route("/ring", guarded(ring)),
+        Route("/waiting", guarded(waiting)),
+        Route("/live", guarded(live_page)),
+        Route("/live/charts", guarded(live_charts)),
+        *action_routes(page, guarded, inspector, client or (lambda: None), sessions, _form),
         Route("/login", guarded(login), methods=["GET", "POST"]),
         Route("/logout", guarded(logout), methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
@@ -244,7 +333,10 @@ class Dashboard:
         self._inspector = Inspector(self._client, agents=self.agents)
         loopback = self.host in LOOPBACK
         app = create_app(
-            lambda: self._inspector, admin_token=self.admin_token, allowed_hosts=LOOPBACK if loopback else None
+            lambda: self._inspector,
+            client=lambda: self._client,
+            admin_token=self.admin_token,
+            allowed_hosts=LOOPBACK if loopback else None,
         )
         self._server = server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         self._task = asyncio.create_task(server.serve(sockets=[sock]))

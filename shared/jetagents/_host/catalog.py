@@ -42,6 +42,7 @@ from .supervisor import Supervisor
 
 if TYPE_CHECKING:
     from .._core.command import Command
+    from .health import AgentHealth, Health
 
 
 class LogReader(Protocol):
@@ -84,6 +85,7 @@ class Activation:
     # command ids a ``cancel`` named while they may be running: their next step boundary
     # raises ActionCancelled (ADR 0042 §8); created on demand
     cancelling: set[str] | None = None
+    health: AgentHealth | None = None  # its measured figures and policy's state (ADR 0059)
 
 
 def _busy(act: Activation) -> bool:
@@ -125,6 +127,7 @@ class Catalog:
         self._client: Any = None
         self._tombs: Bucket | None = None  # tombstones of deleted agents (ADR 0052)
         self.quarantine: Quarantine | None = None  # set by the host (ADR 0053)
+        self.health: Health = None  # type: ignore[assignment]  # set by the pipeline (ADR 0059)
         # called before an agent's first command of an activation (declared subscriptions)
         self.on_activate: Callable[[AgentId, AgentSpec], Awaitable[None]] | None = None
 
@@ -478,6 +481,8 @@ class Catalog:
                 body = orjson.dumps(snap)
             async with self._snap_sem:
                 await self._snapshots.put(act.agent_id.key, body)
+            if act.health is not None:
+                act.health.state_bytes = len(body)
             act.since_snapshot = max(0, act.since_snapshot - taken)
         except Exception as exc:  # noqa: BLE001 - a missing snapshot only costs replay time
             self.log.warning("snapshot_failed", agent=str(act.agent_id), error=str(exc))

@@ -24,11 +24,17 @@ What the caller sees (docs/adr/0036):
 
 A cancellation from outside (the host stopping) is never mistaken for an overrun: it
 propagates as ``CancelledError``.
+
+Measuring it (ADR 0059): ``wall_s`` is the time from its first step to its outcome; with
+``cpu=True``, ``cpu_s`` adds the thread CPU clock around each slice it runs between two
+awaits (its own code only, not what other tasks run while it waits); ``done(self)`` is called
+once it has ended, whatever the outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
@@ -43,7 +49,23 @@ class Deadline:
     """``await Deadline(coro, loop, when)``: ``coro``'s outcome, or :class:`Overrun`
     if it had not finished by ``when`` (``loop.time()`` seconds)."""
 
-    __slots__ = ("_coro", "_handle", "_late", "_loop", "_on_late", "_thrown", "_waiting", "_when", "expired", "late_s")
+    __slots__ = (
+        "_coro",
+        "_cpu",
+        "_done",
+        "_handle",
+        "_late",
+        "_loop",
+        "_on_late",
+        "_thrown",
+        "_waiting",
+        "_when",
+        "cpu_s",
+        "expired",
+        "late_s",
+        "tag",
+        "wall_s",
+    )
 
     def __init__(
         self,
@@ -53,6 +75,9 @@ class Deadline:
         *,
         late_s: float = 5.0,
         on_late: Callable[[], None] | None = None,
+        cpu: bool = False,
+        done: Callable[[Deadline], None] | None = None,
+        tag: Any = None,
     ) -> None:
         self._coro = coro
         self._loop = loop
@@ -64,6 +89,11 @@ class Deadline:
         self._on_late = on_late
         self.late_s = late_s
         self.expired = False
+        self._cpu = cpu
+        self._done = done
+        self.tag = tag  # the caller's, for ``done``
+        self.wall_s = 0.0
+        self.cpu_s = 0.0
 
     def _expire(self) -> None:
         self.expired = True
@@ -83,12 +113,17 @@ class Deadline:
     def __await__(self) -> Generator[Any, None, Any]:
         coro = self._coro
         error: BaseException | None = None
+        cpu = self._cpu
+        started = self._loop.time()
+        t0 = 0.0
         try:
             while True:
                 if self.expired and not self._thrown:
                     self._thrown = True
                     if error is None:  # the future could not be cancelled (already done)
                         error = asyncio.CancelledError("the action's deadline passed")
+                if cpu:
+                    t0 = time.thread_time()
                 try:
                     pending = coro.send(None) if error is None else coro.throw(error)
                 except StopIteration as stop:
@@ -98,6 +133,9 @@ class Deadline:
                     if self.expired and not _cancelled_from_outside():
                         raise Overrun() from exc
                     raise
+                finally:
+                    if cpu:
+                        self.cpu_s += time.thread_time() - t0
                 error = None
                 if self._handle is None:
                     self._handle = self._loop.call_at(self._when, self._expire)
@@ -113,6 +151,9 @@ class Deadline:
                     self._waiting = None
         finally:
             self._disarm()
+            if self._done is not None:
+                self.wall_s = self._loop.time() - started
+                self._done(self)
         if self.expired:  # it swallowed the cancellation and returned: too late all the same
             raise Overrun()
         return result

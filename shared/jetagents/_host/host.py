@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -39,6 +38,7 @@ import structlog
 from opentelemetry import metrics, trace
 
 from .._core.agent import Registry
+from .._core.balance import BalancePolicy
 from .._core.clock import Clock, SystemClock
 from .._core.command import ACKED, Kind
 from .._core.errors import (
@@ -80,6 +80,7 @@ from .catalog import Activation, Catalog
 from .coordination import ClusterConfig, Coordinator
 from .eventlog import EventLog
 from .intake import Intake
+from .loadmeter import LoadMeter
 from .outcomes import Outcomes
 from .partitions import Partitions
 from .pipeline import Pipeline
@@ -101,17 +102,6 @@ _NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent)
 # a durable command handed back because its agent's mailbox was full keeps every later
 # command of that agent waiting (handed back too) until it returns, or until this long
 _HOLD_S = 60.0
-
-
-def _rss_mb() -> float:
-    """Resident memory of this process in MiB (Linux; peak RSS elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _dead_letter_max_bytes(nc: NatsClient | None, topology: Topology) -> int:
@@ -145,6 +135,11 @@ def _cluster_config(s: HostSettings) -> ClusterConfig:
         handoff_timeout_s=s.handoff_timeout_s,
         capacity=s.capacity,
         tags=list(s.tags),
+        balance=BalancePolicy(
+            s.rebalance_threshold, s.rebalance_min_gap, s.rebalance_persist, s.rebalance_moves, s.rebalance_cooldown
+        ),
+        balance_interval_s=s.rebalance_interval_s,
+        load_weights=dict(s.load_weights),
     )
 
 
@@ -239,6 +234,7 @@ class Host:
         self._providers = (tracer_provider, meter_provider)
         self._tel = HostTelemetry(self, settings.host_id, tracer_provider, meter_provider)
         self.metrics = Metrics(self._tel)
+        self.loadmeter = LoadMeter(settings, self.clock)  # what the heartbeat advertises (ADR 0060)
         self.partitions = Partitions(
             settings,
             self.topology,
@@ -447,6 +443,7 @@ class Host:
             await store.ensure()
             self.coordinator = Coordinator(s.host_id, store, self.clock, _cluster_config(s), self)
             self.supervisor.spawn("coordinator", self.coordinator.run())
+            self.supervisor.spawn("background", self.placement.reserving.run())  # reservations' ends
             # ready when the ring is known and our share of it is started (or give up
             # waiting: the partitions may belong to others that have not let go yet)
             with contextlib.suppress(TimeoutError):
@@ -474,15 +471,10 @@ class Host:
         await self.catalog.forget_partition(partition, graceful=graceful)
 
     def load(self) -> dict[str, Any]:
-        """What this host advertises in its heartbeat."""
-        t = os.times()
-        return {
-            "active_agents": len(self.activations),
-            "inflight": self.scheduler.inflight_count,
-            "processed": self.stats["processed"],
-            "cpu_s": round(t.user + t.system, 2),  # CPU time used so far (rate = load)
-            "rss_mb": _rss_mb(),
-        }
+        """What this host advertises in its heartbeat: its counts and its measured load (``loadmeter.py``)."""
+        counts = {"active_agents": len(self.activations), "inflight": self.scheduler.inflight_count}
+        latency = {"latency_ms": self.metrics.latency.summary()}
+        return {**counts, "processed": self.stats["processed"], **latency, **self.loadmeter.sample()}
 
     async def event(self, kind: str, data: dict[str, Any]) -> None:
         """A lifecycle event on ``<root>.sys.<kind>`` (core NATS, for watchers and tools)."""

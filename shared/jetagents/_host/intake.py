@@ -50,6 +50,7 @@ class Intake:
         own stream's position when it carries no id."""
         host = self._host
         partition, agent_type, agent_id = route
+        host.loadmeter.seen(partition, len(data))
         cmd = parse_command(
             kind,
             subject,

@@ -138,6 +138,8 @@ class Outcomes:
             self._metrics.inc(name, agent_type=cmd.agent_type, delivery=cmd.delivery_mode)
         elif name is not None:
             self._metrics.inc(name)
+            if name == "processed":
+                self._metrics.latency.record(self._clock.monotonic() - cmd.received)
 
     async def execute(self, cmd: Command, outcome: Outcome, out: dict[str, str], *, counted: bool = False) -> None:
         """Dead letter, reply, acknowledgement; ``out`` are the reply's headers so far.

@@ -79,8 +79,9 @@ from .._obs.telemetry import (
 from .._settings import HostSettings
 from .catalog import Activation, Catalog
 from .coordination import Coordinator
-from .deadline import Deadline, Overrun
+from .deadline import Overrun
 from .eventlog import EventLog, NewCommit
+from .health import Health
 from .outbox import OutStreams
 from .outcomes import Outcomes
 from .placement import Placement
@@ -92,6 +93,21 @@ from .suspension import Suspension
 
 # refusals of the activation itself: bad input, never worth another try
 _NON_RETRYABLE_INPUT = (MalformedCommand, UnknownAgentType, UnknownAgent, AgentQuarantined, AgentDeleted)
+
+
+def overrun_error(action: str, limit_s: float, by_deadline: bool) -> JetAgentsError:
+    """Past the command's own deadline: ``deadline_exceeded``, acknowledged. Past the
+    action's time limit: ``action_timeout``, at once (never retried in place), dead-lettered
+    when durable (ADR 0036)."""
+    if by_deadline:
+        return DeadlineExceeded(
+            "the command's deadline passed while its action ran: cancelled, nothing applied",
+            details={"applied": False},
+        )
+    return ActionTimeout(
+        f"action {action!r} ran longer than {limit_s:g} s: cancelled, nothing applied",
+        details={"applied": False, "timeout_s": limit_s},
+    )
 
 
 def _trace_of(cmd: Command) -> tuple[str | None, str | None]:
@@ -141,6 +157,7 @@ class Pipeline:
             settings, clock, log, steps=self._steps, outcomes=outcomes, run=self._process_traced, catalog=catalog
         )
         self.signals = Signals(self.suspension)  # signal, timer, cancel and result bodies
+        self.health = catalog.health = Health(settings, catalog, tel, metrics, log)  # ADR 0059
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
 
     async def process(self, act: Activation, cmd: Command) -> None:
@@ -342,12 +359,12 @@ class Pipeline:
         ctx.command, agent._firing = Running(raw, cmd.reply_to, cmd.streams), firing_of(cmd, agent)
         agent._begin()
         try:
-            loop = self.loop
-            result = await Deadline(
+            result = await self.health.deadline(  # measured for its health (ADR 0059)
+                act,
                 action.fn(agent, **params),
-                loop,
-                loop.time() + limit_s,
-                on_late=lambda: self._log.warning(
+                self.loop,
+                limit_s,
+                lambda: self._log.warning(
                     "action_ignores_cancel", agent=str(act.agent_id), action=action.name, limit_s=limit_s
                 ),
             )
@@ -469,20 +486,8 @@ class Pipeline:
     async def _overran(
         self, act: Activation, cmd: Command, action: str, limit_s: float, by_deadline: bool, out: dict[str, str]
     ) -> None:
-        """The action was cancelled at its limit (ADR 0036). Past the command's own deadline:
-        ``deadline_exceeded``, acknowledged. Past the action's time limit: ``action_timeout``,
-        at once (never retried in place), dead-lettered when durable."""
-        err: JetAgentsError
-        if by_deadline:
-            err = DeadlineExceeded(
-                "the command's deadline passed while its action ran: cancelled, nothing applied",
-                details={"applied": False},
-            )
-        else:
-            err = ActionTimeout(
-                f"action {action!r} ran longer than {limit_s:g} s: cancelled, nothing applied",
-                details={"applied": False, "timeout_s": limit_s},
-            )
+        """The action was cancelled at its limit (ADR 0036): ``overrun_error``, settled."""
+        err = overrun_error(action, limit_s, by_deadline)
         self._metrics.inc("action_timeouts", agent_type=act.agent_id.type, action=action, error=err.code)
         self._log.warning("action_timed_out", agent=str(act.agent_id), action=action, limit_s=limit_s, code=err.code)
         await self._outcomes.settle(cmd, Result.OVERRAN, out, error=err, by_deadline=by_deadline)

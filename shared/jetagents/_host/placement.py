@@ -36,6 +36,7 @@ from .._nats.api import NS
 from .._nats.hosts import HostLink
 from .._settings import HostSettings
 from .catalog import Activation, Catalog, _busy
+from .reserve import Reserving, needs_of
 from .restore import rollback
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ class Placement:
         self._owns = owns
         self._event = event
         self.link: HostLink = None  # type: ignore[assignment]  # set by bind()
+        self.reserving = Reserving(self)  # types with resources in quantities (ADR 0060)
 
     def bind(self, link: HostLink) -> None:
         self.link = link
@@ -134,7 +136,10 @@ class Placement:
         agent placed somewhere or its type requiring tags); checked first, without a
         coroutine, because almost no command has."""
         coord = self._coordinator()
-        return coord is not None and (coord.placements.get(act.agent_id.key) is not None or bool(act.spec.cls.requires))
+        cls = act.spec.cls
+        return coord is not None and (
+            coord.placements.get(act.agent_id.key) is not None or bool(cls.requires) or bool(cls.resources)
+        )
 
     async def route_elsewhere(self, act: Activation, work: Command) -> bool:
         """At the partition's owner: forward ``work`` when the agent is placed on another
@@ -145,6 +150,8 @@ class Placement:
         key = act.agent_id.key
         placed = coord.placements.get(key)
         requires = act.spec.cls.requires
+        if act.spec.cls.resources:
+            return await self.reserving.route(coord, act, work, needs_of(act.spec.cls))
         if placed is None and not requires:  # the common case: one dict lookup
             return False
         me = self.settings.host_id
@@ -291,7 +298,13 @@ class Placement:
         """The agents in this host's memory (``jetagents agents ls``), bounded: inspection
         must not turn a host with a million agents into one huge reply."""
         keys = list(self.catalog.activations)
-        body = {"host": self.settings.host_id, "total": len(keys), "agents": keys[:AGENTS_LISTED]}
+        body: dict[str, Any] = {"host": self.settings.host_id, "total": len(keys), "agents": keys[:AGENTS_LISTED]}
+        try:  # one agent's health too (ADR 0059)
+            asked = orjson.loads(msg.data or b"{}").get("agent")
+        except (orjson.JSONDecodeError, AttributeError):  # not an object: the list only, as before
+            asked = None
+        if isinstance(asked, str):
+            body["health"] = self.catalog.health.of(asked)
         await self.pipeline.reply(msg.reply, encode_ok(body), {}, None)
 
     async def _on_evict(self, msg: Message) -> None:

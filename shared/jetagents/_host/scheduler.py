@@ -124,6 +124,7 @@ class Scheduler:
         self.inflight_bytes = 0  # bodies held by the commands in hand (max_inflight_bytes)
         self._idle = asyncio.Event()
         self._idle.set()
+        self.health = catalog.health  # throttles at intake, restarts after a command (ADR 0059)
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
         outcomes.blobs = catalog.blobs  # a recorded result by reference is read back for its reply
         # call chains (ADR 0042 section 7): a chained command for a busy agent may run at once or fail fast
@@ -170,6 +171,13 @@ class Scheduler:
         act = activations.get(key)
         pool = self._pools.get(agent_type)
         saturated = pool is not None and pool.limit is not None and pool.in_hand >= pool.limit
+        if self.health.throttled and agent_type in self.health.throttled and cmd.kind != Kind.MIGRATE:
+            throttled = self.health.refusal(agent_type, act)  # over its CPU share (ADR 0059)
+            if throttled is not None:
+                if act is None:
+                    act = activations[key] = Activation(AgentId(agent_type, agent_id), spec)
+                self._over_bound(act, cmd, throttled=throttled)
+                return
         if act is None:
             act = Activation(AgentId(agent_type, agent_id), spec)
             activations[key] = act
@@ -218,7 +226,9 @@ class Scheduler:
     def _pool_of(self, act: Activation) -> _Pool:
         return self._pools.get(act.agent_id.type, self._shared)
 
-    def _over_bound(self, act: Activation, cmd: Command, saturated: _Pool | None = None) -> bool:
+    def _over_bound(
+        self, act: Activation, cmd: Command, saturated: _Pool | None = None, throttled: JetAgentsError | None = None
+    ) -> bool:
         """Whether ``cmd`` must stay out of its agent's mailbox, and if so refuse it: the
         mailbox is full (``max_mailbox_per_agent``), its type's worker pool is ``saturated``,
         or, for a durable command, an earlier command of the agent was handed back and has not
@@ -226,8 +236,11 @@ class Scheduler:
         busy or pool saturated, not applied); a durable command is handed back (``-NAK`` with a
         growing delay) and comes again (ADR 0036)."""
         mailbox = act.mailbox
-        bound = self._settings.max_mailbox_per_agent
-        full = saturated is not None or (mailbox is not None and _queued(mailbox, cmd.high) >= bound)
+        full = (
+            saturated is not None
+            or throttled is not None
+            or (mailbox is not None and _queued(mailbox, cmd.high) >= self._settings.max_mailbox_per_agent)
+        )
         seq = cmd.stream_seq
         if cmd.kind in ACKED and seq:
             key = -seq if cmd.high else seq
@@ -246,11 +259,11 @@ class Scheduler:
                 held = act.held = {}
             times = held.get(key, (0, 0.0))[0] + 1
             held[key] = (times, now)
-            self._refuse_busy(act, cmd, times, saturated)
+            self._refuse_busy(act, cmd, times, saturated, throttled)
             return True
         if not full:
             return False
-        self._refuse_busy(act, cmd, 0, saturated)
+        self._refuse_busy(act, cmd, 0, saturated, throttled)
         return True
 
     def prune_held(self, act: Activation, now: float) -> None:
@@ -263,14 +276,23 @@ class Scheduler:
         if not held:
             act.held = None
 
-    def _refuse_busy(self, act: Activation, cmd: Command, hand_backs: int, saturated: _Pool | None = None) -> None:
+    def _refuse_busy(
+        self,
+        act: Activation,
+        cmd: Command,
+        hand_backs: int,
+        saturated: _Pool | None = None,
+        throttled: JetAgentsError | None = None,
+    ) -> None:
         """Row 12: hand a durable command back (``hand_backs`` times so far, 0: not tracked),
-        refuse a call (agent busy or its pool ``saturated``, not applied)."""
+        refuse a call (agent busy, its pool ``saturated`` or ``throttled``, not applied)."""
         # out of the host's in-flight count at once: a burst of refusals must not fill it
         self.untrack(cmd)
         err = None
         if not cmd.durable:
-            if saturated is not None:
+            if throttled is not None:
+                err = throttled
+            elif saturated is not None:
                 err = Unavailable(
                     f"worker pool {saturated.name!r} of {act.agent_id.type!r} is saturated"
                     f" ({saturated.in_hand} commands in hand); retry",
@@ -368,3 +390,6 @@ class Scheduler:
             else:
                 act.mailbox = None
                 act.scheduled = False
+            health = act.health
+            if health is not None and health.due is not None:  # a restart or passivation (ADR 0059)
+                self.health.act_on(act)

@@ -31,7 +31,7 @@ from .._core.errors import (
 )
 from .._core.journal import SIGNAL, TIMEOUT, inbox_entry, resolution_entry
 from .._core.outcome import AckKind, Result
-from .._core.wire import CancelBody, ResultBody, SignalBody, TimerBody, encode_ok
+from .._core.wire import CancelBody, KickBody, ResultBody, SignalBody, TimerBody, encode_ok
 from .._obs.telemetry import REQUEUED
 from .catalog import Activation
 from .steps import AlreadyInLog
@@ -84,6 +84,13 @@ class Signals:
         if isinstance(body, CancelBody):
             await self._susp.catch_up(act, cmd)
             await self._cancel(act, cmd, body.cancel, out)
+            return
+        if isinstance(body, KickBody):  # a host died while running what is runnable: run it
+            await self._susp.catch_up(act, cmd)
+            if cmd.outcome == REQUEUED:
+                await self._outcomes.nak(cmd, 0)
+            else:
+                await self._outcomes.settle_ok(cmd, out, {"kicked": True}, 0)
             return
         cmd_id = cmd.command_id
         if not cmd_id:

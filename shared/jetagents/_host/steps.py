@@ -9,12 +9,13 @@ re-runs the action here, from the journal. The rules themselves are ``_core/jour
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import typing
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from pydantic_core import to_jsonable_python
 
 from .._core.agent import Agent
@@ -64,7 +65,13 @@ def _revive(value: Any, fn: Callable[..., Any]) -> Any:
         return value
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann.model_validate(value)
+    if isinstance(ann, type) and dataclasses.is_dataclass(ann):  # a shared-state WriteResult
+        return TypeAdapter(ann).validate_python(value)
     return value
+
+
+KICK = "_kick"  # the kick's schedule name: agt.rem.<type>.<id>._kick (ADR 0042 §3)
+KICK_BODY = b'{"kick":{}}'
 
 
 class AlreadyInLog(Unavailable):
@@ -135,6 +142,35 @@ class Steps:
         if schedules is not None:
             aid = act.agent_id
             await schedules.cancel(self._catalog.subjects.rem(aid.type, aid.id, timer_name(cmd, i)))
+
+    async def arm_kick(self, act: Activation) -> bool:
+        """Schedule ``{"kick": {}}`` for ``act``'s agent ``kick_after_s`` from now (replacing
+        an earlier one): if this host dies while it resumes or runs parked work, the next one
+        is told to run the rest. Best effort (False when not armed: no schedules here)."""
+        schedules = self._catalog.schedules
+        if schedules is None:
+            return False
+        aid = act.agent_id
+        subjects = self._catalog.subjects
+        at_ms = self._clock.wall_ms() + int(self._settings.kick_after_s * 1000)
+        try:
+            await schedules.schedule_at(
+                subjects.rem(aid.type, aid.id, KICK), at_ms, subjects.cmd(aid.type, aid.id), KICK_BODY
+            )
+        except JetAgentsError as exc:
+            self._log.warning("kick_not_armed", agent=str(aid), error=repr(exc))
+            return False
+        return True
+
+    async def drop_kick(self, act: Activation) -> None:
+        """Nothing runnable is left: the kick is not needed (a late one finds nothing to do)."""
+        schedules = self._catalog.schedules
+        if schedules is not None:
+            aid = act.agent_id
+            try:
+                await schedules.cancel(self._catalog.subjects.rem(aid.type, aid.id, KICK))
+            except JetAgentsError as exc:
+                self._log.debug("kick_not_dropped", agent=str(aid), error=repr(exc))
 
     def bind(self, act: Activation) -> BoundSteps:
         """What ``AgentContext.steps`` of ``act``'s agent holds."""

@@ -257,7 +257,16 @@ class Suspension:
     async def catch_up(self, act: Activation, driver: Command) -> None:
         """Run what is runnable before ``driver``: a resolved journal whose resumed run a
         crash cut short, then the parked commands, oldest first, while no action holds the
-        agent. Every command of the agent starts here, so none overtakes them."""
+        agent. Every command of the agent starts here, so none overtakes them. Before the
+        first of them a kick is armed (``Steps.arm_kick``), dropped once nothing runnable is
+        left: a host dying in between leaves the kick to the next one, whether or not
+        ``driver`` comes again (it may be acknowledged already, or a call)."""
+        armed: list[bool] = []
+        if await self._catch_up(act, driver, armed) and armed and armed[0] and driver.outcome != REQUEUED:
+            await self._steps.drop_kick(act)
+
+    async def _catch_up(self, act: Activation, driver: Command, armed: list[bool]) -> bool:
+        """``catch_up``'s loop; True when nothing runnable is left."""
         guard = 0
         while act.journals and guard < 10_000 and driver.outcome != REQUEUED:
             guard += 1
@@ -265,15 +274,19 @@ class Suspension:
             if held is not None:
                 cmd_id, journal = held
                 if stuck(act, cmd_id, journal) is not None:
-                    return  # still suspended: parked commands wait behind it
+                    return True  # still suspended: parked commands wait behind it
+                if not armed:
+                    armed.append(await self._steps.arm_kick(act))
                 before = act.n
                 await self.resume(act, cmd_id, driver)
                 if act.n == before and act.journals and cmd_id in act.journals:
-                    return  # nothing moved (its run was handed back): not now
+                    return False  # nothing moved (its run was handed back): not now
                 continue
             parked = next(((c, j) for c, j in act.journals.items() if j.parked is not None and not j.waited), None)
             if parked is None:
-                return
+                return True
+            if not armed:
+                armed.append(await self._steps.arm_kick(act))
             cmd_id, journal = parked
             park = journal.parked or {}
             rcmd = self._rebuild(
@@ -289,13 +302,16 @@ class Suspension:
             await self._run(act, rcmd, rcmd.reply_headers())
             if rcmd.outcome == REQUEUED:
                 driver.outcome = REQUEUED
-                return
+                return False
             now = act.journals.get(cmd_id) if act.journals else None
             if now is not None and now.parked is not None:
-                if act.n == before or now.waited:  # not run (handed back), or it suspended
-                    return
+                if act.n == before:  # not run (handed back)
+                    return False
+                if now.waited:  # it suspended: it holds the agent now
+                    return True
                 # answered without a closing commit (refused, or no events): close its park
                 await self._close_park(act, cmd_id, journal, rcmd)
+        return not act.journals
 
     async def _close_park(self, act: Activation, cmd_id: str, journal: Journal, rcmd: Command) -> None:
         error = None if not rcmd.error else {"code": rcmd.error, "message": rcmd.error, "retryable": False}

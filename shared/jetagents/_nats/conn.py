@@ -28,6 +28,7 @@ import inspect
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio import client as _nc
@@ -142,6 +143,7 @@ _HMSG_RE = re.compile(
     rb"\AHMSG" + _SP + _ARG + _SP + _ARG + _SP + rb"(?:" + _ARG + _SP + rb")?(\d+)" + _SP + rb"(\d+)[ \t]*\r\n"
 )
 _ERR_RE = re.compile(rb"\A-ERR[ \t]*([^\r\n]*)\r\n")
+_DENIED_RE = re.compile(r'permissions violation for publish to "([^"]*)"', re.IGNORECASE)
 
 
 class GuardedParser(_ps.Parser):
@@ -177,8 +179,12 @@ class GuardedParser(_ps.Parser):
                     continue
                 err = _ERR_RE.match(self.buf)
                 if err:
+                    # read before the delete: a match on a bytearray reads the buffer as it
+                    # is now (read after, a permissions violation came out empty, an unknown
+                    # error that closed the connection)
+                    reason = text(err.group(1))
                     del self.buf[: err.end()]
-                    await nc._process_err(text(err.group(1)).lower())
+                    await nc._process_err(reason)
                     continue
                 ping = _ps.PING_RE.match(self.buf)
                 if ping:
@@ -242,6 +248,20 @@ class Connection(_nc.Client):
     def __init__(self) -> None:
         super().__init__()
         self._ps = GuardedParser(self)
+        # told the subject of every publish the server refused (its permissions): the reply
+        # inboxes fail the requests waiting on it with ``PermissionDenied``
+        self.denied_listeners: list[Callable[[str], None]] = []
+
+    async def _process_err(self, err_msg: str) -> None:
+        """As nats-py's (which wants it in lower case), after telling ``denied_listeners``
+        of a refused publish: the subject keeps its case. A permissions violation leaves
+        the connection open (the server does too): one bad subject must not cut every other
+        call of the process."""
+        denied = _DENIED_RE.search(err_msg)
+        if denied is not None:
+            for listener in list(self.denied_listeners):
+                listener(denied.group(1))
+        await super()._process_err(err_msg.lower())
 
     def _build_message(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: dict[str, str] | None

@@ -16,7 +16,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .._core.errors import Unavailable
+from .._core.errors import PermissionDenied, Unavailable
 
 
 def _expire(fut: asyncio.Future[Msg]) -> None:
@@ -43,9 +43,13 @@ class Inbox:
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[Msg]] = {}
         self._listeners: dict[str, Callable[[Msg], None]] = {}  # replies of many messages
+        self._subjects: dict[str, str] = {}  # what each pending request published to
         self._start_lock = asyncio.Lock()
 
     async def start(self) -> None:
+        denied = getattr(self.nc, "denied_listeners", None)  # our Connection's (_nats/conn.py)
+        if denied is not None and self._on_denied not in denied:
+            denied.append(self._on_denied)
         self._prefix = self.nc.new_inbox()
         self._cut = len(self._prefix) + 1
         self._sub = await self.nc.subscribe(
@@ -62,6 +66,10 @@ class Inbox:
                 fut.cancel()
         self._pending.clear()
         self._listeners.clear()
+        self._subjects.clear()
+        denied = getattr(self.nc, "denied_listeners", None)
+        if denied is not None and self._on_denied in denied:
+            denied.remove(self._on_denied)
         if self._sub is not None:
             sub, self._sub = self._sub, None
             try:
@@ -106,14 +114,32 @@ class Inbox:
 
     async def request(self, subject: str, payload: bytes, headers: dict[str, str] | None, timeout_s: float) -> Msg:
         """The reply; ``TimeoutError`` when none came within ``timeout_s``."""
-        reply, fut = self.expect()
-        timer = asyncio.get_running_loop().call_later(timeout_s, _expire, fut)
+        # ``expect`` and ``forget`` written out: this is every call's path
+        if self._sub is None:
+            raise Unavailable("the reply inbox is closed")
+        token = str(next(self._ids))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Msg] = loop.create_future()
+        self._pending[token] = fut
+        self._subjects[token] = subject
+        timer = loop.call_later(timeout_s, _expire, fut)
         try:
-            await self.nc.publish(subject, payload, reply=reply, headers=headers or None)
+            await self.nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers or None)
             return await fut
         finally:
             timer.cancel()
-            self.forget(reply)
+            self._pending.pop(token, None)  # close() may have cleared it
+            self._subjects.pop(token, None)
+
+    def _on_denied(self, subject: str) -> None:
+        """The server refused a publish to ``subject``: the requests waiting on an answer to
+        one get ``PermissionDenied`` now, not a timeout later."""
+        for token, sent_to in list(self._subjects.items()):
+            fut = self._pending.get(token)
+            if sent_to == subject and fut is not None and not fut.done():
+                fut.set_exception(
+                    PermissionDenied(f"this connection may not publish to {subject!r}", details={"subject": subject})
+                )
 
 
 _SHARED = "_jetagents_inbox"  # the connection's attribute holding its shared inbox

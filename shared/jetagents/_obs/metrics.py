@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from .._core.latency import LatencyWindow
 from .telemetry import ACTION, AGENT_TYPE, DEDUP_SOURCE, DELIVERY, ERROR_TYPE, HostTelemetry
 
 # the host's counters, in the order its logs and status show them
@@ -42,6 +43,11 @@ STATS = (
     # shorter log than they had
     "quarantines",
     "restores",
+    # health (ADR 0059): commands refused because their agent or type is over its CPU share;
+    # agents restarted or passivated by their type's health policy
+    "throttled",
+    "health_restarts",
+    "health_passivations",
 )
 
 # short attribute names at the call site -> OpenTelemetry attribute keys
@@ -57,13 +63,14 @@ _ATTRIBUTES = {
 class Metrics:
     """The counters of one host."""
 
-    __slots__ = ("_counters", "_counts", "_tel", "stats")
+    __slots__ = ("_counters", "_counts", "_tel", "latency", "stats")
 
     def __init__(self, tel: HostTelemetry) -> None:
         self._counts: dict[str, int] = dict.fromkeys(STATS, 0)
         # read-only: every count goes through inc()
         self.stats: Mapping[str, int] = MappingProxyType(self._counts)
         self._tel = tel
+        self.latency = LatencyWindow()  # the last commands' receipt-to-answer times, for heartbeats
         self._counters: dict[str, Any] = {
             "duplicates": tel.duplicates,
             "activations": tel.activations,
@@ -73,6 +80,10 @@ class Metrics:
             "action_timeouts": tel.action_timeouts,
             "agent_busy": tel.agent_busy,
         }
+
+    def add_counter(self, name: str, counter: Any) -> None:
+        """The OpenTelemetry counter that ``inc(name)`` also adds to (a part's own)."""
+        self._counters[name] = counter
 
     def inc(self, name: str, n: int = 1, **attributes: str) -> None:
         """Count ``n`` more ``name`` (also from the loop watchdog's thread: the SDK's

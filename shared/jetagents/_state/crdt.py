@@ -7,8 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._core.autostep import auto_step
 from .._core.crdt import CRDT, GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter, decode_crdt
 from .._core.errors import Unavailable
+from .._core.journal import current_step_key
 from .._nats.kv import KvConflict
 from .options import PartitionStrategy, Read, WriteResult, validate_key
 
@@ -56,10 +58,14 @@ class CrdtState:
     async def increment(self, key: str, by: int = 1) -> WriteResult:
         """Add ``by`` (may be negative) to the server counter ``key``; returns the new total.
         Under ``continue`` an increment that cannot reach the server is queued (with its own
-        ``Nats-Msg-Id``, so a retry after a lost PubAck is not counted twice)."""
+        ``Nats-Msg-Id``, so a retry after a lost PubAck is not counted twice). Inside an
+        action, a journaled step whose key is the ``Nats-Msg-Id`` (ADR 0042 §12)."""
+        return await auto_step(f"state.counter:{key}", self._increment, key, by)
+
+    async def _increment(self, key: str, by: int) -> WriteResult:
         o = self._o
         await o.start()
-        msg_id = o.next_op()
+        msg_id = current_step_key() or o.next_op()
         subject = self._counter_subject(key)
         queue = self._counter_queue.get(key)
         if queue and o.options.partition is PartitionStrategy.CONTINUE:
@@ -116,7 +122,11 @@ class CrdtState:
 
     async def update(self, key: str, cls: type[C], op: Callable[[C, str, int], C]) -> WriteResult:
         """Apply ``op(state, replica_id, now_ms)`` and store the merge. Returns the merged
-        value; ``queued`` if it was accepted locally during a partition (``continue``)."""
+        value; ``queued`` if it was accepted locally during a partition (``continue``).
+        Inside an action, a journaled step (ADR 0042 §12)."""
+        return await auto_step(f"state.crdt:{key}", self._update, key, cls, op)
+
+    async def _update(self, key: str, cls: type[C], op: Callable[[C, str, int], C]) -> WriteResult:
         o = self._o
         rep = self._replica(key, cls)
         if o.partitioned and o.options.partition is not PartitionStrategy.CONTINUE:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._core.autostep import auto_step
 from .._core.errors import Unavailable
 from .._core.vclock import Versioned
 from .options import PartitionStrategy, Read, WriteResult
@@ -83,7 +84,11 @@ class EventualState:
         return await self.update(key, lambda _: value)
 
     async def update(self, key: str, fn: Callable[[Any], Any], *, default: Any = None) -> WriteResult:
-        """Apply ``fn`` to the local view and queue the result for propagation."""
+        """Apply ``fn`` to the local view and queue the result for propagation (inside an
+        action, a journaled step: ADR 0042 §12)."""
+        return await auto_step(f"state.eventual:{key}", self._update, key, fn, default)
+
+    async def _update(self, key: str, fn: Callable[[Any], Any], default: Any) -> WriteResult:
         o = self._o
         if o.partitioned and o.options.partition is not PartitionStrategy.CONTINUE:
             raise o.refuse(f"eventual write of {key!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._core.autostep import auto_step
 from .._core.errors import InternalError, Unavailable
 from .._core.vclock import Versioned
 from .options import Read, WriteResult
@@ -59,7 +60,11 @@ class Session:
         return await self.update(key, lambda _: value)
 
     async def update(self, key: str, fn: Callable[[Any], Any], *, default: Any = None) -> WriteResult:
-        """Apply ``fn`` to the newest value this session may see and wait for the write."""
+        """Apply ``fn`` to the newest value this session may see and wait for the write
+        (inside an action, a journaled step: ADR 0042 §12)."""
+        return await auto_step(f"state.session:{key}", self._update, key, fn, default)
+
+    async def _update(self, key: str, fn: Callable[[Any], Any], default: Any) -> WriteResult:
         o = self._o
         kv = o.value_key(key)
         current, base = await self._read(key)  # at least as new as anything this session saw

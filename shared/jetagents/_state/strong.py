@@ -6,7 +6,9 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._core.autostep import auto_step
 from .._core.errors import Unavailable
+from .._core.journal import current_step_key
 from .._nats.kv import KvConflict
 from .options import PartitionStrategy, Read, WriteResult
 from .versions import decode_value, read_of, set_add, winner
@@ -80,12 +82,19 @@ class StrongState:
 
     async def update(self, key: str, fn: Callable[[Any], Any], *, default: Any = None) -> WriteResult:
         """Apply ``fn(current value)`` atomically. ``fn`` may run several times (on conflict)
-        and must not have side effects. Siblings, if any, are replaced by the result."""
+        and must not have side effects. Siblings, if any, are replaced by the result.
+        Inside an action, a journaled step (ADR 0042 §12)."""
+        return await auto_step(f"state.strong:{key}", self._update, key, fn, default)
+
+    async def _update(self, key: str, fn: Callable[[Any], Any], default: Any) -> WriteResult:
         o = self._o
         kv = o.value_key(key)
         conflicts = 0
-        op = o.next_op()
-        uncertain = False
+        # inside a step the write is tagged with the step's key: a re-run of a step whose
+        # host died after the write (before its journal entry) finds it and does not redo it
+        step = current_step_key()
+        op = step or o.next_op()
+        uncertain = step is not None
         for attempt in range(o.options.max_attempts):
             try:
                 doc, rev = await o.read_doc(kv)

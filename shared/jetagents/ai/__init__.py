@@ -9,7 +9,7 @@ call a journaled step (``DurableAgent``); a conversation lives in the agent's st
 from __future__ import annotations
 
 from ._agent import MODEL_RETRY, ChatAgent, ChatState, DurableAgent, MessagesAdded, call_agent, dump_messages
-from ._budget import Budget, Budgets, Price, tenant_of_id
+from ._budget import Budget, Budgets, Price, Reservation, budget_window, tenant_of_id
 from ._durability import JetAgentsDurability, step_name
 from ._models import ModelChoice, model_from_env
 
@@ -24,6 +24,8 @@ __all__ = [
     "MessagesAdded",
     "ModelChoice",
     "Price",
+    "Reservation",
+    "budget_window",
     "call_agent",
     "dump_messages",
     "model_from_env",

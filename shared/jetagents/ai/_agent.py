@@ -19,13 +19,13 @@ pydantic-ai, inside one every model request and tool call is a journaled step.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 from pydantic_ai import Agent as AiAgent
 from pydantic_ai.exceptions import UsageLimitExceeded
-from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter
+from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ToolCallPart
 from pydantic_ai.models import Model
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolDenied
@@ -52,7 +52,9 @@ class DurableAgent:
     ``stream=True`` model requests are streamed and their text goes to the action's caller as
     it comes (``{"delta": "..."}`` chunks of ``AgentRef.stream``). With ``approvals=True``
     the agent's tools marked ``requires_approval=True`` suspend the action until a person
-    decides (signal ``approval``, see ``_decide``), at most ``approval_timeout_s``.
+    decides (signal ``approval``, see ``_decide``), at most ``approval_timeout_s``;
+    ``on_approval(agent, call)`` runs first, in the action (e.g. ``agent.call`` a step that
+    starts a reminder following up on the wait).
     """
 
     def __init__(
@@ -66,12 +68,14 @@ class DurableAgent:
         stream: bool = False,
         approvals: bool = False,
         approval_timeout_s: float | None = 86400.0,
+        on_approval: Callable[[Agent[Any], ToolCallPart], Awaitable[None]] | None = None,
     ) -> None:
         self.agent = agent
         self.retry = retry
         self.budgets = budgets if budgets is not None else Budgets()
         self.approvals = approvals
         self.approval_timeout_s = approval_timeout_s
+        self.on_approval = on_approval
         self.durability = JetAgentsDurability(
             name=name or agent.name, models=models, event_stream_handler=stream_text if stream else None
         )
@@ -127,6 +131,8 @@ class DurableAgent:
             raise DomainError("deferred_tool_calls", f"tools {names} defer their calls: not supported here")
         decisions: dict[str, Any] = {}
         for call in requests.approvals:
+            if self.on_approval is not None:
+                await self.on_approval(on, call)
             await on.stream({"approval": {"tool": call.tool_name, "args": call.args_as_dict(), "signal": "approval"}})
             try:
                 answer = await on.wait_for("approval", timeout_s=self.approval_timeout_s)

@@ -156,25 +156,33 @@ async def _model_unit(scope: RunScope, operation: DurableOperation[Any, Any, Any
     failure may pass, its tokens and duration counted (OpenTelemetry GenAI conventions)."""
     model_name = _model_name(params)
     budgets = scope.budgets
+    held = None
     if budgets is not None:
-        await budgets.check(scope.agent, model_name, _max_tokens(params))
+        held = await budgets.reserve(scope.agent, model_name, _max_tokens(params))
     retry_index = 0
-    while True:
-        started = time.perf_counter()
-        try:
-            response = await operation.handler(params)
-        except RETRYABLE_MODEL_ERRORS as exc:
-            delay = scope.retry.next_delay(retry_index, float("inf"))
-            if delay is None:
-                raise
-            if budgets is not None:
-                budgets.failed(model_name, time.perf_counter() - started, type(exc).__name__)
-            retry_index += 1
-            await asyncio.sleep(delay)
-            continue
-        if budgets is not None:
-            await budgets.spent(scope.agent, model_name, response, time.perf_counter() - started)
-        return operation.result_codec.dump(response)
+    try:
+        while True:
+            started = time.perf_counter()
+            try:
+                response = await operation.handler(params)
+            except RETRYABLE_MODEL_ERRORS as exc:
+                delay = scope.retry.next_delay(retry_index, float("inf"))
+                if delay is None:
+                    raise
+                if budgets is not None:
+                    budgets.failed(model_name, time.perf_counter() - started, type(exc).__name__)
+                retry_index += 1
+                await asyncio.sleep(delay)
+                continue
+            break
+    except Exception:
+        # no answer: what the call held goes back (a crash or a cancel keeps it: counted, never undercounted)
+        if budgets is not None and held is not None:
+            await budgets.release(scope.agent, held)
+        raise
+    if budgets is not None and held is not None:
+        await budgets.spent(scope.agent, model_name, response, time.perf_counter() - started, held)
+    return operation.result_codec.dump(response)
 
 
 def _model_name(params: Any) -> str:

@@ -10,6 +10,14 @@
   request and tool call is a journaled step: kill the host mid-turn and the turn finishes on
   another host without asking the model again for what it already answered.
 * ``handle(text)`` on a specialist continues the conversation (it lives in the agent's state).
+* ``followup/<ticket>``: a reminder follows up on a ticket left waiting. A specialist tells it
+  ``watch(waiting="approval")`` before a refund waits for its approval and
+  ``watch(waiting="customer")`` when it has answered; the reminder (``every_s``,
+  ``JETAGENTS_SUPPORT_FOLLOWUP_S``, default an hour) fires ``nudge``, which writes a follow-up
+  note (``status`` shows them; hosts log them) while the ticket still waits, and closes a ticket
+  whose customer has not answered after ``max_nudges``. A customer's next message
+  (``handle``) or a decision stops it. A reminder on the specialist itself would wait behind its
+  suspended action (ADR 0042 §4: write commands are parked), hence an agent of its own.
 
 Triage waits for the specialist's answer inside its action (at most 4 minutes, its time limit
 5): a refund waiting longer for its approval makes the ``open`` call time out, while billing's
@@ -46,8 +54,10 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
-from .._core.agent import action
+from .._core.agent import Agent, Event, action, applies
 from ..ai import Budget, Budgets, ChatAgent, ChatState, DurableAgent, model_from_env
+
+_log = structlog.get_logger("jetagents.examples.support")
 
 
 class Route(BaseModel):
@@ -179,11 +189,19 @@ def _tenant_budget() -> Budget | None:
     return Budget(tokens=int(tokens)) if tokens else None
 
 
+async def _watch_approval(agent: Agent[Any], call: ToolCallPart) -> None:
+    """Before a tool waits for its approval: the ticket's follow-up reminder starts."""
+    detail = f"{call.tool_name} {call.args_as_json_str()}"
+    await agent.call("followup", agent.id.id, "watch", {"waiting": "approval", "by": agent.id.type, "detail": detail})
+
+
 SUPPORT_BUDGETS = Budgets(per_tenant=_tenant_budget(), provider=MODEL.provider)
 triage_durable = DurableAgent(triage_ai, budgets=SUPPORT_BUDGETS)
 # a refund waits (suspended, nothing held in memory) for `jetagents signal billing/<ticket>
 # approval '{"approved": true}'`; without a decision within a day it is denied
-billing_durable = DurableAgent(billing_ai, budgets=SUPPORT_BUDGETS, stream=True, approvals=True)
+billing_durable = DurableAgent(
+    billing_ai, budgets=SUPPORT_BUDGETS, stream=True, approvals=True, on_approval=_watch_approval
+)
 tech_durable = DurableAgent(tech_ai, budgets=SUPPORT_BUDGETS, stream=True)
 
 
@@ -214,9 +232,14 @@ class _Specialist(ChatAgent[ChatState]):
 
     @action
     async def handle(self, text: str) -> str:
-        """One turn with the specialist (the ticket, or a follow-up)."""
+        """One turn with the specialist (the ticket, or a follow-up); the ticket then waits for
+        the customer, and its follow-up reminder starts (or starts again)."""
+        if self.state.messages:  # the customer answered: no follow-up while the specialist works
+            await self.call("followup", self.id.id, "watch", {"waiting": "", "by": self.id.type})
         result = await self.chat(type(self).durable, text)
-        return str(result.output)
+        answer = str(result.output)
+        await self.call("followup", self.id.id, "watch", {"waiting": "customer", "by": self.id.type})
+        return answer
 
     @action(read_only=True)
     async def transcript(self) -> list[dict[str, Any]]:
@@ -233,10 +256,92 @@ class Tech(_Specialist):
     durable = tech_durable
 
 
-SUPPORT_AGENTS = [Triage, Billing, Tech]
+class FollowupState(BaseModel):
+    waiting: str = ""  # "approval", "customer", "closed" or "" (nothing to follow up)
+    by: str = ""  # the specialist the ticket waits on
+    detail: str = ""
+    nudges: int = 0  # follow-ups since the ticket began to wait
+    notes: list[str] = []
 
-__all__ = ["MODEL", "SUPPORT_AGENTS", "SUPPORT_BUDGETS", "Billing", "Route", "Tech", "TicketState", "Triage"]
 
-structlog.get_logger("jetagents.examples.support").info(
-    "support_desk_model", model=MODEL.description, scripted=MODEL.scripted
-)
+class Watched(Event):
+    waiting: str
+    by: str
+    detail: str
+
+
+class Nudged(Event):
+    note: str
+    closed: bool
+
+
+class Followup(Agent[FollowupState]):
+    """A reminder following up on a ticket left waiting (one agent per ticket)."""
+
+    type_name = "followup"
+    state_type = FollowupState
+    every_s = int(os.environ.get("JETAGENTS_SUPPORT_FOLLOWUP_S") or 3600)
+    max_nudges = 3  # follow-ups to a silent customer before the ticket is closed
+
+    @action
+    async def watch(self, waiting: Literal["approval", "customer", ""], by: str, detail: str = "") -> None:
+        """The ticket now waits for ``waiting`` (nothing: ``""``); the reminder follows."""
+        if waiting:
+            await self.remind("follow-up", every=type(self).every_s, action="nudge")  # replaces a running one
+        elif self.state.waiting:
+            await self.cancel_reminder("follow-up")
+        self.emit(Watched(waiting=waiting, by=by, detail=detail))
+
+    @action
+    async def nudge(self) -> str:
+        """What the reminder fires: a follow-up note while the ticket waits."""
+        state, ticket = self.state, self.id.id
+        closed = state.waiting == "customer" and state.nudges + 1 >= type(self).max_nudges
+        if state.waiting == "approval":
+            note = (
+                f"ticket {ticket} still waits for approval of {state.detail}: "
+                f"jetagents signal {state.by}/{ticket} approval '{{\"approved\": true}}'"
+            )
+        elif state.waiting == "customer":
+            note = f"ticket {ticket}: asked the customer whether {state.by}'s answer solved it"
+            note += "; no answer, closed" if closed else ""
+        else:  # a firing that crossed a cancel: nothing waits
+            return ""
+        if closed:
+            await self.cancel_reminder("follow-up")
+        self.emit(Nudged(note=note, closed=closed))
+        _log.info("support_follow_up", ticket=ticket, note=note)
+        return note
+
+    @action(read_only=True)
+    async def status(self) -> dict[str, Any]:
+        return self.state.model_dump()
+
+    @applies
+    def _watched(self, state: FollowupState, event: Watched) -> None:
+        state.waiting, state.by, state.detail, state.nudges = event.waiting, event.by, event.detail, 0
+
+    @applies
+    def _nudged(self, state: FollowupState, event: Nudged) -> None:
+        state.nudges += 1
+        state.notes = [*state.notes, event.note][-20:]  # bounded: the newest follow-ups
+        if event.closed:
+            state.waiting = "closed"
+
+
+SUPPORT_AGENTS = [Triage, Billing, Tech, Followup]
+
+__all__ = [
+    "MODEL",
+    "SUPPORT_AGENTS",
+    "SUPPORT_BUDGETS",
+    "Billing",
+    "Followup",
+    "FollowupState",
+    "Route",
+    "Tech",
+    "TicketState",
+    "Triage",
+]
+
+_log.info("support_desk_model", model=MODEL.description, scripted=MODEL.scripted)

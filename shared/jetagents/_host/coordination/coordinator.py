@@ -43,12 +43,12 @@ from typing import Any, Protocol
 
 import structlog
 
+from ..._core.balance import BalancePolicy
 from ..._core.clock import Clock
 from ..._core.errors import JetAgentsError, Unavailable
 from ..._core.kv import CasConflict, ClusterStore, Entry
 from ..._core.membership import (
     Takeover,
-    capacity_weights,
     claim_stands,
     in_transit,
     merge_placements,
@@ -59,7 +59,10 @@ from ..._core.membership import (
     takeover,
     unowned_ring,
 )
-from ..._core.ring import UNOWNED, compute_ring, step_towards
+from ..._core.resources import DEFAULT_WEIGHTS
+from ..._core.ring import UNOWNED
+from .planner import RingPlanner
+from .ringlog import record_ring_change
 
 log = structlog.get_logger("jetagents.cluster")
 
@@ -77,6 +80,10 @@ class ClusterConfig:
     handoff_timeout_s: float = 40.0
     capacity: float = 1.0
     tags: list[str] = field(default_factory=list)
+    # rebalancing by measured load (ADR 0044): off without a policy or an interval
+    balance: BalancePolicy | None = None
+    balance_interval_s: float = 0.0
+    load_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
 
 
 class Hooks(Protocol):
@@ -108,6 +115,7 @@ class Coordinator:
         self.clock = clock
         self.cfg = cfg
         self.hooks = hooks
+        self.planner = RingPlanner(cfg)  # the ring by capacity, then by measured load
         self.ring: RingView | None = None
         self.held: set[int] = set()  # claimed and started
         self.releasing: dict[int, asyncio.Task[None]] = {}
@@ -340,7 +348,6 @@ class Coordinator:
         for h in sorted(left):
             await self.hooks.event("member.left", {"host": h})
         self._members_seen = alive
-        weights = capacity_weights(members)
         p_count = self.cfg.partitions
         current = list(self.ring.owners) if self.ring else [UNOWNED] * p_count
         now = self.clock.monotonic()
@@ -349,12 +356,11 @@ class Coordinator:
             return  # (just back) from a store outage: absent members may only be late
 
         moving = in_transit(current, alive, await self.store.scan("claim."))
-        target = compute_ring(p_count, weights, previous=current, load_factor=self.cfg.load_factor)
-        nxt = step_towards(current, target, alive, max_moves=self.cfg.max_moves, in_transit=moving)
+        nxt = self.planner.next_ring(current, members, alive, moving, now)
         if self.ring is not None and nxt == current:
             return
-        epoch = (self.ring.epoch if self.ring else 0) + 1
-        value = {"epoch": epoch, "owners": nxt, "leader": self.host_id, "ts_ms": self.clock.wall_ms()}
+        epoch, ts_ms = (self.ring.epoch if self.ring else 0) + 1, self.clock.wall_ms()
+        value = {"epoch": epoch, "owners": nxt, "leader": self.host_id, "ts_ms": ts_ms}
         try:
             if self.ring is None:
                 rev = await self.store.create("ring", value)
@@ -364,8 +370,10 @@ class Coordinator:
             return  # someone else wrote it: read it next round
         moved = sum(1 for a, b in zip(current, nxt, strict=True) if a != b)
         self.ring = RingView(epoch, nxt, rev, self.host_id)
+        await record_ring_change(self.store, epoch, current, nxt, self.host_id, ts_ms)
         self._log.info("ring_updated", epoch=epoch, moved=moved, in_transit=moving)
-        await self.hooks.event("ring", {"epoch": epoch, "moved": moved, "leader": self.host_id})
+        by_load = [[m.partition, m.source, m.target] for m in self.planner.last_moves]
+        await self.hooks.event("ring", {"epoch": epoch, "moved": moved, "leader": self.host_id, "by_load": by_load})
 
     # -- claims ---------------------------------------------------------------------------
     def assigned(self) -> set[int]:

@@ -1,0 +1,165 @@
+"""Agents whose type declares resources with quantities (ADR 0060): placed where they fit,
+with a reservation that is the placement record itself.
+
+At the partition's owner, an agent of such a type is always placed: on the host its record
+names while that host is a member, else on the host ``choose_host`` picks from the members'
+capacities, the reservations the records hold and the measured load. The record
+(``place.<type>.<id>`` = ``{"host", "needs", "ts_ms"}``) is written with CAS, then checked
+against the records older than it (``admitted``): of two owners that raced for the last room
+on a host, the younger withdraws and chooses again. When nothing fits, a call is refused
+``unavailable`` (``reason: insufficient_resources``, not applied) and a durable command stays
+in the stream and is tried again (``-NAK`` with a delay): it is placed once room appears.
+
+A reservation ends when its record stops naming a live host: a placed host that has not had
+the agent in memory for ``placement_release_s`` (passivated, deleted) writes the record back
+to ``{"host": ""}``; a host that dies leaves records naming a non-member, which count for
+nobody and are overwritten when the agent is next placed. Nothing lives only in memory, so a
+crash or a new leader sees exactly what the records say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .._core.command import ACKED, Command
+from .._core.errors import JetAgentsError, Unavailable
+from .._core.kv import CasConflict
+from .._core.outcome import Result
+from .._core.resources import admitted, choose_host, host_views, parse_needs, reservations
+
+if TYPE_CHECKING:
+    from .catalog import Activation
+    from .coordination import Coordinator
+    from .placement import Placement
+
+ATTEMPTS = 3  # placements withdrawn after losing a race, before the command is tried later
+
+
+def needs_of(cls: type) -> dict[str, float]:
+    """A type's declared resources; a type that declares junk fails loudly at its first command."""
+    return parse_needs(getattr(cls, "resources", None) or {})
+
+
+class Reserving:
+    """Placement with reservations, for the ``Placement`` part of one host."""
+
+    def __init__(self, placement: Placement) -> None:
+        self.placement = placement
+        self._idle_since: dict[str, float] = {}
+
+    @property
+    def me(self) -> str:
+        return self.placement.settings.host_id
+
+    async def route(self, coord: Coordinator, act: Activation, work: Command, needs: Mapping[str, float]) -> bool:
+        """At the partition's owner: True when ``work`` was forwarded or settled, False to
+        run it here (the agent is placed on this host)."""
+        key = act.agent_id.key
+        placed = coord.placements.get(key)
+        pl = self.placement
+        if placed is not None and placed[0] and placed[0] in coord.members_cache:
+            if placed[0] == self.me:
+                return False
+            await pl.forward(work, placed[0])
+            return True
+        try:
+            target = await self.place(coord, key, needs)
+        except (JetAgentsError, CasConflict) as exc:
+            pl.log.warning("placement_failed", agent=str(act.agent_id), error=str(exc))
+            await pl.pipeline.settle(work, Result.PLACEMENT_FAILED, {})
+            return True
+        if target is None:
+            err = Unavailable(
+                f"no host has room for {dict(needs)} ({act.agent_id.type!r}); the command is queued"
+                if work.kind in ACKED
+                else f"no host has room for {dict(needs)} ({act.agent_id.type!r}); retry later",
+                details={
+                    "applied": False,
+                    "queued": work.kind in ACKED,
+                    "reason": "insufficient_resources",
+                    "needs": dict(needs),
+                },
+            )
+            await pl.pipeline.settle(work, Result.NO_CAPABLE_HOST, {}, error=err)
+            return True
+        host, rev = target
+        await pl._event("agent.placed", {"agent": str(act.agent_id), "to": host, "needs": dict(needs)})
+        if host == self.me:
+            return False
+        try:
+            await pl.request(host, "adopt", {"agent": key, "rev": rev, "snapshot": None})
+        except JetAgentsError as exc:
+            pl.log.warning("placement_failed", agent=str(act.agent_id), target=host, error=str(exc))
+            await pl.pipeline.settle(work, Result.PLACEMENT_FAILED, {})
+            return True
+        await pl.forward(work, host)
+        return True
+
+    async def place(self, coord: Coordinator, key: str, needs: Mapping[str, float]) -> tuple[str, int] | None:
+        """Choose a host, write the record, keep it if it stands beside the older ones."""
+        s = self.placement.settings
+        store = coord.store
+        record_key = f"place.{key}"
+        for _ in range(ATTEMPTS):
+            records = await store.scan("place.")
+            others = [(e.value, e.rev) for k, e in records.items() if k != record_key]
+            views = host_views(coord.members_cache, others, s.load_weights)
+            host = choose_host(key, needs, views, eps=s.placement_eps)
+            if host is None:
+                return None
+            value = {"host": host, "needs": dict(needs), "ts_ms": coord.clock.wall_ms()}
+            mine = records.get(record_key)
+            rev = await (store.create(record_key, value) if mine is None else store.update(record_key, value, mine.rev))
+            coord.learn_placement(key, host, rev)
+            after = await store.scan("place.")
+            older = reservations([(e.value, e.rev) for k, e in after.items() if k != record_key], below_rev=rev)
+            if admitted(needs, views[host].capacity, older.get(host, {})):
+                return host, rev
+            # a younger placement than one that took the same room: give it back, choose again
+            await self._release(coord, key, rev)
+        return None
+
+    async def _release(self, coord: Coordinator, key: str, rev: int) -> None:
+        value = {"host": "", "needs": {}, "ts_ms": coord.clock.wall_ms(), "released_by": self.me}
+        new = await coord.store.update(f"place.{key}", value, rev)
+        coord.learn_placement(key, "", new)
+
+    async def run(self) -> None:
+        """Every quarter of ``placement_release_s``: ``release_idle`` (the host's background)."""
+        pl = self.placement
+        while True:
+            await pl.clock.sleep(max(0.5, pl.settings.placement_release_s / 4))
+            coord = pl._coordinator()
+            if coord is None:
+                continue
+            try:
+                for key in await self.release_idle(coord, pl.catalog.activations, pl.clock.monotonic()):
+                    await pl._event("agent.unplaced", {"agent": key, "host": self.me})
+            except (JetAgentsError, CasConflict) as exc:  # the store is away: next round
+                pl.log.debug("placement_release_failed", error=str(exc))
+
+    async def release_idle(self, coord: Coordinator, active: Mapping[str, Any], now: float) -> list[str]:
+        """On a placed host: give back the reservations of agents out of memory for
+        ``placement_release_s`` (passivated or deleted). Returns the agents released."""
+        grace = self.placement.settings.placement_release_s
+        released: list[str] = []
+        mine = {k for k, (h, _) in coord.placements.items() if h == self.me}
+        for key in list(self._idle_since):
+            if key not in mine or key in active:
+                del self._idle_since[key]
+        for key in sorted(mine - set(active)):
+            since = self._idle_since.setdefault(key, now)
+            if now - since < grace:
+                continue
+            entry = await coord.store.get(f"place.{key}")
+            if entry is None or entry.value.get("host") != self.me or not entry.value.get("needs"):
+                self._idle_since.pop(key, None)
+                continue
+            try:
+                await self._release(coord, key, entry.rev)
+            except CasConflict:
+                continue  # placed again meanwhile: look again next round
+            self._idle_since.pop(key, None)
+            released.append(key)
+        return released

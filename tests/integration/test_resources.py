@@ -1,0 +1,91 @@
+"""Resources with quantities (ADR 0060): an agent is placed where its needs fit, the
+reservation is its placement record in KV, a command for an agent that fits nowhere is
+refused (a call) or queued (a durable command) and placed once a reservation ends (its agent
+passivated). Two in-process hosts on one real nats-server."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytest
+from pydantic import BaseModel
+
+from jetagents import Agent, Client, Event, Host, NatsServer, Registry, Unavailable, action, applies
+from jetagents._nats.kv import JetStreamStore
+from tests.conftest import host_settings
+from tests.integration.helpers import commits, eventually
+
+FAST = {"member_ttl_s": 2.0, "lease_ttl_s": 2.0, "heartbeat_s": 0.3, "cluster_tick_s": 0.1}
+
+
+class TrainState(BaseModel):
+    steps: int = 0
+
+
+class Trained(Event):
+    n: int
+
+
+class Trainer(Agent[TrainState]):
+    """One agent takes a whole GPU and half a core."""
+
+    type_name = "trainer"
+    state_type = TrainState
+    resources: ClassVar[dict[str, float]] = {"gpu": 1, "cpu": 0.5}
+
+    @action
+    async def train(self, n: int = 1) -> int:
+        self.emit(Trained(n=n))
+        return self.state.steps
+
+    @applies
+    def _trained(self, state: TrainState, event: Trained) -> None:
+        state.steps += event.n
+
+
+def host(url: str, host_id: str, **kw: Any) -> Host:
+    return Host(host_settings(url, host_id=host_id, **FAST, **kw), Registry([Trainer]))
+
+
+async def test_place_where_it_fits_refuse_or_queue_and_release_on_passivation(
+    nats_server: NatsServer, client: Client
+) -> None:
+    plain = host(nats_server.url, "plain")
+    gpu = host(nats_server.url, "gpu-host", resources={"gpu": 1}, placement_release_s=1.0)
+    await plain.start()
+    await gpu.start()
+    store = JetStreamStore(client.nc, gpu.topology.cluster_bucket)
+    try:
+        await eventually(lambda: len(plain.owned) + len(gpu.owned) == 8 and plain.owned and gpu.owned, timeout_s=20)
+        one = client.agent("trainer", "t1")
+        assert await one.request("train", {"n": 2}, timeout=20) == 2
+        record = await store.get("place.trainer.t1")
+        assert record is not None and record.value["host"] == "gpu-host"
+        assert record.value["needs"] == {"gpu": 1.0, "cpu": 0.5}
+        assert {c["_headers"]["Agt-Host"] for c in await commits(client.nc, "trainer", "t1")} == {"gpu-host"}
+
+        # the only GPU is taken: a call is refused, not applied (the client retries such a
+        # refusal until its timeout, then raises it); a durable command waits
+        two = client.agent("trainer", "t2")
+        with pytest.raises(Unavailable) as info:
+            await two.request("train", {"n": 1}, delivery="at-most-once", timeout=2)
+        assert info.value.details["reason"] == "insufficient_resources" and info.value.details["applied"] is False
+        await two.send("train", {"n": 5}, command_id="t2-queued")
+        assert await commits(client.nc, "trainer", "t2") == []
+
+        # t1 passivates on the GPU host (its housekeeping's round, as if idle for an hour) and
+        # gives its reservation back; t2 is placed there
+        assert "trainer.t1" in gpu.activations
+        gpu.catalog.passivate_idle(gpu.clock.monotonic() + 3600, gpu.scheduler.prune_held)
+        assert "trainer.t1" not in gpu.activations
+        await eventually(lambda: commits(client.nc, "trainer", "t2"), timeout_s=45)
+        log = await commits(client.nc, "trainer", "t2")
+        assert [c["cmd"] for c in log] == ["t2-queued"] and log[0]["_headers"]["Agt-Host"] == "gpu-host"
+        released = await store.get("place.trainer.t1")
+        assert released is not None and released.value["host"] == ""
+        # t1 now finds no room: its reservation went to t2
+        with pytest.raises(Unavailable):
+            await one.request("train", {"n": 1}, delivery="at-most-once", timeout=2)
+    finally:
+        await gpu.stop()
+        await plain.stop()
