@@ -210,6 +210,8 @@ class HostSettings(CommonSettings):
     # a host resuming suspended or parked work first arms a server schedule that fires a kick
     # this long after (ADR 0042 §3): if it dies in the middle, the next host runs the rest
     kick_after_s: float = Field(default=30.0, gt=0)
+    # steps and waits one command may journal (ADR 0042); the next one blocks it journal_too_long
+    journal_entries_max: int = Field(default=10_000, ge=1)
     drain_grace_s: float = Field(default=30.0, ge=0)
     health_port: int | None = Field(
         default=None, ge=0, le=65535, description="HTTP port of /livez and /readyz; unset: no HTTP server"

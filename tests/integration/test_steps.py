@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from nats.js.api import StreamConfig
 
-from jetagents import Client, ClientSettings, Host, NatsServer, NonDeterministic, Registry
+from jetagents import Client, ClientSettings, Host, JournalTooLong, NatsServer, NonDeterministic, Registry
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import host_settings
 from tests.durable_agents import FX_STREAM, FX_SUBJECTS, Job
@@ -102,3 +102,29 @@ async def test_calls_to_other_agents_are_steps(job_client: Client) -> None:
     assert [c["cmd"] for c in callee] == ["job.j3:r3#0", "job.j3:r3#2"]  # the steps' keys
     names = [c["j"].get("name") for c in await commits(job_client.nc, "job", "j3")]
     assert names == ["call:counter/c3.increment", "between", "call:counter/c3.increment", None]
+
+
+async def test_a_journal_past_journal_entries_max_is_blocked_and_resumes_under_a_higher_one(
+    nats_server: NatsServer,
+) -> None:
+    url = nats_server.url
+    client = await Client.connect(settings=ClientSettings(nats_url=url, partitions=8))
+    try:
+        await client.nc.jetstream().add_stream(StreamConfig(name=FX_STREAM, subjects=[FX_SUBJECTS]))
+        ref = client.agent("job", "j9")
+        async with Host(host_settings(url, journal_entries_max=3), Registry([Job])):
+            with pytest.raises(JournalTooLong) as info:
+                await ref.request("run", {"run": "r9"}, command_id="r9", timeout=20)
+        assert info.value.code == "journal_too_long" and isinstance(info.value, NonDeterministic)
+        assert info.value.details == {"step": "s3", "position": 3, "max": 3}
+        log = await commits(client.nc, "job", "j9")
+        assert [c["j"]["k"] for c in log] == ["step"] * 3 + ["blocked"]  # open: nothing was repeated
+        assert log[-1]["j"]["error"]["code"] == "journal_too_long"
+
+        async with Host(host_settings(url), Registry([Job])):  # the limit raised (the default)
+            keys = await ref.request("run", {"run": "r9"}, command_id="r9", timeout=20)
+        assert keys == [f"job.j9:r9#{i}" for i in range(5)]
+        fx = await effects(client, "r9")
+        assert [fx[f"s{i}.done"] for i in range(5)] == [1] * 5
+    finally:
+        await client.close()

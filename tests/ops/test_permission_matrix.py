@@ -599,3 +599,62 @@ async def test_a_refused_publish_fails_its_own_call_and_spares_the_connection(wo
     await w.client.nc.flush()
     assert await ref.request("increment", {"by": 1}, delivery="at-most-once") == 2
     assert not w.client.nc.is_closed
+
+
+async def test_a_client_schedule_on_a_command_subject_never_runs(server: BootedConfigs) -> None:
+    """``AGT_CMD`` allows message schedules (reminders need them) on all its subjects, and the
+    server can neither be told which nor turn them off again: whoever may send commands may
+    store one (``Nats-Schedule`` on ``agt.cmd.<type>.<id>``, firing at another agent every
+    second), and while no host runs it fires unchecked. A host refuses it as it arrives
+    (dead-lettered once, acknowledged: that deletes it, and a deleted schedule stops), and
+    refuses every firing of it (its ``Nats-Scheduler`` is no host's reminder subject of that
+    agent): the victim never runs one, not even those that piled up before."""
+    admin = await nats.connect(server.url("admin"))
+    settings = host_settings(server.url("host"), host_id="perm-sch", inbox_prefix=HOST_INBOX)
+    registry = Registry(EXAMPLE_AGENTS)
+    async with Host(settings, registry):
+        pass  # the streams exist; now no host runs
+
+    async def held(subject: str) -> int:
+        info = await js_api(admin, "$JS.API.STREAM.INFO.AGT_CMD", {"subjects_filter": subject}, 5)
+        return sum((info["state"].get("subjects") or {}).values())
+
+    async def last_seq() -> int:
+        return int((await js_api(admin, "$JS.API.STREAM.INFO.AGT_CMD", None, 5))["state"]["last_seq"])
+
+    victim, schedule = "agt.p.*.counter.sch-victim", "agt.p.*.counter.sch-evil"
+    atk = await nats.connect(server.url("client"), inbox_prefix=CLIENT_INBOX)
+    try:
+        hdrs = {
+            "Nats-Schedule": "@every 1s",
+            "Nats-Schedule-Target": "agt.cmd.counter.sch-victim",
+            "Agt-Reminder": "forged",
+        }
+        body = b'{"action":"increment","params":{"by":100}}'
+        ack = await atk.request("agt.cmd.counter.sch-evil", body, 5, headers=hdrs)
+        assert orjson.loads(ack.data)["stream"] == "AGT_CMD", ack.data  # stored: the server cannot refuse it
+        for _ in range(1500):  # 30 s: it fired twice, with nobody there to refuse it
+            if await held(victim) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert await held(victim) >= 2
+    finally:
+        await atk.close()
+    async with Host(settings, registry) as host:
+        for _ in range(1500):  # the schedule and its firings are refused (and so deleted)
+            if await held(schedule) + await held(victim) == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert await held(schedule) + await held(victim) == 0
+        before = await last_seq()
+        await asyncio.sleep(2.5)  # more than two periods: a schedule still held fires again
+        assert await last_seq() == before, "the client's schedule still fires"
+        client = await Client.connect(
+            settings=ClientSettings(nats_url=server.url("client"), partitions=8, inbox_prefix=CLIENT_INBOX)
+        )
+        try:
+            assert await client.agent("counter", "sch-victim").request("get", delivery="at-most-once") == 0
+        finally:
+            await client.close()
+        assert host.stats["dead_letters"] >= 3  # the schedule and every firing, refused once
+    await admin.close()

@@ -17,6 +17,7 @@
     ├── DeadlineExceeded                no   the command's deadline passed before or while it ran
     ├── ActionTimeout                   no   the action overran its time limit and was cancelled
     ├── NonDeterministic                no   a re-run reached a step its journal holds under another name
+    │   └── JournalTooLong              no   an action's journal reached journal_entries_max (ADR 0042)
     ├── Deadlock                        no   a call would close a wait-for cycle (ADR 0042 section 7)
     ├── CallCycle                       no   a call came back along its chain to a non-re-entrant agent
     ├── CallTooDeep                     no   a call chain longer than call_path_max
@@ -130,6 +131,14 @@ class NonDeterministic(JetAgentsError):
     blocked: closing it would make a later run repeat every side effect."""
 
     code = "nondeterministic"
+
+
+class JournalTooLong(NonDeterministic):
+    """An action reached more steps and waits than ``journal_entries_max`` allows one command
+    (ADR 0042): blocked like a ``nondeterministic`` journal, so a loop that never ends stops
+    before it fills the agent's log. ``details``: ``step``, ``position``, ``max``."""
+
+    code = "journal_too_long"
 
 
 class Deadlock(JetAgentsError):
@@ -253,6 +262,7 @@ _BY_CODE: dict[str, type[JetAgentsError]] = {
         ActionTimeout,
         InternalError,
         NonDeterministic,
+        JournalTooLong,
         Deadlock,
         CallCycle,
         CallTooDeep,

@@ -15,7 +15,9 @@ from .._core.encoding import decode
 from .._core.errors import JetAgentsError, PayloadTooLarge, Unavailable
 from .._core.ids import is_valid_token, partition_of
 from .._core.outcome import Result
+from .._core.schedules import H_SCHEDULE, H_SCHEDULER
 from .._core.wire import H_ENCODING, HIGH_STORED_TOKEN, encode_error
+from .reminders import stray_schedule
 
 if TYPE_CHECKING:
     from .host import Host
@@ -102,6 +104,14 @@ class Intake:
         if len(data) > host.settings.max_payload_bytes:
             self.refuse_oversized(cmd)
             return
+        if headers and (H_SCHEDULE in headers or H_SCHEDULER in headers):
+            # a client's schedule, or a firing of one: refused now, never queued behind the
+            # agent's commands (a schedule fires for as long as it is stored)
+            stray = stray_schedule(cmd, host.subjects.root)
+            if stray is not None:
+                host.scheduler.track(cmd)
+                host.supervisor.spawn("side", host.scheduler.reject_unrouted(cmd, stray))
+                return
         if headers and H_ENCODING in headers and not self.decoded(cmd):
             return
         if b'"cancel"' in cmd.body[:32]:  # seen now, not behind the command it cancels (ADR 0042 §8)

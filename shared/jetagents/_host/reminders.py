@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 from .._core.agent import ActionSpec, Agent, AgentSpec
 from .._core.command import Command
 from .._core.errors import InvalidParams, MalformedCommand, Unavailable
+from .._core.ids import is_valid_token
 from .._core.journal import current_step_key, end_entry
 from .._core.schedules import (
     H_SCHEDULE,
@@ -99,6 +100,40 @@ def closing_entry(firing: Firing | None, journaled: bool, i: int) -> dict[str, A
     if firing is not None:
         return fire_entry(firing, i)
     return end_entry(i) if journaled else None
+
+
+def stray_schedule(cmd: Command, root: str) -> MalformedCommand | None:
+    """Why a durable command pulled from the stream is a client's doing with the stream's
+    schedules, or None (ADR 0042 section 5, "Schedules only from hosts"). ``AGT_CMD`` allows
+    schedules on every subject (reminders need them; the server cannot be told which subjects,
+    nor turn them off again), so whoever may send commands may store one:
+
+    * the schedule itself (``Nats-Schedule`` on a command subject): refused as it arrives,
+      and acknowledging the refusal deletes it, which stops it;
+    * a firing of one (``Nats-Scheduler`` names no reminder subject of this agent,
+      ``<root>.rem.<type>.<id>.<name>``, where only hosts publish): refused, never run, also
+      those that piled up while no host ran.
+
+    >>> from jetagents._core.command import Kind, parse_command
+    >>> def cmd(h): return parse_command(Kind.STREAM, "agt.p.1.counter.c", h, b"{}", reply=None,
+    ...     agent_type="counter", agent_id="c", partition=1, received=0.0, cepoch="0", reply_prefixes=[])
+    >>> stray_schedule(cmd({"Nats-Scheduler": "agt.rem.counter.c.tick"}), "agt") is None
+    True
+    >>> stray_schedule(cmd({"Nats-Scheduler": "agt.p.3.counter.evil"}), "agt").code
+    'malformed'
+    """
+    hdrs = cmd.headers
+    if not cmd.durable or not hdrs:
+        return None
+    if H_SCHEDULE in hdrs:
+        return MalformedCommand("a message schedule is not a command: only hosts schedule (reminders)")
+    scheduler = hdrs.get(H_SCHEDULER)
+    if scheduler is None:
+        return None
+    prefix = f"{root}.rem.{cmd.agent_type}.{cmd.agent_id}."
+    if scheduler.startswith(prefix) and is_valid_token(scheduler[len(prefix) :]):
+        return None
+    return MalformedCommand(f"a firing of a schedule no host made ({scheduler[:200]!r})")
 
 
 def unscheduled_body(cmd: Command) -> bytes:

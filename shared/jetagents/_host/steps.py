@@ -25,6 +25,7 @@ from .._core.errors import (
     DomainError,
     FencedError,
     JetAgentsError,
+    JournalTooLong,
     NonDeterministic,
     Unavailable,
     error_from_wire,
@@ -198,6 +199,7 @@ class Steps:
             if not entry.get("ok", True):
                 raise error_from_wire(entry.get("error"))
             return _revive(await self._catalog.blobs.resolve(entry.get("value"), f"step {i} of {cmd}"), fn)
+        self._check_length(i, name)
         if out is not None:
             out.step_runs(i)
         token = _STEP_KEY.set(key_of(act.agent_id.key, cmd, i))
@@ -221,6 +223,15 @@ class Steps:
         await self.append(act, agent, j)
         return value
 
+    def _check_length(self, i: int, name: str) -> None:
+        """A new entry at position ``i``: refused past ``journal_entries_max`` (blocked)."""
+        limit = self._settings.journal_entries_max
+        if i >= limit:
+            raise JournalTooLong(
+                f"step {i} {name!r} would pass journal_entries_max {limit} for one command",
+                details={"step": name, "position": i, "max": limit},
+            )
+
     @staticmethod
     def check_cancelled(act: Activation, cmd: str) -> None:
         """A step boundary: raise ``ActionCancelled`` when ``cancel`` named this command."""
@@ -237,6 +248,7 @@ class Steps:
         journal = journals.get(cmd) if journals else None
         entry = recorded(journal, i, name, ctx.action, WAIT)
         if entry is None:
+            self._check_length(i, name)
             until_ms = None if timeout_s is None else self._clock.wall_ms() + int(timeout_s * 1000)
             await self.append(act, agent, wait_entry(i, name, until_ms))
             entry = wait_entry(i, name, until_ms)
