@@ -308,6 +308,17 @@ def cancel(
 
 
 @app.command()
+def resume(
+    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    command: Annotated[str, typer.Argument(help="id of the blocked command")],
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 30.0,
+    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+) -> None:
+    """Run the blocked journal of command CMD of agent TYPE/ID again (after a code fix)."""
+    _on_agent(agent, nats_url, lambda ref: ref.resume(command, timeout=timeout))
+
+
+@app.command()
 def migrate(
     agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. counter/c1")],
     target: Annotated[str, typer.Argument(help="id of the host to move it to (see jetagents status)")],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from jetagents import Client, ClientSettings, Host, NatsServer, Registry
@@ -16,7 +17,7 @@ from jetagents._nats.api import js_api
 from jetagents.examples import EXAMPLE_AGENTS, Counter
 
 from ..conftest import host_settings
-from .helpers import commits, dead_letters
+from .helpers import commits, dead_letters, eventually
 
 
 class Ledger(Counter):
@@ -76,6 +77,34 @@ async def test_delete_refuses_at_once_and_the_purge_leaves_nothing(nats_server: 
             assert await life.purge_due(now_ms=tomb["purge_after_ms"] + 10**9) == []  # once
             # the others are untouched
             assert await client.agent("counter", "kept").request("increment", {"by": 2}) == 2
+    finally:
+        await client.close()
+
+
+async def test_a_host_that_missed_the_evict_refuses_the_deleted_agent_by_its_tombstone_watch(
+    nats_server: NatsServer,
+) -> None:
+    """The tombstone written without the ``evict`` request (a host that missed it: slow,
+    cut off): the agent is in the host's memory, yet its next commands are refused, because
+    the host watches the tombstone bucket. A later tombstone of an agent not in memory changes
+    nothing for the others."""
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
+    try:
+        async with Host(host_settings(nats_server.url), Registry(EXAMPLE_AGENTS)) as host:
+            ref = client.agent("counter", "missed")
+            for _ in range(2):
+                await ref.request("increment", {"by": 1})
+            assert "counter.missed" in host.catalog.activations
+            admin = Inspector(client)
+            tomb = {"agent": "counter/missed", "deleted_ms": 1, "purge_after_ms": 2, "by": "t", "purged_ms": None}
+            await admin.io.kv_put(admin.topology.tomb_bucket, "counter.missed", orjson.dumps(tomb))
+            await eventually(lambda: "counter.missed" not in host.catalog.activations, timeout_s=10)
+            with pytest.raises(AgentDeleted):
+                await ref.request("increment", {"by": 1})
+            with pytest.raises(AgentDeleted):
+                await ref.request("get", delivery="at-most-once")
+            assert len(await commits(client.nc, "counter", "missed")) == 2
+            assert await client.agent("counter", "other").request("increment", {"by": 3}) == 3
     finally:
         await client.close()
 

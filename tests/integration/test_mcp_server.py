@@ -8,15 +8,20 @@ import os
 import re
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx2
 import pytest
 from mcp import Client as McpClient
 from mcp import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult
+from typer.testing import CliRunner
 
 from jetagents import Client, Host, NatsServer
+from jetagents.cli import app
 from tests.integration.helpers import commits
 
 TYPES = "counter,account"
@@ -102,12 +107,12 @@ async def test_stdio_lists_and_calls_agent_actions(nats_server: NatsServer, host
         await _exercise(mcp, client, "stdio1", r"mcp-[0-9a-f]{16}-[0-9]+")
 
 
-@pytest.fixture
-async def http_mcp(nats_server: NatsServer) -> AsyncIterator[str]:
+@asynccontextmanager
+async def _http_server(nats_url: str, env: dict[str, str] | None = None) -> AsyncIterator[str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        *_argv(nats_server.url, "--transport", "http", "--port", "0"),
-        env={**os.environ, **_env()},
+        *_argv(nats_url, "--transport", "http", "--port", "0"),
+        env={**os.environ, **_env(), **(env or {})},
         stderr=asyncio.subprocess.PIPE,
     )
     try:
@@ -125,6 +130,12 @@ async def http_mcp(nats_server: NatsServer) -> AsyncIterator[str]:
         await proc.wait()
 
 
+@pytest.fixture
+async def http_mcp(nats_server: NatsServer) -> AsyncIterator[str]:
+    async with _http_server(nats_server.url) as url:
+        yield url
+
+
 async def test_streamable_http_lists_and_calls_agent_actions(http_mcp: str, host: Host, client: Client) -> None:
     assert re.fullmatch(r"http://127\.0\.0\.1:[1-9][0-9]*/mcp", http_mcp)
     # 2026-07-28 requests stand alone (no session): each call gets an id of its own
@@ -133,3 +144,39 @@ async def test_streamable_http_lists_and_calls_agent_actions(http_mcp: str, host
     # a handshake-era client has a session: its id (digested) and the request id
     async with McpClient(http_mcp, read_timeout_seconds=20, mode="legacy") as mcp:
         await _exercise(mcp, client, "http2", r"mcp-[0-9a-f]{16}\.[0-9a-f]{16}-[0-9]+")
+
+
+TOKEN = "s3cret-mcp-token-for-tests"
+
+
+async def test_streamable_http_with_a_bearer_token_serves_only_requests_that_carry_it(
+    nats_server: NatsServer, host: Host, client: Client
+) -> None:
+    async with _http_server(nats_server.url, {"JETAGENTS_MCP_TOKEN": TOKEN}) as url:
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        accept = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"}
+        async with httpx2.AsyncClient(timeout=20) as http:
+            for auth in ({}, {"Authorization": "Bearer wrong-token-of-some-length"}, {"Authorization": TOKEN}):
+                refused = await http.post(url, json=ping, headers={**accept, **auth})
+                assert refused.status_code == 401, (auth, refused.text)
+                assert refused.headers["www-authenticate"].startswith("Bearer")
+        # the SDK's own client, with the token on its HTTP client: lists and calls as without auth
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        async with (
+            httpx2.AsyncClient(headers=bearer, timeout=20) as http,
+            McpClient(streamable_http_client(url, http_client=http), read_timeout_seconds=20) as mcp,
+        ):
+            await _exercise(mcp, client, "auth1", r"mcp-[0-9a-f]{16}[-.r0-9a-f]+")
+        # and without it the SDK's client gets no further than its first request
+        with pytest.raises(BaseExceptionGroup) as failed:
+            async with McpClient(url, read_timeout_seconds=10) as mcp:
+                await mcp.list_tools()
+        assert failed.group_contains(MCPError)
+
+
+def test_http_beyond_loopback_needs_a_token() -> None:
+    runner = CliRunner()
+    beyond = runner.invoke(app, ["mcp", "--types", "counter", "--transport", "http", "--host", "0.0.0.0"], env={})
+    assert beyond.exit_code == 2 and "needs a bearer token (JETAGENTS_MCP_TOKEN)" in beyond.output
+    short = runner.invoke(app, ["mcp", "--types", "counter", "--transport", "http"], env={"JETAGENTS_MCP_TOKEN": "x"})
+    assert short.exit_code == 2 and "at least 16 characters" in short.output

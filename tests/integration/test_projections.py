@@ -15,11 +15,14 @@ from typing import Any
 
 import nats
 import orjson
+import pytest
 from typer.testing import CliRunner
 
 from jetagents import Client, Host, NatsServer
 from jetagents._core.errors import Unavailable
+from jetagents._core.kv import CasConflict
 from jetagents._core.projection import Position
+from jetagents._nats.projection_store import ProjectionStore
 from jetagents.cli import app
 from jetagents.examples.counter import Counter, Incremented
 from jetagents.testing.server import child_preexec
@@ -156,6 +159,13 @@ async def test_a_projection_killed_mid_stream_resumes_once_and_a_rebuild_matches
         assert pos is not None and pos.events == sum(per_agent.values())
         stop.set()
         await asyncio.wait_for(task, 30)
+        # the fence: rows written against a position that moved on are refused, all of them
+        store = ProjectionStore(client.nc, client.subjects)
+        found = await store.position("totals")
+        assert found is not None
+        with pytest.raises(CasConflict):
+            await store.commit("totals", found[0], found[1] - 1, 2, {"k0": {"total": -1}, "k1": None})
+        assert {key: await reader.get(key) for key in want} == want
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from jetagents import Client, ClientSettings, Host, Message, NatsServer, Registry
-from jetagents._core.pubsub import delivery_id, matches, validate_pattern, validate_topic
+from jetagents._core.pubsub import delivery_id, matches, pattern_partition, validate_pattern, validate_topic
 from tests.conftest import host_settings
 from tests.integration.helpers import commits, dead_letters, eventually, stream_state
 from tests.pubsub_agents import PUBSUB_AGENTS
@@ -140,3 +140,37 @@ def test_topics_and_patterns_are_validated() -> None:
             validate_pattern(bad)
     assert matches("orders.*", "orders.paid") and not matches("orders.*", "orders.eu.paid")
     assert matches("orders.>", "orders.eu.paid") and not matches("orders.>", "orders")
+
+
+async def test_the_fan_out_is_spread_over_the_hosts_by_pattern(nats_server: NatsServer) -> None:
+    """Each host runs the patterns whose partition (``pattern_partition``) it serves, not the
+    leader all of them; every subscriber still gets its messages, whichever host runs them."""
+    hosts = [
+        Host(
+            host_settings(nats_server.url, host_id=f"spread-{i}", membership="static", host_count=2, host_index=i),
+            Registry(PUBSUB_AGENTS),
+        )
+        for i in range(2)
+    ]
+    for h in hosts:
+        await h.start()
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8, request_timeout_s=10))
+    try:
+        patterns = [f"spread.t{i}.*" for i in range(8)]
+        for i, pattern in enumerate(patterns):
+            await client.subscribe_agent("follower", f"s{i}", pattern, action="on_order")
+        want = [{p for p in patterns if pattern_partition(p, 8) % 2 == i} for i in range(2)]
+        assert want[0] and want[1], "the patterns of this test land on both hosts"
+
+        def running() -> list[set[str]]:
+            return [{p for p in h.pubsub._running if p.startswith("spread.")} for h in hosts]
+
+        await eventually(lambda: running() == want, 30, 0.05)
+        for i, pattern in enumerate(patterns):
+            await client.publish(pattern.replace("*", "x"), {"n": i})
+        for i in range(len(patterns)):
+            assert [row[2] for row in await _wait_seen(client, f"s{i}", 1)] == [i]
+    finally:
+        await client.close()
+        for h in hosts:
+            await h.stop()

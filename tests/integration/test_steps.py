@@ -4,6 +4,9 @@ with ``nondeterministic``; a re-send after the code is restored finishes it."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -128,3 +131,37 @@ async def test_a_journal_past_journal_entries_max_is_blocked_and_resumes_under_a
         assert [fx[f"s{i}.done"] for i in range(5)] == [1] * 5
     finally:
         await client.close()
+
+
+async def test_jetagents_resume_runs_a_blocked_journal_again_after_the_fix(job_client: Client, tmp_path: Path) -> None:
+    ref = job_client.agent("job", "j3")
+    (tmp_path / "pre-s2").touch()  # the action stops in step 2, steps 0-1 journaled
+    call: Any = ref.request_async("run", {"run": "r3", "gates": str(tmp_path)}, command_id="r3", timeout=30)
+
+    async def journaled() -> bool:
+        return len(await commits(job_client.nc, "job", "j3")) == 2
+
+    await eventually(journaled, 10)
+    Job.ORDER = ["s1", "s0", "s2", "s3", "s4"]  # a code change while in flight, and a failing run
+    Job.FAIL_ONCE = {"s2"}
+    (tmp_path / "pre-s2").unlink()
+    with pytest.raises(NonDeterministic):
+        await call
+    assert await ref.resume("nothing") == {"resumed": False, "state": "unknown"}
+
+    Job.ORDER = None  # the code is restored: the operator resumes it without knowing its parameters
+    url = job_client.nc.connected_url
+    assert url is not None
+    cli = await asyncio.create_subprocess_exec(  # the host runs in this event loop: not subprocess.run
+        sys.executable, "-m", "jetagents.cli", "resume", "job/j3", "r3", "--nats-url", url.geturl(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(cli.communicate(), 60)
+    assert cli.returncode == 0, err.decode()
+    assert json.loads(out) == {"ok": True, "result": {"resumed": True, "state": "finished"}}
+    keys = [f"job.j3:r3#{i}" for i in range(5)]
+    assert await ref.result("r3", timeout=10) == keys
+    fx = await effects(job_client, "r3")
+    assert [fx[f"s{i}.done"] for i in range(5)] == [1] * 5
+    assert [fx[f"s{i}.enter"] for i in range(5)] == [1, 1, 2, 1, 1]  # s0, s1 were not run again
+    assert await ref.resume("r3") == {"resumed": False, "state": "finished"}

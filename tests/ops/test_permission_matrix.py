@@ -56,6 +56,7 @@ STORED_TARGETS = [
     ("agt.dlq.counter.forged", "AGT_DLQ"),
     ("$KV.agt_cluster.member.ghost", "KV_agt_cluster"),
     ("$KV.agt_cluster.ring", "KV_agt_cluster"),
+    ("$KV.agt_cluster.ringlog.0", "KV_agt_cluster"),  # the ring's change log (slot 0: epoch 64)
     ("$KV.agt_quarantine.counter.victim", "KV_agt_quarantine"),
     ("agt.out.counter.victim.forged", "AGT_OUT"),
 ]
@@ -389,6 +390,60 @@ async def test_the_operator_inspects_and_redrives_a_client_cannot(world: World) 
     finally:
         await rogue.close()
         await op.close()
+
+
+async def test_only_hosts_write_the_ring_log_and_heartbeats_the_dashboard_reads(world: World) -> None:
+    """Issue 18: the leader's ring change log (``ringlog.*``) and the hosts' heartbeats with
+    their latency are read by the operator (the dashboard); neither a client nor the operator
+    can write a forged ownership history or a host's figures."""
+    w = world
+    assert await w.client.agent("counter", "rl").request("increment", {"by": 1}) == 1
+    op = await Client.connect(settings=ClientSettings(nats_url=w.booted.url("operator"), inbox_prefix=OPERATOR_INBOX))
+    try:
+        admin = Inspector(op)
+        logged = await admin.io.kv_scan("agt_cluster", "ringlog.")
+        assert logged and all(orjson.loads(e.data)["leader"] == "perm-host" for e in logged.values())
+
+        async def advertised() -> bool:
+            beat = await admin.io.kv_get("agt_cluster", "member.perm-host")
+            return beat is not None and int(orjson.loads(beat.data)["latency_ms"]["n"]) > 0
+
+        async with asyncio.timeout(10):
+            while not await advertised():
+                await asyncio.sleep(0.1)
+    finally:
+        await op.close()
+    for user, prefix in (("client", CLIENT_INBOX), ("operator", OPERATOR_INBOX)):
+        seen = Violations()
+        forger = await nats.connect(w.booted.url(user), inbox_prefix=prefix, error_cb=seen.record)
+        try:
+            for subject in ("$KV.agt_cluster.ringlog.0", "$KV.agt_cluster.member.perm-host"):
+                await forger.publish(subject, b'{"epoch":1,"moves":[[0,"perm-host","forged"]]}')
+                await seen.wait_for(f'Publish to "{subject}"')
+        finally:
+            await forger.close()
+    assert await w.count("KV_agt_cluster", "$KV.agt_cluster.ringlog.0") == 0
+
+
+async def test_the_host_watches_tombstones_under_its_permissions(world: World) -> None:
+    """ADR 0052: a tombstone the operator writes without the ``evict`` request (a host that
+    missed it) still reaches the host through its watch of the tombstone bucket (an ordered
+    consumer the host user may create): the agent in its memory is refused from then on."""
+    w = world
+    ref = w.client.agent("counter", "watched")
+    assert await ref.request("increment", {"by": 1}) == 1
+    assert "counter.watched" in w.host.catalog.activations
+    op = await Client.connect(settings=ClientSettings(nats_url=w.booted.url("operator"), inbox_prefix=OPERATOR_INBOX))
+    try:
+        admin = Inspector(op)
+        await admin.io.kv_put("agt_tomb", "counter.watched", b'{"agent": "counter/watched", "by": "op"}')
+    finally:
+        await op.close()
+    async with asyncio.timeout(10):
+        while "counter.watched" in w.host.catalog.activations:
+            await asyncio.sleep(0.05)
+    with pytest.raises(AgentDeleted):
+        await ref.request("increment", {"by": 1})
 
 
 async def test_only_the_operator_quarantines_releases_or_rolls_back_an_agent(world: World) -> None:

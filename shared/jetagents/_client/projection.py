@@ -110,6 +110,8 @@ class ProjectionRunner:
                         await lease.release()
                 attempt = 0
             except JetAgentsError as exc:
+                if not exc.retryable:  # an event it cannot read (IncompatibleSchema): stop, never loop
+                    raise
                 log.warning("projection_unavailable", projection=self.name, error=str(exc))
                 await asyncio.sleep(_RETRY.delay(min(attempt, 6)))
                 attempt += 1

@@ -162,6 +162,16 @@ class AgentRef:
 
         return await auto_step(f"cancel:{self.id.type}/{self.id.id}", run)
 
+    async def resume(self, command_id: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """Run command ``command_id``'s blocked journal again (``nondeterministic`` or
+        ``journal_too_long``, once the code or the limit is fixed; ADR 0042 §2): its completed
+        steps answer from the journal and its caller gets the result. Returns ``{"resumed":
+        true, "state": "finished" | "blocked" | "suspended"}``, or ``{"resumed": false,
+        "state": ...}`` when it is not blocked (``finished``, ``unknown``, ``running``,
+        ``suspended``)."""
+        body = orjson.dumps({"resume": command_id})
+        return cast(dict[str, Any], (await self._control("_resume", body, Delivery.EXACTLY_ONCE, timeout)).result)
+
     async def result(self, command_id: str, *, timeout: float | None = None) -> Any:
         """The result of command ``command_id`` (one that suspended, or was queued), waiting
         for it until ``timeout``: the action's result, or its typed error. Asks the agent

@@ -26,7 +26,18 @@ from pydantic.json_schema import models_json_schema
 
 from .errors import JetAgentsError
 from .pubsub import Message, Subscription
-from .wire import CancelBody, CommandBody, Commit, KickBody, Priority, ResultBody, SignalBody, TimerBody, WireEvent
+from .wire import (
+    CancelBody,
+    CommandBody,
+    Commit,
+    KickBody,
+    Priority,
+    ResultBody,
+    ResumeBody,
+    SignalBody,
+    TimerBody,
+    WireEvent,
+)
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 
@@ -124,7 +135,15 @@ class Snapshot(BaseModel):
     )
 
 
-_RECEIVED: tuple[type[BaseModel], ...] = (CommandBody, SignalBody, TimerBody, CancelBody, ResultBody, KickBody)
+_RECEIVED: tuple[type[BaseModel], ...] = (
+    CommandBody,
+    SignalBody,
+    TimerBody,
+    CancelBody,
+    ResultBody,
+    KickBody,
+    ResumeBody,
+)
 _SENT: tuple[type[BaseModel], ...] = (
     WireEvent,
     Commit,
@@ -159,6 +178,7 @@ _DESCRIBE: dict[str, dict[str, str]] = {
     },
     "CancelBody": {"cancel": "The id of the command to cancel."},
     "KickBody": {"kick": "An empty object."},
+    "ResumeBody": {"resume": "The id of the command whose blocked journal to run again."},
     "ResultBody": {"result": "The id of the command whose outcome is asked (a call)."},
 }
 

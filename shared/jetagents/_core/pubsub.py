@@ -81,6 +81,14 @@ def pattern_key(pattern: str) -> str:
     return hashlib.sha256(pattern.encode()).hexdigest()[:16]
 
 
+def pattern_partition(pattern: str, partitions: int) -> int:
+    """The partition whose owner runs ``pattern``'s fan-out: the patterns spread over the hosts
+    as the agents do, and move with the partition when its owner changes."""
+    if partitions < 1:
+        raise ValueError("partitions must be >= 1")
+    return int(pattern_key(pattern), 16) % partitions
+
+
 def subscription_key(pattern: str, agent_type: str, agent_id: str) -> str:
     """The KV key of one agent's subscription to ``pattern``."""
     return f"{pattern_key(pattern)}.{agent_type}.{agent_id}"

@@ -221,6 +221,14 @@ class ResultBody(BaseModel):
     result: str = _CMD_ID
 
 
+class ResumeBody(BaseModel):
+    """Run a blocked journal again (ADR 0042 §2, ``jetagents resume``): ``{"resume": "m1"}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resume: str = _CMD_ID
+
+
 class KickBody(BaseModel):
     """Run what an agent has runnable (ADR 0042 §3, the kick): ``{"kick": {}}``, fired by the
     host's server schedule when a host died while running it."""
@@ -237,8 +245,9 @@ CONTROL_BODIES: Final[dict[str, type[BaseModel]]] = {
     "cancel": CancelBody,
     "result": ResultBody,
     "kick": KickBody,
+    "resume": ResumeBody,
 }
-Body = CommandBody | SignalBody | TimerBody | CancelBody | ResultBody | KickBody
+Body = CommandBody | SignalBody | TimerBody | CancelBody | ResultBody | KickBody | ResumeBody
 
 # Agt-Status on the reply of a command that did not finish: its action is suspended on a
 # wait, or it was parked behind one (ADR 0042 §§3-4)
@@ -349,7 +358,7 @@ def decode_command(data: bytes, max_bytes: int) -> Body:
                     first = exc
                 break
     raise MalformedCommand(
-        "command body must be a JSON object {action, params} (or signal, timer, cancel, result, kick)",
+        "command body must be a JSON object {action, params} (or signal, timer, cancel, result, kick, resume)",
         details=_short_errors(first),
     ) from None
 

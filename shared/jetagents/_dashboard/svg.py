@@ -95,13 +95,13 @@ def line_chart(
     series: Mapping[str, Sequence[tuple[float, float]]],
     *,
     unit: str,
-    width: int = 560,
+    width: int = 660,
     height: int = 180,
     chart_id: str = "",
 ) -> Markup:
     """Lines of (seconds ago or any x, value) points sharing one y axis from 0, with the
     last value of each series in the legend. No points: an empty frame that says so."""
-    pad_l, pad_b, pad_t, pad_r = 48, 20, 10, 150
+    pad_l, pad_b, pad_t, pad_r = 48, 20, 10, 200
     w, h = width - pad_l - pad_r, height - pad_t - pad_b
     xs = [x for pts in series.values() for x, _ in pts]
     ys = [y for pts in series.values() for _, y in pts]

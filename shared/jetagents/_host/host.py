@@ -90,6 +90,7 @@ from .pubsub import start_pubsub
 from .scheduler import Scheduler
 from .supervisor import Supervisor
 from .sweeper import StrandedSweeper
+from .tombstones import watch_tombstones
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -416,6 +417,7 @@ class Host:
         self._host_sub = await self.nc.subscribe(
             self.subjects.sys("host", s.host_id, "*"), cb=self.placement.on_host_msg, pending_msgs_limit=1_000_000
         )
+        await watch_tombstones(self.nc, self.topology.tomb_bucket, self.catalog, self._log, s.op_timeout_s)
         self.supervisor.spawn("background", self._housekeeping())
         if s.stranded_sweep_s > 0:
             self._sweeper = StrandedSweeper(

@@ -38,6 +38,7 @@ from .._settings import HostSettings
 from .catalog import Activation, Catalog, _busy
 from .reserve import Reserving, needs_of
 from .restore import rollback
+from .tombstones import forget
 
 if TYPE_CHECKING:
     from .coordination import Coordinator
@@ -314,12 +315,7 @@ class Placement:
             key = str(orjson.loads(msg.data)["agent"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise MalformedCommand('an evict request is a JSON object {"agent": "<type>.<id>"}') from None
-        act = self.catalog.activations.get(key)
-        if act is not None:
-            self.catalog.evict(act)
-            if not (act.scheduled or act.mailbox or act.held):
-                self.catalog.activations.pop(key, None)
-        body = encode_ok({"host": self.settings.host_id, "evicted": act is not None})
+        body = encode_ok({"host": self.settings.host_id, "evicted": forget(self.catalog, key)})
         await self.pipeline.reply(msg.reply, body, {}, None)
 
     # -- migration ----------------------------------------------------------------------------

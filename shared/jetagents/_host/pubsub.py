@@ -32,6 +32,7 @@ from .._core.pubsub import (
     command_body,
     declared_subscriptions,
     delivery_id,
+    pattern_partition,
     validate_topic,
 )
 from .._core.retry import RetryPolicy
@@ -70,7 +71,7 @@ class HostPubSub:
         host_id: str,
         ack_wait_s: float,
         max_payload_bytes: int,
-        leads: Callable[[], bool],
+        runs: Callable[[str], bool],
     ) -> None:
         self.store = store
         self.subjects = subjects
@@ -81,7 +82,7 @@ class HostPubSub:
         self.host_id = host_id
         self.ack_wait_s = ack_wait_s
         self.max_payload_bytes = max_payload_bytes
-        self.leads = leads
+        self.runs = runs
         self._running: set[str] = set()
         self._declared: dict[type, list[tuple[str, str, Delivery]]] = {}
         self._made_sure: OrderedDict[str, None] = OrderedDict()
@@ -139,19 +140,18 @@ class HostPubSub:
     # -- the leader's fan-out ---------------------------------------------------------------
     async def _lead(self) -> None:
         while True:
-            if self.leads():
-                try:
-                    for pattern in await self.store.patterns():
-                        if pattern not in self._running:
-                            self._running.add(pattern)
-                            self.supervisor.spawn(GROUP, self._runner(pattern), key=pattern)
-                except JetAgentsError as exc:
-                    self.log.debug("pubsub_scan_failed", error=str(exc))
+            try:
+                for pattern in await self.store.patterns():
+                    if pattern not in self._running and self.runs(pattern):
+                        self._running.add(pattern)
+                        self.supervisor.spawn(GROUP, self._runner(pattern), key=pattern)
+            except JetAgentsError as exc:
+                self.log.debug("pubsub_scan_failed", error=str(exc))
             await self.clock.sleep(SCAN_S)
 
     async def _runner(self, pattern: str) -> None:
         try:
-            while self.leads():
+            while self.runs(pattern):
                 try:
                     await self._serve(pattern)
                 except (JetAgentsError, OSError, ExceptionGroup) as exc:
@@ -167,7 +167,7 @@ class HostPubSub:
             for sub in await self.store.load(pattern):
                 self._keep(subs, sub)
             self.log.info("pubsub_runner_started", pattern=pattern, subscribers=len(subs))
-            while self.leads():
+            while self.runs(pattern):
                 d = await puller.next(PULL_EXPIRES_S)
                 if d is None:
                     continue
@@ -271,15 +271,14 @@ class HostPubSub:
 
 
 async def start_pubsub(host: Host) -> HostPubSub:
-    """The host's pub-sub, started: the fan-out runs while ``host`` leads (the ring's leader;
-    in a static set, host 0), and the catalog subscribes agents on activation."""
+    """The host's pub-sub, started: the host runs the fan-out of the patterns whose partition
+    (``pattern_partition``) it serves, and the catalog subscribes agents on activation."""
     s = host.settings
 
-    def leads() -> bool:
-        coord = host.coordinator
+    def runs(pattern: str) -> bool:
         if host.supervisor.stopping:
             return False
-        return coord.is_leader if coord is not None else (host.static and s.host_index == 0)
+        return pattern_partition(pattern, s.partitions) in host.partitions.owned_set
 
     store = PubSubStore(host.nc, host.subjects, timeout_s=s.op_timeout_s, replicas=s.replicas)
     part = HostPubSub(
@@ -292,7 +291,7 @@ async def start_pubsub(host: Host) -> HostPubSub:
         host_id=s.host_id,
         ack_wait_s=s.ack_wait_s,
         max_payload_bytes=s.max_payload_bytes,
-        leads=leads,
+        runs=runs,
     )
     await part.start()
     host.catalog.on_activate = part.on_activate

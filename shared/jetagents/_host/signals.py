@@ -31,7 +31,7 @@ from .._core.errors import (
 )
 from .._core.journal import SIGNAL, TIMEOUT, inbox_entry, resolution_entry
 from .._core.outcome import AckKind, Result
-from .._core.wire import CancelBody, KickBody, ResultBody, SignalBody, TimerBody, encode_ok
+from .._core.wire import CancelBody, KickBody, ResultBody, ResumeBody, SignalBody, TimerBody, encode_ok
 from .._obs.telemetry import REQUEUED
 from .catalog import Activation
 from .steps import AlreadyInLog
@@ -84,6 +84,10 @@ class Signals:
         if isinstance(body, CancelBody):
             await self._susp.catch_up(act, cmd)
             await self._cancel(act, cmd, body.cancel, out)
+            return
+        if isinstance(body, ResumeBody):
+            await self._susp.catch_up(act, cmd)
+            await self._resume(act, cmd, body.resume, out)
             return
         if isinstance(body, KickBody):  # a host died while running what is runnable: run it
             await self._susp.catch_up(act, cmd)
@@ -202,6 +206,31 @@ class Signals:
         else:
             answer = {"cancelled": False, "state": "unknown"}
         await self._outcomes.settle_ok(cmd, out, answer, 0)
+
+    async def _resume(self, act: Activation, cmd: Command, target: str, out: dict[str, str]) -> None:
+        """Run ``target``'s blocked journal again (after the code was fixed, or the limit
+        raised), as a re-send of it would: completed steps answer from the journal, its
+        caller is answered on its journal's reply subject."""
+        journal = act.journals.get(target) if act.journals else None
+        if journal is None or journal.blocked is None or journal.params is None:
+            records = act.records
+            if journal is None:
+                state = "finished" if records is not None and records.get(target) is not None else "unknown"
+            elif journal.blocked is None:
+                state = "suspended" if journal.waiting() else "running"
+            else:  # a journal from before its first entry kept the parameters: re-send the command
+                state = "blocked"
+            await self._outcomes.settle_ok(cmd, out, {"resumed": False, "state": state}, 0)
+            return
+        first = journal.steps[0] if journal.steps else {}
+        rcmd = self._susp._rebuild(act, cmd, target, journal.action, journal.params, journal.reply_to, first.get("out"))
+        await self._susp._run(act, rcmd, rcmd.reply_headers())
+        if rcmd.outcome == REQUEUED:
+            await self._outcomes.nak(cmd, 0)
+            return
+        now = act.journals.get(target) if act.journals else None
+        state = "finished" if now is None else ("blocked" if now.blocked is not None else "suspended")
+        await self._outcomes.settle_ok(cmd, out, {"resumed": True, "state": state}, 0)
 
     async def _result(self, act: Activation, cmd: Command, target: str, out: dict[str, str]) -> None:
         records = act.records

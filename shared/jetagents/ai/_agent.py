@@ -18,7 +18,6 @@ pydantic-ai, inside one every model request and tool call is a journaled step.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -92,11 +91,6 @@ class DurableAgent:
         and tool call is one of ``on``'s steps. ``kwargs`` are ``Agent.run``'s (``deps``,
         ``output_type``, ``usage_limits``, ``model_settings``, ``model``...). A pydantic-ai
         ``UsageLimitExceeded`` is refused as ``DomainError("usage_limit_exceeded")``."""
-        # A host starts an action eagerly in the task that received its command and moves it to
-        # a task of its own at its first wait (docs/adr/0031; by hand on Python 3.11):
-        # pydantic-ai's anyio cancel scopes must be entered and left in one task, so the run
-        # begins after a first wait.
-        await asyncio.sleep(0)
         scope = RunScope(on, self.retry, self.budgets)
         if self.approvals:
             output = kwargs.pop("output_type", None) or self.agent.output_type

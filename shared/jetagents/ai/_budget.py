@@ -23,6 +23,8 @@ input is not known before it is sent): concurrent calls may pass a cost limit by
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from typing import Any, Literal
 from .._core.agent import Agent
 from .._core.errors import BudgetExceeded
 from .._core.ids import AgentId
+from .._core.journal import _STEP_KEY
 from .._obs.metrics import GenAiMetrics
 
 _TOKENS = "ai.tokens"
@@ -43,6 +46,18 @@ def tenant_of_id(agent_id: AgentId) -> str:
 
 
 Period = Literal["day", "week", "month"]
+
+
+async def _add(crdt: Any, counter: str, by: int) -> int:
+    """``crdt.increment`` made from inside the model call's step, yet not as the step: inside a
+    step the increment's ``Nats-Msg-Id`` is the step's key (ADR 0042 §12), and the several adds
+    of one call (reserve, correct or give back; per agent and per tenant) would be deduplicated
+    into the first. A task of its own, without the step's key, gives each its own id (a task,
+    not just the context: in the action's task outside a step it would become a step itself)."""
+    ctx = contextvars.copy_context()
+    ctx.run(_STEP_KEY.set, None)
+    result = await asyncio.create_task(crdt.increment(counter, by), context=ctx)
+    return int(result.value)
 
 
 def budget_window(period: Period | None, wall_ms: int) -> str:
@@ -145,7 +160,7 @@ class Budgets:
                 if budget.tokens is not None:
                     need = max_tokens or budget.reserve_tokens
                     counter = f"{_TOKENS}.{key}"
-                    total = int((await crdt.increment(counter, need)).value)
+                    total = await _add(crdt, counter, need)
                     held.held.append((counter, need))
                     if total > budget.tokens:
                         spent = total - need  # what others had spent or held
@@ -184,7 +199,7 @@ class Budgets:
         if crdt is None:
             return
         for counter, tokens in held.held:
-            await crdt.increment(counter, -tokens)
+            await _add(crdt, counter, -tokens)
         held.held.clear()
 
     async def spent(self, agent: Agent[Any], model: str, response: Any, elapsed_s: float, held: Reservation) -> None:
@@ -203,11 +218,11 @@ class Budgets:
             counter = f"{_TOKENS}.{key}"
             correction = tin + tout - reserved.get(counter, 0)
             if correction:
-                await crdt.increment(counter, correction)
+                await _add(crdt, counter, correction)
             if price is not None:
                 cost = price.uusd(tin, tout)
                 if cost:
-                    await crdt.increment(f"{_COST}.{key}", cost)
+                    await _add(crdt, f"{_COST}.{key}", cost)
         held.held.clear()
 
     def failed(self, model: str, elapsed_s: float, error: str) -> None:

@@ -31,6 +31,16 @@ def mcp(
     host: Annotated[str, typer.Option(help="http: address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="http: port (0: any free one, printed)")] = 0,
     timeout: Annotated[float, typer.Option(min=0.1, help="seconds a tool call waits for the agent")] = 30.0,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="JETAGENTS_MCP_TOKEN",
+            help="http: the bearer token every request must carry (at least 16 characters); "
+            "required when --host is not a loopback address. Prefer the environment variable "
+            "(a command line is visible to other users)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the actions of the chosen agent types as MCP tools (stdio or streamable HTTP).
 
@@ -42,13 +52,19 @@ def mcp(
     if transport not in ("stdio", "http"):
         typer.echo(f"error: --transport is stdio or http, not {transport!r}", err=True)
         raise typer.Exit(2)
+    if transport == "http" and token is None and not _loopback(host):
+        typer.echo(f"error: serving MCP on {host} needs a bearer token (JETAGENTS_MCP_TOKEN)", err=True)
+        raise typer.Exit(2)
+    if token is not None and len(token) < 16:
+        typer.echo("error: the MCP bearer token must have at least 16 characters", err=True)
+        raise typer.Exit(2)
     try:
         specs = _specs(types, agents)
     except (ValueError, ImportError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     try:
-        asyncio.run(_serve(specs, nats_url, transport, host, port, timeout))  # type: ignore[arg-type]
+        asyncio.run(_serve(specs, nats_url, transport, host, port, timeout, token))  # type: ignore[arg-type]
     except JetAgentsError as err:  # NATS unreachable at start: say so, no traceback
         typer.echo(f"error: {err.code}: {err.message}", err=True)
         raise typer.Exit(1) from None
@@ -74,8 +90,25 @@ def _specs(types: str, agents: list[str] | None) -> list[AgentSpec]:
     return specs
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 async def _serve(
-    specs: list[AgentSpec], nats_url: str | None, transport: Transport, host: str, port: int, timeout_s: float
+    specs: list[AgentSpec],
+    nats_url: str | None,
+    transport: Transport,
+    host: str,
+    port: int,
+    timeout_s: float,
+    token: str | None = None,
 ) -> None:
     from .._client.client import Client
     from .._settings import ClientSettings
@@ -86,7 +119,7 @@ async def _serve(
     try:
         server = AgentToolServer(client, specs, scope=new_scope(), per_session=transport == "http", timeout_s=timeout_s)
         if transport == "http":
-            await serve_http(server, host, port)
+            await serve_http(server, host, port, token)
         else:
             await serve_stdio(server)
     finally:

@@ -19,6 +19,7 @@ other tool name before sending anything.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import socket
 import sys
@@ -27,6 +28,8 @@ from typing import Any
 
 import orjson
 from mcp.server import Server, ServerRequestContext
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
@@ -148,12 +151,34 @@ async def serve_stdio(server: AgentToolServer) -> None:
         await srv.run(read_stream, write_stream, srv.create_initialization_options())
 
 
-async def serve_http(server: AgentToolServer, host: str = "127.0.0.1", port: int = 0) -> None:
+class StaticToken:
+    """The SDK's ``TokenVerifier`` for one shared bearer token (``JETAGENTS_MCP_TOKEN``),
+    compared in constant time."""
+
+    def __init__(self, token: str) -> None:
+        if len(token) < 16:
+            raise ValueError("the MCP bearer token must have at least 16 characters")
+        self._token = token.encode()
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        if not hmac.compare_digest(token.encode(), self._token):
+            return None
+        return AccessToken(token="", client_id="jetagents-mcp", scopes=[])  # nothing of the secret kept
+
+
+async def serve_http(server: AgentToolServer, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> None:
     """Serve streamable HTTP on ``host:port`` (0: a free port), at ``/mcp``; the address is
-    printed to stderr as ``mcp listening on http://HOST:PORT/mcp``."""
+    printed to stderr as ``mcp listening on http://HOST:PORT/mcp``. With ``token`` every request
+    needs ``Authorization: Bearer <token>`` (else 401, through the SDK's bearer middleware)."""
     import uvicorn
 
-    app = server.server.streamable_http_app(host=host)
+    if token is None:
+        app = server.server.streamable_http_app(host=host)
+    else:
+        # the SDK wires a token verifier only with AuthSettings; its issuer is advertised only
+        # with an authorization server or a resource URL, neither of which is set here
+        auth = AuthSettings(issuer_url="http://127.0.0.1", resource_server_url=None)
+        app = server.server.streamable_http_app(host=host, auth=auth, token_verifier=StaticToken(token))
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))

@@ -205,10 +205,7 @@ class McpTools:
             session = await self._session()
             try:
                 client = await session.client()
-                # its own task: the SDK enters anyio cancel scopes, which must be left by the task that
-                # entered them, and an action started eagerly (_host/eager.py on 3.11) changes task at
-                # its first suspension; cancelling the caller cancels this task too
-                return await asyncio.ensure_future(op(client))
+                return await op(client)
             except MCPError as exc:
                 if exc.code not in _TRANSPORT_CODES:  # the server answered: no point asking again
                     raise DomainError(
