@@ -250,8 +250,9 @@ def call(
     typer.echo(orjson.dumps({"ok": True, "result": result}).decode())
 
 
-def _on_agent(agent: str, nats_url: str | None, use: Any) -> None:
-    """Run ``use(ref)`` against agent TYPE/ID and print its result as the ``call`` command does."""
+def _on_agent(agent: str, nats_url: str | None, use: Any, *, error_json: bool = True) -> None:
+    """Run ``use(ref)`` against agent TYPE/ID and print its result as the ``call`` command does
+    (``error_json``: an error is printed as ``{"ok": false, ...}`` too, not only on stderr)."""
     try:
         aid = AgentId.parse(agent)
     except ValueError as exc:
@@ -271,7 +272,8 @@ def _on_agent(agent: str, nats_url: str | None, use: Any) -> None:
     try:
         result = asyncio.run(go())
     except JetAgentsError as err:
-        typer.echo(orjson.dumps({"ok": False, "error": err.to_wire()}).decode())
+        if error_json:
+            typer.echo(orjson.dumps({"ok": False, "error": err.to_wire()}).decode())
         typer.echo(f"error: {err.code}: {err.message}", err=True)
         raise typer.Exit(1) from None
     typer.echo(orjson.dumps({"ok": True, "result": result}).decode())
@@ -452,25 +454,7 @@ app.add_typer(dlq_app, name="dlq")
 
 def _admin(agent: str, nats_url: str | None, use: Any) -> None:
     """Run ``use(client.admin, type, id)`` and print ``{"ok": true, "result": ...}``."""
-    try:
-        aid = AgentId.parse(agent)
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-    async def go() -> Any:
-        from ._client.client import Client
-
-        settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
-        async with await Client.connect(settings=settings, name="jetagents-cli") as client:
-            return await use(client.admin, aid.type, aid.id)
-
-    try:
-        result = asyncio.run(go())
-    except JetAgentsError as err:
-        typer.echo(f"error: {err.code}: {err.message}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(orjson.dumps({"ok": True, "result": result}).decode())
+    _on_agent(agent, nats_url, lambda ref: use(ref.client.admin, ref.id.type, ref.id.id), error_json=False)
 
 
 @agent_app.command("quarantined")

@@ -3,12 +3,45 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 from nats.aio.client import Client as NATS
 
+from jetagents import Agent, Host, Registry
 from jetagents._nats.api import js_api
+from tests.conftest import host_settings
+
+HostFactory = Callable[..., Awaitable[Host]]
+
+
+@contextlib.asynccontextmanager
+async def started_hosts(url: str, agents: list[type[Agent[Any]]]) -> AsyncIterator[HostFactory]:
+    """``make(**overrides)`` starts a host serving ``agents`` with ``host_settings(url,
+    **overrides)``; every host made is stopped at the end, without a drain (tests of stuck
+    agents leave work behind on purpose)."""
+    hosts: list[Host] = []
+
+    async def make(**overrides: Any) -> Host:
+        h = Host(host_settings(url, **overrides), Registry(agents))
+        await h.start()
+        hosts.append(h)
+        return h
+
+    try:
+        yield make
+    finally:
+        for h in hosts:
+            await h.stop(drain=False)
+
+
+async def call_json(nc: NATS, subject: str, body: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+    """A core request with a JSON body, the reply's JSON."""
+    msg = await nc.request(subject, orjson.dumps(body), timeout=timeout)
+    out: dict[str, Any] = orjson.loads(msg.data)
+    return out
 
 
 async def stream_state(nc: NATS, stream: str) -> dict[str, Any]:

@@ -13,39 +13,23 @@ nats-server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
-import orjson
 import pytest
 from nats.aio.client import Client as NATS
 from pydantic import ValidationError
 
-from jetagents import Client, Host, HostSettings, NatsServer, Registry
+from jetagents import Client, HostSettings, NatsServer
 from jetagents._nats.api import connect as raw_connect
 from jetagents.examples import Counter
-from tests.conftest import host_settings
-from tests.integration.helpers import commits, eventually
+from tests.integration.helpers import HostFactory, call_json, commits, eventually, started_hosts
 from tests.integration.test_stuck_agents import Stuck
-
-HostFactory = Callable[..., Awaitable[Host]]
 
 
 @pytest.fixture
 async def make_host(nats_server: NatsServer) -> AsyncIterator[HostFactory]:
-    hosts: list[Host] = []
-
-    async def make(**overrides: Any) -> Host:
-        h = Host(host_settings(nats_server.url, **overrides), Registry([Stuck, Counter]))
-        await h.start()
-        hosts.append(h)
-        return h
-
-    try:
+    async with started_hosts(nats_server.url, [Stuck, Counter]) as make:
         yield make
-    finally:
-        for h in hosts:
-            await h.stop(drain=False)
 
 
 @pytest.fixture
@@ -57,10 +41,7 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
         await conn.close()
 
 
-async def _call(nc: NATS, subject: str, body: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    msg = await nc.request(subject, orjson.dumps(body), timeout=timeout)
-    out: dict[str, Any] = orjson.loads(msg.data)
-    return out
+_call = call_json
 
 
 async def test_without_a_pool_a_hung_type_takes_every_shared_worker(make_host: HostFactory, nc: NATS) -> None:

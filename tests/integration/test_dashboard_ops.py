@@ -139,6 +139,10 @@ async def test_ring_waits_live_charts_and_agent_actions(nats_server: NatsServer)
                 sending = False
                 await loader
 
+            # the hosts page shows what the heartbeats advertise: the latency of the last commands
+            await page.goto(base)
+            await expect(page.locator("#hosts")).to_contain_text(re.compile(r"\(last \d+\)"))
+
             # -- without a session no action runs; the confirmation needs a login
             for i, by in enumerate((1, 2, 4)):
                 await client.agent("counter", "web").request("increment", {"by": by}, command_id=f"w-{i}")

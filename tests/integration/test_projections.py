@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -37,6 +38,8 @@ async def test_catch_up_then_live_tail_has_no_gap_and_no_duplicate(host: Host, c
     for ref, by in before:
         await ref.send("increment", {"by": by})
     await eventually(lambda: host.stats["processed"] >= len(before), 60, 0.05)
+    since_ms = int(time.time() * 1000) + 1  # every commit so far was stored before this
+    await eventually(lambda: time.time() * 1000 > since_ms, 5, 0.001)
 
     seen: list[Any] = []
     during = 30
@@ -44,6 +47,8 @@ async def test_catch_up_then_live_tail_has_no_gap_and_no_duplicate(host: Host, c
 
     async def keep_committing() -> None:
         for i in range(during):
+            if i == 10:  # the rest only once the tail handed out all so far: it tails live
+                await eventually(lambda: len(seen) >= len(before) + 10, 60, 0.01)
             await agents[i % 3].send("increment", {"by": 1})
 
     async with client.events("counter", decode=[Counter]) as tail:
@@ -68,6 +73,9 @@ async def test_catch_up_then_live_tail_has_no_gap_and_no_duplicate(host: Host, c
     for ns in per_agent.values():
         assert ns == list(range(1, len(ns) + 1)), "every commit of every agent, no gap"
     assert sum(len(ns) for ns in per_agent.values()) == total
+    # a tail from a time: the first commit stored since (the first of those written live)
+    async with client.events("counter", since_ms=since_ms) as timed:
+        assert (await anext(aiter(timed))).seq == seen[len(before)].seq
     # one agent's tail, resumed after an offset: exactly what follows it
     one = client.events("counter", "tail-1", after=seen[5].seq)
     async with one:

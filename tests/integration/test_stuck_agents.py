@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -31,17 +31,14 @@ from jetagents import (
     ClientSettings,
     DeadlineExceeded,
     Event,
-    Host,
     NatsServer,
-    Registry,
     action,
     applies,
 )
 from jetagents._nats.api import connect as raw_connect
 from jetagents._obs.health import HealthMonitor, HealthServer
 from jetagents.examples import Counter
-from tests.conftest import host_settings
-from tests.integration.helpers import commits, dead_letters, eventually
+from tests.integration.helpers import HostFactory, call_json, commits, dead_letters, eventually, started_hosts
 
 
 class ListState(BaseModel):
@@ -108,24 +105,12 @@ class Impatient(Agent[ListState]):
 
 
 AGENTS: list[type[Agent[Any]]] = [Stuck, Impatient, Counter]
-HostFactory = Callable[..., Awaitable[Host]]
 
 
 @pytest.fixture
 async def make_host(nats_server: NatsServer) -> AsyncIterator[HostFactory]:
-    hosts: list[Host] = []
-
-    async def make(**overrides: Any) -> Host:
-        h = Host(host_settings(nats_server.url, **overrides), Registry(AGENTS))
-        await h.start()
-        hosts.append(h)
-        return h
-
-    try:
+    async with started_hosts(nats_server.url, AGENTS) as make:
         yield make
-    finally:
-        for h in hosts:
-            await h.stop(drain=False)
 
 
 @pytest.fixture
@@ -137,10 +122,7 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
         await conn.close()
 
 
-async def _call(nc: NATS, subject: str, body: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-    msg = await nc.request(subject, orjson.dumps(body), timeout=timeout)
-    out: dict[str, Any] = orjson.loads(msg.data)
-    return out
+_call = call_json
 
 
 async def test_a_call_that_never_returns_gets_action_timeout(make_host: HostFactory, nc: NATS) -> None:

@@ -1,10 +1,10 @@
 """Running, reading and rebuilding projections (ADR 0057).
 
->>> runner = client.projection_runner(Totals())  # doctest: +SKIP
+>>> runner = client.projections.runner(Totals())  # doctest: +SKIP
 >>> await runner.run(stop=stop_event)  # one process at a time leads; others wait for its lease
->>> await client.projection("totals").get("c1")  # doctest: +SKIP
+>>> await client.projections.reader("totals").get("c1")  # doctest: +SKIP
 {'total': 3, 'events': 2}
->>> await client.rebuild_projection("totals")  # doctest: +SKIP
+>>> await client.projections.rebuild("totals")  # doctest: +SKIP
 
 A runner holds the lease ``proj.<name>`` (ADR 0050) so that one process at a time applies
 events; the others wait and take over when it dies (its lease expires). Correctness does not

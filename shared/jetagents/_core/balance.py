@@ -15,6 +15,12 @@ back at most ``max_moves`` partition moves. The rules that keep it from flapping
   and the cold one by two lower ones, the hosts' scores sorted from the top fall
   lexicographically with every move; while the loads stay what they were no partition can
   bounce back;
+* what a partition costs where it runs is measured (its rate times its host's score per unit
+  of rate); what it will cost elsewhere is predicted: a host's own figure while it carries a
+  fair part of the traffic (remembered, so a slow host stays known as slow), otherwise at
+  most the source's figure, since a nearly idle host's score per command is mostly the load
+  no partition causes. The no-cycle argument below is exact when the predictions are; with
+  hosts of unknown speed it is not, and the property tests bound the damage instead;
 * after a move both hosts' streaks restart (the next decision waits for ``persist`` fresh
   measurements that include the move), and a moved partition stays put for ``cooldown``
   intervals;
@@ -58,6 +64,7 @@ class Balancer:
     interval: int = 0
     streak: dict[str, int] = field(default_factory=dict)
     moved_at: dict[int, int] = field(default_factory=dict)
+    learned: dict[str, float] = field(default_factory=dict)  # host -> cost seen under real traffic
 
     def hot(self, scores: Mapping[str, float]) -> list[str]:
         """Hosts over the threshold now, hottest first."""
@@ -85,6 +92,7 @@ class Balancer:
         if self.policy.max_moves < 2:
             raise ValueError("max_moves must be >= 2: a swap moves two partitions")
         self.interval += 1
+        self._learn(owners, rates, cost)
         ranked = self.hot(scores)
         for h in list(self.streak):
             if h not in ranked:
@@ -110,6 +118,7 @@ class Balancer:
             if target == source or budget <= 0:
                 break
             owned = {h: [p for p, o in enumerate(owners) if o == h and self._movable(p)] for h in (source, target)}
+            owned["all:" + target] = [p for p, o in enumerate(owners) if o == target]
             step = self._best_step(source, target, owned, live, rates, cost, counts, caps, floors, budget)
             if step is None:
                 continue
@@ -124,6 +133,27 @@ class Balancer:
             self.streak.pop(source, None)
             self.streak.pop(target, None)
         return moves
+
+    def _cost_at(self, host: str, host_rate: float, partition_rate: float, measured: float, here: float) -> float:
+        """What one unit of rate is predicted to cost ``host``. A host carrying less traffic
+        than the partition has a score per command that is mostly the load no partition
+        causes (heartbeats, timers, calls it only looks at): its figure would forbid every
+        move to it. Then the cost it showed the last time it carried real traffic counts (a
+        slow host stays known as slow), else at most what the partition costs where it runs."""
+        if host_rate >= partition_rate:
+            return measured
+        known = self.learned.get(host)
+        return known if known is not None else min(measured, here)
+
+    def _learn(self, owners: Sequence[str], rates: Mapping[int, float], cost: Mapping[str, float]) -> None:
+        """Remember each host's cost while it carries a fair part of the traffic."""
+        per_host: dict[str, float] = {}
+        for p, o in enumerate(owners):
+            per_host[o] = per_host.get(o, 0.0) + rates.get(p, 0.0)
+        total = sum(per_host.values())
+        for h, c in cost.items():
+            if total > 0 and per_host.get(h, 0.0) >= total / (2 * max(1, len(cost))):
+                self.learned[h] = c
 
     def _movable(self, p: int) -> bool:
         at = self.moved_at.get(p)
@@ -145,7 +175,8 @@ class Balancer:
         """The move (or swap) after which the hotter of the two hosts is coolest, provided
         it is cooler than ``source`` is now by ``min_gap``; None when no move helps."""
         s, t = scores[source], scores[target]
-        cs, ct = cost.get(source, 0.0), cost.get(target, 0.0)
+        cs = cost.get(source, 0.0)
+        target_rate = sum(rates.get(p, 0.0) for p in owned["all:" + target])
         limit = s - self.policy.min_gap
         best: tuple[float, int, list[Move], tuple[float, float]] | None = None
         single_ok = counts[source] - 1 >= floors[source] and counts[target] + 1 <= caps[target]
@@ -154,6 +185,7 @@ class Balancer:
             rp = rates.get(p, 0.0)
             if rp <= 0:
                 continue
+            ct = self._cost_at(target, target_rate, rp, cost.get(target, 0.0), cs)
             options: list[tuple[list[Move], float, float]] = []
             if single_ok:
                 options.append(([Move(p, source, target)], s - rp * cs, t + rp * ct))

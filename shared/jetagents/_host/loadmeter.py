@@ -6,8 +6,9 @@ commands and bytes it takes in (counted at intake, per partition). Rates span th
 leader's rebalancing chase the past. The fractions the load score weighs (``cpu``, ``memory``,
 ``network``) are of one core (an asyncio host runs its agents on one thread: one core busy is
 a full host, however many the machine has), of the host's ``memory_mb`` and of
-``load_network_bytes_per_s``; ``rates`` (commands per second of each partition this host
-serves) let the leader predict what moving a partition moves.
+``load_network_bytes_per_s``; ``cpu_base`` is the CPU it uses without commands (learnt from
+windows without any), and ``rates`` (commands per second of each partition this host serves):
+with both, the leader predicts what moving a partition moves.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class LoadMeter:
         self.nbytes = 0
         self.per_partition: dict[int, int] = {}
         self._samples: deque[_Sample] = deque()
+        # the CPU the host uses with no command at all (heartbeats, timers, the loop): learnt
+        # from windows without commands, so the leader weighs only what partitions cost
+        self.cpu_base: float | None = None
 
     def seen(self, partition: int, nbytes: int) -> None:
         """A command taken in (pulled, called or forwarded)."""
@@ -103,12 +107,16 @@ class LoadMeter:
             if n > first.per_partition.get(p, 0)
         }
         busiest = sorted(rates, key=lambda p: -rates[p])[:RATE_PARTITIONS]
+        cpu = min(1.0, (used - first.cpu_s) / dt)
+        if self.msgs == first.msgs and len(self._samples) > 2:
+            self.cpu_base = cpu if self.cpu_base is None else round(0.5 * self.cpu_base + 0.5 * cpu, 4)
         return {
             "cpu_s": round(used, 2),  # CPU time used so far (kept: tools read it)
             "rss_mb": mem,
             "resources": self.resources,
             "load": {
-                "cpu": round(min(1.0, (used - first.cpu_s) / dt), 4),
+                "cpu": round(cpu, 4),
+                "cpu_base": round(self.cpu_base or 0.0, 4),
                 "memory": round(min(1.0, mem / max(1.0, self.resources.get("memory_mb", 1.0))), 4),
                 "network": round(min(1.0, bytes_per_s / self.settings.load_network_bytes_per_s), 4),
                 "msgs_per_s": round(msgs_per_s, 2),

@@ -46,7 +46,7 @@ class RingPlanner:
             return nxt
         scores = {h: load_score(members[h], cfg.load_weights) for h in live}
         movable_weights = {k: w for k, w in cfg.load_weights.items() if k != "memory"}
-        movable = {h: load_score(members[h], movable_weights) for h in live}
+        movable = {h: load_score(_commands_only(members[h]), movable_weights) for h in live}
         rates, cost = rates_and_costs(current, members, movable)
         moves = self.balancer.plan(current, scores, rates, cost, weights=live, load_factor=cfg.load_factor)
         self.last_scores = scores
@@ -59,3 +59,15 @@ class RingPlanner:
                 imbalance=round(imbalance(scores), 3),
             )
         return apply(current, moves)
+
+
+def _commands_only(member: Mapping[str, Any]) -> dict[str, Any]:
+    """A member's load with the CPU it uses without commands taken out: what its partitions
+    cost, the part a move takes along."""
+    load = member.get("load")
+    if not isinstance(load, Mapping):
+        return {}
+    cpu, base = load.get("cpu", 0.0), load.get("cpu_base", 0.0)
+    if isinstance(cpu, int | float) and isinstance(base, int | float):
+        return {"load": {**load, "cpu": max(0.0, float(cpu) - float(base))}}
+    return {"load": load}
