@@ -3,6 +3,8 @@ command, so a fan-out delivery and a plain send cost the host the same work."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
 
 from jetagents import Agent, Event, Message, action, applies
@@ -29,6 +31,12 @@ class Tally(Agent[TallyState]):
     async def bump(self, n: int) -> int:
         self.emit(Counted(n=n))
         return self.state.count
+
+    @action
+    async def ingest(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """A document in, the same document back (the compression cell: both ways large)."""
+        self.emit(Counted(n=len(doc.get("rows", ()))))
+        return doc
 
     @action(read_only=True)
     async def count(self) -> int:

@@ -15,7 +15,11 @@ subscribers as fit in that time. Printed: deliveries per second, the ratio fan-o
 and the host's RSS after each cell. Then work-queue throughput: ``--jobs`` no-op jobs drained by
 1, 4 and 16 workers (one connection each), against the same number of plain command sends
 (64 agents, 256 in flight) measured right after. Last, ``send_many`` of 2 x ``--jobs`` commands
-against ``send`` at 256 in flight, to the last PubAck. Nothing is asserted.
+against ``send`` at 256 in flight, to the last PubAck. Then compression (ADR 0043): ``--docs``
+requests of a ~100 KiB JSON document (rows of ids, names, cities and a random hex token),
+which the agent returns, exactly-once, 8 in flight, plain and then zstd (``compress=True``),
+alternating twice: bytes the client's connection wrote and read per command, and commands per
+second. ``--parts`` picks what runs (default: all). Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -175,6 +180,59 @@ async def send_many_cell(client: Client, n: int) -> dict[str, Any]:
     return {"n": n, "send_many_per_s": n / many_s, "send_per_s": n / (time.perf_counter() - t1)}
 
 
+def document(kib: int = 100, seed: int = 7) -> dict[str, Any]:
+    """~``kib`` KiB of JSON like an application's: repeated keys, varied values, one random
+    token per row (so the ratio is not that of a repeated string)."""
+    rng = random.Random(seed)
+    cities = ["Oslo", "Lyon", "Porto", "Turin", "Ghent", "Cork", "Brno", "Graz"]
+    rows: list[dict[str, Any]] = []
+    size = 2
+    while size < kib * 1024:
+        i = len(rows)
+        row = {
+            "id": i,
+            "name": f"customer-{rng.randrange(10**6)}",
+            "city": rng.choice(cities),
+            "score": round(rng.random() * 100, 2),
+            "token": f"{rng.getrandbits(64):016x}",
+            "active": rng.random() < 0.8,
+        }
+        rows.append(row)
+        size += len(orjson.dumps(row)) + 1
+    return {"rows": rows}
+
+
+async def compression_cell(client: Client, n: int) -> dict[str, Any]:
+    """``n`` requests of a 100 KiB document (returned by the agent), plain then zstd, twice
+    alternating: bytes per command on the client's connection (out: command; in: PubAck and
+    reply) and commands per second."""
+    doc = document()
+    plain_bytes = len(orjson.dumps({"action": "ingest", "params": {"doc": doc}}))
+    stats = client.nc.stats
+    totals: dict[bool, list[float]] = {False: [0.0, 0.0, 0.0], True: [0.0, 0.0, 0.0]}  # out, in, seconds
+    for _ in range(2):
+        for compress in (False, True):
+            out0, in0 = stats["out_bytes"], stats["in_bytes"]
+            t0 = time.perf_counter()
+
+            async def one(i: int, compress: bool = compress) -> None:
+                got = await client.agent("tally", f"z{i % 8}").request("ingest", {"doc": doc}, compress=compress)
+                assert len(got["rows"]) == len(doc["rows"])
+
+            await bounded(n, 8, one)
+            cell_ = totals[compress]
+            cell_[0] += stats["out_bytes"] - out0
+            cell_[1] += stats["in_bytes"] - in0
+            cell_[2] += time.perf_counter() - t0
+    row: dict[str, Any] = {"n": 2 * n, "json_bytes": plain_bytes}
+    for compress, (out_b, in_b, secs) in totals.items():
+        key = "zstd" if compress else "plain"
+        row[f"{key}_out_per_cmd"] = out_b / (2 * n)
+        row[f"{key}_in_per_cmd"] = in_b / (2 * n)
+        row[f"{key}_per_s"] = 2 * n / secs
+    return row
+
+
 async def measure(url: str, host_pid: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     client = await Client.connect(settings=ClientSettings(nats_url=url, request_timeout_s=30))
     try:
@@ -184,7 +242,29 @@ async def measure(url: str, host_pid: int, args: argparse.Namespace) -> list[dic
                 break
             except Exception:  # not up yet
                 await asyncio.sleep(0.2)
-        out = []
+        out: list[dict[str, Any]] = []
+        if "compression" in args.parts:
+            z = await compression_cell(client, args.docs)
+            z["plain_wire"] = z["plain_out_per_cmd"] + z["plain_in_per_cmd"]
+            z["zstd_wire"] = z["zstd_out_per_cmd"] + z["zstd_in_per_cmd"]
+            print(
+                f"compression, {z['n']} requests of a {z['json_bytes'] / 1024:.0f} KiB JSON body (echoed): "
+                f"plain out {z['plain_out_per_cmd']:8.0f} B/cmd in {z['plain_in_per_cmd']:8.0f} B/cmd "
+                f"{z['plain_per_s']:6.1f} cmd/s; zstd out {z['zstd_out_per_cmd']:8.0f} B/cmd "
+                f"in {z['zstd_in_per_cmd']:8.0f} B/cmd {z['zstd_per_s']:6.1f} cmd/s; bytes ratio "
+                f"{z['plain_wire'] / z['zstd_wire']:5.1f}"
+                f", throughput ratio zstd/plain {z['zstd_per_s'] / z['plain_per_s']:5.2f}",
+                flush=True,
+            )
+        if "send_many" in args.parts:
+            row = await send_many_cell(client, args.jobs * 2)
+            print(
+                f"send_many: {row['send_many_per_s']:8.0f} commands stored/s, send x256 in flight "
+                f"{row['send_per_s']:8.0f}/s, ratio {row['send_many_per_s'] / row['send_per_s']:5.2f}",
+                flush=True,
+            )
+        if "fanout" not in args.parts:
+            return out
         for k in args.subscribers:
             row = await cell(client, host_pid, k, args.deliveries, args.budget_s)
             out.append(row)
@@ -195,19 +275,13 @@ async def measure(url: str, host_pid: int, args: argparse.Namespace) -> list[dic
                 f"host RSS {row['rss_mb']:6.0f} MiB",
                 flush=True,
             )
-        for w in args.workers:
+        for w in args.workers if "workqueue" in args.parts else ():
             row = await work_cell(url, client, w, args.jobs)
             print(
                 f"work queue, {w:2d} workers: {row['jobs_per_s']:8.0f} jobs/s, plain sends "
                 f"{row['baseline_per_s']:8.0f} commands/s, ratio {row['jobs_per_s'] / row['baseline_per_s']:5.2f}",
                 flush=True,
             )
-        row = await send_many_cell(client, args.jobs * 2)
-        print(
-            f"send_many: {row['send_many_per_s']:8.0f} commands stored/s, send x256 in flight "
-            f"{row['send_per_s']:8.0f}/s, ratio {row['send_many_per_s'] / row['send_per_s']:5.2f}",
-            flush=True,
-        )
         return out
     finally:
         await client.close()
@@ -220,6 +294,13 @@ def main() -> None:
     p.add_argument("--budget-s", type=float, default=60.0, help="time to register the subscriptions of a cell")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 4, 16], help="work-queue cells")
     p.add_argument("--jobs", type=int, default=2000, help="jobs per work-queue cell")
+    p.add_argument("--docs", type=int, default=100, help="requests per compression cell (x2 each way)")
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        default=["compression", "send_many", "fanout", "workqueue"],
+        choices=["compression", "send_many", "fanout", "workqueue"],
+    )
     p.add_argument("--smoke", action="store_true", help="tiny cells (1, 10, 50 subscribers, 200 deliveries)")
     args = p.parse_args()
     if args.smoke:

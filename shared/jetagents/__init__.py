@@ -43,6 +43,7 @@ from ._core.errors import (
     UnknownAction,
     UnknownAgent,
     UnknownAgentType,
+    UnsupportedEncoding,
 )
 from ._core.health import HealthPolicy
 from ._core.ids import AgentId, partition_of
@@ -151,6 +152,7 @@ __all__ = [
     "UnknownAction",
     "UnknownAgent",
     "UnknownAgentType",
+    "UnsupportedEncoding",
     "VectorClock",
     "Versioned",
     "WriteResult",

@@ -43,6 +43,12 @@ class ClientSettings(CommonSettings):
     retry_max_s: float = Field(default=2.0, gt=0)
     breaker_failures: int = Field(default=20, ge=1)
     breaker_reset_s: float = Field(default=5.0, gt=0)
+    compression: bool = Field(
+        default=False,
+        description="zstd-compress command bodies of at least compress_min_bytes (Agt-Encoding) and accept"
+        " compressed replies (Agt-Accept-Encoding); per call: compress=True/False (ADR 0043)",
+    )
+    compress_min_bytes: int = Field(default=16 * 1024, ge=1, description="smaller bodies go plain")
 
 
 class WorkerPool(BaseModel):
@@ -121,6 +127,18 @@ class HostSettings(CommonSettings):
         default=64 * 1024 * 1024,
         ge=1024 * 1024,
         description="host-wide bytes of the bodies of commands received, not finished (calls beyond it: overloaded)",
+    )
+    high_lane_reserve: int = Field(
+        default=64,
+        ge=1,
+        description="commands (and largest bodies) the high-priority lane may take in beyond max_inflight(_bytes),"
+        " so a host full of normal commands still pulls high ones (ADR 0058)",
+    )
+    compress_min_bytes: int = Field(
+        default=16 * 1024,
+        ge=0,
+        description="replies at least this large are sent zstd-compressed (Agt-Encoding) to a sender that"
+        " accepts it (Agt-Accept-Encoding: zstd); 0: never (ADR 0043)",
     )
     workers: int = Field(default=256, ge=1, le=100_000, description="agents processed at once")
     pools: dict[str, WorkerPool] = Field(

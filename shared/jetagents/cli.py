@@ -18,7 +18,7 @@ import typer
 from ._admin_cli import agent_app, agents_app, dlq_app
 from ._core.errors import JetAgentsError
 from ._core.ids import AgentId
-from ._core.wire import Delivery
+from ._core.wire import Delivery, Priority
 from ._service import EXAMPLES, NoAgentsConfigured, run
 from ._settings import ClientSettings, HostSettings
 
@@ -215,6 +215,12 @@ def call(
     command_id: Annotated[str | None, typer.Option("--id", help="command id (re-use it to retry safely)")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
     nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+    priority: Annotated[
+        Priority, typer.Option(help="high: ahead of the agent's queued commands (the high lane, ADR 0058)")
+    ] = Priority.NORMAL,
+    stream: Annotated[
+        bool, typer.Option("--stream", help="print the action's streamed output as it comes (text deltas as text)")
+    ] = False,
 ) -> None:
     """Send ACTION to agent TYPE/ID and print the reply as JSON."""
     try:
@@ -232,9 +238,16 @@ def call(
         settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
         client = await Client.connect(settings=settings, name="jetagents-cli")
         try:
-            return await client.agent(aid.type, aid.id).request(
-                action, parsed, delivery=delivery, timeout=timeout, command_id=command_id
-            )
+            ref = client.agent(aid.type, aid.id)
+            opts: dict[str, Any] = {"delivery": delivery, "timeout": timeout, "command_id": command_id}
+            if not stream:
+                return await ref.request(action, parsed, priority=priority, **opts)
+            out = ref.stream(action, parsed, priority=priority, **opts)
+            async for chunk in out:  # a chat's text as it comes; anything else (an approval notice) as JSON
+                text = chunk.get("delta") if isinstance(chunk, dict) else None
+                typer.echo(text if isinstance(text, str) else f"\n{orjson.dumps(chunk).decode()}\n", nl=False)
+            typer.echo("")
+            return out.result
         finally:
             await client.close()
 

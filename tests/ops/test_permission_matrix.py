@@ -62,7 +62,7 @@ STORED_TARGETS = [
 ]
 # reply subjects that are JetStream API requests (a stream delete ignores its body)
 API_TARGETS = ["$JS.API.STREAM.PURGE.AGT_EVT", "$JS.API.STREAM.DELETE.AGT_DLQ"]
-PROTECTED = ["AGT_CMD", "AGT_EVT", "AGT_DLQ", "AGT_OUT", "KV_agt_snap", "KV_agt_meta"]
+PROTECTED = ["AGT_CMD", "AGT_CMDH", "AGT_EVT", "AGT_DLQ", "AGT_OUT", "KV_agt_snap", "KV_agt_meta"]
 _ids = itertools.count()
 
 
@@ -595,6 +595,36 @@ async def test_reminders_only_through_a_host(world: World) -> None:
     assert await w.count("AGT_CMD", "agt.rem.counter.victim.forged") == 0
     await ref.cancel_reminder("later")
     assert await ref.reminders() == []
+
+
+async def test_a_client_uses_the_high_lane_but_never_its_consumers_or_stored_subjects(world: World) -> None:
+    """ADR 0058: a client publishes high-priority commands (``agt.cmd.<type>.<id>.high``,
+    stream ``AGT_CMDH``) with the rights it has for commands; it cannot publish to the stored
+    subjects, pull or acknowledge the hosts' ``h<n>`` consumers, make its own, or purge."""
+    w = world
+    ref = w.client.agent("counter", "perm-high")
+    assert await ref.request("increment", {"by": 2}, priority="high") == 2
+    stored = await w.messages("AGT_CMDH")
+    seen = Violations()
+    atk = await _attacker(w, seen)
+    try:
+        ack = await atk.request("agt.cmd.counter.perm-high.high", b'{"action":"get"}', 5)
+        assert orjson.loads(ack.data)["stream"] == "AGT_CMDH", ack.data
+        await atk.publish("agt.ph.0.counter.perm-high", b'{"action":"increment"}')
+        await seen.wait_for('Publish to "agt.ph.0.counter.perm-high"')
+        for api in (
+            "$JS.API.CONSUMER.MSG.NEXT.AGT_CMDH.h0",
+            "$JS.API.CONSUMER.CREATE.AGT_CMDH.mine",
+            "$JS.API.CONSUMER.DELETE.AGT_CMDH.h0",
+            "$JS.API.STREAM.PURGE.AGT_CMDH",
+            "$JS.API.STREAM.MSG.DELETE.AGT_CMDH",
+        ):
+            with pytest.raises((NatsTimeout, NoRespondersError)):
+                await atk.request(api, b'{"seq":1}', timeout=0.5)
+            await seen.wait_for(api)
+    finally:
+        await atk.close()
+    assert await w.messages("AGT_CMDH") <= stored + 1  # only its own command, taken by the host
 
 
 async def test_a_refused_publish_fails_its_own_call_and_spares_the_connection(world: World) -> None:

@@ -26,45 +26,64 @@ class _Host:
 
 
 class Consumers:
-    """Records every call; ``exists``/``ensure`` answer as told."""
+    """Records every call (the high lane's apart, ADR 0058); ``exists``/``ensure`` answer as told."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
+        self.high_calls: list[tuple[Any, ...]] = []
         self.connected = True
         self.exists_answer: bool | Exception = True
         self.ensure_fails = 0
         self.pulled = asyncio.Event()
 
-    async def ensure(self, partition: int, cfg: dict[str, Any], *, reset: bool = False) -> None:
-        self.calls.append(("ensure", partition, reset))
+    def _log(self, high: bool) -> list[tuple[Any, ...]]:
+        return self.high_calls if high else self.calls
+
+    async def ensure(self, partition: int, cfg: dict[str, Any], *, reset: bool = False, high: bool = False) -> None:
+        self._log(high).append(
+            ("ensure", partition, reset, cfg["filter_subject"]) if high else ("ensure", partition, reset)
+        )
+        if high:
+            return
         if self.ensure_fails:
             self.ensure_fails -= 1
             raise Unavailable("no responders")
 
-    async def rewind(self, partition: int, cfg: dict[str, Any]) -> str:
-        self.calls.append(("rewind", partition))
+    async def rewind(self, partition: int, cfg: dict[str, Any], *, high: bool = False) -> str:
+        self._log(high).append(("rewind", partition))
         return "rewound"
 
-    async def exists(self, partition: int) -> bool:
-        self.calls.append(("exists", partition))
+    async def exists(self, partition: int, *, high: bool = False) -> bool:
+        self._log(high).append(("exists", partition))
         if isinstance(self.exists_answer, Exception):
             raise self.exists_answer
         return self.exists_answer
 
-    async def delete(self, partition: int) -> None:
-        self.calls.append(("delete", partition))
+    async def delete(self, partition: int, *, high: bool = False) -> None:
+        self._log(high).append(("delete", partition))
 
-    async def unpin(self, partition: int, group: str) -> None:
-        self.calls.append(("unpin", partition, group))
+    async def unpin(self, partition: int, group: str, *, high: bool = False) -> None:
+        self._log(high).append(("unpin", partition, group))
 
     async def pull(
-        self, partition: int, reply: str, *, batch: int, expires_s: float, group: str, pin_id: str | None
+        self,
+        partition: int,
+        reply: str,
+        *,
+        batch: int,
+        expires_s: float,
+        group: str,
+        pin_id: str | None,
+        high: bool = False,
     ) -> None:
-        self.calls.append(("pull", partition, reply, batch, pin_id))
-        self.pulled.set()
+        self._log(high).append(("pull", partition, reply, batch, pin_id))
+        if not high:
+            self.pulled.set()
 
 
-def _parts(*, claims: bool = True, room: int = 1000) -> tuple[Partitions, Consumers, ManualClock, Supervisor]:
+def _parts(
+    *, claims: bool = True, room: int = 1000, high_room: int | None = None
+) -> tuple[Partitions, Consumers, ManualClock, Supervisor]:
     clock = ManualClock()
     settings = HostSettings(partitions=4, pull_batch=10)
     supervisor = Supervisor()
@@ -75,7 +94,7 @@ def _parts(*, claims: bool = True, room: int = 1000) -> tuple[Partitions, Consum
         supervisor,
         Metrics(HostTelemetry(_Host(), "h-parts")),
         structlog.get_logger("test"),
-        lambda: room,
+        lambda high: (room if high_room is None else high_room) if high else room,
         claims=claims,
     )
     consumers = Consumers()
@@ -173,3 +192,32 @@ async def test_revival_deletes_a_consumer_that_exists_and_creates_one_that_does_
         assert [c[0] for c in consumers.calls if c[0] != "pull"] == expected, answer
         assert not puller.reviving
         await supervisor.cancel("pullers")
+
+
+async def test_the_high_lane_has_its_own_consumer_inbox_room_and_statuses() -> None:
+    """ADR 0058: each partition also has the high lane's consumer, pulled with its own credit
+    into room the normal lane does not have; its statuses reach its own puller."""
+    parts, consumers, _, supervisor = _parts(room=0, high_room=5)
+    await parts.start(1)
+    await parts.start(2, rewind=True)
+    assert ("ensure", 1, True, "agt.ph.1.>") in consumers.high_calls and ("rewind", 2) in consumers.high_calls
+    deadline = asyncio.get_running_loop().time() + 5
+    while len([c for c in consumers.high_calls if c[0] == "pull"]) < 2:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    pulls = [c for c in consumers.high_calls if c[0] == "pull"]
+    assert {(c[1], c[3]) for c in pulls} == {(1, 5), (2, 5)}
+    assert all(c[2].startswith(f"_INBOX.pull.h{c[1]}.") for c in pulls)
+    assert [c for c in consumers.calls if c[0] == "pull"] == []  # the normal lane has no room
+    high = parts.get(1, high=True)
+    assert high is not None and high.high and parts.get(1) is not high
+    token = pulls[0][2].rsplit(".", 1)[1] if pulls[0][1] == 1 else pulls[1][2].rsplit(".", 1)[1]
+    high.pin_id = "old"
+    parts.on_pull_status(f"_INBOX.pull.h1.{token}", {"Status": "423"})
+    await supervisor.drain("side", 1.0)
+    assert high.pin_id is None and ("unpin", 1, "jetagents") in consumers.high_calls
+    assert not any(c[0] == "unpin" for c in consumers.calls)
+    await parts.stop(1)
+    assert parts.get(1, high=True) is None and parts.owned == [2]
+    await parts.stop(2)
+    assert supervisor.tasks("pullers") == []

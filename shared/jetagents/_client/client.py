@@ -419,6 +419,8 @@ class Client:
         # inside an action (a host's client): the call names its chain and path (ADR 0042
         # section 7), and the action is marked as waiting on the callee while the reply is out
         frame = current_frame()
+        s = self.settings
+        compress = s.compression if options.compress is None else options.compress
         cmd = OutboundCommand.build(
             aid,
             action,
@@ -431,6 +433,7 @@ class Client:
             wall_ms=self._clock.wall_ms(),
             chain=None if frame is None else frame.outgoing(aid.key, waits=options.want_reply),
             body=body,
+            compress_min_bytes=s.compress_min_bytes if compress else 0,
         )
         if frame is None or not options.want_reply:
             return self._sender.send(cmd)

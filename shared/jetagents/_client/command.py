@@ -18,12 +18,15 @@ from typing import Any
 import orjson
 from pydantic_core import to_jsonable_python
 
+from .._core.encoding import ZSTD, compress
 from .._core.errors import InvalidParams, PayloadTooLarge
 from .._core.ids import AgentId
 from .._core.wire import (
+    H_ACCEPT_ENCODING,
     H_COMMAND_ID,
     H_CORRELATION_ID,
     H_DEADLINE,
+    H_ENCODING,
     H_MSG_ID,
     H_PRIORITY,
     H_STREAM,
@@ -54,6 +57,7 @@ class SendOptions:
     deadline_s: float | None = None
     want_reply: bool = True
     stream: bool = False  # Agt-Stream: 1, the host publishes the output and the end to agt.out
+    compress: bool | None = None  # zstd above the client's threshold (ADR 0043); None: the client's setting
 
 
 @dataclass(slots=True, eq=False)
@@ -98,11 +102,14 @@ class OutboundCommand:
         wall_ms: int,
         chain: Mapping[str, str] | None = None,
         body: bytes | None = None,
+        compress_min_bytes: int = 0,
     ) -> OutboundCommand:
         """``timeout_s``: the caller's wait (the options' or the client's default);
         ``limit_bytes``: the largest body the client and the server take; ``chain``: the
         call-chain headers of a call made inside an action (ADR 0042 section 7); ``body``: one
-        that is no action (a signal, a cancel, a result query; ``action`` names it)."""
+        that is no action (a signal, a cancel, a result query; ``action`` names it);
+        ``compress_min_bytes``: compress a body at least this large and accept a compressed
+        reply (ADR 0043); 0: neither."""
         if body is None:
             body = encode_body(action, params)
         if len(body) > limit_bytes:
@@ -143,11 +150,18 @@ class OutboundCommand:
             headers[H_MSG_ID] = cmd_id
         if chain:
             headers.update(chain)
-        subject = (
-            subjects.call(agent.type, agent.id)
-            if delivery is Delivery.AT_MOST_ONCE
-            else subjects.cmd(agent.type, agent.id)
-        )
+        if compress_min_bytes:
+            if len(body) >= compress_min_bytes:
+                body = compress(body)
+                headers[H_ENCODING] = ZSTD
+            if options.want_reply:
+                headers[H_ACCEPT_ENCODING] = ZSTD
+        if delivery is Delivery.AT_MOST_ONCE:
+            subject = subjects.call(agent.type, agent.id)
+        elif options.priority is Priority.HIGH:  # the high lane overtakes a backlog (ADR 0058)
+            subject = subjects.cmd_high(agent.type, agent.id)
+        else:
+            subject = subjects.cmd(agent.type, agent.id)
         return cls(
             agent=agent,
             action=action,

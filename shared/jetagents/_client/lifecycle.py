@@ -98,6 +98,7 @@ class Lifecycle:
         if partitions:
             p = partition_of(aid.type, aid.id, partitions)
             targets.append((t.cmd_stream, f"{s.root}.p.{p}.{aid.type}.{aid.id}"))
+            targets.append((t.cmd_high_stream, f"{s.root}.ph.{p}.{aid.type}.{aid.id}"))  # the high lane (ADR 0058)
         for stream, subject in targets:
             try:
                 await self.io.purge(stream, subject)

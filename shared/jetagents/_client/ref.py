@@ -48,9 +48,11 @@ class AgentRef:
         priority: Priority | str = Priority.NORMAL,
         timeout: float | None = None,
         deadline: float | None = None,
+        compress: bool | None = None,
     ) -> str:
         """Fire and forget. Durable modes return once the stream has stored the command;
         at-most-once returns once it is written to the connection. Returns the command id.
+        ``compress``: zstd above the client's ``compress_min_bytes`` (None: its setting).
         Inside an action, a journaled step ``send:<type>/<id>.<action>`` (ADR 0042 §12)."""
 
         async def run() -> str:
@@ -62,6 +64,7 @@ class AgentRef:
                 priority=Priority(priority),
                 deadline_s=deadline,
                 want_reply=False,
+                compress=compress,
             )
             return cast(str, await self.client._send(self.id, action, params, options))
 
@@ -78,6 +81,7 @@ class AgentRef:
         correlation_id: str | None = None,
         priority: Priority | str = Priority.NORMAL,
         deadline: float | None = None,
+        compress: bool | None = None,
     ) -> Any:
         """Send and await the reply; returns the action's JSON result or raises the typed error.
 
@@ -99,6 +103,7 @@ class AgentRef:
                 correlation_id=correlation_id,
                 priority=priority,
                 deadline=deadline,
+                compress=compress,
             )
         # request_reply's body written out, and the enums looked up rather than called:
         # this is every call's path (ADR 0031)
@@ -110,6 +115,7 @@ class AgentRef:
             priority=_PRIORITIES.get(priority) or Priority(priority),
             deadline_s=deadline,
             want_reply=True,
+            compress=compress,
         )
         started = asyncio.get_running_loop().time()
         reply = cast(Reply, await self.client._send(self.id, action, params, options))
@@ -203,6 +209,7 @@ class AgentRef:
         correlation_id: str | None = None,
         priority: Priority | str = Priority.NORMAL,
         deadline: float | None = None,
+        compress: bool | None = None,
     ) -> Reply:
         """Like :meth:`request` but returns the :class:`Reply` with its headers (inside an
         action, a journaled step like :meth:`request`'s)."""
@@ -216,6 +223,7 @@ class AgentRef:
                 priority=Priority(priority),
                 deadline_s=deadline,
                 want_reply=True,
+                compress=compress,
             )
             return cast(Reply, await self.client._send(self.id, action, params, options))
 

@@ -7,7 +7,9 @@ from typing import Any, Protocol
 
 import orjson
 
+from .._core.encoding import decode
 from .._core.errors import FencedError, InternalError, JetAgentsError, Unavailable, error_from_wire
+from .._core.wire import H_ENCODING
 
 
 class Message(Protocol):
@@ -53,6 +55,11 @@ class Reply:
         return cls(data.get("result"), data.get("headers") or {}, data.get("body"))
 
 
+# the most a compressed reply may decode to: a host's replies fit its max_payload_bytes (a
+# larger result goes by reference), so this bounds only a hostile or broken frame
+REPLY_DECODED_MAX_BYTES = 64 * 1024 * 1024
+
+
 def no_responders(msg: Message) -> bool:
     """The server's answer when nobody subscribes to the subject."""
     return (msg.headers or {}).get("Status") == "503"
@@ -69,8 +76,12 @@ def decode_reply(msg: Message) -> Reply:
     hdrs = msg.headers or {}
     if no_responders(msg):
         raise Unavailable("no host is serving this subject", details={"applied": False})
+    data = msg.data
+    encoding = hdrs.get(H_ENCODING)
+    if encoding is not None:  # a reply the host compressed because we accept it (ADR 0043)
+        data = decode(data, encoding, limit_bytes=REPLY_DECODED_MAX_BYTES)
     try:
-        body = orjson.loads(msg.data)
+        body = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise InternalError(f"unreadable reply: {msg.data[:200]!r}") from None
     if not isinstance(body, dict) or "ok" not in body:

@@ -94,6 +94,9 @@ class Command:
     # the turn of the command that freed it (never acknowledged itself: that command is)
     resume: bool = False
     pooled: bool = False  # counted in its type's worker pool (a bulkhead) while in hand
+    # the high-priority lane (ADR 0058): a durable command from the high lane's stream, or a
+    # call sent with Agt-Priority: high; it goes ahead of its agent's queued normal commands
+    high: bool = False
 
     @property
     def durable(self) -> bool:
@@ -208,4 +211,6 @@ def parse_command(
     )
     if hdrs.get(H_STREAM) == "1":
         cmd.streams = True
+    if prio == "high" and kind is Kind.CALL:  # a call's lane is its header (a durable one's: its stream)
+        cmd.high = True
     return cmd

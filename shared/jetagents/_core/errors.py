@@ -13,6 +13,7 @@
     ├── InvalidParams                   no
     ├── PayloadTooLarge                 no
     ├── MalformedCommand                no   not JSON, wrong shape, bad headers
+    │   └── UnsupportedEncoding         no   an Agt-Encoding the host does not read (ADR 0043)
     ├── DeadlineExceeded                no   the command's deadline passed before or while it ran
     ├── ActionTimeout                   no   the action overran its time limit and was cancelled
     ├── NonDeterministic                no   a re-run reached a step its journal holds under another name
@@ -100,6 +101,13 @@ class PayloadTooLarge(JetAgentsError):
 
 class MalformedCommand(JetAgentsError):
     code = "malformed"
+
+
+class UnsupportedEncoding(MalformedCommand):
+    """The body's ``Agt-Encoding`` names an encoding the host does not read (ADR 0043);
+    ``details``: ``{"encoding", "supported"}``. Not retryable: send it plain or as ``zstd``."""
+
+    code = "unsupported_encoding"
 
 
 class DeadlineExceeded(JetAgentsError):
@@ -264,6 +272,7 @@ _BY_CODE: dict[str, type[JetAgentsError]] = {
         AgentDeleted,
         BudgetExceeded,
         AgentQuarantined,
+        UnsupportedEncoding,
         Throttled,
         PermissionDenied,
     )

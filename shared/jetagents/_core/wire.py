@@ -42,6 +42,9 @@ H_STREAM_KIND: Final = "Agt-Stream-Kind"
 H_CHUNK: Final = "Agt-Chunk"
 H_STEP: Final = "Agt-Step"
 H_TTL: Final = "Nats-TTL"
+# payload compression (ADR 0043): the body's encoding, and the encodings a sender reads in its reply
+H_ENCODING: Final = "Agt-Encoding"
+H_ACCEPT_ENCODING: Final = "Agt-Accept-Encoding"
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
 
@@ -61,6 +64,21 @@ class Priority(StrEnum):
 
 
 PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+
+# the high-priority lane (ADR 0058): agt.cmd.<type>.<id>.high, stream <ROOT>_CMDH, stored as
+# <root>.ph.<partition>.<type>.<id>, one more consumer per partition that the host drains first
+HIGH_LANE_TOKEN: Final = "high"
+HIGH_STORED_TOKEN: Final = "ph"
+
+
+def is_high_lane(stored_subject: str) -> bool:
+    """Whether a stored command subject (``<root>.ph.<p>.<type>.<id>``) is the high lane's.
+
+    >>> is_high_lane("agt.ph.3.counter.c1"), is_high_lane("agt.p.3.counter.c1"), is_high_lane("x")
+    (True, False, False)
+    """
+    parts = stored_subject.rsplit(".", 4)
+    return len(parts) == 5 and parts[1] == HIGH_STORED_TOKEN
 
 
 # -- subjects ------------------------------------------------------------------------------
@@ -90,6 +108,22 @@ class Subjects:
 
     def partition_filter(self, partition: int) -> str:
         return f"{self.root}.p.{partition}.>"
+
+    def cmd_high(self, agent_type: str, agent_id: str) -> str:
+        """A high-priority durable command's subject (ADR 0058)."""
+        return f"{self.root}.cmd.{agent_type}.{agent_id}.{HIGH_LANE_TOKEN}"
+
+    def high_partition_filter(self, partition: int) -> str:
+        return f"{self.root}.{HIGH_STORED_TOKEN}.{partition}.>"
+
+    @property
+    def cmd_high_wildcard(self) -> str:
+        return f"{self.root}.cmd.*.*.{HIGH_LANE_TOKEN}"
+
+    def high_transform_dest(self, partitions: int) -> str:
+        # the normal lane's transform with the lane's stored token: the same partition function
+        normal = self.partition_transform_dest(partitions)
+        return f"{self.root}.{HIGH_STORED_TOKEN}." + normal[len(self.root) + 3 :]
 
     def rem(self, agent_type: str, agent_id: str, name: str) -> str:
         """A schedule's subject (ADR 0042 section 5): one reminder or host timer of an agent."""

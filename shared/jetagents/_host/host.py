@@ -57,6 +57,7 @@ from .._nats.api import (
     Topology,
     connect,
     ensure_topology,
+    stream_info,
 )
 from .._nats.blobs import ObjectBlobs
 from .._nats.buckets import KvBucket
@@ -143,6 +144,25 @@ def _cluster_config(s: HostSettings) -> ClusterConfig:
     )
 
 
+def _pull_room(host: Host, high: bool) -> int:
+    """How many more commands the host takes in now: 0 while the bodies in flight fill its
+    byte budget. The high lane (ADR 0058) has ``high_lane_reserve`` more, in number and in
+    bytes, which the normal lane never takes: a host full of normal commands still pulls high ones."""
+    s = host.settings
+    reserve = s.high_lane_reserve if high else 0
+    one = host.topology.max_payload_bytes + 4096
+    if host.scheduler.inflight_bytes + one > s.max_inflight_bytes + reserve * one:
+        return 0
+    return s.max_inflight + reserve - host.scheduler.inflight_count
+
+
+async def _high_lane_epoch(nc: NatsClient, topology: Topology, timeout_s: float) -> str:
+    """Names the high lane's commands that carry no id (``s<cepoch_high>-<seq>``): ``h`` and
+    its stream's creation, as ``cepoch`` is the command stream's."""
+    info = await stream_info(nc, topology.cmd_high_stream, timeout_s)
+    return f"h{fnv1a_32(str(info.get('created', '')).encode()):08x}"
+
+
 async def _agents_client(
     nc: NatsClient,
     s: HostSettings,
@@ -197,7 +217,7 @@ class Host:
         self._static_partitions = sorted(partitions or [])
         self.coordinator: Coordinator | None = None
         self.nc: NatsClient = None  # type: ignore[assignment]
-        self.cepoch = ""
+        self.cepoch = self.cepoch_high = ""  # the command streams' incarnations (the high lane's: ADR 0058)
         self._sweeper: StrandedSweeper | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self._intake = Intake(self)
@@ -223,7 +243,7 @@ class Host:
             self.supervisor,
             self.metrics,
             self._log,
-            self._pull_room,
+            lambda high: _pull_room(self, high),
             claims=not self.static,
         )
         self.catalog = Catalog(
@@ -363,6 +383,7 @@ class Host:
         self._publisher.nc = self._nats_schedules.nc = self.nc
         created = await ensure_topology(self.nc, self.topology, s.op_timeout_s)
         self.cepoch = f"{fnv1a_32(created.encode()):08x}"  # names commands that carry no id
+        self.cepoch_high = await _high_lane_epoch(self.nc, self.topology, s.op_timeout_s)
         snapshots = await KvBucket.open(self.nc, self.topology.snap_bucket, s.op_timeout_s)
         meta = await KvBucket.open(self.nc, self.topology.meta_bucket, s.op_timeout_s)
         tombs = await KvBucket.open(self.nc, self.topology.tomb_bucket, s.op_timeout_s)
@@ -434,14 +455,6 @@ class Host:
         self._log.info("host_started", partitions=len(self.owned), types=self.registry.types())
 
     # -- partitions (the coordinator's hooks) -----------------------------------------------
-    def _pull_room(self) -> int:
-        """How many more commands the host takes in now: 0 while the bodies in flight fill
-        its byte budget."""
-        s = self.settings
-        if self.scheduler.inflight_bytes + self.topology.max_payload_bytes + 4096 > s.max_inflight_bytes:
-            return 0
-        return s.max_inflight - self.scheduler.inflight_count
-
     async def start_partition(self, partition: int, *, rewind: bool = False) -> None:
         """Start serving ``partition``: recreate its consumer, then pull."""
         await self.partitions.start(partition, rewind=rewind)

@@ -11,11 +11,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from .._core.command import Command, Kind, parse_command
-from .._core.errors import PayloadTooLarge, Unavailable
+from .._core.encoding import decode
+from .._core.errors import JetAgentsError, PayloadTooLarge, Unavailable
 from .._core.ids import is_valid_token, partition_of
 from .._core.outcome import Result
 from .._core.schedules import H_SCHEDULE, H_SCHEDULER
-from .._core.wire import encode_error
+from .._core.wire import H_ENCODING, HIGH_STORED_TOKEN, encode_error
 from .reminders import stray_schedule
 
 if TYPE_CHECKING:
@@ -45,11 +46,14 @@ class Intake:
         *,
         deliveries: int | None = None,
         stream_seq: int | None = None,
+        high: bool = False,
     ) -> Command:
+        """``high``: a durable command of the high-priority lane (ADR 0058), named after its
+        own stream's position when it carries no id."""
         host = self._host
         partition, agent_type, agent_id = route
         host.loadmeter.seen(partition, len(data))
-        return parse_command(
+        cmd = parse_command(
             kind,
             subject,
             headers,
@@ -59,11 +63,15 @@ class Intake:
             agent_id=agent_id,
             partition=partition,
             received=host.clock.monotonic(),
-            cepoch=host.cepoch,
+            cepoch=host.cepoch_high if high else host.cepoch,
             reply_prefixes=host.settings.reply_prefixes,
             deliveries=deliveries,
             stream_seq=stream_seq,
         )
+        if high:
+            cmd.high = True
+            cmd.priority_rank = 0
+        return cmd
 
     async def on_pull_msg(self, subject: str, headers: Mapping[str, str] | None, data: bytes, reply: str) -> None:
         """A message on the pull inbox: a status about one of our pull requests, or a command."""
@@ -72,11 +80,13 @@ class Intake:
             host.partitions.on_pull_status(subject, headers)
             return
         # a command; JetStream delivers it under its stored subject <root>.p.<partition>.<type>.<id>
+        # (<root>.ph.<partition>.<type>.<id> on the high lane, ADR 0058)
         parts = subject.split(".")
         if len(parts) < 5 or not parts[-3].isdigit():
             return
         partition = int(parts[-3])
-        puller = host.partitions.get(partition)
+        high = parts[-4] == HIGH_STORED_TOKEN
+        puller = host.partitions.get(partition, high)
         if puller is None:
             await host.nc.publish(reply, b"-NAK")
             return
@@ -85,7 +95,7 @@ class Intake:
             pin = headers.get("Nats-Pin-Id")
             if pin:
                 puller.pin_id = pin
-        cmd = self.parse(Kind.STREAM, subject, headers, data, reply, (partition, parts[-2], parts[-1]))
+        cmd = self.parse(Kind.STREAM, subject, headers, data, reply, (partition, parts[-2], parts[-1]), high=high)
         if host.supervisor.stopping:
             host.scheduler.track(cmd)
             await host.outcomes.settle(cmd, Result.STOPPING, {})
@@ -102,9 +112,11 @@ class Intake:
                 host.scheduler.track(cmd)
                 host.supervisor.spawn("side", host.scheduler.reject_unrouted(cmd, stray))
                 return
-        if b'"cancel"' in data[:32]:  # seen now, not behind the command it cancels (ADR 0042 §8)
+        if headers and H_ENCODING in headers and not self.decoded(cmd):
+            return
+        if b'"cancel"' in cmd.body[:32]:  # seen now, not behind the command it cancels (ADR 0042 §8)
             key = f"{cmd.agent_type}.{cmd.agent_id}"
-            host.pipeline.signals.note_cancel(host.catalog.activations.get(key), data)
+            host.pipeline.signals.note_cancel(host.catalog.activations.get(key), cmd.body)
         host.scheduler.dispatch(cmd)
 
     def route_of(self, subject: str) -> tuple[int, str, str]:
@@ -152,7 +164,12 @@ class Intake:
         size = len(data)
         s = host.settings
         scheduler = host.scheduler
-        if scheduler.inflight_count >= s.max_inflight or scheduler.inflight_bytes + size > s.max_inflight_bytes:
+        # a high call has the high lane's reserve on top (ADR 0058), as its puller has
+        reserve = s.high_lane_reserve if cmd.high else 0
+        if (
+            scheduler.inflight_count >= s.max_inflight + reserve
+            or scheduler.inflight_bytes + size > s.max_inflight_bytes + reserve * (s.max_payload_bytes + 4096)
+        ):
             if reply:
                 err = Unavailable("host overloaded, retry", details={"applied": False})
                 await host.outcomes.reply(reply, encode_error(err), {}, None)
@@ -160,7 +177,26 @@ class Intake:
         if size > s.max_payload_bytes:
             self.refuse_oversized(cmd)
             return
+        if headers and H_ENCODING in headers and not self.decoded(cmd):
+            return
         scheduler.dispatch(cmd)
+
+    def decoded(self, cmd: Command) -> bool:
+        """Decode a body sent with ``Agt-Encoding`` (ADR 0043) in place, at most
+        ``max_payload_bytes`` of it, and drop the header, so the command reads as if sent
+        plain from here on (its dead letter, a forward). An unknown encoding, a body that
+        decodes past the limit (a zip bomb) or is no frame: refused, dead-lettered as it
+        came, once; returns False."""
+        host = self._host
+        try:
+            body = decode(cmd.body, cmd.headers[H_ENCODING], limit_bytes=host.settings.max_payload_bytes)
+        except JetAgentsError as err:
+            host.scheduler.track(cmd)  # untracked by the refusal
+            host.supervisor.spawn("side", host.scheduler.reject_unrouted(cmd, err))
+            return False
+        cmd.body = body
+        cmd.headers = {k: v for k, v in cmd.headers.items() if k != H_ENCODING}
+        return True
 
     def refuse_oversized(self, cmd: Command) -> None:
         """A body over ``max_payload_bytes``: refused as it arrives, never queued for its

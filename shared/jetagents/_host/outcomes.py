@@ -16,13 +16,16 @@ from .._core.agent import Registry
 from .._core.blobref import is_ref
 from .._core.clock import Clock
 from .._core.command import ACKED, Command, Kind
+from .._core.encoding import ZSTD, compress
 from .._core.errors import JetAgentsError, PayloadTooLarge
 from .._core.ids import is_reply_subject, is_valid_token
 from .._core.outcome import AckKind, DeadLetter, Limits, Outcome, Result, Situation, applied, decide
 from .._core.retry import RetryPolicy
 from .._core.wire import (
+    H_ACCEPT_ENCODING,
     H_COMMAND_ID,
     H_DUPLICATE,
+    H_ENCODING,
     H_EVENT_SEQ,
     H_HOST,
     TRACEPARENT,
@@ -51,6 +54,13 @@ if TYPE_CHECKING:
 NS = 1_000_000_000
 _DEAD_LETTER_ATTEMPTS = 3  # in place, before the table decides (rows 14-15)
 _DEAD_LETTER_RETRY = RetryPolicy(base_s=0.1, max_s=1.0, jitter=False)  # 0.1 s, 0.2 s between them
+
+
+def _accepts_zstd(cmd: Command) -> bool:
+    """The sender reads a zstd reply (``Agt-Accept-Encoding: zstd``, ADR 0043)."""
+    hdrs = cmd.headers
+    accept = hdrs.get(H_ACCEPT_ENCODING) if hdrs else None
+    return accept is not None and ZSTD in accept.split(",")
 
 
 def _call_reply_headers(out: dict[str, str], cmd: Command) -> dict[str, str]:
@@ -93,6 +103,7 @@ class Outcomes:
         self._host_id = settings.host_id
         self._reply_prefixes = settings.reply_prefixes
         self._keep_bytes = settings.max_payload_bytes
+        self._compress_min_bytes = settings.compress_min_bytes  # replies (ADR 0043); 0: never
         self._subjects = subjects
         self._registry = registry
         self._clock = clock
@@ -209,6 +220,9 @@ class Outcomes:
             return
         if hdrs and cmd is not None and cmd.kind == Kind.CALL:
             hdrs = _call_reply_headers(hdrs, cmd)
+        if cmd is not None and 0 < self._compress_min_bytes <= len(body) and _accepts_zstd(cmd):
+            body = compress(body)
+            hdrs = {**hdrs, H_ENCODING: ZSTD}
         span = None
         if cmd is not None and cmd.traced:
             agent_type = cmd.subject.split(".")[-2]

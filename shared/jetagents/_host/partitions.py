@@ -5,6 +5,11 @@ host to here), keeps one ``Puller`` per partition served, and looks after the co
 recreates one the server forgot (a restarted server keeps consumers in memory only), unpins
 one that feeds another host, and revives one whose pulls vanish unanswered. The JetStream
 calls themselves are the adapter's (``jetagents._nats.consumers``).
+
+Each partition has two consumers, so two pullers: the normal lane's and the high-priority
+lane's (ADR 0058). The high lane pulls with its own credit and into room the normal lane
+cannot take (``high_lane_reserve``), so a backlog of normal commands held by the server
+(``max_ack_pending``, the pull batch) or by the host (``max_inflight``) does not hold it.
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ class _PullRequest:
 class Puller:
     """Credit loop for one partition's consumer."""
 
-    def __init__(self, parts: Partitions, partition: int) -> None:
+    def __init__(self, parts: Partitions, partition: int, high: bool = False) -> None:
         self.parts = parts
         self.partition = partition
+        self.high = high  # the high-priority lane's puller (ADR 0058)
         self.requests: dict[str, _PullRequest] = {}
         self.out = 0  # messages asked for and not yet received (sum of requests' remaining)
         self.pin_id: str | None = None
@@ -89,7 +95,8 @@ class Puller:
         parts = self.parts
         s = parts.settings
         consumers = parts.consumers
-        reply_prefix = f"{parts.pull_prefix}.{self.partition}."
+        high = self.high
+        reply_prefix = f"{parts.pull_prefix}.{'h' if high else ''}{self.partition}."
         while not parts.supervisor.stopping and not self.stopped:
             now = parts.clock.monotonic()
             # forget requests the server can no longer answer (lost across a reconnect)
@@ -104,7 +111,9 @@ class Puller:
                 self.reviving = True
                 parts.supervisor.spawn("side", self.revive())
             want = s.pull_batch - self.outstanding()
-            room = parts.room()
+            room = parts.room(high)
+            if high and room <= 0:
+                parts.high_starved = True
             if now >= self.backoff_until and want >= max(1, s.pull_batch // 2) and room > 0 and consumers.connected:
                 n = min(want, room)
                 token = str(next(self.ids))
@@ -117,6 +126,7 @@ class Puller:
                         expires_s=s.pull_expires_s,
                         group=PRIORITY_GROUP,
                         pin_id=self.pin_id,
+                        high=high,
                     )
                 except Exception as exc:  # noqa: BLE001 - connection trouble: retry later
                     self.drop_request(token)
@@ -142,15 +152,16 @@ class Puller:
         lost may still have been applied: create anyway."""
         parts = self.parts
         consumers = parts.consumers
+        high = self.high
         try:
             try:
-                missing = not await consumers.exists(self.partition)
+                missing = not await consumers.exists(self.partition, high=high)
             except Unavailable:
                 missing = False  # no leader answers for it
             if not missing:
                 with contextlib.suppress(Unavailable):  # applied even when its reply is lost
-                    await consumers.delete(self.partition)
-            await consumers.ensure(self.partition, parts.consumer_config(self.partition))
+                    await consumers.delete(self.partition, high=high)
+            await consumers.ensure(self.partition, parts.consumer_config(self.partition, high), high=high)
         except JetAgentsError as exc:
             parts.log.debug("consumer_revive_failed", partition=self.partition, error=str(exc))
             return
@@ -161,7 +172,7 @@ class Puller:
         self.silent = 0
         self.pin_id = None
         parts.metrics.inc("consumers_recreated")
-        parts.log.warning("consumer_revived", partition=self.partition, was_missing=missing)
+        parts.log.warning("consumer_revived", partition=self.partition, was_missing=missing, high=high)
         self.wake.set()
 
 
@@ -176,7 +187,7 @@ class Partitions:
         supervisor: Supervisor,
         metrics: Metrics,
         log: Any,
-        room: Callable[[], int],
+        room: Callable[[bool], int],
         *,
         claims: bool,
     ) -> None:
@@ -186,11 +197,14 @@ class Partitions:
         self.supervisor = supervisor
         self.metrics = metrics
         self.log = log
-        # how many more commands the host can take in now (0: wait for room)
+        # how many more commands the host can take in now (0: wait for room), for a lane
         self.room = room
+        # a high-lane puller found no room: wake the high pullers when room frees up anywhere
+        self.high_starved = False
         # ring membership: this host holds a claim on each partition it serves (static: none)
         self.claims = claims
         self._pullers: dict[int, Puller] = {}
+        self._high: dict[int, Puller] = {}  # the high-priority lane's (ADR 0058)
         # the partitions served (commands taken), as a sorted list and as a set for intake
         self.owned: list[int] = []
         self.owned_set: frozenset[int] = frozenset()
@@ -203,35 +217,38 @@ class Partitions:
         self.consumers = consumers
         self.pull_prefix = pull_prefix
 
-    def get(self, partition: int) -> Puller | None:
-        return self._pullers.get(partition)
+    def get(self, partition: int, high: bool = False) -> Puller | None:
+        return (self._high if high else self._pullers).get(partition)
 
     def pullers(self) -> Iterable[Puller]:
-        return self._pullers.values()
+        return [*self._pullers.values(), *self._high.values()]
 
-    def consumer_config(self, partition: int) -> dict[str, Any]:
+    def consumer_config(self, partition: int, high: bool = False) -> dict[str, Any]:
         s = self.settings
         return self.topology.consumer_config(
-            partition, ack_wait_s=s.ack_wait_s, max_deliver=-1, max_ack_pending=s.max_ack_pending
+            partition, ack_wait_s=s.ack_wait_s, max_deliver=-1, max_ack_pending=s.max_ack_pending, high=high
         )
 
     async def start(self, partition: int, *, rewind: bool = False) -> None:
         """Start serving ``partition``: recreate its consumer, then pull."""
-        cfg = self.consumer_config(partition)
         # A new owner makes whatever the previous owner left unacknowledged come again at
         # once and in stream order (a redelivery after ack_wait would arrive behind newer
         # commands of the same agent), and makes the server feed only itself: it rewinds
         # the consumer in place and unpins it when the previous owner is gone (fast: the
         # failover path), and recreates it when the previous owner is alive (its pull
         # requests still wait at the server and die only with the consumer).
-        async with self._start_sem:  # a few at a time: each is a raft group on a replicated stream
-            if rewind:
-                await self.consumers.rewind(partition, cfg)
-            else:
-                await self.consumers.ensure(partition, cfg, reset=True)
-        puller = Puller(self, partition)
-        self._pullers[partition] = puller
-        self.supervisor.spawn("pullers", puller.run(), key=partition)
+        # Both lanes' consumers, the high one first: its backlog is the one that must not wait.
+        for high in (True, False):
+            cfg = self.consumer_config(partition, high)
+            async with self._start_sem:  # a few at a time: each is a raft group on a replicated stream
+                if rewind:
+                    await self.consumers.rewind(partition, cfg, high=high)
+                else:
+                    await self.consumers.ensure(partition, cfg, reset=True, high=high)
+        for high in (True, False):
+            puller = Puller(self, partition, high)
+            (self._high if high else self._pullers)[partition] = puller
+            self.supervisor.spawn("pullers", puller.run(), key=("h", partition) if high else partition)
         self.owned = sorted({*self.owned, partition})
         self.owned_set = frozenset(self.owned)
 
@@ -240,14 +257,16 @@ class Partitions:
         consumer stays, for the next owner)."""
         self.owned = [p for p in self.owned if p != partition]
         self.owned_set = frozenset(self.owned)
-        puller = self._pullers.pop(partition, None)
-        if puller is not None:
-            puller.stopped = True
-            puller.wake.set()
+        for pullers in (self._pullers, self._high):
+            puller = pullers.pop(partition, None)
+            if puller is not None:
+                puller.stopped = True
+                puller.wake.set()
         await self.supervisor.cancel_key("pullers", partition)
+        await self.supervisor.cancel_key("pullers", ("h", partition))
 
     def wake_all(self) -> None:
-        for puller in self._pullers.values():
+        for puller in self.pullers():
             puller.wake.set()
 
     def wake_low(self, partition: int | None) -> None:
@@ -255,25 +274,37 @@ class Partitions:
         has less than half its credit out."""
         half = self.settings.pull_batch // 2
         if partition is None:
-            for puller in self._pullers.values():
+            for puller in self.pullers():
                 if puller.out < half:
                     puller.wake.set()
             return
         own = self._pullers.get(partition)
         if own is not None and own.out < half:
             own.wake.set()
+        if self.high_starved:  # rare: only after a high puller found the host full
+            self.high_starved = False
+            for puller in self._high.values():
+                puller.wake.set()
+        else:
+            high = self._high.get(partition)
+            if high is not None and high.out < half:
+                high.wake.set()
 
     def reconnected(self) -> None:
         """Requests sent before a reconnect are lost with the old connection: ask again."""
-        for puller in self._pullers.values():
+        for puller in self.pullers():
             puller.clear_requests()
             puller.wake.set()
 
     def on_pull_status(self, subject: str, headers: Mapping[str, str] | None) -> None:
         """A status the server sent about one of our pull requests, to its inbox
-        (``<pull prefix>.<partition>.<request token>``)."""
+        (``<pull prefix>.<partition>.<request token>``, ``h<partition>`` for the high lane)."""
         tokens = subject.rsplit(".", 2)
-        puller = self._pullers.get(int(tokens[1])) if tokens[1].isdigit() else None
+        lane = tokens[1]
+        high = lane[:1] == "h"
+        if high:
+            lane = lane[1:]
+        puller = (self._high if high else self._pullers).get(int(lane)) if lane.isdigit() else None
         if puller is not None:
             self.on_status(puller, tokens[2], (headers or {}).get("Status", ""))
 
@@ -289,7 +320,7 @@ class Partitions:
             puller.backoff_until = now + 0.25
             if now - puller.last_recreate > 1.0:
                 puller.last_recreate = now
-                self.supervisor.spawn("side", self._recreate(puller.partition))
+                self.supervisor.spawn("side", self._recreate(puller.partition, puller.high))
         if status == "423":  # pinned to another host
             puller.pin_id = None
             now = self.clock.monotonic()
@@ -298,12 +329,12 @@ class Partitions:
                 # We hold the claim: whoever the server still feeds (a previous owner's
                 # request left waiting, a paused host) must not be. Unpin it.
                 puller.last_unpin = now
-                self.supervisor.spawn("side", self._unpin(puller.partition))
+                self.supervisor.spawn("side", self._unpin(puller.partition, puller.high))
         puller.close_request(token)
 
-    async def _recreate(self, partition: int) -> None:
+    async def _recreate(self, partition: int, high: bool = False) -> None:
         """Create the consumer of a partition we serve if it is missing (same config)."""
-        puller = self._pullers.get(partition)
+        puller = self.get(partition, high)
         if puller is None or self.supervisor.stopping:
             return
         # "No responders" and a create that keeps failing: the consumer exists (the create
@@ -311,15 +342,15 @@ class Partitions:
         # and create it afresh (a new raft group).
         reset = puller.recreate_failures >= 2
         try:
-            await self.consumers.ensure(partition, self.consumer_config(partition), reset=reset)
+            await self.consumers.ensure(partition, self.consumer_config(partition, high), reset=reset, high=high)
         except Exception as exc:  # noqa: BLE001 - the next "no responders" tries again
             puller.recreate_failures += 1
             self.log.debug("consumer_recreate_failed", partition=partition, error=str(exc), reset=reset)
             return
         puller.recreate_failures = 0
         self.metrics.inc("consumers_recreated")
-        self.log.warning("consumer_recreated", partition=partition)
+        self.log.warning("consumer_recreated", partition=partition, high=high)
 
-    async def _unpin(self, partition: int) -> None:
+    async def _unpin(self, partition: int, high: bool = False) -> None:
         with contextlib.suppress(JetAgentsError):
-            await self.consumers.unpin(partition, PRIORITY_GROUP)
+            await self.consumers.unpin(partition, PRIORITY_GROUP, high=high)

@@ -31,7 +31,7 @@ from .._core.errors import (
 )
 from .._core.ids import AgentId, fnv1a_32, is_valid_token, partition_of
 from .._core.outcome import Result
-from .._core.wire import Subjects, encode_error, encode_ok
+from .._core.wire import Subjects, encode_error, encode_ok, is_high_lane
 from .._nats.api import NS
 from .._nats.hosts import HostLink
 from .._settings import HostSettings
@@ -291,6 +291,7 @@ class Placement:
                 route,
                 deliveries=int(hdrs.get(H_FWD_DELIVERIES, "1") or 1),
                 stream_seq=int(hdrs.get(H_FWD_CSEQ, "0") or 0),
+                high=is_high_lane(hdrs.get(H_FWD_SUBJECT, "")),
             )
         pipeline.dispatch(work)
 

@@ -42,6 +42,28 @@ from .supervisor import Supervisor
 _HOLD_S = 60.0
 
 
+def _queued(mailbox: deque[Command], high: bool) -> int:
+    """The commands of a mailbox a new one of its lane queues behind (its bound): all of them
+    for the normal lane, the high ones (always in front, ADR 0058) for the high lane."""
+    if not high:
+        return len(mailbox)
+    n = 0
+    for queued in mailbox:
+        if not queued.high:
+            break
+        n += 1
+    return n
+
+
+def _held_before(held: dict[int, tuple[int, float]], cmd: Command) -> bool:
+    """Whether a command of ``cmd``'s lane that came before it was handed back. Held commands
+    are keyed by stream sequence, the high lane's negated (its stream numbers its own)."""
+    seq = cmd.stream_seq
+    if cmd.high:
+        return any(k < 0 and -k < seq for k in held)
+    return any(0 < k < seq for k in held)
+
+
 class _Pool:
     """Workers and the agents ready for one of them: the shared pool, or a bulkhead."""
 
@@ -167,7 +189,7 @@ class Scheduler:
         else:
             activations.move_to_end(key)
             mailbox = act.mailbox
-            full = mailbox is not None and len(mailbox) >= self._settings.max_mailbox_per_agent
+            full = mailbox is not None and _queued(mailbox, cmd.high) >= self._settings.max_mailbox_per_agent
             if (
                 (full or saturated or act.held is not None)
                 and cmd.kind != Kind.MIGRATE
@@ -182,10 +204,13 @@ class Scheduler:
             cmd.pooled = True
         else:
             pool = self._shared
-        if act.scheduled:  # running or waiting for a worker: its commands run in order
+        if act.scheduled:  # running or waiting for a worker: its commands run in order (per lane)
             if act.mailbox is None:
                 act.mailbox = deque()
-            act.mailbox.append(cmd)
+            if cmd.high:  # ahead of the normal lane's, behind the high ones (ADR 0058)
+                act.mailbox.insert(_queued(act.mailbox, True), cmd)
+            else:
+                act.mailbox.append(cmd)
             return
         act.scheduled = True
         if pool.running < pool.workers:
@@ -217,25 +242,26 @@ class Scheduler:
         full = (
             saturated is not None
             or throttled is not None
-            or (mailbox is not None and len(mailbox) >= self._settings.max_mailbox_per_agent)
+            or (mailbox is not None and _queued(mailbox, cmd.high) >= self._settings.max_mailbox_per_agent)
         )
         seq = cmd.stream_seq
         if cmd.kind in ACKED and seq:
+            key = -seq if cmd.high else seq
             now = self._clock.monotonic()
             if act.held is not None:
                 self.prune_held(act, now)
             held = act.held
-            earlier = held is not None and min(held) < seq
+            earlier = held is not None and _held_before(held, cmd)
             if not (full or earlier):
-                if held is not None and seq in held:
-                    cmd.busy_naks = held.pop(seq)[0]
+                if held is not None and key in held:
+                    cmd.busy_naks = held.pop(key)[0]
                     if not held:
                         act.held = None
                 return False
             if held is None:
                 held = act.held = {}
-            times = held.get(seq, (0, 0.0))[0] + 1
-            held[seq] = (times, now)
+            times = held.get(key, (0, 0.0))[0] + 1
+            held[key] = (times, now)
             self._refuse_busy(act, cmd, times, saturated, throttled)
             return True
         if not full:

@@ -177,6 +177,14 @@ class Topology:
         return f"{self.prefix}_CMD"
 
     @property
+    def cmd_high_stream(self) -> str:
+        """The high-priority lane's command stream (ADR 0058)."""
+        return f"{self.prefix}_CMDH"
+
+    def lane_stream(self, high: bool) -> str:
+        return self.cmd_high_stream if high else self.cmd_stream
+
+    @property
     def evt_stream(self) -> str:
         return f"{self.prefix}_EVT"
 
@@ -220,8 +228,8 @@ class Topology:
         """``max_msg_size`` of the dead-letter stream; every dead letter fits (wire contract §8)."""
         return max((self.max_payload_bytes + 4096) * 2, 1024 * 1024)
 
-    def consumer_name(self, partition: int) -> str:
-        return f"p{partition}"
+    def consumer_name(self, partition: int, high: bool = False) -> str:
+        return f"h{partition}" if high else f"p{partition}"
 
     def stream_configs(self) -> list[dict[str, Any]]:
         dup_ns = int(self.duplicate_window_s * NS)
@@ -280,14 +288,33 @@ class Topology:
                 "allow_msg_ttl": True,
                 "max_msg_size": max(limit, 1024 * 1024),
             },
+            {
+                # the high-priority lane (ADR 0058): its own stream because a stream has one
+                # subject transform; partitioned by the same function as AGT_CMD
+                "name": self.cmd_high_stream,
+                "subjects": [self.subjects.cmd_high_wildcard],
+                "subject_transform": {
+                    "src": self.subjects.cmd_high_wildcard,
+                    "dest": self.subjects.high_transform_dest(self.partitions),
+                },
+                "retention": "workqueue",
+                "storage": "file",
+                "num_replicas": self.replicas,
+                "duplicate_window": dup_ns,
+                "max_msg_size": limit,
+                "discard": "old",
+                "metadata": {"jetagents_partitions": str(self.partitions)},
+            },
         ]
 
     def consumer_config(
-        self, partition: int, *, ack_wait_s: float, max_deliver: int, max_ack_pending: int
+        self, partition: int, *, ack_wait_s: float, max_deliver: int, max_ack_pending: int, high: bool = False
     ) -> dict[str, Any]:
+        subjects = self.subjects
+        lane_filter = subjects.high_partition_filter if high else subjects.partition_filter
         return {
-            "durable_name": self.consumer_name(partition),
-            "filter_subject": self.subjects.partition_filter(partition),
+            "durable_name": self.consumer_name(partition, high),
+            "filter_subject": lane_filter(partition),
             "ack_policy": "explicit",
             "deliver_policy": "all",
             "ack_wait": int(ack_wait_s * NS),
@@ -395,20 +422,30 @@ async def upgrade_cmd_stream(nc: NATS, topo: Topology, info: Mapping[str, Any], 
 
 
 async def ensure_consumer(
-    nc: NATS, topo: Topology, partition: int, cfg: dict[str, Any], timeout_s: float, *, reset: bool = False
+    nc: NATS,
+    topo: Topology,
+    partition: int,
+    cfg: dict[str, Any],
+    timeout_s: float,
+    *,
+    reset: bool = False,
+    high: bool = False,
 ) -> None:
-    name = topo.consumer_name(partition)
+    name = topo.consumer_name(partition, high)
+    stream = topo.lane_stream(high)
     if reset:
         try:
-            await js_api(nc, f"$JS.API.CONSUMER.DELETE.{topo.cmd_stream}.{name}", None, timeout_s)
+            await js_api(nc, f"$JS.API.CONSUMER.DELETE.{stream}.{name}", None, timeout_s)
         except JSApiError as exc:
             if exc.err_code != ERR_CONSUMER_NOT_FOUND:
                 raise
-    payload = {"stream_name": topo.cmd_stream, "config": cfg, "action": ""}
-    await js_api(nc, f"$JS.API.CONSUMER.CREATE.{topo.cmd_stream}.{name}", payload, timeout_s)
+    payload = {"stream_name": stream, "config": cfg, "action": ""}
+    await js_api(nc, f"$JS.API.CONSUMER.CREATE.{stream}.{name}", payload, timeout_s)
 
 
-async def rewind_consumer(nc: NATS, topo: Topology, partition: int, cfg: dict[str, Any], timeout_s: float) -> str:
+async def rewind_consumer(
+    nc: NATS, topo: Topology, partition: int, cfg: dict[str, Any], timeout_s: float, *, high: bool = False
+) -> str:
     """Make a partition's consumer deliver again, at once and in stream order, everything
     not acknowledged, and forget who it was pinned to: what a new owner needs.
 
@@ -419,33 +456,36 @@ async def rewind_consumer(nc: NATS, topo: Topology, partition: int, cfg: dict[st
     delete + create when the consumer is missing, its configuration changed, or the
     server is older. Returns ``"rewound"``, ``"created"`` or ``"recreated"``.
     """
-    name = topo.consumer_name(partition)
+    name = topo.consumer_name(partition, high)
+    stream = topo.lane_stream(high)
     try:  # (RESET of a missing consumer gets no answer at all: ask first)
-        info = await js_api(nc, f"$JS.API.CONSUMER.INFO.{topo.cmd_stream}.{name}", None, timeout_s)
+        info = await js_api(nc, f"$JS.API.CONSUMER.INFO.{stream}.{name}", None, timeout_s)
     except JSApiError as exc:
         if exc.err_code != ERR_CONSUMER_NOT_FOUND:
             raise
-        await ensure_consumer(nc, topo, partition, cfg, timeout_s)
+        await ensure_consumer(nc, topo, partition, cfg, timeout_s, high=high)
         return "created"
     have = info.get("config") or {}
     keys = ("filter_subject", "ack_wait", "max_ack_pending", "priority_timeout", "mem_storage")
     if any(have.get(k) != cfg.get(k) for k in keys):
-        await ensure_consumer(nc, topo, partition, cfg, timeout_s, reset=True)
+        await ensure_consumer(nc, topo, partition, cfg, timeout_s, reset=True, high=high)
         return "recreated"
     try:
-        await js_api(nc, f"$JS.API.CONSUMER.RESET.{topo.cmd_stream}.{name}", None, timeout_s)
+        await js_api(nc, f"$JS.API.CONSUMER.RESET.{stream}.{name}", None, timeout_s)
     except (JSApiError, Unavailable):  # a server without the RESET API (before 2.14)
-        await ensure_consumer(nc, topo, partition, cfg, timeout_s, reset=True)
+        await ensure_consumer(nc, topo, partition, cfg, timeout_s, reset=True, high=high)
         return "recreated"
-    await unpin_consumer(nc, topo, partition, cfg["priority_groups"][0], timeout_s)
+    await unpin_consumer(nc, topo, partition, cfg["priority_groups"][0], timeout_s, high=high)
     return "rewound"
 
 
-async def unpin_consumer(nc: NATS, topo: Topology, partition: int, group: str, timeout_s: float) -> None:
+async def unpin_consumer(
+    nc: NATS, topo: Topology, partition: int, group: str, timeout_s: float, *, high: bool = False
+) -> None:
     """Make a partition's consumer forget the client it is pinned to (nothing if none is)."""
-    name = topo.consumer_name(partition)
+    name = topo.consumer_name(partition, high)
     try:
-        await js_api(nc, f"$JS.API.CONSUMER.UNPIN.{topo.cmd_stream}.{name}", {"group": group}, timeout_s)
+        await js_api(nc, f"$JS.API.CONSUMER.UNPIN.{topo.lane_stream(high)}.{name}", {"group": group}, timeout_s)
     except JSApiError:
         pass  # nobody was pinned
 
