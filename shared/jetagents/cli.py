@@ -218,6 +218,9 @@ def call(
     priority: Annotated[
         Priority, typer.Option(help="high: ahead of the agent's queued commands (the high lane, ADR 0058)")
     ] = Priority.NORMAL,
+    stream: Annotated[
+        bool, typer.Option("--stream", help="print the action's streamed output as it comes (text deltas as text)")
+    ] = False,
 ) -> None:
     """Send ACTION to agent TYPE/ID and print the reply as JSON."""
     try:
@@ -235,9 +238,16 @@ def call(
         settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
         client = await Client.connect(settings=settings, name="jetagents-cli")
         try:
-            return await client.agent(aid.type, aid.id).request(
-                action, parsed, delivery=delivery, timeout=timeout, command_id=command_id, priority=priority
-            )
+            ref = client.agent(aid.type, aid.id)
+            opts: dict[str, Any] = {"delivery": delivery, "timeout": timeout, "command_id": command_id}
+            if not stream:
+                return await ref.request(action, parsed, priority=priority, **opts)
+            out = ref.stream(action, parsed, priority=priority, **opts)
+            async for chunk in out:  # a chat's text as it comes; anything else (an approval notice) as JSON
+                text = chunk.get("delta") if isinstance(chunk, dict) else None
+                typer.echo(text if isinstance(text, str) else f"\n{orjson.dumps(chunk).decode()}\n", nl=False)
+            typer.echo("")
+            return out.result
         finally:
             await client.close()
 

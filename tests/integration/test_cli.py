@@ -135,6 +135,14 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stdout + r.stderr
         ticket = json.loads(r.stdout)["result"]
         assert ticket["specialist"] == "billing" and "INV-1001: 19.99 USD, paid twice" in ticket["answer"]
+        # a specialist's answer streamed to the terminal as it comes, then the reply
+        r = run_cli(
+            "call", "tech/acme-3", "handle", '{"text": "the api is slow"}', "--stream", "--timeout", "30", env=env
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        text, reply = r.stdout.rstrip("\n").rsplit("\n", 1)
+        assert text == "Tech here. api: degraded (p99 2.3 s); api: restarted, healthy."
+        assert json.loads(reply) == {"ok": True, "result": text}
         # the ticket now waits for the customer: its follow-up reminder is set (an hour by default)
         r = run_cli("call", "followup/acme-1", "status", "--timeout", "10", env=env)
         assert r.returncode == 0 and json.loads(r.stdout)["result"]["waiting"] == "customer", r.stdout + r.stderr
