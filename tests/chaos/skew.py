@@ -115,14 +115,19 @@ async def run_skew(
     tasks = [asyncio.create_task(worker(w)) for w in range(workers)]
     t0 = time.monotonic()
     try:
+
+        async def watch() -> float | None:
+            # from the start of the hot spot, while the CPU before is measured
+            while time.monotonic() - t0 < deadline_s:
+                _, now_owners = await ring(store)
+                if len({now_owners[p] for p in hot}) > 1:
+                    return time.monotonic() - t0
+                await asyncio.sleep(0.25)
+            return None
+
+        watching = asyncio.create_task(watch())
         before = await cpu_shares(pids, window_s)
-        moved_at = None
-        while time.monotonic() - t0 < deadline_s:
-            _, now_owners = await ring(store)
-            if len({now_owners[p] for p in hot}) > 1:
-                moved_at = time.monotonic() - t0
-                break
-            await asyncio.sleep(0.25)
+        moved_at = await watching
         if moved_at is None:
             members = {k: (e.value.get("load"), e.value.get("rates")) for k, e in (await store.scan("member.")).items()}
             return {"rebalanced": False, "before": before, "hot": hot, "busiest": busiest, "members": members}

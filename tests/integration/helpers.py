@@ -11,6 +11,7 @@ import orjson
 from nats.aio.client import Client as NATS
 
 from jetagents import Agent, Host, Registry
+from jetagents._nats.api import connect as raw_connect
 from jetagents._nats.api import js_api
 from tests.conftest import host_settings
 
@@ -24,8 +25,8 @@ async def started_hosts(url: str, agents: list[type[Agent[Any]]]) -> AsyncIterat
     agents leave work behind on purpose)."""
     hosts: list[Host] = []
 
-    async def make(**overrides: Any) -> Host:
-        h = Host(host_settings(url, **overrides), Registry(agents))
+    async def make(meter_provider: Any = None, **overrides: Any) -> Host:
+        h = Host(host_settings(url, **overrides), Registry(agents), meter_provider=meter_provider)
         await h.start()
         hosts.append(h)
         return h
@@ -35,6 +36,16 @@ async def started_hosts(url: str, agents: list[type[Agent[Any]]]) -> AsyncIterat
     finally:
         for h in hosts:
             await h.stop(drain=False)
+
+
+@contextlib.asynccontextmanager
+async def raw_nats(url: str, name: str) -> AsyncIterator[NATS]:
+    """A plain nats-py connection (raw calls, streams read as an operator would)."""
+    conn = await raw_connect(url, name=name)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 async def call_json(nc: NATS, subject: str, body: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:

@@ -202,6 +202,7 @@ async def test_odd_bytes_in_durable_commands_are_dead_lettered_once(
 
 STRANDED: list[tuple[str, bytes]] = [
     ("del in id", b"agt.cmd.counter.a\x7fb"),
+    ("del in id, high lane", b"agt.cmd.counter.a\x7fb.high"),  # ADR 0058: its own stream, swept too
     ("del in type", b"agt.cmd.coun\x7fter.a"),
     ("star as id", b"agt.cmd.counter.*"),
     ("gt as type", b"agt.cmd.>.a"),
@@ -224,7 +225,8 @@ async def test_commands_no_consumer_delivers_are_swept_answered_and_dead_lettere
         ack = raw.replies(b"_INBOX.raw.ack")[0]
         if "error" in ack:  # a server that refuses the subject outright: nothing can strand
             pytest.fail(f"the server refused {what}: {ack}")
-        assert ack["stream"] == "AGT_CMD"
+        stream = "AGT_CMDH" if subject.endswith(b".high") else "AGT_CMD"
+        assert ack["stream"] == stream
         await raw.wait_for(lambda: raw.replies(b"_INBOX.raw.reply"), 15)
         [reply] = raw.replies(b"_INBOX.raw.reply")
         assert reply["ok"] is False and reply["error"]["code"] == MAL, reply
@@ -232,7 +234,7 @@ async def test_commands_no_consumer_delivers_are_swept_answered_and_dead_lettere
         assert b"Agt-Command-Id: stranded-1\r\n" in reply_headers
 
         async def gone() -> bool:
-            return (await stream_state(client.nc, "AGT_CMD"))["messages"] == 0
+            return (await stream_state(client.nc, stream))["messages"] == 0
 
         await eventually(gone, 10)
         await asyncio.sleep(1.0)  # a few more sweeps: nothing is dead-lettered twice

@@ -88,7 +88,7 @@ def test_skew_converges_with_bounded_moves_counts_in_bounds_and_no_flapping(
     caps = capacity_caps(partitions, weights, 1.25)
     before = sorted(_scores(owners, rate, hosts, slow).values(), reverse=True)
     history = [owners]
-    for _ in range(150):
+    for _ in range(100):
         nxt = _plan(b, owners, rate, hosts, slow)
         assert sum(x != y for x, y in zip(owners, nxt, strict=True)) <= max_moves
         after = sorted(_scores(nxt, rate, hosts, slow).values(), reverse=True)
@@ -100,7 +100,7 @@ def test_skew_converges_with_bounded_moves_counts_in_bounds_and_no_flapping(
         assert all(partitions // n_hosts <= counts.get(h, 0) <= caps[h] for h in hosts)
         # the ring's own computation keeps what the balancer did
         assert compute_ring(partitions, weights, previous=owners) == owners
-    assert history[-1] == history[-40]  # settled: nothing moves any more
+    assert history[-1] == history[-30]  # settled: nothing moves any more
     # the hottest host is no hotter than the ring by counts alone left it; with equal hosts
     # within the threshold, or as close as whole partitions allow
     first, final = _scores(history[0], rate, hosts, slow), _scores(owners, rate, hosts, slow)

@@ -45,7 +45,7 @@ def test_bad_needs_are_refused(bad: object) -> None:
 
 
 @given(needs_st, hosts_st, st.text(min_size=1, max_size=8))
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=40, deadline=None)
 def test_the_chosen_host_has_room_and_none_only_when_nothing_fits(
     needs: dict[str, float], hosts: dict[str, HostView], key: str
 ) -> None:
@@ -58,7 +58,7 @@ def test_the_chosen_host_has_room_and_none_only_when_nothing_fits(
 
 
 @given(needs_st, hosts_st, st.text(min_size=1, max_size=8))
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=20, deadline=None)
 def test_the_choice_is_deterministic_and_ignores_dict_order(
     needs: dict[str, float], hosts: dict[str, HostView], key: str
 ) -> None:

@@ -79,7 +79,8 @@ class Decayed:
         return self.value
 
     def add(self, amount: float, now: float) -> None:
-        self.value = self._decay(now) + amount
+        """Add ``amount`` (a negative one corrects an earlier estimate; never below 0)."""
+        self.value = max(0.0, self._decay(now) + amount)
 
     def share(self, now: float) -> float:
         return self._decay(now) / self.tau_s

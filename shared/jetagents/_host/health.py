@@ -101,6 +101,7 @@ class AgentHealth:
         "cpu_s",
         "due",
         "instance_bytes",
+        "kind",
         "memory_every",
         "policy",
         "restarts",
@@ -110,8 +111,9 @@ class AgentHealth:
         "wall_s",
     )
 
-    def __init__(self, policy: HealthPolicy | None) -> None:
+    def __init__(self, policy: HealthPolicy | None, kind: _TypeHealth) -> None:
         self.policy = policy
+        self.kind = kind  # its type's figures on this host
         self.commands = 0
         self.wall_s = 0.0
         self.wall_max_s = 0.0
@@ -146,15 +148,18 @@ class AgentHealth:
 
 
 class _TypeHealth:
-    __slots__ = ("commands", "cpu", "cpu_s", "throttled", "throttled_agents", "wall_s")
+    __slots__ = ("avg_cpu_s", "commands", "cpu", "cpu_s", "throttled", "throttled_agents", "wall_s")
 
     def __init__(self, policy: HealthPolicy | None) -> None:
         self.commands = 0
         self.wall_s = 0.0
         self.cpu_s = 0.0
         self.cpu = Decayed(policy.window_s) if policy is not None and policy.type_cpu_share is not None else None
-        self.throttled = False  # the whole type (type_cpu_share)
+        self.throttled = False  # the whole type (type_cpu_share): its last command was refused
         self.throttled_agents = 0  # its agents throttled one by one (cpu_share)
+        # recent CPU per command (moving average): what an admitted command is expected to
+        # use, reserved in ``cpu`` at admission so a burst cannot all pass before any has run
+        self.avg_cpu_s = 0.0
 
 
 class Health:
@@ -171,8 +176,8 @@ class Health:
         self._log = log
         self._policies: dict[str, HealthPolicy | None] = {}
         self._types: dict[str, _TypeHealth] = {}
-        # agent types with a throttled agent, or throttled as a whole: intake asks only about them
-        self.throttled: set[str] = set()
+        # types with a type_cpu_share or a throttled agent: intake asks only about them
+        self.watched: set[str] = set()
         m = tel.meter
         self._wall = m.create_histogram(
             "jetagents.host.action.duration", "s", "one action run, first step to outcome (waits included)"
@@ -205,7 +210,15 @@ class Health:
             if found is None and s.health_measure_all:
                 found = _MEASURE_ALL
             self._policies[agent_type] = found
+            if found is not None and found.type_cpu_share is not None:
+                self.watched.add(agent_type)
             return found
+
+    def _kind(self, agent_type: str, policy: HealthPolicy | None) -> _TypeHealth:
+        kind = self._types.get(agent_type)
+        if kind is None:
+            kind = self._types[agent_type] = _TypeHealth(policy)
+        return kind
 
     # -- around each action run --------------------------------------------------------------
     def deadline(
@@ -219,7 +232,9 @@ class Health:
         """The action's ``Deadline``, measuring it for ``act``."""
         h = act.health
         if h is None:
-            h = act.health = AgentHealth(self.policy(act.agent_id.type, act.spec.cls))
+            agent_type = act.agent_id.type
+            policy = self.policy(agent_type, act.spec.cls)
+            h = act.health = AgentHealth(policy, self._kind(agent_type, policy))
         cpu = h.cpu is not None
         return Deadline(coro, loop, loop.time() + limit_s, on_late=on_late, cpu=cpu, done=self._ran, tag=act)
 
@@ -233,13 +248,11 @@ class Health:
         h.wall_s += wall_s
         if wall_s > h.wall_max_s:
             h.wall_max_s = wall_s
-        agent_type = act.agent_id.type
-        t = self._types.get(agent_type)
-        if t is None:
-            t = self._types[agent_type] = _TypeHealth(h.policy)
+        t = h.kind
         t.commands += 1
         t.wall_s += wall_s
         metering = self._tel.metering
+        agent_type = act.agent_id.type
         if metering:
             self._wall.record(wall_s, {AGENT_TYPE: agent_type})
         policy = h.policy
@@ -258,16 +271,13 @@ class Health:
                     if not h.throttled:
                         h.throttled = True
                         t.throttled_agents += 1
-                        self.throttled.add(agent_type)
+                        self.watched.add(agent_type)
                         self._log.info("agent_throttled", agent=str(act.agent_id), cpu_share=h.cpu.share(now))
                 else:
                     self._due(act, h, policy.on_cpu, now)
-            if t.cpu is not None:
-                t.cpu.add(cpu_s, now)
-                if policy.type_cpu_share is not None and not t.throttled and t.cpu.share(now) > policy.type_cpu_share:
-                    t.throttled = True
-                    self.throttled.add(agent_type)
-                    self._log.info("type_throttled", agent_type=agent_type, cpu_share=t.cpu.share(now))
+            if t.cpu is not None:  # what it used, less what its admission reserved (about the average)
+                t.cpu.add(cpu_s - t.avg_cpu_s, now)
+                t.avg_cpu_s += (cpu_s - t.avg_cpu_s) * 0.2
         if h.memory_every and h.commands % h.memory_every == 0 and act.agent is not None:
             agent = act.agent
             size, _partial = held_bytes(agent, (agent.ctx, agent._state))
@@ -296,6 +306,8 @@ class Health:
         aid = act.agent_id
         h.acted_at = self._clock.monotonic()
         if what == "passivate" and not (act.scheduled or act.mailbox or act.held):
+            if h.throttled:  # its throttle leaves with it
+                h.kind.throttled_agents -= 1
             catalog.passivate(aid.key, act)
             self._metrics.inc("health_passivations", agent_type=aid.type)
             self._log.warning("agent_passivated_by_policy", agent=str(aid), instance_bytes=h.instance_bytes)
@@ -309,21 +321,24 @@ class Health:
         self._log.warning("agent_restarted_by_policy", agent=str(aid), reason=what, restarts=h.restarts)
 
     # -- intake ---------------------------------------------------------------------------------
-    def refusal(self, agent_type: str, act: Activation | None) -> Throttled | None:
-        """``throttled`` when the agent (or its whole type) is over its CPU share; called
-        only for types in ``throttled``. A share back under its limit lifts the throttle."""
+    def admit(self, agent_type: str, act: Activation | None) -> Throttled | None:
+        """``throttled`` when the agent or its whole type is over its CPU share, else None
+        (and, for a type with ``type_cpu_share``, its expected CPU reserved); called only for
+        ``watched`` types. No timer lifts a throttle: the first command under the limit does."""
         now = self._clock.monotonic()
         policy = self._policies.get(agent_type)
-        t = self._types.get(agent_type)
-        if policy is None or t is None:
-            self.throttled.discard(agent_type)
+        if policy is None:
+            self.watched.discard(agent_type)
             return None
+        t = self._kind(agent_type, policy)
         wait_s, reason = 0.0, ""
-        if t.throttled and t.cpu is not None and policy.type_cpu_share is not None:
-            wait_s, reason = t.cpu.under_in(policy.type_cpu_share, now), "type_cpu"
-            if wait_s <= 0:
-                t.throttled = False
-                self._log.info("type_unthrottled", agent_type=agent_type)
+        limit = policy.type_cpu_share
+        if limit is not None and t.cpu is not None:
+            wait_s = t.cpu.under_in(limit, now)
+            if (wait_s > 0) != t.throttled:
+                t.throttled = wait_s > 0
+                self._log.info("type_throttled" if t.throttled else "type_unthrottled", agent_type=agent_type)
+            reason = "type_cpu"
         h = act.health if act is not None else None
         if h is not None and h.throttled and h.cpu is not None and policy.cpu_share is not None:
             agent_wait_s = h.cpu.under_in(policy.cpu_share, now)
@@ -332,9 +347,11 @@ class Health:
                 t.throttled_agents -= 1
             elif agent_wait_s > wait_s:
                 wait_s, reason = agent_wait_s, "cpu"
-        if not t.throttled and t.throttled_agents <= 0:
-            self.throttled.discard(agent_type)
+        if limit is None and t.throttled_agents <= 0:
+            self.watched.discard(agent_type)
         if wait_s <= 0:
+            if limit is not None and t.cpu is not None:
+                t.cpu.add(t.avg_cpu_s, now)
             return None
         self._metrics.inc("throttled", agent_type=agent_type)
         retry_after_s = round(max(wait_s, 0.001), 3)

@@ -51,6 +51,7 @@ from .._core.outcome import Result
 from .._core.wire import (
     DEAD_LETTER_MIN_BYTES,
     Subjects,
+    is_high_lane,
 )
 from .._nats.api import (
     DirectReader,
@@ -218,7 +219,6 @@ class Host:
         self.coordinator: Coordinator | None = None
         self.nc: NatsClient = None  # type: ignore[assignment]
         self.cepoch = self.cepoch_high = ""  # the command streams' incarnations (the high lane's: ADR 0058)
-        self._sweeper: StrandedSweeper | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self._intake = Intake(self)
         self._pull_prefix = ""
@@ -420,21 +420,22 @@ class Host:
         await watch_tombstones(self.nc, self.topology.tomb_bucket, self.catalog, self._log, s.op_timeout_s)
         self.supervisor.spawn("background", self._housekeeping())
         if s.stranded_sweep_s > 0:
-            self._sweeper = StrandedSweeper(
-                self.nc,
-                self.topology.cmd_stream,
-                self._reject_stranded,
-                now_ms=self.clock.wall_ms,
-                grace_s=s.stranded_grace_s,
-                timeout_s=s.op_timeout_s,
-            )
 
             def leads() -> bool:  # the leader sweeps, or a host on its own
                 coord = self.coordinator
                 return not self.supervisor.stopping and (coord is None or coord.is_leader)
 
-            sweep = self._sweeper.run(s.stranded_sweep_s, self.clock.sleep, leads, self.metrics, self._log)
-            self.supervisor.spawn("background", sweep)
+            for stream in (self.topology.cmd_stream, self.topology.cmd_high_stream):  # both lanes (ADR 0058)
+                sweeper = StrandedSweeper(
+                    self.nc,
+                    stream,
+                    self._reject_stranded,
+                    now_ms=self.clock.wall_ms,
+                    grace_s=s.stranded_grace_s,
+                    timeout_s=s.op_timeout_s,
+                )
+                sweep = sweeper.run(s.stranded_sweep_s, self.clock.sleep, leads, self.metrics, self._log)
+                self.supervisor.spawn("background", sweep)
         self.pubsub = await start_pubsub(self)  # the leader's fan-out, declared subscriptions (ADR 0049)
         self.supervisor.started = True
         if self.static:
@@ -558,7 +559,10 @@ class Host:
         parts = msg.subject.split(".")
         partition = int(parts[-3]) if len(parts) >= 5 and parts[-3].isdigit() else 0
         route = (partition, parts[-2], parts[-1])
-        cmd = self._intake.parse(STREAM, msg.subject, msg.headers, msg.data, "", route, deliveries=1, stream_seq=seq)
+        high = is_high_lane(msg.subject)
+        cmd = self._intake.parse(
+            STREAM, msg.subject, msg.headers, msg.data, "", route, deliveries=1, stream_seq=seq, high=high
+        )
         self.scheduler.track(cmd)
         err = MalformedCommand("the subject holds a byte or token no partition consumer delivers (0x7f, '*' or '>')")
         await self.scheduler.reject_unrouted(cmd, err)

@@ -125,6 +125,9 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self.health = catalog.health  # throttles at intake, restarts after a command (ADR 0059)
+        for spec in map(registry.get, registry.types()):  # watched from the first command on
+            if spec is not None:
+                self.health.policy(spec.type_name, spec.cls)
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
         outcomes.blobs = catalog.blobs  # a recorded result by reference is read back for its reply
         # call chains (ADR 0042 section 7): a chained command for a busy agent may run at once or fail fast
@@ -171,8 +174,8 @@ class Scheduler:
         act = activations.get(key)
         pool = self._pools.get(agent_type)
         saturated = pool is not None and pool.limit is not None and pool.in_hand >= pool.limit
-        if self.health.throttled and agent_type in self.health.throttled and cmd.kind != Kind.MIGRATE:
-            throttled = self.health.refusal(agent_type, act)  # over its CPU share (ADR 0059)
+        if self.health.watched and agent_type in self.health.watched and cmd.kind != Kind.MIGRATE:
+            throttled = self.health.admit(agent_type, act)  # over its CPU share (ADR 0059)
             if throttled is not None:
                 if act is None:
                     act = activations[key] = Activation(AgentId(agent_type, agent_id), spec)
