@@ -37,7 +37,7 @@ async def test_sigkill_between_tool_calls(nats_server: NatsServer, host_process_
         hp = host_process_factory(url, **env).start()
         client = await Client.connect(settings=ClientSettings(nats_url=url, partitions=8))
         try:
-            await hp.wait_ready(client)
+            await hp.wait_ready(client, timeout_s=60)  # pydantic-ai, fastmcp: a slow start when loaded
             ref = client.agent("researcher", "r1")
             call = asyncio.create_task(
                 ref.request("research", {"run": "k", "gates": str(gates)}, command_id="k1", timeout=60)
@@ -94,7 +94,7 @@ async def test_sigkill_between_tool_calls_of_a_pydantic_ai_mcp_toolset(
         hp = host_process_factory(url, **env).start()
         client = await Client.connect(settings=ClientSettings(nats_url=url, partitions=8))
         try:
-            await hp.wait_ready(client)
+            await hp.wait_ready(client, timeout_s=60)  # pydantic-ai, fastmcp: a slow start when loaded
             ref = client.agent("mcpdesk", "d1")
             call = asyncio.create_task(ref.request("ask", {"gates": str(gates)}, command_id="m1", timeout=60))
 

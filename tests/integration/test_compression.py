@@ -22,12 +22,14 @@ from jetagents import (
     Agent,
     Client,
     ClientSettings,
+    Event,
     Host,
     NatsServer,
     PayloadTooLarge,
     Registry,
     UnsupportedEncoding,
     action,
+    applies,
 )
 from jetagents._core.errors import error_from_wire
 from jetagents._core.ids import partition_of
@@ -36,17 +38,34 @@ from tests.conftest import host_settings
 from tests.integration.helpers import dead_letters, eventually
 
 
-class Nothing(BaseModel):
-    pass
+class Rows(BaseModel):
+    rows: int = 0
 
 
-class Docs(Agent[Nothing]):
+class Counted(Event):
+    rows: int
+
+
+class Docs(Agent[Rows]):
     type_name = "docs"
-    state_type = Nothing
+    state_type = Rows
 
     @action(read_only=True)
     async def echo(self, doc: dict[str, Any]) -> dict[str, Any]:
         return doc
+
+    @action
+    async def count(self, doc: dict[str, Any]) -> int:
+        self.emit(Counted(rows=len(doc["rows"])))
+        return self.state.rows
+
+    @action(read_only=True)
+    async def rows(self) -> int:
+        return self.state.rows
+
+    @applies
+    def _counted(self, state: Rows, event: Counted) -> None:
+        state.rows += event.rows
 
 
 def _doc(kib: int = 100) -> dict[str, Any]:
@@ -79,6 +98,14 @@ async def test_a_100_kib_json_command_and_its_reply_travel_compressed(setup: tup
         assert reply.result == doc and reply.headers.get("Agt-Encoding") == "zstd", delivery
     plain = await ref.request_reply("echo", {"doc": doc})  # the client's setting: off
     assert plain.result == doc and "Agt-Encoding" not in plain.headers
+    # send_many compresses too: three documents stored at once, each counted once
+    await client.send_many([("docs", "d9", "count", {"doc": doc})] * 3, compress=True)
+    want = 3 * len(doc["rows"])
+
+    async def counted() -> bool:
+        return bool(await client.agent("docs", "d9").request("rows", delivery="at-most-once") == want)
+
+    await eventually(counted, timeout_s=20)
 
 
 async def test_a_bare_client_compresses_by_the_wire_contract(

@@ -37,8 +37,11 @@ async def send_many(
     *,
     delivery: Delivery | str = Delivery.EXACTLY_ONCE,
     timeout_s: float | None = None,
+    compress: bool | None = None,
 ) -> list[str]:
     mode = Delivery(delivery)
+    s = client.settings
+    threshold = s.compress_min_bytes if (s.compression if compress is None else compress) else 0
     timeout = timeout_s if timeout_s is not None else client.settings.request_timeout_s
     options = SendOptions(delivery=mode, want_reply=False)
     transport = client._transport
@@ -55,6 +58,7 @@ async def send_many(
             limit_bytes=limit,
             new_id=transport.new_id,
             wall_ms=wall_ms,
+            compress_min_bytes=threshold,
         )
         for agent_type, agent_id, action, params in commands
     ]

@@ -383,12 +383,14 @@ class Client:
         *,
         delivery: Delivery | str = Delivery.EXACTLY_ONCE,
         timeout_s: float | None = None,
+        compress: bool | None = None,
     ) -> list[str]:
         """Send many ``(type, id, action, params)`` commands at once (fire and forget):
-        all written before any PubAck is awaited; their command ids, once all are stored."""
+        all written before any PubAck is awaited; their command ids, once all are stored.
+        ``compress``: zstd above ``compress_min_bytes`` (None: the client's setting, ADR 0043)."""
         from .batch import send_many
 
-        return await send_many(self, commands, delivery=delivery, timeout_s=timeout_s)
+        return await send_many(self, commands, delivery=delivery, timeout_s=timeout_s, compress=compress)
 
     @staticmethod
     async def gather(*aws: Awaitable[Any], timeout_s: float | None = None) -> list[Any]:
