@@ -227,3 +227,14 @@ async def test_an_agent_over_its_own_cpu_share_is_throttled_alone(
         )
     assert caught.value.details["retry_after_s"] > 3
     assert host.stats["throttled"] == 2
+
+
+async def test_health_measure_all_measures_types_without_a_policy(make_host: HostFactory, nc: NATS) -> None:
+    host = await make_host(membership="static", health_measure_all=True)
+    for _ in range(64):  # the 64th command measures the instance too
+        assert (await call_json(nc, "agt.call.counter.m", {"action": "get"}))["ok"] is True
+    health = host.catalog.health.of("counter.m")
+    assert health is not None
+    assert health["commands"] == 64 and "cpu_s" in health and health["cpu_share"] >= 0
+    assert health["instance_bytes"] == 0  # a counter holds nothing besides its state
+    assert host.stats["throttled"] == 0 and host.stats["health_restarts"] == 0
