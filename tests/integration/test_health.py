@@ -238,3 +238,13 @@ async def test_health_measure_all_measures_types_without_a_policy(make_host: Hos
     assert health["commands"] == 64 and "cpu_s" in health and health["cpu_share"] >= 0
     assert health["instance_bytes"] == 0  # a counter holds nothing besides its state
     assert host.stats["throttled"] == 0 and host.stats["health_restarts"] == 0
+
+
+async def test_a_leaking_type_may_be_passivated_instead(make_host: HostFactory, nc: NATS) -> None:
+    policy = {"memory_bytes": 350_000, "memory_every": 1, "on_memory": "passivate", "min_interval_s": 0}
+    host = await make_host(membership="static", health={"leaky": policy})
+    sizes = [(await call_json(nc, "agt.call.leaky.p1", {"action": "grow"}))["result"] for _ in range(5)]
+    assert sizes == [1, 2, 3, 4, 1]  # passivated after the 4th: the 5th activated it anew
+    assert host.stats["health_passivations"] == 1 and host.stats["health_restarts"] == 0
+    assert host.stats["passivations"] >= 1
+    assert await call_json(nc, "agt.call.leaky.p1", {"action": "count"}) == {"ok": True, "result": 5}
