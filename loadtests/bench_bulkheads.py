@@ -8,8 +8,9 @@ types: ``counter`` (well-behaved: ``--concurrency`` callers in closed loops make
 calls of ``increment``), ``sleepy`` (hung-ish: its action waits ``--hang-s`` without using
 CPU) and ``hungry`` (its action burns ``--burn-ms`` of CPU without awaiting: asyncio cannot
 preempt it). The misbehaving type is called by ``--misbehaving`` callers in closed loops for
-the whole scenario; a refused call (``unavailable`` pool_saturated, ``throttled``) is retried
-after 10 ms, so the pressure stays on. Scenarios:
+the whole scenario; the client retries a refused call (``unavailable`` pool_saturated,
+``throttled``: not applied) itself until its timeout, and a call that fails anyway is sent
+again after 10 ms, so the pressure stays on. Scenarios:
 
 * ``baseline``: the counter alone;
 * ``hung``: sleepy with ``--workers`` shared workers and no pool;
@@ -24,7 +25,8 @@ after 10 ms, so the pressure stays on. Scenarios:
 
 Prints, per scenario, the counter's p50 and p99 latency (ms), its calls/s, the misbehaving
 type's completed and refused calls, and the ratio of its p99 to the baseline's p99 measured in
-the same run. The client runs in the host's process (one event loop): a CPU burn delays both,
+the same run ("bad failed": misbehaving calls that failed after the client's own retries).
+The client runs in the host's process (one event loop): a CPU burn delays both,
 as it would delay a host's intake. No assertion: a benchmark.
 """
 
@@ -117,10 +119,10 @@ async def scenario(url: str, name: str, args: argparse.Namespace) -> dict[str, A
         )
         try:
             stop = asyncio.Event()
-            done = refused = 0
+            done = failed = 0
 
             async def misbehave(i: int) -> None:
-                nonlocal done, refused
+                nonlocal done, failed
                 agent_type, act, params = (
                     ("sleepy", "slow", {"seconds": args.hang_s})
                     if name.startswith("hung")
@@ -132,7 +134,7 @@ async def scenario(url: str, name: str, args: argparse.Namespace) -> dict[str, A
                         await ref.request(act, params, delivery=Delivery.AT_MOST_ONCE)
                         done += 1
                     except JetAgentsError:
-                        refused += 1
+                        failed += 1
                         await asyncio.sleep(0.01)
 
             latencies: list[float] = []
@@ -161,7 +163,7 @@ async def scenario(url: str, name: str, args: argparse.Namespace) -> dict[str, A
         "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1000,
         "calls_s": len(latencies) / elapsed,
         "bad_done": done,
-        "bad_refused": refused,
+        "bad_failed": failed,
     }
 
 
@@ -191,13 +193,13 @@ async def main() -> None:
         f"counter: {args.calls} calls, {args.concurrency} callers; misbehaving: {args.misbehaving} callers,"
         f" hang {args.hang_s:g} s, burn {args.burn_ms:g} ms; {args.workers} shared workers\n"
     )
-    head = ("scenario", "p50 ms", "p99 ms", "calls/s", "bad ok", "bad refused", "p99/base")
+    head = ("scenario", "p50 ms", "p99 ms", "calls/s", "bad ok", "bad failed", "p99/base")
     print(f"{head[0]:<14} {head[1]:>8} {head[2]:>9} {head[3]:>8} {head[4]:>7} {head[5]:>12} {head[6]:>9}")
     for name, r in results.items():
         ratio = f"{r['p99_ms'] / base['p99_ms']:9.1f}" if base else f"{'-':>9}"
         print(
             f"{name:<14} {r['p50_ms']:8.1f} {r['p99_ms']:9.1f} {r['calls_s']:8.0f} {r['bad_done']:7d}"
-            f" {r['bad_refused']:12d} {ratio}"
+            f" {r['bad_failed']:12d} {ratio}"
         )
 
 

@@ -26,7 +26,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import BaseModel
 
-from jetagents import Agent, Client, Event, HealthPolicy, NatsServer, action, applies
+from jetagents import Agent, Client, Delivery, Event, HealthPolicy, NatsServer, Throttled, action, applies
 from jetagents._client.inspection import Inspector
 from jetagents.examples import Counter
 from tests.integration.helpers import HostFactory, call_json, eventually, raw_nats, started_hosts
@@ -201,7 +201,9 @@ async def test_a_cpu_hungry_type_is_throttled_and_others_keep_their_latency(
     await eventually(applied, timeout_s=60, interval_s=0.3)
 
 
-async def test_an_agent_over_its_own_cpu_share_is_throttled_alone(make_host: HostFactory, nc: NATS) -> None:
+async def test_an_agent_over_its_own_cpu_share_is_throttled_alone(
+    make_host: HostFactory, nc: NATS, client: Client
+) -> None:
     # settings win over the class's policy; a long window: the share cannot decay under the
     # limit between two calls, however slow the machine
     host = await make_host(membership="static", health={"hungry": {"cpu_share": 0.001, "window_s": 10.0}})
@@ -217,3 +219,22 @@ async def test_an_agent_over_its_own_cpu_share_is_throttled_alone(make_host: Hos
     # another agent of the same type is not throttled for it
     assert await call_json(nc, "agt.call.hungry.cool", {"action": "count"}) == {"ok": True, "result": 0}
     assert host.stats["throttled"] == 1
+    # a client waits retry_after_s before sending it again, and not at all when that is past
+    # its own timeout: the throttled error at once, not a timeout after re-sending in vain
+    with pytest.raises(Throttled) as caught:
+        await client.agent("hungry", "hot").request(
+            "burn", {"seconds": BURN_S}, delivery=Delivery.AT_MOST_ONCE, timeout=3
+        )
+    assert caught.value.details["retry_after_s"] > 3
+    assert host.stats["throttled"] == 2
+
+
+async def test_health_measure_all_measures_types_without_a_policy(make_host: HostFactory, nc: NATS) -> None:
+    host = await make_host(membership="static", health_measure_all=True)
+    for _ in range(64):  # the 64th command measures the instance too
+        assert (await call_json(nc, "agt.call.counter.m", {"action": "get"}))["ok"] is True
+    health = host.catalog.health.of("counter.m")
+    assert health is not None
+    assert health["commands"] == 64 and "cpu_s" in health and health["cpu_share"] >= 0
+    assert health["instance_bytes"] == 0  # a counter holds nothing besides its state
+    assert host.stats["throttled"] == 0 and host.stats["health_restarts"] == 0

@@ -69,7 +69,7 @@ async def test_three_node_cluster_runs_r3_with_the_host_and_client_users(cluster
         )
         out, _ = await asyncio.wait_for(demo.communicate(), 60)
         assert demo.returncode == 0 and b"OK:" in out, out.decode()
-    for name in ("AGT_CMD", "AGT_EVT", "AGT_DLQ", "AGT_OUT", "KV_agt_snap", "KV_agt_meta"):
+    for name in ("AGT_CMD", "AGT_CMDH", "AGT_EVT", "AGT_DLQ", "AGT_OUT", "KV_agt_snap", "KV_agt_meta"):
         info = await _stream(cluster.url("admin"), name)
         assert info["config"]["num_replicas"] == 3, name  # type: ignore[index]
         assert info["config"]["storage"] == "file", name  # type: ignore[index]
@@ -142,7 +142,7 @@ async def test_supercluster_placed_streams_answer_through_the_other_cluster(tmp_
         placed = [orjson.loads(line) for line in place.stdout.splitlines()]
         placed_names = {p["stream"] for p in placed}
         assert placed_names == {
-            *("AGT_CMD", "AGT_EVT", "AGT_DLQ", "AGT_OUT", "KV_agt_snap", "KV_agt_meta"),
+            *("AGT_CMD", "AGT_CMDH", "AGT_EVT", "AGT_DLQ", "AGT_OUT", "KV_agt_snap", "KV_agt_meta"),
             # the patterns' objects (ADRs 0049, 0050, 0057), which hosts would make where they run
             *("AGT_PUB", "KV_agt_subs", "KV_agt_coord", "AGT_WORK", "AGT_WORKDLQ", "KV_agt_proj"),
         }

@@ -141,6 +141,14 @@ class Sender:
         )
         if delay is None:
             raise err
+        # a throttled agent says when it takes commands again (ADR 0059): not sooner, and not
+        # at all when that is past the caller's time
+        details = err.details
+        after_s = details.get("retry_after_s") if isinstance(details, dict) else None
+        if isinstance(after_s, int | float) and after_s > delay:
+            if after_s + MIN_ATTEMPT_S > remaining_s:
+                raise err
+            delay = float(after_s)
         await asyncio.sleep(delay)
 
     async def _call_again(
