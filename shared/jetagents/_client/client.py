@@ -27,7 +27,7 @@ from .._core.callchain import Frame, current_frame
 from .._core.clock import SystemClock
 from .._core.errors import AgentTimeout, JetAgentsError, Unavailable
 from .._core.ids import AgentId, partition_of
-from .._core.journal import current_step_key
+from .._core.journal import effect_key
 from .._core.outstream import ctoken
 from .._core.retry import RetryPolicy
 from .._core.wire import Delivery, Priority, Subjects
@@ -295,7 +295,7 @@ class Client:
         action, a journaled step ``publish:<topic>`` (as ``Agent.publish``, ADR 0042 §12)."""
 
         async def run() -> int:
-            return await self._pubsub.publish(topic, data, msg_id=msg_id or current_step_key())
+            return await self._pubsub.publish(topic, data, msg_id=msg_id or effect_key())
 
         return await auto_step(f"publish:{topic}", run)
 

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .journal import callee_command_id, current_step_key
+from .journal import callee_command_id, current_step_key, effect_key
 
 if TYPE_CHECKING:
     from .stepping import Stepping
@@ -86,5 +86,5 @@ def step_command_id(given: str | None) -> str | None:
     step's key (a re-run's call is then answered from the callee's record); None outside."""
     if given:
         return given
-    key = current_step_key()
+    key = effect_key()
     return None if key is None else callee_command_id(key)

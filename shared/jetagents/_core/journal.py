@@ -263,6 +263,43 @@ def key_of(agent_key: str, cmd: str, i: int) -> str:
 
 # the key of the step whose function runs now (a context variable: each task sees its own)
 _STEP_KEY: ContextVar[str | None] = ContextVar("jetagents_step_key", default=None)
+# how many effects (calls, publishes, writes) the running step's function has made so far
+_EFFECTS: ContextVar[list[int] | None] = ContextVar("jetagents_step_effects", default=None)
+
+
+def enter_step(key: str) -> tuple[Any, Any]:
+    """Mark the step ``key`` as running in this context (its effects counted from 0); hand
+    the result to ``leave_step``."""
+    return _STEP_KEY.set(key), _EFFECTS.set([0])
+
+
+def leave_step(tokens: tuple[Any, Any]) -> None:
+    _STEP_KEY.reset(tokens[0])
+    _EFFECTS.reset(tokens[1])
+
+
+def effect_key() -> str | None:
+    """The idempotency key of the next effect the running step's function makes (a call's
+    command id, a publish's ``Nats-Msg-Id``, a shared-state write's tag); None outside a step.
+
+    The step's key for its first effect, ``<key>+<n>`` for the n-th after it: a step that
+    makes several (two increments, two calls) must not have the second deduplicated into the
+    first, and a re-run of the step, making them in the same order, gets the same keys.
+
+    >>> t = enter_step("c.1:m#0"); [effect_key(), effect_key(), effect_key()]
+    ['c.1:m#0', 'c.1:m#0+1', 'c.1:m#0+2']
+    >>> leave_step(t); effect_key() is None
+    True
+    """
+    key = _STEP_KEY.get()
+    if key is None:
+        return None
+    count = _EFFECTS.get()
+    if count is None:
+        return key
+    n = count[0]
+    count[0] = n + 1
+    return key if n == 0 else f"{key}+{n}"
 
 
 def callee_command_id(key: str) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .ids import validate_token
-from .journal import SLEEP, callee_command_id, current_step_key
+from .journal import SLEEP, callee_command_id, effect_key
 
 if TYPE_CHECKING:
     from .agent import AgentContext
@@ -112,7 +112,7 @@ class Stepping:
         client = self.ctx.client
 
         async def _call() -> Any:
-            key = current_step_key()
+            key = effect_key()
             if key is not None:
                 options.setdefault("command_id", callee_command_id(key))
             return await client.agent(agent_type, agent_id).request(action, params, **options)
@@ -125,7 +125,7 @@ class Stepping:
         client = self.ctx.client
 
         async def _publish() -> int:
-            return int(await client.publish(topic, data, msg_id=current_step_key()))
+            return int(await client.publish(topic, data, msg_id=effect_key()))
 
         return int(await self.step(f"publish:{topic}", _publish))
 

@@ -30,7 +30,7 @@ from .._core.agent import ActionSpec, Agent, AgentSpec
 from .._core.command import Command
 from .._core.errors import InvalidParams, MalformedCommand, Unavailable
 from .._core.ids import is_valid_token
-from .._core.journal import current_step_key, end_entry
+from .._core.journal import effect_key, end_entry
 from .._core.schedules import (
     H_SCHEDULE,
     H_SCHEDULE_NEXT,
@@ -241,7 +241,7 @@ class BoundReminders:
     async def publish(self, r: Reminder) -> dict[str, Any]:
         """Inside a journaled step its key deduplicates the publish; else none is needed
         (a re-publish of the same reminder replaces it with itself)."""
-        return await self._reminders.publish(*self._agent_id, r, current_step_key())
+        return await self._reminders.publish(*self._agent_id, r, effect_key())
 
     async def cancel(self, name: str) -> None:
         await self._reminders.cancel(*self._agent_id, name)

@@ -32,16 +32,17 @@ from .._core.errors import (
 )
 from .._core.ids import partition_of
 from .._core.journal import (
-    _STEP_KEY,
     SIGNAL,
     SLEEP,
     TIMEOUT,
     WAIT,
     Suspend,
     blocked_entry,
+    enter_step,
     entry_tag,
     fold,
     key_of,
+    leave_step,
     recorded,
     resolution_entry,
     step_entry,
@@ -202,14 +203,14 @@ class Steps:
         self._check_length(i, name)
         if out is not None:
             out.step_runs(i)
-        token = _STEP_KEY.set(key_of(act.agent_id.key, cmd, i))
+        tokens = enter_step(key_of(act.agent_id.key, cmd, i))
         try:
             try:
                 value = fn(*args, **kwargs)
                 if inspect.isawaitable(value):
                     value = await value
             finally:
-                _STEP_KEY.reset(token)
+                leave_step(tokens)
         except DomainError as err:  # a refusal is a result too: journaled, raised again on a re-run
             j = step_entry(i, name, error=err.to_wire())
             if out is not None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._core.autostep import auto_step
 from .._core.crdt import CRDT, GCounter, GSet, LWWMap, LWWRegister, ORMap, ORSet, PNCounter, decode_crdt
 from .._core.errors import Unavailable
-from .._core.journal import current_step_key
+from .._core.journal import effect_key
 from .._nats.kv import KvConflict
 from .options import PartitionStrategy, Read, WriteResult, validate_key
 
@@ -65,7 +65,7 @@ class CrdtState:
     async def _increment(self, key: str, by: int) -> WriteResult:
         o = self._o
         await o.start()
-        msg_id = current_step_key() or o.next_op()
+        msg_id = effect_key() or o.next_op()
         subject = self._counter_subject(key)
         queue = self._counter_queue.get(key)
         if queue and o.options.partition is PartitionStrategy.CONTINUE:

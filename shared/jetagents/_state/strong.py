@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._core.autostep import auto_step
 from .._core.errors import Unavailable
-from .._core.journal import current_step_key
+from .._core.journal import effect_key
 from .._nats.kv import KvConflict
 from .options import PartitionStrategy, Read, WriteResult
 from .versions import decode_value, read_of, set_add, winner
@@ -92,7 +92,7 @@ class StrongState:
         conflicts = 0
         # inside a step the write is tagged with the step's key: a re-run of a step whose
         # host died after the write (before its journal entry) finds it and does not redo it
-        step = current_step_key()
+        step = effect_key()
         op = step or o.next_op()
         uncertain = step is not None
         for attempt in range(o.options.max_attempts):

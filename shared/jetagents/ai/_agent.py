@@ -31,7 +31,7 @@ from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolDen
 
 from .._core.agent import Agent, Event, applies
 from .._core.errors import DomainError
-from .._core.journal import callee_command_id, current_step_key
+from .._core.journal import callee_command_id, effect_key
 from .._core.retry import RetryPolicy
 from ._budget import Budgets
 from ._durability import JetAgentsDurability, RunScope, current_scope, enter_scope, exit_scope, stream_text
@@ -153,7 +153,7 @@ async def call_agent(
     scope = current_scope()
     if scope is None:
         raise RuntimeError("call_agent() may only be called by a tool of a DurableAgent running in an action")
-    key = current_step_key()
+    key = effect_key()
     if key is not None:
         options.setdefault("command_id", callee_command_id(f"{key}>{agent_type}.{agent_id}.{action}"))
     return await scope.agent.ctx.client.agent(agent_type, agent_id).request(action, params, **options)

@@ -40,7 +40,7 @@ from mcp.types import CONNECTION_CLOSED, REQUEST_TIMEOUT, CallToolResult, TextCo
 
 from .._core.agent import Agent
 from .._core.errors import DomainError, Unavailable
-from .._core.journal import current_step_key
+from .._core.journal import effect_key
 from .._core.retry import RetryPolicy
 
 log = structlog.get_logger("jetagents.mcp")
@@ -138,7 +138,7 @@ class McpTools:
         args = dict(arguments or {})
 
         async def _call() -> Any:
-            return await self.call_tool(tool, args, key=current_step_key())
+            return await self.call_tool(tool, args, key=effect_key())
 
         return await agent.step(f"mcp:{self.name}/{tool}", _call)
 
