@@ -16,6 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from jetagents import Client, ClientSettings, NatsServer
 from jetagents.testing.server import free_port
 
