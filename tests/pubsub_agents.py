@@ -56,4 +56,29 @@ class Follower(Agent[FollowerState]):
         state.seen.append([event.topic, event.seq, event.n])
 
 
-PUBSUB_AGENTS = [Follower]
+class LooseSeen(Event):
+    topic: str
+    seq: int
+    n: int
+
+
+class LooseFollower(Agent[FollowerState]):
+    """Subscribed at least once: its deliveries carry no deterministic id."""
+
+    type_name = "loose_follower"
+    state_type = FollowerState
+
+    @subscribe("loose.*", delivery="at-least-once")
+    async def on_loose(self, msg: Message) -> None:
+        self.emit(LooseSeen(topic=msg.topic, seq=msg.seq, n=int(msg.data["n"])))
+
+    @action(read_only=True)
+    async def seen(self) -> list[list[Any]]:
+        return self.state.seen
+
+    @applies
+    def _seen(self, state: FollowerState, event: LooseSeen) -> None:
+        state.seen.append([event.topic, event.seq, event.n])
+
+
+PUBSUB_AGENTS = [Follower, LooseFollower]

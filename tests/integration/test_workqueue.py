@@ -120,6 +120,40 @@ async def test_gather_and_first_cancel_the_losers_and_time_out(clients: list[Cli
     assert set(cancelled[-2:]) == {"p", "q"}
 
 
+async def test_then_chains_a_result_and_times_out_the_whole_chain(clients: list[Client]) -> None:
+    client = clients[0]
+    assert await client.then(asyncio.sleep(0.01, 20), lambda v: v + 1) == 21
+
+    async def double(v: int) -> int:
+        return v * 2
+
+    assert await client.then(asyncio.sleep(0.01, 4), double, timeout_s=5) == 8
+    called: list[int] = []
+
+    async def boom() -> int:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        await client.then(boom(), called.append)
+    assert called == []  # a failure skips the continuation
+    cancelled: list[str] = []
+
+    async def slow(v: int) -> int:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.append("continuation")
+            raise
+        return v
+
+    with pytest.raises(AgentTimeout):
+        await client.then(asyncio.sleep(0.01, 1), slow, timeout_s=0.2)  # the continuation is late
+    assert cancelled == ["continuation"]
+    # composes with gather: a chain per request, all bounded by one timeout
+    chained = [client.then(asyncio.sleep(0.01 * i, i), lambda v: v * 10) for i in range(3)]
+    assert await client.gather(*chained, timeout_s=5) == [0, 10, 20]
+
+
 async def test_send_many_stores_every_command_once(clients: list[Client], nats_server: NatsServer) -> None:
     from jetagents import Host, Registry
     from jetagents.examples import EXAMPLE_AGENTS
