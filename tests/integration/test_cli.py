@@ -16,8 +16,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import nats
+
 from jetagents import Client, ClientSettings, NatsServer
 from jetagents.testing.server import free_port
+from tests.integration.helpers import stream_state
 
 CLI = [sys.executable, "-m", "jetagents.cli"]
 
@@ -45,6 +48,16 @@ async def test_call_and_errors(nats_server: NatsServer, host_process_factory: An
     assert json.loads(r.stdout) == {"ok": True, "result": 2}  # same id: not applied twice
     r = await asyncio.to_thread(call, "counter/cli", "get", "--delivery", "at-most-once")
     assert json.loads(r.stdout)["result"] == 2
+    # --priority high goes through the high lane's stream, not the normal one (ADR 0058)
+    nc = await nats.connect(nats_server.url)
+    try:
+        before = [(await stream_state(nc, s))["last_seq"] for s in ("AGT_CMDH", "AGT_CMD")]
+        r = await asyncio.to_thread(call, "counter/cli", "increment", '{"by": 1}', "--priority", "high")
+        assert json.loads(r.stdout) == {"ok": True, "result": 3}, r.stderr
+        after = [(await stream_state(nc, s))["last_seq"] for s in ("AGT_CMDH", "AGT_CMD")]
+    finally:
+        await nc.close()
+    assert after == [before[0] + 1, before[1]]
     r = await asyncio.to_thread(call, "account/cli", "withdraw", '{"amount": 5}')
     assert r.returncode == 1
     assert json.loads(r.stdout)["error"]["reason"] == "insufficient_funds"

@@ -5,6 +5,8 @@ passivated). Two in-process hosts on one real nats-server."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, ClassVar
 
 import pytest
@@ -89,3 +91,78 @@ async def test_place_where_it_fits_refuse_or_queue_and_release_on_passivation(
     finally:
         await gpu.stop()
         await plain.stop()
+
+
+async def test_a_hot_host_gives_a_placed_agent_away_with_its_state_while_commands_flow(
+    nats_server: NatsServer, client: Client
+) -> None:
+    """Rebalancing placed agents (ADR 0044): two trainers placed on one host; a second host
+    joins; the first burns its core (its CPU clock is made to advance 0.9 s a second: the
+    load a noisy neighbour causes, as in the simulation) and gives one trainer away, through
+    the migrate path, while both keep receiving commands. Every command applies exactly
+    once and the moved trainer keeps its state; the other stays (moving it too would only
+    make the other host hot)."""
+    balance = {"rebalance_interval_s": 0.5, "rebalance_persist": 2, "load_window_s": 1.0}
+    hot = host(nats_server.url, "hot", resources={"gpu": 2}, **balance)
+    hot.loadmeter._cpu = lambda: 0.0  # no measured CPU until the test says: neither host is hot by chance
+    await hot.start()
+    cold: Host | None = None
+    store = JetStreamStore(client.nc, hot.topology.cluster_bucket)
+    sent = {"t1": 0, "t2": 0}
+    try:
+        await eventually(lambda: len(hot.owned) == 8, timeout_s=20)
+        for name in sent:
+            assert await client.agent("trainer", name).request("train", {"n": 1}, timeout=20) == 1
+            sent[name] += 1
+        assert {(await store.get(f"place.trainer.{n}")).value["host"] for n in sent} == {"hot"}  # type: ignore[union-attr]
+        cold = host(nats_server.url, "cold", resources={"gpu": 2}, **balance)
+        cold.loadmeter._cpu = lambda: 0.0
+        await cold.start()
+        await eventually(lambda: hot.owned and cold.owned and len(hot.owned) + len(cold.owned) == 8, timeout_s=30)
+
+        async def send(name: str) -> None:
+            await client.agent("trainer", name).send("train", {"n": 1}, command_id=f"{name}-{sent[name]}")
+            sent[name] += 1
+
+        async def traffic(name: str) -> None:
+            while True:
+                await send(name)
+                await asyncio.sleep(0.05)
+
+        tasks = [asyncio.create_task(traffic(n)) for n in sent]
+        hot.loadmeter._cpu = lambda: 0.9 * time.monotonic()
+
+        async def where() -> set[str]:
+            return {(await store.get(f"place.trainer.{n}")).value["host"] for n in sent}  # type: ignore[union-attr]
+
+        await eventually(lambda: _has(where(), "cold"), timeout_s=45)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert await where() == {"hot", "cold"}  # one moved; the other is all of hot's heat
+        for name in sent:  # and commands go on after the move
+            await send(name)
+            await send(name)
+        for name in sent:  # every command sent applied exactly once, wherever it ran
+            await eventually(lambda n=name: _steps_are(client, n, sent[n]), timeout_s=30, interval_s=0.3)
+        records = {n: await store.get(f"place.trainer.{n}") for n in sent}
+        moved = next(n for n, r in records.items() if r is not None and r.value["host"] == "cold")
+        assert records[moved].value["needs"] == {"gpu": 1.0, "cpu": 0.5}  # type: ignore[union-attr]  # the reservation moved too
+        log = [c for c in await commits(client.nc, "trainer", moved) if c["cmd"].startswith(moved)]
+        assert {c["_headers"]["Agt-Host"] for c in log} == {"hot", "cold"}
+        assert len({c["cmd"] for c in log}) == len(log) == sent[moved] - 1  # the first was a call
+    finally:
+        if cold is not None:
+            await cold.stop()
+        await hot.stop()
+
+
+async def _has(hosts: Any, name: str) -> bool:
+    return name in await hosts
+
+
+async def _steps_are(client: Client, name: str, n: int) -> bool:
+    # n=0 adds nothing: it reads the state (more than n would mean a command applied twice)
+    steps = await client.agent("trainer", name).request("train", {"n": 0}, timeout=20)
+    assert steps <= n
+    return bool(steps == n)

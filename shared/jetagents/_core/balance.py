@@ -33,9 +33,10 @@ back at most ``max_moves`` partition moves. The rules that keep it from flapping
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .resources import HostView, choose_host, parse_needs
 from .ring import capacity_caps
 
 
@@ -68,12 +69,7 @@ class Balancer:
 
     def hot(self, scores: Mapping[str, float]) -> list[str]:
         """Hosts over the threshold now, hottest first."""
-        if not scores:
-            return []
-        mean = sum(scores.values()) / len(scores)
-        p = self.policy
-        over = [h for h, s in scores.items() if s > mean * (1 + p.threshold) and s > mean + p.min_gap]
-        return sorted(over, key=lambda h: (-scores[h], h))
+        return hot_hosts(scores, self.policy)
 
     def plan(
         self,
@@ -200,6 +196,119 @@ class Balancer:
         return (best[2], best[3]) if best is not None else None
 
 
+def hot_hosts(scores: Mapping[str, float], policy: BalancePolicy) -> list[str]:
+    """Hosts over the threshold now (``policy.threshold`` and ``policy.min_gap``), hottest first."""
+    if not scores:
+        return []
+    mean = sum(scores.values()) / len(scores)
+    over = [h for h, s in scores.items() if s > mean * (1 + policy.threshold) and s > mean + policy.min_gap]
+    return sorted(over, key=lambda h: (-scores[h], h))
+
+
+@dataclass(frozen=True, slots=True)
+class AgentMove:
+    agent: str  # "<type>.<id>"
+    source: str
+    target: str
+
+
+@dataclass
+class Shedder:
+    """One host's memory between intervals, to give its placed agents (ADR 0060) away while
+    it stays hot. The same limits as partitions: hot for ``persist`` intervals in a row
+    (the streak restarts after a move, so the next one waits for measurements that include
+    it), at most ``max_moves`` agents an interval, an agent moved less than ``cooldown``
+    intervals ago stays (``movable_agents``, from its record's age: durable, so it holds
+    across hosts), a target only where the agent's needs fit beside the reservations there
+    (``choose_host``, rendezvous with bounded loads, among the hosts the move helps).
+
+    What an agent costs is not measured per agent: it is predicted as its part of the
+    host's movable score (CPU and network), shared by declared ``cpu`` (equally when an
+    agent declares none). A move is made only when, so predicted, both hosts end below the
+    hot score less ``min_gap``; an agent that is the whole of its host's heat never moves
+    (moving it would only swap which host is hot). While the prediction is not below what
+    the agent really costs (the host's load is its agents' and more, spread as declared),
+    the two hosts' higher score falls at every move and nothing can cycle, as for
+    partitions; otherwise the cooldown bounds how often one agent moves."""
+
+    policy: BalancePolicy = field(default_factory=BalancePolicy)
+    streak: int = 0
+
+    def ready(self, me: str, scores: Mapping[str, float]) -> bool:
+        """Count this interval: True when ``me`` has been hot ``persist`` intervals in a row."""
+        if len(scores) < 2 or me not in hot_hosts(scores, self.policy):
+            self.streak = 0
+            return False
+        self.streak += 1
+        return self.streak >= self.policy.persist
+
+    def plan(
+        self,
+        me: str,
+        scores: Mapping[str, float],
+        movable: float,
+        mine: Mapping[str, Mapping[str, float]],
+        views: Mapping[str, HostView],
+        *,
+        eps: float = 0.25,
+    ) -> list[AgentMove]:
+        """After ``ready``: the agents (``mine``: movable agent -> needs) to move, and where.
+        ``movable`` is the part of this host's score that follows what it runs."""
+        if not mine or me not in scores:
+            return []
+        declared = all(n.get("cpu", 0.0) > 0 for n in mine.values())
+        weight = {k: n.get("cpu", 0.0) if declared else 1.0 for k, n in mine.items()}
+        total = sum(weight.values())
+        cost = {k: movable * w / total for k, w in weight.items()}
+        live = dict(scores)
+        limit = scores[me] - self.policy.min_gap
+        cool = {h: v for h, v in views.items() if h != me and h in scores}
+        moves: list[AgentMove] = []
+        # the costliest agents first: the most relief per move
+        for key in sorted(mine, key=lambda k: (-cost[k], k)):
+            if len(moves) >= self.policy.max_moves:
+                break
+            c, needs = cost[key], mine[key]
+            if c <= 0 or live[me] - c > limit:
+                continue
+            helped = {h: v for h, v in cool.items() if live[h] + c <= limit}
+            target = choose_host(key, needs, helped, eps=eps)
+            if target is None:
+                continue
+            v = cool[target]
+            reserved = {n: v.reserved.get(n, 0.0) + needs.get(n, 0.0) for n in {*v.reserved, *needs}}
+            cool[target] = HostView(v.capacity, reserved, v.placed + 1, v.score + c)
+            live[me] -= c
+            live[target] += c
+            moves.append(AgentMove(key, me, target))
+        if moves:
+            self.streak = 0
+        return moves
+
+
+def movable_agents(
+    records: Iterable[tuple[str, Mapping[str, object]]], me: str, now_ms: int, hold_ms: float
+) -> dict[str, dict[str, float]]:
+    """The agents placed on ``me`` with needs (``records``: agent key -> placement record)
+    whose record is older than ``hold_ms`` (a moved agent stays put for the cooldown).
+
+    >>> movable_agents([("t.a", {"host": "h", "needs": {"gpu": 1}, "ts_ms": 0})], "h", 10_000, 5_000)
+    {'t.a': {'gpu': 1.0}}
+    """
+    out: dict[str, dict[str, float]] = {}
+    for key, value in records:
+        ts = value.get("ts_ms")
+        if value.get("host") != me or not isinstance(ts, int | float) or now_ms - ts < hold_ms:
+            continue
+        try:
+            needs = parse_needs(value.get("needs") or {})
+        except ValueError:
+            continue
+        if needs:
+            out[key] = needs
+    return out
+
+
 def apply(owners: Sequence[str], moves: Sequence[Move]) -> list[str]:
     out = list(owners)
     for m in moves:
@@ -248,4 +357,15 @@ def imbalance(scores: Mapping[str, float]) -> float:
     return max(scores.values()) / mean if mean > 0 else 1.0
 
 
-__all__ = ["BalancePolicy", "Balancer", "Move", "apply", "imbalance", "rates_and_costs"]
+__all__ = [
+    "AgentMove",
+    "BalancePolicy",
+    "Balancer",
+    "Move",
+    "Shedder",
+    "apply",
+    "hot_hosts",
+    "imbalance",
+    "movable_agents",
+    "rates_and_costs",
+]

@@ -343,6 +343,11 @@ class Placement:
     async def _on_release(self, msg: Message) -> None:
         body = orjson.loads(msg.data)
         key, strategy = str(body["agent"]), str(body.get("strategy", "checkpoint"))
+        held = self.catalog.activations.get(key)
+        if held is not None and _busy(held):
+            # a call forwarded here may be running (calls are not acknowledged back to the
+            # owner's mailbox): never hand over an agent mid-step; the mover asks again
+            raise Unavailable(f"{key} is running a command; ask again", details={"applied": False})
         act = self.catalog.activations.pop(key, None)
         snapshot = None
         if act is not None and act.agent is not None:
@@ -416,6 +421,9 @@ class Placement:
                 raise Unavailable(f"host {target!r} is not a live member", details={"applied": False})
             me = self.settings.host_id
             key = act.agent_id.key
+            needs = needs_of(act.spec.cls) if act.spec.cls.resources else None
+            if needs:  # its reservation moves with it: only to a host with room (ADR 0060)
+                await self.reserving.check_room(coord, key, needs, target)
             placed = coord.placements.get(key)
             source = placed[0] if placed and placed[0] in coord.members_cache else me
             snapshot: dict[str, Any] | None = None
@@ -424,7 +432,7 @@ class Placement:
                     snapshot = await self._hand_over(act, strategy)
             elif source != target:
                 snapshot = (await self.request(source, "release", {"agent": key, "strategy": strategy})).get("snapshot")
-            rev = await coord.place(key, target)
+            rev = await coord.place(key, target, needs)
             if target != me:
                 await self.request(target, "adopt", {"agent": key, "rev": rev, "snapshot": snapshot})
             elif snapshot is not None:

@@ -22,11 +22,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._core.balance import AgentMove, Shedder, movable_agents
 from .._core.command import ACKED, Command
 from .._core.errors import JetAgentsError, Unavailable
+from .._core.ids import partition_of
 from .._core.kv import CasConflict
 from .._core.outcome import Result
-from .._core.resources import admitted, choose_host, host_views, parse_needs, reservations
+from .._core.resources import admitted, choose_host, fits, host_views, load_score, parse_needs, reservations
 
 if TYPE_CHECKING:
     from .catalog import Activation
@@ -47,6 +49,7 @@ class Reserving:
     def __init__(self, placement: Placement) -> None:
         self.placement = placement
         self._idle_since: dict[str, float] = {}
+        self._shedder: Shedder | None = None  # made at the first interval, from the cluster's policy
 
     @property
     def me(self) -> str:
@@ -120,22 +123,84 @@ class Reserving:
             await self._release(coord, key, rev)
         return None
 
+    async def check_room(self, coord: Coordinator, key: str, needs: Mapping[str, float], target: str) -> None:
+        """Before a migration: raise ``Unavailable`` when ``needs`` do not fit on ``target``
+        beside the reservations of the other records."""
+        records = await coord.store.scan("place.")
+        others = [(e.value, e.rev) for k, e in records.items() if k != f"place.{key}"]
+        view = host_views(coord.members_cache, others, self.placement.settings.load_weights).get(target)
+        if view is None or not fits(needs, view.capacity, view.reserved):
+            raise Unavailable(
+                f"host {target!r} has no room for {dict(needs)}",
+                details={"applied": False, "reason": "insufficient_resources", "needs": dict(needs)},
+            )
+
+    async def shed(self, coord: Coordinator) -> list[AgentMove]:
+        """Rebalancing placed agents (ADR 0044): while this host stays hot, ask the owners
+        of some of its placed agents' partitions to migrate them (``checkpoint``) to cooler
+        hosts with room. A migration is a command in the agent's mailbox at its owner,
+        behind the commands before it, and the placed host refuses to release an agent
+        that is running one: nothing moves mid-step."""
+        cfg = coord.cfg
+        if cfg.balance is None or cfg.balance_interval_s <= 0 or coord.ring is None:
+            return []
+        if self._shedder is None:
+            self._shedder = Shedder(cfg.balance)
+        s = self.placement.settings
+        members = coord.members_cache
+        scores = {h: load_score(m, s.load_weights) for h, m in members.items() if not m.get("draining")}
+        if not self._shedder.ready(self.me, scores):
+            return []
+        records = await coord.store.scan("place.")
+        hold_ms = cfg.balance.cooldown * cfg.balance_interval_s * 1000
+        placed = ((k.removeprefix("place."), e.value) for k, e in records.items())
+        mine = movable_agents(placed, self.me, coord.clock.wall_ms(), hold_ms)
+        views = host_views(members, [(e.value, e.rev) for e in records.values()], s.load_weights)
+        # what follows what the host runs: CPU and network, not the process's memory
+        movable = load_score(members.get(self.me, {}), {k: w for k, w in s.load_weights.items() if k != "memory"})
+        moves = self._shedder.plan(self.me, scores, movable, mine, views, eps=s.placement_eps)
+        pl = self.placement
+        for m in moves:
+            agent_type, _, agent_id = m.agent.partition(".")
+            owner = coord.ring.owners[partition_of(agent_type, agent_id, s.partitions)]
+            body = {"type": agent_type, "id": agent_id, "target": m.target, "strategy": "checkpoint"}
+            try:
+                await pl.request(owner, "migrate", body)
+            except JetAgentsError as exc:  # busy, no room any more, owner away: next interval
+                pl.log.info("agent_shed_failed", agent=m.agent, target=m.target, error=str(exc))
+                continue
+            pl.log.info("agent_shed", agent=m.agent, source=m.source, target=m.target, score=scores[self.me])
+        return moves
+
     async def _release(self, coord: Coordinator, key: str, rev: int) -> None:
         value = {"host": "", "needs": {}, "ts_ms": coord.clock.wall_ms(), "released_by": self.me}
         new = await coord.store.update(f"place.{key}", value, rev)
         coord.learn_placement(key, "", new)
 
     async def run(self) -> None:
-        """Every quarter of ``placement_release_s``: ``release_idle`` (the host's background)."""
+        """The host's background: every quarter of ``placement_release_s``
+        ``release_idle``; every ``rebalance_interval_s`` (when on) ``shed``."""
         pl = self.placement
+        release_every_s = max(0.5, pl.settings.placement_release_s / 4)
+        shed_every_s = pl.settings.rebalance_interval_s
+        start = pl.clock.monotonic()
+        next_release, next_shed = start + release_every_s, start + shed_every_s
         while True:
-            await pl.clock.sleep(max(0.5, pl.settings.placement_release_s / 4))
+            due = min(next_release, next_shed) if shed_every_s > 0 else next_release
+            await pl.clock.sleep(max(0.05, due - pl.clock.monotonic()))
             coord = pl._coordinator()
+            now = pl.clock.monotonic()
             if coord is None:
                 continue
             try:
-                for key in await self.release_idle(coord, pl.catalog.activations, pl.clock.monotonic()):
-                    await pl._event("agent.unplaced", {"agent": key, "host": self.me})
+                if now >= next_release:
+                    next_release = now + release_every_s
+                    for key in await self.release_idle(coord, pl.catalog.activations, now):
+                        await pl._event("agent.unplaced", {"agent": key, "host": self.me})
+                if shed_every_s > 0 and now >= next_shed:
+                    next_shed = now + shed_every_s
+                    for m in await self.shed(coord):
+                        await pl._event("agent.shed", {"agent": m.agent, "from": m.source, "to": m.target})
             except (JetAgentsError, CasConflict) as exc:  # the store is away: next round
                 pl.log.debug("placement_release_failed", error=str(exc))
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -247,11 +247,14 @@ class Coordinator:
     async def _read_placements(self) -> None:
         self.placements = merge_placements(await self.store.scan("place."), self.placements)
 
-    async def place(self, agent_key: str, host: str) -> int:
+    async def place(self, agent_key: str, host: str, needs: Mapping[str, float] | None = None) -> int:
         """Record that ``agent_key`` runs on ``host`` (CAS on the previous placement);
-        returns the placement's revision, the placed host's writer token."""
+        returns the placement's revision, the placed host's writer token. ``needs`` keep the
+        reservation of an agent whose type declares resources (ADR 0060) when it moves."""
         key = f"place.{agent_key}"
-        value = {"host": host, "ts_ms": self.clock.wall_ms()}
+        value: dict[str, Any] = {"host": host, "ts_ms": self.clock.wall_ms()}
+        if needs:
+            value["needs"] = dict(needs)
         current = await self.store.get(key)
         rev = (
             await self.store.create(key, value) if current is None else await self.store.update(key, value, current.rev)
