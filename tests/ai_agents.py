@@ -163,6 +163,10 @@ class HttpDesk(ChatAgent[ChatState]):
     @action
     async def ask(self, prompt: str) -> dict[str, Any]:
         result = await self.chat(http_agent(), prompt)
+        # the turn's last model call is journaled, its closing commit not made yet: the scripted
+        # server sees this point (``effect:turn-end``), so a test can hold and kill the host here
+        base = os.environ.get("OPENAI_BASE_URL", "")
+        await asyncio.to_thread(report_effect, base, "turn-end", "")
         return {"output": result.output, "messages": len(self.state.messages)}
 
 

@@ -7,16 +7,19 @@ The turn makes 3 model calls and 4 tool calls (``tests/ai_agents.py``, ``httpdes
 
 The scripted server (in this test's process, outside the host) counts every request it
 received and every answer it gave, and every tool effect (tools report theirs to it with
-their step's idempotency key). The host is killed at three chosen step boundaries, each time
+their step's idempotency key). The host is killed at four chosen step boundaries, each time
 while the next unit is held in the server, unanswered:
 
 * model 0 journaled, tool check(a) not yet effective;
 * tools a and b journaled, model call 1 asked but not answered;
-* tools c and d journaled, model call 2 asked but not answered.
+* tools c and d journaled, model call 2 asked but not answered;
+* model call 2 answered and journaled, the closing commit (the conversation and the reply) not
+  made: the action reports ``turn-end`` to the server after its turn and is held there.
 
-The other boundaries are the same cases (a journaled unit, the next one not done); three kills
-keep the test near 30 s. Afterwards each model call was answered exactly once and each tool's
-effect happened exactly once, the held calls were asked again (never answered twice), the
+The other boundaries are the same cases (a journaled unit, the next one not done); four kills
+keep the test near 40 s. Afterwards each model call was answered exactly once and each tool's
+effect happened exactly once, the held calls were asked again (never answered twice), the last
+model call was not asked again after the last kill (the re-run replays it from the journal), the
 conversation holds the whole turn and the caller got the reply.
 """
 
@@ -49,7 +52,7 @@ async def test_sigkill_at_step_boundaries_of_a_turn_with_3_model_calls_and_4_too
     url = nats_server.url
     with ScriptedChatServer(SCRIPT) as server:
         env = {"JETAGENTS_AGENTS": AGENTS, "JETAGENTS_MODEL": "openai:scripted", "OPENAI_BASE_URL": server.base_url}
-        held = ["effect:check-a", "chat:1", "chat:2"]
+        held = ["effect:check-a", "chat:1", "chat:2", "effect:turn-end"]
         for what in held:
             server.hold(what)
         hp = host_process_factory(url, **env).start()
@@ -67,6 +70,9 @@ async def test_sigkill_at_step_boundaries_of_a_turn_with_3_model_calls_and_4_too
 
             for what in held:
                 await waiting(what, 1)  # the unit before it is journaled; this one is held, not done
+                if what == "effect:turn-end":  # all 7 steps journaled, no closing commit yet
+                    journaled = [c["j"].get("name") for c in await _commits(url)]
+                    assert len(journaled) == 7 and journaled[-1] == "model:default"
                 hp.kill()
                 server.abandon()  # the killed host's request is dropped, unanswered
                 await waiting(what, 0)
@@ -82,8 +88,10 @@ async def test_sigkill_at_step_boundaries_of_a_turn_with_3_model_calls_and_4_too
             await client.close()
 
     assert server.answered == {0: 1, 1: 1, 2: 1}  # each model call answered exactly once
-    assert server.received == {0: 1, 1: 2, 2: 2}  # the held ones asked again after the kill
-    assert server.effects == {"check-a": 1, "check-b": 1, "check-c": 1, "check-d": 1}
+    assert server.received == {0: 1, 1: 2, 2: 2}  # the held ones asked again after the kill, not after the last
+    # turn-end is the action's own code after its turn, not a step: it ran again after the kill
+    # (waited on above); the killed host's report was dropped unanswered, so it counts once
+    assert server.effects == {"check-a": 1, "check-b": 1, "check-c": 1, "check-d": 1, "turn-end": 1}
     keys = [k for name in ("check-a", "check-b", "check-c", "check-d") for k in server.effect_keys[name]]
     assert keys == [f"httpdesk.t1:turn1#{i}" for i in (1, 2, 4, 5)]
     log = await _commits(url)

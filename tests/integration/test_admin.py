@@ -168,6 +168,25 @@ async def test_cli_inspection(nats_server: NatsServer) -> None:
         assert redriven["reply"]["error"]["code"] == "unknown_action" and redriven["removed"]
         again = await dead_letters(client.nc)
         assert len(again) == 1 and again[0]["headers"]["Agt-Command-Id"] == dl["headers"]["Agt-Command-Id"]
+
+        # with no host, commands wait in both lanes: `agent show` counts them as its queue
+        await host.stop()
+        for priority in ("normal", "normal", "high"):
+            await client.agent("counter", "cli").send("increment", {"by": 10}, priority=priority)
+        (shown,) = await asyncio.to_thread(cli, "agent", "show", "counter/cli", "--last", "2")
+        assert shown["queued"] == 3 and shown["state"] == {"value": 6} and shown["n"] == 3
+        assert [c["n"] for c in shown["last_commits"]] == [2, 3]
+        assert [
+            h["n"] for h in await asyncio.to_thread(cli, "agent", "history", "counter/cli", "--from", str(seq2))
+        ] == [2, 3]
+        (tomb,) = await asyncio.to_thread(
+            cli, "agent", "delete", "counter/cli", "--yes", "--grace-s", "0", "--by", "op"
+        )
+        assert tomb["agent"] == "counter/cli" and tomb["by"] == "op" and tomb["purged_ms"] is None
+        purged = [p for p in await asyncio.to_thread(cli, "agent", "purge") if p.get("purged_ms")]
+        assert [p["agent"] for p in purged] == ["counter/cli"]
+        assert await Inspector(client).queued("counter", "cli") == 0
+        assert await commits(client.nc, "counter", "cli") == []
     finally:
         await client.close()
         await host.stop()

@@ -12,14 +12,22 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
 from pydantic_ai.models.function import AgentInfo
 from pydantic_ai.usage import RequestUsage, UsageLimits
 
 from jetagents import Client, ClientSettings, DomainError, Host, NatsServer, Registry, RetryPolicy
 from jetagents._core.errors import BudgetExceeded
 from jetagents._obs.metrics import GenAiMetrics
-from jetagents.ai import Budget, Budgets, budget_window
+from jetagents.ai import Budget, Budgets, Price, budget_window
 from jetagents.examples import EXAMPLE_AGENTS
 from jetagents.testing.openai_server import ScriptedChatServer
 from tests import ai_agents
@@ -124,6 +132,40 @@ async def test_a_conversation_lives_in_the_agent_state(ai_client: Client) -> Non
     assert seen == [1, 3]  # the second turn saw the first turn's request and answer
 
 
+async def test_a_large_conversation_is_kept_by_reference_and_the_next_turn_sees_all_of_it(
+    nats_server: NatsServer,
+) -> None:
+    prompts: list[list[str]] = []
+
+    def echo(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        prompts.append(
+            [
+                str(p.content)
+                for m in messages
+                if isinstance(m, ModelRequest)
+                for p in m.parts
+                if isinstance(p, UserPromptPart)
+            ]
+        )
+        return ModelResponse(parts=[TextPart(f"turn {len(prompts)}")])
+
+    ai_agents.SCRIPT = echo
+    long_prompt = "the whole ticket history: " + "disk d1 full, " * 200  # ~3 KB, over the 1 KiB threshold
+    settings = host_settings(nats_server.url, payload_ref_threshold_bytes=1024)
+    for prompt in (long_prompt, "and now?"):  # a new host each turn: the second reads the log back
+        async with Host(settings, Registry(AGENTS)):
+            client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
+            try:
+                await client.agent("desk", "acme-11").request("ask", {"prompt": prompt}, timeout=20)
+                log = await commits(client.nc, "desk", "acme-11")
+            finally:
+                await client.close()
+    assert prompts == [[long_prompt], [long_prompt, "and now?"]]
+    [first_turn] = next(c for c in log if c["j"]["k"] == "end")["events"]  # the closing commit's event
+    assert first_turn["type"] == "MessagesAdded" and first_turn["data"]["$ref"].startswith("sha256:")
+    assert first_turn["data"]["bytes"] > len(long_prompt)  # the whole turn is in the blob, not in the log
+
+
 async def test_structured_output_tools_calling_agents_and_usage_limits(ai_client: Client) -> None:
     def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         if not _tool_returns(messages):
@@ -222,6 +264,60 @@ async def test_a_tenant_s_agents_spending_at_once_never_pass_its_budget(ai_clien
     assert spent == 90  # what was answered; refused calls gave their reservations back
 
 
+def ten_tokens_each(answered: list[int]) -> Any:
+    """Every model call answers ``ok`` and uses 6 input and 4 output tokens."""
+
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        answered.append(1)
+        return ModelResponse(parts=[TextPart("ok")], usage=RequestUsage(input_tokens=6, output_tokens=4))
+
+    return script
+
+
+async def test_an_agent_s_own_budget_refuses_it_while_its_tenant_s_other_agents_go_on(ai_client: Client) -> None:
+    budgets = Budgets(per_agent=Budget(tokens=15, reserve_tokens=10), per_tenant=Budget(tokens=1000))
+    durable_support.budgets = budgets
+    answered: list[int] = []
+    ai_agents.SCRIPT = ten_tokens_each(answered)
+    hooli1 = ai_client.agent("desk", "hooli-1")
+    assert await hooli1.request("ask", {"prompt": "q1"}, timeout=20) == "ok"
+    with pytest.raises(BudgetExceeded) as info:  # 10 spent + 10 reserved > 15: refused, unsent
+        await hooli1.request("ask", {"prompt": "q2"}, timeout=20)
+    assert info.value.details == {
+        "scope": "agent",
+        "key": "agent.desk.hooli-1",
+        "limit": 15,
+        "spent": 10,
+        "unit": "tokens",
+    }
+    assert len(answered) == 1
+    assert await ai_client.agent("desk", "hooli-2").request("ask", {"prompt": "q1"}, timeout=20) == "ok"
+    assert len(answered) == 2
+    assert await budgets.tokens_spent(ai_client, "agent.desk.hooli-1") == 10  # the refused hold was given back
+    assert await budgets.tokens_spent(ai_client, "tenant.hooli") == 20
+
+
+async def test_a_cost_budget_refuses_once_the_tenant_s_spending_in_dollars_reaches_it(ai_client: Client) -> None:
+    # 6 input tokens at 0.05 USD and 4 output tokens at 0.1 USD: 0.7 USD (700,000 micro-dollars) a call
+    price = Price(input_per_mtok=50_000, output_per_mtok=100_000)
+    budgets = Budgets(per_tenant=Budget(cost_usd=1.0), prices={"function:_scripted:": price})
+    durable_support.budgets = budgets
+    answered: list[int] = []
+    ai_agents.SCRIPT = ten_tokens_each(answered)
+    for n in (1, 2):  # checked before each call, not reserved: the second call passes 1 USD
+        assert await ai_client.agent("desk", f"wonka-{n}").request("ask", {"prompt": "q"}, timeout=20) == "ok"
+    with pytest.raises(BudgetExceeded) as info:
+        await ai_client.agent("desk", "wonka-3").request("ask", {"prompt": "q"}, timeout=20)
+    assert info.value.details == {
+        "scope": "tenant",
+        "key": "tenant.wonka",
+        "limit": 1_000_000,
+        "spent": 1_400_000,
+        "unit": "uusd",
+    }
+    assert len(answered) == 2
+
+
 async def test_the_real_http_client_path_with_a_retried_server_error(
     nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -239,7 +335,7 @@ async def test_the_real_http_client_path_with_a_retried_server_error(
                 await client.close()
     assert out == {"output": "all good", "messages": 4}
     assert server.received == {0: 2, 1: 1} and server.answered == {0: 1, 1: 1}
-    assert server.effects == {"check-disk": 1}
+    assert server.effects == {"check-disk": 1, "turn-end": 1}
     [key] = server.effect_keys["check-disk"]
     assert key.startswith("httpdesk.h1:") and key.endswith("#1")  # the tool step's idempotency key
 

@@ -72,6 +72,33 @@ async def test_declared_and_runtime_subscriptions_deliver_in_order_once(world: t
     assert (await _wait_seen(client, "a2", len(orders) + 1))[-1] == ["orders.created", last, 99]
     assert len(await _seen(client, "a1")) == len(orders)
     assert host.stats["pubsub_deliveries"] >= 2 * len(orders) + len(shipments)
+    # three subscribing agents, two distinct patterns: two consumers, not one per subscriber
+    info = await client.nc.jetstream().stream_info("AGT_PUB")
+    assert info.state.consumer_count == 2
+
+
+async def test_at_least_once_subscribers_get_every_message_without_a_deterministic_id(
+    world: tuple[Host, Client],
+) -> None:
+    _, client = world
+    for a in ("l1", "l2"):  # activated: subscribed to loose.* by the class, at least once
+        assert await client.agent("loose_follower", a).request("seen", delivery="at-most-once", timeout=5) == []
+    published = [["loose.x", await client.publish("loose.x", {"n": n}), n] for n in range(10)]
+    for a in ("l1", "l2"):
+        got: list[Any] = []
+
+        async def arrived(agent: str = a) -> bool:
+            nonlocal got
+            ref = client.agent("loose_follower", agent)
+            got = list(await ref.request("seen", delivery="at-most-once", timeout=5))
+            return len({tuple(g) for g in got}) >= len(published)
+
+        await eventually(arrived, 30, 0.1)
+        # at least once: each one arrived (a redelivery may repeat one)
+        assert sorted({tuple(g) for g in got}, key=lambda g: g[1]) == [tuple(p) for p in published]
+        log = [c for c in await commits(client.nc, "loose_follower", a) if c["action"] == "on_loose"]
+        assert len(log) >= len(published)
+        assert not {c["cmd"] for c in log} & {delivery_id(s, "loose_follower", a) for _, s, _ in published}
 
 
 async def test_publish_from_an_action_is_a_step_and_ephemeral_subscribers_see_it(

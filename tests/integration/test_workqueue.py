@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from jetagents import AgentTimeout, Client, ClientSettings, NatsServer
+from jetagents._client.workqueue import run_stages
 from jetagents._core.wire import Subjects
 from jetagents._nats.workqueue import WorkStore
 from tests.integration.helpers import eventually, read_all
@@ -91,6 +92,46 @@ async def test_workers_share_a_queue_with_retries_visibility_and_dead_letters(cl
     assert state.state.messages == 0  # every job acknowledged or dead-lettered
 
 
+async def test_a_pipeline_of_two_stages_feeds_results_on_and_dead_letters_a_failing_job(
+    clients: list[Client],
+) -> None:
+    producer, worker = clients[:2]
+    squares: list[int] = []
+
+    def square(data: dict[str, int]) -> dict[str, int]:
+        if data["n"] == 7:
+            raise RuntimeError("stage one refuses 7")
+        return {"sq": data["n"] ** 2}
+
+    async def collect(data: dict[str, int]) -> None:
+        squares.append(data["sq"])
+
+    for n in range(10):
+        await producer.work_queue("stage1").put({"n": n})
+    stop = asyncio.Event()
+    stages = [
+        (worker.work_queue("stage1", max_attempts=2), square),
+        (worker.work_queue("stage2", max_attempts=2), collect),
+    ]
+    run = asyncio.create_task(run_stages(stages, concurrency=2, stop=stop))
+    try:
+
+        async def settled() -> bool:
+            return len(squares) == 9 and len(await read_all(producer.nc, "AGT_WORKDLQ")) == 1
+
+        await eventually(settled, 30, 0.05)
+    finally:
+        stop.set()
+        await run
+    assert sorted(squares) == [n * n for n in range(10) if n != 7]
+    [(_, subject, _, body)] = await read_all(producer.nc, "AGT_WORKDLQ")
+    letter = orjson.loads(body)
+    assert subject == "agt.workdlq.stage1" and orjson.loads(letter["payload"]) == {"n": 7}
+    assert letter["deliveries"] == 2
+    state = await producer.nc.jetstream().stream_info("AGT_WORK")
+    assert state.state.messages == 0  # every job of both stages acknowledged or dead-lettered
+
+
 async def test_gather_and_first_cancel_the_losers_and_time_out(clients: list[Client]) -> None:
     client = clients[0]
     cancelled: list[str] = []
@@ -118,6 +159,40 @@ async def test_gather_and_first_cancel_the_losers_and_time_out(clients: list[Cli
     with pytest.raises(AgentTimeout):
         await client.first(slow("p", 5), slow("q", 5), timeout_s=0.1)
     assert set(cancelled[-2:]) == {"p", "q"}
+
+
+async def test_then_chains_a_result_and_times_out_the_whole_chain(clients: list[Client]) -> None:
+    client = clients[0]
+    assert await client.then(asyncio.sleep(0.01, 20), lambda v: v + 1) == 21
+
+    async def double(v: int) -> int:
+        return v * 2
+
+    assert await client.then(asyncio.sleep(0.01, 4), double, timeout_s=5) == 8
+    called: list[int] = []
+
+    async def boom() -> int:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        await client.then(boom(), called.append)
+    assert called == []  # a failure skips the continuation
+    cancelled: list[str] = []
+
+    async def slow(v: int) -> int:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.append("continuation")
+            raise
+        return v
+
+    with pytest.raises(AgentTimeout):
+        await client.then(asyncio.sleep(0.01, 1), slow, timeout_s=0.2)  # the continuation is late
+    assert cancelled == ["continuation"]
+    # composes with gather: a chain per request, all bounded by one timeout
+    chained = [client.then(asyncio.sleep(0.01 * i, i), lambda v: v * 10) for i in range(3)]
+    assert await client.gather(*chained, timeout_s=5) == [0, 10, 20]
 
 
 async def test_send_many_stores_every_command_once(clients: list[Client], nats_server: NatsServer) -> None:

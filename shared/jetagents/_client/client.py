@@ -406,6 +406,13 @@ class Client:
 
         return await first(*aws, timeout_s=timeout_s)
 
+    @staticmethod
+    async def then(aw: Awaitable[Any], fn: Callable[[Any], Any], *, timeout_s: float | None = None) -> Any:
+        """``fn`` of ``aw``'s result (awaited if async); ``timeout_s`` bounds both."""
+        from .futures import then
+
+        return await then(aw, fn, timeout_s=timeout_s)
+
     # -- sending ---------------------------------------------------------------------------
     def _send(
         self,

@@ -4,17 +4,19 @@ with a timeout and the losers cancelled.
 >>> refs = [client.agent("quote", q) for q in ("a", "b", "c")]  # doctest: +SKIP
 >>> prices = await client.gather(*(r.request("price") for r in refs), timeout_s=2)  # doctest: +SKIP
 >>> fastest = await client.first(*(r.request("price") for r in refs), timeout_s=2)  # doctest: +SKIP
+>>> total = await client.then(refs[0].request("price"), lambda p: p * 2, timeout_s=2)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import inspect
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._core.errors import AgentTimeout
 
-__all__ = ["first", "gather"]
+__all__ = ["first", "gather", "then"]
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
@@ -65,3 +67,20 @@ async def first(*aws: Awaitable[Any], timeout_s: float | None = None) -> Any:
         await _cancel([t for t in tasks if not t.done()])
     assert last is not None
     raise last
+
+
+async def then(aw: Awaitable[Any], fn: Callable[[Any], Any], *, timeout_s: float | None = None) -> Any:
+    """``fn(result)`` of ``aw`` (awaited too when ``fn`` is async); a failure of ``aw`` is
+    raised without calling ``fn``. ``timeout_s`` bounds the whole chain: past it, whichever
+    part is running is cancelled and :class:`AgentTimeout` is raised."""
+    task = asyncio.ensure_future(aw)
+    try:
+        async with asyncio.timeout(timeout_s):
+            out = fn(await task)
+            if inspect.isawaitable(out):
+                out = await out
+            return out
+    except TimeoutError:
+        raise AgentTimeout(f"the chain did not finish in {timeout_s}s") from None
+    finally:
+        await _cancel([task] if not task.done() else [])

@@ -42,7 +42,7 @@ from .._core.wire import (
     Subjects,
 )
 from .._nats.admin import AdminTransport, Stored
-from .._nats.api import Topology
+from .._nats.api import ERR_STREAM_NOT_FOUND, JSApiError, Topology
 from .reply import decode_reply, no_responders
 
 HISTORY_PAGE = 1000  # commits one history() call returns at most
@@ -101,6 +101,8 @@ class AgentDetail:
     last_commits: list[HistoryEntry] = field(default_factory=list)
     # measured by the host that has it in memory (ADR 0059): action time, CPU, memory, throttle
     health: dict[str, Any] | None = None
+    # commands stored for it and not yet acknowledged (AGT_CMD and the high lane AGT_CMDH)
+    queued: int = 0
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -311,7 +313,23 @@ class Inspector:
             active=aid.key in active,
             last_commits=history[-last:],
             health=await self._health(active[aid.key], aid.key) if aid.key in active else None,
+            queued=await self.queued(aid.type, aid.id),
         )
+
+    async def queued(self, agent_type: str, agent_id: str) -> int:
+        """Commands stored for the agent and not yet acknowledged: both command streams
+        are work queues, so what they hold on its subjects (any partition) is its queue."""
+        aid = AgentId(agent_type, agent_id)
+        root, total = self.subjects.root, 0
+        for stream, lane in ((self.topology.cmd_stream, "p"), (self.topology.cmd_high_stream, "ph")):
+            try:
+                counts = await self.io.subjects(stream, f"{root}.{lane}.*.{aid.type}.{aid.id}", 1000)
+            except JSApiError as exc:
+                if exc.err_code != ERR_STREAM_NOT_FOUND:  # a deployment without the high lane
+                    raise
+                continue
+            total += sum(counts.values())
+        return total
 
     async def _health(self, host: str, key: str) -> dict[str, Any] | None:
         """The agent's health figures, asked of the host that has it in memory (None when it
