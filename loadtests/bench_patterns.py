@@ -71,10 +71,15 @@ async def bounded(n: int, limit: int, fn: Any) -> None:
     await asyncio.gather(*(one(i) for i in range(n)))
 
 
+async def pub_consumers(client: Client) -> int:
+    return int((await client.nc.jetstream().stream_info("AGT_PUB")).state.consumer_count)
+
+
 async def cell(client: Client, host_pid: int, k: int, deliveries: int, budget_s: float) -> dict[str, Any]:
     pattern = f"bench.k{k}.*"
     ids = [f"k{k}-{i}" for i in range(k)]
     registered = 0
+    consumers_before = await pub_consumers(client)
     t0 = time.perf_counter()
 
     async def sub(i: int) -> None:
@@ -98,6 +103,8 @@ async def cell(client: Client, host_pid: int, k: int, deliveries: int, budget_s:
     await wait_processed(client, before + total, 600)
     fan_s = time.perf_counter() - t1
     fan_rss = rss_mb(host_pid)
+    # k subscribers of one pattern: the fan-out must have added one consumer, not k
+    consumers = await pub_consumers(client) - consumers_before
     # the baseline: the same number of commands, sent one by one to the same agents
     before = await processed(client)
     t2 = time.perf_counter()
@@ -118,6 +125,7 @@ async def cell(client: Client, host_pid: int, k: int, deliveries: int, budget_s:
         "fanout_per_s": total / fan_s,
         "baseline_per_s": total / base_s,
         "rss_mb": fan_rss,
+        "consumers": consumers,
         "rss_after_baseline_mb": rss_mb(host_pid),
     }
 
@@ -272,7 +280,7 @@ async def measure(url: str, host_pid: int, args: argparse.Namespace) -> list[dic
                 f"K={row['subscribers']:6d} M={row['messages']:5d} deliveries={row['deliveries']:6d} "
                 f"fan-out {row['fanout_per_s']:8.0f}/s baseline {row['baseline_per_s']:8.0f}/s "
                 f"ratio {row['fanout_per_s'] / row['baseline_per_s']:5.2f} register {row['register_s']:6.1f}s "
-                f"host RSS {row['rss_mb']:6.0f} MiB",
+                f"host RSS {row['rss_mb']:6.0f} MiB, AGT_PUB consumers added {row['consumers']}",
                 flush=True,
             )
         for w in args.workers if "workqueue" in args.parts else ():
@@ -330,12 +338,12 @@ def main() -> None:
         host.terminate()
         host.wait(30)
         server.stop()
-    print("subscribers  deliveries/s(fan-out)  deliveries/s(send)  ratio  host RSS MiB")
+    print("subscribers  deliveries/s(fan-out)  deliveries/s(send)  ratio  host RSS MiB  AGT_PUB consumers added")
     for r in rows:
         ratio = r["fanout_per_s"] / r["baseline_per_s"]
         print(
             f"{r['subscribers']:11d}  {r['fanout_per_s']:21.0f}  {r['baseline_per_s']:18.0f}  "
-            f"{ratio:5.2f}  {r['rss_mb']:12.0f}"
+            f"{ratio:5.2f}  {r['rss_mb']:12.0f}  {r['consumers']:23d}"
         )
 
 

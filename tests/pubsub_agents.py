@@ -9,6 +9,7 @@ order.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from pydantic import BaseModel
@@ -50,6 +51,18 @@ class Follower(Agent[FollowerState]):
     @action
     async def announce(self, topic: str, n: int) -> int:
         return await self.publish(topic, {"n": n})
+
+    @action
+    async def take_jobs(self, queue: str, n: int) -> list[Any]:
+        """Pull ``n`` jobs from a work queue through its host's connection (ADR 0050)."""
+        got: list[Any] = []
+        async with contextlib.aclosing(self.ctx.client.work_queue(queue, visibility_s=5).jobs()) as jobs:
+            async for job in jobs:
+                got.append(job.data)
+                await job.ack()
+                if len(got) == n:
+                    break
+        return got
 
     @applies
     def _seen(self, state: FollowerState, event: Seen) -> None:

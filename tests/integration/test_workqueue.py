@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from jetagents import AgentTimeout, Client, ClientSettings, NatsServer
+from jetagents._client.workqueue import run_stages
 from jetagents._core.wire import Subjects
 from jetagents._nats.workqueue import WorkStore
 from tests.integration.helpers import eventually, read_all
@@ -89,6 +90,46 @@ async def test_workers_share_a_queue_with_retries_visibility_and_dead_letters(cl
     assert orjson.loads(failing["payload"]) == {"n": 99} and failing["deliveries"] == 3
     state = await producer.nc.jetstream().stream_info("AGT_WORK")
     assert state.state.messages == 0  # every job acknowledged or dead-lettered
+
+
+async def test_a_pipeline_of_two_stages_feeds_results_on_and_dead_letters_a_failing_job(
+    clients: list[Client],
+) -> None:
+    producer, worker = clients[:2]
+    squares: list[int] = []
+
+    def square(data: dict[str, int]) -> dict[str, int]:
+        if data["n"] == 7:
+            raise RuntimeError("stage one refuses 7")
+        return {"sq": data["n"] ** 2}
+
+    async def collect(data: dict[str, int]) -> None:
+        squares.append(data["sq"])
+
+    for n in range(10):
+        await producer.work_queue("stage1").put({"n": n})
+    stop = asyncio.Event()
+    stages = [
+        (worker.work_queue("stage1", max_attempts=2), square),
+        (worker.work_queue("stage2", max_attempts=2), collect),
+    ]
+    run = asyncio.create_task(run_stages(stages, concurrency=2, stop=stop))
+    try:
+
+        async def settled() -> bool:
+            return len(squares) == 9 and len(await read_all(producer.nc, "AGT_WORKDLQ")) == 1
+
+        await eventually(settled, 30, 0.05)
+    finally:
+        stop.set()
+        await run
+    assert sorted(squares) == [n * n for n in range(10) if n != 7]
+    [(_, subject, _, body)] = await read_all(producer.nc, "AGT_WORKDLQ")
+    letter = orjson.loads(body)
+    assert subject == "agt.workdlq.stage1" and orjson.loads(letter["payload"]) == {"n": 7}
+    assert letter["deliveries"] == 2
+    state = await producer.nc.jetstream().stream_info("AGT_WORK")
+    assert state.state.messages == 0  # every job of both stages acknowledged or dead-lettered
 
 
 async def test_gather_and_first_cancel_the_losers_and_time_out(clients: list[Client]) -> None:

@@ -69,6 +69,16 @@ async def test_a_client_publishes_and_coordinates_but_never_subscribes_an_agent(
 
             await asyncio.wait_for(q.process(work, stop=stop), 20)
             assert took == [{"job": 1}]
+            # an agent works a queue itself, under the host user's permissions
+            await q.put({"job": 2})
+            await q.put({"job": 3})
+            taken = await follower.request("take_jobs", {"queue": "perm", "n": 2}, timeout=30)
+            assert taken == [{"job": 2}, {"job": 3}]
+
+            async def acked() -> bool:  # acknowledgements are published, not awaited
+                return (await js_api(admin, "$JS.API.STREAM.INFO.AGT_WORK", None, 5))["state"]["messages"] == 0
+
+            await eventually(acked, 30, 0.1)
 
             # the attacks: subscribe the victim through the bucket, poke a control subject
             key = subscription_key("orders.*", "follower", "victim")

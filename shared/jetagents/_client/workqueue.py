@@ -4,12 +4,17 @@ processes, with retries, a visibility timeout and dead letters.
 >>> q = client.work_queue("emails", visibility_s=30, max_attempts=5)  # doctest: +SKIP
 >>> await q.put({"to": "a@example.com"})  # doctest: +SKIP
 >>> await q.process(send_email, concurrency=4)  # in each worker process  # doctest: +SKIP
+>>> await run_stages([(client.work_queue("fetch"), fetch), (client.work_queue("parse"), parse)])  # doctest: +SKIP
 
 A job is taken by one worker at a time; unacknowledged for ``visibility_s`` (the worker died
 or hangs), it is handed to another. ``process`` acknowledges a job whose handler returned,
 retries one whose handler raised (after the retry policy's delay), and after ``max_attempts``
 deliveries moves it to the dead letters (``<ROOT>_WORKDLQ``, subject ``<root>.workdlq.<queue>``)
 once, with the error.
+
+A pipeline (``run_stages``) chains queues: each stage's handler result is put on the next
+stage's queue before its job is acknowledged, under an id made of the job's sequence, so a
+worker that dies between the two puts it once (within the 120 s duplicate window).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -30,7 +35,7 @@ from .._core.wire import encode_dead_letter
 from .._nats.workqueue import RawJob, WorkStore
 from .pubsub import encode_data
 
-__all__ = ["Job", "WorkQueue"]
+__all__ = ["Job", "WorkQueue", "run_stages"]
 
 PULL_EXPIRES_S = 1.0
 
@@ -122,11 +127,16 @@ class WorkQueue:
         return out
 
     async def process(
-        self, handler: Callable[[Any], Any], *, concurrency: int = 1, stop: asyncio.Event | None = None
+        self,
+        handler: Callable[[Any], Any],
+        *,
+        concurrency: int = 1,
+        stop: asyncio.Event | None = None,
+        into: WorkQueue | None = None,
     ) -> None:
         """Run ``handler(data)`` on jobs, ``concurrency`` at a time, until ``stop`` is set (or
         cancelled). A handler that raises is retried with backoff; its last attempt's error
-        dead-letters the job."""
+        dead-letters the job. With ``into``, the handler's result is put on that queue."""
         await self._consumer()
         sub = await self.store.puller(self.queue)
         running: set[asyncio.Task[None]] = set()
@@ -137,7 +147,7 @@ class WorkQueue:
                     await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 for job in await self._take(sub, free):
-                    task = asyncio.create_task(self._handle(job, handler))
+                    task = asyncio.create_task(self._handle(job, handler, into))
                     running.add(task)
                     task.add_done_callback(running.discard)
         except asyncio.CancelledError:
@@ -149,12 +159,14 @@ class WorkQueue:
                 await asyncio.wait(running)
             await self.store.close(sub)
 
-    async def _handle(self, job: Job, handler: Callable[[Any], Any]) -> None:
+    async def _handle(self, job: Job, handler: Callable[[Any], Any], into: WorkQueue | None) -> None:
         ticker = asyncio.create_task(self._keep_visible(job))
         try:
             result = handler(job.data)
             if inspect.isawaitable(result):
-                await result
+                result = await result
+            if into is not None:  # a failed put is the job's failure: retried like the handler
+                await into.put(result, msg_id=f"{self.queue}.{job.seq}")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the job's failure, recorded below
@@ -187,3 +199,18 @@ class WorkQueue:
         )
         await self.store.dead_letter(self.queue, raw, body)
         await raw.term()
+
+
+async def run_stages(
+    stages: Sequence[tuple[WorkQueue, Callable[[Any], Any]]],
+    *,
+    concurrency: int = 1,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Work a pipeline until ``stop`` is set: each ``(queue, handler)`` stage processes its
+    queue and puts the handler's result on the next stage's queue (the last stage's result is
+    dropped). Each stage keeps its own queue's retries and dead letters."""
+    async with asyncio.TaskGroup() as tg:
+        for i, (queue, handler) in enumerate(stages):
+            into = stages[i + 1][0] if i + 1 < len(stages) else None
+            tg.create_task(queue.process(handler, concurrency=concurrency, stop=stop, into=into))
