@@ -34,6 +34,7 @@ from tests.integration.test_telemetry import points, value
 
 CHUNK_BYTES = 100_000
 BURN_S = 0.02
+SLICE_S = 0.005
 
 
 class Tally(BaseModel):
@@ -68,7 +69,9 @@ class Leaky(Agent[Tally]):
 
 
 class Hungry(Agent[Tally]):
-    """Burns CPU in its action (no await): the event loop runs nothing else meanwhile."""
+    """Burns CPU in its action, in slices of ``SLICE_S`` with the loop run between them: the
+    type takes CPU as a hungry computation would, yet the host's loop still answers (one burn
+    holding it for seconds on a loaded machine cost the host its heartbeats, not what is tested)."""
 
     type_name = "hungry"
     state_type = Tally
@@ -77,12 +80,23 @@ class Hungry(Agent[Tally]):
     health = HealthPolicy(type_cpu_share=0.05, window_s=1.0)
 
     @action
-    async def burn(self, seconds: float) -> float:
-        end = time.thread_time() + seconds
-        while time.thread_time() < end:
-            pass
+    async def burn(self, seconds: float) -> int:
+        # the thread's CPU clock also runs for whatever the loop does between slices: count
+        # only this action's own slices, so a burn uses ``seconds`` of CPU however busy the host
+        left_s = seconds
+        while left_s > 0:
+            t0 = time.thread_time()
+            stop = t0 + min(left_s, SLICE_S)
+            while (t := time.thread_time()) < stop:
+                pass
+            left_s -= t - t0
+            if left_s > 0:
+                await asyncio.sleep(0)
         self.emit(Counted())
-        return seconds
+        # how many burns this instance ran: back to 1 after its host drops the instance
+        runs: int = self.__dict__.get("runs", 0) + 1
+        self.__dict__["runs"] = runs
+        return runs
 
     @action(read_only=True)
     async def count(self) -> int:
@@ -248,3 +262,26 @@ async def test_a_leaking_type_may_be_passivated_instead(make_host: HostFactory, 
     assert host.stats["health_passivations"] == 1 and host.stats["health_restarts"] == 0
     assert host.stats["passivations"] >= 1
     assert await call_json(nc, "agt.call.leaky.p1", {"action": "count"}) == {"ok": True, "result": 5}
+
+
+@pytest.mark.parametrize("on_cpu", ["restart", "passivate"])
+async def test_an_agent_over_its_cpu_share_may_be_restarted_or_passivated_instead(
+    make_host: HostFactory, nc: NATS, on_cpu: str
+) -> None:
+    # one burn (BURN_S of CPU) is over 0.001 of a core decayed over 10 s (0.01 CPU-s): every
+    # burn crosses the limit, and min_interval_s 0 lets the policy act after each
+    policy = {"cpu_share": 0.001, "window_s": 10.0, "on_cpu": on_cpu, "min_interval_s": 0}
+    host = await make_host(membership="static", health={"hungry": policy})
+    burn = {"action": "burn", "params": {"seconds": BURN_S}}
+    runs = []
+    for _ in range(3):
+        reply = await call_json(nc, "agt.call.hungry.r1", burn)
+        assert reply["ok"] is True, reply  # not throttled: the policy acts on the agent instead
+        runs.append(reply["result"])
+    # each burn ran on a fresh instance: the one before was dropped after its command
+    assert runs == [1, 1, 1]
+    restarts, passivations = host.stats["health_restarts"], host.stats["health_passivations"]
+    assert (restarts, passivations) == ((3, 0) if on_cpu == "restart" else (0, 3))
+    assert host.stats["throttled"] == 0
+    # its state was rebuilt from its log each time: every burn counted
+    assert await call_json(nc, "agt.call.hungry.r1", {"action": "count"}) == {"ok": True, "result": 3}

@@ -64,7 +64,7 @@ from .._nats.blobs import ObjectBlobs
 from .._nats.buckets import KvBucket
 from .._nats.consumers import PartitionConsumers
 from .._nats.event_stream import JetStreamEventStream
-from .._nats.hosts import HostLink, dropped_subject
+from .._nats.hosts import HostLink, dropped_reply, dropped_subject
 from .._nats.inbox import Inbox, shared_inbox
 from .._nats.kv import JetStreamStore, NatsClient
 from .._nats.out_stream import JetStreamOutStream
@@ -543,6 +543,9 @@ class Host:
         if dropped is not None:
             self.metrics.inc("calls_dropped")
             self._log.warning("call_dropped_host_full", subject=dropped)
+            reply = dropped_reply(exc, self._call_sub)
+            if reply:
+                await self._intake.refuse_dropped(reply)
             return
         self._log.debug("nats_error", error=str(exc))
 

@@ -181,6 +181,12 @@ class Intake:
             return
         scheduler.dispatch(cmd)
 
+    async def refuse_dropped(self, reply: str) -> None:
+        """Answer a call the connection dropped unread (the host's pending bytes full under a
+        flood): ``unavailable``, so its caller retries now rather than after its timeout."""
+        err = Unavailable("host overloaded, the call was dropped unread; retry", details={"applied": False})
+        await self._host.outcomes.reply(reply, encode_error(err), {}, None)
+
     def decoded(self, cmd: Command) -> bool:
         """Decode a body sent with ``Agt-Encoding`` (ADR 0043) in place, at most
         ``max_payload_bytes`` of it, and drop the header, so the command reads as if sent

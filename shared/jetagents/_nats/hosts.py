@@ -58,3 +58,11 @@ def dropped_subject(exc: Exception) -> str | None:
     """The subject of a message the connection dropped because its subscription's pending
     limit was full (nats-py's slow consumer error), else ``None``."""
     return exc.subject if isinstance(exc, SlowConsumerError) else None
+
+
+def dropped_reply(exc: Exception, sub: object) -> str | None:
+    """The reply subject of a request the connection dropped from ``sub`` (its pending limit
+    full), if it had one: the caller can be told at once instead of waiting out its timeout."""
+    if isinstance(exc, SlowConsumerError) and exc.sub is sub and exc.reply:
+        return exc.reply
+    return None
