@@ -4,6 +4,8 @@
 waits while the test holds its gate, does its effect (a record on ``stepfx.<run>.<name>``
 carrying the step's idempotency key, stored in the test's own stream, outside the host), waits
 again, and returns the key. The records say how often each step ran and with which key.
+While a ``pre-end`` gate is held, the action publishes ``end.enter`` after its last step and
+waits there, before its closing commit.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ class Job(Agent[JobState]):
     async def run(self, run: str, gates: str = "", steps: int = 5) -> list[str]:
         names = type(self).ORDER or [f"s{k}" for k in range(steps)]
         keys = [await self.step(name, self._effect, run, name, gates) for name in names]
+        end = Path(gates) / "pre-end" if gates else None
+        if end is not None and end.exists():  # all steps journaled, the closing commit not made
+            await self.ctx.client.nc.jetstream().publish(f"stepfx.{run}.end.enter", b"")
+            await _gate(end)
         self.emit(Finished(run=run))
         return keys
 

@@ -1,16 +1,18 @@
 """Durable steps across SIGKILL (ADR 0042 step 1): real host processes, real nats-server.
 
 A 5-step action (``tests/durable_agents.py``) whose steps record their effects in a stream
-of the test's own (outside the host). The host is killed at three representative points and
+of the test's own (outside the host). The host is killed at four representative points and
 restarted each time; the command stays unacknowledged while it runs, so its redelivery drives
 the re-run on the next host:
 
 * a boundary: step 0 journaled, step 1 started but not yet effective (held before its effect);
 * inside a step: step 2's effect done, its journal entry not yet appended (held after it);
-* the last boundary: steps 0-3 journaled, step 4 held before its effect.
+* the last boundary: steps 0-3 journaled, step 4 held before its effect;
+* after the last step: steps 0-4 journaled, the closing commit not made (the re-run replays
+  all five from the journal and closes once).
 
 Every other boundary is the same case as the first (a journaled step, the next one not yet
-effective); the three kills keep the test near 25 s. Afterwards every completed step ran
+effective); the four kills keep the test near 30 s. Afterwards every completed step ran
 exactly once, step 2 twice with the same idempotency key, the action finished once, the
 caller got the result and a re-send of the command id gets it from the record.
 """
@@ -44,7 +46,7 @@ async def test_sigkill_at_step_boundaries_and_inside_a_step(
 ) -> None:
     gates = tmp_path / "gates"
     gates.mkdir()
-    for held in ("pre-s1", "post-s2", "pre-s4"):
+    for held in ("pre-s1", "post-s2", "pre-s4", "pre-end"):
         (gates / held).touch()
     url = nats_server.url
     hp = host_process_factory(url, JETAGENTS_AGENTS=AGENTS).start()
@@ -82,6 +84,12 @@ async def test_sigkill_at_step_boundaries_and_inside_a_step(
         hp = await restart()
         await count("s4.enter", 2)
         (gates / "pre-s4").unlink()
+        # 4. after the last step: steps 0-4 journaled, the closing commit not made
+        await count("end.enter", 1)
+        assert [c["j"]["i"] for c in await commits(client.nc, "job", "k1")] == [0, 1, 2, 3, 4]
+        hp = await restart()
+        await count("end.enter", 2)  # replayed to the end; the tallies below show no step ran again
+        (gates / "pre-end").unlink()
 
         keys = await call
         assert keys == [f"job.k1:k1#{i}" for i in range(5)]
@@ -91,6 +99,7 @@ async def test_sigkill_at_step_boundaries_and_inside_a_step(
         done = Tally(name for name, _ in await _records(client))
         assert [done[f"s{i}.done"] for i in range(5)] == [1, 1, 2, 1, 1]
         assert [done[f"s{i}.enter"] for i in range(5)] == [1, 2, 2, 1, 2]
+        assert done["end.enter"] == 2
         assert {data for name, data in await _records(client) if name == "s2.done"} == {b"job.k1:k1#2"}
         log = await commits(client.nc, "job", "k1")
         assert [c["n"] for c in log] == list(range(1, 7))

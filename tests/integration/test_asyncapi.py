@@ -11,6 +11,7 @@ validated against the published schemas with jsonschema, headers included.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import subprocess
 import sys
@@ -105,6 +106,39 @@ def test_the_check_catches_a_property_the_document_does_not_name() -> None:
     _check("#/components/schemas/Commit", {**commit, "surprise": 1}, closed=False)  # readers ignore it
     with pytest.raises(AssertionError):
         _check("#/components/schemas/CommandBody", {"action": "get", "surprise": 1}, closed=False)
+
+
+async def test_work_jobs_and_their_dead_letters_match_the_document(nats_server: NatsServer, nc: NATS) -> None:
+    from jetagents import Client, ClientSettings
+    from jetagents._core.wire import Subjects
+    from jetagents._nats.workqueue import WorkStore
+
+    assert {"workJob", "workDeadLetters", "topicControl"} <= set(SPEC["channels"])
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url))
+    try:
+        await WorkStore(client.nc, Subjects(), timeout_s=5).ensure(max_msg_bytes=64 * 1024)
+        q = client.work_queue("api", max_attempts=1)
+        await q.put({"to": "a@example.com"}, msg_id="api-job-1")
+        [(_, subject, headers, data)] = await read_all(nc, "AGT_WORK")
+        assert subject == "agt.work.api"
+        _check_message("WorkJob", headers, orjson.loads(data))
+        stop = asyncio.Event()
+
+        def fail(_: object) -> None:
+            stop.set()
+            raise RuntimeError("no")
+
+        await asyncio.wait_for(q.process(fail, stop=stop), 20)
+
+        async def dead() -> bool:
+            return len(await read_all(nc, "AGT_WORKDLQ")) == 1
+
+        await eventually(dead, 20)
+        [(_, subject, headers, data)] = await read_all(nc, "AGT_WORKDLQ")
+        assert subject == "agt.workdlq.api"
+        _check_message("DeadLetter", headers, orjson.loads(data))
+    finally:
+        await client.close()
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """Reminders (ADR 0042 section 5) against a real nats-server and an in-process host: set
 from an action and from the client, each firing processed once (its own ``s<cepoch>-<seq>``
 command id, a ``fire`` commit, the server's ``Nats-Schedule-Next`` times one second apart
-with no gap and no repeat), cancelled, replaced, a cron with a seconds field, and bad input
-refused with a typed error and nothing scheduled. Counts are read from the event log."""
+with no gap and no repeat), cancelled, replaced, a one-shot ``at`` (fires once, then gone),
+a cron with a seconds field, and bad input refused with a typed error and nothing scheduled.
+Counts are read from the event log."""
 
 from __future__ import annotations
 
@@ -120,6 +121,24 @@ async def test_cron_with_a_seconds_field(alarm_host: Host, client: Client) -> No
     fired = fires(await commits(client.nc, "alarm", "a3"))
     for c in fired:
         assert dt.datetime.fromisoformat(c["j"]["next"].replace("Z", "+00:00")).second % 2 == 0
+
+
+async def test_at_fires_once_then_the_reminder_is_gone(alarm_host: Host, client: Client) -> None:
+    ref = client.agent("alarm", "at1")
+    when = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=2)
+    got = await ref.remind("once", at=when, action="ring", params={"tag": "x"})
+    assert got["schedule"] == f"@at {when:%Y-%m-%dT%H:%M:%S}Z"
+
+    async def gone() -> bool:
+        return len(fires(await commits(client.nc, "alarm", "at1"))) == 1 and await ref.reminders() == []
+
+    await eventually(gone, timeout_s=15)
+    await asyncio.sleep(1.5)  # a second firing, if the schedule were kept, would land in this time
+    fired = fires(await commits(client.nc, "alarm", "at1"))
+    assert [c["events"][0]["data"]["tag"] for c in fired] == ["x"], fired
+    assert fired[0]["j"]["next"] == "purge"  # the server's word: this was its last firing
+    assert await ref.reminders() == []
+    assert await rang(client, "at1") == 1
 
 
 BAD: list[tuple[dict[str, Any], type[Exception]]] = [
