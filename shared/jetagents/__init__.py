@@ -9,6 +9,8 @@
 from ._client.client import AgentRef, AgentStream, Client, Reply
 from ._client.coordination import Lease
 from ._client.events import EventTail
+from ._client.inspection import Inspector
+from ._client.lifecycle import Lifecycle
 from ._client.projection import ProjectionRunner
 from ._core.agent import Agent, AgentContext, AgentSpec, Event, Registry, action, applies
 from ._core.clock import Clock, SystemClock
@@ -103,6 +105,7 @@ __all__ = [
     "Host",
     "HostSettings",
     "IncompatibleSchema",
+    "Inspector",
     "InternalError",
     "InvalidParams",
     "JetAgentsError",
@@ -114,6 +117,7 @@ __all__ = [
     "Lease",
     "LeaseBusy",
     "LeaseLost",
+    "Lifecycle",
     "Local",
     "LogCommit",
     "LogEvent",

@@ -43,6 +43,7 @@ async def test_delete_refuses_at_once_and_the_purge_leaves_nothing(nats_server: 
         async with Host(host_settings(nats_server.url), Registry(EXAMPLE_AGENTS)) as host:
             ref = client.agent("counter", "gone")
             await client.spawn("counter", "gone", {"owner": "x"})
+            await client.subscribe_agent("counter", "gone", "news.>")
             for _ in range(3):
                 await ref.request("increment", {"by": 1})
             with pytest.raises(JetAgentsError):
@@ -53,6 +54,7 @@ async def test_delete_refuses_at_once_and_the_purge_leaves_nothing(nats_server: 
                 "AGT_DLQ",
                 "KV_agt_snap",
                 "KV_agt_meta",
+                "KV_agt_subs",
             }
             life = Lifecycle(Inspector(client))
             tomb = await life.delete("counter", "gone", grace_s=3600, by="test", reason="asked to")
@@ -64,6 +66,7 @@ async def test_delete_refuses_at_once_and_the_purge_leaves_nothing(nats_server: 
                 await ref.request("get", delivery="at-most-once")
             assert len(await dead_letters(client.nc)) == letters
             assert len(await commits(client.nc, "counter", "gone")) == 3
+            await life.io.kv_put(life.topology.quarantine_bucket, "counter.gone", b'{"reason": "test"}')
             # within the grace period nothing is purged
             assert await life.purge_due(now_ms=tomb["deleted_ms"] + 1000) == []
             assert "AGT_EVT" in await _subjects_of(client.nc, "counter.gone")

@@ -1,4 +1,4 @@
-"""A JavaScript reader of streamed output (``tests/js/read_stream.mjs``, wire contract 16) run
+"""A JavaScript reader of streamed output (``tests/js/read_stream.mjs``, wire contract 17) run
 against a real nats-server and host: Node.js and the contract, no package, no Python client.
 
 It sends a streaming command itself, prints every chunk and the end; run again with a stream

@@ -1,4 +1,4 @@
-"""The wire contract's section 17 followed by a bare nats-py reader, with nothing of jetagents
+"""The wire contract's section 18 followed by a bare nats-py reader, with nothing of jetagents
 on the reading side: a tail of ``agt.evt.counter.*`` from position 0 by batched direct gets,
 live through the "subscribe once caught up, then read again" rule, while a host keeps
 committing; then a projection's row read by direct gets of its position and its row."""
@@ -48,7 +48,7 @@ async def _direct_get(nc: NATS, body: dict[str, Any]) -> list[Msg]:
 
 
 async def _tail(nc: NATS, want: int, handled: list[tuple[int, str, int]]) -> None:
-    """The reading loop of section 17 until ``want`` commits with events were handled."""
+    """The reading loop of section 18 until ``want`` commits with events were handled."""
     p = 0
     bell = asyncio.Event()
     listening = None

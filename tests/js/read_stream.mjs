@@ -1,5 +1,5 @@
 // A streamed command's output read from the wire contract alone (docs/wire-contract.md,
-// section 16): Node.js, no package, the NATS text protocol over a socket.
+// section 17): Node.js, no package, the NATS text protocol over a socket.
 //
 //   node tests/js/read_stream.mjs nats://127.0.0.1:4222 agt.out.writer.w1.m-1 [after_seq]
 //   node tests/js/read_stream.mjs nats://127.0.0.1:4222 --send writer w1 tell '{"intro":3}' [command_id]

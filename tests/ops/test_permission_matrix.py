@@ -29,7 +29,8 @@ from jetagents import Client, ClientSettings, Host, Registry
 from jetagents._client.inspection import Inspector
 from jetagents._client.lifecycle import Lifecycle
 from jetagents._core.errors import AgentDeleted, JetAgentsError, PermissionDenied
-from jetagents._nats.api import js_api
+from jetagents._core.pubsub import pattern_key
+from jetagents._nats.api import js_api, js_publish
 from jetagents._state.store import SharedState
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import host_settings
@@ -359,6 +360,8 @@ async def test_the_operator_inspects_and_redrives_a_client_cannot(world: World) 
             "$JS.API.STREAM.MSG.DELETE.AGT_DLQ",
             "$KV.agt_tomb.counter.ops",
             "$JS.API.STREAM.PURGE.AGT_EVT",
+            "$JS.API.STREAM.PURGE.KV_agt_subs",
+            "$JS.API.STREAM.PURGE.KV_agt_quarantine",
         ):
             await spy.publish(subject, b'{"seq":1}')
             await seen.wait_for(f'Publish to "{subject}"')
@@ -381,8 +384,16 @@ async def test_the_operator_inspects_and_redrives_a_client_cannot(world: World) 
         tomb = await life.delete("counter", "ops2", grace_s=0, by="op")
         with pytest.raises(AgentDeleted):
             await w.client.agent("counter", "ops2").request("increment", {"by": 1})
+        # its subscription and quarantine record (written by hosts) go too, the runner signalled
+        sub_subject = f"$KV.agt_subs.{pattern_key('perm.>')}.counter.ops2"
+        sub = {"pattern": "perm.>", "type": "counter", "id": "ops2"}
+        await js_publish(w.admin, sub_subject, orjson.dumps(sub), {}, 5)
+        await js_publish(w.admin, "$KV.agt_quarantine.counter.ops2", b'{"reason": "t"}', {}, 5)
+        assert await w.count("KV_agt_subs", sub_subject) == 1
         assert [t["agent"] for t in await life.purge_due(now_ms=tomb["purge_after_ms"])] == ["counter/ops2"]
         assert await w.count("AGT_EVT", "agt.evt.counter.ops2") == 0
+        assert await w.count("KV_agt_subs", sub_subject) == 0
+        assert await w.count("KV_agt_quarantine", "$KV.agt_quarantine.counter.ops2") == 0
         # the operator repairs; it does not rewrite history or drop streams
         for subject in ("agt.evt.counter.ops", "$KV.agt_snap.counter.ops", "$JS.API.STREAM.DELETE.AGT_DLQ"):
             await rogue.publish(subject, b"{}")

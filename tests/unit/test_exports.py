@@ -53,3 +53,12 @@ def test_names_bound_in_init_source_are_in_all() -> None:
 def test_version() -> None:
     assert isinstance(jetagents.__version__, str)
     assert "__version__" in jetagents.__all__
+
+
+def test_the_operator_api_is_public() -> None:
+    """Inspection and the data lifecycle (ADRs 0051, 0052) are imported from ``jetagents``."""
+    from jetagents._client.inspection import Inspector
+    from jetagents._client.lifecycle import Lifecycle
+
+    assert jetagents.Inspector is Inspector and jetagents.Lifecycle is Lifecycle
+    assert {"Inspector", "Lifecycle"} <= set(jetagents.__all__)

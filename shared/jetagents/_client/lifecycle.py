@@ -24,6 +24,7 @@ from .._core.errors import JetAgentsError
 from .._core.ids import AgentId, partition_of
 from .._core.upcast import state_from
 from .._nats.api import ERR_STREAM_NOT_FOUND, JSApiError
+from .._nats.pubsub import CONTROL_HEADER, PubSubNames
 from .inspection import Inspector, _doc
 
 
@@ -67,8 +68,8 @@ class Lifecycle:
 
     async def purge_due(self, now_ms: int | None = None) -> list[dict[str, Any]]:
         """Purge every deleted agent whose grace period is over and that is not purged yet:
-        its log, snapshot, spawn metadata, dead letters, queued commands and schedules, and
-        its placement. The tombstone records when."""
+        its log, snapshot, spawn metadata, dead letters, queued commands and schedules, its
+        placement, subscriptions and quarantine record. The tombstone records when."""
         now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
         done = []
         for key, tomb in (await self.tombstones()).items():
@@ -94,7 +95,13 @@ class Lifecycle:
             (f"KV_{t.cluster_bucket}", f"$KV.{t.cluster_bucket}.place.{aid.key}"),
             (t.cmd_stream, s.rem_of(aid.type, aid.id)),
             (t.out_stream, s.out(aid.type, aid.id, "*")),  # streamed output (ADR 0042)
+            (f"KV_{t.quarantine_bucket}", f"$KV.{t.quarantine_bucket}.{aid.key}"),  # ADR 0053
         ]
+        # its subscriptions (ADR 0049), keyed <pattern key>.<type>.<id>; each pattern's runner
+        # keeps them in memory, so it is told to read the key again once it is gone
+        names = PubSubNames(s)
+        subs = await self._stored(f"KV_{names.subs_bucket}", f"$KV.{names.subs_bucket}.*.{aid.key}")
+        targets.extend((f"KV_{names.subs_bucket}", subject) for subject in subs)
         if partitions:
             p = partition_of(aid.type, aid.id, partitions)
             targets.append((t.cmd_stream, f"{s.root}.p.{p}.{aid.type}.{aid.id}"))
@@ -105,7 +112,18 @@ class Lifecycle:
             except JSApiError as exc:
                 if exc.err_code != ERR_STREAM_NOT_FOUND:  # a stream this deployment does not have
                     raise
+        for subject in subs:
+            key = subject.removeprefix(f"$KV.{names.subs_bucket}.")
+            await self.io.publish_durable(names.control_subject(key.split(".")[0]), b"", {CONTROL_HEADER: key})
         await self._evict(aid)  # a command that raced the tombstone may have loaded it again
+
+    async def _stored(self, stream: str, subject_filter: str) -> list[str]:
+        try:
+            return list(await self.io.subjects(stream, subject_filter, 10_000))
+        except JSApiError as exc:
+            if exc.err_code != ERR_STREAM_NOT_FOUND:  # a deployment without pub-sub
+                raise
+            return []
 
     async def _evict(self, aid: AgentId) -> None:
         cluster = await self.admin.cluster()

@@ -1,4 +1,4 @@
-"""Payload compression negotiated by a header (ADR 0043; wire contract §3.4): pure, no I/O.
+"""Payload compression negotiated by a header (ADR 0043; wire contract §3.6): pure, no I/O.
 
 A body sent with ``Agt-Encoding: zstd`` is one zstd frame of the JSON body. The reader
 decodes at most ``limit_bytes`` and refuses more, whatever the frame claims, so a small

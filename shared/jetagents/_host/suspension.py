@@ -162,7 +162,7 @@ class Suspension:
             return False
         park = park_entry(action, params, cmd.reply_to)
         if cmd.streams:
-            park["out"] = 1  # its run streams when it comes (wire contract 16)
+            park["out"] = 1  # its run streams when it comes (wire contract 17)
         try:
             await self._steps.append_for(act, cmd_id, action, park, cmd.correlation_id)
         except AlreadyInLog as dup:  # parked before: answered from the log if it ran since
