@@ -14,6 +14,26 @@ import structlog
 from .telemetry import add_trace_context
 
 
+class StderrLogger:
+    """Writes each line to whatever ``sys.stderr`` is when it writes, not to the stream it was
+    when logging was configured: a stream swapped and closed since (a CLI runner's, a test
+    capture's, a supervisor's) then neither loses later lines nor raises into the code that
+    logs (an activation failed on "I/O operation on closed file"). A line that cannot be
+    written at all is dropped, as the standard library's handlers do."""
+
+    def msg(self, message: str) -> None:
+        try:
+            print(message, file=sys.stderr, flush=True)
+        except (ValueError, OSError):  # stderr closed or gone: a log line must not fail the caller
+            pass
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = failure = err = msg
+
+
+def _stderr_logger(*_args: object) -> StderrLogger:
+    return StderrLogger()
+
+
 def configure_logging(fmt: str = "auto", level: str = "INFO") -> None:
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
@@ -30,6 +50,6 @@ def configure_logging(fmt: str = "auto", level: str = "INFO") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=True,
     )
