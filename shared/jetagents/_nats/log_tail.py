@@ -10,17 +10,15 @@ a reconnect loses bells.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
-from typing import Any
 
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
 from .._host.ports import StoredMessage
 from .api import DirectReader, stream_info
 from .headers import H_NATS_SEQUENCE, H_NATS_SUBJECT
 from .inbox import Inbox
+from .out_stream import Bell
 
 __all__ = ["LogTailReader"]
 
@@ -36,8 +34,7 @@ class LogTailReader:
         self._stream = stream
         self._subject = subject
         self._timeout_s = timeout_s
-        self._bell = asyncio.Event()
-        self._sub: Any = None
+        self._bell = Bell(nc, subject)
 
     async def start(self) -> None:
         await self._reader.start()
@@ -45,13 +42,7 @@ class LogTailReader:
     async def listen(self) -> None:
         """Start the bell (once caught up: while it catches up a reader needs none, and a
         busy stream would ring it for every commit)."""
-        if self._sub is not None:
-            return
-
-        async def ring(_: Msg) -> None:
-            self._bell.set()
-
-        self._sub = await self._nc.subscribe(self._subject, cb=ring)
+        await self._bell.start()
 
     async def read(self, after_seq: int, batch: int) -> tuple[list[StoredMessage], bool]:
         """Up to ``batch`` messages after ``after_seq``, and whether more are stored."""
@@ -74,17 +65,7 @@ class LogTailReader:
         return int((msg.headers or {}).get(H_NATS_SEQUENCE, 1)) - 1
 
     async def wait(self, timeout_s: float) -> None:
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._bell.wait()
-        except TimeoutError:
-            pass
-        self._bell.clear()
+        await self._bell.wait(timeout_s)
 
     async def close(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection is gone already: nothing to undo
-                pass
+        await self._bell.close()

@@ -69,6 +69,44 @@ class JetStreamOutStream:
         return StoredMessage(int(m["seq"]), m["subject"], data, _headers(m.get("hdrs")))
 
 
+class Bell:
+    """A core subscription to a stream's filter that only says "read again": a core message
+    has no stream sequence, so readers take the messages themselves from direct gets in
+    stream order and poll too (a reconnect loses rings). Used by ``OutReader`` and
+    ``log_tail.LogTailReader``."""
+
+    def __init__(self, nc: NATS, subject: str) -> None:
+        self._nc = nc
+        self._subject = subject
+        self._rung = asyncio.Event()
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        if self._sub is not None:
+            return
+
+        async def ring(_: Msg) -> None:
+            self._rung.set()
+
+        self._sub = await self._nc.subscribe(self._subject, cb=ring)
+
+    async def wait(self, timeout_s: float) -> None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._rung.wait()
+        except TimeoutError:
+            pass
+        self._rung.clear()
+
+    async def close(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - the connection is gone already: nothing to undo
+                pass
+
+
 class OutReader:
     """One output subject read from a sequence on: ``read(after_seq)`` returns what is
     stored after it; ``wait(timeout_s)`` returns when the subject gets a new message (or the
@@ -81,16 +119,11 @@ class OutReader:
         self._stream = stream
         self._subject = subject
         self._timeout_s = timeout_s
-        self._bell = asyncio.Event()
-        self._sub: Any = None
+        self._bell = Bell(nc, subject)
 
     async def start(self) -> None:
         await self._reader.start()
-
-        async def ring(_: Msg) -> None:
-            self._bell.set()
-
-        self._sub = await self._nc.subscribe(self._subject, cb=ring)
+        await self._bell.start()
 
     async def read(self, after_seq: int, batch: int = 256) -> list[StoredMessage]:
         msgs = await self._reader.read_subject(self._stream, self._subject, after_seq + 1, batch, self._timeout_s)
@@ -100,17 +133,7 @@ class OutReader:
         ]
 
     async def wait(self, timeout_s: float) -> None:
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._bell.wait()
-        except TimeoutError:
-            pass
-        self._bell.clear()
+        await self._bell.wait(timeout_s)
 
     async def close(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection is gone already: nothing to undo
-                pass
+        await self._bell.close()
