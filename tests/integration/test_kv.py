@@ -8,9 +8,11 @@ import asyncio
 import pytest
 
 from jetagents import NatsServer
+from jetagents._core.errors import Unavailable
 from jetagents._nats.api import connect
 from jetagents._nats.kv import (
     ERR_WRONG_LAST_SEQUENCE,
+    JetStreamStore,
     KvConflict,
     ensure_stream,
     kv_subject,
@@ -57,5 +59,52 @@ async def test_ensure_read_and_compare_and_set(nats_server: NatsServer) -> None:
         ack = await publish_expecting(nc, subject, b"", 5.0, headers={"KV-Operation": "DEL"})  # unconditional
         entry = await last_by_subject(nc, CONFIG["name"], subject, 5.0)
         assert entry is not None and entry.deleted and entry.revision == int(ack["seq"])
+    finally:
+        await nc.drain()
+
+
+async def test_ensure_raises_the_limits_it_is_asked_to_and_never_lowers_them(nats_server: NatsServer) -> None:
+    """A KV history made smaller by an older version is raised on start (ADR 0053), by
+    several processes at once, keeping what the stream holds; a smaller one never lowers it."""
+    ncs = [await connect(nats_server.url, name=f"kv-raise-{i}") for i in range(4)]
+    nc = ncs[0]
+    raise_history = ("max_msgs_per_subject",)
+    try:
+        await ensure_stream(nc, CONFIG, 5.0)  # as the old version made it: one value per key
+        subject = kv_subject(BUCKET, "k")
+        await publish_expecting(nc, subject, b"v0", 5.0)
+        want = {**CONFIG, "max_msgs_per_subject": 5}
+        infos = await asyncio.gather(*(ensure_stream(c, want, 5.0, at_least=raise_history) for c in ncs))
+        assert [i["config"]["max_msgs_per_subject"] for i in infos] == [5] * 4
+        assert (await stream_info(nc, CONFIG["name"], 5.0))["state"]["messages"] == 1  # v0 kept
+        for i in range(1, 7):
+            await publish_expecting(nc, subject, f"v{i}".encode(), 5.0)
+        info = await ensure_stream(nc, {**CONFIG, "max_msgs_per_subject": 2}, 5.0, at_least=raise_history)
+        assert info["config"]["max_msgs_per_subject"] == 5
+        info = await stream_info(nc, CONFIG["name"], 5.0)
+        assert info["state"]["messages"] == 5  # v2..v6: the limit is 5
+        assert info["config"]["allow_direct"] is True and info["config"]["discard"] == "new"
+    finally:
+        for c in ncs:
+            await c.drain()
+
+
+async def test_a_scan_after_a_revision_waits_for_a_replica_that_has_it(nats_server: NatsServer) -> None:
+    """Admission checks (ADR 0060) scan right after their own write: ``after_rev`` makes the
+    batched direct get (any replica may answer it) hold every write up to that revision. The
+    answer says up to which sequence it read; one short of the revision is asked again, and
+    never having it is ``Unavailable`` rather than a stale read taken as the truth."""
+    nc = await connect(nats_server.url, name="kv-scan")
+    try:
+        store = JetStreamStore(nc, "scantest", timeout_s=5.0)
+        await store.ensure()
+        rev = await store.create("place.a", {"host": "h1"})
+        await store.create("member.h1", {})
+        assert set(await store.scan("place.", after_rev=rev)) == {"place.a"}
+        assert await store.scan("none.", after_rev=0) == {}
+        with pytest.raises(Unavailable):  # a revision no replica has (yet)
+            await store.scan("place.", after_rev=rev + 100)
+        with pytest.raises(Unavailable):  # nothing under the prefix: not even the caller's write
+            await store.scan("none.", after_rev=rev)
     finally:
         await nc.drain()
