@@ -389,13 +389,10 @@ class Coordinator:
         for p in sorted(self.held - mine):
             self.held.discard(p)
             self.releasing[p] = asyncio.create_task(self._release(p))
-        want = sorted(p for p in mine - self.held if p not in self.releasing)
+        want = sorted(p for p in mine - self.held if p not in self.releasing and p not in self._acquire_tasks)
         for p in list(self.acquiring):
             if p not in mine:
                 del self.acquiring[p]
-        if not want:
-            return
-        want = [p for p in want if p not in self._acquire_tasks]
         if not want:
             return
         alive = set(self.members_cache)  # read once this round, in step()
@@ -487,12 +484,15 @@ class Coordinator:
         wait = wait or self.clock.sleep
         deadline = self.clock.monotonic() + timeout_s
         while self.clock.monotonic() < deadline:
-            if not self.held and not self.releasing and not self.assigned():
+            if self.handed_over():
                 return True
             if not successor_alive(self.host_id, self.members_cache):
                 return False  # from the members our rounds read, which go on while we drain
             await wait(self.cfg.tick_s)
         return False
+
+    def handed_over(self) -> bool:  # nothing held, releasing or assigned: a draining host may leave
+        return not self.held and not self.releasing and not self.assigned()
 
     async def leave(self) -> None:
         """Stop for good: release what is still held, resign, remove our member key."""
