@@ -193,8 +193,8 @@ class HostSettings(CommonSettings):
         default=3,
         ge=1,
         le=64,
-        description="snapshots kept per agent (KV history of the snapshot bucket, set when the bucket is "
-        "created): an unusable latest one falls back to an older one (ADR 0053)",
+        description="snapshots kept per agent (KV history of the snapshot bucket; a smaller one is raised to "
+        "it when a host starts): an unusable latest one falls back to an older one (ADR 0053)",
     )
     dedup_records_per_agent: int = Field(default=256, ge=1)
     quarantine_after: int = Field(

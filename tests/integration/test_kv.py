@@ -59,3 +59,29 @@ async def test_ensure_read_and_compare_and_set(nats_server: NatsServer) -> None:
         assert entry is not None and entry.deleted and entry.revision == int(ack["seq"])
     finally:
         await nc.drain()
+
+
+async def test_ensure_raises_the_limits_it_is_asked_to_and_never_lowers_them(nats_server: NatsServer) -> None:
+    """A KV history made smaller by an older version is raised on start (ADR 0053), by
+    several processes at once, keeping what the stream holds; a smaller one never lowers it."""
+    ncs = [await connect(nats_server.url, name=f"kv-raise-{i}") for i in range(4)]
+    nc = ncs[0]
+    raise_history = ("max_msgs_per_subject",)
+    try:
+        await ensure_stream(nc, CONFIG, 5.0)  # as the old version made it: one value per key
+        subject = kv_subject(BUCKET, "k")
+        await publish_expecting(nc, subject, b"v0", 5.0)
+        want = {**CONFIG, "max_msgs_per_subject": 5}
+        infos = await asyncio.gather(*(ensure_stream(c, want, 5.0, at_least=raise_history) for c in ncs))
+        assert [i["config"]["max_msgs_per_subject"] for i in infos] == [5] * 4
+        assert (await stream_info(nc, CONFIG["name"], 5.0))["state"]["messages"] == 1  # v0 kept
+        for i in range(1, 7):
+            await publish_expecting(nc, subject, f"v{i}".encode(), 5.0)
+        info = await ensure_stream(nc, {**CONFIG, "max_msgs_per_subject": 2}, 5.0, at_least=raise_history)
+        assert info["config"]["max_msgs_per_subject"] == 5
+        info = await stream_info(nc, CONFIG["name"], 5.0)
+        assert info["state"]["messages"] == 5  # v2..v6: the limit is 5
+        assert info["config"]["allow_direct"] is True and info["config"]["discard"] == "new"
+    finally:
+        for c in ncs:
+            await c.drain()
