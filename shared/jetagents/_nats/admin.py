@@ -15,7 +15,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .api import ERR_NO_MESSAGE, DirectReader, JSApiError, js_api, js_publish, stream_info
+from .api import DirectReader, js_api, js_publish, msg_get, stream_info
 from .headers import H_NATS_SEQUENCE, H_NATS_SUBJECT
 from .inbox import shared_inbox
 from .kv import KvEntry, kv_subject, last_by_subject, purge_subject, scan_last
@@ -88,14 +88,9 @@ class AdminTransport:
         out: list[Stored] = []
         seq = max(1, start_seq)
         while len(out) < limit:
-            try:
-                body = {"seq": seq, "next_by_subj": subject}
-                resp = await js_api(self.nc, f"$JS.API.STREAM.MSG.GET.{stream}", body, self.timeout_s)
-            except JSApiError as exc:
-                if exc.err_code == ERR_NO_MESSAGE:
-                    return out
-                raise
-            msg = resp["message"]
+            msg = await msg_get(self.nc, stream, {"seq": seq, "next_by_subj": subject}, self.timeout_s)
+            if msg is None:
+                return out
             hdrs = base64.b64decode(msg.get("hdrs") or b"")
             out.append(Stored(int(msg["seq"]), str(msg["subject"]), base64.b64decode(msg.get("data") or b""), {}))
             if b"KV-Operation" in hdrs:  # a delete or purge marker is no value

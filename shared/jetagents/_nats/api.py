@@ -8,6 +8,7 @@ host's pull loop) knows JetStream's JSON API.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from .._core.errors import JetAgentsError, PayloadTooLarge, Unavailable
 from .._core.wire import Subjects
-from .conn import Connection
+from .conn import Connection, parse_header_lines
 from .headers import H_NATS_SEQUENCE
 from .inbox import Inbox, shared_inbox
 
@@ -93,6 +94,27 @@ async def stream_info(nc: NATS, stream: str, timeout_s: float) -> dict[str, Any]
     return await js_api(nc, f"$JS.API.STREAM.INFO.{stream}", None, timeout_s)
 
 
+async def msg_get(nc: NATS, stream: str, query: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
+    """``STREAM.MSG.GET``, answered by the stream's leader (never a lagging replica): the
+    ``message`` (``seq``, ``subject``, ``time``, base64 ``data`` and ``hdrs``) that ``query``
+    finds (``{"seq": n}``, ``{"last_by_subj": s}``, ``{"seq": n, "next_by_subj": f}``);
+    None when there is none."""
+    try:
+        resp = await js_api(nc, f"$JS.API.STREAM.MSG.GET.{stream}", query, timeout_s)
+    except JSApiError as exc:
+        if exc.err_code == ERR_NO_MESSAGE:
+            return None
+        raise
+    message: dict[str, Any] = resp["message"]
+    return message
+
+
+def message_headers(message: Mapping[str, Any]) -> dict[str, str]:
+    """The headers of a message ``msg_get`` returned (base64 of the ``NATS/1.0`` block)."""
+    raw = base64.b64decode(message.get("hdrs") or b"")
+    return parse_header_lines(raw.partition(b"\r\n")[2])
+
+
 def _no_responders(msg: Msg) -> bool:
     """The server's answer on an inbox when nobody listens on the subject."""
     return bool(msg.headers) and (msg.headers or {}).get("Status") == "503"
@@ -154,7 +176,7 @@ class Topology:
 
     @property
     def prefix(self) -> str:
-        return self.subjects.root.upper().replace("-", "_")
+        return self.subjects.stream_prefix
 
     @property
     def cmd_stream(self) -> str:
@@ -182,30 +204,30 @@ class Topology:
 
     @property
     def snap_bucket(self) -> str:
-        return f"{self.subjects.root}_snap".replace("-", "_")
+        return self.subjects.bucket("snap")
 
     @property
     def meta_bucket(self) -> str:
-        return f"{self.subjects.root}_meta".replace("-", "_")
+        return self.subjects.bucket("meta")
 
     @property
     def tomb_bucket(self) -> str:
         """Tombstones of deleted agents (ADR 0052): written by operators, read by hosts."""
-        return f"{self.subjects.root}_tomb".replace("-", "_")
+        return self.subjects.bucket("tomb")
 
     @property
     def blob_bucket(self) -> str:
         """The Object Store bucket of payloads by reference (ADR 0042 section 9)."""
-        return f"{self.subjects.root}_blobs".replace("-", "_")
+        return self.subjects.bucket("blobs")
 
     @property
     def quarantine_bucket(self) -> str:
         """Quarantined agents (ADR 0053): hosts write, operators delete (release)."""
-        return f"{self.subjects.root}_quarantine".replace("-", "_")
+        return self.subjects.bucket("quarantine")
 
     @property
     def cluster_bucket(self) -> str:
-        return f"{self.subjects.root}_cluster".replace("-", "_")
+        return self.subjects.bucket("cluster")
 
     @property
     def dead_letter_max_bytes(self) -> int:

@@ -22,7 +22,7 @@ _nuid = NUID()
 
 
 def coord_bucket_name(subjects: Subjects) -> str:
-    return f"{subjects.root}_coord".replace("-", "_")
+    return subjects.bucket("coord")
 
 
 def coord_bucket_config(bucket: str, replicas: int) -> dict[str, Any]:

@@ -25,12 +25,12 @@ from .._core.errors import Unavailable
 from .._core.kv import CasConflict, Entry
 from .api import (
     ERR_LAST_SEQ_NOT_READY,
-    ERR_NO_MESSAGE,
     ERR_WRONG_LAST_SEQUENCE,
     JSApiError,
     js_api,
     js_publish,
     kv_bucket_config,
+    msg_get,
 )
 
 # written once in api.py, next to ensure_topology, which uses them too
@@ -74,13 +74,9 @@ def kv_subject(bucket: str, key: str) -> str:
 async def last_by_subject(nc: NATS, stream: str, subject: str, timeout_s: float) -> KvEntry | None:
     """The last message of ``subject`` in ``stream``, read from the stream leader (so never
     from a lagging replica); None if the subject has none."""
-    try:
-        resp = await js_api(nc, f"$JS.API.STREAM.MSG.GET.{stream}", {"last_by_subj": subject}, timeout_s)
-    except JSApiError as exc:
-        if exc.err_code == ERR_NO_MESSAGE:
-            return None
-        raise
-    msg = resp["message"]
+    msg = await msg_get(nc, stream, {"last_by_subj": subject}, timeout_s)
+    if msg is None:
+        return None
     return KvEntry(base64.b64decode(msg.get("data") or b""), int(msg["seq"]), base64.b64decode(msg.get("hdrs") or b""))
 
 

@@ -21,21 +21,9 @@ from nats.aio.msg import Msg
 
 from .._core.errors import Unavailable
 from .._host.ports import Appended, Refused, StoredMessage
-from .api import ERR_NO_MESSAGE, DirectReader, JSApiError, js_api, js_publish
+from .api import DirectReader, JSApiError, js_publish, message_headers, msg_get
 from .headers import H_NATS_SEQUENCE
 from .inbox import Inbox
-
-
-def _headers(raw: str | None) -> dict[str, str]:
-    """The headers of a message read with ``STREAM.MSG.GET`` (base64 of the NATS/1.0 block)."""
-    out: dict[str, str] = {}
-    if not raw:
-        return out
-    for line in base64.b64decode(raw).decode("utf-8", "replace").split("\r\n")[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            out[name.strip()] = value.strip()
-    return out
 
 
 class JetStreamOutStream:
@@ -57,16 +45,13 @@ class JetStreamOutStream:
 
     async def last(self, subject: str) -> StoredMessage | None:
         try:
-            resp = await js_api(
-                self._nc, f"$JS.API.STREAM.MSG.GET.{self._stream}", {"last_by_subj": subject}, self._timeout_s
-            )
+            m = await msg_get(self._nc, self._stream, {"last_by_subj": subject}, self._timeout_s)
         except JSApiError as exc:
-            if exc.err_code == ERR_NO_MESSAGE:
-                return None
             raise Unavailable(f"reading {subject} failed: {exc.description}") from None
-        m = resp["message"]
+        if m is None:
+            return None
         data = base64.b64decode(m.get("data") or "")
-        return StoredMessage(int(m["seq"]), m["subject"], data, _headers(m.get("hdrs")))
+        return StoredMessage(int(m["seq"]), m["subject"], data, message_headers(m))
 
 
 class Bell:

@@ -29,7 +29,7 @@ MAX_BATCH_ROWS = 512  # rows per atomic batch (the server takes at most 1,000 me
 
 
 def proj_bucket_name(subjects: Subjects) -> str:
-    return f"{subjects.root}_proj".replace("-", "_")
+    return subjects.bucket("proj")
 
 
 def _pos_key(name: str) -> str:
