@@ -15,10 +15,10 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .api import DirectReader, js_api, js_publish, msg_get, stream_info
+from .api import DirectReader, js_api, js_publish, stream_info
 from .headers import H_NATS_SEQUENCE, H_NATS_SUBJECT
 from .inbox import shared_inbox
-from .kv import KvEntry, kv_subject, last_by_subject, purge_subject, scan_last
+from .kv import KvEntry, kv_subject, last_by_subject, msg_get, purge_subject, scan_last
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ host's pull loop) knows JetStream's JSON API.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from .._core.errors import JetAgentsError, PayloadTooLarge, Unavailable
 from .._core.wire import Subjects
-from .conn import Connection, parse_header_lines
+from .conn import Connection
 from .headers import H_NATS_SEQUENCE
 from .inbox import Inbox, shared_inbox
 
@@ -92,27 +91,6 @@ async def jetstream_answers(nc: NATS, timeout_s: float) -> bool:
 
 async def stream_info(nc: NATS, stream: str, timeout_s: float) -> dict[str, Any]:
     return await js_api(nc, f"$JS.API.STREAM.INFO.{stream}", None, timeout_s)
-
-
-async def msg_get(nc: NATS, stream: str, query: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
-    """``STREAM.MSG.GET``, answered by the stream's leader (never a lagging replica): the
-    ``message`` (``seq``, ``subject``, ``time``, base64 ``data`` and ``hdrs``) that ``query``
-    finds (``{"seq": n}``, ``{"last_by_subj": s}``, ``{"seq": n, "next_by_subj": f}``);
-    None when there is none."""
-    try:
-        resp = await js_api(nc, f"$JS.API.STREAM.MSG.GET.{stream}", query, timeout_s)
-    except JSApiError as exc:
-        if exc.err_code == ERR_NO_MESSAGE:
-            return None
-        raise
-    message: dict[str, Any] = resp["message"]
-    return message
-
-
-def message_headers(message: Mapping[str, Any]) -> dict[str, str]:
-    """The headers of a message ``msg_get`` returned (base64 of the ``NATS/1.0`` block)."""
-    raw = base64.b64decode(message.get("hdrs") or b"")
-    return parse_header_lines(raw.partition(b"\r\n")[2])
 
 
 def _no_responders(msg: Msg) -> bool:

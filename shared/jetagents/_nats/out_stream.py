@@ -21,9 +21,10 @@ from nats.aio.msg import Msg
 
 from .._core.errors import Unavailable
 from .._host.ports import Appended, Refused, StoredMessage
-from .api import DirectReader, JSApiError, js_publish, message_headers, msg_get
+from .api import DirectReader, JSApiError, js_publish
 from .headers import H_NATS_SEQUENCE
 from .inbox import Inbox
+from .kv import message_headers, msg_get
 
 
 class JetStreamOutStream:

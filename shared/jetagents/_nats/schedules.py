@@ -43,7 +43,8 @@ from .._core.schedules import (
 )
 from .._core.wire import H_MSG_ID
 from .._host.ports import Appended, Schedule, Schedules
-from .api import JSApiError, js_api, js_publish, message_headers, msg_get
+from .api import JSApiError, js_api, js_publish
+from .kv import message_headers, msg_get
 
 # err_code values of the server's scheduler (nats-server server/errors.json)
 ERR_SCHEDULES_DISABLED: Final = 10188

@@ -14,7 +14,8 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .api import js_api, message_headers, msg_get, stream_info
+from .api import js_api, stream_info
+from .kv import message_headers, msg_get
 
 
 @dataclass(frozen=True, slots=True)
