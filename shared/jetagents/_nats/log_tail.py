@@ -12,29 +12,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from nats.aio.client import Client as NATS
-
 from .._host.ports import StoredMessage
-from .api import DirectReader, stream_info
+from .api import stream_info
 from .headers import H_NATS_SEQUENCE, H_NATS_SUBJECT
-from .inbox import Inbox
-from .out_stream import Bell
+from .out_stream import BelledReader
 
 __all__ = ["LogTailReader"]
 
 
-class LogTailReader:
+class LogTailReader(BelledReader):
     """One filter of one stream (``agt.evt.counter.*``): ``read(after_seq)`` returns up to
     ``batch`` messages stored after it, ``wait`` returns when the filter gets a new message
     (or the timeout passes)."""
-
-    def __init__(self, nc: NATS, inbox: Inbox, stream: str, subject: str, timeout_s: float) -> None:
-        self._nc = nc
-        self._reader = DirectReader(nc, inbox)
-        self._stream = stream
-        self._subject = subject
-        self._timeout_s = timeout_s
-        self._bell = Bell(nc, subject)
 
     async def start(self) -> None:
         await self._reader.start()
@@ -63,9 +52,3 @@ class LogTailReader:
             info = await stream_info(self._nc, self._stream, self._timeout_s)
             return int(info["state"]["last_seq"])
         return int((msg.headers or {}).get(H_NATS_SEQUENCE, 1)) - 1
-
-    async def wait(self, timeout_s: float) -> None:
-        await self._bell.wait(timeout_s)
-
-    async def close(self) -> None:
-        await self._bell.close()

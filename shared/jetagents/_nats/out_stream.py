@@ -93,11 +93,9 @@ class Bell:
                 pass
 
 
-class OutReader:
-    """One output subject read from a sequence on: ``read(after_seq)`` returns what is
-    stored after it; ``wait(timeout_s)`` returns when the subject gets a new message (or the
-    timeout passes: a reader polls too, since a message can reach a subscriber before a
-    replica answers a direct get with it, and a reconnect misses messages)."""
+class BelledReader:
+    """One subject (or filter) of one stream, read by direct gets, and the ``Bell`` its new
+    messages ring: ``wait(timeout_s)`` returns at the next one (or when the timeout passes)."""
 
     def __init__(self, nc: NATS, inbox: Inbox, stream: str, subject: str, timeout_s: float) -> None:
         self._nc = nc
@@ -106,6 +104,19 @@ class OutReader:
         self._subject = subject
         self._timeout_s = timeout_s
         self._bell = Bell(nc, subject)
+
+    async def wait(self, timeout_s: float) -> None:
+        await self._bell.wait(timeout_s)
+
+    async def close(self) -> None:
+        await self._bell.close()
+
+
+class OutReader(BelledReader):
+    """One output subject read from a sequence on: ``read(after_seq)`` returns what is
+    stored after it; ``wait(timeout_s)`` returns when the subject gets a new message (or the
+    timeout passes: a reader polls too, since a message can reach a subscriber before a
+    replica answers a direct get with it, and a reconnect misses messages)."""
 
     async def start(self) -> None:
         await self._reader.start()
@@ -117,9 +128,3 @@ class OutReader:
             StoredMessage(int((m.headers or {}).get(H_NATS_SEQUENCE, 0)), self._subject, m.data, m.headers or {})
             for m in msgs
         ]
-
-    async def wait(self, timeout_s: float) -> None:
-        await self._bell.wait(timeout_s)
-
-    async def close(self) -> None:
-        await self._bell.close()
