@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 
 from .._host.ports import StoredMessage
 from .api import stream_info
-from .headers import H_NATS_SEQUENCE, H_NATS_SUBJECT
+from .headers import H_NATS_SEQUENCE
+from .log_reader import stored_message
 from .out_stream import BelledReader
 
 __all__ = ["LogTailReader"]
@@ -37,11 +38,7 @@ class LogTailReader(BelledReader):
         """Up to ``batch`` messages after ``after_seq``, and whether more are stored."""
         stream, subject = self._stream, self._subject
         msgs, more, _ = await self._reader.read_batch(stream, subject, after_seq + 1, batch, self._timeout_s)
-        out = []
-        for m in msgs:
-            h = m.headers or {}
-            out.append(StoredMessage(int(h.get(H_NATS_SEQUENCE, 0)), h.get(H_NATS_SUBJECT, ""), m.data, h))
-        return out, more
+        return [stored_message(m) for m in msgs], more
 
     async def seq_before(self, since_ms: int) -> int:
         """The position just before the first message stored at or after ``since_ms`` (unix

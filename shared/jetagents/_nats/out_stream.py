@@ -22,9 +22,9 @@ from nats.aio.msg import Msg
 from .._core.errors import Unavailable
 from .._host.ports import Appended, Refused, StoredMessage
 from .api import DirectReader, JSApiError, js_publish
-from .headers import H_NATS_SEQUENCE
 from .inbox import Inbox
 from .kv import message_headers, msg_get
+from .log_reader import stored_message
 
 
 class JetStreamOutStream:
@@ -124,7 +124,4 @@ class OutReader(BelledReader):
 
     async def read(self, after_seq: int, batch: int = 256) -> list[StoredMessage]:
         msgs = await self._reader.read_subject(self._stream, self._subject, after_seq + 1, batch, self._timeout_s)
-        return [
-            StoredMessage(int((m.headers or {}).get(H_NATS_SEQUENCE, 0)), self._subject, m.data, m.headers or {})
-            for m in msgs
-        ]
+        return [stored_message(m, self._subject) for m in msgs]
