@@ -4,12 +4,15 @@ tombstone; retention cuts a log before its snapshot and the agent still loads.""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Any
 
 import orjson
 import pytest
+from pydantic import BaseModel
 
-from jetagents import Client, ClientSettings, Host, NatsServer, Registry
+from jetagents import Agent, Client, ClientSettings, Event, Host, NatsServer, Registry, action, applies
 from jetagents._client.inspection import Inspector
 from jetagents._client.lifecycle import Lifecycle
 from jetagents._core.errors import AgentDeleted, InternalError, JetAgentsError
@@ -23,6 +26,47 @@ from .helpers import commits, dead_letters, eventually
 class Ledger(Counter):
     type_name = "ledger"
     keep_snapshots = 1
+
+
+class KeptState(BaseModel):
+    texts: list[str] = []
+
+
+class Kept(Event):
+    text: str
+
+
+class Keeper(Agent[KeptState]):
+    """Keeps what it is sent: a large command becomes a large event, result and state, all
+    three stored in agt_blobs by reference."""
+
+    type_name = "keeper"
+    state_type = KeptState
+
+    @action
+    async def keep(self, text: str) -> str:
+        self.emit(Kept(text=text))
+        return text
+
+    @applies
+    def _kept(self, state: KeptState, event: Kept) -> None:
+        state.texts.append(event.text)
+
+
+async def _blobs(nc: Any) -> tuple[dict[str, str], set[str]]:
+    """The blobs of ``agt_blobs`` read from its stream (name -> nuid of its chunks, delete
+    markers included) and the chunk nuids the stream holds."""
+    info = await js_api(nc, "$JS.API.STREAM.INFO.OBJ_agt_blobs", {"subjects_filter": ">"}, 5)
+    metas, chunks = {}, set()
+    for subject in info["state"].get("subjects") or {}:
+        kind, token = subject.split(".")[2:4]
+        if kind == "C":
+            chunks.add(token)
+        else:
+            msg = await js_api(nc, "$JS.API.STREAM.MSG.GET.OBJ_agt_blobs", {"last_by_subj": subject}, 5)
+            meta = orjson.loads(base64.b64decode(msg["message"]["data"]))
+            metas[base64.urlsafe_b64decode(token).decode()] = meta["nuid"]
+    return metas, chunks
 
 
 async def _subjects_of(nc: Any, needle: str) -> dict[str, list[str]]:
@@ -80,6 +124,39 @@ async def test_delete_refuses_at_once_and_the_purge_leaves_nothing(nats_server: 
             assert await life.purge_due(now_ms=tomb["purge_after_ms"] + 10**9) == []  # once
             # the others are untouched
             assert await client.agent("counter", "kept").request("increment", {"by": 2}) == 2
+    finally:
+        await client.close()
+
+
+async def test_the_purge_removes_the_agents_blobs_and_keeps_anothers_with_the_same_bytes(
+    nats_server: NatsServer,
+) -> None:
+    """ADR 0052: blobs are named by the agent whose log or snapshot holds the reference, so
+    the purge removes every blob of the deleted agent (chunks and meta, delete markers
+    included) and leaves another agent's copy of the same bytes readable."""
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
+    text = "k" * 150_000  # a command of ~150 KB: its event, result and state go by reference
+    try:
+        async with Host(host_settings(nats_server.url), Registry([Keeper])) as host:
+            for agent in ("a", "b"):
+                assert await client.agent("keeper", agent).request("keep", {"text": text}) == text
+            await host.catalog.snapshot_all(5.0)
+            before, _ = await _blobs(client.nc)
+            mine = {n for n in before if n.startswith("keeper.a/")}
+            kept = {n for n in before if n.startswith("keeper.b/")}
+            # the event's data, the result and the state: three blobs each, the same bytes
+            assert len(mine) == 3 and {n.replace("keeper.a/", "keeper.b/") for n in mine} == kept
+            life = Lifecycle(Inspector(client))
+            tomb = await life.delete("keeper", "a", grace_s=60, by="test")
+            await life.purge_due(now_ms=tomb["purge_after_ms"])
+            after, chunks = await _blobs(client.nc)
+            assert set(after) == set(before) - mine  # no object of the deleted agent, not even a marker
+            assert chunks == set(after.values())  # and no chunk of it left behind
+            store = await client.nc.jetstream().object_store("agt_blobs")
+            for name in kept:  # the other agent's copies: complete and readable
+                data = (await store.get(name)).data
+                assert data is not None and name.endswith(hashlib.sha256(data).hexdigest())
+            assert await client.agent("keeper", "b").request("keep", {"text": "x"}) == "x"
     finally:
         await client.close()
 
