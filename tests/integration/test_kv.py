@@ -8,9 +8,11 @@ import asyncio
 import pytest
 
 from jetagents import NatsServer
+from jetagents._core.errors import Unavailable
 from jetagents._nats.api import connect
 from jetagents._nats.kv import (
     ERR_WRONG_LAST_SEQUENCE,
+    JetStreamStore,
     KvConflict,
     ensure_stream,
     kv_subject,
@@ -85,3 +87,24 @@ async def test_ensure_raises_the_limits_it_is_asked_to_and_never_lowers_them(nat
     finally:
         for c in ncs:
             await c.drain()
+
+
+async def test_a_scan_after_a_revision_waits_for_a_replica_that_has_it(nats_server: NatsServer) -> None:
+    """Admission checks (ADR 0060) scan right after their own write: ``after_rev`` makes the
+    batched direct get (any replica may answer it) hold every write up to that revision. The
+    answer says up to which sequence it read; one short of the revision is asked again, and
+    never having it is ``Unavailable`` rather than a stale read taken as the truth."""
+    nc = await connect(nats_server.url, name="kv-scan")
+    try:
+        store = JetStreamStore(nc, "scantest", timeout_s=5.0)
+        await store.ensure()
+        rev = await store.create("place.a", {"host": "h1"})
+        await store.create("member.h1", {})
+        assert set(await store.scan("place.", after_rev=rev)) == {"place.a"}
+        assert await store.scan("none.", after_rev=0) == {}
+        with pytest.raises(Unavailable):  # a revision no replica has (yet)
+            await store.scan("place.", after_rev=rev + 100)
+        with pytest.raises(Unavailable):  # nothing under the prefix: not even the caller's write
+            await store.scan("none.", after_rev=rev)
+    finally:
+        await nc.drain()
