@@ -58,6 +58,10 @@ class Keeper(Agent[KeptState]):
     async def ping(self) -> str:
         return "pong"
 
+    @action
+    async def on_message(self, msg: dict[str, Any]) -> None:  # its topic subscriptions' handler
+        self.emit(Kept(text=orjson.dumps(msg["data"]).decode()))
+
     @applies
     def _kept(self, state: KeptState, event: Kept) -> None:
         state.texts.append(event.text)
@@ -224,6 +228,40 @@ async def test_the_leader_purges_after_the_grace_period_and_nothing_of_the_agent
                 await ref.request("keep", {"text": "again"}, command_id="k-gone")  # its old id too
             assert await _subjects_of(client.nc, "keeper.gone") == {"KV_agt_tomb": ["$KV.agt_tomb.keeper.gone"]}
             assert await client.agent("keeper", "kept").request("ping", {}) == "pong"
+    finally:
+        await client.close()
+
+
+async def test_a_purged_subscriber_is_dropped_by_its_patterns_runner(nats_server: NatsServer) -> None:
+    """ADR 0049 and 0052: the purge removes the agent's subscription and signals its pattern's
+    runner (``agt.pubctl.<pattern key>``), which keeps subscribers in memory: the topic messages
+    published after the purge become commands to the other subscriber only. Without the signal
+    the runner would go on sending the deleted agent a command per message (each refused)."""
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
+    try:
+        async with Host(host_settings(nats_server.url, purge_sweep_s=0), Registry([Keeper])) as host:
+            for agent in ("gone", "kept"):
+                await client.subscribe_agent("keeper", agent, "news.>")
+            await client.publish("news.a", {"n": 1})
+
+            async def received(agent: str, n: int) -> bool:
+                return len(await commits(client.nc, "keeper", agent)) == n
+
+            for agent in ("gone", "kept"):
+                await eventually(lambda agent=agent: received(agent, 1), timeout_s=20)
+            assert host.stats["pubsub_deliveries"] == 2
+            life = Lifecycle(Inspector(client))
+            tomb = await life.delete("keeper", "gone", grace_s=0, by="test")
+            await life.purge_due(now_ms=tomb["purge_after_ms"])
+            # the runner handles one message at a time, in stream order: once the third one
+            # reached "kept", the second one's fan-out is over
+            await client.publish("news.b", {"n": 2})
+            await client.publish("news.c", {"n": 3})
+            await eventually(lambda: received("kept", 3), timeout_s=20)
+            assert host.stats["pubsub_deliveries"] == 4  # 2, then one per message
+            assert host.stats["pubsub_refused"] == 0
+            assert await commits(client.nc, "keeper", "gone") == []
+            assert await _subjects_of(client.nc, "keeper.gone") == {"KV_agt_tomb": ["$KV.agt_tomb.keeper.gone"]}
     finally:
         await client.close()
 
