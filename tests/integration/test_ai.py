@@ -162,7 +162,7 @@ async def test_a_large_conversation_is_kept_by_reference_and_the_next_turn_sees_
                 await client.close()
     assert prompts == [[long_prompt], [long_prompt, "and now?"]]
     [first_turn] = next(c for c in log if c["j"]["k"] == "end")["events"]  # the closing commit's event
-    assert first_turn["type"] == "MessagesAdded" and first_turn["data"]["$ref"].startswith("sha256:")
+    assert first_turn["type"] == "MessagesAdded" and first_turn["data"]["$ref"].startswith("desk.acme-11/sha256:")
     assert first_turn["data"]["bytes"] > len(long_prompt)  # the whole turn is in the blob, not in the log
 
 

@@ -108,14 +108,18 @@ async def test_large_values_go_by_reference_and_survive_replay_takeover_and_snap
         value_ref = step["j"]["value"]
         data_ref = closing["events"][0]["data"]
         assert set(value_ref) == {"$ref", "bytes"} and value_ref["bytes"] == 5 * MIB + 2  # a JSON string
-        assert data_ref["$ref"] == "sha256:" + hashlib.sha256(orjson.dumps({"text": "a" * 5 * MIB})).hexdigest()
+        assert data_ref["$ref"] == "blob.x/sha256:" + hashlib.sha256(orjson.dumps({"text": "a" * 5 * MIB})).hexdigest()
         assert all(len(orjson.dumps(c)) < 4096 for c in log)  # the log itself stays small
         names = await _blob_names(client)
         assert {value_ref["$ref"], data_ref["$ref"]} <= names
-        puts = host1.catalog.blobs.puts
-        # equal content is written once: a second agent with the same values adds no blob
+        # a second agent with the same values has blobs of its own (ADR 0052: its purge
+        # removes them, never another agent's); equal content within an agent is written once
+        # (tests/unit/test_blobref.py)
         await client.agent("blob", "y").request("build", {"size": 5 * MIB, "fill": "a"}, command_id="b2")
-        assert host1.catalog.blobs.puts == puts and await _blob_names(client) == names
+        y_log = await commits(client.nc, "blob", "y")
+        y_refs = {y_log[0]["j"]["value"]["$ref"], y_log[-1]["events"][0]["data"]["$ref"]}
+        assert {r.replace("blob.y/", "blob.x/") for r in y_refs} == {value_ref["$ref"], data_ref["$ref"]}
+        assert y_refs <= await _blob_names(client)
         assert Blob.MADE == 2
 
     snap = await (await client.nc.jetstream().key_value("agt_snap")).get("blob.x")
@@ -163,7 +167,7 @@ async def test_a_missing_or_corrupted_blob_is_a_clear_error(nats_server: NatsSer
     async with _host(nats_server.url, "blob-h5"):
         # the activation fails on the missing blob; past its attempts the agent is quarantined
         # (ADR 0053), and either error names the blob and the commit
-        missing = r"blob sha256:[0-9a-f]{64} \(named by commit 2 of blob/m\) is missing from agt_blobs"
+        missing = r"blob blob\.m/sha256:[0-9a-f]{64} \(named by commit 2 of blob/m\) is missing from agt_blobs"
         with pytest.raises((InternalError, AgentQuarantined), match=missing):
             await client.agent("blob", "m").request("digests", delivery="at-most-once", timeout=8)
         corrupt = r"\(named by commit 2 of blob/c\) does not match its digest"

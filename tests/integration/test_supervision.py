@@ -37,6 +37,7 @@ from jetagents import (
     applies,
 )
 from jetagents._nats.api import connect as raw_connect
+from jetagents._nats.api import js_api, kv_bucket_config
 from tests.conftest import host_settings
 from tests.integration.helpers import dead_letters, eventually, read_all
 
@@ -171,13 +172,18 @@ async def _evt(nc: Any, agent: str) -> list[tuple[int, bytes]]:
 async def test_a_corrupt_latest_snapshot_and_log_tail_are_restored_from_an_older_snapshot(
     nats_server: NatsServer, client: Client
 ) -> None:
+    """On a deployment whose snapshot bucket an older version made (one snapshot per key):
+    the host raises its history when it starts, so there is an older snapshot to restore."""
     BROKEN["applier"] = False
     ref = client.agent("fragile", "r1")
     nc = await raw_connect(nats_server.url, name="test-supervision")
+    await js_api(nc, "$JS.API.STREAM.CREATE.KV_agt_snap", kv_bucket_config("agt_snap", 1, history=1), 5)
     kv = None
     h = _host(nats_server.url, snapshot_every=2, snapshot_history=3)
     await h.start()
     try:
+        info = await js_api(nc, "$JS.API.STREAM.INFO.KV_agt_snap", None, 5)
+        assert info["config"]["max_msgs_per_subject"] == 3
         for i in range(6):
             assert await ref.request("bump", {"by": 1}) == i + 1
         kv = await nc.jetstream().key_value("agt_snap")

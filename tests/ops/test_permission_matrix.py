@@ -28,6 +28,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from jetagents import Client, ClientSettings, Host, Registry
 from jetagents._client.inspection import Inspector
 from jetagents._client.lifecycle import Lifecycle
+from jetagents._core.blobref import name_of
 from jetagents._core.errors import AgentDeleted, JetAgentsError, PermissionDenied
 from jetagents._core.pubsub import pattern_key
 from jetagents._nats.api import js_api, js_publish
@@ -362,6 +363,7 @@ async def test_the_operator_inspects_and_redrives_a_client_cannot(world: World) 
             "$JS.API.STREAM.PURGE.AGT_EVT",
             "$JS.API.STREAM.PURGE.KV_agt_subs",
             "$JS.API.STREAM.PURGE.KV_agt_quarantine",
+            "$JS.API.STREAM.PURGE.OBJ_agt_blobs",
         ):
             await spy.publish(subject, b'{"seq":1}')
             await seen.wait_for(f'Publish to "{subject}"')
@@ -389,11 +391,17 @@ async def test_the_operator_inspects_and_redrives_a_client_cannot(world: World) 
         sub = {"pattern": "perm.>", "type": "counter", "id": "ops2"}
         await js_publish(w.admin, sub_subject, orjson.dumps(sub), {}, 5)
         await js_publish(w.admin, "$KV.agt_quarantine.counter.ops2", b'{"reason": "t"}', {}, 5)
+        # and a blob under its name (ADR 0052), while another agent's stays
+        blobs = await w.admin.jetstream().object_store("agt_blobs")
+        for owner in ("counter.ops2", "counter.ops"):
+            await blobs.put(name_of(b'"large"', owner), b'"large"')
         assert await w.count("KV_agt_subs", sub_subject) == 1
         assert [t["agent"] for t in await life.purge_due(now_ms=tomb["purge_after_ms"])] == ["counter/ops2"]
         assert await w.count("AGT_EVT", "agt.evt.counter.ops2") == 0
         assert await w.count("KV_agt_subs", sub_subject) == 0
         assert await w.count("KV_agt_quarantine", "$KV.agt_quarantine.counter.ops2") == 0
+        assert {info.name for info in await blobs.list()} >= {name_of(b'"large"', "counter.ops")}
+        assert name_of(b'"large"', "counter.ops2") not in {info.name for info in await blobs.list()}
         # the operator repairs; it does not rewrite history or drop streams
         for subject in ("agt.evt.counter.ops", "$KV.agt_snap.counter.ops", "$JS.API.STREAM.DELETE.AGT_DLQ"):
             await rogue.publish(subject, b"{}")

@@ -174,3 +174,176 @@ async def test_a_task_cancelled_before_its_first_step_cancels_the_coroutine() ->
     with pytest.raises(asyncio.CancelledError):
         await task
     assert cleaned == ["finally ran"]
+
+
+# The spare task (3.11's hand-driven start): one task stands for many first stretches.
+
+
+async def test_quick_coroutines_share_one_spare_task_across_turns() -> None:
+    loop = asyncio.get_running_loop()
+    seen: set[int] = set()
+
+    async def quick() -> None:
+        seen.add(id(asyncio.current_task()))
+
+    before = len(asyncio.all_tasks())
+    for _ in range(3):
+        for _ in range(50):
+            assert _start_manual(quick(), loop) is None
+        await asyncio.sleep(0)  # the spare's first step: idle, it waits, it does not end
+        await asyncio.sleep(0)
+    assert len(seen) == 1  # no task made per coroutine, nor per turn
+    assert len(asyncio.all_tasks()) == before + 1
+
+
+@pytest.mark.parametrize("touch", ["keeps", "cancels", "callback"])
+async def test_a_stretch_that_touched_its_task_retires_it(touch: str) -> None:
+    """A later command must never inherit what an earlier one did to its task: a kept
+    reference (which could cancel it later), a pending cancellation, a done callback."""
+    loop = asyncio.get_running_loop()
+    kept: list[asyncio.Task[object]] = []
+
+    async def toucher() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if touch == "keeps":
+            kept.append(task)
+        elif touch == "cancels":
+            task.cancel()
+        else:
+            task.add_done_callback(lambda _: None)
+
+    first_task: list[object] = []
+
+    async def probe() -> None:
+        first_task.append(asyncio.current_task())
+
+    assert _start_manual(probe(), loop) is None
+    assert _start_manual(toucher(), loop) is None
+    got: list[object] = []
+
+    async def later() -> None:
+        task = asyncio.current_task()
+        got.append(task)
+        await asyncio.sleep(0.001)  # suspends: the task it runs in must be a clean one
+        got.append(asyncio.current_task())
+
+    task = _start_manual(later(), loop)
+    assert task is not None and got[0] is task
+    assert task is not first_task[0]  # a new spare, not the touched one
+    await task  # not cancelled by the earlier command's cancel()
+    assert got == [task, task]
+
+
+async def test_a_coroutine_started_within_a_first_stretch_gets_its_own_task() -> None:
+    loop = asyncio.get_running_loop()
+    fut_inner: asyncio.Future[str] = loop.create_future()
+    fut_outer: asyncio.Future[str] = loop.create_future()
+    inner_task: list[asyncio.Task[object] | None] = []
+
+    async def inner() -> str:
+        return await fut_inner
+
+    async def outer() -> str:
+        inner_task.append(_start_manual(inner(), loop))  # suspends in its first stretch
+        return await fut_outer + "+outer"
+
+    async def quick() -> None:
+        pass
+
+    assert _start_manual(quick(), loop) is None  # a spare stands by: outer() is started in it
+    outer_task = _start_manual(outer(), loop)
+    assert outer_task is not None and inner_task[0] is not None
+    assert inner_task[0] is not outer_task
+    fut_inner.set_result("inner")
+    fut_outer.set_result("outer")
+    assert await inner_task[0] == "inner"
+    assert await outer_task == "outer+outer"
+
+
+async def test_each_command_starts_from_the_callers_context() -> None:
+    """A first stretch that sets a variable and finishes leaves nothing for the next command,
+    even though both ran as the same spare task."""
+    loop = asyncio.get_running_loop()
+    var.set("caller")
+    seen: list[str] = []
+
+    async def leaves_var_set() -> None:
+        var.set("leaked?")
+
+    async def reads_var() -> None:
+        seen.append(var.get())
+        await asyncio.sleep(0.001)
+        seen.append(var.get())
+
+    assert _start_manual(leaves_var_set(), loop) is None
+    task = _start_manual(reads_var(), loop)
+    assert task is not None
+    await task
+    assert seen == ["caller", "caller"]
+
+
+async def test_an_idle_spare_runs_the_rest_of_the_next_coroutine_that_waits() -> None:
+    loop = asyncio.get_running_loop()
+    tasks: list[int] = []  # ids: a kept task would retire the spare
+    var.set("caller")
+
+    async def quick() -> None:
+        tasks.append(id(asyncio.current_task()))
+
+    async def waits() -> str:
+        tasks.append(id(asyncio.current_task()))
+        token = var.set("inside")
+        await asyncio.sleep(0.001)
+        tasks.append(id(asyncio.current_task()))
+        value = var.get()
+        var.reset(token)  # the same context as before the wait, or this raises
+        return value
+
+    assert _start_manual(quick(), loop) is None
+    await asyncio.sleep(0)  # the spare goes idle, waiting on its gate
+    await asyncio.sleep(0)
+    task = _start_manual(waits(), loop)
+    assert task is not None and tasks == [id(task), id(task)]  # the idle spare, now its task
+    assert await task == "inside"
+    assert tasks == [id(task)] * 3
+    assert var.get() == "caller"
+    quick2 = _start_manual(quick(), loop)  # the next command gets a new spare
+    assert quick2 is None and tasks[-1] != id(task)
+
+
+async def test_an_idle_spare_touched_by_a_stretch_ends() -> None:
+    loop = asyncio.get_running_loop()
+    kept: list[asyncio.Task[object]] = []
+
+    async def quick() -> None:
+        pass
+
+    async def keeps() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        kept.append(task)
+
+    assert _start_manual(quick(), loop) is None
+    await asyncio.sleep(0)  # idle on its gate
+    assert _start_manual(keeps(), loop) is None
+    await asyncio.sleep(0)  # retired: the gate opens and the task ends
+    await asyncio.sleep(0)
+    assert kept[0].done() and not kept[0].cancelled()
+
+
+async def test_a_context_variable_naming_the_task_does_not_retire_the_spare() -> None:
+    """The host marks each action's run with its task in a context variable (autostep's
+    ``enter_run``): the stretch's context dies with the stretch, and so does that reference."""
+    loop = asyncio.get_running_loop()
+    marker: contextvars.ContextVar[object] = contextvars.ContextVar("marker", default=None)
+    seen: set[int] = set()
+
+    async def marks() -> None:
+        task = asyncio.current_task()
+        marker.set(task)
+        seen.add(id(task))
+
+    for _ in range(10):
+        assert _start_manual(marks(), loop) is None
+    assert len(seen) == 1

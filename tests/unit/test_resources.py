@@ -14,6 +14,7 @@ from jetagents._core.resources import (
     admitted,
     choose_host,
     fits,
+    holds,
     host_views,
     load_score,
     parse_needs,
@@ -124,3 +125,54 @@ def test_host_views_skip_draining_members_and_count_placed_agents() -> None:
     assert set(views) == {"h1", "h3"}
     assert views["h1"] == HostView({"cpu": 2.0}, {"cpu": 1.0}, 1, 0.2)
     assert views["h3"].capacity == {}
+
+
+def test_a_rewrite_keeps_the_order_of_its_reservation_and_a_hold_reserves_on_the_target() -> None:
+    cap = {"gpu": 1.0}
+    # an agent placed on h1 at revision 5, its record rewritten at 9 with a migration's hold on
+    # h2 (``since`` keeps its order on h1); a placement written on h1 at 7 is younger than it
+    moving = ({"host": "h1", "since": 5, "to": "h2", "to_until_ms": 1_000, "needs": {"gpu": 1}}, 9)
+    other = ({"host": "h1", "needs": {"gpu": 1}}, 7)
+    assert holds(*moving) == [("h1", 5), ("h2", 9)]
+    assert not admitted({"gpu": 1}, cap, reservations([moving], below_rev=7).get("h1", {}))
+    assert admitted({"gpu": 1}, cap, reservations([other], below_rev=9).get("h2", {}))  # the hold stands on h2
+    assert not admitted({"gpu": 1}, cap, reservations([moving], below_rev=10).get("h2", {}))  # a later one there
+    assert reservations([moving], now_ms=999) == {"h1": {"gpu": 1.0}, "h2": {"gpu": 1.0}}
+    assert reservations([moving], now_ms=1_000) == {"h1": {"gpu": 1.0}}  # a lapsed hold
+    assert holds({"host": "h1", "since": 12}, 9) == [("h1", 9)]  # a since after the record: damaged, ignored
+    assert holds({"host": "", "to": "h2"}, 3) == [("h2", 3)] and holds({"host": "h2", "to": "h2"}, 3) == [("h2", 3)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(min_value=0.1, max_value=2, allow_nan=False).map(lambda x: round(x, 1)), max_size=12),
+    st.floats(min_value=0, max_value=6, allow_nan=False).map(lambda x: round(x, 1)),
+    st.lists(st.booleans(), max_size=12),
+)
+def test_placements_racing_for_one_host_never_reserve_beyond_it(
+    gpus: list[float], capacity: float, saw_withdrawn: list[bool]
+) -> None:
+    """Placements written at once onto one host (revisions 1..n) each keep theirs only if it
+    fits beside the older reservations they read; some read an older one before it withdrew
+    (``saw_withdrawn``). What stands never exceeds the host, and with nothing read stale it
+    is exactly the oldest that fit, in order (greedy by revision)."""
+    cap = {"gpu": capacity}
+    standing: list[tuple[dict[str, object], int]] = []
+    withdrawn: list[tuple[dict[str, object], int]] = []
+    for rev, gpu in enumerate(gpus, start=1):
+        record = ({"host": "h", "needs": {"gpu": gpu}}, rev)
+        stale = saw_withdrawn[rev - 1] if rev - 1 < len(saw_withdrawn) else False
+        seen = standing + (withdrawn if stale else [])
+        if admitted({"gpu": gpu}, cap, reservations(seen, below_rev=rev).get("h", {})):
+            standing.append(record)
+        else:
+            withdrawn.append(record)
+    total = reservations(standing).get("h", {}).get("gpu", 0.0)
+    assert total <= capacity + 1e-9
+    greedy, used = [], 0.0
+    for gpu in gpus:
+        if used + gpu <= capacity + 1e-9:
+            greedy.append(gpu)
+            used += gpu
+    if not any(saw_withdrawn[: len(gpus)]):
+        assert [r[0]["needs"]["gpu"] for r in standing] == greedy  # type: ignore[index]

@@ -15,13 +15,17 @@ hosts read it when they activate the agent and refuse every command with ``agent
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
+from .._core.blobref import OWNER_SEP
 from .._core.errors import JetAgentsError
-from .._core.ids import AgentId, partition_of
+from .._core.ids import AgentId, is_valid_token, partition_of
 from .._core.upcast import state_from
 from .._nats.api import ERR_STREAM_NOT_FOUND, JSApiError
 from .._nats.pubsub import CONTROL_HEADER, PubSubNames
@@ -72,18 +76,22 @@ class Lifecycle:
         placement, subscriptions and quarantine record. The tombstone records when."""
         now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
         done = []
-        for key, tomb in (await self.tombstones()).items():
-            if tomb.get("purged_ms") or int(tomb.get("purge_after_ms", 0)) > now:
-                continue
+        due = [
+            (key, tomb)
+            for key, tomb in (await self.tombstones()).items()
+            if not tomb.get("purged_ms") and int(tomb.get("purge_after_ms", 0)) <= now
+        ]
+        blobs = await self._blobs_by_owner() if due else {}  # one listing of the bucket per purge
+        for key, tomb in due:
             agent_type, _, agent_id = key.partition(".")
             aid = AgentId(agent_type, agent_id)
-            await self._purge(aid)
+            await self._purge(aid, blobs.get(aid.key, ()))
             tomb = dict(tomb, purged_ms=time.time_ns() // 1_000_000)
             await self.io.kv_put(self.topology.tomb_bucket, aid.key, orjson.dumps(tomb))
             done.append(tomb)
         return done
 
-    async def _purge(self, aid: AgentId) -> None:
+    async def _purge(self, aid: AgentId, blob_meta: Iterable[str] = ()) -> None:
         s, t = self.subjects, self.topology
         info = await self.io.stream_info(t.cmd_stream)
         partitions = int(((info.get("config") or {}).get("metadata") or {}).get("jetagents_partitions", 0) or 0)
@@ -112,14 +120,43 @@ class Lifecycle:
             except JSApiError as exc:
                 if exc.err_code != ERR_STREAM_NOT_FOUND:  # a stream this deployment does not have
                     raise
+        await self._purge_blobs(blob_meta)
         for subject in subs:
             key = subject.removeprefix(f"$KV.{names.subs_bucket}.")
             await self.io.publish_durable(names.control_subject(key.split(".")[0]), b"", {CONTROL_HEADER: key})
         await self._evict(aid)  # a command that raced the tombstone may have loaded it again
 
-    async def _stored(self, stream: str, subject_filter: str) -> list[str]:
+    async def _blobs_by_owner(self) -> dict[str, list[str]]:
+        """The meta subjects of ``agt_blobs`` by the agent their name is scoped to (a name is
+        ``<type>.<id>/sha256:<hex>``, ADR 0052; the subject holds it base64url-encoded, so
+        the server cannot filter by agent: the bucket's subjects are listed once)."""
+        bucket = self.topology.blob_bucket
+        prefix = f"$O.{bucket}.M."
+        out: dict[str, list[str]] = {}
+        for subject in await self._stored(f"OBJ_{bucket}", f"{prefix}*", limit=100_000_000):
+            try:
+                name = base64.urlsafe_b64decode(subject.removeprefix(prefix)).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                continue  # not a name this project wrote
+            owner, sep, _ = name.rpartition(OWNER_SEP)
+            if sep:  # unscoped names (written before ADR 0052's scoping) may be shared: kept
+                out.setdefault(owner, []).append(subject)
+        return out
+
+    async def _purge_blobs(self, meta_subjects: Iterable[str]) -> None:
+        """Remove each blob: its chunks first (named by the nuid its meta message holds), then
+        the meta subject, delete markers included, so an interrupted purge is done again."""
+        stream = f"OBJ_{self.topology.blob_bucket}"
+        for subject in meta_subjects:
+            meta = await self.io.last(stream, subject)
+            nuid = _doc(meta.data).get("nuid") if meta is not None and meta.data else None
+            if isinstance(nuid, str) and nuid and is_valid_token(nuid):
+                await self.io.purge(stream, f"$O.{self.topology.blob_bucket}.C.{nuid}")
+            await self.io.purge(stream, subject)
+
+    async def _stored(self, stream: str, subject_filter: str, limit: int = 10_000) -> list[str]:
         try:
-            return list(await self.io.subjects(stream, subject_filter, 10_000))
+            return list(await self.io.subjects(stream, subject_filter, limit))
         except JSApiError as exc:
             if exc.err_code != ERR_STREAM_NOT_FOUND:  # a deployment without pub-sub
                 raise

@@ -28,6 +28,33 @@ _DELIVERIES: dict[str, Delivery] = {d.value: d for d in Delivery}
 _PRIORITIES: dict[str, Priority] = {p.value: p for p in Priority}
 
 
+def _options(
+    delivery: Delivery | str,
+    timeout: float | None,
+    command_id: str | None,
+    correlation_id: str | None,
+    priority: Priority | str,
+    deadline: float | None,
+    want_reply: bool,
+    compress: bool | None,
+    *,
+    stream: bool = False,
+) -> SendOptions:
+    """The caller's arguments as ``SendOptions``, the enums looked up rather than called
+    (every call's path, ADR 0031); an unknown delivery or priority raises ``ValueError``."""
+    return SendOptions(
+        delivery=_DELIVERIES.get(delivery) or Delivery(delivery),
+        timeout_s=timeout,
+        command_id=command_id,
+        correlation_id=correlation_id,
+        priority=_PRIORITIES.get(priority) or Priority(priority),
+        deadline_s=deadline,
+        want_reply=want_reply,
+        stream=stream,
+        compress=compress,
+    )
+
+
 class AgentRef:
     """A location-transparent handle to one agent."""
 
@@ -56,16 +83,8 @@ class AgentRef:
         Inside an action, a journaled step ``send:<type>/<id>.<action>`` (ADR 0042 §12)."""
 
         async def run() -> str:
-            options = SendOptions(
-                delivery=Delivery(delivery),
-                timeout_s=timeout,
-                command_id=step_command_id(command_id),
-                correlation_id=correlation_id,
-                priority=Priority(priority),
-                deadline_s=deadline,
-                want_reply=False,
-                compress=compress,
-            )
+            cid = step_command_id(command_id)
+            options = _options(delivery, timeout, cid, correlation_id, priority, deadline, False, compress)
             return cast(str, await self.client._send(self.id, action, params, options))
 
         return await auto_step(f"send:{self.id.type}/{self.id.id}.{action}", run)
@@ -105,18 +124,9 @@ class AgentRef:
                 deadline=deadline,
                 compress=compress,
             )
-        # request_reply's body written out, and the enums looked up rather than called:
-        # this is every call's path (ADR 0031)
-        options = SendOptions(
-            delivery=_DELIVERIES.get(delivery) or Delivery(delivery),
-            timeout_s=timeout,
-            command_id=step_command_id(command_id),
-            correlation_id=correlation_id,
-            priority=_PRIORITIES.get(priority) or Priority(priority),
-            deadline_s=deadline,
-            want_reply=True,
-            compress=compress,
-        )
+        # request_reply's body written out (no closure): this is every call's path (ADR 0031)
+        cid = step_command_id(command_id)
+        options = _options(delivery, timeout, cid, correlation_id, priority, deadline, True, compress)
         started = asyncio.get_running_loop().time()
         reply = cast(Reply, await self.client._send(self.id, action, params, options))
         if reply.status is not None and reply.command_id:
@@ -215,16 +225,8 @@ class AgentRef:
         action, a journaled step like :meth:`request`'s)."""
 
         async def run() -> Reply:
-            options = SendOptions(
-                delivery=Delivery(delivery),
-                timeout_s=timeout,
-                command_id=step_command_id(command_id),
-                correlation_id=correlation_id,
-                priority=Priority(priority),
-                deadline_s=deadline,
-                want_reply=True,
-                compress=compress,
-            )
+            cid = step_command_id(command_id)
+            options = _options(delivery, timeout, cid, correlation_id, priority, deadline, True, compress)
             return cast(Reply, await self.client._send(self.id, action, params, options))
 
         if running_agent() is None:
@@ -262,16 +264,7 @@ class AgentRef:
         if d is Delivery.AT_MOST_ONCE:
             raise ValueError("a streamed command is durable: at-least-once or exactly-once")
         cmd_id = command_id or self.client._transport.new_id()
-        options = SendOptions(
-            delivery=d,
-            timeout_s=timeout,
-            command_id=cmd_id,
-            correlation_id=correlation_id,
-            priority=Priority(priority),
-            deadline_s=deadline,
-            want_reply=False,
-            stream=True,
-        )
+        options = _options(d, timeout, cmd_id, correlation_id, priority, deadline, False, None, stream=True)
 
         async def send() -> None:
             await self.client._send(self.id, action, params, options)

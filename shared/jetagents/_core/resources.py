@@ -5,9 +5,10 @@ An agent type declares what one of its agents needs (``resources = {"cpu": 0.5,
 cpu and memory defaulting to the machine's). A *reservation* is not a counter anywhere: it is
 read from the durable placement records (``place.<type>.<id>`` = ``{"host", "needs"}``), so
 a host that crashes and restarts, or a leader that changes, sees exactly the reservations the
-records say. Placing writes the record (CAS), then checks it against the records older than
-it (``admitted``): the store's revisions order concurrent placements, so two owners that
-picked the same host at once cannot both have it; the younger one withdraws.
+records say. Placing writes the record (CAS), then checks it against the reservations older
+than it (``admitted``): the store's revisions order concurrent placements, so two owners that
+picked the same host at once cannot both have it; the younger one withdraws. A migration
+reserves the same way on its target before the agent leaves its host (``holds``).
 
 Choosing a host (``choose_host``): among the live hosts where the needs fit, in the agent's
 rendezvous order (consistent hashing: a host that joins or leaves moves only the agents that
@@ -67,23 +68,46 @@ def _needs_of(value: Mapping[str, Any]) -> dict[str, float]:
         return {}
 
 
+def holds(value: Mapping[str, Any], rev: int, now_ms: int | None = None) -> list[tuple[str, int]]:
+    """The hosts a placement record (its value, revision) reserves its needs on, each with
+    the reservation's *order*: the revision that began it. A record rewritten keeping its host
+    (a migration's hold marked on it, or taken off) keeps its order in ``since``, so a rewrite
+    never makes an old reservation look younger than one admitted beside it. A migration's
+    hold on its target (``to``, until ``to_until_ms``; ``now_ms`` None: counted) is ordered
+    by the record's revision: it reserves on the target while the agent still holds its place.
+
+    >>> holds({"host": "a", "since": 3, "to": "b", "to_until_ms": 10**13}, 7)
+    [('a', 3), ('b', 7)]
+    """
+    out: list[tuple[str, int]] = []
+    host = value.get("host")
+    if isinstance(host, str) and host:
+        since = value.get("since")
+        kept = isinstance(since, int) and not isinstance(since, bool) and 0 < since <= rev
+        out.append((host, since if kept and isinstance(since, int) else rev))
+    to, until = value.get("to"), value.get("to_until_ms")
+    if isinstance(to, str) and to and to != host and (now_ms is None or (isinstance(until, int) and now_ms < until)):
+        out.append((to, rev))
+    return out
+
+
 def reservations(
-    records: Iterable[tuple[Mapping[str, Any], int]], *, below_rev: int | None = None
+    records: Iterable[tuple[Mapping[str, Any], int]], *, below_rev: int | None = None, now_ms: int | None = None
 ) -> dict[str, dict[str, float]]:
     """What the placement records reserve on each host: (record value, revision) pairs;
-    with ``below_rev``, only the records older than that revision count.
+    with ``below_rev``, only the reservations older than that (by ``holds``' order) count.
 
     >>> reservations([({"host": "h1", "needs": {"gpu": 1}}, 3), ({"host": "h1", "needs": {"gpu": 1}}, 5)], below_rev=5)
     {'h1': {'gpu': 1.0}}
     """
     out: dict[str, dict[str, float]] = {}
     for value, rev in records:
-        host = value.get("host")
-        if not isinstance(host, str) or not host or (below_rev is not None and rev >= below_rev):
-            continue
-        mine = out.setdefault(host, {})
-        for name, qty in _needs_of(value).items():
-            mine[name] = mine.get(name, 0.0) + qty
+        for host, order in holds(value, rev, now_ms):
+            if below_rev is not None and order >= below_rev:
+                continue
+            mine = out.setdefault(host, {})
+            for name, qty in _needs_of(value).items():
+                mine[name] = mine.get(name, 0.0) + qty
     return out
 
 
@@ -164,11 +188,13 @@ def host_views(
     members: Mapping[str, Mapping[str, Any]],
     records: Iterable[tuple[Mapping[str, Any], int]],
     weights: Mapping[str, float] = DEFAULT_WEIGHTS,
+    now_ms: int | None = None,
 ) -> dict[str, HostView]:
     """The live, non-draining members as placement sees them (capacity from their
-    ``resources``, reservations and counts from the placement records, score from ``load``)."""
+    ``resources``, reservations and counts from the placement records, score from ``load``;
+    ``now_ms``: migrations' holds past their time reserve nothing)."""
     records = list(records)
-    reserved = reservations(records)
+    reserved = reservations(records, now_ms=now_ms)
     placed: dict[str, int] = {}
     for value, _ in records:
         host = value.get("host")

@@ -80,9 +80,24 @@ def format_at(when: dt.datetime | int) -> str:
         when = when.astimezone(dt.UTC)
     else:
         raise InvalidParams(f"at must be a datetime or unix milliseconds, not {type(when).__name__}")
+    return "@at " + _rfc3339(when)
+
+
+def _rfc3339(when: dt.datetime) -> str:
+    """``when`` (UTC) as the server writes times: whole seconds without a fraction."""
     ms = when.microsecond // 1000
     stamp = when.strftime("%Y-%m-%dT%H:%M:%S")
-    return f"@at {stamp}.{ms:03d}Z" if ms else f"@at {stamp}Z"
+    return f"{stamp}.{ms:03d}Z" if ms else f"{stamp}Z"
+
+
+def format_next(ms: int) -> str:
+    """A fired message's ``Nats-Schedule-Next`` as the server writes it: unix ms ``ms`` in
+    RFC 3339 UTC, in whole seconds (``parse_rfc3339_ms`` reads it back).
+
+    >>> format_next(1_893_553_445_250)
+    '2030-01-02T03:04:05Z'
+    """
+    return _rfc3339(dt.datetime.fromtimestamp(ms // 1000, dt.UTC))
 
 
 def every_seconds(every: object) -> int:
@@ -178,6 +193,28 @@ def parse_rfc3339_ms(stamp: str) -> int | None:
     if when.tzinfo is None:
         return None
     return int(when.timestamp() * 1000)
+
+
+def at_ms_of(schedule: str) -> int | None:
+    """The instant (unix ms) of an ``@at`` schedule; None for any other pattern.
+
+    >>> at_ms_of("@at 2030-01-02T03:04:05Z"), at_ms_of("@every 60s")
+    (1893553445000, None)
+    """
+    if not schedule.startswith("@at "):
+        return None
+    return parse_rfc3339_ms(schedule[4:].strip())
+
+
+def every_s_of(schedule: str) -> int | None:
+    """The interval (s) of an ``@every <n>s`` schedule; None for any other pattern.
+
+    >>> every_s_of("@every 90s"), every_s_of("0 */5 * * * *")
+    (90, None)
+    """
+    if schedule.startswith("@every ") and schedule.endswith("s") and schedule[7:-1].isdigit():
+        return int(schedule[7:-1])
+    return None
 
 
 def user_headers(headers: dict[str, Any] | None) -> dict[str, str]:

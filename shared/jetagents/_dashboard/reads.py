@@ -16,7 +16,7 @@ import orjson
 from .._client.inspection import HISTORY_PAGE, Inspector, _doc
 from .._core.ids import AgentId, is_valid_token
 from .._core.journal import SLEEP, Journal, fold
-from .._core.schedules import parse_rfc3339_ms
+from .._core.schedules import at_ms_of
 from .._host.coordination.ringlog import RING_LOG_PREFIX
 from .._nats.schedules import NatsSchedules
 
@@ -56,8 +56,8 @@ def _schedule_row(subject: str, pattern: str, body: bytes, tz: str | None) -> Sc
         does = f"ends wait {timer.get('i')} of command {timer.get('for')}"
     else:
         does = f"{command.get('action', '?')}({orjson.dumps(command.get('params', {})).decode()})"
-    at_ms = parse_rfc3339_ms(pattern.removeprefix("@at ").strip()) if pattern.startswith("@at ") else None
-    return ScheduleRow(agent, name, "timer" if isinstance(timer, dict) else "reminder", pattern, at_ms, does, tz)
+    kind = "timer" if isinstance(timer, dict) else "reminder"
+    return ScheduleRow(agent, name, kind, pattern, at_ms_of(pattern), does, tz)
 
 
 async def schedules(

@@ -1,6 +1,7 @@
 """Payloads by reference on the host (ADR 0042 section 9): values too large for a message
-go to the Object Store bucket ``agt_blobs``, content-addressed, and the log keeps
-``{"$ref": "sha256:<hex>", "bytes": n}``.
+go to the Object Store bucket ``agt_blobs``, content-addressed within the agent whose log or
+snapshot names them, and the log keeps ``{"$ref": "<type>.<id>/sha256:<hex>", "bytes": n}``
+(ADR 0052: the agent's purge removes what is under its name; no other agent names it).
 
 * A commit (a journal entry, or a command's closing commit) whose JSON is larger than
   ``payload_ref_threshold_bytes`` has its large parts stored first (``offload_commit``): each
@@ -57,35 +58,36 @@ class Blobs:
         self._store = store
 
     # -- writing ----------------------------------------------------------------------------
-    async def _stored(self, data: bytes) -> dict[str, Any]:
+    async def _stored(self, data: bytes, owner: str) -> dict[str, Any]:
         assert self._store is not None
-        name = name_of(data)
+        name = name_of(data, owner)
         if name not in self._cache and not await self._store.has(name):
             await self._store.put(name, data)
             self.puts += 1
         self._remember(name, data)
-        return ref_of(data)
+        return ref_of(data, owner)
 
-    async def offload(self, value: Any) -> Any:
-        """``value``, or its reference when its JSON is larger than the threshold."""
+    async def offload(self, value: Any, owner: str) -> Any:
+        """``value``, or its reference when its JSON is larger than the threshold, stored
+        under agent ``owner`` (``<type>.<id>``: the agent whose log or snapshot holds it)."""
         if self._store is None or is_ref(value):
             return value
         data = orjson.dumps(value)
-        return await self._stored(data) if len(data) > self.threshold else value
+        return await self._stored(data, owner) if len(data) > self.threshold else value
 
-    async def offload_commit(self, body: bytes) -> bytes:
-        """A commit's JSON with its large parts stored by reference (called only for a body
-        over the threshold: the common small commit is never parsed again)."""
+    async def offload_commit(self, body: bytes, owner: str) -> bytes:
+        """A commit of agent ``owner`` with its large parts stored by reference (called
+        only for a body over the threshold: the common small commit is never parsed again)."""
         if self._store is None:
             return body
         doc = orjson.loads(body)
         for event in doc.get("events") or ():
-            event["data"] = await self.offload(event.get("data"))
+            event["data"] = await self.offload(event.get("data"), owner)
         if doc.get("result") is not None:
-            doc["result"] = await self.offload(doc["result"])
+            doc["result"] = await self.offload(doc["result"], owner)
         j = doc.get("j")
         if isinstance(j, dict) and j.get("k") == "step" and "value" in j:
-            j["value"] = await self.offload(j["value"])
+            j["value"] = await self.offload(j["value"], owner)
         return orjson.dumps(doc)
 
     # -- reading ----------------------------------------------------------------------------
@@ -112,16 +114,17 @@ class Blobs:
     async def resolve_events(self, events: list[WireEvent], where: str) -> list[WireEvent]:
         return [WireEvent(type=e.type, data=await self.resolve(e.data, where)) for e in events]
 
-    async def reply_body(self, result: Any) -> bytes:
-        """The body of an ``ok`` reply: the value (a recorded reference resolved), or
-        ``payload_too_large`` (applied, with the reference) when it does not fit a message."""
+    async def reply_body(self, result: Any, owner: str) -> bytes:
+        """The body of an ``ok`` reply of agent ``owner``: the value (a recorded reference
+        resolved), or ``payload_too_large`` (applied, with the reference) when it does not
+        fit a message."""
         result = await self.resolve(result, "a recorded result")
         body = encode_ok(result)
         if len(body) <= self.message_max_bytes:
             return body
         data = orjson.dumps(result)
         # stored (once) even when no commit names it (a command without events has none)
-        ref = await self._stored(data) if self._store is not None else ref_of(data)
+        ref = await self._stored(data, owner) if self._store is not None else ref_of(data, owner)
         err = PayloadTooLarge(
             f"the result ({len(data)} bytes) is larger than a reply may be ({self.message_max_bytes}); "
             f"the command was applied: its result is in agt_blobs under {ref[REF]}",

@@ -477,7 +477,7 @@ class Catalog:
         taken = act.since_snapshot
         try:
             if len(body) > self.blobs.threshold:  # the state by reference (ADR 0042 section 9)
-                snap["state"] = await self.blobs.offload(snap["state"])
+                snap["state"] = await self.blobs.offload(snap["state"], act.agent_id.key)
                 body = orjson.dumps(snap)
             async with self._snap_sem:
                 await self._snapshots.put(act.agent_id.key, body)

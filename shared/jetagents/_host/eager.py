@@ -12,13 +12,21 @@ returned. The coroutine runs in its own copy of the context from the start, as i
 a task (context variables set before the first suspension are reset in the same context).
 
 On Python 3.12+ this is the event loop's own eager start (``Task(..., eager_start=True)``);
-on 3.11 it is done here: the task is made first, made the loop's *current task* while the
-coroutine is driven by hand until it suspends (what 3.12 does with ``_swap_current_task``),
-and then resumes the suspended coroutine exactly as it would have. Code in the first stretch
-that asks for its task (``asyncio.timeout``, anyio's cancel scopes in httpx, the mcp SDK,
-pydantic-ai) gets the task that runs the rest: without the swap, an action's
-``asyncio.timeout`` cancelled the *caller's* task (the host's call intake) and an anyio
-scope entered there could not be left.
+on 3.11 it is done here: a task is made current while the coroutine is driven by hand until it
+suspends (what 3.12 does with ``_swap_current_task``), and that task then resumes the
+suspended coroutine exactly as it would have. Code in the first stretch that asks for its
+task (``asyncio.timeout``, anyio's cancel scopes in httpx, the mcp SDK, pydantic-ai) gets the
+task that runs the rest: without it, an action's ``asyncio.timeout`` cancelled the *caller's*
+task (the host's call intake) and an anyio scope entered there could not be left.
+
+Most commands finish in their first stretch, and making a task for each cost about a quarter
+of a host's CPU per command (ADR 0031, "Measured: the host side"). So on 3.11 the task is a
+*spare*: made once, it stands as the current task for one first stretch after another (idle,
+it waits on a future of its own, costing nothing per turn) until a coroutine suspends in it;
+it then runs that coroutine's rest, and the next command makes a new spare. A first stretch
+that did anything to the spare a later one could notice (kept a reference to it, cancelled it,
+added a callback) retires it: the next command gets a new one. So a command that finishes
+where it arrives makes no task, and one that waits costs what it did before: one task.
 """
 
 from __future__ import annotations
@@ -33,69 +41,138 @@ from typing import Any
 __all__ = ["start_eager"]
 
 
-_NOT_STARTED = object()
+_NOTHING = object()  # no first stretch's wait to hand on
 
 
 class _Rest(Coroutine[Any, Any, Any]):
-    """What the task runs after the first stretch: the suspended coroutine, resumed.
+    """The spare task's coroutine: it waits (on a gate) until a suspended coroutine is handed
+    to it, then runs that coroutine's rest, each step in the context its first stretch ran in.
 
     A coroutine object of its own rather than ``async def``: a task cancelled before its
     first step throws into its coroutine before that has run a line, and an ``async def``
     would die there without telling the suspended coroutine (its ``finally`` would never
     run); this one hands the exception on."""
 
-    __slots__ = ("coro", "pending")
+    __slots__ = ("coro", "ctx", "gate", "gone", "loop", "pending")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
-        self.coro = coro
-        self.pending: Any = _NOT_STARTED  # what the first stretch yielded; None once handed over
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.coro: Coroutine[Any, Any, Any] | None = None
+        self.ctx: contextvars.Context | None = None
+        self.pending: Any = _NOTHING  # what the first stretch waits on, until the task takes it
+        self.gate: asyncio.Future[None] | None = None  # what the idle spare waits on
+        self.gone = False  # retired, or ended: never to be handed a coroutine
+
+    def hand(self, coro: Coroutine[Any, Any, Any], ctx: contextvars.Context, pending: Any) -> None:
+        """Give the task a coroutine suspended on ``pending`` after its first stretch."""
+        self.coro, self.ctx, self.pending = coro, ctx, pending
+        self._open()
+
+    def retire(self) -> None:
+        """End the task without a coroutine (at its next step)."""
+        self.gone = True
+        self._open()
+
+    def _open(self) -> None:
+        gate = self.gate
+        if gate is not None and not gate.done():
+            gate.set_result(None)
 
     def send(self, value: Any) -> Any:
-        pending = self.pending
-        if pending is not None:
-            self.pending = None
-            if pending is _NOT_STARTED:  # the first stretch finished (or raised): nothing left
+        coro = self.coro
+        if coro is None:
+            if self.gone:
                 raise StopIteration(None)
+            # idle past its first step: wait, at no cost per turn, for a coroutine (or the end)
+            gate = self.gate = self.loop.create_future()
+            gate._asyncio_future_blocking = True
+            return gate
+        pending = self.pending
+        if pending is not _NOTHING:
+            self.pending = _NOTHING
             return pending  # the task waits on what the coroutine was waiting on
-        return self.coro.send(value)
+        return self.ctx.run(coro.send, value)  # type: ignore[union-attr]
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        if self.pending is _NOT_STARTED:
-            self.pending = None
+        coro = self.coro
+        if coro is None:  # cancelled while idle (the loop is closing): it ends
+            self.gone = True
             raise typ if val is None else val
-        self.pending = None
+        self.pending = _NOTHING
         if val is None and tb is None:
-            return self.coro.throw(typ)
-        return self.coro.throw(typ, val, tb)  # pragma: no cover - the old signature
+            return self.ctx.run(coro.throw, typ)  # type: ignore[union-attr]
+        return self.ctx.run(coro.throw, typ, val, tb)  # type: ignore[union-attr]  # pragma: no cover - old signature
 
     def close(self) -> None:
-        self.pending = None
-        self.coro.close()
+        self.gone = True
+        self.pending = _NOTHING
+        if self.coro is not None:
+            self.coro.close()
 
     def __await__(self) -> Generator[Any, None, Any]:  # pragma: no cover - only a task drives it
         raise TypeError("driven by its task only")
 
 
+class _Spare:
+    """The task standing by for the next first stretch on one loop."""
+
+    __slots__ = ("loop", "rest", "task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.rest = _Rest(loop)
+        self.task: asyncio.Task[Any] = loop.create_task(self.rest)
+
+
+_spare: _Spare | None = None
+
+
+def _untouched(task: asyncio.Task[Any], refs_before: int, refs_after: int) -> bool:
+    """Whether a finished first stretch left ``task`` as it found it: nothing kept a
+    reference to it (the counts are taken in the caller's frame), no cancellation is
+    pending, no callback was added."""
+    return (
+        refs_after == refs_before and not task._must_cancel and task.cancelling() == 0 and task._callbacks is None  # type: ignore[attr-defined]
+    )
+
+
 def _start_manual(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
+    global _spare
+    spare = _spare
+    if spare is None or spare.loop is not loop or spare.rest.gone:
+        spare = _Spare(loop)
+    _spare = None  # taken: a coroutine started from within this stretch gets a spare of its own
+    task = spare.task
     ctx = contextvars.copy_context()
-    rest = _Rest(coro)
-    task: asyncio.Task[Any] = loop.create_task(rest, context=ctx)
     caller = asyncio.current_task(loop)
     enter, leave = _tasks._enter_task, _tasks._leave_task  # private: 3.11 has no public way
+    refs = sys.getrefcount(task)
     if caller is not None:
         leave(loop, caller)
     enter(loop, task)
     try:
-        rest.pending = ctx.run(coro.send, None)
+        pending = ctx.run(coro.send, None)
     except StopIteration:
-        return None  # the task finishes at its first step without running anything
-    except BaseException:
+        pending = _NOTHING  # finished in its first stretch
+    except BaseException:  # whatever the stretch did to the task, the next one gets a new one
+        spare.rest.retire()
         coro.close()
         raise
     finally:
         leave(loop, task)
         if caller is not None:
             enter(loop, caller)
+    if pending is _NOTHING:
+        # the stretch's own context may name the task (the host's action marker does): with
+        # the context gone so is that reference, unless something kept the context alive
+        del ctx
+        refs_after = sys.getrefcount(task)  # alone: as an argument next to task it counts one more
+        if _untouched(task, refs, refs_after):
+            _spare = spare
+        else:
+            spare.rest.retire()
+        return None
+    spare.rest.hand(coro, ctx, pending)
     return task
 
 

@@ -96,7 +96,7 @@ class EventLog:
         already there. Raises ``FencedError`` when another writer appended first."""
         blobs = self._blobs
         if blobs is not None and len(commit.body) > blobs.threshold:  # large values by reference (ADR 0042)
-            commit = commit._replace(body=await blobs.offload_commit(commit.body))
+            commit = commit._replace(body=await blobs.offload_commit(commit.body, aid.key))
         msg_id = f"{aid.key}:{commit.cmd}{commit.tag}"
         hdrs = {H_MSG_ID: msg_id, H_COMMAND_ID: commit.cmd, H_HOST: self._host_id}
         for k in _CARRIED:

@@ -88,6 +88,7 @@ from .pipeline import Pipeline
 from .placement import PipelineHooks, Placement
 from .ports import Publisher, Schedules
 from .pubsub import start_pubsub
+from .purging import start_purge_sweep
 from .scheduler import Scheduler
 from .supervisor import Supervisor
 from .sweeper import StrandedSweeper
@@ -437,6 +438,7 @@ class Host:
                 sweep = sweeper.run(s.stranded_sweep_s, self.clock.sleep, leads, self.metrics, self._log)
                 self.supervisor.spawn("background", sweep)
         self.pubsub = await start_pubsub(self)  # the leader's fan-out, declared subscriptions (ADR 0049)
+        self.purge_sweep = start_purge_sweep(self)  # deleted agents purged past their grace (ADR 0052)
         self.supervisor.started = True
         if self.static:
             for p in self._static_partitions:

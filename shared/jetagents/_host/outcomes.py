@@ -182,7 +182,7 @@ class Outcomes:
                     body = encode_ok(reply.result)
                     blobs = self.blobs  # a recorded reference is read back; too large for a message: an error
                     if blobs is not None and (len(body) > blobs.message_max_bytes or is_ref(reply.result)):
-                        body = await blobs.reply_body(reply.result)
+                        body = await blobs.reply_body(reply.result, f"{cmd.agent_type}.{cmd.agent_id}")
                 await self.reply(cmd.reply_to, body, out, cmd)
         kind = ack.kind
         if kind is AckKind.ACK:

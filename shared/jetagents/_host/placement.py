@@ -12,6 +12,7 @@ adapter (``jetagents._nats.hosts``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -422,17 +423,24 @@ class Placement:
             me = self.settings.host_id
             key = act.agent_id.key
             needs = needs_of(act.spec.cls) if act.spec.cls.resources else None
-            if needs:  # its reservation moves with it: only to a host with room (ADR 0060)
-                await self.reserving.check_room(coord, key, needs, target)
-            placed = coord.placements.get(key)
-            source = placed[0] if placed and placed[0] in coord.members_cache else me
-            snapshot: dict[str, Any] | None = None
-            if source == me:
-                if act.agent is not None:
-                    snapshot = await self._hand_over(act, strategy)
-            elif source != target:
-                snapshot = (await self.request(source, "release", {"agent": key, "strategy": strategy})).get("snapshot")
-            rev = await coord.place(key, target, needs)
+            # its reservation moves with it: held on the target first, only if it has room (ADR 0060)
+            held = await self.reserving.hold(coord, key, needs, target) if needs else None
+            try:
+                placed = coord.placements.get(key)
+                source = placed[0] if placed and placed[0] in coord.members_cache else me
+                snapshot: dict[str, Any] | None = None
+                if source == me:
+                    if act.agent is not None:
+                        snapshot = await self._hand_over(act, strategy)
+                elif source != target:
+                    released = await self.request(source, "release", {"agent": key, "strategy": strategy})
+                    snapshot = released.get("snapshot")
+            except BaseException:  # re-raised: the hold is taken off, unless the store is away too (it lapses)
+                if held:
+                    with contextlib.suppress(JetAgentsError):
+                        await self.reserving.unhold(coord, key, held)
+                raise
+            rev = await coord.place(key, target, needs, since=held or 0)
             if target != me:
                 await self.request(target, "adopt", {"agent": key, "rev": rev, "snapshot": snapshot})
             elif snapshot is not None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from .._core.schedules import Pattern
+from .._core.schedules import Pattern, format_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +126,11 @@ class Schedules(Protocol):
     publish (a re-run) a no-op within the duplicate window. All raise ``InvalidParams`` for
     what the server refuses as input, ``Unavailable`` when it cannot be reached or the
     command stream has no schedules enabled.
+
+    An adapter subclasses it to inherit ``schedule_at``, written once over ``schedule``.
     """
+
+    __slots__ = ()
 
     async def schedule(
         self,
@@ -152,7 +156,7 @@ class Schedules(Protocol):
         headers: Mapping[str, str] | None = None,
     ) -> Appended:
         """A one-shot schedule firing once at unix ms ``at_ms`` (at once if past)."""
-        ...
+        return await self.schedule(subject, Pattern(format_at(at_ms)), target, body, headers=headers, msg_id=msg_id)
 
     async def cancel(self, subject: str) -> None:
         """Remove the schedule on ``subject`` (nothing if there is none); idempotent."""

@@ -37,6 +37,7 @@ from .._core.schedules import (
     H_SCHEDULER,
     Pattern,
     check_reminder_name,
+    every_s_of,
     missed_between,
     pattern_of,
 )
@@ -203,9 +204,8 @@ class Reminders:
 
 
 def _every_header(pattern: Pattern) -> dict[str, str]:
-    if pattern.schedule.startswith("@every ") and pattern.schedule.endswith("s"):
-        return {H_REMINDER_EVERY: pattern.schedule[7:-1]}
-    return {}
+    every_s = every_s_of(pattern.schedule)
+    return {} if every_s is None else {H_REMINDER_EVERY: str(every_s)}
 
 
 def describe(name: str, pattern: Pattern, action: str, params: dict[str, Any]) -> dict[str, Any]:

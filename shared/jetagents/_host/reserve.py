@@ -19,6 +19,7 @@ crash or a new leader sees exactly what the records say.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from .._core.errors import JetAgentsError, Unavailable
 from .._core.ids import partition_of
 from .._core.kv import CasConflict
 from .._core.outcome import Result
-from .._core.resources import admitted, choose_host, fits, host_views, load_score, parse_needs, reservations
+from .._core.resources import admitted, choose_host, host_views, load_score, parse_needs, reservations
 
 if TYPE_CHECKING:
     from .catalog import Activation
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from .placement import Placement
 
 ATTEMPTS = 3  # placements withdrawn after losing a race, before the command is tried later
+# a migration's hold on its target lapses after this, should its owner die mid-move
+HOLD_MS = 60_000
 
 
 def needs_of(cls: type) -> dict[str, float]:
@@ -107,33 +110,64 @@ class Reserving:
         for _ in range(ATTEMPTS):
             records = await store.scan("place.")
             others = [(e.value, e.rev) for k, e in records.items() if k != record_key]
-            views = host_views(coord.members_cache, others, s.load_weights)
+            now_ms = coord.clock.wall_ms()
+            views = host_views(coord.members_cache, others, s.load_weights, now_ms)
             host = choose_host(key, needs, views, eps=s.placement_eps)
             if host is None:
                 return None
-            value = {"host": host, "needs": dict(needs), "ts_ms": coord.clock.wall_ms()}
+            value = {"host": host, "needs": dict(needs), "ts_ms": now_ms}
             mine = records.get(record_key)
             rev = await (store.create(record_key, value) if mine is None else store.update(record_key, value, mine.rev))
             coord.learn_placement(key, host, rev)
-            after = await store.scan("place.")
-            older = reservations([(e.value, e.rev) for k, e in after.items() if k != record_key], below_rev=rev)
+            after = await store.scan("place.", after_rev=rev)  # every record older than ours
+            others = [(e.value, e.rev) for k, e in after.items() if k != record_key]
+            older = reservations(others, below_rev=rev, now_ms=now_ms)
             if admitted(needs, views[host].capacity, older.get(host, {})):
                 return host, rev
             # a younger placement than one that took the same room: give it back, choose again
             await self._release(coord, key, rev)
         return None
 
-    async def check_room(self, coord: Coordinator, key: str, needs: Mapping[str, float], target: str) -> None:
-        """Before a migration: raise ``Unavailable`` when ``needs`` do not fit on ``target``
-        beside the reservations of the other records."""
-        records = await coord.store.scan("place.")
-        others = [(e.value, e.rev) for k, e in records.items() if k != f"place.{key}"]
-        view = host_views(coord.members_cache, others, self.placement.settings.load_weights).get(target)
-        if view is None or not fits(needs, view.capacity, view.reserved):
-            raise Unavailable(
-                f"host {target!r} has no room for {dict(needs)}",
-                details={"applied": False, "reason": "insufficient_resources", "needs": dict(needs)},
-            )
+    async def hold(self, coord: Coordinator, key: str, needs: Mapping[str, float], target: str) -> int:
+        """Before a migration, while the agent keeps its place: reserve ``needs`` on
+        ``target`` (the record's ``to``, CAS on its revision) and keep the hold only if it fits
+        beside the reservations older than it there, as ``place`` does. Returns the hold's
+        revision (the order of the reservation on ``target``, ``since`` once moved); no room:
+        the hold is taken off and ``Unavailable`` raised. Checking before writing let two
+        moves (or a move and a placement) both see the last room and both take it."""
+        store = coord.store
+        record_key = f"place.{key}"
+        now_ms = coord.clock.wall_ms()
+        mine = await store.get(record_key)
+        value: dict[str, Any] = dict(mine.value) if mine is not None else {"host": ""}
+        if mine is not None and value.get("host") and not value.get("since"):
+            value["since"] = mine.rev  # the reservation where it runs keeps its order
+        value.update(needs=dict(needs), to=target, to_until_ms=now_ms + HOLD_MS)
+        try:
+            rev = await (store.create(record_key, value) if mine is None else store.update(record_key, value, mine.rev))
+        except CasConflict:
+            raise Unavailable(f"{key} was placed again meanwhile; ask again", details={"applied": False}) from None
+        records = await store.scan("place.", after_rev=rev)
+        others = [(e.value, e.rev) for k, e in records.items() if k != record_key]
+        view = host_views(coord.members_cache, others, self.placement.settings.load_weights, now_ms).get(target)
+        older = reservations(others, below_rev=rev, now_ms=now_ms).get(target, {})
+        if view is not None and admitted(needs, view.capacity, older):
+            return rev
+        await self.unhold(coord, key, rev)
+        raise Unavailable(
+            f"host {target!r} has no room for {dict(needs)}",
+            details={"applied": False, "reason": "insufficient_resources", "needs": dict(needs)},
+        )
+
+    async def unhold(self, coord: Coordinator, key: str, rev: int) -> None:
+        """Take a migration's hold off its record (the move did not happen); a record
+        rewritten since has lost the hold already, and an unreachable store lets it lapse."""
+        entry = await coord.store.get(f"place.{key}")
+        if entry is None or entry.rev != rev:
+            return
+        value = {k: v for k, v in entry.value.items() if k not in ("to", "to_until_ms")}
+        with contextlib.suppress(CasConflict):
+            coord.learn_placement(key, str(value.get("host", "")), await coord.store.update(f"place.{key}", value, rev))
 
     async def shed(self, coord: Coordinator) -> list[AgentMove]:
         """Rebalancing placed agents (ADR 0044): while this host stays hot, ask the owners

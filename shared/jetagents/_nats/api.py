@@ -8,7 +8,6 @@ host's pull loop) knows JetStream's JSON API.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -94,21 +93,6 @@ async def stream_info(nc: NATS, stream: str, timeout_s: float) -> dict[str, Any]
     return await js_api(nc, f"$JS.API.STREAM.INFO.{stream}", None, timeout_s)
 
 
-async def stream_tail(nc: NATS, stream: str, limit: int, timeout_s: float) -> list[bytes]:
-    """The bodies of the newest ``limit`` messages of ``stream``, oldest first, read from the
-    stream leader one sequence at a time; deleted or expired ones are skipped."""
-    info = await stream_info(nc, stream, timeout_s)
-    last = int(info["state"]["last_seq"])
-    out: list[bytes] = []
-    for seq in range(max(int(info["state"]["first_seq"]), last - limit + 1), last + 1):
-        try:
-            resp = await js_api(nc, f"$JS.API.STREAM.MSG.GET.{stream}", {"seq": seq}, timeout_s)
-        except JetAgentsError:
-            continue
-        out.append(base64.b64decode(resp["message"].get("data") or b""))
-    return out
-
-
 def _no_responders(msg: Msg) -> bool:
     """The server's answer on an inbox when nobody listens on the subject."""
     return bool(msg.headers) and (msg.headers or {}).get("Status") == "503"
@@ -166,7 +150,7 @@ class Topology:
     duplicate_window_s: float = 120.0
     max_payload_bytes: int = 256 * 1024
     out_max_age_s: float = 7 * 24 * 3600.0  # AGT_OUT keeps nothing longer (a stream's end: out_result_ttl_s)
-    snapshot_history: int = 1  # snapshots the snapshot bucket keeps per agent (ADR 0053)
+    snapshot_history: int = 3  # snapshots kept per agent (ADR 0053), as HostSettings' default
 
     @property
     def prefix(self) -> str:
@@ -357,13 +341,19 @@ def kv_bucket_config(bucket: str, replicas: int, history: int = 1) -> dict[str, 
 
 
 async def ensure_stream(
-    nc: NATS, cfg: Mapping[str, Any], timeout_s: float, *, create_timeout_s: float | None = None
+    nc: NATS,
+    cfg: Mapping[str, Any],
+    timeout_s: float,
+    *,
+    create_timeout_s: float | None = None,
+    at_least: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The stream's info, creating it from ``cfg`` unless it exists (idempotent: another
-    process may create it at the same moment, and an existing stream is left as it is)."""
+    process may create it at the same moment). An existing stream is left as it is, but for
+    the limits named in ``at_least``, raised to ``cfg``'s when lower (``raise_limits``)."""
     name = cfg["name"]
     try:
-        return await stream_info(nc, name, timeout_s)
+        return await raise_limits(nc, await stream_info(nc, name, timeout_s), cfg, at_least, timeout_s)
     except JSApiError as exc:
         if exc.err_code != ERR_STREAM_NOT_FOUND:
             raise
@@ -396,8 +386,29 @@ async def ensure_topology(nc: NATS, topo: Topology, timeout_s: float = 5.0) -> s
             await upgrade_cmd_stream(nc, topo, info, timeout_s)
     for bucket in (topo.snap_bucket, topo.meta_bucket, topo.quarantine_bucket, topo.tomb_bucket):
         history = topo.snapshot_history if bucket == topo.snap_bucket else 1
-        await ensure_stream(nc, kv_bucket_config(bucket, topo.replicas, history), timeout_s)
+        # a snapshot bucket made by a version that kept one snapshot gets its history (ADR 0053)
+        upgrade = ("max_msgs_per_subject",) if bucket == topo.snap_bucket else ()
+        await ensure_stream(nc, kv_bucket_config(bucket, topo.replicas, history), timeout_s, at_least=upgrade)
     return created
+
+
+async def raise_limits(
+    nc: NATS, info: dict[str, Any], cfg: Mapping[str, Any], keys: tuple[str, ...], timeout_s: float
+) -> dict[str, Any]:
+    """Raise an existing stream's limits ``keys`` to ``cfg``'s where lower (never lowered: the
+    server would drop what is over; <= 0 is no limit), keeping its other config and messages.
+    No compare-and-set on a stream's config: processes starting at once send the same update
+    (idempotent); with different values the last write wins until the other starts again.
+    Refused (an ops host may not update streams: place-streams does), a warning, no change."""
+    have = dict(info.get("config") or {})
+    low = {k: cfg[k] for k in keys if 0 < int(have.get(k) or 0) < int(cfg[k])}
+    if not low:
+        return info
+    try:
+        return await js_api(nc, f"$JS.API.STREAM.UPDATE.{cfg['name']}", {**have, **low}, timeout_s)
+    except (JSApiError, Unavailable) as exc:
+        _log.warning("stream_limits_not_raised stream=%s wanted=%s error=%r", cfg["name"], low, exc)
+        return info
 
 
 async def upgrade_cmd_stream(nc: NATS, topo: Topology, info: Mapping[str, Any], timeout_s: float) -> bool:

@@ -23,6 +23,7 @@ from nats.aio.client import Client as NATS
 
 from .._core.errors import Unavailable
 from .._core.kv import CasConflict, Entry
+from .._core.retry import RetryPolicy
 from .api import (
     ERR_LAST_SEQ_NOT_READY,
     ERR_NO_MESSAGE,
@@ -42,6 +43,7 @@ from .inbox import shared_inbox
 NatsClient: TypeAlias = NATS  # for code outside the adapter that only passes a connection along
 
 CONFLICT_CODES: Final = frozenset({ERR_WRONG_LAST_SEQUENCE, ERR_LAST_SEQ_NOT_READY})
+SCAN_RETRY: Final = RetryPolicy(attempts=8, base_s=0.02, max_s=0.5)  # a replica behind catches up in ms
 
 
 class KvConflict(CasConflict):
@@ -110,9 +112,28 @@ async def purge_subject(nc: NATS, stream: str, subject: str, timeout_s: float) -
     await js_api(nc, f"$JS.API.STREAM.PURGE.{stream}", {"filter": subject}, timeout_s)
 
 
-async def scan_last(nc: NATS, bucket: str, prefix: str, timeout_s: float) -> dict[str, KvEntry]:
+class _Behind(Exception):
+    """The replica that answered a scan had not applied the revision asked for yet."""
+
+
+async def scan_last(nc: NATS, bucket: str, prefix: str, timeout_s: float, *, after_rev: int = 0) -> dict[str, KvEntry]:
     """Every live key of ``bucket`` starting with ``prefix`` (key -> its last message), by
-    one batched direct get: any replica may answer, so a moment's lag is possible."""
+    one batched direct get: any replica may answer, so a moment's lag is possible. With
+    ``after_rev`` (a revision the caller wrote under ``prefix``), a replica that had not
+    applied it is asked again (``SCAN_RETRY``; the answer's end says up to which sequence it
+    read): what is read then holds every write up to that revision, as a read from the
+    leader would."""
+    for attempt in range(SCAN_RETRY.attempts):
+        if attempt:
+            await asyncio.sleep(SCAN_RETRY.delay(attempt - 1))
+        try:
+            return await _scan_once(nc, bucket, prefix, timeout_s, after_rev)
+        except _Behind:
+            continue
+    raise Unavailable(f"scan of KV bucket {bucket}: no replica has revision {after_rev} yet")
+
+
+async def _scan_once(nc: NATS, bucket: str, prefix: str, timeout_s: float, after_rev: int) -> dict[str, KvEntry]:
     shared = await shared_inbox(nc)
     q: asyncio.Queue[Any] = asyncio.Queue()
     inbox = shared.listen(q.put_nowait)
@@ -126,6 +147,9 @@ async def scan_last(nc: NATS, bucket: str, prefix: str, timeout_s: float) -> dic
                 msg = await q.get()
                 hdrs = msg.headers or {}
                 status = hdrs.get("Status")
+                # 404: no key under the prefix, not even the caller's own write
+                if after_rev and (status == "404" or int(hdrs.get("Nats-UpTo-Sequence", after_rev)) < after_rev):
+                    raise _Behind
                 if status in ("404", "204"):
                     return out
                 if status is not None:
@@ -206,6 +230,6 @@ class JetStreamStore:
         except JSApiError as exc:
             raise Unavailable(f"cluster store: {exc.description}") from None
 
-    async def scan(self, prefix: str) -> dict[str, Entry]:
-        entries = await scan_last(self.nc, self.bucket, prefix, self.timeout_s)
+    async def scan(self, prefix: str, *, after_rev: int = 0) -> dict[str, Entry]:
+        entries = await scan_last(self.nc, self.bucket, prefix, self.timeout_s, after_rev=after_rev)
         return {key: Entry(_doc(e.data), e.revision) for key, e in entries.items()}

@@ -39,11 +39,10 @@ from .._core.schedules import (
     H_SCHEDULE_TIME_ZONE,
     H_TTL,
     Pattern,
-    format_at,
     user_headers,
 )
 from .._core.wire import H_MSG_ID
-from .._host.ports import Appended, Schedule
+from .._host.ports import Appended, Schedule, Schedules
 from .api import ERR_NO_MESSAGE, JSApiError, js_api, js_publish
 from .conn import parse_header_lines
 
@@ -58,7 +57,7 @@ _INPUT_ERRORS: Final = frozenset({ERR_SCHEDULE_PATTERN, ERR_SCHEDULE_TARGET, ERR
 LIST_MAX: Final = 1000
 
 
-class NatsSchedules:
+class NatsSchedules(Schedules):
     """Schedules in ``stream`` (the command stream) over one connection."""
 
     __slots__ = ("_stream", "_timeout_s", "nc")
@@ -84,18 +83,6 @@ class NatsSchedules:
         if msg_id:
             hdrs[H_MSG_ID] = msg_id
         return await self._publish(subject, body, hdrs)
-
-    async def schedule_at(
-        self,
-        subject: str,
-        at_ms: int,
-        target: str,
-        body: bytes,
-        msg_id: str | None = None,
-        *,
-        headers: Mapping[str, str] | None = None,
-    ) -> Appended:
-        return await self.schedule(subject, Pattern(format_at(at_ms)), target, body, headers=headers, msg_id=msg_id)
 
     async def cancel(self, subject: str) -> None:
         await self._publish(subject, b"", {"Nats-Rollup": "sub", H_TTL: "1s"})

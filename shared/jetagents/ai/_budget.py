@@ -23,8 +23,6 @@ input is not known before it is sent): concurrent calls may pass a cost limit by
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +31,6 @@ from typing import Any, Literal
 from .._core.agent import Agent
 from .._core.errors import BudgetExceeded
 from .._core.ids import AgentId
-from .._core.journal import _STEP_KEY
 from .._obs.metrics import GenAiMetrics
 
 _TOKENS = "ai.tokens"
@@ -49,15 +46,11 @@ Period = Literal["day", "week", "month"]
 
 
 async def _add(crdt: Any, counter: str, by: int) -> int:
-    """``crdt.increment`` made from inside the model call's step, yet not as the step: inside a
-    step the increment's ``Nats-Msg-Id`` is the step's key (ADR 0042 §12), and the several adds
-    of one call (reserve, correct or give back; per agent and per tenant) would be deduplicated
-    into the first. A task of its own, without the step's key, gives each its own id (a task,
-    not just the context: in the action's task outside a step it would become a step itself)."""
-    ctx = contextvars.copy_context()
-    ctx.run(_STEP_KEY.set, None)
-    result = await asyncio.create_task(crdt.increment(counter, by), context=ctx)
-    return int(result.value)
+    """Add ``by`` to ``counter``; the new total. The budget's adds run inside the model call's
+    step, so each is an effect of the step with a key of its own (``effect_key``, ADR 0042
+    §12): a re-run of the step makes them again under the same keys, and the server
+    deduplicates them instead of counting a call twice."""
+    return int((await crdt.increment(counter, by)).value)
 
 
 def budget_window(period: Period | None, wall_ms: int) -> str:

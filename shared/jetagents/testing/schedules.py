@@ -28,15 +28,14 @@ Cron patterns are not modelled (``Unavailable``). Nothing fires by itself: the d
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .._core.clock import Clock
 from .._core.errors import Unavailable
-from .._core.schedules import H_SCHEDULE_NEXT, H_SCHEDULER, Pattern, format_at, parse_rfc3339_ms, user_headers
-from .._host.ports import Appended, Schedule
+from .._core.schedules import H_SCHEDULE_NEXT, H_SCHEDULER, Pattern, at_ms_of, every_s_of, format_next, user_headers
+from .._host.ports import Appended, Schedule, Schedules
 from .streams import subject_matches
 
 __all__ = ["MemorySchedules"]
@@ -51,11 +50,7 @@ class _Held:
     every_ms: int | None  # None: one-shot
 
 
-def _stamp(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms // 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class MemorySchedules:
+class MemorySchedules(Schedules):
     """Schedules held in memory; ``fire_due()`` fires what the clock has reached."""
 
     def __init__(self, clock: Clock, deliver: Deliver, *, duplicate_window_s: float = 120.0) -> None:
@@ -84,32 +79,17 @@ class MemorySchedules:
         hdrs = user_headers(dict(headers or {}))
         wall = self.clock.wall_ms()
         text = pattern.schedule
-        if text.startswith("@at "):
-            due, every = parse_rfc3339_ms(text[4:]), None
-            if due is None:
-                raise Unavailable(f"unreadable @at {text!r}")
-        elif text.startswith("@every ") and text.endswith("s") and text[7:-1].isdigit():
-            every = int(text[7:-1]) * 1000
+        due, every_s = at_ms_of(text), every_s_of(text)
+        every = None if every_s is None else every_s * 1000
+        if every is not None:
             due = (wall // 1000) * 1000 + every  # anchored on whole seconds, as the server
-        else:
+        elif due is None:
             raise Unavailable(f"the memory schedules model @at and @every only, not {text!r}")
         self._seq += 1
         self._held[subject] = _Held(Schedule(subject, text, target, body, hdrs, self._seq, pattern.tz), due, every)
         if msg_id:
             self._ids[msg_id] = (self._seq, now)
         return Appended(self._seq, False)
-
-    async def schedule_at(
-        self,
-        subject: str,
-        at_ms: int,
-        target: str,
-        body: bytes,
-        msg_id: str | None = None,
-        *,
-        headers: Mapping[str, str] | None = None,
-    ) -> Appended:
-        return await self.schedule(subject, Pattern(format_at(at_ms)), target, body, headers=headers, msg_id=msg_id)
 
     async def cancel(self, subject: str) -> None:
         self._held.pop(subject, None)
@@ -135,7 +115,7 @@ class MemorySchedules:
                 # the missed ones are merged into this firing (the server's skip-ahead)
                 while held.due_ms <= now:
                     held.due_ms += held.every_ms
-                nxt = _stamp(held.due_ms)
+                nxt = format_next(held.due_ms)
             headers = {**sch.headers, H_SCHEDULER: subject, H_SCHEDULE_NEXT: nxt}
             self.fired += 1
             self.deliver(sch.target, sch.body, headers)

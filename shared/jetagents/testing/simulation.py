@@ -44,7 +44,7 @@ import orjson
 from .._client.command import OutboundCommand, SendOptions
 from .._core.errors import JetAgentsError
 from .._core.ids import AgentId, partition_of
-from .._core.schedules import Pattern
+from .._core.schedules import pattern_of
 from .._core.wire import H_COMMAND_ID, H_REMINDER, Subjects
 from .._host.coordination import CasConflict, ClusterConfig, Coordinator
 from .._host.ports import Bucket, EventStream, Publisher
@@ -336,7 +336,7 @@ class Simulation:
         for k in range(self.cfg.reminders):
             subject = SUBJECTS.rem(t, f"a{k}", "tick")
             if on:
-                pattern = Pattern(f"@every {self.cfg.reminder_every_s}s")
+                pattern = pattern_of(every=self.cfg.reminder_every_s)
                 await sch.schedule(subject, pattern, SUBJECTS.cmd(t, f"a{k}"), body, headers={H_REMINDER: "tick"})
             else:
                 await sch.cancel(subject)

@@ -247,14 +247,15 @@ class Coordinator:
     async def _read_placements(self) -> None:
         self.placements = merge_placements(await self.store.scan("place."), self.placements)
 
-    async def place(self, agent_key: str, host: str, needs: Mapping[str, float] | None = None) -> int:
+    async def place(self, agent_key: str, host: str, needs: Mapping[str, float] | None = None, since: int = 0) -> int:
         """Record that ``agent_key`` runs on ``host`` (CAS on the previous placement);
         returns the placement's revision, the placed host's writer token. ``needs`` keep the
-        reservation of an agent whose type declares resources (ADR 0060) when it moves."""
+        reservation of an agent whose type declares resources (ADR 0060) when it moves,
+        ``since`` the revision of the hold that reserved them on ``host`` (their order there)."""
         key = f"place.{agent_key}"
         value: dict[str, Any] = {"host": host, "ts_ms": self.clock.wall_ms()}
         if needs:
-            value["needs"] = dict(needs)
+            value.update(needs=dict(needs), **({"since": since} if since else {}))
         current = await self.store.get(key)
         rev = (
             await self.store.create(key, value) if current is None else await self.store.update(key, value, current.rev)
