@@ -4,12 +4,14 @@ the shared state and the cluster coordinator build their reads and compare-and-s
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
 from jetagents import NatsServer
 from jetagents._core.errors import Unavailable
-from jetagents._nats.api import connect
+from jetagents._core.wire import Subjects
+from jetagents._nats.api import Topology, connect, ensure_topology
 from jetagents._nats.kv import (
     ERR_WRONG_LAST_SEQUENCE,
     JetStreamStore,
@@ -20,6 +22,7 @@ from jetagents._nats.kv import (
     publish_expecting,
     stream_info,
 )
+from jetagents.testing.server import NatsCluster
 
 BUCKET = "kvtest"
 CONFIG = {
@@ -108,3 +111,21 @@ async def test_a_scan_after_a_revision_waits_for_a_replica_that_has_it(nats_serv
             await store.scan("none.", after_rev=rev)
     finally:
         await nc.drain()
+
+
+async def test_hosts_starting_at_once_on_a_cluster_raise_an_old_snapshot_bucket_once(nats_cluster: NatsCluster) -> None:
+    """Six hosts' start (``ensure_topology``), two on each node of a 3-node cluster, at once,
+    on an R3 deployment an older version made (its snapshot bucket with one snapshot per
+    key): every start succeeds, the bucket keeps ``snapshot_history`` and the snapshot it had."""
+    ncs = [await connect(url, name=f"kv-start-{i}") for i, url in enumerate(nats_cluster.urls * 2)]
+    topo = Topology(Subjects("agt"), partitions=8, replicas=3, snapshot_history=5)
+    try:
+        await ensure_topology(ncs[0], replace(topo, snapshot_history=1), 20.0)
+        await publish_expecting(ncs[0], kv_subject("agt_snap", "counter.a"), b'{"n": 1}', 10.0)
+        await asyncio.gather(*(ensure_topology(nc, topo, 10.0) for nc in ncs))
+        info = await stream_info(ncs[1], "KV_agt_snap", 10.0)
+        assert info["config"]["max_msgs_per_subject"] == 5 and info["config"]["num_replicas"] == 3
+        assert info["state"]["messages"] == 1
+    finally:
+        for nc in ncs:
+            await nc.drain()
