@@ -468,11 +468,10 @@ class Host:
         ``drain_grace_s``) and snapshot its agents, so the next owner starts warm."""
         self._tel.handoff(started=False, graceful=graceful)
         await self.partitions.stop(partition)
-        if graceful:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.drain_grace_s):
-                    while self.scheduler.busy_with(partition):
-                        await asyncio.sleep(0.01)
+        if graceful:  # on the host's clock: the simulation runs this on its ManualClock
+            until = self.clock.monotonic() + self.settings.drain_grace_s
+            while self.scheduler.busy_with(partition) and self.clock.monotonic() < until:
+                await self.clock.sleep(0.01)
         await self.catalog.forget_partition(partition, graceful=graceful)
 
     def load(self) -> dict[str, Any]:
