@@ -1,4 +1,4 @@
-"""The operator's commands of ``jetagents``: ``agents ls``, ``agent show|history|state``,
+"""The operator's commands of ``jetagents``: ``agents ls|quarantined``, ``agent show|history|state``,
 ``dlq`` and ``dlq redrive`` (thin layers over ``jetagents._client.inspection.Inspector``)."""
 
 from __future__ import annotations
@@ -42,14 +42,20 @@ def _agent_paths(agents: list[str] | None) -> list[str]:
 
 def _run(nats_url: str | None, agents: list[str] | None, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Connect, build an ``Inspector``, run ``fn(admin)``; typed errors become exit code 1."""
-    from ._client.client import Client
     from ._client.inspection import Inspector
     from ._service import load_agents
+
+    return _connected(nats_url, lambda client: fn(Inspector(client, agents=load_agents(_agent_paths(agents)))))
+
+
+def _connected(nats_url: str | None, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Connect a ``Client``, run ``fn(client)``; typed errors become exit code 1."""
+    from ._client.client import Client
 
     async def go() -> T:
         settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
         async with await Client.connect(settings=settings, name="jetagents-cli") as client:
-            return await fn(Inspector(client, agents=load_agents(_agent_paths(agents))))
+            return await fn(client)
 
     try:
         return asyncio.run(go())
@@ -85,6 +91,23 @@ def agents_ls(
     typer.echo(f"{'agent':<40} {'commits':>8} {'host':<24} active")
     for s in found:
         typer.echo(f"{s.type + '/' + s.id:<40} {s.commits:>8} {s.host or '-':<24} {'yes' if s.active else 'no'}")
+
+
+@agents_app.command("quarantined")
+def agents_quarantined(
+    limit: Annotated[int, typer.Option(min=1, help="at most this many")] = 1000,
+    nats_url: NatsUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Agents quarantined for failing activation (ADR 0053), oldest first; `agent release` frees one."""
+    found = _connected(nats_url, lambda client: client.admin.quarantined_agents(limit))
+    if as_json:
+        _line(found)
+        return
+    typer.echo(f"{'agent':<40} {'failures':>8} {'code':<12} {'host':<24} reason")
+    for r in found:
+        failures, code, host = r.get("failures", "-"), r.get("code", "-"), r.get("host", "-")
+        typer.echo(f"{r['agent']:<40} {failures!s:>8} {code!s:<12} {host!s:<24} {str(r.get('reason', ''))[:80]}")
 
 
 @agent_app.command("show")
