@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -12,12 +11,9 @@ from typing import Annotated, Any, TypeVar
 import orjson
 import typer
 
-from ._core.errors import JetAgentsError
-from ._core.ids import AgentId
-from ._settings import ClientSettings
+from ._cli_support import NatsUrl, parse_agent, with_client
 
 T = TypeVar("T")
-NatsUrl = Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")]
 AgentsOpt = Annotated[
     list[str] | None,
     typer.Option(help="module:attr of agent classes to rebuild state with [env JETAGENTS_AGENTS; default: examples]"),
@@ -45,31 +41,7 @@ def _run(nats_url: str | None, agents: list[str] | None, fn: Callable[[Any], Awa
     from ._client.inspection import Inspector
     from ._service import load_agents
 
-    return _connected(nats_url, lambda client: fn(Inspector(client, agents=load_agents(_agent_paths(agents)))))
-
-
-def _connected(nats_url: str | None, fn: Callable[[Any], Awaitable[T]]) -> T:
-    """Connect a ``Client``, run ``fn(client)``; typed errors become exit code 1."""
-    from ._client.client import Client
-
-    async def go() -> T:
-        settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
-        async with await Client.connect(settings=settings, name="jetagents-cli") as client:
-            return await fn(client)
-
-    try:
-        return asyncio.run(go())
-    except JetAgentsError as err:
-        typer.echo(f"error: {err.code}: {err.message}", err=True)
-        raise typer.Exit(1) from None
-
-
-def _parse(agent: str) -> AgentId:
-    try:
-        return AgentId.parse(agent)
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    return with_client(nats_url, lambda client: fn(Inspector(client, agents=load_agents(_agent_paths(agents)))))
 
 
 def _line(value: Any) -> None:
@@ -100,7 +72,7 @@ def agents_quarantined(
     as_json: AsJson = False,
 ) -> None:
     """Agents quarantined for failing activation (ADR 0053), oldest first; `agent release` frees one."""
-    found = _connected(nats_url, lambda client: client.admin.quarantined_agents(limit))
+    found = with_client(nats_url, lambda client: client.admin.quarantined_agents(limit))
     if as_json:
         _line(found)
         return
@@ -118,7 +90,7 @@ def agent_show(
     nats_url: NatsUrl = None,
 ) -> None:
     """State, commit number and last sequence, snapshot, host, last commits (JSON)."""
-    aid = _parse(agent)
+    aid = parse_agent(agent)
     detail = _run(nats_url, agents, lambda a: a.show(aid.type, aid.id, last=last))
     _line(detail.to_json())
 
@@ -132,7 +104,7 @@ def agent_history(
     nats_url: NatsUrl = None,
 ) -> None:
     """The agent's commits, one JSON object per line."""
-    aid = _parse(agent)
+    aid = parse_agent(agent)
 
     async def go(admin: Any) -> None:
         if not follow:
@@ -157,7 +129,7 @@ def agent_state(
 ) -> None:
     """Time travel: the state right after the commit at sequence --at, replayed here from the
     log with the agent's own code (nothing is written)."""
-    aid = _parse(agent)
+    aid = parse_agent(agent)
     rebuilt = _run(nats_url, agents, lambda a: a.state_at(aid.type, aid.id, at))
     _line({"agent": str(aid), "n": rebuilt.n, "seq": rebuilt.seq, "state": rebuilt.state.model_dump(mode="json")})
 
@@ -229,7 +201,7 @@ def agent_delete(
 ) -> None:
     """Delete an agent: a tombstone refuses its commands (agent_deleted) at once; its log,
     snapshot, metadata and dead letters are purged by `jetagents agent purge` after --grace-s."""
-    aid = _parse(agent)
+    aid = parse_agent(agent)
     if not yes and not typer.confirm(f"delete {aid} for good (its data goes after {grace_s:g} s)?"):
         raise typer.Exit(1)
     who = by if by is not None else os.environ.get("USER", "")

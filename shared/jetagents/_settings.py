@@ -251,6 +251,23 @@ class HostSettings(CommonSettings):
         "the Object Store bucket agt_blobs and referenced by its sha256 (ADR 0042 section 9)",
     )
     blob_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0, description="per-host LRU of blobs read or written")
+    purge_sweep_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="how often the cluster leader purges deleted agents past their grace period (ADR 0052, the "
+        "code of `jetagents purge`); 0: never (an operator runs `jetagents purge`)",
+    )
+    purge_nats_url: str = Field(
+        default="",
+        description="the connection the leader purges with: the operator user's under ops/nats/accounts.conf "
+        "(hosts may not purge logs); empty: the host's own connection",
+    )
+    purge_inbox_prefix: str = Field(
+        default="_INBOX.operator",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="the inbox prefix of the purge_nats_url connection (its user's, as inbox_prefix)",
+    )
     call_path_max: int = Field(
         default=16,
         ge=1,

@@ -27,6 +27,7 @@ from nats.js.api import StreamConfig
 
 from jetagents import ActionCancelled, Client, ClientSettings, NatsServer
 from jetagents._core.ids import partition_of
+from jetagents._nats.kv import JetStreamStore
 from tests.durable_agents import FX_STREAM, FX_SUBJECTS
 from tests.integration.helpers import commits, eventually, read_all
 
@@ -129,6 +130,16 @@ async def test_suspended_actions_survive_a_kill_and_a_partition_move(
 
         await eventually(moved, 40, 0.2)
         on_b = await moved()
+        store = JetStreamStore(client.nc, "agt_cluster")
+
+        async def claimed_by_b() -> bool:
+            # the ring names host-b before host-a2 has handed the partitions over: a signal
+            # sent in between is rightly run by host-a2, which serves them until it releases
+            # its claims; once host-b holds them, host-a2 no longer does
+            claims = [await store.get(f"claim.{partition_of('flow', n, 8)}") for n in on_b]
+            return all(c is not None and c.value.get("host") == "host-b" for c in claims)
+
+        await eventually(claimed_by_b, 40, 0.2)
         for n in on_b:
             assert await client.agent("flow", n).signal("approve", n, timeout=30) == {"delivered": f"move-{n}"}
         for n in on_b:

@@ -48,6 +48,20 @@ class Keeper(Agent[KeptState]):
         self.emit(Kept(text=text))
         return text
 
+    @action
+    async def tell(self, n: int) -> int:
+        for i in range(n):
+            await self.stream(i)
+        return n
+
+    @action
+    async def ping(self) -> str:
+        return "pong"
+
+    @action
+    async def on_message(self, msg: dict[str, Any]) -> None:  # its topic subscriptions' handler
+        self.emit(Kept(text=orjson.dumps(msg["data"]).decode()))
+
     @applies
     def _kept(self, state: KeptState, event: Kept) -> None:
         state.texts.append(event.text)
@@ -157,6 +171,97 @@ async def test_the_purge_removes_the_agents_blobs_and_keeps_anothers_with_the_sa
                 data = (await store.get(name)).data
                 assert data is not None and name.endswith(hashlib.sha256(data).hexdigest())
             assert await client.agent("keeper", "b").request("keep", {"text": "x"}) == "x"
+    finally:
+        await client.close()
+
+
+async def test_the_leader_purges_after_the_grace_period_and_nothing_of_the_agent_remains(
+    nats_server: NatsServer,
+) -> None:
+    """ADR 0052 without an operator: the host that leads the cluster sweeps tombstones every
+    ``purge_sweep_s``; after the grace period no stream or bucket holds anything of the agent
+    (log and its exactly-once records, dead letter, snapshots, metadata, reminder, streamed
+    output, subscription, blobs) but its tombstone, and its commands are refused."""
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
+    text = "g" * 150_000
+    try:
+        async with Host(host_settings(nats_server.url, purge_sweep_s=0.2), Registry([Keeper])) as host:
+            ref = client.agent("keeper", "gone")
+            await client.spawn("keeper", "gone", {"owner": "x"})
+            await client.subscribe_agent("keeper", "gone", "news.>")
+            for agent in ("gone", "kept"):
+                await client.agent("keeper", agent).request("keep", {"text": text}, command_id=f"k-{agent}")
+            await ref.remind("later", every=3600, action="ping")
+            assert [i async for i in ref.stream("tell", {"n": 3}, command_id="s1")] == [0, 1, 2]
+            with pytest.raises(JetAgentsError):
+                await ref.request("nope", {})
+            await host.catalog.snapshot_all(5.0)
+            assert set(await _subjects_of(client.nc, "keeper.gone")) == {
+                "AGT_CMD",  # the reminder
+                "AGT_EVT",
+                "AGT_DLQ",
+                "AGT_OUT",
+                "KV_agt_snap",
+                "KV_agt_meta",
+                "KV_agt_subs",
+            }
+            blobs, _ = await _blobs(client.nc)
+            assert sum(n.startswith("keeper.gone/") for n in blobs) == 3
+            life = Lifecycle(Inspector(client))
+            await life.delete("keeper", "gone", grace_s=1.0, by="test")
+            with pytest.raises(AgentDeleted):
+                await ref.request("ping", {})
+
+            async def purged() -> bool:
+                return bool((await life.tombstones())["keeper.gone"].get("purged_ms"))
+
+            await eventually(purged, timeout_s=30, interval_s=0.2)
+            assert host.purge_sweep is not None and host.purge_sweep.runs >= 1
+            # every stream and bucket of the account (KV and object buckets are streams too)
+            assert await _subjects_of(client.nc, "keeper.gone") == {"KV_agt_tomb": ["$KV.agt_tomb.keeper.gone"]}
+            blobs, chunks = await _blobs(client.nc)
+            assert not [n for n in blobs if n.startswith("keeper.gone/")] and chunks == set(blobs.values())
+            assert sum(n.startswith("keeper.kept/") for n in blobs) == 3  # the same bytes, another agent's
+            with pytest.raises(AgentDeleted):
+                await ref.request("ping", {})
+            with pytest.raises(AgentDeleted):
+                await ref.request("keep", {"text": "again"}, command_id="k-gone")  # its old id too
+            assert await _subjects_of(client.nc, "keeper.gone") == {"KV_agt_tomb": ["$KV.agt_tomb.keeper.gone"]}
+            assert await client.agent("keeper", "kept").request("ping", {}) == "pong"
+    finally:
+        await client.close()
+
+
+async def test_a_purged_subscriber_is_dropped_by_its_patterns_runner(nats_server: NatsServer) -> None:
+    """ADR 0049 and 0052: the purge removes the agent's subscription and signals its pattern's
+    runner (``agt.pubctl.<pattern key>``), which keeps subscribers in memory: the topic messages
+    published after the purge become commands to the other subscriber only. Without the signal
+    the runner would go on sending the deleted agent a command per message (each refused)."""
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
+    try:
+        async with Host(host_settings(nats_server.url, purge_sweep_s=0), Registry([Keeper])) as host:
+            for agent in ("gone", "kept"):
+                await client.subscribe_agent("keeper", agent, "news.>")
+            await client.publish("news.a", {"n": 1})
+
+            async def received(agent: str, n: int) -> bool:
+                return len(await commits(client.nc, "keeper", agent)) == n
+
+            for agent in ("gone", "kept"):
+                await eventually(lambda agent=agent: received(agent, 1), timeout_s=20)
+            assert host.stats["pubsub_deliveries"] == 2
+            life = Lifecycle(Inspector(client))
+            tomb = await life.delete("keeper", "gone", grace_s=0, by="test")
+            await life.purge_due(now_ms=tomb["purge_after_ms"])
+            # the runner handles one message at a time, in stream order: once the third one
+            # reached "kept", the second one's fan-out is over
+            await client.publish("news.b", {"n": 2})
+            await client.publish("news.c", {"n": 3})
+            await eventually(lambda: received("kept", 3), timeout_s=20)
+            assert host.stats["pubsub_deliveries"] == 4  # 2, then one per message
+            assert host.stats["pubsub_refused"] == 0
+            assert await commits(client.nc, "keeper", "gone") == []
+            assert await _subjects_of(client.nc, "keeper.gone") == {"KV_agt_tomb": ["$KV.agt_tomb.keeper.gone"]}
     finally:
         await client.close()
 

@@ -4,13 +4,17 @@ the shared state and the cluster coordinator build their reads and compare-and-s
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
 from jetagents import NatsServer
-from jetagents._nats.api import connect
+from jetagents._core.errors import Unavailable
+from jetagents._core.wire import Subjects
+from jetagents._nats.api import Topology, connect, ensure_topology
 from jetagents._nats.kv import (
     ERR_WRONG_LAST_SEQUENCE,
+    JetStreamStore,
     KvConflict,
     ensure_stream,
     kv_subject,
@@ -18,6 +22,7 @@ from jetagents._nats.kv import (
     publish_expecting,
     stream_info,
 )
+from jetagents.testing.server import NatsCluster
 
 BUCKET = "kvtest"
 CONFIG = {
@@ -85,3 +90,42 @@ async def test_ensure_raises_the_limits_it_is_asked_to_and_never_lowers_them(nat
     finally:
         for c in ncs:
             await c.drain()
+
+
+async def test_a_scan_after_a_revision_waits_for_a_replica_that_has_it(nats_server: NatsServer) -> None:
+    """Admission checks (ADR 0060) scan right after their own write: ``after_rev`` makes the
+    batched direct get (any replica may answer it) hold every write up to that revision. The
+    answer says up to which sequence it read; one short of the revision is asked again, and
+    never having it is ``Unavailable`` rather than a stale read taken as the truth."""
+    nc = await connect(nats_server.url, name="kv-scan")
+    try:
+        store = JetStreamStore(nc, "scantest", timeout_s=5.0)
+        await store.ensure()
+        rev = await store.create("place.a", {"host": "h1"})
+        await store.create("member.h1", {})
+        assert set(await store.scan("place.", after_rev=rev)) == {"place.a"}
+        assert await store.scan("none.", after_rev=0) == {}
+        with pytest.raises(Unavailable):  # a revision no replica has (yet)
+            await store.scan("place.", after_rev=rev + 100)
+        with pytest.raises(Unavailable):  # nothing under the prefix: not even the caller's write
+            await store.scan("none.", after_rev=rev)
+    finally:
+        await nc.drain()
+
+
+async def test_hosts_starting_at_once_on_a_cluster_raise_an_old_snapshot_bucket_once(nats_cluster: NatsCluster) -> None:
+    """Six hosts' start (``ensure_topology``), two on each node of a 3-node cluster, at once,
+    on an R3 deployment an older version made (its snapshot bucket with one snapshot per
+    key): every start succeeds, the bucket keeps ``snapshot_history`` and the snapshot it had."""
+    ncs = [await connect(url, name=f"kv-start-{i}") for i, url in enumerate(nats_cluster.urls * 2)]
+    topo = Topology(Subjects("agt"), partitions=8, replicas=3, snapshot_history=5)
+    try:
+        await ensure_topology(ncs[0], replace(topo, snapshot_history=1), 20.0)
+        await publish_expecting(ncs[0], kv_subject("agt_snap", "counter.a"), b'{"n": 1}', 10.0)
+        await asyncio.gather(*(ensure_topology(nc, topo, 10.0) for nc in ncs))
+        info = await stream_info(ncs[1], "KV_agt_snap", 10.0)
+        assert info["config"]["max_msgs_per_subject"] == 5 and info["config"]["num_replicas"] == 3
+        assert info["state"]["messages"] == 1
+    finally:
+        for nc in ncs:
+            await nc.drain()

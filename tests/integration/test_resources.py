@@ -12,9 +12,21 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import BaseModel
 
-from jetagents import Agent, Client, Event, Host, NatsServer, Registry, Unavailable, action, applies
+from jetagents import (
+    Agent,
+    Client,
+    ClientSettings,
+    Event,
+    Host,
+    NatsServer,
+    Registry,
+    Unavailable,
+    action,
+    applies,
+)
 from jetagents._core.resources import reservations
 from jetagents._nats.kv import JetStreamStore
+from jetagents.testing.server import NatsCluster
 from tests.conftest import host_settings
 from tests.integration.helpers import commits, eventually
 
@@ -158,24 +170,26 @@ async def test_a_hot_host_gives_a_placed_agent_away_with_its_state_while_command
         await hot.stop()
 
 
-async def test_moves_and_placements_racing_for_one_host_reserve_exactly_its_room(
-    nats_server: NatsServer, client: Client
-) -> None:
+async def test_moves_and_placements_racing_for_one_host_reserve_exactly_its_room(nats_cluster: NatsCluster) -> None:
     """ADR 0060, "Races": four trainers fill "big" (4 GPUs); "small" joins with room for
     two. At once, the four are moved to small and three new trainers are placed (big is full
     until a move frees it, so they ask small too): seven want two GPUs. Exactly two
     reservations name small, none is over any host, every refused move says why and left
     its agent where it was, no hold stays behind. (A move checked for room before writing
-    its reservation: all four saw two free GPUs and all four moved.)"""
-    big = host(nats_server.url, "big", resources={"gpu": 4, "cpu": 16})
+    its reservation: all four saw two free GPUs and all four moved.) On a 3-node cluster, R3
+    buckets, each host and the client on its own node: the check after writing reads the
+    records from any replica (``scan(after_rev=...)``)."""
+    node = nats_cluster.urls
+    big = host(node[0], "big", resources={"gpu": 4, "cpu": 16}, replicas=3)
     await big.start()
     small: Host | None = None
+    client = await Client.connect(settings=ClientSettings(nats_url=node[2], partitions=8, request_timeout_s=10))
     store = JetStreamStore(client.nc, big.topology.cluster_bucket)
     movers, newcomers = [f"m{i}" for i in range(4)], [f"n{i}" for i in range(3)]
     try:
         await eventually(lambda: len(big.owned) == 8, timeout_s=20)
         await asyncio.gather(*(client.agent("trainer", n).request("train", timeout=20) for n in movers))
-        small = host(nats_server.url, "small", resources={"gpu": 2, "cpu": 16})
+        small = host(node[1], "small", resources={"gpu": 2, "cpu": 16}, replicas=3)
         await small.start()
         both = (big, small)
         await eventually(
@@ -218,6 +232,7 @@ async def test_moves_and_placements_racing_for_one_host_reserve_exactly_its_room
         if small is not None:
             await small.stop()
         await big.stop()
+        await client.close()
 
 
 async def _has(hosts: Any, name: str) -> bool:

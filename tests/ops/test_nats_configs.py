@@ -18,7 +18,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from jetagents import Client, ClientSettings, Host, Registry
 from jetagents._core.wire import Subjects
-from jetagents._nats.api import Topology, ensure_topology, js_api
+from jetagents._nats.api import Topology, ensure_topology, js_api, kv_bucket_config, raise_limits
 from jetagents.examples import EXAMPLE_AGENTS
 from tests.conftest import REPO, host_settings
 from tests.ops.nats_configs import CLIENT_INBOX, HOST_INBOX, OPS_NATS, BootedConfigs, Node, Violations, boot
@@ -117,6 +117,35 @@ async def test_permissions_clients_send_only_and_only_admin_deletes(cluster: Boo
     finally:
         for nc in (client, admin, host):
             await nc.close()
+
+
+async def test_an_old_snapshot_bucket_is_raised_by_the_admin_never_by_a_host(cluster: BootedConfigs) -> None:
+    """ADR 0053: a snapshot bucket an older version made keeps one snapshot per agent. A host
+    may not update a stream (its update is refused, the bucket left as it is); the admin's
+    ``place-streams`` raises it to ``--snapshot-history``, keeping its snapshots. Another
+    subject root (``sx``), so the other tests' streams are not touched."""
+    admin = await nats.connect(cluster.url("admin").split(","))
+    host_seen = Violations()
+    host = await nats.connect(cluster.url("host").split(","), error_cb=host_seen.record, inbox_prefix=HOST_INBOX)
+    old = kv_bucket_config("sx_snap", 3, history=1)
+    try:
+        await js_api(admin, "$JS.API.STREAM.CREATE.KV_sx_snap", old, 5)
+        await admin.request("$KV.sx_snap.counter.a", b'{"n": 1}', timeout=5)
+        info = await js_api(host, "$JS.API.STREAM.INFO.KV_sx_snap", None, 5)
+        wanted = {**old, "max_msgs_per_subject": 3}
+        after = await raise_limits(host, info, wanted, ("max_msgs_per_subject",), 0.5)
+        await host_seen.wait_for("STREAM.UPDATE.KV_sx_snap")
+        assert after["config"]["max_msgs_per_subject"] == 1
+        argv = [sys.executable, str(REPO / "ops" / "scripts" / "place-streams"), "--nats-url", cluster.url("admin")]
+        argv += ["--cluster", "jetagents", "--subject-root", "sx", "--partitions", "8", "--snapshot-history", "3"]
+        place = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=60)
+        assert place.returncode == 0, place.stdout + place.stderr
+        info = await js_api(admin, "$JS.API.STREAM.INFO.KV_sx_snap", None, 5)
+        assert info["config"]["max_msgs_per_subject"] == 3 and info["config"]["num_replicas"] == 3
+        assert info["state"]["messages"] == 1  # the snapshot it had is kept
+    finally:
+        await host.close()
+        await admin.close()
 
 
 async def test_supercluster_placed_streams_answer_through_the_other_cluster(tmp_path: Path) -> None:

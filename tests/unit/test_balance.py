@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from jetagents._core.balance import BalancePolicy, Balancer, apply, imbalance, rates_and_costs
 from jetagents._core.ring import capacity_caps, compute_ring, loads
+from jetagents._host.coordination.coordinator import ClusterConfig
+from jetagents._host.coordination.planner import RingPlanner
 
 
 def _scores(owners: list[str], rate: dict[int, float], hosts: list[str], slow: dict[str, float]) -> dict[str, float]:
@@ -53,6 +55,38 @@ def test_nothing_moves_before_the_imbalance_persists() -> None:
     assert _plan(b2, owners, rate, hosts, {}) == owners
     assert _plan(b2, owners, even, hosts, {}) == owners
     assert _plan(b2, owners, rate, hosts, {}) == owners
+
+
+def test_the_leader_moves_nothing_until_the_ring_has_been_settled_persist_intervals() -> None:
+    """A ring still changing (boot, a host joining or leaving, a handoff under way) restarts
+    the streaks, and the first decision comes a whole interval after it settles: measurements
+    of a ring about to change never count towards a move (``RingPlanner``)."""
+    hosts = ["a", "b", "c"]
+    cfg = ClusterConfig(partitions=12, balance=BalancePolicy(persist=2), balance_interval_s=10.0)
+    owners = compute_ring(12, dict.fromkeys(hosts, 1.0))
+
+    def member(h: str) -> dict[str, object]:
+        mine = [p for p in range(12) if owners[p] == h]
+        busy = h == "a"
+        return {
+            "capacity": 1.0,
+            "load": {"cpu": 0.9 if busy else 0.1, "cpu_base": 0.0, "memory": 0.1, "network": 0.0},
+            "rates": {str(p): (50.0 if busy else 1.0) for p in mine},
+        }
+
+    members = {h: member(h) for h in hosts}
+    planner = RingPlanner(cfg)
+    alive = set(hosts)
+    assert planner.next_ring(owners, members, alive, 0, 0.0) == owners  # hot: 1 interval
+    assert planner.next_ring(owners, members, alive, 1, 10.0) == owners  # a handoff: not settled
+    assert planner.next_ring(owners, members, alive, 0, 15.0) == owners  # settled, within the interval
+    assert planner.next_ring(owners, members, alive, 0, 20.0) == owners  # hot: 1 interval again
+    moved = planner.next_ring(owners, members, alive, 0, 30.0)  # hot: 2 intervals
+    assert moved != owners and planner.last_moves[0].source == "a"  # the hot host gives (a swap: takes one back)
+    # the same with no handoff in between moves at the second interval
+    planner = RingPlanner(cfg)
+    assert planner.next_ring(owners, members, alive, 0, 0.0) == owners
+    assert planner.next_ring(owners, members, alive, 0, 10.0) != owners
 
 
 def test_an_idle_cluster_moves_nothing_whatever_its_ratios() -> None:

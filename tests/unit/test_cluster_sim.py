@@ -342,3 +342,42 @@ async def test_every_cluster_key_is_written_with_a_ttl_or_an_expected_revision()
             assert ttl_s, f"{key} written ({op}) without a TTL"
         else:
             assert op in ("create", "update"), f"{key} written with a plain put"
+
+
+# -- handoffs: a call always meets a host that answers it -------------------------------------
+def _answered(sim: Simulation, p: int) -> bool:
+    """Whether a call to partition ``p`` gets an answer now: a host serves ``p``, or a host
+    whose ring gives it ``p`` says "moving here, retry" (``Intake.on_call``)."""
+    for h in sim.hosts:
+        ring = _coord(h).ring if h.alive else None
+        if h.alive and (h.node.serves(p) or (ring is not None and ring.owners[p] == h.id)):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_a_moved_partition_is_served_until_its_next_owner_knows_the_ring(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call is a core request every host sees; only the host serving its partition, or
+    the one the ring names while it waits for the claim, answers it. The previous owner used
+    to stop as soon as it read the new ring, and when it read it before the next owner did,
+    nobody answered: an at-most-once call (never re-sent on a timeout) waited out its whole
+    timeout. Now the previous owner serves on until the next owner's heartbeat says it knows
+    the ring (``Coordinator._successor_knows``). Two hosts, a third joins, a fourth joins,
+    one drains: after every round, every partition's call is answered."""
+    sim = Simulation(seed, HostNode, CONFIG)
+    for _ in range(2):
+        sim.add_host()
+    await _rounds(sim, 40)
+    unanswered: list[tuple[int, int]] = []
+    for phase in range(3):
+        if phase < 2:
+            sim.add_host()
+        else:
+            _coord(sim.hosts[0]).draining = True
+        for _ in range(60):
+            await _rounds(sim, 1)
+            unanswered += [(sim.rounds, p) for p in range(PARTITIONS) if not _answered(sim, p)]
+    assert await sim.settled()
+    assert unanswered == []

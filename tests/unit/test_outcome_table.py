@@ -8,6 +8,7 @@ import pytest
 from jetagents._core.command import Kind
 from jetagents._core.errors import (
     ActionTimeout,
+    AgentDeleted,
     DeadlineExceeded,
     DomainError,
     FencedError,
@@ -110,6 +111,17 @@ def test_row_7_bad_input_is_dead_lettered_answered_and_terminated(err: JetAgents
     assert silent.reply is None and silent.dead_letter is not None  # never answer a refused subject
     call = _d(C, Result.REFUSED, error=err)
     assert call.dead_letter is err and call.ack == NO_ACK and _error(call) is err
+
+
+def test_row_7d_a_command_to_a_deleted_agent_is_answered_not_dead_lettered() -> None:
+    """A tombstone's refusal is the agent's answer, not bad input (ADR 0052): dead-lettering
+    every command sent to a deleted agent would fill the dead-letter stream with noise."""
+    err = AgentDeleted("deleted by an operator")
+    o = _d(S, Result.REFUSED, error=err)
+    assert o.dead_letter is None and o.ack == ACK and _error(o) is err
+    assert o.error == err.code == "agent_deleted"
+    call = _d(C, Result.REFUSED, error=err)
+    assert call.dead_letter is None and call.ack == NO_ACK and _error(call) is err
 
 
 def test_row_8_a_stranded_command_is_refused_as_malformed() -> None:

@@ -131,6 +131,25 @@ def test_the_library_never_imports_the_service() -> None:
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
+CORE_PACKAGE = "jetagents._core"
+IO_LIBRARIES = {"nats", "socket", "ssl", "subprocess", "opentelemetry", "structlog", "httpx", "uvloop"}
+
+
+def test_the_core_is_pure() -> None:
+    """``_core`` is the pure part: it imports nothing else of the library and no library that
+    does I/O or observes it, so it can be read, tested and replayed without a server."""
+    leaks = {
+        name: sorted(
+            m
+            for m in _imports(name)
+            if (m.startswith("jetagents") and not m.startswith(CORE_PACKAGE)) or m.split(".")[0] in IO_LIBRARIES
+        )
+        for name in MODULES
+        if name == CORE_PACKAGE or name.startswith(CORE_PACKAGE + ".")
+    }
+    assert {k: v for k, v in leaks.items() if v} == {}
+
+
 def _imports_nats(name: str) -> bool:
     return any(m == "nats" or m.startswith("nats.") for m in _imports(name))
 

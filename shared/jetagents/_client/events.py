@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._core.errors import JetAgentsError
 from .._core.logtail import Decoders, LogCommit, log_filter, parse_commit
+from .._core.retry import QUIET_POLL
 
 if TYPE_CHECKING:
     from .._core.agent import Agent
@@ -26,9 +27,6 @@ if TYPE_CHECKING:
     from .client import Client
 
 __all__ = ["EventTail", "open_events"]
-
-_POLL_MIN_S = 0.02  # how soon a caught-up reader asks again
-_POLL_MAX_S = 1.0  # at most this long between two reads while nothing arrives
 
 
 class EventTail:
@@ -62,14 +60,14 @@ class EventTail:
         self._read_to = self.offset
         self._items: deque[LogCommit] = deque()
         self._listening = False
-        self._poll_s = _POLL_MIN_S
+        self._polls = 0  # reads in a row that found nothing
 
     def __aiter__(self) -> EventTail:
         return self
 
     async def __anext__(self) -> LogCommit:
         while not self._items:
-            commits, read_to = await self.next_batch(wait_s=_POLL_MAX_S)
+            commits, read_to = await self.next_batch(wait_s=QUIET_POLL.max_s)
             self._items.extend(commits)
             if not commits:
                 self.offset = read_to
@@ -104,10 +102,10 @@ class EventTail:
                 await reader.listen()
                 self._listening = True
                 return [], start
-            await reader.wait(min(self._poll_s, wait_s))
-            self._poll_s = min(self._poll_s * 2, _POLL_MAX_S)
+            await reader.wait(min(QUIET_POLL.delay(self._polls), wait_s))
+            self._polls += 1
             return [], start
-        self._poll_s = _POLL_MIN_S
+        self._polls = 0
         out: list[LogCommit] = []
         for m in msgs:
             commit = parse_commit(m.seq, m.subject, m.data, self._decoders, self._events_subject)

@@ -22,14 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from .._core.errors import AgentTimeout, JetAgentsError
 from .._core.outstream import CHUNK, StreamFold, StreamReset
+from .._core.retry import QUIET_POLL
 from .._core.wire import H_CHUNK, H_STREAM_KIND
 from .reply import Reply, decode_reply
 
 if TYPE_CHECKING:
     from .._nats.out_stream import OutReader
 
-_POLL_MIN_S = 0.02  # how soon a reader asks again after a message it could not read yet
-_POLL_MAX_S = 1.0  # at most this long between two reads while nothing arrives
 _SKIP = object()  # a message that yields nothing (an end, a reset of chunks not yielded)
 
 
@@ -147,7 +146,7 @@ class AgentStream:
                 await send()
         reader = self._reader
         quiet_since = loop.time()
-        poll_s = _POLL_MIN_S
+        polls = 0  # reads in a row that found nothing
         while self._fold.end is None:
             try:
                 msgs = await reader.read(self._read_seq)
@@ -173,7 +172,7 @@ class AgentStream:
                     self._ended(_End(m.data, dict(h)))
                     break
             if msgs:
-                quiet_since, poll_s = loop.time(), _POLL_MIN_S
+                quiet_since, polls = loop.time(), 0
                 if any(item is not _SKIP for item, _, _ in self._items):
                     return
                 continue
@@ -182,8 +181,8 @@ class AgentStream:
                     f"no output from command {self.command_id} for {self._idle_timeout_s:g} s; "
                     f"resume with read_stream({self.command_id!r}, after={self.offset})"
                 )
-            await reader.wait(poll_s)
-            poll_s = min(poll_s * 2, _POLL_MAX_S)
+            await reader.wait(QUIET_POLL.delay(polls))
+            polls += 1
 
     def _ended(self, end: _End) -> None:
         try:

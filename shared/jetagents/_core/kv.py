@@ -36,4 +36,8 @@ class ClusterStore(Protocol):
 
     async def remove(self, key: str) -> None: ...
 
-    async def scan(self, prefix: str) -> dict[str, Entry]: ...
+    async def scan(self, prefix: str, *, after_rev: int = 0) -> dict[str, Entry]:
+        """The live keys under ``prefix``; with ``after_rev`` (a revision the caller wrote
+        under it), including every write up to that revision (a store whose replicas may
+        lag reads until one has it)."""
+        ...

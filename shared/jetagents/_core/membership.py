@@ -151,6 +151,19 @@ def merge_placements(scanned: Mapping[str, Entry], known: Mapping[str, tuple[str
     return fresh
 
 
+def successor_knows(owner: str, epoch: int, members: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether ``owner`` (a partition's next owner) has read ring ``epoch``, by the
+    ``ring_epoch`` its member record advertises; a host that is not a member, or does not
+    say (an older version), is not waited for.
+
+    >>> successor_knows("h2", 5, {"h2": {"ring_epoch": 4}}), successor_knows("h2", 5, {"h2": {}})
+    (False, True)
+    """
+    member = members.get(owner) if owner else None
+    seen = member.get("ring_epoch") if member is not None else None
+    return not isinstance(seen, int) or seen >= epoch
+
+
 def successor_alive(me: str, members: Mapping[str, Mapping[str, Any]]) -> bool:
     """Is any other host alive and not draining (someone our partitions can go to)?
 

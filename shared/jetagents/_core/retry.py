@@ -74,6 +74,15 @@ class RetryPolicy:
         return delay
 
 
+QUIET_POLL = RetryPolicy(base_s=0.02, max_s=1.0, jitter=False)
+"""How a reader of a stream that has gone quiet asks again (a streamed output, an event
+tail): soon after the last message, then less often, back to soon when one arrives.
+
+>>> [QUIET_POLL.delay(k) for k in (0, 1, 5, 6, 50)]
+[0.02, 0.04, 0.64, 1.0, 1.0]
+"""
+
+
 class BreakerState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"

@@ -88,6 +88,7 @@ from .pipeline import Pipeline
 from .placement import PipelineHooks, Placement
 from .ports import Publisher, Schedules
 from .pubsub import start_pubsub
+from .purging import start_purge_sweep
 from .scheduler import Scheduler
 from .supervisor import Supervisor
 from .sweeper import StrandedSweeper
@@ -438,6 +439,7 @@ class Host:
                 sweep = sweeper.run(s.stranded_sweep_s, self.clock.sleep, leads, self.metrics, self._log)
                 self.supervisor.spawn("background", sweep)
         self.pubsub = await start_pubsub(self)  # the leader's fan-out, declared subscriptions (ADR 0049)
+        self.purge_sweep = start_purge_sweep(self)  # deleted agents purged past their grace (ADR 0052)
         self.supervisor.started = True
         if self.static:
             for p in self._static_partitions:
@@ -467,11 +469,10 @@ class Host:
         ``drain_grace_s``) and snapshot its agents, so the next owner starts warm."""
         self._tel.handoff(started=False, graceful=graceful)
         await self.partitions.stop(partition)
-        if graceful:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.drain_grace_s):
-                    while self.scheduler.busy_with(partition):
-                        await asyncio.sleep(0.01)
+        if graceful:  # on the host's clock: the simulation runs this on its ManualClock
+            until = self.clock.monotonic() + self.settings.drain_grace_s
+            while self.scheduler.busy_with(partition) and self.clock.monotonic() < until:
+                await self.clock.sleep(0.01)
         await self.catalog.forget_partition(partition, graceful=graceful)
 
     def load(self) -> dict[str, Any]:

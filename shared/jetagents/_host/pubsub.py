@@ -225,7 +225,7 @@ class HostPubSub:
 
     async def _keep_alive(self, puller: PatternPuller, d: Delivered) -> None:
         while True:
-            await asyncio.sleep(max(0.2, self.ack_wait_s / 3))
+            await self.clock.sleep(max(0.2, self.ack_wait_s / 3))
             await puller.progress(d)
 
     async def _deliver(self, sub: Subscription, topic: str, d: Delivered) -> None:
@@ -249,7 +249,7 @@ class HostPubSub:
                     self.log.error("pubsub_delivery_refused", subscriber=sub.key, seq=d.seq, error=str(exc))
                     self.metrics.inc("pubsub_refused")
                     return
-            await asyncio.sleep(_RETRY.delay(min(attempt, 8)))
+            await self.clock.sleep(_RETRY.delay(min(attempt, 8)))
             attempt += 1
 
     async def _dead_letter(self, d: Delivered, why: str) -> None:

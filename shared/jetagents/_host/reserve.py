@@ -119,7 +119,7 @@ class Reserving:
             mine = records.get(record_key)
             rev = await (store.create(record_key, value) if mine is None else store.update(record_key, value, mine.rev))
             coord.learn_placement(key, host, rev)
-            after = await store.scan("place.")
+            after = await store.scan("place.", after_rev=rev)  # every record older than ours
             others = [(e.value, e.rev) for k, e in after.items() if k != record_key]
             older = reservations(others, below_rev=rev, now_ms=now_ms)
             if admitted(needs, views[host].capacity, older.get(host, {})):
@@ -147,7 +147,7 @@ class Reserving:
             rev = await (store.create(record_key, value) if mine is None else store.update(record_key, value, mine.rev))
         except CasConflict:
             raise Unavailable(f"{key} was placed again meanwhile; ask again", details={"applied": False}) from None
-        records = await store.scan("place.")
+        records = await store.scan("place.", after_rev=rev)
         others = [(e.value, e.rev) for k, e in records.items() if k != record_key]
         view = host_views(coord.members_cache, others, self.placement.settings.load_weights, now_ms).get(target)
         older = reservations(others, below_rev=rev, now_ms=now_ms).get(target, {})

@@ -20,11 +20,14 @@ class KvBucket:
     @classmethod
     async def open(cls, nc: NATS, bucket: str, timeout_s: float) -> KvBucket:
         """``Unavailable`` when JetStream does not answer in time: the host's start retries
-        on it (a raw nats-py timeout here ended the host process on a loaded cluster)."""
+        on it (a raw nats-py timeout here ended the host process on a loaded cluster). A
+        bucket not found is ``Unavailable`` too: the host opens buckets it has just ensured,
+        and when three hosts boot together on an R3 cluster the one whose create met another's
+        can ask for the stream before it is served ("stream not found": a host process ended)."""
         try:
             return cls(await nc.jetstream(timeout=timeout_s).key_value(bucket))
         except NotFoundError:
-            raise
+            raise Unavailable(f"the bucket {bucket} is not there (yet)", details={"applied": False}) from None
         except Exception as exc:  # noqa: BLE001 - nats-py's timeouts and API errors alike
             raise Unavailable(f"cannot open the bucket {bucket}: {exc!r}") from None
 

@@ -1,5 +1,5 @@
 """KV on JetStream through the raw ``$JS.API``, written once: ensure a stream, read a
-key's latest entry from the stream leader, publish with compare-and-set on its revision,
+message (a key's latest entry) from the stream leader, publish with compare-and-set on its revision,
 purge a key, scan a prefix; and :class:`JetStreamStore`, the coordinator's
 :class:`~jetagents._core.kv.ClusterStore` on top of them.
 
@@ -23,6 +23,7 @@ from nats.aio.client import Client as NATS
 
 from .._core.errors import Unavailable
 from .._core.kv import CasConflict, Entry
+from .._core.retry import RetryPolicy
 from .api import (
     ERR_LAST_SEQ_NOT_READY,
     ERR_NO_MESSAGE,
@@ -36,12 +37,14 @@ from .api import (
 # written once in api.py, next to ensure_topology, which uses them too
 from .api import ensure_stream as ensure_stream
 from .api import stream_info as stream_info
+from .conn import parse_header_lines
 from .headers import H_NATS_SEQUENCE
 from .inbox import shared_inbox
 
 NatsClient: TypeAlias = NATS  # for code outside the adapter that only passes a connection along
 
 CONFLICT_CODES: Final = frozenset({ERR_WRONG_LAST_SEQUENCE, ERR_LAST_SEQ_NOT_READY})
+SCAN_RETRY: Final = RetryPolicy(attempts=8, base_s=0.02, max_s=0.5)  # a replica behind catches up in ms
 
 
 class KvConflict(CasConflict):
@@ -71,16 +74,33 @@ def kv_subject(bucket: str, key: str) -> str:
     return f"$KV.{bucket}.{key}"
 
 
-async def last_by_subject(nc: NATS, stream: str, subject: str, timeout_s: float) -> KvEntry | None:
-    """The last message of ``subject`` in ``stream``, read from the stream leader (so never
-    from a lagging replica); None if the subject has none."""
+async def msg_get(nc: NATS, stream: str, query: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
+    """``STREAM.MSG.GET``, answered by the stream's leader (never a lagging replica): the
+    ``message`` (``seq``, ``subject``, ``time``, base64 ``data`` and ``hdrs``) that ``query``
+    finds (``{"seq": n}``, ``{"last_by_subj": s}``, ``{"seq": n, "next_by_subj": f}``);
+    None when there is none."""
     try:
-        resp = await js_api(nc, f"$JS.API.STREAM.MSG.GET.{stream}", {"last_by_subj": subject}, timeout_s)
+        resp = await js_api(nc, f"$JS.API.STREAM.MSG.GET.{stream}", query, timeout_s)
     except JSApiError as exc:
         if exc.err_code == ERR_NO_MESSAGE:
             return None
         raise
-    msg = resp["message"]
+    message: dict[str, Any] = resp["message"]
+    return message
+
+
+def message_headers(message: Mapping[str, Any]) -> dict[str, str]:
+    """The headers of a message ``msg_get`` returned (base64 of the ``NATS/1.0`` block)."""
+    raw = base64.b64decode(message.get("hdrs") or b"")
+    return parse_header_lines(raw.partition(b"\r\n")[2])
+
+
+async def last_by_subject(nc: NATS, stream: str, subject: str, timeout_s: float) -> KvEntry | None:
+    """The last message of ``subject`` in ``stream``, read from the stream leader (so never
+    from a lagging replica); None if the subject has none."""
+    msg = await msg_get(nc, stream, {"last_by_subj": subject}, timeout_s)
+    if msg is None:
+        return None
     return KvEntry(base64.b64decode(msg.get("data") or b""), int(msg["seq"]), base64.b64decode(msg.get("hdrs") or b""))
 
 
@@ -110,9 +130,28 @@ async def purge_subject(nc: NATS, stream: str, subject: str, timeout_s: float) -
     await js_api(nc, f"$JS.API.STREAM.PURGE.{stream}", {"filter": subject}, timeout_s)
 
 
-async def scan_last(nc: NATS, bucket: str, prefix: str, timeout_s: float) -> dict[str, KvEntry]:
+class _Behind(Exception):
+    """The replica that answered a scan had not applied the revision asked for yet."""
+
+
+async def scan_last(nc: NATS, bucket: str, prefix: str, timeout_s: float, *, after_rev: int = 0) -> dict[str, KvEntry]:
     """Every live key of ``bucket`` starting with ``prefix`` (key -> its last message), by
-    one batched direct get: any replica may answer, so a moment's lag is possible."""
+    one batched direct get: any replica may answer, so a moment's lag is possible. With
+    ``after_rev`` (a revision the caller wrote under ``prefix``), a replica that had not
+    applied it is asked again (``SCAN_RETRY``; the answer's end says up to which sequence it
+    read): what is read then holds every write up to that revision, as a read from the
+    leader would."""
+    for attempt in range(SCAN_RETRY.attempts):
+        if attempt:
+            await asyncio.sleep(SCAN_RETRY.delay(attempt - 1))
+        try:
+            return await _scan_once(nc, bucket, prefix, timeout_s, after_rev)
+        except _Behind:
+            continue
+    raise Unavailable(f"scan of KV bucket {bucket}: no replica has revision {after_rev} yet")
+
+
+async def _scan_once(nc: NATS, bucket: str, prefix: str, timeout_s: float, after_rev: int) -> dict[str, KvEntry]:
     shared = await shared_inbox(nc)
     q: asyncio.Queue[Any] = asyncio.Queue()
     inbox = shared.listen(q.put_nowait)
@@ -126,6 +165,9 @@ async def scan_last(nc: NATS, bucket: str, prefix: str, timeout_s: float) -> dic
                 msg = await q.get()
                 hdrs = msg.headers or {}
                 status = hdrs.get("Status")
+                # 404: no key under the prefix, not even the caller's own write
+                if after_rev and (status == "404" or int(hdrs.get("Nats-UpTo-Sequence", after_rev)) < after_rev):
+                    raise _Behind
                 if status in ("404", "204"):
                     return out
                 if status is not None:
@@ -206,6 +248,6 @@ class JetStreamStore:
         except JSApiError as exc:
             raise Unavailable(f"cluster store: {exc.description}") from None
 
-    async def scan(self, prefix: str) -> dict[str, Entry]:
-        entries = await scan_last(self.nc, self.bucket, prefix, self.timeout_s)
+    async def scan(self, prefix: str, *, after_rev: int = 0) -> dict[str, Entry]:
+        entries = await scan_last(self.nc, self.bucket, prefix, self.timeout_s, after_rev=after_rev)
         return {key: Entry(_doc(e.data), e.revision) for key, e in entries.items()}

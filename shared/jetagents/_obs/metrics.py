@@ -48,6 +48,9 @@ STATS = (
     "throttled",
     "health_restarts",
     "health_passivations",
+    # deletion (ADR 0052): agents the leader's sweep purged; its runs refused or failed
+    "agents_purged",
+    "purge_sweep_failed",
 )
 
 # short attribute names at the call site -> OpenTelemetry attribute keys

@@ -60,8 +60,8 @@ class MemoryStore:
     async def remove(self, key: str) -> None:
         self.data.pop(key, None)
 
-    async def scan(self, prefix: str) -> dict[str, Entry]:
-        out: dict[str, Entry] = {}
+    async def scan(self, prefix: str, *, after_rev: int = 0) -> dict[str, Entry]:
+        out: dict[str, Entry] = {}  # one copy: every read holds every write
         for key in sorted(self.data):
             if key.startswith(prefix):
                 item = self._live(key)

@@ -219,6 +219,6 @@ class FaultyStore(_Faulty):
         await self._enter()
         await self.store.remove(key)
 
-    async def scan(self, prefix: str) -> dict[str, Entry]:
+    async def scan(self, prefix: str, *, after_rev: int = 0) -> dict[str, Entry]:
         await self._enter()
-        return await self.store.scan(prefix)
+        return await self.store.scan(prefix, after_rev=after_rev)

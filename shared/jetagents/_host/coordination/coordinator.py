@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -55,12 +55,12 @@ from ..._core.membership import (
     orphan_claims,
     parse_ring,
     rewind_on_start,
-    successor_alive,
     takeover,
     unowned_ring,
 )
 from ..._core.resources import DEFAULT_WEIGHTS
 from ..._core.ring import UNOWNED
+from .handoff import Handoff
 from .planner import RingPlanner
 from .ringlog import record_ring_change
 
@@ -106,8 +106,9 @@ class RingView:
     leader: str = ""
 
 
-class Coordinator:
-    """One host's part in the cluster. ``step()`` does one round; ``run()`` loops it."""
+class Coordinator(Handoff):
+    """One host's part in the cluster. ``step()`` does one round; ``run()`` loops it; leaving
+    and handing partitions over: ``Handoff``."""
 
     def __init__(self, host_id: str, store: ClusterStore, clock: Clock, cfg: ClusterConfig, hooks: Hooks) -> None:
         self.host_id = host_id
@@ -120,6 +121,7 @@ class Coordinator:
         self.held: set[int] = set()  # claimed and started
         self.releasing: dict[int, asyncio.Task[None]] = {}
         self.acquiring: dict[int, float] = {}  # partition -> when we started waiting for it
+        self.handing: dict[int, float] = {}  # partition -> since when it waits for its next owner to know
         self._acquire_tasks: dict[int, asyncio.Task[None]] = {}
         self.claim_revs: dict[int, int] = {}
         # agent key -> (host, revision): agents placed on a host other than their
@@ -195,6 +197,7 @@ class Coordinator:
             "tags": list(self.cfg.tags),
             "draining": self.draining,
             "partitions": len(self.held),
+            "ring_epoch": self.ring.epoch if self.ring else 0,
             "ts_ms": self.clock.wall_ms(),
         }
         value.update(self.hooks.load())
@@ -341,6 +344,8 @@ class Coordinator:
         if self.ring is None or epoch > self.ring.epoch or entry.rev != self.ring.rev:
             if self.ring is not None and epoch < self.ring.epoch:
                 return  # never go back to an older ring
+            if self.ring is None or epoch != self.ring.epoch:
+                self._next_heartbeat = 0.0  # say at once which ring we know (``successor_knows``)
             self.ring = RingView(epoch, owners, entry.rev, str(entry.value.get("leader", "")))
 
     async def _lead(self) -> None:
@@ -374,6 +379,7 @@ class Coordinator:
             return  # someone else wrote it: read it next round
         moved = sum(1 for a, b in zip(current, nxt, strict=True) if a != b)
         self.ring = RingView(epoch, nxt, rev, self.host_id)
+        self._next_heartbeat = 0.0
         await record_ring_change(self.store, epoch, current, nxt, self.host_id, ts_ms)
         self._log.info("ring_updated", epoch=epoch, moved=moved, in_transit=moving)
         by_load = [[m.partition, m.source, m.target] for m in self.planner.last_moves]
@@ -387,16 +393,16 @@ class Coordinator:
 
     async def _reconcile(self, now: float) -> None:
         mine = self.assigned()
+        self.handing = {p: t for p, t in self.handing.items() if p in self.held - mine}
         for p in sorted(self.held - mine):
+            if not self.successor_knows(p, now):
+                continue  # served a little longer (``Handoff.successor_knows``)
             self.held.discard(p)
             self.releasing[p] = asyncio.create_task(self._release(p))
-        want = sorted(p for p in mine - self.held if p not in self.releasing)
+        want = sorted(p for p in mine - self.held if p not in self.releasing and p not in self._acquire_tasks)
         for p in list(self.acquiring):
             if p not in mine:
                 del self.acquiring[p]
-        if not want:
-            return
-        want = [p for p in want if p not in self._acquire_tasks]
         if not want:
             return
         alive = set(self.members_cache)  # read once this round, in step()
@@ -474,35 +480,3 @@ class Coordinator:
         if not ok and p in self.held:
             await self._drop(p)
         return ok
-
-    # -- leaving ------------------------------------------------------------------------------
-    async def drain(self, timeout_s: float, wait: Callable[[float], Awaitable[None]] | None = None) -> bool:
-        """Ask the leader to move our partitions away, and wait until they are released.
-
-        True when they were handed over. False at the timeout, and at once when no other
-        live host could take them (a lone host, the last of a cluster, or every host
-        draining together): waiting would only delay the stop, and ``leave`` releases them.
-        """
-        self.draining = True
-        self._next_heartbeat = 0.0
-        wait = wait or self.clock.sleep
-        deadline = self.clock.monotonic() + timeout_s
-        while self.clock.monotonic() < deadline:
-            if not self.held and not self.releasing and not self.assigned():
-                return True
-            if not successor_alive(self.host_id, self.members_cache):
-                return False  # from the members our rounds read, which go on while we drain
-            await wait(self.cfg.tick_s)
-        return False
-
-    async def leave(self) -> None:
-        """Stop for good: release what is still held, resign, remove our member key."""
-        self.stopped = True
-        for p in sorted(self.held):
-            self.held.discard(p)
-            self.releasing[p] = asyncio.create_task(self._release(p))
-        if self.releasing:
-            await asyncio.gather(*self.releasing.values(), return_exceptions=True)
-        await self.resign()
-        with contextlib.suppress(JetAgentsError, CasConflict):
-            await self.store.remove(f"member.{self.host_id}")

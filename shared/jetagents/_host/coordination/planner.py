@@ -38,12 +38,20 @@ class RingPlanner:
         target = compute_ring(cfg.partitions, weights, previous=current, load_factor=cfg.load_factor)
         nxt = step_towards(current, target, alive, max_moves=cfg.max_moves, in_transit=moving)
         self.last_moves = []
-        if self.balancer is None or nxt != current or moving or now < self._next_s:
+        if self.balancer is None:
+            return nxt
+        live = {h: w for h, w in weights.items() if w > 0}
+        if nxt != current or moving or len(live) < 2 or any(o == UNOWNED or o not in live for o in current):
+            # Not settled (booting, a host joining, leaving or gone, a handoff under way):
+            # measurements taken now describe a ring that is about to change. The streaks
+            # start again and the first decision waits a whole interval after the ring
+            # settles, so no move comes before ``persist`` intervals of a settled cluster.
+            self.balancer.streak.clear()
+            self._next_s = now + cfg.balance_interval_s
+            return nxt
+        if now < self._next_s:
             return nxt
         self._next_s = now + cfg.balance_interval_s
-        live = {h: w for h, w in weights.items() if w > 0}
-        if len(live) < 2 or any(o == UNOWNED or o not in live for o in current):
-            return nxt
         scores = {h: load_score(members[h], cfg.load_weights) for h in live}
         movable_weights = {k: w for k, w in cfg.load_weights.items() if k != "memory"}
         movable = {h: load_score(_commands_only(members[h]), movable_weights) for h in live}

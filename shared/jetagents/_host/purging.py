@@ -1,0 +1,106 @@
+"""Deleted agents purged without an operator (ADR 0052): the cluster leader (or a host on its
+own, or host 0 of a static set) runs the purge of ``jetagents purge`` (``Lifecycle.purge_due``,
+the one mechanism) every ``purge_sweep_s``: each agent whose tombstone's grace period is over
+loses its log, snapshots, metadata, dead letters, queued commands, schedules, output,
+subscriptions, quarantine record and blobs; the tombstone stays and records when.
+
+Hosts may not purge logs under the shipped accounts (``ops/nats/accounts.conf``), so the sweep
+purges over ``purge_nats_url`` (the operator user's) when it is set, else over the host's own
+connection (a deployment without accounts). A refused or failed run is logged and done again
+at the next interval: a purge is idempotent, and a tombstone is marked purged only at its end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from .._client.inspection import Inspector
+from .._client.lifecycle import Lifecycle
+from .._core.wire import Subjects
+from .._nats.api import connect
+
+if TYPE_CHECKING:
+    from .host import Host
+
+GROUP = "background"
+
+
+@dataclass(frozen=True, slots=True)
+class _Connection:
+    """What ``Inspector`` needs of a client: a connection and the deployment's subjects."""
+
+    nc: Any
+    subjects: Subjects
+
+
+def start_purge_sweep(host: Host) -> PurgeSweep | None:
+    """The sweep, spawned on ``host``'s supervisor; None when ``purge_sweep_s`` is 0."""
+    s = host.settings
+    if s.purge_sweep_s <= 0:
+        return None
+
+    def leads() -> bool:
+        if host.supervisor.stopping:
+            return False
+        coord = host.coordinator
+        if coord is not None:
+            return bool(coord.is_leader)
+        return host.static and s.host_index == 0  # ring hosts wait for their coordinator
+
+    sweep = PurgeSweep(host, leads)
+    host.supervisor.spawn(GROUP, sweep.run())
+    return sweep
+
+
+class PurgeSweep:
+    """One loop: sleep, and when this host leads, purge what is due."""
+
+    def __init__(self, host: Host, leads: Callable[[], bool]) -> None:
+        self._host = host
+        self._leads = leads
+        self._log = structlog.get_logger("jetagents.purge").bind(host=host.settings.host_id)
+        self._own: Any = None  # the purge_nats_url connection, opened on first need
+        self.runs = 0  # completed runs (tests wait on them)
+        self.failures = 0
+
+    async def run(self) -> None:
+        s = self._host.settings
+        try:
+            while True:
+                await self._host.clock.sleep(s.purge_sweep_s)
+                if self._leads():
+                    await self.once()
+        finally:
+            if self._own is not None:
+                await self._own.close()
+
+    async def once(self) -> list[dict[str, Any]]:
+        """Purge every agent due now; what was purged (nothing when the run failed)."""
+        host, s = self._host, self._host.settings
+        try:
+            nc = host.nc
+            if s.purge_nats_url:
+                if self._own is None:
+                    self._own = await connect(
+                        s.purge_nats_url,
+                        name=f"jetagents-purge-{s.host_id}",
+                        connect_timeout_s=s.connect_timeout_s,
+                        inbox_prefix=s.purge_inbox_prefix,
+                    )
+                nc = self._own
+            life = Lifecycle(Inspector(_Connection(nc, host.subjects), timeout_s=s.op_timeout_s))
+            done = await life.purge_due()
+        except Exception as exc:  # noqa: BLE001 - refused, timed out, server gone: the next run tries again
+            self.failures += 1
+            self._log.warning("purge_sweep_failed", error=repr(exc))
+            host.metrics.inc("purge_sweep_failed")
+            return []
+        self.runs += 1
+        for tomb in done:
+            self._log.info("agent_purged", agent=tomb.get("agent"), by=tomb.get("by"), reason=tomb.get("reason"))
+            host.metrics.inc("agents_purged")
+        return done
