@@ -324,9 +324,10 @@ class Scheduler:
     # -- the commands in hand ------------------------------------------------------------------
     def track(self, cmd: Command) -> None:
         self._inflight.add(cmd)
-        self.inflight_count += 1
+        n = self.inflight_count = self.inflight_count + 1
         self.inflight_bytes += len(cmd.body)
-        self._idle.clear()
+        if n <= 1:  # the first in hand: no longer idle (set again when the last is done)
+            self._idle.clear()
 
     def untrack(self, cmd: Command) -> None:
         if cmd.done:
