@@ -1,4 +1,4 @@
-"""The operator's commands of ``jetagents``: ``agents ls``, ``agent show|history|state``,
+"""The operator's commands of ``jetagents``: ``agents ls|quarantined``, ``agent show|history|state``,
 ``dlq`` and ``dlq redrive`` (thin layers over ``jetagents._client.inspection.Inspector``)."""
 
 from __future__ import annotations
@@ -63,6 +63,23 @@ def agents_ls(
     typer.echo(f"{'agent':<40} {'commits':>8} {'host':<24} active")
     for s in found:
         typer.echo(f"{s.type + '/' + s.id:<40} {s.commits:>8} {s.host or '-':<24} {'yes' if s.active else 'no'}")
+
+
+@agents_app.command("quarantined")
+def agents_quarantined(
+    limit: Annotated[int, typer.Option(min=1, help="at most this many")] = 1000,
+    nats_url: NatsUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Agents quarantined for failing activation (ADR 0053), oldest first; `agent release` frees one."""
+    found = with_client(nats_url, lambda client: client.admin.quarantined_agents(limit))
+    if as_json:
+        _line(found)
+        return
+    typer.echo(f"{'agent':<40} {'failures':>8} {'code':<12} {'host':<24} reason")
+    for r in found:
+        failures, code, host = r.get("failures", "-"), r.get("code", "-"), r.get("host", "-")
+        typer.echo(f"{r['agent']:<40} {failures!s:>8} {code!s:<12} {host!s:<24} {str(r.get('reason', ''))[:80]}")
 
 
 @agent_app.command("show")
