@@ -1,4 +1,4 @@
-"""The operator's commands of ``jetagents``: ``agents ls``, ``agent show|history|state``,
+"""The operator's commands of ``jetagents``: ``agents ls|quarantined``, ``agent show|history|state``,
 ``dlq`` and ``dlq redrive`` (thin layers over ``jetagents._client.inspection.Inspector``)."""
 
 from __future__ import annotations
@@ -63,6 +63,23 @@ def agents_ls(
     typer.echo(f"{'agent':<40} {'commits':>8} {'host':<24} active")
     for s in found:
         typer.echo(f"{s.type + '/' + s.id:<40} {s.commits:>8} {s.host or '-':<24} {'yes' if s.active else 'no'}")
+
+
+@agents_app.command("quarantined")
+def agents_quarantined(
+    limit: Annotated[int, typer.Option(min=1, help="at most this many")] = 1000,
+    nats_url: NatsUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Agents quarantined for failing activation (ADR 0053), oldest first; `agent release` frees one."""
+    found = with_client(nats_url, lambda client: client.admin.quarantined_agents(limit))
+    if as_json:
+        _line(found)
+        return
+    typer.echo(f"{'agent':<40} {'failures':>8} {'code':<12} {'host':<24} reason")
+    for r in found:
+        failures, code, host = r.get("failures", "-"), r.get("code", "-"), r.get("host", "-")
+        typer.echo(f"{r['agent']:<40} {failures!s:>8} {code!s:<12} {host!s:<24} {str(r.get('reason', ''))[:80]}")
 
 
 @agent_app.command("show")
@@ -183,7 +200,8 @@ def agent_delete(
     nats_url: NatsUrl = None,
 ) -> None:
     """Delete an agent: a tombstone refuses its commands (agent_deleted) at once; its log,
-    snapshot, metadata and dead letters are purged by `jetagents agent purge` after --grace-s."""
+    snapshot, metadata, dead letters and blobs are purged after --grace-s by the cluster leader
+    (purge_sweep_s) or `jetagents agent purge`."""
     aid = parse_agent(agent)
     if not yes and not typer.confirm(f"delete {aid} for good (its data goes after {grace_s:g} s)?"):
         raise typer.Exit(1)

@@ -438,10 +438,13 @@ def agent_quarantined(
 @agent_app.command("release")
 def agent_release(
     agent: AgentArg,
+    by: Annotated[str, typer.Option(help="who releases it (in agt.sys.agent.released) [default: $USER]")] = "",
     nats_url: NatsUrl = None,
 ) -> None:
-    """Release a quarantined agent (fix the cause first); its next command activates it."""
-    _admin(agent, nats_url, lambda admin, t, i: admin.release(t, i))
+    """Release a quarantined agent (fix the cause first); its next command activates it.
+    `jetagents agents quarantined` lists them."""
+    who = by or os.environ.get("USER", "")
+    _admin(agent, nats_url, lambda admin, t, i: admin.release(t, i, by=who))
 
 
 @agent_app.command("rollback")

@@ -397,7 +397,8 @@ class Host:
         self.catalog.blobs.bind(await ObjectBlobs.open(self.nc, self.topology.blob_bucket, s.replicas, s.op_timeout_s))
         self.pipeline.out.bind(JetStreamOutStream(self.nc, self._inbox, self.topology.out_stream, s.op_timeout_s))
         self.catalog.bind(events, snapshots, meta, self._client, tombs)
-        self.catalog.bind_quarantine(await KvBucket.open(self.nc, self.topology.quarantine_bucket, s.op_timeout_s))
+        quarantine = await KvBucket.open(self.nc, self.topology.quarantine_bucket, s.op_timeout_s)
+        self.catalog.bind_quarantine(quarantine, self.event)
 
         self._pull_prefix = self.nc.new_inbox()
         self.partitions.bind(PartitionConsumers(self.nc, self.topology, s.op_timeout_s), self._pull_prefix)
