@@ -200,7 +200,8 @@ def agent_delete(
     nats_url: NatsUrl = None,
 ) -> None:
     """Delete an agent: a tombstone refuses its commands (agent_deleted) at once; its log,
-    snapshot, metadata and dead letters are purged by `jetagents agent purge` after --grace-s."""
+    snapshot, metadata, dead letters and blobs are purged after --grace-s by the cluster leader
+    (purge_sweep_s) or `jetagents agent purge`."""
     aid = parse_agent(agent)
     if not yes and not typer.confirm(f"delete {aid} for good (its data goes after {grace_s:g} s)?"):
         raise typer.Exit(1)

@@ -73,20 +73,8 @@ class Admin:
 
     async def quarantined_agents(self, limit: int = 1000) -> list[dict[str, Any]]:
         """The records of the quarantined agents (each with ``agent``), oldest first, at most
-        ``limit``: read from the bucket's stream leader, one message per agent (the bucket
-        keeps one value per key, and a release leaves a delete marker, skipped)."""
-        bucket = self._topology.quarantine_bucket
-        try:
-            stored = await AdminTransport(self._nc, self._timeout_s).read_from_leader(
-                f"KV_{bucket}", f"$KV.{bucket}.>", 1, limit
-            )
-        except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
-            raise Unavailable(f"cannot read the quarantine bucket: {exc!r}") from None
-        out: list[dict[str, Any]] = []
-        for msg in stored:
-            key = msg.subject[len(f"$KV.{bucket}.") :]
-            out.append({"agent": key.replace(".", "/", 1), **_record(msg.data)})
-        return out
+        ``limit`` (see :func:`quarantined_agents`)."""
+        return await quarantined_agents(AdminTransport(self._nc, self._timeout_s), self._topology, limit)
 
     async def release(self, agent_type: str, agent_id: str, *, by: str = "") -> bool:
         """Release a quarantined agent: its next command activates it again (fix the cause
@@ -114,6 +102,19 @@ class Admin:
             await self._client._transport.publish(self._subjects.sys("agent", "released"), orjson.dumps(event), {})
             await self._nc.flush(self._timeout_s)
         return True
+
+
+async def quarantined_agents(io: AdminTransport, topology: Topology, limit: int = 1000) -> list[dict[str, Any]]:
+    """Every quarantine record (each with ``agent``), oldest first, at most ``limit``: read
+    from the bucket's stream leader, one message per agent (the bucket keeps one value per
+    key, and a release leaves a delete marker, skipped). The CLI's and the dashboard's list."""
+    bucket = topology.quarantine_bucket
+    try:
+        stored = await io.read_from_leader(f"KV_{bucket}", f"$KV.{bucket}.>", 1, limit)
+    except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
+        raise Unavailable(f"cannot read the quarantine bucket: {exc!r}") from None
+    prefix = f"$KV.{bucket}."
+    return [{"agent": m.subject[len(prefix) :].replace(".", "/", 1), **_record(m.data)} for m in stored]
 
 
 def _record(raw: bytes) -> dict[str, Any]:

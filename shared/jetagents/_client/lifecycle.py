@@ -66,25 +66,39 @@ class Lifecycle:
 
     async def tombstones(self) -> dict[str, dict[str, Any]]:
         """Every deleted agent (``<type>.<id>`` -> its tombstone)."""
-        bucket = self.topology.tomb_bucket
-        msgs = await self.io.read_from_leader(f"KV_{bucket}", f"$KV.{bucket}.>", 1, 1_000_000)
-        return {m.subject.removeprefix(f"$KV.{bucket}."): _doc(m.data) for m in msgs}
+        return (await self.tombstones_since(1))[0]
 
-    async def purge_due(self, now_ms: int | None = None) -> list[dict[str, Any]]:
-        """Purge every deleted agent whose grace period is over and that is not purged yet:
-        its log, snapshot, spawn metadata, dead letters, queued commands and schedules, its
-        placement, subscriptions and quarantine record. The tombstone records when."""
+    async def tombstones_since(self, start_seq: int) -> tuple[dict[str, dict[str, Any]], int]:
+        """The tombstones written from stream sequence ``start_seq`` on (key -> the latest),
+        and the sequence to read from next time: the leader's sweep reads only what is new,
+        not every tombstone ever written (they stay forever)."""
+        bucket = self.topology.tomb_bucket
+        msgs = await self.io.read_from_leader(f"KV_{bucket}", f"$KV.{bucket}.>", start_seq, 1_000_000)
+        tombs = {m.subject.removeprefix(f"$KV.{bucket}."): _doc(m.data) for m in msgs}
+        return tombs, (msgs[-1].seq + 1 if msgs else start_seq)
+
+    async def purge_due(
+        self, now_ms: int | None = None, tombs: dict[str, dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """Purge every deleted agent whose grace period is over and that is not purged yet
+        (among ``tombs``, by default every tombstone): its log, snapshot, spawn metadata, dead
+        letters, queued commands and schedules, its placement, subscriptions, quarantine record
+        and blobs. The tombstone records when."""
         now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
         done = []
         due = [
             (key, tomb)
-            for key, tomb in (await self.tombstones()).items()
+            for key, tomb in (tombs if tombs is not None else await self.tombstones()).items()
             if not tomb.get("purged_ms") and int(tomb.get("purge_after_ms", 0)) <= now
         ]
         blobs = await self._blobs_by_owner() if due else {}  # one listing of the bucket per purge
         for key, tomb in due:
             agent_type, _, agent_id = key.partition(".")
             aid = AgentId(agent_type, agent_id)
+            if tombs is not None:  # given (a sweep's memory): the bucket's word is the last
+                current = await self.io.kv_get(self.topology.tomb_bucket, aid.key)
+                if current is None or _doc(current.data).get("purged_ms"):
+                    continue
             await self._purge(aid, blobs.get(aid.key, ()))
             tomb = dict(tomb, purged_ms=time.time_ns() // 1_000_000)
             await self.io.kv_put(self.topology.tomb_bucket, aid.key, orjson.dumps(tomb))
