@@ -70,3 +70,17 @@ def test_cpu_benches_smoke(argv: list[str]) -> None:
     r = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "us/" in r.stdout
+
+
+def test_bench_placement_quick_smoke() -> None:
+    """The pure placement figures and the end-to-end ones (reservations written and checked on
+    a real nats-server through ``Reserving.place``), each beside its baseline."""
+    r = subprocess.run(
+        [sys.executable, "loadtests/bench_placement.py", "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "choose_host/s" in r.stdout and "placed/s" in r.stdout and "e2e/pure" in r.stdout

@@ -1,9 +1,8 @@
-"""The operator's commands of ``jetagents``: ``agents ls``, ``agent show|history|state``,
+"""The operator's commands of ``jetagents``: ``agents ls|quarantined``, ``agent show|history|state``,
 ``dlq`` and ``dlq redrive`` (thin layers over ``jetagents._client.inspection.Inspector``)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -12,12 +11,9 @@ from typing import Annotated, Any, TypeVar
 import orjson
 import typer
 
-from ._core.errors import JetAgentsError
-from ._core.ids import AgentId
-from ._settings import ClientSettings
+from ._cli_support import NatsUrl, parse_agent, with_client
 
 T = TypeVar("T")
-NatsUrl = Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")]
 AgentsOpt = Annotated[
     list[str] | None,
     typer.Option(help="module:attr of agent classes to rebuild state with [env JETAGENTS_AGENTS; default: examples]"),
@@ -42,28 +38,10 @@ def _agent_paths(agents: list[str] | None) -> list[str]:
 
 def _run(nats_url: str | None, agents: list[str] | None, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Connect, build an ``Inspector``, run ``fn(admin)``; typed errors become exit code 1."""
-    from ._client.client import Client
     from ._client.inspection import Inspector
     from ._service import load_agents
 
-    async def go() -> T:
-        settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
-        async with await Client.connect(settings=settings, name="jetagents-cli") as client:
-            return await fn(Inspector(client, agents=load_agents(_agent_paths(agents))))
-
-    try:
-        return asyncio.run(go())
-    except JetAgentsError as err:
-        typer.echo(f"error: {err.code}: {err.message}", err=True)
-        raise typer.Exit(1) from None
-
-
-def _parse(agent: str) -> AgentId:
-    try:
-        return AgentId.parse(agent)
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    return with_client(nats_url, lambda client: fn(Inspector(client, agents=load_agents(_agent_paths(agents)))))
 
 
 def _line(value: Any) -> None:
@@ -87,6 +65,23 @@ def agents_ls(
         typer.echo(f"{s.type + '/' + s.id:<40} {s.commits:>8} {s.host or '-':<24} {'yes' if s.active else 'no'}")
 
 
+@agents_app.command("quarantined")
+def agents_quarantined(
+    limit: Annotated[int, typer.Option(min=1, help="at most this many")] = 1000,
+    nats_url: NatsUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Agents quarantined for failing activation (ADR 0053), oldest first; `agent release` frees one."""
+    found = with_client(nats_url, lambda client: client.admin.quarantined_agents(limit))
+    if as_json:
+        _line(found)
+        return
+    typer.echo(f"{'agent':<40} {'failures':>8} {'code':<12} {'host':<24} reason")
+    for r in found:
+        failures, code, host = r.get("failures", "-"), r.get("code", "-"), r.get("host", "-")
+        typer.echo(f"{r['agent']:<40} {failures!s:>8} {code!s:<12} {host!s:<24} {str(r.get('reason', ''))[:80]}")
+
+
 @agent_app.command("show")
 def agent_show(
     agent: Annotated[str, typer.Argument(help="TYPE/ID")],
@@ -95,7 +90,7 @@ def agent_show(
     nats_url: NatsUrl = None,
 ) -> None:
     """State, commit number and last sequence, snapshot, host, last commits (JSON)."""
-    aid = _parse(agent)
+    aid = parse_agent(agent)
     detail = _run(nats_url, agents, lambda a: a.show(aid.type, aid.id, last=last))
     _line(detail.to_json())
 
@@ -109,7 +104,7 @@ def agent_history(
     nats_url: NatsUrl = None,
 ) -> None:
     """The agent's commits, one JSON object per line."""
-    aid = _parse(agent)
+    aid = parse_agent(agent)
 
     async def go(admin: Any) -> None:
         if not follow:
@@ -134,7 +129,7 @@ def agent_state(
 ) -> None:
     """Time travel: the state right after the commit at sequence --at, replayed here from the
     log with the agent's own code (nothing is written)."""
-    aid = _parse(agent)
+    aid = parse_agent(agent)
     rebuilt = _run(nats_url, agents, lambda a: a.state_at(aid.type, aid.id, at))
     _line({"agent": str(aid), "n": rebuilt.n, "seq": rebuilt.seq, "state": rebuilt.state.model_dump(mode="json")})
 
@@ -205,8 +200,9 @@ def agent_delete(
     nats_url: NatsUrl = None,
 ) -> None:
     """Delete an agent: a tombstone refuses its commands (agent_deleted) at once; its log,
-    snapshot, metadata and dead letters are purged by `jetagents agent purge` after --grace-s."""
-    aid = _parse(agent)
+    snapshot, metadata, dead letters and blobs are purged after --grace-s by the cluster leader
+    (purge_sweep_s) or `jetagents agent purge`."""
+    aid = parse_agent(agent)
     if not yes and not typer.confirm(f"delete {aid} for good (its data goes after {grace_s:g} s)?"):
         raise typer.Exit(1)
     who = by if by is not None else os.environ.get("USER", "")

@@ -16,26 +16,13 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from ._core.errors import JetAgentsError
-from ._settings import ClientSettings
+from ._cli_support import NatsUrl, with_client
 
-NatsUrl = Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")]
 projection_app = typer.Typer(no_args_is_help=True, help="Projections: read models built from agents' events.")
 
 
 def _with_client(nats_url: str | None, use: Callable[[Any], Awaitable[Any]]) -> Any:
-    async def go() -> Any:
-        from ._client.client import Client
-
-        settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
-        async with await Client.connect(settings=settings, name="jetagents-projection") as client:
-            return await use(client)
-
-    try:
-        return asyncio.run(go())
-    except JetAgentsError as err:
-        typer.echo(f"error: {err.code}: {err.message}", err=True)
-        raise typer.Exit(1) from None
+    return with_client(nats_url, use, name="jetagents-projection")
 
 
 @projection_app.command("rebuild")

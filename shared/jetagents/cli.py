@@ -16,11 +16,11 @@ import orjson
 import typer
 
 from ._admin_cli import agent_app, agents_app, dlq_app
+from ._cli_support import AgentArg, NatsUrl, ReplyTimeout, client_settings, parse_agent, with_client
 from ._core.errors import JetAgentsError
-from ._core.ids import AgentId
 from ._core.wire import Delivery, Priority
 from ._service import EXAMPLES, NoAgentsConfigured, run
-from ._settings import ClientSettings, HostSettings
+from ._settings import HostSettings
 
 SUPPORT_DESK = "jetagents.examples.support:SUPPORT_AGENTS"  # the AI example (ADR 0047), served by `up`
 
@@ -213,8 +213,8 @@ def call(
     params: Annotated[str, typer.Argument(help="JSON object of parameters")] = "{}",
     delivery: Annotated[Delivery, typer.Option(help="delivery guarantee")] = Delivery.EXACTLY_ONCE,
     command_id: Annotated[str | None, typer.Option("--id", help="command id (re-use it to retry safely)")] = None,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
-    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+    timeout: ReplyTimeout = 10.0,
+    nats_url: NatsUrl = None,
     priority: Annotated[
         Priority, typer.Option(help="high: ahead of the agent's queued commands (the high lane, ADR 0058)")
     ] = Priority.NORMAL,
@@ -223,8 +223,8 @@ def call(
     ] = False,
 ) -> None:
     """Send ACTION to agent TYPE/ID and print the reply as JSON."""
+    aid = parse_agent(agent)
     try:
-        aid = AgentId.parse(agent)
         parsed = json.loads(params)
         if not isinstance(parsed, dict):
             raise ValueError("parameters must be a JSON object")
@@ -232,72 +232,39 @@ def call(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
-    async def go() -> Any:
-        from ._client.client import Client
+    async def use(client: Any) -> Any:
+        ref = client.agent(aid.type, aid.id)
+        opts: dict[str, Any] = {"delivery": delivery, "timeout": timeout, "command_id": command_id}
+        if not stream:
+            return await ref.request(action, parsed, priority=priority, **opts)
+        out = ref.stream(action, parsed, priority=priority, **opts)
+        async for chunk in out:  # a chat's text as it comes; anything else (an approval notice) as JSON
+            text = chunk.get("delta") if isinstance(chunk, dict) else None
+            typer.echo(text if isinstance(text, str) else f"\n{orjson.dumps(chunk).decode()}\n", nl=False)
+        typer.echo("")
+        return out.result
 
-        settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
-        client = await Client.connect(settings=settings, name="jetagents-cli")
-        try:
-            ref = client.agent(aid.type, aid.id)
-            opts: dict[str, Any] = {"delivery": delivery, "timeout": timeout, "command_id": command_id}
-            if not stream:
-                return await ref.request(action, parsed, priority=priority, **opts)
-            out = ref.stream(action, parsed, priority=priority, **opts)
-            async for chunk in out:  # a chat's text as it comes; anything else (an approval notice) as JSON
-                text = chunk.get("delta") if isinstance(chunk, dict) else None
-                typer.echo(text if isinstance(text, str) else f"\n{orjson.dumps(chunk).decode()}\n", nl=False)
-            typer.echo("")
-            return out.result
-        finally:
-            await client.close()
-
-    try:
-        result = asyncio.run(go())
-    except JetAgentsError as err:
-        typer.echo(orjson.dumps({"ok": False, "error": err.to_wire()}).decode())
-        typer.echo(f"error: {err.code}: {err.message}", err=True)
-        raise typer.Exit(1) from None
+    result = with_client(nats_url, use, error_json=True)
     typer.echo(orjson.dumps({"ok": True, "result": result}).decode())
 
 
 def _on_agent(agent: str, nats_url: str | None, use: Any, *, error_json: bool = True) -> None:
     """Run ``use(ref)`` against agent TYPE/ID and print its result as the ``call`` command does
     (``error_json``: an error is printed as ``{"ok": false, ...}`` too, not only on stderr)."""
-    try:
-        aid = AgentId.parse(agent)
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-    async def go() -> Any:
-        from ._client.client import Client
-
-        settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
-        client = await Client.connect(settings=settings, name="jetagents-cli")
-        try:
-            return await use(client.agent(aid.type, aid.id))
-        finally:
-            await client.close()
-
-    try:
-        result = asyncio.run(go())
-    except JetAgentsError as err:
-        if error_json:
-            typer.echo(orjson.dumps({"ok": False, "error": err.to_wire()}).decode())
-        typer.echo(f"error: {err.code}: {err.message}", err=True)
-        raise typer.Exit(1) from None
+    aid = parse_agent(agent)
+    result = with_client(nats_url, lambda client: use(client.agent(aid.type, aid.id)), error_json=error_json)
     typer.echo(orjson.dumps({"ok": True, "result": result}).decode())
 
 
 @app.command("signal")
 def signal_(
-    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    agent: AgentArg,
     name: Annotated[str, typer.Argument(help="signal name, e.g. approve")],
     payload: Annotated[str, typer.Argument(help="JSON payload")] = "null",
     to: Annotated[str | None, typer.Option(help="the waiting command id (default: the oldest waiter)")] = None,
     command_id: Annotated[str | None, typer.Option("--id", help="command id (re-use it to retry safely)")] = None,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
-    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+    timeout: ReplyTimeout = 10.0,
+    nats_url: NatsUrl = None,
 ) -> None:
     """Send signal NAME with a JSON PAYLOAD to agent TYPE/ID (resumes an action waiting for it)."""
     try:
@@ -310,10 +277,10 @@ def signal_(
 
 @app.command()
 def cancel(
-    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    agent: AgentArg,
     command: Annotated[str, typer.Argument(help="id of the command to cancel")],
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
-    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+    timeout: ReplyTimeout = 10.0,
+    nats_url: NatsUrl = None,
 ) -> None:
     """Cancel command CMD of agent TYPE/ID (suspended: closed at once; running: at its next step)."""
     _on_agent(agent, nats_url, lambda ref: ref.cancel(command, timeout=timeout))
@@ -321,10 +288,10 @@ def cancel(
 
 @app.command()
 def resume(
-    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    agent: AgentArg,
     command: Annotated[str, typer.Argument(help="id of the blocked command")],
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 30.0,
-    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+    timeout: ReplyTimeout = 30.0,
+    nats_url: NatsUrl = None,
 ) -> None:
     """Run the blocked journal of command CMD of agent TYPE/ID again (after a code fix)."""
     _on_agent(agent, nats_url, lambda ref: ref.resume(command, timeout=timeout))
@@ -336,28 +303,20 @@ def migrate(
     target: Annotated[str, typer.Argument(help="id of the host to move it to (see jetagents status)")],
     strategy: Annotated[str, typer.Option(help="checkpoint | state | cold")] = "checkpoint",
     timeout: Annotated[float, typer.Option(min=0.1)] = 15.0,
-    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+    nats_url: NatsUrl = None,
 ) -> None:
     """Move one agent to another host; its commands follow it, none is lost."""
-    from ._client.client import Client
-
     agent_type, _, agent_id = agent.partition("/")
 
-    async def go() -> dict[str, Any]:
-        settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
-        async with await Client.connect(settings=settings) as client:
-            return await client.migrate(agent_type, agent_id, target, strategy=strategy, timeout=timeout)
+    def use(client: Any) -> Any:
+        return client.migrate(agent_type, agent_id, target, strategy=strategy, timeout=timeout)
 
-    try:
-        typer.echo(orjson.dumps({"ok": True, "result": asyncio.run(go())}).decode())
-    except JetAgentsError as err:
-        typer.echo(f"error: {err.code}: {err.message}", err=True)
-        raise typer.Exit(1) from None
+    typer.echo(orjson.dumps({"ok": True, "result": with_client(nats_url, use)}).decode())
 
 
 @app.command()
 def status(
-    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+    nats_url: NatsUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Cluster status: hosts, leader, ring epoch, partitions and active agents per host."""
@@ -368,7 +327,7 @@ def status(
         from ._nats.api import Topology, connect
         from ._nats.kv import JetStreamStore
 
-        settings = ClientSettings.model_validate({"nats_url": nats_url} if nats_url else {})
+        settings = client_settings(nats_url)
         nc = await connect(settings.nats_url, name="jetagents-cli", inbox_prefix=settings.inbox_prefix)
         try:
             topo = Topology(Subjects(settings.subject_root))
@@ -401,7 +360,7 @@ def status(
 
 @app.command()
 def remind(
-    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    agent: AgentArg,
     name: Annotated[str, typer.Argument(help="the reminder's name (the same name again replaces it)")],
     action: Annotated[str, typer.Argument(help="the action each firing runs")],
     params: Annotated[str, typer.Argument(help="JSON object of the action's parameters")] = "{}",
@@ -409,8 +368,8 @@ def remind(
     cron: Annotated[str | None, typer.Option(help="cron: 5 fields (minute first) or 6 (seconds first)")] = None,
     at: Annotated[str | None, typer.Option(help="once, at an RFC 3339 time with an offset")] = None,
     tz: Annotated[str | None, typer.Option(help="IANA time zone of --cron")] = None,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
-    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+    timeout: ReplyTimeout = 10.0,
+    nats_url: NatsUrl = None,
 ) -> None:
     """Have agent TYPE/ID run ACTION with PARAMS --every N s, on --cron, or --at a time."""
     import datetime as dt
@@ -434,9 +393,9 @@ def remind(
 
 @app.command()
 def reminders(
-    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
-    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+    agent: AgentArg,
+    timeout: ReplyTimeout = 10.0,
+    nats_url: NatsUrl = None,
 ) -> None:
     """List agent TYPE/ID's reminders."""
     _on_agent(agent, nats_url, lambda ref: ref.reminders(timeout=timeout))
@@ -444,10 +403,10 @@ def reminders(
 
 @app.command()
 def unremind(
-    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    agent: AgentArg,
     name: Annotated[str, typer.Argument(help="the reminder to cancel")],
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
-    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+    timeout: ReplyTimeout = 10.0,
+    nats_url: NatsUrl = None,
 ) -> None:
     """Cancel agent TYPE/ID's reminder NAME (nothing if there is none)."""
     _on_agent(agent, nats_url, lambda ref: ref.cancel_reminder(name, timeout=timeout))
@@ -469,8 +428,8 @@ def _admin(agent: str, nats_url: str | None, use: Any) -> None:
 
 @agent_app.command("quarantined")
 def agent_quarantined(
-    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
-    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+    agent: AgentArg,
+    nats_url: NatsUrl = None,
 ) -> None:
     """Print the agent's quarantine record (null: not quarantined)."""
     _admin(agent, nats_url, lambda admin, t, i: admin.quarantined(t, i))
@@ -478,21 +437,24 @@ def agent_quarantined(
 
 @agent_app.command("release")
 def agent_release(
-    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
-    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+    agent: AgentArg,
+    by: Annotated[str, typer.Option(help="who releases it (in agt.sys.agent.released) [default: $USER]")] = "",
+    nats_url: NatsUrl = None,
 ) -> None:
-    """Release a quarantined agent (fix the cause first); its next command activates it."""
-    _admin(agent, nats_url, lambda admin, t, i: admin.release(t, i))
+    """Release a quarantined agent (fix the cause first); its next command activates it.
+    `jetagents agents quarantined` lists them."""
+    who = by or os.environ.get("USER", "")
+    _admin(agent, nats_url, lambda admin, t, i: admin.release(t, i, by=who))
 
 
 @agent_app.command("rollback")
 def agent_rollback(
-    agent: Annotated[str, typer.Argument(help="TYPE/ID, e.g. order/o1")],
+    agent: AgentArg,
     to: Annotated[
         int, typer.Option("--to", min=1, help="sequence (in AGT_EVT) of the commit whose state becomes current")
     ],
     by: Annotated[str, typer.Option(help="who asks (kept in the reset commit, the audit record)")] = "",
-    nats_url: Annotated[str | None, typer.Option(help="NATS URL [env JETAGENTS_NATS_URL]")] = None,
+    nats_url: NatsUrl = None,
 ) -> None:
     """Roll the agent back to its state as of commit sequence SEQ; later commands apply on top."""
     who = by or os.environ.get("USER", "")

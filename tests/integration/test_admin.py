@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import random
+import signal
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import orjson
@@ -23,7 +26,7 @@ from jetagents._core.errors import UnknownAgentType
 from jetagents.examples import EXAMPLE_AGENTS, Counter
 
 from ..conftest import host_settings
-from .helpers import commits, dead_letters, eventually, stream_state
+from .helpers import commits, dead_letters, eventually, started_hosts, stream_state
 
 STREAMS = ("AGT_EVT", "AGT_CMD", "AGT_DLQ", "KV_agt_snap", "KV_agt_meta")
 
@@ -190,3 +193,95 @@ async def test_cli_inspection(nats_server: NatsServer) -> None:
     finally:
         await client.close()
         await host.stop()
+
+
+def _cli(url: str, *args: str) -> list[Any]:
+    r = subprocess.run(
+        [sys.executable, "-m", "jetagents.cli", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JETAGENTS_NATS_URL=url),
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    return [orjson.loads(line) for line in r.stdout.splitlines()]
+
+
+async def test_cli_ls_by_host_follow_and_redrive_all_or_by_agent(nats_server: NatsServer) -> None:
+    """`agents ls --host`, `agent history --follow` stopped by Ctrl-C, `dlq redrive --agent` and
+    `--all`: a dead letter redriven twice (its removal lost) is applied once."""
+    url = nats_server.url
+    # started first, before the agent has a log: all it prints was committed after it started
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "jetagents.cli", "agent", "history", "counter/c1", "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, JETAGENTS_NATS_URL=url),
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in follower.stdout or ()], daemon=True).start()
+    try:
+        async with started_hosts(url, [*EXAMPLE_AGENTS, Order]) as make:
+            hosts = [await make(host_id="h-a"), await make(host_id="h-b")]
+            client = await Client.connect(settings=ClientSettings(nats_url=url, partitions=8, request_timeout_s=30))
+            try:
+                await _ls_follow_and_redrive(url, client, hosts, follower, lines)
+            finally:
+                await client.close()
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+
+
+async def _ls_follow_and_redrive(
+    url: str, client: Client, hosts: list[Host], follower: subprocess.Popen[str], lines: queue.Queue[str]
+) -> None:
+    admin = Inspector(client)
+
+    def both_serve() -> bool:  # the ring split and each host holds its share
+        held = [h.coordinator.held for h in hosts if h.coordinator is not None]
+        return len(held) == 2 and all(held) and sum(map(len, held)) == 8
+
+    await eventually(both_serve, 60, 0.2)
+    for i in range(10):
+        await client.agent("counter", f"c{i}").request("increment", {"by": i + 1}, command_id=f"c-{i}")
+    serving = {h.settings.host_id: set(h.catalog.activations) for h in hosts}
+    assert all(serving.values()), serving  # each host serves some of them: the filter has work to do
+    (listed,) = await asyncio.to_thread(_cli, url, "agents", "ls", "--json", "--host", "h-a")
+    assert {f"{a['type']}.{a['id']}" for a in listed} == serving["h-a"]
+    assert {a["host"] for a in listed} == {"h-a"}
+
+    # -- history --follow: each commit as it comes, then Ctrl-C ends it cleanly ------------------
+    first = orjson.loads(await asyncio.to_thread(lines.get, True, 120))
+    assert (first["n"], first["cmd"]) == (1, "c-1")
+    await client.agent("counter", "c1").request("increment", {"by": 5}, command_id="c-1b")
+    second = orjson.loads(await asyncio.to_thread(lines.get, True, 120))
+    assert (second["n"], second["cmd"]) == (2, "c-1b")
+    follower.send_signal(signal.SIGINT)
+    assert await asyncio.to_thread(follower.wait, 60) == 0
+    assert "Traceback" not in (follower.stderr.read() if follower.stderr else "")
+
+    # -- redrive: two agents' dead letters, one by --agent, the rest by --all -------------------
+    for oid in ("o1", "o2"):
+        with pytest.raises(Exception, match="never spawned"):
+            await client.agent("order", oid).request("place", {"qty": 3}, command_id=f"o-{oid}", timeout=30)
+        await client.spawn("order", oid)
+    letters = {dl.command_id: dl for dl in await admin.dead_letters("order")}
+    assert set(letters) == {"o-o1", "o-o2"}
+    lost = await client.nc.jetstream().get_msg("AGT_DLQ", letters["o-o1"].seq)
+
+    (one,) = await asyncio.to_thread(_cli, url, "dlq", "redrive", "--agent", "order/o1", "--wait", "20")
+    assert one["command_id"] == "o-o1" and one["reply"] == {"ok": True, "result": 3} and one["removed"]
+    assert [dl.command_id for dl in await admin.dead_letters("order")] == ["o-o2"]
+    # o1's dead letter back, as if its removal after the first redrive had been lost
+    kept = {k: v for k, v in (lost.headers or {}).items() if k != "Nats-Msg-Id"}
+    await client.nc.jetstream().publish(lost.subject, lost.data or b"", headers=kept)
+
+    redriven = await asyncio.to_thread(_cli, url, "dlq", "redrive", "--all", "--wait", "20")
+    assert sorted(r["command_id"] for r in redriven) == ["o-o1", "o-o2"]
+    assert all(r["reply"] == {"ok": True, "result": 3} and r["removed"] for r in redriven)
+    for oid in ("o1", "o2"):  # once each, under the original command id
+        assert [c["cmd"] for c in await commits(client.nc, "order", oid)] == [f"o-{oid}"]
+    assert await admin.dead_letters() == []

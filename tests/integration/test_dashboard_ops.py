@@ -208,12 +208,18 @@ async def test_ring_waits_live_charts_and_agent_actions(nats_server: NatsServer)
             # -- release a quarantined agent
             record = {"agent": "counter/q1", "reason": "replay failed at commit 3 (test)", "host": "h1"}
             await ins.io.kv_put(ins.topology.quarantine_bucket, "counter.q1", orjson.dumps(record))
-            await page.goto(base + "agent/counter/q1")
+            await page.goto(base + "agents")  # listed on the agents page, linked to its own
+            held = page.locator("#quarantined-agents")
+            await expect(held).to_contain_text("replay failed at commit 3")
+            await held.get_by_role("link", name="counter/q1").click()
             await expect(page.locator("#quarantined")).to_contain_text("replay failed at commit 3")
             await page.get_by_role("link", name="release…").click()
             await page.locator("#confirm").click()
             await expect(page.locator("#done")).to_contain_text("released from quarantine")
             assert await client.admin.quarantined("counter", "q1") is None
+            await page.goto(base + "agents")
+            await expect(page.locator("h1")).to_contain_text("Agents")
+            assert await page.locator("#quarantined-agents").count() == 0
             await browser.close()
     finally:
         await dash.stop()

@@ -4,8 +4,9 @@ nats-server and real hosts.
 * an agent whose activation keeps failing (an applier that raises on its log) is quarantined
   after ``quarantine_after`` attempts: its commands are dead-lettered once each with
   ``agent_quarantined`` (a typed, non-retryable error to a caller), the record is in KV (a
-  restarted host refuses it too), and after the cause is fixed an operator releases it with
-  ``jetagents agent release`` and it works again.
+  restarted host refuses it too), one ``agt.sys.agent.quarantined`` event is raised, ``jetagents
+  agents quarantined`` lists it, and after the cause is fixed an operator releases it with
+  ``jetagents agent release`` (``agt.sys.agent.released``) and it works again.
 
 The agents are defined here, for these tests only.
 """
@@ -17,11 +18,13 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import orjson
 import pytest
 from pydantic import BaseModel
+from typer.testing import CliRunner
 
 from jetagents import (
     Agent,
@@ -36,8 +39,10 @@ from jetagents import (
     action,
     applies,
 )
+from jetagents._core.contract import AgentQuarantinedEvent, AgentReleasedEvent
 from jetagents._nats.api import connect as raw_connect
 from jetagents._nats.api import js_api, kv_bucket_config
+from jetagents.cli import app
 from tests.conftest import host_settings
 from tests.integration.helpers import dead_letters, eventually, read_all
 
@@ -106,6 +111,17 @@ async def test_an_agent_that_keeps_failing_activation_is_quarantined_and_release
     BROKEN["applier"] = True
     nc = await raw_connect(nats_server.url, name="test-supervision")
     await (await nc.jetstream().key_value("agt_snap")).purge("fragile.f1")
+    # the operator's events (core NATS: heard only by who listens before)
+    events: list[dict[str, Any]] = []
+
+    async def hear(msg: Any) -> None:
+        body = orjson.loads(msg.data)
+        # an assertion here would be lost in the client's callback: a wrong subject fails the kinds
+        ok = msg.subject == f"agt.sys.{body.get('kind')}"
+        events.append(body if ok else {"kind": f"on {msg.subject}: {body}"})
+
+    heard = await nc.subscribe("agt.sys.agent.*", cb=hear)
+    await nc.flush()
     h = _host(nats_server.url)
     await h.start()
     try:
@@ -115,6 +131,14 @@ async def test_an_agent_that_keeps_failing_activation_is_quarantined_and_release
         assert record is not None
         assert record["failures"] == 2 and record["code"] == "internal"
         assert "applier bug" in record["reason"]
+        await eventually(lambda: _kinds(events) == ["agent.quarantined"])
+        said = AgentQuarantinedEvent.model_validate(events[0])  # closed: no field the document omits
+        assert said.model_dump() == {
+            "kind": "agent.quarantined",
+            **{k: record[k] for k in said.model_dump() if k != "kind"},
+        }
+        assert said.agent == "fragile/f1" and said.host == h.settings.host_id and said.failures == 2
+        assert await client.admin.quarantined_agents() == [record]
         # a caller gets the typed error at once (no retries: nothing more to try)
         with pytest.raises(AgentQuarantined) as caught:
             await ref.request("bump", {"by": 100}, command_id="call-1")
@@ -126,6 +150,7 @@ async def test_an_agent_that_keeps_failing_activation_is_quarantined_and_release
     # The quarantine is in KV: a restarted host refuses the agent without trying it again.
     h = _host(nats_server.url)
     await h.start()
+    env = dict(os.environ, JETAGENTS_NATS_URL=nats_server.url)
     try:
         with pytest.raises(AgentQuarantined):
             await ref.request("bump", {"by": 1000}, command_id="call-2")
@@ -140,25 +165,45 @@ async def test_an_agent_that_keeps_failing_activation_is_quarantined_and_release
         assert all("quarantined" in d["error"]["message"] for d in letters)
 
         BROKEN["applier"] = False  # the fixed applier is deployed
-        env = dict(os.environ, JETAGENTS_NATS_URL=nats_server.url)
-        r = await asyncio.to_thread(
-            subprocess.run,
-            [*CLI, "agent", "release", "fragile/f1"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
-        assert r.returncode == 0, r.stderr
-        assert orjson.loads(r.stdout) == {"ok": True, "result": True}
+        assert [r["agent"] for r in await _listed(nats_server.url)] == ["fragile/f1"]
+        released = await _cli(env, "agent", "release", "fragile/f1", "--by", "ops-test")
+        assert orjson.loads(released) == {"ok": True, "result": True}
         assert await client.admin.quarantined("fragile", "f1") is None
+        await eventually(lambda: _kinds(events) == ["agent.quarantined", "agent.released"])
+        freed = AgentReleasedEvent.model_validate(events[1])
+        assert (freed.agent, freed.by, freed.host) == ("fragile/f1", "ops-test", h.settings.host_id)
+        assert (freed.reason, freed.quarantined_ms) == (record["reason"], record["ts_ms"])
+        assert await client.admin.quarantined_agents() == [] == await _listed(nats_server.url)
         # it activates again; the refused commands were not applied
         assert await ref.request("total") == 5
         assert await ref.request("bump", {"by": 1}) == 6
         assert await client.admin.release("fragile", "f1") is False  # nothing left to release
+        await nc.flush()
+        # once each: the refused commands and the restarted host did not quarantine it again
+        assert _kinds(events) == ["agent.quarantined", "agent.released"]
     finally:
         await h.stop()
+        await heard.unsubscribe()
         await nc.close()
+
+
+def _kinds(events: list[dict[str, Any]]) -> list[str]:
+    return [e["kind"] for e in events]
+
+
+async def _listed(url: str) -> Any:
+    """`jetagents agents quarantined --json` as typer runs it, in this process (a new
+    interpreter costs seconds on a loaded machine; the release below runs the executable)."""
+    run = partial(CliRunner().invoke, app, ["agents", "quarantined", "--json", "--nats-url", url])
+    r = await asyncio.to_thread(run)
+    assert r.exit_code == 0, r.output
+    return orjson.loads(r.stdout)
+
+
+async def _cli(env: dict[str, str], *args: str) -> str:
+    r = await asyncio.to_thread(subprocess.run, [*CLI, *args], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
 
 
 async def _has(letters: Any, n: int) -> bool:

@@ -467,17 +467,29 @@ async def test_the_host_watches_tombstones_under_its_permissions(world: World) -
 
 async def test_only_the_operator_quarantines_releases_or_rolls_back_an_agent(world: World) -> None:
     """A client can neither release a quarantined agent (delete its record) nor quarantine
-    another's (write one) nor read the records, nor ask for a rollback; the operator (admin)
-    releases it and rolls agents back (ADR 0053)."""
+    another's (write one) nor read or list the records, nor forge the operator events of a
+    quarantine or a release, nor ask for a rollback; the operator user lists them, the admin
+    releases it (and says so on agt.sys.agent.released) and rolls agents back (ADR 0053, 0059)."""
     w = world
     await w.admin.jetstream().publish("$KV.agt_quarantine.counter.jailed", b'{"reason":"test"}')
     assert await w.count("KV_agt_quarantine", "$KV.agt_quarantine.counter.jailed") == 1
+    heard: list[dict[str, object]] = []
+
+    async def hear(msg: Msg) -> None:
+        heard.append(orjson.loads(msg.data))
+
+    listener = await w.admin.subscribe("agt.sys.agent.*", cb=hear)
+    await w.admin.flush()
     seen = Violations()
     atk = await _attacker(w, seen)
     try:
         for subject in ("$KV.agt_quarantine.counter.jailed", "$KV.agt_quarantine.counter.victim"):
             await atk.publish(subject, b"", headers={"KV-Operation": "PURGE"})
             await seen.wait_for(f'Publish to "{subject}"')
+        for kind in ("quarantined", "released"):
+            forged = f"agt.sys.agent.{kind}"
+            await atk.publish(forged, orjson.dumps({"kind": f"agent.{kind}", "agent": "counter/forged"}))
+            await seen.wait_for(f'Publish to "{forged}"')
         # nor roll an agent back (a request to its owner host, on agt.sys: hosts and admin only)
         rollback = "agt.sys.host.perm-host.rollback"
         await atk.publish(rollback, b'{"type": "counter", "id": "keep", "to": 1}')
@@ -495,15 +507,28 @@ async def test_only_the_operator_quarantines_releases_or_rolls_back_an_agent(wor
         try:
             with pytest.raises(Exception, match=r"(?i)permission|timeout|unavailable"):
                 await app.admin.release("counter", "jailed")
+            with pytest.raises(Exception, match=r"(?i)permission|timeout|unavailable"):
+                await app.admin.quarantined_agents()
         finally:
             await app.close()
     finally:
         await atk.close()
     assert await w.last("KV_agt_quarantine", "$KV.agt_quarantine.counter.jailed") == b'{"reason":"test"}'
+    op = await Client.connect(settings=ClientSettings(nats_url=w.booted.url("operator"), inbox_prefix=OPERATOR_INBOX))
+    try:
+        assert {"agent": "counter/jailed", "reason": "test"} in await op.admin.quarantined_agents()
+    finally:
+        await op.close()
     operator = await Client.connect(settings=ClientSettings(nats_url=w.booted.url("admin"), partitions=8))
     try:
-        assert await operator.admin.release("counter", "jailed") is True
+        assert await operator.admin.release("counter", "jailed", by="ops") is True
         assert await operator.admin.quarantined("counter", "jailed") is None
+        async with asyncio.timeout(10):
+            while not heard:
+                await asyncio.sleep(0.02)
+        await w.admin.flush()
+        assert [(e["kind"], e["agent"], e["by"]) for e in heard] == [("agent.released", "counter/jailed", "ops")]
+        await listener.unsubscribe()
         ref = w.client.agent("counter", "rolled")
         assert await ref.request("increment", {"by": 1}) == 1
         assert await ref.request("increment", {"by": 1}) == 2

@@ -67,7 +67,7 @@ async def test_the_leader_purges_as_the_operator_user_never_as_a_host(server: Bo
                 if sweep.failures >= 2:
                     break
                 await asyncio.sleep(0.02)
-            assert sweep.failures >= 2 and sweep.runs == 0
+            assert sweep.failures >= 2  # (a run before the tombstone had nothing to do, and succeeded)
             assert await stored() == 1 and not await purged()
         with_operator = base.model_copy(
             update={"purge_nats_url": server.url("operator"), "purge_inbox_prefix": OPERATOR_INBOX}

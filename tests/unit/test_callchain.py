@@ -148,3 +148,22 @@ def test_a_frame_is_listed_on_its_owner_only_while_it_waits() -> None:
     assert owner.frames == [f]
     f.done("c.z")
     assert owner.frames is None
+
+
+def test_a_frame_without_a_chain_id_is_named_once_when_first_asked() -> None:
+    names = iter(["h~1", "h~2"])
+    f = Frame("", (), "a.x", name=lambda: next(names))
+    assert f.chain == "h~1" and f.chain == "h~1"  # named once, kept
+    assert f.outgoing("b.y") == {"Agt-Call-Chain": "h~1", "Agt-Call-Path": "a.x"}
+    unasked = Frame("", (), "a.x", name=lambda: next(names))
+    assert next(names) == "h~2"  # a frame nobody asks costs no name
+    assert unasked._chain == ""
+
+
+def test_a_frame_with_a_chain_id_never_asks_for_a_name() -> None:
+    def never() -> str:
+        raise AssertionError("named although it had a chain id")
+
+    f = Frame("cmd-1", (), "a.x", name=never)
+    assert f.chain == "cmd-1"
+    assert f.outgoing("b.y", waits=False) == {"Agt-Call-Chain": "cmd-1"}

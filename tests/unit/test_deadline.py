@@ -292,3 +292,16 @@ async def test_a_measured_run_reports_its_wall_and_only_its_own_cpu() -> None:
     assert seen == [run] and run.tag == "t"
     assert 0.02 <= run.cpu_s < 0.05
     assert run.wall_s >= 0.1
+
+
+async def test_wall_time_counts_from_the_given_start() -> None:
+    loop = asyncio.get_running_loop()
+    seen: list[Deadline] = []
+
+    async def sync() -> int:
+        return 1
+
+    start = loop.time() - 10  # as if read ten seconds ago
+    run = Deadline(sync(), loop, start + 30, done=seen.append, started=start)
+    assert await run == 1
+    assert seen == [run] and run.wall_s >= 10

@@ -15,6 +15,7 @@ from jetagents._core.ids import AgentId
 from jetagents._core.replay import rebuild
 from jetagents._core.upcast import IncompatibleSchema, state_from
 from jetagents.examples import Account, Counter
+from jetagents.examples.support import Billing, Followup, Tech, Triage
 from tests.golden.shop import Shop, ShopState, ShopWithoutUpcasters
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -25,7 +26,19 @@ def _golden(name: str) -> tuple[dict[str, Any], list[tuple[int, bytes]]]:
     return header, [(int(x["seq"]), x["commit"].encode()) for x in lines]
 
 
-@pytest.mark.parametrize(("name", "cls"), [("counter", Counter), ("account", Account)])
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("counter", Counter),
+        ("account", Account),
+        # the support desk: chat state (pydantic-ai messages), journaled model and tool steps,
+        # calls between its agents
+        ("support_triage", Triage),
+        ("support_tech", Tech),
+        ("support_billing", Billing),
+        ("support_followup", Followup),
+    ],
+)
 def test_the_example_agents_replay_their_golden_logs(name: str, cls: type[Agent[Any]]) -> None:
     header, log = _golden(name)
     aid = AgentId.parse(header["agent"])

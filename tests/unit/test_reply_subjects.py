@@ -5,6 +5,7 @@ permissions, so this check is what keeps replies out of logs, buckets and ``$JS.
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -112,6 +113,18 @@ def test_an_accepted_subject_is_always_a_literal_inbox(subject: str) -> None:
         assert all(0x21 <= ord(c) <= 0x7E for c in subject)
     assert not is_reply_subject("agt.evt." + subject, INBOX)
     assert not is_reply_subject("$" + subject, INBOX)
+
+
+# the rule as first written: tokens of the allowed characters, joined by single dots
+_RULE = re.compile(r"[!-)+-\-/-=?-~]+(?:\.[!-)+-\-/-=?-~]+)*")
+
+
+@settings(max_examples=300, deadline=None)
+@given(tail=st.text(alphabet=st.sampled_from("aZ9_.*>$~ \t\x7f\u00e9-"), max_size=24))
+def test_the_literal_check_agrees_with_the_rule_written_as_tokens(tail: str) -> None:
+    subject = "_INBOX." + tail
+    assert is_reply_subject(subject, INBOX) == (bool(tail) and _RULE.fullmatch(subject) is not None)
+    assert is_reply_subject(subject, ["_INBOX"]) == (_RULE.fullmatch(subject) is not None)
 
 
 @settings(max_examples=300, deadline=None)

@@ -4,7 +4,7 @@ only to cooler hosts with room, and a simulated cluster settles with no host ove
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from jetagents._core.balance import BalancePolicy, Shedder, movable_agents
@@ -126,12 +126,31 @@ def _simulate(
     base=st.lists(st.floats(0.0, 0.2), min_size=5, max_size=5),
     gpus=st.lists(st.integers(0, 8), min_size=5, max_size=5),
 )
+@example(n_hosts=3, agents=[(0.0, 0.25)] * 4, base=[0.125, 0.0, 0.0, 0.0, 0.0], gpus=[0] * 5)  # cycled once
 @settings(max_examples=25, deadline=None)
 def test_simulated_cluster_never_overfills_moves_are_bounded_and_it_settles(
     n_hosts: int, agents: list[tuple[float, float]], base: list[float], gpus: list[int]
 ) -> None:
     _, last_move, _ = _simulate(n_hosts, agents, base, gpus)
     assert last_move < 30  # nothing moves in the last quarter
+
+
+def test_two_hot_hosts_do_not_both_fill_the_cool_one() -> None:
+    """Found by hypothesis: with every hot host shedding in the same interval, two hosts at
+    0.5 both sent an agent to the one at 0.125, which rose to 0.625 and sent them back: the
+    agents cycled until the end. One shedder an interval (the hottest) settles it."""
+    final, last_move, n_moves = _simulate(3, [(0.0, 0.25)] * 4, [0.125, 0.0, 0.0, 0.0, 0.0], [0] * 5)
+    assert last_move < 10 and n_moves <= 6  # it settled: measured 5 moves, the last at round 7
+    assert max(final.values()) <= 0.5 + 1e-9
+
+
+def test_only_the_hottest_hot_host_sheds() -> None:
+    scores = {"a": 0.9, "b": 0.85, "c": 0.1}
+    a, b = Shedder(POLICY), Shedder(POLICY)
+    for _ in range(POLICY.persist):
+        ready_a, ready_b = a.ready("a", scores), b.ready("b", scores)
+    assert ready_a and not ready_b
+    assert b.ready("b", {"a": 0.5, "b": 0.85, "c": 0.1})  # its streak kept counting: ready once hottest
 
 
 def test_a_skewed_start_spreads_out_and_stops() -> None:

@@ -4,6 +4,8 @@ replaces an unreadable log tail and that a later replay honours."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
@@ -15,7 +17,12 @@ from tests.unit.test_catalog import AID, SUBJECTS, World
 async def test_the_nth_failed_activation_in_a_row_quarantines_the_agent() -> None:
     w = World(quarantine_after=3)
     quarantine = MemoryBucket()
-    w.catalog.bind_quarantine(quarantine)
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    async def event(kind: str, data: dict[str, Any]) -> None:
+        events.append((kind, data))
+
+    w.catalog.bind_quarantine(quarantine, event)
     w.commit(AID, 1, 2)
     w.commit(AID, 3, 5)  # a gap: the log cannot be applied, however often it is tried
     for _ in range(2):
@@ -32,6 +39,9 @@ async def test_the_nth_failed_activation_in_a_row_quarantines_the_agent() -> Non
     with pytest.raises(AgentQuarantined):
         await w.catalog.activate(w.act(AID))
     assert w.metrics.stats["quarantines"] == 1 and w.metrics.stats["activations"] == 0
+    # one operator event, when the record is written, with the record's fields
+    fields = {k: record[k] for k in ("agent", "reason", "code", "failures", "ts_ms")}
+    assert events == [("agent.quarantined", fields)]
     # released: tried again, and counted from zero
     await quarantine.delete(AID.key)
     with pytest.raises(InternalError):

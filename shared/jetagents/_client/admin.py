@@ -6,12 +6,19 @@ server, not by this code.
 
 >>> await client.admin.quarantined("order", "o1")  # doctest: +SKIP
 {'agent': 'order/o1', 'reason': 'replay of order/o1 failed at commit 7: ...', ...}
->>> await client.admin.release("order", "o1")  # doctest: +SKIP
+>>> await client.admin.release("order", "o1", by="ops")  # doctest: +SKIP
 True
+>>> await client.admin.quarantined_agents()  # doctest: +SKIP
+[]
+
+A release through this class publishes ``agt.sys.agent.released`` (wire contract 9.1), as a
+host publishes ``agt.sys.agent.quarantined``; a record deleted by other means (``nats kv
+del``) releases the agent without telling anyone.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, cast
 
 import orjson
@@ -19,6 +26,7 @@ import orjson
 from .._core.errors import AgentTimeout, Unavailable
 from .._core.ids import AgentId
 from .._core.wire import Subjects
+from .._nats.admin import AdminTransport
 from .._nats.api import Topology
 from .._nats.buckets import KvBucket
 from .reply import decode_reply, no_responders
@@ -61,18 +69,58 @@ class Admin:
     async def quarantined(self, agent_type: str, agent_id: str) -> dict[str, Any] | None:
         """The agent's quarantine record (why, since when, which host), or None."""
         raw = await (await self._quarantine()).get(AgentId(agent_type, agent_id).key)
-        if raw is None:
-            return None
-        record = orjson.loads(raw) if raw else {}
-        return record if isinstance(record, dict) else {"record": record}
+        return None if raw is None else _record(raw)
 
-    async def release(self, agent_type: str, agent_id: str) -> bool:
+    async def quarantined_agents(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """The records of the quarantined agents (each with ``agent``), oldest first, at most
+        ``limit`` (see :func:`quarantined_agents`)."""
+        return await quarantined_agents(AdminTransport(self._nc, self._timeout_s), self._topology, limit)
+
+    async def release(self, agent_type: str, agent_id: str, *, by: str = "") -> bool:
         """Release a quarantined agent: its next command activates it again (fix the cause
-        first: purge the corrupt message, deploy the fixed applier). False: it was not
-        quarantined."""
+        first: purge the corrupt message, deploy the fixed applier), and publish
+        ``agt.sys.agent.released`` naming ``by``. False: it was not quarantined."""
         bucket = await self._quarantine()
-        key = AgentId(agent_type, agent_id).key
-        if await bucket.get(key) is None:
+        aid = AgentId(agent_type, agent_id)
+        raw = await bucket.get(aid.key)
+        if raw is None:
             return False
-        await bucket.delete(key)
+        await bucket.delete(aid.key)
+        record = _record(raw)
+        # the envelope of a host's lifecycle events (Host.event), published by the operator
+        event = {
+            "kind": "agent.released",
+            "host": str(record.get("host", "")),
+            "ts_ms": self._client._clock.wall_ms(),
+            "agent": str(aid),
+            "by": by,
+            "reason": str(record.get("reason", "")),
+            "quarantined_ms": record.get("ts_ms") if isinstance(record.get("ts_ms"), int) else 0,
+        }
+        # best effort, as a host's events: the release is done whether or not anyone hears it
+        with contextlib.suppress(Exception):
+            await self._client._transport.publish(self._subjects.sys("agent", "released"), orjson.dumps(event), {})
+            await self._nc.flush(self._timeout_s)
         return True
+
+
+async def quarantined_agents(io: AdminTransport, topology: Topology, limit: int = 1000) -> list[dict[str, Any]]:
+    """Every quarantine record (each with ``agent``), oldest first, at most ``limit``: read
+    from the bucket's stream leader, one message per agent (the bucket keeps one value per
+    key, and a release leaves a delete marker, skipped). The CLI's and the dashboard's list."""
+    bucket = topology.quarantine_bucket
+    try:
+        stored = await io.read_from_leader(f"KV_{bucket}", f"$KV.{bucket}.>", 1, limit)
+    except Exception as exc:  # noqa: BLE001 - nats-py raises several types here
+        raise Unavailable(f"cannot read the quarantine bucket: {exc!r}") from None
+    prefix = f"$KV.{bucket}."
+    return [{"agent": m.subject[len(prefix) :].replace(".", "/", 1), **_record(m.data)} for m in stored]
+
+
+def _record(raw: bytes) -> dict[str, Any]:
+    """A record as hosts write it; anything else (written by hand) kept under ``record``."""
+    try:
+        record = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return {"record": raw.decode("utf-8", "replace")}
+    return record if isinstance(record, dict) else {"record": record}

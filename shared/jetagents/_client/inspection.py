@@ -41,7 +41,8 @@ from .._core.wire import (
     H_REPLY_TO,
     Subjects,
 )
-from .._nats.admin import AdminTransport, Stored
+from .._host.ports import StoredMessage
+from .._nats.admin import AdminTransport
 from .._nats.api import ERR_STREAM_NOT_FOUND, JSApiError, Topology
 from .reply import decode_reply, no_responders
 
@@ -152,7 +153,7 @@ class Redriven:
         return asdict(self)
 
 
-def _history_entry(msg: Stored) -> HistoryEntry:
+def _history_entry(msg: StoredMessage) -> HistoryEntry:
     c = orjson.loads(msg.data)
     return HistoryEntry(
         seq=msg.seq,
@@ -167,7 +168,7 @@ def _history_entry(msg: Stored) -> HistoryEntry:
     )
 
 
-def _dead_letter(msg: Stored, root: str) -> DeadLetter:
+def _dead_letter(msg: StoredMessage, root: str) -> DeadLetter:
     body = orjson.loads(msg.data)
     tokens = msg.subject.split(".")
     agent_type, agent_id = (tokens[-2], tokens[-1]) if len(tokens) == len(root.split(".")) + 3 else ("", "")

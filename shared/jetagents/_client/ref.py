@@ -14,6 +14,7 @@ from .._core.agent import AgentSpec
 from .._core.autostep import auto_step, running_agent, step_command_id
 from .._core.errors import AgentTimeout
 from .._core.ids import AgentId
+from .._core.retry import RetryPolicy
 from .._core.schedules import check_reminder_name, every_seconds, pattern_of
 from .._core.wire import Delivery, Priority
 from .command import SendOptions
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from .client import Client
 
 # by value (a member is equal to its value): a lookup, where calling the enum runs Python code
+_RESULT_POLL = RetryPolicy(base_s=0.05, max_s=1.0, jitter=False)  # asking for a result not there yet
 _DELIVERIES: dict[str, Delivery] = {d.value: d for d in Delivery}
 _PRIORITIES: dict[str, Priority] = {p.value: p for p in Priority}
 
@@ -191,7 +193,7 @@ class AgentRef:
         limit = timeout if timeout is not None else self.client.settings.request_timeout_s
         until = loop.time() + limit
         body = orjson.dumps({"result": command_id})
-        pause = 0.05
+        asked = 0
         while True:
             left = until - loop.time()
             if left <= 0:
@@ -199,8 +201,8 @@ class AgentRef:
             reply = await self._control("_result", body, Delivery.AT_MOST_ONCE, left)
             if reply.status is None:
                 return reply.result
-            await asyncio.sleep(min(pause, max(0.0, until - loop.time())))
-            pause = min(pause * 1.5, 1.0)
+            await asyncio.sleep(min(_RESULT_POLL.delay(asked), max(0.0, until - loop.time())))
+            asked += 1
 
     async def _control(
         self, name: str, body: bytes, delivery: Delivery, timeout: float | None, command_id: str | None = None

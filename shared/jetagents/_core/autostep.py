@@ -45,7 +45,15 @@ _RUN: ContextVar[tuple[Any, Any, Any] | None] = ContextVar("jetagents_action_run
 
 def enter_run(agent: Stepping, pending: list[Any]) -> None:
     """Mark the action ``agent`` starts now (its pending list is this run's) as running in
-    the current task. Not reset: the next run replaces it, and a stale mark never matches."""
+    the current task. Not reset: the next run replaces it, and a stale mark never matches.
+
+    A run that cannot journal (no command id, as a call without one; no host journal) is
+    not marked: ``running_agent`` would say None for it anyway, and a mark left by an
+    earlier run names another pending list. Most calls are such runs, and the mark (the
+    current task, a context variable) is a good part of what starting an action costs."""
+    ctx = agent.ctx
+    if ctx.steps is None or not ctx.command_id:
+        return
     try:
         task = asyncio.current_task()
     except RuntimeError:  # no event loop: an action driven by hand in a test

@@ -222,6 +222,8 @@ class Shedder:
     across hosts), a target only where the agent's needs fit beside the reservations there
     (``choose_host``, rendezvous with bounded loads, among the hosts the move helps).
 
+    Only the hottest host sheds in an interval (``ready``).
+
     What an agent costs is not measured per agent: it is predicted as its part of the
     host's movable score (CPU and network), shared by declared ``cpu`` (equally when an
     agent declares none). A move is made only when, so predicted, both hosts end below the
@@ -235,12 +237,17 @@ class Shedder:
     streak: int = 0
 
     def ready(self, me: str, scores: Mapping[str, float]) -> bool:
-        """Count this interval: True when ``me`` has been hot ``persist`` intervals in a row."""
-        if len(scores) < 2 or me not in hot_hosts(scores, self.policy):
+        """Count this interval: True when ``me`` has been hot ``persist`` intervals in a row
+        and is the hottest host now (ties by name). One shedder at a time: hosts decide
+        alone, from the same heartbeats, so two hot hosts shedding in one interval would
+        both see the same cool host and fill it past where they started (then it sheds,
+        and the agents cycle); with one, the hottest score falls at every move."""
+        hot = hot_hosts(scores, self.policy)
+        if len(scores) < 2 or me not in hot:
             self.streak = 0
             return False
         self.streak += 1
-        return self.streak >= self.policy.persist
+        return self.streak >= self.policy.persist and hot[0] == me
 
     def plan(
         self,

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -99,13 +99,25 @@ class Frame:
     """One running action of an agent: its chain, the path it was called along, and the
     agents it waits on now (calls awaiting their reply, by key, with their number)."""
 
-    __slots__ = ("chain", "hold", "me", "owner", "path", "path_max", "waiting")
+    __slots__ = ("_chain", "_name", "hold", "me", "owner", "path", "path_max", "waiting")
 
-    def __init__(self, chain: str, path: tuple[str, ...], me: str, path_max: int = 16, owner: Any = None) -> None:
-        self.chain = chain
+    def __init__(
+        self,
+        chain: str,
+        path: tuple[str, ...],
+        me: str,
+        path_max: int = 16,
+        owner: Any = None,
+        *,
+        name: Callable[[], str] | None = None,
+    ) -> None:
+        # an empty ``chain`` with ``name``: named by ``name()`` the first time it is asked
+        # for, as most actions call nobody (a call without a command id starts a chain)
+        self._chain = chain
+        self._name = name
         self.path = path
         self.me = me
-        self.path_max = min(path_max, PATH_HARD_MAX)  # the host's call_path_max
+        self.path_max = path_max if path_max < PATH_HARD_MAX else PATH_HARD_MAX  # the host's call_path_max
         self.waiting: dict[str, int] = {}
         # whatever lists the frames that wait (the host's activation: ``owner.frames``): a
         # frame is listed there only while it waits, so a command that calls nobody costs
@@ -114,6 +126,14 @@ class Frame:
         # set by the host while a re-entrant call runs on this agent (an ``asyncio.Event``):
         # a call that returns waits for it before the action goes on, the agent is parked
         self.hold: Any = None
+
+    @property
+    def chain(self) -> str:
+        """The chain's id: the command's, or one this host made up for it."""
+        chain = self._chain
+        if not chain and self._name is not None:
+            chain = self._chain = self._name()
+        return chain
 
     def outgoing(self, target: str, *, waits: bool = True) -> dict[str, str]:
         """The headers of a call this action makes to ``target``. A call nobody waits for

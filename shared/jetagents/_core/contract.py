@@ -135,6 +135,36 @@ class Snapshot(BaseModel):
     )
 
 
+class AgentQuarantinedEvent(BaseModel):
+    """Core NATS message on agt.sys.agent.quarantined (wire contract 9.1, ADR 0053): a host
+    quarantined an agent that kept failing activation. Not stored: watch it live."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["agent.quarantined"]
+    host: str = Field(description="The host that quarantined it (and wrote its record).")
+    ts_ms: int = Field(description="When, unix milliseconds (the record's ts_ms).")
+    agent: str = Field(description="<type>/<id>.")
+    reason: str = Field(description="Why its last activation failed (at most 1,000 characters).")
+    code: str = Field(description="The error code of that failure (internal: its log or snapshot).")
+    failures: int = Field(description="Failed activations in a row that led to it (quarantine_after).")
+
+
+class AgentReleasedEvent(BaseModel):
+    """Core NATS message on agt.sys.agent.released: an operator released a quarantined agent
+    (deleted its record through jetagents); its next command activates it again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["agent.released"]
+    host: str = Field(description="The host that had quarantined it (from the record; empty if unknown).")
+    ts_ms: int = Field(description="When it was released, unix milliseconds (the releaser's clock).")
+    agent: str = Field(description="<type>/<id>.")
+    by: str = Field(description="Who released it, as the operator said (empty: not said).")
+    reason: str = Field(description="The record's reason: why it had been quarantined.")
+    quarantined_ms: int = Field(description="When it had been quarantined (the record's ts_ms; 0 if unknown).")
+
+
 _RECEIVED: tuple[type[BaseModel], ...] = (
     CommandBody,
     SignalBody,
@@ -155,6 +185,8 @@ _SENT: tuple[type[BaseModel], ...] = (
     Snapshot,
     Message,  # params.msg of the command a topic message becomes (wire contract 13)
     Subscription,  # a value of KV agt_subs (not a channel; for reference)
+    AgentQuarantinedEvent,  # lifecycle events (wire contract 9.1)
+    AgentReleasedEvent,
 )
 
 # descriptions of fields whose models live in _wire (kept free of documentation there)

@@ -90,6 +90,17 @@ class Subjects:
     def __init__(self, root: str = "agt") -> None:
         self.root = root
 
+    # Streams and buckets are named after the root too, its "-" made "_": ``AGT_CMD``, ``agt_snap``.
+    @property
+    def stream_prefix(self) -> str:
+        return self.root.upper().replace("-", "_")
+
+    def stream(self, kind: str) -> str:
+        return f"{self.stream_prefix}_{kind}"
+
+    def bucket(self, kind: str) -> str:
+        return f"{self.root}_{kind}".replace("-", "_")
+
     def cmd(self, agent_type: str, agent_id: str) -> str:
         return f"{self.root}.cmd.{agent_type}.{agent_id}"
 

@@ -67,7 +67,7 @@ async def _run(name: str, aid: AgentId, form: dict[str, str], ins: Any, client: 
             raise MalformedCommand("roll back to a sequence of 1 or more")
         result = await client.admin.rollback(aid.type, aid.id, to_seq, by=by)
         return f"{aid} rolled back to its state as of sequence {to_seq}", result
-    released = await client.admin.release(aid.type, aid.id)
+    released = await client.admin.release(aid.type, aid.id, by=by)
     return (f"{aid} released from quarantine" if released else f"{aid} was not quarantined"), released
 
 

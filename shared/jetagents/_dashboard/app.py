@@ -36,6 +36,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .._client.admin import quarantined_agents
 from .._core.agent import Agent, Registry
 from .._core.errors import JetAgentsError
 from .._core.ids import AgentId
@@ -167,8 +168,10 @@ def create_app(
         query = request.query_params.get("q", "").strip()
         found = await inspector().agents(agent_type)
         rows = [a for a in found if query.lower() in f"{a.type}/{a.id}".lower()]
-        name = "agents_rows.html" if request.headers.get("HX-Request") else "agents.html"
-        return page(request, name, agents=rows, agent_type=agent_type or "", q=query)
+        if request.headers.get("HX-Request"):
+            return page(request, "agents_rows.html", agents=rows)
+        held = await quarantined_agents(inspector().io, inspector().topology, 100)  # ADR 0059
+        return page(request, "agents.html", agents=rows, agent_type=agent_type or "", q=query, quarantined=held)
 
     async def agent(request: Request) -> Response:
         aid = AgentId(request.path_params["type"], request.path_params["id"])

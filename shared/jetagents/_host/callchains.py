@@ -56,6 +56,7 @@ class CallChains:
         # names the chains of commands without an id (calls): unique on this host
         self._seq = itertools.count()
         self._prefix = f"{settings.host_id}~"
+        self._namer = self._new_chain  # bound once: one less object per command
 
     # -- the scheduler ---------------------------------------------------------------------
     def admit(self, act: Activation, cmd: Command) -> bool:
@@ -140,12 +141,15 @@ class CallChains:
         """The frame ``cmd``'s action runs in (its calls read it), on ``act`` and in this task."""
         chain: CallChain | None = cmd.chain
         if chain is not None:
-            root, path = chain.chain, chain.path
-        else:
-            root = cmd.command_id or cmd.correlation_id or f"{self._prefix}{next(self._seq)}"
-            path = ()
-        frame = Frame(root, path, act.agent_id.key, self._path_max, act)
+            frame = Frame(chain.chain, chain.path, act.agent_id.key, self._path_max, act)
+        else:  # it starts a chain, named only if its action calls (most call nobody)
+            root = cmd.command_id or cmd.correlation_id
+            frame = Frame(root, (), act.agent_id.key, self._path_max, act, name=None if root else self._namer)
         return frame, FRAME.set(frame)
+
+    def _new_chain(self) -> str:
+        """A chain id for a command without one: unique on this host."""
+        return f"{self._prefix}{next(self._seq)}"
 
     @staticmethod
     def leave(act: Activation, entered: tuple[Frame, Token[Frame | None]]) -> None:

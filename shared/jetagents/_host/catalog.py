@@ -138,15 +138,13 @@ class Catalog:
         self._events, self._snapshots, self._meta, self._client = events, snapshots, meta, client
         self._tombs = tombs
 
-    def bind_quarantine(self, bucket: Bucket) -> None:
+    def bind_quarantine(self, bucket: Bucket, event: Any = None) -> None:
         """The quarantine bucket (ADR 0053); unbound, or ``quarantine_after`` 0, nothing is
         quarantined and activations skip the read of the bucket."""
         s = self.settings
         if s.quarantine_after <= 0:
             return
-        self.quarantine = Quarantine(
-            bucket, after=s.quarantine_after, host_id=s.host_id, clock=self.clock, metrics=self.metrics, log=self.log
-        )
+        self.quarantine = Quarantine(bucket, event, s, clock=self.clock, metrics=self.metrics, log=self.log)
 
     async def activate(self, act: Activation, given: dict[str, Any] | None = None) -> None:
         """Rebuild the agent: snapshot (if any and readable) + replay of later commits; a

@@ -57,6 +57,7 @@ class Deadline:
         "_late",
         "_loop",
         "_on_late",
+        "_started",
         "_thrown",
         "_waiting",
         "_when",
@@ -78,7 +79,10 @@ class Deadline:
         cpu: bool = False,
         done: Callable[[Deadline], None] | None = None,
         tag: Any = None,
+        started: float | None = None,
     ) -> None:
+        """``started``: the ``loop.time()`` its wall time counts from, when the caller read
+        it just now (to compute ``when``); else read as it starts."""
         self._coro = coro
         self._loop = loop
         self._when = when
@@ -94,6 +98,7 @@ class Deadline:
         self.tag = tag  # the caller's, for ``done``
         self.wall_s = 0.0
         self.cpu_s = 0.0
+        self._started = started
 
     def _expire(self) -> None:
         self.expired = True
@@ -114,7 +119,9 @@ class Deadline:
         coro = self._coro
         error: BaseException | None = None
         cpu = self._cpu
-        started = self._loop.time()
+        started = self._started
+        if started is None:
+            started = self._loop.time()
         t0 = 0.0
         try:
             while True:

@@ -397,7 +397,8 @@ class Host:
         self.catalog.blobs.bind(await ObjectBlobs.open(self.nc, self.topology.blob_bucket, s.replicas, s.op_timeout_s))
         self.pipeline.out.bind(JetStreamOutStream(self.nc, self._inbox, self.topology.out_stream, s.op_timeout_s))
         self.catalog.bind(events, snapshots, meta, self._client, tombs)
-        self.catalog.bind_quarantine(await KvBucket.open(self.nc, self.topology.quarantine_bucket, s.op_timeout_s))
+        quarantine = await KvBucket.open(self.nc, self.topology.quarantine_bucket, s.op_timeout_s)
+        self.catalog.bind_quarantine(quarantine, self.event)
 
         self._pull_prefix = self.nc.new_inbox()
         self.partitions.bind(PartitionConsumers(self.nc, self.topology, s.op_timeout_s), self._pull_prefix)
@@ -468,11 +469,10 @@ class Host:
         ``drain_grace_s``) and snapshot its agents, so the next owner starts warm."""
         self._tel.handoff(started=False, graceful=graceful)
         await self.partitions.stop(partition)
-        if graceful:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.drain_grace_s):
-                    while self.scheduler.busy_with(partition):
-                        await asyncio.sleep(0.01)
+        if graceful:  # on the host's clock: the simulation runs this on its ManualClock
+            until = self.clock.monotonic() + self.settings.drain_grace_s
+            while self.scheduler.busy_with(partition) and self.clock.monotonic() < until:
+                await self.clock.sleep(0.01)
         await self.catalog.forget_partition(partition, graceful=graceful)
 
     def load(self) -> dict[str, Any]:

@@ -322,30 +322,29 @@ class Outbox:
             size += len(data) + 1
         await self._cut(parts, first, step)
 
-    async def _cut(self, parts: list[bytes], first: int, step: int | None) -> None:
-        if not parts:
-            return
+    def _headers(self, kind: str, chunk: int, msg_id: str, step: int | None) -> dict[str, str]:
+        """A chunk's or a reset's headers (``chunk``: its first index, or where it resets to)."""
         headers = {
-            H_STREAM_KIND: CHUNK,
+            H_STREAM_KIND: kind,
             H_COMMAND_ID: self.command_id,
-            H_CHUNK: str(first),
-            H_MSG_ID: chunk_msg_id(self._agent_key, self.command_id, first, self._gen),
+            H_CHUNK: str(chunk),
+            H_MSG_ID: msg_id,
             H_TTL: self._s.chunk_ttl,
         }
         if step is not None:
             headers[H_STEP] = str(step)
+        return headers
+
+    async def _cut(self, parts: list[bytes], first: int, step: int | None) -> None:
+        if not parts:
+            return
+        msg_id = chunk_msg_id(self._agent_key, self.command_id, first, self._gen)
+        headers = self._headers(CHUNK, first, msg_id, step)
         self._last_seq = await self._s.publish(self.subject, encode_chunks(parts), headers)
         self._stored_end = first + len(parts)
 
     async def _reset(self, step: int | None, from_chunk: int) -> None:
-        headers = {
-            H_STREAM_KIND: RESET,
-            H_COMMAND_ID: self.command_id,
-            H_CHUNK: str(from_chunk),
-            H_MSG_ID: reset_msg_id(self._agent_key, self.command_id, from_chunk, self._last_seq),
-            H_TTL: self._s.chunk_ttl,
-        }
-        if step is not None:
-            headers[H_STEP] = str(step)
+        msg_id = reset_msg_id(self._agent_key, self.command_id, from_chunk, self._last_seq)
+        headers = self._headers(RESET, from_chunk, msg_id, step)
         self._last_seq = self._gen = await self._s.publish(self.subject, encode_reset(step, from_chunk), headers)
         self._stored_end = from_chunk

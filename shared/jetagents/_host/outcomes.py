@@ -134,12 +134,12 @@ class Outcomes:
     def count(self, cmd: Command, outcome: Outcome) -> None:
         """Add the outcome to the host's counters (``execute`` does, unless told it is done)."""
         name = outcome.count
-        if name == "agent_busy":  # the one of these counters with attributes
+        if name == "processed":  # nearly every command
+            self._metrics.processed(self._clock.monotonic() - cmd.received)
+        elif name == "agent_busy":  # the one of these counters with attributes
             self._metrics.inc(name, agent_type=cmd.agent_type, delivery=cmd.delivery_mode)
         elif name is not None:
             self._metrics.inc(name)
-            if name == "processed":
-                self._metrics.latency.record(self._clock.monotonic() - cmd.received)
 
     async def execute(self, cmd: Command, outcome: Outcome, out: dict[str, str], *, counted: bool = False) -> None:
         """Dead letter, reply, acknowledgement; ``out`` are the reply's headers so far.

@@ -249,14 +249,21 @@ class Partitions:
             puller = Puller(self, partition, high)
             (self._high if high else self._pullers)[partition] = puller
             self.supervisor.spawn("pullers", puller.run(), key=("h", partition) if high else partition)
-        self.owned = sorted({*self.owned, partition})
+        self.mark(partition, owned=True)
+
+    def mark(self, partition: int, *, owned: bool) -> None:
+        """Record that this host serves ``partition`` (or no longer does); the simulation,
+        which has no pullers, marks its partitions with it too."""
+        if owned:
+            self.owned = sorted({*self.owned, partition})
+        else:
+            self.owned = [p for p in self.owned if p != partition]
         self.owned_set = frozenset(self.owned)
 
     async def stop(self, partition: int) -> None:
         """Stop serving ``partition``: take no more of its commands, stop pulling (its
         consumer stays, for the next owner)."""
-        self.owned = [p for p in self.owned if p != partition]
-        self.owned_set = frozenset(self.owned)
+        self.mark(partition, owned=False)
         for pullers in (self._pullers, self._high):
             puller = pullers.pop(partition, None)
             if puller is not None:

@@ -138,10 +138,10 @@ class Placement:
         agent placed somewhere or its type requiring tags); checked first, without a
         coroutine, because almost no command has."""
         coord = self._coordinator()
+        if coord is None:  # a host alone: nothing is placed anywhere
+            return False
         cls = act.spec.cls
-        return coord is not None and (
-            coord.placements.get(act.agent_id.key) is not None or bool(cls.requires) or bool(cls.resources)
-        )
+        return coord.placements.get(act.agent_id.key) is not None or bool(cls.requires) or bool(cls.resources)
 
     async def route_elsewhere(self, act: Activation, work: Command) -> bool:
         """At the partition's owner: forward ``work`` when the agent is placed on another

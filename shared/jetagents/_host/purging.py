@@ -64,6 +64,10 @@ class PurgeSweep:
         self._leads = leads
         self._log = structlog.get_logger("jetagents.purge").bind(host=host.settings.host_id)
         self._own: Any = None  # the purge_nats_url connection, opened on first need
+        # tombstones not purged yet, and where the next read of the bucket starts: a run
+        # reads only the tombstones written since the last (the purged ones stay forever)
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._next_seq = 1
         self.runs = 0  # completed runs (tests wait on them)
         self.failures = 0
 
@@ -93,7 +97,13 @@ class PurgeSweep:
                     )
                 nc = self._own
             life = Lifecycle(Inspector(_Connection(nc, host.subjects), timeout_s=s.op_timeout_s))
-            done = await life.purge_due()
+            new, self._next_seq = await life.tombstones_since(self._next_seq)
+            for key, tomb in new.items():  # a purge's own mark comes back here and is dropped
+                if tomb.get("purged_ms"):
+                    self._pending.pop(key, None)
+                else:
+                    self._pending[key] = tomb
+            done = await life.purge_due(tombs=dict(self._pending)) if self._pending else []
         except Exception as exc:  # noqa: BLE001 - refused, timed out, server gone: the next run tries again
             self.failures += 1
             self._log.warning("purge_sweep_failed", error=repr(exc))

@@ -9,11 +9,16 @@ the agent's commands with ``agent_quarantined`` (dead-lettered once, non-retryab
 operator deletes the record (``jetagents agent release``). The record is in KV, not in
 memory, so the quarantine survives restarts and partition moves; the failure count is in
 memory (a restarted host counts again, which costs ``quarantine_after`` attempts).
+
+Quarantining publishes one operator event, ``agt.sys.agent.quarantined`` (wire contract 9.1),
+through the host's lifecycle-event publisher, after the record is written: the host that
+wins the write is the one that tells (a failed write tells nobody, and is tried again).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -22,6 +27,7 @@ from .._core.clock import Clock
 from .._core.errors import AgentQuarantined, JetAgentsError, Unavailable
 from .._core.ids import AgentId
 from .._obs.metrics import Metrics
+from .._settings import HostSettings
 from .ports import Bucket
 
 _MAX_COUNTED = 10_000  # agents whose failures are counted at once (oldest forgotten first)
@@ -30,10 +36,20 @@ _MAX_COUNTED = 10_000  # agents whose failures are counted at once (oldest forgo
 class Quarantine:
     """The quarantine check before an activation and the count of failed activations."""
 
-    def __init__(self, bucket: Bucket, *, after: int, host_id: str, clock: Clock, metrics: Metrics, log: Any) -> None:
+    def __init__(
+        self,
+        bucket: Bucket,
+        event: Callable[[str, dict[str, Any]], Awaitable[None]] | None,
+        settings: HostSettings,
+        *,
+        clock: Clock,
+        metrics: Metrics,
+        log: Any,
+    ) -> None:
         self._bucket = bucket
-        self._after = after
-        self._host_id = host_id
+        self._event = event  # Host.event: agt.sys.<kind>, best effort
+        self._after = settings.quarantine_after
+        self._host_id = settings.host_id
         self._clock = clock
         self._metrics = metrics
         self._log = log
@@ -85,4 +101,8 @@ class Quarantine:
         self._failures.pop(key, None)
         self._metrics.inc("quarantines", agent_type=aid.type)
         self._log.error("agent_quarantined", agent=str(aid), failures=count, reason=record["reason"])
+        if self._event is not None:
+            await self._event(
+                "agent.quarantined", {k: record[k] for k in ("agent", "reason", "code", "failures", "ts_ms")}
+            )
         raise AgentQuarantined(f"{aid} is quarantined: {record['reason']}", details=record)

@@ -158,20 +158,24 @@ class Scheduler:
         """Queue ``cmd`` for its agent (or refuse it); start a worker if one is free."""
         self.track(cmd)
         agent_type, agent_id = cmd.agent_type, cmd.agent_id
-        spec = self._registry.get(agent_type)
-        if spec is None or not is_valid_token(agent_id):
-            err: JetAgentsError = (
-                UnknownAgentType(
-                    f"no agent type {agent_type!r} is registered", details={"types": self._registry.types()}
-                )
-                if spec is None
-                else MalformedCommand(f"invalid agent id {agent_id!r}")
-            )
-            self._supervisor.spawn("side", self.reject_unrouted(cmd, err))
-            return
         key = f"{agent_type}.{agent_id}"
         activations = self._catalog.activations
         act = activations.get(key)
+        if act is not None:  # in memory: its type and id were checked as it was made (AgentId)
+            spec = act.spec
+        else:
+            found = self._registry.get(agent_type)
+            if found is None or not is_valid_token(agent_id):
+                err: JetAgentsError = (
+                    UnknownAgentType(
+                        f"no agent type {agent_type!r} is registered", details={"types": self._registry.types()}
+                    )
+                    if found is None
+                    else MalformedCommand(f"invalid agent id {agent_id!r}")
+                )
+                self._supervisor.spawn("side", self.reject_unrouted(cmd, err))
+                return
+            spec = found
         pool = self._pools.get(agent_type)
         saturated = pool is not None and pool.limit is not None and pool.in_hand >= pool.limit
         if self.health.watched and agent_type in self.health.watched and cmd.kind != Kind.MIGRATE:
@@ -324,9 +328,10 @@ class Scheduler:
     # -- the commands in hand ------------------------------------------------------------------
     def track(self, cmd: Command) -> None:
         self._inflight.add(cmd)
-        self.inflight_count += 1
+        n = self.inflight_count = self.inflight_count + 1
         self.inflight_bytes += len(cmd.body)
-        self._idle.clear()
+        if n <= 1:  # the first in hand: no longer idle (set again when the last is done)
+            self._idle.clear()
 
     def untrack(self, cmd: Command) -> None:
         if cmd.done:

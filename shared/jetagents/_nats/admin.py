@@ -9,31 +9,16 @@ Reads only need what the wire contract grants a reader (``$JS.API.STREAM.INFO``,
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .api import ERR_NO_MESSAGE, DirectReader, JSApiError, js_api, js_publish, stream_info
-from .headers import H_NATS_SEQUENCE, H_NATS_SUBJECT
+from .._host.ports import StoredMessage
+from .api import DirectReader, js_api, js_publish, stream_info
 from .inbox import shared_inbox
-from .kv import KvEntry, kv_subject, last_by_subject, purge_subject, scan_last
-
-
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """One message read back from a stream."""
-
-    seq: int
-    subject: str
-    data: bytes
-    headers: dict[str, str]
-
-
-def _stored(msg: Msg) -> Stored:
-    hdrs = dict(msg.headers or {})
-    return Stored(int(hdrs.get(H_NATS_SEQUENCE, 0)), hdrs.get(H_NATS_SUBJECT, msg.subject), msg.data, hdrs)
+from .kv import KvEntry, kv_subject, last_by_subject, msg_get, purge_subject, scan_last
+from .log_reader import stored_message
 
 
 class AdminTransport:
@@ -66,50 +51,47 @@ class AdminTransport:
         info = await stream_info(self.nc, stream, self.timeout_s)
         return dict(info.get("state") or {})
 
-    async def read(self, stream: str, subject: str, start_seq: int, limit: int) -> tuple[list[Stored], bool]:
+    async def read(self, stream: str, subject: str, start_seq: int, limit: int) -> tuple[list[StoredMessage], bool]:
         """At most ``limit`` messages on ``subject`` (wildcards allowed) from ``start_seq``,
         oldest first, and whether more follow."""
-        out: list[Stored] = []
+        out: list[StoredMessage] = []
         seq = max(1, start_seq)
         more = True
         while more and len(out) < limit:
             msgs, more, last = await self._reader.read_batch(
                 stream, subject, seq, min(256, limit - len(out)), self.timeout_s
             )
-            out.extend(_stored(m) for m in msgs)
+            out.extend(stored_message(m, m.subject) for m in msgs)
             if not msgs:
                 return out, False
             seq = last + 1
         return out, more
 
-    async def read_from_leader(self, stream: str, subject: str, start_seq: int, limit: int) -> list[Stored]:
+    async def read_from_leader(self, stream: str, subject: str, start_seq: int, limit: int) -> list[StoredMessage]:
         """Like :meth:`read`, for streams without direct gets (KV buckets): one
         ``STREAM.MSG.GET`` per message, from the stream leader."""
-        out: list[Stored] = []
+        out: list[StoredMessage] = []
         seq = max(1, start_seq)
         while len(out) < limit:
-            try:
-                body = {"seq": seq, "next_by_subj": subject}
-                resp = await js_api(self.nc, f"$JS.API.STREAM.MSG.GET.{stream}", body, self.timeout_s)
-            except JSApiError as exc:
-                if exc.err_code == ERR_NO_MESSAGE:
-                    return out
-                raise
-            msg = resp["message"]
+            msg = await msg_get(self.nc, stream, {"seq": seq, "next_by_subj": subject}, self.timeout_s)
+            if msg is None:
+                return out
             hdrs = base64.b64decode(msg.get("hdrs") or b"")
-            out.append(Stored(int(msg["seq"]), str(msg["subject"]), base64.b64decode(msg.get("data") or b""), {}))
+            out.append(
+                StoredMessage(int(msg["seq"]), str(msg["subject"]), base64.b64decode(msg.get("data") or b""), {})
+            )
             if b"KV-Operation" in hdrs:  # a delete or purge marker is no value
                 out.pop()
             seq = int(msg["seq"]) + 1
         return out
 
-    async def last(self, stream: str, subject: str) -> Stored | None:
+    async def last(self, stream: str, subject: str) -> StoredMessage | None:
         msg = await self._reader.last(stream, subject, self.timeout_s)
-        return _stored(msg) if msg is not None else None
+        return stored_message(msg, msg.subject) if msg is not None else None
 
-    async def at(self, stream: str, seq: int) -> Stored | None:
+    async def at(self, stream: str, seq: int) -> StoredMessage | None:
         msg = await self._reader.at(stream, seq, self.timeout_s)
-        return _stored(msg) if msg is not None else None
+        return stored_message(msg, msg.subject) if msg is not None else None
 
     async def kv_get(self, bucket: str, key: str) -> KvEntry | None:
         entry = await last_by_subject(self.nc, f"KV_{bucket}", kv_subject(bucket, key), self.timeout_s)

@@ -154,7 +154,7 @@ class Topology:
 
     @property
     def prefix(self) -> str:
-        return self.subjects.root.upper().replace("-", "_")
+        return self.subjects.stream_prefix
 
     @property
     def cmd_stream(self) -> str:
@@ -182,30 +182,30 @@ class Topology:
 
     @property
     def snap_bucket(self) -> str:
-        return f"{self.subjects.root}_snap".replace("-", "_")
+        return self.subjects.bucket("snap")
 
     @property
     def meta_bucket(self) -> str:
-        return f"{self.subjects.root}_meta".replace("-", "_")
+        return self.subjects.bucket("meta")
 
     @property
     def tomb_bucket(self) -> str:
         """Tombstones of deleted agents (ADR 0052): written by operators, read by hosts."""
-        return f"{self.subjects.root}_tomb".replace("-", "_")
+        return self.subjects.bucket("tomb")
 
     @property
     def blob_bucket(self) -> str:
         """The Object Store bucket of payloads by reference (ADR 0042 section 9)."""
-        return f"{self.subjects.root}_blobs".replace("-", "_")
+        return self.subjects.bucket("blobs")
 
     @property
     def quarantine_bucket(self) -> str:
         """Quarantined agents (ADR 0053): hosts write, operators delete (release)."""
-        return f"{self.subjects.root}_quarantine".replace("-", "_")
+        return self.subjects.bucket("quarantine")
 
     @property
     def cluster_bucket(self) -> str:
-        return f"{self.subjects.root}_cluster".replace("-", "_")
+        return self.subjects.bucket("cluster")
 
     @property
     def dead_letter_max_bytes(self) -> int:

@@ -12,17 +12,15 @@ import orjson
 from nats.aio.client import Client as NATS
 from nats.nuid import NUID
 
-from .._core.errors import Unavailable
-from .._core.kv import CasConflict
 from .._core.wire import Subjects
-from .api import ERR_WRONG_LAST_SEQUENCE, JSApiError, js_publish
-from .kv import CONFLICT_CODES, JetStreamStore, cluster_bucket_config, ensure_stream, kv_subject
+from .batch import Outgoing, atomic_batch
+from .kv import JetStreamStore, cluster_bucket_config, ensure_stream, kv_subject
 
 _nuid = NUID()
 
 
 def coord_bucket_name(subjects: Subjects) -> str:
-    return f"{subjects.root}_coord".replace("-", "_")
+    return subjects.bucket("coord")
 
 
 def coord_bucket_config(bucket: str, replicas: int) -> dict[str, Any]:
@@ -53,24 +51,9 @@ class CoordStore(JetStreamStore):
         one atomic batch: the server stores both or neither, and neither when the lease key
         moved on (another holder, or our own lost renewal). The lease's new revision (the
         data's is one more); :class:`CasConflict` when refused."""
-        batch = _nuid.next().decode()
-        first = {
-            "Nats-Batch-Id": batch,
-            "Nats-Batch-Sequence": "1",
-            "Nats-Expected-Last-Subject-Sequence": str(lease_rev),
-            **_ttl(ttl_s),
-        }
-        await self.nc.publish(kv_subject(self.bucket, lease_key), orjson.dumps(lease_doc), headers=first)
-        commit = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": "2", "Nats-Batch-Commit": "1"}
-        try:
-            ack = await js_publish(self.nc, kv_subject(self.bucket, key), orjson.dumps(value), commit, self.timeout_s)
-        except JSApiError as exc:
-            if exc.err_code == ERR_WRONG_LAST_SEQUENCE:
-                raise CasConflict(f"{lease_key} moved on: the lease is not ours") from None
-            if exc.err_code in CONFLICT_CODES:
-                raise Unavailable(f"fenced write not checked yet: {exc.description}") from None
-            raise Unavailable(f"fenced write refused: {exc.description}") from None
-        return int(ack["seq"]) - 1
+        lease = Outgoing(kv_subject(self.bucket, lease_key), orjson.dumps(lease_doc), _ttl(ttl_s))
+        data = Outgoing(kv_subject(self.bucket, key), orjson.dumps(value), {})
+        return await atomic_batch(self.nc, [lease, data], lease_rev, self.timeout_s, "fenced write (the lease)")
 
 
 def new_party_id() -> str:

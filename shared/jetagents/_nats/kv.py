@@ -1,5 +1,5 @@
 """KV on JetStream through the raw ``$JS.API``, written once: ensure a stream, read a
-key's latest entry from the stream leader, publish with compare-and-set on its revision,
+message (a key's latest entry) from the stream leader, publish with compare-and-set on its revision,
 purge a key, scan a prefix; and :class:`JetStreamStore`, the coordinator's
 :class:`~jetagents._core.kv.ClusterStore` on top of them.
 
@@ -37,6 +37,7 @@ from .api import (
 # written once in api.py, next to ensure_topology, which uses them too
 from .api import ensure_stream as ensure_stream
 from .api import stream_info as stream_info
+from .conn import parse_header_lines
 from .headers import H_NATS_SEQUENCE
 from .inbox import shared_inbox
 
@@ -73,16 +74,33 @@ def kv_subject(bucket: str, key: str) -> str:
     return f"$KV.{bucket}.{key}"
 
 
-async def last_by_subject(nc: NATS, stream: str, subject: str, timeout_s: float) -> KvEntry | None:
-    """The last message of ``subject`` in ``stream``, read from the stream leader (so never
-    from a lagging replica); None if the subject has none."""
+async def msg_get(nc: NATS, stream: str, query: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
+    """``STREAM.MSG.GET``, answered by the stream's leader (never a lagging replica): the
+    ``message`` (``seq``, ``subject``, ``time``, base64 ``data`` and ``hdrs``) that ``query``
+    finds (``{"seq": n}``, ``{"last_by_subj": s}``, ``{"seq": n, "next_by_subj": f}``);
+    None when there is none."""
     try:
-        resp = await js_api(nc, f"$JS.API.STREAM.MSG.GET.{stream}", {"last_by_subj": subject}, timeout_s)
+        resp = await js_api(nc, f"$JS.API.STREAM.MSG.GET.{stream}", query, timeout_s)
     except JSApiError as exc:
         if exc.err_code == ERR_NO_MESSAGE:
             return None
         raise
-    msg = resp["message"]
+    message: dict[str, Any] = resp["message"]
+    return message
+
+
+def message_headers(message: Mapping[str, Any]) -> dict[str, str]:
+    """The headers of a message ``msg_get`` returned (base64 of the ``NATS/1.0`` block)."""
+    raw = base64.b64decode(message.get("hdrs") or b"")
+    return parse_header_lines(raw.partition(b"\r\n")[2])
+
+
+async def last_by_subject(nc: NATS, stream: str, subject: str, timeout_s: float) -> KvEntry | None:
+    """The last message of ``subject`` in ``stream``, read from the stream leader (so never
+    from a lagging replica); None if the subject has none."""
+    msg = await msg_get(nc, stream, {"last_by_subj": subject}, timeout_s)
+    if msg is None:
+        return None
     return KvEntry(base64.b64decode(msg.get("data") or b""), int(msg["seq"]), base64.b64decode(msg.get("hdrs") or b""))
 
 

@@ -10,7 +10,8 @@ from .api import DirectReader
 from .headers import H_NATS_SEQUENCE, H_NATS_SUBJECT
 
 
-def _stored(msg: Msg, subject: str) -> StoredMessage:
+def stored_message(msg: Msg, subject: str = "") -> StoredMessage:
+    """A direct get's answer as the message it read (``subject``: when the server names none)."""
     headers = msg.headers or {}
     return StoredMessage(int(headers.get(H_NATS_SEQUENCE, 0)), headers.get(H_NATS_SUBJECT, subject), msg.data, headers)
 
@@ -25,12 +26,12 @@ class DirectLogReader:
 
     async def read_subject(self, subject: str, start_seq: int, batch: int) -> list[StoredMessage]:
         msgs = await self._reader.read_subject(self._stream, subject, start_seq, batch, self._timeout_s)
-        return [_stored(m, subject) for m in msgs]
+        return [stored_message(m, subject) for m in msgs]
 
     async def last(self, subject: str) -> StoredMessage | None:
         msg = await self._reader.last(self._stream, subject, self._timeout_s)
-        return _stored(msg, subject) if msg is not None else None
+        return stored_message(msg, subject) if msg is not None else None
 
     async def at(self, seq: int) -> StoredMessage | None:
         msg = await self._reader.at(self._stream, seq, self._timeout_s)
-        return _stored(msg, "") if msg is not None else None
+        return stored_message(msg) if msg is not None else None

@@ -12,29 +12,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from nats.aio.client import Client as NATS
-
 from .._host.ports import StoredMessage
-from .api import DirectReader, stream_info
-from .headers import H_NATS_SEQUENCE, H_NATS_SUBJECT
-from .inbox import Inbox
-from .out_stream import Bell
+from .api import stream_info
+from .headers import H_NATS_SEQUENCE
+from .log_reader import stored_message
+from .out_stream import BelledReader
 
 __all__ = ["LogTailReader"]
 
 
-class LogTailReader:
+class LogTailReader(BelledReader):
     """One filter of one stream (``agt.evt.counter.*``): ``read(after_seq)`` returns up to
     ``batch`` messages stored after it, ``wait`` returns when the filter gets a new message
     (or the timeout passes)."""
-
-    def __init__(self, nc: NATS, inbox: Inbox, stream: str, subject: str, timeout_s: float) -> None:
-        self._nc = nc
-        self._reader = DirectReader(nc, inbox)
-        self._stream = stream
-        self._subject = subject
-        self._timeout_s = timeout_s
-        self._bell = Bell(nc, subject)
 
     async def start(self) -> None:
         await self._reader.start()
@@ -48,11 +38,7 @@ class LogTailReader:
         """Up to ``batch`` messages after ``after_seq``, and whether more are stored."""
         stream, subject = self._stream, self._subject
         msgs, more, _ = await self._reader.read_batch(stream, subject, after_seq + 1, batch, self._timeout_s)
-        out = []
-        for m in msgs:
-            h = m.headers or {}
-            out.append(StoredMessage(int(h.get(H_NATS_SEQUENCE, 0)), h.get(H_NATS_SUBJECT, ""), m.data, h))
-        return out, more
+        return [stored_message(m) for m in msgs], more
 
     async def seq_before(self, since_ms: int) -> int:
         """The position just before the first message stored at or after ``since_ms`` (unix
@@ -63,9 +49,3 @@ class LogTailReader:
             info = await stream_info(self._nc, self._stream, self._timeout_s)
             return int(info["state"]["last_seq"])
         return int((msg.headers or {}).get(H_NATS_SEQUENCE, 1)) - 1
-
-    async def wait(self, timeout_s: float) -> None:
-        await self._bell.wait(timeout_s)
-
-    async def close(self) -> None:
-        await self._bell.close()

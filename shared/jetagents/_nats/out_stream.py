@@ -21,21 +21,10 @@ from nats.aio.msg import Msg
 
 from .._core.errors import Unavailable
 from .._host.ports import Appended, Refused, StoredMessage
-from .api import ERR_NO_MESSAGE, DirectReader, JSApiError, js_api, js_publish
-from .headers import H_NATS_SEQUENCE
+from .api import DirectReader, JSApiError, js_publish
 from .inbox import Inbox
-
-
-def _headers(raw: str | None) -> dict[str, str]:
-    """The headers of a message read with ``STREAM.MSG.GET`` (base64 of the NATS/1.0 block)."""
-    out: dict[str, str] = {}
-    if not raw:
-        return out
-    for line in base64.b64decode(raw).decode("utf-8", "replace").split("\r\n")[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            out[name.strip()] = value.strip()
-    return out
+from .kv import message_headers, msg_get
+from .log_reader import stored_message
 
 
 class JetStreamOutStream:
@@ -57,16 +46,13 @@ class JetStreamOutStream:
 
     async def last(self, subject: str) -> StoredMessage | None:
         try:
-            resp = await js_api(
-                self._nc, f"$JS.API.STREAM.MSG.GET.{self._stream}", {"last_by_subj": subject}, self._timeout_s
-            )
+            m = await msg_get(self._nc, self._stream, {"last_by_subj": subject}, self._timeout_s)
         except JSApiError as exc:
-            if exc.err_code == ERR_NO_MESSAGE:
-                return None
             raise Unavailable(f"reading {subject} failed: {exc.description}") from None
-        m = resp["message"]
+        if m is None:
+            return None
         data = base64.b64decode(m.get("data") or "")
-        return StoredMessage(int(m["seq"]), m["subject"], data, _headers(m.get("hdrs")))
+        return StoredMessage(int(m["seq"]), m["subject"], data, message_headers(m))
 
 
 class Bell:
@@ -107,11 +93,9 @@ class Bell:
                 pass
 
 
-class OutReader:
-    """One output subject read from a sequence on: ``read(after_seq)`` returns what is
-    stored after it; ``wait(timeout_s)`` returns when the subject gets a new message (or the
-    timeout passes: a reader polls too, since a message can reach a subscriber before a
-    replica answers a direct get with it, and a reconnect misses messages)."""
+class BelledReader:
+    """One subject (or filter) of one stream, read by direct gets, and the ``Bell`` its new
+    messages ring: ``wait(timeout_s)`` returns at the next one (or when the timeout passes)."""
 
     def __init__(self, nc: NATS, inbox: Inbox, stream: str, subject: str, timeout_s: float) -> None:
         self._nc = nc
@@ -121,19 +105,23 @@ class OutReader:
         self._timeout_s = timeout_s
         self._bell = Bell(nc, subject)
 
+    async def wait(self, timeout_s: float) -> None:
+        await self._bell.wait(timeout_s)
+
+    async def close(self) -> None:
+        await self._bell.close()
+
+
+class OutReader(BelledReader):
+    """One output subject read from a sequence on: ``read(after_seq)`` returns what is
+    stored after it; ``wait(timeout_s)`` returns when the subject gets a new message (or the
+    timeout passes: a reader polls too, since a message can reach a subscriber before a
+    replica answers a direct get with it, and a reconnect misses messages)."""
+
     async def start(self) -> None:
         await self._reader.start()
         await self._bell.start()
 
     async def read(self, after_seq: int, batch: int = 256) -> list[StoredMessage]:
         msgs = await self._reader.read_subject(self._stream, self._subject, after_seq + 1, batch, self._timeout_s)
-        return [
-            StoredMessage(int((m.headers or {}).get(H_NATS_SEQUENCE, 0)), self._subject, m.data, m.headers or {})
-            for m in msgs
-        ]
-
-    async def wait(self, timeout_s: float) -> None:
-        await self._bell.wait(timeout_s)
-
-    async def close(self) -> None:
-        await self._bell.close()
+        return [stored_message(m, self._subject) for m in msgs]

@@ -13,23 +13,22 @@ from typing import Any
 
 import orjson
 from nats.aio.client import Client as NATS
-from nats.nuid import NUID
 
 from .._core.errors import Unavailable
 from .._core.kv import CasConflict
 from .._core.projection import DELETED
 from .._core.wire import Subjects
-from .api import ERR_WRONG_LAST_SEQUENCE, DirectReader, JSApiError, js_api, js_publish
-from .kv import CONFLICT_CODES, KvConflict, cluster_bucket_config, ensure_stream, last_by_subject, publish_expecting
+from .api import ERR_WRONG_LAST_SEQUENCE, DirectReader, JSApiError, js_api
+from .batch import Outgoing, atomic_batch
+from .kv import KvConflict, cluster_bucket_config, ensure_stream, last_by_subject, publish_expecting
 
 __all__ = ["ProjectionStore", "proj_bucket_name"]
 
-_nuid = NUID()
 MAX_BATCH_ROWS = 512  # rows per atomic batch (the server takes at most 1,000 messages)
 
 
 def proj_bucket_name(subjects: Subjects) -> str:
-    return f"{subjects.root}_proj".replace("-", "_")
+    return subjects.bucket("proj")
 
 
 def _pos_key(name: str) -> str:
@@ -101,32 +100,14 @@ class ProjectionStore:
             return await self.set_position(name, doc, rev)
         if len(rows) > MAX_BATCH_ROWS * 2:
             raise ValueError(f"{len(rows)} rows in one batch: write more often")
-        batch = _nuid.next().decode()
-        first = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": "1", "Nats-Expected-Last-Subject-Sequence": str(rev)}
-        await self.nc.publish(self._subject(_pos_key(name)), orjson.dumps(doc), headers=first)
-        items = list(rows.items())
-        for i, (key, value) in enumerate(items, start=2):
-            hdrs = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(i)}
-            body = b""
-            if value is DELETED:
-                hdrs["KV-Operation"] = "DEL"
-            else:
-                body = orjson.dumps(value)
+        batch = [Outgoing(self._subject(_pos_key(name)), orjson.dumps(doc), {})]
+        for key, value in rows.items():
             subject = self._subject(_row_key(name, gen, key))
-            if i < len(items) + 1:
-                await self.nc.publish(subject, body, headers=hdrs)
-                continue
-            hdrs["Nats-Batch-Commit"] = "1"
-            try:
-                ack = await js_publish(self.nc, subject, body, hdrs, self.timeout_s)
-            except JSApiError as exc:
-                if exc.err_code == ERR_WRONG_LAST_SEQUENCE:
-                    raise CasConflict(f"the position of projection {name} moved on") from None
-                if exc.err_code in CONFLICT_CODES:
-                    raise Unavailable(f"projection batch not checked yet: {exc.description}") from None
-                raise Unavailable(f"projection batch refused: {exc.description}") from None
-            return int(ack["seq"]) - len(items)
-        raise AssertionError("unreachable")
+            if value is DELETED:
+                batch.append(Outgoing(subject, b"", {"KV-Operation": "DEL"}))
+            else:
+                batch.append(Outgoing(subject, orjson.dumps(value), {}))
+        return await atomic_batch(self.nc, batch, rev, self.timeout_s, f"projection batch (the position of {name})")
 
     async def purge_generation(self, name: str, gen: int) -> None:
         """Remove every row of generation ``gen`` (after a rebuild moved past it)."""

@@ -46,11 +46,11 @@ class PubSubNames:
 
     @property
     def stream(self) -> str:
-        return f"{self.root.upper().replace('-', '_')}_PUB"
+        return self.subjects.stream("PUB")
 
     @property
     def subs_bucket(self) -> str:
-        return f"{self.root}_subs".replace("-", "_")
+        return self.subjects.bucket("subs")
 
     def topic_subject(self, topic: str) -> str:
         return f"{self.root}.pub.{topic}"

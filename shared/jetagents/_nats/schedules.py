@@ -43,8 +43,8 @@ from .._core.schedules import (
 )
 from .._core.wire import H_MSG_ID
 from .._host.ports import Appended, Schedule, Schedules
-from .api import ERR_NO_MESSAGE, JSApiError, js_api, js_publish
-from .conn import parse_header_lines
+from .api import JSApiError, js_api, js_publish
+from .kv import message_headers, msg_get
 
 # err_code values of the server's scheduler (nats-server server/errors.json)
 ERR_SCHEDULES_DISABLED: Final = 10188
@@ -88,15 +88,8 @@ class NatsSchedules(Schedules):
         await self._publish(subject, b"", {"Nats-Rollup": "sub", H_TTL: "1s"})
 
     async def get(self, subject: str) -> Schedule | None:
-        try:
-            resp = await js_api(
-                self.nc, f"$JS.API.STREAM.MSG.GET.{self._stream}", {"last_by_subj": subject}, self._timeout_s
-            )
-        except JSApiError as exc:
-            if exc.err_code == ERR_NO_MESSAGE:
-                return None
-            raise
-        return _schedule_of(resp.get("message") or {})
+        message = await msg_get(self.nc, self._stream, {"last_by_subj": subject}, self._timeout_s)
+        return None if message is None else _schedule_of(message)
 
     async def list(self, subject_filter: str) -> list[Schedule]:
         info = await js_api(
@@ -128,9 +121,7 @@ class NatsSchedules(Schedules):
 
 def _schedule_of(message: dict[str, Any]) -> Schedule | None:
     """A stored message as a ``Schedule``; None for anything that is not one."""
-    raw = base64.b64decode(message.get("hdrs") or b"")
-    _, _, lines = raw.partition(b"\r\n")
-    headers = parse_header_lines(lines)
+    headers = message_headers(message)
     pattern = headers.pop(H_SCHEDULE, None)
     target = headers.pop(H_SCHEDULE_TARGET, None)
     if not pattern or not target:

@@ -14,8 +14,8 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .api import ERR_NO_MESSAGE, JSApiError, js_api, stream_info
-from .conn import parse_header_lines
+from .api import js_api, stream_info
+from .kv import message_headers, msg_get
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,13 +26,6 @@ class StoredCommand:
     subject: str
     time: str  # RFC 3339, nanoseconds
     raw: dict[str, Any]
-
-
-def _headers(raw: bytes) -> dict[str, str] | None:
-    if not raw:
-        return None
-    _, _, rest = raw.partition(b"\r\n")  # the NATS/1.0 line
-    return parse_header_lines(rest) or None
 
 
 class CommandStreamScan:
@@ -49,24 +42,15 @@ class CommandStreamScan:
 
     async def next_from(self, seq: int) -> StoredCommand | None:
         """The first message at or after ``seq``; None past the last one."""
-        try:
-            resp = await js_api(
-                self._nc,
-                f"$JS.API.STREAM.MSG.GET.{self._stream}",
-                {"seq": seq, "next_by_subj": ">"},
-                self._timeout_s,
-            )
-        except JSApiError as exc:
-            if exc.err_code == ERR_NO_MESSAGE:
-                return None
-            raise
-        found: dict[str, Any] = resp["message"]
+        found = await msg_get(self._nc, self._stream, {"seq": seq, "next_by_subj": ">"}, self._timeout_s)
+        if found is None:
+            return None
         return StoredCommand(int(found["seq"]), str(found["subject"]), str(found.get("time", "")), found)
 
     def message(self, found: StoredCommand) -> Msg:
         """The stored command as a received message (no reply subject: nothing to ack)."""
         data = base64.b64decode(found.raw.get("data") or b"")
-        headers = _headers(base64.b64decode(found.raw.get("hdrs") or b""))
+        headers = message_headers(found.raw) or None
         return Msg(_client=self._nc, subject=found.subject, reply="", data=data, headers=headers)
 
     async def delete(self, seq: int) -> None:

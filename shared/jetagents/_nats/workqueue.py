@@ -26,7 +26,7 @@ class WorkNames:
 
     @property
     def prefix(self) -> str:
-        return self.subjects.root.upper().replace("-", "_")
+        return self.subjects.stream_prefix
 
     @property
     def stream(self) -> str:

@@ -88,6 +88,13 @@ class Metrics:
         """The OpenTelemetry counter that ``inc(name)`` also adds to (a part's own)."""
         self._counters[name] = counter
 
+    def processed(self, elapsed_s: float) -> None:
+        """``inc("processed")`` (a count without an OpenTelemetry counter: the commands
+        metric says it, by outcome) and its receipt-to-answer time, in one call: it is
+        every command's."""
+        self._counts["processed"] += 1
+        self.latency.record(elapsed_s)
+
     def inc(self, name: str, n: int = 1, **attributes: str) -> None:
         """Count ``n`` more ``name`` (also from the loop watchdog's thread: the SDK's
         counters are thread-safe)."""

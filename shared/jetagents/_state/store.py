@@ -65,10 +65,9 @@ class SharedState:
         self.nc = nc
         self.options = options or StateOptions()
         self.subjects = subjects or Subjects()
-        root = self.subjects.root.replace("-", "_")
-        self.bucket = f"{root}_state"
+        self.bucket = self.subjects.bucket("state")
         self.stream = f"KV_{self.bucket}"
-        self.counter_stream = f"{root.upper()}_CTR"
+        self.counter_stream = self.subjects.stream("CTR")
         self.kv = StateBucket(
             nc, self.bucket, self.counter_stream, f"{self.subjects.root}.ctr.>", timeout_s=self.options.op_timeout_s
         )

@@ -11,9 +11,9 @@ snapshot and replay, the newer-owner check, eviction, passivation, snapshots) an
 
 What is the simulation's: the command stream's consumer (the driver hands a delivery to a
 host that serves its partition, as a pinned pull consumer would; there are no ``Partitions``
-pullers, whose timers run on the event loop's own clock), so starting and stopping a
-partition here only marks it served and, on stop, lets the commands in hand finish (graceful)
-and has the real catalog forget the partition's agents, as ``Host.stop_partition`` does.
+pullers, whose timers run on the event loop's own clock), so starting a partition here only
+marks it served; stopping one is the real ``Host.stop_partition`` (the commands in hand
+finish on the host's clock, the catalog forgets the partition's agents).
 """
 
 from __future__ import annotations
@@ -89,21 +89,10 @@ class HostNode:
 
     # -- the coordinator's hooks ---------------------------------------------------------
     async def start_partition(self, partition: int, *, rewind: bool = False) -> None:
-        parts = self.host.partitions
-        parts.owned = sorted({*parts.owned, partition})
-        parts.owned_set = frozenset(parts.owned)
+        self.host.partitions.mark(partition, owned=True)  # no consumer, no pullers: the driver delivers
 
     async def stop_partition(self, partition: int, *, graceful: bool) -> None:
-        host = self.host
-        parts = host.partitions
-        parts.owned = [p for p in parts.owned if p != partition]
-        parts.owned_set = frozenset(parts.owned)
-        if graceful:  # finish the commands in hand, on the simulation's clock
-            clock = self.ports.clock
-            until = clock.monotonic() + host.settings.drain_grace_s
-            while host.scheduler.busy_with(partition) and clock.monotonic() < until:
-                await clock.sleep(0.05)
-        await host.catalog.forget_partition(partition, graceful=graceful)
+        await self.host.stop_partition(partition, graceful=graceful)
 
     def load(self) -> dict[str, Any]:
         return {"active_agents": len(self.host.activations), "inflight": self.host.scheduler.inflight_count}

@@ -372,7 +372,7 @@ class Simulation:
         except (JetAgentsError, CasConflict):
             pass  # the coordinator's own loop logs and carries on the same way
         coord = host.node.coordinator
-        if host.draining and not coord.held and not coord.releasing and not coord.assigned() and coord.ring:
+        if host.draining and coord.ring and coord.handed_over():
             await coord.leave()
             self.world.record("left", host.id)
             self.crash(host, None)

@@ -31,6 +31,7 @@ import orjson
 
 from .._core.clock import Clock
 from .._core.errors import PayloadTooLarge, Unavailable
+from .._core.pubsub import matches as subject_matches  # NATS subject matching, written once
 from .._core.wire import H_MSG_ID
 from .._host.ports import Appended, StoredMessage, WrongLastSequence
 from .._nats.headers import H_NATS_SEQUENCE
@@ -44,17 +45,6 @@ __all__ = [
     "QueuedCommand",
     "subject_matches",
 ]
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: ``*`` is one token, a final ``>`` one or more."""
-    want, got = pattern.split("."), subject.split(".")
-    for i, token in enumerate(want):
-        if token == ">":
-            return len(got) > i
-        if i >= len(got) or (token != "*" and token != got[i]):
-            return False
-    return len(want) == len(got)
 
 
 def _timestamp(wall_ms: int) -> str:

@@ -399,13 +399,10 @@ class Coordinator(Handoff):
                 continue  # served a little longer (``Handoff.successor_knows``)
             self.held.discard(p)
             self.releasing[p] = asyncio.create_task(self._release(p))
-        want = sorted(p for p in mine - self.held if p not in self.releasing)
+        want = sorted(p for p in mine - self.held if p not in self.releasing and p not in self._acquire_tasks)
         for p in list(self.acquiring):
             if p not in mine:
                 del self.acquiring[p]
-        if not want:
-            return
-        want = [p for p in want if p not in self._acquire_tasks]
         if not want:
             return
         alive = set(self.members_cache)  # read once this round, in step()

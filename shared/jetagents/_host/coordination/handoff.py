@@ -65,12 +65,16 @@ class Handoff:
         wait = wait or self.clock.sleep
         deadline = self.clock.monotonic() + timeout_s
         while self.clock.monotonic() < deadline:
-            if not self.held and not self.releasing and not self.assigned():
+            if self.handed_over():
                 return True
             if not successor_alive(self.host_id, self.members_cache):
                 return False  # from the members our rounds read, which go on while we drain
             await wait(self.cfg.tick_s)
         return False
+
+    def handed_over(self) -> bool:
+        """Nothing held, being released or assigned to us: a draining host may leave."""
+        return not self.held and not self.releasing and not self.assigned()
 
     async def leave(self) -> None:
         """Stop for good: release what is still held, resign, remove our member key."""

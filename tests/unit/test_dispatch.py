@@ -1,0 +1,62 @@
+"""Which checks ``Scheduler.dispatch`` makes per command: an agent in memory was checked
+(type registered, id a token) when its activation was made; anything else is checked here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from jetagents import HostSettings, Registry
+from jetagents._core.command import Command, Kind
+from jetagents._core.ids import AgentId
+from jetagents._host.host import Activation, Host
+from jetagents.examples import Counter
+
+
+class _Asked:
+    """The host's registry, counting the lookups."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.asked: list[str] = []
+
+    def get(self, type_name: str) -> Any:
+        self.asked.append(type_name)
+        return self.registry.get(type_name)
+
+    def types(self) -> list[str]:
+        return self.registry.types()
+
+
+def _call(agent_type: str, agent_id: str) -> Command:
+    return Command(Kind.CALL, f"agt.call.{agent_type}.{agent_id}", agent_type, agent_id, 0, b"{}", 0.0, {})
+
+
+async def _host() -> tuple[Host, _Asked]:
+    host = Host(HostSettings(), Registry([Counter]))
+    host.scheduler.loop = asyncio.get_running_loop()
+    asked = _Asked(host.scheduler._registry)
+    host.scheduler._registry = asked  # type: ignore[assignment]
+    return host, asked
+
+
+async def test_a_command_for_an_agent_in_memory_asks_no_registry() -> None:
+    host, asked = await _host()
+    act = Activation(AgentId("counter", "c"), Counter.__jetagents_spec__, scheduled=True)
+    act.mailbox = deque()
+    host.activations["counter.c"] = act
+    call = _call("counter", "c")
+    host.scheduler.dispatch(call)
+    assert list(act.mailbox) == [call] and asked.asked == []
+
+
+async def test_a_command_for_an_agent_not_in_memory_is_checked() -> None:
+    host, asked = await _host()
+    for agent_type, agent_id in [("nosuch", "c"), ("counter", "bad id"), ("counter", "a.b")]:
+        call = _call(agent_type, agent_id)
+        host.scheduler.dispatch(call)
+        await asyncio.sleep(0)  # the refusal is a side task
+        assert f"{agent_type}.{agent_id}" not in host.activations
+    assert asked.asked == ["nosuch", "counter", "counter"]
+    await host.scheduler.wait_idle()  # every refusal settled and untracked
