@@ -268,6 +268,12 @@ class HostSettings(CommonSettings):
         pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
         description="the inbox prefix of the purge_nats_url connection (its user's, as inbox_prefix)",
     )
+    retention_sweep_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="how often the cluster leader applies retention to its types that declare keep_snapshots "
+        "(ADR 0052, the code of `jetagents agent purge`), over purge_nats_url like the purge; 0: never",
+    )
     call_path_max: int = Field(
         default=16,
         ge=1,

@@ -350,3 +350,32 @@ async def test_retention_keeps_the_log_every_kept_snapshot_needs(nats_server: Na
             assert host.stats["restores"] == 2
     finally:
         await client.close()
+
+
+async def test_the_leader_bounds_a_retained_log_without_an_operator(nats_server: NatsServer) -> None:
+    """A host whose type declares keep_snapshots applies retention itself every
+    ``retention_sweep_s``: the log is cut while the agent runs, and the agent keeps its state."""
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
+    settings = host_settings(
+        nats_server.url, snapshot_every=3, snapshot_history=2, purge_sweep_s=0, retention_sweep_s=0.2
+    )
+    try:
+        async with Host(settings, Registry([Journal, Counter])) as host:
+            assert host.purge_sweep is not None
+            ref = client.agent("journal", "b")
+            for i in range(12):
+                await ref.request("increment", {"by": i + 1})
+                await client.agent("counter", "b").request("increment", {"by": 1})
+
+            async def cut() -> bool:
+                log = await commits(client.nc, "journal", "b")
+                return len(log) < 12 and log[0]["n"] > 1
+
+            await eventually(cut, timeout_s=30)
+            assert host.stats["logs_retained"] >= 1
+            assert len(await commits(client.nc, "counter", "b")) == 12  # keeps everything
+            assert await ref.request("increment", {"by": 100}) == 178
+            host.catalog.evict(host.catalog.activations["journal.b"])  # rebuilt from what is kept
+            assert await ref.request("get", delivery="at-most-once") == 178
+    finally:
+        await client.close()
