@@ -112,13 +112,13 @@ class HostSettings(CommonSettings):
         default=30.0, gt=0, description="a placed agent out of memory this long gives its reservation back"
     )
     rebalance_interval_s: float = Field(
-        default=0.0, ge=0, description="the leader weighs the hosts' load this often and moves partitions; 0: never"
+        default=5.0, ge=0, description="the leader weighs the hosts' load this often and moves partitions; 0: never"
     )
     rebalance_threshold: float = Field(default=0.25, ge=0, description="hot: load score above mean x (1 + this)")
-    rebalance_min_gap: float = Field(default=0.05, ge=0, description="... and above mean + this (idle noise)")
-    rebalance_persist: int = Field(default=3, ge=1, description="intervals a host stays hot before a move")
+    rebalance_min_gap: float = Field(default=0.03, ge=0, description="... and above mean + this (idle noise)")
+    rebalance_persist: int = Field(default=2, ge=1, description="intervals a host stays hot before a move")
     rebalance_moves: int = Field(default=2, ge=2, description="partitions moved per interval (a swap moves two)")
-    rebalance_cooldown: int = Field(default=6, ge=0, description="intervals a moved partition stays put")
+    rebalance_cooldown: int = Field(default=12, ge=0, description="intervals a moved partition stays put")
     handoff_timeout_s: float = Field(default=45.0, gt=0, description="take a partition from a live owner after this")
     ready_timeout_s: float = Field(default=15.0, gt=0, description="start() waits this long for its partitions")
     max_ack_pending: int = Field(default=1024, ge=1)
@@ -267,6 +267,12 @@ class HostSettings(CommonSettings):
         max_length=128,
         pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
         description="the inbox prefix of the purge_nats_url connection (its user's, as inbox_prefix)",
+    )
+    retention_sweep_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="how often the cluster leader applies retention to its types that declare keep_snapshots "
+        "(ADR 0052, the code of `jetagents agent purge`), over purge_nats_url like the purge; 0: never",
     )
     call_path_max: int = Field(
         default=16,

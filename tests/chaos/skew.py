@@ -22,6 +22,7 @@ from jetagents._host.coordination import cluster_status
 from jetagents._nats.kv import JetStreamStore
 
 TICKS = os.sysconf("SC_CLK_TCK")
+# faster than the defaults (interval 5 s, persist 2, load window 5 s): ``bench_rebalance.py --fast``
 BALANCE_ENV = {
     "JETAGENTS_REBALANCE_INTERVAL_S": "1",
     "JETAGENTS_REBALANCE_PERSIST": "2",
@@ -37,12 +38,12 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def agents_by_partition(partitions: int, per: int) -> dict[int, list[str]]:
+def agents_by_partition(partitions: int, per: int, agent_type: str = "counter") -> dict[int, list[str]]:
     out: dict[int, list[str]] = {p: [] for p in range(partitions)}
     i = 0
     while any(len(v) < per for v in out.values()):
         aid = f"s{i}"
-        p = partition_of("counter", aid, partitions)
+        p = partition_of(agent_type, aid, partitions)
         if len(out[p]) < per:
             out[p].append(aid)
         i += 1
@@ -92,27 +93,50 @@ async def run_skew(
     window_s: float = 4.0,
     steady_s: float = 8.0,
     deadline_s: float = 120.0,
+    burn_ms: int = 0,
 ) -> dict[str, Any]:
+    """``burn_ms``: the commands are ``burner.work`` (``burner.py``: that much CPU each),
+    not ``counter.increment``."""
+    agent_type, act, params = ("burner", "work", {"ms": burn_ms}) if burn_ms else ("counter", "increment", {"by": 1})
     store = JetStreamStore(client.nc, "agt_cluster", replicas=3)
-    await settled(store, len(pids))
-    epoch0, owners = await ring(store)
+    while True:  # settled, and the leader done with its boot steps (the ring still for 2 s)
+        await settled(store, len(pids))
+        epoch0, owners = await ring(store)
+        await asyncio.sleep(2.0)
+        if (await ring(store))[0] == epoch0:
+            break
     busiest = max(set(owners), key=lambda h: (owners.count(h), h))
     hot = [p for p, o in enumerate(owners) if o == busiest][: max(1, partitions // 10)]
-    agents = agents_by_partition(partitions, 4)
+    agents = agents_by_partition(partitions, 5, agent_type)
+    # the fifth agent of each hot partition takes exactly-once increments only: its count
+    # at the end says whether a move lost or repeated one
+    tally = {agents[p].pop(): [0, 0] for p in hot}  # agent -> [acknowledged, failed]
     hot_agents = [a for p in hot for a in agents[p]]
     cold_agents = [a for p in range(partitions) if p not in hot for a in agents[p]]
     stop = asyncio.Event()
     sent = [0]
+    failed: dict[str, int] = {}  # calls that got no result, by error code (a move must not cause any)
 
     async def worker(w: int) -> None:
         rnd = random.Random(w)
         while not stop.is_set():
             aid = rnd.choice(hot_agents if rnd.random() < 0.8 else cold_agents)
-            with contextlib.suppress(JetAgentsError):
-                await client.agent("counter", aid).request("increment", {"by": 1}, delivery="at-most-once", timeout=5)
+            try:
+                await client.agent(agent_type, aid).request(act, params, delivery="at-most-once", timeout=5)
                 sent[0] += 1
+            except JetAgentsError as exc:
+                failed[exc.code] = failed.get(exc.code, 0) + 1
+
+    async def counted(aid: str) -> None:
+        while not stop.is_set():
+            try:
+                await client.agent(agent_type, aid).request(act, params, timeout=10)
+                tally[aid][0] += 1
+            except JetAgentsError:
+                tally[aid][1] += 1
 
     tasks = [asyncio.create_task(worker(w)) for w in range(workers)]
+    tasks += [asyncio.create_task(counted(a)) for a in tally]
     t0 = time.monotonic()
     try:
 
@@ -138,6 +162,9 @@ async def run_skew(
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+    exactly_once = {}
+    for aid, (ok, lost) in tally.items():
+        exactly_once[aid] = {"ok": ok, "failed": lost, "count": await client.agent(agent_type, aid).request("get")}
     return {
         "rebalanced": True,
         "time_to_rebalance_s": round(moved_at, 2),
@@ -149,6 +176,11 @@ async def run_skew(
         "imbalance_after": imbalance(after),
         "epochs": [epoch0, epoch1, epoch2],
         "moved_while_steady": sum(a != b for a, b in zip(owners1, owners2, strict=True)),
+        "moved_to_balance": sum(a != b for a, b in zip(owners, owners1, strict=True)),
+        "failed_calls": failed,
+        # each agent's count: at least its acknowledged increments, at most those and the failed ones
+        "exactly_once": exactly_once,
+        "exactly_once_kept": all(v["ok"] <= v["count"] <= v["ok"] + v["failed"] for v in exactly_once.values()),
         "commands": sent[0],
         "commands_per_s": round(sent[0] / (time.monotonic() - t0), 1),
     }

@@ -28,6 +28,16 @@ class Ledger(Counter):
     keep_snapshots = 1
 
 
+class Journal(Counter):
+    type_name = "journal"
+    keep_snapshots = 2
+
+
+class Archive(Counter):
+    type_name = "archive"
+    keep_snapshots = 3
+
+
 class KeptState(BaseModel):
     texts: list[str] = []
 
@@ -294,30 +304,78 @@ async def test_a_host_that_missed_the_evict_refuses_the_deleted_agent_by_its_tom
         await client.close()
 
 
-async def test_retention_keeps_the_log_from_the_last_snapshot(nats_server: NatsServer) -> None:
+async def test_retention_keeps_the_log_every_kept_snapshot_needs(nats_server: NatsServer) -> None:
+    """keep_snapshots = 2 under a bucket keeping 2 snapshots per agent: the log is kept from
+    the second-last snapshot; keep_snapshots = 1 is raised to the bucket's history (the
+    restore path falls back to the older one); 3 cannot be met and is reported. An agent
+    whose latest snapshot is corrupt restores from the older one with the right state."""
     client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
-    settings = host_settings(nats_server.url, snapshot_every=5)
+    settings = host_settings(nats_server.url, snapshot_every=3, snapshot_history=2)
+    types = [Ledger, Journal, Archive, Counter]
     try:
-        async with Host(settings, Registry([Ledger, Counter])):
+        async with Host(settings, Registry(types)):
             for i in range(12):
-                await client.agent("ledger", "l1").request("increment", {"by": i + 1})
-                await client.agent("counter", "c1").request("increment", {"by": 1})
-        before = await commits(client.nc, "ledger", "l1")
-        admin = Inspector(client, agents=[Ledger, Counter])
+                for t in ("ledger", "journal", "counter"):
+                    await client.agent(t, "a").request("increment", {"by": i + 1})
+        kv = await client.nc.jetstream().key_value("agt_snap")
+        snaps = {t: [e for e in await kv.history(f"{t}.a") if e.value] for t in ("ledger", "journal")}
+        older = {t: orjson.loads(h[0].value) for t, h in snaps.items()}
+        for t, h in snaps.items():  # the stop snapshotted the last commit; an older one is kept
+            assert len(h) == 2 and orjson.loads(h[1].value)["n"] == 12 and older[t]["n"] < 12
+        before = {t: await commits(client.nc, t, "a") for t in ("ledger", "journal")}
+        admin = Inspector(client, agents=types)
         report = await Lifecycle(admin).apply_retention()
-        assert [r["agent"] for r in report] == ["ledger/l1"]  # counter keeps everything
-        after = await commits(client.nc, "ledger", "l1")
-        # the host snapshotted on its way out, covering the whole log: only the last commit
-        # stays, the fence of the next append
-        assert after == before[-1:]
-        assert len(await commits(client.nc, "counter", "c1")) == 12
-        # time travel from the snapshot on; before it, the state is gone, and says so
-        rebuilt = await admin.state_at("ledger", "l1")
+        assert {"type": "archive", "skipped": "the snapshot bucket keeps 2 per agent, keep_snapshots is 3"} in report
+        for t in ("ledger", "journal"):
+            assert {"agent": f"{t}/a", "kept_from_seq": older[t]["seq"] + 1, "snapshot_seq": older[t]["seq"]} in report
+            after = await commits(client.nc, t, "a")
+            assert after == [c for c in before[t] if c["_seq"] > older[t]["seq"]]
+            assert [c["n"] for c in after] == list(range(older[t]["n"] + 1, 13))
+        assert len(await commits(client.nc, "counter", "a")) == 12  # keeps everything
+        # time travel from the kept snapshot on; before it, the state is gone, and says so
+        rebuilt = await admin.state_at("journal", "a")
         assert rebuilt.state.model_dump() == {"value": sum(range(1, 13))} and rebuilt.n == 12
         with pytest.raises(InternalError, match="purged"):
-            await admin.state_at("ledger", "l1", before[0]["_seq"])
-        # a host loads it from the snapshot and the rest of the log
-        async with Host(settings, Registry([Ledger, Counter])):
-            assert await client.agent("ledger", "l1").request("increment", {"by": 100}) == 178
+            await admin.state_at("journal", "a", before["journal"][0]["_seq"])
+        # the latest snapshot is damaged (the bucket denies deleting one message: the key is
+        # emptied and the older snapshot written back, then garbage): the restore path falls
+        # back to the older one and replays the log retention kept after it
+        for t, h in snaps.items():
+            await js_api(client.nc, "$JS.API.STREAM.PURGE.KV_agt_snap", {"filter": f"$KV.agt_snap.{t}.a"}, 5)
+            await kv.put(f"{t}.a", h[0].value)
+            await kv.put(f"{t}.a", b"{not json")
+        async with Host(settings, Registry(types)) as host:
+            for t in ("ledger", "journal"):
+                assert await client.agent(t, "a").request("increment", {"by": 100}) == 178
+            assert host.stats["restores"] == 2
+    finally:
+        await client.close()
+
+
+async def test_the_leader_bounds_a_retained_log_without_an_operator(nats_server: NatsServer) -> None:
+    """A host whose type declares keep_snapshots applies retention itself every
+    ``retention_sweep_s``: the log is cut while the agent runs, and the agent keeps its state."""
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
+    settings = host_settings(
+        nats_server.url, snapshot_every=3, snapshot_history=2, purge_sweep_s=0, retention_sweep_s=0.2
+    )
+    try:
+        async with Host(settings, Registry([Journal, Counter])) as host:
+            assert host.purge_sweep is not None
+            ref = client.agent("journal", "b")
+            for i in range(12):
+                await ref.request("increment", {"by": i + 1})
+                await client.agent("counter", "b").request("increment", {"by": 1})
+
+            async def cut() -> bool:
+                log = await commits(client.nc, "journal", "b")
+                return len(log) < 12 and log[0]["n"] > 1
+
+            await eventually(cut, timeout_s=30)
+            assert host.stats["logs_retained"] >= 1
+            assert len(await commits(client.nc, "counter", "b")) == 12  # keeps everything
+            assert await ref.request("increment", {"by": 100}) == 178
+            host.catalog.evict(host.catalog.activations["journal.b"])  # rebuilt from what is kept
+            assert await ref.request("get", delivery="at-most-once") == 178
     finally:
         await client.close()

@@ -189,36 +189,75 @@ class Lifecycle:
 
         await asyncio.gather(*(ask(h["host"]) for h in cluster["hosts"] if h["alive"]))
 
-    async def apply_retention(self) -> list[dict[str, Any]]:
-        """For every type known here that declares ``keep_snapshots = N``: purge each agent's
-        log before the N-th last snapshot the bucket keeps, when the current code can load
-        that snapshot (else the agent is skipped: its log is then its only readable history)."""
-        out: list[dict[str, Any]] = []
+    def retained_types(self) -> dict[str, int]:
+        """The types known here that declare ``keep_snapshots = N`` (type -> N)."""
+        out = {}
         for type_name in self.admin.registry.types():
             spec = self.admin.registry.get(type_name)
             keep = getattr(spec.cls, "keep_snapshots", None) if spec is not None else None
-            if spec is None or not keep:
-                continue
-            for agent in await self.admin.agents(type_name):
-                aid = AgentId(agent.type, agent.id)
-                snaps = await self.io.read_from_leader(
-                    f"KV_{self.topology.snap_bucket}", f"$KV.{self.topology.snap_bucket}.{aid.key}", 1, 1000
-                )
-                docs = [_doc(m.data) for m in snaps if m.data]
-                if len(docs) < keep:
-                    continue
-                snap = docs[-keep]
-                try:
-                    state_from(spec, aid, snap["state"], int(snap.get("sv", 1)))
-                    seq = int(snap["seq"])
-                except (JetAgentsError, KeyError, TypeError, ValueError):
-                    out.append({"agent": str(aid), "skipped": "snapshot unreadable by this code"})
-                    continue
-                # the last commit always stays: it is the fence the next append expects (wire
-                # contract 7); a subject without it would refuse every append as "wrong last sequence"
-                subject = self.subjects.evt(aid.type, aid.id)
-                last = await self.io.last(self.topology.evt_stream, subject)
-                keep_from = min(seq + 1, last.seq) if last is not None else seq + 1
-                await self.io.purge_until(self.topology.evt_stream, subject, keep_from)
-                out.append({"agent": str(aid), "kept_from_seq": keep_from})
+            if keep:
+                out[type_name] = int(keep)
         return out
+
+    async def snapshot_history(self) -> int:
+        """Snapshots the bucket keeps per agent (its ``max_msgs_per_subject``: the hosts'
+        ``snapshot_history``, ADR 0059); 0 when there is no bucket yet."""
+        try:
+            info = await self.io.stream_info(f"KV_{self.topology.snap_bucket}")
+        except JSApiError as exc:
+            if exc.err_code != ERR_STREAM_NOT_FOUND:
+                raise
+            return 0
+        return max(1, int((info.get("config") or {}).get("max_msgs_per_subject", 1) or 1))
+
+    async def apply_retention(self) -> list[dict[str, Any]]:
+        """For every type known here that declares ``keep_snapshots = N``: purge each agent's
+        log before the oldest snapshot it still needs, one entry per agent cut or skipped.
+
+        That snapshot is the N-th last, or older: the restore path (ADR 0059) falls back to
+        any snapshot the bucket keeps when a newer one cannot be read, and needs the log after
+        it, so the cut is before the oldest of the last ``max(N, history)`` snapshots. A
+        bucket keeping fewer than N per agent can never satisfy N: the type is reported and
+        left whole (raise ``snapshot_history``); an agent with fewer than N snapshots so far,
+        or whose cut snapshot this code cannot load, is reported and left whole."""
+        kept = self.retained_types()
+        if not kept:
+            return []
+        history = await self.snapshot_history()
+        out: list[dict[str, Any]] = []
+        for type_name, keep in kept.items():
+            if history < keep:
+                out.append(
+                    {
+                        "type": type_name,
+                        "skipped": f"the snapshot bucket keeps {history} per agent, keep_snapshots is {keep}",
+                    }
+                )
+                continue
+            pattern = self.subjects.evt(type_name, "*")
+            for subject in sorted(await self.io.subjects(self.topology.evt_stream, pattern, 100_000_000)):
+                out.append(await self._retain(type_name, subject.split(".")[-1], keep, max(keep, history)))
+        return out
+
+    async def _retain(self, type_name: str, agent_id: str, keep: int, depth: int) -> dict[str, Any]:
+        spec = self.admin.registry.get(type_name)
+        assert spec is not None  # one of retained_types()
+        aid = AgentId(type_name, agent_id)
+        bucket = self.topology.snap_bucket
+        snaps = await self.io.read_from_leader(f"KV_{bucket}", f"$KV.{bucket}.{aid.key}", 1, 1000)
+        docs = [_doc(m.data) for m in snaps if m.data]  # a delete marker has no body
+        if len(docs) < keep:
+            return {"agent": str(aid), "skipped": f"{len(docs)} of {keep} snapshots so far"}
+        snap = docs[max(0, len(docs) - depth)]
+        try:
+            state_from(spec, aid, snap["state"], int(snap.get("sv", 1)))
+            seq = int(snap["seq"])
+        except (JetAgentsError, KeyError, TypeError, ValueError):
+            return {"agent": str(aid), "skipped": "snapshot unreadable by this code"}
+        # the last commit always stays: it is the fence the next append expects (wire
+        # contract 7); a subject without it would refuse every append as "wrong last sequence"
+        subject = self.subjects.evt(aid.type, aid.id)
+        last = await self.io.last(self.topology.evt_stream, subject)
+        keep_from = min(seq + 1, last.seq) if last is not None else seq + 1
+        await self.io.purge_until(self.topology.evt_stream, subject, keep_from)
+        return {"agent": str(aid), "kept_from_seq": keep_from, "snapshot_seq": seq}

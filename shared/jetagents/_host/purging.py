@@ -2,7 +2,10 @@
 own, or host 0 of a static set) runs the purge of ``jetagents purge`` (``Lifecycle.purge_due``,
 the one mechanism) every ``purge_sweep_s``: each agent whose tombstone's grace period is over
 loses its log, snapshots, metadata, dead letters, queued commands, schedules, output,
-subscriptions, quarantine record and blobs; the tombstone stays and records when.
+subscriptions, quarantine record and blobs; the tombstone stays and records when. Every
+``retention_sweep_s`` the same loop applies retention (``Lifecycle.apply_retention``, the code
+of the CLI) to the host's types that declare ``keep_snapshots``, so their logs stay bounded
+without an operator's cron.
 
 Hosts may not purge logs under the shipped accounts (``ops/nats/accounts.conf``), so the sweep
 purges over ``purge_nats_url`` (the operator user's) when it is set, else over the host's own
@@ -38,9 +41,16 @@ class _Connection:
 
 
 def start_purge_sweep(host: Host) -> PurgeSweep | None:
-    """The sweep, spawned on ``host``'s supervisor; None when ``purge_sweep_s`` is 0."""
+    """The sweep, spawned on ``host``'s supervisor; None when it has nothing to do (no
+    purge, ``purge_sweep_s`` 0, and no retention: ``retention_sweep_s`` 0 or no type of the
+    host declares ``keep_snapshots``)."""
     s = host.settings
-    if s.purge_sweep_s <= 0:
+    retains = s.retention_sweep_s > 0 and any(
+        getattr(spec.cls, "keep_snapshots", None)
+        for spec in (host.registry.get(t) for t in host.registry.types())
+        if spec is not None
+    )
+    if s.purge_sweep_s <= 0 and not retains:
         return None
 
     def leads() -> bool:
@@ -51,17 +61,19 @@ def start_purge_sweep(host: Host) -> PurgeSweep | None:
             return bool(coord.is_leader)
         return host.static and s.host_index == 0  # ring hosts wait for their coordinator
 
-    sweep = PurgeSweep(host, leads)
+    sweep = PurgeSweep(host, leads, retention_s=s.retention_sweep_s if retains else 0.0)
     host.supervisor.spawn(GROUP, sweep.run())
     return sweep
 
 
 class PurgeSweep:
-    """One loop: sleep, and when this host leads, purge what is due."""
+    """One loop: sleep, and when this host leads, purge what is due and, every
+    ``retention_s`` (0: never), apply retention."""
 
-    def __init__(self, host: Host, leads: Callable[[], bool]) -> None:
+    def __init__(self, host: Host, leads: Callable[[], bool], *, retention_s: float = 0.0) -> None:
         self._host = host
         self._leads = leads
+        self._retention_s = retention_s
         self._log = structlog.get_logger("jetagents.purge").bind(host=host.settings.host_id)
         self._own: Any = None  # the purge_nats_url connection, opened on first need
         # tombstones not purged yet, and where the next read of the bucket starts: a run
@@ -69,34 +81,69 @@ class PurgeSweep:
         self._pending: dict[str, dict[str, Any]] = {}
         self._next_seq = 1
         self.runs = 0  # completed runs (tests wait on them)
+        self.retention_runs = 0
         self.failures = 0
 
     async def run(self) -> None:
-        s = self._host.settings
+        s, clock = self._host.settings, self._host.clock
+        purge_s, retention_s = s.purge_sweep_s, self._retention_s
+        tick_s = min(x for x in (purge_s, retention_s) if x > 0)
+        next_purge = next_retention = clock.monotonic()
         try:
             while True:
-                await self._host.clock.sleep(s.purge_sweep_s)
-                if self._leads():
+                await clock.sleep(tick_s)
+                if not self._leads():
+                    continue
+                now = clock.monotonic()
+                if purge_s > 0 and now >= next_purge:
+                    next_purge = now + purge_s
                     await self.once()
+                if retention_s > 0 and now >= next_retention:
+                    next_retention = now + retention_s
+                    await self.retain()
         finally:
             if self._own is not None:
                 await self._own.close()
 
+    async def _lifecycle(self) -> Lifecycle:
+        """``Lifecycle`` over ``purge_nats_url`` (opened on first need) or the host's own
+        connection, knowing the host's types (their ``keep_snapshots``)."""
+        host, s = self._host, self._host.settings
+        nc = host.nc
+        if s.purge_nats_url:
+            if self._own is None:
+                self._own = await connect(
+                    s.purge_nats_url,
+                    name=f"jetagents-purge-{s.host_id}",
+                    connect_timeout_s=s.connect_timeout_s,
+                    inbox_prefix=s.purge_inbox_prefix,
+                )
+            nc = self._own
+        return Lifecycle(Inspector(_Connection(nc, host.subjects), agents=host.registry, timeout_s=s.op_timeout_s))
+
+    async def retain(self) -> list[dict[str, Any]]:
+        """Apply retention once; what it reported (nothing when the run failed)."""
+        host = self._host
+        try:
+            report = await (await self._lifecycle()).apply_retention()
+        except Exception as exc:  # noqa: BLE001 - refused, timed out, server gone: the next run tries again
+            self.failures += 1
+            self._log.warning("retention_sweep_failed", error=repr(exc))
+            host.metrics.inc("retention_sweep_failed")
+            return []
+        self.retention_runs += 1
+        for entry in report:
+            if "kept_from_seq" in entry:
+                host.metrics.inc("logs_retained")
+            elif "type" in entry:  # keep_snapshots the bucket cannot meet: the operator's to fix
+                self._log.warning("retention_unmet", agent_type=entry["type"], reason=entry["skipped"])
+        return report
+
     async def once(self) -> list[dict[str, Any]]:
         """Purge every agent due now; what was purged (nothing when the run failed)."""
-        host, s = self._host, self._host.settings
+        host = self._host
         try:
-            nc = host.nc
-            if s.purge_nats_url:
-                if self._own is None:
-                    self._own = await connect(
-                        s.purge_nats_url,
-                        name=f"jetagents-purge-{s.host_id}",
-                        connect_timeout_s=s.connect_timeout_s,
-                        inbox_prefix=s.purge_inbox_prefix,
-                    )
-                nc = self._own
-            life = Lifecycle(Inspector(_Connection(nc, host.subjects), timeout_s=s.op_timeout_s))
+            life = await self._lifecycle()
             new, self._next_seq = await life.tombstones_since(self._next_seq)
             for key, tomb in new.items():  # a purge's own mark comes back here and is dropped
                 if tomb.get("purged_ms"):

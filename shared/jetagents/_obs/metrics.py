@@ -51,6 +51,9 @@ STATS = (
     # deletion (ADR 0052): agents the leader's sweep purged; its runs refused or failed
     "agents_purged",
     "purge_sweep_failed",
+    # retention (ADR 0052): logs the leader's sweep cut; its runs refused or failed
+    "logs_retained",
+    "retention_sweep_failed",
 )
 
 # short attribute names at the call site -> OpenTelemetry attribute keys
