@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
     args = ap.parse_args()
     if args.quick:
-        args.hosts, args.n, args.e2e_n, args.placed = [3, 10], 2_000, 20, 10
+        args.hosts, args.n, args.e2e_n, args.placed = [3], 1_000, 20, 10
     rnd = random.Random(7)
     print(f"{'hosts':>6} {'plain/s':>10} {'choose_host/s':>14} {'ratio':>6} {'plan/s (256 p)':>15}")
     for n_hosts in args.hosts:

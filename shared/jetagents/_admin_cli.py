@@ -221,7 +221,8 @@ def agent_purge(
     nats_url: NatsUrl = None,
 ) -> None:
     """Purge deleted agents past their grace period, then apply each known type's retention
-    (keep_snapshots): one JSON line per agent touched. Run it from cron."""
+    (keep_snapshots): one JSON line per agent (or type) purged, cut or skipped. The cluster
+    leader runs both on its own (purge_sweep_s, retention_sweep_s)."""
 
     async def go(admin: Any) -> list[Any]:
         from ._client.lifecycle import Lifecycle

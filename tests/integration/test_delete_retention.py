@@ -313,11 +313,18 @@ async def test_retention_keeps_the_log_every_kept_snapshot_needs(nats_server: Na
     settings = host_settings(nats_server.url, snapshot_every=3, snapshot_history=2)
     types = [Ledger, Journal, Archive, Counter]
     try:
-        async with Host(settings, Registry(types)):
+        async with Host(settings, Registry(types)) as host:
+            kv = await client.nc.jetstream().key_value("agt_snap")
             for i in range(12):
                 for t in ("ledger", "journal", "counter"):
                     await client.agent(t, "a").request("increment", {"by": i + 1})
-        kv = await client.nc.jetstream().key_value("agt_snap")
+
+            async def snapshotted() -> bool:  # a snapshot still in flight is waited for, not raced
+                await host.catalog.snapshot_all(5.0)
+                latest = [await kv.get(f"{t}.a") for t in ("ledger", "journal")]
+                return all(e.value and orjson.loads(e.value)["n"] == 12 for e in latest)
+
+            await eventually(snapshotted)
         snaps = {t: [e for e in await kv.history(f"{t}.a") if e.value] for t in ("ledger", "journal")}
         older = {t: orjson.loads(h[0].value) for t, h in snaps.items()}
         for t, h in snaps.items():  # the stop snapshotted the last commit; an older one is kept

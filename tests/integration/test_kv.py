@@ -113,6 +113,31 @@ async def test_a_scan_after_a_revision_waits_for_a_replica_that_has_it(nats_serv
         await nc.drain()
 
 
+async def test_a_scan_of_more_keys_than_one_multi_last_answers_reads_them_page_by_page(
+    nats_server: NatsServer,
+) -> None:
+    """The server answers a ``multi_last`` direct get for at most 1024 keys (status 413
+    beyond): placement scans every ``place.`` record, so the 1025th agent placed with
+    resources failed to place, and so did every one after it. Past the limit the scan pages."""
+    nc = await connect(nats_server.url, name="kv-scan-big")
+    try:
+        store = JetStreamStore(nc, "scanbig", timeout_s=10.0)
+        await store.ensure()
+        n = 1030  # past the 1024 keys of one multi_last, and past one page (SCAN_PAGE)
+        revs = await asyncio.gather(*(store.put(f"place.a{i}", {"i": i}) for i in range(n)))
+        await store.put("member.h1", {})
+        rev = await store.put("place.a7", {"i": -7})  # rewritten: the last value counts
+        await store.remove("place.a8")  # removed: not listed
+        found = await store.scan("place.", after_rev=rev)
+        assert set(found) == {f"place.a{i}" for i in range(n)} - {"place.a8"}
+        assert found["place.a7"].value == {"i": -7} and found["place.a7"].rev == rev
+        assert found["place.a9"].value == {"i": 9} and found["place.a9"].rev == revs[9]
+        with pytest.raises(Unavailable):  # a revision no replica has (yet): not a stale read
+            await store.scan("place.", after_rev=rev + 100)
+    finally:
+        await nc.drain()
+
+
 async def test_hosts_starting_at_once_on_a_cluster_raise_an_old_snapshot_bucket_once(nats_cluster: NatsCluster) -> None:
     """Six hosts' start (``ensure_topology``), two on each node of a 3-node cluster, at once,
     on an R3 deployment an older version made (its snapshot bucket with one snapshot per

@@ -204,7 +204,9 @@ async def test_moves_and_placements_racing_for_one_host_reserve_exactly_its_room
 
         async def move(name: str) -> str:
             try:
-                await client.migrate("trainer", name, "small", timeout=3)
+                await client.migrate(
+                    "trainer", name, "small", timeout=20
+                )  # a bound, not a condition: the race is in the gather
             except Unavailable as exc:
                 assert exc.details.get("reason") == "insufficient_resources", exc
                 return "refused"
@@ -212,7 +214,7 @@ async def test_moves_and_placements_racing_for_one_host_reserve_exactly_its_room
 
         async def place(name: str) -> str:
             try:
-                await client.agent("trainer", name).request("train", delivery="at-most-once", timeout=3)
+                await client.agent("trainer", name).request("train", delivery="at-most-once", timeout=20)
             except Unavailable as exc:
                 assert exc.details.get("reason") == "insufficient_resources", exc
                 return "refused"

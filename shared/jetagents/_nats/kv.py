@@ -45,6 +45,7 @@ NatsClient: TypeAlias = NATS  # for code outside the adapter that only passes a 
 
 CONFLICT_CODES: Final = frozenset({ERR_WRONG_LAST_SEQUENCE, ERR_LAST_SEQ_NOT_READY})
 SCAN_RETRY: Final = RetryPolicy(attempts=8, base_s=0.02, max_s=0.5)  # a replica behind catches up in ms
+SCAN_PAGE: Final = 1024  # messages per request of a scan too large for one multi_last
 
 
 class KvConflict(CasConflict):
@@ -152,30 +153,74 @@ async def scan_last(nc: NATS, bucket: str, prefix: str, timeout_s: float, *, aft
 
 
 async def _scan_once(nc: NATS, bucket: str, prefix: str, timeout_s: float, after_rev: int) -> dict[str, KvEntry]:
+    base = f"$KV.{bucket}."
+    req = {"multi_last": [f"{base}{prefix}>"], "batch": 4096}
+    msgs, status, end = await _direct_batch(nc, bucket, req, timeout_s)
+    if status == "413":  # more keys under the prefix than the server answers at once
+        return await _scan_paged(nc, bucket, prefix, timeout_s, after_rev)
+    # 404: no key under the prefix, not even the caller's own write
+    if after_rev and (
+        status == "404"
+        or any(int(h.get("Nats-UpTo-Sequence", after_rev)) < after_rev for h in [*(m.headers or {} for m in msgs), end])
+    ):
+        raise _Behind
+    if status not in ("404", "204"):
+        raise Unavailable(f"scan of KV bucket {bucket} failed with status {status}")
+    out: dict[str, KvEntry] = {}
+    for msg in msgs:
+        hdrs = msg.headers or {}
+        if hdrs.get("KV-Operation") not in ("DEL", "PURGE"):
+            out[hdrs.get("Nats-Subject", "")[len(base) :]] = KvEntry(msg.data, int(hdrs.get(H_NATS_SEQUENCE, "0")))
+    return out
+
+
+async def _scan_paged(nc: NATS, bucket: str, prefix: str, timeout_s: float, after_rev: int) -> dict[str, KvEntry]:
+    """The scan when ``multi_last`` is refused (the server answers it for at most 1024 keys,
+    else status 413): every message under the prefix in stream order, a page at a time, each
+    key's last one kept. Read up to the last message under the prefix, it holds ``after_rev``
+    when one of its messages is at least that revision (the caller's write, or a later one;
+    should all of those have been purged since, it cannot tell, and the scan is retried)."""
+    base = f"$KV.{bucket}."
+    out: dict[str, KvEntry] = {}
+    start, top = 1, 0
+    while True:
+        req = {"seq": start, "next_by_subj": f"{base}{prefix}>", "batch": SCAN_PAGE}
+        msgs, status, end = await _direct_batch(nc, bucket, req, timeout_s)
+        if status not in ("404", "204"):
+            raise Unavailable(f"scan of KV bucket {bucket} failed with status {status}")
+        for msg in msgs:
+            hdrs = msg.headers or {}
+            key, top = hdrs.get("Nats-Subject", "")[len(base) :], int(hdrs.get(H_NATS_SEQUENCE, "0"))
+            if hdrs.get("KV-Operation") in ("DEL", "PURGE"):
+                out.pop(key, None)
+            else:
+                out[key] = KvEntry(msg.data, top)
+        if status == "404" or not msgs or end.get("Nats-Num-Pending", "0") == "0":
+            break
+        start = top + 1
+    if after_rev and top < after_rev:
+        raise _Behind
+    return out
+
+
+async def _direct_batch(
+    nc: NATS, bucket: str, req: dict[str, Any], timeout_s: float
+) -> tuple[list[Any], str, dict[str, str]]:
+    """One batched direct get: its messages, then the status that ended it and its headers."""
     shared = await shared_inbox(nc)
     q: asyncio.Queue[Any] = asyncio.Queue()
     inbox = shared.listen(q.put_nowait)
-    out: dict[str, KvEntry] = {}
-    base = f"$KV.{bucket}."
+    msgs: list[Any] = []
     try:
-        req = {"multi_last": [f"{base}{prefix}>"], "batch": 4096}
         await nc.publish(f"$JS.API.DIRECT.GET.KV_{bucket}", orjson.dumps(req), reply=inbox)
         async with asyncio.timeout(timeout_s):
             while True:
                 msg = await q.get()
                 hdrs = msg.headers or {}
                 status = hdrs.get("Status")
-                # 404: no key under the prefix, not even the caller's own write
-                if after_rev and (status == "404" or int(hdrs.get("Nats-UpTo-Sequence", after_rev)) < after_rev):
-                    raise _Behind
-                if status in ("404", "204"):
-                    return out
                 if status is not None:
-                    raise Unavailable(f"scan of KV bucket {bucket} failed with status {status}")
-                if hdrs.get("KV-Operation") in ("DEL", "PURGE"):
-                    continue
-                key = hdrs.get("Nats-Subject", "")[len(base) :]
-                out[key] = KvEntry(msg.data, int(hdrs.get(H_NATS_SEQUENCE, "0")))
+                    return msgs, str(status), hdrs
+                msgs.append(msg)
     except TimeoutError:
         raise Unavailable(f"scan of KV bucket {bucket} timed out") from None
     finally:
