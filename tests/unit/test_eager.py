@@ -347,3 +347,26 @@ async def test_a_context_variable_naming_the_task_does_not_retire_the_spare() ->
     for _ in range(10):
         assert _start_manual(marks(), loop) is None
     assert len(seen) == 1
+
+
+async def test_a_spare_made_within_a_stretch_does_not_linger() -> None:
+    """A coroutine started inside a first stretch, finishing at once, leaves a spare of its
+    own; when the outer stretch puts its spare back, the inner one ends (no idle task left)."""
+    loop = asyncio.get_running_loop()
+
+    async def inner() -> None:
+        pass
+
+    async def outer() -> None:
+        assert _start_manual(inner(), loop) is None
+
+    async def quick() -> None:
+        pass
+
+    assert _start_manual(quick(), loop) is None  # a spare stands by
+    await asyncio.sleep(0)
+    before = len(asyncio.all_tasks())
+    assert _start_manual(outer(), loop) is None
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(asyncio.all_tasks()) == before  # the inner spare ended; the outer one stands by

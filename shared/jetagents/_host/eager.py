@@ -168,6 +168,8 @@ def _start_manual(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoo
         del ctx
         refs_after = sys.getrefcount(task)  # alone: as an argument next to task it counts one more
         if _untouched(task, refs, refs_after):
+            if _spare is not None:  # a coroutine started within the stretch left its own spare
+                _spare.rest.retire()
             _spare = spare
         else:
             spare.rest.retire()
