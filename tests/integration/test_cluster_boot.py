@@ -19,6 +19,9 @@ async def test_r3_topology_on_three_nodes_survives_one_node_loss(nats_cluster: N
             assert len(info["cluster"].get("replicas", [])) == 2
             assert await client.agent("counter", "r3").request("increment", {"by": 1}) == 1
             nats_cluster.servers[2].kill()
-            assert await client.agent("counter", "r3").request("increment", {"by": 1}, timeout=20) == 2
+            # the time to recover is NATS's raft elections plus the host's fence and consumer
+            # restarts: 10.5 s median, 19.9 s worst on the loaded machine (ADR 0037); 20 s
+            # failed a CI run at the tail, so the bound is the hand-off timeout's 45 s
+            assert await client.agent("counter", "r3").request("increment", {"by": 1}, timeout=45) == 2
         finally:
             await client.close()
