@@ -116,10 +116,9 @@ class _Rest(Coroutine[Any, Any, Any]):
 class _Spare:
     """The task standing by for the next first stretch on one loop."""
 
-    __slots__ = ("loop", "rest", "task")
+    __slots__ = ("rest", "task")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
         self.rest = _Rest(loop)
         self.task: asyncio.Task[Any] = loop.create_task(self.rest)
 
@@ -139,7 +138,7 @@ def _untouched(task: asyncio.Task[Any], refs_before: int, refs_after: int) -> bo
 def _start_manual(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
     global _spare
     spare = _spare
-    if spare is None or spare.loop is not loop or spare.rest.gone:
+    if spare is None or spare.rest.loop is not loop or spare.rest.gone:
         spare = _Spare(loop)
     _spare = None  # taken: a coroutine started from within this stretch gets a spare of its own
     task = spare.task

@@ -127,9 +127,7 @@ class PurgeSweep:
         try:
             report = await (await self._lifecycle()).apply_retention()
         except Exception as exc:  # noqa: BLE001 - refused, timed out, server gone: the next run tries again
-            self.failures += 1
-            self._log.warning("retention_sweep_failed", error=repr(exc))
-            host.metrics.inc("retention_sweep_failed")
+            self._failed("retention_sweep_failed", exc)
             return []
         self.retention_runs += 1
         for entry in report:
@@ -152,12 +150,16 @@ class PurgeSweep:
                     self._pending[key] = tomb
             done = await life.purge_due(tombs=dict(self._pending)) if self._pending else []
         except Exception as exc:  # noqa: BLE001 - refused, timed out, server gone: the next run tries again
-            self.failures += 1
-            self._log.warning("purge_sweep_failed", error=repr(exc))
-            host.metrics.inc("purge_sweep_failed")
+            self._failed("purge_sweep_failed", exc)
             return []
         self.runs += 1
         for tomb in done:
             self._log.info("agent_purged", agent=tomb.get("agent"), by=tomb.get("by"), reason=tomb.get("reason"))
             host.metrics.inc("agents_purged")
         return done
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        """A run that failed: counted, logged and measured under ``what``."""
+        self.failures += 1
+        self._log.warning(what, error=repr(exc))
+        self._host.metrics.inc(what)
