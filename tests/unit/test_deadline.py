@@ -40,6 +40,46 @@ async def test_an_action_that_never_waits_arms_no_timer() -> None:
     assert d._handle is None
 
 
+async def test_a_first_stretch_run_by_the_caller_goes_on_where_it_stopped() -> None:
+    """The host runs an action's first stretch itself (most finish there, with no Deadline);
+    one that waits is handed on with what it waits on (``first``): it resumes there, once."""
+    steps: list[str] = []
+
+    async def two_waits() -> int:
+        steps.append("first")
+        await asyncio.sleep(0)
+        steps.append("second")
+        await asyncio.sleep(0)
+        return 9
+
+    loop = asyncio.get_running_loop()
+    coro = two_waits()
+    first = coro.send(None)
+    assert steps == ["first"]
+    d = Deadline(coro, loop, _in(30), first=first)
+    assert await d == 9
+    assert steps == ["first", "second"]
+    assert d._handle is not None  # it waited: the timer was armed at that first wait
+
+
+async def test_a_first_stretch_run_by_the_caller_is_still_cancelled_at_the_limit() -> None:
+    seen: list[str] = []
+
+    async def hang() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    loop = asyncio.get_running_loop()
+    coro = hang()
+    first = coro.send(None)
+    with pytest.raises(Overrun):
+        await Deadline(coro, loop, _in(0.05), first=first)
+    assert seen == ["cancelled"]
+
+
 async def test_a_hanging_action_is_cancelled_at_its_wait() -> None:
     seen: list[str] = []
 

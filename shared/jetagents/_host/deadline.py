@@ -8,8 +8,9 @@ message, so ``asyncio.timeout`` entered there would later cancel the wrong task.
 cancels the future the action is waiting on, which is what ``Task.cancel`` does, so the
 action sees ``CancelledError`` at its current ``await`` whichever task runs it.
 
-The timer is armed only when the action first waits: an action that finishes without
-waiting (most of them) costs one extra frame and no timer.
+The timer is armed only when the action first waits, and the caller may run the action's
+first stretch itself (``first``): an action that finishes without waiting (most of them)
+needs no ``Deadline`` at all.
 
 What the caller sees (docs/adr/0036):
 
@@ -38,7 +39,10 @@ import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
-__all__ = ["Deadline", "Overrun"]
+__all__ = ["NOT_RUN", "Deadline", "Overrun"]
+
+
+NOT_RUN: Any = object()  # no first stretch run by the caller (``None`` is a yield's value)
 
 
 class Overrun(Exception):
@@ -53,6 +57,7 @@ class Deadline:
         "_coro",
         "_cpu",
         "_done",
+        "_first",
         "_handle",
         "_late",
         "_loop",
@@ -80,9 +85,11 @@ class Deadline:
         done: Callable[[Deadline], None] | None = None,
         tag: Any = None,
         started: float | None = None,
+        first: Any = NOT_RUN,
     ) -> None:
         """``started``: the ``loop.time()`` its wall time counts from, when the caller read
-        it just now (to compute ``when``); else read as it starts."""
+        it just now (to compute ``when``); else read as it starts. ``first``: what ``coro``
+        yielded when the caller ran its first stretch itself (its CPU is then not counted)."""
         self._coro = coro
         self._loop = loop
         self._when = when
@@ -99,6 +106,7 @@ class Deadline:
         self.wall_s = 0.0
         self.cpu_s = 0.0
         self._started = started
+        self._first = first
 
     def _expire(self) -> None:
         self.expired = True
@@ -123,27 +131,30 @@ class Deadline:
         if started is None:
             started = self._loop.time()
         t0 = 0.0
+        pending = self._first  # NOT_RUN, or where the caller's own first stretch stopped
+        self._first = NOT_RUN
         try:
             while True:
-                if self.expired and not self._thrown:
-                    self._thrown = True
-                    if error is None:  # the future could not be cancelled (already done)
-                        error = asyncio.CancelledError("the action's deadline passed")
-                if cpu:
-                    t0 = time.thread_time()
-                try:
-                    pending = coro.send(None) if error is None else coro.throw(error)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                except BaseException as exc:
-                    if self.expired and not _cancelled_from_outside():
-                        raise Overrun() from exc
-                    raise
-                finally:
+                if pending is NOT_RUN:
+                    if self.expired and not self._thrown:
+                        self._thrown = True
+                        if error is None:  # the future could not be cancelled (already done)
+                            error = asyncio.CancelledError("the action's deadline passed")
                     if cpu:
-                        self.cpu_s += time.thread_time() - t0
-                error = None
+                        t0 = time.thread_time()
+                    try:
+                        pending = coro.send(None) if error is None else coro.throw(error)
+                    except StopIteration as stop:
+                        result = stop.value
+                        break
+                    except BaseException as exc:
+                        if self.expired and not _cancelled_from_outside():
+                            raise Overrun() from exc
+                        raise
+                    finally:
+                        if cpu:
+                            self.cpu_s += time.thread_time() - t0
+                    error = None
                 if self._handle is None:
                     self._handle = self._loop.call_at(self._when, self._expire)
                 self._waiting = pending
@@ -156,6 +167,7 @@ class Deadline:
                     error = exc
                 finally:
                     self._waiting = None
+                pending = NOT_RUN
         finally:
             self._disarm()
             if self._done is not None:

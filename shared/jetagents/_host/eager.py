@@ -126,13 +126,10 @@ class _Spare:
 _spare: _Spare | None = None
 
 
-def _untouched(task: asyncio.Task[Any], refs_before: int, refs_after: int) -> bool:
-    """Whether a finished first stretch left ``task`` as it found it: nothing kept a
-    reference to it (the counts are taken in the caller's frame), no cancellation is
-    pending, no callback was added."""
-    return (
-        refs_after == refs_before and not task._must_cancel and task.cancelling() == 0 and task._callbacks is None  # type: ignore[attr-defined]
-    )
+# private: 3.11 has no public way to make a task current (3.12's ``_swap_current_task``);
+# the C functions themselves, bound once (this runs for every command)
+_enter_task, _leave_task = _tasks._enter_task, _tasks._leave_task
+_current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = _tasks._current_tasks  # type: ignore[attr-defined]
 
 
 def _start_manual(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
@@ -143,12 +140,11 @@ def _start_manual(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoo
     _spare = None  # taken: a coroutine started from within this stretch gets a spare of its own
     task = spare.task
     ctx = contextvars.copy_context()
-    caller = asyncio.current_task(loop)
-    enter, leave = _tasks._enter_task, _tasks._leave_task  # private: 3.11 has no public way
+    caller = _current_tasks.get(loop)
     refs = sys.getrefcount(task)
     if caller is not None:
-        leave(loop, caller)
-    enter(loop, task)
+        _leave_task(loop, caller)
+    _enter_task(loop, task)
     try:
         pending = ctx.run(coro.send, None)
     except StopIteration:
@@ -158,15 +154,17 @@ def _start_manual(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoo
         coro.close()
         raise
     finally:
-        leave(loop, task)
+        _leave_task(loop, task)
         if caller is not None:
-            enter(loop, caller)
+            _enter_task(loop, caller)
     if pending is _NOTHING:
         # the stretch's own context may name the task (the host's action marker does): with
         # the context gone so is that reference, unless something kept the context alive
         del ctx
         refs_after = sys.getrefcount(task)  # alone: as an argument next to task it counts one more
-        if _untouched(task, refs, refs_after):
+        # untouched: nothing kept a reference to the task (the counts are taken in this frame),
+        # no cancellation is pending, no callback was added: the next stretch may use it
+        if refs_after == refs and not task._must_cancel and task._callbacks is None and task.cancelling() == 0:  # type: ignore[attr-defined]
             if _spare is not None:  # a coroutine started within the stretch left its own spare
                 _spare.rest.retire()
             _spare = spare

@@ -39,7 +39,7 @@ from .._core.health import Decayed, HealthPolicy
 from .._obs.metrics import Metrics
 from .._obs.telemetry import AGENT_TYPE, HostTelemetry
 from .._settings import HostSettings
-from .deadline import Deadline
+from .deadline import NOT_RUN, Deadline
 
 if TYPE_CHECKING:
     from .catalog import Activation, Catalog
@@ -222,6 +222,36 @@ class Health:
         return kind
 
     # -- around each action run --------------------------------------------------------------
+    def agent_health(self, act: Activation) -> AgentHealth:
+        """``act``'s figures, made at its first action run."""
+        h = act.health
+        if h is None:
+            agent_type = act.agent_id.type
+            policy = self.policy(agent_type, act.spec.cls)
+            h = act.health = AgentHealth(policy, self._kind(agent_type, policy))
+        return h
+
+    def start(
+        self, act: Activation, coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop
+    ) -> tuple[bool, Any, float]:
+        """Run an action's first stretch here, unless ``act``'s health measures CPU (its
+        ``Deadline`` does that): ``(True, result, started)`` when it ended in it (measured;
+        what it raised propagates, measured too), else ``(False, first, started)``, the
+        ``first`` and ``started`` its ``deadline`` goes on from. Most actions never wait,
+        and need no ``Deadline``."""
+        started = loop.time()
+        if (act.health or self.agent_health(act)).cpu is not None:
+            return False, NOT_RUN, started
+        first: Any = NOT_RUN
+        try:
+            first = coro.send(None)
+        except StopIteration as stop:
+            return True, stop.value, started
+        finally:
+            if first is NOT_RUN:  # it ended (returned or raised) without waiting
+                self.ran(act, loop.time() - started, 0.0)
+        return False, first, started
+
     def deadline(
         self,
         act: Activation,
@@ -229,24 +259,34 @@ class Health:
         loop: asyncio.AbstractEventLoop,
         limit_s: float,
         on_late: Callable[[], None],
+        *,
+        started: float | None = None,
+        first: Any = NOT_RUN,
     ) -> Deadline:
-        """The action's ``Deadline``, measuring it for ``act``."""
-        h = act.health
-        if h is None:
-            agent_type = act.agent_id.type
-            policy = self.policy(agent_type, act.spec.cls)
-            h = act.health = AgentHealth(policy, self._kind(agent_type, policy))
-        now = loop.time()
+        """The action's ``Deadline``, measuring it for ``act``; ``started`` and ``first``
+        when the caller ran its first stretch (``Deadline``)."""
+        h = self.agent_health(act)
+        now = loop.time() if started is None else started
         return Deadline(
-            coro, loop, now + limit_s, on_late=on_late, cpu=h.cpu is not None, done=self._done, tag=act, started=now
+            coro,
+            loop,
+            now + limit_s,
+            on_late=on_late,
+            cpu=h.cpu is not None,
+            done=self._done,
+            tag=act,
+            started=now,
+            first=first,
         )
 
     def _ran(self, run: Deadline) -> None:
-        act: Activation = run.tag
+        self.ran(run.tag, run.wall_s, run.cpu_s)
+
+    def ran(self, act: Activation, wall_s: float, cpu_s: float) -> None:
+        """One action run of ``act`` ended: ``wall_s`` from its first step to its outcome,
+        ``cpu_s`` of its own slices (0 unless its health measures CPU)."""
         h = act.health
         assert h is not None
-        wall_s = run.wall_s
-        cpu_s = run.cpu_s
         h.commands += 1
         h.wall_s += wall_s
         if wall_s > h.wall_max_s:

@@ -242,7 +242,7 @@ class Pipeline:
                 err = MalformedCommand("the reply subject is not under a reply prefix this host accepts")
                 await outcomes.settle(cmd, Result.REFUSED, out, error=err, silent=True)
                 return
-            body = decode_command(unscheduled_body(cmd), s.max_payload_bytes)
+            body = decode_command(unscheduled_body(cmd) if cmd.durable else cmd.body, s.max_payload_bytes)
             if not isinstance(body, CommandBody):  # a signal, timer, cancel or result query
                 cmd.action = "_" + type(body).__name__.removesuffix("Body").lower()
                 await self.signals.process(act, cmd, body, out, self._supervisor)
@@ -356,18 +356,28 @@ class Pipeline:
         ctx.correlation_id = cmd.correlation_id
         ctx.action = action.name
         ctx.out = await self.out.open(act, cmd) if cmd.streams else None
-        ctx.command, agent._firing = Running(raw, cmd.reply_to, cmd.streams), firing_of(cmd, agent)
+        ctx.command = Running(raw, cmd.reply_to, cmd.streams)
+        agent._firing = firing_of(cmd, agent) if cmd.durable else None  # only a durable command is a firing
         agent._begin()
+        health = self.health
+        loop = self.loop
         try:
-            result = await self.health.deadline(  # measured for its health (ADR 0059)
-                act,
-                action.fn(agent, **params),
-                self.loop,
-                limit_s,
-                lambda: self._log.warning(
-                    "action_ignores_cancel", agent=str(act.agent_id), action=action.name, limit_s=limit_s
-                ),
-            )
+            # measured for its health (ADR 0059); most actions finish in their first stretch,
+            # run here: only one that waits needs a Deadline
+            coro = action.fn(agent, **params)
+            done, result, started = health.start(act, coro, loop)
+            if not done:
+                result = await health.deadline(
+                    act,
+                    coro,
+                    loop,
+                    limit_s,
+                    lambda: self._log.warning(
+                        "action_ignores_cancel", agent=str(act.agent_id), action=action.name, limit_s=limit_s
+                    ),
+                    started=started,
+                    first=result,
+                )
             events, draft = agent._finish()
             if events and action.read_only:
                 raise InternalError(f"read-only action {action.name!r} emitted events")

@@ -1,0 +1,162 @@
+"""The host's own work per at-most-once call, in process: Python opcodes (a count the noise of
+a shared machine cannot change) and CPU microseconds, for one or two trees.
+
+    python loadtests/bench_host_path.py --a /tmp/ja_old --b /tmp/ja_new [--reps 5]
+
+Each tree (a directory holding ``shared/`` and ``services/``, as for ``bench_ab.py``) runs in
+a process of its own: a nats-server, a host started in that process, and ``--calls`` calls
+(``get`` on ``--agents`` counter agents, the headers a real client sends, captured from one)
+handed straight to the host's call intake (``Host._on_call``) in a loop. What is measured is
+therefore the host's path from a received call to its reply's publish: not nats-py's parsing
+of the message, nor the event loop's turns, which ``bench_ab.py`` includes. Prints, per tree:
+the median of ``--reps`` CPU measurements (``time.process_time``), then opcodes per call
+(``sys.settrace`` with opcode events, over 4 rounds of the agents), and B/A for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+async def measure(calls: int, agents: int, reps: int) -> dict[str, Any]:
+    import nats
+    from nats.aio.msg import Msg
+
+    from jetagents import Client, ClientSettings, NatsServer
+    from jetagents._service import load_agents
+    from jetagents._settings import HostSettings
+
+    try:
+        from jetagents._host.host import Host
+    except ImportError:  # a tree from before the layout (ADR 0040)
+        from jetagents._host import Host  # type: ignore[attr-defined,no-redef]
+
+    work = Path(tempfile.mkdtemp(prefix="bench-host-path-"))
+    server = NatsServer(data_dir=work / "nats", name="hostpath").start()
+    os.environ.update(JETAGENTS_NATS_URL=server.url, JETAGENTS_HOST_ID="hostpath", JETAGENTS_LOG_LEVEL="WARNING")
+    host = Host(HostSettings(), load_agents(["jetagents.examples:EXAMPLE_AGENTS"]))
+    await host.start()
+    client = await Client.connect(settings=ClientSettings(nats_url=server.url, request_timeout_s=30))
+    spy = await nats.connect(server.url)
+    seen: list[Any] = []
+
+    async def keep(msg: Any) -> None:
+        seen.append(msg)
+
+    await spy.subscribe("agt.call.>", cb=keep)
+    await spy.flush()
+    try:
+        for _ in range(300):  # until the host serves its partitions
+            try:
+                await client.agent("counter", "a0").request("get", {}, delivery="at-most-once", timeout=1)
+                break
+            except Exception:  # not up yet
+                await asyncio.sleep(0.2)
+        for i in range(agents):  # each agent in memory
+            await client.agent("counter", f"a{i}").request("get", {}, delivery="at-most-once")
+        sent = seen[-1]
+        msgs = [
+            Msg(
+                _client=spy,
+                subject=f"agt.call.counter.a{i}",
+                reply=f"_INBOX.hostpath.{i}",
+                data=sent.data,
+                headers=dict(sent.headers or {}),
+            )
+            for i in range(agents)
+        ]
+        on_call = host._on_call
+
+        async def rounds(n: int) -> None:
+            for _ in range(n):
+                for m in msgs:
+                    await on_call(m)
+                await asyncio.sleep(0)
+
+        await rounds(2)
+        per_call_us = []
+        for _ in range(reps):
+            gc.collect()
+            t0 = time.process_time()
+            await rounds(max(1, calls // agents))
+            per_call_us.append((time.process_time() - t0) / (max(1, calls // agents) * agents) * 1e6)
+        ops = collections.Counter()
+
+        def tracer(frame: Any, event: str, arg: Any) -> Any:
+            frame.f_trace_opcodes = True
+            code = frame.f_code
+            key = f"{code.co_filename.rsplit('/', 2)[-2:]}:{code.co_name}"
+
+            def local(frame: Any, event: str, arg: Any) -> Any:
+                if event == "opcode":
+                    ops[key] += 1
+                return local
+
+            return local
+
+        sys.settrace(tracer)
+        await rounds(4)
+        sys.settrace(None)
+        n_ops = 4 * agents
+        return {
+            "opcodes": sum(ops.values()) / n_ops,
+            "us": statistics.median(per_call_us),
+            "us_all": per_call_us,
+            "headers": sorted(sent.headers or {}),
+        }
+    finally:
+        await client.close()
+        await spy.close()
+        await host.stop(drain=False)
+        server.stop()
+
+
+def run_tree(tree: str, args: argparse.Namespace) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=f"{tree}/shared:{tree}/services", PYTHONHASHSEED="0")
+    cmd = [sys.executable, __file__, "--child", "--calls", str(args.calls), "--agents", str(args.agents)]
+    out = subprocess.run([*cmd, "--reps", str(args.reps)], env=env, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--a", help="tree A (the baseline)")
+    p.add_argument("--b", help="tree B")
+    p.add_argument("--calls", type=int, default=12_800)
+    p.add_argument("--agents", type=int, default=256)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        import logging
+
+        import structlog
+
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+        print(json.dumps(asyncio.run(measure(args.calls, args.agents, args.reps))))
+        return
+    trees = [t for t in (args.a, args.b) if t] or [str(Path(__file__).resolve().parent.parent)]
+    results = {t: run_tree(t, args) for t in trees}
+    for tree, r in results.items():
+        reps = " ".join(f"{u:.1f}" for u in r["us_all"])
+        print(f"{tree}: {r['opcodes']:.0f} opcodes/call, {r['us']:.2f} us/call CPU (reps {reps})")
+    if len(trees) == 2:
+        a, b = (results[t] for t in trees)
+        print(f"B/A: opcodes {b['opcodes'] / a['opcodes']:.3f}, CPU {b['us'] / a['us']:.3f} (above 1: B does more)")
+
+
+if __name__ == "__main__":
+    main()
