@@ -9,8 +9,9 @@ a process of its own: a nats-server, a host started in that process, and ``--cal
 handed straight to the host's call intake (``Host._on_call``) in a loop. What is measured is
 therefore the host's path from a received call to its reply's publish: not nats-py's parsing
 of the message, nor the event loop's turns, which ``bench_ab.py`` includes. Prints, per tree:
-the median of ``--reps`` CPU measurements (``time.process_time``), then opcodes per call
-(``sys.settrace`` with opcode events, over 4 rounds of the agents), and B/A for both.
+the median of ``--reps`` CPU measurements (``time.process_time``), then Python opcodes per
+call (``sys.settrace`` with opcode events over 4 rounds of the agents, counted only inside
+the intake call, so the host's other tasks are left out), and B/A of both.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 
-async def measure(calls: int, agents: int, reps: int) -> dict[str, Any]:
+async def measure(calls: int, agents: int, reps: int, top: int) -> dict[str, Any]:
     import nats
     from nats.aio.msg import Msg
 
@@ -79,10 +80,14 @@ async def measure(calls: int, agents: int, reps: int) -> dict[str, Any]:
         ]
         on_call = host._on_call
 
+        inside = [False]  # counting: only what runs inside a call's intake, not the host's other tasks
+
         async def rounds(n: int) -> None:
             for _ in range(n):
                 for m in msgs:
+                    inside[0] = True
                     await on_call(m)
+                    inside[0] = False
                 await asyncio.sleep(0)
 
         await rounds(2)
@@ -95,12 +100,14 @@ async def measure(calls: int, agents: int, reps: int) -> dict[str, Any]:
         ops = collections.Counter()
 
         def tracer(frame: Any, event: str, arg: Any) -> Any:
+            if not inside[0]:
+                return None
             frame.f_trace_opcodes = True
             code = frame.f_code
-            key = f"{code.co_filename.rsplit('/', 2)[-2:]}:{code.co_name}"
+            key = f"{'/'.join(code.co_filename.rsplit('/', 2)[-2:])}:{code.co_name}"
 
             def local(frame: Any, event: str, arg: Any) -> Any:
-                if event == "opcode":
+                if event == "opcode" and inside[0]:
                     ops[key] += 1
                 return local
 
@@ -115,6 +122,7 @@ async def measure(calls: int, agents: int, reps: int) -> dict[str, Any]:
             "us": statistics.median(per_call_us),
             "us_all": per_call_us,
             "headers": sorted(sent.headers or {}),
+            "by_function": [(k, v / n_ops) for k, v in ops.most_common(top)],
         }
     finally:
         await client.close()
@@ -125,7 +133,17 @@ async def measure(calls: int, agents: int, reps: int) -> dict[str, Any]:
 
 def run_tree(tree: str, args: argparse.Namespace) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=f"{tree}/shared:{tree}/services", PYTHONHASHSEED="0")
-    cmd = [sys.executable, __file__, "--child", "--calls", str(args.calls), "--agents", str(args.agents)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--calls",
+        str(args.calls),
+        "--agents",
+        str(args.agents),
+        "--top",
+        str(args.top),
+    ]
     out = subprocess.run([*cmd, "--reps", str(args.reps)], env=env, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -138,6 +156,7 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=12_800)
     p.add_argument("--agents", type=int, default=256)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--top", type=int, default=0, help="also print each tree's N functions with the most opcodes")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -146,13 +165,15 @@ def main() -> None:
         import structlog
 
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-        print(json.dumps(asyncio.run(measure(args.calls, args.agents, args.reps))))
+        print(json.dumps(asyncio.run(measure(args.calls, args.agents, args.reps, args.top))))
         return
     trees = [t for t in (args.a, args.b) if t] or [str(Path(__file__).resolve().parent.parent)]
     results = {t: run_tree(t, args) for t in trees}
     for tree, r in results.items():
         reps = " ".join(f"{u:.1f}" for u in r["us_all"])
         print(f"{tree}: {r['opcodes']:.0f} opcodes/call, {r['us']:.2f} us/call CPU (reps {reps})")
+        for name, n in r["by_function"]:
+            print(f"  {n:7.1f}  {name}")
     if len(trees) == 2:
         a, b = (results[t] for t in trees)
         print(f"B/A: opcodes {b['opcodes'] / a['opcodes']:.3f}, CPU {b['us'] / a['us']:.3f} (above 1: B does more)")

@@ -163,7 +163,10 @@ class Outcomes:
                 outcome = decide(facts, self.limits)
                 counted = False
         if not counted:
-            self.count(cmd, outcome)
+            if outcome.count == "processed":  # nearly every command: ``count``'s first case
+                self._metrics.processed(self._clock.monotonic() - cmd.received)
+            else:
+                self.count(cmd, outcome)
         reply = outcome.reply
         ack = outcome.ack
         if cmd.streams and self.out is not None:
@@ -185,6 +188,8 @@ class Outcomes:
                         body = await blobs.reply_body(reply.result, f"{cmd.agent_type}.{cmd.agent_id}")
                 await self.reply(cmd.reply_to, body, out, cmd)
         kind = ack.kind
+        if kind is AckKind.NONE:  # a call's
+            return
         if kind is AckKind.ACK:
             await self.ack(cmd, b"+ACK")
         elif kind is AckKind.TERM:

@@ -97,23 +97,6 @@ def sdk_meter_provider(mp: metrics.MeterProvider | None) -> bool:
     return not isinstance(mp if mp is not None else metrics.get_meter_provider(), _API_METER_PROVIDERS)
 
 
-# The public getters look up an environment variable on every call while no provider is
-# set (~1 us here, per check, per command). The API's module globals say the same for
-# ~50 ns; the getters above are the fallback should an API version rename them.
-def _global_tracing() -> bool:
-    tp = getattr(trace, "_TRACER_PROVIDER", _MISSING)
-    if tp is None:
-        return False
-    return sdk_tracer_provider(None) if tp is _MISSING else not isinstance(tp, _API_TRACER_PROVIDERS)
-
-
-def _global_metering() -> bool:
-    mp = getattr(_metrics_internal, "_METER_PROVIDER", _MISSING)
-    if mp is None:
-        return False
-    return sdk_meter_provider(None) if mp is _MISSING else not isinstance(mp, _API_METER_PROVIDERS)
-
-
 class Telemetry:
     """The tracer and meter of one host or client.
 
@@ -142,20 +125,30 @@ class Telemetry:
         fixed = self._tracing_fixed
         if fixed is not None:
             return fixed
-        if _global_tracing():
-            self._tracing_fixed = True
-            return True
-        return False
+        # The public getter looks up an environment variable on every call while no provider
+        # is set (~1 us, per check, per command); the API's module global says the same for
+        # ~50 ns (the getter is the fallback should an API version rename it)
+        tp = getattr(trace, "_TRACER_PROVIDER", _MISSING)
+        if tp is None:
+            return False
+        if not (sdk_tracer_provider(None) if tp is _MISSING else not isinstance(tp, _API_TRACER_PROVIDERS)):
+            return False
+        self._tracing_fixed = True
+        return True
 
     @property
     def metering(self) -> bool:
         fixed = self._metering_fixed
         if fixed is not None:
             return fixed
-        if _global_metering():
-            self._metering_fixed = True
-            return True
-        return False
+        # as ``tracing``, for the meter provider (read twice per command)
+        mp = getattr(_metrics_internal, "_METER_PROVIDER", _MISSING)
+        if mp is None:
+            return False
+        if not (sdk_meter_provider(None) if mp is _MISSING else not isinstance(mp, _API_METER_PROVIDERS)):
+            return False
+        self._metering_fixed = True
+        return True
 
     def start_producer(
         self, name: str, subject: str, headers: dict[str, str], attributes: dict[str, Any]
