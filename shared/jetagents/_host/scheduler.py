@@ -126,8 +126,9 @@ class Scheduler:
         # only this class writes them
         self.inflight_count = 0
         self.inflight_bytes = 0  # bodies held by the commands in hand (max_inflight_bytes)
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # set when the last command in hand is done; made only while someone waits for that
+        # (the drain), not cleared and set again around every command
+        self._idle: asyncio.Event | None = None
         self.health = catalog.health  # throttles at intake, restarts after a command (ADR 0059)
         for spec in map(registry.get, registry.types()):  # watched from the first command on
             if spec is not None:
@@ -155,6 +156,11 @@ class Scheduler:
         return any(c.partition == partition and not c.done for c in self._inflight)
 
     async def wait_idle(self) -> None:
+        """Until no command is in hand."""
+        if self.inflight_count <= 0:
+            return
+        if self._idle is None:
+            self._idle = asyncio.Event()
         await self._idle.wait()
 
     # -- intake -> mailboxes -------------------------------------------------------------------
@@ -332,10 +338,8 @@ class Scheduler:
     # -- the commands in hand ------------------------------------------------------------------
     def track(self, cmd: Command) -> None:
         self._inflight.add(cmd)
-        n = self.inflight_count = self.inflight_count + 1
+        self.inflight_count += 1
         self.inflight_bytes += len(cmd.body)
-        if n <= 1:  # the first in hand: no longer idle (set again when the last is done)
-            self._idle.clear()
 
     def untrack(self, cmd: Command) -> None:
         if cmd.done:
@@ -347,8 +351,9 @@ class Scheduler:
         n = self.inflight_count = self.inflight_count - 1
         was = self.inflight_bytes
         now = self.inflight_bytes = was - len(cmd.body)
-        if n <= 0:
+        if n <= 0 and self._idle is not None:
             self._idle.set()
+            self._idle = None
         full_bytes = self._full_bytes
         if n == self._room_again or (was > full_bytes and now <= full_bytes):
             # the host was full: any puller may have been waiting for room
