@@ -136,6 +136,7 @@ class Pipeline:
         consumer_name: Callable[[int], str],
     ) -> None:
         self._settings = settings
+        self._host_id = settings.host_id  # read once per command: bound, not looked up in the settings
         self._clock = clock
         self._tel = tel
         self._metrics = metrics
@@ -175,9 +176,7 @@ class Pipeline:
         tel = self._tel
         aid = act.agent_id
         trace_in = cmd.trace
-        log_token = enter_command(
-            self._settings.host_id, aid, cmd.correlation_id, trace_in.traceparent if trace_in else None
-        )
+        log_token = enter_command(self._host_id, aid, cmd.correlation_id, trace_in.traceparent if trace_in else None)
         try:
             if not tel.tracing:  # no SDK configured: carry the trace context, skip the spans
                 if trace_in is not None:  # without an SDK no span records: only a received context is carried
@@ -247,8 +246,12 @@ class Pipeline:
                 cmd.action = "_" + type(body).__name__.removesuffix("Body").lower()
                 await self.signals.process(act, cmd, body, out, self._supervisor)
                 return
-            cmd.action = body.action if body.action in act.spec.actions or body.action in BUILTINS else "_unknown"
-            action = builtin_action(act.spec, body.action) or act.spec.action(body.action)  # _remind, ...
+            name, spec = body.action, act.spec
+            # a reserved action (_remind, ...) first, else the type's own; one lookup each
+            action = builtin_action(spec, name) if name in BUILTINS else spec.actions.get(name)
+            cmd.action = name if action is not None else "_unknown"
+            if action is None:
+                action = spec.action(name)  # raises UnknownAction
             params = action.validate_params(body.params)
         except JetAgentsError as err:
             await outcomes.settle(cmd, Result.REFUSED, out, error=err)
