@@ -359,7 +359,8 @@ class Pipeline:
         ctx.correlation_id = cmd.correlation_id
         ctx.action = action.name
         ctx.out = await self.out.open(act, cmd) if cmd.streams else None
-        ctx.command = Running(raw, cmd.reply_to, cmd.streams)
+        # read only by a journal append, which a run without a command id never makes
+        ctx.command = Running(raw, cmd.reply_to, cmd.streams) if cmd_id else None
         agent._firing = firing_of(cmd, agent) if cmd.durable else None  # only a durable command is a firing
         agent._begin()
         health = self.health
