@@ -295,12 +295,12 @@ class Health:
         t.commands += 1
         t.wall_s += wall_s
         metering = self._tel.metering
-        agent_type = act.agent_id.type
         if metering:
-            self._wall.record(wall_s, {AGENT_TYPE: agent_type})
+            self._wall.record(wall_s, {AGENT_TYPE: act.agent_id.type})
         policy = h.policy
-        if policy is None:
+        if policy is None:  # most types: nothing more to measure
             return
+        agent_type = act.agent_id.type
         now = self._clock.monotonic()
         if h.cpu is not None:
             h.cpu_s += cpu_s

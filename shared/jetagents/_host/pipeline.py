@@ -229,8 +229,9 @@ class Pipeline:
     async def _process_traced(self, act: Activation, cmd: Command, out: dict[str, str]) -> None:
         s = self._settings
         outcomes = self._outcomes
+        durable = cmd.durable  # a property: read once
         # hand-backs for a busy agent (ADR 0036) are not failures: they do not count here
-        if cmd.durable and exhausted(cmd.deliveries, cmd.busy_naks, outcomes.limits):
+        if durable and exhausted(cmd.deliveries, cmd.busy_naks, outcomes.limits):
             await outcomes.settle(cmd, Result.EXHAUSTED, out)
             return
         try:
@@ -241,7 +242,7 @@ class Pipeline:
                 err = MalformedCommand("the reply subject is not under a reply prefix this host accepts")
                 await outcomes.settle(cmd, Result.REFUSED, out, error=err, silent=True)
                 return
-            body = decode_command(unscheduled_body(cmd) if cmd.durable else cmd.body, s.max_payload_bytes)
+            body = decode_command(unscheduled_body(cmd) if durable else cmd.body, s.max_payload_bytes)
             if not isinstance(body, CommandBody):  # a signal, timer, cancel or result query
                 cmd.action = "_" + type(body).__name__.removesuffix("Body").lower()
                 await self.signals.process(act, cmd, body, out, self._supervisor)
