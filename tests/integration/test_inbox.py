@@ -4,6 +4,7 @@ adapter's JetStream API calls all wait on it, on a real server."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -85,4 +86,44 @@ async def test_the_adapters_requests_share_one_inbox_per_connection(nats_server:
             await js_api(nc, "silent.api", None, 0.2)
         assert not inbox._pending
     finally:
+        await nc.close()
+
+
+async def test_one_timer_ends_each_request_at_its_own_deadline(nats_server: NatsServer) -> None:
+    """Requests share the inbox's one loop timer: a long wait started first does not hold a
+    shorter one back, an answered request is not failed later, and ended requests' deadlines
+    are dropped from the heap rather than kept until they are due."""
+    nc = await connect(nats_server.url, name="inbox-timer")
+    inbox = Inbox(nc)
+    await inbox.start()
+    loop = asyncio.get_running_loop()
+
+    async def ignore(_msg: object) -> None:
+        return None
+
+    async def echo(msg: Any) -> None:
+        await msg.respond(msg.data)
+
+    try:
+        await nc.subscribe("timer.silent", cb=ignore)
+        await nc.subscribe("timer.echo", cb=echo)
+        await nc.flush()
+        long = asyncio.ensure_future(inbox.request("timer.silent", b"", None, 60.0))
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await inbox.request("timer.silent", b"", None, 0.3)
+        assert loop.time() - started >= 0.3
+        assert not long.done()  # its own deadline has not come
+        answered = await inbox.request("timer.echo", b"hi", None, 0.2)
+        assert answered.data == b"hi"
+        for _ in range(3000):  # each answered at once: their deadlines are ended ones
+            await inbox.request("timer.echo", b"", None, 30.0)
+        assert len(inbox._deadlines) <= 2 * len(inbox._pending) + 1024 + 1
+        await asyncio.sleep(0.3)  # past the answered request's deadline: nothing is failed
+        assert not long.done()
+        long.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await long
+    finally:
+        await inbox.close()
         await nc.close()

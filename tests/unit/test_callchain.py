@@ -3,12 +3,24 @@ input, the re-entrancy and deadlock decisions, and their agreement with a wait-f
 
 from __future__ import annotations
 
+import contextvars
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jetagents import CallCycle, CallTooDeep, Deadlock, MalformedCommand
-from jetagents._core.callchain import PATH_HARD_MAX, CallChain, Frame, Verdict, decide, parse, refusal
+from jetagents._core.callchain import (
+    FRAME,
+    PATH_HARD_MAX,
+    CallChain,
+    Frame,
+    Verdict,
+    current_frame,
+    decide,
+    parse,
+    refusal,
+)
 
 
 def test_parse_reads_a_chain_and_its_path() -> None:
@@ -167,3 +179,23 @@ def test_a_frame_with_a_chain_id_never_asks_for_a_name() -> None:
     f = Frame("cmd-1", (), "a.x", name=never)
     assert f.chain == "cmd-1"
     assert f.outgoing("b.y", waits=False) == {"Agt-Call-Chain": "cmd-1"}
+
+
+def test_an_actions_frame_is_made_once_when_first_asked_for_and_shared_by_its_tasks() -> None:
+    made: list[Frame] = []
+
+    def make(chain: str, me: str) -> Frame:
+        made.append(Frame(chain, (), me))
+        return made[-1]
+
+    assert current_frame() is None
+    token = FRAME.set([None, make, "m1", "a.x"])
+    try:
+        assert made == []  # nothing made until a call asks
+        in_a_task = contextvars.copy_context().run(current_frame)  # a task the action started
+        assert in_a_task is not None and in_a_task.chain == "m1" and in_a_task.me == "a.x"
+        assert current_frame() is in_a_task
+        assert made == [in_a_task]
+    finally:
+        FRAME.reset(token)
+    assert current_frame() is None

@@ -60,3 +60,21 @@ async def test_a_command_for_an_agent_not_in_memory_is_checked() -> None:
         assert f"{agent_type}.{agent_id}" not in host.activations
     assert asked.asked == ["nosuch", "counter", "counter"]
     await host.scheduler.wait_idle()  # every refusal settled and untracked
+
+
+async def test_wait_idle_waits_for_the_last_command_in_hand_and_only_then() -> None:
+    host, _ = await _host()
+    scheduler = host.scheduler
+    await asyncio.wait_for(scheduler.wait_idle(), 30)  # nothing in hand: at once
+    for _ in range(2):  # idle, busy, idle and busy again
+        first, last = _call("counter", "a"), _call("counter", "b")
+        scheduler.track(first)
+        scheduler.track(last)
+        waiting = asyncio.ensure_future(scheduler.wait_idle())
+        await asyncio.sleep(0)
+        scheduler.untrack(first)
+        await asyncio.sleep(0)
+        assert not waiting.done()  # one is still in hand
+        scheduler.untrack(last)
+        await asyncio.wait_for(waiting, 30)
+        await asyncio.wait_for(scheduler.wait_idle(), 30)

@@ -225,10 +225,19 @@ def refusal(verdict: Verdict, incoming: CallChain, me: str, waited: str | None) 
 
 
 # the running action's frame (a context variable: each task sees its own); the client's
-# calls made inside an action read it to name the chain and mark what the action waits on
-FRAME: ContextVar[Frame | None] = ContextVar("jetagents_call_frame", default=None)
+# calls made inside an action read it to name the chain and mark what the action waits on.
+# It holds a seed, ``[frame or None, make, *args]``: most actions call nobody (ADR 0042
+# section 7), so the frame is made by ``make(*args)`` only when a call first asks for it, and
+# kept in the seed, which the action's own tasks share (as they shared the frame itself)
+FRAME: ContextVar[list[Any] | None] = ContextVar("jetagents_call_frame", default=None)
 
 
 def current_frame() -> Frame | None:
     """The frame of the action running in this task, None outside an action."""
-    return FRAME.get()
+    seed = FRAME.get()
+    if seed is None:
+        return None
+    frame: Frame | None = seed[0]
+    if frame is None:
+        frame = seed[0] = seed[1](*seed[2:])
+    return frame

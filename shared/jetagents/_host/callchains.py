@@ -57,6 +57,7 @@ class CallChains:
         self._seq = itertools.count()
         self._prefix = f"{settings.host_id}~"
         self._namer = self._new_chain  # bound once: one less object per command
+        self._make = self._frame  # bound once: in every command's frame seed
 
     # -- the scheduler ---------------------------------------------------------------------
     def admit(self, act: Activation, cmd: Command) -> bool:
@@ -137,25 +138,31 @@ class CallChains:
                 f.hold = None
             done.set()
 
-    def enter(self, act: Activation, cmd: Command) -> tuple[Frame, Token[Frame | None]]:
-        """The frame ``cmd``'s action runs in (its calls read it), on ``act`` and in this task."""
+    def enter(self, act: Activation, cmd: Command) -> tuple[list[Any], Token[list[Any] | None]]:
+        """The frame ``cmd``'s action runs in (its calls read it), on ``act`` and in this task:
+        its seed, made into the frame only if the action calls (``current_frame``)."""
+        seed = [None, self._make, act, cmd]
+        return seed, FRAME.set(seed)
+
+    def _frame(self, act: Activation, cmd: Command) -> Frame:
+        """The frame of ``cmd``'s action, made the first time one of its calls asks."""
         chain: CallChain | None = cmd.chain
         if chain is not None:
-            frame = Frame(chain.chain, chain.path, act.agent_id.key, self._path_max, act)
-        else:  # it starts a chain, named only if its action calls (most call nobody)
-            root = cmd.command_id or cmd.correlation_id
-            frame = Frame(root, (), act.agent_id.key, self._path_max, act, name=None if root else self._namer)
-        return frame, FRAME.set(frame)
+            return Frame(chain.chain, chain.path, act.agent_id.key, self._path_max, act)
+        # it starts a chain, named only if its action calls (most call nobody)
+        root = cmd.command_id or cmd.correlation_id
+        return Frame(root, (), act.agent_id.key, self._path_max, act, name=None if root else self._namer)
 
     def _new_chain(self) -> str:
         """A chain id for a command without one: unique on this host."""
         return f"{self._prefix}{next(self._seq)}"
 
     @staticmethod
-    def leave(act: Activation, entered: tuple[Frame, Token[Frame | None]]) -> None:
-        frame, token = entered
+    def leave(act: Activation, entered: tuple[list[Any], Token[list[Any] | None]]) -> None:
+        seed, token = entered
         FRAME.reset(token)
-        if frame.waiting:  # left with calls still out (cancelled): it waits on nobody now
+        frame: Frame | None = seed[0]
+        if frame is not None and frame.waiting:  # left with calls still out (cancelled): it waits on nobody now
             frame.waiting.clear()
             frame.unlist()
 

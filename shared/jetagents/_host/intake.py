@@ -29,11 +29,19 @@ _MAX_ROUTES = 65_536
 class Intake:
     """Turns received messages into commands for the host's scheduler."""
 
-    __slots__ = ("_host", "_routes")
+    __slots__ = ("_bounds", "_high_bounds", "_host", "_routes", "_ttl_s")
 
     def __init__(self, host: Host) -> None:
         self._host = host
         self._routes: dict[str, tuple[int, str, str]] = {}  # call subject -> partition, type, id
+        # read for every call: worked out once (settings never change while a host runs).
+        # The in-flight bounds (count, bytes) a call is refused past; a high call has the
+        # high lane's reserve on top (ADR 0058), as its puller has
+        s = host.settings
+        reserve = s.high_lane_reserve
+        self._bounds = (s.max_inflight, s.max_inflight_bytes)
+        self._high_bounds = (s.max_inflight + reserve, s.max_inflight_bytes + reserve * (s.max_payload_bytes + 4096))
+        self._ttl_s = s.member_ttl_s
 
     def parse(
         self,
@@ -153,7 +161,7 @@ class Intake:
                 await host.outcomes.reply(reply, encode_error(err), {}, None)
             return
         coord = host.coordinator
-        if coord is not None and host.clock.monotonic() - coord.last_heartbeat_ok > host.settings.member_ttl_s:
+        if coord is not None and host.clock.monotonic() - coord.last_heartbeat_ok > self._ttl_s:
             # we have not reached the cluster for a whole TTL (paused, cut off): our
             # partitions may be someone else's by now; do not answer from memory
             if reply:
@@ -162,19 +170,14 @@ class Intake:
             return
         cmd = self.parse(Kind.CALL, subject, headers, data, reply, route)
         size = len(data)
-        s = host.settings
         scheduler = host.scheduler
-        # a high call has the high lane's reserve on top (ADR 0058), as its puller has
-        reserve = s.high_lane_reserve if cmd.high else 0
-        if (
-            scheduler.inflight_count >= s.max_inflight + reserve
-            or scheduler.inflight_bytes + size > s.max_inflight_bytes + reserve * (s.max_payload_bytes + 4096)
-        ):
+        max_count, max_bytes = self._high_bounds if cmd.high else self._bounds
+        if scheduler.inflight_count >= max_count or scheduler.inflight_bytes + size > max_bytes:
             if reply:
                 err = Unavailable("host overloaded, retry", details={"applied": False})
                 await host.outcomes.reply(reply, encode_error(err), {}, None)
             return
-        if size > s.max_payload_bytes:
+        if size > host.settings.max_payload_bytes:
             self.refuse_oversized(cmd)
             return
         if headers and H_ENCODING in headers and not self.decoded(cmd):

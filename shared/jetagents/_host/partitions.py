@@ -192,6 +192,7 @@ class Partitions:
         claims: bool,
     ) -> None:
         self.settings = settings
+        self._half_batch = settings.pull_batch // 2  # wake_low's bar, read for every command done
         self.topology = topology
         self.clock = clock
         self.supervisor = supervisor
@@ -279,7 +280,7 @@ class Partitions:
     def wake_low(self, partition: int | None) -> None:
         """Room freed up: wake the puller of ``partition`` (every puller when None) if it
         has less than half its credit out."""
-        half = self.settings.pull_batch // 2
+        half = self._half_batch
         if partition is None:
             for puller in self.pullers():
                 if puller.out < half:

@@ -108,6 +108,10 @@ class Scheduler:
         self._wake_pullers = wake_pullers
         # past this many bytes in hand no puller asks for more (room for one more largest body)
         self._full_bytes = settings.max_inflight_bytes - max_payload_bytes - 4096
+        # read for every command: bound once (settings never change while a host runs)
+        self._room_again = settings.max_inflight - 1  # in hand after a full host's first one is done
+        self._mailbox_max = settings.max_mailbox_per_agent
+        self._eager = settings.eager_start
         self._seq = itertools.count()
         # workers: per pool at most its ``workers`` tasks, each processing one agent's command
         # and then the next ready agent's of the same pool, until none is ready
@@ -122,8 +126,9 @@ class Scheduler:
         # only this class writes them
         self.inflight_count = 0
         self.inflight_bytes = 0  # bodies held by the commands in hand (max_inflight_bytes)
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # set when the last command in hand is done; made only while someone waits for that
+        # (the drain), not cleared and set again around every command
+        self._idle: asyncio.Event | None = None
         self.health = catalog.health  # throttles at intake, restarts after a command (ADR 0059)
         for spec in map(registry.get, registry.types()):  # watched from the first command on
             if spec is not None:
@@ -151,6 +156,11 @@ class Scheduler:
         return any(c.partition == partition and not c.done for c in self._inflight)
 
     async def wait_idle(self) -> None:
+        """Until no command is in hand."""
+        if self.inflight_count <= 0:
+            return
+        if self._idle is None:
+            self._idle = asyncio.Event()
         await self._idle.wait()
 
     # -- intake -> mailboxes -------------------------------------------------------------------
@@ -193,7 +203,7 @@ class Scheduler:
         else:
             activations.move_to_end(key)
             mailbox = act.mailbox
-            full = mailbox is not None and _queued(mailbox, cmd.high) >= self._settings.max_mailbox_per_agent
+            full = mailbox is not None and _queued(mailbox, cmd.high) >= self._mailbox_max
             if (
                 (full or saturated or act.held is not None)
                 and cmd.kind != Kind.MIGRATE
@@ -223,7 +233,7 @@ class Scheduler:
             # Run it here and now, up to its first wait, rather than one turn of the event
             # loop later in a new task (docs/adr/0031).
             loop = self.loop
-            task = start_eager(coro, loop) if self._settings.eager_start else loop.create_task(coro)
+            task = start_eager(coro, loop) if self._eager else loop.create_task(coro)
             if task is not None:
                 self._supervisor.adopt("workers", task)
             return
@@ -246,7 +256,7 @@ class Scheduler:
         full = (
             saturated is not None
             or throttled is not None
-            or (mailbox is not None and _queued(mailbox, cmd.high) >= self._settings.max_mailbox_per_agent)
+            or (mailbox is not None and _queued(mailbox, cmd.high) >= self._mailbox_max)
         )
         seq = cmd.stream_seq
         if cmd.kind in ACKED and seq:
@@ -328,10 +338,8 @@ class Scheduler:
     # -- the commands in hand ------------------------------------------------------------------
     def track(self, cmd: Command) -> None:
         self._inflight.add(cmd)
-        n = self.inflight_count = self.inflight_count + 1
+        self.inflight_count += 1
         self.inflight_bytes += len(cmd.body)
-        if n <= 1:  # the first in hand: no longer idle (set again when the last is done)
-            self._idle.clear()
 
     def untrack(self, cmd: Command) -> None:
         if cmd.done:
@@ -340,15 +348,14 @@ class Scheduler:
         if cmd.pooled:
             self._pools[cmd.agent_type].in_hand -= 1
         self._inflight.discard(cmd)
-        self.inflight_count -= 1
-        full_bytes = self._full_bytes
-        was_full_bytes = self.inflight_bytes > full_bytes
-        self.inflight_bytes -= len(cmd.body)
-        if self.inflight_count <= 0:
+        n = self.inflight_count = self.inflight_count - 1
+        was = self.inflight_bytes
+        now = self.inflight_bytes = was - len(cmd.body)
+        if n <= 0 and self._idle is not None:
             self._idle.set()
-        if self.inflight_count == self._settings.max_inflight - 1 or (
-            was_full_bytes and self.inflight_bytes <= full_bytes
-        ):
+            self._idle = None
+        full_bytes = self._full_bytes
+        if n == self._room_again or (was > full_bytes and now <= full_bytes):
             # the host was full: any puller may have been waiting for room
             self._wake_pullers(None)
         else:

@@ -1,0 +1,169 @@
+"""The client's own work per at-most-once call, in process: Python opcodes (a count the noise
+of a shared machine barely moves) and CPU microseconds, for one or two trees.
+
+    python loadtests/bench_client_path.py --a /tmp/ja_old --b /tmp/ja_new [--reps 5] [--top 30]
+
+Each tree (a directory holding ``shared/`` and ``services/``, as for ``bench_host_path.py``)
+runs in a process of its own: a nats-server, a host in a subprocess (``python -m agent_host``,
+the tree's own code, example agents), and in that process a client that keeps ``--inflight``
+at-most-once ``get`` calls in flight on each of ``--agents`` counter agents
+(``client.agent("counter", id).request("get", {}, delivery="at-most-once")``). What is
+measured is the client process's whole work per call: building and sending the call, nats-py
+reading and parsing the reply, the event loop's turns, decoding the reply. The host's work is
+in its own process and not counted. Prints, per tree: the median of ``--reps`` CPU
+measurements (``time.process_time`` of the client process per call), then Python opcodes per
+call (``sys.settrace`` with opcode events over ``--traced`` rounds; the loop that drives the
+calls, in this file, is left out), and B/A of both.
+
+The opcode count of calls in flight together moves a little with how many replies one socket
+read brings (nats-py parses per read): a few opcodes per call between runs, where a change to
+the call path moves it by tens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = os.path.abspath(__file__)
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from jetagents import Client, ClientSettings, NatsServer
+
+    work = Path(tempfile.mkdtemp(prefix="bench-client-path-"))
+    server = NatsServer(data_dir=work / "nats", name="clientpath").start()
+    env = dict(
+        os.environ,
+        JETAGENTS_NATS_URL=server.url,
+        JETAGENTS_AGENTS='["jetagents.examples:EXAMPLE_AGENTS"]',
+        JETAGENTS_HOST_ID="clientpath",
+        JETAGENTS_LOG_LEVEL="WARNING",
+    )
+    with open(work / "host.log", "ab") as log:
+        host = subprocess.Popen([sys.executable, "-m", "agent_host"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    client = await Client.connect(settings=ClientSettings(nats_url=server.url, request_timeout_s=60))
+    try:
+        refs = [client.agent("counter", f"a{i}") for i in range(args.agents)]
+        for _ in range(600):  # until the host serves its partitions
+            try:
+                await refs[0].request("get", {}, delivery="at-most-once", timeout=1)
+                break
+            except Exception:  # not up yet
+                if host.poll() is not None:
+                    raise RuntimeError(f"host exited with {host.returncode}: see {work / 'host.log'}") from None
+                await asyncio.sleep(0.2)
+        for ref in refs:  # each agent in memory
+            await ref.request("get", {}, delivery="at-most-once")
+
+        async def worker(ref: Any, n: int) -> None:
+            for _ in range(n):
+                await ref.request("get", {}, delivery="at-most-once")
+
+        async def rounds(n: int) -> int:
+            await asyncio.gather(*(worker(ref, n) for ref in refs for _ in range(args.inflight)))
+            return n * len(refs) * args.inflight
+
+        await rounds(2)
+        per_call_us = []
+        for _ in range(args.reps):
+            gc.collect()
+            t0 = time.process_time()
+            done = await rounds(args.rounds)
+            per_call_us.append((time.process_time() - t0) / done * 1e6)
+
+        ops: collections.Counter[str] = collections.Counter()
+
+        def tracer(frame: Any, event: str, arg: Any) -> Any:
+            code = frame.f_code
+            if code.co_filename == HERE:  # the driving loop is not the client's work
+                return None
+            frame.f_trace_opcodes = True
+            key = f"{'/'.join(code.co_filename.rsplit('/', 2)[-2:])}:{code.co_name}"
+
+            def local(frame: Any, event: str, arg: Any) -> Any:
+                if event == "opcode":
+                    ops[key] += 1
+                return local
+
+            return local
+
+        gc.collect()
+        sys.settrace(tracer)
+        done = await rounds(args.traced)
+        sys.settrace(None)
+        return {
+            "opcodes": sum(ops.values()) / done,
+            "us": statistics.median(per_call_us),
+            "us_all": per_call_us,
+            "by_function": [(k, v / done) for k, v in ops.most_common(args.top)],
+        }
+    finally:
+        await client.close()
+        host.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            host.wait(15)
+        if host.poll() is None:
+            host.kill()
+            host.wait()
+        server.stop()
+
+
+def run_tree(tree: str, args: argparse.Namespace) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=f"{tree}/shared:{tree}/services", PYTHONHASHSEED="0")
+    cmd = [sys.executable, HERE, "--child"]
+    for name in ("agents", "inflight", "rounds", "traced", "reps", "top"):
+        cmd += [f"--{name}", str(getattr(args, name))]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise RuntimeError(f"tree {tree} failed:\n{out.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--a", help="tree A (the baseline)")
+    p.add_argument("--b", help="tree B")
+    p.add_argument("--agents", type=int, default=64)
+    p.add_argument("--inflight", type=int, default=8, help="calls in flight on each agent")
+    p.add_argument("--rounds", type=int, default=20, help="calls per in-flight slot in one CPU measurement")
+    p.add_argument("--traced", type=int, default=4, help="calls per in-flight slot while counting opcodes")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--top", type=int, default=0, help="also print each tree's N functions with the most opcodes")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        import logging
+
+        import structlog
+
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+        print(json.dumps(asyncio.run(measure(args))))
+        return
+    trees = [t for t in (args.a, args.b) if t] or [str(Path(HERE).parent.parent)]
+    results = {t: run_tree(t, args) for t in trees}
+    for tree, r in results.items():
+        reps = " ".join(f"{u:.1f}" for u in r["us_all"])
+        print(f"{tree}: {r['opcodes']:.0f} opcodes/call, {r['us']:.2f} us/call CPU (reps {reps})")
+        for name, n in r["by_function"]:
+            print(f"  {n:7.1f}  {name}")
+    if len(trees) == 2:
+        a, b = (results[t] for t in trees)
+        print(f"B/A: opcodes {b['opcodes'] / a['opcodes']:.3f}, CPU {b['us'] / a['us']:.3f} (above 1: B does more)")
+
+
+if __name__ == "__main__":
+    main()
