@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 _RESULT_POLL = RetryPolicy(base_s=0.05, max_s=1.0, jitter=False)  # asking for a result not there yet
 _DELIVERIES: dict[str, Delivery] = {d.value: d for d in Delivery}
 _PRIORITIES: dict[str, Priority] = {p.value: p for p in Priority}
+_NORMAL = Priority.NORMAL
+# the options of a request that gives nothing but its delivery mode (most do), by mode and by
+# its value: built once, not per call (a ``SendOptions`` is never changed once built)
+_PLAIN_REQUEST: dict[str, SendOptions] = {d: SendOptions(delivery=d) for d in Delivery}
 
 
 def _options(
@@ -128,9 +132,12 @@ class AgentRef:
             )
         # request_reply's body written out (no closure): this is every call's path (ADR 0031)
         cid = step_command_id(command_id)
-        options = _options(delivery, timeout, cid, correlation_id, priority, deadline, True, compress)
+        plain = cid is None and timeout is None and correlation_id is None and deadline is None and compress is None
+        options = _PLAIN_REQUEST.get(delivery) if plain and priority is _NORMAL else None
+        if options is None:  # something given, or an unknown mode (``_options`` raises)
+            options = _options(delivery, timeout, cid, correlation_id, priority, deadline, True, compress)
         started = asyncio.get_running_loop().time()
-        reply = cast(Reply, await self.client._send(self.id, action, params, options))
+        reply: Reply = await self.client._send(self.id, action, params, options)  # type: ignore[assignment]
         if reply.status is not None and reply.command_id:
             limit = timeout if timeout is not None else self.client.settings.request_timeout_s
             left = limit - (asyncio.get_running_loop().time() - started)

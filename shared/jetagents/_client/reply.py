@@ -74,7 +74,7 @@ def decode_reply(msg: Message) -> Reply:
     (3, 7, False)
     """
     hdrs = msg.headers or {}
-    if no_responders(msg):
+    if hdrs.get("Status") == "503":  # no_responders(msg), on every reply's path
         raise Unavailable("no host is serving this subject", details={"applied": False})
     data = msg.data
     encoding = hdrs.get(H_ENCODING)

@@ -60,8 +60,9 @@ class Sender:
 
     async def send(self, cmd: OutboundCommand) -> Reply | str:
         loop = asyncio.get_running_loop()
-        until = loop.time() + cmd.timeout_s
-        breaker = self.breaker(cmd.agent.type)
+        started = loop.time()  # read once: the send's span of time and its deadline start together
+        until = started + cmd.timeout_s
+        breaker = self._breakers.get(cmd.agent.type) or self.breaker(cmd.agent.type)
         if not breaker.allow():
             raise Unavailable(
                 f"circuit open for agent type {cmd.agent.type!r}: recent calls failed", details={"applied": False}
@@ -73,7 +74,6 @@ class Sender:
             span, headers = tel.start_producer(f"send {cmd.agent.type}", cmd.subject, headers, _span_attributes(cmd))
         else:
             inject_current(headers)
-        started = loop.time()
         error = ""
         try:
             if cmd.delivery is not Delivery.AT_MOST_ONCE:
@@ -85,7 +85,7 @@ class Sender:
                 # the call's first attempt is made here, not in a coroutine of its own: the
                 # sequential call path is dominated by such per-call costs (ADR 0031)
                 try:
-                    msg = await self.transport.request(cmd.subject, cmd.body, headers, until - loop.time())
+                    msg = await self.transport.request(cmd.subject, cmd.body, headers, cmd.timeout_s)
                 except TimeoutError:
                     # at-most-once: the host may have run it, so it is never re-sent
                     raise AgentTimeout(f"no reply from {cmd.agent} in time (at-most-once: not retried)") from None
