@@ -108,6 +108,22 @@ async def test_a_100_kib_json_command_and_its_reply_travel_compressed(setup: tup
     await eventually(counted, timeout_s=20)
 
 
+async def test_a_host_with_compress_min_bytes_0_never_compresses_a_reply(nats_server: NatsServer) -> None:
+    host = Host(host_settings(nats_server.url, compress_min_bytes=0), Registry([Docs]))
+    await host.start()
+    client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
+    try:
+        doc = _doc()
+        for delivery in ("exactly-once", "at-most-once"):  # the sender accepts zstd: still plain
+            reply = await client.agent("docs", "d2").request_reply(
+                "echo", {"doc": doc}, delivery=delivery, compress=True
+            )
+            assert reply.result == doc and "Agt-Encoding" not in reply.headers, delivery
+    finally:
+        await client.close()
+        await host.stop()
+
+
 async def test_a_bare_client_compresses_by_the_wire_contract(
     setup: tuple[Host, Client], nats_server: NatsServer
 ) -> None:

@@ -27,19 +27,18 @@ class LatencyWindow:
 
     def __init__(self, size: int = LATENCY_WINDOW) -> None:
         self._size = size
-        self._samples: list[float] = []
+        # made full at once: every record is then the same index store, never a length check
+        self._samples: list[float] = [0.0] * size
         self.total = 0  # commands recorded since the host started
 
     def record(self, elapsed_s: float) -> None:
-        if len(self._samples) < self._size:
-            self._samples.append(elapsed_s)
-        else:
-            self._samples[self.total % self._size] = elapsed_s
+        self._samples[self.total % self._size] = elapsed_s
         self.total += 1
 
     def summary(self) -> dict[str, Any]:
         """Nearest-rank percentiles in milliseconds over the window; ``n`` 0 before any."""
-        xs = sorted(self._samples)
+        total = self.total
+        xs = sorted(self._samples if total >= self._size else self._samples[:total])
         n = len(xs)
         if not n:
             return {"n": 0, "total": self.total}

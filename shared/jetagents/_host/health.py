@@ -242,14 +242,14 @@ class Health:
         started = loop.time()
         if (act.health or self.agent_health(act)).cpu is not None:
             return False, NOT_RUN, started
-        first: Any = NOT_RUN
         try:
             first = coro.send(None)
-        except StopIteration as stop:
+        except StopIteration as stop:  # it ended without waiting (the common case): measured
+            self.ran(act, loop.time() - started, 0.0)
             return True, stop.value, started
-        finally:
-            if first is NOT_RUN:  # it ended (returned or raised) without waiting
-                self.ran(act, loop.time() - started, 0.0)
+        except BaseException:  # it raised without waiting: measured too
+            self.ran(act, loop.time() - started, 0.0)
+            raise
         return False, first, started
 
     def deadline(
@@ -295,12 +295,12 @@ class Health:
         t.commands += 1
         t.wall_s += wall_s
         metering = self._tel.metering
-        agent_type = act.agent_id.type
         if metering:
-            self._wall.record(wall_s, {AGENT_TYPE: agent_type})
+            self._wall.record(wall_s, {AGENT_TYPE: act.agent_id.type})
         policy = h.policy
-        if policy is None:
+        if policy is None:  # most types: nothing more to measure
             return
+        agent_type = act.agent_id.type
         now = self._clock.monotonic()
         if h.cpu is not None:
             h.cpu_s += cpu_s

@@ -7,6 +7,7 @@ subjects under the configured reply prefixes are answered lives in one place.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +104,9 @@ class Outcomes:
         self._host_id = settings.host_id
         self._reply_prefixes = settings.reply_prefixes
         self._keep_bytes = settings.max_payload_bytes
-        self._compress_min_bytes = settings.compress_min_bytes  # replies (ADR 0043); 0: never
+        # replies this large are compressed (ADR 0043); 0 (never) as a size no body reaches:
+        # one comparison per reply
+        self._compress_from = settings.compress_min_bytes or sys.maxsize
         self._subjects = subjects
         self._registry = registry
         self._clock = clock
@@ -213,30 +216,31 @@ class Outcomes:
         subject, and the host's permissions reach its event log, buckets and the JetStream
         API, so only inboxes under the configured reply prefixes are answered (wire contract
         4). A command's reply subject was checked as it arrived (None: refused, or none)."""
+        span = None
         if cmd is None:
             if not reply_to:
                 return
             if not is_reply_subject(reply_to, self._reply_prefixes):
                 self._refused(reply_to)
                 return
-        elif reply_to is None:
-            if cmd.reply_refused:
-                self._refused(cmd.reply_refused)
-            return
-        if hdrs and cmd is not None and cmd.kind == Kind.CALL:
-            hdrs = _call_reply_headers(hdrs, cmd)
-        if cmd is not None and 0 < self._compress_min_bytes <= len(body) and _accepts_zstd(cmd):
-            body = compress(body)
-            hdrs = {**hdrs, H_ENCODING: ZSTD}
-        span = None
-        if cmd is not None and cmd.traced:
-            agent_type = cmd.subject.split(".")[-2]
-            span, hdrs = self._tel.start_producer(
-                f"reply {agent_type}",
-                reply_to,
-                hdrs,
-                {MESSAGING_OPERATION_NAME: "reply", MESSAGING_DESTINATION_TEMPORARY: True, AGENT_TYPE: agent_type},
-            )
+        else:  # a command's reply: its headers trimmed, maybe compressed, maybe traced
+            if reply_to is None:
+                if cmd.reply_refused:
+                    self._refused(cmd.reply_refused)
+                return
+            if hdrs and cmd.kind == Kind.CALL:
+                hdrs = _call_reply_headers(hdrs, cmd)
+            if len(body) >= self._compress_from and _accepts_zstd(cmd):
+                body = compress(body)
+                hdrs = {**hdrs, H_ENCODING: ZSTD}
+            if cmd.traced:
+                agent_type = cmd.subject.split(".")[-2]
+                span, hdrs = self._tel.start_producer(
+                    f"reply {agent_type}",
+                    reply_to,
+                    hdrs,
+                    {MESSAGING_OPERATION_NAME: "reply", MESSAGING_DESTINATION_TEMPORARY: True, AGENT_TYPE: agent_type},
+                )
         try:
             await self._pub.publish(reply_to, body, hdrs or None)
         except Exception as exc:  # noqa: BLE001 - a lost reply is recoverable: the record answers a retry

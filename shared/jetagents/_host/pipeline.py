@@ -136,6 +136,7 @@ class Pipeline:
         consumer_name: Callable[[int], str],
     ) -> None:
         self._settings = settings
+        self._host_id = settings.host_id  # read once per command: bound, not looked up in the settings
         self._clock = clock
         self._tel = tel
         self._metrics = metrics
@@ -175,9 +176,7 @@ class Pipeline:
         tel = self._tel
         aid = act.agent_id
         trace_in = cmd.trace
-        log_token = enter_command(
-            self._settings.host_id, aid, cmd.correlation_id, trace_in.traceparent if trace_in else None
-        )
+        log_token = enter_command(self._host_id, aid, cmd.correlation_id, trace_in.traceparent if trace_in else None)
         try:
             if not tel.tracing:  # no SDK configured: carry the trace context, skip the spans
                 if trace_in is not None:  # without an SDK no span records: only a received context is carried
@@ -230,8 +229,9 @@ class Pipeline:
     async def _process_traced(self, act: Activation, cmd: Command, out: dict[str, str]) -> None:
         s = self._settings
         outcomes = self._outcomes
+        durable = cmd.durable  # a property: read once
         # hand-backs for a busy agent (ADR 0036) are not failures: they do not count here
-        if cmd.durable and exhausted(cmd.deliveries, cmd.busy_naks, outcomes.limits):
+        if durable and exhausted(cmd.deliveries, cmd.busy_naks, outcomes.limits):
             await outcomes.settle(cmd, Result.EXHAUSTED, out)
             return
         try:
@@ -242,13 +242,17 @@ class Pipeline:
                 err = MalformedCommand("the reply subject is not under a reply prefix this host accepts")
                 await outcomes.settle(cmd, Result.REFUSED, out, error=err, silent=True)
                 return
-            body = decode_command(unscheduled_body(cmd) if cmd.durable else cmd.body, s.max_payload_bytes)
+            body = decode_command(unscheduled_body(cmd) if durable else cmd.body, s.max_payload_bytes)
             if not isinstance(body, CommandBody):  # a signal, timer, cancel or result query
                 cmd.action = "_" + type(body).__name__.removesuffix("Body").lower()
                 await self.signals.process(act, cmd, body, out, self._supervisor)
                 return
-            cmd.action = body.action if body.action in act.spec.actions or body.action in BUILTINS else "_unknown"
-            action = builtin_action(act.spec, body.action) or act.spec.action(body.action)  # _remind, ...
+            name, spec = body.action, act.spec
+            # a reserved action (_remind, ...) first, else the type's own; one lookup each
+            action = builtin_action(spec, name) if name in BUILTINS else spec.actions.get(name)
+            cmd.action = name if action is not None else "_unknown"
+            if action is None:
+                action = spec.action(name)  # raises UnknownAction
             params = action.validate_params(body.params)
         except JetAgentsError as err:
             await outcomes.settle(cmd, Result.REFUSED, out, error=err)
@@ -356,7 +360,8 @@ class Pipeline:
         ctx.correlation_id = cmd.correlation_id
         ctx.action = action.name
         ctx.out = await self.out.open(act, cmd) if cmd.streams else None
-        ctx.command = Running(raw, cmd.reply_to, cmd.streams)
+        # read only by a journal append, which a run without a command id never makes
+        ctx.command = Running(raw, cmd.reply_to, cmd.streams) if cmd_id else None
         agent._firing = firing_of(cmd, agent) if cmd.durable else None  # only a durable command is a firing
         agent._begin()
         health = self.health
