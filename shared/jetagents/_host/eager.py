@@ -130,6 +130,7 @@ _spare: _Spare | None = None
 # the C functions themselves, bound once (this runs for every command)
 _enter_task, _leave_task = _tasks._enter_task, _tasks._leave_task
 _current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = _tasks._current_tasks  # type: ignore[attr-defined]
+_copy_context, _refcount = contextvars.copy_context, sys.getrefcount  # likewise
 
 
 def _start_manual(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
@@ -139,9 +140,9 @@ def _start_manual(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoo
         spare = _Spare(loop)
     _spare = None  # taken: a coroutine started from within this stretch gets a spare of its own
     task = spare.task
-    ctx = contextvars.copy_context()
+    ctx = _copy_context()
     caller = _current_tasks.get(loop)
-    refs = sys.getrefcount(task)
+    refs = _refcount(task)
     if caller is not None:
         _leave_task(loop, caller)
     _enter_task(loop, task)
@@ -161,7 +162,7 @@ def _start_manual(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoo
         # the stretch's own context may name the task (the host's action marker does): with
         # the context gone so is that reference, unless something kept the context alive
         del ctx
-        refs_after = sys.getrefcount(task)  # alone: as an argument next to task it counts one more
+        refs_after = _refcount(task)  # alone: as an argument next to task it counts one more
         # untouched: nothing kept a reference to the task (the counts are taken in this frame),
         # no cancellation is pending, no callback was added: the next stretch may use it
         if refs_after == refs and not task._must_cancel and task._callbacks is None and task.cancelling() == 0:  # type: ignore[attr-defined]

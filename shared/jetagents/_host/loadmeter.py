@@ -72,7 +72,6 @@ class LoadMeter:
         self.clock = clock
         self.resources = host_resources(settings)
         self._cpu = cpu
-        self.msgs = 0
         self.nbytes = 0
         self.per_partition: dict[int, int] = {}
         self._samples: deque[_Sample] = deque()
@@ -82,15 +81,21 @@ class LoadMeter:
 
     def seen(self, partition: int, nbytes: int) -> None:
         """A command taken in (pulled, called or forwarded)."""
-        self.msgs += 1
         self.nbytes += nbytes
         self.per_partition[partition] = self.per_partition.get(partition, 0) + 1
+
+    @property
+    def msgs(self) -> int:
+        """The commands taken in so far: summed when a sample is taken, not counted twice
+        for every command."""
+        return sum(self.per_partition.values())
 
     def sample(self) -> dict[str, Any]:
         """Rates over the window up to now, and the fractions the load score weighs."""
         now = self.clock.monotonic()
         used = self._cpu()
-        self._samples.append(_Sample(now, used, self.msgs, self.nbytes, dict(self.per_partition)))
+        msgs = self.msgs
+        self._samples.append(_Sample(now, used, msgs, self.nbytes, dict(self.per_partition)))
         window = self.settings.load_window_s
         while len(self._samples) > 2 and now - self._samples[1].at_s >= window:
             self._samples.popleft()
@@ -98,7 +103,7 @@ class LoadMeter:
         dt = now - first.at_s
         if dt <= 0:
             return {"cpu_s": round(used, 2), "rss_mb": rss_mb(), "resources": self.resources}
-        msgs_per_s = (self.msgs - first.msgs) / dt
+        msgs_per_s = (msgs - first.msgs) / dt
         bytes_per_s = (self.nbytes - first.nbytes) / dt
         mem = rss_mb()
         rates = {
@@ -108,7 +113,7 @@ class LoadMeter:
         }
         busiest = sorted(rates, key=lambda p: -rates[p])[:RATE_PARTITIONS]
         cpu = min(1.0, (used - first.cpu_s) / dt)
-        if self.msgs == first.msgs and len(self._samples) > 2:
+        if msgs == first.msgs and len(self._samples) > 2:
             self.cpu_base = cpu if self.cpu_base is None else round(0.5 * self.cpu_base + 0.5 * cpu, 4)
         return {
             "cpu_s": round(used, 2),  # CPU time used so far (kept: tools read it)
