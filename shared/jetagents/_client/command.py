@@ -36,6 +36,10 @@ from .._core.wire import (
 )
 
 MAX_COMMAND_ID_CHARS = 256
+# bound once: read on every send
+_AT_MOST_ONCE = Delivery.AT_MOST_ONCE
+_EXACTLY_ONCE = Delivery.EXACTLY_ONCE
+_NORMAL = Priority.NORMAL
 # room left for the headers under the server's max_payload
 HEADER_ROOM_BYTES = 4096
 
@@ -126,14 +130,14 @@ class OutboundCommand:
             if len(options.command_id) > MAX_COMMAND_ID_CHARS:
                 raise ValueError(f"command_id longer than {MAX_COMMAND_ID_CHARS} characters")
             cmd_id = headers[H_COMMAND_ID] = options.command_id
-        elif delivery is Delivery.AT_MOST_ONCE and options.want_reply:
+        elif delivery is _AT_MOST_ONCE and options.want_reply:
             cmd_id = ""
         else:
             cmd_id = headers[H_COMMAND_ID] = new_id()
         # A durable command outlives the caller's wait unless the caller sets a deadline;
         # a call (at-most-once) nobody waits for any more is pointless, so it gets one.
         deadline_s = options.deadline_s
-        if deadline_s is None and delivery is Delivery.AT_MOST_ONCE:
+        if deadline_s is None and delivery is _AT_MOST_ONCE:
             deadline_s = timeout_s
         deadline_ms = None
         if deadline_s is not None:
@@ -142,11 +146,12 @@ class OutboundCommand:
         correlation_id = options.correlation_id
         if correlation_id and correlation_id != cmd_id:
             headers[H_CORRELATION_ID] = correlation_id
-        if options.priority is not Priority.NORMAL:
-            headers[H_PRIORITY] = options.priority.value
+        priority = options.priority
+        if priority is not _NORMAL:
+            headers[H_PRIORITY] = priority.value
         if options.stream:
             headers[H_STREAM] = "1"
-        if delivery is Delivery.EXACTLY_ONCE:  # the stream drops a second copy within its window
+        if delivery is _EXACTLY_ONCE:  # the stream drops a second copy within its window
             headers[H_MSG_ID] = cmd_id
         if chain:
             headers.update(chain)
@@ -156,9 +161,9 @@ class OutboundCommand:
                 headers[H_ENCODING] = ZSTD
             if options.want_reply:
                 headers[H_ACCEPT_ENCODING] = ZSTD
-        if delivery is Delivery.AT_MOST_ONCE:
+        if delivery is _AT_MOST_ONCE:
             subject = subjects.call(agent.type, agent.id)
-        elif options.priority is Priority.HIGH:  # the high lane overtakes a backlog (ADR 0058)
+        elif priority is Priority.HIGH:  # the high lane overtakes a backlog (ADR 0058)
             subject = subjects.cmd_high(agent.type, agent.id)
         else:
             subject = subjects.cmd(agent.type, agent.id)
@@ -171,7 +176,7 @@ class OutboundCommand:
             command_id=cmd_id,
             correlation_id=correlation_id,
             delivery=delivery,
-            priority=options.priority,
+            priority=priority,
             deadline_ms=deadline_ms,
             timeout_s=timeout_s,
             want_reply=options.want_reply,
