@@ -77,6 +77,11 @@ def test_inbox_subjects_are_accepted(subject: str) -> None:
     assert is_reply_subject(subject, INBOX)
 
 
+def test_a_prefix_alone_is_no_reply_subject() -> None:
+    assert not is_reply_subject("_INBOX.", INBOX)
+    assert not is_reply_subject("_INBOX.client.", ["_INBOX.client.", "_INBOX."])
+
+
 def test_non_strings_are_refused() -> None:
     assert not is_reply_subject(None, INBOX)
     assert not is_reply_subject(b"_INBOX.a", INBOX)

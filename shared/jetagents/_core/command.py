@@ -176,10 +176,26 @@ def parse_command(
     ack = (reply or None) if durable else None
     if not hdrs:
         cmd_id = f"s{cepoch}-{seq}" if durable else ""
-        cmd = Command(kind, subject, agent_type, agent_id, partition, data, received, hdrs, ack, reply_to, refused)
-        cmd.command_id = cmd.correlation_id = cmd_id
-        cmd.deliveries, cmd.stream_seq = count, seq
-        return cmd
+        return Command(
+            kind,
+            subject,
+            agent_type,
+            agent_id,
+            partition,
+            data,
+            received,
+            hdrs,
+            ack,
+            reply_to,
+            refused,
+            cmd_id,
+            cmd_id,
+            False,
+            None,
+            1,
+            count,
+            seq,
+        )
 
     cmd_id = hdrs.get(H_COMMAND_ID) or hdrs.get(H_MSG_ID) or ""
     if not cmd_id and durable:

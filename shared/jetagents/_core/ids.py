@@ -65,10 +65,12 @@ def is_reply_subject(subject: object, prefixes: Iterable[str]) -> bool:
     >>> is_reply_subject("agt.evt.counter.c1", ["_INBOX."])
     False
     """
-    if not isinstance(subject, str) or not 0 < len(subject) <= MAX_REPLY_SUBJECT_LEN:
+    if not isinstance(subject, str) or len(subject) > MAX_REPLY_SUBJECT_LEN:
         return False
     for prefix in prefixes:
-        if subject.startswith(prefix) and len(subject) > len(prefix):
+        # nothing past the prefix: it ends with '.', which no literal subject does (and an
+        # empty subject starts with no prefix)
+        if subject.startswith(prefix):
             return _is_literal(subject)
     return False
 

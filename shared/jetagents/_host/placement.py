@@ -141,7 +141,9 @@ class Placement:
         if coord is None:  # a host alone: nothing is placed anywhere
             return False
         cls = act.spec.cls
-        return coord.placements.get(act.agent_id.key) is not None or bool(cls.requires) or bool(cls.resources)
+        if cls.requires or cls.resources:
+            return True
+        return act.agent_id.key in coord.placements  # its values are (host, revision), never None
 
     async def route_elsewhere(self, act: Activation, work: Command) -> bool:
         """At the partition's owner: forward ``work`` when the agent is placed on another
