@@ -25,7 +25,7 @@ class Message(Protocol):
 class Reply:
     """A decoded reply: ``result`` plus the headers the host sent with it."""
 
-    __slots__ = ("command_id", "duplicate", "event_seq", "headers", "result", "status", "waiting")
+    __slots__ = ("command_id", "headers", "result", "status", "waiting")
 
     def __init__(self, result: Any, headers: Mapping[str, str], body: Mapping[str, Any] | None = None) -> None:
         self.result = result
@@ -39,9 +39,16 @@ class Reply:
             self.status = str(body["status"])
             self.waiting = body.get("waiting")
             self.command_id = str(body.get("command_id") or self.command_id or "")
-        self.duplicate = headers.get("Agt-Duplicate") == "true"
-        seq = headers.get("Agt-Event-Seq")
-        self.event_seq = int(seq) if seq and seq.isdigit() else None
+
+    # read from the headers when asked: ``request`` drops them, and it is every call's path
+    @property
+    def duplicate(self) -> bool:
+        return self.headers.get("Agt-Duplicate") == "true"
+
+    @property
+    def event_seq(self) -> int | None:
+        seq = self.headers.get("Agt-Event-Seq")
+        return int(seq) if seq and seq.isdigit() else None
 
     def to_json(self) -> dict[str, Any]:
         """The reply as a journaled step keeps it (ADR 0042 §12); :meth:`from_json` reads it."""

@@ -72,9 +72,9 @@ from .._obs.telemetry import (
     MESSAGING_PARTITION,
     MESSAGING_SYSTEM,
     HostTelemetry,
-    enter_command,
     exit_command,
     finish_process_span,
+    set_command,
 )
 from .._settings import HostSettings
 from .catalog import Activation, Catalog
@@ -176,7 +176,7 @@ class Pipeline:
         tel = self._tel
         aid = act.agent_id
         trace_in = cmd.trace
-        log_token = enter_command(self._host_id, aid, cmd.correlation_id, trace_in.traceparent if trace_in else None)
+        log_token = set_command((self._host_id, aid, cmd.correlation_id, trace_in.traceparent if trace_in else None))
         try:
             if not tel.tracing:  # no SDK configured: carry the trace context, skip the spans
                 if trace_in is not None:  # without an SDK no span records: only a received context is carried

@@ -319,12 +319,16 @@ class ClientTelemetry(Telemetry):
 _command: ContextVar[tuple[str, object, str, str | None] | None] = ContextVar("jetagents_command", default=None)
 
 
-def enter_command(host_id: str, agent: object, correlation_id: str, traceparent: str | None) -> Token[Any]:
-    return _command.set((host_id, agent, correlation_id, traceparent))
-
-
-# the variable's own reset, bound once: a frame less on every command's path
+# The pipeline's, around every command: ``set_command((host_id, agent, correlation_id,
+# traceparent))`` gives the token ``exit_command`` takes; the variable's own methods, bound
+# once (no frame of ours on the path)
+set_command = _command.set
 exit_command = _command.reset
+
+
+def enter_command(host_id: str, agent: object, correlation_id: str, traceparent: str | None) -> Token[Any]:
+    """``set_command`` with the fields named."""
+    return set_command((host_id, agent, correlation_id, traceparent))
 
 
 def add_trace_context(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -489,5 +493,6 @@ __all__ = [
     "add_trace_context",
     "enter_command",
     "exit_command",
+    "set_command",
     "setup_from_env",
 ]
