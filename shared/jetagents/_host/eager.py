@@ -126,9 +126,8 @@ class _Spare:
 _spare: _Spare | None = None
 
 
-# private: 3.11 has no public way to make a task current (3.12's ``_swap_current_task``);
-# the C functions themselves, bound once (this runs for every command)
-_enter_task, _leave_task = _tasks._enter_task, _tasks._leave_task
+# private: 3.11 has no public way to make a task current (3.12's ``_swap_current_task``); its
+# table of current tasks (the C one), written directly: this runs for every command
 _current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = _tasks._current_tasks  # type: ignore[attr-defined]
 _copy_context, _refcount = contextvars.copy_context, sys.getrefcount  # likewise
 
@@ -143,9 +142,7 @@ def _start_manual(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoo
     ctx = _copy_context()
     caller = _current_tasks.get(loop)
     refs = _refcount(task)
-    if caller is not None:
-        _leave_task(loop, caller)
-    _enter_task(loop, task)
+    _current_tasks[loop] = task
     try:
         pending = ctx.run(coro.send, None)
     except StopIteration:
@@ -155,9 +152,10 @@ def _start_manual(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoo
         coro.close()
         raise
     finally:
-        _leave_task(loop, task)
-        if caller is not None:
-            _enter_task(loop, caller)
+        if caller is None:
+            del _current_tasks[loop]
+        else:
+            _current_tasks[loop] = caller
     if pending is _NOTHING:
         # the stretch's own context may name the task (the host's action marker does): with
         # the context gone so is that reference, unless something kept the context alive

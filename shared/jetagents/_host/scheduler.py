@@ -240,9 +240,6 @@ class Scheduler:
         act.mailbox = deque((cmd,))
         heapq.heappush(pool.ready, (cmd.priority_rank, next(self._seq), act))
 
-    def _pool_of(self, act: Activation) -> _Pool:
-        return self._pools.get(act.agent_id.type, self._shared)
-
     def _over_bound(
         self, act: Activation, cmd: Command, saturated: _Pool | None = None, throttled: JetAgentsError | None = None
     ) -> bool:
@@ -364,11 +361,37 @@ class Scheduler:
     # -- workers -------------------------------------------------------------------------------
     async def _work(self, pool: _Pool, act: Activation, cmd: Command) -> None:
         """A worker of ``pool``: process ``cmd``, then the next ready agent's command, and so
-        on until no agent of the pool is waiting for a worker."""
+        on until no agent of the pool is waiting for a worker. Each command is processed in
+        this loop, not in a coroutine of its own (one less per command)."""
         ready = pool.ready
+        chains = self.chains
         try:
             while True:
-                await self._run(act, cmd)
+                frame = chains.enter(act, cmd)  # what its action's calls name and wait on (ADR 0042 section 7)
+                try:
+                    await self._process(act, cmd)
+                except asyncio.CancelledError:
+                    if cmd.durable and not cmd.done:
+                        with contextlib.suppress(Exception):
+                            await self._outcomes.settle(cmd, Result.STOPPING, {})
+                    raise
+                except Exception:  # noqa: BLE001 - a bug here must not kill the worker
+                    self._log.exception("process_failed", agent=str(act.agent_id))
+                    # a call is never retried: its caller hears of the failure now, not at its timeout
+                    if (cmd.durable and not cmd.done) or (cmd.kind == Kind.CALL and not cmd.outcome):
+                        await self._outcomes.settle(cmd, Result.BUG, {})
+                finally:
+                    chains.leave(act, frame)
+                    self.untrack(cmd)
+                    act.last_used = self._clock.monotonic()
+                    if act.mailbox:  # its next command, behind the agents ready before it
+                        heapq.heappush(ready, (act.mailbox[0].priority_rank, next(self._seq), act))
+                    else:
+                        act.mailbox = None
+                        act.scheduled = False
+                    health = act.health
+                    if health is not None and health.due is not None:  # a restart or passivation (ADR 0059)
+                        self.health.act_on(act)
                 if not ready:
                     return
                 # let the event loop breathe between commands that never waited
@@ -380,31 +403,3 @@ class Scheduler:
                 cmd = act.mailbox.popleft()
         finally:
             pool.running -= 1
-
-    async def _run(self, act: Activation, cmd: Command) -> None:
-        """Process one command of a scheduled agent, then queue its next one (if any)."""
-        frame = self.chains.enter(act, cmd)  # what its action's calls name and wait on (ADR 0042 section 7)
-        try:
-            await self._process(act, cmd)
-        except asyncio.CancelledError:
-            if cmd.durable and not cmd.done:
-                with contextlib.suppress(Exception):
-                    await self._outcomes.settle(cmd, Result.STOPPING, {})
-            raise
-        except Exception:  # noqa: BLE001 - a bug here must not kill the worker
-            self._log.exception("process_failed", agent=str(act.agent_id))
-            # a call is never retried: its caller hears of the failure now, not at its timeout
-            if (cmd.durable and not cmd.done) or (cmd.kind == Kind.CALL and not cmd.outcome):
-                await self._outcomes.settle(cmd, Result.BUG, {})
-        finally:
-            self.chains.leave(act, frame)
-            self.untrack(cmd)
-            act.last_used = self._clock.monotonic()
-            if act.mailbox:
-                heapq.heappush(self._pool_of(act).ready, (act.mailbox[0].priority_rank, next(self._seq), act))
-            else:
-                act.mailbox = None
-                act.scheduled = False
-            health = act.health
-            if health is not None and health.due is not None:  # a restart or passivation (ADR 0059)
-                self.health.act_on(act)
