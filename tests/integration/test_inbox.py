@@ -127,3 +127,33 @@ async def test_one_timer_ends_each_request_at_its_own_deadline(nats_server: Nats
     finally:
         await inbox.close()
         await nc.close()
+
+
+async def test_replies_go_from_the_read_loop_to_their_request_without_the_subscription_queue(
+    nats_server: NatsServer,
+) -> None:
+    """The inbox takes its replies as the read loop parses them (``deliver_directly``): none
+    passes through nats-py's per-subscription queue and task, which counts each message it
+    queues in ``_received``; the requests still get their own replies, and after the inbox
+    unsubscribes nothing is handed to it any more."""
+    nc = await connect(nats_server.url, name="inbox-direct-test")
+    inbox = Inbox(nc)
+    await inbox.start()
+
+    async def echo(msg: Any) -> None:
+        await msg.respond(b"re:" + msg.data)
+
+    await nc.subscribe("echo.direct", cb=echo)
+    try:
+        replies = await asyncio.gather(*(inbox.request("echo.direct", str(i).encode(), None, 5.0) for i in range(40)))
+        assert [r.data for r in replies] == [b"re:" + str(i).encode() for i in range(40)]
+        sid = inbox._sub._id
+        assert inbox._sub._received == 0  # not one went through nats-py's queue
+        assert sid in nc._direct
+    finally:
+        await inbox.close()
+    assert sid not in nc._subs
+    # a message still in flight for the closed subscription: dropped, not handed on
+    await nc._process_msg(sid, b"x", b"", b"late", None)
+    assert sid not in nc._direct
+    await nc.close()

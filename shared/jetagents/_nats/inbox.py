@@ -65,6 +65,9 @@ class Inbox:
         self._sub = await self.nc.subscribe(
             f"{self._prefix}.*", cb=self._on_reply, pending_msgs_limit=1_000_000, pending_bytes_limit=-1
         )
+        deliver = getattr(self.nc, "deliver_directly", None)  # our Connection's (_nats/conn.py)
+        if deliver is not None:  # replies straight from the read loop: they only complete a future
+            deliver(self._sub, self._take)
 
     @property
     def started(self) -> bool:
@@ -92,6 +95,10 @@ class Inbox:
                 pass
 
     async def _on_reply(self, msg: Msg) -> None:
+        self._take(msg)
+
+    def _take(self, msg: Msg) -> None:
+        """A reply: it completes its request's future, or goes to its listener."""
         token = msg.subject[self._cut :]
         fut = self._pending.get(token)
         if fut is not None:
