@@ -163,7 +163,7 @@ class Sender:
             if deadline <= loop.time():
                 raise AgentTimeout(f"no reply from {cmd.agent} in time")
             # A core request on the client's own reply inbox (the one durable replies use):
-            # one subscription for all requests, one timer per request.
+            # one subscription and one timer for all requests.
             try:
                 msg = await self.transport.request(cmd.subject, cmd.body, headers, deadline - loop.time())
             except TimeoutError:
