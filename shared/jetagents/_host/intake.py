@@ -144,7 +144,9 @@ class Intake:
 
     async def on_call(self, subject: str, headers: Mapping[str, str] | None, data: bytes, reply: str) -> None:
         host = self._host
-        route = self.route_of(subject)
+        route = self._routes.get(subject)  # remembered: most calls go to agents called before
+        if route is None:
+            route = self.route_of(subject)
         partition = route[0]
         if partition not in host.partitions.owned_set:
             coord = host.coordinator
