@@ -352,7 +352,7 @@ class Scheduler:
         n = self.inflight_count = self.inflight_count - 1
         was = self.inflight_bytes
         now = self.inflight_bytes = was - len(cmd.body)
-        if n <= 0 and self._idle is not None:
+        if self._idle is not None and n <= 0:  # someone waits (rare): is it the last?
             self._idle.set()
             self._idle = None
         full_bytes = self._full_bytes
