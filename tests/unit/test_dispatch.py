@@ -78,3 +78,19 @@ async def test_wait_idle_waits_for_the_last_command_in_hand_and_only_then() -> N
         scheduler.untrack(last)
         await asyncio.wait_for(waiting, 30)
         await asyncio.wait_for(scheduler.wait_idle(), 30)
+
+
+async def test_a_worker_starts_where_it_is_dispatched_unless_eager_start_is_off() -> None:
+    ran: list[bool] = []
+
+    async def work() -> None:
+        ran.append(True)
+
+    loop = asyncio.get_running_loop()
+    eager = Host(HostSettings(), Registry([Counter])).scheduler
+    assert eager._start(work(), loop) is None and ran == [True]  # finished in its first stretch
+    plain = Host(HostSettings(eager_start=False), Registry([Counter])).scheduler
+    task = plain._start(work(), loop)
+    assert task is not None and ran == [True]  # at the loop's next turn, in a task
+    await asyncio.wait_for(task, 30)
+    assert ran == [True, True]

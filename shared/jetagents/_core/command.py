@@ -159,21 +159,26 @@ def parse_command(
     ('x', 'x', '_INBOX.a.1', None)
     """
     hdrs: Mapping[str, str] = headers or {}
-    durable = kind in ACKED
     seq = stream_seq or 0
     count = deliveries or 1
-    if kind is Kind.STREAM and reply and (deliveries is None or stream_seq is None):
-        meta = parse_ack_subject(reply)
-        if meta:
-            count, seq = (deliveries or meta[0]), (stream_seq if stream_seq is not None else meta[1])
-    named = (hdrs.get(H_REPLY_TO) if hdrs else None) if durable else (reply or None)
+    if kind in ACKED:
+        durable = True
+        if kind is Kind.STREAM and reply and (deliveries is None or stream_seq is None):
+            meta = parse_ack_subject(reply)
+            if meta:
+                count, seq = (deliveries or meta[0]), (stream_seq if stream_seq is not None else meta[1])
+        named = hdrs.get(H_REPLY_TO) if hdrs else None
+        ack = reply or None
+    else:  # a call (or a migration): answered on the message's own reply subject, never acknowledged
+        durable = False
+        named = reply or None
+        ack = None
     reply_to = refused = None
     if named:
         if is_reply_subject(named, reply_prefixes):
             reply_to = named
         else:
             refused = named
-    ack = (reply or None) if durable else None
     if not hdrs:
         cmd_id = f"s{cepoch}-{seq}" if durable else ""
         return Command(

@@ -29,7 +29,7 @@ _MAX_ROUTES = 65_536
 class Intake:
     """Turns received messages into commands for the host's scheduler."""
 
-    __slots__ = ("_bounds", "_high_bounds", "_host", "_routes", "_ttl_s")
+    __slots__ = ("_bounds", "_high_bounds", "_host", "_max_payload", "_routes", "_ttl_s")
 
     def __init__(self, host: Host) -> None:
         self._host = host
@@ -42,6 +42,7 @@ class Intake:
         self._bounds = (s.max_inflight, s.max_inflight_bytes)
         self._high_bounds = (s.max_inflight + reserve, s.max_inflight_bytes + reserve * (s.max_payload_bytes + 4096))
         self._ttl_s = s.member_ttl_s
+        self._max_payload = s.max_payload_bytes
 
     def parse(
         self,
@@ -109,7 +110,7 @@ class Intake:
             await host.outcomes.settle(cmd, Result.STOPPING, {})
             host.scheduler.untrack(cmd)
             return
-        if len(data) > host.settings.max_payload_bytes:
+        if len(data) > self._max_payload:
             self.refuse_oversized(cmd)
             return
         if headers and (H_SCHEDULE in headers or H_SCHEDULER in headers):
@@ -144,7 +145,9 @@ class Intake:
 
     async def on_call(self, subject: str, headers: Mapping[str, str] | None, data: bytes, reply: str) -> None:
         host = self._host
-        route = self.route_of(subject)
+        route = self._routes.get(subject)  # remembered: most calls go to agents called before
+        if route is None:
+            route = self.route_of(subject)
         partition = route[0]
         if partition not in host.partitions.owned_set:
             coord = host.coordinator
@@ -177,7 +180,7 @@ class Intake:
                 err = Unavailable("host overloaded, retry", details={"applied": False})
                 await host.outcomes.reply(reply, encode_error(err), {}, None)
             return
-        if size > host.settings.max_payload_bytes:
+        if size > self._max_payload:
             self.refuse_oversized(cmd)
             return
         if headers and H_ENCODING in headers and not self.decoded(cmd):

@@ -14,7 +14,7 @@ with both, the leader predicts what moving a partition moves.
 from __future__ import annotations
 
 import os
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +73,9 @@ class LoadMeter:
         self.resources = host_resources(settings)
         self._cpu = cpu
         self.nbytes = 0
-        self.per_partition: dict[int, int] = {}
+        # counted for every command (a missing partition starts at 0 without a lookup first);
+        # only read whole, by sample()
+        self.per_partition: defaultdict[int, int] = defaultdict(int)
         self._samples: deque[_Sample] = deque()
         # the CPU the host uses with no command at all (heartbeats, timers, the loop): learnt
         # from windows without commands, so the leader weighs only what partitions cost
@@ -82,7 +84,7 @@ class LoadMeter:
     def seen(self, partition: int, nbytes: int) -> None:
         """A command taken in (pulled, called or forwarded)."""
         self.nbytes += nbytes
-        self.per_partition[partition] = self.per_partition.get(partition, 0) + 1
+        self.per_partition[partition] += 1
 
     @property
     def msgs(self) -> int:

@@ -19,7 +19,7 @@ import contextlib
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from .._core.agent import Registry
@@ -62,6 +62,11 @@ def _held_before(held: dict[int, tuple[int, float]], cmd: Command) -> bool:
     if cmd.high:
         return any(k < 0 and -k < seq for k in held)
     return any(0 < k < seq for k in held)
+
+
+def _start_task(coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> asyncio.Task[None]:
+    """A worker started the plain way (``eager_start`` off): in a task, at the loop's next turn."""
+    return loop.create_task(coro)
 
 
 class _Pool:
@@ -111,7 +116,7 @@ class Scheduler:
         # read for every command: bound once (settings never change while a host runs)
         self._room_again = settings.max_inflight - 1  # in hand after a full host's first one is done
         self._mailbox_max = settings.max_mailbox_per_agent
-        self._eager = settings.eager_start
+        self._start = start_eager if settings.eager_start else _start_task
         self._seq = itertools.count()
         # workers: per pool at most its ``workers`` tasks, each processing one agent's command
         # and then the next ready agent's of the same pool, until none is ready
@@ -232,8 +237,7 @@ class Scheduler:
             coro = self._work(pool, act, cmd)
             # Run it here and now, up to its first wait, rather than one turn of the event
             # loop later in a new task (docs/adr/0031).
-            loop = self.loop
-            task = start_eager(coro, loop) if self._eager else loop.create_task(coro)
+            task = self._start(coro, self.loop)
             if task is not None:
                 self._supervisor.adopt("workers", task)
             return
@@ -348,7 +352,7 @@ class Scheduler:
         n = self.inflight_count = self.inflight_count - 1
         was = self.inflight_bytes
         now = self.inflight_bytes = was - len(cmd.body)
-        if n <= 0 and self._idle is not None:
+        if self._idle is not None and n <= 0:  # someone waits (rare): is it the last?
             self._idle.set()
             self._idle = None
         full_bytes = self._full_bytes
