@@ -46,7 +46,15 @@ async def measure(calls: int, agents: int, reps: int, top: int) -> dict[str, Any
 
     work = Path(tempfile.mkdtemp(prefix="bench-host-path-"))
     server = NatsServer(data_dir=work / "nats", name="hostpath").start()
-    os.environ.update(JETAGENTS_NATS_URL=server.url, JETAGENTS_HOST_ID="hostpath", JETAGENTS_LOG_LEVEL="WARNING")
+    # a member TTL far beyond the run: the tracer slows the loop enough to make heartbeats late,
+    # and a host that lost touch with the cluster refuses calls early, which would count fewer opcodes
+    os.environ.update(
+        JETAGENTS_NATS_URL=server.url,
+        JETAGENTS_HOST_ID="hostpath",
+        JETAGENTS_LOG_LEVEL="WARNING",
+        JETAGENTS_MEMBER_TTL_S="3600",
+        JETAGENTS_LEASE_TTL_S="3600",
+    )
     host = Host(HostSettings(), load_agents(["jetagents.examples:EXAMPLE_AGENTS"]))
     await host.start()
     client = await Client.connect(settings=ClientSettings(nats_url=server.url, request_timeout_s=30))

@@ -19,6 +19,7 @@ import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,10 +105,27 @@ class Prober:
                 self.last_failure[p] = time.monotonic()
                 await asyncio.sleep(0.05)
 
-    async def served_since(self, since: float, budget_s: float, stable_s: float = 5.0) -> float:
+    async def served_since(
+        self, since: float, budget_s: float, stable_s: float = 5.0, logs: Path | None = None
+    ) -> float:
         """Seconds from ``since`` to the last failure, once every partition has answered
         without a failure for ``stable_s`` (more than a member TTL: the time hosts take to
-        notice they lost the store); fails the test past ``since + budget_s``."""
+        notice they lost the store); fails the test past ``since + budget_s``, saying which
+        partitions were not served and what the hosts logged (the host logs in ``logs``)."""
+        try:
+            return await self._served_since(since, budget_s, stable_s)
+        except TimeoutError:
+            now = time.monotonic()
+            late = {
+                p: f"last failure {self.last_failure.get(p, since) - since:.1f}s, "
+                f"last success {self.last_success.get(p, since) - since:.1f}s after the fault"
+                for p in range(PARTITIONS)
+                if self.last_success.get(p, 0.0) <= self.last_failure.get(p, 0.0)
+                or now - self.last_failure.get(p, 0.0) < stable_s
+            }
+            pytest.fail(f"not served stably {now - since:.1f}s after the fault: {late}\n{_host_warnings(logs)}")
+
+    async def _served_since(self, since: float, budget_s: float, stable_s: float) -> float:
         async with asyncio.timeout(max(1.0, since + budget_s + stable_s - time.monotonic())):
             while True:
                 now = time.monotonic()
@@ -122,6 +140,19 @@ class Prober:
     async def stop(self) -> None:
         self._stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _host_warnings(logs: Path | None) -> str:
+    """The hosts' warnings and errors (fencing, hand-off timeouts, partitions that failed to
+    start), for a failure message: what a recovery past its budget waited on."""
+    if logs is None:
+        return ""
+    lines = []
+    for f in sorted(logs.glob("host-*.log")):
+        for line in f.read_text(errors="replace").splitlines():
+            if '"level": "warning"' in line or '"level": "error"' in line:
+                lines.append(f"{f.name}: {line[:300]}")
+    return "\n".join(lines[-60:])
 
 
 async def stream_leader(client: Client, stream: str) -> str:
@@ -202,7 +233,7 @@ async def _probe_client(cluster: NatsCluster, victim: NatsServer) -> Client:
     return await Client.connect(settings=settings)
 
 
-async def _run(env: tuple[NatsCluster, Client], fault: str) -> list[float]:
+async def _run(env: tuple[NatsCluster, Client], fault: str, logs: Path) -> list[float]:
     cluster, client = env
     wl = Workload(client, fault)
     load = wl.start(workers=6)
@@ -222,13 +253,13 @@ async def _run(env: tuple[NatsCluster, Client], fault: str) -> list[float]:
                     await asyncio.sleep(PAUSE_S)
                 finally:
                     victim.proc.send_signal(signal.SIGCONT)
-                recoveries.append(await prober.served_since(time.monotonic(), RECOVERY_BUDGET_S))
+                recoveries.append(await prober.served_since(time.monotonic(), RECOVERY_BUDGET_S, logs=logs))
             else:
                 killed_at = time.monotonic()
                 victim.kill()  # the two other nodes keep the quorum: served again without it
-                recoveries.append(await prober.served_since(killed_at, RECOVERY_BUDGET_S))
+                recoveries.append(await prober.served_since(killed_at, RECOVERY_BUDGET_S, logs=logs))
                 await asyncio.to_thread(victim.start, 30)
-                recoveries.append(await prober.served_since(time.monotonic(), RECOVERY_BUDGET_S))
+                recoveries.append(await prober.served_since(time.monotonic(), RECOVERY_BUDGET_S, logs=logs))
         finally:
             await prober.stop()
             await probe_client.close()
@@ -244,9 +275,9 @@ async def _run(env: tuple[NatsCluster, Client], fault: str) -> list[float]:
     return recoveries
 
 
-async def test_cluster_bucket_leader_paused(env: tuple[NatsCluster, Client]) -> None:
-    await _run(env, "pause")
+async def test_cluster_bucket_leader_paused(env: tuple[NatsCluster, Client], tmp_path: Path) -> None:
+    await _run(env, "pause", tmp_path)  # tmp_path: where host_process_factory keeps the host logs
 
 
-async def test_cluster_bucket_leader_killed_and_restarted(env: tuple[NatsCluster, Client]) -> None:
-    await _run(env, "kill")
+async def test_cluster_bucket_leader_killed_and_restarted(env: tuple[NatsCluster, Client], tmp_path: Path) -> None:
+    await _run(env, "kill", tmp_path)
