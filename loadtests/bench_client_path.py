@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import gc
 import json
@@ -36,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _path_bench import OpcodeCounter, compare, quiet_logs  # isort: skip
 
 HERE = os.path.abspath(__file__)
 
@@ -84,31 +85,15 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             done = await rounds(args.rounds)
             per_call_us.append((time.process_time() - t0) / done * 1e6)
 
-        ops: collections.Counter[str] = collections.Counter()
-
-        def tracer(frame: Any, event: str, arg: Any) -> Any:
-            code = frame.f_code
-            if code.co_filename == HERE:  # the driving loop is not the client's work
-                return None
-            frame.f_trace_opcodes = True
-            key = f"{'/'.join(code.co_filename.rsplit('/', 2)[-2:])}:{code.co_name}"
-
-            def local(frame: Any, event: str, arg: Any) -> Any:
-                if event == "opcode":
-                    ops[key] += 1
-                return local
-
-            return local
-
+        counter = OpcodeCounter(skip=HERE)  # the driving loop is not the client's work
         gc.collect()
-        sys.settrace(tracer)
+        counter.start()
         done = await rounds(args.traced)
-        sys.settrace(None)
+        counter.stop()
         return {
-            "opcodes": sum(ops.values()) / done,
+            **counter.result(done, args.top),
             "us": statistics.median(per_call_us),
             "us_all": per_call_us,
-            "by_function": [(k, v / done) for k, v in ops.most_common(args.top)],
         }
     finally:
         await client.close()
@@ -119,18 +104,6 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             host.kill()
             host.wait()
         server.stop()
-
-
-def run_tree(tree: str, args: argparse.Namespace) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=f"{tree}/shared:{tree}/services", PYTHONHASHSEED="0")
-    cmd = [sys.executable, HERE, "--child"]
-    for name in ("agents", "inflight", "rounds", "traced", "reps", "top"):
-        cmd += [f"--{name}", str(getattr(args, name))]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if out.returncode:
-        raise RuntimeError(f"tree {tree} failed:\n{out.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
 
 
 def main() -> None:
@@ -146,23 +119,11 @@ def main() -> None:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        import logging
-
-        import structlog
-
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+        quiet_logs()
         print(json.dumps(asyncio.run(measure(args))))
         return
-    trees = [t for t in (args.a, args.b) if t] or [str(Path(HERE).parent.parent)]
-    results = {t: run_tree(t, args) for t in trees}
-    for tree, r in results.items():
-        reps = " ".join(f"{u:.1f}" for u in r["us_all"])
-        print(f"{tree}: {r['opcodes']:.0f} opcodes/call, {r['us']:.2f} us/call CPU (reps {reps})")
-        for name, n in r["by_function"]:
-            print(f"  {n:7.1f}  {name}")
-    if len(trees) == 2:
-        a, b = (results[t] for t in trees)
-        print(f"B/A: opcodes {b['opcodes'] / a['opcodes']:.3f}, CPU {b['us'] / a['us']:.3f} (above 1: B does more)")
+    child = [f"--{name}={getattr(args, name)}" for name in ("agents", "inflight", "rounds", "traced", "reps", "top")]
+    compare(HERE, [t for t in (args.a, args.b) if t], child)
 
 
 if __name__ == "__main__":

@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import gc
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _path_bench import OpcodeCounter, compare, quiet_logs  # isort: skip
 
 
 async def measure(calls: int, agents: int, reps: int, top: int) -> dict[str, Any]:
@@ -105,56 +104,21 @@ async def measure(calls: int, agents: int, reps: int, top: int) -> dict[str, Any
             t0 = time.process_time()
             await rounds(max(1, calls // agents))
             per_call_us.append((time.process_time() - t0) / (max(1, calls // agents) * agents) * 1e6)
-        ops = collections.Counter()
-
-        def tracer(frame: Any, event: str, arg: Any) -> Any:
-            if not inside[0]:
-                return None
-            frame.f_trace_opcodes = True
-            code = frame.f_code
-            key = f"{'/'.join(code.co_filename.rsplit('/', 2)[-2:])}:{code.co_name}"
-
-            def local(frame: Any, event: str, arg: Any) -> Any:
-                if event == "opcode" and inside[0]:
-                    ops[key] += 1
-                return local
-
-            return local
-
-        sys.settrace(tracer)
+        counter = OpcodeCounter(counting=lambda: inside[0])
+        counter.start()
         await rounds(4)
-        sys.settrace(None)
-        n_ops = 4 * agents
+        counter.stop()
         return {
-            "opcodes": sum(ops.values()) / n_ops,
+            **counter.result(4 * agents, top),
             "us": statistics.median(per_call_us),
             "us_all": per_call_us,
             "headers": sorted(sent.headers or {}),
-            "by_function": [(k, v / n_ops) for k, v in ops.most_common(top)],
         }
     finally:
         await client.close()
         await spy.close()
         await host.stop(drain=False)
         server.stop()
-
-
-def run_tree(tree: str, args: argparse.Namespace) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=f"{tree}/shared:{tree}/services", PYTHONHASHSEED="0")
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        "--calls",
-        str(args.calls),
-        "--agents",
-        str(args.agents),
-        "--top",
-        str(args.top),
-    ]
-    out = subprocess.run([*cmd, "--reps", str(args.reps)], env=env, capture_output=True, text=True, check=True)
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
 
 
 def main() -> None:
@@ -168,23 +132,11 @@ def main() -> None:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        import logging
-
-        import structlog
-
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+        quiet_logs()
         print(json.dumps(asyncio.run(measure(args.calls, args.agents, args.reps, args.top))))
         return
-    trees = [t for t in (args.a, args.b) if t] or [str(Path(__file__).resolve().parent.parent)]
-    results = {t: run_tree(t, args) for t in trees}
-    for tree, r in results.items():
-        reps = " ".join(f"{u:.1f}" for u in r["us_all"])
-        print(f"{tree}: {r['opcodes']:.0f} opcodes/call, {r['us']:.2f} us/call CPU (reps {reps})")
-        for name, n in r["by_function"]:
-            print(f"  {n:7.1f}  {name}")
-    if len(trees) == 2:
-        a, b = (results[t] for t in trees)
-        print(f"B/A: opcodes {b['opcodes'] / a['opcodes']:.3f}, CPU {b['us'] / a['us']:.3f} (above 1: B does more)")
+    child = ["--calls", str(args.calls), "--agents", str(args.agents), "--top", str(args.top), "--reps", str(args.reps)]
+    compare(__file__, [t for t in (args.a, args.b) if t], child)
 
 
 if __name__ == "__main__":

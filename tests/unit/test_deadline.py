@@ -62,18 +62,19 @@ async def test_a_first_stretch_run_by_the_caller_goes_on_where_it_stopped() -> N
     assert d._handle is not None  # it waited: the timer was armed at that first wait
 
 
+async def _hang(seen: list[str]) -> None:
+    """An action that waits for ever, noting the cancellation it gets."""
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        seen.append("cancelled")
+        raise
+
+
 async def test_a_first_stretch_run_by_the_caller_is_still_cancelled_at_the_limit() -> None:
     seen: list[str] = []
-
-    async def hang() -> None:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            seen.append("cancelled")
-            raise
-
     loop = asyncio.get_running_loop()
-    coro = hang()
+    coro = _hang(seen)
     first = coro.send(None)
     with pytest.raises(Overrun):
         await Deadline(coro, loop, _in(0.05), first=first)
@@ -82,16 +83,8 @@ async def test_a_first_stretch_run_by_the_caller_is_still_cancelled_at_the_limit
 
 async def test_a_hanging_action_is_cancelled_at_its_wait() -> None:
     seen: list[str] = []
-
-    async def hang() -> None:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            seen.append("cancelled")
-            raise
-
     with pytest.raises(Overrun):
-        await Deadline(hang(), asyncio.get_running_loop(), _in(0.05))
+        await Deadline(_hang(seen), asyncio.get_running_loop(), _in(0.05))
     assert seen == ["cancelled"]
 
 

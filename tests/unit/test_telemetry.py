@@ -22,8 +22,8 @@ from jetagents._obs.telemetry import (
     OtelSetup,
     Telemetry,
     add_trace_context,
-    enter_command,
     exit_command,
+    set_command,
     setup_from_env,
 )
 from jetagents.testing.server import free_port
@@ -126,7 +126,7 @@ def test_no_sdk_no_spans_no_metrics() -> None:
 def test_log_context_from_the_command_and_its_traceparent() -> None:
     assert add_trace_context(None, "info", {"event": "x"}) == {"event": "x"}
     tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    token = enter_command("h-1", "counter/c1", "order-42", tp)
+    token = set_command(("h-1", "counter/c1", "order-42", tp))
     try:
         out = add_trace_context(None, "info", {"event": "x"})
         assert out == {
@@ -149,7 +149,7 @@ def test_log_context_from_the_command_and_its_traceparent() -> None:
         exit_command(token)
     assert add_trace_context(None, "info", {"event": "x"}) == {"event": "x"}
     # an invalid traceparent adds no ids
-    token = enter_command("h-1", "counter/c1", "", "garbage")
+    token = set_command(("h-1", "counter/c1", "", "garbage"))
     try:
         assert add_trace_context(None, "info", {"event": "x"}) == {"event": "x", "host": "h-1", "agent": "counter/c1"}
     finally:

@@ -179,35 +179,21 @@ def parse_command(
             reply_to = named
         else:
             refused = named
-    if not hdrs:
-        cmd_id = f"s{cepoch}-{seq}" if durable else ""
-        return Command(
-            kind,
-            subject,
-            agent_type,
-            agent_id,
-            partition,
-            data,
-            received,
-            hdrs,
-            ack,
-            reply_to,
-            refused,
-            cmd_id,
-            cmd_id,
-            False,
-            None,
-            1,
-            count,
-            seq,
-        )
-
-    cmd_id = hdrs.get(H_COMMAND_ID) or hdrs.get(H_MSG_ID) or ""
-    if not cmd_id and durable:
-        cmd_id = f"s{cepoch}-{seq}"
-    prio = hdrs.get(H_PRIORITY)
-    tp = hdrs.get(TRACEPARENT)
-    deadline = hdrs.get(H_DEADLINE)
+    prio = None
+    if hdrs:
+        cmd_id = hdrs.get(H_COMMAND_ID) or hdrs.get(H_MSG_ID) or ""
+        if not cmd_id and durable:
+            cmd_id = f"s{cepoch}-{seq}"
+        correlation_id = hdrs.get(H_CORRELATION_ID) or cmd_id
+        prio = hdrs.get(H_PRIORITY)
+        rank = PRIORITY_RANK.get(prio, 1) if prio else 1  # type: ignore[call-overload]
+        deadline = hdrs.get(H_DEADLINE)
+        deadline_ms = parse_deadline(deadline) if deadline else None
+        tp = hdrs.get(TRACEPARENT)
+        trace = TraceContext(tp, hdrs.get(TRACESTATE)) if tp is not None else None
+    else:  # no ids, deadline, priority or trace to read
+        cmd_id = correlation_id = f"s{cepoch}-{seq}" if durable else ""
+        rank, deadline_ms, trace = 1, None, None
     cmd = Command(
         kind,
         subject,
@@ -221,17 +207,18 @@ def parse_command(
         reply_to,
         refused,
         cmd_id,
-        hdrs.get(H_CORRELATION_ID) or cmd_id,
+        correlation_id,
         H_MSG_ID in hdrs,
-        parse_deadline(deadline) if deadline else None,
-        PRIORITY_RANK.get(prio, 1) if prio else 1,  # type: ignore[call-overload]
+        deadline_ms,
+        rank,
         count,
         seq,
         0,
-        TraceContext(tp, hdrs.get(TRACESTATE)) if tp is not None else None,
+        trace,
     )
-    if hdrs.get(H_STREAM) == "1":
-        cmd.streams = True
-    if prio == "high" and kind is Kind.CALL:  # a call's lane is its header (a durable one's: its stream)
-        cmd.high = True
+    if hdrs:
+        if hdrs.get(H_STREAM) == "1":
+            cmd.streams = True
+        if prio == "high" and kind is Kind.CALL:  # a call's lane is its header (a durable one's: its stream)
+            cmd.high = True
     return cmd

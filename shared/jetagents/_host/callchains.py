@@ -11,7 +11,6 @@ decision itself is ``_core/callchain.py``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import Token
@@ -21,7 +20,6 @@ from .._core.agent import Agent, _apply, _draft_of
 from .._core.callchain import FRAME, CallChain, Frame, Verdict, decide, parse, refusal
 from .._core.command import Command, Kind
 from .._core.errors import JetAgentsError
-from .._core.outcome import Result
 from .._core.wire import H_CALL_CHAIN, H_CALL_PATH, decode_command
 from .._settings import HostSettings
 
@@ -116,14 +114,11 @@ class CallChains:
         try:
             await self._process(act, cmd)
         except asyncio.CancelledError:
-            if cmd.durable and not cmd.done:
-                with contextlib.suppress(Exception):
-                    await self._outcomes.settle(cmd, Result.STOPPING, {})
+            await self._outcomes.settle_interrupted(cmd)
             raise
         except Exception:  # noqa: BLE001 - a bug here must not leave the outer action parked
             self._log.exception("process_failed", agent=str(act.agent_id))
-            if (cmd.durable and not cmd.done) or (cmd.kind == Kind.CALL and not cmd.outcome):
-                await self._outcomes.settle(cmd, Result.BUG, {})
+            await self._outcomes.settle_crashed(cmd)
         finally:
             self.leave(act, frame)
             self._untrack(cmd)

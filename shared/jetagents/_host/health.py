@@ -260,22 +260,20 @@ class Health:
         limit_s: float,
         on_late: Callable[[], None],
         *,
-        started: float | None = None,
-        first: Any = NOT_RUN,
+        started: float,
+        first: Any,
     ) -> Deadline:
-        """The action's ``Deadline``, measuring it for ``act``; ``started`` and ``first``
-        when the caller ran its first stretch (``Deadline``)."""
-        h = self.agent_health(act)
-        now = loop.time() if started is None else started
+        """The action's ``Deadline``, measuring it for ``act``: it goes on from what ``start``
+        returned (``first`` is ``NOT_RUN`` when ``start`` left the first stretch to it)."""
         return Deadline(
             coro,
             loop,
-            now + limit_s,
+            started + limit_s,
             on_late=on_late,
-            cpu=h.cpu is not None,
+            cpu=self.agent_health(act).cpu is not None,
             done=self._done,
             tag=act,
-            started=now,
+            started=started,
             first=first,
         )
 

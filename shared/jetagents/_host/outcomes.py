@@ -7,6 +7,7 @@ subjects under the configured reply prefixes are answered lives in one place.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -133,6 +134,19 @@ class Outcomes:
         """``settle(cmd, Result.OK, out, answer=answer, event_seq=event_seq)``, the common
         row, without building a ``Situation`` for it; await it."""
         return self.execute(cmd, applied(cmd.kind in ACKED, answer, event_seq), out)
+
+    async def settle_interrupted(self, cmd: Command) -> None:
+        """Processing of ``cmd`` was cancelled (the host stopping): a durable command not yet
+        settled is handed back, to run again wherever its partition goes; never raises."""
+        if cmd.durable and not cmd.done:
+            with contextlib.suppress(Exception):
+                await self.settle(cmd, Result.STOPPING, {})
+
+    async def settle_crashed(self, cmd: Command) -> None:
+        """Processing of ``cmd`` raised (a bug in the host): settled as one unless it was
+        already; a call is never retried, so its caller hears of it now, not at its timeout."""
+        if (cmd.durable and not cmd.done) or (cmd.kind == Kind.CALL and not cmd.outcome):
+            await self.settle(cmd, Result.BUG, {})
 
     def count(self, cmd: Command, outcome: Outcome) -> None:
         """Add the outcome to the host's counters (``execute`` does, unless told it is done)."""

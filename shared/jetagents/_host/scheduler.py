@@ -15,7 +15,6 @@ taking more when the host is full.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 from collections import deque
@@ -375,15 +374,11 @@ class Scheduler:
                 try:
                     await self._process(act, cmd)
                 except asyncio.CancelledError:
-                    if cmd.durable and not cmd.done:
-                        with contextlib.suppress(Exception):
-                            await self._outcomes.settle(cmd, Result.STOPPING, {})
+                    await self._outcomes.settle_interrupted(cmd)
                     raise
                 except Exception:  # noqa: BLE001 - a bug here must not kill the worker
                     self._log.exception("process_failed", agent=str(act.agent_id))
-                    # a call is never retried: its caller hears of the failure now, not at its timeout
-                    if (cmd.durable and not cmd.done) or (cmd.kind == Kind.CALL and not cmd.outcome):
-                        await self._outcomes.settle(cmd, Result.BUG, {})
+                    await self._outcomes.settle_crashed(cmd)
                 finally:
                     chains.leave(act, frame)
                     self.untrack(cmd)

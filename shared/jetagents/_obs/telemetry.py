@@ -22,7 +22,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterable, Mapping, MutableMapping
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -326,11 +326,6 @@ set_command = _command.set
 exit_command = _command.reset
 
 
-def enter_command(host_id: str, agent: object, correlation_id: str, traceparent: str | None) -> Token[Any]:
-    """``set_command`` with the fields named."""
-    return set_command((host_id, agent, correlation_id, traceparent))
-
-
 def add_trace_context(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: ``trace_id``/``span_id`` of the current span, or else of the
     command's ``traceparent`` (the caller's span), plus ``host``, ``agent`` and
@@ -491,7 +486,6 @@ __all__ = [
     "OtelSetup",
     "Telemetry",
     "add_trace_context",
-    "enter_command",
     "exit_command",
     "set_command",
     "setup_from_env",

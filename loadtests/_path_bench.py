@@ -1,0 +1,93 @@
+"""What ``bench_host_path.py`` and ``bench_client_path.py`` share: counting Python opcodes by
+function, running one tree in a child process of its own, and printing the trees side by side.
+
+A tree is a directory holding ``shared/`` and ``services/`` (``git archive REV shared services
+loadtests | tar -x -C DIR``); its child runs with that tree first on ``PYTHONPATH`` and prints
+its result as the last line of its output, one JSON object with ``opcodes`` and ``us`` per
+call, the CPU measurements ``us_all`` and ``by_function`` (name, opcodes per call).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+class OpcodeCounter:
+    """``sys.settrace`` with opcode events, counted per function (``dir/file.py:name``).
+
+    ``counting()`` says whether an opcode counts now (default: always); ``skip`` names a file
+    whose frames are never counted (the benchmark's own driving loop)."""
+
+    def __init__(self, counting: Callable[[], bool] | None = None, skip: str | None = None) -> None:
+        self.ops: collections.Counter[str] = collections.Counter()
+        self._counting = counting or (lambda: True)
+        self._skip = skip
+
+    def _trace(self, frame: Any, event: str, arg: Any) -> Any:
+        code = frame.f_code
+        if code.co_filename == self._skip or not self._counting():
+            return None
+        frame.f_trace_opcodes = True
+        key = f"{'/'.join(code.co_filename.rsplit('/', 2)[-2:])}:{code.co_name}"
+        ops, counting = self.ops, self._counting
+
+        def local(frame: Any, event: str, arg: Any) -> Any:
+            if event == "opcode" and counting():
+                ops[key] += 1
+            return local
+
+        return local
+
+    def start(self) -> None:
+        sys.settrace(self._trace)
+
+    def stop(self) -> None:
+        sys.settrace(None)
+
+    def result(self, calls: int, top: int) -> dict[str, Any]:
+        """Opcodes per call over ``calls`` calls, and the ``top`` functions with the most."""
+        return {
+            "opcodes": sum(self.ops.values()) / calls,
+            "by_function": [(k, v / calls) for k, v in self.ops.most_common(top)],
+        }
+
+
+def quiet_logs() -> None:
+    """The child's own logs would only slow it down: critical ones only."""
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+
+
+def run_tree(script: str, tree: str, child_args: list[str]) -> dict[str, Any]:
+    """Run ``script --child child_args`` on ``tree``; its result."""
+    env = dict(os.environ, PYTHONPATH=f"{tree}/shared:{tree}/services", PYTHONHASHSEED="0")
+    out = subprocess.run(
+        [sys.executable, script, "--child", *child_args], env=env, capture_output=True, text=True, check=False
+    )
+    if out.returncode:
+        raise RuntimeError(f"tree {tree} failed:\n{out.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def compare(script: str, trees: list[str], child_args: list[str]) -> None:
+    """Run each tree (this checkout when none is given) and print them, with B/A for two."""
+    trees = trees or [str(Path(script).resolve().parent.parent)]
+    results = {t: run_tree(script, t, child_args) for t in trees}
+    for tree, r in results.items():
+        reps = " ".join(f"{u:.1f}" for u in r["us_all"])
+        print(f"{tree}: {r['opcodes']:.0f} opcodes/call, {r['us']:.2f} us/call CPU (reps {reps})")
+        for name, n in r["by_function"]:
+            print(f"  {n:7.1f}  {name}")
+    if len(trees) == 2:
+        a, b = (results[t] for t in trees)
+        print(f"B/A: opcodes {b['opcodes'] / a['opcodes']:.3f}, CPU {b['us'] / a['us']:.3f} (above 1: B does more)")
