@@ -9,6 +9,7 @@ call, the CPU measurements ``us_all`` and ``by_function`` (name, opcodes per cal
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import logging
@@ -58,6 +59,17 @@ class OpcodeCounter:
             "opcodes": sum(self.ops.values()) / calls,
             "by_function": [(k, v / calls) for k, v in self.ops.most_common(top)],
         }
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments both scripts take: the trees, the repetitions, the top functions."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--a", help="tree A (the baseline)")
+    p.add_argument("--b", help="tree B")
+    p.add_argument("--reps", type=int, default=5, help="CPU measurements (their median is printed)")
+    p.add_argument("--top", type=int, default=0, help="also print each tree's N functions with the most opcodes")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return p
 
 
 def quiet_logs() -> None:

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _path_bench import OpcodeCounter, compare, quiet_logs  # isort: skip
+from _path_bench import OpcodeCounter, compare, parser, quiet_logs  # isort: skip
 
 HERE = os.path.abspath(__file__)
 
@@ -107,16 +107,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--a", help="tree A (the baseline)")
-    p.add_argument("--b", help="tree B")
+    p = parser(__doc__)
     p.add_argument("--agents", type=int, default=64)
     p.add_argument("--inflight", type=int, default=8, help="calls in flight on each agent")
     p.add_argument("--rounds", type=int, default=20, help="calls per in-flight slot in one CPU measurement")
     p.add_argument("--traced", type=int, default=4, help="calls per in-flight slot while counting opcodes")
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--top", type=int, default=0, help="also print each tree's N functions with the most opcodes")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         quiet_logs()

@@ -16,7 +16,6 @@ the intake call, so the host's other tasks are left out), and B/A of both.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import json
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _path_bench import OpcodeCounter, compare, quiet_logs  # isort: skip
+from _path_bench import OpcodeCounter, compare, parser, quiet_logs  # isort: skip
 
 
 async def measure(calls: int, agents: int, reps: int, top: int) -> dict[str, Any]:
@@ -122,14 +121,9 @@ async def measure(calls: int, agents: int, reps: int, top: int) -> dict[str, Any
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--a", help="tree A (the baseline)")
-    p.add_argument("--b", help="tree B")
+    p = parser(__doc__)
     p.add_argument("--calls", type=int, default=12_800)
     p.add_argument("--agents", type=int, default=256)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--top", type=int, default=0, help="also print each tree's N functions with the most opcodes")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         quiet_logs()
