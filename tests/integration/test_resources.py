@@ -24,6 +24,7 @@ from jetagents import (
     action,
     applies,
 )
+from jetagents._core.kv import Entry
 from jetagents._core.resources import reservations
 from jetagents._nats.kv import JetStreamStore
 from jetagents.testing.server import NatsCluster
@@ -221,20 +222,43 @@ async def test_moves_and_placements_racing_for_one_host_reserve_exactly_its_room
             return "placed"
 
         outcomes = await asyncio.gather(*(move(n) for n in movers), *(place(n) for n in newcomers))
-        records = {k.removeprefix("place.trainer."): e for k, e in (await store.scan("place.")).items()}
+        scanned = {k.removeprefix("place.trainer."): e for k, e in (await store.scan("place.")).items()}
+        # Read from the stream's leader (get), not by the scan alone: a scan is a direct get any
+        # replica answers, and the one beside this client may not have applied the race's last
+        # writes (a refused move's hold, taken off just before the move's answer). That stale
+        # read was the failure in CI at 553493e (small 3 GPUs: the two standing and that hold);
+        # in session 7, 8 runs of 40 under load scanned 3 or 4 there, the leader 2 each time.
+        records: dict[str, Entry] = {}
+        for name in sorted({*scanned, *movers, *newcomers}):
+            if (entry := await store.get(f"place.trainer.{name}")) is not None:
+                records[name] = entry
         values = [(e.value, e.rev) for e in records.values()]
         reserved = reservations(values, now_ms=big.clock.wall_ms())
-        assert reserved["small"] == {"gpu": 2.0, "cpu": 1.0}
-        assert reserved.get("big", {}).get("gpu", 0.0) <= 4.0
-        assert not any("to" in v for v, _ in values)  # every hold ended: moved or taken off
+        # what the next person needs when this fails: every record, its revision, each outcome
+        named = dict(zip([*movers, *newcomers], outcomes, strict=True))
+        seen = _diagnose(records, named, reserved)
+        if {n: e.rev for n, e in scanned.items()} != {n: e.rev for n, e in records.items()}:
+            seen += "\na replica's scan, behind the leader:\n" + _diagnose(
+                scanned, named, reservations([(e.value, e.rev) for e in scanned.values()], now_ms=big.clock.wall_ms())
+            )
+        assert reserved["small"] == {"gpu": 2.0, "cpu": 1.0}, seen
+        assert reserved.get("big", {}).get("gpu", 0.0) <= 4.0, seen
+        assert not any("to" in v for v, _ in values), seen  # every hold ended: moved or taken off
         for name, outcome in zip(movers, outcomes[: len(movers)], strict=True):
-            assert records[name].value["host"] == ("small" if outcome == "moved" else "big"), (name, outcome)
-        assert outcomes.count("moved") <= 2 and "refused" in outcomes
+            assert records[name].value["host"] == ("small" if outcome == "moved" else "big"), (name, outcome, seen)
+        assert outcomes.count("moved") <= 2 and "refused" in outcomes, seen
     finally:
         if small is not None:
             await small.stop()
         await big.stop()
         await client.close()
+
+
+def _diagnose(records: dict[str, Entry], outcomes: dict[str, str], reserved: dict[str, dict[str, float]]) -> str:
+    lines = [f"reserved {reserved}"]
+    for name, e in sorted(records.items(), key=lambda kv: kv[1].rev):
+        lines.append(f"  rev {e.rev:>5} {name:<4} {outcomes.get(name, '?'):<8} {dict(e.value)}")
+    return "\n".join(lines)
 
 
 async def _has(hosts: Any, name: str) -> bool:

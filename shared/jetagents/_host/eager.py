@@ -113,17 +113,10 @@ class _Rest(Coroutine[Any, Any, Any]):
         raise TypeError("driven by its task only")
 
 
-class _Spare:
-    """The task standing by for the next first stretch on one loop."""
-
-    __slots__ = ("rest", "task")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.rest = _Rest(loop)
-        self.task: asyncio.Task[Any] = loop.create_task(self.rest)
-
-
-_spare: _Spare | None = None
+# The task standing by for the next first stretch on one loop, with its coroutine. A pair,
+# not an object of its own: a command that waits takes the spare, so one is made per such
+# command (the task does not hold the pair; a _Rest holding its task would be a cycle)
+_spare: tuple[_Rest, asyncio.Task[Any]] | None = None
 
 
 # private: 3.11 has no public way to make a task current (3.12's ``_swap_current_task``); its
@@ -135,10 +128,12 @@ _copy_context, _refcount = contextvars.copy_context, sys.getrefcount  # likewise
 def _start_manual(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
     global _spare
     spare = _spare
-    if spare is None or spare.rest.loop is not loop or spare.rest.gone:
-        spare = _Spare(loop)
+    if spare is not None and spare[0].loop is loop and not spare[0].gone:
+        rest, task = spare
+    else:
+        rest = _Rest(loop)
+        task = loop.create_task(rest)
     _spare = None  # taken: a coroutine started from within this stretch gets a spare of its own
-    task = spare.task
     ctx = _copy_context()
     caller = _current_tasks.get(loop)
     refs = _refcount(task)
@@ -148,7 +143,7 @@ def _start_manual(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoo
     except StopIteration:
         pending = _NOTHING  # finished in its first stretch
     except BaseException:  # whatever the stretch did to the task, the next one gets a new one
-        spare.rest.retire()
+        rest.retire()
         coro.close()
         raise
     finally:
@@ -165,12 +160,12 @@ def _start_manual(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoo
         # no cancellation is pending, no callback was added: the next stretch may use it
         if refs_after == refs and not task._must_cancel and task._callbacks is None and task.cancelling() == 0:  # type: ignore[attr-defined]
             if _spare is not None:  # a coroutine started within the stretch left its own spare
-                _spare.rest.retire()
-            _spare = spare
+                _spare[0].retire()
+            _spare = (rest, task)
         else:
-            spare.rest.retire()
+            rest.retire()
         return None
-    spare.rest.hand(coro, ctx, pending)
+    rest.hand(coro, ctx, pending)
     return task
 
 

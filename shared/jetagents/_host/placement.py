@@ -442,7 +442,10 @@ class Placement:
                     with contextlib.suppress(JetAgentsError):
                         await self.reserving.unhold(coord, key, held)
                 raise
-            rev = await coord.place(key, target, needs, since=held or 0)
+            if needs and held:  # on the hold's own revision: the move stands only if the hold did
+                rev = await self.reserving.move(coord, key, target, needs, held)
+            else:
+                rev = await coord.place(key, target)
             if target != me:
                 await self.request(target, "adopt", {"agent": key, "rev": rev, "snapshot": snapshot})
             elif snapshot is not None:

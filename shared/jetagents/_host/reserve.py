@@ -118,11 +118,18 @@ class Reserving:
             value = {"host": host, "needs": dict(needs), "ts_ms": now_ms}
             mine = records.get(record_key)
             rev = await (store.create(record_key, value) if mine is None else store.update(record_key, value, mine.rev))
-            coord.learn_placement(key, host, rev)
-            after = await store.scan("place.", after_rev=rev)  # every record older than ours
+            try:
+                after = await store.scan("place.", after_rev=rev)  # every record older than ours
+            except BaseException:
+                # never checked, it must not stand: every host reads the records and would run
+                # the agent there (the store away for the withdrawal too: it stands, see ADR 0060)
+                with contextlib.suppress(JetAgentsError, CasConflict):
+                    await self._release(coord, key, rev)
+                raise
             others = [(e.value, e.rev) for k, e in after.items() if k != record_key]
             older = reservations(others, below_rev=rev, now_ms=now_ms)
             if admitted(needs, views[host].capacity, older.get(host, {})):
+                coord.learn_placement(key, host, rev)  # only once it stands
                 return host, rev
             # a younger placement than one that took the same room: give it back, choose again
             await self._release(coord, key, rev)
@@ -147,7 +154,12 @@ class Reserving:
             rev = await (store.create(record_key, value) if mine is None else store.update(record_key, value, mine.rev))
         except CasConflict:
             raise Unavailable(f"{key} was placed again meanwhile; ask again", details={"applied": False}) from None
-        records = await store.scan("place.", after_rev=rev)
+        try:
+            records = await store.scan("place.", after_rev=rev)
+        except BaseException:  # unchecked: taken off rather than left reserving for HOLD_MS
+            with contextlib.suppress(JetAgentsError):
+                await self.unhold(coord, key, rev)
+            raise
         others = [(e.value, e.rev) for k, e in records.items() if k != record_key]
         view = host_views(coord.members_cache, others, self.placement.settings.load_weights, now_ms).get(target)
         older = reservations(others, below_rev=rev, now_ms=now_ms).get(target, {})
@@ -158,6 +170,24 @@ class Reserving:
             f"host {target!r} has no room for {dict(needs)}",
             details={"applied": False, "reason": "insufficient_resources", "needs": dict(needs)},
         )
+
+    async def move(self, coord: Coordinator, key: str, target: str, needs: Mapping[str, float], held: int) -> int:
+        """A migration's last write, once its hold stood and the source let the agent go: the
+        record names ``target``, its reservation ordered by the hold (``since``). The write is
+        a compare-and-set on the hold's own revision: a record rewritten since has lost the
+        hold (the placed host released the idle agent: ``{"host": ""}``), and placements on
+        ``target`` checked meanwhile did not count it, so claiming the hold's order then
+        would put a reservation on ``target`` that no check saw. Raises ``Unavailable`` (not
+        applied: the agent is where its record says, the mover asks again) instead."""
+        value = {"host": target, "needs": dict(needs), "since": held, "ts_ms": coord.clock.wall_ms()}
+        try:
+            rev = await coord.store.update(f"place.{key}", value, held)
+        except CasConflict:
+            raise Unavailable(
+                f"{key}'s room on {target!r} was given back while it moved; ask again", details={"applied": False}
+            ) from None
+        coord.learn_placement(key, target, rev)
+        return rev
 
     async def unhold(self, coord: Coordinator, key: str, rev: int) -> None:
         """Take a migration's hold off its record (the move did not happen); a record
