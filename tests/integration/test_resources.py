@@ -227,7 +227,7 @@ async def test_moves_and_placements_racing_for_one_host_reserve_exactly_its_room
         # replica answers, and the one beside this client may not have applied the race's last
         # writes (a refused move's hold, taken off just before the move's answer). That stale
         # read was the failure in CI at 553493e (small 3 GPUs: the two standing and that hold);
-        # in session 7, 8 runs of 40 under load scanned such a replica, the leader said 2 each time.
+        # in session 7, 8 runs of 40 under load scanned 3 or 4 there, the leader 2 each time.
         records: dict[str, Entry] = {}
         for name in sorted({*scanned, *movers, *newcomers}):
             if (entry := await store.get(f"place.trainer.{name}")) is not None:

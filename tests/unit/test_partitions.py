@@ -34,6 +34,7 @@ class Consumers:
         self.connected = True
         self.exists_answer: bool | Exception = True
         self.ensure_fails = 0
+        self.ensure_gate: asyncio.Event | None = None  # set: ensure waits for it (an election)
         self.pulled = asyncio.Event()
 
     def _log(self, high: bool) -> list[tuple[Any, ...]]:
@@ -45,6 +46,8 @@ class Consumers:
         )
         if high:
             return
+        if self.ensure_gate is not None:
+            await self.ensure_gate.wait()
         if self.ensure_fails:
             self.ensure_fails -= 1
             raise Unavailable("no responders")
@@ -141,6 +144,27 @@ async def test_no_responders_recreates_the_consumer_at_most_once_a_second() -> N
     parts.on_status(puller, "3", "503")
     await supervisor.drain("side", 1.0)
     assert consumers.calls.count(("ensure", 3, False)) == 2
+    await supervisor.cancel("pullers")
+
+
+async def test_one_recreation_at_a_time_while_it_waits_out_an_election() -> None:
+    parts, consumers, clock, supervisor = _parts()
+    await parts.start(2)
+    puller = parts.get(2)
+    assert puller is not None
+    consumers.calls.clear()
+    consumers.ensure_gate = asyncio.Event()  # the adapter waits for the consumer's new leader
+    for token in "123":
+        clock.advance(1.5)
+        parts.on_status(puller, token, "503")  # the pulls keep meeting "no responders"
+        await asyncio.sleep(0)
+    assert consumers.calls.count(("ensure", 2, False)) == 1
+    consumers.ensure_gate.set()
+    await supervisor.drain("side", 1.0)
+    clock.advance(1.5)
+    parts.on_status(puller, "4", "503")  # done: the next one may recreate again
+    await supervisor.drain("side", 1.0)
+    assert consumers.calls.count(("ensure", 2, False)) == 2
     await supervisor.cancel("pullers")
 
 

@@ -55,6 +55,7 @@ class Puller:
         self.last_unpin = 0.0
         self.last_recreate = 0.0
         self.recreate_failures = 0  # recreations in a row that failed (an existing consumer without a leader)
+        self.recreating = False  # one recreation at a time: each may wait out an election (seconds)
         self.silent = 0  # requests in a row the server never answered (no message, no status)
         self.reviving = False
 
@@ -326,9 +327,10 @@ class Partitions:
             # acknowledged, and a recreated consumer delivers them again.
             now = self.clock.monotonic()
             puller.backoff_until = now + 0.25
-            if now - puller.last_recreate > 1.0:
+            if now - puller.last_recreate > 1.0 and not puller.recreating:
                 puller.last_recreate = now
-                self.supervisor.spawn("side", self._recreate(puller.partition, puller.high))
+                puller.recreating = True
+                self.supervisor.spawn("side", self._recreate(puller))
         if status == "423":  # pinned to another host
             puller.pin_id = None
             now = self.clock.monotonic()
@@ -340,14 +342,16 @@ class Partitions:
                 self.supervisor.spawn("side", self._unpin(puller.partition, puller.high))
         puller.close_request(token)
 
-    async def _recreate(self, partition: int, high: bool = False) -> None:
+    async def _recreate(self, puller: Puller) -> None:
         """Create the consumer of a partition we serve if it is missing (same config)."""
-        puller = self.get(partition, high)
-        if puller is None or self.supervisor.stopping:
+        partition, high = puller.partition, puller.high
+        if puller.stopped or self.supervisor.stopping:
+            puller.recreating = False
             return
         # "No responders" and a create that keeps failing: the consumer exists (the create
-        # is an update, answered by its leader) but its raft group has no leader. Delete it
-        # and create it afresh (a new raft group).
+        # is an update, answered by its leader) but its raft group has no leader, not even
+        # after the adapter waited out an election. Delete it and create it afresh (a new
+        # raft group).
         reset = puller.recreate_failures >= 2
         try:
             await self.consumers.ensure(partition, self.consumer_config(partition, high), reset=reset, high=high)
@@ -355,6 +359,8 @@ class Partitions:
             puller.recreate_failures += 1
             self.log.debug("consumer_recreate_failed", partition=partition, error=str(exc), reset=reset)
             return
+        finally:
+            puller.recreating = False
         puller.recreate_failures = 0
         self.metrics.inc("consumers_recreated")
         self.log.warning("consumer_recreated", partition=partition, high=high)
