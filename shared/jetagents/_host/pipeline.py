@@ -435,7 +435,8 @@ class Pipeline:
         journal = journals.get(cmd_id) if journals else None  # a journaled action always closes it
         if events or journal is not None or agent._firing is not None:  # a firing always commits
             n, own = act.n + 1, self._placement.token_of(act.agent_id, cmd.partition)
-            if self._coordinator() is not None and own < max(act.own, 1):
+            # the token first: it nearly always stands, and then the coordinator is not asked for
+            if own < max(act.own, 1) and self._coordinator() is not None:
                 # No claim (nor placement) any more, or one older than the log's newest
                 # writer: never write. A command still in hand when its partition was dropped
                 # (retrying in place, or its agent no longer in the catalog, so nothing made
