@@ -30,6 +30,11 @@ from .reply import Reply, decode_reply, not_applied
 
 MIN_ATTEMPT_S = 0.25  # the least time worth a retry before the caller's deadline
 MAX_PUBLISH_WAIT_S = 5.0  # one durable publish waits this long for its PubAck before trying again
+# A store "in process" (10158) settles within a round trip of the stream's replicas; an id
+# refused this long is taken to be stuck (a stream leader change can leave an id whose
+# proposal was lost "in process" for the whole duplicate window): the command is sent again
+# under a fresh stream id, and the host's record keeps it exactly-once (ADR 0061)
+IN_PROCESS_PATIENCE_S = 5.0
 
 
 class Sender:
@@ -185,6 +190,7 @@ class Sender:
         try:
             attempt = 0
             ours_maybe_stored = False  # a send of ours may be stored although its PubAck was lost
+            in_process_since: float | None = None  # when the stream first said 10158 to this id
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -213,8 +219,15 @@ class Sender:
                     # 10158: a message with this Nats-Msg-Id is being stored right now (our
                     # own earlier send whose PubAck was lost, or another caller's): its
                     # outcome is not known yet. Ask again with the same id until the
-                    # stream answers "stored" or "duplicate".
+                    # stream answers "stored" or "duplicate", or the id looks stuck.
                     err = exc
+                    now = loop.time()
+                    if in_process_since is None:
+                        in_process_since = now
+                    elif now - in_process_since >= IN_PROCESS_PATIENCE_S:
+                        headers[H_MSG_ID] = f"{headers[H_COMMAND_ID]}.{self.transport.new_id()}"
+                        ours_maybe_stored = True
+                        in_process_since = None
                 # until the caller's time is up (each retry is idempotent or allowed to
                 # repeat); then it is a timeout: the outcome is not known
                 remaining = deadline - loop.time()
