@@ -292,12 +292,12 @@ class Health:
         t = h.kind
         t.commands += 1
         t.wall_s += wall_s
-        metering = self._tel.metering
-        if metering:
+        if self._tel.metering:
             self._wall.record(wall_s, {AGENT_TYPE: act.agent_id.type})
-        policy = h.policy
-        if policy is None:  # most types: nothing more to measure
+        if h.policy is None:  # most types: nothing more to measure
             return
+        policy = h.policy
+        metering = self._tel.metering  # read again only here: the common path above reads it once, unstored
         agent_type = act.agent_id.type
         now = self._clock.monotonic()
         if h.cpu is not None:

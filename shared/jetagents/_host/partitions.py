@@ -78,11 +78,11 @@ class Puller:
     def received(self) -> None:
         """One message arrived: the server fills requests in the order they were sent."""
         self.silent = 0
-        for token, req in self.requests.items():
+        for req in self.requests.values():  # the first request only: no (token, request) pair made per message
             req.remaining -= 1
             self.out -= 1
             if req.remaining <= 0:
-                del self.requests[token]
+                del self.requests[next(iter(self.requests))]  # this one, the first
                 self.wake.set()
             break
 

@@ -62,7 +62,7 @@ class Supervisor:
 
     def adopt(self, group: str, task: asyncio.Task[Any], *, key: Hashable = None) -> asyncio.Task[Any]:
         """Supervise a task started elsewhere (an eagerly started worker)."""
-        g = self._group(group)
+        g = self._groups.get(group) or self._group(group)  # the lookup inline: once per worker task
         g.tasks.add(task)
         task.add_done_callback(g.done)
         if key is not None:

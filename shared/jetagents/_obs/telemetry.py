@@ -43,10 +43,6 @@ try:  # the API's stand-in before an SDK provider is set; private, hence the fal
 except ImportError:  # pragma: no cover - another API version
     _metrics_internal = None  # type: ignore[assignment]
     _ProxyMeterProvider = metrics.NoOpMeterProvider  # type: ignore[misc,assignment]
-_MISSING = object()
-# the API's module globals that hold the global providers (private: their presence is checked)
-_TRACER_GLOBAL = hasattr(trace, "_TRACER_PROVIDER")
-_METER_GLOBAL = hasattr(_metrics_internal, "_METER_PROVIDER")
 
 SCOPE_VERSION = "0.1.0"
 
@@ -100,12 +96,56 @@ def sdk_meter_provider(mp: metrics.MeterProvider | None) -> bool:
     return not isinstance(mp if mp is not None else metrics.get_meter_provider(), _API_METER_PROVIDERS)
 
 
+class _Tracing:
+    """``Telemetry.tracing``: whether spans record. A non-data descriptor, so an answer that
+    is settled (explicit providers, or an SDK seen once) is a plain instance attribute that
+    shadows it; until then (read for every command), one module global is looked at."""
+
+    def __get__(self, tel: Telemetry | None, owner: type | None = None) -> bool:
+        # The public getter looks up an environment variable on every call while no provider
+        # is set (~1 us, per check, per command); the API's module global says the same for
+        # ~50 ns (private: without it, as in another API version, the getter decides)
+        try:
+            if trace._TRACER_PROVIDER is None:  # none set (the common case)
+                return False
+            sdk = not isinstance(trace._TRACER_PROVIDER, _API_TRACER_PROVIDERS)
+        except AttributeError:  # pragma: no cover - another API version
+            sdk = sdk_tracer_provider(None)
+        if not sdk:
+            return False
+        # a global SDK provider can be set once per process and never unset: once seen, it stays
+        if tel is not None:  # not read on the class
+            tel.__dict__["tracing"] = True
+        return True
+
+
+class _Metering:
+    """``Telemetry.metering``: as ``_Tracing``, for the meter provider (written out, not
+    shared: a shared helper would add a call to a check made for every command)."""
+
+    def __get__(self, tel: Telemetry | None, owner: type | None = None) -> bool:
+        try:
+            if _metrics_internal._METER_PROVIDER is None:
+                return False
+            sdk = not isinstance(_metrics_internal._METER_PROVIDER, _API_METER_PROVIDERS)
+        except AttributeError:  # pragma: no cover - another API version
+            sdk = sdk_meter_provider(None)
+        if not sdk:
+            return False
+        if tel is not None:
+            tel.__dict__["metering"] = True
+        return True
+
+
 class Telemetry:
     """The tracer and meter of one host or client.
 
     With explicit providers they are used as given; without, the global ones are looked
     up on every check, so an SDK installed after construction is picked up.
     """
+
+    tracing = _Tracing()
+    metering = _Metering()
 
     def __init__(
         self,
@@ -114,44 +154,16 @@ class Telemetry:
         meter_provider: metrics.MeterProvider | None = None,
         scope_attributes: Mapping[str, str] | None = None,
     ) -> None:
-        self._tracing_fixed = sdk_tracer_provider(tracer_provider) if tracer_provider is not None else None
-        self._metering_fixed = sdk_meter_provider(meter_provider) if meter_provider is not None else None
+        # settled now (explicit providers): plain attributes, which shadow the descriptors
+        if tracer_provider is not None:
+            self.__dict__["tracing"] = sdk_tracer_provider(tracer_provider)
+        if meter_provider is not None:
+            self.__dict__["metering"] = sdk_meter_provider(meter_provider)
         attrs = dict(scope_attributes or {})
         tp = tracer_provider or trace.get_tracer_provider()
         mp = meter_provider or metrics.get_meter_provider()
         self.tracer = tp.get_tracer(scope, SCOPE_VERSION)
         self.meter = mp.get_meter(scope, SCOPE_VERSION, attributes=attrs or None)
-
-    # A global SDK provider can be set once per process and never unset: once seen, it stays.
-    @property
-    def tracing(self) -> bool:
-        fixed = self._tracing_fixed
-        if fixed is not None:
-            return fixed
-        # The public getter looks up an environment variable on every call while no provider
-        # is set (~1 us, per check, per command); the API's module global says the same for
-        # ~50 ns (the getter is the fallback should an API version rename it: looked for once)
-        tp = trace._TRACER_PROVIDER if _TRACER_GLOBAL else _MISSING
-        if tp is None:
-            return False
-        if not (sdk_tracer_provider(None) if tp is _MISSING else not isinstance(tp, _API_TRACER_PROVIDERS)):
-            return False
-        self._tracing_fixed = True
-        return True
-
-    @property
-    def metering(self) -> bool:
-        fixed = self._metering_fixed
-        if fixed is not None:
-            return fixed
-        # as ``tracing``, for the meter provider (read twice per command)
-        mp = _metrics_internal._METER_PROVIDER if _METER_GLOBAL else _MISSING
-        if mp is None:
-            return False
-        if not (sdk_meter_provider(None) if mp is _MISSING else not isinstance(mp, _API_METER_PROVIDERS)):
-            return False
-        self._metering_fixed = True
-        return True
 
     def start_producer(
         self, name: str, subject: str, headers: dict[str, str], attributes: dict[str, Any]
