@@ -28,6 +28,7 @@ Pure: the context variable and a decision; the host's journal does the rest.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -39,8 +40,13 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# (agent, the run's pending-event list, the action's task) of the action running in this context
-_RUN: ContextVar[tuple[Any, Any, Any] | None] = ContextVar("jetagents_action_run", default=None)
+# (agent, the run's pending-event list, the action's task) of the action running in this
+# context. The task by weak reference: the mark lives in the task's own context, and a strong
+# one made every journaled command a reference cycle (task -> context -> mark -> task) that
+# only the garbage collector could free, with the run's events in it
+_RUN: ContextVar[tuple[Any, Any, weakref.ref[asyncio.Task[Any]] | None] | None] = ContextVar(
+    "jetagents_action_run", default=None
+)
 
 
 def enter_run(agent: Stepping, pending: list[Any]) -> None:
@@ -58,7 +64,7 @@ def enter_run(agent: Stepping, pending: list[Any]) -> None:
         task = asyncio.current_task()
     except RuntimeError:  # no event loop: an action driven by hand in a test
         task = None
-    _RUN.set((agent, pending, task))
+    _RUN.set((agent, pending, None if task is None else weakref.ref(task)))
 
 
 def running_agent() -> Stepping | None:
@@ -66,14 +72,14 @@ def running_agent() -> Stepping | None:
     run = _RUN.get()
     if run is None or current_step_key() is not None:
         return None
-    agent, pending, task = run
+    agent, pending, task_ref = run
     if agent._pending is not pending or pending is None:
         return None  # the run is over (or parked behind a re-entrant call)
     ctx = agent.ctx
     if ctx.steps is None or not ctx.command_id:
         return None  # nothing could re-run it from a journal: ``step`` would run it plainly
     try:
-        if asyncio.current_task() is not task:
+        if asyncio.current_task() is not (None if task_ref is None else task_ref()):
             return None  # a task the action spawned
     except RuntimeError:
         return None
