@@ -86,6 +86,8 @@ async def test_failing_action_logs_json_with_trace_and_correlation(
     lines = [orjson.loads(line) for line in hp.log_path.read_bytes().splitlines() if line.startswith(b"{")]
     events = {line["event"]: line for line in lines}
     assert events["telemetry_export"]["traces"] is True and events["telemetry_export"]["metrics"] is True
+    # the process took what starting made out of the collector's reach (ADR 0031, session 7)
+    assert events["gc_frozen"]["objects"] > 10_000, events["gc_frozen"]
     for name in ("action_failed", "dead_lettered"):
         line = events[name]
         assert line["host"] == "log-host", line
