@@ -11,7 +11,7 @@ import structlog
 
 from jetagents._core.errors import Unavailable
 from jetagents._core.wire import Subjects
-from jetagents._host.partitions import Partitions
+from jetagents._host.partitions import Partitions, Puller
 from jetagents._host.supervisor import Supervisor
 from jetagents._nats.api import JSApiError, Topology
 from jetagents._obs.metrics import Metrics
@@ -121,6 +121,16 @@ async def test_start_resets_or_rewinds_the_consumer_then_pulls_a_batch() -> None
     assert parts.get(1) is None and supervisor.tasks("pullers") == [] and parts.owned == []
 
 
+async def _serving(partition: int) -> tuple[Partitions, Consumers, ManualClock, Supervisor, Puller]:
+    """Parts serving ``partition``, its puller, and the consumer calls made so far forgotten."""
+    parts, consumers, clock, supervisor = _parts()
+    await parts.start(partition)
+    puller = parts.get(partition)
+    assert puller is not None
+    consumers.calls.clear()
+    return parts, consumers, clock, supervisor, puller
+
+
 async def test_no_room_means_no_pull() -> None:
     parts, consumers, _, supervisor = _parts(room=0)
     await parts.start(0)
@@ -130,11 +140,7 @@ async def test_no_room_means_no_pull() -> None:
 
 
 async def test_no_responders_recreates_the_consumer_at_most_once_a_second() -> None:
-    parts, consumers, clock, supervisor = _parts()
-    await parts.start(3)
-    puller = parts.get(3)
-    assert puller is not None
-    consumers.calls.clear()
+    parts, consumers, clock, supervisor, puller = await _serving(3)
     parts.on_status(puller, "1", "503")
     parts.on_status(puller, "2", "503")  # within the second: not again
     await supervisor.drain("side", 1.0)
@@ -148,11 +154,7 @@ async def test_no_responders_recreates_the_consumer_at_most_once_a_second() -> N
 
 
 async def test_one_recreation_at_a_time_while_it_waits_out_an_election() -> None:
-    parts, consumers, clock, supervisor = _parts()
-    await parts.start(2)
-    puller = parts.get(2)
-    assert puller is not None
-    consumers.calls.clear()
+    parts, consumers, clock, supervisor, puller = await _serving(2)
     consumers.ensure_gate = asyncio.Event()  # the adapter waits for the consumer's new leader
     for token in "123":
         clock.advance(1.5)
@@ -169,11 +171,7 @@ async def test_one_recreation_at_a_time_while_it_waits_out_an_election() -> None
 
 
 async def test_recreations_that_keep_failing_escalate_to_delete_and_create() -> None:
-    parts, consumers, clock, supervisor = _parts()
-    await parts.start(0)
-    puller = parts.get(0)
-    assert puller is not None
-    consumers.calls.clear()
+    parts, consumers, clock, supervisor, puller = await _serving(0)
     consumers.ensure_fails = 2
     for _ in range(3):
         clock.advance(1.5)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -96,44 +96,41 @@ def sdk_meter_provider(mp: metrics.MeterProvider | None) -> bool:
     return not isinstance(mp if mp is not None else metrics.get_meter_provider(), _API_METER_PROVIDERS)
 
 
-class _Tracing:
-    """``Telemetry.tracing``: whether spans record. A non-data descriptor, so an answer that
-    is settled (explicit providers, or an SDK seen once) is a plain instance attribute that
-    shadows it; until then (read for every command), one module global is looked at."""
+class _SdkSet:
+    """``Telemetry.tracing`` / ``Telemetry.metering``: whether an SDK provider of that kind is
+    set. A non-data descriptor, so an answer that is settled (explicit providers, or an SDK
+    seen once) is a plain instance attribute that shadows it; until then (read for every
+    command), the API's module global holding the global provider is looked at."""
+
+    __slots__ = ("_api_types", "_globals", "_key", "_name", "_sdk")
+
+    def __init__(self, module: Any, key: str, api_types: tuple[type, ...], sdk: Callable[[Any], bool]) -> None:
+        # The public getter looks up an environment variable on every call while no provider
+        # is set (~1 us, per check, per command); the module global says the same for ~50 ns
+        # (private: without it, as in another API version, the getter decides)
+        self._globals: dict[str, Any] = vars(module) if module is not None else {}
+        self._key = key
+        self._api_types = api_types
+        self._sdk = sdk
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
 
     def __get__(self, tel: Telemetry | None, owner: type | None = None) -> bool:
-        # The public getter looks up an environment variable on every call while no provider
-        # is set (~1 us, per check, per command); the API's module global says the same for
-        # ~50 ns (private: without it, as in another API version, the getter decides)
         try:
-            if trace._TRACER_PROVIDER is None:  # none set (the common case)
+            provider = self._globals[self._key]
+        except KeyError:  # pragma: no cover - another API version
+            sdk = self._sdk(None)
+        else:
+            if provider is None:  # none set (the common case)
                 return False
-            sdk = not isinstance(trace._TRACER_PROVIDER, _API_TRACER_PROVIDERS)
-        except AttributeError:  # pragma: no cover - another API version
-            sdk = sdk_tracer_provider(None)
+            sdk = not isinstance(provider, self._api_types)
         if not sdk:
             return False
         # a global SDK provider can be set once per process and never unset: once seen, it stays
         if tel is not None:  # not read on the class
-            tel.__dict__["tracing"] = True
-        return True
-
-
-class _Metering:
-    """``Telemetry.metering``: as ``_Tracing``, for the meter provider (written out, not
-    shared: a shared helper would add a call to a check made for every command)."""
-
-    def __get__(self, tel: Telemetry | None, owner: type | None = None) -> bool:
-        try:
-            if _metrics_internal._METER_PROVIDER is None:
-                return False
-            sdk = not isinstance(_metrics_internal._METER_PROVIDER, _API_METER_PROVIDERS)
-        except AttributeError:  # pragma: no cover - another API version
-            sdk = sdk_meter_provider(None)
-        if not sdk:
-            return False
-        if tel is not None:
-            tel.__dict__["metering"] = True
+            tel.__dict__[self._name] = True
         return True
 
 
@@ -144,8 +141,8 @@ class Telemetry:
     up on every check, so an SDK installed after construction is picked up.
     """
 
-    tracing = _Tracing()
-    metering = _Metering()
+    tracing = _SdkSet(trace, "_TRACER_PROVIDER", _API_TRACER_PROVIDERS, sdk_tracer_provider)
+    metering = _SdkSet(_metrics_internal, "_METER_PROVIDER", _API_METER_PROVIDERS, sdk_meter_provider)
 
     def __init__(
         self,
