@@ -9,7 +9,7 @@ a process of its own: a nats-server and a host started in that process.
 
 ``--mode call`` (the default), at-most-once calls: ``--calls`` calls (``get`` on ``--agents``
 counter agents, the headers a real client sends, captured from one) handed straight to the
-host's call intake (``Host._on_call``) in a loop. What is measured is therefore the host's
+host's call intake (the call subscription's callback) in a loop. What is measured is therefore the host's
 path from a received call to its reply's publish: not nats-py's parsing of the message, nor
 the event loop's turns, which ``bench_ab.py`` includes. Prints, per tree: the median of
 ``--reps`` CPU measurements (``time.process_time``), then Python opcodes per call
@@ -116,7 +116,7 @@ async def measure(calls: int, agents: int, reps: int, top: int) -> dict[str, Any
             )
             for i in range(agents)
         ]
-        on_call = host._on_call
+        on_call = host._call_sub._cb  # the call subscription's callback, whichever it is
 
         inside = [False]  # counting: only what runs inside a call's intake, not the host's other tasks
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from jetagents._core.command import Command, Kind, TraceContext, parse_command, parse_deadline
+from jetagents._core.command import Command, Kind, parse_command, parse_deadline
 
 PREFIXES = ["_INBOX."]
 ACK = "$JS.ACK.AGT_CMD.agt_p3.4.17.9.1700000000000000000.0"  # 4th delivery of stream seq 17
@@ -75,9 +75,9 @@ def test_priority_deadline_and_trace_context() -> None:
     headers = {"Agt-Priority": "high", "Agt-Deadline": "1700000000000", "traceparent": tp, "tracestate": "a=b"}
     cmd = _parse(Kind.CALL, headers, "_INBOX.c.1")
     assert cmd.priority_rank == 0 and cmd.deadline_ms == 1_700_000_000_000
-    assert cmd.trace == TraceContext(tp, "a=b")
+    assert (cmd.traceparent, cmd.tracestate) == (tp, "a=b")
     assert _parse(Kind.CALL, {"Agt-Priority": "urgent"}, None).priority_rank == 1
-    assert _parse(Kind.CALL, {}, None).trace is None
+    assert _parse(Kind.CALL, {}, None).traceparent is None
 
 
 def test_a_deadline_no_one_can_mean_is_no_deadline() -> None:

@@ -92,8 +92,8 @@ class ActionSpec:
                 f"invalid parameters for action {self.name!r}: {exc}", details=[{"loc": [], "msg": str(exc)}]
             ) from None
         try:
-            if self.strict:
-                model = self.params_model.model_validate_json(raw, strict=True)
+            if self.strict:  # the model's validator itself: its wrapper only checks arguments not passed
+                model = self.params_model.__pydantic_validator__.validate_json(raw, strict=True)
             else:
                 model = self.params_model.model_validate(params)
         except ValidationError as exc:
@@ -103,8 +103,8 @@ class ActionSpec:
         return {name: getattr(model, name) for name in self.param_names}
 
     def dump_result(self, result: Any) -> Any:
-        if self.result_adapter is not None:
-            return self.result_adapter.dump_python(result, mode="json")
+        if self.result_adapter is not None:  # its serializer itself: dump_python only passes defaults on
+            return self.result_adapter.serializer.to_python(result, mode="json")
         return to_jsonable_python(result)
 
 

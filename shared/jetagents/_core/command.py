@@ -45,15 +45,6 @@ class Kind(enum.IntEnum):
 ACKED = frozenset({Kind.STREAM, Kind.FORWARDED})
 
 
-@dataclass(slots=True)
-class TraceContext:
-    """The W3C trace context the command carried, as received (not frozen: one is made
-    per command, and a frozen dataclass sets each field through ``object.__setattr__``)."""
-
-    traceparent: str
-    tracestate: str | None = None
-
-
 @dataclass(slots=True, eq=False)
 class Command:
     """One received command: what it says (parsed at intake) and what became of it.
@@ -81,7 +72,9 @@ class Command:
     deliveries: int = 1
     stream_seq: int = 0  # 0 for calls
     busy_naks: int = 0  # deliveries this host caused by handing it back (agent busy), not by failures
-    trace: TraceContext | None = None
+    # the W3C trace context it carried, as received (two fields, not an object: one per command)
+    traceparent: str | None = None
+    tracestate: str | None = None
     # what became of it (telemetry and the drain)
     done: bool = False
     action: str = ""
@@ -134,7 +127,6 @@ def parse_command(
     subject: str,
     headers: Mapping[str, str] | None,
     data: bytes,
-    *,
     reply: str | None,
     agent_type: str,
     agent_id: str,
@@ -149,28 +141,28 @@ def parse_command(
 
     ``reply`` is the message's own reply subject: for a durable command the ack subject
     (``deliveries`` and ``stream_seq`` are read from it unless given, as a forwarded command
-    gives them), for a call the caller's inbox. A durable command is answered on its
+    gives them), for a call the caller's inbox. ``agent_type``, ``agent_id`` and
+    ``partition`` are what the subject names. A durable command is answered on its
     ``Agt-Reply-To``; one without an id is named after its stream position (``cepoch`` names
-    the stream's creation, so the name is never reused by a recreated stream).
+    the stream's creation, so the name is never reused by a recreated stream). Positional
+    parameters: every call's intake runs this.
 
-    >>> c = parse_command(Kind.CALL, "agt.call.counter.c", {"Agt-Command-Id": "x"}, b"{}", reply="_INBOX.a.1",
-    ...     agent_type="counter", agent_id="c", partition=3, received=0.0, cepoch="00", reply_prefixes=["_INBOX."])
+    >>> c = parse_command(Kind.CALL, "agt.call.counter.c", {"Agt-Command-Id": "x"}, b"{}", "_INBOX.a.1",
+    ...     "counter", "c", 3, 0.0, "00", ["_INBOX."])
     >>> c.command_id, c.correlation_id, c.reply_to, c.ack
     ('x', 'x', '_INBOX.a.1', None)
     """
-    hdrs: Mapping[str, str] = headers or {}
     seq = stream_seq or 0
     count = deliveries or 1
-    if kind in ACKED:
-        durable = True
+    durable = kind in ACKED
+    if durable:
         if kind is Kind.STREAM and reply and (deliveries is None or stream_seq is None):
             meta = parse_ack_subject(reply)
             if meta:
                 count, seq = (deliveries or meta[0]), (stream_seq if stream_seq is not None else meta[1])
-        named = hdrs.get(H_REPLY_TO) if hdrs else None
+        named = headers.get(H_REPLY_TO) if headers else None
         ack = reply or None
     else:  # a call (or a migration): answered on the message's own reply subject, never acknowledged
-        durable = False
         named = reply or None
         ack = None
     reply_to = refused = None
@@ -179,22 +171,48 @@ def parse_command(
             reply_to = named
         else:
             refused = named
-    prio = None
-    if hdrs:
-        cmd_id = hdrs.get(H_COMMAND_ID) or hdrs.get(H_MSG_ID) or ""
+    if headers:
+        get = headers.get
+        cmd_id = get(H_COMMAND_ID) or get(H_MSG_ID) or ""
         if not cmd_id and durable:
             cmd_id = f"s{cepoch}-{seq}"
-        correlation_id = hdrs.get(H_CORRELATION_ID) or cmd_id
-        prio = hdrs.get(H_PRIORITY)
+        correlation_id = get(H_CORRELATION_ID) or cmd_id
+        prio = get(H_PRIORITY)
         rank = PRIORITY_RANK.get(prio, 1) if prio else 1  # type: ignore[call-overload]
-        deadline = hdrs.get(H_DEADLINE)
+        deadline = get(H_DEADLINE)
         deadline_ms = parse_deadline(deadline) if deadline else None
-        tp = hdrs.get(TRACEPARENT)
-        trace = TraceContext(tp, hdrs.get(TRACESTATE)) if tp is not None else None
-    else:  # no ids, deadline, priority or trace to read
-        cmd_id = correlation_id = f"s{cepoch}-{seq}" if durable else ""
-        rank, deadline_ms, trace = 1, None, None
-    cmd = Command(
+        tp = get(TRACEPARENT)
+        cmd = Command(
+            kind,
+            subject,
+            agent_type,
+            agent_id,
+            partition,
+            data,
+            received,
+            headers,
+            ack,
+            reply_to,
+            refused,
+            cmd_id,
+            correlation_id,
+            H_MSG_ID in headers,
+            deadline_ms,
+            rank,
+            count,
+            seq,
+            0,
+            tp,
+            get(TRACESTATE) if tp is not None else None,
+        )
+        if get(H_STREAM) == "1":
+            cmd.streams = True
+        if prio == "high" and kind is Kind.CALL:  # a call's lane is its header (a durable one's: its stream)
+            cmd.high = True
+        return cmd
+    # no ids, deadline, priority or trace to read
+    cmd_id = f"s{cepoch}-{seq}" if durable else ""
+    return Command(
         kind,
         subject,
         agent_type,
@@ -202,23 +220,15 @@ def parse_command(
         partition,
         data,
         received,
-        hdrs,
+        {},
         ack,
         reply_to,
         refused,
         cmd_id,
-        correlation_id,
-        H_MSG_ID in hdrs,
-        deadline_ms,
-        rank,
+        cmd_id,
+        False,
+        None,
+        1,
         count,
         seq,
-        0,
-        trace,
     )
-    if hdrs:
-        if hdrs.get(H_STREAM) == "1":
-            cmd.streams = True
-        if prio == "high" and kind is Kind.CALL:  # a call's lane is its header (a durable one's: its stream)
-            cmd.high = True
-    return cmd

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any, Final
 
@@ -185,6 +185,10 @@ class CommandBody(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+# ``CommandBody.model_validate_json`` without its Python wrapper (which only checks arguments
+# this call never passes): every command's body, and the wrapper was 40 % of the parse
+_validate_command_json: Callable[[bytes], CommandBody] = CommandBody.__pydantic_validator__.validate_json
+
 _NAME = r"^[A-Za-z0-9_-]+$"
 _CMD_ID = Field(min_length=1, max_length=256)
 
@@ -353,7 +357,7 @@ def decode_command(data: bytes, max_bytes: int) -> Body:
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"payload of {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
-        return CommandBody.model_validate_json(data)
+        return _validate_command_json(data)
     except ValidationError as exc:
         first = exc
     try:

@@ -404,15 +404,15 @@ class Host:
         self.partitions.bind(PartitionConsumers(self.nc, self.topology, s.op_timeout_s), self._pull_prefix)
         self.placement.bind(HostLink(self.nc))
         self._pull_sub = await self.nc.subscribe(
-            f"{self._pull_prefix}.>", cb=self._on_pull_msg, pending_msgs_limit=1_000_000, pending_bytes_limit=-1
+            f"{self._pull_prefix}.>", cb=self._intake.on_pull_msg, pending_msgs_limit=1_000_000, pending_bytes_limit=-1
         )
         # Every host sees every call and answers only for the partitions it owns, so an
         # agent is never in memory on two hosts at once.
-        # Calls not yet taken by _on_call are bounded in bytes too: past the limit nats-py
+        # Calls not yet taken by the intake are bounded in bytes too: past the limit nats-py
         # drops them (the callers time out) rather than the host growing without bound.
         self._call_sub = await self.nc.subscribe(
             self.subjects.call_wildcard,
-            cb=self._on_call,
+            cb=self._intake.on_call,
             pending_msgs_limit=1_000_000,
             pending_bytes_limit=s.max_inflight_bytes,
         )
@@ -550,13 +550,6 @@ class Host:
                 await self._intake.refuse_dropped(reply)
             return
         self._log.debug("nats_error", error=str(exc))
-
-    # -- intake (``intake.py``) -----------------------------------------------------------
-    async def _on_pull_msg(self, msg: Msg) -> None:
-        await self._intake.on_pull_msg(msg.subject, msg.headers, msg.data, msg.reply)
-
-    async def _on_call(self, msg: Msg) -> None:
-        await self._intake.on_call(msg.subject, msg.headers, msg.data, msg.reply)
 
     # -- housekeeping ----------------------------------------------------------------------
     async def _reject_stranded(self, msg: Msg, seq: int) -> bool:

@@ -21,6 +21,9 @@ from .reminders import stray_schedule
 
 if TYPE_CHECKING:
     from .host import Host
+    from .ports import Received
+
+CALL = Kind.CALL
 
 # call subject -> route: bounded, so subjects a sender makes up cannot grow it for ever
 _MAX_ROUTES = 65_536
@@ -29,7 +32,16 @@ _MAX_ROUTES = 65_536
 class Intake:
     """Turns received messages into commands for the host's scheduler."""
 
-    __slots__ = ("_bounds", "_high_bounds", "_host", "_max_payload", "_routes", "_ttl_s")
+    __slots__ = (
+        "_bounds",
+        "_high_bounds",
+        "_host",
+        "_max_payload",
+        "_monotonic",
+        "_reply_prefixes",
+        "_routes",
+        "_ttl_s",
+    )
 
     def __init__(self, host: Host) -> None:
         self._host = host
@@ -43,6 +55,8 @@ class Intake:
         self._high_bounds = (s.max_inflight + reserve, s.max_inflight_bytes + reserve * (s.max_payload_bytes + 4096))
         self._ttl_s = s.member_ttl_s
         self._max_payload = s.max_payload_bytes
+        self._reply_prefixes = s.reply_prefixes
+        self._monotonic = host.clock.monotonic
 
     def parse(
         self,
@@ -82,9 +96,11 @@ class Intake:
             cmd.priority_rank = 0
         return cmd
 
-    async def on_pull_msg(self, subject: str, headers: Mapping[str, str] | None, data: bytes, reply: str) -> None:
-        """A message on the pull inbox: a status about one of our pull requests, or a command."""
+    async def on_pull_msg(self, msg: Received) -> None:
+        """A message on the pull inbox: a status about one of our pull requests, or a command
+        (the subscription's callback)."""
         host = self._host
+        subject, headers, data, reply = msg.subject, msg.headers, msg.data, msg.reply
         if not reply:  # a status about one of our pull requests, sent to its inbox
             host.partitions.on_pull_status(subject, headers)
             return
@@ -143,11 +159,12 @@ class Intake:
             self._routes[subject] = route
         return route
 
-    async def on_call(self, subject: str, headers: Mapping[str, str] | None, data: bytes, reply: str) -> None:
+    async def on_call(self, msg: Received) -> None:
+        """A call (a core request on ``agt.call.<type>.<id>``): the subscription's callback."""
         host = self._host
-        route = self._routes.get(subject)  # remembered: most calls go to agents called before
-        if route is None:
-            route = self.route_of(subject)
+        subject, reply = msg.subject, msg.reply
+        # remembered: most calls go to agents called before
+        route = self._routes.get(subject) or self.route_of(subject)
         partition = route[0]
         if partition not in host.partitions.owned_set:
             coord = host.coordinator
@@ -164,15 +181,21 @@ class Intake:
                 await host.outcomes.reply(reply, encode_error(err), {}, None)
             return
         coord = host.coordinator
-        if coord is not None and host.clock.monotonic() - coord.last_heartbeat_ok > self._ttl_s:
+        now = self._monotonic()
+        if coord is not None and now - coord.last_heartbeat_ok > self._ttl_s:
             # we have not reached the cluster for a whole TTL (paused, cut off): our
             # partitions may be someone else's by now; do not answer from memory
             if reply:
                 err = Unavailable("this host lost touch with the cluster; retry", details={"applied": False})
                 await host.outcomes.reply(reply, encode_error(err), {}, None)
             return
-        cmd = self.parse(Kind.CALL, subject, headers, data, reply, route)
+        headers, data = msg.headers, msg.data
         size = len(data)
+        host.loadmeter.seen(partition, size)
+        # parsed here rather than by ``parse``: every call's, and a call has no stream position
+        cmd = parse_command(
+            CALL, subject, headers, data, reply, route[1], route[2], partition, now, "", self._reply_prefixes
+        )
         scheduler = host.scheduler
         max_count, max_bytes = self._high_bounds if cmd.high else self._bounds
         if scheduler.inflight_count >= max_count or scheduler.inflight_bytes + size > max_bytes:

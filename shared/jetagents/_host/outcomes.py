@@ -72,14 +72,12 @@ def _call_reply_headers(out: dict[str, str], cmd: Command) -> dict[str, str]:
     adds nothing, and a trace context that went through unchanged is the caller's own.
     Headers are a large share of a small call's cost (wire contract section 4).
     """
-    trace_in = cmd.trace
+    tp = cmd.traceparent
     keep: dict[str, str] = {}
     for k, v in out.items():
         if k == H_COMMAND_ID:
             continue
-        if trace_in is not None and (
-            (k == TRACEPARENT and trace_in.traceparent == v) or (k == TRACESTATE and trace_in.tracestate == v)
-        ):
+        if tp is not None and ((k == TRACEPARENT and tp == v) or (k == TRACESTATE and cmd.tracestate == v)):
             continue
         keep[k] = v
     return keep

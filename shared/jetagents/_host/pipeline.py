@@ -110,12 +110,6 @@ def overrun_error(action: str, limit_s: float, by_deadline: bool) -> JetAgentsEr
     )
 
 
-def _trace_of(cmd: Command) -> tuple[str | None, str | None]:
-    """The received trace context: (traceparent, tracestate)."""
-    t = cmd.trace
-    return (t.traceparent, t.tracestate) if t is not None else (None, None)
-
-
 class Pipeline:
     """Validate, dedup, deadline, run the action under its limit, commit, produce the outcome."""
 
@@ -175,12 +169,12 @@ class Pipeline:
         out = cmd.reply_headers()
         tel = self._tel
         aid = act.agent_id
-        trace_in = cmd.trace
-        log_token = set_command((self._host_id, aid, cmd.correlation_id, trace_in.traceparent if trace_in else None))
+        tp = cmd.traceparent
+        log_token = set_command((self._host_id, aid, cmd.correlation_id, tp))
         try:
             if not tel.tracing:  # no SDK configured: carry the trace context, skip the spans
-                if trace_in is not None:  # without an SDK no span records: only a received context is carried
-                    carry_received(trace_in.traceparent, trace_in.tracestate, out)
+                if tp is not None:  # without an SDK no span records: only a received context is carried
+                    carry_received(tp, cmd.tracestate, out)
                 await self._process_traced(act, cmd, out)
             else:
                 await self._process_span(act, cmd, out)
@@ -219,7 +213,7 @@ class Pipeline:
                 f"process {aid.type}", kind=trace.SpanKind.CONSUMER, attributes=attrs
             ) as span:
                 cmd.traced = True
-                carry_context(*_trace_of(cmd), out)
+                carry_context(cmd.traceparent, cmd.tracestate, out)
                 await self._process_traced(act, cmd, out)
                 finish_process_span(span, cmd.action, cmd.outcome or FAILED, cmd.error, out)
         finally:

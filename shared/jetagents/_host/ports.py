@@ -28,6 +28,23 @@ class StoredMessage:
     headers: Mapping[str, str]
 
 
+class Received(Protocol):
+    """A message as a subscription hands it to the host (a nats-py ``Msg`` is one): what the
+    intake reads of a call or a pulled command."""
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str] | None: ...
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def reply(self) -> str: ...
+
+
 class Appended(NamedTuple):
     """The server's answer to an append (a PubAck): the stream sequence, and whether the
     message id was already in the duplicate window (then nothing was written). A tuple: one

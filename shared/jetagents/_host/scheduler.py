@@ -329,8 +329,7 @@ class Scheduler:
         """Refuse a command no agent's mailbox takes (unknown type, invalid id, too large)."""
         try:
             out = cmd.reply_headers()  # the same ids the pipeline would answer with (wire contract §4)
-            t = cmd.trace
-            carry_context(t.traceparent if t else None, t.tracestate if t else None, out)
+            carry_context(cmd.traceparent, cmd.tracestate, out)
             await self._outcomes.settle(cmd, Result.REFUSED, out, error=err)
         finally:
             self.untrack(cmd)

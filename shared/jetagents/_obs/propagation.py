@@ -18,7 +18,7 @@ from .._core.wire import TRACEPARENT, TRACESTATE
 _rng = random.Random()  # our own: never disturbs (or is disturbed by) the global one
 os.register_at_fork(after_in_child=_rng.seed)  # a forked child must not repeat the parent's ids
 _bits = _rng.getrandbits
-_TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_TRACEPARENT_RE = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 def new_traceparent() -> str:
@@ -27,7 +27,8 @@ def new_traceparent() -> str:
 
 
 def valid_traceparent(value: str | None) -> bool:
-    return value is not None and _TRACEPARENT_RE.match(value) is not None
+    # fullmatch: ``$`` would let a trailing newline through into the headers this host sends
+    return value is not None and _TRACEPARENT_RE.fullmatch(value) is not None
 
 
 def inject_current(headers: dict[str, str]) -> None:
