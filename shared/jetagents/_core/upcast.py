@@ -138,11 +138,14 @@ def upcaster(target: str, from_version: int) -> Callable[[Upcaster], Any]:
 def wire_events(events: list[Event]) -> list[dict[str, Any]]:
     """Events as the ``{"type", "data"}`` dicts of a commit (``encode_commit``), with ``"v"``
     when the event's schema is past version 1."""
-    return [{"type": e.event_type, "data": e.model_dump(mode="json"), **(_v(e.event_version))} for e in events]
-
-
-def _v(version: int) -> dict[str, int]:
-    return {"v": version} if version != 1 else {}
+    wire = []
+    for e in events:
+        # the model's serializer itself (``model_dump`` only passes its defaults on): one per event
+        doc = {"type": e.event_type, "data": e.__pydantic_serializer__.to_python(e, mode="json")}
+        if e.event_version != 1:
+            doc["v"] = e.event_version
+        wire.append(doc)
+    return wire
 
 
 def encode_events(events: list[Event]) -> list[WireEvent]:

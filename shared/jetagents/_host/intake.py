@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .._core.command import Command, Kind, parse_command
+from .._core.command import CALL, STREAM, Command, Kind, parse_command
 from .._core.encoding import decode
 from .._core.errors import JetAgentsError, PayloadTooLarge, Unavailable
 from .._core.ids import is_valid_token, partition_of
@@ -22,8 +22,6 @@ from .reminders import stray_schedule
 if TYPE_CHECKING:
     from .host import Host
     from .ports import Received
-
-CALL = Kind.CALL
 
 # call subject -> route: bounded, so subjects a sender makes up cannot grow it for ever
 _MAX_ROUTES = 65_536
@@ -120,7 +118,7 @@ class Intake:
             pin = headers.get("Nats-Pin-Id")
             if pin:
                 puller.pin_id = pin
-        cmd = self.parse(Kind.STREAM, subject, headers, data, reply, (partition, parts[-2], parts[-1]), high=high)
+        cmd = self.parse(STREAM, subject, headers, data, reply, (partition, parts[-2], parts[-1]), high=high)
         if host.supervisor.stopping:
             host.scheduler.track(cmd)
             await host.outcomes.settle(cmd, Result.STOPPING, {})

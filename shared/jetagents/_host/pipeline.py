@@ -24,7 +24,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
 from .._core.clock import Clock
-from .._core.command import MAX_COMMAND_ID_LEN, Command, Kind
+from .._core.command import FORWARDED, MAX_COMMAND_ID_LEN, MIGRATE, Command
 from .._core.dedup import DedupRecord
 from .._core.errors import (
     ActionCancelled,
@@ -157,11 +157,11 @@ class Pipeline:
 
     async def process(self, act: Activation, cmd: Command) -> None:
         """Process one command of ``act`` to its outcome (answered, acknowledged, handed back)."""
-        if cmd.kind == Kind.MIGRATE:
+        if cmd.kind is MIGRATE:
             await self._placement.migrate(act, cmd)
             return
         if (
-            cmd.kind != Kind.FORWARDED
+            cmd.kind is not FORWARDED
             and self._placement.may_route(act)
             and await self._placement.route_elsewhere(act, cmd)
         ):

@@ -23,7 +23,7 @@ from typing import Any
 
 from .._core.agent import Registry
 from .._core.clock import Clock
-from .._core.command import ACKED, Command, Kind
+from .._core.command import ACKED, MIGRATE, Command
 from .._core.errors import JetAgentsError, MalformedCommand, Unavailable, UnknownAgentType
 from .._core.ids import AgentId, is_valid_token
 from .._core.outcome import Result
@@ -192,7 +192,7 @@ class Scheduler:
             spec = found
         pool = self._pools.get(agent_type)
         saturated = pool is not None and pool.limit is not None and pool.in_hand >= pool.limit
-        if self.health.watched and agent_type in self.health.watched and cmd.kind != Kind.MIGRATE:
+        if self.health.watched and agent_type in self.health.watched and cmd.kind is not MIGRATE:
             throttled = self.health.admit(agent_type, act)  # over its CPU share (ADR 0059)
             if throttled is not None:
                 if act is None:
@@ -202,7 +202,7 @@ class Scheduler:
         if act is None:
             act = Activation(AgentId(agent_type, agent_id), spec)
             activations[key] = act
-            if saturated and cmd.kind != Kind.MIGRATE and self._over_bound(act, cmd, pool):
+            if saturated and cmd.kind is not MIGRATE and self._over_bound(act, cmd, pool):
                 return
         else:
             activations.move_to_end(key)
@@ -210,7 +210,7 @@ class Scheduler:
             full = mailbox is not None and _queued(mailbox, cmd.high) >= self._mailbox_max
             if (
                 (full or saturated or act.held is not None)
-                and cmd.kind != Kind.MIGRATE
+                and cmd.kind is not MIGRATE
                 and self._over_bound(act, cmd, pool if saturated else None)
             ):
                 return
