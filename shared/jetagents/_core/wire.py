@@ -374,19 +374,17 @@ def decode_command(data: bytes, max_bytes: int) -> Body:
                 break
     raise MalformedCommand(
         "command body must be a JSON object {action, params} (or signal, timer, cancel, result, kick, resume)",
-        details=_short_errors(first),
+        details=validation_details(first),
     ) from None
 
 
-def _short_errors(exc: ValidationError) -> list[dict[str, Any]]:
+def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
+    """A validation error's first ten errors as the ``details`` of a typed error: where and
+    what, never the input (it is the sender's)."""
     return [
         {"loc": [str(p) for p in err.get("loc", ())], "msg": err.get("msg", "")}
         for err in exc.errors(include_url=False, include_input=False)[:10]
     ]
-
-
-def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
-    return _short_errors(exc)
 
 
 def encode_ok(result: Any) -> bytes:
