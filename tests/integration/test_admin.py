@@ -217,16 +217,20 @@ async def test_cli_ls_by_host_follow_and_redrive_all_or_by_agent(nats_server: Na
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=dict(os.environ, JETAGENTS_NATS_URL=url),
+        # faulthandler: SIGABRT dumps every thread's stack, should it ever not end (below)
+        env=dict(os.environ, JETAGENTS_NATS_URL=url, PYTHONFAULTHANDLER="1"),
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in follower.stdout or ()], daemon=True).start()
+    # its stderr read as it comes too: a full pipe nobody reads would block the follower itself
+    errors: list[str] = []
+    threading.Thread(target=lambda: [errors.append(x) for x in follower.stderr or ()], daemon=True).start()
     try:
         async with started_hosts(url, [*EXAMPLE_AGENTS, Order]) as make:
             hosts = [await make(host_id="h-a"), await make(host_id="h-b")]
             client = await Client.connect(settings=ClientSettings(nats_url=url, partitions=8, request_timeout_s=30))
             try:
-                await _ls_follow_and_redrive(url, client, hosts, follower, lines)
+                await _ls_follow_and_redrive(url, client, hosts, follower, lines, errors)
             finally:
                 await client.close()
     finally:
@@ -236,7 +240,12 @@ async def test_cli_ls_by_host_follow_and_redrive_all_or_by_agent(nats_server: Na
 
 
 async def _ls_follow_and_redrive(
-    url: str, client: Client, hosts: list[Host], follower: subprocess.Popen[str], lines: queue.Queue[str]
+    url: str,
+    client: Client,
+    hosts: list[Host],
+    follower: subprocess.Popen[str],
+    lines: queue.Queue[str],
+    errors: list[str],
 ) -> None:
     admin = Inspector(client)
 
@@ -260,8 +269,16 @@ async def _ls_follow_and_redrive(
     second = orjson.loads(await asyncio.to_thread(lines.get, True, 120))
     assert (second["n"], second["cmd"]) == (2, "c-1b")
     follower.send_signal(signal.SIGINT)
-    assert await asyncio.to_thread(follower.wait, 60) == 0
-    assert "Traceback" not in (follower.stderr.read() if follower.stderr else "")
+    try:
+        code = await asyncio.to_thread(follower.wait, 60)
+    except subprocess.TimeoutExpired:  # say where it hangs: every thread's stack, from faulthandler
+        follower.send_signal(signal.SIGABRT)
+        await asyncio.to_thread(follower.wait, 10)
+        await asyncio.sleep(0.5)  # the reader thread takes the rest of stderr
+        pytest.fail("history --follow did not end 60 s after SIGINT; its stderr:\n" + "".join(errors)[-20_000:])
+    assert code == 0, "".join(errors)[-5_000:]
+    await asyncio.sleep(0.2)  # the reader thread takes the rest of stderr
+    assert "Traceback" not in "".join(errors)
 
     # -- redrive: two agents' dead letters, one by --agent, the rest by --all -------------------
     for oid in ("o1", "o2"):

@@ -235,6 +235,10 @@ class NatsServer:
             self.proc.kill()
             self.proc.wait()
 
+    def restart(self, timeout_s: float = 20.0) -> None:
+        self.stop()
+        self.start(timeout_s)
+
     def __enter__(self) -> NatsServer:
         return self.start()
 
