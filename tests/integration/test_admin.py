@@ -207,6 +207,24 @@ def _cli(url: str, *args: str) -> list[Any]:
     return [orjson.loads(line) for line in r.stdout.splitlines()]
 
 
+def _sigint_as_a_terminal_sends_it() -> None:
+    """In the follower, before it runs: SIGINT delivered and handled by default. A signal the
+    test process blocks or ignores is blocked or ignored in every child it starts (the mask and
+    SIG_IGN survive exec), and a pytest worker that has run other tests' threads and libraries
+    is no terminal: the follower must see its Ctrl-C as a user's shell would send it."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _signal_state(pid: int) -> str:
+    """A process's signal masks (blocked, ignored, caught, pending) from /proc, for a failure."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "".join(line for line in f if line.startswith(("SigBlk", "SigIgn", "SigCgt", "SigPnd", "ShdPnd")))
+    except OSError as exc:
+        return f"(no /proc status: {exc})"
+
+
 async def test_cli_ls_by_host_follow_and_redrive_all_or_by_agent(nats_server: NatsServer) -> None:
     """`agents ls --host`, `agent history --follow` stopped by Ctrl-C, `dlq redrive --agent` and
     `--all`: a dead letter redriven twice (its removal lost) is applied once."""
@@ -219,6 +237,7 @@ async def test_cli_ls_by_host_follow_and_redrive_all_or_by_agent(nats_server: Na
         text=True,
         # faulthandler: SIGABRT dumps every thread's stack, should it ever not end (below)
         env=dict(os.environ, JETAGENTS_NATS_URL=url, PYTHONFAULTHANDLER="1"),
+        preexec_fn=_sigint_as_a_terminal_sends_it,  # signal calls only, before exec
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in follower.stdout or ()], daemon=True).start()
@@ -271,11 +290,16 @@ async def _ls_follow_and_redrive(
     follower.send_signal(signal.SIGINT)
     try:
         code = await asyncio.to_thread(follower.wait, 60)
-    except subprocess.TimeoutExpired:  # say where it hangs: every thread's stack, from faulthandler
+    except subprocess.TimeoutExpired:  # say where it hangs: its signal masks, every thread's stack
+        state = _signal_state(follower.pid)
+        mine = sorted(signal.pthread_sigmask(signal.SIG_BLOCK, []))
         follower.send_signal(signal.SIGABRT)
         await asyncio.to_thread(follower.wait, 10)
         await asyncio.sleep(0.5)  # the reader thread takes the rest of stderr
-        pytest.fail("history --follow did not end 60 s after SIGINT; its stderr:\n" + "".join(errors)[-20_000:])
+        pytest.fail(
+            f"history --follow did not end 60 s after SIGINT; its signals:\n{state}"
+            f"this test's blocked signals: {mine}\nits stderr:\n" + "".join(errors)[-20_000:]
+        )
     assert code == 0, "".join(errors)[-5_000:]
     await asyncio.sleep(0.2)  # the reader thread takes the rest of stderr
     assert "Traceback" not in "".join(errors)
