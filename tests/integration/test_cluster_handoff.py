@@ -118,3 +118,27 @@ async def test_a_malformed_ring_is_replaced_by_the_leader(nats_server: NatsServe
         assert await client.agent("counter", "r1").request("increment", {"by": 1}, timeout=10) == 2
     finally:
         await a.stop()
+
+
+async def test_the_coordinators_own_tasks_run_under_the_hosts_supervisor(nats_server: NatsServer) -> None:
+    """Its heartbeat loop, and every claim and release it starts, are tasks of the host's
+    supervisor (group ``coordination``): tracked, a crash logged with its group, and a
+    simulated crash ends them with the rest (ADR 0040 section 5)."""
+    host = Host(host_settings(nats_server.url, partitions=8), Registry(EXAMPLE_AGENTS))
+    await host.start()
+    try:
+        coord = host.coordinator
+        assert coord is not None
+
+        def names() -> set[str]:
+            return {t.get_coro().__qualname__ for t in host.supervisor.tasks("coordination")}  # type: ignore[union-attr]
+
+        assert "Coordinator._heartbeat_loop" in names()
+        await eventually(lambda: len(coord.held) == 8, 30, 0.05)  # its claims were tasks of the group
+        in_flight = {*coord.releasing.values(), *coord._acquire_tasks.values()}
+        assert in_flight <= set(host.supervisor.tasks("coordination"))
+        await host.stop(drain=True)  # leave: releases every partition, in tasks of the group
+        assert not coord.held
+        assert not [t for t in host.supervisor.tasks("coordination") if not t.done()]
+    finally:
+        await host.stop(drain=False)

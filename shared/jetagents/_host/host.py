@@ -447,7 +447,16 @@ class Host:
         else:
             store = JetStreamStore(self.nc, self.topology.cluster_bucket, replicas=s.replicas, timeout_s=s.op_timeout_s)
             await store.ensure()
-            self.coordinator = Coordinator(s.host_id, store, self.clock, _cluster_config(s), self)
+            # its own tasks (heartbeats, releases, claims) under the supervisor too, in a group
+            # stop() leaves alone: the coordinator ends them itself (run's end, leave)
+            self.coordinator = Coordinator(
+                s.host_id,
+                store,
+                self.clock,
+                _cluster_config(s),
+                self,
+                spawn=lambda coro: self.supervisor.spawn("coordination", coro),
+            )
             self.supervisor.spawn("coordinator", self.coordinator.run())
             self.supervisor.spawn("background", self.placement.reserving.run())  # reservations' ends
             # ready when the ring is known and our share of it is started (or give up

@@ -31,7 +31,7 @@ from .simulation import Delivered, NodePorts
 
 __all__ = ["HostNode", "sim_settings"]
 
-_GROUPS = ("workers", "side", "background", "coordinator", "pullers")
+_GROUPS = ("workers", "side", "background", "coordinator", "coordination", "pullers")
 
 
 def sim_settings(ports: NodePorts, **overrides: Any) -> HostSettings:
@@ -85,7 +85,10 @@ class HostNode:
 
     def _coordinator(self) -> Coordinator:
         p = self.ports
-        return Coordinator(p.host_id, p.store, p.clock, p.cluster, self)
+        supervisor = self.host.supervisor  # its tasks under the host's supervisor, as in Host.start
+        return Coordinator(
+            p.host_id, p.store, p.clock, p.cluster, self, spawn=lambda coro: supervisor.spawn("coordination", coro)
+        )
 
     # -- the coordinator's hooks ---------------------------------------------------------
     async def start_partition(self, partition: int, *, rewind: bool = False) -> None:
@@ -112,8 +115,7 @@ class HostNode:
 
     def crash(self) -> None:
         self.host.supervisor.stopping = True
-        coord = self.coordinator
-        # the coordinator's own release and claim tasks die with the process too
-        doomed = [*self.host.supervisor.tasks(*_GROUPS), *coord.releasing.values(), *coord._acquire_tasks.values()]
+        # the coordinator's own heartbeat, release and claim tasks ("coordination") die too
+        doomed = self.host.supervisor.tasks(*_GROUPS)
         for task in doomed:
             task.cancel()

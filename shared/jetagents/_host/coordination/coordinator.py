@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -110,8 +110,20 @@ class Coordinator(Handoff):
     """One host's part in the cluster. ``step()`` does one round; ``run()`` loops it; leaving
     and handing partitions over: ``Handoff``."""
 
-    def __init__(self, host_id: str, store: ClusterStore, clock: Clock, cfg: ClusterConfig, hooks: Hooks) -> None:
+    def __init__(
+        self,
+        host_id: str,
+        store: ClusterStore,
+        clock: Clock,
+        cfg: ClusterConfig,
+        hooks: Hooks,
+        *,
+        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]] = asyncio.create_task,
+    ) -> None:
+        """``spawn`` starts the coordinator's own tasks (heartbeats, releases, claims): the
+        host's supervisor, which tracks them and logs a crash, in a host."""
         self.host_id = host_id
+        self._spawn = spawn
         self.store = store
         self.clock = clock
         self.cfg = cfg
@@ -147,7 +159,7 @@ class Coordinator(Handoff):
     async def run(self) -> None:
         # Heartbeats have their own loop: a round that waits on slow partition starts
         # (replicated consumers under load take seconds) must never make us miss our TTL.
-        beats = asyncio.create_task(self._heartbeat_loop())
+        beats = self._spawn(self._heartbeat_loop())
         try:
             while not self.stopped:
                 try:
@@ -235,7 +247,7 @@ class Coordinator(Handoff):
         busy = self.held | self.assigned() | set(self.releasing) | set(self._acquire_tasks)
         for p, rev in orphan_claims(claims, self.host_id, busy, self.cfg.partitions):
             self._log.warning("orphan_claim_released", partition=p, rev=rev)
-            self.releasing[p] = asyncio.create_task(self._release_orphan(p, rev))
+            self.releasing[p] = self._spawn(self._release_orphan(p, rev))
 
     async def _release_orphan(self, p: int, rev: int) -> None:
         try:
@@ -398,7 +410,7 @@ class Coordinator(Handoff):
             if not self.successor_knows(p, now):
                 continue  # served a little longer (``Handoff.successor_knows``)
             self.held.discard(p)
-            self.releasing[p] = asyncio.create_task(self._release(p))
+            self.releasing[p] = self._spawn(self._release(p))
         want = sorted(p for p in mine - self.held if p not in self.releasing and p not in self._acquire_tasks)
         for p in list(self.acquiring):
             if p not in mine:
@@ -410,7 +422,7 @@ class Coordinator(Handoff):
         # reset) takes a round trip or two, on a replicated stream each consumer is its
         # own raft group, and the next rounds (claims check, ring) must not wait for it
         for p in want:
-            self._acquire_tasks[p] = asyncio.create_task(self._acquire_guarded(p, now, alive))
+            self._acquire_tasks[p] = self._spawn(self._acquire_guarded(p, now, alive))
 
     async def _acquire_guarded(self, p: int, now: float, alive: set[str]) -> None:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from ..._core.clock import Clock
@@ -32,6 +32,7 @@ class Handoff:
     draining: bool
     stopped: bool
     _next_heartbeat: float
+    _spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]
 
     if TYPE_CHECKING:
 
@@ -81,7 +82,7 @@ class Handoff:
         self.stopped = True
         for p in sorted(self.held):
             self.held.discard(p)
-            self.releasing[p] = asyncio.create_task(self._release(p))
+            self.releasing[p] = self._spawn(self._release(p))
         if self.releasing:
             await asyncio.gather(*self.releasing.values(), return_exceptions=True)
         await self.resign()
