@@ -185,37 +185,16 @@ def parse_command(
         deadline = get(H_DEADLINE)
         deadline_ms = parse_deadline(deadline) if deadline else None
         tp = get(TRACEPARENT)
-        cmd = Command(
-            kind,
-            subject,
-            agent_type,
-            agent_id,
-            partition,
-            data,
-            received,
-            headers,
-            ack,
-            reply_to,
-            refused,
-            cmd_id,
-            correlation_id,
-            H_MSG_ID in headers,
-            deadline_ms,
-            rank,
-            count,
-            seq,
-            0,
-            tp,
-            get(TRACESTATE) if tp is not None else None,
-        )
-        if get(H_STREAM) == "1":
-            cmd.streams = True
-        if prio == "high" and kind is Kind.CALL:  # a call's lane is its header (a durable one's: its stream)
-            cmd.high = True
-        return cmd
-    # no ids, deadline, priority or trace to read
-    cmd_id = f"s{cepoch}-{seq}" if durable else ""
-    return Command(
+        ts = get(TRACESTATE) if tp is not None else None
+        exactly_once = H_MSG_ID in headers
+        streams = get(H_STREAM) == "1"
+    else:  # no ids, deadline, priority or trace to read
+        headers = {}
+        cmd_id = correlation_id = f"s{cepoch}-{seq}" if durable else ""
+        prio = tp = ts = None
+        deadline_ms = None
+        rank, exactly_once, streams = 1, False, False
+    cmd = Command(
         kind,
         subject,
         agent_type,
@@ -223,15 +202,23 @@ def parse_command(
         partition,
         data,
         received,
-        {},
+        headers,
         ack,
         reply_to,
         refused,
         cmd_id,
-        cmd_id,
-        False,
-        None,
-        1,
+        correlation_id,
+        exactly_once,
+        deadline_ms,
+        rank,
         count,
         seq,
+        0,
+        tp,
+        ts,
     )
+    if streams:
+        cmd.streams = True
+    if prio == "high" and kind is Kind.CALL:  # a call's lane is its header (a durable one's: its stream)
+        cmd.high = True
+    return cmd

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -37,6 +37,7 @@ from .._nats.api import NS
 from .._nats.hosts import HostLink
 from .._settings import HostSettings
 from .catalog import Activation, Catalog, _busy
+from .ports import Received
 from .reserve import Reserving, needs_of
 from .restore import rollback
 from .tombstones import forget
@@ -52,19 +53,6 @@ H_FWD_CSEQ = "Agt-Fwd-Cseq"
 H_FWD_PARTITION = "Agt-Fwd-Partition"
 STRATEGIES = ("checkpoint", "state", "cold")
 AGENTS_LISTED = 10_000  # agents one ``agents`` request lists (``total`` counts them all)
-
-
-class Message(Protocol):
-    """A received host-to-host message (a nats-py ``Msg`` fits)."""
-
-    @property
-    def subject(self) -> str: ...
-    @property
-    def data(self) -> bytes: ...
-    @property
-    def headers(self) -> Mapping[str, str] | None: ...
-    @property
-    def reply(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +227,7 @@ class Placement:
                 if answer != b"+WPI":
                     return
 
-    async def on_host_msg(self, msg: Message) -> None:
+    async def on_host_msg(self, msg: Received) -> None:
         what = msg.subject.rsplit(".", 1)[1]
         try:
             if what == "fwd":
@@ -262,7 +250,7 @@ class Placement:
                 err = exc if isinstance(exc, JetAgentsError) else InternalError(repr(exc))
                 await self.pipeline.reply(msg.reply, encode_error(err), {}, None)
 
-    async def _on_forwarded(self, msg: Message) -> None:
+    async def _on_forwarded(self, msg: Received) -> None:
         hdrs = msg.headers or {}
         parts = hdrs.get(H_FWD_SUBJECT, "").split(".")
         if len(parts) < 2:
@@ -298,7 +286,7 @@ class Placement:
             )
         pipeline.dispatch(work)
 
-    async def _on_agents(self, msg: Message) -> None:
+    async def _on_agents(self, msg: Received) -> None:
         """The agents in this host's memory (``jetagents agents ls``), bounded: inspection
         must not turn a host with a million agents into one huge reply."""
         keys = list(self.catalog.activations)
@@ -311,7 +299,7 @@ class Placement:
             body["health"] = self.catalog.health.of(asked)
         await self.pipeline.reply(msg.reply, encode_ok(body), {}, None)
 
-    async def _on_evict(self, msg: Message) -> None:
+    async def _on_evict(self, msg: Received) -> None:
         """Forget an agent (deleted, ADR 0052): its next command rebuilds it, and finds the
         tombstone. One still busy keeps its activation, emptied, so its queue runs into it."""
         try:
@@ -322,7 +310,7 @@ class Placement:
         await self.pipeline.reply(msg.reply, body, {}, None)
 
     # -- migration ----------------------------------------------------------------------------
-    async def _on_adopt(self, msg: Message) -> None:
+    async def _on_adopt(self, msg: Received) -> None:
         body = orjson.loads(msg.data)
         key, rev = str(body["agent"]), int(body["rev"])
         coord = self._coordinator()
@@ -343,7 +331,7 @@ class Placement:
         if msg.reply:
             await self.link.publish(msg.reply, orjson.dumps({"ok": True, "activated": activated}))
 
-    async def _on_release(self, msg: Message) -> None:
+    async def _on_release(self, msg: Received) -> None:
         body = orjson.loads(msg.data)
         key, strategy = str(body["agent"]), str(body.get("strategy", "checkpoint"))
         held = self.catalog.activations.get(key)
@@ -369,7 +357,7 @@ class Placement:
         self.catalog.evict(act)
         return snapshot
 
-    async def _on_migrate(self, msg: Message) -> None:
+    async def _on_migrate(self, msg: Received) -> None:
         try:
             body = orjson.loads(msg.data)
         except orjson.JSONDecodeError:
@@ -391,7 +379,7 @@ class Placement:
         pipeline = self.pipeline
         pipeline.dispatch(pipeline.parse(Kind.MIGRATE, msg.subject, msg.headers, msg.data, msg.reply, route))
 
-    async def _on_rollback(self, msg: Message) -> None:
+    async def _on_rollback(self, msg: Received) -> None:
         body = orjson.loads(msg.data)
         agent_type, agent_id, to_seq = body.get("type"), body.get("id"), body.get("to")
         if not (is_valid_token(agent_type) and is_valid_token(agent_id) and isinstance(to_seq, int)):

@@ -29,8 +29,8 @@ class StoredMessage:
 
 
 class Received(Protocol):
-    """A message as a subscription hands it to the host (a nats-py ``Msg`` is one): what the
-    intake reads of a call or a pulled command."""
+    """A message as a subscription hands it to the host (a nats-py ``Msg`` is one): a call or
+    a pulled command at the intake, a host-to-host message at placement."""
 
     @property
     def subject(self) -> str: ...
