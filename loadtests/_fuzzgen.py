@@ -362,11 +362,14 @@ class Gen:
         body = good_body()
         if r.randrange(2):
             m = self._msg(n, "ws_control", ch, self.subject(ch, b"counter", odd), body, True)
-            if ch == "call" and odd.endswith(b"\r"):
-                # nats-server itself loses this one when a read of its PUB line ends right
-                # after the CR and the space (reproduced with a split write; 4 of 800 in a
-                # full run, no trace of them on the host):
-                # no host can promise a reply (a durable one fails at the stream, no PubAck)
+            if ch == "call" and b"\r" in odd:
+                # nats-server's parser loses a byte of the PUB line when a read of it ends
+                # anywhere after a CR: the message is lost, or arrives with a reply subject
+                # one character short ('a\rb' split after the reply's first byte arrives with
+                # the reply 'INBOX.r'; loadtests/nats_cr_split.py shows it for every offset).
+                # It happens only when the server's read ends there: 4 of 800 in a full run,
+                # and most likely the 1 unanswered of 2,209 in a CI run under load.
+                # No host can promise a reply (a durable one fails at the stream, no PubAck)
                 m = replace(m, answerable=False)
             return m
         if ch == "call":

@@ -715,7 +715,12 @@ def summary(r: dict[str, Any]) -> str:
         f"redelivery: drained={red['drained']}, deliveries in quiet {red['deliveries_during_quiet']}, "
         f"left {red['left_in_stream']}",
         f"replies: {r['replies']['answered']:,}/{r['replies']['answerable']:,} answered"
-        f" ({r['replies']['unknowable_connection_lost']:,} due on a raw connection the server closed)",
+        f" ({r['replies']['unknowable_connection_lost']:,} due on a raw connection the server closed)"
+        + (
+            f"; unanswered {r['replies']['unanswered_by_kind']} e.g. {r['replies']['unanswered_samples'][:5]}"
+            if r["replies"]["unanswered_by_kind"]
+            else ""
+        ),
         f"stalls: {r['stalls']['count']} ({r['stalls']['total_s']} s), suspects {r['stalls']['suspect_kinds']}",
         f"good: {g['increments']:,} exactly-once increments, {len(g['inexact'])} counters inexact; "
         f"calls p50 {g['call_ms_p50']} ms p99 {g['call_ms_p99']} ms",
