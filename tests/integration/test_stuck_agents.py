@@ -142,23 +142,17 @@ async def test_a_call_that_never_returns_gets_action_timeout(make_host: HostFact
 async def test_a_flooded_stuck_agent_does_not_starve_the_others(make_host: HostFactory, nc: NATS) -> None:
     """600 calls to one stuck agent, on a host with room for 64 commands in flight: the
     others are answered at once, never 'host overloaded' (before: every slot was taken)."""
-    host = await make_host(action_timeout_s=1.0, max_inflight=64, max_mailbox_per_agent=4)
+    # static membership: a loop busy with 600 calls on a loaded machine must not cost the host
+    # its ring membership (a host that lost touch with the cluster answers no call), which is
+    # not what is tested
+    host = await make_host(action_timeout_s=1.0, max_inflight=64, max_mailbox_per_agent=4, membership="static")
     flood = [asyncio.ensure_future(_call(nc, "agt.call.stuck.hog", {"action": "hang"})) for _ in range(600)]
     await nc.flush()
     # all but the few it can hold are answered at once (before the fix: 'host overloaded')
     await eventually(lambda: sum(f.done() for f in flood) >= 500, timeout_s=60)
     for i in range(20):
         reply = await _call(nc, f"agt.call.counter.other-{i}", {"action": "increment"}, timeout=30)
-        for _ in range(50):
-            # a loaded machine can delay the host's heartbeat past its TTL while 600 calls
-            # arrive: its partitions are then taken again, and a call meanwhile is answered
-            # "moving to this host" (retryable, not applied), as a client retries it; never
-            # "host overloaded", which is what this test is about
-            if reply.get("ok") or "moving to this host" not in reply["error"]["message"]:
-                break
-            await asyncio.sleep(0.2)
-            reply = await _call(nc, f"agt.call.counter.other-{i}", {"action": "increment"}, timeout=30)
-        assert reply == {"ok": True, "result": 1}, reply
+        assert reply == {"ok": True, "result": 1}, reply  # never "host overloaded"
     replies = await asyncio.gather(*flood)
     codes = [r["error"]["code"] for r in replies]
     busy = [r for r in replies if r["error"]["code"] == "unavailable"]

@@ -404,3 +404,65 @@ async def test_a_moved_partition_is_served_until_its_next_owner_knows_the_ring(
             unanswered += [(sim.rounds, p) for p in range(PARTITIONS) if not _answered(sim, p)]
     assert await sim.settled()
     assert unanswered == []
+
+
+# -- calls (testing/simcalls.py): at most once, through the same faults ------------------------
+CALLS = dataclasses.replace(CONFIG, calls_per_round=1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 16, 19])
+async def test_calls_run_at_most_once_through_faults(seed: int) -> None:
+    """Every host hears every call; the caller retries what an answer says was not applied.
+    These seeds each failed before three fixes: a host that lost touch with the cluster said
+    "retry, not applied" while the new owner ran the call (seed 0); a restarted host named an
+    id-less call's commit as before, so the event stream dropped it as a duplicate within its
+    window and the call was answered ok, unapplied (seed 1); the ring's next owner said "moving
+    here, retry" while the previous owner still served the partition (seeds 16 and 19)."""
+    cfg = SimConfig(rounds=300, quiet_rounds=240, calls_per_round=1.0, hold_p=0.3 if seed % 2 else 0.0)
+    sim = Simulation(seed, HostNode, cfg)
+    await sim.run()
+    assert sim.calls is not None and len(sim.calls.calls) > 200
+    answered = [c for c in sim.calls.calls.values() if ("ok", False) in c.answers]
+    assert len(answered) > 150
+
+
+class _RingSaysMine(set[int]):
+    """The old rule for "moving to this host, retry": the ring names us, whoever still serves it."""
+
+    def __init__(self, coordinator: Any) -> None:
+        super().__init__()
+        self.coordinator = coordinator
+
+    def __contains__(self, p: object) -> bool:
+        ring = self.coordinator.ring
+        return ring is not None and ring.owners[p] == self.coordinator.host_id
+
+
+def _eager_retry(ports: NodePorts) -> HostNode:
+    node = HostNode(ports)
+    node.coordinator.starting = _RingSaysMine(node.coordinator)
+    return node
+
+
+def _boot_blind_names(ports: NodePorts) -> HostNode:
+    node = HostNode(ports)
+    node.host.pipeline._unnamed = f"c-{ports.host_id}-"  # the old names: the same after a restart
+    return node
+
+
+@pytest.mark.parametrize(
+    ("factory", "found"),
+    [
+        (_eager_retry, r"applied 2 times|every answer said it was not"),
+        (_boot_blind_names, r"answered ok but never applied"),
+    ],
+    ids=["retry-while-the-old-owner-serves", "commit-names-repeat-after-a-restart"],
+)
+async def test_a_bug_planted_in_the_call_path_is_caught(factory: Any, found: str) -> None:
+    for seed in range(20):  # measured: caught within the first few seeds
+        try:
+            await Simulation(seed, factory, dataclasses.replace(CALLS, hold_p=0.3 if seed % 2 else 0.0)).run()
+        except Violation as v:
+            assert re.search(found, str(v)), v
+            return
+    pytest.fail("20 seeds ran with the call path broken and no invariant failed")

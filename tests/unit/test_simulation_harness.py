@@ -49,6 +49,9 @@ class ToyNode:
     def serves(self, partition: int) -> bool:
         return partition in self.started
 
+    async def call(self, msg: Any) -> None:
+        return None  # no calls in these runs
+
     def takes(self, partition: int) -> bool:
         return partition in self.started  # no pullers: the driver delivers what it serves
 

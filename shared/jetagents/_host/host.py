@@ -558,7 +558,7 @@ class Host:
             self._log.warning("call_dropped_host_full", subject=dropped)
             reply = dropped_reply(exc, self._call_sub)
             if reply:
-                await self._intake.refuse_dropped(reply)
+                await self._intake.refuse_dropped(dropped, reply)
             return
         self._log.debug("nats_error", error=str(exc))
 

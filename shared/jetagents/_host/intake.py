@@ -170,26 +170,28 @@ class Intake:
         partition = route[0]
         if partition not in host.partitions.owned_set:
             coord = host.coordinator
-            moving_here = (
-                coord is not None
-                and coord.ring is not None
-                and not host.supervisor.stopping
-                and coord.ring.owners[partition] == host.settings.host_id
-            )
-            if reply and moving_here:
-                # ours by the ring, not started yet (the previous owner is handing it
-                # over): say so, so the caller retries instead of timing out
-                err = Unavailable("the agent's partition is moving to this host; retry", details={"applied": False})
+            if reply and coord is not None and not host.supervisor.stopping:
+                # Say "retry, not applied" only when no host takes the call: while this host
+                # hands the partition over (it stopped taking its calls), or starts it after
+                # its previous owner released it (or is gone). Every host hears every call:
+                # said while the previous owner still served it, the caller's retry would run
+                # it twice (found by the simulation's calls). Otherwise silent: the owner answers.
+                if partition in coord.releasing:
+                    way = "away from"
+                elif partition in coord.starting:
+                    way = "to"
+                else:
+                    return
+                err = Unavailable(f"the agent's partition is moving {way} this host; retry", details={"applied": False})
                 await host.outcomes.reply(reply, encode_error(err), {}, None)
             return
         coord = host.coordinator
         now = self._monotonic()
         if coord is not None and now - coord.last_heartbeat_ok > self._ttl_s:
             # we have not reached the cluster for a whole TTL (paused, cut off): our
-            # partitions may be someone else's by now; do not answer from memory
-            if reply:
-                err = Unavailable("this host lost touch with the cluster; retry", details={"applied": False})
-                await host.outcomes.reply(reply, encode_error(err), {}, None)
+            # partitions may be someone else's by now; do not answer from memory. Not even
+            # "retry, not applied": the new owner may be running it (the simulation's calls
+            # found the caller's retry run twice so); its answer, or the caller's timeout
             return
         headers, data = msg.headers, msg.data
         size = len(data)
@@ -212,9 +214,13 @@ class Intake:
             return
         scheduler.dispatch(cmd)
 
-    async def refuse_dropped(self, reply: str) -> None:
+    async def refuse_dropped(self, subject: str, reply: str) -> None:
         """Answer a call the connection dropped unread (the host's pending bytes full under a
-        flood): ``unavailable``, so its caller retries now rather than after its timeout."""
+        flood): ``unavailable``, so its caller retries now rather than after its timeout. Only
+        for a partition this host serves: every host hears every call, and "not applied" from
+        one that does not serve it, while its owner runs it, would have the caller run it twice."""
+        if self.route_of(subject)[0] not in self._host.partitions.owned_set:
+            return
         err = Unavailable("host overloaded, the call was dropped unread; retry", details={"applied": False})
         await self._host.outcomes.reply(reply, encode_error(err), {}, None)
 

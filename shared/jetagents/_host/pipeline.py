@@ -110,6 +110,18 @@ def overrun_error(action: str, limit_s: float, by_deadline: bool) -> JetAgentsEr
     )
 
 
+def unnamed_prefix(host_id: str, boot_ms: int) -> str:
+    """How the commits of commands without an id are named: ``c-<host>-<boot>-<n>``. The boot
+    (the process's start, ms in hex) keeps a host restarted under the same id from naming a
+    commit as before: within the event stream's duplicate window that append would be dropped
+    as a duplicate and its call answered ok, unapplied (found by the simulation's calls).
+
+    >>> unnamed_prefix("h1", 1_700_000_000_000)
+    'c-h1-18bcfe56800-'
+    """
+    return f"c-{host_id}-{boot_ms:x}-"
+
+
 class Pipeline:
     """Validate, dedup, deadline, run the action under its limit, commit, produce the outcome."""
 
@@ -142,7 +154,8 @@ class Pipeline:
         self._supervisor = supervisor
         self._coordinator = coordinator
         self._consumer_name = consumer_name
-        self._seq = itertools.count()  # names the commits of commands without an id
+        self._unnamed = unnamed_prefix(settings.host_id, clock.wall_ms())
+        self._seq = itertools.count()
         self._steps = catalog.steps = Steps(
             settings, clock, log, catalog=catalog, eventlog=eventlog, placement=placement, coordinator=coordinator
         )
@@ -438,7 +451,7 @@ class Pipeline:
                 self._metrics.inc("fenced")
                 self._catalog.evict(act)  # rebuilt from the log, where the activation fence applies
                 return FencedError(f"{act.agent_id}: writer token {own} is older than the log's {act.own}"), False
-            name = cmd_id or f"c-{self._settings.host_id}-{next(self._seq)}"
+            name = cmd_id or f"{self._unnamed}{next(self._seq)}"
             body = encode_commit(
                 n=n,
                 cmd=name,

@@ -28,12 +28,13 @@ import asyncio
 from collections.abc import Awaitable, Mapping
 from typing import Any, NamedTuple
 
-from .._core.agent import Registry, action
+from .._core.agent import Event, Registry, action, applies
 from .._host.coordination import Coordinator
 from .._host.host import Host
 from .._settings import HostSettings
-from ..examples.counter import Counter, Incremented
-from .simulation import Delivered, NodePorts
+from ..examples.counter import Counter, CounterState, Incremented
+from .simcalls import CallMsg
+from .simtypes import Delivered, NodePorts
 
 __all__ = ["HostNode", "sim_settings"]
 
@@ -58,6 +59,12 @@ def sim_settings(ports: NodePorts, **overrides: Any) -> HostSettings:
     return HostSettings(**base)
 
 
+class Tagged(Event):
+    """What ``HoldingCounter.tag`` records: the call that applied it."""
+
+    tag: str
+
+
 class HoldingCounter(Counter):
     """The example counter with one more action: ``hold`` waits for signal ``go`` (ADR 0042
     §3), then increments, so the simulation runs suspended actions, their signals, and the
@@ -70,6 +77,16 @@ class HoldingCounter(Counter):
         await self.wait_for("go")
         self.emit(Incremented(by=by))
         return self.state.value
+
+    @action
+    async def tag(self, tag: str) -> int:
+        """A call's mark in the log: each time it is applied shows (``simcalls``)."""
+        self.emit(Tagged(tag=tag))
+        return self.state.value
+
+    @applies
+    def _tagged(self, state: CounterState, event: Tagged) -> None:
+        return None
 
 
 class HostNode:
@@ -122,6 +139,9 @@ class HostNode:
     def handle(self, d: Delivered) -> Awaitable[None]:
         self.consumers.take(d.partition)  # now: the credit is spent when the server sends
         return self.host._intake.on_pull_msg(_Pulled(d.subject, d.headers, d.data, d.ack))
+
+    def call(self, msg: CallMsg) -> Awaitable[None]:
+        return self.host._intake.on_call(msg)
 
     def crash(self) -> None:
         self.consumers.crash()  # its pull requests die with its connection

@@ -133,6 +133,9 @@ class Coordinator(Handoff):
         self.held: set[int] = set()  # claimed and started
         self.releasing: dict[int, asyncio.Task[None]] = {}
         self.acquiring: dict[int, float] = {}  # partition -> when we started waiting for it
+        # assigned to us and free to take (released, or its holder gone), not started yet: a
+        # call for it is answered "retry, not applied" (``Intake.on_call``)
+        self.starting: set[int] = set()
         self.handing: dict[int, float] = {}  # partition -> since when it waits for its next owner to know
         self._acquire_tasks: dict[int, asyncio.Task[None]] = {}
         self.claim_revs: dict[int, int] = {}
@@ -443,8 +446,18 @@ class Coordinator(Handoff):
         verdict = takeover(holder, self.host_id, alive, now - since, self.cfg.handoff_timeout_s)
         if verdict is Takeover.WAIT:
             return  # the previous owner is still handing it over
-        if verdict is Takeover.TIMED_OUT:
+        if verdict is Takeover.TIMED_OUT:  # its holder may still serve it: calls get no "retry"
             self._log.warning("handoff_timeout", partition=p, holder=holder)
+        else:  # its previous owner released it or is gone: it takes no call of it any more
+            self.starting.add(p)
+        try:
+            await self._claim_and_start(p, claim, value, holder, alive, epoch)
+        finally:
+            self.starting.discard(p)
+
+    async def _claim_and_start(
+        self, p: int, claim: Entry | None, value: dict[str, Any], holder: str, alive: set[str], epoch: int
+    ) -> None:
         try:
             if claim is None:
                 rev = await self.store.create(f"claim.{p}", value)
