@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from .._host.ports import StoredMessage
 from .api import DirectReader, js_api, js_publish, stream_info
 from .inbox import shared_inbox
-from .kv import KvEntry, kv_subject, last_by_subject, msg_get, purge_subject, scan_last
+from .kv import KvEntry, kv_get, kv_subject, msg_get, purge_subject, scan_last
 from .log_reader import stored_message
 
 
@@ -94,8 +94,7 @@ class AdminTransport:
         return stored_message(msg, msg.subject) if msg is not None else None
 
     async def kv_get(self, bucket: str, key: str) -> KvEntry | None:
-        entry = await last_by_subject(self.nc, f"KV_{bucket}", kv_subject(bucket, key), self.timeout_s)
-        return None if entry is None or entry.deleted else entry
+        return await kv_get(self.nc, bucket, key, self.timeout_s)
 
     async def kv_scan(self, bucket: str, prefix: str) -> dict[str, KvEntry]:
         return await scan_last(self.nc, bucket, prefix, self.timeout_s)

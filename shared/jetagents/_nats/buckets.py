@@ -1,21 +1,24 @@
-"""The host's KV buckets (snapshots, agent metadata) as its ``Bucket`` port, over nats-py's
-KeyValue (``jetagents._host.ports``)."""
+"""The host's KV buckets (snapshots, agent metadata, tombstones, quarantine) as its ``Bucket``
+port (``jetagents._host.ports``), on the adapter's one KV read (``_nats.kv``)."""
 
 from __future__ import annotations
 
 from nats.aio.client import Client as NATS
-from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
-from nats.js.kv import KeyValue
 
 from .._core.errors import Unavailable
+from .api import ERR_STREAM_NOT_FOUND, JSApiError, js_publish, stream_info
+from .kv import checked_key, kv_get, kv_history, kv_subject
 
 
 class KvBucket:
-    """One KV bucket. Errors other than an absent key are nats-py's, unchanged: what a
-    failed read means (retry, give up) is the caller's decision."""
+    """One KV bucket. ``Unavailable`` when JetStream does not answer, ``JSApiError`` for an
+    error it answers, ``InvalidKey`` for a key that is none: what a failed read means (retry,
+    give up) is the caller's decision."""
 
-    def __init__(self, kv: KeyValue) -> None:
-        self._kv = kv
+    def __init__(self, nc: NATS, bucket: str, timeout_s: float) -> None:
+        self._nc = nc
+        self._bucket = bucket
+        self._timeout_s = timeout_s
 
     @classmethod
     async def open(cls, nc: NATS, bucket: str, timeout_s: float) -> KvBucket:
@@ -25,30 +28,30 @@ class KvBucket:
         and when three hosts boot together on an R3 cluster the one whose create met another's
         can ask for the stream before it is served ("stream not found": a host process ended)."""
         try:
-            return cls(await nc.jetstream(timeout=timeout_s).key_value(bucket))
-        except NotFoundError:
-            raise Unavailable(f"the bucket {bucket} is not there (yet)", details={"applied": False}) from None
-        except Exception as exc:  # noqa: BLE001 - nats-py's timeouts and API errors alike
+            await stream_info(nc, f"KV_{bucket}", timeout_s)
+        except JSApiError as exc:
+            if exc.err_code == ERR_STREAM_NOT_FOUND:
+                raise Unavailable(f"the bucket {bucket} is not there (yet)", details={"applied": False}) from None
+            raise Unavailable(f"cannot open the bucket {bucket}: {exc.description}") from None
+        except Exception as exc:  # noqa: BLE001 - timeouts, no responders, a closed connection alike
             raise Unavailable(f"cannot open the bucket {bucket}: {exc!r}") from None
+        return cls(nc, bucket, timeout_s)
 
     async def get(self, key: str) -> bytes | None:
-        try:
-            entry = await self._kv.get(key)
-        except KeyNotFoundError:  # absent, or a delete marker (KeyDeletedError)
-            return None
-        return entry.value or b""
+        entry = await kv_get(self._nc, self._bucket, checked_key(key), self._timeout_s)
+        return None if entry is None else entry.data
 
     async def put(self, key: str, value: bytes) -> int:
-        return await self._kv.put(key, value)
+        ack = await js_publish(self._nc, kv_subject(self._bucket, checked_key(key)), value, {}, self._timeout_s)
+        return int(ack["seq"])
 
     async def delete(self, key: str) -> None:
         """Delete ``key`` (a delete marker: a later ``get`` returns ``None``)."""
-        await self._kv.delete(key)
+        subject = kv_subject(self._bucket, checked_key(key))
+        await js_publish(self._nc, subject, b"", {"KV-Operation": "DEL"}, self._timeout_s)
 
     async def history(self, key: str) -> list[bytes]:
-        """The values the bucket still keeps of ``key``, oldest first (deletes left out)."""
-        try:
-            entries = await self._kv.history(key)
-        except NoKeysError:
-            return []
-        return [e.value for e in entries if e.value and e.operation is None]
+        """The values the bucket still keeps of ``key``, oldest first (deletes and empty
+        values left out)."""
+        entries = await kv_history(self._nc, self._bucket, checked_key(key), self._timeout_s)
+        return [e.data for e in entries if e.data]

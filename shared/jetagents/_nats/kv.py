@@ -1,7 +1,8 @@
 """KV on JetStream through the raw ``$JS.API``, written once: ensure a stream, read a
-message (a key's latest entry) from the stream leader, publish with compare-and-set on its revision,
-purge a key, scan a prefix; and :class:`JetStreamStore`, the coordinator's
-:class:`~jetagents._core.kv.ClusterStore` on top of them.
+message (a key's latest entry) from the stream leader (:func:`last_by_subject`, the one KV
+read), publish with compare-and-set on its revision, purge a key, scan a prefix; and
+:class:`JetStreamStore`, the coordinator's :class:`~jetagents._core.kv.ClusterStore` on top
+of them.
 
 A KV bucket ``<b>`` is the stream ``KV_<b>`` with one subject per key, ``$KV.<b>.<key>``; a
 key's revision is the stream sequence of its last message. The primitives move bytes and
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
@@ -75,6 +77,20 @@ def kv_subject(bucket: str, key: str) -> str:
     return f"$KV.{bucket}.{key}"
 
 
+_KEY_RE: Final = re.compile(r"[-/_=.a-zA-Z0-9]+")
+
+
+class InvalidKey(ValueError):
+    """Not a KV key (the rule of the KV API, which nats-py's ``KeyValue`` checked too): a key
+    with a space, a wildcard or an empty token would name other subjects than its own."""
+
+
+def checked_key(key: str) -> str:
+    if not _KEY_RE.fullmatch(key) or key.startswith(".") or key.endswith(".") or ".." in key:
+        raise InvalidKey(f"not a KV key: {key[:64]!r}")
+    return key
+
+
 async def msg_get(nc: NATS, stream: str, query: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
     """``STREAM.MSG.GET``, answered by the stream's leader (never a lagging replica): the
     ``message`` (``seq``, ``subject``, ``time``, base64 ``data`` and ``hdrs``) that ``query``
@@ -98,11 +114,47 @@ def message_headers(message: Mapping[str, Any]) -> dict[str, str]:
 
 async def last_by_subject(nc: NATS, stream: str, subject: str, timeout_s: float) -> KvEntry | None:
     """The last message of ``subject`` in ``stream``, read from the stream leader (so never
-    from a lagging replica); None if the subject has none."""
+    from a lagging replica); None if the subject has none. A delete or purge marker is
+    returned as it is (``deleted``): the shared state compares-and-sets on its revision.
+
+    The one read of a KV key: every KV user of the adapter reads through it (or
+    :func:`kv_get`). Why ``STREAM.MSG.GET`` and not the direct get, about twice as fast
+    (``loadtests/bench_kv_read.py``): any replica answers a direct get, a lagging one with
+    an older value, and the readers here need their own writes (a claim, the ring, an agent's
+    metadata right after its spawn, a tombstone); the host's buckets do not allow direct gets
+    either. nats-py's ``KeyValue.get`` sends the same request, with ~50 us more client CPU."""
     msg = await msg_get(nc, stream, {"last_by_subj": subject}, timeout_s)
-    if msg is None:
-        return None
+    return None if msg is None else _entry(msg)
+
+
+def _entry(msg: Mapping[str, Any]) -> KvEntry:
     return KvEntry(base64.b64decode(msg.get("data") or b""), int(msg["seq"]), base64.b64decode(msg.get("hdrs") or b""))
+
+
+async def kv_get(nc: NATS, bucket: str, key: str, timeout_s: float) -> KvEntry | None:
+    """The live value of ``key`` and its revision (:func:`last_by_subject`); None when the key
+    is absent, deleted or purged. ``Unavailable`` when JetStream does not answer (a timeout,
+    no responders); ``JSApiError`` for an error it answers (the bucket is missing)."""
+    found = await last_by_subject(nc, f"KV_{bucket}", kv_subject(bucket, key), timeout_s)
+    return None if found is None or found.deleted else found
+
+
+async def kv_history(nc: NATS, bucket: str, key: str, timeout_s: float, *, limit: int = 64) -> list[KvEntry]:
+    """The values the bucket still keeps of ``key``, oldest first, markers left out: one
+    ``STREAM.MSG.GET`` per kept message, from the leader, at most ``limit`` of them (a bucket
+    keeps a few values per key: ``max_msgs_per_subject``)."""
+    subject = kv_subject(bucket, key)
+    out: list[KvEntry] = []
+    seq = 1
+    for _ in range(limit):
+        msg = await msg_get(nc, f"KV_{bucket}", {"seq": seq, "next_by_subj": subject}, timeout_s)
+        if msg is None:
+            break
+        entry = _entry(msg)
+        if not entry.deleted:
+            out.append(entry)
+        seq = entry.revision + 1
+    return out
 
 
 async def publish_expecting(
@@ -258,10 +310,10 @@ class JetStreamStore:
 
     async def get(self, key: str) -> Entry | None:
         try:
-            found = await last_by_subject(self.nc, self.stream, kv_subject(self.bucket, key), self.timeout_s)
+            found = await kv_get(self.nc, self.bucket, key, self.timeout_s)
         except JSApiError as exc:
             raise Unavailable(f"cluster store: {exc.description}") from None
-        return None if found is None or found.deleted else Entry(_doc(found.data), found.revision)
+        return None if found is None else Entry(_doc(found.data), found.revision)
 
     async def _publish(self, key: str, value: dict[str, Any], expect: int | None, ttl_s: float | None) -> int:
         hdrs = {"Nats-TTL": f"{max(1, math.ceil(ttl_s))}s"} if ttl_s else None

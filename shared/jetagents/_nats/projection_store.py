@@ -20,7 +20,7 @@ from .._core.projection import DELETED
 from .._core.wire import Subjects
 from .api import ERR_WRONG_LAST_SEQUENCE, DirectReader, JSApiError, js_api
 from .batch import Outgoing, atomic_batch
-from .kv import KvConflict, cluster_bucket_config, ensure_stream, last_by_subject, publish_expecting
+from .kv import KvConflict, cluster_bucket_config, ensure_stream, kv_get, publish_expecting
 
 __all__ = ["ProjectionStore", "proj_bucket_name"]
 
@@ -63,10 +63,10 @@ class ProjectionStore:
 
     async def _leader_get(self, key: str) -> tuple[Any, int] | None:
         try:
-            found = await last_by_subject(self.nc, self.stream, self._subject(key), self.timeout_s)
+            found = await kv_get(self.nc, self.bucket, key, self.timeout_s)
         except JSApiError as exc:
             raise Unavailable(f"projections bucket: {exc.description}") from None
-        if found is None or found.deleted:
+        if found is None:
             return None
         return orjson.loads(found.data), found.revision
 
