@@ -164,6 +164,29 @@ async def test_a_bug_planted_in_the_fence_is_caught(factory: Any, found: str) ->
     pytest.fail("40 seeds ran with the fence broken and no invariant failed")
 
 
+def _deaf_pullers(ports: NodePorts) -> HostNode:
+    """The host's pullers ask, but their requests never reach the consumers."""
+    node = HostNode(ports)
+
+    async def lost(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    node.consumers.pull = lost  # type: ignore[method-assign]
+    return node
+
+
+async def test_commands_reach_a_host_only_through_its_pullers_credit() -> None:
+    """The driver hands a command only to a host whose real ``Partitions`` pullers asked for
+    it: with their requests lost, nothing is delivered, and the run fails its end check."""
+    sim = Simulation(0, _deaf_pullers, dataclasses.replace(CONFIG, rounds=40, quiet_rounds=40, fault_p=0.0))
+    with pytest.raises(Violation, match=r"did not settle|never acknowledged"):
+        await sim.run()
+    assert not [e for e in sim.world.history if e[1] == "deliver"]
+    ok = Simulation(0, HostNode, dataclasses.replace(CONFIG, rounds=40, quiet_rounds=40, fault_p=0.0))
+    await ok.run()
+    assert [e for e in ok.world.history if e[1] == "deliver"]
+
+
 async def test_an_agent_dropped_while_in_hand_does_not_write_without_a_claim() -> None:
     """Found by this simulation (seed 25 of the first runs): a host self-fenced while an
     agent's command was retrying in place; the catalog forgot the partition's agents, but

@@ -179,3 +179,36 @@ async def test_wait_all_blocked_is_bounded() -> None:
         await wait_all_blocked(max_yields=50)
     stop = True
     await task
+
+
+async def test_wait_returns_when_the_event_is_set_or_the_clock_passed_its_timeout() -> None:
+    """``Clock.wait`` (a puller's wait for credit): the event wins if it comes first; else the
+    clock's own time, not the loop's, ends the wait, and nothing is left sleeping."""
+    clock = ManualClock()
+    event = asyncio.Event()
+    waiter = asyncio.create_task(clock.wait(event, 1.0))
+    await wait_all_blocked()
+    event.set()
+    assert await waiter is True
+    assert clock.sleepers == 0
+
+    event.clear()
+    waiter = asyncio.create_task(clock.wait(event, 1.0))
+    await wait_all_blocked()
+    clock.advance(0.5)
+    await wait_all_blocked()
+    assert not waiter.done()
+    clock.advance(0.5)
+    assert await waiter is False
+    assert clock.monotonic() == 1001.0
+
+    event.set()
+    assert await clock.wait(event, 0.0) is True  # already set: no sleeper at all
+    assert clock.sleepers == 0
+
+
+async def test_the_system_clock_waits_on_the_loop() -> None:
+    event = asyncio.Event()
+    assert await jetagents.SystemClock().wait(event, 0.01) is False
+    asyncio.get_running_loop().call_soon(event.set)
+    assert await jetagents.SystemClock().wait(event, 5.0) is True

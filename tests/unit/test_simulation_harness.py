@@ -49,6 +49,9 @@ class ToyNode:
     def serves(self, partition: int) -> bool:
         return partition in self.started
 
+    def takes(self, partition: int) -> bool:
+        return partition in self.started  # no pullers: the driver delivers what it serves
+
     def crash(self) -> None:
         self.cache.clear()
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Protocol
 
@@ -14,6 +15,10 @@ class Clock(Protocol):
     def wall_ms(self) -> int: ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+    async def wait(self, event: asyncio.Event, timeout_s: float) -> bool:
+        """Wait until ``event`` is set or ``timeout_s`` has passed on this clock; whether it is set."""
+        ...
 
 
 class SystemClock:
@@ -27,3 +32,9 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+    async def wait(self, event: asyncio.Event, timeout_s: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await event.wait()
+        return event.is_set()

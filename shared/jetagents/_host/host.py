@@ -258,8 +258,10 @@ class Host:
             lambda aid, partition: self.placement.fence_token(aid, partition),
         )
         self._publisher = NatsPublisher(self.nc, settings.op_timeout_s)  # connected by start()
+        # the simulation's (testing/simhost.py), else NATS
+        self.publisher: Publisher = publisher or self._publisher
         self.outcomes = Outcomes(
-            publisher or self._publisher,  # the simulation's (testing/simhost.py), else NATS
+            self.publisher,
             settings,
             subjects=self.subjects,
             registry=registry,

@@ -7,6 +7,7 @@ scheduler (the agent's mailbox). Pull statuses (``100``, ``503``, ``423``) are t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -111,7 +112,10 @@ class Intake:
         high = parts[-4] == HIGH_STORED_TOKEN
         puller = host.partitions.get(partition, high)
         if puller is None:
-            await host.nc.publish(reply, b"-NAK")
+            # not (or no longer) ours: the owner may have it at once; unsent (cut off), it
+            # comes again after ack_wait all the same
+            with contextlib.suppress(Exception):
+                await host.publisher.publish(reply, b"-NAK")
             return
         puller.received()
         if headers:

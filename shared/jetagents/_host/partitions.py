@@ -4,7 +4,8 @@
 host to here), keeps one ``Puller`` per partition served, and looks after the consumers: it
 recreates one the server forgot (a restarted server keeps consumers in memory only), unpins
 one that feeds another host, and revives one whose pulls vanish unanswered. The JetStream
-calls themselves are the adapter's (``jetagents._nats.consumers``).
+calls themselves are the adapter's (``jetagents._nats.consumers``), behind the
+``PullConsumers`` port, which the simulation implements in memory.
 
 Each partition has two consumers, so two pullers: the normal lane's and the high-priority
 lane's (ADR 0058). The high lane pulls with its own credit and into room the normal lane
@@ -24,9 +25,9 @@ from typing import Any
 from .._core.clock import Clock
 from .._core.errors import JetAgentsError, Unavailable
 from .._nats.api import Topology
-from .._nats.consumers import PartitionConsumers
 from .._obs.metrics import Metrics
 from .._settings import HostSettings
+from .ports import PullConsumers
 from .supervisor import Supervisor
 
 PRIORITY_GROUP = "jetagents"
@@ -138,9 +139,7 @@ class Puller:
             delay = 1.0
             if self.backoff_until > now:
                 delay = min(delay, self.backoff_until - now)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self.wake.wait()
+            await parts.clock.wait(self.wake, delay)  # the host's clock: the simulation's is manual
 
     async def revive(self) -> None:
         """Our pulls vanish unanswered: recreate the consumer (same config).
@@ -210,11 +209,11 @@ class Partitions:
         # the partitions served (commands taken), as a sorted list and as a set for intake
         self.owned: list[int] = []
         self.owned_set: frozenset[int] = frozenset()
-        self.consumers: PartitionConsumers = None  # type: ignore[assignment]  # set by bind()
+        self.consumers: PullConsumers = None  # type: ignore[assignment]  # set by bind()
         self.pull_prefix = ""
         self._start_sem = asyncio.Semaphore(32)
 
-    def bind(self, consumers: PartitionConsumers, pull_prefix: str) -> None:
+    def bind(self, consumers: PullConsumers, pull_prefix: str) -> None:
         """Connected: the consumers' adapter, and the inbox prefix the pulled messages come to."""
         self.consumers = consumers
         self.pull_prefix = pull_prefix

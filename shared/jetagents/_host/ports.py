@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .._core.schedules import Pattern, format_at
 
@@ -77,6 +77,45 @@ class EventStream(Protocol):
     async def last(self, subject: str) -> StoredMessage | None: ...
 
     async def at(self, seq: int) -> StoredMessage | None: ...
+
+
+class PullConsumers(Protocol):
+    """The command stream's partition consumers, as ``Partitions`` pulls from them: one per
+    partition and lane (``high``), in a priority group whose pinned client alone is fed."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def pull(
+        self,
+        partition: int,
+        reply: str,
+        *,
+        batch: int,
+        expires_s: float,
+        group: str,
+        pin_id: str | None,
+        high: bool = False,
+    ) -> None:
+        """Ask for up to ``batch`` messages, delivered (with statuses about the request:
+        ``408`` expired, ``423`` pinned elsewhere, ``503`` no consumer) to ``reply``."""
+        ...
+
+    async def ensure(self, partition: int, cfg: dict[str, Any], *, reset: bool = False, high: bool = False) -> None:
+        """Create the consumer (``reset``: delete it first) unless it exists with ``cfg``."""
+        ...
+
+    async def rewind(self, partition: int, cfg: dict[str, Any], *, high: bool = False) -> str:
+        """Make whatever is unacknowledged come again at once, in stream order; how."""
+        ...
+
+    async def exists(self, partition: int, *, high: bool = False) -> bool: ...
+
+    async def delete(self, partition: int, *, high: bool = False) -> None: ...
+
+    async def unpin(self, partition: int, group: str, *, high: bool = False) -> None:
+        """Let the server pin the group to whoever asks next."""
+        ...
 
 
 class Bucket(Protocol):

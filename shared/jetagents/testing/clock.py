@@ -90,6 +90,19 @@ class ManualClock:
         # Cancelling the task cancels the future; its heap entry is dropped when reached.
         await fut
 
+    async def wait(self, event: asyncio.Event, timeout_s: float) -> bool:
+        """Wait until ``event`` is set or the clock has moved ``timeout_s`` on; whether it is set."""
+        if event.is_set():
+            return True
+        waiter = asyncio.ensure_future(event.wait())
+        sleeper = asyncio.ensure_future(self.sleep(timeout_s))
+        try:
+            await asyncio.wait((waiter, sleeper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            sleeper.cancel()
+        return event.is_set()
+
     def advance(self, seconds: float) -> int:
         """Move time ``seconds`` on and wake every sleeper whose deadline it reached, earliest
         first (among equal deadlines: seeded, or first come). The woken run at the next turn of

@@ -9,20 +9,26 @@ the pure ack table (``decide``: reply, ack, nak, dead letter), the ``Catalog`` (
 snapshot and replay, the newer-owner check, eviction, passivation, snapshots) and the
 ``Coordinator`` (membership, lease, ring, claims).
 
-What is the simulation's: the command stream's consumer (the driver hands a delivery to a
-host that serves its partition, as a pinned pull consumer would; there are no ``Partitions``
-pullers, whose timers run on the event loop's own clock), so starting a partition here only
-marks it served; stopping one is the real ``Host.stop_partition`` (the commands in hand
-finish on the host's clock, the catalog forgets the partition's agents).
+The command stream's consumers are the simulation's (``simworld.FaultyConsumers``), and what
+reaches them is the host's: ``Host.start_partition`` rewinds the partition's consumer and
+starts the real ``Partitions`` pullers, whose credit loops wait on the simulation's clock and
+ask the consumers for commands; the driver hands a command only to a host holding credit
+for its partition, to the host's ``Intake.on_pull_msg`` (the pull subscription's callback),
+and an expired request's ``408`` status goes there too. Stopping a partition is the real
+``Host.stop_partition`` (the pullers stop, the commands in hand finish on the host's clock,
+the catalog forgets the partition's agents).
+
+Not driven here: calls (core requests) and their forwarding, migration, and an action's
+time limit (``_host/deadline.py`` arms its timer on the event loop's clock).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, NamedTuple
 
 from .._core.agent import Registry, action
-from .._core.command import Kind
 from .._host.coordination import Coordinator
 from .._host.host import Host
 from .._settings import HostSettings
@@ -81,6 +87,9 @@ class HostNode:
         host.catalog.bind(ports.events, ports.snapshots, ports.meta, None)
         host.cepoch = "5eed"
         host.supervisor.started = True
+        consumers = self.consumers = ports.consumers
+        consumers.on_status = host._intake.on_pull_msg
+        host.partitions.bind(consumers, f"_INBOX.pull-{ports.host_id}")
         self.coordinator = host.coordinator = self._coordinator()
 
     def _coordinator(self) -> Coordinator:
@@ -92,7 +101,7 @@ class HostNode:
 
     # -- the coordinator's hooks ---------------------------------------------------------
     async def start_partition(self, partition: int, *, rewind: bool = False) -> None:
-        self.host.partitions.mark(partition, owned=True)  # no consumer, no pullers: the driver delivers
+        await self.host.start_partition(partition, rewind=rewind)
 
     async def stop_partition(self, partition: int, *, graceful: bool) -> None:
         await self.host.stop_partition(partition, graceful=graceful)
@@ -107,15 +116,26 @@ class HostNode:
     def serves(self, partition: int) -> bool:
         return partition in self.host.partitions.owned_set
 
-    async def handle(self, d: Delivered) -> None:
-        _, _, _, agent_type, agent_id = d.subject.split(".", 4)
-        host = self.host
-        cmd = host._intake.parse(Kind.STREAM, d.subject, d.headers, d.data, d.ack, (d.partition, agent_type, agent_id))
-        host.scheduler.dispatch(cmd)
+    def takes(self, partition: int) -> bool:
+        return self.consumers.takes(partition)
+
+    def handle(self, d: Delivered) -> Awaitable[None]:
+        self.consumers.take(d.partition)  # now: the credit is spent when the server sends
+        return self.host._intake.on_pull_msg(_Pulled(d.subject, d.headers, d.data, d.ack))
 
     def crash(self) -> None:
+        self.consumers.crash()  # its pull requests die with its connection
         self.host.supervisor.stopping = True
         # the coordinator's own heartbeat, release and claim tasks ("coordination") die too
         doomed = self.host.supervisor.tasks(*_GROUPS)
         for task in doomed:
             task.cancel()
+
+
+class _Pulled(NamedTuple):
+    """A command as the pull subscription hands it over (a ``Received``)."""
+
+    subject: str
+    headers: Mapping[str, str]
+    data: bytes
+    reply: str

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,15 @@ from .clock import ManualClock
 from .memory import MemoryStore
 from .streams import MemoryBucket, MemoryEventStream, MemoryPublisher, MemoryWorkQueue
 
-__all__ = ["FaultyBucket", "FaultyEventStream", "FaultyPublisher", "FaultyStore", "HostFaults", "World"]
+__all__ = [
+    "FaultyBucket",
+    "FaultyConsumers",
+    "FaultyEventStream",
+    "FaultyPublisher",
+    "FaultyStore",
+    "HostFaults",
+    "World",
+]
 
 HistoryEvent = tuple[Any, ...]
 SUBJECTS = Subjects()  # the subjects of the simulated deployment (the default root)
@@ -222,3 +230,111 @@ class FaultyStore(_Faulty):
     async def scan(self, prefix: str, *, after_rev: int = 0) -> dict[str, Entry]:
         await self._enter()
         return await self.store.scan(prefix, after_rev=after_rev)
+
+
+@dataclass(slots=True)
+class PullRequest:
+    """A pull request the command stream's consumer holds for a host (what it asked for)."""
+
+    reply: str
+    remaining: int
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PullStatus:
+    """A status the consumer sends about a pull request, to its reply subject (a ``Received``)."""
+
+    subject: str
+    headers: Mapping[str, str]
+    data: bytes = b""
+    reply: str = ""
+
+
+class FaultyConsumers(_Faulty):
+    """The command stream's partition consumers as one host reaches them (a ``PullConsumers``):
+    the host's real ``Partitions`` pullers ask here, and the driver hands a command only to a
+    host holding an open request for its partition, one message of its credit each.
+
+    What the server does that matters to the host is here: a request that expires unfilled
+    gets a ``408`` status on its reply subject (the puller asks again); ``rewind`` and a
+    ``reset`` make the partition's unacknowledged commands due at once. What it does not
+    model: pinning (every host with an open request may be fed, where the server feeds the
+    pinned one: harsher, a stale owner's request is fed too and the fence must hold), and the
+    consumers' own existence (they always exist). A crashed host's requests die with its
+    connection."""
+
+    def __init__(self, world: World, host: str, faults: HostFaults) -> None:
+        super().__init__(world, host, faults)
+        self._open: dict[tuple[int, bool], list[PullRequest]] = {}
+        self._timers: set[asyncio.Task[None]] = set()
+        # the host's pull inbox (its intake's on_pull_msg), where statuses go; set by the node
+        self.on_status: Callable[[PullStatus], Awaitable[None]] | None = None
+
+    @property
+    def connected(self) -> bool:
+        f = self.faults
+        return not f.crashed and self.world.clock.monotonic() >= f.cut_until
+
+    def takes(self, partition: int) -> bool:
+        """Whether the host holds credit for ``partition`` (the normal lane's)."""
+        return bool(self._open.get((partition, False)))
+
+    def take(self, partition: int) -> None:
+        """One message of the oldest open request's credit is used (the server fills requests
+        in the order they came)."""
+        queue = self._open[(partition, False)]
+        queue[0].remaining -= 1
+        if queue[0].remaining <= 0:
+            queue.pop(0)
+
+    def crash(self) -> None:
+        self._open.clear()
+        for timer in self._timers:
+            timer.cancel()
+
+    async def pull(
+        self,
+        partition: int,
+        reply: str,
+        *,
+        batch: int,
+        expires_s: float,
+        group: str,
+        pin_id: str | None,
+        high: bool = False,
+    ) -> None:
+        await self._enter()
+        request = PullRequest(reply, batch, self.world.clock.monotonic() + expires_s)
+        self._open.setdefault((partition, high), []).append(request)
+        timer = asyncio.get_running_loop().create_task(self._expire((partition, high), request, expires_s))
+        self._timers.add(timer)
+        timer.add_done_callback(self._timers.discard)
+
+    async def _expire(self, lane: tuple[int, bool], request: PullRequest, expires_s: float) -> None:
+        await self.world.clock.sleep(expires_s)
+        queue = self._open.get(lane) or []
+        if request in queue:
+            queue.remove(request)
+            if self.on_status is not None and not self.faults.crashed:
+                await self.on_status(PullStatus(request.reply, {"Status": "408"}))
+
+    async def ensure(self, partition: int, cfg: dict[str, Any], *, reset: bool = False, high: bool = False) -> None:
+        await self._enter()
+        if reset:
+            self.world.commands.rewind(partition)
+
+    async def rewind(self, partition: int, cfg: dict[str, Any], *, high: bool = False) -> str:
+        await self._enter()
+        self.world.commands.rewind(partition)
+        return "rewound"
+
+    async def exists(self, partition: int, *, high: bool = False) -> bool:
+        await self._enter()
+        return True
+
+    async def delete(self, partition: int, *, high: bool = False) -> None:
+        await self._enter()
+
+    async def unpin(self, partition: int, group: str, *, high: bool = False) -> None:
+        await self._enter()

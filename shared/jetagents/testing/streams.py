@@ -253,6 +253,14 @@ class MemoryWorkQueue:
     def pending(self) -> list[QueuedCommand]:
         return list(self._queued.values())
 
+    def rewind(self, partition: int) -> None:
+        """What a new owner's consumer rewind does: ``partition``'s commands handed out and not
+        yet acknowledged are due again at once."""
+        now = self.clock.monotonic()
+        for cmd in self._queued.values():
+            if cmd.partition == partition and cmd.deliveries and cmd.due > now:
+                cmd.due = now
+
     def deliver(self, cmd: QueuedCommand) -> str:
         """Hand ``cmd`` out once more; the subject its answer goes to."""
         cmd.deliveries += 1
