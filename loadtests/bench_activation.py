@@ -42,7 +42,9 @@ async def one(url: str, quarantine_after: int, tag: str, agents: int, concurrenc
                 for i in ids:
                     await client.agent("counter", f"{tag}-{i}").request("get", delivery=Delivery.AT_MOST_ONCE)
 
-            await client.agent("counter", f"{tag}-warm").request("get", delivery=Delivery.AT_MOST_ONCE)
+            # durable: it waits in the stream until the host has taken the partitions (an
+            # at-most-once call sent before that is lost, and the run ended in AgentTimeout)
+            await client.agent("counter", f"{tag}-warm").request("get", delivery=Delivery.AT_LEAST_ONCE)
             started = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             elapsed = time.perf_counter() - started

@@ -32,6 +32,7 @@ from jetagents._core.outcome import (
     Outcome,
     Result,
     Situation,
+    StatusReply,
     decide,
     exhausted,
 )
@@ -248,6 +249,39 @@ def test_row_22_a_failed_placement_is_handed_back() -> None:
     o = _d(S, Result.PLACEMENT_FAILED)
     assert o.ack == Ack(AckKind.NAK, 1.0) and o.reply is None
     assert _d(C, Result.PLACEMENT_FAILED).ack == NO_ACK
+
+
+def test_row_23_no_result_yet_is_answered_with_its_status_and_acknowledged() -> None:
+    waiting = {"signal": "approve", "until_ms": None}
+    o = _d(S, Result.STATUS, status="suspended", answer={"waiting": waiting})
+    assert o.ack == ACK and o.dead_letter is None and o.label == "suspended"
+    assert isinstance(o.reply, StatusReply) and o.reply.status == "suspended" and o.reply.is_status
+    assert o.reply.result == {"waiting": waiting} and o.reply.error is None
+    assert not o.reply.duplicate and not o.reply.event_seq and not o.reply.host
+    assert o.count is None  # not processed: its result is still to come
+    query = _d(C, Result.STATUS, status="unknown")  # a result query is a call
+    assert query.ack == NO_ACK and query.reply is not None and query.reply.result == {} and query.label == "unknown"
+
+
+def test_row_24_a_resolved_wait_is_answered_now_and_acknowledged_later() -> None:
+    o = _d(S, Result.RESOLVED, answer={"delivered": "m1"}, event_seq=12)
+    assert o.ack == Ack(AckKind.LATER) and o.dead_letter is None and o.label == "ok" and o.count == "processed"
+    assert o.reply is not None and o.reply.result == {"delivered": "m1"} and o.reply.event_seq == 12
+    assert not o.reply.is_status and o.reply.error is None
+    assert _d(C, Result.RESOLVED, answer={"timeout": "m1"}, event_seq=3).ack == NO_ACK
+
+
+def test_row_25_the_runs_a_command_drove_are_done_it_is_acknowledged_unanswered() -> None:
+    o = _d(S, Result.DRIVEN)
+    assert o.ack == ACK and o.reply is None and o.dead_letter is None and o.count is None and o.label is None
+    assert _d(C, Result.DRIVEN) == Outcome(NO_ACK)
+
+
+def test_row_26_a_run_it_drove_was_handed_back_so_is_it_at_once() -> None:
+    o = _d(S, Result.REQUEUED)
+    assert o.ack == Ack(AckKind.NAK, 0.0) and o.reply is None and o.dead_letter is None and o.label == "requeued"
+    call = _d(C, Result.REQUEUED)
+    assert call.ack == NO_ACK and call.reply is None and call.label == "requeued"
 
 
 def test_every_result_has_a_row() -> None:

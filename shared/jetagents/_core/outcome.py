@@ -3,15 +3,17 @@
 ``decide(situation, limits)`` is pure: it says which reply the sender gets, whether the command
 is dead-lettered, and how the server (or the forwarder) is answered: acknowledged, terminated,
 handed back (``-NAK``) or retried in place. The host's one executor (``_host/outcomes.py``)
-carries it out, always in the same order: dead letter, reply, acknowledgement. Each row of the
-table in the ADR is one unit test (``tests/unit/test_outcome_table.py``).
+carries it out, always in the same order: dead letter, reply, acknowledgement. A command that
+drives other runs (a signal resolving a wait: rows 24-26) is settled twice: answered first, then
+acknowledged (or handed back) once those runs are done, never before. Each row of the table in
+the ADR is one unit test (``tests/unit/test_outcome_table.py``).
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from .command import ACKED, Kind
 from .errors import AgentDeleted, InternalError, JetAgentsError, Unavailable
@@ -37,6 +39,11 @@ class Result(enum.Enum):
     NOT_PLACED_HERE = "not_placed_here"  # row 20: forwarded here, but the agent is not placed here
     NO_CAPABLE_HOST = "no_capable_host"  # row 21: no live host offers the tags its type requires
     PLACEMENT_FAILED = "placement_failed"  # row 22: placing it on a capable host failed
+    # the commands that drive journals' runs (ADR 0042): a status, a resolved wait, its runs' end
+    STATUS = "status"  # row 23: no result yet: answered with its status (Agt-Status)
+    RESOLVED = "resolved"  # row 24: a signal or timer resolved a wait: answered, acknowledged later
+    DRIVEN = "driven"  # row 25: the runs it drove (catch-up, resume) are done
+    REQUEUED = "requeued"  # row 26: a run it drove was handed back: so is it
 
 
 class DeadLetter(enum.Enum):
@@ -54,6 +61,7 @@ class AckKind(enum.Enum):
     NAK = "-NAK"  # delivered again after delay_s (counts against max_redeliveries)
     HAND_BACK = "hand_back"  # a -NAK for a busy agent: does not count as a failed delivery (ADR 0036)
     RETRY = "retry"  # not answered: the pipeline tries again in place after delay_s
+    LATER = "later"  # answered now; a later outcome (rows 25, 26) acknowledges it
 
 
 @dataclass(slots=True)
@@ -76,6 +84,18 @@ class Reply:
     duplicate: bool = False  # Agt-Duplicate: answered from the record, not applied again
     event_seq: int = 0  # Agt-Event-Seq of the commit (0: none)
     host: bool = False  # Agt-Host: a refusal names the host that refused
+    # a class attribute, not a field: the common reply sets nothing more, and the executor's
+    # test of it is one attribute read
+    is_status: ClassVar[bool] = False
+
+
+@dataclass(slots=True)
+class StatusReply(Reply):
+    """No result yet (row 23): answered with ``Agt-Status: <status>``; ``result`` holds the
+    body's other fields (``waiting``, ``behind``)."""
+
+    status: str = ""
+    is_status: ClassVar[bool] = True
 
 
 @dataclass(slots=True)
@@ -105,6 +125,7 @@ class Situation:
     hand_backs: int = 0  # BUSY: times this command was handed back (0: not tracked)
     stopping: bool = False
     dead_letter: DeadLetter | None = None  # REFUSED: what became of the dead letter
+    status: str = ""  # STATUS: suspended, queued, running, blocked or unknown
 
 
 # rows 9, 11: retried in place, min(0.05 * 2**n, 2) s before attempt n + 1
@@ -129,7 +150,7 @@ FORWARD_LOST_DELAY_S = 0.5  # rows 19, 20
 NO_CAPABLE_HOST_DELAY_S = 2.0  # row 21
 PLACEMENT_FAILED_DELAY_S = 1.0  # row 22
 
-OK, DUPLICATE, ERROR, DEAD_LETTER = "ok", "duplicate", "error", "dead_letter"
+OK, DUPLICATE, ERROR, DEAD_LETTER, REQUEUED = "ok", "duplicate", "error", "dead_letter", "requeued"
 
 
 def exhausted(deliveries: int, busy_naks: int, limits: Limits) -> bool:
@@ -144,7 +165,7 @@ def applied(durable: bool, answer: Any, event_seq: int) -> Outcome:
 
 
 def decide(s: Situation, limits: Limits) -> Outcome:
-    """The outcome of a command in situation ``s`` (ADR 0040 section 4, rows 1-22)."""
+    """The outcome of a command in situation ``s`` (ADR 0040 section 4, rows 1-26)."""
     durable = s.kind in ACKED
     r = s.result
     if r is Result.OK:
@@ -186,6 +207,17 @@ def decide(s: Situation, limits: Limits) -> Outcome:
         return Outcome(Ack(AckKind.NAK, NO_CAPABLE_HOST_DELAY_S) if durable else NO_ACK, told)
     if r is Result.PLACEMENT_FAILED:
         return Outcome(Ack(AckKind.NAK, PLACEMENT_FAILED_DELAY_S) if durable else NO_ACK)
+    if r is Result.STATUS:  # not counted as processed: its result is still to come
+        return Outcome(ACK if durable else NO_ACK, StatusReply(s.answer or {}, status=s.status), label=s.status)
+    if r is Result.RESOLVED:
+        # answered now, so the sender does not wait for the resumed run; acknowledged only
+        # after it (row 25), so a crash in between redelivers the command and the run resumes
+        reply = Reply(s.answer, event_seq=s.event_seq)
+        return Outcome(Ack(AckKind.LATER) if durable else NO_ACK, reply, label=OK, count="processed")
+    if r is Result.DRIVEN:
+        return Outcome(ACK if durable else NO_ACK)
+    if r is Result.REQUEUED:  # at once: the run it drove comes again with it
+        return Outcome(Ack(AckKind.NAK) if durable else NO_ACK, label=REQUEUED)
     raise AssertionError(f"no row for {r}")  # pragma: no cover - every Result has a row
 
 

@@ -395,6 +395,11 @@ def encode_error(err: JetAgentsError) -> bytes:
     return orjson.dumps({"ok": False, "error": err.to_wire()})
 
 
+def encode_status(status: str, command_id: str, extra: dict[str, Any]) -> bytes:
+    """The body of a reply that is no result yet (sent with ``Agt-Status``, wire contract 4)."""
+    return orjson.dumps({"ok": True, "status": status, "command_id": command_id, **extra})
+
+
 DEAD_LETTER_MIN_BYTES = 16 * 1024
 _DL_HEADERS = 64  # headers kept in a dead letter
 _DL_NAME_CHARS = 256

@@ -21,7 +21,17 @@ from .._core.command import ACKED, CALL, Command
 from .._core.encoding import ZSTD, compress
 from .._core.errors import JetAgentsError, PayloadTooLarge
 from .._core.ids import is_reply_subject, is_valid_token
-from .._core.outcome import AckKind, DeadLetter, Limits, Outcome, Result, Situation, applied, decide
+from .._core.outcome import (
+    AckKind,
+    DeadLetter,
+    Limits,
+    Outcome,
+    Result,
+    Situation,
+    StatusReply,
+    applied,
+    decide,
+)
 from .._core.retry import RetryPolicy
 from .._core.wire import (
     H_ACCEPT_ENCODING,
@@ -30,12 +40,14 @@ from .._core.wire import (
     H_ENCODING,
     H_EVENT_SEQ,
     H_HOST,
+    H_STATUS,
     TRACEPARENT,
     TRACESTATE,
     Subjects,
     encode_dead_letter,
     encode_error,
     encode_ok,
+    encode_status,
 )
 from .._obs.metrics import Metrics
 from .._obs.telemetry import (
@@ -165,8 +177,9 @@ class Outcomes:
             cmd.outcome = outcome.label
         if outcome.error is not None:
             cmd.error = outcome.error
-        refusal = outcome.dead_letter
-        if refusal is not None:
+        # locals only where a branch is taken: each costs two opcodes on every command
+        if outcome.dead_letter is not None:
+            refusal = outcome.dead_letter
             stored = await self._dead_letter(cmd, refusal)
             if stored is not DeadLetter.STORED:  # rows 14-15: the table again
                 facts = Situation(
@@ -185,7 +198,6 @@ class Outcomes:
             else:
                 self.count(cmd, outcome)
         reply = outcome.reply
-        ack = outcome.ack
         if cmd.streams and self.out is not None:
             await self._end(cmd, outcome)
         if reply is not None:
@@ -198,28 +210,34 @@ class Outcomes:
                     out[H_HOST] = self._host_id
                 if reply.error is not None:
                     body = encode_error(reply.error)
+                elif reply.is_status:  # no result yet (row 23)
+                    assert isinstance(reply, StatusReply)
+                    out[H_STATUS] = reply.status
+                    body = encode_status(reply.status, cmd.command_id, reply.result)
                 else:
                     body = encode_ok(reply.result)
                     blobs = self.blobs  # a recorded reference is read back; too large for a message: an error
                     if blobs is not None and (len(body) > blobs.message_max_bytes or is_ref(reply.result)):
                         body = await blobs.reply_body(reply.result, f"{cmd.agent_type}.{cmd.agent_id}")
                 await self.reply(cmd.reply_to, body, out, cmd)
-        kind = ack.kind
+        kind = outcome.ack.kind
         if kind is _NONE:  # a call's
             return
         if kind is _ACK:
             await self.ack(cmd, b"+ACK")
         elif kind is _TERM:
-            await self.ack(cmd, b"+TERM " + ack.code.encode())
+            await self.ack(cmd, b"+TERM " + outcome.ack.code.encode())
         elif kind is _NAK or kind is _HAND_BACK:
-            await self.nak(cmd, ack.delay_s)
+            await self.nak(cmd, outcome.ack.delay_s)
+        # LATER: a later outcome of the same command acknowledges it (rows 24-26)
 
     async def _end(self, cmd: Command, outcome: Outcome) -> None:
         """A streaming command's ``end`` on its ``agt.out`` subject (the reply's body), before
-        the reply and the acknowledgement; none when it is handed back to run again."""
+        the reply and the acknowledgement; none when it is handed back to run again, nor for
+        a status (the run that finishes the command ends its stream)."""
         assert self.out is not None
         reply, kind = outcome.reply, outcome.ack.kind
-        if reply is None or kind is AckKind.NAK or kind is AckKind.HAND_BACK:
+        if reply is None or reply.is_status or kind is AckKind.NAK or kind is AckKind.HAND_BACK:
             await self.out.finish(cmd, None)
             return
         body = encode_error(reply.error) if reply.error is not None else encode_ok(reply.result)

@@ -31,7 +31,7 @@ from .._core.errors import (
 )
 from .._core.journal import SIGNAL, TIMEOUT, inbox_entry, resolution_entry
 from .._core.outcome import AckKind, Result
-from .._core.wire import CancelBody, KickBody, ResultBody, ResumeBody, SignalBody, TimerBody, encode_ok
+from .._core.wire import CancelBody, KickBody, ResultBody, ResumeBody, SignalBody, TimerBody
 from .._obs.telemetry import REQUEUED
 from .catalog import Activation
 from .steps import AlreadyInLog
@@ -92,7 +92,7 @@ class Signals:
         if isinstance(body, KickBody):  # a host died while running what is runnable: run it
             await self._susp.catch_up(act, cmd)
             if cmd.outcome == REQUEUED:
-                await self._outcomes.nak(cmd, 0)
+                await self._outcomes.settle(cmd, Result.REQUEUED, out)
             else:
                 await self._outcomes.settle_ok(cmd, out, {"kicked": True}, 0)
             return
@@ -179,13 +179,11 @@ class Signals:
                 await self._susp.purge_timer(act, waiter, i)
             except Exception as exc:  # noqa: BLE001 - best effort: the firing is ignored
                 self._log.debug("timer_purge_failed", error=repr(exc))
-        cmd.outcome = "ok"
-        await self._outcomes.reply(cmd.reply_to, encode_ok(result), {**out, "Agt-Event-Seq": str(seq)}, cmd)
+        # settled twice (the table's rows 24-26): the acknowledgement waits for the resumed
+        # run, so a crash before it redelivers this command, whose catch-up resumes the run
+        await self._outcomes.settle(cmd, Result.RESOLVED, out, answer=result, event_seq=seq)
         await self._susp.catch_up(act, cmd)
-        if cmd.outcome == REQUEUED:
-            await self._outcomes.nak(cmd, 0)
-        else:
-            await self._outcomes.ack(cmd, b"+ACK")
+        await self._outcomes.settle(cmd, Result.REQUEUED if cmd.outcome == REQUEUED else Result.DRIVEN, {})
 
     async def _cancel(self, act: Activation, cmd: Command, target: str, out: dict[str, str]) -> None:
         if act.cancelling:
@@ -226,7 +224,7 @@ class Signals:
         rcmd = self._susp._rebuild(act, cmd, target, journal.action, journal.params, journal.reply_to, first.get("out"))
         await self._susp._run(act, rcmd, rcmd.reply_headers())
         if rcmd.outcome == REQUEUED:
-            await self._outcomes.nak(cmd, 0)
+            await self._outcomes.settle(cmd, Result.REQUEUED, out)
             return
         now = act.journals.get(target) if act.journals else None
         state = "finished" if now is None else ("blocked" if now.blocked is not None else "suspended")

@@ -41,10 +41,7 @@ from .._core.journal import (
     take_inbox,
 )
 from .._core.outcome import Result
-from .._core.wire import (
-    H_STATUS,
-    encode_error,
-)
+from .._core.wire import encode_error
 from .._obs.telemetry import DEAD_LETTER, REQUEUED
 from .._settings import HostSettings
 from .catalog import Activation, Catalog
@@ -73,11 +70,6 @@ def stuck(act: Activation, cmd: str, journal: Journal) -> dict[str, Any] | None:
     return waiting
 
 
-def status_body(status: str, cmd: str, **extra: Any) -> bytes:
-    """The body of a reply that is no result yet (``Agt-Status``)."""
-    return orjson.dumps({"ok": True, "status": status, "command_id": cmd, **extra})
-
-
 class Suspension:
     """Signals, timers, cancels, result queries, parking and resuming: one per host."""
 
@@ -103,17 +95,15 @@ class Suspension:
 
     # -- replies that are no result -----------------------------------------------------------
     async def answer_status(self, cmd: Command, out: dict[str, str], status: str, **extra: Any) -> None:
-        """Reply ``Agt-Status: <status>`` (no result yet) and acknowledge."""
-        cmd.outcome = status
-        out[H_STATUS] = status
-        await self._outcomes.reply(cmd.reply_to, status_body(status, cmd.command_id, **extra), out, cmd)
-        await self._outcomes.ack(cmd, b"+ACK")
+        """Reply ``Agt-Status: <status>`` (no result yet) and acknowledge (the table's row 23)."""
+        await self._outcomes.settle(cmd, Result.STATUS, out, status=status, answer=extra)
 
     async def suspended(self, act: Activation, cmd: Command, waiting: dict[str, Any], out: dict[str, str]) -> None:
-        """The run of ``cmd`` suspended: answer so (a resumed run's caller knows it already)."""
-        if cmd.streams and self._outcomes.out is not None:  # its chunks land; the resumed run ends it
-            await self._outcomes.out.finish(cmd, None)
+        """The run of ``cmd`` suspended: answer so (a resumed run's caller knows it already).
+        A streaming command's chunks land either way; the resumed run ends its stream."""
         if cmd.resume:
+            if cmd.streams and self._outcomes.out is not None:
+                await self._outcomes.out.finish(cmd, None)
             cmd.outcome = "suspended"
             return
         await self.answer_status(cmd, out, "suspended", waiting=waiting)
