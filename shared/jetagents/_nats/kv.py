@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 from .._core.errors import Unavailable
 from .._core.kv import CasConflict, Entry
 from .._core.retry import RetryPolicy
+from .._core.wire import H_EXPECTED_LAST_SUBJECT_SEQ
 from .api import (
     ERR_LAST_SEQ_NOT_READY,
     ERR_NO_MESSAGE,
@@ -170,7 +171,7 @@ async def publish_expecting(
     that (0: the subject has no message yet), else :class:`KvConflict`. Returns the PubAck."""
     hdrs = dict(headers or {})
     if expected_rev is not None:
-        hdrs["Nats-Expected-Last-Subject-Sequence"] = str(expected_rev)
+        hdrs[H_EXPECTED_LAST_SUBJECT_SEQ] = str(expected_rev)
     try:
         return await js_publish(nc, subject, data, hdrs, timeout_s)
     except JSApiError as exc:
