@@ -147,5 +147,6 @@ async def test_no_partition_consumer_takes_a_schedule(nats_server: NatsServer, c
         held = await sch.get(subject)
         assert held is not None and held.pattern.startswith("@at ")
         nc = host.nc
-        counts = await subject_counts(nc)
+        # the third increment's +ACK goes after its reply: the stream may hold it a moment
+        counts = await wait_for(nc, lambda c: c == {subject: 1})
         assert counts == {subject: 1}

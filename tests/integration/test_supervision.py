@@ -305,3 +305,35 @@ async def test_an_operator_rolls_an_agent_back_to_a_sequence(nats_server: NatsSe
     finally:
         await h.stop()
         await nc.close()
+
+
+async def test_a_rollback_answer_goes_only_to_an_inbox(nats_server: NatsServer, client: Client) -> None:
+    """A host answers a host-to-host or admin request (here a rollback that succeeds) only on
+    a reply subject under its reply prefixes, as every other answer of the host: never on a
+    subject the request names, such as another agent's command subject."""
+    BROKEN["applier"] = False
+    ref = client.agent("fragile", "r9")
+    nc = await raw_connect(nats_server.url, name="test-supervision")
+    h = _host(nats_server.url)
+    await h.start()
+    try:
+        for by in (1, 2, 3):
+            await ref.request("bump", {"by": by})
+        first = (await _evt(nc, "fragile.r9"))[0][0]
+        forged: list[bytes] = []
+
+        async def caught(msg: Any) -> None:
+            forged.append(msg.data)
+
+        await nc.subscribe("agt.cmd.fragile.victim", cb=caught)
+        subject = h.subjects.sys("host", h.settings.host_id, "rollback")
+        body = orjson.dumps({"type": "fragile", "id": "r9", "to": first, "by": "t"})
+        await nc.publish(subject, body, reply="agt.cmd.fragile.victim")
+        # the same request on an inbox is answered: the forged one was handled before it
+        answer = orjson.loads((await nc.request(subject, body, timeout=10)).data)
+        assert answer["ok"] is True, answer
+        await nc.flush()
+        assert forged == []
+    finally:
+        await h.stop()
+        await nc.close()

@@ -271,7 +271,7 @@ class Placement:
             work = pipeline.parse(Kind.CALL, msg.subject, hdrs, msg.data, hdrs.get(H_FWD_REPLY), route)
         else:
             if not mine:  # not (yet) ours: the owner redelivers it shortly
-                await self.link.publish(msg.reply, b"-NAK " + orjson.dumps({"delay": int(0.5 * NS)}))
+                await pipeline.reply(msg.reply, b"-NAK " + orjson.dumps({"delay": int(0.5 * NS)}), {}, None)
                 return
             work = pipeline.parse(
                 Kind.FORWARDED,
@@ -329,7 +329,7 @@ class Placement:
             activated = True
         await self._event("agent.adopted", {"agent": key, "token": rev, "warm": activated})
         if msg.reply:
-            await self.link.publish(msg.reply, orjson.dumps({"ok": True, "activated": activated}))
+            await self.pipeline.reply(msg.reply, orjson.dumps({"ok": True, "activated": activated}), {}, None)
 
     async def _on_release(self, msg: Received) -> None:
         body = orjson.loads(msg.data)
@@ -344,7 +344,7 @@ class Placement:
         if act is not None and act.agent is not None:
             snapshot = await self._hand_over(act, strategy)
         if msg.reply:
-            await self.link.publish(msg.reply, orjson.dumps({"ok": True, "snapshot": snapshot}))
+            await self.pipeline.reply(msg.reply, orjson.dumps({"ok": True, "snapshot": snapshot}), {}, None)
 
     async def _hand_over(self, act: Activation, strategy: str) -> dict[str, Any] | None:
         """Let go of an agent in memory: ``checkpoint`` snapshots it first, ``state``
@@ -396,7 +396,7 @@ class Placement:
         scratch = Activation(act.agent_id, spec)
         result = await rollback(self.catalog, act, scratch, to_seq, str(body.get("by", ""))[:200])
         if msg.reply:
-            await self.link.publish(msg.reply, encode_ok(result))
+            await self.pipeline.reply(msg.reply, encode_ok(result), {}, None)
 
     async def migrate(self, act: Activation, work: Command) -> None:
         """Move one agent to another host (at its partition's owner, in mailbox order):
