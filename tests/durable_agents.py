@@ -156,6 +156,13 @@ class Flow(Agent[FlowState]):
         self.emit(Bumped(by=by))
         return self.state.bumps
 
+    @action(timeout_s=0.5)
+    async def hang(self) -> int:
+        """Emits, then never returns: its time limit cancels it, nothing it emitted is kept."""
+        self.emit(Bumped(by=1_000))
+        await asyncio.Event().wait()
+        return self.state.bumps
+
     @action(read_only=True)
     async def count(self) -> dict[str, Any]:
         return {"approved": self.state.approved, "bumps": self.state.bumps}

@@ -19,7 +19,7 @@ from jetagents import ActionCancelled, AgentSuspended, Client, ClientSettings, H
 from jetagents._core.journal import timer_name
 from tests.conftest import host_settings
 from tests.durable_agents import AGENTS, FX_STREAM, FX_SUBJECTS
-from tests.integration.helpers import commits, eventually, read_all
+from tests.integration.helpers import commits, dead_letters, eventually, read_all
 
 
 @pytest.fixture
@@ -205,3 +205,30 @@ async def test_a_streamed_action_streams_on_after_its_wait(flow_client: tuple[Cl
     await ref.signal("approve", "yes")
     await asyncio.wait_for(reader, 20)
     assert chunks == ["s1: asked", "s1: got yes"] and stream.result == "s1 done"
+
+
+async def test_a_parked_command_past_its_time_limit_is_dead_lettered_once_and_closed(nats_server: NatsServer) -> None:
+    """A command parked behind a suspended action runs after it; when it overruns its time
+    limit it is dead-lettered and its park closed with ``action_timeout``, once: the commands
+    parked behind it run. (Found by the simulation: the overrun left its park open, so every
+    later command of the agent ran it again, dead-lettered it again, and waited behind it.)"""
+    async with Host(host_settings(nats_server.url), Registry(AGENTS)):  # hang's limit: 0.5 s
+        client = await Client.connect(settings=ClientSettings(nats_url=nats_server.url, partitions=8))
+        try:
+            await client.nc.jetstream().add_stream(StreamConfig(name=FX_STREAM, subjects=[FX_SUBJECTS]))
+            ref = client.agent("flow", "f9")
+            assert (await ref.request_reply("approve_flow", {"run": "d1"}, command_id="d1")).status == "suspended"
+            assert (await ref.request_reply("hang", {}, command_id="h1")).status == "queued"
+            assert (await ref.request_reply("bump", {"by": 2}, command_id="p9")).status == "queued"
+            await ref.signal("approve", "ok")
+            assert await ref.result("p9", timeout=15) == 2  # ran after the overrun, in order
+            assert await ref.request("bump", {"by": 3}, command_id="p10", timeout=15) == 5
+            log = await commits(client.nc, "flow", "f9")
+            ends = [c for c in log if c.get("j", {}).get("k") == "end"]
+            closing = [(c["cmd"], (c["j"].get("error") or {}).get("code")) for c in ends]
+            assert closing == [("d1", None), ("h1", "action_timeout"), ("p9", None)]
+            assert all(e["data"]["by"] != 1_000 for c in log for e in c.get("events") or [])  # nothing it emitted kept
+            dls = [d for d in await dead_letters(client.nc) if (d.get("headers") or {}).get("Agt-Command-Id") == "h1"]
+            assert [d["error"]["code"] for d in dls] == ["action_timeout"]
+        finally:
+            await client.close()

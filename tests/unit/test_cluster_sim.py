@@ -35,6 +35,7 @@ import subprocess
 import sys
 from typing import Any
 
+import orjson
 import pytest
 
 from jetagents._host.ports import Appended, EventStream, StoredMessage
@@ -466,3 +467,25 @@ async def test_a_bug_planted_in_the_call_path_is_caught(factory: Any, found: str
             assert re.search(found, str(v)), v
             return
     pytest.fail("20 seeds ran with the call path broken and no invariant failed")
+
+
+# -- time limits on the simulation's clock (stall: emits, never returns) ----------------------
+STALLS = SimConfig(rounds=300, quiet_rounds=240, stall_p=0.05, hold_p=0.3)
+
+
+@pytest.mark.parametrize("seed", [1, 5, 57])
+async def test_actions_past_their_time_limit_are_cancelled_and_dead_lettered_through_faults(seed: int) -> None:
+    """``stall`` is cancelled at its time limit on the simulation's clock, dead-lettered and
+    never applied. These seeds failed before: a parked command that overran was run again by
+    every later command of its agent, which never settled (1, 5); a re-send parked behind a
+    suspended action after its first run had closed was dropped from memory but left open in
+    the log, and its next delivery looped on the park already there (57, with calls)."""
+    sim = Simulation(seed, HostNode, dataclasses.replace(STALLS, calls_per_round=0.5 if seed % 3 == 0 else 0.0))
+    await sim.run()
+    stalls = {c for c, kind in sim.kinds.items() if kind == "stall"}
+    timed_out = {
+        str((d.get("headers") or {}).get("Agt-Command-Id"))
+        for d in (orjson.loads(m.data) for m in sim.world.dead_letters.messages)
+        if (d.get("error") or {}).get("code") == "action_timeout"
+    }
+    assert stalls and stalls <= timed_out  # every one dead-lettered for its time limit (and none applied: invariants)

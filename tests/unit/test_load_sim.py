@@ -89,7 +89,7 @@ async def _run(seed: int) -> tuple[list[Any], dict[str, float], list[int]]:
             moves.append(sum(a != b for a, b in zip(before, owners, strict=True)))
         before = owners
     scores = {h.id: h.node.load()["load"]["cpu"] for h in sim.hosts if h.alive}  # type: ignore[attr-defined]
-    sim._calm()
+    sim.faults.calm()
     for h in sim.hosts:
         sim.crash(h, None)
     return sim.world.history, scores, moves

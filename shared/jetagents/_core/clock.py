@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 
 class Clock(Protocol):
@@ -19,6 +20,22 @@ class Clock(Protocol):
     async def wait(self, event: asyncio.Event, timeout_s: float) -> bool:
         """Wait until ``event`` is set or ``timeout_s`` has passed on this clock; whether it is set."""
         ...
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> Any: ...
+
+
+class Timers(Protocol):
+    """What an action's time limit needs (``_host/deadline.py``): a clock and timers on it. An
+    asyncio event loop is one (production); ``jetagents.testing.ManualClock`` is another (the
+    simulation), so the time limits of simulated actions run on the simulation's time."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], Any], /) -> Cancellable: ...
+
+    def call_later(self, delay: float, callback: Callable[[], Any], /) -> Cancellable: ...
 
 
 class SystemClock:

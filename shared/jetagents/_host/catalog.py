@@ -87,6 +87,13 @@ class Activation:
     cancelling: set[str] | None = None
     health: AgentHealth | None = None  # its measured figures and policy's state (ADR 0059)
 
+    def dedup(self, limit: int) -> DedupRecord:
+        """Its record of command ids (at most ``limit``), made on demand: most agents never
+        see a repeat."""
+        if self.records is None:
+            self.records = DedupRecord(limit)
+        return self.records
+
 
 def _busy(act: Activation) -> bool:
     """Whether the agent has commands running, queued or handed back (it stays in memory)."""

@@ -39,6 +39,8 @@ import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
+from .._core.clock import Cancellable, Timers
+
 __all__ = ["NOT_RUN", "Deadline", "Overrun"]
 
 
@@ -51,7 +53,8 @@ class Overrun(Exception):
 
 class Deadline:
     """``await Deadline(coro, loop, when)``: ``coro``'s outcome, or :class:`Overrun`
-    if it had not finished by ``when`` (``loop.time()`` seconds)."""
+    if it had not finished by ``when`` (``loop.time()`` seconds). ``loop`` is the event loop,
+    or any other ``Timers`` (the simulation's ``ManualClock``)."""
 
     __slots__ = (
         "_coro",
@@ -76,7 +79,7 @@ class Deadline:
     def __init__(
         self,
         coro: Coroutine[Any, Any, Any],
-        loop: asyncio.AbstractEventLoop,
+        loop: Timers,
         when: float,
         *,
         late_s: float = 5.0,
@@ -93,8 +96,8 @@ class Deadline:
         self._coro = coro
         self._loop = loop
         self._when = when
-        self._handle: asyncio.TimerHandle | None = None
-        self._late: asyncio.TimerHandle | None = None
+        self._handle: Cancellable | None = None
+        self._late: Cancellable | None = None
         self._waiting: Any = None
         self._thrown = False
         self._on_late = on_late

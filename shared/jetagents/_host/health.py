@@ -34,6 +34,7 @@ import types
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from .._core.clock import Timers
 from .._core.errors import Throttled
 from .._core.health import Decayed, HealthPolicy
 from .._obs.metrics import Metrics
@@ -231,9 +232,7 @@ class Health:
             h = act.health = AgentHealth(policy, self._kind(agent_type, policy))
         return h
 
-    def start(
-        self, act: Activation, coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop
-    ) -> tuple[bool, Any, float]:
+    def start(self, act: Activation, coro: Coroutine[Any, Any, Any], loop: Timers) -> tuple[bool, Any, float]:
         """Run an action's first stretch here, unless ``act``'s health measures CPU (its
         ``Deadline`` does that): ``(True, result, started)`` when it ended in it (measured;
         what it raised propagates, measured too), else ``(False, first, started)``, the
@@ -256,7 +255,7 @@ class Health:
         self,
         act: Activation,
         coro: Coroutine[Any, Any, Any],
-        loop: asyncio.AbstractEventLoop,
+        loop: Timers,
         limit_s: float,
         on_late: Callable[[], None],
         *,

@@ -172,11 +172,15 @@ class Intake:
             coord = host.coordinator
             if reply and coord is not None and not host.supervisor.stopping:
                 # Say "retry, not applied" only when no host takes the call: while this host
-                # hands the partition over (it stopped taking its calls), or starts it after
-                # its previous owner released it (or is gone). Every host hears every call:
-                # said while the previous owner still served it, the caller's retry would run
-                # it twice (found by the simulation's calls). Otherwise silent: the owner answers.
-                if partition in coord.releasing:
+                # drains the partition it hands over (it stopped taking its calls, and holds
+                # its claim until done, so no next owner has started), or starts it after its
+                # previous owner released it (or is gone). Never once out of touch with the
+                # cluster (a next owner may have taken over). Every host hears every call: said
+                # while another host served it, the caller's retry would run it twice (found by
+                # the simulation's calls). Otherwise silent: the owner answers.
+                if self._monotonic() - coord.last_heartbeat_ok > self._ttl_s:
+                    return
+                if partition in coord.releasing and partition in coord.claim_revs:
                     way = "away from"
                 elif partition in coord.starting:
                     way = "to"

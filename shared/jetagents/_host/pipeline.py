@@ -15,7 +15,6 @@ its own: the agent's is the catalog's (``Activation``), the log's is the event l
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
-from .._core.clock import Clock
+from .._core.clock import Clock, Timers
 from .._core.command import FORWARDED, MAX_COMMAND_ID_LEN, MIGRATE, Command
 from .._core.dedup import DedupRecord
 from .._core.errors import (
@@ -166,7 +165,7 @@ class Pipeline:
         )
         self.signals = Signals(self.suspension)  # signal, timer, cancel and result bodies
         self.health = catalog.health = Health(settings, catalog, tel, metrics, log)  # ADR 0059
-        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by the host's start()
+        self.loop: Timers = None  # type: ignore[assignment]  # set by the host's start()
 
     async def process(self, act: Activation, cmd: Command) -> None:
         """Process one command of ``act`` to its outcome (answered, acknowledged, handed back)."""
@@ -346,6 +345,8 @@ class Pipeline:
             try:
                 if not await self.suspension.admit(act, cmd, action.name, raw, action.read_only, out):
                     return None  # another action is suspended (ADR 0042 §4), or this one is
+            except AlreadyInLog as dup:  # parked before, and closed since: answered from the log
+                return None if await self.suspension.answered_before(act, cmd, dup.seq, out) else (dup, False)
             except JetAgentsError as err:  # parking it, or interrupting the suspended one, failed
                 return err, False
 
@@ -400,17 +401,10 @@ class Pipeline:
             return None
         except (DomainError, ActionCancelled, InvalidParams, UnknownAction) as err:  # refusals
             agent._finish()
-            journal = act.journals.get(cmd_id) if act.journals and cmd_id else None
-            if journal is not None and (
-                journal.waited or journal.parked is not None or isinstance(err, ActionCancelled)
-            ):
-                # its command was acknowledged (or is being cancelled): the journal ends here
-                try:
-                    await self.suspension.close(act, cmd_id, journal, err, tell=False)
-                except JetAgentsError as exc:
-                    return exc, False
-            elif cmd_id:  # remembered (in memory) so a redelivery gets the same answer
-                self._records(act).refused(cmd_id, err.to_wire())
+            try:
+                await self.suspension.keep_refusal(act, cmd_id, err, waited=True)
+            except JetAgentsError as exc:
+                return exc, False
             await self._outcomes.settle(cmd, Result.DOMAIN, out, error=err)
             return None
         except AlreadyInLog as dup:  # run before, closed, and forgotten by the bounded record
@@ -490,6 +484,8 @@ class Pipeline:
                 self._metrics.inc("duplicates", agent_type=act.agent_id.type, source="log")
                 first = await self.eventlog.commit_at(seq)
                 answer = first.result if first else None
+                if journal is not None and journal.parked is not None:  # a re-park: closed in the log too
+                    await self.suspension.close_dup(act, cmd_id, action.name, first, seq)
                 await self._outcomes.settle(cmd, Result.DUPLICATE, out, answer=answer, event_seq=seq)
                 return None
             agent._commit(draft)
@@ -509,14 +505,16 @@ class Pipeline:
     async def _overran(
         self, act: Activation, cmd: Command, action: str, limit_s: float, by_deadline: bool, out: dict[str, str]
     ) -> None:
-        """The action was cancelled at its limit (ADR 0036): ``overrun_error``, settled."""
+        """The action was cancelled at its limit (ADR 0036): ``overrun_error``, settled and kept
+        as a refusal is (a park ends with it; a redelivery gets it, not run nor dead-lettered again)."""
         err = overrun_error(action, limit_s, by_deadline)
         self._metrics.inc("action_timeouts", agent_type=act.agent_id.type, action=action, error=err.code)
         self._log.warning("action_timed_out", agent=str(act.agent_id), action=action, limit_s=limit_s, code=err.code)
+        try:  # a resumed run's journal is blocked instead (Suspension._after_run)
+            await self.suspension.keep_refusal(act, cmd.command_id, err, waited=False)
+        except JetAgentsError as exc:  # its park stays: run (and refused) again later
+            self._log.warning("overrun_not_recorded", agent=str(act.agent_id), error=repr(exc))
         await self._outcomes.settle(cmd, Result.OVERRAN, out, error=err, by_deadline=by_deadline)
 
     def _records(self, act: Activation) -> DedupRecord:
-        records = act.records
-        if records is None:  # created on demand: most agents never see a repeat
-            records = act.records = DedupRecord(self._settings.dedup_records_per_agent)
-        return records
+        return act.dedup(self._settings.dedup_records_per_agent)

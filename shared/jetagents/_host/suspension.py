@@ -41,7 +41,7 @@ from .._core.journal import (
     take_inbox,
 )
 from .._core.outcome import Result
-from .._core.wire import encode_error
+from .._core.wire import H_COMMAND_ID, encode_error
 from .._obs.telemetry import DEAD_LETTER, REQUEUED
 from .._settings import HostSettings
 from .catalog import Activation, Catalog
@@ -162,6 +162,14 @@ class Suspension:
         await self.answer_status(cmd, out, "queued", behind=by)
         return False
 
+    async def close_dup(self, act: Activation, cmd_id: str, action: str, first: Any, first_seq: int) -> None:
+        """Close the park of a command whose first run closed at ``first_seq`` (``first``, its
+        commit): a re-send the bounded record no longer knew, parked behind a suspended action.
+        An end of its own message id (the first one's is taken); it applies nothing."""
+        error = (first.j or {}).get("error") if first is not None else None
+        end = {**end_entry(0, error), "dup": first_seq}
+        await self._steps.append_for(act, cmd_id, action, end, result=first.result if first is not None else None)
+
     async def answered_before(self, act: Activation, cmd: Command, seq: int, out: dict[str, str]) -> bool:
         """A journal entry of ``cmd`` was already in the log at ``seq``: when its command was
         closed after it, answer ``cmd`` from that closing commit (the record forgot it) and
@@ -185,10 +193,8 @@ class Suspension:
         if parked_again:
             if act.agent is None:
                 await self._catalog.activate(act)
-            journal = act.journals.get(cmd_id) if act.journals else None
-            if journal is not None:  # an end of its own message id: the first one's is taken
-                end = {**end_entry(0, error), "dup": first_seq}  # closes the re-park, applies nothing
-                await self._steps.append_for(act, cmd_id, first.action, end, result=first.result)
+            if act.journals and cmd_id in act.journals:
+                await self.close_dup(act, cmd_id, first.action, first, first_seq)
         answer, err = (None, error_from_wire(error)) if error is not None else (first.result, None)
         await self._outcomes.settle(cmd, Result.DUPLICATE, out, answer=answer, error=err)
         return True
@@ -210,7 +216,7 @@ class Suspension:
             driver.partition,
             body,
             self._clock.monotonic(),
-            {},
+            {H_COMMAND_ID: cmd_id},  # named in its dead letter, if it comes to one: re-sending that runs it again
             None,
             reply,
         )
@@ -295,11 +301,13 @@ class Suspension:
                 return False
             now = act.journals.get(cmd_id) if act.journals else None
             if now is not None and now.parked is not None:
-                if act.n == before:  # not run (handed back)
+                if act.n == before and rcmd.outcome != DEAD_LETTER:  # not run (handed back)
                     return False
                 if now.waited:  # it suspended: it holds the agent now
                     return True
-                # answered without a closing commit (refused, or no events): close its park
+                # answered without a closing commit (refused, no events, or dead-lettered: it
+                # overran its time limit, say; run again by every driver, it would dead-letter
+                # again and hold the agent's later parked commands for ever): close its park
                 await self._close_park(act, cmd_id, journal, rcmd)
         return not act.journals
 
@@ -314,6 +322,18 @@ class Suspension:
         )
 
     # -- closing ---------------------------------------------------------------------------------
+    async def keep_refusal(self, act: Activation, cmd_id: str, err: JetAgentsError, *, waited: bool) -> None:
+        """``cmd_id`` was refused (or overran its time limit): if its command was acknowledged
+        (parked; or ``waited``: it suspended) or it is being cancelled, its journal ends here;
+        else its id is remembered (in memory), so a redelivery gets the same answer."""
+        journal = act.journals.get(cmd_id) if act.journals and cmd_id else None
+        cancelled = isinstance(err, ActionCancelled)
+        parked = journal is not None and journal.parked is not None and (waited or not journal.waited)
+        if journal is not None and (parked or (waited and journal.waited) or cancelled):
+            await self.close(act, cmd_id, journal, err, tell=False)
+        elif cmd_id and (journal is None or waited):
+            self._records(act).refused(cmd_id, err.to_wire())
+
     async def close(
         self, act: Activation, cmd_id: str, journal: Journal, err: JetAgentsError, *, tell: bool = True
     ) -> None:
@@ -342,10 +362,7 @@ class Suspension:
                     self._log.debug("timer_purge_failed", error=repr(exc))
 
     def _records(self, act: Activation) -> DedupRecord:
-        records = act.records
-        if records is None:  # created on demand, as the pipeline does
-            records = act.records = DedupRecord(self._settings.dedup_records_per_agent)
-        return records
+        return act.dedup(self._settings.dedup_records_per_agent)
 
 
 def _waiting(entry: dict[str, Any]) -> dict[str, Any]:

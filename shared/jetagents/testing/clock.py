@@ -24,8 +24,9 @@ import asyncio
 import heapq
 import itertools
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 __all__ = ["ManualClock", "wait_all_blocked"]
 
@@ -102,6 +103,24 @@ class ManualClock:
             waiter.cancel()
             sleeper.cancel()
         return event.is_set()
+
+    # -- Timers (``_core.clock.Timers``): what an action's time limit runs on -----------------
+    def time(self) -> float:
+        return self._now
+
+    def call_at(self, when: float, callback: Callable[[], Any], /) -> asyncio.Future[None]:
+        """Call ``callback`` once the clock reaches ``when``: a timer on the heap of sleepers
+        (``advance`` and autojump reach it like one). ``cancel()`` on what it returns drops it."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        tie = self._rnd.random() if self._rnd is not None else 0.0
+        heapq.heappush(self._heap, (when, tie, next(self._order), fut))
+        fut.add_done_callback(lambda f: None if f.cancelled() else callback())
+        if self._slept is not None:
+            self._slept.set()
+        return fut
+
+    def call_later(self, delay: float, callback: Callable[[], Any], /) -> asyncio.Future[None]:
+        return self.call_at(self._now + delay, callback)
 
     def advance(self, seconds: float) -> int:
         """Move time ``seconds`` on and wake every sleeper whose deadline it reached, earliest

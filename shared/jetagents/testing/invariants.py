@@ -23,8 +23,13 @@ class Violation(AssertionError):
 class Invariants:
     """The checks run after every step, incrementally (each reads only what is new)."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, *, records: int = 8, window_s: float = 120.0) -> None:
         self.world = world
+        # exactly once holds while a command id is in its agent's record (of its last ``records``
+        # commits at least: ``dedup_records_per_agent``) or in the event stream's duplicate
+        # window (``window_s``); a re-send outside both may run again (wire contract 6)
+        self.records, self.window_s = records, window_s
+        self.closed_at: dict[tuple[str, str], tuple[int, float]] = {}  # (subject, cmd) -> (its n, when)
         self._events_seen = 0
         self._store_seen = 0
         self._history_seen = 0
@@ -40,6 +45,13 @@ class Invariants:
         self.journaled: dict[str, set[str]] = {}
         self.holding: dict[str, set[str]] = {}
 
+    def _remembered(self, subject: str, cmd: str, n: int) -> bool:
+        """Whether ``cmd``'s earlier closing commit is still in its agent's record (fewer than
+        ``records`` commits since) or in the event stream's duplicate window, when ``cmd``
+        closes again at commit ``n``: applying it again is then a violation."""
+        first_n, when = self.closed_at[(subject, cmd)]
+        return n - first_n <= self.records or self.world.clock.monotonic() - when < self.window_s
+
     def check(self) -> None:
         msgs = self.world.events.messages
         for m in msgs[self._events_seen :]:
@@ -54,7 +66,8 @@ class Invariants:
             if closes_command(cmd, j):  # the command's one closing commit (a journal closes once)
                 if cmd in self.refused and not (j and j.get("error") is not None and not c.get("events")):
                     raise Violation(f"{m.subject}: command {cmd}, which the agent refuses, was applied (seq {m.seq})")
-                if cmd in cmds and not (j and j.get("dup") and not c.get("events")):  # dup: a re-park closed
+                dup = j and j.get("dup") and not c.get("events")  # a re-park closed
+                if cmd in cmds and not dup and self._remembered(m.subject, cmd, n):
                     raise Violation(f"{m.subject}: command {cmd} applied twice (again at seq {m.seq}, by {host})")
                 held = self.holding.get(m.subject, set()) - {cmd}
                 if c.get("events") and held:
@@ -63,6 +76,7 @@ class Invariants:
                     )
                 self.holding.get(m.subject, set()).discard(cmd)
                 cmds.add(cmd)
+                self.closed_at[(m.subject, cmd)] = (n, self.world.clock.monotonic())
             else:
                 self.journaled.setdefault(m.subject, set()).add(cmd)
                 if j.get("k") == "wait":

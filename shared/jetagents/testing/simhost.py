@@ -50,10 +50,11 @@ def sim_settings(ports: NodePorts, **overrides: Any) -> HostSettings:
         "subject_root": ports.subjects.root,
         "snapshot_every": 3,
         "max_active_agents": 6,
-        "dedup_records_per_agent": 8,
+        "dedup_records_per_agent": ports.dedup_records,
         "max_redeliveries": 1000,
         "loop_block_threshold_s": 0,
         "drain_grace_s": 2.0,
+        "action_timeout_s": 10.0,  # past the longest pause; ``stall`` overruns it (on the simulation's clock)
     }
     base.update(overrides)
     return HostSettings(**base)
@@ -79,6 +80,13 @@ class HoldingCounter(Counter):
         return self.state.value
 
     @action
+    async def stall(self) -> int:
+        """Emits, then never returns: its time limit cancels it and nothing it emitted is kept."""
+        self.emit(Incremented(by=1_000))
+        await asyncio.Event().wait()
+        return self.state.value
+
+    @action
     async def tag(self, tag: str) -> int:
         """A call's mark in the log: each time it is applied shows (``simcalls``)."""
         self.emit(Tagged(tag=tag))
@@ -99,7 +107,8 @@ class HostNode:
             s, Registry([HoldingCounter]), clock=ports.clock, publisher=ports.publisher, schedules=ports.schedules
         )
         # what Host.start() does once connected, with the simulation's ports for NATS'
-        host.scheduler.loop = host.pipeline.loop = asyncio.get_running_loop()
+        host.scheduler.loop = asyncio.get_running_loop()
+        host.pipeline.loop = ports.clock  # actions' time limits run on the simulation's time
         host.eventlog.bind(ports.events)
         host.catalog.bind(ports.events, ports.snapshots, ports.meta, None)
         host.cepoch = "5eed"

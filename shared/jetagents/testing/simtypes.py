@@ -36,9 +36,13 @@ class SimConfig:
     # a command that suspends (``hold``: waits for signal ``go``), its signal sent 1-20 rounds
     # later (ADR 0042); 0 keeps the runs (and their histories) of before suspension
     hold_p: float = 0.0
+    # a command that runs past its time limit (``stall``): cancelled on the simulation's clock,
+    # dead-lettered, never applied; 0 keeps the runs of before
+    stall_p: float = 0.0
     fault_p: float = 0.06  # per round
     ack_wait_s: float = 2.0
     duplicate_window_s: float = 120.0
+    dedup_records: int = 8  # the hosts' dedup_records_per_agent: short, so records are evicted
     heartbeat_s: float = 0.5
     member_ttl_s: float = 3.0
     lease_ttl_s: float = 3.0
@@ -96,6 +100,7 @@ class NodePorts:
     partitions: int
     subjects: Subjects
     schedules: Any = None  # the server's schedules (testing/schedules.py), shared by all hosts
+    dedup_records: int = 8  # dedup_records_per_agent (SimConfig.dedup_records)
 
 
 class SimNode(Protocol):

@@ -50,6 +50,7 @@ from .clock import ManualClock, wait_all_blocked
 from .invariants import Invariants, Violation
 from .schedules import MemorySchedules
 from .simcalls import Calls
+from .simfaults import Faults
 from .simtypes import Delivered, HostSlot, NodeFactory, NodePorts, SimConfig, SimNode, SimResult
 from .simworld import (
     SUBJECTS,
@@ -86,7 +87,7 @@ class Simulation:
         self.rnd = random.Random(seed)
         self.clock = ManualClock()
         self.world = World(self.clock, ack_wait_s=cfg.ack_wait_s, duplicate_window_s=cfg.duplicate_window_s)
-        self.invariants = Invariants(self.world)
+        self.invariants = Invariants(self.world, records=cfg.dedup_records, window_s=cfg.duplicate_window_s)
         self.cluster = ClusterConfig(
             partitions=cfg.partitions,
             heartbeat_s=cfg.heartbeat_s,
@@ -100,7 +101,7 @@ class Simulation:
         self.next_host = 0
         self.steps = 0
         self.rounds = 0
-        self.counts = dict.fromkeys(cfg.faults, 0)
+        self.faults = Faults(self)
         self.sent: dict[str, str] = {}  # command id -> event subject
         self.kinds: dict[str, str] = {}  # command id -> "ok", "domain" (refused) or "invalid"
         self._next_cmd = 0
@@ -132,6 +133,7 @@ class Simulation:
             partitions=self.cfg.partitions,
             subjects=SUBJECTS,
             schedules=w.schedules,
+            dedup_records=self.cfg.dedup_records,
         )
         host = HostSlot(host_id, self.factory(ports), faults)
         self.hosts.append(host)
@@ -173,13 +175,17 @@ class Simulation:
             self.kinds[cmd_id] = kind
             if kind != "ok":
                 self.invariants.refused.add(cmd_id)
+            elif cfg.stall_p and self.rnd.random() < cfg.stall_p:  # overruns: dead-lettered, not applied
+                self.kinds[cmd_id] = "stall"
+                self.invariants.refused.add(cmd_id)
+                body = self.bodies[cmd_id] = b'{"action":"stall","params":{}}'
             elif cfg.hold_p and self.rnd.random() < cfg.hold_p:  # suspends until its signal
                 body = self.bodies[cmd_id] = orjson.dumps({"action": "hold", "params": {"by": 1 + agent_no % 3}})
                 self.signals_due.append((self.rounds + 1 + self.rnd.randrange(20), cmd_id, agent_no))
                 self.signals_due.sort()
         assert agent_no is not None
         agent = AgentId(cfg.agent_type, f"a{agent_no}")
-        by: Any = {"ok": 1 + agent_no % 3, "domain": 0, "invalid": "three"}[self.kinds[cmd_id]]
+        by: Any = {"ok": 1 + agent_no % 3, "domain": 0, "invalid": "three"}.get(self.kinds[cmd_id], 1)
         out = OutboundCommand.build(
             agent,
             "increment",
@@ -237,7 +243,7 @@ class Simulation:
             else:
                 await sch.cancel(subject)
 
-    def _deliver(self, to: HostSlot | None = None) -> bool:
+    def deliver(self, to: HostSlot | None = None) -> bool:
         ready = self.world.commands.ready()
         if to is not None:
             ready = [c for c in ready if to.node.takes(c.partition)]
@@ -273,72 +279,6 @@ class Simulation:
             self.world.record("left", host.id)
             self.crash(host, None)
 
-    # -- faults --------------------------------------------------------------------------
-    async def _fault(self) -> None:
-        now = self.clock.monotonic()
-        live = [h for h in self.hosts if h.running() and not h.draining]
-        if not live:
-            return
-        kind = self.cfg.faults[self.rnd.randrange(len(self.cfg.faults))]
-        victim = live[self.rnd.randrange(len(live))]
-        f = victim.faults
-        if kind == "crash" and len(live) > 1:  # and restarts, empty, under the same id
-            self.crash(victim, self.rnd.uniform(1.0, 6.0))
-        elif kind == "kill" and len(live) > 1:  # for good: the others take its partitions
-            self.crash(victim)
-        elif kind == "pause":  # past the lease and the member TTL, then back
-            # with commands in hand: they run when it wakes, before its coordinator notices
-            for _ in range(self.rnd.randrange(4)):
-                self._deliver(to=victim)
-            f.running.clear()
-            f.paused_until = now + self.rnd.uniform(0.5, 7.0)
-        elif kind == "pause_at_append":
-            f.pause_at_append_s = self.rnd.uniform(3.5, 8.0)
-        elif kind == "lost_ack":
-            f.lost_ack_until = now + self.rnd.uniform(1.0, 6.0)
-        elif kind == "lost_reply":
-            f.lost_reply_until = now + self.rnd.uniform(1.0, 6.0)
-        elif kind == "cut":
-            f.cut_until = now + self.rnd.uniform(1.0, 5.0)
-        elif kind == "drop_heartbeat":
-            f.no_heartbeat_until = now + self.rnd.uniform(1.0, 4.5)
-        elif kind == "stale_ring":
-            f.stale_ring = await self.world.store.get("ring")
-            f.stale_ring_until = now + self.rnd.uniform(1.0, 10.0)
-        elif kind == "outage":  # the server's leader paused: nobody reaches it
-            until = now + self.rnd.uniform(3.5, 8.0)
-            for h in self.hosts:
-                h.faults.cut_until = max(h.faults.cut_until, until)
-        elif kind == "join" and len(live) < self.cfg.max_hosts:
-            self.add_host()
-        elif kind == "drain" and len(live) > 1:
-            victim.draining = True
-            victim.node.coordinator.draining = True
-        else:
-            return
-        self.counts[kind] += 1
-        self.world.record("fault", kind, victim.id)
-
-    def _wake(self) -> None:
-        now = self.clock.monotonic()
-        for h in list(self.hosts):
-            f = h.faults
-            if h.alive and not f.running.is_set() and now >= f.paused_until:
-                f.running.set()
-                self.world.record("resume", h.id)
-            if h.restart_at is not None and now >= h.restart_at:
-                h.restart_at = None
-                self.world.record("restart", h.id)
-                self.add_host(h.id)
-
-    def _calm(self) -> None:
-        for h in self.hosts:
-            f = h.faults
-            f.cut_until = f.lost_reply_until = f.lost_ack_until = f.no_heartbeat_until = 0.0
-            f.pause_at_append_s = f.paused_until = f.stale_ring_until = 0.0
-            if h.restart_at is not None:
-                h.restart_at = 0.0
-
     # -- the run -------------------------------------------------------------------------
     async def _step(self, action: Callable[[], Any]) -> None:
         result = action()
@@ -353,14 +293,14 @@ class Simulation:
         self.clock.advance(cfg.dt_s)
         self.rounds += 1
         self.world.schedules.fire_due()
-        self._wake()
+        self.faults.wake()
         if faulty and self.rnd.random() < cfg.fault_p:
-            await self._step(self._fault)
+            await self._step(self.faults.inject)
         actions: list[Callable[[], Any]] = []
         for h in self.hosts:
             if h.running():
                 actions.append(lambda h=h: self._coordinate(h))  # type: ignore[misc]
-        actions += [self._deliver] * cfg.deliveries_per_round
+        actions += [self.deliver] * cfg.deliveries_per_round
         while self.signals_due and self.signals_due[0][0] <= self.rounds:  # in faulty rounds or not
             _, hold, agent_no = self.signals_due.pop(0)
             actions.append(lambda h=hold, a=agent_no: self._signal(h, a))  # type: ignore[misc]
@@ -387,7 +327,7 @@ class Simulation:
             await self._remind(True)
             for _ in range(cfg.rounds):
                 await self.round(faulty=True)
-            self._calm()
+            self.faults.calm()
             await self._remind(False)
             for _ in range(cfg.quiet_rounds):
                 await self.round(faulty=False)
@@ -412,7 +352,7 @@ class Simulation:
             self.steps,
             self.rounds,
             self.world.history,
-            self.counts,
+            self.faults.counts,
             len(self.sent),
             len(self.world.events.messages),
         )
