@@ -119,3 +119,25 @@ async def test_row_24_a_streaming_signals_answer_is_also_its_end() -> None:
     assert [(s, b, h.get("Agt-Event-Seq")) for s, b, h in out.published] == [
         ("agt.out.counter.c1.m1", b'{"ok":true,"result":{"timeout":"m0"}}', "9")
     ]
+
+
+async def test_a_stored_command_is_dead_lettered_once_however_often_it_is_refused() -> None:
+    """A dead letter of a stored command carries a message id of its own (its lane and stream
+    sequence), so the dead-letter stream drops a second one within its duplicate window: a
+    persist retried after a lost PubAck, or a redelivery after a lost ``+TERM``."""
+    from jetagents._core.errors import InvalidParams
+    from jetagents.testing.streams import MemoryEventStream
+
+    host, pub, _ = _host()
+    dlq = MemoryEventStream(host.clock, name="AGT_DLQ")
+    pub.bind("agt.dlq.>", dlq)
+    for deliveries in (1, 2):
+        cmd = _command()
+        cmd.stream_seq, cmd.deliveries = 7, deliveries
+        await host.outcomes.settle(cmd, Result.REFUSED, {}, error=InvalidParams("no"))
+    other = _command()
+    other.stream_seq = 8
+    await host.outcomes.settle(other, Result.REFUSED, {}, error=InvalidParams("no"))
+    stored = dlq.messages
+    assert [m.headers.get("Nats-Msg-Id") for m in stored] == ["dl:p:7", "dl:p:8"]
+    assert [orjson.loads(m.data)["stream_seq"] for m in stored] == [7, 8]

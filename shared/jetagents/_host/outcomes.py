@@ -40,6 +40,7 @@ from .._core.wire import (
     H_ENCODING,
     H_EVENT_SEQ,
     H_HOST,
+    H_MSG_ID,
     H_STATUS,
     TRACEPARENT,
     TRACESTATE,
@@ -320,9 +321,14 @@ class Outcomes:
             keep_bytes=self._keep_bytes,
         )
         subject = self._subjects.dlq(type_tok, id_tok)
+        # a stored command's dead letter has a message id of its own: a second one (a persist
+        # retried after its PubAck was lost, a redelivery after a lost +TERM) is dropped by
+        # the stream within its duplicate window, so the command is dead-lettered once
+        seq = cmd.stream_seq
+        headers = {H_MSG_ID: f"dl:{'h' if cmd.high else 'p'}:{seq}"} if seq else None
         for attempt in range(_DEAD_LETTER_ATTEMPTS):
             try:
-                await self._pub.persist(subject, body)
+                await self._pub.persist(subject, body, headers)
                 break
             except (Refused, PayloadTooLarge) as exc:
                 self._log.warning("dead_letter_failed", error=str(exc))
