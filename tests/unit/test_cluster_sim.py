@@ -155,14 +155,20 @@ def _blind_catalog(ports: NodePorts) -> HostNode:
     ids=["event-log-without-expected-sequence", "catalog-ignores-newer-owner"],
 )
 async def test_a_bug_planted_in_the_fence_is_caught(factory: Any, found: str) -> None:
-    for seed in range(40):  # measured: caught at seed 0 and seed 13
+    await _caught(factory, lambda seed: CONFIG, found, seeds=40)  # measured: caught at seed 0 and seed 13
+
+
+async def _caught(factory: Any, config: Any, found: str, *, seeds: int) -> None:
+    """A planted bug fails a run within ``seeds`` seeds, with a violation matching ``found``
+    that names the seed and how to replay it."""
+    for seed in range(seeds):
         try:
-            await Simulation(seed, factory, CONFIG).run()
+            await Simulation(seed, factory, config(seed)).run()
         except Violation as v:
             assert re.search(found, str(v)), v
             assert f"seed {seed}" in str(v) and "replay: Simulation(" in str(v)
             return
-    pytest.fail("40 seeds ran with the fence broken and no invariant failed")
+    pytest.fail(f"{seeds} seeds ran with a bug planted and no invariant failed")
 
 
 def _deaf_pullers(ports: NodePorts) -> HostNode:
@@ -460,13 +466,10 @@ def _boot_blind_names(ports: NodePorts) -> HostNode:
     ids=["retry-while-the-old-owner-serves", "commit-names-repeat-after-a-restart"],
 )
 async def test_a_bug_planted_in_the_call_path_is_caught(factory: Any, found: str) -> None:
-    for seed in range(20):  # measured: caught within the first few seeds
-        try:
-            await Simulation(seed, factory, dataclasses.replace(CALLS, hold_p=0.3 if seed % 2 else 0.0)).run()
-        except Violation as v:
-            assert re.search(found, str(v)), v
-            return
-    pytest.fail("20 seeds ran with the call path broken and no invariant failed")
+    def calls(seed: int) -> SimConfig:
+        return dataclasses.replace(CALLS, hold_p=0.3 if seed % 2 else 0.0)
+
+    await _caught(factory, calls, found, seeds=20)  # measured: caught within the first few seeds
 
 
 # -- time limits on the simulation's clock (stall: emits, never returns) ----------------------

@@ -168,18 +168,22 @@ class Intake:
         # remembered: most calls go to agents called before
         route = self._routes.get(subject) or self.route_of(subject)
         partition = route[0]
+        coord = host.coordinator
+        now = self._monotonic()
+        if coord is not None and now - coord.last_heartbeat_ok > self._ttl_s:
+            # we have not reached the cluster for a whole TTL (paused, cut off): our
+            # partitions may be someone else's by now; do not answer from memory. Not even
+            # "retry, not applied": the new owner may be running it (the simulation's calls
+            # found the caller's retry run twice so); its answer, or the caller's timeout
+            return
         if partition not in host.partitions.owned_set:
-            coord = host.coordinator
             if reply and coord is not None and not host.supervisor.stopping:
                 # Say "retry, not applied" only when no host takes the call: while this host
                 # drains the partition it hands over (it stopped taking its calls, and holds
                 # its claim until done, so no next owner has started), or starts it after its
-                # previous owner released it (or is gone). Never once out of touch with the
-                # cluster (a next owner may have taken over). Every host hears every call: said
+                # previous owner released it (or is gone). Every host hears every call: said
                 # while another host served it, the caller's retry would run it twice (found by
                 # the simulation's calls). Otherwise silent: the owner answers.
-                if self._monotonic() - coord.last_heartbeat_ok > self._ttl_s:
-                    return
                 if partition in coord.releasing and partition in coord.claim_revs:
                     way = "away from"
                 elif partition in coord.starting:
@@ -188,14 +192,6 @@ class Intake:
                     return
                 err = Unavailable(f"the agent's partition is moving {way} this host; retry", details={"applied": False})
                 await host.outcomes.reply(reply, encode_error(err), {}, None)
-            return
-        coord = host.coordinator
-        now = self._monotonic()
-        if coord is not None and now - coord.last_heartbeat_ok > self._ttl_s:
-            # we have not reached the cluster for a whole TTL (paused, cut off): our
-            # partitions may be someone else's by now; do not answer from memory. Not even
-            # "retry, not applied": the new owner may be running it (the simulation's calls
-            # found the caller's retry run twice so); its answer, or the caller's timeout
             return
         headers, data = msg.headers, msg.data
         size = len(data)
